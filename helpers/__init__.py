@@ -1,0 +1,1 @@
+"""Small, tested helpers used by the chapters of the PyTorch book."""

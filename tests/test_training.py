@@ -1,0 +1,149 @@
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from helpers.training import (
+    EvalResult,
+    evaluate,
+    fit,
+    logits_to_labels,
+    predict,
+    train_one_epoch,
+)
+
+CPU = torch.device("cpu")
+
+
+def _toy_binary(n=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=gen)
+    y = (x[:, 0] + x[:, 1] > 0).float()
+    return x, y
+
+
+def _manual_sgd_epoch(model, batches, lr, accumulation_steps=1):
+    """The loop written out with explicit parameter arithmetic: the reference."""
+    params = list(model.parameters())
+    criterion = nn.BCEWithLogitsLoss()
+    grads = [torch.zeros_like(p) for p in params]
+    pending = 0
+    for x, y in batches:
+        loss = criterion(model(x).squeeze(1), y) / accumulation_steps
+        for g, dg in zip(grads, torch.autograd.grad(loss, params), strict=True):
+            g += dg
+        pending += 1
+        if pending == accumulation_steps:
+            with torch.no_grad():
+                for p, g in zip(params, grads, strict=True):
+                    p -= lr * g
+                    g.zero_()
+            pending = 0
+    if pending:
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p -= lr * g
+
+
+@pytest.mark.parametrize("accumulation_steps", [1, 2, 3])
+def test_train_one_epoch_matches_a_hand_written_sgd_loop(accumulation_steps):
+    x, y = _toy_binary()
+    batches = list(zip(x.split(8), y.split(8), strict=True))  # 8 batches: 3 leaves a partial group
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    reference = nn.Linear(2, 1)
+    reference.load_state_dict(model.state_dict())
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    mean_loss = train_one_epoch(model, batches, nn.BCEWithLogitsLoss(), optimizer, CPU, accumulation_steps)
+    _manual_sgd_epoch(reference, batches, lr=0.1, accumulation_steps=accumulation_steps)
+
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert mean_loss > 0
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+
+
+def test_train_one_epoch_returns_sample_weighted_mean_loss():
+    x, y = _toy_binary(10)
+    model = nn.Linear(2, 1)
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+    criterion = nn.BCEWithLogitsLoss()
+    with torch.no_grad():
+        expected = criterion(model(x).squeeze(1), y).item()
+    # lr=0 leaves the model unchanged, so the epoch's mean equals the full-data loss
+    got = train_one_epoch(model, batches, criterion, torch.optim.SGD(model.parameters(), lr=0.0), CPU)
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert model.training
+
+
+def test_evaluate_and_predict_agree_with_direct_computation():
+    x, y = _toy_binary(50)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Dropout(0.5), nn.Linear(4, 1))
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    criterion = nn.BCEWithLogitsLoss()
+    result = evaluate(model, loader, criterion, CPU)
+    model.eval()
+    with torch.no_grad():
+        logits = model(x).squeeze(1)
+    assert isinstance(result, EvalResult)
+    assert result.loss == pytest.approx(criterion(logits, y).item(), rel=1e-5)
+    assert result.accuracy == pytest.approx(((logits > 0).float() == y).float().mean().item())
+    assert not model.training  # evaluation leaves the model in eval mode (dropout off)
+    preds, trues = predict(model, loader, CPU)
+    assert torch.equal(preds, (logits > 0).long()) and torch.equal(trues, y.long())
+
+
+def test_evaluate_handles_multiclass_logits():
+    x = torch.eye(3)
+    y = torch.tensor([0, 1, 1])
+    model = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(3))  # predicts the index of the hot input: 0, 1, 2
+    result = evaluate(model, [(x, y)], nn.CrossEntropyLoss(), CPU)
+    assert result.accuracy == pytest.approx(2 / 3)
+    assert result.loss == pytest.approx(nn.CrossEntropyLoss()(x, y).item())
+
+
+def test_logits_to_labels_shapes():
+    assert logits_to_labels(torch.tensor([-1.0, 2.0])).tolist() == [0, 1]
+    assert logits_to_labels(torch.tensor([[0.5], [-0.5]])).tolist() == [1, 0]
+    assert logits_to_labels(torch.tensor([[0.1, 0.9, 0.0]])).tolist() == [1]
+    with pytest.raises(ValueError, match="logits"):
+        logits_to_labels(torch.zeros(2, 2, 2))
+
+
+def test_fit_learns_a_separable_problem_and_records_history():
+    x, y = _toy_binary(200)
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=20, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    history = fit(model, loader, loader, nn.BCEWithLogitsLoss(), optimizer, 15, CPU, progress=False)
+    assert len(history.train_loss) == len(history.test_loss) == len(history.test_accuracy) == 15
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert history.test_accuracy[-1] >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda m, o: train_one_epoch("m", [], nn.MSELoss(), o, CPU), TypeError, "model"),
+        (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, "cpu"), TypeError, "device"),
+        (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), None, CPU), TypeError, "optimizer"),
+        (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, CPU, 0), ValueError, "accumulation_steps"),
+        (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, CPU, 1.0), TypeError, "accumulation_steps"),
+        (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, CPU), ValueError, "no batches"),
+        (lambda m, o: evaluate(m, [], nn.MSELoss(), CPU), ValueError, "no batches"),
+        (lambda m, o: predict(m, [], CPU), ValueError, "no batches"),
+        (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 0, CPU), ValueError, "epochs"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(call, error, message):
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(error, match=message):
+        call(model, optimizer)
