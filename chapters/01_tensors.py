@@ -24,16 +24,15 @@
 #
 # **Prerequisites:** Python and a first acquaintance with NumPy arrays. No earlier chapter.
 
-# %%
+# %% tags=["hide-cell"]
+# On Colab only: install this book's helpers package (Colab's own torch is kept).
 import sys
 
-if "google.colab" in sys.modules:  # on Colab only: install this book's helpers package
+if "google.colab" in sys.modules:
     import subprocess
 
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/pytorch-book/pytorch-book"],
-        check=True,
-    )
+    repository = "https://github.com/pytorch-book/pytorch-book"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True)
 
 # %%
 import matplotlib.pyplot as plt

@@ -25,16 +25,15 @@
 #
 # **Prerequisites:** chapter 1 (tensors, shapes, broadcasting, `gather`).
 
-# %%
+# %% tags=["hide-cell"]
+# On Colab only: install this book's helpers package (Colab's own torch is kept).
 import sys
 
-if "google.colab" in sys.modules:  # on Colab only: install this book's helpers package
+if "google.colab" in sys.modules:
     import subprocess
 
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/pytorch-book/pytorch-book"],
-        check=True,
-    )
+    repository = "https://github.com/pytorch-book/pytorch-book"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True)
 
 # %%
 import tempfile

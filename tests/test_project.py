@@ -55,7 +55,7 @@ def test_first_code_cell_is_the_colab_guard(notebook):
     nb = nbformat.read(notebook, as_version=4)
     first = next(c for c in nb.cells if c.cell_type == "code").source
     assert 'if "google.colab" in sys.modules:' in first
-    assert f'"git+{REPO_URL}"' in first
+    assert f'repository = "{REPO_URL}"' in first and 'f"git+{repository}"' in first
     # nothing else may install anything
     rest = [c.source for c in nb.cells if c.cell_type == "code"][1:]
     assert not any(re.search(r"pip\b.*install", src) for src in rest)
