@@ -615,11 +615,11 @@ model = MLP(30, 16, 1).to(device)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 history = fit(model, train_loader, test_loader, criterion, optimizer, 40, device, progress=False)
 fig = plot_losses(
-    {"Adam: test": test_losses, "SGD + momentum: test": history.test_loss}, title="Adam vs SGD with momentum"
+    {"Adam: test": test_losses, "SGD + momentum: test": history.val_loss}, title="Adam vs SGD with momentum"
 )
 plt.show()
-print(f"final test accuracy with SGD + momentum: {history.test_accuracy[-1]:.3f}")
-assert history.test_accuracy[-1] >= 0.95
+print(f"final test accuracy with SGD + momentum: {history.val_accuracy[-1]:.3f}")
+assert history.val_accuracy[-1] >= 0.95
 
 # %% [markdown]
 # **Exercise 4.** Is the hidden layer needed? Train logistic regression, a single
@@ -634,10 +634,10 @@ optimizer = torch.optim.Adam(logistic.parameters(), lr=1e-2)
 history = fit(logistic, train_loader, test_loader, criterion, optimizer, 40, device, progress=False)
 print(
     f"logistic regression: {sum(p.numel() for p in logistic.parameters())} parameters, "
-    f"test accuracy {history.test_accuracy[-1]:.3f}"
+    f"test accuracy {history.val_accuracy[-1]:.3f}"
 )
 print(f"MLP:                 {n_params} parameters, test accuracy {test_acc:.3f}")
-assert history.test_accuracy[-1] >= 0.9
+assert history.val_accuracy[-1] >= 0.9
 
 # %% [markdown]
 # ## Summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -36,11 +37,17 @@ class EvalResult:
 
 @dataclass
 class History:
-    """Per-epoch numbers of a training run, ready for ``plotting.plot_losses``."""
+    """Per-epoch numbers of a training run, ready for ``plotting.plot_losses``.
+
+    ``val_*`` are measured on whatever held-out loader ``fit`` was given; ``best_epoch``
+    (1-based) is the epoch with the highest held-out accuracy.
+    """
 
     train_loss: list[float] = field(default_factory=list)
-    test_loss: list[float] = field(default_factory=list)
-    test_accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    best_epoch: int = 0
 
 
 def _check_common(model: nn.Module, device: torch.device) -> None:
@@ -159,24 +166,38 @@ def evaluate(
 def fit(
     model: nn.Module,
     train_loader: Iterable[Batch],
-    test_loader: Iterable[Batch],
+    val_loader: Iterable[Batch],
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     epochs: int,
     device: torch.device,
     *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    checkpoint_path: str | Path | None = None,
     progress: bool = True,
 ) -> History:
-    """Train for ``epochs`` epochs, evaluating on ``test_loader`` after each one.
+    """Train for ``epochs`` epochs, evaluating on ``val_loader`` after each one.
 
-    The loop chapter 02 writes out, with a ``tqdm`` bar over epochs. Introduced in chapter 02.
+    The loop chapter 02 writes out, with a ``tqdm`` bar over epochs. Chapter 03 adds the
+    two options: ``scheduler`` is stepped once per epoch, after that epoch's optimizer
+    steps; with ``checkpoint_path`` the model's ``state_dict`` is saved there whenever
+    the held-out accuracy improves, so the file ends up holding the best epoch's weights.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+        raise TypeError(f"scheduler must be a torch LRScheduler or None, got {type(scheduler).__name__}")
     history = History()
-    for _ in tqdm(range(epochs), desc="epochs", disable=not progress):
+    for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=not progress):
+        history.lr.append(optimizer.param_groups[0]["lr"])
         history.train_loss.append(train_one_epoch(model, train_loader, criterion, optimizer, device))
-        result = evaluate(model, test_loader, criterion, device)
-        history.test_loss.append(result.loss)
-        history.test_accuracy.append(result.accuracy)
+        if scheduler is not None:
+            scheduler.step()
+        result = evaluate(model, val_loader, criterion, device)
+        history.val_loss.append(result.loss)
+        history.val_accuracy.append(result.accuracy)
+        if result.accuracy > max(history.val_accuracy[:-1], default=-1.0):
+            history.best_epoch = epoch
+            if checkpoint_path is not None:
+                torch.save(model.state_dict(), checkpoint_path)
     return history

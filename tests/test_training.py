@@ -123,9 +123,43 @@ def test_fit_learns_a_separable_problem_and_records_history():
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     history = fit(model, loader, loader, nn.BCEWithLogitsLoss(), optimizer, 15, CPU, progress=False)
-    assert len(history.train_loss) == len(history.test_loss) == len(history.test_accuracy) == 15
+    assert len(history.train_loss) == len(history.val_loss) == len(history.val_accuracy) == 15
     assert history.train_loss[-1] < history.train_loss[0]
-    assert history.test_accuracy[-1] >= 0.95
+    assert history.val_accuracy[-1] >= 0.95
+    assert history.lr == [0.1] * 15
+    assert history.val_accuracy[history.best_epoch - 1] == max(history.val_accuracy)
+
+
+def test_fit_steps_the_scheduler_per_epoch_and_checkpoints_the_best_epoch(tmp_path):
+    x, y = _toy_binary(100)
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    # Train on flipped labels but validate on the true ones: held-out accuracy peaks early
+    # and then falls, so "the best epoch" differs from "the last epoch".
+    train, val = [(x, 1 - y)], [(x, y)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    path = tmp_path / "best.pt"
+    history = fit(
+        model,
+        train,
+        val,
+        nn.BCEWithLogitsLoss(),
+        optimizer,
+        6,
+        CPU,
+        scheduler=scheduler,
+        checkpoint_path=path,
+        progress=False,
+    )
+    assert history.lr == [0.5, 0.5, 0.25, 0.25, 0.125, 0.125]
+    best = history.best_epoch
+    assert best < 6 and history.val_accuracy[best - 1] > history.val_accuracy[-1]
+    assert history.val_accuracy[best - 1] == max(history.val_accuracy)
+    # the checkpoint holds the best epoch's weights: it reproduces that epoch's accuracy
+    restored = nn.Linear(2, 1)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    assert evaluate(restored, val, nn.BCEWithLogitsLoss(), CPU).accuracy == history.val_accuracy[best - 1]
 
 
 @pytest.mark.parametrize(
@@ -140,6 +174,7 @@ def test_fit_learns_a_separable_problem_and_records_history():
         (lambda m, o: evaluate(m, [], nn.MSELoss(), CPU), ValueError, "no batches"),
         (lambda m, o: predict(m, [], CPU), ValueError, "no batches"),
         (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 0, CPU), ValueError, "epochs"),
+        (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, scheduler=o), TypeError, "scheduler"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(call, error, message):
