@@ -32,15 +32,21 @@ if "google.colab" in sys.modules:
     import subprocess
 
     repository = "https://github.com/pytorch-book/pytorch-book"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True
+    )
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-
 from helpers.plotting import plot_broadcast
-from helpers.runtime import describe_runtime, get_device, make_generator, seed_everything
+from helpers.runtime import (
+    describe_runtime,
+    get_device,
+    make_generator,
+    seed_everything,
+)
 from helpers.timing import best_time
 
 seed = seed_everything(0)
@@ -109,7 +115,9 @@ x = torch.tensor([-1.7, 0.4, 2.9])
 print(x.long())  # truncation, not rounding
 print(x.round().long())  # round first if that is what you mean
 print(torch.tensor(1000.1).half())  # float16 cannot represent 1000.1
-print(torch.tensor(1 / 3, dtype=torch.float64), torch.tensor(1 / 3, dtype=torch.float32))
+print(
+    torch.tensor(1 / 3, dtype=torch.float64), torch.tensor(1 / 3, dtype=torch.float32)
+)
 
 # %% [markdown]
 # Some operations insist on floating point: `ints.mean()` raises an error, because the
@@ -136,7 +144,9 @@ a_dev = a.to(device)
 print(a.device, "->", a_dev.device)
 b_dev = torch.ones(3, 3, device=device)  # or create it there directly
 print((a_dev @ b_dev).device)
-print(a_dev.sum().item())  # .item() turns a one-element tensor into a Python number (on the CPU)
+print(
+    a_dev.sum().item()
+)  # .item() turns a one-element tensor into a Python number (on the CPU)
 
 # %% [markdown]
 # On a machine with a GPU, mixing a CPU tensor with a GPU tensor raises *"Expected all
@@ -162,8 +172,12 @@ print(t.reshape(2, -1).shape)  # -1 is inferred: (2, 6)
 # laid out one after another in memory. Then `view` fails and `reshape` copies.
 
 # %%
-images = torch.randn(2, 28, 28, 3)  # (batch, height, width, channels), as image libraries store it
-chw = images.permute(0, 3, 1, 2)  # (batch, channels, height, width), as PyTorch layers expect
+images = torch.randn(
+    2, 28, 28, 3
+)  # (batch, height, width, channels), as image libraries store it
+chw = images.permute(
+    0, 3, 1, 2
+)  # (batch, channels, height, width), as PyTorch layers expect
 print(chw.shape, "contiguous:", chw.is_contiguous())
 try:
     chw.view(2, -1)
@@ -223,9 +237,13 @@ print(torch.where(positive, scores, torch.zeros_like(scores)))  # ReLU by hand
 # %%
 logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0]])
 targets = torch.tensor([0, 2, 1])
-picked = logits.gather(dim=1, index=targets.unsqueeze(1))  # index must be (3, 1) like the output
+picked = logits.gather(
+    dim=1, index=targets.unsqueeze(1)
+)  # index must be (3, 1) like the output
 print(picked.squeeze(1))  # tensor([2.0, 3.0, 1.0])
-assert torch.equal(picked.squeeze(1), logits[torch.arange(3), targets])  # same thing, fancy-indexed
+assert torch.equal(
+    picked.squeeze(1), logits[torch.arange(3), targets]
+)  # same thing, fancy-indexed
 
 # %% [markdown]
 # ## 1.6 Broadcasting
@@ -248,13 +266,20 @@ print((col + row).shape)
 # a `(B, 1)` column gives a `(B, B)` matrix, not the `(B,)` difference you wanted.
 
 # %%
-data = torch.randn(100, 3) * torch.tensor([1.0, 5.0, 10.0]) + torch.tensor([0.0, 3.0, -2.0])
+data = torch.randn(100, 3) * torch.tensor([1.0, 5.0, 10.0]) + torch.tensor(
+    [0.0, 3.0, -2.0]
+)
 centred = data - data.mean(dim=0)  # (100, 3) - (3,) -> (100, 3)
 print(centred.mean(dim=0).abs().max() < 1e-5)
 
 prediction = torch.randn(4, 1)  # what a model with one output returns
 target = torch.randn(4)
-print("wrong:", (prediction - target).shape, " right:", (prediction.squeeze(1) - target).shape)
+print(
+    "wrong:",
+    (prediction - target).shape,
+    " right:",
+    (prediction.squeeze(1) - target).shape,
+)
 
 # %% [markdown]
 # ## 1.7 In-place operations
@@ -299,7 +324,14 @@ print(base[0].item(), safe[0].item())  # the clone is independent
 # %%
 mat = torch.arange(6.0).reshape(2, 3)
 tr = mat.t()
-print("strides:", mat.stride(), tr.stride(), "contiguous:", mat.is_contiguous(), tr.is_contiguous())
+print(
+    "strides:",
+    mat.stride(),
+    tr.stride(),
+    "contiguous:",
+    mat.is_contiguous(),
+    tr.is_contiguous(),
+)
 print(tr.contiguous().is_contiguous(), tr.contiguous().data_ptr() != mat.data_ptr())
 
 # %% [markdown]
@@ -422,15 +454,22 @@ def distances_loop(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 
 
 def distances_vectorised(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    diff = points[:, None, :] - centres[None, :, :]  # (200, 1, 2) - (1, 50, 2) -> (200, 50, 2)
+    diff = (
+        points[:, None, :] - centres[None, :, :]
+    )  # (200, 1, 2) - (1, 50, 2) -> (200, 50, 2)
     return (diff * diff).sum(dim=-1)  # (200, 50)
 
 
-assert torch.allclose(distances_loop(points, centres), distances_vectorised(points, centres))
+assert torch.allclose(
+    distances_loop(points, centres), distances_vectorised(points, centres)
+)
 loop_s = best_time(lambda: distances_loop(points, centres), repeat=3)
 vec_s = best_time(lambda: distances_vectorised(points, centres), repeat=20)
 speedup = loop_s / vec_s
-print(f"loop: {loop_s * 1e3:.1f} ms   vectorised: {vec_s * 1e3:.3f} ms   speed-up: {speedup:.0f}x")
+print(
+    f"loop: {loop_s * 1e3:.1f} ms   vectorised: {vec_s * 1e3:.3f} ms   "
+    f"speed-up: {speedup:.0f}x"
+)
 assert speedup >= 10, speedup
 
 # %% [markdown]
@@ -444,7 +483,8 @@ assert speedup >= 10, speedup
 # - **Silent broadcasting.** `(B, 1) - (B,)` gives `(B, B)`. Print shapes, or `squeeze` first.
 # - **Unexpected sharing.** Slices, `view` and `from_numpy` share memory; `clone()` when you
 #   need an independent copy.
-# - **Integer tensors.** `torch.tensor([1, 2])` is `int64`; `mean`, `std` and most layers need floats.
+# - **Integer tensors.** `torch.tensor([1, 2])` is `int64`; `mean`, `std` and most layers
+#   need floats.
 # - **Device mismatches.** Create or move every tensor with `device=device` / `.to(device)`;
 #   hard-coded `.cuda()` breaks on machines without an NVIDIA GPU.
 # - **`view` on a permuted tensor** fails; use `reshape` (or `.contiguous().view(...)`).

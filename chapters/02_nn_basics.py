@@ -33,7 +33,9 @@ if "google.colab" in sys.modules:
     import subprocess
 
     repository = "https://github.com/pytorch-book/pytorch-book"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True
+    )
 
 # %%
 import tempfile
@@ -41,14 +43,18 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from helpers.data import load_breast_cancer_split, make_linear_data
+from helpers.plotting import plot_losses
+from helpers.runtime import (
+    describe_runtime,
+    get_device,
+    make_generator,
+    seed_everything,
+)
+from helpers.training import evaluate, fit, predict, train_one_epoch
 from sklearn.metrics import ConfusionMatrixDisplay, f1_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-
-from helpers.data import load_breast_cancer_split, make_linear_data
-from helpers.plotting import plot_losses
-from helpers.runtime import describe_runtime, get_device, make_generator, seed_everything
-from helpers.training import evaluate, fit, predict, train_one_epoch
 
 seed = seed_everything(0)
 device = get_device()
@@ -131,7 +137,10 @@ for start in (0.3, 3.0):
     leaf = torch.tensor([start, start], requires_grad=True)
     total, steps = double_until_large(leaf)
     total.backward()
-    print(f"start={start}: {steps} doublings, gradient {leaf.grad.tolist()} (= 2**{steps})")
+    print(
+        f"start={start}: {steps} doublings, "
+        f"gradient {leaf.grad.tolist()} (= 2**{steps})"
+    )
     assert torch.allclose(leaf.grad, torch.full((2,), 2.0**steps))
 
 # %% [markdown]
@@ -147,12 +156,16 @@ def smooth_loss(w: torch.Tensor) -> torch.Tensor:
     return (torch.log1p(torch.exp(w)) * torch.sin(w)).sum()
 
 
-w = torch.randn(5, dtype=torch.float64, requires_grad=True, generator=make_generator(seed))
+w = torch.randn(
+    5, dtype=torch.float64, requires_grad=True, generator=make_generator(seed)
+)
 smooth_loss(w).backward()
 h = 1e-6
 basis = torch.eye(5, dtype=torch.float64)
 with torch.no_grad():
-    numeric = torch.stack([(smooth_loss(w + h * e) - smooth_loss(w - h * e)) / (2 * h) for e in basis])
+    numeric = torch.stack(
+        [(smooth_loss(w + h * e) - smooth_loss(w - h * e)) / (2 * h) for e in basis]
+    )
 print("autograd:", w.grad)
 print("numeric: ", numeric)
 assert torch.allclose(w.grad, numeric, atol=1e-6)
@@ -186,10 +199,11 @@ print(model)
 
 # %% [markdown]
 # ```{note}
-# Older examples write `super(MLP, self).__init__()`, which still works, and some
-# copies carry the typo `super(...).init()`: that calls a method that does not exist
-# (or silently does nothing), and the first layer assignment then fails with
-# *"cannot assign module before Module.__init__() call"*. Write `super().__init__()`.
+# Older examples write `super(MLP, self).__init__()`, which still works. Some widely
+# copied ones carry the typo `super(...).init()`: `nn.Module` has no `init` method, so
+# creating the model fails at once with *"'super' object has no attribute 'init'"*.
+# Leaving the call out entirely fails at the first layer assignment with *"cannot
+# assign module before Module.__init__() call"*. Write `super().__init__()`.
 # ```
 #
 # Assigning a layer to an attribute registers it. `parameters()` yields every weight
@@ -219,7 +233,9 @@ print({name: tuple(t.shape) for name, t in model.state_dict().items()})
 # %%
 w_true = torch.tensor([2.0, -3.0, 0.5])
 b_true = 1.0
-x_lin, y_lin = make_linear_data(500, w_true, b_true, noise_std=0.1, generator=make_generator(seed))
+x_lin, y_lin = make_linear_data(
+    500, w_true, b_true, noise_std=0.1, generator=make_generator(seed)
+)
 x_lin, y_lin = x_lin.to(device), y_lin.to(device)
 
 regressor = nn.Linear(3, 1).to(device)
@@ -237,12 +253,17 @@ for _ in range(100):
 
 learned_w = regressor.weight.detach().squeeze(0).cpu()
 learned_b = regressor.bias.item()
-print("true w:", w_true.tolist(), " learned w:", [round(v, 3) for v in learned_w.tolist()])
+print(
+    "true w:", w_true.tolist(), " learned w:", [round(v, 3) for v in learned_w.tolist()]
+)
 print(f"true b: {b_true}   learned b: {learned_b:.3f}")
 assert torch.allclose(learned_w, w_true, atol=0.05) and abs(learned_b - b_true) < 0.05
 
 fig = plot_losses(
-    {"train (full batch)": regression_losses}, title="Linear regression", xlabel="step", log_y=True
+    {"train (full batch)": regression_losses},
+    title="Linear regression",
+    xlabel="step",
+    log_y=True,
 )
 plt.show()
 
@@ -331,7 +352,12 @@ for label, make_optimizer in optimizers.items():
         curves[label].append(loss.item())
     print(f"{label:20} loss after 150 steps: {curves[label][-1]:.4f}")
 
-fig = plot_losses(curves, title="Three optimizers on a badly scaled regression", xlabel="step", log_y=True)
+fig = plot_losses(
+    curves,
+    title="Three optimizers on a badly scaled regression",
+    xlabel="step",
+    log_y=True,
+)
 plt.show()
 assert curves["SGD + momentum 0.9"][-1] < curves["SGD"][-1]
 
@@ -352,7 +378,12 @@ assert curves["SGD + momentum 0.9"][-1] < curves["SGD"][-1]
 # %%
 data = load_breast_cancer_split(test_fraction=0.2, seed=seed)
 print("train:", tuple(data.x_train.shape), " test:", tuple(data.x_test.shape))
-print("classes:", data.class_names, " benign share of train:", round(data.y_train.mean().item(), 3))
+print(
+    "classes:",
+    data.class_names,
+    " benign share of train:",
+    round(data.y_train.mean().item(), 3),
+)
 
 # %% [markdown]
 # A `Dataset` answers two questions: how many examples there are (`__len__`) and what
@@ -382,13 +413,18 @@ train_set = TabularDataset(data.x_train, data.y_train)
 test_set = TabularDataset(data.x_test, data.y_test)
 batch_size = 32
 # A private generator makes the shuffling order repeatable without touching the global seed.
-train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=make_generator(seed))
+train_loader = DataLoader(
+    train_set, batch_size=batch_size, shuffle=True, generator=make_generator(seed)
+)
 test_loader = DataLoader(test_set, batch_size=256)  # evaluation needs no shuffling
 
 for batch_index, (inputs, targets) in enumerate(train_loader):
     if batch_index == 0:
         print("first batch:", tuple(inputs.shape), tuple(targets.shape))
-print(f"{len(train_set)} examples -> {len(train_loader)} batches; the last holds {len(inputs)}")
+print(
+    f"{len(train_set)} examples -> {len(train_loader)} batches; "
+    f"the last holds {len(inputs)}"
+)
 
 # %% [markdown]
 # ## 2.7 The training loop, step by step
@@ -410,7 +446,10 @@ inputs, targets = inputs.to(device), targets.to(device)
 criterion(model(inputs).squeeze(1), targets).backward()
 once = model.hidden.weight.grad.clone()
 criterion(model(inputs).squeeze(1), targets).backward()  # no zero_grad in between
-print("ratio after two backward passes:", (model.hidden.weight.grad.norm() / once.norm()).item())
+print(
+    "ratio after two backward passes:",
+    (model.hidden.weight.grad.norm() / once.norm()).item(),
+)
 assert torch.allclose(model.hidden.weight.grad, 2 * once)
 model.zero_grad()
 
@@ -432,7 +471,9 @@ full_batch_grad = model.hidden.weight.grad.clone()
 model.zero_grad()
 accumulation_steps = 4
 for micro_inputs, micro_targets in zip(
-    big_inputs.chunk(accumulation_steps), big_targets.chunk(accumulation_steps), strict=True
+    big_inputs.chunk(accumulation_steps),
+    big_targets.chunk(accumulation_steps),
+    strict=True,
 ):
     loss = criterion(model(micro_inputs).squeeze(1), micro_targets) / accumulation_steps
     loss.backward()  # adds this micro-batch's share into .grad
@@ -470,7 +511,9 @@ for epoch in range(1, epochs + 1):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        running_loss += loss.item() * len(targets)  # loss is a batch mean; weight it by size
+        running_loss += loss.item() * len(
+            targets
+        )  # loss is a batch mean; weight it by size
         seen += len(targets)
     train_losses.append(running_loss / seen)
 
@@ -483,9 +526,14 @@ for epoch in range(1, epochs + 1):
             seen += len(targets)
     test_losses.append(total / seen)
     if epoch % 10 == 0 or epoch == 1:
-        print(f"epoch {epoch:3d}  train loss {train_losses[-1]:.4f}  test loss {test_losses[-1]:.4f}")
+        print(
+            f"epoch {epoch:3d}  train loss {train_losses[-1]:.4f}  "
+            f"test loss {test_losses[-1]:.4f}"
+        )
 
-fig = plot_losses({"train": train_losses, "test": test_losses}, title="MLP on breast-cancer data")
+fig = plot_losses(
+    {"train": train_losses, "test": test_losses}, title="MLP on breast-cancer data"
+)
 plt.show()
 
 # %% [markdown]
@@ -510,12 +558,18 @@ test_pred = (test_logits > 0).long()
 test_true = data.y_test.long()
 test_acc = (test_pred == test_true).float().mean().item()
 malignant_f1 = f1_score(test_true.numpy(), test_pred.numpy(), pos_label=0)
-print(f"test accuracy: {test_acc:.3f}   F1 (malignant): {malignant_f1:.3f}   on {len(test_true)} tumours")
+print(
+    f"test accuracy: {test_acc:.3f}   F1 (malignant): {malignant_f1:.3f}   "
+    f"on {len(test_true)} tumours"
+)
 assert test_acc >= 0.95, test_acc
 
 # %%
 display = ConfusionMatrixDisplay.from_predictions(
-    test_true.numpy(), test_pred.numpy(), display_labels=list(data.class_names), colorbar=False
+    test_true.numpy(),
+    test_pred.numpy(),
+    display_labels=list(data.class_names),
+    colorbar=False,
 )
 display.ax_.set_title("Test-set confusion matrix")
 plt.show()
@@ -532,8 +586,12 @@ plt.show()
 # %%
 result = evaluate(model, test_loader, criterion, device)
 helper_pred, helper_true = predict(model, test_loader, device)
-print(f"helpers.training.evaluate: loss {result.loss:.4f}, accuracy {result.accuracy:.3f}")
-assert abs(result.loss - test_losses[-1]) < 1e-6 and abs(result.accuracy - test_acc) < 1e-6
+print(
+    f"helpers.training.evaluate: loss {result.loss:.4f}, accuracy {result.accuracy:.3f}"
+)
+assert (
+    abs(result.loss - test_losses[-1]) < 1e-6 and abs(result.accuracy - test_acc) < 1e-6
+)
 assert torch.equal(helper_pred, test_pred)
 
 # %% [markdown]
@@ -583,7 +641,9 @@ print("the restored model makes identical predictions")
 # Solution 1: sum() makes a scalar whose gradient w.r.t. each x_i is f'(x_i).
 xs = torch.linspace(-3, 3, 50, requires_grad=True)
 (xs**2 * torch.sin(xs)).sum().backward()
-analytic = 2 * xs.detach() * torch.sin(xs.detach()) + xs.detach() ** 2 * torch.cos(xs.detach())
+analytic = 2 * xs.detach() * torch.sin(xs.detach()) + xs.detach() ** 2 * torch.cos(
+    xs.detach()
+)
 print("max error:", (xs.grad - analytic).abs().max().item())
 assert torch.allclose(xs.grad, analytic, atol=1e-5)
 
@@ -597,9 +657,13 @@ assert torch.allclose(xs.grad, analytic, atol=1e-5)
 torch.manual_seed(seed)
 model = MLP(30, 16, 1).to(device)
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-small_loader = DataLoader(train_set, batch_size=8, shuffle=True, generator=make_generator(seed))
+small_loader = DataLoader(
+    train_set, batch_size=8, shuffle=True, generator=make_generator(seed)
+)
 for _ in range(40):
-    train_one_epoch(model, small_loader, criterion, optimizer, device, accumulation_steps=4)
+    train_one_epoch(
+        model, small_loader, criterion, optimizer, device, accumulation_steps=4
+    )
 accumulated = evaluate(model, test_loader, criterion, device)
 print(f"test accuracy with accumulation: {accumulated.accuracy:.3f}")
 assert accumulated.accuracy >= 0.95
@@ -613,9 +677,12 @@ assert accumulated.accuracy >= 0.95
 torch.manual_seed(seed)
 model = MLP(30, 16, 1).to(device)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-history = fit(model, train_loader, test_loader, criterion, optimizer, 40, device, progress=False)
+history = fit(
+    model, train_loader, test_loader, criterion, optimizer, 40, device, progress=False
+)
 fig = plot_losses(
-    {"Adam: test": test_losses, "SGD + momentum: test": history.val_loss}, title="Adam vs SGD with momentum"
+    {"Adam: test": test_losses, "SGD + momentum: test": history.val_loss},
+    title="Adam vs SGD with momentum",
 )
 plt.show()
 print(f"final test accuracy with SGD + momentum: {history.val_accuracy[-1]:.3f}")
@@ -631,7 +698,16 @@ assert history.val_accuracy[-1] >= 0.95
 torch.manual_seed(seed)
 logistic = nn.Linear(30, 1).to(device)
 optimizer = torch.optim.Adam(logistic.parameters(), lr=1e-2)
-history = fit(logistic, train_loader, test_loader, criterion, optimizer, 40, device, progress=False)
+history = fit(
+    logistic,
+    train_loader,
+    test_loader,
+    criterion,
+    optimizer,
+    40,
+    device,
+    progress=False,
+)
 print(
     f"logistic regression: {sum(p.numel() for p in logistic.parameters())} parameters, "
     f"test accuracy {history.val_accuracy[-1]:.3f}"

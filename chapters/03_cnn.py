@@ -34,7 +34,9 @@ if "google.colab" in sys.modules:
     import subprocess
 
     repository = "https://github.com/pytorch-book/pytorch-book"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True
+    )
 
 # %%
 import tempfile
@@ -43,18 +45,22 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from helpers.data import load_mnist_subset, load_torchvision_mnist
+from helpers.models import conv_output_size, count_parameters
+from helpers.plotting import plot_image_grid, plot_losses
+from helpers.runtime import (
+    describe_runtime,
+    get_device,
+    make_generator,
+    seed_everything,
+)
+from helpers.training import evaluate, fit, predict, train_one_epoch
 from skimage import data as skimage_data
 from sklearn.metrics import ConfusionMatrixDisplay
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
-
-from helpers.data import load_mnist_subset, load_torchvision_mnist
-from helpers.models import conv_output_size, count_parameters
-from helpers.plotting import plot_image_grid, plot_losses
-from helpers.runtime import describe_runtime, get_device, make_generator, seed_everything
-from helpers.training import evaluate, fit, predict, train_one_epoch
 
 seed = seed_everything(0)
 device = get_device()
@@ -79,8 +85,12 @@ camera = torch.from_numpy(skimage_data.camera()).float() / 255.0  # (512, 512) i
 image = camera[None, None]  # (1, 1, 512, 512): F.conv2d wants (batch, channels, H, W)
 
 kernels = {
-    "vertical edges (Sobel)": torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]),
-    "horizontal edges (Sobel)": torch.tensor([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]]),
+    "vertical edges (Sobel)": torch.tensor(
+        [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]
+    ),
+    "horizontal edges (Sobel)": torch.tensor(
+        [[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]]
+    ),
     "blur (5 x 5 box)": torch.full((5, 5), 1.0 / 25),
     "sharpen": torch.tensor([[0.0, -1.0, 0.0], [-1.0, 5.0, -1.0], [0.0, -1.0, 0.0]]),
 }
@@ -89,7 +99,9 @@ for name, kernel in kernels.items():
     weight = kernel[None, None]  # (out_channels=1, in_channels=1, kH, kW)
     out = F.conv2d(image, weight, padding=kernel.shape[-1] // 2)  # "same" size output
     results[name] = out[0, 0]
-    print(f"{name:25} output {tuple(out.shape)}  range [{out.min():.2f}, {out.max():.2f}]")
+    print(
+        f"{name:25} output {tuple(out.shape)}  range [{out.min():.2f}, {out.max():.2f}]"
+    )
 
 fig = plot_image_grid(
     list(results.values()),
@@ -160,7 +172,9 @@ for k, s, p, d in settings:
 
 # %%
 conv = nn.Conv2d(1, 32, kernel_size=3, padding=1)  # (B, 1, 28, 28) -> (B, 32, 28, 28)
-dense = nn.Linear(28 * 28, 32 * 28 * 28)  # (B, 784) -> (B, 25088), the same number of outputs
+dense = nn.Linear(
+    28 * 28, 32 * 28 * 28
+)  # (B, 784) -> (B, 25088), the same number of outputs
 print(f"Conv2d(1, 32, 3): {count_parameters(conv):>12,} parameters")
 print(f"Linear(784, 25088): {count_parameters(dense):>10,} parameters")
 assert count_parameters(conv) == 32 * (3 * 3 * 1) + 32
@@ -219,7 +233,10 @@ ones = torch.ones(10_000)
 dropout.train()
 dropped = dropout(ones)
 zeroed = (dropped == 0).float().mean()
-print(f"train: {zeroed:.3f} zeroed, survivors = {dropped.max():.1f}, mean = {dropped.mean():.3f}")
+print(
+    f"train: {zeroed:.3f} zeroed, survivors = {dropped.max():.1f}, "
+    f"mean = {dropped.mean():.3f}"
+)
 dropout.eval()
 print(f"eval:  output equals input: {torch.equal(dropout(ones), ones)}")
 
@@ -233,18 +250,28 @@ print(f"eval:  output equals input: {torch.equal(dropout(ones), ones)}")
 
 # %%
 bn = nn.BatchNorm2d(1)
-batch = 3.0 + 2.0 * torch.randn(64, 1, 8, 8, generator=make_generator(seed))  # mean 3, std 2
+batch = 3.0 + 2.0 * torch.randn(
+    64, 1, 8, 8, generator=make_generator(seed)
+)  # mean 3, std 2
 bn.train()
 out_train = bn(batch)
 print(f"train: output mean {out_train.mean():+.3f}, std {out_train.std():.3f}")
-print(f"       running mean {bn.running_mean.item():.3f}, running var {bn.running_var.item():.3f}")
+print(
+    f"       running mean {bn.running_mean.item():.3f}, "
+    f"running var {bn.running_var.item():.3f}"
+)
 for _ in range(50):  # many training batches: the running estimates converge
     bn(batch)
 bn.eval()
 out_eval = bn(batch)
-print(f"eval:  output mean {out_eval.mean():+.3f}, std {out_eval.std():.3f}, using running statistics")
+print(
+    f"eval:  output mean {out_eval.mean():+.3f}, std {out_eval.std():.3f}, "
+    "using running statistics"
+)
 single = bn(batch[:1])
-assert torch.allclose(single, out_eval[:1], atol=1e-6)  # eval: an image's output ignores its batch
+assert torch.allclose(
+    single, out_eval[:1], atol=1e-6
+)  # eval: an image's output ignores its batch
 
 # %% [markdown]
 # Forgetting `model.eval()` before testing a network with batch norm makes its
@@ -262,12 +289,19 @@ assert torch.allclose(single, out_eval[:1], atol=1e-6)  # eval: an image's outpu
 # %%
 digits = load_mnist_subset(val_size=500, test_size=1000, seed=seed)
 print(
-    "train", tuple(digits.x_train.shape), "val", tuple(digits.x_val.shape), "test", tuple(digits.x_test.shape)
+    "train",
+    tuple(digits.x_train.shape),
+    "val",
+    tuple(digits.x_val.shape),
+    "test",
+    tuple(digits.x_test.shape),
 )
 print(f"training pixels: mean {digits.mean:.4f}, std {digits.std:.4f}")
 
 fig = plot_image_grid(
-    digits.x_train[:16], titles=[str(d) for d in digits.y_train[:16].tolist()], suptitle="Training digits"
+    digits.x_train[:16],
+    titles=[str(d) for d in digits.y_train[:16].tolist()],
+    suptitle="Training digits",
 )
 plt.show()
 
@@ -287,7 +321,14 @@ plt.show()
 class DigitDataset(Dataset):
     """Digit images with labels; an optional transform is applied on every access."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: float, std: float, transform=None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: float,
+        std: float,
+        transform=None,
+    ):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels = images, labels
@@ -304,7 +345,9 @@ class DigitDataset(Dataset):
         return (image - self.mean) / self.std, self.labels[index]
 
 
-augment = v2.RandomAffine(degrees=10, translate=(2 / 28, 2 / 28))  # shift: fraction of the width
+augment = v2.RandomAffine(
+    degrees=10, translate=(2 / 28, 2 / 28)
+)  # shift: fraction of the width
 
 torch.manual_seed(seed)
 one_digit = digits.x_train[0]
@@ -317,10 +360,14 @@ plt.show()
 
 # %%
 batch_size = 64
-train_set = DigitDataset(digits.x_train, digits.y_train, digits.mean, digits.std, transform=augment)
+train_set = DigitDataset(
+    digits.x_train, digits.y_train, digits.mean, digits.std, transform=augment
+)
 val_set = DigitDataset(digits.x_val, digits.y_val, digits.mean, digits.std)
 test_set = DigitDataset(digits.x_test, digits.y_test, digits.mean, digits.std)
-train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=make_generator(seed))
+train_loader = DataLoader(
+    train_set, batch_size=batch_size, shuffle=True, generator=make_generator(seed)
+)
 val_loader = DataLoader(val_set, batch_size=500)
 test_loader = DataLoader(test_set, batch_size=500)
 
@@ -338,10 +385,14 @@ test_loader = DataLoader(test_set, batch_size=500)
 USE_FULL_MNIST = False  # True: download and use the full MNIST (needs internet access)
 if USE_FULL_MNIST:
     digits = load_torchvision_mnist("data", val_size=5000, seed=seed, download=True)
-    train_set = DigitDataset(digits.x_train, digits.y_train, digits.mean, digits.std, transform=augment)
+    train_set = DigitDataset(
+        digits.x_train, digits.y_train, digits.mean, digits.std, transform=augment
+    )
     val_set = DigitDataset(digits.x_val, digits.y_val, digits.mean, digits.std)
     test_set = DigitDataset(digits.x_test, digits.y_test, digits.mean, digits.std)
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=make_generator(seed))
+    train_loader = DataLoader(
+        train_set, batch_size=batch_size, shuffle=True, generator=make_generator(seed)
+    )
     val_loader = DataLoader(val_set, batch_size=500)
     test_loader = DataLoader(test_set, batch_size=500)
 print(f"training on {len(train_set)} digits")
@@ -355,13 +406,17 @@ print(f"training on {len(train_set)} digits")
 
 # %%
 class DigitCNN(nn.Module):
-    """Two conv blocks (conv -> batch norm -> ReLU -> 2x2 max-pool), then dropout and a linear classifier."""
+    """Two conv blocks (conv, batch norm, ReLU, 2x2 max-pool), then a linear classifier."""
 
-    def __init__(self, channels: tuple[int, int] = (32, 64), dropout: float = 0.3) -> None:
+    def __init__(
+        self, channels: tuple[int, int] = (32, 64), dropout: float = 0.3
+    ) -> None:
         super().__init__()
         c1, c2 = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, kernel_size=3, padding=1),  # (B, 1, 28, 28) -> (B, c1, 28, 28)
+            nn.Conv2d(
+                1, c1, kernel_size=3, padding=1
+            ),  # (B, 1, 28, 28) -> (B, c1, 28, 28)
             nn.BatchNorm2d(c1),
             nn.ReLU(),
             nn.MaxPool2d(2),  # -> (B, c1, 14, 14)
@@ -383,7 +438,9 @@ class DigitCNN(nn.Module):
 torch.manual_seed(seed)
 model = DigitCNN().to(device)
 inputs, targets = next(iter(train_loader))
-print("batch:", tuple(inputs.shape), "-> logits:", tuple(model(inputs.to(device)).shape))
+print(
+    "batch:", tuple(inputs.shape), "-> logits:", tuple(model(inputs.to(device)).shape)
+)
 print(f"parameters: {count_parameters(model):,}")
 
 # %% [markdown]
@@ -414,7 +471,9 @@ train_losses, val_losses, val_accs, lrs = [], [], [], []
 best_acc, best_epoch = -1.0, 0
 for epoch in tqdm(range(1, epochs + 1), desc="epochs"):
     lrs.append(optimizer.param_groups[0]["lr"])
-    train_losses.append(train_one_epoch(model, train_loader, criterion, optimizer, device))
+    train_losses.append(
+        train_one_epoch(model, train_loader, criterion, optimizer, device)
+    )
     scheduler.step()  # once per epoch, after the optimizer steps
     val = evaluate(model, val_loader, criterion, device)
     val_losses.append(val.loss)
@@ -423,17 +482,29 @@ for epoch in tqdm(range(1, epochs + 1), desc="epochs"):
         best_acc, best_epoch = val.accuracy, epoch
         torch.save(model.state_dict(), best_path)
     if epoch % 5 == 0 or epoch == 1:
-        print(f"epoch {epoch:2d}  lr {lrs[-1]:.5f}  train {train_losses[-1]:.4f}  val acc {val.accuracy:.3f}")
+        print(
+            f"epoch {epoch:2d}  lr {lrs[-1]:.5f}  train loss {train_losses[-1]:.4f}  "
+            f"val acc {val.accuracy:.3f}"
+        )
 
 model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
-print(f"best validation accuracy {best_acc:.3f} at epoch {best_epoch}; those weights are now loaded")
+print(
+    f"best validation accuracy {best_acc:.3f} at epoch {best_epoch}; "
+    "those weights are now loaded"
+)
 
 # %%
 fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.5))
-plot_losses({"train": train_losses, "validation": val_losses}, title="DigitCNN with augmentation", ax=ax_loss)
+plot_losses(
+    {"train": train_losses, "validation": val_losses},
+    title="DigitCNN with augmentation",
+    ax=ax_loss,
+)
 ax_loss.axvline(best_epoch, color="grey", linestyle=":", label="best epoch")
 ax_loss.legend()
-plot_losses({"learning rate": lrs}, title="Cosine schedule", ylabel="learning rate", ax=ax_lr)
+plot_losses(
+    {"learning rate": lrs}, title="Cosine schedule", ylabel="learning rate", ax=ax_lr
+)
 fig.tight_layout()
 plt.show()
 
@@ -450,12 +521,17 @@ plt.show()
 test = evaluate(model, test_loader, criterion, device)
 cnn_test_acc = test.accuracy
 n_errors = round((1 - cnn_test_acc) * len(test_set))
-print(f"DigitCNN test accuracy: {cnn_test_acc:.4f} ({n_errors} errors in {len(test_set)} digits)")
+print(
+    f"DigitCNN test accuracy: {cnn_test_acc:.4f} "
+    f"({n_errors} errors in {len(test_set)} digits)"
+)
 assert cnn_test_acc >= 0.97, cnn_test_acc
 
 # %%
 test_pred, test_true = predict(model, test_loader, device)
-display = ConfusionMatrixDisplay.from_predictions(test_true.numpy(), test_pred.numpy(), colorbar=False)
+display = ConfusionMatrixDisplay.from_predictions(
+    test_true.numpy(), test_pred.numpy(), colorbar=False
+)
 display.ax_.set_title("DigitCNN: test-set confusion matrix")
 display.figure_.set_size_inches(5.5, 5.5)
 plt.show()
@@ -472,7 +548,9 @@ fig = plot_image_grid(
     digits.x_test[shown],
     titles=[
         f"pred {p} / true {t}"
-        for p, t in zip(test_pred[shown].tolist(), test_true[shown].tolist(), strict=True)
+        for p, t in zip(
+            test_pred[shown].tolist(), test_true[shown].tolist(), strict=True
+        )
     ],
     suptitle=f"Misclassified test digits ({len(wrong)} in all, up to 24 shown)",
 )
@@ -513,7 +591,10 @@ plt.show()
 
 # %%
 def train_and_test(model: nn.Module, train_loader: DataLoader, label: str):
-    """Train as in section 3.6, reload the best validation epoch; return (history, test accuracy)."""
+    """Train as in section 3.6 and reload the best validation epoch.
+
+    Returns the training history and the test accuracy of those best weights.
+    """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     path = checkpoint_dir / f"{label}_best.pt"
@@ -525,13 +606,17 @@ def train_and_test(model: nn.Module, train_loader: DataLoader, label: str):
     return history, evaluate(model, test_loader, criterion, device).accuracy
 
 
-plain_train_set = DigitDataset(digits.x_train, digits.y_train, digits.mean, digits.std)  # no transform
+plain_train_set = DigitDataset(
+    digits.x_train, digits.y_train, digits.mean, digits.std
+)  # no transform
 plain_loader = DataLoader(
     plain_train_set, batch_size=batch_size, shuffle=True, generator=make_generator(seed)
 )
 torch.manual_seed(seed)
 plain_model = DigitCNN().to(device)
-plain_history, plain_test_acc = train_and_test(plain_model, plain_loader, "no_augmentation")
+plain_history, plain_test_acc = train_and_test(
+    plain_model, plain_loader, "no_augmentation"
+)
 print(f"test accuracy with augmentation:    {cnn_test_acc:.4f}")
 print(f"test accuracy without augmentation: {plain_test_acc:.4f}")
 
@@ -621,7 +706,10 @@ assert cnn_test_acc > mlp_test_acc, (cnn_test_acc, mlp_test_acc)
 diagonal = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, 0.0, 1.0], [0.0, 1.0, 2.0]])
 response = F.conv2d(image, diagonal[None, None], padding=1)[0, 0]
 fig = plot_image_grid(
-    [camera, response.abs()], titles=["original", "|diagonal response|"], suptitle="Exercise 1", size=3
+    [camera, response.abs()],
+    titles=["original", "|diagonal response|"],
+    suptitle="Exercise 1",
+    size=3,
 )
 plt.show()
 assert response.shape == camera.shape
@@ -637,7 +725,10 @@ size = 64
 for k, s, p in [(5, 1, 0), (2, 2, 0), (3, 2, 1), (2, 2, 0)]:
     size = conv_output_size(size, k, s, p)
 layers = nn.Sequential(
-    nn.Conv2d(1, 8, 5), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.MaxPool2d(2)
+    nn.Conv2d(1, 8, 5),
+    nn.MaxPool2d(2),
+    nn.Conv2d(8, 8, 3, stride=2, padding=1),
+    nn.MaxPool2d(2),
 )
 actual = layers(torch.zeros(1, 1, 64, 64)).shape
 print("predicted", size, "actual", tuple(actual))
@@ -672,12 +763,17 @@ assert count_parameters(strided) == count_parameters(DigitCNN().features)
 # Solution 4: softmax turns logits into probabilities; max over classes is the confidence.
 model.eval()
 with torch.no_grad():
-    logits = torch.cat([model(x.to(device)).cpu() for x, _ in test_loader])  # (1000, 10)
+    logits = torch.cat(
+        [model(x.to(device)).cpu() for x, _ in test_loader]
+    )  # (1000, 10)
 confidence, guess = torch.softmax(logits, dim=1).max(dim=1)
 unsure = confidence.argsort()[:8]
 fig = plot_image_grid(
     digits.x_test[unsure],
-    titles=[f"{guess[i]} ({confidence[i]:.2f}) / {digits.y_test[i]}" for i in unsure.tolist()],
+    titles=[
+        f"{guess[i]} ({confidence[i]:.2f}) / {digits.y_test[i]}"
+        for i in unsure.tolist()
+    ],
     suptitle="Least confident test predictions: pred (probability) / true",
 )
 plt.show()
