@@ -114,7 +114,8 @@ plt.show()
 
 # %% [markdown]
 # The Sobel kernels respond where brightness changes from left to right (or top to
-# bottom): the tripod's legs light up in the first, the horizon in the second. The box
+# bottom), positive on one side of an edge and negative on the other, so edges appear as
+# paired dark and bright lines: the tripod's legs in the first, the horizon in the second. The box
 # blur averages 25 neighbours; the sharpen kernel adds to each pixel its difference from
 # its neighbours, exaggerating edges. A CNN learns dozens of such kernels from data.
 #
@@ -158,11 +159,12 @@ for k, s, p, d in settings:
 
 # %% [markdown]
 # ```{note}
-# Getting this arithmetic wrong is the most common CNN bug in circulation. A widely
-# copied example puts `nn.Linear(20 * 20 * 20, 10)` after a 5 × 5 convolution with 20
-# channels on 28 × 28 digits: the map is really 24 × 24 × 20, and because the code
-# flattens with `x.view(-1, 20 * 20 * 20)`, the mismatch shows up as a confusing batch-size
-# error instead of a clear one. Flatten with `x.flatten(1)`, which keeps the batch
+# Getting this arithmetic wrong is a classic CNN bug. One tutorial example puts
+# `nn.Linear(20 * 20 * 20, 10)` after a 5 × 5 convolution with 20 channels on 28 × 28
+# digits: the map is really 24 × 24 × 20. Because it flattens with
+# `x.view(-1, 20 * 20 * 20)`, the error message talks about an invalid shape for the
+# whole batch, and with a batch size that happens to be a multiple of 25 there is no error
+# at all, just a wrong number of rows. Flatten with `x.flatten(1)`, which keeps the batch
 # dimension, or let `nn.AdaptiveAvgPool2d` fix the size (section 3.3).
 # ```
 #
@@ -274,9 +276,10 @@ assert torch.allclose(
 )  # eval: an image's output ignores its batch
 
 # %% [markdown]
-# Forgetting `model.eval()` before testing a network with batch norm makes its
-# predictions depend on which other images share the batch, and with a batch of one the
-# statistics are meaningless.
+# The running estimates move only 10 % of the way towards each batch's statistics
+# (`momentum=0.1`), which is why after one batch they are still far from 3 and 4; after
+# 50 more they have converged. Forgetting `model.eval()` before testing a network with
+# batch norm makes each image's prediction depend on which other images share its batch.
 #
 # ## 3.4 Real handwritten digits, offline
 #
@@ -284,7 +287,7 @@ assert torch.allclose(
 # ships 5,000 of its images (500 per digit), so this chapter needs no download.
 # `load_mnist_subset` splits them, stratified by digit with a fixed seed, into 3,500
 # training, 500 validation and 1,000 test images. The validation set chooses the best
-# epoch; the test set is looked at once, at the end.
+# epoch; the test set only measures models that are already trained.
 
 # %%
 digits = load_mnist_subset(val_size=500, test_size=1000, seed=seed)
@@ -374,11 +377,12 @@ test_loader = DataLoader(test_set, batch_size=500)
 # %% [markdown]
 # ```{admonition} With internet access: the full MNIST
 # :class: tip
-# The same code trains on all 60,000 MNIST training digits (and tests on MNIST's
-# 10,000 official test digits) if you set `USE_FULL_MNIST = True` below.
+# The same code trains on the full MNIST (55,000 training digits after 5,000 are held
+# out for validation, tested on MNIST's 10,000 official test digits) if you set
+# `USE_FULL_MNIST = True` below.
 # `load_torchvision_mnist` downloads the files with `torchvision.datasets.MNIST` and
 # returns the same kind of split, so nothing else changes. Expect each epoch to take
-# about 17 times longer on a CPU. This book is built with the offline subset.
+# about 16 times longer on a CPU. This book is built with the offline subset.
 # ```
 
 # %%
@@ -438,9 +442,10 @@ class DigitCNN(nn.Module):
 torch.manual_seed(seed)
 model = DigitCNN().to(device)
 inputs, targets = next(iter(train_loader))
-print(
-    "batch:", tuple(inputs.shape), "-> logits:", tuple(model(inputs.to(device)).shape)
-)
+model.eval()  # a shape check only: no batch-norm statistics updated, no graph recorded
+with torch.no_grad():
+    print("batch:", tuple(inputs.shape), "->", tuple(model(inputs.to(device)).shape))
+# count_parameters (helpers.models) sums p.numel() as chapter 2 did by hand
 print(f"parameters: {count_parameters(model):,}")
 
 # %% [markdown]
@@ -510,12 +515,12 @@ plt.show()
 
 # %% [markdown]
 # The training loss is measured on augmented images, which are harder than the plain
-# validation images; that is why it can sit above the validation loss. Both fall as the
-# learning rate decays.
+# validation images, and with dropout active; both are why it can sit above the
+# validation loss.
 #
 # ## 3.7 How good is it? Test accuracy and its mistakes
 #
-# Now, once, the test set.
+# Now the test set, for the model chosen on the validation set.
 
 # %%
 test = evaluate(model, test_loader, criterion, device)
@@ -557,14 +562,14 @@ fig = plot_image_grid(
 plt.show()
 
 # %% [markdown]
-# Many of the mistakes are digits a person would hesitate over too: open 4s that look like
-# 9s, 7s with an extra stroke, smudged 8s.
+# Look at the grid: typically many of the mistakes are digits a person would hesitate
+# over too.
 #
 # ### What the first layer learned
 #
-# The first convolution's 32 feature maps for one test digit show what its kernels
-# respond to: strokes of particular orientations, edges on one side of a stroke, or the
-# background.
+# The first 15 of the first convolution's 32 feature maps for one test digit show what
+# its kernels respond to, typically strokes of particular orientations, one side of a
+# stroke, or the background.
 
 # %%
 model.eval()
@@ -628,8 +633,10 @@ plt.show()
 
 # %% [markdown]
 # Compare the two printed accuracies and the two curves. On a test set of 1,000 images
-# one accuracy point is 10 digits, so differences of a few tenths of a point are within
-# the noise of a single run; the usual effect of augmentation on small data sets is a
+# one accuracy point is 10 digits, and at 98 % the standard error is about 0.4 points, so
+# differences below about one point are within the noise of a single run. (A real decision
+# would compare validation scores over several seeds, not test scores.) The usual effect
+# of augmentation on small data sets is a
 # lower, flatter validation loss late in training, because the network cannot simply
 # memorise the 3,500 images.
 #
@@ -682,8 +689,8 @@ assert cnn_test_acc > mlp_test_acc, (cnn_test_acc, mlp_test_acc)
 #
 # ```{admonition} Common pitfalls
 # :class: warning
-# - **No `model.eval()` at test time**: batch norm uses batch statistics and dropout stays
-#   on, so predictions change with the batch.
+# - **No `model.eval()` at test time**: batch norm uses batch statistics (predictions
+#   change with the batch) and dropout stays on (predictions turn random).
 # - **Wrong flatten size**: compute it (section 3.2), print shapes once, flatten with
 #   `flatten(1)`, never `view(-1, n)`.
 # - **Channels last**: image libraries give `(H, W, C)`; PyTorch layers want `(C, H, W)`
@@ -765,7 +772,7 @@ model.eval()
 with torch.no_grad():
     logits = torch.cat(
         [model(x.to(device)).cpu() for x, _ in test_loader]
-    )  # (1000, 10)
+    )  # (number of test images, 10)
 confidence, guess = torch.softmax(logits, dim=1).max(dim=1)
 unsure = confidence.argsort()[:8]
 fig = plot_image_grid(
