@@ -361,6 +361,22 @@ fig = plot_image_grid(
 )
 plt.show()
 
+# %% [markdown]
+# ```{admonition} With internet access: the full MNIST
+# :class: tip
+# The same code trains on the full MNIST (55,000 training digits after 5,000 are held
+# out for validation, tested on MNIST's 10,000 official test digits) if you set
+# `USE_FULL_MNIST = True` in the next cell, which runs before the data sets are built.
+# `load_torchvision_mnist` downloads the files with `torchvision.datasets.MNIST` and
+# returns the same kind of split, so nothing else changes. Expect each epoch to take
+# about 16 times longer on a CPU. This book is built with the offline subset.
+# ```
+
+# %%
+USE_FULL_MNIST = False  # True: download and use the full MNIST (needs internet access)
+if USE_FULL_MNIST:
+    digits = load_torchvision_mnist("data", val_size=5000, seed=seed, download=True)
+
 # %%
 batch_size = 64
 train_set = DigitDataset(
@@ -373,32 +389,6 @@ train_loader = DataLoader(
 )
 val_loader = DataLoader(val_set, batch_size=500)
 test_loader = DataLoader(test_set, batch_size=500)
-
-# %% [markdown]
-# ```{admonition} With internet access: the full MNIST
-# :class: tip
-# The same code trains on the full MNIST (55,000 training digits after 5,000 are held
-# out for validation, tested on MNIST's 10,000 official test digits) if you set
-# `USE_FULL_MNIST = True` below.
-# `load_torchvision_mnist` downloads the files with `torchvision.datasets.MNIST` and
-# returns the same kind of split, so nothing else changes. Expect each epoch to take
-# about 16 times longer on a CPU. This book is built with the offline subset.
-# ```
-
-# %%
-USE_FULL_MNIST = False  # True: download and use the full MNIST (needs internet access)
-if USE_FULL_MNIST:
-    digits = load_torchvision_mnist("data", val_size=5000, seed=seed, download=True)
-    train_set = DigitDataset(
-        digits.x_train, digits.y_train, digits.mean, digits.std, transform=augment
-    )
-    val_set = DigitDataset(digits.x_val, digits.y_val, digits.mean, digits.std)
-    test_set = DigitDataset(digits.x_test, digits.y_test, digits.mean, digits.std)
-    train_loader = DataLoader(
-        train_set, batch_size=batch_size, shuffle=True, generator=make_generator(seed)
-    )
-    val_loader = DataLoader(val_set, batch_size=500)
-    test_loader = DataLoader(test_set, batch_size=500)
 print(f"training on {len(train_set)} digits")
 
 # %% [markdown]
