@@ -6,17 +6,22 @@ repeating it. Nothing here hides a step the chapter has not shown.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from helpers.progress import tqdm
 
 __all__ = [
     "EvalResult",
     "History",
+    "Metric",
+    "accuracy",
+    "as_device",
     "evaluate",
     "fit",
     "logits_to_labels",
@@ -25,36 +30,88 @@ __all__ = [
 ]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+Metric = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of samples whose predicted label (``logits_to_labels``) equals the target."""
+    return (logits_to_labels(outputs) == targets.long()).float().mean().item()
+
+
+_METRICS: dict[str, Metric] = {"accuracy": accuracy}
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean loss and accuracy of a model over one pass of a loader."""
+    """Mean loss and mean metric of a model over one pass of a loader.
+
+    ``metric`` is ``None`` when ``evaluate`` was asked for no metric (e.g. regression,
+    where the loss is the measure). ``accuracy`` reads the metric when it is accuracy.
+    """
 
     loss: float
-    accuracy: float
+    metric: float | None = None
+    metric_name: str | None = None
+
+    @property
+    def accuracy(self) -> float:
+        if self.metric_name != "accuracy" or self.metric is None:
+            raise AttributeError(f"this result holds metric {self.metric_name!r}, not accuracy")
+        return self.metric
 
 
 @dataclass
 class History:
     """Per-epoch numbers of a training run, ready for ``plotting.plot_losses``.
 
-    ``val_*`` are measured on whatever held-out loader ``fit`` was given; ``best_epoch``
-    (1-based) is the epoch with the highest held-out accuracy.
+    ``val_*`` are measured on the held-out (validation) loader ``fit`` was given.
+    ``best_epoch`` (1-based) is the epoch ``fit`` selected: the lowest validation loss
+    (``select="loss"``) or the highest validation metric (``select="metric"``).
     """
 
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
+    val_metric: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     best_epoch: int = 0
+    metric_name: str | None = "accuracy"
+    select: str = "metric"
+
+    @property
+    def val_accuracy(self) -> list[float]:
+        if self.metric_name != "accuracy":
+            raise AttributeError(f"this run tracked metric {self.metric_name!r}, not accuracy")
+        return self.val_metric
 
 
-def _check_common(model: nn.Module, device: torch.device) -> None:
+def as_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; accepts ``"cpu"``, ``"cuda:0"``, ``torch.device(...)``."""
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(device, str):
+        try:
+            return torch.device(device)
+        except RuntimeError as error:
+            raise ValueError(f"device must name a torch device such as 'cpu', got {device!r}") from error
+    raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+
+
+def _check_common(model: nn.Module, device: str | torch.device) -> torch.device:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(device, torch.device):
-        raise TypeError(f"device must be a torch.device, got {type(device).__name__}")
+    return as_device(device)
+
+
+def _resolve_metric(metric: str | Metric | None) -> tuple[Metric | None, str | None]:
+    if metric is None:
+        return None, None
+    if isinstance(metric, str):
+        if metric not in _METRICS:
+            raise ValueError(f"metric must be one of {sorted(_METRICS)}, a callable or None, got {metric!r}")
+        return _METRICS[metric], metric
+    if callable(metric):
+        return metric, getattr(metric, "__name__", type(metric).__name__)
+    raise TypeError(f"metric must be a str, a callable or None, got {type(metric).__name__}")
 
 
 def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
@@ -71,10 +128,23 @@ def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _match_target(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    # A single-logit model returns (B, 1); BCE-style losses want it shaped like the (B,) target.
+    # A single-output model returns (B, 1); losses want it shaped like a (B,) target.
     if outputs.ndim == 2 and outputs.shape[1] == 1 and targets.ndim == 1:
         return outputs.squeeze(1)
     return outputs
+
+
+def _step_group(optimizer: torch.optim.Optimizer, group_size: int, accumulation_steps: int) -> None:
+    # Each loss was divided by k; a last group of m < k batches is rescaled by k/m so its
+    # update uses the mean over its own m batches, as one step on their concatenation would.
+    if group_size != accumulation_steps:
+        scale = accumulation_steps / group_size
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+    optimizer.step()
+    optimizer.zero_grad()
 
 
 def train_one_epoch(
@@ -82,20 +152,22 @@ def train_one_epoch(
     loader: Iterable[Batch],
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
-    device: torch.device,
+    device: str | torch.device,
     accumulation_steps: int = 1,
 ) -> float:
     """One pass over ``loader`` in training mode; returns the sample-weighted mean loss.
 
-    With ``accumulation_steps=k`` gradients of ``k`` consecutive batches are summed
-    (each loss divided by ``k``) before one optimizer step, which matches one step on
-    a ``k`` times larger batch. Introduced in chapter 02.
+    With ``accumulation_steps=k`` the gradients of ``k`` consecutive batches are summed,
+    each loss divided by ``k``, before one optimizer step; a last, shorter group of
+    ``m`` batches is averaged over ``m``. For a mean-reduced loss, equal-sized batches
+    and no batch-dependent layers (BatchNorm), each step then equals one step on the
+    concatenated batch. Introduced in chapter 02.
     """
-    _check_common(model, device)
+    device = _check_common(model, device)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int):
-        raise TypeError("accumulation_steps must be an int")
+        raise TypeError(f"accumulation_steps must be an int, got {type(accumulation_steps).__name__}")
     if accumulation_steps < 1:
         raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
     model.train()
@@ -108,28 +180,26 @@ def train_one_epoch(
         (loss / accumulation_steps).backward()
         pending += 1
         if pending == accumulation_steps:
-            optimizer.step()
-            optimizer.zero_grad()
+            _step_group(optimizer, pending, accumulation_steps)
             pending = 0
         total += loss.item() * len(targets)
         count += len(targets)
-    if pending:  # a last, partial group still deserves its update
-        optimizer.step()
-        optimizer.zero_grad()
     if count == 0:
         raise ValueError("loader yielded no batches")
+    if pending:
+        _step_group(optimizer, pending, accumulation_steps)
     return total / count
 
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, loader: Iterable[Batch], device: torch.device
+    model: nn.Module, loader: Iterable[Batch], device: str | torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted and true labels for every sample of ``loader``, on the CPU.
 
     Runs in ``eval()`` mode without building a graph. Introduced in chapter 02.
     """
-    _check_common(model, device)
+    device = _check_common(model, device)
     model.eval()
     preds, trues = [], []
     for inputs, targets in loader:
@@ -143,24 +213,35 @@ def predict(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Iterable[Batch], criterion: nn.Module, device: torch.device
+    model: nn.Module,
+    loader: Iterable[Batch],
+    criterion: nn.Module,
+    device: str | torch.device,
+    *,
+    metric: str | Metric | None = "accuracy",
 ) -> EvalResult:
-    """Mean loss and accuracy over ``loader`` in ``eval()`` mode under ``no_grad``.
+    """Mean loss and mean ``metric`` over ``loader`` in ``eval()`` mode under ``no_grad``.
 
-    Introduced in chapter 02.
+    ``metric`` is ``"accuracy"`` (the default), ``None`` (loss only, e.g. regression) or a
+    callable ``(outputs, targets) -> float`` returning a batch mean (such as mean absolute
+    error); batch means are combined weighted by batch size. Introduced in chapter 02;
+    chapter 04 passes its own metric.
     """
-    _check_common(model, device)
+    device = _check_common(model, device)
+    metric_fn, metric_name = _resolve_metric(metric)
     model.eval()
-    total, correct, count = 0.0, 0, 0
+    total, metric_total, count = 0.0, 0.0, 0
     for inputs, targets in loader:
         inputs, targets = inputs.to(device), targets.to(device)
         outputs = _match_target(model(inputs), targets)
         total += criterion(outputs, targets).item() * len(targets)
-        correct += (logits_to_labels(outputs) == targets.long()).sum().item()
+        if metric_fn is not None:
+            metric_total += float(metric_fn(outputs, targets)) * len(targets)
         count += len(targets)
     if count == 0:
         raise ValueError("loader yielded no batches")
-    return EvalResult(loss=total / count, accuracy=correct / count)
+    mean_metric = metric_total / count if metric_fn is not None else None
+    return EvalResult(loss=total / count, metric=mean_metric, metric_name=metric_name)
 
 
 def fit(
@@ -170,33 +251,66 @@ def fit(
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     epochs: int,
-    device: torch.device,
+    device: str | torch.device,
     *,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    metric: str | Metric | None = "accuracy",
+    select: str | None = None,
+    scheduler: LRScheduler | ReduceLROnPlateau | None = None,
     checkpoint_path: str | Path | None = None,
     progress: bool = True,
 ) -> History:
-    """Train for ``epochs`` epochs, evaluating on ``val_loader`` after each one.
+    """Train for ``epochs`` epochs, evaluating on the validation loader after each one.
 
-    The loop chapter 02 writes out, with a ``tqdm`` bar over epochs. Chapter 03 adds the
-    two options: ``scheduler`` is stepped once per epoch, after that epoch's optimizer
-    steps; with ``checkpoint_path`` the model's ``state_dict`` is saved there whenever
-    the held-out accuracy improves, so the file ends up holding the best epoch's weights.
+    The loop chapter 02 writes out, with a progress bar over epochs. ``metric`` is passed
+    to ``evaluate``. ``select`` says which epoch is best: ``"metric"`` (highest validation
+    metric; the default when there is a metric) or ``"loss"`` (lowest validation loss; the
+    default without one, and the choice for regression or for error-type metrics).
+    ``scheduler`` is stepped once per epoch after that epoch's optimizer steps; a
+    ``ReduceLROnPlateau`` is given the selected validation value, so its ``mode`` must be
+    ``"min"`` for ``select="loss"`` and ``"max"`` for ``select="metric"``. With
+    ``checkpoint_path`` the model's ``state_dict`` is saved whenever the selected value
+    improves: the file ends up holding the best epoch's weights (a snapshot, not a
+    resumable checkpoint). Introduced in chapter 02; chapter 03 adds the options.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
-        raise TypeError(f"scheduler must be a torch LRScheduler or None, got {type(scheduler).__name__}")
-    history = History()
+    device = _check_common(model, device)
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        raise TypeError(f"epochs must be an int, got {type(epochs).__name__}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    _, metric_name = _resolve_metric(metric)
+    if select is None:
+        select = "metric" if metric_name is not None else "loss"
+    if select not in ("metric", "loss"):
+        raise ValueError(f"select must be 'metric' or 'loss', got {select!r}")
+    if select == "metric" and metric_name is None:
+        raise ValueError("select='metric' needs a metric; pass metric=... or select='loss'")
+    if scheduler is not None and not isinstance(scheduler, (LRScheduler, ReduceLROnPlateau)):
+        raise TypeError(f"scheduler must be a torch LR scheduler or None, got {type(scheduler).__name__}")
+    if isinstance(scheduler, ReduceLROnPlateau):
+        wanted = "min" if select == "loss" else "max"
+        if scheduler.mode != wanted:
+            raise ValueError(
+                f"scheduler is ReduceLROnPlateau(mode={scheduler.mode!r}) but select={select!r} "
+                f"needs mode={wanted!r}"
+            )
+    history = History(metric_name=metric_name, select=select)
+    best = float("inf")
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=not progress):
         history.lr.append(optimizer.param_groups[0]["lr"])
         history.train_loss.append(train_one_epoch(model, train_loader, criterion, optimizer, device))
-        if scheduler is not None:
-            scheduler.step()
-        result = evaluate(model, val_loader, criterion, device)
+        result = evaluate(model, val_loader, criterion, device, metric=metric)
         history.val_loss.append(result.loss)
-        history.val_accuracy.append(result.accuracy)
-        if result.accuracy > max(history.val_accuracy[:-1], default=-1.0):
+        if result.metric is not None:
+            history.val_metric.append(result.metric)
+        value = result.loss if select == "loss" else result.metric
+        if isinstance(scheduler, ReduceLROnPlateau):
+            scheduler.step(value)
+        elif scheduler is not None:
+            scheduler.step()
+        # Compare so that lower is better for both kinds of selection.
+        score = value if select == "loss" else -value
+        if score < best:
+            best = score
             history.best_epoch = epoch
             if checkpoint_path is not None:
                 torch.save(model.state_dict(), checkpoint_path)

@@ -22,46 +22,56 @@ def _toy_binary(n=64, seed=0):
     return x, y
 
 
-def _manual_sgd_epoch(model, batches, lr, accumulation_steps=1):
-    """The loop written out with explicit parameter arithmetic: the reference."""
-    params = list(model.parameters())
+def _one_step_per_group(model, batches, lr, group):
+    """The reference: one plain SGD step on the concatenation of each group of batches."""
     criterion = nn.BCEWithLogitsLoss()
-    grads = [torch.zeros_like(p) for p in params]
-    pending = 0
-    for x, y in batches:
-        loss = criterion(model(x).squeeze(1), y) / accumulation_steps
-        for g, dg in zip(grads, torch.autograd.grad(loss, params), strict=True):
-            g += dg
-        pending += 1
-        if pending == accumulation_steps:
-            with torch.no_grad():
-                for p, g in zip(params, grads, strict=True):
-                    p -= lr * g
-                    g.zero_()
-            pending = 0
-    if pending:
+    params = list(model.parameters())
+    for start in range(0, len(batches), group):
+        chunk = batches[start : start + group]
+        x = torch.cat([xb for xb, _ in chunk])
+        y = torch.cat([yb for _, yb in chunk])
+        grads = torch.autograd.grad(criterion(model(x).squeeze(1), y), params)
         with torch.no_grad():
             for p, g in zip(params, grads, strict=True):
                 p -= lr * g
 
 
 @pytest.mark.parametrize("accumulation_steps", [1, 2, 3])
-def test_train_one_epoch_matches_a_hand_written_sgd_loop(accumulation_steps):
+def test_accumulation_equals_one_step_on_the_concatenated_batch(accumulation_steps):
     x, y = _toy_binary()
-    batches = list(zip(x.split(8), y.split(8), strict=True))  # 8 batches: 3 leaves a partial group
+    # 8 equal batches of 8: with k=3 the last group holds only 2 batches.
+    batches = list(zip(x.split(8), y.split(8), strict=True))
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
     reference = nn.Linear(2, 1)
     reference.load_state_dict(model.state_dict())
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    mean_loss = train_one_epoch(model, batches, nn.BCEWithLogitsLoss(), optimizer, CPU, accumulation_steps)
-    _manual_sgd_epoch(reference, batches, lr=0.1, accumulation_steps=accumulation_steps)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    train_one_epoch(model, batches, nn.BCEWithLogitsLoss(), optimizer, CPU, accumulation_steps)
+    _one_step_per_group(reference, batches, lr=0.5, group=accumulation_steps)
 
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
-        assert torch.allclose(p, q, atol=1e-6)
-    assert mean_loss > 0
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
     assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+
+
+def test_partial_group_is_not_shrunk_by_k():
+    """Dividing the last, shorter group by k (not its size) would give a different step."""
+    x, y = _toy_binary(24)
+    batches = list(zip(x.split(8), y.split(8), strict=True))  # 3 batches, k=2: groups of 2 and 1
+    torch.manual_seed(0)
+    model, shrunk = nn.Linear(2, 1), nn.Linear(2, 1)
+    shrunk.load_state_dict(model.state_dict())
+    train_one_epoch(model, batches, nn.BCEWithLogitsLoss(), torch.optim.SGD(model.parameters(), 0.5), CPU, 2)
+    _one_step_per_group(shrunk, batches[:2], lr=0.5, group=2)
+    criterion = nn.BCEWithLogitsLoss()
+    grads = torch.autograd.grad(
+        criterion(shrunk(batches[2][0]).squeeze(1), batches[2][1]) / 2, list(shrunk.parameters())
+    )
+    with torch.no_grad():
+        for p, g in zip(shrunk.parameters(), grads, strict=True):
+            p -= 0.5 * g
+    assert not torch.allclose(model.weight, shrunk.weight, atol=1e-4)
 
 
 def test_train_one_epoch_returns_sample_weighted_mean_loss():
@@ -166,7 +176,8 @@ def test_fit_steps_the_scheduler_per_epoch_and_checkpoints_the_best_epoch(tmp_pa
     ("call", "error", "message"),
     [
         (lambda m, o: train_one_epoch("m", [], nn.MSELoss(), o, CPU), TypeError, "model"),
-        (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, "cpu"), TypeError, "device"),
+        (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, 0), TypeError, "device"),
+        (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, "gpu9"), ValueError, "device"),
         (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), None, CPU), TypeError, "optimizer"),
         (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, CPU, 0), ValueError, "accumulation_steps"),
         (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, CPU, 1.0), TypeError, "accumulation_steps"),
@@ -174,6 +185,22 @@ def test_fit_steps_the_scheduler_per_epoch_and_checkpoints_the_best_epoch(tmp_pa
         (lambda m, o: evaluate(m, [], nn.MSELoss(), CPU), ValueError, "no batches"),
         (lambda m, o: predict(m, [], CPU), ValueError, "no batches"),
         (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 0, CPU), ValueError, "epochs"),
+        (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 2.0, CPU), TypeError, "epochs"),
+        (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, select="best"), ValueError, "select"),
+        (
+            lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, metric=None, select="metric"),
+            ValueError,
+            "metric",
+        ),
+        (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, metric="f1"), ValueError, "metric"),
+        (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, metric=3), TypeError, "metric"),
+        (
+            lambda m, o: fit(
+                m, [], [], nn.MSELoss(), o, 1, CPU, scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau(o)
+            ),
+            ValueError,
+            "mode='max'",
+        ),
         (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, scheduler=o), TypeError, "scheduler"),
     ],
 )
@@ -182,3 +209,92 @@ def test_bad_arguments_raise_clear_errors(call, error, message):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(error, match=message):
         call(model, optimizer)
+
+
+def _toy_regression(n=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=gen)
+    y = x @ torch.tensor([1.5, -2.0, 0.5]) + 0.3
+    return x, y
+
+
+def mean_absolute_error(outputs, targets):
+    return (outputs - targets).abs().mean().item()
+
+
+def test_evaluate_takes_a_callable_metric_or_none_and_accepts_a_device_string():
+    x, y = _toy_regression(30)
+    model = nn.Linear(3, 1)
+    batches = [(x[:16], y[:16]), (x[16:], y[16:])]  # unequal batches: weighted by size
+    result = evaluate(model, batches, nn.MSELoss(), "cpu", metric=mean_absolute_error)
+    with torch.no_grad():
+        outputs = model(x).squeeze(1)
+    assert result.loss == pytest.approx(nn.MSELoss()(outputs, y).item(), rel=1e-5)
+    assert result.metric == pytest.approx((outputs - y).abs().mean().item(), rel=1e-5)
+    assert result.metric_name == "mean_absolute_error"
+    with pytest.raises(AttributeError, match="not accuracy"):
+        _ = result.accuracy
+    plain = evaluate(model, batches, nn.MSELoss(), torch.device("cpu"), metric=None)
+    assert plain.metric is None and plain.loss == pytest.approx(result.loss)
+
+
+def test_fit_selects_the_lowest_validation_loss_for_regression(tmp_path):
+    x, y = _toy_regression()
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    # Training on negated targets drives the validation loss up after a first improvement.
+    train = [(x, -y)]
+    val = [(x, y)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    path = tmp_path / "best.pt"
+    history = fit(
+        model,
+        train,
+        val,
+        nn.MSELoss(),
+        optimizer,
+        8,
+        "cpu",
+        metric=None,
+        checkpoint_path=path,
+        progress=False,
+    )
+    assert history.select == "loss" and history.val_metric == []
+    assert history.val_loss[history.best_epoch - 1] == min(history.val_loss)
+    restored = nn.Linear(3, 1)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    restored_loss = evaluate(restored, val, nn.MSELoss(), CPU, metric=None).loss
+    assert restored_loss == pytest.approx(min(history.val_loss), rel=1e-6)
+    with pytest.raises(AttributeError, match="not accuracy"):
+        _ = history.val_accuracy
+
+
+def test_fit_feeds_the_selected_value_to_reduce_lr_on_plateau():
+    x, y = _toy_regression()
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    # lr=0.1 on these data improves every epoch, then the same-data swap makes validation worse
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=0)
+    history = fit(
+        model,
+        [(x, -y)],
+        [(x, y)],
+        nn.MSELoss(),
+        optimizer,
+        5,
+        CPU,
+        metric=None,
+        scheduler=scheduler,
+        progress=False,
+    )
+    # The lr halves after every epoch whose validation loss did not improve on the best so far.
+    expected, lr, best = [], 0.1, float("inf")
+    for loss in history.val_loss:
+        expected.append(lr)
+        if loss < best:
+            best = loss
+        else:
+            lr *= 0.5
+    assert history.lr == pytest.approx(expected)
+    assert history.lr[-1] < 0.1

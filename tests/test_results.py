@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+import torch
+
+from helpers.results import GLUE_MIME_PREFIX, HEADLINE_KEY, format_value, record
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    """Capture what record() hands to IPython's display instead of printing it."""
+    calls = []
+
+    def fake_display(bundle, raw, metadata):
+        calls.append((bundle, raw, metadata))
+
+    monkeypatch.setattr("IPython.display.display", fake_display)
+    return calls
+
+
+def test_record_displays_a_glue_bundle_myst_nb_can_read(shown):
+    from myst_nb.ext.glue import GLUE_PREFIX
+
+    assert GLUE_MIME_PREFIX == GLUE_PREFIX
+    assert record("test_accuracy", 0.98251, "{:.1%}") == 0.98251
+    ((bundle, raw, metadata),) = shown
+    assert raw is True
+    assert bundle == {GLUE_PREFIX + "text/plain": "98.3%"}
+    assert metadata == {"scrapbook": {"name": "test_accuracy", "mime_prefix": GLUE_PREFIX}}
+
+
+def test_headline_values_carry_label_raw_value_and_text(shown):
+    record("speedup", torch.tensor(1131.4), "{:,.0f}×", headline="Loop vs vectorised speed-up")
+    (_, _, metadata) = shown[0]
+    assert metadata[HEADLINE_KEY] == {
+        "headline": "Loop vs vectorised speed-up",
+        "value": pytest.approx(1131.4),
+        "text": "1,131×",
+    }
+
+
+def test_format_value_accepts_numpy_and_integer_scalars():
+    assert format_value(np.float32(0.5), "{:.2f}") == "0.50"
+    assert format_value(50378, "{:,}") == "50,378"
+    assert format_value(True) == "True"
+    assert format_value("relu") == "relu"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"name": 3, "value": 1.0}, TypeError, "name"),
+        ({"name": "test accuracy", "value": 1.0}, ValueError, "name"),
+        ({"name": "x", "value": [1, 2]}, TypeError, "value"),
+        ({"name": "x", "value": torch.ones(2)}, ValueError, "scalar"),
+        ({"name": "x", "value": float("nan")}, ValueError, "finite"),
+        ({"name": "x", "value": 1.0, "fmt": 2}, TypeError, "fmt"),
+        ({"name": "x", "value": 1.0, "fmt": "%.2f"}, ValueError, "replacement field"),
+        ({"name": "x", "value": "abc", "fmt": "{:.2f}"}, ValueError, "fmt"),
+        ({"name": "x", "value": 1.0, "headline": " "}, ValueError, "headline"),
+    ],
+)
+def test_bad_input_names_the_argument(shown, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        record(**kwargs)
+    assert shown == []
