@@ -1,11 +1,16 @@
 # Sourced by scripts/book.sh and scripts/test.sh: install the pinned uv into .tools/
 # (once), then create or update .venv with exactly the versions in uv.lock.
-# Needs only python3 (3.11 or newer) with its venv module; uv fetches everything else
-# from PyPI. uv resolves torch and torchvision from the registry, never from a local
+# Needs only python3 (3.11 or newer) with its venv module (Debian and Ubuntu: the
+# python3-venv package); uv fetches everything else from PyPI. uv resolves torch and torchvision from the registry, never from a local
 # wheel folder, so the pair always matches.
 set -euo pipefail
+if ! python3 -c "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))" 2>/dev/null; then
+    echo "error: these scripts need python3 >= 3.11 with its venv module (Debian/Ubuntu: apt install python3-venv)" >&2
+    exit 1
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-UV_VERSION=0.13.9
+# uv's version is pinned in one place, pyproject.toml's [tool.uv] required-version.
+UV_VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["tool"]["uv"]["required-version"].removeprefix("=="))')
 UV=.tools/uv/bin/uv
 if [ ! -x "$UV" ] || [ "$("$UV" --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
     echo "==> installing uv $UV_VERSION into .tools/uv"

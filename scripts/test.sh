@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Install everything and run the whole test suite: lint, helper tests with coverage,
-# notebook pairing checks, every notebook executed by nbmake, then a build of the book.
+# Install everything and run the whole test suite: lint, the helper and project tests
+# with coverage, every notebook executed once by nbmake while the book is built from
+# those outputs, then the built book tested in a real headless browser.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
+source scripts/_browser.sh
 echo "==> ruff: lint and format check"
 "$UV" run --locked ruff check .
 "$UV" run --locked ruff format --check .
-echo "==> pytest: helper and project tests (with coverage), then every notebook (nbmake)"
-"$UV" run --locked pytest tests book --nbmake --nbmake-timeout=600 \
-    --cov=helpers --cov-report=term-missing --cov-fail-under=90
-bash scripts/book.sh
+echo "==> pytest: helper and project tests, with branch coverage of helpers/"
+"$UV" run --locked pytest tests --ignore=tests/browser \
+    --cov=helpers --cov-branch --cov-report=term-missing --cov-fail-under=90
+echo "==> every chapter executed by nbmake, and the book built from those outputs"
+bash scripts/book.sh "$@"
+echo "==> the built book in headless Chromium"
+"$UV" run --locked pytest tests/browser

@@ -1,0 +1,248 @@
+"""Execute every chapter once, with nbmake, and build the book from those very outputs.
+
+    python scripts/build_book.py [--fresh]
+
+1. ``book/`` is mirrored into ``_stage/book/`` (nbmake skips any path containing
+   ``_build``, so the stage lives beside it, not inside it).
+2. Every staged notebook whose source, helpers or locked dependencies changed since its
+   last successful execution is executed in place by ``pytest --nbmake --overwrite``:
+   the notebooks-as-tests run and the page outputs are one and the same execution.
+   ``--fresh`` (and ``CI=true``) executes all of them.
+3. Each chapter's execution time (from pytest's JUnit report) and headline results
+   (from its ``helpers.results.record`` outputs) go into ``_stage/runs.json`` and onto
+   a generated Status page.
+4. Jupyter Book builds ``_stage/book`` with execution off into ``_build/html``.
+   Launch buttons come from ``repository.path_to_book`` in ``_config.yml``, so they
+   still point at ``book/NN_topic.ipynb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK = ROOT / "book"
+STAGE = ROOT / "_stage"
+STAGED_BOOK = STAGE / "book"
+RUNS = STAGE / "runs.json"
+JUNIT = STAGE / "junit.xml"
+HEADLINE_KEY = "pytorch_book"  # the output-metadata key helpers.results.record writes
+
+
+def inputs_digest() -> str:
+    """What every chapter depends on besides its own notebook: the helpers and the lock."""
+    digest = hashlib.sha256()
+    for path in [*sorted((ROOT / "helpers").rglob("*.py")), ROOT / "uv.lock"]:
+        digest.update(str(path.relative_to(ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def notebook_digest(notebook: Path, shared: str) -> str:
+    return hashlib.sha256(notebook.read_bytes() + shared.encode()).hexdigest()
+
+
+def mirror_sources() -> None:
+    """Copy everything in book/ except notebooks into the stage (cheap, always)."""
+    STAGED_BOOK.mkdir(parents=True, exist_ok=True)
+    for path in BOOK.rglob("*"):
+        if path.is_dir() or path.suffix == ".ipynb" or ".ipynb_checkpoints" in path.parts:
+            continue
+        target = STAGED_BOOK / path.relative_to(BOOK)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists() or target.read_bytes() != path.read_bytes():
+            shutil.copy2(path, target)
+    wanted = {p.name for p in BOOK.glob("*.ipynb")}
+    for stale in STAGED_BOOK.glob("*.ipynb"):
+        if stale.name not in wanted:
+            stale.unlink()
+
+
+def junit_times(report: Path) -> dict[str, tuple[float, bool]]:
+    """Seconds and pass/fail per notebook from pytest's JUnit XML report."""
+    times: dict[str, tuple[float, bool]] = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        name = Path(case.get("file") or case.get("name", "")).name
+        if not name.endswith(".ipynb"):
+            name = Path(case.get("classname", "").replace(".", "/")).name + ".ipynb"
+        failed = any(child.tag in ("failure", "error") for child in case)
+        times[name] = (float(case.get("time", "0")), not failed)
+    return times
+
+
+def execute(notebooks: list[Path]) -> dict[str, tuple[float, bool]]:
+    if not notebooks:
+        return {}
+    env = dict(os.environ, BOOK_PLAIN_PROGRESS="1")
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--nbmake",
+        "--overwrite",
+        "--nbmake-timeout=600",
+        f"--junitxml={JUNIT}",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "junit_family=xunit1",
+        *[str(p.relative_to(ROOT)) for p in notebooks],
+    ]
+    print("==> executing with nbmake:", ", ".join(p.name for p in notebooks), flush=True)
+    subprocess.run(command, cwd=ROOT, env=env, check=False)
+    if not JUNIT.exists():
+        raise SystemExit("nbmake produced no report: see the pytest output above")
+    return junit_times(JUNIT)
+
+
+def headlines(notebook: Path) -> list[dict]:
+    found = []
+    for cell in json.loads(notebook.read_text(encoding="utf-8")).get("cells", []):
+        for output in cell.get("outputs", []):
+            meta = output.get("metadata", {}).get(HEADLINE_KEY)
+            if meta:
+                found.append(meta)
+    return found
+
+
+def chapter_title(notebook: Path) -> str:
+    for cell in json.loads(notebook.read_text(encoding="utf-8")).get("cells", []):
+        if cell["cell_type"] == "markdown":
+            for line in "".join(cell["source"]).splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return notebook.stem
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from helpers.runtime import get_device
+
+    device = get_device()
+    name = str(device)
+    if device.type == "cuda":
+        name += f" ({torch.cuda.get_device_name(device)})"
+    return {
+        "Python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": version("torchvision"),
+        "gymnasium": version("gymnasium"),
+        "Device": name,
+        "Machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
+    }
+
+
+def write_status(runs: dict) -> None:
+    lines = [
+        "# Status",
+        "",
+        "This page is generated by the build that made the pages you are reading. Each chapter",
+        "was executed once, as a test, by `nbmake`; the pages show the outputs of that",
+        "execution, and the numbers below are the values each chapter asserts.",
+        "",
+        "## Environment",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    lines += [f"| {key} | {value} |" for key, value in versions().items()]
+    lines += [
+        "",
+        "## Chapters",
+        "",
+        "| Chapter | Executed (UTC) | Time (s) | Headline results |",
+        "|---|---|---:|---|",
+    ]
+    total = 0.0
+    for name in sorted(runs):
+        run = runs[name]
+        total += run["seconds"]
+        results = "<br>".join(f"{h['headline']}: **{h['text']}**" for h in run["headlines"]) or "—"
+        link = f"[{run['title']}]({Path(name).stem}.ipynb)"
+        lines.append(f"| {link} | {run['executed_at']} | {run['seconds']:.1f} | {results} |")
+    lines += ["", f"Total execution time of the chapters: {total:.0f} s.", ""]
+    (STAGED_BOOK / "status.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fresh", action="store_true", help="execute every chapter, cached or not")
+    args = parser.parse_args()
+    fresh = args.fresh or os.environ.get("CI", "").lower() == "true"
+
+    mirror_sources()
+    runs = json.loads(RUNS.read_text()) if RUNS.exists() and not fresh else {}
+    shared = inputs_digest()
+    todo = []
+    for source in sorted(BOOK.glob("*.ipynb")):
+        staged = STAGED_BOOK / source.name
+        digest = notebook_digest(source, shared)
+        cached = runs.get(source.name, {})
+        if fresh or cached.get("digest") != digest or not staged.exists():
+            shutil.copy2(source, staged)
+            todo.append(staged)
+            runs.pop(source.name, None)
+        else:
+            print(f"==> {source.name}: unchanged since its last execution, reusing its outputs")
+    runs = {name: run for name, run in runs.items() if (BOOK / name).exists()}
+
+    started = time.perf_counter()
+    results = execute(todo)
+    failed = []
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
+    for staged in todo:
+        seconds, passed = results.get(staged.name, (0.0, False))
+        if not passed:
+            failed.append(staged.name)
+            continue
+        runs[staged.name] = {
+            "digest": notebook_digest(BOOK / staged.name, shared),
+            "seconds": round(seconds, 1),
+            "executed_at": now,
+            "title": chapter_title(staged),
+            "headlines": headlines(staged),
+        }
+    RUNS.write_text(json.dumps(runs, indent=1, sort_keys=True), encoding="utf-8")
+    if todo:
+        print(f"==> executed {len(todo)} notebook(s) in {time.perf_counter() - started:.0f} s")
+    for name in sorted(runs):
+        print(f"    {name}: {runs[name]['seconds']:.1f} s")
+    if failed:
+        print("ERROR: these notebooks failed:", ", ".join(failed), file=sys.stderr)
+        return 1
+    write_status(runs)
+
+    print("==> building the HTML book from the executed notebooks", flush=True)
+    build = [
+        str(Path(sys.executable).parent / "jupyter-book"),
+        "build",
+        str(STAGED_BOOK.relative_to(ROOT)),
+        "--config",
+        "_config.yml",
+        "--path-output",
+        ".",
+        "-W",
+        "--keep-going",
+    ]
+    if fresh:
+        build.append("--all")
+    return subprocess.run(build, cwd=ROOT, check=False).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The staged build: which notebooks it re-executes, and what it reads back from a run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("build_book", ROOT / "scripts" / "build_book.py")
+build_book = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(build_book)
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" tests="2">
+<testcase classname="_stage.book.01_tensors" name="_stage/book/01_tensors.ipynb"
+ file="_stage/book/01_tensors.ipynb" time="8.25"/>
+<testcase classname="_stage.book.03_cnn" name="_stage/book/03_cnn.ipynb"
+ file="_stage/book/03_cnn.ipynb" time="61.5"><failure message="CellExecutionError"/></testcase>
+</testsuite></testsuites>"""
+
+
+def test_junit_times_give_seconds_and_outcome_per_notebook(tmp_path):
+    report = tmp_path / "junit.xml"
+    report.write_text(JUNIT)
+    assert build_book.junit_times(report) == {
+        "01_tensors.ipynb": (8.25, True),
+        "03_cnn.ipynb": (61.5, False),
+    }
+
+
+def _notebook(cells: list[dict]) -> dict:
+    return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def test_headlines_and_title_are_read_from_the_executed_notebook(tmp_path):
+    headline = {"headline": "CNN test accuracy", "value": 0.983, "text": "98.3%"}
+    cells = [
+        {"cell_type": "markdown", "metadata": {}, "source": ["# 3. Convolutional networks\n", "text"]},
+        {
+            "cell_type": "code",
+            "metadata": {},
+            "source": "record(...)",
+            "execution_count": 1,
+            "outputs": [
+                {"output_type": "display_data", "data": {}, "metadata": {"scrapbook": {"name": "x"}}},
+                {"output_type": "display_data", "data": {}, "metadata": {"pytorch_book": headline}},
+            ],
+        },
+    ]
+    path = tmp_path / "03_cnn.ipynb"
+    path.write_text(json.dumps(_notebook(cells)))
+    assert build_book.headlines(path) == [headline]
+    assert build_book.chapter_title(path) == "3. Convolutional networks"
+
+
+def test_headline_key_matches_what_record_writes():
+    from helpers.results import HEADLINE_KEY
+
+    assert build_book.HEADLINE_KEY == HEADLINE_KEY
+
+
+def test_a_notebook_digest_changes_with_the_notebook_or_the_shared_inputs(tmp_path):
+    path = tmp_path / "a.ipynb"
+    path.write_text("one")
+    first = build_book.notebook_digest(path, "helpers-v1")
+    assert build_book.notebook_digest(path, "helpers-v1") == first
+    assert build_book.notebook_digest(path, "helpers-v2") != first
+    path.write_text("two")
+    assert build_book.notebook_digest(path, "helpers-v1") != first
+
+
+def test_the_shared_digest_covers_every_helper_module(monkeypatch, tmp_path):
+    (tmp_path / "helpers" / "sub").mkdir(parents=True)
+    (tmp_path / "helpers" / "a.py").write_text("x = 1")
+    (tmp_path / "helpers" / "sub" / "b.py").write_text("y = 1")
+    (tmp_path / "uv.lock").write_text("lock")
+    monkeypatch.setattr(build_book, "ROOT", tmp_path)
+    before = build_book.inputs_digest()
+    (tmp_path / "helpers" / "sub" / "b.py").write_text("y = 2")
+    assert build_book.inputs_digest() != before
+
+
+@pytest.fixture
+def stage(monkeypatch, tmp_path):
+    book, staged = tmp_path / "book", tmp_path / "_stage" / "book"
+    book.mkdir()
+    monkeypatch.setattr(build_book, "BOOK", book)
+    monkeypatch.setattr(build_book, "STAGED_BOOK", staged)
+    return book, staged
+
+
+def test_mirror_copies_sources_but_leaves_notebooks_to_the_executor(stage):
+    book, staged = stage
+    (book / "intro.md").write_text("# Intro")
+    (book / "01_a.ipynb").write_text("{}")
+    staged.mkdir(parents=True)
+    (staged / "09_gone.ipynb").write_text("{}")
+    build_book.mirror_sources()
+    assert (staged / "intro.md").read_text() == "# Intro"
+    assert not (staged / "01_a.ipynb").exists()
+    assert not (staged / "09_gone.ipynb").exists(), "a notebook removed from book/ leaves the stage"
