@@ -60,11 +60,37 @@ def _check_seed(seed: int) -> int:
 
 
 def seed_everything(seed: int) -> int:
-    """Seed Python's ``random``, NumPy's global generator and torch (CPU and all GPUs).
+    """Seed Python's ``random``, NumPy's global generator and torch's default generators.
 
-    Returns the seed so a setup cell can print it. Seeding makes a run repeatable
-    on the same machine and library versions; it does not make CPU and GPU agree
-    bit for bit. Introduced in chapter 01.
+    ``torch.manual_seed`` seeds the CPU generator and those of every CUDA and MPS
+    device. Returns the seed so a setup cell can print it. Introduced in chapter 01.
+
+    What it gives: the same random *draws* (initial weights, dropout masks, shuffles)
+    each time the process runs. Generators created elsewhere (``np.random.default_rng()``,
+    a private ``torch.Generator``) are not touched; DataLoader workers derive their
+    seeds from torch's, so they follow.
+
+    What it does not give by itself, i.e. bit-for-bit equal *arithmetic*:
+
+    - CPU: runs repeat with the same torch and NumPy versions on the same machine and
+      the same number of threads (the thread count changes how a float sum is split).
+      A few CPU operations (``index_put_``/``put_`` with ``accumulate=True``,
+      ``index_copy_``) are ordered only under ``torch.use_deterministic_algorithms(True)``.
+    - CUDA: kernels that add with atomic operations (``index_add_``, ``scatter_add_``,
+      many backward passes) sum in an order that changes between runs, and cuDNN's
+      benchmark mode may pick a different convolution algorithm each run. Repeatable
+      runs also need ``torch.use_deterministic_algorithms(True)`` (which raises for
+      operations with no deterministic version), ``torch.backends.cudnn.benchmark =
+      False`` (the default) and, on PyTorch releases from before late 2025, the
+      environment variable ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (or ``:16:8``) set
+      before the process starts (in deterministic mode, those releases raise an error
+      naming it from cuBLAS matrix products otherwise).
+    - MPS: the generator is seeded, but PyTorch documents no reproducibility
+      guarantee; ``use_deterministic_algorithms(True)`` makes the MPS operations it
+      knows to be nondeterministic raise.
+    - Across devices and releases: CPU, CUDA and MPS generators produce different
+      numbers from the same seed and use different summation orders, and results may
+      change between PyTorch releases.
     """
     seed = _check_seed(seed)
     random.seed(seed)
