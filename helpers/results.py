@@ -6,8 +6,9 @@ output the way myst-nb's ``glue`` does, so prose in the built book can insert it
 ``{glue:}`test_accuracy``` and can never contradict the output beside it. Values given a
 ``headline`` label also appear on the book's Status page.
 
-It needs neither myst-nb nor a build: in JupyterLab or Colab the record shows nothing and
-the chapter runs unchanged. Introduced in chapter 01; every chapter uses it.
+It needs neither myst-nb nor a build: in JupyterLab or Colab the record shows nothing,
+run as a plain script it prints ``[record] name = text``, and the chapter runs unchanged.
+Introduced in chapter 01; every chapter uses it.
 """
 
 from __future__ import annotations
@@ -78,8 +79,21 @@ def record(name: str, value: Any, fmt: str = "{}", *, headline: str | None = Non
     metadata: dict[str, Any] = {"scrapbook": {"name": name, "mime_prefix": GLUE_MIME_PREFIX}}
     if headline is not None:
         metadata[HEADLINE_KEY] = {"headline": headline, "value": _plain(value), "text": text}
-    # Imported here so the helpers package does not need IPython to import.
+    if _ipython_shell() is None:
+        # A plain `python chapters/NN_x.py` run: there is no page to glue into.
+        print(f"[record] {name} = {text}")
+        return value
     from IPython.display import display
 
     display({GLUE_MIME_PREFIX + "text/plain": text}, raw=True, metadata=metadata)
     return value
+
+
+def _ipython_shell() -> object | None:
+    # Imported here so that neither importing helpers nor running a chapter as a plain
+    # script needs IPython.
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()

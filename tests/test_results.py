@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import results
 from helpers.results import GLUE_MIME_PREFIX, HEADLINE_KEY, format_value, record
 
 
@@ -14,6 +15,7 @@ def shown(monkeypatch):
         calls.append((bundle, raw, metadata))
 
     monkeypatch.setattr("IPython.display.display", fake_display)
+    monkeypatch.setattr(results, "_ipython_shell", lambda: object())
     return calls
 
 
@@ -64,3 +66,13 @@ def test_bad_input_names_the_argument(shown, kwargs, error, message):
     with pytest.raises(error, match=message):
         record(**kwargs)
     assert shown == []
+
+
+def test_outside_ipython_record_prints_a_readable_line(monkeypatch, capsys):
+    monkeypatch.setattr(results, "_ipython_shell", lambda: None)
+    assert record("loss", 0.1234, "{:.2f}") == 0.1234
+    assert capsys.readouterr().out == "[record] loss = 0.12\n"
+
+
+def test_the_shell_probe_finds_no_shell_under_pytest():
+    assert results._ipython_shell() is None
