@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,39 @@ def execute(notebooks: list[Path]) -> dict[str, tuple[float, bool]]:
     if not JUNIT.exists():
         raise SystemExit("nbmake produced no report: see the pytest output above")
     return junit_times(JUNIT)
+
+
+_TITLE = re.compile(r"""(?:set_title|suptitle|plt\.title|title)\s*[(=]\s*f?(["'])(?P<text>.+?)\1""")
+
+
+def figure_alt_text(source: str) -> str:
+    """A description of a code cell's figure for screen readers, from the titles it sets."""
+    titles = [re.sub(r"\{[^}]*\}", "…", m["text"]) for m in _TITLE.finditer(source)]
+    titles = list(dict.fromkeys(t for t in titles if t.strip()))
+    if not titles:
+        return "Figure drawn by the code cell above"
+    return "Figure: " + "; ".join(titles)
+
+
+def add_alt_text(notebook: Path) -> int:
+    """Give every cell that draws a figure an alt text, unless the chapter set one itself.
+
+    myst-nb reads it from the cell's ``mystnb.image.alt`` metadata. Returns how many
+    cells were given one.
+    """
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    added = 0
+    for cell in nb.get("cells", []):
+        if cell["cell_type"] != "code":
+            continue
+        if not any("image/png" in out.get("data", {}) for out in cell.get("outputs", [])):
+            continue
+        image = cell["metadata"].setdefault("mystnb", {}).setdefault("image", {})
+        if "alt" not in image:
+            image["alt"] = figure_alt_text("".join(cell["source"]))
+            added += 1
+    notebook.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return added
 
 
 def headlines(notebook: Path) -> list[dict]:
@@ -210,6 +244,7 @@ def main() -> int:
         if not passed:
             failed.append(staged.name)
             continue
+        add_alt_text(staged)
         runs[staged.name] = {
             "digest": notebook_digest(BOOK / staged.name, shared),
             "seconds": round(seconds, 1),

@@ -103,3 +103,30 @@ def test_mirror_copies_sources_but_leaves_notebooks_to_the_executor(stage):
     assert (staged / "intro.md").read_text() == "# Intro"
     assert not (staged / "01_a.ipynb").exists()
     assert not (staged / "09_gone.ipynb").exists(), "a notebook removed from book/ leaves the stage"
+
+
+@pytest.mark.parametrize(
+    ("source", "alt"),
+    [
+        ('ax.set_title("Training loss")\nfig.suptitle(f"Epoch {epoch}")', "Figure: Training loss; Epoch …"),
+        ("plot_losses(history, title='CNN on MNIST')", "Figure: CNN on MNIST"),
+        ("plt.imshow(image)", "Figure drawn by the code cell above"),
+    ],
+)
+def test_figure_alt_text_comes_from_the_titles_a_cell_sets(source, alt):
+    assert build_book.figure_alt_text(source) == alt
+
+
+def test_alt_text_is_added_to_figure_cells_only_and_never_overrides_the_chapter(tmp_path):
+    png = {"output_type": "display_data", "data": {"image/png": "iVBOR"}, "metadata": {}}
+    own = {"mystnb": {"image": {"alt": "mine"}}}
+    cells = [
+        {"cell_type": "code", "metadata": {}, "source": "ax.set_title('A')", "outputs": [png]},
+        {"cell_type": "code", "metadata": own, "source": "", "outputs": [png]},
+        {"cell_type": "code", "metadata": {}, "source": "print(1)", "outputs": []},
+    ]
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(_notebook(cells)))
+    assert build_book.add_alt_text(path) == 1
+    got = [c["metadata"] for c in json.loads(path.read_text())["cells"]]
+    assert got == [{"mystnb": {"image": {"alt": "Figure: A"}}}, {"mystnb": {"image": {"alt": "mine"}}}, {}]

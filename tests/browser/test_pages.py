@@ -61,6 +61,12 @@ def test_page_loads_offline_and_renders(browser, book_url, screenshots, name):
             "() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
         )
         assert broken == [], f"{name}: images that did not load: {broken}"
+        # A figure's alt text describes it; docutils' default would be the file's path.
+        undescribed = page.evaluate(
+            "() => [...document.querySelectorAll('.cell_output img')]"
+            ".filter(i => !i.alt || i.alt.includes('.png')).map(i => i.src)"
+        )
+        assert undescribed == [], f"{name}: figures without alt text: {undescribed}"
 
         has_math = page.evaluate("() => document.querySelectorAll('.math').length") > 0
         if has_math:
