@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: tags,jupyter,-all
+#     cell_metadata_filter: tags,jupyter,mystnb,-all
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -171,7 +171,8 @@ print(torch.tensor(1000.1).half())  # float16's spacing near 1000 is 0.5
 #    the highest-ranked group: tensors with at least one dimension, else 0-dim tensors,
 #    else Python numbers. So a 0-dim tensor or a Python number matters only when its
 #    category is higher than every dimensioned tensor's; a Python float then gives the
-#    default `float32`, a Python int `int64`.
+#    default `float32`, a Python int `int64`. (Complex is the exception: a float tensor
+#    keeps its precision, so a `float64` tensor plus `1j` gives `complex128`.)
 #
 # `torch.result_type` applies the rule without computing anything.
 
@@ -207,8 +208,9 @@ print(wrapped)
 assert as_float[1] == 2**24 and wrapped.tolist() == [-23, 76]
 
 # %% [markdown]
-# Division is the exception that changes category by itself: `/` always gives floats,
-# while `//` floors and keeps integers. And some operations insist on floating point:
+# Some operations change the category by themselves: `/` always gives floats (so do
+# `sqrt`, `exp` and `log` of integers), `//` floors and keeps integers, and comparisons
+# give `bool`. And some operations insist on floating point:
 # `ints.mean()` raises an error, because the mean of integers is generally not an integer.
 # Cast first: `ints.float().mean()`.
 
@@ -226,8 +228,8 @@ print(ints.float().mean())
 #
 # A tensor lives on one device. `.to(device)` returns a copy on that device (or the tensor
 # itself if it is already there). Operations need their tensor inputs on one device, with
-# one exception: a 0-dim CPU tensor may be combined with a tensor on any device, like a
-# Python number. Writing `.to(device)` rather than `.cuda()` is what lets the same code run
+# one common exception: a 0-dim CPU tensor may be combined with a tensor on any device,
+# like a Python number. Writing `.to(device)` rather than `.cuda()` is what lets the same code run
 # on a CPU, an NVIDIA GPU or an Apple GPU.
 
 # %%
@@ -369,10 +371,11 @@ print(base[2].item(), safe[0].item(), "same storage:", same_storage(safe, base))
 # (Sharing a storage does not mean sharing elements: `base[:3]` and `base[3:]` share one
 # storage but no element.)
 #
-# Indexing with a boolean mask, or with a tensor or list of indices (**advanced**
-# indexing), returns a **copy**: the selected elements are in general not evenly spaced
-# in memory, so no strides could describe them. *Assigning* through the same index does
-# write into the original (it runs `index_put_`). The trap is chaining the two:
+# Indexing with a boolean mask, or with a tensor (with dimensions) or list of indices
+# (**advanced** indexing), returns a **copy**: the selected elements are in general not
+# evenly spaced in memory, so no strides could describe them. *Assigning* through the
+# same index does write into the original (it runs `index_put_`). The trap is chaining
+# the two:
 # `m[mask][0] = v` reads a copy and writes into the copy.
 
 # %%
@@ -662,8 +665,9 @@ print(draw_a, torch.equal(draw_a, draw_b))
 # The cell ends with `record` from `helpers.results`, which every chapter uses:
 # `record(name, value, fmt=...)` stores a number from this run under a name, so that the
 # text of the built book quotes the run that produced the page and cannot disagree with
-# the output beside it. In JupyterLab or Colab it shows nothing; with `headline=` the
-# value is also listed on the book's Status page.
+# the output beside it. In JupyterLab or Colab it shows nothing (it returns the value,
+# so it goes before a cell's last line, not at the end); with `headline=` the value is
+# also listed on the book's Status page.
 
 # %%
 left_first, right_first = (0.1 + 0.2) + 0.3, 0.1 + (0.2 + 0.3)
@@ -675,9 +679,9 @@ sum_one_thread = values_1m.sum().item()
 torch.set_num_threads(threads)
 sum_all_threads = values_1m.sum().item()
 assert values_1m.sum().item() == sum_all_threads  # same thread count: the same bits
-print(f"1 thread: {sum_one_thread:.6f}   {threads} threads: {sum_all_threads:.6f}")
 record("threads", threads)
 record("thread_sum_gap", abs(sum_one_thread - sum_all_threads), fmt="{:.1e}")
+print(f"1 thread: {sum_one_thread:.6f}   {threads} threads: {sum_all_threads:.6f}")
 
 # %% [markdown]
 # On the machine that built this page, with {glue:}`threads` threads, the two sums of the
@@ -688,7 +692,9 @@ record("thread_sum_gap", abs(sum_one_thread - sum_all_threads), fmt="{:.1e}")
 # the backward passes of many layers) add with *atomic* operations, in whatever order the
 # GPU's threads arrive, which changes from run to run.
 # `torch.use_deterministic_algorithms(True)` makes PyTorch use an ordered (usually slower)
-# implementation where one exists, and raise an error for operations that have none.
+# implementation where one exists, and raise an error for the operations PyTorch knows
+# to be nondeterministic and has no ordered version of. (Its documentation adds that
+# this alone is not always enough, e.g. for in-place writes to overlapping memory.)
 # The next cell adds a million values into ten bins twice, first normally, then in
 # deterministic mode.
 
@@ -704,15 +710,16 @@ def binned_sums() -> torch.Tensor:
 
 same_twice = torch.equal(binned_sums(), binned_sums())
 print(device, "| normal mode, same result twice:", same_twice)
-# The same switch as torch.use_deterministic_algorithms(True), which in recent releases
-# also configures torch.compile and spends seconds importing it; "default" turns it off.
+# The same switch as torch.use_deterministic_algorithms(True), which is slower to
+# import; "default" turns it off again.
 torch.set_deterministic_debug_mode("error")
 try:
     same_twice = torch.equal(binned_sums(), binned_sums())
     print(device, "| deterministic mode, same result twice:", same_twice)
     # put_ without accumulation has no deterministic version: a repeated index
     # would make the surviving value arbitrary
-    torch.zeros(3).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+    index = torch.tensor([0, 0], device=device)
+    torch.zeros(3, device=device).put_(index, torch.tensor([1.0, 2.0], device=device))
 except RuntimeError as err:
     print("RuntimeError:", str(err).split(",")[0])
 finally:
@@ -721,7 +728,9 @@ finally:
 # %% [markdown]
 # On a CPU both comparisons print `True`, because `index_add_` there adds in index
 # order. On a CUDA GPU the first one can print `False`; in deterministic mode it prints
-# `True`. And in deterministic mode `put_` raises, on every device. For a repeatable GPU
+# `True`. On Apple's MPS, the comparisons and the error depend on which MPS kernels
+# PyTorch marks as nondeterministic in your release. And in deterministic mode `put_`
+# raises on the CPU and on CUDA alike (it ran on this page's device). For a repeatable GPU
 # run, then, seeding is not enough. You also need
 #
 # ```python
@@ -730,10 +739,11 @@ finally:
 # ```
 #
 # With `benchmark = True`, cuDNN times several convolution algorithms for each new input
-# shape and keeps the fastest, which can be a different one on the next run. PyTorch
-# releases from before late 2025 also need the environment variable
-# `CUBLAS_WORKSPACE_CONFIG=:4096:8` set before Python starts, and raise an error naming it
-# from CUDA matrix products in deterministic mode otherwise. On MPS, deterministic mode
+# shape and keeps the fastest, which can be a different one on the next run. PyTorch 2.9
+# and earlier (the check was removed in 2.10) also need the environment variable
+# `CUBLAS_WORKSPACE_CONFIG=:4096:8` (or `:16:8`) set before the first CUDA matrix product
+# (simplest: before Python starts), and raise an error naming it in deterministic mode
+# otherwise. On MPS, deterministic mode
 # makes the operations PyTorch knows to be nondeterministic raise; beyond that PyTorch
 # documents no reproducibility guarantee for MPS. No setting makes different devices
 # agree: the CPU, CUDA and MPS generators produce different numbers from the same seed,
@@ -781,7 +791,6 @@ print(
     f"loop: {loop_s * 1e3:.1f} ms   vectorised: {vec_s * 1e3:.3f} ms   "
     f"speed-up: {speedup:.0f}x"
 )
-assert speedup >= 10, speedup
 record("loop_ms", loop_s * 1e3, fmt="{:.0f}")
 record("vectorised_ms", vec_s * 1e3, fmt="{:.3f}")
 record(
@@ -790,6 +799,7 @@ record(
     fmt="{:,.0f}",
     headline="Vectorised vs loop speed-up (CPU, 200 points x 50 centres)",
 )
+assert speedup >= 10, speedup
 
 # %% [markdown]
 # Both versions give the same numbers (checked by the `allclose` above). On the machine
@@ -814,7 +824,7 @@ record(
 # - **Literal softmax or log-sum-exp** overflows; subtract the row maximum, or call
 #   `torch.softmax` / `torch.logsumexp`.
 # - **Device mismatches.** Create or move every tensor with `device=device` / `.to(device)`;
-#   hard-coded `.cuda()` breaks on machines without an NVIDIA GPU.
+#   hard-coded `.cuda()` breaks on machines without a CUDA device.
 # ```
 #
 # ## Exercises
@@ -837,8 +847,9 @@ assert torch.equal(table, torch.outer(n, n)) and table[2, 3] == 12
 # `(4, 6)` whose row `k` holds every element of `x` with last index `k`, in their original
 # order. Move the last dimension to the front with `permute` first. Before you run
 # anything, use the strides of the permuted tensor to predict whether `view(4, 6)` works
-# on it; then check, and check whether the result shares memory with `x`. Finally, find
-# an order of the other two dimensions for which the same `view` fails.
+# on it; then check, and check whether the result shares memory with `x`. Finally, show
+# that with the other order, `permute(2, 1, 0)`, the same `view` fails, and explain why
+# from the strides.
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 2
@@ -962,7 +973,8 @@ assert largest_eps[torch.float32] < 4, largest_eps
 # - Mixed dtypes promote by category (bool < integer < float < complex); 0-dim tensors
 #   and Python numbers count only when their category is higher than every dimensioned
 #   tensor's. float16's largest value is 65,504, bfloat16 keeps float32's range with less
-#   precision, and NVIDIA's tensor cores are fastest in these 16-bit formats and TF32.
+#   precision; NVIDIA's tensor cores run these 16-bit formats and TF32 many times faster
+#   than plain float32 (the newest also have 8-bit formats).
 # - A tensor is a view over a storage with strides. Basic indexing, `view`, `permute` and
 #   `from_numpy` share memory; masks and index lists copy. `view` works when the merged
 #   dimensions' strides line up, and `reshape` copies only when they do not.

@@ -81,7 +81,7 @@ def seed_everything(seed: int) -> int:
       benchmark mode may pick a different convolution algorithm each run. Repeatable
       runs also need ``torch.use_deterministic_algorithms(True)`` (which raises for
       operations with no deterministic version), ``torch.backends.cudnn.benchmark =
-      False`` (the default) and, on PyTorch releases from before late 2025, the
+      False`` (the default) and, on PyTorch 2.9 and earlier, the
       environment variable ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (or ``:16:8``) set
       before the process starts (in deterministic mode, those releases raise an error
       naming it from cuBLAS matrix products otherwise).
