@@ -3,6 +3,7 @@ address, the conda environment and the torch/torchvision pair."""
 
 from __future__ import annotations
 
+import ast
 import re
 import tempfile
 import tomllib
@@ -48,6 +49,37 @@ def test_notebook_is_committed_without_outputs(notebook):
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, f"{notebook.name} has outputs"
     assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+# Calls whose return value is bookkeeping, not a result: as a cell's last line the page
+# would echo it ("<All keys matched successfully>").
+_SILENT_CALLS = {"load_state_dict"}
+
+
+def _echoed_call(source: str) -> str | None:
+    """The name of a bookkeeping call that ends the cell and would be echoed, if any."""
+    body = ast.parse(source).body
+    if not body or not isinstance(body[-1], ast.Expr) or not isinstance(body[-1].value, ast.Call):
+        return None
+    func = body[-1].value.func
+    name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+    return name if name in _SILENT_CALLS else None
+
+
+def test_echoed_call_spots_a_trailing_load_state_dict_and_nothing_else():
+    assert _echoed_call("model.load_state_dict(state)") == "load_state_dict"
+    assert _echoed_call("x = 1\nrecord('x', x)") is None
+    assert _echoed_call("_ = model.load_state_dict(state)") is None
+    assert _echoed_call("x") is None
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_no_cell_ends_in_a_call_the_page_would_echo(chapter):
+    nb = jupytext.read(chapter)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and not cell.source.lstrip().startswith(("%", "!")):
+            name = _echoed_call(cell.source)
+            assert name is None, f"{chapter.name}: a cell ends in {name}(...):\n{cell.source[-300:]}"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
