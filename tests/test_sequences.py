@@ -1,0 +1,224 @@
+import numpy as np
+import pytest
+import torch
+from babel import Locale
+from torch import nn
+from torch.nn.utils.rnn import pad_packed_sequence
+
+from helpers.sequences import (
+    CharVocab,
+    adding_problem,
+    collate_packed,
+    load_cldr_names,
+    make_windows,
+    naive_forecast,
+)
+
+
+def test_make_windows_matches_a_python_loop():
+    series = torch.arange(10.0) ** 2
+    inputs, targets = make_windows(series, input_len=3, horizon=2)
+    expected_x = [series[i : i + 3].tolist() for i in range(10 - 3 - 2 + 1)]
+    expected_y = [series[i + 3 : i + 5].tolist() for i in range(10 - 3 - 2 + 1)]
+    assert inputs.shape == (6, 3) and targets.shape == (6, 2)
+    assert inputs.tolist() == expected_x and targets.tolist() == expected_y
+
+
+def test_make_windows_with_features_matches_numpy_sliding_window():
+    series = torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+    inputs, targets = make_windows(series, input_len=4)
+    # numpy puts the window axis last: (N, F, span) -> (N, span, F)
+    reference = np.lib.stride_tricks.sliding_window_view(series.numpy(), 5, axis=0).transpose(0, 2, 1)
+    assert inputs.shape == (8, 4, 2) and targets.shape == (8, 1, 2)
+    np.testing.assert_array_equal(inputs.numpy(), reference[:, :4])
+    np.testing.assert_array_equal(targets.numpy(), reference[:, 4:])
+
+
+def test_make_windows_returns_copies():
+    series = torch.zeros(6)
+    inputs, _ = make_windows(series, 2)
+    inputs[0, 0] = 5.0
+    assert series[0] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        (([1.0, 2.0, 3.0], 1), TypeError, "series"),
+        ((torch.zeros(2, 2, 2), 1), ValueError, "series"),
+        ((torch.zeros(5), 0), ValueError, "input_len"),
+        ((torch.zeros(5), 2.0), TypeError, "input_len"),
+        ((torch.zeros(5), 2, 0), ValueError, "horizon"),
+        ((torch.zeros(5), 4, 2), ValueError, "fewer than"),
+    ],
+)
+def test_make_windows_rejects_bad_input(args, error, message):
+    with pytest.raises(error, match=message):
+        make_windows(*args)
+
+
+def test_naive_forecasts_repeat_the_value_one_step_or_one_season_ago():
+    series = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    assert naive_forecast(series, start=3).tolist() == [4.0, 8.0, 16.0]
+    assert naive_forecast(series, start=3, season=2).tolist() == [2.0, 4.0, 8.0]
+    assert naive_forecast(series, start=2, season=2).tolist() == [1.0, 2.0, 4.0, 8.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"start": 1, "season": 2}, ValueError, "start"),
+        ({"start": 6}, ValueError, "start"),
+        ({"start": 2, "season": 0}, ValueError, "season"),
+        ({"start": 2.0}, TypeError, "start"),
+    ],
+)
+def test_naive_forecast_rejects_bad_input(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        naive_forecast(torch.arange(6.0), **kwargs)
+
+
+def test_adding_problem_targets_are_the_sums_of_the_two_marked_values():
+    x, y = adding_problem(200, 10, torch.Generator().manual_seed(0))
+    assert x.shape == (200, 10, 2) and y.shape == (200,)
+    markers = x[..., 1]
+    assert torch.equal(markers.sum(1), torch.full((200,), 2.0))
+    assert torch.equal(markers[:, :5].sum(1), torch.ones(200))  # one marker in each half
+    for row in range(200):
+        marked = x[row, :, 0][x[row, :, 1] == 1.0]
+        assert torch.isclose(marked.sum(), y[row])
+    assert ((x[..., 0] >= 0) & (x[..., 0] < 1)).all()
+
+
+def test_adding_problem_chance_error_is_one_sixth_and_draws_are_repeatable():
+    x, y = adding_problem(20_000, 6, torch.Generator().manual_seed(1))
+    assert abs(((y - 1.0) ** 2).mean().item() - 1 / 6) < 0.01
+    x2, y2 = adding_problem(20_000, 6, torch.Generator().manual_seed(1))
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        ((0, 5), ValueError, "n must be"),
+        ((3, 1), ValueError, "length must be"),
+        ((3, 5.0), TypeError, "length must be an int"),
+        ((True, 5), TypeError, "n must be an int"),
+        ((3, 5, 7), TypeError, "generator"),
+    ],
+)
+def test_adding_problem_rejects_bad_input(args, error, message):
+    with pytest.raises(error, match=message):
+        adding_problem(*args)
+
+
+def test_adding_problem_marks_the_only_possible_steps_for_length_two():
+    x, y = adding_problem(5, 2, torch.Generator().manual_seed(3))
+    assert torch.equal(x[..., 1], torch.ones(5, 2))  # halves of one step: both marked
+    assert torch.allclose(y, x[..., 0].sum(1))
+
+
+def test_cldr_names_match_babel_and_drop_shared_spellings():
+    rows = load_cldr_names(["de", "fr"], kinds=("territories",))
+    found = {(name, lang, key) for name, lang, key in rows}
+    assert ("Deutschland", "de", "territories:DE") in found
+    assert (Locale("fr").territories["DE"], "fr", "territories:DE") in found
+    german, french = Locale("de").territories, Locale("fr").territories
+    shared = set(german.values()) & set(french.values())
+    assert shared, "the two lists share spellings such as 'Angola'"
+    assert not {name for name, _, _ in rows} & shared
+    assert len(rows) == len(set(german.values()) - shared) + len(set(french.values()) - shared)
+
+
+def test_cldr_names_are_unique_and_are_every_spelling_one_language_alone_uses():
+    langs = ["de", "nl"]
+    rows = load_cldr_names(langs)
+    names = [name for name, _, _ in rows]
+    assert len(names) == len(set(names))
+    spelled = {
+        lang: set(Locale(lang).territories.values()) | set(Locale(lang).languages.values()) for lang in langs
+    }
+    assert set(names) == spelled["de"] ^ spelled["nl"]  # in exactly one of the two
+    for name, lang, key in rows:  # every key names what the name refers to
+        kind, code = key.split(":")
+        assert getattr(Locale(lang), kind)[code] == name
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        (("de",), TypeError, "languages"),
+        (([1, 2],), TypeError, "languages"),
+        ((["de"],), ValueError, "languages"),
+        ((["de", "de"],), ValueError, "languages"),
+        ((["de", "fr"], ("cities",)), ValueError, "kinds"),
+        ((["de", "fr"], ()), ValueError, "kinds"),
+        ((["de", "fr"], "territories"), TypeError, "kinds"),
+        ((["de", "fr"], 3), TypeError, "kinds"),
+    ],
+)
+def test_cldr_names_reject_bad_input(args, error, message):
+    with pytest.raises(error, match=message):
+        load_cldr_names(*args)
+
+
+def test_char_vocab_round_trips_and_reserves_padding_and_unknown():
+    vocab = CharVocab(["abc", "cab", "dé"])
+    assert len(vocab) == 2 + 5
+    ids = vocab.encode("bad")
+    assert ids.dtype == torch.long and ids.tolist() == [3, 2, 5]
+    assert vocab.decode(ids) == "bad"
+    assert vocab.encode("xa").tolist() == [CharVocab.UNKNOWN, 2]
+    assert vocab.decode(torch.tensor([0, 2, 1, 0])) == "a?"
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: CharVocab("abc"), TypeError, "texts"),
+        (lambda: CharVocab(["a", 3]), TypeError, r"texts\[1\]"),
+        (lambda: CharVocab([""]), ValueError, "texts"),
+        (lambda: CharVocab(["ab"]).encode(""), ValueError, "text"),
+        (lambda: CharVocab(["ab"]).encode(5), TypeError, "text"),
+        (lambda: CharVocab(["ab"]).decode([2]), TypeError, "ids"),
+        (lambda: CharVocab(["ab"]).decode(torch.ones(1, 2, dtype=torch.long)), ValueError, "ids"),
+    ],
+)
+def test_char_vocab_rejects_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_collate_packed_round_trips_and_a_gru_reads_no_padding():
+    gen = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(2, 9, (n,), generator=gen) for n in (3, 6, 1, 4)]
+    packed, labels = collate_packed([(s, i) for i, s in enumerate(seqs)])
+    assert labels.tolist() == [0, 1, 2, 3] and labels.dtype == torch.long
+    padded, lengths = pad_packed_sequence(packed, batch_first=True)
+    assert lengths.tolist() == [3, 6, 1, 4]  # original order restored
+    for row, seq in enumerate(seqs):
+        assert torch.equal(padded[row, : len(seq)], seq)
+        assert (padded[row, len(seq) :] == CharVocab.PAD).all()
+    # a GRU on the packed batch gives each sequence's final state as if run alone
+    torch.manual_seed(0)
+    embed, gru = nn.Embedding(9, 4).double(), nn.GRU(4, 5).double()
+    _, h_packed = gru(packed._replace(data=embed(packed.data)))
+    for row, seq in enumerate(seqs):
+        _, h_alone = gru(embed(seq)[:, None])  # (T, 1, 4): one sequence, no padding
+        assert (h_packed[0, row] - h_alone[0, 0]).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("batch", "error", "message"),
+    [
+        ([], ValueError, "at least one"),
+        ("ab", TypeError, "batch must be a sequence"),
+        ([(torch.tensor([2]), 0), (torch.tensor([], dtype=torch.long), 1)], ValueError, r"batch\[1\]\[0\]"),
+        ([(torch.ones(2, 2, dtype=torch.long), 0)], ValueError, r"batch\[0\]\[0\]"),
+        ([([2, 3], 0)], TypeError, r"batch\[0\]\[0\]"),
+        ([(torch.tensor([2]), 0, 1)], TypeError, r"batch\[0\] must be an \(ids, label\) pair"),
+    ],
+)
+def test_collate_packed_rejects_bad_input(batch, error, message):
+    with pytest.raises(error, match=message):
+        collate_packed(batch)
