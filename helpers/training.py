@@ -225,7 +225,7 @@ def evaluate(
     ``metric`` is ``"accuracy"`` (the default), ``None`` (loss only, e.g. regression) or a
     callable ``(outputs, targets) -> float`` returning a batch mean (such as mean absolute
     error); batch means are combined weighted by batch size. Introduced in chapter 02;
-    chapter 04 passes its own metric.
+    chapter 04 uses ``metric=None`` for its forecasters.
     """
     device = _check_common(model, device)
     metric_fn, metric_name = _resolve_metric(metric)
