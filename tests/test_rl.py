@@ -1,0 +1,281 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers.rl import (
+    Episode,
+    cartpole_frame,
+    discounted_returns,
+    evaluate_policy,
+    moving_average,
+    play_episode,
+)
+
+
+class _Constant(nn.Module):
+    """Always prefers one action: logits (0, 1) for "right", (1, 0) for "left"."""
+
+    def __init__(self, action: int) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([1.0, 0.0] if action == 0 else [0.0, 1.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], 2)
+
+
+class _Lean(nn.Module):
+    """Pushes the cart towards the side the pole leans to (a decent hand-made controller)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = x[:, 2] + 0.5 * x[:, 3]  # angle plus some angular velocity
+        return torch.stack([-score, score], dim=1) * 100.0
+
+
+def _direct_returns(rewards, gamma, bootstrap=0.0):
+    n = len(rewards)
+    return [
+        sum(gamma ** (k - t) * rewards[k] for k in range(t, n)) + gamma ** (n - t) * bootstrap
+        for t in range(n)
+    ]
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 0.9, 0.99, 1.0])
+def test_discounted_returns_match_the_direct_sum(gamma):
+    rewards = [1.0, -2.0, 0.5, 3.0, 0.0, 1.5, -1.0]
+    got = discounted_returns(rewards, gamma)
+    assert got.dtype == torch.float32 and got.shape == (7,)
+    np.testing.assert_allclose(got.numpy(), _direct_returns(rewards, gamma), rtol=1e-6, atol=1e-6)
+
+
+def test_discounted_returns_with_bootstrap_and_tensor_input():
+    rewards = torch.ones(5)
+    got = discounted_returns(rewards, 0.9, bootstrap=10.0)
+    np.testing.assert_allclose(got.numpy(), _direct_returns([1.0] * 5, 0.9, 10.0), rtol=1e-6)
+    # G_0 = (1 - 0.9**5) / 0.1 + 0.9**5 * 10
+    assert got[0].item() == pytest.approx((1 - 0.9**5) / 0.1 + 0.9**5 * 10, rel=1e-6)
+
+
+def test_discounted_returns_of_a_full_cartpole_episode_match_the_geometric_series():
+    got = discounted_returns([1.0] * 500, 0.99)
+    assert got[0].item() == pytest.approx((1 - 0.99**500) / 0.01, rel=1e-5)
+    assert got[-1].item() == 1.0
+
+
+def test_discounted_returns_check_arguments():
+    with pytest.raises(ValueError, match="gamma"):
+        discounted_returns([1.0], 1.5)
+    with pytest.raises(TypeError, match="gamma"):
+        discounted_returns([1.0], "0.9")
+    with pytest.raises(ValueError, match="rewards"):
+        discounted_returns(torch.ones(2, 3), 0.9)
+    with pytest.raises(TypeError, match="rewards"):
+        discounted_returns(3.0, 0.9)
+    with pytest.raises(TypeError, match="bootstrap"):
+        discounted_returns([1.0], 0.9, bootstrap=None)
+
+
+def test_moving_average_is_the_trailing_mean():
+    values = [1.0, 3.0, 5.0, 7.0, 9.0]
+    got = moving_average(values, 3)
+    expected = [1.0, 2.0, 3.0, 5.0, 7.0]  # means of [1], [1,3], [1,3,5], [3,5,7], [5,7,9]
+    np.testing.assert_allclose(got, expected)
+    np.testing.assert_allclose(moving_average(values, 1), values)
+    np.testing.assert_allclose(moving_average(values, 100), np.cumsum(values) / np.arange(1, 6))
+
+
+def test_moving_average_checks_arguments():
+    with pytest.raises(ValueError, match="window"):
+        moving_average([1.0], 0)
+    with pytest.raises(TypeError, match="window"):
+        moving_average([1.0], 2.0)
+    with pytest.raises(ValueError, match="values"):
+        moving_average([], 3)
+
+
+def _one_episode_by_hand(seed, choose):
+    env = gym.make("CartPole-v1")
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    total, done = 0.0, False
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step(choose(env, obs))
+        total += reward
+        done = terminated or truncated
+    return total
+
+
+def _lean_action(obs):
+    return int(obs[2] + 0.5 * obs[3] > 0)
+
+
+def _single_env_returns_from_the_same_starts(n, seed, choose, time_limit=500):
+    """Replay each vectorised episode in the ordinary one-copy CartPole from its start state."""
+    starts, _ = gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode="vector_entry_point").reset(
+        seed=seed
+    )
+    returns = []
+    for start in starts:
+        env = gym.make("CartPole-v1", max_episode_steps=time_limit)
+        env.reset(seed=0)
+        env.unwrapped.state = start.astype(np.float64)
+        obs, total, done = start, 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(choose(obs))
+            total += reward
+            done = terminated or truncated
+        returns.append(total)
+    return returns
+
+
+def test_evaluate_policy_matches_the_ordinary_environment_episode_by_episode():
+    pushing_right = evaluate_policy(_Constant(action=1), 6, seed=3)
+    assert pushing_right.shape == (6,) and pushing_right.dtype == torch.float32
+    assert pushing_right.tolist() == _single_env_returns_from_the_same_starts(6, 3, lambda obs: 1)
+    assert pushing_right.max() < 20  # always pushing right drops the pole quickly
+    lean = evaluate_policy(_Lean(), 6, seed=3)
+    assert lean.tolist() == _single_env_returns_from_the_same_starts(6, 3, _lean_action)
+    assert lean.min() > pushing_right.max()
+
+
+def test_evaluate_policy_time_limit_truncates_every_surviving_episode():
+    assert evaluate_policy(_Lean(), 5, seed=0, time_limit=50).tolist() == [50.0] * 5
+    assert evaluate_policy(_Lean(), 5, seed=0).tolist() == [500.0] * 5  # CartPole-v1's own limit
+    # the rule ignores the cart's position: with more time, some carts drift off the track
+    # (NumPy's vectorised cos/sin may differ from math.cos in the last bit, and the
+    # dynamics amplify that over hundreds of steps, so long episodes are not compared
+    # step for step with the one-copy environment)
+    longer = evaluate_policy(_Lean(), 5, seed=0, time_limit=800)
+    assert longer.max() == 800 and 500 < longer.min() < 800
+
+
+def test_evaluate_policy_random_actions_are_seeded_and_short():
+    got = evaluate_policy(None, 50, seed=1)
+    assert torch.equal(evaluate_policy(None, 50, seed=1), got)  # repeatable
+    assert not torch.equal(evaluate_policy(None, 50, seed=2), got)
+    # a random CartPole episode lasts about 22 steps on average; at least 8 steps always
+    assert 12 < got.mean().item() < 35 and got.min() >= 8
+    # the same random episodes played one at a time in the ordinary environment
+    by_hand = [_one_episode_by_hand(s, lambda env, obs: env.action_space.sample()) for s in range(200)]
+    assert abs(np.mean(by_hand) - got.mean().item()) < 6
+
+
+def test_evaluate_policy_sampling_follows_the_logits():
+    # logits (-50, 50): sampling picks action 1 with probability 1 - 4e-44, i.e. always.
+    policy = _Constant(action=1)
+    with torch.no_grad():
+        policy.logits.copy_(torch.tensor([-50.0, 50.0]))
+    assert torch.equal(evaluate_policy(policy, 4, seed=5, greedy=False), evaluate_policy(policy, 4, seed=5))
+
+
+def test_evaluate_policy_checks_arguments():
+    with pytest.raises(ValueError, match="n_episodes"):
+        evaluate_policy(None, 0, seed=0)
+    with pytest.raises(TypeError, match="n_episodes"):
+        evaluate_policy(None, 2.0, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        evaluate_policy(None, 2, seed=-1)
+    with pytest.raises(TypeError, match="seed"):
+        evaluate_policy(None, 2, seed="0")
+    with pytest.raises(TypeError, match="policy"):
+        evaluate_policy(lambda x: x, 2, seed=0)
+    with pytest.raises(TypeError, match="device"):
+        evaluate_policy(None, 2, seed=0, device=0)
+    with pytest.raises(ValueError, match="time_limit"):
+        evaluate_policy(None, 2, seed=0, time_limit=0)
+    with pytest.raises(TypeError, match="time_limit"):
+        evaluate_policy(None, 2, seed=0, time_limit=5.0)
+
+
+def test_play_episode_records_states_actions_and_rewards():
+    episode = play_episode(_Lean(), seed=4)
+    assert isinstance(episode, Episode)
+    n = len(episode.actions)
+    assert episode.states.shape == (n + 1, 4) and episode.rewards.shape == (n,)
+    assert episode.total_reward == _one_episode_by_hand(4, lambda env, obs: _lean_action(obs))
+    expected_start, _ = gym.make("CartPole-v1").reset(seed=4)
+    np.testing.assert_array_equal(episode.states[0], expected_start)
+    assert episode.terminated != episode.truncated and episode.frames == []
+    # each recorded action is what the policy picks in the state before it
+    lean = (episode.states[:-1, 2] + 0.5 * episode.states[:-1, 3] > 0).astype(int)
+    np.testing.assert_array_equal(episode.actions, lean)
+    with pytest.raises(TypeError, match="policy"):
+        play_episode(None, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        play_episode(_Lean(), seed=-3)
+
+
+def test_cartpole_frame_draws_the_cart_where_the_state_puts_it():
+    width, height = 300, 200
+    upright = cartpole_frame([0.0, 0.0, 0.0, 0.0], width=width, height=height)
+    assert upright.shape == (200, 300, 3) and upright.dtype == np.uint8
+    track_row = height - int(0.25 * height) - 1
+    scale = width / 4.8
+    # the cart is black at the centre of the track; the pole is brown straight above it
+    assert tuple(upright[track_row, width // 2]) == (0, 0, 0)
+    # the track is one fully black pixel row (v from 49 to 50 px), white above and below
+    line_row = height - int(0.25 * height)
+    assert tuple(upright[line_row, 10]) == (0, 0, 0)
+    assert tuple(upright[line_row - 1, 10]) == tuple(upright[line_row + 1, 10]) == (255, 255, 255)
+    tip_row = height - int(0.25 * height + 0.24 * scale / 4 + 0.9 * scale)
+    assert tuple(upright[tip_row, width // 2]) == (202, 152, 101)
+    moved = cartpole_frame([1.2, 0.0, 0.0, 0.0], width=width, height=height)  # 1.2 m right
+    assert tuple(moved[track_row, width // 2 + int(1.2 * scale)]) == (0, 0, 0)
+    assert tuple(moved[tip_row, width // 2]) == (255, 255, 255)
+    leaning = cartpole_frame([0.0, 0.0, 0.3, 0.0], width=width, height=height)
+    # a pole leaning right (theta > 0) has its tip right of the cart's centre
+    pole_cols = np.nonzero((leaning[: tip_row + 5] == (202, 152, 101)).all(axis=2))[1]
+    assert pole_cols.min() > width // 2
+
+
+def test_cartpole_frame_checks_arguments():
+    with pytest.raises(ValueError, match="state"):
+        cartpole_frame([0.0, 0.0, 0.0])
+    with pytest.raises(TypeError, match="width"):
+        cartpole_frame([0.0] * 4, width=100.0)
+    with pytest.raises(ValueError, match="height"):
+        cartpole_frame([0.0] * 4, height=5)
+
+
+def _area_above(corners, line_v):
+    """Area of a convex polygon (u, v corners in order) above the horizontal line v = line_v."""
+    clipped = []
+    for (u0, v0), (u1, v1) in zip(corners, corners[1:] + corners[:1], strict=True):
+        if v0 >= line_v:
+            clipped.append((u0, v0))
+        if (v0 >= line_v) != (v1 >= line_v):  # the edge crosses the line
+            t = (line_v - v0) / (v1 - v0)
+            clipped.append((u0 + t * (u1 - u0), line_v))
+    us, vs = np.array(clipped).T
+    return 0.5 * abs(np.dot(us, np.roll(vs, -1)) - np.dot(vs, np.roll(us, -1)))  # shoelace
+
+
+def test_cartpole_frame_colours_edge_pixels_by_their_coverage():
+    width, height = 300, 200
+    scale = width / 4.8
+    track_y, cart_h = 0.25 * height, 0.24 * scale
+    cart_top_row = height - int(np.ceil(track_y + cart_h / 2))  # rows above it: pole or white
+    # upright pole: 5 px wide, centred on u = 150, so columns 147 and 152 are half covered
+    upright = cartpole_frame([0.0, 0.0, 0.0, 0.0], width=width, height=height)
+    half = np.rint((np.array([255, 255, 255]) + np.array([202, 152, 101])) / 2)
+    for col in (147, 152):
+        np.testing.assert_array_equal(upright[100, col], half)
+    assert tuple(upright[100, 146]) == (255, 255, 255)
+    # a leaning pole: summed coverage above the cart equals the exact area of the
+    # rotated 5 x 62.5 px rectangle above that line (polygon clipping, shoelace formula)
+    theta = 0.3
+    leaning = cartpole_frame([0.0, 0.0, theta, 0.0], width=width, height=height)
+    coverage = (255.0 - leaning[:cart_top_row, :, 2]) / (255 - 101)
+    sin, cos = np.sin(theta), np.cos(theta)
+    pivot = np.array([width / 2, track_y + cart_h / 4])
+    along, across = np.array([sin, cos]), np.array([cos, -sin])
+    half_w, length = 0.04 * scale, 1.0 * scale
+    corners = [
+        tuple(pivot + a * along + s * half_w * across)
+        for a, s in ((0, -1), (length, -1), (length, 1), (0, 1))
+    ]
+    exact = _area_above(corners, float(height - cart_top_row))
+    assert coverage.sum() == pytest.approx(exact, abs=1.0)
+    partial = ((leaning[:cart_top_row, :, 2] > 101) & (leaning[:cart_top_row, :, 2] < 255)).sum()
+    assert partial > 2 * 50  # both slanted edges are smoothed in every row they cross
