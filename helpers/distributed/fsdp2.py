@@ -1,0 +1,86 @@
+"""The training of train_ddp.py with the model sharded by FSDP2 (``fully_shard``).
+
+Chapter 09. Two processes on one machine:
+
+    torchrun --standalone --nproc-per-node=2 -m helpers.distributed.fsdp2 \\
+        --data digits.pt --out-dir runs/fsdp2
+
+Each process stores only its shard (1/world_size) of every parameter, gradient and
+optimizer state. A layer's full parameters exist only while it runs: they are gathered
+with all_gather just before, and freed after. Gradients are combined with
+reduce_scatter, so each process receives the averaged gradient of its own shard only.
+Same data, same order, same steps as train_ddp.py: only the wrapper differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+try:
+    from torch.distributed.fsdp import fully_shard  # PyTorch 2.6 and later
+except ImportError:  # PyTorch 2.4 and 2.5 kept FSDP2 in a private module
+    from torch.distributed._composable.fsdp import fully_shard
+
+from helpers.distributed import rank_print, setup_distributed
+from helpers.distributed.train_ddp import (
+    build_parser,
+    load_data,
+    make_loader,
+    make_model,
+    train_one_epoch,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser(fault_demo=False).parse_args(argv)
+    ctx = setup_distributed(args.backend)
+    rank, device, dtype = ctx.rank, ctx.device, getattr(torch, args.dtype)
+    train_set, _, _ = load_data(args.data, dtype)
+    loader = make_loader(train_set, args.batch_size, args.seed)
+
+    torch.manual_seed(args.seed)
+    model = make_model().to(device, dtype)
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)  # one unit per layer: gathered just before it runs
+    fully_shard(model)  # the root module takes whatever is left (nothing, here)
+    node = os.environ.get("GROUP_RANK", "?")
+    rank_print(
+        rank, f"node {node}, local rank {ctx.local_rank}, {ctx.backend} on {device}"
+    )
+    for name, param in model.named_parameters():  # DTensors: shape is the full one
+        local = tuple(param.to_local().shape)
+        rank_print(
+            rank, f"{name}: full shape {tuple(param.shape)}, stored here {local}"
+        )
+    # An optimizer made after sharding keeps its state (momentum) sharded too.
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+
+    history = []
+    for epoch in range(1, args.epochs + 1):
+        loader.sampler.set_epoch(epoch)
+        totals = train_one_epoch(model, loader, optimizer, device)
+        dist.all_reduce(totals)
+        history.append({"epoch": epoch, "train_loss": (totals[0] / totals[1]).item()})
+        if rank == 0:
+            rank_print(
+                rank, f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}"
+            )
+
+    # full_tensor() all-gathers the shards: every rank must call it.
+    full_state = {k: v.full_tensor().cpu() for k, v in model.state_dict().items()}
+    if rank == 0:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(full_state, args.out_dir / "model.pt")
+        (args.out_dir / "history.json").write_text(json.dumps({"history": history}))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""Tests for helpers.distributed (chapter 09).
+
+The helpers are tested in this process; the scripts are run for real, as torchrun jobs of
+two gloo processes on the CPU, and their results are checked against a single-process
+computation written out here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import yaml
+from torch.distributed.run import get_args_parser
+from torch.utils.data import TensorDataset
+
+from helpers.distributed import (
+    PACKAGE_DIR,
+    DistributedContext,
+    free_port,
+    lines_by_rank,
+    rank_print,
+    run_commands,
+    setup_distributed,
+    torchrun_command,
+    train_ddp,
+)
+
+# A launch starts three or four Python processes that each import torch: allow for a
+# slow, shared machine.
+LAUNCH_TIMEOUT = 400
+# One thread per worker; a fresh rendezvous store per restart attempt (chapter 09, 9.6).
+LAUNCH_ENV = {"OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+# ---------------------------------------------------------------- command lines
+
+
+def test_single_node_command_parses_with_torchruns_own_parser():
+    command = torchrun_command("helpers.distributed.collectives", ["--x", "1"], nproc_per_node=3)
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    args = get_args_parser().parse_args(command[3:])
+    assert args.standalone and args.module
+    assert (args.nnodes, args.nproc_per_node, args.max_restarts) == ("1", "3", 0)
+    assert args.training_script == "helpers.distributed.collectives"
+    assert args.training_script_args == ["--x", "1"]
+
+
+def test_multi_node_command_names_the_rendezvous():
+    command = torchrun_command(
+        "helpers.distributed.train_ddp",
+        nnodes=2,
+        nproc_per_node=4,
+        rdzv_endpoint="node0:29500",
+        rdzv_id="job7",
+        max_restarts=3,
+        local_addr="10.0.0.5",
+    )
+    args = get_args_parser().parse_args(command[3:])
+    assert not args.standalone
+    assert (args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id) == ("c10d", "node0:29500", "job7")
+    assert (args.nnodes, args.nproc_per_node, args.max_restarts) == ("2", "4", 3)
+    assert args.local_addr == "10.0.0.5"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"module": "not a module"}, ValueError, "module"),
+        ({"module": 3}, TypeError, "module"),
+        ({"args": "--epochs 3"}, TypeError, "args"),
+        ({"nproc_per_node": 0}, ValueError, "nproc_per_node"),
+        ({"nproc_per_node": 2.0}, TypeError, "nproc_per_node"),
+        ({"nnodes": 2}, ValueError, "rdzv_endpoint"),
+        ({"rdzv_endpoint": "no-port"}, ValueError, "rdzv_endpoint"),
+        ({"rdzv_endpoint": ("node0", 29500)}, TypeError, "rdzv_endpoint"),
+        ({"max_restarts": -1}, ValueError, "max_restarts"),
+        ({"max_restarts": 1.0}, TypeError, "max_restarts"),
+    ],
+)
+def test_torchrun_command_rejects_bad_arguments(kwargs, error, message):
+    kwargs = {"module": "helpers.distributed.collectives", **kwargs}
+    with pytest.raises(error, match=message):
+        torchrun_command(**kwargs)
+
+
+def test_free_port_can_be_bound():
+    import socket
+
+    port = free_port()
+    assert 1024 <= port < 65536
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+    with pytest.raises(ValueError, match="host"):
+        free_port("")
+    with pytest.raises(TypeError, match="host"):
+        free_port(None)
+
+
+# ---------------------------------------------------------------- output handling
+
+
+def test_lines_by_rank_groups_tagged_lines_in_rank_order():
+    text = "[rank 1] b1\nlauncher noise\n[rank 0] a1\n[rank 1] b2\n[rank 10] z\n[rank0]: not ours"
+    assert lines_by_rank(text) == {0: ["a1"], 1: ["b1", "b2"], 10: ["z"]}
+    assert list(lines_by_rank(text)) == [0, 1, 10]
+    with pytest.raises(TypeError, match="output"):
+        lines_by_rank(b"[rank 0] x")
+
+
+def test_rank_print_tags_and_round_trips(capsys):
+    rank_print(3, "loss", 0.5)
+    out = capsys.readouterr().out
+    assert out == "[rank 3] loss 0.5\n"
+    assert lines_by_rank(out) == {3: ["loss 0.5"]}
+    with pytest.raises(ValueError, match="rank"):
+        rank_print(-1, "x")
+    with pytest.raises(TypeError, match="rank"):
+        rank_print("0", "x")
+
+
+def test_run_commands_runs_commands_at_the_same_time(tmp_path):
+    flag = tmp_path / "flag"
+    # The first command waits for a file that only the second creates: run one after
+    # the other, the first would give up after 60 s and exit with code 1.
+    waiter = (
+        "import pathlib, sys, time\n"
+        "for _ in range(600):\n"
+        f"    if pathlib.Path({str(flag)!r}).exists():\n"
+        "        print('saw it')\n"
+        "        sys.exit(0)\n"
+        "    time.sleep(0.1)\n"
+        "sys.exit(1)\n"
+    )
+    maker = (
+        f"import pathlib, sys; pathlib.Path({str(flag)!r}).touch(); "
+        "print('oops', file=sys.stderr); sys.exit(3)"
+    )
+    first, second = run_commands([[sys.executable, "-c", waiter], [sys.executable, "-c", maker]], timeout=120)
+    assert (first.returncode, first.stdout) == (0, "saw it\n")
+    assert (second.returncode, second.stderr) == (3, "oops\n")
+
+
+def test_run_commands_stops_a_command_at_its_timeout():
+    sleeper = "import time; print('started', flush=True); time.sleep(120)"
+    start = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired) as info:
+        run_commands([[sys.executable, "-c", sleeper]], timeout=8)
+    assert time.monotonic() - start < 40
+    assert "started" in info.value.output
+
+
+@pytest.mark.parametrize(
+    ("commands", "kwargs", "error", "message"),
+    [
+        ([], {}, ValueError, "commands"),
+        ("python -V", {}, TypeError, "commands"),
+        (["python", "-V"], {}, TypeError, "commands"),
+        ([["python", "-V"]], {"timeout": 0}, ValueError, "timeout"),
+        ([["python", "-V"]], {"timeout": "60"}, TypeError, "timeout"),
+    ],
+)
+def test_run_commands_rejects_bad_arguments(commands, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        run_commands(commands, **kwargs)
+
+
+# ---------------------------------------------------------------- process group setup
+
+
+def test_setup_distributed_needs_torchruns_environment(monkeypatch):
+    for name in TORCHRUN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match="torchrun"):
+        setup_distributed()
+    with pytest.raises(ValueError, match="backend"):
+        setup_distributed("mpi")
+    with pytest.raises(TypeError, match="backend"):
+        setup_distributed(3)
+
+
+def _single_process_env(monkeypatch):
+    values = dict(zip(TORCHRUN_ENV, ("0", "0", "1", "1", "127.0.0.1", str(free_port())), strict=True))
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_setup_distributed_refuses_nccl_without_gpus(monkeypatch):
+    _single_process_env(monkeypatch)
+    with pytest.raises(ValueError, match="nccl"):
+        setup_distributed("nccl")
+
+
+def test_setup_distributed_joins_a_one_process_gloo_group(monkeypatch):
+    _single_process_env(monkeypatch)
+    ctx = setup_distributed("gloo")
+    try:
+        assert ctx == DistributedContext(0, 0, 1, 1, "gloo", torch.device("cpu"))
+        assert dist.get_world_size() == 1 and dist.get_backend() == "gloo"
+        x = torch.tensor([2.0, -1.0])
+        dist.all_reduce(x)  # a world of one: the sum is the tensor itself
+        assert x.tolist() == [2.0, -1.0]
+    finally:
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- pieces of train_ddp.py
+
+
+def _distributed_order(n: int, world_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """What DistributedSampler documents: shuffle with seed + epoch, pad, deal out."""
+    generator = torch.Generator()
+    generator.manual_seed(seed + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    total = math.ceil(n / world_size) * world_size
+    order += order[: total - n]
+    return [order[r::world_size] for r in range(world_size)]
+
+
+def test_make_loader_deals_out_the_shuffled_indices():
+    dataset = TensorDataset(torch.arange(11))
+    for epoch in (1, 2):
+        expected = _distributed_order(11, 3, seed=5, epoch=epoch)
+        for rank in range(3):
+            loader = train_ddp.make_loader(dataset, batch_size=2, seed=5, num_replicas=3, rank=rank)
+            loader.sampler.set_epoch(epoch)
+            got = torch.cat([batch[0] for batch in loader]).tolist()
+            assert got == expected[rank]
+    assert _distributed_order(11, 3, 5, 1) != _distributed_order(11, 3, 5, 2)
+
+
+def test_save_atomically_leaves_only_the_finished_file(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    train_ddp.save_atomically({"epoch": 3, "w": torch.ones(2)}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["epoch"] == 3 and torch.equal(loaded["w"], torch.ones(2))
+
+
+def test_make_model_maps_784_pixels_to_10_scores():
+    assert train_ddp.make_model()(torch.zeros(5, 784)).shape == (5, 10)
+
+
+# ---------------------------------------------------------------- cluster files
+
+
+def _torchrun_words(script: str) -> list[str]:
+    joined = script.replace("\\\n", " ")
+    lines = [
+        li for li in joined.splitlines() if re.search(r"\btorchrun\b", li) and not li.lstrip().startswith("#")
+    ]
+    assert len(lines) == 1, lines
+    words = shlex.split(lines[0])
+    return words[words.index("torchrun") + 1 :]
+
+
+def test_slurm_script_launches_train_ddp_with_one_process_per_gpu():
+    text = (PACKAGE_DIR / "slurm_train_ddp.sbatch").read_text()
+    sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", text, flags=re.M))
+    assert sbatch["ntasks-per-node"] == "1"  # one torchrun agent per node
+    assert re.search(r"^srun torchrun", text.replace("\\\n", " "), flags=re.M)
+    args = get_args_parser().parse_args(_torchrun_words(text))
+    assert args.module and args.training_script == "helpers.distributed.train_ddp"
+    assert args.nnodes == "$SLURM_NNODES" and int(sbatch["nodes"]) >= 2
+    assert args.nproc_per_node == sbatch["gpus-per-node"]
+    assert args.rdzv_backend == "c10d" and args.rdzv_endpoint == "$head_node:29500"
+    script_args = train_ddp.build_parser().parse_args(args.training_script_args)
+    assert str(script_args.out_dir).startswith("$HOME/")  # a shared file system
+
+
+def test_trainjob_manifest_launches_train_ddp_and_torchrun_reads_pet_variables(monkeypatch):
+    job = yaml.safe_load((PACKAGE_DIR / "trainjob_train_ddp.yaml").read_text())
+    assert (job["apiVersion"], job["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    trainer = job["spec"]["trainer"]
+    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    assert trainer["numNodes"] >= 2
+    assert trainer["numProcPerNode"] == trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]
+    command = trainer["command"]
+    assert command[0] == "torchrun"
+    # What the runtime sets in each pod: torchrun must pick it up without flags.
+    monkeypatch.setenv("PET_NNODES", str(trainer["numNodes"]))
+    monkeypatch.setenv("PET_NPROC_PER_NODE", str(trainer["numProcPerNode"]))
+    args = get_args_parser().parse_args(command[1:])
+    assert (args.nnodes, args.nproc_per_node) == (str(trainer["numNodes"]), str(trainer["numProcPerNode"]))
+    assert args.module and args.training_script == "helpers.distributed.train_ddp"
+    train_ddp.build_parser().parse_args(args.training_script_args)
+
+
+# ---------------------------------------------------------------- real launches
+
+
+def _launch(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
+    results = run_commands(commands, timeout=LAUNCH_TIMEOUT, env=LAUNCH_ENV)
+    for result in results:
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return results
+
+
+def _endpoint() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+def test_collectives_script_gives_both_ranks_the_expected_tensors():
+    command = torchrun_command("helpers.distributed.collectives", rdzv_endpoint=_endpoint())
+    (result,) = _launch([command])
+    by_rank = lines_by_rank(result.stdout)
+    assert list(by_rank) == [0, 1]
+    for rank, lines in by_rank.items():
+        assert f"local rank {rank}" in lines[0] and "backend gloo" in lines[0]
+        text = "\n".join(lines)
+        assert "all_reduce(SUM):  had %.1f, now holds 3.0" % (rank + 1) in text
+        assert "now holds [1.5, -3.0]" in text  # ([1, -2] + [2, -4]) / 2
+        assert "now holds [0.0, 1.0, 2.0, 3.0]" in text
+        assert "now holds [[0.0, 0.0], [10.0, 10.0]]" in text
+        assert f"now holds {[[100.0, 102.0], [104.0, 106.0]][rank]}" in text
+
+
+EPOCHS, BATCH, LR, MOMENTUM, SEED = 3, 16, 0.1, 0.9, 4
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    """201 training examples (odd: the sampler must pad), labels from a random teacher."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(241, 784, generator=generator)
+    y = (x @ torch.randn(784, 10, generator=generator)).argmax(dim=1)
+    path = tmp_path_factory.mktemp("data") / "data.pt"
+    torch.save({"x_train": x[:201], "y_train": y[:201], "x_val": x[201:], "y_val": y[201:]}, path)
+    return path
+
+
+def _one_process_reference(path: Path, epochs: int) -> dict[str, torch.Tensor]:
+    """One process, float64, on the concatenation of both ranks' batches in every step."""
+    data = torch.load(path, weights_only=True)
+    x, y = data["x_train"].double(), data["y_train"]
+    torch.manual_seed(SEED)
+    model = train_ddp.make_model().double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    for epoch in range(1, epochs + 1):
+        shards = _distributed_order(len(y), 2, SEED, epoch)
+        for start in range(0, len(shards[0]), BATCH):
+            index = shards[0][start : start + BATCH] + shards[1][start : start + BATCH]
+            loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.state_dict()
+
+
+def _script_args(path: Path, out_dir: Path, epochs: int) -> list[str]:
+    return [
+        f"--data={path}",
+        f"--out-dir={out_dir}",
+        f"--epochs={epochs}",
+        f"--batch-size={BATCH}",
+        f"--lr={LR}",
+        f"--momentum={MOMENTUM}",
+        f"--seed={SEED}",
+        "--dtype=float64",
+    ]
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].cpu() - b[k].cpu()).abs().max().item() for k in a)
+
+
+def test_ddp_run_that_crashes_restarts_and_matches_one_process(data_file, tmp_path):
+    args = [*_script_args(data_file, tmp_path, EPOCHS), "--crash-at-epoch=2"]
+    command = torchrun_command(
+        "helpers.distributed.train_ddp", args, rdzv_endpoint=_endpoint(), max_restarts=1
+    )
+    (result,) = _launch([command])
+    assert "simulated failure" in result.stderr
+    by_rank = lines_by_rank(result.stdout)
+    for rank in (0, 1):
+        starts = [line for line in by_rank[rank] if line.startswith("attempt")]
+        assert [s.split(":")[0] for s in starts] == ["attempt 0", "attempt 1"]
+        assert starts[1].endswith("starting at epoch 2")
+    summary = json.loads((tmp_path / "history.json").read_text())
+    assert [h["attempt"] for h in summary["history"]] == [0, 1, 1]
+    assert summary["world_size"] == 2 and summary["steps_per_epoch"] == math.ceil(101 / BATCH)
+    ddp = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert _max_difference(ddp, _one_process_reference(data_file, EPOCHS)) < 1e-10
+    # best.pt holds the weights of the first epoch with the best validation accuracy
+    accuracies = [h["val_accuracy"] for h in summary["history"]]
+    best_epoch = accuracies.index(max(accuracies)) + 1
+    best = torch.load(tmp_path / "best.pt", map_location="cpu", weights_only=True)
+    assert _max_difference(best, _one_process_reference(data_file, best_epoch)) < 1e-10
+    # and the training did change the parameters
+    torch.manual_seed(SEED)
+    assert _max_difference(ddp, train_ddp.make_model().double().state_dict()) > 1e-3
+
+
+def test_fsdp2_as_two_nodes_shards_the_weights_and_matches_one_process(data_file, tmp_path):
+    endpoint, epochs = _endpoint(), 2
+    commands = [
+        torchrun_command(
+            "helpers.distributed.fsdp2",
+            _script_args(data_file, tmp_path, epochs),
+            nnodes=2,
+            nproc_per_node=1,
+            rdzv_endpoint=endpoint,
+            rdzv_id="test-fsdp2",
+            local_addr="127.0.0.1",
+        )
+        for _ in range(2)
+    ]
+    results = _launch(commands)
+    by_rank = lines_by_rank("\n".join(r.stdout for r in results))
+    assert list(by_rank) == [0, 1]
+    for rank, lines in by_rank.items():
+        assert lines[0].startswith(f"node {rank}, local rank 0, gloo"), lines[0]
+        assert "0.weight: full shape (128, 784), stored here (64, 784)" in lines
+        assert "2.bias: full shape (10,), stored here (5,)" in lines
+    fsdp = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert _max_difference(fsdp, _one_process_reference(data_file, epochs)) < 1e-10
