@@ -1,0 +1,167 @@
+"""Small tools for chapter 08 (tips and tricks, each one measured).
+
+``CostlyDataset`` is a dataset whose ``__getitem__`` is slow on purpose, for the
+data-loading measurements; it lives in a module, not in the notebook, because
+``DataLoader`` workers started with ``spawn`` or ``forkserver`` must import it.
+``speed_verdict`` turns two timings into words without claiming a difference that is
+within the noise, and ``atomic_save`` writes a checkpoint so that an interruption
+never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["CostlyDataset", "atomic_save", "busy_work", "speed_verdict"]
+
+
+def busy_work(rounds: int) -> int:
+    """Pure-Python arithmetic that keeps one CPU core busy for ``rounds`` iterations.
+
+    A stand-in for CPU-heavy preprocessing such as decoding an image. Returns a checksum
+    so the work cannot be skipped. Introduced in chapter 08.
+    """
+    if isinstance(rounds, bool) or not isinstance(rounds, int):
+        raise TypeError(f"rounds must be an int, got {type(rounds).__name__}")
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {rounds}")
+    total = 0
+    for i in range(rounds):
+        total = (total + i * i) % 1_000_003
+    return total
+
+
+def _check_nonnegative(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not value >= 0.0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+class CostlyDataset(Dataset):
+    """``(inputs[i], targets[i])`` pairs whose ``__getitem__`` costs time on purpose.
+
+    - ``sleep_s``: seconds each item waits, like a read from a slow disk or network;
+      the process waits but leaves the CPU free.
+    - ``work``: rounds of ``busy_work`` per item, like decoding or augmenting; the CPU
+      is busy.
+    - ``noise_std``: standard deviation of Gaussian noise added to each input, drawn
+      from torch's global generator: a random augmentation. In a ``DataLoader`` worker
+      that generator is the worker's own, seeded by the loader.
+
+    Defined in a module so that workers started with ``spawn`` (macOS, Windows) or
+    ``forkserver`` can import it; a class defined in a notebook cannot be. Introduced
+    in chapter 08.
+    """
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        sleep_s: float = 0.0,
+        work: int = 0,
+        noise_std: float = 0.0,
+    ) -> None:
+        if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+            raise TypeError(
+                f"inputs and targets must be torch.Tensors, got {type(inputs).__name__} "
+                f"and {type(targets).__name__}"
+            )
+        if inputs.ndim == 0 or len(inputs) != len(targets):
+            raise ValueError(
+                f"inputs and targets must have the same length, got shapes {tuple(inputs.shape)} "
+                f"and {tuple(targets.shape)}"
+            )
+        if not inputs.is_floating_point():
+            raise ValueError(f"inputs must be floating point, got {inputs.dtype}")
+        self.sleep_s = _check_nonnegative("sleep_s", sleep_s)
+        if isinstance(work, bool) or not isinstance(work, int):
+            raise TypeError(f"work must be an int, got {type(work).__name__}")
+        if work < 0:
+            raise ValueError(f"work must be >= 0, got {work}")
+        self.work = work
+        self.noise_std = _check_nonnegative("noise_std", noise_std)
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sleep_s > 0:
+            time.sleep(self.sleep_s)
+        if self.work > 0:
+            busy_work(self.work)
+        x = self.inputs[index]
+        if self.noise_std > 0:
+            x = x + self.noise_std * torch.randn(x.shape, dtype=x.dtype)
+        return x, self.targets[index]
+
+
+def speed_verdict(baseline_s: float, candidate_s: float, *, tolerance: float = 0.1) -> str:
+    """How the candidate's time compares with the baseline's, in words for the prose.
+
+    Returns ``"1.8 times faster than"`` or ``"1.3 times slower than"`` when the ratio of
+    the two times is beyond ``1 + tolerance``, and ``"as fast as (within 10 %)"``
+    otherwise, so that a difference inside the noise is never called a result. Both
+    times are in seconds and positive. Introduced in chapter 08.
+    """
+    for name, value in (("baseline_s", baseline_s), ("candidate_s", candidate_s), ("tolerance", tolerance)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not 0.0 < value < float("inf"):
+            raise ValueError(f"{name} must be a positive finite number, got {value}")
+    ratio = baseline_s / candidate_s
+    if ratio >= 1.0 + tolerance:
+        return f"{ratio:.1f} times faster than"
+    if 1.0 / ratio >= 1.0 + tolerance:
+        return f"{1.0 / ratio:.1f} times slower than"
+    return f"as fast as (within {tolerance:.0%})"
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj, path)`` such that ``path`` is either the old file or the new one.
+
+    The object is written to a temporary file in the same folder, flushed to disk, and
+    then renamed over ``path`` with ``os.replace``, which is atomic on POSIX file systems;
+    on POSIX the folder is then flushed too, so the rename survives a power cut. An
+    interruption while saving leaves the previous checkpoint intact; a failed save
+    removes its temporary file. Returns the path. Introduced in chapter 08.
+    """
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"path must be in an existing folder, got {path}")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The rename lives in the folder's entry list: flush it too, so that a power cut
+    # right after the save cannot bring back the old entry. Windows cannot open folders.
+    if os.name != "posix":
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)

@@ -1,0 +1,208 @@
+import math
+import os
+import pickle
+import time
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from helpers import tips
+from helpers.tips import CostlyDataset, atomic_save, busy_work, speed_verdict
+
+# ---------------------------------------------------------------- busy_work
+
+
+def test_busy_work_returns_the_checksum_of_its_rounds():
+    expected = 0
+    for i in range(1000):
+        expected = (expected + i * i) % 1_000_003
+    assert busy_work(1000) == expected
+    # below the modulus the checksum is the sum of squares, n (n - 1) (2n - 1) / 6
+    assert busy_work(100) == 99 * 100 * 199 // 6
+    assert busy_work(0) == 0
+
+
+@pytest.mark.parametrize("rounds", [1.5, True, "10"])
+def test_busy_work_rejects_non_integers(rounds):
+    with pytest.raises(TypeError, match="rounds"):
+        busy_work(rounds)
+
+
+def test_busy_work_rejects_negative_rounds():
+    with pytest.raises(ValueError, match="rounds"):
+        busy_work(-1)
+
+
+# ---------------------------------------------------------------- CostlyDataset
+
+
+def _data(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.arange(n * 3, dtype=torch.float32).reshape(n, 3), torch.arange(n)
+
+
+def test_costly_dataset_returns_the_wrapped_pairs():
+    x, y = _data()
+    dataset = CostlyDataset(x, y)
+    assert len(dataset) == 6
+    item_x, item_y = dataset[4]
+    assert torch.equal(item_x, x[4]) and item_y.item() == 4
+
+
+def test_costly_dataset_sleeps_for_each_item():
+    x, y = _data()
+    dataset = CostlyDataset(x, y, sleep_s=0.02)
+    start = time.perf_counter()
+    dataset[0]
+    assert time.perf_counter() - start >= 0.02
+
+
+def test_costly_dataset_does_its_work_for_each_item(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tips, "busy_work", lambda rounds: calls.append(rounds))
+    x, y = _data()
+    dataset = CostlyDataset(x, y, work=123)
+    dataset[0]
+    dataset[1]
+    assert calls == [123, 123]
+
+
+def test_costly_dataset_noise_comes_from_torchs_generator():
+    x, y = _data()
+    dataset = CostlyDataset(x, y, noise_std=0.5)
+    torch.manual_seed(0)
+    first = dataset[2][0]
+    torch.manual_seed(0)
+    again = dataset[2][0]
+    torch.manual_seed(0)
+    reference = x[2] + 0.5 * torch.randn(3)
+    assert torch.equal(first, again) and torch.equal(first, reference)
+    assert not torch.equal(first, x[2]) and first.dtype == x.dtype
+
+
+def test_costly_dataset_survives_pickling_and_workers():
+    x, y = _data(8)
+    dataset = CostlyDataset(x, y)
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert torch.equal(copy[3][0], x[3])
+    batches = list(DataLoader(dataset, batch_size=4, num_workers=1))
+    assert torch.equal(torch.cat([b[0] for b in batches]), x)
+    assert torch.equal(torch.cat([b[1] for b in batches]), y)
+
+
+def test_costly_dataset_rejects_bad_tensors():
+    x, y = _data()
+    with pytest.raises(TypeError, match="inputs and targets"):
+        CostlyDataset(x.tolist(), y)
+    with pytest.raises(TypeError, match="inputs and targets"):
+        CostlyDataset(x, y.tolist())
+    with pytest.raises(ValueError, match="same length"):
+        CostlyDataset(x, y[:-1])
+    with pytest.raises(ValueError, match="same length"):
+        CostlyDataset(torch.tensor(1.0), y)
+    with pytest.raises(ValueError, match="floating point"):
+        CostlyDataset(x.long(), y)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "name"),
+    [
+        ({"sleep_s": -0.1}, ValueError, "sleep_s"),
+        ({"sleep_s": math.inf}, ValueError, "sleep_s"),
+        ({"sleep_s": math.nan}, ValueError, "sleep_s"),
+        ({"sleep_s": "1"}, TypeError, "sleep_s"),
+        ({"sleep_s": True}, TypeError, "sleep_s"),
+        ({"work": 2.0}, TypeError, "work"),
+        ({"work": False}, TypeError, "work"),
+        ({"work": -1}, ValueError, "work"),
+        ({"noise_std": -1.0}, ValueError, "noise_std"),
+    ],
+)
+def test_costly_dataset_rejects_bad_options(options, error, name):
+    x, y = _data()
+    with pytest.raises(error, match=name):
+        CostlyDataset(x, y, **options)
+
+
+# ---------------------------------------------------------------- speed_verdict
+
+
+def test_speed_verdict_names_the_direction_and_the_ratio():
+    assert speed_verdict(2.0, 1.0) == "2.0 times faster than"
+    assert speed_verdict(1.0, 3.0) == "3.0 times slower than"
+    assert speed_verdict(1.1, 1.0) == "1.1 times faster than"  # exactly at the margin
+
+
+def test_speed_verdict_calls_small_differences_equal():
+    assert speed_verdict(1.05, 1.0) == "as fast as (within 10%)"
+    assert speed_verdict(1.0, 1.05) == "as fast as (within 10%)"
+    assert speed_verdict(1.3, 1.0, tolerance=0.5) == "as fast as (within 50%)"
+    assert speed_verdict(1.0, 1.6, tolerance=0.5) == "1.6 times slower than"
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("1", 1.0), TypeError),
+        ((1.0, True), TypeError),
+        ((0.0, 1.0), ValueError),
+        ((1.0, -2.0), ValueError),
+        ((math.inf, 1.0), ValueError),
+        ((1.0, math.nan), ValueError),
+    ],
+)
+def test_speed_verdict_rejects_bad_times(args, error):
+    with pytest.raises(error, match="_s must be"):
+        speed_verdict(*args)
+
+
+def test_speed_verdict_rejects_a_bad_tolerance():
+    with pytest.raises(ValueError, match="tolerance"):
+        speed_verdict(1.0, 1.0, tolerance=0.0)
+
+
+# ---------------------------------------------------------------- atomic_save
+
+
+def test_atomic_save_writes_what_torch_load_reads(tmp_path):
+    state = {"weight": torch.randn(3, 2), "step": 7}
+    path = atomic_save(state, tmp_path / "checkpoint.pt")
+    assert path == tmp_path / "checkpoint.pt"
+    loaded = torch.load(path, weights_only=True)
+    assert torch.equal(loaded["weight"], state["weight"]) and loaded["step"] == 7
+    atomic_save({"step": 8}, str(path))  # a str path, replacing the old file
+    assert torch.load(path, weights_only=True) == {"step": 8}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_failed_atomic_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"step": 1}, path)
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        atomic_save({"step": 2, "bad": lambda: None}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_atomic_save_rejects_bad_paths(tmp_path):
+    with pytest.raises(TypeError, match="path"):
+        atomic_save({}, 3)
+    with pytest.raises(ValueError, match="existing folder"):
+        atomic_save({}, tmp_path / "missing" / "checkpoint.pt")
+
+
+def test_atomic_save_flushes_the_file_and_then_its_folder(tmp_path, monkeypatch):
+    flushed = []
+    real_fsync = os.fsync
+
+    def spy(handle):
+        flushed.append(os.path.realpath(f"/proc/self/fd/{handle}"))
+        real_fsync(handle)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    atomic_save({"step": 1}, tmp_path / "checkpoint.pt")
+    if os.name == "posix" and os.path.isdir("/proc/self/fd"):
+        # first the temporary file's contents, then the folder holding the rename
+        assert len(flushed) == 2
+        assert flushed[0].startswith(str(tmp_path / ".checkpoint.pt."))
+        assert flushed[1] == os.path.realpath(tmp_path)
