@@ -62,8 +62,10 @@ def format_value(value: Any, fmt: str = "{}") -> str:
         raise ValueError(f"fmt {fmt!r} cannot format {plain!r}: {error}") from None
 
 
-def record(name: str, value: Any, fmt: str = "{}", *, headline: str | None = None) -> Any:
-    """Store ``value`` under ``name`` for the book's prose and Status page; return ``value``.
+def record(name: str, value: Any, fmt: str = "{}", *, headline: str | None = None) -> None:
+    """Store ``value`` under ``name`` for the book's prose and Status page.
+
+    It returns nothing, so a cell that ends in ``record(...)`` shows no stray ``Out[]``.
 
     ``fmt`` is a ``str.format`` pattern (``"{:.1%}"``, ``"{:,}"``, ``"{:.2f}"``); the built
     book inserts the formatted text wherever a page writes ``{glue:}`name```. With
@@ -82,11 +84,10 @@ def record(name: str, value: Any, fmt: str = "{}", *, headline: str | None = Non
     if _ipython_shell() is None:
         # A plain `python chapters/NN_x.py` run: there is no page to glue into.
         print(f"[record] {name} = {text}")
-        return value
+        return
     from IPython.display import display
 
     display({GLUE_MIME_PREFIX + "text/plain": text}, raw=True, metadata=metadata)
-    return value
 
 
 def _ipython_shell() -> object | None:

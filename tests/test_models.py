@@ -32,12 +32,19 @@ def test_conv_output_size_matches_pytorch(size, kernel, stride, padding, dilatio
         ((5, 3, 0), "stride"),
         ((5, 3, 1, -1), "padding"),
         ((5, 3, 1, 0, 0), "dilation"),
-        ((5, 3, 1.0), "stride"),
         ((4, 3, 1, 0, 2), "does not fit"),
     ],
 )
-def test_conv_output_size_rejects_bad_arguments(args, message):
+def test_conv_output_size_rejects_bad_values(args, message):
     with pytest.raises(ValueError, match=message):
+        conv_output_size(*args)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), [((5, 3, 1.0), "stride"), ((5.0, 3), "size"), ((5, True), "kernel")]
+)
+def test_conv_output_size_rejects_non_int_arguments(args, message):
+    with pytest.raises(TypeError, match=message):
         conv_output_size(*args)
 
 

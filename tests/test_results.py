@@ -24,7 +24,7 @@ def test_record_displays_a_glue_bundle_myst_nb_can_read(shown):
     GLUE_PREFIX = glue.GLUE_PREFIX
 
     assert GLUE_MIME_PREFIX == GLUE_PREFIX
-    assert record("test_accuracy", 0.98251, "{:.1%}") == 0.98251
+    assert record("test_accuracy", 0.98251, "{:.1%}") is None
     ((bundle, raw, metadata),) = shown
     assert raw is True
     assert bundle == {GLUE_PREFIX + "text/plain": "98.3%"}
@@ -70,7 +70,7 @@ def test_bad_input_names_the_argument(shown, kwargs, error, message):
 
 def test_outside_ipython_record_prints_a_readable_line(monkeypatch, capsys):
     monkeypatch.setattr(results, "_ipython_shell", lambda: None)
-    assert record("loss", 0.1234, "{:.2f}") == 0.1234
+    assert record("loss", 0.1234, "{:.2f}") is None
     assert capsys.readouterr().out == "[record] loss = 0.12\n"
 
 
