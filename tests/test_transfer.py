@@ -1,0 +1,349 @@
+"""Tests of helpers.transfer, and of chapter 05's ImageNet cell run offline."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from helpers.transfer import (
+    FONT_FILES,
+    GLYPH_CLASSES,
+    PhaseHistory,
+    labelled_subset,
+    matplotlib_fonts,
+    random_affine,
+    render_glyphs,
+    sample_glyphs,
+    thicken,
+    train_phases,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --- fonts and glyphs ---------------------------------------------------------------
+
+
+def test_glyph_classes_are_distinct_letters_without_digits():
+    assert len(GLYPH_CLASSES) == len(set(GLYPH_CLASSES)) == 37
+    assert GLYPH_CLASSES.isalpha() and not any(c.isdigit() for c in GLYPH_CLASSES)
+
+
+def test_matplotlib_fonts_exist():
+    paths = matplotlib_fonts()
+    assert [p.name for p in paths] == list(FONT_FILES) and len(paths) == 21
+    assert all(p.is_file() for p in paths)
+
+
+def test_matplotlib_fonts_reports_a_missing_font(monkeypatch, tmp_path):
+    monkeypatch.setattr("matplotlib.get_data_path", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"DejaVuSans\.ttf"):
+        matplotlib_fonts()
+
+
+def test_render_glyphs_fits_each_glyph_in_its_box_centred():
+    fonts = matplotlib_fonts()[:2]
+    glyphs = render_glyphs("HIo", fonts, size=28, box=20)
+    assert glyphs.shape == (3, 2, 28, 28) and glyphs.dtype == torch.float32
+    assert glyphs.min() >= 0 and glyphs.max() <= 1
+    for image in glyphs.flatten(0, 1):
+        rows = (image > 0.5).any(dim=1).nonzero().squeeze(1)
+        cols = (image > 0.5).any(dim=0).nonzero().squeeze(1)
+        height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+        assert 18 <= max(height, width) <= 21  # the longer side spans the 20-pixel box
+        centre = ((rows[0] + rows[-1]) / 2, (cols[0] + cols[-1]) / 2)
+        assert all(abs(c - 13.5) <= 1.0 for c in centre)
+    # the ring of "o" is hollow: its centre is background, its left edge is ink
+    o = glyphs[2, 0]
+    assert o[12:16, 12:16].max() < 0.1 and o[14, 4:10].max() > 0.9
+    # an "I" is a vertical bar: much taller than wide
+    i_ink = glyphs[1, 0] > 0.5
+    assert i_ink.any(dim=1).sum() >= 3 * i_ink.any(dim=0).sum()
+
+
+def test_render_glyphs_checks_arguments():
+    fonts = matplotlib_fonts()[:1]
+    with pytest.raises(ValueError, match="chars"):
+        render_glyphs("", fonts)
+    with pytest.raises(ValueError, match="chars"):
+        render_glyphs("A B", fonts)
+    with pytest.raises(TypeError, match="fonts"):
+        render_glyphs("A", fonts[0])
+    with pytest.raises(ValueError, match="box"):
+        render_glyphs("A", fonts, size=10, box=12)
+    with pytest.raises(TypeError, match="size"):
+        render_glyphs("A", fonts, size=2.5)
+    with pytest.raises(ValueError, match="box"):
+        render_glyphs("A", fonts, box=0)
+
+
+# --- random_affine and thicken ------------------------------------------------------
+
+
+def test_random_affine_identity_returns_the_input():
+    x = torch.rand(3, 2, 8, 8, generator=_gen())
+    assert torch.allclose(random_affine(x, _gen()), x, atol=1e-6)
+
+
+def test_random_affine_quarter_turn_is_clockwise_rot90():
+    x = torch.rand(2, 1, 6, 6, generator=_gen())
+    turned = random_affine(x, _gen(), rotation=(90, 90))
+    # rot90 with k=-1 turns (rows, cols) clockwise as displayed
+    assert torch.allclose(turned, torch.rot90(x, k=-1, dims=(-2, -1)), atol=1e-5)
+
+
+def test_random_affine_shift_moves_content_right_and_down():
+    x = torch.rand(2, 1, 7, 7, generator=_gen())
+    shifted = random_affine(x, _gen(), shift=(2, 2))
+    expected = torch.zeros_like(x)
+    expected[..., 2:, 2:] = x[..., :-2, :-2]
+    assert torch.allclose(shifted, expected, atol=1e-5)
+
+
+def test_random_affine_scale_matches_grid_sample_reference():
+    x = torch.rand(1, 1, 8, 8, generator=_gen())
+    out = random_affine(x, _gen(), scale=(2, 2))
+    theta = torch.tensor([[[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]]])  # output -> input
+    grid = F.affine_grid(theta, [1, 1, 8, 8], align_corners=False)
+    assert torch.allclose(out, F.grid_sample(x, grid, align_corners=False), atol=1e-6)
+
+
+def test_random_affine_draws_differ_per_image_and_repeat_with_the_seed():
+    x = torch.rand(1, 1, 10, 10, generator=_gen()).expand(4, 1, 10, 10)
+    a = random_affine(x, _gen(3), rotation=(-20, 20), shear=(-0.3, 0.3))
+    b = random_affine(x, _gen(3), rotation=(-20, 20), shear=(-0.3, 0.3))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a[0], a[1])
+
+
+def test_random_affine_checks_arguments():
+    x = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="images"):
+        random_affine(torch.zeros(4, 4), _gen())
+    with pytest.raises(ValueError, match="square"):
+        random_affine(torch.zeros(1, 1, 4, 5), _gen())
+    with pytest.raises(TypeError, match="generator"):
+        random_affine(x, 0)
+    with pytest.raises(TypeError, match="rotation"):
+        random_affine(x, _gen(), rotation=10)
+    with pytest.raises(ValueError, match="shift"):
+        random_affine(x, _gen(), shift=(2, -2))
+    with pytest.raises(ValueError, match="scale"):
+        random_affine(x, _gen(), scale=(0, 1))
+
+
+def test_thicken_is_a_two_by_two_maximum_filter():
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 1, 1] = 1.0
+    grown = thicken(x)
+    expected = torch.zeros_like(x)
+    expected[0, 0, 1:3, 1:3] = 1.0
+    assert torch.equal(grown, expected)
+    y = torch.rand(2, 3, 6, 6, generator=_gen())
+    padded = np.pad(y.numpy(), ((0, 0), (0, 0), (1, 0), (1, 0)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (2, 2), axis=(2, 3))
+    assert np.allclose(thicken(y).numpy(), windows.max(axis=(-2, -1)))
+    with pytest.raises(ValueError, match="images"):
+        thicken(torch.zeros(5, 5))
+
+
+def test_sample_glyphs_labels_match_the_classes_drawn():
+    glyphs = torch.zeros(3, 2, 12, 12)
+    for c in range(3):  # class c: a bright square whose size grows with c
+        glyphs[c, :, 6 - c - 1 : 6 + c + 1, 6 - c - 1 : 6 + c + 1] = 1.0
+    images, labels = sample_glyphs(glyphs, 64, _gen(), thicken_share=0.0)
+    assert images.shape == (64, 1, 12, 12) and labels.shape == (64,)
+    assert set(labels.tolist()) == {0, 1, 2}
+    ink = images.sum(dim=(1, 2, 3))
+    means = [ink[labels == c].mean() for c in range(3)]
+    assert means[0] < means[1] < means[2]  # distortion keeps the class's amount of ink
+    thick, _ = sample_glyphs(glyphs, 64, _gen(), thicken_share=1.0)
+    assert thick.sum() > images.sum()  # same draws, every image thickened
+
+
+def test_sample_glyphs_checks_arguments():
+    glyphs = torch.zeros(2, 2, 8, 8)
+    with pytest.raises(ValueError, match="glyphs"):
+        sample_glyphs(torch.zeros(2, 8, 8), 4, _gen())
+    with pytest.raises(ValueError, match="n must"):
+        sample_glyphs(glyphs, 0, _gen())
+    with pytest.raises(ValueError, match="thicken_share"):
+        sample_glyphs(glyphs, 4, _gen(), thicken_share=1.5)
+
+
+# --- labelled_subset ----------------------------------------------------------------
+
+
+def test_labelled_subset_counts_nesting_and_seed():
+    labels = torch.arange(4).repeat_interleave(10)[torch.randperm(40, generator=_gen())]
+    one = labelled_subset(labels, 1, seed=5)
+    three = labelled_subset(labels, 3, seed=5)
+    assert torch.bincount(labels[three]).tolist() == [3, 3, 3, 3]
+    assert torch.bincount(labels[one]).tolist() == [1, 1, 1, 1]
+    assert set(one.tolist()) <= set(three.tolist())
+    assert len(set(three.tolist())) == 12
+    assert torch.equal(three, labelled_subset(labels, 3, seed=5))
+    assert not torch.equal(three, labelled_subset(labels, 3, seed=6))
+
+
+def test_labelled_subset_checks_arguments():
+    labels = torch.tensor([0, 0, 1])
+    with pytest.raises(ValueError, match="class 1"):
+        labelled_subset(labels, 2, seed=0)
+    with pytest.raises(ValueError, match="labels"):
+        labelled_subset(labels[None], 1, seed=0)
+    with pytest.raises(TypeError, match="per_class"):
+        labelled_subset(labels, True, seed=0)
+
+
+# --- train_phases -------------------------------------------------------------------
+
+
+def _toy_problem() -> tuple[dict[str, DataLoader], nn.Module]:
+    g = _gen()
+    x = torch.randn(64, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    train = DataLoader(TensorDataset(x[:48], y[:48]), batch_size=16)
+    val = DataLoader(TensorDataset(x[48:], y[48:]), batch_size=8)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    return {"train": train, "val": val}, model
+
+
+def _accuracy(model: nn.Module, loader: DataLoader) -> float:
+    model.eval()
+    with torch.no_grad():
+        hits = [(model(x).argmax(1) == y).float() for x, y in loader]
+    return torch.cat(hits).mean().item()
+
+
+def test_train_phases_keeps_the_best_epoch_and_steps_the_scheduler():
+    loaders, model = _toy_problem()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.1)
+    history = train_phases(model, loaders, nn.CrossEntropyLoss(), optimizer, 5, "cpu", scheduler=scheduler)
+    assert isinstance(history, PhaseHistory)
+    assert all(len(v) == 5 for v in (history.train_loss, history.train_acc, history.val_acc))
+    assert [round(lr[0], 6) for lr in history.lr] == [0.5, 0.5, 0.05, 0.05, 0.005]
+    best = max(history.val_acc)
+    assert history.best_epoch == history.val_acc.index(best) + 1
+    assert _accuracy(model, loaders["val"]) == pytest.approx(best)  # best weights loaded
+    assert history.train_loss[-1] < history.train_loss[0]
+
+
+def test_train_phases_matches_a_hand_written_epoch():
+    loaders, model = _toy_problem()
+    reference = _toy_problem()[1]
+    criterion = nn.CrossEntropyLoss()
+    history = train_phases(model, loaders, criterion, torch.optim.SGD(model.parameters(), lr=0.1), 1, "cpu")
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    reference.train()
+    losses = []
+    for x, y in loaders["train"]:
+        loss = criterion(reference(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item() * len(y))
+    assert history.train_loss[0] == pytest.approx(sum(losses) / 48)
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert history.val_acc[0] == pytest.approx(_accuracy(reference, loaders["val"]))
+
+
+def test_train_phases_keeps_frozen_batch_norm_statistics():
+    loaders, model = _toy_problem()
+    frozen = model[:2]  # Linear + BatchNorm1d
+    frozen.requires_grad_(False)
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    train_phases(model, loaders, nn.CrossEntropyLoss(), optimizer, 2, "cpu", frozen=[frozen])
+    assert all(torch.equal(before[k], v) for k, v in frozen.state_dict().items())
+    # without frozen=..., model.train() lets batch norm update its running statistics
+    train_phases(model, loaders, nn.CrossEntropyLoss(), optimizer, 1, "cpu")
+    assert not torch.equal(before["1.running_mean"], model[1].running_mean)
+
+
+def test_train_phases_checks_arguments():
+    loaders, model = _toy_problem()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    criterion = nn.CrossEntropyLoss()
+    with pytest.raises(TypeError, match="model"):
+        train_phases("model", loaders, criterion, optimizer, 1, "cpu")
+    with pytest.raises(ValueError, match="loaders"):
+        train_phases(model, {"train": loaders["train"]}, criterion, optimizer, 1, "cpu")
+    with pytest.raises(TypeError, match="optimizer"):
+        train_phases(model, loaders, criterion, None, 1, "cpu")
+    with pytest.raises(ValueError, match="epochs"):
+        train_phases(model, loaders, criterion, optimizer, 0, "cpu")
+    with pytest.raises(TypeError, match="frozen"):
+        train_phases(model, loaders, criterion, optimizer, 1, "cpu", frozen=["layer1"])
+    empty = {"train": loaders["train"], "val": []}
+    with pytest.raises(ValueError, match="'val' loader"):
+        train_phases(model, empty, criterion, optimizer, 1, "cpu")
+
+
+# --- chapter 05's ImageNet cell, offline ----------------------------------------------
+
+
+def _chapter_cell(tag: str) -> str:
+    """The source of the chapter's code cell tagged ``tag`` (Jupytext percent format)."""
+    text = (ROOT / "chapters" / "05_transfer.py").read_text()
+    cells = re.split(r"^# %%", text, flags=re.MULTILINE)
+    found = [c for c in cells if re.match(rf'[^\n]*tags=\[[^\]]*"{tag}"', c)]
+    assert len(found) == 1, f"expected one cell tagged {tag!r}, found {len(found)}"
+    return found[0].split("\n", 1)[1]
+
+
+def test_imagenet_cell_fine_tunes_resnet18_offline_from_the_torch_home_cache(tmp_path, monkeypatch):
+    from PIL import Image
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    # A state dict where torchvision's cache expects ResNet-18's ImageNet weights.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(0)
+    fake = resnet18(weights=None).state_dict()
+    torch.save(fake, cache / Path(weights.url).name)  # resnet18-f37072fd.pth
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+
+    # A tiny image folder: two classes, six small RGB images each.
+    rng = np.random.default_rng(0)
+    for name in ("circle", "square"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+
+    namespace: dict = {}
+    exec(compile(_chapter_cell("imagenet"), "05_transfer imagenet cell", "exec"), namespace)
+    model, history, classes = namespace["finetune_imagenet_resnet18"](
+        tmp_path / "images", "cpu", epochs=1, batch_size=4
+    )
+    assert classes == ["circle", "square"]
+    assert model.fc.out_features == 2 and len(history.val_acc) == 1
+    # the real weights= code path read our file, and the frozen blocks kept it
+    assert torch.equal(model.conv1.weight, fake["conv1.weight"])
+    assert torch.equal(model.layer3[0].bn1.running_mean, fake["layer3.0.bn1.running_mean"])
+    assert not torch.equal(model.layer4[0].conv1.weight, fake["layer4.0.conv1.weight"])
+    assert [p.requires_grad for p in (model.conv1.weight, model.layer4[0].conv1.weight)] == [
+        False,
+        True,
+    ]
