@@ -1535,10 +1535,14 @@ print(
 print(
     f"The softmax stays above the floor {floor:.2f} however well it classifies, and "
     f"costs {100 * softmax_cost:.1f} points of validation accuracy "
-    f"(standard error {100 * softmax_cost_se:.1f}) after the same training."
+    f"(standard error {100 * softmax_cost_se:.1f}) after the same training: a loss "
+    f"{verdict(softmax_cost, softmax_cost_se)} two standard errors."
 )
+# How much accuracy it costs varies a lot with the seed (from about 2 points to over
+# 30 in our checks): AdamW's steps do not depend on the overall scale of the gradients,
+# so what hurts is that confidently wrong images contribute almost nothing.
 assert softmax_loss > floor > correct_loss
-assert softmax_cost > 2 * softmax_cost_se, (softmax_cost, softmax_cost_se)
+assert softmax_cost > 0, (softmax_cost, softmax_cost_se)
 
 # %% [markdown]
 # **Exercise 4.** Which test digits is the CNN least sure about? Compute the softmax
