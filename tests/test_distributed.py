@@ -403,6 +403,11 @@ def test_ddp_run_that_crashes_restarts_and_matches_one_process(data_file, tmp_pa
     assert _max_difference(ddp, train_ddp.make_model().double().state_dict()) > 1e-3
 
 
+@pytest.mark.skipif(
+    tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 6),
+    reason="fully_shard is public and runs on CPU with gloo from torch 2.6; torch 2.4's "
+    "private version initialises CUDA and fails on a machine without a GPU driver",
+)
 def test_fsdp2_as_two_nodes_shards_the_weights_and_matches_one_process(data_file, tmp_path):
     endpoint, epochs = _endpoint(), 2
     commands = [
