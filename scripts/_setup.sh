@@ -18,4 +18,8 @@ if [ ! -x "$UV" ] || [ "$("$UV" --version | cut -d' ' -f2)" != "$UV_VERSION" ]; 
     .tools/uv/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 fi
 echo "==> syncing .venv with uv.lock"
-"$UV" sync --locked --quiet
+# --compile-bytecode writes every module's .pyc at install time. Without it, where
+# PYTHONDONTWRITEBYTECODE is set (as on many CI machines), every new process compiles
+# torch's Python sources again: about 3 s more per `import torch`, and chapter 09
+# starts more than a dozen processes. uv skips the step when nothing changed.
+"$UV" sync --locked --quiet --compile-bytecode
