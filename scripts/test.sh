@@ -14,4 +14,4 @@ echo "==> pytest: helper and project tests, with branch coverage of helpers/"
 echo "==> every chapter executed by nbmake, and the book built from those outputs"
 bash scripts/book.sh "$@"
 echo "==> the built book in headless Chromium"
-"$UV" run --locked pytest tests/browser
+"$UV" run --locked pytest tests/browser -n 2 --dist loadgroup

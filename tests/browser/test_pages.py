@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -50,41 +52,68 @@ def wait_for_math(page) -> None:
     page.evaluate("() => MathJax.startup.promise")
 
 
-@pytest.mark.parametrize("name", PAGES)
-def test_page_loads_offline_and_renders(browser, book_url, screenshots, name):
+@dataclass
+class LoadedPage:
+    """A page opened once and shared by every test of that page (loading is the slow part)."""
+
+    name: str
+    page: object  # playwright.sync_api.Page
+    remote: list[str]
+    errors: list[str]
+
+
+@pytest.fixture(scope="module")
+def loaded(request, browser, book_url) -> Iterator[LoadedPage]:
+    name = request.param
     page, remote, errors = open_page(browser, f"{book_url}/{name}.html")
     try:
-        # Bring every image into view so lazily loaded ones load too, then wait for the network.
-        page.evaluate("() => document.querySelectorAll('img').forEach(i => i.scrollIntoView())")
-        page.wait_for_load_state("networkidle")
-        broken = page.evaluate(
-            "() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
-        )
-        assert broken == [], f"{name}: images that did not load: {broken}"
-        # A figure's alt text describes it; docutils' default would be the file's path.
-        undescribed = page.evaluate(
-            "() => [...document.querySelectorAll('.cell_output img')]"
-            ".filter(i => !i.alt || i.alt.includes('.png')).map(i => i.src)"
-        )
-        assert undescribed == [], f"{name}: figures without alt text: {undescribed}"
-
-        has_math = page.evaluate("() => document.querySelectorAll('.math').length") > 0
-        if has_math:
-            wait_for_math(page)
-            untypeset = page.evaluate(
-                "() => [...document.querySelectorAll('.math')]"
-                ".filter(m => !m.querySelector('mjx-container')).length"
-            )
-            assert untypeset == 0, f"{name}: {untypeset} formulas were not typeset"
-        if name in CHAPTERS:
-            assert page.locator(".cell_output").count() > 0, f"{name}: no executed outputs"
-
-        page.evaluate("() => window.scrollTo(0, 0)")
-        page.screenshot(path=str(screenshots / f"{name}.png"), full_page=True)
-        assert errors == [], f"{name}: console errors {errors}"
-        assert remote == [], f"{name}: {len(remote)} requests left localhost: {remote[:5]}"
+        yield LoadedPage(name, page, remote, errors)
     finally:
         page.context.close()
+
+
+def each_page(names: list[str]):
+    """Parametrize a test over pages so that each page loads once for all its tests.
+
+    The module-scoped fixture makes pytest run a page's tests together; the xdist group
+    keeps them on one worker when the tests run in parallel (``-n 2 --dist loadgroup``).
+    """
+    params = [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in names]
+    return pytest.mark.parametrize("loaded", params, indirect=True, ids=names)
+
+
+@each_page(PAGES)
+def test_page_loads_offline_and_renders(loaded, screenshots):
+    name, page = loaded.name, loaded.page
+    # Bring every image into view so lazily loaded ones load too, then wait for the network.
+    page.evaluate("() => document.querySelectorAll('img').forEach(i => i.scrollIntoView())")
+    page.wait_for_load_state("networkidle")
+    broken = page.evaluate(
+        "() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
+    )
+    assert broken == [], f"{name}: images that did not load: {broken}"
+    # A figure's alt text describes it; docutils' default would be the file's path.
+    undescribed = page.evaluate(
+        "() => [...document.querySelectorAll('.cell_output img')]"
+        ".filter(i => !i.alt || i.alt.includes('.png')).map(i => i.src)"
+    )
+    assert undescribed == [], f"{name}: figures without alt text: {undescribed}"
+
+    has_math = page.evaluate("() => document.querySelectorAll('.math').length") > 0
+    if has_math:
+        wait_for_math(page)
+        untypeset = page.evaluate(
+            "() => [...document.querySelectorAll('.math')]"
+            ".filter(m => !m.querySelector('mjx-container')).length"
+        )
+        assert untypeset == 0, f"{name}: {untypeset} formulas were not typeset"
+    if name in CHAPTERS:
+        assert page.locator(".cell_output").count() > 0, f"{name}: no executed outputs"
+
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.screenshot(path=str(screenshots / f"{name}.png"), full_page=True)
+    assert loaded.errors == [], f"{name}: console errors {loaded.errors}"
+    assert loaded.remote == [], f"{name}: {len(loaded.remote)} requests left localhost: {loaded.remote[:5]}"
 
 
 def test_some_page_has_math_so_offline_mathjax_is_exercised():
@@ -93,49 +122,39 @@ def test_some_page_has_math_so_offline_mathjax_is_exercised():
     assert with_math, "no page has math: the offline MathJax set-up is untested"
 
 
-@pytest.mark.parametrize("name", PAGES)
-def test_sidebar_links_every_chapter(browser, book_url, name):
-    page, _, _ = open_page(browser, f"{book_url}/{name}.html")
-    try:
-        hrefs = page.eval_on_selector_all("nav.bd-links a", "links => links.map(a => a.getAttribute('href'))")
-        linked = {Path(urlparse(h).path).stem for h in hrefs}
-        missing = [c for c in [*CHAPTERS, "status"] if c not in linked and c != name]
-        assert missing == [], f"{name}: the sidebar does not link {missing}"
-    finally:
-        page.context.close()
+@each_page(PAGES)
+def test_sidebar_links_every_chapter(loaded):
+    hrefs = loaded.page.eval_on_selector_all(
+        "nav.bd-links a", "links => links.map(a => a.getAttribute('href'))"
+    )
+    linked = {Path(urlparse(h).path).stem for h in hrefs}
+    missing = [c for c in [*CHAPTERS, "status"] if c not in linked and c != loaded.name]
+    assert missing == [], f"{loaded.name}: the sidebar does not link {missing}"
 
 
-@pytest.mark.parametrize("name", CHAPTERS)
-def test_launch_buttons_open_this_chapters_notebook(browser, book_url, name):
-    page, _, _ = open_page(browser, f"{book_url}/{name}.html")
-    try:
-        hrefs = page.eval_on_selector_all("a", "links => links.map(a => a.href)")
-        notebook = f"{BOOK_PATH}/{name}.ipynb"
-        colab = [h for h in hrefs if "colab.research.google.com" in h]
-        binder = [h for h in hrefs if "mybinder.org" in h]
-        assert colab == [f"https://colab.research.google.com/github/{REPO}/blob/main/{notebook}"]
-        assert len(binder) == 1 and unquote(binder[0]).endswith(notebook), binder
-        others = {n for h in colab + binder for n in re.findall(r"\d\d_\w+\.ipynb", unquote(h))}
-        assert others == {f"{name}.ipynb"}
-    finally:
-        page.context.close()
+@each_page(CHAPTERS)
+def test_launch_buttons_open_this_chapters_notebook(loaded):
+    hrefs = loaded.page.eval_on_selector_all("a", "links => links.map(a => a.href)")
+    notebook = f"{BOOK_PATH}/{loaded.name}.ipynb"
+    colab = [h for h in hrefs if "colab.research.google.com" in h]
+    binder = [h for h in hrefs if "mybinder.org" in h]
+    assert colab == [f"https://colab.research.google.com/github/{REPO}/blob/main/{notebook}"]
+    assert len(binder) == 1 and unquote(binder[0]).endswith(notebook), binder
+    others = {n for h in colab + binder for n in re.findall(r"\d\d_\w+\.ipynb", unquote(h))}
+    assert others == {f"{loaded.name}.ipynb"}
 
 
-@pytest.mark.parametrize("name", PAGES)
-def test_no_serious_accessibility_violations(browser, book_url, name):
+@each_page(PAGES)
+def test_no_serious_accessibility_violations(loaded):
     from axe_playwright_python.sync_playwright import Axe
 
-    page, _, _ = open_page(browser, f"{book_url}/{name}.html")
-    try:
-        results = Axe().run(page)
-        serious = [
-            f"{v['id']} ({v['impact']}, {len(v['nodes'])} nodes): {v['help']}"
-            for v in results.response["violations"]
-            if v["impact"] in ("critical", "serious")
-        ]
-        assert serious == [], f"{name}: " + "; ".join(serious)
-    finally:
-        page.context.close()
+    results = Axe().run(loaded.page)
+    serious = [
+        f"{v['id']} ({v['impact']}, {len(v['nodes'])} nodes): {v['help']}"
+        for v in results.response["violations"]
+        if v["impact"] in ("critical", "serious")
+    ]
+    assert serious == [], f"{loaded.name}: " + "; ".join(serious)
 
 
 def unique_search_term() -> tuple[str, str]:
