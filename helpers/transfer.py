@@ -212,6 +212,8 @@ def labelled_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Te
     if not isinstance(labels, torch.Tensor) or labels.ndim != 1:
         raise ValueError("labels must be a 1-D tensor of class indices")
     _positive_int("per_class", per_class)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     chosen = []
     for c in labels.unique().tolist():

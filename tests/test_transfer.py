@@ -205,6 +205,9 @@ def test_labelled_subset_checks_arguments():
         labelled_subset(labels[None], 1, seed=0)
     with pytest.raises(TypeError, match="per_class"):
         labelled_subset(labels, True, seed=0)
+    for seed in (1.5, "0", True):
+        with pytest.raises(TypeError, match="seed"):
+            labelled_subset(labels, 1, seed=seed)
 
 
 # --- train_phases -------------------------------------------------------------------
