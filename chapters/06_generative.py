@@ -177,25 +177,16 @@ binary_val = (digits.x_val > 0.5).float()
 binary_test = (digits.x_test > 0.5).float()
 print(f"share of white pixels after binarising: {binary_train.mean():.3f}")
 
-
-def show_on_unit_scale(fig: plt.Figure) -> None:
-    """Draw every image of a `plot_image_grid` figure on one scale: 0 black, 1 white.
-
-    `plot_image_grid` stretches each image to its own range, which would make a faint,
-    unsure sample look as crisp as a confident one; pixel values here are in [0, 1].
-    """
-    for ax in fig.axes:
-        for image in ax.images:
-            image.set_clim(0.0, 1.0)
-    plt.show()
-
-
+# Every image in this chapter is drawn on one scale, 0 black and 1 white. By default
+# `plot_image_grid` stretches each image to its own range, which would make a faint,
+# unsure sample look as crisp as a confident one.
 fig = plot_image_grid(
     torch.cat([digits.x_train[:8], binary_train[:8]]),
     titles=["grey"] * 8 + ["binary"] * 8,
     suptitle="Training digits before and after binarising (pixel > 0.5)",
+    value_range=(0, 1),
 )
-show_on_unit_scale(fig)
+plt.show()
 
 
 # %%
@@ -458,14 +449,16 @@ fig = plot_image_grid(
     titles=["input"] * 10 + ["reconstruction"] * 10,
     suptitle="VAE: validation digits (top) and their reconstructions (bottom)",
     ncols=10,
+    value_range=(0, 1),
 )
-show_on_unit_scale(fig)
+plt.show()
 fig = plot_image_grid(
     prior_samples.cpu(),
     suptitle="VAE: new digits decoded from codes drawn from the prior",
     ncols=10,
+    value_range=(0, 1),
 )
-show_on_unit_scale(fig)
+plt.show()
 
 # %% [markdown]
 # The reconstructions keep each digit's identity and slant but lose small details, and
@@ -575,8 +568,9 @@ fig = plot_image_grid(
     + [f"pixels {w:.2f}" for w in weights.tolist()],
     suptitle="From a 4 to a 7: through the VAE's codes (top) and by cross-fading (bottom)",
     ncols=10,
+    value_range=(0, 1),
 )
-show_on_unit_scale(fig)
+plt.show()
 
 # %% [markdown]
 # The two rows differ in kind. Cross-fading (bottom) never leaves the two images: every
@@ -829,8 +823,9 @@ fig = plot_image_grid(
     suptitle="The same eight noise vectors through training",
     ncols=8,
     size=1.2,
+    value_range=(0, 1),
 )
-show_on_unit_scale(fig)
+plt.show()
 
 # %% [markdown]
 # Each column follows one noise vector. Early snapshots are noisy blobs; later ones
@@ -1010,8 +1005,9 @@ fig = plot_image_grid(
     titles=[f"GAN: {p.argmax()} ({p.max():.2f})" for p in probs["GAN samples"][:16]]
     + [f"VAE: {p.argmax()} ({p.max():.2f})" for p in probs["VAE samples"][:16]],
     suptitle="Samples with the judge's verdict: digit (probability)",
+    value_range=(0, 1),
 )
-show_on_unit_scale(fig)
+plt.show()
 
 # %% [markdown]
 # What the scores say, read against the real digits' row:

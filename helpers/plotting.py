@@ -107,12 +107,25 @@ def plot_image_grid(
     ncols: int = 8,
     cmap: str = "gray",
     size: float = 1.4,
+    value_range: tuple[float, float] | None = None,
 ) -> Figure:
     """Show 2-D images (or ``(1, H, W)`` single-channel ones) in a grid; returns the figure.
 
-    Each image gets its own colour scale, so feature maps with different ranges stay
-    visible. Introduced in chapter 03.
+    By default each image gets its own colour scale, so feature maps with different
+    ranges stay visible. ``value_range=(low, high)`` draws every image on that one scale
+    instead (``(0, 1)`` for pixel intensities: a faint image then looks faint).
+    Introduced in chapter 03.
     """
+    if value_range is not None:
+        if (
+            not isinstance(value_range, tuple)
+            or len(value_range) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)
+        ):
+            raise TypeError(f"value_range must be a (low, high) tuple of numbers, got {value_range!r}")
+        if not value_range[0] < value_range[1]:
+            raise ValueError(f"value_range must have low < high, got {value_range}")
+    low, high = value_range if value_range is not None else (None, None)
     items = list(images)
     if not items:
         raise ValueError("images must hold at least one image")
@@ -136,7 +149,7 @@ def plot_image_grid(
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, picture) in enumerate(zip(axes.flat, pictures, strict=False)):
-        ax.imshow(picture.numpy(), cmap=cmap)
+        ax.imshow(picture.numpy(), cmap=cmap, vmin=low, vmax=high)
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
     fig.suptitle(suptitle)

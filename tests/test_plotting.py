@@ -78,6 +78,15 @@ def test_plot_image_grid_lays_out_images_with_titles():
     assert fig._suptitle.get_text() == "grid"
 
 
+def test_plot_image_grid_scales_each_image_unless_given_one_range():
+    faint, bright = torch.full((3, 3), 0.25), torch.linspace(0, 1, 9).reshape(3, 3)
+    faint[0, 0] = 0.0
+    own = plot_image_grid([faint, bright], suptitle="own")
+    assert [ax.images[0].get_clim() for ax in own.axes] == [(0.0, 0.25), (0.0, 1.0)]
+    shared = plot_image_grid([faint, bright], suptitle="shared", value_range=(0, 1))
+    assert [ax.images[0].get_clim() for ax in shared.axes] == [(0.0, 1.0), (0.0, 1.0)]
+
+
 def test_plot_image_grid_accepts_a_batch_tensor():
     fig = plot_image_grid(torch.rand(2, 5, 5), suptitle="batch")
     assert sum(bool(ax.images) for ax in fig.axes) == 2
@@ -91,6 +100,9 @@ def test_plot_image_grid_accepts_a_batch_tensor():
         ([torch.zeros(3, 3)], {"ncols": 0}, ValueError, "ncols"),
         ([torch.zeros(3, 3, 3)], {}, ValueError, r"\(H, W\)"),
         ([[0.0, 1.0]], {}, TypeError, "torch.Tensor"),
+        ([torch.zeros(3, 3)], {"value_range": [0, 1]}, TypeError, "value_range"),
+        ([torch.zeros(3, 3)], {"value_range": (0, "1")}, TypeError, "value_range"),
+        ([torch.zeros(3, 3)], {"value_range": (1, 1)}, ValueError, "low < high"),
     ],
 )
 def test_plot_image_grid_rejects_bad_input(images, kwargs, error, message):
