@@ -687,15 +687,16 @@ del g_copy, d_copy, fake
 # Two optimizers, one per network, so that each step updates only its own network: Adam
 # with `betas=(0.5, 0.999)`, the setting the DCGAN paper found to train GANs more stably
 # than Adam's default first-moment decay of 0.9 (less momentum helps when the target
-# keeps moving). `fused=True` makes each optimizer update all of its network's
-# parameters in one kernel instead of looping over them tensor by tensor: the same
-# update, up to rounding, and faster for networks this small, where the per-tensor loop
-# is a large part of every step. (Fused Adam runs on CPU and CUDA; the code leaves it
-# off on Apple's MPS, where it needs PyTorch 2.5 or later.) Every `snapshot_every` steps
-# the loop saves a copy of the generator's weights, the images it makes from a fixed
-# batch of noise, and a quality score on the **validation** images (the Fréchet distance
-# of section 6.4, in the judge's feature space; lower is better). GAN losses do not say
-# when the generator is best, so that score picks the snapshot we keep.
+# keeps moving). `fused=True` makes each optimizer do its whole update, for all of its
+# network's parameters, as one fused operation; by default, on the CPU, Adam loops over
+# the parameters and runs several small operations on each. The update is the same up to
+# rounding, and for networks this small, where that loop is a large part of every step,
+# it is faster. (Fused Adam runs on CPU and CUDA; the code leaves it off on Apple's MPS,
+# where it needs PyTorch 2.5 or later.) Every `snapshot_every` steps the loop saves a
+# copy of the generator's weights, the images it makes from a fixed batch of noise, and
+# a quality score on the **validation** images (the Fréchet distance of section 6.4, in
+# the judge's feature space; lower is better). GAN losses do not say when the generator
+# is best, so that score picks the snapshot we keep.
 
 # %%
 lr_gan = 2e-3
