@@ -191,7 +191,7 @@ def write_status(runs: dict) -> None:
         "",
         "## Environment",
         "",
-        "| | |",
+        "| Component | Version or value |",
         "|---|---|",
     ]
     lines += [f"| {key} | {value} |" for key, value in versions().items()]
