@@ -652,7 +652,7 @@ fig = plot_image_grid(
     [*views["bilinear"], *views["nearest"]],
     titles=[f"bilinear {i}" for i in range(8)] + [f"nearest {i}" for i in range(8)],
     suptitle="One training digit, 8 random rotations and shifts, two interpolations",
-    value_range=(0, 1),  # one scale for all: blur that dims a stroke stays visible
+    value_range=(0, 1),  # one scale: bilinear's dimming of thin strokes shows
 )
 plt.show()
 
