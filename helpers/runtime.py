@@ -65,6 +65,11 @@ def seed_everything(seed: int) -> int:
     ``torch.manual_seed`` seeds the CPU generator and those of every CUDA and MPS
     device. Returns the seed so a setup cell can print it. Introduced in chapter 01.
 
+    The environment variable ``BOOK_SEED``, when set, replaces ``seed``: a chapter can
+    be run with another seed without editing it (the CPU-matrix test runs every chapter
+    with seeds 0, 1 and 2 that way). Chapters derive all their seeds from the value
+    returned here, and print it in their setup line.
+
     What it gives: the same random *draws* (initial weights, dropout masks, shuffles)
     each time the process runs. Generators created elsewhere (``np.random.default_rng()``,
     a private ``torch.Generator``) are not touched; DataLoader workers derive their
@@ -92,6 +97,13 @@ def seed_everything(seed: int) -> int:
       numbers from the same seed and use different summation orders, and results may
       change between PyTorch releases.
     """
+    override = os.environ.get("BOOK_SEED", "").strip()
+    if override:
+        try:
+            seed = int(override)
+        except ValueError:
+            message = f"the environment variable BOOK_SEED must be an integer, got {override!r}"
+            raise ValueError(message) from None
     seed = _check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - the legacy global generator is what np.random.* calls use

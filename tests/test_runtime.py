@@ -82,3 +82,20 @@ def test_describe_runtime_names_version_device_and_seed():
     assert line == f"torch {torch.__version__} | device: cpu | seed: 42"
     with pytest.raises(TypeError, match="device"):
         describe_runtime("cpu", 42)
+
+
+def test_book_seed_replaces_the_seed_a_chapter_passes(monkeypatch):
+    monkeypatch.setenv("BOOK_SEED", "7")
+    assert seed_everything(0) == 7
+    drawn = torch.rand(1).item()
+    torch.manual_seed(7)
+    assert torch.rand(1).item() == drawn  # the generators were seeded with 7, not 0
+    monkeypatch.setenv("BOOK_SEED", "")
+    assert seed_everything(3) == 3  # set but empty: the chapter's own seed
+
+
+@pytest.mark.parametrize("bad", ["one", "1.5", "-1"])
+def test_book_seed_that_is_not_a_valid_seed_is_an_error_naming_it(monkeypatch, bad):
+    monkeypatch.setenv("BOOK_SEED", bad)
+    with pytest.raises(ValueError, match=r"BOOK_SEED|seed must be in"):
+        seed_everything(0)
