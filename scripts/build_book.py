@@ -38,6 +38,7 @@ STAGE = ROOT / "_stage"
 STAGED_BOOK = STAGE / "book"
 RUNS = STAGE / "runs.json"
 JUNIT = STAGE / "junit.xml"
+CPU_MATRIX = STAGE / "cpu_matrix.json"  # written by scripts/cpu_matrix.py
 HEADLINE_KEY = "pytorch_book"  # the output-metadata key helpers.results.record writes
 
 
@@ -210,7 +211,61 @@ def write_status(runs: dict) -> None:
         link = f"[{run['title']}]({Path(name).stem}.ipynb)"
         lines.append(f"| {link} | {run['executed_at']} | {run['seconds']:.1f} | {results} |")
     lines += ["", f"Total execution time of the chapters: {total:.0f} s.", ""]
+    lines += cpu_matrix_section(CPU_MATRIX)
     (STAGED_BOOK / "status.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def cpu_matrix_section(report: Path) -> list[str]:
+    """The Status page's account of ``scripts/cpu_matrix.py``: which kernel levels passed.
+
+    Only a report made from the same notebooks, helpers and lock as this build counts;
+    an older one is named as such, so the page never claims a pass it did not see.
+    """
+    lines = ["## Other CPUs", ""]
+    intro = (
+        "torch picks its CPU kernels by the processor (plain C++, AVX2, AVX-512), and each "
+        "rounds sums differently, so training takes another path on another machine. The "
+        "test suite's CPU matrix (`scripts/cpu_matrix.py`) executes every chapter again "
+        "with `ATEN_CPU_CAPABILITY` (and MKL's and oneDNN's matching limits) set to each "
+        "level this machine can run."
+    )
+    lines += [intro, ""]
+    if not report.exists():
+        return [*lines, "No CPU-matrix run was made with this build (it is part of `scripts/test.sh`).", ""]
+    data = json.loads(report.read_text(encoding="utf-8"))
+    if data.get("digest") != matrix_digest():
+        return [*lines, "The last CPU-matrix run was made from other sources than this build: not shown.", ""]
+    lines += [
+        f"Without the variable, torch chose **{data['native']}** here; the chapter table above "
+        "ran at that level.",
+        "",
+        "| Level | Seed | Chapters passed | Time (s) | Failures |",
+        "|---|---:|---:|---:|---|",
+    ]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for run in data["runs"]:
+        groups.setdefault((run["level"], run["seed"]), []).append(run)
+    for (level, seed), runs in groups.items():
+        passed = sum(run["passed"] for run in runs)
+        seconds = sum(run["seconds"] for run in runs)
+        failures = "<br>".join(
+            f"{Path(run['chapter']).stem}: {table_cell(run['error'])}" for run in runs if not run["passed"]
+        )
+        lines.append(f"| {level} | {seed} | {passed} of {len(runs)} | {seconds:.0f} | {failures or '—'} |")
+    return [*lines, ""]
+
+
+def table_cell(text: str) -> str:
+    """``text`` as one Markdown table cell: no pipes or backticks to break the row."""
+    return "`" + text.replace("`", "'").replace("|", "\\|") + "`"
+
+
+def matrix_digest() -> str:
+    """What a CPU-matrix run depends on: the helpers, the lock and every notebook."""
+    digest = hashlib.sha256(inputs_digest().encode())
+    for notebook in sorted(BOOK.glob("*.ipynb")):
+        digest.update(notebook.read_bytes())
+    return digest.hexdigest()
 
 
 def main() -> int:

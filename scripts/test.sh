@@ -11,7 +11,16 @@ echo "==> ruff: lint and format check"
 echo "==> pytest: helper and project tests, with branch coverage of helpers/"
 "$UV" run --locked pytest tests --ignore=tests/browser \
     --cov=helpers --cov-report=term-missing --cov-fail-under=90
+echo "==> every chapter under the other CPU kernel levels this machine can run"
+# The book build below runs at the level torch picks by itself; this runs the rest.
+# A failure here does not stop the build, so the Status page can show it.
+matrix_status=0
+"$UV" run --locked python scripts/cpu_matrix.py --skip-native --jobs 2 || matrix_status=$?
 echo "==> every chapter executed by nbmake, and the book built from those outputs"
 bash scripts/book.sh "$@"
 echo "==> the built book in headless Chromium"
 "$UV" run --locked pytest tests/browser -n 2 --dist loadgroup
+if [ "$matrix_status" -ne 0 ]; then
+    echo "ERROR: the CPU matrix failed (see above and the Status page)" >&2
+    exit "$matrix_status"
+fi
