@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 REPORT = ROOT / "_stage" / "cpu_matrix.json"
+GLUE_MIME = "application/papermill.record/text/plain"  # what helpers.results.record writes
 
 #: Per level: what torch reports under it, and the settings of the libraries below it.
 LEVELS = {
@@ -112,20 +114,38 @@ def read_junit(report: Path) -> dict[str, dict]:
     return outcomes
 
 
-def run_level(level: str, seed: int, notebooks: list[Path], jobs: int, log: Path) -> dict[str, dict]:
-    """Execute ``notebooks`` (in place, outputs discarded) at ``level`` with ``seed``.
+def recorded_values(notebook: Path) -> dict[str, str]:
+    """The values an executed notebook recorded with ``helpers.results.record``."""
+    values = {}
+    for cell in json.loads(notebook.read_text(encoding="utf-8")).get("cells", []):
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            text = output.get("data", {}).get(GLUE_MIME)
+            if name and text is not None:
+                values[name] = "".join(text) if isinstance(text, list) else str(text)
+    return values
 
-    pytest's own output, with each failure's cell and traceback, goes to ``log``.
+
+def run_level(level: str, seed: int, notebooks: list[Path], jobs: int, log: Path) -> dict[str, dict]:
+    """Execute copies of ``notebooks`` at ``level`` with ``seed``; book/ is not touched.
+
+    Returns each notebook's outcome with the values it recorded (what its asserts and
+    prose rest on). pytest's own output, with each failure's cell and traceback, goes
+    to ``log``.
     """
     # Each worker gets an equal share of the cores, so side-by-side runs do not fight.
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with tempfile.TemporaryDirectory() as scratch:
+        copies = Path(scratch) / "book"
+        copies.mkdir()
+        for notebook in notebooks:
+            shutil.copy2(notebook, copies / notebook.name)
         junit = Path(scratch) / "junit.xml"
         command = [
-            sys.executable, "-m", "pytest", "--nbmake", "--nbmake-timeout=900", "-q",
+            sys.executable, "-m", "pytest", "--nbmake", "--nbmake-timeout=900", "--overwrite", "-q",
             "-p", "no:cacheprovider", "-o", "junit_family=xunit1", f"--junitxml={junit}",
             *(["-n", str(jobs)] if jobs > 1 else []),
-            *[str(p.relative_to(ROOT)) for p in notebooks],
+            *[str(copies / p.name) for p in notebooks],
         ]  # fmt: skip
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w", encoding="utf-8") as out:
@@ -137,7 +157,10 @@ def run_level(level: str, seed: int, notebooks: list[Path], jobs: int, log: Path
             subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
         if not junit.exists():
             raise SystemExit(f"nbmake produced no report for level {level}, seed {seed}")
-        return read_junit(junit)
+        outcomes = read_junit(junit)
+        for name, outcome in outcomes.items():
+            outcome["values"] = recorded_values(copies / name) if (copies / name).exists() else {}
+        return outcomes
 
 
 def matrix_digest() -> str:
@@ -195,7 +218,8 @@ def main() -> int:
             log = args.report.parent / "cpu_matrix" / f"{level}-seed{seed}.log"
             outcomes = run_level(level, seed, notebooks, args.jobs, log)
             for notebook in notebooks:
-                outcome = outcomes.get(notebook.name, {"passed": False, "seconds": 0.0, "error": "not run"})
+                missing = {"passed": False, "seconds": 0.0, "error": "not run", "values": {}}
+                outcome = outcomes.get(notebook.name, missing)
                 report["runs"].append({"chapter": notebook.name, "level": level, "seed": seed, **outcome})
                 mark = "passed" if outcome["passed"] else "FAILED: " + outcome["error"]
                 print(f"    {notebook.name:24} {outcome['seconds']:6.1f} s  {mark}")
