@@ -70,6 +70,7 @@ from helpers.distributed import (
     torchrun_command,
     train_ddp,
 )
+from helpers.numerics import sum_rounding_bound
 from helpers.plotting import plot_losses
 from helpers.results import record
 from helpers.runtime import describe_runtime, get_device, seed_everything
@@ -580,9 +581,24 @@ reference = train_one_process(
 ddp_state = torch.load(ddp_dir / "model.pt", map_location="cpu", weights_only=True)
 ddp_vs_single = max_difference(ddp_state, reference.state_dict())
 steps = epochs * ddp_summary["steps_per_epoch"]
+# What rounding alone can explain (helpers.numerics, chapter 8): every step's update
+# comes out of chains of float64 sums (784, 128 and 10 terms through the layers, 64
+# examples per batch), momentum adds up to 1 / (1 - momentum) past gradients into each
+# step, and the steps add up. Relative to the parameters' size:
+chain = 28 * 28 + 128 + 10 + 2 * batch_size
+largest_parameter = max(p.abs().max().item() for p in reference.parameters())
+rounding_allowance = (
+    steps
+    * sum_rounding_bound(torch.float64, chain)
+    / (1 - momentum)
+    * largest_parameter
+)
 print(f"after {steps} steps: largest parameter difference {ddp_vs_single:.2e}")
-assert ddp_vs_single < 1e-6, ddp_vs_single
+print(f"what float64 rounding of these sums can account for: {rounding_allowance:.1e}")
+# Margins on CPU levels default, avx2, avx512 x seeds 0-2: see the chapter's notes.
+assert ddp_vs_single <= rounding_allowance, (ddp_vs_single, rounding_allowance)
 record("steps", steps)
+record("rounding_allowance", rounding_allowance, fmt="{:.0e}")
 record(
     "ddp_vs_single_diff",
     ddp_vs_single,
@@ -592,9 +608,14 @@ record(
 
 # %% [markdown]
 # After {glue:}`steps` optimizer steps the two sets of parameters differ by at most
-# {glue:}`ddp_vs_single_diff`, the size of `float64` rounding. Is the comparison able to
-# fail? Train the same single process on the same data with the same batch size, but
-# in a different order (an ordinary shuffled `DataLoader`):
+# {glue:}`ddp_vs_single_diff`, within the {glue:}`rounding_allowance` that `float64`
+# rounding of these sums can account for. (That allowance scales chapter 8's bound for
+# one sum by the length of the chains of sums, the steps and momentum; it is the scale
+# at which rounding acts, not a proof: training can amplify a difference, for example
+# when a ReLU's input sits at zero in one run and just above it in the other.)
+#
+# Is the comparison able to fail? Train the same single process on the same data with
+# the same batch size, but in a different order (an ordinary shuffled `DataLoader`):
 
 # %%
 plain_loader = DataLoader(
@@ -628,7 +649,7 @@ record("order_gap", order_gap, fmt="{:.2f}")
 # And *exactly* equal only up to rounding. The ranks add up the same numbers in a
 # different order (two sums of 32 and an average, against one sum of 64), and
 # floating-point addition is not associative (chapter 1). This run uses `float64`, so
-# those rounding differences start near 1e-16 and stay far below the 1e-6 tolerance. In
+# those rounding differences start near 1e-16 and stay far below the allowance. In
 # `float32` they start near 1e-7 and grow with the number of steps, and a ReLU unit
 # whose input sits near zero can switch on in one run and off in the other, which can
 # make them jump. Exercise 3 measures the difference in `float32`.
@@ -723,8 +744,8 @@ print(
 )
 print(f"largest parameter difference: {max_difference(crash_state, ddp_state):.1e}")
 assert attempts == [0, 0, 1, 1, 1, 1], attempts
-assert loss_gap <= 1e-6, loss_gap
-assert max_difference(crash_state, ddp_state) <= 1e-6
+assert loss_gap <= rounding_allowance, loss_gap
+assert max_difference(crash_state, ddp_state) <= rounding_allowance
 record(
     "restart_loss_gap",
     loss_gap,
@@ -784,14 +805,19 @@ print(ast.get_source_segment(fsdp2_path.read_text(), fsdp2_main))
 
 # %% [markdown]
 # It is launched below as a job on **two nodes**, each running one process, a form
-# explained in the next section. Here both "nodes" are this machine.
+# explained in the next section. Here both "nodes" are this machine, and that needs
+# one setting real nodes do not: `--backend=gloo`. Each node numbers its own processes
+# from `LOCAL_RANK` 0, so on real nodes each process takes GPU 0 *of its own machine*;
+# two simulated nodes on one machine would both take the same GPU 0, which NCCL
+# refuses ("Duplicate GPU detected"). So this simulation runs on the CPU even where a
+# GPU is present.
 
 # %%
 endpoint = f"127.0.0.1:{free_port()}"
 two_node = [
     torchrun_command(
         "helpers.distributed.fsdp2",
-        [*common_args, f"--out-dir={work_dir / 'fsdp2'}"],
+        [*common_args, f"--out-dir={work_dir / 'fsdp2'}", "--backend=gloo"],
         nnodes=2,
         nproc_per_node=1,
         rdzv_endpoint=endpoint,
@@ -817,7 +843,7 @@ fsdp_history = json.loads((work_dir / "fsdp2" / "history.json").read_text())["hi
 print(
     f"FSDP2 vs DDP after {steps} steps: largest parameter difference {fsdp_vs_ddp:.1e}"
 )
-assert fsdp_vs_ddp < 1e-6, fsdp_vs_ddp
+assert fsdp_vs_ddp <= rounding_allowance, (fsdp_vs_ddp, rounding_allowance)
 for rank, lines in fsdp_output.items():
     assert lines[0].startswith(f"node {rank}, local rank 0"), lines[0]
     assert "0.weight: full shape (128, 784), stored here (64, 784)" in lines, lines
@@ -1081,7 +1107,20 @@ def drift(dtype: torch.dtype) -> list[float]:
 gaps32, gaps64 = drift(torch.float32), drift(torch.float64)
 print("float32, per epoch:", [f"{g:.1e}" for g in gaps32])
 print("float64, per epoch:", [f"{g:.1e}" for g in gaps64])
-assert max(gaps64) < 1e-10 < min(gaps32), (gaps32, gaps64)
+# Section 9.5's rounding allowance for two epochs, in each dtype.
+two_epochs = 2 * ddp_summary["steps_per_epoch"]
+allowance = {
+    dtype: two_epochs
+    * sum_rounding_bound(dtype, chain)
+    / (1 - momentum)
+    * largest_parameter
+    for dtype in (torch.float32, torch.float64)
+}
+print({str(dtype): f"{value:.0e}" for dtype, value in allowance.items()})
+# each dtype's drift is rounding of its own size; float32's is beyond float64's reach
+assert max(gaps64) <= allowance[torch.float64], (gaps64, allowance)
+assert max(gaps32) <= allowance[torch.float32], (gaps32, allowance)
+assert min(gaps32) > allowance[torch.float64], (gaps32, allowance)
 
 # %% [markdown]
 # ## Summary
