@@ -658,7 +658,11 @@ def minimise(make_optimizer, lr: float, steps: int = 150) -> tuple[list[float], 
         curve.append(loss.item())
     with torch.no_grad():
         val_loss = criterion(candidate(x_check).squeeze(1), y_check).item()
-    diverged = not math.isfinite(val_loss) or val_loss > curve[0]
+    # Below the limit every error component shrinks, so the full-batch loss never
+    # rises; just above it the steepest component grows only slowly (1.2 % per step
+    # at 1.006 x the limit), so a loss still rising at the end counts as diverging too.
+    rising = curve[-1] > 1.01 * min(curve[-10:])
+    diverged = not math.isfinite(val_loss) or val_loss > curve[0] or rising
     return curve, math.inf if diverged else val_loss
 
 
@@ -683,7 +687,10 @@ for label, results in grid.items():
 print("chosen:", {label: round(lr, 4) for label, lr in chosen_lr.items()})
 
 for lr, (_, val) in zip(learning_rates, grid["SGD"], strict=True):
-    assert (val < math.inf) == (lr < sgd_limit), lr  # SGD diverges exactly above it
+    # SGD diverges exactly above the limit. Closest grid value to it over seeds 0-2
+    # and CPU levels default/avx2/avx512: 1.006 x the limit (seed 2), flagged by its
+    # rising loss.
+    assert (val < math.inf) == (lr < sgd_limit), lr
 
 # %%
 # the lowest training loss any (w, b) can reach: the least-squares solution's
@@ -726,7 +733,8 @@ record("sgd_flat_rate", chosen_lr["SGD"] * eigenvalues[0].item(), fmt="{:.1%}")
 # momentum 0.9 oscillates along a direction of curvature lam when lr * lam lies in band
 band = ((1 - 0.9**0.5) ** 2, (1 + 0.9**0.5) ** 2)
 products = chosen_lr["SGD + momentum 0.9"] * eigenvalues
-assert bool(((products > band[0]) & (products < band[1])).all())
+in_band = int(((products > band[0]) & (products < band[1])).sum())
+record("in_band_text", "all four" if in_band == 4 else f"{in_band} of the four")
 assert rises[sgd_label] == 0 and curves[sgd_label][-1] > 2 * noise_floor
 assert curves[momentum_label][-1] < 1.01 * noise_floor
 assert curves[adam_label][-1] < 1.01 * noise_floor
@@ -745,8 +753,8 @@ assert rises[momentum_label] > 0 and rises[adam_label] == 0
 #   which is why SGD leads both others until step {glue:}`sgd_ahead_until`.
 # - **Momentum** (lr {glue:}`momentum_lr`) reaches the floor. It does so by
 #   overshooting: when `lr·λ` lies between `(1 - √0.9)²` and `(1 + √0.9)²`, which at
-#   this rate holds for all four directions (the flattest only just), the error along
-#   each direction decays with the same envelope, `√0.9 ≈ 0.95` per step, whatever the
+#   this rate holds for {glue:}`in_band_text` directions, the error along each such
+#   direction decays with the same envelope, `√0.9 ≈ 0.95` per step, whatever the
 #   curvature. The steep directions get there by swinging back and forth through the
 #   minimum; the flattest, at the edge of that band, swings so slowly (one period takes
 #   hundreds of steps) that within these 150 steps it simply decays. The loss therefore
@@ -1039,24 +1047,47 @@ record("best_val_loss", chosen["best_val"], fmt="{:.4f}")
 record("final_train_loss", chosen["train"][-1], fmt="{:.4f}")
 record("final_val_loss", chosen["val"][-1], fmt="{:.4f}")
 record("final_gap", chosen["val"][-1] / chosen["train"][-1], fmt="{:.1f}")
-# the claims the text below makes about these curves
-# lr 0.001 and 0.003: still improving at the end
-assert runs[0]["best_epoch"] >= epochs - 2 and runs[1]["best_epoch"] >= epochs - 2
-assert best_epoch <= epochs - 10  # the chosen run stopped improving well before the end
-assert chosen["val"][-1] > 2 * chosen["train"][-1]
-assert chosen["val"][-1] > 1.2 * chosen["best_val"]  # drifted upwards
+# the claims the text below makes about these curves, with words computed from the run
+others = [run for run in runs if run is not chosen]
+
+
+def other_text(run: dict) -> str:
+    if run["best_epoch"] >= epochs - 2:
+        return f"at lr {run['lr']:g} it is still falling at epoch {epochs}"
+    return (
+        f"at lr {run['lr']:g} it is lowest at epoch {run['best_epoch']} "
+        f"({run['best_val']:.4f}) and no lower after it"
+    )
+
+
+record("others_text", "; ".join(other_text(run) for run in others))
 below = [v < t for v, t in zip(chosen["val"], chosen["train"], strict=True)]
 record("val_below_until", below.index(False))  # epochs are 1-based
-assert below.index(False) >= 5
-assert all(
-    v < t for run in runs[:2] for v, t in zip(run["val"], run["train"], strict=True)
+others_below = [
+    all(v < t for v, t in zip(run["val"], run["train"], strict=True)) for run in others
+]
+record(
+    "others_below_text",
+    "throughout both other runs"
+    if all(others_below)
+    else "throughout the run at lr {:g}".format(others[others_below.index(True)]["lr"])
+    if any(others_below)
+    else "in parts of the other runs",
 )
+# Margins over seeds 0-2 (the CPU level changes nothing here): best epoch 34, 36, 12
+# (bound 50); final validation / training loss 5.0, 2.5, 40 (bound 2); final / best
+# validation loss 1.48, 1.22, 4.1 (bound 1.1); validation below training until epoch
+# 24, 30, 9 (bound 5).
+assert best_epoch <= epochs - 10  # the chosen run stopped improving well before the end
+assert chosen["val"][-1] > 2 * chosen["train"][-1]
+assert chosen["val"][-1] > 1.1 * chosen["best_val"]  # drifted upwards
+assert below.index(False) >= 5
 
 # %% [markdown]
-# The three runs differ in what limits them. At lr 0.001 and 0.003 the validation loss
-# is still falling at epoch 60: for a budget of 60 epochs these rates are too small
-# (with more epochs they might catch up). The lowest validation loss of all,
-# {glue:}`best_val_loss`, came at lr {glue:}`chosen_lr`, epoch {glue:}`best_epoch`. In
+# The three runs differ in what limits them. The lowest validation loss of all,
+# {glue:}`best_val_loss`, came at lr {glue:}`chosen_lr`, epoch {glue:}`best_epoch`;
+# {glue:}`others_text`. (A rate still improving at epoch 60 is too small for this
+# budget; with more epochs it might catch up.) In
 # that run the training loss keeps falling, to {glue:}`final_train_loss` at epoch 60,
 # while the validation loss stops improving after epoch {glue:}`best_epoch`, drifts
 # upwards and ends at {glue:}`final_val_loss`, {glue:}`final_gap` times the training
@@ -1065,11 +1096,11 @@ assert all(
 # epoch {glue:}`best_epoch` (*early stopping*), a choice made on validation data only.
 #
 # Two details of the curves. The validation loss lies *below* the training loss
-# throughout the two slower runs, and in the chosen run until epoch
+# {glue:}`others_below_text`, and in the chosen run until epoch
 # {glue:}`val_below_until`. Part of the reason is that each training figure is an
 # average over an epoch during which the weights improved, while the validation loss is
-# measured at the epoch's end; but late in the slow runs the weights change little
-# within an epoch, so the gap there suggests that these {glue:}`n_val` validation
+# measured at the epoch's end; but late in a slow run the weights change little
+# within an epoch, so a gap there suggests that these {glue:}`n_val` validation
 # tumours happen to be easier to classify than the training tumours. A small validation
 # set is a noisy judge. The validation curve of the chosen run is also jumpier than its
 # training curve, for another reason: each validation point is one snapshot of the
@@ -1229,15 +1260,33 @@ record("baseline_accuracy", baseline_acc, fmt="{:.1%}")
 record("n_missed", int(missed.sum()))
 record("n_test_malignant", int(test_is_malignant.sum()))
 record("n_false_alarms", int(false_alarms.sum()))
-record("missed_p_max", test_p_malignant[missed].max().item(), fmt="{:.3f}")
+p_missed = test_p_malignant[missed].max().item() if missed.sum() else 0.0
+if missed.sum() == 0:
+    missed_text = (
+        "The model missed no malignant tumour here, so no gentler threshold had"
+        " anything to save"
+    )
+elif p_missed < 0.1:
+    missed_text = (
+        "The printed probabilities show why a gentler threshold would not have saved"
+        " the missed tumours: the model is confidently wrong about them (the largest of"
+        f" their p(malignant) is {p_missed:.3f}), so to catch even one of them the"
+        " threshold would have to drop below that"
+    )
+else:
+    missed_text = (
+        "The printed probabilities show that the model was unsure about at least one"
+        f" missed tumour (the largest of their p(malignant) is {p_missed:.3f}): a"
+        " threshold below that would have caught it"
+    )
+record("missed_text", missed_text)
 record("one_tumour", 1 / len(test_true), fmt="{:.1%}")
 record("test_se", math.sqrt(test_acc * (1 - test_acc) / len(test_true)), fmt="{:.1%}")
 # over seeds 0-5 (split, initialisation and selection all redone) the test accuracy was
-# 0.965-0.991 and the recall 0.952-1.000; the thresholds leave about two tumours' margin
+# 0.965-0.991 and the recall 0.952-1.000, the same at CPU levels default, avx2 and
+# avx512 for seeds 0-2; the thresholds leave about two tumours' margin
 assert test_acc >= 0.94, test_acc
 assert test_recall >= 0.90, test_recall
-# the discussion below is about the missed tumours and how confidently they were missed
-assert missed.sum() >= 1 and test_p_malignant[missed].max() < 0.05
 
 # %%
 display = ConfusionMatrixDisplay.from_predictions(
@@ -1259,12 +1308,10 @@ plt.show()
 # {glue:}`n_missed` of {glue:}`n_test_malignant` cancers missed, against
 # {glue:}`n_false_alarms` benign tumours flagged.
 #
-# The printed probabilities show why a gentler threshold would not have saved the missed
-# tumours: the model is confidently wrong about them (the largest of their
-# `p(malignant)` is {glue:}`missed_p_max`), so to catch even one of them the threshold
-# would have to drop below that, and to catch all of them below the smallest, where the
-# validation table above shows false alarms piling up (at 0.01, precision
-# {glue:}`val_precision_001`). Such tumours are what the test set is for: they are a
+# {glue:}`missed_text`. A lower threshold trades misses for false alarms, and the
+# validation table above shows those piling up as it falls (at 0.01, precision
+# {glue:}`val_precision_001`). The test tumours are not the place to make that trade:
+# missed ones are what the test set is for, and they are a
 # measurement of the model, not a knob to turn. Choosing the threshold (or anything
 # else) because of them would make the test score optimistic, and a new, untouched test
 # set would then be needed.
