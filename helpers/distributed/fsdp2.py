@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 
 try:
     from torch.distributed.fsdp import fully_shard  # PyTorch 2.6 and later
@@ -46,10 +47,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     torch.manual_seed(args.seed)
     model = make_model().to(device, dtype)
+    # Name the device the shards live on. Without a mesh, fully_shard builds one on
+    # the machine's accelerator whenever one exists, even when this job runs on the
+    # CPU with gloo, and its gathers then fail.
+    mesh = init_device_mesh(device.type, (ctx.world_size,))
     for layer in model:
         if isinstance(layer, nn.Linear):
-            fully_shard(layer)  # one unit per layer: gathered just before it runs
-    fully_shard(model)  # the root module takes whatever is left (nothing, here)
+            fully_shard(
+                layer, mesh=mesh
+            )  # one unit per layer: gathered just before it runs
+    fully_shard(
+        model, mesh=mesh
+    )  # the root module takes whatever is left (nothing, here)
     node = os.environ.get("GROUP_RANK", "?")
     rank_print(
         rank, f"node {node}, local rank {ctx.local_rank}, {ctx.backend} on {device}"
