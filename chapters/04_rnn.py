@@ -1084,7 +1084,8 @@ record("rnn_radius_end", radius[-1], fmt="{:.2f}")
 # RNN before training 9e7 to 6e8 (>= 9,000x the bound); LSTM 9e3 to 2e4 and GRU
 # 2e7 to 2e8 (>= 9x); LSTM and GRU at the end 2 to 20 (>= 5x); RNN median over
 # training 1e7 to 2e16 (>= 1,000x), above 1e4 at 20 to 23 of its 24 checkpoints
-# after step 0 (share 0.83 to 0.96, against 0.6).
+# after step 0 (share 0.83 to 0.96, against 0.6). On an H200 GPU (seed 0): LSTM 9
+# and GRU 4 at the end, RNN median 2e7, share 0.92.
 assert initial["RNN"] > 1e4, initial
 assert min(initial["LSTM"], initial["GRU"]) > 1e3, initial
 assert max(final["LSTM"], final["GRU"]) < 1e2, final

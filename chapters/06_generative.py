@@ -1102,6 +1102,8 @@ record("gan_appear_text", gan_appear_text)
 # covered 10 in all; rarest digit 13 to 36 confident samples; effective digits 9.33
 # to 9.85; confident .477 to .616; GAN/VAE confident ratio 2.6 to 6.7. The latest
 # weights of the same runs: covered 9 or 10, effective 7.6 to 9.8, rarest digit 3.
+# On an H200 GPU (seed 0): covered 10, rarest 14, effective 9.3, confident .601,
+# ratio 2.7.
 assert gan_summary.covered >= 8, gan_summary.counts
 assert gan_summary.effective_classes >= 9.0, gan_summary
 assert gan_summary.confident_fraction >= 0.35, gan_summary
