@@ -1097,6 +1097,8 @@ record("mlp_val_acc", max(mlp_history.val_accuracy), fmt="{:.1%}")
 record("cnn_gain_val", 100 * cnn_gain_val, fmt="{:.1f}")
 record("cnn_gain_val_se", 100 * cnn_gain_val_se, fmt="{:.1f}")
 assert count_parameters(mlp) >= count_parameters(model)
+# CPU levels default, avx2, avx512 x seeds 0-2: gain 6.0 to 9.4 points against two
+# standard errors of 2.2 to 2.8
 assert cnn_gain_val > 2 * cnn_gain_val_se, (cnn_gain_val, cnn_gain_val_se)
 
 fig = plot_losses(
@@ -1369,6 +1371,8 @@ record(
     headline="DigitCNN minus DigitMLP, test accuracy points",
 )
 record("test_cnn_se", 100 * test_cnn_se, fmt="{:.1f}")
+# CPU levels default, avx2, avx512 x seeds 0-2: test accuracy 97.1 % to 97.7 %; gain
+# over the MLP 7.6 to 8.4 points against two standard errors of 1.8 to 2.0
 assert cnn_test_acc >= 0.96, cnn_test_acc
 assert test_cnn_gain > 2 * test_cnn_se, (test_cnn_gain, test_cnn_se)
 

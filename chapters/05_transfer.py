@@ -363,6 +363,7 @@ record(
     fmt="{:.1%}",
     headline="Source (letters) validation accuracy after pretraining",
 )
+# CPU levels default, avx2, avx512 x seeds 0-2: 98.8 % to 99.6 %
 assert source_val_acc > 0.9, source_val_acc
 
 fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.5))
@@ -908,6 +909,8 @@ print(
     f"1 label per class, test accuracy: scratch {scratch_1:.3f}, "
     f"feature extraction {fe_1:.3f}, fine-tuning {ft_1:.3f}"
 )
+# CPU levels default, avx2, avx512 x seeds 0-2: fine-tuning gained 17.0 to 19.3 points
+# over scratch, feature extraction 16.0 to 19.0
 assert ft_gain >= 10 and fe_gain >= 5, (scratch_1, fe_1, ft_1)
 # the benefit of transfer shrinks as labels grow
 assert ft_gain > 100 * (mean_test(10, "fine-tuning") - mean_test(10, "scratch"))
