@@ -29,12 +29,14 @@ def sum_rounding_bound(dtype: torch.dtype, terms: int) -> float:
     ``|a - b| <= sum_rounding_bound(dtype, n) * sum(|x_i|)`` for any two evaluations
     ``a`` and ``b`` of ``sum(x_i)`` in ``dtype``, whatever order each adds in.
 
-    For a chain of sums, such as the layers of a network whose activations ``f``
-    satisfy ``|f(a)| <= |a|`` and are 1-Lipschitz (ReLU, tanh, dropout in eval mode;
-    not batch norm, softmax or division), pass the total number of terms along the
-    chain (a linear layer's bias is one more term) and scale by what the same network
-    computes on absolute values (absolute weights and inputs). That holds to first
-    order in the unit roundoff, which is what matters while ``terms * eps`` is small.
+    A dot product of ``n`` products counts as ``n + 1`` terms, since each product is
+    rounded too (Higham's bound for it is the one for a sum of ``n + 1``), and a bias
+    added to it is one more. For a chain of such sums, such as the layers of a network
+    whose activations ``f`` satisfy ``|f(a)| <= |a|`` and are 1-Lipschitz (ReLU, tanh,
+    dropout in eval mode; not batch norm, softmax or division), pass the total number
+    of terms along the chain and scale by what the same network computes on absolute
+    values (absolute weights and inputs). That holds to first order in the unit
+    roundoff, which is what matters while ``terms * eps`` is small.
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
