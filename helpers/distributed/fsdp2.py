@@ -53,12 +53,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     mesh = init_device_mesh(device.type, (ctx.world_size,))
     for layer in model:
         if isinstance(layer, nn.Linear):
-            fully_shard(
-                layer, mesh=mesh
-            )  # one unit per layer: gathered just before it runs
-    fully_shard(
-        model, mesh=mesh
-    )  # the root module takes whatever is left (nothing, here)
+            # one unit per layer: gathered just before it runs
+            fully_shard(layer, mesh=mesh)
+    # the root module takes whatever is left (nothing, here)
+    fully_shard(model, mesh=mesh)
     node = os.environ.get("GROUP_RANK", "?")
     rank_print(
         rank, f"node {node}, local rank {ctx.local_rank}, {ctx.backend} on {device}"
