@@ -235,6 +235,8 @@ def cpu_matrix_section(report: Path) -> list[str]:
     data = json.loads(report.read_text(encoding="utf-8"))
     if data.get("digest") != matrix_digest():
         return [*lines, "The last CPU-matrix run was made from other sources than this build: not shown.", ""]
+    if not data["runs"]:
+        return [*lines, f"This machine runs no level besides torch's own choice, {data['native']}.", ""]
     lines += [
         f"Without the variable, torch chose **{data['native']}** here; the chapter table above "
         "ran at that level.",
