@@ -738,13 +738,27 @@ record("sgd_flat_rate", chosen_lr["SGD"] * eigenvalues[0].item(), fmt="{:.1%}")
 band = ((1 - 0.9**0.5) ** 2, (1 + 0.9**0.5) ** 2)
 products = chosen_lr["SGD + momentum 0.9"] * eigenvalues
 in_band = int(((products > band[0]) & (products < band[1])).sum())
-number_words = ["none", "one", "two", "three", "all four"]
+number_words = ["no", "one", "two", "three", "all four"]
 record(
     "in_band_text",
     number_words[in_band] + ("" if in_band in (0, 4) else " of the four"),
 )
-flattest_in_band = bool(band[0] < products[0] < band[1])
-record("flattest_text", "just inside" if flattest_in_band else "just outside")
+flat = products[0].item()  # lr * lambda_min
+if band[0] < flat < band[1]:
+    # inside the band the error turns by angle theta per step: one swing = 2 pi / theta
+    theta = math.acos((1 + 0.9 - flat) / (2 * 0.9**0.5))
+    period = 2 * math.pi / theta
+    flattest_text = (
+        f"the flattest lies inside the band ({flat / band[0]:.2f} times its lower edge),"
+        f" where one swing takes about {period:.0f} steps"
+        + (", longer than these 150, so here it simply decays" if period > 150 else "")
+    )
+else:
+    flattest_text = (
+        "the flattest lies just below the band, where the error does not swing at all"
+        " and simply decays, slowly"
+    )
+record("flattest_text", flattest_text)
 assert rises[sgd_label] == 0 and curves[sgd_label][-1] > 2 * noise_floor
 assert curves[momentum_label][-1] < 1.01 * noise_floor
 assert curves[adam_label][-1] < 1.01 * noise_floor
@@ -766,9 +780,7 @@ assert rises[momentum_label] > 0 and rises[adam_label] == 0
 #   this rate holds for {glue:}`in_band_text` directions, the error along each such
 #   direction decays with the same envelope, `√0.9 ≈ 0.95` per step, whatever the
 #   curvature. The steep directions get there by swinging back and forth through the
-#   minimum; the flattest lies {glue:}`flattest_text` the band's lower edge, where the
-#   motion swings so slowly (one period takes hundreds of steps), or not at all just
-#   outside it, that within these 150 steps it simply decays. The loss therefore
+#   minimum; {glue:}`flattest_text`. The loss therefore
 #   does not fall monotonically: the bumps in its curve are the
 #   {glue:}`momentum_rises` steps on which the loss rose by more than 1 %.
 # - **Adam** (lr {glue:}`adam_lr`) also reaches the floor, and its loss never rose by
@@ -1064,8 +1076,8 @@ others = [run for run in runs if run is not chosen]
 
 def other_text(run: dict) -> str:
     if run["best_epoch"] == epochs:
-        return f"at lr {run['lr']:g} it is still falling at epoch {epochs}"
-    return f"at lr {run['lr']:g} it is lowest at epoch {run['best_epoch']}"
+        return f"at lr {run['lr']:g} the validation loss was still falling at epoch {epochs}"
+    return f"at lr {run['lr']:g} it was lowest at epoch {run['best_epoch']}"
 
 
 record("others_text", "; ".join(other_text(run) for run in others))

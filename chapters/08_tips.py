@@ -1287,9 +1287,9 @@ if compile_skip is None:
         + (
             "The outputs were bit for bit equal."
             if compile_gap == 0
-            else f"The outputs differed by at most {compile_gap:.1e}, about "
-            f"{1 / compile_gap_share:,.2g} times less than float32 rounding of these "
-            "sums can account for."
+            else f"The outputs differed by at most {compile_gap:.1e}, a fraction "
+            f"{compile_gap_share:.1g} of what float32 rounding of these sums can "
+            "account for."
         )
     )
     print(f"largest difference between compiled and eager outputs: {compile_gap:.1e}")
@@ -1309,9 +1309,10 @@ record("compile_sentence", compile_sentence)
 # output against the worst case that float32 rounding allows for its chain of sums,
 # `helpers.numerics.sum_rounding_bound`: for $n$ terms, two orders of summation can
 # differ by up to about $n \cdot \varepsilon \cdot \sum_i |x_i|$. The bound assumes
-# float32 arithmetic throughout; with TF32 matrix products enabled on a GPU,
-# `torch.backends.cuda.matmul.allow_tf32 = True`, products keep only 10 bits and it no
-# longer applies.)
+# float32 arithmetic throughout. With TF32 matrix products enabled on an NVIDIA GPU
+# (`torch.set_float32_matmul_precision("high")`, which Inductor's warning on such a
+# GPU suggests), the inputs of each product are rounded to 10 bits of mantissa first,
+# and the bound no longer applies.)
 #
 # The compile time is the number to weigh first. A model that trains for hours
 # amortises any compile time; a notebook that runs a small model for a minute rarely
