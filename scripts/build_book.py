@@ -71,13 +71,21 @@ def mirror_sources() -> None:
             stale.unlink()
 
 
-def junit_times(report: Path) -> dict[str, tuple[float, bool]]:
-    """Seconds and pass/fail per notebook from pytest's JUnit XML report."""
-    times: dict[str, tuple[float, bool]] = {}
+def junit_cases(report: Path) -> dict[str, ET.Element]:
+    """Each notebook's <testcase> in pytest's JUnit XML report, by notebook file name."""
+    cases = {}
     for case in ET.parse(report).getroot().iter("testcase"):
         name = Path(case.get("file") or case.get("name", "")).name
         if not name.endswith(".ipynb"):
             name = Path(case.get("classname", "").replace(".", "/")).name + ".ipynb"
+        cases[name] = case
+    return cases
+
+
+def junit_times(report: Path) -> dict[str, tuple[float, bool]]:
+    """Seconds and pass/fail per notebook from pytest's JUnit XML report."""
+    times: dict[str, tuple[float, bool]] = {}
+    for name, case in junit_cases(report).items():
         failed = any(child.tag in ("failure", "error") for child in case)
         times[name] = (float(case.get("time", "0")), not failed)
     return times

@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,9 +112,11 @@ def first_error_line(text: str) -> str:
 
 def read_junit(report: Path) -> dict[str, dict]:
     """Outcome, seconds and the failing line per notebook from pytest's JUnit report."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from build_book import junit_cases
+
     outcomes = {}
-    for case in ET.parse(report).getroot().iter("testcase"):
-        name = Path(case.get("file") or case.get("name", "")).name
+    for name, case in junit_cases(report).items():
         problems = [child for child in case if child.tag in ("failure", "error")]
         detail = ""
         if problems:
