@@ -116,9 +116,8 @@ print(
 # name) is the backend for GPU tensors: one GPU per process, fast links between GPUs.
 # `gloo` works on CPU tensors (and some operations on GPU tensors) and ships with every
 # PyTorch build; it is what this chapter runs. The code that calls them is the same.
-# (The FAQ in one of this book's source texts says distributed training in PyTorch is
-# done with NCCL. NCCL is the backend for NVIDIA GPUs, one of several; the same code
-# runs on CPUs with `gloo`.)
+# (Distributed training in PyTorch is often described as "done with NCCL". NCCL is the
+# backend for NVIDIA GPUs, one of several; the same code runs on CPUs with `gloo`.)
 
 # %% tags=["hide-input"]
 fig, (ax_ranks, ax_step) = plt.subplots(1, 2, figsize=(13, 4.4))
@@ -365,7 +364,7 @@ assert set(shares[0]) | set(shares[1]) == set(range(len(train_set)))
 
 # %% [markdown]
 # The two shares are disjoint and together cover all 3,500 examples. Now the mistake
-# that two of this book's source texts make: they never call `sampler.set_epoch(epoch)`.
+# that is easy to make: never calling `sampler.set_epoch(epoch)`.
 # Here are the first six indices rank 0 receives in each of three epochs, without and
 # with the call:
 
@@ -666,9 +665,9 @@ record("order_gap", order_gap, fmt="{:.2f}")
 # whose input sits near zero can switch on in one run and off in the other, which can
 # make them jump. Exercise 3 measures the difference in `float32`.
 #
-# ```{admonition} Common pitfalls (and the mistakes in this book's source texts)
+# ```{admonition} Common pitfalls
 # :class: warning
-# - **`gloo`, then `.cuda()`.** One source initialises the `gloo` backend, wraps a model
+# - **`gloo`, then `.cuda()`.** Code that initialises the `gloo` backend, wraps a model
 #   left on the CPU in DDP, then moves each batch with `.cuda()`: the forward pass fails
 #   because the inputs are on `cuda:0` and the weights on the CPU, and even with the
 #   model moved, every process would use GPU 0. On GPUs use `nccl`, set
