@@ -4,7 +4,7 @@
 # those outputs, then the built book tested in a real headless browser.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
-source scripts/_browser.sh
+source scripts/_system.sh
 echo "==> ruff: lint and format check"
 "$UV" run --locked ruff check .
 "$UV" run --locked ruff format --check .

@@ -26,11 +26,13 @@ from torch.utils.data import TensorDataset
 from helpers.distributed import (
     PACKAGE_DIR,
     DistributedContext,
+    choose_backend,
     free_port,
     lines_by_rank,
     rank_print,
     run_commands,
     setup_distributed,
+    shared_gpus,
     torchrun_command,
     train_ddp,
 )
@@ -189,6 +191,54 @@ def test_setup_distributed_needs_torchruns_environment(monkeypatch):
         setup_distributed(3)
 
 
+@pytest.mark.parametrize(
+    ("backend", "local_rank", "local_world_size", "gpus", "expected"),
+    [
+        (None, 0, 2, 0, ("gloo", "cpu")),  # no GPU: the CPU
+        (None, 1, 2, 1, ("gloo", "cpu")),  # Colab: one GPU, two processes
+        (None, 1, 2, 2, ("nccl", "cuda:1")),  # one GPU each, by local rank
+        (None, 3, 4, 8, ("nccl", "cuda:3")),  # more GPUs than processes
+        ("gloo", 1, 2, 2, ("gloo", "cpu")),  # asked for: the CPU even with GPUs
+        ("nccl", 0, 1, 1, ("nccl", "cuda:0")),
+    ],
+)
+def test_choose_backend_gives_each_local_process_its_own_gpu_or_the_cpu(
+    backend, local_rank, local_world_size, gpus, expected
+):
+    chosen, device = choose_backend(backend, local_rank, local_world_size, gpus)
+    assert (chosen, str(device)) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        (("nccl", 1, 2, 1), ValueError, "2 processes, 1 GPUs"),
+        (("nccl", 0, 1, 0), ValueError, "nccl"),
+        ((None, 2, 2, 4), ValueError, "LOCAL_RANK"),
+        ((None, -1, 2, 4), ValueError, "LOCAL_RANK"),
+        (("mpi", 0, 1, 0), ValueError, "backend"),
+    ],
+)
+def test_choose_backend_rejects_what_cannot_work(args, error, message):
+    with pytest.raises(error, match=message):
+        choose_backend(*args)
+
+
+def test_shared_gpus_names_the_ranks_that_would_share_a_gpu():
+    # two simulated nodes on one machine: both local rank 0, both on its GPU 0
+    assert shared_gpus([("vm", "GPU-a"), ("vm", "GPU-a")]) == {("vm", "GPU-a"): [0, 1]}
+    # two real nodes, each on its own GPU 0 (UUIDs differ; host names too)
+    assert shared_gpus([("n0", "GPU-a"), ("n1", "GPU-b")]) == {}
+    assert shared_gpus([("n0", "GPU-a"), ("n0", "GPU-b"), ("n0", "GPU-a")]) == {("n0", "GPU-a"): [0, 2]}
+
+
+def test_setup_distributed_names_a_variable_that_is_not_a_number(monkeypatch):
+    _single_process_env(monkeypatch)
+    monkeypatch.setenv("RANK", "abc")
+    with pytest.raises(ValueError, match="RANK must be an integer, got 'abc'"):
+        setup_distributed("gloo")
+
+
 def _single_process_env(monkeypatch):
     values = dict(zip(TORCHRUN_ENV, ("0", "0", "1", "1", "127.0.0.1", str(free_port())), strict=True))
     for name, value in values.items():
@@ -273,10 +323,14 @@ def test_slurm_script_launches_train_ddp_with_one_process_per_gpu():
     args = get_args_parser().parse_args(_torchrun_words(text))
     assert args.module and args.training_script == "helpers.distributed.train_ddp"
     assert args.nnodes == "$SLURM_NNODES" and int(sbatch["nodes"]) >= 2
-    assert args.nproc_per_node == sbatch["gpus-per-node"]
-    assert args.rdzv_backend == "c10d" and args.rdzv_endpoint == "$head_node:29500"
-    script_args = train_ddp.build_parser().parse_args(args.training_script_args)
-    assert str(script_args.out_dir).startswith("$HOME/")  # a shared file system
+    # Defaults, which the environment may override: one process per GPU, port 29500.
+    gpus = sbatch["gpus-per-node"]
+    assert args.nproc_per_node == f"${{NPROC_PER_NODE:-{gpus}}}"
+    assert args.rdzv_backend == "c10d"
+    assert args.rdzv_endpoint == "$head_node:${RDZV_PORT:-29500}"
+    assert args.training_script_args[-1] == "$@"  # sbatch's extra arguments
+    script_args = train_ddp.build_parser().parse_args(args.training_script_args[:-1])
+    assert str(script_args.out_dir).startswith("${OUT_DIR:-$HOME/")  # a shared file system
 
 
 def test_trainjob_manifest_launches_train_ddp_and_torchrun_reads_pet_variables(monkeypatch):
@@ -358,10 +412,9 @@ def _one_process_reference(path: Path, epochs: int) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def _script_args(path: Path, out_dir: Path, epochs: int) -> list[str]:
+def _training_args(epochs: int) -> list[str]:
+    """The script's options that _one_process_reference reproduces."""
     return [
-        f"--data={path}",
-        f"--out-dir={out_dir}",
         f"--epochs={epochs}",
         f"--batch-size={BATCH}",
         f"--lr={LR}",
@@ -369,6 +422,10 @@ def _script_args(path: Path, out_dir: Path, epochs: int) -> list[str]:
         f"--seed={SEED}",
         "--dtype=float64",
     ]
+
+
+def _script_args(path: Path, out_dir: Path, epochs: int) -> list[str]:
+    return [f"--data={path}", f"--out-dir={out_dir}", *_training_args(epochs)]
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -401,6 +458,21 @@ def test_ddp_run_that_crashes_restarts_and_matches_one_process(data_file, tmp_pa
     # and the training did change the parameters
     torch.manual_seed(SEED)
     assert _max_difference(ddp, train_ddp.make_model().double().state_dict()) > 1e-3
+
+
+def test_ddp_run_with_micro_batches_matches_whole_batches(data_file, tmp_path):
+    # Batches of 16 in 3 pieces (6, 5, 5); each epoch's last batch of 5 gives 2, 2, 1.
+    args = [*_script_args(data_file, tmp_path, 2), "--micro-batches=3"]
+    command = torchrun_command("helpers.distributed.train_ddp", args, rdzv_endpoint=_endpoint())
+    _launch([command])
+    ddp = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert _max_difference(ddp, _one_process_reference(data_file, 2)) < 1e-10
+
+
+def test_ddp_script_rejects_more_micro_batches_than_examples(data_file, tmp_path):
+    args = [*_script_args(data_file, tmp_path, 1), f"--micro-batches={BATCH + 1}"]
+    with pytest.raises(SystemExit):
+        train_ddp.main(args)
 
 
 @pytest.mark.skipif(

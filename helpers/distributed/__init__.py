@@ -34,11 +34,13 @@ import torch.distributed as dist
 __all__ = [
     "PACKAGE_DIR",
     "DistributedContext",
+    "choose_backend",
     "free_port",
     "lines_by_rank",
     "rank_print",
     "run_commands",
     "setup_distributed",
+    "shared_gpus",
     "torchrun_command",
 ]
 
@@ -70,43 +72,108 @@ class DistributedContext:
     device: torch.device
 
 
-def setup_distributed(backend: str | None = None) -> DistributedContext:
-    """Join the process group described by torchrun's environment variables.
-
-    ``backend=None`` picks ``"nccl"`` with GPU ``LOCAL_RANK`` for this process when the
-    machine has at least one CUDA GPU per local process, and ``"gloo"`` on the CPU
-    otherwise. Call ``torch.distributed.destroy_process_group()`` when done.
-    Introduced in chapter 09.
-    """
+def _check_backend(backend: object) -> None:
     if backend is not None and not isinstance(backend, str):
         raise TypeError(f"backend must be a str or None, got {type(backend).__name__}")
     if backend not in (None, "gloo", "nccl"):
         raise ValueError(f"backend must be 'gloo', 'nccl' or None, got {backend!r}")
+
+
+def choose_backend(
+    backend: str | None, local_rank: int, local_world_size: int, gpu_count: int
+) -> tuple[str, torch.device]:
+    """The backend and device of local process ``local_rank`` on a machine with ``gpu_count`` GPUs.
+
+    ``backend=None`` picks ``"nccl"`` on GPU ``local_rank`` when the machine has at least
+    one CUDA GPU per local process, and ``"gloo"`` on the CPU otherwise; ``"nccl"`` with
+    fewer GPUs than local processes is an error. Introduced in chapter 09.
+    """
+    _check_backend(backend)
+    if not 0 <= local_rank < local_world_size:
+        raise ValueError(
+            f"LOCAL_RANK must be in [0, LOCAL_WORLD_SIZE={local_world_size}), got {local_rank}"
+        )
+    enough_gpus = gpu_count >= local_world_size
+    if backend is None:
+        backend = "nccl" if enough_gpus else "gloo"
+    if backend == "gloo":
+        return backend, torch.device("cpu")
+    if not enough_gpus:
+        raise ValueError(
+            f"backend 'nccl' needs one CUDA GPU per local process: {local_world_size} "
+            f"processes, {gpu_count} GPUs"
+        )
+    return backend, torch.device("cuda", local_rank)  # the local rank, not the rank
+
+
+def shared_gpus(
+    placements: Sequence[tuple[str, str]],
+) -> dict[tuple[str, str], list[int]]:
+    """The (host, GPU) pairs that more than one rank would use, with those ranks.
+
+    ``placements[rank]`` is where ``rank`` runs: its host name and its GPU's UUID.
+    Introduced in chapter 09.
+    """
+    ranks: dict[tuple[str, str], list[int]] = {}
+    for rank, placement in enumerate(placements):
+        ranks.setdefault(tuple(placement), []).append(rank)
+    return {place: r for place, r in ranks.items() if len(r) > 1}
+
+
+def _environment_int(name: str) -> int:
+    text = os.environ[name]
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"environment variable {name} must be an integer, got {text!r}"
+        ) from None
+
+
+def setup_distributed(backend: str | None = None) -> DistributedContext:
+    """Join the process group described by torchrun's environment variables.
+
+    The backend and device are ``choose_backend``'s: ``nccl`` with GPU ``LOCAL_RANK``
+    when the machine has a CUDA GPU per local process, ``gloo`` on the CPU otherwise.
+    With ``nccl`` the ranks first compare, over a small ``gloo`` group, which GPU each
+    took: two ranks on one GPU (two jobs' worth of processes on one machine, for
+    example two simulated nodes) is an error that names them, never a hang or a crash
+    inside NCCL. Call ``torch.distributed.destroy_process_group()`` when done.
+    Introduced in chapter 09.
+    """
+    _check_backend(backend)
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if missing:
         raise RuntimeError(
             f"environment variables {missing} are not set: start this script with torchrun"
         )
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ["LOCAL_RANK"])  # this process's number on its machine
-    local_world_size = int(os.environ["LOCAL_WORLD_SIZE"])
-    enough_gpus = (
-        torch.cuda.is_available() and torch.cuda.device_count() >= local_world_size
-    )
-    if backend is None:
-        backend = "nccl" if enough_gpus else "gloo"
-    if backend == "nccl":
-        if not enough_gpus:
-            raise ValueError(
-                f"backend 'nccl' needs one CUDA GPU per local process ({local_world_size})"
-            )
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)  # without this every process would use GPU 0
-        dist.init_process_group("nccl", device_id=device)
-    else:
-        device = torch.device("cpu")
+    rank, world_size = _environment_int("RANK"), _environment_int("WORLD_SIZE")
+    local_rank = _environment_int("LOCAL_RANK")  # this process's number on its machine
+    local_world_size = _environment_int("LOCAL_WORLD_SIZE")
+    gpu_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    backend, device = choose_backend(backend, local_rank, local_world_size, gpu_count)
+    if backend == "gloo":
         # MASTER_ADDR/PORT, RANK and WORLD_SIZE are read from the environment
         dist.init_process_group("gloo")
+    else:
+        torch.cuda.set_device(device)  # without this every process would use GPU 0
+        dist.init_process_group("nccl")  # NCCL itself starts at the first collective
+        here = (
+            socket.gethostname(),
+            str(torch.cuda.get_device_properties(device).uuid),
+        )
+        placements: list = [None] * world_size
+        cpu_group = dist.new_group(backend="gloo")
+        dist.all_gather_object(placements, here, group=cpu_group)
+        dist.destroy_process_group(cpu_group)
+        clashes = shared_gpus(placements)
+        if clashes:
+            dist.destroy_process_group()
+            (host, _), ranks = next(iter(clashes.items()))
+            raise RuntimeError(
+                f"ranks {ranks} would share one GPU ({device}) on {host}: give each "
+                "process its own GPU (CUDA_VISIBLE_DEVICES) or use backend='gloo'"
+            )
     return DistributedContext(
         rank, local_rank, world_size, local_world_size, backend, device
     )

@@ -21,6 +21,10 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+)
 from torch.distributed.device_mesh import init_device_mesh
 
 try:
@@ -80,8 +84,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 rank, f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}"
             )
 
-    # full_tensor() all-gathers the shards: every rank must call it.
-    full_state = {k: v.full_tensor().cpu() for k, v in model.state_dict().items()}
+    # Gather the shards into whole tensors, copied to the CPU of rank 0 only (the
+    # other ranks get an empty dict). Every rank must call it: it all-gathers.
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full_state = get_model_state_dict(model, options=options)
     if rank == 0:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(full_state, args.out_dir / "model.pt")

@@ -20,6 +20,7 @@ every process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -48,6 +49,9 @@ def build_parser(fault_demo: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--backend", choices=["gloo", "nccl"], default=None)
+    parser.add_argument(
+        "--micro-batches", type=int, default=1, help="gradient accumulation pieces"
+    )
     if fault_demo:  # make one rank fail once, in this epoch, to test a restart
         parser.add_argument("--crash-at-epoch", type=int, default=None)
         parser.add_argument("--crash-rank", type=int, default=1)
@@ -90,7 +94,9 @@ def train_one_epoch(
     """One pass over this rank's batches; returns (sum of losses, example count)."""
     criterion = nn.CrossEntropyLoss()
     model.train()
-    loss_sum, count = 0.0, 0
+    # The sums stay on the device: a .item() per step would make the CPU wait for the
+    # GPU at every step (chapter 8).
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
     for step, (inputs, targets) in enumerate(loader):
         if crash_after_steps is not None and step == crash_after_steps:
             raise RuntimeError("simulated failure: this worker dies mid-epoch")
@@ -99,8 +105,44 @@ def train_one_epoch(
         optimizer.zero_grad()
         loss.backward()  # DDP all-reduces (averages) the gradients during backward
         optimizer.step()
-        loss_sum, count = loss_sum + loss.item() * len(targets), count + len(targets)
-    return torch.tensor([loss_sum, count], dtype=torch.float64, device=device)
+        totals[0] += loss.detach() * len(targets)
+        totals[1] += len(targets)
+    return totals
+
+
+def train_one_epoch_accumulating(
+    model: DDP,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    micro_batches: int,
+) -> torch.Tensor:
+    """train_one_epoch, with each batch split into micro_batches pieces (chapter 8).
+
+    The pieces' gradients add up before the one optimizer step. Each piece's loss is
+    weighted by its share of the batch, so the sum is the whole batch's mean loss even
+    when the pieces differ in size; and DDP all-reduces only in the last piece's
+    backward: no_sync() skips the all-reduce for the others.
+    """
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(device), targets.to(device)
+        x_pieces = inputs.tensor_split(micro_batches)
+        y_pieces = targets.tensor_split(micro_batches)
+        # a batch shorter than micro_batches leaves some pieces empty: skip them
+        pieces = [(x, y) for x, y in zip(x_pieces, y_pieces, strict=True) if len(y)]
+        optimizer.zero_grad()
+        for i, (x, y) in enumerate(pieces):
+            last = i == len(pieces) - 1
+            with contextlib.nullcontext() if last else model.no_sync():
+                loss = criterion(model(x), y)
+                (loss * (len(y) / len(targets))).backward()
+            totals[0] += loss.detach() * len(y)
+        totals[1] += len(targets)
+        optimizer.step()
+    return totals
 
 
 @torch.no_grad()
@@ -120,7 +162,12 @@ def save_atomically(obj: object, path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 1 <= args.micro_batches <= args.batch_size:
+        parser.error(
+            f"--micro-batches must be in [1, --batch-size], got {args.micro_batches}"
+        )
     ctx = setup_distributed(args.backend)
     rank, device = ctx.rank, ctx.device
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -155,9 +202,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             epoch == args.crash_at_epoch and rank == args.crash_rank and attempt == 0
         )
         start = time.perf_counter()
-        totals = train_one_epoch(
-            model, loader, optimizer, device, crash_after_steps=5 if crash else None
-        )
+        if args.micro_batches > 1:
+            totals = train_one_epoch_accumulating(
+                model, loader, optimizer, device, args.micro_batches
+            )
+        else:
+            totals = train_one_epoch(
+                model, loader, optimizer, device, crash_after_steps=5 if crash else None
+            )
         dist.all_reduce(totals)  # loss sums and counts of all ranks
         train_loss = (totals[0] / totals[1]).item()
         if rank == 0:  # one process evaluates, logs and checkpoints
