@@ -412,14 +412,17 @@ print(logits.gather(dim=1, index=two_per_row))  # (3, 2); row 0: [2.0, -1.0]
 # `None`, `...`), `view`, `transpose`, `permute` and `expand` return **views**: new
 # tensors over the same storage, so writing through one changes the other.
 #
-# To test whether two tensors share memory, compare where their storages start,
-# `untyped_storage().data_ptr()`. Comparing `data_ptr()` tests something else: it is the
-# address of the tensor's *first element*, which differs for a slice that starts later.
+# To test whether one tensor is a view of another made inside PyTorch, compare where
+# their storages start, `untyped_storage().data_ptr()`. Comparing `data_ptr()` tests
+# something else: it is the address of the tensor's *first element*, which differs for
+# a slice that starts later. (Two tensors made separately from the same NumPy array by
+# `torch.from_numpy`, section 1.11, get storages of their own over overlapping memory;
+# `np.shares_memory` answers for those.)
 
 
 # %%
 def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """True when a and b are views of the same block of memory."""
+    """True when a and b are views of one storage (made from each other in PyTorch)."""
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
@@ -601,11 +604,19 @@ print(w.grad)  # d(sum(exp(w) + 1))/dw = exp(w) = exp(2)
 #
 # `sum`, `mean`, `max`, `argmax`, `std` and friends reduce over all elements by default, or
 # along `dim`. `keepdim=True` keeps the reduced dimension with size 1, which is what you
-# want when the result is broadcast back against the input.
+# want when the result is broadcast back against the input. Without it, the result can
+# still broadcast, silently, against the wrong dimension: for a square matrix,
+# `sq / sq.sum(dim=1)` divides each *column* by the row sums, with no error (next cell).
 
 # %%
 z = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 print(z.sum(), z.sum(dim=0), z.sum(dim=1), z.sum(dim=1, keepdim=True).shape, sep="\n")
+
+sq = torch.tensor([[1.0, 3.0], [1.0, 1.0]])
+print(sq / sq.sum(dim=1))  # (2, 2) / (2,): the sums line up with the columns
+print(sq / sq.sum(dim=1, keepdim=True))  # (2, 2) / (2, 1): each row sums to 1
+assert torch.equal((sq / sq.sum(dim=1, keepdim=True)).sum(dim=1), torch.ones(2))
+assert not torch.equal((sq / sq.sum(dim=1)).sum(dim=1), torch.ones(2))
 
 values, indices = z.max(dim=1)  # max along a dim returns both
 print(values, indices)
@@ -765,29 +776,25 @@ assert torch.equal(draw_a, draw_b)
 left_first, right_first = (0.1 + 0.2) + 0.3, 0.1 + (0.2 + 0.3)
 print(f"(0.1 + 0.2) + 0.3 = {left_first!r}   0.1 + (0.2 + 0.3) = {right_first!r}")
 values_1m = torch.randn(1_000_000, generator=make_generator(seed + 1))
-threads = torch.get_num_threads()
-torch.set_num_threads(1)
-sum_one_thread = values_1m.sum().item()
+threads = torch.get_num_threads()  # what this process uses by default
+sums = {}
+for n in (1, 4):  # four threads work even on a machine with fewer cores
+    torch.set_num_threads(n)
+    sums[n] = values_1m.sum().item()
+    assert values_1m.sum().item() == sums[n]  # same thread count: the same bits
 torch.set_num_threads(threads)
-sum_all_threads = values_1m.sum().item()
-assert values_1m.sum().item() == sum_all_threads  # same thread count: the same bits
-thread_gap = abs(sum_one_thread - sum_all_threads)
-print(f"1 thread: {sum_one_thread:.6f}")
-print(f"{threads} {'thread' if threads == 1 else 'threads'}: {sum_all_threads:.6f}")
-if threads == 1:
+thread_gap = abs(sums[1] - sums[4])
+for n, total in sums.items():
+    print(f"{n} {'thread' if n == 1 else 'threads'}: {total:.6f}")
+if thread_gap > 0:
     thread_sentence = (
-        "This page was built with one thread, so both sums ran the same "
-        "way and agree exactly; with several threads they can differ."
-    )
-elif thread_gap > 0:
-    thread_sentence = (
-        f"On the machine that built this page, with {threads} threads, the two "
-        f"sums of the same million numbers differed by {thread_gap:.1e}."
+        "With 1 and with 4 threads, the two sums of the same million numbers "
+        f"differ by {thread_gap:.1e}."
     )
 else:
     thread_sentence = (
-        f"On the machine that built this page, with {threads} threads, the two "
-        "sums happened to agree to the last bit."
+        "In this run the sums with 1 and with 4 threads happened to agree to "
+        "the last bit; on other data or another machine they can differ."
     )
 print(thread_sentence)
 record("thread_sentence", thread_sentence)
@@ -837,6 +844,8 @@ finally:
     torch.use_deterministic_algorithms(False)
 if device.type == "cpu":  # the CPU kernel adds in index order
     assert same_normal and same_deterministic
+elif device.type == "cuda":
+    assert same_deterministic
 
 # %% [markdown]
 # On a CPU both comparisons print `True` (the cell asserts it there), because
@@ -967,8 +976,9 @@ assert speedup >= 10, speedup
 # against `torch.arange(3)`. Then compute the `(3, 4)` matrix of per-class mean feature
 # vectors with one matrix product and one division by the class counts, and check it
 # against a loop over the classes that selects rows with a boolean mask (section 1.5).
-# What happens when you multiply the comparison's result by `features` directly, and
-# what does that tell you about `@` and the promotion rules of section 1.2?
+# What happens when you matrix-multiply (`@`) the comparison's boolean result with
+# `features` directly, and what does that tell you about `@` and the promotion rules of
+# section 1.2?
 
 # %%
 features = torch.randn(12, 4, generator=make_generator(seed + 2))
@@ -1051,25 +1061,56 @@ assert torch.isinf(literal).all()
 assert torch.allclose(by_hand, torch.logsumexp(extreme, dim=1))
 
 # %% [markdown]
-# **Exercise 4.** Standardise each column of `data` from section 1.7 to mean 0 and
-# standard deviation 1 in one expression. Check the result with torch's `std`, then with
-# NumPy's `np.std`. Why does NumPy not report 1, and what exact value does it report?
+# **Exercise 4.** Squared distances with one matrix product. Expanding the square gives
+# `|p - c|² = |p|² - 2 p·c + |c|²`. Write `distances_matmul(points, centres)` that
+# builds the `(P, C)` matrix of section 1.13 from the two vectors of squared row norms
+# and one `@`, with no `(P, C, 2)` intermediate (for large inputs `torch.cdist` can
+# compute this way). Measure the largest relative error of it and of
+# `distances_vectorised` against a `float64` reference, for section 1.13's points and
+# centres and for both shifted by 1,000 in each coordinate. What goes wrong after the
+# shift, and why? Repair it without giving up the matrix product.
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 4: statistics with keepdim=True broadcast back over the rows.
-standardised = (data - data.mean(dim=0, keepdim=True)) / data.std(dim=0, keepdim=True)
-torch_std = standardised.std(dim=0)
-numpy_std = np.std(standardised.numpy(), axis=0)
-n_rows = len(data)
-expected = ((n_rows - 1) / n_rows) ** 0.5
-print("torch:", torch_std, " numpy:", numpy_std)
-print(
-    f"torch.std divides by n - 1 and np.std by n, so columns with torch std 1 have "
-    f"NumPy std sqrt((n - 1) / n) = {expected:.5f} for n = {n_rows}."
-)
-assert torch.allclose(standardised.mean(dim=0), torch.zeros(3), atol=1e-5)
-assert torch.allclose(torch_std, torch.ones(3), atol=1e-5)
-assert np.allclose(numpy_std, expected, atol=1e-5)
+# Solution 4: after the shift every squared norm is about 2e6, and float32 keeps about
+# 7 significant digits, so each norm carries a rounding error near 0.1. The formula
+# subtracts numbers of that size to get distances that can be a thousandth: the
+# digits that remain are rounding (catastrophic cancellation), some "squared
+# distances" even come out negative. The difference form subtracts the coordinates
+# first, which is exact enough, and squares small numbers. Subtracting a common point
+# (the mean of the points) from both sets changes no distance and brings the norms
+# back to the size of the distances.
+def distances_matmul(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    point_norms = (points**2).sum(dim=1, keepdim=True)  # (P, 1)
+    centre_norms = (centres**2).sum(dim=1)  # (C,)
+    return point_norms - 2 * points @ centres.T + centre_norms  # (P, C)
+
+
+def worst_relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((result.double() - reference) / reference).abs().max().item()
+
+
+errors = {}
+for shift in (0.0, 1000.0):
+    p, c = points + shift, centres + shift
+    reference = distances_vectorised(p.double(), c.double())
+    mean = p.mean(dim=0)
+    errors[shift] = {
+        "difference form": worst_relative_error(distances_vectorised(p, c), reference),
+        "matrix product": worst_relative_error(distances_matmul(p, c), reference),
+        "matrix product, centred": worst_relative_error(
+            distances_matmul(p - mean, c - mean), reference
+        ),
+    }
+    negatives = (distances_matmul(p, c) < 0).sum().item()
+    print(f"shift {shift:6.0f}: negative squared distances: {negatives}")
+    for name, error in errors[shift].items():
+        print(f"    {name:24}: largest relative error {error:.1e}")
+# seeds 0-2: shifted product 73-110 (relative); difference form <= 1.2e-7;
+# centred product 5.6e-5 to 1.1e-3 (the closest pair sets it)
+assert errors[1000.0]["matrix product"] > 1.0
+assert errors[1000.0]["difference form"] < 1e-5
+assert errors[1000.0]["matrix product, centred"] < 1e-2
 
 # %% [markdown]
 # **Exercise 5.** Change the dtype of the distance computation in section 1.13: run
