@@ -18,11 +18,13 @@
 #
 # Training a neural network is a loop: predict, measure the error, work out how each
 # weight contributed to it, nudge the weights. By the end of this chapter you will have
-# written every part of that loop yourself: gradients with autograd, a model as an
-# `nn.Module`, a loss, an optimizer, a `Dataset` and `DataLoader`, the training and
-# evaluation loops, and a resumable checkpoint. The model you train diagnoses breast
-# tumours from real measurements. Its learning rate and training length are chosen on a
-# validation split, and it is scored once, at the end, on patients it never saw.
+# written that loop yourself, from raw tensors up: gradients with autograd, the weight
+# update by hand (then with `torch.optim`, checked against your own), a model as an
+# `nn.Module`, a `Dataset`, the training and evaluation loops, and a resumable
+# checkpoint. Along the way you will use PyTorch's losses, optimizers and `DataLoader`,
+# each after seeing what it computes. The model you train diagnoses breast tumours from
+# real measurements. Its learning rate and training length are chosen on a validation
+# split, and it is scored once, at the end, on patients it never saw.
 #
 # **Prerequisites:** chapter 1 (tensors, shapes, broadcasting, `gather`, in-place
 # operations).
@@ -44,6 +46,7 @@ import copy
 import itertools
 import math
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -95,8 +98,8 @@ assert x.grad.item() == 14.0
 # %% [markdown]
 # `backward()` needs a **scalar** to start from. If the output is a vector, PyTorch
 # cannot know which combination of its elements you want the gradient of, and raises an
-# error (a mistake in many tutorials). Either reduce it to a scalar first, or pass the
-# weights of the combination as `gradient=`.
+# error. Either reduce it to a scalar first, or pass the weights of the combination as
+# `gradient=`.
 
 # %%
 v = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
@@ -315,14 +318,59 @@ assert n_params == 30 * 16 + 16 + 16 * 1 + 1
 # %% [markdown]
 # When the data simply flows through the layers one after another, `nn.Sequential`
 # builds the model without writing a class: it calls its children in order. Its
-# parameters are named by position (`0.weight`, ...), and it has exactly the same
-# parameters as `MLP`.
+# parameters are named by position (`0.weight`, ...). It has the same parameter shapes
+# and count as `MLP`, but not the same values: each new layer draws its own random
+# starting weights.
 
 # %%
 sequential = nn.Sequential(nn.Linear(30, 16), nn.ReLU(), nn.Linear(16, 1))
 print(sequential)
 print([name for name, _ in sequential.named_parameters()])
 assert sum(p.numel() for p in sequential.parameters()) == n_params
+assert not torch.equal(sequential[0].weight, model.hidden.weight)
+
+# %% [markdown]
+# ### Where the weights start
+#
+# A new `nn.Linear(n_in, n_out)` draws its weight and bias uniformly from
+# `[-1/√n_in, 1/√n_in]`. The `1/√n_in` keeps an output's size from growing with the
+# number of inputs it sums; `torch.nn.init` has the other common schemes, such as
+# Glorot's and He's, for deeper networks. The draw must be *random*, not just small:
+# if every hidden unit started with the same weights, all of them would compute the
+# same output, receive the same gradient and take the same step, forever (provided
+# their outgoing weights are equal too). The cell sets every parameter of an MLP to
+# 0.1, trains it for 20 steps on random data, and compares how different its hidden
+# units' weight rows end up with those of a default-initialised MLP.
+
+# %%
+print(
+    f"hidden weights in [{model.hidden.weight.min():.3f}, "
+    f"{model.hidden.weight.max():.3f}]; 1/sqrt(30) = {1 / math.sqrt(30):.3f}"
+)
+assert model.hidden.weight.abs().max() <= 1 / math.sqrt(30)
+
+noise_gen = make_generator(seed)
+x_random = torch.randn(64, 30, generator=noise_gen)
+y_random = torch.randn(64, 1, generator=noise_gen)
+row_spread = {}
+for start in ("constant 0.1", "default (random)"):
+    torch.manual_seed(seed)
+    net = MLP(30, 16, 1)
+    if start == "constant 0.1":
+        with torch.no_grad():
+            for param in net.parameters():
+                param.fill_(0.1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(20):
+        loss = ((net(x_random) - y_random) ** 2).mean()  # mean squared error
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    rows = net.hidden.weight.detach()  # (16, 30): one row per hidden unit
+    row_spread[start] = (rows - rows[0]).abs().max().item()
+    spread = row_spread[start]
+    print(f"{start:17} largest difference between hidden units: {spread:.1e}")
+assert row_spread["constant 0.1"] < 1e-6 < 0.1 < row_spread["default (random)"]
 
 # %% [markdown]
 # ### Registration: a plain list of layers is invisible
@@ -400,8 +448,18 @@ print({name: tuple(t.shape) for name, t in model.state_dict().items()})
 # ## 2.3 A first training loop: recovering known weights
 #
 # Before real data, a problem whose answer we know. `make_linear_data` draws inputs `x`
-# and targets `y = x @ w_true + b_true + noise` with weights we choose. A single
-# `nn.Linear` trained with mean squared error should find them again.
+# and targets `y = x @ w_true + b_true + noise` with weights we choose. A linear model
+# trained with mean squared error should find them again.
+#
+# First by hand, with raw tensors: a weight `w` and a bias `b` that record gradients, a
+# forward pass, the loss, `backward`, and the update `w ← w - lr · w.grad`. The update
+# runs under `torch.no_grad()`, because it is not part of the function being
+# differentiated (and autograd refuses in-place changes to a leaf otherwise, section
+# 2.1); afterwards the gradients are reset, because the next `backward` would add to
+# them. The starting values are copied from a fresh `nn.Linear`, so that the library
+# version below can start from the same point. The learning rate 0.1 and the 100 steps
+# are untuned: section 2.5 shows where the limit on the learning rate comes from, and
+# the figure below shows that 100 steps are more than enough.
 
 # %%
 w_true = torch.tensor([2.0, -3.0, 0.5])
@@ -412,26 +470,74 @@ x_lin, y_lin = make_linear_data(
 x_lin, y_lin = x_lin.to(device), y_lin.to(device)
 
 regressor = nn.Linear(3, 1).to(device)
+# leaves of their own, with the layer's starting values
+w = regressor.weight.detach().clone().requires_grad_()  # (1, 3)
+b = regressor.bias.detach().clone().requires_grad_()  # (1,)
+lr, steps = 0.1, 100
+for _ in range(steps):
+    prediction = (x_lin @ w.T + b).squeeze(1)  # (500, 1) -> (500,), like y_lin
+    loss = ((prediction - y_lin) ** 2).mean()
+    loss.backward()  # fills w.grad and b.grad
+    with torch.no_grad():  # the update itself is not recorded
+        w -= lr * w.grad
+        b -= lr * b.grad
+    w.grad, b.grad = None, None  # the next backward would add to them
+print("by hand: w", [round(v, 3) for v in w.squeeze(0).tolist()])
+print(f"         b {b.item():.3f}")
+
+# %% [markdown]
+# Now the same with PyTorch's pieces: `nn.Linear` does the forward pass, `nn.MSELoss`
+# the loss, and `torch.optim.SGD` the update. `optimizer.step()` is the `no_grad`
+# update above, applied to every parameter the optimizer was given, and
+# `optimizer.zero_grad()` is the reset (it sets each `.grad` to `None`). The loop also
+# keeps the loss of every step. It appends `loss.detach()` rather than the Python
+# number `loss.item()`: on a GPU, `.item()` makes the CPU wait for the GPU at every
+# step (chapter 8 measures it), so the losses stay on the device and are read once,
+# after the loop.
+
+# %%
 criterion = nn.MSELoss()
-optimizer = torch.optim.SGD(regressor.parameters(), lr=0.1)
+optimizer = torch.optim.SGD(regressor.parameters(), lr=lr)
 
 regression_losses = []
-for _ in range(100):
-    prediction = regressor(x_lin).squeeze(1)  # (500, 1) -> (500,), the shape of y_lin
+for _ in range(steps):
+    prediction = regressor(x_lin).squeeze(1)  # (500, 1) -> (500,)
     loss = criterion(prediction, y_lin)
     optimizer.zero_grad()  # clear the gradients of the previous step
     loss.backward()  # fill .grad of the weight and the bias
     optimizer.step()  # w <- w - lr * w.grad, for each parameter
-    regression_losses.append(loss.item())
+    regression_losses.append(loss.detach())
+# one read of all the losses, after the loop
+regression_losses = torch.stack(regression_losses).tolist()
 
+hand_gap = max(
+    (w - regressor.weight).abs().max().item(),
+    (b - regressor.bias).abs().max().item(),
+)
+print(f"torch.optim.SGD vs by hand: largest difference {hand_gap:.1e}")
+assert hand_gap < 1e-5
+
+# the lowest mean squared error any (w, b) can reach on these points: least squares
+ones = torch.ones_like(x_lin[:, :1])
+design = torch.cat([x_lin, ones], dim=1).cpu()  # (500, 4)
+solution = torch.linalg.lstsq(design, y_lin.cpu().unsqueeze(1)).solution
+residuals = (design @ solution).squeeze(1) - y_lin.cpu()  # (500,)
+noise_floor = residuals.pow(2).mean().item()
 learned_w = regressor.weight.detach().squeeze(0).cpu()
 learned_b = regressor.bias.item()
 print(
     "true w:", w_true.tolist(), " learned w:", [round(v, 3) for v in learned_w.tolist()]
 )
 print(f"true b: {b_true}   learned b: {learned_b:.3f}")
-print(f"final loss {regression_losses[-1]:.4f} (noise variance 0.1**2 = 0.01)")
+print(
+    f"final loss {regression_losses[-1]:.4f}, "
+    f"least-squares floor {noise_floor:.4f} (noise variance 0.1**2 = 0.01)"
+)
+record("regression_floor", noise_floor, fmt="{:.4f}")
+record("regression_final", regression_losses[-1], fmt="{:.4f}")
 assert torch.allclose(learned_w, w_true, atol=0.05) and abs(learned_b - b_true) < 0.05
+# seeds 0-2: final loss / floor - 1 = 0, 0, 4e-7 (bound 1e-3)
+assert regression_losses[-1] < 1.001 * noise_floor
 
 fig = plot_losses(
     {"train (full batch)": regression_losses},
@@ -440,13 +546,21 @@ fig = plot_losses(
     ylabel="mean squared error",
     log_y=True,
 )
+fig.axes[0].axhline(
+    noise_floor, color="gray", linestyle=":", label="least-squares floor"
+)
+fig.axes[0].legend()
 plt.show()
 
 # %% [markdown]
-# The loss falls until it reaches the noise floor (the noise has variance 0.01), and the
-# learned weights match the true ones to about two decimals. Those five lines inside the
-# loop (forward, loss, `zero_grad`, `backward`, `step`) are the core of every training
-# loop in this book.
+# The hand-written loop and `torch.optim.SGD` end with the same weights, up to
+# `float32` rounding. The loss falls onto the least-squares floor, the lowest mean
+# squared error any line reaches on these 500 points ({glue:}`regression_final`
+# against {glue:}`regression_floor`). The floor is not exactly the noise variance,
+# 0.01: 500 draws of noise have a sample variance of their own, and the fitted line
+# absorbs a small part of it. The learned weights match the true ones to about two
+# decimals. Those five lines inside the loop (forward, loss, `zero_grad`, `backward`,
+# `step`) are the core of every training loop in this book.
 #
 # ## 2.4 Losses
 #
@@ -470,14 +584,16 @@ plt.show()
 # %%
 bce = nn.BCEWithLogitsLoss()
 binary_logits = torch.tensor([[1.2], [-0.3], [2.0], [-1.5]])  # (B, 1), as MLP returns
-labels = torch.tensor([1, 0, 1, 0])  # int64
+binary_labels = torch.tensor([1, 0, 1, 0])  # int64
 class_scores = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0]])
 class_index = torch.tensor([0, 2, 1])  # int64, shape (B,)
 attempts = {
-    "BCE: (B, 1) logits, (B,) float": lambda: bce(binary_logits, labels.float()),
-    "BCE: (B,) logits, (B,) int64": lambda: bce(binary_logits.squeeze(1), labels),
+    "BCE: (B, 1) logits, (B,) float": lambda: bce(binary_logits, binary_labels.float()),
+    "BCE: (B,) logits, (B,) int64": lambda: bce(
+        binary_logits.squeeze(1), binary_labels
+    ),
     "BCE: (B,) logits, (B,) float": lambda: bce(
-        binary_logits.squeeze(1), labels.float()
+        binary_logits.squeeze(1), binary_labels.float()
     ),
     "CE: (B, C) logits, (B,) int64": lambda: F.cross_entropy(class_scores, class_index),
     "CE: (B, C) logits, (B,) int32": lambda: F.cross_entropy(
@@ -592,35 +708,44 @@ assert torch.log_softmax(extreme, dim=1)[0, 1].item() == -1000.0
 # ## 2.5 Optimizers
 #
 # An optimizer holds references to the parameters and updates them from their `.grad`.
-# Plain **SGD** steps against the gradient: `w -= lr * grad`. **Momentum** adds a
-# fraction (here 0.9) of the previous step to the current one, so steps in a consistent
-# direction grow, up to ten-fold. **Adam** divides each parameter's step by a running
-# estimate of its gradient's size, which helps when parameters live on very different
-# scales. All three fit the same regression below, after we have made it harder: the
-# three input features are scaled by 0.3, 1 and 3, so the loss surface is a long narrow
-# valley.
+# Plain **SGD** steps against the gradient, `w -= lr * grad`: the update you wrote by
+# hand in section 2.3. **Momentum** adds a fraction β of the previous step to the
+# current one (β = 0.9 here, the customary default), so steps in a consistent direction
+# grow, up to `1 / (1 - β)`, ten-fold. **Adam** divides each parameter's step by a
+# running estimate of its gradient's size (we keep PyTorch's default averaging rates,
+# 0.9 and 0.999), which helps when parameters live on very different scales. All three
+# fit the same regression below, after we have made it harder: the three input features
+# are scaled by 0.3, 1 and 3, so the loss surface is a long narrow valley.
 #
 # How far plain SGD can step is set by the curvature. Our loss is a quadratic in the
-# four parameters (three weights and a bias). Its **Hessian**, the matrix of second
+# four parameters θ (three weights and a bias). Its **Hessian** H, the matrix of second
 # derivatives (the surface's curvature), is `2/N · Xᵀ X` (`X` with a column of ones for
 # the bias); its eigenvectors are the directions of pure curvature, and each eigenvalue
-# λ is the curvature along its direction. Along an eigenvector with eigenvalue λ, one
-# SGD step multiplies the remaining error by `1 - lr·λ`, so SGD is stable only for
-# `lr < 2 / λ_max`, and it then shrinks the error along the flattest direction by only
-# `1 - lr·λ_min` per step.
+# λ is the curvature along its direction. Write `e = θ - θ*` for the distance from the
+# minimum θ*. The gradient of a quadratic is `H e`, so one SGD step turns `e` into
+# `e - lr·H e = (I - lr·H) e`: along an eigenvector with eigenvalue λ it multiplies the
+# error by `1 - lr·λ`. SGD is therefore stable only for `lr < 2 / λ_max` (otherwise
+# `|1 - lr·λ_max| > 1` and the steepest component grows), and then each step removes
+# only the fraction `lr·λ_min` of the error along the flattest direction.
 
 # %%
 scales = torch.tensor([0.3, 1.0, 3.0], device=device)
 x_badly_scaled = x_lin * scales
 with_ones = torch.cat([x_badly_scaled, torch.ones_like(x_badly_scaled[:, :1])], dim=1)
-hessian = 2 * with_ones.T @ with_ones / len(with_ones)  # (4, 4)
-eigenvalues = torch.linalg.eigvalsh(hessian.cpu())  # ascending
+hessian = (2 * with_ones.T @ with_ones / len(with_ones)).cpu()  # (4, 4)
+eigenvalues = torch.linalg.eigvalsh(hessian)  # ascending
 sgd_limit = 2 / eigenvalues[-1].item()
+print("Hessian (rows and columns: w1, w2, w3, b):")
+for row in hessian.tolist():
+    print("  " + "".join(f"{value:8.2f}" for value in row))
 print("Hessian eigenvalues:", [round(e, 3) for e in eigenvalues.tolist()])
 print(f"SGD is stable for lr < 2 / {eigenvalues[-1]:.2f} = {sgd_limit:.4f}")
 record("lambda_max", eigenvalues[-1].item(), fmt="{:.1f}")
 record("lambda_min", eigenvalues[0].item(), fmt="{:.2f}")
 record("sgd_limit", sgd_limit, fmt="{:.3f}")
+off_diagonal = (hessian - torch.diag(hessian.diagonal())).abs().max().item()
+record("hessian_off_diagonal", off_diagonal, fmt="{:.2f}")
+record("hessian_diagonal_max", hessian.diagonal().max().item(), fmt="{:.0f}")
 
 # %% [markdown]
 # To compare the optimizers fairly, each gets its own learning rate, chosen the same way
@@ -636,30 +761,38 @@ x_check, y_check = make_linear_data(
 x_check, y_check = x_check.to(device) * scales, y_check.to(device)
 learning_rates = [0.01 * 1.5**k for k in range(10)]
 optimizers = {
-    "SGD": lambda params, lr: torch.optim.SGD(params, lr=lr),
-    "SGD + momentum 0.9": lambda params, lr: torch.optim.SGD(
-        params, lr=lr, momentum=0.9
-    ),
-    "Adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "SGD": torch.optim.SGD,
+    "SGD + momentum 0.9": partial(torch.optim.SGD, momentum=0.9),
+    "Adam": torch.optim.Adam,
 }
 
 
 def minimise(
-    make_optimizer, lr: float, steps: int = 150, monotone: bool = False
+    make_optimizer,
+    lr: float,
+    loss_fn: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    steps: int = 150,
+    monotone: bool = False,
 ) -> tuple[list[float], float]:
-    """Full-batch training curve and the final validation loss (inf if it diverged)."""
+    """Full-batch training curve and final validation loss (inf: diverged).
+
+    `train` and `val` are (inputs, targets) pairs.
+    """
     torch.manual_seed(seed)  # the same initial weights for every run
     candidate = nn.Linear(3, 1).to(device)
-    optimizer = make_optimizer(candidate.parameters(), lr)
+    optimizer = make_optimizer(candidate.parameters(), lr=lr)
     curve = []
     for _ in range(steps):
-        loss = criterion(candidate(x_badly_scaled).squeeze(1), y_lin)
+        loss = loss_fn(candidate(train[0]).squeeze(1), train[1])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        curve.append(loss.item())
+        curve.append(loss.detach())
+    curve = torch.stack(curve).tolist()
     with torch.no_grad():
-        val_loss = criterion(candidate(x_check).squeeze(1), y_check).item()
+        val_loss = loss_fn(candidate(val[0]).squeeze(1), val[1]).item()
     # For plain SGD (monotone=True): below the limit every error component shrinks,
     # so the full-batch loss never rises; just above it the steepest component grows
     # only slowly (1.2 % per step at 1.006 x the limit), so a loss still rising at the
@@ -671,7 +804,17 @@ def minimise(
 
 print("lr      " + "".join(f"{label:>20}" for label in optimizers))
 grid = {
-    label: [minimise(make, lr, monotone=label == "SGD") for lr in learning_rates]
+    label: [
+        minimise(
+            make,
+            lr,
+            nn.MSELoss(),
+            train=(x_badly_scaled, y_lin),
+            val=(x_check, y_check),
+            monotone=label == "SGD",
+        )
+        for lr in learning_rates
+    ]
     for label, make in optimizers.items()
 }
 for i, lr in enumerate(learning_rates):
@@ -697,9 +840,8 @@ for lr, (_, val) in zip(learning_rates, grid["SGD"], strict=True):
     assert (val < math.inf) == (lr < sgd_limit), lr
 
 # %%
-# the lowest training loss any (w, b) can reach: the least-squares solution's
-solution = torch.linalg.lstsq(with_ones.cpu(), y_lin.cpu().unsqueeze(1)).solution
-noise_floor = (with_ones.cpu() @ solution).squeeze(1).sub(y_lin.cpu()).pow(2).mean()
+# The floor is section 2.3's: rescaling the features changes the weights that make a
+# prediction, not which predictions a linear model can make.
 rises = {}  # steps on which the loss went up by more than 1 %
 for label, curve in curves.items():
     pairs = itertools.pairwise(curve)
@@ -715,10 +857,12 @@ fig = plot_losses(
     ylabel="training loss (MSE)",
     log_y=True,
 )
+# momentum's and Adam's curves overlap near the floor: dash Adam's
+fig.axes[0].lines[2].set_linestyle("--")
 fig.axes[0].axhline(
     noise_floor, color="gray", linestyle=":", label="least-squares floor"
 )
-fig.axes[0].legend()
+fig.axes[0].legend()  # rebuilt, so that it shows the dashes
 plt.show()
 
 sgd_label, momentum_label, adam_label = curves
@@ -726,13 +870,31 @@ others_best = [min(m, a) for m, a in zip(*list(curves.values())[1:], strict=True
 sgd_ahead = [
     sgd < other for sgd, other in zip(curves[sgd_label], others_best, strict=True)
 ]
-record("sgd_ahead_until", max(i + 1 for i, ahead in enumerate(sgd_ahead) if ahead))
+ahead_until = max(i + 1 for i, ahead in enumerate(sgd_ahead) if ahead)
+steps_ahead = sum(sgd_ahead[:ahead_until])
+record(
+    "sgd_ahead_text",
+    f"for the first {ahead_until} steps"
+    if steps_ahead == ahead_until
+    else f"on {steps_ahead} of the first {ahead_until} steps",
+)
 record("sgd_lr", chosen_lr["SGD"], fmt="{:.3f}")
 record("sgd_over_floor", curves[sgd_label][-1] / noise_floor, fmt="{:.1f}")
 record("momentum_lr", chosen_lr["SGD + momentum 0.9"], fmt="{:.3f}")
 record("adam_lr", chosen_lr["Adam"], fmt="{:.3f}")
-record("momentum_rises", rises[momentum_label])
-record("adam_rises", rises[adam_label])
+record(
+    "momentum_rises_text",
+    "The loss therefore does not fall monotonically: the bumps in its curve"
+    f" are the {rises[momentum_label]} steps on which it rose by more than 1 %"
+    if rises[momentum_label]
+    else "The swings never made the loss rise by more than 1 % in a step here",
+)
+record(
+    "adam_rises_text",
+    "its loss never rose by more than 1 % in a step"
+    if rises[adam_label] == 0
+    else f"its loss rose by more than 1 % on only {rises[adam_label]} steps",
+)
 record("sgd_flat_rate", chosen_lr["SGD"] * eigenvalues[0].item(), fmt="{:.1%}")
 # momentum 0.9 oscillates along a direction of curvature lam when lr * lam lies in band
 band = ((1 - 0.9**0.5) ** 2, (1 + 0.9**0.5) ** 2)
@@ -759,10 +921,11 @@ else:
         " and simply decays, slowly"
     )
 record("flattest_text", flattest_text)
+# Seeds 0-2, loss after 150 steps / floor: SGD 7.8, 6.6, 7.6 (bound 2); momentum
+# 1.0015, 1.0001, 1.0051 and Adam 1.0015, 1.0003, 1.0011 (bound 1.01).
 assert rises[sgd_label] == 0 and curves[sgd_label][-1] > 2 * noise_floor
 assert curves[momentum_label][-1] < 1.01 * noise_floor
 assert curves[adam_label][-1] < 1.01 * noise_floor
-assert rises[momentum_label] > 0 and rises[adam_label] == 0
 
 # %% [markdown]
 # What the figure shows:
@@ -774,23 +937,31 @@ assert rises[momentum_label] > 0 and rises[adam_label] == 0
 #   {glue:}`lambda_min`, against {glue:}`lambda_max` along the steepest) each step
 #   removes only {glue:}`sgd_flat_rate` of the error. Along the three steeper
 #   directions `|1 - lr·λ|` is much smaller and that part of the error goes quickly,
-#   which is why SGD leads both others until step {glue:}`sgd_ahead_until`.
+#   which is why SGD's loss is below both others' {glue:}`sgd_ahead_text`.
 # - **Momentum** (lr {glue:}`momentum_lr`) reaches the floor. It does so by
 #   overshooting: when `lr·λ` lies between `(1 - √0.9)²` and `(1 + √0.9)²`, which at
 #   this rate holds for {glue:}`in_band_text` directions, the error along each such
 #   direction decays with the same envelope, `√0.9 ≈ 0.95` per step, whatever the
 #   curvature. The steep directions get there by swinging back and forth through the
-#   minimum; {glue:}`flattest_text`. The loss therefore
-#   does not fall monotonically: the bumps in its curve are the
-#   {glue:}`momentum_rises` steps on which the loss rose by more than 1 %.
-# - **Adam** (lr {glue:}`adam_lr`) also reaches the floor, and its loss never rose by
-#   more than 1 % in a step ({glue:}`adam_rises` such steps). Adam divides each
-#   parameter's gradient by that gradient's running size, so its steps are about `lr`
-#   long whatever the feature's scale: the badly scaled feature does not slow it.
+#   minimum; {glue:}`flattest_text`. {glue:}`momentum_rises_text`.
+# - **Adam** (lr {glue:}`adam_lr`) also reaches the floor, and {glue:}`adam_rises_text`.
+#   Adam divides each parameter's gradient by that gradient's running size, so its
+#   steps are about `lr` long whatever the feature's scale: the badly scaled feature
+#   does not slow it. That rescaling is per *coordinate*, and it helps here because
+#   the features were drawn independently: the Hessian printed above is nearly
+#   diagonal (no off-diagonal entry above {glue:}`hessian_off_diagonal`, against
+#   diagonal entries up to {glue:}`hessian_diagonal_max`), so each parameter is, near
+#   enough, a direction of curvature of its own. In a valley tilted against the axes,
+#   as correlated features make it, no per-coordinate rescaling can undo the
+#   difference between the steep and the flat direction.
 #
-# In practice Adam (or AdamW) is the usual default, and well-tuned SGD with momentum
-# remains a strong choice for vision models. Whichever you use, its learning rate is a
-# choice to make on validation data, as here.
+# Both families are in wide use. SGD with momentum 0.9 is the default of torchvision's
+# reference script for training image classifiers,
+# [references/classification/train.py](https://github.com/pytorch/vision/blob/main/references/classification/train.py).
+# Adam, or AdamW (Adam with decoupled weight decay, used from chapter 3 on), is what
+# most of this book's later chapters use, because it copes with badly scaled
+# parameters, as above. Whichever you use, its learning rate is a choice to make on
+# validation data, as here.
 #
 # ## 2.6 Real data: three splits, a `Dataset` and a `DataLoader`
 #
@@ -875,26 +1046,117 @@ assert all(
     for a, b in zip(TensorDataset(x_train, y_train)[5], train_set[5], strict=True)
 )
 
+
+def make_train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+) -> DataLoader:
+    """Shuffled batches, their order fixed by a freshly seeded generator."""
+    shuffle_rng = make_generator(seed)  # leaves the global generator alone
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, generator=shuffle_rng
+    )
+
+
 batch_size = 32
-# A private generator makes the shuffling order repeatable without touching the global
-# seed.
-train_loader = DataLoader(
-    train_set, batch_size=batch_size, shuffle=True, generator=make_generator(seed)
-)
+train_loader = make_train_loader(train_set, batch_size, seed)
 val_loader = DataLoader(val_set, batch_size=256)  # evaluation needs no shuffling
 test_loader = DataLoader(test_set, batch_size=256)
 
-for batch_index, (inputs, targets) in enumerate(train_loader):
-    if batch_index == 0:
-        print("first batch:", tuple(inputs.shape), tuple(targets.shape), targets.dtype)
+inputs, targets = next(iter(train_loader))
+print("first batch:", tuple(inputs.shape), tuple(targets.shape), targets.dtype)
+last_batch = len(train_set) - (len(train_loader) - 1) * batch_size
 print(
     f"{len(train_set)} examples -> {len(train_loader)} batches; "
-    f"the last holds {len(inputs)}"
+    f"the last holds {last_batch}"
 )
+record("n_batches", len(train_loader))
+
+# every iter() over the loader is a new epoch and draws a new order from the generator
+later_starts = [next(iter(train_loader)) for _ in range(2)]
+replayed = next(iter(make_train_loader(train_set, batch_size, seed)))
+print("first labels of epoch 1:", targets[:10].int().tolist())
+for epoch, (_, later_targets) in enumerate(later_starts, start=2):
+    print(f"first labels of epoch {epoch}:", later_targets[:10].int().tolist())
+print("a fresh loader's first:  ", replayed[1][:10].int().tolist())
+assert not any(torch.equal(later[0], inputs) for later in later_starts)
+assert torch.equal(replayed[0], inputs)
 
 # %% [markdown]
 # The labels are already `float32`, as `BCEWithLogitsLoss` wants; the loop will squeeze
 # the model's `(B, 1)` output to `(B,)` to match them.
+#
+# The loader's private generator moves on with every pass, so each epoch sees the
+# examples in a new order, and the whole sequence of orders is fixed by the seed. A
+# loader built with a freshly seeded generator therefore replays that sequence from the
+# start: its first batch is the first batch printed above. The comparisons below build
+# one per run, so that runs differ only in what they are meant to compare.
+#
+# ### Why mini-batches
+#
+# Section 2.3 computed every gradient on all the data at once (*full batch*). On a large
+# data set that means one update per pass over the data, and a pass that may not fit in
+# memory. The gradient of a mean loss is the mean of the per-example gradients, so the
+# gradient on a **mini-batch** of `B` examples drawn at random is an unbiased estimate
+# of the full one, at `B/N` of the cost: one pass over the data (an **epoch**) now buys
+# `N/B` updates. The price is noise. The estimate's spread shrinks like `1/√B`, so
+# small batches take many noisy steps per epoch and large ones few accurate steps,
+# which also keep parallel hardware busier. The cell measures the spread for the
+# untrained MLP: the relative error of 200 mini-batch gradients against the
+# full-batch one. It uses `torch.autograd.grad(loss, parameters)`, which returns the
+# gradients as a tuple instead of adding them into each parameter's `.grad`.
+
+
+# %%
+def flat_gradient(
+    net: nn.Module, loss_fn: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """All of the loss's parameter gradients, concatenated into one vector."""
+    loss = loss_fn(net(inputs).squeeze(1), targets)
+    grads = torch.autograd.grad(loss, net.parameters())  # one per parameter
+    return torch.cat([g.flatten() for g in grads])
+
+
+probe = MLP(30, 16, 1).to(device)
+x_all, y_all = x_train.to(device), y_train.to(device)
+bce = nn.BCEWithLogitsLoss()
+full = flat_gradient(probe, bce, x_all, y_all)
+pick_rng = make_generator(seed)
+batch_error = {}
+for size in (8, 32, 128):
+    errors = []
+    for _ in range(200):
+        rows = torch.randperm(len(x_all), generator=pick_rng)[:size].to(device)
+        gradient = flat_gradient(probe, bce, x_all[rows], y_all[rows])
+        errors.append((gradient - full).norm() / full.norm())
+    batch_error[size] = torch.stack(errors).mean().item()
+    print(f"B = {size:3}: mean relative error {batch_error[size]:.2f}")
+
+
+def predicted_spread(size: int, n: int) -> float:
+    """1/sqrt(B), corrected for drawing B distinct rows out of n."""
+    return math.sqrt((n - size) / (size * (n - 1)))
+
+
+for small, large in ((8, 32), (32, 128)):
+    measured = batch_error[small] / batch_error[large]
+    predicted = predicted_spread(small, len(x_all)) / predicted_spread(
+        large, len(x_all)
+    )
+    print(
+        f"B {small} -> {large}: error / {measured:.2f},",
+        f"predicted / {predicted:.2f}",
+    )
+    assert abs(measured / predicted - 1) < 0.2, (measured, predicted)
+
+# %% [markdown]
+# Each four-fold larger batch about halves the error, as `1/√B` says. The prediction
+# printed beside it corrects `1/√B` for the rows of one batch being distinct: a batch
+# of 128 is over a third of the 364 rows it is drawn from, so it errs even less. We
+# train with `B = 32`, a common default (it is also the per-GPU default of the
+# torchvision script above), which gives {glue:}`n_batches` updates per epoch here.
+# It is untuned; exercise 5 measures what changing it does.
 #
 # ## 2.7 The training loop, step by step
 #
@@ -902,16 +1164,17 @@ print(
 #
 # Section 2.1 showed that `backward` adds into `.grad`. Here is the consequence on a
 # real model: two backward passes over the same batch without clearing leave exactly
-# twice the gradient. A plain SGD step would then be twice as long (Adam, which divides
-# by the gradient's running size, would barely notice), and in a real loop, where every
-# batch differs, the step's direction would mix in the gradients of earlier batches.
+# twice the gradient. A plain SGD step would then be twice as long (Adam divides by the
+# gradient's running size, so doubling every gradient would leave its steps almost
+# unchanged), and in a real loop, where every batch differs, the step's direction would
+# mix in the gradients of earlier batches.
 
 # %%
 torch.manual_seed(seed)
 model = MLP(30, 16, 1).to(device)
 criterion = nn.BCEWithLogitsLoss()
-inputs, targets = next(iter(train_loader))
-inputs, targets = inputs.to(device), targets.to(device)
+inputs = x_train[:batch_size].to(device)
+targets = y_train[:batch_size].to(device)
 
 criterion(model(inputs).squeeze(1), targets).backward()
 once = model.hidden.weight.grad.clone()
@@ -940,15 +1203,18 @@ big_inputs, big_targets = x_train[:64].to(device), y_train[:64].to(device)
 
 
 def first_weight_grad(
-    net: nn.Module, sizes: list[int], weights: list[float]
+    net: nn.Module,
+    loss_fn: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    sizes: list[int],
+    weights: list[float],
 ) -> torch.Tensor:
     """The first weight gradient, summed over the weighted micro-batch losses."""
     net.zero_grad()
-    pieces = zip(
-        big_inputs.split(sizes), big_targets.split(sizes), weights, strict=True
-    )
+    pieces = zip(inputs.split(sizes), targets.split(sizes), weights, strict=True)
     for micro_inputs, micro_targets, weight in pieces:
-        loss = criterion(net(micro_inputs).squeeze(1), micro_targets)
+        loss = loss_fn(net(micro_inputs).squeeze(1), micro_targets)
         (loss * weight).backward()  # adds this micro-batch's share into .grad
     return next(net.parameters()).grad.clone()
 
@@ -965,8 +1231,10 @@ schemes = {
 }
 gaps = {}
 for name, (net, sizes, weights) in schemes.items():
-    reference = first_weight_grad(net, [64], [1.0])  # one batch of 64
-    gaps[name] = (first_weight_grad(net, sizes, weights) - reference).abs().max().item()
+    batch = (criterion, big_inputs, big_targets)
+    reference = first_weight_grad(net, *batch, [64], [1.0])  # one batch of 64
+    accumulated = first_weight_grad(net, *batch, sizes, weights)
+    gaps[name] = (accumulated - reference).abs().max().item()
     relative = gaps[name] / reference.abs().max().item()
     print(f"{name:28} max difference {gaps[name]:.1e} ({relative:.1e} of the largest)")
 model.zero_grad()
@@ -994,22 +1262,37 @@ assert (
 # validation loss (`copy.deepcopy`, because `state_dict()` returns the live tensors,
 # which the next step would change).
 #
-# The loop is wrapped in a function so that we can run it for three learning rates.
-# The progress bar comes from `helpers.progress.tqdm`: in JupyterLab and Colab it is
+# The loop is wrapped in a function so that we can run it for several learning rates.
+# Every run starts from the same initial weights (the same seed) and builds its own
+# training loader with a freshly seeded generator, so every run sees the same batches
+# in the same order: the runs differ in their learning rate and nothing else, and
+# re-running the cell reproduces the numbers on this page. The rates, 0.001 (Adam's
+# default), 0.003 and 0.01, step by about 3×; the model's 16 hidden units and the 60
+# epochs are untuned (exercise 3 asks whether the hidden layer is needed at all). The
+# progress bar comes from `helpers.progress.tqdm`: in JupyterLab and Colab it is
 # `tqdm.auto`'s live bar, and in the built book, which is read offline and cannot draw
 # that widget, it is plain text.
 
 
 # %%
-def train_and_validate(lr: float, epochs: int) -> dict:
+def train_and_validate(
+    lr: float,
+    epochs: int,
+    train_set: Dataset,
+    val_loader: DataLoader,
+    criterion: nn.Module,
+    batch_size: int = 32,
+) -> dict:
     """Train a fresh MLP with Adam; return its loss curves and best validation epoch."""
-    torch.manual_seed(seed)  # the same initial weights for every learning rate
+    torch.manual_seed(seed)  # the same initial weights for every run
     model = MLP(30, 16, 1).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # the same batches in the same order for every run
+    train_loader = make_train_loader(train_set, batch_size, seed)
     run = {"lr": lr, "train": [], "val": [], "best_val": math.inf}
     for epoch in tqdm(range(1, epochs + 1), desc=f"lr {lr:g}"):
         model.train()
-        running_loss, seen = 0.0, 0
+        running_loss = torch.zeros((), device=device)
         for inputs, targets in train_loader:
             inputs, targets = inputs.to(device), targets.to(device)
             logits = model(inputs).squeeze(1)  # (B, 1) -> (B,), to match targets
@@ -1017,28 +1300,34 @@ def train_and_validate(lr: float, epochs: int) -> dict:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            # loss is a batch mean; weight it by the batch's size
-            running_loss += loss.item() * len(targets)
-            seen += len(targets)
-        run["train"].append(running_loss / seen)
+            # a batch mean: weight it by the batch's size (kept on the device)
+            running_loss += loss.detach() * len(targets)
+        run["train"].append(running_loss.item() / len(train_set))
 
         model.eval()
-        total, seen = 0.0, 0
+        total = torch.zeros((), device=device)
         with torch.no_grad():
             for inputs, targets in val_loader:
                 inputs, targets = inputs.to(device), targets.to(device)
-                batch_loss = criterion(model(inputs).squeeze(1), targets).item()
+                batch_loss = criterion(model(inputs).squeeze(1), targets)
                 total += batch_loss * len(targets)
-                seen += len(targets)
-        run["val"].append(total / seen)
+        run["val"].append(total.item() / len(val_loader.dataset))
         if run["val"][-1] < run["best_val"]:
             run["best_val"], run["best_epoch"] = run["val"][-1], epoch
             run["best_state"] = copy.deepcopy(model.state_dict())
+    # the training loss of the final weights, measured like the validation loss
+    with torch.no_grad():
+        features, labels = train_set[:]  # every training example, in one batch
+        final_logits = model(features.to(device)).squeeze(1)
+        run["train_at_end"] = criterion(final_logits, labels.to(device)).item()
     return run
 
 
 epochs = 60
-runs = [train_and_validate(lr, epochs) for lr in (1e-3, 3e-3, 1e-2)]
+runs = [
+    train_and_validate(lr, epochs, train_set, val_loader, criterion)
+    for lr in (1e-3, 3e-3, 1e-2)
+]
 for run in runs:
     print(
         f"lr {run['lr']:<6g} best validation loss {run['best_val']:.4f} at epoch "
@@ -1056,6 +1345,7 @@ for ax, run in zip(axes, runs, strict=True):
         ax=ax,
     )
     ax.axvline(run["best_epoch"], color="gray", linestyle=":")
+    ax.set_xlim(0, epochs + 3)  # keeps a dotted line at epoch 60 off the frame
 fig.suptitle("MLP on breast-cancer data (dotted: best validation epoch)")
 fig.tight_layout()
 plt.show()
@@ -1067,64 +1357,138 @@ print(f"chosen on validation: lr {lr:g}, the weights of epoch {best_epoch}")
 record("chosen_lr", lr, fmt="{:g}")
 record("best_epoch", best_epoch)
 record("best_val_loss", chosen["best_val"], fmt="{:.4f}")
-record("final_train_loss", chosen["train"][-1], fmt="{:.4f}")
-record("final_val_loss", chosen["val"][-1], fmt="{:.4f}")
-record("final_gap", chosen["val"][-1] / chosen["train"][-1], fmt="{:.1f}")
 # the claims the text below makes about these curves, with words computed from the run
 others = [run for run in runs if run is not chosen]
 
 
-def other_text(run: dict) -> str:
+def overfits(run: dict, epochs: int) -> bool:
+    """Best validation epoch well before the end, training loss falling after it."""
+    best = run["best_epoch"]
+    return best <= epochs - 5 and run["train"][-1] < run["train"][best - 1]
+
+
+final_train, final_val = chosen["train"][-1], chosen["val"][-1]
+drift = final_val / chosen["best_val"] - 1  # how far validation rose again
+if drift > 1:
+    drift_text = f"drifts upwards and ends at {1 + drift:.1f} times its best,"
+elif drift > 0.05:
+    drift_text = f"drifts upwards and ends {drift:.0%} above its best, at"
+else:
+    drift_text = "stays within 5 % of its best, ending at"
+overfitting_runs = [f"{run['lr']:g}" for run in others if overfits(run, epochs)]
+if overfits(chosen, epochs):
+    story = (
+        f"In that run the training loss goes on falling, to {final_train:.4f}"
+        f" at epoch {epochs}, while the validation loss stops improving after"
+        f" epoch {best_epoch}, {drift_text} {final_val:.4f},"
+        f" {final_val / final_train:.1f} times the training loss"
+    )
+elif overfitting_runs:
+    story = (
+        f"That run was still improving late in its {epochs} epochs; the runs"
+        f" at lr {' and '.join(overfitting_runs)} show what comes next: after"
+        " their best epoch the training loss goes on falling, the validation"
+        " loss does not"
+    )
+else:
+    story = f"No run here reached its best well before epoch {epochs}"
+record("chosen_story", story)
+
+
+def other_text(run: dict, epochs: int) -> str:
+    rate = f"at lr {run['lr']:g}"
     if run["best_epoch"] == epochs:
-        return f"at lr {run['lr']:g} the validation loss was still falling at epoch {epochs}"
-    return f"at lr {run['lr']:g} it was lowest at epoch {run['best_epoch']}"
+        return f"{rate} the validation loss was lowest at the last epoch"
+    return f"{rate} it was lowest at epoch {run['best_epoch']}"
 
 
-record("others_text", "; ".join(other_text(run) for run in others))
-below = [v < t for v, t in zip(chosen["val"], chosen["train"], strict=True)]
-record("val_below_until", below.index(False))  # epochs are 1-based
-others_below = [
-    all(v < t for v, t in zip(run["val"], run["train"], strict=True)) for run in others
-]
+record("others_text", "; ".join(other_text(run, epochs) for run in others))
 record(
-    "others_below_text",
-    "throughout both other runs"
-    if all(others_below)
-    else "throughout the run at lr {:g}".format(others[others_below.index(True)]["lr"])
-    if any(others_below)
-    else "in parts of the other runs",
+    "still_improving_text",
+    " (A rate whose validation loss is lowest at the last epoch may simply"
+    f" be too small for {epochs} epochs; with more it might catch up.)"
+    if any(run["best_epoch"] == epochs for run in others)
+    else "",
 )
-# Margins over seeds 0-2 (the CPU level changes nothing here): best epoch 34, 36, 12
-# (bound 50); final validation / training loss 5.0, 2.5, 40 (bound 2); final / best
-# validation loss 1.48, 1.22, 4.1 (bound 1.1); validation below training until epoch
-# 24, 30, 9 (bound 5).
-assert best_epoch <= epochs - 10  # the chosen run stopped improving well before the end
-assert chosen["val"][-1] > 2 * chosen["train"][-1]
-assert chosen["val"][-1] > 1.1 * chosen["best_val"]  # drifted upwards
-assert below.index(False) >= 5
+
+
+def below_text(run: dict) -> str | None:
+    """Where a run's validation loss < training loss, in words (or None)."""
+    below = [v < t for v, t in zip(run["val"], run["train"], strict=True)]
+    if all(below):
+        return "throughout"
+    if not below[0]:
+        return None
+    return f"until epoch {below.index(False)}"  # epochs are 1-based
+
+
+where = {run["lr"]: below_text(run) for run in runs}
+parts = [f"at lr {lr_:g} {text}" for lr_, text in where.items() if text]
+record(
+    "val_below_text",
+    "the validation loss lies below the training loss at the start of"
+    f" every run ({', '.join(parts)})"
+    if len(parts) == len(runs)
+    else "the validation loss starts below the training loss in some of"
+    f" the runs ({', '.join(parts)})"
+    if parts
+    else "the validation loss starts above the training loss in every run",
+)
+# Late in the slowest run the weights change little within an epoch; compare its last
+# validation loss with the training loss of its final weights, measured the same way.
+slow = runs[0]
+record("slow_lr", slow["lr"], fmt="{:g}")
+record("slow_train_at_end", slow["train_at_end"], fmt="{:.4f}")
+record("slow_val_at_end", slow["val"][-1], fmt="{:.4f}")
+record(
+    "easier_text",
+    f"still above the validation loss, so these {len(y_val)} validation"
+    " tumours appear to be easier to classify than the training tumours"
+    if slow["train_at_end"] > slow["val"][-1]
+    else "not above the validation loss, so the split shows no sign of an"
+    " easier validation set",
+)
+
+
+def jumpiness(curve: list[float]) -> float:
+    """Mean size of the epoch-to-epoch change of log(loss)."""
+    logs = np.log(curve)
+    return float(np.abs(np.diff(logs)).mean())
+
+
+jumpy_ratio = jumpiness(chosen["val"]) / jumpiness(chosen["train"])
+snapshot = (
+    "each validation point is one snapshot of the weights, while each training"
+    f" point averages the loss over the epoch's {len(train_loader)} updates"
+)
+record(
+    "jumpier_text",
+    f"the validation curve moves {jumpy_ratio:.1f} times as much from epoch"
+    f" to epoch as the training curve: {snapshot}"
+    if jumpy_ratio > 1
+    else "the validation curve is no jumpier than the training curve,"
+    f" although {snapshot}",
+)
 
 # %% [markdown]
 # The three runs differ in what limits them. The lowest validation loss of all,
 # {glue:}`best_val_loss`, came at lr {glue:}`chosen_lr`, epoch {glue:}`best_epoch`;
-# {glue:}`others_text`. (A rate still improving at epoch 60 is too small for this
-# budget; with more epochs it might catch up.) In
-# that run the training loss keeps falling, to {glue:}`final_train_loss` at epoch 60,
-# while the validation loss stops improving after epoch {glue:}`best_epoch`, drifts
-# upwards and ends at {glue:}`final_val_loss`, {glue:}`final_gap` times the training
-# loss. From there on the model fits the training tumours ever more closely without
-# getting better on new ones: the start of **overfitting**. So we keep the weights of
-# epoch {glue:}`best_epoch` (*early stopping*), a choice made on validation data only.
+# {glue:}`others_text`.{glue:}`still_improving_text` {glue:}`chosen_story`. Where
+# the training loss keeps falling and the validation loss no longer does, the model
+# fits the training tumours ever more closely without getting better on new ones: the
+# start of **overfitting**. So we keep the weights of the epoch with the lowest
+# validation loss, epoch {glue:}`best_epoch` (*early stopping*), a choice made on
+# validation data only.
 #
-# Two details of the curves. The validation loss lies *below* the training loss
-# {glue:}`others_below_text`, and in the chosen run until epoch
-# {glue:}`val_below_until`. Part of the reason is that each training figure is an
-# average over an epoch during which the weights improved, while the validation loss is
-# measured at the epoch's end; but late in a slow run the weights change little
-# within an epoch, so a gap there suggests that these {glue:}`n_val` validation
-# tumours happen to be easier to classify than the training tumours. A small validation
-# set is a noisy judge. The validation curve of the chosen run is also jumpier than its
-# training curve, for another reason: each validation point is one snapshot of the
-# weights, while each training point averages the loss over the epoch's 12 updates.
+# Two details of the curves. First, {glue:}`val_below_text`. Each training figure is
+# an average over an epoch during which the weights improved, while the validation
+# loss is measured at the epoch's end, which pushes the training figure up. To see
+# whether that is the whole story, take the end of the slow run (lr
+# {glue:}`slow_lr`), where the weights change little within an epoch: the training
+# loss of its final weights, measured like the validation loss, is
+# {glue:}`slow_train_at_end`, against {glue:}`slow_val_at_end` on validation,
+# {glue:}`easier_text`. A small validation set is a noisy judge. Second, in the chosen
+# run {glue:}`jumpier_text`.
 
 # %%
 # The selected run's weights, from the epoch with the lowest validation loss.
@@ -1147,11 +1511,12 @@ result = evaluate(model, val_loader, criterion, device)
 val_pred, val_true = predict(model, val_loader, device)
 model.eval()
 with torch.no_grad():
-    by_hand = (model(x_val.to(device)).squeeze(1) > 0).long().cpu()  # 1 = benign
+    val_by_hand = (model(x_val.to(device)).squeeze(1) > 0).long().cpu()  # 1 = benign
 print(f"evaluate: loss {result.loss:.4f}, accuracy {result.accuracy:.3f}")
+record("val_accuracy", result.accuracy, fmt="{:.1%}")
 assert abs(result.loss - chosen["best_val"]) < 1e-6
-assert torch.equal(val_pred, by_hand) and torch.equal(val_true, y_val.long())
-assert abs(result.accuracy - (by_hand == val_true).float().mean().item()) < 1e-9
+assert torch.equal(val_pred, val_by_hand) and torch.equal(val_true, y_val.long())
+assert abs(result.accuracy - (val_by_hand == val_true).float().mean().item()) < 1e-9
 
 # %% [markdown]
 # ### Which number to report
@@ -1203,24 +1568,43 @@ recalls = [val_table[t][0] for t in thresholds]
 assert all(a >= b for a, b in itertools.pairwise(recalls))  # recall never rises with t
 assert val_table[0.001][1] < val_table[0.5][1]  # precision falls at a low threshold
 record("val_recall_05", val_table[0.5][0], fmt="{:.3f}")
+lower_and_better = [
+    t for t in thresholds if t < 0.5 and val_table[t][0] > val_table[0.5][0]
+]
 if val_table[0.5][0] == 1.0:
     verdict = "so they give no reason to lower the threshold"
+elif lower_and_better:
+    t = max(lower_and_better)  # the gentlest lowering that catches more
+    recall_gain = val_table[t][0] - val_table[0.5][0]
+    extra = round(recall_gain * int(val_is_malignant.sum()))
+    verdict = (
+        f"so a threshold of {t} would catch {extra} more of them, flagging"
+        f" {val_table[t][2] - val_table[0.5][2]} more tumours in all"
+    )
 else:
-    verdict = "so a lower threshold would catch more of them, at the cost shown above"
+    verdict = "and no lower threshold in the table catches more of them"
 record("val_threshold_verdict", verdict)
 record("val_precision_0001", val_table[0.001][1], fmt="{:.3f}")
-record("val_precision_001", val_table[0.01][1], fmt="{:.3f}")
 record("val_flagged_0001", val_table[0.001][2])
 
 # %% [markdown]
-# Read the table downwards: raising the threshold flags fewer tumours; precision rises
-# and recall falls. Read it upwards from 0.5: at 0.001 the model flags
-# {glue:}`val_flagged_0001` of the {glue:}`n_val` validation tumours and precision drops
-# to {glue:}`val_precision_0001`. On this validation set recall at 0.5 is
+# Read the table downwards: raising the threshold flags fewer tumours, so recall can
+# only fall or stay, and precision usually rises. Read it upwards from 0.5: at 0.001
+# the model flags {glue:}`val_flagged_0001` of the {glue:}`n_val` validation tumours
+# and precision drops to {glue:}`val_precision_0001`. On this validation set recall at
+# 0.5 is
 # {glue:}`val_recall_05` for these {glue:}`n_val_malignant` malignant tumours,
 # {glue:}`val_threshold_verdict`. A real screening test would fix its threshold for a
 # target recall on a much larger validation set; with ours, any such choice would rest
 # on one or two tumours. We keep 0.5.
+#
+# The threshold moves decisions after training. Its training-time counterpart is to
+# weight the loss: `nn.BCEWithLogitsLoss(pos_weight=torch.tensor([w]))` multiplies the
+# loss of every example labelled 1 by `w`, so that the model pays `w` times as much
+# for those mistakes. With our labels 1 is benign, so to make missed cancers dearer you
+# would flip the labels first (or weight each example's loss yourself, with
+# `reduction="none"`). Like the threshold, `w` would be chosen on validation data, and
+# with {glue:}`n_val_malignant` malignant validation tumours we leave it at 1.
 #
 # ### The test set, once
 #
@@ -1242,6 +1626,10 @@ except RuntimeError as err:
     print("RuntimeError:", str(err).split(".")[0])
 
 test_p_malignant = torch.sigmoid(-test_logits)
+test_losses = F.binary_cross_entropy_with_logits(
+    test_logits, y_test, reduction="none"
+)  # (114,): the functional BCEWithLogitsLoss, one loss per tumour
+test_loss = test_losses.mean().item()
 test_pred = (test_logits > 0).long().numpy()  # 1 = benign, 0 = malignant
 test_true = y_test.long().numpy()
 test_is_malignant = test_true == 0
@@ -1251,6 +1639,10 @@ test_recall = recall_score(test_true, test_pred, pos_label=0)
 test_precision = precision_score(test_true, test_pred, pos_label=0)
 test_f1 = f1_score(test_true, test_pred, pos_label=0)
 print(f"test accuracy {test_acc:.3f}  (always 'benign': {baseline_acc:.3f})")
+print(
+    f"test loss {test_loss:.4f} "
+    f"(validation loss at the chosen epoch: {result.loss:.4f})"
+)
 print(
     f"malignant: recall {test_recall:.3f}  precision {test_precision:.3f}  "
     f"F1 {test_f1:.3f}"
@@ -1300,23 +1692,59 @@ else:
         " threshold below that would have caught it"
     )
 record("missed_text", missed_text)
+# what catching every missed tumour would have cost, read from the validation table
+if missed.sum():
+    p_lowest = test_p_malignant[missed].min().item()
+    low_enough = [t for t in thresholds if t <= p_lowest]
+    at_most = f"at most {p_lowest:.4f}"
+    catch_all = f"Catching all of them would take a threshold of {at_most}"
+    if low_enough:
+        t = max(low_enough)
+        _, precision_t, flagged_t = val_table[t]
+        trade_text = (
+            f"{catch_all}; on the validation set the nearest such threshold"
+            f" in the table, {t}, flags {flagged_t} of the {len(y_val)}"
+            f" tumours, at precision {precision_t:.3f}"
+        )
+    else:
+        trade_text = f"{catch_all}, below every threshold in the table"
+else:
+    trade_text = "A lower threshold would only have added false alarms here"
+record("trade_text", trade_text)
+record("test_loss", test_loss, fmt="{:.4f}")
+worst_share = (test_losses.max() / test_losses.sum()).item()
+record("worst_tumour_share", worst_share, fmt="{:.0%}")
+worse_loss, worse_acc = test_loss > result.loss, test_acc < result.accuracy
+record(
+    "selection_text",
+    "Both are worse on the test set"
+    if worse_loss and worse_acc
+    else "The test loss is higher, though the test accuracy is not lower"
+    if worse_loss
+    else "The test accuracy is lower, though the test loss is not higher"
+    if worse_acc
+    else "Here the test set happens to score no worse on either, a reminder"
+    " of how noisy samples of this size are",
+)
 record("one_tumour", 1 / len(test_true), fmt="{:.1%}")
 record("test_se", math.sqrt(test_acc * (1 - test_acc) / len(test_true)), fmt="{:.1%}")
-# over seeds 0-5 (split, initialisation and selection all redone) the test accuracy was
-# 0.965-0.991 and the recall 0.952-1.000, the same at CPU levels default, avx2 and
-# avx512 for seeds 0-2; the thresholds leave about two tumours' margin
-assert test_acc >= 0.94, test_acc
-assert test_recall >= 0.90, test_recall
+# Over seeds 0-5 (split, initialisation and selection all redone) the test accuracy
+# was 0.956-0.991 and the recall 0.929-1.000; seeds 0, 1, 2 gave accuracy 0.956,
+# 0.991, 0.982 and recall 0.929, 0.976, 0.952. The lowest, seed 0's 109 of 114 and 39
+# of 42, clear the thresholds by two tumours each (one borderline tumour can flip on
+# other hardware: seed 0 misses one at p(malignant) 0.46).
+assert test_acc >= 0.93, test_acc
+assert test_recall >= 0.88, test_recall
 
 # %%
-display = ConfusionMatrixDisplay.from_predictions(
+matrix_display = ConfusionMatrixDisplay.from_predictions(
     test_true,
     test_pred,
     display_labels=list(class_names),
     colorbar=False,
 )
-display.ax_.set_title("Test-set confusion matrix (threshold 0.5)")
-display.ax_.set(xlabel="predicted class", ylabel="true class")
+matrix_display.ax_.set_title("Test-set confusion matrix (threshold 0.5)")
+matrix_display.ax_.set(xlabel="predicted class", ylabel="true class")
 plt.show()
 
 # %% [markdown]
@@ -1328,9 +1756,8 @@ plt.show()
 # {glue:}`n_missed` of {glue:}`n_test_malignant` cancers missed, against
 # {glue:}`n_false_alarms` benign tumours flagged.
 #
-# {glue:}`missed_text`. A lower threshold trades misses for false alarms, and the
-# validation table above shows those piling up as it falls (at 0.01, precision
-# {glue:}`val_precision_001`). The test tumours are not the place to make that trade:
+# {glue:}`missed_text`. A lower threshold trades misses for false alarms.
+# {glue:}`trade_text`. The test tumours are not the place to make that trade:
 # missed ones are what the test set is for, and they are a
 # measurement of the model, not a knob to turn. Choosing the threshold (or anything
 # else) because of them would make the test score optimistic, and a new, untouched test
@@ -1340,6 +1767,23 @@ plt.show()
 # the standard error of the accuracy measured here is about {glue:}`test_se`
 # (`sqrt(acc · (1 - acc) / n)`): differences of a point or two between models on this
 # data are noise.
+#
+# ### Why the validation score flatters the chosen model
+#
+# On validation the chosen model scored {glue:}`val_accuracy` accuracy at loss
+# {glue:}`best_val_loss`; on the test set {glue:}`test_accuracy` at loss
+# {glue:}`test_loss`. {glue:}`selection_text`. On average a test score below the
+# validation score is what to expect: the chosen validation loss is the smallest of
+# 180 numbers (three learning rates times 60 epochs), all measured on the same
+# {glue:}`n_val` tumours, and the smallest of many noisy measurements is biased low.
+# Part of what we selected is the candidate that happened to suit these particular
+# tumours. This **selection bias** is why the validation score of the chosen model is
+# not its reported performance, and why the test set stays locked until every choice
+# is made. How much of the gap on this page is selection bias and how much the
+# ordinary noise of two small samples, a single run cannot tell: one standard error of
+# the test accuracy is {glue:}`test_se`, and a mean log-loss is at the mercy of
+# confident mistakes (the worst single test tumour contributes
+# {glue:}`worst_tumour_share` of the test loss).
 #
 # ## 2.9 Saving and loading
 #
@@ -1375,23 +1819,29 @@ assert same
 
 
 # %%
-def fresh_run() -> tuple[nn.Module, torch.optim.Optimizer, torch.Generator]:
+def fresh_run(
+    lr: float,
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.Generator]:
     """A new MLP with its Adam optimizer and its batch-shuffling generator."""
     net = MLP(30, 16, 1).to(device)
     return net, torch.optim.Adam(net.parameters(), lr=lr), make_generator(seed)
 
 
-def epoch_with(net, optimizer, shuffle_rng) -> None:
+def epoch_with(
+    net, optimizer, shuffle_rng, dataset: Dataset, loss_fn, batch_size: int = 32
+) -> None:
+    """One training epoch, its batch order drawn from `shuffle_rng`."""
     loader = DataLoader(
-        train_set, batch_size=batch_size, shuffle=True, generator=shuffle_rng
+        dataset, batch_size=batch_size, shuffle=True, generator=shuffle_rng
     )
-    train_one_epoch(net, loader, criterion, optimizer, device)
+    train_one_epoch(net, loader, loss_fn, optimizer, device)
 
 
+training = (train_set, criterion)  # what every epoch below trains on
 torch.manual_seed(seed)
-net, optimizer, shuffle_rng = fresh_run()
+net, optimizer, shuffle_rng = fresh_run(lr)
 for _ in range(3):
-    epoch_with(net, optimizer, shuffle_rng)
+    epoch_with(net, optimizer, shuffle_rng, *training)
 
 with tempfile.TemporaryDirectory() as folder:
     path = Path(folder) / "checkpoint.pt"
@@ -1404,20 +1854,22 @@ with tempfile.TemporaryDirectory() as folder:
         },
         path,
     )
-    epoch_with(net, optimizer, shuffle_rng)  # epoch 4, uninterrupted
+    epoch_with(net, optimizer, shuffle_rng, *training)  # epoch 4, uninterrupted
     checkpoint = torch.load(path, map_location=device, weights_only=True)
 
-resumed, resumed_optimizer, resumed_rng = fresh_run()
+resumed, resumed_optimizer, resumed_rng = fresh_run(lr)
 resumed.load_state_dict(checkpoint["model"])
 resumed_optimizer.load_state_dict(checkpoint["optimizer"])
 # map_location moved every tensor to device; the shuffling generator lives on the CPU
 resumed_rng.set_state(checkpoint["shuffle_rng"].cpu())
-epoch_with(resumed, resumed_optimizer, resumed_rng)  # epoch 4 after a restart
+epoch_with(
+    resumed, resumed_optimizer, resumed_rng, *training
+)  # epoch 4 after a restart
 
-weights_only_run, new_optimizer, rng = fresh_run()
+weights_only_run, new_optimizer, rng = fresh_run(lr)
 weights_only_run.load_state_dict(checkpoint["model"])  # a fresh, empty Adam
 rng.set_state(checkpoint["shuffle_rng"].cpu())
-epoch_with(weights_only_run, new_optimizer, rng)
+epoch_with(weights_only_run, new_optimizer, rng, *training)
 
 
 def largest_gap(a: nn.Module, b: nn.Module) -> float:
@@ -1440,17 +1892,18 @@ assert largest_gap(net, weights_only_run) > 1e-4
 # ### `weights_only=True`: safer, not safe
 #
 # A `.pt` file is a zip archive whose structure is a Python *pickle*, and unpickling can
-# be made to call any function, so `torch.load(..., weights_only=False)`, the only
-# behaviour before PyTorch 2.6, can run a hostile file's code on your machine.
-# `weights_only=True` (the default since PyTorch 2.6) uses a restricted unpickler that
-# accepts only tensors, primitive types, containers of them and a short list of other
-# allowed types (our checkpoint dictionary loads fine), plus classes you allow
-# explicitly with `torch.serialization.add_safe_globals`. It is safer loading, **not a
-# sandbox**: PyTorch 2.5.1 and earlier had a flaw that let a crafted file execute code
-# *even with* `weights_only=True` (CVE-2025-32434, fixed in 2.6.0), and a later one let
-# a crafted file corrupt memory through the same unpickler (CVE-2026-24747, fixed in
-# 2.10.0). So: load only files from sources you trust, keep PyTorch up to date, and for
-# weights you receive from others prefer a format that stores tensors only (such as
+# be made to call any function, so `torch.load(..., weights_only=False)` can run a
+# hostile file's code on your machine. That was the default before PyTorch 2.6 (the
+# option itself exists since PyTorch 1.13). `weights_only=True`, the default since 2.6,
+# uses a restricted unpickler that accepts only tensors, primitive types, containers of
+# them and a short list of other allowed types (our checkpoint dictionary loads fine),
+# plus classes you allow explicitly with `torch.serialization.add_safe_globals`
+# (PyTorch 2.4 and later). It is safer loading, **not a sandbox**: PyTorch 2.5.1 and
+# earlier had a flaw that let a crafted file execute code *even with*
+# `weights_only=True` (CVE-2025-32434, fixed in 2.6.0), and a later one let a crafted
+# file corrupt memory through the same unpickler (CVE-2026-24747, fixed in 2.10.0).
+# So: load only files from sources you trust, keep PyTorch up to date, and for weights
+# you receive from others prefer a format that stores tensors only (such as
 # `safetensors`).
 #
 # ```{admonition} Common pitfalls
@@ -1467,6 +1920,10 @@ assert largest_gap(net, weights_only_run) > 1e-4
 # - **Layers in a plain Python list**: their parameters are not registered; use
 #   `nn.ModuleList` or `nn.Sequential`.
 # - **`x.to(device)` without assigning the result**: tensors are not moved in place.
+# - **Updating weights by hand outside `torch.no_grad()`**: autograd refuses the
+#   in-place change to a leaf; inside `no_grad`, remember to reset `.grad` afterwards.
+# - **Runs compared with one shared shuffling generator**: each run then sees other
+#   batch orders; give each its own freshly seeded one.
 # - **Choosing on the test set**: epochs, learning rates and thresholds are chosen on a
 #   validation split; the test set is evaluated once, at the end.
 # - **Preprocessing with held-out statistics**: fit scaling on the training split only.
@@ -1474,21 +1931,43 @@ assert largest_gap(net, weights_only_run) > 1e-4
 #
 # ## Exercises
 #
-# **Exercise 1.** Use autograd to compute the derivative of `f(x) = x**2 * sin(x)` at 50
-# points in `[-3, 3]` in one `backward` call, and compare it with the derivative you
-# work out by hand.
+# **Exercise 1.** Write SGD with momentum by hand. `torch.optim.SGD(..., momentum=β)`
+# keeps one buffer per parameter, starting at zero, and on every step does
+# `buf ← β·buf + grad`, then `p ← p - lr·buf`. Implement that on raw tensors for the
+# regression of section 2.3 (`x_lin`, `y_lin`; 50 full-batch steps, lr 0.05,
+# β = 0.9), starting from the weights of a fresh `nn.Linear(3, 1)`, and train a copy
+# of that layer with `torch.optim.SGD(momentum=0.9)` beside it. Do both end with the
+# same weights?
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 1: sum() makes a scalar whose gradient w.r.t. each x_i is f'(x_i).
-xs = torch.linspace(-3, 3, 50, requires_grad=True)
-(xs**2 * torch.sin(xs)).sum().backward()
-x_plain = xs.detach()
-analytic = 2 * x_plain * torch.sin(x_plain) + x_plain**2 * torch.cos(x_plain)
-error = (xs.grad - analytic).abs().max().item()
-print(
-    f"autograd matches 2x sin(x) + x^2 cos(x) at all 50 points (max error {error:.1e})"
+# Solution 1
+torch.manual_seed(seed)
+reference = nn.Linear(3, 1).to(device)
+w = reference.weight.detach().clone().requires_grad_()  # (1, 3)
+b = reference.bias.detach().clone().requires_grad_()  # (1,)
+buffers = [torch.zeros_like(w), torch.zeros_like(b)]
+mse = nn.MSELoss()
+momentum_sgd = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9)
+for _ in range(50):
+    mse((x_lin @ w.T + b).squeeze(1), y_lin).backward()
+    with torch.no_grad():
+        for param, buffer in zip((w, b), buffers, strict=True):
+            buffer.mul_(0.9).add_(param.grad)  # buf <- 0.9 buf + grad
+            param -= 0.05 * buffer
+            param.grad = None
+    loss = mse(reference(x_lin).squeeze(1), y_lin)
+    momentum_sgd.zero_grad()
+    loss.backward()
+    momentum_sgd.step()
+momentum_gap = max(
+    (w - reference.weight).abs().max().item(),
+    (b - reference.bias).abs().max().item(),
 )
-assert error < 1e-5
+print(
+    "Yes: the hand-written momentum and torch.optim.SGD(momentum=0.9) end "
+    f"with the same weights (largest difference {momentum_gap:.1e})."
+)
+assert momentum_gap < 1e-5
 
 # %% [markdown]
 # **Exercise 2.** Check `helpers.training.train_one_epoch`'s gradient accumulation. Make
@@ -1502,7 +1981,7 @@ assert error < 1e-5
 first_32 = TensorDataset(x_train[:32], y_train[:32])
 
 
-def accumulation_gap(make_net) -> float:
+def accumulation_gap(make_net, loss_fn: nn.Module) -> float:
     torch.manual_seed(seed)
     one_batch = make_net().to(device)
     accumulated = copy.deepcopy(one_batch)
@@ -1510,16 +1989,17 @@ def accumulation_gap(make_net) -> float:
         optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
         loader = DataLoader(first_32, batch_size=micro_batch)  # unshuffled: same order
         train_one_epoch(
-            net, loader, criterion, optimizer, device, accumulation_steps=steps
+            net, loader, loss_fn, optimizer, device, accumulation_steps=steps
         )
     return largest_gap(one_batch, accumulated)
 
 
-plain_gap = accumulation_gap(lambda: MLP(30, 16, 1))
+plain_gap = accumulation_gap(lambda: MLP(30, 16, 1), criterion)
 batchnorm_gap = accumulation_gap(
     lambda: nn.Sequential(
         nn.Linear(30, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1)
-    )
+    ),
+    criterion,
 )
 print(
     f"MLP: both runs end with the same weights (largest difference {plain_gap:.1e}); "
@@ -1529,51 +2009,86 @@ assert plain_gap < 1e-6 and batchnorm_gap > 1e-4
 
 # %% [markdown]
 # **Exercise 3.** Is the hidden layer needed? Train logistic regression, a single
-# `nn.Linear(30, 1)`, with `helpers.training.fit` on the training loader, giving it the
-# **validation** loader as its held-out set and `select="loss"`. Try the same three
-# learning rates as the MLP for 60 epochs, keep the best, and compare its best
-# validation loss and the validation accuracy at that epoch with the MLP's. Is the
-# difference more than noise?
+# `nn.Linear(30, 1)`, with `helpers.training.fit`, giving it the **validation** loader
+# as its held-out set, `select="loss"` and a `checkpoint_path` (where `fit` saves the
+# best epoch's weights). Try the same three learning rates as the MLP for 60 epochs,
+# each with a freshly seeded training loader, and keep the best. Compare its
+# validation loss and accuracy with the MLP's. Is the difference more than noise? To
+# judge the loss, resample the validation tumours with replacement (a *bootstrap*)
+# and see how often the MLP still comes out ahead; then say what the bootstrap cannot
+# account for.
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 3
 mlp_val = evaluate(model, val_loader, criterion, device)
 best_logistic = None
-for candidate_lr in (1e-3, 3e-3, 1e-2):
-    torch.manual_seed(seed)
-    logistic = nn.Linear(30, 1).to(device)
-    optimizer = torch.optim.Adam(logistic.parameters(), lr=candidate_lr)
-    history = fit(
-        logistic,
-        train_loader,
-        val_loader,
-        criterion,
-        optimizer,
-        epochs,
-        device,
-        select="loss",
-        progress=False,
-    )
-    i = history.best_epoch - 1
-    if best_logistic is None or history.val_loss[i] < best_logistic[1]:
-        best_logistic = (candidate_lr, history.val_loss[i], history.val_accuracy[i])
-logistic_lr, logistic_loss, logistic_acc = best_logistic
+with tempfile.TemporaryDirectory() as folder:
+    for candidate_lr in (1e-3, 3e-3, 1e-2):
+        torch.manual_seed(seed)
+        logistic = nn.Linear(30, 1).to(device)
+        history = fit(
+            logistic,
+            make_train_loader(train_set, batch_size, seed),
+            val_loader,
+            criterion,
+            torch.optim.Adam(logistic.parameters(), lr=candidate_lr),
+            epochs,
+            device,
+            select="loss",
+            checkpoint_path=Path(folder) / "best.pt",
+            progress=False,
+        )
+        best_loss = history.val_loss[history.best_epoch - 1]
+        if best_logistic is None or best_loss < best_logistic[1]:
+            state = torch.load(
+                Path(folder) / "best.pt", map_location=device, weights_only=True
+            )
+            best_logistic = (candidate_lr, best_loss, state)
+logistic_lr, logistic_loss, logistic_state = best_logistic
+logistic.load_state_dict(logistic_state)
+logistic_val = evaluate(logistic, val_loader, criterion, device)
+assert abs(logistic_val.loss - logistic_loss) < 1e-6
+
+# per-tumour validation losses of both models, and a paired bootstrap of their mean
+per_tumour = nn.BCEWithLogitsLoss(reduction="none")
+x_val_d, y_val_d = x_val.to(device), y_val.to(device)
+with torch.no_grad():
+    difference = (
+        per_tumour(logistic(x_val_d).squeeze(1), y_val_d)
+        - per_tumour(model(x_val_d).squeeze(1), y_val_d)
+    ).cpu()  # (91,): positive where the MLP's loss is lower
+resample = torch.randint(
+    len(difference), (2000, len(difference)), generator=make_generator(seed)
+)
+mlp_ahead = (difference[resample].mean(dim=1) > 0).float().mean().item()
 n_params_logistic = sum(p.numel() for p in logistic.parameters())
-tumours_apart = round(abs(logistic_acc - mlp_val.accuracy) * len(y_val))
-print(
-    f"logistic regression ({n_params_logistic} parameters, lr {logistic_lr:g}): "
-    f"validation loss {logistic_loss:.4f}, accuracy {logistic_acc:.3f}"
+tumours_apart = round((mlp_val.accuracy - logistic_val.accuracy) * len(y_val))
+for name, size, rate, scores in (
+    ("logistic regression", n_params_logistic, logistic_lr, logistic_val),
+    ("MLP", n_params, lr, mlp_val),
+):
+    print(
+        f"{name:19} ({size:3} parameters, lr {rate:g}): validation loss "
+        f"{scores.loss:.4f}, accuracy {scores.accuracy:.3f}"
+    )
+lower = "MLP" if mlp_val.loss < logistic_val.loss else "logistic regression"
+more = "more" if tumours_apart > 0 else "fewer"
+accuracy_words = (
+    "the same number of validation tumours"
+    if tumours_apart == 0
+    else f"{abs(tumours_apart)} {more} of the {len(y_val)} validation tumours"
 )
 print(
-    f"MLP                 ({n_params} parameters, lr {lr:g}): "
-    f"validation loss {mlp_val.loss:.4f}, accuracy {mlp_val.accuracy:.3f}"
+    f"The {lower} reaches the lower validation loss; the MLP classifies",
+    f"{accuracy_words} correctly, too few to call either model the better",
+    f"classifier. In {mlp_ahead:.0%} of 2,000 bootstrap resamples of the",
+    "validation tumours the MLP's mean loss is the lower. That measures only",
+    f"the noise of these {len(y_val)} tumours: both losses are also minima",
+    "picked on them (180 candidates each), so both are optimistic, and a fair",
+    "verdict needs data that neither choice has seen.",
 )
-print(
-    "The MLP reaches the lower validation loss (its probabilities are sharper), but it "
-    f"classifies only {tumours_apart} more of {len(y_val)} validation tumours "
-    "correctly: too few to say that the hidden layer makes better decisions here."
-)
-assert mlp_val.loss < logistic_loss and tumours_apart <= 2
+# seeds 0-5: the two differ by 1, 0, 0, 0, 0, 0 validation tumours
+assert abs(tumours_apart) <= 3
 
 # %% [markdown]
 # **Exercise 4.** Write `make_mlp(sizes)`, which builds `Linear` layers of the given
@@ -1614,23 +2129,77 @@ print(
 assert counted == formula and same
 
 # %% [markdown]
+# **Exercise 5.** The batch size, 32, was not tuned. Train the MLP with
+# `train_and_validate` at the chosen learning rate with batches of 8 and of 128 as
+# well, and compare the best validation loss of each batch size, the epoch it came
+# at, and the number of optimizer updates up to that epoch. Does a smaller batch
+# reach its best in fewer epochs? In fewer updates?
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# Solution 5
+# batch size 32 at this learning rate is the run chosen in section 2.7
+sweep = {32: chosen}
+for size in (8, 128):
+    sweep[size] = train_and_validate(
+        lr, epochs, train_set, val_loader, criterion, batch_size=size
+    )
+updates_to_best = {}
+for size in sorted(sweep):
+    run = sweep[size]
+    updates_to_best[size] = run["best_epoch"] * math.ceil(len(train_set) / size)
+    print(
+        f"batch {size:3}: best validation loss {run['best_val']:.4f} at epoch "
+        f"{run['best_epoch']:2d}, after {updates_to_best[size]:4d} updates"
+    )
+sizes = sorted(sweep)  # 8, 32, 128
+best_epochs = [sweep[size]["best_epoch"] for size in sizes]
+updates = [updates_to_best[size] for size in sizes]
+# "fewer" means: never more for the smaller batch of each neighbouring pair
+fewer_epochs = all(a <= b for a, b in itertools.pairwise(best_epochs))
+fewer_updates = all(a <= b for a, b in itertools.pairwise(updates))
+more_updates = all(a > b for a, b in itertools.pairwise(updates))
+lowest = min(sizes, key=lambda size: sweep[size]["best_val"])
+epoch_answer = (
+    "Yes: smaller batches reached their best in no more epochs than larger ones"
+    if fewer_epochs
+    else "Not on this run: a smaller batch needed more epochs than a larger one"
+)
+update_answer = (
+    "smaller batches needed no more updates either"
+    if fewer_updates
+    else "smaller batches needed more updates, each a noisier step (section 2.6)"
+    if more_updates
+    else "the update counts are in no consistent order"
+)
+print(
+    f"{epoch_answer}; {update_answer}. "
+    f"The lowest validation loss came with batches of {lowest}."
+)
+
+# %% [markdown]
 # ## Summary
 #
 # - Autograd records operations on tensors with `requires_grad=True`; `backward()` on a
 #   scalar fills `.grad`, adding to what is there; in-place changes to values it saved
 #   are caught by a version counter.
-# - `nn.Linear` computes `x Wᵀ + b` with `W` stored `(out, in)`; without a
+# - `nn.Linear` computes `x Wᵀ + b` with `W` stored `(out, in)` and starts from
+#   random weights (equal ones would keep every hidden unit identical); without a
 #   non-linearity between them, stacked linear layers collapse into one. Layers are
 #   registered when assigned as module attributes, in `nn.Sequential` or in
 #   `nn.ModuleList`, never in a plain list.
 # - Classification losses take logits: `BCEWithLogitsLoss` (float targets shaped like
 #   the logits) and `CrossEntropyLoss` (`int64` class indices) are numerically stable
 #   where a separate sigmoid or softmax followed by a log is not.
-# - The loop is forward, loss, `zero_grad`, `backward`, `step`; evaluation is `eval()`
-#   and `no_grad()` or `inference_mode()`. Gradient accumulation equals a big batch
-#   for a mean loss, equal micro-batches and no batch-dependent layers.
-# - Learning rate, epoch and threshold are chosen on a validation split; the test set is
-#   used once. The selected MLP scored {glue:}`test_accuracy` test accuracy and caught
+# - The loop is forward, loss, `zero_grad`, `backward`, `step`; `optimizer.step()` is
+#   the update `p -= lr * p.grad` under `no_grad` that you wrote by hand (momentum and
+#   Adam add state to it). On a quadratic loss, full-batch SGD is stable only for
+#   `lr < 2/λ_max`. Evaluation is `eval()` and `no_grad()` or `inference_mode()`.
+#   Mini-batch gradients are noisy estimates of the full one (spread `∝ 1/√B`);
+#   accumulating them equals a big batch for a mean loss, equal micro-batches and no
+#   batch-dependent layers.
+# - Learning rate, epoch and threshold are chosen on a validation split, which makes
+#   the chosen model's validation score optimistic; the test set is used once. The
+#   selected MLP scored {glue:}`test_accuracy` test accuracy and caught
 #   {glue:}`test_recall` of the malignant tumours; for a screening test recall, not
 #   accuracy, is the number to watch.
 # - A resumable checkpoint holds the model's and the optimizer's `state_dict`, the
