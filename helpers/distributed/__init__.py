@@ -157,7 +157,9 @@ def setup_distributed(backend: str | None = None) -> DistributedContext:
         dist.init_process_group("gloo")
     else:
         torch.cuda.set_device(device)  # without this every process would use GPU 0
-        dist.init_process_group("nccl")  # NCCL itself starts at the first collective
+        # No device_id= here: it would start NCCL at once, before the check below;
+        # without it NCCL starts at the first collective on this process's GPU.
+        dist.init_process_group("nccl")
         here = (
             socket.gethostname(),
             str(torch.cuda.get_device_properties(device).uuid),

@@ -9,7 +9,8 @@ Each process stores only its shard (1/world_size) of every parameter, gradient a
 optimizer state. A layer's full parameters exist only while it runs: they are gathered
 with all_gather just before, and freed after. Gradients are combined with
 reduce_scatter, so each process receives the averaged gradient of its own shard only.
-Same data, same order, same steps as train_ddp.py: only the wrapper differs.
+Same data, same order, same steps as train_ddp.py; the model is created on the meta
+device and filled from rank 0's weights, so no other rank ever holds it whole.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
+    set_model_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
 
@@ -49,8 +51,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_set, _, _ = load_data(args.data, dtype)
     loader = make_loader(train_set, args.batch_size, args.seed)
 
-    torch.manual_seed(args.seed)
-    model = make_model().to(device, dtype)
+    # The model is built on the "meta" device: shapes, no memory. A model too big for
+    # one process never exists whole anywhere.
+    with torch.device("meta"):
+        model = make_model().to(dtype)
     # Name the device the shards live on. Without a mesh, fully_shard builds one on
     # the machine's accelerator whenever one exists, even when this job runs on the
     # CPU with gloo, and its gathers then fail.
@@ -61,6 +65,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             fully_shard(layer, mesh=mesh)
     # the root module takes whatever is left (nothing, here)
     fully_shard(model, mesh=mesh)
+    model.to_empty(device=device)  # memory for this rank's shards only, uninitialised
+    # The weights: rank 0 holds them whole (here built from the seed, as train_ddp.py
+    # does; usually read from a checkpoint) and sends each rank its shards.
+    full = {}
+    if rank == 0:
+        torch.manual_seed(args.seed)
+        full = make_model().to(dtype).state_dict()
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full, options=options)
     node = os.environ.get("GROUP_RANK", "?")
     rank_print(
         rank, f"node {node}, local rank {ctx.local_rank}, {ctx.backend} on {device}"
