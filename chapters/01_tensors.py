@@ -177,7 +177,8 @@ print(f"1/3 in float32: {third32.item():.17f}")
 # use TF32 (`torch.backends.cudnn.allow_tf32` is `True`); the hidden cell below prints
 # both. Since PyTorch 2.9 the documentation recommends a newer spelling of these
 # switches, `torch.backends.cuda.matmul.fp32_precision` and
-# `torch.backends.cudnn.conv.fp32_precision` (`"ieee"` or `"tf32"`). This book reads the
+# `torch.backends.cudnn.conv.fp32_precision` (`"ieee"`, `"tf32"`, or `"none"`, which
+# means "as the general `torch.backends.fp32_precision` says"). This book reads the
 # older one, which every release it supports has; some releases print a warning that
 # recommends the newer one when it is used. An NVIDIA GPU older than Ampere has no
 # TF32 units, so there float32 products stay float32 whatever the settings say.
@@ -210,6 +211,9 @@ print(torch.tensor(1000.1).half())  # float16's spacing near 1000 is 0.5
 #    category is higher than every dimensioned tensor's; a Python float then gives the
 #    default `float32`, a Python int `int64`. (Complex is the exception: a float tensor
 #    keeps its precision, so a `float64` tensor plus `1j` gives `complex128`.)
+# 3. Two sizes of one category give the smallest dtype that holds both, which can be
+#    neither operand's: `uint8 + int8` gives `int16`, `float16 + bfloat16` gives
+#    `float32` (`torch.promote_types` answers for any pair).
 #
 # `torch.result_type` applies the rule without computing anything.
 
@@ -941,7 +945,10 @@ assert speedup >= 10, speedup
 # Broadcasting did the work: `points[:, None, :]` and `centres[None, :, :]` insert size-1
 # dimensions (section 1.4) so that every point meets every centre. For this particular
 # computation PyTorch also has a ready-made function: `torch.cdist(points, centres)`
-# returns the distances themselves, not their squares.
+# returns the distances themselves, not their squares. It computes them differently
+# by default, though, once either set has more than 25 rows, and exercise 4 shows what
+# that can cost; `compute_mode="donot_use_mm_for_euclid_dist"` makes it subtract
+# first, as the cell above does.
 #
 # ```{admonition} Common pitfalls
 # :class: warning
@@ -1064,10 +1071,11 @@ assert torch.allclose(by_hand, torch.logsumexp(extreme, dim=1))
 # **Exercise 4.** Squared distances with one matrix product. Expanding the square gives
 # `|p - c|² = |p|² - 2 p·c + |c|²`. Write `distances_matmul(points, centres)` that
 # builds the `(P, C)` matrix of section 1.13 from the two vectors of squared row norms
-# and one `@`, with no `(P, C, 2)` intermediate (for large inputs `torch.cdist` can
-# compute this way). Measure the largest relative error of it and of
-# `distances_vectorised` against a `float64` reference, for section 1.13's points and
-# centres and for both shifted by 1,000 in each coordinate. What goes wrong after the
+# and one `@`, with no `(P, C, 2)` intermediate. Measure the largest relative error of
+# it, of `distances_vectorised` and of `torch.cdist(...) ** 2` (in its default mode and
+# with `compute_mode="donot_use_mm_for_euclid_dist"`) against a `float64` reference,
+# for section 1.13's points and centres and for both shifted by 1,000 in each
+# coordinate. What goes wrong after the
 # shift, and why? Repair it without giving up the matrix product.
 
 
@@ -1079,7 +1087,9 @@ assert torch.allclose(by_hand, torch.logsumexp(extreme, dim=1))
 # distances" even come out negative. The difference form subtracts the coordinates
 # first, which is exact enough, and squares small numbers. Subtracting a common point
 # (the mean of the points) from both sets changes no distance and brings the norms
-# back to the size of the distances.
+# back to the size of the distances. torch.cdist, in its default mode, expands the
+# square too for sets of more than 25 rows and is exactly as far off; with
+# compute_mode="donot_use_mm_for_euclid_dist" it subtracts first.
 def distances_matmul(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     point_norms = (points**2).sum(dim=1, keepdim=True)  # (P, 1)
     centre_norms = (centres**2).sum(dim=1)  # (C,)
@@ -1101,16 +1111,23 @@ for shift in (0.0, 1000.0):
         "matrix product, centred": worst_relative_error(
             distances_matmul(p - mean, c - mean), reference
         ),
+        "cdist, default mode": worst_relative_error(torch.cdist(p, c) ** 2, reference),
+        "cdist, no matmul": worst_relative_error(
+            torch.cdist(p, c, compute_mode="donot_use_mm_for_euclid_dist") ** 2,
+            reference,
+        ),
     }
     negatives = (distances_matmul(p, c) < 0).sum().item()
     print(f"shift {shift:6.0f}: negative squared distances: {negatives}")
     for name, error in errors[shift].items():
         print(f"    {name:24}: largest relative error {error:.1e}")
 # seeds 0-2: shifted product 73-110 (relative); difference form <= 1.2e-7;
-# centred product 5.6e-5 to 1.1e-3 (the closest pair sets it)
+# centred product 5.6e-5 to 1.1e-3 (the closest pair sets it; seeds 3-9 reach
+# 5.8e-3), so the bound is 3e-2, still a thousand times below the uncentred error
 assert errors[1000.0]["matrix product"] > 1.0
-assert errors[1000.0]["difference form"] < 1e-5
-assert errors[1000.0]["matrix product, centred"] < 1e-2
+assert errors[1000.0]["cdist, default mode"] > 1.0  # cdist expands the square too
+assert max(errors[1000.0]["difference form"], errors[1000.0]["cdist, no matmul"]) < 1e-5
+assert errors[1000.0]["matrix product, centred"] < 3e-2
 
 # %% [markdown]
 # **Exercise 5.** Change the dtype of the distance computation in section 1.13: run
