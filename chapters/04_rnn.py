@@ -20,10 +20,12 @@
 # from each step to the next: a fixed-size summary of everything it has read so far. By
 # the end of this chapter you will know what `nn.RNN`, `nn.LSTM` and `nn.GRU` take and
 # return (and check one step of each kind by hand), cut a time series into training
-# windows correctly, forecast a signal one step and many steps ahead, beat the naive
-# forecast of real yearly sunspot counts, see *why* gated cells (LSTM, GRU)
-# remember over long distances where a plain RNN does not, and classify words by
-# language from their characters with variable-length, packed batches.
+# windows correctly, forecast a signal one step and many steps ahead and judge the
+# result against simple baselines, carry a state across the chunks of a long stream
+# (truncated backpropagation through time), beat the naive forecast of real yearly
+# sunspot counts, see *why* gated cells (LSTM, GRU) remember over long distances where
+# a plain RNN does not, and classify words by language from their characters with
+# variable-length, packed batches.
 #
 # **Prerequisites:** chapter 1 (tensors) and chapter 2 (modules, losses, the training
 # loop, `helpers.training`).
@@ -44,7 +46,9 @@ if "google.colab" in sys.modules:
 import copy
 import math
 import tempfile
+import textwrap
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -64,61 +68,33 @@ from helpers.runtime import (
 from helpers.sequences import (
     CharVocab,
     adding_problem,
-    collate_packed,
     load_cldr_names,
     make_windows,
     naive_forecast,
 )
-from helpers.timing import best_time
 from helpers.training import evaluate, fit, predict
 from statsmodels.datasets import sunspots
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pad_sequence
+from torch.nn.utils.rnn import (
+    pack_padded_sequence,
+    pad_packed_sequence,
+    pad_sequence,
+)
 from torch.utils.data import DataLoader, TensorDataset
 
+# small recurrent layers: one CPU thread, set before any tensor work
+torch.set_num_threads(1)
 seed = seed_everything(0)
 device = get_device()
 print(describe_runtime(device, seed))
 checkpoint_dir = Path(tempfile.mkdtemp())
 
 # %% [markdown]
-# ## Before we start: one CPU thread for small recurrent layers
-#
-# A recurrent layer runs its time steps one after another, and the layers in this
-# chapter are small, so each step is only a few tiny matrix products. Here is one
-# training step (forward and backward) of a small LSTM (section 4.2 shows what it
-# computes) on 64 sequences of 40 steps, timed with torch's default number of CPU
-# threads and with one:
-
-# %%
-probe = nn.LSTM(2, 32, batch_first=True)
-probe_x = torch.randn(64, 40, 2)
-
-
-def probe_step() -> None:
-    probe.zero_grad()
-    probe(probe_x)[0][:, -1].sum().backward()
-
-
-default_threads = torch.get_num_threads()
-thread_ms = {}
-for threads in sorted({default_threads, 1}, reverse=True):
-    torch.set_num_threads(threads)
-    thread_ms[threads] = 1000 * best_time(probe_step, repeat=3)
-    print(f"{threads} thread(s): {thread_ms[threads]:.1f} ms per step")
-# the loop ends with one thread set: the rest of the chapter runs with it
-record("default_threads", default_threads)
-record("step_ms_default_threads", thread_ms[default_threads], fmt="{:.1f}")
-record("step_ms_one_thread", thread_ms[1], fmt="{:.1f}")
-
-# %% [markdown]
-# On the machine that built this page a step took {glue:}`step_ms_default_threads` ms
-# with {glue:}`default_threads` threads (torch's default there) and
-# {glue:}`step_ms_one_thread` ms with one. Splitting such small pieces of work among
-# threads saves little, and when other programs keep the cores busy, threads that wait
-# for each other at every step can make it many times slower. The cell above leaves
-# one thread set, and the rest of the chapter runs with it. (With a GPU the networks run
-# there, and the setting only affects the little work left on the CPU.)
+# The setup cell gives torch one CPU thread. A recurrent layer runs its time steps one
+# after another, and the layers in this chapter are small, so each step is a few tiny
+# matrix products with little work to share among threads; chapter 8 measures when more
+# threads pay and why, on a busy machine, they can even lose. (With a GPU the networks
+# run there, and the setting only affects the little work left on the CPU.)
 #
 # ## 4.1 What a recurrent layer takes and returns
 #
@@ -137,8 +113,8 @@ record("step_ms_one_thread", thread_ms[1], fmt="{:.1f}")
 # - `num_layers`: stacked layers; layer 2 reads layer 1's $h_t$ sequence as its input.
 # - `batch_first`: `True` means tensors are `(batch, time, features)`; the default
 #   `False` means `(time, batch, features)`.
-# - `bidirectional`: a second layer reads the sequence backwards; outputs of the two
-#   directions are concatenated.
+# - `bidirectional`: each layer gets a second direction, with its own weights, that
+#   reads the sequence backwards; the outputs of the two directions are concatenated.
 # - `dropout`: applied to each layer's outputs *except the last layer's*, so it does
 #   nothing with `num_layers=1` (PyTorch warns).
 #
@@ -213,7 +189,8 @@ assert lstm_error is not None
 # when the layer is swapped for an `nn.LSTM`, whose initial state is the pair `(h_0,
 # c_0)`: read the error printed above and ask whether it points to the missing `c_0`.
 # Pass an initial state only when it carries something, such as the state at the end of
-# the previous chunk of a long stream.
+# the previous chunk of a long stream; section 4.4 does that, with the one line training
+# then needs.
 #
 # ## 4.2 One step by hand: RNN and LSTM
 #
@@ -307,11 +284,11 @@ assert torch.allclose(c_new, c_torch, atol=1e-6)
 # (window, target) pair, and both parts must end up as tensors: inputs `(N, L, 1)`
 # (batch, time, one feature) and targets `(N,)`.
 #
-# A function that circulates in tutorials, `create_inout_sequences`, collects
-# `(window, target)` tuples in a list and calls `np.array` on it. The window has `L`
-# values and the target 1, so the array would be ragged: NumPy 1.24 and later refuse,
-# and older versions built a ragged array of Python objects, which `torch.tensor` cannot
-# convert either. Its mistake is easy to reproduce:
+# A pattern seen in tutorials collects `(window, target)` tuples in a Python list and
+# converts the list with `np.array`. The window has `L` values and the target 1, so the
+# array would be ragged: NumPy 1.24 and later refuse, and older versions built a ragged
+# array of Python objects, which `torch.tensor` cannot convert either. The mistake is
+# easy to reproduce:
 
 # %%
 toy = np.sin(np.linspace(0, 10, 50))
@@ -347,9 +324,9 @@ assert inputs.shape == (5, 3) and targets[:, 0].tolist() == [3.0, 4.0, 5.0, 6.0,
 #
 # ## 4.4 A sine-wave forecaster: one step and many steps ahead
 #
-# The signal is a sum of two sine waves with periods of 40 and 17.3 samples. Because the
-# two periods have no small common multiple, the pattern does not repeat within the
-# 1,000 samples, so the windows at the end are not copies of windows at the start. The
+# The signal is a sum of two sine waves with periods of 40 and 17.3 samples: a toy whose
+# truth is known exactly, good for seeing how one-step and many-step forecasts work.
+# Whether it is also a good test of a forecaster, this section measures as well. The
 # first 600 samples train, the next 200 validate and the last 200 test, **in time
 # order**: shuffling windows before splitting would let the model train on windows that
 # overlap the test period.
@@ -372,14 +349,16 @@ wave_sets = [
 print("train, val, test windows:", [len(d) for d in wave_sets])
 
 fig, ax = plt.subplots(figsize=(10, 2.8))
-for (start, end), label in zip(
-    [(0, n_train), (n_train, n_train + n_val), (n_train + n_val, 1000)],
-    ["train", "validation", "test"],
-    strict=True,
-):
-    ax.plot(t[start:end], wave[start:end], label=label)
-ax.set(title="Sum of two sine waves, split in time", xlabel="step", ylabel="value")
-ax.legend(loc="upper right")
+ax.plot(t, wave, color="black", lw=1)
+ax.axvspan(n_train, n_train + n_val, alpha=0.15, label="validation")
+ax.axvspan(n_train + n_val, len(wave), alpha=0.3, label="test")
+ax.set(
+    title="Sum of two sine waves, split in time (training part unshaded)",
+    xlabel="step",
+    ylabel="value",
+)
+# the legend sits outside the axes, where it hides no part of the curve
+ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
 plt.show()
 
 # %% [markdown]
@@ -407,6 +386,11 @@ class Forecaster(nn.Module):
 # `metric=None`: for regression the mean squared error *is* the measure, and the best
 # epoch is the one with the lowest validation loss, whose weights `checkpoint_path`
 # keeps. Section 4.6 writes a loop out by hand where one is needed.
+#
+# The settings are round numbers that train in seconds, not tuned ones: a hidden size
+# of 32, Adam at a learning rate of 0.01, batches of 64 and 30 epochs here; a window of
+# 40 steps, one period of the slower wave. Exercise 3 shows how such a choice (there,
+# the window length) is made on validation data.
 
 
 # %%
@@ -438,67 +422,185 @@ wave_model = Forecaster().to(device)
 wave_history = train_forecaster(
     wave_model, wave_sets, epochs=30, batch_size=64, name="wave"
 )
-print(
-    f"best epoch {wave_history.best_epoch}, validation MSE {min(wave_history.val_loss):.2e}"
-)
+wave_val_rmse = math.sqrt(min(wave_history.val_loss))
+print(f"best epoch {wave_history.best_epoch}, val RMSE {wave_val_rmse:.4f}")
 fig = plot_losses(
     {"train": wave_history.train_loss, "validation": wave_history.val_loss},
     title="LSTM on the sine waves (MSE)",
     log_y=True,
 )
+ax = fig.axes[0]
+ax.axvline(wave_history.best_epoch, color="grey", ls=":", label="epoch kept")
+ax.legend()
 plt.show()
 
 # %% [markdown]
-# **One step ahead**, every test window contains true values only. **Many steps ahead**
-# there are no true values after the start: the model's prediction is appended to the
-# window, the oldest value dropped, and the model asked again. This is called an
-# *autoregressive* forecast, and each step's error becomes part of the next step's
+# **One step ahead**, every test window contains true values only:
+
+# %%
+wave_model.eval()
+with torch.no_grad():
+    one_step = wave_model(wave_sets[2].tensors[0].to(device)).cpu()
+wave_one_step_rmse = (one_step - y_te[:, 0]).pow(2).mean().sqrt().item()
+print(f"LSTM, one step ahead: test RMSE {wave_one_step_rmse:.4f}")
+
+# %% [markdown]
+# Is that good? Two baselines that learn nothing, or almost nothing, answer. A
+# **nearest-neighbour lookup** finds, for each test window, the training window closest
+# to it (Euclidean distance, `torch.cdist`) and forecasts the value that followed that
+# window. A **linear autoregression** forecasts the next value as a weighted sum of the
+# window's values plus a constant, with the weights fitted to the training windows by
+# least squares (`torch.linalg.lstsq`). (*Autoregressive* means predicting a series from
+# its own past, which every model in this section does; the name *autoregression*
+# usually means this linear model.)
+
+# %%
+# distances between every test and every training window: (200, 560)
+nearest = torch.cdist(x_te, x_tr).argmin(dim=1)  # (200,): closest train window
+lookup = y_tr[nearest, 0]  # what followed it
+lookup_rmse = (lookup - y_te[:, 0]).pow(2).mean().sqrt().item()
+# test window i starts at step n_train + n_val - L_wave + i, training window j at j
+lags = n_train + n_val - L_wave + torch.arange(len(x_te)) - nearest
+lag = lags.mode().values.item()  # the most common distance back in time
+near_repeat = (wave[lag:] - wave[:-lag]).abs().max().item()
+
+
+def with_constant(windows: torch.Tensor) -> torch.Tensor:
+    """(N, L) windows -> (N, L + 1) in float64: the L values and a column of ones.
+
+    Float64, because the sine's windows are nearly collinear (see below), and on
+    such a problem float32 least-squares solvers differ from one torch to another.
+    """
+    ones = torch.ones(len(windows), 1, dtype=torch.float64)
+    return torch.cat([windows.double(), ones], dim=1)
+
+
+# least squares: (L + 1, 1) weights, the last one the constant
+linear_weights = torch.linalg.lstsq(with_constant(x_tr), y_tr.double()).solution
+linear_one_step = (with_constant(x_te) @ linear_weights)[:, 0].float()
+linear_rmse = (linear_one_step - y_te[:, 0]).pow(2).mean().sqrt().item()
+if lags.min() == lags.max():
+    lag_text = f"each test window's closest training window is {lag} steps back"
+else:
+    low, high = lags.min().item(), lags.max().item()
+    lag_text = f"the closest training windows are {low} to {high} steps back"
+print(f"nearest-neighbour lookup: test RMSE {lookup_rmse:.4f}")
+print(f"  {lag_text}")
+print(f"  shifted by {lag} steps, the series moves {near_repeat:.3f} at most")
+print(f"linear autoregression:    test RMSE {linear_rmse:.1e}")
+record("wave_lag_text", lag_text)
+record("wave_near_repeat", near_repeat, fmt="{:.3f}")
+record("wave_lookup_rmse", lookup_rmse, fmt="{:.4f}")
+record("wave_linear_rmse", linear_rmse, fmt="{:.0e}")
+# float32 rounding of the signal (6e-6 with torch 2.4 and 2.15) against the LSTM's
+# 0.0075 to 0.0081 (seeds 0-2)
+assert linear_rmse < 0.01 * wave_one_step_rmse, linear_rmse
+factor = lookup_rmse / wave_one_step_rmse
+if factor >= 10:
+    lookup_text = f"the LSTM's error is {factor:.0f} times smaller"
+elif factor > 1:
+    lookup_text = f"the LSTM's error is only {factor:.1f} times smaller"
+else:
+    lookup_text = "the lookup is as good as the LSTM or better"
+record("wave_lookup_text", lookup_text)
+# the signal is fixed and so is this lag: its nearest window is 0.08 away, the
+# next-best lag's 0.68
+assert lag == 640, lags.unique()
+record("wave_one_step_rmse", wave_one_step_rmse, fmt="{:.4f}")
+
+# %% [markdown]
+# The lookup forecasts the test part with an RMSE of {glue:}`wave_lookup_rmse`, against
+# {glue:}`wave_one_step_rmse` for the LSTM: {glue:}`wave_lookup_text`. It does so well
+# because the signal nearly repeats itself: 16 periods of 40 samples make 640 samples,
+# almost exactly 37 periods of 17.3 (640.1), and {glue:}`wave_lag_text`, where the
+# series differs from itself by at most {glue:}`wave_near_repeat`. The test part is
+# close to a replay of the training part. The linear model does better still, with an
+# RMSE of {glue:}`wave_linear_rmse`: a single sine wave obeys the exact linear rule
+# $x_t = 2\cos(\omega)\, x_{t-1} - x_{t-2}$ (with $\omega = 2\pi/\text{period}$), a sum
+# of two obeys one over four past values, and least squares recovers it. (Every window
+# therefore lies in a space of four dimensions, which makes the fit ill-conditioned:
+# `with_constant` hands it over in float64.) What remains is the float32 rounding of
+# the signal itself. So on this signal the LSTM's low error shows that training worked,
+# not that an LSTM is the tool for the job. The sunspots of section 4.5 are the real
+# test, against the same kinds of baselines. The sine still serves for what comes next.
+#
+# **Many steps ahead** there are no true values after the start: the model's forecast
+# is appended to the window, the oldest value dropped, and the model asked again. This
+# is a **recursive** forecast, and each step's error becomes part of the next step's
 # input.
 
 
 # %%
 @torch.no_grad()
-def rollout(model: nn.Module, window: torch.Tensor, steps: int) -> torch.Tensor:
-    """Forecast `steps` values after each row of `window` (B, L), feeding predictions back."""
-    model.eval()
-    window = window.unsqueeze(-1).to(device)  # (B, L, 1)
+def rollout(
+    predict_next: Callable[[torch.Tensor], torch.Tensor],
+    window: torch.Tensor,
+    steps: int,
+) -> torch.Tensor:
+    """Forecast `steps` values after each row of `window` (B, L), feeding back.
+
+    `predict_next` maps windows (B, L, 1) to next values (B,): a model in eval
+    mode, or any function.
+    """
+    window = window.unsqueeze(-1)  # (B, L, 1)
     predictions = []
     for _ in range(steps):
-        next_value = model(window)  # (B,)
+        next_value = predict_next(window)  # (B,)
         predictions.append(next_value)
-        # drop the oldest step, append the prediction: (B, L, 1) again
+        # drop the oldest step, append the forecast: (B, L, 1) again
         window = torch.cat([window[:, 1:], next_value[:, None, None]], dim=1)
-    return torch.stack(predictions, dim=1).cpu()  # (B, steps)
+    return torch.stack(predictions, dim=1)  # (B, steps)
 
 
-wave_model.eval()
-with torch.no_grad():
-    one_step = wave_model(wave_sets[2].tensors[0].to(device)).cpu()
-wave_one_step_rmse = (one_step - y_te[:, 0]).pow(2).mean().sqrt().item()
+def linear_next(window: torch.Tensor) -> torch.Tensor:
+    """The linear autoregression's forecast for windows (B, L, 1): (B,)."""
+    return (with_constant(window[..., 0]) @ linear_weights)[:, 0].float()
+
 
 horizon = 100
 test_start = n_train + n_val
 starts = torch.arange(test_start, len(wave) - horizon + 1, 5)  # forecast origins
 windows = torch.stack([wave[s - L_wave : s] for s in starts])  # (S, L)
 truth = torch.stack([wave[s : s + horizon] for s in starts])  # (S, horizon)
-multi = rollout(wave_model, windows, horizon)
+wave_model.eval()
+multi = rollout(wave_model, windows.to(device), horizon).cpu()
 rmse_by_step = (multi - truth).pow(2).mean(dim=0).sqrt()  # (horizon,) over origins
-print(f"one-step test RMSE {wave_one_step_rmse:.4f}")
+linear_multi = rollout(linear_next, windows, horizon)
+linear_by_step = (linear_multi - truth).pow(2).mean(dim=0).sqrt()
 for k in (1, 10, 50, 100):
-    print(f"autoregressive RMSE {k:3} steps ahead: {rmse_by_step[k - 1]:.4f}")
+    print(f"recursive RMSE {k:3} steps ahead: LSTM {rmse_by_step[k - 1]:.4f}")
+print(f"linear autoregression, recursive: at most {linear_by_step.max():.1e}")
 # a floor any forecast should beat: always forecasting 0, the signal's mean
 mean_rmse = truth.pow(2).mean().sqrt().item()
 worse = (rmse_by_step > mean_rmse).nonzero()  # steps ahead (0-based) past that floor
-worse_from = worse[0].item() + 1 if len(worse) else None
-print(f"forecasting 0 every time: RMSE {mean_rmse:.4f}; first worse {worse_from} ahead")
-record("wave_one_step_rmse", wave_one_step_rmse, fmt="{:.4f}")
+print(f"forecasting 0 every time: RMSE {mean_rmse:.4f}")
+if len(worse):
+    worse_text = (
+        f"at {worse[0].item() + 1} steps ahead it first becomes worse than"
+        f" always forecasting 0 (RMSE {mean_rmse:.2f})"
+    )
+else:
+    worse_text = (
+        f"it stays better than always forecasting 0 (RMSE {mean_rmse:.2f})"
+        f" for all {horizon} steps"
+    )
+print(worse_text)
+# does the first recursive forecast swing further than the signal ever does?
+overshoot = multi[0].abs().max().item() > wave.abs().max().item()
+swing_text = (
+    "swings further than the signal ever does"
+    if overshoot
+    else "stays within the signal's range but out of step with it"
+)
 rmse_50 = rmse_by_step[49].item()  # 50 steps ahead
 record("wave_rmse_50", rmse_50, fmt="{:.3f}")
 record("wave_rmse_ratio", rmse_50 / wave_one_step_rmse, fmt="{:.0f}")
-record("wave_mean_rmse", mean_rmse, fmt="{:.2f}")
-record("wave_worse_from", worse_from)
+record("wave_worse_text", worse_text)
+record("wave_swing_text", swing_text)
+record("wave_linear_max", linear_by_step.max().item(), fmt="{:.0e}")
+record("wave_linear_factor", wave_one_step_rmse / linear_rmse, fmt="{:,.0f}")
+# Seeds 0, 1, 2 (CPU): 114x, 124x, 192x the one-step error, against 10x
 assert rmse_50 > 10 * wave_one_step_rmse, (rmse_50, wave_one_step_rmse)
-assert worse_from is not None and worse_from <= horizon, rmse_by_step
 
 # %%
 fig, (ax_series, ax_error) = plt.subplots(1, 2, figsize=(12, 3.6))
@@ -510,19 +612,21 @@ ax_series.plot(
     t[test_start : test_start + horizon],
     multi[0],
     "--",
-    label="autoregressive from step 800",
+    label="recursive from step 800",
 )
 ax_series.set(title="LSTM forecasts on the test part", xlabel="step", ylabel="value")
 # room above the curves for a one-row legend
 ax_series.set_ylim(-3, 4.5)
 ax_series.legend(fontsize=8, loc="upper left", ncols=3)
-ax_error.plot(range(1, horizon + 1), rmse_by_step, label="autoregressive")
-ax_error.axhline(wave_one_step_rmse, color="grey", ls=":", label="one step ahead")
+steps_ahead = range(1, horizon + 1)
+ax_error.plot(steps_ahead, rmse_by_step, label="LSTM, recursive")
+ax_error.plot(steps_ahead, linear_by_step, "-.", label="linear, recursive")
+ax_error.axhline(wave_one_step_rmse, c="grey", ls=":", label="LSTM, one step")
 ax_error.axhline(mean_rmse, color="black", ls="--", lw=1, label="always 0 (the mean)")
 ax_error.set(
     title=f"Error vs steps ahead (mean over {len(starts)} origins)",
     xlabel="steps ahead",
-    ylabel="RMSE",
+    ylabel="RMSE (log scale)",
     yscale="log",
 )
 ax_error.legend(fontsize=8)
@@ -530,18 +634,180 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# One step ahead, the forecast is hard to tell from the truth (test RMSE
-# {glue:}`wave_one_step_rmse`). Fed its own predictions, the same model goes astray: in
-# the left panel the autoregressive forecast starts on the truth, drifts away from it
-# and swings further than the signal ever does. The right panel shows the
+# One step ahead, the LSTM's forecast is hard to tell from the truth in the left panel.
+# Fed its own forecasts, the same model goes astray: the recursive forecast starts on
+# the truth, drifts away from it and {glue:}`wave_swing_text`. The right panel shows the
 # error growing with the horizon, averaged over all forecast origins: 50 steps ahead the
 # RMSE is {glue:}`wave_rmse_50`, about {glue:}`wave_rmse_ratio` times the one-step
-# error, and at {glue:}`wave_worse_from` steps ahead it first becomes worse than always
-# forecasting 0 (RMSE {glue:}`wave_mean_rmse`). Nothing about the model changed. Each
-# prediction's small error becomes part of the next window, which then differs from
-# every window seen in training, and the errors compound. (Training on windows that
-# contain the model's own predictions, or on noisy windows, is the usual remedy; this
-# chapter only shows the problem.)
+# error, and {glue:}`wave_worse_text`. Nothing about the model changed. Each forecast's
+# small error becomes part of the next window, which then differs from every window
+# seen in training, and the errors compound. The linear model, run the same recursive
+# way, stays within {glue:}`wave_linear_max` of the truth for all 100 steps: its
+# one-step error is {glue:}`wave_linear_factor` times smaller than the LSTM's, and its
+# rule holds for any window, not only for windows like the training ones.
+#
+# The LSTM was trained on true windows only and is then fed its own forecasts, inputs
+# unlike any it saw in training. This mismatch is called **exposure bias**. Remedies
+# train on inputs that contain the model's own forecasts, or noisy ones, or avoid the
+# feedback altogether by forecasting all the steps at once (a *direct* forecast, which
+# exercise 2 builds); this chapter measures only the last.
+#
+# ### Long streams: carry the state, cut the graph
+#
+# The forecaster above starts every 40-step window from a zero state, so it can never
+# use anything older than its window. For a long stream (sensor readings, a text) a
+# common alternative is one model that reads the stream in order and carries its state
+# from each chunk of steps to the next, as section 4.1 suggested. Such a model usually
+# also forecasts the next value at *every* step, so that every step of a chunk
+# contributes to the loss, not only the last. During training each step's input is the
+# true value, never the model's own forecast: this is called **teacher forcing**, and
+# it is the set-up that leads to the exposure bias above.
+#
+# Carrying the state needs one more line in the training loop. The state that leaves a
+# chunk is the end of that chunk's autograd graph, and `backward()` frees a graph once
+# it has used it. At the next chunk, whose graph starts from that state, `backward()`
+# would have to go back through the freed graph, and PyTorch raises an error. Two
+# chunks are enough to see it. The training part becomes 4 streams of 150 steps side by
+# side, cut into chunks of 25 steps (untuned, like the model's size and learning rate,
+# which are the forecaster's):
+
+
+# %%
+class StreamForecaster(nn.Module):
+    """An LSTM forecasting the next value at every step: (B, T, 1) -> (B, T)."""
+
+    def __init__(self, hidden_size: int = 32) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(1, hidden_size, batch_first=True)
+        self.head = nn.Linear(hidden_size, 1)
+
+    def forward(
+        self, x: torch.Tensor, state: tuple | None = None
+    ) -> tuple[torch.Tensor, tuple]:
+        output, state = self.rnn(x, state)  # (B, T, hidden); state = (h_n, c_n)
+        # a forecast per step: (B, T)
+        return self.head(output).squeeze(-1), state
+
+
+def stream_pass(
+    model: StreamForecaster,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk: int,
+    detach: bool = True,
+) -> torch.Tensor:
+    """One pass over streams x (B, T, 1), targets y (B, T), chunk by chunk.
+
+    The state is carried from chunk to chunk (truncated BPTT when `detach`).
+    Returns the mean loss over the chunks, as a tensor.
+    """
+    model.train()
+    state, losses = None, []
+    for start in range(0, x.shape[1], chunk):
+        forecast, state = model(x[:, start : start + chunk], state)
+        if detach:
+            # keep the values, drop the graph that produced them
+            state = tuple(s.detach() for s in state)
+        loss = F.mse_loss(forecast, y[:, start : start + chunk])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    return torch.stack(losses).mean()
+
+
+streams = wave[:n_train].reshape(4, -1).to(device)  # (4, 150): 4 streams
+stream_x = streams[:, :-1, None]  # (4, 149, 1): the value at each step
+stream_y = streams[:, 1:]  # (4, 149): the value one step later
+chunk = 25
+
+torch.manual_seed(seed)
+stream_model = StreamForecaster().to(device)
+stream_optimizer = torch.optim.Adam(stream_model.parameters(), lr=0.01)
+carry_error = None
+two_x, two_y = stream_x[:, : 2 * chunk], stream_y[:, : 2 * chunk]
+try:  # two chunks, the state carried but not detached
+    stream_pass(
+        stream_model,
+        stream_optimizer,
+        two_x,
+        two_y,
+        chunk,
+        detach=False,
+    )
+except RuntimeError as error:
+    carry_error = error
+print(f"without detach: RuntimeError: {str(carry_error)[:105]} ...")
+assert carry_error is not None
+
+# %% [markdown]
+# `tensor.detach()` returns the same values cut off from the graph that produced them.
+# Detaching the carried state at every chunk boundary, as `stream_pass` does by
+# default, is **truncated backpropagation through time** (truncated BPTT): the state
+# carries information along the whole stream, while gradients flow back at most one
+# chunk, 25 steps here. (`backward(retain_graph=True)` is no fix: the next backward
+# pass would then reach back into the previous chunk's graph, built with weights that
+# `optimizer.step()` has since changed in place, and autograd refuses with a different
+# error, "modified by an inplace operation"; without that step in between, every pass
+# would run back to the start of the stream.) Training for 60 passes over the streams
+# (untuned too), then reading the whole series once from a zero state, which gives a
+# one-step forecast at every step:
+
+# %%
+torch.manual_seed(seed)
+stream_model = StreamForecaster().to(device)
+stream_optimizer = torch.optim.Adam(stream_model.parameters(), lr=0.01)
+stream_losses = [
+    stream_pass(stream_model, stream_optimizer, stream_x, stream_y, chunk)
+    for _ in range(60)
+]
+stream_losses = torch.stack(stream_losses).tolist()  # one transfer, at the end
+stream_model.eval()
+with torch.no_grad():
+    # forecasts of wave[1:], each from the true values up to the step before
+    stream_forecast, _ = stream_model(wave[None, :-1, None].to(device))
+stream_forecast = stream_forecast[0].cpu()  # (999,)
+# the validation part: steps 600..799, forecast at positions 599..798
+val_truth = wave[n_train : n_train + n_val]
+stream_val = stream_forecast[n_train - 1 : n_train + n_val - 1]
+stream_val_rmse = (stream_val - val_truth).pow(2).mean().sqrt().item()
+# the naive forecast: the next value equals the current one
+naive_val = wave[n_train - 1 : n_train + n_val - 1]
+naive_val_rmse = (naive_val - val_truth).pow(2).mean().sqrt().item()
+print("one step ahead, validation RMSE:")
+print(f"  stream model {stream_val_rmse:.4f}, naive {naive_val_rmse:.4f}")
+print(f"  window forecaster (its best epoch) {wave_val_rmse:.4f}")
+fig = plot_losses(
+    {"train": stream_losses},
+    title="Stream model, truncated BPTT (mean MSE per pass)",
+    xlabel="pass over the streams",
+    log_y=True,
+)
+plt.show()
+record("stream_val_rmse", stream_val_rmse, fmt="{:.4f}")
+record("stream_naive_rmse", naive_val_rmse, fmt="{:.3f}")
+record("wave_val_rmse", wave_val_rmse, fmt="{:.4f}")
+if stream_val_rmse < wave_val_rmse:
+    stream_vs_window = "the stream model did better"
+else:
+    stream_vs_window = "the stream model did worse"
+record("stream_vs_window", stream_vs_window)
+# Seeds 0, 1, 2 (CPU): 0.08, 0.13, 0.04 of the naive forecast's RMSE, against 0.25
+assert stream_val_rmse < 0.25 * naive_val_rmse, stream_val_rmse
+
+# %% [markdown]
+# With truncated BPTT the stream model learned to forecast: one step ahead on the
+# validation part its RMSE is {glue:}`stream_val_rmse`, against
+# {glue:}`stream_naive_rmse` for the naive forecast (the next value equals this one).
+# The window forecaster, whose epoch was chosen on this same validation part, reached
+# {glue:}`wave_val_rmse`: {glue:}`stream_vs_window`, and neither was tuned. Truncation
+# limits how far back the gradient can assign credit, not how far the state can carry
+# information: a pattern that spans more than one chunk can only be learned through
+# what the state happens to carry already.
+# PyTorch's
+# [word-level language-model example](https://github.com/pytorch/examples/tree/main/word_language_model)
+# trains the same way: its `repackage_hidden` detaches the state before every chunk.
 #
 # ## 4.5 A real series: 309 years of sunspots
 #
@@ -599,46 +865,81 @@ sun_history = train_forecaster(
 )
 print(f"best epoch {sun_history.best_epoch} of 60 (lowest validation MSE)")
 record("sun_best_epoch", sun_history.best_epoch)
+# how flat is the validation curve? epochs from the 10th on within 25 % of the best
+sun_val = torch.tensor(sun_history.val_loss)
+near_best = (sun_val[9:] < 1.25 * sun_val.min()).float().mean().item()
+record("sun_near_best", near_best, fmt="{:.0%}")
 fig = plot_losses(
     {"train": sun_history.train_loss, "validation": sun_history.val_loss},
     title="LSTM on sunspots (MSE, standardised units)",
 )
-plt.gca().axvline(sun_history.best_epoch, color="grey", ls=":")
+ax = fig.axes[0]
+ax.axvline(sun_history.best_epoch, color="grey", ls=":", label="epoch kept")
+ax.legend()
 plt.show()
 
 # %% [markdown]
-# The validation curve flattens after a few epochs while the training loss keeps
-# creeping down. The best epoch, {glue:}`sun_best_epoch`, is the lowest point of a noisy
-# plateau rather than a clear optimum: with 40 validation years, most later epochs
-# would have served about as well.
+# From the tenth epoch on, {glue:}`sun_near_best` of the epochs came within 25 % of the
+# lowest validation MSE, at epoch {glue:}`sun_best_epoch`, whose weights are kept. With
+# only 40 validation years, which epoch comes out lowest is partly luck.
 #
 # Is the LSTM any good? A forecast must beat the simplest ones: the **naive** forecast
 # (next year equals this year) and the **seasonal naive** forecast (next year equals the
 # year one cycle, 11 years, earlier), which `helpers.sequences.naive_forecast` gives;
-# and the classic statistical model, a **linear autoregression**: the next year as a
-# weighted sum of the same 20 previous years plus a constant, its 21 coefficients fitted
-# to the training windows by least squares (`torch.linalg.lstsq`). All are
-# one-year-ahead forecasts of the test years, each made from the true history up to the
-# year before; errors are in the data's own unit, the sunspot number.
+# and a **linear autoregression** as in section 4.4: the next year as a weighted sum of
+# the previous $p$ years plus a constant, fitted to the training windows by least
+# squares. Unlike the sine wave, sunspots obey no exact linear rule, so here it is a
+# fair competitor, and it gets the same treatment as the LSTM: its order $p$ is chosen
+# on the validation years, from 1 to 20 (the last $p$ years of the same windows).
+
+
+# %%
+def linear_ar(
+    p: int,
+    fit_set: TensorDataset,
+    apply_set: TensorDataset,
+) -> torch.Tensor:
+    """Fit an order-p linear autoregression on fit_set; forecast apply_set.
+
+    Both hold windows (N, L, 1) with L >= p; the last p values of each are used.
+    """
+    x_fit, y_fit = fit_set.tensors
+    design = with_constant(x_fit[:, -p:, 0])  # (N, p + 1)
+    targets = y_fit[:, None].double()  # (N, 1)
+    weights = torch.linalg.lstsq(design, targets).solution  # (p + 1, 1)
+    forecast = with_constant(apply_set.tensors[0][:, -p:, 0]) @ weights
+    return forecast[:, 0].float()
+
+
+val_truth_sun = spots[val_from:test_from]
+ar_val_rmse = {}
+for p in range(1, L_sun + 1):
+    val_forecast = linear_ar(p, sun_sets[0], sun_sets[1]) * std + mean
+    ar_val_rmse[p] = (val_forecast - val_truth_sun).pow(2).mean().sqrt().item()
+ar_order = min(ar_val_rmse, key=ar_val_rmse.get)
+print("validation RMSE of the linear autoregression, by order p:")
+for first in range(1, L_sun + 1, 10):
+    row = range(first, first + 10)
+    print("  ".join(f"{p:2}: {ar_val_rmse[p]:4.1f}" for p in row))
+print(f"chosen: order {ar_order}")
+record("sun_ar_order", ar_order)
+record("sun_ar_val_rmse", ar_val_rmse[ar_order], fmt="{:.1f}")
+record("sun_ar20_val_rmse", ar_val_rmse[L_sun], fmt="{:.1f}")
+
+# %% [markdown]
+# Now the test years, once, for all four. All are one-year-ahead forecasts, each made
+# from the true history up to the year before; errors are in the data's own unit, the
+# sunspot number.
 
 # %%
 sun_model.eval()
 with torch.no_grad():
     lstm_scaled = sun_model(sun_sets[2].tensors[0].to(device)).cpu()
 truth_sun = spots[test_from:]
-
-
-def with_constant(windows: torch.Tensor) -> torch.Tensor:
-    """(N, L, 1) windows -> (N, L + 1) design matrix: the L values and a column of 1s."""
-    return torch.cat([windows[..., 0], torch.ones(len(windows), 1)], dim=1)
-
-
-ar_x, ar_y = sun_sets[0].tensors
-ar_coefficients = torch.linalg.lstsq(with_constant(ar_x), ar_y[:, None]).solution
-ar_scaled = (with_constant(sun_sets[2].tensors[0]) @ ar_coefficients)[:, 0]
+ar_name = f"linear autoregression, p={ar_order}"
 forecasts = {
     "LSTM": lstm_scaled * std + mean,  # back to sunspot numbers
-    "linear autoregression, 20 years": ar_scaled * std + mean,
+    ar_name: linear_ar(ar_order, sun_sets[0], sun_sets[2]) * std + mean,
     "naive (last year)": naive_forecast(spots, test_from),
     "seasonal naive (11 years ago)": naive_forecast(spots, test_from, season=11),
 }
@@ -650,6 +951,16 @@ for name, forecast in forecasts.items():
     errors[name] = rmse
     print(f"{name:30} {rmse:6.1f} {mae:6.1f}")
 lstm_rmse, naive_rmse = errors["LSTM"], errors["naive (last year)"]
+ar_rmse = errors[ar_name]
+# year by year: the linear model's squared error minus the LSTM's, (40,)
+squared = {name: (f - truth_sun).pow(2) for name, f in forecasts.items()}
+gain = squared[ar_name] - squared["LSTM"]
+gain_mean = gain.mean().item()
+gain_se = gain.std().item() / math.sqrt(len(gain))
+# neighbouring years: how alike are their differences? (lag-1 correlation)
+gain_rho = torch.corrcoef(torch.stack([gain[:-1], gain[1:]]))[0, 1].item()
+print(f"linear model's MSE minus the LSTM's: {gain_mean:.0f} ± {gain_se:.0f}")
+print(f"correlation of neighbouring years' differences: {gain_rho:.2f}")
 record(
     "sun_lstm_rmse", lstm_rmse, fmt="{:.1f}", headline="Sunspots 1969-2008: LSTM RMSE"
 )
@@ -657,8 +968,30 @@ record(
     "sun_naive_rmse", naive_rmse, fmt="{:.1f}", headline="Sunspots: naive-forecast RMSE"
 )
 record("sun_seasonal_rmse", errors["seasonal naive (11 years ago)"], fmt="{:.1f}")
-record("sun_ar_rmse", errors["linear autoregression, 20 years"], fmt="{:.1f}")
+record("sun_ar_rmse", ar_rmse, fmt="{:.1f}")
+record("sun_gain", gain_mean, fmt="{:.0f}")
+record("sun_gain_se", gain_se, fmt="{:.0f}")
+# share of the naive-to-LSTM gap that the linear model already closes
+ar_share = (naive_rmse - ar_rmse) / (naive_rmse - lstm_rmse)
+record("sun_ar_share", ar_share, fmt="{:.0%}")
+if gain_mean > 2 * gain_se:
+    gain_text = "more than two standard errors: a real edge, if a small one"
+else:
+    gain_text = "less than two standard errors: over 40 years, not a clear win"
+record("sun_gain_text", gain_text)
+# with 40 years, a correlation within about ±0.3 is indistinguishable from 0
+if gain_rho > 0.3:
+    rho_text = "positive, so the true uncertainty is larger still"
+elif gain_rho < -0.3:
+    rho_text = "negative, so if anything the estimate is too cautious"
+else:
+    rho_text = "close to zero, which does not contradict that assumption"
+record("sun_gain_rho", gain_rho, fmt="{:.2f}")
+record("sun_rho_text", rho_text)
+# Seeds 0, 1, 2 (CPU): LSTM/naive 0.49, 0.50, 0.51 (bound 0.75); LSTM/linear 0.81,
+# 0.82, 0.85 (bound 1); seeds 3, 4 gave LSTM RMSEs of 15.1 and 16.4 (linear: 18.1)
 assert lstm_rmse < 0.75 * naive_rmse, (lstm_rmse, naive_rmse)
+assert lstm_rmse < ar_rmse < naive_rmse, errors
 
 # %%
 fig, ax = plt.subplots(figsize=(10, 3.2))
@@ -668,22 +1001,28 @@ for name, forecast in forecasts.items():
 ax.set(
     title="One-year-ahead forecasts, test years", xlabel="year", ylabel="sunspot number"
 )
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 plt.show()
 
 # %% [markdown]
 # Over the 40 test years the LSTM's root-mean-square error is {glue:}`sun_lstm_rmse`,
 # against {glue:}`sun_naive_rmse` for the naive forecast, {glue:}`sun_seasonal_rmse` for
-# the seasonal one and {glue:}`sun_ar_rmse` for the linear autoregression. The naive
-# forecast is always one year late, so it is worst where the cycle rises or falls
-# fastest; the seasonal one suffers because cycles are not exactly 11 years long. The
-# linear model is the fair competitor: it sees the same 20 years, and most of the gap to
-# the naive forecast is already closed by it. What the LSTM adds beyond it is the
-# nonlinear part (sunspot cycles rise faster than they fall). Forty test years cover
-# fewer than four cycles, so these differences would move with another test period and
-# another training seed; the gap to the naive forecast is the wide one. The window
-# length of 20 was fixed in advance; exercise 3 chooses it on the validation years
-# instead.
+# the seasonal one and {glue:}`sun_ar_rmse` for the linear autoregression of order
+# {glue:}`sun_ar_order` (validation RMSE {glue:}`sun_ar_val_rmse`, against
+# {glue:}`sun_ar20_val_rmse` for order 20). The naive forecast is always one year late,
+# so it is worst where the cycle rises or falls fastest; the seasonal one suffers
+# because cycles are not exactly 11 years long. The linear model already closes
+# {glue:}`sun_ar_share` of the gap between the naive forecast and the LSTM. Year by
+# year, the LSTM's squared error is lower than the linear model's by
+# {glue:}`sun_gain` ± {glue:}`sun_gain_se` on average (one standard error, as if the
+# years were independent; the correlation between neighbouring years' differences is
+# {glue:}`sun_gain_rho`, {glue:}`sun_rho_text`): {glue:}`sun_gain_text`. Where the
+# LSTM's edge comes from, this comparison does not isolate: the LSTM is nonlinear, but
+# it also differs in how it was trained and selected, and its size and learning rate
+# were not tuned at all. Forty test years cover fewer than four cycles, so these
+# differences would move with another test period and another training seed; the gap
+# to the naive forecast is the wide one. The window length of 20 was fixed in advance;
+# exercise 3 chooses it on the validation years instead.
 #
 # ## 4.6 Why gating matters: a long-range memory task
 #
@@ -712,7 +1051,12 @@ print(f"always predicting 1 on the test sequences: MSE {chance_mse:.3f}")
 # steps. And it **clips the gradient**: `nn.utils.clip_grad_norm_(parameters, max_norm)`
 # computes the norm of all gradients together and, if it exceeds `max_norm`, scales them
 # all down to that norm, between `backward()` and `step()`. It returns the norm *before*
-# clipping, which the loop keeps.
+# clipping, which the loop keeps (as a tensor: turning it into a Python number at every
+# step would make the CPU wait for the GPU each time, as chapter 8 explains).
+#
+# The settings are untuned round numbers again: hidden size 32, batches of 64, Adam at
+# a learning rate of 0.02, clipping at norm 1, at most 600 steps (what fits the
+# chapter's time budget).
 #
 # For the LSTM one initialisation detail is set by hand: PyTorch initialises all biases
 # at small random values, so the forget gate starts at about $\sigma(0) = 0.5$, roughly
@@ -772,24 +1116,27 @@ def train_on_adding(
         )
 
     keep_weights(0)
+    norms = []  # kept as tensors: no waiting for the device at every step
+    model.train()
     for step in range(1, max_steps + 1):
-        model.train()
         x_batch, y_batch = adding_problem(64, length, generator)
         loss = F.mse_loss(model(x_batch.to(device)), y_batch.to(device))
         optimizer.zero_grad()
         loss.backward()
         norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm=clip)
+        norms.append(norm)
         optimizer.step()
-        log["grad_norm"].append(norm.item())
         if step % 25 == 0:
             model.eval()
             with torch.no_grad():
                 val_mse = F.mse_loss(model(x_val), y_val).item()
+            model.train()
             log["step"].append(step)
             log["val_mse"].append(val_mse)
             keep_weights(step)
             if val_mse < 0.01:
                 break
+    log["grad_norm"] = torch.stack(norms).tolist()
     return log
 
 
@@ -862,6 +1209,27 @@ record("adding_lstm_steps", len(memory_logs["LSTM"]["grad_norm"]), fmt="{:,}")
 record("adding_gru_steps", len(memory_logs["GRU"]["grad_norm"]), fmt="{:,}")
 max_norm_seen = max(max(log["grad_norm"]) for log in memory_logs.values())
 record("adding_max_grad_norm", max_norm_seen, fmt="{:.0f}")
+
+
+def progress_text(log: dict, chance: float) -> str:
+    """When a run's validation MSE was near chance, and where it ended."""
+    checks = list(zip(log["step"], log["val_mse"], strict=True))
+    near = [step for step, mse in checks if mse > 0.75 * chance]
+    if near:
+        text = (
+            f"was above 3/4 of chance at {len(near)} of its {len(checks)}"
+            f" checks, the last time at step {near[-1]},"
+        )
+    else:
+        text = "was below 3/4 of chance from the first check on"
+    step, mse = checks[-1]
+    if mse < 0.01:
+        return f"{text} and below 0.01 at step {step}"
+    return f"{text} and still {mse:.3f} at step {step}"
+
+
+record("lstm_progress", progress_text(memory_logs["LSTM"], chance_mse))
+record("gru_progress", progress_text(memory_logs["GRU"], chance_mse))
 # the plain RNN stays at chance (about 1/6) while both gated networks solve the task
 assert rnn_mse > 0.75 * chance_mse and gated_mse < 0.03, (rnn_mse, memory_mse)
 
@@ -871,68 +1239,75 @@ assert rnn_mse > 0.75 * chance_mse and gated_mse < 0.03, (rnn_mse, memory_mse)
 # chance ({glue:}`adding_chance_mse`, the error of always answering 1 on these test
 # sequences). The LSTM reached a test MSE of {glue:}`adding_lstm_mse` (stopping after
 # {glue:}`adding_lstm_steps` steps) and the GRU {glue:}`adding_gru_mse` (after
-# {glue:}`adding_gru_steps`). Both gated curves sit at chance for a while and then fall
-# steeply to the stopping threshold. (Exercise 4 asks whether the plain RNN fails at
-# any length or only at long ones.)
+# {glue:}`adding_gru_steps`). In the left panel, the LSTM's validation MSE
+# {glue:}`lstm_progress`; the GRU's {glue:}`gru_progress`. (Exercise 4 asks whether the
+# plain RNN fails at any length or only at long ones.)
 #
 # The right panel shows the gradient norms before clipping: every step above the dashed
 # line was scaled down to norm 1, the largest by a factor of
 # {glue:}`adding_max_grad_norm`. Why recurrent networks need this guard more than
 # others: the same $W_{hh}$ multiplies the state at every step, so a small change of the
 # weights can change the state after 40 steps a great deal. The loss then has narrow,
-# steep walls (Pascanu et al., 2013, call them cliffs), where the gradient is suddenly
-# large. With plain SGD, whose step is proportional to the gradient, one such step can
-# throw the weights far from where training had brought them. Adam divides by a running
-# size of the gradient, which bounds each step, but one spike still inflates that
-# running size and so shrinks the steps after it for many iterations. Clipping caps the
-# spike before either happens, and leaves gradients below the threshold unchanged.
+# steep walls where the gradient is suddenly large (Pascanu, Mikolov and Bengio, 2013,
+# analysed them and proposed clipping the gradient's norm). With plain SGD, whose step
+# is proportional to the gradient, one such step can throw the weights far from where
+# training had brought them. Adam divides by a running size of the gradient, which
+# bounds each step, but one spike still inflates that running size and so shrinks the
+# steps after it for many iterations. Clipping caps the spike before either happens,
+# and leaves gradients below the threshold unchanged.
 #
 # Did these runs need it? Train the two gated networks again, identically but with
-# `clip=math.inf` (clipping switched off):
+# `clip=math.inf` (clipping switched off), and judge by the validation MSE that also
+# decides when training stops; the test sequences stay out of this decision.
 
 # %%
 unclipped = {}
 for name in ("LSTM", "GRU"):
     torch.manual_seed(seed)
     net = Summariser(cells[name]).to(device)
-    log = train_on_adding(net, length, clip=math.inf)
-    unclipped[name] = (len(log["grad_norm"]), test_mse(net, test_x, test_y))
-    clipped_steps = len(memory_logs[name]["grad_norm"])
-    print(
-        f"{name}: without clipping {unclipped[name][0]:3} steps, test MSE "
-        f"{unclipped[name][1]:.4f}; with clipping {clipped_steps:3} steps, "
-        f"test MSE {memory_mse[name]:.4f}"
+    unclipped[name] = train_on_adding(net, length, clip=math.inf)
+    runs = (("with", memory_logs[name]), ("without", unclipped[name]))
+    for label, log in runs:
+        print(
+            f"{name:4} {label:7} clipping: {len(log['grad_norm']):3} steps,"
+            f" validation MSE {log['val_mse'][-1]:.4f}"
+        )
+solved = {name: log["val_mse"][-1] < 0.01 for name, log in unclipped.items()}
+if all(solved.values()):
+    lstm_steps = len(unclipped["LSTM"]["grad_norm"])
+    gru_steps = len(unclipped["GRU"]["grad_norm"])
+    clip_verdict = (
+        "both still solved the task without clipping (LSTM in"
+        f" {lstm_steps} steps, GRU in {gru_steps}): at this length and"
+        " learning rate, whatever spikes came did not derail Adam, and"
+        " clipping was insurance rather than a necessity"
     )
-both_solved = all(mse < 0.03 for _, mse in unclipped.values())
-clip_verdict = (
-    "both still solved the task without clipping (LSTM in {} steps, GRU in {}): at this"
-    " length and learning rate the spikes did not derail Adam, and clipping was"
-    " insurance rather than a necessity".format(
-        unclipped["LSTM"][0], unclipped["GRU"][0]
+else:
+    failed = " and the ".join(name for name, ok in solved.items() if not ok)
+    clip_verdict = (
+        f"without clipping the {failed} did not reach a validation MSE of"
+        " 0.01 within 600 steps: here clipping was needed"
     )
-    if both_solved
-    else "without clipping at least one of them failed to solve the task in 600 steps"
-    " (LSTM test MSE {:.3f}, GRU {:.3f}): here clipping was needed".format(
-        unclipped["LSTM"][1], unclipped["GRU"][1]
-    )
-)
 record("clip_verdict", clip_verdict)
 print(clip_verdict)
 
 # %% [markdown]
-# In this run {glue:}`clip_verdict`. Clipping costs one line and almost no time, and it
-# protects the runs (other seeds, longer sequences, higher learning rates, plain SGD)
-# where a spike does strike, which is why it is standard in recurrent training.
+# In this run {glue:}`clip_verdict`. Clipping costs one line and one norm computation
+# per step, and it protects the runs (other seeds, longer sequences, higher learning
+# rates, plain SGD) where a spike does strike; PyTorch's language-model example above
+# clips too.
 #
 # ### The vanishing gradient, shown
 #
-# Why does the RNN fail? The weights learn what happened at step $t$ only through
-# $\partial L / \partial h_t$, the gradient of the loss at the end with respect to the
-# hidden state at step $t$. For the plain RNN the chain rule multiplies one Jacobian
+# Why does the RNN fail? Everything a network has read up to step $t$ reaches the loss
+# at the end only through its state $s_t$ at that step: $h_t$ for the RNN and the GRU,
+# the pair $(h_t, c_t)$ for the LSTM. So the weights can learn to use what happened at
+# step $t$ only through $\partial L / \partial s_t$, the gradient of the loss with
+# respect to that state. For the plain RNN the chain rule multiplies one Jacobian
 # $\operatorname{diag}(1 - h_k^2)\, W_{hh}$ per step between $t$ and the end; when those
 # shrink vectors, the product shrinks geometrically with the distance. To see it, run
-# the layer one step at a time, keep every $h_t$, and ask autograd for the gradient of
-# the loss with respect to each one (`torch.autograd.grad(loss, hiddens)`). This runs on
+# the layer one step at a time, keep every state, and ask autograd for the gradient of
+# the loss with respect to each one (`torch.autograd.grad(loss, states)`). This runs on
 # a float64 copy of the model on the CPU, so the measurement is the same whichever
 # device trained the model, and rounding error stays far below even the smallest
 # gradient in the picture.
@@ -942,28 +1317,44 @@ print(clip_verdict)
 def state_gradients(
     model: Summariser, x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
-    """Mean over the batch of ||dL/dh_t|| for every step t; L is the MSE at the end.
+    """Mean over the batch of ||dL/ds_t|| for every step t; L: the final MSE.
 
-    Computed on a float64 copy of the model on the CPU, whatever device it trained on.
+    The state s_t is h_t, or (h_t, c_t) for an LSTM (the norm counts both).
+    Computed on a float64 copy of the model on the CPU, whatever device it
+    trained on.
     """
     model = copy.deepcopy(model).cpu().double().eval()
     x, y = x.double(), y.double()
-    state, hiddens = None, []
+    state, states = None, []
     for step in range(x.shape[1]):
         _, state = model.rnn(x[:, step : step + 1], state)  # one time step
-        h = state[0] if isinstance(state, tuple) else state  # (1, B, H); LSTM: (h, c)
-        hiddens.append(h)
-    # h[0]: the (B, H) state after the last step
-    loss = F.mse_loss(model.head(h[0]).squeeze(1), y)
-    grads = torch.autograd.grad(loss, hiddens)
-    return torch.stack([g[0].norm(dim=1).mean() for g in grads])
+        # h (1, B, H) alone, or the LSTM's pair (h, c)
+        states.append(state if isinstance(state, tuple) else (state,))
+    h_last = states[-1][0][0]  # (B, H): h after the last step
+    loss = F.mse_loss(model.head(h_last).squeeze(1), y)
+    flat = [part for s in states for part in s]
+    # the last c does not reach the loss (only the last h does): its gradient is None
+    grads = torch.autograd.grad(loss, flat, allow_unused=True)
+    grads = [
+        torch.zeros_like(p) if g is None else g
+        for g, p in zip(grads, flat, strict=True)
+    ]
+    parts = len(states[0])  # 1, or 2 for an LSTM
+    norms = []
+    for t in range(len(states)):
+        squared = sum(
+            g[0].pow(2).sum(dim=1) for g in grads[parts * t : parts * (t + 1)]
+        )
+        # ||dL/ds_t|| of each sequence, averaged over the batch
+        norms.append(squared.sqrt().mean())
+    return torch.stack(norms)
 
 
 grad_x, grad_y = val_x[:256], val_y[:256]
 
 
 def decay_ratio(norms: torch.Tensor) -> float:
-    """How many times smaller ||dL/dh_1|| is than ||dL/dh_T||."""
+    """How many times smaller ||dL/ds_1|| is than ||dL/ds_T||."""
     return (norms[-1] / norms[0]).item()
 
 
@@ -991,7 +1382,7 @@ for (name, when), norms in profiles.items():
         label=f"{name} {when}",
     )  # fmt: skip
 ax.set(
-    title="How much the final loss 'sees' each step: ||dL/dh_t||",
+    title="How much the final loss 'sees' each step: ||dL/ds_t||",
     xlabel="time step t",
     ylabel="gradient norm",
     yscale="log",
@@ -1000,7 +1391,7 @@ ax.legend(fontsize=8, ncols=2)
 plt.show()
 for (name, when), norms in profiles.items():
     ratio = decay_ratio(norms)
-    print(f"{name:4} {when:15}  ||dL/dh_40|| / ||dL/dh_1|| = {ratio:.1e}")
+    print(f"{name:4} {when:15}  ||dL/ds_40|| / ||dL/ds_1|| = {ratio:.1e}")
 
 # %% [markdown]
 # Read the slopes, not the heights (a curve's height follows the size of the loss). A
@@ -1035,7 +1426,7 @@ for name, values in ratios.items():
 # a reference level: below it, step 1 still gets 1/10,000 of step 40's gradient
 ax.axhline(1e4, color="grey", ls=":", label="10,000")
 ax.set(
-    title="During training: ||dL/dh_40|| / ||dL/dh_1||",
+    title="During training: ||dL/ds_40|| / ||dL/ds_1||",
     xlabel="training step (0: before training)",
     ylabel="ratio (log scale)",
     yscale="log",
@@ -1101,13 +1492,15 @@ record(
 record("rnn_radius_start", radius[0], fmt="{:.2f}")
 record("rnn_radius_end", radius[-1], fmt="{:.2f}")
 # Margins over CPU kernel levels default, avx2, avx512 x seeds 0, 1, 2 (nine runs):
-# RNN before training 9e7 to 6e8 (>= 9,000x the bound); LSTM 9e3 to 2e4 and GRU
-# 2e7 to 2e8 (>= 9x); LSTM and GRU at the end 2 to 20 (>= 5x); RNN median over
-# training 1e7 to 2e16 (>= 1,000x), above 1e4 at 21 to 24 of its 25 checkpoints
-# (share 0.84 to 0.96, against 0.6). On an H200 GPU (seed 0): LSTM 9
-# and GRU 4 at the end, RNN median 2e7, share 0.92.
+# RNN before training 9e7 to 6e8 (>= 9,000x the bound); GRU 2e7 to 2e8 (>= 20,000x);
+# GRU at the end 3 to 4; RNN median over training 1e7 to 2e16 (>= 1,000x), above 1e4
+# at 21 to 24 of its 25 checkpoints (share 0.84 to 0.96, against 0.6). The LSTM's
+# state includes c: before training 3e3 to 7e3 (seeds 0, 1, 2; >= 6x the bound 500),
+# at the end 1 to 2. Counting c can only lower the LSTM's ratio below the one of h
+# alone, which an H200 GPU (seed 0) put at 9 at the end (GRU 4, RNN median 2e7, share
+# 0.92). The values before training do not depend on the device: float64 on the CPU.
 assert initial["RNN"] > 1e4, initial
-assert min(initial["LSTM"], initial["GRU"]) > 1e3, initial
+assert min(initial["LSTM"], initial["GRU"]) > 5e2, initial
 assert max(final["LSTM"], final["GRU"]) < 1e2, final
 assert rnn_median > 1e4 and share_above["RNN"] > 0.6, ratios["RNN"]
 
@@ -1142,14 +1535,16 @@ assert rnn_median > 1e4 and share_above["RNN"] > 0.6, ratios["RNN"]
 # ## 4.7 Classifying words by language, with packed batches
 #
 # A sequence classifier reads a whole sequence and outputs one label. The classic
-# example reads a surname character by character and guesses its language of origin. The
-# name lists that example downloads are not available offline, but a close relative is.
+# example, PyTorch's
+# [name-classification tutorial](https://pytorch.org/tutorials/intermediate/char_rnn_classification_tutorial.html),
+# reads a surname character by character and guesses its language of origin. The name
+# lists that tutorial downloads are not available offline, but a close relative is.
 # The Unicode Consortium's CLDR database, which the `babel` package ships (Sphinx, which
 # builds this book, depends on it), holds the names of about 290 countries and regions
 # and several hundred languages *as written in each language*, collected from
 # contributors for each language: "Deutschland", "Allemagne", "Germania", "Niemcy",
-# "Saksa". The task is to tell from the spelling alone which of ten languages a name is
-# written in.
+# "Saksa". The task is to tell from the written name alone which of ten languages it is
+# in.
 #
 # Three choices keep the task honest. All ten languages use the Latin alphabet, so the
 # script gives nothing away. Names spelled identically in two languages ("Angola") are
@@ -1157,11 +1552,11 @@ assert rnn_median > 1e4 and share_above["RNN"] > 0.6, ratios["RNN"]
 # refers to**: all ten names of Germany land in the same split, so no test name is a
 # translation of a name seen in training. (Names of *different* things can still share
 # words: "South Korea" may be in training while "North Korea" is tested; such shared
-# words make the task a little easier than spelling alone.) To fit
-# the CPU budget the chapter keeps names of at most 20 characters. That drops
-# {glue:}`names_dropped_share` of them, mostly multi-word phrases such as "Kleine
-# afgelegen eilanden van de Verenigde Staten", which would make every batch they fall in
-# run for up to {glue:}`names_longest` steps.
+# words make the task a little easier than spelling alone.) To fit the CPU budget the
+# chapter keeps names of at most 20 characters. That drops {glue:}`names_dropped_share`
+# of them, {glue:}`names_dropped_multiword` of those multi-word phrases such as "Kleine
+# afgelegen eilanden van de Verenigde Staten", which would make every batch they fall
+# in run for up to {glue:}`names_longest` steps.
 
 # %%
 languages = ["en", "fr", "de", "es", "it", "nl", "pl", "pt", "sv", "fi"]
@@ -1169,9 +1564,17 @@ language_names = [Locale.parse(code).english_name for code in languages]
 all_rows = load_cldr_names(languages)  # (name, language, key) triples
 # CPU budget: keep names of at most 20 characters
 rows = [row for row in all_rows if len(row[0]) <= 20]
+dropped = [name for name, _, _ in all_rows if len(name) > 20]
 print(f"{len(rows):,} of {len(all_rows):,} names kept (at most 20 characters)")
 record("names_dropped_share", 1 - len(rows) / len(all_rows), fmt="{:.0%}")
+record(
+    "names_dropped_multiword",
+    np.mean([" " in name for name in dropped]),
+    fmt="{:.0%}",
+)
 record("names_longest", max(len(name) for name, _, _ in all_rows))
+language_share = np.mean([key.startswith("languages:") for _, _, key in rows])
+record("names_language_share", language_share, fmt="{:.0%}")
 print("per language:", dict(Counter(lang for _, lang, _ in rows)))
 print("the name of Germany:", [n for n, _, key in rows if key == "territories:DE"])
 
@@ -1188,9 +1591,62 @@ for name, lang, key in rows:
 print({part: len(items) for part, items in by_split.items()})
 
 # %% [markdown]
+# Not every cue is spelling. {glue:}`names_language_share` of the names kept are names
+# of languages, and some languages write those in lowercase ("allemand", "tedesco")
+# where others capitalise them ("German", "Duits"):
+
+# %%
+lower_share = {}
+for code in languages:
+    label = languages.index(code)
+    firsts = [name[0] for name, lab in by_split["train"] if lab == label]
+    lower_share[code] = float(np.mean([c.islower() for c in firsts]))
+print("share of training names that start lowercase:")
+print("  ".join(f"{code} {share:.0%}" for code, share in lower_share.items()))
+# a classifier that sees only the case of the first letter: it answers the most
+# common training language among names of that case
+case_answer = {}
+for lower in (False, True):
+    labels_of_case = [
+        label for name, label in by_split["train"] if name[0].islower() == lower
+    ]
+    case_answer[lower] = Counter(labels_of_case).most_common(1)[0][0]
+case_val_acc = np.mean(
+    [case_answer[name[0].islower()] == label for name, label in by_split["val"]]
+)
+train_labels = Counter(label for _, label in by_split["train"])
+train_majority = train_labels.most_common(1)[0][0]
+majority_val_acc = np.mean([y == train_majority for _, y in by_split["val"]])
+print("validation accuracy:")
+print(f"  from the first letter's case alone:  {case_val_acc:.1%}")
+print(f"  always the most common language:     {majority_val_acc:.1%}")
+names_of = dict(zip(languages, language_names, strict=True))
+mostly_lower = [names_of[c] for c, share in lower_share.items() if share > 0.5]
+rarely_lower = [names_of[c] for c, share in lower_share.items() if share < 0.05]
+record("names_mostly_lower", len(mostly_lower))
+rarely_text = ", ".join(rarely_lower[:-1]) + " and " + rarely_lower[-1]
+record("names_rarely_lower", rarely_text)
+record("names_case_acc", case_val_acc, fmt="{:.0%}")
+record("names_majority_val_acc", majority_val_acc, fmt="{:.0%}")
+
+# %% [markdown]
+# In {glue:}`names_mostly_lower` of the ten languages more than half of the training
+# names start lowercase; in {glue:}`names_rarely_lower` fewer than 5 % do. The case of
+# the first letter alone gets {glue:}`names_case_acc` of the validation names right,
+# against {glue:}`names_majority_val_acc` for always answering the most common
+# language: a weak cue by itself, but one that splits the languages into two groups
+# before a single letter is read. A network can pick it up too, so "spelling alone"
+# may not be all it learns; keep that in mind when reading its mistakes.
+#
 # Characters become integer ids with `helpers.sequences.CharVocab`, built from the
-# training names only (id 0 is padding, id 1 any character never seen in training); an
-# `nn.Embedding` then turns each id into a learned vector.
+# training names only (id 0 is padding, id 1 any character never seen in training).
+# A network cannot do arithmetic on ids, which are only labels, so each id is turned
+# into a learned vector by `nn.Embedding(num_embeddings, embedding_dim)`, new in this
+# book. It is a lookup table: a weight matrix with one row per id, and `embedding(ids)`
+# returns the rows for the ids, with one more dimension, `(..., embedding_dim)`. That
+# is what multiplying one-hot vectors by the weight matrix would give, without building
+# them. The ids must be integers (`torch.long` or `torch.int`). With `padding_idx=0`,
+# row 0 starts at zero and receives no gradient, so padding stays a zero vector:
 
 # %%
 vocab = CharVocab(name for name, _ in by_split["train"])
@@ -1200,43 +1656,103 @@ encoded = {
     for part, items in by_split.items()
 }
 
+embedding = nn.Embedding(len(vocab), 4, padding_idx=CharVocab.PAD)
+ids = torch.cat([vocab.encode("Saksa"), torch.tensor([CharVocab.PAD])])  # (6,)
+vectors = embedding(ids)  # (6, 4): one row of the table per id
+one_hot = F.one_hot(ids, num_classes=len(vocab)).float()  # (6, vocab size)
+print(
+    "embedding(ids) == one_hot @ weight:",
+    torch.allclose(vectors, one_hot @ embedding.weight),
+)
+vectors.pow(2).sum().backward()
+print("padding row:", embedding.weight[CharVocab.PAD].tolist())
+print("its gradient:", embedding.weight.grad[CharVocab.PAD].tolist())
+assert torch.allclose(vectors, one_hot @ embedding.weight)
+assert not embedding.weight.grad[CharVocab.PAD].any()
+
 # %% [markdown]
 # ### Batches of different lengths: padding and packing
 #
 # Names have different lengths, but a batch is one tensor. `pad_sequence` stacks
 # sequences of ids into `(B, longest)`, filling the rest with the padding id. A
 # recurrent layer would then also *read* the padding, and the final state of a short
-# name would be its state after several padding steps. `pack_padded_sequence(padded,
-# lengths, ...)` fixes that: it returns a `PackedSequence`, which a recurrent layer
-# processes step by step with only the sequences still running, so every `h_n` is taken
-# at that sequence's own last step. The lengths must be a CPU tensor or list; with
-# `enforce_sorted=False` packing sorts the batch by length itself (the default, `True`,
-# requires you to sort, longest first) and restores the original order in `h_n`.
-#
-# `helpers.sequences.collate_packed` pads and packs a list of `(ids, label)` pairs; as a
-# `DataLoader`'s `collate_fn` it turns each batch into `(PackedSequence, labels)`.
+# name would be its state after several padding steps.
+# `pack_padded_sequence(padded, lengths, batch_first=True, enforce_sorted=False)` fixes
+# that: it returns a `PackedSequence`, which a recurrent layer processes step by step
+# with only the sequences still running, so every `h_n` is taken at that sequence's own
+# last step. The lengths must be a CPU tensor or a list. With `enforce_sorted=False`
+# packing sorts the batch by length itself (the default, `True`, requires you to sort,
+# longest first) and restores the original order in what the layer returns.
 
 # %%
 example = [encoded["train"][i] for i in range(4)]
-padded = pad_sequence([ids for ids, _ in example], batch_first=True)  # (4, longest)
-packed, labels = collate_packed(example)
+lengths = torch.tensor([len(ids) for ids, _ in example])  # (4,), on the CPU
+padded = pad_sequence(
+    [ids for ids, _ in example], batch_first=True, padding_value=CharVocab.PAD
+)  # (4, longest)
+packed = pack_padded_sequence(
+    padded,
+    lengths,
+    batch_first=True,
+    enforce_sorted=False,  # packing sorts by length itself
+)
 print("names:  ", [vocab.decode(ids) for ids, _ in example])
 print("padded: ", tuple(padded.shape))
 print("packed.data:       ", tuple(packed.data.shape), "= total number of characters")
 print("packed.batch_sizes:", packed.batch_sizes.tolist(), "= sequences still running")
-assert len(packed.data) == sum(len(ids) for ids, _ in example)
+assert len(packed.data) == lengths.sum()
 
 # %% [markdown]
 # `packed.data` holds all real time steps, ordered step by step (first characters of all
 # names, then second characters, ...), and `batch_sizes` says how many sequences take
-# part in each step. An embedding can be applied straight to `packed.data`; a
-# `PackedSequence` is a named tuple, so `packed._replace(data=...)` gives the same
-# packing with the embedded characters in place of the ids. That is what the model's
-# `forward` does. (`batch_first` has no effect on packed input, which has no batch or
-# time axis to order; it matters for the padded tensors packed sequences come from.)
+# part in each step. (A recurrent layer's own `batch_first` has no effect on packed
+# input, which has no batch or time axis to order; `pack_padded_sequence` and
+# `pad_packed_sequence` take their own `batch_first`, for the padded tensors.)
+#
+# In a model the ids are embedded first, and the padded *vectors* are packed. A
+# recurrent layer given a `PackedSequence` returns its `output` packed too;
+# `pad_packed_sequence` turns that back into a padded tensor, with zeros after each
+# sequence's end, and the lengths. Tasks that need an output at every step (tagging
+# each character, say) read it there; each name's last real step is its `h_n`:
+
+# %%
+gru_demo = nn.GRU(input_size=4, hidden_size=5, batch_first=True)
+embedded = embedding(padded)  # (4, longest, 4): padding embeds to zeros
+packed_in = pack_padded_sequence(
+    embedded, lengths, batch_first=True, enforce_sorted=False
+)
+packed_out, h_n = gru_demo(packed_in)  # h_n (1, 4, 5), in the batch's own order
+output, out_lengths = pad_packed_sequence(packed_out, batch_first=True)
+print("output:", tuple(output.shape), "lengths:", out_lengths.tolist())
+# each name's output at its own last character, (4, 5)
+last_step = output[torch.arange(len(example)), lengths - 1]
+print(
+    "output at each name's last character == h_n:",
+    torch.allclose(last_step, h_n[-1]),
+)
+shortest = lengths.argmin()
+print(
+    "after the shortest name's end, output is",
+    output[shortest, lengths.min() :].abs().max().item(),
+)
+assert torch.allclose(last_step, h_n[-1])
+assert not output[shortest, lengths.min() :].any()
+
+# %% [markdown]
+# The classifier below does exactly this in its `forward`. Its batches are padded ids;
+# a name's length is its number of non-padding ids, counted on the device and copied
+# to the CPU for packing.
 
 
 # %%
+def collate_padded(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, label) pairs -> padded ids (B, longest) and labels (B,)."""
+    sequences, labels = zip(*batch, strict=True)
+    pad = CharVocab.PAD
+    ids = pad_sequence(list(sequences), batch_first=True, padding_value=pad)
+    return ids, torch.tensor(labels)
+
+
 class NameClassifier(nn.Module):
     """Embed characters, run a GRU over the packed batch, classify its last state."""
 
@@ -1248,10 +1764,15 @@ class NameClassifier(nn.Module):
         self.rnn = nn.GRU(embed, hidden, batch_first=True)
         self.head = nn.Linear(hidden, n_classes)
 
-    def forward(self, packed: PackedSequence) -> torch.Tensor:
-        # same packing, characters replaced by their vectors: (total characters, embed)
-        embedded = packed._replace(data=self.embedding(packed.data))
-        _, h_n = self.rnn(embedded)  # (1, B, hidden), each at its own last character
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # ids (B, T), padded; packing wants the lengths on the CPU
+        lengths = (ids != CharVocab.PAD).sum(dim=1).cpu()
+        embedded = self.embedding(ids)  # (B, T, embed)
+        packed = pack_padded_sequence(
+            embedded, lengths, batch_first=True, enforce_sorted=False
+        )
+        # h_n (1, B, hidden): each name's state at its own last character
+        _, h_n = self.rnn(packed)
         return self.head(h_n[-1])  # (B, n_classes)
 
 
@@ -1260,7 +1781,7 @@ loaders = {
         encoded[part],
         batch_size=128 if part == "train" else 512,
         shuffle=part == "train",
-        collate_fn=collate_packed,
+        collate_fn=collate_padded,
         generator=make_generator(seed),
     )
     for part in ("train", "val", "test")
@@ -1270,15 +1791,15 @@ model = NameClassifier(len(vocab), len(languages)).to(device)
 print(f"parameters: {count_parameters(model):,}")
 
 # %% [markdown]
-# Training again uses `fit`, now with accuracy as the validation metric. It works
-# unchanged because a `PackedSequence` moves to a device with `.to(device)` like a
-# tensor. `fit` keeps the epoch with the best validation accuracy. The batch size of
-# 128, the learning rate of 0.01 and the 8 epochs were settled on the validation names
-# while this chapter was written: batch sizes 64 and 128 with rates 0.005 and 0.01,
-# trained for 14 epochs with two seeds, all levelled off by about the eighth epoch,
-# within about three points of validation accuracy of each other. With some 700
+# Training again uses `fit`, now with accuracy as the validation metric; `fit` keeps the
+# epoch with the best validation accuracy. The batch size of 128, the learning rate of
+# 0.01 and the 8 epochs were settled on the validation names while this chapter was
+# written (not rerun here, to save time): batch sizes 64 and 128 with rates 0.005 and
+# 0.01, trained for 14 epochs with two seeds, all levelled off by about the eighth
+# epoch, within about three points of validation accuracy of each other. With some 700
 # validation names one standard error of an accuracy is about 1.7 points, so no setting
-# was clearly better, and the cheapest was kept.
+# was clearly better, and the cheapest was kept. The embedding size of 32 and the
+# hidden size of 64 are untuned.
 
 # %%
 epochs = 8
@@ -1294,14 +1815,72 @@ print(
     f"best validation accuracy {max(history.val_accuracy):.3f} "
     f"at epoch {history.best_epoch}; those weights are loaded"
 )
-fig = plot_losses(
+fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.5))
+plot_losses(
     {"train": history.train_loss, "validation": history.val_loss},
-    title="Name classifier (cross-entropy)",
+    title="Name classifier: cross-entropy",
+    ax=ax_loss,
 )
-plt.gca().axvline(history.best_epoch, color="grey", ls=":")
+plot_losses(
+    {"validation": history.val_accuracy},
+    title="Name classifier: validation accuracy",
+    ylabel="accuracy",
+    ax=ax_acc,
+)
+for ax in (ax_loss, ax_acc):
+    ax.axvline(history.best_epoch, color="grey", ls=":", label="epoch kept")
+    ax.legend()
+fig.tight_layout()
 plt.show()
 
+# %%
+# with the kept weights: how much of the validation loss comes from wrong answers?
+model.eval()
+name_losses, name_right = [], []
+with torch.no_grad():
+    for ids, labels in loaders["val"]:
+        logits = model(ids.to(device))
+        labels = labels.to(device)
+        each = F.cross_entropy(logits, labels, reduction="none")  # (B,)
+        name_losses.append(each.cpu())
+        name_right.append((logits.argmax(dim=1) == labels).cpu())
+name_losses, name_right = torch.cat(name_losses), torch.cat(name_right)
+wrong_share = 1 - name_right.float().mean().item()
+wrong_loss_share = (name_losses[~name_right].sum() / name_losses.sum()).item()
+print(
+    f"wrong: {wrong_share:.0%} of the validation names,"
+    f" {wrong_loss_share:.0%} of the validation loss"
+)
+loss_epoch = int(np.argmin(history.val_loss)) + 1
+if loss_epoch < history.best_epoch:
+    names_epoch_text = (
+        f"The validation loss was lowest at epoch {loss_epoch}, but the"
+        f" accuracy was highest at epoch {history.best_epoch}: in between"
+        " the loss rose while more names came out right."
+    )
+elif loss_epoch > history.best_epoch:
+    names_epoch_text = (
+        f"The validation accuracy peaked at epoch {history.best_epoch},"
+        f" the loss reached its lowest later, at epoch {loss_epoch}."
+    )
+else:
+    names_epoch_text = (
+        f"Validation loss and accuracy were both best at epoch {loss_epoch}."
+    )
+record("names_epoch_text", names_epoch_text)
+record("names_wrong_share", wrong_share, fmt="{:.0%}")
+record("names_wrong_loss_share", wrong_loss_share, fmt="{:.0%}")
+
 # %% [markdown]
+# {glue:}`names_epoch_text` The two measures ask different things. Accuracy only asks
+# whether the right language scores highest; cross-entropy also charges for how
+# confidently each wrong answer is given, and with the kept weights the
+# {glue:}`names_wrong_share` of validation names the model gets wrong account for
+# {glue:}`names_wrong_loss_share` of the validation loss. A model that grows more
+# confident on everything, its mistakes included, raises the loss through those
+# mistakes even while more names come out right. The epoch is chosen on accuracy, the
+# measure this task reports.
+#
 # Now the test names, once. The baseline is to always answer the language with most
 # training names.
 
@@ -1333,20 +1912,23 @@ n_classes = len(languages)
 # row = true language, column = prediction; bincount counts each (true, pred) pair
 confusion = torch.bincount(test_true * n_classes + test_pred, minlength=n_classes**2)
 confusion = confusion.reshape(n_classes, n_classes)
-fig, ax = plt.subplots(figsize=(6.5, 6.5))
-ax.imshow(confusion, cmap="Blues")
+# colour: the share of each true language's names (rows have different sizes)
+row_share = confusion / confusion.sum(dim=1, keepdim=True)
+fig, ax = plt.subplots(figsize=(7.5, 6.5))
+image = ax.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
 for row in range(n_classes):
     for col in range(n_classes):
+        color = "white" if row_share[row, col] > 0.5 else "black"
         count = confusion[row, col].item()
-        color = "white" if count > confusion.max() / 2 else "black"
         ax.text(col, row, count, ha="center", va="center", color=color, fontsize=8)
 ax.set_xticks(range(n_classes), language_names, rotation=45, ha="right")
 ax.set_yticks(range(n_classes), language_names)
 ax.set(
-    title="Name classifier: test-set confusion matrix",
+    title="Name classifier: test-set confusion matrix (counts)",
     xlabel="predicted language",
     ylabel="true language",
 )
+fig.colorbar(image, ax=ax, label="share of the true language's test names")
 plt.show()
 
 per_language = confusion.diag() / confusion.sum(dim=1)
@@ -1374,7 +1956,7 @@ record("names_language_se", 100 * language_se.mean().item(), fmt="{:.0f}")
 # none of the test names is a translation of a training name. Each language has only
 # about {glue:}`names_test_per_language` test names, so one standard error of a
 # per-language accuracy is about {glue:}`names_language_se` points: the ranking of the
-# languages in the printout would reshuffle with another split, and only large gaps
+# languages in the printout could reshuffle with another split, and only large gaps
 # mean something. The most frequent mistake was {glue:}`names_top_confusion`; read the
 # off-diagonal cells for the rest, and compare them with what you know of the languages'
 # spelling habits.
@@ -1405,13 +1987,13 @@ check = copy.deepcopy(model).cpu().double().eval()
 check32 = copy.deepcopy(model).cpu().eval()  # the trained float32 model, on the CPU
 batch = encoded["test"][:32]
 with torch.no_grad():
-    packed_logits = check(collate_packed(batch)[0])
+    packed_logits = check(collate_padded(batch)[0])  # the model's forward packs
     alone_logits = one_at_a_time(check, batch)
     padded_ids = pad_sequence([ids for ids, _ in batch], batch_first=True)  # (32, T)
     # no packing: the GRU reads the padding as if it were characters
     _, h = check.rnn(check.embedding(padded_ids))
     padded_logits = check.head(h[-1])
-    gap32 = check32(collate_packed(batch)[0]) - one_at_a_time(check32, batch)
+    gap32 = check32(collate_padded(batch)[0]) - one_at_a_time(check32, batch)
 lengths = [len(ids) for ids, _ in batch]
 packed_gap = (packed_logits - alone_logits).abs().max().item()
 padded_gap = (padded_logits - alone_logits).abs().max().item()
@@ -1461,12 +2043,17 @@ assert packed_gap < 1e-6 and padded_gap > 1e-3, (packed_gap, padded_gap)
 #   swapped for an LSTM. And passing zeros as `h_0` is the same as passing nothing.
 # - **Reading padding**: pad *and pack* variable-length batches, or the final state of a
 #   short sequence is its state after the padding. Lengths go on the CPU.
+# - **Carrying a state across chunks without `detach()`**: the second `backward()`
+#   fails ("Trying to backward through the graph a second time"). Detach the state at
+#   each chunk boundary (truncated BPTT, section 4.4); `retain_graph=True` is not the
+#   fix.
 # - **Building windows as a ragged object array** (`np.array` of `(window, target)`
 #   tuples): use `unfold` or `make_windows`, which give tensors.
 # - **Shuffling a time series before splitting**, or standardising with statistics of
 #   the whole series: both leak the future into training. Split in time order; scale
 #   with the training part's statistics.
-# - **No baseline**: a forecaster is only good if it beats the naive forecast.
+# - **No baseline**: a forecaster is only good if it beats the naive forecast, and on a
+#   toy signal a lookup or a linear model may beat it outright (section 4.4).
 # - **Unclipped gradients** in recurrent nets: one gradient spike can throw the weights
 #   far off (with SGD) or shrink the steps after it (with Adam); `clip_grad_norm_` goes
 #   between `backward()` and `step()`.
@@ -1475,14 +2062,30 @@ assert packed_gap < 1e-6 and padded_gap > 1e-3, (packed_gap, padded_gap)
 #
 # ## Exercises
 #
-# **Exercise 1.** Write the parameter count of `nn.LSTM(input_size=I, hidden_size=H)`
-# and of `nn.GRU(I, H)` as formulas (remember the two bias vectors), and check them with
-# `count_parameters` for a few sizes.
-
+# **Exercise 1.** Write one step of a GRU by hand from the equations in section 4.2 and
+# check it against `nn.GRUCell` (its weights are stacked in the order $r, z, n$; watch
+# where the reset gate goes). Then, from the shapes of the weights you used, write the
+# parameter counts of `nn.LSTM(input_size=I, hidden_size=H)` and `nn.GRU(I, H)` as
+# formulas, and check them with `count_parameters` for a few sizes.
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 1: an LSTM has 4 blocks (i, f, g, o), a GRU 3 (r, z, n); each block has
-# H*I input weights, H*H recurrent weights and two bias vectors of H.
+# Solution 1
+gru_cell = nn.GRUCell(input_size=3, hidden_size=5)
+x_t, h_prev = torch.randn(4, 3), torch.randn(4, 5)
+gi = x_t @ gru_cell.weight_ih.T + gru_cell.bias_ih  # (4, 15): input parts of r, z, n
+gh = h_prev @ gru_cell.weight_hh.T + gru_cell.bias_hh  # (4, 15): recurrent parts
+i_r, i_z, i_n = gi.chunk(3, dim=1)
+h_r, h_z, h_n_part = gh.chunk(3, dim=1)
+r = torch.sigmoid(i_r + h_r)
+z = torch.sigmoid(i_z + h_z)
+n = torch.tanh(i_n + r * h_n_part)  # the reset gate scales W_hn h + b_hn
+h_gru = (1 - z) * n + z * h_prev
+difference = (h_gru - gru_cell(x_t, h_prev)).abs().max().item()
+print(f"hand-written step vs nn.GRUCell: max difference {difference:.1e}")
+assert difference < 1e-6
+
+
+# weight_ih (3H, I), weight_hh (3H, H) and two biases (3H,) for a GRU; 4H for an LSTM
 def lstm_parameters(n_in: int, n_hidden: int) -> int:
     return 4 * (n_hidden * n_in + n_hidden * n_hidden + 2 * n_hidden)
 
@@ -1497,30 +2100,89 @@ for n_in, n_hidden in [(1, 32), (2, 32), (32, 64), (10, 7)]:
     print(f"I={n_in:2} H={n_hidden:2}: LSTM {lstm_n:6,}  GRU {gru_n:6,}")
     assert lstm_n == lstm_parameters(n_in, n_hidden)
     assert gru_n == gru_parameters(n_in, n_hidden)
-print("Answer: LSTM 4(HI + H^2 + 2H), GRU 3(HI + H^2 + 2H); a GRU is 3/4 of the LSTM.")
+print("Answer: the hand-written GRU step matches nn.GRUCell. An LSTM has")
+print("4(HI + H^2 + 2H) parameters and a GRU 3(HI + H^2 + 2H): a GRU is 3/4")
+print("of an LSTM of the same sizes.")
 
 # %% [markdown]
-# **Exercise 2.** Write one step of a GRU by hand from the equations in section 4.2 and
-# check it against `nn.GRUCell` (its weights are stacked in the order $r, z, n$). Watch
-# where the reset gate goes: it multiplies $W_{hn} h + b_{hn}$, bias included.
+# **Exercise 2.** Section 4.4's recursive forecast feeds the model its own forecasts.
+# Build the alternative, a **direct** forecaster for the sine wave: the same LSTM, with
+# a head that outputs all of the next 50 values at once from the window's last hidden
+# state, so that no forecast is ever fed back. Cut the training and validation pairs
+# with `make_windows(series, 40, horizon=50)`, train with `train_forecaster` (it
+# selects the epoch on validation MSE), and compare its test RMSE at each step ahead,
+# over the same 21 origins, with the recursive forecast's `rmse_by_step`. Where is each
+# one better?
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 2
-gru_cell = nn.GRUCell(input_size=3, hidden_size=5)
-x_t, h_prev = torch.randn(4, 3), torch.randn(4, 5)
-gi = x_t @ gru_cell.weight_ih.T + gru_cell.bias_ih  # (4, 15): input parts of r, z, n
-gh = h_prev @ gru_cell.weight_hh.T + gru_cell.bias_hh  # (4, 15): recurrent parts
-i_r, i_z, i_n = gi.chunk(3, dim=1)
-h_r, h_z, h_n_part = gh.chunk(3, dim=1)
-r = torch.sigmoid(i_r + h_r)
-z = torch.sigmoid(i_z + h_z)
-n = torch.tanh(i_n + r * h_n_part)  # the reset gate scales W_hn h + b_hn
-h_gru = (1 - z) * n + z * h_prev
-difference = (h_gru - gru_cell(x_t, h_prev)).abs().max().item()
-print(
-    f"Answer: the hand-written step matches nn.GRUCell (max difference {difference:.1e})."
+class DirectForecaster(nn.Module):
+    """Read a window (B, L, 1); forecast the next `horizon` values at once."""
+
+    def __init__(self, horizon: int, hidden_size: int = 32) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(1, hidden_size, batch_first=True)
+        self.head = nn.Linear(hidden_size, horizon)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output, _ = self.rnn(x)  # (B, L, hidden)
+        return self.head(output[:, -1])  # (B, horizon)
+
+
+k_ahead = 50
+direct_sets = []
+for start, end in ((0, n_train), (n_train - L_wave, n_train + n_val)):
+    x_part, y_part = make_windows(wave[start:end], L_wave, horizon=k_ahead)
+    # inputs (N, 40, 1), targets (N, 50)
+    direct_sets.append(TensorDataset(x_part.unsqueeze(-1), y_part))
+torch.manual_seed(seed)
+direct_model = DirectForecaster(k_ahead).to(device)
+train_forecaster(direct_model, direct_sets, 30, batch_size=64, name="direct")
+direct_model.eval()
+with torch.no_grad():
+    direct = direct_model(windows.unsqueeze(-1).to(device)).cpu()  # (21, 50)
+direct_by_step = (direct - truth[:, :k_ahead]).pow(2).mean(dim=0).sqrt()
+recursive_by_step = rmse_by_step[:k_ahead]
+for k in (1, 2, 5, 10, 50):
+    print(
+        f"{k:2} steps ahead: direct {direct_by_step[k - 1]:.4f},"
+        f" recursive {recursive_by_step[k - 1]:.4f}"
+    )
+# steps ahead (1-based) at which the direct forecast is the better one
+direct_better = (direct_by_step < recursive_by_step).nonzero()[:, 0] + 1
+fig, ax = plt.subplots(figsize=(7, 3.2))
+steps_50 = range(1, k_ahead + 1)
+ax.plot(steps_50, recursive_by_step, label="recursive (section 4.4)")
+ax.plot(steps_50, direct_by_step, "--", label="direct, 50 outputs")
+ax.set(
+    title="Exercise 2: test RMSE by steps ahead (21 origins)",
+    xlabel="steps ahead",
+    ylabel="RMSE (log scale)",
+    yscale="log",
 )
-assert difference < 1e-6
+ax.legend()
+plt.show()
+if len(direct_better) == 0:
+    answer = "The recursive forecast was better at every step."
+else:
+    first = direct_better[0].item()
+    all_after = len(direct_better) == k_ahead - first + 1
+    answer = (
+        f"The direct forecaster is better from {first} step(s) ahead"
+        + (" on" if all_after else ", at most steps")
+        + f"; 50 steps ahead its RMSE is {direct_by_step[-1]:.3f}, against"
+        f" {recursive_by_step[-1]:.3f}. Its errors do not compound, because no"
+        " forecast is fed back."
+    )
+    if first > 1:
+        answer += (
+            " Close to the origin the recursive model is better: it was"
+            " trained for exactly that one step."
+        )
+print(textwrap.fill("Answer: " + answer, width=78))
+# Seeds 0, 1, 2 (CPU): direct/recursive 50 steps ahead ?, ?, ?, against 0.25
+assert direct_by_step[-1] < 0.25 * recursive_by_step[-1], direct_by_step
 
 # %% [markdown]
 # **Exercise 3.** The sunspot forecaster used a window of 20 years, fixed in advance.
@@ -1528,9 +2190,10 @@ assert difference < 1e-6
 # 30 years and compare validation RMSE (in sunspot numbers) with the 20-year model's.
 # Does every one beat the naive forecast on the validation years? Which window would you
 # pick, and is its advantage larger than the noise of 40 validation years? (Compare the
-# models year by year: the mean of the differences of their squared errors, and its
-# standard error. Neighbouring years' errors are correlated, so that standard error is
-# optimistic, which only strengthens a verdict of "within noise".)
+# models year by year, as section 4.5 did: the mean of the differences of their
+# squared errors, and its standard error. If neighbouring years' differences were
+# positively correlated, that standard error would be optimistic, which would only
+# strengthen a verdict of "within noise".)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
@@ -1643,14 +2306,14 @@ vanishing = profiles["RNN", "before training"]
 per_step_gain = {}
 for label, net in (("default", rnn_at_init), ("x 3", scaled_rnn)):
     w_hh = net.rnn.weight_hh_l0.detach().cpu()
-    radius = torch.linalg.eigvals(w_hh).abs().max().item()
+    spectral_radius = torch.linalg.eigvals(w_hh).abs().max().item()
     with torch.no_grad():
         h_all, _ = net.rnn(grad_x.to(device))  # (B, T, H): every h_t
     slope = (1 - h_all.pow(2)).mean().item()
-    per_step_gain[label] = radius * slope
+    per_step_gain[label] = spectral_radius * slope
     print(
-        f"W_hh {label:7}: spectral radius {radius:.2f} x mean tanh slope {slope:.2f}"
-        f" = {radius * slope:.2f}"
+        f"W_hh {label:7}: spectral radius {spectral_radius:.2f}"
+        f" x mean tanh slope {slope:.2f} = {per_step_gain[label]:.2f}"
     )
 fig, ax = plt.subplots(figsize=(7, 3.2))
 ax.plot(range(1, length + 1), vanishing, marker=".", label="default initialisation")
@@ -1665,18 +2328,31 @@ ax.legend()
 plt.show()
 growth = (exploding[0] / exploding[-1]).item()  # > 1: larger at step 1 than at step 40
 shrink = (vanishing[-1] / vanishing[0]).item()
+# the measured change per step, on average over the 39 steps from t = 40 back to t = 1
+measured = {"default": (1 / shrink) ** (1 / 39), "x 3": growth ** (1 / 39)}
 print(f"W_hh x 3: ||dL/dh_1|| is {growth:.0f} times ||dL/dh_40||;")
 print(f"default:  ||dL/dh_1|| is {shrink:.0e} times smaller than ||dL/dh_40||.")
-print("Answer: with W_hh x 3 the gradient grows going back in time instead of")
-print(
-    "vanishing. Tripling W_hh triples its spectral radius, but the larger weights also"
+for label in per_step_gain:
+    print(
+        f"W_hh {label:7}: estimate {per_step_gain[label]:.2f} per step,"
+        f" measured {measured[label]:.2f}"
+    )
+gain_x3 = per_step_gain["x 3"]
+side = "just above" if gain_x3 > 1 else "just below"
+answer = (
+    "Answer: with W_hh x 3 the gradient grows going back in time instead of"
+    " vanishing. Tripling W_hh triples its spectral radius, but the larger"
+    " weights also push the states towards ±1, where tanh is flat, so the"
+    f" mean slope falls: the product lands {side} 1 ({gain_x3:.2f}), against"
+    f" well below 1 for the default ({per_step_gain['default']:.2f}). The"
+    f" measured change per step is {measured['x 3']:.2f} and"
+    f" {measured['default']:.2f}: the estimate is a rough guide, since the"
+    " slope varies from step to step and unit to unit."
 )
-print("push the states towards ±1, where tanh is flat, so the mean slope falls: the")
-print("product lands just above 1 (slow growth), against well below 1 for the default")
-print("(fast vanishing). It is a rough guide, since the slope varies by step and unit.")
-assert per_step_gain["default"] < 1 < growth, (per_step_gain, growth)
-assert per_step_gain["x 3"] > per_step_gain["default"], per_step_gain
-assert exploding[0] > 1e3 * vanishing[0], (exploding[0], vanishing[0])
+print(textwrap.fill(answer, width=78))
+# Seeds 0-4 (CPU): default 0.54 to 0.65, x 3 1.00 to 1.12; growth 14x at seed 0
+assert per_step_gain["default"] < 0.8 and 0.8 < gain_x3 < 1.3, per_step_gain
+assert growth > 1, growth
 
 # %% [markdown]
 # ## Summary
@@ -1685,12 +2361,14 @@ assert exploding[0] > 1e3 * vanishing[0], (exploding[0], vanishing[0])
 #   (`output`) and every layer's state at the last step (`h_n`, plus `c_n` for the
 #   LSTM), with `h_n` never batch-first. One step of each is a few lines of tensor code,
 #   checked here against PyTorch.
-# - Windows come from `unfold` as tensors; splits follow time. Fed its own predictions,
-#   a forecaster's error compounds with the horizon, until it is worse than forecasting
-#   the mean.
+# - Windows come from `unfold` as tensors; splits follow time. Fed its own forecasts, a
+#   forecaster's error compounds with the horizon. On the sine wave, least squares beat
+#   the LSTM outright: a toy signal needs baselines too.
+# - A state carried across the chunks of a long stream is detached at every chunk
+#   boundary (truncated BPTT); without `detach()` the second `backward()` fails.
 # - On real sunspot counts a small LSTM beat the naive and seasonal naive forecasts on
-#   40 held-out years, and a linear autoregression on the same 20-year windows came
-#   between them; baselines are what make such a number mean something.
+#   40 held-out years, and a linear autoregression, its order chosen on the validation
+#   years, came between them; baselines are what make such a number mean something.
 # - Plain RNNs lose gradient exponentially with distance, and failed the adding problem
 #   over 40 steps, which LSTM and GRU solved. Clipping caps sudden gradient spikes;
 #   section 4.6 measured whether these runs needed it.

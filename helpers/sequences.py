@@ -1,8 +1,8 @@
 """Sequences for recurrent networks: windows of a series, a memory task, encoded text.
 
 Introduced in chapter 04 (recurrent networks): ``make_windows`` and ``naive_forecast``
-for forecasting, ``adding_problem`` for the long-range memory task, ``load_cldr_names``,
-``CharVocab`` and ``collate_packed`` for the character-level name classifier.
+for forecasting, ``adding_problem`` for the long-range memory task, ``load_cldr_names``
+and ``CharVocab`` for the character-level name classifier.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_sequence
 
 __all__ = [
     "CharVocab",
     "adding_problem",
-    "collate_packed",
     "load_cldr_names",
     "make_windows",
     "naive_forecast",
@@ -188,33 +186,3 @@ class CharVocab:
         if ids.ndim != 1:
             raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
         return "".join("?" if i == self.UNKNOWN else self.chars[i] for i in ids.tolist() if i != self.PAD)
-
-
-def collate_packed(
-    batch: Sequence[tuple[torch.Tensor, torch.Tensor | int]],
-) -> tuple[PackedSequence, torch.Tensor]:
-    """Turn ``(ids, label)`` pairs of different lengths into one packed batch.
-
-    The sequences are padded with ``pad_sequence`` to ``(B, longest)`` and packed with
-    ``pack_padded_sequence(..., enforce_sorted=False)``, which sorts by length inside and
-    remembers the original order; a recurrent layer given the result reads no padding.
-    Use it as a ``DataLoader``'s ``collate_fn``. Introduced in chapter 04.
-    """
-    if isinstance(batch, (str, bytes)) or not isinstance(batch, Sequence):
-        raise TypeError(f"batch must be a sequence of (ids, label) pairs, got {type(batch).__name__}")
-    if not batch:
-        raise ValueError("batch must hold at least one (ids, label) pair")
-    for i, item in enumerate(batch):
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise TypeError(f"batch[{i}] must be an (ids, label) pair, got {item!r}")
-        if not isinstance(item[0], torch.Tensor):
-            raise TypeError(f"batch[{i}][0] (ids) must be a torch.Tensor, got {type(item[0]).__name__}")
-        if item[0].ndim != 1 or len(item[0]) == 0:
-            raise ValueError(
-                f"batch[{i}][0] (ids) must be a non-empty 1-D tensor, got shape {tuple(item[0].shape)}"
-            )
-    sequences, labels = zip(*batch, strict=True)
-    lengths = torch.tensor([len(seq) for seq in sequences])
-    padded = pad_sequence(list(sequences), batch_first=True, padding_value=CharVocab.PAD)
-    packed = pack_padded_sequence(padded, lengths, batch_first=True, enforce_sorted=False)
-    return packed, torch.stack([torch.as_tensor(label) for label in labels]).long()

@@ -2,13 +2,10 @@ import numpy as np
 import pytest
 import torch
 from babel import Locale
-from torch import nn
-from torch.nn.utils.rnn import pad_packed_sequence
 
 from helpers.sequences import (
     CharVocab,
     adding_problem,
-    collate_packed,
     load_cldr_names,
     make_windows,
     naive_forecast,
@@ -187,38 +184,3 @@ def test_char_vocab_round_trips_and_reserves_padding_and_unknown():
 def test_char_vocab_rejects_bad_input(call, error, message):
     with pytest.raises(error, match=message):
         call()
-
-
-def test_collate_packed_round_trips_and_a_gru_reads_no_padding():
-    gen = torch.Generator().manual_seed(0)
-    seqs = [torch.randint(2, 9, (n,), generator=gen) for n in (3, 6, 1, 4)]
-    packed, labels = collate_packed([(s, i) for i, s in enumerate(seqs)])
-    assert labels.tolist() == [0, 1, 2, 3] and labels.dtype == torch.long
-    padded, lengths = pad_packed_sequence(packed, batch_first=True)
-    assert lengths.tolist() == [3, 6, 1, 4]  # original order restored
-    for row, seq in enumerate(seqs):
-        assert torch.equal(padded[row, : len(seq)], seq)
-        assert (padded[row, len(seq) :] == CharVocab.PAD).all()
-    # a GRU on the packed batch gives each sequence's final state as if run alone
-    torch.manual_seed(0)
-    embed, gru = nn.Embedding(9, 4).double(), nn.GRU(4, 5).double()
-    _, h_packed = gru(packed._replace(data=embed(packed.data)))
-    for row, seq in enumerate(seqs):
-        _, h_alone = gru(embed(seq)[:, None])  # (T, 1, 4): one sequence, no padding
-        assert (h_packed[0, row] - h_alone[0, 0]).abs().max() < 1e-12
-
-
-@pytest.mark.parametrize(
-    ("batch", "error", "message"),
-    [
-        ([], ValueError, "at least one"),
-        ("ab", TypeError, "batch must be a sequence"),
-        ([(torch.tensor([2]), 0), (torch.tensor([], dtype=torch.long), 1)], ValueError, r"batch\[1\]\[0\]"),
-        ([(torch.ones(2, 2, dtype=torch.long), 0)], ValueError, r"batch\[0\]\[0\]"),
-        ([([2, 3], 0)], TypeError, r"batch\[0\]\[0\]"),
-        ([(torch.tensor([2]), 0, 1)], TypeError, r"batch\[0\] must be an \(ids, label\) pair"),
-    ],
-)
-def test_collate_packed_rejects_bad_input(batch, error, message):
-    with pytest.raises(error, match=message):
-        collate_packed(batch)
