@@ -31,8 +31,9 @@
 # process, where they use the `nccl` backend and one GPU per process (with fewer GPUs,
 # Colab's one for example, they stay on the CPU).
 #
-# **Prerequisites:** chapter 2 (the training loop, checkpoints) and chapter 3 (the
-# handwritten digits).
+# **Prerequisites:** chapter 2 (the training loop, checkpoints), chapter 3 (the
+# handwritten digits) and chapter 8 (gradient accumulation, mixed precision, rounding
+# error in sums).
 
 # %% tags=["hide-cell"]
 # On Colab only: install this book's helpers package (Colab's own torch is kept).
@@ -346,10 +347,12 @@ record("collectives_seconds", collectives_seconds, fmt="{:.0f}")
 # of starting and coordinating the processes, not for a toy job like this.
 #
 # **When a job hangs.** A collective waits until every rank of the group has called
-# it. If one rank never does (it took another branch of an `if`, crashed, or calls a
-# different collective), the others wait until the process group's timeout: 30
+# it. If one rank, still alive, never does (it took another branch of an `if`, or it
+# calls a different collective), the others wait until the process group's timeout: 30
 # minutes by default for `gloo` and 10 for `nccl` in current releases, which looks
-# like a hang. Four tools help. `dist.init_process_group(..., timeout=timedelta(...))`
+# like a hang. (A rank that *dies* is different: under `torchrun` the agent stops the
+# others, section 9.6, and with `gloo` their connections fail at once.) Five tools
+# help. `dist.init_process_group(..., timeout=timedelta(...))`
 # makes the wait fail sooner, with an error. The environment variable
 # `TORCH_DISTRIBUTED_DEBUG=DETAIL` makes every rank check, before each collective,
 # that all ranks call the same one with the same shapes, and name the mismatch; the
@@ -691,7 +694,8 @@ def rounding_scale(dtype: torch.dtype, n_steps: int) -> float:
 rounding_allowance = rounding_scale(torch.float64, steps)
 print(f"after {steps} steps: largest parameter difference {ddp_vs_single:.2e}")
 print(f"what float64 rounding of these sums can account for: {rounding_allowance:.1e}")
-# CPU levels default, avx2, avx512 x seeds 0-2 and an H200 GPU: gap 6e-16 to 1e-15
+# CPU levels default, avx2, avx512 x seeds 0-2 (and a one-GPU machine, where the
+# workers use gloo on the CPU): gap 6e-16 to 1e-15
 # against an allowance of 2e-11 to 3e-11 (a different data order gives 0.3).
 assert ddp_vs_single <= rounding_allowance, (ddp_vs_single, rounding_allowance)
 record("steps", steps)
@@ -787,10 +791,12 @@ record("order_gap", order_gap, fmt="{:.2f}")
 print(inspect.getsource(train_ddp.train_one_epoch_accumulating))
 
 # %% [markdown]
-# Each loss is weighted by its piece's share of the batch: the last batch of each
-# epoch holds 22 examples per process, not 32, and weighting keeps the sum equal to
-# the mean over the whole batch. The same training as section 9.4, with each batch of
-# 32 in two pieces, must therefore end with the same parameters:
+# Each loss is weighted by its piece's share of the batch, because pieces can differ in
+# size: three pieces of a batch of 32 hold 11, 11 and 10 examples, and of each epoch's
+# last batch, 22 per process, 8, 7 and 7. Weighted by size, the pieces' losses add up
+# to the mean over the whole batch; weighted equally, they would not. The same training
+# as section 9.4, with each batch in three pieces, must therefore end with the same
+# parameters:
 
 # %%
 micro_dir = work_dir / "micro"
@@ -798,20 +804,20 @@ launch(
     [
         single_node(
             "helpers.distributed.train_ddp",
-            [*common_args, f"--out-dir={micro_dir}", "--micro-batches=2"],
+            [*common_args, f"--out-dir={micro_dir}", "--micro-batches=3"],
         )
     ]
 )
 micro_state = torch.load(micro_dir / "model.pt", map_location="cpu", weights_only=True)
 micro_vs_whole = max_difference(micro_state, ddp_state)
-print(f"2 micro-batches vs whole batches: largest difference {micro_vs_whole:.1e}")
+print(f"3 micro-batches vs whole batches: largest difference {micro_vs_whole:.1e}")
 # seeds 0-2 on CPU: 7e-16 to 1.1e-15 against an allowance of 2e-11 to 3e-11
 assert micro_vs_whole <= rounding_allowance, (micro_vs_whole, rounding_allowance)
 record("micro_vs_whole", micro_vs_whole, fmt="{:.1e}")
 
 # %% [markdown]
-# They differ by {glue:}`micro_vs_whole`, rounding again (a sum of 16 and a sum of 16
-# is not added in the order of one sum of 32), within the same allowance as before.
+# They differ by {glue:}`micro_vs_whole`, rounding again (three partial sums are not
+# added in the order of one sum of 32), within the same allowance as before.
 # Chapter 8's rules carry over: clip the gradients, and unscale them if a
 # `GradScaler` is in use, after the last micro-batch, on the accumulated sum.
 #
@@ -981,15 +987,16 @@ two_node = [
     )
     for _ in range(2)  # the same command on every node
 ]
-# On a CPU, FSDP2 needs PyTorch 2.6 or later: 2.4 and 2.5 (which this book also
-# supports) create CUDA streams for it, which fails on a machine without a GPU driver.
+# This runs FSDP2 with gloo on the CPU, which needs PyTorch 2.6 or later (where
+# fully_shard became public): 2.4's version creates CUDA streams for it, which fails
+# on a machine without a GPU driver, and neither 2.4 nor 2.5 is tested here.
 torch_version = tuple(int(part) for part in torch.__version__.split(".")[:2])
-fsdp_runs = torch_version >= (2, 6) or torch.cuda.is_available()
+fsdp_runs = torch_version >= (2, 6)
 if fsdp_runs:
     _, fsdp_output, _ = launch(two_node)
 else:
     print(
-        f"skipped: FSDP2 on a CPU needs PyTorch 2.6 or later, not {torch.__version__}"
+        f"skipped: this FSDP2 demo needs PyTorch 2.6 or later, not {torch.__version__}"
     )
 
 # %% [markdown]
@@ -1010,7 +1017,9 @@ if fsdp_runs:  # the skip above explains why not
     print(
         f"FSDP2 vs DDP after {steps} steps: largest parameter difference {fsdp_vs_ddp:.1e}"
     )
-    if ddp_summary["device_type"] == "cpu":  # both ran on the CPU: the same arithmetic
+    # Both ran on the CPU: each rank computes the same local gradients as in DDP, and
+    # averaging two numbers (halving their sum) rounds the same way in both.
+    if ddp_summary["device_type"] == "cpu":
         assert fsdp_vs_ddp == 0.0, fsdp_vs_ddp
     else:  # DDP ran on GPUs, this simulation on the CPU
         assert fsdp_vs_ddp <= rounding_allowance, (fsdp_vs_ddp, rounding_allowance)

@@ -485,7 +485,8 @@ def test_fsdp2_as_two_nodes_shards_the_weights_and_matches_one_process(data_file
     commands = [
         torchrun_command(
             "helpers.distributed.fsdp2",
-            _script_args(data_file, tmp_path, epochs),
+            # both "nodes" are this machine: on a GPU machine they would share GPU 0
+            [*_script_args(data_file, tmp_path, epochs), "--backend=gloo"],
             nnodes=2,
             nproc_per_node=1,
             rdzv_endpoint=endpoint,

@@ -51,8 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_set, _, _ = load_data(args.data, dtype)
     loader = make_loader(train_set, args.batch_size, args.seed)
 
-    # The model is built on the "meta" device: shapes, no memory. A model too big for
-    # one process never exists whole anywhere.
+    # The model is built on the "meta" device: shapes, no memory. Only rank 0 ever
+    # holds it whole, below, and only in CPU memory.
     with torch.device("meta"):
         model = make_model().to(dtype)
     # Name the device the shards live on. Without a mesh, fully_shard builds one on
