@@ -172,7 +172,11 @@ def train_one_epoch(
         raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
     model.train()
     optimizer.zero_grad()
-    total, count, pending = 0.0, 0, 0
+    # Each batch's loss stays on the device: a .item() per step would make the CPU
+    # wait for the GPU every step. They are read once, at the end of the epoch.
+    losses: list[torch.Tensor] = []
+    sizes: list[int] = []
+    pending = 0
     for inputs, targets in loader:
         inputs, targets = inputs.to(device), targets.to(device)
         outputs = _match_target(model(inputs), targets)
@@ -182,13 +186,15 @@ def train_one_epoch(
         if pending == accumulation_steps:
             _step_group(optimizer, pending, accumulation_steps)
             pending = 0
-        total += loss.item() * len(targets)
-        count += len(targets)
-    if count == 0:
+        losses.append(loss.detach())
+        sizes.append(len(targets))
+    if not sizes:
         raise ValueError("loader yielded no batches")
     if pending:
         _step_group(optimizer, pending, accumulation_steps)
-    return total / count
+    # float64 on the CPU (MPS has no float64): the same sum a Python loop would give
+    per_batch = torch.stack(losses).cpu().double()
+    return (per_batch * torch.tensor(sizes, dtype=torch.float64)).sum().item() / sum(sizes)
 
 
 @torch.no_grad()
