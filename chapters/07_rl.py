@@ -43,7 +43,7 @@ if "google.colab" in sys.modules:
 
 # %% [markdown]
 # The networks in this chapter are tiny (about 4,600 weights each) and are called
-# thousands of times, on batches of 16 to a few thousand states. Work that small gives
+# thousands of times, on batches of 16 to several thousand states. Work that small gives
 # several CPU threads little to share, and on a machine whose cores are busy with other
 # programs the threads can spend more time waiting for each other than computing. So the
 # setup cell asks PyTorch for one thread. It also puts everything on the CPU, even on a
@@ -173,7 +173,8 @@ assert terminated and abs(observation[2]) > fall_angle  # the pole fell
 # measured right here, nothing touches the test episodes until section 7.6, so the final
 # test is on start states that neither training nor any choice made on validation has
 # seen. Each evaluation plays 20 episodes: few enough to run after every update, enough
-# that one unlucky start state moves the mean by at most 5%.
+# that one unlucky start state moves the mean by at most 25 steps, 5% of the maximum
+# return of 500.
 
 # %%
 val_seed, test_seed = seed + 1_000, seed + 2_000
@@ -317,8 +318,9 @@ assert np.allclose(discounted_returns(rewards, gamma).numpy(), direct)
 # **normalise** them over a batch, subtracting the mean and dividing by the standard
 # deviation (plus `eps`). Subtracting the mean acts as a simple baseline: actions followed
 # by more than the usual return are made more likely, the others less likely. Dividing
-# by the standard deviation gives every batch weights of the same scale. With plain SGD
-# that fixes the step size. Adam divides each gradient by a running root-mean-square of
+# by the standard deviation gives every batch weights of the same scale; with plain SGD
+# the step then no longer grows with the returns (it still scales with the gradients
+# of the log-probabilities). Adam divides each gradient by a running root-mean-square of
 # its past values, so a *constant* scale would cancel anyway; but the returns' scale
 # changes during training, as episodes grow from about 20 steps to 500, and Adam's
 # average follows it only slowly (over about $1/(1-\beta_2) = 1000$ steps).
@@ -607,7 +609,9 @@ print(f"{len(batch_states)} steps, loss {loss.item():+.4f}")
 # played by an older policy and no longer estimates the new gradient. Reusing it would
 # need a correction by the probability ratio
 # $\pi_{\theta_\text{new}}(a \mid s) / \pi_{\theta_\text{old}}(a \mid s)$ (importance
-# sampling); keeping that ratio close to 1 is what PPO's clipped loss does. REINFORCE is
+# sampling). A per-step ratio corrects only the choice of actions, not the states the
+# new policy would have visited, so it is accurate only while the two policies stay
+# close; keeping that ratio close to 1 is what PPO's clipped loss does. REINFORCE is
 # therefore **on-policy**: one gradient step per batch, then the batch is thrown away.
 # Exercise 1 measures what happens when the policy takes ten steps on each batch.
 #
@@ -1384,7 +1388,6 @@ else:
 record("boundary_slope", slope, fmt="{:+.2f}")
 record("boundary_intercept", intercept, fmt="{:+.2f}")
 record("boundary_shift", omega_shift, fmt="{:.2f}")
-record("boundary_distance", off_boundary.max(), fmt="{:.2f}")
 record("episode_theta", np.abs(theta_seen).max(), fmt="{:.3f}")
 record("episode_omega", np.abs(omega_seen).max(), fmt="{:.2f}")
 record("unsure_fraction", unsure, fmt="{:.0%}")
@@ -1392,6 +1395,13 @@ record("switch_fraction", switches, fmt="{:.0%}")
 record("gap_visited", gap_visited, fmt="{:.1f}")
 record("gap_map", gap_map, fmt="{:.1f}")
 record("gap_relation", gap_relation)
+record(
+    "clamp_verdict",
+    "Training did not make this policy confident enough for the clamp to matter on "
+    "these states"
+    if max(gap_visited, gap_map) < clamp_gap
+    else "On some of these states the clamp does matter",
+)
 print(f"largest logit gap: {gap_visited:.1f} (episode), {gap_map:.1f} (map)")
 
 # %% [markdown]
@@ -1408,9 +1418,10 @@ print(f"largest logit gap: {gap_visited:.1f} (episode), {gap_map:.1f} (map)")
 #
 # The greedy episode stays within {glue:}`episode_theta` rad of vertical and
 # {glue:}`episode_omega` rad/s of angular velocity (the right panel's rectangle, drawn
-# 30% larger). Its angular velocity is never more than {glue:}`boundary_distance` rad/s
-# off the fitted boundary, and it switches action at {glue:}`switch_fraction` of its
-# steps; its own probability of pushing right, computed on the full states, lay between
+# 30% larger). It switches action at {glue:}`switch_fraction` of its steps, and each
+# push changes the angular velocity by about 0.3 rad/s (section 7.1), so the points in
+# the zoom lie in bands, the angular velocity alternating between a few levels. Its
+# own probability of pushing right, computed on the full states, lay between
 # 0.1 and 0.9 at {glue:}`unsure_fraction` of them. The map shows only the slice
 # `x = x_dot = 0`: the policy also sees the cart's position and velocity, which can move
 # the boundary.
@@ -1418,8 +1429,8 @@ print(f"largest logit gap: {gap_visited:.1f} (episode), {gap_map:.1f} (map)")
 # Section 7.2's concern about confident policies, measured: the largest logit gap is
 # {glue:}`gap_visited` on the greedy episode's states and {glue:}`gap_map` anywhere on
 # the map, {glue:}`gap_relation` the 15.9 from which `Categorical(probs=...)` clamps.
-# Training did not make this policy confident enough for the clamp to matter on these
-# states; logits are the safe choice for runs that do.
+# {glue:}`clamp_verdict`; logits are the safe choice for runs that do (exercise 1's
+# collapsed runs, with entropy near 0, are that regime).
 #
 # ## 7.8 Watching it balance
 #
@@ -1527,7 +1538,10 @@ assert episode.truncated and largest_angle < 12, (episode_end, largest_angle)
 # ten steps per batch from the three seeds of section 7.5, with a budget of 160
 # episodes (`dataclasses.replace(settings, max_episodes=160)`), and compare the first
 # update's KL with that of a single step on the same first batch. What happens to the
-# runs?
+# runs? (The KL divergence of two action distributions, chapter 6,
+# $\sum_a \pi_\text{old}(a)\ln\frac{\pi_\text{old}(a)}{\pi_\text{new}(a)}$, is 0 when they agree
+# and grows as they part; the entropy $-\sum_a \pi(a)\ln\pi(a)$ of a two-action policy
+# is ln 2 ≈ 0.69 for a fair coin and 0 for a policy that always takes one action.)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
@@ -1602,7 +1616,7 @@ if n_collapsed:
         f"action almost surely (a fair coin's entropy is {fair_coin:.2f} "
         "nats). Such a policy never sees what the other action would have "
         "done, so its batches carry almost no gradient towards it, and later "
-        "batches cannot undo the step."
+        "batches did not undo the step within the budget."
     )
 print(
     "After the first step on a batch, the later ones follow a gradient "
@@ -1797,13 +1811,14 @@ print(
     f"the trained policy takes the rule's action in {agree:.0%} of the greedy "
     "episode's states. The rule's line, omega = -2 theta, is "
     f"{2 / abs(slope):.1f} times {steeper} than the policy's boundary (slope "
-    f"{slope:+.2f}): the policy gives the angle less weight relative to the "
+    f"{slope:+.2f}): the policy gives the angle "
+    f"{'less' if steeper == 'steeper' else 'more'} weight relative to the "
     f"angular velocity. Where the episode stays, |theta| <= {widest:.3f} rad, "
-    f"the two lines are at most {lines_apart:.2f} rad/s apart, which is why "
-    "the two mostly agree there. So a two-term linear rule also balances the "
-    "pole: once the state is observed, CartPole-v1 is easy to control. What "
-    "REINFORCE adds is that it found a controller of the same kind from "
-    "rewards alone, with nobody writing the rule down."
+    f"the two lines are at most {lines_apart:.2f} rad/s apart. So a two-term "
+    "linear rule also balances the pole: once the state is observed, "
+    "CartPole-v1 is easy to control. What REINFORCE adds is that it found a "
+    "controller of the same kind from rewards alone, with nobody writing the "
+    "rule down."
 )
 # seeds 0-2 at CPU levels default, avx2, avx512: the rule scored 500 every time,
 # agreement 91% to 94%
@@ -1820,7 +1835,8 @@ assert rule_returns.mean() >= solved_threshold and agree > 0.7, (rule_returns, a
 #   dynamics drop out, and causality leaves each action weighted by the reward-to-go.
 #   It holds for the current policy only, so REINFORCE takes one step per batch.
 # - A policy network outputs logits; `Categorical(logits=...)` samples actions and gives
-#   exact log-probabilities, where softmax probabilities clamp them and kill gradients.
+#   exact log-probabilities, where softmax probabilities are clamped at float32's eps
+#   (logit gaps above about 16) and their gradients vanish.
 #   $-\log \pi(a \mid s)$ is chapter 2's cross-entropy with the sampled action as label.
 # - REINFORCE weights each action's log-probability by the (normalised) discounted return
 #   that followed it; batches of 16 episodes from `gym.make_vec` average the noisy
