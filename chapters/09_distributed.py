@@ -119,8 +119,6 @@ print(
 # name) is the backend for GPU tensors: one GPU per process, fast links between GPUs.
 # `gloo` works on CPU tensors (and some operations on GPU tensors) and ships with every
 # PyTorch build; it is what this chapter runs. The code that calls them is the same.
-# (Distributed training in PyTorch is often described as "done with NCCL". NCCL is the
-# backend for NVIDIA GPUs, one of several; the same code runs on CPUs with `gloo`.)
 
 # %% tags=["hide-input"]
 fig, (ax_ranks, ax_step) = plt.subplots(1, 2, figsize=(13, 4.4))
@@ -359,8 +357,9 @@ record("collectives_seconds", collectives_seconds, fmt="{:.0f}")
 # check costs a round trip per collective, so it is for debugging, not for training
 # runs. `NCCL_DEBUG=INFO` prints NCCL's own log of what it set up, and
 # `py-spy dump --pid PID` shows where a stuck process is waiting. And decorating the
-# script's `main` with `@record` (from `torch.distributed.elastic.multiprocessing.errors`)
-# makes `torchrun` report a failed worker's traceback in its summary. Exercise 4 makes
+# script's `main` with `@record` (from `torch.distributed.elastic.multiprocessing.errors`,
+# as this chapter's scripts do) makes `torchrun` report a failed worker's traceback in
+# its summary. Exercise 4 makes
 # a job hang on purpose.
 #
 # ## 9.3 Giving each process its own data: `DistributedSampler`
@@ -482,7 +481,7 @@ print(inspect.getsource(train_ddp.main))
 # Two processes, 32 examples each per step (64 per step in total), 6 epochs, SGD with
 # momentum 0.9 and learning rate 0.05. These settings are untuned: momentum 0.9 is the
 # usual default, the learning rate a round value at which this network trains stably,
-# and 6 epochs take a few seconds of computation per launch (starting the processes
+# and 6 epochs take a second or two of computation per launch (starting the processes
 # takes longer, as the timings below show). This chapter changes where the
 # computation runs, not what it computes, so it needs a run to reproduce, not the best
 # run. The run uses `float64`; section 9.5 explains why.
@@ -519,7 +518,7 @@ val_accuracies = [h["val_accuracy"] for h in ddp_history]
 fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.5))
 plot_losses(
     {
-        "train (both ranks' data)": train_losses,
+        "train (both ranks' data, mean over the epoch)": train_losses,
         "validation (all 500, on rank 0)": val_losses,
     },
     title="DDP, 2 processes: loss",
@@ -546,7 +545,9 @@ record("val_loss_first", val_losses[0], fmt="{:.3f}")
 record("val_loss_last", val_losses[-1], fmt="{:.3f}")
 record("val_accuracy_se", max(val_se), fmt="{:.1%}")
 best, runner_up = sorted(val_accuracies, reverse=True)[:2]
-margin = (best - runner_up) / max(val_se)
+# the standard error at the two accuracies compared
+compared_se = math.sqrt(runner_up * (1 - runner_up) / len(digits.y_val))
+margin = (best - runner_up) / compared_se
 record(
     "best_margin_words",
     "tied with" if margin == 0 else f"{margin:.1f} standard errors above",
@@ -732,6 +733,11 @@ order_gap = max_difference(ddp_state, other_order.state_dict())
 print(f"same data, other order: largest parameter difference {order_gap:.3f}")
 assert order_gap > 1e-3, order_gap
 record("order_gap", order_gap, fmt="{:.2f}")
+n_parameters = sum(p.numel() for p in reference.parameters())
+record("n_parameters", n_parameters, fmt="{:,}")
+record("allreduce_kb", 2 * (2 - 1) / 2 * n_parameters * 8 / 1e3, fmt="{:.0f}")
+# forward and backward: about 3 multiply-adds per weight per example
+record("step_mflop", 3 * n_parameters * batch_size / 1e6, fmt="{:.0f}")
 
 # %% [markdown]
 # A different order of the same data moves the parameters by up to {glue:}`order_gap`,
@@ -743,7 +749,13 @@ record("order_gap", order_gap, fmt="{:.2f}")
 # little arithmetic to be worth sharing. Data parallelism pays off when a step's
 # computation dwarfs its communication (large models on GPUs, where DDP also overlaps
 # the all-reduce with the rest of backward), and the way to know is to time a few
-# hundred steps at one and at N processes on your own hardware.
+# hundred steps at one and at N processes on your own hardware. What the communication
+# costs can be counted: a ring all-reduce, the usual algorithm, has each of N
+# processes send (and receive) 2(N − 1)/N times the gradient's bytes per step. Here
+# that is {glue:}`allreduce_kb` kB per process per step ({glue:}`n_parameters`
+# float64 gradients), against about {glue:}`step_mflop` million multiply-adds of
+# arithmetic per process per step. FSDP moves about 1.5 times as much: it all-gathers
+# the weights for forward and again for backward, and reduce-scatters the gradients.
 #
 # The equivalence holds under conditions, all met here:
 #
@@ -781,10 +793,11 @@ record("order_gap", order_gap, fmt="{:.2f}")
 # ### Gradient accumulation across processes: `no_sync()`
 #
 # Chapter 8 accumulated the gradients of several micro-batches before one optimizer
-# step, to train with a batch that does not fit in memory at once. Under DDP, every
-# `backward` all-reduces, so accumulating k micro-batches would communicate k times per
-# step where once is enough. `model.no_sync()` is a context manager that skips the
-# all-reduce: run every micro-batch but the last inside it, and the last `backward`
+# step, to train with a batch that does not fit in memory at once, and counted DDP's
+# all-reduces in one process: every `backward` all-reduces, so accumulating k
+# micro-batches communicates k times per step where once is enough.
+# `model.no_sync()` is a context manager that skips the all-reduce: run the forward
+# and backward of every micro-batch but the last inside it, and the last `backward`
 # all-reduces the accumulated sum. `train_ddp.py` does this with `--micro-batches`:
 
 # %%
@@ -1037,16 +1050,18 @@ if fsdp_runs:  # the skip above explains why not
         for f, d in zip(fsdp_history, ddp_history, strict=True)
     )
     print(f"largest difference of the epochs' training losses: {fsdp_loss_gap:.1e}")
+    if ddp_summary["device_type"] == "cpu":
+        assert fsdp_loss_gap == 0.0, fsdp_loss_gap
 
 # %% [markdown]
 # The largest parameter difference is {glue:}`fsdp_vs_ddp_diff` (0 means bit for bit
 # equal; on a machine with two or more GPUs section 9.4's DDP run used them while this
-# simulation ran on the CPU, and the two then differ at rounding level), and so is
-# every epoch's training loss: sharding changed where the numbers were stored and how
-# they travelled, not the arithmetic. For a network of about 100,000 parameters the
-# saving is pointless and the extra gathers cost time; for a model whose weights,
-# gradients and optimizer state do not fit on one GPU, FSDP is what makes training
-# possible at all. Three things matter for such a model:
+# simulation ran on the CPU, and the two then differ at rounding level); on the CPU
+# every epoch's training loss agrees exactly too: sharding changed where the numbers
+# were stored and how they travelled, not the arithmetic. For a network of about
+# 100,000 parameters the saving is pointless and the extra gathers cost time; for a
+# model whose weights, gradients and optimizer state do not fit on one GPU, FSDP is
+# what makes training possible at all. Three things matter for such a model:
 #
 # - **Build it without memory.** The script already does what such a model needs: it
 #   builds the model on the *meta* device (`with torch.device("meta"):`), whose
@@ -1077,7 +1092,8 @@ if fsdp_runs:  # the skip above explains why not
 # ```
 #
 # - `--nnodes` is the number of machines (`--nnodes=2:4` makes the job elastic: it
-#   starts with 2 and accepts up to 4);
+#   needs at least 2 and admits up to 4, starting with as many as have joined when
+#   the rendezvous closes);
 # - `--nproc-per-node` is the number of processes per machine, usually its GPU count;
 # - `--rdzv-backend=c10d` with `--rdzv-endpoint=host:port`: the agents meet (the
 #   *rendezvous*) through a key-value store that the agent on `host` serves on `port`;
@@ -1323,8 +1339,9 @@ assert min(gaps32) > allowance[torch.float64], (gaps32, allowance)
 # **Exercise 4.** A hang on purpose. Write a script in which rank 0 calls `all_reduce`
 # while rank 1 calls `broadcast`: the mismatch a rank-dependent `if` around a
 # collective causes. Each rank catches the exception and prints it with `rank_print`.
-# Launch it twice at once (pass both commands to `launch`): once with
-# `dist.init_process_group("gloo", timeout=timedelta(seconds=3))`, once with the
+# Launch it twice at once (pass both commands to `launch`): once with the collectives
+# in a group that gives up after 3 seconds,
+# `dist.new_group(backend="gloo", timeout=timedelta(seconds=3))`, once with the
 # environment variable `TORCH_DISTRIBUTED_DEBUG=DETAIL` (give the command `env` as its
 # first words). What does each run report, and after how long? What would a job
 # without either setting have done?
@@ -1339,11 +1356,14 @@ assert min(gaps32) > allowance[torch.float64], (gaps32, allowance)
 # would wait for the default timeout printed below (half an hour for gloo, 10 minutes
 # for nccl in current releases) before failing. For a real hang, also look at
 # NCCL_DEBUG=INFO (NCCL's own log) and at a stack dump of each stuck process
-# (py-spy dump --pid PID).
+# (py-spy dump --pid PID). The short timeout belongs to the group that runs the
+# collectives: given to init_process_group, it would also limit how long the ranks may
+# take to join, and a slow start would fail the job before the experiment.
 mismatch_path = work_dir / "mismatch.py"  # the module `mismatch` in work_dir
 mismatch_path.write_text(
     """\
 import os
+import time
 from datetime import timedelta
 
 import torch
@@ -1351,17 +1371,22 @@ import torch.distributed as dist
 
 from helpers.distributed import rank_print
 
-dist.init_process_group("gloo", timeout=timedelta(seconds=3))
+dist.init_process_group("gloo")  # joining keeps the default timeout
+# the collectives below run in a group that gives up after 3 seconds
+group = dist.new_group(backend="gloo", timeout=timedelta(seconds=3))
 rank, x = dist.get_rank(), torch.ones(3)
+mode = os.environ.get("TORCH_DISTRIBUTED_DEBUG", "OFF")
+start = time.perf_counter()
 try:
     if rank == 0:
-        dist.all_reduce(x)
+        dist.all_reduce(x, group=group)
     else:
-        dist.broadcast(x, src=0)
-    rank_print(rank, "no error")
+        dist.broadcast(x, src=0, group=group)
+    rank_print(rank, f"debug {mode}: no error")
 except RuntimeError as error:
-    mode = os.environ.get("TORCH_DISTRIBUTED_DEBUG", "OFF")
-    rank_print(rank, f"debug {mode}: {str(error).splitlines()[0][:150]}")
+    seconds = time.perf_counter() - start
+    first_line = str(error).splitlines()[0][:120]
+    rank_print(rank, f"debug {mode}: after {seconds:.1f} s: {first_line}")
 dist.destroy_process_group()
 """
 )
@@ -1369,7 +1394,11 @@ commands = [
     ["env", f"TORCH_DISTRIBUTED_DEBUG={mode}", *single_node("mismatch")]
     for mode in ("OFF", "DETAIL")
 ]
-_, mismatch_output, _ = launch(commands, timeout=120, env={"PYTHONPATH": str(work_dir)})
+# work_dir goes first on the module search path, in front of whatever is there
+search_path = os.pathsep.join(
+    filter(None, [str(work_dir), os.environ.get("PYTHONPATH")])
+)
+_, mismatch_output, _ = launch(commands, timeout=120, env={"PYTHONPATH": search_path})
 reports = [line for lines in mismatch_output.values() for line in lines]
 print("default timeout of a process group:", dist.default_pg_timeout)
 timeouts = [line for line in reports if line.startswith("debug OFF")]
@@ -1379,6 +1408,8 @@ assert any("Timed out" in line for line in timeouts), timeouts
 assert all(re.search("Timed out|Connection (closed|reset)", line) for line in timeouts)
 assert len(mismatches) == 2, mismatches
 assert all("mismatch between collectives" in line for line in mismatches), mismatches
+seconds_of = [float(re.search(r"after ([\d.]+) s", line).group(1)) for line in reports]
+print(f"the timeout runs failed after {max(seconds_of):.1f} s at most")
 
 # %% [markdown]
 # ## Summary

@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.elastic.multiprocessing.errors import record
 
 try:
     from torch.distributed.fsdp import fully_shard  # PyTorch 2.6 and later
@@ -44,6 +45,7 @@ from helpers.distributed.train_ddp import (
 )
 
 
+@record  # under torchrun: a failed worker's traceback goes into the agent's report
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser(fault_demo=False).parse_args(argv)
     ctx = setup_distributed(args.backend)
