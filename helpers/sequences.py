@@ -111,8 +111,10 @@ def load_cldr_names(
     (e.g. ``Locale("de").territories["DE"] == "Deutschland"``). Returns
     ``(name, language, key)`` triples, where ``key`` such as ``"territories:DE"`` names
     the thing the name refers to, identical across languages. A name spelled the same in
-    two or more of ``languages`` (``"Angola"``) is left out: no label could be right. A
-    name used for two things in one language is kept once, for the first of ``kinds``.
+    two or more of ``languages`` (``"Angola"``) is left out: a classifier that reads only
+    the name gives all its rows the same answer, so it could not be right for all of
+    them. A name used for two things in one language is kept once, for the first of
+    ``kinds``.
     Introduced in chapter 04.
     """
     if isinstance(languages, str) or not isinstance(languages, Sequence):
