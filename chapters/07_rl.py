@@ -49,8 +49,9 @@ if "google.colab" in sys.modules:
 # setup cell asks PyTorch for one thread. It also puts everything on the CPU, even on a
 # machine with a GPU: the simulator runs in NumPy on the CPU, so every step of play would
 # send the states to the GPU and wait for the actions to come back. Section 7.4 times
-# that round trip against the CPU. `get_device()`, which the other chapters use, is
-# still called, to name the accelerator that timing compares with.
+# the CPU's per-step work and, where the machine has an accelerator, the same work there.
+# `get_device()`, which the other chapters use, is still called, to name the
+# accelerator that timing compares with.
 
 # %%
 import copy
@@ -93,8 +94,9 @@ print("accelerator found by get_device():", accelerator)
 # every step the agent pushes the cart left or right with a fixed force; the simulator
 # advances 0.02 s and returns a reward of 1 for that step. The episode **terminates** when
 # the pole tilts more than 12° from vertical or the cart leaves the track (|x| > 2.4 m),
-# and is **truncated** after 500 steps, `CartPole-v1`'s time limit. So an episode's total
-# reward, its **return**, is the number of steps the pole stayed up, at most 500.
+# and is **truncated** after 500 steps, `CartPole-v1`'s time limit. The reward is 1 for
+# every step taken, the step on which the pole falls included, so an episode's total
+# reward, its **return**, is the number of steps it lasted, at most 500.
 #
 # A `gymnasium` environment has two methods that matter. `reset(seed=...)` starts an
 # episode (the seed fixes the random start state) and returns the first **observation**
@@ -122,7 +124,8 @@ assert observation[3] < first_observation[3]  # theta_dot fell
 # The observation is the cart's position `x` (m) and velocity, and the pole's angle
 # `theta` (rad, positive when it leans right) and angular velocity. Every start state is
 # drawn uniformly from ±0.05 in all four numbers. Pushing right accelerated the cart
-# (`x_dot` rose) and, by reaction, turned the pole to the left (`theta_dot` fell).
+# (`x_dot` rose) and turned the pole to the left (`theta_dot` fell): the pole's inertia
+# holds its top back while the pivot at its foot accelerates to the right.
 #
 # Here is the whole loop with a **policy** that ignores the observation and picks actions
 # uniformly at random. The action space has its own random generator, seeded separately
@@ -528,9 +531,9 @@ print("rewards received:", sorted(received))
 # for them, at every step, for a network whose whole forward pass is a few small matrix
 # products. The cell below times that per-step work (states in, logits, the greedy
 # action out) on the CPU and, where this machine has one, on the accelerator that
-# `get_device()` found. A GPU pays off when the environment runs there too, as in
-# simulators written in PyTorch or JAX; with a NumPy simulator and a network this small
-# it gets little work per step to make up for the round trip.
+# `get_device()` found. The expectation: a GPU pays off when the environment runs there
+# too, as in simulators written in PyTorch or JAX; with a NumPy simulator and a network
+# this small it gets little work per step to make up for the round trip.
 
 
 # %%
@@ -553,7 +556,10 @@ cpu_step = seconds_per_step(policy, torch.device("cpu"), n_envs)
 if accelerator.type == "cpu":
     device_note = (
         "get_device() found no GPU or MPS device (or BOOK_DEVICE pinned the "
-        f"CPU), so only the CPU was timed: {cpu_step * 1e6:.0f} µs per step"
+        f"CPU), so only the CPU was timed: {cpu_step * 1e6:.0f} µs per step. "
+        "On a GPU we expect no gain (not measured here): every environment "
+        "step would add a host-device round trip (a copy in, kernel launches, "
+        "a copy back that waits for them) to a few small matrix products"
     )
 else:
     accelerator_step = seconds_per_step(policy, accelerator, n_envs)
@@ -571,7 +577,7 @@ record("device_note", device_note)
 print(device_note)
 
 # %% [markdown]
-# Measured on this run: {glue:}`device_note`. The simulator's own step, which runs on the
+# On this run: {glue:}`device_note`. The simulator's own step, which runs on the
 # CPU in every case, comes on top. Now one REINFORCE update on the batch collected
 # above, step by step.
 
@@ -613,7 +619,10 @@ print(f"{len(batch_states)} steps, loss {loss.item():+.4f}")
 # new policy would have visited, so it is accurate only while the two policies stay
 # close; keeping that ratio close to 1 is what PPO's clipped loss does. REINFORCE is
 # therefore **on-policy**: one gradient step per batch, then the batch is thrown away.
-# Exercise 1 measures what happens when the policy takes ten steps on each batch.
+# What limits the update is how far one batch moves the policy, whether by several
+# steps or by one large one; PPO's clipping bounds exactly that. Exercise 1 measures the
+# distance as a KL divergence, for ten steps on each batch and for one ten times larger
+# step.
 #
 # ### The training loop, with validation
 #
@@ -1429,8 +1438,13 @@ print(f"largest logit gap: {gap_visited:.1f} (episode), {gap_map:.1f} (map)")
 # Section 7.2's concern about confident policies, measured: the largest logit gap is
 # {glue:}`gap_visited` on the greedy episode's states and {glue:}`gap_map` anywhere on
 # the map, {glue:}`gap_relation` the 15.9 from which `Categorical(probs=...)` clamps.
-# {glue:}`clamp_verdict`; logits are the safe choice for runs that do (exercise 1's
-# collapsed runs, with entropy near 0, are that regime).
+# {glue:}`clamp_verdict`. Logits do not rescue a policy that has collapsed onto one action
+# (exercise 1's collapsed runs used logits and did not recover): an action that is
+# never sampled gets no gradient either way. What logits buy is exact log-probabilities,
+# and so exact ratios, for rare actions that *are* sampled, where clamped probabilities
+# would give a wrong value and a zero gradient. The standard remedy against collapse is
+# an entropy bonus, a term $+\beta H(\pi(\cdot \mid s))$ in the objective that rewards
+# keeping both actions possible.
 #
 # ## 7.8 Watching it balance
 #
@@ -1439,14 +1453,22 @@ print(f"largest logit gap: {gap_visited:.1f} (episode), {gap_map:.1f} (map)")
 # them with `pygame`, which comes with `pip install "gymnasium[classic-control]"`. Where
 # `pygame` is missing, `cartpole_frame` from `helpers.rl` draws the same geometry from
 # the recorded states with NumPy (smoothing the edges by averaging 4 × 4 sub-pixels per
-# pixel), so the cell below works either way; it then draws only the four frames shown.
+# pixel), so the cell below works either way. Either way it draws only the four frames
+# shown, from the recorded states of the greedy episode of section 7.7.
 
 # %%
 shown = np.linspace(0, len(episode.states) - 1, 4).round().astype(int)
 has_pygame = importlib.util.find_spec("pygame") is not None
 if has_pygame:
-    rendered = play_episode(policy, seed=seed + 3_000, device=device, render=True)
-    frames = [rendered.frames[t] for t in shown]
+    # gymnasium draws the state the environment holds: set each shown state and
+    # draw it, so that only the four frames shown are rendered and kept
+    render_env = gym.make("CartPole-v1", render_mode="rgb_array")
+    render_env.reset(seed=seed + 3_000)
+    frames = []
+    for t in shown:
+        render_env.unwrapped.state = episode.states[t].astype(np.float64)
+        frames.append(render_env.render())
+    render_env.close()
 else:
     frames = [cartpole_frame(episode.states[t]) for t in shown]
 fig, axes = plt.subplots(1, 4, figsize=(12, 2.6))
@@ -1511,8 +1533,9 @@ assert episode.truncated and largest_angle < 12, (episode_end, largest_angle)
 #   time-out look like a fall, and late actions get punished (section 7.3).
 # - **Forgetting `-`** in the loss: minimising $\sum G \log \pi$ makes good actions *less*
 #   likely.
-# - **Several policy steps on one batch**: REINFORCE's batch estimates the gradient of
-#   the policy that played it, and only of that one (section 7.4; exercise 1 measures it).
+# - **Moving the policy far on one batch**, by several steps or one large step: the
+#   batch estimates the gradient only near the policy that played it (section 7.4;
+#   exercise 1 measures both ways).
 # - **Letting the policy loss reach the value network**: compute the baseline under
 #   `torch.no_grad()` (or `.detach()` it). In `baseline_update` forgetting that raises an
 #   error ("one of the variables needed for gradient computation has been modified by an
@@ -1530,15 +1553,17 @@ assert episode.truncated and largest_angle < 12, (episode_end, largest_angle)
 #
 # ## Exercises
 #
-# **Exercise 1.** Break the on-policy rule of section 7.4 and measure what happens. Write
-# an update that takes `steps` policy steps (`policy_step`) on each batch instead of
-# one, and that records after every update the mean KL divergence between the policy
-# that played the batch and the updated one, on the batch's states
-# (`torch.distributions.kl_divergence` of two `Categorical`s). Train plain REINFORCE with
-# ten steps per batch from the three seeds of section 7.5, with a budget of 160
-# episodes (`dataclasses.replace(settings, max_episodes=160)`), and compare the first
-# update's KL with that of a single step on the same first batch. What happens to the
-# runs? (The KL divergence of two action distributions, chapter 6,
+# **Exercise 1.** Measure how far one batch may move the policy. Write an update that
+# takes `steps` policy steps (`policy_step`) on each batch, and that records after every
+# update the mean KL divergence between the policy that played the batch and the
+# updated one, on the batch's states (`torch.distributions.kl_divergence` of two
+# `Categorical`s). From the three seeds of section 7.5, with a budget of 160 episodes
+# (`dataclasses.replace(settings, max_episodes=160)`), train plain REINFORCE with ten
+# steps per batch, and, as a control, with one step per batch at a ten times larger
+# learning rate (`lr=0.1`). Compare each arm's first-update KL with that of one step at
+# the chapter's `lr` on the same first batch. What happens to the runs, and does it
+# matter whether the policy moves far by reusing the batch or by one large step? (The
+# KL divergence of two action distributions, chapter 6,
 # $\sum_a \pi_\text{old}(a)\ln\frac{\pi_\text{old}(a)}{\pi_\text{new}(a)}$, is 0 when they agree
 # and grows as they part; the entropy $-\sum_a \pi(a)\ln\pi(a)$ of a two-action policy
 # is ln 2 ≈ 0.69 for a fair coin and 0 for a policy that always takes one action.)
@@ -1573,59 +1598,111 @@ def make_multi_step_update(steps: int, log: list[dict]) -> Update:
 
 one_update = replace(settings, max_episodes=settings.n_envs)
 short = replace(settings, max_episodes=160)  # at most 10 updates
+big_lr = 0.1  # ten times the chapter's lr: one step that moves the policy far
+big_step = replace(short, lr=big_lr)
 fair_coin = math.log(2)  # entropy of a 50/50 choice, in nats
-first_kl_ratio, outcomes = [], []
-n_passed = n_sooner = n_collapsed = 0
+arms = {"ten steps": (short, 10), f"one step at lr {big_lr}": (big_step, 1)}
+first_kl = {"one step": [], **{arm: [] for arm in arms}}
+outcomes = {arm: [] for arm in arms}
+n_passed = dict.fromkeys(arms, 0)
+n_collapsed = dict.fromkeys(arms, 0)
+n_sooner = 0
 for run_seed, one_step_needed in zip(run_seeds, plain_needed, strict=True):
-    one_log, ten_log = [], []
+    one_log = []
     one_step_update = make_multi_step_update(1, one_log)
     train_reinforce(run_seed, one_update, one_step_update, "1 step")
-    run = train_reinforce(
-        run_seed, short, make_multi_step_update(10, ten_log), "10 steps"
-    )
-    first_kl_ratio.append(ten_log[0]["kl"] / one_log[0]["kl"])
-    if run["solved_at"] is not None:
-        n_passed += 1
-        n_sooner += run["solved_at"] < one_step_needed
-        outcome = f"passed validation after {run['solved_at']} episodes"
-    else:
-        last_val = run["history"]["val_mean"][-1]
-        outcome = f"did not pass (last validation {last_val:.0f})"
-    entropy = ten_log[-1]["entropy"]  # of the policy that played the last batch
-    if entropy < 0.05 * fair_coin:
-        n_collapsed += 1
-        outcome += f", policy nearly deterministic (entropy {entropy:.3f})"
-    outcomes.append(f"seed {run_seed} {outcome}")
+    first_kl["one step"].append(one_log[0]["kl"])
+    for arm, (arm_settings, steps) in arms.items():
+        log = []
+        update = make_multi_step_update(steps, log)
+        run = train_reinforce(run_seed, arm_settings, update, arm)
+        first_kl[arm].append(log[0]["kl"])
+        if run["solved_at"] is not None:
+            n_passed[arm] += 1
+            n_sooner += arm == "ten steps" and run["solved_at"] < one_step_needed
+            outcome = f"passed validation after {run['solved_at']} episodes"
+        else:
+            last_val = run["history"]["val_mean"][-1]
+            outcome = f"did not pass (last validation {last_val:.0f})"
+        entropy = log[-1]["entropy"]  # of the policy that played the last batch
+        if entropy < 0.05 * fair_coin:
+            n_collapsed[arm] += 1
+            outcome += f", nearly deterministic (entropy {entropy:.3f})"
+        outcomes[arm].append(f"seed {run_seed} {outcome}")
+
+
+def kl_range(values: list[float]) -> str:
+    """'a to b' with two significant digits."""
+    return f"{min(values):.2g} to {max(values):.2g}"
+
+
+ten, big = arms  # the two arms' names
+first_kl_ratio = [
+    t / o for t, o in zip(first_kl[ten], first_kl["one step"], strict=True)
+]
+big_ratio = [b / o for b, o in zip(first_kl[big], first_kl["one step"], strict=True)]
 one_step = ", ".join(str(n) for n in plain_needed)
 print(
-    "On the same first batch, ten steps moved the policy "
-    f"{min(first_kl_ratio):.0f} to {max(first_kl_ratio):.0f} times as far as "
-    "one step (mean KL divergence). With ten steps per batch: "
-    f"{'; '.join(outcomes)}. With one step per batch (section 7.5) the same "
-    f"seeds needed {one_step} episodes."
+    "Mean KL divergence between the policy that played the first batch and "
+    f"the updated one: one step at lr {settings.lr}: "
+    f"{kl_range(first_kl['one step'])}; ten steps at lr {settings.lr}: "
+    f"{kl_range(first_kl[ten])} ({min(first_kl_ratio):.0f} to "
+    f"{max(first_kl_ratio):.0f} times as large); {big}: "
+    f"{kl_range(first_kl[big])} ({min(big_ratio):.0f} to "
+    f"{max(big_ratio):.0f} times as large)."
 )
-if n_sooner and n_passed < n_runs:
+for arm in arms:
+    print(f"{arm.capitalize()} per batch: {'; '.join(outcomes[arm])}.")
+print(f"With one step at lr {settings.lr} the same seeds needed {one_step} episodes.")
+failed = {arm: n_runs - n_passed[arm] for arm in arms}
+if n_sooner and failed[ten]:
     print(
         f"So ten steps made the outcome a gamble: {n_sooner} of {n_runs} runs "
-        f"passed sooner than with one step, {n_runs - n_passed} did not pass "
-        "at all."
+        f"passed sooner than with one step, {failed[ten]} did not pass at all."
     )
-if n_collapsed:
+kl_scale = np.mean(first_kl[big]) / np.mean(first_kl[ten])
+order = (
+    "the same order as"
+    if 0.2 < kl_scale < 5
+    else ("far below" if kl_scale <= 0.2 else "far above")
+)
+if failed[big]:
     print(
-        f"{n_collapsed} of {n_runs} runs ended with a policy that takes one "
-        f"action almost surely (a fair coin's entropy is {fair_coin:.2f} "
-        "nats). Such a policy never sees what the other action would have "
-        "done, so its batches carry almost no gradient towards it, and later "
-        "batches did not undo the step within the budget."
+        f"One step per batch at lr {big_lr}, with a first-update KL of {order} "
+        f"ten steps', also failed in {failed[big]} of {n_runs} runs: what hurt "
+        "is how far one batch moved the policy, not that the batch was used "
+        "more than once."
+    )
+else:
+    print(
+        f"One step per batch at lr {big_lr}, with a first-update KL of {order} "
+        "ten steps', passed in every run: here reusing the batch did harm that "
+        "one large step did not."
+    )
+for arm in arms:
+    if n_collapsed[arm]:
+        print(
+            f"{arm.capitalize()}: {n_collapsed[arm]} of {n_runs} runs ended "
+            "with a policy that takes one action almost surely (a fair coin's "
+            f"entropy is {fair_coin:.2f} nats)."
+        )
+if sum(n_collapsed.values()):
+    print(
+        "Such a policy never sees what the other action would have done, so "
+        "its batches carry almost no gradient towards it, and later batches "
+        "did not undo the step within the budget."
     )
 print(
-    "After the first step on a batch, the later ones follow a gradient "
-    "estimated for a policy that no longer exists. PPO reuses batches for "
-    "several steps by limiting how far the probability ratio of the two "
-    "policies may move."
+    "A batch estimates the gradient at the policy that played it, and that "
+    "estimate is only good nearby; a policy moved far from it, by many steps "
+    "or by one large one, follows a direction measured somewhere else. PPO "
+    "reuses batches for several steps by limiting how far one batch may move "
+    "the policy: it clips the probability ratio of the new and the old policy."
 )
-# seeds 0-2 at CPU levels default, avx2, avx512: the ratio was 43 to 61
+# BOOK_SEED 0/1/2 (run seeds 0-4), default CPU level (ten steps: also avx2, avx512):
+# KL ratios, ten steps: 43-59 / 49-61 / 51-61; lr 0.1: 13-25 / 17-28 / 17-28
 assert min(first_kl_ratio) > 10, first_kl_ratio
+assert min(big_ratio) > 5, big_ratio
 
 # %% [markdown]
 # **Exercise 2.** Step 5 of the derivation in section 7.4 replaced the whole return
@@ -1763,8 +1840,7 @@ horizon_300 = gamma**300 / (1 - gamma)  # discounted rewards from 300 steps on
 horizon_500 = gamma**500 / (1 - gamma)
 print(
     f"{answer}. The trained policy averages {long_returns.mean():.0f} steps. "
-    f"Nothing in training asked for more than 500 steps: with gamma = {gamma}, "
-    f"a fall 300 steps ahead lowers G_t by only {horizon_300:.1f} of the "
+    f"With gamma = {gamma}, a fall 300 steps ahead lowers G_t by only {horizon_300:.1f} of the "
     f"{1 / (1 - gamma):.0f} that balancing forever is worth, and a fall 500 "
     f"steps ahead by {horizon_500:.2f}. A slow drift of the cart that ends an "
     "episode hundreds of steps later is nearly invisible to the learning "
