@@ -907,7 +907,7 @@ assert right_order == [0.1, 0.05, 0.025] and wrong_order == [0.05, 0.025, 0.0125
 # built on it) trains once while it raises the rate step by step, from far too small
 # to far too large, and records the loss. The loss barely moves while the rate is too
 # small, falls while it is useful, and blows up once it is too large. The cell raises
-# the rate of SGD with momentum 0.9 (the usual default for momentum) from 0.001 to 10
+# the rate of SGD with momentum 0.9 (the usual choice; `SGD` itself defaults to 0) from 0.001 to 10
 # over 100 steps: `ExponentialLR` multiplies it by the same factor after every step. A
 # single batch's loss is noisy, so the curve is smoothed with an exponential moving
 # average.
@@ -1201,8 +1201,8 @@ else:
     if "OneCycleLR" in not_rescued:
         not_rescued_sentence += (
             f" OneCycleLR starts low but climbs to the full {high} by 30 % of the run "
-            "and stays near it through the middle, so its slow start does not keep "
-            "it from the rate that failed."
+            "and stays near it through the middle, so its slow start probably does "
+            "not keep it from the rate that failed (a likely reading, not measured)."
         )
 print(not_rescued_sentence)
 record("not_rescued_sentence", not_rescued_sentence)
@@ -1304,8 +1304,11 @@ assert test_result.accuracy >= 0.93, test_result.accuracy
 #
 # Most of a network's arithmetic survives with fewer bits than `float32`'s 24-bit
 # significand. **Autocast** runs selected operations (matrix products, convolutions)
-# in a 16-bit type and keeps the sensitive ones (reductions, losses, softmax) in
-# `float32`, while the weights themselves stay `float32`. Two 16-bit types exist:
+# in a 16-bit type and keeps some sensitive ones in `float32`, while the weights
+# themselves stay `float32`. Which ones depends on the device: CUDA's list includes
+# reductions, softmax and the losses; under the CPU's `bfloat16` autocast
+# `softmax`, `log_softmax` and `sum` stay in `bfloat16`, while `cross_entropy` and
+# `mse_loss` come out in `float32`. Two 16-bit types exist:
 #
 # - `float16`: 11-bit significand, but a narrow range: the smallest normal number is
 #   about 6e-5 and the largest 65,504. Small gradients underflow to zero, so training in
@@ -1448,17 +1451,49 @@ else:
         "features, so it has no native bfloat16 instructions."
     )
 print(bf16_sentence)
+
+# One matrix product of the hidden layer's size, 256 x 256 by 256 x 256, in each type:
+# what 16-bit arithmetic gains where it matters most.
+matmul_a = torch.randn(256, 256, device=amp_device)
+matmul_b = torch.randn(256, 256, device=amp_device)
+fp32_matmul_s, half_matmul_s = (
+    best_time(partial(torch.mm, a, b), repeat=10, warmup=2, device=amp_device)
+    for a, b in (
+        (matmul_a, matmul_b),
+        (matmul_a.to(amp_dtype), matmul_b.to(amp_dtype)),
+    )
+)
+matmul_verdict = speed_verdict(fp32_matmul_s, half_matmul_s)
+matmul_sentence = (
+    f"One 256 × 256 by 256 × 256 matrix product took {fp32_matmul_s * 1e6:.0f} µs in "
+    f"float32 and {half_matmul_s * 1e6:.0f} µs in {amp_name}: {amp_name} was "
+    f"{matmul_verdict} float32"
+)
+if matmul_verdict.endswith("faster than"):
+    matmul_sentence += (
+        ". The step gains less "
+        "because matrix products are only part of it: section 8.9's profile finds "
+        "dropout's random numbers and other element-wise work taking much of the "
+        "rest, and autocast adds conversions of its own."
+    )
+else:
+    matmul_sentence += (
+        ". Without a faster 16-bit product there is nothing for autocast to gain, "
+        "and its conversions cost time of their own."
+    )
+print(matmul_sentence)
 record("fp32_step_ms", fp32_step_s * 1e3, fmt="{:.2f}")
 record("amp_step_ms", amp_step_s * 1e3, fmt="{:.2f}")
 record("amp_verdict", amp_verdict)
 record("bf16_sentence", bf16_sentence)
+record("matmul_sentence", matmul_sentence)
 
 # %% [markdown]
 # A training step took {glue:}`fp32_step_ms` ms in `float32` and {glue:}`amp_step_ms` ms
 # under autocast with {glue:}`amp_dtype`: autocast was {glue:}`amp_verdict` `float32`.
-# {glue:}`bf16_sentence` Where 16-bit products run natively, large matrix products
-# gain, and activations saved in 16 bits take half the memory; for a model this
-# small, overhead still weighs heavily (section 8.1).
+# {glue:}`bf16_sentence` {glue:}`matmul_sentence` Where 16-bit products run natively,
+# large matrix products gain, and activations saved in 16 bits take half the memory;
+# hardware without native 16-bit products shows no gain.
 #
 # The training loop with mixed precision: the forward pass and the loss inside
 # `autocast`, the backward pass outside it, and the scaler around `backward` and
@@ -1541,9 +1576,9 @@ curve_gap = max(
     )
 )
 if abs(amp_acc - fp32_acc) <= 2 * val_se:
-    amp_accuracy_sentence = "lower precision cost nothing measurable in accuracy here"
+    amp_accuracy_sentence = "lower precision cost nothing measurable in accuracy"
 else:
-    amp_accuracy_sentence = "the difference is beyond two standard errors here"
+    amp_accuracy_sentence = "the difference is beyond two standard errors"
 print(
     f"validation accuracy: float32 {fp32_acc:.3f}, autocast {amp_acc:.3f} "
     f"(one standard error: {val_se:.3f})"
@@ -1630,11 +1665,21 @@ with torch.inference_mode():
         partial(compile_model, example), repeat=20, warmup=3, device=device
     )
     if compile_skip is None:
-        compiled_model = torch.compile(compile_model)
         start = time.perf_counter()
         try:
+            # Inductor caches compiled graphs on disk (a hit makes the first call fast)
+            # and counts its hits.
+            from torch._dynamo.utils import counters
+
+            cache_hits_before = counters["inductor"]["fxgraph_cache_hit"]
+            # torch.compile itself raises where Dynamo is unsupported (e.g. Python
+            # 3.13 with torch 2.5), so it goes inside the try as well.
+            compiled_model = torch.compile(compile_model)
             compiled_out = compiled_model(example)  # the first call compiles
             synchronize()
+            compile_s = time.perf_counter() - start
+            cache_hits = counters["inductor"]["fxgraph_cache_hit"] - cache_hits_before
+            compile_cache_hit = cache_hits > 0
         except Exception as error:  # e.g. a platform Inductor does not support
             root = error  # the compiler wraps the original error: name that one
             while root.__cause__ is not None:
@@ -1643,7 +1688,6 @@ with torch.inference_mode():
                 "torch.compile failed here: "
                 f"{type(root).__name__}: {str(root).strip().splitlines()[0]}"
             )
-        compile_s = time.perf_counter() - start
     if compile_skip is None:
         compiled_s = best_time(
             partial(compiled_model, example), repeat=20, warmup=3, device=device
@@ -1680,7 +1724,9 @@ if compile_skip is None:
         break_even = "is not paid back by any gain this measurement can resolve"
         compile_summary = "gained nothing measurable for this inference pass"
     compile_sentence = (
-        f"The first call took {compile_s:.1f} s. Afterwards a forward pass of batch "
+        f"The first call took {compile_s:.1f} s"
+        + (" (a hit in Inductor's on-disk cache)" if compile_cache_hit else "")
+        + ". Afterwards a forward pass of batch "
         f"256 took {compiled_s * 1e6:.0f} µs compiled against {eager_s * 1e6:.0f} µs "
         f"eager: the compiled model was {compile_verdict} the eager one, so the "
         f"compile time {break_even}. "
@@ -1792,7 +1838,8 @@ cosine = nn.functional.cosine_similarity(
 )
 print(
     f"norm by hand {by_hand:.4f}, returned {returned:.4f}; clipped to {clip_to}: "
-    f"norm after {after:.4f}, cosine(before, after) {cosine:.6f}"
+    f"norm after {after:.4f}, 1 - cosine(before, after) {1 - cosine.item():.1e} "
+    "(0 up to float32 rounding)"
 )
 assert torch.isclose(by_hand, returned) and abs(after.item() - clip_to) < 1e-4
 assert cosine > 0.9999
@@ -1871,7 +1918,7 @@ ax_loss.set(
 for ax in (ax_norm, ax_loss):
     label_log_axis(ax.yaxis)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")  # clear of the spikes
 fig.tight_layout()
 plt.show()
 
@@ -2137,9 +2184,9 @@ record("no_sync_sentence", no_sync_sentence)
 # %% [markdown]
 # {glue:}`no_sync_sentence` With one process an all-reduce costs little; across GPUs
 # or machines each one moves every gradient over the interconnect, which is why
-# accumulating with `no_sync` matters there. DDP groups gradients into *buckets* (of
-# about 25 MiB by default) and sends one all-reduce per bucket: this small model fits
-# in one.
+# accumulating with `no_sync` matters there. DDP groups gradients into *buckets* (by
+# default the first is capped at 1 MiB, `dist._DEFAULT_FIRST_BUCKET_BYTES`, and later
+# ones at 25 MiB) and sends one all-reduce per bucket: this small model fits in one.
 #
 # ## 8.7 Checkpointing and resuming
 #
@@ -2287,9 +2334,9 @@ record(
     resumed_equal,
     headline="Resume after a crash reproduces the uninterrupted weights (torch.equal)",
 )
-record("skip_optimizer_gap", ablation["optimizer"], fmt="{:.0e}")
-record("skip_scheduler_gap", ablation["scheduler"], fmt="{:.0e}")
-record("skip_rng_gap", ablation["random states"], fmt="{:.0e}")
+record("skip_optimizer_gap", ablation["optimizer"], fmt="{:.1e}")
+record("skip_scheduler_gap", ablation["scheduler"], fmt="{:.1e}")
+record("skip_rng_gap", ablation["random states"], fmt="{:.1e}")
 assert resumed_equal
 assert min(ablation.values()) > 0
 
@@ -2715,14 +2762,48 @@ record("dropout_vs_matmul", float(np.median(dropout_ratios)), fmt="{:.1f}")
 record("dropout_vs_matmul_low", min(dropout_ratios), fmt="{:.1f}")
 record("dropout_vs_matmul_high", max(dropout_ratios), fmt="{:.1f}")
 record("n_profiles", n_profiles)
-# By arithmetic dropout is about 1 % of the matrix products (a multiplication or two
-# per activation against 2 x 256 operations per output of a hidden layer).
+# By arithmetic: per example the matrix products do 2 x (64·256 + 256·256 + 256·10)
+# operations forward and about twice that backward (the first layer needs no input
+# gradient); dropout does about five per activation of its 2 x 256 (draw, scale and
+# multiply forward, scale and multiply backward).
+linear_ops = 2 * (64 * 256 + 256 * 256 + 256 * 10)
+matmul_ops = 3 * linear_ops - 2 * 64 * 256
+dropout_arith_share = 5 * 2 * 256 / matmul_ops
+record("dropout_arith_share", dropout_arith_share, fmt="{:.1%}")
 record(
     "dropout_share_words",
     "even the lowest is many times"
-    if min(dropout_ratios) > 0.05
+    if min(dropout_ratios) > 10 * dropout_arith_share
     else "the lowest is close to",
 )
+
+# Where dropout's time goes: drawing the mask against multiplying by it, on one
+# activation of the hidden layer's size, with a matrix product of that size for scale.
+activation = torch.randn(256, 256, device=device)
+mask = torch.empty_like(activation)
+weight = torch.randn(256, 256, device=device)
+bias = torch.randn(256, device=device)
+draw_s, multiply_s, product_s = (
+    best_time(fn, repeat=10, warmup=2, device=device)
+    for fn in (
+        partial(mask.bernoulli_, 0.9),
+        partial(torch.mul, activation, mask),
+        partial(torch.addmm, bias, activation, weight),
+    )
+)
+dropout_cause = (
+    "drawing the random numbers"
+    if draw_s > 3 * multiply_s
+    else "the passes over memory and the per-call costs"
+)
+dropout_timing = (
+    f"On one 256 × 256 activation, drawing the mask (bernoulli_) took "
+    f"{draw_s * 1e6:.0f} µs, multiplying by it {multiply_s * 1e6:.0f} µs, and the "
+    f"layer's matrix product (addmm) {product_s * 1e6:.0f} µs: what dropout costs "
+    f"here is {dropout_cause}"
+)
+print(dropout_timing)
+record("dropout_timing", dropout_timing)
 
 # %% [markdown]
 # Names starting with `aten::` are PyTorch's operators: `addmm` is a linear layer's
@@ -2738,19 +2819,19 @@ record(
 # recordings dropout's operators took from {glue:}`dropout_vs_matmul_low` to
 # {glue:}`dropout_vs_matmul_high` times the time of the matrix products it sits
 # between (median {glue:}`dropout_vs_matmul`), so no one of them is a result. By
-# arithmetic dropout would cost about 1 % of the matrix products (a multiplication or
-# two per activation against 2 × 256 operations per output), and
-# {glue:}`dropout_share_words` that: each of its operators reads and writes a whole
-# activation tensor, and (except in CUDA's fused kernel) each is a separate call with
-# its own fixed price and its own output to allocate. The phase shares deserve the
+# arithmetic dropout would cost about {glue:}`dropout_arith_share` of the matrix
+# products (about five operations per activation against 2 × 256 per output of a
+# hidden layer, forward and backward), and {glue:}`dropout_share_words` that.
+# {glue:}`dropout_timing`. The phase shares deserve the
 # same caution, and one more: they include the profiler's own cost of recording each
 # operator, which weighs most where many small operators run, so they show where the
 # calls are, not how an unprofiled step divides its time.
 #
 # Many small element-wise operators are the work a compiler fuses: compiling the
-# training step would let Inductor merge the mask, the multiplication and the ReLU
-# into one kernel that passes over the data once (section 8.5; this chapter did not
-# measure a compiled training step), and fused optimizers
+# training step could let Inductor merge the mask, the multiplication and the ReLU
+# into one kernel that passes over the data once (section 8.5). Whether that helps
+# here is not measured: fusion saves passes over memory and calls, and where drawing
+# the random numbers is the cost, it may save little. Fused optimizers
 # (`torch.optim.AdamW(..., fused=True)`, on CUDA and, in recent PyTorch versions, on
 # the CPU) do the same for the update. For a timeline,
 # `prof.export_chrome_trace("trace.json")` writes a file that Perfetto

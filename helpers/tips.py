@@ -134,7 +134,8 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     then renamed over ``path`` with ``os.replace``, which is atomic on POSIX file systems;
     on POSIX the folder is then flushed too, so the rename survives a power cut. An
     interruption while saving leaves the previous checkpoint intact; a failed save
-    removes its temporary file. Returns the path. Introduced in chapter 08.
+    removes its temporary file. The file gets the permissions ``torch.save`` would give
+    it (0666 less the umask), not ``mkstemp``'s 0600. Returns the path. Introduced in chapter 08.
     """
     if not isinstance(path, (str, Path)):
         raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
@@ -144,6 +145,8 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
+            if os.name == "posix":  # mkstemp makes 0600; give what open() would give
+                os.fchmod(file.fileno(), 0o666 & ~_current_umask())
             torch.save(obj, file)
             file.flush()
             os.fsync(file.fileno())
@@ -153,6 +156,13 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def _current_umask() -> int:
+    # The only way to read the umask is to set it: set it and put it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:

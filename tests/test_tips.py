@@ -209,3 +209,16 @@ def test_atomic_save_flushes_the_file_and_then_its_folder(tmp_path, monkeypatch)
         assert len(flushed) == 2
         assert flushed[0].startswith(str(tmp_path / ".checkpoint.pt."))
         assert flushed[1] == os.path.realpath(tmp_path)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_save_gives_the_permissions_torch_save_gives(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        atomic_save({"step": 1}, tmp_path / "atomic.pt")
+        torch.save({"step": 1}, tmp_path / "plain.pt")
+    finally:
+        os.umask(previous)
+    mode = (tmp_path / "atomic.pt").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.pt").stat().st_mode & 0o777 == 0o666 & ~umask
