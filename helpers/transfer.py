@@ -253,8 +253,9 @@ def train_phases(
     The loop chapter 05 writes out: ``model.train()`` and then ``eval()`` on each module
     in ``frozen`` (so frozen batch-norm layers keep their running statistics), gradients
     only in the train phase, ``scheduler.step()`` once per epoch after the optimizer
-    steps. The weights of the epoch with the highest validation accuracy (the first, on
-    ties) are loaded back into ``model`` at the end.
+    steps. Losses and counts are summed on the device and read once per phase. The
+    weights of the epoch with the highest validation accuracy (the first, on ties) are
+    loaded back into ``model`` at the end.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -274,7 +275,10 @@ def train_phases(
             model.train(training)
             for module in frozen if training else ():
                 module.eval()
-            total_loss, correct, count = 0.0, 0, 0
+            # sums stay on the device and are read once per phase: no per-step sync
+            total_loss = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            count = 0
             for inputs, targets in loaders[phase]:
                 inputs, targets = inputs.to(device), targets.to(device)
                 with torch.set_grad_enabled(training):
@@ -284,13 +288,13 @@ def train_phases(
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
-                total_loss += loss.item() * len(targets)
-                correct += (outputs.argmax(dim=1) == targets).sum().item()
+                total_loss += loss.detach() * len(targets)
+                correct += (outputs.argmax(dim=1) == targets).sum()
                 count += len(targets)
             if count == 0:
                 raise ValueError(f"the {phase!r} loader yielded no batches")
-            getattr(history, f"{phase}_loss").append(total_loss / count)
-            getattr(history, f"{phase}_acc").append(correct / count)
+            getattr(history, f"{phase}_loss").append(total_loss.item() / count)
+            getattr(history, f"{phase}_acc").append(correct.item() / count)
         if scheduler is not None:
             scheduler.step()
         if history.val_acc[-1] > best_acc:

@@ -265,6 +265,24 @@ def test_train_phases_matches_a_hand_written_epoch():
     assert history.val_acc[0] == pytest.approx(_accuracy(reference, loaders["val"]))
 
 
+def test_train_phases_reads_the_device_once_per_phase(monkeypatch):
+    # .item() makes the CPU wait for a GPU: a per-batch read would be 2 calls per batch
+    loaders, model = _toy_problem()
+    # lists of batches: a DataLoader draws its own seed with .item() (on the CPU)
+    loaders = {phase: list(loader) for phase, loader in loaders.items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    reads = []
+    item = torch.Tensor.item
+
+    def counted_item(self):
+        reads.append(self.shape)
+        return item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    train_phases(model, loaders, nn.CrossEntropyLoss(), optimizer, 2, "cpu")
+    assert len(reads) == 2 * 2 * 2  # (loss, correct) x (train, val) x 2 epochs
+
+
 def test_train_phases_keeps_frozen_batch_norm_statistics():
     loaders, model = _toy_problem()
     frozen = model[:2]  # Linear + BatchNorm1d
