@@ -503,7 +503,7 @@ record("wave_lag_text", lag_text)
 record("wave_near_repeat", near_repeat, fmt="{:.3f}")
 record("wave_lookup_rmse", lookup_rmse, fmt="{:.4f}")
 record("wave_linear_rmse", sci(linear_rmse))
-# float32 rounding of the signal (6e-6 with torch 2.4 and 2.15) against the LSTM's
+# float32 rounding in computing the signal (6e-6 with torch 2.4 and 2.15) vs the LSTM's
 # 0.0075 to 0.0081 (seeds 0-2)
 assert linear_rmse < 0.01 * wave_one_step_rmse, linear_rmse
 factor = lookup_rmse / wave_one_step_rmse
@@ -530,10 +530,12 @@ record("wave_one_step_rmse", wave_one_step_rmse, fmt="{:.4f}")
 # $x_t = 2\cos(\omega)\, x_{t-1} - x_{t-2}$ (with $\omega = 2\pi/\text{period}$), a sum
 # of two obeys one over four past values, and least squares recovers it. (Every window
 # therefore lies in a space of four dimensions, which makes the fit ill-conditioned:
-# `with_constant` hands it over in float64.) What remains is the float32 rounding of
-# the signal itself. So on this signal the LSTM's low error shows that training worked,
-# not that an LSTM is the tool for the job. The sunspots of section 4.5 are the real
-# test, against the same kinds of baselines. The sine still serves for what comes next.
+# `with_constant` hands it over in float64.) What remains comes from computing the
+# signal in float32: its phases $2\pi t/\text{period}$ are rounded at every $t$, which
+# jitters the wave by up to about 3e-5. So on this signal the LSTM's low error shows
+# that training worked, not that an LSTM is the tool for the job. The sunspots of
+# section 4.5 are the real test, against the same kinds of baselines. The sine still
+# serves for what comes next.
 #
 # **Many steps ahead** there are no true values after the start: the model's forecast
 # is appended to the window, the oldest value dropped, and the model asked again. This
@@ -1430,14 +1432,14 @@ for (name, when), norms in profiles.items():
 
 # %% [markdown]
 # Read the slopes, not the heights (a curve's height follows the size of the loss). A
-# straight falling line on this log scale is the geometric shrinking the chain rule
-# predicts. Before training (dashed) all three networks show it: the gradient at step
-# 1 is {glue:}`rnn_init_ratio` times smaller than at step 40 for the RNN,
-# {glue:}`lstm_init_ratio` for the LSTM (forget gate near 0.73) and
-# {glue:}`gru_init_ratio` for the GRU. So gating does not prevent vanishing gradients
-# at the start. After training (solid) the LSTM's and GRU's curves are nearly flat, at
-# ratios of {glue:}`lstm_grad_ratio` and {glue:}`gru_grad_ratio`: they learned to
-# carry the gradient back through their gated state.
+# straight line on this log scale, falling as $t$ goes back from 40 towards 1, is the
+# geometric shrinking the chain rule predicts. Before training (dashed) all three
+# networks show it: the gradient at step 1 is {glue:}`rnn_init_ratio` times smaller than
+# at step 40 for the RNN, {glue:}`lstm_init_ratio` for the LSTM (forget gate near 0.73)
+# and {glue:}`gru_init_ratio` for the GRU. So gating does not prevent vanishing
+# gradients at the start. After training (solid) the LSTM's and GRU's curves are nearly
+# flat, at ratios of {glue:}`lstm_grad_ratio` and {glue:}`gru_grad_ratio`: they learned
+# to carry the gradient back through their gated state.
 #
 # One picture at the end of training does not say what the optimizer worked with along
 # the way. `train_on_adding` kept the weights every 25 steps; replaying the same
@@ -1589,7 +1591,10 @@ assert rnn_median > 1e4 and share_above["RNN"] > 0.6, ratios["RNN"]
 # this section measures along the whole run.
 #
 # A plain RNN has one lever against the shrinking, the size of $W_{hh}$, and training
-# pulled it: the spectral radius of $W_{hh}$ went from {glue:}`rnn_radius_start` before
+# pulled it. The **spectral radius** of a square matrix, its largest eigenvalue in
+# absolute value (`torch.linalg.eigvals(W).abs().max()`), sets how fast its powers grow
+# or shrink over many steps (not how much any one step stretches, since $W_{hh}$ is not
+# symmetric). The spectral radius of $W_{hh}$ went from {glue:}`rnn_radius_start` before
 # training to {glue:}`rnn_radius_end` at the end, {glue:}`rnn_ratio_text`. Larger
 # weights also drive the states towards ±1, where tanh is flat: on the validation
 # sequences, tanh's mean slope $1 - h_t^2$ went from {glue:}`rnn_slope_start` to
@@ -2651,7 +2656,8 @@ assert abs(bi_diff) < 0.06, (bi_acc, one_way_acc)
 # - On real sunspot counts a small LSTM beat the naive and seasonal naive forecasts on
 #   40 held-out years, and a linear autoregression, its order chosen on the validation
 #   years, came between them; baselines are what make such a number mean something.
-# - Plain RNNs lose gradient exponentially with distance, and failed the adding problem
+# - A plain RNN at the usual initialisation loses gradient exponentially with distance
+#   (with a large $W_{hh}$ it gains it instead, exercise 5), and failed the adding problem
 #   over 40 steps, which LSTM and GRU solved. Clipping caps sudden gradient spikes;
 #   section 4.6 measured whether these runs needed it.
 # - Variable-length batches are padded and packed; packing gives exactly what running

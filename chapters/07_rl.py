@@ -617,10 +617,12 @@ print(f"{len(batch_states)} steps, loss {loss.item():+.4f}")
 # $\pi_{\theta_\text{new}}(a \mid s) / \pi_{\theta_\text{old}}(a \mid s)$ (importance
 # sampling). A per-step ratio corrects only the choice of actions, not the states the
 # new policy would have visited, so it is accurate only while the two policies stay
-# close; keeping that ratio close to 1 is what PPO's clipped loss does. REINFORCE is
-# therefore **on-policy**: one gradient step per batch, then the batch is thrown away.
+# close; PPO's clipped loss removes the incentive to push that ratio far from 1.
+# REINFORCE is therefore **on-policy**: one gradient step per batch, then the batch is thrown away.
 # What limits the update is how far one batch moves the policy, whether by several
-# steps or by one large one; PPO's clipping bounds exactly that. Exercise 1 measures the
+# steps or by one large one; PPO's clipping discourages exactly that (it does not bound
+# it: shared weights can still move the policy far, which is why PPO implementations
+# also stop early on a target KL). Exercise 1 measures the
 # distance as a KL divergence, for ten steps on each batch and for one ten times larger
 # step.
 #
@@ -1669,15 +1671,17 @@ order = (
 if failed[big]:
     print(
         f"One step per batch at lr {big_lr}, with a first-update KL of {order} "
-        f"ten steps', also failed in {failed[big]} of {n_runs} runs: what hurt "
-        "is how far one batch moved the policy, not that the batch was used "
-        "more than once."
+        f"ten steps', failed in {failed[big]} of {n_runs} runs (ten steps: "
+        f"{failed[ten]}): a large move per batch, by either route, risks a "
+        "collapse, and reusing the batch is not needed for that failure. With "
+        f"{n_runs} runs per arm, the first update's KL does not rank the harm "
+        f"(lr {big_lr} also enlarges every later step)."
     )
 else:
     print(
         f"One step per batch at lr {big_lr}, with a first-update KL of {order} "
-        "ten steps', passed in every run: here reusing the batch did harm that "
-        "one large step did not."
+        f"ten steps', passed in every run (ten steps failed in {failed[ten]}): "
+        "here reusing the batch did harm that one large step did not."
     )
 for arm in arms:
     if n_collapsed[arm]:
@@ -1696,8 +1700,8 @@ print(
     "A batch estimates the gradient at the policy that played it, and that "
     "estimate is only good nearby; a policy moved far from it, by many steps "
     "or by one large one, follows a direction measured somewhere else. PPO "
-    "reuses batches for several steps by limiting how far one batch may move "
-    "the policy: it clips the probability ratio of the new and the old policy."
+    "reuses batches for several steps while discouraging large moves: it clips "
+    "the probability ratio of the new and the old policy in its loss."
 )
 # BOOK_SEED 0/1/2 (run seeds 0-4), default CPU level (ten steps: also avx2, avx512):
 # KL ratios, ten steps: 43-59 / 49-61 / 51-61; lr 0.1: 13-25 / 17-28 / 17-28
@@ -1929,9 +1933,10 @@ assert rule_returns.mean() >= solved_threshold and agree > 0.7, (rule_returns, a
 # baseline: they replace the rest of the episode by $r_t + \gamma V(s_{t+1})$
 # (bootstrapping at every step), trading variance for bias. PPO (Schulman et al.,
 # [2017](https://arxiv.org/abs/1707.06347)) reuses each batch for several steps and
-# clips the probability ratio so that the policy stays near the one that played the
-# batch; exercise 1 showed what reuse without such a limit does. DQN and its successors
-# learn action values instead of a policy and can learn from old experience.
+# clips the probability ratio in its loss, which discourages the policy from moving
+# far from the one that played the batch; exercise 1 showed what large moves per batch
+# do. DQN and its successors learn action values instead of a policy and can learn
+# from old experience.
 # [TorchRL](https://docs.pytorch.org/rl/stable/), PyTorch's own reinforcement-learning
 # library, has loss modules for all of these (`ReinforceLoss`, `A2CLoss`,
 # `ClipPPOLoss`, `DQNLoss`), environments, collectors and tutorials.
