@@ -119,9 +119,10 @@ print(describe_runtime(device, seed))
 # tasks need, and features that are more specific to the source task in later layers.
 # Yosinski et al. measured this by transferring networks layer by layer between two
 # halves of ImageNet ("How transferable are features in deep neural networks?",
-# NeurIPS 2014, [arXiv:1411.1792](https://arxiv.org/abs/1411.1792)): the benefit of
-# transferred features fell off with depth, and more steeply when the two tasks were
-# less alike. Exercise 1 probes our own network block by block. How much transfer
+# NeurIPS 2014, [arXiv:1411.1792](https://arxiv.org/abs/1411.1792)): kept frozen, the
+# transferred features helped less the deeper they came from, and the fall was steeper
+# when the two tasks were less alike; fine-tuned, transferred layers helped at every
+# depth. Exercise 1 probes our own network block by block. How much transfer
 # helps depends on how related the tasks are and on how many target labels there are,
 # which is what this chapter measures.
 #
@@ -359,7 +360,9 @@ class GlyphNet(nn.Module):
         self.layer1 = block(1, c1, stride=2)  # (B, 1, 28, 28) -> (B, c1, 14, 14)
         self.layer2 = block(c1, c2, stride=2)  # -> (B, c2, 7, 7)
         self.layer3 = block(c2, c3, stride=1)  # -> (B, c3, 7, 7)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten())  # (B, c3*4)
+        # 7 x 7 -> 2 x 2 averages of 4 x 4 windows, 3 apart: what AdaptiveAvgPool2d(2)
+        # computes on a 7 x 7 map, which Apple's MPS backend refuses (7 % 2 != 0)
+        self.pool = nn.Sequential(nn.AvgPool2d(4, stride=3), nn.Flatten())  # (B, c3*4)
         self.fc = nn.Linear(c3 * 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -976,16 +979,16 @@ record("moved_full", 100 * layer3_moved(1, 1.0), fmt="{:.0f}")
 # %% [markdown]
 # In the left panel the dotted lines are feature extraction and the solid lines
 # fine-tuning at the three factors; colour is the number of labels per class. At a
-# hundredth of the head's rate, `layer3` moved by {glue:}`moved_slow` % of its norm
-# with 1 label per class (right panel), at the full rate by {glue:}`moved_full` %.
-# Going from the smallest factor to the full rate changed the validation accuracy by
+# hundredth of the head's rate, `layer3` moved by {glue:}`moved_slow` % of its norm with
+# 1 label per class (right panel), at the full rate by {glue:}`moved_full` %. Going from
+# the smallest factor to the full rate changed the validation accuracy by
 # {glue:}`full_vs_slow_1` with 1 label per class and by {glue:}`full_vs_slow_10` with
 # 10. (We call a gap of 3 points or less noise: one standard error of one validation
-# accuracy here is 1.6 to 2.2 points.) The chosen factors are {glue:}`factor_1`,
-# {glue:}`factor_3` and {glue:}`factor_10` for 1, 3 and 10 labels per class. At the
-# chosen factor, fine-tuning minus feature extraction on validation is
-# {glue:}`ft_vs_fe_val_1` with 1 label per class, {glue:}`ft_vs_fe_val_3` with 3 and
-# {glue:}`ft_vs_fe_val_10` with 10.
+# accuracy on 500 digits is at most 2.2 points, $\sqrt{p(1-p)/500} \le 0.022$.) The
+# chosen factors are {glue:}`factor_1`, {glue:}`factor_3` and {glue:}`factor_10` for 1,
+# 3 and 10 labels per class. At the chosen factor, fine-tuning minus feature extraction
+# on validation is {glue:}`ft_vs_fe_val_1` with 1 label per class,
+# {glue:}`ft_vs_fe_val_3` with 3 and {glue:}`ft_vs_fe_val_10` with 10.
 #
 # {glue:}`sweep_lesson` Whether fine-tuning beats feature extraction depends on how
 # far the backbone is allowed to move as well as on the data, so a rule such as
@@ -1160,14 +1163,14 @@ record("device_name", device.type.upper())
 # %% [markdown]
 # On this {glue:}`device_name`, a feature-extraction step was {glue:}`fe_vs_scratch` a
 # step from scratch, and a fine-tuning step {glue:}`ft_vs_scratch` it; feature
-# extraction was {glue:}`fe_vs_ft` fine-tuning. On a CPU the time is mostly
-# arithmetic: `layer3` does {glue:}`layer3_share` of the convolutions' multiply-adds,
-# fine-tuning also computes `layer3`'s weight gradients, and scratch in addition the
-# gradients of `layer1` and `layer2` and of every block's input. On a GPU a network this small can
-# leave the device mostly idle, so that launching kernels rather than arithmetic sets
-# the time per step, and the ratios are then smaller. Whole-run times, which also
-# include augmentation and the validation passes and vary with whatever else the
-# machine is doing, are a poorer measure of this.
+# extraction was {glue:}`fe_vs_ft` fine-tuning. On a CPU the time is mostly arithmetic:
+# `layer3` does {glue:}`layer3_share` of the convolutions' multiply-adds, fine-tuning
+# also computes `layer3`'s weight gradients, and scratch in addition the gradients of
+# `layer1` and `layer2` and of the inputs of `layer2` and `layer3` (the image itself
+# needs no gradient). On a GPU a network this small can leave the device mostly idle, so
+# that launching kernels rather than arithmetic sets the time per step, and the ratios
+# are then smaller. Whole-run times, which also include augmentation and the validation
+# passes and vary with whatever else the machine is doing, are a poorer measure of this.
 #
 # ## 5.8 The test set, once
 #
@@ -1323,7 +1326,11 @@ assert ft_gain > 100 * (mean_test(10, "fine-tuning") - mean_test(10, "scratch"))
 # At 10 labels per class, fine-tuning at its chosen factor scores {glue:}`test_ft_10`
 # against {glue:}`test_fe_10` for feature extraction ({glue:}`ft_over_fe_10` points,
 # standard error {glue:}`ft_over_fe_10_se`, from the per-image differences, since both
-# were scored on the same images): with enough labels, adapting `layer3` pays.
+# were scored on the same images): with enough labels, letting `layer3` train pays.
+# This does not separate the pretrained start of `layer3` from the extra trainable
+# weights (a `layer3` trained from a random start would), and at the full rate the
+# weights moved about as far as their own size: with this many labels, fine-tuning
+# rewrote `layer3` rather than nudging it.
 # How many labels it takes for scratch to catch up depends on the task and on how
 # closely the source resembles it; handwritten digits are an easy target.
 #
@@ -1354,17 +1361,20 @@ for ax, (method, predicted) in zip(axes, predictions.items(), strict=True):
         ylabel="true digit",
     )
     errors = torch.tensor(display.confusion_matrix).fill_diagonal_(0)
-    true, pred = divmod(int(errors.argmax()), 10)
-    commonest[method] = (true, pred, int(errors.max()))
+    # every (true, predicted) pair that reaches the maximum: ties are reported
+    tops = (errors == errors.max()).nonzero().tolist()
+    commonest[method] = (tops, int(errors.max()))
 fig.tight_layout()
 plt.show()
-for method, (true, pred, count) in commonest.items():
+for method, (tops, count) in commonest.items():
     short = method.split("-")[0]  # "scratch", "fine"
-    record(f"confusion_{short}", f"a {true} read as a {pred} ({count} times)")
+    pairs = " and ".join(f"a {true} read as a {pred}" for true, pred in tops)
+    each = " each" if len(tops) > 1 else ""
+    record(f"confusion_{short}", f"{pairs} ({count} times{each})")
 
 # %% [markdown]
 # Each row is a true digit and each column a prediction, so everything off the
-# diagonal is a mistake. The commonest mistake is {glue:}`confusion_scratch` from
+# diagonal is a mistake. The commonest mistakes are {glue:}`confusion_scratch` from
 # scratch and {glue:}`confusion_fine` after fine-tuning.
 #
 # ## 5.9 With internet access: an ImageNet ResNet-18 on your own images
@@ -1525,8 +1535,9 @@ def block_features(images: torch.Tensor) -> dict[str, torch.Tensor]:
     features = {}
     for name, grid in blocks.items():
         # (N, C, H, W) -> (N, C, grid, grid)
-        pooled = nn.functional.adaptive_avg_pool2d(maps[name], grid)
-        features[name] = pooled.flatten(1).cpu()  # (N, C * grid * grid)
+        # on the CPU: MPS refuses grids that do not divide the map's size
+        pooled = nn.functional.adaptive_avg_pool2d(maps[name].cpu(), grid)
+        features[name] = pooled.flatten(1)  # (N, C * grid * grid)
     return features
 
 
