@@ -1368,7 +1368,11 @@ fig.tight_layout()
 plt.show()
 for method, (tops, count) in commonest.items():
     short = method.split("-")[0]  # "scratch", "fine"
-    pairs = " and ".join(f"a {true} read as a {pred}" for true, pred in tops)
+    article = {8: "an"}  # "an 8", "a 5"
+    pairs = " and ".join(
+        f"{article.get(true, 'a')} {true} read as {article.get(pred, 'a')} {pred}"
+        for true, pred in tops
+    )
     each = " each" if len(tops) > 1 else ""
     record(f"confusion_{short}", f"{pairs} ({count} times{each})")
 
