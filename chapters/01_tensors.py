@@ -782,11 +782,13 @@ print(f"(0.1 + 0.2) + 0.3 = {left_first!r}   0.1 + (0.2 + 0.3) = {right_first!r}
 values_1m = torch.randn(1_000_000, generator=make_generator(seed + 1))
 threads = torch.get_num_threads()  # what this process uses by default
 sums = {}
-for n in (1, 4):  # four threads work even on a machine with fewer cores
-    torch.set_num_threads(n)
-    sums[n] = values_1m.sum().item()
-    assert values_1m.sum().item() == sums[n]  # same thread count: the same bits
-torch.set_num_threads(threads)
+try:
+    for n in (1, 4):  # four threads work even on a machine with fewer cores
+        torch.set_num_threads(n)
+        sums[n] = values_1m.sum().item()
+        assert values_1m.sum().item() == sums[n]  # same thread count: same bits
+finally:
+    torch.set_num_threads(threads)  # the setting is global: restore it
 thread_gap = abs(sums[1] - sums[4])
 for n, total in sums.items():
     print(f"{n} {'thread' if n == 1 else 'threads'}: {total:.6f}")
@@ -912,7 +914,7 @@ def distances_loop(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 def distances_vectorised(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     # (P, 1, 2) - (1, C, 2) -> (P, C, 2): every point meets every centre
     diff = points[:, None, :] - centres[None, :, :]
-    return (diff * diff).sum(dim=-1)  # (P, C)
+    return (diff * diff).sum(dim=-1)  # dim=-1: the last dimension; (P, C)
 
 
 # this first call of each also serves as the loop's warm-up run
@@ -994,6 +996,7 @@ labels = torch.tensor([0, 2, 1, 0, 1, 2, 2, 0, 1, 0, 2, 1])
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 1: (12, 1) == (3,) broadcasts to (12, 3).
 one_hot = labels[:, None] == torch.arange(3)  # bool, (12, 3)
+# .T is the transpose of a matrix, the same as .t() of section 1.6
 try:
     one_hot.T @ features
     matmul_promotes = True

@@ -1295,11 +1295,14 @@ train_above_val = sum(
 )
 record("train_above_val", train_above_val)
 best_is_last = best_epoch == epochs
+last_ties_best = log["val_acc"][-1] == log["best_acc"]
 record(
     "epoch_budget",
     "the last one, so more epochs might still help"
     if best_is_last
-    else "before the last one",
+    else f"epoch {best_epoch}, tied by the last one, so more epochs might still help"
+    if last_ties_best
+    else f"epoch {best_epoch}, before the last one",
 )
 
 # %% [markdown]
@@ -1327,10 +1330,11 @@ record(
 #
 # $$ p = \min\Bigl(1,\; 2 \sum_{k=0}^{\min(n_a, n_b)} \binom{n}{k} 2^{-n}\Bigr), $$
 #
-# is the exact **McNemar test**. We call a difference real when p < 0.05. The rule of
-# thumb "more than two standard errors" is, near enough, the normal approximation of
-# the same test: good when many images disagree, poor when only a dozen do.
-# `paired_comparison` returns the difference, its standard error (from the per-image
+# is the exact **McNemar test**. We call a difference significant (at the 5 % level)
+# when p < 0.05; with about eight such tests in the chapter, one of them could pass by
+# chance. The rule of thumb "more than two standard errors" is, near enough, the normal
+# approximation of the same test: good when many images disagree, poor when only a dozen
+# do. `paired_comparison` returns the difference, its standard error (from the per-image
 # differences), `n_a`, `n_b` and p.
 
 
@@ -1405,7 +1409,7 @@ def paired_comparison(
 def verdict(p_value: float) -> str:
     """Words for an exact McNemar p-value."""
     if p_value < 0.05:
-        return "a real difference"
+        return "significant at the 5 % level"
     return "within what chance produces"
 
 
@@ -1719,13 +1723,14 @@ record("stroke_maps", stroke_maps)
 record("background_maps", c1 - stroke_maps)
 
 # %% [markdown]
-# Each map responds to its own pattern: {glue:}`stroke_maps` of them are more active
-# on the strokes than on the background, {glue:}`background_maps` the other way round.
-# The maps may also show a frame one pixel wide around the image. It is an
-# artefact of zero padding, not something in the digit: after normalisation the black
-# background is (0 − mean)/std = {glue:}`background`, not 0, so the padded zeros are
-# *brighter* than the background and form a faint edge around every image, which the
-# edge kernels report. An empty image shows it alone:
+# Each map responds to its own pattern: {glue:}`stroke_maps` of them are more active on
+# the strokes than on the background, {glue:}`background_maps` the other way round. The
+# maps may also show a frame one pixel wide around the image. It is an artefact of zero
+# padding, not something in the digit: after normalisation the black background is (0 −
+# mean)/std = {glue:}`background`, not 0, so the padded zeros are *brighter* than the
+# background and form an edge around every image, strong in some maps and absent from
+# others (each map has its own colour scale), which the edge kernels report. An empty
+# image shows it alone:
 
 # %%
 background = (0.0 - digits.mean) / digits.std  # a black pixel, normalised
@@ -2534,7 +2539,8 @@ assert drops[pool_name] < drops[flat_name], drops
 #   and `eval()`. The network's outputs are logits for `CrossEntropyLoss`.
 # - AdamW decouples weight decay from Adam's rescaling; a cosine schedule is stepped
 #   once per epoch; a resumable checkpoint holds the model, optimizer, scheduler, log
-#   and random-number states of one moment, and resuming from it repeats the run.
+#   and random-number states of one moment; resuming from it repeats the run bit for
+#   bit on a CPU and to rounding on a GPU.
 # - A small CNN reached {glue:}`cnn_test_acc` on {glue:}`n_test` test digits (standard
 #   error {glue:}`test_se` points), {glue:}`test_cnn_gain` points against the MLP whose
 #   width was chosen on validation ({glue:}`test_cnn_verdict`); the effect of
