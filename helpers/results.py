@@ -1,33 +1,47 @@
-"""Record a chapter's run-dependent numbers so the built book can quote them.
+"""Record a chapter's run-dependent numbers and write prose that quotes them.
 
 A chapter calls ``record("test_accuracy", acc, fmt="{:.1%}", headline="CNN test accuracy")``
-right where it asserts the value. The call stores the formatted value in the cell's
-output the way myst-nb's ``glue`` does, so prose in the built book can insert it with
-``{glue:}`test_accuracy``` and can never contradict the output beside it. Values given a
-``headline`` label also appear on the book's Status page.
+right where it asserts the value. A paragraph that quotes run-dependent values is a
+code cell ``prose("The network reaches {{test_accuracy}} on the test set.")``: it
+fills each ``{{name}}`` with the text recorded under that name in this session and shows
+the paragraph as a Markdown output. So the sentence can never contradict the output
+beside it, and it reads the same in the built book, in JupyterLab and in Colab, none of
+which has to understand anything beyond plain Markdown. The prose cells carry the
+``remove-input`` tag (the book shows only the paragraph) and hidden-source metadata
+(JupyterLab and Colab fold the code away).
 
-It needs neither myst-nb nor a build: in JupyterLab or Colab the record shows nothing,
-run as a plain script it prints ``[record] name = text``, and the chapter runs unchanged.
-Introduced in chapter 01; every chapter uses it.
+``record`` also stores the formatted value in the cell's output; values given a
+``headline`` label appear on the book's Status page from there. Run as a plain script,
+``record`` prints ``[record] name = text`` and ``prose`` shows nothing, but both still
+check their input. Introduced in chapter 01; every chapter uses them.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+import textwrap
 from numbers import Real
 from typing import Any
 
 import torch
 
-__all__ = ["GLUE_MIME_PREFIX", "HEADLINE_KEY", "format_value", "record"]
+__all__ = ["GLUE_MIME_PREFIX", "HEADLINE_KEY", "PROSE_KEY", "format_value", "prose", "record"]
 
 #: The mime-type prefix myst-nb (and papermill/scrapbook before it) reads glued values from.
 GLUE_MIME_PREFIX = "application/papermill.record/"
 #: Output-metadata key under which a headline's label and raw value are stored.
 HEADLINE_KEY = "pytorch_book"
 
+#: Output-metadata key that marks a paragraph shown by ``prose``.
+PROSE_KEY = "pytorch_book_prose"
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# {{name}} in prose; the braces of LaTeX (\frac{a}{b}) are never doubled like this.
+_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}")
+# What record() stored in this session: name -> formatted text.
+_recorded: dict[str, str] = {}
 
 
 def _plain(value: Any) -> int | float | str | bool:
@@ -78,6 +92,7 @@ def record(name: str, value: Any, fmt: str = "{}", *, headline: str | None = Non
     if headline is not None and (not isinstance(headline, str) or not headline.strip()):
         raise ValueError(f"headline must be a non-empty str or None, got {headline!r}")
     text = format_value(value, fmt)
+    _recorded[name] = text
     metadata: dict[str, Any] = {"scrapbook": {"name": name, "mime_prefix": GLUE_MIME_PREFIX}}
     if headline is not None:
         metadata[HEADLINE_KEY] = {"headline": headline, "value": _plain(value), "text": text}
@@ -88,6 +103,49 @@ def record(name: str, value: Any, fmt: str = "{}", *, headline: str | None = Non
     from IPython.display import display
 
     display({GLUE_MIME_PREFIX + "text/plain": text}, raw=True, metadata=metadata)
+
+
+def prose(markdown: str) -> None:
+    """Show a paragraph of Markdown with each ``{{name}}`` filled in from ``record``.
+
+    ``name`` must have been recorded earlier in this session (a chapter records a value
+    in the cell that computes and asserts it, above the paragraph). The paragraph is
+    displayed as ``text/markdown``, which the book, JupyterLab and Colab all render;
+    common indentation and surrounding blank lines are removed first.
+
+    Raises ``ValueError`` naming what is wrong: a placeholder that is not a name or was
+    never recorded, text with no placeholder at all (that belongs in a Markdown cell),
+    or a MyST ``{glue}`` role, which only the book would understand.
+    """
+    if not isinstance(markdown, str):
+        raise TypeError(f"markdown must be a str, got {type(markdown).__name__}")
+    text = textwrap.dedent(markdown).strip("\n")
+    if "{glue" in text:
+        raise ValueError("prose uses {{name}} placeholders, not MyST {glue} roles")
+    names = [match.strip() for match in _PLACEHOLDER.findall(text)]
+    if not names:
+        raise ValueError(
+            "prose text has no {{name}} placeholder: text without recorded values belongs "
+            f"in a Markdown cell (it starts {text[:60]!r})"
+        )
+    bad = [name for name in names if not _NAME.match(name)]
+    if bad:
+        raise ValueError(f"prose placeholders must be recorded names, got {bad}")
+    missing = sorted({name for name in names if name not in _recorded})
+    if missing:
+        close = difflib.get_close_matches(missing[0], _recorded, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"prose quotes {missing}, which record() has not stored in this session "
+            f"({len(_recorded)} names are): run the cell that records it first{hint}"
+        )
+    filled = _PLACEHOLDER.sub(lambda match: _recorded[match[1].strip()], text)
+    if _ipython_shell() is None:
+        return
+    from IPython.display import display
+
+    bundle = {"text/markdown": filled, "text/plain": filled}
+    display(bundle, raw=True, metadata={PROSE_KEY: True})
 
 
 def _ipython_shell() -> object | None:

@@ -8,10 +8,14 @@
    last successful execution is executed in place by ``pytest --nbmake --overwrite``:
    the notebooks-as-tests run and the page outputs are one and the same execution.
    ``--fresh`` (and ``CI=true``) executes all of them.
-3. Each chapter's execution time (from pytest's JUnit report) and headline results
+3. Every executed notebook is checked as JupyterLab and Colab show it (no raw MyST, no
+   paragraph left unshown; ``notebook_markup.reader_problems``) and kept as such in
+   ``_stage/reader/``; then its portable boxes become MyST admonitions for the book
+   (``notebook_markup.to_book``).
+4. Each chapter's execution time (from pytest's JUnit report) and headline results
    (from its ``helpers.results.record`` outputs) go into ``_stage/runs.json`` and onto
    a generated Status page.
-4. Jupyter Book builds ``_stage/book`` with execution off into ``_build/html``.
+5. Jupyter Book builds ``_stage/book`` with execution off into ``_build/html``.
    Launch buttons come from ``repository.path_to_book`` in ``_config.yml``, so they
    still point at ``book/NN_topic.ipynb``.
 """
@@ -32,10 +36,16 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import notebook_markup  # scripts/, beside this file
+
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 STAGE = ROOT / "_stage"
 STAGED_BOOK = STAGE / "book"
+# Each executed notebook as a JupyterLab or Colab reader has it after Run All (before
+# its boxes become MyST); tests/browser opens these in JupyterLab.
+READER = STAGE / "reader"
 RUNS = STAGE / "runs.json"
 JUNIT = STAGE / "junit.xml"
 CPU_MATRIX = STAGE / "cpu_matrix.json"  # written by scripts/cpu_matrix.py
@@ -147,6 +157,22 @@ def add_alt_text(notebook: Path) -> int:
             added += 1
     notebook.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return added
+
+
+def prepare_for_book(notebook: Path) -> list[str]:
+    """Check an executed notebook as notebook readers see it, then turn it into MyST.
+
+    Returns the problems found (the notebook is left as it is then); with none, the
+    notebook's boxes are rewritten as admonitions for the book.
+    """
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    problems = [f"{notebook.name}: {p}" for p in notebook_markup.reader_problems(nb)]
+    if not problems:
+        READER.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(notebook, READER / notebook.name)
+        notebook_markup.to_book(nb)
+        notebook.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return problems
 
 
 def headlines(notebook: Path) -> list[dict]:
@@ -292,7 +318,12 @@ def main() -> int:
         staged = STAGED_BOOK / source.name
         digest = notebook_digest(source, shared)
         cached = runs.get(source.name, {})
-        if fresh or cached.get("digest") != digest or not staged.exists():
+        if (
+            fresh
+            or cached.get("digest") != digest
+            or not staged.exists()
+            or not (READER / source.name).exists()
+        ):
             shutil.copy2(source, staged)
             todo.append(staged)
             runs.pop(source.name, None)
@@ -307,6 +338,11 @@ def main() -> int:
     for staged in todo:
         seconds, passed = results.get(staged.name, (0.0, False))
         if not passed:
+            failed.append(staged.name)
+            continue
+        problems = prepare_for_book(staged)
+        if problems:
+            print("\n".join(f"ERROR: {p}" for p in problems), file=sys.stderr)
             failed.append(staged.name)
             continue
         add_alt_text(staged)

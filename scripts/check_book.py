@@ -57,8 +57,8 @@ def check_chapter(page: Path) -> list[str]:
         problems.append(f"{page.name}: no figures")
     if "output traceback" in html or "ansi-red-fg" in html:
         problems.append(f"{page.name}: contains an error traceback")
-    if "{glue:" in html or "glue:text" in html:
-        problems.append(f"{page.name}: a {{glue:}} value was not filled in")
+    if "{glue:" in html or "glue:text" in html or re.search(r"\{\{\s*\w+\s*\}\}", html):
+        problems.append(f"{page.name}: a quoted value was not filled in")
     print(f"{page.name}: {outputs} cell outputs, {figures} figures")
     return problems
 

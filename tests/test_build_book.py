@@ -130,3 +130,25 @@ def test_alt_text_is_added_to_figure_cells_only_and_never_overrides_the_chapter(
     assert build_book.add_alt_text(path) == 1
     got = [c["metadata"] for c in json.loads(path.read_text())["cells"]]
     assert got == [{"mystnb": {"image": {"alt": "Figure: A"}}}, {"mystnb": {"image": {"alt": "mine"}}}, {}]
+
+
+def test_prepare_for_book_checks_the_reader_view_before_converting_boxes(monkeypatch, tmp_path):
+    monkeypatch.setattr(build_book, "READER", tmp_path / "reader")
+    box = {"cell_type": "markdown", "metadata": {"tags": ["box-tip"]}, "source": "> **Tip**\n>\n> Body."}
+    good = tmp_path / "01_good.ipynb"
+    good.write_text(json.dumps(_notebook([box])))
+    assert build_book.prepare_for_book(good) == []
+    (cell,) = json.loads(good.read_text())["cells"]
+    assert cell["source"] == "```{admonition} Tip\n:class: tip\nBody.\n```\n"
+    (kept,) = json.loads((tmp_path / "reader" / "01_good.ipynb").read_text())["cells"]
+    assert kept["source"] == box["source"]
+
+    raw = {"cell_type": "markdown", "metadata": {}, "source": "Accuracy {glue:}`acc`."}
+    bad = tmp_path / "02_bad.ipynb"
+    bad.write_text(json.dumps(_notebook([box, raw])))
+    before = bad.read_text()
+    assert build_book.prepare_for_book(bad) == [
+        "02_bad.ipynb: cell 1 ('Accuracy {glue:}`acc`.'): a {glue:}` role"
+    ]
+    assert bad.read_text() == before
+    assert not (tmp_path / "reader" / "02_bad.ipynb").exists()

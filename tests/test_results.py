@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from helpers import results
-from helpers.results import GLUE_MIME_PREFIX, HEADLINE_KEY, format_value, record
+from helpers.results import GLUE_MIME_PREFIX, HEADLINE_KEY, PROSE_KEY, format_value, prose, record
 
 
 @pytest.fixture
@@ -76,3 +76,63 @@ def test_outside_ipython_record_prints_a_readable_line(monkeypatch, capsys):
 
 def test_the_shell_probe_finds_no_shell_under_pytest():
     assert results._ipython_shell() is None
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """An empty record store for one test."""
+    monkeypatch.setattr(results, "_recorded", {})
+
+
+def test_prose_fills_placeholders_with_recorded_text_and_shows_markdown(shown, recorded):
+    record("acc", 0.98251, "{:.1%}")
+    record("epochs", 7)
+    shown.clear()
+    assert (
+        prose(r"""
+        Reaches {{acc}} after {{ epochs }} epochs; $\frac{a}{b}$ stays, {{acc}} again.
+    """)
+        is None
+    )
+    ((bundle, raw, metadata),) = shown
+    text = r"Reaches 98.3% after 7 epochs; $\frac{a}{b}$ stays, 98.3% again."
+    assert bundle == {"text/markdown": text, "text/plain": text}
+    assert raw is True
+    assert metadata == {PROSE_KEY: True}
+
+
+def test_prose_quotes_the_latest_recorded_value(shown, recorded):
+    record("loss", 0.5, "{:.1f}")
+    record("loss", 0.25, "{:.2f}")
+    shown.clear()
+    prose("Loss {{loss}}.")
+    assert shown[0][0]["text/markdown"] == "Loss 0.25."
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "message"),
+    [
+        (3, TypeError, "markdown must be a str"),
+        ("No value here.", ValueError, "belongs in a Markdown cell"),
+        ("Old style {glue:}`acc`.", ValueError, "not MyST"),
+        ("Bad {{acc + 1}}.", ValueError, r"must be recorded names, got \['acc \+ 1'\]"),
+        ("Missing {{acc}} and {{acu}}.", ValueError, r"\['acu'\].*did you mean 'acc'"),
+        ("Never {{zzz}}.", ValueError, r"\['zzz'\].*run the cell that records it first$"),
+    ],
+)
+def test_prose_names_what_is_wrong_and_shows_nothing(shown, recorded, text, error, message):
+    record("acc", 0.5)
+    shown.clear()
+    with pytest.raises(error, match=message):
+        prose(text)
+    assert shown == []
+
+
+def test_outside_ipython_prose_checks_its_input_but_prints_nothing(monkeypatch, capsys, recorded):
+    monkeypatch.setattr(results, "_ipython_shell", lambda: None)
+    record("acc", 0.5)
+    capsys.readouterr()
+    assert prose("Acc {{acc}}.") is None
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ValueError, match="acu"):
+        prose("Acc {{acu}}.")
