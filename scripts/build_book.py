@@ -175,6 +175,40 @@ def prepare_for_book(notebook: Path) -> list[str]:
     return problems
 
 
+# The line every chapter's setup cell prints (helpers.runtime.describe_runtime).
+_RUNTIME = re.compile(r"torch (?P<torch>\S+) \| device: (?P<device>[^|\n]+?) \| seed: (?P<seed>\d+)")
+
+
+def runtime_of(notebook: Path) -> dict[str, str]:
+    """torch version, device and seed the chapter reported in its own setup cell."""
+    for cell in json.loads(notebook.read_text(encoding="utf-8")).get("cells", []):
+        for output in cell.get("outputs", []):
+            text = output.get("text", "")
+            match = _RUNTIME.search("".join(text) if isinstance(text, list) else text)
+            if match:
+                return match.groupdict()
+    raise ValueError(f"{notebook.name} printed no 'torch … | device: … | seed: …' line (describe_runtime)")
+
+
+def add_run_stamp(notebook: Path, run: dict) -> None:
+    """Put one line under the chapter's title: when, with what and how fast it ran."""
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    stamp = (
+        f"*Executed on {run['executed_at']} UTC with torch {run['torch']} on {run['device']} "
+        f"in {run['seconds']:.0f} s (seed {run['seed']}), as a test: see [Status](status.md).*"
+    )
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        lines = notebook_markup.source(cell).split("\n")
+        if not lines[0].startswith("# "):
+            break
+        cell["source"] = "\n".join([lines[0], "", stamp, *lines[1:]])
+        notebook.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        return
+    raise ValueError(f"{notebook.name} does not start with a '# Title' Markdown cell")
+
+
 def headlines(notebook: Path) -> list[dict]:
     found = []
     for cell in json.loads(notebook.read_text(encoding="utf-8")).get("cells", []):
@@ -352,7 +386,9 @@ def main() -> int:
             "executed_at": now,
             "title": chapter_title(staged),
             "headlines": headlines(staged),
+            **runtime_of(staged),
         }
+        add_run_stamp(staged, runs[staged.name])
     RUNS.write_text(json.dumps(runs, indent=1, sort_keys=True), encoding="utf-8")
     if todo:
         print(f"==> executed {len(todo)} notebook(s) in {time.perf_counter() - started:.0f} s")

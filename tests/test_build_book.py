@@ -152,3 +152,41 @@ def test_prepare_for_book_checks_the_reader_view_before_converting_boxes(monkeyp
     ]
     assert bad.read_text() == before
     assert not (tmp_path / "reader" / "02_bad.ipynb").exists()
+
+
+def _stream(text: str) -> dict:
+    return {"output_type": "stream", "name": "stdout", "text": text}
+
+
+def test_the_run_stamp_names_what_the_chapter_itself_reported(tmp_path):
+    title = {"cell_type": "markdown", "metadata": {}, "source": "# 7. Reinforcement learning\n\nIntro."}
+    setup = {
+        "cell_type": "code",
+        "metadata": {},
+        "source": "print(describe_runtime(device, seed))",
+        "outputs": [_stream("torch 2.15.0+cu130 | device: cuda (NVIDIA H200) | seed: 2 | gymnasium 1.4\n")],
+    }
+    notebook = tmp_path / "07_rl.ipynb"
+    notebook.write_text(json.dumps(_notebook([title, setup])))
+    runtime = build_book.runtime_of(notebook)
+    assert runtime == {"torch": "2.15.0+cu130", "device": "cuda (NVIDIA H200)", "seed": "2"}
+    build_book.add_run_stamp(notebook, {"executed_at": "2026-12-04 19:00", "seconds": 24.46, **runtime})
+    first = json.loads(notebook.read_text())["cells"][0]["source"]
+    assert first == (
+        "# 7. Reinforcement learning\n\n*Executed on 2026-12-04 19:00 UTC with torch 2.15.0+cu130 on "
+        "cuda (NVIDIA H200) in 24 s (seed 2), as a test: see [Status](status.md).*\n\nIntro."
+    )
+    assert build_book.chapter_title(notebook) == "7. Reinforcement learning"
+
+
+def test_a_chapter_without_its_runtime_line_or_title_is_an_error(tmp_path):
+    notebook = tmp_path / "01_x.ipynb"
+    notebook.write_text(
+        json.dumps(_notebook([{"cell_type": "markdown", "metadata": {}, "source": "No title"}]))
+    )
+    with pytest.raises(ValueError, match="describe_runtime"):
+        build_book.runtime_of(notebook)
+    with pytest.raises(ValueError, match="'# Title'"):
+        build_book.add_run_stamp(
+            notebook, {"executed_at": "x", "seconds": 1, "torch": "2", "device": "cpu", "seed": "0"}
+        )

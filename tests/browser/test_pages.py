@@ -189,3 +189,26 @@ def test_search_finds_a_word_that_only_one_chapter_uses(browser, book_url, scree
         assert errors == [] and remote == []
     finally:
         page.context.close()
+
+
+@each_page(CHAPTERS)
+def test_chapter_page_says_under_its_title_when_and_how_it_ran(loaded):
+    stamp = loaded.page.locator("main h1 + p").first
+    text = stamp.inner_text()
+    pattern = (
+        r"Executed on \d{4}-\d\d-\d\d \d\d:\d\d UTC with torch \S+ on .+ in \d+ s "
+        r"\(seed \d+\), as a test: see Status\."
+    )
+    assert re.fullmatch(pattern, text), f"{loaded.name}: the line under the title is {text!r}"
+    assert stamp.locator("a").get_attribute("href").startswith("status.html")
+
+
+@each_page(PAGES)
+def test_one_search_box_and_the_book_title_once(loaded):
+    page = loaded.page
+    searches = [e for e in page.locator(".search-button-field, form.bd-search input").all() if e.is_visible()]
+    assert len(searches) == 1, f"{loaded.name}: {len(searches)} search boxes"
+    sidebar = page.locator(".bd-sidebar-primary").inner_text()
+    assert sidebar.count(CONFIG["title"]) == 1, (
+        f"{loaded.name}: the sidebar names the book {sidebar.count(CONFIG['title'])} times"
+    )
