@@ -56,6 +56,7 @@ import os
 import re
 import shlex
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -80,6 +81,7 @@ from helpers.runtime import describe_runtime, get_device, seed_everything
 from matplotlib.patches import FancyBboxPatch
 from torch import nn
 from torch.distributed.run import get_args_parser as torchrun_parser
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -834,6 +836,106 @@ record("micro_vs_whole", micro_vs_whole, fmt="{:.1e}")
 # Chapter 8's rules carry over: clip the gradients, and unscale them if a
 # `GradScaler` is in use, after the last micro-batch, on the accumulated sum.
 #
+# ### Parameters without a gradient: `find_unused_parameters`, `static_graph`
+#
+# DDP knows that a step's backward is over by counting. It registers a hook on every
+# parameter; a bucket's all-reduce starts once the gradients of all its parameters
+# have arrived, and the step's reduction is finished when every bucket has been
+# reduced. A parameter that takes no part in a step's forward pass (one head of a
+# multi-task model, a branch that an `if` skipped) never gets a gradient, so its
+# bucket is never reduced, and DDP stops with an error at the start of the next
+# forward. The cell below meets that error with a model of one shared layer and two
+# heads, each batch using one head (the sizes are arbitrary: what matters is which
+# parameters get a gradient). DDP needs a process group, but not a second
+# process to show this: the cell creates a group of one process, this notebook, with
+# an in-memory key-value store (`HashStore`), and destroys it at the end.
+
+
+# %%
+class TwoHeads(nn.Module):
+    """A shared hidden layer and two output heads; each forward uses one head."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(28 * 28, 32)
+        self.heads = nn.ModuleList([nn.Linear(32, 10), nn.Linear(32, 10)])
+
+    def forward(self, x: torch.Tensor, head: int) -> torch.Tensor:
+        return self.heads[head](torch.relu(self.body(x)))
+
+
+def ddp_steps(x, y, heads: list[int], **ddp_options) -> tuple[int, str]:
+    """Forward and backward through DDP(TwoHeads()), step i using heads[i].
+
+    Returns the step that failed and DDP's error, or (len(heads), "").
+    """
+    model = DDP(TwoHeads(), **ddp_options)
+    criterion = nn.CrossEntropyLoss()
+    for step, head in enumerate(heads):
+        try:
+            criterion(model(x, head), y).backward()
+        except RuntimeError as error:
+            return step, str(error)
+    return len(heads), ""
+
+
+x32, y32 = train_set.tensors[0][:32], train_set.tensors[1][:32]
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+try:
+    outcomes = {
+        "default": ddp_steps(x32, y32, [0, 0, 0]),
+        "find_unused_parameters=True": ddp_steps(
+            x32, y32, [0, 1, 0], find_unused_parameters=True
+        ),
+        "static_graph=True": ddp_steps(x32, y32, [0, 0, 0], static_graph=True),
+        "static_graph=True, heads change": ddp_steps(
+            x32, y32, [0, 1, 0], static_graph=True
+        ),
+    }
+finally:
+    # whatever happened, leave no process group behind in the notebook
+    dist.destroy_process_group()
+for name, (step, error) in outcomes.items():
+    if not error:
+        print(f"{name}: {step} steps ran")
+        continue
+    print(f"{name}: error in step {step}")
+    # the error's first line, and the line that lists the unused parameters
+    lines = error.splitlines()
+    shown_lines = [textwrap.shorten(lines[0], 300)]
+    shown_lines += [li for li in lines if li.startswith("Parameter indices")]
+    for line in shown_lines:
+        print(textwrap.indent(textwrap.fill(line, 76), "    "))
+# parameters 4 and 5 are heads.1's weight and bias, never used in the first run
+assert outcomes["default"][0] == 1, outcomes["default"]
+assert "find_unused_parameters=True" in outcomes["default"][1]
+assert "did not receive grad for rank 0: 4 5" in outcomes["default"][1]
+assert outcomes["find_unused_parameters=True"] == (3, "")
+assert outcomes["static_graph=True"] == (3, "")
+assert outcomes["static_graph=True, heads change"][0] == 1
+assert "graph has changed" in outcomes["static_graph=True, heads change"][1]
+
+# %% [markdown]
+# With the defaults, step 0 ran and step 1 stopped at the forward: parameters 4 and 5
+# (in `model.parameters()` order, the weight and bias of `heads[1]`) had received no
+# gradient in step 0. The message names the two ways out:
+#
+# - `find_unused_parameters=True`: after every forward, DDP walks the autograd graph
+#   back from the outputs, and marks the parameters it does not reach as ready at once.
+#   The set may change from step to step (the second run alternates the heads). The
+#   price is that walk, every step, even in a model that always uses all its
+#   parameters (PyTorch then prints a warning that the flag may slow training),
+#   so leave it off unless a step can skip parameters.
+# - `static_graph=True`: a promise that every step uses the same parameters in the
+#   same graph. DDP records in the first step which parameters went unused and does
+#   not search again; the promise also lets it support cases the defaults cannot,
+#   such as activation checkpointing with reentrant backward. Break the promise and
+#   DDP stops, as the last run shows when step 1 switches heads.
+#
+# The first error's full message also suggests `TORCH_DISTRIBUTED_DEBUG=INFO` (or
+# `DETAIL`, section 9.2), with which it names the parameters as well: `heads.1.bias,
+# heads.1.weight`.
+#
 # ```{admonition} Common pitfalls
 # :class: warning
 # - **`gloo`, then `.cuda()`.** Code that initialises the `gloo` backend, wraps a model
@@ -1412,6 +1514,105 @@ seconds_of = [float(re.search(r"after ([\d.]+) s", line).group(1)) for line in r
 print(f"the timeout runs failed after {max(seconds_of):.1f} s at most")
 
 # %% [markdown]
+# **Exercise 5.** Data parallelism without the `DDP` wrapper. Write a script, a module
+# in `work_dir` as in exercise 4, that trains like `train_ddp.py` (take its
+# `build_parser(fault_demo=False)`, `load_data`, `make_loader`, `make_model` and
+# `save_atomically`, and `setup_distributed`) but keeps the model plain: after
+# `loss.backward()`, all-reduce every parameter's gradient and divide it by the world
+# size, then take the optimizer step. Launch it on two processes with section 9.4's
+# arguments (`common_args`), let rank 0 save the final parameters, and compare them
+# with the DDP run's (`ddp_state`), against section 9.5's rounding allowance. What
+# must the script do before the first step that DDP's constructor did for you? How
+# many all-reduces does one of your steps make, and how many did DDP's?
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# Solution 5: the parameters match the DDP run's within the rounding allowance;
+# on the CPU bit for bit, as printed below. With two ranks the average is a sum
+# halved, and halving is exact in binary floating point, so it does not matter
+# whether the division comes before the sum or after it; with three ranks the
+# two orders can round differently. Before the first step every rank must hold
+# the same parameters: DDP's constructor copies rank 0's to the others, and the
+# script does the same with dist.broadcast (the shared seed already gives equal
+# starts here, but a broadcast does not rely on it). Each step of the script
+# makes four all-reduces, one per parameter tensor, after backward has
+# finished. DDP packs the gradients into buckets (bucket_cap_mb, 25 MB by
+# default) and all-reduces each bucket as soon as backward has filled it,
+# overlapping communication with the rest of backward; this model's 814 kB of
+# float64 gradients fit in one bucket: one all-reduce per step.
+manual_path = work_dir / "manual_ddp.py"  # the module `manual_ddp` in work_dir
+manual_path.write_text(
+    """\
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from helpers.distributed import rank_print, setup_distributed
+from helpers.distributed.train_ddp import (
+    build_parser,
+    load_data,
+    make_loader,
+    make_model,
+    save_atomically,
+)
+
+args = build_parser(fault_demo=False).parse_args()
+ctx = setup_distributed(args.backend)
+dtype = getattr(torch, args.dtype)
+train_set, _, _ = load_data(args.data, dtype)
+loader = make_loader(train_set, args.batch_size, args.seed)
+torch.manual_seed(args.seed)
+model = make_model().to(ctx.device, dtype)
+# what DDP's constructor does: every rank starts from rank 0's parameters
+for p in model.parameters():
+    dist.broadcast(p.detach(), src=0)
+optimizer = torch.optim.SGD(
+    model.parameters(), lr=args.lr, momentum=args.momentum
+)
+criterion = nn.CrossEntropyLoss()
+model.train()
+steps = all_reduces = 0
+for epoch in range(1, args.epochs + 1):
+    loader.sampler.set_epoch(epoch)
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
+        loss = criterion(model(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        for p in model.parameters():
+            dist.all_reduce(p.grad)  # the sum over the ranks
+            p.grad /= ctx.world_size  # the average
+            all_reduces += 1
+        optimizer.step()
+        steps += 1
+counts = f"{steps} steps, {all_reduces} gradient all-reduces"
+rank_print(ctx.rank, f"{ctx.backend} on {ctx.device}: {counts}")
+if ctx.rank == 0:
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    save_atomically(model.state_dict(), args.out_dir / "model.pt")
+dist.destroy_process_group()
+"""
+)
+manual_dir = work_dir / "manual"
+# work_dir first on the module search path: `-m manual_ddp` finds the script
+manual_search_path = os.pathsep.join(
+    filter(None, [str(work_dir), os.environ.get("PYTHONPATH")])
+)
+launch(
+    [single_node("manual_ddp", [*common_args, f"--out-dir={manual_dir}"])],
+    env={"PYTHONPATH": manual_search_path},
+)
+manual_state = torch.load(
+    manual_dir / "model.pt", map_location="cpu", weights_only=True
+)
+manual_vs_ddp = max_difference(manual_state, ddp_state)
+print(f"hand-written all-reduce vs DDP: largest difference {manual_vs_ddp:.1e}")
+print(f"section 9.5's rounding allowance: {rounding_allowance:.1e}")
+assert manual_vs_ddp <= rounding_allowance, (manual_vs_ddp, rounding_allowance)
+# On the CPU both runs do the same arithmetic (see the solution's first lines).
+if ddp_summary["device_type"] == "cpu":
+    assert manual_vs_ddp == 0.0, manual_vs_ddp
+
+# %% [markdown]
 # ## Summary
 #
 # - Data parallelism runs one process per device, each with a full replica and its own
@@ -1420,6 +1621,8 @@ print(f"the timeout runs failed after {max(seconds_of):.1f} s at most")
 #   `LOCAL_RANK` and `WORLD_SIZE`; `nccl` connects GPUs, `gloo` CPUs.
 # - A DDP script adds a `DistributedSampler` with `set_epoch`, the `DDP` wrapper,
 #   rank-0-only logging and checkpointing, and `destroy_process_group`; no barriers.
+#   A model that leaves some parameters without a gradient in a step needs
+#   `find_unused_parameters=True` (or, if the same ones every step, `static_graph`).
 # - Two processes with 32 examples each reached the parameters of one process with 64
 #   to within {glue:}`ddp_vs_single_diff` after {glue:}`steps` steps (in `float64`; in
 #   `float32`, rounding differences grow over the steps).
