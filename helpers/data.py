@@ -7,7 +7,9 @@ Introduced in chapter 02 (neural-network basics); chapter 03 adds the digit imag
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +46,8 @@ def standardize(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-8) -
     The same shift and scale are applied to ``others`` (e.g. the test set), so no
     information leaks from them into the preprocessing. Introduced in chapter 02.
     """
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     tensors = (train, *others)
     for i, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor):
@@ -107,6 +111,11 @@ def make_linear_data(
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
     if not isinstance(weight, torch.Tensor) or weight.ndim != 1 or weight.numel() == 0:
         raise ValueError("weight must be a non-empty 1-D torch.Tensor")
+    for name, value in (("bias", bias), ("noise_std", noise_std)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
     if noise_std < 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std}")
     if not isinstance(generator, torch.Generator):
@@ -151,10 +160,27 @@ def split_images(
     """
     if not isinstance(images, torch.Tensor) or images.ndim not in (3, 4):
         raise ValueError("images must be a tensor of shape (N, H, W) or (N, 1, H, W)")
+    if images.ndim == 4 and images.shape[1] != 1:
+        raise ValueError(f"images must have one channel, (N, 1, H, W), got shape {tuple(images.shape)}")
+    if images.is_floating_point():
+        if not ((images >= 0) & (images <= 1)).all():
+            raise ValueError(
+                "images of a float dtype must hold pixels in [0, 1] (pass uint8 for 0-255 pixels), "
+                f"got values from {images.min().item()} to {images.max().item()}"
+            )
+    elif images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 (0-255) or float in [0, 1], got dtype {images.dtype}")
     if not isinstance(labels, torch.Tensor) or labels.shape != (len(images),):
         raise ValueError(f"labels must be a 1-D tensor with {len(images)} entries")
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise ValueError(f"labels must be whole-number class indices, got dtype {labels.dtype}")
+    if labels.is_floating_point() and not (labels == labels.round()).all():
+        odd = labels[labels != labels.round()][0].item()
+        raise ValueError(f"labels must be whole-number class indices, got {odd} ({labels.dtype})")
     _check_size("val_size", val_size)
     _check_size("test_size", test_size)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int (a fixed seed gives the same split every run), got {seed!r}")
     if val_size + test_size >= len(images):
         raise ValueError(f"val_size + test_size ({val_size + test_size}) must be below N ({len(images)})")
     x = images.unsqueeze(1) if images.ndim == 3 else images
@@ -204,7 +230,13 @@ def load_torchvision_mnist(
     """
     from torchvision.datasets import MNIST
 
+    if not isinstance(root, (str, Path)):
+        raise TypeError(f"root must be a folder path (str or Path), got {type(root).__name__}")
     _check_size("val_size", val_size)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if not isinstance(download, bool):
+        raise TypeError(f"download must be a bool, got {type(download).__name__}")
     train = MNIST(root, train=True, download=download)
     test = MNIST(root, train=False, download=download)
     x = train.data.unsqueeze(1).float() / 255.0  # (60000, 1, 28, 28)

@@ -28,7 +28,7 @@ __all__ = [
 def _check_gamma(gamma: float) -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
         raise TypeError(f"gamma must be a float, got {type(gamma).__name__}")
-    if not 0.0 <= gamma <= 1.0:
+    if not 0.0 <= gamma <= 1.0:  # False for NaN too
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     return float(gamma)
 
@@ -47,7 +47,10 @@ def discounted_returns(
     if isinstance(rewards, torch.Tensor):
         values = rewards.detach().to("cpu", torch.float64)
     elif isinstance(rewards, (Sequence, np.ndarray)) and not isinstance(rewards, (str, bytes)):
-        values = torch.as_tensor(np.asarray(rewards, dtype=np.float64))
+        try:
+            values = torch.as_tensor(np.asarray(rewards, dtype=np.float64))
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"rewards must be a sequence of numbers: {error}") from None
     else:
         raise TypeError(f"rewards must be a tensor or a sequence of numbers, got {type(rewards).__name__}")
     if values.ndim != 1:
@@ -55,6 +58,11 @@ def discounted_returns(
     gamma = _check_gamma(gamma)
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, float)):
         raise TypeError(f"bootstrap must be a float, got {type(bootstrap).__name__}")
+    if not torch.isfinite(values).all():
+        bad = values[~torch.isfinite(values)][0].item()
+        raise ValueError(f"rewards must be finite numbers, got {bad}")
+    if not np.isfinite(bootstrap):
+        raise ValueError(f"bootstrap must be a finite number, got {bootstrap}")
     rewards_list = values.tolist()  # plain floats: a Python loop over them is fast
     returns = [0.0] * len(rewards_list)
     running = float(bootstrap)
@@ -99,9 +107,23 @@ def _check_policy(policy: nn.Module | None, device: torch.device | str) -> torch
     return torch.device(device)
 
 
+def _check_options(greedy: bool, env_id: str) -> None:
+    if not isinstance(greedy, bool):
+        raise TypeError(f"greedy must be a bool, got {type(greedy).__name__}")
+    if not isinstance(env_id, str):
+        raise TypeError(f"env_id must be a str such as 'CartPole-v1', got {type(env_id).__name__}")
+
+
 @torch.no_grad()
-def _actions(policy: nn.Module, observations: np.ndarray, device: torch.device, greedy: bool) -> np.ndarray:
+def _actions(
+    policy: nn.Module, observations: np.ndarray, device: torch.device, greedy: bool, n_actions: int
+) -> np.ndarray:
     logits = policy(torch.as_tensor(observations, dtype=torch.float32, device=device))
+    if logits.shape != (len(observations), n_actions):
+        raise ValueError(
+            f"policy must map {tuple(observations.shape)} observations to ({len(observations)}, "
+            f"{n_actions}) action logits, one per action, got shape {tuple(logits.shape)}"
+        )
     if greedy:
         return logits.argmax(dim=-1).cpu().numpy()
     return torch.distributions.Categorical(logits=logits).sample().cpu().numpy()
@@ -135,6 +157,7 @@ def evaluate_policy(
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     seed = _check_seed(seed)
     device = _check_policy(policy, device)
+    _check_options(greedy, env_id)
     limit = {}
     if time_limit is not None:
         if isinstance(time_limit, bool) or not isinstance(time_limit, int):
@@ -153,7 +176,7 @@ def evaluate_policy(
         if policy is None:
             actions = envs.action_space.sample()
         else:
-            actions = _actions(policy, observations, device, greedy)
+            actions = _actions(policy, observations, device, greedy, int(envs.single_action_space.n))
         observations, rewards, terminated, truncated, _ = envs.step(actions)
         returns += rewards * running  # a finished copy restarts; its new episode is ignored
         running &= ~(terminated | truncated)
@@ -196,6 +219,9 @@ def play_episode(
     device = _check_policy(policy, device)
     if policy is None:
         raise TypeError("policy must be an nn.Module, got None")
+    _check_options(greedy, env_id)
+    if not isinstance(render, bool):
+        raise TypeError(f"render must be a bool, got {type(render).__name__}")
     policy.eval()
     env = gym.make(env_id, render_mode="rgb_array" if render else None)
     observation, _ = env.reset(seed=seed)
@@ -204,7 +230,7 @@ def play_episode(
         frames.append(env.render())
     terminated = truncated = False
     while not (terminated or truncated):
-        action = int(_actions(policy, observation[None], device, greedy)[0])
+        action = int(_actions(policy, observation[None], device, greedy, int(env.action_space.n))[0])
         observation, reward, terminated, truncated, _ = env.step(action)
         states.append(observation)
         actions.append(action)

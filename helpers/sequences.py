@@ -187,4 +187,12 @@ class CharVocab:
             raise TypeError(f"ids must be a torch.Tensor, got {type(ids).__name__}")
         if ids.ndim != 1:
             raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"ids must be integer ids, got dtype {ids.dtype}")
+        outside = ids[(ids < 0) | (ids >= len(self.chars))]
+        if len(outside):
+            raise ValueError(
+                f"ids must be in [0, {len(self.chars)}) for this vocabulary of {len(self.chars)}, "
+                f"got {outside[0].item()}"
+            )
         return "".join("?" if i == self.UNKNOWN else self.chars[i] for i in ids.tolist() if i != self.PAD)

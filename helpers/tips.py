@@ -76,7 +76,7 @@ class CostlyDataset(Dataset):
                 f"inputs and targets must be torch.Tensors, got {type(inputs).__name__} "
                 f"and {type(targets).__name__}"
             )
-        if inputs.ndim == 0 or len(inputs) != len(targets):
+        if inputs.ndim == 0 or targets.ndim == 0 or len(inputs) != len(targets):
             raise ValueError(
                 f"inputs and targets must have the same length, got shapes {tuple(inputs.shape)} "
                 f"and {tuple(targets.shape)}"

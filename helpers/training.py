@@ -35,6 +35,8 @@ Metric = Callable[[torch.Tensor, torch.Tensor], float]
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """Fraction of samples whose predicted label (``logits_to_labels``) equals the target."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
     return (logits_to_labels(outputs) == targets.long()).float().mean().item()
 
 
@@ -102,6 +104,18 @@ def _check_common(model: nn.Module, device: str | torch.device) -> torch.device:
     return as_device(device)
 
 
+def _check_criterion(criterion: object) -> None:
+    if not callable(criterion):
+        raise TypeError(
+            f"criterion must be a loss such as nn.CrossEntropyLoss(), got {type(criterion).__name__}"
+        )
+
+
+def _check_optimizer(optimizer: object) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+
+
 def _resolve_metric(metric: str | Metric | None) -> tuple[Metric | None, str | None]:
     if metric is None:
         return None, None
@@ -120,6 +134,8 @@ def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
     One output per sample (shape ``(B,)`` or ``(B, 1)``) is read as a binary logit:
     positive means class 1. Several outputs are read as class scores: the largest wins.
     """
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1):
         return (logits.reshape(-1) > 0).long()
     if logits.ndim == 2:
@@ -164,8 +180,8 @@ def train_one_epoch(
     concatenated batch. Introduced in chapter 02.
     """
     device = _check_common(model, device)
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    _check_criterion(criterion)
+    _check_optimizer(optimizer)
     if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int):
         raise TypeError(f"accumulation_steps must be an int, got {type(accumulation_steps).__name__}")
     if accumulation_steps < 1:
@@ -234,6 +250,7 @@ def evaluate(
     chapter 04 uses ``metric=None`` for its forecasters.
     """
     device = _check_common(model, device)
+    _check_criterion(criterion)
     metric_fn, metric_name = _resolve_metric(metric)
     model.eval()
     total, metric_total, count = 0.0, 0.0, 0
@@ -279,6 +296,8 @@ def fit(
     resumable checkpoint). Introduced in chapter 02; chapter 03 adds the options.
     """
     device = _check_common(model, device)
+    _check_criterion(criterion)
+    _check_optimizer(optimizer)
     if isinstance(epochs, bool) or not isinstance(epochs, int):
         raise TypeError(f"epochs must be an int, got {type(epochs).__name__}")
     if epochs < 1:
@@ -299,6 +318,12 @@ def fit(
                 f"scheduler is ReduceLROnPlateau(mode={scheduler.mode!r}) but select={select!r} "
                 f"needs mode={wanted!r}"
             )
+    if checkpoint_path is not None and not isinstance(checkpoint_path, (str, Path)):
+        raise TypeError(
+            f"checkpoint_path must be a str, a Path or None, got {type(checkpoint_path).__name__}"
+        )
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
     history = History(metric_name=metric_name, select=select)
     best = float("inf")
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=not progress):

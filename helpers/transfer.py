@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.progress import tqdm
+from helpers.training import as_device
 
 __all__ = [
     "FONT_FILES",
@@ -211,6 +212,8 @@ def labelled_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Te
     """
     if not isinstance(labels, torch.Tensor) or labels.ndim != 1:
         raise ValueError("labels must be a 1-D tensor of class indices")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must hold integer class indices, got dtype {labels.dtype}")
     _positive_int("per_class", per_class)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
@@ -263,9 +266,27 @@ def train_phases(
         raise ValueError("loaders must be a mapping with 'train' and 'val' loaders")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not callable(criterion):
+        raise TypeError(
+            f"criterion must be a loss such as nn.CrossEntropyLoss(), got {type(criterion).__name__}"
+        )
     _positive_int("epochs", epochs)
+    device = as_device(device)
+    lr_scheduler = torch.optim.lr_scheduler
+    if scheduler is not None and (
+        not isinstance(scheduler, lr_scheduler.LRScheduler)
+        or isinstance(scheduler, lr_scheduler.ReduceLROnPlateau)
+    ):
+        raise TypeError(
+            "scheduler must be a torch.optim.lr_scheduler scheduler stepped once per epoch "
+            f"(not ReduceLROnPlateau) or None, got {type(scheduler).__name__}"
+        )
+    if isinstance(frozen, nn.Module) or not isinstance(frozen, Sequence):
+        raise TypeError(f"frozen must be a sequence of torch.nn.Module objects, got {type(frozen).__name__}")
     if not all(isinstance(m, nn.Module) for m in frozen):
         raise TypeError("frozen must hold torch.nn.Module objects")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
     history = PhaseHistory()
     best_acc, best_state = -1.0, None
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=not progress):

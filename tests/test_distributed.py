@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -94,6 +96,68 @@ def test_torchrun_command_rejects_bad_arguments(kwargs, error, message):
     kwargs = {"module": "helpers.distributed.collectives", **kwargs}
     with pytest.raises(error, match=message):
         torchrun_command(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda: torchrun_command("m", rdzv_endpoint="n0:1", rdzv_id=None),
+            TypeError,
+            "rdzv_id must be a str",
+        ),
+        (
+            lambda: torchrun_command("m", rdzv_endpoint="n0:1", rdzv_id=""),
+            ValueError,
+            "rdzv_id must be a non-empty",
+        ),
+        (
+            lambda: torchrun_command("m", rdzv_endpoint="n0:1", local_addr=5),
+            TypeError,
+            "local_addr must be a str",
+        ),
+        (
+            lambda: torchrun_command("m", rdzv_endpoint="n0:1", local_addr=" "),
+            ValueError,
+            "local_addr must be a host",
+        ),
+        (lambda: choose_backend(None, 0.0, 2, 0), TypeError, "local_rank must be an int"),
+        (lambda: choose_backend(None, 0, "2", 0), TypeError, "local_world_size must be an int"),
+        (lambda: choose_backend(None, 0, 2, -1), ValueError, "gpu_count must be >= 0"),
+        (lambda: shared_gpus("vm"), TypeError, "placements must be a sequence"),
+        (lambda: shared_gpus([("vm",)]), TypeError, r"placements\[0\] must be a \(host, GPU UUID\) pair"),
+        (lambda: rank_print(True, "x"), TypeError, "rank must be an int"),
+        (lambda: train_ddp.make_loader([1, 2], 2, 0), TypeError, "dataset must be a TensorDataset"),
+        (
+            lambda: train_ddp.make_loader(TensorDataset(torch.zeros(2)), 0, 0),
+            ValueError,
+            "batch_size must be >= 1",
+        ),
+        (
+            lambda: train_ddp.make_loader(TensorDataset(torch.zeros(2)), 2, None),
+            TypeError,
+            "seed must be an int",
+        ),
+        (lambda: train_ddp.evaluate("m", torch.zeros(2, 784), torch.zeros(2)), TypeError, "model must be"),
+        (
+            lambda: train_ddp.evaluate(
+                train_ddp.make_model(), torch.zeros(2, 784), torch.zeros(3, dtype=torch.long)
+            ),
+            ValueError,
+            "y must be 1-D class indices, one per row of x",
+        ),
+        (
+            lambda: train_ddp.evaluate(train_ddp.make_model(), torch.zeros(2, 784), torch.tensor([0.5, 1.0])),
+            ValueError,
+            "y must hold int64 class indices",
+        ),
+        (lambda: train_ddp.save_atomically({}, "model.pt"), TypeError, "path must be a pathlib.Path"),
+        (lambda: train_ddp.save_atomically({}, Path("/no/such/folder/m.pt")), ValueError, "existing folder"),
+    ],
+)
+def test_distributed_helpers_reject_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
 
 
 def test_free_port_can_be_bound():
@@ -232,6 +296,69 @@ def test_shared_gpus_names_the_ranks_that_would_share_a_gpu():
     assert shared_gpus([("n0", "GPU-a"), ("n0", "GPU-b"), ("n0", "GPU-a")]) == {("n0", "GPU-a"): [0, 2]}
 
 
+class _FakeCluster:
+    """Stands in for CUDA and the process group so setup_distributed can run as any rank."""
+
+    def __init__(self, monkeypatch, gpus: int, host: str = "node1") -> None:
+        self.calls: list[tuple] = []
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda d: self.calls.append(("set_device", str(d))))
+        monkeypatch.setattr(
+            torch.cuda,
+            "get_device_properties",
+            lambda d: type("Props", (), {"uuid": f"GPU-{host}-{torch.device(d).index}"})(),
+        )
+        monkeypatch.setattr(dist, "init_process_group", lambda backend: self.calls.append(("init", backend)))
+        monkeypatch.setattr(dist, "new_group", lambda backend: "cpu-group")
+        monkeypatch.setattr(dist, "destroy_process_group", lambda group=None: None)
+        monkeypatch.setattr(socket, "gethostname", lambda: host)
+
+        def all_gather_object(out, obj, group=None):
+            # every rank reports its own (host, GPU): distinct unless the test says otherwise
+            for rank in range(len(out)):
+                out[rank] = obj if rank == int(os.environ["RANK"]) else (f"other{rank}", f"GPU-x{rank}")
+
+        monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+
+
+@pytest.mark.parametrize(
+    ("rank", "local_rank", "gpus", "expected"),
+    [
+        # two nodes of two processes each: this is node 1, holding ranks 2 and 3
+        (2, 0, 2, ("nccl", "cuda:0")),
+        (3, 1, 2, ("nccl", "cuda:1")),  # the GPU is chosen by the local rank, not the rank
+        (3, 1, 8, ("nccl", "cuda:1")),
+        (3, 1, 1, ("gloo", "cpu")),  # fewer GPUs than local processes: the CPU
+        (2, 0, 0, ("gloo", "cpu")),
+    ],
+)
+def test_setup_distributed_on_the_second_of_two_nodes(monkeypatch, rank, local_rank, gpus, expected):
+    env = {"RANK": rank, "LOCAL_RANK": local_rank, "WORLD_SIZE": 4, "LOCAL_WORLD_SIZE": 2}
+    for name, value in {**env, "MASTER_ADDR": "node0", "MASTER_PORT": 29500}.items():
+        monkeypatch.setenv(name, str(value))
+    cluster = _FakeCluster(monkeypatch, gpus)
+    ctx = setup_distributed()
+    backend, device = expected
+    assert ctx == DistributedContext(rank, local_rank, 4, 2, backend, torch.device(device))
+    if backend == "nccl":
+        assert cluster.calls == [("set_device", device), ("init", "nccl")]
+    else:
+        assert cluster.calls == [("init", "gloo")]
+
+
+def test_setup_distributed_names_ranks_that_would_share_a_gpu(monkeypatch):
+    for name, value in zip(TORCHRUN_ENV, ("1", "0", "2", "1", "vm", "29500"), strict=True):
+        monkeypatch.setenv(name, value)
+    _FakeCluster(monkeypatch, gpus=1, host="vm")
+    # both simulated nodes are one machine: rank 0 reports the same host and GPU
+    monkeypatch.setattr(
+        dist, "all_gather_object", lambda out, obj, group=None: out.__setitem__(slice(None), [obj, obj])
+    )
+    with pytest.raises(RuntimeError, match=r"ranks \[0, 1\] would share one GPU \(cuda:0\) on vm"):
+        setup_distributed()
+
+
 def test_setup_distributed_names_a_variable_that_is_not_a_number(monkeypatch):
     _single_process_env(monkeypatch)
     monkeypatch.setenv("RANK", "abc")
@@ -258,9 +385,6 @@ def test_setup_distributed_joins_a_one_process_gloo_group(monkeypatch):
     try:
         assert ctx == DistributedContext(0, 0, 1, 1, "gloo", torch.device("cpu"))
         assert dist.get_world_size() == 1 and dist.get_backend() == "gloo"
-        x = torch.tensor([2.0, -1.0])
-        dist.all_reduce(x)  # a world of one: the sum is the tensor itself
-        assert x.tolist() == [2.0, -1.0]
     finally:
         dist.destroy_process_group()
 
@@ -296,6 +420,72 @@ def test_save_atomically_leaves_only_the_finished_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
     loaded = torch.load(path, weights_only=True)
     assert loaded["epoch"] == 3 and torch.equal(loaded["w"], torch.ones(2))
+
+
+def test_a_crash_inside_save_atomically_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    train_ddp.save_atomically({"epoch": 1, "w": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def save_half_then_crash(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        with open(f, "r+b") as file:  # the process dies halfway through the write
+            file.truncate(Path(f).stat().st_size // 2)
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(torch, "save", save_half_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_ddp.save_atomically({"epoch": 2, "w": torch.zeros(3)}, path)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["epoch"] == 1 and torch.equal(loaded["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def _val_scores(state: dict, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Validation loss and accuracy of saved weights, computed here, not by the script."""
+    model = train_ddp.make_model().double()
+    model.load_state_dict(state)
+    with torch.no_grad():
+        logits = model(x.double())
+    loss = torch.nn.functional.cross_entropy(logits, y).item()
+    return loss, (logits.argmax(dim=1) == y).double().mean().item()
+
+
+def test_train_ddp_reports_its_models_scores_and_keeps_the_first_best(tmp_path, monkeypatch):
+    """One process in this test's own gloo group: main() runs here, its saves observed."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(104, 784, generator=generator)
+    y = (x @ torch.randn(784, 10, generator=generator)).argmax(dim=1)
+    data = tmp_path / "data.pt"
+    torch.save({"x_train": x[:64], "y_train": y[:64], "x_val": x[64:], "y_val": y[64:]}, data)
+    saved: list[tuple[str, dict]] = []
+    real_save_atomically = train_ddp.save_atomically
+
+    def spy(obj, path):
+        saved.append((path.name, {k: v.clone() for k, v in obj.items()} if path.name == "best.pt" else {}))
+        real_save_atomically(obj, path)
+
+    monkeypatch.setattr(train_ddp, "save_atomically", spy)
+    _single_process_env(monkeypatch)
+    # A tiny rate: the weights move, the 40 validation predictions do not, so every
+    # epoch ties on accuracy and the first one must stay the best.
+    args = [f"--data={data}", f"--out-dir={tmp_path / 'run'}", "--epochs=3", "--batch-size=16"]
+    try:
+        train_ddp.main([*args, "--lr=1e-6", "--momentum=0", "--dtype=float64", "--backend=gloo"])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    run = tmp_path / "run"
+    last = torch.load(run / "model.pt", weights_only=True)
+    best = torch.load(run / "best.pt", weights_only=True)
+    history = json.loads((run / "history.json").read_text())["history"]
+    loss, accuracy = _val_scores(last, x[64:], y[64:])
+    assert history[-1]["val_loss"] == pytest.approx(loss, rel=1e-12)
+    assert history[-1]["val_accuracy"] == pytest.approx(accuracy)
+    assert _val_scores(best, x[64:], y[64:])[1] == accuracy  # a tie, as intended
+    assert [name for name, _ in saved].count("best.pt") == 1
+    assert saved[0][0] == "best.pt" and _max_difference(best, saved[0][1]) == 0.0
+    assert _max_difference(best, last) > 0.0  # the weights did move after epoch 1
 
 
 def test_make_model_maps_784_pixels_to_10_scores():
@@ -450,6 +640,11 @@ def test_ddp_run_that_crashes_restarts_and_matches_one_process(data_file, tmp_pa
     assert summary["world_size"] == 2 and summary["steps_per_epoch"] == math.ceil(101 / BATCH)
     ddp = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
     assert _max_difference(ddp, _one_process_reference(data_file, EPOCHS)) < 1e-10
+    # the reported scores are those of the saved model, recomputed here
+    data = torch.load(data_file, weights_only=True)
+    loss, accuracy = _val_scores(ddp, data["x_val"], data["y_val"])
+    assert summary["history"][-1]["val_loss"] == pytest.approx(loss, rel=1e-9)
+    assert summary["history"][-1]["val_accuracy"] == pytest.approx(accuracy)
     # best.pt holds the weights of the first epoch with the best validation accuracy
     accuracies = [h["val_accuracy"] for h in summary["history"]]
     best_epoch = accuracies.index(max(accuracies)) + 1

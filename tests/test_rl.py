@@ -188,6 +188,47 @@ def test_evaluate_policy_checks_arguments():
         evaluate_policy(None, 2, seed=0, time_limit=5.0)
 
 
+class _OneOutput(nn.Module):
+    """A value-network-shaped model, (B, 4) -> (B, 1): not a policy over CartPole's 2 actions."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda: discounted_returns([1.0, float("nan")], 0.9),
+            ValueError,
+            "rewards must be finite numbers, got nan",
+        ),
+        (lambda: discounted_returns(torch.tensor([float("inf")]), 0.9), ValueError, "rewards must be finite"),
+        (
+            lambda: discounted_returns([1.0], 0.9, bootstrap=float("nan")),
+            ValueError,
+            "bootstrap must be a finite",
+        ),
+        (lambda: discounted_returns([1.0], float("nan")), ValueError, r"gamma must be in \[0, 1\]"),
+        (lambda: discounted_returns(["a"], 0.9), TypeError, "rewards must be a sequence of numbers"),
+        (
+            lambda: evaluate_policy(_OneOutput(), 2, seed=0),
+            ValueError,
+            r"policy must map \(2, 4\) observations to \(2, 2\) action logits.*got shape \(2, 1\)",
+        ),
+        (lambda: evaluate_policy(None, 2, seed=0, greedy="no"), TypeError, "greedy must be a bool"),
+        (lambda: evaluate_policy(None, 2, seed=0, env_id=None), TypeError, "env_id must be a str"),
+        (lambda: evaluate_policy(None, 2, seed=None), TypeError, "seed must be an int"),
+        (lambda: play_episode(_OneOutput(), seed=0), ValueError, r"\(1, 2\) action logits"),
+        (lambda: play_episode(_Lean(), seed=0, render="yes"), TypeError, "render must be a bool"),
+        (lambda: play_episode(None, seed=0), TypeError, "policy must be an nn.Module"),
+    ],
+)
+def test_rl_helpers_reject_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
 def test_play_episode_records_states_actions_and_rewards():
     episode = play_episode(_Lean(), seed=4)
     assert isinstance(episode, Episode)

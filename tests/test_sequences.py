@@ -179,6 +179,13 @@ def test_char_vocab_round_trips_and_reserves_padding_and_unknown():
         (lambda: CharVocab(["ab"]).encode(5), TypeError, "text"),
         (lambda: CharVocab(["ab"]).decode([2]), TypeError, "ids"),
         (lambda: CharVocab(["ab"]).decode(torch.ones(1, 2, dtype=torch.long)), ValueError, "ids"),
+        (
+            lambda: CharVocab(["ab"]).decode(torch.tensor([2, -1])),
+            ValueError,
+            r"ids must be in \[0, 4\).*got -1",
+        ),
+        (lambda: CharVocab(["ab"]).decode(torch.tensor([4])), ValueError, r"ids must be in \[0, 4\).*got 4"),
+        (lambda: CharVocab(["ab"]).decode(torch.tensor([2.0])), ValueError, "ids must be integer ids"),
     ],
 )
 def test_char_vocab_rejects_bad_input(call, error, message):

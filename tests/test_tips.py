@@ -1,3 +1,4 @@
+import io
 import math
 import os
 import pickle
@@ -103,6 +104,8 @@ def test_costly_dataset_rejects_bad_tensors():
         CostlyDataset(x, y[:-1])
     with pytest.raises(ValueError, match="same length"):
         CostlyDataset(torch.tensor(1.0), y)
+    with pytest.raises(ValueError, match="same length"):
+        CostlyDataset(x[:1], torch.tensor(1))
     with pytest.raises(ValueError, match="floating point"):
         CostlyDataset(x.long(), y)
 
@@ -184,6 +187,26 @@ def test_a_failed_atomic_save_keeps_the_old_file_and_leaves_no_temporary(tmp_pat
     with pytest.raises((pickle.PicklingError, AttributeError)):
         atomic_save({"step": 2, "bad": lambda: None}, path)
     assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_save_killed_halfway_keeps_the_old_checkpoint_loadable(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"step": 1, "w": torch.ones(4)}, path)
+    real_save = torch.save
+
+    def write_half_then_die(obj, file, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        file.flush()
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(torch, "save", write_half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"step": 2, "w": torch.zeros(4)}, path)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["step"] == 1 and torch.equal(loaded["w"], torch.ones(4))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 

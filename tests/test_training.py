@@ -74,6 +74,19 @@ def test_partial_group_is_not_shrunk_by_k():
     assert not torch.allclose(model.weight, shrunk.weight, atol=1e-4)
 
 
+class _Recorder(nn.Module):
+    """Wraps a model and records, for every forward call, the mode and whether autograd records."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x):
+        self.seen.append((self.training, torch.is_grad_enabled()))
+        return self.inner(x)
+
+
 def test_train_one_epoch_returns_sample_weighted_mean_loss():
     x, y = _toy_binary(10)
     model = nn.Linear(2, 1)
@@ -84,7 +97,28 @@ def test_train_one_epoch_returns_sample_weighted_mean_loss():
     # lr=0 leaves the model unchanged, so the epoch's mean equals the full-data loss
     got = train_one_epoch(model, batches, criterion, torch.optim.SGD(model.parameters(), lr=0.0), CPU)
     assert got == pytest.approx(expected, rel=1e-6)
-    assert model.training
+
+
+def test_train_one_epoch_puts_a_model_in_eval_mode_back_into_training_mode():
+    x, y = _toy_binary(16)
+    model = _Recorder(nn.Linear(2, 1))
+    model.eval()  # the state a previous evaluation leaves behind
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_one_epoch(model, [(x[:8], y[:8]), (x[8:], y[8:])], nn.BCEWithLogitsLoss(), optimizer, CPU)
+    assert model.seen == [(True, True), (True, True)]
+    assert model.training and model.inner.training
+
+
+def test_evaluate_and_predict_run_in_eval_mode_without_building_a_graph():
+    x, y = _toy_binary(16)
+    model = _Recorder(nn.Linear(2, 1))  # a new module is in training mode
+    loader = [(x[:8], y[:8]), (x[8:], y[8:])]
+    evaluate(model, loader, nn.BCEWithLogitsLoss(), CPU)
+    assert model.seen == [(False, False), (False, False)]
+    model.train()
+    model.seen.clear()
+    predict(model, loader, CPU)
+    assert model.seen == [(False, False), (False, False)]
 
 
 def test_evaluate_and_predict_agree_with_direct_computation():
@@ -172,6 +206,73 @@ def test_fit_steps_the_scheduler_per_epoch_and_checkpoints_the_best_epoch(tmp_pa
     assert evaluate(restored, val, nn.BCEWithLogitsLoss(), CPU).accuracy == history.val_accuracy[best - 1]
 
 
+class _RecordingPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """A ReduceLROnPlateau that remembers the value of every step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.values: list[float] = []
+
+    def step(self, metrics, *args, **kwargs):
+        self.values.append(float(metrics))
+        return super().step(metrics, *args, **kwargs)
+
+
+@pytest.mark.parametrize(("select", "mode"), [("metric", "max"), ("loss", "min")])
+def test_fit_steps_reduce_lr_on_plateau_with_the_selected_value(select, mode):
+    x, y = _toy_binary(40)
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    val = [(x[:20], y[:20]), (x[20:], y[20:])]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    scheduler = _RecordingPlateau(optimizer, mode=mode)
+    criterion = nn.BCEWithLogitsLoss()
+    fit(
+        model,
+        [(x, 1 - y)],
+        val,
+        criterion,
+        optimizer,
+        3,
+        CPU,
+        select=select,
+        scheduler=scheduler,
+        progress=False,
+    )
+    # the value of the last epoch, recomputed here from the trained model
+    with torch.no_grad():
+        logits = model(x).squeeze(1)
+    last = (
+        criterion(logits, y).item() if select == "loss" else ((logits > 0).float() == y).float().mean().item()
+    )
+    assert len(scheduler.values) == 3
+    assert scheduler.values[-1] == pytest.approx(last, rel=1e-5)
+
+
+def test_fit_keeps_the_first_of_equally_good_epochs(tmp_path, monkeypatch):
+    x, y = _toy_binary(20)
+    model = nn.Linear(2, 1)
+    # lr=0: every epoch scores the same, so the first one stays the best
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    saves = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (saves.append(1), real_save(*a, **k)))
+    history = fit(
+        model,
+        [(x, y)],
+        [(x, y)],
+        nn.BCEWithLogitsLoss(),
+        optimizer,
+        3,
+        CPU,
+        checkpoint_path=tmp_path / "best.pt",
+        progress=False,
+    )
+    assert history.val_accuracy[0] == history.val_accuracy[1] == history.val_accuracy[2]
+    assert history.best_epoch == 1
+    assert len(saves) == 1  # the checkpoint is written once, for epoch 1
+
+
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
@@ -202,6 +303,22 @@ def test_fit_steps_the_scheduler_per_epoch_and_checkpoints_the_best_epoch(tmp_pa
             "mode='max'",
         ),
         (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, scheduler=o), TypeError, "scheduler"),
+        (
+            lambda m, o: fit(m, [], [], nn.MSELoss(), None, 1, CPU),
+            TypeError,
+            "optimizer must be a torch.optim",
+        ),
+        (lambda m, o: fit(m, [], [], None, o, 1, CPU), TypeError, "criterion must be a loss"),
+        (
+            lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, checkpoint_path=3),
+            TypeError,
+            "checkpoint_path",
+        ),
+        (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, progress="no"), TypeError, "progress"),
+        (lambda m, o: train_one_epoch(m, [], "mse", o, CPU), TypeError, "criterion must be a loss"),
+        (lambda m, o: evaluate(m, [], None, CPU), TypeError, "criterion must be a loss"),
+        (lambda m, o: predict(m, [], "gpu9"), ValueError, "device"),
+        (lambda m, o: logits_to_labels([0.5, -1.0]), TypeError, "logits must be a torch.Tensor"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(call, error, message):

@@ -208,6 +208,8 @@ def test_labelled_subset_checks_arguments():
     for seed in (1.5, "0", True):
         with pytest.raises(TypeError, match="seed"):
             labelled_subset(labels, 1, seed=seed)
+    with pytest.raises(ValueError, match="labels must hold integer class indices"):
+        labelled_subset(labels.float() / 2, 1, seed=0)
 
 
 # --- train_phases -------------------------------------------------------------------
@@ -296,23 +298,109 @@ def test_train_phases_keeps_frozen_batch_norm_statistics():
     assert not torch.equal(before["1.running_mean"], model[1].running_mean)
 
 
-def test_train_phases_checks_arguments():
+class _Recorder(nn.Module):
+    """Wraps a model and records, for every forward call, the mode and whether autograd records."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x):
+        self.seen.append((self.training, torch.is_grad_enabled()))
+        return self.inner(x)
+
+
+def test_train_phases_trains_with_a_graph_and_validates_without_one():
+    loaders, model = _toy_problem()
+    model = _Recorder(model)
+    model.eval()
+    train_phases(model, loaders, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), 1, "cpu")
+    # 48 training examples in batches of 16, then 16 validation examples in batches of 8
+    assert model.seen == [(True, True)] * 3 + [(False, False)] * 2
+
+
+def test_train_phases_restores_the_weights_of_the_best_epoch_not_the_last():
+    def run(epochs: int) -> tuple[nn.Module, PhaseHistory]:
+        loaders, model = _toy_problem()
+        # train on flipped labels: validation accuracy falls after the first epochs
+        flipped = [(x, 1 - y) for x, y in loaders["train"]]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        history = train_phases(
+            model, {"train": flipped, "val": loaders["val"]}, nn.CrossEntropyLoss(), optimizer, epochs, "cpu"
+        )
+        return model, history
+
+    model, history = run(5)
+    best = history.best_epoch
+    assert best < 5 and history.val_acc[-1] < history.val_acc[best - 1]
+    # the same run stopped after the best epoch ends on exactly those weights
+    reference, _ = run(best)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert _accuracy(model, _toy_problem()[0]["val"]) == pytest.approx(history.val_acc[best - 1])
+
+
+def test_train_phases_keeps_the_first_of_equally_good_epochs():
+    loaders, _ = _toy_problem()
+    model = nn.Linear(4, 2)
+    # lr=0 and no batch norm: the weights never change, so every epoch ties
+    history = train_phases(
+        model, loaders, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.0), 3, "cpu"
+    )
+    assert history.val_acc[0] == history.val_acc[1] == history.val_acc[2]
+    assert history.best_epoch == 1
+
+
+_PLATEAU = "plateau"  # stands for a ReduceLROnPlateau on the test's optimizer
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"model": "model"}, TypeError, "model must be a torch.nn.Module"),
+        ({"loaders": "train"}, ValueError, "loaders must be a mapping"),
+        ({"loaders": {"train": []}}, ValueError, "loaders must be a mapping with 'train' and 'val'"),
+        ({"criterion": None}, TypeError, "criterion must be a loss"),
+        ({"optimizer": None}, TypeError, "optimizer must be a torch.optim.Optimizer"),
+        ({"epochs": 0}, ValueError, "epochs must be >= 1"),
+        ({"epochs": 2.0}, TypeError, "epochs must be an int"),
+        ({"device": "gpu9"}, ValueError, "device must name a torch device"),
+        ({"device": 0}, TypeError, "device must be a str or torch.device"),
+        ({"scheduler": "x"}, TypeError, "scheduler must be a torch.optim.lr_scheduler scheduler"),
+        ({"scheduler": _PLATEAU}, TypeError, "not ReduceLROnPlateau"),
+        ({"frozen": ["layer1"]}, TypeError, "frozen must hold torch.nn.Module"),
+        ({"frozen": nn.Linear(1, 1)}, TypeError, "frozen must be a sequence"),
+        ({"progress": "yes"}, TypeError, "progress must be a bool"),
+    ],
+)
+def test_train_phases_rejects_bad_arguments_before_training(change, error, message):
+    loaders, inner = _toy_problem()
+    model = _Recorder(inner)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    kwargs = {
+        "model": model,
+        "loaders": loaders,
+        "criterion": nn.CrossEntropyLoss(),
+        "optimizer": optimizer,
+        "epochs": 1,
+        "device": "cpu",
+        **change,
+    }
+    if kwargs.get("scheduler") == _PLATEAU:
+        kwargs["scheduler"] = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    with pytest.raises(error, match=message):
+        train_phases(**kwargs)
+    assert model.seen == []  # no forward pass ran before the error
+
+
+def test_train_phases_names_an_empty_loader():
     loaders, model = _toy_problem()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    criterion = nn.CrossEntropyLoss()
-    with pytest.raises(TypeError, match="model"):
-        train_phases("model", loaders, criterion, optimizer, 1, "cpu")
-    with pytest.raises(ValueError, match="loaders"):
-        train_phases(model, {"train": loaders["train"]}, criterion, optimizer, 1, "cpu")
-    with pytest.raises(TypeError, match="optimizer"):
-        train_phases(model, loaders, criterion, None, 1, "cpu")
-    with pytest.raises(ValueError, match="epochs"):
-        train_phases(model, loaders, criterion, optimizer, 0, "cpu")
-    with pytest.raises(TypeError, match="frozen"):
-        train_phases(model, loaders, criterion, optimizer, 1, "cpu", frozen=["layer1"])
-    empty = {"train": loaders["train"], "val": []}
-    with pytest.raises(ValueError, match="'val' loader"):
-        train_phases(model, empty, criterion, optimizer, 1, "cpu")
+    with pytest.raises(ValueError, match="the 'val' loader yielded no batches"):
+        train_phases(
+            model, {"train": loaders["train"], "val": []}, nn.CrossEntropyLoss(), optimizer, 1, "cpu"
+        )
 
 
 # --- chapter 05's ImageNet cell, offline ----------------------------------------------

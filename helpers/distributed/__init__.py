@@ -89,6 +89,15 @@ def choose_backend(
     fewer GPUs than local processes is an error. Introduced in chapter 09.
     """
     _check_backend(backend)
+    for name, value in (
+        ("local_rank", local_rank),
+        ("local_world_size", local_world_size),
+        ("gpu_count", gpu_count),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if gpu_count < 0:
+        raise ValueError(f"gpu_count must be >= 0, got {gpu_count}")
     if not 0 <= local_rank < local_world_size:
         raise ValueError(
             f"LOCAL_RANK must be in [0, LOCAL_WORLD_SIZE={local_world_size}), got {local_rank}"
@@ -114,6 +123,21 @@ def shared_gpus(
     ``placements[rank]`` is where ``rank`` runs: its host name and its GPU's UUID.
     Introduced in chapter 09.
     """
+    if isinstance(placements, str) or not isinstance(placements, Sequence):
+        raise TypeError(
+            "placements must be a sequence of (host, GPU UUID) pairs, one per rank, "
+            f"got {type(placements).__name__}"
+        )
+    for rank, placement in enumerate(placements):
+        if not (
+            isinstance(placement, Sequence)
+            and not isinstance(placement, str)
+            and len(placement) == 2
+            and all(isinstance(part, str) for part in placement)
+        ):
+            raise TypeError(
+                f"placements[{rank}] must be a (host, GPU UUID) pair of str, got {placement!r}"
+            )
     ranks: dict[tuple[str, str], list[int]] = {}
     for rank, placement in enumerate(placements):
         ranks.setdefault(tuple(placement), []).append(rank)
@@ -247,6 +271,22 @@ def torchrun_command(
     _check_int("nproc_per_node", nproc_per_node, 1)
     _check_int("nnodes", nnodes, 1)
     _check_int("max_restarts", max_restarts, 0)
+    if not isinstance(rdzv_id, str):
+        raise TypeError(f"rdzv_id must be a str, got {type(rdzv_id).__name__}")
+    if not re.fullmatch(r"[\w.-]+", rdzv_id):
+        raise ValueError(
+            "rdzv_id must be a non-empty word of letters, digits, '_', '.' or '-', "
+            f"got {rdzv_id!r}"
+        )
+    if local_addr is not None:
+        if not isinstance(local_addr, str):
+            raise TypeError(
+                f"local_addr must be a str or None, got {type(local_addr).__name__}"
+            )
+        if not re.fullmatch(r"\S+", local_addr):
+            raise ValueError(
+                f"local_addr must be a host name or address, got {local_addr!r}"
+            )
     command = [sys.executable, "-m", "torch.distributed.run"]
     if rdzv_endpoint is None:
         if nnodes != 1:
@@ -256,7 +296,9 @@ def torchrun_command(
         command.append("--standalone")
     else:
         if not isinstance(rdzv_endpoint, str):
-            raise TypeError(f"rdzv_endpoint must be a str, got {type(rdzv_endpoint)}")
+            raise TypeError(
+                f"rdzv_endpoint must be a str, got {type(rdzv_endpoint).__name__}"
+            )
         if not re.fullmatch(r"[^\s:]+:\d+", rdzv_endpoint):
             raise ValueError(
                 f"rdzv_endpoint must look like 'host:port', got {rdzv_endpoint!r}"

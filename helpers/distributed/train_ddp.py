@@ -72,6 +72,15 @@ def make_loader(
     Inside a torchrun job the sampler takes the rank and world size from the process
     group; pass num_replicas= and rank= to build any rank's loader outside one.
     """
+    if not isinstance(dataset, TensorDataset):
+        raise TypeError(
+            f"dataset must be a TensorDataset, got {type(dataset).__name__}"
+        )
+    for name, value, minimum in (("batch_size", batch_size, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
     sampler = DistributedSampler(dataset, shuffle=True, seed=seed, **sampler_kwargs)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
 
@@ -149,6 +158,17 @@ def train_one_epoch_accumulating(
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of model on (x, y)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("x and y must be torch.Tensors")
+    if y.ndim != 1 or len(y) == 0 or len(x) != len(y):
+        raise ValueError(
+            f"y must be 1-D class indices, one per row of x: x has shape "
+            f"{tuple(x.shape)}, y has shape {tuple(y.shape)}"
+        )
+    if y.dtype != torch.long:
+        raise ValueError(f"y must hold int64 class indices, got dtype {y.dtype}")
     model.eval()
     logits = model(x)
     loss = nn.functional.cross_entropy(logits, y).item()
@@ -157,9 +177,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 
 def save_atomically(obj: object, path: Path) -> None:
     """Write a temporary file, then rename: a crash never leaves half a checkpoint."""
+    if not isinstance(path, Path):
+        raise TypeError(f"path must be a pathlib.Path, got {type(path).__name__}")
+    if not path.parent.is_dir():
+        raise ValueError(f"path must be in an existing folder, got {path}")
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @record  # under torchrun: a failed worker's traceback goes into the agent's report
