@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: tags,jupyter,mystnb,-all
+#     cell_metadata_filter: tags,jupyter,mystnb,cellView,-all
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -21,8 +21,8 @@
 # create tensors of the shape, type and device you need, predict the dtype of a mixed
 # expression, tell a view from a copy, reshape and index without copying data by accident,
 # predict what broadcasting will do, and replace a Python loop by one vectorised expression
-# that runs more than ten times faster (on the machine that built this page,
-# {glue:}`speedup` times).
+# that runs more than ten times faster (section 1.13 measures how much faster on your
+# machine).
 #
 # **Prerequisites:** Python and a first acquaintance with NumPy arrays. No earlier chapter.
 
@@ -43,7 +43,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from helpers.plotting import plot_broadcast
-from helpers.results import record
+from helpers.results import prose, record
 from helpers.runtime import (
     describe_runtime,
     get_device,
@@ -162,9 +162,11 @@ print(f"1/3 in float32: {third32.item():.17f}")
 # (`torch.autocast`, chapter 8) uses that speed while the weights stay in float32.
 # Nothing before chapter 8 needs more than this; the aside below says which hardware
 # does what.
+
+# %% [markdown] tags=["box-dropdown"]
+# <details>
+# <summary>Going further: tensor cores and TF32</summary>
 #
-# ```{admonition} Going further: tensor cores and TF32
-# :class: dropdown
 # NVIDIA's tensor cores, the matrix units behind most of a recent GPU's speed, multiply
 # float16 inputs (since the Volta generation) and bfloat16 inputs (since Ampere) many
 # times faster than plain float32 arithmetic. From Ampere on they also offer **TF32**,
@@ -182,7 +184,8 @@ print(f"1/3 in float32: {third32.item():.17f}")
 # older one, which every release it supports has; some releases print a warning that
 # recommends the newer one when it is used. An NVIDIA GPU older than Ampere has no
 # TF32 units, so there float32 products stay float32 whatever the settings say.
-# ```
+#
+# </details>
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # The two TF32 switches of the aside above, at their defaults
@@ -805,9 +808,15 @@ else:
 print(thread_sentence)
 record("thread_sentence", thread_sentence)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+{{thread_sentence}}
+"""
+)
+
+
 # %% [markdown]
-# {glue:}`thread_sentence`
-#
 # GPUs add a second source of variation. Some CUDA kernels (`index_add_`, `scatter_add_`,
 # the backward passes of many layers) add with *atomic* operations, in whatever order the
 # GPU's threads arrive, which changes from run to run.
@@ -864,9 +873,11 @@ elif device.type == "cuda":
 # and on CUDA one or two settings more, listed in the aside below and in the docstring
 # of `seed_everything`. Chapter 8 trains a model twice that way and compares the
 # results.
+
+# %% [markdown] tags=["box-dropdown"]
+# <details>
+# <summary>Going further: repeatable runs on CUDA and MPS</summary>
 #
-# ```{admonition} Going further: repeatable runs on CUDA and MPS
-# :class: dropdown
 # - Keep `torch.backends.cudnn.benchmark = False`, the default. With `True`, cuDNN
 #   times several convolution algorithms for each new input shape and keeps the
 #   fastest, which can be a different one on the next run.
@@ -879,8 +890,10 @@ elif device.type == "cuda":
 #   for MPS.
 # - No setting makes different devices agree: the CPU, CUDA and MPS generators produce
 #   different numbers from the same seed, and their kernels add in different orders.
-# ```
 #
+# </details>
+
+# %% [markdown]
 # ## 1.13 Why vectorise: a measurement
 #
 # A Python loop over tensor elements pays the interpreter's and PyTorch's per-call overhead
@@ -940,41 +953,46 @@ record(
 # threshold of 10 leaves a margin of more than 300x.
 assert speedup >= 10, speedup
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Both versions give the same numbers (checked by the `allclose` above). On the machine
+that built this page the loop took {{loop_ms}} ms and the vectorised version
+{{vectorised_ms}} ms, {{speedup}} times faster, each the best of several runs.
+Broadcasting did the work: `points[:, None, :]` and `centres[None, :, :]` insert size-1
+dimensions (section 1.4) so that every point meets every centre. For this particular
+computation PyTorch also has a ready-made function: `torch.cdist(points, centres)`
+returns the distances themselves, not their squares. It computes them differently
+by default, though, once either set has more than 25 rows, and exercise 4 shows what
+that can cost; `compute_mode="donot_use_mm_for_euclid_dist"` makes it subtract
+first, as the cell above does.
+"""
+)
+
+# %% [markdown] tags=["box-warning"]
+# > **Common pitfalls**
+# >
+# > - **Silent broadcasting.** `(B, 1) - (B,)` gives `(B, B)`. Print shapes, or
+# >   `squeeze(1)` first; a bare `squeeze()` also drops a batch dimension of size 1.
+# > - **`torch.Tensor(3)` is not `torch.tensor(3)`.** The class reads `3` as a shape and
+# >   returns three uninitialised floats; use the lower-case factory.
+# > - **Unexpected sharing, unexpected copies.** Slices, `view`, `permute`, `expand` and
+# >   `from_numpy` share memory; `clone()` when you need an independent copy. Masks and index
+# >   lists copy, so `m[mask][0] = v` changes nothing. Test sharing with
+# >   `untyped_storage().data_ptr()`, not `data_ptr()`.
+# > - **Integer tensors and silent promotion.** `torch.tensor([1, 2])` is int64, and `mean`
+# >   and `std` need floats. int64 with float32 gives float32, in which not every integer
+# >   above 2²⁴ fits; an int8 tensor plus 1000 stays int8 and wraps around.
+# > - **`view` on a permuted tensor** fails when it must merge dimensions whose strides do
+# >   not line up, where `reshape` copies instead. Whether `reshape` copies is not
+# >   promised: use `view` when you need shared memory, `clone()` when you need a copy.
+# > - **Comparing with NumPy.** `torch.std` divides by n − 1, `np.std` by n.
+# > - **Literal softmax or log-sum-exp** overflows; subtract the row maximum, or call
+# >   `torch.softmax` / `torch.logsumexp`.
+# > - **Device mismatches.** Create or move every tensor with `device=device` / `.to(device)`;
+# >   hard-coded `.cuda()` breaks on machines without a CUDA device.
+
 # %% [markdown]
-# Both versions give the same numbers (checked by the `allclose` above). On the machine
-# that built this page the loop took {glue:}`loop_ms` ms and the vectorised version
-# {glue:}`vectorised_ms` ms, {glue:}`speedup` times faster, each the best of several runs.
-# Broadcasting did the work: `points[:, None, :]` and `centres[None, :, :]` insert size-1
-# dimensions (section 1.4) so that every point meets every centre. For this particular
-# computation PyTorch also has a ready-made function: `torch.cdist(points, centres)`
-# returns the distances themselves, not their squares. It computes them differently
-# by default, though, once either set has more than 25 rows, and exercise 4 shows what
-# that can cost; `compute_mode="donot_use_mm_for_euclid_dist"` makes it subtract
-# first, as the cell above does.
-#
-# ```{admonition} Common pitfalls
-# :class: warning
-# - **Silent broadcasting.** `(B, 1) - (B,)` gives `(B, B)`. Print shapes, or
-#   `squeeze(1)` first; a bare `squeeze()` also drops a batch dimension of size 1.
-# - **`torch.Tensor(3)` is not `torch.tensor(3)`.** The class reads `3` as a shape and
-#   returns three uninitialised floats; use the lower-case factory.
-# - **Unexpected sharing, unexpected copies.** Slices, `view`, `permute`, `expand` and
-#   `from_numpy` share memory; `clone()` when you need an independent copy. Masks and index
-#   lists copy, so `m[mask][0] = v` changes nothing. Test sharing with
-#   `untyped_storage().data_ptr()`, not `data_ptr()`.
-# - **Integer tensors and silent promotion.** `torch.tensor([1, 2])` is int64, and `mean`
-#   and `std` need floats. int64 with float32 gives float32, in which not every integer
-#   above 2²⁴ fits; an int8 tensor plus 1000 stays int8 and wraps around.
-# - **`view` on a permuted tensor** fails when it must merge dimensions whose strides do
-#   not line up, where `reshape` copies instead. Whether `reshape` copies is not
-#   promised: use `view` when you need shared memory, `clone()` when you need a copy.
-# - **Comparing with NumPy.** `torch.std` divides by n − 1, `np.std` by n.
-# - **Literal softmax or log-sum-exp** overflows; subtract the row maximum, or call
-#   `torch.softmax` / `torch.logsumexp`.
-# - **Device mismatches.** Create or move every tensor with `device=device` / `.to(device)`;
-#   hard-coded `.cuda()` breaks on machines without a CUDA device.
-# ```
-#
 # ## Exercises
 #
 # Each solution is in a collapsed cell below its exercise; try first, then expand it.
@@ -1195,25 +1213,31 @@ assert share_closer[torch.bfloat16] < 0.01, share_closer
 
 # %% [markdown]
 # ## Summary
-#
-# - A tensor has a shape, a dtype and a device; factories (`zeros`, `arange`, `randn`,
-#   `*_like`) take them, and `.to(...)` changes dtype or device explicitly.
-# - Mixed dtypes promote by category (bool < integer < float < complex); 0-dim tensors
-#   and Python numbers count only when their category is higher than every dimensioned
-#   tensor's. float16's largest value is 65,504, and bfloat16 keeps float32's range with
-#   less precision.
-# - A tensor is a view over a storage with strides. Basic indexing, `view`, `permute`,
-#   `expand` and `from_numpy` share memory; masks and index lists copy. `view` works when
-#   the merged dimensions' strides line up; `reshape` may return a view or a copy, so
-#   don't write code that depends on which.
-# - Broadcasting aligns shapes from the right and stretches size-1 dimensions with stride
-#   0; it is powerful and the source of silent shape bugs.
-# - Reductions take `dim` and `keepdim`; `std` divides by n − 1; a stable softmax
-#   subtracts the row maximum. Seeding repeats the random numbers, while bit-for-bit
-#   repeatable arithmetic also needs the same thread count on a CPU and deterministic
-#   algorithms on a GPU.
-# - The vectorised distance computation was {glue:}`speedup` times faster than the Python
-#   loop on this page's machine.
-#
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+- A tensor has a shape, a dtype and a device; factories (`zeros`, `arange`, `randn`,
+  `*_like`) take them, and `.to(...)` changes dtype or device explicitly.
+- Mixed dtypes promote by category (bool < integer < float < complex); 0-dim tensors
+  and Python numbers count only when their category is higher than every dimensioned
+  tensor's. float16's largest value is 65,504, and bfloat16 keeps float32's range with
+  less precision.
+- A tensor is a view over a storage with strides. Basic indexing, `view`, `permute`,
+  `expand` and `from_numpy` share memory; masks and index lists copy. `view` works when
+  the merged dimensions' strides line up; `reshape` may return a view or a copy, so
+  don't write code that depends on which.
+- Broadcasting aligns shapes from the right and stretches size-1 dimensions with stride
+  0; it is powerful and the source of silent shape bugs.
+- Reductions take `dim` and `keepdim`; `std` divides by n − 1; a stable softmax
+  subtracts the row maximum. Seeding repeats the random numbers, while bit-for-bit
+  repeatable arithmetic also needs the same thread count on a CPU and deterministic
+  algorithms on a GPU.
+- The vectorised distance computation was {{speedup}} times faster than the Python
+  loop on this page's machine.
+"""
+)
+
+# %% [markdown]
 # **Next:** chapter 2 makes tensors remember how they were computed (autograd), and uses
 # that to train a neural network on real medical data.

@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: tags,jupyter,mystnb,-all
+#     cell_metadata_filter: tags,jupyter,mystnb,cellView,-all
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from helpers.data import make_linear_data, standardize
 from helpers.plotting import plot_losses
-from helpers.results import record
+from helpers.results import prose, record
 from helpers.runtime import (
     describe_runtime,
     get_device,
@@ -296,15 +296,16 @@ class MLP(nn.Module):
 model = MLP(in_features=30, hidden=16, out_features=1)
 print(model)
 
+# %% [markdown] tags=["box-note"]
+# > **Note**
+# >
+# > Older examples write `super(MLP, self).__init__()`, which still works. Some widely
+# > copied ones carry the typo `super(...).init()`: `nn.Module` has no `init` method, so
+# > creating the model fails at once with *"'super' object has no attribute 'init'"*.
+# > Leaving the call out entirely fails at the first layer assignment with *"cannot
+# > assign module before Module.__init__() call"*. Write `super().__init__()`.
+
 # %% [markdown]
-# ```{note}
-# Older examples write `super(MLP, self).__init__()`, which still works. Some widely
-# copied ones carry the typo `super(...).init()`: `nn.Module` has no `init` method, so
-# creating the model fails at once with *"'super' object has no attribute 'init'"*.
-# Leaving the call out entirely fails at the first layer assignment with *"cannot
-# assign module before Module.__init__() call"*. Write `super().__init__()`.
-# ```
-#
 # Assigning a layer to an attribute registers it. `parameters()` yields every weight
 # tensor (the optimizer needs them); `named_parameters()` adds their names.
 
@@ -553,16 +554,21 @@ fig.axes[0].axhline(
 fig.axes[0].legend()
 plt.show()
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The hand-written loop and `torch.optim.SGD` end with the same weights, up to
+`float32` rounding. The loss falls onto the least-squares floor, the lowest mean
+squared error any line reaches on these 500 points ({{regression_final}}
+against {{regression_floor}}). The floor is not exactly the noise variance,
+0.01: 500 draws of noise have a sample variance of their own, and the fitted line
+absorbs a small part of it. The learned weights match the true ones to about two
+decimals. Those five lines inside the loop (forward, loss, `zero_grad`, `backward`,
+`step`) are the core of every training loop in this book.
+"""
+)
+
 # %% [markdown]
-# The hand-written loop and `torch.optim.SGD` end with the same weights, up to
-# `float32` rounding. The loss falls onto the least-squares floor, the lowest mean
-# squared error any line reaches on these 500 points ({glue:}`regression_final`
-# against {glue:}`regression_floor`). The floor is not exactly the noise variance,
-# 0.01: 500 draws of noise have a sample variance of their own, and the fitted line
-# absorbs a small part of it. The learned weights match the true ones to about two
-# decimals. Those five lines inside the loop (forward, loss, `zero_grad`, `backward`,
-# `step`) are the core of every training loop in this book.
-#
 # ## 2.4 Losses
 #
 # A loss turns predictions and targets into one number to minimise. Three cover most work:
@@ -572,6 +578,7 @@ plt.show()
 #   example.
 # - **`nn.CrossEntropyLoss`** for one-of-`C` classes: takes `C` raw scores per example
 #   and the index of the true class.
+#
 #
 # ### What the targets must look like
 #
@@ -672,23 +679,29 @@ assert separate[4].item() == 100.0 and z.grad[4].item() == 0.0
 
 # %% [markdown]
 # Read the table from left to right:
-#
-# - The sigmoid-then-`BCELoss` loss degrades as `1 - σ(z)` loses its digits (at `z = 15`
-#   it is off by {glue:}`separate_error_15`), and from about `z = 17` on, where
-#   `σ(z)` rounds to 1, `log(1 - p)` is `-inf`. `BCELoss` clamps every log at -100, so
-#   it reports 100 for both `z = 20` and `z = 40`.
-# - `BCELoss`'s own gradient is not the problem: with respect to `p` it is huge
-#   (`(p - y) / (p (1 - p))`, with the denominator clamped at 1e-12). It is **sigmoid's
-#   backward** that kills it: the chain rule multiplies by `σ'(z) = σ(z) (1 - σ(z))`,
-#   which is exactly 0 once `σ(z)` rounds to 1. So the examples the model gets most
-#   wrong send back no gradient at all.
-# - `BCEWithLogitsLoss` works from `z` directly, in a form such as
-#   `max(z, 0) - z·y + log(1 + e^(-|z|))` that never forms `1 - σ(z)`, and its gradient
-#   is `σ(z) - y`, close to 1 for these confidently wrong predictions. It is not exact
-#   (its largest relative error in the table is {glue:}`fused_rel_error`, ordinary
-#   `float32` rounding), but it is numerically **stable**: its error does not grow
-#   with `|z|`.
-#
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+- The sigmoid-then-`BCELoss` loss degrades as `1 - σ(z)` loses its digits (at `z = 15`
+  it is off by {{separate_error_15}}), and from about `z = 17` on, where
+  `σ(z)` rounds to 1, `log(1 - p)` is `-inf`. `BCELoss` clamps every log at -100, so
+  it reports 100 for both `z = 20` and `z = 40`.
+- `BCELoss`'s own gradient is not the problem: with respect to `p` it is huge
+  (`(p - y) / (p (1 - p))`, with the denominator clamped at 1e-12). It is **sigmoid's
+  backward** that kills it: the chain rule multiplies by `σ'(z) = σ(z) (1 - σ(z))`,
+  which is exactly 0 once `σ(z)` rounds to 1. So the examples the model gets most
+  wrong send back no gradient at all.
+- `BCEWithLogitsLoss` works from `z` directly, in a form such as
+  `max(z, 0) - z·y + log(1 + e^(-|z|))` that never forms `1 - σ(z)`, and its gradient
+  is `σ(z) - y`, close to 1 for these confidently wrong predictions. It is not exact
+  (its largest relative error in the table is {{fused_rel_error}}, ordinary
+  `float32` rounding), but it is numerically **stable**: its error does not grow
+  with `|z|`.
+"""
+)
+
+# %% [markdown]
 # `CrossEntropyLoss` is the multi-class version: it applies `log_softmax` to the logits
 # and picks out each example's true-class term, which is `gather` from chapter 1.
 # `log_softmax` is stable for the same reason: it computes
@@ -997,41 +1010,47 @@ assert curves[adam_label][-1] < 1.01 * noise_floor
 
 # %% [markdown]
 # What the figure shows:
-#
-# - **SGD** got {glue:}`sgd_lr`, the largest grid rate below its stability limit of
-#   {glue:}`sgd_limit`; every grid value above the limit diverged (the table shows
-#   them). Its curve never rises, but before its 150th and last step the loss is still
-#   {glue:}`sgd_over_floor` times the floor: along the flattest direction (curvature
-#   {glue:}`lambda_min`, against {glue:}`lambda_max` along the steepest) each step
-#   removes only {glue:}`sgd_flat_rate` of the error. Along the three steeper
-#   directions `|1 - lr·λ|` is much smaller and that part of the error goes quickly,
-#   which is why SGD's loss is below both others' {glue:}`sgd_ahead_text`.
-# - **Momentum** (lr {glue:}`momentum_lr`) reaches the floor. It does so by
-#   overshooting: when `lr·λ` lies between `(1 - √0.9)²` and `(1 + √0.9)²`, which at
-#   this rate holds for {glue:}`in_band_text` directions, the error along each such
-#   direction decays with the same envelope, `√0.9 ≈ 0.95` per step, whatever the
-#   curvature. The steep directions get there by swinging back and forth through the
-#   minimum; {glue:}`flattest_text`. {glue:}`momentum_rises_text`.
-# - **Adam** (lr {glue:}`adam_lr`) also reaches the floor, and {glue:}`adam_rises_text`.
-#   Adam divides each parameter's gradient by that gradient's running size, so its steps
-#   are about `lr` long whatever the feature's scale: at this tuned rate the badly
-#   scaled feature does not slow it. (Adam's `lr` is a step in parameter units, so it
-#   must still suit the size of the weights being sought.) That rescaling is per
-#   *coordinate*, and it helps here because the features were drawn independently: the
-#   Hessian printed above is nearly diagonal (no off-diagonal entry above
-#   {glue:}`hessian_off_diagonal`, against diagonal entries up to
-#   {glue:}`hessian_diagonal_max`). Measure each parameter in units of its own
-#   curvature, `D^-1/2 H D^-1/2` with `D` the diagonal of H, and the curvature is nearly
-#   the same in every direction: its eigenvalues lie between {glue:}`rescaled_min` and
-#   {glue:}`rescaled_max`, close to the identity's 1, against {glue:}`lambda_min` to
-#   {glue:}`lambda_max` before. That is the idealised form of what Adam does (it divides
-#   by the gradient's size, not by the curvature, but also per parameter). It does not
-#   mean that each parameter is a direction of curvature of its own:
-#   {glue:}`eigenvector_text`. Per-coordinate rescaling does not need the directions,
-#   only the near-diagonal. In a valley tilted against the axes, as strongly correlated
-#   features make it, no per-coordinate rescaling can undo the difference between the
-#   steep and the flat direction.
-#
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+- **SGD** got {{sgd_lr}}, the largest grid rate below its stability limit of
+  {{sgd_limit}}; every grid value above the limit diverged (the table shows
+  them). Its curve never rises, but before its 150th and last step the loss is still
+  {{sgd_over_floor}} times the floor: along the flattest direction (curvature
+  {{lambda_min}}, against {{lambda_max}} along the steepest) each step
+  removes only {{sgd_flat_rate}} of the error. Along the three steeper
+  directions `|1 - lr·λ|` is much smaller and that part of the error goes quickly,
+  which is why SGD's loss is below both others' {{sgd_ahead_text}}.
+- **Momentum** (lr {{momentum_lr}}) reaches the floor. It does so by
+  overshooting: when `lr·λ` lies between `(1 - √0.9)²` and `(1 + √0.9)²`, which at
+  this rate holds for {{in_band_text}} directions, the error along each such
+  direction decays with the same envelope, `√0.9 ≈ 0.95` per step, whatever the
+  curvature. The steep directions get there by swinging back and forth through the
+  minimum; {{flattest_text}}. {{momentum_rises_text}}.
+- **Adam** (lr {{adam_lr}}) also reaches the floor, and {{adam_rises_text}}.
+  Adam divides each parameter's gradient by that gradient's running size, so its steps
+  are about `lr` long whatever the feature's scale: at this tuned rate the badly
+  scaled feature does not slow it. (Adam's `lr` is a step in parameter units, so it
+  must still suit the size of the weights being sought.) That rescaling is per
+  *coordinate*, and it helps here because the features were drawn independently: the
+  Hessian printed above is nearly diagonal (no off-diagonal entry above
+  {{hessian_off_diagonal}}, against diagonal entries up to
+  {{hessian_diagonal_max}}). Measure each parameter in units of its own
+  curvature, `D^-1/2 H D^-1/2` with `D` the diagonal of H, and the curvature is nearly
+  the same in every direction: its eigenvalues lie between {{rescaled_min}} and
+  {{rescaled_max}}, close to the identity's 1, against {{lambda_min}} to
+  {{lambda_max}} before. That is the idealised form of what Adam does (it divides
+  by the gradient's size, not by the curvature, but also per parameter). It does not
+  mean that each parameter is a direction of curvature of its own:
+  {{eigenvector_text}}. Per-coordinate rescaling does not need the directions,
+  only the near-diagonal. In a valley tilted against the axes, as strongly correlated
+  features make it, no per-coordinate rescaling can undo the difference between the
+  steep and the flat direction.
+"""
+)
+
+# %% [markdown]
 # Both families are in wide use. SGD with momentum 0.9 is the default of torchvision's
 # reference script for training image classifiers,
 # [references/classification/train.py](https://github.com/pytorch/vision/blob/main/references/classification/train.py).
@@ -1072,10 +1091,9 @@ assert curves[adam_label][-1] < 1.01 * noise_floor
 #   the model to those particular patients and make its test score optimistic.
 # - a **training set**, the rest, the only data the weights are fitted to.
 #
-# The three parts hold {glue:}`n_train`, {glue:}`n_val` and {glue:}`n_test` tumours.
 # Every feature is standardised (zero mean, unit variance) with statistics of the
 # training part only, using `helpers.data.standardize`, so nothing about the validation
-# or test patients leaks into training.
+# or test patients leaks into training. The cell prints how many tumours each part holds.
 
 # %%
 bunch = load_breast_cancer()
@@ -1246,14 +1264,19 @@ for small, large in ((8, 32), (32, 128)):
     )
     assert abs(measured / predicted - 1) < 0.2, (measured, predicted)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Each four-fold larger batch about halves the error, as `1/√B` says. The prediction
+printed beside it corrects `1/√B` for the rows of one batch being distinct: a batch
+of 128 is over a third of the 364 rows it is drawn from, so it errs even less. We
+train with `B = 32`, a common default (it is also the per-GPU default of the
+torchvision script above), which gives {{n_batches}} updates per epoch here.
+It is untuned; exercise 5 measures what changing it does.
+"""
+)
+
 # %% [markdown]
-# Each four-fold larger batch about halves the error, as `1/√B` says. The prediction
-# printed beside it corrects `1/√B` for the rows of one batch being distinct: a batch
-# of 128 is over a third of the 364 rows it is drawn from, so it errs even less. We
-# train with `B = 32`, a common default (it is also the per-GPU default of the
-# torchvision script above), which gives {glue:}`n_batches` updates per epoch here.
-# It is untuned; exercise 5 measures what changing it does.
-#
 # ## 2.7 The training loop, step by step
 #
 # ### Why `zero_grad`
@@ -1601,46 +1624,50 @@ def jumpiness(curve: list[float]) -> float:
 jumpy_ratio = jumpiness(chosen["val"]) / jumpiness(chosen["train"])
 record("jumpy_ratio", jumpy_ratio, fmt="{:.1f}")
 
-# %% [markdown]
-# The runs differ in what limits them. The lowest validation loss of all,
-# {glue:}`best_val_loss`, came at lr {glue:}`chosen_lr`, epoch {glue:}`best_epoch`;
-# {glue:}`others_text`.{glue:}`still_improving_text` {glue:}`grid_edge_text`
-#
-# Two kinds of trouble show in the panels, and they look different. The first is
-# **overfitting**: the training loss keeps falling while the validation loss stops
-# improving or rises, because the model fits the training tumours ever more closely
-# without getting better on new ones. Of the runs whose training loss fell without a
-# jump after their best epoch (and never jumped before it), the validation loss rose
-# most at lr
-# {glue:}`overfit_lr`: from its best validation epoch, {glue:}`overfit_epoch`, to the
-# last, its training loss {glue:}`overfit_trend` from {glue:}`overfit_train_best` to
-# {glue:}`overfit_train_end`, while its validation loss ends
-# {glue:}`overfit_val_end`. The second is **instability**: a step too large for the
-# loss surface throws the weights about, so the *training* loss itself jumps, and the
-# validation loss jumps with it. {glue:}`unstable_text`. A validation minimum reached
-# among such jumps is partly a lucky snapshot, not a sign of overfitting, and where a
-# run jumps after its best epoch, the rise of its validation loss there is instability
-# too. Against overfitting we keep the weights of the epoch with the lowest validation
-# loss, epoch {glue:}`best_epoch` of the chosen run (*early stopping*), a choice made
-# on validation data only; the same choice keeps weights from before any later jump.
-#
-# Two details of the curves. First, the validation loss starts below the training loss
-# in {glue:}`n_below_start` of the six runs, and stays below it throughout in
-# {glue:}`n_below_throughout`. Each training figure is an average over an epoch during
-# which the weights improved, while the validation loss is measured at the epoch's
-# end, which pushes the training figure up. To see whether that is the whole story,
-# take the end of the slow run (lr {glue:}`slow_lr`), where the weights change little
-# within an epoch: the training loss of its final weights, measured like the
-# validation loss, is {glue:}`slow_train_at_end`, against {glue:}`slow_val_at_end` on
-# validation: the training loss is {glue:}`easier_text`. A small validation set is a
-# noisy judge; the usual remedy is *k-fold cross-validation*, which validates on each
-# of k parts of the non-test data in turn and averages the k scores. Second, each
-# validation point is a snapshot of one set of weights, while each training point
-# averages the loss over the epoch's {glue:}`n_batches` updates, which smooths it.
-# Measured by the mean size of the second difference of the log loss (which a steady
-# trend leaves at zero), the chosen run's validation curve wiggles
-# {glue:}`jumpy_ratio` times as much as its training curve; a jump of the training
-# loss, as in an unstable run, can outweigh the smoothing.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The runs differ in what limits them. The lowest validation loss of all,
+{{best_val_loss}}, came at lr {{chosen_lr}}, epoch {{best_epoch}};
+{{others_text}}.{{still_improving_text}} {{grid_edge_text}}
+
+Two kinds of trouble show in the panels, and they look different. The first is
+**overfitting**: the training loss keeps falling while the validation loss stops
+improving or rises, because the model fits the training tumours ever more closely
+without getting better on new ones. Of the runs whose training loss fell without a
+jump after their best epoch (and never jumped before it), the validation loss rose
+most at lr
+{{overfit_lr}}: from its best validation epoch, {{overfit_epoch}}, to the
+last, its training loss {{overfit_trend}} from {{overfit_train_best}} to
+{{overfit_train_end}}, while its validation loss ends
+{{overfit_val_end}}. The second is **instability**: a step too large for the
+loss surface throws the weights about, so the *training* loss itself jumps, and the
+validation loss jumps with it. {{unstable_text}}. A validation minimum reached
+among such jumps is partly a lucky snapshot, not a sign of overfitting, and where a
+run jumps after its best epoch, the rise of its validation loss there is instability
+too. Against overfitting we keep the weights of the epoch with the lowest validation
+loss, epoch {{best_epoch}} of the chosen run (*early stopping*), a choice made
+on validation data only; the same choice keeps weights from before any later jump.
+
+Two details of the curves. First, the validation loss starts below the training loss
+in {{n_below_start}} of the six runs, and stays below it throughout in
+{{n_below_throughout}}. Each training figure is an average over an epoch during
+which the weights improved, while the validation loss is measured at the epoch's
+end, which pushes the training figure up. To see whether that is the whole story,
+take the end of the slow run (lr {{slow_lr}}), where the weights change little
+within an epoch: the training loss of its final weights, measured like the
+validation loss, is {{slow_train_at_end}}, against {{slow_val_at_end}} on
+validation: the training loss is {{easier_text}}. A small validation set is a
+noisy judge; the usual remedy is *k-fold cross-validation*, which validates on each
+of k parts of the non-test data in turn and averages the k scores. Second, each
+validation point is a snapshot of one set of weights, while each training point
+averages the loss over the epoch's {{n_batches}} updates, which smooths it.
+Measured by the mean size of the second difference of the log loss (which a steady
+trend leaves at zero), the chosen run's validation curve wiggles
+{{jumpy_ratio}} times as much as its training curve; a jump of the training
+loss, as in an unstable run, can outweigh the smoothing.
+"""
+)
 
 # %%
 # The selected run's weights, from the epoch with the lowest validation loss.
@@ -1742,27 +1769,32 @@ record("val_threshold_verdict", verdict)
 record("val_precision_0001", val_table[0.001][1], fmt="{:.3f}")
 record("val_flagged_0001", val_table[0.001][2])
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Read the table downwards: raising the threshold flags fewer tumours, so recall can
+only fall or stay, and precision usually rises. Read it upwards from 0.5: at 0.001
+the model flags {{val_flagged_0001}} of the {{n_val}} validation tumours
+and precision drops to {{val_precision_0001}}. On this validation set recall at
+0.5 is
+{{val_recall_05}} for these {{n_val_malignant}} malignant tumours,
+{{val_threshold_verdict}}. A real screening test would fix its threshold for a
+target recall on a much larger validation set; with ours, any such choice would rest
+on one or two tumours. We keep 0.5.
+
+The threshold moves decisions after training. Its training-time counterpart is to
+weight the loss: `nn.BCEWithLogitsLoss(pos_weight=torch.tensor([w]))` multiplies the
+loss of every example labelled 1 by `w`, so that the model pays `w` times as much
+for those mistakes. With our labels 1 is benign, so making missed cancers dearer
+takes `w < 1`: `w = 1/3` makes a malignant tumour's loss weigh three times a benign
+one's, the same relative weighting as flipping the labels and using `w = 3`; the two
+losses differ only by the overall factor 3. Like the threshold, `w` would be chosen
+on validation data, and with {{n_val_malignant}} malignant validation tumours
+we leave it at 1.
+"""
+)
+
 # %% [markdown]
-# Read the table downwards: raising the threshold flags fewer tumours, so recall can
-# only fall or stay, and precision usually rises. Read it upwards from 0.5: at 0.001
-# the model flags {glue:}`val_flagged_0001` of the {glue:}`n_val` validation tumours
-# and precision drops to {glue:}`val_precision_0001`. On this validation set recall at
-# 0.5 is
-# {glue:}`val_recall_05` for these {glue:}`n_val_malignant` malignant tumours,
-# {glue:}`val_threshold_verdict`. A real screening test would fix its threshold for a
-# target recall on a much larger validation set; with ours, any such choice would rest
-# on one or two tumours. We keep 0.5.
-#
-# The threshold moves decisions after training. Its training-time counterpart is to
-# weight the loss: `nn.BCEWithLogitsLoss(pos_weight=torch.tensor([w]))` multiplies the
-# loss of every example labelled 1 by `w`, so that the model pays `w` times as much
-# for those mistakes. With our labels 1 is benign, so making missed cancers dearer
-# takes `w < 1`: `w = 1/3` makes a malignant tumour's loss weigh three times a benign
-# one's, the same relative weighting as flipping the labels and using `w = 3`; the two
-# losses differ only by the overall factor 3. Like the threshold, `w` would be chosen
-# on validation data, and with {glue:}`n_val_malignant` malignant validation tumours
-# we leave it at 1.
-#
 # ### The test set, once
 #
 # Every choice is now made: learning rate, epoch, threshold. Only now does the test set
@@ -1903,44 +1935,55 @@ matrix_display.ax_.set_title("Test-set confusion matrix (threshold 0.5)")
 matrix_display.ax_.set(xlabel="predicted class", ylabel="true class")
 plt.show()
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+On the {{n_test}} test tumours the model is right {{test_accuracy}} of the
+time, against {{baseline_accuracy}} for always answering "benign". It catches
+{{test_recall}} of the malignant tumours (precision {{test_precision}},
+F1 {{test_f1}}). The confusion matrix shows the mistakes by kind: rows are true
+classes, columns predictions. The costly cell is malignant-predicted-benign:
+{{n_missed}} of {{n_test_malignant}} cancers missed, against
+{{n_false_alarms}} benign tumours flagged.
+
+{{missed_text}}. A lower threshold trades misses for false alarms.
+{{trade_text}}. The test tumours are not the place to make that trade: the
+test set is there to measure the model as it was chosen, misses included. A
+threshold lowered to catch these particular tumours would be chosen on the test set,
+which would make the test score optimistic, and a new, untouched test set would then
+be needed.
+
+With {{n_test}} test tumours one tumour is {{one_tumour}} of accuracy, and
+the standard error of the accuracy measured here is about {{test_se}}
+(`sqrt(acc · (1 - acc) / n)`): differences of a point or two between models on this
+data are noise.
+"""
+)
+
 # %% [markdown]
-# On the {glue:}`n_test` test tumours the model is right {glue:}`test_accuracy` of the
-# time, against {glue:}`baseline_accuracy` for always answering "benign". It catches
-# {glue:}`test_recall` of the malignant tumours (precision {glue:}`test_precision`,
-# F1 {glue:}`test_f1`). The confusion matrix shows the mistakes by kind: rows are true
-# classes, columns predictions. The costly cell is malignant-predicted-benign:
-# {glue:}`n_missed` of {glue:}`n_test_malignant` cancers missed, against
-# {glue:}`n_false_alarms` benign tumours flagged.
-#
-# {glue:}`missed_text`. A lower threshold trades misses for false alarms.
-# {glue:}`trade_text`. The test tumours are not the place to make that trade: the
-# test set is there to measure the model as it was chosen, misses included. A
-# threshold lowered to catch these particular tumours would be chosen on the test set,
-# which would make the test score optimistic, and a new, untouched test set would then
-# be needed.
-#
-# With {glue:}`n_test` test tumours one tumour is {glue:}`one_tumour` of accuracy, and
-# the standard error of the accuracy measured here is about {glue:}`test_se`
-# (`sqrt(acc · (1 - acc) / n)`): differences of a point or two between models on this
-# data are noise.
-#
 # ### Why the validation score flatters the chosen model
-#
-# On validation the chosen model scored {glue:}`val_accuracy` accuracy at loss
-# {glue:}`best_val_loss`; on the test set {glue:}`test_accuracy` at loss
-# {glue:}`test_loss`. {glue:}`selection_text`. On average a test score below the
-# validation score is what to expect: the chosen validation loss is the smallest of
-# 360 numbers (six learning rates times 60 epochs), all measured on the same
-# {glue:}`n_val` tumours, and the smallest of many noisy measurements is biased low.
-# Part of what we selected is the candidate that happened to suit these particular
-# tumours. This **selection bias** is why the validation score of the chosen model is
-# not its reported performance, and why the test set stays locked until every choice
-# is made. How much of the gap on this page is selection bias and how much the
-# ordinary noise of two small samples, a single run cannot tell: one standard error of
-# the test accuracy is {glue:}`test_se`, and a mean log-loss is at the mercy of
-# confident mistakes (the worst single test tumour contributes
-# {glue:}`worst_tumour_share` of the test loss).
-#
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+On validation the chosen model scored {{val_accuracy}} accuracy at loss
+{{best_val_loss}}; on the test set {{test_accuracy}} at loss
+{{test_loss}}. {{selection_text}}. On average a test score below the
+validation score is what to expect: the chosen validation loss is the smallest of
+360 numbers (six learning rates times 60 epochs), all measured on the same
+{{n_val}} tumours, and the smallest of many noisy measurements is biased low.
+Part of what we selected is the candidate that happened to suit these particular
+tumours. This **selection bias** is why the validation score of the chosen model is
+not its reported performance, and why the test set stays locked until every choice
+is made. How much of the gap on this page is selection bias and how much the
+ordinary noise of two small samples, a single run cannot tell: one standard error of
+the test accuracy is {{test_se}}, and a mean log-loss is at the mercy of
+confident mistakes (the worst single test tumour contributes
+{{worst_tumour_share}} of the test loss).
+"""
+)
+
+# %% [markdown]
 # ### Confidence: loss versus accuracy
 #
 # Accuracy counts decisions; the log-loss also scores the confidence behind them. A
@@ -1984,26 +2027,31 @@ else:
     calibration_words = "about as confident as it is right, within one"
 record("calibration_words", calibration_words)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The test loss is {{loss_ratio}} times the validation loss. On the test tumours
+the model's mean confidence is {{mean_confidence}} against an accuracy of
+{{test_accuracy}}: on average it is {{calibration_words}} standard error
+of the accuracy ({{test_se}}). Its {{n_wrong}} test mistakes,
+{{n_confident_wrong}} of them made with more than 99 % confidence, carry
+{{wrong_share}} of the test loss: a mean log-loss is set by its worst cases
+more than by the share of mistakes. Two things can make a selected network
+overconfident on new data. Training drives the training loss towards zero if it
+runs long enough (the lowest at epoch 60 here is {{lowest_train_loss}}), and
+on tumours that a boundary can separate, the loss keeps falling as the logits grow,
+so confidence grows with training whether or not it is deserved. And selection: of
+hundreds of candidates we kept the one whose confidence happened to be right on the
+{{n_val}} validation tumours, so its validation loss says more about those
+tumours than about new ones.
+Where the probabilities themselves matter, as when a screening test reports them to
+a doctor, they are calibrated afterwards on held-out data; the simplest method,
+*temperature scaling* ([Guo et al., 2017](https://arxiv.org/abs/1706.04599)),
+divides every logit by one number fitted on a validation set.
+"""
+)
+
 # %% [markdown]
-# The test loss is {glue:}`loss_ratio` times the validation loss. On the test tumours
-# the model's mean confidence is {glue:}`mean_confidence` against an accuracy of
-# {glue:}`test_accuracy`: on average it is {glue:}`calibration_words` standard error
-# of the accuracy ({glue:}`test_se`). Its {glue:}`n_wrong` test mistakes,
-# {glue:}`n_confident_wrong` of them made with more than 99 % confidence, carry
-# {glue:}`wrong_share` of the test loss: a mean log-loss is set by its worst cases
-# more than by the share of mistakes. Two things can make a selected network
-# overconfident on new data. Training drives the training loss towards zero if it
-# runs long enough (the lowest at epoch 60 here is {glue:}`lowest_train_loss`), and
-# on tumours that a boundary can separate, the loss keeps falling as the logits grow,
-# so confidence grows with training whether or not it is deserved. And selection: of
-# hundreds of candidates we kept the one whose confidence happened to be right on the
-# {glue:}`n_val` validation tumours, so its validation loss says more about those
-# tumours than about new ones.
-# Where the probabilities themselves matter, as when a screening test reports them to
-# a doctor, they are calibrated afterwards on held-out data; the simplest method,
-# *temperature scaling* ([Guo et al., 2017](https://arxiv.org/abs/1706.04599)),
-# divides every logit by one number fitted on a validation set.
-#
 # ## 2.9 Saving and loading
 #
 # Save the `state_dict`, not the model object: the state dict is plain tensors, and
@@ -2127,30 +2175,31 @@ assert largest_gap(net, weights_only_run) > 1e-4
 # So: load only files from sources you trust, keep PyTorch up to date, and for weights
 # you receive from others prefer a format that stores tensors only (such as
 # `safetensors`).
-#
-# ```{admonition} Common pitfalls
-# :class: warning
-# - **Forgetting `optimizer.zero_grad()`**: gradients from earlier batches pile up.
-# - **Forgetting `model.eval()` / `model.train()`**: dropout and batch norm then behave
-#   wrongly at test time (or at training time, after an evaluation).
-# - **Calling `backward()` on a non-scalar** without `gradient=`: reduce the loss first.
-# - **Sigmoid or softmax before the loss**: `BCEWithLogitsLoss` and `CrossEntropyLoss`
-#   take logits.
-# - **Wrong target dtype or shape**: float targets shaped like the logits for
-#   `BCEWithLogitsLoss`, `int64` indices of shape `(B,)` for `CrossEntropyLoss`. And
-#   `(B, 1)` against `(B,)` with `MSELoss` broadcasts to `(B, B)` with only a warning.
-# - **Layers in a plain Python list**: their parameters are not registered; use
-#   `nn.ModuleList` or `nn.Sequential`.
-# - **`x.to(device)` without assigning the result**: tensors are not moved in place.
-# - **Updating weights by hand outside `torch.no_grad()`**: autograd refuses the
-#   in-place change to a leaf; inside `no_grad`, remember to reset `.grad` afterwards.
-# - **Runs compared with one shared shuffling generator**: each run then sees other
-#   batch orders; give each its own freshly seeded one.
-# - **Choosing on the test set**: epochs, learning rates and thresholds are chosen on a
-#   validation split; the test set is evaluated once, at the end.
-# - **Preprocessing with held-out statistics**: fit scaling on the training split only.
-# ```
-#
+
+# %% [markdown] tags=["box-warning"]
+# > **Common pitfalls**
+# >
+# > - **Forgetting `optimizer.zero_grad()`**: gradients from earlier batches pile up.
+# > - **Forgetting `model.eval()` / `model.train()`**: dropout and batch norm then behave
+# >   wrongly at test time (or at training time, after an evaluation).
+# > - **Calling `backward()` on a non-scalar** without `gradient=`: reduce the loss first.
+# > - **Sigmoid or softmax before the loss**: `BCEWithLogitsLoss` and `CrossEntropyLoss`
+# >   take logits.
+# > - **Wrong target dtype or shape**: float targets shaped like the logits for
+# >   `BCEWithLogitsLoss`, `int64` indices of shape `(B,)` for `CrossEntropyLoss`. And
+# >   `(B, 1)` against `(B,)` with `MSELoss` broadcasts to `(B, B)` with only a warning.
+# > - **Layers in a plain Python list**: their parameters are not registered; use
+# >   `nn.ModuleList` or `nn.Sequential`.
+# > - **`x.to(device)` without assigning the result**: tensors are not moved in place.
+# > - **Updating weights by hand outside `torch.no_grad()`**: autograd refuses the
+# >   in-place change to a leaf; inside `no_grad`, remember to reset `.grad` afterwards.
+# > - **Runs compared with one shared shuffling generator**: each run then sees other
+# >   batch orders; give each its own freshly seeded one.
+# > - **Choosing on the test set**: epochs, learning rates and thresholds are chosen on a
+# >   validation split; the test set is evaluated once, at the end.
+# > - **Preprocessing with held-out statistics**: fit scaling on the training split only.
+
+# %% [markdown]
 # ## Exercises
 #
 # **Exercise 1.** Write SGD with momentum by hand. Section 2.5 described it in words:
@@ -2344,24 +2393,30 @@ record("ex3_logistic_candidates", len(logistic_rates) * epochs)
 # seeds 0-5: the two differ by 0, 0, 0, 1, 0, 0 validation tumours
 assert abs(tumours_apart) <= 3
 
-# %% [markdown] jupyter={"source_hidden": true}
-# ```{admonition} Answer to exercise 3
-# :class: dropdown
-# Logistic regression did best at lr {glue:}`ex3_logistic_lr`, with validation loss
-# {glue:}`ex3_logistic_loss` against the MLP's {glue:}`ex3_mlp_loss`. The MLP's mean
-# loss is the lower in {glue:}`ex3_mlp_ahead` of 2,000 bootstrap resamples of the
-# validation tumours, so the difference in loss is {glue:}`ex3_noise_words` the noise
-# of these tumours (a share above 95 % or below 5 % counts as beyond it). In accuracy
-# the two differ by {glue:}`ex3_tumours_apart` of the {glue:}`n_val` validation
-# tumours, too few to call either the better classifier. The searches were not equal:
-# rates up to {glue:}`ex3_mlp_max_rate` for the MLP, up to
-# {glue:}`ex3_logistic_max_rate` for logistic regression, and
-# {glue:}`ex3_unfinished`. What the bootstrap cannot account for is the selection:
-# both losses are minima picked on these same tumours, out of
-# {glue:}`ex3_mlp_candidates` and {glue:}`ex3_logistic_candidates` candidates (rate
-# times epoch), so both are optimistic. A fair verdict needs data that neither choice
-# has seen.
-# ```
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>Answer to exercise 3</summary>
+
+Logistic regression did best at lr {{ex3_logistic_lr}}, with validation loss
+{{ex3_logistic_loss}} against the MLP's {{ex3_mlp_loss}}. The MLP's mean
+loss is the lower in {{ex3_mlp_ahead}} of 2,000 bootstrap resamples of the
+validation tumours, so the difference in loss is {{ex3_noise_words}} the noise
+of these tumours (a share above 95 % or below 5 % counts as beyond it). In accuracy
+the two differ by {{ex3_tumours_apart}} of the {{n_val}} validation
+tumours, too few to call either the better classifier. The searches were not equal:
+rates up to {{ex3_mlp_max_rate}} for the MLP, up to
+{{ex3_logistic_max_rate}} for logistic regression, and
+{{ex3_unfinished}}. What the bootstrap cannot account for is the selection:
+both losses are minima picked on these same tumours, out of
+{{ex3_mlp_candidates}} and {{ex3_logistic_candidates}} candidates (rate
+times epoch), so both are optimistic. A fair verdict needs data that neither choice
+has seen.
+
+</details>
+"""
+)
 
 # %% [markdown]
 # **Exercise 4.** Write `make_mlp(sizes)`, which builds `Linear` layers of the given
@@ -2502,51 +2557,63 @@ record(
 # 21.4, 18.9
 assert updates[8] > updates[128], updates
 
-# %% [markdown] jupyter={"source_hidden": true}
-# ```{admonition} Answer to exercise 5
-# :class: dropdown
-# Did a smaller batch reach its best in fewer epochs? {glue:}`ex5_epochs_answer`. In
-# fewer updates? {glue:}`ex5_updates_answer`. (With batches of 8 an epoch has about
-# four times as many updates as with 32, each a noisier step, section 2.6.) The lowest
-# validation loss came with batches of {glue:}`ex5_lowest`
-# ({glue:}`ex5_lowest_loss`, against {glue:}`ex5_runner_up_loss` with batches of
-# {glue:}`ex5_runner_up`). Compared tumour by tumour with exercise 3's bootstrap, it
-# is the lower in {glue:}`ex5_lowest_ahead` of 2,000 resamples: {glue:}`ex5_lead`.
-# The comparison favours batches of 32, whose rate was chosen from all six of
-# section 2.7 while each other size chose between two rates scaled from it;
-# {glue:}`ex5_tuning`.
-# ```
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>Answer to exercise 5</summary>
+
+Did a smaller batch reach its best in fewer epochs? {{ex5_epochs_answer}}. In
+fewer updates? {{ex5_updates_answer}}. (With batches of 8 an epoch has about
+four times as many updates as with 32, each a noisier step, section 2.6.) The lowest
+validation loss came with batches of {{ex5_lowest}}
+({{ex5_lowest_loss}}, against {{ex5_runner_up_loss}} with batches of
+{{ex5_runner_up}}). Compared tumour by tumour with exercise 3's bootstrap, it
+is the lower in {{ex5_lowest_ahead}} of 2,000 resamples: {{ex5_lead}}.
+The comparison favours batches of 32, whose rate was chosen from all six of
+section 2.7 while each other size chose between two rates scaled from it;
+{{ex5_tuning}}.
+
+</details>
+"""
+)
 
 # %% [markdown]
 # ## Summary
-#
-# - Autograd records operations on tensors with `requires_grad=True`; `backward()` on a
-#   scalar fills `.grad`, adding to what is there; in-place changes to values it saved
-#   are caught by a version counter.
-# - `nn.Linear` computes `x Wᵀ + b` with `W` stored `(out, in)` and starts from
-#   random weights (equal ones would keep every hidden unit identical); without a
-#   non-linearity between them, stacked linear layers collapse into one. Layers are
-#   registered when assigned as module attributes, in `nn.Sequential` or in
-#   `nn.ModuleList`, never in a plain list.
-# - Classification losses take logits: `BCEWithLogitsLoss` (float targets shaped like
-#   the logits) and `CrossEntropyLoss` (`int64` class indices) are numerically stable
-#   where a separate sigmoid or softmax followed by a log is not.
-# - The loop is forward, loss, `zero_grad`, `backward`, `step`; `optimizer.step()` is
-#   the update `p -= lr * p.grad` under `no_grad` that you wrote by hand (momentum and
-#   Adam add state to it). On a quadratic loss, full-batch SGD is stable only for
-#   `lr < 2/λ_max`. Evaluation is `eval()` and `no_grad()` or `inference_mode()`.
-#   Mini-batch gradients are noisy estimates of the full one (spread `∝ 1/√B`);
-#   accumulating them equals a big batch for a mean loss, equal micro-batches (or
-#   losses weighted by size) and no batch-dependent layers.
-# - Learning rate, epoch and threshold are chosen on a validation split, which makes
-#   the chosen model's validation score optimistic; the test set is used once. The
-#   selected MLP scored {glue:}`test_accuracy` test accuracy and caught
-#   {glue:}`test_recall` of the malignant tumours; for a screening test recall, not
-#   accuracy, is the number to watch.
-# - A resumable checkpoint holds the model's and the optimizer's `state_dict`, the
-#   epoch and the state of the generator that shuffles the batches; load it with
-#   `weights_only=True`, which is safer but no substitute for trusting the file and
-#   keeping PyTorch patched.
-#
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+- Autograd records operations on tensors with `requires_grad=True`; `backward()` on a
+  scalar fills `.grad`, adding to what is there; in-place changes to values it saved
+  are caught by a version counter.
+- `nn.Linear` computes `x Wᵀ + b` with `W` stored `(out, in)` and starts from
+  random weights (equal ones would keep every hidden unit identical); without a
+  non-linearity between them, stacked linear layers collapse into one. Layers are
+  registered when assigned as module attributes, in `nn.Sequential` or in
+  `nn.ModuleList`, never in a plain list.
+- Classification losses take logits: `BCEWithLogitsLoss` (float targets shaped like
+  the logits) and `CrossEntropyLoss` (`int64` class indices) are numerically stable
+  where a separate sigmoid or softmax followed by a log is not.
+- The loop is forward, loss, `zero_grad`, `backward`, `step`; `optimizer.step()` is
+  the update `p -= lr * p.grad` under `no_grad` that you wrote by hand (momentum and
+  Adam add state to it). On a quadratic loss, full-batch SGD is stable only for
+  `lr < 2/λ_max`. Evaluation is `eval()` and `no_grad()` or `inference_mode()`.
+  Mini-batch gradients are noisy estimates of the full one (spread `∝ 1/√B`);
+  accumulating them equals a big batch for a mean loss, equal micro-batches (or
+  losses weighted by size) and no batch-dependent layers.
+- Learning rate, epoch and threshold are chosen on a validation split, which makes
+  the chosen model's validation score optimistic; the test set is used once. The
+  selected MLP scored {{test_accuracy}} test accuracy and caught
+  {{test_recall}} of the malignant tumours; for a screening test recall, not
+  accuracy, is the number to watch.
+- A resumable checkpoint holds the model's and the optimizer's `state_dict`, the
+  epoch and the state of the generator that shuffles the batches; load it with
+  `weights_only=True`, which is safer but no substitute for trusting the file and
+  keeping PyTorch patched.
+"""
+)
+
+# %% [markdown]
 # **Next:** chapter 3 replaces the fully connected layers by convolutions and trains on
 # images of handwritten digits, with `helpers.training` running the loop you wrote here.

@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: tags,jupyter,mystnb,-all
+#     cell_metadata_filter: tags,jupyter,mystnb,cellView,-all
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from babel import Locale
 from helpers.models import count_parameters
 from helpers.plotting import plot_losses
-from helpers.results import record
+from helpers.results import prose, record
 from helpers.runtime import (
     describe_runtime,
     get_device,
@@ -534,25 +534,31 @@ record("wave_lookup_factor", lookup_factor, fmt="{:.1f}")
 assert 1 < lookup_factor < 3, lookup_factor
 record("wave_one_step_rmse", wave_one_step_rmse, fmt="{:.4f}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The lookup forecasts the test part with an RMSE of {{wave_lookup_rmse}}, against
+{{wave_one_step_rmse}} for the LSTM: the LSTM's error is only
+{{wave_lookup_factor}} times smaller. The lookup does so well because the signal
+nearly repeats itself: 16 periods of 40 samples make 640 samples, almost exactly 37
+periods of 17.3 (640.1), and each test window's closest training window is 640 steps
+back, where the series differs from itself by at most {{wave_near_repeat}}. The
+test part is close to a replay of the training part. The linear model does better
+still, with an RMSE of {{wave_linear_rmse}}: a single sine wave obeys the exact
+linear rule $x_t = 2\cos(\omega)\, x_{t-1} - x_{t-2}$
+(with $\omega = 2\pi/\text{period}$), a sum of two obeys one over four past values,
+and least squares recovers it. (Every window therefore lies in a space of four
+dimensions, which makes the fit ill-conditioned: `with_constant` hands it over in
+float64.) What remains comes from computing the signal in float32: its phases
+$2\pi t/\text{period}$ are rounded at every $t$, which jitters the wave by up to about
+3e-5. So on this signal the LSTM's low error shows that training worked, not that an
+LSTM is the tool for the job. The sunspots of section 4.5 are the real test, against
+the same kinds of baselines. The sine still serves for what comes next.
+"""
+)
+
+
 # %% [markdown]
-# The lookup forecasts the test part with an RMSE of {glue:}`wave_lookup_rmse`, against
-# {glue:}`wave_one_step_rmse` for the LSTM: the LSTM's error is only
-# {glue:}`wave_lookup_factor` times smaller. The lookup does so well because the signal
-# nearly repeats itself: 16 periods of 40 samples make 640 samples, almost exactly 37
-# periods of 17.3 (640.1), and each test window's closest training window is 640 steps
-# back, where the series differs from itself by at most {glue:}`wave_near_repeat`. The
-# test part is close to a replay of the training part. The linear model does better
-# still, with an RMSE of {glue:}`wave_linear_rmse`: a single sine wave obeys the exact
-# linear rule $x_t = 2\cos(\omega)\, x_{t-1} - x_{t-2}$
-# (with $\omega = 2\pi/\text{period}$), a sum of two obeys one over four past values,
-# and least squares recovers it. (Every window therefore lies in a space of four
-# dimensions, which makes the fit ill-conditioned: `with_constant` hands it over in
-# float64.) What remains comes from computing the signal in float32: its phases
-# $2\pi t/\text{period}$ are rounded at every $t$, which jitters the wave by up to about
-# 3e-5. So on this signal the LSTM's low error shows that training worked, not that an
-# LSTM is the tool for the job. The sunspots of section 4.5 are the real test, against
-# the same kinds of baselines. The sine still serves for what comes next.
-#
 # **Many steps ahead** there are no true values after the start: the model's forecast
 # is appended to the window, the oldest value dropped, and the model asked again. This
 # is a **recursive** forecast, and each step's error becomes part of the next step's
@@ -683,21 +689,27 @@ ax_error.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+One step ahead, the LSTM's forecast is hard to tell from the truth in the left panel.
+Fed its own forecasts, the same model goes astray: the recursive forecast starts on
+the truth, drifts away from it and {{wave_swing_text}}. The right panel shows the
+error growing with the horizon, averaged over all forecast origins: 50 steps ahead the
+RMSE is {{wave_rmse_50}}, about {{wave_rmse_ratio}} times the one-step
+error, and {{wave_worse_text}} always forecasting 0, the signal's mean (RMSE
+{{wave_mean_rmse}}). Nothing about the model changed. Each forecast's
+small error becomes part of the next window, which then differs from every window
+seen in training, and the errors compound. The linear model, run the same recursive
+way, has an RMSE of at most {{wave_linear_max}} at any step ahead (the largest
+of the 100 per-step RMSEs over the 21 origins): its one-step error is
+{{wave_linear_factor}} times smaller than the LSTM's, and its rule holds for
+any window, not only for windows like the training ones.
+"""
+)
+
+
 # %% [markdown]
-# One step ahead, the LSTM's forecast is hard to tell from the truth in the left panel.
-# Fed its own forecasts, the same model goes astray: the recursive forecast starts on
-# the truth, drifts away from it and {glue:}`wave_swing_text`. The right panel shows the
-# error growing with the horizon, averaged over all forecast origins: 50 steps ahead the
-# RMSE is {glue:}`wave_rmse_50`, about {glue:}`wave_rmse_ratio` times the one-step
-# error, and {glue:}`wave_worse_text` always forecasting 0, the signal's mean (RMSE
-# {glue:}`wave_mean_rmse`). Nothing about the model changed. Each forecast's
-# small error becomes part of the next window, which then differs from every window
-# seen in training, and the errors compound. The linear model, run the same recursive
-# way, has an RMSE of at most {glue:}`wave_linear_max` at any step ahead (the largest
-# of the 100 per-step RMSEs over the 21 origins): its one-step error is
-# {glue:}`wave_linear_factor` times smaller than the LSTM's, and its rule holds for
-# any window, not only for windows like the training ones.
-#
 # The LSTM was trained on true windows only and is then fed its own forecasts, inputs
 # unlike any it saw in training. This mismatch is called **exposure bias**. Remedies
 # train on inputs that contain the model's own forecasts, or noisy ones, or avoid the
@@ -845,19 +857,24 @@ record("stream_vs_window", "better" if stream_better else "worse")
 # Seeds 0, 1, 2 (CPU): 0.08, 0.13, 0.04 of the naive forecast's RMSE, against 0.25
 assert stream_val_rmse < 0.25 * naive_val_rmse, stream_val_rmse
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+With truncated BPTT the stream model learned to forecast: one step ahead on the
+validation part its RMSE is {{stream_val_rmse}}, against
+{{stream_naive_rmse}} for the naive forecast (the next value equals this one).
+The window forecaster, whose epoch was chosen on this same validation part, reached
+{{wave_val_rmse}}: the stream model did {{stream_vs_window}}, and neither
+was tuned. Truncation limits how far back the gradient can assign credit, not how far
+the state can carry information: a pattern that spans more than one chunk can only be
+learned through what the state happens to carry already.
+PyTorch's
+[word-level language-model example](https://github.com/pytorch/examples/tree/main/word_language_model)
+trains the same way: its `repackage_hidden` detaches the state before every chunk.
+"""
+)
+
 # %% [markdown]
-# With truncated BPTT the stream model learned to forecast: one step ahead on the
-# validation part its RMSE is {glue:}`stream_val_rmse`, against
-# {glue:}`stream_naive_rmse` for the naive forecast (the next value equals this one).
-# The window forecaster, whose epoch was chosen on this same validation part, reached
-# {glue:}`wave_val_rmse`: the stream model did {glue:}`stream_vs_window`, and neither
-# was tuned. Truncation limits how far back the gradient can assign credit, not how far
-# the state can carry information: a pattern that spans more than one chunk can only be
-# learned through what the state happens to carry already.
-# PyTorch's
-# [word-level language-model example](https://github.com/pytorch/examples/tree/main/word_language_model)
-# trains the same way: its `repackage_hidden` detaches the state before every chunk.
-#
 # ## 4.5 A real series: 309 years of sunspots
 #
 # The yearly sunspot numbers from 1700 to 2008 (from the US National Geophysical Data
@@ -938,13 +955,19 @@ ax.axhline(band, color="grey", ls="--", lw=1, label="25 % above the lowest")
 ax.legend()
 plt.show()
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The validation MSE first came within 25 % of its lowest value at epoch
+{{sun_plateau_from}}, well inside the budget of 60 epochs; from the tenth epoch
+on, {{sun_near_best}} of the epochs came that close to the lowest, at epoch
+{{sun_best_epoch}}, whose weights are kept. With only 40 validation years, which
+epoch comes out lowest is partly luck.
+"""
+)
+
+
 # %% [markdown]
-# The validation MSE first came within 25 % of its lowest value at epoch
-# {glue:}`sun_plateau_from`, well inside the budget of 60 epochs; from the tenth epoch
-# on, {glue:}`sun_near_best` of the epochs came that close to the lowest, at epoch
-# {glue:}`sun_best_epoch`, whose weights are kept. With only 40 validation years, which
-# epoch comes out lowest is partly luck.
-#
 # Is the LSTM any good? A forecast must beat the simplest ones: the **naive** forecast
 # (next year equals this year) and the **seasonal naive** forecast (next year equals the
 # year one cycle, 11 years, earlier), which `helpers.sequences.naive_forecast` gives;
@@ -1073,26 +1096,31 @@ ax.set(
 ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 plt.show()
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Over the 40 test years the LSTM's root-mean-square error is {{sun_lstm_rmse}},
+against {{sun_naive_rmse}} for the naive forecast, {{sun_seasonal_rmse}} for
+the seasonal one and {{sun_ar_rmse}} for the linear autoregression of order
+{{sun_ar_order}} (validation RMSE {{sun_ar_val_rmse}}, against
+{{sun_ar20_val_rmse}} for order 20). The naive forecast is always one year late,
+so it is worst where the cycle rises or falls fastest; the seasonal one suffers
+because cycles are not exactly 11 years long. The linear model already closes
+{{sun_ar_share}} of the gap between the naive forecast and the LSTM. Year by
+year, the LSTM's squared error is lower than the linear model's by
+{{sun_gain}} ± {{sun_gain_se}} on average (one standard error, as if the
+years were independent; the correlation between neighbouring years' differences is
+{{sun_gain_rho}}, {{sun_rho_text}}): {{sun_gain_text}}. Where the
+LSTM's edge comes from, this comparison does not isolate: the LSTM is nonlinear, but
+it also differs in how it was trained and selected, and its size and learning rate
+were not tuned at all. Forty test years cover fewer than four cycles, so these
+differences would move with another test period and another training seed; the gap
+to the naive forecast is the wide one. The window length of 20 was fixed in advance;
+exercise 2 chooses it on the validation years instead.
+"""
+)
+
 # %% [markdown]
-# Over the 40 test years the LSTM's root-mean-square error is {glue:}`sun_lstm_rmse`,
-# against {glue:}`sun_naive_rmse` for the naive forecast, {glue:}`sun_seasonal_rmse` for
-# the seasonal one and {glue:}`sun_ar_rmse` for the linear autoregression of order
-# {glue:}`sun_ar_order` (validation RMSE {glue:}`sun_ar_val_rmse`, against
-# {glue:}`sun_ar20_val_rmse` for order 20). The naive forecast is always one year late,
-# so it is worst where the cycle rises or falls fastest; the seasonal one suffers
-# because cycles are not exactly 11 years long. The linear model already closes
-# {glue:}`sun_ar_share` of the gap between the naive forecast and the LSTM. Year by
-# year, the LSTM's squared error is lower than the linear model's by
-# {glue:}`sun_gain` ± {glue:}`sun_gain_se` on average (one standard error, as if the
-# years were independent; the correlation between neighbouring years' differences is
-# {glue:}`sun_gain_rho`, {glue:}`sun_rho_text`): {glue:}`sun_gain_text`. Where the
-# LSTM's edge comes from, this comparison does not isolate: the LSTM is nonlinear, but
-# it also differs in how it was trained and selected, and its size and learning rate
-# were not tuned at all. Forty test years cover fewer than four cycles, so these
-# differences would move with another test period and another training seed; the gap
-# to the naive forecast is the wide one. The window length of 20 was fixed in advance;
-# exercise 2 chooses it on the validation years instead.
-#
 # ## 4.6 Why gating matters: a long-range memory task
 #
 # In the **adding problem** (a version of a test from Hochreiter and Schmidhuber's paper
@@ -1317,33 +1345,38 @@ record("gru_progress", progress_text(memory_logs["GRU"], chance_mse))
 # 1/12) while both gated networks solve the task
 assert rnn_mse > 0.75 * chance_mse and gated_mse < 0.03, (rnn_mse, memory_mse)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+With sequences of 40 steps, the plain RNN's test MSE after
+{{adding_rnn_steps}} training steps is {{adding_rnn_mse}}, no better than
+chance ({{adding_chance_mse}}, the error of always answering 1 on these test
+sequences) and well above 1/12, the error of a network that reads the second marked
+number alone, although that number is never more than 20 steps before the end. The
+LSTM reached a test MSE of {{adding_lstm_mse}} (stopping after
+{{adding_lstm_steps}} steps) and the GRU {{adding_gru_mse}} (after
+{{adding_gru_steps}}). In the left panel, the LSTM's validation MSE
+{{lstm_progress}}; the GRU's {{gru_progress}}. A check between the two grey
+lines has learned part of the task; the grey dashed line is where reading one of the
+two numbers, and only that one, would put it. (Exercise 3 asks whether the plain RNN
+fails at any length or only at long ones.)
+
+The right panel shows the gradient norms before clipping: every step above the dashed
+line was scaled down to norm 1, the largest by a factor of
+{{adding_max_grad_norm}}. Why recurrent networks need this guard more than
+others: the same $W_{hh}$ multiplies the state at every step, so a small change of the
+weights can change the state after 40 steps a great deal. The loss then has narrow,
+steep walls where the gradient is suddenly large (Pascanu, Mikolov and Bengio, 2013,
+analysed them and proposed clipping the gradient's norm). With plain SGD, whose step
+is proportional to the gradient, one such step can throw the weights far from where
+training had brought them. Adam divides by a running size of the gradient, which
+bounds each step, but one spike still inflates that running size and so shrinks the
+steps after it for many iterations. Clipping caps the spike before either happens,
+and leaves gradients below the threshold unchanged.
+"""
+)
+
 # %% [markdown]
-# With sequences of 40 steps, the plain RNN's test MSE after
-# {glue:}`adding_rnn_steps` training steps is {glue:}`adding_rnn_mse`, no better than
-# chance ({glue:}`adding_chance_mse`, the error of always answering 1 on these test
-# sequences) and well above 1/12, the error of a network that reads the second marked
-# number alone, although that number is never more than 20 steps before the end. The
-# LSTM reached a test MSE of {glue:}`adding_lstm_mse` (stopping after
-# {glue:}`adding_lstm_steps` steps) and the GRU {glue:}`adding_gru_mse` (after
-# {glue:}`adding_gru_steps`). In the left panel, the LSTM's validation MSE
-# {glue:}`lstm_progress`; the GRU's {glue:}`gru_progress`. A check between the two grey
-# lines has learned part of the task; the grey dashed line is where reading one of the
-# two numbers, and only that one, would put it. (Exercise 3 asks whether the plain RNN
-# fails at any length or only at long ones.)
-#
-# The right panel shows the gradient norms before clipping: every step above the dashed
-# line was scaled down to norm 1, the largest by a factor of
-# {glue:}`adding_max_grad_norm`. Why recurrent networks need this guard more than
-# others: the same $W_{hh}$ multiplies the state at every step, so a small change of the
-# weights can change the state after 40 steps a great deal. The loss then has narrow,
-# steep walls where the gradient is suddenly large (Pascanu, Mikolov and Bengio, 2013,
-# analysed them and proposed clipping the gradient's norm). With plain SGD, whose step
-# is proportional to the gradient, one such step can throw the weights far from where
-# training had brought them. Adam divides by a running size of the gradient, which
-# bounds each step, but one spike still inflates that running size and so shrinks the
-# steps after it for many iterations. Clipping caps the spike before either happens,
-# and leaves gradients below the threshold unchanged.
-#
 # Did these runs need it? Train the two gated networks again, identically but with
 # `clip=math.inf` (clipping switched off), and judge by the validation MSE that also
 # decides when training stops; the test sequences stay out of this decision.
@@ -1384,13 +1417,19 @@ def clip_words(unclipped: dict) -> None:
 
 clip_words(unclipped)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Without clipping the LSTM stopped after {{clip_lstm_steps}} steps and the GRU
+after {{clip_gru_steps}} (600 means it ran out of steps): {{clip_verdict}}.
+Clipping costs one line and one norm computation per step, and it protects the runs
+(other seeds, longer sequences, higher learning rates, plain SGD) where a spike does
+strike; PyTorch's language-model example above clips too.
+"""
+)
+
+
 # %% [markdown]
-# Without clipping the LSTM stopped after {glue:}`clip_lstm_steps` steps and the GRU
-# after {glue:}`clip_gru_steps` (600 means it ran out of steps): {glue:}`clip_verdict`.
-# Clipping costs one line and one norm computation per step, and it protects the runs
-# (other seeds, longer sequences, higher learning rates, plain SGD) where a spike does
-# strike; PyTorch's language-model example above clips too.
-#
 # ### The vanishing gradient, shown
 #
 # Why does the RNN fail? Everything a network has read up to step $t$ reaches the loss
@@ -1483,21 +1522,34 @@ ax.set(
 )
 ax.legend(fontsize=8, ncols=2)
 plt.show()
-for (name, when), norms in profiles.items():
-    ratio = decay_ratio(norms)
+ratio_of = {key: decay_ratio(norms) for key, norms in profiles.items()}
+for (name, when), ratio in ratio_of.items():
     print(f"{name:4} {when:15}  ||dL/ds_40|| / ||dL/ds_1|| = {sci(ratio, 1)}")
+for name in cells:
+    before = ratio_of[name, "before training"]
+    record(f"{name.lower()}_init_ratio", sci(before))
+for name in ("LSTM", "GRU"):
+    after = ratio_of[name, "after training"]
+    record(f"{name.lower()}_grad_ratio", after, fmt="{:.0f}")
+    # "nearly flat": the same bound as for the last checkpoint below
+    assert after < 1e2, (name, after)
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Read the slopes, not the heights (a curve's height follows the size of the loss). A
+straight line on this log scale, falling as $t$ goes back from 40 towards 1, is the
+geometric shrinking the chain rule predicts. Before training (dashed) all three
+networks show it: the gradient at step 1 is {{rnn_init_ratio}} times smaller than
+at step 40 for the RNN, {{lstm_init_ratio}} for the LSTM (forget gate near 0.73)
+and {{gru_init_ratio}} for the GRU. So gating does not prevent vanishing
+gradients at the start. After training (solid) the LSTM's and GRU's curves are nearly
+flat, at ratios of {{lstm_grad_ratio}} and {{gru_grad_ratio}}: they learned
+to carry the gradient back through their gated state.
+"""
+)
 
 # %% [markdown]
-# Read the slopes, not the heights (a curve's height follows the size of the loss). A
-# straight line on this log scale, falling as $t$ goes back from 40 towards 1, is the
-# geometric shrinking the chain rule predicts. Before training (dashed) all three
-# networks show it: the gradient at step 1 is {glue:}`rnn_init_ratio` times smaller than
-# at step 40 for the RNN, {glue:}`lstm_init_ratio` for the LSTM (forget gate near 0.73)
-# and {glue:}`gru_init_ratio` for the GRU. So gating does not prevent vanishing
-# gradients at the start. After training (solid) the LSTM's and GRU's curves are nearly
-# flat, at ratios of {glue:}`lstm_grad_ratio` and {glue:}`gru_grad_ratio`: they learned
-# to carry the gradient back through their gated state.
-#
 # One picture at the end of training does not say what the optimizer worked with along
 # the way. `train_on_adding` kept the weights every 25 steps; replaying the same
 # measurement on each copy shows the ratio as training went on:
@@ -1539,11 +1591,6 @@ for name, values in ratios.items():
         f" range {sci(min(values))} to {sci(max(values))}, last {sci(values[-1])};"
         f" above 10,000 at {share_above[name]:.0%} of {len(values)} checkpoints"
     )
-record("rnn_init_ratio", sci(initial["RNN"]))
-record("lstm_init_ratio", sci(initial["LSTM"]))
-record("gru_init_ratio", sci(initial["GRU"]))
-record("lstm_grad_ratio", final["LSTM"], fmt="{:.0f}")
-record("gru_grad_ratio", final["GRU"], fmt="{:.0f}")
 record(
     "rnn_median_ratio",
     sci(rnn_median),
@@ -1596,22 +1643,28 @@ def ratio_words(ratios: dict, rnn_val_mse: list, chance: float) -> None:
 
 ratio_words(ratios, memory_logs["RNN"]["val_mse"], chance_mse)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Step 0 repeats the dashed lines of the first picture: every network starts out
+vanishing. The gated networks do not stay there. The LSTM's ratio
+{{lstm_peak_text}}; it was above 10,000 at {{lstm_share_above}} of its
+checkpoints, the GRU's at {{gru_share_above}}. At the end, when training stopped
+(validation MSE below 0.01), it was {{lstm_grad_ratio}} for the LSTM and
+{{gru_grad_ratio}} for the GRU. The plain RNN's ratio was above 10,000 at
+{{rnn_share_above}} of its {{rnn_checkpoints}} checkpoints, with a median
+of {{rnn_median_ratio}}: for most of its training the first marked number,
+somewhere in steps 1–20, had almost no influence on the weight updates. It is also
+erratic, between {{rnn_low_ratio}} and {{rnn_high_ratio}} from one
+checkpoint to the next; it {{rnn_dips_text}}, and its test MSE at the end was
+at chance. A single "after training" curve for the RNN, like the solid blue one in
+the first picture, is therefore one sample of a quantity that moves by orders of
+magnitude; that is why this section measures along the whole run.
+"""
+)
+
+
 # %% [markdown]
-# Step 0 repeats the dashed lines of the first picture: every network starts out
-# vanishing. The gated networks do not stay there. The LSTM's ratio
-# {glue:}`lstm_peak_text`; it was above 10,000 at {glue:}`lstm_share_above` of its
-# checkpoints, the GRU's at {glue:}`gru_share_above`. At the end, when training stopped
-# (validation MSE below 0.01), it was {glue:}`lstm_grad_ratio` for the LSTM and
-# {glue:}`gru_grad_ratio` for the GRU. The plain RNN's ratio was above 10,000 at
-# {glue:}`rnn_share_above` of its {glue:}`rnn_checkpoints` checkpoints, with a median
-# of {glue:}`rnn_median_ratio`: for most of its training the first marked number,
-# somewhere in steps 1–20, had almost no influence on the weight updates. It is also
-# erratic, between {glue:}`rnn_low_ratio` and {glue:}`rnn_high_ratio` from one
-# checkpoint to the next; it {glue:}`rnn_dips_text`, and its test MSE at the end was
-# at chance. A single "after training" curve for the RNN, like the solid blue one in
-# the first picture, is therefore one sample of a quantity that moves by orders of
-# magnitude; that is why this section measures along the whole run.
-#
 # A plain RNN has one lever against the shrinking: the size of $W_{hh}$. The
 # **spectral radius** of a square matrix, its largest eigenvalue in absolute value
 # (`torch.linalg.eigvals(W).abs().max()`), sets how fast its powers grow or shrink over
@@ -1671,15 +1724,20 @@ def rnn_lever_words(before: float, after: float) -> None:
 
 rnn_lever_words(initial["RNN"], final["RNN"])
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Training pulled the lever: the spectral radius of $W_{hh}$ went from
+{{rnn_radius_start}} before training to {{rnn_radius_end}} at the end. It
+also paid the price: tanh's mean slope fell from {{rnn_slope_start}} to
+{{rnn_slope_end}}. The ratio of the gradient norms went from
+{{rnn_init_ratio}} before training to {{rnn_final_ratio}} at the end:
+{{rnn_ratio_text}}. So {{rnn_cure_text}}, and the task stayed unlearned.
+Exercise 4 measures the same trade on scaled copies of the untrained network.
+"""
+)
+
 # %% [markdown]
-# Training pulled the lever: the spectral radius of $W_{hh}$ went from
-# {glue:}`rnn_radius_start` before training to {glue:}`rnn_radius_end` at the end. It
-# also paid the price: tanh's mean slope fell from {glue:}`rnn_slope_start` to
-# {glue:}`rnn_slope_end`. The ratio of the gradient norms went from
-# {glue:}`rnn_init_ratio` before training to {glue:}`rnn_final_ratio` at the end:
-# {glue:}`rnn_ratio_text`. So {glue:}`rnn_cure_text`, and the task stayed unlearned.
-# Exercise 4 measures the same trade on scaled copies of the untrained network.
-#
 # The opposite failure, **exploding** gradients, happens when the per-step Jacobians
 # stretch vectors instead: exercise 4 provokes it, with a $W_{hh}$ large enough to win
 # over the flatter tanh. Clipping is the standard guard against it. Gating is the
@@ -1696,11 +1754,10 @@ rnn_lever_words(initial["RNN"], final["RNN"])
 # reads a surname character by character and guesses its language of origin. The name
 # lists that tutorial downloads are not available offline, but a close relative is.
 # The Unicode Consortium's CLDR database, which the `babel` package ships (Sphinx, which
-# builds this book, depends on it), holds the names of {glue:}`names_n_territories`
-# countries and regions and {glue:}`names_n_languages` languages *as written in each
-# language* (the counts of the ten languages used here), collected from contributors
-# for each language: "Deutschland", "Allemagne", "Germania", "Niemcy", "Saksa". The
-# task is to tell from the written name alone which of ten languages it is in.
+# builds this book, depends on it), holds the names of countries, regions and languages
+# *as written in each language*, collected from contributors for each language:
+# "Deutschland", "Allemagne", "Germania", "Niemcy", "Saksa". The task is to tell from
+# the written name alone which of ten languages it is in.
 #
 # Three choices keep the task honest. All ten languages use the Latin alphabet, so the
 # script gives nothing away. Names spelled identically in two languages ("Angola") are
@@ -1711,10 +1768,7 @@ rnn_lever_words(initial["RNN"], final["RNN"])
 # *different* things can still share words: "South Korea" may be in training while
 # "North Korea" is tested; such shared words make the task a little easier than
 # spelling alone.) To fit the CPU budget the chapter keeps names of at most 20
-# characters. That drops {glue:}`names_dropped_share` of them,
-# {glue:}`names_dropped_multiword` of those multi-word phrases such as "Kleine
-# afgelegen eilanden van de Verenigde Staten", which would make every batch they fall
-# in run for up to {glue:}`names_longest` steps.
+# characters.
 
 # %%
 languages = ["en", "fr", "de", "es", "it", "nl", "pl", "pt", "sv", "fi"]
@@ -1759,11 +1813,30 @@ by_split = {part: [] for part in ("train", "val", "test")}
 for name, lang, key in rows:
     by_split[split_of[key]].append((name, languages.index(lang)))
 print({part: len(items) for part, items in by_split.items()})
+record("names_val_n", len(by_split["val"]), fmt="{:,}")
+# the largest standard error an accuracy on these names can have (at 50 %)
+record("names_val_se_max", 50 / math.sqrt(len(by_split["val"])), fmt="{:.1f}")
 
-# %% [markdown]
-# Not every cue is spelling. {glue:}`names_language_share` of the names kept are names
-# of languages, and some languages write those in lowercase ("allemand", "tedesco")
-# where others capitalise them ("German", "Duits"):
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+For the ten languages used here, CLDR names {{names_n_territories}} countries and
+regions and {{names_n_languages}} languages. The 20-character limit drops
+{{names_dropped_share}} of the names, {{names_dropped_multiword}} of those multi-word
+phrases such as "Kleine afgelegen eilanden van de Verenigde Staten", which would make
+every batch they fall in run for up to {{names_longest}} steps.
+"""
+)
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Not every cue is spelling. {{names_language_share}} of the names kept are names
+of languages, and some languages write those in lowercase ("allemand", "tedesco")
+where others capitalise them ("German", "Duits"):
+"""
+)
 
 # %%
 lower_share = {}
@@ -1805,15 +1878,20 @@ record("names_rarely_lower", and_join(rarely_lower))
 record("names_case_acc", case_val_acc, fmt="{:.0%}")
 record("names_majority_val_acc", majority_val_acc, fmt="{:.0%}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+In {{names_mostly_lower}} of the ten languages more than half of the training
+names start lowercase; in {{names_rarely_lower}} fewer than 5 % do. The case of
+the first letter alone gets {{names_case_acc}} of the validation names right,
+against {{names_majority_val_acc}} for always answering the most common
+language: a weak cue by itself, but one that splits the languages into two groups
+before a single letter is read. A network can pick it up too, so "spelling alone"
+may not be all it learns; keep that in mind when reading its mistakes.
+"""
+)
+
 # %% [markdown]
-# In {glue:}`names_mostly_lower` of the ten languages more than half of the training
-# names start lowercase; in {glue:}`names_rarely_lower` fewer than 5 % do. The case of
-# the first letter alone gets {glue:}`names_case_acc` of the validation names right,
-# against {glue:}`names_majority_val_acc` for always answering the most common
-# language: a weak cue by itself, but one that splits the languages into two groups
-# before a single letter is read. A network can pick it up too, so "spelling alone"
-# may not be all it learns; keep that in mind when reading its mistakes.
-#
 # Characters become integer ids with `helpers.sequences.CharVocab`, built from the
 # training names only (id 0 is padding, id 1 any character never seen in training).
 # A network cannot do arithmetic on ids, which are only labels, so each id is turned
@@ -1971,17 +2049,21 @@ torch.manual_seed(seed)
 model = NameClassifier(len(vocab), len(languages)).to(device)
 print(f"parameters: {count_parameters(model):,}")
 
-# %% [markdown]
-# Training again uses `fit`, now with accuracy as the validation metric; `fit` keeps the
-# epoch with the best validation accuracy. The batch size of 128, the learning rate of
-# 0.01 and the 8 epochs were settled on the validation names while this chapter was
-# written (not rerun here, to save time): batch sizes 64 and 128 with rates 0.005 and
-# 0.01, trained for 14 epochs with two seeds, all levelled off by about the eighth
-# epoch, within about three points of validation accuracy of each other. With
-# {glue:}`names_val_n` validation names one standard error of an accuracy is about
-# {glue:}`names_val_se` points, so no setting was clearly better, and the cheapest was
-# kept. The embedding size of 32 and the hidden size of 64 are untuned (exercise 5
-# tries a bidirectional GRU).
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Training again uses `fit`, now with accuracy as the validation metric; `fit` keeps the
+epoch with the best validation accuracy. The batch size of 128, the learning rate of
+0.01 and the 8 epochs were settled on the validation names while this chapter was
+written (not rerun here, to save time): batch sizes 64 and 128 with rates 0.005 and
+0.01, trained for 14 epochs with two seeds, all levelled off by about the eighth
+epoch, within about three points of validation accuracy of each other. With
+{{names_val_n}} validation names one standard error of an accuracy is at most
+{{names_val_se_max}} points, so no setting was clearly better, and the cheapest was
+kept. The embedding size of 32 and the hidden size of 64 are untuned (exercise 5
+tries a bidirectional GRU).
+"""
+)
 
 # %%
 epochs = 8
@@ -2049,25 +2131,29 @@ record("names_acc_low_loss", acc_low_loss, fmt="{:.1%}")
 record("names_acc_kept", acc_kept, fmt="{:.1%}")
 within = acc_kept - acc_low_loss < 2 * names_val_se
 record("names_epoch_noise", "less" if within else "more")
-record("names_val_n", n_val_names, fmt="{:,}")
 record("names_val_se", 100 * names_val_se, fmt="{:.1f}")
 record("names_wrong_share", wrong_share, fmt="{:.0%}")
 record("names_wrong_loss_share", wrong_loss_share, fmt="{:.0%}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The validation loss was lowest at epoch {{names_loss_epoch}}, where the accuracy
+was {{names_acc_low_loss}}; the accuracy was highest at epoch
+{{names_best_epoch}}, with {{names_acc_kept}}: a difference of
+{{names_epoch_noise}} than two standard errors of an accuracy on
+{{names_val_n}} names ({{names_val_se}} points each). The two measures ask
+different things. Accuracy only asks whether the right language scores highest;
+cross-entropy also charges for how confidently each wrong answer is given, and with
+the kept weights the {{names_wrong_share}} of validation names the model gets
+wrong account for {{names_wrong_loss_share}} of the validation loss. A model
+that grows more confident on everything, its mistakes included, can raise the loss
+through those mistakes even while more names come out right. The epoch is chosen on
+accuracy, the measure this task reports.
+"""
+)
+
 # %% [markdown]
-# The validation loss was lowest at epoch {glue:}`names_loss_epoch`, where the accuracy
-# was {glue:}`names_acc_low_loss`; the accuracy was highest at epoch
-# {glue:}`names_best_epoch`, with {glue:}`names_acc_kept`: a difference of
-# {glue:}`names_epoch_noise` than two standard errors of an accuracy on
-# {glue:}`names_val_n` names ({glue:}`names_val_se` points each). The two measures ask
-# different things. Accuracy only asks whether the right language scores highest;
-# cross-entropy also charges for how confidently each wrong answer is given, and with
-# the kept weights the {glue:}`names_wrong_share` of validation names the model gets
-# wrong account for {glue:}`names_wrong_loss_share` of the validation loss. A model
-# that grows more confident on everything, its mistakes included, can raise the loss
-# through those mistakes even while more names come out right. The epoch is chosen on
-# accuracy, the measure this task reports.
-#
 # Now the test names, once. The baseline is to always answer the language with most
 # training names.
 
@@ -2137,17 +2223,23 @@ language_se = (per_language * (1 - per_language) / per_language_n).sqrt()
 record("names_test_per_language", per_language_n.mean().item(), fmt="{:.0f}")
 record("names_language_se", 100 * language_se.mean().item(), fmt="{:.0f}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The GRU labels {{names_test_acc}} of the test names correctly, against
+{{names_majority_acc}} for always answering the most common language, although
+none of the test names is a translation of a training name. Each language has only
+about {{names_test_per_language}} test names, so one standard error of a
+per-language accuracy is about {{names_language_se}} points: the ranking of the
+languages in the printout could reshuffle with another split, and only large gaps
+mean something. The most frequent mistake was {{names_top_confusion}}; read the
+off-diagonal cells for the rest, and compare them with what you know of the languages'
+spelling habits.
+"""
+)
+
+
 # %% [markdown]
-# The GRU labels {glue:}`names_test_acc` of the test names correctly, against
-# {glue:}`names_majority_acc` for always answering the most common language, although
-# none of the test names is a translation of a training name. Each language has only
-# about {glue:}`names_test_per_language` test names, so one standard error of a
-# per-language accuracy is about {glue:}`names_language_se` points: the ranking of the
-# languages in the printout could reshuffle with another split, and only large gaps
-# mean something. The most frequent mistake was {glue:}`names_top_confusion`; read the
-# off-diagonal cells for the rest, and compare them with what you know of the languages'
-# spelling habits.
-#
 # ### Packing changes nothing but the padding: a check
 #
 # Is a packed batch really the same as running each name alone? Compare, for a batch of
@@ -2199,14 +2291,20 @@ record("padded_gap", padded_gap, fmt="{:.2f}")
 record("packed_gap32", sci(packed_gap32))
 assert packed_gap < 1e-6 and padded_gap > 1e-3, (packed_gap, padded_gap)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Packed and one-at-a-time logits agree to {{packed_gap}}; the padded but unpacked
+batch is off by up to {{padded_gap}}, because the GRU kept updating its state on
+the padding. (The embedding's `padding_idx` makes padding a zero vector, but a GRU
+still changes its state on a zero input through its biases and $W_{hh}$.) In float32
+the packed and one-at-a-time logits differ by {{packed_gap32}}, rounding in the
+last of float32's roughly seven significant digits, not a difference in what was read.
+"""
+)
+
+
 # %% [markdown]
-# Packed and one-at-a-time logits agree to {glue:}`packed_gap`; the padded but unpacked
-# batch is off by up to {glue:}`padded_gap`, because the GRU kept updating its state on
-# the padding. (The embedding's `padding_idx` makes padding a zero vector, but a GRU
-# still changes its state on a zero input through its biases and $W_{hh}$.) In float32
-# the packed and one-at-a-time logits differ by {glue:}`packed_gap32`, rounding in the
-# last of float32's roughly seven significant digits, not a difference in what was read.
-#
 # ## 4.8 Where recurrent networks stand today
 #
 # Since 2017, Transformers (attention over all positions at once) have replaced
@@ -2217,35 +2315,36 @@ assert packed_gap < 1e-6 and padded_gap > 1e-3, (packed_gap, padded_gap)
 # memory do not grow with the length of the history, as on-device keyword spotting and
 # small control and forecasting models exploit (and recent state-space models revive
 # that idea at scale).
-#
-# ```{admonition} Common pitfalls
-# :class: warning
-# - **`h_n` is not batch-first**: it is `(num_layers * directions, B, hidden)` whatever
-#   `batch_first` says. Take the top layer with `h_n[-1]` (one direction).
-# - **Bidirectional summaries**: `output[:, -1]` holds the backward direction after only
-#   one step; use `h_n[-2]` and `h_n[-1]` (section 4.1).
-# - **An LSTM's state is a pair**: its initial state and its returned state are
-#   `(h, c)`; code written for `nn.RNN` that passes `h_0` alone fails when the layer is
-#   swapped for an LSTM. And passing zeros as `h_0` is the same as passing nothing.
-# - **Reading padding**: pad *and pack* variable-length batches, or the final state of a
-#   short sequence is its state after the padding. Lengths go on the CPU.
-# - **Carrying a state across chunks without `detach()`**: the second `backward()`
-#   fails ("Trying to backward through the graph a second time"). Detach the state at
-#   each chunk boundary (truncated BPTT, section 4.4); `retain_graph=True` is not the
-#   fix.
-# - **Building windows as a ragged object array** (`np.array` of `(window, target)`
-#   tuples): use `unfold` or `make_windows`, which give tensors.
-# - **Shuffling a time series before splitting**, or standardising with statistics of
-#   the whole series: both leak the future into training. Split in time order; scale
-#   with the training part's statistics.
-# - **No baseline**: a forecaster is only good if it beats the naive forecast, and on a
-#   toy signal a lookup or a linear model may beat it outright (section 4.4).
-# - **Unclipped gradients** in recurrent nets: one gradient spike can throw the weights
-#   far off (with SGD) or shrink the steps after it (with Adam); `clip_grad_norm_` goes
-#   between `backward()` and `step()`.
-# - **`dropout=` with `num_layers=1`**: it does nothing (dropout acts between layers).
-# ```
-#
+
+# %% [markdown] tags=["box-warning"]
+# > **Common pitfalls**
+# >
+# > - **`h_n` is not batch-first**: it is `(num_layers * directions, B, hidden)` whatever
+# >   `batch_first` says. Take the top layer with `h_n[-1]` (one direction).
+# > - **Bidirectional summaries**: `output[:, -1]` holds the backward direction after only
+# >   one step; use `h_n[-2]` and `h_n[-1]` (section 4.1).
+# > - **An LSTM's state is a pair**: its initial state and its returned state are
+# >   `(h, c)`; code written for `nn.RNN` that passes `h_0` alone fails when the layer is
+# >   swapped for an LSTM. And passing zeros as `h_0` is the same as passing nothing.
+# > - **Reading padding**: pad *and pack* variable-length batches, or the final state of a
+# >   short sequence is its state after the padding. Lengths go on the CPU.
+# > - **Carrying a state across chunks without `detach()`**: the second `backward()`
+# >   fails ("Trying to backward through the graph a second time"). Detach the state at
+# >   each chunk boundary (truncated BPTT, section 4.4); `retain_graph=True` is not the
+# >   fix.
+# > - **Building windows as a ragged object array** (`np.array` of `(window, target)`
+# >   tuples): use `unfold` or `make_windows`, which give tensors.
+# > - **Shuffling a time series before splitting**, or standardising with statistics of
+# >   the whole series: both leak the future into training. Split in time order; scale
+# >   with the training part's statistics.
+# > - **No baseline**: a forecaster is only good if it beats the naive forecast, and on a
+# >   toy signal a lookup or a linear model may beat it outright (section 4.4).
+# > - **Unclipped gradients** in recurrent nets: one gradient spike can throw the weights
+# >   far off (with SGD) or shrink the steps after it (with Adam); `clip_grad_norm_` goes
+# >   between `backward()` and `step()`.
+# > - **`dropout=` with `num_layers=1`**: it does nothing (dropout acts between layers).
+
+# %% [markdown]
 # ## Exercises
 #
 # **Exercise 1.** Section 4.4's recursive forecast feeds the model its own forecasts.

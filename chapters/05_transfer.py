@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: tags,jupyter,mystnb,-all
+#     cell_metadata_filter: tags,jupyter,mystnb,cellView,-all
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -67,7 +67,7 @@ from helpers.data import load_mnist_subset
 from helpers.models import count_parameters
 from helpers.plotting import plot_image_grid
 from helpers.progress import tqdm
-from helpers.results import record
+from helpers.results import prose, record
 from helpers.runtime import (
     describe_runtime,
     get_device,
@@ -200,14 +200,19 @@ record("r50_v2_top1", v2.meta["_metrics"]["ImageNet-1K"]["acc@1"], fmt="{:.1f}")
 record("r50_v1_resize", v1.transforms().resize_size[0])
 record("r50_v2_resize", v2.transforms().resize_size[0])
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Both resize the shorter side (to {{r50_v1_resize}} and {{r50_v2_resize}}
+pixels), cut a 224 × 224 centre crop, scale to [0, 1] and normalise each colour
+channel with ImageNet's mean and standard deviation; the resize is the only
+difference. Feeding a pretrained network images prepared differently (another
+normalisation, another scale) silently costs accuracy, so evaluate with the transform
+of the same enum member as the weights.
+"""
+)
+
 # %% [markdown]
-# Both resize the shorter side (to {glue:}`r50_v1_resize` and {glue:}`r50_v2_resize`
-# pixels), cut a 224 × 224 centre crop, scale to [0, 1] and normalise each colour
-# channel with ImageNet's mean and standard deviation; the resize is the only
-# difference. Feeding a pretrained network images prepared differently (another
-# normalisation, another scale) silently costs accuracy, so evaluate with the transform
-# of the same enum member as the weights.
-#
 # It is *not* how the weights were trained. Training used random crops and other
 # augmentation: for `IMAGENET1K_V2`, the "new training recipe" named above
 # ([torchvision's blog post](https://pytorch.org/blog/how-to-train-state-of-the-art-models-using-torchvision-latest-primitives/))
@@ -218,16 +223,21 @@ record("r50_v2_resize", v2.transforms().resize_size[0])
 # scale of the objects in the image.
 #
 # ### Why `weights=` replaced `pretrained=True`
-#
-# Older code, including many tutorials, writes `models.resnet50(pretrained=True)`. One
-# boolean cannot say *which* pretrained weights: ResNet-50 has two ImageNet sets,
-# `IMAGENET1K_V1` (top-1 {glue:}`r50_v1_top1` %) and `IMAGENET1K_V2` (top-1
-# {glue:}`r50_v2_top1` %, from the newer recipe), evaluated with different resizes.
-# Since torchvision 0.13 an enum member names the set and carries its URL, evaluation
-# transform and metrics; `pretrained=` is deprecated. `DEFAULT` points to the best set
-# available and may change between torchvision releases, so name the member
-# (`IMAGENET1K_V2`) when results must be reproducible. The old argument still works for
-# now, with a warning (shown on the meta device, where building costs nothing):
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Older code, including many tutorials, writes `models.resnet50(pretrained=True)`. One
+boolean cannot say *which* pretrained weights: ResNet-50 has two ImageNet sets,
+`IMAGENET1K_V1` (top-1 {{r50_v1_top1}} %) and `IMAGENET1K_V2` (top-1
+{{r50_v2_top1}} %, from the newer recipe), evaluated with different resizes.
+Since torchvision 0.13 an enum member names the set and carries its URL, evaluation
+transform and metrics; `pretrained=` is deprecated. `DEFAULT` points to the best set
+available and may change between torchvision releases, so name the member
+(`IMAGENET1K_V2`) when results must be reproducible. The old argument still works for
+now, with a warning (shown on the meta device, where building costs nothing):
+"""
+)
 
 # %%
 with warnings.catch_warnings(record=True) as caught, torch.device("meta"):
@@ -261,7 +271,7 @@ print(type(net).__name__, "with", f"{count_parameters(net):,}", "parameters")
 # A source task should be large, cheap and related to the target. Ours is generated:
 # we take 21 of the font faces that matplotlib ships (DejaVu Sans, Sans Mono and Serif,
 # STIX and Computer Modern, in regular, bold and italic styles). `render_glyphs` from
-# `helpers.transfer` draws {glue:}`n_source_classes` letter classes in each: the 26
+# `helpers.transfer` draws 37 letter classes in each: the 26
 # capitals and the 11 lower-case letters that EMNIST's "balanced" split keeps apart
 # from their capitals (`a b d e f g h n q r t`; it merges pairs such as `c`/`C` and
 # `o`/`O` whose handwritten shapes are hard to tell apart). Each glyph is
@@ -273,6 +283,7 @@ print(type(net).__name__, "with", f"{count_parameters(net):,}", "parameters")
 fonts = matplotlib_fonts()
 glyphs = render_glyphs(GLYPH_CLASSES, fonts)  # (classes, fonts, 28, 28) in [0, 1]
 n_classes_source = len(GLYPH_CLASSES)
+assert n_classes_source == 26 + 11, GLYPH_CLASSES
 record("n_source_classes", n_classes_source)
 record("n_glyphs", glyphs.shape[0] * glyphs.shape[1], fmt="{:,}")
 print("glyphs", tuple(glyphs.shape), "| the first fonts:", [f.stem for f in fonts[:3]])
@@ -286,15 +297,19 @@ fig = plot_image_grid(
 )
 plt.show()
 
-# %% [markdown]
-# Printed letters are far more regular than handwriting, so every source example is
-# distorted afresh: `sample_glyphs` draws a random class and font, then rotates (up to
-# 15 degrees), stretches (0.75 to 1.1 per axis), shears and shifts it with a random
-# affine map, applied to the whole batch at once with `F.affine_grid` and
-# `F.grid_sample`, and makes the strokes of about half of them a pixel thicker. Every
-# batch is drawn afresh, so there is no fixed training set to memorise, only the
-# {glue:}`n_glyphs` glyphs (classes × fonts) under ever new distortions. These ranges
-# are untuned, set by eye from sample grids like the one below.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Printed letters are far more regular than handwriting, so every source example is
+distorted afresh: `sample_glyphs` draws a random class and font, then rotates (up to
+15 degrees), stretches (0.75 to 1.1 per axis), shears and shifts it with a random
+affine map, applied to the whole batch at once with `F.affine_grid` and
+`F.grid_sample`, and makes the strokes of about half of them a pixel thicker. Every
+batch is drawn afresh, so there is no fixed training set to memorise, only the
+{{n_glyphs}} glyphs (classes × fonts) under ever new distortions. These ranges
+are untuned, set by eye from sample grids like the one below.
+"""
+)
 
 # %%
 examples, example_labels = sample_glyphs(glyphs, 24, make_generator(seed))
@@ -323,12 +338,16 @@ record("n_examples", len(examples))
 record("cut_share", cut_share, fmt="{:.1%}")
 print(f"reach the frame: {n_cut} of those shown, {cut_share:.1%} of 1,000")
 
-# %% [markdown]
-# Stretching, shearing and shifting together can push a glyph past the 4-pixel margin
-# around its 20 × 20 box. Counting the examples with ink on the outermost pixels, whose
-# strokes are then cut off: {glue:}`n_cut` of the {glue:}`n_examples` above, and
-# {glue:}`cut_share` of 1,000 fresh ones. We keep them as harder examples rather than
-# tune the distortions further.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Stretching, shearing and shifting together can push a glyph past the 4-pixel margin
+around its 20 × 20 box. Counting the examples with ink on the outermost pixels, whose
+strokes are then cut off: {{n_cut}} of the {{n_examples}} above, and
+{{cut_share}} of 1,000 fresh ones. We keep them as harder examples rather than
+tune the distortions further.
+"""
+)
 
 # %% [markdown]
 # ### The source network
@@ -466,12 +485,17 @@ for ax in (ax_loss, ax_acc):
 fig.tight_layout()
 plt.show()
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+After {{pretrain_seconds}} seconds of pretraining the network recognises
+{{source_val_acc}} of the source validation letters, a change of
+{{source_last_gain}} points over the last 100 steps. That accuracy is not the
+goal; the features behind it are.
+"""
+)
+
 # %% [markdown]
-# After {glue:}`pretrain_seconds` seconds of pretraining the network recognises
-# {glue:}`source_val_acc` of the source validation letters, a change of
-# {glue:}`source_last_gain` points over the last 100 steps. That accuracy is not the
-# goal; the features behind it are.
-#
 # ### Saving the source checkpoint, and loading it safely
 #
 # The checkpoint holds the weights and what a user needs to apply them: the class names
@@ -576,12 +600,17 @@ print("a training batch:", tuple(images.shape), "labels", labels[:12].tolist())
 
 # %% [markdown]
 # ## 5.5 Loading the source weights under a new head
-#
-# The target model is a `GlyphNet` with 10 outputs. Its backbone has exactly the source
-# model's parameter names and shapes; only `fc` differs, (10, 256) instead of
-# ({glue:}`n_source_classes`, 256). `load_state_dict(..., strict=False)` is often
-# suggested for this, but `strict=False` only tolerates *missing* and *unexpected* keys;
-# a key present in both with different shapes still fails:
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The target model is a `GlyphNet` with 10 outputs. Its backbone has exactly the source
+model's parameter names and shapes; only `fc` differs, (10, 256) instead of
+({{n_source_classes}}, 256). `load_state_dict(..., strict=False)` is often
+suggested for this, but `strict=False` only tolerates *missing* and *unexpected* keys;
+a key present in both with different shapes still fails:
+"""
+)
 
 # %%
 source_state = checkpoint["model"]
@@ -699,10 +728,15 @@ for method in methods:
     print(f"{method:19} {trainable:>9,} {everything:>7,}  {rates}")
     record(f"trainable_{method.split()[0].replace('-', '_')}", trainable, fmt="{:,}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Feature extraction trains only the head's {{trainable_feature}} parameters;
+fine-tuning also trains `layer3`, {{trainable_fine_tuning}} in all.
+"""
+)
+
 # %% [markdown]
-# Feature extraction trains only the head's {glue:}`trainable_feature` parameters;
-# fine-tuning also trains `layer3`, {glue:}`trainable_fine_tuning` in all.
-#
 # **The batch-norm trap, measured.** One forward pass of a target batch through the
 # feature-extraction model in training mode, with no optimizer step at all:
 
@@ -726,16 +760,21 @@ print("frozen blocks in eval():", torch.equal(bn.running_mean, before))
 record("bn_drift", drift, fmt="{:.3f}")
 assert drift > 0 and torch.equal(bn.running_mean, before)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+In training mode the buffers moved by up to {{bn_drift}} although no parameter
+requires a gradient; with the frozen blocks in `eval()` they did not move. Whether
+such drift costs accuracy depends on the data: re-estimating batch-norm statistics on
+the target domain is itself a known adaptation method (AdaBN, Li et al. 2016,
+[arXiv:1603.04779](https://arxiv.org/abs/1603.04779)), and exercise 4 measures it
+here. What the trap breaks for sure is the meaning of "frozen". torchvision's
+detection models sidestep it with `torchvision.ops.FrozenBatchNorm2d`, a batch norm
+whose statistics and scale and shift are fixed buffers that `train()` does not touch.
+"""
+)
+
 # %% [markdown]
-# In training mode the buffers moved by up to {glue:}`bn_drift` although no parameter
-# requires a gradient; with the frozen blocks in `eval()` they did not move. Whether
-# such drift costs accuracy depends on the data: re-estimating batch-norm statistics on
-# the target domain is itself a known adaptation method (AdaBN, Li et al. 2016,
-# [arXiv:1603.04779](https://arxiv.org/abs/1603.04779)), and exercise 4 measures it
-# here. What the trap breaks for sure is the meaning of "frozen". torchvision's
-# detection models sidestep it with `torchvision.ops.FrozenBatchNorm2d`, a batch norm
-# whose statistics and scale and shift are fixed buffers that `train()` does not touch.
-#
 # **Why only trainable parameters go into the optimizer.** An optimizer skips a
 # parameter whose `.grad` is `None`, and a parameter frozen before any backward pass
 # never gets one, so for it the choice does not matter. It does for a parameter that was
@@ -844,26 +883,6 @@ print(
 # as a function (it returns the same curves); the remaining runs use it.
 #
 # ### How fast should the backbone learn?
-#
-# A hundredth of the head's rate keeps `layer3` close to its pretrained weights, but how
-# close? Adam's step for a weight is about its learning rate at most in ordinary
-# conditions, since it divides the gradient's running mean by its running
-# root-mean-square (Kingma and Ba, 2015, section 2.1,
-# [arXiv:1412.6980](https://arxiv.org/abs/1412.6980)). With 5 steps per epoch, 8 epochs
-# at `lr * 0.01` = 1e-4 and 4 more at a tenth of that, a `layer3` weight can move by
-# at most about {glue:}`adam_bound` in a whole run, while a typical one (the
-# root-mean-square) is {glue:}`layer3_rms`. Fine-tuning at that rate may differ little
-# from feature extraction. So the factor is chosen on validation, like any other
-# setting: every budget and draw is trained with factors 0.01, 0.1 and 1 (the backbone
-# at the head's full rate), next to scratch and feature extraction, and each budget
-# keeps the factor with the best validation accuracy averaged over the two draws (on a
-# tie, the smaller).
-#
-# A gain from fine-tuning could come from the pretrained start of `layer3` or merely
-# from giving the head a trainable block in front of it, at that rate. A **control**
-# tells them apart: at 10 labels per class, the same fine-tuning runs again with
-# `layer3` started from random weights (the ones scratch starts from), `layer1` and
-# `layer2` still pretrained and frozen.
 
 # %%
 steps_per_epoch = samples_per_epoch // batch_size
@@ -875,6 +894,33 @@ layer3_rms = backbone_state["layer3.0.weight"].pow(2).mean().sqrt().item()
 record("adam_bound", adam_bound, fmt="{:.4f}")
 record("layer3_rms", layer3_rms, fmt="{:.3f}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+A hundredth of the head's rate keeps `layer3` close to its pretrained weights, but how
+close? Adam's step for a weight is about its learning rate at most in ordinary
+conditions, since it divides the gradient's running mean by its running
+root-mean-square (Kingma and Ba, 2015, section 2.1,
+[arXiv:1412.6980](https://arxiv.org/abs/1412.6980)). With 5 steps per epoch, 8 epochs
+at `lr * 0.01` = 1e-4 and 4 more at a tenth of that, a `layer3` weight can move by
+at most about {{adam_bound}} in a whole run, while a typical one (the
+root-mean-square) is {{layer3_rms}}. Fine-tuning at that rate may differ little
+from feature extraction. So the factor is chosen on validation, like any other
+setting: every budget and draw is trained with factors 0.01, 0.1 and 1 (the backbone
+at the head's full rate), next to scratch and feature extraction, and each budget
+keeps the factor with the best validation accuracy averaged over the two draws (on a
+tie, the smaller).
+"""
+)
+
+# %% [markdown]
+# A gain from fine-tuning could come from the pretrained start of `layer3` or merely
+# from giving the head a trainable block in front of it, at that rate. A **control**
+# tells them apart: at 10 labels per class, the same fine-tuning runs again with
+# `layer3` started from random weights (the ones scratch starts from), `layer1` and
+# `layer2` still pretrained and frozen.
+
+# %%
 factors = (0.01, 0.1, 1.0)
 arms = [("scratch", 0.0), ("feature extraction", 0.0)]
 arms += [("fine-tuning", factor) for factor in factors]
@@ -1082,20 +1128,25 @@ else:
     rate_vs_start = "more than" if rate_ratio > max(ratios) else "no more than"
 record("rate_vs_start", rate_vs_start)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+In the left panel the dotted lines are feature extraction and the solid lines
+fine-tuning at the three factors; colour is the number of labels per class. At a
+hundredth of the head's rate, `layer3` moved by {{moved_slow}} % of its norm with
+1 label per class (right panel), at the full rate by {{moved_full}} %. Going from
+the smallest factor to the full rate changed the validation accuracy by
+{{full_vs_slow_1}} with 1 label per class and by {{full_vs_slow_10}} with
+10. The chosen factors are {{factor_1}}, {{factor_3}} and
+{{factor_10}} for 1, 3 and 10 labels per class. At the chosen factor,
+fine-tuning minus feature extraction on validation is {{ft_vs_fe_val_1}} with 1
+label per class, {{ft_vs_fe_val_3}} with 3 and {{ft_vs_fe_val_10}} with 10:
+with one label per class fine-tuning {{verdict_1}} feature extraction, with ten
+it {{verdict_10}} it.
+"""
+)
+
 # %% [markdown]
-# In the left panel the dotted lines are feature extraction and the solid lines
-# fine-tuning at the three factors; colour is the number of labels per class. At a
-# hundredth of the head's rate, `layer3` moved by {glue:}`moved_slow` % of its norm with
-# 1 label per class (right panel), at the full rate by {glue:}`moved_full` %. Going from
-# the smallest factor to the full rate changed the validation accuracy by
-# {glue:}`full_vs_slow_1` with 1 label per class and by {glue:}`full_vs_slow_10` with
-# 10. The chosen factors are {glue:}`factor_1`, {glue:}`factor_3` and
-# {glue:}`factor_10` for 1, 3 and 10 labels per class. At the chosen factor,
-# fine-tuning minus feature extraction on validation is {glue:}`ft_vs_fe_val_1` with 1
-# label per class, {glue:}`ft_vs_fe_val_3` with 3 and {glue:}`ft_vs_fe_val_10` with 10:
-# with one label per class fine-tuning {glue:}`verdict_1` feature extraction, with ten
-# it {glue:}`verdict_10` it.
-#
 # Each gap is a mean over the two draws with a **paired** standard error: the two arms
 # of a draw share its labelled images, its random head and the 500 validation digits,
 # so we difference them draw by draw and image by image. The error has two parts,
@@ -1103,19 +1154,25 @@ record("rate_vs_start", rate_vs_start)
 # and the training's randomness) and the spread of the per-image gaps (which digits
 # happen to be in the validation set). With two draws the first part is itself a rough
 # estimate, so a gap within two standard errors is called noise.
-#
-# **The control** (dashed green, 10 labels per class). Pretrained minus random start
-# of `layer3`, on validation: {glue:}`pre_vs_rand_slow` at a hundredth of the head's
-# rate, {glue:}`pre_vs_rand_mid` at a tenth and {glue:}`pre_vs_rand_full` at the full
-# rate. At the chosen factor, then, {glue:}`start_verdict`; against feature
-# extraction, a random `layer3` trained at that factor scored {glue:}`rand_vs_fe`.
-# How far `layer3` moves depends on the rate {glue:}`rate_vs_start` on where it
-# starts (right panel): the hundredfold rate moved the pretrained `layer3`
-# {glue:}`rate_move_ratio` times as far, while at each factor the random start moved
-# {glue:}`move_ratio_low` to {glue:}`move_ratio_high` times as far as the pretrained
-# one (at the full rate {glue:}`rand_moved_full` % against {glue:}`pre_moved_full` %
-# of the pretrained weights' norm).
-#
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+**The control** (dashed green, 10 labels per class). Pretrained minus random start
+of `layer3`, on validation: {{pre_vs_rand_slow}} at a hundredth of the head's
+rate, {{pre_vs_rand_mid}} at a tenth and {{pre_vs_rand_full}} at the full
+rate. At the chosen factor, then, {{start_verdict}}; against feature
+extraction, a random `layer3` trained at that factor scored {{rand_vs_fe}}.
+How far `layer3` moves depends on the rate {{rate_vs_start}} on where it
+starts (right panel): the hundredfold rate moved the pretrained `layer3`
+{{rate_move_ratio}} times as far, while at each factor the random start moved
+{{move_ratio_low}} to {{move_ratio_high}} times as far as the pretrained
+one (at the full rate {{rand_moved_full}} % against {{pre_moved_full}} %
+of the pretrained weights' norm).
+"""
+)
+
+# %% [markdown]
 # Whether fine-tuning beats feature extraction depends on how far the backbone is
 # allowed to move as well as on the data, so a rule such as "backbone at a tenth or a
 # hundredth of the head's rate" is a starting point, not an answer; the validation set
@@ -1145,6 +1202,7 @@ record("rate_vs_start", rate_vs_start)
 #   source's (another camera, stain or style) and needs no labels.
 #   `torch.optim.swa_utils.update_bn(loader, model)` does it in one pass over a loader;
 #   exercise 4 measures the effect of statistics that drift during training.
+#
 #
 # The curves of the runs that are compared from here on (fine-tuning at its chosen
 # factor), one row per budget:
@@ -1230,20 +1288,25 @@ for per_class in budgets:
         name = f"val_{method.split()[0].replace('-', '_')}_{per_class}"
         record(name, mean_best_val(per_class, method, factor), fmt="{:.1%}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Colour is the method; solid lines are draw 0 and dashed lines draw 1. Feature
+extraction is drawn wide and pale so that fine-tuning's line stays visible where the
+two coincide. With 1 label per class every method fits its ten training images: the
+last-epoch training loss is at most {{all_1_loss}} for all three. What differs
+is how well that fit carries over to new digits: scratch reaches
+{{val_scratch_1}} on validation, feature extraction {{val_feature_1}} and
+fine-tuning {{val_fine_tuning_1}}. Features learned from printed letters help
+most where labels are scarcest. As labels grow, the gap narrows (scratch
+{{val_scratch_10}} against {{val_fine_tuning_10}} for fine-tuning at 10
+per class). All methods get the same short schedule; at 10 per class scratch ends
+it with a training loss of {{scratch_10_loss}} or more, fine-tuning with
+{{ft_10_loss}} or less, {{schedule_note}} (not tried here).
+"""
+)
+
 # %% [markdown]
-# Colour is the method; solid lines are draw 0 and dashed lines draw 1. Feature
-# extraction is drawn wide and pale so that fine-tuning's line stays visible where the
-# two coincide. With 1 label per class every method fits its ten training images: the
-# last-epoch training loss is at most {glue:}`all_1_loss` for all three. What differs
-# is how well that fit carries over to new digits: scratch reaches
-# {glue:}`val_scratch_1` on validation, feature extraction {glue:}`val_feature_1` and
-# fine-tuning {glue:}`val_fine_tuning_1`. Features learned from printed letters help
-# most where labels are scarcest. As labels grow, the gap narrows (scratch
-# {glue:}`val_scratch_10` against {glue:}`val_fine_tuning_10` for fine-tuning at 10
-# per class). All methods get the same short schedule; at 10 per class scratch ends
-# it with a training loss of {glue:}`scratch_10_loss` or more, fine-tuning with
-# {glue:}`ft_10_loss` or less, {glue:}`schedule_note` (not tried here).
-#
 # **Was scratch held back by its learning rate?** `lr = 1e-2` is untuned and shared by
 # all methods, and scratch, which trains every layer from random weights, is the
 # method a poor choice would most likely hurt. A small grid on validation, at 10
@@ -1278,11 +1341,17 @@ record("scratch_held_back", held_back)
 # the better other rate was behind by 2.6, 1.6 and 0.9 of them
 assert lr_z <= 2, lr_gaps
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Against the chapter's 1e-2, scratch scored {{lr_low_gap}} at 3e-3 and
+{{lr_high_gap}} at 3e-2 (paired, as above): the baseline was
+{{scratch_held_back}} by its rate, to within what this grid can tell.
+"""
+)
+
+
 # %% [markdown]
-# Against the chapter's 1e-2, scratch scored {glue:}`lr_low_gap` at 3e-3 and
-# {glue:}`lr_high_gap` at 3e-2 (paired, as above): the baseline was
-# {glue:}`scratch_held_back` by its rate, to within what this grid can tell.
-#
 # **Cost per step.** Freezing also saves time: autograd records nothing for operations
 # whose inputs need no gradient, so the backward pass of feature extraction stops at
 # the head, and that of fine-tuning at `layer3`. The cell times one training step
@@ -1349,18 +1418,23 @@ record("ft_vs_scratch", times_faster(scratch_ms, ft_ms))
 record("fe_vs_ft", times_faster(ft_ms, fe_ms))
 record("device_name", device.type.upper())
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+On this {{device_name}}, a feature-extraction step was {{fe_vs_scratch}} a
+step from scratch, and a fine-tuning step {{ft_vs_scratch}} it; feature
+extraction was {{fe_vs_ft}} fine-tuning. On a CPU the time is mostly arithmetic:
+`layer3` does {{layer3_share}} of the convolutions' multiply-adds, fine-tuning
+also computes `layer3`'s weight gradients, and scratch in addition the gradients of
+`layer1` and `layer2` and of the inputs of `layer2` and `layer3` (the image itself
+needs no gradient). On a GPU a network this small can leave the device mostly idle, so
+that launching kernels rather than arithmetic sets the time per step, and the ratios
+are then smaller. Whole-run times, which also include augmentation and the validation
+passes and vary with whatever else the machine is doing, are a poorer measure of this.
+"""
+)
+
 # %% [markdown]
-# On this {glue:}`device_name`, a feature-extraction step was {glue:}`fe_vs_scratch` a
-# step from scratch, and a fine-tuning step {glue:}`ft_vs_scratch` it; feature
-# extraction was {glue:}`fe_vs_ft` fine-tuning. On a CPU the time is mostly arithmetic:
-# `layer3` does {glue:}`layer3_share` of the convolutions' multiply-adds, fine-tuning
-# also computes `layer3`'s weight gradients, and scratch in addition the gradients of
-# `layer1` and `layer2` and of the inputs of `layer2` and `layer3` (the image itself
-# needs no gradient). On a GPU a network this small can leave the device mostly idle, so
-# that launching kernels rather than arithmetic sets the time per step, and the ratios
-# are then smaller. Whole-run times, which also include augmentation and the validation
-# passes and vary with whatever else the machine is doing, are a poorer measure of this.
-#
 # ## 5.8 The test set, once
 #
 # Every choice (each run's best epoch, the backbone factor) was made on validation
@@ -1505,35 +1579,40 @@ assert ft_over_fe_10 >= 1.5, ft_over_fe_10
 # 10 per class)
 assert ft_gain > 100 * (mean_test(10, "fine-tuning") - mean_test(10, "scratch"))
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+With one labelled digit per class, fine-tuning the letter network scores
+{{test_ft_1}} on the test digits and feature extraction {{test_fe_1}},
+against {{test_scratch_1}} from scratch: {{ft_gain_1}} and
+{{fe_gain_1}} points; the fine-tuning gain was {{ft_gain_1_low}} points
+for one draw and {{ft_gain_1_high}} for the other. One test accuracy has a
+standard error of at most 1.6 points (1,000 images), and the draw of the training
+images adds variation of its own: in the table, the two draws of one budget and
+method differ by up to {{draw_spread}} points, {{spread_vs_noise}} the
+noise of a difference of two test accuracies (at most about 2.3 points). That is why
+each budget has two draws (the asserted thresholds, at least 10 points for both
+methods, apply to their mean; two draws give only a rough estimate of how much the
+draws vary). The gain of fine-tuning over scratch is
+{{ft_gain_3}} points at 3 labels per class and {{ft_gain_10}} at 10, where
+the network trained on digits alone reaches {{test_scratch_10}}.
+
+At 10 labels per class, fine-tuning at its chosen factor scores {{test_ft_10}}
+against {{test_fe_10}} for feature extraction ({{ft_over_fe_10}} points).
+The standard error from the per-image differences, {{ft_over_fe_10_se}}, counts
+only which digits happen to be in the test set, not the training's randomness nor
+the draw of labelled images. Those show in the two draws' gaps,
+{{ft_over_fe_10_d0}} and {{ft_over_fe_10_d1}} points, a standard error over
+the draws of {{ft_over_fe_10_se_draws}}. With both parts added in quadrature the
+gap is {{ft_over_fe_10_z}} standard errors: {{ft_pays}}. Section 5.7's
+control separated the pretrained start of `layer3` from the extra trainable weights:
+at this factor, on validation, {{start_verdict}}.
+How many labels it takes for scratch to catch up depends on the task and on how
+closely the source resembles it; handwritten digits are an easy target.
+"""
+)
+
 # %% [markdown]
-# With one labelled digit per class, fine-tuning the letter network scores
-# {glue:}`test_ft_1` on the test digits and feature extraction {glue:}`test_fe_1`,
-# against {glue:}`test_scratch_1` from scratch: {glue:}`ft_gain_1` and
-# {glue:}`fe_gain_1` points; the fine-tuning gain was {glue:}`ft_gain_1_low` points
-# for one draw and {glue:}`ft_gain_1_high` for the other. One test accuracy has a
-# standard error of at most 1.6 points (1,000 images), and the draw of the training
-# images adds variation of its own: in the table, the two draws of one budget and
-# method differ by up to {glue:}`draw_spread` points, {glue:}`spread_vs_noise` the
-# noise of a difference of two test accuracies (at most about 2.3 points). That is why
-# each budget has two draws (the asserted thresholds, at least 10 points for both
-# methods, apply to their mean; two draws give only a rough estimate of how much the
-# draws vary). The gain of fine-tuning over scratch is
-# {glue:}`ft_gain_3` points at 3 labels per class and {glue:}`ft_gain_10` at 10, where
-# the network trained on digits alone reaches {glue:}`test_scratch_10`.
-#
-# At 10 labels per class, fine-tuning at its chosen factor scores {glue:}`test_ft_10`
-# against {glue:}`test_fe_10` for feature extraction ({glue:}`ft_over_fe_10` points).
-# The standard error from the per-image differences, {glue:}`ft_over_fe_10_se`, counts
-# only which digits happen to be in the test set, not the training's randomness nor
-# the draw of labelled images. Those show in the two draws' gaps,
-# {glue:}`ft_over_fe_10_d0` and {glue:}`ft_over_fe_10_d1` points, a standard error over
-# the draws of {glue:}`ft_over_fe_10_se_draws`. With both parts added in quadrature the
-# gap is {glue:}`ft_over_fe_10_z` standard errors: {glue:}`ft_pays`. Section 5.7's
-# control separated the pretrained start of `layer3` from the extra trainable weights:
-# at this factor, on validation, {glue:}`start_verdict`.
-# How many labels it takes for scratch to catch up depends on the task and on how
-# closely the source resembles it; handwritten digits are an easy target.
-#
 # Where do the mistakes go with one label per class? The confusion matrices of the
 # draw-0 models from scratch and fine-tuned, on the test digits:
 
@@ -1576,11 +1655,16 @@ for method, (tops, count) in commonest.items():
     each = " each" if len(tops) > 1 else ""
     record(f"confusion_{short}", f"{pairs} ({count} times{each})")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Each row is a true digit and each column a prediction, so everything off the
+diagonal is a mistake. The commonest mistakes are {{confusion_scratch}} from
+scratch and {{confusion_fine}} after fine-tuning.
+"""
+)
+
 # %% [markdown]
-# Each row is a true digit and each column a prediction, so everything off the
-# diagonal is a mistake. The commonest mistakes are {glue:}`confusion_scratch` from
-# scratch and {glue:}`confusion_fine` after fine-tuning.
-#
 # ## 5.9 With internet access: an ImageNet ResNet-18 on your own images
 #
 # Everything above carries over to torchvision's pretrained models. The function below
@@ -1679,34 +1763,34 @@ if USE_IMAGENET:
     )
     print(imagenet_classes, "best val accuracy", max(imagenet_history.val_acc))
 
+# %% [markdown] tags=["box-warning"]
+# > **Common pitfalls**
+# >
+# > - **`pretrained=True`**: deprecated since torchvision 0.13; write
+# >   `weights=ResNet18_Weights.IMAGENET1K_V1` (or `.DEFAULT`, which can change between
+# >   releases) and evaluate with `weights.transforms()`.
+# > - **Evaluation preprocessing that differs from the weights'**: other normalisation
+# >   statistics, or another resize and crop than `weights.transforms()`, quietly cost
+# >   accuracy. Training augmentation is yours to choose, but it must end in the same
+# >   normalisation.
+# > - **Freezing with `requires_grad_(False)` only**: `model.train()` still updates the
+# >   running statistics of frozen batch-norm layers; call `.eval()` on them after it.
+# > - **A backbone learning rate taken on faith**: at a hundredth of the head's rate,
+# >   fine-tuning hardly moves the backbone and is feature extraction in all but name;
+# >   choose the factor on validation data.
+# > - **Frozen parameters in the optimizer** after they were trained: with
+# >   `zero_grad(set_to_none=False)` they keep a zero `.grad`, and momentum or weight
+# >   decay (AdamW, SGD with momentum) keeps moving them. Build the optimizer from the
+# >   trainable parameters only.
+# > - **`strict=False` without reading its result**: it silently skips every key that does
+# >   not match; check `missing_keys` and `unexpected_keys`. It does not skip keys whose
+# >   *shapes* differ; drop the old head's entries first.
+# > - **Inception-v3** expects 299 × 299 inputs and, in training mode, returns
+# >   `InceptionOutputs(logits, aux_logits)`; replace both `fc` and `AuxLogits.fc`.
+# > - **Untrusted checkpoints**: load with `weights_only=True`, and treat the
+# >   `$TORCH_HOME` cache as trusted code, since torchvision loads it without that option.
+
 # %% [markdown]
-# ```{admonition} Common pitfalls
-# :class: warning
-# - **`pretrained=True`**: deprecated since torchvision 0.13; write
-#   `weights=ResNet18_Weights.IMAGENET1K_V1` (or `.DEFAULT`, which can change between
-#   releases) and evaluate with `weights.transforms()`.
-# - **Evaluation preprocessing that differs from the weights'**: other normalisation
-#   statistics, or another resize and crop than `weights.transforms()`, quietly cost
-#   accuracy. Training augmentation is yours to choose, but it must end in the same
-#   normalisation.
-# - **Freezing with `requires_grad_(False)` only**: `model.train()` still updates the
-#   running statistics of frozen batch-norm layers; call `.eval()` on them after it.
-# - **A backbone learning rate taken on faith**: at a hundredth of the head's rate,
-#   fine-tuning hardly moves the backbone and is feature extraction in all but name;
-#   choose the factor on validation data.
-# - **Frozen parameters in the optimizer** after they were trained: with
-#   `zero_grad(set_to_none=False)` they keep a zero `.grad`, and momentum or weight
-#   decay (AdamW, SGD with momentum) keeps moving them. Build the optimizer from the
-#   trainable parameters only.
-# - **`strict=False` without reading its result**: it silently skips every key that does
-#   not match; check `missing_keys` and `unexpected_keys`. It does not skip keys whose
-#   *shapes* differ; drop the old head's entries first.
-# - **Inception-v3** expects 299 × 299 inputs and, in training mode, returns
-#   `InceptionOutputs(logits, aux_logits)`; replace both `fc` and `AuxLogits.fc`.
-# - **Untrusted checkpoints**: load with `weights_only=True`, and treat the
-#   `$TORCH_HOME` cache as trusted code, since torchvision loads it without that option.
-# ```
-#
 # ## Exercises
 #
 # **Exercise 1.** Which block's features transfer best? With a frozen backbone and no
@@ -2014,28 +2098,34 @@ print(f"chapter: {chapter_seconds:.0f} s wall, {cpu_seconds:.0f} s CPU (all thre
 
 # %% [markdown]
 # ## Summary
-#
-# - torchvision's builders take `weights=` (an enum member with URL, metrics and
-#   `transforms()`), not `pretrained=`; on the `meta` device they can be inspected for
-#   free. The head to replace is `fc` (ResNet, Inception, plus `AuxLogits.fc`) or
-#   `classifier[6]` (VGG).
-# - Load a backbone under a new head by dropping the old head's keys and reading
-#   `strict=False`'s `missing_keys`/`unexpected_keys`; load files with
-#   `weights_only=True`.
-# - Freezing is `requires_grad_(False)`, only trainable parameters in the optimizer, and
-#   `eval()` on frozen batch-norm blocks after `model.train()`; a check that their
-#   weights and buffers did not change makes it certain. It also spares the backward
-#   pass through the frozen layers.
-# - `weights.transforms()` is the weights' evaluation preprocessing; the training
-#   augmentation is yours, ending in the same normalisation.
-# - A letter network pretrained for {glue:}`pretrain_seconds` s lifted 1-label-per-class
-#   digit accuracy by {glue:}`ft_gain_1` points (fine-tuning) and {glue:}`fe_gain_1`
-#   (feature extraction); the gain shrinks as labels grow.
-# - How fast the backbone may learn is a hyper-parameter like any other. Chosen on
-#   validation ({glue:}`factor_10` of the head's rate at 10 labels per class),
-#   fine-tuning beat feature extraction there by {glue:}`ft_over_fe_10` test points.
-#   A `layer3` trained alike from a random start tells what the pretrained weights
-#   add; compare methods with paired standard errors that count both the draws and
-#   the evaluation images.
-#
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+- torchvision's builders take `weights=` (an enum member with URL, metrics and
+  `transforms()`), not `pretrained=`; on the `meta` device they can be inspected for
+  free. The head to replace is `fc` (ResNet, Inception, plus `AuxLogits.fc`) or
+  `classifier[6]` (VGG).
+- Load a backbone under a new head by dropping the old head's keys and reading
+  `strict=False`'s `missing_keys`/`unexpected_keys`; load files with
+  `weights_only=True`.
+- Freezing is `requires_grad_(False)`, only trainable parameters in the optimizer, and
+  `eval()` on frozen batch-norm blocks after `model.train()`; a check that their
+  weights and buffers did not change makes it certain. It also spares the backward
+  pass through the frozen layers.
+- `weights.transforms()` is the weights' evaluation preprocessing; the training
+  augmentation is yours, ending in the same normalisation.
+- A letter network pretrained for {{pretrain_seconds}} s lifted 1-label-per-class
+  digit accuracy by {{ft_gain_1}} points (fine-tuning) and {{fe_gain_1}}
+  (feature extraction); the gain shrinks as labels grow.
+- How fast the backbone may learn is a hyper-parameter like any other. Chosen on
+  validation ({{factor_10}} of the head's rate at 10 labels per class),
+  fine-tuning beat feature extraction there by {{ft_over_fe_10}} test points.
+  A `layer3` trained alike from a random start tells what the pretrained weights
+  add; compare methods with paired standard errors that count both the draws and
+  the evaluation images.
+"""
+)
+
+# %% [markdown]
 # **Next:** chapter 6 turns from classifying images to generating them.

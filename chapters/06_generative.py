@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: tags,jupyter,mystnb,-all
+#     cell_metadata_filter: tags,jupyter,mystnb,cellView,-all
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -64,7 +64,7 @@ from helpers.generative import (
 from helpers.models import count_parameters
 from helpers.plotting import plot_image_grid, plot_losses
 from helpers.progress import tqdm
-from helpers.results import record
+from helpers.results import prose, record
 from helpers.runtime import (
     describe_runtime,
     get_device,
@@ -231,13 +231,18 @@ print(f"500 training digits against them: Fréchet distance {real_val_fd:.1f}")
 record("real_val_confident", val_summary.confident_fraction, fmt="{:.1%}")
 record("real_val_fd", real_val_fd, fmt="{:.1f}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The judge classifies the validation digits with accuracy {{judge_val_acc}}, but
+it is a strict reader: it is sure of only {{real_val_confident}} of them, so no
+generator should be expected to approach 100 % confident samples. Distances in this
+chapter are read against the real digits' own, {{real_val_fd}} for 500 training
+digits against the 500 validation digits.
+"""
+)
+
 # %% [markdown]
-# The judge classifies the validation digits with accuracy {glue:}`judge_val_acc`, but
-# it is a strict reader: it is sure of only {glue:}`real_val_confident` of them, so no
-# generator should be expected to approach 100 % confident samples. Distances in this
-# chapter are read against the real digits' own, {glue:}`real_val_fd` for 500 training
-# digits against the 500 validation digits.
-#
 # ## 6.2 A variational autoencoder
 #
 # ### The model
@@ -308,13 +313,17 @@ fig = plot_image_grid(
 )
 plt.show()
 
-# %% [markdown]
-# The judge is {glue:}`binary_sure_text` the grey ones
-# ({glue:}`binary_val_confident` against {glue:}`real_val_confident` confident), but
-# their features differ: 500 binarised training digits score a Fréchet distance of
-# {glue:}`binary_val_fd` against the grey validation digits, where grey training digits
-# score {glue:}`real_val_fd`. That is about what samples from a perfect model of the
-# black-and-white digits would score.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The judge is {{binary_sure_text}} the grey ones
+({{binary_val_confident}} against {{real_val_confident}} confident), but
+their features differ: 500 binarised training digits score a Fréchet distance of
+{{binary_val_fd}} against the grey validation digits, where grey training digits
+score {{real_val_fd}}. That is about what samples from a perfect model of the
+black-and-white digits would score.
+"""
+)
 
 
 # %%
@@ -649,14 +658,19 @@ record(
     else "the total does not fall at every epoch while it rises",
 )
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The learning rate {{vae_lr}} gave the lowest validation value. Its best epoch is
+{{vae_best_epoch}} of {{vae_epochs_run}}, {{vae_stop_text}}. At that
+epoch the validation value is {{vae_gap_text}} the training average. The KL
+term (right) is what the codes cost: it
+{{vae_kl_text}}. A rising KL term means the encoder is putting more information
+about each image into its code; here {{vae_kl_pay_text}}.
+"""
+)
+
 # %% [markdown]
-# The learning rate {glue:}`vae_lr` gave the lowest validation value. Its best epoch is
-# {glue:}`vae_best_epoch` of {glue:}`vae_epochs_run`, {glue:}`vae_stop_text`. At that
-# epoch the validation value is {glue:}`vae_gap_text` the training average. The KL
-# term (right) is what the codes cost: it
-# {glue:}`vae_kl_text`. A rising KL term means the encoder is putting more information
-# about each image into its code; here {glue:}`vae_kl_pay_text`.
-#
 # ### Reconstructions and samples
 #
 # Two different things can be drawn from a trained VAE. A **reconstruction** encodes a
@@ -727,20 +741,25 @@ record(
     else "some" if unclear > 0 else "none",
 )  # fmt: skip
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The judge reads {{vae_recon_right}} of the 10 reconstructions as the digit they
+came from. They lose small details and are blurrier than the inputs: where the decoder
+is unsure whether a pixel is on, it shows a grey probability. The prior samples are
+blurrier still, and the judge is confident (probability at least 0.9) about
+{{vae_sure_of_30}} of these 30: {{vae_unclear_word}} are not clear digits
+to it. The judge's verdicts are readings, not facts: on the reconstructions of all
+500 validation digits, images that look generated but whose digit is known, it is
+wrong {{recon_wrong}} of the time, and {{recon_wrong_sure}} of the time when
+it is confident; compare its titles with your own reading. A code drawn from the
+prior can land where no training image was encoded, because the encoder does not
+spread the training images' codes exactly like the prior; the two-dimensional model
+below makes that visible. Section 6.4 scores 1,000 such samples.
+"""
+)
+
 # %% [markdown]
-# The judge reads {glue:}`vae_recon_right` of the 10 reconstructions as the digit they
-# came from. They lose small details and are blurrier than the inputs: where the decoder
-# is unsure whether a pixel is on, it shows a grey probability. The prior samples are
-# blurrier still, and the judge is confident (probability at least 0.9) about
-# {glue:}`vae_sure_of_30` of these 30: {glue:}`vae_unclear_word` are not clear digits
-# to it. The judge's verdicts are readings, not facts: on the reconstructions of all
-# 500 validation digits, images that look generated but whose digit is known, it is
-# wrong {glue:}`recon_wrong` of the time, and {glue:}`recon_wrong_sure` of the time when
-# it is confident; compare its titles with your own reading. A code drawn from the
-# prior can land where no training image was encoded, because the encoder does not
-# spread the training images' codes exactly like the prior; the two-dimensional model
-# below makes that visible. Section 6.4 scores 1,000 such samples.
-#
 # ### A two-dimensional latent space
 #
 # With only two latent numbers, the code space can be drawn. A second VAE, identical
@@ -768,14 +787,18 @@ fig = plot_losses(
 fig.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
 plt.show()
 
-# %% [markdown]
-# Two numbers per image cost likelihood: after the same {glue:}`vae_epochs_run` epochs
-# the best validation negative ELBO is {glue:}`vae_2d_val_nelbo` nats against
-# {glue:}`vae_val_nelbo` with 16 latent numbers. What they buy is a picture. Left: the
-# mean code $\mu$ of each of the 500 validation images, coloured by its true digit.
-# Right: the decoder's image for a 12 × 12 grid of codes placed at the 5 %–95 %
-# quantiles of the prior along each axis, so that the grid covers where prior samples
-# fall and every tile stands for the same share of the prior.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Two numbers per image cost likelihood: after the same {{vae_epochs_run}} epochs
+the best validation negative ELBO is {{vae_2d_val_nelbo}} nats against
+{{vae_val_nelbo}} with 16 latent numbers. What they buy is a picture. Left: the
+mean code $\mu$ of each of the 500 validation images, coloured by its true digit.
+Right: the decoder's image for a 12 × 12 grid of codes placed at the 5 %–95 %
+quantiles of the prior along each axis, so that the grid covers where prior samples
+fall and every tile stands for the same share of the prior.
+"""
+)
 
 # %%
 vae_2d.eval()
@@ -881,26 +904,31 @@ record(
     + (f" (read as {', '.join(map(str, sure_digits))})" if sure_digits else ""),
 )
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The left panel shows where the encoder puts the validation digits. Some digits get
+regions of their own and some share: {{code_regions_text}}. Where digits share
+a region, a 2-D code must lose information, one reason why the bound is worse than
+with 16 numbers.
+
+The codes do not fill the prior the way prior samples would. Their standard
+deviations along the two axes are {{code_sd_1}} and {{code_sd_2}} (the
+prior's: 1), {{code_outside}} of them lie outside the dashed square (the prior
+puts 19 % there), and {{empty_cells}} of the 144 tiles have no validation code in
+their cell, where 500 codes drawn from the prior would leave about
+{{expected_empty}} empty. The KL term pulls each image's code towards the prior,
+but nothing makes the codes of all images *together* match it. The decoder still
+draws something on every tile, including those no code is near, where it
+extrapolates. The judge's top guesses for the 144 tiles include
+{{grid_digits}} of the ten digits ({{grid_missing_text}}), but it is
+confident (probability at least 0.9) about {{grid_sure_text}}.
+This mismatch between where the codes are and where prior samples fall is one reason
+why the prior samples above are worse than the reconstructions.
+"""
+)
+
 # %% [markdown]
-# The left panel shows where the encoder puts the validation digits. Some digits get
-# regions of their own and some share: {glue:}`code_regions_text`. Where digits share
-# a region, a 2-D code must lose information, one reason why the bound is worse than
-# with 16 numbers.
-#
-# The codes do not fill the prior the way prior samples would. Their standard
-# deviations along the two axes are {glue:}`code_sd_1` and {glue:}`code_sd_2` (the
-# prior's: 1), {glue:}`code_outside` of them lie outside the dashed square (the prior
-# puts 19 % there), and {glue:}`empty_cells` of the 144 tiles have no validation code in
-# their cell, where 500 codes drawn from the prior would leave about
-# {glue:}`expected_empty` empty. The KL term pulls each image's code towards the prior,
-# but nothing makes the codes of all images *together* match it. The decoder still
-# draws something on every tile, including those no code is near, where it
-# extrapolates. The judge's top guesses for the 144 tiles include
-# {glue:}`grid_digits` of the ten digits ({glue:}`grid_missing_text`), but it is
-# confident (probability at least 0.9) about {glue:}`grid_sure_text`.
-# This mismatch between where the codes are and where prior samples fall is one reason
-# why the prior samples above are worse than the reconstructions.
-#
 # ### Interpolating between two digits
 #
 # Walking in a straight line from the code of one digit to the code of another and
@@ -944,12 +972,16 @@ record(
     else "on the way it also sees " + " and ".join(f"a {d}" for d in others),
 )  # fmt: skip
 
-# %% [markdown]
-# The two rows differ in kind. Cross-fading (bottom) never leaves the two images: every
-# step between the ends is a 4 and a 7 overlaid at two grey levels, which no writer
-# would draw. The path through the codes (top) changes the *shape* gradually, one
-# blurry stroke at every step; the judge reads its steps as {glue:}`path_readings`:
-# {glue:}`path_others_text`.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The two rows differ in kind. Cross-fading (bottom) never leaves the two images: every
+step between the ends is a 4 and a 7 overlaid at two grey levels, which no writer
+would draw. The path through the codes (top) changes the *shape* gradually, one
+blurry stroke at every step; the judge reads its steps as {{path_readings}}:
+{{path_others_text}}.
+"""
+)
 
 # %% [markdown]
 # ## 6.3 A generative adversarial network
@@ -1381,30 +1413,34 @@ ax_spread.set(
 fig.tight_layout()
 plt.show()
 
-# %% [markdown]
-# After the first thousand steps both smoothed losses {glue:}`gan_settle_text`: the
-# means of steps 1,001–2,000 and of the last 1,000 differ by at most
-# {glue:}`gan_loss_drift`. Over the last 1,000 steps the discriminator's loss averages
-# {glue:}`gan_loss_d_late` (compare $2\ln 2 \approx 1.39$, the loss of a discriminator
-# that cannot tell real from fake) and the generator's {glue:}`gan_loss_g_late`.
-# Meanwhile the averaged generator's validation Fréchet distance in the middle panel
-# went from {glue:}`gan_first_fd` at the first snapshot to {glue:}`gan_last_fd` at the
-# last. This is why the losses cannot choose the snapshot:
-# each network's loss is measured against an opponent that improves too, so a flat
-# pair of curves means the game is balanced, not that the images have stopped
-# improving.
-#
-# Over the second half of training the averaged generator's distance was on average
-# {glue:}`gan_averaging_text` that of the latest weights at the same step:
-# {glue:}`gan_lag_text`. On the right, the spread over the ten digits of the 500 images
-# made from the fixed validation noise ranged from {glue:}`averaged_spread_low` to
-# {glue:}`averaged_spread_high` for the average over the second half, and from
-# {glue:}`latest_spread_low` to {glue:}`latest_spread_high` for the latest weights: in
-# this run {glue:}`gan_steadier_text`. Which kind to keep is not decided in advance: the
-# validation distance chooses among all 32 candidates, both kinds of weights at each of
-# the 16 snapshots, and kept the {glue:}`gan_best_kind` weights of step
-# {glue:}`gan_best_step` of {glue:}`gan_steps_run`. {glue:}`gan_longer_text` Section 6.4
-# scores the other kind of the same step too.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+After the first thousand steps both smoothed losses {{gan_settle_text}}: the
+means of steps 1,001–2,000 and of the last 1,000 differ by at most
+{{gan_loss_drift}}. Over the last 1,000 steps the discriminator's loss averages
+{{gan_loss_d_late}} (compare $2\ln 2 \approx 1.39$, the loss of a discriminator
+that cannot tell real from fake) and the generator's {{gan_loss_g_late}}.
+Meanwhile the averaged generator's validation Fréchet distance in the middle panel
+went from {{gan_first_fd}} at the first snapshot to {{gan_last_fd}} at the
+last. This is why the losses cannot choose the snapshot:
+each network's loss is measured against an opponent that improves too, so a flat
+pair of curves means the game is balanced, not that the images have stopped
+improving.
+
+Over the second half of training the averaged generator's distance was on average
+{{gan_averaging_text}} that of the latest weights at the same step:
+{{gan_lag_text}}. On the right, the spread over the ten digits of the 500 images
+made from the fixed validation noise ranged from {{averaged_spread_low}} to
+{{averaged_spread_high}} for the average over the second half, and from
+{{latest_spread_low}} to {{latest_spread_high}} for the latest weights: in
+this run {{gan_steadier_text}}. Which kind to keep is not decided in advance: the
+validation distance chooses among all 32 candidates, both kinds of weights at each of
+the 16 snapshots, and kept the {{gan_best_kind}} weights of step
+{{gan_best_step}} of {{gan_steps_run}}. {{gan_longer_text}} Section 6.4
+scores the other kind of the same step too.
+"""
+)
 
 # %%
 shown = snapshots[1::2]  # every 500 steps
@@ -1438,19 +1474,23 @@ record(
     else "Few distinct digits among eight can be a sign of mode collapse.",
 )
 
-# %% [markdown]
-# Each column follows one noise vector. Early snapshots are noisy blobs; later ones
-# sharpen into strokes. Over the second half of training the judge's reading changed in
-# {glue:}`grid_changed` of the 8 columns, because the generator keeps moving with the
-# discriminator or because the judge hesitates over half-formed shapes; the columns
-# show which. It also misreads finished shapes (on the VAE's reconstructions of known
-# digits it was wrong {glue:}`recon_wrong` of the time), so compare each title with
-# your own reading. At the last snapshot the judge reads the eight images as
-# {glue:}`grid_last_distinct` different digits. The classic GAN failure, **mode
-# collapse**, is a generator that maps most noise to one or a few images that fool the
-# current discriminator. {glue:}`grid_collapse_text` Eight images cannot show its
-# milder form, where some digits are merely rarer than others; the 1,000-sample
-# histogram in section 6.4 can.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Each column follows one noise vector. Early snapshots are noisy blobs; later ones
+sharpen into strokes. Over the second half of training the judge's reading changed in
+{{grid_changed}} of the 8 columns, because the generator keeps moving with the
+discriminator or because the judge hesitates over half-formed shapes; the columns
+show which. It also misreads finished shapes (on the VAE's reconstructions of known
+digits it was wrong {{recon_wrong}} of the time), so compare each title with
+your own reading. At the last snapshot the judge reads the eight images as
+{{grid_last_distinct}} different digits. The classic GAN failure, **mode
+collapse**, is a generator that maps most noise to one or a few images that fool the
+current discriminator. {{grid_collapse_text}} Eight images cannot show its
+milder form, where some digits are merely rarer than others; the 1,000-sample
+histogram in section 6.4 can.
+"""
+)
 
 # %% [markdown]
 # ### The VAE and the GAN at equal training time
@@ -1526,21 +1566,25 @@ record(
     else "had stopped falling before its training ended",
 )
 
-# %% [markdown]
-# The VAE's chosen run trained for {glue:}`vae_seconds` s, the GAN for
-# {glue:}`gan_seconds` s, about {glue:}`time_ratio` times as long. When the VAE's
-# training ended its samples scored {glue:}`vae_end_fd`; the GAN snapshot nearest in
-# time (step {glue:}`near_step`, {glue:}`near_seconds` s) scored {glue:}`near_fd`
-# averaged and {glue:}`near_latest_fd` with its latest weights.
-# {glue:}`gan_catch_text` and its kept candidate scored {glue:}`gan_best_fd`. The VAE's
-# distance {glue:}`vae_curve_text`. So a verdict on the two finished models is partly a
-# verdict on how long each was trained; section 6.4 keeps that in mind. Against their
-# floors (500 images against the same 500 validation digits in every case, so that the
-# part of each distance that is only finite-sample bias is about the same), the VAE
-# ended {glue:}`vae_above_floor` above the distance of binarised real digits and the
-# GAN's kept candidate {glue:}`gan_above_floor` above that of grey ones. The GAN's
-# value is the best of its 32 candidates on these very images, so it is optimistic;
-# the VAE's is its last snapshot, not chosen on this score.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The VAE's chosen run trained for {{vae_seconds}} s, the GAN for
+{{gan_seconds}} s, about {{time_ratio}} times as long. When the VAE's
+training ended its samples scored {{vae_end_fd}}; the GAN snapshot nearest in
+time (step {{near_step}}, {{near_seconds}} s) scored {{near_fd}}
+averaged and {{near_latest_fd}} with its latest weights.
+{{gan_catch_text}} and its kept candidate scored {{gan_best_fd}}. The VAE's
+distance {{vae_curve_text}}. So a verdict on the two finished models is partly a
+verdict on how long each was trained; section 6.4 keeps that in mind. Against their
+floors (500 images against the same 500 validation digits in every case, so that the
+part of each distance that is only finite-sample bias is about the same), the VAE
+ended {{vae_above_floor}} above the distance of binarised real digits and the
+GAN's kept candidate {{gan_above_floor}} above that of grey ones. The GAN's
+value is the best of its 32 candidates on these very images, so it is optimistic;
+the VAE's is its last snapshot, not chosen on this score.
+"""
+)
 
 # %% [markdown]
 # ## 6.4 Scoring both models on the test set
@@ -1595,17 +1639,22 @@ record("vae_gain_nats", independent_nll - vae_test_nelbo, fmt="{:.0f}")
 # Seeds 0, 1, 2 (CPU) gave 110.6, 109.5 and 109.1 nats: a margin of 9 nats or more.
 assert vae_test_nelbo < 120.0, vae_test_nelbo
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The VAE needs at most {{vae_test_nelbo}} nats per test digit, against
+{{independent_nll}} for independent pixels. Because the VAE's number is an upper
+bound, its true advantage is at least {{vae_gain_nats}} nats per image: that
+much of the structure that makes a digit's pixels depend on each other is captured
+by its 16 code numbers. How much remains is not known, since the true $-\log p(x)$ is
+not (exercise 1 tightens the bound). These nats cannot be compared with published
+results on "binarised MNIST": those use 50,000 to 60,000 training images, binarised
+by drawing each pixel with its grey level as the probability, not by a threshold, a
+different dataset from ours (section 6.2).
+"""
+)
+
 # %% [markdown]
-# The VAE needs at most {glue:}`vae_test_nelbo` nats per test digit, against
-# {glue:}`independent_nll` for independent pixels. Because the VAE's number is an upper
-# bound, its true advantage is at least {glue:}`vae_gain_nats` nats per image: that
-# much of the structure that makes a digit's pixels depend on each other is captured
-# by its 16 code numbers. How much remains is not known, since the true $-\log p(x)$ is
-# not (exercise 1 tightens the bound). These nats cannot be compared with published
-# results on "binarised MNIST": those use 50,000 to 60,000 training images, binarised
-# by drawing each pixel with its grey level as the probability, not by a threshold, a
-# different dataset from ours (section 6.2).
-#
 # ### Samples judged by the judge
 #
 # Now 1,000 fresh samples from each generator (noise the snapshot choice never saw),
@@ -1809,27 +1858,32 @@ assert gan_summary.confident_fraction >= 0.38, gan_summary
 
 # %% [markdown]
 # What the scores say, read against the real digits' rows:
-#
-# - **The judge reads real test digits** with accuracy {glue:}`judge_test_acc` and is
-#   sure of {glue:}`real_confident` of them.
-# - **{glue:}`gan_share_text` of the GAN's samples are confidently digits**
-#   ({glue:}`gan_confident`), and {glue:}`gan_covered` of the 10 digits get at least 10
-#   such samples. The histogram shows two counts per digit: how often the judge's top
-#   guess falls on it, and how often it is also confident. The top guess falls on each
-#   digit between {glue:}`gan_top_min` and {glue:}`gan_top_max` times (real test digits:
-#   {glue:}`real_top_min` to {glue:}`real_top_max`; an even generator would rarely go
-#   below {glue:}`low_count`, three standard deviations under 100):
-#   {glue:}`gan_rare_text`. {glue:}`gan_takeover_text` (the effective number of digits
-#   is {glue:}`gan_effective` of 10). The digit drawn least convincingly, with the
-#   smallest confident share of its top guesses, is {glue:}`gan_worst_text`.
-# - **For the VAE's samples, {glue:}`vae_share_text` are confident**
-#   ({glue:}`vae_confident`, {glue:}`vae_covered` digits covered, effective number of
-#   digits {glue:}`vae_effective`): the decoded
-#   probabilities are blurry averages of plausible digits, and the judge, trained on
-#   sharp images, hesitates between readings.
-# - **Fréchet distances** to the test digits: GAN {glue:}`gan_fd`, VAE
-#   {glue:}`vae_fd`; real training digits score {glue:}`real_fd`, binarised ones
-#   {glue:}`binary_fd`.
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+- **The judge reads real test digits** with accuracy {{judge_test_acc}} and is
+  sure of {{real_confident}} of them.
+- **{{gan_share_text}} of the GAN's samples are confidently digits**
+  ({{gan_confident}}), and {{gan_covered}} of the 10 digits get at least 10
+  such samples. The histogram shows two counts per digit: how often the judge's top
+  guess falls on it, and how often it is also confident. The top guess falls on each
+  digit between {{gan_top_min}} and {{gan_top_max}} times (real test digits:
+  {{real_top_min}} to {{real_top_max}}; an even generator would rarely go
+  below {{low_count}}, three standard deviations under 100):
+  {{gan_rare_text}}. {{gan_takeover_text}} (the effective number of digits
+  is {{gan_effective}} of 10). The digit drawn least convincingly, with the
+  smallest confident share of its top guesses, is {{gan_worst_text}}.
+- **For the VAE's samples, {{vae_share_text}} are confident**
+  ({{vae_confident}}, {{vae_covered}} digits covered, effective number of
+  digits {{vae_effective}}): the decoded
+  probabilities are blurry averages of plausible digits, and the judge, trained on
+  sharp images, hesitates between readings.
+- **Fréchet distances** to the test digits: GAN {{gan_fd}}, VAE
+  {{vae_fd}}; real training digits score {{real_fd}}, binarised ones
+  {{binary_fd}}.
+"""
+)
 
 # %% [markdown]
 # ### Does the GAN copy its training digits?
@@ -1889,20 +1943,25 @@ fig = plot_image_grid(
 )
 plt.show()
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The median GAN sample lies {{gan_nn_median}} from its nearest training digit,
+the median test digit {{test_nn_median}}. Distances depend on the digit: a 1
+has few white pixels, and of the closest 1 % of all test digits
+{{test_close_ones}} are 1s. So the threshold is set per class, the class of the
+nearest training digit: {{gan_closer_share}} of the GAN's samples are closer to
+a training digit than the closest 1 % of the test digits of that class (a generator
+like the test digits would put about 1 % there, one that copied most of its samples).
+The figure shows the most copy-like samples next to their neighbours:
+{{closest_ones_text}}, for the same reason. The check has a blind spot: the
+GAN's images carry isolated white pixels (counted below), which add to every pixel
+distance, so a copy with noise added would look less close than it is; that is why
+the pairs are shown and not only counted.
+"""
+)
+
 # %% [markdown]
-# The median GAN sample lies {glue:}`gan_nn_median` from its nearest training digit,
-# the median test digit {glue:}`test_nn_median`. Distances depend on the digit: a 1
-# has few white pixels, and of the closest 1 % of all test digits
-# {glue:}`test_close_ones` are 1s. So the threshold is set per class, the class of the
-# nearest training digit: {glue:}`gan_closer_share` of the GAN's samples are closer to
-# a training digit than the closest 1 % of the test digits of that class (a generator
-# like the test digits would put about 1 % there, one that copied most of its samples).
-# The figure shows the most copy-like samples next to their neighbours:
-# {glue:}`closest_ones_text`, for the same reason. The check has a blind spot: the
-# GAN's images carry isolated white pixels (counted below), which add to every pixel
-# distance, so a copy with noise added would look less close than it is; that is why
-# the pairs are shown and not only counted.
-#
 # ### Samples with the judge's verdicts
 
 # %%
@@ -1962,49 +2021,60 @@ record("gan_ahead_text", ahead_text)
 record("gan_generator_params", count_parameters(generator), fmt="{:,}")
 record("vae_decoder_params", count_parameters(vae.decoder), fmt="{:,}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Read the titles with the judge's error rate in mind: on reconstructions of known
+digits it was wrong {{recon_wrong}} of the time, which over these 32 titles would
+be about {{expected_misreads}} misreadings; look for digits that you read
+differently. A confident verdict is a necessary sign of a good sample, not a
+sufficient one: the judge's ten probabilities must add up to 1, so it has no way to
+answer "none of these". Samples of the independent-pixel model, clouds of dots that
+look like no digit, get {{noise_confident}} confident verdicts. And the judge is
+{{draws_more_text}} often confident of the VAE's speckled 0/1 draws
+({{draws_confident}}) than of the smooth probabilities they were drawn from
+({{vae_confident}}); in Fréchet distance the draws score {{draws_fd}}
+against {{vae_fd}}. The GAN's samples show something else that no score here
+measures directly: isolated white pixels, {{gan_speckle}} per image on average
+against {{real_speckle}} for the real test digits. This is why the chapter
+reads all four scores, and looks at the samples, rather than any one number.
+"""
+)
+
 # %% [markdown]
-# Read the titles with the judge's error rate in mind: on reconstructions of known
-# digits it was wrong {glue:}`recon_wrong` of the time, which over these 32 titles would
-# be about {glue:}`expected_misreads` misreadings; look for digits that you read
-# differently. A confident verdict is a necessary sign of a good sample, not a
-# sufficient one: the judge's ten probabilities must add up to 1, so it has no way to
-# answer "none of these". Samples of the independent-pixel model, clouds of dots that
-# look like no digit, get {glue:}`noise_confident` confident verdicts. And the judge is
-# {glue:}`draws_more_text` often confident of the VAE's speckled 0/1 draws
-# ({glue:}`draws_confident`) than of the smooth probabilities they were drawn from
-# ({glue:}`vae_confident`); in Fréchet distance the draws score {glue:}`draws_fd`
-# against {glue:}`vae_fd`. The GAN's samples show something else that no score here
-# measures directly: isolated white pixels, {glue:}`gan_speckle` per image on average
-# against {glue:}`real_speckle` for the real test digits. This is why the chapter
-# reads all four scores, and looks at the samples, rather than any one number.
-#
 # ### What the comparison shows, and what it does not
-#
-# {glue:}`gan_ahead_text` The two models were built for different goals: the VAE gives a
-# likelihood bound and an encoder, a code for every image; the GAN gives no likelihood,
-# no encoder and no guarantee that it covers the data, which is why its coverage had to
-# be measured. It is tempting to read the table as the usual account of the two
-# families, that a VAE pays for its bound in sharpness. This experiment does not isolate
-# that, because the two models differ in more than their family:
-#
-# - **Data.** The VAE modelled binarised digits and is judged against grey ones;
-#   binarising alone moves real digits from {glue:}`real_fd` to {glue:}`binary_fd`.
-# - **What is scored.** The VAE is scored on its decoded probabilities, the GAN on its
-#   samples; the VAE's true samples, its 0/1 draws, score {glue:}`draws_fd`.
-# - **Training time.** The GAN trained about {glue:}`time_ratio` times as long. When
-#   the VAE's training ended, its validation distance was {glue:}`vae_end_fd` and the
-#   GAN's nearest snapshot in time scored {glue:}`near_fd` averaged and
-#   {glue:}`near_latest_fd` with its latest weights (section 6.3).
-# - **Selection.** The GAN's snapshot was chosen on the validation Fréchet distance,
-#   the kind of score reported here; the VAE's epoch on its ELBO. The GAN's learning
-#   rate came from five separate trainings, the VAE's from three in this chapter.
-#
-# The two generators themselves are alike: MLPs of similar size (the GAN's generator
-# has {glue:}`gan_generator_params` parameters, the VAE's decoder
-# {glue:}`vae_decoder_params`), fed the same 3,500 training digits (the VAE's
-# binarised). A fair verdict on the families would train both on the same data for the
-# same time and choose both by the same rule, which takes a longer budget than this
-# chapter's.
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+{{gan_ahead_text}} The two models were built for different goals: the VAE gives a
+likelihood bound and an encoder, a code for every image; the GAN gives no likelihood,
+no encoder and no guarantee that it covers the data, which is why its coverage had to
+be measured. It is tempting to read the table as the usual account of the two
+families, that a VAE pays for its bound in sharpness. This experiment does not isolate
+that, because the two models differ in more than their family:
+
+- **Data.** The VAE modelled binarised digits and is judged against grey ones;
+  binarising alone moves real digits from {{real_fd}} to {{binary_fd}}.
+- **What is scored.** The VAE is scored on its decoded probabilities, the GAN on its
+  samples; the VAE's true samples, its 0/1 draws, score {{draws_fd}}.
+- **Training time.** The GAN trained about {{time_ratio}} times as long. When
+  the VAE's training ended, its validation distance was {{vae_end_fd}} and the
+  GAN's nearest snapshot in time scored {{near_fd}} averaged and
+  {{near_latest_fd}} with its latest weights (section 6.3).
+- **Selection.** The GAN's snapshot was chosen on the validation Fréchet distance,
+  the kind of score reported here; the VAE's epoch on its ELBO. The GAN's learning
+  rate came from five separate trainings, the VAE's from three in this chapter.
+
+
+The two generators themselves are alike: MLPs of similar size (the GAN's generator
+has {{gan_generator_params}} parameters, the VAE's decoder
+{{vae_decoder_params}}), fed the same 3,500 training digits (the VAE's
+binarised). A fair verdict on the families would train both on the same data for the
+same time and choose both by the same rule, which takes a longer budget than this
+chapter's.
+"""
+)
 
 # %%
 # The other kind of weights of the same step, on the same noise, for comparison.
@@ -2031,45 +2101,49 @@ record("other_confident", other_summary.confident_fraction, fmt="{:.1%}")
 record("other_covered", other_summary.covered)
 record("other_fd", other_fd, fmt="{:.1f}")
 
-# %% [markdown]
-# Finally the choice between the two kinds of GAN weights. The {glue:}`other_kind`
-# weights of the same step, on the same noise, score {glue:}`other_confident`
-# confident, {glue:}`other_covered` digits covered, {glue:}`other_effective` effective
-# digits and a Fréchet distance of {glue:}`other_fd`, against {glue:}`gan_confident`,
-# {glue:}`gan_covered`, {glue:}`gan_effective` and {glue:}`gan_fd` for the
-# {glue:}`gan_best_kind` weights that validation chose. The headline asserts check the
-# kept generator's confident fraction, its coverage (at least 7 digits with 10
-# confident samples) and its spread, against thresholds below what three seeds gave.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Finally the choice between the two kinds of GAN weights. The {{other_kind}}
+weights of the same step, on the same noise, score {{other_confident}}
+confident, {{other_covered}} digits covered, {{other_effective}} effective
+digits and a Fréchet distance of {{other_fd}}, against {{gan_confident}},
+{{gan_covered}}, {{gan_effective}} and {{gan_fd}} for the
+{{gan_best_kind}} weights that validation chose. The headline asserts check the
+kept generator's confident fraction, its coverage (at least 7 digits with 10
+confident samples) and its spread, against thresholds below what three seeds gave.
+"""
+)
+
+# %% [markdown] tags=["box-warning"]
+# > **Common pitfalls**
+# >
+# > - **Averaging the reconstruction over pixels** (`reduction="mean"` in the binary
+# >   cross-entropy) while the KL is summed over latent dimensions: the reconstruction
+# >   term shrinks 784-fold, the KL term dominates, and the encoder learns to ignore its
+# >   input (exercise 2). Sum over pixels, average over the batch.
+# > - **Sampling `z` without the reparameterisation** (`Normal(mu, std).sample()`, or
+# >   `torch.normal(mu, std)`): no gradient reaches the encoder through the reconstruction
+# >   term, silently (`torch.normal` even returns a tensor with a `grad_fn`).
+# > - **Quoting binary cross-entropy on grey-level pixels as the likelihood of those
+# >   images**: it is in nats, but it is the *expected* negative log-likelihood of random
+# >   binarisations (each pixel on with probability equal to its grey level), not the
+# >   likelihood of one fixed dataset, so it cannot be compared with a number measured on
+# >   thresholded digits. Say which data a number refers to.
+# > - **No `detach()` in the discriminator step.** In this chapter's loop the generator
+# >   step reuses the same `fake`, so `loss_d.backward()` frees the generator's part of the
+# >   graph and `loss_g.backward()` then fails with "Trying to backward through the graph
+# >   a second time". Code that "fixes" this with `retain_graph=True`, and zeroes both
+# >   networks' gradients only once at the top of the loop, silently adds the
+# >   discriminator's gradient (which makes fakes *easier* to spot) to the generator's
+# >   update.
+# > - **One optimizer over both networks**: in the generator step `loss_g.backward()` also
+# >   fills the discriminator's gradients, so that optimizer's step moves the discriminator
+# >   towards calling the fakes real, undoing its own training.
+# > - **Judging a GAN by its losses**: they measure a moving game, not image quality. Use
+# >   a score on held-out data, and the test set only once.
 
 # %% [markdown]
-# ```{admonition} Common pitfalls
-# :class: warning
-# - **Averaging the reconstruction over pixels** (`reduction="mean"` in the binary
-#   cross-entropy) while the KL is summed over latent dimensions: the reconstruction
-#   term shrinks 784-fold, the KL term dominates, and the encoder learns to ignore its
-#   input (exercise 2). Sum over pixels, average over the batch.
-# - **Sampling `z` without the reparameterisation** (`Normal(mu, std).sample()`, or
-#   `torch.normal(mu, std)`): no gradient reaches the encoder through the reconstruction
-#   term, silently (`torch.normal` even returns a tensor with a `grad_fn`).
-# - **Quoting binary cross-entropy on grey-level pixels as the likelihood of those
-#   images**: it is in nats, but it is the *expected* negative log-likelihood of random
-#   binarisations (each pixel on with probability equal to its grey level), not the
-#   likelihood of one fixed dataset, so it cannot be compared with a number measured on
-#   thresholded digits. Say which data a number refers to.
-# - **No `detach()` in the discriminator step.** In this chapter's loop the generator
-#   step reuses the same `fake`, so `loss_d.backward()` frees the generator's part of the
-#   graph and `loss_g.backward()` then fails with "Trying to backward through the graph
-#   a second time". Code that "fixes" this with `retain_graph=True`, and zeroes both
-#   networks' gradients only once at the top of the loop, silently adds the
-#   discriminator's gradient (which makes fakes *easier* to spot) to the generator's
-#   update.
-# - **One optimizer over both networks**: in the generator step `loss_g.backward()` also
-#   fills the discriminator's gradients, so that optimizer's step moves the discriminator
-#   towards calling the fakes real, undoing its own training.
-# - **Judging a GAN by its losses**: they measure a moving game, not image quality. Use
-#   a score on held-out data, and the test set only once.
-# ```
-#
 # ## Exercises
 #
 # **Exercise 1.** The ELBO is one bound on $\log p_\theta(x)$; averaging importance
@@ -2261,26 +2335,32 @@ if device.type == "cpu":
 
 # %% [markdown]
 # ## Summary
-#
-# - A VAE is trained by maximising the ELBO, a lower bound on the log-likelihood that
-#   Jensen's inequality gives (in practice, by minimising its negative): a summed
-#   reconstruction term plus the closed-form KL,
-#   $\tfrac12\sum(\mu^2 + \sigma^2 - 1 - \log\sigma^2)$, which we derived and checked
-#   against a Monte-Carlo estimate. The reparameterisation $z = \mu + \sigma\varepsilon$
-#   is what lets gradients reach the encoder.
-# - On binarised digits the negative ELBO is an upper bound on $-\log p(x)$ in nats; our
-#   VAE reached {glue:}`vae_test_nelbo` nats per test image, against
-#   {glue:}`independent_nll` for independent pixels.
-# - A GAN alternates a discriminator step (real = 1, fake = 0, fakes detached) and a
-#   generator step with the non-saturating loss, each with its own Adam
-#   (`betas=(0.5, 0.999)`); its losses do not measure quality, so a validation score
-#   chose the snapshot and between averaged and latest weights.
-# - Scored by a classifier trained on real digits, {glue:}`gan_confident` of the GAN's
-#   samples and {glue:}`vae_confident` of the VAE's were recognised with at least 0.9
-#   confidence, against {glue:}`real_confident` of real test digits; a Fréchet distance
-#   in the classifier's features and a nearest-neighbour check complete the picture.
-# - A comparison of two models names what differs besides the model: here data,
-#   what is scored, training time and selection rule.
-#
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+- A VAE is trained by maximising the ELBO, a lower bound on the log-likelihood that
+  Jensen's inequality gives (in practice, by minimising its negative): a summed
+  reconstruction term plus the closed-form KL,
+  $\tfrac12\sum(\mu^2 + \sigma^2 - 1 - \log\sigma^2)$, which we derived and checked
+  against a Monte-Carlo estimate. The reparameterisation $z = \mu + \sigma\varepsilon$
+  is what lets gradients reach the encoder.
+- On binarised digits the negative ELBO is an upper bound on $-\log p(x)$ in nats; our
+  VAE reached {{vae_test_nelbo}} nats per test image, against
+  {{independent_nll}} for independent pixels.
+- A GAN alternates a discriminator step (real = 1, fake = 0, fakes detached) and a
+  generator step with the non-saturating loss, each with its own Adam
+  (`betas=(0.5, 0.999)`); its losses do not measure quality, so a validation score
+  chose the snapshot and between averaged and latest weights.
+- Scored by a classifier trained on real digits, {{gan_confident}} of the GAN's
+  samples and {{vae_confident}} of the VAE's were recognised with at least 0.9
+  confidence, against {{real_confident}} of real test digits; a Fréchet distance
+  in the classifier's features and a nearest-neighbour check complete the picture.
+- A comparison of two models names what differs besides the model: here data,
+  what is scored, training time and selection rule.
+"""
+)
+
+# %% [markdown]
 # **Next:** chapter 7 leaves supervised data behind: a policy network learns to act
 # from rewards alone.

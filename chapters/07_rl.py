@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: tags,jupyter,mystnb,-all
+#     cell_metadata_filter: tags,jupyter,mystnb,cellView,-all
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -67,7 +67,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from helpers.progress import tqdm
-from helpers.results import record
+from helpers.results import prose, record
 from helpers.rl import (
     Episode,
     cartpole_frame,
@@ -193,14 +193,20 @@ print(
     f"{random_returns.min():.0f}, max {random_returns.max():.0f}"
 )
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+A random policy keeps the pole up for {{random_mean}} steps on average.
+`gymnasium` registers `CartPole-v1` with a `reward_threshold` of 475, and the classic
+criterion calls the task **solved** when the average return over 100 consecutive
+episodes reaches that threshold: the average may fall short of the 500-step maximum by
+at most 25 steps. This chapter applies the threshold to the average of its 20 test
+episodes, a smaller and so noisier sample than the classic 100.
+"""
+)
+
+
 # %% [markdown]
-# A random policy keeps the pole up for {glue:}`random_mean` steps on average.
-# `gymnasium` registers `CartPole-v1` with a `reward_threshold` of 475, and the classic
-# criterion calls the task **solved** when the average return over 100 consecutive
-# episodes reaches that threshold: the average may fall short of the 500-step maximum by
-# at most 25 steps. This chapter applies the threshold to the average of its 20 test
-# episodes, a smaller and so noisier sample than the classic 100.
-#
 # ## 7.2 A policy network that outputs logits
 #
 # Our agent's policy is a network $\pi_\theta(a \mid s)$: it maps the 4 numbers of a state
@@ -242,22 +248,26 @@ record("logit_gap_untrained", abs(logit_gap_untrained), fmt="{:.2f}")
 # seeds 0-2 at CPU levels default, avx2, avx512: |gap| 0.03 to 0.19
 assert abs(logit_gap_untrained) < 1, logit_gap_untrained
 
-# %% [markdown]
-# Untrained, the policy pushes right with probability {glue:}`p_right_untrained` in
-# the start state: its two logits differ by only {glue:}`logit_gap_untrained`, so
-# neither action is strongly preferred yet. Why logits and not probabilities? The same
-# distribution can be built as `Categorical(probs=F.softmax(logits, dim=-1))`, and many
-# tutorials do exactly that. It goes wrong when the policy becomes nearly deterministic in
-# some state, as long training towards a deterministic optimum can make it. In float32,
-# softmax rounds a probability below about $10^{-45}$ to 0, and `Categorical(probs=...)`
-# then clamps every probability into $[\epsilon, 1 - \epsilon]$ with
-# $\epsilon \approx 1.2 \times 10^{-7}$ (float32's machine epsilon) before taking the log.
-# From logits it computes `logits - logsumexp(logits)` instead, where `logsumexp`
-# evaluates $\log \sum_j e^{z_j}$ without overflow or underflow by first taking out the
-# largest logit, so no probability is ever rounded or clamped. Compare the
-# log-probability of the unlikely action, and its gradient, when the logits differ by 30.
-# `torch.autograd.grad(output, inputs)` returns the gradient of `output` with respect to
-# `inputs` directly, instead of adding it to their `.grad` as `backward()` does:
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Untrained, the policy pushes right with probability {{p_right_untrained}} in
+the start state: its two logits differ by only {{logit_gap_untrained}}, so
+neither action is strongly preferred yet. Why logits and not probabilities? The same
+distribution can be built as `Categorical(probs=F.softmax(logits, dim=-1))`, and many
+tutorials do exactly that. It goes wrong when the policy becomes nearly deterministic in
+some state, as long training towards a deterministic optimum can make it. In float32,
+softmax rounds a probability below about $10^{-45}$ to 0, and `Categorical(probs=...)`
+then clamps every probability into $[\epsilon, 1 - \epsilon]$ with
+$\epsilon \approx 1.2 \times 10^{-7}$ (float32's machine epsilon) before taking the log.
+From logits it computes `logits - logsumexp(logits)` instead, where `logsumexp`
+evaluates $\log \sum_j e^{z_j}$ without overflow or underflow by first taking out the
+largest logit, so no probability is ever rounded or clamped. Compare the
+log-probability of the unlikely action, and its gradient, when the logits differ by 30.
+`torch.autograd.grad(output, inputs)` returns the gradient of `output` with respect to
+`inputs` directly, instead of adding it to their `.grad` as `backward()` does:
+"""
+)
 
 # %%
 gap_logits = torch.tensor([[0.0, 30.0]], requires_grad=True)
@@ -362,6 +372,7 @@ for t in (0, 250, 450, 499):
 #   short, the state at a time-out is as good as any other, and the return after it
 #   should be estimated: bootstrapped.
 #
+#
 # CartPole's observation has no clock, and this chapter takes the second view for
 # learning: every training run below bootstraps a time-out with $1/(1-\gamma) = 100$,
 # the return of balancing for ever. That is an assumption, and an upper bound: a policy
@@ -399,6 +410,7 @@ for t in (0, 250, 450, 499):
 #    step 4 $\mathbb{E}[r_k \nabla_\theta \log \pi_\theta(a_t \mid s_t)] = 0$. Dropping
 #    those terms from $R(\tau)$ leaves the **reward-to-go** $G_t = \sum_{k \ge t} r_k$:
 #
+#
 # $$ \nabla_\theta J = \mathbb{E}\Big[\sum_t G_t \nabla_\theta \log \pi_\theta(a_t|s_t)\Big]. $$
 #
 # This is the **policy-gradient theorem** in the form REINFORCE uses. Averaging
@@ -422,26 +434,27 @@ for t in (0, 250, 450, 499):
 # `F.cross_entropy(logits, a)` with the *sampled* action as the label (the cell below
 # checks it). So REINFORCE is classification of the agent's own actions, each example
 # weighted by how well things went after it.
-#
-# ```{admonition} Compared with the REINFORCE of pytorch/examples
-# :class: note
-# PyTorch's official examples include a short REINFORCE for CartPole,
-# [`reinforcement_learning/reinforce.py`](https://github.com/pytorch/examples/blob/89c7d7588dd96a6007750983054aa2980d1fa01e/reinforcement_learning/reinforce.py)
-# (version of August 2025). Where it differs from this chapter:
-# - It updates after every single episode and normalises that episode's returns with
-#   their own mean, so in every episode, even one that lasts all 500 steps, the late
-#   actions get negative weights (the printout in section 7.3).
-# - It computes the returns of a time-out as if the pole had fallen (section 7.3).
-#   Versions from September 2022 to August 2025 went further: they ended an episode only
-#   on `terminated`, so episodes ran past the 500-step limit, up to the script's own cap
-#   of 10,000 steps.
-# - Its policy ends in `F.softmax` and samples from `Categorical(probs)` (section 7.2).
-# - Its policy has `Dropout(p=0.6)`, never switched off, so every action is sampled from a
-#   randomly thinned network.
-# - It calls the task solved when a running average of *training* returns passes 475:
-#   sampled actions on the training start states, with no separate validation or test.
-# ```
-#
+
+# %% [markdown] tags=["box-note"]
+# > **Compared with the REINFORCE of pytorch/examples**
+# >
+# > PyTorch's official examples include a short REINFORCE for CartPole,
+# > [`reinforcement_learning/reinforce.py`](https://github.com/pytorch/examples/blob/89c7d7588dd96a6007750983054aa2980d1fa01e/reinforcement_learning/reinforce.py)
+# > (version of August 2025). Where it differs from this chapter:
+# > - It updates after every single episode and normalises that episode's returns with
+# >   their own mean, so in every episode, even one that lasts all 500 steps, the late
+# >   actions get negative weights (the printout in section 7.3).
+# > - It computes the returns of a time-out as if the pole had fallen (section 7.3).
+# >   Versions from September 2022 to August 2025 went further: they ended an episode only
+# >   on `terminated`, so episodes ran past the 500-step limit, up to the script's own cap
+# >   of 10,000 steps.
+# > - Its policy ends in `F.softmax` and samples from `Categorical(probs)` (section 7.2).
+# > - Its policy has `Dropout(p=0.6)`, never switched off, so every action is sampled from a
+# >   randomly thinned network.
+# > - It calls the task solved when a running average of *training* returns passes 475:
+# >   sampled actions on the training start states, with no separate validation or test.
+
+# %% [markdown]
 # ### Several episodes at once with `gymnasium.vector`
 #
 # One episode gives a very noisy gradient estimate, so each update here averages over a
@@ -578,10 +591,14 @@ else:
 record("device_note", device_note)
 print(device_note)
 
-# %% [markdown]
-# On this run: {glue:}`device_note`. The simulator's own step, which runs on the
-# CPU in every case, comes on top. Now one REINFORCE update on the batch collected
-# above, step by step.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+On this run: {{device_note}}. The simulator's own step, which runs on the
+CPU in every case, comes on top. Now one REINFORCE update on the batch collected
+above, step by step.
+"""
+)
 
 # %%
 lr = 1e-2  # Adam's step size, as in pytorch/examples' REINFORCE; untuned here
@@ -1020,30 +1037,36 @@ print(f"truncated training episodes: {truncated} of {played}")
 # slowest needed 320 / 608 / 320 episodes (the budget is 1000)
 assert plain_passed == baseline_passed == n_runs, (plain_needed, baseline_needed)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Every one of the six runs passed validation within the budget of 1,000 episodes (the
+assert checks it). Plain REINFORCE needed {{plain_mean_episodes}} episodes on
+average and {{plain_max_episodes}} at worst; with the value baseline it took
+{{baseline_mean_episodes}} on average and {{baseline_max_episodes}} at worst.
+The difference of the means, baseline minus plain, is {{episodes_difference}}
+episodes, with a standard error of {{episodes_difference_se}}. The two versions
+share each seed's initial weights and start states, so the runs come in pairs: the
+standard error is $s_d/\sqrt{3}$, with $s_d$ the standard deviation of the three
+per-seed differences. As a rough rule, a difference smaller than about two standard
+errors is what chance alone often produces; and with only three runs per version the
+standard error is itself a rough estimate (a t test with 2 degrees of freedom asks
+for 4.3 standard errors at the 5% level), so even a larger difference would be weak
+evidence. The verdict of this run: {{baseline_verdict}}.
+
+The largest fall-back of the validation score was {{plain_fall_back}} for plain
+REINFORCE and {{baseline_fall_back}} with the baseline. Each is one update of one
+run; with three runs per version, neither number says which version is more stable.
+The bootstrap of a time-out, the same in both versions, acts only on truncated
+training episodes: {{plain_truncated}} of the {{plain_played}} training
+episodes of the plain runs and {{baseline_truncated}} of the
+{{baseline_played}} of the baseline runs, since a run stops as soon as
+validation passes.
+"""
+)
+
+
 # %% [markdown]
-# Every one of the six runs passed validation within the budget of 1,000 episodes (the
-# assert checks it). Plain REINFORCE needed {glue:}`plain_mean_episodes` episodes on
-# average and {glue:}`plain_max_episodes` at worst; with the value baseline it took
-# {glue:}`baseline_mean_episodes` on average and {glue:}`baseline_max_episodes` at worst.
-# The difference of the means, baseline minus plain, is {glue:}`episodes_difference`
-# episodes, with a standard error of {glue:}`episodes_difference_se`. The two versions
-# share each seed's initial weights and start states, so the runs come in pairs: the
-# standard error is $s_d/\sqrt{3}$, with $s_d$ the standard deviation of the three
-# per-seed differences. As a rough rule, a difference smaller than about two standard
-# errors is what chance alone often produces; and with only three runs per version the
-# standard error is itself a rough estimate (a t test with 2 degrees of freedom asks
-# for 4.3 standard errors at the 5% level), so even a larger difference would be weak
-# evidence. The verdict of this run: {glue:}`baseline_verdict`.
-#
-# The largest fall-back of the validation score was {glue:}`plain_fall_back` for plain
-# REINFORCE and {glue:}`baseline_fall_back` with the baseline. Each is one update of one
-# run; with three runs per version, neither number says which version is more stable.
-# The bootstrap of a time-out, the same in both versions, acts only on truncated
-# training episodes: {glue:}`plain_truncated` of the {glue:}`plain_played` training
-# episodes of the plain runs and {glue:}`baseline_truncated` of the
-# {glue:}`baseline_played` of the baseline runs, since a run stops as soon as
-# validation passes.
-#
 # All six runs scored the maximum, 500 on all 20 validation episodes, so validation
 # cannot rank them. The policy this chapter keeps is the one chosen before training: the
 # baseline version trained from the setup cell's `seed`, with the weights that passed
@@ -1205,35 +1228,40 @@ assert constant_gain > 1.5 and value_share < 0.8, (constant_gain, value_share)
 # (both CPU levels) gave 67% / 98% / 79% of the mean row's squared length.
 assert signal > 0.25 * mean_norm2, (signal, mean_norm2)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+At the snapshot (after update {{snapshot_update}} of the kept run's
+{{kept_updates}}, episodes of {{probe_length}} steps on average), subtracting
+the one constant $b$ already cut the total variance {{constant_gain}}-fold: that is
+what the mean subtraction of normalisation buys plain REINFORCE. The value network
+explained a fraction $R^2$ = {{value_r2}} of the returns' variance on episodes it
+had not seen, and subtracting $V(s_t)$ instead of $b$ left {{value_share}} of the
+variance that $b$ left, a further {{value_gain}}-fold cut. So at a fixed policy,
+with a value network fitted to that policy, the baseline does what the derivation
+says. A value network that predicts badly would instead add its own errors to every
+weight.
+
+Whether a cut matters depends on how the remaining noise compares with what the
+estimates estimate: their common expectation $g$ (with discounted returns, the
+direction REINFORCE follows, not exactly $\nabla_\theta J$; section 7.4). The squared
+length of the mean of the 64 measured rows is on average $\lVert g\rVert^2$ plus the
+variance of that mean, the total variance divided by 64; subtracting the measured
+total variance over 64 gives an unbiased estimate of $\lVert g\rVert^2$. The expected
+squared error of the mean of a batch of 16 episodes is the total variance divided by
+16. Relative to $\lVert g\rVert^2$, that error was {{noise_b}} with $b$ and
+{{noise_v}} with $V(s_t)$. A ratio above 1 means that a batch's gradient is
+typically further from $g$ than $g$ is long.
+
+How much a cut in variance speeds up training is another question, which this
+measurement does not answer and the chapter does not test. During training the value
+network is fitted to returns of earlier policies, and may predict the current
+policy's returns worse than the network fitted here. And three runs per version can
+only show a large difference; the verdict above was {{baseline_verdict}}.
+"""
+)
+
 # %% [markdown]
-# At the snapshot (after update {glue:}`snapshot_update` of the kept run's
-# {glue:}`kept_updates`, episodes of {glue:}`probe_length` steps on average), subtracting
-# the one constant $b$ already cut the total variance {glue:}`constant_gain`-fold: that is
-# what the mean subtraction of normalisation buys plain REINFORCE. The value network
-# explained a fraction $R^2$ = {glue:}`value_r2` of the returns' variance on episodes it
-# had not seen, and subtracting $V(s_t)$ instead of $b$ left {glue:}`value_share` of the
-# variance that $b$ left, a further {glue:}`value_gain`-fold cut. So at a fixed policy,
-# with a value network fitted to that policy, the baseline does what the derivation
-# says. A value network that predicts badly would instead add its own errors to every
-# weight.
-#
-# Whether a cut matters depends on how the remaining noise compares with what the
-# estimates estimate: their common expectation $g$ (with discounted returns, the
-# direction REINFORCE follows, not exactly $\nabla_\theta J$; section 7.4). The squared
-# length of the mean of the 64 measured rows is on average $\lVert g\rVert^2$ plus the
-# variance of that mean, the total variance divided by 64; subtracting the measured
-# total variance over 64 gives an unbiased estimate of $\lVert g\rVert^2$. The expected
-# squared error of the mean of a batch of 16 episodes is the total variance divided by
-# 16. Relative to $\lVert g\rVert^2$, that error was {glue:}`noise_b` with $b$ and
-# {glue:}`noise_v` with $V(s_t)$. A ratio above 1 means that a batch's gradient is
-# typically further from $g$ than $g$ is long.
-#
-# How much a cut in variance speeds up training is another question, which this
-# measurement does not answer and the chapter does not test. During training the value
-# network is fitted to returns of earlier policies, and may predict the current
-# policy's returns worse than the network fitted here. And three runs per version can
-# only show a large difference; the verdict above was {glue:}`baseline_verdict`.
-#
 # ### The kept run, episode by episode
 #
 # The training curve of the kept run shows what training saw: the return of every
@@ -1271,14 +1299,19 @@ print(
     "played them"
 )
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The training episodes are played by the *sampling* policy, which keeps trying the less
+likely action now and then: {{share_below}} of them (after the first batch)
+returned less than the greedy validation score of the very weights that played them.
+(The two are also measured on different start states.) That exploration is what lets
+REINFORCE discover better actions at all. The trailing mean averages the last 32
+episodes, fewer in the first 31, and so lags behind the latest returns.
+"""
+)
+
 # %% [markdown]
-# The training episodes are played by the *sampling* policy, which keeps trying the less
-# likely action now and then: {glue:}`share_below` of them (after the first batch)
-# returned less than the greedy validation score of the very weights that played them.
-# (The two are also measured on different start states.) That exploration is what lets
-# REINFORCE discover better actions at all. The trailing mean averages the last 32
-# episodes, fewer in the first 31, and so lags behind the latest returns.
-#
 # ## 7.6 Test: the greedy policy on fresh start states
 #
 # Evaluation is separate from training: no sampling, no updates. The 20 test episodes'
@@ -1311,13 +1344,19 @@ print(f"random policy:  mean {random_mean:.1f}")
 # 500.0 / 496.3 / 500.0, random 22.0 / 22.5 / 23.6
 assert test_mean >= solved_threshold and random_mean < 50, (test_mean, random_mean)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Over the 20 test episodes the trained policy averages {{test_mean}} (standard
+deviation {{test_std}}, shortest episode {{test_min}} steps), against
+{{random_test_mean}} for random actions: at least the threshold of 475, so
+CartPole-v1 counts as solved by this chapter's 20-episode version of the criterion.
+Training the kept policy took {{episodes_to_solve}} episodes.
+"""
+)
+
+
 # %% [markdown]
-# Over the 20 test episodes the trained policy averages {glue:}`test_mean` (standard
-# deviation {glue:}`test_std`, shortest episode {glue:}`test_min` steps), against
-# {glue:}`random_test_mean` for random actions: at least the threshold of 475, so
-# CartPole-v1 counts as solved by this chapter's 20-episode version of the criterion.
-# Training the kept policy took {glue:}`episodes_to_solve` episodes.
-#
 # What this test shows is limited. Training, validation and test start states all come
 # from the same ±0.05 box, so fresh start states guard against weights that were lucky
 # on the validation episodes, not against a different task. The larger uncertainty is
@@ -1466,39 +1505,44 @@ record(
 )
 print(f"largest logit gap: {gap_visited:.1f} (episode), {gap_map:.1f} (map)")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The map is split into a red region above (push right) and a blue region below (push
+left). The boundary between them is close to horizontal: the fitted line has a slope
+of {{boundary_slope}} rad/s per rad and passes θ = 0 at an angular velocity of
+{{boundary_intercept}} rad/s. Across the whole range of angles shown, ±0.21 rad,
+the switching angular velocity moves by only {{boundary_shift}} rad/s, while the
+map spans 3 rad/s. So the decision depends mostly on the angular velocity: push right
+when the pole swings to the right, left when it swings to the left, which moves the
+cart under the falling pole. The angle shifts the switching point: the slope is
+negative, so a pole that leans right gets a push to the right even while it still
+swings slightly to the left.
+
+The greedy episode stays within {{episode_theta}} rad of vertical and
+{{episode_omega}} rad/s of angular velocity (the right panel's rectangle, drawn
+30% larger). It switches action at {{switch_fraction}} of its steps, and each
+push changes the angular velocity by about 0.3 rad/s (section 7.1), so the points in
+the zoom lie in bands, the angular velocity alternating between a few levels. Its
+own probability of pushing right, computed on the full states, lay between
+0.1 and 0.9 at {{unsure_fraction}} of them. The map shows only the slice
+`x = x_dot = 0`: the policy also sees the cart's position and velocity, which can move
+the boundary.
+
+Section 7.2's concern about confident policies, measured: the largest logit gap is
+{{gap_visited}} on the greedy episode's states and {{gap_map}} anywhere on
+the map, {{gap_relation}} the 15.9 from which `Categorical(probs=...)` clamps.
+{{clamp_verdict}}. Logits do not rescue a policy that has collapsed onto one action
+(exercise 1's collapsed runs used logits and did not recover): an action that is
+never sampled gets no gradient either way. What logits buy is exact log-probabilities,
+and so exact ratios, for rare actions that *are* sampled, where clamped probabilities
+would give a wrong value and a zero gradient. The standard remedy against collapse is
+an entropy bonus, a term $+\beta H(\pi(\cdot \mid s))$ in the objective that rewards
+keeping both actions possible (exercise 5 adds it).
+"""
+)
+
 # %% [markdown]
-# The map is split into a red region above (push right) and a blue region below (push
-# left). The boundary between them is close to horizontal: the fitted line has a slope
-# of {glue:}`boundary_slope` rad/s per rad and passes θ = 0 at an angular velocity of
-# {glue:}`boundary_intercept` rad/s. Across the whole range of angles shown, ±0.21 rad,
-# the switching angular velocity moves by only {glue:}`boundary_shift` rad/s, while the
-# map spans 3 rad/s. So the decision depends mostly on the angular velocity: push right
-# when the pole swings to the right, left when it swings to the left, which moves the
-# cart under the falling pole. The angle shifts the switching point: the slope is
-# negative, so a pole that leans right gets a push to the right even while it still
-# swings slightly to the left.
-#
-# The greedy episode stays within {glue:}`episode_theta` rad of vertical and
-# {glue:}`episode_omega` rad/s of angular velocity (the right panel's rectangle, drawn
-# 30% larger). It switches action at {glue:}`switch_fraction` of its steps, and each
-# push changes the angular velocity by about 0.3 rad/s (section 7.1), so the points in
-# the zoom lie in bands, the angular velocity alternating between a few levels. Its
-# own probability of pushing right, computed on the full states, lay between
-# 0.1 and 0.9 at {glue:}`unsure_fraction` of them. The map shows only the slice
-# `x = x_dot = 0`: the policy also sees the cart's position and velocity, which can move
-# the boundary.
-#
-# Section 7.2's concern about confident policies, measured: the largest logit gap is
-# {glue:}`gap_visited` on the greedy episode's states and {glue:}`gap_map` anywhere on
-# the map, {glue:}`gap_relation` the 15.9 from which `Categorical(probs=...)` clamps.
-# {glue:}`clamp_verdict`. Logits do not rescue a policy that has collapsed onto one action
-# (exercise 1's collapsed runs used logits and did not recover): an action that is
-# never sampled gets no gradient either way. What logits buy is exact log-probabilities,
-# and so exact ratios, for rare actions that *are* sampled, where clamped probabilities
-# would give a wrong value and a zero gradient. The standard remedy against collapse is
-# an entropy bonus, a term $+\beta H(\pi(\cdot \mid s))$ in the objective that rewards
-# keeping both actions possible (exercise 5 adds it).
-#
 # ## 7.8 Watching it balance
 #
 # `gymnasium` draws CartPole frames when the environment is made with
@@ -1570,41 +1614,51 @@ print(f"final x {final_x:+.2f} m")
 # degrees.
 assert episode.truncated and largest_angle < 12, (episode_end, largest_angle)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The episode was {{episode_end}}. The pole swings from side to side but never
+leaned more than {{largest_angle}}° from vertical (it falls at 12°); the small
+teeth on the angle's curve are the action switching at {{switch_fraction}} of the
+steps. The cart moves back and forth with the swings; it never went further than
+{{largest_x}} m from the centre (the track ends at 2.4 m) and ended at
+x = {{final_x}} m. Nothing in the reward asks for the cart to stay centred, only
+for the episode not to end; exercise 4 runs the policy four times as long.
+"""
+)
+
+# %% tags=["remove-input", "box-warning"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+> **Common pitfalls**
+>
+> - **Softmax probabilities into `Categorical(probs=...)`**: confident policies get
+>   clamped log-probabilities and zero gradients (section 7.2). Pass `logits=`.
+> - **Treating truncation as termination** (the old single `done` flag): returns of a
+>   time-out look like a fall, and late actions get punished (section 7.3).
+> - **Forgetting `-`** in the loss: minimising $\sum G \log \pi$ makes good actions *less*
+>   likely.
+> - **Moving the policy far on one batch**, by several steps or one large step: the
+>   batch estimates the gradient only near the policy that played it (section 7.4;
+>   exercise 1 measures both ways).
+> - **Letting the policy loss reach the value network**: compute the baseline under
+>   `torch.no_grad()` (or `.detach()` it). In `baseline_update` forgetting that raises an
+>   error ("one of the variables needed for gradient computation has been modified by an
+>   inplace operation"), because the value network's optimizer changed the weights the
+>   graph saved. Code that adds the policy and value losses and calls `backward()` once
+>   runs without complaint, and the policy loss then trains the value network as well.
+> - **Normalising a single return**: `std()` of one number is NaN (Bessel's correction
+>   divides by n − 1 = 0); with batches of whole episodes this cannot happen.
+> - **Judging a policy by its training curve**: training returns come from the sampling
+>   policy on the training start states. Evaluate the greedy policy on fresh ones.
+> - **Trusting one seed**: the number of episodes REINFORCE needs changes from seed to
+>   seed (section 7.5's six runs needed between {{fewest_episodes}} and
+>   {{most_episodes}}), so one run says little. Measure across seeds.
+"""
+)
+
+
 # %% [markdown]
-# The episode was {glue:}`episode_end`. The pole swings from side to side but never
-# leaned more than {glue:}`largest_angle`° from vertical (it falls at 12°); the small
-# teeth on the angle's curve are the action switching at {glue:}`switch_fraction` of the
-# steps. The cart moves back and forth with the swings; it never went further than
-# {glue:}`largest_x` m from the centre (the track ends at 2.4 m) and ended at
-# x = {glue:}`final_x` m. Nothing in the reward asks for the cart to stay centred, only
-# for the episode not to end; exercise 4 runs the policy four times as long.
-#
-# ```{admonition} Common pitfalls
-# :class: warning
-# - **Softmax probabilities into `Categorical(probs=...)`**: confident policies get
-#   clamped log-probabilities and zero gradients (section 7.2). Pass `logits=`.
-# - **Treating truncation as termination** (the old single `done` flag): returns of a
-#   time-out look like a fall, and late actions get punished (section 7.3).
-# - **Forgetting `-`** in the loss: minimising $\sum G \log \pi$ makes good actions *less*
-#   likely.
-# - **Moving the policy far on one batch**, by several steps or one large step: the
-#   batch estimates the gradient only near the policy that played it (section 7.4;
-#   exercise 1 measures both ways).
-# - **Letting the policy loss reach the value network**: compute the baseline under
-#   `torch.no_grad()` (or `.detach()` it). In `baseline_update` forgetting that raises an
-#   error ("one of the variables needed for gradient computation has been modified by an
-#   inplace operation"), because the value network's optimizer changed the weights the
-#   graph saved. Code that adds the policy and value losses and calls `backward()` once
-#   runs without complaint, and the policy loss then trains the value network as well.
-# - **Normalising a single return**: `std()` of one number is NaN (Bessel's correction
-#   divides by n − 1 = 0); with batches of whole episodes this cannot happen.
-# - **Judging a policy by its training curve**: training returns come from the sampling
-#   policy on the training start states. Evaluate the greedy policy on fresh ones.
-# - **Trusting one seed**: the number of episodes REINFORCE needs changes from seed to
-#   seed (section 7.5's six runs needed between {glue:}`fewest_episodes` and
-#   {glue:}`most_episodes`), so one run says little. Measure across seeds.
-# ```
-#
 # ## Exercises
 #
 # **Exercise 1.** Measure how far one batch may move the policy. Write an update that
@@ -2013,29 +2067,35 @@ assert entropy_d.mean() > 0.02, entropy_d
 
 # %% [markdown]
 # ## Summary
-#
-# - A `gymnasium` environment is driven by `reset(seed=...)` and `step(action)`;
-#   `terminated` means the episode really ended, `truncated` that a time limit cut it.
-#   Whether the return after a time-out is 0 or must be bootstrapped depends on whether
-#   the limit is part of the task.
-# - The policy gradient follows in five lines from the log-derivative trick: the
-#   dynamics drop out, and causality leaves each action weighted by the reward-to-go.
-#   It holds for the current policy only, so REINFORCE takes one step per batch.
-# - A policy network outputs logits; `Categorical(logits=...)` samples actions and gives
-#   exact log-probabilities, where softmax probabilities are clamped at float32's eps
-#   (logit gaps above about 16) and their gradients vanish.
-#   $-\log \pi(a \mid s)$ is chapter 2's cross-entropy with the sampled action as label.
-# - REINFORCE weights each action's log-probability by the (normalised) discounted return
-#   that followed it; batches of 16 episodes from `gym.make_vec` average the noisy
-#   estimate and are simulated in one NumPy call per step, on the CPU.
-# - At a fixed policy a fitted value baseline left {glue:}`value_share` of the gradient
-#   variance that a constant baseline left. Over three training runs per version the
-#   result was {glue:}`baseline_verdict` (baseline minus plain:
-#   {glue:}`episodes_difference` episodes, paired standard error
-#   {glue:}`episodes_difference_se`).
-# - The greedy policy kept after validation averaged {glue:}`test_mean` on 20 fresh test
-#   episodes, against {glue:}`random_test_mean` for random actions.
-#
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+- A `gymnasium` environment is driven by `reset(seed=...)` and `step(action)`;
+  `terminated` means the episode really ended, `truncated` that a time limit cut it.
+  Whether the return after a time-out is 0 or must be bootstrapped depends on whether
+  the limit is part of the task.
+- The policy gradient follows in five lines from the log-derivative trick: the
+  dynamics drop out, and causality leaves each action weighted by the reward-to-go.
+  It holds for the current policy only, so REINFORCE takes one step per batch.
+- A policy network outputs logits; `Categorical(logits=...)` samples actions and gives
+  exact log-probabilities, where softmax probabilities are clamped at float32's eps
+  (logit gaps above about 16) and their gradients vanish.
+  $-\log \pi(a \mid s)$ is chapter 2's cross-entropy with the sampled action as label.
+- REINFORCE weights each action's log-probability by the (normalised) discounted return
+  that followed it; batches of 16 episodes from `gym.make_vec` average the noisy
+  estimate and are simulated in one NumPy call per step, on the CPU.
+- At a fixed policy a fitted value baseline left {{value_share}} of the gradient
+  variance that a constant baseline left. Over three training runs per version the
+  result was {{baseline_verdict}} (baseline minus plain:
+  {{episodes_difference}} episodes, paired standard error
+  {{episodes_difference_se}}).
+- The greedy policy kept after validation averaged {{test_mean}} on 20 fresh test
+  episodes, against {{random_test_mean}} for random actions.
+"""
+)
+
+# %% [markdown]
 # **Where to go from here.** Actor-critic methods use the value network for more than a
 # baseline: they replace the rest of the episode by $r_t + \gamma V(s_{t+1})$
 # (bootstrapping at every step), trading variance for bias. PPO (Schulman et al.,

@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: tags,jupyter,mystnb,-all
+#     cell_metadata_filter: tags,jupyter,mystnb,cellView,-all
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -31,21 +31,21 @@
 # algorithms, TF32), chapter 2 (the training loop, gradient accumulation and when it
 # equals a big batch, checkpoints, `weights_only`) and chapter 3 (batch
 # normalisation).
-#
-# ```{admonition} How to read the numbers
-# :class: note
-# Most timings here are the fastest of several repeats after a warm-up (`best_time`,
-# from chapter 1), the estimate least disturbed by whatever else the machine is doing.
-# Three kinds are single readings, because what they measure happens once: a data
-# loader's first epoch (which includes starting its workers), the first call of a
-# compiled model, and the start of a fresh Python process. The numbers come from the
-# machine that built this page (the setup cell prints what it was) and vary with the
-# hardware and with whatever else runs at the same time; run the notebook yourself and
-# yours will differ. So every comparison of two of this run's timings is put into
-# words by `helpers.tips.speed_verdict`, which calls them "as fast as" each other
-# unless they differ by more than 10 %. Where the text speaks of hardware this run did
-# not measure, it says so and what the statement rests on.
-# ```
+
+# %% [markdown] tags=["box-note"]
+# > **How to read the numbers**
+# >
+# > Most timings here are the fastest of several repeats after a warm-up (`best_time`,
+# > from chapter 1), the estimate least disturbed by whatever else the machine is doing.
+# > Three kinds are single readings, because what they measure happens once: a data
+# > loader's first epoch (which includes starting its workers), the first call of a
+# > compiled model, and the start of a fresh Python process. The numbers come from the
+# > machine that built this page (the setup cell prints what it was) and vary with the
+# > hardware and with whatever else runs at the same time; run the notebook yourself and
+# > yours will differ. So every comparison of two of this run's timings is put into
+# > words by `helpers.tips.speed_verdict`, which calls them "as fast as" each other
+# > unless they differ by more than 10 %. Where the text speaks of hardware this run did
+# > not measure, it says so and what the statement rests on.
 
 # %% tags=["hide-cell"]
 # On Colab only: install this book's helpers package (Colab's own torch is kept).
@@ -87,7 +87,7 @@ import torch.distributed as dist
 from helpers.models import count_parameters
 from helpers.numerics import sum_rounding_bound
 from helpers.plotting import plot_losses
-from helpers.results import record
+from helpers.results import prose, record
 from helpers.runtime import (
     describe_runtime,
     get_device,
@@ -313,13 +313,18 @@ else:
     )
 record("accelerator_sentence", accelerator_sentence)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+On the CPU a batch of 1 took {{cpu_call_1_us}} µs and a batch of 64 took
+{{cpu_call_64_us}} µs: 64 times the work for {{cpu_64_over_1}} times the
+time. Per sample, the cost fell from {{cpu_sample_1_us}} µs at batch size 1 to
+{{cpu_sample_best_us}} µs at batch size {{cpu_best_batch}}, the cheapest of
+the sizes tried. {{large_batch_sentence}} {{accelerator_sentence}}
+"""
+)
+
 # %% [markdown]
-# On the CPU a batch of 1 took {glue:}`cpu_call_1_us` µs and a batch of 64 took
-# {glue:}`cpu_call_64_us` µs: 64 times the work for {glue:}`cpu_64_over_1` times the
-# time. Per sample, the cost fell from {glue:}`cpu_sample_1_us` µs at batch size 1 to
-# {glue:}`cpu_sample_best_us` µs at batch size {glue:}`cpu_best_batch`, the cheapest of
-# the sizes tried. {glue:}`large_batch_sentence` {glue:}`accelerator_sentence`
-#
 # The same floor explains why a tiny model can be slower on a GPU than on a CPU (on a
 # machine with a GPU, the sentence above says whether it was). A GPU has a higher fixed
 # price per operation (each operation is a kernel launched from the CPU, typically
@@ -386,11 +391,16 @@ else:
 print(transfer_sentence)
 record("transfer_sentence", transfer_sentence)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+{{transfer_sentence}} Either way the rules are the same: move the model once,
+move each batch once, keep everything in between on the device, and leave the
+pinning to the `DataLoader`.
+"""
+)
+
 # %% [markdown]
-# {glue:}`transfer_sentence` Either way the rules are the same: move the model once,
-# move each batch once, keep everything in between on the device, and leave the
-# pinning to the `DataLoader`.
-#
 # ### `.item()` forces a synchronisation
 #
 # On a GPU, PyTorch only *queues* kernels and returns to Python at once, so the CPU can
@@ -443,17 +453,22 @@ record("item_once_ms", item_once_s * 1e3, fmt="{:.2f}")
 record("item_verdict", item_verdict)
 record("device_name", device.type.upper())
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Reading the loss once took {{item_once_ms}} ms per step and reading it every
+step {{item_every_ms}} ms, so here (on the {{device_name}}) reading it
+once was {{item_verdict}} reading it every step. On a CPU there is nothing to
+wait for: the operations run one after the other in the calling thread, and `.item()`
+only converts a number, so on a CPU any difference between the two comes from
+something else (other programs on the machine, for one), not from synchronisation.
+On a GPU the cost of reading every step grows with how much work the CPU could have
+queued ahead. Accumulating on the device does no more work than reading every step,
+on any device, so write training loops the second way.
+"""
+)
+
 # %% [markdown]
-# Reading the loss once took {glue:}`item_once_ms` ms per step and reading it every
-# step {glue:}`item_every_ms` ms, so here (on the {glue:}`device_name`) reading it
-# once was {glue:}`item_verdict` reading it every step. On a CPU there is nothing to
-# wait for: the operations run one after the other in the calling thread, and `.item()`
-# only converts a number, so on a CPU any difference between the two comes from
-# something else (other programs on the machine, for one), not from synchronisation.
-# On a GPU the cost of reading every step grows with how much work the CPU could have
-# queued ahead. Accumulating on the device does no more work than reading every step,
-# on any device, so write training loops the second way.
-#
 # ### The CPU's own threads
 #
 # A CPU is a device with several cores, and PyTorch splits large operations across
@@ -517,13 +532,18 @@ else:
 print(threads_sentence)
 record("threads_sentence", threads_sentence)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+{{threads_sentence}} On an idle machine a large operation usually gains from
+more threads and a tiny one gains little or nothing; on a shared, busy machine
+threads can even lose, because each operation waits for its slowest thread. When
+several processes share a machine (data-loader workers, several training jobs), give
+each fewer threads with `torch.set_num_threads` (DataLoader workers already use one).
+"""
+)
+
 # %% [markdown]
-# {glue:}`threads_sentence` On an idle machine a large operation usually gains from
-# more threads and a tiny one gains little or nothing; on a shared, busy machine
-# threads can even lose, because each operation waits for its slowest thread. When
-# several processes share a machine (data-loader workers, several training jobs), give
-# each fewer threads with `torch.set_num_threads` (DataLoader workers already use one).
-#
 # ## 8.2 Data loading
 #
 # ### Fetching a batch at a time
@@ -573,13 +593,19 @@ record("per_sample_ms", per_sample_s * 1e3, fmt="{:.1f}")
 record("per_batch_ms", per_batch_s * 1e3, fmt="{:.2f}")
 record("loader_verdict", loader_verdict)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Reading the {{n_train}} training digits once took {{per_sample_ms}} ms
+sample by sample and {{per_batch_ms}} ms batch by batch: batch-wise indexing was
+{{loader_verdict}} per-sample indexing. The rest of the chapter uses
+`make_train_loader`. (It needs a dataset that can index many samples at once; for
+files on disk, per-sample loading with workers, below, is the tool.)
+"""
+)
+
+
 # %% [markdown]
-# Reading the {glue:}`n_train` training digits once took {glue:}`per_sample_ms` ms
-# sample by sample and {glue:}`per_batch_ms` ms batch by batch: batch-wise indexing was
-# {glue:}`loader_verdict` per-sample indexing. The rest of the chapter uses
-# `make_train_loader`. (It needs a dataset that can index many samples at once; for
-# files on disk, per-sample loading with workers, below, is the tool.)
-#
 # ### The batch size
 #
 # The batch size sets how many samples share each call's fixed price, and how many
@@ -615,14 +641,19 @@ record("epoch_16_ms", epoch_times[16] * 1e3, fmt="{:.0f}")
 record("epoch_256_ms", epoch_times[256] * 1e3, fmt="{:.0f}")
 record("batch_verdict", speed_verdict(epoch_times[16], epoch_times[256]))
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+An epoch at batch size 256 took {{epoch_256_ms}} ms, against {{epoch_16_ms}}
+ms at batch size 16: it was {{batch_verdict}} the epoch at 16. But a bigger
+batch is not simply better: it takes fewer, less noisy optimizer steps per epoch, and
+usually needs a larger learning rate and more epochs to reach the same accuracy.
+Choose the batch size for the optimisation, on validation data, and use the speed as
+a tie-breaker.
+"""
+)
+
 # %% [markdown]
-# An epoch at batch size 256 took {glue:}`epoch_256_ms` ms, against {glue:}`epoch_16_ms`
-# ms at batch size 16: it was {glue:}`batch_verdict` the epoch at 16. But a bigger
-# batch is not simply better: it takes fewer, less noisy optimizer steps per epoch, and
-# usually needs a larger learning rate and more epochs to reach the same accuracy.
-# Choose the batch size for the optimisation, on validation data, and use the speed as
-# a tie-breaker.
-#
 # ### Workers for a costly `__getitem__`
 #
 # When each sample costs real time to produce (a file read from disk, a JPEG decoded,
@@ -769,28 +800,33 @@ else:
     )
 record("pinned_sentence", pinned_sentence)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Reading the later epochs off the figure: for the waiting dataset, an epoch with two
+persistent workers took {{wait_2_s}} s, against {{wait_0_s}} s without
+workers, so it was {{wait_verdict}} the epoch without workers. Waiting needs no
+CPU, so workers overlap their waits however few cores the machine has (two workers
+wait for two items at a time, more workers for more), and all of their loading
+overlaps with the training step in the main process. For the computing dataset (an
+item took {{compute_item_ms}} ms here) an epoch with two persistent workers took
+{{compute_2_s}} s against {{compute_0_s}} s: it was
+{{compute_verdict}} the epoch without workers. Computing needs cores: this
+process may use {{usable_cpus}} logical CPUs, shared by the workers, the
+training loop and anything else running, so CPU-bound loading can gain at most what
+the free cores allow.
+
+In the first epoch every configuration with workers pays their start-up. Without
+`persistent_workers` every later epoch pays it again: here the persistent workers'
+later epoch was {{persistent_verdict}} the restarted ones', {{restart_sentence}}.
+A *forked* worker (Linux's default up to Python 3.13) is a copy of the running
+process and imports nothing; a *spawned* one (macOS, Windows) is a fresh Python
+process that must import torch first, which the next cell measures.
+{{pinned_sentence}}
+"""
+)
+
 # %% [markdown]
-# Reading the later epochs off the figure: for the waiting dataset, an epoch with two
-# persistent workers took {glue:}`wait_2_s` s, against {glue:}`wait_0_s` s without
-# workers, so it was {glue:}`wait_verdict` the epoch without workers. Waiting needs no
-# CPU, so workers overlap their waits however few cores the machine has (two workers
-# wait for two items at a time, more workers for more), and all of their loading
-# overlaps with the training step in the main process. For the computing dataset (an
-# item took {glue:}`compute_item_ms` ms here) an epoch with two persistent workers took
-# {glue:}`compute_2_s` s against {glue:}`compute_0_s` s: it was
-# {glue:}`compute_verdict` the epoch without workers. Computing needs cores: this
-# process may use {glue:}`usable_cpus` logical CPUs, shared by the workers, the
-# training loop and anything else running, so CPU-bound loading can gain at most what
-# the free cores allow.
-#
-# In the first epoch every configuration with workers pays their start-up. Without
-# `persistent_workers` every later epoch pays it again: here the persistent workers'
-# later epoch was {glue:}`persistent_verdict` the restarted ones', {glue:}`restart_sentence`.
-# A *forked* worker (Linux's default up to Python 3.13) is a copy of the running
-# process and imports nothing; a *spawned* one (macOS, Windows) is a fresh Python
-# process that must import torch first, which the next cell measures.
-# {glue:}`pinned_sentence`
-#
 # A good recipe: start with `num_workers=0`; if the GPU (or the training step) waits
 # for data, raise `num_workers` step by step and measure, as here; add
 # `persistent_workers=True` when an epoch is short or workers are spawned, and
@@ -847,16 +883,22 @@ print(
 assert not notebook_ok and "NotebookDataset" in notebook_error and module_ok
 record("spawn_import_s", module_seconds, fmt="{:.1f}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The notebook's class cannot be found; the module's class is imported and works. So in
+a notebook, keep `Dataset` classes, `collate_fn`s and `worker_init_fn`s that workers
+need in a `.py` module next to it, as this book does with `helpers.tips`. The time is
+worth noting too: the fresh process needed {{spawn_import_s}} s, mostly to import
+torch, and a spawned worker pays that at every start, which is where
+`persistent_workers=True` pays most. (A *script* that uses spawned workers must also
+put its top-level code under `if __name__ == "__main__":`, because each spawned worker
+imports the script's main module.)
+"""
+)
+
+
 # %% [markdown]
-# The notebook's class cannot be found; the module's class is imported and works. So in
-# a notebook, keep `Dataset` classes, `collate_fn`s and `worker_init_fn`s that workers
-# need in a `.py` module next to it, as this book does with `helpers.tips`. The time is
-# worth noting too: the fresh process needed {glue:}`spawn_import_s` s, mostly to import
-# torch, and a spawned worker pays that at every start, which is where
-# `persistent_workers=True` pays most. (A *script* that uses spawned workers must also
-# put its top-level code under `if __name__ == "__main__":`, because each spawned worker
-# imports the script's main module.)
-#
 # ## 8.3 Learning-rate schedules
 #
 # A learning rate large enough to make fast progress early is usually too large to
@@ -987,15 +1029,20 @@ record("high_over_blowup", contest_rates[1] / blowup_lr, fmt="{:.1f}")
 # for seeds 0, 1, 2, and 1.07 on PyTorch 2.4: at least 2.1 times 0.5)
 assert contest_rates[1] < blowup_lr, blowup_lr
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The smoothed loss was lowest near a rate of {{range_lowest_lr}} and had blown
+up by {{blowup_lr}}. The rates worth trying lie below that; a common rule of
+thumb (fastai's) takes a tenth of the rate at the lowest point, here
+{{range_tenth}}. The contest below tries two rates a decade apart: 0.05,
+{{rule_word}} that rule's choice, and 0.5, a bold one at
+{{high_over_blowup}} times the blow-up rate. (The range test is a guide, not a
+measurement of the final result: its rate changes every step.)
+"""
+)
+
 # %% [markdown]
-# The smoothed loss was lowest near a rate of {glue:}`range_lowest_lr` and had blown
-# up by {glue:}`blowup_lr`. The rates worth trying lie below that; a common rule of
-# thumb (fastai's) takes a tenth of the rate at the lowest point, here
-# {glue:}`range_tenth`. The contest below tries two rates a decade apart: 0.05,
-# {glue:}`rule_word` that rule's choice, and 0.5, a bold one at
-# {glue:}`high_over_blowup` times the blow-up rate. (The range test is a guide, not a
-# measurement of the final result: its rate changes every step.)
-#
 # ### Six schedules at two rates
 #
 # Each schedule runs at both rates (the rate it starts from or peaks at), with SGD and
@@ -1018,6 +1065,7 @@ assert contest_rates[1] < blowup_lr, blowup_lr
 #   multiplies the rate by 0.3 (untuned) whenever that loss fails to beat its best so
 #   far by more than the default relative `threshold` of 1e-4 (`patience=0`: no epoch
 #   of grace; the default, 10, suits longer runs).
+#
 #
 # Each combination trains with two seeds, so that its difference from the others can
 # be compared with the difference between seeds.
@@ -1252,27 +1300,32 @@ plateau_rates = schedule_runs["ReduceLROnPlateau", high, seed][1]
 cuts = sum(b < a for a, b in itertools.pairwise(plateau_rates))
 record("plateau_cuts", {0: "never", 1: "once", 2: "twice"}.get(cuts, f"{cuts} times"))
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The left panel shows each schedule's rate over the run at the peak of 0.5, read off
+the optimizer at every step; for `ReduceLROnPlateau` that is the rate it chose from
+this run's validation losses (it cut the rate {{plateau_cuts}} with seed 0).
+The right panel shows where each combination ended.
+
+At 0.5 a schedule is what makes the rate usable. Held constant, it ended at a mean
+final validation loss of {{constant_high_loss}}; {{n_rescued}} schedules
+that lower it ended below that by more than their seeds differed, the best,
+{{best_high}}, at {{best_high_loss}}. {{not_rescued_sentence}}
+{{rescue_sentence}} {{worse_low_sentence}}
+
+Over all twelve combinations, averaged over the two seeds,
+{{schedule_sentence}} (mean final validation loss {{best_schedule_loss}}
+for {{best_schedule}}, against {{constant_loss}} for the constant rate at
+{{constant_rate}}). Two caveats. `ReduceLROnPlateau` watched the same
+validation loss that ranks the schedules, which favours it in this ranking; a
+careful comparison gives it a separate split to watch. And two rates and two seeds
+are a small grid: schedules matter more for long runs and large models than for
+eight epochs of a small network.
+"""
+)
+
 # %% [markdown]
-# The left panel shows each schedule's rate over the run at the peak of 0.5, read off
-# the optimizer at every step; for `ReduceLROnPlateau` that is the rate it chose from
-# this run's validation losses (it cut the rate {glue:}`plateau_cuts` with seed 0).
-# The right panel shows where each combination ended.
-#
-# At 0.5 a schedule is what makes the rate usable. Held constant, it ended at a mean
-# final validation loss of {glue:}`constant_high_loss`; {glue:}`n_rescued` schedules
-# that lower it ended below that by more than their seeds differed, the best,
-# {glue:}`best_high`, at {glue:}`best_high_loss`. {glue:}`not_rescued_sentence`
-# {glue:}`rescue_sentence` {glue:}`worse_low_sentence`
-#
-# Over all twelve combinations, averaged over the two seeds,
-# {glue:}`schedule_sentence` (mean final validation loss {glue:}`best_schedule_loss`
-# for {glue:}`best_schedule`, against {glue:}`constant_loss` for the constant rate at
-# {glue:}`constant_rate`). Two caveats. `ReduceLROnPlateau` watched the same
-# validation loss that ranks the schedules, which favours it in this ranking; a
-# careful comparison gives it a separate split to watch. And two rates and two seeds
-# are a small grid: schedules matter more for long runs and large models than for
-# eight epochs of a small network.
-#
 # ### The test set, once
 #
 # The schedule and its rate are chosen on validation data; now, once, the seed-0 model
@@ -1300,11 +1353,17 @@ record("n_test", len(test_set))
 # a standard error of about 1 point
 assert test_result.accuracy >= 0.93, test_result.accuracy
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The selected model ({{best_schedule}}) classifies {{test_accuracy}} of the
+{{n_test}} test digits correctly, with a standard error of {{test_se}}
+points.
+"""
+)
+
+
 # %% [markdown]
-# The selected model ({glue:}`best_schedule`) classifies {glue:}`test_accuracy` of the
-# {glue:}`n_test` test digits correctly, with a standard error of {glue:}`test_se`
-# points.
-#
 # ## 8.4 Mixed precision
 #
 # Most of a network's arithmetic survives with fewer bits than `float32`'s 24-bit
@@ -1326,6 +1385,7 @@ assert test_result.accuracy >= 0.93, test_result.accuracy
 #   BF16 or AMX (x86) or the BF16 extension (Arm); autocast on Apple GPUs accepts it
 #   from PyTorch 2.6 on macOS 14 or later. Where the hardware has it, it is the usual
 #   choice today.
+#
 #
 # (On NVIDIA GPUs from Ampere on, `float32` matrix products can also run in TF32,
 # chapter 1: a smaller step than autocast, with no change to the training loop.) The
@@ -1382,13 +1442,18 @@ record("amp_dtype", amp_name)
 record("amp_device", amp_device.type.upper())
 record("amp_reason", amp_reason)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Autocast here: {{amp_dtype}} on the {{amp_device}}, because
+{{amp_reason}}. In `float16`, 1e-8 became 0 and 70,000 became infinity;
+`bfloat16` kept both, only roughly (70,000 became 70,144: eight significant bits).
+Inside autocast the linear layers produced 16-bit logits while the loss came out in
+`float32`, and the weights stayed `float32`.
+"""
+)
+
 # %% [markdown]
-# Autocast here: {glue:}`amp_dtype` on the {glue:}`amp_device`, because
-# {glue:}`amp_reason`. In `float16`, 1e-8 became 0 and 70,000 became infinity;
-# `bfloat16` kept both, only roughly (70,000 became 70,144: eight significant bits).
-# Inside autocast the linear layers produced 16-bit logits while the loss came out in
-# `float32`, and the weights stayed `float32`.
-#
 # ### What `GradScaler` does
 #
 # Below `float16`'s smallest normal number, about 6e-5, values keep fewer and fewer
@@ -1407,6 +1472,7 @@ record("amp_reason", amp_reason)
 # - `scaler.update()` then halves $S$ (`backoff_factor=0.5`); after 2,000 steps in a
 #   row without such a gradient (`growth_interval`) it doubles $S$
 #   (`growth_factor=2.0`).
+#
 #
 # So $S$ stays near the largest scale that does not overflow, at the price of an
 # occasional skipped step. The cell shows the underflow and its rescue, then runs a
@@ -1565,16 +1631,22 @@ record("half_matmul_us", half_matmul_s * 1e6, fmt="{:.0f}")
 record("matmul_verdict", matmul_verdict)
 record("matmul_reading", matmul_reading)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+A training step took {{fp32_step_ms}} ms in `float32` and {{amp_step_ms}} ms
+under autocast with {{amp_dtype}}: autocast was {{amp_verdict}} `float32`.
+{{bf16_sentence}} One 256 × 256 by 256 × 256 matrix product took
+{{fp32_matmul_us}} µs in `float32` and {{half_matmul_us}} µs in
+{{amp_dtype}}: {{matmul_verdict}} `float32`. {{matmul_reading}}
+Where 16-bit products run natively,
+large matrix products gain, and activations saved in 16 bits take half the memory;
+hardware without native 16-bit products shows no gain.
+"""
+)
+
+
 # %% [markdown]
-# A training step took {glue:}`fp32_step_ms` ms in `float32` and {glue:}`amp_step_ms` ms
-# under autocast with {glue:}`amp_dtype`: autocast was {glue:}`amp_verdict` `float32`.
-# {glue:}`bf16_sentence` One 256 × 256 by 256 × 256 matrix product took
-# {glue:}`fp32_matmul_us` µs in `float32` and {glue:}`half_matmul_us` µs in
-# {glue:}`amp_dtype`: {glue:}`matmul_verdict` `float32`. {glue:}`matmul_reading`
-# Where 16-bit products run natively,
-# large matrix products gain, and activations saved in 16 bits take half the memory;
-# hardware without native 16-bit products shows no gain.
-#
 # The training loop with mixed precision: the forward pass and the loss inside
 # `autocast`, the backward pass outside it, and the scaler around `backward` and
 # `step` (for `bfloat16` it is created disabled and passes everything through
@@ -1680,16 +1752,22 @@ record("amp_accuracy_sentence", amp_accuracy_sentence)
 # against 3 standard errors of 3.0 to 3.9 points
 assert abs(amp_acc - fp32_acc) <= 3 * val_se, (amp_acc, fp32_acc)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The validation losses of the two runs differ by at most {{amp_curve_gap}} in
+any epoch (the right panel), and the final validation accuracies,
+{{fp32_val_acc}} for the model trained in `float32` and {{amp_val_acc}}
+for the one trained with autocast (both evaluated by `evaluate`, in `float32`),
+differ by {{amp_acc_gap}}, against a standard error of {{val_se}}
+points for either one: {{amp_accuracy_sentence}}.
+Whether mixed precision pays is then a question of speed and memory, which depend on
+the hardware.
+"""
+)
+
+
 # %% [markdown]
-# The validation losses of the two runs differ by at most {glue:}`amp_curve_gap` in
-# any epoch (the right panel), and the final validation accuracies,
-# {glue:}`fp32_val_acc` for the model trained in `float32` and {glue:}`amp_val_acc`
-# for the one trained with autocast (both evaluated by `evaluate`, in `float32`),
-# differ by {glue:}`amp_acc_gap`, against a standard error of {glue:}`val_se`
-# points for either one: {glue:}`amp_accuracy_sentence`.
-# Whether mixed precision pays is then a question of speed and memory, which depend on
-# the hardware.
-#
 # ## 8.5 `torch.compile`
 #
 # `torch.compile(model)` traces the model's Python code into a graph the first time it
@@ -1832,17 +1910,23 @@ print(compile_sentence)
 record("compile_sentence", compile_sentence)
 record("compile_summary", compile_summary)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+{{compile_sentence}} (Fused kernels may add in a different order, so compiled
+and eager results are close but need not be bitwise equal. The cell checks each
+output against the worst case that float32 rounding allows for its chain of sums,
+`helpers.numerics.sum_rounding_bound`: for $n$ terms, two orders of summation can
+differ by up to about $n \cdot \varepsilon \cdot \sum_i |x_i|$. The bound assumes
+float32 arithmetic throughout. With TF32 matrix products enabled on an NVIDIA GPU
+(`torch.set_float32_matmul_precision("high")`, which Inductor's warning on such a
+GPU suggests), the inputs of each product are rounded to 10 bits of mantissa first,
+and the bound no longer applies.)
+"""
+)
+
+
 # %% [markdown]
-# {glue:}`compile_sentence` (Fused kernels may add in a different order, so compiled
-# and eager results are close but need not be bitwise equal. The cell checks each
-# output against the worst case that float32 rounding allows for its chain of sums,
-# `helpers.numerics.sum_rounding_bound`: for $n$ terms, two orders of summation can
-# differ by up to about $n \cdot \varepsilon \cdot \sum_i |x_i|$. The bound assumes
-# float32 arithmetic throughout. With TF32 matrix products enabled on an NVIDIA GPU
-# (`torch.set_float32_matmul_precision("high")`, which Inductor's warning on such a
-# GPU suggests), the inputs of each product are rounded to 10 bits of mantissa first,
-# and the bound no longer applies.)
-#
 # The compile time is the number to weigh first. A model that trains for hours
 # amortises any compile time; a notebook that runs a small model for a minute rarely
 # does. Compiling only pays when the steady-state gain times the number of calls
@@ -1971,15 +2055,20 @@ print(step_compile_sentence)
 record("step_compile_sentence", step_compile_sentence)
 record("step_summary", step_summary)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+{{step_compile_sentence}} Compiling can shorten only the fused element-wise
+work (fewer passes over memory, fewer calls): the matrix products and the
+optimizer's update, left eager here, take as long as before, and every call adds its
+guard checks. One more difference: because Inductor draws dropout's masks with its
+own code, for the same seed the compiled model's masks, and with them the training
+run, differ from eager mode's (a compiled run with the same seed still repeats
+itself).
+"""
+)
+
 # %% [markdown]
-# {glue:}`step_compile_sentence` Compiling can shorten only the fused element-wise
-# work (fewer passes over memory, fewer calls): the matrix products and the
-# optimizer's update, left eager here, take as long as before, and every call adds its
-# guard checks. One more difference: because Inductor draws dropout's masks with its
-# own code, for the same seed the compiled model's masks, and with them the training
-# run, differ from eager mode's (a compiled run with the same seed still repeats
-# itself).
-#
 # Two more things to know. A new input shape, a new dtype or a Python branch that goes
 # the other way triggers a recompilation (by default the second shape is compiled with
 # dynamic sizes); run with the environment variable `TORCH_LOGS=recompiles` to see
@@ -2179,22 +2268,27 @@ record("dead_sentence", dead_sentence)
 dead_clipped = dead_share(clip_runs[excessive, "clipped"][0], x_val_all)
 record("dead_clipped", dead_clipped, fmt="{:.0%}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+At the sensible rate clipping triggered {{clip_rarely}}: {{clipped_share_low}}
+of the steps exceeded `max_norm` = {{clip_limit}}, and the final validation loss
+was {{low_clipped_loss}} with clipping against {{low_loss}} without.
+
+At the excessive rate the unclipped run ended at a validation loss of
+{{high_loss}} (guessing scores ln 10 ≈ 2.30), with {{dead_high}} of its
+first layer's ReLUs outputting zero for every validation digit (against
+{{dead_low}} in the healthy run), and a median gradient norm of
+{{late_norm_high}} in its last epoch (healthy run: {{late_norm_low}}).
+{{dead_sentence}} With clipping, {{clipped_share_high}} of the steps were
+clipped and the run ended at {{high_clipped_loss}}, with {{dead_clipped}}
+of its first layer's ReLUs dead for every validation digit.
+A rate that needs clipping this often is simply too high; its fix is a lower rate,
+or a schedule that lowers it (section 8.3).
+"""
+)
+
 # %% [markdown]
-# At the sensible rate clipping triggered {glue:}`clip_rarely`: {glue:}`clipped_share_low`
-# of the steps exceeded `max_norm` = {glue:}`clip_limit`, and the final validation loss
-# was {glue:}`low_clipped_loss` with clipping against {glue:}`low_loss` without.
-#
-# At the excessive rate the unclipped run ended at a validation loss of
-# {glue:}`high_loss` (guessing scores ln 10 ≈ 2.30), with {glue:}`dead_high` of its
-# first layer's ReLUs outputting zero for every validation digit (against
-# {glue:}`dead_low` in the healthy run), and a median gradient norm of
-# {glue:}`late_norm_high` in its last epoch (healthy run: {glue:}`late_norm_low`).
-# {glue:}`dead_sentence` With clipping, {glue:}`clipped_share_high` of the steps were
-# clipped and the run ended at {glue:}`high_clipped_loss`, with {glue:}`dead_clipped`
-# of its first layer's ReLUs dead for every validation digit.
-# A rate that needs clipping this often is simply too high; its fix is a lower rate,
-# or a schedule that lowers it (section 8.3).
-#
 # ### One accumulation step with every part in place
 #
 # In a training loop with accumulation, clipping, a `GradScaler` and a scheduler, the
@@ -2208,6 +2302,7 @@ record("dead_clipped", dead_clipped, fmt="{:.0%}")
 #    `scaler.update()`, `optimizer.zero_grad()`;
 # 5. `scheduler.step()`, once per *optimizer* step: a schedule built for `T` steps
 #    (`total_steps`, `T_max`) would run `k` times too fast if stepped per micro-batch.
+#
 #
 # The cell checks steps 1 to 4 against one clipped step on the whole batch of 128, and
 # makes the two classic mistakes: clipping inside the micro-batch loop, and clipping
@@ -2281,17 +2376,22 @@ assert step_errors[None] < 1e-4
 assert step_errors["clip inside the loop"] > 1e-2
 assert step_errors["clip before unscale_"] > 0.5
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Done in that order, the four micro-batches land within a relative error of
+{{step_error_right}} of the big batch's step (`float32` rounding: the sums are
+added in another order). Clipping inside the loop clips partial sums, each time
+shortening what came before but not what comes after (error
+{{step_error_loop}}, with the limit scaled to match the scaled gradients, so
+the order is the only fault). Clipping before `unscale_` measures the norm of
+gradients still multiplied by 65,536, so it cuts them to a tiny fraction of the
+limit, and the step almost vanishes (error {{step_error_scaled}}, where 1 means
+no step at all).
+"""
+)
+
 # %% [markdown]
-# Done in that order, the four micro-batches land within a relative error of
-# {glue:}`step_error_right` of the big batch's step (`float32` rounding: the sums are
-# added in another order). Clipping inside the loop clips partial sums, each time
-# shortening what came before but not what comes after (error
-# {glue:}`step_error_loop`, with the limit scaled to match the scaled gradients, so
-# the order is the only fault). Clipping before `unscale_` measures the norm of
-# gradients still multiplied by 65,536, so it cuts them to a tiny fraction of the
-# limit, and the step almost vanishes (error {glue:}`step_error_scaled`, where 1 means
-# no step at all).
-#
 # ### Accumulation across processes: `no_sync`
 #
 # With `DistributedDataParallel` (chapter 9) each process computes gradients on its
@@ -2305,7 +2405,6 @@ assert step_errors["clip before unscale_"] > 0.5
 # backend on the CPU; several processes are chapter 9's subject), counting the
 # all-reduces with a *communication hook*, a function DDP calls for each bucket of
 # gradients it sends, and also tries the tempting mistake of wrapping only `backward`.
-
 
 # %%
 if dist.is_available():  # a build without torch.distributed lacks this module
@@ -2379,13 +2478,18 @@ else:
 print(no_sync_sentence)
 record("no_sync_sentence", no_sync_sentence)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+{{no_sync_sentence}} With one process an all-reduce costs little; across GPUs
+or machines each one moves every gradient over the interconnect, which is why
+accumulating with `no_sync` matters there. DDP groups gradients into *buckets* (by
+default the first is capped at 1 MiB, `dist._DEFAULT_FIRST_BUCKET_BYTES`, and later
+ones at 25 MiB) and sends one all-reduce per bucket: this small model fits in one.
+"""
+)
+
 # %% [markdown]
-# {glue:}`no_sync_sentence` With one process an all-reduce costs little; across GPUs
-# or machines each one moves every gradient over the interconnect, which is why
-# accumulating with `no_sync` matters there. DDP groups gradients into *buckets* (by
-# default the first is capped at 1 MiB, `dist._DEFAULT_FIRST_BUCKET_BYTES`, and later
-# ones at 25 MiB) and sends one all-reduce per bucket: this small model fits in one.
-#
 # ## 8.7 Checkpointing and resuming
 #
 # A run that stops (a crash, a pre-empted cloud machine, a time limit) should continue
@@ -2573,16 +2677,21 @@ ax.title.set_fontsize(9)
 plt.show()
 record("resumed_loss_gap", gap_words(resumed_gap))
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The resumed run ends with weights equal bit for bit to the uninterrupted run's
+(`torch.equal` on every tensor of the `state_dict`), and from the dotted line on its
+dashed loss curve lies on the uninterrupted run's: the two
+{{resumed_loss_gap}}. Leaving out any one part breaks
+that: without the optimizer's state (AdamW's running averages) the weights end up
+{{skip_optimizer_gap}} apart, without the scheduler's (it loses its place in the
+cosine) {{skip_scheduler_gap}}, and without the random states (other dropout
+masks and another batch order) {{skip_rng_gap}}.
+"""
+)
+
 # %% [markdown]
-# The resumed run ends with weights equal bit for bit to the uninterrupted run's
-# (`torch.equal` on every tensor of the `state_dict`), and from the dotted line on its
-# dashed loss curve lies on the uninterrupted run's: the two
-# {glue:}`resumed_loss_gap`. Leaving out any one part breaks
-# that: without the optimizer's state (AdamW's running averages) the weights end up
-# {glue:}`skip_optimizer_gap` apart, without the scheduler's (it loses its place in the
-# cosine) {glue:}`skip_scheduler_gap`, and without the random states (other dropout
-# masks and another batch order) {glue:}`skip_rng_gap`.
-#
 # Resuming at an epoch boundary keeps this simple: the crash cost the part of epoch 4
 # that had run. To resume mid-epoch, also save the step within the epoch and skip that
 # many batches on restart, with the generator state from the *start* of the epoch
@@ -2775,14 +2884,18 @@ ax.title.set_fontsize(9)
 plt.show()
 record("repeat_loss_gap", gap_words(repeat_gap))
 
-# %% [markdown]
-# The two runs with the same seed end with identical weights, and their loss curves
-# coincide (the dashed one lies on the solid one; their losses
-# {glue:}`repeat_loss_gap`); another seed gives other
-# weights (largest difference {glue:}`other_seed_gap`). Why the loader gets its own
-# `generator`: without one, it draws the shuffle and the worker seeds from the global
-# generator, which every other random draw in the program also moves. Add one unrelated
-# draw (say, an extra model built for a comparison) and the data order changes:
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The two runs with the same seed end with identical weights, and their loss curves
+coincide (the dashed one lies on the solid one; their losses
+{{repeat_loss_gap}}); another seed gives other
+weights (largest difference {{other_seed_gap}}). Why the loader gets its own
+`generator`: without one, it draws the shuffle and the worker seeds from the global
+generator, which every other random draw in the program also moves. Add one unrelated
+draw (say, an extra model built for a comparison) and the data order changes:
+"""
+)
 
 
 # %%
@@ -3004,41 +3117,46 @@ record("multiply_us", multiply_s * 1e6, fmt="{:.0f}")
 record("product_us", product_s * 1e6, fmt="{:.0f}")
 record("dropout_cause", dropout_cause)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Names starting with `aten::` are PyTorch's operators: `addmm` is a linear layer's
+matrix product plus bias, `mm` the matrix products of the backward pass,
+`bernoulli_` draws dropout's random masks, `threshold_backward` is ReLU's backward,
+`empty_strided` allocates a tensor, and the optimizer's update appears as
+element-wise operators (`mul_`, `lerp_`, `addcdiv_`..., or `_foreach_*` versions
+when it updates all parameters in one call). `ProfilerStep*` spans each recorded
+step, and a label's own time is the time inside it that no operator accounts for:
+Python and PyTorch's own overhead. {{profile_sentence}}.
+
+A recording of a few milliseconds is noisy: across the {{n_profiles}}
+recordings dropout's operators took from {{dropout_vs_matmul_low}} to
+{{dropout_vs_matmul_high}} times the time of the matrix products it sits
+between (median {{dropout_vs_matmul}}), so no one of them is a result. By
+arithmetic dropout would cost about {{dropout_arith_share}} of the matrix
+products (about five operations per activation against 2 × 256 per output of a
+hidden layer, forward and backward), and {{dropout_share_words}} that.
+On one 256 × 256 activation, drawing the mask (`bernoulli_`) took {{draw_us}}
+µs, multiplying by it {{multiply_us}} µs, and the layer's matrix product
+(`addmm`) {{product_us}} µs: what dropout costs here is
+{{dropout_cause}}. The phase shares deserve the
+same caution, and one more: they include the profiler's own cost of recording each
+operator, which weighs most where many small operators run, so they show where the
+calls are, not how an unprofiled step divides its time.
+
+Many small element-wise operators are the work a compiler fuses: Inductor can merge
+the mask, the multiplication and the ReLU into one kernel that passes over the data
+once. Fusion saves passes over memory and calls; where drawing the random numbers is
+the cost, it saves little. In section 8.5 the compiled training step
+{{step_summary}}. Fused optimizers
+(`torch.optim.AdamW(..., fused=True)`, on CUDA and, in recent PyTorch versions, on
+the CPU) do the same for the update. For a timeline,
+`prof.export_chrome_trace("trace.json")` writes a file that Perfetto
+(ui.perfetto.dev) or `chrome://tracing` opens.
+"""
+)
+
 # %% [markdown]
-# Names starting with `aten::` are PyTorch's operators: `addmm` is a linear layer's
-# matrix product plus bias, `mm` the matrix products of the backward pass,
-# `bernoulli_` draws dropout's random masks, `threshold_backward` is ReLU's backward,
-# `empty_strided` allocates a tensor, and the optimizer's update appears as
-# element-wise operators (`mul_`, `lerp_`, `addcdiv_`..., or `_foreach_*` versions
-# when it updates all parameters in one call). `ProfilerStep*` spans each recorded
-# step, and a label's own time is the time inside it that no operator accounts for:
-# Python and PyTorch's own overhead. {glue:}`profile_sentence`.
-#
-# A recording of a few milliseconds is noisy: across the {glue:}`n_profiles`
-# recordings dropout's operators took from {glue:}`dropout_vs_matmul_low` to
-# {glue:}`dropout_vs_matmul_high` times the time of the matrix products it sits
-# between (median {glue:}`dropout_vs_matmul`), so no one of them is a result. By
-# arithmetic dropout would cost about {glue:}`dropout_arith_share` of the matrix
-# products (about five operations per activation against 2 × 256 per output of a
-# hidden layer, forward and backward), and {glue:}`dropout_share_words` that.
-# On one 256 × 256 activation, drawing the mask (`bernoulli_`) took {glue:}`draw_us`
-# µs, multiplying by it {glue:}`multiply_us` µs, and the layer's matrix product
-# (`addmm`) {glue:}`product_us` µs: what dropout costs here is
-# {glue:}`dropout_cause`. The phase shares deserve the
-# same caution, and one more: they include the profiler's own cost of recording each
-# operator, which weighs most where many small operators run, so they show where the
-# calls are, not how an unprofiled step divides its time.
-#
-# Many small element-wise operators are the work a compiler fuses: Inductor can merge
-# the mask, the multiplication and the ReLU into one kernel that passes over the data
-# once. Fusion saves passes over memory and calls; where drawing the random numbers is
-# the cost, it saves little. In section 8.5 the compiled training step
-# {glue:}`step_summary`. Fused optimizers
-# (`torch.optim.AdamW(..., fused=True)`, on CUDA and, in recent PyTorch versions, on
-# the CPU) do the same for the update. For a timeline,
-# `prof.export_chrome_trace("trace.json")` writes a file that Perfetto
-# (ui.perfetto.dev) or `chrome://tracing` opens.
-#
 # ### `inference_mode` and `no_grad`
 #
 # Under `torch.no_grad()` autograd records nothing, so no activations are kept for a
@@ -3079,14 +3197,19 @@ record(
     speed_verdict(mode_times["no_grad"], mode_times["inference_mode"]),
 )
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The forward pass took {{inference_mode_us}} µs under `inference_mode` and
+{{grad_mode_us}} µs with autograd on, so `inference_mode` was
+{{inference_verdict}} autograd on, and {{inference_vs_no_grad}} `no_grad`.
+Time is not the only saving: without autograd no activations are kept for a backward
+pass, and for large batches that memory is the bigger gain. The next cell measures
+how much it is.
+"""
+)
+
 # %% [markdown]
-# The forward pass took {glue:}`inference_mode_us` µs under `inference_mode` and
-# {glue:}`grad_mode_us` µs with autograd on, so `inference_mode` was
-# {glue:}`inference_verdict` autograd on, and {glue:}`inference_vs_no_grad` `no_grad`.
-# Time is not the only saving: without autograd no activations are kept for a backward
-# pass, and for large batches that memory is the bigger gain. The next cell measures
-# how much it is.
-#
 # ### Memory: an estimate, checked
 #
 # Training memory has three parts that can be estimated from the model alone:
@@ -3099,6 +3222,7 @@ record(
 #   and each ReLU its output, which is the next layer's input, one tensor for both; the
 #   cross-entropy loss keeps its log-probabilities (and the targets). So for a batch
 #   of `B` and widths 64, 256, 256, 10: about `4 B (64 + 256 + 256 + 10)` bytes.
+#
 #
 # The cell checks each against a measurement: the optimizer's state tensors after one
 # step, and every tensor autograd actually saves during a forward pass, captured with
@@ -3170,20 +3294,25 @@ record("activation_measured_mib", activation_measured / mib, fmt="{:.2f}")
 assert abs(optimizer_bytes - 2 * param_bytes) / param_bytes < 0.01
 assert abs(activation_measured - activation_estimate) / activation_estimate < 0.05
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The parameters take {{param_mib}} MiB, AdamW's state measured
+{{adam_mib}} MiB (twice the parameters, plus a few bytes of step counters), and
+the saved
+activations for a batch of 512 measured {{activation_measured_mib}} MiB
+against the estimate of {{activation_estimate_mib}} MiB. The estimate is
+the tool: activations scale with the batch size, parameters and optimizer state do
+not, so a batch that does not fit calls for smaller micro-batches with accumulation
+(section 8.6), mixed precision (half the bytes per saved activation), or activation
+checkpointing (`torch.utils.checkpoint`, which recomputes activations in the backward
+pass instead of keeping them). On a GPU, `torch.cuda.max_memory_allocated()` reports
+the peak the allocator handed out, temporary buffers included, and
+`torch.cuda.memory_summary()` also the blocks it keeps cached for reuse.
+"""
+)
+
 # %% [markdown]
-# The parameters take {glue:}`param_mib` MiB, AdamW's state measured
-# {glue:}`adam_mib` MiB (twice the parameters, plus a few bytes of step counters), and
-# the saved
-# activations for a batch of 512 measured {glue:}`activation_measured_mib` MiB
-# against the estimate of {glue:}`activation_estimate_mib` MiB. The estimate is
-# the tool: activations scale with the batch size, parameters and optimizer state do
-# not, so a batch that does not fit calls for smaller micro-batches with accumulation
-# (section 8.6), mixed precision (half the bytes per saved activation), or activation
-# checkpointing (`torch.utils.checkpoint`, which recomputes activations in the backward
-# pass instead of keeping them). On a GPU, `torch.cuda.max_memory_allocated()` reports
-# the peak the allocator handed out, temporary buffers included, and
-# `torch.cuda.memory_summary()` also the blocks it keeps cached for reuse.
-#
 # ## 8.10 Three checks before a long run
 #
 # Many failed training runs fail for dull reasons: a wrong loss function, a missing
@@ -3205,6 +3334,7 @@ assert abs(activation_measured - activation_estimate) / activation_estimate < 0.
 #   raises as soon as an operation returns a NaN, and a warning names the forward
 #   operation that created it, with its line of code. It slows everything down, so
 #   switch it on only to hunt a bug.
+#
 #
 # The cell runs the first two checks with the chapter's model (Adam at its default rate
 # of 1e-3, 200 steps on 64 training digits: untuned, and plenty).
@@ -3238,11 +3368,15 @@ record("one_batch_loss", one_batch_losses[-1], fmt="{:.4f}")
 assert abs(initial_loss - np.log(10)) < 0.1, initial_loss
 assert one_batch_losses[-1] < 0.05, one_batch_losses[-1]
 
-# %% [markdown]
-# The untrained model's loss was {glue:}`initial_loss`, against ln 10 ≈ 2.303, and 200
-# steps on one batch brought its training loss to {glue:}`one_batch_loss`: both checks
-# pass. For the third, a function that looks safe: `log_or_zero` takes the logarithm
-# only where `x > 0` and returns 0 elsewhere, so its forward value is always finite.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The untrained model's loss was {{initial_loss}}, against ln 10 ≈ 2.303, and 200
+steps on one batch brought its training loss to {{one_batch_loss}}: both checks
+pass. For the third, a function that looks safe: `log_or_zero` takes the logarithm
+only where `x > 0` and returns 0 elsewhere, so its forward value is always finite.
+"""
+)
 
 
 # %%
@@ -3294,8 +3428,9 @@ assert torch.isfinite(x_nan.grad).all()
 #
 # ## Summary table: the tips, measured here
 #
-# The table collects this run's measurements, one line per tip.
-# {glue:}`load_sentence`
+#
+# The table collects this run's measurements, one line per tip. Above it, the cell says
+# how busy the machine was while they were taken.
 
 # %%
 load_at_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -3397,36 +3532,36 @@ for tip, effect in summary_rows:
     for line in lines[1:]:
         print(f"{'':25} {line}")
 
+# %% [markdown] tags=["box-warning"]
+# > **Common pitfalls**
+# >
+# > - **`.cuda()` in library code**: it ties the code to NVIDIA GPUs; use `.to(device)`.
+# > - **Timing GPU code without synchronising**, or without a warm-up: the clock stops
+# >   before the GPU finishes, and the first call pays for initialisation.
+# > - **`.item()` (or `print`, `.cpu()`) on every step** on a GPU: each one waits for
+# >   the GPU. Accumulate on the device and read once.
+# > - **Workers with a dataset, `collate_fn` or `worker_init_fn` defined in a notebook**
+# >   on macOS, Windows or Python 3.14's Linux default: define them in a module.
+# > - **`scheduler.step()` before `optimizer.step()`**, or stepping a per-batch schedule
+# >   once per epoch (its `T_max`/`total_steps` counts what you step).
+# > - **`float16` without `GradScaler`**, and clipping before `scaler.unscale_`.
+# > - **Clipping inside the accumulation loop**, or stepping the scheduler once per
+# >   micro-batch; with DDP, accumulating without `no_sync()`, or with only `backward`
+# >   inside it.
+# > - **Accumulating unequal micro-batches with `loss / k`**, or expecting accumulation
+# >   to equal a big batch with BatchNorm (chapter 2).
+# > - **A checkpoint without optimizer, scheduler or random states**: the run continues,
+# >   but not as it would have.
+# > - **Saving over the only checkpoint with a plain `torch.save`**.
+# > - **Trusting `weights_only=True` as a sandbox**: it blocks code in pickles, not
+# >   malicious weights, and only in patched PyTorch versions.
+# > - **A `DataLoader` without its own `generator`** in a run meant to be reproducible.
+# > - **Pinning every batch by hand** with `tensor.pin_memory()` in the training loop:
+# >   let the `DataLoader` pin.
+# > - **A long run without the three checks**: loss at initialisation, one batch
+# >   overfit, `detect_anomaly` for the first NaN.
+
 # %% [markdown]
-# ```{admonition} Common pitfalls
-# :class: warning
-# - **`.cuda()` in library code**: it ties the code to NVIDIA GPUs; use `.to(device)`.
-# - **Timing GPU code without synchronising**, or without a warm-up: the clock stops
-#   before the GPU finishes, and the first call pays for initialisation.
-# - **`.item()` (or `print`, `.cpu()`) on every step** on a GPU: each one waits for
-#   the GPU. Accumulate on the device and read once.
-# - **Workers with a dataset, `collate_fn` or `worker_init_fn` defined in a notebook**
-#   on macOS, Windows or Python 3.14's Linux default: define them in a module.
-# - **`scheduler.step()` before `optimizer.step()`**, or stepping a per-batch schedule
-#   once per epoch (its `T_max`/`total_steps` counts what you step).
-# - **`float16` without `GradScaler`**, and clipping before `scaler.unscale_`.
-# - **Clipping inside the accumulation loop**, or stepping the scheduler once per
-#   micro-batch; with DDP, accumulating without `no_sync()`, or with only `backward`
-#   inside it.
-# - **Accumulating unequal micro-batches with `loss / k`**, or expecting accumulation
-#   to equal a big batch with BatchNorm (chapter 2).
-# - **A checkpoint without optimizer, scheduler or random states**: the run continues,
-#   but not as it would have.
-# - **Saving over the only checkpoint with a plain `torch.save`**.
-# - **Trusting `weights_only=True` as a sandbox**: it blocks code in pickles, not
-#   malicious weights, and only in patched PyTorch versions.
-# - **A `DataLoader` without its own `generator`** in a run meant to be reproducible.
-# - **Pinning every batch by hand** with `tensor.pin_memory()` in the training loop:
-#   let the `DataLoader` pin.
-# - **A long run without the three checks**: loss at initialisation, one batch
-#   overfit, `detect_anomaly` for the first NaN.
-# ```
-#
 # ## Exercises
 #
 # **Exercise 1.** Does the overhead floor move with the model? Repeat the batch-size
@@ -3693,32 +3828,38 @@ assert failed == {"features * w", "features @ W"} and fixed_equal, (failed, fixe
 
 # %% [markdown]
 # ## Summary
-#
-# - Write `.to(device)`, never `.cuda()`. Small batches pay a fixed price per
-#   operation (on a GPU more than on a CPU), so a tiny model can be slower on a GPU;
-#   `.item()` every step makes a GPU wait. Let the `DataLoader` pin memory
-#   (`pin_memory=True`) rather than pinning each batch in the loop.
-# - Workers pay when `__getitem__` is costly: waiting overlaps on any machine, computing
-#   only on free cores; keep workers' classes and functions in a module.
-# - Find the usable rates with a range test and choose schedule and rate on validation
-#   data; step the scheduler after the optimizer. Here {glue:}`schedule_sentence`;
-#   at the rate of 0.5 the constant rate ended at a validation loss of
-#   {glue:}`constant_high_loss`, {glue:}`best_high` at {glue:}`best_high_loss`.
-# - Mixed precision: `bfloat16` where the hardware has it, `float16` with `GradScaler`
-#   on older GPUs; here {glue:}`amp_accuracy_sentence`. Here `torch.compile`
-#   {glue:}`compile_summary` on an inference pass and {glue:}`step_summary` on a
-#   training step: it pays where its steady-state gain, times the calls, exceeds the
-#   compile time.
-# - With accumulation: `unscale_`, then clip once, then step, and step the scheduler
-#   per optimizer step; with DDP, forward and backward inside `no_sync()` for all
-#   but the last micro-batch.
-#   Clipping is a safety net that should rarely act.
-# - A checkpoint with model, optimizer, scheduler and random states resumed bit for
-#   bit; save it atomically and load it with `weights_only=True`, which blocks code,
-#   not bad weights. Seeds, a loader `generator` and deterministic algorithms made two
-#   runs identical.
-# - The profiler and a three-part memory estimate show where time and memory go; the
-#   loss at initialisation, one overfit batch and `detect_anomaly` catch bugs early.
-#
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+- Write `.to(device)`, never `.cuda()`. Small batches pay a fixed price per
+  operation (on a GPU more than on a CPU), so a tiny model can be slower on a GPU;
+  `.item()` every step makes a GPU wait. Let the `DataLoader` pin memory
+  (`pin_memory=True`) rather than pinning each batch in the loop.
+- Workers pay when `__getitem__` is costly: waiting overlaps on any machine, computing
+  only on free cores; keep workers' classes and functions in a module.
+- Find the usable rates with a range test and choose schedule and rate on validation
+  data; step the scheduler after the optimizer. Here {{schedule_sentence}};
+  at the rate of 0.5 the constant rate ended at a validation loss of
+  {{constant_high_loss}}, {{best_high}} at {{best_high_loss}}.
+- Mixed precision: `bfloat16` where the hardware has it, `float16` with `GradScaler`
+  on older GPUs; here {{amp_accuracy_sentence}}. Here `torch.compile`
+  {{compile_summary}} on an inference pass and {{step_summary}} on a
+  training step: it pays where its steady-state gain, times the calls, exceeds the
+  compile time.
+- With accumulation: `unscale_`, then clip once, then step, and step the scheduler
+  per optimizer step; with DDP, forward and backward inside `no_sync()` for all
+  but the last micro-batch.
+  Clipping is a safety net that should rarely act.
+- A checkpoint with model, optimizer, scheduler and random states resumed bit for
+  bit; save it atomically and load it with `weights_only=True`, which blocks code,
+  not bad weights. Seeds, a loader `generator` and deterministic algorithms made two
+  runs identical.
+- The profiler and a three-part memory estimate show where time and memory go; the
+  loss at initialisation, one overfit batch and `detect_anomaly` catch bugs early.
+"""
+)
+
+# %% [markdown]
 # **Next:** chapter 9 runs the training loop on several processes at once with
 # `torch.distributed`.

@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: tags,jupyter,mystnb,-all
+#     cell_metadata_filter: tags,jupyter,mystnb,cellView,-all
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -76,7 +76,7 @@ from helpers.distributed import (
 )
 from helpers.numerics import sum_rounding_bound
 from helpers.plotting import plot_losses
-from helpers.results import record
+from helpers.results import prose, record
 from helpers.runtime import describe_runtime, get_device, seed_everything
 from matplotlib.patches import FancyBboxPatch
 from torch import nn
@@ -339,13 +339,18 @@ for rank, lines in collective_output.items():
 print("both ranks hold the expected values")
 record("collectives_seconds", collectives_seconds, fmt="{:.0f}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The launch took {{collectives_seconds}} s, for a script that exchanges a few
+numbers: most of it went into starting three Python processes (the agent and two
+workers) that each import PyTorch. Section 9.4 measures that overhead against a
+training run. Distributed training pays off when the work is large next to the cost
+of starting and coordinating the processes, not for a toy job like this.
+"""
+)
+
 # %% [markdown]
-# The launch took {glue:}`collectives_seconds` s, for a script that exchanges a few
-# numbers: most of it went into starting three Python processes (the agent and two
-# workers) that each import PyTorch. Section 9.4 measures that overhead against a
-# training run. Distributed training pays off when the work is large next to the cost
-# of starting and coordinating the processes, not for a toy job like this.
-#
 # **When a job hangs.** A collective waits until every rank of the group has called
 # it. If one rank, still alive, never does (it took another branch of an `if`, or it
 # calls a different collective), the others wait until the process group's timeout: 30
@@ -558,20 +563,24 @@ record(
 # loss 0.19-0.33, 8 to 18 times as high; the assert asks for 3 times.
 assert 3 * train_losses[-1] < val_losses[-1], (train_losses[-1], val_losses[-1])
 
-# %% [markdown]
-# The launch took {glue:}`ddp_launch_seconds` s, of which the six epochs (training,
-# and rank 0's evaluation) took {glue:}`ddp_train_seconds` s; the rest went into
-# starting the processes, importing PyTorch and loading the data.
-#
-# The training loss {glue:}`train_trend`, to {glue:}`train_loss_last`; the validation
-# loss went from {glue:}`val_loss_first` after the first epoch to
-# {glue:}`val_loss_last` after the last: the network fits its 3,500 training examples
-# far better than new ones. One standard error of a validation accuracy is up to
-# {glue:}`val_accuracy_se` on 500 digits (the bars); the best epoch is
-# {glue:}`best_margin_words` the runner-up. (The bars describe each epoch alone; two
-# epochs scored on the same digits are compared better by a paired test on their
-# per-digit answers, chapter 3's.) The script kept the weights of the epoch with the
-# best validation accuracy (`best.pt`); those are scored once on the test set:
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The launch took {{ddp_launch_seconds}} s, of which the six epochs (training,
+and rank 0's evaluation) took {{ddp_train_seconds}} s; the rest went into
+starting the processes, importing PyTorch and loading the data.
+
+The training loss {{train_trend}}, to {{train_loss_last}}; the validation
+loss went from {{val_loss_first}} after the first epoch to
+{{val_loss_last}} after the last: the network fits its 3,500 training examples
+far better than new ones. One standard error of a validation accuracy is up to
+{{val_accuracy_se}} on 500 digits (the bars); the best epoch is
+{{best_margin_words}} the runner-up. (The bars describe each epoch alone; two
+epochs scored on the same digits are compared better by a paired test on their
+per-digit answers, chapter 3's.) The script kept the weights of the epoch with the
+best validation accuracy (`best.pt`); those are scored once on the test set:
+"""
+)
 
 # %%
 # The first epoch with the highest validation accuracy: on a tie the script keeps the
@@ -602,14 +611,20 @@ record(
     headline="DDP digit classifier: test accuracy",
 )
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The best validation accuracy came after {{best_epoch_words}}. Those weights
+reach {{ddp_test_accuracy}} (± {{ddp_test_se}}, one standard error) on the
+1,000 test digits, below chapter 3's convolutional network: this small fully connected
+network is here to be distributed, not to be the best. Distribution changed
+where the computation ran, not what it computed, which the next section checks
+exactly.
+"""
+)
+
+
 # %% [markdown]
-# The best validation accuracy came after {glue:}`best_epoch_words`. Those weights
-# reach {glue:}`ddp_test_accuracy` (± {glue:}`ddp_test_se`, one standard error) on the
-# 1,000 test digits, below chapter 3's convolutional network: this small fully connected
-# network is here to be distributed, not to be the best. Distribution changed
-# where the computation ran, not what it computed, which the next section checks
-# exactly.
-#
 # ## 9.5 Same parameters as one process
 #
 # The claim behind data parallelism: two ranks with 32 examples each per step compute
@@ -710,16 +725,21 @@ record(
     headline="DDP (2 x 32) vs one process (64): largest parameter difference",
 )
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+After {{steps}} optimizer steps the two sets of parameters differ by at most
+{{ddp_vs_single_diff}}, within the {{rounding_allowance}} that `float64`
+rounding of these sums can account for. (That allowance scales chapter 8's bound for
+one sum by the size of the gradients, the learning rate, momentum and the number of
+steps. It is the scale at which rounding acts, not a proof: it takes the largest
+gradient entry for the size of the sums' terms, and training can amplify a
+difference, for example when a ReLU's input sits at zero in one run and just above it
+in the other.)
+"""
+)
+
 # %% [markdown]
-# After {glue:}`steps` optimizer steps the two sets of parameters differ by at most
-# {glue:}`ddp_vs_single_diff`, within the {glue:}`rounding_allowance` that `float64`
-# rounding of these sums can account for. (That allowance scales chapter 8's bound for
-# one sum by the size of the gradients, the learning rate, momentum and the number of
-# steps. It is the scale at which rounding acts, not a proof: it takes the largest
-# gradient entry for the size of the sums' terms, and training can amplify a
-# difference, for example when a ReLU's input sits at zero in one run and just above it
-# in the other.)
-#
 # Is the comparison able to fail? Train the same single process on the same data with
 # the same batch size, but in a different order (an ordinary shuffled `DataLoader`):
 
@@ -741,24 +761,29 @@ record("allreduce_kb", 2 * (2 - 1) / 2 * n_parameters * 8 / 1e3, fmt="{:.0f}")
 # forward and backward: about 3 multiply-adds per weight per example
 record("step_mflop", 3 * n_parameters * batch_size / 1e6, fmt="{:.0f}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+A different order of the same data moves the parameters by up to {{order_gap}},
+far more than the difference above: the match is not an accident of a test too weak
+to notice a difference.
+
+Was it faster? This chapter does not measure a speed-up, and claims none: the
+machine that built this page has two cores, and this network gives each step too
+little arithmetic to be worth sharing. Data parallelism pays off when a step's
+computation dwarfs its communication (large models on GPUs, where DDP also overlaps
+the all-reduce with the rest of backward), and the way to know is to time a few
+hundred steps at one and at N processes on your own hardware. What the communication
+costs can be counted: a ring all-reduce, the usual algorithm, has each of N
+processes send (and receive) 2(N − 1)/N times the gradient's bytes per step. Here
+that is {{allreduce_kb}} kB per process per step ({{n_parameters}}
+float64 gradients), against about {{step_mflop}} million multiply-adds of
+arithmetic per process per step. FSDP moves about 1.5 times as much: it all-gathers
+the weights for forward and again for backward, and reduce-scatters the gradients.
+"""
+)
+
 # %% [markdown]
-# A different order of the same data moves the parameters by up to {glue:}`order_gap`,
-# far more than the difference above: the match is not an accident of a test too weak
-# to notice a difference.
-#
-# Was it faster? This chapter does not measure a speed-up, and claims none: the
-# machine that built this page has two cores, and this network gives each step too
-# little arithmetic to be worth sharing. Data parallelism pays off when a step's
-# computation dwarfs its communication (large models on GPUs, where DDP also overlaps
-# the all-reduce with the rest of backward), and the way to know is to time a few
-# hundred steps at one and at N processes on your own hardware. What the communication
-# costs can be counted: a ring all-reduce, the usual algorithm, has each of N
-# processes send (and receive) 2(N − 1)/N times the gradient's bytes per step. Here
-# that is {glue:}`allreduce_kb` kB per process per step ({glue:}`n_parameters`
-# float64 gradients), against about {glue:}`step_mflop` million multiply-adds of
-# arithmetic per process per step. FSDP moves about 1.5 times as much: it all-gathers
-# the weights for forward and again for backward, and reduce-scatters the gradients.
-#
 # The equivalence holds under conditions, all met here:
 #
 # - **Equal batch sizes on every rank** in every step. The average of per-rank means
@@ -769,6 +794,7 @@ record("step_mflop", 3 * n_parameters * batch_size / 1e6, fmt="{:.0f}")
 #   statistics from each rank's own slice; `nn.SyncBatchNorm.convert_sync_batchnorm`
 #   computes them over all ranks.
 # - **The same randomness.** Dropout masks, for example, are drawn per process.
+#
 #
 # And *exactly* equal only up to rounding. The ranks add up the same numbers in a
 # different order (two sums of 32 and an average, against one sum of 64), and
@@ -830,12 +856,18 @@ print(f"3 micro-batches vs whole batches: largest difference {micro_vs_whole:.1e
 assert micro_vs_whole <= rounding_allowance, (micro_vs_whole, rounding_allowance)
 record("micro_vs_whole", micro_vs_whole, fmt="{:.1e}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+They differ by {{micro_vs_whole}}, rounding again (three partial sums are not
+added in the order of one sum of 32), within the same allowance as before.
+Chapter 8's rules carry over: clip the gradients, and unscale them if a
+`GradScaler` is in use, after the last micro-batch, on the accumulated sum.
+"""
+)
+
+
 # %% [markdown]
-# They differ by {glue:}`micro_vs_whole`, rounding again (three partial sums are not
-# added in the order of one sum of 32), within the same allowance as before.
-# Chapter 8's rules carry over: clip the gradients, and unscale them if a
-# `GradScaler` is in use, after the last micro-batch, on the accumulated sum.
-#
 # ### Parameters without a gradient: `find_unused_parameters`, `static_graph`
 #
 # DDP knows that a step's backward is over by counting. It registers a hook on every
@@ -932,38 +964,40 @@ assert "graph has changed" in outcomes["static_graph=True, heads change"][1]
 #   such as activation checkpointing with reentrant backward. Break the promise and
 #   DDP stops, as the last run shows when step 1 switches heads.
 #
+#
 # The first error's full message also suggests `TORCH_DISTRIBUTED_DEBUG=INFO` (or
 # `DETAIL`, section 9.2), with which it names the parameters as well: `heads.1.bias,
 # heads.1.weight`.
-#
-# ```{admonition} Common pitfalls
-# :class: warning
-# - **`gloo`, then `.cuda()`.** Code that initialises the `gloo` backend, wraps a model
-#   left on the CPU in DDP, then moves each batch with `.cuda()`: the forward pass fails
-#   because the inputs are on `cuda:0` and the weights on the CPU, and even with the
-#   model moved, every process would use GPU 0. On GPUs use `nccl`, set
-#   `device = torch.device("cuda", local_rank)` with `torch.cuda.set_device(device)`,
-#   move the model there and wrap it as `DDP(model, device_ids=[local_rank])`.
-# - **`dist.barrier()` after every step.** DDP's gradient all-reduce already keeps the
-#   ranks in step; an extra barrier adds a round trip to every step and protects
-#   nothing. A barrier belongs where one rank must wait for another's side effect, such
-#   as a file written by rank 0.
-# - **Calling DDP "DataParallel".** `nn.DataParallel` is a different, older class: one
-#   process drives all GPUs from threads, copying the model to every GPU on every
-#   forward pass. PyTorch recommends `DistributedDataParallel`, one process per GPU,
-#   even on a single machine.
-# - **No `sampler.set_epoch(epoch)`.** Every epoch repeats the first epoch's shuffle
-#   (section 9.3).
-# - **No `destroy_process_group()`.** The backend's connections are not released in an
-#   orderly way; recent PyTorch versions warn at exit when an NCCL process group was
-#   never destroyed.
-# - **Every rank writes the checkpoint**, or prints every line: with DDP the replicas are
-#   identical, so let rank 0 write, and write to a temporary file first and rename it,
-#   so that a crash never leaves half a checkpoint.
-# - **Evaluating with a padded `DistributedSampler`**: with a dataset that does not
-#   divide by the world size, some examples are counted twice.
-# ```
-#
+
+# %% [markdown] tags=["box-warning"]
+# > **Common pitfalls**
+# >
+# > - **`gloo`, then `.cuda()`.** Code that initialises the `gloo` backend, wraps a model
+# >   left on the CPU in DDP, then moves each batch with `.cuda()`: the forward pass fails
+# >   because the inputs are on `cuda:0` and the weights on the CPU, and even with the
+# >   model moved, every process would use GPU 0. On GPUs use `nccl`, set
+# >   `device = torch.device("cuda", local_rank)` with `torch.cuda.set_device(device)`,
+# >   move the model there and wrap it as `DDP(model, device_ids=[local_rank])`.
+# > - **`dist.barrier()` after every step.** DDP's gradient all-reduce already keeps the
+# >   ranks in step; an extra barrier adds a round trip to every step and protects
+# >   nothing. A barrier belongs where one rank must wait for another's side effect, such
+# >   as a file written by rank 0.
+# > - **Calling DDP "DataParallel".** `nn.DataParallel` is a different, older class: one
+# >   process drives all GPUs from threads, copying the model to every GPU on every
+# >   forward pass. PyTorch recommends `DistributedDataParallel`, one process per GPU,
+# >   even on a single machine.
+# > - **No `sampler.set_epoch(epoch)`.** Every epoch repeats the first epoch's shuffle
+# >   (section 9.3).
+# > - **No `destroy_process_group()`.** The backend's connections are not released in an
+# >   orderly way; recent PyTorch versions warn at exit when an NCCL process group was
+# >   never destroyed.
+# > - **Every rank writes the checkpoint**, or prints every line: with DDP the replicas are
+# >   identical, so let rank 0 write, and write to a temporary file first and rename it,
+# >   so that a crash never leaves half a checkpoint.
+# > - **Evaluating with a padded `DistributedSampler`**: with a dataset that does not
+# >   divide by the world size, some examples are counted twice.
+
+# %% [markdown]
 # ## 9.6 Surviving a crash: checkpoints and `--max-restarts`
 #
 # With hundreds of GPUs, some process fails sooner or later: a hardware fault, a lost
@@ -1044,17 +1078,22 @@ record(
 )
 record("restart_param_gap", restart_gap, fmt="{:.1e}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The final training losses differ by {{restart_loss_gap}}, the parameters by
+at most {{restart_param_gap}}: 0 means bit for bit equal. On a CPU, with the same number
+of threads, the same computation repeats bit for bit (chapter 1), so the restarted
+run can match the uninterrupted one exactly; on GPUs, kernels that add in a varying
+order can make it differ at rounding level. Exact resumption needs
+everything that shapes training in the checkpoint: the optimizer's state (momentum),
+the epoch, a learning-rate scheduler's state if there is one, and any random-number
+state in use (this model has no dropout, and the sampler's shuffle is recomputed from
+the seed and the epoch).
+"""
+)
+
 # %% [markdown]
-# The final training losses differ by {glue:}`restart_loss_gap`, the parameters by
-# at most {glue:}`restart_param_gap`: 0 means bit for bit equal. On a CPU, with the same number
-# of threads, the same computation repeats bit for bit (chapter 1), so the restarted
-# run can match the uninterrupted one exactly; on GPUs, kernels that add in a varying
-# order can make it differ at rounding level. Exact resumption needs
-# everything that shapes training in the checkpoint: the optimizer's state (momentum),
-# the epoch, a learning-rate scheduler's state if there is one, and any random-number
-# state in use (this model has no dropout, and the sampler's shuffle is recomputed from
-# the seed and the epoch).
-#
 # ## 9.7 Sharding the model: FSDP2
 #
 # DDP keeps a full copy of everything in every process. Training in `float32` with
@@ -1155,16 +1194,21 @@ if fsdp_runs:  # the skip above explains why not
     if ddp_summary["device_type"] == "cpu":
         assert fsdp_loss_gap == 0.0, fsdp_loss_gap
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The largest parameter difference is {{fsdp_vs_ddp_diff}} (0 means bit for bit
+equal; on a machine with two or more GPUs section 9.4's DDP run used them while this
+simulation ran on the CPU, and the two then differ at rounding level); on the CPU
+every epoch's training loss agrees exactly too: sharding changed where the numbers
+were stored and how they travelled, not the arithmetic. For a network of about
+100,000 parameters the saving is pointless and the extra gathers cost time; for a
+model whose weights, gradients and optimizer state do not fit on one GPU, FSDP is
+what makes training possible at all. Three things matter for such a model:
+"""
+)
+
 # %% [markdown]
-# The largest parameter difference is {glue:}`fsdp_vs_ddp_diff` (0 means bit for bit
-# equal; on a machine with two or more GPUs section 9.4's DDP run used them while this
-# simulation ran on the CPU, and the two then differ at rounding level); on the CPU
-# every epoch's training loss agrees exactly too: sharding changed where the numbers
-# were stored and how they travelled, not the arithmetic. For a network of about
-# 100,000 parameters the saving is pointless and the extra gathers cost time; for a
-# model whose weights, gradients and optimizer state do not fit on one GPU, FSDP is
-# what makes training possible at all. Three things matter for such a model:
-#
 # - **Build it without memory.** The script already does what such a model needs: it
 #   builds the model on the *meta* device (`with torch.device("meta"):`), whose
 #   tensors have shapes but no storage; after `fully_shard`, `model.to_empty(device=
@@ -1181,6 +1225,7 @@ if fsdp_runs:  # the skip above explains why not
 #   0's CPU memory only, which works as long as it fits there. Large jobs save the
 #   shards instead, every rank writing its own: `torch.distributed.checkpoint.save`
 #   (DCP), which can also load them into a different number of processes.
+#
 #
 # ## 9.8 More than one machine
 #
@@ -1201,6 +1246,7 @@ if fsdp_runs:  # the skip above explains why not
 #   *rendezvous*) through a key-value store that the agent on `host` serves on `port`;
 #   every node must be able to reach it;
 # - `--rdzv-id` names the job, so that two jobs sharing an endpoint do not mix.
+#
 #
 # The rendezvous assigns the node ranks, so the command needs no per-node flag. After
 # it, the processes connect to each other directly: the machines must reach one another
@@ -1614,29 +1660,35 @@ if ddp_summary["device_type"] == "cpu":
 
 # %% [markdown]
 # ## Summary
-#
-# - Data parallelism runs one process per device, each with a full replica and its own
-#   slice of the data; an all-reduce averages the gradients so that every replica takes
-#   the same step. `torchrun` starts the processes and tells each its `RANK`,
-#   `LOCAL_RANK` and `WORLD_SIZE`; `nccl` connects GPUs, `gloo` CPUs.
-# - A DDP script adds a `DistributedSampler` with `set_epoch`, the `DDP` wrapper,
-#   rank-0-only logging and checkpointing, and `destroy_process_group`; no barriers.
-#   A model that leaves some parameters without a gradient in a step needs
-#   `find_unused_parameters=True` (or, if the same ones every step, `static_graph`).
-# - Two processes with 32 examples each reached the parameters of one process with 64
-#   to within {glue:}`ddp_vs_single_diff` after {glue:}`steps` steps (in `float64`; in
-#   `float32`, rounding differences grow over the steps).
-# - The global batch is the world size times the per-process batch: adding processes
-#   changes it, and with it the right learning rate. `no_sync()` accumulates
-#   micro-batches with one all-reduce per step.
-# - With a checkpoint every epoch and `--max-restarts`, a job that lost a worker
-#   restarted and ended where an uninterrupted run ends.
-# - A collective that the ranks do not all call hangs until the process group's
-#   `timeout`; `TORCH_DISTRIBUTED_DEBUG=DETAIL` names the mismatch.
-# - FSDP2 shards parameters, gradients and optimizer state and computed the same
-#   parameters as DDP; the same scripts run on many machines under `torchrun
-#   --nnodes`, SLURM (the batch file is tested on a real one-node cluster) or
-#   Kubernetes.
-#
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+- Data parallelism runs one process per device, each with a full replica and its own
+  slice of the data; an all-reduce averages the gradients so that every replica takes
+  the same step. `torchrun` starts the processes and tells each its `RANK`,
+  `LOCAL_RANK` and `WORLD_SIZE`; `nccl` connects GPUs, `gloo` CPUs.
+- A DDP script adds a `DistributedSampler` with `set_epoch`, the `DDP` wrapper,
+  rank-0-only logging and checkpointing, and `destroy_process_group`; no barriers.
+  A model that leaves some parameters without a gradient in a step needs
+  `find_unused_parameters=True` (or, if the same ones every step, `static_graph`).
+- Two processes with 32 examples each reached the parameters of one process with 64
+  to within {{ddp_vs_single_diff}} after {{steps}} steps (in `float64`; in
+  `float32`, rounding differences grow over the steps).
+- The global batch is the world size times the per-process batch: adding processes
+  changes it, and with it the right learning rate. `no_sync()` accumulates
+  micro-batches with one all-reduce per step.
+- With a checkpoint every epoch and `--max-restarts`, a job that lost a worker
+  restarted and ended where an uninterrupted run ends.
+- A collective that the ranks do not all call hangs until the process group's
+  `timeout`; `TORCH_DISTRIBUTED_DEBUG=DETAIL` names the mismatch.
+- FSDP2 shards parameters, gradients and optimizer state and computed the same
+  parameters as DDP; the same scripts run on many machines under `torchrun
+  --nnodes`, SLURM (the batch file is tested on a real one-node cluster) or
+  Kubernetes.
+"""
+)
+
+# %% [markdown]
 # With this chapter the book has gone from a single tensor to a training job that can
 # span machines.

@@ -177,6 +177,8 @@ def source_problems(notebook: dict) -> list[str]:
                 problems.append(f"{where}: a prose cell needs jupyter.source_hidden (JupyterLab)")
             if meta.get("cellView") != "form":
                 problems.append(f"{where}: a prose cell needs cellView 'form' (Colab)")
+            if not _PLACEHOLDER.search(source(cell)):
+                problems.append(f"{where}: a prose cell quotes no {{{{name}}}}: make it a Markdown cell")
         try:
             kind = box_kind(cell)
             if kind and cell["cell_type"] == "markdown":

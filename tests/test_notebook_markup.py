@@ -150,6 +150,13 @@ def test_source_problems_require_the_prose_metadata_for_all_three_places():
     ]
 
 
+def test_a_prose_cell_without_a_placeholder_belongs_in_markdown():
+    cell = prose_cell(None)
+    cell["source"] = 'prose(r"""\nNo values here.\n""")'
+    (problem,) = markup.source_problems(notebook(cell))
+    assert problem.endswith("a prose cell quotes no {{name}}: make it a Markdown cell")
+
+
 def test_source_problems_check_boxes_and_raw_myst():
     cells = [
         md("> Title\n> body", ["box-note"]),

@@ -4,6 +4,8 @@ address, the conda environment and the torch/torchvision pair."""
 from __future__ import annotations
 
 import ast
+import importlib.util
+import json
 import re
 import tempfile
 import tomllib
@@ -22,6 +24,9 @@ CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 REPO_URL = CONFIG["repository"]["url"]
+_spec = importlib.util.spec_from_file_location("notebook_markup", ROOT / "scripts" / "notebook_markup.py")
+notebook_markup = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(notebook_markup)
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
@@ -49,6 +54,51 @@ def test_notebook_is_committed_without_outputs(notebook):
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, f"{notebook.name} has outputs"
     assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_holds_only_markdown_that_jupyterlab_and_colab_render(notebook):
+    """No MyST roles or directives; prose cells and boxes in their portable form."""
+    assert notebook_markup.source_problems(json.loads(notebook.read_text(encoding="utf-8"))) == []
+
+
+def _recorded_names(source: str) -> list[str]:
+    """Regexes for the names a code cell records: a literal name, or an f-string's shape."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "record" and node.args):
+            continue
+        name = node.args[0]
+        if isinstance(name, ast.Constant) and isinstance(name.value, str):
+            found.append(re.escape(name.value))
+        elif isinstance(name, ast.JoinedStr):
+            found.append(
+                "".join(re.escape(p.value) if isinstance(p, ast.Constant) else r"\w+" for p in name.values)
+            )
+        else:
+            # A name held in a variable: any name may be recorded here, and only the
+            # run itself (prose raises for a name not yet recorded) checks what follows.
+            found.append(r"\w+")
+    return found
+
+
+def test_recorded_names_cover_literal_and_formatted_names():
+    source = 'record("acc", 1)\nfor k in ks:\n    record(f"val_{k}_x", k)\nprint("record")\nrecord(key, 2)'
+    assert sorted(_recorded_names(source)) == sorted(["acc", r"val_\w+_x", r"\w+"])
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_prose_quotes_only_values_recorded_above_it(notebook):
+    """A notebook runs top to bottom: a paragraph can quote only what is already recorded."""
+    recorded: list[str] = []
+    late = []
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if notebook_markup.is_prose(cell):
+            names = re.findall(r"\{\{\s*(\w+)\s*\}\}", cell.source)
+            late += [n for n in names if not any(re.fullmatch(p, n) for p in recorded)]
+        elif cell.cell_type == "code":
+            recorded += _recorded_names(cell.source)
+    assert late == [], f"{notebook.name}: prose quotes {late}, recorded only further down"
 
 
 # Calls whose return value is bookkeeping, not a result: as a cell's last line the page

@@ -1,0 +1,118 @@
+"""Every executed chapter as a reader sees it in JupyterLab after Run All.
+
+scripts/build_book.py keeps each notebook it executed, before the book's MyST is put in,
+in ``_stage/reader/``: exactly what a reader's JupyterLab or Colab holds after running
+every cell. These tests open each one in this project's own JupyterLab, in headless
+Chromium, and read the rendered page: no MyST shows raw, every paragraph that quotes the
+run is shown with its numbers, and the code of those paragraphs is folded away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+READER = ROOT / "_stage" / "reader"
+CHAPTERS = sorted(p.stem for p in (ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
+# What plain Jupyter Markdown shows when MyST is left in a notebook.
+RAW_MYST = ["{glue", "{eval}", "{{", "```{", ":class:"]
+# Render every cell, not only those scrolled into view, so the whole notebook is read.
+NOTEBOOK_SETTINGS = {"windowingMode": "none"}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def jupyterlab(tmp_path_factory) -> Iterator[str]:
+    if not all((READER / f"{name}.ipynb").exists() for name in CHAPTERS):
+        pytest.fail(f"no executed notebooks in {READER}: run `bash scripts/book.sh` first")
+    settings = tmp_path_factory.mktemp("lab-settings")
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps(NOTEBOOK_SETTINGS))
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("lab-log") / "jupyterlab.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+            f"--ServerApp.root_dir={READER}", "--IdentityProvider.token=", "--ServerApp.password=",
+            "--ServerApp.allow_root=True",
+            f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={settings}",
+        ],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, JUPYTER_NO_CONFIG="1"),
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/status", timeout=2).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"JupyterLab did not start: see {log.name}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _cell_counts(name: str) -> tuple[int, int]:
+    """How many Markdown cells and prose cells the executed notebook holds."""
+    cells = json.loads((READER / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
+    markdown = sum(c["cell_type"] == "markdown" for c in cells)
+    prose = sum(
+        c["cell_type"] == "code" and "".join(c["source"]).lstrip().startswith("prose(") for c in cells
+    )
+    return markdown, prose
+
+
+@pytest.mark.xdist_group("jupyterlab")
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_notebook_reads_right_in_jupyterlab_after_run_all(browser, jupyterlab, screenshots, name):
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    try:
+        page.goto(f"{jupyterlab}/lab/tree/{name}.ipynb", timeout=120_000)
+        notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
+        notebook.locator(".jp-Cell").first.wait_for(timeout=120_000)
+        markdown, prose = _cell_counts(name)
+        rendered_cells = notebook.locator(".jp-MarkdownCell .jp-RenderedMarkdown")
+        shown = notebook.locator(".jp-OutputArea-output.jp-RenderedMarkdown")
+        deadline = time.monotonic() + 90
+        while (rendered_cells.count(), shown.count()) != (markdown, prose) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if shown.count():
+            shown.first.scroll_into_view_if_needed()
+        page.screenshot(path=str(screenshots / f"jupyterlab-{name}.png"))
+        assert rendered_cells.count() == markdown, (
+            f"{name}: {rendered_cells.count()} of {markdown} Markdown cells rendered"
+        )
+        assert shown.count() == prose, f"{name}: {shown.count()} of {prose} prose paragraphs rendered"
+        rendered = notebook.locator(".jp-RenderedMarkdown")
+        text = "\n".join(rendered.all_inner_texts())
+        raw = {marker: text.count(marker) for marker in RAW_MYST if marker in text}
+        assert raw == {}, f"{name} shows raw MyST in JupyterLab: {raw}"
+        # A MyST directive fence renders as a code block whose language is "{name}".
+        assert rendered.locator("code[class*='language-{']").count() == 0, f"{name} shows a MyST directive"
+        folded = notebook.locator(
+            ".jp-Cell:has(.jp-OutputArea-output.jp-RenderedMarkdown) .jp-InputPlaceholder"
+        )
+        assert folded.count() == prose, f"{name}: the code of some prose cells is not folded away"
+    finally:
+        page.close()
