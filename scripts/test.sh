@@ -5,6 +5,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 source scripts/_system.sh
+need_chromium
+need_slurm
 echo "==> ruff: lint and format check"
 "$UV" run --locked ruff check .
 "$UV" run --locked ruff format --check .
