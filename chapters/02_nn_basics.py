@@ -30,7 +30,8 @@
 # operations).
 
 # %% tags=["hide-cell"]
-# On Colab only: install this book's helpers package (Colab's own torch is kept).
+# On Colab only: install this book's helpers package (Colab's own torch is
+# kept).
 import sys
 
 if "google.colab" in sys.modules:
@@ -38,7 +39,8 @@ if "google.colab" in sys.modules:
 
     repository = "https://github.com/pytorch-book/pytorch-book"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True
+        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"],
+        check=True,
     )
 
 # %%
@@ -215,7 +217,10 @@ h = 1e-6
 basis = torch.eye(5, dtype=torch.float64)
 with torch.no_grad():
     numeric = torch.stack(
-        [(smooth_loss(w + h * e) - smooth_loss(w - h * e)) / (2 * h) for e in basis]
+        [
+            (smooth_loss(w + h * e) - smooth_loss(w - h * e)) / (2 * h)
+            for e in basis
+        ]
     )
 print("autograd:", w.grad)
 print("numeric: ", numeric)
@@ -241,8 +246,10 @@ assert torch.autograd.gradcheck(smooth_loss, (w,))
 # %%
 layer = nn.Linear(in_features=3, out_features=2)
 print("weight", tuple(layer.weight.shape), " bias", tuple(layer.bias.shape))
-x_batch = torch.randn(4, 3, generator=make_generator(seed))  # (B=4, in_features=3)
-by_hand = x_batch @ layer.weight.T + layer.bias  # (4, 3) @ (3, 2) + (2,) -> (4, 2)
+# (B=4, in_features=3)
+x_batch = torch.randn(4, 3, generator=make_generator(seed))
+# (4, 3) @ (3, 2) + (2,) -> (4, 2)
+by_hand = x_batch @ layer.weight.T + layer.bias
 print("output", tuple(layer(x_batch).shape))
 assert torch.allclose(layer(x_batch), by_hand)
 
@@ -260,7 +267,8 @@ first, second = nn.Linear(30, 16), nn.Linear(16, 1)
 x_batch = torch.randn(8, 30, generator=make_generator(seed))
 merged = nn.Linear(30, 1)
 with torch.no_grad():
-    merged.weight.copy_(second.weight @ first.weight)  # (1, 16) @ (16, 30) -> (1, 30)
+    # (1, 16) @ (16, 30) -> (1, 30)
+    merged.weight.copy_(second.weight @ first.weight)
     merged.bias.copy_(second.weight @ first.bias + second.bias)  # (1,)
     stacked_out, merged_out = second(first(x_batch)), merged(x_batch)
     with_relu_out = second(torch.relu(first(x_batch)))
@@ -283,14 +291,18 @@ assert merged_gap < 1e-5 and relu_gap > 1e-2
 class MLP(nn.Module):
     """A multilayer perceptron: Linear -> ReLU -> Linear."""
 
-    def __init__(self, in_features: int, hidden: int, out_features: int) -> None:
-        super().__init__()  # must run first: it sets up the parameter bookkeeping
+    def __init__(
+        self, in_features: int, hidden: int, out_features: int
+    ) -> None:
+        # must run first: it sets up the parameter bookkeeping
+        super().__init__()
         self.hidden = nn.Linear(in_features, hidden)
         self.activation = nn.ReLU()
         self.output = nn.Linear(hidden, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.activation(self.hidden(x)))  # (B, in) -> (B, out)
+        # (B, in) -> (B, out)
+        return self.output(self.activation(self.hidden(x)))
 
 
 model = MLP(in_features=30, hidden=16, out_features=1)
@@ -311,7 +323,9 @@ print(model)
 
 # %%
 for name, param in model.named_parameters():
-    print(f"{name:15} {tuple(param.shape)!s:10} requires_grad={param.requires_grad}")
+    print(
+        f"{name:15} {tuple(param.shape)!s:10} requires_grad={param.requires_grad}"
+    )
 n_params = sum(p.numel() for p in model.parameters())
 print("total parameters:", n_params)
 assert n_params == 30 * 16 + 16 + 16 * 1 + 1
@@ -390,7 +404,8 @@ class StackOfLayers(nn.Module):
     def __init__(self, sizes: list[int], registered: bool) -> None:
         super().__init__()
         layers = [nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
-        # the pitfall: a plain list is not a module, so its layers are not registered
+        # the pitfall: a plain list is not a module, so its layers are not
+        # registered
         self.layers = nn.ModuleList(layers) if registered else layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -407,7 +422,9 @@ for registered in (False, True):
         f"{sum(p.numel() for p in stack.parameters())} parameters found"
     )
 try:
-    torch.optim.SGD(StackOfLayers([30, 16, 1], registered=False).parameters(), lr=0.1)
+    torch.optim.SGD(
+        StackOfLayers([30, 16, 1], registered=False).parameters(), lr=0.1
+    )
 except ValueError as err:
     print("ValueError:", err)
 assert sum(p.numel() for p in stack.parameters()) == n_params
@@ -427,12 +444,17 @@ assert sum(p.numel() for p in stack.parameters()) == n_params
 # %%
 converted_layer = layer.to(torch.float64)
 print(
-    "Module.to returns the same module:", converted_layer is layer, layer.weight.dtype
+    "Module.to returns the same module:",
+    converted_layer is layer,
+    layer.weight.dtype,
 )
 t = torch.zeros(2)
 converted = t.to(torch.float64)
 print(
-    "Tensor.to returns a new tensor:   ", converted is not t, t.dtype, converted.dtype
+    "Tensor.to returns a new tensor:   ",
+    converted is not t,
+    t.dtype,
+    converted.dtype,
 )
 print("...unless nothing changes:        ", t.to(torch.float32) is t)
 assert converted_layer is layer and layer.weight.dtype == torch.float64
@@ -519,7 +541,8 @@ hand_gap = max(
 print(f"torch.optim.SGD vs by hand: largest difference {hand_gap:.1e}")
 assert hand_gap < 1e-5
 
-# the lowest mean squared error any (w, b) can reach on these points: least squares
+# the lowest mean squared error any (w, b) can reach on these points: least
+# squares
 ones = torch.ones_like(x_lin[:, :1])
 design = torch.cat([x_lin, ones], dim=1).cpu()  # (500, 4)
 solution = torch.linalg.lstsq(design, y_lin.cpu().unsqueeze(1)).solution
@@ -528,7 +551,10 @@ noise_floor = residuals.pow(2).mean().item()
 learned_w = regressor.weight.detach().squeeze(0).cpu()
 learned_b = regressor.bias.item()
 print(
-    "true w:", w_true.tolist(), " learned w:", [round(v, 3) for v in learned_w.tolist()]
+    "true w:",
+    w_true.tolist(),
+    " learned w:",
+    [round(v, 3) for v in learned_w.tolist()],
 )
 print(f"true b: {b_true}   learned b: {learned_b:.3f}")
 print(
@@ -537,7 +563,10 @@ print(
 )
 record("regression_floor", noise_floor, fmt="{:.4f}")
 record("regression_final", regression_losses[-1], fmt="{:.4f}")
-assert torch.allclose(learned_w, w_true, atol=0.05) and abs(learned_b - b_true) < 0.05
+assert (
+    torch.allclose(learned_w, w_true, atol=0.05)
+    and abs(learned_b - b_true) < 0.05
+)
 # seeds 0-2: final loss / floor - 1 = 0, 0, 4e-7 (bound 1e-3)
 assert regression_losses[-1] < 1.001 * noise_floor
 
@@ -598,19 +627,26 @@ decimals. Those five lines inside the loop (forward, loss, `zero_grad`, `backwar
 
 # %%
 bce = nn.BCEWithLogitsLoss()
-binary_logits = torch.tensor([[1.2], [-0.3], [2.0], [-1.5]])  # (B, 1), as MLP returns
+# (B, 1), as MLP returns
+binary_logits = torch.tensor([[1.2], [-0.3], [2.0], [-1.5]])
 binary_labels = torch.tensor([1, 0, 1, 0])  # int64
-class_scores = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0]])
+class_scores = torch.tensor(
+    [[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0]]
+)
 class_index = torch.tensor([0, 2, 1])  # int64, shape (B,)
 attempts = {
-    "BCE: (B, 1) logits, (B,) float": lambda: bce(binary_logits, binary_labels.float()),
+    "BCE: (B, 1) logits, (B,) float": lambda: bce(
+        binary_logits, binary_labels.float()
+    ),
     "BCE: (B,) logits, (B,) int64": lambda: bce(
         binary_logits.squeeze(1), binary_labels
     ),
     "BCE: (B,) logits, (B,) float": lambda: bce(
         binary_logits.squeeze(1), binary_labels.float()
     ),
-    "CE: (B, C) logits, (B,) int64": lambda: F.cross_entropy(class_scores, class_index),
+    "CE: (B, C) logits, (B,) int64": lambda: F.cross_entropy(
+        class_scores, class_index
+    ),
     "CE: (B, C) logits, (B,) int32": lambda: F.cross_entropy(
         class_scores, class_index.int()
     ),
@@ -625,7 +661,10 @@ for name, attempt in attempts.items():
         worked.append(name)
     except (RuntimeError, ValueError) as err:
         print(f"{name:32} {type(err).__name__}: {err}")
-assert worked == ["BCE: (B,) logits, (B,) float", "CE: (B, C) logits, (B,) int64"]
+assert worked == [
+    "BCE: (B,) logits, (B,) float",
+    "CE: (B, C) logits, (B,) int64",
+]
 
 # %% [markdown]
 # ### Why the losses take logits
@@ -654,7 +693,8 @@ assert torch.log(p40).item() == 0.0 and torch.log(1 - p40).item() == -math.inf
 # %%
 z = torch.tensor([2.0, 10.0, 15.0, 20.0, 40.0], requires_grad=True)
 zero_labels = torch.zeros(5)
-exact = F.softplus(z.detach().double())  # log(1 + e^z), the true loss for label 0
+# log(1 + e^z), the true loss for label 0
+exact = F.softplus(z.detach().double())
 fused = nn.BCEWithLogitsLoss(reduction="none")(z, zero_labels)
 fused.sum().backward()
 fused_grad = z.grad.clone()
@@ -663,7 +703,9 @@ p = torch.sigmoid(z)
 p.retain_grad()  # keep the gradient of this intermediate tensor, to print it
 separate = nn.BCELoss(reduction="none")(p, zero_labels)
 separate.sum().backward()
-print("  z    exact    fused    sigmoid+BCELoss   grad z (fused)  grad p     grad z")
+print(
+    "  z    exact    fused    sigmoid+BCELoss   grad z (fused)  grad p     grad z"
+)
 for i in range(len(z)):
     print(
         f"{z[i].item():4.0f} {exact[i].item():8.4f} {fused[i].item():8.4f} "
@@ -709,9 +751,13 @@ prose(
 # `exp` overflows and no probability is rounded to 0 before its log is taken.
 
 # %%
-by_hand = -torch.log_softmax(class_scores, dim=1).gather(1, class_index.unsqueeze(1))
+by_hand = -torch.log_softmax(class_scores, dim=1).gather(
+    1, class_index.unsqueeze(1)
+)
 built_in = nn.CrossEntropyLoss()(class_scores, class_index)
-print("by hand:", by_hand.mean().item(), " nn.CrossEntropyLoss:", built_in.item())
+print(
+    "by hand:", by_hand.mean().item(), " nn.CrossEntropyLoss:", built_in.item()
+)
 assert torch.isclose(by_hand.mean(), built_in)
 
 extreme = torch.tensor([[1000.0, 0.0]])  # a (1, 2) logit row
@@ -762,7 +808,9 @@ assert torch.log_softmax(extreme, dim=1)[0, 1].item() == -1000.0
 # %%
 scales = torch.tensor([0.3, 1.0, 3.0], device=device)
 x_badly_scaled = x_lin * scales
-with_ones = torch.cat([x_badly_scaled, torch.ones_like(x_badly_scaled[:, :1])], dim=1)
+with_ones = torch.cat(
+    [x_badly_scaled, torch.ones_like(x_badly_scaled[:, :1])], dim=1
+)
 hessian = (2 * with_ones.T @ with_ones / len(with_ones)).cpu()  # (4, 4)
 eigenvalues = torch.linalg.eigvalsh(hessian)  # ascending
 sgd_limit = 2 / eigenvalues[-1].item()
@@ -778,15 +826,18 @@ off_diagonal = (hessian - torch.diag(hessian.diagonal())).abs().max().item()
 record("hessian_off_diagonal", off_diagonal, fmt="{:.2f}")
 record("hessian_diagonal_max", hessian.diagonal().max().item(), fmt="{:.0f}")
 
-# the directions of curvature: one eigenvector per column, in the eigenvalues' order
+# the directions of curvature: one eigenvector per column, in the eigenvalues'
+# order
 eigenvectors = torch.linalg.eigh(hessian).eigenvectors  # (4, 4)
 parameter_names = ("w1", "w2", "w3", "b")
 print("eigenvectors (columns):")
 for name, row in zip(parameter_names, eigenvectors.tolist(), strict=True):
     print(f"  {name:2}" + "".join(f"{value:8.3f}" for value in row))
-# each parameter measured in units of its own curvature: D^-1/2 H D^-1/2, D = diag(H)
+# each parameter measured in units of its own curvature: D^-1/2 H D^-1/2, D =
+# diag(H)
 inv_sqrt = hessian.diagonal().rsqrt()  # (4,)
-rescaled = inv_sqrt[:, None] * hessian * inv_sqrt[None, :]  # (4, 4), diagonal all 1
+# (4, 4), diagonal all 1
+rescaled = inv_sqrt[:, None] * hessian * inv_sqrt[None, :]
 rescaled_eigenvalues = torch.linalg.eigvalsh(rescaled)
 print(
     "eigenvalues of D^-1/2 H D^-1/2:",
@@ -812,7 +863,9 @@ record(
     "eigenvector_text",
     "where two diagonal entries are nearly equal"
     + (
-        ", as {}'s and {}'s are".format(*sorted(mixed, key=parameter_names.index))
+        ", as {}'s and {}'s are".format(
+            *sorted(mixed, key=parameter_names.index)
+        )
         if len(mixed) == 2
         else ""
     )
@@ -871,10 +924,11 @@ def minimise(
     curve = torch.stack(curve).tolist()
     with torch.no_grad():
         val_loss = loss_fn(candidate(val[0]).squeeze(1), val[1]).item()
-    # For plain SGD (monotone=True): below the limit every error component shrinks,
-    # so the full-batch loss never rises; just above it the steepest component grows
-    # only slowly (1.2 % per step at 1.006 x the limit), so a loss still rising at the
-    # end counts as diverging too. Momentum's and Adam's losses may rise on the way.
+    # For plain SGD (monotone=True): below the limit every error component
+    # shrinks, so the full-batch loss never rises; just above it the steepest
+    # component grows only slowly (1.2 % per step at 1.006 x the limit), so a
+    # loss still rising at the end counts as diverging too. Momentum's and
+    # Adam's losses may rise on the way.
     rising = monotone and curve[-1] > 1.01 * min(curve[-10:])
     diverged = not math.isfinite(val_loss) or val_loss > curve[0] or rising
     return curve, math.inf if diverged else val_loss
@@ -899,7 +953,10 @@ for i, lr in enumerate(learning_rates):
     cells = [grid[label][i][1] for label in optimizers]
     print(
         f"{lr:<8.4f}"
-        + "".join(f"{c:>20.4f}" if c < math.inf else f"{'diverged':>20}" for c in cells)
+        + "".join(
+            f"{c:>20.4f}" if c < math.inf else f"{'diverged':>20}"
+            for c in cells
+        )
     )
 
 chosen_lr, curves = {}, {}
@@ -911,15 +968,15 @@ for label, results in grid.items():
 print("chosen:", {label: round(lr, 4) for label, lr in chosen_lr.items()})
 
 for lr, (_, val) in zip(learning_rates, grid["SGD"], strict=True):
-    # SGD diverges exactly above the limit. Closest grid value to it over seeds 0-2
-    # and CPU levels default/avx2/avx512: 1.006 x the limit (seed 2), flagged by its
-    # rising loss; a rate within about 0.1 % of the limit would change too little in
-    # 150 steps to tell.
+    # SGD diverges exactly above the limit. Closest grid value to it over seeds
+    # 0-2 and CPU levels default/avx2/avx512: 1.006 x the limit (seed 2),
+    # flagged by its rising loss; a rate within about 0.1 % of the limit would
+    # change too little in 150 steps to tell.
     assert (val < math.inf) == (lr < sgd_limit), lr
 
 # %%
-# The floor is section 2.3's: rescaling the features changes the weights that make a
-# prediction, not which predictions a linear model can make.
+# The floor is section 2.3's: rescaling the features changes the weights that
+# make a prediction, not which predictions a linear model can make.
 rises = {}  # steps on which the loss went up by more than 1 %
 for label, curve in curves.items():
     pairs = itertools.pairwise(curve)
@@ -944,9 +1001,11 @@ fig.axes[0].legend()  # rebuilt, so that it shows the dashes
 plt.show()
 
 sgd_label, momentum_label, adam_label = curves
-others_best = [min(m, a) for m, a in zip(*list(curves.values())[1:], strict=True)]
-# curve[i] is the loss before update i + 1: curve[0], the shared starting loss, is
-# left out, so entry j of sgd_ahead compares the losses after update j + 1
+others_best = [
+    min(m, a) for m, a in zip(*list(curves.values())[1:], strict=True)
+]
+# curve[i] is the loss before update i + 1: curve[0], the shared starting loss,
+# is left out, so entry j of sgd_ahead compares the losses after update j + 1
 sgd_ahead = [
     sgd < other
     for sgd, other in zip(curves[sgd_label][1:], others_best[1:], strict=True)
@@ -977,7 +1036,8 @@ record(
     else f"its loss rose by more than 1 % on only {rises[adam_label]} steps",
 )
 record("sgd_flat_rate", chosen_lr["SGD"] * eigenvalues[0].item(), fmt="{:.1%}")
-# momentum 0.9 oscillates along a direction of curvature lam when lr * lam lies in band
+# momentum 0.9 oscillates along a direction of curvature lam when lr * lam lies
+# in band
 band = ((1 - 0.9**0.5) ** 2, (1 + 0.9**0.5) ** 2)
 products = chosen_lr["SGD + momentum 0.9"] * eigenvalues
 in_band = int(((products > band[0]) & (products < band[1])).sum())
@@ -988,13 +1048,18 @@ record(
 )
 flat = products[0].item()  # lr * lambda_min
 if band[0] < flat < band[1]:
-    # inside the band the error turns by angle theta per step: one swing = 2 pi / theta
+    # inside the band the error turns by angle theta per step: one swing = 2 pi
+    # / theta
     theta = math.acos((1 + 0.9 - flat) / (2 * 0.9**0.5))
     period = 2 * math.pi / theta
     flattest_text = (
         f"the flattest lies inside the band ({flat / band[0]:.2f} times its lower edge),"
         f" where one swing takes about {period:.0f} steps"
-        + (", longer than these 150, so here it simply decays" if period > 150 else "")
+        + (
+            ", longer than these 150, so here it simply decays"
+            if period > 150
+            else ""
+        )
     )
 else:
     flattest_text = (
@@ -1002,8 +1067,8 @@ else:
         " and simply decays, slowly"
     )
 record("flattest_text", flattest_text)
-# Seeds 0-2, loss before the last step / floor: SGD 7.8, 6.6, 7.6 (bound 2); momentum
-# 1.0015, 1.0001, 1.0051 and Adam 1.0015, 1.0003, 1.0011 (bound 1.01).
+# Seeds 0-2, loss before the last step / floor: SGD 7.8, 6.6, 7.6 (bound 2);
+# momentum 1.0015, 1.0001, 1.0051 and Adam 1.0015, 1.0003, 1.0011 (bound 1.01).
 assert rises[sgd_label] == 0 and curves[sgd_label][-1] > 2 * noise_floor
 assert curves[momentum_label][-1] < 1.01 * noise_floor
 assert curves[adam_label][-1] < 1.01 * noise_floor
@@ -1113,7 +1178,9 @@ y_train, y_val, y_test = map(torch.from_numpy, (y_train, y_val, y_test))
 for name, part in (("train", y_train), ("validation", y_val), ("test", y_test)):
     malignant = int((part == 0).sum())
     share = malignant / len(part)
-    print(f"{name:10} {len(part):3} tumours, {malignant:3} malignant ({share:.0%})")
+    print(
+        f"{name:10} {len(part):3} tumours, {malignant:3} malignant ({share:.0%})"
+    )
 record("n_train", len(y_train))
 record("n_val", len(y_val))
 record("n_val_malignant", int((y_val == 0).sum()))
@@ -1132,20 +1199,29 @@ class TabularDataset(Dataset):
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         if len(features) != len(labels):
-            raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
+            raise ValueError(
+                f"{len(features)} feature rows but {len(labels)} labels"
+            )
         self.features = features
         self.labels = labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int | slice) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(
+        self, index: int | slice
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # an int gives one example; a slice (dataset[:]) gives a batch of them
         return self.features[index], self.labels[index]
 
 
 train_set = TabularDataset(x_train, y_train)
-print(len(train_set), "examples; example 0:", train_set[0][0].shape, train_set[0][1])
+print(
+    len(train_set),
+    "examples; example 0:",
+    train_set[0][0].shape,
+    train_set[0][1],
+)
 
 # %% [markdown]
 # For tensors that are already in memory this class is so common that PyTorch ships it:
@@ -1157,7 +1233,9 @@ val_set = TensorDataset(x_val, y_val)
 test_set = TensorDataset(x_test, y_test)
 assert all(
     torch.equal(a, b)
-    for a, b in zip(TensorDataset(x_train, y_train)[5], train_set[5], strict=True)
+    for a, b in zip(
+        TensorDataset(x_train, y_train)[5], train_set[5], strict=True
+    )
 )
 
 
@@ -1175,7 +1253,8 @@ def make_train_loader(
 
 batch_size = 32
 train_loader = make_train_loader(train_set, batch_size, seed)
-val_loader = DataLoader(val_set, batch_size=256)  # evaluation needs no shuffling
+# evaluation needs no shuffling
+val_loader = DataLoader(val_set, batch_size=256)
 test_loader = DataLoader(test_set, batch_size=256)
 
 inputs, targets = next(iter(train_loader))
@@ -1187,7 +1266,8 @@ print(
 )
 record("n_batches", len(train_loader))
 
-# every iter() over the loader is a new epoch and draws a new order from the generator
+# every iter() over the loader is a new epoch and draws a new order from the
+# generator
 later_starts = [next(iter(train_loader)) for _ in range(2)]
 replayed = next(iter(make_train_loader(train_set, batch_size, seed)))
 print("first labels of epoch 1:", targets[:10].int().tolist())
@@ -1224,7 +1304,10 @@ assert torch.equal(replayed[0], inputs)
 
 # %%
 def flat_gradient(
-    net: nn.Module, loss_fn: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    net: nn.Module,
+    loss_fn: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
 ) -> torch.Tensor:
     """All of the loss's parameter gradients, concatenated into one vector."""
     loss = loss_fn(net(inputs).squeeze(1), targets)
@@ -1297,7 +1380,8 @@ targets = y_train[:batch_size].to(device)
 
 criterion(model(inputs).squeeze(1), targets).backward()
 once = model.hidden.weight.grad.clone()
-criterion(model(inputs).squeeze(1), targets).backward()  # no zero_grad in between
+# no zero_grad in between
+criterion(model(inputs).squeeze(1), targets).backward()
 print(
     "ratio after two backward passes:",
     (model.hidden.weight.grad.norm() / once.norm()).item(),
@@ -1331,7 +1415,9 @@ def first_weight_grad(
 ) -> torch.Tensor:
     """The first weight gradient, summed over the weighted micro-batch losses."""
     net.zero_grad()
-    pieces = zip(inputs.split(sizes), targets.split(sizes), weights, strict=True)
+    pieces = zip(
+        inputs.split(sizes), targets.split(sizes), weights, strict=True
+    )
     for micro_inputs, micro_targets, weight in pieces:
         loss = loss_fn(net(micro_inputs).squeeze(1), micro_targets)
         (loss * weight).backward()  # adds this micro-batch's share into .grad
@@ -1355,11 +1441,17 @@ for name, (net, sizes, weights) in schemes.items():
     accumulated = first_weight_grad(net, *batch, sizes, weights)
     gaps[name] = (accumulated - reference).abs().max().item()
     relative = gaps[name] / reference.abs().max().item()
-    print(f"{name:28} max difference {gaps[name]:.1e} ({relative:.1e} of the largest)")
+    print(
+        f"{name:28} max difference {gaps[name]:.1e} ({relative:.1e} of the largest)"
+    )
 model.zero_grad()
-assert gaps["4 x 16, each loss / 4"] < 1e-6 and gaps["40 + 24, loss x size / 64"] < 1e-6
 assert (
-    gaps["40 + 24, each loss / 2"] > 1e-4 and gaps["BatchNorm, 4 x 16, loss / 4"] > 1e-4
+    gaps["4 x 16, each loss / 4"] < 1e-6
+    and gaps["40 + 24, loss x size / 64"] < 1e-6
+)
+assert (
+    gaps["40 + 24, each loss / 2"] > 1e-4
+    and gaps["BatchNorm, 4 x 16, loss / 4"] > 1e-4
 )
 
 # %% [markdown]
@@ -1414,7 +1506,8 @@ def train_and_validate(
         running_loss = torch.zeros((), device=device)
         for inputs, targets in train_loader:
             inputs, targets = inputs.to(device), targets.to(device)
-            logits = model(inputs).squeeze(1)  # (B, 1) -> (B,), to match targets
+            # (B, 1) -> (B,), to match targets
+            logits = model(inputs).squeeze(1)
             loss = criterion(logits, targets)
             optimizer.zero_grad()
             loss.backward()
@@ -1480,7 +1573,8 @@ print(f"chosen on validation: lr {lr:g}, the weights of epoch {best_epoch}")
 record("chosen_lr", lr, fmt="{:g}")
 record("best_epoch", best_epoch)
 record("best_val_loss", chosen["best_val"], fmt="{:.4f}")
-# the claims the text below makes about these curves, with words computed from the run
+# the claims the text below makes about these curves, with words computed from
+# the run
 others = [run for run in runs if run is not chosen]
 
 
@@ -1601,8 +1695,9 @@ below = [
 number_words = ["none", "one", "two", "three", "four", "five", "all"]
 record("n_below_start", number_words[sum(flags[0] for flags in below)])
 record("n_below_throughout", number_words[sum(all(flags) for flags in below)])
-# Late in the slowest run the weights change little within an epoch; compare its last
-# validation loss with the training loss of its final weights, measured the same way.
+# Late in the slowest run the weights change little within an epoch; compare its
+# last validation loss with the training loss of its final weights, measured the
+# same way.
 slow = runs[0]
 record("slow_lr", slow["lr"], fmt="{:g}")
 record("slow_train_at_end", slow["train_at_end"], fmt="{:.4f}")
@@ -1693,12 +1788,18 @@ result = evaluate(model, val_loader, criterion, device)
 val_pred, val_true = predict(model, val_loader, device)
 model.eval()
 with torch.no_grad():
-    val_by_hand = (model(x_val.to(device)).squeeze(1) > 0).long().cpu()  # 1 = benign
+    # 1 = benign
+    val_by_hand = (model(x_val.to(device)).squeeze(1) > 0).long().cpu()
 print(f"evaluate: loss {result.loss:.4f}, accuracy {result.accuracy:.3f}")
 record("val_accuracy", result.accuracy, fmt="{:.1%}")
 assert abs(result.loss - chosen["best_val"]) < 1e-6
-assert torch.equal(val_pred, val_by_hand) and torch.equal(val_true, y_val.long())
-assert abs(result.accuracy - (val_by_hand == val_true).float().mean().item()) < 1e-9
+assert torch.equal(val_pred, val_by_hand) and torch.equal(
+    val_true, y_val.long()
+)
+assert (
+    abs(result.accuracy - (val_by_hand == val_true).float().mean().item())
+    < 1e-9
+)
 
 # %% [markdown]
 # ### Which number to report
@@ -1742,13 +1843,16 @@ print(f"validation: {int(val_is_malignant.sum())} malignant of {len(y_val)}")
 print("threshold  flagged  recall  precision")
 thresholds = [0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999]
 val_table = {
-    t: screening_scores(val_p_malignant, val_is_malignant, t) for t in thresholds
+    t: screening_scores(val_p_malignant, val_is_malignant, t)
+    for t in thresholds
 }
 for t, (recall, precision, flagged) in val_table.items():
     print(f"{t:9}  {flagged:7}  {recall:6.3f}  {precision:9.3f}")
 recalls = [val_table[t][0] for t in thresholds]
-assert all(a >= b for a, b in itertools.pairwise(recalls))  # recall never rises with t
-assert val_table[0.001][1] < val_table[0.5][1]  # precision falls at a low threshold
+# recall never rises with t
+assert all(a >= b for a, b in itertools.pairwise(recalls))
+# precision falls at a low threshold
+assert val_table[0.001][1] < val_table[0.5][1]
 record("val_recall_05", val_table[0.5][0], fmt="{:.3f}")
 lower_and_better = [
     t for t in thresholds if t < 0.5 and val_table[t][0] > val_table[0.5][0]
@@ -1810,7 +1914,8 @@ with torch.inference_mode():
 print("inference tensor:", test_logits.is_inference())
 weight = torch.ones(1, requires_grad=True)
 try:
-    (test_logits * weight).sum().backward()  # autograd would have to save test_logits
+    # autograd would have to save test_logits
+    (test_logits * weight).sum().backward()
 except RuntimeError as err:
     print("RuntimeError:", str(err).split(".")[0])
 
@@ -1823,7 +1928,8 @@ test_pred = (test_logits > 0).long().numpy()  # 1 = benign, 0 = malignant
 test_true = y_test.long().numpy()
 test_is_malignant = test_true == 0
 test_acc = (test_pred == test_true).mean()
-baseline_acc = (test_true == 1).mean()  # always answer "benign", the majority class
+# always answer "benign", the majority class
+baseline_acc = (test_true == 1).mean()
 test_recall = recall_score(test_true, test_pred, pos_label=0)
 test_precision = precision_score(test_true, test_pred, pos_label=0)
 test_f1 = f1_score(test_true, test_pred, pos_label=0)
@@ -1842,7 +1948,9 @@ print(
     f"missed malignant tumours: {missed.sum()} of {test_is_malignant.sum()}, "
     f"their p(malignant): {[round(p, 4) for p in test_p_malignant[missed].tolist()]}"
 )
-print(f"benign tumours flagged: {false_alarms.sum()} of {(~test_is_malignant).sum()}")
+print(
+    f"benign tumours flagged: {false_alarms.sum()} of {(~test_is_malignant).sum()}"
+)
 record(
     "test_accuracy",
     test_acc,
@@ -1881,7 +1989,8 @@ else:
         " threshold below that would have caught it"
     )
 record("missed_text", missed_text)
-# what catching every missed tumour would have cost, read from the validation table
+# what catching every missed tumour would have cost, read from the validation
+# table
 if missed.sum():
     p_lowest = test_p_malignant[missed].min().item()
     low_enough = [t for t in thresholds if t <= p_lowest]
@@ -1916,11 +2025,15 @@ record(
     " of how noisy samples of this size are",
 )
 record("one_tumour", 1 / len(test_true), fmt="{:.1%}")
-record("test_se", math.sqrt(test_acc * (1 - test_acc) / len(test_true)), fmt="{:.1%}")
+record(
+    "test_se",
+    math.sqrt(test_acc * (1 - test_acc) / len(test_true)),
+    fmt="{:.1%}",
+)
 # With the six-rate grid seeds 0, 1, 2 chose lr 0.1, 0.003, 0.03 and gave test
-# accuracy 0.947, 0.991, 0.982 and recall 0.929, 0.976, 0.952. The lowest, seed 0's
-# 108 of 114 and 39 of 42, pass with one and two tumours to spare (the thresholds
-# need 107 of 114 and 37 of 42).
+# accuracy 0.947, 0.991, 0.982 and recall 0.929, 0.976, 0.952. The lowest, seed
+# 0's 108 of 114 and 39 of 42, pass with one and two tumours to spare (the
+# thresholds need 107 of 114 and 37 of 42).
 assert test_acc >= 0.93, test_acc
 assert test_recall >= 0.88, test_recall
 
@@ -2063,7 +2176,9 @@ with tempfile.TemporaryDirectory() as folder:
     torch.save(model.state_dict(), path)
     print(f"saved {path.name}: {path.stat().st_size / 1024:.1f} KiB")
     restored = MLP(30, 16, 1).to(device)
-    restored.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    restored.load_state_dict(
+        torch.load(path, map_location=device, weights_only=True)
+    )
 
 restored.eval()
 with torch.inference_mode():
@@ -2122,9 +2237,10 @@ with tempfile.TemporaryDirectory() as folder:
         path,
     )
     epoch_with(net, optimizer, shuffle_rng, *training)  # epoch 4, uninterrupted
-    # load to the CPU: load_state_dict moves Adam's moment buffers to the parameters'
-    # device but keeps its step counters on the CPU, as Adam expects (on the GPU a
-    # non-capturable Adam would call .item() on them, a synchronisation, every step)
+    # load to the CPU: load_state_dict moves Adam's moment buffers to the
+    # parameters' device but keeps its step counters on the CPU, as Adam expects
+    # (on the GPU a non-capturable Adam would call .item() on them, a
+    # synchronisation, every step)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
 
 resumed, resumed_optimizer, resumed_rng = fresh_run(lr)
@@ -2267,7 +2383,8 @@ def accumulation_gap(make_net, loss_fn: nn.Module) -> float:
     accumulated = copy.deepcopy(one_batch)
     for net, micro_batch, steps in ((one_batch, 32, 1), (accumulated, 8, 4)):
         optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-        loader = DataLoader(first_32, batch_size=micro_batch)  # unshuffled: same order
+        # unshuffled: same order
+        loader = DataLoader(first_32, batch_size=micro_batch)
         train_one_epoch(
             net, loader, loss_fn, optimizer, device, accumulation_steps=steps
         )
@@ -2338,7 +2455,8 @@ logistic.load_state_dict(logistic_state)
 logistic_val = evaluate(logistic, val_loader, criterion, device)
 assert abs(logistic_val.loss - logistic_loss) < 1e-6
 
-# per-tumour validation losses of both models, and a paired bootstrap of their mean
+# per-tumour validation losses of both models, and a paired bootstrap of their
+# mean
 per_tumour = nn.BCEWithLogitsLoss(reduction="none")
 x_val_d, y_val_d = x_val.to(device), y_val.to(device)
 with torch.no_grad():
@@ -2437,7 +2555,9 @@ def make_mlp(sizes: list[int]) -> nn.Sequential:
 
 
 deep = make_mlp([30, 64, 64, 1])
-formula = sum((n_in + 1) * n_out for n_in, n_out in [(30, 64), (64, 64), (64, 1)])
+formula = sum(
+    (n_in + 1) * n_out for n_in, n_out in [(30, 64), (64, 64), (64, 1)]
+)
 counted = sum(p.numel() for p in deep.parameters())
 
 copy_of_model = make_mlp([30, 16, 1]).to(device)
@@ -2476,12 +2596,19 @@ sweep = {32: chosen}
 for size in (8, 128):
     candidates = [
         train_and_validate(
-            lr * factor, epochs, train_set, val_loader, criterion, batch_size=size
+            lr * factor,
+            epochs,
+            train_set,
+            val_loader,
+            criterion,
+            batch_size=size,
         )
         for factor in (math.sqrt(size / 32), size / 32)
     ]
     sweep[size] = min(candidates, key=lambda run: run["best_val"])
-    tried = ", ".join(f"{run['lr']:.4g}: {run['best_val']:.4f}" for run in candidates)
+    tried = ", ".join(
+        f"{run['lr']:.4g}: {run['best_val']:.4f}" for run in candidates
+    )
     print(f"batch {size:3}, best validation loss at lr {tried}")
 sizes = sorted(sweep)  # 8, 32, 128
 best_epochs, updates, still_open = {}, {}, {}
@@ -2515,10 +2642,13 @@ def order_answer(counts: dict[int, int], still_open: dict[int, bool]) -> str:
     word or two. Both dictionaries are keyed by batch size."""
     pairs = list(itertools.pairwise(sorted(counts)))
     orders = [
-        order(counts[a], counts[b], still_open[a], still_open[b]) for a, b in pairs
+        order(counts[a], counts[b], still_open[a], still_open[b])
+        for a, b in pairs
     ]
     if "?" in orders:
-        open_sizes = " and ".join(str(size) for size in counts if still_open[size])
+        open_sizes = " and ".join(
+            str(size) for size in counts if still_open[size]
+        )
         return f"Open: batches of {open_sizes} were still improving at the end"
     if all(o in "<=" for o in orders):
         return "Yes (no more than with larger batches)"

@@ -31,7 +31,8 @@
 # loop, `helpers.training`).
 
 # %% tags=["hide-cell"]
-# On Colab only: install this book's helpers package (Colab's own torch is kept).
+# On Colab only: install this book's helpers package (Colab's own torch is
+# kept).
 import sys
 
 if "google.colab" in sys.modules:
@@ -39,7 +40,8 @@ if "google.colab" in sys.modules:
 
     repository = "https://github.com/pytorch-book/pytorch-book"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True
+        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"],
+        check=True,
     )
 
 # %%
@@ -131,10 +133,13 @@ layers = {
 }
 for name, layer in layers.items():
     output, state = layer(x)
-    # an LSTM returns its state as a pair (h_n, c_n); RNN and GRU return h_n alone
+    # an LSTM returns its state as a pair (h_n, c_n); RNN and GRU return h_n
+    # alone
     h_n, c_n = state if isinstance(state, tuple) else (state, None)
     c_text = f"  c_n {tuple(c_n.shape)}" if c_n is not None else ""
-    print(f"{name:30} output {tuple(output.shape)}  h_n {tuple(h_n.shape)}{c_text}")
+    print(
+        f"{name:30} output {tuple(output.shape)}  h_n {tuple(h_n.shape)}{c_text}"
+    )
 
 # %% [markdown]
 # - `output` holds the **last layer's** hidden state at **every step**:
@@ -153,17 +158,25 @@ for name, layer in layers.items():
 lstm = layers["LSTM, 2 layers, bidirectional"]
 output, (h_n, c_n) = lstm(x)
 hidden = 5
-forward_last = output[:, -1, :hidden]  # forward direction after reading all 7 steps
-backward_first = output[:, 0, hidden:]  # backward direction after reading all 7 steps
-print("forward:  output[:, -1, :H] == h_n[-2]:", torch.allclose(forward_last, h_n[-2]))
+# forward direction after reading all 7 steps
+forward_last = output[:, -1, :hidden]
+# backward direction after reading all 7 steps
+backward_first = output[:, 0, hidden:]
 print(
-    "backward: output[:, 0, H:]  == h_n[-1]:", torch.allclose(backward_first, h_n[-1])
+    "forward:  output[:, -1, :H] == h_n[-2]:",
+    torch.allclose(forward_last, h_n[-2]),
+)
+print(
+    "backward: output[:, 0, H:]  == h_n[-1]:",
+    torch.allclose(backward_first, h_n[-1]),
 )
 print(
     "backward: output[:, -1, H:] == h_n[-1]:",
     torch.allclose(output[:, -1, hidden:], h_n[-1]),
 )
-assert torch.allclose(forward_last, h_n[-2]) and torch.allclose(backward_first, h_n[-1])
+assert torch.allclose(forward_last, h_n[-2]) and torch.allclose(
+    backward_first, h_n[-1]
+)
 
 rnn = layers["RNN, 1 layer"]
 # an explicit h_0 of zeros is what the layer uses when none is given
@@ -240,8 +253,14 @@ cell = nn.LSTMCell(input_size=3, hidden_size=5)
 x_t = torch.randn(4, 3)
 h_prev, c_prev = torch.randn(4, 5), torch.randn(4, 5)
 
-pre = x_t @ cell.weight_ih.T + cell.bias_ih + h_prev @ cell.weight_hh.T + cell.bias_hh
-i, f, g, o = pre.chunk(4, dim=1)  # four (4, 5) blocks, in PyTorch's order i, f, g, o
+pre = (
+    x_t @ cell.weight_ih.T
+    + cell.bias_ih
+    + h_prev @ cell.weight_hh.T
+    + cell.bias_hh
+)
+# four (4, 5) blocks, in PyTorch's order i, f, g, o
+i, f, g, o = pre.chunk(4, dim=1)
 i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
 c_new = f * c_prev + i * g
 h_new = o * torch.tanh(c_new)
@@ -340,7 +359,13 @@ print(series.unfold(0, 4, 1))  # (5, 4): every stretch of 4 consecutive values
 inputs, targets = make_windows(series, input_len=3)
 print("inputs", tuple(inputs.shape), inputs[:2].tolist())
 print("targets", tuple(targets.shape), targets[:2].tolist())
-assert inputs.shape == (5, 3) and targets[:, 0].tolist() == [3.0, 4.0, 5.0, 6.0, 7.0]
+assert inputs.shape == (5, 3) and targets[:, 0].tolist() == [
+    3.0,
+    4.0,
+    5.0,
+    6.0,
+    7.0,
+]
 
 # %% [markdown]
 # A series of length $T$ gives $T - L$ one-step pairs. Before training, inputs get a
@@ -361,8 +386,8 @@ t = torch.arange(1000.0)
 wave = torch.sin(2 * math.pi * t / 40) + 0.5 * torch.sin(2 * math.pi * t / 17.3)
 L_wave = 40
 n_train, n_val = 600, 200
-# each part's first window reaches back L steps into the previous part: that past is
-# known
+# each part's first window reaches back L steps into the previous part: that
+# past is known
 x_tr, y_tr = make_windows(wave[:n_train], L_wave)
 x_va, y_va = make_windows(wave[n_train - L_wave : n_train + n_val], L_wave)
 x_te, y_te = make_windows(wave[n_train + n_val - L_wave :], L_wave)
@@ -396,7 +421,9 @@ plt.show()
 class Forecaster(nn.Module):
     """Read a window (B, L, 1); predict the next value from the last hidden state."""
 
-    def __init__(self, hidden_size: int = 32, cell: type[nn.Module] = nn.LSTM) -> None:
+    def __init__(
+        self, hidden_size: int = 32, cell: type[nn.Module] = nn.LSTM
+    ) -> None:
         super().__init__()
         self.rnn = cell(input_size=1, hidden_size=hidden_size, batch_first=True)
         self.head = nn.Linear(hidden_size, 1)
@@ -435,7 +462,10 @@ def train_forecaster(
     """
     device = next(model.parameters()).device
     train_loader = DataLoader(
-        sets[0], batch_size=batch_size, shuffle=True, generator=make_generator(seed)
+        sets[0],
+        batch_size=batch_size,
+        shuffle=True,
+        generator=make_generator(seed),
     )
     val_loader = DataLoader(sets[1], batch_size=len(sets[1]))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -443,14 +473,21 @@ def train_forecaster(
         model, train_loader, val_loader, nn.MSELoss(), optimizer, epochs, device,
         metric=None, checkpoint_path=path, progress=False,
     )  # fmt: skip
-    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    model.load_state_dict(
+        torch.load(path, map_location=device, weights_only=True)
+    )
     return history
 
 
 torch.manual_seed(seed)
 wave_model = Forecaster().to(device)
 wave_history = train_forecaster(
-    wave_model, wave_sets, 30, batch_size=64, path=checkpoint_dir / "wave.pt", seed=seed
+    wave_model,
+    wave_sets,
+    30,
+    batch_size=64,
+    path=checkpoint_dir / "wave.pt",
+    seed=seed,
 )
 wave_val_rmse = math.sqrt(min(wave_history.val_loss))
 print(f"best epoch {wave_history.best_epoch}, val RMSE {wave_val_rmse:.4f}")
@@ -489,7 +526,8 @@ print(f"LSTM, one step ahead: test RMSE {wave_one_step_rmse:.4f}")
 nearest = torch.cdist(x_te, x_tr).argmin(dim=1)  # (200,): closest train window
 lookup = y_tr[nearest, 0]  # what followed it
 lookup_rmse = (lookup - y_te[:, 0]).pow(2).mean().sqrt().item()
-# test window i starts at step n_train + n_val - L_wave + i, training window j at j
+# test window i starts at step n_train + n_val - L_wave + i, training window j
+# at j
 lags = n_train + n_val - L_wave + torch.arange(len(x_te)) - nearest
 lag = lags.mode().values.item()  # the most common distance back in time
 near_repeat = (wave[lag:] - wave[:-lag]).abs().max().item()
@@ -525,8 +563,8 @@ assert lags.unique().tolist() == [640], lags.unique()
 record("wave_near_repeat", near_repeat, fmt="{:.3f}")
 record("wave_lookup_rmse", lookup_rmse, fmt="{:.4f}")
 record("wave_linear_rmse", sci(linear_rmse))
-# float32 rounding in computing the signal (6e-6 with torch 2.4 and 2.15) vs the LSTM's
-# 0.0075 to 0.0081 (seeds 0-2)
+# float32 rounding in computing the signal (6e-6 with torch 2.4 and 2.15) vs the
+# LSTM's 0.0075 to 0.0081 (seeds 0-2)
 assert linear_rmse < 0.01 * wave_one_step_rmse, linear_rmse
 lookup_factor = lookup_rmse / wave_one_step_rmse
 record("wave_lookup_factor", lookup_factor, fmt="{:.1f}")
@@ -597,13 +635,17 @@ def linear_next(window: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 horizon = 100
 test_start = n_train + n_val
-starts = torch.arange(test_start, len(wave) - horizon + 1, 5)  # forecast origins
+# forecast origins
+starts = torch.arange(test_start, len(wave) - horizon + 1, 5)
 windows = torch.stack([wave[s - L_wave : s] for s in starts])  # (S, L)
 truth = torch.stack([wave[s : s + horizon] for s in starts])  # (S, horizon)
 wave_model.eval()
 multi = rollout(wave_model, windows.to(device), horizon).cpu()
-rmse_by_step = (multi - truth).pow(2).mean(dim=0).sqrt()  # (horizon,) over origins
-linear_multi = rollout(lambda w: linear_next(w, linear_weights), windows, horizon)
+# (horizon,) over origins
+rmse_by_step = (multi - truth).pow(2).mean(dim=0).sqrt()
+linear_multi = rollout(
+    lambda w: linear_next(w, linear_weights), windows, horizon
+)
 linear_by_step = (linear_multi - truth).pow(2).mean(dim=0).sqrt()
 for k in (1, 10, 50, 100):
     print(f"recursive RMSE {k:3} steps ahead: LSTM {rmse_by_step[k - 1]:.4f}")
@@ -652,7 +694,12 @@ rollout_words(rmse_by_step, mean_rmse, multi[0], wave)
 one_step_color, recursive_color, linear_color = "C0", "C1", "C2"
 fig, (ax_series, ax_error) = plt.subplots(1, 2, figsize=(12, 3.6))
 ax_series.plot(
-    t[test_start:], wave[test_start:], color="black", lw=3, alpha=0.3, label="truth"
+    t[test_start:],
+    wave[test_start:],
+    color="black",
+    lw=3,
+    alpha=0.3,
+    label="truth",
 )
 ax_series.plot(
     t[test_start:], one_step, color=one_step_color, label="LSTM, one step ahead"
@@ -664,21 +711,33 @@ ax_series.plot(
     color=recursive_color,
     label="LSTM, recursive from step 800",
 )
-ax_series.set(title="LSTM forecasts on the test part", xlabel="step", ylabel="value")
+ax_series.set(
+    title="LSTM forecasts on the test part", xlabel="step", ylabel="value"
+)
 # room above the curves for a one-row legend
 ax_series.set_ylim(-3, 4.5)
 ax_series.legend(fontsize=8, loc="upper left", ncols=3)
 steps_ahead = range(1, horizon + 1)
 ax_error.plot(
-    steps_ahead, rmse_by_step, "--", color=recursive_color, label="LSTM, recursive"
+    steps_ahead,
+    rmse_by_step,
+    "--",
+    color=recursive_color,
+    label="LSTM, recursive",
 )
 ax_error.plot(
-    steps_ahead, linear_by_step, "-.", color=linear_color, label="linear, recursive"
+    steps_ahead,
+    linear_by_step,
+    "-.",
+    color=linear_color,
+    label="linear, recursive",
 )
 ax_error.axhline(
     wave_one_step_rmse, color=one_step_color, ls=":", label="LSTM, one step"
 )
-ax_error.axhline(mean_rmse, color="black", ls="--", lw=1, label="always 0 (the mean)")
+ax_error.axhline(
+    mean_rmse, color="black", ls="--", lw=1, label="always 0 (the mean)"
+)
 ax_error.set(
     title=f"Error vs steps ahead (mean over {len(starts)} origins)",
     xlabel="steps ahead",
@@ -854,7 +913,8 @@ record("stream_naive_rmse", naive_val_rmse, fmt="{:.3f}")
 record("wave_val_rmse", wave_val_rmse, fmt="{:.4f}")
 stream_better = stream_val_rmse < wave_val_rmse
 record("stream_vs_window", "better" if stream_better else "worse")
-# Seeds 0, 1, 2 (CPU): 0.08, 0.13, 0.04 of the naive forecast's RMSE, against 0.25
+# Seeds 0, 1, 2 (CPU): 0.08, 0.13, 0.04 of the naive forecast's RMSE, against
+# 0.25
 assert stream_val_rmse < 0.25 * naive_val_rmse, stream_val_rmse
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -887,7 +947,8 @@ trains the same way: its `repackage_hidden` detaches the state before every chun
 # %%
 sun = sunspots.load_pandas().data
 years = sun["YEAR"].to_numpy().astype(int)
-spots = torch.tensor(sun["SUNACTIVITY"].to_numpy(), dtype=torch.float32)  # (309,)
+# (309,)
+spots = torch.tensor(sun["SUNACTIVITY"].to_numpy(), dtype=torch.float32)
 n_test_years = n_val_years = 40
 test_from = len(spots) - n_test_years
 val_from = test_from - n_val_years
@@ -900,7 +961,9 @@ print(f"test       {years[test_from]}-{years[-1]}")
 
 fig, ax = plt.subplots(figsize=(10, 2.8))
 ax.plot(years, spots, color="black", lw=1)
-ax.axvspan(years[val_from], years[test_from - 1], alpha=0.15, label="validation")
+ax.axvspan(
+    years[val_from], years[test_from - 1], alpha=0.15, label="validation"
+)
 ax.axvspan(years[test_from], years[-1], alpha=0.3, label="test")
 ax.set(title="Yearly sunspot number", xlabel="year", ylabel="sunspot number")
 ax.legend(loc="upper left")
@@ -931,11 +994,17 @@ print("train, val, test windows:", [len(d) for d in sun_sets])
 torch.manual_seed(seed)
 sun_model = Forecaster().to(device)
 sun_history = train_forecaster(
-    sun_model, sun_sets, 60, batch_size=32, path=checkpoint_dir / "sun.pt", seed=seed
+    sun_model,
+    sun_sets,
+    60,
+    batch_size=32,
+    path=checkpoint_dir / "sun.pt",
+    seed=seed,
 )
 print(f"best epoch {sun_history.best_epoch} of 60 (lowest validation MSE)")
 record("sun_best_epoch", sun_history.best_epoch)
-# how flat is the validation curve? epochs from the 10th on within 25 % of the best
+# how flat is the validation curve? epochs from the 10th on within 25 % of the
+# best
 sun_val = torch.tensor(sun_history.val_loss)
 near_best = (sun_val[9:] < 1.25 * sun_val.min()).float().mean().item()
 record("sun_near_best", near_best, fmt="{:.0%}")
@@ -1026,7 +1095,9 @@ forecasts = {
     "LSTM": lstm_scaled * std + mean,  # back to sunspot numbers
     ar_name: linear_ar(ar_order, sun_sets[0], sun_sets[2]) * std + mean,
     "naive (last year)": naive_forecast(spots, test_from),
-    "seasonal naive (11 years ago)": naive_forecast(spots, test_from, season=11),
+    "seasonal naive (11 years ago)": naive_forecast(
+        spots, test_from, season=11
+    ),
 }
 errors = {}
 print(f"{'forecast':30} {'RMSE':>6} {'MAE':>6}")
@@ -1047,12 +1118,20 @@ gain_rho = torch.corrcoef(torch.stack([gain[:-1], gain[1:]]))[0, 1].item()
 print(f"linear model's MSE minus the LSTM's: {gain_mean:.0f} ± {gain_se:.0f}")
 print(f"correlation of neighbouring years' differences: {gain_rho:.2f}")
 record(
-    "sun_lstm_rmse", lstm_rmse, fmt="{:.1f}", headline="Sunspots 1969-2008: LSTM RMSE"
+    "sun_lstm_rmse",
+    lstm_rmse,
+    fmt="{:.1f}",
+    headline="Sunspots 1969-2008: LSTM RMSE",
 )
 record(
-    "sun_naive_rmse", naive_rmse, fmt="{:.1f}", headline="Sunspots: naive-forecast RMSE"
+    "sun_naive_rmse",
+    naive_rmse,
+    fmt="{:.1f}",
+    headline="Sunspots: naive-forecast RMSE",
 )
-record("sun_seasonal_rmse", errors["seasonal naive (11 years ago)"], fmt="{:.1f}")
+record(
+    "sun_seasonal_rmse", errors["seasonal naive (11 years ago)"], fmt="{:.1f}"
+)
 record("sun_ar_rmse", ar_rmse, fmt="{:.1f}")
 record("sun_gain", gain_mean, fmt="{:.0f}")
 record("sun_gain_se", gain_se, fmt="{:.0f}")
@@ -1060,8 +1139,9 @@ record("sun_gain_se", gain_se, fmt="{:.0f}")
 ar_share = (naive_rmse - ar_rmse) / (naive_rmse - lstm_rmse)
 record("sun_ar_share", ar_share, fmt="{:.0%}")
 record("sun_gain_rho", gain_rho, fmt="{:.2f}")
-# Seeds 0, 1, 2 (CPU): LSTM/naive 0.49, 0.50, 0.51 (bound 0.75); LSTM/linear 0.81,
-# 0.82, 0.85 (bound 1); seeds 3, 4 gave LSTM RMSEs of 15.1 and 16.4 (linear: 18.1)
+# Seeds 0, 1, 2 (CPU): LSTM/naive 0.49, 0.50, 0.51 (bound 0.75); LSTM/linear
+# 0.81, 0.82, 0.85 (bound 1); seeds 3, 4 gave LSTM RMSEs of 15.1 and 16.4
+# (linear: 18.1)
 assert lstm_rmse < 0.75 * naive_rmse, (lstm_rmse, naive_rmse)
 assert lstm_rmse < ar_rmse < naive_rmse, errors
 
@@ -1087,11 +1167,15 @@ gain_words(gain_mean, gain_se, gain_rho)
 
 # %%
 fig, ax = plt.subplots(figsize=(10, 3.2))
-ax.plot(years[test_from:], truth_sun, color="black", lw=3, alpha=0.3, label="truth")
+ax.plot(
+    years[test_from:], truth_sun, color="black", lw=3, alpha=0.3, label="truth"
+)
 for name, forecast in forecasts.items():
     ax.plot(years[test_from:], forecast, marker=".", label=name)
 ax.set(
-    title="One-year-ahead forecasts, test years", xlabel="year", ylabel="sunspot number"
+    title="One-year-ahead forecasts, test years",
+    xlabel="year",
+    ylabel="sunspot number",
 )
 ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 plt.show()
@@ -1255,12 +1339,14 @@ def test_mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 cells = {"RNN": nn.RNN, "LSTM": nn.LSTM, "GRU": nn.GRU}
-cell_colors = {"RNN": "C0", "LSTM": "C1", "GRU": "C2"}  # the same in every figure
+# the same in every figure
+cell_colors = {"RNN": "C0", "LSTM": "C1", "GRU": "C2"}
 memory_models, memory_logs, memory_mse = {}, {}, {}
 for name, cell_type in cells.items():
     torch.manual_seed(seed)
     memory_models[name] = Summariser(cell_type).to(device)
-    if name == "RNN":  # keep the untrained weights for the gradient picture below
+    # keep the untrained weights for the gradient picture below
+    if name == "RNN":
         rnn_at_init = copy.deepcopy(memory_models[name])
     memory_logs[name] = train_on_adding(memory_models[name], length, seed)
     memory_mse[name] = test_mse(memory_models[name], test_x, test_y)
@@ -1271,13 +1357,18 @@ for name, cell_type in cells.items():
 
 # %%
 fig, (ax_val, ax_grad) = plt.subplots(1, 2, figsize=(12, 3.6))
-# the RNN's noisy band of gradient norms first and faint, the gated curves over it
+# the RNN's noisy band of gradient norms first and faint, the gated curves over
+# it
 for name in ("RNN", "LSTM", "GRU"):
     log, color = memory_logs[name], cell_colors[name]
-    ax_val.plot(log["step"], log["val_mse"], marker="o", ms=3, color=color, label=name)
+    ax_val.plot(
+        log["step"], log["val_mse"], marker="o", ms=3, color=color, label=name
+    )
     steps = range(1, len(log["grad_norm"]) + 1)
     alpha = 0.4 if name == "RNN" else 0.9
-    ax_grad.plot(steps, log["grad_norm"], lw=0.8, alpha=alpha, color=color, label=name)
+    ax_grad.plot(
+        steps, log["grad_norm"], lw=0.8, alpha=alpha, color=color, label=name
+    )
 ax_val.axhline(1 / 6, color="grey", ls=":", label="chance (1/6)")
 ax_val.axhline(1 / 12, color="grey", ls="--", label="one number known (1/12)")
 ax_val.set(
@@ -1341,8 +1432,8 @@ def progress_text(log: dict, chance: float) -> str:
 
 record("lstm_progress", progress_text(memory_logs["LSTM"], chance_mse))
 record("gru_progress", progress_text(memory_logs["GRU"], chance_mse))
-# the plain RNN stays at chance (about 1/6; 3/4 of it is above the one-number level
-# 1/12) while both gated networks solve the task
+# the plain RNN stays at chance (about 1/6; 3/4 of it is above the one-number
+# level 1/12) while both gated networks solve the task
 assert rnn_mse > 0.75 * chance_mse and gated_mse < 0.03, (rnn_mse, memory_mse)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -1466,7 +1557,8 @@ def state_gradients(
     h_last = states[-1][0][0]  # (B, H): h after the last step
     loss = F.mse_loss(model.head(h_last).squeeze(1), y)
     flat = [part for s in states for part in s]
-    # the last c does not reach the loss (only the last h does): its gradient is None
+    # the last c does not reach the loss (only the last h does): its gradient is
+    # None
     grads = torch.autograd.grad(loss, flat, allow_unused=True)
     grads = [
         torch.zeros_like(p) if g is None else g
@@ -1502,7 +1594,9 @@ def initial_model(cell: type[nn.Module], seed: int) -> Summariser:
 profiles = {}
 for name in cells:
     untrained = initial_model(cells[name], seed)
-    profiles[name, "before training"] = state_gradients(untrained, grad_x, grad_y)
+    profiles[name, "before training"] = state_gradients(
+        untrained, grad_x, grad_y
+    )
     trained = memory_models[name]
     profiles[name, "after training"] = state_gradients(trained, grad_x, grad_y)
 
@@ -1561,7 +1655,9 @@ for name, log in memory_logs.items():
     ratios[name] = []
     for weights in log["weights"]:
         replay.load_state_dict(weights)
-        ratios[name].append(decay_ratio(state_gradients(replay, grad_x, grad_y)))
+        ratios[name].append(
+            decay_ratio(state_gradients(replay, grad_x, grad_y))
+        )
 
 fig, ax = plt.subplots(figsize=(8, 3.6))
 for name, values in ratios.items():
@@ -1582,7 +1678,9 @@ plt.show()
 
 initial = {name: values[0] for name, values in ratios.items()}  # step 0
 final = {name: values[-1] for name, values in ratios.items()}
-share_above = {name: float(np.mean(np.array(v) > 1e4)) for name, v in ratios.items()}
+share_above = {
+    name: float(np.mean(np.array(v) > 1e4)) for name, v in ratios.items()
+}
 rnn_median = float(np.median(ratios["RNN"]))
 for name, values in ratios.items():
     print(
@@ -1602,14 +1700,15 @@ record("gru_share_above", share_above["GRU"], fmt="{:.0%}")
 record("rnn_checkpoints", len(ratios["RNN"]))
 record("rnn_low_ratio", sci(min(ratios["RNN"])))
 record("rnn_high_ratio", sci(max(ratios["RNN"])))
-# Margins over CPU kernel levels default, avx2, avx512 x seeds 0, 1, 2 (nine runs):
-# RNN before training 9e7 to 6e8 (>= 9,000x the bound); GRU 2e7 to 2e8 (>= 20,000x);
-# GRU at the end 3 to 4; RNN median over training 1e7 to 2e16 (>= 1,000x), above 1e4
-# at 21 to 24 of its 25 checkpoints (share 0.84 to 0.96, against 0.6). The LSTM's
-# state includes c: before training 3e3 to 7e3 (seeds 0, 1, 2; >= 6x the bound 500),
-# at the end 1 to 2. Counting c can only lower the LSTM's ratio below the one of h
-# alone, which an H200 GPU (seed 0) put at 9 at the end (GRU 4, RNN median 2e7, share
-# 0.92). The values before training do not depend on the device: float64 on the CPU.
+# Margins over CPU kernel levels default, avx2, avx512 x seeds 0, 1, 2 (nine
+# runs): RNN before training 9e7 to 6e8 (>= 9,000x the bound); GRU 2e7 to 2e8
+# (>= 20,000x); GRU at the end 3 to 4; RNN median over training 1e7 to 2e16 (>=
+# 1,000x), above 1e4 at 21 to 24 of its 25 checkpoints (share 0.84 to 0.96,
+# against 0.6). The LSTM's state includes c: before training 3e3 to 7e3 (seeds
+# 0, 1, 2; >= 6x the bound 500), at the end 1 to 2. Counting c can only lower
+# the LSTM's ratio below the one of h alone, which an H200 GPU (seed 0) put at 9
+# at the end (GRU 4, RNN median 2e7, share 0.92). The values before training do
+# not depend on the device: float64 on the CPU.
 assert initial["RNN"] > 1e4, initial
 assert min(initial["LSTM"], initial["GRU"]) > 5e2, initial
 assert max(final["LSTM"], final["GRU"]) < 1e2, final
@@ -1701,8 +1800,8 @@ record("rnn_radius_end", radius["end"], fmt="{:.2f}")
 record("rnn_slope_start", slope["start"], fmt="{:.2f}")
 record("rnn_slope_end", slope["end"], fmt="{:.2f}")
 record("rnn_final_ratio", sci(final["RNN"]))
-# the radius grew and the slope fell. Seeds 0, 1, 2 (CPU): radius x 5.6, 3.1, 7.8
-# (bound x 1.5), slope x 0.23, 0.52, 0.11 (bound x 0.8)
+# the radius grew and the slope fell. Seeds 0, 1, 2 (CPU): radius x 5.6, 3.1,
+# 7.8 (bound x 1.5), slope x 0.23, 0.52, 0.11 (bound x 0.8)
 assert radius["end"] > 1.5 * radius["start"], radius
 assert slope["end"] < 0.8 * slope["start"], slope
 
@@ -1788,7 +1887,9 @@ def count_range(counts: list[int]) -> str:
 
 # what CLDR holds for each language, before any filtering
 locales = [Locale.parse(code) for code in languages]
-record("names_n_territories", count_range([len(x.territories) for x in locales]))
+record(
+    "names_n_territories", count_range([len(x.territories) for x in locales])
+)
 record("names_n_languages", count_range([len(x.languages) for x in locales]))
 record("names_dropped_share", 1 - len(rows) / len(all_rows), fmt="{:.0%}")
 record(
@@ -1800,14 +1901,23 @@ record("names_longest", max(len(name) for name, _, _ in all_rows))
 language_share = np.mean([key.startswith("languages:") for _, _, key in rows])
 record("names_language_share", language_share, fmt="{:.0%}")
 print("per language:", dict(Counter(lang for _, lang, _ in rows)))
-print("the name of Germany:", [n for n, _, key in rows if key == "territories:DE"])
+print(
+    "the name of Germany:", [n for n, _, key in rows if key == "territories:DE"]
+)
 
 keys = sorted({key for _, _, key in rows})
 order = torch.randperm(len(keys), generator=make_generator(seed)).tolist()
-n_held_out = len(keys) * 15 // 100  # 15 % of the things named for test, 15 % for val
+# 15 % of the things named for test, 15 % for val
+n_held_out = len(keys) * 15 // 100
 split_of = {}
 for rank, index in enumerate(order):
-    part = "test" if rank < n_held_out else "val" if rank < 2 * n_held_out else "train"
+    part = (
+        "test"
+        if rank < n_held_out
+        else "val"
+        if rank < 2 * n_held_out
+        else "train"
+    )
     split_of[keys[index]] = part
 by_split = {part: [] for part in ("train", "val", "test")}
 for name, lang, key in rows:
@@ -1871,7 +1981,11 @@ record("names_mostly_lower", len(mostly_lower))
 
 def and_join(words: list[str]) -> str:
     """['a', 'b', 'c'] -> 'a, b and c'."""
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return (
+        words[0]
+        if len(words) == 1
+        else ", ".join(words[:-1]) + " and " + words[-1]
+    )
 
 
 record("names_rarely_lower", and_join(rarely_lower))
@@ -1952,8 +2066,16 @@ packed = pack_padded_sequence(
 )
 print("names:  ", [vocab.decode(ids) for ids, _ in example])
 print("padded: ", tuple(padded.shape))
-print("packed.data:       ", tuple(packed.data.shape), "= total number of characters")
-print("packed.batch_sizes:", packed.batch_sizes.tolist(), "= sequences still running")
+print(
+    "packed.data:       ",
+    tuple(packed.data.shape),
+    "= total number of characters",
+)
+print(
+    "packed.batch_sizes:",
+    packed.batch_sizes.tolist(),
+    "= sequences still running",
+)
 assert len(packed.data) == lengths.sum()
 
 # %% [markdown]
@@ -2019,7 +2141,9 @@ class NameClassifier(nn.Module):
         self, vocab_size: int, n_classes: int, embed: int = 32, hidden: int = 64
     ):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embed, padding_idx=CharVocab.PAD)
+        self.embedding = nn.Embedding(
+            vocab_size, embed, padding_idx=CharVocab.PAD
+        )
         self.rnn = nn.GRU(embed, hidden, batch_first=True)
         self.head = nn.Linear(hidden, n_classes)
 
@@ -2074,7 +2198,9 @@ history = fit(
     model, loaders["train"], loaders["val"], criterion, optimizer, epochs, device,
     checkpoint_path=best_path,
 )  # fmt: skip
-model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+model.load_state_dict(
+    torch.load(best_path, map_location=device, weights_only=True)
+)
 print(
     f"best validation accuracy {max(history.val_accuracy):.3f} "
     f"at epoch {history.best_epoch}; those weights are loaded"
@@ -2098,7 +2224,8 @@ fig.tight_layout()
 plt.show()
 
 # %%
-# with the kept weights: how much of the validation loss comes from wrong answers?
+# with the kept weights: how much of the validation loss comes from wrong
+# # answers?
 model.eval()
 name_losses, name_right = [], []
 with torch.no_grad():
@@ -2177,13 +2304,18 @@ record(
     fmt="{:.1%}",
     headline="Name language: majority class",
 )
-assert names_test_acc >= 0.55 and names_test_acc >= majority_acc + 0.35, names_test_acc
+assert names_test_acc >= 0.55 and names_test_acc >= majority_acc + 0.35, (
+    names_test_acc
+)
 
 # %%
 test_pred, test_true = predict(model, loaders["test"], device)
 n_classes = len(languages)
-# row = true language, column = prediction; bincount counts each (true, pred) pair
-confusion = torch.bincount(test_true * n_classes + test_pred, minlength=n_classes**2)
+# row = true language, column = prediction; bincount counts each (true, pred)
+# pair
+confusion = torch.bincount(
+    test_true * n_classes + test_pred, minlength=n_classes**2
+)
 confusion = confusion.reshape(n_classes, n_classes)
 # colour: the share of each true language's names (rows have different sizes)
 row_share = confusion / confusion.sum(dim=1, keepdim=True)
@@ -2193,7 +2325,9 @@ for row in range(n_classes):
     for col in range(n_classes):
         color = "white" if row_share[row, col] > 0.5 else "black"
         count = confusion[row, col].item()
-        ax.text(col, row, count, ha="center", va="center", color=color, fontsize=8)
+        ax.text(
+            col, row, count, ha="center", va="center", color=color, fontsize=8
+        )
 ax.set_xticks(range(n_classes), language_names, rotation=45, ha="right")
 ax.set_yticks(range(n_classes), language_names)
 ax.set(
@@ -2215,7 +2349,9 @@ for index in per_language.argsort().tolist():
 confusion_text = (
     f"{language_names[true_worst]} names taken for {language_names[pred_worst]}"
 )
-print(f"most frequent confusion: {confusion_text} ({off_diagonal.max().item()} times)")
+print(
+    f"most frequent confusion: {confusion_text} ({off_diagonal.max().item()} times)"
+)
 record("names_top_confusion", confusion_text)
 # the standard error of an accuracy p measured on n names is sqrt(p (1 - p) / n)
 per_language_n = confusion.sum(dim=1).float()
@@ -2263,12 +2399,14 @@ def one_at_a_time(net: NameClassifier, batch: list) -> torch.Tensor:
 
 
 check = copy.deepcopy(model).cpu().double().eval()
-check32 = copy.deepcopy(model).cpu().eval()  # the trained float32 model, on the CPU
+# the trained float32 model, on the CPU
+check32 = copy.deepcopy(model).cpu().eval()
 batch = encoded["test"][:32]
 with torch.no_grad():
     packed_logits = check(collate_padded(batch)[0])  # the model's forward packs
     alone_logits = one_at_a_time(check, batch)
-    padded_ids = pad_sequence([ids for ids, _ in batch], batch_first=True)  # (32, T)
+    # (32, T)
+    padded_ids = pad_sequence([ids for ids, _ in batch], batch_first=True)
     # no packing: the GRU reads the padding as if it were characters
     _, h = check.rnn(check.embedding(padded_ids))
     padded_logits = check.head(h[-1])
@@ -2280,7 +2418,9 @@ packed_gap32 = gap32.abs().max().item()
 print(f"lengths {min(lengths)}-{max(lengths)} characters")
 print(f"packed batch vs one at a time: max |difference| = {sci(packed_gap, 1)}")
 print(f"padded, not packed:            max |difference| = {padded_gap:.2f}")
-print(f"packed vs one at a time, float32:  max |difference| = {sci(packed_gap32, 1)}")
+print(
+    f"packed vs one at a time, float32:  max |difference| = {sci(packed_gap32, 1)}"
+)
 print(f"largest |logit|: {alone_logits.abs().max().item():.1f}")
 record(
     "packed_gap",
@@ -2442,9 +2582,12 @@ assert direct_by_step[-1] < 0.25 * recursive_by_step[-1], direct_by_step
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 2: validation errors for each window length; the test years stay untouched.
+# Solution 2: validation errors for each window length; the test years stay
+# untouched.
 @torch.no_grad()
-def val_errors(model: nn.Module, val_set: TensorDataset, std: float) -> torch.Tensor:
+def val_errors(
+    model: nn.Module, val_set: TensorDataset, std: float
+) -> torch.Tensor:
     """Errors on the validation years, one per year: (40,).
 
     The targets are standardised; `std` turns the errors back into sunspot numbers.
@@ -2465,9 +2608,13 @@ for window in (10, 30):
     window_model = Forecaster().to(device)
     window_path = checkpoint_dir / f"sun_{window}.pt"
     # reloads the best epoch's weights, chosen on the validation years
-    train_forecaster(window_model, window_sets, 60, 32, path=window_path, seed=seed)
+    train_forecaster(
+        window_model, window_sets, 60, 32, path=window_path, seed=seed
+    )
     errors_by_window[window] = val_errors(window_model, window_sets[1], std)
-val_rmse = {w: e.pow(2).mean().sqrt().item() for w, e in errors_by_window.items()}
+val_rmse = {
+    w: e.pow(2).mean().sqrt().item() for w, e in errors_by_window.items()
+}
 naive_sun_val_errors = (
     naive_forecast(spots[:test_from], val_from) - spots[val_from:test_from]
 )
@@ -2476,23 +2623,32 @@ for window, value in sorted(val_rmse.items()):
     print(f"window {window:2} years: validation RMSE {value:5.1f}")
 print(f"naive forecast:      validation RMSE {naive_sun_val_rmse:5.1f}")
 best_window = min(val_rmse, key=val_rmse.get)
-# year by year: how much lower is the best window's squared error than the others'?
+# year by year: how much lower is the best window's squared error than the
+# # others'?
 within_noise = True
 for window in sorted(errors_by_window):
     if window == best_window:
         continue
-    window_gain = errors_by_window[window].pow(2) - errors_by_window[best_window].pow(2)
+    window_gain = errors_by_window[window].pow(2) - errors_by_window[
+        best_window
+    ].pow(2)
     mean_gain = window_gain.mean().item()
     se = window_gain.std().item() / math.sqrt(len(window_gain))
-    print(f"MSE gain of {best_window} over {window} years: {mean_gain:6.1f} ± {se:.1f}")
+    print(
+        f"MSE gain of {best_window} over {window} years: {mean_gain:6.1f} ± {se:.1f}"
+    )
     within_noise &= mean_gain < 2 * se
 assert max(val_rmse.values()) < naive_sun_val_rmse
-print(f"Answer: every window beats the naive forecast; the {best_window}-year window")
+print(
+    f"Answer: every window beats the naive forecast; the {best_window}-year window"
+)
 print(
     "has the lowest validation RMSE, so it is the one to pick. Its gain over the others"
 )
 if within_noise:
-    print("is less than two standard errors: with 40 years, a tie, not a result.")
+    print(
+        "is less than two standard errors: with 40 years, a tie, not a result."
+    )
 else:
     print("is more than two standard errors over at least one of them.")
 
@@ -2510,7 +2666,9 @@ for short_length in (5, 10, 20):
     torch.manual_seed(seed)
     short_rnn = Summariser(nn.RNN).to(device)
     train_on_adding(short_rnn, short_length, seed)
-    short_x, short_y = adding_problem(2000, short_length, make_generator(seed + 2))
+    short_x, short_y = adding_problem(
+        2000, short_length, make_generator(seed + 2)
+    )
     short_mse[short_length] = test_mse(short_rnn, short_x, short_y)
     # chance on these test sequences: always answering 1
     short_chance[short_length] = ((1.0 - short_y) ** 2).mean().item()
@@ -2552,11 +2710,11 @@ answer = (
     " lowest of those, near 1/12, is what reading one of the two numbers gives."
 )
 print(textwrap.fill(answer, width=78))
-# Seeds 0, 1, 2 (CPU): length 5 at 3 %, 4 %, 3 % of chance (bound 10 %), length 40
-# at 99 %, 103 %, 109 % (bound 75 %). Over CPU levels default, avx2, avx512 x seeds
-# 0, 1, 2, length 5 reached MSEs of 0.005 to 0.008 and length 40 0.168 to 0.192;
-# length 10 ranged from 0.006 to 0.139 and length 20 from 0.078 to 0.221: no assert
-# on them.
+# Seeds 0, 1, 2 (CPU): length 5 at 3 %, 4 %, 3 % of chance (bound 10 %), length
+# 40 at 99 %, 103 %, 109 % (bound 75 %). Over CPU levels default, avx2, avx512 x
+# seeds 0, 1, 2, length 5 reached MSEs of 0.005 to 0.008 and length 40 0.168 to
+# 0.192; length 10 ranged from 0.006 to 0.139 and length 20 from 0.078 to 0.221:
+# no assert on them.
 assert share_of_chance[5] < 0.1, short_mse
 assert share_of_chance[length] > 0.75, short_mse
 
@@ -2611,7 +2769,8 @@ ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 plt.show()
 growth = {k: (norms[0] / norms[-1]).item() for k, (norms, _) in sweep.items()}
 estimate = {k: value for k, (_, value) in sweep.items()}
-# the measured change per step, on average over the 39 steps from t = 40 back to 1
+# the measured change per step, on average over the 39 steps from t = 40 back to
+# 1
 measured = {k: g ** (1 / 39) for k, g in growth.items()}
 first_growing = min(k for k in factors if growth[k] > 1)
 # "from x k on": growing at every larger factor too
@@ -2619,7 +2778,9 @@ assert all(growth[k] > 1 for k in factors if k > first_growing), growth
 # factors where the estimate and the measurement fall on different sides of 1
 disagree = [k for k in factors if (estimate[k] > 1) != (measured[k] > 1)]
 if disagree:
-    closest = max(max(abs(estimate[k] - 1), abs(measured[k] - 1)) for k in disagree)
+    closest = max(
+        max(abs(estimate[k] - 1), abs(measured[k] - 1)) for k in disagree
+    )
     where = and_join([f"x {k}" for k in disagree])
     side_text = (
         f"on the same side of 1 as the measured change except at {where}, where"
@@ -2640,10 +2801,10 @@ answer = (
     " product of 39 Jacobians grows is not set by an average slope alone."
 )
 print(textwrap.fill(answer, width=78))
-# Seeds 0, 1, 2 (CPU): estimate at x 1 0.64, 0.65, 0.61 (bound 0.8), at x 6 over at
-# x 1 1.7, 1.8, 1.8 (bound 3); growth at x 1 1e-8, 1e-8, 2e-9 (bound 1e-4), at x 6
-# 1e6, 6e5, 8e5 (bound 1e3); measured per step at x 6 1.42, 1.41, 1.42 against the
-# estimate's 1.10, 1.16, 1.07
+# Seeds 0, 1, 2 (CPU): estimate at x 1 0.64, 0.65, 0.61 (bound 0.8), at x 6 over
+# at x 1 1.7, 1.8, 1.8 (bound 3); growth at x 1 1e-8, 1e-8, 2e-9 (bound 1e-4),
+# at x 6 1e6, 6e5, 8e5 (bound 1e3); measured per step at x 6 1.42, 1.41, 1.42
+# against the estimate's 1.10, 1.16, 1.07
 assert estimate[1] < 0.8 and estimate[6] < 3 * estimate[1], estimate
 assert growth[1] < 1e-4 and growth[6] > 1e3, growth
 assert measured[6] > estimate[6] + 0.1, (measured, estimate)
@@ -2675,7 +2836,9 @@ class BiNameClassifier(nn.Module):
         self, vocab_size: int, n_classes: int, embed: int = 32, hidden: int = 32
     ):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embed, padding_idx=CharVocab.PAD)
+        self.embedding = nn.Embedding(
+            vocab_size, embed, padding_idx=CharVocab.PAD
+        )
         self.rnn = nn.GRU(embed, hidden, batch_first=True, bidirectional=True)
         self.head = nn.Linear(2 * hidden, n_classes)
 
@@ -2692,7 +2855,8 @@ class BiNameClassifier(nn.Module):
 
 
 torch.manual_seed(seed)
-bi_model = BiNameClassifier(len(vocab), len(languages))  # on the CPU for the check
+# on the CPU for the check
+bi_model = BiNameClassifier(len(vocab), len(languages))
 check_ids, _ = next(iter(loaders["val"]))  # (512, T), padded
 check_lengths = (check_ids != CharVocab.PAD).sum(dim=1)
 with torch.no_grad():
@@ -2716,7 +2880,8 @@ assert forward_ok and backward_ok
 
 bi_model = bi_model.to(device)
 bi_epochs = 4
-# a fresh loader with the same generator seed: the same batches as the one-way run
+# a fresh loader with the same generator seed: the same batches as the one-way
+# run
 bi_train_loader = DataLoader(
     encoded["train"],
     batch_size=128,
@@ -2764,7 +2929,8 @@ answer = (
 )
 print(textwrap.fill(answer, width=78))
 # Seeds 0, 1, 2 (CPU): bidirectional 0.695, 0.648, 0.704 against the majority
-# answer's 0.11, 0.12, 0.14 (+ 0.3); differences +0.004, -0.022, +0.008 (bound 0.06)
+# answer's 0.11, 0.12, 0.14 (+ 0.3); differences +0.004, -0.022, +0.008 (bound
+# 0.06)
 assert bi_acc > majority_val_acc + 0.3, bi_acc
 assert abs(bi_diff) < 0.06, (bi_acc, one_way_acc)
 

@@ -37,7 +37,8 @@
 # (convolutions, batch normalisation, the digit data, `helpers.data`).
 
 # %% tags=["hide-cell"]
-# On Colab only: install this book's helpers package (Colab's own torch is kept).
+# On Colab only: install this book's helpers package (Colab's own torch is
+# kept).
 import sys
 
 if "google.colab" in sys.modules:
@@ -45,13 +46,15 @@ if "google.colab" in sys.modules:
 
     repository = "https://github.com/pytorch-book/pytorch-book"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True
+        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"],
+        check=True,
     )
 
 # %%
 import time
 
-chapter_started = time.perf_counter()  # the chapter's run time is reported at the end
+# the chapter's run time is reported at the end
+chapter_started = time.perf_counter()
 
 import copy
 import dataclasses
@@ -143,25 +146,36 @@ print(describe_runtime(device, seed))
 # to replace. For each model the cell checks the count against the enum's metadata.
 
 # %%
-zoo = {  # name: (builder, default weights, the layer that maps features to classes)
+# name: (builder, default weights, the layer that maps features to classes)
+zoo = {
     "ResNet-18": (models.resnet18, models.ResNet18_Weights.DEFAULT, "fc"),
     "ResNet-50": (models.resnet50, models.ResNet50_Weights.DEFAULT, "fc"),
     "VGG-16": (models.vgg16, models.VGG16_Weights.DEFAULT, "classifier.6"),
-    "Inception-v3": (models.inception_v3, models.Inception_V3_Weights.DEFAULT, "fc"),
+    "Inception-v3": (
+        models.inception_v3,
+        models.Inception_V3_Weights.DEFAULT,
+        "fc",
+    ),
 }
 print(
     f"{'model':13} {'parameters':>12}  {'head to replace':32} {'weights':14} "
     f"{'top-1':>6} {'top-5':>6}  resize/crop"
 )
-with torch.device("meta"):  # shapes only: no data, no real computation, no download
+# shapes only: no data, no real computation, no download
+with torch.device("meta"):
     for name, (builder, weights, head_name) in zoo.items():
-        # init_weights=True: Inception-v3's current initialisation, without a FutureWarning
-        options = {"init_weights": True} if builder is models.inception_v3 else {}
+        # init_weights=True: Inception-v3's current initialisation, without a
+        # FutureWarning
+        options = (
+            {"init_weights": True} if builder is models.inception_v3 else {}
+        )
         net = builder(weights=None, **options)
         n_params = count_parameters(net)
         assert n_params == weights.meta["num_params"], name
         head = net.get_submodule(head_name)  # an nn.Linear
-        head_text = f"{head_name}: Linear({head.in_features}, {head.out_features})"
+        head_text = (
+            f"{head_name}: Linear({head.in_features}, {head.out_features})"
+        )
         metrics = weights.meta["_metrics"]["ImageNet-1K"]
         preprocess = weights.transforms()
         print(
@@ -170,7 +184,9 @@ with torch.device("meta"):  # shapes only: no data, no real computation, no down
             f"{preprocess.resize_size[0]}/{preprocess.crop_size[0]}"
         )
     inception = models.inception_v3(weights=None, init_weights=True)
-    print("Inception-v3's auxiliary head: AuxLogits.fc =", inception.AuxLogits.fc)
+    print(
+        "Inception-v3's auxiliary head: AuxLogits.fc =", inception.AuxLogits.fc
+    )
 
 # %% [markdown]
 # Every one of these ends in a linear layer with 1,000 outputs, one per ImageNet class;
@@ -186,7 +202,10 @@ with torch.device("meta"):  # shapes only: no data, no real computation, no down
 # evaluate or predict on; here are ResNet-50's two sets of weights:
 
 # %%
-v1, v2 = models.ResNet50_Weights.IMAGENET1K_V1, models.ResNet50_Weights.IMAGENET1K_V2
+v1, v2 = (
+    models.ResNet50_Weights.IMAGENET1K_V1,
+    models.ResNet50_Weights.IMAGENET1K_V2,
+)
 for w in (v1, v2):
     print(w, "->", Path(w.url).name)
     print(w.transforms())
@@ -281,12 +300,18 @@ print(type(net).__name__, "with", f"{count_parameters(net):,}", "parameters")
 
 # %%
 fonts = matplotlib_fonts()
-glyphs = render_glyphs(GLYPH_CLASSES, fonts)  # (classes, fonts, 28, 28) in [0, 1]
+# (classes, fonts, 28, 28) in [0, 1]
+glyphs = render_glyphs(GLYPH_CLASSES, fonts)
 n_classes_source = len(GLYPH_CLASSES)
 assert n_classes_source == 26 + 11, GLYPH_CLASSES
 record("n_source_classes", n_classes_source)
 record("n_glyphs", glyphs.shape[0] * glyphs.shape[1], fmt="{:,}")
-print("glyphs", tuple(glyphs.shape), "| the first fonts:", [f.stem for f in fonts[:3]])
+print(
+    "glyphs",
+    tuple(glyphs.shape),
+    "| the first fonts:",
+    [f.stem for f in fonts[:3]],
+)
 letter = GLYPH_CLASSES.index("R")
 fig = plot_image_grid(
     glyphs[letter],
@@ -366,7 +391,9 @@ tune the distortions further.
 class GlyphNet(nn.Module):
     """Three conv blocks (conv, batch norm, ReLU), 2 x 2 average pooling, a linear head."""
 
-    def __init__(self, num_classes: int, channels: tuple[int, int, int] = (16, 32, 64)):
+    def __init__(
+        self, num_classes: int, channels: tuple[int, int, int] = (16, 32, 64)
+    ):
         super().__init__()
         c1, c2, c3 = channels
 
@@ -377,12 +404,14 @@ class GlyphNet(nn.Module):
                 nn.ReLU(),
             )
 
-        self.layer1 = block(1, c1, stride=2)  # (B, 1, 28, 28) -> (B, c1, 14, 14)
+        # (B, 1, 28, 28) -> (B, c1, 14, 14)
+        self.layer1 = block(1, c1, stride=2)
         self.layer2 = block(c1, c2, stride=2)  # -> (B, c2, 7, 7)
         self.layer3 = block(c2, c3, stride=1)  # -> (B, c3, 7, 7)
-        # 7 x 7 -> 2 x 2 averages of 4 x 4 windows, 3 apart: what AdaptiveAvgPool2d(2)
-        # computes on a 7 x 7 map, which Apple's MPS backend refuses (7 % 2 != 0)
-        self.pool = nn.Sequential(nn.AvgPool2d(4, stride=3), nn.Flatten())  # (B, c3*4)
+        # 7 x 7 -> 2 x 2 averages of 4 x 4 windows, 3 apart: what
+        # AdaptiveAvgPool2d(2) computes on a 7 x 7 map, which Apple's MPS
+        # backend refuses (7 % 2 != 0) (B, c3*4)
+        self.pool = nn.Sequential(nn.AvgPool2d(4, stride=3), nn.Flatten())
         self.fc = nn.Linear(c3 * 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -428,7 +457,9 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images - source_mean) / source_std
 
 
-source_val_x, source_val_y = sample_glyphs(glyphs, 1000, make_generator(seed + 1))
+source_val_x, source_val_y = sample_glyphs(
+    glyphs, 1000, make_generator(seed + 1)
+)
 source_val_x = normalize(source_val_x).to(device)
 source_val_y = source_val_y.to(device)
 
@@ -436,19 +467,26 @@ pretrain_steps, pretrain_batch = 500, 128
 torch.manual_seed(seed)
 source_model = GlyphNet(num_classes=n_classes_source).to(device)
 criterion = nn.CrossEntropyLoss()
-optimizer = torch.optim.AdamW(source_model.parameters(), lr=3e-3, weight_decay=1e-4)
-scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=pretrain_steps)
+optimizer = torch.optim.AdamW(
+    source_model.parameters(), lr=3e-3, weight_decay=1e-4
+)
+scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+    optimizer, T_max=pretrain_steps
+)
 
 pretrain_started = time.perf_counter()
 source_losses, source_accs = [], []
 for step in tqdm(range(1, pretrain_steps + 1), desc="pretraining steps"):
     images, labels = sample_glyphs(glyphs, pretrain_batch, source_generator)
     source_model.train()
-    loss = criterion(source_model(normalize(images).to(device)), labels.to(device))
+    loss = criterion(
+        source_model(normalize(images).to(device)), labels.to(device)
+    )
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    scheduler.step()  # once per optimizer step: the schedule spans all the steps
+    # once per optimizer step: the schedule spans all the steps
+    scheduler.step()
     source_losses.append(loss.detach())  # stays on the device: no waiting
     if step % 50 == 0:
         source_model.eval()
@@ -456,7 +494,9 @@ for step in tqdm(range(1, pretrain_steps + 1), desc="pretraining steps"):
             predicted = source_model(source_val_x).argmax(dim=1)
         accuracy = (predicted == source_val_y).float().mean().item()
         source_accs.append((step, accuracy))
-        print(f"step {step:3d}  loss {loss.item():.3f}  val accuracy {accuracy:.3f}")
+        print(
+            f"step {step:3d}  loss {loss.item():.3f}  val accuracy {accuracy:.3f}"
+        )
 pretrain_seconds = time.perf_counter() - pretrain_started
 source_losses = torch.stack(source_losses).tolist()  # one read for all steps
 record("pretrain_seconds", pretrain_seconds, fmt="{:.0f}")
@@ -478,7 +518,9 @@ ax_loss.plot(range(1, pretrain_steps + 1), source_losses, lw=0.8)
 ax_loss.set(title="Pretraining: training loss", xlabel="step", ylabel="loss")
 ax_acc.plot(*zip(*source_accs, strict=True), marker="o")
 ax_acc.set(
-    title="Pretraining: source validation accuracy", xlabel="step", ylabel="accuracy"
+    title="Pretraining: source validation accuracy",
+    xlabel="step",
+    ylabel="accuracy",
 )
 for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
@@ -585,7 +627,9 @@ def target_train_loader(per_class: int, draw: int) -> DataLoader:
         num_samples=samples_per_epoch,
         generator=make_generator(draw),
     )
-    collate = functools.partial(augment_batch, generator=make_generator(draw + 100))
+    collate = functools.partial(
+        augment_batch, generator=make_generator(draw + 100)
+    )
     return DataLoader(labelled, batch_size, sampler=sampler, collate_fn=collate)
 
 
@@ -630,12 +674,19 @@ except RuntimeError as error:
 # it kept its random weights (exercise 3).
 
 # %%
-backbone_state = {k: v for k, v in source_state.items() if not k.startswith("fc.")}
+backbone_state = {
+    k: v for k, v in source_state.items() if not k.startswith("fc.")
+}
 result = target_model.load_state_dict(backbone_state, strict=False)
 print("missing:   ", result.missing_keys)
 print("unexpected:", result.unexpected_keys)
-assert result.missing_keys == ["fc.weight", "fc.bias"] and not result.unexpected_keys
-assert torch.equal(target_model.layer1[0].weight, source_state["layer1.0.weight"])
+assert (
+    result.missing_keys == ["fc.weight", "fc.bias"]
+    and not result.unexpected_keys
+)
+assert torch.equal(
+    target_model.layer1[0].weight, source_state["layer1.0.weight"]
+)
 
 # %% [markdown]
 # Only the new head is missing, and it keeps its fresh random initialisation. Note that
@@ -685,7 +736,8 @@ def build(method: str, run_seed: int, lr: float, factor: float = 0.0) -> tuple:
     "fine-tuning, random layer3" is fine-tuning with layer3 left at its
     random initial weights (section 5.7's control).
     """
-    torch.manual_seed(run_seed)  # the same random head (or network) for every method
+    # the same random head (or network) for every method
+    torch.manual_seed(run_seed)
     model = GlyphNet(num_classes=10)
     frozen = []
     if method != "scratch":
@@ -710,7 +762,9 @@ def build(method: str, run_seed: int, lr: float, factor: float = 0.0) -> tuple:
             {"params": model.fc.parameters(), "lr": lr},
         ]
     else:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        groups = [
+            {"params": [p for p in model.parameters() if p.requires_grad]}
+        ]
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.StepLR(
         optimizer, step_size=lr_drop_epoch, gamma=0.1
@@ -726,7 +780,11 @@ for method in methods:
     everything = count_parameters(model, trainable_only=False)
     rates = [group["lr"] for group in optimizer.param_groups]
     print(f"{method:19} {trainable:>9,} {everything:>7,}  {rates}")
-    record(f"trainable_{method.split()[0].replace('-', '_')}", trainable, fmt="{:,}")
+    record(
+        f"trainable_{method.split()[0].replace('-', '_')}",
+        trainable,
+        fmt="{:,}",
+    )
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -786,16 +844,23 @@ whose statistics and scale and shift are fixed buffers that `train()` does not t
 # decay shrinks them at every step. Three steps after freezing `layer1`:
 
 # %%
-for set_to_none, fresh_optimizer in ((True, False), (False, False), (False, True)):
+for set_to_none, fresh_optimizer in (
+    (True, False),
+    (False, False),
+    (False, True),
+):
     model, _, _, _ = build("scratch", seed, lr)  # everything trainable at first
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
     for step in range(4):
         if step == 1:  # one step of training everything, then freeze layer1
             model.layer1.requires_grad_(False)
             before = model.layer1[0].weight.detach().clone()
-            if fresh_optimizer:  # the fix: a new optimizer over trainable ones only
+            # the fix: a new optimizer over trainable ones only
+            if fresh_optimizer:
                 trainable = [p for p in model.parameters() if p.requires_grad]
-                optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=1e-2)
+                optimizer = torch.optim.AdamW(
+                    trainable, lr=lr, weight_decay=1e-2
+                )
         optimizer.zero_grad(set_to_none=set_to_none)
         criterion(model(images.to(device)), labels.to(device)).backward()
         optimizer.step()
@@ -1216,8 +1281,11 @@ for per_class in budgets:
             compared_runs[per_class, draw, method] = runs[
                 per_class, draw, method, factor
             ]
-colours = dict(zip(methods, ("tab:grey", "tab:blue", "tab:orange"), strict=True))
-# feature extraction wide and pale, so that fine-tuning shows where the two coincide
+colours = dict(
+    zip(methods, ("tab:grey", "tab:blue", "tab:orange"), strict=True)
+)
+# feature extraction wide and pale, so that fine-tuning shows where the two
+# coincide
 widths = dict(zip(methods, (1.5, 4.0, 1.5), strict=True))
 alphas = dict(zip(methods, (1.0, 0.45, 1.0), strict=True))
 fig, axes = plt.subplots(
@@ -1244,7 +1312,8 @@ for ax in axes.flat:
     ax.grid(alpha=0.3)
 for ax in axes[-1]:
     ax.set_xlabel("epoch")
-# one legend for the figure, built after the lines: colour = method, style = draw
+# one legend for the figure, built after the lines: colour = method, style =
+# draw
 handles = [
     plt.Line2D([], [], color=colours[m], lw=widths[m], alpha=alphas[m], label=m)
     for m in methods
@@ -1271,7 +1340,8 @@ def last_losses(per_class: int, method: str) -> list[float]:
 
 all_1_loss = max(max(last_losses(1, m)) for m in methods)
 record("all_1_loss", all_1_loss, fmt="{:.3f}")
-# seeds 0-2, CPU, torch 2.4 and 2.15: 0.016 to 0.025 ("fits" needs a loss near 0)
+# seeds 0-2, CPU, torch 2.4 and 2.15: 0.016 to 0.025 ("fits" needs a loss near
+# 0)
 assert all_1_loss < 0.1, all_1_loss
 scratch_10_loss = min(last_losses(10, "scratch"))
 ft_10_loss = max(last_losses(10, "fine-tuning"))
@@ -1515,7 +1585,8 @@ record(
 )
 record("test_scratch_10", mean_test(10, "scratch"), fmt="{:.1%}")
 draw_gains = [
-    100 * (test_acc[1, d, "fine-tuning"] - test_acc[1, d, "scratch"]) for d in draws
+    100 * (test_acc[1, d, "fine-tuning"] - test_acc[1, d, "scratch"])
+    for d in draws
 ]
 record("ft_gain_1_low", min(draw_gains), fmt="{:+.1f}")
 record("ft_gain_1_high", max(draw_gains), fmt="{:+.1f}")
@@ -1568,15 +1639,15 @@ print(
     f"feature extraction {fe_1:.3f}, fine-tuning {ft_1:.3f}; fine-tuning minus "
     f"feature extraction at 10 per class: {ft_over_fe_10:+.1f} points"
 )
-# seeds 0-2 on the CPU, torch 2.4 and 2.15: fine-tuning gained 15.4 to 19.5 points
-# over scratch, feature extraction 14.8 to 19.4
+# seeds 0-2 on the CPU, torch 2.4 and 2.15: fine-tuning gained 15.4 to 19.5
+# points over scratch, feature extraction 14.8 to 19.4
 assert ft_gain >= 10 and fe_gain >= 10, (scratch_1, fe_1, ft_1)
 # same runs: at 10 per class fine-tuning beat feature extraction by 3.2 to 5.4
 # points, with a per-image standard error of 0.6 to 0.7 (the threshold is two of
 # them); with the draws' part added, 4.0 to 5.9 standard errors (seeds 0-2, CPU)
 assert ft_over_fe_10 >= 1.5, ft_over_fe_10
-# the benefit of transfer shrinks as labels grow (same runs: 1.6 to 5.7 points at
-# 10 per class)
+# the benefit of transfer shrinks as labels grow (same runs: 1.6 to 5.7 points
+# at 10 per class)
 assert ft_gain > 100 * (mean_test(10, "fine-tuning") - mean_test(10, "scratch"))
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -1691,7 +1762,8 @@ scratch and {{confusion_fine}} after fine-tuning.
 # under that name and run this very cell offline.
 
 # %% tags=["imagenet"]
-# Fine-tune an ImageNet ResNet-18 on an image folder (needs internet the first time).
+# Fine-tune an ImageNet ResNet-18 on an image folder (needs internet the first
+# time).
 import torch
 from helpers.runtime import make_generator
 from helpers.transfer import train_phases
@@ -1712,7 +1784,8 @@ def finetune_imagenet_resnet18(
     num_workers=4 or so keeps a GPU busy; chapter 8 measures when workers pay.
     """
     weights = ResNet18_Weights.IMAGENET1K_V1
-    # the weights' evaluation transform: resize 256, centre crop 224, ImageNet mean/std
+    # the weights' evaluation transform: resize 256, centre crop 224, ImageNet
+    # mean/std
     evaluation = weights.transforms()
     training = v2.Compose([  # our augmentation, then the weights' normalisation
         v2.RandomResizedCrop(evaluation.crop_size[0]),
@@ -1722,8 +1795,11 @@ def finetune_imagenet_resnet18(
         v2.Normalize(mean=evaluation.mean, std=evaluation.std),
     ])  # fmt: skip
     train_view = ImageFolder(folder, transform=training)
-    val_view = ImageFolder(folder, transform=evaluation)  # same files, no augmentation
-    order = torch.randperm(len(train_view), generator=make_generator(seed)).tolist()
+    # same files, no augmentation
+    val_view = ImageFolder(folder, transform=evaluation)
+    order = torch.randperm(
+        len(train_view), generator=make_generator(seed)
+    ).tolist()
     n_val = max(1, round(val_share * len(order)))
     loaders = {
         "train": DataLoader(Subset(train_view, order[n_val:]), batch_size,
@@ -1733,10 +1809,12 @@ def finetune_imagenet_resnet18(
                           num_workers=num_workers),
     }  # fmt: skip
 
-    model = resnet18(weights=weights)  # downloads into $TORCH_HOME unless cached
+    # downloads into $TORCH_HOME unless cached
+    model = resnet18(weights=weights)
     model.requires_grad_(False)
     model.layer4.requires_grad_(True)
-    model.fc = nn.Linear(model.fc.in_features, len(train_view.classes))  # trainable
+    # trainable
+    model.fc = nn.Linear(model.fc.in_features, len(train_view.classes))
     model = model.to(device)
     frozen = [model.conv1, model.bn1, model.layer1, model.layer2, model.layer3]
     optimizer = torch.optim.SGD(
@@ -1746,7 +1824,9 @@ def finetune_imagenet_resnet18(
         ],
         momentum=0.9,
     )
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=7, gamma=0.1
+    )
     history = train_phases(
         model, loaders, nn.CrossEntropyLoss(), optimizer, epochs, device,
         scheduler=scheduler, frozen=frozen, progress=True,
@@ -1755,11 +1835,12 @@ def finetune_imagenet_resnet18(
 
 
 # %%
-USE_IMAGENET = False  # True: download ResNet-18's ImageNet weights (about 45 MB)
+# True: download ResNet-18's ImageNet weights (about 45 MB)
+USE_IMAGENET = False
 IMAGE_FOLDER = Path("my_images")  # one sub-folder of images per class
 if USE_IMAGENET:
-    imagenet_model, imagenet_history, imagenet_classes = finetune_imagenet_resnet18(
-        IMAGE_FOLDER, device
+    imagenet_model, imagenet_history, imagenet_classes = (
+        finetune_imagenet_resnet18(IMAGE_FOLDER, device)
     )
     print(imagenet_classes, "best val accuracy", max(imagenet_history.val_acc))
 
@@ -1982,7 +2063,10 @@ def load_backbone(model: nn.Module, state: dict, prefix: str = "") -> None:
     for key in [k for k in state if k.startswith("fc.")]:
         del state[key]
     result = model.load_state_dict(state, strict=False)
-    if result.missing_keys != ["fc.weight", "fc.bias"] or result.unexpected_keys:
+    if (
+        result.missing_keys != ["fc.weight", "fc.bias"]
+        or result.unexpected_keys
+    ):
         raise RuntimeError(f"backbone did not load cleanly: {result}")
 
 
@@ -2027,7 +2111,8 @@ for per_class in (1, 10):
     )  # fmt: skip
     drifted_val[per_class] = max(history.val_acc)
     drifted_right[per_class] = right_answers(model, val_loader, device)
-# the last run: conv weights as loaded, batch-norm statistics moved to the digits
+# the last run: conv weights as loaded, batch-norm statistics moved to the
+# digits
 conv_now = model.layer1[0].weight.cpu()
 mean_now = model.layer1[1].running_mean.cpu()
 conv_same = torch.equal(conv_now, backbone_state["layer1.0.weight"])
@@ -2065,7 +2150,9 @@ print(
 with torch.device("meta"):
     vgg = models.vgg16(weights=None).requires_grad_(False)
     vgg.classifier[6] = nn.Linear(vgg.classifier[6].in_features, 10)
-    inc = models.inception_v3(weights=None, init_weights=True).requires_grad_(False)
+    inc = models.inception_v3(weights=None, init_weights=True).requires_grad_(
+        False
+    )
     inc.fc = nn.Linear(inc.fc.in_features, 10)
     inc.AuxLogits.fc = nn.Linear(inc.AuxLogits.fc.in_features, 10)
     vgg_out = vgg.train()(torch.empty(2, 3, 224, 224))
@@ -2078,7 +2165,9 @@ print(
 )
 assert vgg_trainable == 4096 * 10 + 10
 assert inc_trainable == 2048 * 10 + 10 + 768 * 10 + 10
-assert vgg_out.shape == inc_out.logits.shape == inc_out.aux_logits.shape == (2, 10)
+assert (
+    vgg_out.shape == inc_out.logits.shape == inc_out.aux_logits.shape == (2, 10)
+)
 
 # %% [markdown]
 # ## Run time
@@ -2094,7 +2183,9 @@ record(
     fmt="{:.0f}",
 )
 record("chapter_cpu_seconds", cpu_seconds, fmt="{:.0f}")
-print(f"chapter: {chapter_seconds:.0f} s wall, {cpu_seconds:.0f} s CPU (all threads)")
+print(
+    f"chapter: {chapter_seconds:.0f} s wall, {cpu_seconds:.0f} s CPU (all threads)"
+)
 
 # %% [markdown]
 # ## Summary

@@ -30,7 +30,8 @@
 # cross-entropy, the training loop, validation and test splits).
 
 # %% tags=["hide-cell"]
-# On Colab only: install this book's helpers package (Colab's own torch is kept).
+# On Colab only: install this book's helpers package (Colab's own torch is
+# kept).
 import sys
 
 if "google.colab" in sys.modules:
@@ -38,7 +39,8 @@ if "google.colab" in sys.modules:
 
     repository = "https://github.com/pytorch-book/pytorch-book"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True
+        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"],
+        check=True,
     )
 
 # %% [markdown]
@@ -239,7 +241,9 @@ dist = Categorical(logits=logits)
 action = dist.sample()  # (1,): 0 or 1
 print("logits       ", logits.detach().cpu().numpy())
 print("probabilities", dist.probs.detach().cpu().numpy())
-print("sampled action", action.item(), " log_prob", dist.log_prob(action).item())
+print(
+    "sampled action", action.item(), " log_prob", dist.log_prob(action).item()
+)
 print(f"parameters: {sum(p.numel() for p in policy.parameters()):,}")
 p_right_untrained = dist.probs[0, 1].item()
 logit_gap_untrained = (logits[0, 1] - logits[0, 0]).item()
@@ -278,7 +282,9 @@ for name, make in [
 ]:
     log_prob = make().log_prob(unlikely)
     (grad,) = torch.autograd.grad(log_prob.sum(), gap_logits)
-    print(f"{name:14} log_prob {log_prob.item():9.4f}   gradient {grad.tolist()}")
+    print(
+        f"{name:14} log_prob {log_prob.item():9.4f}   gradient {grad.tolist()}"
+    )
 clamp_gap = -math.log(torch.finfo(torch.float32).eps)  # ln(1 / eps) = 15.9
 
 # %% [markdown]
@@ -347,7 +353,9 @@ assert np.allclose(discounted_returns(rewards, gamma).numpy(), direct)
 # %%
 full_episode = [1.0] * 500
 as_if_fell = discounted_returns(full_episode, gamma)
-bootstrapped = discounted_returns(full_episode, gamma, bootstrap=1 / (1 - gamma))
+bootstrapped = discounted_returns(
+    full_episode, gamma, bootstrap=1 / (1 - gamma)
+)
 normalised = (as_if_fell - as_if_fell.mean()) / (as_if_fell.std() + eps)
 for t in (0, 250, 450, 499):
     print(
@@ -493,7 +501,8 @@ def collect_episodes(
     policy.eval()
     with torch.no_grad():
         while alive.any():
-            logits = policy(torch.as_tensor(observations, device=device))  # (n, 2)
+            # (n, 2)
+            logits = policy(torch.as_tensor(observations, device=device))
             action = Categorical(logits=logits).sample().cpu().numpy()  # (n,)
             step = envs.step(action)
             next_observations, reward, terminated, truncated, _ = step
@@ -530,7 +539,12 @@ envs.reset(seed=seed)
 batch = collect_episodes(envs, policy, device)
 envs.close()
 print("episode lengths:", [len(e.actions) for e in batch])
-print("first episode: states", batch[0].states.shape, "actions", batch[0].actions.shape)
+print(
+    "first episode: states",
+    batch[0].states.shape,
+    "actions",
+    batch[0].actions.shape,
+)
 received = {r for e in batch for r in e.rewards.tolist()}
 print("rewards received:", sorted(received))
 
@@ -611,8 +625,11 @@ batch_states = torch.as_tensor(
 batch_actions = torch.as_tensor(
     np.concatenate([e.actions for e in batch]), device=device
 )  # (N,)
-returns = torch.cat([discounted_returns(e.rewards, gamma) for e in batch]).to(device)
-weights = (returns - returns.mean()) / (returns.std() + eps)  # normalised returns
+returns = torch.cat([discounted_returns(e.rewards, gamma) for e in batch]).to(
+    device
+)
+# normalised returns
+weights = (returns - returns.mean()) / (returns.std() + eps)
 logits = policy(batch_states)  # (N, 2)
 log_probs = Categorical(logits=logits).log_prob(batch_actions)  # (N,)
 # chapter 2's cross-entropy, with the sampled actions as labels, is -log_probs
@@ -749,7 +766,8 @@ def policy_step(
 ) -> None:
     """Normalise the per-step weights, then one gradient step on the REINFORCE loss."""
     policy.train()
-    weights = (advantages - advantages.mean()) / (advantages.std() + eps)  # (N,)
+    # (N,)
+    weights = (advantages - advantages.mean()) / (advantages.std() + eps)
     log_probs = Categorical(logits=policy(states)).log_prob(actions)  # (N,)
     loss = -(log_probs * weights).mean()
     optimizer.zero_grad()
@@ -874,7 +892,8 @@ def make_value(hidden: int) -> nn.Module:
 
 def make_baseline_update(run_seed: int, settings: Settings) -> Update:
     """A fresh value network and its optimizer, inside an update like reinforce_update."""
-    torch.manual_seed(run_seed + 10_000)  # the value network's own initial weights
+    # the value network's own initial weights
+    torch.manual_seed(run_seed + 10_000)
     value = make_value(settings.hidden).to(settings.device)
     value_optimizer = torch.optim.Adam(value.parameters(), lr=settings.lr)
     scale = 1 / (1 - settings.gamma)  # the network predicts returns / scale
@@ -886,7 +905,8 @@ def make_baseline_update(run_seed: int, settings: Settings) -> Update:
         settings: Settings,
     ) -> None:
         states, actions = batch_tensors(batch, settings.device)
-        # the same returns as reinforce_update: a time-out bootstraps 1 / (1 - gamma)
+        # the same returns as reinforce_update: a time-out bootstraps 1 / (1 -
+        # gamma)
         returns = batch_returns(batch, settings)  # (N,)
         with torch.no_grad():  # a constant for the policy's gradient
             baseline = value(states).squeeze(1) * scale  # (N,)
@@ -940,7 +960,9 @@ for ax, label in zip(axes, ("plain", "baseline"), strict=True):
             label=f"seed {run_seed}",
         )
     ax.set(
-        title="With value baseline" if label == "baseline" else "Plain REINFORCE",
+        title="With value baseline"
+        if label == "baseline"
+        else "Plain REINFORCE",
         xlabel="training episodes",
     )
     ax.axhline(500, color="grey", linestyle=":", lw=1)
@@ -981,7 +1003,9 @@ budget = settings.max_episodes
 plain_needed = episodes_needed(runs, "plain", run_seeds, budget)
 baseline_needed = episodes_needed(runs, "baseline", run_seeds, budget)
 plain_passed = sum(runs["plain", s]["solved_at"] is not None for s in run_seeds)
-baseline_passed = sum(runs["baseline", s]["solved_at"] is not None for s in run_seeds)
+baseline_passed = sum(
+    runs["baseline", s]["solved_at"] is not None for s in run_seeds
+)
 # paired by seed: both versions start from the same weights and start states
 paired = np.array(baseline_needed) - np.array(plain_needed)  # (n_runs,)
 difference = paired.mean()
@@ -989,9 +1013,13 @@ difference_se = paired.std(ddof=1) / math.sqrt(n_runs)
 if abs(difference) < 2 * difference_se:
     verdict = "no clear evidence that the baseline changes the episodes needed"
 elif difference < 0:
-    verdict = "weak evidence (three runs each) that the baseline needs fewer episodes"
+    verdict = (
+        "weak evidence (three runs each) that the baseline needs fewer episodes"
+    )
 else:
-    verdict = "weak evidence (three runs each) that the baseline needs more episodes"
+    verdict = (
+        "weak evidence (three runs each) that the baseline needs more episodes"
+    )
 truncated = {
     label: sum(sum(runs[label, s]["history"]["truncated"]) for s in run_seeds)
     for label in ("plain", "baseline")
@@ -1022,8 +1050,12 @@ record(
     plain_passed + baseline_passed,
     headline=f"Training runs that passed validation (of {2 * n_runs})",
 )
-print(f"plain:    {plain_passed}/{n_runs} passed, episodes needed {plain_needed}")
-print(f"baseline: {baseline_passed}/{n_runs} passed, episodes needed {baseline_needed}")
+print(
+    f"plain:    {plain_passed}/{n_runs} passed, episodes needed {plain_needed}"
+)
+print(
+    f"baseline: {baseline_passed}/{n_runs} passed, episodes needed {baseline_needed}"
+)
 print(
     f"baseline minus plain: {difference:+.0f} episodes on average "
     f"(standard error {difference_se:.0f}): {verdict}"
@@ -1035,7 +1067,10 @@ print(
 print(f"truncated training episodes: {truncated} of {played}")
 # seeds 0-2 at CPU levels default (avx512) and avx2: every run passed; the
 # slowest needed 320 / 608 / 320 episodes (the budget is 1000)
-assert plain_passed == baseline_passed == n_runs, (plain_needed, baseline_needed)
+assert plain_passed == baseline_passed == n_runs, (
+    plain_needed,
+    baseline_needed,
+)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -1182,7 +1217,9 @@ least_noisy = "G_t - V(s_t)"  # the least noisy of the three
 mean_norm2 = mean_rows[least_noisy].square().sum().item()
 signal = mean_norm2 - variance[least_noisy] / n_probe
 # expected squared error of the mean of n_envs episodes, per unit of |g|^2
-noise_to_signal = {name: v / settings.n_envs / signal for name, v in variance.items()}
+noise_to_signal = {
+    name: v / settings.n_envs / signal for name, v in variance.items()
+}
 all_returns, all_predictions = torch.cat(probe_returns), torch.cat(predictions)
 squared_error = ((all_returns - all_predictions) ** 2).mean()
 r2 = (1 - squared_error / all_returns.var()).item()
@@ -1284,7 +1321,13 @@ ax.plot(
     moving_average(episode_returns, window),
     label=f"mean of the last {window} (fewer at the start)",
 )
-ax.plot(history["episodes"], history["val_mean"], "o-", ms=3, label="greedy validation")
+ax.plot(
+    history["episodes"],
+    history["val_mean"],
+    "o-",
+    ms=3,
+    label="greedy validation",
+)
 ax.set(
     title=f"REINFORCE with value baseline, seed {seed}",
     xlabel="training episode",
@@ -1321,7 +1364,12 @@ episodes, fewer in the first 31, and so lags behind the latest returns.
 # %%
 test_returns = evaluate_policy(policy, n_eval, test_seed, device=device)
 test_mean = test_returns.mean().item()
-record("test_mean", test_mean, fmt="{:.1f}", headline="Greedy test return (mean of 20)")
+record(
+    "test_mean",
+    test_mean,
+    fmt="{:.1f}",
+    headline="Greedy test return (mean of 20)",
+)
 record(
     "random_test_mean",
     random_mean,
@@ -1342,7 +1390,10 @@ print(
 print(f"random policy:  mean {random_mean:.1f}")
 # seeds 0-2, CPU levels default (avx512) and avx2 alike: trained mean
 # 500.0 / 496.3 / 500.0, random 22.0 / 22.5 / 23.6
-assert test_mean >= solved_threshold and random_mean < 50, (test_mean, random_mean)
+assert test_mean >= solved_threshold and random_mean < 50, (
+    test_mean,
+    random_mean,
+)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -1399,9 +1450,12 @@ p_right = F.softmax(map_logits, dim=-1)[..., 1]  # rows: spin, columns: angle
 
 crossings = []
 for j in range(len(angles)):
-    column = p_right[:, j].numpy()  # P(push right) from the lowest to highest spin
-    k = np.flatnonzero(np.diff(column >= 0.5))  # rows after which it crosses 0.5
-    if len(k) == 1:  # exactly one crossing: interpolate linearly between two rows
+    # P(push right) from the lowest to highest spin
+    column = p_right[:, j].numpy()
+    # rows after which it crosses 0.5
+    k = np.flatnonzero(np.diff(column >= 0.5))
+    # exactly one crossing: interpolate linearly between two rows
+    if len(k) == 1:
         k = k[0]
         step = (0.5 - column[k]) / (column[k + 1] - column[k])
         crossings.append(
@@ -1425,15 +1479,17 @@ print(
     f"at most {bottom_right:.2f} on the bottom row"
 )
 print(f"boundary: omega = {intercept:+.3f} {slope:+.3f} * theta (rad/s)")
-print(f"the switching omega moves by {omega_shift:.2f} rad/s across the angles shown")
+print(
+    f"the switching omega moves by {omega_shift:.2f} rad/s across the angles shown"
+)
 print(f"greedy episode: 0.1 < P(right) < 0.9 at {unsure:.0%} of its steps")
 print(f"greedy episode: the action changes at {switches:.0%} of its steps")
 print(f"greedy episode: at most {off_boundary.max():.2f} rad/s off boundary")
 # The prose below relies on these: one crossing per angle (the interpolation and
-# "the boundary" need it), right above and left below, a boundary that moves by less
-# than half the 3 rad/s of spins shown ("close to horizontal"), sloping down.
-# Measured at seeds 0-2 (CPU levels default and avx2 alike): 121 crossings of 121;
-# P(right) >= 1.00 on the top row and <= 0.00 on the bottom row; shift
+# "the boundary" need it), right above and left below, a boundary that moves by
+# less than half the 3 rad/s of spins shown ("close to horizontal"), sloping
+# down. Measured at seeds 0-2 (CPU levels default and avx2 alike): 121 crossings
+# of 121; P(right) >= 1.00 on the top row and <= 0.00 on the bottom row; shift
 # 0.20 / 0.34 / 0.20 rad/s against the bound of 1.5; slope -0.47 / -0.80 / -0.47
 # against 0. The bounds are the claims themselves, not fitted to these values.
 assert len(crossings) == len(angles) and top_right > 0.5 > bottom_right
@@ -1573,7 +1629,9 @@ for ax, t, frame in zip(axes.flat, shown, frames, strict=True):
     ax.imshow(frame)
     ax.set_title(f"step {t}, theta {episode.states[t, 2]:+.3f} rad", fontsize=9)
     ax.axis("off")
-drawn_by = "gymnasium (pygame)" if has_pygame else "cartpole_frame (no pygame found)"
+drawn_by = (
+    "gymnasium (pygame)" if has_pygame else "cartpole_frame (no pygame found)"
+)
 fig.suptitle(f"One greedy episode of the trained policy, drawn by {drawn_by}")
 fig.tight_layout()
 plt.show()
@@ -1599,7 +1657,9 @@ largest_angle = np.degrees(np.abs(episode.states[:, 2]).max())
 largest_x = np.abs(episode.states[:, 0]).max()
 final_x = episode.states[-1, 0]
 if episode.truncated:
-    episode_end = f"cut off by the time limit after {len(episode.actions)} steps"
+    episode_end = (
+        f"cut off by the time limit after {len(episode.actions)} steps"
+    )
 else:
     episode_end = f"ended by a fall after {len(episode.actions)} steps"
 record("largest_angle", largest_angle, fmt="{:.1f}")
@@ -1607,7 +1667,9 @@ record("largest_x", largest_x, fmt="{:.2f}")
 record("final_x", final_x, fmt="{:+.2f}")
 record("episode_end", episode_end)
 print(f"the episode was {episode_end}")
-print(f"largest |theta| {largest_angle:.1f} degrees, largest |x| {largest_x:.2f} m")
+print(
+    f"largest |theta| {largest_angle:.1f} degrees, largest |x| {largest_x:.2f} m"
+)
 print(f"final x {final_x:+.2f} m")
 # The text below describes a balanced episode: seeds 0-2 at CPU levels default
 # (avx512) and avx2 all lasted the 500 steps, the pole within 2.3 / 1.7 / 2.9
@@ -1678,7 +1740,8 @@ prose(
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 1: the same first batch for 1 and 10 steps (same seed, same start states).
+# Solution 1: the same first batch for 1 and 10 steps (same seed, same start
+# states).
 def make_multi_step_update(steps: int, log: list[dict]) -> Update:
     """Like reinforce_update, but ``steps`` policy steps per batch; logs KL."""
 
@@ -1726,7 +1789,9 @@ for run_seed, one_step_needed in zip(run_seeds, plain_needed, strict=True):
         first_kl[arm].append(log[0]["kl"])
         if run["solved_at"] is not None:
             n_passed[arm] += 1
-            n_sooner += arm == "ten steps" and run["solved_at"] < one_step_needed
+            n_sooner += (
+                arm == "ten steps" and run["solved_at"] < one_step_needed
+            )
             outcome = f"passed validation after {run['solved_at']} episodes"
         else:
             last_val = run["history"]["val_mean"][-1]
@@ -1747,7 +1812,9 @@ ten, big = arms  # the two arms' names
 first_kl_ratio = [
     t / o for t, o in zip(first_kl[ten], first_kl["one step"], strict=True)
 ]
-big_ratio = [b / o for b, o in zip(first_kl[big], first_kl["one step"], strict=True)]
+big_ratio = [
+    b / o for b, o in zip(first_kl[big], first_kl["one step"], strict=True)
+]
 one_step = ", ".join(str(n) for n in plain_needed)
 print(
     "Mean KL divergence between the policy that played the first batch and "
@@ -1760,7 +1827,9 @@ print(
 )
 for arm in arms:
     print(f"{arm.capitalize()} per batch: {'; '.join(outcomes[arm])}.")
-print(f"With one step at lr {settings.lr} the same seeds needed {one_step} episodes.")
+print(
+    f"With one step at lr {settings.lr} the same seeds needed {one_step} episodes."
+)
 failed = {arm: n_runs - n_passed[arm] for arm in arms}
 if n_sooner and failed[ten]:
     print(
@@ -1808,8 +1877,9 @@ print(
     "reuses batches for several steps while discouraging large moves: it clips "
     "the probability ratio of the new and the old policy in its loss."
 )
-# BOOK_SEED 0/1/2 (run seeds 0-4), default CPU level (ten steps: also avx2, avx512):
-# KL ratios, ten steps: 43-59 / 49-61 / 51-61; lr 0.1: 13-25 / 17-28 / 17-28
+# BOOK_SEED 0/1/2 (run seeds 0-4), default CPU level (ten steps: also avx2,
+# avx512): KL ratios, ten steps: 43-59 / 49-61 / 51-61; lr 0.1: 13-25 / 17-28 /
+# 17-28
 assert min(first_kl_ratio) > 10, first_kl_ratio
 assert min(big_ratio) > 5, big_ratio
 
@@ -1849,7 +1919,9 @@ assert causality_gain > 2, causality_gain
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 3: same start states for both; sampling is seeded through torch.
 torch.manual_seed(seed)
-sampled = evaluate_policy(policy, n_eval, seed + 4_000, device=device, greedy=False)
+sampled = evaluate_policy(
+    policy, n_eval, seed + 4_000, device=device, greedy=False
+)
 greedy = evaluate_policy(policy, n_eval, seed + 4_000, device=device)
 # paired: episode i of both policies starts from the same state
 differences = (greedy - sampled).numpy()  # (n_eval,)
@@ -1858,8 +1930,8 @@ gap_se = differences.std(ddof=1).item() / math.sqrt(n_eval)
 # a two-sided test at 5% (z = 1.96) with 80% power (z = 0.84); the normal
 # approximation (Student's t with 19 degrees of freedom asks a little more)
 z_sum = 1.96 + 0.84
-# p_visited (section 7.7): P(push right) on the greedy episode's states; sampling takes
-# the other action than greedy with probability min(p, 1 - p)
+# p_visited (section 7.7): P(push right) on the greedy episode's states;
+# sampling takes the other action than greedy with probability min(p, 1 - p)
 off_greedy = np.minimum(p_visited, 1 - p_visited).mean()
 means = f"greedy mean {greedy.mean():.1f}, sampling mean {sampled.mean():.1f}"
 if gap_se == 0 or gap == 0:
@@ -1920,7 +1992,8 @@ last_states = np.zeros((n_eval, 4))
 policy.eval()
 with torch.no_grad():
     while alive.any():
-        logits = policy(torch.as_tensor(observations, device=device))  # (n_eval, 2)
+        # (n_eval, 2)
+        logits = policy(torch.as_tensor(observations, device=device))
         actions = logits.argmax(dim=1).cpu().numpy()
         observations, _, terminated, truncated, _ = long_envs.step(actions)
         lengths += alive
@@ -1966,7 +2039,8 @@ print(
     f"{long_random.mean():.1f}, the same as with the old limit, which it never "
     "came near."
 )
-assert np.array_equal(lengths, long_returns.numpy())  # the loop matches the helper
+# the loop matches the helper
+assert np.array_equal(lengths, long_returns.numpy())
 assert torch.equal(long_random, evaluate_policy(None, n_eval, val_seed))
 assert np.all(early == (off_track | pole_fell))  # every early end is explained
 
@@ -1985,8 +2059,8 @@ assert np.all(early == (off_track | pole_fell))  # every early end is explained
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 5: with beta = 0 the loss is reinforce_update's, so section 7.5's plain
-# runs are the control arm; same seeds, same settings, only beta changes.
+# Solution 5: with beta = 0 the loss is reinforce_update's, so section 7.5's
+# plain runs are the control arm; same seeds, same settings, only beta changes.
 def make_entropy_update(beta: float) -> Update:
     """reinforce_update plus a bonus of ``beta`` times the policy's mean entropy."""
 

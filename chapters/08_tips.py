@@ -48,7 +48,8 @@
 # > not measure, it says so and what the statement rests on.
 
 # %% tags=["hide-cell"]
-# On Colab only: install this book's helpers package (Colab's own torch is kept).
+# On Colab only: install this book's helpers package (Colab's own torch is
+# kept).
 import sys
 
 if "google.colab" in sys.modules:
@@ -56,7 +57,8 @@ if "google.colab" in sys.modules:
 
     repository = "https://github.com/pytorch-book/pytorch-book"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True
+        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"],
+        check=True,
     )
 
 # %%
@@ -111,18 +113,21 @@ from torch.utils.data import (
     TensorDataset,
 )
 
-# Section 8.8 turns on deterministic algorithms. On CUDA with PyTorch 2.9 or earlier
-# they need this setting before the first matrix product; elsewhere it is ignored.
+# Section 8.8 turns on deterministic algorithms. On CUDA with PyTorch 2.9 or
+# earlier they need this setting before the first matrix product; elsewhere it
+# is ignored.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 seed = seed_everything(0)
 device = get_device()
 print(describe_runtime(device, seed))
-# os.cpu_count() counts logical CPUs (two per core with hyper-threading); a process may
-# be allowed fewer (taskset, a container's CPU set). A container's CPU *quota* is not
-# visible in either number.
+# os.cpu_count() counts logical CPUs (two per core with hyper-threading); a
+# process may be allowed fewer (taskset, a container's CPU set). A container's
+# CPU *quota* is not visible in either number.
 logical_cpus = os.cpu_count()
 usable_cpus = (
-    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical_cpus
+    len(os.sched_getaffinity(0))
+    if hasattr(os, "sched_getaffinity")
+    else logical_cpus
 )
 print(
     f"CPU: {logical_cpus} logical CPUs, {usable_cpus} usable by this process, "
@@ -145,7 +150,8 @@ print("load average (1 min):", load_at_start)
 
 # %%
 digits = load_digits()
-images = torch.tensor(digits.data, dtype=torch.float32) / 16.0  # (1797, 64) in [0, 1]
+# (1797, 64) in [0, 1]
+images = torch.tensor(digits.data, dtype=torch.float32) / 16.0
 labels = torch.tensor(digits.target)  # (1797,) int64
 index = np.arange(len(labels))
 rest, test_index = train_test_split(
@@ -158,7 +164,9 @@ train_set = TensorDataset(images[train_index], labels[train_index])
 val_set = TensorDataset(images[val_index], labels[val_index])
 test_set = TensorDataset(images[test_index], labels[test_index])
 val_loader = DataLoader(val_set, batch_size=512)
-print(f"train {len(train_set)}, validation {len(val_set)}, test {len(test_set)} digits")
+print(
+    f"train {len(train_set)}, validation {len(val_set)}, test {len(test_set)} digits"
+)
 record("n_train", len(train_set), fmt="{:,}")
 
 
@@ -178,7 +186,9 @@ def make_model(hidden: int = 256, dropout: float = 0.1) -> nn.Sequential:
 def label_log_axis(axis) -> None:
     """Ticks at 1, 2 and 5 times powers of ten, labelled 0.2 or 50, not 2×10⁻¹."""
     axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_major_formatter(
+        ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    )
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
@@ -200,7 +210,9 @@ model = make_model().to(device)  # Module.to moves the parameters in place
 batch = images[:4].to(device)  # Tensor.to returns a new tensor: assign it
 print("output on", model(batch).device)
 if torch.cuda.is_available():
-    print("This machine has CUDA, so .cuda() happens to work here (and only on such")
+    print(
+        "This machine has CUDA, so .cuda() happens to work here (and only on such"
+    )
     print("a machine).")
 else:
     try:
@@ -233,7 +245,9 @@ def forward_times(on: torch.device) -> dict[int, float]:
         for size in batch_sizes:
             x = torch.randn(size, 64, device=on)
             repeat = 20 if size <= 512 else 5
-            times[size] = best_time(partial(net, x), repeat=repeat, warmup=3, device=on)
+            times[size] = best_time(
+                partial(net, x), repeat=repeat, warmup=3, device=on
+            )
     return times
 
 
@@ -253,10 +267,14 @@ for size in batch_sizes:
 
 fig, (ax_call, ax_sample) = plt.subplots(1, 2, figsize=(10, 3.8))
 for name, times in sweep.items():
-    ax_call.plot(batch_sizes, [times[b] * 1e6 for b in batch_sizes], "o-", label=name)
+    ax_call.plot(
+        batch_sizes, [times[b] * 1e6 for b in batch_sizes], "o-", label=name
+    )
     per_sample = [times[b] / b * 1e6 for b in batch_sizes]
     ax_sample.plot(batch_sizes, per_sample, "o-", label=name)
-ax_call.set(title="Time per forward pass", ylabel="time per batch (µs, log scale)")
+ax_call.set(
+    title="Time per forward pass", ylabel="time per batch (µs, log scale)"
+)
 ax_sample.set(title="Time per sample", ylabel="time per sample (µs, log scale)")
 for ax in (ax_call, ax_sample):
     ax.set(xscale="log", yscale="log", xlabel="batch size (log scale)")
@@ -293,10 +311,13 @@ if (
         f"separate them."
     )
 elif cpu_best_batch == 4096:
-    large_batch_sentence = "The largest batch tried was also the cheapest per sample."
+    large_batch_sentence = (
+        "The largest batch tried was also the cheapest per sample."
+    )
 else:
     large_batch_sentence = (
-        "Beyond that size the time per sample stayed within 10 % of its lowest value."
+        "Beyond that size the time per sample stayed within 10 % of its lowest"
+        " value."
     )
 record("large_batch_sentence", large_batch_sentence)
 if device.type == "cpu":
@@ -363,7 +384,9 @@ if device.type == "cpu":
     )
     assert same_object
 else:
-    pageable_s = best_time(partial(transfer_batch.to, device), repeat=20, device=device)
+    pageable_s = best_time(
+        partial(transfer_batch.to, device), repeat=20, device=device
+    )
     transfer_sentence = (
         f"Copying {mebibytes:.0f} MiB from pageable memory to the {device.type.upper()} "
         f"took {pageable_s * 1e6:.0f} µs ({mebibytes / 1024 / pageable_s:.1f} GiB/s), "
@@ -379,7 +402,9 @@ else:
         pin_each_s = best_time(pin_then_copy, repeat=20, device=device)
         pinned = transfer_batch.pin_memory()  # pinned once, outside the timing
         pinned_s = best_time(
-            partial(pinned.to, device, non_blocking=True), repeat=20, device=device
+            partial(pinned.to, device, non_blocking=True),
+            repeat=20,
+            device=device,
         )
         transfer_sentence += (
             f" Pinning the batch and then copying it took {pin_each_s * 1e6:.0f} µs: "
@@ -418,7 +443,9 @@ optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
 x_batch, y_batch = images[:64].to(device), labels[:64].to(device)
 
 
-def train_steps(net, optimizer, x, y, read_every_step: bool, steps: int = 20) -> float:
+def train_steps(
+    net, optimizer, x, y, read_every_step: bool, steps: int = 20
+) -> float:
     """`steps` training steps on one batch; the mean loss read every step or once."""
     total = torch.zeros((), device=x.device)
     read = 0.0
@@ -563,13 +590,18 @@ per_sample_loader = DataLoader(
 )
 
 
-def make_train_loader(batch_size: int, generator: torch.Generator) -> DataLoader:
+def make_train_loader(
+    batch_size: int, generator: torch.Generator
+) -> DataLoader:
     """Shuffled batches of the training digits, indexed a whole batch at a time."""
     sampler = RandomSampler(train_set, generator=generator)
     batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
-    # The loader also draws a seed for its workers at every epoch (section 8.8): from
-    # its own generator when given one, otherwise from torch's global generator.
-    return DataLoader(train_set, sampler=batches, batch_size=None, generator=generator)
+    # The loader also draws a seed for its workers at every epoch (section 8.8):
+    # from its own generator when given one, otherwise from torch's global
+    # generator.
+    return DataLoader(
+        train_set, sampler=batches, batch_size=None, generator=generator
+    )
 
 
 per_batch_loader = make_train_loader(64, make_generator(seed))
@@ -690,7 +722,8 @@ worker_settings = {
     "2 workers": {"num_workers": 2},
     "2 workers, persistent": {"num_workers": 2, "persistent_workers": True},
 }
-if device.type == "cuda":  # pinned memory only exists with an accelerator like CUDA
+# pinned memory only exists with an accelerator like CUDA
+if device.type == "cuda":
     worker_settings["2 workers, persistent, pinned"] = {
         "num_workers": 2,
         "persistent_workers": True,
@@ -704,14 +737,22 @@ def timed_epochs(dataset: Dataset, epochs: int = 3, **options) -> list[float]:
     net = make_model().to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
     loader = DataLoader(
-        dataset, batch_size=16, shuffle=True, generator=make_generator(seed), **options
+        dataset,
+        batch_size=16,
+        shuffle=True,
+        generator=make_generator(seed),
+        **options,
     )
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
         for x, y in loader:
-            # non_blocking only has an effect for pinned memory and a CUDA device
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # non_blocking only has an effect for pinned memory and a CUDA
+            # device
+            x, y = (
+                x.to(device, non_blocking=True),
+                y.to(device, non_blocking=True),
+            )
             loss = criterion(net(x), y)
             optimizer.zero_grad()
             loss.backward()
@@ -740,15 +781,22 @@ item_costs = {
     "computing": f"{compute_item_s * 1e3:.1f} ms of work per item",
 }
 for ax, kind in zip(axes, ("waiting", "computing"), strict=True):
-    for offset, epoch, label in ((-0.2, 0, "epoch 1"), (0.2, 1, "best of epochs 2, 3")):
+    for offset, epoch, label in (
+        (-0.2, 0, "epoch 1"),
+        (0.2, 1, "best of epochs 2, 3"),
+    ):
         heights = [loading[kind, name][epoch] for name in names]
         ax.bar(positions + offset, heights, width=0.4, label=label)
-    ax.set_xticks(positions, [name.replace(", ", ",\n") for name in names], fontsize=8)
+    ax.set_xticks(
+        positions, [name.replace(", ", ",\n") for name in names], fontsize=8
+    )
     ax.set(title=f"A {kind} __getitem__ ({item_costs[kind]})", ylabel="seconds")
     ax.grid(alpha=0.3, axis="y")
     ax.margins(y=0.25)  # room above the bars for the legend
     ax.legend(loc="upper left", fontsize=8)
-fig.suptitle("Time per epoch: loading 128 digits plus a training step per batch")
+fig.suptitle(
+    "Time per epoch: loading 128 digits plus a training step per batch"
+)
 fig.tight_layout()
 plt.show()
 
@@ -789,7 +837,8 @@ if device.type == "cuda":
     pinned_sentence = (
         "With pinned memory on top, the later epoch of the waiting set was "
         + speed_verdict(
-            wait_persistent, later_epoch["waiting", "2 workers, persistent, pinned"]
+            wait_persistent,
+            later_epoch["waiting", "2 workers, persistent, pinned"],
         )
         + " the same loader without it."
     )
@@ -864,18 +913,24 @@ def unpickle_elsewhere(obj: object) -> tuple[bool, str, float]:
     code = "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-c", code], input=pickle.dumps(obj), capture_output=True
+        [sys.executable, "-c", code],
+        input=pickle.dumps(obj),
+        capture_output=True,
     )
     seconds = time.perf_counter() - start
     message = (
-        result.stderr.decode().strip().splitlines()[-1] if result.returncode else ""
+        result.stderr.decode().strip().splitlines()[-1]
+        if result.returncode
+        else ""
     )
     return result.returncode == 0, message, seconds
 
 
 notebook_ok, notebook_error, _ = unpickle_elsewhere(NotebookDataset())
 module_ok, _, module_seconds = unpickle_elsewhere(waiting_set)
-print(f"class from the notebook ({NotebookDataset.__module__}): {notebook_error}")
+print(
+    f"class from the notebook ({NotebookDataset.__module__}): {notebook_error}"
+)
 print(
     f"class from {CostlyDataset.__module__}: unpickled in {module_seconds:.1f} s "
     "(a fresh process imports torch first)"
@@ -939,7 +994,11 @@ right_order = rates_used(scheduler_first=False)
 print("optimizer.step() then scheduler.step():", right_order)
 print("scheduler.step() then optimizer.step():", wrong_order)
 print("warning:", str(caught[0].message).split(". ")[0])
-assert right_order == [0.1, 0.05, 0.025] and wrong_order == [0.05, 0.025, 0.0125]
+assert right_order == [0.1, 0.05, 0.025] and wrong_order == [
+    0.05,
+    0.025,
+    0.0125,
+]
 
 # %% [markdown]
 # ### Which rates to try: a range test
@@ -961,7 +1020,8 @@ def range_test(run_seed: int, low=1e-3, high=10.0, steps=100):
     torch.manual_seed(run_seed)
     net = make_model().to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=low, momentum=0.9)
-    factor = (high / low) ** (1 / (steps - 1))  # low * factor**(steps - 1) == high
+    # low * factor**(steps - 1) == high
+    factor = (high / low) ** (1 / (steps - 1))
     scheduler = lr_scheduler.ExponentialLR(optimizer, gamma=factor)
     loader = make_train_loader(64, make_generator(run_seed))
     rates, losses = [], []
@@ -989,16 +1049,24 @@ def smooth(values: np.ndarray, beta: float = 0.9) -> np.ndarray:
 range_rates, range_losses = range_test(seed)
 range_smooth = smooth(range_losses)
 lowest = int(np.argmin(range_smooth))
-# blown up: the first step after the lowest point where the smoothed loss is back
-# above where it started
+# blown up: the first step after the lowest point where the smoothed loss is
+# back above where it started
 above_start = np.flatnonzero(range_smooth[lowest:] > range_smooth[0])
 blowup_lr = (
-    range_rates[lowest + above_start[0]] if len(above_start) else range_rates[-1]
+    range_rates[lowest + above_start[0]]
+    if len(above_start)
+    else range_rates[-1]
 )
 contest_rates = (0.05, 0.5)
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
-ax.plot(range_rates, range_losses, color="lightgray", lw=1, label="loss of each batch")
+ax.plot(
+    range_rates,
+    range_losses,
+    color="lightgray",
+    lw=1,
+    label="loss of each batch",
+)
 ax.plot(range_rates, range_smooth, label="smoothed")
 ax.axvline(blowup_lr, color="gray", ls=":", label="blown up")
 for rate in contest_rates:
@@ -1022,11 +1090,13 @@ print(
 record("range_lowest_lr", range_rates[lowest], fmt="{:.2f}")
 record("range_tenth", range_rates[lowest] / 10, fmt="{:.3f}")
 ratio_to_rule = contest_rates[0] / (range_rates[lowest] / 10)
-record("rule_word", "close to" if 0.5 <= ratio_to_rule <= 2 else "compared with")
+record(
+    "rule_word", "close to" if 0.5 <= ratio_to_rule <= 2 else "compared with"
+)
 record("blowup_lr", blowup_lr, fmt="{:.2f}")
 record("high_over_blowup", contest_rates[1] / blowup_lr, fmt="{:.1f}")
-# the higher rate tried must still be below the blow-up (measured 1.29, 1.07 and 1.07
-# for seeds 0, 1, 2, and 1.07 on PyTorch 2.4: at least 2.1 times 0.5)
+# the higher rate tried must still be below the blow-up (measured 1.29, 1.07 and
+# 1.07 for seeds 0, 1, 2, and 1.07 on PyTorch 2.4: at least 2.1 times 0.5)
 assert contest_rates[1] < blowup_lr, blowup_lr
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -1076,13 +1146,18 @@ steps_per_epoch = len(make_train_loader(64, make_generator(seed)))
 
 
 def make_schedule(
-    name: str, optimizer: torch.optim.Optimizer, peak_lr: float, total_steps: int
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    peak_lr: float,
+    total_steps: int,
 ):
     """The named learning-rate scheduler for `total_steps` optimizer steps."""
     if name == "constant":
         return None
     if name == "StepLR":
-        return lr_scheduler.StepLR(optimizer, step_size=total_steps // 3, gamma=0.1)
+        return lr_scheduler.StepLR(
+            optimizer, step_size=total_steps // 3, gamma=0.1
+        )
     if name == "CosineAnnealingLR":
         return lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     if name == "OneCycleLR":
@@ -1091,9 +1166,15 @@ def make_schedule(
         )
     if name == "warm-up + cosine":
         warm = total_steps // 10
-        warmup = lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warm)
-        cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warm)
-        return lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warm])
+        warmup = lr_scheduler.LinearLR(
+            optimizer, start_factor=0.01, total_iters=warm
+        )
+        cosine = lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=total_steps - warm
+        )
+        return lr_scheduler.SequentialLR(
+            optimizer, [warmup, cosine], milestones=[warm]
+        )
     if name == "ReduceLROnPlateau":
         return lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=0)
     raise ValueError(f"unknown schedule {name!r}")
@@ -1120,14 +1201,16 @@ def train_with_schedule(
             loss = criterion(net(x), y)
             optimizer.zero_grad()
             loss.backward()
-            rates.append(optimizer.param_groups[0]["lr"])  # the rate this step uses
+            # the rate this step uses
+            rates.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
             if scheduler is not None and not per_epoch:
                 scheduler.step()  # after optimizer.step(), once per batch
         val_loss = evaluate(net, val_loader, criterion, device).loss
         val_losses.append(val_loss)
         if per_epoch:
-            scheduler.step(val_loss)  # once per epoch, given the validation loss
+            # once per epoch, given the validation loss
+            scheduler.step(val_loss)
     return net, rates, val_losses
 
 
@@ -1155,7 +1238,9 @@ mean_val = {key: sum(losses) / 2 for key, losses in final_val.items()}
 spread = {key: abs(a - b) for key, (a, b) in final_val.items()}
 print(f"final validation loss{'':11}seed {seed}  seed {seed + 1}  mean")
 for (name, rate), (a, b) in final_val.items():
-    print(f"{name:18} lr {rate:<5} {a:8.3f} {b:8.3f} {mean_val[name, rate]:8.3f}")
+    print(
+        f"{name:18} lr {rate:<5} {a:8.3f} {b:8.3f} {mean_val[name, rate]:8.3f}"
+    )
 
 # %%
 fig, (ax_rate, ax_val) = plt.subplots(1, 2, figsize=(12, 4))
@@ -1175,7 +1260,12 @@ positions = np.arange(len(schedule_names))
 for offset, rate, marker in ((-0.15, contest_rates[0], "o"), (0.15, high, "s")):
     means = [mean_val[name, rate] for name in schedule_names]
     (line,) = ax_val.plot(
-        positions + offset, means, marker, ms=8, ls="none", label=f"lr {rate}, mean"
+        positions + offset,
+        means,
+        marker,
+        ms=8,
+        ls="none",
+        label=f"lr {rate}, mean",
     )
     for i, name in enumerate(schedule_names):
         ax_val.plot(
@@ -1188,7 +1278,9 @@ for offset, rate, marker in ((-0.15, contest_rates[0], "o"), (0.15, high, "s")):
         )
 ax_val.plot([], [], "_", ms=14, mew=2, color="gray", label="each seed")
 ax_val.axhline(np.log(10), color="gray", ls=":", label="guessing (ln 10)")
-ax_val.set_xticks(positions, schedule_names, rotation=20, ha="right", fontsize=8)
+ax_val.set_xticks(
+    positions, schedule_names, rotation=20, ha="right", fontsize=8
+)
 ax_val.set(
     title=f"Final validation loss after {lr_epochs} epochs",
     ylabel="cross-entropy (log scale)",
@@ -1202,7 +1294,9 @@ plt.show()
 
 best_name, best_rate = min(mean_val, key=mean_val.get)
 constant_rate = min(contest_rates, key=lambda rate: mean_val["constant", rate])
-schedule_gain = mean_val["constant", constant_rate] - mean_val[best_name, best_rate]
+schedule_gain = (
+    mean_val["constant", constant_rate] - mean_val[best_name, best_rate]
+)
 noise = max(spread[best_name, best_rate], spread["constant", constant_rate])
 if best_name == "constant":
     schedule_sentence = "no schedule beat the constant rate"
@@ -1235,7 +1329,12 @@ worse_low = [
 ]
 print(schedule_sentence)
 print("beat the constant rate at", high, "beyond the seed difference:", rescued)
-print("worse than the constant rate at", low, "beyond the seed difference:", worse_low)
+print(
+    "worse than the constant rate at",
+    low,
+    "beyond the seed difference:",
+    worse_low,
+)
 record("constant_high_loss", constant_high, fmt="{:.2f}")
 record("best_high", best_high)
 record("best_high_loss", mean_val[best_high, high], fmt="{:.3f}")
@@ -1293,12 +1392,19 @@ record(
     fmt="{:.2f}",
     headline="LR schedules at lr 0.5: best schedule's / constant rate's val loss",
 )
-# the headline: at the high rate a schedule trains where the constant rate does not
-# (ratio measured 0.18, 0.27 and 0.07 for seeds 0, 1, 2, and 0.21 on PyTorch 2.4)
-assert mean_val[best_high, high] < 0.5 * constant_high, (best_high, constant_high)
+# the headline: at the high rate a schedule trains where the constant rate does
+# not (ratio measured 0.18, 0.27 and 0.07 for seeds 0, 1, 2, and 0.21 on PyTorch
+# 2.4)
+assert mean_val[best_high, high] < 0.5 * constant_high, (
+    best_high,
+    constant_high,
+)
 plateau_rates = schedule_runs["ReduceLROnPlateau", high, seed][1]
 cuts = sum(b < a for a, b in itertools.pairwise(plateau_rates))
-record("plateau_cuts", {0: "never", 1: "once", 2: "twice"}.get(cuts, f"{cuts} times"))
+record(
+    "plateau_cuts",
+    {0: "never", 1: "once", 2: "twice"}.get(cuts, f"{cuts} times"),
+)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -1336,7 +1442,9 @@ selected = schedule_runs[best_name, best_rate, seed][0]
 test_result = evaluate(
     selected, DataLoader(test_set, batch_size=512), criterion, device
 )
-test_se = (test_result.accuracy * (1 - test_result.accuracy) / len(test_set)) ** 0.5
+test_se = (
+    test_result.accuracy * (1 - test_result.accuracy) / len(test_set)
+) ** 0.5
 print(
     f"{best_name} at {best_rate}: test accuracy {test_result.accuracy:.3f} "
     f"(standard error {test_se:.3f}), test loss {test_result.loss:.3f}"
@@ -1349,8 +1457,8 @@ record(
 )
 record("test_se", 100 * test_se, fmt="{:.1f}")
 record("n_test", len(test_set))
-# measured 96.1 %, 97.2 % and 96.7 % for seeds 0, 1, 2 (95.8 % on PyTorch 2.4), with
-# a standard error of about 1 point
+# measured 96.1 %, 97.2 % and 96.7 % for seeds 0, 1, 2 (95.8 % on PyTorch 2.4),
+# with a standard error of about 1 point
 assert test_result.accuracy >= 0.93, test_result.accuracy
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -1393,22 +1501,29 @@ points.
 
 
 # %%
-def autocast_choice(device: torch.device) -> tuple[torch.device, torch.dtype, str]:
+def autocast_choice(
+    device: torch.device,
+) -> tuple[torch.device, torch.dtype, str]:
     """Where to run autocast, with which 16-bit type, and why."""
     if device.type == "cuda":
-        # including_emulation=False: a GPU that can only emulate bfloat16 (T4) says no
+        # including_emulation=False: a GPU that can only emulate bfloat16 (T4)
+        # says no
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return device, torch.bfloat16, "this GPU computes bfloat16 natively"
         return device, torch.float16, "this GPU has no native bfloat16"
     if device.type == "mps":
-        # MPS autocast: none before PyTorch 2.5, float16 only in 2.5 (whose GradScaler
-        # fails on MPS), bfloat16 from 2.6 on macOS 14 or later
+        # MPS autocast: none before PyTorch 2.5, float16 only in 2.5 (whose
+        # GradScaler fails on MPS), bfloat16 from 2.6 on macOS 14 or later
         if (
             torch.amp.is_autocast_available("mps")
             and torch.__version__ >= "2.6"
             and torch.backends.mps.is_macos_or_newer(14, 0)
         ):
-            return device, torch.bfloat16, "autocast on this Mac accepts bfloat16"
+            return (
+                device,
+                torch.bfloat16,
+                "autocast on this Mac accepts bfloat16",
+            )
         cpu = torch.device("cpu")
         reason = (
             "this PyTorch or macOS offers no bfloat16 autocast on MPS, so this "
@@ -1544,7 +1659,9 @@ def amp_step(enabled: bool) -> None:
 
 
 fp32_step_s, amp_step_s = (
-    best_time(partial(amp_step, enabled), repeat=10, warmup=2, device=amp_device)
+    best_time(
+        partial(amp_step, enabled), repeat=10, warmup=2, device=amp_device
+    )
     for enabled in (False, True)
 )
 amp_verdict = speed_verdict(fp32_step_s, amp_step_s)
@@ -1589,8 +1706,8 @@ else:
     )
 print(bf16_sentence)
 
-# One matrix product of the hidden layer's size, 256 x 256 by 256 x 256, in each type:
-# what 16-bit arithmetic gains where it matters most.
+# One matrix product of the hidden layer's size, 256 x 256 by 256 x 256, in each
+# type: what 16-bit arithmetic gains where it matters most.
 matmul_a = torch.randn(256, 256, device=amp_device)
 matmul_b = torch.randn(256, 256, device=amp_device)
 fp32_matmul_s, half_matmul_s = (
@@ -1655,12 +1772,16 @@ hardware without native 16-bit products shows no gain.
 
 
 # %%
-def train_precision(amp: bool, on: torch.device, dtype: torch.dtype, epochs: int = 8):
+def train_precision(
+    amp: bool, on: torch.device, dtype: torch.dtype, epochs: int = 8
+):
     """Train a fresh model with Adam, with or without autocast; return the history."""
     torch.manual_seed(seed)
     net = make_model().to(on)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler(on.type, enabled=amp and dtype == torch.float16)
+    scaler = torch.amp.GradScaler(
+        on.type, enabled=amp and dtype == torch.float16
+    )
     loader = make_train_loader(64, make_generator(seed))
     train_losses, val_losses = [], []
     for _ in range(epochs):
@@ -1672,7 +1793,8 @@ def train_precision(amp: bool, on: torch.device, dtype: torch.dtype, epochs: int
                 loss = criterion(net(x), y)
             optimizer.zero_grad()
             scaler.scale(loss).backward()  # loss times the scale factor (or 1)
-            scaler.step(optimizer)  # unscales; skips the step on an inf or NaN gradient
+            # unscales; skips the step on an inf or NaN gradient
+            scaler.step(optimizer)
             scaler.update()
             total += loss.detach() * len(y)
         train_losses.append(total.item() / len(train_set))
@@ -1707,7 +1829,9 @@ label_log_axis(ax_curves.yaxis)
 ax_curves.grid(alpha=0.3)
 ax_curves.legend(fontsize=8)
 for i, part in ((0, "train"), (1, "validation")):
-    gap = np.subtract(precision_runs["autocast"][i], precision_runs["float32"][i])
+    gap = np.subtract(
+        precision_runs["autocast"][i], precision_runs["float32"][i]
+    )
     ax_gap.plot(range(1, len(gap) + 1), gap, "o-", label=part)
 ax_gap.axhline(0, color="gray", lw=1)
 ax_gap.set(
@@ -1728,7 +1852,9 @@ curve_gap = max(
     )
 )
 if abs(amp_acc - fp32_acc) <= 2 * val_se:
-    amp_accuracy_sentence = "lower precision cost nothing measurable in accuracy"
+    amp_accuracy_sentence = (
+        "lower precision cost nothing measurable in accuracy"
+    )
 else:
     amp_accuracy_sentence = "the difference is beyond two standard errors"
 print(
@@ -1802,7 +1928,8 @@ def root_cause(error: BaseException) -> str:
 
 
 if device.type == "cpu":
-    # Inductor's C++ for the CPU, compiled with $CXX or the platform's usual compiler
+    # Inductor's C++ for the CPU, compiled with $CXX or the platform's usual
+    # compiler
     default = {"win32": "cl", "darwin": "clang++"}.get(sys.platform, "g++")
     candidates = [os.environ.get("CXX", default)]
 elif device.type == "cuda":
@@ -1816,10 +1943,13 @@ if candidates and not found:
     compile_skip = (
         f"torch.compile needs a compiler ({' or '.join(candidates)}), not found"
     )
-print("compiler:", found[0] if found else "none found" if candidates else "not needed")
+print(
+    "compiler:",
+    found[0] if found else "none found" if candidates else "not needed",
+)
 
-# A machine with CUDA tools but no GPU gets a harmless notice from Inductor; mute it
-# while compiling, and restore the logger's level afterwards.
+# A machine with CUDA tools but no GPU gets a harmless notice from Inductor;
+# mute it while compiling, and restore the logger's level afterwards.
 cpp_logger = logging.getLogger("torch.utils.cpp_extension")
 cpp_logger_level = cpp_logger.level
 cpp_logger.setLevel(logging.ERROR)
@@ -1832,18 +1962,20 @@ with torch.inference_mode():
     if compile_skip is None:
         start = time.perf_counter()
         try:
-            # Inductor caches compiled graphs on disk (a hit makes the first call fast)
-            # and counts its hits.
+            # Inductor caches compiled graphs on disk (a hit makes the first
+            # call fast) and counts its hits.
             from torch._dynamo.utils import counters
 
             cache_hits_before = counters["inductor"]["fxgraph_cache_hit"]
-            # torch.compile itself raises where Dynamo is unsupported (e.g. Python
-            # 3.13 with torch 2.5), so it goes inside the try as well.
+            # torch.compile itself raises where Dynamo is unsupported (e.g.
+            # Python 3.13 with torch 2.5), so it goes inside the try as well.
             compiled_model = torch.compile(compile_model)
             compiled_out = compiled_model(example)  # the first call compiles
             synchronize()
             compile_s = time.perf_counter() - start
-            cache_hits = counters["inductor"]["fxgraph_cache_hit"] - cache_hits_before
+            cache_hits = (
+                counters["inductor"]["fxgraph_cache_hit"] - cache_hits_before
+            )
             compile_cache_hit = cache_hits > 0
         except Exception as error:  # e.g. a platform Inductor does not support
             compile_skip = f"torch.compile failed here: {root_cause(error)}"
@@ -1852,9 +1984,10 @@ with torch.inference_mode():
             partial(compiled_model, example), repeat=20, warmup=3, device=device
         )
         eager_out = compile_model(example)
-        # How far two correct float32 computations may differ: each output is a chain
-        # of sums of 64, 256 and 256 products plus a bias each (n + 2 terms: see
-        # helpers.numerics), bounded relative to the same sums of absolute values.
+        # How far two correct float32 computations may differ: each output is a
+        # chain of sums of 64, 256 and 256 products plus a bias each (n + 2
+        # terms: see helpers.numerics), bounded relative to the same sums of
+        # absolute values.
         absolute_model = copy.deepcopy(compile_model)
         for parameter in absolute_model.parameters():
             parameter.abs_()
@@ -1863,7 +1996,9 @@ with torch.inference_mode():
             sum_rounding_bound(torch.float32, 66 + 258 + 258) * magnitude
         )
         compile_gap = (compiled_out - eager_out).abs().max().item()
-        compile_within = ((compiled_out - eager_out).abs() <= compile_tolerance).all()
+        compile_within = (
+            (compiled_out - eager_out).abs() <= compile_tolerance
+        ).all()
         compile_gap_share = (
             ((compiled_out - eager_out).abs() / compile_tolerance).max().item()
         )
@@ -1875,10 +2010,14 @@ if compile_skip is None:
     if compile_verdict.endswith("faster than"):
         calls = compile_s / saved_per_call
         break_even = f"would be paid back after about {calls:,.0f} calls"
-        compile_summary = f"paid back its compile time after about {calls:,.0f} calls"
+        compile_summary = (
+            f"paid back its compile time after about {calls:,.0f} calls"
+        )
     elif compile_verdict.endswith("slower than"):
         break_even = "is never paid back here"
-        compile_summary = "was slower than eager after compiling, so it never paid"
+        compile_summary = (
+            "was slower than eager after compiling, so it never paid"
+        )
     else:
         break_even = "is not paid back by any gain this measurement can resolve"
         compile_summary = "gained nothing measurable"
@@ -1897,10 +2036,12 @@ if compile_skip is None:
             "account for."
         )
     )
-    print(f"largest difference between compiled and eager outputs: {compile_gap:.1e}")
-    # Measured: 0 (bit for bit) at CPU levels default, avx2 and avx512 with seeds
-    # 0-2, 1e-7 on an H200 GPU. The bound is a worst case, so passing it is weak
-    # evidence: a dropped bias is only about 5 times over it.
+    print(
+        f"largest difference between compiled and eager outputs: {compile_gap:.1e}"
+    )
+    # Measured: 0 (bit for bit) at CPU levels default, avx2 and avx512 with
+    # seeds 0-2, 1e-7 on an H200 GPU. The bound is a worst case, so passing it
+    # is weak evidence: a dropped bias is only about 5 times over it.
     assert compile_within, (compile_gap, compile_gap_share)
 else:
     compile_verdict = "not measured"
@@ -1968,7 +2109,8 @@ def time_step(dropout: float, x, y) -> dict[str, float]:
     eager_step = partial(train_step, net, optimizer, x, y)
     timing = partial(best_time, repeat=20, warmup=3, device=device)
     times = {"eager": timing(eager_step)}
-    # the compiled module shares net's parameters, so the same optimizer updates them
+    # the compiled module shares net's parameters, so the same optimizer updates
+    # them
     compiled_step = partial(train_step, torch.compile(net), optimizer, x, y)
     from torch._dynamo.utils import counters  # Inductor's cache-hit counts
 
@@ -2115,8 +2257,11 @@ def big_batch_gradients(net: nn.Module) -> list[torch.Tensor]:
 torch.manual_seed(seed)
 plain_net = make_model(dropout=0.0).to(device)
 grads_before = big_batch_gradients(plain_net)
-by_hand = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads_before]))
-clip_to = round(by_hand.item() / 2, 3)  # a limit below the norm, so clipping acts
+by_hand = torch.linalg.vector_norm(
+    torch.stack([g.norm() for g in grads_before])
+)
+# a limit below the norm, so clipping acts
+clip_to = round(by_hand.item() / 2, 3)
 returned = nn.utils.clip_grad_norm_(plain_net.parameters(), max_norm=clip_to)
 after = torch.linalg.vector_norm(
     torch.stack([p.grad.norm() for p in plain_net.parameters()])
@@ -2190,7 +2335,9 @@ for (lr, mode), (_, norms, val_losses) in clip_runs.items():
         "label": f"lr {lr}, {mode}",
     }
     ax_norm.plot(range(1, len(norms) + 1), norms, lw=1, **style)
-    ax_loss.plot(range(1, len(val_losses) + 1), val_losses, marker="o", ms=3, **style)
+    ax_loss.plot(
+        range(1, len(val_losses) + 1), val_losses, marker="o", ms=3, **style
+    )
 ax_norm.axhline(clip_limit, color="gray", ls=":", label="max_norm")
 ax_norm.set(
     title="Gradient norm before clipping",
@@ -2250,7 +2397,9 @@ record("late_norm_low", late_norm[sensible], fmt="{:.2f}")
 record("late_norm_high", late_norm[excessive], fmt="{:.2f}")
 record(
     "clip_rarely",
-    "rarely" if clipped_share[sensible] < 0.1 else "on a sizeable share of steps",
+    "rarely"
+    if clipped_share[sensible] < 0.1
+    else "on a sizeable share of steps",
 )
 if dead[excessive] > 0.5 and late_norm[excessive] < late_norm[sensible]:
     dead_sentence = (
@@ -2333,20 +2482,25 @@ def one_big_step(net: nn.Module, optimizer) -> None:
     optimizer.step()
 
 
-def accumulated_step(net: nn.Module, optimizer, k: int = 4, mistake=None) -> None:
+def accumulated_step(
+    net: nn.Module, optimizer, k: int = 4, mistake=None
+) -> None:
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     optimizer.zero_grad()
     for x, y in zip(x_check.chunk(k), y_check.chunk(k), strict=True):
         loss = criterion(net(x), y) / k
         scaler.scale(loss).backward()  # scaled gradients add up in .grad
         if mistake == "clip inside the loop":
-            nn.utils.clip_grad_norm_(net.parameters(), clip_to * scaler.get_scale())
+            nn.utils.clip_grad_norm_(
+                net.parameters(), clip_to * scaler.get_scale()
+            )
     if mistake != "clip before unscale_":
         scaler.unscale_(optimizer)  # .grad now holds the true gradients
     if mistake is None:
         nn.utils.clip_grad_norm_(net.parameters(), clip_to)
     elif mistake == "clip before unscale_":
-        nn.utils.clip_grad_norm_(net.parameters(), clip_to)  # sees scaled gradients
+        # sees scaled gradients
+        nn.utils.clip_grad_norm_(net.parameters(), clip_to)
     scaler.step(optimizer)  # would unscale here if unscale_ had not been called
     scaler.update()
 
@@ -2428,9 +2582,14 @@ def ddp_accumulate(ddp_net, calls: list, wrap: str, k: int = 4):
     chunks = list(zip(x_check.chunk(k), y_check.chunk(k), strict=True))
     for i, (x, y) in enumerate(chunks):
         last = i == k - 1
-        skip = ddp_net.no_sync() if wrap != "nothing" and not last else nullcontext()
+        skip = (
+            ddp_net.no_sync()
+            if wrap != "nothing" and not last
+            else nullcontext()
+        )
         if wrap == "backward only":
-            loss = criterion(ddp_net(x), y) / k  # DDP decides here: it will sync
+            # DDP decides here: it will sync
+            loss = criterion(ddp_net(x), y) / k
             with skip:
                 loss.backward()
         else:
@@ -2441,7 +2600,8 @@ def ddp_accumulate(ddp_net, calls: list, wrap: str, k: int = 4):
 
 if dist.is_available():
     ddp_folder = tempfile.TemporaryDirectory()
-    # a one-process group whose rendezvous is a file, so no network port is needed
+    # a one-process group whose rendezvous is a file, so no network port is
+    # needed
     store = dist.FileStore(str(Path(ddp_folder.name) / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
@@ -2450,8 +2610,12 @@ if dist.is_available():
         allreduce_calls = []
         # DDP calls the hook with this state (the list) and each bucket it sends
         ddp_net.register_comm_hook(allreduce_calls, counting_hook)
-        calls_plain, grads_plain = ddp_accumulate(ddp_net, allreduce_calls, "nothing")
-        calls_late, _ = ddp_accumulate(ddp_net, allreduce_calls, "backward only")
+        calls_plain, grads_plain = ddp_accumulate(
+            ddp_net, allreduce_calls, "nothing"
+        )
+        calls_late, _ = ddp_accumulate(
+            ddp_net, allreduce_calls, "backward only"
+        )
         calls_no_sync, grads_no_sync = ddp_accumulate(
             ddp_net, allreduce_calls, "forward and backward"
         )
@@ -2459,7 +2623,8 @@ if dist.is_available():
         dist.destroy_process_group()
         ddp_folder.cleanup()
     same_gradients = all(
-        torch.equal(a, b) for a, b in zip(grads_plain, grads_no_sync, strict=True)
+        torch.equal(a, b)
+        for a, b in zip(grads_plain, grads_no_sync, strict=True)
     )
     no_sync_sentence = (
         f"Without no_sync the four backward passes made {calls_plain} all-reduces; "
@@ -2467,7 +2632,9 @@ if dist.is_available():
         f"forward and backward inside, {calls_no_sync}, and the gradients were "
         f"{'identical' if same_gradients else 'different'} to those without it."
     )
-    no_sync_short = f"no_sync: {calls_no_sync} all-reduce(s) instead of {calls_plain}"
+    no_sync_short = (
+        f"no_sync: {calls_no_sync} all-reduce(s) instead of {calls_plain}"
+    )
     # measured 4, 4 and 1 for seeds 0, 1, 2 (one bucket: the model is small)
     assert same_gradients and calls_late == calls_plain == 4 * calls_no_sync
 else:
@@ -2577,7 +2744,8 @@ with tempfile.TemporaryDirectory() as folder:
         run_epochs(crashed, 1, resume_epochs, folder, crash_at=(4, 9))
     except Crash as error:
         print(error)
-    torch.manual_seed(12345)  # a new process would start from other random states
+    # a new process would start from other random states
+    torch.manual_seed(12345)
     checkpoint = torch.load(
         Path(folder) / "checkpoint.pt", map_location=device, weights_only=True
     )
@@ -2600,11 +2768,14 @@ def resume(checkpoint: dict, skip: str | None = None):
     if skip != "scheduler":
         scheduler.load_state_dict(checkpoint["scheduler"])
     if skip != "random states":
-        # map_location moved every tensor to `device`; generators need CPU tensors
+        # map_location moved every tensor to `device`; generators need CPU
+        # tensors
         shuffle_rng.set_state(checkpoint["shuffle_rng"].cpu())
         set_rng_states(checkpoint["rng"])
     with tempfile.TemporaryDirectory() as folder:
-        losses = run_epochs(parts, checkpoint["epoch"] + 1, resume_epochs, folder)
+        losses = run_epochs(
+            parts, checkpoint["epoch"] + 1, resume_epochs, folder
+        )
     return net, losses
 
 
@@ -2627,7 +2798,9 @@ print(
 )
 ablation = {}
 for part in ("optimizer", "scheduler", "random states"):
-    ablation[part] = weight_gap(uninterrupted[0], resume(checkpoint, skip=part)[0])
+    ablation[part] = weight_gap(
+        uninterrupted[0], resume(checkpoint, skip=part)[0]
+    )
     print(
         f"  resumed without the {part:13}: largest weight difference {ablation[part]:.1e}"
     )
@@ -2653,7 +2826,9 @@ def gap_words(gap: float) -> str:
 steps_done = checkpoint["epoch"] * steps_per_epoch
 resumed_gap = max(
     abs(a - b)
-    for a, b in zip(uninterrupted_losses[steps_done:], resumed_losses, strict=True)
+    for a, b in zip(
+        uninterrupted_losses[steps_done:], resumed_losses, strict=True
+    )
 )
 fig = plot_losses(
     {
@@ -2716,9 +2891,13 @@ print(inspect.getsource(atomic_save))
 print(inspect.getsource(tips_module._fsync_folder))
 with tempfile.TemporaryDirectory() as folder:
     good = {"model": resumed.state_dict()}
-    broken = {"model": resumed.state_dict(), "oops": lambda: None}  # cannot be pickled
+    # cannot be pickled
+    broken = {"model": resumed.state_dict(), "oops": lambda: None}
     outcomes = {}
-    for label, save in (("torch.save", torch.save), ("atomic_save", atomic_save)):
+    for label, save in (
+        ("torch.save", torch.save),
+        ("atomic_save", atomic_save),
+    ):
         path = Path(folder) / f"{label}.pt"
         save(good, path)
         try:
@@ -2779,7 +2958,8 @@ for name, state in (("honest", honest), ("tampered", tampered)):
     digests[name] = hashlib.sha256(buffer.getvalue()).hexdigest()
     buffer.seek(0)
     print(
-        f"{name:8} loads with weights_only=True:", torch.load(buffer, weights_only=True)
+        f"{name:8} loads with weights_only=True:",
+        torch.load(buffer, weights_only=True),
     )
 print("their SHA-256 digests differ:", digests["honest"] != digests["tampered"])
 assert digests["honest"] != digests["tampered"]
@@ -2814,10 +2994,14 @@ assert digests["honest"] != digests["tampered"]
 
 # %%
 first_512 = train_index[:512]  # a shorter epoch keeps the three runs quick
-augmented_set = CostlyDataset(images[first_512], labels[first_512], noise_std=0.1)
+augmented_set = CostlyDataset(
+    images[first_512], labels[first_512], noise_std=0.1
+)
 
 
-def training_run(run_seed: int, epochs: int = 2) -> tuple[nn.Module, list[float]]:
+def training_run(
+    run_seed: int, epochs: int = 2
+) -> tuple[nn.Module, list[float]]:
     """A short run with random augmentation in two workers, fully seeded."""
     torch.manual_seed(run_seed)
     net = make_model().to(device)
@@ -2846,11 +3030,14 @@ try:
     second_run, second_losses = training_run(seed)
     other_run, other_losses = training_run(seed + 1)
 finally:
-    torch.use_deterministic_algorithms(False)  # a global switch: turn it off again
+    # a global switch: turn it off again
+    torch.use_deterministic_algorithms(False)
 runs_identical = all(
     torch.equal(p, q)
     for p, q in zip(
-        first_run.state_dict().values(), second_run.state_dict().values(), strict=True
+        first_run.state_dict().values(),
+        second_run.state_dict().values(),
+        strict=True,
     )
 )
 other_gap = weight_gap(first_run, other_run)
@@ -2864,7 +3051,9 @@ record(
 record("other_seed_gap", other_gap, fmt="{:.2f}")
 assert runs_identical and other_gap > 1e-3
 
-repeat_gap = max(abs(a - b) for a, b in zip(first_losses, second_losses, strict=True))
+repeat_gap = max(
+    abs(a - b) for a, b in zip(first_losses, second_losses, strict=True)
+)
 fig = plot_losses(
     {
         f"seed {seed}, first run": first_losses,
@@ -2877,7 +3066,8 @@ fig = plot_losses(
     log_y=True,
 )
 ax = fig.axes[0]
-ax.lines[1].set(linestyle="--", marker="x", color="black")  # on top of the first
+# on top of the first
+ax.lines[1].set(linestyle="--", marker="x", color="black")
 label_log_axis(ax.yaxis)
 ax.legend()  # again, so that it shows the dashes
 ax.title.set_fontsize(9)
@@ -2899,12 +3089,16 @@ draw (say, an extra model built for a comparison) and the data order changes:
 
 
 # %%
-def first_labels(generator: torch.Generator | None, extra_draw: bool) -> torch.Tensor:
+def first_labels(
+    generator: torch.Generator | None, extra_draw: bool
+) -> torch.Tensor:
     """The first shuffled batch's labels, after seeding the global generator."""
     torch.manual_seed(seed)
     if extra_draw:
         torch.rand(1)  # unrelated code that uses the global generator
-    loader = DataLoader(train_set, batch_size=16, shuffle=True, generator=generator)
+    loader = DataLoader(
+        train_set, batch_size=16, shuffle=True, generator=generator
+    )
     return next(iter(loader))[1]
 
 
@@ -2913,7 +3107,9 @@ for label, make in (
     ("global", lambda: None),
 ):
     same = torch.equal(first_labels(make(), False), first_labels(make(), True))
-    print(f"{label:14}: same first batch after an unrelated random draw: {same}")
+    print(
+        f"{label:14}: same first batch after an unrelated random draw: {same}"
+    )
     if label == "own generator":
         assert same
     else:
@@ -2961,8 +3157,8 @@ if device.type == "cuda":
     self_key, total_key = "self_device_time_total", "device_time_total"
 groups = {
     "matrix products": ("aten::addmm", "aten::mm"),
-    # on a CPU dropout draws a mask, scales it and multiplies (forward and backward);
-    # on CUDA one fused kernel does it
+    # on a CPU dropout draws a mask, scales it and multiplies (forward and
+    # backward); on CUDA one fused kernel does it
     "dropout": (
         "aten::dropout",
         "aten::bernoulli_",
@@ -2991,7 +3187,9 @@ def record_profile():
 
 def read_profile(events) -> dict:
     """Phase shares, operator-group shares and the top operator of one recording."""
-    phase_time = {e.key: getattr(e, total_key) for e in events if e.key in phases}
+    phase_time = {
+        e.key: getattr(e, total_key) for e in events if e.key in phases
+    }
     operators = [e for e in events if e.key.startswith("aten::")]
     operator_time = sum(getattr(e, self_key) for e in operators)
     reading = {
@@ -2999,19 +3197,25 @@ def read_profile(events) -> dict:
         / operator_time
         for name, keys in groups.items()
     }
-    reading["top operator"] = max(operators, key=lambda e: getattr(e, self_key)).key
+    reading["top operator"] = max(
+        operators, key=lambda e: getattr(e, self_key)
+    ).key
     if device.type == "cpu":  # elsewhere the labels do not hold all their work
         for name in phases:
             reading[name] = phase_time[name] / sum(phase_time.values())
     return reading
 
 
-# One recording of a few milliseconds is at the mercy of whatever else the machine
-# does, so the cell records five and reads the median of each share.
+# One recording of a few milliseconds is at the mercy of whatever else the
+# machine does, so the cell records five and reads the median of each share.
 n_profiles = 5
 recordings = [record_profile() for _ in range(n_profiles)]
 print("the first of", n_profiles, "recordings:")
-print(recordings[0].table(sort_by=self_key, row_limit=10, max_name_column_width=30))
+print(
+    recordings[0].table(
+        sort_by=self_key, row_limit=10, max_name_column_width=30
+    )
+)
 readings = [read_profile(events) for events in recordings]
 
 
@@ -3027,18 +3231,22 @@ def share_text(name: str) -> str:
 for reading in readings:
     print(
         ", ".join(
-            f"{key} {value:.0%}" if isinstance(value, float) else f"{key} {value}"
+            f"{key} {value:.0%}"
+            if isinstance(value, float)
+            else f"{key} {value}"
             for key, value in reading.items()
         )
     )
 if device.type == "cpu":
     phase_sentence = (
         "By CPU time (the median of the recordings, their range in brackets), the "
-        "step split into " + ", ".join(f"{name} {share_text(name)}" for name in phases)
+        "step split into "
+        + ", ".join(f"{name} {share_text(name)}" for name in phases)
     )
 else:
-    # on an accelerator autograd runs the backward pass in a thread of its own, so
-    # the "backward" label, recorded in this thread, does not contain its operators
+    # on an accelerator autograd runs the backward pass in a thread of its own,
+    # so the "backward" label, recorded in this thread, does not contain its
+    # operators
     phase_sentence = "The labelled phases are best read on the timeline here"
 where = "GPU" if device.type == "cuda" else "CPU"
 tops = [reading["top operator"] for reading in readings]
@@ -3073,10 +3281,10 @@ record("dropout_vs_matmul", float(np.median(dropout_ratios)), fmt="{:.1f}")
 record("dropout_vs_matmul_low", min(dropout_ratios), fmt="{:.1f}")
 record("dropout_vs_matmul_high", max(dropout_ratios), fmt="{:.1f}")
 record("n_profiles", n_profiles)
-# By arithmetic: per example the matrix products do 2 x (64·256 + 256·256 + 256·10)
-# operations forward and about twice that backward (the first layer needs no input
-# gradient); dropout does about five per activation of its 2 x 256 (draw, scale and
-# multiply forward, scale and multiply backward).
+# By arithmetic: per example the matrix products do 2 x (64·256 + 256·256 +
+# 256·10) operations forward and about twice that backward (the first layer
+# needs no input gradient); dropout does about five per activation of its 2 x
+# 256 (draw, scale and multiply forward, scale and multiply backward).
 linear_ops = 2 * (64 * 256 + 256 * 256 + 256 * 10)
 matmul_ops = 3 * linear_ops - 2 * 64 * 256
 dropout_arith_share = 5 * 2 * 256 / matmul_ops
@@ -3089,7 +3297,8 @@ record(
 )
 
 # Where dropout's time goes: drawing the mask against multiplying by it, on one
-# activation of the hidden layer's size, with a matrix product of that size for scale.
+# activation of the hidden layer's size, with a matrix product of that size for
+# scale.
 activation = torch.randn(256, 256, device=device)
 mask = torch.empty_like(activation)
 weight = torch.randn(256, 256, device=device)
@@ -3177,7 +3386,9 @@ def forward_in(mode) -> None:
 
 
 mode_times = {
-    name: best_time(partial(forward_in, mode), repeat=20, warmup=3, device=device)
+    name: best_time(
+        partial(forward_in, mode), repeat=20, warmup=3, device=device
+    )
     for name, mode in (
         ("autograd on", torch.enable_grad),
         ("no_grad", torch.no_grad),
@@ -3241,7 +3452,9 @@ param_bytes = n_params * 4
 
 x_mem = images[train_index[:memory_batch]].to(device)
 y_mem = labels[train_index[:memory_batch]].to(device)
-weight_storages = {p.untyped_storage().data_ptr() for p in memory_net.parameters()}
+weight_storages = {
+    p.untyped_storage().data_ptr() for p in memory_net.parameters()
+}
 saved = {}  # storage address -> bytes
 
 
@@ -3263,7 +3476,9 @@ optimizer_bytes = sum(
     if torch.is_tensor(t)
 )
 activation_estimate = 4 * memory_batch * (64 + 256 + 256 + 10)
-activation_measured = sum(n for n, dtype in saved.values() if dtype == torch.float32)
+activation_measured = sum(
+    n for n, dtype in saved.values() if dtype == torch.float32
+)
 other_saved = sum(n for n, dtype in saved.values() if dtype != torch.float32)
 mib = 2**20
 print(
@@ -3292,7 +3507,9 @@ record("adam_mib", optimizer_bytes / mib, fmt="{:.2f}")
 record("activation_estimate_mib", activation_estimate / mib, fmt="{:.2f}")
 record("activation_measured_mib", activation_measured / mib, fmt="{:.2f}")
 assert abs(optimizer_bytes - 2 * param_bytes) / param_bytes < 0.01
-assert abs(activation_measured - activation_estimate) / activation_estimate < 0.05
+assert (
+    abs(activation_measured - activation_estimate) / activation_estimate < 0.05
+)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -3390,7 +3607,8 @@ print(f"value finite; gradient {x_nan.grad.tolist()}")
 x_nan.grad = None
 anomaly_error, forward_line = None, None
 with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")  # the anomaly warnings carry the forward trace
+    # the anomaly warnings carry the forward trace
+    warnings.simplefilter("always")
     try:
         with torch.autograd.detect_anomaly():
             log_or_zero(x_nan).sum().backward()
@@ -3399,8 +3617,13 @@ with warnings.catch_warnings(record=True) as caught:
 for warning in caught:
     text = str(warning.message)
     if "Traceback of forward call" in text:
-        # the trace ends with the line of code; a note from the C++ side may follow
-        code = [line.strip() for line in text.splitlines() if line.startswith("    ")]
+        # the trace ends with the line of code; a note from the C++ side may
+        # follow
+        code = [
+            line.strip()
+            for line in text.splitlines()
+            if line.startswith("    ")
+        ]
         forward_line = code[-1]
 print("detect_anomaly:", anomaly_error)
 print("the forward line that made it:", forward_line)
@@ -3408,7 +3631,8 @@ print("the forward line that made it:", forward_line)
 
 def log_or_zero_fixed(x: torch.Tensor) -> torch.Tensor:
     positive = x > 0
-    safe = torch.where(positive, x, torch.ones_like(x))  # log(1) = 0, finite slope
+    # log(1) = 0, finite slope
+    safe = torch.where(positive, x, torch.ones_like(x))
     return torch.where(positive, safe.log(), torch.zeros_like(x))
 
 
@@ -3435,7 +3659,9 @@ assert torch.isfinite(x_nan.grad).all()
 # %%
 load_at_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 if load_at_start is None:
-    load_sentence = "This system does not report its load, so check it yourself."
+    load_sentence = (
+        "This system does not report its load, so check it yourself."
+    )
 else:
     busiest = max(load_at_start, load_at_end)
     load_sentence = (
@@ -3571,8 +3797,9 @@ for tip, effect in summary_rows:
 # operations with almost no arithmetic, `make_model(hidden=1)`.
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 1: the same measurement with hidden=1024 (16 times the hidden-to-hidden
-# weights, 4 times the first and last layers') and with hidden=1.
+# Solution 1: the same measurement with hidden=1024 (16 times the
+# hidden-to-hidden weights, 4 times the first and last layers') and with
+# hidden=1.
 
 
 def batch_times(net: nn.Module) -> dict[int, float]:
@@ -3581,14 +3808,18 @@ def batch_times(net: nn.Module) -> dict[int, float]:
     with torch.inference_mode():
         for size in batch_sizes:
             x = torch.randn(size, 64)
-            times[size] = best_time(partial(net, x), repeat=10 if size <= 512 else 3)
+            times[size] = best_time(
+                partial(net, x), repeat=10 if size <= 512 else 3
+            )
     return times
 
 
 torch.manual_seed(seed)
 wide = make_model(hidden=1024).eval()
 wide_times = batch_times(wide)
-floor_s = best_time(partial(make_model(hidden=1).eval(), torch.randn(1, 64)), repeat=20)
+floor_s = best_time(
+    partial(make_model(hidden=1).eval(), torch.randn(1, 64)), repeat=20
+)
 wide_per_sample = {b: wide_times[b] / b for b in batch_sizes}
 wide_best = min(wide_per_sample, key=wide_per_sample.get)
 weight_ratio = count_parameters(wide) / count_parameters(make_model())
@@ -3624,9 +3855,10 @@ assert time_ratio_1 < weight_ratio, (time_ratio_1, weight_ratio)
 # state and skip that many batches of the epoch.
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 2: the loader draws the whole epoch's order (and its worker seed) from the
-# generator when the epoch starts, so the checkpoint keeps the generator's state from
-# that moment; skipping batches draws nothing from any generator.
+# Solution 2: the loader draws the whole epoch's order (and its worker seed)
+# from the generator when the epoch starts, so the checkpoint keeps the
+# generator's state from that moment; skipping batches draws nothing from any
+# generator.
 
 
 def train_with_mid_epoch_checkpoint(parts, folder, save_at, crash_at) -> None:
@@ -3634,10 +3866,12 @@ def train_with_mid_epoch_checkpoint(parts, folder, save_at, crash_at) -> None:
     net, optimizer, scheduler, shuffle_rng = parts
     loader = make_train_loader(64, shuffle_rng)
     for epoch in range(1, resume_epochs + 1):
-        epoch_start_state = shuffle_rng.get_state()  # before the epoch draws its order
+        # before the epoch draws its order
+        epoch_start_state = shuffle_rng.get_state()
         net.train()
         for step, (x, y) in enumerate(loader):
-            if (epoch, step) == save_at:  # `step` batches of this epoch are done
+            # `step` batches of this epoch are done
+            if (epoch, step) == save_at:
                 checkpoint = {
                     "epoch": epoch,
                     "step": step,
@@ -3668,7 +3902,8 @@ def resume_mid_epoch(checkpoint: dict) -> nn.Module:
     set_rng_states(checkpoint["rng"])
     loader = make_train_loader(64, shuffle_rng)
     for epoch in range(checkpoint["epoch"], resume_epochs + 1):
-        batches = iter(loader)  # draws the epoch's order from the restored state
+        # draws the epoch's order from the restored state
+        batches = iter(loader)
         if epoch == checkpoint["epoch"]:
             batches = itertools.islice(batches, checkpoint["step"], None)
         net.train()
@@ -3719,7 +3954,8 @@ assert mid_equal
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 3: LinearLR's factor goes linearly from 0.01 at step 0 to 1 at step `warm`.
+# Solution 3: LinearLR's factor goes linearly from 0.01 at step 0 to 1 at step
+# `warm`.
 def warmup_factor(step: int, warm: int, start: float = 0.01) -> float:
     return start + (1 - start) * min(step, warm) / warm
 
@@ -3740,7 +3976,8 @@ rate_gap = max(abs(a - b) for a, b in zip(by_lambda, by_linear, strict=True))
 warm_losses = [run[2][-1] for run in warm_runs]
 warm_mean = sum(warm_losses) / 2
 warm_spread = abs(warm_losses[0] - warm_losses[1])
-# against the constant rate: beyond the larger spread of the two seeds, as in 8.3
+# against the constant rate: beyond the larger spread of the two seeds, as in
+# 8.3
 noise = max(warm_spread, spread["constant", high])
 if warm_mean - mean_val["constant", high] > noise:
     versus_constant = "worse than"
@@ -3812,7 +4049,8 @@ for name, combine in combinations.items():
     except RuntimeError as error:
         outcome[name] = f"RuntimeError: {str(error).splitlines()[0]}"
     print(f"{name:19} {outcome[name]}")
-# The fix: .clone() outside inference_mode makes a normal tensor with the same values.
+# The fix: .clone() outside inference_mode makes a normal tensor with the same
+# values.
 fixed_equal = all(
     torch.equal(a, b)
     for combine in combinations.values()
@@ -3824,7 +4062,10 @@ fixed_equal = all(
 )
 print("with .clone(), every gradient equals the no_grad output's:", fixed_equal)
 failed = {name for name, result in outcome.items() if result != "works"}
-assert failed == {"features * w", "features @ W"} and fixed_equal, (failed, fixed_equal)
+assert failed == {"features * w", "features @ W"} and fixed_equal, (
+    failed,
+    fixed_equal,
+)
 
 # %% [markdown]
 # ## Summary

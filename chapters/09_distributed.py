@@ -36,7 +36,8 @@
 # error in sums).
 
 # %% tags=["hide-cell"]
-# On Colab only: install this book's helpers package (Colab's own torch is kept).
+# On Colab only: install this book's helpers package (Colab's own torch is
+# kept).
 import sys
 
 if "google.colab" in sys.modules:
@@ -44,7 +45,8 @@ if "google.colab" in sys.modules:
 
     repository = "https://github.com/pytorch-book/pytorch-book"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True
+        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"],
+        check=True,
     )
 
 # %%
@@ -87,8 +89,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 seed = seed_everything(0)
 device = get_device()
-# The networks here are tiny. One CPU thread in this process, like the one each worker
-# gets, keeps threads from competing for the cores with each other and with the workers.
+# The networks here are tiny. One CPU thread in this process, like the one each
+# worker gets, keeps threads from competing for the cores with each other and
+# with the workers.
 torch.set_num_threads(1)
 print(describe_runtime(device, seed))
 print(
@@ -129,7 +132,13 @@ fig, (ax_ranks, ax_step) = plt.subplots(1, 2, figsize=(13, 4.4))
 def box(ax, x, y, w, h, text, color, size=9):
     ax.add_patch(
         FancyBboxPatch(
-            (x, y), w, h, boxstyle="round,pad=0.02", fc=color, ec="black", lw=0.8
+            (x, y),
+            w,
+            h,
+            boxstyle="round,pad=0.02",
+            fc=color,
+            ec="black",
+            lw=0.8,
         )
     )
     ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size)
@@ -139,7 +148,11 @@ for node in range(2):
     x0 = 0.03 + 0.5 * node
     box(ax_ranks, x0, 0.08, 0.44, 0.78, "", "#eeeeee")
     ax_ranks.text(
-        x0 + 0.22, 0.79, f"node {node}  (GROUP_RANK={node})", ha="center", fontsize=10
+        x0 + 0.22,
+        0.79,
+        f"node {node}  (GROUP_RANK={node})",
+        ha="center",
+        fontsize=10,
     )
     for local in range(2):
         rank = 2 * node + local
@@ -156,7 +169,15 @@ ax_ranks.set_title("Who is who: 2 nodes x 2 GPUs, WORLD_SIZE = 4")
 
 arrow = {"arrowstyle": "->", "shrinkA": 4, "shrinkB": 4}
 for r, y in enumerate((0.62, 0.12)):
-    box(ax_step, 0.0, y, 0.19, 0.22, f"rank {r}:\nits slice\nof the batch", "#cfe2f3")
+    box(
+        ax_step,
+        0.0,
+        y,
+        0.19,
+        0.22,
+        f"rank {r}:\nits slice\nof the batch",
+        "#cfe2f3",
+    )
     box(
         ax_step,
         0.26,
@@ -166,7 +187,15 @@ for r, y in enumerate((0.62, 0.12)):
         f"forward +\nbackward\n-> gradient g{r}",
         "#d9ead3",
     )
-    box(ax_step, 0.8, y, 0.19, 0.22, f"optimizer\n.step()\nreplica {r}", "#fce5cd")
+    box(
+        ax_step,
+        0.8,
+        y,
+        0.19,
+        0.22,
+        f"optimizer\n.step()\nreplica {r}",
+        "#fce5cd",
+    )
     ax_step.annotate("", (0.26, y + 0.11), (0.19, y + 0.11), arrowprops=arrow)
     ax_step.annotate("", (0.52, 0.48), (0.45, y + 0.11), arrowprops=arrow)
     ax_step.annotate("", (0.8, y + 0.11), (0.73, 0.48), arrowprops=arrow)
@@ -179,7 +208,9 @@ box(
     "all-reduce:\nevery rank\ngets\n(g0 + g1) / 2",
     "#f4cccc",
 )
-ax_step.set_title("One data-parallel step (DDP): same gradient, same step everywhere")
+ax_step.set_title(
+    "One data-parallel step (DDP): same gradient, same step everywhere"
+)
 for ax in (ax_ranks, ax_step):
     ax.set(xlim=(-0.03, 1.03), ylim=(0, 0.95))
     ax.axis("off")
@@ -275,7 +306,9 @@ def shown(command: list[str]) -> str:
     return shlex.join([*settings, *command])
 
 
-def launch(commands: list[list[str]], timeout: float = 240, env: dict | None = None):
+def launch(
+    commands: list[list[str]], timeout: float = 240, env: dict | None = None
+):
     """Run the commands at once, print each rank's tagged lines, return the results."""
     for command in commands:
         print("$", shown(command))
@@ -287,7 +320,9 @@ def launch(commands: list[list[str]], timeout: float = 240, env: dict | None = N
     for result in results:
         if result.returncode != 0:
             print(result.stdout, result.stderr[-4000:])
-            raise RuntimeError(f"launch failed with exit code {result.returncode}")
+            raise RuntimeError(
+                f"launch failed with exit code {result.returncode}"
+            )
     by_rank = lines_by_rank("\n".join(r.stdout for r in results))
     for rank, lines in by_rank.items():
         print(f"\n--- rank {rank} ---")
@@ -300,7 +335,11 @@ def single_node(module: str, args: list[str] = (), **kwargs) -> list[str]:
     """A torchrun command for this machine: the rendezvous on 127.0.0.1, a free port."""
     endpoint = f"127.0.0.1:{free_port()}"
     return torchrun_command(
-        module, list(args), rdzv_endpoint=endpoint, local_addr="127.0.0.1", **kwargs
+        module,
+        list(args),
+        rdzv_endpoint=endpoint,
+        local_addr="127.0.0.1",
+        **kwargs,
     )
 
 
@@ -325,7 +364,9 @@ _, collective_output, collectives_seconds = launch(
 # %%
 def last_list(line: str) -> list[float]:
     """The last [...] list printed on a line, as floats."""
-    return [float(v) for v in re.findall(r"-?\d+\.\d+", line.rsplit("holds", 1)[1])]
+    return [
+        float(v) for v in re.findall(r"-?\d+\.\d+", line.rsplit("holds", 1)[1])
+    ]
 
 
 for rank, lines in collective_output.items():
@@ -334,8 +375,12 @@ for rank, lines in collective_output.items():
     assert last_list(found["average"]) == [1.5, -3.0]
     assert last_list(found["broadcast(src=0)"]) == [0.0, 1.0, 2.0, 3.0]
     assert last_list(found["all_gather"]) == [0.0, 0.0, 10.0, 10.0]
-    # the sum of [0, 1, 2, 3] and [100, 101, 102, 103]; rank r keeps elements 2r, 2r+1
-    assert last_list(found["reduce_scatter"]) == [[100.0, 102.0], [104.0, 106.0]][rank]
+    # the sum of [0, 1, 2, 3] and [100, 101, 102, 103]; rank r keeps elements
+    # 2r, 2r+1
+    assert (
+        last_list(found["reduce_scatter"])
+        == [[100.0, 102.0], [104.0, 106.0]][rank]
+    )
 print("both ranks hold the expected values")
 record("collectives_seconds", collectives_seconds, fmt="{:.0f}")
 
@@ -398,7 +443,9 @@ print("train", tuple(train_set.tensors[0].shape), "test", tuple(x_test.shape))
 
 # Build the samplers of both ranks of a 2-process job, here in the notebook.
 samplers = [
-    DistributedSampler(train_set, num_replicas=2, rank=r, shuffle=True, seed=seed)
+    DistributedSampler(
+        train_set, num_replicas=2, rank=r, shuffle=True, seed=seed
+    )
     for r in range(2)
 ]
 shares = [list(s) for s in samplers]
@@ -425,7 +472,8 @@ for calls_set_epoch in (False, True):
         print(f"  epoch {epoch}: {orders[-1][:6]} ...")
     first[calls_set_epoch] = orders
 assert first[False][0] == first[False][1] == first[False][2]
-assert len({tuple(order) for order in first[True]}) == 3  # three different orders
+# three different orders
+assert len({tuple(order) for order in first[True]}) == 3
 
 # %% [markdown]
 # Without `set_epoch` the sampler's epoch stays 0, so every epoch replays the same
@@ -469,7 +517,9 @@ torch.save(
 script_lines = inspect.getsource(train_ddp).splitlines()
 print(
     "\n".join(
-        li for li in script_lines if li.startswith(("import torch", "from torch"))
+        li
+        for li in script_lines
+        if li.startswith(("import torch", "from torch"))
     )
 )
 print()
@@ -508,13 +558,15 @@ ddp_dir = work_dir / "ddp"
 _, _, ddp_launch_seconds = launch(
     [
         single_node(
-            "helpers.distributed.train_ddp", [*common_args, f"--out-dir={ddp_dir}"]
+            "helpers.distributed.train_ddp",
+            [*common_args, f"--out-dir={ddp_dir}"],
         )
     ]
 )
 ddp_summary = json.loads((ddp_dir / "history.json").read_text())
 ddp_history = ddp_summary["history"]
-ddp_train_seconds = sum(h["seconds"] for h in ddp_history)  # rank 0's epoch timings
+# rank 0's epoch timings
+ddp_train_seconds = sum(h["seconds"] for h in ddp_history)
 record("ddp_launch_seconds", ddp_launch_seconds, fmt="{:.0f}")
 record("ddp_train_seconds", ddp_train_seconds, fmt="{:.1f}")
 
@@ -533,7 +585,9 @@ plot_losses(
 )
 # One standard error of an accuracy measured on the 500 validation digits.
 val_se = [math.sqrt(a * (1 - a) / len(digits.y_val)) for a in val_accuracies]
-ax_acc.errorbar(range(1, epochs + 1), val_accuracies, yerr=val_se, fmt="o-", capsize=3)
+ax_acc.errorbar(
+    range(1, epochs + 1), val_accuracies, yerr=val_se, fmt="o-", capsize=3
+)
 ax_acc.set(
     title="DDP, 2 processes: validation accuracy, ± 1 standard error",
     xlabel="epoch",
@@ -545,7 +599,9 @@ plt.show()
 falls_every_epoch = all(b < a for a, b in itertools.pairwise(train_losses))
 record(
     "train_trend",
-    "fell in every epoch" if falls_every_epoch else "fell overall, not in every epoch",
+    "fell in every epoch"
+    if falls_every_epoch
+    else "fell overall, not in every epoch",
 )
 record("train_loss_last", train_losses[-1], fmt="{:.3f}")
 record("val_loss_first", val_losses[0], fmt="{:.3f}")
@@ -583,8 +639,8 @@ best validation accuracy (`best.pt`); those are scored once on the test set:
 )
 
 # %%
-# The first epoch with the highest validation accuracy: on a tie the script keeps the
-# earlier epoch's weights in best.pt too.
+# The first epoch with the highest validation accuracy: on a tie the script
+# keeps the earlier epoch's weights in best.pt too.
 best_epoch = max(ddp_history, key=lambda h: h["val_accuracy"])["epoch"]
 best_model = train_ddp.make_model().double()
 best_model.load_state_dict(
@@ -653,7 +709,11 @@ def global_batches(
         per_rank.append(list(sampler))
     x, y = dataset.tensors
     for start in range(0, len(per_rank[0]), batch_size):
-        index = [i for indices in per_rank for i in indices[start : start + batch_size]]
+        index = [
+            i
+            for indices in per_rank
+            for i in indices[start : start + batch_size]
+        ]
         yield x[index], y[index]  # (2 * batch_size, 784), (2 * batch_size,)
 
 
@@ -670,7 +730,10 @@ def train_one_process(batches_of_epoch, ref_device: torch.device) -> nn.Module:
     largest = torch.zeros((), dtype=torch.float64, device=ref_device)
     for epoch in range(1, epochs + 1):
         for inputs, targets in batches_of_epoch(epoch):
-            inputs, targets = inputs.to(ref_device).double(), targets.to(ref_device)
+            inputs, targets = (
+                inputs.to(ref_device).double(),
+                targets.to(ref_device),
+            )
             loss = criterion(model(inputs), targets)
             optimizer.zero_grad()
             loss.backward()
@@ -693,14 +756,16 @@ ref_device = (
 reference = train_one_process(
     lambda epoch: global_batches(train_set, 2, batch_size, epoch), ref_device
 )
-ddp_state = torch.load(ddp_dir / "model.pt", map_location="cpu", weights_only=True)
+ddp_state = torch.load(
+    ddp_dir / "model.pt", map_location="cpu", weights_only=True
+)
 ddp_vs_single = max_difference(ddp_state, reference.state_dict())
 steps = epochs * ddp_summary["steps_per_epoch"]
-# The scale at which rounding acts (helpers.numerics, chapter 8): each gradient comes
-# out of chains of float64 sums (784, 128 and 10 terms through the layers, 64 examples
-# per batch), so two correct programs' gradients may differ by that bound times the
-# gradient's size; SGD moves the weights by lr times a momentum sum of up to
-# 1 / (1 - momentum) gradients; and the steps add up.
+# The scale at which rounding acts (helpers.numerics, chapter 8): each gradient
+# comes out of chains of float64 sums (784, 128 and 10 terms through the layers,
+# 64 examples per batch), so two correct programs' gradients may differ by that
+# bound times the gradient's size; SGD moves the weights by lr times a momentum
+# sum of up to 1 / (1 - momentum) gradients; and the steps add up.
 chain = 28 * 28 + 128 + 10 + 2 * batch_size
 
 
@@ -711,7 +776,9 @@ def rounding_scale(dtype: torch.dtype, n_steps: int) -> float:
 
 rounding_allowance = rounding_scale(torch.float64, steps)
 print(f"after {steps} steps: largest parameter difference {ddp_vs_single:.2e}")
-print(f"what float64 rounding of these sums can account for: {rounding_allowance:.1e}")
+print(
+    f"what float64 rounding of these sums can account for: {rounding_allowance:.1e}"
+)
 # CPU levels default, avx2, avx512 x seeds 0-2 (and a one-GPU machine, where the
 # workers use gloo on the CPU): gap 6e-16 to 1e-15
 # against an allowance of 2e-11 to 3e-11 (a different data order gives 0.3).
@@ -849,11 +916,18 @@ launch(
         )
     ]
 )
-micro_state = torch.load(micro_dir / "model.pt", map_location="cpu", weights_only=True)
+micro_state = torch.load(
+    micro_dir / "model.pt", map_location="cpu", weights_only=True
+)
 micro_vs_whole = max_difference(micro_state, ddp_state)
-print(f"3 micro-batches vs whole batches: largest difference {micro_vs_whole:.1e}")
+print(
+    f"3 micro-batches vs whole batches: largest difference {micro_vs_whole:.1e}"
+)
 # seeds 0-2 on CPU: 7e-16 to 1.1e-15 against an allowance of 2e-11 to 3e-11
-assert micro_vs_whole <= rounding_allowance, (micro_vs_whole, rounding_allowance)
+assert micro_vs_whole <= rounding_allowance, (
+    micro_vs_whole,
+    rounding_allowance,
+)
 record("micro_vs_whole", micro_vs_whole, fmt="{:.1e}")
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -1039,9 +1113,13 @@ crash_results, crash_output, _ = launch(
 agent_lines = [
     line
     for line in crash_results[0].stderr.splitlines()
-    if re.search(r"Error: simulated failure|closing signal|failed \(exitcode", line)
+    if re.search(
+        r"Error: simulated failure|closing signal|failed \(exitcode", line
+    )
 ]
-print("\nFrom the agent's log:\n" + "\n".join(line[:160] for line in agent_lines))
+print(
+    "\nFrom the agent's log:\n" + "\n".join(line[:160] for line in agent_lines)
+)
 
 # %% [markdown]
 # Rank 1 died in epoch 3. The agent stopped the group (its log shows the SIGTERM sent
@@ -1053,7 +1131,9 @@ print("\nFrom the agent's log:\n" + "\n".join(line[:160] for line in agent_lines
 
 # %%
 crash_history = json.loads((crash_dir / "history.json").read_text())["history"]
-crash_state = torch.load(crash_dir / "model.pt", map_location="cpu", weights_only=True)
+crash_state = torch.load(
+    crash_dir / "model.pt", map_location="cpu", weights_only=True
+)
 attempts = [h["attempt"] for h in crash_history]
 loss_gap = abs(crash_history[-1]["train_loss"] - ddp_history[-1]["train_loss"])
 print("attempt that trained each epoch:", attempts)
@@ -1061,10 +1141,12 @@ print(
     f"final training loss: restarted {crash_history[-1]['train_loss']:.6f}, "
     f"uninterrupted {ddp_history[-1]['train_loss']:.6f}"
 )
-print(f"largest parameter difference: {max_difference(crash_state, ddp_state):.1e}")
+print(
+    f"largest parameter difference: {max_difference(crash_state, ddp_state):.1e}"
+)
 assert attempts == [0, 0, 1, 1, 1, 1], attempts
-# On a CPU the restarted run repeats the same arithmetic: exactly equal. GPU kernels
-# may add in another order, so there the rounding allowance applies.
+# On a CPU the restarted run repeats the same arithmetic: exactly equal. GPU
+# kernels may add in another order, so there the rounding allowance applies.
 restart_gap = max_difference(crash_state, ddp_state)
 if ddp_summary["device_type"] == "cpu":
     assert loss_gap == 0.0 and restart_gap == 0.0, (loss_gap, restart_gap)
@@ -1142,8 +1224,9 @@ two_node = [
     for _ in range(2)  # the same command on every node
 ]
 # This runs FSDP2 with gloo on the CPU, which needs PyTorch 2.6 or later (where
-# fully_shard became public): 2.4's version creates CUDA streams for it, which fails
-# on a machine without a GPU driver, and neither 2.4 nor 2.5 is tested here.
+# fully_shard became public): 2.4's version creates CUDA streams for it, which
+# fails on a machine without a GPU driver, and neither 2.4 nor 2.5 is tested
+# here.
 torch_version = tuple(int(part) for part in torch.__version__.split(".")[:2])
 fsdp_runs = torch_version >= (2, 6)
 if fsdp_runs:
@@ -1165,21 +1248,27 @@ if fsdp_runs:  # the skip above explains why not
         work_dir / "fsdp2" / "model.pt", map_location="cpu", weights_only=True
     )
     fsdp_vs_ddp = max_difference(fsdp_state, ddp_state)
-    fsdp_history = json.loads((work_dir / "fsdp2" / "history.json").read_text())[
-        "history"
-    ]
+    fsdp_history = json.loads(
+        (work_dir / "fsdp2" / "history.json").read_text()
+    )["history"]
     print(
         f"FSDP2 vs DDP after {steps} steps: largest parameter difference {fsdp_vs_ddp:.1e}"
     )
-    # Both ran on the CPU: each rank computes the same local gradients as in DDP, and
-    # averaging two numbers (halving their sum) rounds the same way in both.
+    # Both ran on the CPU: each rank computes the same local gradients as in
+    # DDP, and averaging two numbers (halving their sum) rounds the same way in
+    # both.
     if ddp_summary["device_type"] == "cpu":
         assert fsdp_vs_ddp == 0.0, fsdp_vs_ddp
     else:  # DDP ran on GPUs, this simulation on the CPU
-        assert fsdp_vs_ddp <= rounding_allowance, (fsdp_vs_ddp, rounding_allowance)
+        assert fsdp_vs_ddp <= rounding_allowance, (
+            fsdp_vs_ddp,
+            rounding_allowance,
+        )
     for rank, lines in fsdp_output.items():
         assert lines[0].startswith(f"node {rank}, local rank 0"), lines[0]
-        assert "0.weight: full shape (128, 784), stored here (64, 784)" in lines, lines
+        assert (
+            "0.weight: full shape (128, 784), stored here (64, 784)" in lines
+        ), lines
     record(
         "fsdp_vs_ddp_diff",
         fsdp_vs_ddp,
@@ -1190,7 +1279,9 @@ if fsdp_runs:  # the skip above explains why not
         abs(f["train_loss"] - d["train_loss"])
         for f, d in zip(fsdp_history, ddp_history, strict=True)
     )
-    print(f"largest difference of the epochs' training losses: {fsdp_loss_gap:.1e}")
+    print(
+        f"largest difference of the epochs' training losses: {fsdp_loss_gap:.1e}"
+    )
     if ddp_summary["device_type"] == "cpu":
         assert fsdp_loss_gap == 0.0, fsdp_loss_gap
 
@@ -1291,7 +1382,9 @@ print(trainjob_path.read_text())
 def torchrun_words_in(script: str) -> list[str]:
     """The words after `torchrun` in a shell script, continuation lines joined."""
     joined = script.replace("\\\n", " ")
-    commands = [li for li in joined.splitlines() if not li.lstrip().startswith("#")]
+    commands = [
+        li for li in joined.splitlines() if not li.lstrip().startswith("#")
+    ]
     line = next(li for li in commands if re.search(r"\btorchrun\b", li))
     words = shlex.split(line)
     return words[words.index("torchrun") + 1 :]
@@ -1312,10 +1405,15 @@ for name, words in launcher_words.items():
         f"nproc-per-node {launcher.nproc_per_node}, data {script.data}"
     )
     assert (
-        launcher.module and launcher.training_script == "helpers.distributed.train_ddp"
+        launcher.module
+        and launcher.training_script == "helpers.distributed.train_ddp"
     )
-gpus = int(re.search(r"^#SBATCH --gpus-per-node=(\d+)", slurm_text, re.M).group(1))
-slurm_nproc = torchrun_parser().parse_args(launcher_words["SLURM"]).nproc_per_node
+gpus = int(
+    re.search(r"^#SBATCH --gpus-per-node=(\d+)", slurm_text, re.M).group(1)
+)
+slurm_nproc = (
+    torchrun_parser().parse_args(launcher_words["SLURM"]).nproc_per_node
+)
 assert slurm_nproc == f"${{NPROC_PER_NODE:-{gpus}}}", slurm_nproc  # one per GPU
 assert trainjob["spec"]["trainer"]["numProcPerNode"] == gpus
 
@@ -1338,12 +1436,13 @@ assert trainjob["spec"]["trainer"]["numProcPerNode"] == gpus
 # the test set: the test set has had its one use.)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 1: 500 does not divide by 3, so the sampler pads its index list to 501 by
-# repeating the first index: example 0 is scored twice. drop_last=True cuts the list to
-# 498 instead, and examples 498 and 499 are never scored. Either way the result is not
-# exactly the validation accuracy (with one or two examples affected it differs only
-# slightly here, more with a small dataset and many ranks). Dealing out range(r, 500, 3)
-# covers every example once and reproduces the single-process accuracy exactly.
+# Solution 1: 500 does not divide by 3, so the sampler pads its index list to
+# 501 by repeating the first index: example 0 is scored twice. drop_last=True
+# cuts the list to 498 instead, and examples 498 and 499 are never scored.
+# Either way the result is not exactly the validation accuracy (with one or two
+# examples affected it differs only slightly here, more with a small dataset and
+# many ranks). Dealing out range(r, 500, 3) covers every example once and
+# reproduces the single-process accuracy exactly.
 val_set = TensorDataset(flat(digits.x_val).double(), digits.y_val)
 best_model.eval()
 _, val_accuracy = train_ddp.evaluate(best_model, *val_set.tensors)
@@ -1388,12 +1487,12 @@ assert correct == round(val_accuracy * len(val_set)), (correct, val_accuracy)
 # Then fix the unequal case by weighting each part by its size.
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 2: equal parts give the full-batch gradient up to rounding; 16 + 48 gives the
-# 16 examples three times the weight of the 48, an error of tens of percent. Weighting
-# each part's mean gradient by its share of the examples repairs it. In a real DDP job,
-# where backward already divides the all-reduced sum by the world size: all_reduce the
-# ranks' example counts first, then backpropagate each rank's *summed* loss times
-# world_size / total_count.
+# Solution 2: equal parts give the full-batch gradient up to rounding; 16 + 48
+# gives the 16 examples three times the weight of the 48, an error of tens of
+# percent. Weighting each part's mean gradient by its share of the examples
+# repairs it. In a real DDP job, where backward already divides the all-reduced
+# sum by the world size: all_reduce the ranks' example counts first, then
+# backpropagate each rank's *summed* loss times world_size / total_count.
 torch.manual_seed(seed)
 net = train_ddp.make_model().double()
 criterion = nn.CrossEntropyLoss()
@@ -1410,7 +1509,10 @@ def gradient(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 full = gradient(x64, y64)
 errors = {}
 for first_part in (32, 16):
-    parts = [(x64[:first_part], y64[:first_part]), (x64[first_part:], y64[first_part:])]
+    parts = [
+        (x64[:first_part], y64[:first_part]),
+        (x64[first_part:], y64[first_part:]),
+    ]
     grads = [gradient(x, y) for x, y in parts]
     equal = (grads[0] + grads[1]) / 2
     weighted = (first_part * grads[0] + (64 - first_part) * grads[1]) / 64
@@ -1440,10 +1542,14 @@ assert errors[16][0] > 0.05, errors[16]
 def drift(dtype: torch.dtype) -> list[float]:
     criterion = nn.CrossEntropyLoss()
     torch.manual_seed(seed)
-    one, two = train_ddp.make_model().to(dtype), train_ddp.make_model().to(dtype)
+    one, two = (
+        train_ddp.make_model().to(dtype),
+        train_ddp.make_model().to(dtype),
+    )
     two.load_state_dict(one.state_dict())
     opts = [
-        torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum) for m in (one, two)
+        torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum)
+        for m in (one, two)
     ]
     gaps = []
     for epoch in (1, 2):
@@ -1458,7 +1564,8 @@ def drift(dtype: torch.dtype) -> list[float]:
                 criterion(two(x[part]), y[part]).backward()
                 halves.append([p.grad.clone() for p in two.parameters()])
             for p, g0, g1 in zip(two.parameters(), *halves, strict=True):
-                p.grad = (g0 + g1) / 2  # what DDP's all-reduce and division compute
+                # what DDP's all-reduce and division compute
+                p.grad = (g0 + g1) / 2
             opts[1].step()
         gaps.append(
             max(
@@ -1475,10 +1582,12 @@ print("float64, per epoch:", [f"{g:.1e}" for g in gaps64])
 # Section 9.5's rounding allowance for two epochs, in each dtype.
 two_epochs = 2 * ddp_summary["steps_per_epoch"]
 allowance = {
-    dtype: rounding_scale(dtype, two_epochs) for dtype in (torch.float32, torch.float64)
+    dtype: rounding_scale(dtype, two_epochs)
+    for dtype in (torch.float32, torch.float64)
 }
 print({str(dtype): f"{value:.0e}" for dtype, value in allowance.items()})
-# each dtype's drift is rounding of its own size; float32's is beyond float64's reach
+# each dtype's drift is rounding of its own size; float32's is beyond float64's
+# reach
 assert max(gaps64) <= allowance[torch.float64], (gaps64, allowance)
 assert max(gaps32) <= allowance[torch.float32], (gaps32, allowance)
 assert min(gaps32) > allowance[torch.float64], (gaps32, allowance)
@@ -1495,18 +1604,19 @@ assert min(gaps32) > allowance[torch.float64], (gaps32, allowance)
 # without either setting have done?
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 4: with only the timeout, each rank waits in its own collective until the
-# 3 seconds are up and reports "Timed out waiting 3000ms" (or "Connection closed by
-# peer", when the other rank gave up first): it learns that something is wrong, not
-# what. With TORCH_DISTRIBUTED_DEBUG=DETAIL, PyTorch checks before every
-# collective that all ranks call the same one with the same shapes, and both ranks
-# report the mismatch at once, naming each rank's collective. Without either, both
-# would wait for the default timeout printed below (half an hour for gloo, 10 minutes
-# for nccl in current releases) before failing. For a real hang, also look at
-# NCCL_DEBUG=INFO (NCCL's own log) and at a stack dump of each stuck process
-# (py-spy dump --pid PID). The short timeout belongs to the group that runs the
-# collectives: given to init_process_group, it would also limit how long the ranks may
-# take to join, and a slow start would fail the job before the experiment.
+# Solution 4: with only the timeout, each rank waits in its own collective until
+# the 3 seconds are up and reports "Timed out waiting 3000ms" (or "Connection
+# closed by peer", when the other rank gave up first): it learns that something
+# is wrong, not what. With TORCH_DISTRIBUTED_DEBUG=DETAIL, PyTorch checks before
+# every collective that all ranks call the same one with the same shapes, and
+# both ranks report the mismatch at once, naming each rank's collective. Without
+# either, both would wait for the default timeout printed below (half an hour
+# for gloo, 10 minutes for nccl in current releases) before failing. For a real
+# hang, also look at NCCL_DEBUG=INFO (NCCL's own log) and at a stack dump of
+# each stuck process (py-spy dump --pid PID). The short timeout belongs to the
+# group that runs the collectives: given to init_process_group, it would also
+# limit how long the ranks may take to join, and a slow start would fail the job
+# before the experiment.
 mismatch_path = work_dir / "mismatch.py"  # the module `mismatch` in work_dir
 mismatch_path.write_text(
     """\
@@ -1546,17 +1656,25 @@ commands = [
 search_path = os.pathsep.join(
     filter(None, [str(work_dir), os.environ.get("PYTHONPATH")])
 )
-_, mismatch_output, _ = launch(commands, timeout=120, env={"PYTHONPATH": search_path})
+_, mismatch_output, _ = launch(
+    commands, timeout=120, env={"PYTHONPATH": search_path}
+)
 reports = [line for lines in mismatch_output.values() for line in lines]
 print("default timeout of a process group:", dist.default_pg_timeout)
 timeouts = [line for line in reports if line.startswith("debug OFF")]
 mismatches = [line for line in reports if line.startswith("debug DETAIL")]
 # a rank whose partner gave up first may see the connection close instead
 assert any("Timed out" in line for line in timeouts), timeouts
-assert all(re.search("Timed out|Connection (closed|reset)", line) for line in timeouts)
+assert all(
+    re.search("Timed out|Connection (closed|reset)", line) for line in timeouts
+)
 assert len(mismatches) == 2, mismatches
-assert all("mismatch between collectives" in line for line in mismatches), mismatches
-seconds_of = [float(re.search(r"after ([\d.]+) s", line).group(1)) for line in reports]
+assert all("mismatch between collectives" in line for line in mismatches), (
+    mismatches
+)
+seconds_of = [
+    float(re.search(r"after ([\d.]+) s", line).group(1)) for line in reports
+]
 print(f"the timeout runs failed after {max(seconds_of):.1f} s at most")
 
 # %% [markdown]
