@@ -212,3 +212,24 @@ def test_one_search_box_and_the_book_title_once(loaded):
     assert sidebar.count(CONFIG["title"]) == 1, (
         f"{loaded.name}: the sidebar names the book {sidebar.count(CONFIG['title'])} times"
     )
+
+
+LAPTOP = {"width": 1366, "height": 768}  # the most common laptop screen
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in CHAPTERS])
+def test_no_code_cell_scrolls_sideways_on_a_laptop_screen(browser, book_url, name):
+    context = browser.new_context(viewport=LAPTOP)
+    try:
+        page = context.new_page()
+        page.goto(f"{book_url}/{name}.html", wait_until="networkidle")
+        # open the collapsed cells (setup and solutions): their code must fit too
+        page.evaluate("() => document.querySelectorAll('details').forEach(d => { d.open = true; })")
+        wide = page.evaluate(
+            "() => [...document.querySelectorAll('.cell_input pre')]"
+            ".filter(p => p.scrollWidth > p.clientWidth + 1)"
+            ".map(p => p.textContent.split('\\n').reduce((a, b) => b.length > a.length ? b : a, ''))"
+        )
+        assert wide == [], f"{name}: {len(wide)} code cells scroll sideways at 1366 px, e.g. {wide[0]!r}"
+    finally:
+        context.close()
