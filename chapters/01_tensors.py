@@ -442,7 +442,9 @@ print(logits.gather(dim=1, index=two_per_row))  # (3, 2); row 0: [2.0, -1.0]
 
 # %%
 def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """True when a and b are views of one storage (made from each other in PyTorch)."""
+    """True when a and b are views of one storage
+    (made from each other in PyTorch).
+    """
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
@@ -669,7 +671,8 @@ sample_values = torch.tensor([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0])
 print(f"torch.std  (divides by n - 1): {sample_values.std().item():.4f}")
 print(f"np.std     (divides by n):     {np.std(sample_values.numpy()):.4f}")
 print(
-    f"torch.std(correction=0):       {sample_values.std(correction=0).item():.4f}"
+    "torch.std(correction=0):       "
+    f"{sample_values.std(correction=0).item():.4f}"
 )
 assert np.isclose(
     sample_values.std(correction=0).item(), np.std(sample_values.numpy())
@@ -1146,9 +1149,9 @@ print(
     torch.logsumexp(extreme, 1),
 )
 print(
-    "The literal formula gives inf (exp overflows) and -inf (exp underflows to 0, and "
-    "log 0 = -inf); shifting by the row maximum and adding it back gives finite values "
-    "that match torch.logsumexp."
+    "The literal formula gives inf (exp overflows) and -inf (exp "
+    "underflows to 0, and log 0 = -inf); shifting by the row maximum "
+    "and adding it back gives finite values that match torch.logsumexp."
 )
 assert torch.isinf(literal).all()
 assert torch.allclose(by_hand, torch.logsumexp(extreme, dim=1))
@@ -1260,14 +1263,14 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
 median_error_bf16 = median_eps[torch.bfloat16] * torch.finfo(torch.bfloat16).eps
 median_error_fp16 = median_eps[torch.float16] * torch.finfo(torch.float16).eps
 print(
-    "In every format the median error is a fraction of eps, so it grows with eps: "
-    f"bfloat16's is {median_error_bf16 / median_error_fp16:.1f}x float16's, and their "
-    "eps differ by 8x. In the 16-bit formats the largest error is many eps, at "
-    "one of the closest 1% of pairs, where a point almost touches a centre: "
-    "rounding the inputs moves each coordinate by up to "
-    "eps/2 of its size, and the difference of two nearly equal coordinates is so small "
-    "that this input error is large relative to it. The points were float32 to begin "
-    "with, so in float32 only the arithmetic rounds."
+    "In every format the median error is a fraction of eps, so it grows "
+    f"with eps: bfloat16's is {median_error_bf16 / median_error_fp16:.1f}x "
+    "float16's, and their eps differ by 8x. In the 16-bit formats the largest "
+    "error is many eps, at one of the closest 1% of pairs, where a point "
+    "almost touches a centre: rounding the inputs moves each coordinate by up "
+    "to eps/2 of its size, and the difference of two nearly equal coordinates "
+    "is so small that this input error is large relative to it. The points "
+    "were float32 to begin with, so in float32 only the arithmetic rounds."
 )
 record(
     "median_error_bf16",

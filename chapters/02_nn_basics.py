@@ -324,7 +324,8 @@ print(model)
 # %%
 for name, param in model.named_parameters():
     print(
-        f"{name:15} {tuple(param.shape)!s:10} requires_grad={param.requires_grad}"
+        f"{name:15} {tuple(param.shape)!s:10} "
+        f"requires_grad={param.requires_grad}"
     )
 n_params = sum(p.numel() for p in model.parameters())
 print("total parameters:", n_params)
@@ -704,7 +705,8 @@ p.retain_grad()  # keep the gradient of this intermediate tensor, to print it
 separate = nn.BCELoss(reduction="none")(p, zero_labels)
 separate.sum().backward()
 print(
-    "  z    exact    fused    sigmoid+BCELoss   grad z (fused)  grad p     grad z"
+    "  z    exact    fused    sigmoid+BCELoss   "
+    "grad z (fused)  grad p     grad z"
 )
 for i in range(len(z)):
     print(
@@ -857,7 +859,8 @@ for k in range(4):
         mixed |= {parameter_names[i], parameter_names[j]}
         mixtures.append(
             f"{abs(vector[i]):.2f}·{parameter_names[i]} {sign}"
-            f" {abs(vector[j]):.2f}·{parameter_names[j]} (λ = {eigenvalues[k]:.2f})"
+            f" {abs(vector[j]):.2f}·{parameter_names[j]} "
+            f"(λ = {eigenvalues[k]:.2f})"
         )
 record(
     "eigenvector_text",
@@ -873,9 +876,11 @@ record(
     f" {('one', 'two', 'three', 'all four')[len(mixtures) - 1]} of the four"
     f" eigenvectors printed above are mixtures, {' and '.join(mixtures)}"
     if mixtures
-    else "here it happens to hold, as every eigenvector printed above lies close"
-    " to one parameter's axis, but two nearly equal diagonal entries would be"
-    " mixed by the smallest coupling",
+    else (
+        "here it happens to hold, as every eigenvector printed above "
+        "lies close to one parameter's axis, but two nearly equal "
+        "diagonal entries would be mixed by the smallest coupling"
+    ),
 )
 
 # %% [markdown]
@@ -982,8 +987,9 @@ for label, curve in curves.items():
     pairs = itertools.pairwise(curve)
     rises[label] = sum(after > 1.01 * before for before, after in pairs)
     print(
-        f"{label:30} loss before the last step {curve[-1]:.4f} "
-        f"({curve[-1] / noise_floor:.2f} x the floor); rose > 1 % on {rises[label]} steps"
+        f"{label:30} loss before the last step "
+        f"{curve[-1]:.4f} ({curve[-1] / noise_floor:.2f} "
+        f"x the floor); rose > 1 % on {rises[label]} steps"
     )
 fig = plot_losses(
     curves,
@@ -1053,8 +1059,8 @@ if band[0] < flat < band[1]:
     theta = math.acos((1 + 0.9 - flat) / (2 * 0.9**0.5))
     period = 2 * math.pi / theta
     flattest_text = (
-        f"the flattest lies inside the band ({flat / band[0]:.2f} times its lower edge),"
-        f" where one swing takes about {period:.0f} steps"
+        f"the flattest lies inside the band ({flat / band[0]:.2f} times "
+        f"its lower edge), where one swing takes about {period:.0f} steps"
         + (
             ", longer than these 150, so here it simply decays"
             if period > 150
@@ -1063,8 +1069,8 @@ if band[0] < flat < band[1]:
     )
 else:
     flattest_text = (
-        "the flattest lies just below the band, where the error does not swing at all"
-        " and simply decays, slowly"
+        "the flattest lies just below the band, where the "
+        "error does not swing at all and simply decays, slowly"
     )
 record("flattest_text", flattest_text)
 # Seeds 0-2, loss before the last step / floor: SGD 7.8, 6.6, 7.6 (bound 2);
@@ -1179,7 +1185,8 @@ for name, part in (("train", y_train), ("validation", y_val), ("test", y_test)):
     malignant = int((part == 0).sum())
     share = malignant / len(part)
     print(
-        f"{name:10} {len(part):3} tumours, {malignant:3} malignant ({share:.0%})"
+        f"{name:10} {len(part):3} tumours, "
+        f"{malignant:3} malignant ({share:.0%})"
     )
 record("n_train", len(y_train))
 record("n_val", len(y_val))
@@ -1413,7 +1420,9 @@ def first_weight_grad(
     sizes: list[int],
     weights: list[float],
 ) -> torch.Tensor:
-    """The first weight gradient, summed over the weighted micro-batch losses."""
+    """The first weight gradient, summed over the weighted micro-batch
+    losses.
+    """
     net.zero_grad()
     pieces = zip(
         inputs.split(sizes), targets.split(sizes), weights, strict=True
@@ -1442,7 +1451,8 @@ for name, (net, sizes, weights) in schemes.items():
     gaps[name] = (accumulated - reference).abs().max().item()
     relative = gaps[name] / reference.abs().max().item()
     print(
-        f"{name:28} max difference {gaps[name]:.1e} ({relative:.1e} of the largest)"
+        f"{name:28} max difference {gaps[name]:.1e} "
+        f"({relative:.1e} of the largest)"
     )
 model.zero_grad()
 assert (
@@ -1494,7 +1504,9 @@ def train_and_validate(
     criterion: nn.Module,
     batch_size: int = 32,
 ) -> dict:
-    """Train a fresh MLP with Adam; return its loss curves and best validation epoch."""
+    """Train a fresh MLP with Adam; return its loss curves and best
+    validation epoch.
+    """
     torch.manual_seed(seed)  # the same initial weights for every run
     model = MLP(30, 16, 1).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -1545,9 +1557,9 @@ seconds = time.perf_counter() - started
 print(f"{len(runs)} runs of {epochs} epochs in {seconds:.1f} s")
 for run in runs:
     print(
-        f"lr {run['lr']:<6g} best validation loss {run['best_val']:.4f} at epoch "
-        f"{run['best_epoch']:2d}; epoch {epochs}: train {run['train'][-1]:.4f}, "
-        f"validation {run['val'][-1]:.4f}"
+        f"lr {run['lr']:<6g} best validation loss {run['best_val']:.4f} "
+        f"at epoch {run['best_epoch']:2d}; epoch {epochs}: train "
+        f"{run['train'][-1]:.4f}, validation {run['val'][-1]:.4f}"
     )
 
 fig, axes = plt.subplots(2, 3, figsize=(14, 6.5), sharey=True, sharex=True)
@@ -1671,18 +1683,18 @@ record(
 grid_rates = [run["lr"] for run in runs]
 if lr == max(grid_rates):
     grid_edge_text = (
-        f"The chosen rate, {lr:g}, is the largest in the grid, so the grid cannot"
-        " show that a larger one would not do better still."
+        f"The chosen rate, {lr:g}, is the largest in the grid, so the "
+        "grid cannot show that a larger one would not do better still."
     )
 elif lr == min(grid_rates):
     grid_edge_text = (
-        f"The chosen rate, {lr:g}, is the smallest in the grid, so the grid cannot"
-        " show that a smaller one would not do better still."
+        f"The chosen rate, {lr:g}, is the smallest in the grid, so the "
+        "grid cannot show that a smaller one would not do better still."
     )
 else:
     grid_edge_text = (
-        f"The chosen rate, {lr:g}, lies inside the grid, with a rate on either side"
-        " that did worse."
+        f"The chosen rate, {lr:g}, lies inside the grid, "
+        "with a rate on either side that did worse."
     )
 record("grid_edge_text", grid_edge_text)
 
@@ -1711,7 +1723,9 @@ record(
 
 
 def jumpiness(curve: list[float]) -> float:
-    """Mean |second difference| of log(loss): the wiggle, with a steady trend removed."""
+    """Mean |second difference| of log(loss): the wiggle, with a steady trend
+    removed.
+    """
     logs = np.log(curve)
     return float(np.abs(np.diff(logs, n=2)).mean())
 
@@ -1832,7 +1846,9 @@ val_is_malignant = (y_val == 0).numpy()
 def screening_scores(
     p_malignant: torch.Tensor, is_malignant: np.ndarray, threshold: float
 ):
-    """Recall, precision and number flagged when p >= threshold means malignant."""
+    """Recall, precision and number flagged when p >= threshold means
+    malignant.
+    """
     flagged = (p_malignant >= threshold).numpy()
     recall = recall_score(is_malignant, flagged, zero_division=0.0)
     precision = precision_score(is_malignant, flagged, zero_division=0.0)
@@ -1945,11 +1961,13 @@ print(
 missed = test_is_malignant & (test_pred == 1)
 false_alarms = ~test_is_malignant & (test_pred == 0)
 print(
-    f"missed malignant tumours: {missed.sum()} of {test_is_malignant.sum()}, "
-    f"their p(malignant): {[round(p, 4) for p in test_p_malignant[missed].tolist()]}"
+    f"missed malignant tumours: {missed.sum()} of "
+    f"{test_is_malignant.sum()}, their p(malignant): "
+    f"{[round(p, 4) for p in test_p_malignant[missed].tolist()]}"
 )
 print(
-    f"benign tumours flagged: {false_alarms.sum()} of {(~test_is_malignant).sum()}"
+    f"benign tumours flagged: {false_alarms.sum()} "
+    f"of {(~test_is_malignant).sum()}"
 )
 record(
     "test_accuracy",
@@ -1977,16 +1995,16 @@ if missed.sum() == 0:
     )
 elif p_missed < 0.1:
     missed_text = (
-        "The printed probabilities show why a gentler threshold would not have saved"
-        " the missed tumours: the model is confidently wrong about them (the largest of"
-        f" their p(malignant) is {p_missed:.3f}), so to catch even one of them the"
-        " threshold would have to drop below that"
+        "The printed probabilities show why a gentler threshold would not "
+        "have saved the missed tumours: the model is confidently wrong about "
+        f"them (the largest of their p(malignant) is {p_missed:.3f}), so to "
+        "catch even one of them the threshold would have to drop below that"
     )
 else:
     missed_text = (
-        "The printed probabilities show that the model was unsure about at least one"
-        f" missed tumour (the largest of their p(malignant) is {p_missed:.3f}): a"
-        " threshold below that would have caught it"
+        "The printed probabilities show that the model was unsure about "
+        "at least one missed tumour (the largest of their p(malignant) "
+        f"is {p_missed:.3f}): a threshold below that would have caught it"
     )
 record("missed_text", missed_text)
 # what catching every missed tumour would have cost, read from the validation
@@ -2399,8 +2417,9 @@ batchnorm_gap = accumulation_gap(
     criterion,
 )
 print(
-    f"MLP: both runs end with the same weights (largest difference {plain_gap:.1e}); "
-    f"with BatchNorm they differ (by up to {batchnorm_gap:.1e})."
+    "MLP: both runs end with the same weights (largest "
+    f"difference {plain_gap:.1e}); with BatchNorm "
+    f"they differ (by up to {batchnorm_gap:.1e})."
 )
 assert plain_gap < 1e-6 and batchnorm_gap > 1e-4
 
@@ -2570,9 +2589,9 @@ copy_of_model.eval()
 with torch.inference_mode():
     same = torch.equal(copy_of_model(x_val.to(device)), model(x_val.to(device)))
 print(
-    f"make_mlp([30, 64, 64, 1]) has {counted} parameters, as the formula gives "
-    f"({formula}); with the trained weights, make_mlp([30, 16, 1]) predicts exactly "
-    f"as the MLP: {same}."
+    f"make_mlp([30, 64, 64, 1]) has {counted} parameters, as "
+    f"the formula gives ({formula}); with the trained weights, "
+    f"make_mlp([30, 16, 1]) predicts exactly as the MLP: {same}."
 )
 assert counted == formula and same
 

@@ -138,7 +138,8 @@ for name, layer in layers.items():
     h_n, c_n = state if isinstance(state, tuple) else (state, None)
     c_text = f"  c_n {tuple(c_n.shape)}" if c_n is not None else ""
     print(
-        f"{name:30} output {tuple(output.shape)}  h_n {tuple(h_n.shape)}{c_text}"
+        f"{name:30} output {tuple(output.shape)}  "
+        f"h_n {tuple(h_n.shape)}{c_text}"
     )
 
 # %% [markdown]
@@ -224,7 +225,8 @@ for t in range(2):
 output, _ = rnn(x)
 for t in range(2):
     print(
-        f"step {t}: max |by hand - nn.RNN| = {(by_hand[t] - output[:, t]).abs().max():.1e}"
+        f"step {t}: max |by hand - nn.RNN| = "
+        f"{(by_hand[t] - output[:, t]).abs().max():.1e}"
     )
     assert torch.allclose(by_hand[t], output[:, t], atol=1e-6)
 
@@ -419,7 +421,9 @@ plt.show()
 
 # %%
 class Forecaster(nn.Module):
-    """Read a window (B, L, 1); predict the next value from the last hidden state."""
+    """Read a window (B, L, 1); predict the next value from the last hidden
+    state.
+    """
 
     def __init__(
         self, hidden_size: int = 32, cell: type[nn.Module] = nn.LSTM
@@ -470,8 +474,8 @@ def train_forecaster(
     val_loader = DataLoader(sets[1], batch_size=len(sets[1]))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history = fit(
-        model, train_loader, val_loader, nn.MSELoss(), optimizer, epochs, device,
-        metric=None, checkpoint_path=path, progress=False,
+        model, train_loader, val_loader, nn.MSELoss(), optimizer, epochs,
+        device, metric=None, checkpoint_path=path, progress=False,
     )  # fmt: skip
     model.load_state_dict(
         torch.load(path, map_location=device, weights_only=True)
@@ -534,16 +538,20 @@ near_repeat = (wave[lag:] - wave[:-lag]).abs().max().item()
 
 
 def sci(value: float, digits: int = 0) -> str:
-    """Scientific notation for prose: 6e-6 and 9.7e7, not Python's 6e-06, 9.7e+07."""
+    """Scientific notation for prose: 6e-6 and 9.7e7,
+    not Python's 6e-06, 9.7e+07.
+    """
     mantissa, exponent = f"{value:.{digits}e}".split("e")
     return f"{mantissa}e{int(exponent)}"
 
 
 def with_constant(windows: torch.Tensor) -> torch.Tensor:
-    """(N, L) windows -> (N, L + 1) in float64: the L values and a column of ones.
+    """(N, L) windows -> (N, L + 1) in float64: the L values and a column of
+    ones.
 
     Float64, because the sine's windows are nearly collinear (see below), and on
-    such a problem float32 least-squares solvers differ from one torch to another.
+    such a problem float32 least-squares solvers differ from one torch to
+    another.
     """
     ones = torch.ones(len(windows), 1, dtype=torch.float64)
     return torch.cat([windows.double(), ones], dim=1)
@@ -1254,7 +1262,9 @@ print(f"always predicting 1 on the test sequences: MSE {chance_mse:.3f}")
 
 # %%
 class Summariser(nn.Module):
-    """A recurrent layer and a linear head on its last hidden state: (B, T, 2) -> (B,)."""
+    """A recurrent layer and a linear head on its last hidden state:
+    (B, T, 2) -> (B,).
+    """
 
     def __init__(self, cell: type[nn.Module], hidden_size: int = 32) -> None:
         super().__init__()
@@ -1584,7 +1594,9 @@ def decay_ratio(norms: torch.Tensor) -> float:
 
 
 def initial_model(cell: type[nn.Module], seed: int) -> Summariser:
-    """The untrained network a run above started from, given its cell and seed."""
+    """The untrained network a run above started from, given its cell and
+    seed.
+    """
     # built on the CPU from the CPU generator, which is restored afterwards
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
@@ -1684,15 +1696,18 @@ share_above = {
 rnn_median = float(np.median(ratios["RNN"]))
 for name, values in ratios.items():
     print(
-        f"{name:4}: before training {sci(initial[name])},"
-        f" median {sci(np.median(values))},"
-        f" range {sci(min(values))} to {sci(max(values))}, last {sci(values[-1])};"
-        f" above 10,000 at {share_above[name]:.0%} of {len(values)} checkpoints"
+        f"{name:4}: before training {sci(initial[name])}, median "
+        f"{sci(np.median(values))}, range {sci(min(values))} to "
+        f"{sci(max(values))}, last {sci(values[-1])}; above 10,000 "
+        f"at {share_above[name]:.0%} of {len(values)} checkpoints"
     )
 record(
     "rnn_median_ratio",
     sci(rnn_median),
-    headline="Adding problem: RNN's gradient shrinkage over 40 steps (median in training)",
+    headline=(
+        "Adding problem: RNN's gradient shrinkage "
+        "over 40 steps (median in training)"
+    ),
 )
 record("rnn_share_above", share_above["RNN"], fmt="{:.0%}")
 record("lstm_share_above", share_above["LSTM"], fmt="{:.0%}")
@@ -2135,7 +2150,9 @@ def collate_padded(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class NameClassifier(nn.Module):
-    """Embed characters, run a GRU over the packed batch, classify its last state."""
+    """Embed characters, run a GRU over the packed batch, classify its last
+    state.
+    """
 
     def __init__(
         self, vocab_size: int, n_classes: int, embed: int = 32, hidden: int = 64
@@ -2195,8 +2212,8 @@ criterion = nn.CrossEntropyLoss()
 optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
 best_path = checkpoint_dir / "names.pt"
 history = fit(
-    model, loaders["train"], loaders["val"], criterion, optimizer, epochs, device,
-    checkpoint_path=best_path,
+    model, loaders["train"], loaders["val"], criterion, optimizer, epochs,
+    device, checkpoint_path=best_path,
 )  # fmt: skip
 model.load_state_dict(
     torch.load(best_path, map_location=device, weights_only=True)
@@ -2344,13 +2361,15 @@ worst = off_diagonal.flatten().argmax().item()
 true_worst, pred_worst = divmod(worst, n_classes)
 for index in per_language.argsort().tolist():
     print(
-        f"{language_names[index]:11} {per_language[index]:.0%} of its test names right"
+        f"{language_names[index]:11} "
+        f"{per_language[index]:.0%} of its test names right"
     )
 confusion_text = (
     f"{language_names[true_worst]} names taken for {language_names[pred_worst]}"
 )
 print(
-    f"most frequent confusion: {confusion_text} ({off_diagonal.max().item()} times)"
+    f"most frequent confusion: {confusion_text} "
+    f"({off_diagonal.max().item()} times)"
 )
 record("names_top_confusion", confusion_text)
 # the standard error of an accuracy p measured on n names is sqrt(p (1 - p) / n)
@@ -2389,7 +2408,9 @@ spelling habits.
 
 # %%
 def one_at_a_time(net: NameClassifier, batch: list) -> torch.Tensor:
-    """Logits of each name run on its own: no padding, no packing. (B, n_classes)."""
+    """Logits of each name run on its own: no padding, no packing.
+    (B, n_classes).
+    """
     logits = []
     for ids, _ in batch:
         # input (1, T, embed): one name; h (1, 1, hidden)
@@ -2419,7 +2440,8 @@ print(f"lengths {min(lengths)}-{max(lengths)} characters")
 print(f"packed batch vs one at a time: max |difference| = {sci(packed_gap, 1)}")
 print(f"padded, not packed:            max |difference| = {padded_gap:.2f}")
 print(
-    f"packed vs one at a time, float32:  max |difference| = {sci(packed_gap32, 1)}"
+    "packed vs one at a time, float32:  max "
+    f"|difference| = {sci(packed_gap32, 1)}"
 )
 print(f"largest |logit|: {alone_logits.abs().max().item():.1f}")
 record(
@@ -2553,7 +2575,8 @@ else:
     all_after = len(direct_better) == k_ahead - first_better + 1
     steps_word = "step" if first_better == 1 else "steps"
     answer = (
-        f"The direct forecaster is better from {first_better} {steps_word} ahead"
+        "The direct forecaster is better from "
+        f"{first_better} {steps_word} ahead"
         + (" on" if all_after else ", at most steps")
         + f"; 50 steps ahead its RMSE is {direct_by_step[-1]:.3f}, against"
         f" {recursive_by_step[-1]:.3f}. Its errors do not compound, because no"
@@ -2590,7 +2613,8 @@ def val_errors(
 ) -> torch.Tensor:
     """Errors on the validation years, one per year: (40,).
 
-    The targets are standardised; `std` turns the errors back into sunspot numbers.
+    The targets are standardised; `std` turns the errors back into sunspot
+    numbers.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -2635,15 +2659,18 @@ for window in sorted(errors_by_window):
     mean_gain = window_gain.mean().item()
     se = window_gain.std().item() / math.sqrt(len(window_gain))
     print(
-        f"MSE gain of {best_window} over {window} years: {mean_gain:6.1f} ± {se:.1f}"
+        f"MSE gain of {best_window} over {window} "
+        f"years: {mean_gain:6.1f} ± {se:.1f}"
     )
     within_noise &= mean_gain < 2 * se
 assert max(val_rmse.values()) < naive_sun_val_rmse
 print(
-    f"Answer: every window beats the naive forecast; the {best_window}-year window"
+    "Answer: every window beats the naive "
+    f"forecast; the {best_window}-year window"
 )
 print(
-    "has the lowest validation RMSE, so it is the one to pick. Its gain over the others"
+    "has the lowest validation RMSE, so it is "
+    "the one to pick. Its gain over the others"
 )
 if within_noise:
     print(
@@ -2702,12 +2729,15 @@ verdicts = [f"{verb} {lengths_text(n)}" for verb, n in groups.items() if n]
 answer = (
     "Answer: within 600 steps the plain RNN "
     + and_join(verdicts)
-    + " (solving meaning a test MSE below a tenth of chance). It is not hopeless:"
-    " it solves the short task and fails the long one, as the vanishing gradient"
-    " predicts. Where exactly it starts to fail moves from run to run: on nine"
-    " CPU runs (three seeds, three kinds of kernels) and one GPU run, length 10"
-    " gave test MSEs from 0.006 to 0.16 and length 20 from 0.08 to 0.22; the"
-    " lowest of those, near 1/12, is what reading one of the two numbers gives."
+    + (
+        " (solving meaning a test MSE below a tenth of chance). It is "
+        "not hopeless: it solves the short task and fails the long one, "
+        "as the vanishing gradient predicts. Where exactly it starts to "
+        "fail moves from run to run: on nine CPU runs (three seeds, three "
+        "kinds of kernels) and one GPU run, length 10 gave test MSEs from "
+        "0.006 to 0.16 and length 20 from 0.08 to 0.22; the lowest of "
+        "those, near 1/12, is what reading one of the two numbers gives."
+    )
 )
 print(textwrap.fill(answer, width=78))
 # Seeds 0, 1, 2 (CPU): length 5 at 3 %, 4 %, 3 % of chance (bound 10 %), length
@@ -2789,16 +2819,16 @@ if disagree:
 else:
     side_text = "on the same side of 1 as the measured change at every factor"
 answer = (
-    f"Answer: from W_hh x {first_growing} on, the gradient grows going back in"
-    f" time instead of vanishing; at x 6 it is {sci(growth[6])} times larger at"
-    f" step 1 than at step 40, against {sci(1 / growth[1])} times smaller with"
-    " the default weights. Multiplying W_hh by k multiplies its spectral radius"
+    f"Answer: from W_hh x {first_growing} on, the gradient grows going back in "
+    f"time instead of vanishing; at x 6 it is {sci(growth[6])} times larger at "
+    f"step 1 than at step 40, against {sci(1 / growth[1])} times smaller with "
+    "the default weights. Multiplying W_hh by k multiplies its spectral radius"
     " by k, but the larger weights also push the states towards ±1, where tanh"
-    " is flat, so the mean slope falls and the product grows far more slowly"
-    f" than k: from {estimate[1]:.2f} at x 1 to {estimate[6]:.2f} at x 6. The"
+    " is flat, so the mean slope falls and the product grows far more slowly "
+    f"than k: from {estimate[1]:.2f} at x 1 to {estimate[6]:.2f} at x 6. The"
     f" estimate is {side_text}. Beyond that it is a rough guide: at x 6 the"
-    f" gradient grew by {measured[6]:.2f} per step, not {estimate[6]:.2f}: how a"
-    " product of 39 Jacobians grows is not set by an average slope alone."
+    f" gradient grew by {measured[6]:.2f} per step, not {estimate[6]:.2f}: "
+    "how a product of 39 Jacobians grows is not set by an average slope alone."
 )
 print(textwrap.fill(answer, width=78))
 # Seeds 0, 1, 2 (CPU): estimate at x 1 0.64, 0.65, 0.61 (bound 0.8), at x 6 over
@@ -2830,7 +2860,9 @@ assert min(slope_falls) > 0, slopes
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 5
 class BiNameClassifier(nn.Module):
-    """NameClassifier with a bidirectional GRU; the head reads both directions."""
+    """NameClassifier with a bidirectional GRU; the head reads both
+    directions.
+    """
 
     def __init__(
         self, vocab_size: int, n_classes: int, embed: int = 32, hidden: int = 32
@@ -2891,8 +2923,8 @@ bi_train_loader = DataLoader(
 )
 bi_optimizer = torch.optim.Adam(bi_model.parameters(), lr=0.01)
 bi_history = fit(
-    bi_model, bi_train_loader, loaders["val"], criterion, bi_optimizer, bi_epochs,
-    device, progress=False,
+    bi_model, bi_train_loader, loaders["val"], criterion, bi_optimizer,
+    bi_epochs, device, progress=False,
 )  # fmt: skip
 bi_acc = max(bi_history.val_accuracy)
 one_way_acc = max(history.val_accuracy[:bi_epochs])
@@ -2908,8 +2940,8 @@ bi_diff = bi_acc - one_way_acc
 if abs(bi_diff) < 2 * names_val_se:
     bi_verdict = (
         f"less than two standard errors of an accuracy on {n_val_names:,} names"
-        f" ({200 * names_val_se:.1f} points): within noise. Reading each name from"
-        " both ends did not measurably change the accuracy in this budget"
+        f" ({200 * names_val_se:.1f} points): within noise. Reading each name "
+        "from both ends did not measurably change the accuracy in this budget"
     )
 else:
     better = "better" if bi_diff > 0 else "worse"

@@ -179,8 +179,8 @@ with torch.device("meta"):
         metrics = weights.meta["_metrics"]["ImageNet-1K"]
         preprocess = weights.transforms()
         print(
-            f"{name:13} {n_params:>12,}  {head_text:32} "
-            f"{weights.name:14} {metrics['acc@1']:>6.2f} {metrics['acc@5']:>6.2f}  "
+            f"{name:13} {n_params:>12,}  {head_text:32} {weights.name:14} "
+            f"{metrics['acc@1']:>6.2f} {metrics['acc@5']:>6.2f}  "
             f"{preprocess.resize_size[0]}/{preprocess.crop_size[0]}"
         )
     inception = models.inception_v3(weights=None, init_weights=True)
@@ -389,7 +389,9 @@ tune the distortions further.
 
 # %%
 class GlyphNet(nn.Module):
-    """Three conv blocks (conv, batch norm, ReLU), 2 x 2 average pooling, a linear head."""
+    """Three conv blocks (conv, batch norm, ReLU), 2 x 2 average pooling, a
+    linear head.
+    """
 
     def __init__(
         self, num_classes: int, channels: tuple[int, int, int] = (16, 32, 64)
@@ -495,7 +497,8 @@ for step in tqdm(range(1, pretrain_steps + 1), desc="pretraining steps"):
         accuracy = (predicted == source_val_y).float().mean().item()
         source_accs.append((step, accuracy))
         print(
-            f"step {step:3d}  loss {loss.item():.3f}  val accuracy {accuracy:.3f}"
+            f"step {step:3d}  loss {loss.item():.3f}  "
+            f"val accuracy {accuracy:.3f}"
         )
 pretrain_seconds = time.perf_counter() - pretrain_started
 source_losses = torch.stack(source_losses).tolist()  # one read for all steps
@@ -606,7 +609,9 @@ plt.show()
 
 # %%
 def augment_batch(batch: list, generator: torch.Generator) -> tuple:
-    """collate_fn: stack the drawn digits, distort them all at once, normalise."""
+    """collate_fn: stack the drawn digits, distort them all at once,
+    normalise.
+    """
     images, labels = default_collate(batch)  # (B, 1, 28, 28), (B,)
     images = random_affine(
         images, generator, rotation=(-10, 10), scale=(0.9, 1.1), shift=(-2, 2)
@@ -618,7 +623,9 @@ samples_per_epoch, batch_size = 320, 64
 
 
 def target_train_loader(per_class: int, draw: int) -> DataLoader:
-    """Augmented batches from `per_class` labelled digits of each class (draw `draw`)."""
+    """Augmented batches from `per_class` labelled digits of each class
+    (draw `draw`).
+    """
     index = labelled_subset(digits.y_train, per_class, seed=draw)
     labelled = TensorDataset(digits.x_train[index], digits.y_train[index])
     sampler = RandomSampler(
@@ -866,8 +873,8 @@ for set_to_none, fresh_optimizer in (
         optimizer.step()
     changed = not torch.equal(model.layer1[0].weight, before)
     print(
-        f"set_to_none={set_to_none!s:5}  optimizer of trainable parameters only: "
-        f"{fresh_optimizer!s:5}  frozen layer1 changed: {changed}"
+        f"set_to_none={set_to_none!s:5}  optimizer of trainable parameters "
+        f"only: {fresh_optimizer!s:5}  frozen layer1 changed: {changed}"
     )
     assert changed == (not set_to_none and not fresh_optimizer)
 
@@ -930,7 +937,8 @@ for epoch in range(1, epochs + 1):
         best_state = copy.deepcopy(model.state_dict())
     print(
         f"epoch {epoch:2d}  train loss {curves['train_loss'][-1]:.3f}  "
-        f"val loss {curves['val_loss'][-1]:.3f}  val acc {curves['val_acc'][-1]:.3f}"
+        f"val loss {curves['val_loss'][-1]:.3f}  "
+        f"val acc {curves['val_acc'][-1]:.3f}"
     )
 model.load_state_dict(best_state)
 
@@ -938,7 +946,8 @@ for name, state in frozen_before.items():  # weights AND batch-norm buffers
     now = model.get_submodule(name).state_dict()
     assert all(torch.equal(state[k], now[k]) for k in state), name
 print(
-    f"best val accuracy {best_acc:.3f} in epoch {best_epoch}; layer1, layer2 unchanged"
+    f"best val accuracy {best_acc:.3f} in epoch "
+    f"{best_epoch}; layer1, layer2 unchanged"
 )
 
 # %% [markdown]
@@ -1543,7 +1552,8 @@ for per_class in budgets:
 fig, ax = plt.subplots(figsize=(6.5, 4))
 for method in methods:
     ax.plot(budgets, [mean_test(k, method) for k in budgets], marker="o",
-            color=colours[method], label=f"{method} (mean of draws)")  # fmt: skip
+            color=colours[method],
+            label=f"{method} (mean of draws)")  # fmt: skip
     for draw in draws:
         ax.scatter(budgets, [test_acc[k, draw, method] for k in budgets],
                    color=colours[method], alpha=0.4, s=15)  # fmt: skip
@@ -1575,7 +1585,9 @@ record(
     "ft_gain_1",
     ft_gain,
     fmt="{:+.1f}",
-    headline="Fine-tuning minus scratch, 1 label per class, test accuracy points",
+    headline=(
+        "Fine-tuning minus scratch, 1 label per class, test accuracy points"
+    ),
 )
 record(
     "fe_gain_1",
@@ -1720,7 +1732,8 @@ for method, (tops, count) in commonest.items():
     short = method.split("-")[0]  # "scratch", "fine"
     article = {8: "an"}  # "an 8", "a 5"
     pairs = " and ".join(
-        f"{article.get(true, 'a')} {true} read as {article.get(pred, 'a')} {pred}"
+        f"{article.get(true, 'a')} {true} read "
+        f"as {article.get(pred, 'a')} {pred}"
         for true, pred in tops
     )
     each = " each" if len(tops) > 1 else ""
@@ -2056,7 +2069,9 @@ print(
 
 
 def load_backbone(model: nn.Module, state: dict, prefix: str = "") -> None:
-    """Load `state` (keys may start with `prefix`) into all of `model` but its head."""
+    """Load `state` (keys may start with `prefix`) into all of `model` but
+    its head.
+    """
     state = copy.copy(state)  # a shallow copy: the caller's dict keeps its keys
     # strips the prefix from the keys and from the version metadata
     consume_prefix_in_state_dict_if_present(state, prefix)
@@ -2159,8 +2174,9 @@ with torch.device("meta"):
     inc_out = inc.train()(torch.empty(2, 3, 299, 299))
 vgg_trainable, inc_trainable = count_parameters(vgg), count_parameters(inc)
 print(
-    f"VGG-16: {vgg_trainable:,} trainable (4096*10 + 10), output {tuple(vgg_out.shape)}; "
-    f"Inception-v3: {inc_trainable:,} trainable (2048*10 + 10 + 768*10 + 10), logits "
+    f"VGG-16: {vgg_trainable:,} trainable (4096*10 + 10), output "
+    f"{tuple(vgg_out.shape)}; Inception-v3: {inc_trainable:,} "
+    "trainable (2048*10 + 10 + 768*10 + 10), logits "
     f"{tuple(inc_out.logits.shape)}, aux {tuple(inc_out.aux_logits.shape)}"
 )
 assert vgg_trainable == 4096 * 10 + 10
@@ -2184,7 +2200,8 @@ record(
 )
 record("chapter_cpu_seconds", cpu_seconds, fmt="{:.0f}")
 print(
-    f"chapter: {chapter_seconds:.0f} s wall, {cpu_seconds:.0f} s CPU (all threads)"
+    f"chapter: {chapter_seconds:.0f} s wall, "
+    f"{cpu_seconds:.0f} s CPU (all threads)"
 )
 
 # %% [markdown]

@@ -146,7 +146,8 @@ while True:
         break
 print(f"random policy: {steps} steps, return {total_reward:.0f}")
 print(
-    f"terminated={terminated}, truncated={truncated}, final angle {observation[2]:+.3f}"
+    f"terminated={terminated}, truncated={truncated}, "
+    f"final angle {observation[2]:+.3f}"
 )
 env.close()
 assert terminated and abs(observation[2]) > fall_angle  # the pole fell
@@ -489,7 +490,9 @@ n_envs = 16  # episodes per update
 def collect_episodes(
     envs: gym.vector.VectorEnv, policy: nn.Module, device: torch.device
 ) -> list[Episode]:
-    """Play one episode in every copy of ``envs`` side by side, sampling actions."""
+    """Play one episode in every copy of ``envs`` side by side, sampling
+    actions.
+    """
     observations, _ = envs.reset()  # (n, 4); the first reset was seeded
     n = envs.num_envs
     alive = np.ones(n, dtype=bool)
@@ -745,7 +748,9 @@ def batch_tensors(
 
 
 def batch_returns(batch: list[Episode], settings: Settings) -> torch.Tensor:
-    """Discounted returns of every step (N,); a time-out bootstraps 1 / (1 - gamma)."""
+    """Discounted returns of every step (N,); a time-out bootstraps
+    1 / (1 - gamma).
+    """
     forever = 1 / (1 - settings.gamma)  # the return of balancing for ever
     returns = [
         discounted_returns(
@@ -764,7 +769,9 @@ def policy_step(
     advantages: torch.Tensor,
     eps: float,
 ) -> None:
-    """Normalise the per-step weights, then one gradient step on the REINFORCE loss."""
+    """Normalise the per-step weights, then one gradient step on the
+    REINFORCE loss.
+    """
     policy.train()
     # (N,)
     weights = (advantages - advantages.mean()) / (advantages.std() + eps)
@@ -793,7 +800,9 @@ def train_reinforce(
     update: Update = reinforce_update,
     label: str = "plain",
 ) -> dict:
-    """Train a fresh policy from ``run_seed`` with ``update``; return it and a history."""
+    """Train a fresh policy from ``run_seed`` with ``update``; return it and
+    a history.
+    """
     torch.manual_seed(run_seed)  # initial weights and sampled actions
     policy = make_policy(settings.hidden).to(settings.device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=settings.lr)
@@ -880,7 +889,9 @@ def train_reinforce(
 
 # %%
 def make_value(hidden: int) -> nn.Module:
-    """State (B, 4) -> (B, 1): the return expected from that state, times (1 - gamma)."""
+    """State (B, 4) -> (B, 1): the return expected from that state, times
+    (1 - gamma).
+    """
     return nn.Sequential(
         nn.Linear(4, hidden),
         nn.Tanh(),
@@ -891,7 +902,9 @@ def make_value(hidden: int) -> nn.Module:
 
 
 def make_baseline_update(run_seed: int, settings: Settings) -> Update:
-    """A fresh value network and its optimizer, inside an update like reinforce_update."""
+    """A fresh value network and its optimizer, inside an update like
+    reinforce_update.
+    """
     # the value network's own initial weights
     torch.manual_seed(run_seed + 10_000)
     value = make_value(settings.hidden).to(settings.device)
@@ -985,7 +998,9 @@ plt.show()
 def episodes_needed(
     runs: dict, label: str, run_seeds: list[int], budget: int
 ) -> list[int]:
-    """Episodes each run needed to pass validation (the budget if it never did)."""
+    """Episodes each run needed to pass validation
+    (the budget if it never did).
+    """
     return [runs[label, s]["solved_at"] or budget for s in run_seeds]
 
 
@@ -1054,7 +1069,8 @@ print(
     f"plain:    {plain_passed}/{n_runs} passed, episodes needed {plain_needed}"
 )
 print(
-    f"baseline: {baseline_passed}/{n_runs} passed, episodes needed {baseline_needed}"
+    f"baseline: {baseline_passed}/{n_runs} "
+    f"passed, episodes needed {baseline_needed}"
 )
 print(
     f"baseline minus plain: {difference:+.0f} episodes on average "
@@ -1480,7 +1496,8 @@ print(
 )
 print(f"boundary: omega = {intercept:+.3f} {slope:+.3f} * theta (rad/s)")
 print(
-    f"the switching omega moves by {omega_shift:.2f} rad/s across the angles shown"
+    f"the switching omega moves by {omega_shift:.2f} "
+    "rad/s across the angles shown"
 )
 print(f"greedy episode: 0.1 < P(right) < 0.9 at {unsure:.0%} of its steps")
 print(f"greedy episode: the action changes at {switches:.0%} of its steps")
@@ -1554,8 +1571,8 @@ record("gap_map", gap_map, fmt="{:.1f}")
 record("gap_relation", gap_relation)
 record(
     "clamp_verdict",
-    "Training did not make this policy confident enough for the clamp to matter on "
-    "these states"
+    "Training did not make this policy confident "
+    "enough for the clamp to matter on these states"
     if max(gap_visited, gap_map) < clamp_gap
     else "On some of these states the clamp does matter",
 )
@@ -1668,7 +1685,8 @@ record("final_x", final_x, fmt="{:+.2f}")
 record("episode_end", episode_end)
 print(f"the episode was {episode_end}")
 print(
-    f"largest |theta| {largest_angle:.1f} degrees, largest |x| {largest_x:.2f} m"
+    f"largest |theta| {largest_angle:.1f} "
+    f"degrees, largest |x| {largest_x:.2f} m"
 )
 print(f"final x {final_x:+.2f} m")
 # The text below describes a balanced episode: seeds 0-2 at CPU levels default
@@ -1828,7 +1846,8 @@ print(
 for arm in arms:
     print(f"{arm.capitalize()} per batch: {'; '.join(outcomes[arm])}.")
 print(
-    f"With one step at lr {settings.lr} the same seeds needed {one_step} episodes."
+    f"With one step at lr {settings.lr} the "
+    f"same seeds needed {one_step} episodes."
 )
 failed = {arm: n_runs - n_passed[arm] for arm in arms}
 if n_sooner and failed[ten]:
@@ -2030,14 +2049,14 @@ else:
 horizon_300 = gamma**300 / (1 - gamma)  # discounted rewards from 300 steps on
 horizon_500 = gamma**500 / (1 - gamma)
 print(
-    f"{answer}. The trained policy averages {long_returns.mean():.0f} steps. "
-    f"With gamma = {gamma}, a fall 300 steps ahead lowers G_t by only {horizon_300:.1f} of the "
-    f"{1 / (1 - gamma):.0f} that balancing forever is worth, and a fall 500 "
-    f"steps ahead by {horizon_500:.2f}. A slow drift of the cart that ends an "
-    "episode hundreds of steps later is nearly invisible to the learning "
-    "signal, whatever the time limit. The random policy averages "
-    f"{long_random.mean():.1f}, the same as with the old limit, which it never "
-    "came near."
+    f"{answer}. The trained policy averages {long_returns.mean():.0f} "
+    f"steps. With gamma = {gamma}, a fall 300 steps ahead lowers G_t by "
+    f"only {horizon_300:.1f} of the {1 / (1 - gamma):.0f} that balancing "
+    f"forever is worth, and a fall 500 steps ahead by {horizon_500:.2f}. "
+    "A slow drift of the cart that ends an episode hundreds of steps "
+    "later is nearly invisible to the learning signal, whatever the "
+    f"time limit. The random policy averages {long_random.mean():.1f}, "
+    "the same as with the old limit, which it never came near."
 )
 # the loop matches the helper
 assert np.array_equal(lengths, long_returns.numpy())
@@ -2062,7 +2081,9 @@ assert np.all(early == (off_track | pole_fell))  # every early end is explained
 # Solution 5: with beta = 0 the loss is reinforce_update's, so section 7.5's
 # plain runs are the control arm; same seeds, same settings, only beta changes.
 def make_entropy_update(beta: float) -> Update:
-    """reinforce_update plus a bonus of ``beta`` times the policy's mean entropy."""
+    """reinforce_update plus a bonus of ``beta`` times the policy's mean
+    entropy.
+    """
 
     def entropy_update(
         batch: list[Episode],

@@ -165,7 +165,8 @@ val_set = TensorDataset(images[val_index], labels[val_index])
 test_set = TensorDataset(images[test_index], labels[test_index])
 val_loader = DataLoader(val_set, batch_size=512)
 print(
-    f"train {len(train_set)}, validation {len(val_set)}, test {len(test_set)} digits"
+    f"train {len(train_set)}, validation "
+    f"{len(val_set)}, test {len(test_set)} digits"
 )
 record("n_train", len(train_set), fmt="{:,}")
 
@@ -184,7 +185,9 @@ def make_model(hidden: int = 256, dropout: float = 0.1) -> nn.Sequential:
 
 
 def label_log_axis(axis) -> None:
-    """Ticks at 1, 2 and 5 times powers of ten, labelled 0.2 or 50, not 2×10⁻¹."""
+    """Ticks at 1, 2 and 5 times powers of ten, labelled 0.2 or 50, not
+    2×10⁻¹.
+    """
     axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(
         ticker.FuncFormatter(lambda value, _: f"{value:g}")
@@ -211,7 +214,8 @@ batch = images[:4].to(device)  # Tensor.to returns a new tensor: assign it
 print("output on", model(batch).device)
 if torch.cuda.is_available():
     print(
-        "This machine has CUDA, so .cuda() happens to work here (and only on such"
+        "This machine has CUDA, so .cuda() "
+        "happens to work here (and only on such"
     )
     print("a machine).")
 else:
@@ -219,7 +223,8 @@ else:
         images[:4].cuda()
     except (AssertionError, RuntimeError) as error:
         print(
-            f"images[:4].cuda() -> {type(error).__name__}: {str(error).splitlines()[0]}"
+            f"images[:4].cuda() -> {type(error).__name__}: "
+            f"{str(error).splitlines()[0]}"
         )
 
 # %% [markdown]
@@ -237,7 +242,9 @@ batch_sizes = [1, 8, 64, 512, 4096]
 
 
 def forward_times(on: torch.device) -> dict[int, float]:
-    """Fastest time in seconds of one forward pass of a fresh model, per batch size."""
+    """Fastest time in seconds of one forward pass of a fresh model, per
+    batch size.
+    """
     torch.manual_seed(seed)
     net = make_model().to(on).eval()
     times = {}
@@ -300,15 +307,15 @@ if (
     and cpu_per_sample[4096] > 1.1 * cpu_per_sample[cpu_best_batch]
 ):
     large_batch_sentence = (
-        f"At 4,096 the time per sample rose again, to "
-        f"{cpu_per_sample[4096] * 1e6:.2f} µs. Three likely causes: the memory "
-        f"allocator (each hidden activation is 4,096 x 256 x 4 bytes = 4 MiB, a "
-        f"size that glibc's malloc on Linux may hand back to the operating system "
-        f"when freed, so that the next call gets fresh pages and pays a page fault "
-        f"for each; starting Python with MALLOC_MMAP_THRESHOLD_=67108864 tests "
-        f"this), a batch this large no longer fitting in the CPU's fast caches, or "
-        f"other programs competing for the CPU while it was timed. This run did not "
-        f"separate them."
+        "At 4,096 the time per sample rose again, to "
+        f"{cpu_per_sample[4096] * 1e6:.2f} µs. Three likely causes: the "
+        "memory allocator (each hidden activation is 4,096 x 256 x 4 "
+        "bytes = 4 MiB, a size that glibc's malloc on Linux may hand back "
+        "to the operating system when freed, so that the next call gets "
+        "fresh pages and pays a page fault for each; starting Python with "
+        "MALLOC_MMAP_THRESHOLD_=67108864 tests this), a batch this large no "
+        "longer fitting in the CPU's fast caches, or other programs competing "
+        "for the CPU while it was timed. This run did not separate them."
     )
 elif cpu_best_batch == 4096:
     large_batch_sentence = (
@@ -322,15 +329,16 @@ else:
 record("large_batch_sentence", large_batch_sentence)
 if device.type == "cpu":
     accelerator_sentence = (
-        "This machine has no accelerator, so only the CPU was measured; on a machine "
-        "with a GPU the same cell draws a second line."
+        "This machine has no accelerator, so only the CPU was measured; "
+        "on a machine with a GPU the same cell draws a second line."
     )
 else:
     accel = sweep[device.type]
     accelerator_sentence = (
         f"On this machine the {device.type.upper()} was "
-        f"{speed_verdict(cpu_times[1], accel[1])} the CPU for a batch of 1 and "
-        f"{speed_verdict(cpu_times[4096], accel[4096])} the CPU for a batch of 4,096."
+        f"{speed_verdict(cpu_times[1], accel[1])} the CPU for a batch "
+        f"of 1 and {speed_verdict(cpu_times[4096], accel[4096])} "
+        "the CPU for a batch of 4,096."
     )
 record("accelerator_sentence", accelerator_sentence)
 
@@ -377,10 +385,10 @@ if device.type == "cpu":
     same_object = transfer_batch.to(device) is transfer_batch
     noop_s = best_time(partial(transfer_batch.to, device), repeat=100)
     transfer_sentence = (
-        f"Here the device is the CPU, so .to(device) returned the very same tensor "
-        f"object (an identity check with is gives {same_object}) in "
-        f"{noop_s * 1e6:.1f} µs: nothing was copied, and pinned memory needs an "
-        f"accelerator, so this machine has no transfer to measure."
+        "Here the device is the CPU, so .to(device) returned the very same "
+        f"tensor object (an identity check with is gives {same_object}) "
+        f"in {noop_s * 1e6:.1f} µs: nothing was copied, and pinned memory "
+        "needs an accelerator, so this machine has no transfer to measure."
     )
     assert same_object
 else:
@@ -388,10 +396,11 @@ else:
         partial(transfer_batch.to, device), repeat=20, device=device
     )
     transfer_sentence = (
-        f"Copying {mebibytes:.0f} MiB from pageable memory to the {device.type.upper()} "
-        f"took {pageable_s * 1e6:.0f} µs ({mebibytes / 1024 / pageable_s:.1f} GiB/s), "
-        f"against {sweep[device.type][4096] * 1e6:.0f} µs for the forward pass on "
-        f"that batch."
+        f"Copying {mebibytes:.0f} MiB from pageable memory to "
+        f"the {device.type.upper()} took {pageable_s * 1e6:.0f} "
+        f"µs ({mebibytes / 1024 / pageable_s:.1f} GiB/s), "
+        f"against {sweep[device.type][4096] * 1e6:.0f} "
+        "µs for the forward pass on that batch."
     )
     if device.type == "cuda":
 
@@ -407,11 +416,12 @@ else:
             device=device,
         )
         transfer_sentence += (
-            f" Pinning the batch and then copying it took {pin_each_s * 1e6:.0f} µs: "
-            f"{speed_verdict(pageable_s, pin_each_s)} the plain copy. Copying a "
-            f"batch that was pinned beforehand took {pinned_s * 1e6:.0f} µs "
-            f"({mebibytes / 1024 / pinned_s:.1f} GiB/s): "
-            f"{speed_verdict(pageable_s, pinned_s)} the plain copy."
+            " Pinning the batch and then copying "
+            f"it took {pin_each_s * 1e6:.0f} µs: "
+            f"{speed_verdict(pageable_s, pin_each_s)} the plain "
+            "copy. Copying a batch that was pinned beforehand took "
+            f"{pinned_s * 1e6:.0f} µs ({mebibytes / 1024 / pinned_s:.1f} "
+            f"GiB/s): {speed_verdict(pageable_s, pinned_s)} the plain copy."
         )
 print(transfer_sentence)
 record("transfer_sentence", transfer_sentence)
@@ -446,7 +456,9 @@ x_batch, y_batch = images[:64].to(device), labels[:64].to(device)
 def train_steps(
     net, optimizer, x, y, read_every_step: bool, steps: int = 20
 ) -> float:
-    """`steps` training steps on one batch; the mean loss read every step or once."""
+    """`steps` training steps on one batch; the mean loss read every step or
+    once.
+    """
     total = torch.zeros((), device=x.device)
     read = 0.0
     for _ in range(steps):
@@ -472,8 +484,8 @@ item_every_s, item_once_s = (
 )
 item_verdict = speed_verdict(item_every_s, item_once_s)
 print(
-    f"item() every step: {item_every_s * 1e3:.2f} ms per step; "
-    f"once: {item_once_s * 1e3:.2f} ms per step -> once is {item_verdict} every step"
+    f"item() every step: {item_every_s * 1e3:.2f} ms per step; once: "
+    f"{item_once_s * 1e3:.2f} ms per step -> once is {item_verdict} every step"
 )
 record("item_every_ms", item_every_s * 1e3, fmt="{:.2f}")
 record("item_once_ms", item_once_s * 1e3, fmt="{:.2f}")
@@ -543,8 +555,8 @@ if default_threads > 1:
     one, many = thread_times[1], thread_times[default_threads]
     threads_sentence = (
         f"With {default_threads} threads the small training step was "
-        f"{speed_verdict(one[0], many[0])} with one thread, and the large forward pass "
-        f"{speed_verdict(one[1], many[1])} with one thread."
+        f"{speed_verdict(one[0], many[0])} with one thread, and the large "
+        f"forward pass {speed_verdict(one[1], many[1])} with one thread."
     )
 else:
     threads_sentence = (
@@ -593,7 +605,9 @@ per_sample_loader = DataLoader(
 def make_train_loader(
     batch_size: int, generator: torch.Generator
 ) -> DataLoader:
-    """Shuffled batches of the training digits, indexed a whole batch at a time."""
+    """Shuffled batches of the training digits, indexed a whole batch at a
+    time.
+    """
     sampler = RandomSampler(train_set, generator=generator)
     batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
     # The loader also draws a seed for its workers at every epoch (section 8.8):
@@ -618,8 +632,8 @@ per_sample_s = best_time(partial(read_all, per_sample_loader), repeat=5)
 per_batch_s = best_time(partial(read_all, per_batch_loader), repeat=5)
 loader_verdict = speed_verdict(per_sample_s, per_batch_s)
 print(
-    f"one epoch of loading: per sample {per_sample_s * 1e3:.1f} ms, "
-    f"per batch {per_batch_s * 1e3:.2f} ms -> per batch is {loader_verdict} per sample"
+    f"one epoch of loading: per sample {per_sample_s * 1e3:.1f} ms, per batch "
+    f"{per_batch_s * 1e3:.2f} ms -> per batch is {loader_verdict} per sample"
 )
 record("per_sample_ms", per_sample_s * 1e3, fmt="{:.1f}")
 record("per_batch_ms", per_batch_s * 1e3, fmt="{:.2f}")
@@ -732,7 +746,9 @@ if device.type == "cuda":
 
 
 def timed_epochs(dataset: Dataset, epochs: int = 3, **options) -> list[float]:
-    """Seconds per epoch of loading every batch and taking one training step on it."""
+    """Seconds per epoch of loading every batch and taking one training step
+    on it.
+    """
     torch.manual_seed(seed)
     net = make_model().to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
@@ -816,8 +832,8 @@ started = {
 }.get(start_method, start_method)
 if persistent_verdict.endswith("faster than"):
     restart_sentence = (
-        f"so restarting two workers ({started} here) cost about {restart_ms:.0f} ms "
-        "per epoch"
+        f"so restarting two workers ({started} here) "
+        f"cost about {restart_ms:.0f} ms per epoch"
     )
 else:
     restart_sentence = (
@@ -844,8 +860,8 @@ if device.type == "cuda":
     )
 else:
     pinned_sentence = (
-        "pin_memory=True was not measured: it needs an accelerator, and on this "
-        "machine the loader would only warn and ignore it."
+        "pin_memory=True was not measured: it needs an accelerator, "
+        "and on this machine the loader would only warn and ignore it."
     )
 record("pinned_sentence", pinned_sentence)
 
@@ -932,8 +948,8 @@ print(
     f"class from the notebook ({NotebookDataset.__module__}): {notebook_error}"
 )
 print(
-    f"class from {CostlyDataset.__module__}: unpickled in {module_seconds:.1f} s "
-    "(a fresh process imports torch first)"
+    f"class from {CostlyDataset.__module__}: unpickled in "
+    f"{module_seconds:.1f} s (a fresh process imports torch first)"
 )
 assert not notebook_ok and "NotebookDataset" in notebook_error and module_ok
 record("spawn_import_s", module_seconds, fmt="{:.1f}")
@@ -971,7 +987,9 @@ imports the script's main module.)
 
 # %%
 def rates_used(scheduler_first: bool) -> list[float]:
-    """The learning rate each of three optimizer steps used, with StepLR halving it."""
+    """The learning rate each of three optimizer steps used, with StepLR
+    halving it.
+    """
     weight = nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([weight], lr=0.1)
     scheduler = lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
@@ -1016,7 +1034,9 @@ assert right_order == [0.1, 0.05, 0.025] and wrong_order == [
 
 # %%
 def range_test(run_seed: int, low=1e-3, high=10.0, steps=100):
-    """Rates and per-batch losses of one run whose rate grows from low to high."""
+    """Rates and per-batch losses of one run whose rate grows from low to
+    high.
+    """
     torch.manual_seed(run_seed)
     net = make_model().to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=low, momentum=0.9)
@@ -1038,7 +1058,9 @@ def range_test(run_seed: int, low=1e-3, high=10.0, steps=100):
 
 
 def smooth(values: np.ndarray, beta: float = 0.9) -> np.ndarray:
-    """Exponential moving average with bias correction; non-finite values as 1e9."""
+    """Exponential moving average with bias correction; non-finite values as
+    1e9.
+    """
     average, out = 0.0, []
     for i, value in enumerate(np.nan_to_num(values, nan=1e9, posinf=1e9)):
         average = beta * average + (1 - beta) * value
@@ -1302,14 +1324,14 @@ if best_name == "constant":
     schedule_sentence = "no schedule beat the constant rate"
 elif schedule_gain > noise:
     schedule_sentence = (
-        f"{best_name} at {best_rate} beat the constant rate at its better rate, "
-        f"{constant_rate}, by more than the two seeds of either differed"
+        f"{best_name} at {best_rate} beat the constant rate at its better "
+        f"rate, {constant_rate}, by more than the two seeds of either differed"
     )
 else:
     schedule_sentence = (
-        f"{best_name} at {best_rate} came first, but its lead over the constant rate "
-        f"at {constant_rate} is smaller than the difference between the two seeds of "
-        "one of them, so it is not a result"
+        f"{best_name} at {best_rate} came first, but its lead over the "
+        f"constant rate at {constant_rate} is smaller than the difference "
+        "between the two seeds of one of them, so it is not a result"
     )
 decaying = [name for name in schedule_names if name != "constant"]
 constant_high = mean_val["constant", high]
@@ -1347,19 +1369,24 @@ else:
     not_rescued_sentence = (
         f"{not_rescued[0][0].upper()}{' and '.join(not_rescued)[1:]} did not: "
         + ("it" if len(not_rescued) == 1 else "they")
-        + " ended no better than the constant rate by more than the seeds differed "
-        "(with two seeds a combination, which schedule falls short is itself noisy)."
+        + (
+            " ended no better than the constant rate by more than "
+            "the seeds differed (with two seeds a combination, "
+            "which schedule falls short is itself noisy)."
+        )
     )
     if "OneCycleLR" in not_rescued:
         not_rescued_sentence += (
-            f" OneCycleLR starts low but climbs to the full {high} by 30 % of the run "
-            "and stays near it through the middle, so its slow start probably does "
-            "not keep it from the rate that failed (a likely reading, not measured)."
+            f" OneCycleLR starts low but climbs to the full {high} by "
+            "30 % of the run and stays near it through the middle, "
+            "so its slow start probably does not keep it from the "
+            "rate that failed (a likely reading, not measured)."
         )
 print(not_rescued_sentence)
 record("not_rescued_sentence", not_rescued_sentence)
 rescue_sentence = (
-    "A high rate makes fast progress early, and the decay lets the weights settle late"
+    "A high rate makes fast progress early, "
+    "and the decay lets the weights settle late"
     + (
         "; warm-up also shields the first steps."
         if "warm-up + cosine" in rescued
@@ -1371,14 +1398,14 @@ worse_low_names = ", ".join(worse_low[:-1]) + " and " * (len(worse_low) > 1)
 worse_low_names += worse_low[-1] if worse_low else ""
 if worse_low:
     worse_low_sentence = (
-        f"At {low}, {worse_low_names} ended worse than the constant rate by more than "
-        "their seeds differed: they spend much of a short run below a rate that was "
-        "not too high to begin with."
+        f"At {low}, {worse_low_names} ended worse than the constant "
+        "rate by more than their seeds differed: they spend much of a "
+        "short run below a rate that was not too high to begin with."
     )
 else:
     worse_low_sentence = (
-        f"At {low}, no schedule ended worse than the constant rate by more than the "
-        "seeds differed."
+        f"At {low}, no schedule ended worse than the "
+        "constant rate by more than the seeds differed."
     )
 record("worse_low_sentence", worse_low_sentence)
 record("schedule_sentence", schedule_sentence)
@@ -1390,7 +1417,9 @@ record(
     "high_rate_ratio",
     mean_val[best_high, high] / constant_high,
     fmt="{:.2f}",
-    headline="LR schedules at lr 0.5: best schedule's / constant rate's val loss",
+    headline=(
+        "LR schedules at lr 0.5: best schedule's / constant rate's val loss"
+    ),
 )
 # the headline: at the high rate a schedule trains where the constant rate does
 # not (ratio measured 0.18, 0.27 and 0.07 for seeds 0, 1, 2, and 0.21 on PyTorch
@@ -1666,14 +1695,15 @@ fp32_step_s, amp_step_s = (
 )
 amp_verdict = speed_verdict(fp32_step_s, amp_step_s)
 print(
-    f"training step, batch 256: float32 {fp32_step_s * 1e3:.2f} ms, "
-    f"autocast {amp_name} {amp_step_s * 1e3:.2f} ms -> autocast is {amp_verdict} "
-    "float32"
+    f"training step, batch 256: float32 {fp32_step_s * 1e3:.2f} ms, autocast "
+    f"{amp_name} {amp_step_s * 1e3:.2f} ms -> autocast is {amp_verdict} float32"
 )
 
 
 def cpu_features() -> set[str]:
-    """The CPU's feature names from /proc/cpuinfo: x86 'flags', Arm 'Features'."""
+    """The CPU's feature names from /proc/cpuinfo: x86 'flags', Arm
+    'Features'.
+    """
     path = Path("/proc/cpuinfo")
     if not path.exists():  # only Linux has it
         return set()
@@ -1691,18 +1721,18 @@ if amp_device.type != "cpu":
     bf16_sentence = f"The step ran on the {amp_device.type.upper()}."
 elif not cpu_features():
     bf16_sentence = (
-        "This system does not list its CPU features in /proc/cpuinfo, so whether "
-        "it computes in bfloat16 natively is not known here."
+        "This system does not list its CPU features in /proc/cpuinfo, "
+        "so whether it computes in bfloat16 natively is not known here."
     )
 elif native_bf16:
     bf16_sentence = (
-        f"This CPU lists {' and '.join(native_bf16)} among its features: it has "
-        "native bfloat16 instructions."
+        f"This CPU lists {' and '.join(native_bf16)} among "
+        "its features: it has native bfloat16 instructions."
     )
 else:
     bf16_sentence = (
-        "This CPU lists none of avx512_bf16, amx_bf16 (x86) or bf16 (Arm) among its "
-        "features, so it has no native bfloat16 instructions."
+        "This CPU lists none of avx512_bf16, amx_bf16 (x86) or bf16 (Arm) "
+        "among its features, so it has no native bfloat16 instructions."
     )
 print(bf16_sentence)
 
@@ -1775,7 +1805,9 @@ hardware without native 16-bit products shows no gain.
 def train_precision(
     amp: bool, on: torch.device, dtype: torch.dtype, epochs: int = 8
 ):
-    """Train a fresh model with Adam, with or without autocast; return the history."""
+    """Train a fresh model with Adam, with or without autocast; return the
+    history.
+    """
     torch.manual_seed(seed)
     net = make_model().to(on)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -1910,9 +1942,11 @@ the hardware.
 
 # %%
 def synchronize() -> None:
-    """Wait until the device has finished its queued work (nothing to do on a CPU).
+    """Wait until the device has finished its queued work (nothing to do on a
+    CPU).
 
-    From PyTorch 2.6 on, torch.accelerator.synchronize() does this for any device.
+    From PyTorch 2.6 on, torch.accelerator.synchronize() does this for any
+    device.
     """
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -2024,20 +2058,25 @@ if compile_skip is None:
     compile_sentence = (
         f"The first call took {compile_s:.1f} s"
         + (" (a hit in Inductor's on-disk cache)" if compile_cache_hit else "")
-        + ". Afterwards a forward pass of batch "
-        f"256 took {compiled_s * 1e6:.0f} µs compiled against {eager_s * 1e6:.0f} µs "
-        f"eager: the compiled model was {compile_verdict} the eager one, so the "
-        f"compile time {break_even}. "
+        + (
+            ". Afterwards a forward pass of batch 256 took "
+            f"{compiled_s * 1e6:.0f} µs compiled against {eager_s * 1e6:.0f} "
+            f"µs eager: the compiled model was {compile_verdict} "
+            f"the eager one, so the compile time {break_even}. "
+        )
         + (
             "The outputs were bit for bit equal."
             if compile_gap == 0
-            else f"The outputs differed by at most {compile_gap:.1e}, a fraction "
-            f"{compile_gap_share:.1g} of what float32 rounding of these sums can "
-            "account for."
+            else (
+                f"The outputs differed by at most {compile_gap:.1e}, "
+                f"a fraction {compile_gap_share:.1g} of what "
+                "float32 rounding of these sums can account for."
+            )
         )
     )
     print(
-        f"largest difference between compiled and eager outputs: {compile_gap:.1e}"
+        "largest difference between compiled "
+        f"and eager outputs: {compile_gap:.1e}"
     )
     # Measured: 0 (bit for bit) at CPU levels default, avx2 and avx512 with
     # seeds 0-2, 1e-7 on an H200 GPU. The bound is a worst case, so passing it
@@ -2272,9 +2311,9 @@ cosine = nn.functional.cosine_similarity(
     dim=0,
 )
 print(
-    f"norm by hand {by_hand:.4f}, returned {returned:.4f}; clipped to {clip_to}: "
-    f"norm after {after:.4f}, 1 - cosine(before, after) {1 - cosine.item():.1e} "
-    "(0 up to float32 rounding)"
+    f"norm by hand {by_hand:.4f}, returned {returned:.4f}; clipped "
+    f"to {clip_to}: norm after {after:.4f}, 1 - cosine(before, "
+    f"after) {1 - cosine.item():.1e} (0 up to float32 rounding)"
 )
 assert torch.isclose(by_hand, returned) and abs(after.item() - clip_to) < 1e-4
 assert cosine > 0.9999
@@ -2294,7 +2333,9 @@ assert cosine > 0.9999
 
 # %%
 def train_clipped(lr: float, max_norm: float, epochs: int = 6):
-    """SGD with momentum; return the model, every step's gradient norm, val losses."""
+    """SGD with momentum; return the model, every step's gradient norm, val
+    losses.
+    """
     torch.manual_seed(seed)
     net = make_model().to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
@@ -2314,7 +2355,9 @@ def train_clipped(lr: float, max_norm: float, epochs: int = 6):
 
 
 def dead_share(net: nn.Module, x: torch.Tensor) -> float:
-    """Share of the first hidden layer's ReLUs that output 0 for every row of x."""
+    """Share of the first hidden layer's ReLUs that output 0 for every row of
+    x.
+    """
     with torch.no_grad():
         hidden = net[1](net[0](x))  # (N, 256) after Linear and ReLU
     return (hidden.amax(dim=0) == 0).float().mean().item()
@@ -2377,12 +2420,12 @@ late_norm = {
 for (lr, mode), loss in final_loss.items():
     print(f"lr {lr:<4} {mode:11}: final validation loss {loss:.3f}")
 print(
-    f"max_norm {clip_limit:.2f}: clipped {clipped_share[sensible]:.0%} of the steps "
-    f"at lr {sensible}, {clipped_share[excessive]:.0%} at lr {excessive}"
+    f"max_norm {clip_limit:.2f}: clipped {clipped_share[sensible]:.0%} of the "
+    f"steps at lr {sensible}, {clipped_share[excessive]:.0%} at lr {excessive}"
 )
 print(
-    f"first-layer ReLUs dead for every validation digit: {dead[sensible]:.0%} at lr "
-    f"{sensible}, {dead[excessive]:.0%} at lr {excessive} (no clipping)"
+    f"first-layer ReLUs dead for every validation digit: {dead[sensible]:.0%} "
+    f"at lr {sensible}, {dead[excessive]:.0%} at lr {excessive} (no clipping)"
 )
 record("clip_limit", clip_limit, fmt="{:.2f}")
 record("clipped_share_low", clipped_share[sensible], fmt="{:.0%}")
@@ -2403,15 +2446,15 @@ record(
 )
 if dead[excessive] > 0.5 and late_norm[excessive] < late_norm[sensible]:
     dead_sentence = (
-        "Most of its first layer's ReLU units had died: a few huge early steps "
-        "pushed their inputs below zero for every digit, after which they output "
-        "zero, pass no gradient and never recover. Its small late gradient norm is "
-        "the sign of a dead network, not of a converged one."
+        "Most of its first layer's ReLU units had died: a few huge early "
+        "steps pushed their inputs below zero for every digit, after which "
+        "they output zero, pass no gradient and never recover. Its small late "
+        "gradient norm is the sign of a dead network, not of a converged one."
     )
 else:
     dead_sentence = (
-        "Its units did not die in this run, so its high loss comes from steps too "
-        "large to settle."
+        "Its units did not die in this run, so its high "
+        "loss comes from steps too large to settle."
     )
 record("dead_sentence", dead_sentence)
 dead_clipped = dead_share(clip_runs[excessive, "clipped"][0], x_val_all)
@@ -2521,7 +2564,10 @@ record(
     "step_error_right",
     step_errors[None],
     fmt="{:.0e}",
-    headline="Accumulated step (GradScaler, clipping) vs one big-batch step: relative error",
+    headline=(
+        "Accumulated step (GradScaler, clipping) "
+        "vs one big-batch step: relative error"
+    ),
 )
 record("step_error_loop", step_errors["clip inside the loop"], fmt="{:.2f}")
 record("step_error_scaled", step_errors["clip before unscale_"], fmt="{:.2f}")
@@ -2566,13 +2612,16 @@ if dist.is_available():  # a build without torch.distributed lacks this module
 
 
 def counting_hook(calls: list, bucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP's default all-reduce (the average over processes); counts its calls."""
+    """DDP's default all-reduce (the average over processes); counts its
+    calls.
+    """
     calls.append(bucket.buffer().numel())
     return default_hooks.allreduce_hook(None, bucket)
 
 
 def ddp_accumulate(ddp_net, calls: list, wrap: str, k: int = 4):
-    """Accumulate k micro-batches; return the number of all-reduces and the grads.
+    """Accumulate k micro-batches; return the number of all-reduces and the
+    grads.
 
     wrap: what runs under no_sync for all but the last micro-batch: "nothing",
     "backward only" (a mistake) or "forward and backward".
@@ -2627,9 +2676,10 @@ if dist.is_available():
         for a, b in zip(grads_plain, grads_no_sync, strict=True)
     )
     no_sync_sentence = (
-        f"Without no_sync the four backward passes made {calls_plain} all-reduces; "
-        f"with only the backward passes inside no_sync, still {calls_late}; with "
-        f"forward and backward inside, {calls_no_sync}, and the gradients were "
+        f"Without no_sync the four backward passes made {calls_plain} "
+        "all-reduces; with only the backward passes inside "
+        f"no_sync, still {calls_late}; with forward and backward "
+        f"inside, {calls_no_sync}, and the gradients were "
         f"{'identical' if same_gradients else 'different'} to those without it."
     )
     no_sync_short = (
@@ -2678,7 +2728,9 @@ class Crash(Exception):
 
 
 def rng_states() -> dict:
-    """Every random generator training draws from (add NumPy's or Python's if used)."""
+    """Every random generator training draws from (add NumPy's or Python's if
+    used).
+    """
     states = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
@@ -2705,7 +2757,9 @@ def fresh_training():
 
 
 def run_epochs(parts, first, last, folder, crash_at=None) -> list[float]:
-    """Train epochs first..last; checkpoint after each; optionally crash mid-way."""
+    """Train epochs first..last; checkpoint after each; optionally crash
+    mid-way.
+    """
     net, optimizer, scheduler, shuffle_rng = parts
     loader = make_train_loader(64, shuffle_rng)
     losses = []  # kept on the device: .item() every step would wait for it
@@ -2758,7 +2812,9 @@ with tempfile.TemporaryDirectory() as folder:
 
 # %%
 def resume(checkpoint: dict, skip: str | None = None):
-    """Rebuild everything, restore the checkpoint except `skip`, finish training."""
+    """Rebuild everything, restore the checkpoint except `skip`, finish
+    training.
+    """
     torch.manual_seed(12345)
     parts = fresh_training()
     net, optimizer, scheduler, shuffle_rng = parts
@@ -2794,7 +2850,8 @@ resumed_equal = all(
     )
 )
 print(
-    f"resumed from epoch {checkpoint['epoch']}: weights bit-for-bit equal: {resumed_equal}"
+    f"resumed from epoch {checkpoint['epoch']}: "
+    f"weights bit-for-bit equal: {resumed_equal}"
 )
 ablation = {}
 for part in ("optimizer", "scheduler", "random states"):
@@ -2802,12 +2859,16 @@ for part in ("optimizer", "scheduler", "random states"):
         uninterrupted[0], resume(checkpoint, skip=part)[0]
     )
     print(
-        f"  resumed without the {part:13}: largest weight difference {ablation[part]:.1e}"
+        f"  resumed without the {part:13}: largest "
+        f"weight difference {ablation[part]:.1e}"
     )
 record(
     "resume_equal",
     resumed_equal,
-    headline="Resume after a crash reproduces the uninterrupted weights (torch.equal)",
+    headline=(
+        "Resume after a crash reproduces the "
+        "uninterrupted weights (torch.equal)"
+    ),
 )
 record("skip_optimizer_gap", ablation["optimizer"], fmt="{:.1e}")
 record("skip_scheduler_gap", ablation["scheduler"], fmt="{:.1e}")
@@ -2817,7 +2878,9 @@ assert min(ablation.values()) > 0
 
 
 def gap_words(gap: float) -> str:
-    """How two runs' losses compared step by step, in words for a title or text."""
+    """How two runs' losses compared step by step, in words for a title or
+    text.
+    """
     if gap == 0:
         return "are identical at every step"
     return f"differ by at most {gap:.1g} at any step"
@@ -3060,7 +3123,10 @@ fig = plot_losses(
         f"seed {seed}, second run": second_losses,
         f"seed {seed + 1}": other_losses,
     },
-    title=f"Three seeded runs; the two runs with seed {seed} {gap_words(repeat_gap)}",
+    title=(
+        "Three seeded runs; the two runs with "
+        f"seed {seed} {gap_words(repeat_gap)}"
+    ),
     xlabel="optimizer step",
     ylabel="training loss (log scale)",
     log_y=True,
@@ -3172,7 +3238,9 @@ groups = {
 
 
 def record_profile():
-    """Profile 5 training steps after 3 of warm-up; return the operator averages."""
+    """Profile 5 training steps after 3 of warm-up; return the operator
+    averages.
+    """
     with profile(
         activities=activities,
         schedule=schedule(wait=0, warmup=3, active=5, repeat=1),
@@ -3186,7 +3254,9 @@ def record_profile():
 
 
 def read_profile(events) -> dict:
-    """Phase shares, operator-group shares and the top operator of one recording."""
+    """Phase shares, operator-group shares and the top operator of one
+    recording.
+    """
     phase_time = {
         e.key: getattr(e, total_key) for e in events if e.key in phases
     }
@@ -3239,8 +3309,8 @@ for reading in readings:
     )
 if device.type == "cpu":
     phase_sentence = (
-        "By CPU time (the median of the recordings, their range in brackets), the "
-        "step split into "
+        "By CPU time (the median of the recordings, "
+        "their range in brackets), the step split into "
         + ", ".join(f"{name} {share_text(name)}" for name in phases)
     )
 else:
@@ -3261,19 +3331,20 @@ top_sentence = (
 )
 dropout_ratios = [r["dropout"] / r["matrix products"] for r in readings]
 profile_sentence = (
-    f"{phase_sentence}. Among the operators, by {where} time, the matrix products "
-    f"(addmm, mm) took {share_text('matrix products')}, dropout's operators "
-    f"{share_text('dropout')} and allocating memory {share_text('allocation')}; "
-    f"{top_sentence}"
+    f"{phase_sentence}. Among the operators, by {where} time, the "
+    f"matrix products (addmm, mm) took {share_text('matrix products')}, "
+    f"dropout's operators {share_text('dropout')} and allocating "
+    f"memory {share_text('allocation')}; {top_sentence}"
 )
 profile_short = (
-    f"median of {n_profiles} recordings: matrix products "
-    f"{share_text('matrix products')}, dropout {share_text('dropout')} of operator time"
+    f"median of {n_profiles} recordings: matrix "
+    f"products {share_text('matrix products')}, "
+    f"dropout {share_text('dropout')} of operator time"
 )
 if device.type == "mps":
     profile_sentence += (
-        " (on MPS these are the CPU's times to prepare and send the work, not the "
-        "GPU's times to do it)"
+        " (on MPS these are the CPU's times to prepare "
+        "and send the work, not the GPU's times to do it)"
     )
 print(profile_sentence)
 record("profile_sentence", profile_sentence)
@@ -3665,19 +3736,20 @@ if load_at_start is None:
 else:
     busiest = max(load_at_start, load_at_end)
     load_sentence = (
-        f"The machine's load average (processes running or waiting for a CPU, over a "
-        f"minute, this notebook's own included) was {load_at_start:.1f} at the start "
-        f"of this run and {load_at_end:.1f} at the end, with {usable_cpus} logical "
-        "CPUs usable here."
+        "The machine's load average (processes running or waiting "
+        "for a CPU, over a minute, this notebook's own included) was "
+        f"{load_at_start:.1f} at the start of this run and {load_at_end:.1f} "
+        f"at the end, with {usable_cpus} logical CPUs usable here."
     )
     if busiest > usable_cpus:
         load_sentence += (
-            " That is more than the CPUs can serve at once, so processes queued for "
-            "them while these measurements ran (threaded operations suffer most, "
-            "since each waits for its slowest thread). Where the queue held other "
-            "programs, the timings and verdicts on this page describe a busy machine, "
-            "not this hardware alone: run the notebook on an idle machine before "
-            "drawing conclusions about the hardware."
+            " That is more than the CPUs can serve at once, so "
+            "processes queued for them while these measurements ran "
+            "(threaded operations suffer most, since each waits for "
+            "its slowest thread). Where the queue held other programs, "
+            "the timings and verdicts on this page describe a busy "
+            "machine, not this hardware alone: run the notebook on an "
+            "idle machine before drawing conclusions about the hardware."
         )
     else:
         load_sentence += " No process had to queue for a CPU on average."
@@ -3695,6 +3767,9 @@ if compile_skip is None:
     )
 else:
     compile_effect = compile_skip
+inference_verdict = speed_verdict(
+    mode_times["autograd on"], mode_times["inference_mode"]
+)
 summary_rows = [
     (
         "1 Devices",
@@ -3704,9 +3779,10 @@ summary_rows = [
     ),
     (
         "2 Data loading",
-        f"batch-wise indexing {loader_verdict} per-sample; 2 persistent workers "
-        f"{speed_verdict(wait_none, wait_persistent)} none (waiting items), "
-        f"{speed_verdict(compute_none, compute_persistent)} none (computing items)",
+        f"batch-wise indexing {loader_verdict} per-sample; 2 persistent "
+        f"workers {speed_verdict(wait_none, wait_persistent)} none (waiting "
+        f"items), {speed_verdict(compute_none, compute_persistent)} "
+        "none (computing items)",
     ),
     (
         "3 LR schedules",
@@ -3724,8 +3800,8 @@ summary_rows = [
     (
         "6 Accumulation, clipping",
         f"clipped {clipped_share[sensible]:.0%} of steps at lr {sensible}, "
-        f"{clipped_share[excessive]:.0%} at lr {excessive}; accumulated step vs big "
-        f"batch {step_errors[None]:.0e} (clip before unscale_: "
+        f"{clipped_share[excessive]:.0%} at lr {excessive}; accumulated "
+        f"step vs big batch {step_errors[None]:.0e} (clip before unscale_: "
         f"{step_errors['clip before unscale_']:.2f}); {no_sync_short}",
     ),
     (
@@ -3740,15 +3816,17 @@ summary_rows = [
     ),
     (
         "9 Profiling, memory",
-        f"{profile_short}; activations {activation_measured / mib:.2f} "
-        f"MiB measured vs {activation_estimate / mib:.2f} estimated; inference_mode "
-        f"{speed_verdict(mode_times['autograd on'], mode_times['inference_mode'])} "
+        f"{profile_short}; activations "
+        f"{activation_measured / mib:.2f} MiB measured vs "
+        f"{activation_estimate / mib:.2f} estimated; inference_mode "
+        f"{inference_verdict} "
         "autograd on",
     ),
     (
         "10 Checks",
-        f"initial loss {initial_loss:.3f} (ln 10 = 2.303); one batch overfit to "
-        f"{one_batch_losses[-1]:.4f}; detect_anomaly named {anomaly_error.split()[1]}",
+        f"initial loss {initial_loss:.3f} (ln 10 = 2.303); "
+        f"one batch overfit to {one_batch_losses[-1]:.4f}; "
+        f"detect_anomaly named {anomaly_error.split()[1]}",
     ),
 ]
 print(f"{'tip':25} effect measured on this machine")
@@ -3826,10 +3904,11 @@ weight_ratio = count_parameters(wide) / count_parameters(make_model())
 time_ratio_1 = wide_times[1] / cpu_times[1]
 print(
     f"batch of 1: floor (hidden=1) {floor_s * 1e6:.0f} µs, narrow "
-    f"{cpu_times[1] * 1e6:.0f} µs, wide {wide_times[1] * 1e6:.0f} µs. The wide model "
-    f"has {weight_ratio:.1f} times the weights and took {time_ratio_1:.1f} times the "
-    f"narrow model's time; it was cheapest per sample at batch size {wide_best} "
-    f"({wide_per_sample[wide_best] * 1e6:.2f} µs), the narrow one at {cpu_best_batch}."
+    f"{cpu_times[1] * 1e6:.0f} µs, wide {wide_times[1] * 1e6:.0f} µs. "
+    f"The wide model has {weight_ratio:.1f} times the weights and took "
+    f"{time_ratio_1:.1f} times the narrow model's time; it was cheapest per "
+    f"sample at batch size {wide_best} ({wide_per_sample[wide_best] * 1e6:.2f} "
+    f"µs), the narrow one at {cpu_best_batch}."
 )
 print(
     f"The floor took {floor_s * 1e6:.0f} µs: the narrow model's batch of 1 was "
@@ -3937,9 +4016,9 @@ mid_equal = all(
     )
 )
 print(
-    f"resumed at epoch {mid_checkpoint['epoch']}, step {mid_checkpoint['step']}: "
-    f"weights bit-for-bit equal to the uninterrupted run's: {mid_equal}. The crash "
-    "now cost 4 steps instead of 9."
+    f"resumed at epoch {mid_checkpoint['epoch']}, step "
+    f"{mid_checkpoint['step']}: weights bit-for-bit equal to the uninterrupted "
+    f"run's: {mid_equal}. The crash now cost 4 steps instead of 9."
 )
 assert mid_equal
 

@@ -295,7 +295,9 @@ print(collectives_path.read_text())
 
 # %%
 def shown(command: list[str]) -> str:
-    """The command as typed: `torchrun` for `python -m torch.distributed.run`."""
+    """The command as typed:
+    `torchrun` for `python -m torch.distributed.run`.
+    """
     settings = []  # leading `env NAME=value` words, shown as `NAME=value`
     if command[0] == "env":
         command = command[1:]
@@ -309,7 +311,9 @@ def shown(command: list[str]) -> str:
 def launch(
     commands: list[list[str]], timeout: float = 240, env: dict | None = None
 ):
-    """Run the commands at once, print each rank's tagged lines, return the results."""
+    """Run the commands at once, print each rank's tagged lines, return the
+    results.
+    """
     for command in commands:
         print("$", shown(command))
     start = time.perf_counter()
@@ -332,7 +336,9 @@ def launch(
 
 
 def single_node(module: str, args: list[str] = (), **kwargs) -> list[str]:
-    """A torchrun command for this machine: the rendezvous on 127.0.0.1, a free port."""
+    """A torchrun command for this machine: the rendezvous on 127.0.0.1, a
+    free port.
+    """
     endpoint = f"127.0.0.1:{free_port()}"
     return torchrun_command(
         module,
@@ -433,7 +439,9 @@ digits = load_mnist_subset(val_size=500, test_size=1000, seed=seed)
 
 
 def flat(images: torch.Tensor) -> torch.Tensor:
-    """(N, 1, 28, 28) pixels -> (N, 784), normalised with the training statistics."""
+    """(N, 1, 28, 28) pixels -> (N, 784), normalised with the training
+    statistics.
+    """
     return ((images - digits.mean) / digits.std).flatten(1)
 
 
@@ -699,7 +707,9 @@ exactly.
 def global_batches(
     dataset: TensorDataset, world_size: int, batch_size: int, epoch: int
 ):
-    """For each DDP step, the batches of all ranks concatenated, in rank order."""
+    """For each DDP step, the batches of all ranks concatenated, in rank
+    order.
+    """
     per_rank = []
     for rank in range(world_size):
         sampler = DistributedSampler(
@@ -720,7 +730,8 @@ def global_batches(
 def train_one_process(batches_of_epoch, ref_device: torch.device) -> nn.Module:
     """Chapter 2's loop in float64, initialised like the script (same seed).
 
-    Also keeps, as ``model.largest_gradient``, the largest gradient entry of any step.
+    Also keeps, as ``model.largest_gradient``, the largest gradient entry of any
+    step.
     """
     torch.manual_seed(seed)
     model = train_ddp.make_model().to(ref_device, torch.float64)
@@ -777,7 +788,8 @@ def rounding_scale(dtype: torch.dtype, n_steps: int) -> float:
 rounding_allowance = rounding_scale(torch.float64, steps)
 print(f"after {steps} steps: largest parameter difference {ddp_vs_single:.2e}")
 print(
-    f"what float64 rounding of these sums can account for: {rounding_allowance:.1e}"
+    "what float64 rounding of these sums can "
+    f"account for: {rounding_allowance:.1e}"
 )
 # CPU levels default, avx2, avx512 x seeds 0-2 (and a one-GPU machine, where the
 # workers use gloo on the CPU): gap 6e-16 to 1e-15
@@ -959,7 +971,9 @@ Chapter 8's rules carry over: clip the gradients, and unscale them if a
 
 # %%
 class TwoHeads(nn.Module):
-    """A shared hidden layer and two output heads; each forward uses one head."""
+    """A shared hidden layer and two output heads; each forward uses one
+    head.
+    """
 
     def __init__(self):
         super().__init__()
@@ -1142,7 +1156,8 @@ print(
     f"uninterrupted {ddp_history[-1]['train_loss']:.6f}"
 )
 print(
-    f"largest parameter difference: {max_difference(crash_state, ddp_state):.1e}"
+    "largest parameter difference: "
+    f"{max_difference(crash_state, ddp_state):.1e}"
 )
 assert attempts == [0, 0, 1, 1, 1, 1], attempts
 # On a CPU the restarted run repeats the same arithmetic: exactly equal. GPU
@@ -1156,7 +1171,9 @@ record(
     "restart_loss_gap",
     loss_gap,
     fmt="{:.1e}",
-    headline="Crash and restart vs uninterrupted run: final training loss difference",
+    headline=(
+        "Crash and restart vs uninterrupted run: final training loss difference"
+    ),
 )
 record("restart_param_gap", restart_gap, fmt="{:.1e}")
 
@@ -1233,7 +1250,8 @@ if fsdp_runs:
     _, fsdp_output, _ = launch(two_node)
 else:
     print(
-        f"skipped: this FSDP2 demo needs PyTorch 2.6 or later, not {torch.__version__}"
+        "skipped: this FSDP2 demo needs PyTorch "
+        f"2.6 or later, not {torch.__version__}"
     )
 
 # %% [markdown]
@@ -1252,7 +1270,8 @@ if fsdp_runs:  # the skip above explains why not
         (work_dir / "fsdp2" / "history.json").read_text()
     )["history"]
     print(
-        f"FSDP2 vs DDP after {steps} steps: largest parameter difference {fsdp_vs_ddp:.1e}"
+        f"FSDP2 vs DDP after {steps} steps: largest "
+        f"parameter difference {fsdp_vs_ddp:.1e}"
     )
     # Both ran on the CPU: each rank computes the same local gradients as in
     # DDP, and averaging two numbers (halving their sum) rounds the same way in
@@ -1280,7 +1299,8 @@ if fsdp_runs:  # the skip above explains why not
         for f, d in zip(fsdp_history, ddp_history, strict=True)
     )
     print(
-        f"largest difference of the epochs' training losses: {fsdp_loss_gap:.1e}"
+        "largest difference of the epochs' "
+        f"training losses: {fsdp_loss_gap:.1e}"
     )
     if ddp_summary["device_type"] == "cpu":
         assert fsdp_loss_gap == 0.0, fsdp_loss_gap
@@ -1380,7 +1400,9 @@ print(trainjob_path.read_text())
 
 # %%
 def torchrun_words_in(script: str) -> list[str]:
-    """The words after `torchrun` in a shell script, continuation lines joined."""
+    """The words after `torchrun` in a shell script, continuation lines
+    joined.
+    """
     joined = script.replace("\\\n", " ")
     commands = [
         li for li in joined.splitlines() if not li.lstrip().startswith("#")
@@ -1401,8 +1423,9 @@ for name, words in launcher_words.items():
     script_args = [a for a in launcher.training_script_args if a != "$@"]
     script = train_ddp.build_parser().parse_args(script_args)
     print(
-        f"{name:8}: module {launcher.training_script}, nnodes {launcher.nnodes}, "
-        f"nproc-per-node {launcher.nproc_per_node}, data {script.data}"
+        f"{name:8}: module {launcher.training_script}, "
+        f"nnodes {launcher.nnodes}, nproc-per-node "
+        f"{launcher.nproc_per_node}, data {script.data}"
     )
     assert (
         launcher.module
