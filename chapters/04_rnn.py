@@ -211,8 +211,9 @@ assert lstm_error is not None
 # To be sure the formula above is what `nn.RNN` computes, apply it by hand for the first
 # two steps of a one-layer RNN. The weights are the module's own: `weight_ih_l0` is
 # $W_{ih}$ with shape `(hidden, input)`, `weight_hh_l0` is $W_{hh}$ with shape
-# `(hidden, hidden)`, and there are two bias vectors (redundant, kept for compatibility
-# with NVIDIA's cuDNN library).
+# `(hidden, hidden)`, and there are two bias vectors (redundant here, kept for
+# compatibility with NVIDIA's cuDNN library; not so in the GRU of section 4.2, whose
+# hidden-side bias for the candidate sits inside the reset gate's product).
 
 # %%
 W_ih, W_hh = rnn.weight_ih_l0, rnn.weight_hh_l0  # (5, 3), (5, 5)
@@ -1637,7 +1638,7 @@ for name in cells:
 for name in ("LSTM", "GRU"):
     after = ratio_of[name, "after training"]
     record(f"{name.lower()}_grad_ratio", after, fmt="{:.0f}")
-    # "nearly flat": the same bound as for the last checkpoint below
+    # "far flatter": the same bound as for the last checkpoint below
     assert after < 1e2, (name, after)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -1649,9 +1650,12 @@ geometric shrinking the chain rule predicts. Before training (dashed) all three
 networks show it: the gradient at step 1 is {{rnn_init_ratio}} times smaller than
 at step 40 for the RNN, {{lstm_init_ratio}} for the LSTM (forget gate near 0.73)
 and {{gru_init_ratio}} for the GRU. So gating does not prevent vanishing
-gradients at the start. After training (solid) the LSTM's and GRU's curves are nearly
-flat, at ratios of {{lstm_grad_ratio}} and {{gru_grad_ratio}}: they learned
-to carry the gradient back through their gated state.
+gradients at the start. After training (solid) the LSTM's and GRU's curves are far
+flatter, at ratios of {{lstm_grad_ratio}} and {{gru_grad_ratio}}: they learned
+to carry the gradient back through their gated state. (Gating is not the only cure
+for a plain RNN: starting $W_{hh}$ at the identity or an orthogonal matrix, whose
+spectral radius is exactly 1, also lets it solve the adding problem in the
+literature, e.g. Le, Jaitly and Hinton's IRNN, 2015; this chapter does not try it.)
 """
 )
 
@@ -1771,7 +1775,7 @@ of {{rnn_median_ratio}}: for most of its training the first marked number,
 somewhere in steps 1–20, had almost no influence on the weight updates. It is also
 erratic, between {{rnn_low_ratio}} and {{rnn_high_ratio}} from one
 checkpoint to the next; it {{rnn_dips_text}}, and its test MSE at the end was
-at chance. A single "after training" curve for the RNN, like the solid blue one in
+still near chance. A single "after training" curve for the RNN, like the solid blue one in
 the first picture, is therefore one sample of a quantity that moves by orders of
 magnitude; that is why this section measures along the whole run.
 """
@@ -2213,7 +2217,7 @@ optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
 best_path = checkpoint_dir / "names.pt"
 history = fit(
     model, loaders["train"], loaders["val"], criterion, optimizer, epochs,
-    device, checkpoint_path=best_path,
+    device, checkpoint_path=best_path, progress=False,
 )  # fmt: skip
 model.load_state_dict(
     torch.load(best_path, map_location=device, weights_only=True)
@@ -2286,7 +2290,9 @@ The validation loss was lowest at epoch {{names_loss_epoch}}, where the accuracy
 was {{names_acc_low_loss}}; the accuracy was highest at epoch
 {{names_best_epoch}}, with {{names_acc_kept}}: a difference of
 {{names_epoch_noise}} than two standard errors of an accuracy on
-{{names_val_n}} names ({{names_val_se}} points each). The two measures ask
+{{names_val_n}} names ({{names_val_se}} points each). That yardstick is a rough
+one: both accuracies are measured on the same names, so a paired test (McNemar's,
+on the names the two epochs disagree about) would be the exact comparison. The two measures ask
 different things. Accuracy only asks whether the right language scores highest;
 cross-entropy also charges for how confidently each wrong answer is given, and with
 the kept weights the {{names_wrong_share}} of validation names the model gets
