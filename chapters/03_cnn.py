@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: tags,jupyter,mystnb,-all
+#     cell_metadata_filter: tags,jupyter,mystnb,cellView,-all
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
@@ -32,7 +32,8 @@
 # the training loop, a validation split, checkpoints, `helpers.training`).
 
 # %% tags=["hide-cell"]
-# On Colab only: install this book's helpers package (Colab's own torch is kept).
+# On Colab only: install this book's helpers package (Colab's own torch is
+# kept).
 import sys
 
 if "google.colab" in sys.modules:
@@ -40,7 +41,8 @@ if "google.colab" in sys.modules:
 
     repository = "https://github.com/pytorch-book/pytorch-book"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True
+        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"],
+        check=True,
     )
 
 # %%
@@ -57,7 +59,7 @@ from helpers.data import load_mnist_subset, load_torchvision_mnist
 from helpers.models import conv_output_size, count_parameters
 from helpers.plotting import plot_image_grid, plot_losses
 from helpers.progress import tqdm
-from helpers.results import record
+from helpers.results import prose, record
 from helpers.runtime import (
     describe_runtime,
     get_device,
@@ -101,9 +103,11 @@ print(describe_runtime(device, seed))
 # border pixels instead (`F.pad(..., mode="replicate")`), which adds no edge.
 
 # %%
-camera = torch.from_numpy(skimage_data.camera()).float() / 255.0  # (512, 512) in [0, 1]
+# (512, 512) in [0, 1]
+camera = torch.from_numpy(skimage_data.camera()).float() / 255.0
 camera = camera[100:420, 60:380]  # (320, 320): the photographer and the tripod
-image = camera[None, None]  # (1, 1, 320, 320): F.conv2d wants (batch, channels, H, W)
+# (1, 1, 320, 320): F.conv2d wants (batch, channels, H, W)
+image = camera[None, None]
 
 kernels = {
     "vertical edges (Sobel)": torch.tensor(
@@ -113,19 +117,24 @@ kernels = {
         [[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]]
     ),
     "blur (5 x 5 box)": torch.full((5, 5), 1.0 / 25),
-    "sharpen": torch.tensor([[0.0, -1.0, 0.0], [-1.0, 5.0, -1.0], [0.0, -1.0, 0.0]]),
+    "sharpen": torch.tensor(
+        [[0.0, -1.0, 0.0], [-1.0, 5.0, -1.0], [0.0, -1.0, 0.0]]
+    ),
 }
 
 
 def filter_image(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Apply one kernel to a (1, 1, H, W) image; the output has the same H and W."""
     p = kernel.shape[-1] // 2
-    padded = F.pad(image, (p, p, p, p), mode="replicate")  # (1, 1, H + 2p, W + 2p)
+    # (1, 1, H + 2p, W + 2p)
+    padded = F.pad(image, (p, p, p, p), mode="replicate")
     # weight shape: (out_channels=1, in_channels=1, kH, kW)
     return F.conv2d(padded, kernel[None, None])
 
 
-results = {name: filter_image(image, kernel)[0, 0] for name, kernel in kernels.items()}
+results = {
+    name: filter_image(image, kernel)[0, 0] for name, kernel in kernels.items()
+}
 for name, out in results.items():
     print(
         f"{name:25} output {tuple(out.shape)}  "
@@ -143,12 +152,32 @@ for name, out in results.items():
 fig, axes = plt.subplots(2, 3, figsize=(12, 8))
 panels = [
     ("original", camera, "gray", 0.0, 1.0),
-    ("vertical edges (Sobel)", results["vertical edges (Sobel)"], "RdBu_r", -2, 2),
-    ("horizontal edges (Sobel)", results["horizontal edges (Sobel)"], "RdBu_r", -2, 2),
+    (
+        "vertical edges (Sobel)",
+        results["vertical edges (Sobel)"],
+        "RdBu_r",
+        -2,
+        2,
+    ),
+    (
+        "horizontal edges (Sobel)",
+        results["horizontal edges (Sobel)"],
+        "RdBu_r",
+        -2,
+        2,
+    ),
     ("blur (5 x 5 box)", results["blur (5 x 5 box)"], "gray", 0.0, 1.0),
-    ("sharpen, clipped to [0, 1]", results["sharpen"].clamp(0, 1), "gray", 0.0, 1.0),
+    (
+        "sharpen, clipped to [0, 1]",
+        results["sharpen"].clamp(0, 1),
+        "gray",
+        0.0,
+        1.0,
+    ),
 ]
-for ax, (title, picture, cmap, low, high) in zip(axes.flat, panels, strict=False):
+for ax, (title, picture, cmap, low, high) in zip(
+    axes.flat, panels, strict=False
+):
     shown = ax.imshow(picture, cmap=cmap, vmin=low, vmax=high)
     ax.set(title=title, xlabel="column (pixels)", ylabel="row (pixels)")
     fig.colorbar(shown, ax=ax, shrink=0.8)
@@ -184,13 +213,18 @@ row_profile = torch.full((64,), 0.2)
 row_profile[16:32] = 0.8  # a step up at column 16 and a step down at column 32
 row_profile[48] = 0.8  # a bright line one pixel wide at column 48
 strip = row_profile.expand(5, 64)[None, None]  # (1, 1, 5, 64): 5 identical rows
-response = filter_image(strip, kernels["vertical edges (Sobel)"])[0, 0, 2]  # (64,)
+# (64,)
+response = filter_image(strip, kernels["vertical edges (Sobel)"])[0, 0, 2]
 
 fig, (ax_in, ax_out) = plt.subplots(2, 1, figsize=(8, 4.5), sharex=True)
 ax_in.step(range(64), row_profile, where="mid")
-ax_in.set(title="Input row: two steps and a one-pixel line", ylabel="brightness")
+ax_in.set(
+    title="Input row: two steps and a one-pixel line", ylabel="brightness"
+)
 ax_out.bar(
-    range(64), response, color=["tab:red" if v > 0 else "tab:blue" for v in response]
+    range(64),
+    response,
+    color=["tab:red" if v > 0 else "tab:blue" for v in response],
 )
 ax_out.set(
     title="Vertical Sobel response along that row",
@@ -203,7 +237,8 @@ print("step up   (columns 14-17):", response[14:18].tolist())
 print("step down (columns 30-33):", response[30:34].tolist())
 print("line      (columns 46-50):", response[46:51].tolist())
 assert (response[14:18] >= 0).all() and (response[30:34] <= 0).all()
-assert response[47] > 0 and response[49] < 0  # the line: one positive, one negative
+# the line: one positive, one negative
+assert response[47] > 0 and response[49] < 0
 
 # %% [markdown]
 # Each step gives a ridge two pixels wide of one sign (positive for the step up,
@@ -237,14 +272,17 @@ assert torch.isclose(by_hand, results["sharpen"][row, col])
 # with slicing on the scikit-image astronaut photograph and checked against `F.conv2d`.
 
 # %%
-astronaut = torch.from_numpy(skimage_data.astronaut()).float() / 255.0  # (512, 512, 3)
+# (512, 512, 3)
+astronaut = torch.from_numpy(skimage_data.astronaut()).float() / 255.0
 # channels first, then every 8th pixel in each direction: (3, 64, 64)
 rgb = astronaut.permute(2, 0, 1)[:, ::8, ::8]
 generator = make_generator(seed)
-weight = torch.randn(2, 3, 3, 3, generator=generator)  # (out=2, in=3, kH=3, kW=3)
+# (out=2, in=3, kH=3, kW=3)
+weight = torch.randn(2, 3, 3, 3, generator=generator)
 bias = torch.randn(2, generator=generator)
 
-padded = F.pad(rgb, (1, 1, 1, 1))  # (3, 66, 66): the ring of zeros padding=1 adds
+# (3, 66, 66): the ring of zeros padding=1 adds
+padded = F.pad(rgb, (1, 1, 1, 1))
 height, width = rgb.shape[1:]
 by_hand = torch.zeros(2, height, width)
 for o in range(2):  # each output channel ...
@@ -253,12 +291,15 @@ for o in range(2):  # each output channel ...
         for i in range(3):  # ... of a 3 x 3 kernel slid over the image
             for j in range(3):
                 by_hand[o] += (
-                    weight[o, c, i, j] * padded[c, i : i + height, j : j + width]
+                    weight[o, c, i, j]
+                    * padded[c, i : i + height, j : j + width]
                 )
 
 library = F.conv2d(rgb[None], weight, bias, padding=1)[0]  # (2, 64, 64)
 gap = (by_hand - library).abs().max().item()
-print(f"output {tuple(library.shape)}, largest difference from F.conv2d: {gap:.1e}")
+print(
+    f"output {tuple(library.shape)}, largest difference from F.conv2d: {gap:.1e}"
+)
 assert gap < 1e-5
 
 # %% [markdown]
@@ -315,8 +356,13 @@ for batch_size, flatten in [(64, "view"), (25, "view"), (25, "flatten")]:
     labels = torch.randint(0, 10, (batch_size,))
     maps = conv5(inputs)  # (B, 20, 24, 24)
     try:
-        # view: rows of 8000 made up to fit; flatten(1): one row of 11520 per image
-        flat = maps.view(-1, 20 * 20 * 20) if flatten == "view" else maps.flatten(1)
+        # view: rows of 8000 made up to fit; flatten(1): one row of 11520 per
+        # image
+        flat = (
+            maps.view(-1, 20 * 20 * 20)
+            if flatten == "view"
+            else maps.flatten(1)
+        )
         print(f"    flattened shape {tuple(flat.shape)}")
         loss = F.cross_entropy(fc(flat), labels)
     except (RuntimeError, ValueError) as error:
@@ -377,14 +423,19 @@ layers = [  # (name, in channels, out channels, height = width)
     ("conv 1: 1 -> 16 at 28x28", 1, 16, 28),
     ("conv 2: 16 -> 32 at 14x14", 16, 32, 14),
 ]
-print(f"{'layer':26} {'dense':>12} {'local':>10} {'conv':>7} {'mult-adds*':>10}")
+print(
+    f"{'layer':26} {'dense':>12} {'local':>10} {'conv':>7} {'mult-adds*':>10}"
+)
 cost = {}
 for name, c_in, c_out, size in layers:
     positions = size * size
     dense = count_parameters(
-        nn.Linear(c_in * positions, c_out * positions, bias=False, device="meta")
+        nn.Linear(
+            c_in * positions, c_out * positions, bias=False, device="meta"
+        )
     )
-    local = positions * c_out * c_in * 3 * 3  # own 3 x 3 x c_in kernel per position
+    # own 3 x 3 x c_in kernel per position
+    local = positions * c_out * c_in * 3 * 3
     conv = count_parameters(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False))
     assert conv == c_out * c_in * 3 * 3
     cost[name] = dense, local, conv
@@ -399,18 +450,23 @@ record("sharing_factor", local // conv, fmt="{:,}")
 record("local_weights", local, fmt="{:,}")
 record("conv_weights", conv, fmt="{:,}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Take the second layer. Locality alone removes {{locality_saving}} of the dense
+layer's weights (it divides them by {{locality_factor}}), and it removes the same
+share of the multiply-adds. Weight sharing does not reduce the arithmetic at all: the
+convolution still applies its kernels at all 196 positions, exactly as many
+multiply-adds as the locally connected layer. What sharing does is divide the weights
+that remain by the number of positions, {{sharing_factor}}, from
+{{local_weights}} to {{conv_weights}}. So locality makes a convolution cheap
+to compute and does most of the shrinking in absolute numbers; sharing makes it small
+enough to learn from few images, since a pattern learned at one place is recognised
+everywhere.
+"""
+)
+
 # %% [markdown]
-# Take the second layer. Locality alone removes {glue:}`locality_saving` of the dense
-# layer's weights (it divides them by {glue:}`locality_factor`), and it removes the same
-# share of the multiply-adds. Weight sharing does not reduce the arithmetic at all: the
-# convolution still applies its kernels at all 196 positions, exactly as many
-# multiply-adds as the locally connected layer. What sharing does is divide the weights
-# that remain by the number of positions, {glue:}`sharing_factor`, from
-# {glue:}`local_weights` to {glue:}`conv_weights`. So locality makes a convolution cheap
-# to compute and does most of the shrinking in absolute numbers; sharing makes it small
-# enough to learn from few images, since a pattern learned at one place is recognised
-# everywhere.
-#
 # ## 3.3 The layers of a CNN
 #
 # A typical image classifier stacks a few blocks of **convolution → batch normalisation
@@ -429,6 +485,7 @@ record("conv_weights", conv, fmt="{:,}")
 # - `nn.Flatten()`: `(B, C, H, W)` → `(B, C*H*W)` for the final linear layer.
 # - `nn.AdaptiveAvgPool2d(1)`: averages each feature map to a single number whatever its
 #   size, so the classifier works for any input resolution.
+#
 #
 # `nn.Sequential(layer_1, layer_2, ...)` chains such layers: it is a module whose
 # `forward` calls them in order, each on the previous one's output, and whose parameters
@@ -569,18 +626,22 @@ record("rf_dilated", fields["conv, dilated conv"])
 record("rf_pooled", fields["conv, pool, conv"])
 record("rf_final", fields["conv, pool, conv, pool"])
 
-# %% [markdown]
-# Two 3 × 3 convolutions see {glue:}`rf_two_convs` × {glue:}`rf_two_convs` pixels; with
-# a pooling layer between them, {glue:}`rf_pooled` × {glue:}`rf_pooled`. Pooling does
-# not double the field: it doubles the step between the taps of the next kernel, so
-# that layer adds (3 − 1) × 2 = 4 pixels instead of 2. Dilation 2 spaces the taps the
-# same way without pooling: a plain 3 × 3 convolution followed by one with dilation 2
-# sees {glue:}`rf_dilated` × {glue:}`rf_dilated` pixels at full resolution, and each
-# kernel still has nine weights. This chapter's network (section 3.5) has exactly the
-# last stack, so each position of its final 7 × 7 maps sees a
-# {glue:}`rf_final` × {glue:}`rf_final` patch of the 28 × 28 digit, and its linear
-# classifier combines all 49 positions. Networks for large images stack many such
-# layers so that the last ones see the whole object.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Two 3 × 3 convolutions see {{rf_two_convs}} × {{rf_two_convs}} pixels; with
+a pooling layer between them, {{rf_pooled}} × {{rf_pooled}}. Pooling does
+not double the field: it doubles the step between the taps of the next kernel, so
+that layer adds (3 − 1) × 2 = 4 pixels instead of 2. Dilation 2 spaces the taps the
+same way without pooling: a plain 3 × 3 convolution followed by one with dilation 2
+sees {{rf_dilated}} × {{rf_dilated}} pixels at full resolution, and each
+kernel still has nine weights. This chapter's network (section 3.5) has exactly the
+last stack, so each position of its final 7 × 7 maps sees a
+{{rf_final}} × {{rf_final}} patch of the 28 × 28 digit, and its linear
+classifier combines all 49 positions. Networks for large images stack many such
+layers so that the last ones see the whole object.
+"""
+)
 
 # %% [markdown]
 # ### What `train()` and `eval()` change
@@ -622,8 +683,10 @@ assert torch.equal(dropout(ones), ones)
 # %%
 generator = make_generator(seed)
 batch = torch.randn(16, 2, 8, 8, generator=generator)  # (N, C=2, H, W)
-batch = batch * torch.tensor([2.0, 0.5]).view(1, 2, 1, 1)  # channel stds 2 and 0.5
-batch = batch + torch.tensor([3.0, -1.0]).view(1, 2, 1, 1)  # channel means 3 and -1
+# channel stds 2 and 0.5
+batch = batch * torch.tensor([2.0, 0.5]).view(1, 2, 1, 1)
+# channel means 3 and -1
+batch = batch + torch.tensor([3.0, -1.0]).view(1, 2, 1, 1)
 
 bn = nn.BatchNorm2d(2)  # momentum=0.1, eps=1e-5 by default
 with torch.no_grad():
@@ -634,10 +697,14 @@ out = bn(batch)
 
 mean = batch.mean(dim=(0, 2, 3))  # (2,): one mean per channel over N, H and W
 var = batch.var(dim=(0, 2, 3), correction=0)  # divide by n, as BatchNorm does
-by_formula = (batch - mean.view(1, 2, 1, 1)) / (var.view(1, 2, 1, 1) + bn.eps).sqrt()
+by_formula = (batch - mean.view(1, 2, 1, 1)) / (
+    var.view(1, 2, 1, 1) + bn.eps
+).sqrt()
 by_formula = by_formula * bn.weight.view(1, 2, 1, 1) + bn.bias.view(1, 2, 1, 1)
 print("per-channel batch mean", mean.tolist(), " variance", var.tolist())
-print(f"largest difference from the formula: {(out - by_formula).abs().max():.1e}")
+print(
+    f"largest difference from the formula: {(out - by_formula).abs().max():.1e}"
+)
 assert torch.allclose(out, by_formula, atol=1e-5)
 
 # %% [markdown]
@@ -662,13 +729,18 @@ print("state_dict:", list(bn.state_dict()))
 unbiased_var = batch.var(dim=(0, 2, 3), correction=1)  # divide by n - 1
 expected_mean = 0.9 * torch.zeros(2) + 0.1 * mean
 expected_var = 0.9 * torch.ones(2) + 0.1 * unbiased_var
-print("running_mean", bn.running_mean.tolist(), "expected", expected_mean.tolist())
-print("running_var ", bn.running_var.tolist(), "expected", expected_var.tolist())
+print(
+    "running_mean", bn.running_mean.tolist(), "expected", expected_mean.tolist()
+)
+print(
+    "running_var ", bn.running_var.tolist(), "expected", expected_var.tolist()
+)
 assert torch.allclose(bn.running_mean, expected_mean, atol=1e-6)
 assert torch.allclose(bn.running_var, expected_var, atol=1e-5)
 assert bn.num_batches_tracked.item() == 1
 
-for _ in range(50):  # 50 more training batches (the same one): the estimates converge
+# 50 more training batches (the same one): the estimates converge
+for _ in range(50):
     bn(batch)
 print("after 51 batches, running_mean", bn.running_mean.tolist())
 bn.eval()
@@ -694,7 +766,9 @@ conv_with_bias = nn.Conv2d(1, 4, 3, padding=1)  # bias=True is the default
 norm = nn.BatchNorm2d(4).train()
 images = torch.randn(8, 1, 12, 12, generator=make_generator(seed))
 with_bias = norm(conv_with_bias(images))
-without_bias = norm(F.conv2d(images, conv_with_bias.weight, bias=None, padding=1))
+without_bias = norm(
+    F.conv2d(images, conv_with_bias.weight, bias=None, padding=1)
+)
 gap = (with_bias - without_bias).abs().max().item()
 print(f"bias values {conv_with_bias.bias.tolist()}")
 print(f"largest output difference with and without them: {gap:.1e}")
@@ -800,14 +874,19 @@ class RandomRotateShift(nn.Module):
         b, _, h, w = x.shape  # (B, C, H, W)
         if h != w:
             raise ValueError(f"x must hold square images, got {h} x {w}")
-        # a random angle (radians) and a random (x, y) shift per image, both uniform
-        angle = (2 * torch.rand(b, device=x.device) - 1) * math.radians(self.degrees)
+        # a random angle (radians) and a random (x, y) shift per image, both
+        # uniform
+        angle = (2 * torch.rand(b, device=x.device) - 1) * math.radians(
+            self.degrees
+        )
         move = (2 * torch.rand(b, 2, device=x.device) - 1) * self.shift * 2 / w
         cos, sin = angle.cos(), angle.sin()
         row_x = torch.stack([cos, -sin, move[:, 0]], dim=1)  # (B, 3)
         row_y = torch.stack([sin, cos, move[:, 1]], dim=1)  # (B, 3)
-        theta = torch.stack([row_x, row_y], dim=1)  # (B, 2, 3): one matrix per image
-        grid = F.affine_grid(theta, x.shape, align_corners=False)  # (B, H, W, 2)
+        # (B, 2, 3): one matrix per image
+        theta = torch.stack([row_x, row_y], dim=1)
+        # (B, H, W, 2)
+        grid = F.affine_grid(theta, x.shape, align_corners=False)
         # clamped to the centres of the edge pixels (±(1 - 1/w)), every position
         # reads the edge for what lies outside; "border" then changes nothing on
         # the CPU, and "zeros" (MPS lacks "border" in older torch) matches it to
@@ -823,16 +902,19 @@ class RandomRotateShift(nn.Module):
         )
 
 
-eight = digits.x_train[:1].expand(8, 1, 28, 28)  # one digit, 8 times: (8, 1, 28, 28)
+# one digit, 8 times: (8, 1, 28, 28)
+eight = digits.x_train[:1].expand(8, 1, 28, 28)
 views = {}
 for mode in ("bilinear", "nearest"):
-    torch.manual_seed(seed)  # the same 8 random angles and shifts for both modes
+    # the same 8 random angles and shifts for both modes
+    torch.manual_seed(seed)
     views[mode] = RandomRotateShift(mode=mode).train()(eight)
     assert views[mode].shape == eight.shape
 assert torch.equal(RandomRotateShift().eval()(eight), eight)  # eval: unchanged
 fig = plot_image_grid(
     [*views["bilinear"], *views["nearest"]],
-    titles=[f"bilinear {i}" for i in range(8)] + [f"nearest {i}" for i in range(8)],
+    titles=[f"bilinear {i}" for i in range(8)]
+    + [f"nearest {i}" for i in range(8)],
     suptitle="One training digit, 8 random rotations and shifts, two interpolations",
     value_range=(0, 1),  # one scale: bilinear's dimming of thin strokes shows
 )
@@ -843,32 +925,42 @@ plt.show()
 # interpolation (top) keeps the strokes smooth, at the price of a slight blur; nearest
 # (bottom) keeps them sharp but leaves stair-step edges wherever the digit was rotated.
 
-# %% [markdown]
-# ```{admonition} With internet access: the full MNIST
-# :class: tip
-# The same code trains on the full MNIST (55,000 training digits after 5,000 are held
-# out for validation, tested on MNIST's 10,000 official test digits) if you set
-# `USE_FULL_MNIST = True` in the next cell, which runs before the data sets are built.
-# `load_torchvision_mnist` downloads the files with `torchvision.datasets.MNIST` and
-# returns the same kind of split, so nothing else changes. Expect each epoch to take
-# about 16 times longer on a CPU. This book is built with the offline subset; where
-# the text gives its sizes (3,500, 500 and 1,000 digits), it describes that subset,
-# while every measured number and the test set's size are recomputed.
-# ```
+# %% [markdown] tags=["box-tip"]
+# > **With internet access: the full MNIST**
+# >
+# > The same code trains on the full MNIST (55,000 training digits after 5,000 are held
+# > out for validation, tested on MNIST's 10,000 official test digits) if you set
+# > `USE_FULL_MNIST = True` in the next cell, which runs before the data sets are built.
+# > `load_torchvision_mnist` downloads the files with `torchvision.datasets.MNIST` and
+# > returns the same kind of split, so nothing else changes. Expect each epoch to take
+# > about 16 times longer on a CPU. This book is built with the offline subset; where
+# > the text gives its sizes (3,500, 500 and 1,000 digits), it describes that subset,
+# > while every measured number and the test set's size are recomputed.
 
 # %%
-USE_FULL_MNIST = False  # True: download and use the full MNIST (needs internet access)
+# True: download and use the full MNIST (needs internet access)
+USE_FULL_MNIST = False
 if USE_FULL_MNIST:
-    digits = load_torchvision_mnist("data", val_size=5000, seed=seed, download=True)
+    digits = load_torchvision_mnist(
+        "data", val_size=5000, seed=seed, download=True
+    )
 
 # %%
 batch_size = 64  # a common power of two; not tuned (section 3.6)
-# normalise with the training images' mean and std (never the validation or test set's)
-train_set = TensorDataset((digits.x_train - digits.mean) / digits.std, digits.y_train)
+# normalise with the training images' mean and std (never the validation or test
+# set's)
+train_set = TensorDataset(
+    (digits.x_train - digits.mean) / digits.std, digits.y_train
+)
 val_set = TensorDataset((digits.x_val - digits.mean) / digits.std, digits.y_val)
-test_set = TensorDataset((digits.x_test - digits.mean) / digits.std, digits.y_test)
+test_set = TensorDataset(
+    (digits.x_test - digits.mean) / digits.std, digits.y_test
+)
 train_loader = DataLoader(
-    train_set, batch_size=batch_size, shuffle=True, generator=make_generator(seed)
+    train_set,
+    batch_size=batch_size,
+    shuffle=True,
+    generator=make_generator(seed),
 )
 val_loader = DataLoader(val_set, batch_size=500)
 test_loader = DataLoader(test_set, batch_size=500)
@@ -876,9 +968,11 @@ print(f"training on {len(train_set)} digits")
 
 # %% [markdown]
 # ## 3.5 The network
-#
+
+
+# %% [markdown]
 # The first layer is the augmentation (in training mode only). Then two convolution
-# blocks take the 28 × 28 digit to {glue:}`c2` feature maps of 7 × 7, and a linear layer
+# blocks take the 28 × 28 digit to 32 feature maps of 7 × 7, and a linear layer
 # turns those into 10 class scores. The convolutions have no bias because batch norm
 # follows them (section 3.3). The widths, 16 and then 32 channels, follow the common
 # pattern of doubling the channels where pooling halves the resolution (as in
@@ -907,7 +1001,8 @@ class DigitCNN(nn.Module):
             nn.BatchNorm2d(c1),
             nn.ReLU(),
             nn.MaxPool2d(2),  # -> (B, c1, 14, 14)
-            nn.Conv2d(c1, c2, kernel_size=3, padding=1, bias=False),  # (B, c2, 14, 14)
+            # (B, c2, 14, 14)
+            nn.Conv2d(c1, c2, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(c2),
             nn.ReLU(),
             nn.MaxPool2d(2),  # -> (B, c2, 7, 7)
@@ -925,11 +1020,18 @@ class DigitCNN(nn.Module):
 torch.manual_seed(seed)
 model = DigitCNN().to(device)
 c1, c2 = model.features[0].out_channels, model.features[4].out_channels
+record("c1", c1)
 record("c2", c2)
 inputs, targets = next(iter(train_loader))
-model.eval()  # a shape check only: no batch-norm statistics updated, no graph recorded
+# a shape check only: no batch-norm statistics updated, no graph recorded
+model.eval()
 with torch.no_grad():
-    print("batch:", tuple(inputs.shape), "->", tuple(model(inputs.to(device)).shape))
+    print(
+        "batch:",
+        tuple(inputs.shape),
+        "->",
+        tuple(model(inputs.to(device)).shape),
+    )
 
 # %% [markdown]
 # Where do its parameters sit? A convolution from `c_in` to `c_out` channels has
@@ -947,12 +1049,16 @@ formulas = {  # layer name: (the formula as text, its value)
     "features.5": (f"2*{c2}", 2 * c2),
     "classifier.2": (f"{c2}*7*7*10 + 10", c2 * 7 * 7 * 10 + 10),
 }
-print(f"{'layer':13} {'type':12} {'parameter shapes':24} {'formula':16} {'count':>6}")
+print(
+    f"{'layer':13} {'type':12} {'parameter shapes':24} {'formula':16} {'count':>6}"
+)
 total = 0
 for name, layer in model.named_modules():
-    own = list(layer.parameters(recurse=False))  # this layer's own, not its children's
+    # this layer's own, not its children's
+    own = list(layer.parameters(recurse=False))
     if not own:
-        continue  # containers, ReLU, pooling, dropout and the augmentation own none
+        # containers, ReLU, pooling, dropout and the augmentation own none
+        continue
     n = sum(p.numel() for p in own)
     text, value = formulas[name]
     assert n == value, name  # the formula gives the same count
@@ -964,11 +1070,16 @@ record("cnn_parameters", n_parameters, fmt="{:,}")
 print(f"{'total':67} {total:>6,}")
 assert total == n_parameters
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The classifier holds most of the {{cnn_parameters}} parameters: its input is the
+{{c2}} × 7 × 7 flattened maps, while each convolution's count does not depend on
+the image size at all.
+"""
+)
+
 # %% [markdown]
-# The classifier holds most of the {glue:}`cnn_parameters` parameters: its input is the
-# {glue:}`c2` × 7 × 7 flattened maps, while each convolution's count does not depend on
-# the image size at all.
-#
 # ### Logits, not probabilities, into `CrossEntropyLoss`
 #
 # The network ends in a plain linear layer: its outputs are **logits**, and
@@ -984,6 +1095,7 @@ assert total == n_parameters
 #   1] as logits. Even a perfect prediction cannot get the loss below log(1 + 9/e) ≈
 #   1.46 for 10 classes (derived below), and the softmax in front shrinks the
 #   gradients.
+#
 #
 # The floor takes three lines. Call the probabilities that reach the loss
 # $p_1, \dots, p_{10}$ (each in [0, 1]) and the right class $y$. The loss applies
@@ -1015,16 +1127,21 @@ table = {}
 for case, top_class in cases.items():
     for ending, fn in endings.items():
         z = torch.zeros(1, 10)
-        z[0, top_class] = 8.0  # the model's raw scores: class `top_class` far ahead
+        # the model's raw scores: class `top_class` far ahead
+        z[0, top_class] = 8.0
         z.requires_grad_(True)
         loss = criterion(fn(z), label)
         loss.backward()
         table[case, ending] = loss.item(), z.grad.norm().item()
-        print(f"{case:18} {ending:14} {loss.item():8.4f} {z.grad.norm().item():14.2e}")
+        print(
+            f"{case:18} {ending:14} {loss.item():8.4f} {z.grad.norm().item():14.2e}"
+        )
 for case in cases:  # log_softmax first changes nothing
     assert all(
         math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
-        for a, b in zip(table[case, "logits"], table[case, "log_softmax"], strict=True)
+        for a, b in zip(
+            table[case, "logits"], table[case, "log_softmax"], strict=True
+        )
     )
 floor = math.log(1 + 9 / math.e)
 assert table["confidently right", "softmax (bug)"][0] >= floor - 1e-4
@@ -1035,12 +1152,16 @@ wrong_grad_ratio = (
 record("wrong_grad_ratio", wrong_grad_ratio, fmt="{:,.0f}")
 assert wrong_grad_ratio > 100
 
-# %% [markdown]
-# The `log_softmax` rows equal the logits rows. With the softmax in front, the
-# confidently right prediction still costs about 1.46, so the loss can never tell a good
-# model from a perfect one, and the confidently wrong prediction gets a gradient
-# {glue:}`wrong_grad_ratio` times smaller than without it, so the mistake is barely
-# corrected. Exercise 3 measures what that does to training.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The `log_softmax` rows equal the logits rows. With the softmax in front, the
+confidently right prediction still costs about 1.46, so the loss can never tell a good
+model from a perfect one, and the confidently wrong prediction gets a gradient
+{{wrong_grad_ratio}} times smaller than without it, so the mistake is barely
+corrected. Exercise 3 measures what that does to training.
+"""
+)
 
 # %% [markdown]
 # ## 3.6 Training: AdamW, a learning-rate schedule, the best epoch and a checkpoint
@@ -1098,8 +1219,9 @@ for name, make in [("AdamW", torch.optim.AdamW), ("Adam", torch.optim.Adam)]:
     one_step.step()
     moves[name] = w.detach() - start
     print(f"{name:5} with weight_decay={weight_decay}: {moves[name].tolist()}")
-# AdamW: exactly the decay, -lr * lambda * w. Adam: lambda * w joins the gradient and
-# is divided by its own scale, so each weight moves by about lr, whatever lambda is.
+# AdamW: exactly the decay, -lr * lambda * w. Adam: lambda * w joins the
+# gradient and is divided by its own scale, so each weight moves by about lr,
+# whatever lambda is.
 assert torch.allclose(moves["AdamW"], -lr * weight_decay * start)
 assert torch.allclose(moves["Adam"], -lr * start.sign(), rtol=1e-3)
 sgd_recipe_step = 0.1 * 1e-4  # torchvision's defaults: SGD, lr 0.1, lambda 1e-4
@@ -1109,22 +1231,28 @@ record("decay_weaker", sgd_recipe_step / (lr * weight_decay), fmt="{:.0f}")
 record("long_steps", long_steps, fmt="{:,}")
 record("long_shrink", 1 - (1 - lr * weight_decay) ** long_steps, fmt="{:.0%}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+With AdamW each weight moves by `lr·λ·w`, three ten-millionths of it here; with
+Adam's L2 penalty every weight moves by the full learning rate towards zero on this
+first step, because Adam rescaled the tiny pull `λ·w` to unit size. The value 10⁻⁴
+is borrowed from an SGD recipe: it is the default of torchvision's
+[reference training script][tv], whose default optimizer is SGD at a learning rate
+of 0.1, so there `lr·λ` = 10⁻⁵ per step. With AdamW at our rate it is
+{{decay_per_step}}, {{decay_weaker}} times weaker, and even
+{{long_steps}} steps at that rate would shrink a weight by only
+{{long_shrink}}. So in this chapter the decay is effectively off (the cell after
+training measures it); PyTorch's own default for AdamW is `weight_decay=0.01`, and
+tuning λ is left untried. AdamW decays every
+parameter it is given, batch norm's γ and β included; some recipes exempt
+normalisation layers (the torchvision script above has a `--norm-weight-decay`
+option for it).
+"""
+)
+
+
 # %% [markdown]
-# With AdamW each weight moves by `lr·λ·w`, three ten-millionths of it here; with
-# Adam's L2 penalty every weight moves by the full learning rate towards zero on this
-# first step, because Adam rescaled the tiny pull `λ·w` to unit size. The value 10⁻⁴
-# is borrowed from an SGD recipe: it is the default of torchvision's
-# [reference training script][tv], whose default optimizer is SGD at a learning rate
-# of 0.1, so there `lr·λ` = 10⁻⁵ per step. With AdamW at our rate it is
-# {glue:}`decay_per_step`, {glue:}`decay_weaker` times weaker, and even
-# {glue:}`long_steps` steps at that rate would shrink a weight by only
-# {glue:}`long_shrink`. So in this chapter the decay is effectively off (the cell after
-# training measures it); PyTorch's own default for AdamW is `weight_decay=0.01`, and
-# tuning λ is left untried. AdamW decays every
-# parameter it is given, batch norm's γ and β included; some recipes exempt
-# normalisation layers (the torchvision script above has a `--norm-weight-decay`
-# option for it).
-#
 # **What a resumable checkpoint holds.** Everything the next epoch depends on, all
 # taken at the same moment, the end of an epoch: the model's `state_dict` (weights and
 # batch-norm buffers), the optimizer's (AdamW's running moment estimates and step
@@ -1206,7 +1334,9 @@ def train_epochs(
 
 epochs = 8
 record("epochs", epochs)
-optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+optimizer = torch.optim.AdamW(
+    model.parameters(), lr=lr, weight_decay=weight_decay
+)
 scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
 checkpoint_dir = Path(tempfile.mkdtemp())
 log = {"lr": [], "train_loss": [], "val_loss": [], "val_acc": []}
@@ -1232,7 +1362,7 @@ for epoch in range(1, epochs + 1):
     )
 
 # %% [markdown]
-# **Resuming.** Suppose the process had died after epoch {glue:}`resume_from`. A new
+# **Resuming.** Suppose the process had died after its second-to-last epoch. A new
 # session builds fresh objects, loads the checkpoint into them and calls the same loop,
 # which continues after the epochs in the restored log. The checkpoint is loaded to the
 # CPU (random-number states must be CPU tensors; `load_state_dict` moves the rest to
@@ -1271,19 +1401,23 @@ train_epochs(
 states = model.state_dict().values(), resumed.state_dict().values()
 pairs = zip(*states, strict=True)
 # float64 on the CPU: MPS has no float64
-gaps = ((a.cpu().double() - b.cpu().double()).abs().max().item() for a, b in pairs)
+gaps = (
+    (a.cpu().double() - b.cpu().double()).abs().max().item() for a, b in pairs
+)
 resume_gap = max(gaps)
 print(f"resumed after epoch {checkpoint['epoch']}; after epoch {epochs}:")
 print(f"  largest difference in the state_dict: {resume_gap:.1e}")
 uninterrupted, continued = log["val_acc"][-1], resumed_log["val_acc"][-1]
 print(f"  validation accuracy {uninterrupted:.3f} and {continued:.3f}")
-# The CPU repeats its arithmetic exactly. A GPU may add convolution gradients in a
-# different order from run to run (chapter 1), so there they agree to rounding.
+# The CPU repeats its arithmetic exactly. A GPU may add convolution gradients in
+# a different order from run to run (chapter 1), so there they agree to
+# rounding.
 tolerance = 0.0 if device.type == "cpu" else 1e-3
 assert resume_gap <= tolerance, resume_gap
 if device.type == "cpu":
     assert resumed_log["best_epoch"] == log["best_epoch"]
-else:  # epochs can tie (seed 0: 0.978 at epochs 7 and 8; seed 1: 0.986 at 6 and 7),
+# epochs can tie (seed 0: 0.978 at epochs 7 and 8; seed 1: 0.986 at 6 and 7),
+else:
     # and rounding may then pick the other one
     assert abs(resumed_log["best_acc"] - log["best_acc"]) <= 2 / len(val_set)
 
@@ -1304,12 +1438,16 @@ tie_note = f" (reached again in epoch {', '.join(ties)}; the first is kept)"
 record("cnn_best_epoch", f"{best_epoch}{tie_note if ties else ''}")
 print(f"best validation accuracy {best_acc:.3f} at epoch {best_epoch}; loaded")
 
-# %% [markdown]
-# On the CPU the resumed run is bit for bit the uninterrupted one: same weights, same
-# batch-norm buffers, same validation score (on a GPU, the same up to rounding). The
-# validation accuracy peaked at {glue:}`cnn_val_acc` in epoch {glue:}`cnn_best_epoch`,
-# and those weights are now in `model`. How much did the weight decay act? Every step
-# shrank each weight by the factor `1 − lr·λ`, with the learning rate of its epoch:
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+On the CPU the resumed run is bit for bit the uninterrupted one: same weights, same
+batch-norm buffers, same validation score (on a GPU, the same up to rounding). The
+validation accuracy peaked at {{cnn_val_acc}} in epoch {{cnn_best_epoch}},
+and those weights are now in `model`. How much did the weight decay act? Every step
+shrank each weight by the factor `1 − lr·λ`, with the learning rate of its epoch:
+"""
+)
 
 # %%
 steps_per_epoch = len(train_loader)
@@ -1322,9 +1460,13 @@ print(
     f"by {decay_factor:.6f}"
 )
 
-# %% [markdown]
-# Over the whole run the decay alone would shrink a weight by {glue:}`decay_shrink`:
-# almost nothing. The loss curves and the schedule:
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Over the whole run the decay alone would shrink a weight by {{decay_shrink}}:
+almost nothing. The loss curves and the schedule:
+"""
+)
 
 # %%
 fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.5))
@@ -1363,13 +1505,19 @@ record(
     else f"epoch {best_epoch}, before the last one",
 )
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The training loss is measured on augmented images, which are harder than the plain
+validation images, with dropout active, and as an average over an epoch during which
+the weights were still changing; all three push it up relative to the validation loss,
+and here it is above the validation loss in {{train_above_val}} of the
+{{epochs}} epochs. The best validation epoch was {{epoch_budget}}.
+"""
+)
+
+
 # %% [markdown]
-# The training loss is measured on augmented images, which are harder than the plain
-# validation images, with dropout active, and as an average over an epoch during which
-# the weights were still changing; all three push it up relative to the validation loss,
-# and here it is above the validation loss in {glue:}`train_above_val` of the
-# {glue:}`epochs` epochs. The best validation epoch was {glue:}`epoch_budget`.
-#
 # ## 3.7 Does augmentation help? A measurement on validation data
 #
 # The same network without the augmentation layer (`DigitCNN(augment=False)`), trained
@@ -1508,9 +1656,7 @@ record("aug_verdict", verdict(aug.p_value))
 aug_z = aug.difference / aug.standard_error
 two_se_real, exact_real = abs(aug_z) > 2, aug.p_value < 0.05
 if two_se_real == exact_real:
-    rules = (
-        f"the rule of thumb agrees (the difference is {abs(aug_z):.1f} standard errors)"
-    )
+    rules = f"the rule of thumb agrees (the difference is {abs(aug_z):.1f} standard errors)"
 else:
     rules = (
         f"the rule of thumb would disagree: the difference is {abs(aug_z):.1f} "
@@ -1534,20 +1680,26 @@ aug_lower = sum(
 )
 record("aug_lower", aug_lower)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Without augmentation the network reaches {{plain_val_acc}} on validation, against
+{{cnn_val_acc}} with it: a difference of {{aug_gain}} points (standard
+error {{aug_gain_se}}). {{aug_only}} images are right only with
+augmentation and {{plain_only}} only without; the exact test gives
+p = {{aug_p}}, {{aug_verdict}}, and {{aug_rules}}. Read that with two
+caveats, whichever way it
+came out. Both accuracies are the best of {{epochs}} epochs, picked on these same
+500 images, which flatters both a little. And each is a single run, one draw of
+initial weights, batch order and augmentation; another seed in the setup cell gives
+other numbers. The test set, used once in section 3.10, gives an independent look.
+The validation loss with augmentation is the lower of the two in {{aug_lower}}
+of the {{epochs}} epochs.
+"""
+)
+
+
 # %% [markdown]
-# Without augmentation the network reaches {glue:}`plain_val_acc` on validation, against
-# {glue:}`cnn_val_acc` with it: a difference of {glue:}`aug_gain` points (standard
-# error {glue:}`aug_gain_se`). {glue:}`aug_only` images are right only with
-# augmentation and {glue:}`plain_only` only without; the exact test gives
-# p = {glue:}`aug_p`, {glue:}`aug_verdict`, and {glue:}`aug_rules`. Read that with two
-# caveats, whichever way it
-# came out. Both accuracies are the best of {glue:}`epochs` epochs, picked on these same
-# 500 images, which flatters both a little. And each is a single run, one draw of
-# initial weights, batch order and augmentation; another seed in the setup cell gives
-# other numbers. The test set, used once in section 3.10, gives an independent look.
-# The validation loss with augmentation is the lower of the two in {glue:}`aug_lower`
-# of the {glue:}`epochs` epochs.
-#
 # ## 3.8 A baseline: fully connected networks
 #
 # Is the convolutional structure doing the work, or just the number of weights?
@@ -1650,9 +1802,13 @@ record("cnn_gain_val_se", 100 * cnn_vs_mlp_val.standard_error, fmt="{:.2f}")
 record("cnn_val_p", cnn_vs_mlp_val.p_value, fmt="{:.2g}")
 record("cnn_val_verdict", verdict(cnn_vs_mlp_val.p_value))
 if cnn_vs_mlp_val.p_value >= 0.05:
-    conv_buys = "at least accuracy per weight: the wider MLP is level within chance"
+    conv_buys = (
+        "at least accuracy per weight: the wider MLP is level within chance"
+    )
 elif cnn_vs_mlp_val.difference > 0:
-    conv_buys = "accuracy outright, not only per weight: even the wider MLP is behind"
+    conv_buys = (
+        "accuracy outright, not only per weight: even the wider MLP is behind"
+    )
 else:
     conv_buys = "accuracy per weight only: the wider MLP is ahead"
 record("conv_buys", conv_buys)
@@ -1667,8 +1823,9 @@ record(
     else "its best epoch came before the last, so a longer run would "
     "not obviously help it",
 )
-# Seeds 0-2 on the CPU, and seed 0 on torch 2.4: CNN - MLP(32) 6.0 to 9.2 points,
-# p 3e-12 to 7e-8; MLP(512) - MLP(32) 4.8 to 7.0 points (standard errors ~1.3)
+# Seeds 0-2 on the CPU, and seed 0 on torch 2.4: CNN - MLP(32) 6.0 to 9.2
+# points, p 3e-12 to 7e-8; MLP(512) - MLP(32) 4.8 to 7.0 points (standard errors
+# ~1.3)
 assert equal_size.difference > 0 and equal_size.p_value < 1e-4, equal_size
 assert mlp_val_accs[512] > mlp_val_accs[32], mlp_val_accs  # width helps
 
@@ -1691,37 +1848,46 @@ ax.legend()
 fig.tight_layout()
 plt.show()
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+At equal size ({{mlp32_parameters}} weights against {{cnn_parameters}})
+the CNN is {{equal_gain}} points ahead on validation (standard error
+{{equal_se}}, p = {{equal_p}}), {{equal_verdict}}. Width helps the
+MLP, and validation picks {{mlp_hidden}} units: with {{mlp_parameters}}
+weights, about {{mlp_ratio}} times the CNN's, it reaches {{mlp_val_acc}},
+{{mlp_position}} (standard error {{cnn_gain_val_se}}, p =
+{{cnn_val_p}}), {{cnn_val_verdict}}. That score is the better of two widths
+picked on these same images, which flatters it, and the MLP shares the CNN's learning
+rate, dropout and number of epochs, all untuned; {{mlp_epoch_note}}. So on
+these digits the convolutions buy {{conv_buys}}. Their kernels are
+shared across positions, so a stroke detector learned in one place works everywhere,
+while the MLP learns every position separately, with many more weights. Section
+3.9 shows what that sharing does and does not give the CNN as a
+whole: its linear classifier, which holds most of its weights, is tied to positions.
+"""
+)
+
 # %% [markdown]
-# At equal size ({glue:}`mlp32_parameters` weights against {glue:}`cnn_parameters`)
-# the CNN is {glue:}`equal_gain` points ahead on validation (standard error
-# {glue:}`equal_se`, p = {glue:}`equal_p`), {glue:}`equal_verdict`. Width helps the
-# MLP, and validation picks {glue:}`mlp_hidden` units: with {glue:}`mlp_parameters`
-# weights, about {glue:}`mlp_ratio` times the CNN's, it reaches {glue:}`mlp_val_acc`,
-# {glue:}`mlp_position` (standard error {glue:}`cnn_gain_val_se`, p =
-# {glue:}`cnn_val_p`), {glue:}`cnn_val_verdict`. That score is the better of two widths
-# picked on these same images, which flatters it, and the MLP shares the CNN's learning
-# rate, dropout and number of epochs, all untuned; {glue:}`mlp_epoch_note`. So on
-# these digits the convolutions buy {glue:}`conv_buys`. Their kernels are
-# shared across positions, so a stroke detector learned in one place works everywhere,
-# while the MLP learns every position separately, with many more weights. Section
-# 3.9 shows what that sharing does and does not give the CNN as a
-# whole: its linear classifier, which holds most of its weights, is tied to positions.
-#
 # ## 3.9 What the network learned
 #
 # ### The first layer's kernels
-#
-# The first convolution has {glue:}`c1` kernels of 3 × 3 weights, one per feature map.
-# A kernel can be split into an *odd* part, which changes sign when the kernel is
-# turned half a turn (a Sobel kernel is all odd: one side positive, the other
-# negative, an edge detector), and an *even* part, which does not (a blob, a stripe of
-# one sign between two of the other, or a plain average). The two parts are
-# orthogonal, so their squared sizes add up to the kernel's, and each kernel's title
-# gives the odd part's share. Drawn with the same diverging colours as the Sobel maps
-# (red positive, blue negative, each kernel on its own symmetric scale):
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The first convolution has {{c1}} kernels of 3 × 3 weights, one per feature map.
+A kernel can be split into an *odd* part, which changes sign when the kernel is
+turned half a turn (a Sobel kernel is all odd: one side positive, the other
+negative, an edge detector), and an *even* part, which does not (a blob, a stripe of
+one sign between two of the other, or a plain average). The two parts are
+orthogonal, so their squared sizes add up to the kernel's, and each kernel's title
+gives the odd part's share. Drawn with the same diverging colours as the Sobel maps
+(red positive, blue negative, each kernel on its own symmetric scale):
+"""
+)
 
 # %%
-record("c1", c1)
 learned = model.features[0].weight.detach().cpu()[:, 0]  # (c1, 3, 3)
 odd = (learned - learned.flip(-2, -1)) / 2  # flip both axes: a half turn
 odd_share = odd.pow(2).sum(dim=(1, 2)) / learned.pow(2).sum(dim=(1, 2))  # (c1,)
@@ -1741,12 +1907,17 @@ record("n_even", n_even)
 record("n_mixed", c1 - n_odd - n_even)
 print(f"odd shares: {sorted(round(v, 2) for v in odd_share.tolist())}")
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Of the {{c1}} kernels, {{n_odd}} are at least two-thirds odd (one side
+positive, the other negative, like a noisy Sobel kernel), {{n_even}} are at
+least two-thirds even, and the other {{n_mixed}} mix the two in comparable
+amounts. Nobody wrote these kernels: training found them in the digits.
+"""
+)
+
 # %% [markdown]
-# Of the {glue:}`c1` kernels, {glue:}`n_odd` are at least two-thirds odd (one side
-# positive, the other negative, like a noisy Sobel kernel), {glue:}`n_even` are at
-# least two-thirds even, and the other {glue:}`n_mixed` mix the two in comparable
-# amounts. Nobody wrote these kernels: training found them in the digits.
-#
 # The next checks compare activations down to rounding errors, so they run on a CPU
 # copy of the model: on a GPU, cuDNN may use tiled algorithms and TensorFloat-32
 # arithmetic, which round differently at different positions. The feature maps of the
@@ -1755,8 +1926,9 @@ print(f"odd shares: {sorted(round(v, 2) for v in odd_share.tolist())}")
 # %%
 cpu_model = copy.deepcopy(model).cpu().eval()
 first_block = cpu_model.features[:3]  # conv -> batch norm -> ReLU, all 28 x 28
-# the first validation digit whose bottom 3 rows and right 2 columns are blank (all 0):
-# section "Translation equivariance" shifts it down and right without cutting it off
+# the first validation digit whose bottom 3 rows and right 2 columns are blank
+# (all 0): section "Translation equivariance" shifts it down and right without
+# cutting it off
 blank_bottom = (digits.x_val[:, 0, -3:, :] == 0).flatten(1).all(dim=1)
 blank_right = (digits.x_val[:, 0, :, -2:] == 0).flatten(1).all(dim=1)
 index = int((blank_bottom & blank_right).nonzero()[0, 0])
@@ -1780,20 +1952,24 @@ far[:, [0, -1]] = False
 stroke_maps = int((maps[:, ink].mean(dim=1) > maps[:, far].mean(dim=1)).sum())
 record("stroke_maps", stroke_maps)
 record("background_maps", c1 - stroke_maps)
-
-# %% [markdown]
-# Each map responds to its own pattern: {glue:}`stroke_maps` of them are more active on
-# the strokes than on the background, {glue:}`background_maps` the other way round. The
-# maps may also show a frame one pixel wide around the image. It is an artefact of zero
-# padding, not something in the digit: after normalisation the black background is (0 −
-# mean)/std = {glue:}`background`, not 0, so the padded zeros are *brighter* than the
-# background and form an edge around every image, which the edge kernels report. How
-# visible it is varies from map to map, since each map has its own colour scale. An
-# empty image shows the frame alone, and which maps have it:
-
-# %%
 background = (0.0 - digits.mean) / digits.std  # a black pixel, normalised
 record("background", background, fmt="{:.2f}")
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Each map responds to its own pattern: {{stroke_maps}} of them are more active on
+the strokes than on the background, {{background_maps}} the other way round. The
+maps may also show a frame one pixel wide around the image. It is an artefact of zero
+padding, not something in the digit: after normalisation the black background is (0 −
+mean)/std = {{background}}, not 0, so the padded zeros are *brighter* than the
+background and form an edge around every image, which the edge kernels report. How
+visible it is varies from map to map, since each map has its own colour scale. An
+empty image shows the frame alone, and which maps have it:
+"""
+)
+
+# %%
 blank = torch.full((1, 1, 28, 28), background)  # an image of background only
 with torch.no_grad():
     blank_maps = first_block(blank)[0]  # (c1, 28, 28)
@@ -1806,13 +1982,19 @@ print("maps whose outer ring differs from their inside by > 0.01:", frame_maps)
 record("frame_maps", frame_maps)
 assert inner_spread < 1e-5 and frame_maps > 0
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Inside the frame every map is constant, as it must be for a constant input; the outer
+ring differs in {{frame_maps}} of the {{c1}} maps. Padding with the
+background value, or with copies of the border
+(`nn.Conv2d(..., padding_mode="replicate")`), would remove the frame. For
+classification it is usually harmless, since every image gets the same frame.
+"""
+)
+
+
 # %% [markdown]
-# Inside the frame every map is constant, as it must be for a constant input; the outer
-# ring differs in {glue:}`frame_maps` of the {glue:}`c1` maps. Padding with the
-# background value, or with copies of the border
-# (`nn.Conv2d(..., padding_mode="replicate")`), would remove the frame. For
-# classification it is usually harmless, since every image gets the same frame.
-#
 # ### Translation equivariance
 #
 # Because every position uses the same kernels, shifting the input shifts the feature
@@ -1838,14 +2020,17 @@ def shift(images: torch.Tensor, dy: int, dx: int, fill: float) -> torch.Tensor:
 
 
 dy, dx = 3, 2
-assert torch.allclose(sample[:, -dy:, :], torch.tensor(background))  # empty margins
+# empty margins
+assert torch.allclose(sample[:, -dy:, :], torch.tensor(background))
 assert torch.allclose(sample[:, :, -dx:], torch.tensor(background))
 shifted = shift(sample, dy, dx, background)  # the digit moved down and right
 with torch.no_grad():
     shifted_maps = first_block(shifted[None])[0]
-# shifted_maps[r, c] should equal maps[r - dy, c - dx] where both avoid the border ring
+# shifted_maps[r, c] should equal maps[r - dy, c - dx] where both avoid the
+# border ring
 difference = (
-    shifted_maps[:, dy + 1 : -1, dx + 1 : -1] - maps[:, 1 : -1 - dy, 1 : -1 - dx]
+    shifted_maps[:, dy + 1 : -1, dx + 1 : -1]
+    - maps[:, 1 : -1 - dy, 1 : -1 - dx]
 )
 equivariance_gap = difference.abs().max().item()
 record("equivariance_gap", equivariance_gap, fmt="{:.1e}")
@@ -1857,7 +2042,8 @@ assert equivariance_gap < 1e-4
 
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
 channel = int(maps.amax(dim=(1, 2)).argmax())  # the most active map
-shifted_back = torch.full_like(maps[channel], float("nan"))  # nan: no counterpart
+# nan: no counterpart
+shifted_back = torch.full_like(maps[channel], float("nan"))
 shifted_back[dy:, dx:] = maps[channel, :-dy, :-dx]  # the map itself, shifted
 change = shifted_maps[channel] - shifted_back
 for ax, title, picture in [
@@ -1882,10 +2068,12 @@ fig.suptitle(
 )
 fig.tight_layout()
 plt.show()
-# pixels where the two differ by more than rounding (nan, no counterpart, counts as 0)
+# pixels where the two differ by more than rounding (nan, no counterpart, counts
+# as 0)
 differs = change.nan_to_num().abs() > 1e-4  # (28, 28)
 last = differs.shape[-1] - 1
-ring = torch.zeros_like(differs)  # the two maps' border rings: where padding is read
+# the two maps' border rings: where padding is read
+ring = torch.zeros_like(differs)
 ring[[dy, last], :] = True
 ring[:, [dx, last]] = True
 print(
@@ -1901,17 +2089,22 @@ per_line = {
 }
 print("differing pixels on each border line:", per_line)
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Away from the border rings the largest difference is {{equivariance_gap}}: the
+maps agree up to rounding. Differences can appear only on two kinds of lines (the
+assertion checks it): the first row and column of the moved copy (the original map's
+border ring) and the last row and column (the new map's border ring). Only there do
+the two maps read the padding, which sits at a different place relative to the digit.
+Which of those lines actually differ, and at how many pixels, depends on how this
+kernel responds to padding on each side; the printed counts list them, and in the
+third panel they are the coloured pixels (a line with only one or two differing
+pixels is hard to see). Grey marks pixels that have no counterpart.
+"""
+)
+
 # %% [markdown]
-# Away from the border rings the largest difference is {glue:}`equivariance_gap`: the
-# maps agree up to rounding. Differences can appear only on two kinds of lines (the
-# assertion checks it): the first row and column of the moved copy (the original map's
-# border ring) and the last row and column (the new map's border ring). Only there do
-# the two maps read the padding, which sits at a different place relative to the digit.
-# Which of those lines actually differ, and at how many pixels, depends on how this
-# kernel responds to padding on each side; the printed counts list them, and in the
-# third panel they are the coloured pixels (a line with only one or two differing
-# pixels is hard to see). Grey marks pixels that have no counterpart.
-#
 # Max-pooling with stride 2 keeps this only for shifts by an even number of pixels: a
 # 2-pixel shift becomes a 1-pixel shift of the pooled maps, but an odd shift regroups
 # the pixels into different 2 × 2 blocks, and the pooled maps change rather than move.
@@ -1919,14 +2112,16 @@ print("differing pixels on each border line:", per_line)
 # maps of the original, moved by the nearest whole number of pooled rows.
 
 # %%
-pool_block = cpu_model.features[:4]  # conv -> batch norm -> ReLU -> max-pool: 14 x 14
+# conv -> batch norm -> ReLU -> max-pool: 14 x 14
+pool_block = cpu_model.features[:4]
 with torch.no_grad():
     pooled = pool_block(sample[None])[0]  # (c1, 14, 14)
     pool_gaps = {}
     for rows in (2, 3):
         moved = pool_block(shift(sample, rows, 0, background)[None])[0]
         gaps = []
-        for half in (rows // 2, rows // 2 + 1):  # the nearest whole pooled shifts
+        # the nearest whole pooled shifts
+        for half in (rows // 2, rows // 2 + 1):
             gap = moved[:, half + 1 : -1, 1:-1] - pooled[:, 1 : -1 - half, 1:-1]
             gaps.append(gap.abs().max().item())
         pool_gaps[rows] = min(gaps)
@@ -1941,14 +2136,19 @@ record("pool_gap_odd", pool_gaps[3], fmt="{:.1f}")
 record("pooled_max", pooled_max, fmt="{:.1f}")
 assert pool_gaps[2] < 1e-4 and pool_gaps[3] > 0.1 * pooled_max
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+After a 2-row shift the pooled maps are the original pooled maps moved by one row, up
+to {{pool_gap_even}}. After a 3-row shift neither a 1-row nor a 2-row move
+matches: some pooled value differs by {{pool_gap_odd}}, against a largest pooled
+value of {{pooled_max}}. So after a pooling layer the network is equivariant
+only to shifts by whole pooling steps; for other shifts its maps change, not just
+move, and its answer may change with them.
+"""
+)
+
 # %% [markdown]
-# After a 2-row shift the pooled maps are the original pooled maps moved by one row, up
-# to {glue:}`pool_gap_even`. After a 3-row shift neither a 1-row nor a 2-row move
-# matches: some pooled value differs by {glue:}`pool_gap_odd`, against a largest pooled
-# value of {glue:}`pooled_max`. So after a pooling layer the network is equivariant
-# only to shifts by whole pooling steps; for other shifts its maps change, not just
-# move, and its answer may change with them.
-#
 # ### Does the answer survive a shift?
 #
 # Equivariant feature maps do not make the answer invariant. DigitCNN's classifier is
@@ -2005,41 +2205,50 @@ for key, accs in [("cnn", cnn_accs), ("plain", plain_accs), ("mlp", mlp_accs)]:
 record("cnn_mlp_far", 100 * (cnn_accs[-1] - mlp_accs[-1]), fmt="{:.1f}")
 raw = digits.x_val[:, 0]  # (500, 28, 28), unnormalised: ink is > 0
 k = max_shift
-strips_cut = [raw[:, -k:], raw[:, :k], raw[:, :, -k:], raw[:, :, :k]]  # the 4 moves
-lose_ink = torch.cat([(strip > 0).flatten(1).any(dim=1) for strip in strips_cut])
+# the 4 moves
+strips_cut = [raw[:, -k:], raw[:, :k], raw[:, :, -k:], raw[:, :, :k]]
+lose_ink = torch.cat(
+    [(strip > 0).flatten(1).any(dim=1) for strip in strips_cut]
+)
 record("cropped_share", lose_ink.float().mean().item(), fmt="{:.0%}")
-# Seeds 0-2 on the CPU, and seed 0 on torch 2.4, at 4 pixels: CNN - MLP 13.9 to 15.3
-# points, MLP - CNN without augmentation 16.0 to 19.8 (a standard error is ~1 point)
+# Seeds 0-2 on the CPU, and seed 0 on torch 2.4, at 4 pixels: CNN - MLP 13.9 to
+# 15.3 points, MLP - CNN without augmentation 16.0 to 19.8 (a standard error is
+# ~1 point)
 assert plain_accs[-1] < mlp_accs[-1] < cnn_accs[-1], shift_accuracy
 
-# %% [markdown]
-# Within the ±2 pixels that the augmentation covered, the augmented CNN loses
-# {glue:}`cnn_drop2` points and the MLP {glue:}`mlp_drop2`, while the CNN trained
-# without augmentation loses {glue:}`plain_drop2`. At {glue:}`max_shift` pixels the
-# augmented CNN still gets {glue:}`cnn_far` right, the MLP {glue:}`mlp_far`, and the
-# CNN trained without augmentation only {glue:}`plain_far`. So shared kernels and
-# pooling do not by themselves make the answer shift-invariant: the CNN that never saw
-# a shifted digit is the least tolerant of the three, and most of the tolerance comes
-# from the shifted training images. What the structure adds shows between the two
-# networks that saw the same shifts: at {glue:}`max_shift` pixels the CNN is
-# {glue:}`cnn_mlp_far` points ahead of the MLP.
-#
-# Three things keep the CNN from being invariant. Its head: after two 2 × 2 poolings a
-# shift by 4 pixels moves the final 7 × 7 maps by one position (away from the border),
-# and at the new position the `Linear` layer has other weights. The pooling: shifts by
-# an odd number of pixels change the pooled maps rather than move them (above). And
-# the crop: a shifted digit loses whatever crosses the edge, and at
-# {glue:}`max_shift` pixels {glue:}`cropped_share` of the shifted copies lose some
-# ink. A head that averages each map over all its positions, **global average
-# pooling** (`nn.AdaptiveAvgPool2d(1)`, section 3.3), removes the first cause: it does
-# not care where a feature is; exercise 5 builds one.
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Within the ±2 pixels that the augmentation covered, the augmented CNN loses
+{{cnn_drop2}} points and the MLP {{mlp_drop2}}, while the CNN trained
+without augmentation loses {{plain_drop2}}. At {{max_shift}} pixels the
+augmented CNN still gets {{cnn_far}} right, the MLP {{mlp_far}}, and the
+CNN trained without augmentation only {{plain_far}}. So shared kernels and
+pooling do not by themselves make the answer shift-invariant: the CNN that never saw
+a shifted digit is the least tolerant of the three, and most of the tolerance comes
+from the shifted training images. What the structure adds shows between the two
+networks that saw the same shifts: at {{max_shift}} pixels the CNN is
+{{cnn_mlp_far}} points ahead of the MLP.
+
+Three things keep the CNN from being invariant. Its head: after two 2 × 2 poolings a
+shift by 4 pixels moves the final 7 × 7 maps by one position (away from the border),
+and at the new position the `Linear` layer has other weights. The pooling: shifts by
+an odd number of pixels change the pooled maps rather than move them (above). And
+the crop: a shifted digit loses whatever crosses the edge, and at
+{{max_shift}} pixels {{cropped_share}} of the shifted copies lose some
+ink. A head that averages each map over all its positions, **global average
+pooling** (`nn.AdaptiveAvgPool2d(1)`, section 3.3), removes the first cause: it does
+not care where a feature is; exercise 5 builds one.
+"""
+)
 
 # %% [markdown]
 # ## 3.10 The test set, once
-#
+
+# %% [markdown]
 # Every choice is made: the best epoch of each run, the MLP's width and the comparisons
 # above, all on validation data. Now, and only now, the CNNs, the chosen MLP and, for
-# reference, the MLP of equal size are measured on the {glue:}`n_test` test digits.
+# reference, the MLP of equal size are measured on the test digits.
 # Nothing is changed after this cell (the exercises use validation digits); if something
 # were, the test set would become a second validation set and its numbers would flatter
 # the model.
@@ -2081,7 +2290,12 @@ for name, result in [
         f"exact McNemar p = {result.p_value:.2g}"
     )
 
-record("cnn_test_acc", cnn_test_acc, fmt="{:.1%}", headline="DigitCNN test accuracy")
+record(
+    "cnn_test_acc",
+    cnn_test_acc,
+    fmt="{:.1%}",
+    headline="DigitCNN test accuracy",
+)
 record("cnn_test_errors", round((1 - cnn_test_acc) * n_test))
 record("test_se", 100 * test_se, fmt="{:.1f}")
 record("test_aug_gain", 100 * test_aug.difference, fmt="{:+.1f}")
@@ -2100,40 +2314,47 @@ record("test_cnn_verdict", verdict(test_cnn.p_value))
 record("test_equal_gain", 100 * test_equal.difference, fmt="{:+.1f}")
 record("test_equal_p", test_equal.p_value, fmt="{:.0e}")
 # Seeds 0-2 on the CPU, and seed 0 on torch 2.4: test accuracy 97.4 % to 97.7 %;
-# CNN - MLP(32) 6.9 to 8.1 points, p 9e-16 or less; CNN - MLP(512) +1.3 (torch 2.4)
-# and +2.1 to +3.9 points, standard errors 0.6 to 0.8
+# CNN - MLP(32) 6.9 to 8.1 points, p 9e-16 or less; CNN - MLP(512) +1.3 (torch
+# 2.4) and +2.1 to +3.9 points, standard errors 0.6 to 0.8
 record("n_test", n_test, fmt="{:,}")
 record("digits_per_point", n_test / 100, fmt="{:g}")
 assert cnn_test_acc >= 0.96, cnn_test_acc
 assert test_equal.p_value < 1e-6, test_equal
 # the prose words it either way; what holds with margin is that the MLP is never
-# really better (the CNN is +1.3 to +3.9 points ahead, as above; seeds 0-2 on the
-# CPU: +3.9, +2.1, +2.9, p 3e-07, 1e-03, 2e-06)
+# really better (the CNN is +1.3 to +3.9 points ahead, as above; seeds 0-2 on
+# the CPU: +3.9, +2.1, +2.9, p 3e-07, 1e-03, 2e-06)
 assert test_cnn.difference > 0 or test_cnn.p_value >= 0.05, test_cnn
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The augmented CNN classifies {{cnn_test_acc}} of the test digits correctly
+({{cnn_test_errors}} mistakes), with a standard error of {{test_se}} points:
+on {{n_test}} digits, one point is {{digits_per_point}} digits, and a
+second sample of as many digits would typically give a number within about that
+much. Against the MLP chosen on validation, with {{mlp_ratio}} times its
+weights, the CNN's difference is {{test_cnn_gain}} points (standard error
+{{test_cnn_se}}, p = {{test_cnn_p}}), {{test_cnn_verdict}}; over the
+MLP of equal size it is
+{{test_equal_gain}} points (p = {{test_equal_p}}). The effect of
+augmentation on the
+test set is {{test_aug_gain}} points (standard error {{test_aug_se}},
+p = {{test_aug_p}}), {{test_aug_verdict}}. Unlike the validation numbers,
+these are not flattered by picking the best epoch or the best width on the same
+images, so where the two disagree, the test result is the one to believe.
+"""
+)
+
 # %% [markdown]
-# The augmented CNN classifies {glue:}`cnn_test_acc` of the test digits correctly
-# ({glue:}`cnn_test_errors` mistakes), with a standard error of {glue:}`test_se` points:
-# on {glue:}`n_test` digits, one point is {glue:}`digits_per_point` digits, and a
-# second sample of as many digits would typically give a number within about that
-# much. Against the MLP chosen on validation, with {glue:}`mlp_ratio` times its
-# weights, the CNN's difference is {glue:}`test_cnn_gain` points (standard error
-# {glue:}`test_cnn_se`, p = {glue:}`test_cnn_p`), {glue:}`test_cnn_verdict`; over the
-# MLP of equal size it is
-# {glue:}`test_equal_gain` points (p = {glue:}`test_equal_p`). The effect of
-# augmentation on the
-# test set is {glue:}`test_aug_gain` points (standard error {glue:}`test_aug_se`,
-# p = {glue:}`test_aug_p`), {glue:}`test_aug_verdict`. Unlike the validation numbers,
-# these are not flattered by picking the best epoch or the best width on the same
-# images, so where the two disagree, the test result is the one to believe.
-#
 # Where do the mistakes go?
 
 # %%
 per_class = torch.bincount(test_true, minlength=10)
 print("test images per digit:", per_class.tolist())
 if per_class.min() == per_class.max():
-    rows_note = "each row holds the same number of test digits (printed above), "
+    rows_note = (
+        "each row holds the same number of test digits (printed above), "
+    )
     rows_note += "and the counts of different rows compare directly"
 else:
     low, high = per_class.min().item(), per_class.max().item()
@@ -2148,10 +2369,14 @@ display.ax_.set(xlabel="predicted digit", ylabel="true digit")
 display.figure_.set_size_inches(5.5, 5.5)
 plt.show()
 
-# %% [markdown]
-# Each row is a true digit and each column a prediction; everything off the diagonal is
-# a mistake, and the matrix shows which digits get confused with which. Here
-# {glue:}`rows_note`. The misclassified test digits themselves:
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Each row is a true digit and each column a prediction; everything off the diagonal is
+a mistake, and the matrix shows which digits get confused with which. Here
+{{rows_note}}. The misclassified test digits themselves:
+"""
+)
 
 # %%
 wrong = (test_pred != test_true).nonzero().squeeze(1)
@@ -2280,31 +2505,31 @@ with torch.no_grad():
 print(f"zero-gamma block, input >= 0: largest change {identity_gap:.1e}")
 assert len(blocks) == 8 and zeroed and identity_gap == 0.0
 
+# %% [markdown] tags=["box-warning"]
+# > **Common pitfalls**
+# >
+# > - **No `model.eval()` at test time**: batch norm uses batch statistics (predictions
+# >   change with the batch), and dropout and this chapter's augmentation layer stay on
+# >   (predictions turn random).
+# > - **Wrong flatten size**: compute it (section 3.2), print shapes once, flatten with
+# >   `flatten(1)`, never `view(-1, n)`, which can silently mix images across rows.
+# > - **Channels last**: image libraries give `(H, W, C)`; PyTorch layers want `(C, H, W)`
+# >   (`permute(2, 0, 1)`, as for the astronaut in section 3.1).
+# > - **Softmax before `CrossEntropyLoss`**: the loss expects logits; a softmax in front
+# >   floors the loss and shrinks the gradients. (`log_softmax` in front is merely
+# >   redundant; pair it with `NLLLoss`.)
+# > - **A conv bias before batch norm**: harmless but useless parameters; use
+# >   `bias=False`.
+# > - **Normalising with test statistics** or **augmenting the validation/test sets**:
+# >   both make the reported accuracy dishonest.
+# > - **Choosing anything on the test set**, or calling a difference a result when
+# >   chance explains it: with few disagreeing images, use the exact test.
+# > - **Calling a best-weights file a checkpoint**: resuming needs the optimizer,
+# >   scheduler, epoch, log and random-number states too, all from the same moment.
+# > - **Adam's `weight_decay` for AdamW's**: `Adam(..., weight_decay=λ)` is an L2 penalty
+# >   that Adam rescales; decoupled decay is `AdamW`.
+
 # %% [markdown]
-# ```{admonition} Common pitfalls
-# :class: warning
-# - **No `model.eval()` at test time**: batch norm uses batch statistics (predictions
-#   change with the batch), and dropout and this chapter's augmentation layer stay on
-#   (predictions turn random).
-# - **Wrong flatten size**: compute it (section 3.2), print shapes once, flatten with
-#   `flatten(1)`, never `view(-1, n)`, which can silently mix images across rows.
-# - **Channels last**: image libraries give `(H, W, C)`; PyTorch layers want `(C, H, W)`
-#   (`permute(2, 0, 1)`, as for the astronaut in section 3.1).
-# - **Softmax before `CrossEntropyLoss`**: the loss expects logits; a softmax in front
-#   floors the loss and shrinks the gradients. (`log_softmax` in front is merely
-#   redundant; pair it with `NLLLoss`.)
-# - **A conv bias before batch norm**: harmless but useless parameters; use
-#   `bias=False`.
-# - **Normalising with test statistics** or **augmenting the validation/test sets**:
-#   both make the reported accuracy dishonest.
-# - **Choosing anything on the test set**, or calling a difference a result when
-#   chance explains it: with few disagreeing images, use the exact test.
-# - **Calling a best-weights file a checkpoint**: resuming needs the optimizer,
-#   scheduler, epoch, log and random-number states too, all from the same moment.
-# - **Adam's `weight_decay` for AdamW's**: `Adam(..., weight_decay=λ)` is an L2 penalty
-#   that Adam rescales; decoupled decay is `AdamW`.
-# ```
-#
 # ## Exercises
 #
 # **Exercise 1.** Design a 3 × 3 kernel that responds to edges running from the
@@ -2316,10 +2541,14 @@ assert len(blocks) == 8 and zeroed and identity_gap == 0.0
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 1: weights grow along the direction across the edge, (down, right).
 diagonal = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, 0.0, 1.0], [0.0, 1.0, 2.0]])
-rows_idx, cols_idx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+rows_idx, cols_idx = torch.meshgrid(
+    torch.arange(32), torch.arange(32), indexing="ij"
+)
 test_images = {
-    "along": (rows_idx + cols_idx > 31).float(),  # edge from bottom-left to top-right
-    "across": (cols_idx - rows_idx > 0).float(),  # edge from top-left to bottom-right
+    # edge from bottom-left to top-right
+    "along": (rows_idx + cols_idx > 31).float(),
+    # edge from top-left to bottom-right
+    "across": (cols_idx - rows_idx > 0).float(),
 }
 responses = {
     name: filter_image(img[None, None], diagonal)[0, 0]
@@ -2347,7 +2576,9 @@ assert all(min(r, 31 - r) <= 1 and min(c, 31 - c) <= 1 for r, c in where)
 columns = F.unfold(rgb[None], kernel_size=3, padding=1)  # (1, 27, 4096)
 as_matrix = weight.flatten(1) @ columns + bias.view(1, 2, 1)  # (1, 2, 4096)
 as_image = as_matrix.view(1, 2, 64, 64)
-gap = (as_image - F.conv2d(rgb[None], weight, bias, padding=1)).abs().max().item()
+gap = (
+    (as_image - F.conv2d(rgb[None], weight, bias, padding=1)).abs().max().item()
+)
 mult_adds = weight[0].numel() * as_matrix.shape[1] * as_matrix.shape[2]
 print(
     f"largest difference {gap:.1e}; {mult_adds:,} multiply-adds (27 per output value)"
@@ -2447,14 +2678,15 @@ print(
     f"{softmax_cost.p_value:.1g}) after the same training: "
     f"{verdict(softmax_cost.p_value)}."
 )
-# How much it costs varies with the seed: AdamW's steps do not depend on the overall
-# scale of the gradients, so what hurts is that confidently wrong images contribute
-# almost nothing.
-# softmax_loss > floor holds by construction (the floor bounds every example's loss);
-# what the run shows is that the correct model's loss goes below it
+# How much it costs varies with the seed: AdamW's steps do not depend on the
+# overall scale of the gradients, so what hurts is that confidently wrong images
+# contribute almost nothing. softmax_loss > floor holds by construction (the
+# floor bounds every example's loss); what the run shows is that the correct
+# model's loss goes below it
 assert floor > correct_loss
 assert softmax_cost.difference > 0, softmax_cost
-# every rate learns: seeds 0-2 and torch 2.4, lowest 0.930 (a standard error ~1.1)
+# every rate learns: seeds 0-2 and torch 2.4, lowest 0.930 (a standard error
+# ~1.1)
 assert min(sweep_acc.values()) > 0.9, sweep_acc
 
 # %% [markdown]
@@ -2465,7 +2697,8 @@ assert min(sweep_acc.values()) > 0.9, sweep_acc
 # least confident images with the accuracy on the rest.
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 4: softmax turns logits into probabilities; the largest is the confidence.
+# Solution 4: softmax turns logits into probabilities; the largest is the
+# confidence.
 model.eval()
 with torch.no_grad():
     # (number of validation images, 10)
@@ -2476,7 +2709,8 @@ unsure = order[:8]
 fig = plot_image_grid(
     digits.x_val[unsure],
     titles=[
-        f"{guess[i]} ({confidence[i]:.2f}) / {digits.y_val[i]}" for i in unsure.tolist()
+        f"{guess[i]} ({confidence[i]:.2f}) / {digits.y_val[i]}"
+        for i in unsure.tolist()
     ],
     suptitle="Least confident validation predictions: pred (probability) / true",
 )
@@ -2581,37 +2815,43 @@ print(
     f"{100 * drops[flat_name]:.1f} for the Flatten head: averaging over "
     f"positions makes the answer {how_much} sensitive to where the digit is."
 )
-# Seeds 0-2 on the CPU: a 4-pixel shift costs the pooling head 6.9 to 7.8 points,
-# the Flatten head 54.3 to 56.9; unshifted the pooling head is 0.6 to 1.6 points
-# behind, p 0.12 to 0.66
+# Seeds 0-2 on the CPU: a 4-pixel shift costs the pooling head 6.9 to 7.8
+# points, the Flatten head 54.3 to 56.9; unshifted the pooling head is 0.6 to
+# 1.6 points behind, p 0.12 to 0.66
 assert drops[pool_name] < drops[flat_name] / 2, drops
 
 # %% [markdown]
 # ## Summary
-#
-# - A convolution slides shared kernels over the image; with several input channels each
-#   output channel sums its kernels' responses over all of them. Sobel kernels show a
-#   step as one ridge and a thin line as an opposite-signed pair.
-# - Output size is `floor((n + 2p - d(k-1) - 1)/s) + 1`, and the receptive field grows
-#   as `r + (k - 1)·d·j`, faster after pooling or with dilation. Locality saves most
-#   of a dense layer's weights and all of its extra arithmetic; weight sharing divides
-#   the remaining weights by the number of positions.
-# - Batch norm normalises each channel over `(N, H, W)`, learns γ and β, keeps running
-#   statistics as buffers (with PyTorch's momentum weighting the new batch), and makes a
-#   preceding conv bias redundant; it and dropout behave differently under `train()`
-#   and `eval()`. The network's outputs are logits for `CrossEntropyLoss`.
-# - AdamW decouples weight decay from Adam's rescaling; a cosine schedule is stepped
-#   once per epoch; a resumable checkpoint holds the model, optimizer, scheduler, log
-#   and random-number states of one moment; resuming from it repeats the run bit for
-#   bit on a CPU and to rounding on a GPU.
-# - A small CNN reached {glue:}`cnn_test_acc` on {glue:}`n_test` test digits (standard
-#   error {glue:}`test_se` points), {glue:}`test_cnn_gain` points against the MLP whose
-#   width was chosen on validation ({glue:}`test_cnn_verdict`); the effect of
-#   augmentation on the test set was
-#   {glue:}`test_aug_verdict` (exact McNemar test, the right tool when few images
-#   disagree).
-# - Shared kernels make the feature maps move with the digit, but a `Flatten` +
-#   `Linear` head is tied to positions; global average pooling is not. The residual
-#   block, `relu(x + F(x))`, is what chapter 5's ResNets stack.
-#
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+- A convolution slides shared kernels over the image; with several input channels each
+  output channel sums its kernels' responses over all of them. Sobel kernels show a
+  step as one ridge and a thin line as an opposite-signed pair.
+- Output size is `floor((n + 2p - d(k-1) - 1)/s) + 1`, and the receptive field grows
+  as `r + (k - 1)·d·j`, faster after pooling or with dilation. Locality saves most
+  of a dense layer's weights and all of its extra arithmetic; weight sharing divides
+  the remaining weights by the number of positions.
+- Batch norm normalises each channel over `(N, H, W)`, learns γ and β, keeps running
+  statistics as buffers (with PyTorch's momentum weighting the new batch), and makes a
+  preceding conv bias redundant; it and dropout behave differently under `train()`
+  and `eval()`. The network's outputs are logits for `CrossEntropyLoss`.
+- AdamW decouples weight decay from Adam's rescaling; a cosine schedule is stepped
+  once per epoch; a resumable checkpoint holds the model, optimizer, scheduler, log
+  and random-number states of one moment; resuming from it repeats the run bit for
+  bit on a CPU and to rounding on a GPU.
+- A small CNN reached {{cnn_test_acc}} on {{n_test}} test digits (standard
+  error {{test_se}} points), {{test_cnn_gain}} points against the MLP whose
+  width was chosen on validation ({{test_cnn_verdict}}); the effect of
+  augmentation on the test set was
+  {{test_aug_verdict}} (exact McNemar test, the right tool when few images
+  disagree).
+- Shared kernels make the feature maps move with the digit, but a `Flatten` +
+  `Linear` head is tied to positions; global average pooling is not. The residual
+  block, `relu(x + F(x))`, is what chapter 5's ResNets stack.
+"""
+)
+
+# %% [markdown]
 # **Next:** chapter 4 turns from grids to sequences, with recurrent networks.
