@@ -124,7 +124,9 @@ kernels = {
 
 
 def filter_image(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Apply one kernel to a (1, 1, H, W) image; the output has the same H and W."""
+    """Apply one kernel to a (1, 1, H, W) image;
+    the output has the same H and W.
+    """
     p = kernel.shape[-1] // 2
     # (1, 1, H + 2p, W + 2p)
     padded = F.pad(image, (p, p, p, p), mode="replicate")
@@ -298,7 +300,8 @@ for o in range(2):  # each output channel ...
 library = F.conv2d(rgb[None], weight, bias, padding=1)[0]  # (2, 64, 64)
 gap = (by_hand - library).abs().max().item()
 print(
-    f"output {tuple(library.shape)}, largest difference from F.conv2d: {gap:.1e}"
+    f"output {tuple(library.shape)}, "
+    f"largest difference from F.conv2d: {gap:.1e}"
 )
 assert gap < 1e-5
 
@@ -585,7 +588,9 @@ def receptive_field_by_gradient(
     layers: list[tuple[int, int, int]],
     size: int = 28,
 ) -> int:
-    """Width of the input patch that the centre output unit gets gradient from."""
+    """Width of the input patch that the centre output unit gets
+    gradient from.
+    """
     modules = []
     for k, s, d in layers:
         if s == 1:  # a convolution that keeps the size, all weights 1
@@ -856,10 +861,11 @@ plt.show()
 
 # %%
 class RandomRotateShift(nn.Module):
-    """Rotate each image by up to `degrees` and shift it by up to `shift` pixels.
+    """Rotate each image by up to `degrees` and shift it by up to
+    `shift` pixels.
 
-    Active only in training mode; in evaluation mode it returns its input. The images
-    must be square.
+    Active only in training mode; in evaluation mode it returns its input.
+    The images must be square.
     """
 
     def __init__(
@@ -915,7 +921,9 @@ fig = plot_image_grid(
     [*views["bilinear"], *views["nearest"]],
     titles=[f"bilinear {i}" for i in range(8)]
     + [f"nearest {i}" for i in range(8)],
-    suptitle="One training digit, 8 random rotations and shifts, two interpolations",
+    suptitle=(
+        "One training digit, 8 random rotations and shifts, two interpolations"
+    ),
     value_range=(0, 1),  # one scale: bilinear's dimming of thin strokes shows
 )
 plt.show()
@@ -983,7 +991,9 @@ print(f"training on {len(train_set)} digits")
 
 # %%
 class DigitCNN(nn.Module):
-    """Augmentation, two conv blocks (conv, batch norm, ReLU, 2x2 max-pool), linear."""
+    """Augmentation, two conv blocks
+    (conv, batch norm, ReLU, 2x2 max-pool), linear.
+    """
 
     def __init__(
         self,
@@ -1050,7 +1060,8 @@ formulas = {  # layer name: (the formula as text, its value)
     "classifier.2": (f"{c2}*7*7*10 + 10", c2 * 7 * 7 * 10 + 10),
 }
 print(
-    f"{'layer':13} {'type':12} {'parameter shapes':24} {'formula':16} {'count':>6}"
+    f"{'layer':13} {'type':12} {'parameter shapes':24} "
+    f"{'formula':16} {'count':>6}"
 )
 total = 0
 for name, layer in model.named_modules():
@@ -1134,7 +1145,8 @@ for case, top_class in cases.items():
         loss.backward()
         table[case, ending] = loss.item(), z.grad.norm().item()
         print(
-            f"{case:18} {ending:14} {loss.item():8.4f} {z.grad.norm().item():14.2e}"
+            f"{case:18} {ending:14} {loss.item():8.4f} "
+            f"{z.grad.norm().item():14.2e}"
         )
 for case in cases:  # log_softmax first changes nothing
     assert all(
@@ -1303,7 +1315,8 @@ def train_epochs(
     """Train from the epoch after those in `log` to `last_epoch`.
 
     After each epoch: update `log`, save the best weights so far to
-    `folder / "best.pt"` and a resumable checkpoint to `folder / "epoch_<n>.pt"`.
+    `folder / "best.pt"` and a resumable checkpoint to
+    `folder / "epoch_<n>.pt"`.
     """
     first_epoch = len(log["train_loss"]) + 1  # the epochs in the log are done
     bar = tqdm(range(first_epoch, last_epoch + 1), desc="epochs")
@@ -1500,7 +1513,10 @@ record(
     "epoch_budget",
     "the last one, so more epochs might still help"
     if best_is_last
-    else f"epoch {best_epoch}, tied by the last one, so more epochs might still help"
+    else (
+        f"epoch {best_epoch}, tied by the last one, "
+        "so more epochs might still help"
+    )
     if last_ties_best
     else f"epoch {best_epoch}, before the last one",
 )
@@ -1656,13 +1672,16 @@ record("aug_verdict", verdict(aug.p_value))
 aug_z = aug.difference / aug.standard_error
 two_se_real, exact_real = abs(aug_z) > 2, aug.p_value < 0.05
 if two_se_real == exact_real:
-    rules = f"the rule of thumb agrees (the difference is {abs(aug_z):.1f} standard errors)"
+    rules = (
+        "the rule of thumb agrees "
+        f"(the difference is {abs(aug_z):.1f} standard errors)"
+    )
 else:
     rules = (
         f"the rule of thumb would disagree: the difference is {abs(aug_z):.1f} "
-        f"standard errors, {'more' if two_se_real else 'less'} than two, but with "
-        f"only {aug.only_a + aug.only_b} images disagreeing the exact test is the one "
-        "to trust"
+        f"standard errors, {'more' if two_se_real else 'less'} than two, "
+        f"but with only {aug.only_a + aug.only_b} images disagreeing "
+        "the exact test is the one to trust"
     )
 record("aug_rules", rules)
 
@@ -2126,8 +2145,8 @@ with torch.no_grad():
             gaps.append(gap.abs().max().item())
         pool_gaps[rows] = min(gaps)
         print(
-            f"digit shifted {rows} rows: largest difference from the nearest whole "
-            f"pooled shift {min(gaps):.1e}"
+            f"digit shifted {rows} rows: largest difference from "
+            f"the nearest whole pooled shift {min(gaps):.1e}"
         )
 pooled_max = pooled.max().item()
 print(f"(for scale: the largest pooled value is {pooled_max:.1f})")
@@ -2558,8 +2577,9 @@ total = {name: r.abs().sum().item() for name, r in responses.items()}
 where = responses["across"].nonzero().tolist()
 print(
     f"Total |response|: {total['along']:.0f} on the edge it was designed for, "
-    f"{total['across']:.0f} on the perpendicular one, where it is nonzero only at "
-    f"{where}, next to the two corners where that edge meets the image border."
+    f"{total['across']:.0f} on the perpendicular one, "
+    f"where it is nonzero only at {where}, "
+    "next to the two corners where that edge meets the image border."
 )
 assert total["along"] >= 10 * total["across"]
 assert all(min(r, 31 - r) <= 1 and min(c, 31 - c) <= 1 for r, c in where)
@@ -2581,7 +2601,8 @@ gap = (
 )
 mult_adds = weight[0].numel() * as_matrix.shape[1] * as_matrix.shape[2]
 print(
-    f"largest difference {gap:.1e}; {mult_adds:,} multiply-adds (27 per output value)"
+    f"largest difference {gap:.1e}; {mult_adds:,} multiply-adds "
+    "(27 per output value)"
 )
 assert gap < 1e-5 and mult_adds == 27 * 2 * 64 * 64
 
@@ -2712,7 +2733,9 @@ fig = plot_image_grid(
         f"{guess[i]} ({confidence[i]:.2f}) / {digits.y_val[i]}"
         for i in unsure.tolist()
     ],
-    suptitle="Least confident validation predictions: pred (probability) / true",
+    suptitle=(
+        "Least confident validation predictions: pred (probability) / true"
+    ),
 )
 plt.show()
 correct = guess == digits.y_val
@@ -2724,7 +2747,8 @@ n_caught = (~correct[order[:n_unsure]]).sum().item()  # mistakes among them
 share = "most" if n_caught > n_wrong / 2 else "only some"
 print(
     f"Accuracy on the {n_unsure} least confident validation digits: "
-    f"{acc_unsure:.2f}; on the other {len(correct) - n_unsure}: {acc_rest:.3f}. "
+    f"{acc_unsure:.2f}; on the other {len(correct) - n_unsure}: "
+    f"{acc_rest:.3f}. "
     f"{n_caught} of the {n_wrong} mistakes are among those {n_unsure}: low "
     f"confidence flags {share} of them."
 )
