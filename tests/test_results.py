@@ -1,3 +1,5 @@
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -41,6 +43,24 @@ def test_headline_values_carry_label_raw_value_and_text(shown):
     }
 
 
+def test_numpy_and_tensor_scalars_are_stored_as_plain_python_numbers(shown):
+    record("q", Fraction(1, 4), headline="Q")  # a Real without .item(): becomes float
+    assert shown.pop()[2][HEADLINE_KEY] == {"headline": "Q", "value": 0.25, "text": "0.25"}
+    record("a", np.float32(0.5), headline="A")
+    record("b", np.array(0.25), "{:.2f}", headline="B")  # a 0-d array: only .item() reads it
+    record("c", torch.tensor(3), headline="C")
+    values = [metadata[HEADLINE_KEY]["value"] for _, _, metadata in shown]
+    assert values == [0.5, 0.25, 3]
+    assert [type(v) for v in values] == [float, float, int]
+    assert shown[1][0] == {GLUE_MIME_PREFIX + "text/plain": "0.25"}
+
+
+def test_a_prose_text_without_placeholder_is_quoted_by_its_first_60_characters(recorded):
+    text = "x" * 59 + "yz and more"
+    with pytest.raises(ValueError, match=f"it starts '{'x' * 59}y'\\)$"):
+        prose(text)
+
+
 def test_format_value_accepts_numpy_and_integer_scalars():
     assert format_value(np.float32(0.5), "{:.2f}") == "0.50"
     assert format_value(50378, "{:,}") == "50,378"
@@ -51,12 +71,16 @@ def test_format_value_accepts_numpy_and_integer_scalars():
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"name": 3, "value": 1.0}, TypeError, "name"),
+        ({"name": 3, "value": 1.0}, TypeError, "^name must be a str, got int$"),
         ({"name": "test accuracy", "value": 1.0}, ValueError, "name"),
-        ({"name": "x", "value": [1, 2]}, TypeError, "value"),
+        (
+            {"name": "x", "value": [1, 2]},
+            TypeError,
+            "^value must be a number, a string or a scalar tensor, got list$",
+        ),
         ({"name": "x", "value": torch.ones(2)}, ValueError, "scalar"),
         ({"name": "x", "value": float("nan")}, ValueError, "finite"),
-        ({"name": "x", "value": 1.0, "fmt": 2}, TypeError, "fmt"),
+        ({"name": "x", "value": 1.0, "fmt": 2}, TypeError, "^fmt must be a str such as '{:.3f}', got int$"),
         ({"name": "x", "value": 1.0, "fmt": "%.2f"}, ValueError, "replacement field"),
         ({"name": "x", "value": "abc", "fmt": "{:.2f}"}, ValueError, "fmt"),
         ({"name": "x", "value": 1.0, "headline": " "}, ValueError, "headline"),
@@ -112,9 +136,13 @@ def test_prose_quotes_the_latest_recorded_value(shown, recorded):
 @pytest.mark.parametrize(
     ("text", "error", "message"),
     [
-        (3, TypeError, "markdown must be a str"),
+        (3, TypeError, "^markdown must be a str, got int$"),
         ("No value here.", ValueError, "belongs in a Markdown cell"),
-        ("Old style {glue:}`acc`.", ValueError, "not MyST"),
+        (
+            "Old style {glue:}`acc`.",
+            ValueError,
+            r"^prose uses \{\{name\}\} placeholders, not MyST \{glue\} roles$",
+        ),
         ("Bad {{acc + 1}}.", ValueError, r"must be recorded names, got \['acc \+ 1'\]"),
         ("Missing {{acc}} and {{acu}}.", ValueError, r"\['acu'\].*did you mean 'acc'"),
         ("Never {{zzz}}.", ValueError, r"\['zzz'\].*run the cell that records it first$"),
@@ -136,3 +164,10 @@ def test_outside_ipython_prose_checks_its_input_but_prints_nothing(monkeypatch, 
     assert capsys.readouterr().out == ""
     with pytest.raises(ValueError, match="acu"):
         prose("Acc {{acu}}.")
+
+
+def test_prose_removes_only_the_blank_lines_around_the_paragraph(shown, recorded):
+    record("n", 3)
+    shown.clear()
+    prose("\n\nX marks {{n}} spots\nX\n\n")
+    assert shown[0][0]["text/markdown"] == "X marks 3 spots\nX"
