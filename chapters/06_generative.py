@@ -41,7 +41,8 @@ if "google.colab" in sys.modules:
 
     repository = "https://github.com/pytorch-book/pytorch-book"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"], check=True
+        [sys.executable, "-m", "pip", "install", "-q", f"git+{repository}"],
+        check=True,
     )
 
 # %%
@@ -82,6 +83,7 @@ from torch.utils.data import DataLoader, TensorDataset
 seed = seed_everything(0)
 device = get_device()
 print(describe_runtime(device, seed))
+chapter_start = time.perf_counter()  # for the run time quoted in the summary
 
 # %% [markdown]
 # ## 6.1 The digits, and a judge for generated ones
@@ -117,7 +119,8 @@ for part in ("train", "val", "test"):
 # %%
 judge = nn.Sequential(
     # no bias: the batch norm right after has its own shift
-    nn.Conv2d(1, 8, 3, padding=1, bias=False),  # (B, 1, 28, 28) -> (B, 8, 28, 28)
+    # (B, 1, 28, 28) -> (B, 8, 28, 28)
+    nn.Conv2d(1, 8, 3, padding=1, bias=False),
     nn.BatchNorm2d(8),
     nn.ReLU(),
     nn.MaxPool2d(2),  # -> (B, 8, 14, 14)
@@ -131,7 +134,8 @@ judge = nn.Sequential(
     nn.Dropout(0.3),
     nn.Linear(64, 10),  # -> (B, 10) class logits
 ).to(device)
-judge_features, judge_head = judge[:-2], judge[-2:]  # slices share the same layers
+# slices share the same layers
+judge_features, judge_head = judge[:-2], judge[-2:]
 
 judge_train_loader = DataLoader(
     TensorDataset(digits.x_train, digits.y_train),
@@ -139,7 +143,9 @@ judge_train_loader = DataLoader(
     shuffle=True,
     generator=make_generator(seed),
 )
-judge_val_loader = DataLoader(TensorDataset(digits.x_val, digits.y_val), batch_size=500)
+judge_val_loader = DataLoader(
+    TensorDataset(digits.x_val, digits.y_val), batch_size=500
+)
 judge_epochs = 6
 with tempfile.TemporaryDirectory() as checkpoint_dir:
     checkpoint = Path(checkpoint_dir) / "judge.pt"
@@ -198,6 +204,18 @@ plt.show()
 # samples shrink (Chong and Forsyth, 2020, [Effectively unbiased FID and Inception
 # score](https://arxiv.org/abs/1911.07023)): only sets of the same size are compared.
 #
+# The first three are cruder relatives of the two terms of the **Inception Score**
+# (Salimans et al., 2016, [Improved techniques for training
+# GANs](https://arxiv.org/abs/1606.03498)),
+# $\exp\big(H(\bar p(y)) - \mathbb E_x H(p(y \mid x))\big)$ with $\bar p(y)$ the
+# average of the classifier's probabilities over the images: high when each image
+# gets a sure verdict and the verdicts spread over the classes. Kept apart, the
+# scores show which of the two fails. The same split between the quality of
+# samples and their coverage of the data is what precision and recall for
+# generative models measure in feature space (Kynkäänniemi et al., 2019,
+# [Improved precision and recall metric for assessing generative
+# models](https://arxiv.org/abs/1904.06991)).
+#
 # The thresholds, 0.9 and 10 images, are this chapter's conventions, fixed before any
 # generator was trained. `helpers.generative.confidence_summary` computes the first three
 # scores and `helpers.generative.frechet_distance` the fourth (in float64, with
@@ -209,7 +227,8 @@ plt.show()
 # N(0, 1) against N(1, 2^2) in one dimension: (0 - 1)^2 + (1 - 2)^2 = 2
 g = make_generator(seed)
 fd_check = frechet_distance(
-    torch.randn(100_000, 1, generator=g), 1 + 2 * torch.randn(100_000, 1, generator=g)
+    torch.randn(100_000, 1, generator=g),
+    1 + 2 * torch.randn(100_000, 1, generator=g),
 )
 print(f"FD of samples of N(0, 1) and N(1, 4): {fd_check:.3f} (exact: 2)")
 # one standard error of this estimate is about 0.015 (40 seeds)
@@ -279,7 +298,9 @@ binary_train = (digits.x_train > 0.5).float()
 binary_val = (digits.x_val > 0.5).float()
 binary_test = (digits.x_test > 0.5).float()
 print(f"share of white pixels after binarising: {binary_train.mean():.3f}")
-binary_val_probs, _ = classify_images(judge_features, judge_head, binary_val, device)
+binary_val_probs, _ = classify_images(
+    judge_features, judge_head, binary_val, device
+)
 binary_val_confident = confidence_summary(binary_val_probs).confident_fraction
 _, binary_train_features = classify_images(
     judge_features, judge_head, binary_train[:500], device
@@ -354,8 +375,10 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor):
         mu, logvar = self.encode(x)
-        eps = torch.randn_like(mu)  # the randomness, drawn outside the parameters
-        z = mu + torch.exp(0.5 * logvar) * eps  # reparameterised sample from q(z|x)
+        # the randomness, drawn outside the parameters
+        eps = torch.randn_like(mu)
+        # reparameterised sample from q(z|x)
+        z = mu + torch.exp(0.5 * logvar) * eps
         return self.decode(z), mu, logvar
 
 
@@ -364,16 +387,21 @@ torch.manual_seed(seed)
 vae = VAE(latent_dim).to(device)
 logits, mu, logvar = vae(binary_train[:4].to(device))
 print(
-    "logits", tuple(logits.shape), "mu", tuple(mu.shape), "logvar", tuple(logvar.shape)
+    "logits",
+    tuple(logits.shape),
+    "mu",
+    tuple(mu.shape),
+    "logvar",
+    tuple(logvar.shape),
 )
 print(f"parameters: {count_parameters(vae):,}")
 
 # %% [markdown]
 # MLPs rather than convolutions: on this chapter's CPU budget a fully connected VAE
-# trains in a few seconds; the convolutions are spent on the judge, which must be a
-# good classifier. The sizes, 16 latent numbers and 256 hidden units, are untuned,
-# chosen to train quickly; a two-dimensional version below shows what 2 latent numbers
-# instead of 16 cost.
+# trains in seconds (section 6.3 prints this run's time); the convolutions are spent
+# on the judge, which must be a good classifier. The sizes, 16 latent numbers and 256
+# hidden units, are untuned, chosen to train quickly; a two-dimensional version below
+# shows what 2 latent numbers instead of 16 cost.
 #
 # ### The reparameterisation trick
 #
@@ -484,12 +512,15 @@ torch.testing.assert_close(kl_closed, kl_library)
 
 
 # %%
-def vae_loss_terms(model: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def vae_loss_terms(
+    model: VAE, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstruction and KL terms of the negative ELBO, per image, in nats: (B,) each."""
     logits, mu, logvar = model(x)
+    # sum over the 784 pixels: log p(x|z) of the whole image
     reconstruction = F.binary_cross_entropy_with_logits(
         logits, x, reduction="none"
-    ).sum(dim=(1, 2, 3))  # sum over the 784 pixels: log p(x|z) of the whole image
+    ).sum(dim=(1, 2, 3))
     return reconstruction, gaussian_kl(mu, logvar)
 
 
@@ -517,9 +548,10 @@ def negative_elbo(model: VAE, images: torch.Tensor, samples: int = 1) -> float:
 # losses are summed on the device and read once per epoch: a `.item()` on every step
 # would make a GPU wait for each step in turn (chapter 8 measures this).
 #
-# Adam's learning rate is chosen on the same validation value from a small grid around
-# Adam's default of 1e-3: 1e-3, 3e-3 and 1e-2, each run for 20 epochs (the time budget)
-# from the same initial weights. The batch size, 128, is untuned.
+# Adam's learning rate is chosen on the same validation value from a small grid that
+# starts at Adam's default and steps up by about 3×: 1e-3, 3e-3 and 1e-2, each run for
+# 20 epochs (the time budget) from the same initial weights. The batch size, 128, is
+# untuned.
 
 
 # %%
@@ -557,12 +589,14 @@ def train_vae(
         for (x,) in loader:
             x = x.to(device)
             reconstruction, kl = vae_loss_terms(model, x)
-            loss = (reconstruction + kl).mean()  # mean over the batch, sum over pixels
+            # mean over the batch, sum over pixels
+            loss = (reconstruction + kl).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             sums += torch.stack([loss.detach() * len(x), kl.detach().sum()])
-        train_loss, train_kl = (sums / len(train_images)).tolist()  # one device read
+        # one device read
+        train_loss, train_kl = (sums / len(train_images)).tolist()
         seconds += time.perf_counter() - start
         history["train"].append(train_loss)
         history["train KL"].append(train_kl)
@@ -573,7 +607,9 @@ def train_vae(
             best_state = copy.deepcopy(model.state_dict())
         if epoch % snapshot_every == 0:
             state = copy.deepcopy(model.state_dict())
-            snapshots.append({"epoch": epoch, "seconds": seconds, "state": state})
+            snapshots.append(
+                {"epoch": epoch, "seconds": seconds, "state": state}
+            )
     model.load_state_dict(best_state)
     return history, best_epoch, snapshots
 
@@ -583,20 +619,29 @@ vae_runs = {}
 for lr in (1e-3, 3e-3, 1e-2):
     torch.manual_seed(seed)  # the same initial weights for every learning rate
     model = VAE(latent_dim).to(device)
-    history, best_epoch, snapshots = train_vae(
+    history, best_epoch, vae_snapshots = train_vae(
         model, binary_train, binary_val, vae_epochs, lr=lr, seed=seed
     )
     vae_runs[lr] = {"model": model, "history": history, "best_epoch": best_epoch,
-                    "snapshots": snapshots}  # fmt: skip
+                    "snapshots": vae_snapshots}  # fmt: skip
 print("learning rate   best validation negative ELBO (nats)   at epoch")
 for lr, run in vae_runs.items():
     best_value = min(run["history"]["validation"])
     print(f"{lr:13g}   {best_value:35.1f}   {run['best_epoch']:8d}")
-vae_lr = min(vae_runs, key=lambda lr: min(vae_runs[lr]["history"]["validation"]))
+vae_lr = min(
+    vae_runs, key=lambda lr: min(vae_runs[lr]["history"]["validation"])
+)
 vae, vae_history = vae_runs[vae_lr]["model"], vae_runs[vae_lr]["history"]
 vae_best_epoch = vae_runs[vae_lr]["best_epoch"]
 print(f"chosen: learning rate {vae_lr:g}")
 record("vae_lr", vae_lr, fmt="{:g}")
+lr_grid = sorted(vae_runs)
+record(
+    "vae_lr_edge_text",
+    "it lies inside the grid, so both neighbours were worse"
+    if lr_grid[0] < vae_lr < lr_grid[-1]
+    else "it lies at the grid's edge, so a wider grid might do better",
+)
 record("vae_best_epoch", vae_best_epoch)
 record("vae_epochs_run", vae_epochs)
 
@@ -611,8 +656,11 @@ plot_losses(
     ax=ax_loss,
 )  # fmt: skip
 ax_loss.lines[-1].set_linestyle("--")  # the training curve
-ax_loss.axvline(vae_best_epoch, color="grey", linestyle=":", label="chosen epoch")
-ax_loss.set_ylim(top=min(vae_history["validation"]) + 80)  # epoch 1 is far above
+ax_loss.axvline(
+    vae_best_epoch, color="grey", linestyle=":", label="chosen epoch"
+)
+# epoch 1 is far above
+ax_loss.set_ylim(top=min(vae_history["validation"]) + 80)
 ax_loss.legend(fontsize=8)
 plot_losses(
     {f"KL term (training, lr {vae_lr:g})": vae_history["train KL"]},
@@ -634,11 +682,14 @@ record(
     if still_falling
     else "before the last one: at this rate the validation value stopped improving",
 )
-gap = (
+vae_gap = (
     vae_history["validation"][vae_best_epoch - 1]
     - vae_history["train"][vae_best_epoch - 1]
 )
-record("vae_gap_text", f"{abs(gap):.1f} nats {'above' if gap > 0 else 'below'}")
+record(
+    "vae_gap_text",
+    f"{abs(vae_gap):.1f} nats {'above' if vae_gap > 0 else 'below'}",
+)
 kl_curve = vae_history["train KL"]
 kl_low = int(np.argmin(kl_curve))
 kl_text = f"starts at {kl_curve[0]:.1f} nats per image"
@@ -661,7 +712,8 @@ record(
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The learning rate {{vae_lr}} gave the lowest validation value. Its best epoch is
+The learning rate {{vae_lr}} gave the lowest validation value;
+{{vae_lr_edge_text}}. Its best epoch is
 {{vae_best_epoch}} of {{vae_epochs_run}}, {{vae_stop_text}}. At that
 epoch the validation value is {{vae_gap_text}} the training average. The KL
 term (right) is what the codes cost: it
@@ -687,9 +739,13 @@ with torch.no_grad():
     originals = binary_val[:10].to(device)
     mu_val, _ = vae.encode(originals)
     reconstructions = torch.sigmoid(vae.decode(mu_val))
-    z_prior = torch.randn(30, latent_dim, generator=make_generator(seed)).to(device)
+    z_prior = torch.randn(30, latent_dim, generator=make_generator(seed)).to(
+        device
+    )
     prior_samples = torch.sigmoid(vae.decode(z_prior))
-recon_probs, _ = classify_images(judge_features, judge_head, reconstructions, device)
+recon_probs, _ = classify_images(
+    judge_features, judge_head, reconstructions, device
+)
 recon_right = int((recon_probs.argmax(dim=1) == digits.y_val[:10]).sum())
 record("vae_recon_right", recon_right)
 # The judge on images that look generated but whose digit is known: the
@@ -703,7 +759,9 @@ recon_probs_all, _ = classify_images(
 recon_read = recon_probs_all.argmax(dim=1)  # (500,) the judge's reading of each
 recon_wrong = (recon_read != digits.y_val).float().mean().item()
 recon_confident = recon_probs_all.max(dim=1).values >= 0.9
-recon_wrong_sure = (recon_read != digits.y_val)[recon_confident].float().mean().item()
+recon_wrong_sure = (
+    (recon_read != digits.y_val)[recon_confident].float().mean().item()
+)
 print(
     f"judge on the 500 validation reconstructions: wrong on {recon_wrong:.1%}, "
     f"on {recon_wrong_sure:.1%} of its {int(recon_confident.sum())} confident verdicts"
@@ -721,8 +779,11 @@ fig = plot_image_grid(
     value_range=(0, 1),
 )
 plt.show()
-sample_probs, _ = classify_images(judge_features, judge_head, prior_samples, device)
-sure = sample_probs.max(dim=1).values >= 0.9  # (30,) the judge's confident verdicts
+sample_probs, _ = classify_images(
+    judge_features, judge_head, prior_samples, device
+)
+# (30,) the judge's confident verdicts
+sure = sample_probs.max(dim=1).values >= 0.9
 fig = plot_image_grid(
     prior_samples.cpu(),
     titles=[f"{p.argmax()} ({p.max():.2f})" for p in sample_probs],
@@ -780,7 +841,10 @@ record("vae_2d_val_nelbo", min(vae_2d_history["validation"]), fmt="{:.1f}")
 record("vae_val_nelbo", min(vae_history["validation"]), fmt="{:.1f}")
 
 fig = plot_losses(
-    {"train": vae_2d_history["train"], "validation": vae_2d_history["validation"]},
+    {
+        "train": vae_2d_history["train"],
+        "validation": vae_2d_history["validation"],
+    },
     title="VAE with a 2-D latent: negative ELBO per image",
     ylabel="nats per image",
 )
@@ -803,19 +867,27 @@ fall and every tile stands for the same share of the prior.
 # %%
 vae_2d.eval()
 with torch.no_grad():
-    mu_val_2d = vae_2d.encode(binary_val.to(device))[0].cpu()  # (500, 2)
-    levels = torch.linspace(0.05, 0.95, 12)  # prior probabilities of the tile centres
+    mu_val_2d, logvar_val_2d = (
+        t.cpu() for t in vae_2d.encode(binary_val.to(device))
+    )
+    # one code drawn from q(z|x) per image, as in training
+    eps_2d = torch.randn(mu_val_2d.shape, generator=make_generator(seed + 6))
+    z_val_2d = mu_val_2d + torch.exp(0.5 * logvar_val_2d) * eps_2d  # (500, 2)
+    # prior probabilities of the tile centres
+    levels = torch.linspace(0.05, 0.95, 12)
     quantiles = Normal(0.0, 1.0).icdf(levels)  # (12,)
     z1, z2 = torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy")
     grid_codes = torch.stack([z1.flatten(), z2.flatten()], dim=1)  # (144, 2)
     # (144, 2) codes -> (144, 1, 28, 28) pixel probabilities
     tiles = torch.sigmoid(vae_2d.decode(grid_codes.to(device))).cpu()
 # (row, col, 28, 28) -> one (12*28, 12*28) image; rows run from high z2 to low z2
-canvas = tiles.view(12, 12, 28, 28).permute(0, 2, 1, 3).reshape(12 * 28, 12 * 28)
+canvas = (
+    tiles.view(12, 12, 28, 28).permute(0, 2, 1, 3).reshape(12 * 28, 12 * 28)
+)
 
 fig, (ax_scatter, ax_grid) = plt.subplots(1, 2, figsize=(12, 5.5))
 points = ax_scatter.scatter(
-    mu_val_2d[:, 0], mu_val_2d[:, 1], c=digits.y_val, cmap="tab10", s=8,
+    z_val_2d[:, 0], z_val_2d[:, 1], c=digits.y_val, cmap="tab10", s=8,
     vmin=-0.5, vmax=9.5,  # one colour per digit, ticks at the colours' centres
 )  # fmt: skip
 fig.colorbar(points, ax=ax_scatter, ticks=range(10), label="true digit")
@@ -824,7 +896,7 @@ ax_scatter.add_patch(
     plt.Rectangle((-edge, -edge), 2 * edge, 2 * edge, fill=False, ls="--", lw=1)
 )
 ax_scatter.set(
-    title="Validation digits in the 2-D latent space (encoder means);\n"
+    title="Validation digits in the 2-D latent space (one z ~ q(z|x) each);\n"
     "dashed: the square the grid on the right covers",
     xlabel="$z_1$",
     ylabel="$z_2$",
@@ -832,7 +904,9 @@ ax_scatter.set(
 ax_grid.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1)
 ticks = np.arange(12) * 28 + 13.5  # the centre of each tile
 ax_grid.set_xticks(ticks[::2], [f"{v:.1f}" for v in quantiles[::2].tolist()])
-ax_grid.set_yticks(ticks[::2], [f"{v:.1f}" for v in quantiles.flip(0)[::2].tolist()])
+ax_grid.set_yticks(
+    ticks[::2], [f"{v:.1f}" for v in quantiles.flip(0)[::2].tolist()]
+)
 ax_grid.set(
     title="Decoded grid over the latent plane",
     xlabel="$z_1$ (5 %–95 % prior quantiles)",
@@ -844,26 +918,40 @@ plt.show()
 # %%
 # How the codes fill the prior. Each tile's cell reaches halfway to its neighbours, in
 # prior probability, so every cell holds the same prior mass, (0.9 / 11)^2.
-step = (levels[1] - levels[0]).item()
-edges = torch.linspace(0.05 - step / 2, 0.95 + step / 2, 13)  # (13,) probabilities
-cell = torch.bucketize(Normal(0.0, 1.0).cdf(mu_val_2d), edges) - 1  # (500, 2)
+cell_width = (levels[1] - levels[0]).item()
+# (13,) probabilities
+edges = torch.linspace(0.05 - cell_width / 2, 0.95 + cell_width / 2, 13)
+cell = torch.bucketize(Normal(0.0, 1.0).cdf(z_val_2d), edges) - 1  # (500, 2)
 inside = ((cell >= 0) & (cell < 12)).all(dim=1)
 occupied = torch.zeros(12, 12, dtype=torch.bool)
 occupied[cell[inside, 0], cell[inside, 1]] = True
-n_codes = len(mu_val_2d)
-expected_empty = 144 * (1 - step**2) ** n_codes  # if the codes followed the prior
-outside = (mu_val_2d.abs() > edge).any(dim=1).float().mean().item()
-spread = mu_val_2d.std(dim=0).tolist()
-print(f"codes' standard deviation along z1, z2: {spread[0]:.2f}, {spread[1]:.2f}")
+n_codes = len(z_val_2d)
+# if the codes followed the prior
+expected_empty = 144 * (1 - cell_width**2) ** n_codes
+outside = (z_val_2d.abs() > edge).any(dim=1).float().mean().item()
+code_sd = z_val_2d.std(dim=0).tolist()
+n_empty = (~occupied).sum().item()
+print(
+    f"codes' standard deviation along z1, z2: {code_sd[0]:.2f}, {code_sd[1]:.2f}"
+)
 print(f"outside the grid's square: {outside:.1%} (prior: {1 - 0.9**2:.0%})")
 print(
     f"empty cells: {(~occupied).sum().item()} of 144 (prior: about {expected_empty:.0f})"
 )
-record("code_sd_1", spread[0], fmt="{:.2f}")
-record("code_sd_2", spread[1], fmt="{:.2f}")
+record("code_sd_1", code_sd[0], fmt="{:.2f}")
+record("code_sd_2", code_sd[1], fmt="{:.2f}")
 record("code_outside", outside, fmt="{:.0%}")
-record("empty_cells", (~occupied).sum().item())
+record("empty_cells", n_empty)
 record("expected_empty", expected_empty, fmt="{:.0f}")
+# The number of empty cells under the prior is nearly Poisson: its standard deviation
+# is about sqrt(expected_empty). Three of them decide the word.
+far = n_empty > expected_empty + 3 * expected_empty**0.5
+record(
+    "codes_fill_text",
+    "do not fill the prior the way prior samples would"
+    if far
+    else "fill the prior about as prior samples would",
+)
 
 # Which digits share a region: a 5-nearest-neighbour vote among the other codes.
 distances_2d = torch.cdist(mu_val_2d, mu_val_2d).fill_diagonal_(float("inf"))
@@ -908,21 +996,38 @@ record(
 prose(
     r"""
 The left panel shows where the encoder puts the validation digits. Some digits get
-regions of their own and some share: {{code_regions_text}}. Where digits share
+regions of their own and some share: among the encoder means,
+{{code_regions_text}}. Where digits share
 a region, a 2-D code must lose information, one reason why the bound is worse than
 with 16 numbers.
 
-The codes do not fill the prior the way prior samples would. Their standard
-deviations along the two axes are {{code_sd_1}} and {{code_sd_2}} (the
-prior's: 1), {{code_outside}} of them lie outside the dashed square (the prior
-puts 19 % there), and {{empty_cells}} of the 144 tiles have no validation code in
-their cell, where 500 codes drawn from the prior would leave about
-{{expected_empty}} empty. The KL term pulls each image's code towards the prior,
-but nothing makes the codes of all images *together* match it. The decoder still
-draws something on every tile, including those no code is near, where it
-extrapolates. The judge's top guesses for the 144 tiles include
-{{grid_digits}} of the ten digits ({{grid_missing_text}}), but it is
-confident (probability at least 0.9) about {{grid_sure_text}}.
+The relevant comparison is between the prior and the **aggregate posterior**
+$q(z) = \frac1N\sum_n q_\phi(z \mid x_n)$, the distribution of a code drawn for a
+random training image; the left panel therefore shows one code drawn from
+$q_\phi(z \mid x)$ per validation image, not the encoder means. These codes
+{{codes_fill_text}}. Their standard deviations along the two axes are
+{{code_sd_1}} and {{code_sd_2}} (the prior's: 1), {{code_outside}} of them
+lie outside the dashed square (the prior puts 19 % there), and {{empty_cells}}
+of the 144 tiles have no code in their cell, where 500 codes drawn from the prior
+would leave about {{expected_empty}} empty.
+
+The loss does push the codes of all images together towards the prior, but only as
+part of a trade. Write $\log\frac{q(z\mid x)}{p(z)} = \log\frac{q(z\mid x)}{q(z)} +
+\log\frac{q(z)}{p(z)}$ and average over images $x$ and codes $z \sim q(z \mid x)$:
+
+$$ \mathbb E_x\,\mathrm{KL}\big(q(z\mid x)\,\|\,p(z)\big) = I_q(x; z) +
+\mathrm{KL}\big(q(z)\,\|\,p(z)\big), $$
+
+where $I_q(x; z)$ is the mutual information between an image and its code (Hoffman
+and Johnson, 2016, [ELBO surgery](http://approximateinference.org/accepted/HoffmanJohnson2016.pdf)).
+The average KL term thus penalises the aggregate mismatch, but together with the
+information the codes carry about their images, which the reconstruction term
+rewards, and a Gaussian per image limits how the encoder can arrange its codes: the
+mismatch need not vanish at the optimum. The decoder still draws something on every
+tile, including those few codes reach, where it has had little to learn from. The
+judge's top guesses for the 144 tiles include {{grid_digits}} of the ten digits
+({{grid_missing_text}}), but it is confident (probability at least 0.9) about
+{{grid_sure_text}}.
 This mismatch between where the codes are and where prior samples fall is one reason
 why the prior samples above are worse than the reconstructions.
 """
@@ -941,21 +1046,29 @@ why the prior samples above are worse than the reconstructions.
 # %%
 vae.eval()
 # mu_all and recon_read: the validation codes and the judge's readings (section 6.2)
-ends = [((digits.y_val == d) & (recon_read == d)).nonzero()[0].item() for d in (4, 7)]
+ends = [
+    ((digits.y_val == d) & (recon_read == d)).nonzero()[0].item()
+    for d in (4, 7)
+]
 weights = torch.linspace(0, 1, 10)
 with torch.no_grad():
-    alpha = weights[:, None].to(device)  # (10, 1): broadcasts over the latent dimension
-    path = (1 - alpha) * mu_all[ends[0]] + alpha * mu_all[ends[1]]  # (10, latent_dim)
+    # (10, 1): broadcasts over the latent dimension
+    alpha = weights[:, None].to(device)
+    # (10, latent_dim): the codes along the straight line
+    path = (1 - alpha) * mu_all[ends[0]] + alpha * mu_all[ends[1]]
     latent_steps = torch.sigmoid(vae.decode(path)).cpu()  # (10, 1, 28, 28)
 start, end = binary_val[ends[0]], binary_val[ends[1]]  # (1, 28, 28) each
 fade = weights.view(-1, 1, 1, 1)  # (10, 1, 1, 1): broadcasts over the image
 pixel_steps = (1 - fade) * start + fade * end  # (10, 1, 28, 28)
-path_probs, _ = classify_images(judge_features, judge_head, latent_steps, device)
+path_probs, _ = classify_images(
+    judge_features, judge_head, latent_steps, device
+)
 readings = path_probs.argmax(dim=1).tolist()
 fig = plot_image_grid(
     torch.cat([latent_steps, pixel_steps]),
     titles=[
-        f"{a:.2f}: judge {d}" for a, d in zip(weights.tolist(), readings, strict=True)
+        f"{a:.2f}: judge {d}"
+        for a, d in zip(weights.tolist(), readings, strict=True)
     ]
     + [f"pixels {a:.2f}" for a in weights.tolist()],
     suptitle="From a 4 to a 7: decoded along the straight line between their codes"
@@ -1024,7 +1137,9 @@ noise_dim = 32
 class Generator(nn.Module):
     """Noise (B, noise_dim) -> image (B, 1, 28, 28) with pixels in [-1, 1]."""
 
-    def __init__(self, noise_dim: int, hidden: tuple[int, int] = (128, 256)) -> None:
+    def __init__(
+        self, noise_dim: int, hidden: tuple[int, int] = (128, 256)
+    ) -> None:
         super().__init__()
         h1, h2 = hidden
         self.net = nn.Sequential(
@@ -1134,7 +1249,8 @@ del g_copy, d_copy, fake
 # update function (with `use_buffers=True` it averages batch norm's running statistics
 # too); training itself is unchanged.
 #
-# Every `snapshot_every` = 250 steps the loop saves a copy of both the averaged and the
+# Every `snapshot_every` = 250 steps (untuned: 16 snapshots, each scored twice, is
+# what the time budget allows) the loop saves a copy of both the averaged and the
 # latest weights, with the Fréchet distance to the 500 **validation** digits (section
 # 6.1) of the images each makes from a fixed batch of 500 noise vectors. GAN losses do
 # not say when the generator is best, so this validation score picks what we keep,
@@ -1151,7 +1267,11 @@ lr_gan = 2e-3
 gan_steps = 4000
 snapshot_every = 250
 gan_batch_size = 64
-adam_settings = {"lr": lr_gan, "betas": (0.5, 0.999), "fused": device.type != "mps"}
+adam_settings = {
+    "lr": lr_gan,
+    "betas": (0.5, 0.999),
+    "fused": device.type != "mps",
+}
 optimizer_g = torch.optim.Adam(generator.parameters(), **adam_settings)
 optimizer_d = torch.optim.Adam(discriminator.parameters(), **adam_settings)
 
@@ -1163,7 +1283,9 @@ if device.type != "mps":
         for p in net.parameters():
             p.grad = torch.ones_like(p)  # any values do; no random numbers used
         opt = torch.optim.Adam(net.parameters(), lr=lr_gan, fused=fused)
-        step_seconds[fused] = best_time(opt.step, repeat=20, warmup=3, device=device)
+        step_seconds[fused] = best_time(
+            opt.step, repeat=20, warmup=3, device=device
+        )
     print(
         f"one Adam step: fused {step_seconds[True] * 1e6:.0f} µs, "
         f"default {step_seconds[False] * 1e6:.0f} µs"
@@ -1171,7 +1293,9 @@ if device.type != "mps":
 
 
 @torch.no_grad()
-def moving_average(averaged: list, current: list, num_averaged: torch.Tensor) -> None:
+def moving_average(
+    averaged: list, current: list, num_averaged: torch.Tensor
+) -> None:
     """One step of a bias-corrected moving average (beta = 0.999), for AveragedModel."""
     # n weights are in the average already. On a GPU, .item() waits for the device once
     # per step, as does AveragedModel's own copy of its counter to the device.
@@ -1179,7 +1303,8 @@ def moving_average(averaged: list, current: list, num_averaged: torch.Tensor) ->
     weight = (1 - beta) / (1 - beta ** (n + 1))
     for average, value in zip(averaged, current, strict=True):
         if average.is_floating_point():
-            average.lerp_(value, weight)  # average += weight * (value - average)
+            # average += weight * (value - average)
+            average.lerp_(value, weight)
         else:  # an integer buffer (batch norm's count of batches) is copied
             average.copy_(value)
 
@@ -1188,13 +1313,16 @@ averaged_generator = AveragedModel(
     generator, multi_avg_fn=moving_average, use_buffers=True
 )
 gan_loader = DataLoader(
-    TensorDataset(digits.x_train * 2 - 1),  # pixels [0, 1] -> [-1, 1], like tanh
+    # pixels [0, 1] -> [-1, 1], like tanh
+    TensorDataset(digits.x_train * 2 - 1),
     batch_size=gan_batch_size,
     shuffle=True,
     drop_last=True,  # every step sees a full batch
     generator=make_generator(seed),
 )
-fixed_noise = torch.randn(500, noise_dim, generator=make_generator(seed + 1)).to(device)
+fixed_noise = torch.randn(
+    500, noise_dim, generator=make_generator(seed + 1)
+).to(device)
 
 
 @torch.no_grad()
@@ -1235,10 +1363,13 @@ while step < gan_steps:
         fake = generator(torch.randn(len(real), noise_dim, device=device))
 
         # Discriminator step: real -> label 1, fake -> label 0; no gradient into G.
-        logits_real, logits_fake = discriminator(real), discriminator(fake.detach())
-        loss_d = criterion(logits_real, torch.ones_like(logits_real)) + criterion(
-            logits_fake, torch.zeros_like(logits_fake)
+        logits_real, logits_fake = (
+            discriminator(real),
+            discriminator(fake.detach()),
         )
+        loss_d = criterion(
+            logits_real, torch.ones_like(logits_real)
+        ) + criterion(logits_fake, torch.zeros_like(logits_fake))
         optimizer_d.zero_grad()
         loss_d.backward()
         optimizer_d.step()
@@ -1251,11 +1382,13 @@ while step < gan_steps:
         optimizer_g.step()
         averaged_generator.update_parameters(generator)
 
-        losses[step] = torch.stack([loss_d.detach(), loss_g.detach()])  # no device read
+        # no device read
+        losses[step] = torch.stack([loss_d.detach(), loss_g.detach()])
         step += 1
         progress.update()
         if step % snapshot_every == 0:
-            losses[step - 1].tolist()  # wait for the device before reading the clock
+            # wait for the device before reading the clock
+            losses[step - 1].tolist()
             train_seconds += time.perf_counter() - clock
             fd, effective = score(
                 averaged_generator.module, fixed_noise, val_features,
@@ -1269,9 +1402,13 @@ while step < gan_steps:
                 {
                     "step": step,
                     "seconds": train_seconds,
-                    "state": copy.deepcopy(averaged_generator.module.state_dict()),
+                    "state": copy.deepcopy(
+                        averaged_generator.module.state_dict()
+                    ),
                     "latest_state": copy.deepcopy(generator.state_dict()),
-                    "grid": generate(averaged_generator.module, fixed_noise[:8]).cpu(),
+                    "grid": generate(
+                        averaged_generator.module, fixed_noise[:8]
+                    ).cpu(),
                     "val_fd": fd,
                     "latest_val_fd": latest_fd,
                     "val_effective": effective,
@@ -1305,14 +1442,16 @@ for s in snapshots:
     )
 print(f"kept: the {best_kind} weights of step {best_step}")
 second_half = snapshots[len(snapshots) // 2 :]
-averaging_gain = float(np.mean([s["latest_val_fd"] - s["val_fd"] for s in second_half]))
+averaging_gain = float(
+    np.mean([s["latest_val_fd"] - s["val_fd"] for s in second_half])
+)
 averaging_text = "{:.1f} {} than".format(
     abs(averaging_gain), "lower" if averaging_gain > 0 else "higher"
 )
 record("gan_averaging_text", averaging_text)
 lag_text = (
-    "an average over the last thousand or so steps lags behind a generator that is"
-    " still improving"
+    "a likely reason is that an average over the last thousand or so steps lags"
+    " behind a generator that is still improving"
     if averaging_gain < 0
     else "here the smoothing outweighed the lag of an average over the last thousand"
     " or so steps"
@@ -1327,7 +1466,9 @@ for kind, values in spread.items():
     record(f"{kind}_spread_high", max(values), fmt="{:.1f}")
 means = {kind: float(np.mean(v)) for kind, v in spread.items()}
 more_even = (
-    "the average's" if means["averaged"] > means["latest"] else "the latest weights'"
+    "the average's"
+    if means["averaged"] > means["latest"]
+    else "the latest weights'"
 )
 record(
     "gan_steadier_text",
@@ -1365,10 +1506,17 @@ for name, values in (("discriminator", losses_d), ("generator", losses_g)):
     smooth = np.convolve(values.numpy(), np.ones(window) / window, mode="valid")
     line = ax_loss.plot(values, alpha=0.2)[0]
     ax_loss.plot(
-        np.arange(window - 1, len(values)), smooth, color=line.get_color(), label=name
+        np.arange(window - 1, len(values)),
+        smooth,
+        color=line.get_color(),
+        label=name,
     )
-ax_loss.axhline(2 * np.log(2), color="grey", ls=":", label="D at 'can't tell': 2 ln 2")
-ax_loss.axhline(np.log(2), color="black", ls=":", label="G at 'can't tell': ln 2")
+ax_loss.axhline(
+    2 * np.log(2), color="grey", ls=":", label="D at 'can't tell': 2 ln 2"
+)
+ax_loss.axhline(
+    np.log(2), color="black", ls=":", label="G at 'can't tell': ln 2"
+)
 ax_loss.set(
     title=f"GAN losses per step (faint) and their {window}-step means",
     xlabel="training step",
@@ -1376,7 +1524,9 @@ ax_loss.set(
 )
 ax_loss.legend(fontsize=8)
 snapshot_steps = [s["step"] for s in snapshots]
-ax_fd.plot(snapshot_steps, [s["val_fd"] for s in snapshots], "o-", label="averaged")
+ax_fd.plot(
+    snapshot_steps, [s["val_fd"] for s in snapshots], "o-", label="averaged"
+)
 ax_fd.plot(
     snapshot_steps,
     [s["latest_val_fd"] for s in snapshots],
@@ -1392,7 +1542,10 @@ ax_fd.set(
     yscale="log",
 )
 ax_spread.plot(
-    snapshot_steps, [s["val_effective"] for s in snapshots], "o-", label="averaged"
+    snapshot_steps,
+    [s["val_effective"] for s in snapshots],
+    "o-",
+    label="averaged",
 )
 ax_spread.plot(
     snapshot_steps,
@@ -1401,7 +1554,10 @@ ax_spread.plot(
     label="latest weights",
 )
 ax_spread.axhline(
-    val_summary.effective_classes, color="grey", ls=":", label="real validation digits"
+    val_summary.effective_classes,
+    color="grey",
+    ls=":",
+    label="real validation digits",
 )
 ax_spread.legend(fontsize=8)
 ax_spread.set(
@@ -1430,7 +1586,10 @@ improving.
 
 Over the second half of training the averaged generator's distance was on average
 {{gan_averaging_text}} that of the latest weights at the same step:
-{{gan_lag_text}}. On the right, the spread over the ten digits of the 500 images
+{{gan_lag_text}}. One effect is not separated here: batch norm's running
+statistics are averaged along with the weights (`use_buffers=True`), not recomputed
+for the averaged weights, as `torch.optim.swa_utils.update_bn` would do with a pass
+over the training data. On the right, the spread over the ten digits of the 500 images
 made from the fixed validation noise ranged from {{averaged_spread_low}} to
 {{averaged_spread_high}} for the average over the second half, and from
 {{latest_spread_low}} to {{latest_spread_high}} for the latest weights: in
@@ -1488,7 +1647,7 @@ your own reading. At the last snapshot the judge reads the eight images as
 collapse**, is a generator that maps most noise to one or a few images that fool the
 current discriminator. {{grid_collapse_text}} Eight images cannot show its
 milder form, where some digits are merely rarer than others; the 1,000-sample
-histogram in section 6.4 can.
+histogram in section 6.4 looks for it, as far as the judge's readings allow.
 """
 )
 
@@ -1502,7 +1661,9 @@ histogram in section 6.4 can.
 # GAN's 500 images from its fixed noise, and both are plotted against training time.
 
 # %%
-z_val = torch.randn(500, latent_dim, generator=make_generator(seed + 1)).to(device)
+z_val = torch.randn(500, latent_dim, generator=make_generator(seed + 1)).to(
+    device
+)
 probe = copy.deepcopy(vae)  # a VAE to load each snapshot into
 vae_curve = []  # (seconds, validation Fréchet distance)
 for snap in vae_runs[vae_lr]["snapshots"]:
@@ -1510,14 +1671,20 @@ for snap in vae_runs[vae_lr]["snapshots"]:
     probe.eval()
     with torch.no_grad():
         images = torch.sigmoid(probe.decode(z_val))  # (500, 1, 28, 28)
-    _, probe_features = classify_images(judge_features, judge_head, images, device)
-    vae_curve.append((snap["seconds"], frechet_distance(probe_features, val_features)))
+    _, probe_features = classify_images(
+        judge_features, judge_head, images, device
+    )
+    vae_curve.append(
+        (snap["seconds"], frechet_distance(probe_features, val_features))
+    )
 vae_seconds, vae_end_fd = vae_curve[-1]
 gan_seconds = snapshots[-1]["seconds"]
 
 fig, ax = plt.subplots(figsize=(7, 4))
 vae_times, vae_fds = zip(*vae_curve, strict=True)
-ax.plot(vae_times, vae_fds, "o-", ms=4, label=f"VAE, lr {vae_lr:g} (decoded means)")
+ax.plot(
+    vae_times, vae_fds, "o-", ms=4, label=f"VAE, lr {vae_lr:g} (decoded means)"
+)
 for key, style, label in (
     ("val_fd", "s-", "GAN, averaged"),
     ("latest_val_fd", "^--", "GAN, latest weights"),
@@ -1547,7 +1714,9 @@ record("near_step", near["step"], fmt="{:,}")
 record("near_seconds", near["seconds"], fmt="{:.1f}")
 record("near_fd", near["val_fd"], fmt="{:.0f}")
 record("near_latest_fd", near["latest_val_fd"], fmt="{:.0f}")
-caught = [s for s in snapshots if min(s["val_fd"], s["latest_val_fd"]) <= vae_end_fd]
+caught = [
+    s for s in snapshots if min(s["val_fd"], s["latest_val_fd"]) <= vae_end_fd
+]
 record(
     "gan_catch_text",
     f"The GAN, either kind of weights, first scored as well as the VAE's last snapshot"
@@ -1633,7 +1802,9 @@ def independent_pixel_nll(images: torch.Tensor, p: torch.Tensor) -> float:
 
 independent_nll = independent_pixel_nll(binary_test, pixel_p)
 print(f"independent pixels: {independent_nll:.1f} nats per test image (exact)")
-print(f"VAE:               <= {vae_test_nelbo:.1f} nats per test image (a bound)")
+print(
+    f"VAE:               <= {vae_test_nelbo:.1f} nats per test image (a bound)"
+)
 record("independent_nll", independent_nll, fmt="{:.1f}")
 record("vae_gain_nats", independent_nll - vae_test_nelbo, fmt="{:.0f}")
 # Seeds 0, 1, 2 (CPU) gave 110.6, 109.5 and 109.1 nats: a margin of 9 nats or more.
@@ -1668,14 +1839,28 @@ different dataset from ours (section 6.2).
 
 # %%
 n_samples = 1000
-sample_noise = torch.randn(n_samples, noise_dim, generator=make_generator(seed + 2))
+sample_noise = torch.randn(
+    n_samples, noise_dim, generator=make_generator(seed + 2)
+)
 gan_images = generate(generator, sample_noise.to(device)).cpu()
 vae.eval()
 with torch.no_grad():
-    z_prior = torch.randn(n_samples, latent_dim, generator=make_generator(seed + 3))
-    vae_images = torch.sigmoid(vae.decode(z_prior.to(device))).cpu()  # probabilities
+    z_prior = torch.randn(
+        n_samples, latent_dim, generator=make_generator(seed + 3)
+    )
+    # probabilities
+    vae_images = torch.sigmoid(vae.decode(z_prior.to(device))).cpu()
 # a sample in the strict sense: every pixel drawn 0 or 1 with its probability
 vae_draws = torch.bernoulli(vae_images, generator=make_generator(seed + 4))
+# Two negative controls, images a good score should reject. Independent pixels: each
+# pixel on with its frequency in the binarised training digits (the baseline model
+# above). Overlays: two random training digits on top of each other.
+noise_images = torch.bernoulli(
+    pixel_p.expand(n_samples, 1, 28, 28), generator=make_generator(seed + 5)
+)
+pairs = torch.randperm(len(digits.x_train), generator=make_generator(seed + 7))
+pairs = pairs[: 2 * n_samples].view(2, n_samples)  # (2, 1000) disjoint indices
+overlays = torch.maximum(digits.x_train[pairs[0]], digits.x_train[pairs[1]])
 
 image_sets = {
     "real test digits": digits.x_test,
@@ -1683,46 +1868,63 @@ image_sets = {
     "GAN samples": gan_images,
     "VAE samples": vae_images,
     "VAE, 0/1 draws": vae_draws,
+    "control: indep. pixels": noise_images,
+    "control: two overlaid": overlays,
 }
 probs, features, summaries = {}, {}, {}
 for name, images in image_sets.items():
     probs[name], features[name] = classify_images(
         judge_features, judge_head, images, device
     )
-    summaries[name] = confidence_summary(probs[name], threshold=0.9, min_count=10)
+    summaries[name] = confidence_summary(
+        probs[name], threshold=0.9, min_count=10
+    )
 test_features = features["real test digits"]
 distances = {}
 for name, images in (
     ("real test digits", digits.x_train[:n_samples]),
     ("real, binarised", binary_train[:n_samples]),
 ):
-    _, train_set_features = classify_images(judge_features, judge_head, images, device)
+    _, train_set_features = classify_images(
+        judge_features, judge_head, images, device
+    )
     distances[name] = frechet_distance(train_set_features, test_features)
-for name in ("GAN samples", "VAE samples", "VAE, 0/1 draws"):
+for name in list(image_sets)[2:]:
     distances[name] = frechet_distance(features[name], test_features)
 judge_test_acc = (
-    (probs["real test digits"].argmax(dim=1) == digits.y_test).float().mean().item()
+    (probs["real test digits"].argmax(dim=1) == digits.y_test)
+    .float()
+    .mean()
+    .item()
 )
 print(f"judge accuracy on the real test digits: {judge_test_acc:.3f}\n")
-print(f"{'':18}{'confident':>10}{'digits covered':>16}{'effective':>11}{'Fréchet':>9}")
+print(f"{'':23}{'confident':>10}{'covered':>8}{'effective':>10}{'Fréchet':>9}")
 for name, s in summaries.items():
     print(
-        f"{name:18}{s.confident_fraction:>10.3f}{s.covered:>16d}"
-        f"{s.effective_classes:>11.2f}{distances[name]:>9.1f}"
+        f"{name:23}{s.confident_fraction:>10.3f}{s.covered:>8d}"
+        f"{s.effective_classes:>10.2f}{distances[name]:>9.1f}"
     )
-print("(real rows' Fréchet distance: 1,000 training digits against the test digits)")
+print(
+    "(real rows' Fréchet distance: 1,000 training digits against the test digits)"
+)
 
 # %%
 shown_sets = ("real test digits", "GAN samples", "VAE samples")
 top_counts = {
-    name: torch.bincount(probs[name].argmax(dim=1), minlength=10) for name in shown_sets
+    name: torch.bincount(probs[name].argmax(dim=1), minlength=10)
+    for name in shown_sets
 }
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
 for ax, name in zip(axes, shown_sets, strict=True):
     s = summaries[name]
     ax.bar(range(10), top_counts[name].numpy(), color="lightsteelblue",
            label="top guess, all images")  # fmt: skip
-    ax.bar(range(10), s.counts.numpy(), color="tab:blue", label="confident (>= 0.9)")
+    ax.bar(
+        range(10),
+        s.counts.numpy(),
+        color="tab:blue",
+        label="confident (>= 0.9)",
+    )
     ax.axhline(n_samples / 10, color="grey", ls=":", label="even spread (100)")
     ax.set(
         title=f"{name}: {s.confident_fraction:.0%} confident",
@@ -1731,7 +1933,9 @@ for ax, name in zip(axes, shown_sets, strict=True):
     )
 axes[0].set_ylabel("images (of 1,000)")
 axes[0].legend(fontsize=8)
-fig.suptitle("Which digits the judge sees: top guess for every image, and confident")
+fig.suptitle(
+    "Which digits the judge sees: top guess for every image, and confident"
+)
 fig.tight_layout()
 plt.show()
 
@@ -1742,78 +1946,57 @@ real_summary = summaries["real test digits"]
 
 def and_join(words: list[str]) -> str:
     """'a', 'a and b', 'a, b and c': a list for a sentence."""
-    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
+    return " and ".join(
+        [", ".join(words[:-1]), words[-1]] if len(words) > 1 else words
+    )
 
 
 gan_top, real_top = top_counts["GAN samples"], top_counts["real test digits"]
+vae_top = torch.bincount(probs["VAE samples"].argmax(dim=1), minlength=10)
 # An even generator puts each of 1,000 top guesses on a digit with probability 0.1:
-# a count of 100 with a standard deviation of sqrt(1000 * 0.1 * 0.9) = 9.5.
-low_count = int(100 - 3 * 9.5)
+# a count of 100 with a standard deviation of sqrt(1000 * 0.1 * 0.9) = 9.5. Three
+# standard deviations either side mark a digit as rare or as over-represented.
+low_count, high_count = int(100 - 3 * 9.5), int(100 + 3 * 9.5)  # 71 and 128
 record("gan_top_min", gan_top.min().item())
 record("gan_top_max", gan_top.max().item())
 record("real_top_min", real_top.min().item())
 record("real_top_max", real_top.max().item())
 record("low_count", low_count)
-vae_top = torch.bincount(probs["VAE samples"].argmax(dim=1), minlength=10)
-# One rule for both models: a digit is rare if the judge's top guess falls on it fewer
-# than low_count times. The judge's own share in that: read_as[c, d] is how often it
-# reads the VAE's reconstruction of a validation c as a d (section 6.2), so a model
-# that drew every digit 100 times would be seen as expected_seen[d] d's.
-confusion_recon = torch.zeros(10, 10)
-confusion_recon.index_put_(
-    (digits.y_val, recon_read), torch.ones(len(recon_read)), accumulate=True
-)
-read_as = confusion_recon / confusion_recon.sum(dim=1, keepdim=True)
-expected_seen = 100 * read_as.sum(dim=0)  # (10,)
-rare_parts, rare_all, short_parts = [], set(), []
+record("high_count", high_count)
+odd, odd_parts = {}, []
 for name, top in (("GAN", gan_top), ("VAE", vae_top)):
-    rare_here = [d for d in range(10) if top[d] < low_count]
-    rare_all |= set(rare_here)
-    rare_parts.append(
-        f"in the {name}'s samples the judge sees "
-        + and_join([f"{top[d].item()} {d}s" for d in rare_here])
-        if rare_here
-        else f"no digit is that rare in the {name}'s samples"
+    odd[name] = [d for d in range(10) if not low_count <= top[d] <= high_count]
+    counts = [f"{top[d].item()} {d}s" for d in odd[name]]
+    odd_parts.append(
+        f"for the {name}, " + (and_join(counts) if counts else "no digit")
     )
-    # still more than three standard deviations below what misreading would give
-    short = [d for d in rare_here if top[d] < expected_seen[d] - 3 * 9.5]
-    if short:
-        short_parts.append(f"the {name}'s " + and_join([f"{d}s" for d in short]))
-rare_text = "; ".join(rare_parts)
-if rare_all:
-    rare_text += (
-        ". The judge misreads generated-looking digits: a model that drew every digit"
-        " 100 times, read as the judge reads the VAE's reconstructions of validation"
-        " digits, would be seen as "
-        + and_join([f"{expected_seen[d]:.0f} {d}s" for d in sorted(rare_all)])
-    )
-    if short_parts:
-        shortages = and_join(short_parts)
-        rare_text += (
-            f". {shortages[0].upper() + shortages[1:]} stay more than three standard"
-            " deviations below that: taken at the judge's word, the mild form of mode"
-            " collapse, some modes of the data under-represented, in either model."
-            " Generated digits are rougher than reconstructions and probably misread"
-            " more often, so even these shortages may be partly the judge's"
-        )
-    else:
-        rare_text += (
-            ". No count stays more than three standard deviations below that, so the"
-            " judge's misreadings can account for the shortages: they are no evidence"
-            " of mode collapse"
-        )
-record("gan_rare_text", rare_text)
-sure_share = gan_summary.counts / gan_top.clamp(min=1)  # confident share per digit
+record("odd_counts_text", "; ".join(odd_parts))
+# How the judge reads images that are no digit: its top guesses for the pixel noise.
+noise_top = torch.bincount(
+    probs["control: indep. pixels"].argmax(dim=1), minlength=10
+)
+junk_digit = int(noise_top.argmax())
+record("junk_digit", junk_digit)
+record("junk_share", noise_top[junk_digit].item() / n_samples, fmt="{:.0%}")
+tops = {"GAN": gan_top, "VAE": vae_top}
+junk_models = [m for m, top in tops.items() if top[junk_digit] > high_count]
+junk_text = f"neither model's samples hold too many {junk_digit}s"
+if junk_models:
+    junk_counts = [
+        f"the {m}'s {tops[m][junk_digit].item()}" for m in junk_models
+    ]
+    junk_text = and_join(junk_counts) + f" {junk_digit}s may hold such junk"
+record("junk_models_text", junk_text)
+# confident share per digit
+sure_share = gan_summary.counts / gan_top.clamp(min=1)
 worst = int(sure_share.argmin())
 record(
     "gan_worst_text",
     f"the {worst}s ({gan_summary.counts[worst]} of {gan_top[worst]})",
 )
 record(
-    "gan_takeover_text",
-    "No digit takes over" if gan_top.max() < 300 else "One digit takes over",
+    "gan_covered", gan_summary.covered, headline="GAN: digits covered (of 10)"
 )
-record("gan_covered", gan_summary.covered, headline="GAN: digits covered (of 10)")
 record(
     "gan_confident",
     gan_summary.confident_fraction,
@@ -1826,15 +2009,36 @@ record("real_confident", real_summary.confident_fraction, fmt="{:.1%}")
 record("vae_confident", vae_summary.confident_fraction, fmt="{:.1%}")
 record("vae_covered", vae_summary.covered)
 record("vae_effective", vae_summary.effective_classes, fmt="{:.1f}")
-record("draws_confident", summaries["VAE, 0/1 draws"].confident_fraction, fmt="{:.1%}")
+record(
+    "draws_confident",
+    summaries["VAE, 0/1 draws"].confident_fraction,
+    fmt="{:.1%}",
+)
 for name, key in (
     ("GAN samples", "gan_fd"),
     ("VAE samples", "vae_fd"),
     ("VAE, 0/1 draws", "draws_fd"),
     ("real test digits", "real_fd"),
     ("real, binarised", "binary_fd"),
+    ("control: indep. pixels", "noise_fd"),
+    ("control: two overlaid", "overlay_fd"),
 ):
     record(key, distances[name], fmt="{:.1f}")
+noise_summary = summaries["control: indep. pixels"]
+overlay_summary = summaries["control: two overlaid"]
+record("noise_confident", noise_summary.confident_fraction, fmt="{:.1%}")
+record("noise_covered", noise_summary.covered)
+record("noise_effective", noise_summary.effective_classes, fmt="{:.1f}")
+record("overlay_confident", overlay_summary.confident_fraction, fmt="{:.1%}")
+record("overlay_covered", overlay_summary.covered)
+record("overlay_effective", overlay_summary.effective_classes, fmt="{:.1f}")
+gan_noise_ratio = distances["GAN samples"] / distances["control: indep. pixels"]
+record("gan_noise_ratio", gan_noise_ratio, fmt="{:.0%}")
+overlay_vs_gan = distances["control: two overlaid"] - distances["GAN samples"]
+record(
+    "overlay_fd_text",
+    "lower than the GAN's" if overlay_vs_gan < 0 else "higher than the GAN's",
+)
 
 
 def share_word(share: float) -> str:
@@ -1848,13 +2052,70 @@ def share_word(share: float) -> str:
     return "a minority" if share >= 0.1 else "few"
 
 
-record("gan_share_text", share_word(gan_summary.confident_fraction).capitalize())
+record(
+    "gan_share_text", share_word(gan_summary.confident_fraction).capitalize()
+)
 record("vae_share_text", share_word(vae_summary.confident_fraction))
 # Seeds 0, 1, 2 on a CPU gave: covered 10, 9, 10; effective digits 9.3, 9.7, 9.6;
-# confident .587, .538, .514. The thresholds leave 2 digits, 0.8 and 0.13 of margin.
+# the GAN's Fréchet distance 6 %, 9 % and 15 % of the pixel noise's. The thresholds
+# leave 2 digits, 0.8 and a factor 2 of margin. The independent-pixel control
+# covered 3, 4 and 1 digits, with 2.7, 4.8 and 1.4 effective digits: both
+# thresholds reject it. Its confident fraction (46 %, 11 %, 62 %) reached the GAN's
+# (59 %, 54 %, 51 %) at seed 2, so no threshold on that score would reject noise.
 assert gan_summary.covered >= 7, gan_summary.counts
 assert gan_summary.effective_classes >= 8.5, gan_summary
-assert gan_summary.confident_fraction >= 0.38, gan_summary
+assert gan_noise_ratio < 0.3, gan_noise_ratio
+noise_rejected = (
+    noise_summary.covered < 7 and noise_summary.effective_classes < 8.5
+)
+overlay_ratio = (
+    distances["control: two overlaid"] / distances["control: indep. pixels"]
+)
+overlays_pass = (
+    overlay_summary.covered >= 7
+    and overlay_summary.effective_classes >= 8.5
+    and overlay_ratio < 0.3
+)
+record(
+    "overlay_pass_text",
+    "pass all three asserted thresholds the GAN is held to"
+    if overlays_pass
+    else "fail at least one of the asserted thresholds the GAN is held to",
+)
+record(
+    "noise_class_text",
+    "both fall short of the thresholds the GAN is held to (7 digits covered, 8.5"
+    " effective)"
+    if noise_rejected
+    else "they do not fall short of the thresholds the GAN is held to (7 digits"
+    " covered, 8.5 effective)",
+)
+
+# %%
+# Samples from the bins outside the even band, with the judge's verdicts, so that
+# the counts can be checked by eye: 8 per bin (the first the noise gave), at most
+# 4 bins per model.
+rows, row_titles = [], []
+for name, key in (("GAN", "GAN samples"), ("VAE", "VAE samples")):
+    images = image_sets[key]
+    for d in odd[name][:4]:
+        index = (probs[key].argmax(dim=1) == d).nonzero().flatten()[:8]
+        pad = 8 - len(index)  # a bin can hold fewer than 8 images
+        rows.append(torch.cat([images[index], torch.zeros(pad, 1, 28, 28)]))
+        row_titles += [
+            f"{name}: {d} ({probs[key][i].max():.2f})" for i in index.tolist()
+        ] + [""] * pad
+if rows:
+    fig = plot_image_grid(
+        torch.cat(rows),
+        titles=row_titles,
+        suptitle="Samples from the judge's rare and over-represented bins:"
+        " digit (probability)",
+        ncols=8,
+        size=1.2,
+        value_range=(0, 1),
+    )
+    plt.show()
 
 # %% [markdown]
 # What the scores say, read against the real digits' rows:
@@ -1864,16 +2125,26 @@ prose(
     r"""
 - **The judge reads real test digits** with accuracy {{judge_test_acc}} and is
   sure of {{real_confident}} of them.
-- **{{gan_share_text}} of the GAN's samples are confidently digits**
-  ({{gan_confident}}), and {{gan_covered}} of the 10 digits get at least 10
-  such samples. The histogram shows two counts per digit: how often the judge's top
-  guess falls on it, and how often it is also confident. The top guess falls on each
-  digit between {{gan_top_min}} and {{gan_top_max}} times (real test digits:
-  {{real_top_min}} to {{real_top_max}}; an even generator would rarely go
-  below {{low_count}}, three standard deviations under 100):
-  {{gan_rare_text}}. {{gan_takeover_text}} (the effective number of digits
-  is {{gan_effective}} of 10). The digit drawn least convincingly, with the
+- **{{gan_share_text}} of the GAN's samples are classified with at least 0.9
+  confidence** ({{gan_confident}}), and {{gan_covered}} of the 10 digits get at
+  least 10 such samples. The histogram shows two counts per digit: how often the
+  judge's top guess falls on it, and how often it is also confident. The top guess
+  falls on each digit between {{gan_top_min}} and {{gan_top_max}} times (real
+  test digits: {{real_top_min}} to {{real_top_max}}). An even generator would
+  rarely leave the band from {{low_count}} to {{high_count}}, three standard
+  deviations either side of 100. The digit drawn least convincingly, with the
   smallest confident share of its top guesses, is {{gan_worst_text}}.
+- **Rare and over-represented digits.** Outside that band are
+  {{odd_counts_text}}. The figure above shows samples from those bins; shapes of
+  a rare digit in an over-represented row would mean the judge files that digit
+  elsewhere. A count is the judge's reading, not the generator's intent: of 1,000
+  independent-pixel draws, which are no digit at all, it reads {{junk_share}} as
+  a {{junk_digit}}, its favourite bin for junk, so {{junk_models_text}}. It also
+  misreads rough but real shapes (compare the titles with your own reading). The
+  histogram therefore shows that the judge sees the digits unevenly; it cannot say
+  how much of the unevenness is the generator's. The severe failure, a few digits
+  taking most samples, it would show: the GAN's effective number of digits is
+  {{gan_effective}} of 10.
 - **For the VAE's samples, {{vae_share_text}} are confident**
   ({{vae_confident}}, {{vae_covered}} digits covered, effective number of
   digits {{vae_effective}}): the decoded
@@ -1882,6 +2153,18 @@ prose(
 - **Fréchet distances** to the test digits: GAN {{gan_fd}}, VAE
   {{vae_fd}}; real training digits score {{real_fd}}, binarised ones
   {{binary_fd}}.
+- **The two controls** are images no generator should be praised for.
+  Independent-pixel draws are classified with at least 0.9 confidence
+  {{noise_confident}} of the time: a judge that must pick a digit can be sure of
+  noise, so the confident fraction is no test on its own. They cover
+  {{noise_covered}} digits with {{noise_effective}} effective digits:
+  {{noise_class_text}}. Their Fréchet distance is {{noise_fd}}; the GAN's is
+  {{gan_noise_ratio}} of it. Overlays of two training digits get
+  {{overlay_confident}} confident, {{overlay_covered}} covered,
+  {{overlay_effective}} effective digits and a distance of {{overlay_fd}},
+  {{overlay_fd_text}}: they {{overlay_pass_text}}, and none of the four scores
+  is built to notice that an image shows two digits. Good scores are necessary,
+  not sufficient.
 """
 )
 
@@ -1895,9 +2178,12 @@ prose(
 
 
 # %%
-def nearest(images: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def nearest(
+    images: torch.Tensor, pool: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
     """Euclidean distance to, and index of, each image's nearest image in `pool`."""
-    distances = torch.cdist(images.flatten(1), pool.flatten(1))  # (N, len(pool))
+    # (N, len(pool))
+    distances = torch.cdist(images.flatten(1), pool.flatten(1))
     return distances.min(dim=1)
 
 
@@ -1907,12 +2193,17 @@ test_nn, test_nn_index = nearest(digits.x_test, digits.x_train)
 # single threshold would be set by the 1s. One threshold per class instead, the class
 # being that of the nearest training digit: the closest 1 % of the test digits with
 # that class.
-gan_class, test_class = digits.y_train[gan_nn_index], digits.y_train[test_nn_index]
+gan_class, test_class = (
+    digits.y_train[gan_nn_index],
+    digits.y_train[test_nn_index],
+)
+# (10,)
 close_by_class = torch.stack(
     [test_nn[test_class == d].quantile(0.01) for d in range(10)]
-)  # (10,)
+)
 closer_share = (gan_nn < close_by_class[gan_class]).float().mean().item()
-global_close = test_nn <= test_nn.quantile(0.01)  # the closest 1 % over all classes
+# the closest 1 % over all classes
+global_close = test_nn <= test_nn.quantile(0.01)
 ones_share = (test_class[global_close] == 1).float().mean().item()
 print(f"median distance to the nearest training digit: GAN {gan_nn.median():.2f}, "
       f"test digits {test_nn.median():.2f}")  # fmt: skip
@@ -1930,7 +2221,9 @@ closest = gan_nn.argsort()[:8]  # the eight most copy-like samples
 shown_ones = int((gan_class[closest] == 1).sum())
 record(
     "closest_ones_text",
-    "all eight are 1s" if shown_ones == 8 else f"{shown_ones} of the eight are 1s",
+    "all eight are 1s"
+    if shown_ones == 8
+    else f"{shown_ones} of the eight are 1s",
 )
 fig = plot_image_grid(
     torch.cat([gan_images[closest], digits.x_train[gan_nn_index[closest]]]),
@@ -1952,7 +2245,8 @@ has few white pixels, and of the closest 1 % of all test digits
 {{test_close_ones}} are 1s. So the threshold is set per class, the class of the
 nearest training digit: {{gan_closer_share}} of the GAN's samples are closer to
 a training digit than the closest 1 % of the test digits of that class (a generator
-like the test digits would put about 1 % there, one that copied most of its samples).
+like the test digits would put about 1 % there, one that copied most of its samples
+most of them).
 The figure shows the most copy-like samples next to their neighbours:
 {{closest_ones_text}}, for the same reason. The check has a blind spot: the
 GAN's images carry isolated white pixels (counted below), which add to every pixel
@@ -1967,7 +2261,9 @@ the pairs are shown and not only counted.
 # %%
 fig = plot_image_grid(
     torch.cat([gan_images[:16], vae_images[:16]]),
-    titles=[f"GAN: {p.argmax()} ({p.max():.2f})" for p in probs["GAN samples"][:16]]
+    titles=[
+        f"GAN: {p.argmax()} ({p.max():.2f})" for p in probs["GAN samples"][:16]
+    ]
     + [f"VAE: {p.argmax()} ({p.max():.2f})" for p in probs["VAE samples"][:16]],
     suptitle="Samples with the judge's verdict: digit (probability)",
     value_range=(0, 1),
@@ -1979,26 +2275,22 @@ def isolated_pixels(images: torch.Tensor) -> float:
     """Mean number per image of white pixels (> 0.5) whose 8 neighbours are all dark."""
     white = (images > 0.5).float()
     neighbours = F.conv2d(white, torch.ones(1, 1, 3, 3), padding=1) - white
-    return ((white == 1) & (neighbours == 0)).sum(dim=(1, 2, 3)).float().mean().item()
+    return (
+        ((white == 1) & (neighbours == 0))
+        .sum(dim=(1, 2, 3))
+        .float()
+        .mean()
+        .item()
+    )
 
 
-record("expected_misreads", round(32 * recon_wrong))
 record("gan_speckle", isolated_pixels(gan_images), fmt="{:.1f}")
 record("real_speckle", isolated_pixels(digits.x_test), fmt="{:.1f}")
 draws_more_sure = (
-    summaries["VAE, 0/1 draws"].confident_fraction > vae_summary.confident_fraction
+    summaries["VAE, 0/1 draws"].confident_fraction
+    > vae_summary.confident_fraction
 )
 record("draws_more_text", "more" if draws_more_sure else "less")
-# Images that are no digit at all: samples of the independent-pixel model.
-noise_images = torch.bernoulli(
-    pixel_p.expand(n_samples, 1, 28, 28), generator=make_generator(seed + 5)
-)
-noise_probs, _ = classify_images(judge_features, judge_head, noise_images, device)
-record(
-    "noise_confident",
-    confidence_summary(noise_probs).confident_fraction,
-    fmt="{:.1%}",
-)
 gan_ahead = {
     "the confident fraction": gan_summary.confident_fraction
     > vae_summary.confident_fraction,
@@ -2009,9 +2301,13 @@ gan_ahead = {
 ahead = [name for name, yes in gan_ahead.items() if yes]
 behind = [name for name, yes in gan_ahead.items() if not yes]
 if not behind:
-    ahead_text = "On all four scores the GAN's samples come out ahead of the VAE's."
+    ahead_text = (
+        "On all four scores the GAN's samples come out ahead of the VAE's."
+    )
 elif not ahead:
-    ahead_text = "On none of the four scores do the GAN's samples come out ahead."
+    ahead_text = (
+        "On none of the four scores do the GAN's samples come out ahead."
+    )
 else:
     ahead_text = (
         f"The GAN's samples come out ahead of the VAE's on {and_join(ahead)},"
@@ -2024,13 +2320,13 @@ record("vae_decoder_params", count_parameters(vae.decoder), fmt="{:,}")
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Read the titles with the judge's error rate in mind: on reconstructions of known
-digits it was wrong {{recon_wrong}} of the time, which over these 32 titles would
-be about {{expected_misreads}} misreadings; look for digits that you read
-differently. A confident verdict is a necessary sign of a good sample, not a
+Read the titles as the judge's opinions. On reconstructions of known digits it was
+wrong {{recon_wrong}} of the time; samples are rougher than reconstructions, and
+some are no digit at all, so expect more misreadings here, and look for titles you
+read differently. A confident verdict is a necessary sign of a good sample, not a
 sufficient one: the judge's ten probabilities must add up to 1, so it has no way to
-answer "none of these". Samples of the independent-pixel model, clouds of dots that
-look like no digit, get {{noise_confident}} confident verdicts. And the judge is
+answer "none of these", which is why independent-pixel noise, clouds of dots that
+look like no digit, gets {{noise_confident}} confident verdicts. And the judge is
 {{draws_more_text}} often confident of the VAE's speckled 0/1 draws
 ({{draws_confident}}) than of the smooth probabilities they were drawn from
 ({{vae_confident}}); in Fréchet distance the draws score {{draws_fd}}
@@ -2065,13 +2361,16 @@ that, because the two models differ in more than their family:
 - **Selection.** The GAN's snapshot was chosen on the validation Fréchet distance,
   the kind of score reported here; the VAE's epoch on its ELBO. The GAN's learning
   rate came from five separate trainings, the VAE's from three in this chapter.
+- **Architecture.** Both generators are MLPs of similar size (the GAN's generator
+  has {{gan_generator_params}} parameters, the VAE's decoder
+  {{vae_decoder_params}}), fed the same 3,500 training digits (the VAE's
+  binarised), but the GAN's has two hidden layers (128 and 256 units) with batch
+  norm, LeakyReLU and a `tanh` output, the VAE's decoder one hidden layer of 256
+  with ReLU.
 
-
-The two generators themselves are alike: MLPs of similar size (the GAN's generator
-has {{gan_generator_params}} parameters, the VAE's decoder
-{{vae_decoder_params}}), fed the same 3,500 training digits (the VAE's
-binarised). A fair verdict on the families would train both on the same data for the
-same time and choose both by the same rule, which takes a longer budget than this
+A fair verdict on the families would train both on the same data, with matched
+networks, for the same time and choose both by the same rule, which takes a longer
+budget than this
 chapter's.
 """
 )
@@ -2110,10 +2409,24 @@ confident, {{other_covered}} digits covered, {{other_effective}} effective
 digits and a Fréchet distance of {{other_fd}}, against {{gan_confident}},
 {{gan_covered}}, {{gan_effective}} and {{gan_fd}} for the
 {{gan_best_kind}} weights that validation chose. The headline asserts check the
-kept generator's confident fraction, its coverage (at least 7 digits with 10
-confident samples) and its spread, against thresholds below what three seeds gave.
+kept generator's coverage (at least 7 digits with 10 confident samples), its spread
+(at least 8.5 effective digits) and its Fréchet distance (under 30 % of the
+independent-pixel control's), with margins measured over three seeds; the
+confident fraction is not asserted, because pixel noise can match it.
 """
 )
+
+# %% [markdown]
+# The VAE and the GAN are two of several families of generative models.
+# **Autoregressive** models (PixelCNN, van den Oord et al., 2016,
+# [Pixel recurrent neural networks](https://arxiv.org/abs/1601.06759)) predict each
+# pixel from the ones before it and give an exact likelihood; **normalising flows**
+# (Dinh et al., 2017, [Density estimation using Real NVP](https://arxiv.org/abs/1605.08803))
+# give one through invertible networks; **diffusion models** (Ho et al., 2020,
+# [Denoising diffusion probabilistic models](https://arxiv.org/abs/2006.11239))
+# learn to undo a gradual noising of the data and are trained on a variational bound
+# like the VAE's. The scores of this section, and their blind spots, apply to all of
+# them.
 
 # %% [markdown] tags=["box-warning"]
 # > **Common pitfalls**
@@ -2168,7 +2481,9 @@ with torch.no_grad():
     log_w = log_px_z + prior.log_prob(z_k).sum(-1) - q_x.log_prob(z_k).sum(-1)
     iwae = (torch.logsumexp(log_w, dim=0) - np.log(K)).mean().item()
 elbo_nats = negative_elbo(vae, binary_val[:200], samples=10)
-print(f"negative ELBO {elbo_nats:.1f} nats, negative IWAE bound (K={K}) {-iwae:.1f}")
+print(
+    f"negative ELBO {elbo_nats:.1f} nats, negative IWAE bound (K={K}) {-iwae:.1f}"
+)
 print(f"the importance-weighted bound is {elbo_nats + iwae:.1f} nats tighter")
 # seeds 0, 1, 2: 6.6, 6.3 and 6.3 nats tighter
 assert elbo_nats + iwae > 3.0, elbo_nats + iwae
@@ -2236,10 +2551,13 @@ assert abs(mean_nelbo - independent_val) < 8.0
 torch.manual_seed(seed)
 untrained = Generator(noise_dim).to(device)
 with torch.no_grad():
-    logits0 = discriminator(untrained(torch.randn(256, noise_dim, device=device)))
+    logits0 = discriminator(
+        untrained(torch.randn(256, noise_dim, device=device))
+    )
 sizes = {}
 for name, loss_fn in {
-    "saturating": lambda logit: F.logsigmoid(-logit),  # log(1 - sigmoid), stably
+    # log(1 - sigmoid), stably
+    "saturating": lambda logit: F.logsigmoid(-logit),
     "non-saturating": lambda logit: -F.logsigmoid(logit),
 }.items():
     ell = logits0.clone().requires_grad_(True)
@@ -2301,14 +2619,16 @@ conv_generator = nn.Sequential(
     nn.Unflatten(1, (32, 7, 7)),  # (B, 1568) -> (B, 32, 7, 7)
     nn.BatchNorm2d(32),
     nn.ReLU(),
-    nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1, bias=False),  # (B, 16, 14, 14)
+    # (B, 16, 14, 14)
+    nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1, bias=False),
     nn.BatchNorm2d(16),
     nn.ReLU(),
     nn.ConvTranspose2d(16, 1, 4, stride=2, padding=1),  # -> (B, 1, 28, 28)
     nn.Tanh(),
 ).to(device)
 conv_discriminator = nn.Sequential(
-    nn.Conv2d(1, 16, 4, stride=2, padding=1),  # (B, 1, 28, 28) -> (B, 16, 14, 14)
+    # (B, 1, 28, 28) -> (B, 16, 14, 14)
+    nn.Conv2d(1, 16, 4, stride=2, padding=1),
     nn.LeakyReLU(0.2),
     nn.Conv2d(16, 32, 4, stride=2, padding=1, bias=False),  # -> (B, 32, 7, 7)
     nn.BatchNorm2d(32),
@@ -2318,7 +2638,12 @@ conv_discriminator = nn.Sequential(
 ).to(device)
 real_batch = digits.x_train[:64] * 2 - 1  # 64 real digits in [-1, 1]
 conv_seconds = gan_step_seconds(
-    conv_generator, conv_discriminator, real_batch, noise_dim, adam_settings, device
+    conv_generator,
+    conv_discriminator,
+    real_batch,
+    noise_dim,
+    adam_settings,
+    device,
 )
 mlp_seconds = gan_step_seconds(
     Generator(noise_dim).to(device), Discriminator().to(device),
@@ -2334,7 +2659,111 @@ if device.type == "cpu":
     assert conv_seconds > 1.5 * mlp_seconds
 
 # %% [markdown]
+# **Exercise 5.** Neither model lets you ask for a particular digit. Build a
+# **label-conditional VAE**: give the encoder the image *and* its label, and the
+# decoder the code *and* the label (a one-hot vector of 10 concatenated to each
+# input); the loss is unchanged, and it now bounds $\log p(x \mid y)$. Train it on
+# the binarised training digits with their labels, for the same 20 epochs at the
+# chosen `vae_lr`, then decode 100 codes from the prior for each requested digit and
+# let the judge score it: how often is its top guess the digit you asked for? Compare
+# with the 10 % that ignoring the request would give.
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# Solution 5: one-hot labels go into both networks; the rest is train_vae's loop.
+
+
+class ConditionalVAE(nn.Module):
+    """A VAE whose encoder and decoder both see the digit's label (one-hot)."""
+
+    def __init__(self, latent_dim: int = 16, hidden: int = 256) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(28 * 28 + 10, hidden), nn.ReLU())
+        self.to_mu = nn.Linear(hidden, latent_dim)
+        self.to_logvar = nn.Linear(hidden, latent_dim)
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim + 10, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 28 * 28),
+        )
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # (B, latent_dim) codes and (B,) labels -> (B, 1, 28, 28) logits
+        zy = torch.cat([z, F.one_hot(y, 10).float()], dim=1)
+        return self.decoder(zy).view(-1, 1, 28, 28)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        # (B, 784 + 10): the flattened image and its one-hot label
+        xy = torch.cat([x.flatten(1), F.one_hot(y, 10).float()], dim=1)
+        h = self.encoder(xy)
+        mu, logvar = self.to_mu(h), self.to_logvar(h)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return self.decode(z, y), mu, logvar
+
+
+torch.manual_seed(seed)
+cvae = ConditionalVAE(latent_dim).to(device)
+optimizer = torch.optim.Adam(cvae.parameters(), lr=vae_lr)
+loader = DataLoader(
+    TensorDataset(binary_train, digits.y_train), batch_size=128, shuffle=True,
+    generator=make_generator(seed),
+)  # fmt: skip
+cvae.train()
+for _ in range(vae_epochs):
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits, mu, logvar = cvae(x, y)
+        reconstruction = F.binary_cross_entropy_with_logits(
+            logits, x, reduction="none"
+        ).sum(dim=(1, 2, 3))
+        loss = (reconstruction + gaussian_kl(mu, logvar)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+cvae.eval()
+asked = torch.arange(10).repeat_interleave(
+    100
+)  # (1000,) 100 requests per digit
+with torch.no_grad():
+    z = torch.randn(1000, latent_dim, generator=make_generator(seed + 8))
+    asked_images = torch.sigmoid(cvae.decode(z.to(device), asked.to(device)))
+asked_probs, _ = classify_images(
+    judge_features, judge_head, asked_images.cpu(), device
+)
+hit = (
+    asked_probs.argmax(dim=1) == asked
+)  # (1000,) did the judge see the request?
+per_digit_hit = hit.view(10, 100).float().mean(dim=1)
+print(f"judge's top guess = requested digit: {hit.float().mean():.1%}")
+print(
+    "per digit:", " ".join(f"{d}: {h:.0%}" for d, h in enumerate(per_digit_hit))
+)
+fig = plot_image_grid(
+    asked_images[::100].cpu(),  # the first request for each digit
+    titles=[f"asked {d}" for d in range(10)],
+    suptitle="Conditional VAE: one sample per requested digit",
+    ncols=10,
+    value_range=(0, 1),
+)
+plt.show()
+hit_rate = hit.float().mean().item()
+print(
+    f"The judge sees the requested digit in {hit_rate:.0%} of the samples, "
+    "against 10 % for a generator that ignores the request."
+)
+# Far above 10 %, far below 100 %. Nothing stops the code from also carrying the
+# digit's identity (the encoder sees the image), so a code drawn from the prior can
+# pull towards another digit than the label asks for; and the judge is often unsure
+# of blurry decoded probabilities (section 6.4). Seeds 0, 1, 2: 45 %, 44 %, 46 %.
+assert hit_rate > 0.3, hit_rate
+
+# %% [markdown]
 # ## Summary
+
+# %%
+chapter_seconds = time.perf_counter() - chapter_start  # this run, top to bottom
+print(f"this chapter ran in {chapter_seconds:.0f} s on {device.type}")
+record("chapter_seconds", chapter_seconds, fmt="{:.0f}")
+record("device_type", device.type)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -2352,12 +2781,17 @@ prose(
   generator step with the non-saturating loss, each with its own Adam
   (`betas=(0.5, 0.999)`); its losses do not measure quality, so a validation score
   chose the snapshot and between averaged and latest weights.
-- Scored by a classifier trained on real digits, {{gan_confident}} of the GAN's
-  samples and {{vae_confident}} of the VAE's were recognised with at least 0.9
-  confidence, against {{real_confident}} of real test digits; a Fréchet distance
-  in the classifier's features and a nearest-neighbour check complete the picture.
+- A classifier trained on real digits classified {{gan_confident}} of the GAN's
+  samples and {{vae_confident}} of the VAE's with at least 0.9 confidence,
+  against {{real_confident}} of real test digits, but also
+  {{noise_confident}} of independent-pixel noise: such scores need negative
+  controls. The Fréchet distance in the classifier's features separated the noise
+  ({{noise_fd}} against the GAN's {{gan_fd}}); overlays of two real digits
+  {{overlay_pass_text}}. A nearest-neighbour check looked for copies of
+  training digits.
 - A comparison of two models names what differs besides the model: here data,
-  what is scored, training time and selection rule.
+  what is scored, training time, selection rule and architecture.
+- This run of the whole chapter took {{chapter_seconds}} s on {{device_type}}.
 """
 )
 
