@@ -161,7 +161,8 @@ with tempfile.TemporaryDirectory() as checkpoint_dir:
 judge_val_acc = max(judge_history.val_metric)
 print(f"judge: {count_parameters(judge):,} parameters")
 print(
-    f"best validation accuracy {judge_val_acc:.3f} (epoch {judge_history.best_epoch})"
+    f"best validation accuracy {judge_val_acc:.3f} "
+    f"(epoch {judge_history.best_epoch})"
 )
 record("judge_val_acc", judge_val_acc, fmt="{:.1%}")
 
@@ -245,7 +246,8 @@ _, train_features = classify_images(
 real_val_fd = frechet_distance(train_features, val_features)
 print(
     f"500 validation digits: confident {val_summary.confident_fraction:.3f}, "
-    f"covered {val_summary.covered}, effective {val_summary.effective_classes:.2f}"
+    f"covered {val_summary.covered}, "
+    f"effective {val_summary.effective_classes:.2f}"
 )
 print(f"500 training digits against them: Fréchet distance {real_val_fd:.1f}")
 record("real_val_confident", val_summary.confident_fraction, fmt="{:.1%}")
@@ -350,7 +352,9 @@ black-and-white digits would score.
 
 # %%
 class VAE(nn.Module):
-    """A fully connected VAE: image -> (mu, log-variance) -> sampled z -> pixel logits."""
+    """A fully connected VAE: image -> (mu, log-variance) -> sampled z ->
+    pixel logits.
+    """
 
     def __init__(self, latent_dim: int = 16, hidden: int = 256) -> None:
         super().__init__()
@@ -498,7 +502,8 @@ kl_library = kl_divergence(q_check, prior).sum(dim=-1)  # torch's closed form
 for closed, mc, se in zip(kl_closed, kl_mc, kl_mc_se, strict=True):
     print(f"closed form {closed:8.4f}   Monte Carlo {mc:8.4f} +- {se:.4f}")
 print(
-    f"largest difference from kl_divergence: {(kl_closed - kl_library).abs().max():.1e}"
+    "largest difference from kl_divergence: "
+    f"{(kl_closed - kl_library).abs().max():.1e}"
 )
 assert ((kl_closed - kl_mc).abs() < 5 * kl_mc_se).all()
 torch.testing.assert_close(kl_closed, kl_library)
@@ -516,7 +521,9 @@ torch.testing.assert_close(kl_closed, kl_library)
 def vae_loss_terms(
     model: VAE, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reconstruction and KL terms of the negative ELBO, per image, in nats: (B,) each."""
+    """Reconstruction and KL terms of the negative ELBO, per image, in nats:
+    (B,) each.
+    """
     logits, mu, logvar = model(x)
     # sum over the 784 pixels: log p(x|z) of the whole image
     reconstruction = F.binary_cross_entropy_with_logits(
@@ -527,7 +534,9 @@ def vae_loss_terms(
 
 @torch.no_grad()
 def negative_elbo(model: VAE, images: torch.Tensor, samples: int = 1) -> float:
-    """Mean negative ELBO per image in nats, averaging `samples` draws of z per image."""
+    """Mean negative ELBO per image in nats, averaging `samples` draws of z
+    per image.
+    """
     model.eval()
     x = images.to(next(model.parameters()).device)
     total = 0.0
@@ -567,10 +576,11 @@ def train_vae(
     batch_size: int = 128,
     snapshot_every: int = 2,
 ) -> tuple[dict, int, list]:
-    """Train; load the epoch with the best validation negative ELBO back into `model`.
+    """Train; load the epoch with the best validation negative ELBO back
+    into `model`.
 
-    Returns the per-epoch history (with the training seconds so far), the best epoch
-    and a list of weight snapshots taken every `snapshot_every` epochs.
+    Returns the per-epoch history (with the training seconds so far), the best
+    epoch and a list of weight snapshots taken every `snapshot_every` epochs.
     """
     device = next(model.parameters()).device
     loader = DataLoader(
@@ -623,7 +633,8 @@ for lr in (1e-3, 3e-3, 1e-2):
     history, best_epoch, vae_snapshots = train_vae(
         model, binary_train, binary_val, vae_epochs, lr=lr, seed=seed
     )
-    vae_runs[lr] = {"model": model, "history": history, "best_epoch": best_epoch,
+    vae_runs[lr] = {"model": model, "history": history,
+                    "best_epoch": best_epoch,
                     "snapshots": vae_snapshots}  # fmt: skip
 print("learning rate   best validation negative ELBO (nats)   at epoch")
 for lr, run in vae_runs.items():
@@ -678,10 +689,13 @@ plt.show()
 still_falling = vae_best_epoch == vae_epochs
 record(
     "vae_stop_text",
-    "the last one: the validation value was still falling, so we stop for the time"
-    " budget, not because the model has converged"
+    "the last one: the validation value was still falling, so we "
+    "stop for the time budget, not because the model has converged"
     if still_falling
-    else "before the last one: at this rate the validation value stopped improving",
+    else (
+        "before the last one: at this rate the "
+        "validation value stopped improving"
+    ),
 )
 vae_gap = (
     vae_history["validation"][vae_best_epoch - 1]
@@ -696,8 +710,8 @@ kl_low = int(np.argmin(kl_curve))
 kl_text = f"starts at {kl_curve[0]:.1f} nats per image"
 if 0 < kl_low < len(kl_curve) - 1:
     kl_text += (
-        f", falls to {kl_curve[kl_low]:.1f} at epoch {kl_low + 1} and rises again to"
-        f" {kl_curve[-1]:.1f}"
+        f", falls to {kl_curve[kl_low]:.1f} at epoch {kl_low + 1}"
+        f" and rises again to {kl_curve[-1]:.1f}"
     )
 else:
     kl_text += f" and ends at {kl_curve[-1]:.1f}"
@@ -705,7 +719,8 @@ record("vae_kl_text", kl_text)
 train_curve = vae_history["train"]
 record(
     "vae_kl_pay_text",
-    "the total still falls while it rises, so the reconstruction term falls faster"
+    "the total still falls while it rises, "
+    "so the reconstruction term falls faster"
     if (np.diff(train_curve[kl_low:]) < 0).all()
     else "the total does not fall at every epoch while it rises",
 )
@@ -765,7 +780,8 @@ recon_wrong_sure = (
 )
 print(
     f"judge on the 500 validation reconstructions: wrong on {recon_wrong:.1%}, "
-    f"on {recon_wrong_sure:.1%} of its {int(recon_confident.sum())} confident verdicts"
+    f"on {recon_wrong_sure:.1%} of its "
+    f"{int(recon_confident.sum())} confident verdicts"
 )
 record("recon_wrong", recon_wrong, fmt="{:.0%}")
 # Seeds 0, 1, 2 on a CPU: wrong on 10.2 %, 7.2 % and 10.4 % of the
@@ -836,8 +852,8 @@ vae_2d_history, vae_2d_best_epoch, _ = train_vae(
     vae_2d, binary_train, binary_val, vae_epochs, lr=vae_lr, seed=seed
 )
 print(
-    f"2-D latent: best validation negative ELBO {min(vae_2d_history['validation']):.1f}"
-    f" nats at epoch {vae_2d_best_epoch}"
+    "2-D latent: best validation negative ELBO "
+    f"{min(vae_2d_history['validation']):.1f} nats at epoch {vae_2d_best_epoch}"
 )
 record("vae_2d_val_nelbo", min(vae_2d_history["validation"]), fmt="{:.1f}")
 record("vae_val_nelbo", min(vae_history["validation"]), fmt="{:.1f}")
@@ -936,11 +952,13 @@ outside = (z_val_2d.abs() > edge).any(dim=1).float().mean().item()
 code_sd = z_val_2d.std(dim=0).tolist()
 n_empty = (~occupied).sum().item()
 print(
-    f"codes' standard deviation along z1, z2: {code_sd[0]:.2f}, {code_sd[1]:.2f}"
+    "codes' standard deviation "
+    f"along z1, z2: {code_sd[0]:.2f}, {code_sd[1]:.2f}"
 )
 print(f"outside the grid's square: {outside:.1%} (prior: {1 - 0.9**2:.0%})")
 print(
-    f"empty cells: {(~occupied).sum().item()} of 144 (prior: about {expected_empty:.0f})"
+    f"empty cells: {(~occupied).sum().item()} of 144 "
+    f"(prior: about {expected_empty:.0f})"
 )
 record("code_sd_1", code_sd[0], fmt="{:.2f}")
 record("code_sd_2", code_sd[1], fmt="{:.2f}")
@@ -971,10 +989,11 @@ mixed = (confusion + confusion.T).fill_diagonal_(0)
 pair = divmod(int(mixed.argmax()), 10)
 record(
     "code_regions_text",
-    f"the 5 nearest codes vote for the right digit most often for the {order[0]}s"
-    f" ({per_digit[order[0]]:.0%}) and the {order[1]}s ({per_digit[order[1]]:.0%}),"
-    f" least often for the {order[-1]}s ({per_digit[order[-1]]:.0%}); the pair most"
-    f" often mistaken for each other is {min(pair)} and {max(pair)}",
+    "the 5 nearest codes vote for the right digit most often "
+    f"for the {order[0]}s ({per_digit[order[0]]:.0%}) and the "
+    f"{order[1]}s ({per_digit[order[1]]:.0%}), least often for the "
+    f"{order[-1]}s ({per_digit[order[-1]]:.0%}); the pair most "
+    f"often mistaken for each other is {min(pair)} and {max(pair)}",
 )
 
 # Which digits the grid shows: the judge's top guesses for the 144 tiles.
@@ -1076,8 +1095,11 @@ fig = plot_image_grid(
         for a, d in zip(weights.tolist(), readings, strict=True)
     ]
     + [f"pixels {a:.2f}" for a in weights.tolist()],
-    suptitle="From a 4 to a 7: decoded along the straight line between their codes"
-    " (top; the ends are reconstructions) and cross-faded pixel by pixel (bottom)",
+    suptitle=(
+        "From a 4 to a 7: decoded along the straight "
+        "line between their codes (top; the ends are "
+        "reconstructions) and cross-faded pixel by pixel (bottom)"
+    ),
     ncols=10,
     value_range=(0, 1),
 )
@@ -1303,7 +1325,9 @@ if device.type != "mps":
 def moving_average(
     averaged: list, current: list, num_averaged: torch.Tensor
 ) -> None:
-    """One step of a bias-corrected moving average (beta = 0.999), for AveragedModel."""
+    """One step of a bias-corrected moving average (beta = 0.999),
+    for AveragedModel.
+    """
     # n weights are in the average already. On a GPU, .item() waits for the
     # device once per step, as does AveragedModel's own copy of its counter to
     # the device.
@@ -1335,7 +1359,9 @@ fixed_noise = torch.randn(
 
 @torch.no_grad()
 def generate(model: Generator, noise: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] for a batch of noise, in eval mode (batch norm's running stats)."""
+    """Images in [0, 1] for a batch of noise, in eval mode (batch norm's
+    running stats).
+    """
     was_training = model.training
     model.eval()
     images = (model(noise) + 1) / 2  # tanh's [-1, 1] -> [0, 1]
@@ -1350,7 +1376,8 @@ def score(
     judge: tuple[nn.Module, nn.Module],
     device: torch.device,
 ) -> tuple:
-    """Fréchet distance to `reference` features and effective digits, for `model`.
+    """Fréchet distance to `reference` features and effective digits,
+    for `model`.
 
     `judge` is the pair (feature layers, classification head).
     """
@@ -1465,8 +1492,10 @@ lag_text = (
     "a likely reason is that an average over the last thousand or so steps lags"
     " behind a generator that is still improving"
     if averaging_gain < 0
-    else "here the smoothing outweighed the lag of an average over the last thousand"
-    " or so steps"
+    else (
+        "here the smoothing outweighed the lag of an "
+        "average over the last thousand or so steps"
+    )
 )
 record("gan_lag_text", lag_text)
 spread = {
@@ -1484,16 +1513,16 @@ more_even = (
 )
 record(
     "gan_steadier_text",
-    f"{more_even} spread was the more even one (mean {means['averaged']:.1f} for the"
-    f" average, {means['latest']:.1f} for the latest weights)",
+    f"{more_even} spread was the more even one (mean {means['averaged']:.1f} "
+    f"for the average, {means['latest']:.1f} for the latest weights)",
 )
 record("gan_best_step", best_step, fmt="{:,}")
 record("gan_best_kind", best_kind)
 record("gan_steps_run", gan_steps, fmt="{:,}")
 record(
     "gan_longer_text",
-    "The kept step is the last one, so a longer run would probably give better samples"
-    " still; this chapter's time budget on a CPU does not allow it."
+    "The kept step is the last one, so a longer run would probably give better "
+    "samples still; this chapter's time budget on a CPU does not allow it."
     if best_step == gan_steps
     else "The kept step is not the last one: later snapshots scored worse.",
 )
@@ -1626,8 +1655,10 @@ fig = plot_image_grid(
         for s, reads in zip(shown, grid_reads.tolist(), strict=True)
         for column, d in enumerate(reads)
     ],
-    suptitle="The same eight noise vectors through training (averaged generator);"
-    " titles: the judge's reading",
+    suptitle=(
+        "The same eight noise vectors through training "
+        "(averaged generator); titles: the judge's reading"
+    ),
     ncols=8,
     size=1.2,
     value_range=(0, 1),
@@ -1701,8 +1732,8 @@ for key, style, label in (
     ("val_fd", "s-", "GAN, averaged"),
     ("latest_val_fd", "^--", "GAN, latest weights"),
 ):
-    ax.plot([s["seconds"] for s in snapshots], [s[key] for s in snapshots], style,
-            ms=4, label=label)  # fmt: skip
+    ax.plot([s["seconds"] for s in snapshots], [s[key] for s in snapshots],
+            style, ms=4, label=label)  # fmt: skip
 ax.axhline(binary_val_fd, color="grey", ls="--", label="real digits, binarised")
 ax.axhline(real_val_fd, color="grey", ls=":", label="real digits")
 ax.set(
@@ -1731,8 +1762,9 @@ caught = [
 ]
 record(
     "gan_catch_text",
-    f"The GAN, either kind of weights, first scored as well as the VAE's last snapshot"
-    f" at step {caught[0]['step']:,}, after {caught[0]['seconds']:.1f} s,"
+    "The GAN, either kind of weights, first scored "
+    "as well as the VAE's last snapshot at step "
+    f"{caught[0]['step']:,}, after {caught[0]['seconds']:.1f} s,"
     if caught
     else "The GAN never scored as well as the VAE's last snapshot,",
 )
@@ -1803,8 +1835,8 @@ pixel_p = binary_train.mean(dim=0).clamp(1e-3, 1 - 1e-3)  # (1, 28, 28)
 
 
 def independent_pixel_nll(images: torch.Tensor, p: torch.Tensor) -> float:
-    """Mean negative log-likelihood per image, in nats, of pixels independently 1
-    with probabilities `p` (1, 28, 28)."""
+    """Mean negative log-likelihood per image, in nats, of pixels
+    independently 1 with probabilities `p` (1, 28, 28)."""
     return (
         F.binary_cross_entropy(p.expand_as(images), images, reduction="none")
         .sum(dim=(1, 2, 3))
@@ -1920,7 +1952,8 @@ for name, s in summaries.items():
         f"{s.effective_classes:>10.2f}{distances[name]:>9.1f}"
     )
 print(
-    "(real rows' Fréchet distance: 1,000 training digits against the test digits)"
+    "(real rows' Fréchet distance: 1,000 "
+    "training digits against the test digits)"
 )
 
 # %%
@@ -2102,8 +2135,8 @@ record(
 )
 record(
     "noise_class_text",
-    "both fall short of the thresholds the GAN is held to (7 digits covered, 8.5"
-    " effective)"
+    "both fall short of the thresholds the GAN "
+    "is held to (7 digits covered, 8.5 effective)"
     if noise_rejected
     else "they do not fall short of the thresholds the GAN is held to (7 digits"
     " covered, 8.5 effective)",
@@ -2199,7 +2232,9 @@ prose(
 def nearest(
     images: torch.Tensor, pool: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
-    """Euclidean distance to, and index of, each image's nearest image in `pool`."""
+    """Euclidean distance to, and index of, each image's nearest image
+    in `pool`.
+    """
     # (N, len(pool))
     distances = torch.cdist(images.flatten(1), pool.flatten(1))
     return distances.min(dim=1)
@@ -2223,7 +2258,8 @@ closer_share = (gan_nn < close_by_class[gan_class]).float().mean().item()
 # the closest 1 % over all classes
 global_close = test_nn <= test_nn.quantile(0.01)
 ones_share = (test_class[global_close] == 1).float().mean().item()
-print(f"median distance to the nearest training digit: GAN {gan_nn.median():.2f}, "
+print("median distance to the nearest training digit: "
+      f"GAN {gan_nn.median():.2f}, "
       f"test digits {test_nn.median():.2f}")  # fmt: skip
 print(f"the closest 1 % of test digits, all classes: {ones_share:.0%} are 1s")
 print(f"GAN samples closer than the closest 1 % of test digits of their class: "
@@ -2290,7 +2326,9 @@ plt.show()
 
 
 def isolated_pixels(images: torch.Tensor) -> float:
-    """Mean number per image of white pixels (> 0.5) whose 8 neighbours are all dark."""
+    """Mean number per image of white pixels (> 0.5) whose 8 neighbours are
+    all dark.
+    """
     white = (images > 0.5).float()
     neighbours = F.conv2d(white, torch.ones(1, 1, 3, 3), padding=1) - white
     return (
@@ -2501,7 +2539,8 @@ with torch.no_grad():
     iwae = (torch.logsumexp(log_w, dim=0) - np.log(K)).mean().item()
 elbo_nats = negative_elbo(vae, binary_val[:200], samples=10)
 print(
-    f"negative ELBO {elbo_nats:.1f} nats, negative IWAE bound (K={K}) {-iwae:.1f}"
+    f"negative ELBO {elbo_nats:.1f} nats, "
+    f"negative IWAE bound (K={K}) {-iwae:.1f}"
 )
 print(f"the importance-weighted bound is {elbo_nats + iwae:.1f} nats tighter")
 # seeds 0, 1, 2: 6.6, 6.3 and 6.3 nats tighter
@@ -2612,7 +2651,9 @@ def gan_step_seconds(
     adam_kwargs: dict,
     device: torch.device,
 ) -> float:
-    """Best-of-5 wall time of one discriminator + generator update on `real` images."""
+    """Best-of-5 wall time of one discriminator + generator update
+    on `real` images.
+    """
     opt_g = torch.optim.Adam(g_net.parameters(), **adam_kwargs)
     opt_d = torch.optim.Adam(d_net.parameters(), **adam_kwargs)
     real = real.to(device)
@@ -2672,7 +2713,8 @@ mlp_seconds = gan_step_seconds(
 )  # fmt: skip
 print(f"MLP GAN step:  {mlp_seconds * 1e3:6.1f} ms")
 print(
-    f"conv GAN step: {conv_seconds * 1e3:6.1f} ms ({conv_seconds / mlp_seconds:.1f}x)"
+    f"conv GAN step: {conv_seconds * 1e3:6.1f} ms "
+    f"({conv_seconds / mlp_seconds:.1f}x)"
 )
 if device.type == "cpu":
     # On a CPU the convolutional step costs more (the printout says how many
