@@ -22,9 +22,8 @@ first on every chapter it executes, tests/test_project.py the second.
 
 from __future__ import annotations
 
+import functools
 import re
-
-from markdown_it import MarkdownIt
 
 PROSE_TAG = "remove-input"
 BOX_KINDS = ("warning", "note", "tip", "dropdown")
@@ -32,7 +31,15 @@ BOX_KINDS = ("warning", "note", "tip", "dropdown")
 _ROLE = re.compile(r"\{[A-Za-z][\w:-]*\}`")
 _TARGET = re.compile(r"^\s*\([\w-]+\)=\s*$", re.MULTILINE)
 _PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
-_MARKDOWN = MarkdownIt("commonmark").enable("table")
+
+
+@functools.cache
+def _markdown():
+    # Imported when first needed: scripts that only import build_book (the CPU matrix)
+    # run in environments without the book's Markdown parser.
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").enable("table")
 
 
 def source(cell: dict) -> str:
@@ -127,7 +134,7 @@ def to_book(notebook: dict) -> int:
 def _raw_myst(markdown: str) -> list[str]:
     """MyST that plain Jupyter Markdown would show as raw text or as a code block."""
     found = []
-    for token in _MARKDOWN.parse(markdown):
+    for token in _markdown().parse(markdown):
         if token.type == "fence" and token.info.strip().startswith("{"):
             found.append(f"a ```{token.info.strip()} directive")
         if token.type == "inline":
