@@ -263,9 +263,8 @@ the start state: its two logits differ by only {{logit_gap_untrained}}, so
 neither action is strongly preferred yet. Why logits and not probabilities? The same
 distribution can be built as `Categorical(probs=F.softmax(logits, dim=-1))`, and many
 tutorials do exactly that. It goes wrong when the policy becomes nearly deterministic in
-some state, as long training towards a deterministic optimum can make it. In float32,
-softmax rounds a probability below about $10^{-45}$ to 0, and `Categorical(probs=...)`
-then clamps every probability into $[\epsilon, 1 - \epsilon]$ with
+some state, as long training towards a deterministic optimum can make it.
+`Categorical(probs=...)` clamps every probability into $[\epsilon, 1 - \epsilon]$ with
 $\epsilon \approx 1.2 \times 10^{-7}$ (float32's machine epsilon) before taking the log.
 From logits it computes `logits - logsumexp(logits)` instead, where `logsumexp`
 evaluates $\log \sum_j e^{z_j}$ without overflow or underflow by first taking out the
@@ -293,12 +292,14 @@ clamp_gap = -math.log(torch.finfo(torch.float32).eps)  # ln(1 / eps) = 15.9
 # %% [markdown]
 # The exact log-probability is $-30$ (up to $e^{-30}$), and its gradient with respect to
 # the logits is $(1, -1)$. Through softmax probabilities the log-probability is clamped
-# to $\ln \epsilon \approx -15.9$ and the gradient is exactly zero: the clamp cuts it. A
-# policy-gradient update would then have no way to make that action more likely again,
-# however good it turned out to be. The same clamp hits every probability below
-# $\epsilon$, that is from a logit gap of $\ln(1/\epsilon) \approx 15.9$ on. Whether a
-# training run gets that far depends on the run; section 7.7 measures the largest gap of
-# this chapter's trained policy.
+# to $\ln \epsilon \approx -15.9$ and the gradient is exactly zero: the clamp cuts it.
+# That state's own samples would then give a policy-gradient update no push to make
+# that action more likely again, however good it turned out to be (samples from other
+# states can still move it, through the weights they share). The same clamp hits every
+# probability below $\epsilon$, that is from a logit gap of $\ln(1/\epsilon) \approx 15.9$
+# on. Whether a training run gets that far depends on the run; section 7.7 measures the
+# largest gap of this chapter's trained policy, and exercise 1 that of any run that
+# collapses onto one action.
 #
 # ## 7.3 Discounted returns
 #
@@ -346,8 +347,10 @@ assert np.allclose(discounted_returns(rewards, gamma).numpy(), direct)
 # its past squares, so a *constant* scale would cancel anyway. But the returns' scale
 # changes during training: with $\gamma = 0.99$ a discounted return is at most about
 # 100, and it grows from below 20 (episodes of about 20 steps) towards 100 as episodes
-# get longer. Over the few dozen updates of a run here, Adam's bias-corrected average
-# weights all updates so far almost equally, so it lags behind that change.
+# get longer. A run here lasts at most 63 updates (the budget of 1,000 episodes set
+# below, in batches of 16), far fewer than the 1,000 or so over which Adam's average of
+# squares forgets (`beta2` = 0.999); its bias-corrected average therefore weights all
+# updates so far almost equally, and lags behind that change.
 #
 # Now the terminated/truncated distinction in numbers. Take an episode that survived all
 # 500 steps and was truncated. Treated as if it had terminated, the return after the last
@@ -724,11 +727,12 @@ print(f"{len(batch_states)} steps, loss {loss.item():+.4f}")
 #
 # - $\gamma = 0.99$ and two hidden layers of 64: the defaults of
 #   [Spinning Up's VPG](https://spinningup.openai.com/en/latest/algorithms/vpg.html).
-# - Adam with `lr` = 0.01: what pytorch/examples' REINFORCE uses.
+# - Adam with `lr` = 0.01: what pytorch/examples' REINFORCE uses. The value network of
+#   section 7.5 shares it, untuned (Spinning Up's VPG gives its value function 0.001).
 # - 16 episodes per update, and the value network's 10 steps per batch of section 7.5:
 #   untuned round numbers (Spinning Up's VPG takes 80 value steps per batch).
-# - `max_episodes` = 1000: a budget, not a knob; the slowest of the runs in section 7.5
-#   needed about 600 episodes (over `seed` = 0, 1, 2, so run seeds 0 to 4).
+# - `max_episodes` = 1000: a budget, not a knob. With `seed` = 0, 1 and 2 (run seeds 0
+#   to 4) the slowest of section 7.5's six runs needed 320, 608 and 320 episodes.
 #
 # None was tuned on validation for this chapter. The two versions that section 7.5
 # compares share all of them; only the baseline version has `value_steps`.
@@ -1787,7 +1791,8 @@ prose(
 > - **Forgetting `-`** in the loss: minimising $\sum G \log \pi$ makes good actions *less*
 >   likely.
 > - **Several gradient steps on one REINFORCE batch**: the batch estimates the
->   gradient at the policy that played it, and only there (section 7.4).
+>   gradient at the policy that played it, and is good only near it (section 7.4;
+>   exercise 1 measures how far several steps move the policy).
 > - **Letting the policy loss reach the value network**: compute the baseline under
 >   `torch.no_grad()` (or `.detach()` it). In `baseline_update` forgetting that raises an
 >   error ("one of the variables needed for gradient computation has been modified by an
@@ -1814,8 +1819,9 @@ prose(
 # updated one, on the batch's states (`torch.distributions.kl_divergence` of two
 # `Categorical`s). From the three seeds of section 7.5, with a budget of 160 episodes
 # (`dataclasses.replace(settings, max_episodes=160)`), train plain REINFORCE with ten
-# steps per batch, and, as a control, with one step per batch at a ten times larger
-# learning rate (`lr=0.1`). Compare each arm's first-update KL with that of one step at
+# steps per batch, and, as a second treatment, with one step per batch at a ten times
+# larger learning rate (`lr=0.1`); section 7.5's plain runs (one step at the chapter's
+# `lr`) are the control. Compare each arm's first-update KL with that of one step at
 # the chapter's `lr` on the same first batch. What happens to the runs, and does it
 # matter whether the policy moves far by reusing the batch or by one large step? (The
 # KL divergence of two action distributions, chapter 6,
@@ -1861,6 +1867,7 @@ first_kl = {"one step": [], **{arm: [] for arm in arms}}
 outcomes = {arm: [] for arm in arms}
 n_passed = dict.fromkeys(arms, 0)
 n_collapsed = dict.fromkeys(arms, 0)
+collapsed_gaps = []  # largest logit gap of each collapsed run's final weights
 n_sooner = 0
 for run_seed, one_step_needed in zip(run_seeds, plain_needed, strict=True):
     one_log = []
@@ -1884,7 +1891,16 @@ for run_seed, one_step_needed in zip(run_seeds, plain_needed, strict=True):
         entropy = log[-1]["entropy"]  # of the policy that played the last batch
         if entropy < 0.05 * fair_coin:
             n_collapsed[arm] += 1
-            outcome += f", nearly deterministic (entropy {entropy:.3f})"
+            final = make_policy(arm_settings.hidden).to(device)
+            final.load_state_dict(run["history"]["weights"][-1])
+            # section 7.7's grid of angles and spins, at x = x_dot = 0
+            final_logits = policy_logits_map(final, angles, spins, device)
+            gap = (final_logits[..., 1] - final_logits[..., 0]).abs().max()
+            collapsed_gaps.append(gap.item())
+            outcome += (
+                f", nearly deterministic (entropy {entropy:.3f}; final "
+                f"weights' largest logit gap on the map {gap:.1f})"
+            )
         outcomes[arm].append(f"seed {run_seed} {outcome}")
 
 
@@ -1955,6 +1971,24 @@ if sum(n_collapsed.values()):
         "Such a policy never sees what the other action would have done, so "
         "its batches carry almost no gradient towards it, and later batches "
         "did not undo the step within the budget."
+    )
+    over = sum(g > clamp_gap for g in collapsed_gaps)
+    if over:
+        clamp_note = (
+            "on the states where it does, a softmax policy would get no "
+            "gradient at all from their samples; with logits the gradient "
+            "there is exact, but the other action is almost never sampled"
+        )
+    else:
+        clamp_note = (
+            "a softmax policy would not be clamped on these states either; "
+            "the other action is simply almost never sampled"
+        )
+    print(
+        f"The largest logit gap on section 7.7's map passes the "
+        f"{clamp_gap:.1f} from which Categorical(probs=...) clamps (section "
+        f"7.2) in {over} of the {len(collapsed_gaps)} collapsed runs: "
+        f"{clamp_note}."
     )
 print(
     "A batch estimates the gradient at the policy that played it, and that "
