@@ -184,7 +184,7 @@ for r, y in enumerate((0.62, 0.12)):
         y,
         0.19,
         0.22,
-        f"forward +\nbackward\n-> gradient g{r}",
+        f"forward +\nbackward:\ngradient g{r}",
         "#d9ead3",
     )
     box(
@@ -439,15 +439,18 @@ of starting and coordinating the processes, not for a toy job like this.
 digits = load_mnist_subset(val_size=500, test_size=1000, seed=seed)
 
 
-def flat(images: torch.Tensor) -> torch.Tensor:
-    """(N, 1, 28, 28) pixels -> (N, 784), normalised with the training
-    statistics.
+def flat(
+    images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """(N, 1, 28, 28) pixels -> (N, 784), normalised with `mean` and `std`
+    (the training statistics).
     """
-    return ((images - digits.mean) / digits.std).flatten(1)
+    return ((images - mean) / std).flatten(1)
 
 
-train_set = TensorDataset(flat(digits.x_train), digits.y_train)
-x_test, y_test = flat(digits.x_test), digits.y_test
+stats = (digits.mean, digits.std)
+train_set = TensorDataset(flat(digits.x_train, *stats), digits.y_train)
+x_test, y_test = flat(digits.x_test, *stats), digits.y_test
 print("train", tuple(train_set.tensors[0].shape), "test", tuple(x_test.shape))
 
 # Build the samplers of both ranks of a 2-process job, here in the notebook.
@@ -500,8 +503,8 @@ assert len({tuple(order) for order in first[True]}) == 3
 # 2. the data comes through a `DistributedSampler`, and `set_epoch` is called each epoch;
 # 3. the model is wrapped in `DistributedDataParallel`. At construction DDP copies rank
 #    0's parameters to every rank, so the replicas start equal; in `backward` it
-#    all-reduces the gradients in buckets while the rest of backward is still running,
-#    and averages them;
+#    all-reduces the gradients in buckets (up to 25 MiB each by default, set by
+#    `bucket_cap_mb`) while the rest of backward is still running, and averages them;
 # 4. only rank 0 evaluates, logs the epochs and writes files: a checkpoint after every
 #    epoch (model, optimizer, epoch, history), the weights of the best validation
 #    epoch, and at the end the final weights and the history (every rank prints one
@@ -518,7 +521,7 @@ torch.save(
     {
         "x_train": train_set.tensors[0],
         "y_train": train_set.tensors[1],
-        "x_val": flat(digits.x_val),
+        "x_val": flat(digits.x_val, *stats),
         "y_val": digits.y_val,
     },
     data_path,
@@ -1000,6 +1003,19 @@ Chapter 8's rules carry over: clip the gradients, and unscale them if a
 `GradScaler` is in use, after the last micro-batch, on the accumulated sum.
 """
 )
+
+# %% [markdown]
+# Chapter 8's other speed-ups carry over as well (neither is run here, where the
+# comparisons need `float64` on a CPU). **Mixed precision:** each process runs its
+# forward pass under `torch.autocast(device_type, dtype=torch.bfloat16)`, as on one
+# device; the parameters stay `float32`, so the gradients that DDP all-reduces are
+# `float32` too. A `GradScaler` (for `float16`) works per process unchanged: after the
+# all-reduce every rank holds the same gradients, so all ranks skip or take a step
+# together. FSDP takes the same choice as a `MixedPrecisionPolicy` (section 9.7).
+# **Compilation:** compile the wrapped model, `torch.compile(DDP(model, ...))`;
+# TorchDynamo then splits the compiled graph at DDP's bucket boundaries, so that the
+# all-reduces still overlap backward. FSDP2's `fully_shard` is built to work with
+# `torch.compile` too.
 
 
 # %% [markdown]
@@ -1534,7 +1550,7 @@ assert trainjob["spec"]["trainer"]["numProcPerNode"] == gpus
 # examples affected it differs only slightly here, more with a small dataset and
 # many ranks). Dealing out range(r, 500, 3) covers every example once and
 # reproduces the single-process accuracy exactly.
-val_set = TensorDataset(flat(digits.x_val).double(), digits.y_val)
+val_set = TensorDataset(flat(digits.x_val, *stats).double(), digits.y_val)
 best_model.eval()
 _, val_accuracy = train_ddp.evaluate(best_model, *val_set.tensors)
 shares_of = {
@@ -1571,50 +1587,68 @@ assert counts["no padding"] == (500, [], [])
 assert correct == round(val_accuracy * len(val_set)), (correct, val_accuracy)
 
 # %% [markdown]
-# **Exercise 2.** DDP averages the ranks' gradients with equal weights. Simulate two
-# ranks in one process: split one batch of 64 training examples into 32 + 32 and into
-# 16 + 48, compute each part's gradient of its *mean* loss, average the two gradients,
-# and measure the relative error against the gradient of the whole batch's mean loss.
-# Then fix the unequal case by weighting each part by its size.
+# **Exercise 2.** DDP averages the ranks' gradients with equal weights, however many
+# examples each rank had. Simulate two ranks in one process: split one batch of 64
+# training examples into 32 + 32 and into 16 + 48, compute each part's gradient of its
+# *mean* loss, average the two gradients as DDP does, and measure the relative error
+# against the gradient of the whole batch's mean loss. Then repair the unequal case
+# the way a DDP job would have to: the all-reduce and its division by the world size
+# stay as they are, so only the loss each rank backpropagates can change. Which number
+# must the ranks exchange first, and with which collective? Check your loss in the
+# simulation.
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 2: equal parts give the full-batch gradient up to rounding; 16 + 48
 # gives the 16 examples three times the weight of the 48, an error of tens of
-# percent. Weighting each part's mean gradient by its share of the examples
-# repairs it. In a real DDP job, where backward already divides the all-reduced
-# sum by the world size: all_reduce the ranks' example counts first, then
-# backpropagate each rank's *summed* loss times world_size / total_count.
+# percent. The repair: the ranks first add up their example counts with
+# dist.all_reduce (SUM), 64 here; each rank then backpropagates its *summed*
+# loss times world_size / total count. DDP's equal-weight average of those
+# gradients is the sum over all 64 examples divided by 64: the full batch's
+# mean, whatever the split.
+mean_loss = nn.CrossEntropyLoss()
+sum_loss = nn.CrossEntropyLoss(reduction="sum")
 torch.manual_seed(seed)
 net = train_ddp.make_model().double()
-criterion = nn.CrossEntropyLoss()
 x64, y64 = train_set.tensors[0][:64].double(), train_set.tensors[1][:64]
 
 
-def gradient(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The gradient of the mean loss over (x, y), all parameters flattened."""
-    net.zero_grad()
-    criterion(net(x), y).backward()
-    return torch.cat([p.grad.flatten() for p in net.parameters()])
+def gradient(
+    model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """The gradient of loss_fn(model(x), y), all parameters flattened."""
+    model.zero_grad()
+    loss_fn(model(x), y).backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-full = gradient(x64, y64)
+full = gradient(net, mean_loss, x64, y64)
+# what all_reduce of the two ranks' counts returns, and the world size
+total, world_size = len(y64), 2
+
+
+def rescaled_loss(outputs: torch.Tensor, targets: torch.Tensor):
+    """A rank's summed loss, scaled so that DDP's average is the mean."""
+    return sum_loss(outputs, targets) * world_size / total
+
+
 errors = {}
 for first_part in (32, 16):
     parts = [
         (x64[:first_part], y64[:first_part]),
         (x64[first_part:], y64[first_part:]),
     ]
-    grads = [gradient(x, y) for x, y in parts]
-    equal = (grads[0] + grads[1]) / 2
-    weighted = (first_part * grads[0] + (64 - first_part) * grads[1]) / 64
-    errors[first_part] = [
-        ((g - full).norm() / full.norm()).item() for g in (equal, weighted)
-    ]
+    errors[first_part] = []
+    for loss_fn in (mean_loss, rescaled_loss):
+        # DDP's average of the two ranks' gradients
+        grads = [gradient(net, loss_fn, x, y) for x, y in parts]
+        averaged = (grads[0] + grads[1]) / world_size
+        error = (averaged - full).norm() / full.norm()
+        errors[first_part].append(error.item())
     print(
-        f"{first_part} + {64 - first_part}: relative error, equal weights "
-        f"{errors[first_part][0]:.1e}, size weights {errors[first_part][1]:.1e}"
+        f"{first_part} + {64 - first_part}: relative error, mean losses "
+        f"{errors[first_part][0]:.1e}, rescaled {errors[first_part][1]:.1e}"
     )
-assert errors[32][0] < 1e-12 and errors[16][1] < 1e-12
+assert errors[32][0] < 1e-12 and max(errors[16][1], errors[32][1]) < 1e-12
 assert errors[16][0] > 0.05, errors[16]
 
 # %% [markdown]
@@ -1709,6 +1743,7 @@ print({str(dtype): f"{value:.0e}" for dtype, value in allowance.items()})
 assert max(gaps64) <= allowance[torch.float64], (gaps64, allowance)
 assert max(gaps32) <= allowance[torch.float32], (gaps32, allowance)
 assert min(gaps32) > allowance[torch.float64], (gaps32, allowance)
+record("float32_gap", gaps32[0], fmt="{:.0e}")
 
 # %% [markdown]
 # **Exercise 4.** A hang on purpose. Write a script in which rank 0 calls `all_reduce`
@@ -1805,7 +1840,8 @@ print(f"the timeout runs failed after {max(seconds_of):.1f} s at most")
 # arguments (`common_args`), let rank 0 save the final parameters, and compare them
 # with the DDP run's (`ddp_state`), against section 9.5's rounding allowance. What
 # must the script do before the first step that DDP's constructor did for you? How
-# many all-reduces does one of your steps make, and how many did DDP's?
+# many all-reduces does one of your steps make, and how many did DDP's? (Count DDP's
+# with a communication hook, section 9.5, that counts before it all-reduces.)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 5: the parameters match the DDP run's within the rounding allowance;
@@ -1819,11 +1855,12 @@ print(f"the timeout runs failed after {max(seconds_of):.1f} s at most")
 # makes four all-reduces, one per parameter tensor, after backward has
 # finished. DDP packs the gradients into buckets and all-reduces each bucket as
 # soon as backward has filled it, overlapping communication with the rest of
-# backward. A bucket holds up to bucket_cap_mb (25 MiB by default), but the
-# first one backward fills is capped at 1 MiB
-# (dist._DEFAULT_FIRST_BUCKET_BYTES), so that communication starts early. This
-# model's 814 kB of float64 gradients fit under that smaller cap, in one
-# bucket: one all-reduce per step, as the check below computes.
+# backward. A bucket holds up to bucket_cap_mb (25 MiB by default; the first
+# one backward fills is smaller, so that communication starts early). To count
+# DDP's all-reduces, register a communication hook that counts the buckets it
+# is handed and then does DDP's usual all-reduce: one process suffices, since
+# the buckets depend on the parameters, not on the world size. This model's
+# 814 kB of float64 gradients travel in one bucket: one all-reduce per step.
 manual_path = work_dir / "manual_ddp.py"  # the module `manual_ddp` in work_dir
 manual_path.write_text(
     """\
@@ -1893,14 +1930,38 @@ manual_vs_ddp = max_difference(manual_state, ddp_state)
 print(f"hand-written all-reduce vs DDP: largest difference {manual_vs_ddp:.1e}")
 print(f"section 9.5's rounding allowance: {rounding_allowance:.1e}")
 assert manual_vs_ddp <= rounding_allowance, (manual_vs_ddp, rounding_allowance)
+# DDP's all-reduces, counted by a communication hook, in a group of one process
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
+    allreduce_hook,
+)
+
+bucket_bytes = []
+
+
+def counting_hook(state, bucket: dist.GradBucket):
+    """Note the bucket's size, then all-reduce it as DDP does by default."""
+    buffer = bucket.buffer()
+    bucket_bytes.append(buffer.numel() * buffer.element_size())
+    return allreduce_hook(state, bucket)
+
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+try:
+    counted = DDP(train_ddp.make_model().double())
+    counted.register_comm_hook(None, counting_hook)
+    inputs = train_set.tensors[0][:32].double()
+    targets = train_set.tensors[1][:32]
+    for _ in range(2):
+        nn.CrossEntropyLoss()(counted(inputs), targets).backward()
+finally:
+    dist.destroy_process_group()
+print(
+    f"DDP: {len(bucket_bytes)} all-reduces in 2 steps, of "
+    f"{[f'{b / 1e3:.0f} kB' for b in bucket_bytes]}"
+)
 # the gradients take as many bytes as the parameters they belong to
 gradient_bytes = sum(v.numel() * v.element_size() for v in ddp_state.values())
-first_cap = dist._DEFAULT_FIRST_BUCKET_BYTES
-print(
-    f"gradients: {gradient_bytes / 1e3:.0f} kB; DDP's first bucket holds up to "
-    f"{first_cap / 2**20:.0f} MiB"
-)
-assert gradient_bytes <= first_cap, (gradient_bytes, first_cap)
+assert bucket_bytes == [gradient_bytes] * 2, (bucket_bytes, gradient_bytes)
 # On the CPU both runs do the same arithmetic (see the solution's first lines).
 if ddp_summary["device_type"] == "cpu":
     assert manual_vs_ddp == 0.0, manual_vs_ddp
@@ -1921,7 +1982,8 @@ prose(
   `find_unused_parameters=True` (or, if the same ones every step, `static_graph`).
 - Two processes with 32 examples each reached the parameters of one process with 64
   to within {{ddp_vs_single_diff}} after {{steps}} steps (in `float64`; in
-  `float32`, rounding differences grow over the steps).
+  `float32` the gap started near {{float32_gap}} in exercise 3, and it can jump by
+  orders of magnitude when a ReLU unit switches).
 - The global batch is the world size times the per-process batch: adding processes
   changes it, and with it the right learning rate. `no_sync()` accumulates
   micro-batches with one all-reduce per step.
