@@ -111,8 +111,8 @@ def speed_verdict(baseline_s: float, candidate_s: float, *, tolerance: float = 0
 
     Returns ``"1.8 times faster than"`` or ``"1.3 times slower than"`` when the ratio of
     the two times is beyond ``1 + tolerance``, and ``"as fast as (within 10 %)"``
-    otherwise, so that a difference inside the noise is never called a result. Both
-    times are in seconds and positive. Introduced in chapter 08.
+    otherwise: a fixed band, not an estimate of the noise. Both times are in seconds
+    and positive. Introduced in chapter 08.
     """
     for name, value in (("baseline_s", baseline_s), ("candidate_s", candidate_s), ("tolerance", tolerance)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
