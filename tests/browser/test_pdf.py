@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,16 @@ spec = importlib.util.spec_from_file_location("book_pdf", ROOT / "scripts" / "bo
 book_pdf = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(book_pdf)
 CHAPTERS = [p for p in book_pdf.toc_pages(ROOT / "book" / "_toc.yml") if re.match(r"\d\d_", p)]
-RAW_MYST = ["{glue", "{{", "```{", ":class:"]
+RAW_MYST = ["{glue", "```{", ":class:"]
+# An unfilled prose placeholder; chapter 09's code legitimately prints "${{NAME:-…}}".
+PLACEHOLDER = re.compile(r"\{\{\s*\w+\s*\}\}")
 
 
 def _chapter_title(name: str) -> str:
     cells = json.loads((ROOT / "book" / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
     first = "".join(cells[0]["source"]).splitlines()[0]
-    return first.removeprefix("# ").strip()
+    # the title as rendered: Markdown code spans lose their backticks
+    return first.removeprefix("# ").replace("`", "").strip()
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +45,13 @@ def texts(reader) -> list[str]:
 
 def test_every_chapter_has_a_bookmark_and_its_title_in_the_text(reader, texts):
     outline = [item.title for item in reader.outline]
-    joined = re.sub(r"\s+", " ", " ".join(texts))
+    # compared without whitespace (a long title wraps) and with ligatures such as "ﬁ"
+    # unfolded (NFKC), as the PDF's text layer has them
+    joined = re.sub(r"\s+", "", unicodedata.normalize("NFKC", " ".join(texts)))
     for name in CHAPTERS:
         title = _chapter_title(name)
         assert title in outline, f"no bookmark for {title!r}: {outline}"
-        assert title in joined, f"{title!r} is not in the PDF's text"
+        assert re.sub(r"\s+", "", title) in joined, f"{title!r} is not in the PDF's text"
     # bookmarks in table-of-contents order, each pointing further into the file
     starts = [reader.get_destination_page_number(item) for item in reader.outline]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)
@@ -59,6 +65,7 @@ def test_the_figures_are_embedded(reader):
 
 def test_no_page_shows_raw_myst(texts):
     raw = [(number + 1, marker) for number, text in enumerate(texts) for marker in RAW_MYST if marker in text]
+    raw += [(number + 1, m[0]) for number, text in enumerate(texts) for m in PLACEHOLDER.finditer(text)]
     assert raw == []
 
 
