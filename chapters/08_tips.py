@@ -1615,7 +1615,7 @@ points.
 # - `bfloat16`: only an 8-bit significand, but the same range as `float32`, so no
 #   scaler is needed. Native on NVIDIA GPUs from Ampere on and on CPUs with AVX-512
 #   BF16 or AMX (x86) or the BF16 extension (Arm); autocast on Apple GPUs accepts it
-#   from PyTorch 2.6 on macOS 14 or later. Where the hardware has it, it is the usual
+#   on macOS 14 or later. Where the hardware has it, it is the usual
 #   choice today.
 #
 #
@@ -1625,11 +1625,6 @@ points.
 
 
 # %%
-# (major, minor) of this PyTorch, parsed: as strings, a nightly "2.6.0a0"
-# would sort before "2.6"
-torch_release = tuple(int(part) for part in torch.__version__.split(".")[:2])
-
-
 def autocast_choice(
     device: torch.device,
 ) -> tuple[torch.device, torch.dtype, str]:
@@ -1641,13 +1636,8 @@ def autocast_choice(
             return device, torch.bfloat16, "this GPU computes bfloat16 natively"
         return device, torch.float16, "this GPU has no native bfloat16"
     if device.type == "mps":
-        # MPS autocast: none before PyTorch 2.5, float16 only in 2.5 (whose
-        # GradScaler fails on MPS), bfloat16 from 2.6 on macOS 14 or later
-        if (
-            torch.amp.is_autocast_available("mps")
-            and torch_release >= (2, 6)
-            and torch.backends.mps.is_macos_or_newer(14, 0)
-        ):
+        # MPS computes bfloat16 from macOS 14 on
+        if torch.backends.mps.is_macos_or_newer(14, 0):
             return (
                 device,
                 torch.bfloat16,
@@ -1655,8 +1645,8 @@ def autocast_choice(
             )
         cpu = torch.device("cpu")
         reason = (
-            "this PyTorch or macOS offers no bfloat16 autocast on MPS, so this "
-            "section runs on the CPU"
+            "MPS offers no bfloat16 before macOS 14, so this section runs on "
+            "the CPU"
         )
         return cpu, torch.bfloat16, reason
     return device, torch.bfloat16, "bfloat16 is CPU autocast's default type"

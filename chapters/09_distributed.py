@@ -1309,84 +1309,61 @@ two_node = [
     )
     for _ in range(2)  # the same command on every node
 ]
-# This runs FSDP2 with gloo on the CPU, which needs PyTorch 2.6 or later (where
-# fully_shard became public): 2.4's version creates CUDA streams for it, which
-# fails on a machine without a GPU driver, and neither 2.4 nor 2.5 is tested
-# here.
-torch_version = tuple(int(part) for part in torch.__version__.split(".")[:2])
-fsdp_runs = torch_version >= (2, 6)
-if fsdp_runs:
-    _, fsdp_output, _ = launch(two_node)
-else:
-    print(
-        "skipped: this FSDP2 demo needs PyTorch "
-        f"2.6 or later, not {torch.__version__}"
-    )
+_, fsdp_output, _ = launch(two_node)
 
 # %% [markdown]
 # Each weight is now a `DTensor`, a tensor that knows it is distributed: its `shape` is
 # the full shape, while each process stores only its rows (the first dimension split in
 # two). The first layer's 128 × 784 weight is stored as two 64 × 784 shards, one per
-# process, as each rank's output shows (on PyTorch 2.6 or later, where the demo runs).
+# process, as each rank's output shows.
 # Did the sharded training compute the same thing as DDP?
 
 # %%
-if fsdp_runs:  # the skip above explains why not
-    fsdp_state = torch.load(
-        work_dir / "fsdp2" / "model.pt", map_location="cpu", weights_only=True
-    )
-    fsdp_vs_ddp = max_difference(fsdp_state, ddp_state)
-    fsdp_history = json.loads(
-        (work_dir / "fsdp2" / "history.json").read_text()
-    )["history"]
-    print(
-        f"FSDP2 vs DDP after {steps} steps: largest "
-        f"parameter difference {fsdp_vs_ddp:.1e}"
-    )
-    # Both ran on the CPU: each rank computes the same local gradients as in
-    # DDP, and averaging two numbers (halving their sum) rounds the same way in
-    # both.
-    if ddp_summary["device_type"] == "cpu":
-        assert fsdp_vs_ddp == 0.0, fsdp_vs_ddp
-    else:  # DDP ran on GPUs, this simulation on the CPU
-        assert fsdp_vs_ddp <= rounding_allowance, (
-            fsdp_vs_ddp,
-            rounding_allowance,
-        )
-    for rank, lines in fsdp_output.items():
-        assert lines[0].startswith(f"node {rank}, local rank 0"), lines[0]
-        assert (
-            "0.weight: full shape (128, 784), stored here (64, 784)" in lines
-        ), lines
-    record(
-        "fsdp_vs_ddp_diff",
+fsdp_state = torch.load(
+    work_dir / "fsdp2" / "model.pt", map_location="cpu", weights_only=True
+)
+fsdp_vs_ddp = max_difference(fsdp_state, ddp_state)
+fsdp_history = json.loads((work_dir / "fsdp2" / "history.json").read_text())[
+    "history"
+]
+print(
+    f"FSDP2 vs DDP after {steps} steps: largest "
+    f"parameter difference {fsdp_vs_ddp:.1e}"
+)
+# Both ran on the CPU: each rank computes the same local gradients as in
+# DDP, and averaging two numbers (halving their sum) rounds the same way in
+# both.
+if ddp_summary["device_type"] == "cpu":
+    assert fsdp_vs_ddp == 0.0, fsdp_vs_ddp
+else:  # DDP ran on GPUs, this simulation on the CPU
+    assert fsdp_vs_ddp <= rounding_allowance, (
         fsdp_vs_ddp,
-        fmt="{:.1e}",
-        headline="FSDP2 vs DDP (2 processes): largest parameter difference",
+        rounding_allowance,
     )
-    fsdp_loss_gap = max(
-        abs(f["train_loss"] - d["train_loss"])
-        for f, d in zip(fsdp_history, ddp_history, strict=True)
+for rank, lines in fsdp_output.items():
+    assert lines[0].startswith(f"node {rank}, local rank 0"), lines[0]
+    assert "0.weight: full shape (128, 784), stored here (64, 784)" in lines, (
+        lines
     )
-    print(
-        "largest difference of the epochs' "
-        f"training losses: {fsdp_loss_gap:.1e}"
-    )
-    if ddp_summary["device_type"] == "cpu":
-        assert fsdp_loss_gap == 0.0, fsdp_loss_gap
-    record(
-        "fsdp_summary",
-        "and here computed exactly DDP's parameters"
-        if fsdp_vs_ddp == 0.0
-        else f"and here came within {fsdp_vs_ddp:.1e} of DDP's parameters",
-    )
-else:
-    # the prose below and the summary quote these on every PyTorch version
-    needs = (
-        f"not measured here: PyTorch {torch.__version__}, the demo needs 2.6"
-    )
-    record("fsdp_vs_ddp_diff", needs)
-    record("fsdp_summary", "(its demo here needs PyTorch 2.6 or later)")
+record(
+    "fsdp_vs_ddp_diff",
+    fsdp_vs_ddp,
+    fmt="{:.1e}",
+    headline="FSDP2 vs DDP (2 processes): largest parameter difference",
+)
+fsdp_loss_gap = max(
+    abs(f["train_loss"] - d["train_loss"])
+    for f, d in zip(fsdp_history, ddp_history, strict=True)
+)
+print(f"largest difference of the epochs' training losses: {fsdp_loss_gap:.1e}")
+if ddp_summary["device_type"] == "cpu":
+    assert fsdp_loss_gap == 0.0, fsdp_loss_gap
+record(
+    "fsdp_summary",
+    "and here computed exactly DDP's parameters"
+    if fsdp_vs_ddp == 0.0
+    else f"and here came within {fsdp_vs_ddp:.1e} of DDP's parameters",
+)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(

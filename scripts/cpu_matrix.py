@@ -39,11 +39,10 @@ BOOK = ROOT / "book"
 REPORT = ROOT / "_stage" / "cpu_matrix.json"
 GLUE_MIME = "application/papermill.record/text/plain"  # what helpers.results.record writes
 
-#: Per level: the names torch reports for it (torch 2.4 called the plain level "NO AVX"),
-#: and the settings of the libraries below it.
+#: Per level: the names torch reports for it, and the settings of the libraries below it.
 LEVELS = {
     "default": {
-        "report": ("DEFAULT", "NO AVX"),
+        "report": ("DEFAULT",),
         "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
         "ONEDNN_MAX_CPU_ISA": "SSE41",
     },

@@ -670,11 +670,6 @@ def test_ddp_script_rejects_more_micro_batches_than_examples(data_file, tmp_path
         train_ddp.main(args)
 
 
-@pytest.mark.skipif(
-    tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 6),
-    reason="fully_shard is public and runs on CPU with gloo from torch 2.6; torch 2.4's "
-    "private version initialises CUDA and fails on a machine without a GPU driver",
-)
 def test_fsdp2_as_two_nodes_shards_the_weights_and_matches_one_process(data_file, tmp_path):
     endpoint, epochs = _endpoint(), 2
     commands = [

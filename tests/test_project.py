@@ -160,12 +160,18 @@ def test_table_of_contents_lists_every_chapter_in_order_then_the_status_page():
     assert not (ROOT / "book" / "status.md").exists()
 
 
+# GitHub repositories that are not this book's and that its documents link to.
+OTHER_REPOSITORIES = {"googlecolab/backend-info"}  # Colab's package list
+
+
 def test_repository_address_is_the_same_everywhere():
     assert PYPROJECT["project"]["urls"]["Repository"] == REPO_URL
     slug = REPO_URL.removeprefix("https://github.com/")
     for doc in ("README.md", "book/intro.md"):
         text = (ROOT / doc).read_text()
         for found in re.findall(r"github(?:\.com)?/([\w.-]+/[\w.-]+)", text):
+            if found in OTHER_REPOSITORIES:
+                continue
             assert found == slug, f"{doc} links to {found}, _config.yml says {slug}"
 
 

@@ -81,9 +81,6 @@ def test_costly_dataset_noise_comes_from_torchs_generator():
     assert not torch.equal(first, x[2]) and first.dtype == x.dtype
 
 
-# torch 2.4 unpickles a tensor through torch.load(weights_only=False), which warns; the
-# warning is about torch's own internals, not this code, and later versions do not emit it
-@pytest.mark.filterwarnings("ignore:You are using `torch.load` with `weights_only=False`:FutureWarning")
 def test_costly_dataset_survives_pickling_and_workers():
     x, y = _data(8)
     dataset = CostlyDataset(x, y)

@@ -29,11 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.elastic.multiprocessing.errors import record
-
-try:
-    from torch.distributed.fsdp import fully_shard  # PyTorch 2.6 and later
-except ImportError:  # PyTorch 2.4 and 2.5 kept FSDP2 in a private module
-    from torch.distributed._composable.fsdp import fully_shard
+from torch.distributed.fsdp import fully_shard
 
 from helpers.distributed import rank_print, setup_distributed
 from helpers.distributed.train_ddp import (
@@ -107,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(full_state, args.out_dir / "model.pt")
         (args.out_dir / "history.json").write_text(json.dumps({"history": history}))
+    # Leave together: a rank that tears its connections down while rank 0 still
+    # writes can make gloo abort the process on exit.
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -284,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "history": history,
         }
         (args.out_dir / "history.json").write_text(json.dumps(summary, indent=1))
+    # Leave together: a rank that tears its connections down while rank 0 still
+    # writes can make gloo abort the process on exit.
+    dist.barrier()
     dist.destroy_process_group()
 
 
