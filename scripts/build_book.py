@@ -49,6 +49,7 @@ READER = STAGE / "reader"
 RUNS = STAGE / "runs.json"
 JUNIT = STAGE / "junit.xml"
 CPU_MATRIX = STAGE / "cpu_matrix.json"  # written by scripts/cpu_matrix.py
+GPU_RUN = STAGE / "gpu_run.json"  # written by scripts/gpu_run.py on a GPU machine
 HEADLINE_KEY = "pytorch_book"  # the output-metadata key helpers.results.record writes
 
 
@@ -281,6 +282,7 @@ def write_status(runs: dict) -> None:
         lines.append(f"| {link} | {run['executed_at']} | {run['seconds']:.1f} | {results} |")
     lines += ["", f"Total execution time of the chapters: {total:.0f} s.", ""]
     lines += cpu_matrix_section(CPU_MATRIX)
+    lines += gpu_section(GPU_RUN)
     (STAGED_BOOK / "status.md").write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -323,6 +325,36 @@ def cpu_matrix_section(report: Path) -> list[str]:
             f"{Path(run['chapter']).stem}: {table_cell(run['error'])}" for run in runs if not run["passed"]
         )
         lines.append(f"| {level} | {seed} | {passed} of {len(runs)} | {seconds:.0f} | {failures or '—'} |")
+    return [*lines, ""]
+
+
+def gpu_section(report: Path) -> list[str]:
+    """The Status page's account of ``scripts/test_gpu.sh``: every chapter on a CUDA GPU.
+
+    Shown only from a report made from the same notebooks, helpers and lock as this
+    build; otherwise the page says there is none, never older times.
+    """
+    lines = ["## On a GPU", ""]
+    if not report.exists():
+        return [
+            *lines,
+            "No run of `scripts/test_gpu.sh` (every chapter on an NVIDIA GPU) was made from these sources.",
+            "",
+        ]
+    data = json.loads(report.read_text(encoding="utf-8"))
+    if data.get("digest") != matrix_digest():
+        return [*lines, "The last GPU run was made from other sources than this build: not shown.", ""]
+    lines += [
+        f"Every chapter executed by `nbmake` on **{data['gpu']}** ({data['gpus']} GPU, CUDA {data['cuda']}, "
+        f"torch {data['torch']}), {data['jobs']} at a time, on {data['started']}.",
+        "",
+        "| Chapter | Time (s) | Result |",
+        "|---|---:|---|",
+    ]
+    for name, chapter in data["chapters"].items():
+        seconds = "—" if chapter["seconds"] is None else f"{chapter['seconds']:.1f}"
+        result = "passed" if chapter["passed"] else f"failed: {table_cell(chapter['error'])}"
+        lines.append(f"| {Path(name).stem} | {seconds} | {result} |")
     return [*lines, ""]
 
 
