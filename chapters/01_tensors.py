@@ -1048,21 +1048,39 @@ first, as the cell above does.
 # %% [markdown]
 # ## Exercises
 #
-# Each solution is in a collapsed cell below its exercise; try first, then expand it.
+# Each exercise has a starter cell: fill it in and run it, and its last line checks your
+# attempt on fresh inputs against a reference and says what is off, with a hint for the
+# usual mistakes. The solution follows, collapsed.
 #
 # **Exercise 1.** Class means without a loop. The next cell makes `features`, 12
-# examples with 4 features each, and their `labels` from 3 classes. Build the `(12, 3)`
-# one-hot matrix, `one_hot[i, k]` true when `labels[i] == k`, by broadcasting `labels`
-# against `torch.arange(3)`. Then compute the `(3, 4)` matrix of per-class mean feature
-# vectors with one matrix product and one division by the class counts, and check it
-# against a loop over the classes that selects rows with a boolean mask (section 1.5).
-# What happens when you matrix-multiply (`@`) the comparison's boolean result with
-# `features` directly, and what does that tell you about `@` and the promotion rules of
-# section 1.2?
+# examples with 4 features each, and their `labels` from 3 classes. In the starter
+# below it, fill in `class_means(features, labels, num_classes)`: build the
+# `(N, num_classes)` one-hot matrix, `one_hot[i, k]` true when `labels[i] == k`, by
+# broadcasting `labels` against `torch.arange(num_classes)`, then compute the
+# `(num_classes, D)` matrix of per-class mean feature vectors with one matrix product
+# and one division by the class counts. Check `class_means(features, labels, 3)` against
+# a loop over the classes that selects rows with a boolean mask (section 1.5). What
+# happens when you matrix-multiply (`@`) the comparison's boolean result with `features`
+# directly, and what does that tell you about `@` and the promotion rules of section
+# 1.2?
 
 # %%
 features = torch.randn(12, 4, generator=make_generator(seed + 2))
 labels = torch.tensor([0, 2, 1, 0, 1, 2, 2, 0, 1, 0, 2, 1])
+
+
+# %% tags=["exercise-starter"]
+def class_means(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    # features (N, D), labels (N,) in 0 .. num_classes - 1; return the
+    # (num_classes, D) class means: a one-hot matrix, one @, one division
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch01 import check_class_means
+
+check_class_means(class_means)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 1: (12, 1) == (3,) broadcasts to (12, 3).
@@ -1074,12 +1092,21 @@ try:
 except RuntimeError as err:
     matmul_promotes = False
     print("bool @ float32 -> RuntimeError:", str(err).splitlines()[0])
-one_hot = one_hot.float()  # (12, 3), 1.0 where labels[i] == k
-class_counts = one_hot.sum(dim=0)  # (3,): examples per class
-# (3, 12) @ (12, 4) -> (3, 4): row k sums the features of class k
-class_means = (one_hot.T @ features) / class_counts[:, None]
+
+
+def class_means(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    # (N, 1) == (C,) -> (N, C), 1.0 where labels[i] == k
+    one_hot = (labels[:, None] == torch.arange(num_classes)).float()
+    class_counts = one_hot.sum(dim=0)  # (C,): examples per class
+    # (C, N) @ (N, D) -> (C, D): row k sums the features of class k
+    return (one_hot.T @ features) / class_counts[:, None]
+
+
+means = class_means(features, labels, 3)  # (3, 4)
 by_loop = torch.stack([features[labels == k].mean(dim=0) for k in range(3)])
-print(class_means)
+print(means)
 print(
     "Row k of one_hot.T @ features adds up the feature vectors of class k; "
     "dividing by the class counts makes them means, equal to the loop's. The "
@@ -1088,19 +1115,42 @@ print(
     "same dtype; cast with .float()."
 )
 assert not matmul_promotes
-assert torch.allclose(class_means, by_loop, atol=1e-6)
+assert torch.allclose(means, by_loop, atol=1e-6)
+from helpers.exercises.ch01 import check_class_means
+
+assert check_class_means(class_means)
 
 # %% [markdown]
 # **Exercise 2.** Given `x = torch.arange(24).reshape(2, 3, 4)`, produce a tensor of shape
 # `(4, 6)` whose row `k` holds every element of `x` with last index `k`, in their original
 # order. Move the last dimension to the front with `permute` first. Before you run
 # anything, use the strides of the permuted tensor to predict whether `view(4, 6)` works
-# on it; then check, and check whether the result shares memory with `x`. Finally, show
-# that with the other order, `permute(2, 1, 0)`, the same `view` fails, and explain why
-# from the strides.
+# on it; then check, and check whether the result shares memory with `x`. In the
+# starter, write it for any 3-D `x` of shape `(A, B, K)`: `rows_by_last_index(x)`
+# returns the `(K, A·B)` rows as a view of `x`. Finally, show that with the other
+# order, `permute(2, 1, 0)`, the same `view` fails, and explain why from the strides.
+
+
+# %% tags=["exercise-starter"]
+def rows_by_last_index(x: torch.Tensor) -> torch.Tensor:
+    # x (A, B, K) -> (K, A*B), row k = x[..., k] in its original order,
+    # sharing x's memory: permute, then view
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch01 import check_rows_by_last_index
+
+check_rows_by_last_index(rows_by_last_index)
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 2
+def rows_by_last_index(x: torch.Tensor) -> torch.Tensor:
+    moved = x.permute(2, 0, 1)  # (K, A, B), strides (1, B*K, K)
+    # merges strides B*K and K, and B*K == K * B: a view exists
+    return moved.view(moved.shape[0], -1)  # (K, A*B)
+
+
 x = torch.arange(24).reshape(2, 3, 4)  # strides (12, 4, 1)
 moved = x.permute(2, 0, 1)  # (4, 2, 3), strides (1, 12, 4): not contiguous
 print("strides:", moved.stride(), "contiguous:", moved.is_contiguous())
@@ -1113,6 +1163,7 @@ print(
     shares,
 )
 assert shares and torch.equal(rows[1], x[..., 1].flatten())
+assert torch.equal(rows_by_last_index(x), rows)
 
 other = x.permute(2, 1, 0)  # (4, 3, 2), strides (1, 4, 12): 4 != 12 * 2
 try:
@@ -1124,22 +1175,42 @@ print(
     "With permute(2, 1, 0) the merged strides are 4 and 12; view fails:", failed
 )
 assert failed
+from helpers.exercises.ch01 import check_rows_by_last_index
+
+assert check_rows_by_last_index(rows_by_last_index)
 
 # %% [markdown]
 # **Exercise 3.** The log-sum-exp, log Σⱼ exp(zⱼ), is part of the cross-entropy loss.
 # Write it by hand for each row of a 2-D tensor, without `torch.logsumexp`, using the
-# max-subtraction trick from section 1.9: what do you have to add back at the end? Compare
-# your version with the literal formula and with `torch.logsumexp` on
+# max-subtraction trick from section 1.9: what do you have to add back at the end? Fill
+# in `logsumexp_rows(z)` in the starter, then compare your version with the literal
+# formula and with `torch.logsumexp` on
 # `torch.tensor([[1000.0, 1001.0, 1002.0], [-1000.0, -1001.0, -1002.0]])`.
+
+
+# %% tags=["exercise-starter"]
+def logsumexp_rows(z: torch.Tensor) -> torch.Tensor:
+    # z (N, M) -> (N,): log Σⱼ exp(z[i, j]) for each row, stable for large |z|
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch01 import check_logsumexp_rows
+
+check_logsumexp_rows(logsumexp_rows)
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 3: log Σ exp(z) = m + log Σ exp(z - m) for any m; take m = the row
 # maximum.
+def logsumexp_rows(z: torch.Tensor) -> torch.Tensor:
+    row_max = z.max(dim=1, keepdim=True).values  # (N, 1)
+    # (N,)
+    return (z - row_max).exp().sum(dim=1).log() + row_max.squeeze(1)
+
+
 extreme = torch.tensor([[1000.0, 1001.0, 1002.0], [-1000.0, -1001.0, -1002.0]])
 literal = extreme.exp().sum(dim=1).log()
-row_max = extreme.max(dim=1, keepdim=True).values  # (2, 1)
-# (2,)
-by_hand = (extreme - row_max).exp().sum(dim=1).log() + row_max.squeeze(1)
+by_hand = logsumexp_rows(extreme)  # (2,)
 print(
     "literal:",
     literal,
@@ -1155,17 +1226,35 @@ print(
 )
 assert torch.isinf(literal).all()
 assert torch.allclose(by_hand, torch.logsumexp(extreme, dim=1))
+from helpers.exercises.ch01 import check_logsumexp_rows
+
+assert check_logsumexp_rows(logsumexp_rows)
 
 # %% [markdown]
 # **Exercise 4.** Squared distances with one matrix product. Expanding the square gives
-# `|p - c|² = |p|² - 2 p·c + |c|²`. Write `distances_matmul(points, centres)` that
-# builds the `(P, C)` matrix of section 1.13 from the two vectors of squared row norms
-# and one `@`, with no `(P, C, 2)` intermediate. Measure the largest relative error of
-# it, of `distances_vectorised` and of `torch.cdist(...) ** 2` (in its default mode and
-# with `compute_mode="donot_use_mm_for_euclid_dist"`) against a `float64` reference,
-# for section 1.13's points and centres and for both shifted by 1,000 in each
-# coordinate. What goes wrong after the
-# shift, and why? Repair it without giving up the matrix product.
+# `|p - c|² = |p|² - 2 p·c + |c|²`. In the starter, write
+# `distances_matmul(points, centres)`, which builds the `(P, C)` matrix of section 1.13
+# from the two vectors of squared row norms and one `@`, with no `(P, C, 2)`
+# intermediate. Then measure the largest relative error of it, of
+# `distances_vectorised` and of `torch.cdist(...) ** 2` (in its default mode and with
+# `compute_mode="donot_use_mm_for_euclid_dist"`) against a `float64` reference, for
+# section 1.13's points and centres and for both shifted by 1,000 in each coordinate.
+# What goes wrong after the shift, and why? Repair it without giving up the matrix
+# product.
+
+
+# %% tags=["exercise-starter"]
+def distances_matmul(
+    points: torch.Tensor, centres: torch.Tensor
+) -> torch.Tensor:
+    # points (P, D), centres (C, D) -> (P, C) squared distances from the
+    # squared row norms and one @ (no (P, C, D) tensor)
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch01 import check_distances_matmul
+
+check_distances_matmul(distances_matmul)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
@@ -1233,21 +1322,49 @@ assert (
     < 1e-5
 )
 assert errors[1000.0]["matrix product, centred"] < 3e-2
+from helpers.exercises.ch01 import check_distances_matmul
+
+assert check_distances_matmul(distances_matmul)
 
 # %% [markdown]
 # **Exercise 5.** Change the dtype of the distance computation in section 1.13: run
 # `distances_vectorised` on float32, float16 and bfloat16 copies of `points` and
 # `centres`, and measure the median and the largest relative error of the distances
-# against a float64 computation. How do the errors compare with each format's `eps` from
-# section 1.2? Where does the largest error occur, and why is it so much bigger?
+# against a float64 computation. Fill in `relative_errors(points, centres, dtype)` in
+# the starter, the `(P, C)` tensor of relative errors for one dtype, then take the
+# median and the largest for each format. How do the errors compare with each format's
+# `eps` from section 1.2? Where does the largest error occur, and why is it so much
+# bigger?
+
+
+# %% tags=["exercise-starter"]
+def relative_errors(
+    points: torch.Tensor, centres: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    # (P, C) float64: |distances in dtype - distances in float64| / the
+    # float64 distances, both from distances_vectorised
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch01 import check_relative_errors
+
+check_relative_errors(relative_errors)
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 5
+def relative_errors(
+    points: torch.Tensor, centres: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    reference = distances_vectorised(points.double(), centres.double())
+    result = distances_vectorised(points.to(dtype), centres.to(dtype)).double()
+    return (result - reference).abs() / reference  # (P, C)
+
+
 reference = distances_vectorised(points.double(), centres.double())  # (200, 50)
 median_eps, largest_eps, share_closer = {}, {}, {}
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
-    result = distances_vectorised(points.to(dtype), centres.to(dtype)).double()
-    relative = (result - reference).abs() / reference
+    relative = relative_errors(points, centres, dtype)  # (200, 50)
     eps = torch.finfo(dtype).eps
     median_eps[dtype] = relative.median().item() / eps
     largest_eps[dtype] = relative.max().item() / eps
@@ -1297,6 +1414,9 @@ assert largest_eps[torch.float16] > 5 and largest_eps[torch.bfloat16] > 5, (
 assert largest_eps[torch.float32] < 4, largest_eps
 assert share_closer[torch.float16] < 0.01, share_closer
 assert share_closer[torch.bfloat16] < 0.01, share_closer
+from helpers.exercises.ch01 import check_relative_errors
+
+assert check_relative_errors(relative_errors)
 
 # %% [markdown]
 # ## Summary

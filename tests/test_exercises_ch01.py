@@ -1,0 +1,298 @@
+"""Chapter 1's exercise checkers (helpers.exercises.ch01): right answers pass, the chapter's
+untouched starters say "not attempted", and each common mistake fails with its own hint."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from exercise_cells import ROOT, run_starter, starter_cells
+
+from helpers.exercises import ch01
+from helpers.exercises.ch01 import (
+    check_class_means,
+    check_distances_matmul,
+    check_logsumexp_rows,
+    check_relative_errors,
+    check_rows_by_last_index,
+)
+
+
+# ------------------------------------------------------------------ right answers
+def class_means(features, labels, num_classes):
+    one_hot = (labels[:, None] == torch.arange(num_classes)).float()  # (N, C)
+    return one_hot.T @ features / one_hot.sum(dim=0)[:, None]
+
+
+def rows_by_last_index(x):
+    return x.permute(2, 0, 1).view(x.shape[2], -1)
+
+
+def logsumexp_rows(z):
+    m = z.amax(dim=1)
+    return (z - m[:, None]).exp().sum(dim=1).log() + m
+
+
+def distances_matmul(points, centres):
+    return points.square().sum(1, keepdim=True) - 2 * points @ centres.T + centres.square().sum(1)
+
+
+def difference_distances(points, centres):
+    diff = points[:, None, :] - centres[None, :, :]
+    return (diff * diff).sum(dim=-1)
+
+
+def relative_errors(points, centres, dtype):
+    reference = difference_distances(points.double(), centres.double())
+    return (difference_distances(points.to(dtype), centres.to(dtype)).double() - reference).abs() / reference
+
+
+RIGHT = [
+    (check_class_means, class_means, "matches per-class means from index_add_ to 0.0e+00"),
+    (check_rows_by_last_index, rows_by_last_index, "as views of x, for x of shapes (3, 5, 2)"),
+    (check_logsumexp_rows, logsumexp_rows, "matches torch.logsumexp to"),
+    (check_distances_matmul, distances_matmul, "with both sets shifted by 1,000 its largest relative"),
+    (check_relative_errors, relative_errors, "median error 0.35, 0.42 and 0.43 eps"),
+]
+
+
+@pytest.mark.parametrize(("check", "answer", "fact"), RIGHT, ids=lambda v: getattr(v, "__name__", ""))
+def test_a_right_answer_passes_with_the_measured_fact(check, answer, fact, capsys):
+    verdict = check(answer)
+    assert verdict.passed, verdict
+    assert fact in verdict.message
+    assert capsys.readouterr().out.startswith("✓ Exercise 1.")
+
+
+def test_the_other_spellings_of_a_right_answer_pass():
+    # a matrix product written as torch.mm, a view written as flatten
+    assert check_class_means(
+        lambda f, y, n: (
+            torch.mm((y[:, None] == torch.arange(n)).T.float(), f) / torch.bincount(y, minlength=n)[:, None]
+        )
+    )
+    assert check_rows_by_last_index(lambda x: x.movedim(2, 0).flatten(1))
+
+
+NAMES = ["class_means", "rows_by_last_index", "logsumexp_rows", "distances_matmul", "relative_errors"]
+
+
+def test_the_chapters_untouched_starters_report_not_attempted_quickly():
+    sources = starter_cells("01")
+    assert len(sources) == len(NAMES)
+    for k, (source, name) in enumerate(zip(sources, NAMES, strict=True), start=1):
+        start = time.perf_counter()
+        out = run_starter(source, torch=torch)
+        assert time.perf_counter() - start < 1.0
+        assert out == f"… Exercise 1.{k}: not attempted yet: fill in `{name}` above\n"
+
+
+def test_the_solution_cells_call_the_same_checkers():
+    text = (ROOT / "chapters" / "01_tensors.py").read_text(encoding="utf-8")
+    for name in NAMES:
+        assert f"assert check_{name}({name})" in text
+
+
+def failed(verdict):
+    assert verdict.status == "failed", verdict
+    return verdict
+
+
+# ------------------------------------------------------------------ exercise 1.1
+def _one_hot(labels, n):
+    return (labels[:, None] == torch.arange(n)).float()
+
+
+@pytest.mark.parametrize(
+    ("attempt", "hint"),
+    [
+        (lambda f, y, n: (y[:, None] == torch.arange(n)).T @ f, ch01._BOOL_MATMUL),
+        (lambda f, y, n: _one_hot(y, n).T @ f, ch01._SUMS),
+        (lambda f, y, n: _one_hot(y, n).T @ f / _one_hot(y, n).sum(0), ch01._COUNTS_AXIS),
+        (lambda f, y, n: class_means(f, y, 3), ch01._THREE_CLASSES),
+    ],
+    ids=["bool one-hot", "sums", "counts axis", "three classes"],
+)
+def test_class_means_mistakes_get_their_hint(attempt, hint):
+    assert failed(check_class_means(attempt)).hint == hint
+
+
+def test_class_means_by_a_loop_is_right_but_not_the_exercise():
+    verdict = failed(check_class_means(lambda f, y, n: torch.stack([f[y == k].mean(0) for k in range(n)])))
+    assert "makes no matrix product" in verdict.message and "one_hot.T @ features" in verdict.hint
+
+
+def test_class_means_other_wrong_answers_fail_without_a_hint():
+    verdict = failed(check_class_means(lambda f, y, n: class_means(f, y, n) + 0.1))
+    assert verdict.hint is None and "16 of 16 entries differ" in verdict.message
+    verdict = failed(check_class_means(torch.zeros(3, 4)))
+    assert verdict.message == "`class_means` should be a function, got Tensor"
+
+
+def test_an_unrelated_error_is_reported_without_a_hint():
+    def broken(f, y, n):
+        raise RuntimeError("something else")
+
+    verdict = failed(check_class_means(broken))
+    assert verdict.message == "your code raised RuntimeError: something else" and verdict.hint is None
+
+
+# ------------------------------------------------------------------ exercise 1.2
+@pytest.mark.parametrize(
+    ("attempt", "hint"),
+    [
+        (lambda x: x.reshape(x.shape[2], -1), ch01._NO_PERMUTE),
+        (lambda x: x.view(x.shape[2], -1), ch01._NO_PERMUTE),
+        (lambda x: x.permute(2, 1, 0).reshape(x.shape[2], -1), ch01._REVERSED),
+        (lambda x: x.transpose(0, 2).reshape(x.shape[2], -1), ch01._REVERSED),
+        (lambda x: x.permute(2, 1, 0).view(x.shape[2], -1), ch01._NO_VIEW),
+        (lambda x: x.permute(2, 0, 1).view(4, 6), ch01._HARD_CODED),
+        (lambda x: x.permute(2, 0, 1).contiguous().view(x.shape[2], -1), ch01._COPY),
+        (lambda x: torch.stack([x[..., k].flatten() for k in range(x.shape[2])]), ch01._COPY),
+    ],
+    ids=[
+        "reshape only",
+        "view only",
+        "reversed",
+        "transpose",
+        "view fails",
+        "hard-coded",
+        "contiguous",
+        "stack",
+    ],
+)
+def test_rows_by_last_index_mistakes_get_their_hint(attempt, hint):
+    assert failed(check_rows_by_last_index(attempt)).hint == hint
+
+
+def test_rows_by_last_index_other_wrong_answers_fail_without_a_hint():
+    verdict = failed(check_rows_by_last_index(lambda x: x.permute(2, 0, 1)))
+    assert verdict.hint is None and "has shape (2, 3, 5), expected (2, 15)" in verdict.message
+    verdict = failed(check_rows_by_last_index(lambda x: rows_by_last_index(x).flip(1)))
+    assert verdict.hint is None and "entries differ" in verdict.message
+
+
+# ------------------------------------------------------------------ exercise 1.3
+def _shifted(z):
+    return z - z.amax(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "hint"),
+    [
+        (lambda z: z.exp().sum(dim=1).log(), ch01._LITERAL),
+        (lambda z: _shifted(z).exp().sum(dim=1).log(), ch01._NOT_ADDED_BACK),
+        (lambda z: (z - z.max()).exp().sum(dim=1).log() + z.max(), ch01._GLOBAL_MAX),
+        (
+            lambda z: _shifted(z).exp().sum(dim=1).log() + z.max(dim=1, keepdim=True).values,
+            ch01._KEEPDIM,
+        ),
+        (lambda z: (z - z.max(dim=1)).exp().sum(dim=1).log(), ch01._MAX_TUPLE),
+    ],
+    ids=["literal", "not added back", "global max", "keepdim", "max tuple"],
+)
+def test_logsumexp_rows_mistakes_get_their_hint(attempt, hint):
+    assert failed(check_logsumexp_rows(attempt)).hint == hint
+
+
+def test_logsumexp_rows_other_wrong_answers_fail_without_a_hint():
+    verdict = failed(check_logsumexp_rows(lambda z: logsumexp_rows(z) + 1e-2))
+    assert verdict.hint is None and "5 of 5 entries differ" in verdict.message
+    verdict = failed(check_logsumexp_rows(lambda z: logsumexp_rows(z.double())))
+    assert verdict.hint is None and "dtype torch.float64" in verdict.message
+
+
+# ------------------------------------------------------------------ exercise 1.4
+def _norms(t):
+    return t.square().sum(dim=1)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "hint"),
+    [
+        (lambda p, c: _norms(p)[:, None] + 2 * p @ c.T + _norms(c), ch01._PLUS),
+        (lambda p, c: _norms(p)[:, None] - p @ c.T + _norms(c), ch01._NO_TWO),
+        (lambda p, c: distances_matmul(p, c).clamp(min=0).sqrt(), ch01._SQRT),
+        (lambda p, c: _norms(p) - 2 * p @ c.T + _norms(c), ch01._NORM_AXIS),
+        (lambda p, c: _norms(p)[:, None] - 2 * p @ c + _norms(c), ch01._NOT_TRANSPOSED),
+        (difference_distances, ch01._DIFFERENCE_FORM),
+        (
+            lambda p, c: (_norms(p)[:, None] - 2 * (p[:, None] * c[None]).sum(-1)) + _norms(c),
+            ch01._DIFFERENCE_FORM,
+        ),
+    ],
+    ids=["plus", "no two", "sqrt", "norm axis", "not transposed", "difference form", "broadcast product"],
+)
+def test_distances_matmul_mistakes_get_their_hint(attempt, hint):
+    assert failed(check_distances_matmul(attempt)).hint == hint
+
+
+def test_distances_matmul_without_a_matrix_product_fails():
+    def by_rows(p, c):
+        return torch.stack([_norms(p) - 2 * (p * c[j]).sum(1) + _norms(c)[j] for j in range(len(c))], dim=1)
+
+    verdict = failed(check_distances_matmul(by_rows))
+    assert "makes no matrix product" in verdict.message and "points @ centres.T" in verdict.hint
+
+
+def test_distances_matmul_other_wrong_answers_fail_without_a_hint():
+    verdict = failed(check_distances_matmul(lambda p, c: distances_matmul(p, c).double()))
+    assert verdict.hint is None and "dtype torch.float64, expected torch.float32" in verdict.message
+    verdict = failed(check_distances_matmul(lambda p, c: distances_matmul(p, c).T))
+    assert verdict.hint is None and "entries differ" in verdict.message
+
+
+def test_distances_matmul_reports_the_cancellation_after_the_shift():
+    message = check_distances_matmul(distances_matmul).message
+    assert float(message.rsplit(" ", 1)[1]) > 1.0  # the expanded square loses every digit
+    centred = check_distances_matmul(lambda p, c: distances_matmul(p - p.mean(0), c - p.mean(0))).message
+    assert float(centred.rsplit(" ", 1)[1]) < 1e-2
+
+
+# ------------------------------------------------------------------ exercise 1.5
+def _low(p, c, dtype):
+    return difference_distances(p.to(dtype), c.to(dtype)).double()
+
+
+@pytest.mark.parametrize(
+    ("attempt", "hint"),
+    [
+        (lambda p, c, t: (_low(p, c, t) - difference_distances(p, c).double()).abs(), ch01._SAME_DTYPE),
+        (lambda p, c, t: relative_errors(p.to(t).float(), c.to(t).float(), t), ch01._ROUNDED_INPUTS),
+        (
+            lambda p, c, t: (
+                (_low(p, c, t) - difference_distances(p.double(), c.double()))
+                / difference_distances(p.double(), c.double())
+            ),
+            ch01._NO_ABS,
+        ),
+        (
+            lambda p, c, t: (
+                (_low(p, c, t) - difference_distances(p.double(), c.double())).abs() / _low(p, c, t)
+            ),
+            ch01._BY_RESULT,
+        ),
+    ],
+    ids=["same dtype", "rounded inputs", "no abs", "by result"],
+)
+def test_relative_errors_mistakes_get_their_hint(attempt, hint):
+    assert failed(check_relative_errors(attempt)).hint == hint
+
+
+def test_relative_errors_other_wrong_answers_fail_without_a_hint():
+    verdict = failed(check_relative_errors(lambda p, c, t: relative_errors(p, c, t).float()))
+    assert verdict.hint is None and "dtype torch.float32, expected torch.float64" in verdict.message
+    verdict = failed(check_relative_errors(lambda p, c, t: relative_errors(p, c, t).median()))
+    assert verdict.hint is None and "has shape (), expected (30, 8)" in verdict.message
+    verdict = failed(check_relative_errors(lambda p, c, t: torch.empty(0)))
+    assert verdict.hint is None and "has shape (0,)" in verdict.message
+
+
+def test_the_call_recorder_sees_matrix_products_and_the_largest_result():
+    recorder = ch01._CallRecorder()
+    with recorder:
+        a = torch.ones(2, 3)
+        torch.einsum("ij,kj->ik", a, a)
+    assert recorder.made_matrix_product() and recorder.largest_result() == (2, 3)
+    assert ch01._CallRecorder().largest_result() == ()
