@@ -1813,21 +1813,50 @@ prose(
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1.** Measure how far one batch may move the policy. Write an update that
-# takes `steps` policy steps (`policy_step`) on each batch, and that records after every
-# update the mean KL divergence between the policy that played the batch and the
-# updated one, on the batch's states (`torch.distributions.kl_divergence` of two
-# `Categorical`s). From the three seeds of section 7.5, with a budget of 160 episodes
-# (`dataclasses.replace(settings, max_episodes=160)`), train plain REINFORCE with ten
-# steps per batch, and, as a second treatment, with one step per batch at a ten times
-# larger learning rate (`lr=0.1`); section 7.5's plain runs (one step at the chapter's
-# `lr`) are the control. Compare each arm's first-update KL with that of one step at
-# the chapter's `lr` on the same first batch. What happens to the runs, and does it
-# matter whether the policy moves far by reusing the batch or by one large step? (The
-# KL divergence of two action distributions, chapter 6,
+# Each exercise has a starter cell: fill it in and run it, and its last line checks your
+# attempt on fresh inputs against a reference and says what is off, with a hint for the
+# usual mistakes. The solution follows, collapsed.
+#
+# **Exercise 1.** Measure how far one batch may move the policy. Fill in the starter
+# below: an update that takes `steps` policy steps (`policy_step`) on each batch, and
+# that appends to `log` after every update the mean KL divergence between the policy
+# that played the batch and the updated one, on the batch's states
+# (`torch.distributions.kl_divergence` of two `Categorical`s), and the mean entropy of
+# the policy that played it. Then, from the three seeds of section 7.5, with a budget
+# of 160 episodes (`dataclasses.replace(settings, max_episodes=160)`), train plain
+# REINFORCE with ten steps per batch, and, as a second treatment, with one step per
+# batch at a ten times larger learning rate (`lr=0.1`); section 7.5's plain runs (one
+# step at the chapter's `lr`) are the control. Compare each arm's first-update KL with
+# that of one step at the chapter's `lr` on the same first batch. What happens to the
+# runs, and does it matter whether the policy moves far by reusing the batch or by
+# one large step? (The KL divergence of two action distributions, chapter 6,
 # $\sum_a \pi_\text{old}(a)\ln\frac{\pi_\text{old}(a)}{\pi_\text{new}(a)}$, is 0 when they agree
 # and grows as they part; the entropy $-\sum_a \pi(a)\ln\pi(a)$ of a two-action policy
 # is ln 2 ≈ 0.69 for a fair coin and 0 for a policy that always takes one action.)
+
+
+# %% tags=["exercise-starter"]
+# Fill in multi_step_update: `steps` calls of policy_step on the batch, then
+# log.append({"kl": ..., "entropy": ...}) with the mean KL divergence from the
+# policy that played the batch to the updated one and the mean entropy of the
+# policy that played it, both on the batch's states (floats).
+def make_multi_step_update(steps: int, log: list[dict]) -> Update:
+    """Like reinforce_update, but ``steps`` policy steps per batch; logs KL."""
+
+    def multi_step_update(
+        batch: list[Episode],
+        policy: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        settings: Settings,
+    ) -> None:
+        raise NotImplementedError  # your code here
+
+    return multi_step_update
+
+
+from helpers.exercises.ch07 import check_multi_step_update
+
+check_multi_step_update(make_multi_step_update)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
@@ -1857,6 +1886,7 @@ def make_multi_step_update(steps: int, log: list[dict]) -> Update:
     return multi_step_update
 
 
+assert check_multi_step_update(make_multi_step_update)
 one_update = replace(settings, max_episodes=settings.n_envs)
 short = replace(settings, max_episodes=160)  # at most 10 updates
 big_lr = 0.1  # ten times the chapter's lr: one step that moves the policy far
@@ -2014,9 +2044,29 @@ assert min(big_ratio) > 5, big_ratio
 # `functional_call(module, params, args)` runs the frozen policy with the parameters
 # given in a dict, `grad(f)` returns a function that computes the gradient of `f` with
 # respect to its first argument, and `vmap` maps a function over a batch dimension.
-# Check your rows against `episode_gradients`. Then compare the total variance of the
+# Fill in `batched_episode_gradients` in the starter below, with the arguments and the
+# (M, P) result of `episode_gradients`. Then compare the total variance of the
 # estimate weighted by $R(\tau)$ at every step with that weighted by the undiscounted
 # reward-to-go (`discounted_returns(e.rewards, 1.0)`).
+
+
+# %% tags=["exercise-starter"]
+# Fill in: pad the episodes (weight 0 on padded steps), then one
+# torch.func.vmap over torch.func.grad of sum_t w_t log pi(a_t | s_t); return
+# the (M, P) rows of episode_gradients, parameters in parameters() order.
+def batched_episode_gradients(
+    policy: nn.Module,
+    episodes: list[Episode],
+    weights: list[torch.Tensor],
+    device: torch.device,
+) -> torch.Tensor:
+    """(M, P) as episode_gradients, in one vmap call over padded episodes."""
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch07 import check_batched_episode_gradients
+
+check_batched_episode_gradients(batched_episode_gradients)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
@@ -2063,6 +2113,7 @@ def batched_episode_gradients(
     return torch.cat([grads[k].flatten(1) for k in params], dim=1)
 
 
+assert check_batched_episode_gradients(batched_episode_gradients)
 to_go = [discounted_returns(e.rewards, 1.0).to(device) for e in measured]
 whole = [torch.full_like(g, g[0].item()) for g in to_go]
 rows_to_go = batched_episode_gradients(frozen, measured, to_go, device)
@@ -2095,23 +2146,56 @@ assert causality_gain > 2, causality_gain
 # the same start states. Is one of them better? Both play the same 20 start states, so
 # compare them pair by pair: give the mean difference with its paired standard error,
 # and say how many episodes per policy a two-sided test at the 5% level would need to
-# detect a difference of the measured size with 80% power. (Hint for the why: how
-# often does sampling take the action the greedy policy would not?)
+# detect a difference of the measured size with 80% power (the normal approximation).
+# The starter below asks for these three numbers as a function of the two policies'
+# returns. (Hint for the why: how often does sampling take the action the greedy
+# policy would not?)
+
+
+# %% tags=["exercise-starter"]
+# Fill in: the mean of greedy - sampled (episode i of both started from the same
+# state), its paired standard error, and the episodes per policy that a
+# two-sided test at 5% with 80% power needs for a difference of that size.
+def paired_test(
+    greedy: torch.Tensor, sampled: torch.Tensor
+) -> tuple[float, float, float]:
+    """Mean difference, paired standard error, episodes needed."""
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch07 import check_paired_test
+
+check_paired_test(paired_test)
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 3: same start states for both; sampling is seeded through torch.
+def paired_test(
+    greedy: torch.Tensor, sampled: torch.Tensor
+) -> tuple[float, float, float]:
+    """Mean difference, paired standard error, episodes needed."""
+    # paired: episode i of both policies starts from the same state
+    differences = (greedy - sampled).numpy()  # (n,)
+    n = len(differences)
+    gap = differences.mean().item()
+    gap_se = differences.std(ddof=1).item() / math.sqrt(n)
+    # a two-sided test at 5% (z = 1.96) with 80% power (z = 0.84); the normal
+    # approximation (Student's t with n - 1 degrees of freedom asks a little
+    # more). Episodes per policy: (z_sum * sd of one difference / gap)^2
+    z_sum = 1.96 + 0.84
+    needed = (
+        (z_sum * gap_se * math.sqrt(n) / abs(gap)) ** 2 if gap else math.inf
+    )
+    return gap, gap_se, needed
+
+
+assert check_paired_test(paired_test)
 torch.manual_seed(seed)
 sampled = evaluate_policy(
     policy, n_eval, seed + 4_000, device=device, greedy=False
 )
 greedy = evaluate_policy(policy, n_eval, seed + 4_000, device=device)
-# paired: episode i of both policies starts from the same state
-differences = (greedy - sampled).numpy()  # (n_eval,)
-gap = differences.mean().item()
-gap_se = differences.std(ddof=1).item() / math.sqrt(n_eval)
-# a two-sided test at 5% (z = 1.96) with 80% power (z = 0.84); the normal
-# approximation (Student's t with 19 degrees of freedom asks a little more)
-z_sum = 1.96 + 0.84
+gap, gap_se, needed = paired_test(greedy, sampled)
 # p_visited (section 7.7): P(push right) on the greedy episode's states;
 # sampling takes the other action than greedy with probability min(p, 1 - p)
 off_greedy = np.minimum(p_visited, 1 - p_visited).mean()
@@ -2125,8 +2209,6 @@ else:
         verdict = f"the {better} policy is better at the 5% level"
     else:
         verdict = "the difference is not significant at the 5% level"
-    # episodes per policy for 80% power: (z_sum * sd of one difference / gap)^2
-    needed = (z_sum * gap_se * math.sqrt(n_eval) / abs(gap)) ** 2
     which = (
         f"{means}: a difference of {gap:+.1f}, paired standard error "
         f"{gap_se:.1f}, so {verdict}. Detecting a difference of this size "
@@ -2148,44 +2230,81 @@ assert off_greedy > 0.05, off_greedy
 # was trained and chosen on episodes cut at 500 steps. Evaluate it on the 20 validation
 # start states with `time_limit=2000` (an argument of `evaluate_policy`). Does it keep
 # balancing four times as long? Do the same for the random policy. Then write the
-# evaluation loop yourself (a vector environment made with `max_episode_steps=2000`),
-# record how far each cart gets from the centre and the state in which each episode
-# ends, and say how the episodes that end early end.
+# evaluation loop yourself in the starter below (a vector environment made with
+# `max_episode_steps=time_limit`), recording how far each cart gets from the centre
+# and the state in which each episode ends, and say how the episodes that end early
+# end.
+
+
+# %% tags=["exercise-starter"]
+# Fill in: greedy actions in a vector environment made with
+# max_episode_steps=time_limit and reset(seed=seed); only each copy's first
+# episode counts. Return its length (n,), the largest |x| of its cart (n,),
+# the start state included, and the state it ended in (n, 4), as NumPy arrays.
+def long_episodes(
+    policy: nn.Module,
+    n_episodes: int,
+    seed: int,
+    time_limit: int,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lengths, furthest |x| and final states of greedy episodes."""
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch07 import check_long_episodes
+
+check_long_episodes(long_episodes)
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 4: same start states, only the time limit changes.
+def long_episodes(
+    policy: nn.Module,
+    n_episodes: int,
+    seed: int,
+    time_limit: int,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lengths, furthest |x| and final states of greedy episodes."""
+    long_envs = gym.make_vec(
+        "CartPole-v1",
+        num_envs=n_episodes,
+        vectorization_mode="vector_entry_point",
+        max_episode_steps=time_limit,
+    )
+    observations, _ = long_envs.reset(seed=seed)
+    alive = np.ones(n_episodes, dtype=bool)
+    lengths = np.zeros(n_episodes)
+    furthest = np.abs(observations[:, 0])  # largest |x| so far, per episode
+    last_states = np.zeros((n_episodes, 4))
+    policy.eval()
+    with torch.no_grad():
+        while alive.any():
+            # (n_episodes, 2)
+            logits = policy(torch.as_tensor(observations, device=device))
+            actions = logits.argmax(dim=1).cpu().numpy()
+            observations, _, terminated, truncated, _ = long_envs.step(actions)
+            lengths += alive
+            x = np.abs(observations[:, 0])
+            furthest = np.where(alive, np.maximum(furthest, x), furthest)
+            ended = alive & (terminated | truncated)
+            last_states[ended] = observations[ended]  # where each one ended
+            alive &= ~ended
+    long_envs.close()
+    return lengths, furthest, last_states
+
+
+assert check_long_episodes(long_episodes)
 long_limit = 2_000
 long_returns = evaluate_policy(
     policy, n_eval, val_seed, device=device, time_limit=long_limit
 )
 long_random = evaluate_policy(None, n_eval, val_seed, time_limit=long_limit)
 # The same greedy episodes by hand, keeping each one's final state.
-long_envs = gym.make_vec(
-    "CartPole-v1",
-    num_envs=n_eval,
-    vectorization_mode="vector_entry_point",
-    max_episode_steps=long_limit,
+lengths, furthest, last_states = long_episodes(
+    policy, n_eval, val_seed, long_limit, device
 )
-observations, _ = long_envs.reset(seed=val_seed)
-alive = np.ones(n_eval, dtype=bool)
-lengths = np.zeros(n_eval)
-furthest = np.abs(observations[:, 0])  # largest |x| so far, per episode
-last_states = np.zeros((n_eval, 4))
-policy.eval()
-with torch.no_grad():
-    while alive.any():
-        # (n_eval, 2)
-        logits = policy(torch.as_tensor(observations, device=device))
-        actions = logits.argmax(dim=1).cpu().numpy()
-        observations, _, terminated, truncated, _ = long_envs.step(actions)
-        lengths += alive
-        furthest = np.where(
-            alive, np.maximum(furthest, np.abs(observations[:, 0])), furthest
-        )
-        ended = alive & (terminated | truncated)
-        last_states[ended] = observations[ended]  # where each one ended
-        alive &= ~ended
-long_envs.close()
 early = lengths < long_limit
 off_track = early & (np.abs(last_states[:, 0]) > track_end)
 pole_fell = early & (np.abs(last_states[:, 2]) > fall_angle)
@@ -2228,16 +2347,40 @@ assert np.all(early == (off_track | pole_fell))  # every early end is explained
 
 # %% [markdown]
 # **Exercise 5.** Add the entropy bonus of section 7.7 to plain REINFORCE and measure
-# what it does. Write an update like `reinforce_update` whose loss also subtracts
-# $\beta$ times the mean entropy of the batch's action distributions
-# (`Categorical(...).entropy()`), so that gradient descent on the loss raises the
-# entropy too. Train it from the three seeds of section 7.5 with $\beta = 0.1$
-# (untuned; A3C, Mnih et al., [2016](https://arxiv.org/abs/1602.01783), used 0.01
+# what it does. Fill in the starter below: an update like `reinforce_update` whose
+# loss also subtracts $\beta$ times the mean entropy of the batch's action
+# distributions (`Categorical(...).entropy()`), so that gradient descent on the loss
+# raises the entropy too. Then train it from the three seeds of section 7.5 with
+# $\beta = 0.1$ (untuned; A3C, Mnih et al., [2016](https://arxiv.org/abs/1602.01783), used 0.01
 # with advantages that were not normalised); the plain runs of section 7.5 are
 # $\beta = 0$. Compare, paired by seed, the episodes each run needed to pass
 # validation and the entropy of its policy on its last training batch
 # (`history["entropy"]`), that is, where it was one update from passing (or where
 # its budget ran out).
+
+
+# %% tags=["exercise-starter"]
+# Fill in entropy_update: reinforce_update's loss on normalised returns, minus
+# beta times the mean entropy of the batch's action distributions; one step.
+def make_entropy_update(beta: float) -> Update:
+    """reinforce_update plus a bonus of ``beta`` times the policy's mean
+    entropy.
+    """
+
+    def entropy_update(
+        batch: list[Episode],
+        policy: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        settings: Settings,
+    ) -> None:
+        raise NotImplementedError  # your code here
+
+    return entropy_update
+
+
+from helpers.exercises.ch07 import check_entropy_update
+
+check_entropy_update(make_entropy_update)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
@@ -2266,6 +2409,9 @@ def make_entropy_update(beta: float) -> Update:
         optimizer.step()
 
     return entropy_update
+
+
+assert check_entropy_update(make_entropy_update)
 
 
 def paired_summary(differences: list[float]) -> tuple[float, float, float]:

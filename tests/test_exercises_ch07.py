@@ -1,0 +1,409 @@
+"""Chapter 7's exercise checkers: right answers pass, the usual mistakes get their hints."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from exercise_cells import run_starter, starter_cells
+from torch import nn
+from torch.distributions import Categorical, kl_divergence
+
+from helpers.exercises import Mismatch
+from helpers.exercises.ch07 import (
+    check_batched_episode_gradients,
+    check_entropy_update,
+    check_long_episodes,
+    check_multi_step_update,
+    check_paired_test,
+)
+from helpers.exercises.ch07_reference import CheckSettings, expect_number
+from helpers.rl import Episode, discounted_returns
+
+STARTERS = starter_cells("07")
+NAMES = {"Update": object, "Episode": Episode, "Settings": CheckSettings, "nn": nn, "torch": torch, "np": np}
+
+
+# --- what the chapter's own helpers do, written out for the tests -----------------------
+
+
+def batch_tensors(batch, device):
+    states = np.concatenate([e.states[:-1] for e in batch])
+    actions = np.concatenate([e.actions for e in batch])
+    return torch.as_tensor(states, device=device), torch.as_tensor(actions, device=device)
+
+
+def batch_returns(batch, settings):
+    forever = 1 / (1 - settings.gamma)
+    returns = [
+        discounted_returns(e.rewards, settings.gamma, bootstrap=forever if e.truncated else 0.0)
+        for e in batch
+    ]
+    return torch.cat(returns)
+
+
+def normalise(returns, eps):
+    return (returns - returns.mean()) / (returns.std() + eps)
+
+
+def policy_step(policy, optimizer, states, actions, advantages, eps):
+    log_probs = Categorical(logits=policy(states)).log_prob(actions)
+    loss = -(log_probs * normalise(advantages, eps)).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def test_the_chapter_has_one_starter_per_exercise_and_each_is_not_attempted_untouched():
+    expected = [
+        ("7.1", "make_multi_step_update"),
+        ("7.2", "batched_episode_gradients"),
+        ("7.3", "paired_test"),
+        ("7.4", "long_episodes"),
+        ("7.5", "make_entropy_update"),
+    ]
+    assert len(STARTERS) == len(expected)
+    for source, (exercise, name) in zip(STARTERS, expected, strict=True):
+        out = run_starter(source, **NAMES)
+        assert out == f"… Exercise {exercise}: not attempted yet: fill in `{name}` above\n"
+
+
+def starter_with(index, old, new):
+    source = STARTERS[index]
+    assert old in source
+    return run_starter(source.replace(old, new), **{**globals(), **NAMES})
+
+
+# --- 7.1 ------------------------------------------------------------------------------
+
+
+def make_multi_step_update(steps, log, mistake=None):
+    def update(batch, policy, optimizer, settings):
+        states, actions = batch_tensors(batch, settings.device)
+        returns = batch_returns(batch, settings)
+        with torch.no_grad():
+            before = Categorical(logits=policy(states))
+        for _ in range(1 if mistake == "one step" else steps):
+            if mistake == "inside":
+                with torch.no_grad():
+                    before_step = Categorical(logits=policy(states))
+            policy_step(policy, optimizer, states, actions, returns, settings.eps)
+        with torch.no_grad():
+            after = Categorical(logits=policy(states))
+        kl = {
+            "reversed": kl_divergence(after, before).mean(),
+            "inside": kl_divergence(before_step, after).mean() if mistake == "inside" else None,
+            "sum": kl_divergence(before, after).sum(),
+            "zero": kl_divergence(after, after).mean(),
+            "half": kl_divergence(before, after).mean() / 2,
+        }.get(mistake, kl_divergence(before, after).mean())
+        played = after if mistake == "entropy after" else before
+        log.append({"kl": kl.item(), "entropy": played.entropy().mean().item()})
+
+    return update
+
+
+def test_7_1_the_reference_passes_and_says_what_it_measured():
+    verdict = check_multi_step_update(make_multi_step_update)
+    assert verdict.passed and "matches 3 SGD steps per batch on 2 made-up batches" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("reversed", "KL(new || old)"),
+        ("inside", "last step only"),
+        ("sum", "sum over the states"),
+        ("zero", "the KL is 0"),
+        ("entropy after", "entropy after the steps"),
+        ("one step", "one step, not 3"),
+    ],
+)
+def test_7_1_each_usual_mistake_gets_its_hint(mistake, hint):
+    verdict = check_multi_step_update(lambda steps, log: make_multi_step_update(steps, log, mistake))
+    assert verdict.status == "failed" and hint in verdict.hint
+
+
+def test_7_1_other_wrong_answers_fail_without_a_hint(capsys):
+    verdict = check_multi_step_update(lambda steps, log: make_multi_step_update(steps, log, "half"))
+    assert not verdict and verdict.hint is None and "log[0]['kl']" in verdict.message
+    assert not check_multi_step_update(lambda steps, log: None)
+    assert "should return the update function" in capsys.readouterr().out
+
+    def no_log(steps, log):
+        return make_multi_step_update(steps, [])
+
+    assert "`log` should hold 1 entries" in check_multi_step_update(no_log).message
+
+    def a_list(steps, log):
+        def update(*args):
+            make_multi_step_update(steps, [])(*args)
+            log.append([0.0, 0.0])
+
+        return update
+
+    assert "should be a dict with keys 'kl' and 'entropy'" in check_multi_step_update(a_list).message
+
+
+def test_7_1_a_reader_filling_in_the_starter_with_a_reversed_kl_gets_the_hint():
+    body = """states, actions = batch_tensors(batch, settings.device)
+        returns = batch_returns(batch, settings)
+        with torch.no_grad():
+            before = Categorical(logits=policy(states))
+        for _ in range(steps):
+            policy_step(policy, optimizer, states, actions, returns, settings.eps)
+        with torch.no_grad():
+            after = Categorical(logits=policy(states))
+        kl = kl_divergence(after, before).mean().item()
+        log.append({"kl": kl, "entropy": before.entropy().mean().item()})"""
+    out = starter_with(0, "raise NotImplementedError  # your code here", body)
+    assert out.startswith("✗ Exercise 7.1: log[0]['kl'] is ")
+    assert "Hint: that is KL(new || old)" in out
+
+
+# --- 7.2 ------------------------------------------------------------------------------
+
+
+def batched_episode_gradients(policy, episodes, weights, device, mistake=None):
+    longest = max(len(e.actions) for e in episodes)
+    states = torch.zeros(len(episodes), longest, 4)
+    actions = torch.zeros(len(episodes), longest, dtype=torch.long)
+    padded = torch.zeros(len(episodes), longest)
+    for i, (e, w) in enumerate(zip(episodes, weights, strict=True)):
+        states[i, : len(w)] = torch.as_tensor(e.states[:-1])
+        actions[i, : len(w)] = torch.as_tensor(e.actions)
+        padded[i, : len(w)] = w
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+
+    def f(params, s, a, w):
+        logits = torch.func.functional_call(policy, params, (s,))
+        scores = logits if mistake == "logits" else F.log_softmax(logits, dim=-1)
+        total = (w * scores.gather(1, a[:, None]).squeeze(1)).sum()
+        return {"mean": total / longest, "sign": -total, "double": 2 * total}.get(mistake, total)
+
+    if mistake == "loop":
+        grads = [torch.func.grad(f)(params, *row) for row in zip(states, actions, padded, strict=True)]
+        grads = {k: torch.stack([g[k] for g in grads]) for k in params}
+    else:
+        grads = torch.func.vmap(torch.func.grad(f), in_dims=(None, 0, 0, 0))(params, states, actions, padded)
+    return torch.cat([grads[k].flatten(1) for k in params], dim=1)
+
+
+def test_7_2_the_reference_passes():
+    verdict = check_batched_episode_gradients(batched_episode_gradients)
+    assert verdict.passed and "on 5 episodes of 1 to 7 steps" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [("logits", "weighted logits"), ("mean", "divided by 7"), ("sign", "sign is flipped")],
+)
+def test_7_2_each_usual_mistake_gets_its_hint(mistake, hint):
+    verdict = check_batched_episode_gradients(lambda *args: batched_episode_gradients(*args, mistake=mistake))
+    assert verdict.status == "failed" and hint in verdict.hint
+
+
+def test_7_2_other_wrong_answers_fail_without_a_hint():
+    verdict = check_batched_episode_gradients(
+        lambda *args: batched_episode_gradients(*args, mistake="double")
+    )
+    assert not verdict and verdict.hint is None and "entries differ" in verdict.message
+    verdict = check_batched_episode_gradients(lambda *args: batched_episode_gradients(*args, mistake="loop"))
+    assert not verdict and "ran the policy 5 times for 5 episodes" in verdict.message
+
+
+# --- 7.3 ------------------------------------------------------------------------------
+
+
+def paired_test(greedy, sampled, mistake=None):
+    d = (greedy - sampled).double().numpy()
+    if mistake == "reversed":
+        d = -d
+    n = len(d)
+    sd = d.std(ddof=0 if mistake == "ddof" else 1)
+    se = sd / math.sqrt(n)
+    if mistake == "unpaired":
+        se = math.sqrt((greedy.double().var() + sampled.double().var()).item() / n)
+    z = {"one-sided": 1.645 + 0.84}.get(mistake, 1.96 + 0.84)
+    needed = (z * (se if mistake == "se" else sd) / d.mean()) ** 2
+    mean = d.mean() + (1.0 if mistake == "off" else 0.0)
+    # a reader may round the episodes needed up: allowed
+    return float(mean), float(se), math.ceil(needed) if mistake is None else needed
+
+
+def test_7_3_the_reference_passes():
+    verdict = check_paired_test(paired_test)
+    assert verdict.passed and "20 pairs: " in verdict.message and "12 pairs: " in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("reversed", "sampled - greedy"),
+        ("unpaired", "unpaired standard error"),
+        ("ddof", "ddof=1"),
+        ("se", "standard error where the std"),
+        ("one-sided", "one-sided"),
+    ],
+)
+def test_7_3_each_usual_mistake_gets_its_hint(mistake, hint):
+    verdict = check_paired_test(lambda g, s: paired_test(g, s, mistake))
+    assert verdict.status == "failed" and hint in verdict.hint
+
+
+def test_7_3_other_wrong_answers_fail_without_a_hint():
+    verdict = check_paired_test(lambda g, s: paired_test(g, s, "off"))
+    assert not verdict and verdict.hint is None and "the mean difference (20 pairs)" in verdict.message
+    verdict = check_paired_test(lambda g, s: paired_test(g, s)[:2])
+    assert not verdict and "should return (difference, standard error, episodes needed)" in verdict.message
+
+
+def test_7_3_a_reader_who_uses_numpys_default_std_gets_the_hint():
+    body = """d = (greedy - sampled).numpy()
+    sd = d.std()
+    return d.mean(), sd / len(d) ** 0.5, (2.8 * sd / d.mean()) ** 2"""
+    out = starter_with(2, "raise NotImplementedError  # your code here", body)
+    assert out.startswith("✗ Exercise 7.3: the paired standard error (20 pairs) is ")
+    assert out.endswith("Hint: that divides by n, not n - 1 (NumPy's default): use ddof=1\n")
+
+
+# --- 7.4 ------------------------------------------------------------------------------
+
+
+def long_episodes(policy, n, seed, time_limit, device, mistake=None):
+    limit = {} if mistake == "no limit" else {"max_episode_steps": time_limit}
+    envs = gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode="vector_entry_point", **limit)
+    observations, _ = envs.reset(seed=seed)
+    alive = np.ones(n, dtype=bool)
+    lengths, furthest, last = np.zeros(n), np.abs(observations[:, 0]), np.zeros((n, 4))
+    while alive.any():
+        with torch.no_grad():
+            actions = policy(torch.as_tensor(observations)).argmax(dim=1).numpy()
+        previous = observations
+        observations, _, terminated, truncated, _ = envs.step(actions)
+        counted = np.ones(n, dtype=bool) if mistake == "unmasked" else alive
+        lengths += counted
+        furthest = np.where(counted, np.maximum(furthest, np.abs(observations[:, 0])), furthest)
+        ended = (terminated | truncated) & counted
+        last[ended] = (previous if mistake == "before" else observations)[ended]
+        alive &= ~(terminated | truncated)
+    envs.close()
+    if mistake == "shifted":
+        furthest = furthest + 0.1
+    return lengths, furthest, torch.as_tensor(last)  # NumPy or torch: both accepted
+
+
+def test_7_4_the_reference_passes_on_episodes_that_end_both_ways():
+    verdict = check_long_episodes(long_episodes)
+    assert verdict.passed and "3 of them ended before the limit of 200" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("unmasked", "stop recording an episode once it ended"),
+        ("no limit", "max_episode_steps=200"),
+        ("before", "states before the last step"),
+    ],
+)
+def test_7_4_each_usual_mistake_gets_its_hint(mistake, hint):
+    verdict = check_long_episodes(lambda *args: long_episodes(*args, mistake=mistake))
+    assert verdict.status == "failed" and hint in verdict.hint
+
+
+def test_7_4_other_wrong_answers_fail_without_a_hint():
+    verdict = check_long_episodes(lambda *args: long_episodes(*args, mistake="shifted"))
+    assert not verdict and verdict.hint is None and "`furthest`" in verdict.message
+    verdict = check_long_episodes(lambda *args: long_episodes(*args)[0])
+    assert not verdict and "should return (lengths, furthest, last_states)" in verdict.message
+
+
+# --- 7.5 ------------------------------------------------------------------------------
+
+
+def make_entropy_update(beta, mistake=None):
+    def update(batch, policy, optimizer, settings):
+        states, actions = batch_tensors(batch, settings.device)
+        returns = batch_returns(batch, settings)
+        weights = returns if mistake == "raw" else normalise(returns, settings.eps)
+        dist = Categorical(logits=policy(states))
+        entropies = dist.entropy()
+        bonus = {
+            "sign": -entropies.mean(),
+            "detached": entropies.mean().detach(),
+            "sum": entropies.sum(),
+            "double": 2 * entropies.mean(),
+        }.get(mistake, entropies.mean())
+        loss = -(dist.log_prob(actions) * weights).mean() - beta * bonus
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return update
+
+
+def test_7_5_the_reference_passes():
+    verdict = check_entropy_update(make_entropy_update)
+    assert verdict.passed and "beta = 0.5" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("sign", "the entropy went down"),
+        ("detached", "no effect"),
+        ("sum", "summed entropy"),
+        ("raw", "not normalised"),
+    ],
+)
+def test_7_5_each_usual_mistake_gets_its_hint(mistake, hint):
+    verdict = check_entropy_update(lambda beta: make_entropy_update(beta, mistake))
+    assert verdict.status == "failed" and hint in verdict.hint
+
+
+def test_7_5_other_wrong_answers_fail_without_a_hint():
+    verdict = check_entropy_update(lambda beta: make_entropy_update(beta, "double"))
+    assert not verdict and verdict.hint is None and "entries differ" in verdict.message
+
+
+def test_7_5_a_reader_whose_entropy_is_computed_under_no_grad_gets_the_hint():
+    body = """states, actions = batch_tensors(batch, settings.device)
+        returns = batch_returns(batch, settings)
+        weights = (returns - returns.mean()) / (returns.std() + settings.eps)
+        dist = Categorical(logits=policy(states))
+        with torch.no_grad():
+            entropy = dist.entropy().mean()
+        loss = -(dist.log_prob(actions) * weights).mean() - beta * entropy
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()"""
+    out = starter_with(4, "raise NotImplementedError  # your code here", body)
+    assert out.endswith("Hint: the bonus had no effect: is the entropy detached or computed under no_grad?\n")
+
+
+# --- the module's own pieces -------------------------------------------------------------
+
+
+def test_checkers_leave_the_global_generator_alone():
+    state = torch.get_rng_state()
+    check_multi_step_update(make_multi_step_update)
+    check_long_episodes(long_episodes)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_expect_number_hints_only_for_numbers_that_match_a_mistake():
+    assert expect_number(torch.tensor(2.0), 2.0, "x", rel=1e-3, mistakes={"halved": 1.0}) == 2.0
+    assert expect_number(np.float32(2.0), 2.0, "x", rel=1e-3, mistakes={}) == 2.0
+    with pytest.raises(Mismatch) as wrong:
+        expect_number(1.0, 2.0, "x", rel=1e-3, mistakes={"halved": 1.0})
+    assert wrong.value.hint == "halved"
+    with pytest.raises(Mismatch, match="x should be a number, got str") as wrong:
+        expect_number("1.0", 2.0, "x", rel=1e-3, mistakes={"halved": 1.0})
+    assert wrong.value.hint is None
+    for rel in (0.0, 1, 2.0):
+        with pytest.raises(ValueError, match="rel must be a float in"):
+            expect_number(1.0, 1.0, "x", rel=rel, mistakes={})
