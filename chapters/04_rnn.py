@@ -2515,6 +2515,10 @@ last of float32's roughly seven significant digits, not a difference in what was
 # %% [markdown]
 # ## Exercises
 #
+# Each exercise has a starter cell: fill it in and run it, and its last line checks
+# your attempt on fresh inputs against a reference and says what is off, with a hint
+# for the usual mistakes. The solution follows, collapsed.
+#
 # **Exercise 1.** Section 4.4's recursive forecast feeds the model its own forecasts.
 # Build the alternative, a **direct** forecaster for the sine wave: the same LSTM, with
 # a head that outputs all of the next 50 values at once from the window's last hidden
@@ -2522,7 +2526,27 @@ last of float32's roughly seven significant digits, not a difference in what was
 # with `make_windows(series, 40, horizon=50)`, train with `train_forecaster` (it
 # selects the epoch on validation MSE), and compare its test RMSE at each step ahead,
 # over the same 21 origins, with the recursive forecast's `rmse_by_step`. Where is each
-# one better?
+# one better? Fill in the model class in the starter below first, then run the
+# experiment.
+
+
+# %% tags=["exercise-starter"]
+class DirectForecaster(nn.Module):
+    """Read a window (B, L, 1); forecast the next `horizon` values at once."""
+
+    def __init__(self, horizon: int, hidden_size: int = 32) -> None:
+        super().__init__()
+        # an LSTM as in Forecaster, and a head with `horizon` outputs
+        raise NotImplementedError  # your code here
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x (B, L, 1) -> (B, horizon), from the last hidden state
+        raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch04 import check_direct_forecaster
+
+check_direct_forecaster(DirectForecaster)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
@@ -2597,6 +2621,7 @@ print(textwrap.fill("Answer: " + answer, width=78))
 # Seeds 0, 1, 2 (CPU): direct/recursive 50 steps ahead 0.022, 0.020, 0.013,
 # against 0.25
 assert direct_by_step[-1] < 0.25 * recursive_by_step[-1], direct_by_step
+assert check_direct_forecaster(DirectForecaster)
 
 # %% [markdown]
 # **Exercise 2.** The sunspot forecaster used a window of 20 years, fixed in advance.
@@ -2607,12 +2632,41 @@ assert direct_by_step[-1] < 0.25 * recursive_by_step[-1], direct_by_step
 # models year by year, as section 4.5 did: the mean of the differences of their
 # squared errors, and its standard error. If neighbouring years' differences were
 # positively correlated, that standard error would be optimistic, which would only
-# strengthen a verdict of "within noise".)
+# strengthen a verdict of "within noise".) Write that comparison first, as the
+# function in the starter below, then train the models.
+
+
+# %% tags=["exercise-starter"]
+def paired_gain(
+    errors: torch.Tensor, best_errors: torch.Tensor
+) -> tuple[float, float]:
+    """How much lower best_errors' squared errors are than errors', year by
+    year: the mean of errors² - best_errors² and its standard error.
+
+    Both are (n,) tensors of errors on the same n years.
+    """
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch04 import check_paired_gain
+
+check_paired_gain(paired_gain)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 2: validation errors for each window length; the test years stay
 # untouched.
+def paired_gain(
+    errors: torch.Tensor, best_errors: torch.Tensor
+) -> tuple[float, float]:
+    """Mean of errors² - best_errors² over the years, and its standard error."""
+    gain = errors.pow(2) - best_errors.pow(2)  # (n,): one difference per year
+    return gain.mean().item(), gain.std().item() / math.sqrt(len(gain))
+
+
+assert check_paired_gain(paired_gain)
+
+
 @torch.no_grad()
 def val_errors(
     model: nn.Module, val_set: TensorDataset, std: float
@@ -2659,11 +2713,9 @@ within_noise = True
 for window in sorted(errors_by_window):
     if window == best_window:
         continue
-    window_gain = errors_by_window[window].pow(2) - errors_by_window[
-        best_window
-    ].pow(2)
-    mean_gain = window_gain.mean().item()
-    se = window_gain.std().item() / math.sqrt(len(window_gain))
+    mean_gain, se = paired_gain(
+        errors_by_window[window], errors_by_window[best_window]
+    )
     print(
         f"MSE gain of {best_window} over {window} "
         f"years: {mean_gain:6.1f} ± {se:.1f}"
@@ -2689,15 +2741,28 @@ else:
 # **Exercise 3.** Is the plain RNN hopeless at the adding problem, or only at long
 # distances? Train `Summariser(nn.RNN)` with `train_on_adding` on sequences of length
 # 5, 10 and 20 (a fresh network for each, same seed and budget) and measure each one's
-# test MSE on fresh sequences of its own length. Compare with chance, 1/6, and with
-# 1/12, the error of a network that reads only one of the two marked numbers.
+# test MSE on 2,000 fresh sequences of its own length. Compare with chance, 1/6, and
+# with 1/12, the error of a network that reads only one of the two marked numbers.
+# Keep the trained networks and their test MSEs in the two dictionaries of the starter
+# below: its check measures each network again on sequences of its own.
+
+# %% tags=["exercise-starter"]
+# For each length: a fresh Summariser(nn.RNN), trained with train_on_adding,
+# then test_mse on 2,000 fresh sequences of that length (adding_problem).
+short_rnns = ...  # {5: the trained network, 10: ..., 20: ...}
+short_mse = ...  # {5: its test MSE, 10: ..., 20: ...}
+
+from helpers.exercises.ch04 import check_short_rnns
+
+check_short_rnns(short_rnns, short_mse)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 3
-short_mse, short_chance = {}, {}
+short_rnns, short_mse, short_chance = {}, {}, {}
 for short_length in (5, 10, 20):
     torch.manual_seed(seed)
     short_rnn = Summariser(nn.RNN).to(device)
+    short_rnns[short_length] = short_rnn
     train_on_adding(short_rnn, short_length, seed)
     short_x, short_y = adding_problem(
         2000, short_length, make_generator(seed + 2)
@@ -2705,8 +2770,10 @@ for short_length in (5, 10, 20):
     short_mse[short_length] = test_mse(short_rnn, short_x, short_y)
     # chance on these test sequences: always answering 1
     short_chance[short_length] = ((1.0 - short_y) ** 2).mean().item()
-short_mse[length] = rnn_mse  # length 40, from section 4.6
+# length 40, from section 4.6
+short_rnns[length], short_mse[length] = memory_models["RNN"], rnn_mse
 short_chance[length] = chance_mse
+assert check_short_rnns(short_rnns, short_mse)
 for short_length, mse in short_mse.items():
     chance = short_chance[short_length]
     print(
@@ -2765,17 +2832,39 @@ assert share_of_chance[length] > 0.75, short_mse
 # absolute value, `torch.linalg.eigvals(W).abs().max()`), which sets how fast powers of
 # a matrix grow or shrink, times the mean slope of tanh, $1 - h_t^2$, over the states
 # the network reaches on the same sequences (`mean_tanh_slope` of section 4.6). Which
-# side of 1 is that product for each factor?
+# side of 1 is that product for each factor? Write the scaling as the function in the
+# starter below first.
+
+
+# %% tags=["exercise-starter"]
+def scaled_copy(net: Summariser, factor: float) -> Summariser:
+    """A copy of `net` whose recurrent weights rnn.weight_hh_l0 are `factor`
+    times larger; `net` itself stays as it was.
+    """
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch04 import check_scaled_copy
+
+check_scaled_copy(scaled_copy)
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 4
+def scaled_copy(net: Summariser, factor: float) -> Summariser:
+    """A copy of `net` with rnn.weight_hh_l0 multiplied by `factor`."""
+    scaled = copy.deepcopy(net)
+    with torch.no_grad():
+        scaled.rnn.weight_hh_l0.mul_(factor)
+    return scaled
+
+
+assert check_scaled_copy(scaled_copy)
 factors = range(1, 7)
 sweep = {}  # factor -> (||dL/dh_t|| for t = 1..40, estimate per step)
 slopes = {}  # factor -> mean tanh slope
 for factor in factors:
-    scaled_rnn = copy.deepcopy(rnn_at_init)
-    with torch.no_grad():
-        scaled_rnn.rnn.weight_hh_l0.mul_(factor)
+    scaled_rnn = scaled_copy(rnn_at_init, factor)
     norms = state_gradients(scaled_rnn, grad_x, grad_y)
     w_hh = scaled_rnn.rnn.weight_hh_l0.detach().cpu()
     spectral_radius = torch.linalg.eigvals(w_hh).abs().max().item()
@@ -2860,7 +2949,31 @@ assert min(slope_falls) > 0, slopes
 # backward output at its first. Then train it as section 4.7 trained the GRU, for 4
 # epochs, and compare its best validation accuracy with the one-way GRU's best over
 # the same first 4 epochs (`history.val_accuracy`). Is the difference larger than the
-# noise of the validation names?
+# noise of the validation names? Fill in the model class in the starter below first.
+
+
+# %% tags=["exercise-starter"]
+class BiNameClassifier(nn.Module):
+    """NameClassifier with a bidirectional GRU; the head reads both
+    directions.
+    """
+
+    def __init__(
+        self, vocab_size: int, n_classes: int, embed: int = 32, hidden: int = 32
+    ):
+        super().__init__()
+        # the embedding of NameClassifier, a bidirectional nn.GRU with `hidden`
+        # units per direction, and a head that reads 2 * hidden numbers
+        raise NotImplementedError  # your code here
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # ids (B, T), padded -> logits (B, n_classes), from h_n[-2] and h_n[-1]
+        raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch04 import check_bi_classifier
+
+check_bi_classifier(BiNameClassifier)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
@@ -2971,6 +3084,7 @@ print(textwrap.fill(answer, width=78))
 # 0.06)
 assert bi_acc > majority_val_acc + 0.3, bi_acc
 assert abs(bi_diff) < 0.06, (bi_acc, one_way_acc)
+assert check_bi_classifier(BiNameClassifier)
 
 
 # %% [markdown]

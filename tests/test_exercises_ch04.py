@@ -1,0 +1,457 @@
+"""Chapter 4's exercise checkers: references pass, starters are "not attempted", mistakes get hints."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from exercise_cells import run_starter, starter_cells
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from helpers.exercises import ch04
+from helpers.sequences import adding_problem
+
+STARTERS = starter_cells("04")
+
+
+def test_each_exercise_has_one_starter():
+    assert len(STARTERS) == 5
+
+
+@pytest.mark.parametrize(
+    ("index", "name", "namespace"),
+    [
+        (0, "DirectForecaster", {"nn": nn, "torch": torch}),
+        (1, "paired_gain", {"torch": torch}),
+        (2, "short_rnns", {}),
+        (3, "scaled_copy", {"Summariser": nn.Module}),
+        (4, "BiNameClassifier", {"nn": nn, "torch": torch}),
+    ],
+)
+def test_an_untouched_starter_is_not_attempted(index, name, namespace):
+    start = time.perf_counter()
+    out = run_starter(STARTERS[index], **namespace)
+    assert time.perf_counter() - start < 1.0
+    assert out == f"… Exercise 4.{index + 1}: not attempted yet: fill in `{name}` above\n"
+
+
+def test_checks_leave_the_global_random_state_as_it_was():
+    nets = fresh_nets()
+    state = torch.random.get_rng_state()
+    for verdict in (
+        ch04.check_direct_forecaster(Direct),
+        ch04.check_paired_gain(gain_right),
+        ch04.check_short_rnns(nets, measured(nets)),
+        ch04.check_scaled_copy(scale_right),
+        ch04.check_bi_classifier(Bi),
+    ):
+        assert verdict.passed
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def failed(verdict, hint=None, message=""):
+    """The verdict failed with ``hint`` (None: no hint) and a message containing ``message``."""
+    return verdict.status == "failed" and verdict.hint == hint and message in verdict.message
+
+
+# Exercise 4.1 ------------------------------------------------------------------------
+
+
+class Direct(nn.Module):
+    """A correct direct forecaster; ``read`` picks what the head reads (the mistakes)."""
+
+    read = "last"
+    batch_first = True
+
+    def __init__(self, horizon: int, hidden_size: int = 32) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(1, hidden_size, batch_first=self.batch_first)
+        self.head = nn.Linear(hidden_size, horizon)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output, (h_n, c_n) = self.rnn(x)
+        return self.head(
+            {
+                "last": output[:, -1],
+                "h_n": h_n[-1],
+                "first": output[:, 0],
+                "c_n": c_n[-1],
+                "whole h_n": h_n,
+                "detached": output[:, -1].detach(),
+                "mean": output.mean(dim=1),
+            }[self.read]
+        )
+
+
+def direct(read: str, batch_first: bool = True) -> type[Direct]:
+    return type("Variant", (Direct,), {"read": read, "batch_first": batch_first})
+
+
+def test_direct_forecaster_passes_right_answers():
+    for read in ("last", "h_n"):
+        verdict = ch04.check_direct_forecaster(direct(read))
+        assert verdict.passed and "on 3 random batches" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("read", "hint"),
+    [("first", ch04.FIRST_STEP), ("c_n", ch04.CELL_STATE), ("whole h_n", ch04.WHOLE_H_N), ("mean", None)],
+)
+def test_direct_forecaster_mistakes(read, hint):
+    assert failed(ch04.check_direct_forecaster(direct(read)), hint, "the forecasts for windows of 9")
+
+
+def test_direct_forecaster_probes():
+    verdict = ch04.check_direct_forecaster(direct("last", batch_first=False))
+    assert failed(verdict, "pass batch_first=True to nn.LSTM", "reads (time, batch, features)")
+    assert failed(ch04.check_direct_forecaster(direct("detached")), None, "no gradient reaches rnn.")
+
+    class InAList(Direct):
+        def __init__(self, horizon: int, hidden_size: int = 32) -> None:
+            super().__init__(horizon, hidden_size)
+            self.layers = [self.rnn]
+            del self.rnn
+
+    assert failed(ch04.check_direct_forecaster(InAList), ch04.UNREGISTERED, "found no nn.LSTM")
+
+    class FixedSize(Direct):
+        def __init__(self, horizon: int, hidden_size: int = 32) -> None:
+            super().__init__(horizon, 32)
+
+    assert failed(ch04.check_direct_forecaster(FixedSize), None, "expected nn.LSTM(1, 6)")
+
+    class OneOutput(Direct):
+        def __init__(self, horizon: int, hidden_size: int = 32) -> None:
+            super().__init__(1, hidden_size)
+
+    assert failed(ch04.check_direct_forecaster(OneOutput), None, "expected nn.Linear(6, 7)")
+
+    class TwoHeads(Direct):
+        def __init__(self, horizon: int, hidden_size: int = 32) -> None:
+            super().__init__(horizon, hidden_size)
+            self.extra = nn.Linear(2, 2)
+
+    assert failed(ch04.check_direct_forecaster(TwoHeads), None, "found 2 nn.Linear layers")
+    instance = Direct(7, 6)
+    assert failed(ch04.check_direct_forecaster(instance), None, "got Direct")
+
+
+# Exercise 4.2 ------------------------------------------------------------------------
+
+
+def gain_right(errors, best_errors):
+    gain = errors.pow(2) - best_errors.pow(2)
+    return gain.mean(), gain.std() / math.sqrt(len(gain))  # tensors are fine too
+
+
+def test_paired_gain_passes_the_right_statistic():
+    assert ch04.check_paired_gain(gain_right).passed
+    as_numpy = ch04.check_paired_gain(lambda a, b: tuple(np.float32(x.item()) for x in gain_right(a, b)))
+    assert as_numpy.passed and "6, 11 and 40 years" in as_numpy.message
+
+
+def gain_mistake(kind):
+    def paired_gain(errors, best_errors):
+        a, b = errors.pow(2), best_errors.pow(2)
+        gain, n = a - b, len(errors)
+        mean, sd = gain.mean().item(), gain.std().item()
+        return {
+            "population": (mean, gain.std(correction=0).item() / math.sqrt(n)),
+            "unpaired": (mean, math.sqrt(a.var().item() / n + b.var().item() / n)),
+            "sign": (-mean, sd / math.sqrt(n)),
+            "over n": (mean, sd / n),
+            "absolute": ((errors.abs() - best_errors.abs()).mean().item(), sd / math.sqrt(n)),
+        }[kind]
+
+    return paired_gain
+
+
+@pytest.mark.parametrize(
+    ("kind", "hint"),
+    [
+        ("population", ch04.POPULATION_SD),
+        ("unpaired", ch04.UNPAIRED),
+        ("sign", ch04.SIGN),
+        ("over n", ch04.OVER_N),
+        ("absolute", None),
+    ],
+)
+def test_paired_gain_mistakes(kind, hint):
+    assert failed(ch04.check_paired_gain(gain_mistake(kind)), hint, "for 6 years")
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (lambda a, b: torch.stack(gain_right(a, b)), "should return (mean, standard error), got Tensor"),
+        (lambda a, b: (a.pow_(2).mean(), 1.0), "changed its input tensors"),
+        (lambda a, b: (a, 1.0), "the mean should be one number, got shape (6,)"),
+        (lambda a, b: (1.0, "1"), "the standard error should be a real number, got str"),
+        (lambda a, b: (True, 1.0), "the mean should be a real number, got bool"),
+    ],
+)
+def test_paired_gain_says_what_is_off(answer, message):
+    assert failed(ch04.check_paired_gain(answer), None, message)
+
+
+# Exercise 4.3 ------------------------------------------------------------------------
+
+
+class MarkedSum(nn.Module):
+    """Reads the marked numbers among its last ``reach`` steps, slightly shrunk: its error
+    grows with the length of the sequence. Holds an (unused) nn.RNN, as a plain RNN would."""
+
+    def __init__(self, reach: int = 8, cell: type[nn.Module] = nn.RNN, squeeze: bool = True) -> None:
+        super().__init__()
+        self.rnn, self.reach, self.squeeze = cell(2, 4, batch_first=True), reach, squeeze
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        recent = x[:, -self.reach :]
+        out = 0.9 * (recent[..., 0] * recent[..., 1]).sum(dim=1) + 0.1
+        return out if self.squeeze else out[:, None]
+
+
+def measured(nets: dict, test_length: int | None = None) -> dict:
+    """Each network's MSE on 2,000 fresh sequences (of its own length, or ``test_length``)."""
+    generator, out = torch.Generator().manual_seed(7), {}
+    for n, net in nets.items():
+        x, y = adding_problem(2000, test_length or n, generator)
+        with torch.no_grad():
+            out[n] = (net(x) - y).pow(2).mean().item()
+    return out
+
+
+def fresh_nets():
+    return {n: MarkedSum() for n in (5, 10, 20)}
+
+
+def test_short_rnns_passes_separate_networks_and_their_own_errors():
+    nets = fresh_nets()
+    verdict = ch04.check_short_rnns(nets, measured(nets))
+    assert verdict.passed and "3 separate plain RNNs" in verdict.message
+    with_40 = {**nets, 40: MarkedSum()}
+    assert ch04.check_short_rnns(with_40, measured(with_40)).passed
+
+
+def test_short_rnns_mistakes():
+    nets = fresh_nets()
+    one = MarkedSum()
+    same = dict.fromkeys(nets, one)
+    assert failed(ch04.check_short_rnns(same, measured(same)), ch04.SAME_NETWORK, "share one network")
+    assert failed(ch04.check_short_rnns(nets, measured(nets, 40)), ch04.LENGTH_40, "short_mse[5] is")
+    rmse = {n: math.sqrt(mse) for n, mse in measured(nets).items()}
+    assert failed(ch04.check_short_rnns(nets, rmse), ch04.RMSE, "short_mse[5] is")
+    off = {n: mse + 0.05 for n, mse in measured(nets).items()}
+    assert failed(ch04.check_short_rnns(nets, off), None, "fresh sequences of length 5")
+
+
+def test_short_rnns_says_what_is_off():
+    nets, mse = fresh_nets(), measured(fresh_nets())
+    cases = [
+        (([], mse), "short_rnns should be a dict"),
+        ((nets, 0.1), "short_mse should be a dict"),
+        (({5: nets[5], 10: nets[10]}, {5: 0.1, 10: 0.1}), "should have the keys 5, 10 and 20, got [5, 10]"),
+        ((nets, {5: 0.1}), "short_mse has the keys [5], short_rnns [5, 10, 20]"),
+        (({**nets, 5: "net"}, mse), "short_rnns[5] should be a network, got str"),
+        (({**nets, 10: MarkedSum(cell=nn.GRU)}, mse), "short_rnns[10] is not a plain RNN"),
+        (({**nets, 5: MarkedSum(squeeze=False)}, mse), "short_rnns[5] returns (4000, 4000), not (B,)"),
+        ((nets, {**mse, 20: "0.1"}), "short_mse[20] should be a real number"),
+    ]
+    for args, message in cases:
+        assert failed(ch04.check_short_rnns(*args), None, message), message
+
+
+# Exercise 4.4 ------------------------------------------------------------------------
+
+
+def scale_right(net, factor):
+    scaled = copy.deepcopy(net)
+    with torch.no_grad():
+        scaled.rnn.weight_hh_l0.mul_(factor)
+    return scaled
+
+
+def scale_in_place(net, factor):
+    with torch.no_grad():
+        net.rnn.weight_hh_l0.mul_(factor)
+    return net
+
+
+def scale_shallow(net, factor):
+    return scale_in_place(copy.copy(net), factor)
+
+
+def scale_then_copy(net, factor):
+    return copy.deepcopy(scale_in_place(net, factor))
+
+
+def scale_not_assigned(net, factor):
+    scaled = copy.deepcopy(net)
+    w = scaled.rnn.weight_hh_l0
+    w = w * factor  # the mistake: a new tensor, the layer unchanged
+    return scaled
+
+
+def scale_without_no_grad(net, factor):
+    scaled = copy.deepcopy(net)
+    scaled.rnn.weight_hh_l0.mul_(factor)
+    return scaled
+
+
+def scale_layer(net, factor):
+    scaled = copy.deepcopy(net)
+    with torch.no_grad():
+        for parameter in scaled.rnn.parameters():
+            parameter.mul_(factor)
+    return scaled
+
+
+def scale_with_bias(net, factor):
+    scaled = scale_right(net, factor)
+    with torch.no_grad():
+        scaled.rnn.bias_hh_l0.mul_(factor)
+    return scaled
+
+
+def test_scaled_copy_passes_a_deep_copy_scaled_in_place():
+    verdict = ch04.check_scaled_copy(scale_right)
+    assert verdict.passed and "by 2.5 and by 6 exactly;" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("answer", "hint", "message"),
+    [
+        (scale_in_place, ch04.COPY, "returned `net` itself"),
+        (scale_shallow, ch04.SHALLOW, "the original network changed (rnn.weight_hh_l0)"),
+        (scale_then_copy, ch04.COPY, "the original network changed (rnn.weight_hh_l0)"),
+        (scale_not_assigned, ch04.UNSCALED, "the copy's rnn.weight_hh_l0: 16 of 16 entries differ"),
+        (scale_without_no_grad, ch04.NO_GRAD, "a leaf Variable that requires grad"),
+        (scale_layer, ch04.EVERYTHING, "rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.bias_hh_l0 changed too"),
+        (scale_with_bias, None, "rnn.bias_hh_l0 changed too"),
+    ],
+)
+def test_scaled_copy_mistakes(answer, hint, message):
+    assert failed(ch04.check_scaled_copy(answer), hint, message)
+
+
+def frozen(part):
+    def scaled_copy(net, factor):
+        scaled = scale_right(net, factor)
+        scaled.get_parameter(part).requires_grad_(False)
+        return scaled
+
+    return scaled_copy
+
+
+def test_scaled_copy_says_what_is_off():
+    def broken(net, factor):
+        raise RuntimeError("some other failure")
+
+    cases = [
+        (lambda net, factor: net.rnn.weight_hh_l0 * factor, "scaled_copy returned a Tensor"),
+        (lambda net, factor: nn.Linear(2, 2), "the copy has the entries ['bias', 'weight']"),
+        (frozen("rnn.weight_hh_l0"), "the copy's rnn.weight_hh_l0 no longer requires a gradient"),
+        (frozen("head.weight"), "no gradient reaches the copy's head.weight"),
+        (broken, "your code raised RuntimeError: some other failure"),
+    ]
+    for answer, message in cases:
+        assert failed(ch04.check_scaled_copy(answer), None, message), message
+
+
+# Exercise 4.5 ------------------------------------------------------------------------
+
+
+class Bi(nn.Module):
+    """A correct bidirectional name classifier; ``read`` selects the mistakes."""
+
+    read, bidirectional, head_in, padding_idx = "h_n", True, 2, 0
+
+    def __init__(self, vocab_size: int, n_classes: int, embed: int = 32, hidden: int = 32):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed, padding_idx=self.padding_idx)
+        self.rnn = nn.GRU(embed, hidden, batch_first=True, bidirectional=self.bidirectional)
+        self.head = nn.Linear(self.head_in * hidden, n_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        lengths = (ids != 0).sum(dim=1).cpu()
+        embedded = self.embedding(ids)
+        if self.read == "no packing":
+            _, h_n = self.rnn(embedded)
+            return self.head(torch.cat([h_n[-2], h_n[-1]], dim=1))
+        packed = pack_padded_sequence(
+            embedded, lengths, batch_first=True, enforce_sorted=self.read == "sorted"
+        )
+        output, h_n = self.rnn(packed)
+        both = {
+            "h_n": lambda: torch.cat([h_n[-2], h_n[-1]], dim=1),
+            "sorted": lambda: torch.cat([h_n[-2], h_n[-1]], dim=1),
+            "permute": lambda: h_n.permute(1, 0, 2).reshape(len(ids), -1),
+            "output": lambda: pad_packed_sequence(output, batch_first=True)[0][:, -1],
+            "reshape": lambda: h_n.reshape(len(ids), -1),
+            "order": lambda: torch.cat([h_n[-1], h_n[-2]], dim=1),
+            "forward twice": lambda: torch.cat([h_n[-2], h_n[-2]], dim=1),
+        }[self.read]()
+        return self.head(both)
+
+
+def bi(**settings):
+    return type("Variant", (Bi,), settings)
+
+
+def test_bi_classifier_passes_right_answers():
+    for read in ("h_n", "permute"):
+        verdict = ch04.check_bi_classifier(bi(read=read))
+        assert verdict.passed and "run on each name alone" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("read", "hint"),
+    [
+        ("no packing", ch04.NO_PACKING),
+        ("output", ch04.OUTPUT_LAST),
+        ("reshape", ch04.RESHAPE),
+        ("order", ch04.ORDER),
+        ("forward twice", None),
+    ],
+)
+def test_bi_classifier_mistakes(read, hint):
+    assert failed(ch04.check_bi_classifier(bi(read=read)), hint, "the logits")
+
+
+def test_bi_classifier_says_what_is_off():
+    assert failed(ch04.check_bi_classifier(bi(read="sorted")), ch04.SORTED, "must be sorted")
+    verdict = ch04.check_bi_classifier(bi(bidirectional=False, head_in=1))
+    assert failed(verdict, "pass bidirectional=True", "not bidirectional")
+    assert failed(ch04.check_bi_classifier(bi(head_in=1)), None, "the head reads 3 numbers")
+    assert failed(ch04.check_bi_classifier(bi(padding_idx=None)), None, "padding_idx is None, not 0")
+
+    class Wide(Bi):
+        def __init__(self, vocab_size, n_classes, embed=32, hidden=32):
+            super().__init__(vocab_size, n_classes, embed, 2 * hidden)
+
+    assert failed(ch04.check_bi_classifier(Wide), None, "expected a one-layer nn.GRU(5, 3)")
+
+    class Unused(Bi):
+        def __init__(self, vocab_size, n_classes, embed=32, hidden=32):
+            super().__init__(vocab_size, n_classes, embed, hidden)
+            self.scale = nn.Parameter(torch.ones(1))
+
+    assert failed(ch04.check_bi_classifier(Unused), None, "no gradient reaches scale")
+
+    class Broken(Bi):
+        def forward(self, ids):
+            raise RuntimeError("out of memory")
+
+    assert failed(ch04.check_bi_classifier(Broken), None, "your code raised RuntimeError: out of memory")
+
+    class HalfDone(Bi):
+        def forward(self, ids):
+            raise NotImplementedError  # the reader wrote __init__ only
+
+    assert ch04.check_bi_classifier(HalfDone).status == "not attempted"
