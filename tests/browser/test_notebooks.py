@@ -116,3 +116,65 @@ def test_notebook_reads_right_in_jupyterlab_after_run_all(browser, jupyterlab, s
         assert folded.count() == prose, f"{name}: the code of some prose cells is not folded away"
     finally:
         page.close()
+
+
+def _starter(chapter: str, index: int) -> str:
+    """The source of a chapter's ``index``-th exercise starter cell, as the chapter has it."""
+    import jupytext
+
+    (path,) = (ROOT / "chapters").glob(f"{chapter}_*.py")
+    cells = jupytext.read(path).cells
+    return [c.source for c in cells if "exercise-starter" in c.metadata.get("tags", [])][index]
+
+
+def _run_and_read(page, cell, text: str, expected: str) -> str:
+    """Replace ``cell``'s code with ``text`` as a reader would, run it, return its output."""
+    editor = cell.locator(".cm-content")
+    editor.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(text)  # no auto-indent or auto-closed brackets
+    editor.click()
+    page.keyboard.press("Shift+Enter")
+    output = cell.locator(".jp-OutputArea")
+    deadline = time.monotonic() + 120
+    while expected not in output.inner_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return output.inner_text()
+
+
+@pytest.mark.xdist_group("jupyterlab")
+def test_a_reader_fills_in_a_starter_in_jupyterlab_and_the_checker_answers(browser, jupyterlab, screenshots):
+    """Chapter 1, exercise 3: untouched, the usual mistake, then a right answer, typed in JupyterLab."""
+    starter = _starter("01", 2)
+    head, call = starter.split("    raise NotImplementedError  # your code here\n")
+    notebook = READER / "_reader_tries_exercise_1_3.ipynb"
+    setup, cell = (
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": source}
+        for source in ("import torch  # the chapter's setup cell, in short", starter)
+    )
+    notebook.write_text(json.dumps({
+        "cells": [setup, cell], "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    }))  # fmt: skip
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    try:
+        page.goto(f"{jupyterlab}/lab/tree/{notebook.name}", timeout=120_000)
+        cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell")
+        cells.first.wait_for(timeout=120_000)
+        cells.first.locator(".cm-content").click()
+        page.keyboard.press("Shift+Enter")
+        cell = cells.nth(1)
+        untouched = _run_and_read(page, cell, starter, "Exercise 1.3")
+        assert "… Exercise 1.3: not attempted yet: fill in `logsumexp_rows` above" in untouched
+        literal = head + "    return z.exp().sum(dim=1).log()\n" + call
+        wrong = _run_and_read(page, cell, literal, "Hint")
+        page.screenshot(path=str(screenshots / "jupyterlab-exercise-hint.png"))
+        assert "✗ Exercise 1.3" in wrong and "subtract each row's maximum before exp" in wrong
+        right = (
+            head
+            + "    m = z.amax(dim=1, keepdim=True)\n    return (z - m).exp().sum(dim=1).log() + m[:, 0]\n"
+        )
+        assert "✓ Exercise 1.3: matches torch.logsumexp" in _run_and_read(page, cell, right + call, "✓")
+    finally:
+        page.close()
+        notebook.unlink()
