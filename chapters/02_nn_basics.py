@@ -214,7 +214,10 @@ for start in (0.3, 3.0):
 # `torch.autograd.gradcheck` does this for every input element; it needs double
 # precision, because the differences are tiny. Below, softplus, `log(1 + eˣ)`, whose
 # derivative is `eˣ / (1 + eˣ) = σ(x)`, once with that backward and once with a
-# planted slip, `σ(-x)`.
+# planted slip, `σ(-x)`. The forward computes it as `log(e⁰ + eˣ)` with
+# `torch.logaddexp`, which never forms `eˣ` itself: the literal
+# `torch.log1p(torch.exp(x))` overflows to `inf` once `x` exceeds about 88 in
+# `float32` (section 2.4 returns to such overflows).
 #
 # (Softplus is built in as `F.softplus`; we write it only to have a formula to check.)
 
@@ -226,7 +229,8 @@ class Softplus(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        return torch.log1p(torch.exp(x))
+        # log(e^0 + e^x), stable for large x, unlike log1p(exp(x))
+        return torch.logaddexp(x, torch.zeros_like(x))
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
@@ -400,10 +404,10 @@ assert sum(p.numel() for p in sequential.parameters()) == n_params
 # multiplies the mean square by about `1/6`, and the activations fade with depth.
 # That is why *He* (Kaiming) initialisation exists: weights of variance `2/n_in`
 # (`nn.init.kaiming_normal_`) make each Linear + ReLU keep the mean square (Glorot's
-# `2/(n_in + n_out)`, `nn.init.xavier_uniform_`, does the same for tanh-like
-# activations). The next cell measures it through ten bias-free layers. The draw must also be
-# *random*, not just small:
-# if every hidden unit started with the same weights, all of them would compute the
+# `2/(n_in + n_out)`, `nn.init.xavier_uniform_`, keeps the variance roughly constant
+# for tanh-like activations, averaging the forward and the backward fan). The next
+# cell measures it through ten bias-free layers. The draw must also be *random*, not
+# just small: if every hidden unit started with the same weights, all of them would compute the
 # same output, receive the same gradient and take the same step, forever (provided
 # their outgoing weights are equal too). The cell sets every parameter of an MLP to
 # 0.1, trains it for 20 steps on random data, and compares how different its hidden
@@ -536,11 +540,23 @@ assert t.dtype == torch.float32
 
 # %% [markdown]
 # The `state_dict` is an ordered mapping from the names of parameters and persistent
-# buffers (a buffer registered with `persistent=False` is left out) to tensors: the
-# model's learned state, and what you save to disk (section 2.9).
+# buffers to tensors: the model's learned state, and what you save to disk (section
+# 2.9). A *buffer* is a tensor that a module keeps, moves with `.to(device)` and saves,
+# but that no optimizer trains; a module registers one with
+# `self.register_buffer(name, tensor)` (one registered with `persistent=False` is left
+# out of the `state_dict`). `nn.BatchNorm1d` (chapter 3) keeps its running mean and
+# variance of the features in buffers, updated by counting, not by gradients.
 
 # %%
 print({name: tuple(t.shape) for name, t in model.state_dict().items()})
+batchnorm = nn.BatchNorm1d(16)
+print(
+    "BatchNorm1d parameters:",
+    [name for name, _ in batchnorm.named_parameters()],
+)
+print(
+    "BatchNorm1d buffers:   ", [name for name, _ in batchnorm.named_buffers()]
+)
 
 # %% [markdown]
 # ## 2.3 A first training loop: recovering known weights
@@ -1126,6 +1142,34 @@ assert rises[sgd_label] == 0 and curves[sgd_label][-1] > 2 * noise_floor
 assert curves[momentum_label][-1] < 1.01 * noise_floor
 assert curves[adam_label][-1] < 1.01 * noise_floor
 
+
+def steps_to_floor(curve: list[float], floor: float) -> int | None:
+    """The first step whose loss is within 1 % of `floor` (None: never)."""
+    return next(
+        (i for i, loss in enumerate(curve) if loss < 1.01 * floor), None
+    )
+
+
+# Adam at its chosen rate on the original features: does the scaling slow it?
+adam_curve_plain, _ = minimise(
+    torch.optim.Adam,
+    chosen_lr["Adam"],
+    nn.MSELoss(),
+    train=(x_lin, y_lin),
+    val=(x_lin, y_lin),  # only the training curve is used
+    seed=seed,
+    device=device,
+)
+adam_steps = {
+    "badly scaled": steps_to_floor(curves[adam_label], noise_floor),
+    "original": steps_to_floor(adam_curve_plain, noise_floor),
+}
+for features_name, n_steps in adam_steps.items():
+    print(
+        f"Adam, lr {chosen_lr['Adam']:.3f}, {features_name} features: "
+        f"within 1 % of the floor after {n_steps} steps"
+    )
+
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # The words of the next paragraphs, chosen from the curves above.
 others_best = [
@@ -1194,6 +1238,25 @@ else:
         "error does not swing at all and simply decays, slowly"
     )
 record("flattest_text", flattest_text)
+scaled_steps, plain_steps = adam_steps["badly scaled"], adam_steps["original"]
+if scaled_steps is None or plain_steps is None:
+    adam_scaling_text = (
+        "within these 150 steps one of its runs did not come within 1 % of the"
+        " floor, so the figure cannot say whether the scaling slows it"
+    )
+else:
+    # seeds 0-2: 110, 123, 113 steps on the badly scaled features against 108,
+    # 93, 97 on the original ones
+    adam_scaling_text = (
+        "at this tuned rate the badly scaled features do not slow it"
+        if scaled_steps <= plain_steps
+        else "at this tuned rate the badly scaled features cost it"
+        f" {scaled_steps / plain_steps - 1:.0%} more steps"
+    ) + (
+        f": it came within 1 % of the floor after {scaled_steps} steps,"
+        f" against {plain_steps} on the original features"
+    )
+record("adam_scaling_text", adam_scaling_text)
 
 # %% [markdown]
 # What the figure shows:
@@ -1213,27 +1276,62 @@ prose(
   overshooting: when `lr·λ` lies between `(1 - √0.9)²` and `(1 + √0.9)²`, which at
   this rate holds for {{in_band_text}} directions, the error along each such
   direction decays with the same envelope, `√0.9 ≈ 0.95` per step, whatever the
-  curvature. The steep directions get there by swinging back and forth through the
-  minimum; {{flattest_text}}. {{momentum_rises_text}}.
+  curvature (the first aside below derives it). The steep directions get there by
+  swinging back and forth through the minimum; {{flattest_text}}.
+  {{momentum_rises_text}}.
 - **Adam** (lr {{adam_lr}}) also reaches the floor, and {{adam_rises_text}}.
   Adam divides each parameter's gradient by that gradient's running size, so its steps
-  are about `lr` long whatever the feature's scale: at this tuned rate the badly
-  scaled feature does not slow it. (Adam's `lr` is a step in parameter units, so it
-  must still suit the size of the weights being sought.) That rescaling is per
-  *coordinate*, and it helps here because the features were drawn independently: the
-  Hessian printed above is nearly diagonal (no off-diagonal entry above
-  {{hessian_off_diagonal}}, against diagonal entries up to
-  {{hessian_diagonal_max}}). Measure each parameter in units of its own
-  curvature, `D^-1/2 H D^-1/2` with `D` the diagonal of H, and the curvature is nearly
-  the same in every direction: its eigenvalues lie between {{rescaled_min}} and
-  {{rescaled_max}}, close to the identity's 1, against {{lambda_min}} to
-  {{lambda_max}} before. That is the idealised form of what Adam does (it divides
-  by the gradient's size, not by the curvature, but also per parameter). It does not
-  mean that each parameter is a direction of curvature of its own:
-  {{eigenvector_text}}. Per-coordinate rescaling does not need the directions,
-  only the near-diagonal. In a valley tilted against the axes, as strongly correlated
-  features make it, no per-coordinate rescaling can undo the difference between the
-  steep and the flat direction.
+  are about `lr` long whatever the feature's scale: {{adam_scaling_text}}. (Adam's
+  `lr` is a step in parameter units, so it must still suit the size of the weights
+  being sought.) That rescaling is per *coordinate*: it helps when the Hessian is
+  nearly diagonal, as here, and cannot undo a valley tilted against the axes (the
+  second aside below).
+"""
+)
+
+# %% [markdown] tags=["box-dropdown"]
+# <details>
+# <summary>Aside: where momentum's band and envelope come from</summary>
+#
+# Take one direction of curvature λ, the error `e_t` along it and the step `s_t` that
+# produced it. Momentum steps `s_{t+1} = β·s_t - lr·λ·e_t` and moves
+# `e_{t+1} = e_t + s_{t+1}`. Since `s_t = e_t - e_{t-1}`, eliminating the step gives
+#
+# $$ e_{t+1} = (1 + \beta - \text{lr} \cdot \lambda)\, e_t - \beta\, e_{t-1}, $$
+#
+# whose solutions are combinations of `rᵗ` for the two roots of
+# `r² - (1 + β - lr·λ) r + β = 0`. The roots' product is β. They are complex when the
+# discriminant is negative, `(1 + β - lr·λ)² < 4β`, that is for
+# `(1 - √β)² < lr·λ < (1 + √β)²`; then they are conjugates of equal size, so both have
+# `|r| = √β`, whatever λ: the envelope. Their angle θ, with
+# `cos θ = (1 + β - lr·λ) / (2√β)`, is how far the error turns per step, so one
+# swing takes `2π/θ` steps. Below the band both roots are real and positive, and the
+# error decays without swinging; above it they are negative, and the error flips sign
+# at every step (and grows once `lr·λ > 2(1 + β)`).
+#
+# </details>
+
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>Aside: why Adam's per-coordinate rescaling is enough here</summary>
+
+The features were drawn independently, so the Hessian printed above is nearly
+diagonal (no off-diagonal entry above {{hessian_off_diagonal}}, against diagonal
+entries up to {{hessian_diagonal_max}}). Measure each parameter in units of its
+own curvature, `D^-1/2 H D^-1/2` with `D` the diagonal of H, and the curvature is
+nearly the same in every direction: its eigenvalues lie between {{rescaled_min}}
+and {{rescaled_max}}, close to the identity's 1, against {{lambda_min}} to
+{{lambda_max}} before. That is the idealised form of what Adam does (it divides
+by the gradient's size, not by the curvature, but also per parameter). It does not
+mean that each parameter is a direction of curvature of its own:
+{{eigenvector_text}}. Per-coordinate rescaling does not need the directions, only
+the near-diagonal. In a valley tilted against the axes, as strongly correlated
+features make it, no per-coordinate rescaling can undo the difference between the
+steep and the flat direction.
+
+</details>
 """
 )
 
@@ -1717,6 +1815,8 @@ for ax, run in zip(axes, runs, strict=True):
     )
     ax.axvline(run["best_epoch"], color="gray", linestyle=":")
     ax.set_xlim(0, epochs + 3)  # keeps a dotted line at epoch 60 off the frame
+for ax in axes[:3]:
+    ax.set_xlabel("")  # the shared axis is labelled once, on the bottom row
 fig.suptitle("MLP on breast-cancer data (dotted: best validation epoch)")
 fig.tight_layout()
 plt.show()
@@ -1765,25 +1865,38 @@ def jumpiness(curve: list[float]) -> float:
 # (seeds 0-3: such jumps are 4.3x to 268x; the other runs' largest rise is 2.4x)
 unstable_runs = [run for run in runs if jumps(run["train"])]
 print("training loss jumped at lr:", [run["lr"] for run in unstable_runs])
-# overfitting: of the runs that never jumped, whose best epoch came at least
-# five epochs before the last and whose training loss then fell without a
-# jump, the one whose validation loss rose most after its best epoch
-stable = [run for run in runs if not any(run is u for u in unstable_runs)]
-early = [run for run in stable if run["best_epoch"] <= epochs - 5]
-filtered = [run for run in early if smooth_after_best(run)]
-candidates = (
-    filtered or [run for run in runs if run["best_epoch"] < epochs] or [chosen]
-)
-overfit = max(candidates, key=lambda run: run["val"][-1] / run["best_val"])
-# the rise in log loss, against the curve's own epoch-to-epoch wiggle
-overfit_rise = math.log(overfit["val"][-1] / overfit["best_val"])
-overfit_wiggle = jumpiness(overfit["val"])
-print(
-    f"lr {overfit['lr']:g}: validation loss rose from epoch "
-    f"{overfit['best_epoch']} to {epochs} by {overfit_rise:.3f} (log), "
-    f"{overfit_rise / overfit_wiggle:.1f} x its mean wiggle "
-    f"{overfit_wiggle:.3f}"
-)
+
+
+def overfitting_candidate(
+    runs: list[dict], unstable_runs: list[dict], epochs: int
+) -> dict | None:
+    """Of the runs that never jumped, whose best epoch came at least five
+    epochs before the last and whose training loss then fell without a jump,
+    the one whose validation loss rose most after its best epoch (None: no
+    run qualifies)."""
+    qualified = [
+        run
+        for run in runs
+        if not any(run is u for u in unstable_runs)
+        and run["best_epoch"] <= epochs - 5
+        and smooth_after_best(run)
+    ]
+    if not qualified:
+        return None
+    return max(qualified, key=lambda run: run["val"][-1] / run["best_val"])
+
+
+overfit = overfitting_candidate(runs, unstable_runs, epochs)
+if overfit is not None:
+    # the rise in log loss, against the curve's own epoch-to-epoch wiggle
+    overfit_rise = math.log(overfit["val"][-1] / overfit["best_val"])
+    overfit_wiggle = jumpiness(overfit["val"])
+    print(
+        f"lr {overfit['lr']:g}: validation loss rose from epoch "
+        f"{overfit['best_epoch']} to {epochs} by {overfit_rise:.3f} (log), "
+        f"{overfit_rise / overfit_wiggle:.1f} x its mean wiggle "
+        f"{overfit_wiggle:.3f}"
+    )
 jumpy_ratio = jumpiness(chosen["val"]) / jumpiness(chosen["train"])
 print(f"chosen run: validation wiggle / training wiggle {jumpy_ratio:.1f}")
 # Late in the slowest run the weights change little within an epoch; compare
@@ -1798,6 +1911,14 @@ print(
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # The words of the next paragraphs, chosen from the numbers above.
 others = [run for run in runs if run is not chosen]
+qualified = overfit is not None
+if not qualified:  # then discuss the run whose validation loss rose most
+    overfit = max(
+        [run for run in runs if run["best_epoch"] < epochs] or [chosen],
+        key=lambda run: run["val"][-1] / run["best_val"],
+    )
+    overfit_rise = math.log(overfit["val"][-1] / overfit["best_val"])
+    overfit_wiggle = jumpiness(overfit["val"])
 
 
 def versus_best(value: float, best: float) -> str:
@@ -1824,7 +1945,7 @@ record(
     "Of the runs that never jumped, whose best epoch came at least five"
     " epochs before the last and whose training loss fell without a jump"
     " after it, the validation loss rose most"
-    if filtered
+    if qualified
     else "No run here never jumped, peaked at least five epochs before the"
     " end and then fell smoothly; of the runs whose best epoch came before"
     " the last, the validation loss rose most",
@@ -1845,7 +1966,7 @@ record(
     if overfit_rise > 3 * overfit_wiggle
     else "too little to tell from the curve's own noise (the best epoch is"
     " the lowest of many noisy points, so noise alone makes the curve end"
-    " above it), so these runs show at most a hint of overfitting",
+    " above it), so no run here shows a validation loss that clearly rises",
 )
 
 
@@ -1895,14 +2016,32 @@ record(
 )
 
 
-def other_text(run: dict, epochs: int) -> str:
-    rate = f"at lr {run['lr']:g}"
-    if still_improving(run["best_epoch"], epochs):
-        return f"{rate} the validation loss was lowest at the last epoch"
-    return f"{rate} it was lowest at epoch {run['best_epoch']}"
+def join_words(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return " and ".join(
+        [", ".join(items[:-1]), items[-1]] if items[1:] else items
+    )
 
 
-record("others_text", "; ".join(other_text(run, epochs) for run in others))
+open_ended = [
+    run for run in others if still_improving(run["best_epoch"], epochs)
+]
+closed = [
+    run for run in others if not still_improving(run["best_epoch"], epochs)
+]
+others_parts = []
+if open_ended:
+    rates = join_words([f"{run['lr']:g}" for run in open_ended])
+    others_parts.append(
+        f"at lr {rates} the validation loss was lowest at the last epoch"
+    )
+if closed:
+    when = [f"{run['best_epoch']} (lr {run['lr']:g})" for run in closed]
+    others_parts.append(
+        ("the other rates'" if open_ended else "the other runs'")
+        + f" was lowest at epoch {join_words(when)}"
+    )
+record("others_text", "; ".join(others_parts))
 record(
     "still_improving_text",
     " (A rate whose validation loss is lowest at the last epoch may simply"
@@ -1957,13 +2096,17 @@ The runs differ in what limits them. The lowest validation loss of all,
 Two kinds of trouble can show in such panels, and they look different. The first is
 **overfitting**: the training loss keeps falling while the validation loss stops
 improving or rises, because the model fits the training tumours ever more closely
-without getting better on new ones. {{overfit_pool_text}} at lr
+without getting better on new ones. Its mild form is a gap between the two curves
+that widens while the validation loss stays flat: the extra fit to the training
+tumours buys nothing on new ones, but costs nothing yet either. The question here
+is the harmful form, a validation loss that rises. {{overfit_pool_text}} at lr
 {{overfit_lr}}: from its best validation epoch, {{overfit_epoch}}, to the
 last, its training loss {{overfit_trend}} from {{overfit_train_best}} to
 {{overfit_train_end}}, while its validation loss ends
 {{overfit_val_end}}. Is that rise more than noise? A validation curve wiggles
 from epoch to epoch; measure the wiggle as the mean size of the second difference
-of the log loss, which a steady trend leaves at zero. The rise in log loss is
+of the log loss, which a steady trend leaves at zero (a rough heuristic of ours,
+not a statistical test). The rise in log loss is
 {{overfit_wiggles}} times this curve's wiggle: {{overfit_verdict}}.
 
 The second is **instability**: a step too large for the loss surface throws the
@@ -2013,8 +2156,7 @@ print(missing_and_unexpected)
 # epochs of both and tracks the best validation epoch. They contain little you have not
 # seen. `train_one_epoch` keeps each batch's loss on the device, as section 2.3's loop
 # did, and reads them once per epoch; with `accumulation_steps=k` it accumulates as in
-# section 2.7, and a last group of fewer than `k` batches is averaged over its own
-# number (exercise 2 writes that loop yourself). A check against the hand-written
+# section 2.7 (exercise 2 writes that loop yourself). A check against the hand-written
 # version: `evaluate` on the validation set gives the loss the loop recorded for the
 # selected epoch.
 
@@ -2041,12 +2183,12 @@ assert (
 #
 # **Accuracy**, the share of correct decisions, hides which mistakes a model makes, and
 # a useless model can score well on it: always answering "benign" is right for the
-# benign majority. For a screening test the two mistakes are not equal. Call malignant
+# benign majority. For a diagnostic test the two mistakes are not equal. Call malignant
 # the *positive* class (the one the test looks for). Then
 #
 # - **recall** (sensitivity) = malignant tumours flagged / all malignant tumours: the
 #   share of cancers the test catches. Missing a cancer is the costly error, so recall
-#   is the number a screening test must keep high;
+#   is the number a diagnostic test must keep high;
 # - **precision** = malignant tumours flagged / all tumours flagged: how many of the
 #   alarms are real (each false alarm costs a further examination);
 # - **F1** = the harmonic mean of the two, a single summary when both matter.
@@ -2064,7 +2206,7 @@ with torch.no_grad():
 val_is_malignant = (y_val == 0).numpy()
 
 
-def screening_scores(
+def diagnostic_scores(
     p_malignant: torch.Tensor, is_malignant: np.ndarray, threshold: float
 ):
     """Recall, precision and number flagged when p >= threshold means
@@ -2080,15 +2222,18 @@ print(f"validation: {int(val_is_malignant.sum())} malignant of {len(y_val)}")
 print("threshold  flagged  recall  precision")
 thresholds = [0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999]
 val_table = {
-    t: screening_scores(val_p_malignant, val_is_malignant, t)
+    t: diagnostic_scores(val_p_malignant, val_is_malignant, t)
     for t in thresholds
 }
 for t, (recall, precision, flagged) in val_table.items():
     print(f"{t:9}  {flagged:7}  {recall:6.3f}  {precision:9.3f}")
 recalls = [val_table[t][0] for t in thresholds]
-# recall never rises with t
+# an executable fact, not a result: for fixed scores, a higher threshold flags
+# a subset, so recall can never rise with it
 assert all(a >= b for a, b in itertools.pairwise(recalls))
-# precision falls at a low threshold
+# precision falls at a low threshold: seeds 0-2 gave 0.944, 0.479, 0.607 at
+# 0.001 against 1.000, 1.000, 0.971 at 0.5 (seed 0's gap, the smallest, is two
+# benign tumours flagged)
 assert val_table[0.001][1] < val_table[0.5][1]
 record("val_recall_05", val_table[0.5][0], fmt="{:.3f}")
 record("val_precision_0001", val_table[0.001][1], fmt="{:.3f}")
@@ -2122,7 +2267,7 @@ the model flags {{val_flagged_0001}} of the {{n_val}} validation tumours
 and precision drops to {{val_precision_0001}}. On this validation set recall at
 0.5 is
 {{val_recall_05}} for these {{n_val_malignant}} malignant tumours,
-{{val_threshold_verdict}}. A real screening test would fix its threshold for a
+{{val_threshold_verdict}}. A real diagnostic test would fix its threshold for a
 target recall on a much larger validation set; with ours, any such choice would rest
 on one or two tumours. We keep 0.5.
 
@@ -2377,16 +2522,29 @@ record("lowest_train_loss", lowest_train, fmt="{:.0e}")
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # The words of the next paragraph, chosen from the numbers above.
-# overconfident when the mean confidence exceeds the accuracy by more than one
-# standard error of the accuracy (seeds 0-2: +3.8, -1.5, +0.2 points)
+# the gap between mean confidence and accuracy, in standard errors of the
+# accuracy; two or more make a verdict (seeds 0-2: +3.8, -1.5, +0.2 points,
+# that is +1.9, -1.7, +0.2 standard errors)
 test_se_value = math.sqrt(test_acc * (1 - test_acc) / len(test_true))
 excess = mean_confidence - test_acc
-if excess > test_se_value:
-    calibration_words = "overconfident: more confident than right, beyond one"
-elif excess < -test_se_value:
-    calibration_words = "underconfident: less confident than right, beyond one"
+k_se = abs(excess) / test_se_value if test_se_value > 0 else math.inf
+more_or_less = "more" if excess > 0 else "less"
+if k_se >= 2:
+    calibration_words = (
+        f"{more_or_less} confident than accurate by {k_se:.1f} standard"
+        " errors of the accuracy: "
+        + ("overconfident" if excess > 0 else "underconfident")
+    )
+elif k_se >= 1:
+    calibration_words = (
+        f"{more_or_less} confident than accurate here, by {k_se:.1f}"
+        " standard errors of the accuracy: suggestive, not conclusive"
+    )
 else:
-    calibration_words = "about as confident as it is right, within one"
+    calibration_words = (
+        "about as confident as it is accurate (the gap is"
+        f" {k_se:.1f} standard errors of the accuracy)"
+    )
 record("calibration_words", calibration_words)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -2394,8 +2552,8 @@ prose(
     r"""
 The test loss is {{loss_ratio}} times the validation loss. On the test tumours
 the model's mean confidence is {{mean_confidence}} against an accuracy of
-{{test_accuracy}}: on average it is {{calibration_words}} standard error
-of the accuracy ({{test_se}}). Its {{n_wrong}} test mistakes,
+{{test_accuracy}}, {{calibration_words}} (one standard error is
+{{test_se}}). Its {{n_wrong}} test mistakes,
 {{n_confident_wrong}} of them made with more than 99 % confidence, carry
 {{wrong_share}} of the test loss: a mean log-loss is set by its worst cases
 more than by the share of mistakes. Two things can make a selected network
@@ -2406,7 +2564,7 @@ so confidence grows with training whether or not it is deserved. And selection: 
 hundreds of candidates we kept the one whose confidence happened to be right on the
 {{n_val}} validation tumours, so its validation loss says more about those
 tumours than about new ones.
-Where the probabilities themselves matter, as when a screening test reports them to
+Where the probabilities themselves matter, as when a diagnostic test reports them to
 a doctor, they are calibrated afterwards; the simplest method, *temperature
 scaling* ([Guo et al., 2017](https://arxiv.org/abs/1706.04599)), divides every
 logit by one number `T`, fitted by minimising the log-loss on held-out data. That
@@ -2432,7 +2590,8 @@ print("T:              " + "".join(f"{t:>9g}" for t in shown))
 print("validation loss:" + "".join(f"{loss_at[t]:9.1e}" for t in shown))
 fitted_t = min(loss_at, key=loss_at.get)
 print(f"validation mistakes: {val_mistakes}; loss lowest at T = {fitted_t:.2g}")
-# on examples all classified correctly, the loss rises with T
+# an executable fact, not a result: on examples all classified correctly,
+# every term of the loss rises with T
 if val_mistakes == 0:
     assert all(a <= b for a, b in itertools.pairwise(loss_at.values()))
 
@@ -2463,7 +2622,7 @@ record("temperature_text", temperature_text)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{temperature_text}}. Either way our validation split cannot calibrate the model:
+{{temperature_text}}. In any case our validation split cannot calibrate the model:
 it is small, and it was used to choose the learning rate and the epoch.
 Calibration needs a further held-out split, which 569 tumours leave little room
 for.
@@ -2630,15 +2789,43 @@ assert largest_gap(net, weights_only_run) > 1e-4
 # %% [markdown]
 # ## Exercises
 #
+# Each exercise has a starter cell: fill it in and run it, and its last line checks your
+# attempt on fresh inputs against a reference and says what is off, with a hint for the
+# usual mistakes. The solution follows, collapsed.
+#
 # **Exercise 1.** Write SGD with momentum by hand. Section 2.5 described it in words:
 # each step is the plain gradient step plus β times the previous step. Turn that
 # sentence into an update rule with one extra tensor per parameter (what does it hold,
-# and what does it start at?), and implement it on raw tensors for the regression of
-# section 2.3 (`x_lin`, `y_lin`; 50 full-batch steps, lr 0.05, β = 0.9), starting from
-# the weights of a fresh `nn.Linear(3, 1)`. Train a copy of that layer with
-# `torch.optim.SGD(momentum=0.9)` beside it. Do both end with the same weights? The
-# documentation of `torch.optim.SGD` writes the rule in another form: show that the
-# two agree while the learning rate is constant.
+# and what does it start at?), and write it as the `MomentumSGD` class in the starter
+# below, whose `step()` updates every parameter from its `.grad`. Then use it on raw
+# tensors for the regression of section 2.3 (`x_lin`, `y_lin`; 50 full-batch steps,
+# lr 0.05, β = 0.9), starting from the weights of a fresh `nn.Linear(3, 1)`, and train
+# a copy of that layer with `torch.optim.SGD(momentum=0.9)` beside it. Do both end with
+# the same weights? The documentation of `torch.optim.SGD` writes the rule in another
+# form: show that the two agree while the learning rate is constant.
+
+
+# %% tags=["exercise-starter"]
+class MomentumSGD:
+    """SGD with momentum on `params`, written by hand."""
+
+    def __init__(self, params, lr: float, momentum: float) -> None:
+        self.params = list(params)
+        self.lr, self.momentum = lr, momentum
+        # fill in: one extra tensor per parameter, at its starting value
+
+    def step(self) -> None:
+        # fill in: update every parameter (and its extra tensor) from p.grad
+        raise NotImplementedError  # your code here
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+
+from helpers.exercises.ch02 import check_momentum_sgd
+
+check_momentum_sgd(MomentumSGD)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 1
@@ -2648,21 +2835,43 @@ assert largest_gap(net, weights_only_run) > 1e-4
 # Dividing the first rule by -lr gives the second, so they agree while lr is
 # constant (when a scheduler changes lr they differ: PyTorch's form applies the
 # new rate to the remembered gradients too).
+from helpers.exercises.ch02 import check_momentum_sgd
+
+
+class MomentumSGD:
+    """SGD with momentum: each step is -lr * grad plus momentum times the
+    previous step."""
+
+    def __init__(self, params, lr: float, momentum: float) -> None:
+        self.params = list(params)
+        self.lr, self.momentum = lr, momentum
+        # the extra tensor: the previous step, zero before the first
+        self.previous_steps = [torch.zeros_like(p) for p in self.params]
+
+    @torch.no_grad()  # the update itself is not recorded (section 2.3)
+    def step(self) -> None:
+        for param, step in zip(self.params, self.previous_steps, strict=True):
+            # step <- -lr * grad + momentum * step, in place
+            step.mul_(self.momentum).sub_(self.lr * param.grad)
+            param += step
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+
 torch.manual_seed(seed)
 reference = nn.Linear(3, 1).to(device)
 w = reference.weight.detach().clone().requires_grad_()  # (1, 3)
 b = reference.bias.detach().clone().requires_grad_()  # (1,)
-previous_steps = [torch.zeros_like(w), torch.zeros_like(b)]
+hand_optimizer = MomentumSGD([w, b], lr=0.05, momentum=0.9)
 mse = nn.MSELoss()
 momentum_sgd = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9)
 for _ in range(50):
-    mse((x_lin @ w.T + b).squeeze(1), y_lin).backward()
-    with torch.no_grad():
-        for param, step in zip((w, b), previous_steps, strict=True):
-            # step <- -lr * grad + beta * step, in place
-            step.mul_(0.9).sub_(0.05 * param.grad)
-            param += step
-            param.grad = None
+    loss = mse((x_lin @ w.T + b).squeeze(1), y_lin)
+    hand_optimizer.zero_grad()
+    loss.backward()
+    hand_optimizer.step()
     loss = mse(reference(x_lin).squeeze(1), y_lin)
     momentum_sgd.zero_grad()
     loss.backward()
@@ -2676,20 +2885,44 @@ print(
     f"with the same weights (largest difference {momentum_gap:.1e})."
 )
 assert momentum_gap < 1e-5
+assert check_momentum_sgd(MomentumSGD)
 
 # %% [markdown]
 # **Exercise 2.** Write gradient accumulation into the training loop yourself, with a
-# last group that is not full. Take the first 40 training examples in order (no
-# shuffling) in micro-batches of 8, and take an optimizer step after every 4
-# micro-batches, so that a step uses 32 examples; 40 is not a multiple of 32, so the
-# last group holds a single micro-batch. Divide each micro-batch's loss so that every
-# step equals a step on its group's examples as one batch, and check it against a
-# deep copy of the same fresh `MLP(30, 16, 1)` trained on batches of 32 and 8, one
-# step each, both with plain SGD (`lr=0.1`). What goes wrong if every loss is divided
-# by 4?
+# last group that is not full. Fill in `accumulated_epoch` in the starter below: one
+# epoch over a loader of micro-batches that takes an optimizer step after every `k` of
+# them, and after the last group even when it holds fewer than `k`, such that every
+# step equals a step on its group's examples taken as one batch. By what must each
+# micro-batch's loss be divided? Then try it on the first 40 training examples in order
+# (no shuffling), in micro-batches of 8 with `k = 4`, so that a step uses 32 examples
+# and the last group holds a single micro-batch, and check it against a deep copy of
+# the same fresh `MLP(30, 16, 1)` trained on batches of 32 and 8, one step each, both
+# with plain SGD (`lr=0.1`). Finally divide every loss by 4 instead: what changes?
+
+
+# %% tags=["exercise-starter"]
+def accumulated_epoch(
+    net: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    k: int,
+) -> None:
+    """One epoch over `loader`'s micro-batches, with a step of `optimizer`
+    after every `k` of them (and after the last group, however short)."""
+    # fill in: loss_fn(net(inputs).squeeze(1), targets) per micro-batch,
+    # divided so that each step equals one on its group's examples as a batch
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch02 import check_accumulated_epoch
+
+check_accumulated_epoch(accumulated_epoch)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 2
+from helpers.exercises.ch02 import check_accumulated_epoch
+
 first_40 = TensorDataset(x_train[:40], y_train[:40])
 
 
@@ -2697,15 +2930,14 @@ def accumulated_epoch(
     net: nn.Module,
     loader: DataLoader,
     loss_fn: nn.Module,
-    lr: float,
+    optimizer: torch.optim.Optimizer,
     k: int,
-    device: torch.device,
     divide_by: int | None = None,
 ) -> None:
-    """One epoch of plain SGD with a step after every k micro-batches. Each
+    """One epoch with a step of `optimizer` after every k micro-batches. Each
     loss is divided by the number of micro-batches in its group, or by
     `divide_by` when that is given."""
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    device = next(net.parameters()).device
     n_batches = len(loader)
     net.train()
     optimizer.zero_grad()
@@ -2721,17 +2953,27 @@ def accumulated_epoch(
             optimizer.zero_grad()
 
 
+def plain_sgd(net: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(net.parameters(), lr=0.1)
+
+
 torch.manual_seed(seed)
 start = MLP(30, 16, 1).to(device)
 big, accumulated, divided_by_4 = (copy.deepcopy(start) for _ in range(3))
 # batches of 32 and 8, a step after each (groups of one batch)
-accumulated_epoch(
-    big, DataLoader(first_40, batch_size=32), criterion, 0.1, 1, device
-)
+big_batches = DataLoader(first_40, batch_size=32)
+accumulated_epoch(big, big_batches, criterion, plain_sgd(big), 1)
 micro_batches = DataLoader(first_40, batch_size=8)  # unshuffled: same order
-accumulated_epoch(accumulated, micro_batches, criterion, 0.1, 4, device)
 accumulated_epoch(
-    divided_by_4, micro_batches, criterion, 0.1, 4, device, divide_by=4
+    accumulated, micro_batches, criterion, plain_sgd(accumulated), 4
+)
+accumulated_epoch(
+    divided_by_4,
+    micro_batches,
+    criterion,
+    plain_sgd(divided_by_4),
+    4,
+    divide_by=4,
 )
 accumulation_gap = largest_gap(big, accumulated)
 divided_by_4_gap = largest_gap(big, divided_by_4)
@@ -2745,6 +2987,7 @@ print(
 # seeds 0-2: the first gap 1.5e-8, 1.5e-8, 7.5e-9; the second 0.012, 0.025,
 # 0.031
 assert accumulation_gap < 1e-5 and divided_by_4_gap > 1e-3
+assert check_accumulated_epoch(accumulated_epoch)
 
 # %% [markdown]
 # **Exercise 3.** Is the hidden layer needed? Train logistic regression, a single
@@ -2756,12 +2999,42 @@ assert accumulation_gap < 1e-5 and divided_by_4_gap > 1e-3
 # loader; keep the best, and flag a run whose best epoch is its last (section 2.7's
 # `still_improving`) and a choice at the edge of the grid. Compare the chosen model's
 # validation loss and accuracy with the MLP's. Is the difference more than noise? To
-# judge the loss, resample the validation tumours with replacement (a *bootstrap*) and
-# see how often the MLP still comes out ahead; then say what the bootstrap cannot
-# account for.
+# judge the loss, resample the validation tumours with replacement (a *bootstrap*):
+# fill in `bootstrap_share` in the starter below, which takes the per-tumour
+# differences of the two models' losses and gives the share of resamples whose mean
+# difference is above 0, that is, in which the MLP still comes out ahead. Then say what
+# the bootstrap cannot account for.
+
+
+# %% tags=["exercise-starter"]
+def bootstrap_share(
+    difference: torch.Tensor, n_resamples: int, generator: torch.Generator
+) -> float:
+    """The share of `n_resamples` bootstrap resamples of `difference`,
+    drawn with `generator`, whose mean is above 0."""
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch02 import check_bootstrap_share
+
+check_bootstrap_share(bootstrap_share)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 3
+from helpers.exercises.ch02 import check_bootstrap_share
+
+
+def bootstrap_share(
+    difference: torch.Tensor, n_resamples: int, generator: torch.Generator
+) -> float:
+    """The share of `n_resamples` bootstrap resamples of `difference`,
+    drawn with `generator`, whose mean is above 0."""
+    n = len(difference)
+    # each row: n indices drawn with replacement, one resample of the tumours
+    rows = torch.randint(n, (n_resamples, n), generator=generator)
+    return (difference[rows].mean(dim=1) > 0).float().mean().item()
+
+
 mlp_val = evaluate(model, val_loader, criterion, device)
 logistic_rates = (1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
 best_logistic = None
@@ -2807,10 +3080,7 @@ with torch.no_grad():
         per_tumour(logistic(x_val_d).squeeze(1), y_val_d)
         - per_tumour(model(x_val_d).squeeze(1), y_val_d)
     ).cpu()  # (91,): positive where the MLP's loss is lower
-resample = torch.randint(
-    len(difference), (2000, len(difference)), generator=make_generator(seed)
-)
-mlp_ahead = (difference[resample].mean(dim=1) > 0).float().mean().item()
+mlp_ahead = bootstrap_share(difference, 2000, make_generator(seed))
 n_params_logistic = sum(p.numel() for p in logistic.parameters())
 tumours_apart = round((mlp_val.accuracy - logistic_val.accuracy) * len(y_val))
 for name, size, rate, scores in (
@@ -2822,6 +3092,13 @@ for name, size, rate, scores in (
         f"{scores.loss:.4f}, accuracy {scores.accuracy:.3f}"
     )
 print(f"MLP lower in {mlp_ahead:.0%} of 2,000 bootstrap resamples")
+# seeds 0-2: the two differ by 0, 0, 1 validation tumours
+assert abs(tumours_apart) <= 3
+assert check_bootstrap_share(bootstrap_share)
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+# The words of the answer to exercise 3, chosen from the numbers of its
+# solution.
 record("ex3_logistic_lr", logistic_lr, fmt="{:g}")
 record("ex3_logistic_loss", logistic_val.loss, fmt="{:.4f}")
 record("ex3_mlp_loss", mlp_val.loss, fmt="{:.4f}")
@@ -2881,8 +3158,6 @@ elif perfect:
 else:
     confidence_text = ""
 record("ex3_confidence_text", confidence_text)
-# seeds 0-2: the two differ by 0, 0, 1 validation tumours
-assert abs(tumours_apart) <= 3
 
 # %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -2911,9 +3186,9 @@ has seen.
 )
 
 # %% [markdown]
-# **Exercise 4.** Reuse part of a trained network. Write `make_mlp(sizes)`, which
-# builds `Linear` layers of the given sizes with a `ReLU` between consecutive ones as
-# an `nn.Sequential` (hint: `nn.Sequential(*layers)`), and build
+# **Exercise 4.** Reuse part of a trained network. Write `make_mlp(sizes)` in the
+# starter below, which builds `Linear` layers of the given sizes with a `ReLU` between
+# consecutive ones as an `nn.Sequential` (hint: `nn.Sequential(*layers)`), and build
 # `make_mlp([30, 16, 2])`: room for the trained MLP's hidden layer under a new head
 # with two outputs, as `CrossEntropyLoss` would train. Load the trained `model`'s
 # `state_dict` into it with `load_state_dict(..., strict=False)`, which tolerates
@@ -2923,8 +3198,22 @@ has seen.
 # set. What does `strict=False` not tolerate?
 
 
+# %% tags=["exercise-starter"]
+def make_mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers of the given sizes, a ReLU between consecutive ones."""
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch02 import check_make_mlp
+
+check_make_mlp(make_mlp)
+
+
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 4
+from helpers.exercises.ch02 import check_make_mlp
+
+
 def make_mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for n_in, n_out in itertools.pairwise(sizes):
@@ -2977,6 +3266,7 @@ print(
 assert nothing_loaded and half_loaded and same
 assert report.missing_keys == ["2.weight", "2.bias"]
 assert not report.unexpected_keys
+assert check_make_mlp(make_mlp)
 
 # %% [markdown]
 # **Exercise 5.** The batch size, 32, was not tuned, and the learning rate was tuned
@@ -2988,11 +3278,36 @@ assert not report.unexpected_keys
 # of [Goyal et al. (2017)](https://arxiv.org/abs/1706.02677).
 # Compare the best validation loss of each batch size, the epoch it came at, and the
 # number of optimizer updates up to that epoch, flagging a run that was still
-# improving at its last epoch. Does a smaller batch reach its best in fewer epochs? In
-# fewer updates?
+# improving at its last epoch; fill in `updates_to_best` in the starter below first,
+# which counts those updates for a training set of `n_examples` in shuffled batches of
+# `batch_size` (the loader of section 2.6). Does a smaller batch reach its best in
+# fewer epochs? In fewer updates? Compare the two lowest losses with your bootstrap
+# from exercise 3.
+
+
+# %% tags=["exercise-starter"]
+def updates_to_best(best_epoch: int, n_examples: int, batch_size: int) -> int:
+    """The optimizer updates a run has taken by the end of epoch
+    `best_epoch` (counted from 1), one per batch of the training loader."""
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch02 import check_updates_to_best
+
+check_updates_to_best(updates_to_best)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 5
+from helpers.exercises.ch02 import check_updates_to_best
+
+
+def updates_to_best(best_epoch: int, n_examples: int, batch_size: int) -> int:
+    """The optimizer updates a run has taken by the end of epoch
+    `best_epoch` (counted from 1), one per batch of the training loader."""
+    # the last batch of an epoch holds what is left, and is an update too
+    return best_epoch * math.ceil(n_examples / batch_size)
+
+
 # batch size 32 at the chosen rate is the run chosen in section 2.7
 sweep = {32: chosen}
 for size in (8, 128):
@@ -3019,7 +3334,7 @@ best_epochs, updates, still_open = {}, {}, {}
 for size in sizes:
     run = sweep[size]
     best_epochs[size] = run["best_epoch"]
-    updates[size] = run["best_epoch"] * math.ceil(len(train_set) / size)
+    updates[size] = updates_to_best(run["best_epoch"], len(train_set), size)
     still_open[size] = still_improving(run["best_epoch"], epochs)
     print(
         f"batch {size:3}, lr {run['lr']:<6.4g} best validation loss "
@@ -3029,6 +3344,35 @@ for size in sizes:
     )
 
 
+# the two lowest losses, compared tumour by tumour with a paired bootstrap as
+# in exercise 3 (the same 2,000 resamples: the same seed)
+ranked = sorted(sizes, key=lambda size: sweep[size]["best_val"])
+lowest, runner_up = ranked[:2]
+tumour_loss = nn.BCEWithLogitsLoss(reduction="none")
+x_val_dev, y_val_dev = x_val.to(device), y_val.to(device)
+val_losses = {}
+for size in (lowest, runner_up):
+    net = MLP(30, 16, 1).to(device)
+    net.load_state_dict(sweep[size]["best_state"])
+    net.eval()
+    with torch.no_grad():
+        logits = net(x_val_dev).squeeze(1)
+        val_losses[size] = tumour_loss(logits, y_val_dev).cpu()
+gap = val_losses[runner_up] - val_losses[lowest]  # (91,)
+lowest_ahead = bootstrap_share(gap, 2000, make_generator(seed))
+print(
+    f"batches of {lowest}: lower validation loss than batches of "
+    f"{runner_up} in {lowest_ahead:.0%} of 2,000 bootstrap resamples"
+)
+# seeds 0-5: updates to the best, batches of 8 / of 128 = 14.5, 17.6, 46, 25.2,
+# 21.4, 18.9
+assert updates[8] > updates[128], updates
+assert check_updates_to_best(updates_to_best)
+
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+# The words of the answer to exercise 5, chosen from the numbers of its
+# solution.
 def order(small: int, large: int, small_open: bool, large_open: bool) -> str:
     """'<', '=' or '>' between two counts, or '?' when a count that is only a
     lower bound (its run still improving) leaves the order open."""
@@ -3061,25 +3405,6 @@ def order_answer(counts: dict[int, int], still_open: dict[int, bool]) -> str:
     return "Not consistently (no single order)"
 
 
-# the two lowest losses, compared tumour by tumour with a paired bootstrap as
-# in exercise 3 (the same 2,000 resamples: the same seed)
-ranked = sorted(sizes, key=lambda size: sweep[size]["best_val"])
-lowest, runner_up = ranked[:2]
-tumour_loss = nn.BCEWithLogitsLoss(reduction="none")
-x_val_dev, y_val_dev = x_val.to(device), y_val.to(device)
-val_losses = {}
-for size in (lowest, runner_up):
-    net = MLP(30, 16, 1).to(device)
-    net.load_state_dict(sweep[size]["best_state"])
-    net.eval()
-    with torch.no_grad():
-        logits = net(x_val_dev).squeeze(1)
-        val_losses[size] = tumour_loss(logits, y_val_dev).cpu()
-gap = val_losses[runner_up] - val_losses[lowest]  # (91,)
-resamples = torch.randint(
-    len(gap), (2000, len(gap)), generator=make_generator(seed)
-)
-lowest_ahead = (gap[resamples].mean(dim=1) > 0).float().mean().item()
 for what, counts in (("epochs", best_epochs), ("updates", updates)):
     record(f"ex5_{what}_answer", order_answer(counts, still_open))
 record("ex5_lowest", lowest)
@@ -3094,9 +3419,6 @@ record(
     if lowest == 32
     else f"batches of {lowest} came out ahead nonetheless",
 )
-# seeds 0-5: updates to the best, batches of 8 / of 128 = 14.5, 17.6, 46, 25.2,
-# 21.4, 18.9
-assert updates[8] > updates[128], updates
 
 # %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -3146,8 +3468,8 @@ prose(
 - Learning rate, epoch and threshold are chosen on a validation split, which makes
   the chosen model's validation score optimistic; the test set is used once. The
   selected MLP scored {{test_accuracy}} test accuracy and caught
-  {{test_recall}} of the malignant tumours; for a screening test recall, not
-  accuracy, is the number to watch.
+  {{test_recall}} of the malignant tumours; for a diagnostic test, whose
+  misses are costly, recall, not accuracy, is the number to watch.
 - A resumable checkpoint holds the model's and the optimizer's `state_dict`, the
   epoch and the state of the generator that shuffles the batches; load it with
   `weights_only=True`, which is safer but no substitute for trusting the file and

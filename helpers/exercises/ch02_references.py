@@ -1,0 +1,174 @@
+"""Problems and references for chapter 2's exercise checkers (``helpers.exercises.ch02``).
+
+Small, freshly seeded CPU problems; the reference each checker compares with (torch's
+own SGD, big-batch steps, a large bootstrap, ``torch.nn.functional``), and what the
+usual mistakes produce on the same problems. Written independently of the chapter's
+solutions. Introduced with chapter 2's exercises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SEED = 2024
+
+
+def seeded_generator(offset: int = 0) -> torch.Generator:
+    """A CPU generator seeded for one problem (``offset`` tells the problems apart)."""
+    return torch.Generator().manual_seed(SEED + offset)
+
+
+def flat_parameters(net: nn.Module) -> torch.Tensor:
+    """All of ``net``'s parameters, detached and concatenated into one vector."""
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+def random_init(net: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Draw every parameter from N(0, 0.5²) with ``generator`` (the global RNG stays untouched)."""
+    with torch.no_grad():
+        for param in net.parameters():
+            param.copy_(0.5 * torch.randn(param.shape, generator=generator))
+    return net
+
+
+# Exercise 2.1: momentum ---------------------------------------------------------------
+
+LR, BETA, STEPS = 0.03, 0.8, 6
+
+
+def momentum_problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A fresh ``nn.Linear(4, 2)`` with 16 inputs and regression targets, the same every call."""
+    gen = seeded_generator(1)
+    net = random_init(nn.Linear(4, 2), gen)
+    return net, torch.randn(16, 4, generator=gen), torch.randn(16, 2, generator=gen)
+
+
+def run_steps(net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: Callable[[], None]) -> None:
+    """``STEPS`` full-batch steps of mean squared error, gradients reset before each."""
+    for _ in range(STEPS):
+        for param in net.parameters():
+            param.grad = None
+        F.mse_loss(net(x), y).backward()
+        step()
+
+
+def by_rule(rule: str) -> torch.Tensor:
+    """The weights after ``STEPS`` steps of a momentum rule: 'dampened' or 'lagging'."""
+    net, x, y = momentum_problem()
+    buffers = [torch.zeros_like(p) for p in net.parameters()]
+
+    def step() -> None:
+        with torch.no_grad():
+            for param, buf in zip(net.parameters(), buffers, strict=True):
+                if rule == "dampened":  # an average of gradients, as Adam's m
+                    buf.mul_(BETA).add_((1 - BETA) * param.grad)
+                    param -= LR * buf
+                else:  # the parameter moves by the buffer before it is updated
+                    param -= LR * buf
+                    buf.mul_(BETA).add_(param.grad)
+
+    run_steps(net, x, y, step)
+    return flat_parameters(net)
+
+
+def by_torch(momentum: float) -> torch.Tensor:
+    """The weights after ``STEPS`` steps of ``torch.optim.SGD`` with this momentum."""
+    net, x, y = momentum_problem()
+    optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=momentum)
+    run_steps(net, x, y, optimizer.step)
+    return flat_parameters(net)
+
+
+# Exercise 2.2: gradient accumulation --------------------------------------------------
+
+
+class CountingSGD(torch.optim.SGD):
+    """Plain SGD that counts its steps."""
+
+    def __init__(self, params: Any, lr: float) -> None:
+        super().__init__(params, lr=lr)
+        self.steps = 0
+
+    def step(self, closure: Any = None) -> Any:
+        self.steps += 1
+        return super().step(closure)
+
+
+MICRO_BATCH, GROUP_OF, N_EXAMPLES = 4, 3, 32  # 8 micro-batches of 4: groups of 3, 3 and 2
+GROUPS = [
+    min(GROUP_OF, N_EXAMPLES // MICRO_BATCH - start)
+    for start in range(0, N_EXAMPLES // MICRO_BATCH, GROUP_OF)
+]
+
+
+def accumulation_problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A fresh two-layer net with ``N_EXAMPLES`` inputs and 0/1 targets, the same every call."""
+    gen = seeded_generator(2)
+    net = random_init(nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 1)), gen)
+    return (
+        net,
+        torch.randn(N_EXAMPLES, 5, generator=gen),
+        torch.randint(0, 2, (N_EXAMPLES,), generator=gen).float(),
+    )
+
+
+def big_batches() -> torch.Tensor:
+    """The reference: one SGD step per group, on the group's examples as one batch."""
+    net, x, y = accumulation_problem()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    start = 0
+    for n_micro in GROUPS:
+        rows = slice(start, start + n_micro * MICRO_BATCH)
+        optimizer.zero_grad()
+        F.binary_cross_entropy_with_logits(net(x[rows]).squeeze(1), y[rows]).backward()
+        optimizer.step()
+        start = rows.stop
+    return flat_parameters(net)
+
+
+def accumulated_with(divisor: str = "group", *, zero: str = "step") -> torch.Tensor:
+    """A mistaken accumulation: ``divisor`` 'k' or 'none'; ``zero`` 'never' or 'each' micro-batch."""
+    net, x, y = accumulation_problem()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    micro_x, micro_y = x.split(MICRO_BATCH), y.split(MICRO_BATCH)
+    for i, (inputs, targets) in enumerate(zip(micro_x, micro_y, strict=True)):
+        group = min(GROUP_OF, len(micro_x) - (i - i % GROUP_OF))
+        if zero == "each":
+            optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(net(inputs).squeeze(1), targets)
+        (loss / {"group": group, "k": GROUP_OF, "none": 1}[divisor]).backward()
+        if (i + 1) % GROUP_OF == 0 or i == len(micro_x) - 1:  # the group's last micro-batch
+            optimizer.step()
+            if zero == "step":
+                optimizer.zero_grad()
+    return flat_parameters(net)
+
+
+# Exercise 2.3: the bootstrap; 2.4: the MLP's forward pass -----------------------------
+
+
+def skewed_sample() -> torch.Tensor:
+    """28 small losses and 12 larger gains: a positive mean that resampling often loses."""
+    gen = seeded_generator(3)
+    values = torch.cat([torch.full((28,), -0.1), torch.full((12,), 0.35)])
+    return values + 0.01 * torch.randn(40, generator=gen)
+
+
+def reference_share(sample: torch.Tensor, n_resamples: int = 20_000) -> float:
+    """The share of ``n_resamples`` bootstrap resamples of ``sample`` whose mean is above 0."""
+    rows = torch.randint(len(sample), (n_resamples, len(sample)), generator=seeded_generator(4))
+    return (sample[rows].mean(dim=1) > 0).double().mean().item()
+
+
+def mlp_forward(linears: Sequence[nn.Linear], x: torch.Tensor) -> torch.Tensor:
+    """Linear layers with a ReLU between consecutive ones, through torch.nn.functional."""
+    for i, linear in enumerate(linears):
+        x = F.linear(x, linear.weight, linear.bias)
+        if i < len(linears) - 1:
+            x = F.relu(x)
+    return x
