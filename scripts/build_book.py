@@ -298,7 +298,8 @@ def cpu_matrix_section(report: Path) -> list[str]:
         "rounds sums differently, so training takes another path on another machine. The "
         "test suite's CPU matrix (`scripts/cpu_matrix.py`) executes every chapter again "
         "with `ATEN_CPU_CAPABILITY` (and MKL's and oneDNN's matching limits) set to each "
-        "level this machine can run."
+        "vectorised level this machine can run; the plain C++ level runs in CI's Colab lane "
+        "(`scripts/test_colab.sh`), on Colab's stack, after this page is built."
     )
     lines += [intro, ""]
     if not report.exists():

@@ -38,6 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 REPORT = ROOT / "_stage" / "cpu_matrix.json"
 GLUE_MIME = "application/papermill.record/text/plain"  # what helpers.results.record writes
+#: The interpreter that executes the chapters (``--python``; scripts/test_colab.sh runs
+#: the plain level on Colab's stack with it).
+PYTHON = sys.executable
 
 #: Per level: the names torch reports for it, and the settings of the libraries below it.
 LEVELS = {
@@ -75,7 +78,7 @@ def level_env(level: str, seed: int, threads: int) -> dict[str, str]:
 def reported_capability(env: dict[str, str] | None) -> str:
     """What torch says it dispatches to in a fresh process with ``env``."""
     code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run([PYTHON, "-c", code], env=env, capture_output=True, text=True, check=True)
     return result.stdout.strip()
 
 
@@ -152,7 +155,7 @@ def run_level(level: str, seed: int, notebooks: list[Path], jobs: int, log: Path
             shutil.copy2(notebook, copies / notebook.name)
         junit = Path(scratch) / "junit.xml"
         command = [
-            sys.executable, "-m", "pytest", "--nbmake", "--nbmake-timeout=900", "--overwrite", "-q",
+            PYTHON, "-m", "pytest", "--nbmake", "--nbmake-timeout=900", "--overwrite", "-q",
             "-p", "no:cacheprovider", "-o", "junit_family=xunit1", f"--junitxml={junit}",
             *(["-n", str(jobs)] if jobs > 1 else []),
             *[str(copies / p.name) for p in notebooks],
@@ -189,7 +192,10 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="chapters executed side by side")
     parser.add_argument("--skip-native", action="store_true", help="leave out torch's own choice")
     parser.add_argument("--report", type=Path, default=REPORT)
+    parser.add_argument("--python", default=sys.executable, help="the Python that executes the chapters")
     args = parser.parse_args()
+    global PYTHON
+    PYTHON = args.python
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     ci = os.environ.get("CI", "").lower() == "true"
