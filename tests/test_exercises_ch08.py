@@ -1,0 +1,308 @@
+"""Chapter 8's exercise checkers: right answers pass, the usual mistakes get their hints."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from exercise_cells import run_starter, starter_cells
+from torch.optim import lr_scheduler
+from torch.utils.data import DataLoader
+
+from helpers.exercises.ch08 import (
+    check_flops_per_sample,
+    check_inference_tensors,
+    check_remaining_batches,
+    check_warmup_then_constant,
+)
+
+STARTERS = starter_cells("08")
+NAMES = {"torch": torch, "DataLoader": DataLoader}
+RIGHT = {"features + w": False, "features * w": True, "relu(features + w)": False, "features @ W": True}
+
+
+def test_the_chapter_has_one_starter_per_exercise_and_each_is_not_attempted_untouched():
+    expected = [
+        ("8.1", "flops_per_sample"),
+        ("8.2", "remaining_batches"),
+        ("8.3", "warmup_then_constant"),
+        ("8.4", "fails` and `make_usable"),
+    ]
+    assert len(STARTERS) == len(expected)
+    for source, (exercise, name) in zip(STARTERS, expected, strict=True):
+        out = run_starter(source, **NAMES)
+        assert out == f"… Exercise {exercise}: not attempted yet: fill in `{name}` above\n"
+
+
+def starter_with(index: int, old: str, new: str) -> str:
+    """Run starter ``index`` with ``old`` replaced by the reader's ``new`` code."""
+    source = STARTERS[index]
+    assert old in source
+    return run_starter(source.replace(old, new), **NAMES, itertools=itertools, lr_scheduler=lr_scheduler)
+
+
+def failed_with(verdict, hint: str | None, *message: str) -> None:
+    assert verdict.status == "failed", verdict
+    assert verdict.hint == hint or (hint is not None and verdict.hint and hint in verdict.hint), verdict
+    for part in message:
+        assert part in verdict.message, verdict
+
+
+@pytest.mark.parametrize(
+    ("check", "args", "name"),
+    [
+        (check_flops_per_sample, (12,), "flops_per_sample"),
+        (check_remaining_batches, ([],), "remaining_batches"),
+        (check_warmup_then_constant, ("LinearLR",), "warmup_then_constant"),
+        (check_inference_tensors, ({**RIGHT}, None), "make_usable"),
+    ],
+)
+def test_a_value_where_a_function_belongs_is_named(check, args, name):
+    verdict = check(*args)
+    assert verdict.status == "failed" and verdict.message.startswith(f"{name} should be a function, got")
+
+
+# --- 8.1: operations per sample -------------------------------------------------------
+
+
+def test_flops_reference_passes_and_states_the_count(capsys):
+    verdict = check_flops_per_sample(lambda h: 2 * (64 * h + h * h + 10 * h))
+    assert verdict and "FlopCounterMode at widths 1, 7, 300, 2048 (8,691,712" in verdict.message
+    assert check_flops_per_sample(lambda h: torch.tensor(2.0 * (64 * h + h * h + 10 * h)))
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda h: 64 * h + h * h + 10 * h, "that is half"),
+        (lambda h: 64 * h + h + h * h + h + 10 * h + 10, "counts the parameters"),
+        (lambda h: 2 * (64 * h + h * h), "output layer (hidden -> 10) is missing"),
+        (lambda h: 2 * (64 * h + h + 10 * h), "hidden x hidden multiply-adds"),
+        (lambda h: 2 * (64 * h + h * h + 10 * h) + 2 * h + 10, "bias additions"),
+        (lambda h: 512 * 2 * (64 * h + h * h + 10 * h), "a batch of 512"),
+    ],
+)
+def test_flops_mistakes_get_their_hints(wrong, hint):
+    failed_with(check_flops_per_sample(wrong), hint, "entries differ from the reference")
+
+
+def test_flops_other_wrong_answers_fail_without_a_hint():
+    failed_with(check_flops_per_sample(lambda h: 2 * (64 * h + h * h + 10 * h) + 1), None)
+    failed_with(
+        check_flops_per_sample(lambda h: True), None, "flops_per_sample(1) should be a number, got bool"
+    )
+    failed_with(check_flops_per_sample(lambda h: "many"), None, "got str")
+
+
+def test_a_reader_filling_the_flops_starter_with_multiply_adds_gets_the_hint():
+    out = starter_with(
+        0, "raise NotImplementedError  # your code here", "return 64 * hidden + hidden**2 + 10 * hidden"
+    )
+    assert out.startswith("✗ Exercise 8.1: flops_per_sample at widths (1, 7, 300, 2048): 4 of 4")
+    assert out.endswith(
+        "Hint: that is half: count a multiply-add as two operations, as FlopCounterMode does\n"
+    )
+
+
+# --- 8.2: the batches of a resumed epoch ----------------------------------------------
+
+
+def remaining(loader, shuffle_rng, saved_state, steps_done):
+    shuffle_rng.set_state(saved_state)
+    return itertools.islice(iter(loader), steps_done, None)
+
+
+def test_remaining_batches_reference_passes():
+    verdict = check_remaining_batches(remaining)
+    assert verdict and "last 5 of 8 batches" in verdict.message
+    assert check_remaining_batches(lambda *a: list(remaining(*a)))  # a list does as well
+
+
+def not_restored(loader, shuffle_rng, saved_state, steps_done):
+    return itertools.islice(iter(loader), steps_done, None)
+
+
+def restored_late(loader, shuffle_rng, saved_state, steps_done):
+    batches = iter(loader)
+    shuffle_rng.set_state(saved_state)
+    return itertools.islice(batches, steps_done, None)
+
+
+def restored_and_reset(loader, shuffle_rng, saved_state, steps_done):
+    now = shuffle_rng.get_state()
+    batches = list(remaining(loader, shuffle_rng, saved_state, steps_done))
+    shuffle_rng.set_state(now)  # as if a copy of the generator had been restored
+    return batches
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint", "what"),
+    [
+        (not_restored, "restore saved_state into shuffle_rng first", "remaining batches (batch sampler)"),
+        (lambda *a: list(remaining(*a[:3], a[3] + 1)), "skips one batch too many", "has shape (4, 4)"),
+        (lambda *a: list(remaining(*a[:3], a[3] - 1)), "repeats the last batch done", "has shape (6, 4)"),
+        (lambda *a: list(remaining(*a[:3], 0)), "those are all the epoch's batches", "has shape (8, 4)"),
+        (restored_late, "restore the state before calling it", "entries differ"),
+        (restored_and_reset, "restore into shuffle_rng itself", "the epoch after the resumed one"),
+    ],
+)
+def test_remaining_batches_mistakes_get_their_hints(wrong, hint, what):
+    failed_with(check_remaining_batches(wrong), hint, what)
+
+
+def test_remaining_batches_other_wrong_answers_fail_without_a_hint():
+    def reversed_order(*args):
+        return list(remaining(*args))[::-1]
+
+    failed_with(check_remaining_batches(reversed_order), None, "entries differ from the reference")
+    failed_with(check_remaining_batches(lambda *a: []), None, "has shape (0, 4), expected (5, 4)")
+    failed_with(check_remaining_batches(lambda *a: 5), None, "should be an iterable of batches, got int")
+    failed_with(
+        check_remaining_batches(lambda *a: [x for x, _ in remaining(*a)]),
+        None,
+        "should yield the loader's batches, pairs (x, y)",
+    )
+
+
+def test_a_reader_who_restores_after_iter_gets_the_hint():
+    out = starter_with(
+        1,
+        "raise NotImplementedError  # your code here",
+        "batches = iter(loader)\n"
+        "    shuffle_rng.set_state(saved_state)\n"
+        "    return itertools.islice(batches, steps_done, None)",
+    )
+    assert out.startswith("✗ Exercise 8.2: the sample numbers of the remaining batches (batch sampler)")
+    assert out.endswith("Hint: iter(loader) draws from the generator: restore the state before calling it\n")
+
+
+# --- 8.3: warm-up, then a constant rate -----------------------------------------------
+
+
+def warmup(factor):
+    def build(name, optimizer, peak_lr, total_steps):
+        return lr_scheduler.LambdaLR(optimizer, lambda step: factor(step, total_steps // 10, peak_lr))
+
+    return build
+
+
+def right(step, warm, peak):
+    return 0.01 + 0.99 * min(step, warm) / warm
+
+
+def test_warmup_reference_passes_and_so_does_linear_lr():
+    verdict = check_warmup_then_constant(warmup(right))
+    assert verdict and "LinearLR(start_factor=0.01, total_iters=4) on all 47 steps" in verdict.message
+    assert check_warmup_then_constant(
+        lambda name, optimizer, peak_lr, total: lr_scheduler.LinearLR(
+            optimizer, 0.01, total_iters=total // 10
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda s, warm, peak: right(s, warm * 10 + 7, peak), "the warm-up lasts the whole run"),
+        (lambda s, warm, peak: right(s + 1, warm, peak), "one step ahead"),
+        (lambda s, warm, peak: peak * right(s, warm, peak), "return a factor, not a rate"),
+        (lambda s, warm, peak: min(s, warm) / warm, "starts from 0"),
+        (lambda s, warm, peak: right(s, 4.7, peak), "use whole steps"),
+    ],
+)
+def test_warmup_mistakes_get_their_hints(wrong, hint):
+    failed_with(check_warmup_then_constant(warmup(wrong)), hint, "the rates of 47 steps")
+
+
+def test_warmup_other_wrong_answers_fail_without_a_hint():
+    decaying = warmup(lambda s, warm, peak: right(s, warm, peak) * 0.99**s)
+    failed_with(check_warmup_then_constant(decaying), None, "entries differ from the reference")
+    failed_with(check_warmup_then_constant(lambda *a: None), None, "a learning-rate scheduler, got NoneType")
+
+    def elsewhere(name, optimizer, peak_lr, total_steps):
+        other = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak_lr)
+        return lr_scheduler.LambdaLR(other, lambda step: 1.0)
+
+    failed_with(check_warmup_then_constant(elsewhere), None, "build it on the `optimizer` argument")
+
+
+def test_a_reader_who_returns_a_rate_gets_the_hint():
+    out = starter_with(
+        2,
+        "raise NotImplementedError  # your code here",
+        "warm = total_steps // 10\n"
+        "    return lr_scheduler.LambdaLR(\n"
+        "        optimizer, lambda s: peak_lr * (0.01 + 0.99 * min(s, warm) / warm)\n"
+        "    )",
+    )
+    assert out.startswith("✗ Exercise 8.3: the rates of 47 steps: 47 of 47 entries differ")
+    assert "Hint: LambdaLR multiplies the base rate by what your function returns" in out
+
+
+# --- 8.4: inference tensors in autograd -----------------------------------------------
+
+
+def test_inference_reference_passes():
+    verdict = check_inference_tensors(RIGHT, lambda features: features.clone())
+    assert verdict and "features * w and features @ W fail" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("features + w", "saves nothing, so it works"),
+        ("features * w", "features itself, which autograd must save"),
+        ("relu(features + w)", "relu saves its own output"),
+        ("features @ W", "so features is saved"),
+    ],
+)
+def test_inference_wrong_predictions_get_their_hints(name, hint):
+    verdict = check_inference_tensors({**RIGHT, name: not RIGHT[name]}, lambda f: f.clone())
+    failed_with(verdict, hint, f"fails[{name!r}]")
+
+
+@pytest.mark.parametrize(
+    ("make_usable", "hint", "message"),
+    [
+        (lambda f: f.detach(), "call .clone() outside inference_mode", "still an inference tensor"),
+        (lambda f: f.requires_grad_(), "give autograd a normal copy", "make_usable raised RuntimeError"),
+    ],
+)
+def test_inference_make_usable_mistakes_get_their_hints(make_usable, hint, message):
+    failed_with(check_inference_tensors(RIGHT, make_usable), hint, message)
+
+
+def test_inference_other_wrong_answers_fail_without_a_hint():
+    def broken(features):
+        raise RuntimeError("something else")
+
+    failed_with(check_inference_tensors(RIGHT, broken), None, "your code raised RuntimeError: something else")
+    failed_with(check_inference_tensors(RIGHT, lambda f: f.clone() + 1), None, "entries differ")
+    failed_with(check_inference_tensors(RIGHT, lambda f: f.numpy()), None, "should be a tensor, got ndarray")
+    failed_with(check_inference_tensors([], lambda f: f), None, "fails should be a dict with the keys")
+    failed_with(
+        check_inference_tensors({**RIGHT, "features @ W": 1}, lambda f: f), None, "True or False, got 1"
+    )
+    half_done = check_inference_tensors({**RIGHT, "features @ W": ...}, lambda f: f.clone())
+    assert half_done.status == "not attempted"
+
+
+def filled_predictions(source: str) -> str:
+    for name, value in RIGHT.items():
+        source = source.replace(f'"{name}": ...,', f'"{name}": {value},')
+    return source
+
+
+def test_predictions_alone_are_not_yet_an_attempt():
+    out = run_starter(filled_predictions(STARTERS[3]), **NAMES)
+    assert out == "… Exercise 8.4: not attempted yet: fill in `fails` and `make_usable` above\n"
+
+
+def test_a_reader_who_detaches_gets_the_hint():
+    source = filled_predictions(STARTERS[3]).replace(
+        "raise NotImplementedError  # your code here", "return features.detach()"
+    )
+    out = run_starter(source, **NAMES)
+    assert out.startswith("✗ Exercise 8.4: make_usable(features) is still an inference tensor\n")
+    assert out.endswith("call .clone() outside inference_mode\n")
