@@ -50,6 +50,7 @@ if "google.colab" in sys.modules:
     )
 
 # %%
+import functools
 import inspect
 import itertools
 import json
@@ -509,7 +510,10 @@ assert len({tuple(order) for order in first[True]}) == 3
 #    epoch (model, optimizer, epoch, history), the weights of the best validation
 #    epoch, and at the end the final weights and the history (every rank prints one
 #    line when it starts, to show where it runs);
-# 5. `destroy_process_group()` at the end releases the backend's connections.
+# 5. at the end, every rank waits at `dist.barrier()` until rank 0 has written its
+#    files, and then `destroy_process_group()` releases the backend's connections
+#    (a rank that tore its connections down while rank 0 was still writing could make
+#    `gloo` abort a process on exit).
 #
 # The workers get their data from a file, prepared once here. Only the training and
 # validation parts go in it; the test set stays in the notebook, for one final check.
@@ -542,8 +546,9 @@ print(inspect.getsource(train_ddp.main))
 # %% [markdown]
 # (The rest of the file, with `make_model`, `evaluate`, `save_atomically` and the
 # command-line options, is `helpers/distributed/train_ddp.py`.) Notice what is *not*
-# there: no `dist.barrier()` in the loop and no hand-written gradient averaging. DDP's
-# all-reduce inside `backward` already makes every rank wait for the others each step.
+# there: no `dist.barrier()` in the loop (the one barrier is at the very end) and no
+# hand-written gradient averaging. DDP's all-reduce inside `backward` already makes
+# every rank wait for the others each step.
 # The only explicit collective is the `all_reduce` that adds up the ranks' loss sums,
 # so that the logged training loss covers all the data, not just rank 0's half.
 #
@@ -1138,7 +1143,8 @@ assert "graph has changed" in outcomes["static_graph=True, heads change"][1]
 # > - **`dist.barrier()` after every step.** DDP's gradient all-reduce already keeps the
 # >   ranks in step; an extra barrier adds a round trip to every step and protects
 # >   nothing. A barrier belongs where one rank must wait for another's side effect, such
-# >   as a file written by rank 0.
+# >   as a file written by rank 0, or where the ranks must leave together, as at the end
+# >   of this chapter's scripts.
 # > - **Using `nn.DataParallel`.** `nn.DataParallel` is a different, older class: one
 # >   process drives all GPUs from threads, copying the model to every GPU on every
 # >   forward pass. PyTorch recommends `DistributedDataParallel`, one process per GPU,
@@ -1509,15 +1515,37 @@ assert trainjob["spec"]["trainer"]["numProcPerNode"] == gpus
 #
 # ## Exercises
 #
+# Each exercise has a starter cell: fill it in and run it, and its last line checks your
+# attempt on fresh inputs against a reference and says what is off, with a hint for the
+# usual mistakes. The solution follows, collapsed.
+#
 # **Exercise 1.** Evaluate the best model of section 9.4 on the 500 validation digits
 # the way a job of **three** ranks would: each rank takes its share from
 # `DistributedSampler(val_set, num_replicas=3, rank=r, shuffle=False)`, counts its
 # correct answers and its examples, and the ranks' counts are added up (what
 # `dist.all_reduce` with `SUM` does). Before running it, predict how many examples the
 # sum counts and which ones twice. What does `drop_last=True` change? Then deal the
-# indices out without padding (rank `r` takes `range(r, 500, 3)`) and check that the
-# result is exactly the single-process validation accuracy. (The validation set, not
-# the test set: the test set has had its one use.)
+# indices out without padding (rank `r` takes `range(r, 500, 3)`): fill in the starter
+# below, which plays the ranks in one process, and check that it gives exactly the
+# single-process validation accuracy. (The validation set, not the test set: the test
+# set has had its one use.)
+
+
+# %% tags=["exercise-starter"]
+# Fill in sharded_accuracy: the accuracy a job of world_size ranks finds when
+# rank r scores its own share of (x, y), every example exactly once, and the
+# ranks add up their counts of correct answers and of examples (what
+# dist.all_reduce with SUM does). The model arrives as after training, in
+# training mode.
+def sharded_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, world_size: int
+) -> float:
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch09 import check_sharded_accuracy
+
+check_sharded_accuracy(sharded_accuracy)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 1: 500 does not divide by 3, so the sampler pads its index list to
@@ -1563,6 +1591,26 @@ assert counts["drop_last"] == (498, [], [498, 499])
 assert counts["no padding"] == (500, [], [])
 assert correct == round(val_accuracy * len(val_set)), (correct, val_accuracy)
 
+
+def sharded_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, world_size: int
+) -> float:
+    """Rank r scores examples r, r + world_size, ...; the counts are added."""
+    model.eval()
+    correct = seen = 0
+    for r in range(world_size):
+        with torch.no_grad():
+            predicted = model(x[r::world_size]).argmax(dim=1)
+        correct += (predicted == y[r::world_size]).sum().item()
+        seen += len(y[r::world_size])  # all_reduce(SUM) adds up both counts
+    return correct / seen
+
+
+sharded = sharded_accuracy(best_model, *val_set.tensors, world_size=3)
+print(f"sharded_accuracy, 3 ranks: {sharded:.4f}")
+assert round(sharded * len(val_set)) == round(val_accuracy * len(val_set))
+assert check_sharded_accuracy(sharded_accuracy)
+
 # %% [markdown]
 # **Exercise 2.** DDP averages the ranks' gradients with equal weights, however many
 # examples each rank had. Simulate two ranks in one process: split one batch of 64
@@ -1571,8 +1619,24 @@ assert correct == round(val_accuracy * len(val_set)), (correct, val_accuracy)
 # against the gradient of the whole batch's mean loss. Then repair the unequal case
 # the way a DDP job would have to: the all-reduce and its division by the world size
 # stay as they are, so only the loss each rank backpropagates can change. Which number
-# must the ranks exchange first, and with which collective? Check your loss in the
-# simulation.
+# must the ranks exchange first, and with which collective? Write your loss in the
+# starter below, then check it in the simulation.
+
+
+# %% tags=["exercise-starter"]
+# Fill in rescaled_loss: the loss one rank backpropagates so that DDP's
+# equal-weight average of the ranks' gradients is the gradient of the whole
+# batch's mean loss, however many examples each rank has. `total` is the
+# number of examples of all ranks together: the number they exchange first.
+def rescaled_loss(
+    outputs: torch.Tensor, targets: torch.Tensor, world_size: int, total: int
+) -> torch.Tensor:
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch09 import check_rescaled_loss
+
+check_rescaled_loss(rescaled_loss)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 2: equal parts give the full-batch gradient up to rounding; 16 + 48
@@ -1603,11 +1667,15 @@ full = gradient(net, mean_loss, x64, y64)
 total, world_size = len(y64), 2
 
 
-def rescaled_loss(outputs: torch.Tensor, targets: torch.Tensor):
+def rescaled_loss(
+    outputs: torch.Tensor, targets: torch.Tensor, world_size: int, total: int
+) -> torch.Tensor:
     """A rank's summed loss, scaled so that DDP's average is the mean."""
     return sum_loss(outputs, targets) * world_size / total
 
 
+# the loss of exercise 2's job: world_size and total fixed
+rescaled = functools.partial(rescaled_loss, world_size=world_size, total=total)
 errors = {}
 for first_part in (32, 16):
     parts = [
@@ -1615,7 +1683,7 @@ for first_part in (32, 16):
         (x64[first_part:], y64[first_part:]),
     ]
     errors[first_part] = []
-    for loss_fn in (mean_loss, rescaled_loss):
+    for loss_fn in (mean_loss, rescaled):
         # DDP's average of the two ranks' gradients
         grads = [gradient(net, loss_fn, x, y) for x, y in parts]
         averaged = (grads[0] + grads[1]) / world_size
@@ -1627,14 +1695,36 @@ for first_part in (32, 16):
     )
 assert errors[32][0] < 1e-12 and max(errors[16][1], errors[32][1]) < 1e-12
 assert errors[16][0] > 0.05, errors[16]
+assert check_rescaled_loss(rescaled_loss)
 
 # %% [markdown]
 # **Exercise 3.** Section 9.5 ran in `float64`. Measure how far DDP's arithmetic drifts
 # from one process's in `float32`, without launching anything: train two models from
 # the same start for 2 epochs, one on the 64-example global batches of section 9.5, the
 # other on the same batches split into the two ranks' halves, averaging the halves'
-# gradients the way DDP does. Print the largest parameter difference after each epoch,
-# and compare with the same simulation in `float64`.
+# gradients the way DDP does (fill in the starter below for that step, then run the
+# experiment). Print the largest parameter difference after each epoch, and compare
+# with the same simulation in `float64`.
+
+
+# %% tags=["exercise-starter"]
+# Fill in ddp_gradients: set every parameter's .grad to what DDP's all-reduce
+# leaves there. The global batch (x, y) holds the ranks' batches one after
+# the other, world_size equal blocks in rank order; each rank's gradient is
+# that of criterion (a mean over its block) on its own block.
+def ddp_gradients(
+    model: nn.Module,
+    criterion: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    world_size: int,
+) -> None:
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch09 import check_ddp_gradients
+
+check_ddp_gradients(ddp_gradients)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
@@ -1644,6 +1734,28 @@ assert errors[16][0] > 0.05, errors[16]
 # keeping 24 bits of precision and float64 53. Whether a gap grew from the first
 # epoch to the second is printed, not assumed: a ReLU switching can also shrink
 # it.
+def ddp_gradients(
+    model: nn.Module,
+    criterion: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    world_size: int,
+) -> None:
+    """Set .grad to the average of the ranks' gradients, rank r holding the
+    r-th of world_size equal blocks of (x, y).
+    """
+    size = len(y) // world_size
+    per_rank = []
+    for r in range(world_size):
+        block = slice(r * size, (r + 1) * size)
+        model.zero_grad()
+        criterion(model(x[block]), y[block]).backward()
+        per_rank.append([p.grad.clone() for p in model.parameters()])
+    for p, *grads in zip(model.parameters(), *per_rank, strict=True):
+        # what DDP's all-reduce and division compute
+        p.grad = sum(grads) / world_size
+
+
 def drift(
     dtype: torch.dtype,
     dataset: TensorDataset,
@@ -1672,14 +1784,7 @@ def drift(
             opts[0].zero_grad()
             criterion(one(x), y).backward()
             opts[0].step()
-            halves = []
-            for part in (slice(0, len(y) // 2), slice(len(y) // 2, len(y))):
-                two.zero_grad()
-                criterion(two(x[part]), y[part]).backward()
-                halves.append([p.grad.clone() for p in two.parameters()])
-            for p, g0, g1 in zip(two.parameters(), *halves, strict=True):
-                # what DDP's all-reduce and division compute
-                p.grad = (g0 + g1) / 2
+            ddp_gradients(two, criterion, x, y, world_size=2)
             opts[1].step()
         gaps.append(
             max(
@@ -1721,17 +1826,31 @@ assert max(gaps64) <= allowance[torch.float64], (gaps64, allowance)
 assert max(gaps32) <= allowance[torch.float32], (gaps32, allowance)
 assert min(gaps32) > allowance[torch.float64], (gaps32, allowance)
 record("float32_gap", gaps32[0], fmt="{:.0e}")
+assert check_ddp_gradients(ddp_gradients)
 
 # %% [markdown]
 # **Exercise 4.** A hang on purpose. Write a script in which rank 0 calls `all_reduce`
 # while rank 1 calls `broadcast`: the mismatch a rank-dependent `if` around a
-# collective causes. Each rank catches the exception and prints it with `rank_print`.
+# collective causes. Each rank catches the exception and prints it with `rank_print`,
+# in the form the starter below gives.
 # Launch it twice at once (pass both commands to `launch`): once with the collectives
 # in a group that gives up after 3 seconds,
 # `dist.new_group(backend="gloo", timeout=timedelta(seconds=3))`, once with the
 # environment variable `TORCH_DISTRIBUTED_DEBUG=DETAIL` (give the command `env` as its
 # first words). What does each run report, and after how long? What would a job
 # without either setting have done?
+
+# %% tags=["exercise-starter"]
+# Write the script and launch both commands at once with `launch`. Each rank
+# prints one report per run with rank_print:
+#     f"debug {mode}: after {seconds:.1f} s: {first line of the error}"
+# (or f"debug {mode}: no error"), where mode is TORCH_DISTRIBUTED_DEBUG, or
+# "OFF" when it is not set. Keep the lines by rank that `launch` returns.
+mismatch_output = ...  # _, mismatch_output, _ = launch(commands, ...)
+
+from helpers.exercises.ch09 import check_mismatch_reports
+
+check_mismatch_reports(mismatch_output)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 4: with only the timeout, each rank waits in its own collective until
@@ -1806,6 +1925,7 @@ seconds_of = [
     float(re.search(r"after ([\d.]+) s", line).group(1)) for line in reports
 ]
 print(f"the timeout runs failed after {max(seconds_of):.1f} s at most")
+assert check_mismatch_reports(mismatch_output)
 
 # %% [markdown]
 # **Exercise 5.** Data parallelism without the `DDP` wrapper. Write a script, a module
@@ -1813,12 +1933,29 @@ print(f"the timeout runs failed after {max(seconds_of):.1f} s at most")
 # `build_parser(fault_demo=False)`, `load_data`, `make_loader`, `make_model` and
 # `save_atomically`, and `setup_distributed`) but keeps the model plain: after
 # `loss.backward()`, all-reduce every parameter's gradient and divide it by the world
-# size, then take the optimizer step. Launch it on two processes with section 9.4's
-# arguments (`common_args`), let rank 0 save the final parameters, and compare them
-# with the DDP run's (`ddp_state`), against section 9.5's rounding allowance. What
+# size, then take the optimizer step. Write that step in the starter below; the script
+# can carry the function's own source (`inspect.getsource(average_gradients)`). Launch
+# it on two processes with section 9.4's arguments (`common_args`), let rank 0 save
+# the final parameters (and, as `train_ddp.py` does, let every rank wait at
+# `dist.barrier()` before `destroy_process_group()`), and compare them with the DDP
+# run's (`ddp_state`), against section 9.5's rounding allowance. What
 # must the script do before the first step that DDP's constructor did for you? How
 # many all-reduces does one of your steps make, and how many did DDP's? (Count DDP's
 # with a communication hook, section 9.5, that counts before it all-reduces.)
+
+
+# %% tags=["exercise-starter"]
+# Fill in average_gradients, the step after loss.backward(): all-reduce every
+# parameter's gradient over the ranks (dist.all_reduce) and divide it by the
+# world size. Return how many all-reduces it made.
+def average_gradients(model: nn.Module, world_size: int) -> int:
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch09 import check_average_gradients
+
+check_average_gradients(average_gradients)
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 5: the parameters match the DDP run's within the rounding allowance;
@@ -1838,7 +1975,20 @@ print(f"the timeout runs failed after {max(seconds_of):.1f} s at most")
 # is handed and then does DDP's usual all-reduce: one process suffices, since
 # the buckets depend on the parameters, not on the world size. This model's
 # 814 kB of float64 gradients travel in one bucket: one all-reduce per step.
+def average_gradients(model: nn.Module, world_size: int) -> int:
+    """Replace every gradient by its average over the ranks; return the
+    number of all-reduces.
+    """
+    all_reduces = 0
+    for p in model.parameters():
+        dist.all_reduce(p.grad)  # the sum over the ranks
+        p.grad /= world_size  # the average
+        all_reduces += 1
+    return all_reduces
+
+
 manual_path = work_dir / "manual_ddp.py"  # the module `manual_ddp` in work_dir
+# the script: imports, the function above, then the training
 manual_path.write_text(
     """\
 import torch
@@ -1853,6 +2003,11 @@ from helpers.distributed.train_ddp import (
     make_model,
     save_atomically,
 )
+
+
+"""
+    + inspect.getsource(average_gradients)
+    + """
 
 args = build_parser(fault_demo=False).parse_args()
 ctx = setup_distributed(args.backend)
@@ -1877,10 +2032,7 @@ for epoch in range(1, args.epochs + 1):
         loss = criterion(model(inputs), targets)
         optimizer.zero_grad()
         loss.backward()
-        for p in model.parameters():
-            dist.all_reduce(p.grad)  # the sum over the ranks
-            p.grad /= ctx.world_size  # the average
-            all_reduces += 1
+        all_reduces += average_gradients(model, ctx.world_size)
         optimizer.step()
         steps += 1
 counts = f"{steps} steps, {all_reduces} gradient all-reduces"
@@ -1888,6 +2040,7 @@ rank_print(ctx.rank, f"{ctx.backend} on {ctx.device}: {counts}")
 if ctx.rank == 0:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     save_atomically(model.state_dict(), args.out_dir / "model.pt")
+dist.barrier()  # no rank leaves while rank 0 still writes
 dist.destroy_process_group()
 """
 )
@@ -1942,6 +2095,7 @@ assert bucket_bytes == [gradient_bytes] * 2, (bucket_bytes, gradient_bytes)
 # On the CPU both runs do the same arithmetic (see the solution's first lines).
 if ddp_summary["device_type"] == "cpu":
     assert manual_vs_ddp == 0.0, manual_vs_ddp
+assert check_average_gradients(average_gradients)
 
 # %% [markdown]
 # ## Summary
@@ -1954,7 +2108,8 @@ prose(
   the same step. `torchrun` starts the processes and tells each its `RANK`,
   `LOCAL_RANK` and `WORLD_SIZE`; `nccl` connects GPUs, `gloo` CPUs.
 - A DDP script adds a `DistributedSampler` with `set_epoch`, the `DDP` wrapper,
-  rank-0-only logging and checkpointing, and `destroy_process_group`; no barriers.
+  rank-0-only logging and checkpointing, and at the end a barrier and
+  `destroy_process_group`; no barrier in the training loop.
   A model that leaves some parameters without a gradient in a step needs
   `find_unused_parameters=True` (or, if the same ones every step, `static_graph`).
 - Two processes with 32 examples each reached the parameters of one process with 64

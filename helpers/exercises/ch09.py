@@ -1,0 +1,302 @@
+"""Checkers for chapter 9's exercises (distributed training); see :mod:`helpers.exercises`.
+
+Each checker plays the ranks of a job inside one process, on inputs of its own (a seeded
+``torch.Generator``, tiny sizes, the CPU): the ranks' shares of an evaluation set (9.1),
+their gradients of unequal batches (9.2) and the average DDP takes (9.3) are computed here
+with autograd and compared with the reader's function. Exercises 9.4 (a launched job's
+reports) and 9.5 (a hand-written all-reduce, against simulated other ranks) are checked in
+:mod:`helpers.exercises.ch09_collectives` and exported here too. Introduced with chapter
+9's exercises.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from helpers.exercises import Mismatch, checker, expect, expect_tensor
+from helpers.exercises.ch09_collectives import check_average_gradients, check_mismatch_reports, within
+
+__all__ = [
+    "check_average_gradients",
+    "check_ddp_gradients",
+    "check_mismatch_reports",
+    "check_rescaled_loss",
+    "check_sharded_accuracy",
+]
+
+
+def _seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``build()``, initialised from ``seed`` without touching the global random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _callable(value: Any, name: str) -> None:
+    expect(callable(value), f"{name} should be a function, got {type(value).__name__}")
+
+
+# ---- Exercise 9.1 -------------------------------------------------------------------------
+
+PADDED = (
+    "that counts some examples twice: DistributedSampler pads its list by repeating the first "
+    "indices until it divides by the world size; deal out range(rank, n, world_size) instead"
+)
+DROPPED = (
+    "that leaves the last examples out (drop_last=True, or equal blocks of n // world_size): "
+    "deal out range(rank, n, world_size), which covers every example once"
+)
+MEAN_OF_RANKS = (
+    "that is the mean of the ranks' own accuracies, which weights a rank with fewer examples like "
+    "one with more: add up the ranks' correct answers and their examples (all_reduce with SUM), "
+    "then divide"
+)
+TRAIN_MODE = "the model ran in training mode, with dropout on: call model.eval() before scoring"
+
+#: (examples, ranks, which examples the model gets right): chosen so that each mistake
+#: above gives an accuracy different from the right one.
+ACCURACY_CASES = (
+    (10, 3, (1, 1, 0, 1, 1, 1, 1, 1, 1, 0)),
+    (11, 4, (1, 0, 1, 1, 0, 1, 0, 0, 0, 0, 0)),
+)
+
+
+def _classifier() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
+
+
+def _accuracy_of(right: torch.Tensor, shares: list[list[int]]) -> float:
+    """The accuracy that adding up the ranks' counts over ``shares`` gives."""
+    counted = [i for share in shares for i in share]
+    return right[counted].double().mean().item()
+
+
+def _sampler_shares(n: int, world_size: int, **options: Any) -> list[list[int]]:
+    dataset = torch.utils.data.TensorDataset(torch.zeros(n))
+    return [list(DistributedSampler(dataset, world_size, r, **options)) for r in range(world_size)]
+
+
+def _accuracy_mistakes(right: torch.Tensor, world_size: int) -> list[tuple[str, float]]:
+    n = len(right)
+    dealt = [list(range(r, n, world_size)) for r in range(world_size)]
+    blocks = n // world_size
+    return [
+        (PADDED, _accuracy_of(right, _sampler_shares(n, world_size, shuffle=False))),
+        (PADDED, _accuracy_of(right, _sampler_shares(n, world_size))),
+        (DROPPED, _accuracy_of(right, _sampler_shares(n, world_size, shuffle=False, drop_last=True))),
+        (DROPPED, _accuracy_of(right, _sampler_shares(n, world_size, drop_last=True))),
+        (
+            DROPPED,
+            _accuracy_of(right, [list(range(r * blocks, (r + 1) * blocks)) for r in range(world_size)]),
+        ),
+        (MEAN_OF_RANKS, sum(right[share].double().mean().item() for share in dealt) / world_size),
+    ]
+
+
+@checker("9.1", "sharded_accuracy")
+def check_sharded_accuracy(sharded_accuracy: Callable[..., Any]) -> str:
+    """Exercise 9.1: the accuracy ``world_size`` ranks find when each example counts once."""
+    _callable(sharded_accuracy, "sharded_accuracy")
+    generator, facts = torch.Generator().manual_seed(91), []
+    for n, world_size, pattern in ACCURACY_CASES:
+        model = _seeded(_classifier, 91 + n).train()  # as it is right after training
+        x = torch.randn(n, 4, generator=generator)
+        with torch.no_grad():
+            predicted = model.eval()(x).argmax(dim=1)
+        right = torch.tensor(pattern, dtype=torch.bool)
+        y = torch.where(right, predicted, (predicted + 1) % 3)
+        modes: list[bool] = []
+        model.train().register_forward_pre_hook(
+            lambda module, args, modes=modes: modes.append(module.training)
+        )
+        with torch.random.fork_rng(devices=[]):  # dropout in training mode draws numbers
+            got = sharded_accuracy(model, x.clone(), y.clone(), world_size)
+        expect(not any(modes), f"{sum(modes)} of your forward passes ran in training mode", TRAIN_MODE)
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        expect(
+            isinstance(got, numbers.Real) and not isinstance(got, bool),
+            f"sharded_accuracy should return the accuracy as a number, got {type(got).__name__}",
+        )
+        want = right.double().mean().item()
+        hint = next(
+            (h for h, value in _accuracy_mistakes(right, world_size) if abs(got - value) < 1e-6), None
+        )
+        expect(
+            abs(got - want) < 1e-6,
+            f"sharded_accuracy on {n} examples with {world_size} ranks is {got:.4f}; the single "
+            f"process scores {int(right.sum())} of {n} right, {want:.4f}",
+            hint,
+        )
+        facts.append(f"{int(right.sum())} of {n} on {world_size} ranks")
+    return f"reproduces the single-process accuracy exactly ({' and '.join(facts)})"
+
+
+# ---- Exercise 9.2 -------------------------------------------------------------------------
+
+OWN_MEAN = (
+    "each rank's own mean gives its examples the weight 1 / (its count), so a rank of 3 examples "
+    "counts as much as one of 9: use the summed loss, scaled by world_size / total"
+)
+NO_WORLD_SIZE = (
+    "that is the right gradient divided by world_size: DDP divides the all-reduced sum by "
+    "world_size, so multiply the summed loss by world_size / total"
+)
+PLAIN_SUM = "the summed loss must be scaled: multiply it by world_size / total"
+OWN_COUNT = (
+    "that divides by the rank's own count: divide by the total count over all ranks (what "
+    "all_reduce with SUM of the counts returns), times world_size"
+)
+SPLITS = ((3, 9), (2, 4, 6))
+
+
+def _flat_grad(loss: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))])
+
+
+@checker("9.2", "rescaled_loss")
+def check_rescaled_loss(rescaled_loss: Callable[..., Any]) -> str:
+    """Exercise 9.2: with unequal ranks, DDP's average of the losses' gradients is the batch's mean."""
+    _callable(rescaled_loss, "rescaled_loss")
+    generator = torch.Generator().manual_seed(92)
+    model = _seeded(lambda: nn.Linear(5, 4).double(), 92)
+    x = torch.randn(12, 5, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 4, (12,), generator=generator)
+    total, gap = len(y), 0.0
+    full = _flat_grad(F.cross_entropy(model(x), y), model)
+    for split in SPLITS:
+        world_size, ends = len(split), torch.tensor(split).cumsum(0).tolist()
+        parts = [(x[end - m : end], y[end - m : end]) for m, end in zip(split, ends, strict=True)]
+        grads, means = [], []
+        for xr, yr in parts:
+            loss = rescaled_loss(model(xr), yr.clone(), world_size, total)
+            what = f"rescaled_loss for a rank of {len(yr)} examples"
+            expect(
+                isinstance(loss, torch.Tensor),
+                f"{what} should be a tensor to backpropagate, got {type(loss).__name__}",
+                "keep the loss a tensor: .item() or float() cut it from the graph",
+            )
+            expect(
+                loss.numel() == 1,
+                f"{what} has shape {tuple(loss.shape)}, expected one number",
+                "add up the examples' losses (reduction='sum'), not reduction='none'",
+            )
+            expect(
+                loss.requires_grad,
+                f"{what} has no gradient to give: it is cut off from the outputs",
+                "compute the loss from `outputs` without .detach() or torch.no_grad()",
+            )
+            grads.append(_flat_grad(loss.reshape(()), model))
+            means.append(_flat_grad(F.cross_entropy(model(xr), yr), model))
+        averaged = sum(grads) / world_size  # what DDP's all-reduce and division compute
+        mistakes = {
+            OWN_MEAN: sum(means) / world_size,
+            NO_WORLD_SIZE: full / world_size,
+            PLAIN_SUM: full * total / world_size,
+            OWN_COUNT: sum(means),
+        }
+        gap = max(
+            gap,
+            expect_tensor(
+                averaged,
+                full,
+                f"DDP's average of the gradients of ranks of {' + '.join(map(str, split))} examples",
+                atol=1e-10,
+                rtol=1e-8,
+                check_dtype=False,
+                mistakes=mistakes,
+            ),
+        )
+    return (
+        f"DDP's average of your losses' gradients equals the whole batch's mean gradient "
+        f"{within(gap)} for ranks of 3 + 9 and of 2 + 4 + 6 examples"
+    )
+
+
+# ---- Exercise 9.3 -------------------------------------------------------------------------
+
+WHOLE_BATCH = (
+    "the model saw the whole batch at once: that is the one-process gradient the simulation is "
+    "compared with; run forward and backward on each rank's part separately"
+)
+INTERLEAVED = (
+    "rank r holds the r-th consecutive block of the batch (global_batches concatenates the "
+    "ranks' batches in rank order), not every world_size-th example"
+)
+SUMMED = "that is the sum of the ranks' gradients: DDP divides it by world_size"
+NOT_ZEROED = (
+    "a rank's backward added to the gradient of the rank before it: call model.zero_grad() "
+    "before each rank's backward"
+)
+STALE = (
+    "the gradient that was in .grad before the call was added in: zero the gradients "
+    "(model.zero_grad()) before the first backward"
+)
+STALE_NOT_ZEROED = (
+    "nothing was zeroed: the old .grad and each earlier rank's gradient were added in; call "
+    "model.zero_grad() before each rank's backward"
+)
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+@checker("9.3", "ddp_gradients")
+def check_ddp_gradients(ddp_gradients: Callable[..., Any]) -> str:
+    """Exercise 9.3: ``.grad`` is the average of the ranks' gradients, each of its own block."""
+    _callable(ddp_gradients, "ddp_gradients")
+    generator, facts = torch.Generator().manual_seed(93), []
+    for dtype, world_size, n in ((torch.float32, 2, 10), (torch.float64, 3, 12)):
+        model = _seeded(lambda dtype=dtype: _mlp().to(dtype), 93 + n)
+        x = torch.randn(n, 6, generator=generator, dtype=dtype)
+        y = torch.randint(0, 3, (n,), generator=generator)
+        m, params = n // world_size, list(model.parameters())
+        kind = str(dtype).removeprefix("torch.")
+        blocks = [(x[r * m : (r + 1) * m], y[r * m : (r + 1) * m]) for r in range(world_size)]
+        per_rank = [torch.autograd.grad(F.cross_entropy(model(xr), yr), params) for xr, yr in blocks]
+        stale = [torch.randn(p.shape, generator=generator, dtype=dtype) for p in params]
+        before = [p.detach().clone() for p in params]
+        for p, s in zip(params, stale, strict=True):
+            p.grad = s.clone()  # the previous step's gradient, still there
+        seen: list[torch.Tensor] = []
+        model.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(args[0].detach().clone()))
+        ddp_gradients(model, nn.CrossEntropyLoss(), x.clone(), y.clone(), world_size)
+        changed = not all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+        expect(not changed, "ddp_gradients changed the parameters: it should only set their .grad")
+        expect(
+            not any(len(s) == n for s in seen), f"a forward pass saw all {n} examples at once", WHOLE_BATCH
+        )
+        missing = [r for r, (xr, _) in enumerate(blocks) if not any(torch.equal(s, xr) for s in seen)]
+        if missing:
+            interleaved = all(any(torch.equal(s, x[r::world_size]) for s in seen) for r in range(world_size))
+            r = missing[0]
+            raise Mismatch(
+                f"no forward pass saw rank {r}'s block of the batch, x[{r * m}:{(r + 1) * m}]",
+                INTERLEAVED if interleaved else None,
+            )
+        atol, rtol = (1e-6, 1e-5) if dtype == torch.float32 else (1e-12, 1e-10)
+        gap = 0.0
+        for i, (name, p) in enumerate(model.named_parameters()):
+            expect(p.grad is not None, f"{name}.grad is None: set every parameter's .grad")
+            grads = torch.stack([g[i] for g in per_rank])
+            running = grads.cumsum(0)  # what .grad holds after each rank's backward, never zeroed
+            mistakes = {
+                SUMMED: grads.sum(0),
+                NOT_ZEROED: running.mean(0),
+                STALE: (stale[i] + grads.sum(0)) / world_size,
+                STALE_NOT_ZEROED: stale[i] + running.mean(0),
+            }
+            what = f"{name}.grad ({kind}, {world_size} ranks of {m} examples)"
+            gap = max(
+                gap, expect_tensor(p.grad, grads.mean(0), what, atol=atol, rtol=rtol, mistakes=mistakes)
+            )
+        facts.append(f"{within(gap)} in {kind} with {world_size} ranks")
+    return f"sets every .grad to the average of the ranks' gradients ({'; '.join(facts)})"

@@ -1,0 +1,270 @@
+"""Checkers for chapter 9's exercises on collectives: a job's reports of a mismatched
+collective (9.4) and a hand-written gradient all-reduce (9.5). Exported by
+:mod:`helpers.exercises.ch09`, where the starters import them.
+
+Exercise 9.4's job runs in the reader's notebook; its checker reads the reports the
+ranks printed. Exercise 9.5's checker runs the reader's function as one rank of a job of
+2 and of 3: ``dist.all_reduce`` is replaced, for the length of the call, by a stand-in that
+adds what the other ranks would contribute when they run the same code on their own
+gradients, so no process group is needed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+from unittest import mock
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from helpers.exercises import Mismatch, checker, expect, expect_tensor
+
+__all__ = ["check_average_gradients", "check_mismatch_reports", "first_match", "within"]
+
+
+def within(gap: float) -> str:
+    """How closely an attempt matched: "exactly", or "to 3e-7" (not Python's 3e-07)."""
+    if gap == 0:
+        return "exactly"
+    mantissa, exponent = f"{gap:.0e}".split("e")
+    return f"to {mantissa}e{int(exponent)}"
+
+
+def first_match(
+    got: Any, mistakes: list[tuple[str, torch.Tensor]], atol: float = 1e-6
+) -> dict[str, torch.Tensor]:
+    """``{hint: tensor}`` for the first mistake whose tensor ``got`` matches, for ``expect_tensor``.
+
+    Unlike a dict, the list may give one hint for several tensors (two ways to the same mistake).
+    """
+    for hint, produced in mistakes:
+        same_shape = isinstance(got, torch.Tensor) and got.shape == produced.shape
+        if same_shape and torch.allclose(got.detach().double(), produced.double(), atol=atol, rtol=1e-4):
+            return {hint: produced}
+    return {}
+
+
+# ---- Exercise 9.4 -------------------------------------------------------------------------
+
+_REPORT = re.compile(r"debug (\w+): (?:after ([\d.]+) s: (.*)|(no error))")
+_TIMEOUT = re.compile(r"Timed out|Connection (closed|reset)")
+_NAMED = "mismatch between collectives"
+
+FORMAT = (
+    "print each rank's report with rank_print(rank, f\"debug {mode}: after {seconds:.1f} s: "
+    '{first_line}") (or f"debug {mode}: no error"), mode being TORCH_DISTRIBUTED_DEBUG or "OFF"'
+)
+MATCHING = (
+    "nothing went wrong because both ranks called the same collective: let rank 0 call "
+    "dist.all_reduce and rank 1 dist.broadcast (an if on the rank around the call)"
+)
+DETAIL_EVERYWHERE = (
+    "both runs had TORCH_DISTRIBUTED_DEBUG=DETAIL: set it in the second command only (env "
+    "TORCH_DISTRIBUTED_DEBUG=DETAIL as its first words), not in os.environ, which every launch inherits"
+)
+DETAIL_TOO_LATE = (
+    "TORCH_DISTRIBUTED_DEBUG is read when the process group is created: give it to the command "
+    "(env TORCH_DISTRIBUTED_DEBUG=DETAIL as its first words), not set it inside the script afterwards"
+)
+WAITED = (
+    "give the collectives a group that times out after 3 seconds, dist.new_group(backend='gloo', "
+    "timeout=timedelta(seconds=3)), and pass group=group to both"
+)
+
+
+def _reports(lines: Any, rank: Any) -> list[tuple[str, float | None, str]]:
+    """``(mode, seconds or None, message)`` for each report line of ``rank``."""
+    expect(
+        isinstance(lines, (list, tuple)) and all(isinstance(line, str) for line in lines),
+        f"mismatch_output[{rank}] should be the list of lines rank {rank} printed",
+    )
+    found = []
+    for line in lines:
+        match = _REPORT.search(line)
+        if match:
+            seconds = None if match[4] else float(match[2])
+            found.append((match[1], seconds, match[4] or match[3]))
+    return found
+
+
+@checker("9.4", "mismatch_output")
+def check_mismatch_reports(mismatch_output: Mapping[int, list[str]]) -> str:
+    """Exercise 9.4: each rank reports a timeout without DETAIL and the named mismatch with it."""
+    expect(
+        isinstance(mismatch_output, Mapping),
+        "mismatch_output should be the {rank: lines} dict that launch returns as its second "
+        f"value, got {type(mismatch_output).__name__}",
+    )
+    ranks = sorted(mismatch_output)
+    expect(ranks == [0, 1], f"expected the lines of ranks 0 and 1, got ranks {ranks}")
+    by_mode: dict[str, list[tuple[float | None, str]]] = {"OFF": [], "DETAIL": []}
+    for rank in ranks:
+        reports = _reports(mismatch_output[rank], rank)
+        expect(bool(reports), f"rank {rank} printed no report `debug <mode>: ...`", FORMAT)
+        modes = [mode for mode, _, _ in reports]
+        others = sorted(set(modes) - {"OFF", "DETAIL"})
+        expect(
+            not others,
+            f"rank {rank} reports a run with TORCH_DISTRIBUTED_DEBUG={others[:1]}, expected OFF and DETAIL",
+        )
+        detail_only = modes == ["DETAIL", "DETAIL"]
+        for mode in ("OFF", "DETAIL"):
+            expect(
+                modes.count(mode) == 1,
+                f"rank {rank} printed {modes.count(mode)} `debug {mode}` reports, expected one "
+                "(one from each of the two launches)",
+                DETAIL_EVERYWHERE if detail_only else None,
+            )
+        for mode, seconds, message in reports:
+            expect(message != "no error", f"rank {rank} reports no error with {mode}", MATCHING)
+            by_mode[mode].append((seconds, message))
+    for seconds, message in by_mode["OFF"]:
+        expect(
+            _TIMEOUT.search(message) is not None,
+            f"without DETAIL a rank reported {message[:80]!r}, expected a timeout",
+            DETAIL_EVERYWHERE if _NAMED in message else None,
+        )
+        expect(2.5 <= seconds <= 15, f"without DETAIL a rank gave up after {seconds} s, not 3", WAITED)
+    for _, message in by_mode["DETAIL"]:
+        expect(
+            _NAMED in message,
+            f"with DETAIL a rank reported {message[:80]!r}, expected the mismatch named",
+            DETAIL_TOO_LATE if _TIMEOUT.search(message) else None,
+        )
+    off = " and ".join(f"{seconds:.1f}" for seconds, _ in by_mode["OFF"])
+    detail = max(seconds for seconds, _ in by_mode["DETAIL"])
+    return (
+        f"without DETAIL the ranks gave up after {off} s, the group's timeout; with DETAIL "
+        f"both named the mismatch of collectives after {detail:.1f} s"
+    )
+
+
+# ---- Exercise 9.5 -------------------------------------------------------------------------
+
+NOT_DIVIDED = "all_reduce leaves the sum over the ranks in p.grad: divide it by world_size"
+TWICE = "the gradients were divided by world_size twice (ReduceOp.AVG already averages)"
+COPY = (
+    "p.grad did not change: all_reduce works in place on the tensor it is given, so pass p.grad "
+    "itself (not a copy or a new tensor such as p.grad / world_size)"
+)
+PARAMETERS = "you all-reduced the parameters: it is their gradients, p.grad, that the ranks average"
+NO_GROUP = (
+    "call the collective as dist.all_reduce(...), with import torch.distributed as dist: the "
+    "check stands in for the other ranks there"
+)
+
+
+class _Done:
+    """What an ``async_op=True`` collective returns; it has already finished."""
+
+    def wait(self, timeout: Any = None) -> bool:
+        return True
+
+
+class _OtherRanks:
+    """``dist.all_reduce`` as rank 1 of ``world_size`` sees it, the other ranks running the same code.
+
+    A tensor all-reduced is recognised as a gradient, a parameter, or all gradients flattened
+    into one; its scale against this rank's original values (1, or 1 / world_size when the
+    reader divided first) is the scale the other ranks' values arrive with.
+    """
+
+    def __init__(self, model: nn.Module, world_size: int, generator: torch.Generator) -> None:
+        self.params = list(model.parameters())
+        self.world_size, self.calls = world_size, []
+        self.own = [p.grad.clone() for p in self.params]
+        self.others = [
+            [torch.randn(p.shape, generator=generator) for p in self.params] for _ in range(world_size - 1)
+        ]
+
+    def _theirs(self, tensor: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """What ``tensor`` is, this rank's original values of it, and the others' sum of it."""
+        for i, p in enumerate(self.params):
+            if p.grad is not None and tensor.shape == p.shape and tensor.data_ptr() == p.grad.data_ptr():
+                return "gradient", self.own[i], sum(other[i] for other in self.others)
+            if tensor.shape == p.shape and tensor.data_ptr() == p.data_ptr():
+                return "parameter", p.detach().clone(), (self.world_size - 1) * p.detach()
+        flat = torch.cat([g.flatten() for g in self.own])
+        if tensor.shape == flat.shape:
+            return "all gradients", flat, sum(torch.cat([g.flatten() for g in o]) for o in self.others)
+        for i, p in enumerate(self.params):
+            if tensor.shape == p.shape:  # a copy of a gradient
+                return "copy", self.own[i], sum(other[i] for other in self.others)
+        raise Mismatch(f"you all-reduced a tensor of shape {tuple(tensor.shape)}, which is no gradient")
+
+    def all_reduce(
+        self, tensor: torch.Tensor, op: Any = dist.ReduceOp.SUM, group: Any = None, async_op: bool = False
+    ) -> _Done | None:
+        kind, original, others = self._theirs(tensor)
+        self.calls.append(kind)
+        expect(op in (dist.ReduceOp.SUM, dist.ReduceOp.AVG), f"all_reduce with op={op}: expected SUM")
+        with torch.no_grad():
+            # 1, or 1 / world_size when the reader divided first (``original`` is random, not 0)
+            scale = (tensor * original).sum() / original.pow(2).sum()
+            tensor.add_(scale * others)
+            if op == dist.ReduceOp.AVG:
+                tensor.div_(self.world_size)
+        return _Done() if async_op else None
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+
+
+@checker("9.5", "average_gradients")
+def check_average_gradients(average_gradients: Callable[[nn.Module, int], Any]) -> str:
+    """Exercise 9.5: every ``.grad`` becomes the average over the ranks; returns the all-reduce count."""
+    expect(callable(average_gradients), f"average_gradients should be a function, got {average_gradients!r}")
+    generator, gap = torch.Generator().manual_seed(95), 0.0
+    for world_size in (2, 3):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(95 + world_size)
+            model = _net()
+        params = list(model.parameters())
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator)
+        before = [p.detach().clone() for p in params]
+        ranks = _OtherRanks(model, world_size, generator)
+        patches = {"all_reduce": ranks.all_reduce, "get_world_size": lambda group=None, n=world_size: n}
+        try:
+            with mock.patch.multiple(dist, **patches, get_rank=lambda group=None: 1):
+                count = average_gradients(model, world_size)
+        except (ValueError, RuntimeError) as error:
+            if "process group" not in str(error):
+                raise
+            raise Mismatch(f"your code raised {type(error).__name__}: {error}", NO_GROUP) from None
+        expect(
+            "parameter" not in ranks.calls,
+            "average_gradients all-reduced the parameters themselves, which are now the ranks' sum",
+            PARAMETERS,
+        )
+        expect(
+            all(torch.equal(p, b) for p, b in zip(params, before, strict=True)),
+            "average_gradients changed the parameters: it should only average their .grad",
+        )
+        for i, (name, p) in enumerate(model.named_parameters()):
+            own, others = ranks.own[i], sum(o[i] for o in ranks.others)
+            mistakes = [
+                (NOT_DIVIDED, own + others),
+                (TWICE, (own + others) / world_size**2),
+                (COPY, own),
+                (COPY, own / world_size),
+            ]
+            want, what = (own + others) / world_size, f"{name}.grad on rank 1 of {world_size}"
+            gap = max(
+                gap, expect_tensor(p.grad, want, what, atol=1e-6, mistakes=first_match(p.grad, mistakes))
+            )
+        calls = len(ranks.calls)
+        expect(
+            isinstance(count, int) and not isinstance(count, bool),
+            f"average_gradients should return how many all-reduces it made ({calls}), "
+            f"got {type(count).__name__}",
+        )
+        expect(count == calls, f"average_gradients returned {count}, but it made {calls} all-reduces")
+    return (
+        f"averages the gradients over simulated jobs of 2 and 3 ranks {within(gap)}, with "
+        f"{calls} all-reduce{'s' if calls > 1 else ''} per call for {len(params)} parameter tensors"
+    )

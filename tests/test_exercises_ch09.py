@@ -1,0 +1,534 @@
+"""Chapter 9's exercise checkers: references pass, starters are "not attempted", mistakes get hints."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from exercise_cells import run_starter, starter_cells
+from torch import nn
+from torch.distributed import all_reduce as imported_all_reduce
+from torch.utils.data import DistributedSampler, TensorDataset
+
+from helpers.exercises import ch09, ch09_collectives
+
+STARTERS = starter_cells("09")
+
+
+def test_each_exercise_has_one_starter():
+    assert len(STARTERS) == 5
+
+
+@pytest.mark.parametrize(
+    ("index", "name"),
+    [
+        (0, "sharded_accuracy"),
+        (1, "rescaled_loss"),
+        (2, "ddp_gradients"),
+        (3, "mismatch_output"),
+        (4, "average_gradients"),
+    ],
+)
+def test_an_untouched_starter_is_not_attempted(index, name):
+    start = time.perf_counter()
+    out = run_starter(STARTERS[index], nn=nn, torch=torch)
+    assert time.perf_counter() - start < 1.0
+    assert out == f"… Exercise 9.{index + 1}: not attempted yet: fill in `{name}` above\n"
+
+
+def failed(verdict, hint=None, message=""):
+    """The verdict failed with ``hint`` (None: no hint) and a message containing ``message``."""
+    return verdict.status == "failed" and verdict.hint == hint and message in verdict.message
+
+
+def test_checks_leave_the_global_random_state_as_it_was():
+    state = torch.random.get_rng_state()
+    for verdict in (
+        ch09.check_sharded_accuracy(accuracy_right),
+        ch09.check_sharded_accuracy(accuracy_in_training_mode),
+        ch09.check_rescaled_loss(loss_right),
+        ch09.check_ddp_gradients(gradients_right),
+        ch09.check_mismatch_reports(REPORTS),
+        ch09.check_average_gradients(average_right),
+    ):
+        assert verdict.passed or verdict.hint == ch09.TRAIN_MODE
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        ch09.check_sharded_accuracy,
+        ch09.check_rescaled_loss,
+        ch09.check_ddp_gradients,
+        ch09.check_average_gradients,
+    ],
+)
+def test_a_check_wants_a_function(check):
+    assert failed(check(3), message="should be a function")
+
+
+# Exercise 9.1 ------------------------------------------------------------------------
+
+
+def sharded(model, x, y, world_size, shares, *, eval_mode=True, per_rank_mean=False):
+    """Score each rank's share of ``shares(r)``; add the counts (or average the ranks' accuracies)."""
+    if eval_mode:
+        model.eval()
+    correct = seen = 0
+    accuracies = []
+    for r in range(world_size):
+        index = shares(r)
+        with torch.no_grad():
+            right = (model(x[index]).argmax(dim=1) == y[index]).sum().item()
+        correct, seen = correct + right, seen + len(index)
+        accuracies.append(right / len(index))
+    return sum(accuracies) / world_size if per_rank_mean else correct / seen
+
+
+def sampler(x, world_size, **options):
+    return lambda r: list(DistributedSampler(TensorDataset(x), world_size, r, **options))
+
+
+def accuracy_right(model, x, y, world_size):
+    return sharded(model, x, y, world_size, lambda r: list(range(r, len(y), world_size)))
+
+
+def accuracy_in_training_mode(model, x, y, world_size):
+    return sharded(model, x, y, world_size, lambda r: list(range(r, len(y), world_size)), eval_mode=False)
+
+
+def test_the_sharded_accuracy_reference_passes(capsys):
+    verdict = ch09.check_sharded_accuracy(accuracy_right)
+    assert verdict.passed
+    assert "exactly (8 of 10 on 3 ranks and 4 of 11 on 4 ranks)" in capsys.readouterr().out
+    # a tensor holding the accuracy is a number too
+    assert ch09.check_sharded_accuracy(lambda *args: torch.tensor(accuracy_right(*args))).passed
+
+
+@pytest.mark.parametrize(
+    ("attempt", "hint"),
+    [
+        (lambda m, x, y, w: sharded(m, x, y, w, sampler(x, w, shuffle=False)), ch09.PADDED),
+        (lambda m, x, y, w: sharded(m, x, y, w, sampler(x, w)), ch09.PADDED),
+        (lambda m, x, y, w: sharded(m, x, y, w, sampler(x, w, shuffle=False, drop_last=True)), ch09.DROPPED),
+        (lambda m, x, y, w: sharded(m, x, y, w, sampler(x, w, drop_last=True)), ch09.DROPPED),
+        (
+            lambda m, x, y, w: sharded(
+                m, x, y, w, lambda r: list(range(r * (len(y) // w), (r + 1) * (len(y) // w)))
+            ),
+            ch09.DROPPED,
+        ),
+        (
+            lambda m, x, y, w: sharded(m, x, y, w, lambda r: list(range(r, len(y), w)), per_rank_mean=True),
+            ch09.MEAN_OF_RANKS,
+        ),
+        (accuracy_in_training_mode, ch09.TRAIN_MODE),
+    ],
+)
+def test_sharded_accuracy_mistakes_get_their_hints(attempt, hint):
+    assert failed(ch09.check_sharded_accuracy(attempt), hint)
+
+
+def test_sharded_accuracy_other_wrong_answers_fail_without_a_hint():
+    # the model scored on rank 0's share only
+    assert failed(
+        ch09.check_sharded_accuracy(
+            lambda m, x, y, w: sharded(m, x, y, 1, lambda r: list(range(0, len(y), w)))
+        ),
+        message="the single process scores 8 of 10 right, 0.8000",
+    )
+    assert failed(ch09.check_sharded_accuracy(lambda m, x, y, w: (8, 10)), message="got tuple")
+    assert failed(ch09.check_sharded_accuracy(lambda m, x, y, w: True), message="got bool")
+
+
+# Exercise 9.2 ------------------------------------------------------------------------
+
+
+def loss_right(outputs, targets, world_size, total):
+    return F.cross_entropy(outputs, targets, reduction="sum") * world_size / total
+
+
+def test_the_rescaled_loss_reference_passes(capsys):
+    assert ch09.check_rescaled_loss(loss_right).passed
+    assert "for ranks of 3 + 9 and of 2 + 4 + 6 examples" in capsys.readouterr().out
+    # a loss of shape (1,) is one number too
+    assert ch09.check_rescaled_loss(lambda *args: loss_right(*args).reshape(1)).passed
+
+
+@pytest.mark.parametrize(
+    ("attempt", "hint"),
+    [
+        (lambda o, t, w, n: F.cross_entropy(o, t), ch09.OWN_MEAN),
+        (lambda o, t, w, n: F.cross_entropy(o, t, reduction="sum") / n, ch09.NO_WORLD_SIZE),
+        (lambda o, t, w, n: F.cross_entropy(o, t, reduction="sum"), ch09.PLAIN_SUM),
+        (lambda o, t, w, n: F.cross_entropy(o, t, reduction="sum") * w / len(t), ch09.OWN_COUNT),
+    ],
+)
+def test_rescaled_loss_mistakes_get_their_hints(attempt, hint):
+    verdict = ch09.check_rescaled_loss(attempt)
+    assert failed(verdict, hint, "DDP's average of the gradients of ranks of 3 + 9 examples")
+
+
+@pytest.mark.parametrize(
+    ("attempt", "message", "hint_says"),
+    [
+        (lambda *args: loss_right(*args).item(), "should be a tensor to backpropagate, got float", ".item()"),
+        (
+            lambda o, t, w, n: F.cross_entropy(o, t, reduction="none") * w / n,
+            "has shape (3,), expected one number",
+            "reduction='sum'",
+        ),
+        (lambda o, t, w, n: loss_right(o.detach(), t, w, n), "has no gradient to give", ".detach()"),
+    ],
+)
+def test_rescaled_loss_that_cannot_backpropagate_is_named(attempt, message, hint_says):
+    verdict = ch09.check_rescaled_loss(attempt)
+    assert failed(verdict, verdict.hint, message) and hint_says in verdict.hint
+
+
+def test_rescaled_loss_other_wrong_answers_fail_without_a_hint():
+    verdict = ch09.check_rescaled_loss(lambda o, t, w, n: F.cross_entropy(o, t, reduction="sum") * w / 64)
+    assert failed(verdict, None, "entries differ from the reference")
+
+
+# Exercise 9.3 ------------------------------------------------------------------------
+
+
+def gradients(model, criterion, x, y, world_size, *, split="blocks", zero="each", divide=True, step=False):
+    """DDP's gradient in one process, and its usual mistakes."""
+    size = len(y) // world_size
+    if split == "blocks":
+        parts = [slice(r * size, (r + 1) * size) for r in range(world_size)]
+    elif split == "interleaved":
+        parts = [slice(r, None, world_size) for r in range(world_size)]
+    else:  # the first example of each block only
+        parts = [slice(r * size, r * size + 1) for r in range(world_size)]
+    if zero == "first":
+        model.zero_grad()
+    copies = []
+    for part in parts:
+        if zero == "each":
+            model.zero_grad()
+        criterion(model(x[part]), y[part]).backward()
+        copies.append([p.grad.clone() for p in model.parameters()])
+    for p, *grads in zip(model.parameters(), *copies, strict=True):
+        p.grad = sum(grads) / (world_size if divide else 1)
+    if step:
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+
+
+def gradients_right(model, criterion, x, y, world_size):
+    gradients(model, criterion, x, y, world_size)
+
+
+def accumulated(model, criterion, x, y, world_size, *, zero=True):
+    """The other right way: backward on each block into .grad, then divide once."""
+    size = len(y) // world_size
+    if zero:
+        model.zero_grad()
+    for r in range(world_size):
+        criterion(model(x[r * size : (r + 1) * size]), y[r * size : (r + 1) * size]).backward()
+    for p in model.parameters():
+        p.grad /= world_size
+
+
+def test_the_ddp_gradients_reference_passes(capsys):
+    assert ch09.check_ddp_gradients(gradients_right).passed
+    out = capsys.readouterr().out
+    assert "in float32 with 2 ranks; " in out and "in float64 with 3 ranks)" in out
+    assert ch09.check_ddp_gradients(accumulated).passed
+
+
+@pytest.mark.parametrize(
+    ("attempt", "hint", "message"),
+    [
+        (
+            lambda m, c, x, y, w: c(m(x), y).backward(),
+            ch09.WHOLE_BATCH,
+            "a forward pass saw all 10 examples at once",
+        ),
+        (
+            lambda *args: gradients(*args, split="interleaved"),
+            ch09.INTERLEAVED,
+            "no forward pass saw rank 0's block of the batch, x[0:5]",
+        ),
+        (lambda *args: gradients(*args, divide=False), ch09.SUMMED, "0.weight.grad (float32, 2 ranks of 5"),
+        (lambda *args: gradients(*args, zero="first"), ch09.NOT_ZEROED, "entries differ"),
+        (lambda *args: accumulated(*args, zero=False), ch09.STALE, "entries differ"),
+        (lambda *args: gradients(*args, zero="never"), ch09.STALE_NOT_ZEROED, "entries differ"),
+    ],
+)
+def test_ddp_gradients_mistakes_get_their_hints(attempt, hint, message):
+    assert failed(ch09.check_ddp_gradients(attempt), hint, message)
+
+
+def test_ddp_gradients_other_wrong_answers_fail_without_a_hint():
+    assert failed(
+        ch09.check_ddp_gradients(lambda *args: gradients(*args, split="first rows")),
+        message="no forward pass saw rank 0's block",
+    )
+    assert failed(
+        ch09.check_ddp_gradients(lambda *args: gradients(*args, step=True)), message="changed the parameters"
+    )
+
+    def no_bias_grad(*args):
+        gradients(*args)
+        args[0][0].bias.grad = None
+
+    assert failed(ch09.check_ddp_gradients(no_bias_grad), message="0.bias.grad is None")
+
+    def doubled(*args):
+        gradients(*args)
+        args[0][0].weight.grad *= 3
+
+    assert failed(ch09.check_ddp_gradients(doubled), message="0.weight.grad (float32, 2 ranks of 5 examples)")
+
+
+# Exercise 9.4 ------------------------------------------------------------------------
+
+TIMED_OUT = "debug OFF: after 3.0 s: [unbound_buffer.cc:78] Timed out waiting 3000ms for recv"
+CLOSED = "debug OFF: after 3.0 s: [pair.cc:561] Connection closed by peer [127.0.0.1]:6332"
+NAMED = "debug DETAIL: after 0.0 s: Detected mismatch between collectives on ranks. Rank {}"
+REPORTS = {0: ["starting", TIMED_OUT, NAMED.format(0)], 1: [CLOSED, NAMED.format(1)]}
+
+
+def test_the_reports_of_the_solution_pass(capsys):
+    assert ch09.check_mismatch_reports(REPORTS).passed
+    assert "gave up after 3.0 and 3.0 s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("output", "hint", "message"),
+    [
+        (
+            {0: [NAMED.format(0)] * 2, 1: [NAMED.format(1)] * 2},
+            ch09_collectives.DETAIL_EVERYWHERE,
+            "printed 0 `debug OFF` reports",
+        ),
+        (
+            {0: [TIMED_OUT, "debug DETAIL: no error"], 1: [CLOSED, "debug DETAIL: no error"]},
+            ch09_collectives.MATCHING,
+            "rank 0 reports no error with DETAIL",
+        ),
+        (
+            {
+                0: [TIMED_OUT, TIMED_OUT.replace("OFF", "DETAIL")],
+                1: [CLOSED, CLOSED.replace("OFF", "DETAIL")],
+            },
+            ch09_collectives.DETAIL_TOO_LATE,
+            "with DETAIL a rank reported",
+        ),
+        (
+            {0: [TIMED_OUT.replace("3.0", "30.0"), NAMED.format(0)], 1: [CLOSED, NAMED.format(1)]},
+            ch09_collectives.WAITED,
+            "gave up after 30.0 s, not 3",
+        ),
+        (
+            {0: [NAMED.format(0).replace("DETAIL", "OFF"), NAMED.format(0)], 1: [CLOSED, NAMED.format(1)]},
+            ch09_collectives.DETAIL_EVERYWHERE,
+            "without DETAIL a rank reported",
+        ),
+        ({0: ["all_reduce failed"], 1: [CLOSED]}, ch09_collectives.FORMAT, "rank 0 printed no report"),
+    ],
+)
+def test_mismatch_report_mistakes_get_their_hints(output, hint, message):
+    assert failed(ch09.check_mismatch_reports(output), hint, message)
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ([TIMED_OUT], "should be the {rank: lines} dict that launch returns"),
+        ({0: REPORTS[0]}, "expected the lines of ranks 0 and 1, got ranks [0]"),
+        ({0: "debug OFF", 1: REPORTS[1]}, "mismatch_output[0] should be the list of lines"),
+        (
+            {0: [TIMED_OUT.replace("OFF", "INFO"), *REPORTS[0]], 1: REPORTS[1]},
+            "TORCH_DISTRIBUTED_DEBUG=['INFO']",
+        ),
+        ({0: [TIMED_OUT], 1: REPORTS[1]}, "rank 0 printed 0 `debug DETAIL` reports"),
+        (
+            {0: [TIMED_OUT.replace("Timed out", "Aborted"), NAMED.format(0)], 1: REPORTS[1]},
+            "expected a timeout",
+        ),
+        (
+            {
+                0: [TIMED_OUT, NAMED.format(0).replace("Detected mismatch between collectives", "Aborted")],
+                1: REPORTS[1],
+            },
+            "reported 'Aborted on ranks",
+        ),
+    ],
+)
+def test_mismatch_report_other_wrong_answers_fail_without_a_hint(output, message):
+    assert failed(ch09.check_mismatch_reports(output), None, message)
+
+
+# Exercise 9.5 ------------------------------------------------------------------------
+
+
+def average_right(model, world_size):
+    count = 0
+    for p in model.parameters():
+        dist.all_reduce(p.grad)
+        p.grad /= world_size
+        count += 1
+    return count
+
+
+def divided_first(model, world_size):
+    for p in model.parameters():
+        p.grad = p.grad / world_size  # a new tensor, then all-reduced in place: right too
+        dist.all_reduce(p.grad, dist.ReduceOp.SUM)
+    return 6
+
+
+def averaged_by_the_backend(model, world_size, *, divide=False):
+    for p in model.parameters():
+        dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+        if divide:
+            p.grad /= world_size
+    return 6
+
+
+def flattened(model, world_size):
+    grads = [p.grad for p in model.parameters()]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    torch.nn.utils.vector_to_parameters(flat, grads)
+    return 1
+
+
+def asynchronous(model, world_size):
+    works = [dist.all_reduce(p.grad, async_op=True) for p in model.parameters()]
+    for work in works:
+        work.wait()
+    for p in model.parameters():
+        p.grad /= world_size
+    return len(works)
+
+
+def test_the_average_gradients_reference_passes(capsys):
+    assert ch09.check_average_gradients(average_right).passed
+    assert "jobs of 2 and 3 ranks exactly, with 6 all-reduces per call" in capsys.readouterr().out
+    for right in (divided_first, averaged_by_the_backend, asynchronous):
+        assert ch09.check_average_gradients(right).passed
+    assert ch09.check_average_gradients(flattened).passed
+    assert "with 1 all-reduce per call for 6 parameter tensors" in capsys.readouterr().out
+
+
+def not_divided(model, world_size):
+    for p in model.parameters():
+        dist.all_reduce(p.grad)
+    return 6
+
+
+def a_copy(model, world_size):
+    for p in model.parameters():
+        dist.all_reduce(p.grad / world_size)
+    return 6
+
+
+def a_clone_then_divided(model, world_size):
+    for p in model.parameters():
+        dist.all_reduce(p.grad.clone())
+        p.grad /= world_size
+    return 6
+
+
+def parameters(model, world_size):
+    for p in model.parameters():
+        dist.all_reduce(p.data)
+        p.data /= world_size
+    return 6
+
+
+def direct_import(model, world_size):
+    for p in model.parameters():
+        imported_all_reduce(p.grad)
+    return 6
+
+
+@pytest.mark.parametrize(
+    ("attempt", "hint"),
+    [
+        (not_divided, ch09_collectives.NOT_DIVIDED),
+        (
+            lambda model, world_size: averaged_by_the_backend(model, world_size, divide=True),
+            ch09_collectives.TWICE,
+        ),
+        (a_copy, ch09_collectives.COPY),
+        (a_clone_then_divided, ch09_collectives.COPY),
+        (parameters, ch09_collectives.PARAMETERS),
+        (direct_import, ch09_collectives.NO_GROUP),
+    ],
+)
+def test_average_gradients_mistakes_get_their_hints(attempt, hint):
+    assert failed(ch09.check_average_gradients(attempt), hint)
+
+
+def stepped(model, world_size):
+    count = average_right(model, world_size)
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    return count
+
+
+def tripled(model, world_size):
+    count = average_right(model, world_size)
+    for p in model.parameters():
+        p.grad *= 3
+    return count
+
+
+def maximum(model, world_size):
+    for p in model.parameters():
+        dist.all_reduce(p.grad, op=dist.ReduceOp.MAX)
+    return 6
+
+
+def shapeless(model, world_size):
+    dist.all_reduce(torch.zeros(7))
+    return 1
+
+
+def one_grad_dropped(model, world_size):
+    first, *rest = model.parameters()
+    first.grad = None
+    for p in rest:
+        dist.all_reduce(p.grad)
+        p.grad /= world_size
+    return 5
+
+
+def raises(model, world_size):
+    raise ValueError("no such rank")
+
+
+@pytest.mark.parametrize(
+    ("attempt", "message"),
+    [
+        (stepped, "average_gradients changed the parameters"),
+        (tripled, "0.weight.grad on rank 1 of 2: 20 of 20 entries differ"),
+        (maximum, "all_reduce with op="),
+        (shapeless, "you all-reduced a tensor of shape (7,), which is no gradient"),
+        (one_grad_dropped, "0.weight.grad on rank 1 of 2 should be a tensor, got NoneType"),
+        (raises, "your code raised ValueError: no such rank"),
+        (lambda model, world_size: average_right(model, world_size) and None, "got NoneType"),
+        (lambda model, world_size: average_right(model, world_size) and True, "got bool"),
+        (
+            lambda model, world_size: average_right(model, world_size) + 1,
+            "returned 7, but it made 6 all-reduces",
+        ),
+    ],
+)
+def test_average_gradients_other_wrong_answers_fail_without_a_hint(attempt, message):
+    assert failed(ch09.check_average_gradients(attempt), None, message)
+
+
+def test_within_rounds_to_one_digit():
+    assert ch09_collectives.within(0.0) == "exactly"
+    assert ch09_collectives.within(3.2e-07) == "to 3e-7"
