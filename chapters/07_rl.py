@@ -268,7 +268,7 @@ some state, as long training towards a deterministic optimum can make it.
 $\epsilon \approx 1.2 \times 10^{-7}$ (float32's machine epsilon) before taking the log.
 From logits it computes `logits - logsumexp(logits)` instead, where `logsumexp`
 evaluates $\log \sum_j e^{z_j}$ without overflow or underflow by first taking out the
-largest logit, so no probability is ever rounded or clamped. Compare the
+largest logit, so no probability is formed, rounded to 0 or clamped. Compare the
 log-probability of the unlikely action, and its gradient, when the logits differ by 30.
 `torch.autograd.grad(output, inputs)` returns the gradient of `output` with respect to
 `inputs` directly, instead of adding it to their `.grad` as `backward()` does:
@@ -343,14 +343,15 @@ assert np.allclose(discounted_returns(rewards, gamma).numpy(), direct)
 # by more than the usual return are made more likely, the others less likely. Dividing
 # by the standard deviation gives every batch weights of the same scale; with plain SGD
 # the step then no longer grows with the returns (it still scales with the gradients
-# of the log-probabilities). Adam divides each gradient by the root of an average of
-# its past squares, so a *constant* scale would cancel anyway. But the returns' scale
-# changes during training: with $\gamma = 0.99$ a discounted return is at most about
-# 100, and it grows from below 20 (episodes of about 20 steps) towards 100 as episodes
-# get longer. A run here lasts at most 63 updates (the budget of 1,000 episodes set
-# below, in batches of 16), far fewer than the 1,000 or so over which Adam's average of
-# squares forgets (`beta2` = 0.999); its bias-corrected average therefore weights all
-# updates so far almost equally, and lags behind that change.
+# of the log-probabilities). Adam divides its running average of the gradients by the
+# root of an average of their past squares, so a *constant* scale would cancel anyway.
+# But the returns' scale changes during training: with $\gamma = 0.99$ a discounted
+# return is at most about 100, and it grows from below 20 (episodes of about 20 steps)
+# towards 100 as episodes get longer. A run here lasts at most 63 updates (the budget of
+# 1,000 episodes set below, in batches of 16; the last batch may take it to 1,008), far
+# fewer than the 1,000 or so over which Adam's average of squares forgets (`beta2` =
+# 0.999); its bias-corrected average therefore weights all updates so far almost
+# equally, and lags behind that change.
 #
 # Now the terminated/truncated distinction in numbers. Take an episode that survived all
 # 500 steps and was truncated. Treated as if it had terminated, the return after the last
@@ -688,10 +689,14 @@ print(f"{len(batch_states)} steps, loss {loss.item():+.4f}")
 # **One step per batch.** The expectation in the policy gradient is over episodes played
 # by $\pi_\theta$ with the *current* $\theta$. After one optimizer step the batch was
 # played by an older policy and no longer estimates the new gradient. Reusing it exactly
-# would need importance sampling: weighting step $t$ by the product of the probability
-# ratios $\pi_{\theta_\text{new}}(a_k \mid s_k) / \pi_{\theta_\text{old}}(a_k \mid s_k)$
-# over all steps $k \le t$ of the episode, which corrects the actions taken and, through
-# them, the states visited. That product grows or shrinks fast with $t$, so methods
+# would need importance sampling: weighting each reward $r_k$ in $G_t$ by the product
+# of the probability ratios
+# $\pi_{\theta_\text{new}}(a_j \mid s_j) / \pi_{\theta_\text{old}}(a_j \mid s_j)$
+# over all steps $j \le k$ of the episode (per-decision importance sampling), which
+# corrects the actions taken and, through them, the states visited and the rewards
+# that followed. Weighting step $t$ by the ratios up to $t$ alone corrects where the
+# episode was, not what the old policy did after it. Those products grow or shrink
+# fast, so methods
 # that reuse batches use the single ratio of step $t$ instead, which is accurate only
 # while the two policies stay close; PPO's clipped loss removes the incentive to push
 # that ratio far from 1. It does not bound the ratio (shared weights can still move the
@@ -1495,7 +1500,8 @@ had scored 500 on all 20 validation episodes; where a test mean falls below 500,
 difference is what the validation episodes did not predict.
 """
 )
-#
+
+# %% [markdown]
 # ## 7.7 What the policy learned
 #
 # The policy is a function of four numbers. Holding the cart still at the centre
