@@ -1,0 +1,271 @@
+"""Checkers for chapter 05's exercises (transfer learning); see :mod:`helpers.exercises`.
+
+Each checker builds its own small model named like the chapter's ``GlyphNet``
+(:mod:`helpers.exercises.ch05_models`), runs the reader's function on it, and compares the
+result with torch's own behaviour: forward hooks for features, the optimizer's parameter
+groups for learning rates, ``load_state_dict`` for checkpoints. Exercises 5.4 and 5.5
+(freezing) are checked in :mod:`helpers.exercises.ch05_freezing` and exported here too.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers.exercises import Mismatch, checker, expect, expect_tensor
+from helpers.exercises.ch05_freezing import check_freeze_batchnorm, check_start_lpft
+from helpers.exercises.ch05_models import BLOCKS, SmallNet, check_function, differing
+
+__all__ = [
+    "check_freeze_batchnorm",
+    "check_layerwise_groups",
+    "check_load_backbone",
+    "check_pooled_features",
+    "check_start_lpft",
+]
+
+#: Exercise 5.1's pooled grid per block: about 256 features each in the chapter's model.
+GRIDS = {"layer1": 4, "layer2": 3, "layer3": 2}
+
+
+# ---- Exercise 5.1 -------------------------------------------------------------------------
+
+_TRAIN_MODE = (
+    "the blocks ran in training mode, so batch norm used the batch's statistics: put the "
+    "feature extractor in eval() before computing features"
+)
+_WINDOWS = (
+    "avg_pool2d(x, {grid}) takes {grid} x {grid} windows; the grid is the *output* size: "
+    "adaptive_avg_pool2d(x, {grid})"
+)
+_MAX_POOL = "that is max pooling: the exercise averages each cell of the grid (adaptive_avg_pool2d)"
+_ONE_CELL = "that is one average per channel (a 1 x 1 grid): pool to the block's grid"
+_UNFLATTENED = "flatten each pooled map to (N, C * grid * grid) with .flatten(1)"
+_CHANNELS_LAST = "keep the (C, grid, grid) order when flattening: .flatten(1), without a permute"
+
+
+def _hooked_maps(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each block's output, read with forward hooks on a copy of ``model`` as it is."""
+    model, maps = copy.deepcopy(model), {}
+    handles = [
+        model.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: maps.__setitem__(name, out.detach())
+        )
+        for name in BLOCKS
+    ]
+    with torch.no_grad():
+        model(images)
+    for handle in handles:
+        handle.remove()
+    return maps
+
+
+def _within(gap: float) -> str:
+    """'exactly' for a zero gap, else 'to <gap>'."""
+    return "exactly" if gap == 0 else f"to {gap:.1g}"
+
+
+@checker("5.1", "pooled_features")
+def check_pooled_features(pooled_features: Callable) -> str:
+    """Exercise 5.1: ``pooled_features(backbone, images)`` against forward hooks."""
+    check_function(pooled_features, "pooled_features")
+    generator = torch.Generator().manual_seed(501)
+    backbone = SmallNet(10, generator).train()  # the reader's function must switch to eval
+    images = torch.randn(6, 1, 28, 28, generator=generator)
+    original = copy.deepcopy(backbone)  # the reader's code may change the backbone
+    got = pooled_features(backbone, images.clone())
+    want_maps = _hooked_maps(original.eval(), images)
+    train_maps = _hooked_maps(original.train(), images)
+    expect(isinstance(got, Mapping), f"pooled_features returned a {type(got).__name__}, not a dict")
+    expect(
+        set(BLOCKS) <= set(got),
+        f"pooled_features returned the keys {sorted(got)}, expected {list(BLOCKS)}",
+    )
+    gaps = []
+    for name, grid in GRIDS.items():
+        want_map, pooled = want_maps[name], F.adaptive_avg_pool2d(want_maps[name], grid)
+        want = pooled.flatten(1)  # (N, C * grid * grid)
+        mistakes = {
+            _TRAIN_MODE: F.adaptive_avg_pool2d(train_maps[name], grid).flatten(1),
+            _WINDOWS.format(grid=grid): F.avg_pool2d(want_map, grid).flatten(1),
+            _MAX_POOL: F.adaptive_max_pool2d(want_map, grid).flatten(1),
+            _ONE_CELL: want_map.mean(dim=(2, 3)),
+            _UNFLATTENED: pooled,
+            _CHANNELS_LAST: pooled.permute(0, 2, 3, 1).flatten(1),
+        }
+        gaps.append(expect_tensor(got[name], want, f"features[{name!r}]", mistakes=mistakes))
+        expect(
+            not got[name].requires_grad,
+            f"features[{name!r}] requires grad: autograd recorded its computation",
+            "compute the features under torch.no_grad(): they are a classifier's inputs, and "
+            "the recorded graph only costs memory",
+        )
+    sizes = ", ".join(str(want_maps[n].shape[1] * g * g) for n, g in GRIDS.items())
+    return (
+        f"matches forward hooks on a fresh backbone (in eval mode) {_within(max(gaps))} "
+        f"for 3 blocks on {len(images)} random images ({sizes} features)"
+    )
+
+
+# ---- Exercise 5.2 -------------------------------------------------------------------------
+
+_TOP_DOWN = ("fc", "layer3", "layer2", "layer1")  # group k learns at lr / ratio**k
+
+
+def _rates(model: nn.Module, lr: float, ratio: float, depth: Callable[[int], float]) -> torch.Tensor:
+    """Each parameter's rate (in named_parameters order) when block k gets lr * depth(k)."""
+    rank = {name: k for k, name in enumerate(_TOP_DOWN)}
+    return torch.tensor(
+        [lr * depth(rank[name.split(".")[0]]) for name, _ in model.named_parameters()],
+        dtype=torch.float64,
+    )
+
+
+@checker("5.2", "layerwise_groups")
+def check_layerwise_groups(layerwise_groups: Callable) -> str:
+    """Exercise 5.2: the parameter groups of ``layerwise_groups(model, lr, ratio)``."""
+    check_function(layerwise_groups, "layerwise_groups")
+    lr, ratio = 0.02, 3.0  # not the chapter's: the rates must follow the arguments
+    model = SmallNet(10, torch.Generator().manual_seed(502))
+    groups = layerwise_groups(model, lr, ratio)
+    expect(
+        isinstance(groups, (list, tuple)) and all(isinstance(g, dict) for g in groups),
+        f"layerwise_groups returned a {type(groups).__name__}; expected a list of dicts, "
+        "one {'params': ..., 'lr': ...} per block",
+    )
+    try:  # the optimizer reads the groups as the chapter uses them
+        optimizer = torch.optim.AdamW(groups, lr=lr)
+    except ValueError as error:
+        raise Mismatch(
+            f"torch.optim.AdamW refused the groups: {error}",
+            "a parameter is in two groups: model.parameters() for the head's group also holds "
+            "every block; take model.fc.parameters()"
+            if "more than one" in str(error)
+            else None,
+        ) from None
+    rate_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    names = [name for name, _ in model.named_parameters()]
+    missing = [name for name, p in model.named_parameters() if id(p) not in rate_of]
+    expect(
+        not missing,
+        f"{len(missing)} of {len(names)} parameters are in no group, e.g. {missing[:3]}",
+        "every block needs a group: the optimizer never updates a parameter that is in none",
+    )
+    got = torch.tensor([rate_of[id(p)] for p in model.parameters()], dtype=torch.float64)
+    want = _rates(model, lr, ratio, lambda k: ratio**-k)
+    hints = {
+        "the rates should shrink towards the input: the head at lr and layer1 at "
+        "lr / ratio**3, not the other way round": _rates(model, lr, ratio, lambda k: ratio ** (k - 3)),
+        "divide by ratio**k (ratio to the power of the block's depth), not by ratio * k": _rates(
+            model, lr, ratio, lambda k: 1 / (ratio * k) if k else 1.0
+        ),
+        "the head learns at lr itself: layer3 gets lr / ratio, layer2 lr / ratio**2, "
+        "layer1 lr / ratio**3": _rates(model, lr, ratio, lambda k: ratio ** -(k + 1)),
+    }
+    wrong = [i for i in range(len(names)) if abs(got[i] - want[i]) > 1e-9 * lr]
+    if wrong:
+        shown = ", ".join(f"{names[i]} at {got[i]:.4g} (expected {want[i]:.4g})" for i in wrong[:3])
+        hint = next((h for h, rates in hints.items() if torch.allclose(got, rates, rtol=1e-9)), None)
+        raise Mismatch(f"{len(wrong)} of {len(names)} parameters have the wrong rate: {shown}", hint)
+    per_block = ", ".join(f"{name} {lr * ratio**-k:.3g}" for k, name in enumerate(_TOP_DOWN))
+    return (
+        f"all {len(names)} parameters of a fresh model are in one group each, at their block's "
+        f"rate for lr={lr:g}, ratio={ratio:g}: {per_block}"
+    )
+
+
+# ---- Exercise 5.3 -------------------------------------------------------------------------
+
+
+def _saved_wrapped(model: nn.Module, attribute: str) -> dict:
+    """``model``'s state dict as saved from a wrapper that keeps it as ``attribute``."""
+    wrapper = nn.Module()
+    setattr(wrapper, attribute, model)  # DataParallel/DDP: "module", torch.compile: "_orig_mod"
+    return wrapper.state_dict()
+
+
+def _load_hint(error: Exception) -> str | None:
+    text = str(error)
+    if "size mismatch" in text:
+        return (
+            "drop the old head's keys (fc.weight, fc.bias) before loading: strict=False skips "
+            "missing and unexpected keys, not keys whose shapes differ"
+        )
+    if "Missing key" in text or "Unexpected key" in text:
+        return "load with strict=False: the new head is missing from the checkpoint by design"
+    return None
+
+
+@checker("5.3", "load_backbone")
+def check_load_backbone(load_backbone: Callable) -> str:
+    """Exercise 5.3: ``load_backbone(model, state, prefix)`` against the source's tensors."""
+    check_function(load_backbone, "load_backbone")
+    generator = torch.Generator().manual_seed(503)
+    source = SmallNet(7, generator)  # another head size than the target's, as in the chapter
+    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    for attribute in ("module", "_orig_mod"):
+        prefix = f"{attribute}."
+        state = _saved_wrapped(source, attribute)
+        keys, versions = list(state), list(state._metadata)
+        target = SmallNet(3, generator)
+        head = copy.deepcopy(target.fc.state_dict())
+        try:
+            load_backbone(target, state, prefix)
+        except NotImplementedError:
+            raise
+        except Exception as error:
+            raise Mismatch(
+                f"load_backbone raised {type(error).__name__} on a checkpoint with the prefix "
+                f"{prefix!r}: {str(error)[:200]}",
+                _load_hint(error)
+                or (
+                    "use the prefix argument: the first checkpoint's 'module.' is not every "
+                    "checkpoint's prefix"
+                    if attribute == "_orig_mod"
+                    else None
+                ),
+            ) from None
+        expect(
+            list(state) == keys and list(state._metadata) == versions,
+            "load_backbone changed the caller's checkpoint: its keys now start "
+            f"{list(state)[:2]}, expected {keys[:2]}",
+            "consume_prefix_in_state_dict_if_present renames the keys of the dict you give it, in "
+            "place, and deleting the head's keys changes it too: work on a copy (OrderedDict(state), "
+            "with a copy of its _metadata)",
+        )
+        differ = differing(target.state_dict(), backbone)
+        expect(
+            not differ,
+            f"with the prefix {prefix!r}, {len(differ)} of {len(backbone)} backbone tensors did not "
+            f"load, e.g. {differ[:3]}",
+            "strip the prefix from every key before loading, using the prefix argument "
+            "(consume_prefix_in_state_dict_if_present does it)",
+        )
+        expect(not differing(target.fc.state_dict(), head), "load_backbone changed the new head")
+    refusals = {
+        "a checkpoint whose prefix was not given (prefix '')": (_saved_wrapped(source, "module"), ""),
+        "a checkpoint without layer2's tensors": (
+            {k: v for k, v in source.state_dict().items() if not k.startswith("layer2.")},
+            "",
+        ),
+    }
+    for what, (state, prefix) in refusals.items():
+        try:
+            load_backbone(SmallNet(3, generator), state, prefix)
+        except Exception:  # a refusal: what the exercise asks for
+            continue
+        raise Mismatch(
+            f"load_backbone accepted {what}, which leaves part of the backbone random",
+            "raise unless missing_keys is exactly ['fc.weight', 'fc.bias'] and unexpected_keys "
+            "is empty: strict=False never complains, and `'fc.weight' in missing_keys` passes "
+            "even when more is missing",
+        )
+    return (
+        f"loaded all {len(backbone)} backbone tensors from checkpoints prefixed 'module.' and "
+        "'_orig_mod.', kept the new head and the caller's checkpoint as they were, and refused "
+        "a wrong prefix and a checkpoint without layer2"
+    )

@@ -1,0 +1,171 @@
+"""Checkers for chapter 05's exercises on freezing: LP-FT's start (5.4) and frozen batch
+norm (5.5). Exported by :mod:`helpers.exercises.ch05`, where the starters import them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from helpers.exercises import checker, expect, expect_tensor
+from helpers.exercises.ch05_models import BLOCKS, SmallNet, bn_net, check_function, differing, swapped
+
+__all__ = ["check_freeze_batchnorm", "check_start_lpft"]
+
+
+# ---- Exercise 5.4 -------------------------------------------------------------------------
+
+
+def _frozen_hint(frozen: object, model: nn.Module, fe_model: nn.Module) -> str | None:
+    """The hint for a wrong ``frozen`` list, when it is one of the usual two mistakes."""
+    if not isinstance(frozen, (list, tuple)):
+        return None
+    if any(block is model.layer3 for block in frozen):
+        return "layer3 trains now, so its batch norm must be in training mode: leave it out of `frozen`"
+    if any(block is fe_model.layer1 or block is fe_model.layer2 for block in frozen):
+        return "list the copy's blocks (model.layer1, model.layer2), not the original model's"
+    return None
+
+
+@checker("5.4", "start_lpft")
+def check_start_lpft(start_lpft: Callable) -> str:
+    """Exercise 5.4: the model, frozen blocks and optimizer that ``start_lpft`` returns."""
+    check_function(start_lpft, "start_lpft")
+    lr, factor = 0.02, 0.3
+    fe_model = SmallNet(10, torch.Generator().manual_seed(504))  # its head is "trained"
+    for name in BLOCKS:
+        fe_model.get_submodule(name).requires_grad_(False)
+    fe_state = copy.deepcopy(fe_model.state_dict())
+    fe_flags = [p.requires_grad for p in fe_model.parameters()]
+    result = start_lpft(fe_model, lr, factor)
+    expect(
+        isinstance(result, tuple) and len(result) == 3,
+        f"start_lpft should return (model, frozen, optimizer), got {type(result).__name__}",
+    )
+    model, frozen, optimizer = result
+    expect(isinstance(model, nn.Module), f"the model is a {type(model).__name__}, not an nn.Module")
+    copy_hint = "copy.deepcopy the feature-extraction model first: section 5.7's run must stay as it was"
+    shared = {id(p) for p in fe_model.parameters()} & {id(p) for p in model.parameters()}
+    expect(not shared, "the model shares its parameters with the feature-extraction model", copy_hint)
+    expect(
+        not differing(fe_model.state_dict(), fe_state)
+        and fe_flags == [p.requires_grad for p in fe_model.parameters()],
+        "the feature-extraction model was changed",
+        copy_hint,
+    )
+    differ = differing(model.state_dict(), fe_state)
+    expect(
+        not differ,
+        f"{len(differ)} tensors differ from the feature-extraction model's, e.g. {differ[:3]}",
+        "LP-FT starts from the trained head (the linear probe): a new random head makes it plain fine-tuning"
+        if any(k.startswith("fc.") for k in differ)
+        else None,
+    )
+    for name, trainable in (("layer1", False), ("layer2", False), ("layer3", True), ("fc", True)):
+        flags = {p.requires_grad for p in model.get_submodule(name).parameters()}
+        expect(
+            flags == {trainable},
+            f"{name}'s parameters should {'' if trainable else 'not '}require gradients",
+            "unfreeze layer3 with model.layer3.requires_grad_(True): the copied model has it frozen"
+            if name == "layer3"
+            else None,
+        )
+    expect(
+        isinstance(frozen, (list, tuple)) and {id(b) for b in frozen} == {id(model.layer1), id(model.layer2)},
+        "`frozen` should list the copy's layer1 and layer2 (which train_phases keeps in eval "
+        f"mode), got {len(frozen) if isinstance(frozen, (list, tuple)) else frozen!r} modules",
+        _frozen_hint(frozen, model, fe_model),
+    )
+    expect(
+        isinstance(optimizer, torch.optim.Optimizer),
+        f"the optimizer is a {type(optimizer).__name__}, not a torch.optim.Optimizer",
+    )
+    rate_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    for name, rate in (("fc", lr), ("layer3", lr * factor)):
+        rates = {rate_of.get(id(p)) for p in model.get_submodule(name).parameters()}
+        expect(
+            rates == {rate},
+            f"{name} learns at {sorted(rates, key=str)}, expected {rate:g} (lr={lr:g}, factor={factor:g})",
+            "layer3 learns at lr * factor, as in section 5.7: give it its own parameter group"
+            if name == "layer3" and rates == {lr}
+            else "build the optimizer over the copy's parameters"
+            if rates == {None}
+            else None,
+        )
+    extra = len(rate_of) - sum(p.requires_grad for p in model.parameters())
+    expect(extra == 0, f"the optimizer holds {extra} parameters that are frozen or not the model's")
+    return (
+        f"a copy with the trained head ({model.fc.weight.numel()} weights kept), layer3 and fc "
+        f"trainable at {lr * factor:g} and {lr:g}, layer1 and layer2 frozen and in `frozen`; "
+        "the feature-extraction model unchanged"
+    )
+
+
+# ---- Exercise 5.5 -------------------------------------------------------------------------
+
+
+@checker("5.5", "freeze_batchnorm")
+def check_freeze_batchnorm(freeze_batchnorm: Callable) -> str:
+    """Exercise 5.5: ``freeze_batchnorm(module)`` against nn.BatchNorm2d in eval mode."""
+    from torchvision.ops import FrozenBatchNorm2d  # only this checker needs torchvision
+
+    check_function(freeze_batchnorm, "freeze_batchnorm")
+    generator = torch.Generator().manual_seed(505)
+    net = bn_net(generator)
+    x = torch.randn(5, 2, 6, 6, generator=generator)
+    original = copy.deepcopy(net)
+    freeze_batchnorm(net)
+    with torch.no_grad():
+        want = copy.deepcopy(original).eval()(x)  # torch's batch norm, statistics fixed
+
+        def loaded(bn: nn.BatchNorm2d) -> nn.Module:  # the right copy, but with the default eps
+            fixed = FrozenBatchNorm2d(bn.num_features)
+            fixed.load_state_dict(bn.state_dict())
+            return fixed
+
+        default_eps = swapped(original, loaded)(x)
+        fresh = swapped(original, lambda bn: FrozenBatchNorm2d(bn.num_features, eps=bn.eps))(x)
+    left = [name for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    expect(
+        not left,
+        f"{len(left)} of 2 BatchNorm2d layers are still there: {left}",
+        "recurse into the children: the batch norm nested inside a block was not reached"
+        if left == ["3.1"]
+        else "replace each batch norm in its parent with setattr(parent, name, new_layer); "
+        "rebinding a loop variable changes nothing, and the function must change the module "
+        "in place",
+    )
+    expect(
+        sum(isinstance(m, FrozenBatchNorm2d) for m in net.modules()) == 2,
+        "the module should hold 2 FrozenBatchNorm2d layers, one where each BatchNorm2d was",
+    )
+    learnable = [
+        f"{name}.{weight}"
+        for name, layer in net.named_modules()
+        if isinstance(layer, FrozenBatchNorm2d)
+        for weight, _ in layer.named_parameters()
+    ]
+    expect(
+        not learnable,
+        f"frozen batch norm should have no parameters, but {learnable} are",
+        "copy the values into FrozenBatchNorm2d's buffers (load_state_dict(bn.state_dict())): "
+        "assigning bn.weight registers a trainable Parameter again",
+    )
+    net.train()  # what model.train() does to every block
+    with torch.no_grad():
+        got = net(x)
+        again = net(x)
+    mistakes = {
+        "FrozenBatchNorm2d's eps defaults to 1e-5: pass the layer's own, eps=bn.eps": default_eps,
+        "the new layers kept their initial statistics (mean 0, variance 1): load the old layer's "
+        "weight, bias and running statistics": fresh,
+    }
+    gap = expect_tensor(got, want, "the output in training mode", mistakes=mistakes)
+    expect(torch.equal(got, again), "two forward passes in training mode gave different outputs")
+    return (
+        f"replaced both BatchNorm2d layers (one nested); in training mode the module matches "
+        f"the original in eval mode to {gap:.1g} on a random batch, and its state stays put"
+    )

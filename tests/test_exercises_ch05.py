@@ -1,0 +1,431 @@
+"""Chapter 05's exercise checkers: right answers pass, the usual mistakes get their hints."""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from exercise_cells import run_starter, starter_cells
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.ops import FrozenBatchNorm2d
+
+from helpers.exercises.ch05 import (
+    GRIDS,
+    check_freeze_batchnorm,
+    check_layerwise_groups,
+    check_load_backbone,
+    check_pooled_features,
+    check_start_lpft,
+)
+
+STARTERS = starter_cells("05")
+TOP_DOWN = ("fc", "layer3", "layer2", "layer1")
+
+
+def test_the_chapter_has_one_starter_per_exercise_and_each_untouched_is_not_attempted():
+    names = ["pooled_features", "layerwise_groups", "load_backbone", "start_lpft", "freeze_batchnorm"]
+    assert len(STARTERS) == len(names)
+    for k, (source, name) in enumerate(zip(STARTERS, names, strict=True), start=1):
+        out = run_starter(source, nn=nn, torch=torch)
+        assert out == f"… Exercise 5.{k}: not attempted yet: fill in `{name}` above\n"
+
+
+def attempt(k: int, old: str, new: str) -> str:
+    """What starter ``k`` prints when the reader replaces its skeleton line ``old``."""
+    source = STARTERS[k - 1]
+    assert old in source
+    return run_starter(source.replace(old, new), nn=nn, torch=torch, F=F, copy=copy)
+
+
+# ---- 5.1 ----------------------------------------------------------------------------------
+
+
+def features(backbone, images, *, mode="eval", pool=None, grad=False, flatten=True):
+    """A right answer to exercise 5.1, and the usual mistakes when asked."""
+    extractor = create_feature_extractor(backbone, return_nodes=list(GRIDS))
+    if mode == "eval":
+        extractor.eval()
+    with torch.set_grad_enabled(grad):
+        maps = extractor(images)
+    pool = pool or F.adaptive_avg_pool2d
+    pooled = {name: pool(maps[name], grid) for name, grid in GRIDS.items()}
+    return {name: p.flatten(1) if flatten else p for name, p in pooled.items()}
+
+
+def test_pooled_features_right_answer_passes(capsys):
+    verdict = check_pooled_features(features)
+    assert verdict.passed, verdict
+    out = capsys.readouterr().out
+    assert out.startswith("✓ Exercise 5.1: matches forward hooks on a fresh backbone (in eval mode) ")
+    assert "for 3 blocks on 6 random images (64, 54, 32 features)" in out
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ({"mode": "train"}, "put the feature extractor in eval()"),
+        ({"pool": F.avg_pool2d}, "the grid is the *output* size"),
+        ({"pool": F.adaptive_max_pool2d}, "that is max pooling"),
+        ({"pool": lambda x, grid: x.mean(dim=(2, 3))}, "one average per channel"),
+        ({"flatten": False}, "flatten each pooled map"),
+        ({"pool": lambda x, grid: F.adaptive_avg_pool2d(x, grid).permute(0, 2, 3, 1)}, "without a permute"),
+        ({"grad": True}, "under torch.no_grad()"),
+    ],
+)
+def test_pooled_features_usual_mistakes_get_their_hints(mistake, hint):
+    verdict = check_pooled_features(lambda b, x: features(b, x, **mistake))
+    assert not verdict and hint in verdict.hint
+
+
+def test_pooled_features_other_wrong_answers_fail_without_a_hint():
+    doubled = check_pooled_features(lambda b, x: {k: 2 * v for k, v in features(b, x).items()})
+    assert not doubled and doubled.hint is None and "entries differ from the reference" in doubled.message
+    as_list = check_pooled_features(lambda b, x: list(features(b, x).values()))
+    assert not as_list and as_list.message == "pooled_features returned a list, not a dict"
+    two = check_pooled_features(lambda b, x: {"layer1": features(b, x)["layer1"]})
+    assert "returned the keys ['layer1'], expected ['layer1', 'layer2', 'layer3']" in two.message
+    assert not check_pooled_features(3) and "should be a function, got int" in str(check_pooled_features(3))
+
+
+# ---- 5.2 ----------------------------------------------------------------------------------
+
+
+def groups(model, lr, ratio, *, depth=lambda k, ratio: ratio**-k, names=TOP_DOWN, head_default=True):
+    """A right answer to exercise 5.2 (the head's rate left to the optimizer's default), and
+    the usual mistakes: block k (the head is 0) at lr * depth(k, ratio)."""
+    out = []
+    for k, name in enumerate(names):
+        group = {"params": model.get_submodule(name).parameters(), "lr": lr * depth(k, ratio)}
+        if k == 0 and head_default:
+            del group["lr"]
+        out.append(group)
+    return out
+
+
+def test_layerwise_groups_right_answer_passes(capsys):
+    assert check_layerwise_groups(groups)
+    assert capsys.readouterr().out == (
+        "✓ Exercise 5.2: all 11 parameters of a fresh model are in one group each, at their "
+        "block's rate for lr=0.02, ratio=3: fc 0.02, layer3 0.00667, layer2 0.00222, layer1 0.000741\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("depth", "hint"),
+    [
+        (lambda k, r: r ** (k - 3), "shrink towards the input"),
+        (lambda k, r: 1 / (r * k) if k else 1.0, "not by ratio * k"),
+        (lambda k, r: r ** -(k + 1), "the head learns at lr itself"),
+    ],
+)
+def test_layerwise_groups_wrong_rates_get_their_hints(depth, hint):
+    verdict = check_layerwise_groups(lambda m, lr, r: groups(m, lr, r, depth=depth, head_default=False))
+    assert not verdict and "parameters have the wrong rate" in verdict.message and hint in verdict.hint
+
+
+def test_layerwise_groups_structural_mistakes_get_their_hints():
+    twice = check_layerwise_groups(
+        lambda m, lr, ratio: (
+            [{"params": m.parameters(), "lr": lr}]
+            + [
+                {"params": m.get_submodule(n).parameters(), "lr": lr / ratio**k}
+                for k, n in enumerate(TOP_DOWN[1:], 1)
+            ]
+        )
+    )
+    assert "AdamW refused the groups" in twice.message and "model.fc.parameters()" in twice.hint
+    no_layer1 = check_layerwise_groups(lambda m, lr, ratio: groups(m, lr, ratio, names=TOP_DOWN[:3]))
+    message = (
+        "3 of 11 parameters are in no group, e.g. ['layer1.0.weight', 'layer1.1.weight', 'layer1.1.bias']"
+    )
+    assert message in no_layer1.message
+    assert "every block needs a group" in no_layer1.hint
+
+
+def test_layerwise_groups_other_wrong_answers_fail_without_a_hint():
+    same = check_layerwise_groups(lambda m, lr, ratio: [{"params": m.parameters(), "lr": lr}])
+    assert not same and same.hint is None and "9 of 11 parameters have the wrong rate" in same.message
+    assert "layer1.0.weight at 0.02 (expected 0.0007407)" in same.message
+    empty = check_layerwise_groups(lambda m, lr, ratio: [{"params": [2 * m.fc.weight], "lr": lr}])
+    assert "AdamW refused the groups" in empty.message and empty.hint is None
+    generator = check_layerwise_groups(lambda m, lr, ratio: ({"params": p} for p in m.parameters()))
+    assert "returned a generator; expected a list of dicts" in generator.message
+
+
+# ---- 5.3 ----------------------------------------------------------------------------------
+
+
+def load(model, state, prefix="", *, copy_first=True, drop_head=True, strict=False, check="exact"):
+    """A right answer to exercise 5.3, and the usual mistakes when asked."""
+    if copy_first:
+        state = OrderedDict((k.removeprefix(prefix), v) for k, v in state.items())
+    else:  # renames the caller's dict
+        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, prefix)
+    if drop_head:
+        state = OrderedDict((k, v) for k, v in state.items() if not k.startswith("fc."))
+    result = model.load_state_dict(state, strict=strict)
+    head_missing = "fc.weight" in result.missing_keys
+    if check == "exact" and (result.missing_keys != ["fc.weight", "fc.bias"] or result.unexpected_keys):
+        raise RuntimeError(f"backbone did not load cleanly: {result}")
+    if check == "loose" and (not head_missing or result.unexpected_keys):
+        raise RuntimeError(f"backbone did not load cleanly: {result}")
+
+
+def test_load_backbone_right_answer_passes(capsys):
+    assert check_load_backbone(load)
+    assert capsys.readouterr().out.startswith(
+        "✓ Exercise 5.3: loaded all 18 backbone tensors from checkpoints prefixed 'module.' and '_orig_mod.'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ({"copy_first": False}, "renames the keys of the dict you give it, in place"),
+        ({"drop_head": False}, "drop the old head's keys"),
+        ({"strict": True}, "load with strict=False"),
+        ({"check": None}, "strict=False never complains"),
+        ({"check": "loose"}, "passes even when more is missing"),
+    ],
+)
+def test_load_backbone_usual_mistakes_get_their_hints(mistake, hint):
+    verdict = check_load_backbone(lambda m, s, p: load(m, s, p, **mistake))
+    assert not verdict and hint in verdict.hint
+
+
+def test_load_backbone_prefix_mistakes_get_their_hints():
+    fixed = check_load_backbone(lambda m, s, p: load(m, s, "module."))
+    assert "raised RuntimeError on a checkpoint with the prefix '_orig_mod.'" in fixed.message
+    assert "use the prefix argument" in fixed.hint
+    unchecked = check_load_backbone(lambda m, s, p: load(m, s, "module.", check=None))
+    assert "with the prefix '_orig_mod.', 18 of 18 backbone tensors did not load" in unchecked.message
+    assert "strip the prefix" in unchecked.hint
+
+
+def test_load_backbone_other_wrong_answers_fail_without_a_hint():
+    def deletes_head(model, state, prefix):
+        for key in [k for k in state if k.endswith(("fc.weight", "fc.bias"))]:
+            del state[key]
+        load(model, state, prefix)
+
+    assert "changed the caller's checkpoint" in check_load_backbone(deletes_head).message
+
+    def touches_head(model, state, prefix):
+        load(model, state, prefix)
+        model.fc.reset_parameters()
+
+    assert check_load_backbone(touches_head).message == "load_backbone changed the new head"
+    broken = check_load_backbone(lambda m, s, p: 1 / 0)
+    assert "raised ZeroDivisionError" in broken.message and broken.hint is None
+
+
+# ---- 5.4 ----------------------------------------------------------------------------------
+
+
+def lpft(fe_model, lr, factor, *, deepcopy=True, new_head=False, unfreeze=True, frozen="copy", groups=2):
+    """A right answer to exercise 5.4, and the usual mistakes when asked."""
+    model = copy.deepcopy(fe_model) if deepcopy else fe_model
+    if new_head:
+        model.fc = nn.Linear(model.fc.in_features, model.fc.out_features)
+    if unfreeze:
+        model.layer3.requires_grad_(True)
+    blocks = {
+        "copy": [model.layer1, model.layer2],
+        "with layer3": [model.layer1, model.layer2, model.layer3],
+        "original": [fe_model.layer1, fe_model.layer2],
+    }[frozen]
+    source = fe_model if groups == "original" else model
+    if groups == 1:
+        params = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    else:
+        params = [
+            {"params": source.layer3.parameters(), "lr": lr * factor},
+            {"params": model.fc.parameters(), "lr": lr},
+        ]
+    return model, blocks, torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+
+
+def test_start_lpft_right_answer_passes(capsys):
+    assert check_start_lpft(lpft)
+    assert capsys.readouterr().out == (
+        "✓ Exercise 5.4: a copy with the trained head (320 weights kept), layer3 and fc trainable "
+        "at 0.006 and 0.02, layer1 and layer2 frozen and in `frozen`; the feature-extraction "
+        "model unchanged\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ({"deepcopy": False}, "copy.deepcopy the feature-extraction model"),
+        ({"new_head": True}, "a new random head makes it plain fine-tuning"),
+        ({"unfreeze": False}, "unfreeze layer3"),
+        ({"frozen": "with layer3"}, "leave it out of `frozen`"),
+        ({"frozen": "original"}, "not the original model's"),
+        ({"groups": 1}, "give it its own parameter group"),
+        ({"groups": "original"}, "over the copy's parameters"),
+    ],
+)
+def test_start_lpft_usual_mistakes_get_their_hints(mistake, hint):
+    verdict = check_start_lpft(lambda m, lr, f: lpft(m, lr, f, **mistake))
+    assert not verdict and hint in verdict.hint
+
+
+def test_start_lpft_other_wrong_answers_fail_without_a_hint():
+    def unfreezes_the_original(fe_model, lr, factor):
+        fe_model.layer3.requires_grad_(True)
+        return lpft(fe_model, lr, factor)
+
+    assert check_start_lpft(unfreezes_the_original).message == "the feature-extraction model was changed"
+
+    def new_layer3(fe_model, lr, factor):
+        model, frozen, optimizer = lpft(fe_model, lr, factor)
+        with torch.no_grad():
+            model.layer3[0].weight.zero_()
+        return model, frozen, optimizer
+
+    verdict = check_start_lpft(new_layer3)
+    assert "1 tensors differ from the feature-extraction model's, e.g. ['layer3.0.weight']" in verdict.message
+    assert verdict.hint is None
+
+    def everything_trainable(fe_model, lr, factor):
+        model, frozen, optimizer = lpft(fe_model, lr, factor)
+        model.requires_grad_(True)
+        return model, frozen, optimizer
+
+    verdict = check_start_lpft(everything_trainable)
+    assert verdict.message == "layer1's parameters should not require gradients" and verdict.hint is None
+
+    def with_frozen_in_optimizer(fe_model, lr, factor):
+        model, frozen, _ = lpft(fe_model, lr, factor)
+        groups = [{"params": model.layer3.parameters(), "lr": lr * factor}]
+        groups += [{"params": [*model.fc.parameters(), *model.layer1.parameters()], "lr": lr}]
+        return model, frozen, torch.optim.AdamW(groups)
+
+    verdict = check_start_lpft(with_frozen_in_optimizer)
+    assert "the optimizer holds 3 parameters that are frozen" in verdict.message
+
+    def head_at_factor(fe_model, lr, factor):
+        return lpft(fe_model, lr * factor, 1.0)
+
+    assert "fc learns at [0.006], expected 0.02" in check_start_lpft(head_at_factor).message
+    for result, message in [
+        (None, "should return (model, frozen, optimizer), got NoneType"),
+        ((1, [], None), "the model is a int, not an nn.Module"),
+        ("frozen", "`frozen` should list the copy's layer1 and layer2"),
+        ("optimizer", "the optimizer is a str, not a torch.optim.Optimizer"),
+    ]:
+        if result == "frozen":
+            verdict = check_start_lpft(lambda m, lr, f: (lpft(m, lr, f)[0], "layer1", None))
+        elif result == "optimizer":
+            verdict = check_start_lpft(lambda m, lr, f: (*lpft(m, lr, f)[:2], "adam"))
+        else:
+            verdict = check_start_lpft(lambda m, lr, f, result=result: result)
+        assert message in verdict.message and verdict.hint is None
+
+
+# ---- 5.5 ----------------------------------------------------------------------------------
+
+
+def freeze(module, *, recurse=True, eps=True, load=True, assign=False):
+    """A right answer to exercise 5.5, and the usual mistakes when asked."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            fixed = FrozenBatchNorm2d(child.num_features, **({"eps": child.eps} if eps else {}))
+            if load:
+                fixed.load_state_dict(child.state_dict())
+            if assign:
+                fixed.weight = child.weight
+            setattr(module, name, fixed)
+        elif recurse:
+            freeze(child, recurse=recurse, eps=eps, load=load, assign=assign)
+
+
+def test_freeze_batchnorm_right_answer_passes(capsys):
+    assert check_freeze_batchnorm(freeze)
+    assert capsys.readouterr().out.startswith(
+        "✓ Exercise 5.5: replaced both BatchNorm2d layers (one nested); in training mode the module matches"
+    )
+
+
+def rebinds(module):
+    for child in module.modules():
+        if isinstance(child, nn.BatchNorm2d):
+            child = FrozenBatchNorm2d(child.num_features, eps=child.eps)  # the mistake: rebinds a name
+
+
+@pytest.mark.parametrize(
+    ("attempt", "hint"),
+    [
+        (lambda m: freeze(m, recurse=False), "recurse into the children"),
+        (lambda m: freeze(m, eps=False), "pass the layer's own, eps=bn.eps"),
+        (lambda m: freeze(m, load=False), "kept their initial statistics"),
+        (lambda m: freeze(m, assign=True), "registers a trainable Parameter again"),
+        (rebinds, "rebinding a loop variable changes nothing"),
+    ],
+)
+def test_freeze_batchnorm_usual_mistakes_get_their_hints(attempt, hint):
+    verdict = check_freeze_batchnorm(attempt)
+    assert not verdict and hint in verdict.hint
+
+
+def test_freeze_batchnorm_other_wrong_answers_fail_without_a_hint():
+    def identity(module):
+        for name, child in module.named_children():
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(module, name, nn.Identity())
+            else:
+                identity(child)
+
+    assert "should hold 2 FrozenBatchNorm2d layers" in check_freeze_batchnorm(identity).message
+
+    class Drifting(FrozenBatchNorm2d):
+        def forward(self, x):
+            out = super().forward(x)
+            self.bias += 1.0  # a buffer that moves: not frozen at all
+            return out
+
+    def drifting(module):
+        freeze(module)
+        for parent in module.modules():
+            for name, child in parent.named_children():
+                if isinstance(child, FrozenBatchNorm2d):
+                    new = Drifting(child.weight.numel(), eps=child.eps)
+                    new.load_state_dict(child.state_dict())
+                    setattr(parent, name, new)
+
+    verdict = check_freeze_batchnorm(drifting)
+    assert verdict.message == "two forward passes in training mode gave different outputs"
+
+    def scaled(module):
+        freeze(module)
+        module[0].weight.data.mul_(2)
+
+    verdict = check_freeze_batchnorm(scaled)
+    assert "entries differ from the reference" in verdict.message and verdict.hint is None
+
+
+# ---- the starters, filled in as a reader would --------------------------------------------
+
+SKELETON = "raise NotImplementedError  # your code here"
+
+
+def test_a_filled_in_starter_runs_its_check_right_and_wrong():
+    right = (
+        "return [{'params': model.get_submodule(n).parameters(), 'lr': lr / ratio**k} "
+        "for k, n in enumerate(['fc', 'layer3', 'layer2', 'layer1'])]"
+    )
+    assert attempt(2, SKELETON, right).startswith("✓ Exercise 5.2: all 11 parameters")
+    shallow = (
+        "[setattr(module, n, __import__('torchvision').ops.FrozenBatchNorm2d(c.num_features, c.eps)) "
+        "for n, c in list(module.named_children()) if isinstance(c, nn.BatchNorm2d)]"
+    )
+    out = attempt(5, SKELETON, shallow)
+    assert out.startswith("✗ Exercise 5.5: 1 of 2 BatchNorm2d layers are still there: ['3.1']\n")
+    assert out.endswith(
+        "  Hint: recurse into the children: the batch norm nested inside a block was not reached\n"
+    )
