@@ -48,6 +48,7 @@ if "google.colab" in sys.modules:
 
 # %%
 import copy
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -280,17 +281,17 @@ digits against the 500 validation digits.
 #
 # Our decoder outputs one Bernoulli probability per pixel (as a logit), so it models
 # images whose pixels are 0 or 1. MNIST pixels are grey levels, so for the VAE we
-# **binarise** them once, deterministically (pixel > 0.5). The loss below is then the
-# log-probability, in nats, of one fixed set of 0/1 images, and the VAE's score is a
-# bound on the likelihood of that dataset. Many tutorials instead feed the grey levels
-# to binary cross-entropy. That is in nats too: the cross-entropy is linear in its
-# target $x$, so with a grey level as target it equals $\mathbb E_{b \sim
-# \mathrm{Bernoulli}(x)}[-\log p(b)]$, the expected negative log-likelihood of a
-# *random* binarisation that turns each pixel on with probability equal to its grey
-# level, and the grey-level negative ELBO bounds that expectation. It is a different
-# quantity, though: a likelihood averaged over random datasets rather than the
-# likelihood of one. We keep one fixed dataset, so that every number below refers to
-# the same images.
+# **binarise** them once, deterministically (pixel > 0.5). The loss below is then a
+# bound on the negative log-probability, in nats, of one fixed set of 0/1 images, and
+# the VAE's score is a bound on the likelihood of that dataset. Many tutorials
+# instead feed the grey levels to binary cross-entropy. That is in nats too: the
+# cross-entropy is linear in its target $x$, so with a grey level as target it equals
+# $\mathbb E_{b \sim \mathrm{Bernoulli}(x)}[-\log p(b)]$, the expected negative
+# log-likelihood of a *random* binarisation that turns each pixel on with probability
+# equal to its grey level, and the grey-level negative ELBO bounds that expectation.
+# It is a different quantity, though: a likelihood averaged over random datasets
+# rather than the likelihood of one. We keep one fixed dataset, so that every number
+# below refers to the same images.
 #
 # Binarising has a price when the VAE's images are later judged against grey digits:
 # even a perfect model of the black-and-white digits would not score like grey ones.
@@ -659,20 +660,34 @@ record("vae_epochs_run", vae_epochs)
 
 # %%
 fig, (ax_loss, ax_kl) = plt.subplots(1, 2, figsize=(11, 3.5))
+curves = {
+    f"validation, lr {lr:g}": run["history"]["validation"]
+    for lr, run in vae_runs.items()
+}
+curves[f"training, lr {vae_lr:g}"] = vae_history["train"]  # plotted last
+# the early epochs are far above: say in the title which ones are cut off
+loss_top = min(vae_history["validation"]) + 80
+off_top = [e for e in range(1, vae_epochs + 1)
+           if any(c[e - 1] > loss_top for c in curves.values())]  # fmt: skip
+if not off_top:
+    cut_text = ""
+elif len(off_top) == 1:
+    cut_text = f"; epoch {off_top[0]} off the top"
+elif off_top == list(range(off_top[0], off_top[-1] + 1)):
+    cut_text = f"; epochs {off_top[0]}–{off_top[-1]} off the top"
+else:
+    cut_text = f"; epochs {', '.join(map(str, off_top))} off the top"
 plot_losses(
-    {f"validation, lr {lr:g}": run["history"]["validation"]
-     for lr, run in vae_runs.items()}
-    | {f"training, lr {vae_lr:g}": vae_history["train"]},
-    title="VAE: negative ELBO per image",
+    curves,
+    title=f"VAE: negative ELBO per image{cut_text}",
     ylabel="nats per image",
     ax=ax_loss,
-)  # fmt: skip
+)
 ax_loss.lines[-1].set_linestyle("--")  # the training curve
 ax_loss.axvline(
     vae_best_epoch, color="grey", linestyle=":", label="chosen epoch"
 )
-# epoch 1 is far above
-ax_loss.set_ylim(top=min(vae_history["validation"]) + 80)
+ax_loss.set_ylim(top=loss_top)
 ax_loss.legend(fontsize=8)
 plot_losses(
     {f"KL term (training, lr {vae_lr:g})": vae_history["train KL"]},
@@ -876,8 +891,9 @@ prose(
     r"""
 Two numbers per image cost likelihood: after the same {{vae_epochs_run}} epochs
 the best validation negative ELBO is {{vae_2d_val_nelbo}} nats against
-{{vae_val_nelbo}} with 16 latent numbers. What they buy is a picture. Left: the
-mean code $\mu$ of each of the 500 validation images, coloured by its true digit.
+{{vae_val_nelbo}} with 16 latent numbers. What they buy is a picture. Left: one
+code drawn from $q_\phi(z \mid x)$ for each of the 500 validation images, coloured by
+its true digit.
 Right: the decoder's image for a 12 × 12 grid of codes placed at the 5 %–95 %
 quantiles of the prior along each axis, so that the grid covers where prior samples
 fall and every tile stands for the same share of the prior.
@@ -976,6 +992,22 @@ record(
     if far
     else "fill the prior about as prior samples would",
 )
+record(
+    "few_codes_text",
+    ", including those few codes reach, where it has had little to learn from"
+    if far
+    else "",
+)
+record(
+    "mismatch_text",
+    "This mismatch between where the codes are and where prior samples fall is"
+    " one reason why the prior samples above are worse than the"
+    " reconstructions."
+    if far
+    else "In this run the tiles do not show the mismatch, which can still lie"
+    " inside occupied tiles; they do not explain why the prior samples above"
+    " are worse than the reconstructions.",
+)
 
 # Which digits share a region: a 5-nearest-neighbour vote among the other codes.
 distances_2d = torch.cdist(mu_val_2d, mu_val_2d).fill_diagonal_(float("inf"))
@@ -1049,12 +1081,11 @@ The average KL term thus penalises the aggregate mismatch, but together with the
 information the codes carry about their images, which the reconstruction term
 rewards, and a Gaussian per image limits how the encoder can arrange its codes: the
 mismatch need not vanish at the optimum. The decoder still draws something on every
-tile, including those few codes reach, where it has had little to learn from. The
+tile{{few_codes_text}}. The
 judge's top guesses for the 144 tiles include {{grid_digits}} of the ten digits
 ({{grid_missing_text}}), but it is confident (probability at least 0.9) about
 {{grid_sure_text}}.
-This mismatch between where the codes are and where prior samples fall is one reason
-why the prior samples above are worse than the reconstructions.
+{{mismatch_text}}
 """
 )
 
@@ -1219,6 +1250,7 @@ print(f"discriminator: {count_parameters(discriminator):,} parameters")
 
 # %%
 g_copy, d_copy = copy.deepcopy(generator), copy.deepcopy(discriminator)
+# binary cross-entropy on logits, averaged over the batch (training uses it too)
 criterion = nn.BCEWithLogitsLoss()
 fake = g_copy(torch.randn(16, noise_dim, device=device))
 zeros = torch.zeros(16, 1, device=device)  # label 0 = fake
@@ -1249,18 +1281,24 @@ del g_copy, d_copy, fake
 # parameters, as one fused operation; by default, on the CPU, Adam loops over the
 # parameters and runs several small operations on each (on CUDA the default already
 # groups them, `foreach`; fused goes one step further). The update is the same up to
-# rounding; except on Apple's MPS, the cell below times one step of each kind. (Fused
-# Adam runs on CPU and CUDA; the code leaves it off on MPS, where it needs a recent
-# PyTorch, and skips the timing there.)
+# rounding; the cell below times one step of each kind. Fused Adam runs on the CPU,
+# CUDA and Apple's MPS in every PyTorch this book supports.
 #
 # The two networks need not settle: each step of one changes the target of the other,
 # and the generator's weights can keep moving around a good solution instead of
 # converging to it (Mescheder et al., 2018, [Which training methods for GANs do
 # actually converge?](https://arxiv.org/abs/1801.04406), analyse when), and the digits
-# it favours can change from one stretch of steps to the next. A common remedy is to
-# sample not from the latest weights but from an **exponential moving average** of them
-# (Karras et al.'s [progressive GANs](https://arxiv.org/abs/1710.10196) and StyleGAN do;
-# Yazıcı et al., 2019, [The unusual effectiveness of averaging in GAN
+# it favours can change from one stretch of steps to the next. Several stabilisers
+# change the game itself, none of them used here: spectral normalisation of the
+# discriminator's weights (Miyato et al., 2018, [Spectral normalization for
+# generative adversarial networks](https://arxiv.org/abs/1802.05957)), the
+# Wasserstein loss with a gradient penalty (Gulrajani et al., 2017, [Improved
+# training of Wasserstein GANs](https://arxiv.org/abs/1704.00028)) and separate
+# learning rates for the two networks (the two time-scale update rule of the FID
+# paper above). A remedy that leaves the game alone is to sample not from the latest
+# weights but from an **exponential moving average** of them (Karras et al.'s
+# [progressive GANs](https://arxiv.org/abs/1710.10196) and StyleGAN do; Yazıcı et
+# al., 2019, [The unusual effectiveness of averaging in GAN
 # training](https://arxiv.org/abs/1806.04498), measured the gain). After every
 # generator step each averaged weight moves a fraction $1 - \beta$ of the way towards
 # the current one, $\bar\theta \leftarrow \beta\,\bar\theta + (1 - \beta)\,\theta$. With
@@ -1295,30 +1333,24 @@ lr_gan = 2e-3
 gan_steps = 4000
 snapshot_every = 250
 gan_batch_size = 64
-adam_settings = {
-    "lr": lr_gan,
-    "betas": (0.5, 0.999),
-    "fused": device.type != "mps",
-}
+adam_settings = {"lr": lr_gan, "betas": (0.5, 0.999), "fused": True}
 optimizer_g = torch.optim.Adam(generator.parameters(), **adam_settings)
 optimizer_d = torch.optim.Adam(discriminator.parameters(), **adam_settings)
 
-if device.type != "mps":
-    # One Adam step for the generator's weights, fused and by default, on a
-    # copy.
-    step_seconds = {}
-    for fused in (True, False):
-        net = copy.deepcopy(generator)
-        for p in net.parameters():
-            p.grad = torch.ones_like(p)  # any values do; no random numbers used
-        opt = torch.optim.Adam(net.parameters(), lr=lr_gan, fused=fused)
-        step_seconds[fused] = best_time(
-            opt.step, repeat=20, warmup=3, device=device
-        )
-    print(
-        f"one Adam step: fused {step_seconds[True] * 1e6:.0f} µs, "
-        f"default {step_seconds[False] * 1e6:.0f} µs"
+# One Adam step for the generator's weights, fused and by default, on a copy.
+step_seconds = {}
+for fused in (True, False):
+    net = copy.deepcopy(generator)
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)  # any values do; no random numbers used
+    opt = torch.optim.Adam(net.parameters(), lr=lr_gan, fused=fused)
+    step_seconds[fused] = best_time(
+        opt.step, repeat=20, warmup=3, device=device
     )
+print(
+    f"one Adam step: fused {step_seconds[True] * 1e6:.0f} µs, "
+    f"default {step_seconds[False] * 1e6:.0f} µs"
+)
 
 
 @torch.no_grad()
@@ -1328,15 +1360,17 @@ def moving_average(
     """One step of a bias-corrected moving average (beta = 0.999),
     for AveragedModel.
     """
-    # n weights are in the average already. On a GPU, .item() waits for the
-    # device once per step, as does AveragedModel's own copy of its counter to
-    # the device.
-    beta, n = 0.999, num_averaged.item()
-    weight = (1 - beta) / (1 - beta ** (n + 1))
+    # n = num_averaged weights are in the average already. The weight stays a
+    # tensor on the device: no .item(), which would wait for a GPU every step
+    # (chapter 8). AveragedModel itself still copies its counter from the CPU
+    # to the device at every update, which on CUDA waits too; an average
+    # written by hand, with the count kept on the device, would avoid both.
+    beta = 0.999
+    weight = (1 - beta) / (1 - beta ** (num_averaged + 1).float())  # 0-dim
     for average, value in zip(averaged, current, strict=True):
         if average.is_floating_point():
             # average += weight * (value - average)
-            average.lerp_(value, weight)
+            average.lerp_(value, weight.to(average.dtype))
         else:  # an integer buffer (batch norm's count of batches) is copied
             average.copy_(value)
 
@@ -1388,8 +1422,8 @@ def score(
     )
 
 
-# binary cross-entropy on logits, averaged over the batch
-criterion = nn.BCEWithLogitsLoss()
+# `criterion` is the binary cross-entropy on logits defined above for the
+# detach() demonstration, averaged over the batch.
 losses = torch.zeros(gan_steps, 2, device=device)  # (step, [D, G]) losses
 snapshots, train_seconds, step = [], 0.0, 0
 progress = tqdm(total=gan_steps, desc="GAN steps")
@@ -1538,6 +1572,14 @@ drift = max(
 )
 record("gan_loss_drift", drift, fmt="{:.2f}")
 record("gan_settle_text", "barely move" if drift < 0.1 else "still drift")
+record(
+    "gan_flat_text",
+    "so a flat pair of curves means the game is balanced, not that the images"
+    " have stopped improving"
+    if drift < 0.1
+    else "so even flat curves would mean only that the game is balanced, not"
+    " that the images had stopped improving",
+)
 first_fd, last_fd = snapshots[0]["val_fd"], snapshots[-1]["val_fd"]
 record("gan_first_fd", first_fd, fmt="{:.0f}")
 record("gan_last_fd", last_fd, fmt="{:.0f}")
@@ -1623,9 +1665,8 @@ that cannot tell real from fake) and the generator's {{gan_loss_g_late}}.
 Meanwhile the averaged generator's validation Fréchet distance in the middle panel
 went from {{gan_first_fd}} at the first snapshot to {{gan_last_fd}} at the
 last. This is why the losses cannot choose the snapshot:
-each network's loss is measured against an opponent that improves too, so a flat
-pair of curves means the game is balanced, not that the images have stopped
-improving.
+each network's loss is measured against an opponent that improves too,
+{{gan_flat_text}}.
 
 Over the second half of training the averaged generator's distance was on average
 {{gan_averaging_text}} that of the latest weights at the same step:
@@ -1687,7 +1728,8 @@ the {{gan_best_kind}} weights. Isolated white pixels, where they appear (section
 6.4 counts them), have a likely cause in the design: each pixel comes from its own
 output unit of an MLP, with no built-in notion that neighbouring pixels belong
 together, and each discriminator step moves the latest weights anew. A longer
-average or a convolutional generator (exercise 4) are remedies to try. Over the
+average or a convolutional generator are remedies to try; exercise 4 trains a
+convolutional one briefly. Over the
 second half of training the judge's reading changed in
 {{grid_changed}} of the 8 columns, because the generator keeps moving with the
 discriminator or because the judge hesitates over half-formed shapes; the columns
@@ -2028,6 +2070,22 @@ for name, top in (("GAN", gan_top), ("VAE", vae_top)):
         f"for the {name}, " + (and_join(counts) if counts else "no digit")
     )
 record("odd_counts_text", "; ".join(odd_parts))
+odd_any = bool(odd["GAN"] or odd["VAE"])
+record(
+    "odd_figure_text",
+    "The figure above shows samples from those bins; shapes of a rare digit in"
+    " an over-represented row would mean the judge files that digit elsewhere."
+    if odd_any
+    else "",
+)
+record(
+    "uneven_text",
+    "The histogram therefore shows that the judge sees the digits unevenly; it"
+    " cannot say how much of the unevenness is the generator's."
+    if odd_any
+    else "Here no bin leaves the band, so the histogram shows no unevenness"
+    " beyond chance, as far as the judge's readings go.",
+)
 # How the judge reads images that are no digit: its top guesses for the pixel
 # noise.
 noise_top = torch.bincount(
@@ -2194,14 +2252,11 @@ prose(
   deviations either side of 100. The digit drawn least convincingly, with the
   smallest confident share of its top guesses, is {{gan_worst_text}}.
 - **Rare and over-represented digits.** Outside that band are
-  {{odd_counts_text}}. The figure above shows samples from those bins; shapes of
-  a rare digit in an over-represented row would mean the judge files that digit
-  elsewhere. A count is the judge's reading, not the generator's intent: of 1,000
-  independent-pixel draws, which are no digit at all, it reads {{junk_share}} as
-  a {{junk_digit}}, its favourite bin for junk, so {{junk_models_text}}. It also
-  misreads rough but real shapes (compare the titles with your own reading). The
-  histogram therefore shows that the judge sees the digits unevenly; it cannot say
-  how much of the unevenness is the generator's. The severe failure, a few digits
+  {{odd_counts_text}}. {{odd_figure_text}} A count is the judge's reading, not the
+  generator's intent: of 1,000 independent-pixel draws, which are no digit at all,
+  it reads {{junk_share}} as a {{junk_digit}}, its favourite bin for junk, so
+  {{junk_models_text}}. It also misreads rough but real shapes (compare the
+  titles with your own reading). {{uneven_text}} The severe failure, a few digits
   taking most samples, it would show: the GAN's effective number of digits is
   {{gan_effective}} of 10.
 - **For the VAE's samples, {{vae_share_text}} are confident**
@@ -2355,6 +2410,23 @@ draws_more_sure = (
     > vae_summary.confident_fraction
 )
 record("draws_more_text", "more" if draws_more_sure else "less")
+draws_summary = summaries["VAE, 0/1 draws"]
+draws_spread = (
+    f"{draws_summary.covered} digits covered and "
+    f"{draws_summary.effective_classes:.1f} effective digits, against "
+    f"{vae_summary.covered} and {vae_summary.effective_classes:.1f} for the "
+    "probabilities"
+)
+# one effective digit fewer (untuned) counts as piling into fewer bins
+record(
+    "draws_spread_text",
+    f"but its verdicts on the draws pile into fewer digits ({draws_spread}), "
+    "the pattern of the pixel-noise control, so the extra confidence is no "
+    "sign of better samples"
+    if draws_summary.effective_classes < vae_summary.effective_classes - 1
+    else f"and its verdicts on the draws spread about as widely "
+    f"({draws_spread})",
+)
 gan_ahead = {
     "the confident fraction": gan_summary.confident_fraction
     > vae_summary.confident_fraction,
@@ -2409,7 +2481,7 @@ answer "none of these", which is why independent-pixel noise, clouds of dots tha
 look like no digit, gets {{noise_confident}} confident verdicts. And the judge is
 {{draws_more_text}} often confident of the VAE's speckled 0/1 draws
 ({{draws_confident}}) than of the smooth probabilities they were drawn from
-({{vae_confident}}); in Fréchet distance the draws score {{draws_fd}}
+({{vae_confident}}), {{draws_spread_text}}; in Fréchet distance the draws score {{draws_fd}}
 against {{vae_fd}}. One thing no score here measures directly is isolated white
 pixels: the GAN's samples carry {{gan_speckle}} per image on average, the real
 test digits {{real_speckle}}. This is why the chapter
@@ -2539,29 +2611,65 @@ confident fraction is not asserted, because pixel noise can match it.
 # %% [markdown]
 # ## Exercises
 #
+# Each exercise has a starter cell: fill it in and run it, and its last line checks
+# your attempt on fresh inputs against a reference and says what is off, with a hint
+# for the usual mistakes. The solution follows, collapsed.
+#
 # **Exercise 1.** The ELBO is one bound on $\log p_\theta(x)$; averaging importance
 # weights gives tighter ones: $\log p_\theta(x) \ge \log \frac1K \sum_{k=1}^K
 # \frac{p_\theta(x \mid z_k)\,p(z_k)}{q_\phi(z_k \mid x)}$ with $z_k \sim q_\phi(z\mid x)$
-# (the IWAE bound; $K = 1$ is the ELBO). Compute it with $K = 50$ for the first 200
-# validation digits (use `torch.logsumexp`) and compare its negative with
+# (the IWAE bound; $K = 1$ is the ELBO). Fill in `iwae_bound` in the starter below, the
+# bound for given codes (use `torch.logsumexp`). Then compute it with $K = 50$ codes
+# for each of the first 200 validation digits and compare its negative with
 # `negative_elbo` on the same images. How many nats tighter is it?
+
+
+# %% tags=["exercise-starter"]
+def iwae_bound(
+    model: nn.Module, x: torch.Tensor, z: torch.Tensor
+) -> torch.Tensor:
+    """The K-sample importance-weighted bound on log p(x), one per image: (B,).
+
+    x: (B, 1, 28, 28) 0/1 images. z: (K, B, latent_dim) codes drawn from
+    q(z|x), whose mean and log-variance are model.encode(x); model.decode
+    turns (N, latent_dim) codes into (N, 1, 28, 28) pixel logits.
+    """
+    # log w = log p(x|z) + log p(z) - log q(z|x) for every code, then the log
+    # of the mean of the K weights
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch06 import check_iwae_bound
+
+check_iwae_bound(iwae_bound)
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 1: log-weights for K codes per image, then a numerically stable
 # log-mean-exp.
+def iwae_bound(
+    model: nn.Module, x: torch.Tensor, z: torch.Tensor
+) -> torch.Tensor:
+    """The K-sample importance-weighted bound on log p(x) per image: (B,)."""
+    K, B = z.shape[:2]
+    mu, logvar = model.encode(x)
+    q = Normal(mu, torch.exp(0.5 * logvar))  # q(z|x), (B, latent_dim)
+    prior = Normal(0.0, 1.0)  # p(z), one standard normal per latent dimension
+    logits = model.decode(z.flatten(0, 1)).view(K, B, 1, 28, 28)
+    log_px_z = -F.binary_cross_entropy_with_logits(
+        logits, x.expand(K, -1, -1, -1, -1), reduction="none"
+    ).sum(dim=(2, 3, 4))  # (K, B)
+    log_w = log_px_z + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
+    return torch.logsumexp(log_w, dim=0) - np.log(K)  # (B,)
+
+
+assert check_iwae_bound(iwae_bound)
 K, x = 50, binary_val[:200].to(device)
-prior = Normal(0.0, 1.0)  # p(z), one standard normal per latent dimension
 vae.eval()
 with torch.no_grad():
     mu_x, logvar_x = vae.encode(x)
-    q_x = Normal(mu_x, torch.exp(0.5 * logvar_x))
-    z_k = q_x.sample((K,))  # (K, 200, latent_dim)
-    logits_k = vae.decode(z_k.flatten(0, 1)).view(K, 200, 1, 28, 28)
-    log_px_z = -F.binary_cross_entropy_with_logits(
-        logits_k, x.expand(K, -1, -1, -1, -1), reduction="none"
-    ).sum(dim=(2, 3, 4))  # (K, 200)
-    log_w = log_px_z + prior.log_prob(z_k).sum(-1) - q_x.log_prob(z_k).sum(-1)
-    iwae = (torch.logsumexp(log_w, dim=0) - np.log(K)).mean().item()
+    z_k = Normal(mu_x, torch.exp(0.5 * logvar_x)).sample((K,))  # (K, 200, D)
+    iwae = iwae_bound(vae, x, z_k).mean().item()
 elbo_nats = negative_elbo(vae, binary_val[:200], samples=10)
 print(
     f"negative ELBO {elbo_nats:.1f} nats, "
@@ -2572,17 +2680,41 @@ print(f"the importance-weighted bound is {elbo_nats + iwae:.1f} nats tighter")
 assert elbo_nats + iwae > 3.0, elbo_nats + iwae
 
 # %% [markdown]
-# **Exercise 2.** Write a VAE training loop like `train_vae`, but with the
-# reconstruction term *averaged* over the 784 pixels (`reduction="mean"` style) while the
-# KL stays summed. Train a fresh `VAE()` for 5 epochs at the chosen learning rate
-# `vae_lr`, then measure its KL term on the validation digits and its true negative
-# ELBO with `negative_elbo`. Compare with the correctly trained VAE's curve at epoch 5,
-# and with the independent-pixel model of section 6.4 on the validation digits
-# (`independent_pixel_nll`). What kind of model has the mistake produced?
+# **Exercise 2.** Make the first pitfall above on purpose: fill in
+# `mean_reconstruction_loss` in the starter below, the batch loss of `train_vae` but
+# with the reconstruction term *averaged* over the 784 pixels (`reduction="mean"`
+# style) while the KL stays summed. Train a fresh `VAE()` with it for 5 epochs at the
+# chosen learning rate `vae_lr`, then measure its KL term on the validation digits and
+# its true negative ELBO with `negative_elbo`. Compare with the correctly trained VAE's
+# curve at epoch 5, and with the independent-pixel model of section 6.4 on the
+# validation digits (`independent_pixel_nll`). What kind of model has the mistake
+# produced?
+
+
+# %% tags=["exercise-starter"]
+def mean_reconstruction_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One number for the batch x: the reconstruction averaged over pixels
+    plus the KL summed over latent dimensions, averaged over the images.
+    """
+    # vae_loss_terms(model, x) gives both terms per image, both summed
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch06 import check_mean_reconstruction_loss
+
+check_mean_reconstruction_loss(mean_reconstruction_loss)
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 2: dividing the reconstruction by 784 makes the KL term 784 times as
 # important.
+def mean_reconstruction_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The mistaken loss: reconstruction / 784 + summed KL, batch mean."""
+    reconstruction, kl = vae_loss_terms(model, x)  # (B,) each, summed
+    return (reconstruction / (28 * 28) + kl).mean()  # the mistake
+
+
+assert check_mean_reconstruction_loss(mean_reconstruction_loss)
 torch.manual_seed(seed)
 mean_vae = VAE(latent_dim).to(device)
 optimizer = torch.optim.Adam(mean_vae.parameters(), lr=vae_lr)
@@ -2593,8 +2725,7 @@ loader = DataLoader(
 for _ in range(5):
     mean_vae.train()
     for (x,) in loader:
-        reconstruction, kl = vae_loss_terms(mean_vae, x.to(device))
-        loss = (reconstruction / (28 * 28) + kl).mean()  # the mistake
+        loss = mean_reconstruction_loss(mean_vae, x.to(device))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -2606,30 +2737,48 @@ independent_val = independent_pixel_nll(binary_val, pixel_p)
 print(f"KL term per validation image: {kl_val.mean():.3f} nats")
 print(
     f"negative ELBO after 5 epochs: {mean_nelbo:.1f} nats "
-    f"(summed reconstruction: {vae_history['validation'][4]:.1f}; "
+    f"(correct loss, epoch 5: {vae_history['validation'][4]:.1f}; "
     f"independent pixels: {independent_val:.1f})"
 )
 # The KL term collapses to about zero: q(z|x) is then almost the prior for every
 # image, so the code carries almost nothing about the image and the decoder can
 # only give every pixel one probability whatever the image: the model has become
-# an independent-pixel model, and scores like one. Weighting the KL term by a
-# factor beta is a deliberate tool, the beta-VAE (Higgins et al., ICLR 2017,
-# https://openreview.net/forum?id=Sy2fzU9gl); this mistake is beta = 784. Seeds
-# 0, 1, 2: KL 0.000 each time; 65.9, 66.8 and 66.1 nats worse than the correct
-# loss at epoch 5; 2.8, 2.9 and 3.0 nats from independent pixels.
+# an independent-pixel model, and scores like one. A code that carries nothing
+# is called posterior collapse; here the loss itself causes it. Weighting the KL
+# term by a factor beta is a deliberate tool, the beta-VAE (Higgins et al., ICLR
+# 2017, https://openreview.net/forum?id=Sy2fzU9gl); this mistake is beta = 784.
+# Seeds 0, 1, 2: KL 0.000 each time; 65.9, 66.8 and 66.1 nats worse than the
+# correct loss at epoch 5; 2.8, 2.9 and 3.0 nats from independent pixels.
 assert kl_val.mean() < 1.0
 assert mean_nelbo > vae_history["validation"][4] + 20
 assert abs(mean_nelbo - independent_val) < 8.0
 
 # %% [markdown]
 # **Exercise 3.** At the start of training the discriminator easily rejects the
-# generator's images. Take the trained `discriminator` and a fresh, untrained
-# `Generator(noise_dim)`. First derive by hand the derivatives of the saturating loss
+# generator's images. Derive by hand the derivatives of the saturating loss
 # $\log(1 - \sigma(\ell))$ and of the non-saturating loss $-\log\sigma(\ell)$ with
 # respect to the logit $\ell$, and predict the ratio of their sizes for very negative
-# $\ell$. Then score 256 of the untrained generator's images, compute both gradients
-# with autograd for each logit, and compare the mean gradient sizes with your
-# prediction.
+# $\ell$. Fill in `generator_losses` in the starter below, both losses per logit,
+# written so that they stay finite for any logit. Then take the trained
+# `discriminator` and a fresh, untrained `Generator(noise_dim)`, score 256 of its
+# images, compute both gradients with autograd for each logit, and compare the mean
+# gradient sizes with your prediction.
+
+
+# %% tags=["exercise-starter"]
+def generator_losses(
+    logits: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per logit l: the saturating loss log(1 - sigmoid(l)) and the
+    non-saturating loss -log(sigmoid(l)), both finite for any l.
+    """
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch06 import check_generator_losses
+
+check_generator_losses(generator_losses)
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 3: with sigmoid'(l) = sigmoid(l) (1 - sigmoid(l)),
@@ -2637,21 +2786,27 @@ assert abs(mean_nelbo - independent_val) < 8.0
 # d/dl -log(sigmoid(l)) = -(1 - sigmoid(l)), close to -1 there. Per logit
 # their ratio is sigmoid(l) / (1 - sigmoid(l)) = exp(l), tiny for very
 # negative l.
+def generator_losses(
+    logits: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log(1 - sigmoid(l)) = logsigmoid(-l) and -log(sigmoid(l)), per logit."""
+    return F.logsigmoid(-logits), -F.logsigmoid(logits)
+
+
+assert check_generator_losses(generator_losses)
 torch.manual_seed(seed)
 untrained = Generator(noise_dim).to(device)
 with torch.no_grad():
     logits0 = discriminator(
         untrained(torch.randn(256, noise_dim, device=device))
     )
+ell = logits0.clone().requires_grad_(True)
 sizes = {}
-for name, loss_fn in {
-    # log(1 - sigmoid), stably
-    "saturating": lambda logit: F.logsigmoid(-logit),
-    "non-saturating": lambda logit: -F.logsigmoid(logit),
-}.items():
-    ell = logits0.clone().requires_grad_(True)
-    loss_fn(ell).sum().backward()
-    sizes[name] = ell.grad.abs().mean().item()
+for name, loss in zip(
+    ("saturating", "non-saturating"), generator_losses(ell), strict=True
+):
+    (grad,) = torch.autograd.grad(loss.sum(), ell, retain_graph=True)
+    sizes[name] = grad.abs().mean().item()
     print(f"{name:15} mean |d loss / d logit| = {sizes[name]:.2e}")
 print(f"mean logit of the untrained generator's images: {logits0.mean():.1f}")
 # The discriminator is sure these are fakes (very negative logits): the
@@ -2660,87 +2815,118 @@ print(f"mean logit of the untrained generator's images: {logits0.mean():.1f}")
 assert sizes["non-saturating"] > 10 * sizes["saturating"]
 
 # %% [markdown]
-# **Exercise 4.** Section 6.3 chose MLPs for time. Measure it: build a DCGAN-style pair,
-# a generator `Linear(noise_dim, 32*7*7)` → reshape → batch norm, ReLU →
+# **Exercise 4.** Section 6.3 chose MLPs for time. Measure what the choice costs and
+# what it gives up. Fill in `make_conv_gan` in the starter below: a DCGAN-style pair, a
+# generator `Linear(noise_dim, 32*7*7)` → reshape → batch norm, ReLU →
 # `ConvTranspose2d(32, 16, 4, stride=2, padding=1)` (14 × 14) → batch norm, ReLU →
 # `ConvTranspose2d(16, 1, 4, stride=2, padding=1)` (28 × 28) → `tanh`, and a discriminator
 # `Conv2d(1, 16, 4, 2, 1)` → LeakyReLU → `Conv2d(16, 32, 4, 2, 1)` → batch norm, LeakyReLU
 # → flatten → `Linear(32*7*7, 1)`, with no bias in the layers that batch norm follows.
 # Time one full GAN training step (both updates, batch of 64) for it and for fresh MLP
-# networks with `helpers.timing.best_time`.
+# networks with `helpers.timing.best_time`. Then train the convolutional pair for 250
+# steps with section 6.3's loader and Adam settings, score its latest weights with
+# `score` on the fixed validation noise, and compare with the MLP GAN's latest weights
+# at its first snapshot, which is also step 250: which is better after the same
+# number of steps, and what did each cost in seconds?
+
+
+# %% tags=["exercise-starter"]
+def make_conv_gan(noise_dim: int) -> tuple[nn.Module, nn.Module]:
+    """The DCGAN-style (generator, discriminator) pair described above:
+    noise (B, noise_dim) -> images (B, 1, 28, 28) in [-1, 1] -> logits (B, 1).
+    """
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch06 import check_make_conv_gan
+
+check_make_conv_gan(make_conv_gan)
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 4: the same training step, timed for two architectures.
+# Solution 4: the pair, one training step shared by both architectures, timed,
+# then 250 steps of training for the convolutional pair.
+def make_conv_gan(noise_dim: int) -> tuple[nn.Module, nn.Module]:
+    """A small DCGAN-style (generator, discriminator) pair for 28 × 28."""
+    conv_generator = nn.Sequential(
+        nn.Linear(noise_dim, 32 * 7 * 7, bias=False),
+        nn.Unflatten(1, (32, 7, 7)),  # (B, 1568) -> (B, 32, 7, 7)
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        # (B, 16, 14, 14)
+        nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.ConvTranspose2d(16, 1, 4, stride=2, padding=1),  # -> (B, 1, 28, 28)
+        nn.Tanh(),
+    )
+    conv_discriminator = nn.Sequential(
+        # (B, 1, 28, 28) -> (B, 16, 14, 14)
+        nn.Conv2d(1, 16, 4, stride=2, padding=1),
+        nn.LeakyReLU(0.2),
+        # -> (B, 32, 7, 7)
+        nn.Conv2d(16, 32, 4, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 1),
+    )
+    return conv_generator, conv_discriminator
 
 
-def gan_step_seconds(
+assert check_make_conv_gan(make_conv_gan)
+
+
+def gan_train_step(
     g_net: nn.Module,
     d_net: nn.Module,
+    optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer],
     real: torch.Tensor,
     noise_dim: int,
-    adam_kwargs: dict,
-    device: torch.device,
-) -> float:
-    """Best-of-5 wall time of one discriminator + generator update
-    on `real` images.
+) -> None:
+    """One discriminator and one generator update (section 6.3's) on `real`
+    images in [-1, 1]; `optimizers` is the pair (for G, for D).
     """
-    opt_g = torch.optim.Adam(g_net.parameters(), **adam_kwargs)
-    opt_d = torch.optim.Adam(d_net.parameters(), **adam_kwargs)
-    real = real.to(device)
-    criterion = nn.BCEWithLogitsLoss()
-
-    def step() -> None:
-        fake = g_net(torch.randn(len(real), noise_dim, device=device))
-        out_real, out_fake = d_net(real), d_net(fake.detach())
-        loss = criterion(out_real, torch.ones_like(out_real)) + criterion(
-            out_fake, torch.zeros_like(out_fake)
-        )
-        opt_d.zero_grad()
-        loss.backward()
-        opt_d.step()
-        out_fake = d_net(fake)
-        opt_g.zero_grad()
-        criterion(out_fake, torch.ones_like(out_fake)).backward()
-        opt_g.step()
-
-    return best_time(step, repeat=5, warmup=2, device=device)
+    opt_g, opt_d = optimizers
+    fake = g_net(torch.randn(len(real), noise_dim, device=real.device))
+    out_real, out_fake = d_net(real), d_net(fake.detach())
+    loss_d = F.binary_cross_entropy_with_logits(
+        out_real, torch.ones_like(out_real)
+    ) + F.binary_cross_entropy_with_logits(out_fake, torch.zeros_like(out_fake))
+    opt_d.zero_grad()
+    loss_d.backward()
+    opt_d.step()
+    out_fake = d_net(fake)
+    loss_g = F.binary_cross_entropy_with_logits(
+        out_fake, torch.ones_like(out_fake)
+    )
+    opt_g.zero_grad()
+    loss_g.backward()
+    opt_g.step()
 
 
-conv_generator = nn.Sequential(
-    nn.Linear(noise_dim, 32 * 7 * 7, bias=False),
-    nn.Unflatten(1, (32, 7, 7)),  # (B, 1568) -> (B, 32, 7, 7)
-    nn.BatchNorm2d(32),
-    nn.ReLU(),
-    # (B, 16, 14, 14)
-    nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1, bias=False),
-    nn.BatchNorm2d(16),
-    nn.ReLU(),
-    nn.ConvTranspose2d(16, 1, 4, stride=2, padding=1),  # -> (B, 1, 28, 28)
-    nn.Tanh(),
-).to(device)
-conv_discriminator = nn.Sequential(
-    # (B, 1, 28, 28) -> (B, 16, 14, 14)
-    nn.Conv2d(1, 16, 4, stride=2, padding=1),
-    nn.LeakyReLU(0.2),
-    nn.Conv2d(16, 32, 4, stride=2, padding=1, bias=False),  # -> (B, 32, 7, 7)
-    nn.BatchNorm2d(32),
-    nn.LeakyReLU(0.2),
-    nn.Flatten(),
-    nn.Linear(32 * 7 * 7, 1),
-).to(device)
-real_batch = digits.x_train[:64] * 2 - 1  # 64 real digits in [-1, 1]
-conv_seconds = gan_step_seconds(
-    conv_generator,
-    conv_discriminator,
-    real_batch,
-    noise_dim,
-    adam_settings,
-    device,
-)
-mlp_seconds = gan_step_seconds(
-    Generator(noise_dim).to(device), Discriminator().to(device),
-    real_batch, noise_dim, adam_settings, device,
-)  # fmt: skip
+def adam_pair(g_net: nn.Module, d_net: nn.Module, settings: dict) -> tuple:
+    """One Adam optimizer per network, both with `settings`."""
+    return tuple(
+        torch.optim.Adam(net.parameters(), **settings) for net in (g_net, d_net)
+    )
+
+
+real_batch = (digits.x_train[:64] * 2 - 1).to(device)  # 64 digits in [-1, 1]
+gan_step_seconds = {}
+for name, make_pair in (
+    ("MLP", lambda: (Generator(noise_dim), Discriminator())),
+    ("conv", lambda: make_conv_gan(noise_dim)),
+):
+    g_net, d_net = (net.to(device) for net in make_pair())
+    timed_step = functools.partial(
+        gan_train_step, g_net, d_net, adam_pair(g_net, d_net, adam_settings),
+        real_batch, noise_dim,
+    )  # fmt: skip
+    gan_step_seconds[name] = best_time(
+        timed_step, repeat=5, warmup=2, device=device
+    )
+mlp_seconds, conv_seconds = gan_step_seconds["MLP"], gan_step_seconds["conv"]
 print(f"MLP GAN step:  {mlp_seconds * 1e3:6.1f} ms")
 print(
     f"conv GAN step: {conv_seconds * 1e3:6.1f} ms "
@@ -2752,21 +2938,87 @@ if device.type == "cpu":
     # check is CPU-only.
     assert conv_seconds > 1.5 * mlp_seconds
 
+# 250 steps of section 6.3's loop (without the moving average) for the conv pair
+torch.manual_seed(seed)
+conv_g, conv_d = (net.to(device) for net in make_conv_gan(noise_dim))
+conv_optimizers = adam_pair(conv_g, conv_d, adam_settings)
+conv_steps, done = snapshots[0]["step"], 0  # the MLP GAN's first snapshot
+start = time.perf_counter()
+while done < conv_steps:
+    for (real,) in gan_loader:
+        gan_train_step(
+            conv_g, conv_d, conv_optimizers, real.to(device), noise_dim
+        )
+        done += 1
+        if done == conv_steps:
+            break
+next(conv_g.parameters()).sum().item()  # wait for the device, then the clock
+conv_train_seconds = time.perf_counter() - start
+conv_fd, conv_effective = score(
+    conv_g, fixed_noise, val_features, (judge_features, judge_head), device
+)
+mlp_fd = snapshots[0]["latest_val_fd"]
+mlp_effective = snapshots[0]["latest_val_effective"]
+print(
+    f"after {conv_steps} steps, latest weights, validation noise: conv GAN "
+    f"FD {conv_fd:.0f}, {conv_effective:.2f} effective digits, "
+    f"{conv_train_seconds:.1f} s; MLP GAN FD {mlp_fd:.0f}, "
+    f"{mlp_effective:.2f} effective digits, {snapshots[0]['seconds']:.1f} s"
+)
+better = "the convolutional" if conv_fd < mlp_fd else "the MLP"
+print(
+    f"After the same {conv_steps} steps {better} GAN scores the lower "
+    f"Fréchet distance ({conv_fd:.0f} against {mlp_fd:.0f}), and the "
+    f"convolutional one took {conv_train_seconds / snapshots[0]['seconds']:.1f}"
+    " times the MLP's training seconds (the MLP's include its moving average)."
+)
+# Seeds 0, 1, 2 on a CPU, Fréchet distance after 250 steps: conv GAN 121, 101
+# and 124, MLP GAN 412, 314 and 418 (ratios 0.29, 0.32 and 0.30).
+assert conv_fd < mlp_fd, (conv_fd, mlp_fd)
+
 # %% [markdown]
 # **Exercise 5.** Neither model lets you ask for a particular digit. Build a
 # **label-conditional VAE**: give the encoder the image *and* its label, and the
 # decoder the code *and* the label (a one-hot vector of 10 concatenated to each
-# input); the loss is unchanged, and it now bounds $\log p(x \mid y)$. Train it on
-# the binarised training digits with their labels, for the same 20 epochs at the
-# chosen `vae_lr`, then decode 100 codes from the prior for each requested digit and
-# let the judge score it: how often is its top guess the digit you asked for? Compare
-# with the 10 % that ignoring the request would give.
+# input); the loss is unchanged, and it now bounds $\log p(x \mid y)$. Fill in the
+# class in the starter below, then train it on the binarised training digits with
+# their labels, for the same 20 epochs at the chosen `vae_lr`, decode 100 codes from
+# the prior for each requested digit and let the judge score them: how often is its
+# top guess the digit you asked for? Compare with the 10 % that ignoring the request
+# would give. Then find out where the misses come from: decode the prior's centre,
+# $z = 0$, with each of the ten labels, and measure the KL term on the validation
+# digits.
+
+
+# %% tags=["exercise-starter"]
+class ConditionalVAE(nn.Module):
+    """A VAE whose encoder and decoder both see the digit's label."""
+
+    def __init__(self, latent_dim: int = 16, hidden: int = 256) -> None:
+        super().__init__()
+        # the layers: an encoder from image and one-hot label to mu and
+        # log-variance, a decoder from code and one-hot label to 784 logits
+        raise NotImplementedError  # your code here
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(B, latent_dim) codes and (B,) labels -> (B, 1, 28, 28) logits."""
+        raise NotImplementedError  # your code here
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        """(B, 1, 28, 28) images and (B,) labels -> (logits, mu, logvar);
+        draw the noise with torch.randn_like(mu), as VAE.forward does.
+        """
+        raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch06 import check_conditional_vae
+
+check_conditional_vae(ConditionalVAE)
+
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 5: one-hot labels go into both networks; the rest is train_vae's
 # loop.
-
-
 class ConditionalVAE(nn.Module):
     """A VAE whose encoder and decoder both see the digit's label (one-hot)."""
 
@@ -2795,6 +3047,7 @@ class ConditionalVAE(nn.Module):
         return self.decode(z, y), mu, logvar
 
 
+assert check_conditional_vae(ConditionalVAE)
 torch.manual_seed(seed)
 cvae = ConditionalVAE(latent_dim).to(device)
 optimizer = torch.optim.Adam(cvae.parameters(), lr=vae_lr)
@@ -2815,18 +3068,16 @@ for _ in range(vae_epochs):
         loss.backward()
         optimizer.step()
 cvae.eval()
-asked = torch.arange(10).repeat_interleave(
-    100
-)  # (1000,) 100 requests per digit
+# (1000,) 100 requests per digit
+asked = torch.arange(10).repeat_interleave(100)
 with torch.no_grad():
     z = torch.randn(1000, latent_dim, generator=make_generator(seed + 8))
     asked_images = torch.sigmoid(cvae.decode(z.to(device), asked.to(device)))
 asked_probs, _ = classify_images(
     judge_features, judge_head, asked_images.cpu(), device
 )
-hit = (
-    asked_probs.argmax(dim=1) == asked
-)  # (1000,) did the judge see the request?
+# (1000,) did the judge see the request?
+hit = asked_probs.argmax(dim=1) == asked
 per_digit_hit = hit.view(10, 100).float().mean(dim=1)
 print(f"judge's top guess = requested digit: {hit.float().mean():.1%}")
 print(
@@ -2845,14 +3096,49 @@ print(
     f"The judge sees the requested digit in {hit_rate:.0%} of the samples, "
     "against 10 % for a generator that ignores the request."
 )
-# Far above 10 %, far below 100 %. Candidate causes, none tested here: 20
-# epochs may be too few; a code drawn from the prior can land where few
-# training codes lie; and the judge is often unsure of blurry decoded
-# probabilities (section 6.4 records how often it was confident of the
-# unconditional VAE's samples). A panel of the figure that shows another digit
-# than the one asked for is such a miss; the per-digit rates printed above say
-# which requests fail most. Seeds 0, 1, 2: 45 %, 44 %, 46 %.
+# Where do the misses come from? The prior's centre, z = 0, with each label:
+# if the judge reads these as asked, the decoder uses the label and the judge
+# can read its output, and the misses come from the codes drawn.
+with torch.no_grad():
+    labels = torch.arange(10, device=device)
+    centre_images = torch.sigmoid(
+        cvae.decode(torch.zeros(10, latent_dim, device=device), labels)
+    )
+    # what the codes still carry about an image once its label is given
+    _, mu_c, logvar_c = cvae(binary_val.to(device), digits.y_val.to(device))
+centre_probs, _ = classify_images(
+    judge_features, judge_head, centre_images.cpu(), device
+)
+centre_hits = int((centre_probs.argmax(dim=1) == torch.arange(10)).sum())
+cvae_kl = gaussian_kl(mu_c, logvar_c).mean().item()
+print(
+    "z = 0 decoded with each label: the judge reads "
+    f"{centre_hits} of 10 as asked"
+)
+print(f"KL term on the validation digits: {cvae_kl:.1f} nats per image")
+if centre_hits >= 9 and hit_rate < 0.8:
+    print(
+        f"At the prior's centre the request is honoured ({centre_hits} of 10), "
+        f"for codes drawn from the prior only {hit_rate:.0%} of the time: the "
+        "decoder uses the label and the judge can read it, so the misses come "
+        f"from the codes. With {cvae_kl:.1f} nats in the KL term the code "
+        "still carries much of each image's shape, and a code drawn from the "
+        "prior can land where the encoder put images whose shape reads as "
+        "another digit: the mismatch between the prior and the aggregate "
+        "posterior of section 6.2. Not tested here: whether more epochs help."
+    )
+else:
+    print(
+        f"Even at the prior's centre the judge reads only {centre_hits} of 10 "
+        "as asked, so the decoder's use of the label, or the judge's reading "
+        "of its blurry output, is part of the problem, not only where prior "
+        "codes land."
+    )
+# Seeds 0, 1, 2: the request honoured for 45 %, 44 % and 46 % of prior codes
+# and for 10, 10 and 10 of the 10 labels at z = 0; KL term 21.3, 20.8 and 22.3
+# nats.
 assert hit_rate > 0.3, hit_rate
+assert centre_hits >= 8, centre_hits
 
 # %% [markdown]
 # ## Summary

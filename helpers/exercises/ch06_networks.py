@@ -1,0 +1,236 @@
+"""Checkers for chapter 06's two network-building exercises (6.4, 6.5); see :mod:`helpers.exercises`.
+
+A network the reader designs has no single right output, so these checkers probe what
+the exercise specifies: shapes, ranges, layer counts against a reference built here,
+which inputs the networks use, the reparameterised sample and where gradients flow.
+Re-exported by :mod:`helpers.exercises.ch06`; introduced in chapter 06.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers.exercises import expect, expect_tensor
+
+__all__ = ["conditional_vae_facts", "conv_gan_facts", "within"]
+
+_NORM = nn.modules.batchnorm._BatchNorm
+
+
+def within(gap: float) -> str:
+    """'exactly' or 'to 3e-07': how close an attempt came to the reference."""
+    return "exactly" if gap == 0 else f"to {gap:.1g}"
+
+
+def _reference_conv_gan(noise_dim: int) -> tuple[nn.Module, nn.Module]:
+    """Exercise 6.4's pair as specified, to count its parameters."""
+    generator = nn.Sequential(
+        nn.Linear(noise_dim, 32 * 7 * 7, bias=False),
+        nn.Unflatten(1, (32, 7, 7)),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.ConvTranspose2d(32, 16, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.ConvTranspose2d(16, 1, 4, 2, 1),
+        nn.Tanh(),
+    )
+    discriminator = nn.Sequential(
+        nn.Conv2d(1, 16, 4, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(16, 32, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 1),
+    )
+    return generator, discriminator
+
+
+def _count(module: nn.Module, kind: type | tuple[type, ...] = nn.Module) -> int:
+    return sum(isinstance(m, kind) for m in module.modules())
+
+
+def conv_gan_facts(make_conv_gan: Callable[[int], tuple[nn.Module, nn.Module]]) -> str:
+    """Exercise 6.4's check (``helpers.exercises.ch06.check_make_conv_gan`` runs it).
+
+    Raises :class:`helpers.exercises.Mismatch` on the first thing that is off; returns
+    the sentence to print when nothing is.
+    """
+    noise_dim, batch = 12, 6  # not the chapter's 32: the networks must follow noise_dim
+    torch.manual_seed(64)  # the caller forks the RNG: the reader's session keeps its state
+    pair = make_conv_gan(noise_dim)
+    expect(
+        isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(n, nn.Module) for n in pair),
+        f"make_conv_gan should return (generator, discriminator), two nn.Modules; got {pair!r:.80}",
+    )
+    generator, discriminator = pair
+    z = torch.randn(batch, noise_dim, generator=torch.Generator().manual_seed(64))
+    images = generator(z)
+    size = tuple(images.shape)
+    expect(
+        not (len(size) == 4 and size[:2] == (batch, 1) and size[2:] != (28, 28)),
+        f"the generator's images have shape {size}, expected ({batch}, 1, 28, 28)",
+        "ConvTranspose2d makes (n - 1)·stride - 2·padding + kernel pixels from n: with kernel 4, "
+        "stride 2 and padding 1 each layer doubles the size, 7 → 14 → 28.",
+    )
+    expect(
+        size == (batch, 1, 28, 28),
+        f"the generator's images have shape {size}, expected ({batch}, 1, 28, 28)",
+        "Reshape the Linear layer's (B, 1568) to (B, 32, 7, 7) before the first ConvTranspose2d "
+        "(nn.Unflatten(1, (32, 7, 7))).",
+    )
+    expect(
+        images.abs().max() <= 1,
+        f"the generator's pixels reach {images.abs().max().item():.3g}, outside [-1, 1]",
+        "End the generator with nn.Tanh(): the real images it must imitate are scaled to [-1, 1].",
+    )
+    logits = discriminator(images)
+    expect(
+        tuple(logits.shape) == (batch, 1),
+        f"the discriminator returns shape {tuple(logits.shape)}, expected ({batch}, 1): one logit per image",
+        "End with nn.Flatten() and nn.Linear(32 * 7 * 7, 1), so that the logits match "
+        "torch.ones_like(...) labels of shape (B, 1).",
+    )
+    expect(
+        _count(discriminator, nn.Sigmoid) == 0,
+        "the discriminator ends in a sigmoid",
+        "Return the logit: nn.BCEWithLogitsLoss applies the sigmoid itself, more stably.",
+    )
+    # name: (network, its kind of convolution, how many, batch norms, the sizes of the
+    # biases that the layers before a batch norm must not have)
+    layers = {
+        "generator": (generator, nn.ConvTranspose2d, 2, 2, (32 * 7 * 7, 16)),
+        "discriminator": (discriminator, nn.Conv2d, 2, 1, (32,)),
+    }
+    reference = dict(zip(layers, _reference_conv_gan(noise_dim), strict=True))
+    for name, (net, conv, n_conv, n_norm, biases) in layers.items():
+        got, want = (sum(p.numel() for p in n.parameters()) for n in (net, reference[name]))
+        unregistered = (
+            "Layers kept in a plain Python list are not registered: use nn.Sequential or nn.ModuleList."
+            if got < want // 2
+            else None
+        )
+        expect(
+            _count(net, conv) == n_conv and _count(net, _NORM) == n_norm,
+            f"the {name} has {_count(net, conv)} {conv.__name__} and "
+            f"{_count(net, _NORM)} batch-norm layers, expected {n_conv} and {n_norm}",
+            unregistered,
+        )
+        extra = {sum(c) for r in range(1, len(biases) + 1) for c in itertools.combinations(biases, r)}
+        expect(
+            got - want not in extra,
+            f"the {name} has {got - want:,} parameters too many: the biases of layers that a batch "
+            "norm follows",
+            "Use bias=False there: the batch norm subtracts the mean, which cancels the bias, "
+            "and adds its own shift.",
+        )
+        expect(got == want, f"the {name} has {got:,} parameters, the specified one {want:,}", unregistered)
+    discriminator(generator(z)).mean().backward()
+    missing = [n for n, p in generator.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    expect(not missing, f"no gradient reaches the generator's {', '.join(missing)} from the discriminator")
+    counts = [sum(p.numel() for p in n.parameters()) for n in pair]
+    return (
+        f"the generator maps {noise_dim}-number noise to ({batch}, 1, 28, 28) images in [-1, 1] and the "
+        f"discriminator to ({batch}, 1) logits; {counts[0]:,} and {counts[1]:,} parameters as specified, "
+        "and gradients reach every generator weight"
+    )
+
+
+def conditional_vae_facts(conditional_vae: type[nn.Module]) -> str:
+    """Exercise 6.5's check (``helpers.exercises.ch06.check_conditional_vae`` runs it).
+
+    ``conditional_vae`` is the reader's class, built here as
+    ``conditional_vae(latent_dim=4, hidden=32)``; raises
+    :class:`helpers.exercises.Mismatch` on the first thing that is off.
+    """
+    latent_dim, batch, seed = 4, 6, 65
+    torch.manual_seed(seed)
+    model = conditional_vae(latent_dim=latent_dim, hidden=32)
+    expect(
+        isinstance(model, nn.Module),
+        f"ConditionalVAE(...) should be an nn.Module, got {type(model).__name__}",
+    )
+    one_number = [
+        m.in_features
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and m.in_features in (785, latent_dim + 1)
+    ]
+    expect(
+        not one_number,
+        f"a Linear layer takes {one_number[0] if one_number else ''} inputs: the label enters as one number",
+        "Give the label as a one-hot vector of 10, F.one_hot(y, 10).float(), not as y itself.",
+    )
+    g = torch.Generator().manual_seed(seed)
+    x = torch.bernoulli(torch.full((batch, 1, 28, 28), 0.3), generator=g)
+    y, other = torch.arange(batch), torch.arange(batch) + 3  # every image gets another label too
+    seen: list[torch.Tensor] = []
+    decode = model.decode
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        """The model's decode, noting the code forward() passes to it."""
+        seen.append(args[0] if args else next(iter(kwargs.values())))
+        return decode(*args, **kwargs)
+
+    model.decode = spy
+    torch.manual_seed(seed)
+    out = model(x, y)
+    del model.decode
+    expect(isinstance(out, tuple) and len(out) == 3, "forward(x, y) should return (logits, mu, logvar)")
+    logits, mu, logvar = out
+    for name, value, shape in (
+        ("logits", logits, (batch, 1, 28, 28)),
+        ("mu", mu, (batch, latent_dim)),
+        ("logvar", logvar, (batch, latent_dim)),
+    ):
+        expect(isinstance(value, torch.Tensor), f"{name} should be a tensor, got {type(value).__name__}")
+        expect(tuple(value.shape) == shape, f"{name} has shape {tuple(value.shape)}, expected {shape}")
+    expect(
+        not (logits.min() >= 0 and logits.max() <= 1),
+        "the decoded values all lie in [0, 1]: they look like probabilities, not logits",
+        "Return logits (no sigmoid): the loss F.binary_cross_entropy_with_logits applies it.",
+    )
+    torch.manual_seed(seed)
+    eps = torch.randn_like(mu)  # the noise forward() drew, if it used randn_like (or rsample)
+    z_ref = mu + torch.exp(0.5 * logvar) * eps
+    mistakes = {
+        "σ = exp(0.5 · logvar): the encoder returns a log-variance.": mu + torch.exp(logvar) * eps,
+        "Scale the noise by σ = exp(0.5 · logvar), not by the log-variance itself.": mu + logvar * eps,
+        "z has no noise: draw eps = torch.randn_like(mu) and use z = mu + σ · eps.": mu,
+    }
+    with torch.no_grad():
+        if seen:
+            gap = expect_tensor(seen[0], z_ref, "the code z that forward() decodes", mistakes=mistakes)
+        else:  # forward() does not call self.decode: compare what it decodes to
+            mistakes = {hint: model.decode(wrong, y) for hint, wrong in mistakes.items()}
+            gap = expect_tensor(logits, model.decode(z_ref, y), "forward's logits", mistakes=mistakes)
+        z = torch.randn(batch, latent_dim, generator=g)
+        expect(
+            not torch.allclose(model.decode(z, y), model.decode(z, other)),
+            "decode(z, y) gives the same images for different labels",
+            "Concatenate the one-hot label to the code before the decoder: torch.cat([z, one_hot], dim=1).",
+        )
+        torch.manual_seed(seed)
+        mu_other = model(x, other)[1]
+    expect(
+        not torch.allclose(mu, mu_other),
+        "the encoder's mu does not change with the label",
+        "The encoder sees the label too, q(z | x, y): concatenate the one-hot label to the flattened image.",
+    )
+    reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    grads = torch.autograd.grad(reconstruction, (mu, logvar), allow_unused=True)
+    expect(
+        all(g_ is not None and g_.abs().sum() > 0 for g_ in grads),
+        "no gradient flows from the reconstruction back to mu and logvar",
+        "Sample with the reparameterisation z = mu + exp(0.5 * logvar) * torch.randn_like(mu); "
+        ".sample() and torch.normal(mu, std) pass no gradient to the encoder.",
+    )
+    return (
+        f"forward and decode return the right shapes, both networks use the one-hot label, "
+        f"z = μ + σ·ε {within(gap)}, and the reconstruction's gradient reaches μ and log σ²"
+    )

@@ -1,0 +1,471 @@
+"""Chapter 06's exercise checkers: right answers pass, the usual mistakes get their hints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from exercise_cells import run_starter, starter_cells
+from torch import nn
+
+from helpers.exercises.ch06 import (
+    check_conditional_vae,
+    check_generator_losses,
+    check_iwae_bound,
+    check_make_conv_gan,
+    check_mean_reconstruction_loss,
+)
+from helpers.exercises.ch06_networks import within
+
+STARTERS = starter_cells("06")
+NAMES = ["iwae_bound", "mean_reconstruction_loss", "generator_losses", "make_conv_gan", "ConditionalVAE"]
+
+
+def test_the_chapter_has_one_starter_per_exercise_and_each_untouched_is_not_attempted():
+    assert len(STARTERS) == len(NAMES)
+    for k, (source, name) in enumerate(zip(STARTERS, NAMES, strict=True), start=1):
+        out = run_starter(source, nn=nn, torch=torch)
+        assert out == f"… Exercise 6.{k}: not attempted yet: fill in `{name}` above\n"
+
+
+def test_within_says_exactly_for_no_gap():
+    assert within(0.0) == "exactly" and within(3e-7) == "to 3e-07"
+
+
+def failed(verdict, hint: str | None = None, message: str | None = None) -> None:
+    """``verdict`` failed, with a hint containing ``hint`` (or none) and a message with ``message``."""
+    assert not verdict and verdict.status == "failed"
+    if hint is None:
+        assert verdict.hint is None, verdict.hint
+    else:
+        assert verdict.hint is not None and hint in verdict.hint, verdict
+    assert message is None or message in verdict.message, verdict.message
+
+
+@pytest.mark.parametrize(
+    "check", [check_iwae_bound, check_mean_reconstruction_loss, check_generator_losses, check_make_conv_gan]
+)
+def test_an_argument_that_is_not_a_function_fails_with_a_message(check):
+    failed(check(42), message="must be a function")
+
+
+def test_the_checkers_leave_the_readers_random_state_alone():
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    check_make_conv_gan(conv_gan)
+    check_conditional_vae(ConditionalVAE)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+# ---- 6.1 ----------------------------------------------------------------------------------
+
+
+def iwae(model, x, z, *, mistake: str | None = None):
+    """A right answer to exercise 6.1 (written with torch.distributions), or a usual mistake."""
+    k, b = z.shape[:2]
+    mu, logvar = model.encode(x)
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    logits = model.decode(z.flatten(0, 1)).view(k, b, 1, 28, 28)
+    log_px_z = -F.binary_cross_entropy_with_logits(logits, x.expand(k, -1, -1, -1, -1), reduction="none")
+    log_px_z = log_px_z.sum(dim=(2, 3, 4))
+    log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    log_w = log_px_z + log_pz - q.log_prob(z).sum(-1)
+    kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(-1)
+    return {
+        None: torch.logsumexp(log_w, 0) - math.log(k),
+        "elbo": log_w.mean(0),
+        "no log K": torch.logsumexp(log_w, 0),
+        "reconstruction only": torch.logsumexp(log_px_z, 0) - math.log(k),
+        "closed-form KL": torch.logsumexp(log_px_z, 0) - math.log(k) - kl,
+        "negative": -(torch.logsumexp(log_w, 0) - math.log(k)),
+        "wrong dim": torch.logsumexp(log_w, 1) - math.log(b),
+        "mean over images": (torch.logsumexp(log_w, 0) - math.log(k)).mean(),
+    }[mistake]
+
+
+def test_iwae_right_answer_passes(capsys):
+    assert check_iwae_bound(iwae)
+    assert capsys.readouterr().out.startswith("✓ Exercise 6.1: matches an independent log-mean-exp")
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("elbo", "that is the ELBO's estimate"),
+        ("no log K", "Subtract log K"),
+        ("reconstruction only", "add log p(z) and subtract log q(z|x)"),
+        ("closed-form KL", "closed-form KL"),
+        ("negative", "Return the bound on log p(x) itself"),
+        ("wrong dim", "over the K codes, dim 0 of z"),
+    ],
+)
+def test_iwae_usual_mistakes_get_their_hints(mistake, hint):
+    failed(check_iwae_bound(lambda m, x, z: iwae(m, x, z, mistake=mistake)), hint)
+
+
+def test_iwae_other_wrong_answers_fail_without_a_hint():
+    failed(check_iwae_bound(lambda m, x, z: iwae(m, x, z, mistake="mean over images")), None, "shape ()")
+    failed(check_iwae_bound(lambda m, x, z: iwae(m, x, z) + 0.5), None, "entries differ")
+
+
+def test_iwae_untouched_starter_is_not_attempted():
+    def skeleton(model, x, z):
+        raise NotImplementedError
+
+    assert check_iwae_bound(skeleton).status == "not attempted"
+
+
+# ---- 6.2 ----------------------------------------------------------------------------------
+
+
+def mean_loss(model, x, *, mistake: str | None = None):
+    """A right answer to exercise 6.2 (BCE's own mean over the pixels), or a usual mistake."""
+    logits, mu, logvar = model(x)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, x)  # mean over batch and pixels
+    summed = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=(1, 2, 3))
+    kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar)
+    return {
+        None: per_pixel + kl.sum(1).mean(),
+        "summed": (summed + kl.sum(1)).mean(),
+        "both averaged": (summed / 784 + kl.mean(1)).mean(),
+        "batch sum": (summed / 784 + kl.sum(1)).sum(),
+        "per image": summed / 784 + kl.sum(1),
+        "detached": (per_pixel + kl.sum(1).mean()).detach(),
+        "decoder only": per_pixel + kl.sum(1).mean().detach() + 0 * mu.detach().sum(),
+        "number": (per_pixel + kl.sum(1).mean()).item(),
+    }[mistake]
+
+
+def test_mean_loss_right_answer_passes(capsys):
+    assert check_mean_reconstruction_loss(mean_loss)
+    assert "averaged over the batch, to 1e-06 on 2 random batches" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("summed", "That is the chapter's correct loss"),
+        ("both averaged", "Keep the KL summed"),
+        ("batch sum", "Average over the batch, do not sum"),
+        ("per image", "Average the per-image losses over the batch"),
+    ],
+)
+def test_mean_loss_usual_mistakes_get_their_hints(mistake, hint):
+    failed(check_mean_reconstruction_loss(lambda m, x: mean_loss(m, x, mistake=mistake)), hint)
+
+
+def test_mean_loss_without_a_graph_or_off_by_a_constant_fails():
+    failed(check_mean_reconstruction_loss(lambda m, x: mean_loss(m, x, mistake="number")), None, "a tensor")
+    failed(check_mean_reconstruction_loss(lambda m, x: mean_loss(m, x, mistake="detached")), None, "no graph")
+    failed(check_mean_reconstruction_loss(lambda m, x: mean_loss(m, x) + 1), None, "entries differ")
+
+
+def test_mean_loss_whose_gradient_misses_the_encoder_fails():
+    def decoder_only(model, x):
+        # the right value, but only the decoder's bias is in the graph
+        return mean_loss(model, x).detach() + 0 * model.decoder.bias.sum()
+
+    failed(check_mean_reconstruction_loss(decoder_only), None, "no gradient reaches the encoder")
+
+
+# ---- 6.3 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("losses", "hint"),
+    [
+        (lambda t: (F.logsigmoid(-t), -F.logsigmoid(t)), "pass"),
+        (lambda t: (torch.log(1 - torch.sigmoid(t)), -torch.log(torch.sigmoid(t))), "F.logsigmoid"),
+        (lambda t: (-F.logsigmoid(t), F.logsigmoid(-t)), "swapped"),
+        (lambda t: (F.softplus(t), -F.logsigmoid(t)), "the discriminator's loss on fakes"),
+        (lambda t: (F.logsigmoid(-t), F.logsigmoid(t)), "cross-entropy against label 1"),
+        (
+            lambda t: (F.logsigmoid(-t), F.binary_cross_entropy_with_logits(t, 0 * t, reduction="none")),
+            "against label 0",
+        ),
+        (lambda t: (F.logsigmoid(-t).mean(), -F.logsigmoid(t).mean()), "no .mean()"),
+    ],
+)
+def test_generator_losses_right_answer_and_usual_mistakes(losses, hint, capsys):
+    verdict = check_generator_losses(losses)
+    if hint == "pass":
+        assert verdict and "gradients are -0.0067 and -0.9933" in capsys.readouterr().out
+    else:
+        failed(verdict, hint)
+
+
+@pytest.mark.parametrize(
+    ("losses", "message"),
+    [
+        (lambda t: F.logsigmoid(-t), "should return a pair"),
+        (lambda t: ([0.0], -F.logsigmoid(t)), "should be a tensor"),
+        (lambda t: (F.logsigmoid(-t) + 0.1, -F.logsigmoid(t)), "entries differ"),
+        (lambda t: (F.logsigmoid(-t).detach(), -F.logsigmoid(t)), "no gradient flows"),
+        (lambda t: (F.logsigmoid(-t), -F.logsigmoid(t) + (t - t.detach()) ** 3), "pass"),
+    ],
+)
+def test_generator_losses_other_wrong_answers_fail(losses, message):
+    verdict = check_generator_losses(losses)
+    if message == "pass":  # a term with zero value and zero gradient changes nothing
+        assert verdict
+    else:
+        failed(verdict, None, message)
+
+
+def test_generator_losses_with_a_wrong_gradient_fail():
+    class Doubled(torch.autograd.Function):
+        """The right value with twice its gradient."""
+
+        @staticmethod
+        def forward(ctx, value):
+            return value.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return 2 * grad
+
+    failed(
+        check_generator_losses(lambda t: (F.logsigmoid(-Doubled.apply(t)), -F.logsigmoid(t))),
+        None,
+        "d(saturating loss)/d logit",
+    )
+
+
+# ---- 6.4 ----------------------------------------------------------------------------------
+
+
+def conv_gan(noise_dim, *, mistake: str | None = None):
+    """A right answer to exercise 6.4 (a module class, not nn.Sequential), or a usual mistake."""
+
+    class Generator(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(noise_dim, 32 * 7 * 7, bias=mistake == "bias")
+            self.bn1, self.bn2 = nn.BatchNorm2d(32), nn.BatchNorm2d(16)
+            kernel, pad = (3, 1) if mistake == "kernel 3" else (4, 1)
+            self.up1 = nn.ConvTranspose2d(32, 16, kernel, 2, pad, bias=False)
+            self.up2 = nn.ConvTranspose2d(16, 1, kernel, 2, pad)
+
+        def forward(self, z):
+            h = self.fc(z).detach() if mistake == "detach" else self.fc(z)
+            h = F.relu(self.bn1(h.view(-1, 32, 7, 7)))
+            out = self.up2(F.relu(self.bn2(self.up1(h))))
+            if mistake == "flat":
+                out = out.flatten(1)
+            return out if mistake == "no tanh" else torch.tanh(out)
+
+    head = {
+        "conv head": [nn.Conv2d(32, 1, 7)],
+        "sigmoid": [nn.Flatten(), nn.Linear(32 * 7 * 7, 1), nn.Sigmoid()],
+    }.get(mistake, [nn.Flatten(), nn.Linear(32 * 7 * 7, 1)])
+    discriminator = nn.Sequential(
+        nn.Conv2d(1, 16, 4, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(16, 32, 4, 2, 1, bias=mistake == "bias D"),
+        nn.BatchNorm2d(32),
+        nn.LeakyReLU(0.2),
+        *head,
+    )
+    return Generator(), discriminator
+
+
+def test_conv_gan_right_answer_passes(capsys):
+    assert check_make_conv_gan(conv_gan)
+    assert "27,361 and 10,097 parameters as specified" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("kernel 3", "each layer doubles the size, 7 → 14 → 28"),
+        ("flat", "Reshape the Linear layer's (B, 1568)"),
+        ("no tanh", "End the generator with nn.Tanh()"),
+        ("conv head", "End with nn.Flatten() and nn.Linear(32 * 7 * 7, 1)"),
+        ("sigmoid", "BCEWithLogitsLoss applies the sigmoid"),
+        ("bias", "Use bias=False there"),
+        ("bias D", "Use bias=False there"),
+    ],
+)
+def test_conv_gan_usual_mistakes_get_their_hints(mistake, hint):
+    failed(check_make_conv_gan(lambda n: conv_gan(n, mistake=mistake)), hint)
+
+
+class Unregistered(nn.Module):
+    """The right generator kept in a plain list: none of its parameters is registered."""
+
+    def __init__(self, noise_dim):
+        super().__init__()
+        self.parts = [conv_gan(noise_dim)[0]]
+
+    def forward(self, z):
+        return self.parts[0](z)
+
+
+def discriminator_with(*changes):
+    """The right discriminator with layers replaced: (index, new layer) pairs."""
+    layers = list(conv_gan(12)[1])
+    for index, layer in changes:
+        layers[index] = layer
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize(
+    ("make", "hint", "message"),
+    [
+        (lambda n: conv_gan(n)[0], None, "should return (generator, discriminator)"),
+        (lambda n: (Unregistered(n), conv_gan(n)[1]), "not registered", "0 ConvTranspose2d"),
+        (lambda n: (conv_gan(n)[0], discriminator_with((1, nn.PReLU()))), None, "10,098 parameters"),
+        (
+            lambda n: (conv_gan(n)[0], discriminator_with((4, nn.BatchNorm2d(32)))),
+            None,
+            "2 Conv2d and 2 batch-norm layers, expected 2 and 1",
+        ),
+        (lambda n: (conv_gan(n)[0], discriminator_with((6, nn.Linear(32 * 7 * 7, 2)))), "End with", "(6, 2)"),
+        (lambda n: conv_gan(n, mistake="detach"), None, "no gradient reaches the generator's fc.weight"),
+        (lambda n: conv_gan(32), None, "mat1 and mat2 shapes cannot be multiplied"),
+    ],
+)
+def test_conv_gan_other_wrong_answers_fail(make, hint, message):
+    failed(check_make_conv_gan(make), hint, message)
+
+
+# ---- 6.5 ----------------------------------------------------------------------------------
+
+
+class ConditionalVAE(nn.Module):
+    """A right answer to exercise 6.5 (one-hot labels by indexing an identity), with mistakes."""
+
+    mistake: str | None = None
+
+    def __init__(self, latent_dim=16, hidden=256):
+        super().__init__()
+        label_size = 1 if self.mistake == "one number" else 10
+        self.encoder = nn.Linear(784 + label_size, hidden)
+        self.to_mu, self.to_logvar = nn.Linear(hidden, latent_dim), nn.Linear(hidden, latent_dim)
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim + label_size, hidden), nn.ReLU(), nn.Linear(hidden, 784)
+        )
+
+    def label(self, y, used=True):
+        if self.mistake == "one number":
+            return y[:, None].float()
+        code = torch.eye(10)[y]
+        return code if used else torch.zeros_like(code)
+
+    def decode(self, z, y):
+        out = self.decoder(torch.cat([z, self.label(y, self.mistake != "decoder ignores")], 1))
+        return (
+            torch.sigmoid(out).view(-1, 1, 28, 28) if self.mistake == "sigmoid" else out.view(-1, 1, 28, 28)
+        )
+
+    def forward(self, x, y):
+        xy = torch.cat([x.flatten(1), self.label(y, self.mistake != "encoder ignores")], 1)
+        h = torch.relu(self.encoder(xy))
+        mu, logvar = self.to_mu(h), self.to_logvar(h)
+        std = torch.exp(0.5 * logvar)
+        draw = {  # each draws its noise only when called, as the first draw of forward()
+            "exp(logvar)": lambda: mu + torch.exp(logvar) * torch.randn_like(mu),
+            "logvar": lambda: mu + logvar * torch.randn_like(mu),
+            "no noise": lambda: mu,
+            ".sample()": lambda: torch.distributions.Normal(mu, std).sample(),
+            "torch.normal": lambda: torch.normal(mu, std),
+            "rsample": lambda: torch.distributions.Normal(mu, std).rsample(),
+            "one eps": lambda: mu + std * torch.randn(mu.shape[1]),
+        }
+        z = draw.get(self.mistake, lambda: mu + std * torch.randn_like(mu))()
+        if self.mistake == "inline decoder":
+            return self.decoder(torch.cat([z, self.label(y)], 1)).view(-1, 1, 28, 28), mu, logvar
+        return self.decode(z, y), mu, logvar
+
+
+def with_mistake(mistake):
+    return type("Attempt", (ConditionalVAE,), {"mistake": mistake})
+
+
+@pytest.mark.parametrize("variant", [None, "rsample", "inline decoder"])
+def test_conditional_vae_right_answers_pass(variant, capsys):
+    assert check_conditional_vae(with_mistake(variant))
+    assert "z = μ + σ·ε exactly" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("one number", "F.one_hot(y, 10).float()"),
+        ("decoder ignores", "Concatenate the one-hot label to the code"),
+        ("encoder ignores", "The encoder sees the label too"),
+        ("exp(logvar)", "σ = exp(0.5 · logvar)"),
+        ("logvar", "not by the log-variance itself"),
+        ("no noise", "z has no noise"),
+        (".sample()", ".sample() and torch.normal(mu, std) pass no gradient"),
+        ("torch.normal", ".sample() and torch.normal(mu, std) pass no gradient"),
+        ("sigmoid", "Return logits (no sigmoid)"),
+    ],
+)
+def test_conditional_vae_usual_mistakes_get_their_hints(mistake, hint):
+    failed(check_conditional_vae(with_mistake(mistake)), hint)
+
+
+def test_conditional_vae_inline_decoder_mistakes_are_caught_through_the_logits():
+    class Inline(ConditionalVAE):
+        def forward(self, x, y):
+            xy = torch.cat([x.flatten(1), self.label(y)], 1)
+            h = torch.relu(self.encoder(xy))
+            mu, logvar = self.to_mu(h), self.to_logvar(h)
+            z = mu + torch.exp(logvar) * torch.randn_like(mu)
+            return self.decoder(torch.cat([z, self.label(y)], 1)).view(-1, 1, 28, 28), mu, logvar
+
+    failed(check_conditional_vae(Inline), "σ = exp(0.5 · logvar)")
+
+
+class Pair(ConditionalVAE):
+    def forward(self, x, y):
+        return super().forward(x, y)[:2]
+
+
+class Flat(ConditionalVAE):
+    def forward(self, x, y):
+        logits, mu, logvar = super().forward(x, y)
+        return logits.flatten(1), mu, logvar
+
+
+class NotAModule:
+    def __init__(self, latent_dim, hidden):
+        pass
+
+
+class Keywords(ConditionalVAE):
+    """Right, with decode called by keyword."""
+
+    def forward(self, x, y):
+        xy = torch.cat([x.flatten(1), self.label(y)], 1)
+        h = torch.relu(self.encoder(xy))
+        mu, logvar = self.to_mu(h), self.to_logvar(h)
+        return self.decode(z=mu + torch.exp(0.5 * logvar) * torch.randn_like(mu), y=y), mu, logvar
+
+
+@pytest.mark.parametrize(
+    ("attempt", "message"),
+    [
+        (with_mistake("one eps"), "entries differ"),
+        (Pair, "should return (logits, mu, logvar)"),
+        (Flat, "logits has shape (6, 784)"),
+        (NotAModule, "should be an nn.Module"),
+        (type("Listy", (Pair,), {"forward": lambda self, x, y: ([0.0], 0, 0)}), "logits should be a tensor"),
+    ],
+)
+def test_conditional_vae_other_wrong_answers_fail(attempt, message):
+    failed(check_conditional_vae(attempt), None, message)
+
+
+def test_conditional_vae_decode_called_by_keyword_passes():
+    assert check_conditional_vae(Keywords)
+
+
+def test_conditional_vae_untouched_starter_is_not_attempted():
+    namespace = {"nn": nn, "torch": torch}
+    source = STARTERS[4].split("from helpers.exercises")[0]
+    exec(source, namespace)
+    assert check_conditional_vae(namespace["ConditionalVAE"]).status == "not attempted"
