@@ -3,21 +3,18 @@ each listed mistake fails with its own hint, and other wrong answers fail withou
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections import OrderedDict
-
 import pytest
 import torch
 from exercise_cells import run_starter, starter_cells
 from torch import nn
 
+from helpers.exercises import ch02_references as ref
 from helpers.exercises.ch02 import (
     check_accumulated_epoch,
     check_bootstrap_share,
-    check_make_mlp,
+    check_choose_rate,
+    check_load_hidden_only,
     check_momentum_sgd,
-    check_updates_to_best,
 )
 
 STARTERS = starter_cells("02")
@@ -36,7 +33,9 @@ def test_the_chapter_has_one_starter_per_exercise():
 
 @pytest.mark.parametrize(
     ("index", "name"),
-    list(enumerate(["MomentumSGD", "accumulated_epoch", "bootstrap_share", "make_mlp", "updates_to_best"])),
+    list(
+        enumerate(["MomentumSGD", "accumulated_epoch", "bootstrap_share", "load_hidden_only", "choose_rate"])
+    ),
 )
 def test_an_untouched_starter_says_not_attempted_and_nothing_else(index, name):
     out = run_starter(STARTERS[index], torch=torch, nn=nn)
@@ -215,81 +214,163 @@ def test_bootstrap_on_all_positive_differences_names_the_flip():
     assert failed_with(verdict, "mean is above 0") and "30 positive differences" in verdict.message
 
 
-# Exercise 2.4: make_mlp ------------------------------------------------------------------
+# Exercise 2.4: reusing a trained hidden layer --------------------------------------------
 
 
-def mlp_builder(mistake: str = ""):
-    """make_mlp written right, or with one mistake."""
-
-    def make_mlp(sizes):
-        layers = []
-        for n_in, n_out in itertools.pairwise(sizes):
-            layers.append(nn.Linear(n_in, n_out))
-            if mistake != "no relu":
-                layers.append(nn.Tanh() if mistake == "tanh" else nn.ReLU())
-        if mistake not in ("final relu", "no relu"):
-            layers = layers[:-1]
-        if mistake == "list":
-            return layers
-        if mistake == "module":
-            return nn.ModuleList(layers)
-        if mistake == "square":
-            return nn.Sequential(nn.Linear(sizes[0], sizes[0]), nn.ReLU(), *layers)
-        return nn.Sequential(*layers)
-
-    return make_mlp
+def renamed(trained, keep=("hidden.", "output.")):
+    """``trained``'s state_dict under nn.Sequential's names, only the prefixes in ``keep``."""
+    names = {"hidden.": "0.", "output.": "2."}
+    return {
+        names[prefix] + key.removeprefix(prefix): value
+        for key, value in trained.state_dict().items()
+        for prefix in keep
+        if key.startswith(prefix)
+    }
 
 
-def test_make_mlp_right_passes(capsys):
-    assert check_make_mlp(mlp_builder()).passed
-    assert "[4, 3] gives one Linear" in capsys.readouterr().out
+def transfer(mistake: str = ""):
+    """load_hidden_only written right, or with one mistake."""
+
+    def load_hidden_only(trained, new):
+        if mistake == "strict default":
+            return new.load_state_dict(renamed(trained, ("hidden.",)))
+        if mistake in ("all renamed", "all renamed strict"):
+            return new.load_state_dict(renamed(trained), strict=mistake == "all renamed")
+        if mistake in ("unrenamed", "unrenamed strict"):
+            return new.load_state_dict(trained.state_dict(), strict=mistake == "unrenamed strict")
+        if mistake == "head too":  # falls back only where the head's shape differs
+            try:
+                return new.load_state_dict(renamed(trained), strict=False)
+            except RuntimeError:
+                return new.load_state_dict(renamed(trained, ("hidden.",)), strict=False)
+        if mistake == "unfiltered":
+            state = {k.replace("hidden.", "0."): v for k, v in trained.state_dict().items()}
+            return new.load_state_dict(state, strict=False)
+        if mistake == "submodule":
+            return new[0].load_state_dict(trained.hidden.state_dict())
+        if mistake == "no return":
+            new.load_state_dict(renamed(trained, ("hidden.",)), strict=False)
+            return None
+        if mistake == "weight only":
+            return new.load_state_dict({"0.weight": trained.hidden.weight}, strict=False)
+        if mistake == "shared module":
+            new[0] = trained.hidden
+            return new.load_state_dict({}, strict=False)
+        if mistake == "reset head":
+            new[2].reset_parameters()
+        if mistake == "changes trained":
+            with torch.no_grad():
+                trained.output.bias.zero_()
+        if mistake == "other error":
+            raise RuntimeError("CUDA out of memory")
+        return new.load_state_dict(renamed(trained, ("hidden.",)), strict=False)
+
+    return load_hidden_only
+
+
+def test_load_hidden_only_right_passes(capsys):
+    assert check_load_hidden_only(transfer()).passed
+    assert "leaves the new head alone, for a head of 3 outputs" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     ("mistake", "hint"),
     [
-        ("final relu", "no ReLU after the output layer"),
-        ("no relu", "put a ReLU between consecutive Linear layers"),
-        ("list", "nn.Sequential(*layers)"),
-        ("module", None),
-        ("square", None),
-        ("tanh", None),
+        ("strict default", "strict by default"),
+        ("all renamed", "no `strict` setting tolerates that"),
+        ("all renamed strict", "no `strict` setting tolerates that"),
+        ("unrenamed", "strict=False loaded nothing"),
+        ("unrenamed strict", "rename the keys you load"),
+        ("head too", "copy the hidden layer only"),
+        ("unfiltered", "they show up as unexpected"),
+        ("submodule", "call load_state_dict on the whole new network"),
+        ("no return", "return the result of new.load_state_dict"),
+        ("weight only", None),
+        ("shared module", None),
+        ("reset head", None),
+        ("changes trained", None),
+        ("other error", None),
     ],
 )
-def test_make_mlp_mistakes_get_their_hints(mistake, hint):
-    assert failed_with(check_make_mlp(mlp_builder(mistake)), hint)
-
-
-def test_make_mlp_with_renamed_layers_fails_on_the_keys():
-    def named(sizes):
-        return nn.Sequential(
-            OrderedDict(hidden=nn.Linear(sizes[0], sizes[1]), relu=nn.ReLU(), out=nn.Linear(sizes[1], 9))
-        )
-
-    verdict = check_make_mlp(named)
-    assert failed_with(verdict, None) and "Linear layers" in verdict.message
-
-
-# Exercise 2.5: updates up to the best epoch ------------------------------------------------
+def test_load_hidden_only_mistakes_get_their_hints(mistake, hint):
+    assert failed_with(check_load_hidden_only(transfer(mistake)), hint)
 
 
 @pytest.mark.parametrize(
-    ("updates_to_best", "hint"),
+    ("mistake", "copied"), [("all renamed", True), ("strict default", True), ("unrenamed strict", False)]
+)
+def test_a_load_that_raised_says_whether_it_had_copied_the_hidden_layer(mistake, copied):
+    verdict = check_load_hidden_only(transfer(mistake))
+    assert verdict.message.startswith("your code raised RuntimeError: Error(s) in loading state_dict")
+    assert ("already copied the hidden layer" in verdict.message) == copied
+
+
+def test_a_reused_shared_module_is_reported_with_what_load_state_dict_said():
+    verdict = check_load_hidden_only(transfer("shared module"))
+    assert "missing ['0.bias', '0.weight', '2.bias', '2.weight']" in verdict.message
+    verdict = check_load_hidden_only(transfer("changes trained"))
+    assert "changed the trained network" in verdict.message
+
+
+# Exercise 2.5: choosing a learning rate ---------------------------------------------------
+
+
+def rate_chooser(mistake: str = ""):
+    """choose_rate written right, or with one mistake."""
+
+    def choose_rate(val_losses):
+        best = min(val_losses.values())
+        limit = {"absolute": best + 0.01, "ten percent": 1.1 * best}.get(mistake, 1.01 * best)
+        within = [rate for rate, loss in val_losses.items() if loss <= limit]
+        if mistake == "largest":
+            return max(within)
+        if mistake == "best":
+            return min(val_losses, key=val_losses.get)
+        if mistake == "first listed":
+            return within[0]
+        if mistake == "loss":
+            return val_losses[min(within)]
+        if mistake == "median":
+            return sorted(val_losses)[len(val_losses) // 2]
+        if mistake == "text":
+            return str(min(within))
+        return min(within)
+
+    return choose_rate
+
+
+def test_choose_rate_right_passes(capsys):
+    assert check_choose_rate(rate_chooser()).passed
+    assert "picks 0.003, 0.01, 0.03, 0.1 in 4 sweeps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
     [
-        (lambda e, n, b: e * (n // b), "round the batches per epoch up"),
-        (lambda e, n, b: e * n / b, "an update count is a whole number"),
-        (lambda e, n, b: math.ceil(e * n / b), "round up per epoch, then multiply"),
-        (lambda e, n, b: (e - 1) * math.ceil(n / b), "best_epoch counts from 1"),
-        (lambda e, n, b: e * math.ceil(n / b) + 1, None),
+        ("largest", "take the smallest, not the largest"),
+        ("best", "not the lowest loss itself"),
+        ("absolute", "a relative margin"),
+        ("ten percent", "a factor of 1.01, not 1.1"),
+        ("first listed", "not the first one listed"),
+        ("loss", "not its validation loss"),
+        ("median", None),
     ],
 )
-def test_updates_mistakes_get_their_hints(updates_to_best, hint):
-    assert failed_with(check_updates_to_best(updates_to_best), hint)
+def test_choose_rate_mistakes_get_their_hints(mistake, hint):
+    assert failed_with(check_choose_rate(rate_chooser(mistake)), hint)
 
 
-def test_updates_right_passes_and_non_numbers_fail(capsys):
-    assert check_updates_to_best(lambda e, n, b: e * -(-n // b)).passed
-    assert "3 updates an epoch, 21 by epoch 7" in capsys.readouterr().out
-    assert check_updates_to_best(lambda e, n, b: float(e * math.ceil(n / b))).passed
-    verdict = check_updates_to_best(lambda e, n, b: str(e))
+def test_choose_rate_names_a_few_wrong_cases_and_rejects_non_numbers():
+    verdict = check_choose_rate(rate_chooser("largest"))
+    assert "(and 2 more)" in verdict.message
+    assert "more)" not in check_choose_rate(rate_chooser("absolute")).message  # one case wrong
+    verdict = check_choose_rate(rate_chooser("text"))
     assert failed_with(verdict, None) and "should be a number, got str" in verdict.message
+    assert failed_with(check_choose_rate(lambda losses: True), None)
+
+
+def test_each_rate_mistake_differs_from_the_rule_and_from_the_others():
+    cases = ref.RATE_CASES
+    made = {name: tuple(ref.rate_mistakes(c)[name] for c in cases) for name in ref.rate_mistakes(cases[0])}
+    right = tuple(ref.rate_rule(c) for c in cases)
+    assert right not in made.values() and len(set(made.values())) == len(made)

@@ -3,21 +3,20 @@
 Each checker runs the reader's code on small, freshly seeded CPU problems against a
 reference that does not come from the chapter's solution: ``torch.optim.SGD`` for the
 momentum optimizer, one big-batch SGD step per group for gradient accumulation, a
-large reference bootstrap, ``torch.nn.functional`` for the MLP's forward pass, and
-``len(DataLoader)`` for the count of updates. For the usual mistakes it computes what
-the mistake would produce and names it. Introduced with chapter 2's exercises.
+large reference bootstrap, the trained network's own tensors (and the new head's, kept
+from before the call) for a partial ``load_state_dict``, and a direct reading of the
+rule for choosing a learning rate. For the usual mistakes it computes what the mistake
+would produce, or reads the error it raised, and names it. Introduced with chapter 2's exercises.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -27,9 +26,9 @@ from helpers.exercises import ch02_references as ref
 __all__ = [
     "check_accumulated_epoch",
     "check_bootstrap_share",
-    "check_make_mlp",
+    "check_choose_rate",
+    "check_load_hidden_only",
     "check_momentum_sgd",
-    "check_updates_to_best",
 ]
 
 
@@ -175,90 +174,147 @@ def check_bootstrap_share(bootstrap_share: Callable[..., Any]) -> str:
 
 # Exercise 2.4 ------------------------------------------------------------------------
 
+_NAMES = (
+    "the trained model names its layers `hidden` and `output`, the nn.Sequential by position, "
+    "`0` and `2`: rename the keys you load (`hidden.weight` -> `0.weight`)"
+)
+_SHAPES = (
+    "the trained head's tensors have another shape than the new head's, and no `strict` setting "
+    "tolerates that (strict=False only tolerates missing and unexpected keys): leave the head's "
+    "keys out of what you load"
+)
+_STRICT = (
+    "load_state_dict is strict by default: the new head's keys, `2.weight` and `2.bias`, have no "
+    "trained counterpart; pass strict=False and read what it reports"
+)
 
-def _check_mlp(make_mlp: Callable[[list[int]], Any], sizes: list[int]) -> float:
-    net = make_mlp(list(sizes))
-    expect(
-        isinstance(net, nn.Sequential),
-        f"make_mlp({sizes}) should return an nn.Sequential, got {type(net).__name__}",
-        "wrap the list of layers: nn.Sequential(*layers)" if isinstance(net, (list, tuple)) else None,
+
+def _load_error(error: RuntimeError, copied: bool) -> Mismatch:
+    """The failure for a ``RuntimeError`` from the reader's code, with the hint its text points to."""
+    text = str(error)
+    hint = next(
+        (
+            h
+            for phrase, h in (
+                ("Unexpected key", _NAMES),
+                ("size mismatch", _SHAPES),
+                ("Missing key", _STRICT),
+            )
+            if phrase in text
+        ),
+        None,
     )
-    linears = [m for m in net if isinstance(m, nn.Linear)]
-    shapes = [(m.in_features, m.out_features) for m in linears]
-    pairs = list(itertools.pairwise(sizes))
-    expect(shapes == pairs, f"make_mlp({sizes}) has Linear layers (in, out) {shapes}, expected {pairs}")
-    keys, want_keys = (
-        list(net.state_dict()),
-        [f"{2 * i}.{p}" for i in range(len(pairs)) for p in ("weight", "bias")],
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    after = ", after it had already copied the hidden layer (a failed load leaves a half-loaded net)"
+    said = " ".join(lines[:2]).rstrip(".")
+    return Mismatch(f"your code raised RuntimeError: {said}{after if copied else ''}", hint)
+
+
+def _same(net: nn.Module, state: dict[str, torch.Tensor], prefix: str, source: str) -> bool:
+    """``net``'s tensors under ``prefix`` equal ``state``'s under ``source`` (same shapes)."""
+    mine = {k.removeprefix(prefix): v for k, v in net.state_dict().items() if k.startswith(prefix)}
+    theirs = {k.removeprefix(source): v for k, v in state.items() if k.startswith(source)}
+    return mine.keys() == theirs.keys() and all(
+        mine[k].shape == theirs[k].shape and torch.equal(mine[k], theirs[k]) for k in mine
+    )
+
+
+def _check_transfer(load_hidden_only: Callable[[nn.Module, nn.Sequential], Any], new_out: int) -> None:
+    trained, new = ref.transfer_problem(new_out)
+    trained_before, new_before = ref.cloned_state(trained), ref.cloned_state(new)
+    case = f"with a new head of {new_out} outputs"
+    try:
+        report = load_hidden_only(trained, new)
+    except NotImplementedError:  # a RuntimeError too: the untouched starter
+        raise
+    except RuntimeError as error:
+        raise _load_error(error, _same(new, trained_before, "0.", "hidden.")) from None
+    expect(
+        _same(trained, trained_before, "", ""),
+        f"{case}, load_hidden_only changed the trained network; it should only read it",
     )
     expect(
-        keys == want_keys,
-        f"make_mlp({sizes})'s state_dict keys are {keys}, expected {want_keys}",
-        "put a ReLU between consecutive Linear layers, or they collapse into one linear map"
-        if len(net) == len(pairs)
+        hasattr(report, "missing_keys") and hasattr(report, "unexpected_keys"),
+        f"{case}, load_hidden_only returned {type(report).__name__}, not what load_state_dict reports",
+        "return the result of new.load_state_dict(..., strict=False): its missing_keys and "
+        "unexpected_keys say what was loaded",
+    )
+    missing, unexpected = sorted(report.missing_keys), sorted(report.unexpected_keys)
+    expect(
+        _same(new, trained_before, "0.", "hidden."),
+        f"{case}, new[0] does not hold the trained hidden layer; load_state_dict reported "
+        f"missing {missing}, unexpected {unexpected}",
+        "strict=False loaded nothing: " + _NAMES if "hidden.weight" in unexpected else None,
+    )
+    expect(
+        not _same(new, trained_before, "2.", "output."),
+        f"{case}, the new head holds the trained head's weights (its shape fits, so nothing raised)",
+        "copy the hidden layer only: the new head is for the new task and keeps its fresh weights, "
+        "so leave the trained head's keys (`output.*`) out of what you load",
+    )
+    expect(_same(new, new_before, "2.", "2."), f"{case}, the new head's weights changed")
+    expect(
+        (missing, unexpected) == (["2.bias", "2.weight"], []),
+        f"{case}, load_state_dict reported missing {missing} and unexpected {unexpected}; "
+        "expected the new head's keys missing and nothing unexpected",
+        "leave the trained head's keys out of what you load (filter them): they show up as unexpected"
+        if unexpected
+        else "call load_state_dict on the whole new network with the hidden layer's keys: its "
+        "report then lists the head's keys as missing, the sign that only the hidden layer was loaded"
+        if not missing
         else None,
     )
-    x = torch.randn(6, sizes[0], generator=ref.seeded_generator(8))
-    with torch.no_grad():
-        want = ref.mlp_forward(linears, x)
-        return expect_tensor(
-            net(x),
-            want,
-            f"make_mlp({sizes})(x)",
-            mistakes={
-                "no ReLU after the output layer: its outputs are logits, "
-                "which must be free to be negative": F.relu(want)
-            },
-        )
 
 
-@checker("2.4", "make_mlp")
-def check_make_mlp(make_mlp: Callable[[list[int]], Any]) -> str:
-    """``make_mlp(sizes)``: Linear layers of those sizes, a ReLU between consecutive ones."""
-    gap = max(_check_mlp(make_mlp, [5, 7, 3, 2]), _check_mlp(make_mlp, [4, 3]))
+@checker("2.4", "load_hidden_only")
+def check_load_hidden_only(load_hidden_only: Callable[[nn.Module, nn.Sequential], Any]) -> str:
+    """``load_hidden_only(trained, new)``: the trained hidden layer into ``new[0]``, the head left alone."""
+    for new_out in (3, ref.TRAINED_OUT):
+        _check_transfer(load_hidden_only, new_out)
     return (
-        "builds Linear 5→7→3→2 with a ReLU between consecutive layers, keys 0, 2 and 4 as "
-        f"nn.Sequential names them, matching F.linear and F.relu to {gap:.1e}; [4, 3] gives one Linear"
+        f"copies the hidden layer of an MLP({ref.IN_FEATURES}, {ref.HIDDEN}, {ref.TRAINED_OUT}) into "
+        f"new[0] and leaves the new head alone, for a head of 3 outputs and one of the trained "
+        "head's shape; load_state_dict reports the head's keys missing, nothing unexpected"
     )
 
 
 # Exercise 2.5 ------------------------------------------------------------------------
 
-# (best epoch, examples, batch size): three with a last, smaller batch, one without
-_CASES = [(7, 364, 128), (3, 364, 8), (5, 10, 32), (12, 100, 25)]
+_RATE_HINTS = {
+    "largest": "of the rates within 1 % of the best, take the smallest, not the largest: of rates "
+    "that do equally well, the smallest keeps furthest from the instability of section 2.5",
+    "best": "not the lowest loss itself: every rate whose loss is within 1 % of it qualifies "
+    "(loss <= 1.01 * best), and the smallest of those is taken",
+    "absolute": "within 1 % is a relative margin, loss <= 1.01 * best, not best + 0.01",
+    "ten percent": "1 % is a factor of 1.01, not 1.1",
+    "first listed": "a dict keeps the order its keys were inserted in, not the rates' order: take "
+    "the smallest qualifying rate with min(...), not the first one listed",
+    "loss": "return the rate (the dict's key), not its validation loss",
+}
 
 
-@checker("2.5", "updates_to_best")
-def check_updates_to_best(updates_to_best: Callable[[int, int, int], Any]) -> str:
-    """``updates_to_best(best_epoch, n_examples, batch_size)`` against ``len(DataLoader)``."""
-    got = [updates_to_best(*case) for case in _CASES]
-    for case, value in zip(_CASES, got, strict=True):
+@checker("2.5", "choose_rate")
+def check_choose_rate(choose_rate: Callable[[dict[float, float]], Any]) -> str:
+    """``choose_rate(val_losses)``: the smallest rate within 1 % of the best validation loss."""
+    got = []
+    for case in ref.RATE_CASES:
+        value = choose_rate(dict(case))
         expect(
             isinstance(value, numbers.Real) and not isinstance(value, bool),
-            f"updates_to_best{case} should be a number, got {type(value).__name__}",
+            f"choose_rate({case}) should be a number, got {type(value).__name__}",
         )
-    want = [e * len(DataLoader(range(n), batch_size=b)) for e, n, b in _CASES]
-    mistakes = {
-        "round the batches per epoch up: DataLoader keeps the last, smaller batch "
-        "(unless drop_last=True), and it is an update too": [e * (n // b) for e, n, b in _CASES],
-        "an update count is a whole number: the batches per epoch are n_examples / batch_size rounded up": [
-            e * n / b for e, n, b in _CASES
-        ],
-        "round up per epoch, then multiply: every epoch ends with its own smaller batch": [
-            math.ceil(e * n / b) for e, n, b in _CASES
-        ],
-        "best_epoch counts from 1: by the end of epoch e the loader has run e epochs": [
-            (e - 1) * math.ceil(n / b) for e, n, b in _CASES
-        ],
-    }
-    hint = next((h for h, values in mistakes.items() if values == got), None)
+        got.append(value)
+    want = [ref.rate_rule(case) for case in ref.RATE_CASES]
+    made = [ref.rate_mistakes(case) for case in ref.RATE_CASES]
+    hint = next((h for name, h in _RATE_HINTS.items() if got == [m[name] for m in made]), None)
     wrong = [
-        f"updates_to_best{case} = {value:g}, expected {expected}"
-        for case, value, expected in zip(_CASES, got, want, strict=True)
+        f"choose_rate({case}) = {value:g}, expected {expected:g}"
+        for case, value, expected in zip(ref.RATE_CASES, got, want, strict=True)
         if value != expected
     ]
-    expect(not wrong, "; ".join(wrong), hint)
+    expect(not wrong, "; ".join(wrong[:2]) + (f" (and {len(wrong) - 2} more)" if wrong[2:] else ""), hint)
     return (
-        f"agrees with len(DataLoader) × epochs on {len(_CASES)} cases, among them 364 examples "
-        f"in batches of 128 ({want[0] // _CASES[0][0]} updates an epoch, {want[0]} by epoch 7)"
+        f"picks {', '.join(f'{rate:g}' for rate in want)} in {len(want)} sweeps: the smallest rate "
+        "within 1 % of the best loss, whatever the dict's order, the size of the losses or a "
+        "diverged (inf) run"
     )

@@ -1,14 +1,15 @@
 """Problems and references for chapter 2's exercise checkers (``helpers.exercises.ch02``).
 
 Small, freshly seeded CPU problems; the reference each checker compares with (torch's
-own SGD, big-batch steps, a large bootstrap, ``torch.nn.functional``), and what the
-usual mistakes produce on the same problems. Written independently of the chapter's
+own SGD, big-batch steps, a large bootstrap, a trained network and a new one to load
+into, the rule for choosing a learning rate), and what the usual mistakes produce on
+the same problems. Written independently of the chapter's
 solutions. Introduced with chapter 2's exercises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -149,7 +150,7 @@ def accumulated_with(divisor: str = "group", *, zero: str = "step") -> torch.Ten
     return flat_parameters(net)
 
 
-# Exercise 2.3: the bootstrap; 2.4: the MLP's forward pass -----------------------------
+# Exercise 2.3: the bootstrap ----------------------------------------------------------
 
 
 def skewed_sample() -> torch.Tensor:
@@ -165,10 +166,66 @@ def reference_share(sample: torch.Tensor, n_resamples: int = 20_000) -> float:
     return (sample[rows].mean(dim=1) > 0).double().mean().item()
 
 
-def mlp_forward(linears: Sequence[nn.Linear], x: torch.Tensor) -> torch.Tensor:
-    """Linear layers with a ReLU between consecutive ones, through torch.nn.functional."""
-    for i, linear in enumerate(linears):
-        x = F.linear(x, linear.weight, linear.bias)
-        if i < len(linears) - 1:
-            x = F.relu(x)
-    return x
+# Exercise 2.4: reusing a trained hidden layer ----------------------------------------
+
+
+class TrainedMLP(nn.Module):
+    """The layers of chapter 2's ``MLP``, under its names (the checks need no forward pass)."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(in_features, hidden)
+        self.activation = nn.ReLU()
+        self.output = nn.Linear(hidden, out_features)
+
+
+IN_FEATURES, HIDDEN, TRAINED_OUT = 5, 7, 2
+
+
+def transfer_problem(new_out: int) -> tuple[TrainedMLP, nn.Sequential]:
+    """A "trained" ``TrainedMLP(5, 7, 2)`` and a fresh ``nn.Sequential`` with the same hidden
+    layer's shape under a head of ``new_out`` outputs, both with seeded random weights."""
+    gen = seeded_generator(9 + new_out)
+    trained = random_init(TrainedMLP(IN_FEATURES, HIDDEN, TRAINED_OUT), gen)
+    new = nn.Sequential(nn.Linear(IN_FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, new_out))
+    return trained, random_init(new, gen)
+
+
+def cloned_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``net``'s ``state_dict`` that later changes to ``net`` leave alone."""
+    return {key: value.detach().clone() for key, value in net.state_dict().items()}
+
+
+# Exercise 2.5: choosing a learning rate -----------------------------------------------
+
+# Validation losses by learning rate, each with a trap: the rates not in increasing
+# order, small losses (where 1 % of the best is below 0.01), large ones (above), a
+# diverged run (inf).
+RATE_CASES: list[dict[float, float]] = [
+    {0.001: 0.30, 0.003: 0.2015, 0.01: 0.2000, 0.03: 0.2018, 0.1: 0.25, 0.3: float("inf")},
+    {0.3: 0.40, 0.1: 0.301, 0.03: 0.300, 0.01: 0.3025, 0.001: 0.5},
+    {0.01: 0.050, 0.03: 0.045, 0.1: 0.0452, 0.003: 0.054},
+    {0.05: 5.40, 0.1: 5.00, 0.2: 5.04, 0.4: 5.30, 0.025: 5.45},
+]
+
+
+def rate_rule(val_losses: dict[float, float], *, margin: float = 0.01, absolute: bool = False) -> float:
+    """The smallest rate whose loss is within ``margin`` of the best: relative (the chapter's
+    rule, ``loss <= (1 + margin) * best``) or, a mistake, absolute (``loss <= best + margin``)."""
+    best = min(val_losses.values())
+    limit = best + margin if absolute else (1 + margin) * best
+    return min(rate for rate, loss in val_losses.items() if loss <= limit)
+
+
+def rate_mistakes(val_losses: dict[float, float]) -> dict[str, float]:
+    """What the usual mistakes return for ``val_losses``, keyed by a short name."""
+    best = min(val_losses.values())
+    within = [rate for rate, loss in val_losses.items() if loss <= 1.01 * best]
+    return {
+        "largest": max(within),
+        "best": min(val_losses, key=val_losses.__getitem__),
+        "absolute": rate_rule(val_losses, absolute=True),
+        "ten percent": rate_rule(val_losses, margin=0.1),
+        "first listed": within[0],
+        "loss": val_losses[rate_rule(val_losses)],
+    }
