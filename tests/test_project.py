@@ -4,7 +4,10 @@ address, the conda environment and the torch/torchvision pair."""
 from __future__ import annotations
 
 import ast
+import contextlib
+import importlib
 import importlib.util
+import io
 import json
 import re
 import tempfile
@@ -85,6 +88,16 @@ def _recorded_names(source: str) -> list[str]:
 def test_recorded_names_cover_literal_and_formatted_names():
     source = 'record("acc", 1)\nfor k in ks:\n    record(f"val_{k}_x", k)\nprint("record")\nrecord(key, 2)'
     assert sorted(_recorded_names(source)) == sorted(["acc", r"val_\w+_x", r"\w+"])
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_prose_cell_holds_its_paragraph_and_nothing_after_it(notebook):
+    """Lines after prose(...) are hidden with its code: a heading there would vanish from the page."""
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        source = cell.source.strip()
+        if cell.cell_type == "code" and source.startswith("prose("):
+            tail = source[source.rfind('"""') :]
+            assert source.endswith(")"), f"{notebook.name}: text after a prose cell's call: {tail[:120]!r}"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -237,3 +250,59 @@ def test_readme_commands_are_the_scripts_ci_runs():
     assert "bash scripts/test.sh" in readme and "bash scripts/test.sh" in ci
     assert "bash scripts/book.sh" in readme
     assert "bash scripts/book.sh" in (ROOT / "scripts" / "test.sh").read_text()
+
+
+_EXERCISE = re.compile(r"^\*\*Exercise (\d+)\.\*\*", re.MULTILINE)
+_CHECK_CALL = re.compile(r"^(?:assert )?(check_\w+)\(", re.MULTILINE)
+
+
+def _exercise_cells(notebook: Path) -> dict[int, list]:
+    """Each exercise's cells: from its **Exercise N.** paragraph to the next one or the summary."""
+    cells = nbformat.read(notebook, as_version=4).cells
+    found: dict[int, list] = {}
+    current = None
+    for cell in cells:
+        if cell.cell_type == "markdown":
+            numbers = _EXERCISE.findall(cell.source)
+            if numbers:
+                current = int(numbers[-1])
+                found[current] = []
+                continue
+            if cell.source.lstrip().startswith("## "):
+                current = None
+        if current is not None:
+            found[current].append(cell)
+    return found
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_exercise_has_a_starter_that_checks_and_a_solution_that_asserts_the_same_check(notebook):
+    exercises = _exercise_cells(notebook)
+    assert len(exercises) >= 3, f"{notebook.name}: {len(exercises)} exercises"
+    chapter = int(notebook.name[:2])
+    for number, cells in exercises.items():
+        code = [c for c in cells if c.cell_type == "code"]
+        starters = [c for c in code if "exercise-starter" in c.metadata.get("tags", [])]
+        assert len(starters) == 1, f"exercise {number}: {len(starters)} starter cells"
+        starter = starters[0]
+        assert not {"hide-cell", "remove-input", "remove-cell"} & set(starter.metadata.get("tags", []))
+        assert not starter.metadata.get("jupyter", {}).get("source_hidden"), (
+            f"exercise {number}'s starter is hidden"
+        )
+        checks = _CHECK_CALL.findall(starter.source)
+        assert checks, f"exercise {number}'s starter calls no checker"
+        assert f"from helpers.exercises.ch{chapter:02d} import" in starter.source
+        after = code[code.index(starter) + 1 :]
+        solutions = [c for c in after if "hide-cell" in c.metadata.get("tags", [])]
+        assert solutions, f"exercise {number} has no collapsed solution after its starter"
+        solution_text = "\n".join(c.source for c in solutions)
+        for check in checks:
+            assert f"assert {check}(" in solution_text, (
+                f"exercise {number}: the solution does not assert {check}"
+            )
+        # the checker is this exercise's: asked about a skeleton, it names the exercise
+        module = importlib.import_module(f"helpers.exercises.ch{chapter:02d}")
+        for check in checks:
+            with contextlib.redirect_stdout(io.StringIO()):
+                verdict = getattr(module, check)(...)
+            assert (verdict.exercise, verdict.status) == (f"{chapter}.{number}", "not attempted"), check
