@@ -50,7 +50,6 @@ if "google.colab" in sys.modules:
     )
 
 # %%
-import functools
 import inspect
 import itertools
 import json
@@ -61,6 +60,7 @@ import shlex
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -409,14 +409,20 @@ of starting and coordinating the processes, not for a toy job like this.
 # calls a different collective), the others wait until the process group's timeout: 30
 # minutes by default for `gloo` and 10 for `nccl` in current releases, which looks
 # like a hang. (A rank that *dies* is different: under `torchrun` the agent stops the
-# others, section 9.6, and with `gloo` their connections fail at once.) Five tools
+# others, section 9.6, and with `gloo` their connections fail at once.) Six tools
 # help. `dist.init_process_group(..., timeout=timedelta(...))`
 # makes the wait fail sooner, with an error. The environment variable
 # `TORCH_DISTRIBUTED_DEBUG=DETAIL` makes every rank check, before each collective,
 # that all ranks call the same one with the same shapes, and name the mismatch; the
 # check costs a round trip per collective, so it is for debugging, not for training
 # runs. `NCCL_DEBUG=INFO` prints NCCL's own log of what it set up, and
-# `py-spy dump --pid PID` shows where a stuck process is waiting. And decorating the
+# `py-spy dump --pid PID` shows where a stuck process is waiting. On GPUs, PyTorch's
+# Flight Recorder keeps each rank's latest collectives in a ring buffer (its length
+# set by `TORCH_NCCL_TRACE_BUFFER_SIZE`) and, with `TORCH_NCCL_DUMP_ON_TIMEOUT=1`,
+# writes them to a file per rank when a collective times out;
+# `python -m torch.distributed.flight_recorder.fr_trace DUMP_DIR` (installed as
+# `torchfrtrace`) matches the ranks' records and reports the first collective they
+# disagree on. And decorating the
 # script's `main` with `@record` (from `torch.distributed.elastic.multiprocessing.errors`,
 # as this chapter's scripts do) makes `torchrun` report a failed worker's traceback in
 # its summary. Exercise 4 makes
@@ -902,8 +908,11 @@ computation dwarfs its communication (large models on GPUs, where DDP also overl
 the all-reduce with the rest of backward), and the way to know is to time a few
 hundred steps at one and at N processes on your own hardware. What the communication
 costs can be counted: a ring all-reduce, the usual algorithm, has each of N
-processes send (and receive) 2(N − 1)/N times the gradient's bytes per step. Here
-that is {{allreduce_kb}} kB per process per step ({{n_parameters}}
+processes send (and receive) 2(N − 1)/N times the gradient's bytes per step. It
+is a reduce-scatter, N − 1 steps in which every process passes one N-th of the
+gradient to its neighbour, adding what it receives, until each holds the sum of one
+N-th; then an all-gather, N − 1 more steps that pass those finished N-ths around
+the ring. Here that is {{allreduce_kb}} kB per process per step ({{n_parameters}}
 float64 gradients), against about {{step_mflop}} million multiply-adds of
 arithmetic per process per step. FSDP moves about 1.5 times as much: it all-gathers
 the weights for forward and again for backward, and reduce-scatters the gradients.
@@ -1212,7 +1221,7 @@ print(
 
 # %% [markdown]
 # Rank 1 died in epoch 3. The agent stopped the group (its log shows the SIGTERM sent
-# to the other worker, which was waiting for rank 1 in an all-reduce) and started both
+# to the other worker, which could not continue without rank 1) and started both
 # workers again as attempt 1. They found the checkpoint of epoch 2, printed that they
 # were starting at epoch 3, and finished. Epoch 3 was trained twice: five steps in the
 # failed attempt, whose work was lost with the process, and then in full. How much
@@ -1569,7 +1578,7 @@ shares_of = {
     ),
     "no padding": lambda r: list(range(r, len(val_set), 3)),
 }
-counts = {}
+counts, correct_of = {}, {}
 for name, share_of in shares_of.items():
     correct = seen = 0
     counted = []
@@ -1581,7 +1590,7 @@ for name, share_of in shares_of.items():
         seen += len(y)  # these two sums are what all_reduce(SUM) would compute
     twice = sorted(i for i in set(counted) if counted.count(i) > 1)
     never = sorted(set(range(len(val_set))) - set(counted))
-    counts[name] = (seen, twice, never)
+    counts[name], correct_of[name] = (seen, twice, never), correct
     print(
         f"{name:10}: {seen} examples counted, twice: {twice}, never: {never}, "
         f"accuracy {correct / seen:.4f} (single process {val_accuracy:.4f})"
@@ -1589,7 +1598,8 @@ for name, share_of in shares_of.items():
 assert counts["padded"] == (501, [0], [])
 assert counts["drop_last"] == (498, [], [498, 499])
 assert counts["no padding"] == (500, [], [])
-assert correct == round(val_accuracy * len(val_set)), (correct, val_accuracy)
+single_correct = round(val_accuracy * len(val_set))
+assert correct_of["no padding"] == single_correct, (correct_of, val_accuracy)
 
 
 def sharded_accuracy(
@@ -1619,22 +1629,27 @@ assert check_sharded_accuracy(sharded_accuracy)
 # against the gradient of the whole batch's mean loss. Then repair the unequal case
 # the way a DDP job would have to: the all-reduce and its division by the world size
 # stay as they are, so only the loss each rank backpropagates can change. Which number
-# must the ranks exchange first, and with which collective? Write your loss in the
-# starter below, then check it in the simulation.
+# must the ranks exchange first? Write your loss in the starter below: it is handed
+# a stand-in for `dist.all_reduce` with `SUM` over the simulated ranks, which you
+# call as a script calls the real one. Then check it in the simulation.
 
 
 # %% tags=["exercise-starter"]
 # Fill in rescaled_loss: the loss one rank backpropagates so that DDP's
 # equal-weight average of the ranks' gradients is the gradient of the whole
-# batch's mean loss, however many examples each rank has. `total` is the
-# number of examples of all ranks together: the number they exchange first.
+# batch's mean loss, however many examples each rank has. all_reduce(tensor)
+# works like dist.all_reduce(tensor) with SUM: every rank calls it, and it
+# replaces the tensor, in place, by the sum of the ranks' tensors.
 def rescaled_loss(
-    outputs: torch.Tensor, targets: torch.Tensor, world_size: int, total: int
+    outputs: torch.Tensor,
+    targets: torch.Tensor,
+    world_size: int,
+    all_reduce: Callable[[torch.Tensor], None],
 ) -> torch.Tensor:
     raise NotImplementedError  # your code here
 
 
-from helpers.exercises.ch09 import check_rescaled_loss
+from helpers.exercises.ch09 import check_rescaled_loss, simulate_ranks
 
 check_rescaled_loss(rescaled_loss)
 
@@ -1645,7 +1660,8 @@ check_rescaled_loss(rescaled_loss)
 # dist.all_reduce (SUM), 64 here; each rank then backpropagates its *summed*
 # loss times world_size / total count. DDP's equal-weight average of those
 # gradients is the sum over all 64 examples divided by 64: the full batch's
-# mean, whatever the split.
+# mean, whatever the split. simulate_ranks (from the checker's module) plays the
+# two ranks one after the other and stands in for their all_reduce.
 mean_loss = nn.CrossEntropyLoss()
 sum_loss = nn.CrossEntropyLoss(reduction="sum")
 torch.manual_seed(seed)
@@ -1663,19 +1679,33 @@ def gradient(
 
 
 full = gradient(net, mean_loss, x64, y64)
-# what all_reduce of the two ranks' counts returns, and the world size
-total, world_size = len(y64), 2
+world_size = 2
 
 
 def rescaled_loss(
-    outputs: torch.Tensor, targets: torch.Tensor, world_size: int, total: int
+    outputs: torch.Tensor,
+    targets: torch.Tensor,
+    world_size: int,
+    all_reduce: Callable[[torch.Tensor], None],
 ) -> torch.Tensor:
     """A rank's summed loss, scaled so that DDP's average is the mean."""
+    total = torch.tensor(len(targets))
+    all_reduce(total)  # now the number of examples of all ranks together
     return sum_loss(outputs, targets) * world_size / total
 
 
-# the loss of exercise 2's job: world_size and total fixed
-rescaled = functools.partial(rescaled_loss, world_size=world_size, total=total)
+def rescaled_losses(parts: list) -> list[torch.Tensor]:
+    """The two ranks' rescaled losses, their counts exchanged first."""
+    outputs = [net(x) for x, _ in parts]
+    return simulate_ranks(rescaled_loss, outputs, [y for _, y in parts])
+
+
+def flat_grad(loss: torch.Tensor) -> torch.Tensor:
+    """The gradient of loss with respect to net's parameters, flattened."""
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    return torch.cat([g.flatten() for g in grads])
+
+
 errors = {}
 for first_part in (32, 16):
     parts = [
@@ -1683,9 +1713,12 @@ for first_part in (32, 16):
         (x64[first_part:], y64[first_part:]),
     ]
     errors[first_part] = []
-    for loss_fn in (mean_loss, rescaled):
+    per_rank = {
+        "mean losses": [gradient(net, mean_loss, x, y) for x, y in parts],
+        "rescaled": [flat_grad(loss) for loss in rescaled_losses(parts)],
+    }
+    for grads in per_rank.values():
         # DDP's average of the two ranks' gradients
-        grads = [gradient(net, loss_fn, x, y) for x, y in parts]
         averaged = (grads[0] + grads[1]) / world_size
         error = (averaged - full).norm() / full.norm()
         errors[first_part].append(error.item())
@@ -1711,7 +1744,8 @@ assert check_rescaled_loss(rescaled_loss)
 # Fill in ddp_gradients: set every parameter's .grad to what DDP's all-reduce
 # leaves there. The global batch (x, y) holds the ranks' batches one after
 # the other, world_size equal blocks in rank order; each rank's gradient is
-# that of criterion (a mean over its block) on its own block.
+# that of criterion (a mean over its block) on its own block. Use the
+# criterion given: the check passes one that weighs the classes.
 def ddp_gradients(
     model: nn.Module,
     criterion: nn.Module,
@@ -1837,8 +1871,12 @@ assert check_ddp_gradients(ddp_gradients)
 # in a group that gives up after 3 seconds,
 # `dist.new_group(backend="gloo", timeout=timedelta(seconds=3))`, once with the
 # environment variable `TORCH_DISTRIBUTED_DEBUG=DETAIL` (give the command `env` as its
-# first words). What does each run report, and after how long? What would a job
-# without either setting have done?
+# first words). `single_node` takes a module name, not a file: save the script as
+# `work_dir / "mismatch.py"`, build the command with `single_node("mismatch")`, and
+# put `work_dir` on the workers' module search path with
+# `launch(commands, env={"PYTHONPATH": ...})`, `str(work_dir)` first and any
+# `PYTHONPATH` you already have after it (`os.pathsep` between them). What does each
+# run report, and after how long? What would a job without either setting have done?
 
 # %% tags=["exercise-starter"]
 # Write the script and launch both commands at once with `launch`. Each rank
@@ -2114,8 +2152,7 @@ prose(
   `find_unused_parameters=True` (or, if the same ones every step, `static_graph`).
 - Two processes with 32 examples each reached the parameters of one process with 64
   to within {{ddp_vs_single_diff}} after {{steps}} steps (in `float64`; in
-  `float32` the gap started near {{float32_gap}} in exercise 3, and it can jump by
-  orders of magnitude when a ReLU unit switches).
+  `float32` the gap was near {{float32_gap}} after the first epoch of exercise 3).
 - The global batch is the world size times the per-process batch: adding processes
   changes it, and with it the right learning rate. `no_sync()` accumulates
   micro-batches with one all-reduce per step.

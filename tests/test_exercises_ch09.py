@@ -148,8 +148,24 @@ def test_sharded_accuracy_other_wrong_answers_fail_without_a_hint():
 # Exercise 9.2 ------------------------------------------------------------------------
 
 
-def loss_right(outputs, targets, world_size, total):
+def exchanged_count(targets, all_reduce):
+    """The number of examples of all ranks together, exchanged as a job would."""
+    count = torch.tensor(len(targets))
+    all_reduce(count)
+    return count
+
+
+def loss_right(outputs, targets, world_size, all_reduce):
+    total = exchanged_count(targets, all_reduce)
     return F.cross_entropy(outputs, targets, reduction="sum") * world_size / total
+
+
+def loss_by_the_fraction(outputs, targets, world_size, all_reduce):
+    """Right too: the count exchanged first, then each rank's share of it, summed to 1."""
+    total = exchanged_count(targets, all_reduce)
+    share = torch.tensor(len(targets) / total.item())
+    all_reduce(share)  # 1, a second exchange that depends on the first
+    return F.cross_entropy(outputs, targets) * share * len(targets) * world_size / total
 
 
 def test_the_rescaled_loss_reference_passes(capsys):
@@ -157,20 +173,36 @@ def test_the_rescaled_loss_reference_passes(capsys):
     assert "for ranks of 3 + 9 and of 2 + 4 + 6 examples" in capsys.readouterr().out
     # a loss of shape (1,) is one number too
     assert ch09.check_rescaled_loss(lambda *args: loss_right(*args).reshape(1)).passed
+    assert ch09.check_rescaled_loss(loss_by_the_fraction).passed
+
+
+def test_simulated_ranks_add_up_what_each_rank_passes():
+    outputs = [torch.zeros(n, 2) for n in (3, 9)]
+    targets = [torch.zeros(n, dtype=torch.long) for n in (3, 9)]
+    totals = ch09.simulate_ranks(
+        lambda o, t, w, all_reduce: (exchanged_count(t, all_reduce).item(), w), outputs, targets
+    )
+    assert totals == [(12, 2), (12, 2)]
 
 
 @pytest.mark.parametrize(
     ("attempt", "hint"),
     [
-        (lambda o, t, w, n: F.cross_entropy(o, t), ch09.OWN_MEAN),
-        (lambda o, t, w, n: F.cross_entropy(o, t, reduction="sum") / n, ch09.NO_WORLD_SIZE),
-        (lambda o, t, w, n: F.cross_entropy(o, t, reduction="sum"), ch09.PLAIN_SUM),
-        (lambda o, t, w, n: F.cross_entropy(o, t, reduction="sum") * w / len(t), ch09.OWN_COUNT),
+        (lambda o, t, w, ar: F.cross_entropy(o, t), ch09.OWN_MEAN),
+        (
+            lambda o, t, w, ar: F.cross_entropy(o, t, reduction="sum") / exchanged_count(t, ar),
+            ch09.NO_WORLD_SIZE,
+        ),
+        (lambda o, t, w, ar: F.cross_entropy(o, t, reduction="sum"), ch09.PLAIN_SUM),
+        (lambda o, t, w, ar: F.cross_entropy(o, t, reduction="sum") * w / len(t), ch09.OWN_COUNT),
+        (lambda o, t, w, ar: ar(len(t)), ch09_collectives.NOT_A_TENSOR),
     ],
 )
 def test_rescaled_loss_mistakes_get_their_hints(attempt, hint):
     verdict = ch09.check_rescaled_loss(attempt)
-    assert failed(verdict, hint, "DDP's average of the gradients of ranks of 3 + 9 examples")
+    assert failed(verdict, hint)
+    if hint != ch09_collectives.NOT_A_TENSOR:
+        assert "DDP's average of the gradients of ranks of 3 + 9 examples" in verdict.message
 
 
 @pytest.mark.parametrize(
@@ -178,11 +210,11 @@ def test_rescaled_loss_mistakes_get_their_hints(attempt, hint):
     [
         (lambda *args: loss_right(*args).item(), "should be a tensor to backpropagate, got float", ".item()"),
         (
-            lambda o, t, w, n: F.cross_entropy(o, t, reduction="none") * w / n,
+            lambda o, t, w, ar: F.cross_entropy(o, t, reduction="none") * w / exchanged_count(t, ar),
             "has shape (3,), expected one number",
             "reduction='sum'",
         ),
-        (lambda o, t, w, n: loss_right(o.detach(), t, w, n), "has no gradient to give", ".detach()"),
+        (lambda o, t, w, ar: loss_right(o.detach(), t, w, ar), "has no gradient to give", ".detach()"),
     ],
 )
 def test_rescaled_loss_that_cannot_backpropagate_is_named(attempt, message, hint_says):
@@ -190,9 +222,35 @@ def test_rescaled_loss_that_cannot_backpropagate_is_named(attempt, message, hint
     assert failed(verdict, verdict.hint, message) and hint_says in verdict.hint
 
 
-def test_rescaled_loss_other_wrong_answers_fail_without_a_hint():
-    verdict = ch09.check_rescaled_loss(lambda o, t, w, n: F.cross_entropy(o, t, reduction="sum") * w / 64)
-    assert failed(verdict, None, "entries differ from the reference")
+def only_the_larger_rank_exchanges(outputs, targets, world_size, all_reduce):
+    if len(targets) > 3:
+        all_reduce(torch.tensor(len(targets)))
+    return loss_right(outputs, targets, world_size, lambda tensor: tensor.fill_(12))
+
+
+def changes_every_time(outputs, targets, world_size, all_reduce, calls=[]):  # noqa: B006
+    calls.append(1)
+    all_reduce(torch.tensor(float(len(calls))))
+    return F.cross_entropy(outputs, targets, reduction="sum")
+
+
+@pytest.mark.parametrize(
+    ("attempt", "message"),
+    [
+        (
+            lambda o, t, w, n: F.cross_entropy(o, t, reduction="sum") * w / 64,
+            "entries differ from the reference",
+        ),
+        (only_the_larger_rank_exchanges, "the ranks called all_reduce 0 / 1 times"),
+        (changes_every_time, "changes every time they run the same code"),
+        (
+            lambda o, t, w, ar: ar(torch.tensor(len(t)), op=dist.ReduceOp.MAX),
+            "all_reduce with op=",
+        ),
+    ],
+)
+def test_rescaled_loss_other_wrong_answers_fail_without_a_hint(attempt, message):
+    assert failed(ch09.check_rescaled_loss(attempt), None, message)
 
 
 # Exercise 9.3 ------------------------------------------------------------------------
@@ -236,26 +294,54 @@ def accumulated(model, criterion, x, y, world_size, *, zero=True):
         p.grad /= world_size
 
 
+def one_forward(model, criterion, x, y, world_size):
+    """Right too: one forward pass on the whole batch, each rank's loss on its rows of it."""
+    size, params = len(y) // world_size, list(model.parameters())
+    outputs = model(x)
+    grads = [
+        torch.autograd.grad(
+            criterion(outputs[r * size : (r + 1) * size], y[r * size : (r + 1) * size]),
+            params,
+            retain_graph=True,
+        )
+        for r in range(world_size)
+    ]
+    for p, *per_rank in zip(params, *grads, strict=True):
+        p.grad = sum(per_rank) / world_size
+
+
+def whole_batch(model, criterion, x, y, world_size, *, zero=True):
+    if zero:
+        model.zero_grad()
+    criterion(model(x), y).backward()
+
+
 def test_the_ddp_gradients_reference_passes(capsys):
     assert ch09.check_ddp_gradients(gradients_right).passed
     out = capsys.readouterr().out
     assert "in float32 with 2 ranks; " in out and "in float64 with 3 ranks)" in out
     assert ch09.check_ddp_gradients(accumulated).passed
+    assert ch09.check_ddp_gradients(one_forward).passed
+
+
+def test_the_whole_batch_gradient_differs_from_ddps_in_the_check():
+    # with the check's class weights a rank's mean is over its own block's weights: the
+    # whole batch's gradient is not DDP's average, by far more than the float32 tolerance
+    criterion = nn.CrossEntropyLoss(weight=torch.tensor(ch09.CLASS_WEIGHTS))
+    torch.manual_seed(0)
+    model, x, y = nn.Linear(6, 3), torch.randn(10, 6), torch.tensor([0, 0, 1, 1, 2, 1, 1, 1, 2, 0])
+    whole_batch(model, criterion, x, y, 2)
+    whole = model.weight.grad.clone()
+    gradients_right(model, criterion, x, y, 2)
+    assert (whole - model.weight.grad).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize(
     ("attempt", "hint", "message"),
     [
-        (
-            lambda m, c, x, y, w: c(m(x), y).backward(),
-            ch09.WHOLE_BATCH,
-            "a forward pass saw all 10 examples at once",
-        ),
-        (
-            lambda *args: gradients(*args, split="interleaved"),
-            ch09.INTERLEAVED,
-            "no forward pass saw rank 0's block of the batch, x[0:5]",
-        ),
+        (whole_batch, ch09.WHOLE_BATCH, "0.weight.grad (float32, 2 ranks of 5 examples)"),
+        (lambda *args: whole_batch(*args, zero=False), ch09.WHOLE_BATCH, "entries differ"),
+        (lambda *args: gradients(*args, split="interleaved"), ch09.INTERLEAVED, "entries differ"),
         (lambda *args: gradients(*args, divide=False), ch09.SUMMED, "0.weight.grad (float32, 2 ranks of 5"),
         (lambda *args: gradients(*args, zero="first"), ch09.NOT_ZEROED, "entries differ"),
         (lambda *args: accumulated(*args, zero=False), ch09.STALE, "entries differ"),
@@ -269,7 +355,7 @@ def test_ddp_gradients_mistakes_get_their_hints(attempt, hint, message):
 def test_ddp_gradients_other_wrong_answers_fail_without_a_hint():
     assert failed(
         ch09.check_ddp_gradients(lambda *args: gradients(*args, split="first rows")),
-        message="no forward pass saw rank 0's block",
+        message="0.weight.grad (float32, 2 ranks of 5 examples): ",
     )
     assert failed(
         ch09.check_ddp_gradients(lambda *args: gradients(*args, step=True)), message="changed the parameters"

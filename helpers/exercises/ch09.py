@@ -2,7 +2,8 @@
 
 Each checker plays the ranks of a job inside one process, on inputs of its own (a seeded
 ``torch.Generator``, tiny sizes, the CPU): the ranks' shares of an evaluation set (9.1),
-their gradients of unequal batches (9.2) and the average DDP takes (9.3) are computed here
+their gradients of unequal batches (9.2, the ranks exchanging numbers through a stand-in
+all-reduce) and the average DDP takes (9.3) are computed here
 with autograd and compared with the reader's function. Exercises 9.4 (a launched job's
 reports) and 9.5 (a hand-written all-reduce, against simulated other ranks) are checked in
 :mod:`helpers.exercises.ch09_collectives` and exported here too. Introduced with chapter
@@ -20,8 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from helpers.exercises import Mismatch, checker, expect, expect_tensor
-from helpers.exercises.ch09_collectives import check_average_gradients, check_mismatch_reports, within
+from helpers.exercises import checker, expect, expect_tensor
+from helpers.exercises.ch09_collectives import (
+    check_average_gradients,
+    check_mismatch_reports,
+    first_match,
+    simulate_ranks,
+    within,
+)
 
 __all__ = [
     "check_average_gradients",
@@ -143,16 +150,19 @@ def check_sharded_accuracy(sharded_accuracy: Callable[..., Any]) -> str:
 
 OWN_MEAN = (
     "each rank's own mean gives its examples the weight 1 / (its count), so a rank of 3 examples "
-    "counts as much as one of 9: use the summed loss, scaled by world_size / total"
+    "counts as much as one of 9: start from the summed loss (reduction='sum') and scale it"
 )
 NO_WORLD_SIZE = (
     "that is the right gradient divided by world_size: DDP divides the all-reduced sum by "
-    "world_size, so multiply the summed loss by world_size / total"
+    "world_size, so multiply your loss by world_size too"
 )
-PLAIN_SUM = "the summed loss must be scaled: multiply it by world_size / total"
+PLAIN_SUM = (
+    "the summed loss must be scaled: by world_size / (the number of examples of all ranks "
+    "together, which all_reduce of a tensor holding each rank's count gives)"
+)
 OWN_COUNT = (
-    "that divides by the rank's own count: divide by the total count over all ranks (what "
-    "all_reduce with SUM of the counts returns), times world_size"
+    "that divides by the rank's own count: divide by the total count over all ranks (all_reduce "
+    "a tensor holding len(targets)), times world_size"
 )
 SPLITS = ((3, 9), (2, 4, 6))
 
@@ -174,9 +184,9 @@ def check_rescaled_loss(rescaled_loss: Callable[..., Any]) -> str:
     for split in SPLITS:
         world_size, ends = len(split), torch.tensor(split).cumsum(0).tolist()
         parts = [(x[end - m : end], y[end - m : end]) for m, end in zip(split, ends, strict=True)]
+        losses = simulate_ranks(rescaled_loss, [model(xr) for xr, _ in parts], [yr for _, yr in parts])
         grads, means = [], []
-        for xr, yr in parts:
-            loss = rescaled_loss(model(xr), yr.clone(), world_size, total)
+        for loss, (xr, yr) in zip(losses, parts, strict=True):
             what = f"rescaled_loss for a rank of {len(yr)} examples"
             expect(
                 isinstance(loss, torch.Tensor),
@@ -223,8 +233,10 @@ def check_rescaled_loss(rescaled_loss: Callable[..., Any]) -> str:
 # ---- Exercise 9.3 -------------------------------------------------------------------------
 
 WHOLE_BATCH = (
-    "the model saw the whole batch at once: that is the one-process gradient the simulation is "
-    "compared with; run forward and backward on each rank's part separately"
+    "that is the gradient of the whole batch's loss, the one-process gradient the simulation is "
+    "compared with (the check's criterion weighs the classes, so it differs from DDP's here): "
+    "take each rank's loss on its own block, model(x[block]) or the block's rows of one forward "
+    "pass, and average the ranks' gradients"
 )
 INTERLEAVED = (
     "rank r holds the r-th consecutive block of the batch (global_batches concatenates the "
@@ -243,6 +255,16 @@ STALE_NOT_ZEROED = (
     "nothing was zeroed: the old .grad and each earlier rank's gradient were added in; call "
     "model.zero_grad() before each rank's backward"
 )
+#: the check's criterion weighs the classes, so that a rank's mean is over its own block's
+#: weights and the whole batch's gradient differs from DDP's average by more than rounding
+CLASS_WEIGHTS = (1.0, 3.0, 0.5)
+
+
+def _grads(
+    model: nn.Module, criterion: nn.Module, x: torch.Tensor, y: torch.Tensor, parts: list[slice]
+) -> list[tuple[torch.Tensor, ...]]:
+    """The gradient of ``criterion`` on each part of the batch."""
+    return [torch.autograd.grad(criterion(model(x[s]), y[s]), list(model.parameters())) for s in parts]
 
 
 def _mlp() -> nn.Module:
@@ -256,47 +278,41 @@ def check_ddp_gradients(ddp_gradients: Callable[..., Any]) -> str:
     generator, facts = torch.Generator().manual_seed(93), []
     for dtype, world_size, n in ((torch.float32, 2, 10), (torch.float64, 3, 12)):
         model = _seeded(lambda dtype=dtype: _mlp().to(dtype), 93 + n)
+        criterion = nn.CrossEntropyLoss(weight=torch.tensor(CLASS_WEIGHTS, dtype=dtype))
         x = torch.randn(n, 6, generator=generator, dtype=dtype)
         y = torch.randint(0, 3, (n,), generator=generator)
         m, params = n // world_size, list(model.parameters())
         kind = str(dtype).removeprefix("torch.")
-        blocks = [(x[r * m : (r + 1) * m], y[r * m : (r + 1) * m]) for r in range(world_size)]
-        per_rank = [torch.autograd.grad(F.cross_entropy(model(xr), yr), params) for xr, yr in blocks]
+
+        per_rank = _grads(model, criterion, x, y, [slice(r * m, (r + 1) * m) for r in range(world_size)])
+        interleaved = _grads(model, criterion, x, y, [slice(r, None, world_size) for r in range(world_size)])
+        (whole,) = _grads(model, criterion, x, y, [slice(None)])
         stale = [torch.randn(p.shape, generator=generator, dtype=dtype) for p in params]
         before = [p.detach().clone() for p in params]
         for p, s in zip(params, stale, strict=True):
             p.grad = s.clone()  # the previous step's gradient, still there
-        seen: list[torch.Tensor] = []
-        model.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(args[0].detach().clone()))
-        ddp_gradients(model, nn.CrossEntropyLoss(), x.clone(), y.clone(), world_size)
+        ddp_gradients(model, criterion, x.clone(), y.clone(), world_size)
         changed = not all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
         expect(not changed, "ddp_gradients changed the parameters: it should only set their .grad")
-        expect(
-            not any(len(s) == n for s in seen), f"a forward pass saw all {n} examples at once", WHOLE_BATCH
-        )
-        missing = [r for r, (xr, _) in enumerate(blocks) if not any(torch.equal(s, xr) for s in seen)]
-        if missing:
-            interleaved = all(any(torch.equal(s, x[r::world_size]) for s in seen) for r in range(world_size))
-            r = missing[0]
-            raise Mismatch(
-                f"no forward pass saw rank {r}'s block of the batch, x[{r * m}:{(r + 1) * m}]",
-                INTERLEAVED if interleaved else None,
-            )
         atol, rtol = (1e-6, 1e-5) if dtype == torch.float32 else (1e-12, 1e-10)
         gap = 0.0
         for i, (name, p) in enumerate(model.named_parameters()):
             expect(p.grad is not None, f"{name}.grad is None: set every parameter's .grad")
             grads = torch.stack([g[i] for g in per_rank])
             running = grads.cumsum(0)  # what .grad holds after each rank's backward, never zeroed
-            mistakes = {
-                SUMMED: grads.sum(0),
-                NOT_ZEROED: running.mean(0),
-                STALE: (stale[i] + grads.sum(0)) / world_size,
-                STALE_NOT_ZEROED: stale[i] + running.mean(0),
-            }
+            mistakes = [
+                (WHOLE_BATCH, whole[i]),
+                (WHOLE_BATCH, stale[i] + whole[i]),
+                (INTERLEAVED, sum(g[i] for g in interleaved) / world_size),
+                (SUMMED, grads.sum(0)),
+                (NOT_ZEROED, running.mean(0)),
+                (STALE, (stale[i] + grads.sum(0)) / world_size),
+                (STALE_NOT_ZEROED, stale[i] + running.mean(0)),
+            ]
             what = f"{name}.grad ({kind}, {world_size} ranks of {m} examples)"
+            mistaken = first_match(p.grad, mistakes, atol=atol)
             gap = max(
-                gap, expect_tensor(p.grad, grads.mean(0), what, atol=atol, rtol=rtol, mistakes=mistakes)
+                gap, expect_tensor(p.grad, grads.mean(0), what, atol=atol, rtol=rtol, mistakes=mistaken)
             )
         facts.append(f"{within(gap)} in {kind} with {world_size} ranks")
     return f"sets every .grad to the average of the ranks' gradients ({'; '.join(facts)})"

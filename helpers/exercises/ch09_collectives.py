@@ -1,12 +1,14 @@
 """Checkers for chapter 9's exercises on collectives: a job's reports of a mismatched
-collective (9.4) and a hand-written gradient all-reduce (9.5). Exported by
+collective (9.4) and a hand-written gradient all-reduce (9.5), and the simulated ranks of
+exercise 9.2, which exchange a number with a stand-in all-reduce. Exported by
 :mod:`helpers.exercises.ch09`, where the starters import them.
 
 Exercise 9.4's job runs in the reader's notebook; its checker reads the reports the
 ranks printed. Exercise 9.5's checker runs the reader's function as one rank of a job of
 2 and of 3: ``dist.all_reduce`` is replaced, for the length of the call, by a stand-in that
 adds what the other ranks would contribute when they run the same code on their own
-gradients, so no process group is needed.
+gradients, so no process group is needed. Exercise 9.2's reader function is handed its
+stand-in as an argument (:func:`simulate_ranks`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 
 from helpers.exercises import Mismatch, checker, expect, expect_tensor
 
-__all__ = ["check_average_gradients", "check_mismatch_reports", "first_match", "within"]
+__all__ = ["check_average_gradients", "check_mismatch_reports", "first_match", "simulate_ranks", "within"]
 
 
 def within(gap: float) -> str:
@@ -45,6 +47,73 @@ def first_match(
         if same_shape and torch.allclose(got.detach().double(), produced.double(), atol=atol, rtol=1e-4):
             return {hint: produced}
     return {}
+
+
+# ---- Exercise 9.2's ranks ----------------------------------------------------------------
+
+NOT_A_TENSOR = "all_reduce takes a tensor, as dist.all_reduce does: wrap the number, torch.tensor(n)"
+
+
+class _Exchange:
+    """``dist.all_reduce(tensor, op=SUM)`` for ranks played one after the other.
+
+    A call records what this rank passes and replaces ``tensor`` in place by the sum of what
+    every rank passed in the same call of the round before (unchanged in the first round).
+    """
+
+    def __init__(self, world_size: int, previous: list[list[torch.Tensor]] | None) -> None:
+        self.previous, self.sent = previous, [[] for _ in range(world_size)]
+
+    def stand_in(self, rank: int) -> Callable[..., None]:
+        def all_reduce(tensor: Any, op: Any = dist.ReduceOp.SUM) -> None:
+            expect(
+                isinstance(tensor, torch.Tensor), f"all_reduce got a {type(tensor).__name__}", NOT_A_TENSOR
+            )
+            expect(op == dist.ReduceOp.SUM, f"all_reduce with op={op}: add the ranks' numbers up, op SUM")
+            call, sent = len(self.sent[rank]), self.sent[rank]
+            sent.append(tensor.detach().clone())
+            if self.previous is not None and call < len(self.previous[0]):
+                with torch.no_grad():
+                    tensor.copy_(sum(p[call] for p in self.previous))
+
+        return all_reduce
+
+    def agrees(self) -> bool:
+        """Whether every rank passed what it passed in the round before."""
+        return self.previous is not None and all(
+            len(s) == len(p)
+            and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(s, p, strict=True))
+            for s, p in zip(self.sent, self.previous, strict=True)
+        )
+
+
+def simulate_ranks(
+    rescaled_loss: Callable[..., Any], outputs: list[torch.Tensor], targets: list[torch.Tensor]
+) -> list[Any]:
+    """What ``rescaled_loss(outputs, targets, world_size, all_reduce)`` returns on each rank.
+
+    The ``len(outputs)`` ranks run one after the other, handed a stand-in for
+    ``dist.all_reduce`` with ``SUM`` (:class:`_Exchange`); they are played in rounds until
+    what they pass to it is the same in two rounds running. Used by exercise 9.2's checker
+    and its solution.
+    """
+    world_size, previous = len(outputs), None
+    for _ in range(4):
+        exchange = _Exchange(world_size, previous)
+        losses = [
+            rescaled_loss(outputs[r], targets[r].clone(), world_size, exchange.stand_in(r))
+            for r in range(world_size)
+        ]
+        calls = [len(s) for s in exchange.sent]
+        expect(
+            len(set(calls)) == 1,
+            f"the ranks called all_reduce {' / '.join(map(str, calls))} times: every rank must call "
+            "a collective, and as often as the others",
+        )
+        if exchange.agrees():
+            return losses
+        previous = exchange.sent
+    raise Mismatch("what your ranks pass to all_reduce changes every time they run the same code")
 
 
 # ---- Exercise 9.4 -------------------------------------------------------------------------
