@@ -37,7 +37,10 @@ def test_an_untouched_starter_is_not_attempted(index, name, namespace):
     start = time.perf_counter()
     out = run_starter(STARTERS[index], **namespace)
     assert time.perf_counter() - start < 1.0
-    assert out == f"… Exercise 4.{index + 1}: not attempted yet: fill in `{name}` above\n"
+    expected = f"… Exercise 4.{index + 1}: not attempted yet: fill in `{name}` above\n"
+    if index == 3:  # exercise 4's starter has a second function, and a second check
+        expected += "… Exercise 4.4: not attempted yet: fill in `step_estimate` above\n"
+    assert out == expected
 
 
 def test_checks_leave_the_global_random_state_as_it_was():
@@ -48,6 +51,7 @@ def test_checks_leave_the_global_random_state_as_it_was():
         ch04.check_paired_gain(gain_right),
         ch04.check_short_rnns(nets, measured(nets)),
         ch04.check_scaled_copy(scale_right),
+        ch04.check_step_estimate(estimate_right),
         ch04.check_bi_classifier(Bi),
     ):
         assert verdict.passed
@@ -74,10 +78,14 @@ class Direct(nn.Module):
         self.head = nn.Linear(hidden_size, horizon)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.read == "time-first":  # a correct time-first LSTM: (L, B, 1) in
+            output, _ = self.rnn(x.transpose(0, 1))  # (L, B, hidden)
+            return self.head(output[-1])
         output, (h_n, c_n) = self.rnn(x)
         return self.head(
             {
                 "last": output[:, -1],
+                "last step": output[-1],
                 "h_n": h_n[-1],
                 "first": output[:, 0],
                 "c_n": c_n[-1],
@@ -96,6 +104,22 @@ def test_direct_forecaster_passes_right_answers():
     for read in ("last", "h_n"):
         verdict = ch04.check_direct_forecaster(direct(read))
         assert verdict.passed and "on 3 random batches" in verdict.message
+    # time-first is right too, with the windows transposed to (L, B, 1)
+    verdict = ch04.check_direct_forecaster(direct("time-first", batch_first=False))
+    assert verdict.passed and "on 3 random batches" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("read", "message"),
+    [("last", "the forecasts for windows of 9: 35 of 35"), ("last step", "has shape (9, 7)")],
+)
+def test_direct_forecaster_time_first_without_transpose(read, message):
+    # the windows fed as they are to a time-first LSTM: both readings get the hint
+    verdict = ch04.check_direct_forecaster(direct(read, batch_first=False))
+    assert failed(verdict, ch04.TIME_FIRST, message), verdict
+    # the same readings of a batch-first LSTM are right ("last"), or a wrong shape
+    # that is not this mistake ("last step")
+    assert ch04.check_direct_forecaster(direct(read)).passed == (read == "last")
 
 
 @pytest.mark.parametrize(
@@ -107,8 +131,6 @@ def test_direct_forecaster_mistakes(read, hint):
 
 
 def test_direct_forecaster_probes():
-    verdict = ch04.check_direct_forecaster(direct("last", batch_first=False))
-    assert failed(verdict, "pass batch_first=True to nn.LSTM", "reads (time, batch, features)")
     assert failed(ch04.check_direct_forecaster(direct("detached")), None, "no gradient reaches rnn.")
 
     class InAList(Direct):
@@ -362,6 +384,65 @@ def test_scaled_copy_says_what_is_off():
     ]
     for answer, message in cases:
         assert failed(ch04.check_scaled_copy(answer), None, message), message
+
+
+def estimate(radius="eigenvalues", states="every step", slope=True):
+    """step_estimate, right by default; the arguments pick the mistakes."""
+
+    def step_estimate(net, x):
+        w = net.rnn.weight_hh_l0.detach()
+        value = {
+            "eigenvalues": lambda: torch.linalg.eigvals(w).abs().max(),
+            "singular values": lambda: torch.linalg.matrix_norm(w, ord=2),
+            "real parts": lambda: torch.linalg.eigvals(w).real.max(),
+            "weight_ih": lambda: torch.linalg.matrix_norm(net.rnn.weight_ih_l0.detach(), ord=2),
+        }[radius]()
+        with torch.no_grad():
+            output, h_n = net.rnn(x)
+        h = output if states == "every step" else h_n
+        return value * (1 - h.pow(2)).mean() if slope else value
+
+    return step_estimate
+
+
+estimate_right = estimate()
+
+
+def test_step_estimate_passes_the_right_estimate():
+    verdict = ch04.check_step_estimate(estimate_right)
+    assert verdict.passed and "scaled by 1 and by 3" in verdict.message
+    as_float = ch04.check_step_estimate(lambda net, x: estimate_right(net, x).item())
+    assert as_float.passed
+
+
+@pytest.mark.parametrize(
+    ("answer", "hint"),
+    [
+        (estimate(radius="singular values"), ch04.SINGULAR),
+        (estimate(radius="real parts"), ch04.REAL_PART),
+        (estimate(states="h_n"), ch04.LAST_STATE),
+        (estimate(slope=False), ch04.RADIUS_ONLY),
+        (estimate(radius="weight_ih"), None),
+    ],
+)
+def test_step_estimate_mistakes(answer, hint):
+    assert failed(ch04.check_step_estimate(answer), hint, "the estimate for W_hh x 1 is")
+
+
+def test_step_estimate_says_what_is_off():
+    def scales_in_place(net, x):
+        with torch.no_grad():
+            net.rnn.weight_hh_l0.mul_(2)
+        return estimate_right(net, x)
+
+    cases = [
+        (scales_in_place, "step_estimate changed the network (rnn.weight_hh_l0)"),
+        (lambda net, x: torch.ones(2), "the estimate should be one number, got shape (2,)"),
+        (lambda net, x: "1", "the estimate should be a real number, got str"),
+        (lambda net, x: math.nan, "the estimate for W_hh x 1 is nan, not a finite number"),
+    ]
+    for answer, message in cases:
+        assert failed(ch04.check_step_estimate(answer), None, message), message
 
 
 # Exercise 4.5 ------------------------------------------------------------------------

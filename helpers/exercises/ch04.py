@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from helpers.exercises import Mismatch, checker, expect, expect_tensor
+from helpers.exercises import Mismatch, checker, expect, expect_close, expect_tensor
 from helpers.sequences import adding_problem
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "check_paired_gain",
     "check_scaled_copy",
     "check_short_rnns",
+    "check_step_estimate",
 ]
 
 UNREGISTERED = (
@@ -78,6 +79,10 @@ def _without_grads(model: nn.Module) -> list[str]:
 FIRST_STEP = "output[:, 0] is the state after the first step; the last one is output[:, -1]"
 CELL_STATE = "an LSTM returns (h_n, c_n): the head reads h (output[:, -1] or h_n[-1]), not c_n"
 WHOLE_H_N = "h_n is (num_layers, B, hidden), not batch-first: take the top layer, h_n[-1]"
+TIME_FIRST = (
+    "the LSTM read the windows as (time, batch, features), but they are (B, L, 1): pass "
+    "batch_first=True to nn.LSTM (or transpose the windows to (L, B, 1) and back)"
+)
 
 
 @checker("4.1", "DirectForecaster")
@@ -88,24 +93,32 @@ def check_direct_forecaster(cls: Any) -> str:
     lstm, head = _only(model, nn.LSTM), _only(model, nn.Linear)
     shape = (lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bidirectional)
     expect(shape == (1, hidden, 1, False), f"expected nn.LSTM(1, {hidden}), one layer, got {lstm}")
-    expect(
-        lstm.batch_first,
-        "the LSTM reads (time, batch, features), but the windows are (B, L, 1)",
-        "pass batch_first=True to nn.LSTM",
-    )
     sizes = (head.in_features, head.out_features)
     expect(sizes == (hidden, horizon), f"the head is {head}, expected nn.Linear({hidden}, {horizon})")
+    # batch-first or time-first with a transpose, either is right: judge the outputs
     reference = _build(nn.LSTM, "nn.LSTM", 1, hidden, batch_first=True, seed=0)
     reference.load_state_dict(lstm.state_dict())
+    time_first = _build(nn.LSTM, "nn.LSTM", 1, hidden, seed=0)
+    time_first.load_state_dict(lstm.state_dict())
     generator, gap = torch.Generator().manual_seed(41), 0.0
     for length in (9, 4, 12):
         x = torch.randn(5, length, 1, generator=generator)
         with torch.no_grad():
             output, (h_n, c_n) = reference(x)
             want = head(output[:, -1])
-            mistakes = {FIRST_STEP: head(output[:, 0]), CELL_STATE: head(c_n[-1]), WHOLE_H_N: head(h_n)}
         model.zero_grad()
         got = model(x)
+        with torch.no_grad():
+            # the windows fed untransposed to a time-first LSTM, whose "time" is then
+            # the batch: read at the last "step" (L rows) or at the last "sequence"
+            mixed, (mixed_h, _) = time_first(x)
+            as_time = isinstance(got, torch.Tensor) and got.shape[:1] == (length,)
+            mistakes = {
+                FIRST_STEP: head(output[:, 0]),
+                CELL_STATE: head(c_n[-1]),
+                WHOLE_H_N: head(h_n),
+                TIME_FIRST: head(mixed_h[-1] if as_time else mixed[:, -1]),
+            }
         gap = max(gap, expect_tensor(got, want, f"the forecasts for windows of {length}", mistakes=mistakes))
         got.pow(2).sum().backward()
         missing = _without_grads(model)
@@ -278,6 +291,58 @@ def check_scaled_copy(scaled_copy: Any) -> str:
     return (
         f"copies the network and scales its weight_hh_l0 by 2.5 and by 6 {_within(gap)}; every other "
         "parameter and the original stay as they were, and gradients reach the copy"
+    )
+
+
+SINGULAR = (
+    "that is the largest singular value (the spectral norm): the spectral radius is the "
+    "largest absolute eigenvalue, torch.linalg.eigvals(W).abs().max()"
+)
+REAL_PART = "W_hh's eigenvalues are complex in general: take their absolute values before the maximum"
+LAST_STATE = "average tanh's slope over the states at every step (the RNN's output), not only h_n"
+RADIUS_ONLY = "multiply the spectral radius by tanh's mean slope 1 - h_t² over those states"
+
+
+def _eigen_probe(factor: float) -> nn.Module:
+    """A _Probe whose W_hh has eigenvalues ±0.9i, 0.5 and -0.3, times ``factor``."""
+    net = _build(_Probe, "_Probe", seed=44)
+    block = torch.tensor([[0, -0.9, 0, 0], [0.9, 0, 0, 0], [0, 0, 0.5, 0.1], [0, 0, 0, -0.3]])
+    change = torch.eye(4) + 0.3 * torch.randn(4, 4, generator=torch.Generator().manual_seed(44))
+    with torch.no_grad():  # the same eigenvalues in a basis that hides them
+        net.rnn.weight_hh_l0.copy_(factor * change @ block @ torch.linalg.inv(change))
+    return net
+
+
+@checker("4.4", "step_estimate")
+def check_step_estimate(step_estimate: Any) -> str:
+    """Exercise 4.4: spectral radius of ``rnn.weight_hh_l0`` times tanh's mean slope on x."""
+    x, facts = torch.randn(3, 6, 2, generator=torch.Generator().manual_seed(45)), []
+    for factor in (1.0, 3.0):
+        net = _eigen_probe(factor)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        got = _number(step_estimate(net, x.clone()), "the estimate")
+        changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+        expect(not changed, f"step_estimate changed the network ({', '.join(changed)})")
+        w = before["rnn.weight_hh_l0"].double()
+        eigenvalues = torch.linalg.eigvals(w)
+        radius = eigenvalues.abs().max().item()
+        with torch.no_grad():
+            h_all, h_n = net.rnn(x)
+        slope = (1 - h_all.pow(2)).mean().item()
+        want = radius * slope
+        mistakes = {
+            SINGULAR: torch.linalg.matrix_norm(w, ord=2).item() * slope,
+            REAL_PART: eigenvalues.real.max().item() * slope,
+            LAST_STATE: radius * (1 - h_n.pow(2)).mean().item(),
+            RADIUS_ONLY: radius,
+        }
+        tol = 1e-4 * max(1.0, abs(want))
+        hint = next((h for h, value in mistakes.items() if abs(got - value) <= tol), None)
+        expect_close(got, want, f"the estimate for W_hh x {factor:g}", tol=tol, hint=hint)
+        facts.append(f"{want:.3f}")
+    return (
+        f"gives spectral radius x mean tanh slope ({' and '.join(facts)}) for a W_hh with complex "
+        "leading eigenvalues, scaled by 1 and by 3, and leaves the network as it was"
     )
 
 
