@@ -545,8 +545,9 @@ assert t.dtype == torch.float32
 # 2.9). A *buffer* is a tensor that a module keeps, moves with `.to(device)` and saves,
 # but that no optimizer trains; a module registers one with
 # `self.register_buffer(name, tensor)` (one registered with `persistent=False` is left
-# out of the `state_dict`). `nn.BatchNorm1d` (chapter 3) keeps the features' running
-# mean and variance in buffers: in training mode each batch moves them a step
+# out of the `state_dict`). Batch normalisation (`nn.BatchNorm1d` here; chapter 3 uses
+# `nn.BatchNorm2d` for images) keeps the features' running mean and variance in
+# buffers: in training mode each batch moves them a step
 # (`momentum=0.1`) towards that batch's statistics, an exponential moving average
 # that no gradient touches; a third buffer, `num_batches_tracked`, counts the
 # batches.
@@ -1344,9 +1345,10 @@ steep and the flat direction.
 # reference script for training image classifiers,
 # [references/classification/train.py](https://github.com/pytorch/vision/blob/main/references/classification/train.py).
 # Adam, or AdamW (Adam with decoupled weight decay, used from chapter 3 on), is what
-# most of this book's later chapters use, because it copes with badly scaled
-# parameters, as above. Whichever you use, its learning rate is a choice to make on
-# validation data, as here.
+# most of this book's later chapters use, partly because its steps barely depend on
+# the features' scale (above), where momentum needed its rate tuned to the steepest
+# direction. Whichever you use, its learning rate is a choice to make on validation
+# data, as here.
 #
 # ### Weight decay
 #
@@ -1643,8 +1645,9 @@ model.zero_grad()
 # is a **mean** over the batch, split into `k` micro-batches of **equal size**, dividing
 # each micro-batch's loss by `k` makes the summed gradient equal the big batch's. Both
 # conditions matter, and so does a third: no layer may depend on the batch as a whole.
-# `nn.BatchNorm1d` (chapter 3) normalises each feature with the mean and variance of the
-# current batch, so four micro-batches see four different sets of statistics. The cell
+# Batch normalisation (`nn.BatchNorm1d`; chapter 3 uses `nn.BatchNorm2d` for images)
+# normalises each feature with the mean and variance of the current batch, so four
+# micro-batches see four different sets of statistics. The cell
 # compares the first layer's gradient on 64 examples with four accumulation schemes.
 
 # %%
@@ -2015,11 +2018,18 @@ else:
     if train_rise >= 1.5:
         larger = [run for run in runs if run["lr"] > lr]
         next_jumps = larger and any(larger[0] is u for u in unstable_runs)
+        # the 3x mark is for the training loss; the validation rise is
+        # worded from its own size
+        train_clause = (
+            f"its training loss rose to {train_rise:.1f} times its lowest so"
+            f" far at epoch {train_epoch}, short of our three-times mark for a"
+            " jump"
+        )
+        val_verb = "jumped" if val_rise > 3 else "rose"
         chosen_rise_text = (
-            f" The chosen run is not smooth either: its training loss rose to"
-            f" {train_rise:.1f} times its lowest so far at epoch {train_epoch},"
-            f" and its validation loss to {val_rise:.1f} times at epoch"
-            f" {val_epoch}; short of a jump by our mark, but a sign that lr"
+            f" The chosen run is not smooth either: {train_clause}; its"
+            f" validation loss {val_verb} to {val_rise:.1f} times its lowest"
+            f" so far at epoch {val_epoch}. Both are signs that lr"
             f" {lr:g} lies near the largest rate this training tolerates"
             + (
                 f", one grid step below lr {larger[0]['lr']:g}, which jumps."
@@ -2267,10 +2277,13 @@ recalls = [val_table[t][0] for t in thresholds]
 # an executable fact, not a result: for fixed scores, a higher threshold flags
 # a subset, so recall can never rise with it
 assert all(a >= b for a, b in itertools.pairwise(recalls))
-# precision falls at a low threshold: seeds 0-2 gave 0.944, 0.479, 0.607 at
-# 0.001 against 1.000, 1.000, 0.971 at 0.5 (seed 0's gap, the smallest, is two
-# benign tumours flagged)
-assert val_table[0.001][1] < val_table[0.5][1]
+# No assert that precision falls at the low threshold: seeds 0-2 gave 0.944,
+# 0.479, 0.607 at 0.001 against 1.000, 1.000, 0.971 at 0.5, but seed 0's gap
+# is two benign tumours, too few to promise; the prose words it from the run.
+precision_word = (
+    "drops to" if val_table[0.001][1] < val_table[0.5][1] else "stays at"
+)
+record("val_precision_0001_verb", precision_word)
 record("val_recall_05", val_table[0.5][0], fmt="{:.3f}")
 record("val_precision_0001", val_table[0.001][1], fmt="{:.3f}")
 record("val_flagged_0001", val_table[0.001][2])
@@ -2300,7 +2313,7 @@ prose(
 Read the table downwards: raising the threshold flags fewer tumours, so recall can
 only fall or stay, and precision usually rises. Read it upwards from 0.5: at 0.001
 the model flags {{val_flagged_0001}} of the {{n_val}} validation tumours
-and precision drops to {{val_precision_0001}}. On this validation set recall at
+and precision {{val_precision_0001_verb}} {{val_precision_0001}}. On this validation set recall at
 0.5 is
 {{val_recall_05}} for these {{n_val_malignant}} malignant tumours,
 {{val_threshold_verdict}}. A real diagnostic test would fix its threshold for a
@@ -2555,6 +2568,33 @@ wrong_share = (test_losses[wrong].sum() / test_losses.sum()).item()
 record("wrong_share", wrong_share, fmt="{:.1%}")
 lowest_train = min(run["train"][-1] for run in runs)
 record("lowest_train_loss", lowest_train, fmt="{:.0e}")
+with torch.no_grad():
+    val_logits = model(x_val.to(device)).squeeze(1).cpu()  # (91,)
+val_mistakes = int(((val_logits > 0).float() != y_val).sum())
+print(f"validation mistakes of the chosen model: {val_mistakes}")
+if val_mistakes == 0:
+    perfect_val_text = (
+        "Nor could the validation curve have warned of it: the chosen model"
+        f" classifies all {len(y_val)} validation tumours correctly, and on"
+        " such a set growing confidence only lowers the loss, so a validation"
+        " set the model classifies perfectly cannot reveal growing"
+        " overconfidence"
+        + (
+            ", which the test set then shows"
+            if test_loss > result.loss and int(wrong.sum()) > 0
+            else ""
+        )
+        + "."
+    )
+else:
+    perfect_val_text = (
+        "A validation set the model classified perfectly could not reveal"
+        " growing overconfidence at all, since on it growing confidence only"
+        f" lowers the loss; ours holds {val_mistakes} mistake"
+        f"{'s' if val_mistakes != 1 else ''} of the chosen model, little to"
+        " reveal it with."
+    )
+record("perfect_val_text", perfect_val_text)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # The words of the next paragraph, chosen from the numbers above.
@@ -2599,7 +2639,7 @@ on tumours that a boundary can separate, the loss keeps falling as the logits gr
 so confidence grows with training whether or not it is deserved. And selection: of
 hundreds of candidates we kept the one whose confidence happened to be right on the
 {{n_val}} validation tumours, so its validation loss says more about those
-tumours than about new ones.
+tumours than about new ones. {{perfect_val_text}}
 Where the probabilities themselves matter, as when a diagnostic test reports them to
 a doctor, they are calibrated afterwards; the simplest method, *temperature
 scaling* ([Guo et al., 2017](https://arxiv.org/abs/1706.04599)), divides every
@@ -2612,10 +2652,8 @@ it on our validation split.
 )
 
 # %%
-# the chosen model's validation loss with its logits divided by T
-with torch.no_grad():
-    val_logits = model(x_val.to(device)).squeeze(1).cpu()  # (91,)
-val_mistakes = int(((val_logits > 0).float() != y_val).sum())
+# the chosen model's validation loss with its logits divided by T (its
+# validation logits and mistakes are the ones computed above)
 shown = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 candidates_t = torch.logspace(-2, 1, 61).tolist()  # T from 0.01 to 10
 loss_at = {
@@ -3040,6 +3078,12 @@ assert check_accumulated_epoch(accumulated_epoch)
 # differences of the two models' losses and gives the share of resamples whose mean
 # difference is above 0, that is, in which the MLP still comes out ahead. Then say what
 # the bootstrap cannot account for.
+#
+# `fit` runs section 2.7's loop and is called as `fit(model, train_loader, val_loader,
+# criterion, optimizer, epochs, device, *, metric="accuracy", select=None,
+# checkpoint_path=None, progress=True)`; `progress=False` hides its progress bar. It
+# returns a `History`: `history.val_loss` holds the validation loss of every epoch and
+# `history.best_epoch` the selected epoch, counted from 1 (`help(fit)` says the rest).
 
 
 # %% tags=["exercise-starter"]
@@ -3233,7 +3277,10 @@ has seen.
 # leaves the new head as it is, and returns what that call reports. What does
 # `strict=False` not tolerate, and what has a call that raised already done? Finally,
 # show that the new network's hidden activations (`new[:2]`) equal the trained
-# model's on the validation set.
+# model's on the validation set. (Every submodule has its own `state_dict`, so
+# `new[0].load_state_dict(trained.hidden.state_dict())` is the usual one-line idiom;
+# the exercise asks for the whole network's call because its report of missing and
+# unexpected keys then says which of `new`'s layers were loaded and which were not.)
 
 
 # %% tags=["exercise-starter"]
@@ -3335,30 +3382,38 @@ assert check_load_hidden_only(load_hidden_only)
 # β and ε; scale only the rate), and by `B/32`, the linear rule for SGD of
 # [Goyal et al. (2017)](https://arxiv.org/abs/1706.02677). Choose every batch size's
 # rate with section 2.5's rule, the smallest rate whose validation loss is within 1 %
-# of the best: write it as `choose_rate` in the starter below first, then apply it to
-# section 2.7's six runs for batches of 32 (section 2.7 took the lowest loss outright:
-# does the rule agree?) and to the two runs of each other size. Compare the best
-# validation loss of each batch size, the epoch it came at, and the number of
-# optimizer updates up to that epoch (section 2.6 counts them per epoch), flagging a
-# run that was still improving at its last epoch. Does a smaller batch reach its best
+# of the best, applied to section 2.7's six runs for batches of 32 (section 2.7 took
+# the lowest loss outright: does the rule agree?) and to the two runs of each other
+# size. Compare the best validation loss of each batch size, the epoch it came at, and
+# the number of optimizer updates up to that epoch: write that count as
+# `updates_to_best` in the starter below first (section 2.6 counts the updates of one
+# epoch; 364 examples do not divide into batches of 8 or 128). Flag a run that was
+# still improving at its last epoch. Does a smaller batch reach its best
 # in fewer epochs? In fewer updates? Compare the two lowest losses with your bootstrap
 # from exercise 3.
 
 
 # %% tags=["exercise-starter"]
-def choose_rate(val_losses: dict[float, float]) -> float:
-    """The learning rate that section 2.5's rule picks from `val_losses`,
-    which maps each rate tried to its best validation loss."""
+def updates_to_best(best_epoch: int, n_train: int, batch_size: int) -> int:
+    """The optimizer updates in epochs 1 to `best_epoch` (counted from 1) of
+    training on `n_train` examples in batches of `batch_size`."""
     raise NotImplementedError  # your code here
 
 
-from helpers.exercises.ch02 import check_choose_rate
+from helpers.exercises.ch02 import check_updates_to_best
 
-check_choose_rate(choose_rate)
+check_updates_to_best(updates_to_best)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 5
-from helpers.exercises.ch02 import check_choose_rate
+from helpers.exercises.ch02 import check_updates_to_best
+
+
+def updates_to_best(best_epoch: int, n_train: int, batch_size: int) -> int:
+    """The optimizer updates in epochs 1 to `best_epoch` (counted from 1) of
+    training on `n_train` examples in batches of `batch_size`."""
+    # one update per batch, the last (shorter) batch included: section 2.6
+    return best_epoch * math.ceil(n_train / batch_size)
 
 
 def choose_rate(val_losses: dict[float, float]) -> float:
@@ -3406,13 +3461,12 @@ best_epochs, updates, still_open = {}, {}, {}
 for size in sizes:
     run = sweep[size]
     best_epochs[size] = run["best_epoch"]
-    # one update per batch, the last (smaller) batch included: section 2.6
-    updates[size] = run["best_epoch"] * math.ceil(len(train_set) / size)
+    updates[size] = updates_to_best(run["best_epoch"], len(train_set), size)
     still_open[size] = still_improving(run["best_epoch"], epochs)
     print(
         f"batch {size:3}, lr {run['lr']:<6.4g} best validation loss "
         f"{run['best_val']:.4f} at epoch {run['best_epoch']:2d}, after "
-        f"{updates[size]:4d} updates"
+        f"{updates[size]:4d} updates; {run['val'][-1]:.4f} at the last"
         + (" (still improving)" if still_open[size] else "")
     )
 
@@ -3437,10 +3491,9 @@ print(
     f"batches of {lowest}: lower validation loss than batches of "
     f"{runner_up} in {lowest_ahead:.0%} of 2,000 bootstrap resamples"
 )
-# seeds 0-2: updates to the best, batches of 8 / of 128 = 552/27 = 20.4,
-# 1058/150 = 7.1, 138/45 = 3.1
-assert updates[8] > updates[128], updates
-assert check_choose_rate(choose_rate)
+# No assert on the order of the update counts (seeds 0-2: batches of 8 / of
+# 128 = 552/27, 1058/150, 138/45): the answer words whatever order the run gives.
+assert check_updates_to_best(updates_to_best)
 
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -3487,6 +3540,20 @@ record(
     else f"lr {rate_32:g}, smaller than section 2.7's lr {chosen['lr']:g}"
     " and within 1 % of its loss",
 )
+rising = max(
+    sizes, key=lambda size: sweep[size]["val"][-1] / sweep[size]["best_val"]
+)
+end_vs_best = versus_best(sweep[rising]["val"][-1], sweep[rising]["best_val"])
+record(
+    "ex5_rise_text",
+    f"Batches of {rising} show the largest rise of the validation loss after"
+    f" the best epoch: the loss ends {end_vs_best} ("
+    f"{sweep[rising]['best_val']:.4f} at epoch {sweep[rising]['best_epoch']},"
+    f" {sweep[rising]['val'][-1]:.4f} at epoch {epochs})"
+    if not end_vs_best.startswith("within")
+    else "No batch size's validation loss rose clearly after its best epoch:"
+    " each ends within 5 % of its best",
+)
 record("ex5_lowest", lowest)
 record("ex5_runner_up", runner_up)
 record("ex5_lowest_loss", sweep[lowest]["best_val"], fmt="{:.4f}")
@@ -3510,7 +3577,8 @@ From section 2.7's six runs with batches of 32, the rule picks
 {{ex5_rule_32_text}}. Did a smaller batch reach its best in fewer epochs?
 {{ex5_epochs_answer}}. In
 fewer updates? {{ex5_updates_answer}}. (With batches of 8 an epoch has about
-four times as many updates as with 32, each a noisier step, section 2.6.) The lowest
+four times as many updates as with 32, each a noisier step, section 2.6.)
+{{ex5_rise_text}}. The lowest
 validation loss came with batches of {{ex5_lowest}}
 ({{ex5_lowest_loss}}, against {{ex5_runner_up_loss}} with batches of
 {{ex5_runner_up}}). Compared tumour by tumour with exercise 3's bootstrap, it

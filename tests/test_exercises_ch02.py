@@ -3,6 +3,9 @@ each listed mistake fails with its own hint, and other wrong answers fail withou
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from exercise_cells import run_starter, starter_cells
@@ -12,9 +15,9 @@ from helpers.exercises import ch02_references as ref
 from helpers.exercises.ch02 import (
     check_accumulated_epoch,
     check_bootstrap_share,
-    check_choose_rate,
     check_load_hidden_only,
     check_momentum_sgd,
+    check_updates_to_best,
 )
 
 STARTERS = starter_cells("02")
@@ -34,7 +37,9 @@ def test_the_chapter_has_one_starter_per_exercise():
 @pytest.mark.parametrize(
     ("index", "name"),
     list(
-        enumerate(["MomentumSGD", "accumulated_epoch", "bootstrap_share", "load_hidden_only", "choose_rate"])
+        enumerate(
+            ["MomentumSGD", "accumulated_epoch", "bootstrap_share", "load_hidden_only", "updates_to_best"]
+        )
     ),
 )
 def test_an_untouched_starter_says_not_attempted_and_nothing_else(index, name):
@@ -170,6 +175,8 @@ def bootstrap(mistake: str = ""):
         n = len(difference)
         if mistake == "global rng":
             rows = torch.randint(n, (n_resamples, n))
+        elif mistake == "own seed":  # repeats, whatever generator it is given
+            rows = torch.from_numpy(np.random.default_rng(0).integers(n, size=(n_resamples, n)))
         elif mistake == "no replacement":
             rows = torch.stack([torch.randperm(n, generator=generator) for _ in range(n_resamples)])
         else:
@@ -190,7 +197,7 @@ def bootstrap(mistake: str = ""):
 
 def test_bootstrap_right_passes(capsys):
     assert check_bootstrap_share(bootstrap()).passed
-    assert "a seeded generator repeats it exactly" in capsys.readouterr().out
+    assert "another seed gives a close but different share" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -201,6 +208,7 @@ def test_bootstrap_right_passes(capsys):
         ("below", "count the resamples whose mean is above 0"),
         ("percentage", "not a percentage"),
         ("global rng", "from the `generator` argument"),
+        ("own seed", "not from a generator or NumPy seed of your own"),
         ("half", None),
     ],
 )
@@ -312,65 +320,66 @@ def test_a_reused_shared_module_is_reported_with_what_load_state_dict_said():
     assert "changed the trained network" in verdict.message
 
 
-# Exercise 2.5: choosing a learning rate ---------------------------------------------------
+# Exercise 2.5: updates up to the best epoch ------------------------------------------------
 
 
-def rate_chooser(mistake: str = ""):
-    """choose_rate written right, or with one mistake."""
+def update_counter(mistake: str = ""):
+    """updates_to_best written right, or with one mistake."""
 
-    def choose_rate(val_losses):
-        best = min(val_losses.values())
-        limit = {"absolute": best + 0.01, "ten percent": 1.1 * best}.get(mistake, 1.01 * best)
-        within = [rate for rate, loss in val_losses.items() if loss <= limit]
-        if mistake == "largest":
-            return max(within)
-        if mistake == "best":
-            return min(val_losses, key=val_losses.get)
-        if mistake == "first listed":
-            return within[0]
-        if mistake == "loss":
-            return val_losses[min(within)]
-        if mistake == "median":
-            return sorted(val_losses)[len(val_losses) // 2]
-        if mistake == "text":
-            return str(min(within))
-        return min(within)
+    def updates_to_best(best_epoch, n_train, batch_size):
+        per_epoch = math.ceil(n_train / batch_size)
+        if mistake == "floor":
+            return best_epoch * (n_train // batch_size)
+        if mistake == "before best":
+            return (best_epoch - 1) * per_epoch
+        if mistake == "one epoch":
+            return per_epoch
+        if mistake == "examples":
+            return best_epoch * n_train
+        if mistake == "float":
+            return best_epoch * n_train / batch_size
+        if mistake == "plus one":
+            return best_epoch * per_epoch + 1
+        return np.int64(best_epoch * per_epoch)  # a NumPy integer is a whole number too
 
-    return choose_rate
+    return updates_to_best
 
 
-def test_choose_rate_right_passes(capsys):
-    assert check_choose_rate(rate_chooser()).passed
-    assert "picks 0.003, 0.01, 0.03, 0.1 in 4 sweeps" in capsys.readouterr().out
+def test_updates_to_best_right_passes(capsys):
+    assert check_updates_to_best(update_counter()).passed
+    assert "counts 322, 81, 12, 50, 3 updates in 5 cases" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     ("mistake", "hint"),
     [
-        ("largest", "take the smallest, not the largest"),
-        ("best", "not the lowest loss itself"),
-        ("absolute", "a relative margin"),
-        ("ten percent", "a factor of 1.01, not 1.1"),
-        ("first listed", "not the first one listed"),
-        ("loss", "not its validation loss"),
-        ("median", None),
+        ("floor", "the last, shorter batch is an update too"),
+        ("before best", "best_epoch counts from 1"),
+        ("one epoch", "that is one epoch's updates"),
+        ("examples", "not per example"),
+        ("float", "round n_train / batch_size up with math.ceil"),
+        ("plus one", None),
     ],
 )
-def test_choose_rate_mistakes_get_their_hints(mistake, hint):
-    assert failed_with(check_choose_rate(rate_chooser(mistake)), hint)
+def test_updates_to_best_mistakes_get_their_hints(mistake, hint):
+    assert failed_with(check_updates_to_best(update_counter(mistake)), hint)
 
 
-def test_choose_rate_names_a_few_wrong_cases_and_rejects_non_numbers():
-    verdict = check_choose_rate(rate_chooser("largest"))
-    assert "(and 2 more)" in verdict.message
-    assert "more)" not in check_choose_rate(rate_chooser("absolute")).message  # one case wrong
-    verdict = check_choose_rate(rate_chooser("text"))
-    assert failed_with(verdict, None) and "should be a number, got str" in verdict.message
-    assert failed_with(check_choose_rate(lambda losses: True), None)
+def test_updates_to_best_names_a_few_wrong_cases_and_rejects_non_integers():
+    verdict = check_updates_to_best(update_counter("plus one"))
+    assert "(and 3 more)" in verdict.message
+    assert "(and 2 more)" in check_updates_to_best(update_counter("one epoch")).message
+    verdict = check_updates_to_best(lambda epoch, n, size: ref.updates_to_best(epoch, n, size) + (epoch == 1))
+    assert failed_with(verdict, None) and verdict.message == "updates_to_best(1, 364, 32) = 13, expected 12"
+    verdict = check_updates_to_best(lambda *case: True)
+    assert failed_with(verdict, None) and "should be a whole number (an int), got True" in verdict.message
+    assert failed_with(check_updates_to_best(lambda *case: "322"), None)
 
 
-def test_each_rate_mistake_differs_from_the_rule_and_from_the_others():
-    cases = ref.RATE_CASES
-    made = {name: tuple(ref.rate_mistakes(c)[name] for c in cases) for name in ref.rate_mistakes(cases[0])}
-    right = tuple(ref.rate_rule(c) for c in cases)
+def test_each_update_mistake_differs_from_the_count_and_from_the_others():
+    cases = ref.UPDATE_CASES
+    made = {
+        name: tuple(ref.update_mistakes(*c)[name] for c in cases) for name in ref.update_mistakes(*cases[0])
+    }
+    right = tuple(ref.updates_to_best(*c) for c in cases)
     assert right not in made.values() and len(set(made.values())) == len(made)

@@ -4,8 +4,8 @@ Each checker runs the reader's code on small, freshly seeded CPU problems agains
 reference that does not come from the chapter's solution: ``torch.optim.SGD`` for the
 momentum optimizer, one big-batch SGD step per group for gradient accumulation, a
 large reference bootstrap, the trained network's own tensors (and the new head's, kept
-from before the call) for a partial ``load_state_dict``, and a direct reading of the
-rule for choosing a learning rate. For the usual mistakes it computes what the mistake
+from before the call) for a partial ``load_state_dict``, and a direct count of the
+batches in an epoch. For the usual mistakes it computes what the mistake
 would produce, or reads the error it raised, and names it. Introduced with chapter 2's exercises.
 """
 
@@ -26,9 +26,9 @@ from helpers.exercises import ch02_references as ref
 __all__ = [
     "check_accumulated_epoch",
     "check_bootstrap_share",
-    "check_choose_rate",
     "check_load_hidden_only",
     "check_momentum_sgd",
+    "check_updates_to_best",
 ]
 
 
@@ -160,15 +160,26 @@ def check_bootstrap_share(bootstrap_share: Callable[..., Any]) -> str:
     what = "the share for a skewed sample of 40 (2,000 resamples)"
     got = _share(bootstrap_share(sample, 2000, ref.seeded_generator(7)), want, what, mistakes, tol)
     again = expect_close(bootstrap_share(sample, 2000, ref.seeded_generator(7)), want, what, tol=math.inf)
-    expect(
-        again == got,
-        f"two calls with identically seeded generators gave {got:.4f} and {again:.4f}",
+    use_it = (
         "draw the resamples from the `generator` argument (torch.randint(..., generator=generator)), "
-        "so that its seed fixes them",
+        "so that its seed fixes them"
+    )
+    expect(
+        again == got, f"two calls with identically seeded generators gave {got:.4f} and {again:.4f}", use_it
+    )
+    # a fixed seed of its own repeats too: generators seeded otherwise must give other, close shares
+    others = [
+        _share(bootstrap_share(sample, 2000, ref.seeded_generator(s)), want, what, {}, tol) for s in (8, 9)
+    ]
+    expect(
+        any(other != got for other in others),
+        f"generators with three different seeds all gave {got:.4f}: the resamples ignore `generator`",
+        use_it + ", not from a generator or NumPy seed of your own",
     )
     return (
         f"gives {got:.3f} on a skewed sample of 40, against {want:.3f} from 20,000 reference "
-        f"resamples, and {on_positive:g} on an all-positive one; a seeded generator repeats it exactly"
+        f"resamples, and {on_positive:g} on an all-positive one; a seeded generator repeats it exactly, "
+        "another seed gives a close but different share"
     )
 
 
@@ -280,41 +291,40 @@ def check_load_hidden_only(load_hidden_only: Callable[[nn.Module, nn.Sequential]
 
 # Exercise 2.5 ------------------------------------------------------------------------
 
-_RATE_HINTS = {
-    "largest": "of the rates within 1 % of the best, take the smallest, not the largest: of rates "
-    "that do equally well, the smallest keeps furthest from the instability of section 2.5",
-    "best": "not the lowest loss itself: every rate whose loss is within 1 % of it qualifies "
-    "(loss <= 1.01 * best), and the smallest of those is taken",
-    "absolute": "within 1 % is a relative margin, loss <= 1.01 * best, not best + 0.01",
-    "ten percent": "1 % is a factor of 1.01, not 1.1",
-    "first listed": "a dict keeps the order its keys were inserted in, not the rates' order: take "
-    "the smallest qualifying rate with min(...), not the first one listed",
-    "loss": "return the rate (the dict's key), not its validation loss",
+_UPDATE_HINTS = {
+    "floor": "the last, shorter batch is an update too (DataLoader keeps it: drop_last=False), "
+    "so an epoch has ceil(n_train / batch_size) updates, math.ceil, not n_train // batch_size",
+    "before best": "best_epoch counts from 1, and the best epoch's own updates came before its "
+    "validation loss was measured: count epochs 1 to best_epoch",
+    "one epoch": "that is one epoch's updates: multiply by the number of epochs up to the best",
+    "examples": "one update per batch, not per example: divide by the batch size",
 }
 
 
-@checker("2.5", "choose_rate")
-def check_choose_rate(choose_rate: Callable[[dict[float, float]], Any]) -> str:
-    """``choose_rate(val_losses)``: the smallest rate within 1 % of the best validation loss."""
+@checker("2.5", "updates_to_best")
+def check_updates_to_best(updates_to_best: Callable[[int, int, int], Any]) -> str:
+    """``updates_to_best(best_epoch, n_train, batch_size)``: optimizer steps in epochs 1..best."""
     got = []
-    for case in ref.RATE_CASES:
-        value = choose_rate(dict(case))
+    for case in ref.UPDATE_CASES:
+        value = updates_to_best(*case)
         expect(
-            isinstance(value, numbers.Real) and not isinstance(value, bool),
-            f"choose_rate({case}) should be a number, got {type(value).__name__}",
+            isinstance(value, numbers.Integral) and not isinstance(value, bool),
+            f"updates_to_best{case} should be a whole number (an int), got {value!r}",
+            "a count of updates is an int: round n_train / batch_size up with math.ceil"
+            if isinstance(value, float)
+            else None,
         )
-        got.append(value)
-    want = [ref.rate_rule(case) for case in ref.RATE_CASES]
-    made = [ref.rate_mistakes(case) for case in ref.RATE_CASES]
-    hint = next((h for name, h in _RATE_HINTS.items() if got == [m[name] for m in made]), None)
+        got.append(int(value))
+    want = [ref.updates_to_best(*case) for case in ref.UPDATE_CASES]
+    made = [ref.update_mistakes(*case) for case in ref.UPDATE_CASES]
+    hint = next((h for name, h in _UPDATE_HINTS.items() if got == [m[name] for m in made]), None)
     wrong = [
-        f"choose_rate({case}) = {value:g}, expected {expected:g}"
-        for case, value, expected in zip(ref.RATE_CASES, got, want, strict=True)
+        f"updates_to_best{case} = {value}, expected {expected}"
+        for case, value, expected in zip(ref.UPDATE_CASES, got, want, strict=True)
         if value != expected
     ]
     expect(not wrong, "; ".join(wrong[:2]) + (f" (and {len(wrong) - 2} more)" if wrong[2:] else ""), hint)
     return (
-        f"picks {', '.join(f'{rate:g}' for rate in want)} in {len(want)} sweeps: the smallest rate "
-        "within 1 % of the best loss, whatever the dict's order, the size of the losses or a "
-        "diverged (inf) run"
+        f"counts {', '.join(map(str, want))} updates in {len(want)} cases: one per batch, the "
+        "short last batch included, over epochs 1 to the best"
     )

@@ -2,7 +2,7 @@
 
 Small, freshly seeded CPU problems; the reference each checker compares with (torch's
 own SGD, big-batch steps, a large bootstrap, a trained network and a new one to load
-into, the rule for choosing a learning rate), and what the usual mistakes produce on
+into, the number of batches in an epoch), and what the usual mistakes produce on
 the same problems. Written independently of the chapter's
 solutions. Introduced with chapter 2's exercises.
 """
@@ -196,36 +196,30 @@ def cloned_state(net: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in net.state_dict().items()}
 
 
-# Exercise 2.5: choosing a learning rate -----------------------------------------------
+# Exercise 2.5: counting the updates up to the best epoch ---------------------------------
 
-# Validation losses by learning rate, each with a trap: the rates not in increasing
-# order, small losses (where 1 % of the best is below 0.01), large ones (above), a
-# diverged run (inf).
-RATE_CASES: list[dict[float, float]] = [
-    {0.001: 0.30, 0.003: 0.2015, 0.01: 0.2000, 0.03: 0.2018, 0.1: 0.25, 0.3: float("inf")},
-    {0.3: 0.40, 0.1: 0.301, 0.03: 0.300, 0.01: 0.3025, 0.001: 0.5},
-    {0.01: 0.050, 0.03: 0.045, 0.1: 0.0452, 0.003: 0.054},
-    {0.05: 5.40, 0.1: 5.00, 0.2: 5.04, 0.4: 5.30, 0.025: 5.45},
+# (best epoch, training examples, batch size), each with a trap: a short last batch, a
+# batch size that divides the set (no short batch), one epoch, a batch larger than the set.
+UPDATE_CASES: list[tuple[int, int, int]] = [
+    (7, 364, 8),
+    (27, 364, 128),
+    (1, 364, 32),
+    (5, 100, 10),
+    (3, 10, 32),
 ]
 
 
-def rate_rule(val_losses: dict[float, float], *, margin: float = 0.01, absolute: bool = False) -> float:
-    """The smallest rate whose loss is within ``margin`` of the best: relative (the chapter's
-    rule, ``loss <= (1 + margin) * best``) or, a mistake, absolute (``loss <= best + margin``)."""
-    best = min(val_losses.values())
-    limit = best + margin if absolute else (1 + margin) * best
-    return min(rate for rate, loss in val_losses.items() if loss <= limit)
+def updates_to_best(best_epoch: int, n_train: int, batch_size: int) -> int:
+    """Optimizer updates in epochs 1 to ``best_epoch``: one per batch, the short last one included."""
+    return best_epoch * -(-n_train // batch_size)
 
 
-def rate_mistakes(val_losses: dict[float, float]) -> dict[str, float]:
-    """What the usual mistakes return for ``val_losses``, keyed by a short name."""
-    best = min(val_losses.values())
-    within = [rate for rate, loss in val_losses.items() if loss <= 1.01 * best]
+def update_mistakes(best_epoch: int, n_train: int, batch_size: int) -> dict[str, float]:
+    """What the usual mistakes return for one case, keyed by a short name."""
+    per_epoch = -(-n_train // batch_size)
     return {
-        "largest": max(within),
-        "best": min(val_losses, key=val_losses.__getitem__),
-        "absolute": rate_rule(val_losses, absolute=True),
-        "ten percent": rate_rule(val_losses, margin=0.1),
-        "first listed": within[0],
-        "loss": val_losses[rate_rule(val_losses)],
+        "floor": best_epoch * (n_train // batch_size),
+        "before best": (best_epoch - 1) * per_epoch,
+        "one epoch": per_epoch,
+        "examples": best_epoch * n_train,
     }
