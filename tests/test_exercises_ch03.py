@@ -128,6 +128,10 @@ def channels_last_weight(x, weight, bias, padding):
     return (flat @ F.unfold(x, 3, padding=padding) + bias.view(1, -1, 1)).view(_sizes(x, weight, padding))
 
 
+def width_first_transposed(x, weight, bias, padding):
+    return width_first(x, weight, bias, padding).transpose(2, 3)
+
+
 def calls_conv2d(x, weight, bias, padding):
     return F.conv2d(x, weight, bias, padding=padding)
 
@@ -137,6 +141,7 @@ def calls_conv2d(x, weight, bias, padding):
     [
         (no_bias, "the bias is missing"),
         (width_first, "height first"),
+        (width_first_transposed, "then transposing"),
         (view_without_transpose, "must be transposed"),
         (channels_last_weight, "do not permute the weight"),
         (calls_conv2d, "use F.unfold"),
@@ -377,6 +382,40 @@ def test_pooled_head_passes(capsys):
     assert "9·32² + 2·32 + 10·32 + 10 = 9,610 parameters" in capsys.readouterr().out
 
 
+class BlockInFeatures(DigitCNN):
+    """The exercise's other natural reading: the third block appended to self.features."""
+
+    def __init__(self, channels=(16, 32), **kwargs):
+        super().__init__(channels, **kwargs)
+        c2 = channels[1]
+        self.features.extend([nn.Conv2d(c2, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU()])
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c2, 10))
+
+
+def test_pooled_head_accepts_the_block_in_features(capsys):
+    assert check_pooled_head(BlockInFeatures, DigitCNN)
+    assert "the first two blocks start from DigitCNN's weights" in capsys.readouterr().out
+
+
+class Unused(nn.Module):
+    """A module whose parameter forward never uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x
+
+
+class BlockInFeaturesUnused(BlockInFeatures):
+    """As above, with a parameter in the appended modules that forward never uses."""
+
+    def __init__(self, channels=(16, 32), **kwargs):
+        super().__init__(channels, **kwargs)
+        self.features.append(Unused())
+
+
 def test_pooled_starter_is_not_attempted():
     assert untouched(4, DigitCNN=DigitCNN) == (
         "… Exercise 3.5: not attempted yet: fill in `PooledDigitCNN` above\n"
@@ -395,11 +434,25 @@ class FeaturesBuiltAgain(pooled_class()):
         self.features = DigitCNN(channels).features
 
 
+class FeaturesCut(pooled_class()):
+    def __init__(self, channels=(16, 32), **kwargs):
+        super().__init__(channels, **kwargs)
+        self.features = self.features[:4]
+
+
+class FeaturesAsList(pooled_class()):
+    def __init__(self, channels=(16, 32), **kwargs):
+        super().__init__(channels, **kwargs)
+        self.features = nn.ModuleList(self.features)
+
+
 @pytest.mark.parametrize(
     ("attempt", "hint"),
     [
         (NewHeadElsewhere, "assign the new head to self.classifier"),
         (FeaturesBuiltAgain, "call super().__init__(channels, **kwargs) first"),
+        (FeaturesCut, "call super().__init__(channels, **kwargs) first"),
+        (FeaturesAsList, "or append the new block to self.features"),
         (pooled_class(dropout=True), "leave the dropout out"),
         (pooled_class(width=32), "not a fixed 32"),
         (pooled_class(bias=True), "bias=False"),
@@ -470,6 +523,7 @@ class ShapeOnLargerImages(pooled_class()):
         (pooled_class(pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Tanh())), "the network's output"),
         (ShapeOnLargerImages, "on 56 x 56 images the output has shape (2, 5)"),
         (UnusedParameter, "no gradient reaches the head's parameters ['unused']"),
+        (BlockInFeaturesUnused, "no gradient reaches the head's parameters ['features.11.unused']"),
     ],
 )
 def test_other_wrong_heads_fail(attempt, message):

@@ -131,6 +131,11 @@ def check_conv2d_by_unfold(conv2d_by_unfold: Callable[..., Any]) -> str:
             ),
             "F.unfold's columns run along each row first: view the (B, C_out, L) product as "
             "(B, C_out, H_out, W_out), height first": want.flatten(2).view(b, c_out, w_out, h_out),
+            "F.unfold's columns run along each row first: view the (B, C_out, L) product as "
+            "(B, C_out, H_out, W_out) directly; viewing it width first and then transposing "
+            "puts the values in the wrong positions": (
+                want.flatten(2).view(b, c_out, w_out, h_out).transpose(2, 3)
+            ),
             "the product (B, L, C_out) must be transposed to (B, C_out, L) before it is viewed "
             "as an image; a view alone mixes channels and positions": (
                 columns.transpose(1, 2) @ flat.T + bias

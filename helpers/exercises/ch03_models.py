@@ -156,7 +156,7 @@ def _leaves(module: nn.Module, kind: type) -> list[nn.Module]:
 @checker("3.5", "PooledDigitCNN")
 @keep_random_state
 def check_pooled_head(pooled_class: Any, base_class: Any) -> str:
-    """Exercise 3.5: DigitCNN with a conv block and global average pooling as its head."""
+    """Exercise 3.5: DigitCNN ending in a third conv block and global average pooling."""
     for name, value in [("PooledDigitCNN", pooled_class), ("DigitCNN", base_class)]:
         expect(isinstance(value, type), f"{name} should be a class, got {type(value).__name__}")
     expect(
@@ -168,19 +168,29 @@ def check_pooled_head(pooled_class: Any, base_class: Any) -> str:
     net = pooled_class(channels=(c1, c2), augment=False)
     torch.manual_seed(0)
     base = base_class(channels=(c1, c2), augment=False)
-    start, base_start = _flat(net.features), _flat(base.features)
+    # the third block may go into the classifier or be appended to self.features:
+    # DigitCNN's own blocks are the first len(base.features) modules either way
+    n_base = len(base.features)
+    features = net.features
+    same_start = isinstance(features, nn.Sequential) and len(features) >= n_base
+    if same_start:
+        start, base_start = _flat(features[:n_base]), _flat(base.features)
+        same_start = start.shape == base_start.shape and torch.equal(start, base_start)
     expect(
-        start.shape == base_start.shape and torch.equal(start, base_start),
+        same_start,
         "the first two blocks do not start from DigitCNN's initial weights for the same seed",
-        "call super().__init__(channels, **kwargs) first and then replace only self.classifier",
+        "call super().__init__(channels, **kwargs) first and then replace only self.classifier "
+        "(or append the new block to self.features)",
     )
-    head = net.classifier
-    linears = _leaves(head, nn.Linear)
+    body, extra = features[:n_base], [(f"features.{i}", features[i]) for i in range(n_base, len(features))]
+    head = nn.ModuleList([module for _, module in extra] + [net.classifier])  # what follows the 7 x 7 maps
+    linears = _leaves(net.classifier, nn.Linear)
     expect(
         not any(layer.in_features == c2 * 7 * 7 for layer in linears),
         "net.classifier is still the Flatten + Linear head",
         "DigitCNN.forward calls self.classifier: assign the new head to self.classifier",
     )
+    linears = _leaves(head, nn.Linear)
     expect(not _leaves(head, nn.Dropout), "the head has a dropout layer", "leave the dropout out")
     convs, norms = _leaves(head, nn.Conv2d), _leaves(head, nn.BatchNorm2d)
     expect(
@@ -215,7 +225,7 @@ def check_pooled_head(pooled_class: Any, base_class: Any) -> str:
         norm.bias.copy_(torch.randn(c2, generator=generator))
     net.eval()
     x = torch.randn(3, 1, 28, 28, generator=generator)
-    maps = net.features(x).detach()  # (3, c2, 7, 7)
+    maps = body(x).detach()  # (3, c2, 7, 7)
 
     def head_of(
         maps: torch.Tensor, *, padding: int = 1, relu: bool = True, pool: str = "mean"
@@ -249,7 +259,9 @@ def check_pooled_head(pooled_class: Any, base_class: Any) -> str:
     expect(tuple(larger.shape) == (2, 10), f"on 56 x 56 images the output has shape {tuple(larger.shape)}")
     net.train()
     net(x).square().sum().backward()
-    idle = [name for name, p in net.classifier.named_parameters() if p.grad is None or not p.grad.any()]
+    named = [*net.classifier.named_parameters()]
+    named += [(f"{where}.{name}", p) for where, module in extra for name, p in module.named_parameters()]
+    idle = [name for name, p in named if p.grad is None or not p.grad.any()]
     expect(not idle, f"no gradient reaches the head's parameters {idle}: are they used in forward?")
     return (
         f"the head matches conv, batch norm, ReLU, global average and linear to {gap:.0e}, works on "
