@@ -228,7 +228,9 @@ print(torch.tensor(1000.1).half())  # float16's spacing near 1000 is 0.5
 #    keeps its precision, so a `float64` tensor plus `1j` gives `complex128`.)
 # 3. Two sizes of one category give the smallest dtype that holds both, which can be
 #    neither operand's: `uint8 + int8` gives `int16`, `float16 + bfloat16` gives
-#    `float32` (`torch.promote_types` answers for any pair).
+#    `float32` (`torch.promote_types` answers for any pair). The newer `uint16`,
+#    `uint32` and `uint64` do not promote with other integer types (or bool) at all:
+#    mixing them raises an error.
 #
 # `torch.result_type` applies the rule without computing anything.
 
@@ -248,6 +250,13 @@ cases = {
 }
 for name, (a, b) in cases.items():
     print(f"{name:38} -> {torch.result_type(a, b)}")
+try:
+    torch.promote_types(torch.uint16, torch.int32)
+    uint16_promotes = True
+except RuntimeError as err:
+    uint16_promotes = False
+    print("uint16 + int32 ->", type(err).__name__)
+assert not uint16_promotes
 
 # %% [markdown]
 # Two consequences. An int64 tensor combined with a float32 tensor becomes float32, which
@@ -435,9 +444,10 @@ print(logits.gather(dim=1, index=two_per_row))  # (3, 2); row 0: [2.0, -1.0]
 # To test whether one tensor is a view of another made inside PyTorch, compare where
 # their storages start, `untyped_storage().data_ptr()`. Comparing `data_ptr()` tests
 # something else: it is the address of the tensor's *first element*, which differs for
-# a slice that starts later. (Two tensors made separately from the same NumPy array by
-# `torch.from_numpy`, section 1.11, get storages of their own over overlapping memory;
-# `np.shares_memory` answers for those.)
+# a slice that starts later. (Tensors made by `torch.from_numpy`, section 1.11, wrap the
+# array's memory as it is: two calls on the same array `a` give one storage address,
+# but `from_numpy(a)` and `from_numpy(a[1:])` get storages that start at different
+# addresses although they overlap; `np.shares_memory` answers for those.)
 
 
 # %%
@@ -463,6 +473,18 @@ print(
 safe = base[2:].clone()  # clone() always copies
 safe[0] = -1.0
 print(base[2].item(), safe[0].item(), "same storage:", same_storage(safe, base))
+
+array = np.arange(4.0)  # from_numpy (section 1.11) wraps the array's memory
+whole, again, later = (torch.from_numpy(a) for a in (array, array, array[1:]))
+print(
+    "from_numpy twice:",
+    same_storage(whole, again),
+    "| from a[1:]:",
+    same_storage(whole, later),
+    "| np.shares_memory:",
+    np.shares_memory(whole.numpy(), later.numpy()),
+)
+assert same_storage(whole, again) and not same_storage(whole, later)
 
 # %% [markdown]
 # (Sharing a storage does not mean sharing elements: `base[:3]` and `base[3:]` share one
@@ -639,7 +661,7 @@ print(w.grad)  # d(sum(exp(w) + 1))/dw = exp(w) = exp(2)
 # along `dim`. `keepdim=True` keeps the reduced dimension with size 1, which is what you
 # want when the result is broadcast back against the input. Without it, the result can
 # still broadcast, silently, against the wrong dimension: for a square matrix,
-# `sq / sq.sum(dim=1)` divides each *column* by the row sums, with no error (next cell).
+# `sq / sq.sum(dim=1)` divides column j by row j's sum, with no error (next cell).
 
 # %%
 z = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
@@ -854,7 +876,6 @@ else:
         "In this run the sums with 1 and with 4 threads happened to agree to "
         "the last bit; on other data or another machine they can differ."
     )
-print(thread_sentence)
 record("thread_sentence", thread_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -987,6 +1008,9 @@ def distances_vectorised(
 assert torch.allclose(
     distances_loop(points, centres), distances_vectorised(points, centres)
 )
+# torch.func.vmap batches a function written for one point: (2,) -> (C,)
+by_vmap = torch.func.vmap(lambda p: ((p - centres) ** 2).sum(dim=-1))(points)
+assert torch.allclose(by_vmap, distances_vectorised(points, centres))
 loop_s = best_time(lambda: distances_loop(points, centres), repeat=3, warmup=0)
 vec_s = best_time(lambda: distances_vectorised(points, centres), repeat=20)
 speedup = loop_s / vec_s
@@ -1013,12 +1037,14 @@ Both versions give the same numbers (checked by the `allclose` above). On the ma
 that built this page the loop took {{loop_ms}} ms and the vectorised version
 {{vectorised_ms}} ms, {{speedup}} times faster, each the best of several runs.
 Broadcasting did the work: `points[:, None, :]` and `centres[None, :, :]` insert size-1
-dimensions (section 1.4) so that every point meets every centre. For this particular
-computation PyTorch also has a ready-made function: `torch.cdist(points, centres)`
-returns the distances themselves, not their squares. It computes them differently
-by default, though, once either set has more than 25 rows, and exercise 4 shows what
-that can cost; `compute_mode="donot_use_mm_for_euclid_dist"` makes it subtract
-first, as the cell above does.
+dimensions (section 1.4) so that every point meets every centre. When a function is
+easier to write for one example, PyTorch's own vectoriser, `torch.func.vmap`, turns it
+into a batched one without a Python loop; the cell checks it on a one-point version of
+the distance. For this particular computation PyTorch also has a ready-made function:
+`torch.cdist(points, centres)` returns the distances themselves, not their squares. It
+computes them differently by default, though, once either set has more than 25 rows,
+and exercise 4 shows what that can cost; `compute_mode="donot_use_mm_for_euclid_dist"`
+makes it subtract first, as the cell above does.
 """
 )
 
@@ -1054,15 +1080,17 @@ first, as the cell above does.
 #
 # **Exercise 1.** Class means without a loop. The next cell makes `features`, 12
 # examples with 4 features each, and their `labels` from 3 classes. In the starter
-# below it, fill in `class_means(features, labels, num_classes)`: build the
-# `(N, num_classes)` one-hot matrix, `one_hot[i, k]` true when `labels[i] == k`, by
-# broadcasting `labels` against `torch.arange(num_classes)`, then compute the
-# `(num_classes, D)` matrix of per-class mean feature vectors with one matrix product
-# and one division by the class counts. Check `class_means(features, labels, 3)` against
-# a loop over the classes that selects rows with a boolean mask (section 1.5). What
-# happens when you matrix-multiply (`@`) the comparison's boolean result with `features`
-# directly, and what does that tell you about `@` and the promotion rules of section
-# 1.2?
+# below it, fill in `class_means(features, labels, num_classes)`, the
+# `(num_classes, D)` matrix whose row `k` is the mean feature vector of class `k`, with
+# no Python loop over the classes: let one matrix product add up the features of every
+# class at once. Check `class_means(features, labels, 3)` against a loop over the
+# classes that selects rows with a boolean mask (section 1.5). A batch need not hold
+# every class: what should the mean of a class with no examples be, and what does
+# `class_means(features, labels, 4)` give for class 3? (The checker tries such a class
+# and expects what `scatter_reduce(..., "mean", include_self=False)` gives on a tensor
+# of zeros.) If you build a matrix from a comparison such as `labels[:, None] == k`,
+# what happens when you multiply its boolean result with `features` by `@` directly,
+# and what does that tell you about `@` and the promotion rules of section 1.2?
 
 # %%
 features = torch.randn(12, 4, generator=make_generator(seed + 2))
@@ -1074,7 +1102,7 @@ def class_means(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> torch.Tensor:
     # features (N, D), labels (N,) in 0 .. num_classes - 1; return the
-    # (num_classes, D) class means: a one-hot matrix, one @, one division
+    # (num_classes, D) class means, with no loop over the classes
     raise NotImplementedError  # your code here
 
 
@@ -1099,7 +1127,8 @@ def class_means(
 ) -> torch.Tensor:
     # (N, 1) == (C,) -> (N, C), 1.0 where labels[i] == k
     one_hot = (labels[:, None] == torch.arange(num_classes)).float()
-    class_counts = one_hot.sum(dim=0)  # (C,): examples per class
+    # (C,): examples per class; an empty class has sum 0, and 0 / 1 = 0
+    class_counts = one_hot.sum(dim=0).clamp(min=1)
     # (C, N) @ (N, D) -> (C, D): row k sums the features of class k
     return (one_hot.T @ features) / class_counts[:, None]
 
@@ -1107,15 +1136,25 @@ def class_means(
 means = class_means(features, labels, 3)  # (3, 4)
 by_loop = torch.stack([features[labels == k].mean(dim=0) for k in range(3)])
 print(means)
+# class 3 has no examples: without the clamp, its row would be 0 / 0 = nan
+with_empty = class_means(features, labels, 4)  # (4, 4)
+by_scatter = torch.zeros(4, 4).scatter_reduce(
+    0, labels[:, None].expand(-1, 4), features, "mean", include_self=False
+)
+print("empty class 3:", with_empty[3])
 print(
     "Row k of one_hot.T @ features adds up the feature vectors of class k; "
-    "dividing by the class counts makes them means, equal to the loop's. The "
-    "bool one-hot matrix cannot go into @ with float32 features: matrix "
-    "products do not promote (unlike + and *), so both operands must have the "
-    "same dtype; cast with .float()."
+    "dividing by the class counts makes them means, equal to the loop's. A "
+    "class with no examples has count 0 and 0 / 0 is nan, which would spread "
+    "into every later sum it enters; clamping the counts at 1 gives it a row "
+    "of zeros, as scatter_reduce does. The bool one-hot matrix cannot go into "
+    "@ with float32 features: matrix products do not promote (unlike + and "
+    "*), so both operands must have the same dtype; cast with .float()."
 )
 assert not matmul_promotes
 assert torch.allclose(means, by_loop, atol=1e-6)
+assert torch.allclose(with_empty, by_scatter, atol=1e-6)
+assert torch.equal(with_empty[3], torch.zeros(4))
 from helpers.exercises.ch01 import check_class_means
 
 assert check_class_means(class_means)
@@ -1123,18 +1162,18 @@ assert check_class_means(class_means)
 # %% [markdown]
 # **Exercise 2.** Given `x = torch.arange(24).reshape(2, 3, 4)`, produce a tensor of shape
 # `(4, 6)` whose row `k` holds every element of `x` with last index `k`, in their original
-# order. Move the last dimension to the front with `permute` first. Before you run
-# anything, use the strides of the permuted tensor to predict whether `view(4, 6)` works
-# on it; then check, and check whether the result shares memory with `x`. In the
-# starter, write it for any 3-D `x` of shape `(A, B, K)`: `rows_by_last_index(x)`
-# returns the `(K, A·B)` rows as a view of `x`. Finally, show that with the other
-# order, `permute(2, 1, 0)`, the same `view` fails, and explain why from the strides.
+# order, as a view of `x` (no copy). Before you run anything, use strides to predict
+# whether a `view` can produce it; then check, and check whether the result shares
+# memory with `x`. In the starter, write it for any 3-D `x` of shape `(A, B, K)`:
+# `rows_by_last_index(x)` returns the `(K, A·B)` rows as a view of `x`. Finally, show
+# that reversing the order of all three dimensions first makes the same `view` fail,
+# and explain why from the strides.
 
 
 # %% tags=["exercise-starter"]
 def rows_by_last_index(x: torch.Tensor) -> torch.Tensor:
     # x (A, B, K) -> (K, A*B), row k = x[..., k] in its original order,
-    # sharing x's memory: permute, then view
+    # sharing x's memory (no copy)
     raise NotImplementedError  # your code here
 
 
@@ -1203,7 +1242,7 @@ check_logsumexp_rows(logsumexp_rows)
 # Solution 3: log Σ exp(z) = m + log Σ exp(z - m) for any m; take m = the row
 # maximum.
 def logsumexp_rows(z: torch.Tensor) -> torch.Tensor:
-    row_max = z.max(dim=1, keepdim=True).values  # (N, 1)
+    row_max = z.amax(dim=1, keepdim=True)  # (N, 1)
     # (N,)
     return (z - row_max).exp().sum(dim=1).log() + row_max.squeeze(1)
 
@@ -1240,15 +1279,20 @@ assert check_logsumexp_rows(logsumexp_rows)
 # `compute_mode="donot_use_mm_for_euclid_dist"`) against a `float64` reference, for
 # section 1.13's points and centres and for both shifted by 1,000 in each coordinate.
 # What goes wrong after the shift, and why? Repair it without giving up the matrix
-# product.
+# product: the starter's `centred=False` argument is for that, and with `centred=True`
+# your function should compute the same distances in a way that survives the shift.
+# The checker tries both versions on fresh sets (each must be right, with one matrix
+# product), then shifts them by 1,000: the repaired version must keep its largest
+# relative error below 1e-2.
 
 
 # %% tags=["exercise-starter"]
 def distances_matmul(
-    points: torch.Tensor, centres: torch.Tensor
+    points: torch.Tensor, centres: torch.Tensor, centred: bool = False
 ) -> torch.Tensor:
     # points (P, D), centres (C, D) -> (P, C) squared distances from the
-    # squared row norms and one @ (no (P, C, D) tensor)
+    # squared row norms and one @ (no (P, C, D) tensor); centred=True is
+    # your repair for sets far from the origin
     raise NotImplementedError  # your code here
 
 
@@ -1267,11 +1311,15 @@ check_distances_matmul(distances_matmul)
 # Subtracting a common point (the mean of the points) from both sets changes no
 # distance and brings the norms back to the size of the distances. torch.cdist,
 # in its default mode, expands the square too for sets of more than 25 rows and
-# is exactly as far off; with compute_mode="donot_use_mm_for_euclid_dist" it
-# subtracts first.
+# its largest error is the same; with compute_mode="donot_use_mm_for_euclid_dist"
+# it subtracts first.
 def distances_matmul(
-    points: torch.Tensor, centres: torch.Tensor
+    points: torch.Tensor, centres: torch.Tensor, centred: bool = False
 ) -> torch.Tensor:
+    if centred:
+        # one common point off both sets: no distance changes
+        mean = points.mean(dim=0)  # (D,)
+        points, centres = points - mean, centres - mean
     point_norms = (points**2).sum(dim=1, keepdim=True)  # (P, 1)
     centre_norms = (centres**2).sum(dim=1)  # (C,)
     return point_norms - 2 * points @ centres.T + centre_norms  # (P, C)
@@ -1283,11 +1331,10 @@ def worst_relative_error(
     return ((result.double() - reference) / reference).abs().max().item()
 
 
-errors = {}
+errors, negatives = {}, {}
 for shift in (0.0, 1000.0):
     p, c = points + shift, centres + shift
     reference = distances_vectorised(p.double(), c.double())
-    mean = p.mean(dim=0)
     errors[shift] = {
         "difference form": worst_relative_error(
             distances_vectorised(p, c), reference
@@ -1296,7 +1343,7 @@ for shift in (0.0, 1000.0):
             distances_matmul(p, c), reference
         ),
         "matrix product, centred": worst_relative_error(
-            distances_matmul(p - mean, c - mean), reference
+            distances_matmul(p, c, centred=True), reference
         ),
         "cdist, default mode": worst_relative_error(
             torch.cdist(p, c) ** 2, reference
@@ -1306,8 +1353,8 @@ for shift in (0.0, 1000.0):
             reference,
         ),
     }
-    negatives = (distances_matmul(p, c) < 0).sum().item()
-    print(f"shift {shift:6.0f}: negative squared distances: {negatives}")
+    negatives[shift] = (distances_matmul(p, c) < 0).sum().item()
+    print(f"shift {shift:6.0f}: negative squared distances: {negatives[shift]}")
     for name, error in errors[shift].items():
         print(f"    {name:24}: largest relative error {error:.1e}")
 # seeds 0-2: shifted product 73-110 (relative); difference form <= 1.2e-7;
@@ -1322,6 +1369,8 @@ assert (
     < 1e-5
 )
 assert errors[1000.0]["matrix product, centred"] < 3e-2
+# seeds 0-9: 11 to 43 negative "squared distances" after the shift
+assert negatives[1000.0] > 0, negatives
 from helpers.exercises.ch01 import check_distances_matmul
 
 assert check_distances_matmul(distances_matmul)

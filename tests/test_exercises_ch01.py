@@ -9,7 +9,7 @@ import pytest
 import torch
 from exercise_cells import ROOT, run_starter, starter_cells
 
-from helpers.exercises import ch01
+from helpers.exercises import ch01, ch01_distances
 from helpers.exercises.ch01 import (
     check_class_means,
     check_distances_matmul,
@@ -22,7 +22,7 @@ from helpers.exercises.ch01 import (
 # ------------------------------------------------------------------ right answers
 def class_means(features, labels, num_classes):
     one_hot = (labels[:, None] == torch.arange(num_classes)).float()  # (N, C)
-    return one_hot.T @ features / one_hot.sum(dim=0)[:, None]
+    return one_hot.T @ features / one_hot.sum(dim=0).clamp(min=1)[:, None]
 
 
 def rows_by_last_index(x):
@@ -34,8 +34,13 @@ def logsumexp_rows(z):
     return (z - m[:, None]).exp().sum(dim=1).log() + m
 
 
-def distances_matmul(points, centres):
+def expanded(points, centres):
     return points.square().sum(1, keepdim=True) - 2 * points @ centres.T + centres.square().sum(1)
+
+
+def distances_matmul(points, centres, centred=False):
+    shift = points.mean(0) if centred else 0
+    return expanded(points - shift, centres - shift)
 
 
 def difference_distances(points, centres):
@@ -49,10 +54,10 @@ def relative_errors(points, centres, dtype):
 
 
 RIGHT = [
-    (check_class_means, class_means, "matches per-class means from index_add_ to 0.0e+00"),
+    (check_class_means, class_means, "index_add_ to 0.0e+00 on 3 fresh sets (4 and 5 classes), and gives"),
     (check_rows_by_last_index, rows_by_last_index, "as views of x, for x of shapes (3, 5, 2)"),
-    (check_logsumexp_rows, logsumexp_rows, "matches torch.logsumexp to"),
-    (check_distances_matmul, distances_matmul, "with both sets shifted by 1,000 its largest relative"),
+    (check_logsumexp_rows, logsumexp_rows, "on rows whose own entries span up to 2,000"),
+    (check_distances_matmul, distances_matmul, "relative error is 3.4, and 0.00024 with centred=True"),
     (check_relative_errors, relative_errors, "median error 0.35, 0.42 and 0.43 eps"),
 ]
 
@@ -69,7 +74,8 @@ def test_the_other_spellings_of_a_right_answer_pass():
     # a matrix product written as torch.mm, a view written as flatten
     assert check_class_means(
         lambda f, y, n: (
-            torch.mm((y[:, None] == torch.arange(n)).T.float(), f) / torch.bincount(y, minlength=n)[:, None]
+            torch.mm((y[:, None] == torch.arange(n)).T.float(), f)
+            / torch.bincount(y, minlength=n).clamp(min=1)[:, None]
         )
     )
     assert check_rows_by_last_index(lambda x: x.movedim(2, 0).flatten(1))
@@ -116,6 +122,25 @@ def _one_hot(labels, n):
 )
 def test_class_means_mistakes_get_their_hint(attempt, hint):
     assert failed(check_class_means(attempt)).hint == hint
+
+
+def test_class_means_that_divides_an_empty_class_by_zero_gets_the_nan_hint():
+    def unguarded(f, y, n):
+        one_hot = _one_hot(y, n)
+        return one_hot.T @ f / one_hot.sum(dim=0)[:, None]
+
+    verdict = failed(check_class_means(unguarded))
+    assert verdict.hint == ch01._EMPTY_NAN
+    assert "none of class 2: the mean of the empty class 2 is nan" in verdict.message
+
+
+def test_class_means_that_fills_an_empty_class_with_other_values_fails():
+    def ones_for_empty(f, y, n):
+        means = class_means(f, y, n)
+        return torch.where(torch.bincount(y, minlength=n)[:, None] == 0, 1.0, means)
+
+    verdict = failed(check_class_means(ones_for_empty))
+    assert verdict.hint is None and "3 of 15 entries differ" in verdict.message
 
 
 def test_class_means_by_a_loop_is_right_but_not_the_exercise():
@@ -196,6 +221,28 @@ def test_logsumexp_rows_mistakes_get_their_hint(attempt, hint):
     assert failed(check_logsumexp_rows(attempt)).hint == hint
 
 
+@pytest.mark.parametrize(
+    "shift",
+    [lambda z: z.amin(dim=1, keepdim=True), lambda z: z.mean(dim=1, keepdim=True)],
+    ids=["row minimum", "row mean"],
+)
+def test_logsumexp_rows_shifted_by_less_than_the_maximum_fails_on_wide_rows(shift):
+    verdict = failed(check_logsumexp_rows(lambda z: (z - shift(z)).exp().sum(dim=1).log() + shift(z)[:, 0]))
+    assert verdict.hint == ch01._SMALL_SHIFT and "the largest exponent must be 0" in verdict.hint
+    assert "z of shape (3, 3)" in verdict.message  # passes the narrow rows, fails the wide ones
+
+
+@pytest.mark.parametrize(
+    "attempt",
+    [lambda z: torch.logsumexp(z, 1), lambda z: z.logsumexp(dim=1), lambda z: torch.special.logsumexp(z, 1)],
+    ids=["torch.logsumexp", "method", "torch.special"],
+)
+def test_logsumexp_rows_that_calls_torch_logsumexp_fails(attempt):
+    verdict = failed(check_logsumexp_rows(attempt))
+    assert "calls torch.logsumexp, which the exercise asks you to write by hand" in verdict.message
+    assert verdict.hint == ch01._CALLS_LOGSUMEXP
+
+
 def test_logsumexp_rows_other_wrong_answers_fail_without_a_hint():
     verdict = failed(check_logsumexp_rows(lambda z: logsumexp_rows(z) + 1e-2))
     assert verdict.hint is None and "5 of 5 entries differ" in verdict.message
@@ -211,15 +258,15 @@ def _norms(t):
 @pytest.mark.parametrize(
     ("attempt", "hint"),
     [
-        (lambda p, c: _norms(p)[:, None] + 2 * p @ c.T + _norms(c), ch01._PLUS),
-        (lambda p, c: _norms(p)[:, None] - p @ c.T + _norms(c), ch01._NO_TWO),
-        (lambda p, c: distances_matmul(p, c).clamp(min=0).sqrt(), ch01._SQRT),
-        (lambda p, c: _norms(p) - 2 * p @ c.T + _norms(c), ch01._NORM_AXIS),
-        (lambda p, c: _norms(p)[:, None] - 2 * p @ c + _norms(c), ch01._NOT_TRANSPOSED),
-        (difference_distances, ch01._DIFFERENCE_FORM),
+        (lambda p, c: _norms(p)[:, None] + 2 * p @ c.T + _norms(c), ch01_distances._PLUS),
+        (lambda p, c: _norms(p)[:, None] - p @ c.T + _norms(c), ch01_distances._NO_TWO),
+        (lambda p, c: distances_matmul(p, c).clamp(min=0).sqrt(), ch01_distances._SQRT),
+        (lambda p, c: _norms(p) - 2 * p @ c.T + _norms(c), ch01_distances._NORM_AXIS),
+        (lambda p, c: _norms(p)[:, None] - 2 * p @ c + _norms(c), ch01_distances._NOT_TRANSPOSED),
+        (difference_distances, ch01_distances._DIFFERENCE_FORM),
         (
             lambda p, c: (_norms(p)[:, None] - 2 * (p[:, None] * c[None]).sum(-1)) + _norms(c),
-            ch01._DIFFERENCE_FORM,
+            ch01_distances._DIFFERENCE_FORM,
         ),
     ],
     ids=["plus", "no two", "sqrt", "norm axis", "not transposed", "difference form", "broadcast product"],
@@ -243,11 +290,50 @@ def test_distances_matmul_other_wrong_answers_fail_without_a_hint():
     assert verdict.hint is None and "entries differ" in verdict.message
 
 
-def test_distances_matmul_reports_the_cancellation_after_the_shift():
+def test_distances_matmul_reports_the_cancellation_and_the_repair():
     message = check_distances_matmul(distances_matmul).message
-    assert float(message.rsplit(" ", 1)[1]) > 1.0  # the expanded square loses every digit
-    centred = check_distances_matmul(lambda p, c: distances_matmul(p - p.mean(0), c - p.mean(0))).message
-    assert float(centred.rsplit(" ", 1)[1]) < 1e-2
+    words = message.split()
+    unrepaired, repaired = float(words[-5].rstrip(",")), float(words[-3])
+    assert unrepaired > 1.0 and repaired < 1e-2  # the expanded square loses every digit
+
+
+def test_distances_matmul_that_is_not_repaired_fails():
+    verdict = failed(check_distances_matmul(lambda p, c, centred=False: expanded(p, c)))
+    assert verdict.message.startswith("distances_matmul is right, but not yet repaired: with both")
+    assert verdict.hint == ch01_distances._NOT_REPAIRED
+    assert float(verdict.message.split()[-3]) > 1.0  # the error with centred=True
+
+
+def test_distances_matmul_with_the_repair_not_written_fails():
+    def first_part(p, c, centred=False):
+        if centred:
+            raise NotImplementedError
+        return expanded(p, c)
+
+    verdict = failed(check_distances_matmul(first_part))
+    assert verdict.message.endswith("with centred=True it raises NotImplementedError")
+    assert verdict.hint == ch01_distances._NOT_REPAIRED
+
+
+def test_distances_matmul_without_the_centred_argument_fails():
+    verdict = failed(check_distances_matmul(expanded))
+    assert "unexpected keyword argument 'centred'" in verdict.message
+    assert verdict.hint == ch01_distances._NO_CENTRED
+
+
+def test_distances_matmul_repaired_without_the_product_fails():
+    def difference_repair(p, c, centred=False):
+        return difference_distances(p, c) if centred else expanded(p, c)
+
+    verdict = failed(check_distances_matmul(difference_repair))
+    assert verdict.message.startswith("distances_matmul(points, centres, centred=True) for 6 points")
+    assert verdict.hint == ch01_distances._DIFFERENCE_FORM
+
+
+def test_distances_matmul_repair_must_still_be_right():
+    verdict = failed(check_distances_matmul(lambda p, c, centred=False: expanded(p, c) + centred))
+    assert verdict.message.startswith("distances_matmul(points, centres, centred=True) for 6 points and")
+    assert "entries differ" in verdict.message
 
 
 # ------------------------------------------------------------------ exercise 1.5
@@ -258,20 +344,26 @@ def _low(p, c, dtype):
 @pytest.mark.parametrize(
     ("attempt", "hint"),
     [
-        (lambda p, c, t: (_low(p, c, t) - difference_distances(p, c).double()).abs(), ch01._SAME_DTYPE),
-        (lambda p, c, t: relative_errors(p.to(t).float(), c.to(t).float(), t), ch01._ROUNDED_INPUTS),
+        (
+            lambda p, c, t: (_low(p, c, t) - difference_distances(p, c).double()).abs(),
+            ch01_distances._SAME_DTYPE,
+        ),
+        (
+            lambda p, c, t: relative_errors(p.to(t).float(), c.to(t).float(), t),
+            ch01_distances._ROUNDED_INPUTS,
+        ),
         (
             lambda p, c, t: (
                 (_low(p, c, t) - difference_distances(p.double(), c.double()))
                 / difference_distances(p.double(), c.double())
             ),
-            ch01._NO_ABS,
+            ch01_distances._NO_ABS,
         ),
         (
             lambda p, c, t: (
                 (_low(p, c, t) - difference_distances(p.double(), c.double())).abs() / _low(p, c, t)
             ),
-            ch01._BY_RESULT,
+            ch01_distances._BY_RESULT,
         ),
     ],
     ids=["same dtype", "rounded inputs", "no abs", "by result"],
@@ -296,3 +388,4 @@ def test_the_call_recorder_sees_matrix_products_and_the_largest_result():
         torch.einsum("ij,kj->ik", a, a)
     assert recorder.made_matrix_product() and recorder.largest_result() == (2, 3)
     assert ch01._CallRecorder().largest_result() == ()
+    assert recorder.called("einsum", "mm") and not recorder.called("logsumexp")

@@ -4,19 +4,21 @@ Each checker runs the reader's function on fresh inputs from its own seeded gene
 the CPU, and compares the result with a reference computed here by other means (class
 sums with ``index_add_``, ``torch.logsumexp``, ``torch.cdist``, an explicit gather of
 rows). Known mistakes are recognised by the result they produce or by the error they
-raise; exercises that ask for a matrix product are watched with a ``TorchFunctionMode``
-that records which torch functions the reader's code calls.
+raise; exercises that ask for a matrix product, or forbid a function, are watched with
+a ``TorchFunctionMode`` that records which torch functions the reader's code calls. The
+distance checkers (1.4 and 1.5) and that recorder live in
+:mod:`helpers.exercises.ch01_distances` and are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
-from torch.overrides import TorchFunctionMode
 
-from helpers.exercises import Mismatch, checker, expect, expect_tensor
+from helpers.exercises import checker, expect
+from helpers.exercises.ch01_distances import _CallRecorder as _CallRecorder
+from helpers.exercises.ch01_distances import _compare, _run, check_distances_matmul, check_relative_errors
 
 __all__ = [
     "check_class_means",
@@ -25,75 +27,6 @@ __all__ = [
     "check_relative_errors",
     "check_rows_by_last_index",
 ]
-
-# Torch functions that multiply matrices (`a @ b` arrives as "matmul").
-_MATRIX_PRODUCTS = frozenset(
-    {"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "einsum", "addmm", "linear", "tensordot"}
-)
-
-
-class _CallRecorder(TorchFunctionMode):
-    """Record the name and result shape of every torch function called inside the block."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[str, tuple[int, ...]]] = []
-
-    def __torch_function__(
-        self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict | None = None
-    ) -> Any:
-        result = func(*args, **(kwargs or {}))
-        shape = tuple(result.shape) if isinstance(result, torch.Tensor) else ()
-        self.calls.append((getattr(func, "__name__", ""), shape))
-        return result
-
-    def made_matrix_product(self) -> bool:
-        """Whether any recorded call multiplied matrices."""
-        return any(name in _MATRIX_PRODUCTS for name, _ in self.calls)
-
-    def largest_result(self) -> tuple[int, ...]:
-        """The shape of the largest tensor (by its number of elements) any call returned."""
-        return max((shape for _, shape in self.calls), key=lambda s: torch.Size(s).numel(), default=())
-
-
-def _run(
-    function: Any, args: tuple, name: str, error_hints: dict[str, str] | None = None
-) -> tuple[Any, _CallRecorder]:
-    """Call the reader's ``function(*args)``, recording the torch calls it makes.
-
-    An error whose text contains a key of ``error_hints`` becomes a :class:`Mismatch` with
-    that hint; other errors (and ``NotImplementedError``, "not attempted") propagate.
-    """
-    expect(callable(function), f"`{name}` should be a function, got {type(function).__name__}")
-    recorder = _CallRecorder()
-    try:
-        with recorder:
-            result = function(*args)
-    except NotImplementedError:
-        raise
-    except (RuntimeError, TypeError) as error:
-        for marker, hint in (error_hints or {}).items():
-            if marker in str(error):
-                raise Mismatch(f"{name} raised {type(error).__name__}: {error}", hint) from error
-        raise
-    return result, recorder
-
-
-def _compare(
-    got: Any, want: torch.Tensor, what: str, mistakes: dict[str, torch.Tensor], **tolerance: float
-) -> float:
-    """:func:`expect_tensor`, offering only the mistakes that this input tells from ``want``.
-
-    (In float32, for example, rounding float32 points to float32 changes nothing.)
-    """
-    atol, rtol = tolerance.get("atol", 1e-5), tolerance.get("rtol", 1e-4)
-    distinct = {
-        hint: made
-        for hint, made in mistakes.items()
-        if made.shape != want.shape or not torch.allclose(made, want, atol=atol, rtol=rtol)
-    }
-    return expect_tensor(got, want, what, atol=atol, rtol=rtol, mistakes=distinct)
-
 
 # ---------------------------------------------------------------- exercise 1.1
 _BOOL_MATMUL = (
@@ -106,36 +39,54 @@ _COUNTS_AXIS = (
     "dimension. Divide row k by its count with counts[:, None], shape (C, 1)."
 )
 _THREE_CLASSES = "the function ignores num_classes: use torch.arange(num_classes), not arange(3)."
+_EMPTY_NAN = (
+    "an empty class has count 0, and 0 / 0 is nan, which spreads into every later sum or "
+    "distance that touches it. Its feature sum is 0 anyway: divide by counts.clamp(min=1), "
+    "so that its mean is a row of zeros."
+)
 
 
 @checker("1.1", "class_means")
 def check_class_means(class_means: Callable[..., torch.Tensor]) -> str:
-    """Exercise 1.1: ``class_means(features, labels, num_classes)`` from a one-hot ``@``."""
+    """Exercise 1.1: ``class_means(features, labels, num_classes)`` from a one-hot ``@``.
+
+    A class with no examples must get a row of zeros (not nan).
+    """
     gen = torch.Generator().manual_seed(101)
     worst = 0.0
-    # 4 classes of 4 features first, so that dividing along the wrong axis runs silently
-    for classes, dim in ((4, 4), (5, 3)):
-        # class k has k + 1 examples, shuffled: every class present, all counts different
+    # 4 classes of 4 features first, so that dividing along the wrong axis runs silently;
+    # last, 5 classes of which class 2 has no examples
+    for classes, dim, empty in ((4, 4, None), (5, 3, None), (5, 3, 2)):
+        # class k has k + 1 examples, shuffled: all counts different
         labels = torch.arange(classes).repeat_interleave(torch.arange(1, classes + 1))
+        if empty is not None:
+            labels = labels[labels != empty]
         labels = labels[torch.randperm(len(labels), generator=gen)]
         features = torch.randn(len(labels), dim, generator=gen)
         sums = torch.zeros(classes, dim).index_add_(0, labels, features)
         counts = torch.bincount(labels, minlength=classes).float()
-        want = sums / counts[:, None]
+        want = sums / counts.clamp(min=1)[:, None]
         mistakes = {_SUMS: sums, _THREE_CLASSES: want[:3]}
         if classes == dim:
             mistakes[_COUNTS_AXIS] = sums / counts
         errors = {"same dtype": _BOOL_MATMUL}
         got, recorder = _run(class_means, (features, labels, classes), "class_means", errors)
         what = f"class_means(features, labels, {classes}) for {len(labels)} examples"
+        if empty is not None:
+            what += f", none of class {empty}"
+            nan_row = isinstance(got, torch.Tensor) and got.shape == want.shape and got[empty].isnan().any()
+            expect(not nan_row, f"{what}: the mean of the empty class {empty} is nan", _EMPTY_NAN)
         worst = max(worst, _compare(got, want, what, mistakes))
         expect(
             recorder.made_matrix_product(),
             "class_means gives the right means but makes no matrix product",
-            "the exercise asks for one product, one_hot.T @ features: (C, N) @ (N, D) adds up "
-            "the rows of each class at once, with no loop over the classes.",
+            "the exercise asks for no loop over the classes: one matrix product, "
+            "one_hot.T @ features, (C, N) @ (N, D), adds up the rows of each class at once.",
         )
-    return f"matches per-class means from index_add_ to {worst:.1e} on 2 fresh sets (4 and 5 classes)"
+    return (
+        f"matches per-class means from index_add_ to {worst:.1e} on 3 fresh sets (4 and 5 "
+        "classes), and gives an empty class a mean of zeros"
+    )
 
 
 # ---------------------------------------------------------------- exercise 1.2
@@ -195,6 +146,21 @@ _KEEPDIM = (
     "m.squeeze(1), or sum with keepdim=True and squeeze at the end."
 )
 _MAX_TUPLE = "z.max(dim=1) returns (values, indices): use its .values."
+_SMALL_SHIFT = (
+    "exp still overflows: you shifted by something smaller than the row maximum (the row "
+    "minimum or mean?). Shift by the row maximum: the largest exponent must be 0."
+)
+_CALLS_LOGSUMEXP = (
+    "write it from exp, sum and log, with the shift of section 1.9; torch.logsumexp is the "
+    "reference the checker compares with."
+)
+
+
+def _wide_rows(gen: torch.Generator) -> torch.Tensor:
+    """(3, 3) rows whose own entries span 1,000 to 2,000, shuffled within each row."""
+    base = torch.tensor([[-1000.0, 0.0, 1000.0], [-1000.0, -500.0, 0.0], [-2000.0, -1500.0, -1000.0]])
+    z = base + 3 * torch.randn(base.shape, generator=gen)
+    return z.gather(1, torch.rand(base.shape, generator=gen).argsort(dim=1))
 
 
 @checker("1.3", "logsumexp_rows")
@@ -202,124 +168,36 @@ def check_logsumexp_rows(logsumexp_rows: Callable[[torch.Tensor], torch.Tensor])
     """Exercise 1.3: ``logsumexp_rows(z)``, a stable log-sum-exp of each row of a 2-D tensor."""
     gen = torch.Generator().manual_seed(103)
     worst = 0.0
-    for offsets, width in (([0.0, 1000.0, -1000.0, 80.0, -300.0], 6), ([-500.0, 3.0, 700.0], 4)):
-        shift = torch.tensor(offsets)[:, None]  # (N, 1): rows of very different sizes
-        z = 3 * torch.randn(len(offsets), width, generator=gen) + shift
+    narrow = [([0.0, 1000.0, -1000.0, 80.0, -300.0], 6), ([-500.0, 3.0, 700.0], 4)]
+    inputs = [
+        # (N, M): rows of very different sizes, each spread over only about ±9
+        3 * torch.randn(len(offsets), width, generator=gen) + torch.tensor(offsets)[:, None]
+        for offsets, width in narrow
+    ]
+    # last, rows whose own entries are 1,000 apart: a shift by the row minimum or mean overflows
+    inputs.append(_wide_rows(gen))
+    for z in inputs:
         row_max = z.amax(dim=1, keepdim=True)
         shifted_log = (z - row_max).exp().sum(dim=1).log()  # (N,)
         total_max = z.max()
+        row_min = z.amin(dim=1, keepdim=True)
         mistakes = {
             _LITERAL: z.exp().sum(dim=1).log(),
             _NOT_ADDED_BACK: shifted_log,
             _GLOBAL_MAX: (z - total_max).exp().sum(dim=1).log() + total_max,
             _KEEPDIM: shifted_log + row_max,
+            _SMALL_SHIFT: (z - row_min).exp().sum(dim=1).log() + row_min[:, 0],
         }
-        got, _ = _run(logsumexp_rows, (z,), "logsumexp_rows", {"return_types.max": _MAX_TUPLE})
+        got, recorder = _run(logsumexp_rows, (z,), "logsumexp_rows", {"return_types.max": _MAX_TUPLE})
         what = f"logsumexp_rows(z) for z of shape {tuple(z.shape)}"
+        expect(
+            not recorder.called("logsumexp", "special_logsumexp"),
+            f"{what} calls torch.logsumexp, which the exercise asks you to write by hand",
+            _CALLS_LOGSUMEXP,
+        )
         want = torch.logsumexp(z, dim=1)
         worst = max(worst, _compare(got, want, what, mistakes, atol=1e-4, rtol=1e-6))
-    return f"matches torch.logsumexp to {worst:.1e} on rows around ±1000, where exp overflows"
-
-
-# ---------------------------------------------------------------- exercise 1.4
-_PLUS = "the cross term has the wrong sign: |p - c|² = |p|² - 2 p·c + |c|²."
-_NO_TWO = "the cross term needs its factor 2: |p - c|² = |p|² - 2 p·c + |c|²."
-_SQRT = "these are distances; the matrix holds their squares, so take no square root."
-_NORM_AXIS = (
-    "the point norms broadcast along the columns: (P,) + (P, C) pairs norm j with column j. "
-    "Keep them as a column, sum(dim=1, keepdim=True), shape (P, 1)."
-)
-_NOT_TRANSPOSED = "(P, D) @ (C, D) does not multiply: use centres.T, (P, D) @ (D, C) -> (P, C)."
-_DIFFERENCE_FORM = (
-    "your function builds a (P, C, D) tensor, a row for every pair, as section 1.13 does; "
-    "expand the square instead: the cross terms of all pairs are one product, (P, D) @ (D, C)."
-)
-
-
-def _squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """(P, C) squared distances, subtracting first (the reference for 1.4 and 1.5)."""
-    return (points.unsqueeze(1) - centres.unsqueeze(0)).square().sum(dim=2)
-
-
-@checker("1.4", "distances_matmul")
-def check_distances_matmul(distances_matmul: Callable[..., torch.Tensor]) -> str:
-    """Exercise 1.4: ``distances_matmul(points, centres)`` by expanding the square."""
-    gen = torch.Generator().manual_seed(104)
-    worst = 0.0
-    # as many points as centres first, so that (P,) point norms broadcast silently
-    for count, dim in ((6, 6), (7, 5)):
-        points = torch.randn(count, 3, generator=gen)
-        centres = torch.randn(dim, 3, generator=gen)
-        want = torch.cdist(points.double(), centres.double()).square().float()
-        cross = points @ centres.T
-        point_norms, centre_norms = points.square().sum(dim=1), centres.square().sum(dim=1)
-        mistakes = {
-            _PLUS: point_norms[:, None] + 2 * cross + centre_norms,
-            _NO_TWO: point_norms[:, None] - cross + centre_norms,
-            _SQRT: want.sqrt(),
-        }
-        if count == dim:
-            mistakes[_NORM_AXIS] = point_norms - 2 * cross + centre_norms
-        errors = {"cannot be multiplied": _NOT_TRANSPOSED}
-        got, recorder = _run(distances_matmul, (points, centres), "distances_matmul", errors)
-        what = f"distances_matmul(points, centres) for {count} points and {dim} centres"
-        worst = max(worst, _compare(got, want, what, mistakes, atol=1e-4, rtol=1e-4))
-        largest = recorder.largest_result()
-        expect(
-            torch.Size(largest).numel() < count * dim * 3,
-            f"{what} is right, but on the way it makes a tensor of shape {largest}",
-            _DIFFERENCE_FORM,
-        )
-        expect(
-            recorder.made_matrix_product(),
-            f"{what} is right, but makes no matrix product (@)",
-            "compute the cross term p·c for all pairs at once as points @ centres.T.",
-        )
-    shifted, _ = _run(distances_matmul, (points + 1000, centres + 1000), "distances_matmul")
-    reference = _squared_distances(points.double() + 1000, centres.double() + 1000)
-    error = ((shifted.double() - reference) / reference).abs().max().item()
     return (
-        f"matches float64 torch.cdist to {worst:.1e} on 2 fresh sets, with one matrix product; "
-        f"with both sets shifted by 1,000 its largest relative error is {error:.2g}"
-    )
-
-
-# ---------------------------------------------------------------- exercise 1.5
-_SAME_DTYPE = (
-    "every error is zero, so the reference was computed in the same precision as the result: "
-    "compute it from points.double() and centres.double()."
-)
-_ROUNDED_INPUTS = (
-    "your float64 reference starts from the rounded low-precision inputs, so it leaves out the "
-    "rounding of the inputs, the main error: convert the original points to float64."
-)
-_NO_ABS = "some errors are negative: take the absolute value of the difference."
-_BY_RESULT = "divide by the float64 reference distances, not by the low-precision result."
-
-
-@checker("1.5", "relative_errors")
-def check_relative_errors(relative_errors: Callable[..., torch.Tensor]) -> str:
-    """Exercise 1.5: ``relative_errors(points, centres, dtype)``, the (P, C) relative errors."""
-    gen = torch.Generator().manual_seed(105)
-    points, centres = torch.randn(30, 2, generator=gen), torch.randn(8, 2, generator=gen)
-    reference = _squared_distances(points.double(), centres.double())
-    medians = []
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        low = _squared_distances(points.to(dtype), centres.to(dtype)).double()
-        rounded = _squared_distances(points.to(dtype).double(), centres.to(dtype).double())
-        want = (low - reference).abs() / reference
-        mistakes = {
-            _ROUNDED_INPUTS: (low - rounded).abs() / rounded,
-            _NO_ABS: (low - reference) / reference,
-            _BY_RESULT: (low - reference).abs() / low,
-        }
-        got, _ = _run(relative_errors, (points, centres, dtype), "relative_errors")
-        what = f"relative_errors(points, centres, {dtype})"
-        all_zero = isinstance(got, torch.Tensor) and got.numel() > 0 and bool((got == 0).all())
-        expect(not all_zero, f"{what} is zero everywhere", _SAME_DTYPE)
-        _compare(got, want, what, mistakes, atol=1e-12, rtol=1e-6)
-        medians.append(f"{want.median().item() / torch.finfo(dtype).eps:.2f}")
-    return (
-        f"matches the float64 reference on {len(points)} x {len(centres)} fresh pairs; median "
-        f"error {medians[0]}, {medians[1]} and {medians[2]} eps in float32, float16, bfloat16"
+        f"matches torch.logsumexp to {worst:.1e} on rows around ±1000 and on rows whose own "
+        "entries span up to 2,000, where exp overflows"
     )
