@@ -104,7 +104,9 @@ def check_iwae_bound(iwae_bound: Callable[..., torch.Tensor]) -> str:
             mu, logvar = model.encode(x)
             z = mu + torch.exp(0.5 * logvar) * torch.randn(k, *mu.shape, generator=g)  # (K, B, D)
             log_px_z = _log_bernoulli(model.decode(z.flatten(0, 1)).view(k, batch, 1, 28, 28), x)
-            log_ratio = _log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - _log_normal(z, mu, logvar)
+            log_pz = _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))  # (K, B)
+            log_qz = _log_normal(z, mu, logvar)  # (K, B)
+            log_ratio = log_pz - log_qz
             got = iwae_bound(model, x, z)
         want = _log_mean_exp(log_px_z + log_ratio)  # (B,)
         expect(
@@ -128,6 +130,10 @@ def check_iwae_bound(iwae_bound: Callable[..., torch.Tensor]) -> str:
                     + math.log(k),
                     "The weight is p(x|z) p(z) / q(z|x): add log p(z) and subtract log q(z|x), each "
                     "summed over the latent dimensions.": _log_mean_exp(log_px_z),
+                    "The weight needs log p(z), the standard normal prior's log-density of each code, "
+                    "summed over the latent dimensions.": _log_mean_exp(log_px_z - log_qz),
+                    "The weight needs - log q(z|x), the encoder's Gaussian log-density of each code, "
+                    "summed over the latent dimensions.": _log_mean_exp(log_px_z + log_pz),
                     "Each code needs its own log p(z_k) - log q(z_k|x); subtracting the closed-form KL, "
                     "their average, gives a different (and not a valid) bound.": _log_mean_exp(log_px_z) - kl,
                     "Return the bound on log p(x) itself, a negative number; its negative is what "
