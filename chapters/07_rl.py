@@ -23,8 +23,8 @@
 # policy gradient and write the REINFORCE algorithm line by line (a policy network,
 # sampled actions and their log-probabilities, discounted returns, the loss), add a
 # learned value baseline and measure what it changes, and train a network that balances
-# a pole on a cart for the full 500 steps of `CartPole-v1`, checked on start states it
-# never saw.
+# a pole on a cart for (nearly) the full 500 steps of `CartPole-v1`, checked on start
+# states it never saw.
 #
 # **Prerequisites:** chapter 1 (tensors) and chapter 2 (modules, optimizers,
 # cross-entropy, the training loop, validation and test splits).
@@ -343,16 +343,26 @@ assert np.allclose(discounted_returns(rewards, gamma).numpy(), direct)
 # by more than the usual return are made more likely, the others less likely. Dividing
 # by the standard deviation gives every batch weights of the same scale; with plain SGD
 # the step then no longer grows with the returns (it still scales with the gradients
-# of the log-probabilities). Adam divides its running average of the gradients by the
-# root of an average of their past squares, so a *constant* scale would cancel anyway.
-# But the returns' scale changes during training: with $\gamma = 0.99$ a discounted
-# return is at most about 100, and it grows from below 20 (episodes of about 20 steps)
-# towards 100 as episodes get longer. A run here lasts at most 63 updates (the budget of
-# 1,000 episodes set below, in batches of 16; the last batch may take it to 1,008), far
-# fewer than the 1,000 or so over which Adam's average of squares forgets (`beta2` =
-# 0.999); its bias-corrected average therefore weights all updates so far almost
-# equally, and lags behind that change.
+# of the log-probabilities). The aside below explains why Adam's own rescaling does
+# not cancel a scale that changes during training.
+
+# %% [markdown] tags=["box-dropdown"]
+# <details>
+# <summary>Aside: normalised returns and Adam's own rescaling</summary>
 #
+# Adam divides its running average of the gradients by the root of an average of their
+# past squares, so a *constant* scale would cancel anyway. But the returns' scale
+# changes during training: with $\gamma = 0.99$ a discounted return is at most about
+# 100, and it grows from below 20 (episodes of about 20 steps) towards 100 as episodes
+# get longer. A run here lasts at most 63 updates (the budget of 1,000 episodes set
+# below, in batches of 16; the last batch may take it to 1,008), far fewer than the
+# 1,000 or so over which Adam's average of squares forgets (`beta2` = 0.999); its
+# bias-corrected average therefore weights all updates so far almost equally, and lags
+# behind that change.
+#
+# </details>
+
+# %% [markdown]
 # Now the terminated/truncated distinction in numbers. Take an episode that survived all
 # 500 steps and was truncated. Treated as if it had terminated, the return after the last
 # step is 0, so the last actions look worthless; yet the final state was as good as the
@@ -469,9 +479,9 @@ for t in (0, 250, 450, 499):
 # >   their own mean, so in every episode, even one that lasts all 500 steps, the late
 # >   actions get negative weights (the printout in section 7.3).
 # > - It computes the returns of a time-out as if the pole had fallen (section 7.3).
-# >   Versions from September 2022 to August 2025 went further: they ended an episode only
-# >   on `terminated`, so episodes ran past the 500-step limit, up to the script's own cap
-# >   of 10,000 steps.
+# >   Earlier versions (commit `2f5815e`, for one) went further: they ended an episode
+# >   only on `terminated`, so episodes ran past the 500-step limit, up to the script's
+# >   own cap of 10,000 steps.
 # > - Its policy ends in `F.softmax` and samples from `Categorical(probs)` (section 7.2).
 # > - Its policy has `Dropout(p=0.6)`, never switched off, so every action is sampled from a
 # >   randomly thinned network.
@@ -689,24 +699,34 @@ print(f"{len(batch_states)} steps, loss {loss.item():+.4f}")
 # **One step per batch.** The expectation in the policy gradient is over episodes played
 # by $\pi_\theta$ with the *current* $\theta$. After one optimizer step the batch was
 # played by an older policy and no longer estimates the new gradient. Reusing it exactly
-# would need importance sampling: weighting each reward $r_k$ in $G_t$ by the product
-# of the probability ratios
-# $\pi_{\theta_\text{new}}(a_j \mid s_j) / \pi_{\theta_\text{old}}(a_j \mid s_j)$
-# over all steps $j \le k$ of the episode (per-decision importance sampling), which
-# corrects the actions taken and, through them, the states visited and the rewards
-# that followed. Weighting step $t$ by the ratios up to $t$ alone corrects where the
-# episode was, not what the old policy did after it. Those products grow or shrink
-# fast, so methods
-# that reuse batches use the single ratio of step $t$ instead, which is accurate only
-# while the two policies stay close; PPO's clipped loss removes the incentive to push
-# that ratio far from 1. It does not bound the ratio (shared weights can still move the
-# policy far), which is why some PPO implementations, Spinning Up's
-# [PPO](https://spinningup.openai.com/en/latest/algorithms/ppo.html) for one, also stop
-# a batch's steps early once an estimated KL divergence passes a target.
+# would need importance sampling (the aside below), whose weights grow or shrink fast;
+# methods that reuse batches, such as PPO, use an approximation that holds only while
+# the new policy stays close to the old one.
 # REINFORCE is **on-policy**: one gradient step per batch, then the batch is thrown
 # away. Exercise 1 measures how far ten steps on each batch move the policy, as a KL
 # divergence, and compares one step at a ten times larger learning rate.
+
+# %% [markdown] tags=["box-dropdown"]
+# <details>
+# <summary>Aside: reusing a batch with importance sampling</summary>
 #
+# Reusing a batch exactly means weighting each reward $r_k$ in $G_t$ by the product of
+# the probability ratios
+# $\pi_{\theta_\text{new}}(a_j \mid s_j) / \pi_{\theta_\text{old}}(a_j \mid s_j)$
+# over all steps $j \le k$ of the episode (per-decision importance sampling), which
+# corrects the actions taken and, through them, the states visited and the rewards that
+# followed. Weighting step $t$ by the ratios up to $t$ alone corrects where the episode
+# was, not what the old policy did after it. Those products grow or shrink fast, so
+# methods that reuse batches use the single ratio of step $t$ instead, which is accurate
+# only while the two policies stay close; PPO's clipped loss removes the incentive to
+# push that ratio far from 1. It does not bound the ratio (shared weights can still move
+# the policy far), which is why some PPO implementations, Spinning Up's
+# [PPO](https://spinningup.openai.com/en/latest/algorithms/ppo.html) for one, also stop
+# a batch's steps early once an estimated KL divergence passes a target.
+#
+# </details>
+
+# %% [markdown]
 # ### The training loop, with validation
 #
 # `reinforce_update` packs the cell above into a function: `batch_tensors` gathers every
@@ -1149,8 +1169,9 @@ for 4.3 standard errors at the 5% level), so even a larger difference would be w
 evidence. The verdict of this run: {{baseline_verdict}}.
 
 The largest fall-back of the validation score was {{plain_fall_back}} for plain
-REINFORCE and {{baseline_fall_back}} with the baseline. Each is one update of one
-run; with three runs per version, neither number says which version is more stable.
+REINFORCE and {{baseline_fall_back}} with the baseline. Each is one drop in one run
+(it may build up over several updates); with three runs per version, neither number
+says which version is more stable.
 The bootstrap of a time-out, the same in both versions, acts only on truncated
 training episodes: {{plain_truncated}} of the {{plain_played}} training
 episodes of the plain runs and {{baseline_truncated}} of the
@@ -1235,11 +1256,11 @@ probed = collect_episodes(probe_envs, frozen, device)
 probe_envs.close()
 fit_episodes, measured = probed[:n_probe], probed[n_probe:]
 
-# A fresh value network, fitted to the returns of this policy's own episodes.
-scale = 1 / (1 - gamma)
+# A fresh value network, fitted to the returns of this policy's own episodes,
+# computed as in training: a time-out bootstraps 1 / (1 - gamma) (batch_returns).
+scale = 1 / (1 - settings.gamma)
 fit_states, _ = batch_tensors(fit_episodes, device)  # (M, 4)
-fit_returns = [discounted_returns(e.rewards, gamma) for e in fit_episodes]
-fit_returns = torch.cat(fit_returns).to(device)  # (M,)
+fit_returns = batch_returns(fit_episodes, settings)  # (M,)
 probe_value = make_value(settings.hidden).to(device)
 probe_optimizer = torch.optim.Adam(probe_value.parameters(), lr=lr)
 probe_value.train()
@@ -1253,8 +1274,8 @@ for _ in range(300):
 
 # Three weightings of the same 64 measured episodes.
 probe_value.eval()
-probe_returns = [discounted_returns(e.rewards, gamma) for e in measured]
-probe_returns = [g.to(device) for g in probe_returns]
+# one episode at a time, so each keeps its own (T,) returns
+probe_returns = [batch_returns([e], settings) for e in measured]
 predictions = []  # V(s_t) for every step of every measured episode
 with torch.no_grad():
     for e in measured:
@@ -1285,11 +1306,23 @@ all_returns, all_predictions = torch.cat(probe_returns), torch.cat(predictions)
 squared_error = ((all_returns - all_predictions) ** 2).mean()
 r2 = (1 - squared_error / all_returns.var()).item()
 probe_length = np.mean([len(e.actions) for e in measured])
+probe_truncated = sum(e.truncated for e in probed)
 constant_gain = variance["G_t"] / variance["G_t - b"]
 value_share = variance["G_t - V(s_t)"] / variance["G_t - b"]
 record("snapshot_update", halfway)
 record("kept_updates", len(kept_history["weights"]))
 record("probe_length", probe_length, fmt="{:.0f}")
+if probe_truncated:
+    probe_bootstrap = (
+        f"the time-out bootstrapped in the {probe_truncated} of the "
+        f"{len(probed)} probe episodes that reached 500 steps"
+    )
+else:
+    probe_bootstrap = (
+        f"none of the {len(probed)} probe episodes reached 500 steps, so none "
+        "needed the time-out's bootstrap"
+    )
+record("probe_bootstrap", probe_bootstrap)
 record("value_r2", r2, fmt="{:.2f}")
 record("constant_gain", constant_gain, fmt="{:.1f}")
 record(
@@ -1301,7 +1334,8 @@ record(
 record("value_gain", 1 / value_share, fmt="{:.1f}")
 print(
     f"snapshot after update {halfway} of {len(kept_history['weights'])}; "
-    f"measured episodes last {probe_length:.0f} steps on average"
+    f"measured episodes last {probe_length:.0f} steps on average; "
+    f"{probe_truncated} of all {len(probed)} probe episodes were truncated"
 )
 print(f"value network R^2 on the measured episodes: {r2:.2f}")
 for name, v in variance.items():
@@ -1330,7 +1364,8 @@ assert signal > 0.25 * mean_norm2, (signal, mean_norm2)
 prose(
     r"""
 At the snapshot (after update {{snapshot_update}} of the kept run's
-{{kept_updates}}, episodes of {{probe_length}} steps on average), subtracting
+{{kept_updates}}, episodes of {{probe_length}} steps on average; the returns are
+computed as in training: {{probe_bootstrap}}), subtracting
 the one constant $b$ already cut the total variance {{constant_gain}}-fold: that is
 what the mean subtraction of normalisation buys plain REINFORCE. The value network
 explained a fraction $R^2$ = {{value_r2}} of the returns' variance on episodes it
@@ -1406,8 +1441,8 @@ print(
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The training episodes are played by the *sampling* policy, which keeps trying the less
-likely action now and then: {{share_below}} of them (after the first batch)
+The training episodes are played by the *sampling* policy, which often tries the less
+likely action (exercise 3 measures how often): {{share_below}} of them (after the first batch)
 returned less than the greedy validation score of the very weights that played them.
 (The two are also measured on different start states.) That exploration is what lets
 REINFORCE discover better actions at all. The trailing mean averages the last 32
@@ -1635,6 +1670,15 @@ else:
 record("boundary_slope", slope, fmt="{:+.2f}")
 record("boundary_intercept", intercept, fmt="{:+.2f}")
 record("boundary_shift", omega_shift, fmt="{:.2f}")
+# the fitted line crosses omega = 0 at theta = -intercept / slope (slope < 0)
+if intercept <= 0:
+    lean_right = "a pole that leans right at all"
+else:
+    lean_right = (
+        f"a pole that leans right by more than {-intercept / slope:.3f} rad "
+        "(where the fitted line crosses zero angular velocity)"
+    )
+record("lean_right", lean_right)
 record("episode_theta", np.abs(theta_seen).max(), fmt="{:.3f}")
 record("episode_omega", np.abs(omega_seen).max(), fmt="{:.2f}")
 record("unsure_fraction", unsure, fmt="{:.0%}")
@@ -1662,8 +1706,8 @@ the switching angular velocity moves by only {{boundary_shift}} rad/s, while the
 map spans 3 rad/s. So the decision depends mostly on the angular velocity: push right
 when the pole swings to the right, left when it swings to the left, which moves the
 cart under the falling pole. The angle shifts the switching point: the slope is
-negative, so a pole that leans right gets a push to the right even while it still
-swings slightly to the left.
+negative, so {{lean_right}} gets a push to the right even while it still swings
+slightly to the left.
 
 The greedy episode stays within {{episode_theta}} rad of vertical and
 {{episode_omega}} rad/s of angular velocity (the right panel's rectangle, drawn

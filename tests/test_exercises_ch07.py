@@ -21,7 +21,12 @@ from helpers.exercises.ch07 import (
     check_multi_step_update,
     check_paired_test,
 )
-from helpers.exercises.ch07_reference import CheckSettings, expect_number
+from helpers.exercises.ch07_reference import (
+    CheckSettings,
+    DriftLeftPolicy,
+    expect_number,
+    long_episodes_reference,
+)
 from helpers.rl import Episode, discounted_returns
 
 STARTERS = starter_cells("07")
@@ -85,6 +90,8 @@ def make_multi_step_update(steps, log, mistake=None):
     def update(batch, policy, optimizer, settings):
         states, actions = batch_tensors(batch, settings.device)
         returns = batch_returns(batch, settings)
+        if mistake == "no bootstrap":  # discounted_returns alone: a time-out counts as a fall
+            returns = torch.cat([discounted_returns(e.rewards, settings.gamma) for e in batch])
         with torch.no_grad():
             before = Categorical(logits=policy(states))
         for _ in range(1 if mistake == "one step" else steps):
@@ -121,6 +128,7 @@ def test_7_1_the_reference_passes_and_says_what_it_measured():
         ("zero", "the KL is 0"),
         ("entropy after", "entropy after the steps"),
         ("one step", "one step, not 3"),
+        ("no bootstrap", "the truncated episode was not bootstrapped: use batch_returns"),
     ],
 )
 def test_7_1_each_usual_mistake_gets_its_hint(mistake, hint):
@@ -274,6 +282,9 @@ def test_7_3_a_reader_who_uses_numpys_default_std_gets_the_hint():
 # --- 7.4 ------------------------------------------------------------------------------
 
 
+OUTPUTS = ("lengths", "furthest", "last_states")
+
+
 def long_episodes(policy, n, seed, time_limit, device, mistake=None):
     limit = {} if mistake == "no limit" else {"max_episode_steps": time_limit}
     envs = gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode="vector_entry_point", **limit)
@@ -285,10 +296,15 @@ def long_episodes(policy, n, seed, time_limit, device, mistake=None):
             actions = policy(torch.as_tensor(observations)).argmax(dim=1).numpy()
         previous = observations
         observations, _, terminated, truncated, _ = envs.step(actions)
-        counted = np.ones(n, dtype=bool) if mistake == "unmasked" else alive
-        lengths += counted
-        furthest = np.where(counted, np.maximum(furthest, np.abs(observations[:, 0])), furthest)
-        ended = (terminated | truncated) & counted
+        # "unmasked ...": that output goes on recording after the copy restarted
+        everyone = np.ones(n, dtype=bool)
+        counted = {
+            name: everyone if mistake in ("unmasked", f"unmasked {name}") else alive for name in OUTPUTS
+        }
+        lengths += counted["lengths"]
+        x = np.abs(observations[:, 0])
+        furthest = np.where(counted["furthest"], np.maximum(furthest, x), furthest)
+        ended = (terminated | truncated) & counted["last_states"]
         last[ended] = (previous if mistake == "before" else observations)[ended]
         alive &= ~(terminated | truncated)
     envs.close()
@@ -299,20 +315,38 @@ def long_episodes(policy, n, seed, time_limit, device, mistake=None):
 
 def test_7_4_the_reference_passes_on_episodes_that_end_both_ways():
     verdict = check_long_episodes(long_episodes)
-    assert verdict.passed and "3 of them ended before the limit of 200" in verdict.message
+    assert verdict.passed and "6 of them ended before the limit of 200" in verdict.message
+    assert "5 of those copies ended again after restarting" in verdict.message
 
 
 @pytest.mark.parametrize(
-    ("mistake", "hint"),
+    ("mistake", "output", "hint"),
     [
-        ("unmasked", "stop recording an episode once it ended"),
-        ("no limit", "max_episode_steps=200"),
-        ("before", "states before the last step"),
+        ("unmasked", "lengths", "stop recording an episode once it ended"),
+        ("no limit", "lengths", "max_episode_steps=200"),
+        ("before", "last_states", "states before the last step"),
     ],
 )
-def test_7_4_each_usual_mistake_gets_its_hint(mistake, hint):
+def test_7_4_each_usual_mistake_gets_its_hint(mistake, output, hint):
     verdict = check_long_episodes(lambda *args: long_episodes(*args, mistake=mistake))
-    assert verdict.status == "failed" and hint in verdict.hint
+    assert verdict.status == "failed" and f"`{output}`" in verdict.message and hint in verdict.hint
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_7_4_recording_after_a_restart_is_caught_in_each_output_alone(output):
+    # the other two outputs right: only this one keeps recording after its copy restarted
+    verdict = check_long_episodes(lambda *args: long_episodes(*args, mistake=f"unmasked {output}"))
+    assert verdict.status == "failed" and verdict.message.startswith(f"`{output}`")
+    assert "stop recording an episode once it ended" in verdict.hint
+
+
+def test_7_4_the_checkers_policy_ends_some_episodes_early_and_restarted_copies_differ():
+    ref = long_episodes_reference(DriftLeftPolicy(), 8, 7_014, 200)
+    assert (ref["lengths"] <= 10).sum() >= 2 and (ref["lengths"] == 200).sum() >= 2
+    assert (ref["all_furthest"] - ref["furthest"]).abs().max() > 0.1
+    assert (ref["last_end"] - ref["last_states"]).abs().max() > 0.1
+    assert (ref["ends"] > 1).sum() >= 1
+    assert list(DriftLeftPolicy().parameters())  # a reader's code may ask for its device
 
 
 def test_7_4_other_wrong_answers_fail_without_a_hint():

@@ -27,6 +27,7 @@ from helpers.exercises.ch07_reference import (
     Z_POWER,
     Z_TWO_SIDED,
     CheckSettings,
+    DriftLeftPolicy,
     batch_of,
     entropy,
     expect_number,
@@ -75,14 +76,20 @@ def check_multi_step_update(make_multi_step_update: Callable[[int, list], Any]) 
         _run_update(update, batch, policy, settings)
         states, actions, returns = batch_of(batch, settings.gamma)
         loss = reinforce_loss(actions, normalised(returns, settings.eps))
-        played = [reference]  # the policy that played the batch, then after each step
+        ends_in_zero = batch_of(batch, settings.gamma, bootstrap=False)[2]
+        no_bootstrap = reinforce_loss(actions, normalised(ends_in_zero, settings.eps))
+        played, unbootstrapped = [reference], reference  # played: then after each step
         for _ in range(steps):
             played.append(stepped(played[-1], loss, states))
+            unbootstrapped = stepped(unbootstrapped, no_bootstrap, states)
         reference = played[-1]
         with torch.no_grad():
             old, before_last, new = (log_probs(p, states) for p in (played[0], played[-2], played[-1]))
-        moved_once = {f"the policy moved by one step, not {steps}": flat(played[1])}
-        _expect_params(policy, flat(reference), f"the parameters after update {call + 1}", moved_once)
+        wrong_steps = {
+            f"the policy moved by one step, not {steps}": flat(played[1]),
+            "the truncated episode was not bootstrapped: use batch_returns": flat(unbootstrapped),
+        }
+        _expect_params(policy, flat(reference), f"the parameters after update {call + 1}", wrong_steps)
         expect(
             isinstance(log, list) and len(log) == call + 1,
             f"after {call + 1} update(s) `log` should hold {call + 1} entries, got {log!r}",
@@ -189,14 +196,15 @@ def check_paired_test(paired_test: Callable[[torch.Tensor, torch.Tensor], Any]) 
 
 @checker("7.4", "long_episodes")
 def check_long_episodes(long_episodes: Callable[..., Any]) -> str:
-    """Lengths, furthest |x| and final states of 8 greedy episodes under a time limit of 200."""
-    with torch.random.fork_rng(devices=[]):  # leave the global generator as it was
-        policy = nn.Linear(4, 2)  # push right when the pole swings right
-    with torch.no_grad():
-        policy.weight.zero_()
-        policy.bias.zero_()
-        policy.weight[1, 3] = 1.0
-    n, seed, limit = 8, 7_004, 200
+    """Lengths, furthest |x| and final states of 8 greedy episodes under a time limit of 200.
+
+    The policy balances some episodes to the limit and drops others within about 10 steps
+    (``DriftLeftPolicy``); the copies that end early restart, then end again or get further
+    from the centre than in their first episode, so recording after a restart shows in
+    each of the three outputs on its own.
+    """
+    policy = DriftLeftPolicy()
+    n, seed, limit = 8, 7_014, 200
     got = long_episodes(policy, n, seed, limit, CPU)
     expect(
         isinstance(got, tuple) and len(got) == 3,
@@ -224,10 +232,11 @@ def check_long_episodes(long_episodes: Callable[..., Any]) -> str:
         expect_tensor(value, ref[name], f"`{name}`", atol=1e-6, check_dtype=False, mistakes=mistakes[name])
     lengths = evaluate_policy(policy, n, seed, time_limit=limit).double()
     expect_tensor(ref["lengths"], lengths, "the reference's lengths (a defect in the checker)")
-    early = int((lengths < limit).sum())
+    early, twice = int((lengths < limit).sum()), int((ref["ends"] > 1).sum())
     return (
         f"matches a reference on {n} greedy episodes, {early} of them ended before the limit of {limit} "
-        "steps: their lengths, furthest |x| and final states"
+        f"steps (and {twice} of those copies ended again after restarting): their lengths, "
+        "furthest |x| and final states"
     )
 
 

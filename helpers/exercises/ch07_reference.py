@@ -79,13 +79,17 @@ def made_up_episodes(
     return episodes
 
 
-def batch_of(episodes: list[Episode], gamma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """States (N, 4), actions (N,), returns (N,); a time-out bootstraps 1 / (1 - gamma)."""
+def batch_of(
+    episodes: list[Episode], gamma: float, bootstrap: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """States (N, 4), actions (N,), returns (N,); a time-out bootstraps 1 / (1 - gamma)
+    (with ``bootstrap=False``, what forgetting it gives: every return ends in 0)."""
     states = torch.as_tensor(np.concatenate([e.states[:-1] for e in episodes]))
     actions = torch.as_tensor(np.concatenate([e.actions for e in episodes]))
     forever = 1 / (1 - gamma)
     returns = [
-        discounted_returns(e.rewards, gamma, bootstrap=forever if e.truncated else 0.0) for e in episodes
+        discounted_returns(e.rewards, gamma, bootstrap=forever if bootstrap and e.truncated else 0.0)
+        for e in episodes
     ]
     return states, actions, torch.cat(returns)
 
@@ -152,13 +156,36 @@ def per_episode_gradients(
     return torch.stack(rows)
 
 
+class DriftLeftPolicy(nn.Module):
+    """Greedy logits (B, 4) -> (B, 2): push right when the pole swings right (omega > 0),
+    except when the cart is more than ``x0`` metres left of the centre: then push left.
+
+    A cart that drifts left of ``-x0`` is pushed further left, so its pole falls within
+    about 10 steps; the others balance for a long time. Copies whose first episode ends
+    early therefore restart and often end again, or get further from the centre, before
+    the slowest first episode is over. One parameter, the logit scale, so that code that
+    asks the policy for its parameters (its device) works.
+    """
+
+    def __init__(self, x0: float = 0.02) -> None:
+        super().__init__()
+        self.x0 = x0
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        right = (states[:, 3] > 0) & (states[:, 0] > -self.x0)  # (B,)
+        zero = torch.zeros_like(states[:, 0])
+        return self.scale * torch.stack([zero, right.to(states.dtype)], dim=1)
+
+
 def long_episodes_reference(policy: nn.Module, n: int, seed: int, time_limit: int) -> dict[str, torch.Tensor]:
     """Greedy play in ``n`` copies until every first episode ended; then read each one off the record.
 
     Returns float64 tensors: ``lengths``, ``furthest`` (largest |x|, start included) and
     ``last_states`` (n, 4), and what three mistakes give: ``before_last`` (the state before
     the last step), ``every_step`` (lengths counted for every copy), ``all_furthest`` and
-    ``last_end`` (recording on after the copy restarted).
+    ``last_end`` (recording on after the copy restarted); ``ends`` counts how often each
+    copy ended before the record stops.
     """
     envs = gym.make_vec(
         "CartPole-v1", n, vectorization_mode="vector_entry_point", max_episode_steps=time_limit
@@ -186,5 +213,6 @@ def long_episodes_reference(policy: nn.Module, n: int, seed: int, time_limit: in
         "every_step": np.full(n, last),
         "all_furthest": x.max(axis=0),
         "last_end": states[latest, columns],
+        "ends": ended.sum(axis=0),
     }
     return {name: torch.as_tensor(value, dtype=torch.float64) for name, value in found.items()}
