@@ -2926,7 +2926,9 @@ assert sizes["non-saturating"] > 10 * sizes["saturating"]
 # `ConvTranspose2d(32, 16, 4, stride=2, padding=1)` (14 × 14) → batch norm, ReLU →
 # `ConvTranspose2d(16, 1, 4, stride=2, padding=1)` (28 × 28) → `tanh`, and a discriminator
 # `Conv2d(1, 16, 4, 2, 1)` → LeakyReLU → `Conv2d(16, 32, 4, 2, 1)` → batch norm, LeakyReLU
-# → flatten → `Linear(32*7*7, 1)`, with no bias in the layers that batch norm follows.
+# → flatten → `Linear(32*7*7, 1)`, with no bias in the convolutions that batch norm
+# follows. (A per-channel norm cancels only a per-channel bias: the first `Linear`'s
+# 1,568 biases, one per position, are not redundant and stay.)
 # Time one full GAN training step (both updates, batch of 64) for it and for fresh MLP
 # networks with `helpers.timing.best_time`. Then train the convolutional pair for 250
 # steps with section 6.3's loader and Adam settings, score its latest weights with
@@ -2954,7 +2956,7 @@ check_make_conv_gan(make_conv_gan)
 def make_conv_gan(noise_dim: int) -> tuple[nn.Module, nn.Module]:
     """A small DCGAN-style (generator, discriminator) pair for 28 × 28."""
     conv_generator = nn.Sequential(
-        nn.Linear(noise_dim, 32 * 7 * 7, bias=False),
+        nn.Linear(noise_dim, 32 * 7 * 7),  # a bias per position, kept
         nn.Unflatten(1, (32, 7, 7)),  # (B, 1568) -> (B, 32, 7, 7)
         nn.BatchNorm2d(32),
         nn.ReLU(),

@@ -246,10 +246,10 @@ def conv_gan(noise_dim, *, mistake: str | None = None):
     class Generator(nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc = nn.Linear(noise_dim, 32 * 7 * 7, bias=mistake == "bias")
+            self.fc = nn.Linear(noise_dim, 32 * 7 * 7, bias=mistake != "no linear bias")
             self.bn1, self.bn2 = nn.BatchNorm2d(32), nn.BatchNorm2d(16)
             kernel, pad = (3, 1) if mistake == "kernel 3" else (4, 1)
-            self.up1 = nn.ConvTranspose2d(32, 16, kernel, 2, pad, bias=False)
+            self.up1 = nn.ConvTranspose2d(32, 16, kernel, 2, pad, bias=mistake == "bias")
             self.up2 = nn.ConvTranspose2d(16, 1, kernel, 2, pad)
 
         def forward(self, z):
@@ -277,7 +277,7 @@ def conv_gan(noise_dim, *, mistake: str | None = None):
 
 def test_conv_gan_right_answer_passes(capsys):
     assert check_make_conv_gan(conv_gan)
-    assert "27,361 and 10,097 parameters as specified" in capsys.readouterr().out
+    assert "28,929 and 10,097 parameters as specified" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

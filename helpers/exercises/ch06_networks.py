@@ -30,7 +30,7 @@ def within(gap: float) -> str:
 def _reference_conv_gan(noise_dim: int) -> tuple[nn.Module, nn.Module]:
     """Exercise 6.4's pair as specified, to count its parameters."""
     generator = nn.Sequential(
-        nn.Linear(noise_dim, 32 * 7 * 7, bias=False),
+        nn.Linear(noise_dim, 32 * 7 * 7),  # one bias per position: the norm keeps them
         nn.Unflatten(1, (32, 7, 7)),
         nn.BatchNorm2d(32),
         nn.ReLU(),
@@ -103,9 +103,9 @@ def conv_gan_facts(make_conv_gan: Callable[[int], tuple[nn.Module, nn.Module]]) 
         "Return the logit: nn.BCEWithLogitsLoss applies the sigmoid itself, more stably.",
     )
     # name: (network, its kind of convolution, how many, batch norms, the sizes of the
-    # biases that the layers before a batch norm must not have)
+    # per-channel biases that the convolutions before a batch norm must not have)
     layers = {
-        "generator": (generator, nn.ConvTranspose2d, 2, 2, (32 * 7 * 7, 16)),
+        "generator": (generator, nn.ConvTranspose2d, 2, 2, (16,)),
         "discriminator": (discriminator, nn.Conv2d, 2, 1, (32,)),
     }
     reference = dict(zip(layers, _reference_conv_gan(noise_dim), strict=True))
@@ -125,10 +125,10 @@ def conv_gan_facts(make_conv_gan: Callable[[int], tuple[nn.Module, nn.Module]]) 
         extra = {sum(c) for r in range(1, len(biases) + 1) for c in itertools.combinations(biases, r)}
         expect(
             got - want not in extra,
-            f"the {name} has {got - want:,} parameters too many: the biases of layers that a batch "
-            "norm follows",
-            "Use bias=False there: the batch norm subtracts the mean, which cancels the bias, "
-            "and adds its own shift.",
+            f"the {name} has {got - want:,} parameters too many: the biases of convolutions that a "
+            "batch norm follows",
+            "Use bias=False there: the batch norm subtracts each channel's mean, which cancels a "
+            "convolution's bias (one per channel), and adds its own shift.",
         )
         expect(got == want, f"the {name} has {got:,} parameters, the specified one {want:,}", unregistered)
     discriminator(generator(z)).mean().backward()
