@@ -148,9 +148,10 @@ def test_a_reader_fills_in_a_starter_in_jupyterlab_and_the_checker_answers(brows
     starter = _starter("01", 2)
     head, call = starter.split("    raise NotImplementedError  # your code here\n")
     notebook = READER / "_reader_tries_exercise_1_3.ipynb"
+    setup_source = "import torch  # the chapter's setup cell, in short\nprint('ready')"
     setup, cell = (
         {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": source}
-        for source in ("import torch  # the chapter's setup cell, in short", starter)
+        for source in (setup_source, starter)
     )
     notebook.write_text(json.dumps({
         "cells": [setup, cell], "nbformat": 4, "nbformat_minor": 5,
@@ -161,8 +162,8 @@ def test_a_reader_fills_in_a_starter_in_jupyterlab_and_the_checker_answers(brows
         page.goto(f"{jupyterlab}/lab/tree/{notebook.name}", timeout=120_000)
         cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell")
         cells.first.wait_for(timeout=120_000)
-        cells.first.locator(".cm-content").click()
-        page.keyboard.press("Shift+Enter")
+        # Run the setup cell and wait for its output: the kernel may still be starting.
+        assert "ready" in _run_and_read(page, cells.first, setup_source, "ready")
         cell = cells.nth(1)
         untouched = _run_and_read(page, cell, starter, "Exercise 1.3")
         assert "… Exercise 1.3: not attempted yet: fill in `logsumexp_rows` above" in untouched
