@@ -38,7 +38,9 @@ _COUNTS_AXIS = (
     "you divided column j by the count of class j: the (C,) counts broadcast along the last "
     "dimension. Divide row k by its count with counts[:, None], shape (C, 1)."
 )
-_THREE_CLASSES = "the function ignores num_classes: use torch.arange(num_classes), not arange(3)."
+_THREE_CLASSES = (
+    "the function ignores num_classes: use torch.arange(num_classes, device=labels.device), not arange(3)."
+)
 _EMPTY_NAN = (
     "an empty class has count 0, and 0 / 0 is nan, which spreads into every later sum or "
     "distance that touches it. Its feature sum is 0 anyway: divide by counts.clamp(min=1), "
