@@ -113,7 +113,9 @@ def check_accumulated_epoch(accumulated_epoch: Callable[..., Any]) -> str:
             "micro-batches, so its step came out too short; divide by the number of "
             "micro-batches in the group": ref.accumulated_with("k"),
             "divide each micro-batch's loss by the number of micro-batches in its group: "
-            "summed, the mean losses give that many times the batch's gradient": ref.accumulated_with("none"),
+            "summed, the mean losses give that many times the batch's gradient (this assumes "
+            "micro-batches of equal size; with a short one, weight each loss by its share of "
+            "the group's examples, as section 2.7 showed)": ref.accumulated_with("none"),
             "the gradients were not reset after a step, so each step also took in the earlier "
             "groups' gradients: call zero_grad() after optimizer.step()": ref.accumulated_with(zero="never"),
             "zero_grad() before every backward discards the earlier micro-batches of the group: "
