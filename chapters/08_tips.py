@@ -42,7 +42,8 @@
 # > runs to time); `best_time` is shorter to read.
 # > Three kinds are single readings, because what they measure happens once: a data
 # > loader's first epoch (which includes starting its workers), the first call of a
-# > compiled model, and the start of a fresh Python process. The numbers come from the
+# > compiled model, and the start of a fresh Python process. Section 8.1's sweep over
+# > batch sizes is a single `best_time` reading per size too. The numbers come from the
 # > machine that built this page (the setup cell prints what it was) and vary with the
 # > hardware and with whatever else runs at the same time; run the notebook yourself and
 # > yours will differ. So every comparison of two of this run's timings is put into
@@ -338,8 +339,8 @@ if (
     and cpu_per_sample[4096] > 1.1 * cpu_per_sample[cpu_best_batch]
 ):
     large_batch_sentence = (
-        "At 4,096 the time per sample rose again, to "
-        f"{cpu_per_sample[4096] * 1e6:.2f} µs. Two likely causes: a batch "
+        "In this single reading, at 4,096 the time per sample rose again, "
+        f"to {cpu_per_sample[4096] * 1e6:.2f} µs. Two likely causes: a batch "
         "this large no longer fits in the CPU's fast caches (each hidden "
         "activation is 4,096 x 256 x 4 bytes = 4 MiB), or other programs "
         "competed for the CPU while it was timed. This run did not separate "
@@ -1134,10 +1135,11 @@ worth noting too: the fresh process needed {{spawn_import_s}} s, mostly to impor
 torch, and a spawned worker pays that at every start, which is where
 `persistent_workers=True` pays most: without it, on a platform that spawns its
 workers (or starts them from a fork server that has not imported torch), every
-epoch starts them anew and pays about {{spawn_import_s}} s per worker again, on
-top of its loading. (A *script* that uses spawned workers must also
-put its top-level code under `if __name__ == "__main__":`, because each spawned worker
-imports the script's main module.)
+epoch starts them anew and pays its workers' start-up again, about
+{{spawn_import_s}} s each, started in parallel, on top of its loading. (A
+*script* that uses spawned workers must also put its top-level code under
+`if __name__ == "__main__":`, because each spawned worker imports the script's
+main module.)
 """
 )
 
@@ -2495,13 +2497,29 @@ if step_compile_skip is None:
         f"{without['eager'] * 1e3:.2f} ms, {plain_verdict} eager."
     )
     step_compile_sentence = " ".join([step_compile_sentence, dropout_reading])
+    step_pair = (
+        f"{masked['compiled'] * 1e3:.2f} ms against "
+        f"{masked['eager'] * 1e3:.2f} ms eager per step"
+    )
+    if step_verdict.endswith("slower than"):
+        step_fusion_sentence = (
+            "with dropout was slower here, not faster: " + step_pair
+        )
+    elif step_verdict.endswith("faster than"):
+        step_fusion_sentence = f"with dropout was faster here: {step_pair}"
+    else:
+        step_fusion_sentence = (
+            f"with dropout gained nothing measurable here: {step_pair}"
+        )
 else:
     step_verdict = plain_verdict = "not measured"
     step_summary = "was not measured"
     step_compile_sentence = f"Not measured here: {step_compile_skip}."
+    step_fusion_sentence = "was not measured"
 print(step_compile_sentence)
 record("step_compile_sentence", step_compile_sentence)
 record("step_summary", step_summary)
+record("step_fusion_sentence", step_fusion_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -3839,8 +3857,8 @@ step divides its time.
 Many small element-wise operators are the work a compiler fuses: Inductor can merge
 the mask, the multiplication and the ReLU into one kernel that passes over the data
 once. Fusion saves passes over memory and calls; where drawing the random numbers is
-the cost, it saves little. In section 8.5 the compiled training step
-{{step_summary}}. Fused optimizers
+the cost, it saves little, and the compiler's own code can cost more. In section
+8.5 the compiled training step {{step_fusion_sentence}}. Fused optimizers
 (`torch.optim.AdamW(..., fused=True)`, on CUDA and, in recent PyTorch versions, on
 the CPU) do the same for the update. For a timeline,
 `prof.export_chrome_trace("trace.json")` writes a file that Perfetto
@@ -4379,13 +4397,20 @@ for hidden in widths:
         f"{max(wide_rounds[hidden]) * 1e3:.2f}), {gflops[hidden]:5.1f} GFLOP/s"
     )
 print(f"rounds of one width differed by up to {round_spread:.0%}")
-# a width below the best by more than the rounds differed
-dips = [
-    h for h in widths if gflops[h] < max(gflops.values()) / (1 + round_spread)
-]
 l2 = l2_cache_bytes()
 fits = [h for h in widths if l2 is not None and 4 * h * h <= l2]
 spills = [h for h in widths if l2 is not None and 4 * h * h > l2]
+# only a width beyond the cache can dip because of it: one below the best by
+# more than the rounds differed
+dips = [
+    h for h in spills if gflops[h] < max(gflops.values()) / (1 + round_spread)
+]
+# below the cache, throughput that rises with width is per-call overhead
+# spread over more arithmetic
+rises = len(fits) > 1 and all(
+    gflops[wider] > gflops[narrower]
+    for narrower, wider in itertools.pairwise(fits)
+)
 if l2 is None:
     cache_answer = "This system does not report its L2 cache size."
 elif not fits or not spills:
@@ -4417,10 +4442,17 @@ else:
         f"The L2 cache holds {l2 / 2**20:.1f} MiB. Weight matrices that fit "
         f"in it reached up to {inside:.1f} GFLOP/s; " + verdict
     )
+if rises:
+    cache_answer += (
+        f" Among the widths that fit, throughput rose with width, from "
+        f"{gflops[fits[0]]:.1f} GFLOP/s at width {fits[0]} to "
+        f"{gflops[fits[-1]]:.1f} at width {fits[-1]}: the per-call overhead "
+        "spread over more arithmetic, not the cache."
+    )
 if dips:
     cache_answer += (
-        f" Below the best by more than the rounds of one width differed (up "
-        f"to {round_spread:.0%}): "
+        " Beyond the cache, below the best by more than the rounds of one "
+        f"width differed (up to {round_spread:.0%}): "
         + ", ".join(f"width {h} ({gflops[h]:.1f} GFLOP/s)" for h in dips)
         + ". Rerun to see whether a dip repeats before reading it as the "
         "cache's doing."
