@@ -206,7 +206,7 @@ assert lstm_error is not None
 # the previous chunk of a long stream; section 4.4 does that, with the one line training
 # then needs.
 #
-# ## 4.2 One step by hand: RNN and LSTM
+# ## 4.2 One step by hand: RNN, LSTM and GRU
 #
 # To be sure the formula above is what `nn.RNN` computes, apply it by hand for the first
 # two steps of a one-layer RNN. The weights are the module's own: `weight_ih_l0` is
@@ -1182,13 +1182,18 @@ def gain_words(
             else "not far from"
         )
         text = (
-            "more than two standard errors: a real edge. The LSTM's RMSE is"
+            "more than two standard errors: an edge beyond year-to-year noise"
+            " for this training seed (the standard error does not cover the"
+            " seed). The LSTM's RMSE is"
             f" {below_linear:.0%} below the linear model's (its MSE"
             f" {mse_below:.0%} lower), {relation} the {below_naive:.0%} by"
             " which it is below the naive forecast's"
         )
     else:
-        text = "less than two standard errors: over 40 years, not a clear win"
+        text = (
+            "less than two standard errors: within year-to-year noise for this"
+            " training seed, over 40 years not a clear win"
+        )
     record("sun_gain_text", text)
     # with 40 years, a correlation within about ±0.3 is indistinguishable from 0
     if rho > 0.3:
@@ -1476,6 +1481,14 @@ def progress_text(log: dict, chance: float) -> str:
 
 record("lstm_progress", progress_text(memory_logs["LSTM"], chance_mse))
 record("gru_progress", progress_text(memory_logs["GRU"], chance_mse))
+# how close the plain RNN is to chance, in words generated from the value
+if rnn_mse > 0.9 * chance_mse:
+    record("adding_rnn_vs_chance", "no better than chance")
+else:
+    record(
+        "adding_rnn_vs_chance",
+        f"close to chance ({rnn_mse / chance_mse:.0%} of it)",
+    )
 # the plain RNN stays at chance (about 1/6; 3/4 of it is above the one-number
 # level 1/12) while both gated networks solve the task
 assert rnn_mse > 0.75 * chance_mse and gated_mse < 0.03, (rnn_mse, memory_mse)
@@ -1484,8 +1497,8 @@ assert rnn_mse > 0.75 * chance_mse and gated_mse < 0.03, (rnn_mse, memory_mse)
 prose(
     r"""
 With sequences of 40 steps, the plain RNN's test MSE after
-{{adding_rnn_steps}} training steps is {{adding_rnn_mse}}, no better than
-chance ({{adding_chance_mse}}, the error of always answering 1 on these test
+{{adding_rnn_steps}} training steps is {{adding_rnn_mse}}, {{adding_rnn_vs_chance}}
+({{adding_chance_mse}}, the error of always answering 1 on these test
 sequences) and well above 1/12, the error of a network that reads the second marked
 number alone, although that number is never more than 20 steps before the end. The
 LSTM reached a test MSE of {{adding_lstm_mse}} (stopping after
@@ -1576,8 +1589,9 @@ strike; PyTorch's language-model example above clips too.
 # shrink vectors, the product shrinks geometrically with the distance. To see it, run
 # the layer one step at a time, keep every state, and ask autograd for the gradient of
 # the loss with respect to each one (`torch.autograd.grad(loss, states)`). This runs on
-# a float64 copy of the model on the CPU, so the measurement is the same whichever
-# device trained the model, and rounding error stays far below even the smallest
+# a float64 copy of the model on the CPU, so the measurement adds no device-dependent
+# rounding: the untrained curves are identical on every device, the trained ones
+# follow that device's run, and rounding error stays far below even the smallest
 # gradient in the picture.
 
 
@@ -2316,26 +2330,38 @@ record("names_acc_kept", acc_kept, fmt="{:.1%}")
 within = acc_kept - acc_low_loss < 2 * names_val_se
 record("names_epoch_noise", "less" if within else "more")
 record("names_val_se", 100 * names_val_se, fmt="{:.1f}")
+if loss_epoch == best_epoch:
+    epochs_text = (
+        "The validation loss was lowest, and the accuracy highest, at the"
+        f" same epoch, {loss_epoch}, with an accuracy of {acc_kept:.1%}, so"
+        " here the two measures pick the same weights; they need not."
+    )
+else:
+    epochs_text = (
+        f"The validation loss was lowest at epoch {loss_epoch}, where the"
+        f" accuracy was {acc_low_loss:.1%}; the accuracy was highest at epoch"
+        f" {best_epoch}, with {acc_kept:.1%}: a difference of"
+        f" {'less' if within else 'more'} than two standard errors of an"
+        f" accuracy on {n_val_names:,} names ({100 * names_val_se:.1f} points"
+        " each). That yardstick is a rough one: both accuracies are measured"
+        " on the same names, so a paired test (McNemar's, on the names the"
+        " two epochs disagree about) would be the exact comparison."
+    )
+record("names_epochs_text", epochs_text)
 record("names_wrong_share", wrong_share, fmt="{:.0%}")
 record("names_wrong_loss_share", wrong_loss_share, fmt="{:.0%}")
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The validation loss was lowest at epoch {{names_loss_epoch}}, where the accuracy
-was {{names_acc_low_loss}}; the accuracy was highest at epoch
-{{names_best_epoch}}, with {{names_acc_kept}}: a difference of
-{{names_epoch_noise}} than two standard errors of an accuracy on
-{{names_val_n}} names ({{names_val_se}} points each). That yardstick is a rough
-one: both accuracies are measured on the same names, so a paired test (McNemar's,
-on the names the two epochs disagree about) would be the exact comparison. The two measures ask
-different things. Accuracy only asks whether the right language scores highest;
-cross-entropy also charges for how confidently each wrong answer is given, and with
-the kept weights the {{names_wrong_share}} of validation names the model gets
-wrong account for {{names_wrong_loss_share}} of the validation loss. A model
-that grows more confident on everything, its mistakes included, can raise the loss
-through those mistakes even while more names come out right. The epoch is chosen on
-accuracy, the measure this task reports.
+{{names_epochs_text}} The two measures ask different things. Accuracy only
+asks whether the right language scores highest; cross-entropy also charges for
+how confidently each wrong answer is given, and with the kept weights the
+{{names_wrong_share}} of validation names the model gets wrong account for
+{{names_wrong_loss_share}} of the validation loss. A model that grows more
+confident on everything, its mistakes included, can raise the loss through those
+mistakes even while more names come out right. The epoch is chosen on accuracy,
+the measure this task reports.
 """
 )
 
@@ -2788,16 +2814,17 @@ print(
     "Answer: every window beats the naive "
     f"forecast; the {best_window}-year window"
 )
-print(
-    "has the lowest validation RMSE, so it is "
-    "the one to pick. Its gain over the others"
-)
 if within_noise:
     print(
-        "is less than two standard errors: with 40 years, a tie, not a result."
+        "has the lowest validation RMSE, but its gain over every other window"
     )
+    print("is less than two standard errors: tied within noise, so any of them")
+    print("would do; prefer the cheaper (shorter) window.")
 else:
-    print("is more than two standard errors over at least one of them.")
+    print(
+        "has the lowest validation RMSE, and its gain over at least one other"
+    )
+    print("is more than two standard errors, so it is the one to pick.")
 
 # %% [markdown]
 # **Exercise 3.** Is the plain RNN hopeless at the adding problem, or only at long

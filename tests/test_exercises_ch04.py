@@ -362,6 +362,19 @@ def test_scaled_copy_mistakes(answer, hint, message):
     assert failed(ch04.check_scaled_copy(answer), hint, message)
 
 
+def test_scaled_copy_rebuilding_the_chapter_network_gets_a_hint():
+    def scale_rebuilt(net, factor):
+        scaled = nn.Sequential()  # the chapter's size, not the checker's
+        scaled.rnn = nn.RNN(1, 32, batch_first=True)
+        scaled.head = nn.Linear(32, 1)
+        scaled.load_state_dict(net.state_dict())
+        with torch.no_grad():
+            scaled.rnn.weight_hh_l0.mul_(factor)
+        return scaled
+
+    assert failed(ch04.check_scaled_copy(scale_rebuilt), ch04.REBUILT, "size mismatch")
+
+
 def frozen(part):
     def scaled_copy(net, factor):
         scaled = scale_right(net, factor)

@@ -248,6 +248,7 @@ COPY = "copy.deepcopy(net), then scale the copy: scaling `net` changes what ever
 SHALLOW = "copy.copy, or a new module around the same layers, shares `net`'s weights: use copy.deepcopy"
 UNSCALED = "`w = w * k` makes a new tensor and leaves the layer as it was: scale in place, w.mul_(k)"
 NO_GRAD = "an in-place change of a parameter must run under `with torch.no_grad():`"
+REBUILT = "scaled_copy is checked on a smaller network: copy the one you are given (copy.deepcopy)"
 EVERYTHING = "only the recurrent weights weight_hh_l0 are to be scaled, not all of the layer's parameters"
 
 
@@ -263,7 +264,13 @@ def check_scaled_copy(scaled_copy: Any) -> str:
         except NotImplementedError:  # a RuntimeError too: the skeleton, not a failure
             raise
         except RuntimeError as error:
-            hint = NO_GRAD if "leaf Variable" in str(error) else None
+            hint = (
+                NO_GRAD
+                if "leaf Variable" in str(error)
+                else REBUILT
+                if "size mismatch" in str(error)
+                else None
+            )
             raise Mismatch(f"your code raised RuntimeError: {error}", hint) from None
         expect(isinstance(scaled, nn.Module), f"scaled_copy returned a {type(scaled).__name__}")
         expect(scaled is not net, "scaled_copy returned `net` itself, not a copy", COPY)
