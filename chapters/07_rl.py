@@ -631,11 +631,11 @@ else:
     )
 if accelerator.type == "cpu":
     device_note = (
-        "The chapter's get_device() found no GPU or MPS device (or BOOK_DEVICE pinned the "
-        "CPU), so no accelerator was timed. On a GPU we expect no gain (not "
-        "measured here): every environment step would add a host-device round "
-        "trip (a copy in, kernel launches, a copy back that waits for them) to "
-        "a few small matrix products"
+        "The chapter's get_device() found no GPU or MPS device (or "
+        "BOOK_DEVICE pinned the CPU), so no accelerator was timed. On a GPU "
+        "we expect no gain (not measured here): every environment step would "
+        "add a host-device round trip (a copy in, kernel launches, a copy back "
+        "that waits for them) to a few small matrix products"
     )
 else:
     accelerator_step = seconds_per_step(policy, accelerator, n_envs)
@@ -2315,7 +2315,8 @@ else:
     which = (
         f"{means}: a difference of {gap:+.1f}, paired standard error "
         f"{gap_se:.1f}; against t with {df} degrees of freedom (two-sided 5%: "
-        f"{t_crit:.2f} standard errors) {verdict}. Detecting a difference of this size "
+        f"{t_crit:.2f} standard errors) {verdict}. Detecting a difference of "
+        "this size "
         f"with 80% power takes about {needed:.0f} episodes per policy; this "
         f"test had {n_eval}"
     )

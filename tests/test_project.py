@@ -306,3 +306,12 @@ def test_every_exercise_has_a_starter_that_checks_and_a_solution_that_asserts_th
             with contextlib.redirect_stdout(io.StringIO()):
                 verdict = getattr(module, check)(...)
             assert (verdict.exercise, verdict.status) == (f"{chapter}.{number}", "not attempted"), check
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_shown_code_fits_the_books_column(chapter):
+    """The book's code column shows 83 characters at 1366 px (the browser test measures it)."""
+    for cell in jupytext.read(chapter).cells:
+        if cell.cell_type == "code" and "remove-input" not in cell.metadata.get("tags", []):
+            long = [line for line in cell.source.splitlines() if len(line) > 82]
+            assert not long, f"{chapter.name}: a code line of {len(long[0])} characters: {long[0][:60]!r}"
