@@ -130,10 +130,11 @@ def _starter(chapter: str, index: int) -> str:
 def _run_and_read(page, cell, text: str, expected: str) -> str:
     """Replace ``cell``'s code with ``text`` as a reader would, run it, return its output."""
     editor = cell.locator(".cm-content")
-    editor.click()
+    page.keyboard.press("Escape")  # close a notification or completer that covers the cell
+    editor.click(force=True, timeout=90_000)
     page.keyboard.press("Control+A")
     page.keyboard.insert_text(text)  # no auto-indent or auto-closed brackets
-    editor.click()
+    editor.click(force=True, timeout=90_000)
     page.keyboard.press("Shift+Enter")
     output = cell.locator(".jp-OutputArea")
     deadline = time.monotonic() + 120
