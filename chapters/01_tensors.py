@@ -1284,11 +1284,11 @@ assert check_logsumexp_rows(logsumexp_rows)
 # `compute_mode="donot_use_mm_for_euclid_dist"`) against a `float64` reference, for
 # section 1.13's points and centres and for both shifted by 1,000 in each coordinate.
 # What goes wrong after the shift, and why? Repair it without giving up the matrix
-# product: the starter's `centred=False` argument is for that, and with `centred=True`
-# your function should compute the same distances in a way that survives the shift.
-# The checker tries both versions on fresh sets (each must be right, with one matrix
-# product), then shifts them by 1,000: the repaired version must keep its largest
-# relative error below 1e-2.
+# product or float32: the starter's `centred=False` argument is for that, and with
+# `centred=True` your function should compute the same distances in a way that
+# survives the shift. The checker tries both versions on fresh sets (each must be
+# right, with one matrix product), then shifts them by 1,000: the repaired version
+# must stay in float32 and keep its largest relative error below 1e-2.
 
 
 # %% tags=["exercise-starter"]
@@ -1395,8 +1395,8 @@ assert check_distances_matmul(distances_matmul)
 def relative_errors(
     points: torch.Tensor, centres: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
-    # (P, C) float64: |distances in dtype - distances in float64| / the
-    # float64 distances, both from distances_vectorised
+    # (P, C) float64: the relative error of each distance that
+    # distances_vectorised computes in `dtype`
     raise NotImplementedError  # your code here
 
 

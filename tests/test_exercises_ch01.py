@@ -330,6 +330,15 @@ def test_distances_matmul_repaired_without_the_product_fails():
     assert verdict.hint == ch01_distances._DIFFERENCE_FORM
 
 
+def test_distances_matmul_repaired_by_computing_in_float64_fails():
+    def in_float64(p, c, centred=False):
+        return expanded(p.double(), c.double()).float() if centred else expanded(p, c)
+
+    verdict = failed(check_distances_matmul(in_float64))
+    assert verdict.message.endswith("computes in float64 on float32 sets")
+    assert verdict.hint == ch01_distances._IN_FLOAT64
+
+
 def test_distances_matmul_repair_must_still_be_right():
     verdict = failed(check_distances_matmul(lambda p, c, centred=False: expanded(p, c) + centred))
     assert verdict.message.startswith("distances_matmul(points, centres, centred=True) for 6 points and")

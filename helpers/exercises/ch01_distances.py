@@ -28,17 +28,20 @@ _MATRIX_PRODUCTS = frozenset(
 
 
 class _CallRecorder(TorchFunctionMode):
-    """Record the name and result shape of every torch function called inside the block."""
+    """Record the name, result shape and result dtype of every torch function called inside."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[str, tuple[int, ...]]] = []
+        self.dtypes: set[torch.dtype] = set()
 
     def __torch_function__(
         self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict | None = None
     ) -> Any:
         result = func(*args, **(kwargs or {}))
         shape = tuple(result.shape) if isinstance(result, torch.Tensor) else ()
+        if isinstance(result, torch.Tensor):
+            self.dtypes.add(result.dtype)
         self.calls.append((getattr(func, "__name__", ""), shape))
         return result
 
@@ -122,6 +125,11 @@ _NO_CENTRED = (
     "the starter's function has a third argument, centred=False: with centred=True it "
     "runs your repaired version."
 )
+_IN_FLOAT64 = (
+    "float64 hides the cancellation, but at twice the memory, and most GPUs compute float64 "
+    "many times slower than float32 (MPS not at all). Keep float32 and change what you "
+    "subtract: one common point off both sets changes no distance."
+)
 _NOT_REPAIRED = (
     "after the shift every squared norm is about 2e6, and float32 rounds each by about 0.1, "
     "more than the small distances. With centred=True, subtract one common point (the mean "
@@ -151,8 +159,8 @@ def check_distances_matmul(distances_matmul: Callable[..., torch.Tensor]) -> str
     """Exercise 1.4: ``distances_matmul(points, centres, centred=False)`` by expanding the square.
 
     Both versions must be right on fresh sets and make one matrix product; with both
-    sets shifted by 1,000 the ``centred=True`` one (the repair) must keep its largest
-    relative error below 1e-2.
+    sets shifted by 1,000 the ``centred=True`` one (the repair) must stay in float32 and
+    keep its largest relative error below 1e-2.
     """
     gen = torch.Generator().manual_seed(104)
     worst = 0.0
@@ -189,8 +197,13 @@ def check_distances_matmul(distances_matmul: Callable[..., torch.Tensor]) -> str
     reference = _squared_distances(points.double() + 1000, centres.double() + 1000)
     error = {}
     for centred in (False, True):
-        shifted, _ = _run_distances(distances_matmul, points + 1000, centres + 1000, centred)
+        shifted, recorder = _run_distances(distances_matmul, points + 1000, centres + 1000, centred)
         error[centred] = ((shifted.double() - reference) / reference).abs().max().item()
+    expect(
+        shifted.dtype == torch.float32 and torch.float64 not in recorder.dtypes,
+        "distances_matmul(points, centres, centred=True) computes in float64 on float32 sets",
+        _IN_FLOAT64,
+    )
     shifted_errors = (
         f"with both sets shifted by 1,000 its largest relative error is {error[False]:.2g}, "
         f"and {error[True]:.2g} with centred=True"
