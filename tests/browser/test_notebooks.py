@@ -73,6 +73,32 @@ def jupyterlab(tmp_path_factory) -> Iterator[str]:
         log.close()
 
 
+def _open_alone(page, jupyterlab: str, filename: str) -> None:
+    """Open one notebook in a workspace of its own, reset, so no earlier tab is restored.
+
+    JupyterLab saves its open tabs in the server's workspace; through the default one every
+    page would reopen every notebook an earlier test opened, all rendering at once.
+    """
+    workspace = Path(filename).stem.replace("_", "-")
+    page.goto(f"{jupyterlab}/lab/workspaces/{workspace}/tree/{filename}?reset", timeout=120_000)
+
+
+def _wait_for_idle_kernel(jupyterlab: str, filename: str, timeout: float = 180) -> None:
+    """Wait until the server reports the notebook's kernel started and idle."""
+    deadline = time.monotonic() + timeout
+    state = "no session"
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{jupyterlab}/api/sessions", timeout=10) as response:
+            sessions = json.load(response)
+        kernels = [s["kernel"] for s in sessions if s["path"] == filename and s.get("kernel")]
+        states = [kernel["execution_state"] for kernel in kernels]
+        state = states[0] if states else "no session"
+        if state == "idle":
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the kernel of {filename} is not idle after {timeout:.0f} s (last state: {state})")
+
+
 def _cell_counts(name: str) -> tuple[int, int]:
     """How many Markdown cells and prose cells the executed notebook holds."""
     cells = json.loads((READER / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
@@ -88,7 +114,7 @@ def _cell_counts(name: str) -> tuple[int, int]:
 def test_notebook_reads_right_in_jupyterlab_after_run_all(browser, jupyterlab, screenshots, name):
     page = browser.new_page(viewport={"width": 1366, "height": 900})
     try:
-        page.goto(f"{jupyterlab}/lab/tree/{name}.ipynb", timeout=120_000)
+        _open_alone(page, jupyterlab, f"{name}.ipynb")
         notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
         notebook.locator(".jp-Cell").first.wait_for(timeout=120_000)
         markdown, prose = _cell_counts(name)
@@ -134,11 +160,19 @@ def _run_and_read(page, cell, text: str, expected: str) -> str:
     editor.click(force=True, timeout=90_000)
     page.keyboard.press("Control+A")
     page.keyboard.insert_text(text)  # no auto-indent or auto-closed brackets
-    editor.click(force=True, timeout=90_000)
-    page.keyboard.press("Shift+Enter")
-    output = cell.locator(".jp-OutputArea")
-    deadline = time.monotonic() + 120
+    typed = [line.rstrip() for line in editor.inner_text().splitlines() if line.strip()]
+    assert typed == [line.rstrip() for line in text.splitlines() if line.strip()], "the code was not typed"
+    output, prompt = cell.locator(".jp-OutputArea"), cell.locator(".jp-InputPrompt")
+    before = prompt.inner_text()  # "[ ]:" or the last run's "[n]:"; "[*]:" once queued
+    deadline = time.monotonic() + 150
+    pressed = 0.0
     while expected not in output.inner_text() and time.monotonic() < deadline:
+        # A busy page can drop a key press: press again only while the prompt shows
+        # that this run was never queued, 20 s after the last press.
+        if prompt.inner_text() == before and time.monotonic() - pressed > 20:
+            editor.click(force=True, timeout=90_000)
+            page.keyboard.press("Shift+Enter")
+            pressed = time.monotonic()
         time.sleep(0.5)
     return output.inner_text()
 
@@ -160,10 +194,11 @@ def test_a_reader_fills_in_a_starter_in_jupyterlab_and_the_checker_answers(brows
     }))  # fmt: skip
     page = browser.new_page(viewport={"width": 1366, "height": 900})
     try:
-        page.goto(f"{jupyterlab}/lab/tree/{notebook.name}", timeout=120_000)
+        _open_alone(page, jupyterlab, notebook.name)
         cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell")
         cells.first.wait_for(timeout=120_000)
-        # Run the setup cell and wait for its output: the kernel may still be starting.
+        _wait_for_idle_kernel(jupyterlab, notebook.name)
+        # Run the setup cell and wait for its output.
         assert "ready" in _run_and_read(page, cells.first, setup_source, "ready")
         cell = cells.nth(1)
         untouched = _run_and_read(page, cell, starter, "Exercise 1.3")
