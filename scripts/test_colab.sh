@@ -8,7 +8,15 @@
 #
 # Needs a Python 3.13 (uv cannot download one here): $COLAB_PYTHON, pyenv's 3.13, or
 # python3.13 on the PATH. Without one it says so and skips; under CI=true it fails.
+# With --prepare it only builds and checks the environment (.ci/run does that while the
+# test command runs, since installing is mostly downloading and unpacking).
 set -euo pipefail
+prepare_only=false
+case "${1:-}" in
+    --prepare) prepare_only=true ;;
+    "") ;;
+    *) echo "usage: $0 [--prepare]" >&2; exit 2 ;;
+esac
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 VENV=.venv-colab
 STACK=scripts/colab_stack.txt
@@ -53,6 +61,9 @@ echo "==> installing the helpers as a chapter's Colab cell does: pip install of 
 "$VENV/bin/python" -m pip uninstall --quiet --yes pytorch-book >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check .
 "$VENV/bin/python" scripts/colab_stack.py check "$STACK"
+if [ "$prepare_only" = true ]; then
+    exit 0
+fi
 
 echo "==> helper tests on Colab's stack"
 # Run from a copy of the tests, so that `helpers` is the installed package, not ./helpers.
