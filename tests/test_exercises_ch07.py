@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from exercise_cells import run_starter, starter_cells
+from scipy import stats
 from torch import nn
 from torch.distributions import Categorical, kl_divergence
 
@@ -236,7 +237,10 @@ def paired_test(greedy, sampled, mistake=None):
     se = sd / math.sqrt(n)
     if mistake == "unpaired":
         se = math.sqrt((greedy.double().var() + sampled.double().var()).item() / n)
-    z = {"one-sided": 1.645 + 0.84}.get(mistake, 1.96 + 0.84)
+    z = {
+        "one-sided": 1.645 + 0.84,
+        "t": stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1),
+    }.get(mistake, 1.96 + 0.84)
     needed = (z * (se if mistake == "se" else sd) / d.mean()) ** 2
     mean = d.mean() + (1.0 if mistake == "off" else 0.0)
     # a reader may round the episodes needed up: allowed
@@ -256,6 +260,7 @@ def test_7_3_the_reference_passes():
         ("ddof", "ddof=1"),
         ("se", "standard error where the std"),
         ("one-sided", "one-sided"),
+        ("t", "Student's t quantiles"),
     ],
 )
 def test_7_3_each_usual_mistake_gets_its_hint(mistake, hint):

@@ -163,6 +163,8 @@ def check_batched_episode_gradients(batched_episode_gradients: Callable[..., Any
 @checker("7.3", "paired_test")
 def check_paired_test(paired_test: Callable[[torch.Tensor, torch.Tensor], Any]) -> str:
     """The paired mean, standard error and sample size on two made-up pairs of evaluations."""
+    from scipy.stats import t as student_t  # here: importing scipy takes a while
+
     generator, z, results = torch.Generator().manual_seed(703), Z_TWO_SIDED + Z_POWER, []
     for n in (20, 12):
         greedy = 500.0 - torch.randint(0, 120, (n,), generator=generator).float()
@@ -176,6 +178,8 @@ def check_paired_test(paired_test: Callable[[torch.Tensor, torch.Tensor], Any]) 
             f"paired_test should return (difference, standard error, episodes needed), got {got!r}",
         )
         one_sided = needed * ((1.645 + Z_POWER) / z) ** 2
+        t_sum = student_t.ppf(0.975, n - 1) + student_t.ppf(0.8, n - 1)
+        with_t = needed * (t_sum / z) ** 2
         unpaired = math.sqrt((greedy.double().var() + sampled.double().var()).item() / n)
         checks = [
             ("the mean difference", mean, 1e-4, {"that is sampled - greedy: take greedy - sampled": -mean}),
@@ -186,6 +190,8 @@ def check_paired_test(paired_test: Callable[[torch.Tensor, torch.Tensor], Any]) 
             ("the episodes needed", needed, 0.02, {
                 "that uses the standard error where the std of one difference belongs": needed / n,
                 "that is a one-sided test: a two-sided 5% test uses 1.96": one_sided,
+                "that uses Student's t quantiles: the exercise asks for the normal "
+                "approximation, 1.96 + 0.84": with_t,
             }),
         ]  # fmt: skip
         for value, (what, want, rel, mistakes) in zip(got, checks, strict=True):
