@@ -60,12 +60,14 @@ import shlex
 import tempfile
 import textwrap
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import yaml
 from helpers.data import load_mnist_subset
 from helpers.distributed import (
@@ -88,6 +90,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
+# record(name, value), the book's helper, keeps a result of this run for the
+# prose to quote; it is not torch's @record decorator for scripts (section 9.2).
 seed = seed_everything(0)
 device = get_device()
 # The networks here are tiny. One CPU thread in this process, like the one each
@@ -209,9 +213,7 @@ box(
     "all-reduce:\nevery rank\ngets\n(g0 + g1) / 2",
     "#f4cccc",
 )
-ax_step.set_title(
-    "One data-parallel step (DDP): same gradient, same step everywhere"
-)
+ax_step.set_title("One DDP step: same gradient, same step everywhere")
 for ax in (ax_ranks, ax_step):
     ax.set(xlim=(-0.03, 1.03), ylim=(0, 0.95))
     ax.axis("off")
@@ -359,8 +361,9 @@ _, collective_output, collectives_seconds = launch(
 # Read the output rank by rank. Both ranks ran the same code, and:
 #
 # - `all_reduce` left the sum 1 + 2 = 3 in *both* processes;
-# - dividing the summed tensor by the world size gave both the average, which is
-#   exactly what DDP does to gradients;
+# - dividing the summed tensor by the world size gave both the average, the average
+#   DDP computes of the gradients (DDP divides each gradient by the world size
+#   *before* the all-reduce, which keeps the sum from overflowing in `float16`);
 # - `broadcast` overwrote rank 1's zeros with rank 0's values;
 # - `all_gather` gave every rank the list of all ranks' tensors, in rank order;
 # - `reduce_scatter` summed the two ranks' tensors, but each rank kept only its half of
@@ -638,8 +641,9 @@ record(
     "best_margin_words",
     "tied with" if margin == 0 else f"{margin:.1f} standard errors above",
 )
-# "Far better": seeds 0-2 end at training loss 0.018-0.023 against validation
-# loss 0.19-0.33, 8 to 18 times as high; the assert asks for 3 times.
+# "Far better": seeds 0-2 (AVX-512 CPU, 2 threads) end at training loss
+# 0.018-0.024 against validation loss 0.19-0.33, 8 to 18 times as high; the
+# assert asks for 3 times.
 assert 3 * train_losses[-1] < val_losses[-1], (train_losses[-1], val_losses[-1])
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -843,9 +847,8 @@ print(
     "what float64 rounding of these sums can "
     f"account for: {rounding_allowance:.1e}"
 )
-# CPU levels default, avx2, avx512 x seeds 0-2 (and a one-GPU machine, where the
-# workers use gloo on the CPU): gap 6e-16 to 1e-15
-# against an allowance of 2e-11 to 3e-11 (a different data order gives 0.3).
+# seeds 0-2 (AVX-512 CPU, 2 threads): gap 6.7e-16 to 7.8e-16 against an
+# allowance of 2.4e-11 to 3.2e-11 (a different data order gives 0.30-0.36)
 assert ddp_vs_single <= rounding_allowance, (ddp_vs_single, rounding_allowance)
 record("steps", steps)
 record("rounding_allowance", rounding_allowance, fmt="{:.0e}")
@@ -916,6 +919,10 @@ the ring. Here that is {{allreduce_kb}} kB per process per step ({{n_parameters}
 float64 gradients), against about {{step_mflop}} million multiply-adds of
 arithmetic per process per step. FSDP moves about 1.5 times as much: it all-gathers
 the weights for forward and again for backward, and reduce-scatters the gradients.
+These counts are for NCCL's ring algorithms. Gloo, this chapter's backend, has no
+reduce-scatter of its own: its `reduce_scatter_tensor` all-reduces the whole tensor
+and each rank keeps its chunk, the same sums for twice the bytes, so on gloo FSDP's
+gradients cost as much as DDP's.
 DDP can also send fewer bytes: a communication hook,
 `model.register_comm_hook(None, bf16_compress_hook)` (from
 `torch.distributed.algorithms.ddp_comm_hooks.default_hooks`), all-reduces the
@@ -937,8 +944,18 @@ gradients in `bfloat16`, half the bytes of `float32`, at the price of rounding t
 # - **A loss that is a mean over the batch** (the default `reduction="mean"`).
 # - **No layer that mixes examples within a batch.** Batch normalisation computes its
 #   statistics from each rank's own slice; `nn.SyncBatchNorm.convert_sync_batchnorm`
-#   computes them over all ranks.
-# - **The same randomness.** Dropout masks, for example, are drawn per process.
+#   computes them over all ranks. Its running statistics (buffers, not parameters)
+#   are not averaged either: with DDP's default `broadcast_buffers=True`, rank 0's
+#   overwrite every other rank's at the start of each forward pass, so the model
+#   ends up with rank 0's alone.
+# - **No randomness in the step.** Dropout masks and random augmentations are drawn
+#   by each process from its own generator, so they cannot repeat one process's
+#   draws (this network has neither). A real job has the opposite trap:
+#   `train_ddp.py` seeds every rank alike, for equal initial weights, and with
+#   dropout every rank would then draw the *same* masks for its rows, correlated
+#   noise instead of independent draws. Seed each rank differently after building
+#   the model (`torch.manual_seed(seed + rank)`) for dropout and augmentation; the
+#   sampler keeps the shared seed, since the ranks must agree on its order.
 #
 #
 # And *exactly* equal only up to rounding. The ranks add up the same numbers in a
@@ -1001,7 +1018,8 @@ micro_vs_whole = max_difference(micro_state, ddp_state)
 print(
     f"3 micro-batches vs whole batches: largest difference {micro_vs_whole:.1e}"
 )
-# seeds 0-2 on CPU: 7e-16 to 1.1e-15 against an allowance of 2e-11 to 3e-11
+# seeds 0-2 (AVX-512 CPU, 2 threads): 6.1e-16 to 7.8e-16 against an allowance
+# of 2.4e-11 to 3.2e-11
 assert micro_vs_whole <= rounding_allowance, (
     micro_vs_whole,
     rounding_allowance,
@@ -1178,11 +1196,12 @@ assert "graph has changed" in outcomes["static_graph=True, heads change"][1]
 # starts all of them again, up to N times. It tells them how many times it has
 # restarted its workers in `TORCHELASTIC_RESTART_COUNT`: a count per agent, so on
 # several machines the agents' counts can disagree (PyTorch issue 108158), and a script
-# should not treat it as the job's attempt number; `train_ddp.py` only uses it to
-# crash once, on one machine. The new processes start the script from the top, so the
-# script itself must resume. `train_ddp.py` does: if its output folder holds a
-# checkpoint, every rank loads it (model, optimizer with its momentum, epoch, history)
-# before wrapping the model in DDP, and continues with the next epoch. Because the
+# should not treat it as the job's attempt number; `train_ddp.py` uses it only to
+# crash once, on one machine, and to label its log. The new processes start the
+# script from the top, so the script itself must resume. `train_ddp.py` does: if its
+# output folder holds a checkpoint, every rank loads it (model, optimizer with its
+# momentum, epoch, history) before wrapping the model in DDP, and continues with the
+# next epoch. Because the
 # sampler's order depends only on the seed and the epoch, the resumed epochs see
 # exactly the data they would have seen.
 #
@@ -1407,11 +1426,40 @@ what makes training possible at all. Three things matter for such a model:
 #   MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))`
 #   gathers the weights in `bfloat16` for the computation, keeps the `float32` shards
 #   for the optimizer, and averages the gradients in `float32`.
-# - **Saving.** The script's `get_model_state_dict(..., full_state_dict=True,
-#   cpu_offload=True)` gathers one tensor at a time and keeps the whole model in rank
-#   0's CPU memory only, which works as long as it fits there. Large jobs save the
-#   shards instead, every rank writing its own: `torch.distributed.checkpoint.save`
-#   (DCP), which can also load them into a different number of processes.
+# - **Saving.** The script saves the model twice. `get_model_state_dict(...,
+#   full_state_dict=True, cpu_offload=True)` gathers one tensor at a time and keeps
+#   the whole model in rank 0's CPU memory only, which works as long as it fits
+#   there. `dcp.save` (from `torch.distributed.checkpoint`, DCP) gathers nothing:
+#   every rank writes its own shards, in parallel, and a metadata file records which
+#   piece of each tensor is in which file, so the shards can be loaded into a
+#   different number of processes. The cell below loads the two ranks' shards into
+#   one whole model, in this notebook's single process.
+
+# %%
+dcp_dir = work_dir / "fsdp2" / "dcp"
+print(sorted(p.name for p in dcp_dir.iterdir()))  # a file of shards per rank
+# A model to load into, with untrained weights: dcp.load fills the state dict's
+# tensors in place, reading from each file the pieces they need. no_dist: this
+# process has no process group.
+with torch.random.fork_rng(
+    devices=[]
+):  # leaves later cells' random draws alone
+    resharded = train_ddp.make_model().double()
+dcp_state = {"model": resharded.state_dict()}
+with warnings.catch_warnings():  # DCP's note that it loads in one process
+    warnings.filterwarnings("ignore", "torch.distributed is disabled")
+    dcp.load(dcp_state, checkpoint_id=dcp_dir, no_dist=True)
+dcp_vs_gathered = max_difference(resharded.state_dict(), fsdp_state)
+print(f"DCP shards in 1 process vs the gathered model.pt: {dcp_vs_gathered}")
+assert dcp_vs_gathered == 0.0, dcp_vs_gathered
+
+# %% [markdown]
+# The shards of two processes became one model, equal to the gathered weights bit
+# for bit. A job of any size loads them the same way into its own sharded model:
+# `state = {"model": get_model_state_dict(model)}`, then `dcp.load(state,
+# checkpoint_id=...)`, then `set_model_state_dict(model, state["model"])`, each rank
+# reading only the pieces of its own shards. The optimizer's state is saved and
+# loaded alongside, under another key, with `get_optimizer_state_dict`.
 #
 #
 # ## 9.8 More than one machine
@@ -1542,9 +1590,9 @@ assert trainjob["spec"]["trainer"]["numProcPerNode"] == gpus
 
 # %% tags=["exercise-starter"]
 # Fill in sharded_accuracy: the accuracy a job of world_size ranks finds when
-# rank r scores its own share of (x, y), every example exactly once, and the
-# ranks add up their counts of correct answers and of examples (what
-# dist.all_reduce with SUM does). The model arrives as after training, in
+# rank r runs the model on its own share of (x, y) only, every example exactly
+# once, and the ranks add up their counts of correct answers and of examples
+# (what dist.all_reduce with SUM does). The model arrives as after training, in
 # training mode.
 def sharded_accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, world_size: int
@@ -1689,7 +1737,9 @@ def rescaled_loss(
     all_reduce: Callable[[torch.Tensor], None],
 ) -> torch.Tensor:
     """A rank's summed loss, scaled so that DDP's average is the mean."""
-    total = torch.tensor(len(targets))
+    # On the outputs' device: with nccl, every tensor a collective gets must be
+    # on the process's GPU (a CPU tensor raises), with gloo on the CPU.
+    total = torch.tensor(len(targets), device=outputs.device)
     all_reduce(total)  # now the number of examples of all ranks together
     return sum_loss(outputs, targets) * world_size / total
 
@@ -1852,10 +1902,11 @@ allowance = {
 }
 print({str(dtype): f"{value:.0e}" for dtype, value in allowance.items()})
 # each dtype's drift is rounding of its own size; float32's is beyond float64's
-# reach. Seeds 0-2 on the CPU: float64 gaps 2.8e-16 to 5.6e-16 against 8e-12 to
-# 1e-11; float32 gaps 1.8e-7 to 3.6e-7 against 4e-3 to 6e-3, and 1e4 times
-# float64's allowance. The allowance is a worst-case scale (four orders above
-# the measured gaps in both dtypes); the third assert is the one that separates.
+# reach. Seeds 0-2 (AVX-512 CPU, 2 threads): float64 gaps 2.8e-16 to 5.6e-16
+# against 8e-12 to 1e-11; float32 gaps 1.8e-7 to 3.6e-7 against 4e-3 to 6e-3,
+# and at least 1e4 times float64's allowance. The allowance is a worst-case
+# scale (four orders above the measured gaps in both dtypes); the third assert
+# is the one that separates.
 assert max(gaps64) <= allowance[torch.float64], (gaps64, allowance)
 assert max(gaps32) <= allowance[torch.float32], (gaps32, allowance)
 assert min(gaps32) > allowance[torch.float64], (gaps32, allowance)
@@ -1867,14 +1918,14 @@ assert check_ddp_gradients(ddp_gradients)
 # while rank 1 calls `broadcast`: the mismatch a rank-dependent `if` around a
 # collective causes. Each rank catches the exception and prints it with `rank_print`,
 # in the form the starter below gives.
-# Launch it twice at once (pass both commands to `launch`): once with the collectives
-# in a group that gives up after 3 seconds,
-# `dist.new_group(backend="gloo", timeout=timedelta(seconds=3))`, once with the
-# environment variable `TORCH_DISTRIBUTED_DEBUG=DETAIL` (give the command `env` as its
-# first words). `single_node` takes a module name, not a file: save the script as
-# `work_dir / "mismatch.py"`, build the command with `single_node("mismatch")`, and
-# put `work_dir` on the workers' module search path with
-# `launch(commands, env={"PYTHONPATH": ...})`, `str(work_dir)` first and any
+# Run the collectives in a group that gives up after 3 seconds,
+# `dist.new_group(backend="gloo", timeout=timedelta(seconds=3))`, and launch the
+# script twice at once (pass both commands to `launch`): both runs use that group;
+# the second also sets the environment variable `TORCH_DISTRIBUTED_DEBUG=DETAIL`
+# (give its command `env` as its first words). `single_node` takes a module name,
+# not a file: save the script as `work_dir / "mismatch.py"`, build the command with
+# `single_node("mismatch")`, and put `work_dir` on the workers' module search path
+# with `launch(commands, env={"PYTHONPATH": ...})`, `str(work_dir)` first and any
 # `PYTHONPATH` you already have after it (`os.pathsep` between them). What does each
 # run report, and after how long? What would a job without either setting have done?
 

@@ -16,11 +16,13 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import yaml
 from torch.distributed.run import get_args_parser
 from torch.utils.data import TensorDataset
@@ -694,3 +696,13 @@ def test_fsdp2_as_two_nodes_shards_the_weights_and_matches_one_process(data_file
         assert "2.bias: full shape (10,), stored here (5,)" in lines
     fsdp = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
     assert _max_difference(fsdp, _one_process_reference(data_file, epochs)) < 1e-10
+    # the distributed checkpoint: one file of shards per rank, loaded here into one
+    # whole model in a process without a process group, equals the gathered weights
+    assert sorted(p.name for p in (tmp_path / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    model = train_ddp.make_model().double()
+    model.load_state_dict({k: torch.zeros_like(v) for k, v in fsdp.items()})
+    state = {"model": model.state_dict()}
+    with warnings.catch_warnings():  # DCP warns that it loads in a single process
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(state, checkpoint_id=tmp_path / "dcp", no_dist=True)
+    assert _max_difference(model.state_dict(), fsdp) == 0.0

@@ -127,6 +127,8 @@ def test_the_sharded_accuracy_reference_passes(capsys):
             ch09.MEAN_OF_RANKS,
         ),
         (accuracy_in_training_mode, ch09.TRAIN_MODE),
+        # the right accuracy, but from one pass over all examples: nothing was sharded
+        (lambda m, x, y, w: sharded(m, x, y, 1, lambda r: list(range(len(y)))), ch09.UNSHARDED),
     ],
 )
 def test_sharded_accuracy_mistakes_get_their_hints(attempt, hint):

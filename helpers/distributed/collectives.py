@@ -35,7 +35,9 @@ def main() -> None:
     dist.all_reduce(x, op=dist.ReduceOp.SUM)  # in place
     rank_print(rank, f"all_reduce(SUM):  had {before}, now holds {x.item()}")
 
-    # Averaging, as DDP averages gradients: all_reduce sums, then divide by world size.
+    # Averaging: all_reduce sums, then divide by world size. DDP computes this
+    # average of the gradients, but divides each by world size before the sum
+    # (which keeps float16 sums from overflowing).
     grad = torch.tensor([1.0, -2.0], device=device) * (rank + 1)
     local = grad.tolist()
     dist.all_reduce(grad)  # SUM is the default op

@@ -10,7 +10,9 @@ optimizer state. A layer's full parameters exist only while it runs: they are ga
 with all_gather just before, and freed after. Gradients are combined with
 reduce_scatter, so each process receives the averaged gradient of its own shard only.
 Same data, same order, same steps as train_ddp.py; the model is created on the meta
-device and filled from rank 0's weights, so no other rank ever holds it whole.
+device and filled from rank 0's weights, so no other rank ever holds it whole. The
+trained model is saved twice: as a distributed checkpoint, each rank writing its own
+shards (``dcp/``), and gathered whole by rank 0 (``model.pt``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -95,12 +98,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                 rank, f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}"
             )
 
-    # Gather the shards into whole tensors, copied to the CPU of rank 0 only (the
-    # other ranks get an empty dict). Every rank must call it: it all-gathers.
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    # A distributed checkpoint (DCP): each rank writes its own shards (DTensors),
+    # nothing is gathered; a metadata file records which piece of each tensor is
+    # in which file.
+    sharded = {"model": get_model_state_dict(model)}
+    dcp.save(sharded, checkpoint_id=args.out_dir / "dcp")
+    # Or gather the shards into whole tensors, copied to the CPU of rank 0 only
+    # (the other ranks get an empty dict). Every rank must call it: it all-gathers.
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     full_state = get_model_state_dict(model, options=options)
     if rank == 0:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(full_state, args.out_dir / "model.pt")
         (args.out_dir / "history.json").write_text(json.dumps({"history": history}))
     # Leave together: a rank that tears its connections down while rank 0 still

@@ -66,6 +66,10 @@ MEAN_OF_RANKS = (
     "then divide"
 )
 TRAIN_MODE = "the model ran in training mode, with dropout on: call model.eval() before scoring"
+UNSHARDED = (
+    "a rank holds only its own share of the examples: score each rank's share in its own "
+    "forward pass, model(x[r::world_size]), and add up the counts"
+)
 
 #: (examples, ranks, which examples the model gets right): chosen so that each mistake
 #: above gives an accuracy different from the right one.
@@ -120,9 +124,13 @@ def check_sharded_accuracy(sharded_accuracy: Callable[..., Any]) -> str:
         right = torch.tensor(pattern, dtype=torch.bool)
         y = torch.where(right, predicted, (predicted + 1) % 3)
         modes: list[bool] = []
-        model.train().register_forward_pre_hook(
-            lambda module, args, modes=modes: modes.append(module.training)
-        )
+        sizes: list[int] = []  # how many examples each forward pass scored
+
+        def seen(module: nn.Module, args: tuple, modes=modes, sizes=sizes) -> None:
+            modes.append(module.training)
+            sizes.append(len(args[0]))
+
+        model.train().register_forward_pre_hook(seen)
         with torch.random.fork_rng(devices=[]):  # dropout in training mode draws numbers
             got = sharded_accuracy(model, x.clone(), y.clone(), world_size)
         expect(not any(modes), f"{sum(modes)} of your forward passes ran in training mode", TRAIN_MODE)
@@ -141,6 +149,13 @@ def check_sharded_accuracy(sharded_accuracy: Callable[..., Any]) -> str:
             f"sharded_accuracy on {n} examples with {world_size} ranks is {got:.4f}; the single "
             f"process scores {int(right.sum())} of {n} right, {want:.4f}",
             hint,
+        )
+        share = -(-n // world_size)  # the most examples one rank holds
+        expect(
+            max(sizes, default=0) <= share,
+            f"one of your forward passes scored {max(sizes, default=0)} examples, but with "
+            f"{world_size} ranks no rank holds more than {share} of the {n}",
+            UNSHARDED,
         )
         facts.append(f"{int(right.sum())} of {n} on {world_size} ranks")
     return f"reproduces the single-process accuracy exactly ({' and '.join(facts)})"
