@@ -13,7 +13,7 @@ from exercise_cells import run_starter, starter_cells
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from helpers.exercises import ch04
+from helpers.exercises import ch04, ch04_gradients, ch04_names
 from helpers.sequences import adding_problem
 
 STARTERS = starter_cells("04")
@@ -27,7 +27,7 @@ def test_each_exercise_has_one_starter():
     ("index", "name", "namespace"),
     [
         (0, "DirectForecaster", {"nn": nn, "torch": torch}),
-        (1, "paired_gain", {"torch": torch}),
+        (1, "block_se", {"torch": torch}),
         (2, "short_rnns", {}),
         (3, "scaled_copy", {"Summariser": nn.Module}),
         (4, "BiNameClassifier", {"nn": nn, "torch": torch}),
@@ -48,11 +48,11 @@ def test_checks_leave_the_global_random_state_as_it_was():
     state = torch.random.get_rng_state()
     for verdict in (
         ch04.check_direct_forecaster(Direct),
-        ch04.check_paired_gain(gain_right),
+        ch04.check_block_se(block_se_right),
         ch04.check_short_rnns(nets, measured(nets)),
-        ch04.check_scaled_copy(scale_right),
-        ch04.check_step_estimate(estimate_right),
-        ch04.check_bi_classifier(Bi),
+        ch04_gradients.check_scaled_copy(scale_right),
+        ch04_gradients.check_step_estimate(estimate_right),
+        ch04_names.check_bi_classifier(Bi),
     ):
         assert verdict.passed
     assert torch.equal(torch.random.get_rng_state(), state)
@@ -166,59 +166,65 @@ def test_direct_forecaster_probes():
 # Exercise 4.2 ------------------------------------------------------------------------
 
 
-def gain_right(errors, best_errors):
-    gain = errors.pow(2) - best_errors.pow(2)
-    return gain.mean(), gain.std() / math.sqrt(len(gain))  # tensors are fine too
+def block_se_right(gain, block):
+    means = gain.reshape(-1, block).mean(dim=1)  # one mean per block of years
+    return means.std() / math.sqrt(len(means))  # a tensor is fine too
 
 
-def test_paired_gain_passes_the_right_statistic():
-    assert ch04.check_paired_gain(gain_right).passed
-    as_numpy = ch04.check_paired_gain(lambda a, b: tuple(np.float32(x.item()) for x in gain_right(a, b)))
-    assert as_numpy.passed and "6, 11 and 40 years" in as_numpy.message
+def test_block_se_passes_the_right_statistic():
+    verdict = ch04.check_block_se(block_se_right)
+    assert verdict.passed and "40 in blocks of 5" in verdict.message
+    as_numpy = ch04.check_block_se(lambda g, b: np.float32(block_se_right(g, b).item()))
+    assert as_numpy.passed
+
+    # computed another way: the blocks by a loop, in float64
+    def by_loop(gain, block):
+        means = [gain[i : i + block].double().mean() for i in range(0, len(gain), block)]
+        return torch.stack(means).std().item() / math.sqrt(len(means))
+
+    assert ch04.check_block_se(by_loop).passed
 
 
-def gain_mistake(kind):
-    def paired_gain(errors, best_errors):
-        a, b = errors.pow(2), best_errors.pow(2)
-        gain, n = a - b, len(errors)
-        mean, sd = gain.mean().item(), gain.std().item()
+def block_mistake(kind):
+    def block_se(gain, block):
+        n, k = len(gain), len(gain) // block
+        means = gain.reshape(k, block).mean(dim=1)
         return {
-            "population": (mean, gain.std(correction=0).item() / math.sqrt(n)),
-            "unpaired": (mean, math.sqrt(a.var().item() / n + b.var().item() / n)),
-            "sign": (-mean, sd / math.sqrt(n)),
-            "over n": (mean, sd / n),
-            "absolute": ((errors.abs() - best_errors.abs()).mean().item(), sd / math.sqrt(n)),
-        }[kind]
+            "ordinary": lambda: gain.std() / math.sqrt(n),
+            "strided": lambda: gain.reshape(block, k).mean(dim=0).std() / math.sqrt(k),
+            "over years": lambda: means.std() / math.sqrt(n),
+            "population": lambda: means.std(correction=0) / math.sqrt(k),
+            "overlapping": lambda: gain.unfold(0, block, 1).mean(dim=1).std() / math.sqrt(k),
+        }[kind]()
 
-    return paired_gain
+    return block_se
 
 
 @pytest.mark.parametrize(
     ("kind", "hint"),
     [
+        ("ordinary", ch04.ORDINARY),
+        ("strided", ch04.STRIDED),
+        ("over years", ch04.OVER_YEARS),
         ("population", ch04.POPULATION_SD),
-        ("unpaired", ch04.UNPAIRED),
-        ("sign", ch04.SIGN),
-        ("over n", ch04.OVER_N),
-        ("absolute", None),
+        ("overlapping", None),
     ],
 )
-def test_paired_gain_mistakes(kind, hint):
-    assert failed(ch04.check_paired_gain(gain_mistake(kind)), hint, "for 6 years")
+def test_block_se_mistakes(kind, hint):
+    assert failed(ch04.check_block_se(block_mistake(kind)), hint, "for 12 values in blocks of 3 is")
 
 
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
-        (lambda a, b: torch.stack(gain_right(a, b)), "should return (mean, standard error), got Tensor"),
-        (lambda a, b: (a.pow_(2).mean(), 1.0), "changed its input tensors"),
-        (lambda a, b: (a, 1.0), "the mean should be one number, got shape (6,)"),
-        (lambda a, b: (1.0, "1"), "the standard error should be a real number, got str"),
-        (lambda a, b: (True, 1.0), "the mean should be a real number, got bool"),
+        (lambda g, b: g.sub_(1).std(), "changed its input tensor"),
+        (lambda g, b: g.reshape(-1, b).mean(dim=1), "should be one number, got shape (4,)"),
+        (lambda g, b: "1", "should be a real number, got str"),
+        (lambda g, b: math.inf, "is inf, not a finite number"),
     ],
 )
-def test_paired_gain_says_what_is_off(answer, message):
-    assert failed(ch04.check_paired_gain(answer), None, message)
+def test_block_se_says_what_is_off(answer, message):
+    assert failed(ch04.check_block_se(answer), None, message)
 
 
 # Exercise 4.3 ------------------------------------------------------------------------
@@ -342,24 +348,28 @@ def scale_with_bias(net, factor):
 
 
 def test_scaled_copy_passes_a_deep_copy_scaled_in_place():
-    verdict = ch04.check_scaled_copy(scale_right)
+    verdict = ch04_gradients.check_scaled_copy(scale_right)
     assert verdict.passed and "by 2.5 and by 6 exactly;" in verdict.message
 
 
 @pytest.mark.parametrize(
     ("answer", "hint", "message"),
     [
-        (scale_in_place, ch04.COPY, "returned `net` itself"),
-        (scale_shallow, ch04.SHALLOW, "the original network changed (rnn.weight_hh_l0)"),
-        (scale_then_copy, ch04.COPY, "the original network changed (rnn.weight_hh_l0)"),
-        (scale_not_assigned, ch04.UNSCALED, "the copy's rnn.weight_hh_l0: 16 of 16 entries differ"),
-        (scale_without_no_grad, ch04.NO_GRAD, "a leaf Variable that requires grad"),
-        (scale_layer, ch04.EVERYTHING, "rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.bias_hh_l0 changed too"),
+        (scale_in_place, ch04_gradients.COPY, "returned `net` itself"),
+        (scale_shallow, ch04_gradients.SHALLOW, "the original network changed (rnn.weight_hh_l0)"),
+        (scale_then_copy, ch04_gradients.COPY, "the original network changed (rnn.weight_hh_l0)"),
+        (scale_not_assigned, ch04_gradients.UNSCALED, "the copy's rnn.weight_hh_l0: 16 of 16 entries differ"),
+        (scale_without_no_grad, ch04_gradients.NO_GRAD, "a leaf Variable that requires grad"),
+        (
+            scale_layer,
+            ch04_gradients.EVERYTHING,
+            "rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.bias_hh_l0 changed too",
+        ),
         (scale_with_bias, None, "rnn.bias_hh_l0 changed too"),
     ],
 )
 def test_scaled_copy_mistakes(answer, hint, message):
-    assert failed(ch04.check_scaled_copy(answer), hint, message)
+    assert failed(ch04_gradients.check_scaled_copy(answer), hint, message)
 
 
 def test_scaled_copy_rebuilding_the_chapter_network_gets_a_hint():
@@ -372,7 +382,7 @@ def test_scaled_copy_rebuilding_the_chapter_network_gets_a_hint():
             scaled.rnn.weight_hh_l0.mul_(factor)
         return scaled
 
-    assert failed(ch04.check_scaled_copy(scale_rebuilt), ch04.REBUILT, "size mismatch")
+    assert failed(ch04_gradients.check_scaled_copy(scale_rebuilt), ch04_gradients.REBUILT, "size mismatch")
 
 
 def frozen(part):
@@ -396,7 +406,7 @@ def test_scaled_copy_says_what_is_off():
         (broken, "your code raised RuntimeError: some other failure"),
     ]
     for answer, message in cases:
-        assert failed(ch04.check_scaled_copy(answer), None, message), message
+        assert failed(ch04_gradients.check_scaled_copy(answer), None, message), message
 
 
 def estimate(radius="eigenvalues", states="every step", slope=True):
@@ -422,24 +432,24 @@ estimate_right = estimate()
 
 
 def test_step_estimate_passes_the_right_estimate():
-    verdict = ch04.check_step_estimate(estimate_right)
+    verdict = ch04_gradients.check_step_estimate(estimate_right)
     assert verdict.passed and "scaled by 1 and by 3" in verdict.message
-    as_float = ch04.check_step_estimate(lambda net, x: estimate_right(net, x).item())
+    as_float = ch04_gradients.check_step_estimate(lambda net, x: estimate_right(net, x).item())
     assert as_float.passed
 
 
 @pytest.mark.parametrize(
     ("answer", "hint"),
     [
-        (estimate(radius="singular values"), ch04.SINGULAR),
-        (estimate(radius="real parts"), ch04.REAL_PART),
-        (estimate(states="h_n"), ch04.LAST_STATE),
-        (estimate(slope=False), ch04.RADIUS_ONLY),
+        (estimate(radius="singular values"), ch04_gradients.SINGULAR),
+        (estimate(radius="real parts"), ch04_gradients.REAL_PART),
+        (estimate(states="h_n"), ch04_gradients.LAST_STATE),
+        (estimate(slope=False), ch04_gradients.RADIUS_ONLY),
         (estimate(radius="weight_ih"), None),
     ],
 )
 def test_step_estimate_mistakes(answer, hint):
-    assert failed(ch04.check_step_estimate(answer), hint, "the estimate for W_hh x 1 is")
+    assert failed(ch04_gradients.check_step_estimate(answer), hint, "the estimate for W_hh x 1 is")
 
 
 def test_step_estimate_says_what_is_off():
@@ -455,7 +465,7 @@ def test_step_estimate_says_what_is_off():
         (lambda net, x: math.nan, "the estimate for W_hh x 1 is nan, not a finite number"),
     ]
     for answer, message in cases:
-        assert failed(ch04.check_step_estimate(answer), None, message), message
+        assert failed(ch04_gradients.check_step_estimate(answer), None, message), message
 
 
 # Exercise 4.5 ------------------------------------------------------------------------
@@ -475,9 +485,10 @@ class Bi(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         lengths = (ids != 0).sum(dim=1).cpu()
         embedded = self.embedding(ids)
-        if self.read == "no packing":
+        if self.read.startswith("no packing"):
             _, h_n = self.rnn(embedded)
-            return self.head(torch.cat([h_n[-2], h_n[-1]], dim=1))
+            pair = [h_n[-2], h_n[-1]] if self.read == "no packing" else [h_n[-1], h_n[-2]]
+            return self.head(torch.cat(pair, dim=1))
         packed = pack_padded_sequence(
             embedded, lengths, batch_first=True, enforce_sorted=self.read == "sorted"
         )
@@ -490,6 +501,7 @@ class Bi(nn.Module):
             "reshape": lambda: h_n.reshape(len(ids), -1),
             "order": lambda: torch.cat([h_n[-1], h_n[-2]], dim=1),
             "forward twice": lambda: torch.cat([h_n[-2], h_n[-2]], dim=1),
+            "backward twice": lambda: torch.cat([h_n[-1], h_n[-1]], dim=1),
         }[self.read]()
         return self.head(both)
 
@@ -500,52 +512,58 @@ def bi(**settings):
 
 def test_bi_classifier_passes_right_answers():
     for read in ("h_n", "permute"):
-        verdict = ch04.check_bi_classifier(bi(read=read))
-        assert verdict.passed and "run on each name alone" in verdict.message
+        verdict = ch04_names.check_bi_classifier(bi(read=read))
+        assert verdict.passed and "forward summary first" in verdict.message
+    # the backward direction first is as right: the head's weights are learned
+    verdict = ch04_names.check_bi_classifier(bi(read="order"))
+    assert verdict.passed and "backward summary first" in verdict.message
 
 
 @pytest.mark.parametrize(
     ("read", "hint"),
     [
-        ("no packing", ch04.NO_PACKING),
-        ("output", ch04.OUTPUT_LAST),
-        ("reshape", ch04.RESHAPE),
-        ("order", ch04.ORDER),
+        ("no packing", ch04_names.NO_PACKING),
+        ("output", ch04_names.OUTPUT_LAST),
+        ("reshape", ch04_names.RESHAPE),
+        ("no packing, backward first", ch04_names.NO_PACKING),
         ("forward twice", None),
+        ("backward twice", None),
     ],
 )
 def test_bi_classifier_mistakes(read, hint):
-    assert failed(ch04.check_bi_classifier(bi(read=read)), hint, "the logits")
+    assert failed(ch04_names.check_bi_classifier(bi(read=read)), hint, "the logits")
 
 
 def test_bi_classifier_says_what_is_off():
-    assert failed(ch04.check_bi_classifier(bi(read="sorted")), ch04.SORTED, "must be sorted")
-    verdict = ch04.check_bi_classifier(bi(bidirectional=False, head_in=1))
+    assert failed(ch04_names.check_bi_classifier(bi(read="sorted")), ch04_names.SORTED, "must be sorted")
+    verdict = ch04_names.check_bi_classifier(bi(bidirectional=False, head_in=1))
     assert failed(verdict, "pass bidirectional=True", "not bidirectional")
-    assert failed(ch04.check_bi_classifier(bi(head_in=1)), None, "the head reads 3 numbers")
-    assert failed(ch04.check_bi_classifier(bi(padding_idx=None)), None, "padding_idx is None, not 0")
+    assert failed(ch04_names.check_bi_classifier(bi(head_in=1)), None, "the head reads 3 numbers")
+    assert failed(ch04_names.check_bi_classifier(bi(padding_idx=None)), None, "padding_idx is None, not 0")
 
     class Wide(Bi):
         def __init__(self, vocab_size, n_classes, embed=32, hidden=32):
             super().__init__(vocab_size, n_classes, embed, 2 * hidden)
 
-    assert failed(ch04.check_bi_classifier(Wide), None, "expected a one-layer nn.GRU(5, 3)")
+    assert failed(ch04_names.check_bi_classifier(Wide), None, "expected a one-layer nn.GRU(5, 3)")
 
     class Unused(Bi):
         def __init__(self, vocab_size, n_classes, embed=32, hidden=32):
             super().__init__(vocab_size, n_classes, embed, hidden)
             self.scale = nn.Parameter(torch.ones(1))
 
-    assert failed(ch04.check_bi_classifier(Unused), None, "no gradient reaches scale")
+    assert failed(ch04_names.check_bi_classifier(Unused), None, "no gradient reaches scale")
 
     class Broken(Bi):
         def forward(self, ids):
             raise RuntimeError("out of memory")
 
-    assert failed(ch04.check_bi_classifier(Broken), None, "your code raised RuntimeError: out of memory")
+    assert failed(
+        ch04_names.check_bi_classifier(Broken), None, "your code raised RuntimeError: out of memory"
+    )
 
     class HalfDone(Bi):
         def forward(self, ids):
             raise NotImplementedError  # the reader wrote __init__ only
 
-    assert ch04.check_bi_classifier(HalfDone).status == "not attempted"
+    assert ch04_names.check_bi_classifier(HalfDone).status == "not attempted"
