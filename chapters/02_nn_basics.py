@@ -2117,6 +2117,70 @@ record(
 )
 record("jumpy_ratio", jumpy_ratio, fmt="{:.1f}")
 
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+# How many runs' best weights classify every validation tumour correctly, and
+# whether the chosen run's validation loss rose after its best epoch.
+def val_mistakes_of(state: dict) -> int:
+    net = MLP(30, 16, 1).to(device)
+    net.load_state_dict(state)
+    net.eval()
+    with torch.no_grad():
+        logits = net(x_val.to(device)).squeeze(1).cpu()
+    return int(((logits > 0).float() != y_val).sum())
+
+
+run_mistakes = [val_mistakes_of(run["best_state"]) for run in runs]
+chosen_mistakes = next(
+    m for run, m in zip(runs, run_mistakes, strict=True) if run is chosen
+)
+n_perfect = sum(m == 0 for m in run_mistakes)
+if n_perfect == len(runs):
+    perfect_runs = "The best weights of all six runs"
+elif n_perfect == 1:
+    perfect_runs = "Only the chosen run's best weights"
+else:
+    perfect_runs = (
+        f"The best weights of {number_words[n_perfect]} of the six runs, the"
+        " chosen run's among them,"
+    )
+if chosen_mistakes == 0:
+    ranking_text = (
+        f"One caution about this choice. {perfect_runs} classify all"
+        f" {len(y_val)} validation tumours correctly. On a validation set"
+        " classified perfectly the loss can only fall as the logits grow, so"
+        " among such candidates it mostly ranks confidence, not correctness."
+        " Counting mistakes first, with the loss only as a tie-break, would"
+        " pick the same weights here, since they make none; what helps is a"
+        " validation set large enough to hold some mistakes, or the k-fold"
+        " cross-validation described below"
+    )
+else:
+    ranking_text = (
+        "One caution about this choice. The chosen weights misclassify"
+        f" {chosen_mistakes} of the {len(y_val)} validation tumours. Where a"
+        " validation set holds so few mistakes, its loss ranks confidence as"
+        " much as correctness; a larger validation set, or the k-fold"
+        " cross-validation described below, would judge more fairly"
+    )
+record("ranking_text", ranking_text)
+chosen_end = versus_best(chosen["val"][-1], chosen["best_val"])
+chosen_rise = math.log(chosen["val"][-1] / chosen["best_val"])
+if best_epoch == epochs:
+    early_stop_text = (
+        "its last, so here early stopping simply kept the final weights"
+    )
+elif chosen_rise > 3 * jumpiness(chosen["val"]):
+    early_stop_text = (
+        f"before its validation loss rose again (it ends {chosen_end})"
+    )
+else:
+    early_stop_text = (
+        "though after it the validation curve stays within its own noise (it"
+        f" ends {chosen_end}), so here the choice of epoch barely matters"
+    )
+record("early_stop_text", early_stop_text)
+
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
@@ -2124,39 +2188,31 @@ The runs differ in what limits them. The lowest validation loss of all,
 {{best_val_loss}}, came at lr {{chosen_lr}}, epoch {{best_epoch}};
 {{others_text}}.{{still_improving_text}} {{grid_edge_text}}
 
-Two kinds of trouble can show in such panels, and they look different. The first is
-**overfitting**: the training loss keeps falling while the validation loss stops
-improving or rises, because the model fits the training tumours ever more closely
-without getting better on new ones. (Its mild form, a gap between the curves that
-widens while the validation loss stays flat, buys nothing on new tumours but costs
-nothing yet either.) The clearest candidate here is lr {{overfit_lr}}: from its best
-epoch, {{overfit_epoch}}, to the last, its validation loss ends
-{{overfit_val_end}}, {{overfit_short}}.
-The second is **instability**: a step too large for the loss surface throws the
-weights about, so the *training* loss itself jumps, and the validation loss often
-jumps with it. {{unstable_short}}. A validation minimum reached among such jumps is
-partly a lucky snapshot, not a sign of overfitting. Against overfitting we keep the
-weights of the epoch with the lowest validation loss, epoch {{best_epoch}} of the
-chosen run (*early stopping*), a choice made on validation data only; the same choice
-keeps weights from before any later jump. The aside below says how the two were told
-apart in these runs.
+{{ranking_text}}. Section 2.8 shows what this costs on the test set.
 
-Two details of the curves. First, the validation loss starts below the training loss
-in {{n_below_start}} of the six runs, and stays below it throughout in
-{{n_below_throughout}}. Each training figure is an average over an epoch during
-which the weights improved, while the validation loss is measured at the epoch's
-end, which pushes the training figure up. To see whether that is the whole story,
-take the end of the slow run (lr {{slow_lr}}), where the weights change little
-within an epoch: the training loss of its final weights, measured like the
-validation loss, is {{slow_train_at_end}}, against {{slow_val_at_end}} on
-validation: the training loss is {{easier_text}}. A small validation set is a
-noisy judge; the usual remedy is *k-fold cross-validation*, which validates on each
-of k parts of the non-test data in turn and averages the k scores. Second, each
-validation point is a snapshot of one set of weights, while each training point
-averages the loss over the epoch's {{n_batches}} updates, which smooths it.
-Measured by the wiggle defined in the aside below, the chosen run's validation curve wiggles
-{{jumpy_ratio}} times as much as its training curve; a jump of the training
-loss, as in an unstable run, can outweigh the smoothing.
+Two kinds of trouble can show in such panels. **Overfitting**: the training loss
+keeps falling while the validation loss stops improving or rises, because the model
+fits the training tumours ever more closely without getting better on new ones. The
+clearest candidate here, lr {{overfit_lr}}, ends {{overfit_val_end}} after its best
+epoch: {{overfit_short}}. **Instability**: a step too large for the loss surface
+throws the weights about, so the *training* loss itself jumps, and the validation
+loss often with it. {{unstable_short}}. Against both we keep the weights of the
+epoch with the lowest validation loss (*early stopping*), a choice made on
+validation data only: epoch {{best_epoch}} of the chosen run,
+{{early_stop_text}}. The aside below says how overfitting, jumps and noise were
+told apart.
+
+The validation loss starts below the training loss in {{n_below_start}} of the
+six runs, and stays below it throughout in {{n_below_throughout}}. Partly this is
+how the two are measured: each training figure averages the loss over an epoch's
+{{n_batches}} updates, during which the weights improved, while the validation loss
+is measured at the epoch's end. At the end of the slow run (lr {{slow_lr}}), where
+the weights change little within an epoch, the training loss of its final weights,
+measured like the validation loss, is {{slow_train_at_end}}, against
+{{slow_val_at_end}} on validation: the training loss is {{easier_text}}. A small
+validation set is a noisy judge; the usual remedy is *k-fold cross-validation*,
+which validates on each of k parts of the non-test data in turn and averages the k
+scores.
 """
 )
 
@@ -2169,11 +2225,13 @@ prose(
 **Overfitting.** {{overfit_pool_text}} at lr {{overfit_lr}}: from its best
 validation epoch, {{overfit_epoch}}, to the last, its training loss
 {{overfit_trend}} from {{overfit_train_best}} to {{overfit_train_end}}, while its
-validation loss ends {{overfit_val_end}}. Is that rise more than noise? A
-validation curve wiggles from epoch to epoch; measure the wiggle as the mean size of
-the second difference of the log loss, which a steady trend leaves at zero (a rough
-heuristic of ours, not a statistical test). The rise in log loss is
-{{overfit_wiggles}} times this curve's wiggle: {{overfit_verdict}}.
+validation loss ends {{overfit_val_end}}. (A mild form, a gap between the curves
+that widens while the validation loss stays flat, buys nothing on new tumours but
+costs nothing yet either.) Is that rise more than noise? A validation curve wiggles
+from epoch to epoch; measure the wiggle as the mean size of the second difference of
+the log loss, which a steady trend leaves at zero (a rough heuristic of ours, not a
+statistical test). The rise in log loss is {{overfit_wiggles}} times this curve's
+wiggle: {{overfit_verdict}}.
 
 **Instability.** We call a rise of the training loss to more than three times its
 lowest value so far a jump; the mark is our convention, set in the gap we measured
@@ -2181,7 +2239,14 @@ between smooth and unstable runs (on seeds 0 to 3, rises of at most 2.4 times
 against jumps of 4.3 times and more). {{unstable_text}}.{{chosen_rise_text}}
 Where a run jumps after its best epoch, the rise of its validation loss there is
 instability too, not overfitting, which is why the overfitting candidate above is
-sought among the runs that never jumped.
+sought among the runs that never jumped. A validation minimum reached among such
+jumps is partly a lucky snapshot.
+
+**Wiggle.** Each validation point is a snapshot of one set of weights, while each
+training point averages the loss over an epoch's updates, which smooths it: by the
+measure above, the chosen run's validation curve wiggles {{jumpy_ratio}} times as
+much as its training curve. A jump of the training loss, as in an unstable run, can
+outweigh the smoothing.
 
 </details>
 """
@@ -2572,50 +2637,12 @@ with torch.no_grad():
     val_logits = model(x_val.to(device)).squeeze(1).cpu()  # (91,)
 val_mistakes = int(((val_logits > 0).float() != y_val).sum())
 print(f"validation mistakes of the chosen model: {val_mistakes}")
-# overconfident on test: mean confidence above test accuracy
-overconfident_on_test = mean_confidence > test_acc
-if overconfident_on_test:
-    overconfidence_intro = (
-        "Two things can make a selected network overconfident on new data,"
-        " as this one is."
-    )
-else:
-    overconfidence_intro = (
-        "This network is not overconfident on the test tumours, but two"
-        " things can make a selected network so on new data."
-    )
-record("overconfidence_intro", overconfidence_intro)
-if val_mistakes == 0:
-    perfect_val_text = (
-        "Nor could the validation curve have warned of it: the chosen model"
-        f" classifies all {len(y_val)} validation tumours correctly, and on"
-        " such a set growing confidence only lowers the loss, so a validation"
-        " set the model classifies perfectly cannot reveal growing"
-        " overconfidence"
-        + (
-            ", which the test set then shows"
-            if overconfident_on_test
-            and test_loss > result.loss
-            and int(wrong.sum()) > 0
-            else ""
-        )
-        + "."
-    )
-else:
-    perfect_val_text = (
-        "A validation set the model classified perfectly could not reveal"
-        " growing overconfidence at all, since on it growing confidence only"
-        f" lowers the loss; ours holds {val_mistakes} mistake"
-        f"{'s' if val_mistakes != 1 else ''} of the chosen model, little to"
-        " reveal it with."
-    )
-record("perfect_val_text", perfect_val_text)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # The words of the next paragraph, chosen from the numbers above.
 # the gap between mean confidence and accuracy, in standard errors of the
-# accuracy; two or more make a verdict (seeds 0-2: +3.8, -1.5, +0.2 points,
-# that is +1.9, -1.7, +0.2 standard errors)
+# accuracy; two or more make a verdict (seeds 0-2, CPU, 2 threads: +1.8,
+# -1.7, +0.2 standard errors)
 test_se_value = math.sqrt(test_acc * (1 - test_acc) / len(test_true))
 excess = mean_confidence - test_acc
 k_se = abs(excess) / test_se_value if test_se_value > 0 else math.inf
@@ -2637,6 +2664,46 @@ else:
         f" {k_se:.1f} standard errors of the accuracy)"
     )
 record("calibration_words", calibration_words)
+# the overconfidence sentences use the same criterion as the verdict above
+if excess > 0 and k_se >= 2:
+    overconfidence_intro = (
+        "Two things can make a selected network overconfident on new data,"
+        " as this one is."
+    )
+elif excess > 0 and k_se >= 1:
+    overconfidence_intro = (
+        "Two things can make a selected network overconfident on new data,"
+        " as this one appears to be."
+    )
+else:
+    overconfidence_intro = (
+        "This network is not measurably overconfident on the test tumours,"
+        " but two things can make a selected network so on new data."
+    )
+record("overconfidence_intro", overconfidence_intro)
+if excess > 0 and k_se >= 1 and test_loss > result.loss and wrong.any():
+    test_shows = ", which the test set then " + (
+        "shows" if k_se >= 2 else "suggests"
+    )
+else:
+    test_shows = ""
+if val_mistakes == 0:
+    perfect_val_text = (
+        "Nor could the validation curve have warned of it: the chosen model"
+        f" classifies all {len(y_val)} validation tumours correctly, and on"
+        " such a set growing confidence only lowers the loss, so a validation"
+        " set the model classifies perfectly cannot reveal growing"
+        f" overconfidence{test_shows}."
+    )
+else:
+    perfect_val_text = (
+        "A validation set the model classified perfectly could not reveal"
+        " growing overconfidence at all, since on it growing confidence only"
+        f" lowers the loss; ours holds {val_mistakes} mistake"
+        f"{'s' if val_mistakes != 1 else ''} of the chosen model, little to"
+        " reveal it with."
+    )
+record("perfect_val_text", perfect_val_text)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -3404,10 +3471,12 @@ assert check_load_hidden_only(load_hidden_only)
 # of the best, applied to section 2.7's six runs for batches of 32 (section 2.7 took
 # the lowest loss outright: does the rule agree?) and to the two runs of each other
 # size. Compare the best validation loss of each batch size, the epoch it came at, and
-# the number of optimizer updates up to that epoch: write that count as
-# `updates_to_best` in the starter below first (section 2.6 counts the updates of one
-# epoch; 364 examples do not divide into batches of 8 or 128). Flag a run that was
-# still improving at its last epoch. Does a smaller batch reach its best
+# the number of optimizer updates up to that epoch. Write the two pieces the checkers
+# can test in the starter below first: the rule as `choose_rate` (a dictionary maps each
+# rate tried to its best validation loss; its order is not the rates' order), and the
+# count as `updates_to_best` (section 2.6 counts the updates of one epoch; 364 examples
+# do not divide into batches of 8 or 128). Flag a run that was still improving at its
+# last epoch. Does a smaller batch reach its best
 # in fewer epochs? In fewer updates? Compare the two lowest losses with your bootstrap
 # from exercise 3.
 
@@ -3419,13 +3488,20 @@ def updates_to_best(best_epoch: int, n_train: int, batch_size: int) -> int:
     raise NotImplementedError  # your code here
 
 
-from helpers.exercises.ch02 import check_updates_to_best
+def choose_rate(val_losses: dict[float, float]) -> float:
+    """The learning rate that section 2.5's rule picks from `val_losses`,
+    which maps each rate tried to its best validation loss."""
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch02 import check_choose_rate, check_updates_to_best
 
 check_updates_to_best(updates_to_best)
+check_choose_rate(choose_rate)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 5
-from helpers.exercises.ch02 import check_updates_to_best
+from helpers.exercises.ch02 import check_choose_rate, check_updates_to_best
 
 
 def updates_to_best(best_epoch: int, n_train: int, batch_size: int) -> int:
@@ -3513,6 +3589,7 @@ print(
 # No assert on the order of the update counts (seeds 0-2: batches of 8 / of
 # 128 = 552/27, 1058/150, 138/45): the answer words whatever order the run gives.
 assert check_updates_to_best(updates_to_best)
+assert check_choose_rate(choose_rate)
 
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"

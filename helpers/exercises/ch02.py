@@ -4,9 +4,10 @@ Each checker runs the reader's code on small, freshly seeded CPU problems agains
 reference that does not come from the chapter's solution: ``torch.optim.SGD`` for the
 momentum optimizer, one big-batch SGD step per group for gradient accumulation, a
 large reference bootstrap, the trained network's own tensors (and the new head's, kept
-from before the call) for a partial ``load_state_dict``, and a direct count of the
-batches in an epoch. For the usual mistakes it computes what the mistake
-would produce, or reads the error it raised, and names it. Introduced with chapter 2's exercises.
+from before the call) for a partial ``load_state_dict``, a direct count of the
+batches in an epoch, and section 2.5's rate rule written out on hand-made loss tables.
+For the usual mistakes it computes what the mistake would produce, or reads the error
+it raised, and names it. Introduced with chapter 2's exercises.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from helpers.exercises import ch02_references as ref
 __all__ = [
     "check_accumulated_epoch",
     "check_bootstrap_share",
+    "check_choose_rate",
     "check_load_hidden_only",
     "check_momentum_sgd",
     "check_updates_to_best",
@@ -300,6 +302,8 @@ _UPDATE_HINTS = {
     "validation loss was measured: count epochs 1 to best_epoch",
     "one epoch": "that is one epoch's updates: multiply by the number of epochs up to the best",
     "examples": "one update per batch, not per example: divide by the batch size",
+    "ceil total": "round up each epoch's batch count, not the total: every epoch ends with its "
+    "own short batch, so the count is best_epoch * ceil(n_train / batch_size)",
 }
 
 
@@ -329,4 +333,43 @@ def check_updates_to_best(updates_to_best: Callable[[int, int, int], Any]) -> st
     return (
         f"counts {', '.join(map(str, want))} updates in {len(want)} cases: one per batch, the "
         "short last batch included, over epochs 1 to the best"
+    )
+
+
+_RATE_HINTS = {
+    "lowest": "that is the rate with the lowest loss outright; the rule takes the smallest rate "
+    "whose loss is within 1 % of that lowest loss",
+    "first listed": "you took the first rate listed within 1 %; the dictionary's order is not the "
+    "rates' order: take the smallest such rate (min over the rates)",
+    "largest": "that is the largest rate within 1 % of the best; the rule takes the smallest, the "
+    "gentlest rate that does about as well",
+    "absolute": "within 1 % means a loss of at most 1.01 times the lowest, a relative margin, "
+    "not the lowest plus 0.01",
+    "loss": "return the rate (the dictionary's key), not its loss",
+}
+
+
+@checker("2.5", "choose_rate")
+def check_choose_rate(choose_rate: Callable[[dict[float, float]], Any]) -> str:
+    """``choose_rate(val_losses)``: the smallest rate whose loss is within 1 % of the lowest."""
+    got = []
+    for case in ref.RATE_CASES:
+        value = choose_rate(dict(case))
+        expect(
+            isinstance(value, numbers.Real) and not isinstance(value, bool),
+            f"choose_rate should return a learning rate (a number), got {value!r}",
+        )
+        got.append(float(value))
+    want = [ref.choose_rate(case) for case in ref.RATE_CASES]
+    made = [ref.rate_mistakes(case) for case in ref.RATE_CASES]
+    hint = next((h for name, h in _RATE_HINTS.items() if got == [m[name] for m in made]), None)
+    wrong = [
+        f"choose_rate({case}) = {value:g}, expected {expected:g}"
+        for case, value, expected in zip(ref.RATE_CASES, got, want, strict=True)
+        if value != expected
+    ]
+    expect(not wrong, "; ".join(wrong[:1]) + (f" (and {len(wrong) - 1} more)" if wrong[1:] else ""), hint)
+    return (
+        f"picks {', '.join(f'{rate:g}' for rate in want)} in {len(want)} cases: the smallest rate "
+        "within 1 % of the lowest loss, whatever order the rates are listed in"
     )

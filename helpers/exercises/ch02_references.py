@@ -222,4 +222,37 @@ def update_mistakes(best_epoch: int, n_train: int, batch_size: int) -> dict[str,
         "before best": (best_epoch - 1) * per_epoch,
         "one epoch": per_epoch,
         "examples": best_epoch * n_train,
+        "ceil total": -(-best_epoch * n_train // batch_size),
+    }
+
+
+# Exercise 2.5: the rule that picks a learning rate ---------------------------------------
+
+# Each maps learning rates to their best validation losses, listed in an order that is not
+# the rates' order, so that "the first listed", "the smallest" and "the largest" rate
+# within 1 % differ; the first also has a rate within an absolute 0.01 but not within 1 %.
+RATE_CASES: list[dict[float, float]] = [
+    {0.3: 0.0502, 0.1: 0.0500, 0.03: 0.0504, 0.01: 0.0600, 0.003: 0.0900, 0.001: 0.1200},
+    {0.01: 0.2010, 0.001: 0.3000, 0.03: 0.2000, 0.1: 0.2015, 0.003: 0.2019},
+    {0.001: 0.1000, 0.01: 0.2000},
+    {0.5: 0.0400},
+]
+
+
+def choose_rate(val_losses: dict[float, float]) -> float:
+    """The smallest rate whose loss is within 1 % of the lowest (section 2.5's rule)."""
+    best = min(val_losses.values())
+    return min(rate for rate, loss in val_losses.items() if loss <= 1.01 * best)
+
+
+def rate_mistakes(val_losses: dict[float, float]) -> dict[str, float]:
+    """What the usual mistakes return for one case, keyed by a short name."""
+    best = min(val_losses.values())
+    near = [rate for rate, loss in val_losses.items() if loss <= 1.01 * best]
+    return {
+        "lowest": min(val_losses, key=val_losses.__getitem__),
+        "first listed": near[0],
+        "largest": max(near),
+        "absolute": min(rate for rate, loss in val_losses.items() if loss <= best + 0.01),
+        "loss": best,
     }
