@@ -240,53 +240,88 @@ def test_generator_losses_with_a_wrong_gradient_fail():
 # ---- 6.4 ----------------------------------------------------------------------------------
 
 
-def conv_gan(noise_dim, *, mistake: str | None = None):
-    """A right answer to exercise 6.4 (a module class, not nn.Sequential), or a usual mistake."""
+def conv_gan(noise_dim, *, mistake: str | None = None, channels: int = 32):
+    """A right answer to exercise 6.4 (a module class, not nn.Sequential), or a usual mistake.
+
+    ``channels`` is the reader's choice: the checker must accept any.
+    """
+    c, half = channels, channels // 2
 
     class Generator(nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc = nn.Linear(noise_dim, 32 * 7 * 7, bias=mistake != "no linear bias")
-            self.bn1, self.bn2 = nn.BatchNorm2d(32), nn.BatchNorm2d(16)
+            self.fc = nn.Linear(noise_dim, c * 7 * 7)  # a bias per position: the norm keeps it
+            self.bn1, self.bn2 = nn.BatchNorm2d(c), nn.BatchNorm2d(half)
             kernel, pad = (3, 1) if mistake == "kernel 3" else (4, 1)
-            self.up1 = nn.ConvTranspose2d(32, 16, kernel, 2, pad, bias=mistake == "bias")
-            self.up2 = nn.ConvTranspose2d(16, 1, kernel, 2, pad)
+            self.up1 = nn.ConvTranspose2d(c, half, kernel, 2, pad, bias=mistake == "bias")
+            self.up2 = nn.ConvTranspose2d(half, 1, kernel, 2, pad)
 
         def forward(self, z):
             h = self.fc(z).detach() if mistake == "detach" else self.fc(z)
-            h = F.relu(self.bn1(h.view(-1, 32, 7, 7)))
+            h = F.relu(self.bn1(h.view(-1, c, 7, 7)))
             out = self.up2(F.relu(self.bn2(self.up1(h))))
             if mistake == "flat":
                 out = out.flatten(1)
             return out if mistake == "no tanh" else torch.tanh(out)
 
     head = {
-        "conv head": [nn.Conv2d(32, 1, 7)],
-        "sigmoid": [nn.Flatten(), nn.Linear(32 * 7 * 7, 1), nn.Sigmoid()],
-    }.get(mistake, [nn.Flatten(), nn.Linear(32 * 7 * 7, 1)])
+        "conv head": [nn.Conv2d(c, 1, 7)],
+        "sigmoid": [nn.Flatten(), nn.Linear(c * 7 * 7, 1), nn.Sigmoid()],
+    }.get(mistake, [nn.Flatten(), nn.Linear(c * 7 * 7, 1)])
     discriminator = nn.Sequential(
-        nn.Conv2d(1, 16, 4, 2, 1),
+        nn.Conv2d(1, half, 4, 2, 1),
         nn.LeakyReLU(0.2),
-        nn.Conv2d(16, 32, 4, 2, 1, bias=mistake == "bias D"),
-        nn.BatchNorm2d(32),
+        nn.Conv2d(half, c, 4, 2, 1, bias=mistake == "bias D"),
+        nn.BatchNorm2d(c),
         nn.LeakyReLU(0.2),
         *head,
     )
     return Generator(), discriminator
 
 
-def test_conv_gan_right_answer_passes(capsys):
+@pytest.mark.parametrize("channels", [32, 8, 64])
+def test_conv_gan_right_answers_pass_whatever_the_channels(channels, capsys):
+    assert check_make_conv_gan(lambda n: conv_gan(n, channels=channels))
+    out = capsys.readouterr().out
+    assert "(6, 1, 28, 28) images in [-1, 1]" in out and "no bias before a batch norm" in out
+
+
+def test_conv_gan_reports_the_parameter_counts(capsys):
     assert check_make_conv_gan(conv_gan)
-    assert "28,929 and 10,097 parameters as specified" in capsys.readouterr().out
+    assert "(28,929 and 10,097 parameters)" in capsys.readouterr().out
+
+
+def linear_bn1d_generator(noise_dim, *, bias: bool):
+    """A generator that starts Linear -> BatchNorm1d -> reshape (its bias would be cancelled)."""
+    return nn.Sequential(
+        nn.Linear(noise_dim, 8 * 7 * 7, bias=bias),
+        nn.BatchNorm1d(8 * 7 * 7),
+        nn.ReLU(),
+        nn.Unflatten(1, (8, 7, 7)),
+        nn.ConvTranspose2d(8, 4, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.ConvTranspose2d(4, 1, 4, 2, 1),
+        nn.Tanh(),
+    )
+
+
+def test_conv_gan_linear_into_batchnorm1d_must_have_no_bias():
+    assert check_make_conv_gan(lambda n: (linear_bn1d_generator(n, bias=False), conv_gan(n)[1]))
+    failed(
+        check_make_conv_gan(lambda n: (linear_bn1d_generator(n, bias=True), conv_gan(n)[1])),
+        "Use bias=False there",
+        "the generator's Linear right before a batch norm has a bias (392 numbers)",
+    )
 
 
 @pytest.mark.parametrize(
     ("mistake", "hint"),
     [
         ("kernel 3", "each layer doubles the size, 7 → 14 → 28"),
-        ("flat", "Reshape the Linear layer's (B, 1568)"),
+        ("flat", "Reshape the Linear layer's output"),
         ("no tanh", "End the generator with nn.Tanh()"),
-        ("conv head", "End with nn.Flatten() and nn.Linear(32 * 7 * 7, 1)"),
+        ("conv head", "End with nn.Flatten() and nn.Linear(C * 7 * 7, 1)"),
         ("sigmoid", "BCEWithLogitsLoss applies the sigmoid"),
         ("bias", "Use bias=False there"),
         ("bias D", "Use bias=False there"),
@@ -294,6 +329,14 @@ def test_conv_gan_right_answer_passes(capsys):
 )
 def test_conv_gan_usual_mistakes_get_their_hints(mistake, hint):
     failed(check_make_conv_gan(lambda n: conv_gan(n, mistake=mistake)), hint)
+
+
+def test_conv_gan_bias_message_names_the_layer():
+    failed(
+        check_make_conv_gan(lambda n: conv_gan(n, mistake="bias D")),
+        "Use bias=False there",
+        "the discriminator's Conv2d right before a batch norm has a bias (32 numbers)",
+    )
 
 
 class Unregistered(nn.Module):
@@ -315,16 +358,28 @@ def discriminator_with(*changes):
     return nn.Sequential(*layers)
 
 
+def one_upsampling_generator(noise_dim):
+    """14 × 14 maps and one ConvTranspose2d: the right size, but not the plan."""
+    return nn.Sequential(
+        nn.Linear(noise_dim, 8 * 14 * 14),
+        nn.Unflatten(1, (8, 14, 14)),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 1, 4, 2, 1),
+        nn.Tanh(),
+    )
+
+
 @pytest.mark.parametrize(
     ("make", "hint", "message"),
     [
         (lambda n: conv_gan(n)[0], None, "should return (generator, discriminator)"),
         (lambda n: (Unregistered(n), conv_gan(n)[1]), "not registered", "0 ConvTranspose2d"),
-        (lambda n: (conv_gan(n)[0], discriminator_with((1, nn.PReLU()))), None, "10,098 parameters"),
+        (lambda n: (one_upsampling_generator(n), conv_gan(n)[1]), None, "1 ConvTranspose2d layers"),
         (
-            lambda n: (conv_gan(n)[0], discriminator_with((4, nn.BatchNorm2d(32)))),
-            None,
-            "2 Conv2d and 2 batch-norm layers, expected 2 and 1",
+            lambda n: (conv_gan(n)[0], discriminator_with((3, nn.Identity()))),
+            "DCGAN puts a batch norm",
+            "the discriminator has no batch-norm layer",
         ),
         (lambda n: (conv_gan(n)[0], discriminator_with((6, nn.Linear(32 * 7 * 7, 2)))), "End with", "(6, 2)"),
         (lambda n: conv_gan(n, mistake="detach"), None, "no gradient reaches the generator's fc.weight"),

@@ -265,7 +265,8 @@ def check_generator_losses(generator_losses: Callable[..., tuple[torch.Tensor, t
 @checker("6.4", "make_conv_gan")
 @_own_rng
 def check_make_conv_gan(make_conv_gan: Callable[[int], tuple[nn.Module, nn.Module]]) -> str:
-    """Exercise 6.4: ``make_conv_gan(noise_dim)`` returns the specified (generator, discriminator)."""
+    """Exercise 6.4: ``make_conv_gan(noise_dim)`` returns a (generator, discriminator) pair that
+    follows the shape plan (the channel counts are the reader's)."""
     _require_callable(make_conv_gan, "make_conv_gan")
     return conv_gan_facts(make_conv_gan)
 
