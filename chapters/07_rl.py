@@ -64,7 +64,6 @@ if "google.colab" in sys.modules:
 import copy
 import importlib.util
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -84,6 +83,7 @@ from helpers.rl import (
     play_episode,
 )
 from helpers.runtime import describe_runtime, get_device, seed_everything
+from helpers.timing import best_time
 from torch import nn
 from torch.distributions import Categorical
 
@@ -346,9 +346,10 @@ assert np.allclose(discounted_returns(rewards, gamma).numpy(), direct)
 # deviation (plus `eps`). Subtracting the mean acts as a simple baseline: actions followed
 # by more than the usual return are made more likely, the others less likely. (Not an
 # exact one: the batch mean includes the returns of the step's own episode, which its
-# action influenced, so subtracting it biases the estimate slightly, by a share of the
-# order of one episode's share of the batch, 1/16 with the batches of 16 episodes used
-# below.) Dividing by the standard deviation gives every batch weights of the same
+# action influenced, so subtracting it biases the estimate slightly, by about that
+# episode's share of the batch's steps, $T_i/N$: 1/16 when the 16 episodes of a batch
+# below are equally long, more for a long episode among short ones.)
+# Dividing by the standard deviation gives every batch weights of the same
 # scale; with plain SGD the step then no longer grows with the returns (it still scales
 # with the gradients of the log-probabilities). The aside below explains why Adam's own
 # rescaling does not cancel a scale that changes during training.
@@ -607,35 +608,38 @@ print("rewards received:", sorted(received))
 
 # %%
 def seconds_per_step(
-    net: nn.Module, device: torch.device, n: int, repeats: int = 200
+    net: nn.Module, device: torch.device, n: int, steps: int = 20
 ) -> float:
-    """Mean time of one step's torch work: states in, logits, actions out."""
+    """One step's torch work (states in, logits, actions out), in seconds.
+
+    The fastest of 10 timed blocks of `steps` steps (chapter 1's best_time):
+    slower blocks measure the step plus whatever else the machine was doing.
+    """
     net = copy.deepcopy(net).to(device)
     observations = np.zeros((n, 4), dtype=np.float32)
-    warm_up = 20
-    with torch.no_grad():
-        for i in range(warm_up + repeats):
-            if i == warm_up:
-                start = time.perf_counter()
+
+    @torch.no_grad()
+    def block() -> None:
+        for _ in range(steps):
             logits = net(torch.as_tensor(observations, device=device))  # (n, 2)
             # .cpu() waits until the device has finished: the round trip
             logits.argmax(dim=1).cpu().numpy()
-    return (time.perf_counter() - start) / repeats
+
+    return best_time(block, repeat=10, warmup=2) / steps
 
 
-def seconds_per_update_pass(net: nn.Module, n: int, repeats: int) -> float:
-    """Mean time of a forward and backward pass on n states, on the CPU."""
+def seconds_per_update_pass(net: nn.Module, n: int) -> float:
+    """The fastest of 5 forward and backward passes on n states, on the CPU."""
     net = copy.deepcopy(net)
     states = torch.zeros(n, 4)  # the values do not change the time
     actions = torch.zeros(n, dtype=torch.long)
-    warm_up = 3
-    for i in range(warm_up + repeats):
-        if i == warm_up:
-            start = time.perf_counter()
+
+    def update_pass() -> None:
         log_probs = Categorical(logits=net(states)).log_prob(actions)  # (n,)
         net.zero_grad()
         log_probs.mean().backward()
-    return (time.perf_counter() - start) / repeats
+
+    return best_time(update_pass, repeat=5, warmup=2)
 
 
 def compared(threads_time: float, one_time: float) -> str:
@@ -651,12 +655,11 @@ def compared(threads_time: float, one_time: float) -> str:
 
 update_states = 4_000  # a batch of 16 episodes of 250 steps
 cpu_step = seconds_per_step(policy, torch.device("cpu"), n_envs)
-cpu_update = seconds_per_update_pass(policy, update_states, 20)
+cpu_update = seconds_per_update_pass(policy, update_states)
 if default_threads > 1:
     torch.set_num_threads(default_threads)
-    # fewer repeats: on a busy machine one step can take milliseconds here
-    threads_step = seconds_per_step(policy, torch.device("cpu"), n_envs, 50)
-    threads_update = seconds_per_update_pass(policy, update_states, 5)
+    threads_step = seconds_per_step(policy, torch.device("cpu"), n_envs)
+    threads_update = seconds_per_update_pass(policy, update_states)
     torch.set_num_threads(1)  # back to the chapter's choice
     thread_note = (
         f"PyTorch's default of {default_threads} CPU threads took "
@@ -700,8 +703,9 @@ record("device_note", device_note)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-On this run: {{thread_note}}. {{device_note}}. These are timings of
-one machine at one moment: which thread count wins depends on how many cores are free
+On this run: {{thread_note}}. {{device_note}}. Each time is the fastest of several
+repeats, as chapter 1 timed code, and they are timings of one machine at one moment:
+which thread count wins depends on how many cores are free
 while the chapter runs, so one thread is a choice, not a measured optimum for every
 machine. (An update on 4,000 states is a mid-sized one: a batch holds from a few
 hundred states early in training to 8,000 when all 16 episodes last 500 steps.) The
@@ -979,7 +983,12 @@ def train_reinforce(
 # the **advantage** $A_t = G_t - V_\phi(s_t)$: how much better than expected *from that
 # state* things went. By step 4 of the derivation in section 7.4, subtracting anything
 # that depends only on the state leaves the gradient's expectation unchanged, while it
-# can reduce the estimate's variance. Normalisation already removed the batch mean; a
+# can reduce the estimate's variance. Why the expected return is a good choice: each
+# term is a score times $(G_t - b(s_t))$, and the noise in $G_t$ around its expectation
+# given the state is untouched by any $b$; what $b$ can remove is the rest, which is
+# least when $b(s_t)$ is that expectation, $\mathbb{E}[G_t \mid s_t]$. (The exact
+# variance-minimising baseline also weights by the score's squared size; the expected
+# return is the usual, close choice.) Normalisation already removed the batch mean; a
 # state-dependent baseline can in addition remove the part of the return that the state
 # predicts.
 #
@@ -1425,8 +1434,9 @@ what the mean subtraction of normalisation buys plain REINFORCE. The value netwo
 explained a fraction $R^2$ = {{value_r2}} of the returns' variance on episodes it
 had not seen, and subtracting $V(s_t)$ instead of $b$ left {{value_share}} of the
 variance that $b$ left, a further {{value_gain}}-fold cut. So at a fixed policy,
-with a value network fitted to that policy, the baseline does what the derivation
-says. A value network that predicts badly would instead add its own errors to every
+with a value network fitted to that policy, the baseline does what step 4 and the
+argument above promise: the same expectation, a smaller variance.
+A value network that predicts badly would instead add its own errors to every
 weight.
 
 Whether a cut matters depends on how the remaining noise compares with what the
@@ -1496,7 +1506,8 @@ print(
 prose(
     r"""
 The training episodes are played by the *sampling* policy, which often tries the less
-likely action (exercise 3 measures how often): {{share_below}} of them (after the first batch)
+likely action (exercise 3 measures how often for the final policy): {{share_below}} of
+them (after the first batch)
 returned less than the greedy validation score of the very weights that played them.
 (The two are also measured on different start states.) That exploration is what lets
 REINFORCE discover better actions at all. The trailing mean averages the last 32
