@@ -1689,6 +1689,13 @@ for name in ("LSTM", "GRU"):
     record(f"{name.lower()}_grad_ratio", after, fmt="{:.0f}")
     # "far flatter": the same bound as for the last checkpoint below
     assert after < 1e2, (name, after)
+largest_after = max(ratio_of[n, "after training"] for n in ("LSTM", "GRU"))
+record(
+    "undiminished_text",
+    "nearly undiminished"
+    if largest_after < 3
+    else "far less diminished than before training",
+)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -1701,7 +1708,7 @@ at step 40 for the RNN, {{lstm_init_ratio}} for the LSTM (forget gate near 0.73)
 and {{gru_init_ratio}} for the GRU. So gating does not prevent vanishing
 gradients at the start. After training (right) the LSTM's and GRU's curves are far
 flatter, at ratios of {{lstm_grad_ratio}} and {{gru_grad_ratio}}: the gradient
-now reaches step 1 nearly undiminished. Whether the gates are what carries it, the
+now reaches step 1 {{undiminished_text}}. Whether the gates are what carries it, the
 next cell measures. (Gating is not the only cure
 for a plain RNN: an RNN with ReLU units and $W_{hh}$ started at the identity, the
 IRNN of [Le, Jaitly and Hinton, 2015](https://arxiv.org/abs/1504.00941), in PyTorch
@@ -1822,16 +1829,16 @@ gate_words(gates, top_write)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The GRU shows it across most of its state: between the marks its update gate
-averaged {{gru_keep_after}} after training, against {{gru_keep_before}} before,
-and {{gru_keep_units_after}} of its 32 units kept it above 0.9 on average
+The GRU's update gate shows it: between the marks it averaged
+{{gru_keep_after}} after training, against {{gru_keep_before}} before, and
+{{gru_keep_units_after}} of its 32 units kept it above 0.9 on average
 ({{gru_keep_units_before}} before training). At the marked steps it averaged
-{{gru_keep_marked}}, {{gru_marked_text}}. The LSTM keeps the number in far
-fewer units. Over all 32, its mean forget gate between the marks
-{{lstm_mean_text}} during training, from {{lstm_keep_before}} to
-{{lstm_keep_after}}; but its most persistent unit's averaged
-{{lstm_top_keep_after}} ({{lstm_keep_units_after}} units above 0.9; before
-training the highest was {{lstm_top_keep_before}}). That unit's input gate was
+{{gru_keep_marked}}, {{gru_marked_text}}. In the LSTM, over all 32 units, the
+mean forget gate between the marks {{lstm_mean_text}} during training, from
+{{lstm_keep_before}} to {{lstm_keep_after}}, and the number of units whose forget
+gate stayed above 0.9 was {{lstm_keep_units_after}}. Its most persistent unit's
+forget gate averaged {{lstm_top_keep_after}} (before training the highest was
+{{lstm_top_keep_before}}). That unit's input gate was
 {{lstm_top_input_marked}} at the marked steps and {{lstm_top_input_between}}
 between them: {{lstm_write_text}}. A gradient that flows back through a unit's
 $c_t$ is multiplied by $f_t$ at each step, so a unit whose forget gate stays near 1
@@ -1945,7 +1952,8 @@ ratio_words(ratios, memory_logs["RNN"]["val_mse"], chance_mse)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Step 0 repeats the left panel of the first picture: every network starts out
+Step 0 repeats the left panel (before training) of the gradient-norm figure above:
+every network starts out
 vanishing. The gated networks do not stay there. The LSTM's ratio
 {{lstm_peak_text}}; it was above 10,000 at {{lstm_share_above}} of its
 checkpoints, the GRU's at {{gru_share_above}}. At the end, when training stopped
@@ -1957,7 +1965,7 @@ had almost no influence on the weight updates, and within steps 1–20, the earl
 came, the less it had. The ratio is also erratic, between {{rnn_low_ratio}} and
 {{rnn_high_ratio}} from one checkpoint to the next; it {{rnn_dips_text}}, and
 its test MSE at the end was still near chance. A single "after training" curve for
-the RNN, like the blue one in the right panel of the first picture, is therefore one
+the RNN, like the one in that figure's right panel, is therefore one
 sample of a quantity that moves by orders of magnitude; that is why this section
 measures along the whole run.
 """
@@ -2184,7 +2192,9 @@ record("names_mostly_lower", len(mostly_lower))
 
 
 def and_join(words: list[str]) -> str:
-    """['a', 'b', 'c'] -> 'a, b and c'."""
+    """['a', 'b', 'c'] -> 'a, b and c'; [] -> 'none'."""
+    if not words:
+        return "none"
     return (
         words[0]
         if len(words) == 1
@@ -2433,7 +2443,7 @@ plt.show()
 
 # %%
 # with the kept weights: how much of the validation loss comes from wrong
-# # answers?
+# answers?
 model.eval()
 name_losses, name_right = [], []
 with torch.no_grad():
@@ -2652,8 +2662,10 @@ record("names_acc_rest", acc_rest, fmt="{:.0%}")
 two_se = f"two standard errors ({200 * diff_se:.0f} points)"
 if acc_shared - acc_rest > 2 * diff_se:
     stem_text = (
-        f"a gap of more than {two_se}, so the shared words do help, and the"
-        " second number is the better guide to what spelling alone gives"
+        f"a gap of more than {two_se}: the overlapping names were the easier"
+        " ones. That does not say why (they are also longer, more often of"
+        " several words, and differ in capitals), so the second number is the"
+        " safer guide to what spelling alone gives"
     )
 elif acc_rest - acc_shared > 2 * diff_se:
     stem_text = (
@@ -2662,8 +2674,8 @@ elif acc_rest - acc_shared > 2 * diff_se:
     )
 else:
     stem_text = (
-        f"a gap of less than {two_se}, so in this split the shared words did"
-        " not measurably help"
+        f"a gap of less than {two_se}: in this split the overlapping names"
+        " were not measurably easier"
     )
 record("names_stem_text", stem_text)
 # how many overlapping pairs join a language's name and a country's (or
@@ -2951,7 +2963,8 @@ assert check_direct_forecaster(DirectForecaster)
 # years' differences are positively correlated, as the errors of forecasts from
 # overlapping windows can be. The **batch-means** standard error cuts the $n$ yearly
 # differences into $k$ blocks of consecutive years, averages each block, and treats the
-# $k$ block means as the independent draws: their standard deviation over $\sqrt{k}$.
+# $k$ block means as the independent draws: their sample standard deviation (divided
+# by $k - 1$) over $\sqrt{k}$.
 # (Blocks long enough for the correlation to fade between them are what make it valid;
 # with 40 years, blocks of 5 give 8 block means, a rough estimate but an honest one.)
 # Write it as the function in the starter below first, then train the models and judge
@@ -3025,7 +3038,7 @@ for window, value in sorted(val_rmse.items()):
 print(f"naive forecast:      validation RMSE {naive_sun_val_rmse:5.1f}")
 best_window = min(val_rmse, key=val_rmse.get)
 # year by year: how much lower is the best window's squared error than the
-# # others'?
+# others'?
 within_noise = True
 for window in sorted(errors_by_window):
     if window == best_window:
