@@ -917,8 +917,10 @@ gradient to its neighbour, adding what it receives, until each holds the sum of 
 N-th; then an all-gather, N − 1 more steps that pass those finished N-ths around
 the ring. Here that is {{allreduce_kb}} kB per process per step ({{n_parameters}}
 float64 gradients), against about {{step_mflop}} million multiply-adds of
-arithmetic per process per step. FSDP moves about 1.5 times as much: it all-gathers
-the weights for forward and again for backward, and reduce-scatters the gradients.
+arithmetic per process per step. FSDP moves about 1.5 times as much with its default
+`reshard_after_forward=True`: it all-gathers the weights for forward and again for
+backward, and reduce-scatters the gradients (with `False` it keeps the gathered weights
+from forward to backward, and moves as much as DDP for more memory).
 These counts are for NCCL's ring algorithms. Gloo, this chapter's backend, has no
 reduce-scatter of its own: its `reduce_scatter_tensor` all-reduces the whole tensor
 and each rank keeps its chunk, the same sums for twice the bytes, so on gloo FSDP's
@@ -1910,7 +1912,7 @@ print({str(dtype): f"{value:.0e}" for dtype, value in allowance.items()})
 assert max(gaps64) <= allowance[torch.float64], (gaps64, allowance)
 assert max(gaps32) <= allowance[torch.float32], (gaps32, allowance)
 assert min(gaps32) > allowance[torch.float64], (gaps32, allowance)
-record("float32_gap", gaps32[0], fmt="{:.0e}")
+record("float32_gap", f"{gaps32[0]:.0e}".replace("e-0", "e-"))
 assert check_ddp_gradients(ddp_gradients)
 
 # %% [markdown]

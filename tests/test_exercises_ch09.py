@@ -172,7 +172,7 @@ def loss_by_the_fraction(outputs, targets, world_size, all_reduce):
 
 def test_the_rescaled_loss_reference_passes(capsys):
     assert ch09.check_rescaled_loss(loss_right).passed
-    assert "for ranks of 3 + 9 and of 2 + 4 + 6 examples" in capsys.readouterr().out
+    assert "for ranks of 3 + 9 and of 2 + 4 + 7 examples" in capsys.readouterr().out
     # a loss of shape (1,) is one number too
     assert ch09.check_rescaled_loss(lambda *args: loss_right(*args).reshape(1)).passed
     assert ch09.check_rescaled_loss(loss_by_the_fraction).passed
@@ -198,12 +198,13 @@ def test_simulated_ranks_add_up_what_each_rank_passes():
         (lambda o, t, w, ar: F.cross_entropy(o, t, reduction="sum"), ch09.PLAIN_SUM),
         (lambda o, t, w, ar: F.cross_entropy(o, t, reduction="sum") * w / len(t), ch09.OWN_COUNT),
         (lambda o, t, w, ar: ar(len(t)), ch09_collectives.NOT_A_TENSOR),
+        (lambda o, t, w, ar: exchanged_count(t, dist.all_reduce), ch09_collectives.OWN_COLLECTIVE),
     ],
 )
 def test_rescaled_loss_mistakes_get_their_hints(attempt, hint):
     verdict = ch09.check_rescaled_loss(attempt)
     assert failed(verdict, hint)
-    if hint != ch09_collectives.NOT_A_TENSOR:
+    if hint not in (ch09_collectives.NOT_A_TENSOR, ch09_collectives.OWN_COLLECTIVE):
         assert "DDP's average of the gradients of ranks of 3 + 9 examples" in verdict.message
 
 
@@ -242,6 +243,11 @@ def changes_every_time(outputs, targets, world_size, all_reduce, calls=[]):  # n
         (
             lambda o, t, w, n: F.cross_entropy(o, t, reduction="sum") * w / 64,
             "entries differ from the reference",
+        ),
+        # a total typed in instead of exchanged: right for one split only
+        (
+            lambda o, t, w, n: F.cross_entropy(o, t, reduction="sum") * w / 12,
+            "ranks of 2 + 4 + 7 examples",
         ),
         (only_the_larger_rank_exchanges, "the ranks called all_reduce 0 / 1 times"),
         (changes_every_time, "changes every time they run the same code"),
