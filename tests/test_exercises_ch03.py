@@ -17,6 +17,7 @@ from helpers.exercises.ch03 import (
     check_conv2d_by_unfold,
     check_diagonal_kernel,
     check_pooled_head,
+    check_rate_sweep,
     check_short_run,
 )
 from helpers.training import fit, predict
@@ -231,7 +232,10 @@ def test_short_run_passes(capsys):
 
 
 def test_short_run_starter_is_not_attempted():
-    assert untouched(2) == "… Exercise 3.3: not attempted yet: fill in `short_run` above\n"
+    assert untouched(2) == (
+        "… Exercise 3.3: not attempted yet: fill in `short_run` above\n"
+        "… Exercise 3.3: not attempted yet: fill in `rate_sweep` above\n"
+    )
 
 
 def test_short_run_keeps_the_callers_random_state():
@@ -277,6 +281,90 @@ def _twice_the_rate(net, rate, **kwargs):
 )
 def test_other_wrong_runs_fail(attempt, message):
     verdict = check_short_run(attempt)
+    assert not verdict and message in verdict.message and verdict.hint is None
+
+
+def rate_sweep(make_net, run, rates, *, baseline, seed, true, compare, mistake=None):
+    """The chapter's solution, with one mistake switched on by name."""
+    runs, shared = {}, None
+    if mistake == "seed once":
+        torch.manual_seed(seed)
+    for rate in rates:
+        if mistake not in ("seed once", "no seed"):
+            torch.manual_seed(seed)
+        if mistake == "one net":
+            shared = shared or make_net()
+            net = shared
+        else:
+            net = make_net()
+        if mistake == "skip" and rate == rates[-1]:
+            continue
+        runs[rate] = run(net, 2 * rate if mistake == "wrong rate" else rate)
+    if mistake == "no runs":
+        runs = {rate: (0.0, torch.zeros(1)) for rate in rates}
+    comparisons = {}
+    for rate in rates:
+        if (rate == baseline and mistake != "baseline too") or rate not in runs:
+            continue
+        pair = (
+            (runs[baseline][1], runs[rate][1]) if mistake == "swapped" else (runs[rate][1], runs[baseline][1])
+        )
+        labels = pair[0] if mistake == "wrong labels" else true
+        comparisons[rate] = compare(*pair, labels)
+    return runs, comparisons
+
+
+def sweep_with(mistake):
+    return lambda *args, **kwargs: rate_sweep(*args, **kwargs, mistake=mistake)
+
+
+def test_rate_sweep_passes(capsys):
+    assert check_rate_sweep(rate_sweep)
+    assert "trains a fresh network per rate" in capsys.readouterr().out
+
+
+def test_rate_sweep_keeps_the_callers_random_state():
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    check_rate_sweep(rate_sweep)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("seed once", "not once before the loop"),
+        ("no seed", "right before each make_net()"),
+        ("one net", "build a fresh network for every rate"),
+        ("swapped", "the rate under test comes first"),
+    ],
+)
+def test_rate_sweep_mistakes_get_their_hint(mistake, hint):
+    verdict = check_rate_sweep(sweep_with(mistake))
+    assert not verdict and hint in verdict.hint
+
+
+@pytest.mark.parametrize(
+    ("attempt", "message"),
+    [
+        (None, "should be a function"),
+        (lambda *args, **kwargs: rate_sweep(*args, **kwargs)[0], "should return two dicts"),
+        (sweep_with("skip"), "expected each of"),
+        (sweep_with("wrong rate"), "which is not one of"),
+        (sweep_with("no runs"), "is not what run(net, 0.001) returned"),
+        (sweep_with("baseline too"), "expected every rate but the baseline"),
+        (sweep_with("wrong labels"), "(difference, only_a, only_b)"),
+        (
+            lambda *args, **kwargs: (
+                {k: v for k, v in rate_sweep(*args, **kwargs)[0].items() if k != 0.01},
+                {},
+            ),
+            "the runs dict has the keys",
+        ),
+    ],
+)
+def test_other_wrong_sweeps_fail(attempt, message):
+    verdict = check_rate_sweep(attempt)
     assert not verdict and message in verdict.message and verdict.hint is None
 
 

@@ -4,8 +4,9 @@ Each runs the reader's attempt on fresh inputs from its own seeded generator, ag
 a reference: ``F.conv2d`` itself, an independent training loop with ``torch.optim``,
 or a functional recomputation. Every check runs inside ``torch.random.fork_rng``, so
 calling it leaves the chapter's global random state as it was. The training and model
-checkers (3.3 and 3.5) live in :mod:`helpers.exercises.ch03_models` and are re-exported
-here. Introduced with chapter 3's exercises.
+checkers (3.3 and 3.5) live in :mod:`helpers.exercises.ch03_models`, and exercise 3.3's
+learning-rate sweep in :mod:`helpers.exercises.ch03_sweep`; all are re-exported here.
+Introduced with chapter 3's exercises.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import torch.nn.functional as F
 
 from helpers.exercises import Mismatch, checker, expect, expect_close, expect_tensor
 from helpers.exercises.ch03_models import check_pooled_head, check_short_run, keep_random_state
+from helpers.exercises.ch03_sweep import check_rate_sweep
 
 __all__ = [
     "check_accuracy_by_confidence",
     "check_conv2d_by_unfold",
     "check_diagonal_kernel",
     "check_pooled_head",
+    "check_rate_sweep",
     "check_short_run",
 ]
 
