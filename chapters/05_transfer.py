@@ -181,6 +181,8 @@ with torch.device("meta"):
         head_text = (
             f"{head_name}: Linear({head.in_features}, {head.out_features})"
         )
+        # "_metrics" and "_docs": torchvision's own meta keys; the leading
+        # underscore marks them as not a stable API
         metrics = weights.meta["_metrics"]["ImageNet-1K"]
         preprocess = weights.transforms()
         print(
@@ -533,7 +535,8 @@ record(
     fmt="{:.1%}",
     headline="Source (letters) validation accuracy after pretraining",
 )
-# seeds 0-2, CPU, torch 2.15: 98.1 % to 99.0 %
+# the source model must have learned its letters; seed 0 (AVX-512 CPU, 2
+# threads): 98.8 %
 assert source_val_acc > 0.9, source_val_acc
 # accuracy gained over the last 100 steps, in points
 last_gain = 100 * (source_val_acc - source_accs[-3][1])
@@ -546,8 +549,10 @@ ax_acc.plot(*zip(*source_accs, strict=True), marker="o")
 ax_acc.set(
     title="Pretraining: source validation accuracy",
     xlabel="step",
-    ylabel="accuracy",
+    ylabel="accuracy (%)",
 )
+# accuracies are fractions; every figure of the chapter shows them in %
+ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0, symbol=""))
 for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
 fig.tight_layout()
@@ -921,11 +926,11 @@ for set_to_none, fresh_optimizer in (
 # the trainable parameters only, is safe whatever `zero_grad` does, and its state
 # (AdamW keeps two running averages per parameter) stays small.
 #
-# ## 5.7 Train and validation phases, written out
+# ### Train and validation phases, written out
 #
 # Transfer-learning code often trains with the loop of PyTorch's transfer-learning
 # tutorial, in which each epoch has a *train* phase and a *val* phase. Here it is, with
-# frozen blocks handled as section 5.6 showed: they go back to `eval()` after
+# frozen blocks handled as shown above: they go back to `eval()` after
 # `model.train()`, gradients are recorded only in the train phase
 # (`torch.set_grad_enabled`), the scheduler steps once per epoch after that epoch's
 # optimizer steps, and the weights of the best validation epoch are kept (in memory,
@@ -994,12 +999,13 @@ print(
 # `layer3` and the head were trained. `train_phases` in `helpers.transfer` is this loop
 # as a function (it returns the same curves); the remaining runs use it.
 #
-# ### How fast should the backbone learn?
+# ## 5.7 How fast should the backbone learn?
 
 # %%
 steps_per_epoch = samples_per_epoch // batch_size
-# the most a weight can move: the rate summed over the steps before and after
-# the drop (8 epochs at lr * 0.01, the rest at a tenth of that)
+# about the most a weight can move in ordinary conditions (Adam's step is
+# about its rate at most; see below): the rate summed over the steps before
+# and after the drop (8 epochs at lr * 0.01, the rest at a tenth of that)
 epochs_weighted = lr_drop_epoch + (epochs - lr_drop_epoch) * 0.1
 adam_bound = lr * 0.01 * steps_per_epoch * epochs_weighted
 layer3_rms = backbone_state["layer3.0.weight"].pow(2).mean().sqrt().item()
@@ -1174,21 +1180,28 @@ for per_class in budgets:
     ax_acc.axhline(fe_acc, color=colour, linestyle=":",
                    label=f"{name}: feature extraction")  # fmt: skip
     moved = [100 * layer3_moved(per_class, "fine-tuning", f) for f in factors]
-    # wide to narrow, so that lines drawn on top of each other stay visible
+    # wide to narrow, a marker shape per budget, and each budget's points
+    # moved a little sideways, so that lines that coincide stay visible
     width = {1: 5.0, 3: 3.0, 10: 1.5}[per_class]
-    ax_move.plot(factors, moved, marker="o", color=colour, label=name, lw=width)
+    marker = {1: "o", 3: "D", 10: "^"}[per_class]
+    dodge = {1: 0.9, 3: 1.0, 10: 1.1}[per_class]
+    ax_move.plot([f * dodge for f in factors], moved, marker=marker, ms=7,
+                 color=colour, label=name, lw=width)  # fmt: skip
 # the control, 10 per class: dashed, square markers
 control_style = {"color": budget_colours[10], "linestyle": "--", "marker": "s"}
 ax_acc.plot(factors, accs, **control_style)
 moved = [100 * layer3_moved(10, control, f) for f in factors]
 label = "10 per class, random layer3"
-ax_move.plot(factors, moved, **control_style, label=label)
+ax_move.plot([f * 1.1 for f in factors], moved, **control_style, label=label)
 for ax in (ax_acc, ax_move):
     ax.set_xscale("log")
     ax.set_xticks(factors, [f"{f:g}" for f in factors])
     ax.set_xlabel("layer3's learning rate / the head's (log scale)")
     ax.grid(alpha=0.3)
-ax_acc.set(title="Best validation accuracy, mean of 2 draws", ylabel="accuracy")
+ax_acc.set(
+    title="Best validation accuracy, mean of 2 draws", ylabel="accuracy (%)"
+)
+ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0, symbol=""))
 ax_move.set(
     title="How far layer3's weights moved",
     ylabel="change / pretrained norm (%)",
@@ -1213,10 +1226,9 @@ plt.show()
 move_lines = [
     [100 * layer3_moved(k, "fine-tuning", f) for f in factors] for k in budgets
 ]
-move_spread = max(
-    max(moves) - min(moves) for moves in zip(*move_lines, strict=True)
-)
-record("move_spread", move_spread, fmt="{:.1f}")
+spreads = [max(moves) - min(moves) for moves in zip(*move_lines, strict=True)]
+record("move_spread_low", max(spreads[:-1]), fmt="{:.1f}")
+record("move_spread_full", spreads[-1], fmt="{:.1f}")
 # the closest pair of lines: their largest gap over the factors; within 5 % of
 # the largest move, two lines draw almost on top of each other
 closest = min(
@@ -1283,55 +1295,41 @@ else:
 record("start_verdict", start_verdict)
 gap = val_gap(10, (control, chosen[10]), ("feature extraction", 0.0))
 record("rand_vs_fe", gap_text(*gap))
-# how far each start moved, as a ratio (random / pretrained), at each factor
-ratios = []
-for factor in factors:
-    moves = [layer3_moved(10, m, factor) for m in (control, "fine-tuning")]
-    ratios.append(moves[0] / moves[1])
-record("move_ratio_low", min(ratios), fmt="{:.1f}")
-record("move_ratio_high", max(ratios), fmt="{:.1f}")
-# how much further the pretrained layer3 moved at the full rate than at 0.01
-full, slow = (layer3_moved(10, "fine-tuning", f) for f in (1.0, 0.01))
-rate_ratio = full / slow
-record("rate_move_ratio", rate_ratio, fmt="{:.0f}")
-if rate_ratio > 5 * max(ratios):
-    rate_vs_start = "far more than"
+# the findings in short, for the box below the figure
+start_found = {
+    "noise": "made no measurable difference",
+    "borderline": "probably helped" if pre_vs_rand[0] > 0 else "probably hurt",
+    "clear": "helped" if pre_vs_rand[0] > 0 else "hurt",
+}[start_level]
+record("start_found", start_found)
+full_chosen = [str(k) for k in budgets if chosen[k] == 1.0]
+if len(full_chosen) == len(budgets):
+    rate_found = (
+        "Validation chose `layer3` at the head's full rate for every budget: "
+        "the usual advice of a smaller backbone rate lost here."
+    )
+elif not full_chosen:
+    rate_found = "Validation chose a smaller rate for `layer3` at every budget."
 else:
-    rate_vs_start = "more than" if rate_ratio > max(ratios) else "no more than"
-record("rate_vs_start", rate_vs_start)
+    rate_found = (
+        "Validation chose `layer3` at the head's full rate with "
+        f"{' and '.join(full_chosen)} labels per class and a smaller rate "
+        "with the others."
+    )
+record("rate_found", rate_found)
 
-# layer3's convolution feeds a batch norm, which rescales each output channel
-# to unit spread: a filter's length does not change what the block computes,
-# only its direction does. So the same moves, measured without scale:
-turned = {}
-print("layer3, 10 per class: mean cosine per filter (start, end), norm ratio")
-for method in ("fine-tuning", control):
-    for name, factor in zip(("slow", "mid", "full"), factors, strict=True):
-        t = turned[method, factor] = layer3_turned(10, method, factor)
-        short = "pre" if method == "fine-tuning" else "rand"
-        record(f"cos_{short}_{name}", t["cos"], fmt="{:.3f}")
-        record(f"growth_{short}_{name}", t["growth"], fmt="{:.2f}")
-        print(
-            f"{method:27} x{factor:<5g} cosine {t['cos']:.3f}  "
-            f"|W| / |W0| {t['growth']:.2f}"
-        )
-# the turn, 1 - cosine, in the same comparison as the L2 move above
-turn = {k: 1 - t["cos"] for k, t in turned.items()}
-dir_rate_ratio = turn["fine-tuning", 1.0] / turn["fine-tuning", 0.01]
-dir_ratios = [turn[control, f] / turn["fine-tuning", f] for f in factors]
-record("dir_rate_ratio", dir_rate_ratio, fmt="{:.0f}")
-record("dir_ratio_low", min(dir_ratios), fmt="{:.1f}")
-record("dir_ratio_high", max(dir_ratios), fmt="{:.1f}")
-if dir_rate_ratio > 5 * max(dir_ratios):
-    dir_rate_vs_start = "far more than"
-elif dir_rate_ratio > max(dir_ratios):
-    dir_rate_vs_start = "more than"
-else:
-    dir_rate_vs_start = "no more than"
-record("dir_rate_vs_start", dir_rate_vs_start)
-record("dir_too", "too" if dir_rate_vs_start == rate_vs_start else "instead")
-growth_full = turned["fine-tuning", 1.0]["growth"]
-record("growth_word", "grew" if growth_full > 1 else "shrank")
+# %% tags=["remove-input", "box-note"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+> **What this section found** (on validation; section 5.8 checks on test)
+>
+> - {{rate_found}}
+> - At the chosen rates fine-tuning {{verdict_1}} feature extraction with 1
+>   label per class and {{verdict_10}} it with 10 ({{ft_vs_fe_val_10}}).
+> - At 10 labels per class, starting `layer3` from its pretrained weights rather
+>   than random ones {{start_found}}.
+"""
+)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -1339,8 +1337,10 @@ prose(
 In the left panel the dotted lines are feature extraction and the solid lines
 fine-tuning at the three factors; colour is the number of labels per class in both
 panels. In the right panel the solid lines are drawn from wide (1 label per class) to
-narrow (10), and the three budgets' lines lie within
-{{move_spread}} points of each other at every factor, {{move_overlap}}. At a
+narrow (10), with a marker shape per budget and each budget's points moved a little
+sideways so that none hides another. The three budgets' lines lie within
+{{move_spread_low}} points of each other at factors 0.01 and 0.1 and span
+{{move_spread_full}} points at the full rate, {{move_overlap}}. At a
 hundredth of the head's rate, `layer3` moved by {{moved_slow}} % of its norm with
 1 label per class (right panel), at the full rate by {{moved_full}} %. Going from
 the smallest factor to the full rate changed the validation accuracy by
@@ -1376,30 +1376,104 @@ prose(
 **The control** (dashed green, 10 labels per class). Pretrained minus random start
 of `layer3`, on validation: {{pre_vs_rand_slow}} at a hundredth of the head's
 rate, {{pre_vs_rand_mid}} at a tenth and {{pre_vs_rand_full}} at the full
-rate. At the chosen factor, then, {{start_verdict}}; against feature
+rate. At the chosen factor, then, {{start_verdict}}. Against feature
 extraction, a random `layer3` trained at that factor scored {{rand_vs_fe}}.
-How far `layer3` moves depends on the rate {{rate_vs_start}} on where it
-starts (right panel): the hundredfold rate moved the pretrained `layer3`
-{{rate_move_ratio}} times as far, while at each factor the random start moved
-{{move_ratio_low}} to {{move_ratio_high}} times as far as the pretrained
-one (at the full rate {{rand_moved_full}} % against {{pre_moved_full}} %
-of the pretrained weights' norm).
+The right panel shows how far each start moved; the aside below asks whether
+the rate or the start sets that distance.
+"""
+)
 
-That distance overstates how much `layer3` changed. Its convolution is followed by a
-batch norm, which rescales each output channel to unit spread, so a filter's length
-does not change what the block computes, only its direction does; and the L2 change
-counts any change of length. At the full rate the pretrained filters' norm
-{{growth_word}} to {{growth_pre_full}} times its start (the random ones'
-to {{growth_rand_full}} times). A scale-free measure is the cosine between each
-filter at the start and at the end, averaged over the 64 filters (1 = the same
-direction). For the pretrained start it was {{cos_pre_slow}},
-{{cos_pre_mid}} and {{cos_pre_full}} at the three factors, for the random
-start {{cos_rand_slow}}, {{cos_rand_mid}} and {{cos_rand_full}}.
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# The aside's numbers: how far layer3 moved by rate and by start, with and
+# without its scale (10 labels per class).
+
+
+def roughly(ratio: float) -> str:
+    """A ratio to two significant figures, in words: 1232 -> 'about 1,200'."""
+    if ratio < 10:
+        return f"{ratio:.1f}"
+    return f"about {float(f'{ratio:.2g}'):,.0f}"
+
+
+# how far each start moved, as a ratio (random / pretrained), at each factor
+ratios = []
+for factor in factors:
+    moves = [layer3_moved(10, m, factor) for m in (control, "fine-tuning")]
+    ratios.append(moves[0] / moves[1])
+record("move_ratio_low", min(ratios), fmt="{:.1f}")
+record("move_ratio_high", max(ratios), fmt="{:.1f}")
+# how much further the pretrained layer3 moved at the full rate than at 0.01
+full, slow = (layer3_moved(10, "fine-tuning", f) for f in (1.0, 0.01))
+rate_ratio = full / slow
+record("rate_move_ratio", roughly(rate_ratio))
+if rate_ratio > 5 * max(ratios):
+    rate_vs_start = "far more than"
+else:
+    rate_vs_start = "more than" if rate_ratio > max(ratios) else "no more than"
+record("rate_vs_start", rate_vs_start)
+
+# layer3's convolution feeds a batch norm, which rescales each output channel
+# to unit spread: a filter's length does not change what the block computes,
+# only its direction does. So the same moves, measured without scale:
+turned = {}
+print("layer3, 10 per class: mean cosine per filter (start, end), norm ratio")
+for method in ("fine-tuning", control):
+    for name, factor in zip(("slow", "mid", "full"), factors, strict=True):
+        t = turned[method, factor] = layer3_turned(10, method, factor)
+        short = "pre" if method == "fine-tuning" else "rand"
+        record(f"cos_{short}_{name}", t["cos"], fmt="{:.3f}")
+        record(f"growth_{short}_{name}", t["growth"], fmt="{:.2f}")
+        print(
+            f"{method:27} x{factor:<5g} cosine {t['cos']:.3f}  "
+            f"|W| / |W0| {t['growth']:.2f}"
+        )
+# the turn, 1 - cosine, in the same comparison as the L2 move above
+turn = {k: 1 - t["cos"] for k, t in turned.items()}
+dir_rate_ratio = turn["fine-tuning", 1.0] / turn["fine-tuning", 0.01]
+dir_ratios = [turn[control, f] / turn["fine-tuning", f] for f in factors]
+record("dir_rate_ratio", roughly(dir_rate_ratio))
+record("dir_ratio_low", min(dir_ratios), fmt="{:.1f}")
+record("dir_ratio_high", max(dir_ratios), fmt="{:.1f}")
+if dir_rate_ratio > 5 * max(dir_ratios):
+    dir_rate_vs_start = "far more than"
+elif dir_rate_ratio > max(dir_ratios):
+    dir_rate_vs_start = "more than"
+else:
+    dir_rate_vs_start = "no more than"
+record("dir_rate_vs_start", dir_rate_vs_start)
+record("dir_too", "too" if dir_rate_vs_start == rate_vs_start else "instead")
+growth_full = turned["fine-tuning", 1.0]["growth"]
+record("growth_word", "grew" if growth_full > 1 else "shrank")
+
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>Aside: does the rate or the start set how far <code>layer3</code> moves?</summary>
+
+By the L2 distance of the right panel, the rate matters {{rate_vs_start}} the
+start. The hundredfold rate moved the pretrained `layer3` {{rate_move_ratio}}
+times as far. At each factor the random start moved {{move_ratio_low}} to
+{{move_ratio_high}} times as far as the pretrained one (at the full rate
+{{rand_moved_full}} % against {{pre_moved_full}} % of the pretrained weights'
+norm).
+
+That distance overstates the change. The convolution feeds a batch norm, which
+rescales each output channel to unit spread, so a filter's length does not change
+what the block computes; only its direction does. At the full rate the pretrained
+filters' norm {{growth_word}} to {{growth_pre_full}} times its start (the random
+ones' to {{growth_rand_full}} times). A scale-free measure is the cosine between
+each filter at the start and at the end, averaged over the 64 filters (1 = the same
+direction). For the pretrained start it was {{cos_pre_slow}}, {{cos_pre_mid}} and
+{{cos_pre_full}} at the three factors, for the random start {{cos_rand_slow}},
+{{cos_rand_mid}} and {{cos_rand_full}}.
+
 Measured as the turn, one minus that cosine, the hundredfold rate turned the
-pretrained filters {{dir_rate_ratio}} times as far, and the random start turned
-{{dir_ratio_low}} to {{dir_ratio_high}} times as far as the pretrained one:
-by direction {{dir_too}}, how far `layer3` moves depends on the rate
-{{dir_rate_vs_start}} on where it starts.
+pretrained filters {{dir_rate_ratio}} times as far. The random start turned
+{{dir_ratio_low}} to {{dir_ratio_high}} times as far as the pretrained one. So by
+direction {{dir_too}}, the rate matters {{dir_rate_vs_start}} the start.
+
+</details>
 """
 )
 
@@ -1427,8 +1501,9 @@ by direction {{dir_too}}, how far `layer3` moves depends on the rate
 #   each its own parameter group, with rates that shrink towards the input, where the
 #   features are most generic. ULMFiT divides the rate by 2.6 per layer (Howard and
 #   Ruder, ACL 2018, [arXiv:1801.06146](https://arxiv.org/abs/1801.06146)). It helps
-#   when the lower blocks need some adapting but less than the upper ones; exercise 2
-#   builds it.
+#   when the lower blocks need some adapting but less than the upper ones. ULMFiT pairs
+#   it with **gradual unfreezing**: the head trains alone first, then one more block
+#   joins per epoch from the top down. Exercise 2 builds both.
 # - **Re-estimating batch-norm statistics** on target images (AdaBN, section 5.6),
 #   with the weights kept: it helps when the target's inputs are distributed unlike the
 #   source's (another camera, stain or style) and needs no labels.
@@ -1474,7 +1549,10 @@ for row, per_class in enumerate(budgets):
     labels_text = "1 label" if per_class == 1 else f"{per_class} labels"
     title = f"{labels_text} per class"
     axes[row, 0].set(title=f"{title}: training loss", ylabel="loss")
-    axes[row, 1].set(title=f"{title}: validation accuracy", ylabel="accuracy")
+    axes[row, 1].set(
+        title=f"{title}: validation accuracy", ylabel="accuracy (%)"
+    )
+    axes[row, 1].yaxis.set_major_formatter(PercentFormatter(1.0, symbol=""))
 for ax in axes.flat:
     ax.grid(alpha=0.3)
 for ax in axes[-1]:
@@ -1507,7 +1585,7 @@ def last_losses(per_class: int, method: str) -> list[float]:
 
 all_1_loss = max(max(last_losses(1, m)) for m in methods)
 record("all_1_loss", all_1_loss, fmt="{:.3f}")
-# seeds 0-2, CPU: 0.010 to 0.017 ("fits" needs a loss near 0)
+# "fits" needs a loss near 0
 assert all_1_loss < 0.1, all_1_loss
 scratch_10_loss = min(last_losses(10, "scratch"))
 ft_10_loss = max(last_losses(10, "fine-tuning"))
@@ -1573,8 +1651,7 @@ for other_lr, right in sorted(scratch_right.items()):
 lr_z = max(gap / se for gap, se in lr_gaps.values())
 for other_lr, name in ((3e-3, "lr_low_gap"), (3e-2, "lr_high_gap")):
     record(name, gap_text(*lr_gaps[other_lr]))
-# no other rate may be ahead by more than two standard errors; seeds 0-2, CPU:
-# the better other rate was behind by 2.6, 2.4 and 2.3 of them
+# no other rate may be ahead by more than two standard errors
 assert lr_z <= 2, lr_gaps
 
 # twice the epochs, the rate dropped at the same point of the schedule
@@ -1600,17 +1677,20 @@ se = math.hypot(se_draws, se_images)
 record("ft_vs_long_scratch", gap_text(gap, se))
 long_level = noise_level(gap, se)
 if long_level == "noise":
-    long_note = "has no measurable advantage left: at 10 labels per class, "
-    long_note += "transfer mostly saved training time on the target task "
-    long_note += (
-        f"(the pretraining, {pretrain_seconds:.0f} s here, is paid once)"
+    long_note = (
+        "So at 10 labels per class fine-tuning kept no measurable edge over "
+        "scratch trained long enough. Transfer mostly saved training time on "
+        f"the target task; the pretraining ({pretrain_seconds:.0f} s here) is "
+        "paid once."
     )
 elif gap > 0:
-    long_note = "keeps an advantage that the longer schedule does not close"
+    long_note = (
+        "So fine-tuning kept an edge that the longer schedule did not close."
+    )
 else:
-    long_note = "falls behind scratch trained that long"
+    long_note = "So scratch trained that long got ahead of fine-tuning."
 if long_level == "borderline":
-    long_note += " (a borderline gap)"
+    long_note += " The gap is borderline (two to three standard errors)."
 record("long_note", long_note)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -1621,7 +1701,7 @@ Against the chapter's 1e-2, scratch scored {{lr_low_gap}} at 3e-3 and
 by its rate, to within what this grid can tell. Trained for 24 epochs instead of
 12, scratch scored {{long_scratch_gap}} against its 12-epoch runs, and
 fine-tuning (still 12 epochs) minus this longer scratch is
-{{ft_vs_long_scratch}} on validation: fine-tuning {{long_note}}.
+{{ft_vs_long_scratch}} on validation. {{long_note}}
 Fine-tuning was not given the longer schedule. Section 5.8 scores these
 24-epoch scratch models on the test set too, next to the 12-epoch ones.
 """
@@ -1695,6 +1775,11 @@ record("ft_vs_scratch", times_faster(scratch_ms, ft_ms))
 record("fe_vs_ft", times_faster(ft_ms, fe_ms))
 device_names = {"cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
 record("device_name", device_names.get(device.type, device.type))
+if device.type == "cpu":
+    gpu_note = "the ratios are likely smaller there (this page ran on a CPU)"
+else:
+    gpu_note = "the ratios above, measured on this page's GPU, show how much"
+record("gpu_note", gpu_note)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -1707,8 +1792,8 @@ On a CPU the time is mostly arithmetic:
 also computes `layer3`'s weight gradients, and scratch in addition the gradients of
 `layer1` and `layer2` and of the inputs of `layer2` and `layer3` (the image itself
 needs no gradient). On a GPU a network this small can leave the device mostly idle, so
-that launching kernels rather than arithmetic sets the time per step, and the ratios
-are likely smaller (not measured here). Whole-run times, which also include
+that launching kernels rather than arithmetic sets the time per step; {{gpu_note}}.
+Whole-run times, which also include
 augmentation and the validation passes and vary with whatever else the machine is
 doing, are a poorer measure of this.
 """
@@ -1741,19 +1826,19 @@ def mean_test(per_class: int, method: str) -> float:
     return sum(test_acc[per_class, d, method] for d in draws) / len(draws)
 
 
-print(f"{'labels per class':>16} " + " ".join(f"{m:>19}" for m in methods))
+print(f"{'labels per class':>16} " + " ".join(f"{m:>21}" for m in methods))
 for per_class in budgets:
     cells = [
         f"{mean_test(per_class, m):.3f} ("
-        + ", ".join(f"{test_acc[per_class, d, m]:.2f}" for d in draws)
+        + ", ".join(f"{test_acc[per_class, d, m]:.3f}" for d in draws)
         + ")"
         for m in methods
     ]
-    print(f"{per_class:>16} " + " ".join(f"{c:>19}" for c in cells))
+    print(f"{per_class:>16} " + " ".join(f"{c:>21}" for c in cells))
 cell = f"{mean_test(10, long_scratch):.3f} (" + ", ".join(
-    f"{test_acc[10, d, long_scratch]:.2f}" for d in draws
+    f"{test_acc[10, d, long_scratch]:.3f}" for d in draws
 )
-print(f"{'10':>16} {cell + ')':>19}  ({long_scratch})")
+print(f"{'10':>16} {cell + ')':>21}  ({long_scratch})")
 
 fig, ax = plt.subplots(figsize=(6.5, 4))
 for method in methods:
@@ -1822,13 +1907,18 @@ spread = max(
     for k in budgets
     for m in methods
 )
-record("draw_spread", spread, fmt="{:.0f}")
-# one test accuracy's standard error is at most 1.6 points (1,000 images), so
-# that of a difference between two is at most about 2.3, an unpaired upper
-# bound: both draws are scored on the same images, so the paired one is smaller
+record("draw_spread", spread, fmt="{:.1f}")
+# one test accuracy's standard error is at most that of a 50 % accuracy (1.58
+# points on 1,000 images), so that of a difference between two is at most
+# sqrt(2) times it, an unpaired upper bound: both draws are scored on the same
+# images, so the paired one is smaller
+se_one = 100 * (0.5 * 0.5 / len(digits.y_test)) ** 0.5
+se_two = math.sqrt(2) * se_one
+record("se_one", se_one, fmt="{:.1f}")
+record("se_two", se_two, fmt="{:.1f}")
 spread_vs_noise = "within"
-if spread > 2 * 2.3:
-    spread_vs_noise = "well beyond" if spread > 3 * 2.3 else "beyond"
+if spread > 2 * se_two:
+    spread_vs_noise = "well beyond" if spread > 3 * se_two else "beyond"
 record("spread_vs_noise", spread_vs_noise)
 for per_class in budgets[1:]:
     gain = mean_test(per_class, "fine-tuning") - mean_test(per_class, "scratch")
@@ -1903,68 +1993,46 @@ ranked = sorted(
 shown = {long_scratch: "scratch (24 epochs)"}
 record("rank_10", ", then ".join(shown.get(m, m) for m in ranked))
 names = {"fe": "feature extraction", "ft": "fine-tuning"}
+ahead = [names[k] for k, w in long_words.items() if "beat" in w]
 behind = [names[k] for k, w in long_words.items() if "worse" in w]
 if len(behind) == 2:
-    long_lesson = (
-        "scratch with twice the epochs was ahead of both transfer methods at "
-        "their 12, so at 10 labels per class transfer saved training time on "
-        "the target task, not accuracy; the transfer methods were not given "
-        "24 epochs"
-    )
-elif behind:
-    long_lesson = (
-        f"scratch with twice the epochs was ahead of {behind[0]} and level "
-        f"with {({*names.values()} - {*behind}).pop()} at their 12, so at 10 "
-        "labels per class transfer kept no clear accuracy advantage over a "
-        "longer-trained baseline; the transfer methods were not given 24 epochs"
-    )
-elif all("beat" in w for w in long_words.values()):
-    long_lesson = "both transfer methods kept an advantage over it"
+    long_lesson = "transfer saved training time, not accuracy"
+elif len(ahead) == 2:
+    long_lesson = "both transfer methods kept an edge over the longer baseline"
+elif ahead:
+    long_lesson = f"only {ahead[0]} kept an edge over the longer baseline"
 else:
     long_lesson = (
-        "the transfer methods, at their 12 epochs, kept no clear advantage over "
-        "it, so at 10 labels per class transfer mostly saved training time on "
-        "the target task (the transfer methods were not given 24 epochs)"
+        "transfer kept no clear edge over the longer baseline; it mostly "
+        "saved training time"
     )
+long_lesson = (
+    f"So at 10 labels per class {long_lesson}. The transfer methods were not "
+    "given 24 epochs."
+)
 record("long_lesson", long_lesson)
 
 # what paid at 10 per class, from the control of section 5.7 (validation)
 rand_gap = val_gap(10, (control, chosen[10]), ("feature extraction", 0.0))
-rand_text = f"a random `layer3` minus feature extraction {gap_text(*rand_gap)}"
-start_words = start_verdict.replace("the start", "the pretrained start", 1)
 if noise_level(*rand_gap) != "noise" and rand_gap[0] > 0:
-    if start_level == "noise":
-        lesson_10 = (
-            "what paid was a trainable `layer3` on the frozen `layer1` and "
-            f"`layer2` ({rand_text} on validation); the pretrained start of "
-            "`layer3` added nothing measurable"
-        )
-    else:
-        lesson_10 = (
-            "a trainable `layer3` on the frozen `layer1` and `layer2` paid "
-            f"({rand_text} on validation), and {start_words}"
-        )
+    lesson_10 = "a trainable `layer3`, even from random weights, beat"
 else:
-    lesson_10 = (
-        "fine-tuning's gain over feature extraction could not be split "
-        f"between its parts: {rand_text} on validation, and "
-        f"{start_words}"
-    )
+    lesson_10 = "a `layer3` trained from random weights did no better than"
+lesson_10 += (
+    f" feature extraction on validation: {gap_text(*rand_gap)}. Its "
+    f"pretrained start {start_found}."
+)
 record("lesson_10", lesson_10)
 print(
     f"1 label per class, test accuracy: scratch {scratch_1:.3f}, "
     f"feature extraction {fe_1:.3f}, fine-tuning {ft_1:.3f}; fine-tuning minus "
     f"feature extraction at 10 per class: {ft_over_fe_10:+.1f} points"
 )
-# seeds 0-2 on the CPU: fine-tuning gained 12.3 to 16.4 points over scratch,
-# feature extraction 12.8 to 17.1
+# both gains at least 10 points
 assert ft_gain >= 10 and fe_gain >= 10, (scratch_1, fe_1, ft_1)
-# same runs: at 10 per class fine-tuning beat feature extraction by 2.9 to 4.7
-# points, with a per-image standard error of 0.6 to 0.7 (the threshold is two of
-# them); with the draws' part added, 2.5 to 5.9 standard errors (seeds 0-2, CPU)
+# fine-tuning ahead of feature extraction by at least 1.5 points
 assert ft_over_fe_10 >= 1.5, ft_over_fe_10
-# the benefit of transfer shrinks as labels grow (same runs: 3.4 to 5.8 points
-# at 10 per class, against 12.3 to 16.4 at 1)
+# the benefit of transfer shrinks as labels grow
 assert ft_gain > 100 * (mean_test(10, "fine-tuning") - mean_test(10, "scratch"))
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -1975,15 +2043,14 @@ With one labelled digit per class, fine-tuning the letter network scores
 against {{test_scratch_1}} from scratch: {{ft_gain_1}} and
 {{fe_gain_1}} points; the fine-tuning gain was {{ft_gain_1_low}} points
 for one draw and {{ft_gain_1_high}} for the other. One test accuracy has a
-standard error of at most 1.6 points (1,000 images), and the draw of the training
-images adds variation of its own: in the table, the two draws of one budget and
-method differ by up to {{draw_spread}} points, {{spread_vs_noise}} the
-noise of a difference of two test accuracies (an unpaired upper bound of about 2.3
-points; both draws are scored on the same images, so the paired noise is smaller).
-That is why
-each budget has two draws (the asserted thresholds, at least 10 points for both
-methods, apply to their mean; two draws give only a rough estimate of how much the
-draws vary). The gain of fine-tuning over scratch is
+standard error of at most {{se_one}} points (1,000 images), and the draw of the
+training images adds variation of its own: in the table, the two draws of one budget
+and method differ by up to {{draw_spread}} points, {{spread_vs_noise}} the noise
+of a difference of two test accuracies (an unpaired upper bound of about
+{{se_two}} points; both draws are scored on the same images, so the paired noise
+is smaller). That is why each budget has two draws (the asserted thresholds, at
+least 10 points for both methods, apply to their mean; two draws give only a rough
+estimate of how much the draws vary). The gain of fine-tuning over scratch is
 {{ft_gain_3}} points at 3 labels per class and {{ft_gain_10}} at 10, where
 the network trained on digits alone reaches {{test_scratch_10}} in the same 12
 epochs, and {{test_long_10}} in 24 (section 5.7's longer runs).
@@ -2011,7 +2078,7 @@ fine-tuning minus it {{ft_vs_long_test}} ({{ft_vs_long_test_d0}} and
 {{ft_vs_long_test_d1}}): feature extraction {{fe_vs_long_verdict}} it and
 fine-tuning {{ft_vs_long_verdict}} it, by the paired rule of thumb above. By
 mean test accuracy the order is {{rank_10}} (the gaps say which steps are
-noise); {{long_lesson}}.
+noise). {{long_lesson}}
 How many labels it takes for scratch to catch up depends on the task and on how
 closely the source resembles it; handwritten digits are an easy target.
 """
@@ -2084,8 +2151,10 @@ scratch and {{confusion_fine}} after fine-tuning.
 # untuned starting points: SGD with momentum 0.9 and a rate divided by 10 every 7
 # epochs as in PyTorch's transfer-learning tutorial, the head at 1e-2 (our choice; the
 # tutorial uses 1e-3). Choose `lr` and `layer4`'s share on your validation split, as
-# section 5.7 did. The cell only *defines* the function; the next cell runs it when you
-# set `USE_IMAGENET = True`.
+# section 5.7 did. Its validation split also picks the best epoch, so the best
+# validation accuracy it reports is optimistic; keep a separate test folder and score
+# it once at the end, as section 5.8 did. The cell only *defines* the function; the
+# next cell runs it when you set `USE_IMAGENET = True`.
 #
 # The images should look roughly like ImageNet's to the network: three colour channels,
 # objects at about the scale of a 224-pixel crop. Small greyscale images such as our
@@ -2184,6 +2253,8 @@ if USE_IMAGENET:
     imagenet_model, imagenet_history, imagenet_classes = (
         finetune_imagenet_resnet18(IMAGE_FOLDER, device)
     )
+    # the best epoch was chosen on this split, so its accuracy is optimistic:
+    # hold out a test folder for a final, once-only score (section 5.8)
     print(imagenet_classes, "best val accuracy", max(imagenet_history.val_acc))
 
 # %% [markdown] tags=["box-warning"]
@@ -2327,37 +2398,67 @@ print(
     "For comparison, the head trained on augmented digits in section 5.7 "
     f"reached {fe_3:.3f} (the best of 12 validation epochs)."
 )
-# seeds 0-2, CPU: layer3 beat the pixels by 14 to 18 points
+# layer3's probe must beat the raw pixels by 5 points
 assert probe_acc["layer3"] > probe_acc["pixels"] + 0.05, probe_acc
 
 # %% [markdown]
-# **Exercise 2.** Build layer-wise (discriminative) learning rates. Fill in
-# `layerwise_groups` in the starter below: one parameter group per block, the head at
-# `lr`, `layer3` at `lr / ratio`, `layer2` at `lr / ratio**2` and `layer1` at
-# `lr / ratio**3`. Then unfreeze the whole backbone and, with ULMFiT's ratio of 2.6
-# (untuned here), train with 10 labels per class on both draws exactly as in section
-# 5.7 (same seeds, loaders, epochs and schedule). Compare the best validation accuracy
-# with fine-tuning `layer3` alone at its chosen factor using `paired_gap`, and measure
-# how far each block's convolution moved against Adam's bound for its rate.
+# **Exercise 2.** Build ULMFiT's recipe for unfreezing a whole backbone (Howard and
+# Ruder, section 5.7): layer-wise rates *and* **gradual unfreezing**. The rates are
+# given: one parameter group per block, the head at `lr`, `layer3` at `lr / ratio`,
+# `layer2` at `lr / ratio**2` and `layer1` at `lr / ratio**3` (ratio 2.6, untuned here).
+# Gradual unfreezing starts with the head alone and lets one more block join it, from
+# the top down, every few epochs, so that a random head's first large gradients never
+# reach the lower blocks. Fill in `unfreeze_for_epoch(model, epoch, every)` in the
+# starter below: for epoch `epoch` (counted from 1) it sets `requires_grad` on each
+# block, so that the head always trains, `layer3` from epoch `1 + every`, `layer2` from
+# `1 + 2 * every` and `layer1` from `1 + 3 * every`, and returns the blocks still frozen
+# (for `train_phases`'s `frozen`). Then, with 10 labels per class on both draws, train
+# the whole backbone with the layer-wise rates for 12 epochs with `every = 2`, calling
+# `train_phases` one epoch at a time, and again with every block trainable from the
+# start. Compare both, using `paired_gap`, with fine-tuning `layer3` alone at its chosen
+# factor, and measure how far each block's convolution moved.
 
 
 # %% tags=["exercise-starter"]
-def layerwise_groups(model: nn.Module, lr: float, ratio: float) -> list[dict]:
-    """AdamW's parameter groups, one per block: the head `fc` at `lr`,
-    `layer3` at `lr / ratio`, `layer2` at `lr / ratio**2`, `layer1` at
-    `lr / ratio**3`; every parameter in exactly one group.
+def unfreeze_for_epoch(
+    model: nn.Module, epoch: int, every: int
+) -> list[nn.Module]:
+    """Gradual unfreezing for `epoch` (1-based): the head `fc` trains from
+    epoch 1, `layer3` from epoch 1 + every, `layer2` from 1 + 2 * every,
+    `layer1` from 1 + 3 * every. Sets requires_grad on every block and
+    returns the blocks that are still frozen.
     """
-    # fill in: a list of {"params": ..., "lr": ...} dicts
+    # fill in: which blocks have joined by this epoch? set requires_grad on
+    # all three blocks (and the head), return the frozen ones
     raise NotImplementedError  # your code here
 
 
-from helpers.exercises.ch05 import check_layerwise_groups
+from helpers.exercises.ch05 import check_unfreeze_for_epoch
 
-check_layerwise_groups(layerwise_groups)
+check_unfreeze_for_epoch(unfreeze_for_epoch)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 2: one parameter group per block, rates shrinking towards the input.
+# Solution 2: layer-wise rates, with and without gradual unfreezing.
 top_down = ("fc", "layer3", "layer2", "layer1")  # group k gets lr / ratio**k
+
+
+def unfreeze_for_epoch(
+    model: nn.Module, epoch: int, every: int
+) -> list[nn.Module]:
+    """Gradual unfreezing: block k of layer3, layer2, layer1 (k = 1, 2, 3)
+    trains from epoch 1 + k * every; returns the blocks still frozen."""
+    joined = (epoch - 1) // every  # how many blocks train with the head
+    model.fc.requires_grad_(True)
+    frozen = []
+    for k, name in enumerate(top_down[1:], start=1):
+        block = model.get_submodule(name)
+        block.requires_grad_(k <= joined)
+        if k > joined:
+            frozen.append(block)
+    return frozen
+
+
+assert check_unfreeze_for_epoch(unfreeze_for_epoch)
 
 
 def layerwise_groups(model: nn.Module, lr: float, ratio: float) -> list[dict]:
@@ -2368,63 +2469,82 @@ def layerwise_groups(model: nn.Module, lr: float, ratio: float) -> list[dict]:
     ]
 
 
-assert check_layerwise_groups(layerwise_groups)
-ratio = 2.6  # ULMFiT's, untuned here
-layerwise_right = []
-rms_moved = {name: [] for name in top_down[1:]}  # RMS change per weight
-for draw in draws:
-    # the same random head as the other runs of this draw
-    torch.manual_seed(draw)
-    model = GlyphNet(num_classes=10)
-    loaded = model.load_state_dict(backbone_state, strict=False)
-    assert loaded.missing_keys == ["fc.weight", "fc.bias"]
-    model = model.to(device)  # nothing frozen
-    groups = layerwise_groups(model, lr, ratio)
-    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)
-    grouped = [p for g in optimizer.param_groups for p in g["params"]]
-    # every parameter is in one group
-    assert sum(p.numel() for p in grouped) == count_parameters(model)
-    scheduler = torch.optim.lr_scheduler.StepLR(
-        optimizer, step_size=lr_drop_epoch, gamma=0.1
-    )
-    loaders = {"train": target_train_loader(10, draw), "val": val_loader}
-    history = train_phases(
-        model, loaders, criterion, optimizer, epochs, device,
-        scheduler=scheduler,
-    )  # fmt: skip
-    assert history.lr[0] == [lr / ratio**k for k in range(len(top_down))]
-    layerwise_right.append(right_answers(model, val_loader, device))
-    for name in rms_moved:
-        start = backbone_state[f"{name}.0.weight"]
-        now = model.get_submodule(name)[0].weight.detach().cpu()
-        rms_moved[name].append((now - start).pow(2).mean().sqrt().item())
+ratio, every = 2.6, 2  # ULMFiT's ratio; both untuned here
+variants = ("gradual unfreezing", "all blocks from the start")
+variant_right = {v: [] for v in variants}
+# RMS change per weight of each block's convolution, per variant and draw
+rms_moved = {(v, name): [] for v in variants for name in top_down[1:]}
+for variant in variants:
+    for draw in draws:
+        # the same random head as the other runs of this draw
+        torch.manual_seed(draw)
+        model = GlyphNet(num_classes=10)
+        loaded = model.load_state_dict(backbone_state, strict=False)
+        assert loaded.missing_keys == ["fc.weight", "fc.bias"]
+        model = model.to(device)
+        # every parameter in a group; a frozen one has no .grad, so AdamW
+        # skips it until its block joins (section 5.6)
+        optimizer = torch.optim.AdamW(
+            layerwise_groups(model, lr, ratio), lr=lr, weight_decay=1e-4
+        )
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=lr_drop_epoch, gamma=0.1
+        )
+        loaders = {"train": target_train_loader(10, draw), "val": val_loader}
+        best_acc, best_state = -1.0, None
+        for epoch in range(1, epochs + 1):
+            frozen = []
+            if variant == "gradual unfreezing":
+                frozen = unfreeze_for_epoch(model, epoch, every)
+            # one epoch; it steps the scheduler once, as a 12-epoch call would
+            history = train_phases(
+                model, loaders, criterion, optimizer, 1, device,
+                scheduler=scheduler, frozen=frozen,
+            )  # fmt: skip
+            if history.val_acc[0] > best_acc:  # keep the best epoch's weights
+                best_acc = history.val_acc[0]
+                best_state = copy.deepcopy(model.state_dict())
+        model.load_state_dict(best_state)
+        variant_right[variant].append(right_answers(model, val_loader, device))
+        for name in top_down[1:]:
+            start = backbone_state[f"{name}.0.weight"]
+            now = model.get_submodule(name)[0].weight.detach().cpu()
+            moved = (now - start).pow(2).mean().sqrt().item()
+            rms_moved[variant, name].append(moved)
 
 ft_right = [val_right[10, d, "fine-tuning", chosen[10]] for d in draws]
-gap, se_draws, se_images = paired_gap(layerwise_right, ft_right)
+print(f"10 per class, validation, minus layer3 alone (x{chosen[10]:g}):")
+for variant in variants:
+    gap, se_draws, se_images = paired_gap(variant_right[variant], ft_right)
+    se = math.hypot(se_draws, se_images)
+    print(f"  layer-wise rates, {variant}: {gap_text(gap, se)}")
+gap, se_draws, se_images = paired_gap(*variant_right.values())
 se = math.hypot(se_draws, se_images)
 print(
-    f"layer-wise rates minus layer3 alone (x{chosen[10]:g}), 10 per class, "
-    f"validation: {gap_text(gap, se)}; layer-wise rates {verdict(gap, se)} "
-    "fine-tuning layer3 alone."
+    f"Gradual unfreezing minus all blocks from the start: {gap_text(gap, se)};"
+    f" gradual unfreezing {verdict(gap, se)} training all blocks at once."
 )
-# Adam's bound on a weight's total move (section 5.7), for each block's rate
-steps_weighted = steps_per_epoch * epochs_weighted
-shares = []
-for k, name in enumerate(top_down[1:], start=1):
-    moved = sum(rms_moved[name]) / len(draws)
-    bound = lr / ratio**k * steps_weighted
-    shares.append(moved / bound)
-    print(f"{name}: moved {moved:.4f} per weight (RMS), bound {bound:.4f}")
-where = "well below" if max(shares) < 0.5 else f"up to {max(shares):.0%} of"
+for variant in variants:
+    moved = [
+        sum(rms_moved[variant, name]) / len(draws) for name in top_down[1:]
+    ]
+    print(
+        f"{variant}: RMS move per weight, layer3 {moved[0]:.4f}, "
+        f"layer2 {moved[1]:.4f}, layer1 {moved[2]:.4f}"
+    )
+# smaller rates (and, gradually unfrozen, fewer epochs) towards the input:
+# each block moved less than the block above it
+step_ratios = []  # how many times as far as the block below it
+for variant in variants:
+    moves = [sum(rms_moved[variant, name]) for name in top_down[1:]]
+    assert moves[0] > moves[1] > moves[2], (variant, moves)
+    step_ratios += [moves[0] / moves[1], moves[1] / moves[2]]
 print(
-    f"Each block moved {where} Adam's bound for its rate, and less than the "
-    "block above it: smaller rates towards the input keep the generic blocks "
+    "Each block moved at least "
+    f"{min(step_ratios):.1f} times as far as the block below it: smaller "
+    "rates towards the input, and later unfreezing, keep the generic blocks "
     "closer to their pretrained weights."
 )
-# layer3, layer2, layer1; seeds 0-2, CPU: each moved at least 2.1 times as
-# far as the block below it
-moves = [sum(rms_moved[name]) for name in top_down[1:]]
-assert moves[0] > moves[1] > moves[2], rms_moved
 
 # %% [markdown]
 # **Exercise 3.** A checkpoint saved from a wrapped model has prefixed keys:
@@ -2761,8 +2881,9 @@ prose(
 - A letter network pretrained for {{pretrain_seconds}} s lifted 1-label-per-class
   digit accuracy by {{ft_gain_1}} points (fine-tuning) and {{fe_gain_1}}
   (feature extraction); the gain shrinks as labels grow.
-- How fast the backbone may learn is a hyper-parameter like any other. Chosen on
-  validation ({{factor_10_words}} at 10 labels per class), fine-tuning
+- How fast the backbone may learn is a hyper-parameter like any other.
+  {{rate_found}} Chosen on validation ({{factor_10_words}} at 10 labels per
+  class), fine-tuning
   {{ft_vs_fe_test}} feature extraction there at the same 12 epochs
   ({{ft_over_fe_10}} test points; {{ft_over_fe_10_d0}} and
   {{ft_over_fe_10_d1}} in the two draws). Compare methods with paired standard
@@ -2770,9 +2891,9 @@ prose(
 - Give the baseline an adequate schedule. At 10 labels per class scratch trained for
   24 epochs reached {{test_long_10}} on test: feature extraction
   {{fe_vs_long_verdict}} it ({{fe_vs_long_test}} points) and fine-tuning
-  {{ft_vs_long_verdict}} it ({{ft_vs_long_test}}); {{long_lesson}}.
-  A `layer3` trained alike from a random start tells what the pretrained weights
-  add: at 10 labels per class {{lesson_10}}.
+  {{ft_vs_long_verdict}} it ({{ft_vs_long_test}}). {{long_lesson}}
+- A control tells what the pretrained weights of `layer3` add. At 10 labels per
+  class, {{lesson_10}}
 """
 )
 

@@ -20,6 +20,7 @@ from helpers.exercises.ch05 import (
     check_load_backbone,
     check_pooled_features,
     check_start_lpft,
+    check_unfreeze_for_epoch,
 )
 
 STARTERS = starter_cells("05")
@@ -27,7 +28,7 @@ TOP_DOWN = ("fc", "layer3", "layer2", "layer1")
 
 
 def test_the_chapter_has_one_starter_per_exercise_and_each_untouched_is_not_attempted():
-    names = ["pooled_features", "layerwise_groups", "load_backbone", "start_lpft", "freeze_batchnorm"]
+    names = ["pooled_features", "unfreeze_for_epoch", "load_backbone", "start_lpft", "freeze_batchnorm"]
     assert len(STARTERS) == len(names)
     for k, (source, name) in enumerate(zip(STARTERS, names, strict=True), start=1):
         out = run_starter(source, nn=nn, torch=torch)
@@ -60,8 +61,11 @@ def test_pooled_features_right_answer_passes(capsys):
     verdict = check_pooled_features(features)
     assert verdict.passed, verdict
     out = capsys.readouterr().out
-    assert out.startswith("✓ Exercise 5.1: matches forward hooks on a fresh backbone (in eval mode) ")
-    assert "for 3 blocks on 6 random images (64, 54, 32 features)" in out
+    assert out.startswith(
+        "✓ Exercise 5.1: matches forward hooks on a fresh quarter-width GlyphNet (in eval mode) "
+    )
+    assert "a fresh quarter-width GlyphNet (in eval mode)" in out
+    assert "for 3 blocks on 6 random images (64, 54, 32 features here; about 256" in out
 
 
 @pytest.mark.parametrize(
@@ -154,6 +158,97 @@ def test_layerwise_groups_other_wrong_answers_fail_without_a_hint():
     assert "AdamW refused the groups" in empty.message and empty.hint is None
     generator = check_layerwise_groups(lambda m, lr, ratio: ({"params": p} for p in m.parameters()))
     assert "returned a generator; expected a list of dicts" in generator.message
+
+
+# ---- 5.2: gradual unfreezing ---------------------------------------------------------------
+
+
+def unfreeze(
+    model,
+    epoch,
+    every,
+    *,
+    order=("layer3", "layer2", "layer1"),
+    shift=1,
+    head=True,
+    freeze=True,
+    give="frozen",
+    whole=True,
+):
+    """A right answer to exercise 5.2, and the usual mistakes when asked."""
+    joined = max(0, (epoch - shift) // every)
+    model.fc.requires_grad_(head)
+    frozen, trainable = [], []
+    for k, name in enumerate(order, start=1):
+        block = model.get_submodule(name)
+        if k <= joined:
+            block.requires_grad_(True)
+            trainable.append(block)
+        else:
+            if freeze:
+                (block if whole else block[0]).requires_grad_(False)
+            frozen.append(block)
+    return {
+        "frozen": frozen,
+        "trainable": trainable,
+        "tuple": tuple(frozen),
+        "set": set(frozen),
+        "extra": [*frozen, model.fc],
+    }[give]
+
+
+def test_unfreeze_for_epoch_right_answer_passes(capsys):
+    assert check_unfreeze_for_epoch(unfreeze)
+    assert check_unfreeze_for_epoch(lambda m, e, n: unfreeze(m, e, n, give="tuple"))
+    assert capsys.readouterr().out.startswith(
+        "✓ Exercise 5.2: set the blocks of a quarter-width GlyphNet epoch by epoch as ULMFiT does "
+        "(every=2: the head alone in epochs 1-2, layer3 from 3, layer2 from 5, layer1 from 7)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message", "hint"),
+    [
+        (
+            {"shift": 0},
+            "in epoch 2 with every=2 the trainable blocks are layer3, expected none",
+            "from epoch 1 + every",
+        ),
+        (
+            {"order": ("layer1", "layer2", "layer3")},
+            "in epoch 3 with every=2 the trainable blocks are layer1, expected layer3",
+            "from the top down",
+        ),
+        (
+            {"freeze": False},
+            "in epoch 1 with every=2 the trainable blocks are layer1, layer2, layer3",
+            "freeze the blocks that have not joined",
+        ),
+        ({"head": False}, "in epoch 1 with every=2 the head fc is frozen", "the head trains from the first"),
+        (
+            {"give": "trainable"},
+            "in epoch 1 with every=2 it returned the blocks none (and 0 in all)",
+            "not the trainable ones",
+        ),
+        ({"whole": False}, "layer1 is half frozen", "requires_grad_(flag)"),
+    ],
+)
+def test_unfreeze_for_epoch_usual_mistakes_get_their_hints(options, message, hint):
+    verdict = check_unfreeze_for_epoch(lambda m, e, n: unfreeze(m, e, n, **options))
+    assert not verdict and message in verdict.message and hint in verdict.hint
+
+
+def test_unfreeze_for_epoch_other_wrong_answers_fail_without_a_hint():
+    at_once = check_unfreeze_for_epoch(lambda m, e, n: unfreeze(m, e, 1, shift=0))
+    assert not at_once and at_once.hint is None
+    assert "in epoch 1 with every=2 the trainable blocks are layer3, expected none" in at_once.message
+    some = check_unfreeze_for_epoch(lambda m, e, n: unfreeze(m, e, n, give="set"))
+    assert "returned a set; expected a list of the frozen blocks" in some.message
+    extra = check_unfreeze_for_epoch(lambda m, e, n: unfreeze(m, e, n, give="extra"))
+    assert "(and 4 in all), expected the frozen layer1, layer2, layer3" in extra.message
+    assert extra.hint is None
+    nothing = check_unfreeze_for_epoch(lambda m, e, n: (unfreeze(m, e, n), None)[1])
+    assert "returned a NoneType" in nothing.message
 
 
 # ---- 5.3 ----------------------------------------------------------------------------------
@@ -416,10 +511,10 @@ SKELETON = "raise NotImplementedError  # your code here"
 
 def test_a_filled_in_starter_runs_its_check_right_and_wrong():
     right = (
-        "return [{'params': model.get_submodule(n).parameters(), 'lr': lr / ratio**k} "
-        "for k, n in enumerate(['fc', 'layer3', 'layer2', 'layer1'])]"
+        "return [b for k, b in enumerate([model.layer3, model.layer2, model.layer1], 1) "
+        "if not next(b.requires_grad_(k <= (epoch - 1) // every).parameters()).requires_grad]"
     )
-    assert attempt(2, SKELETON, right).startswith("✓ Exercise 5.2: all 11 parameters")
+    assert attempt(2, SKELETON, right).startswith("✓ Exercise 5.2: set the blocks of a quarter-width")
     shallow = (
         "[setattr(module, n, __import__('torchvision').ops.FrozenBatchNorm2d(c.num_features, c.eps)) "
         "for n, c in list(module.named_children()) if isinstance(c, nn.BatchNorm2d)]"

@@ -3,8 +3,10 @@
 Each checker builds its own small model named like the chapter's ``GlyphNet``
 (:mod:`helpers.exercises.ch05_models`), runs the reader's function on it, and compares the
 result with torch's own behaviour: forward hooks for features, the optimizer's parameter
-groups for learning rates, ``load_state_dict`` for checkpoints. Exercises 5.4 and 5.5
-(freezing) are checked in :mod:`helpers.exercises.ch05_freezing` and exported here too.
+groups for learning rates, ``load_state_dict`` for checkpoints. Exercise 5.2 (gradual
+unfreezing) is checked in :mod:`helpers.exercises.ch05_unfreezing`, exercises 5.4 and 5.5
+(freezing) in :mod:`helpers.exercises.ch05_freezing`; all are exported here.
+``check_layerwise_groups`` checks the layer-wise rates that exercise 5.2 uses (given there).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 from helpers.exercises import Mismatch, checker, expect, expect_tensor
 from helpers.exercises.ch05_freezing import check_freeze_batchnorm, check_start_lpft
 from helpers.exercises.ch05_models import BLOCKS, SmallNet, check_function, differing
+from helpers.exercises.ch05_unfreezing import check_unfreeze_for_epoch
 
 __all__ = [
     "check_freeze_batchnorm",
@@ -26,6 +29,7 @@ __all__ = [
     "check_load_backbone",
     "check_pooled_features",
     "check_start_lpft",
+    "check_unfreeze_for_epoch",
 ]
 
 #: Exercise 5.1's pooled grid per block: about 256 features each in the chapter's model.
@@ -106,8 +110,9 @@ def check_pooled_features(pooled_features: Callable) -> str:
         )
     sizes = ", ".join(str(want_maps[n].shape[1] * g * g) for n, g in GRIDS.items())
     return (
-        f"matches forward hooks on a fresh backbone (in eval mode) {_within(max(gaps))} "
-        f"for 3 blocks on {len(images)} random images ({sizes} features)"
+        "matches forward hooks on a fresh quarter-width GlyphNet (in eval mode) "
+        f"{_within(max(gaps))} for 3 blocks on {len(images)} random images ({sizes} features "
+        "here; about 256 each in the chapter's GlyphNet)"
     )
 
 
