@@ -51,12 +51,13 @@
 # > unless they differ by more than 10 %. That band is fixed, not a measure of the
 # > noise, so each comparison the text turns into a verdict on this machine was timed
 # > more than once: the two sides in three interleaved rounds of `best_time` (the
-# > data loaders: in repeated epochs), and where the gap between the fastest readings
-# > of the two sides is smaller than the spread between one side's own readings, the
-# > verdict says "within the spread of repeated readings" instead. (The accelerator
-# > comparisons of section 8.1 only run on a machine with one and are single
-# > `best_time` readings.) Where the text speaks of hardware this run did not
-# > measure, it says so and what the statement rests on.
+# > data loaders: in three epochs each, the settings taking turns), and where the gap
+# > between the fastest readings of the two sides is smaller than the spread between
+# > one side's own readings, the verdict says "no faster or slower, beyond the spread
+# > of repeated readings" instead. (The accelerator comparisons of section 8.1 only
+# > run on a machine with one and are single `best_time` readings.) Where the text
+# > speaks of hardware this run did not measure, it says so and what the statement
+# > rests on.
 
 # %% tags=["hide-cell"]
 # On Colab only: install this book's helpers package (Colab's own torch is
@@ -343,8 +344,9 @@ if (
         f"to {cpu_per_sample[4096] * 1e6:.2f} µs. Two likely causes: a batch "
         "this large no longer fits in the CPU's fast caches (each hidden "
         "activation is 4,096 x 256 x 4 bytes = 4 MiB), or other programs "
-        "competed for the CPU while it was timed. This run did not separate "
-        "them."
+        "competed for the CPU while it was timed. The threads cell below "
+        "times this batch again in three rounds, to see whether the rise "
+        "repeats."
     )
 elif cpu_best_batch == 4096:
     large_batch_sentence = (
@@ -370,6 +372,11 @@ else:
         "the CPU for a batch of 4,096."
     )
 record("accelerator_sentence", accelerator_sentence)
+accelerator_short = (
+    "No accelerator here: CPU only."
+    if device.type == "cpu"
+    else accelerator_sentence
+)
 if device.type == "cpu":
     floor_where = "this run measured only the CPU"
 else:
@@ -460,7 +467,6 @@ else:
             f"{pinned_s * 1e6:.0f} µs ({mebibytes / 1024 / pinned_s:.1f} "
             f"GiB/s): {speed_verdict(pageable_s, pinned_s)} the plain copy."
         )
-print(transfer_sentence)
 record("transfer_sentence", transfer_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -527,7 +533,9 @@ def rounds_verdict(base: list[float], candidate: list[float]) -> str:
     """
     gap = abs(min(base) - min(candidate))
     if gap < max(max(r) - min(r) for r in (base, candidate)):
-        return "within the spread of repeated readings of"
+        return (
+            "no faster or slower, beyond the spread of repeated readings, than"
+        )
     return speed_verdict(min(base), min(candidate))
 
 
@@ -652,15 +660,39 @@ else:
     threads_sentence = (
         "This process may use only one CPU, so there is no comparison."
     )
-print(threads_sentence)
 record("threads_sentence", threads_sentence)
+# the batch-4,096 pass again, at the default threads as in the sweep above:
+# three rounds say whether its rise per sample repeats
+repeat_us = [t / 4096 * 1e6 for t in thread_rounds[default_threads][1]]
+cheapest_us = cpu_per_sample[cpu_best_batch] * 1e6
+swept_rise = cpu_per_sample[4096] * 1e6 > 1.1 * cheapest_us
+if cpu_best_batch == 4096 or not swept_rise:
+    rise_sentence = ""  # the sweep showed no rise to check
+elif min(repeat_us) > 1.1 * cheapest_us:
+    rise_sentence = (
+        f"The forward pass of batch 4,096 with the default {default_threads} "
+        f"thread(s) took {min(repeat_us):.2f}-{max(repeat_us):.2f} µs per "
+        f"sample in its three rounds, every one above the "
+        f"{cheapest_us:.2f} µs of batch {cpu_best_batch:,} in the sweep: the "
+        "rise at 4,096 repeated, so it was not one brief busy spell."
+    )
+else:
+    rise_sentence = (
+        f"The forward pass of batch 4,096 with the default {default_threads} "
+        f"thread(s) took {min(repeat_us):.2f}-{max(repeat_us):.2f} µs per "
+        f"sample in its three rounds, against {cheapest_us:.2f} µs at batch "
+        f"{cpu_best_batch:,} in the sweep: not every round was above it by "
+        "10 %, so the sweep's reading at 4,096 did not clearly repeat."
+    )
+record("rise_sentence", rise_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
 {{threads_sentence}} On an idle machine a large operation usually gains from
 more threads and a tiny one gains little or nothing; on a shared, busy machine
-threads can even lose, because each operation waits for its slowest thread. When
+threads can even lose, because each operation waits for its slowest thread.
+{{rise_sentence}} When
 several processes share a machine (data-loader workers, several training jobs), give
 each fewer threads with `torch.set_num_threads` (DataLoader workers already use one).
 """
@@ -815,7 +847,9 @@ print(inspect.getsource(CostlyDataset.__getitem__))
 # arithmetic, which the cell times on this machine (the costs are untuned: large
 # enough to matter next to a training step of this small model). An epoch covers 128
 # digits in batches of 16, and each configuration runs three epochs, each a full pass
-# of loading plus a training step per batch. Without `persistent_workers=True` the
+# of loading plus a training step per batch; the configurations take turns, epoch by
+# epoch, so that a busy spell of the machine cannot slow all the epochs of one
+# configuration and none of another. Without `persistent_workers=True` the
 # workers are started anew at the beginning of every epoch and shut down at its end;
 # with it they stay alive between epochs. The first epoch is a single reading, since
 # start-up happens once; for the later ones the faster of epochs 2 and 3 counts.
@@ -842,9 +876,9 @@ if device.type == "cuda":
     }
 
 
-def timed_epochs(dataset: Dataset, epochs: int = 3, **options) -> list[float]:
-    """Seconds per epoch of loading every batch and taking one training step
-    on it.
+def epoch_runner(dataset: Dataset, **options):
+    """A function that times one epoch of loading every batch and taking one
+    training step on it, with its own model, optimizer and loader.
     """
     torch.manual_seed(seed)
     net = make_model().to(device)
@@ -856,8 +890,8 @@ def timed_epochs(dataset: Dataset, epochs: int = 3, **options) -> list[float]:
         generator=make_generator(seed),
         **options,
     )
-    times = []
-    for _ in range(epochs):
+
+    def run_epoch() -> float:
         start = time.perf_counter()
         for x, y in loader:
             # non_blocking only has an effect for pinned memory and a CUDA
@@ -871,15 +905,26 @@ def timed_epochs(dataset: Dataset, epochs: int = 3, **options) -> list[float]:
             loss.backward()
             optimizer.step()
         loss.item()  # wait for the device before stopping the clock
-        times.append(time.perf_counter() - start)
-    return times
+        return time.perf_counter() - start
+
+    return run_epoch
 
 
 loading = {}  # (kind, setting) -> seconds of epoch 1, best of epochs 2 and 3
 later_readings = {}  # (kind, setting) -> seconds of epochs 2 and 3
 for kind, dataset in (("waiting", waiting_set), ("computing", computing_set)):
-    for name, options in worker_settings.items():
-        first, *later = timed_epochs(dataset, **options)
+    runners = {
+        name: epoch_runner(dataset, **options)
+        for name, options in worker_settings.items()
+    }
+    # epoch by epoch, the settings interleaved: a busy spell of the machine
+    # slows one epoch of several settings, not every epoch of one
+    epochs = {name: [] for name in runners}
+    for _ in range(3):
+        for name, run_epoch in runners.items():
+            epochs[name].append(run_epoch())
+    del runners, run_epoch  # shuts down the persistent workers
+    for name, (first, *later) in epochs.items():
         loading[kind, name] = (first, min(later))
         later_readings[kind, name] = later
         print(
@@ -942,7 +987,9 @@ def epochs_verdict(base: tuple, candidate: tuple) -> str:
     """
     gap = abs(later_epoch[base] - later_epoch[candidate])
     if gap < spread_of(base, candidate):
-        return "within the spread of repeated readings of"
+        return (
+            "no faster or slower, beyond the spread of repeated readings, than"
+        )
     return speed_verdict(later_epoch[base], later_epoch[candidate])
 
 
@@ -985,6 +1032,9 @@ restart_sentence = (
     f"{restart_cost['computing']} with the computing set"
 )
 record("wait_0_s", wait_none, fmt="{:.2f}")
+# two workers share the sleeping: no epoch with them can be shorter
+wait_floor = len(waiting_set) * waiting_set.sleep_s / 2
+record("wait_floor_s", wait_floor, fmt="{:.2f}")
 record("wait_2_s", wait_persistent, fmt="{:.2f}")
 waiting_verdict = epochs_verdict(
     ("waiting", "0 workers"), ("waiting", "2 workers, persistent")
@@ -1033,7 +1083,9 @@ persistent workers took {{wait_2_s}} s, against {{wait_0_s}} s without
 workers, so it was {{wait_verdict}} the epoch without workers. Waiting needs no
 CPU, so workers overlap their waits however few cores the machine has (two workers
 wait for two items at a time, more workers for more), and all of their loading
-overlaps with the training step in the main process. For the computing dataset (an
+overlaps with the training step in the main process. Two workers can at most halve
+the sleeping: 128 items × 2 ms / 2 = {{wait_floor_s}} s is the least an epoch with
+them can take, whatever the machine. For the computing dataset (an
 item took {{compute_item_ms}} ms here) an epoch with two persistent workers took
 {{compute_2_s}} s against {{compute_0_s}} s: it was
 {{compute_verdict}} the epoch without workers. Computing needs cores: this
@@ -1041,10 +1093,10 @@ process may use {{usable_cpus}} logical CPUs, shared by the workers, the
 training loop and anything else running, so CPU-bound loading can gain at most what
 the free cores allow.
 
-Two epochs of one setting, run back to back, differed by up to
+Epochs 2 and 3 of one setting differed by up to
 {{later_spread_pct}} % here, so where the gap between two settings was smaller
-than the gap between their own repeated epochs, the verdict says "within the
-spread of repeated readings".
+than the gap between their own repeated epochs, the verdict says "no faster or
+slower, beyond the spread of repeated readings".
 
 In the first epoch every configuration with workers pays their start-up, and
 "2 workers" and "2 workers, persistent" are then the same loader: their epoch-1 bars
@@ -1052,9 +1104,9 @@ In the first epoch every configuration with workers pays their start-up, and
 thing can land. So the epoch-1 bars are not compared with each other. Without
 `persistent_workers` every later epoch pays starting them and stopping them
 again: {{restart_sentence}}.
-With the computing set, two workers started anew every epoch took
-{{compute_restarted_s}} s per epoch: {{compute_restart_verdict}} the epoch
-without workers.
+With the computing set, two workers started anew every epoch made an epoch
+{{compute_restart_verdict}} one without workers ({{compute_restarted_s}} s
+against {{compute_0_s}} s).
 A *forked* worker (Linux's default up to Python 3.13) is a copy of the running
 process and imports nothing; a *spawned* one (macOS, Windows) is a fresh Python
 process that must import torch first, which the next cell measures.
@@ -1327,10 +1379,11 @@ measurement of the final result: its rate changes every step.)
 #   opposite way (0.95 to 0.85 and back), so it changes two settings and its
 #   comparison with the others is not like for like.
 # - **linear warm-up + cosine**: `LinearLR` climbs from 1 % of the rate to the rate over
-#   the first 10 % of the steps (untuned values), then `CosineAnnealingLR` takes over;
-#   `SequentialLR` chains the two. Warm-up is meant to protect the first steps, when
-#   the weights are random and gradients can be large and erratic (it is usual for
-#   large batches, Adam, and transformers; exercise 3 tests it on this model).
+#   the first 10 % of the steps (untuned values); on its own it would then hold the
+#   rate, but here `CosineAnnealingLR` takes over, and `SequentialLR` chains the
+#   two. Warm-up is meant to protect the first steps, when the weights are random
+#   and gradients can be large and erratic (it is usual for large batches, Adam,
+#   and transformers; exercise 3 tests it on this model).
 # - **`ReduceLROnPlateau`**: steps once per epoch *with the validation loss* and
 #   multiplies the rate by 0.3 (untuned) whenever that loss fails to beat its best so
 #   far by more than the default relative `threshold` of 1e-4 (`patience=0`: no epoch
@@ -1562,14 +1615,16 @@ else:
             "which schedule falls short is itself noisy)."
         )
     )
-    if "OneCycleLR" in not_rescued:
-        not_rescued_sentence += (
-            f" OneCycleLR starts low but climbs to the full {high} by "
-            "30 % of the run and stays near it through the middle, "
-            "so its slow start probably does not keep it from the "
-            "rate that failed (a likely reading, not measured)."
-        )
-print(not_rescued_sentence)
+    for name in not_rescued:
+        # one seed trained and the other ended near guessing: the seeds,
+        # not the schedule, may have decided it
+        a, b = final_val[name, high]
+        if min(a, b) < 0.9 * np.log(10) <= max(a, b):
+            not_rescued_sentence += (
+                f" {name}'s two seeds ended at {a:.2f} and {b:.2f}: one "
+                "trained and one did not, so two seeds cannot tell whether "
+                "the schedule or the seed decided it."
+            )
 record("not_rescued_sentence", not_rescued_sentence)
 # a run diverged if it ended no better than guessing: within 10 % of ln 10
 final_high = {
@@ -1589,7 +1644,6 @@ diverged_sentence = (
     if diverged
     else f"No run at {high} ended as badly as guessing (ln 10 = 2.30)."
 )
-print(diverged_sentence)
 record("diverged_sentence", diverged_sentence)
 worse_low_names = ", ".join(worse_low[:-1]) + " and " * (len(worse_low) > 1)
 worse_low_names += worse_low[-1] if worse_low else ""
@@ -1631,12 +1685,63 @@ record(
     {0: "never", 1: "once", 2: "twice"}.get(cuts, f"{cuts} times"),
 )
 
+# %%
+# the validation loss epoch by epoch at the high rate: constant against the
+# best schedule there, both seeds
+fig, ax = plt.subplots(figsize=(6, 3.6))
+epochs_axis = range(1, lr_epochs + 1)
+for name, style in (("constant", "--"), (best_high, "-")):
+    for run_seed, marker in zip(run_seeds, ("o", "s"), strict=True):
+        ax.plot(
+            epochs_axis,
+            schedule_runs[name, high, run_seed][2],
+            style,
+            marker=marker,
+            label=f"{name}, seed {run_seed}",
+        )
+ax.axhline(np.log(10), color="gray", ls=":", label="guessing (ln 10)")
+ax.set(
+    title=f"Validation loss per epoch at lr {high}",
+    xlabel="epoch",
+    ylabel="cross-entropy (log scale)",
+    yscale="log",
+)
+label_log_axis(ax.yaxis)
+ax.grid(alpha=0.3)
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+curve = {
+    name: [
+        sum(schedule_runs[name, high, s][2][epoch] for s in run_seeds) / 2
+        for epoch in range(lr_epochs)
+    ]
+    for name in ("constant", best_high)
+}
+record("curve_constant_1", curve["constant"][0], fmt="{:.2f}")
+record("curve_best_1", curve[best_high][0], fmt="{:.2f}")
+record("curve_constant_end", curve["constant"][-1], fmt="{:.2f}")
+record("curve_best_end", curve[best_high][-1], fmt="{:.2f}")
+# the epoch from which the best schedule stayed ahead of the constant rate
+ahead_from = next(
+    epoch
+    for epoch in range(lr_epochs, 0, -1)
+    if epoch == 1 or curve[best_high][epoch - 2] >= curve["constant"][epoch - 2]
+)
+record(
+    "ahead_words",
+    "from the first epoch on"
+    if ahead_from == 1
+    else f"from epoch {ahead_from} on",
+)
+
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The left panel shows each schedule's rate over the run at the peak of 0.5, read off
-the optimizer at every step; for `ReduceLROnPlateau` that is the rate it chose from
-this run's validation losses (it cut the rate {{plateau_cuts}} with seed 0).
+In the first figure, the left panel shows each schedule's rate over the run at the
+peak of 0.5, read off the optimizer at every step; for `ReduceLROnPlateau` that is
+the rate it chose from this run's validation losses (it cut the rate
+{{plateau_cuts}} with seed 0).
 The right panel shows where each combination ended.
 
 At 0.5 a schedule that lowers the rate is what makes it usable. Held constant, it ended at a mean
@@ -1644,7 +1749,11 @@ final validation loss of {{constant_high_loss}}; {{n_rescued}} schedules
 that lower it ended below that by more than their seeds differed, the best,
 {{best_high}}, at {{best_high_loss}}. {{not_rescued_sentence}}
 {{diverged_sentence}}
-A high rate makes fast progress early, and the decay lets the weights settle late.
+The figure above follows the validation loss epoch by epoch at 0.5: averaged
+over the seeds, the constant rate stood at {{curve_constant_1}} after one
+epoch and {{curve_constant_end}} at the end, {{best_high}} at
+{{curve_best_1}} and {{curve_best_end}}; {{best_high}} was ahead
+{{ahead_words}}.
 {{worse_low_sentence}}
 
 Over all twelve combinations, averaged over the two seeds,
@@ -2336,7 +2445,6 @@ else:
     compile_verdict = "not measured"
     compile_sentence = f"Not measured on this machine: {compile_skip}."
     compile_summary = "was not measured"
-print(compile_sentence)
 record("compile_sentence", compile_sentence)
 record("compile_summary", compile_summary)
 
@@ -2467,9 +2575,10 @@ if step_compile_skip is None:
     if ratio_dropout > 1.1 * ratio_plain:
         dropout_reading = (
             "Dropout made the difference: the compiled step compared worse "
-            "with it than without it. Why is not established here; profiling "
-            "the compiled step, as in section 8.9, would show where its time "
-            "goes."
+            "with it than without it. Why is not established here: Inductor's "
+            "own code for drawing the masks is one candidate, untested "
+            "(fallback_random=True, below, would test it), and profiling the "
+            "compiled step, as in section 8.9, would show where its time goes."
         )
     elif ratio_plain > 1.1 * ratio_dropout:
         dropout_reading = (
@@ -2516,7 +2625,6 @@ else:
     step_summary = "was not measured"
     step_compile_sentence = f"Not measured here: {step_compile_skip}."
     step_fusion_sentence = "was not measured"
-print(step_compile_sentence)
 record("step_compile_sentence", step_compile_sentence)
 record("step_summary", step_summary)
 record("step_fusion_sentence", step_fusion_sentence)
@@ -3091,7 +3199,7 @@ else:
         "This PyTorch build has no torch.distributed, so no_sync was not run."
     )
     no_sync_short = "no_sync not run (no torch.distributed)"
-print(no_sync_sentence)
+print(no_sync_short)
 record("no_sync_sentence", no_sync_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -3273,7 +3381,9 @@ record(
 record("skip_optimizer_gap", ablation["optimizer"], fmt="{:.1e}")
 record("skip_scheduler_gap", ablation["scheduler"], fmt="{:.1e}")
 record("skip_rng_gap", ablation["random states"], fmt="{:.1e}")
-assert resumed_equal
+# PyTorch promises no bit-for-bit reproducibility on MPS (chapter 1), so there
+# a resumed run may differ in the last bits: the check is for CPU and CUDA
+assert resumed_equal or device.type == "mps", resumed_equal
 assert min(ablation.values()) > 0
 
 
@@ -3314,11 +3424,17 @@ ax.legend()  # again, so that it shows the styles just set
 ax.title.set_fontsize(9)
 plt.show()
 record("resumed_loss_gap", gap_words(resumed_gap))
+record(
+    "resume_equal_words",
+    "equal bit for bit to"
+    if resumed_equal
+    else "not bit for bit equal to (PyTorch does not promise it on MPS)",
+)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The resumed run ends with weights equal bit for bit to the uninterrupted run's
+The resumed run ends with weights {{resume_equal_words}} the uninterrupted run's
 (`torch.equal` on every tensor of the `state_dict`), and from the dotted line on its
 dashed loss curve lies on the uninterrupted run's: the two
 {{resumed_loss_gap}}. Leaving out any one part breaks
@@ -3510,7 +3626,8 @@ record(
     headline="Two seeded runs with augmenting workers give identical weights",
 )
 record("other_seed_gap", other_gap, fmt="{:.2f}")
-assert runs_identical and other_gap > 1e-3
+# not promised on MPS (chapter 1): there only the other seed's gap is checked
+assert (runs_identical or device.type == "mps") and other_gap > 1e-3
 
 repeat_gap = max(
     abs(a - b) for a, b in zip(first_losses, second_losses, strict=True)
@@ -3538,11 +3655,17 @@ ax.legend()  # again, so that it shows the dashes
 ax.title.set_fontsize(9)
 plt.show()
 record("repeat_loss_gap", gap_words(repeat_gap))
+record(
+    "identical_words",
+    "identical weights"
+    if runs_identical
+    else "weights that are not identical (PyTorch does not promise it on MPS)",
+)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The two runs with the same seed end with identical weights, and their loss curves
+The two runs with the same seed end with {{identical_words}}, and their loss curves
 coincide (the dashed one lies on the solid one; their losses
 {{repeat_loss_gap}}); another seed gives other
 weights (largest difference {{other_seed_gap}}). Why the loader gets its own
@@ -3767,7 +3890,7 @@ if device.type == "mps":
         " (on MPS these are the CPU's times to prepare "
         "and send the work, not the GPU's times to do it)"
     )
-print(profile_sentence)
+print(profile_short)
 record("profile_sentence", profile_sentence)
 record("dropout_vs_matmul", float(np.median(dropout_ratios)), fmt="{:.1f}")
 record("dropout_vs_matmul_low", min(dropout_ratios), fmt="{:.1f}")
@@ -3775,9 +3898,10 @@ record("dropout_vs_matmul_high", max(dropout_ratios), fmt="{:.1f}")
 record("n_profiles", n_profiles)
 record(
     "profile_agreement",
-    "so the recordings agreed closely"
+    "the highest within 25 % of the lowest"
     if max(dropout_ratios) <= 1.25 * min(dropout_ratios)
-    else "so no one recording is a result on its own",
+    else "the highest more than 25 % above the lowest, so no one recording "
+    "is a result on its own",
 )
 # By arithmetic: FlopCounterMode counts the operations of the matrix products
 # (the only operators it counts) in one example's forward and backward pass;
@@ -3922,9 +4046,9 @@ prose(
 The forward pass took {{inference_mode_us}} µs under `inference_mode` and
 {{grad_mode_us}} µs with autograd on, so `inference_mode` was
 {{inference_verdict}} autograd on, and {{inference_vs_no_grad}} `no_grad`.
-Time is not the only saving: without autograd no activations are kept for a backward
-pass, and for large batches that memory is the bigger gain. The next cell measures
-how much it is.
+Whatever the time, the dependable saving is memory: without autograd no
+activations are kept for a backward pass, and for large batches that is the bigger
+gain. The next cell measures how much it is.
 """
 )
 
@@ -4221,7 +4345,7 @@ summary_rows = [
         "1 Devices",
         f"CPU, batch 1 vs {cpu_best_batch}: {cpu_per_sample[1] * 1e6:.0f} vs "
         f"{cpu_per_sample[cpu_best_batch] * 1e6:.2f} µs per sample. "
-        f"{accelerator_sentence} .item() once: {item_verdict} every step.",
+        f"{accelerator_short} .item() once: {item_verdict} every step.",
     ),
     (
         "2 Data loading",
@@ -4324,9 +4448,10 @@ for tip, effect in summary_rows:
 # operations of one sample's forward pass through `make_model(hidden)`, counting the
 # matrix products of its three linear layers only, a multiply-add as two operations
 # (the convention of `torch.utils.flop_counter.FlopCounterMode`, which the checker
-# uses). Then time a forward pass of batch 512 on the CPU at widths 256, 512, 1,024 and
-# 2,048 (in three interleaved rounds, with section 8.1's `timed_rounds`), and divide
-# the operations by the time: the arithmetic throughput, in GFLOP/s.
+# uses). Then time a forward pass of batch 512 on one CPU thread (one core, whose L2
+# cache is its own) at widths 256, 512, 1,024 and 2,048 (in three interleaved rounds,
+# with section 8.1's `timed_rounds`), and divide the operations by the time: the
+# arithmetic throughput, in GFLOP/s.
 # Predict first: the hidden-to-hidden weight matrix takes 4 h² bytes, from 256 KiB at
 # 256 to 16 MiB at 2,048. If the cache mattered, the throughput would fall once that
 # matrix outgrows the CPU's L2 cache (on Linux, `/sys/devices/system/cpu/cpu0/cache`
@@ -4377,12 +4502,21 @@ wide_models = {}
 for hidden in widths:
     torch.manual_seed(seed)
     wide_models[hidden] = make_model(hidden=hidden).eval()
-# three interleaved rounds per width: one busy spell must not pass for a trend
-with torch.inference_mode():
-    wide_rounds = timed_rounds(
-        {hidden: partial(net, x_wide) for hidden, net in wide_models.items()},
-        repeat=3,
-    )
+# three interleaved rounds per width: one busy spell must not pass for a trend;
+# one thread: one core and its own L2 cache, and no thread waiting for another
+threads = torch.get_num_threads()
+torch.set_num_threads(1)
+try:
+    with torch.inference_mode():
+        wide_rounds = timed_rounds(
+            {
+                hidden: partial(net, x_wide)
+                for hidden, net in wide_models.items()
+            },
+            repeat=3,
+        )
+finally:
+    torch.set_num_threads(threads)
 wide_s = {hidden: min(readings) for hidden, readings in wide_rounds.items()}
 gflops = {
     hidden: flops_per_sample(hidden) * len(x_wide) / wide_s[hidden] / 1e9
@@ -4405,10 +4539,10 @@ spills = [h for h in widths if l2 is not None and 4 * h * h > l2]
 dips = [
     h for h in spills if gflops[h] < max(gflops.values()) / (1 + round_spread)
 ]
-# below the cache, throughput that rises with width is per-call overhead
-# spread over more arithmetic
+# below the cache, a rise with width counts only where each step up is larger
+# than the rounds of one width differed
 rises = len(fits) > 1 and all(
-    gflops[wider] > gflops[narrower]
+    gflops[wider] > gflops[narrower] * (1 + round_spread)
     for narrower, wider in itertools.pairwise(fits)
 )
 if l2 is None:
@@ -4444,10 +4578,10 @@ else:
     )
 if rises:
     cache_answer += (
-        f" Among the widths that fit, throughput rose with width, from "
-        f"{gflops[fits[0]]:.1f} GFLOP/s at width {fits[0]} to "
-        f"{gflops[fits[-1]]:.1f} at width {fits[-1]}: the per-call overhead "
-        "spread over more arithmetic, not the cache."
+        f" Among the widths that fit, throughput rose with width by more "
+        f"than the rounds differed, from {gflops[fits[0]]:.1f} GFLOP/s at "
+        f"width {fits[0]} to {gflops[fits[-1]]:.1f} at width {fits[-1]}, as "
+        "a fixed cost per call spread over more arithmetic would make it."
     )
 if dips:
     cache_answer += (
@@ -4459,9 +4593,9 @@ if dips:
     )
 print(cache_answer)
 # the widest model does about 51 times the operations of the narrowest; any
-# timing that tracks the work puts it far above 10 times as slow (measured
-# 267, 161, 261 for seeds 0, 1, 2, three runs sharing a busy 2-CPU machine)
+# timing that tracks the work puts it far above 10 times as slow
 work_ratio = wide_s[2048] / wide_s[256]
+print(f"width 2,048 took {work_ratio:.0f} times as long as width 256")
 assert work_ratio > 10, work_ratio
 
 # %% [markdown]
@@ -4610,95 +4744,98 @@ assert mid_gaps["epoch_start_rng"] == 0 and mid_gaps["rng_at_save"] > 0
 # %% [markdown]
 # **Exercise 3.** Section 8.3 said warm-up is meant to protect the first steps, and its
 # grid ran decay without warm-up (`CosineAnnealingLR`), but never warm-up without
-# decay. Does warm-up on its own protect a *constant* rate of 0.5? Fill in the starter
-# below: a schedule that warms up exactly as there (1 % to 100 % of the rate over the
-# first 10 % of the steps) and then holds the rate constant, with
-# `lr_scheduler.LambdaLR`, which multiplies the base rate by any function of the step
-# number. Then train it at 0.5 with `train_with_schedule(...,
-# build=warmup_then_constant)` and the same two seeds, and compare its mean final
-# validation loss with the constant rate's and with warm-up + cosine's.
+# decay. That schedule needs no new code: `LinearLR(optimizer, start_factor=0.01,
+# total_iters=total_steps // 10)` alone is it, since after `total_iters` steps
+# `LinearLR` holds its end factor of 1. What the experiment needs is an honest verdict.
+# Fill in the starter below: `compare(a, b)`, which takes two arms' final validation
+# losses (one per seed, as in section 8.3's `final_val`) and returns `"better"` or
+# `"worse"` for arm `a` when the two means differ by more than the larger of the two
+# arms' seed spreads, and `"tie"` otherwise: section 8.3's rule, which the checker also
+# tries on the grid's neighbouring combinations. Then train warm-up alone at 0.5 with
+# `train_with_schedule(..., build=...)` and the same two seeds, and let `compare` judge
+# it against the constant rate and against warm-up + cosine. Does warm-up on its own
+# protect a constant rate of 0.5?
 
 
 # %% tags=["exercise-starter"]
-# Fill in: a scheduler on `optimizer` whose factor climbs linearly from 0.01 at
-# step 0 to 1 at step total_steps // 10 and stays 1 after (`name` and `peak_lr`
-# come with train_with_schedule's build(...) call; you may ignore them).
-def warmup_then_constant(
-    name: str,
-    optimizer: torch.optim.Optimizer,
-    peak_lr: float,
-    total_steps: int,
-):
-    """Section 8.3's warm-up over the first 10 % of the steps, then constant."""
+# Fill in: "better", "worse" or "tie" for arm a against arm b, each a list of
+# final validation losses, one per seed (lower is better).
+def compare(a: list[float], b: list[float]) -> str:
+    """Arm a against arm b, beyond the larger of their seed spreads."""
     raise NotImplementedError  # your code here
 
 
-from helpers.exercises.ch08 import check_warmup_then_constant
+from helpers.exercises.ch08 import check_compare
 
-check_warmup_then_constant(warmup_then_constant)
+check_compare(compare, final_val)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 3: LinearLR's factor goes linearly from 0.01 at step 0 to 1 at step
-# `warm`.
-def warmup_factor(step: int, warm: int, start: float = 0.01) -> float:
-    return start + (1 - start) * min(step, warm) / warm
+# Solution 3: the means must differ by more than the seeds of either arm do.
+def compare(a: list[float], b: list[float]) -> str:
+    """Arm a against arm b, beyond the larger of their seed spreads."""
+    gap = sum(b) / len(b) - sum(a) / len(a)  # > 0: a ended lower
+    noise = max(max(a) - min(a), max(b) - min(b))
+    if gap > noise:
+        return "better"
+    return "worse" if -gap > noise else "tie"
 
 
-def warmup_then_constant(
+assert check_compare(compare, final_val)
+
+
+def warmup_only(
     name: str,
     optimizer: torch.optim.Optimizer,
     peak_lr: float,
     total_steps: int,
 ):
     """Section 8.3's warm-up over the first 10 % of the steps, then constant."""
-    factor = partial(warmup_factor, warm=total_steps // 10)
-    return lr_scheduler.LambdaLR(optimizer, factor)
+    return lr_scheduler.LinearLR(
+        optimizer, start_factor=0.01, total_iters=total_steps // 10
+    )
 
 
-assert check_warmup_then_constant(warmup_then_constant)
-
-
-warm_train = partial(train_with_schedule, build=warmup_then_constant)
+warm_train = partial(train_with_schedule, build=warmup_only)
 warm_runs = [warm_train("warm-up only", high, s, lr_epochs) for s in run_seeds]
 warm_steps = lr_epochs * steps_per_epoch // 10
-# the rates of the warm-up steps (and the first step at the full rate), seed 0
-by_lambda = warm_runs[0][1][: warm_steps + 1]
-by_linear = schedule_runs["warm-up + cosine", high, seed][1][: warm_steps + 1]
-rate_gap = max(abs(a - b) for a, b in zip(by_lambda, by_linear, strict=True))
+# after the warm-up, LinearLR held the full rate to the last step
+held = max(abs(rate - high) for rate in warm_runs[0][1][warm_steps:])
 warm_losses = [run[2][-1] for run in warm_runs]
-warm_mean = sum(warm_losses) / 2
-warm_spread = abs(warm_losses[0] - warm_losses[1])
-# against the constant rate: beyond the larger spread of the two seeds, as in
-# 8.3
-noise = max(warm_spread, spread["constant", high])
-if warm_mean - mean_val["constant", high] > noise:
-    versus_constant = "worse than"
-elif mean_val["constant", high] - warm_mean > noise:
-    versus_constant = "better than"
-else:
-    versus_constant = "within the seeds' spread of"
-# against warm-up + cosine: how many times its mean final validation loss
-times_cosine = warm_mean / mean_val["warm-up + cosine", high]
-print(f"warm-up rates: LambdaLR and LinearLR differ by at most {rate_gap:.1e}")
+versus = {
+    other: compare(warm_losses, final_val[other, high])
+    for other in ("constant", "warm-up + cosine")
+}
+print(f"after step {warm_steps}: rate within {held:.0e} of {high}")
 print(
-    f"mean final validation loss at {high}: warm-up only {warm_mean:.3f} "
-    f"(seeds {warm_losses[0]:.3f}, {warm_losses[1]:.3f}); constant "
-    f"{mean_val['constant', high]:.3f}; warm-up + cosine "
-    f"{mean_val['warm-up + cosine', high]:.3f}; cosine alone "
-    f"{mean_val['CosineAnnealingLR', high]:.3f}"
-)
-print(
-    f"Warm-up alone ended {versus_constant} the constant rate, at "
-    f"{times_cosine:.1f} times the loss of warm-up + cosine: "
-    + (
-        "warm-up alone did not make the high rate usable; the decay did."
-        if times_cosine > 2
-        else "this run does not separate the two halves."
+    f"final validation loss at {high}, seeds {run_seeds[0]} and "
+    f"{run_seeds[1]}: warm-up only "
+    + ", ".join(f"{loss:.3f}" for loss in warm_losses)
+    + "; "
+    + "; ".join(
+        f"{name} " + ", ".join(f"{loss:.3f}" for loss in final_val[name, high])
+        for name in ("constant", "warm-up + cosine", "CosineAnnealingLR")
     )
 )
-# measured: times_cosine 4.3, 5.8 and 4.6 for seeds 0, 1, 2
-assert rate_gap < 1e-9 and times_cosine > 2, (rate_gap, times_cosine)
+words = {
+    "better": "better than",
+    "worse": "worse than",
+    "tie": "within the seeds' spread of",
+}
+print(
+    f"Warm-up alone ended {words[versus['constant']]} the constant rate and "
+    f"{words[versus['warm-up + cosine']]} warm-up + cosine: "
+    + (
+        "warm-up alone did not make the high rate usable; the decay did."
+        if versus["warm-up + cosine"] == "worse"
+        else "these two seeds do not show that the decay is what matters."
+    )
+)
+# the headline, with room to spare: warm-up alone ends far above warm-up +
+# cosine, more than twice its mean final loss
+times_cosine = (sum(warm_losses) / 2) / mean_val["warm-up + cosine", high]
+print(f"warm-up only: {times_cosine:.1f} times warm-up + cosine's mean loss")
+assert held < 1e-9 and times_cosine > 2, (held, times_cosine)
 
 # %% [markdown]
 # **Exercise 4.** Run the model on a batch under `torch.inference_mode()` and keep its

@@ -11,14 +11,15 @@ from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader
 
 from helpers.exercises.ch08 import (
+    check_compare,
     check_flops_per_sample,
     check_inference_tensors,
     check_remaining_batches,
-    check_warmup_then_constant,
 )
 
 STARTERS = starter_cells("08")
-NAMES = {"torch": torch, "DataLoader": DataLoader}
+GRID = {("constant", 0.05): [0.31, 0.33], ("StepLR", 0.05): [0.20, 0.21], ("constant", 0.5): [2.3, 2.1]}
+NAMES = {"torch": torch, "DataLoader": DataLoader, "final_val": GRID}
 RIGHT = {"features + w": False, "features * w": True, "relu(features + w)": False, "features @ W": True}
 
 
@@ -26,7 +27,7 @@ def test_the_chapter_has_one_starter_per_exercise_and_each_is_not_attempted_unto
     expected = [
         ("8.1", "flops_per_sample"),
         ("8.2", "remaining_batches"),
-        ("8.3", "warmup_then_constant"),
+        ("8.3", "compare"),
         ("8.4", "fails` and `make_usable"),
     ]
     assert len(STARTERS) == len(expected)
@@ -54,7 +55,7 @@ def failed_with(verdict, hint: str | None, *message: str) -> None:
     [
         (check_flops_per_sample, (12,), "flops_per_sample"),
         (check_remaining_batches, ([],), "remaining_batches"),
-        (check_warmup_then_constant, ("LinearLR",), "warmup_then_constant"),
+        (check_compare, ("better", GRID), "compare"),
         (check_inference_tensors, ({**RIGHT}, None), "make_usable"),
     ],
 )
@@ -180,64 +181,61 @@ def test_a_reader_who_restores_after_iter_gets_the_hint():
 # --- 8.3: warm-up, then a constant rate -----------------------------------------------
 
 
-def warmup(factor):
-    def build(name, optimizer, peak_lr, total_steps):
-        return lr_scheduler.LambdaLR(optimizer, lambda step: factor(step, total_steps // 10, peak_lr))
-
-    return build
-
-
-def right(step, warm, peak):
-    return 0.01 + 0.99 * min(step, warm) / warm
+def rule(a, b):
+    gap = sum(b) / 2 - sum(a) / 2
+    noise = max(abs(a[0] - a[1]), abs(b[0] - b[1]))
+    return "better" if gap > noise else "worse" if -gap > noise else "tie"
 
 
-def test_warmup_reference_passes_and_so_does_linear_lr():
-    verdict = check_warmup_then_constant(warmup(right))
-    assert verdict and "LinearLR(start_factor=0.01, total_iters=4) on all 47 steps" in verdict.message
-    assert check_warmup_then_constant(
-        lambda name, optimizer, peak_lr, total: lr_scheduler.LinearLR(
-            optimizer, 0.01, total_iters=total // 10
-        )
-    )
+def test_compare_reference_passes_and_counts_the_grid_pairs():
+    verdict = check_compare(rule, GRID)
+    assert verdict and "6 made-up pairs and the 2 neighbouring pairs of the grid" in verdict.message
+
+
+def means_only(a, b):
+    return "better" if sum(a) < sum(b) else "worse" if sum(a) > sum(b) else "tie"
+
+
+def smaller_spread(a, b):
+    gap = sum(b) / 2 - sum(a) / 2
+    noise = min(abs(a[0] - a[1]), abs(b[0] - b[1]))
+    return "better" if gap > noise else "worse" if -gap > noise else "tie"
 
 
 @pytest.mark.parametrize(
     ("wrong", "hint"),
     [
-        (lambda s, warm, peak: right(s, warm * 10 + 7, peak), "the warm-up lasts the whole run"),
-        (lambda s, warm, peak: right(s + 1, warm, peak), "one step ahead"),
-        (lambda s, warm, peak: peak * right(s, warm, peak), "return a factor, not a rate"),
-        (lambda s, warm, peak: min(s, warm) / warm, "starts from 0"),
-        (lambda s, warm, peak: right(s, 4.7, peak), "use whole steps"),
+        (means_only, "smaller than the seeds' spread is noise"),
+        (smaller_spread, "the LARGER of the two arms' seed spreads"),
+        (lambda a, b: means_only([a[0]] * 2, [b[0]] * 2), "not seed 0 alone"),
+        (lambda a, b: rule(b, a), "the LOWER loss is the better one"),
     ],
 )
-def test_warmup_mistakes_get_their_hints(wrong, hint):
-    failed_with(check_warmup_then_constant(warmup(wrong)), hint, "the rates of 47 steps")
+def test_compare_mistakes_get_their_hints(wrong, hint):
+    failed_with(check_compare(wrong, GRID), hint, "expected")
 
 
-def test_warmup_other_wrong_answers_fail_without_a_hint():
-    decaying = warmup(lambda s, warm, peak: right(s, warm, peak) * 0.99**s)
-    failed_with(check_warmup_then_constant(decaying), None, "entries differ from the reference")
-    failed_with(check_warmup_then_constant(lambda *a: None), None, "a learning-rate scheduler, got NoneType")
+def test_compare_other_wrong_answers_fail_without_a_hint():
+    failed_with(check_compare(lambda a, b: "tie", GRID), None, "is 'tie', expected 'better'")
+    failed_with(check_compare(lambda a, b: True, GRID), None, "one of 'better', 'worse', 'tie', got True")
+    failed_with(check_compare(rule, {"constant": [0.3, 0.3]}), None, "grid should be section 8.3's dict")
+    # right on the made-up pairs, wrong on the grid: a tie read as a sign
+    grid_only = {"x": [0.10, 0.50], "y": [0.40, 0.42]}
 
-    def elsewhere(name, optimizer, peak_lr, total_steps):
-        other = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak_lr)
-        return lr_scheduler.LambdaLR(other, lambda step: 1.0)
+    def sloppy(a, b):
+        return "better" if (a, b) == ([0.1, 0.5], [0.4, 0.42]) else rule(a, b)
 
-    failed_with(check_warmup_then_constant(elsewhere), None, "build it on the `optimizer` argument")
+    failed_with(check_compare(sloppy, grid_only), None, "compare([0.1, 0.5], [0.4, 0.42]) is 'better'")
 
 
-def test_a_reader_who_returns_a_rate_gets_the_hint():
+def test_a_reader_who_compares_means_only_gets_the_hint():
     out = starter_with(
         2,
         "raise NotImplementedError  # your code here",
-        "warm = total_steps // 10\n"
-        "    return lr_scheduler.LambdaLR(\n"
-        "        optimizer, lambda s: peak_lr * (0.01 + 0.99 * min(s, warm) / warm)\n"
-        "    )",
+        "return 'better' if sum(a) < sum(b) else 'worse'",
     )
-    assert out.startswith("✗ Exercise 8.3: the rates of 47 steps: 47 of 47 entries differ")
-    assert "Hint: LambdaLR multiplies the base rate by what your function returns" in out
+    assert out.startswith("✗ Exercise 8.3: compare(")
+    assert "Hint: a gap between the means smaller than the seeds' spread is noise" in out
 
 
 # --- 8.4: inference tensors in autograd -----------------------------------------------

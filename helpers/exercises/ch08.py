@@ -3,30 +3,31 @@
 Each checker runs the reader's code on inputs of its own (a seeded ``torch.Generator``,
 tiny sizes, the CPU) against torch itself: ``FlopCounterMode`` counts the operations of
 a forward pass (8.1), a ``DataLoader`` iterated from a restored generator state gives
-the batches a resumed epoch must see (8.2), ``LinearLR`` is the warm-up (8.3), and
+the batches a resumed epoch must see (8.2), section 8.3's rule for a verdict beyond the
+seeds' spread judges two schedules (8.3), and
 autograd decides which uses of an inference tensor can go backward (8.4). Introduced
 with chapter 8's exercises.
 """
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
-from torch.optim import lr_scheduler
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from helpers.exercises import Mismatch, checker, expect, expect_tensor, require_attempt
 
 __all__ = [
+    "check_compare",
     "check_flops_per_sample",
     "check_inference_tensors",
     "check_remaining_batches",
-    "check_warmup_then_constant",
 ]
 
 WIDTHS = (1, 7, 300, 2048)
@@ -174,66 +175,83 @@ def check_remaining_batches(remaining_batches: Callable[..., Iterable]) -> str:
     )
 
 
-def _rates(scheduler: Any, optimizer: torch.optim.Optimizer, steps: int) -> torch.Tensor:
-    """The rate each of ``steps`` SGD steps used, stepping the scheduler after each."""
-    rates = []
-    for _ in range(steps):
-        rates.append(optimizer.param_groups[0]["lr"])
-        for parameter in optimizer.param_groups[0]["params"]:
-            parameter.grad = torch.ones_like(parameter)
-        optimizer.step()
-        scheduler.step()
-    return torch.tensor(rates, dtype=torch.float64)
+VERDICTS = ("better", "worse", "tie")
+# pairs of arms (a, b): each arm's final losses, one per seed
+CASES: tuple[tuple[tuple[float, float], tuple[float, float]], ...] = (
+    ((0.30, 0.32), (0.50, 0.52)),  # a clearly lower: better
+    ((0.50, 0.52), (0.30, 0.32)),  # a clearly higher: worse
+    ((0.40, 0.42), (0.41, 0.43)),  # means differ by less than either spread
+    ((0.20, 0.60), (0.50, 0.52)),  # within a's wide spread, beyond b's narrow one
+    ((0.30, 0.90), (0.50, 0.52)),  # seed 0 alone says better, the means worse
+    ((0.90, 0.80), (0.10, 0.20)),  # beyond both spreads, a higher
+)
 
 
-def _reference_rates(peak: float, steps: int, make: Callable) -> torch.Tensor:
-    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=peak)
-    return _rates(make(optimizer), optimizer, steps)
+def reference_verdict(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """Section 8.3's rule: lower mean loss wins only beyond the larger seed spread."""
+    gap = (sum(b) - sum(a)) / 2
+    noise = max(abs(a[0] - a[1]), abs(b[0] - b[1]))
+    return "better" if gap > noise else "worse" if -gap > noise else "tie"
 
 
-@checker("8.3", "warmup_then_constant")
-def check_warmup_then_constant(warmup_then_constant: Callable[..., Any]) -> str:
-    """47 steps at a peak of 0.3 against LinearLR(start_factor=0.01, total_iters=4)."""
-    _expect_function(warmup_then_constant, "warmup_then_constant")
-    peak, steps = 0.3, 47
-    warm = steps // 10
-    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=peak)
-    scheduler = warmup_then_constant("warm-up only", optimizer, peak, steps)
+def _means_only(a: tuple[float, float], b: tuple[float, float]) -> str:
+    return "better" if sum(a) < sum(b) else "worse" if sum(a) > sum(b) else "tie"
+
+
+def _smaller_spread(a: tuple[float, float], b: tuple[float, float]) -> str:
+    gap, noise = (sum(b) - sum(a)) / 2, min(abs(a[0] - a[1]), abs(b[0] - b[1]))
+    return "better" if gap > noise else "worse" if -gap > noise else "tie"
+
+
+def _seed_zero(a: tuple[float, float], b: tuple[float, float]) -> str:
+    return _means_only((a[0], a[0]), (b[0], b[0]))
+
+
+def _flipped(a: tuple[float, float], b: tuple[float, float]) -> str:
+    return reference_verdict(b, a)
+
+
+VERDICT_MISTAKES: dict[str, Callable[..., str]] = {
+    "a gap between the means smaller than the seeds' spread is noise: call it a tie": _means_only,
+    "compare the gap with the LARGER of the two arms' seed spreads, not the smaller": _smaller_spread,
+    "use the mean over both seeds, not seed 0 alone": _seed_zero,
+    "these are losses: the arm with the LOWER loss is the better one": _flipped,
+}
+
+
+@checker("8.3", "compare")
+def check_compare(compare: Callable[..., Any], grid: dict[Any, Any]) -> str:
+    """Six made-up pairs of arms, then every pair of combinations in ``grid``."""
+    _expect_function(compare, "compare")
     expect(
-        isinstance(scheduler, lr_scheduler.LRScheduler),
-        f"warmup_then_constant should return a learning-rate scheduler, got {type(scheduler).__name__}",
+        isinstance(grid, dict) and len(grid) >= 2,
+        f"grid should be section 8.3's dict of final losses, got {type(grid).__name__}",
     )
-    expect(
-        scheduler.optimizer is optimizer,
-        "the scheduler drives another optimizer: build it on the `optimizer` argument",
-    )
-    got = _rates(scheduler, optimizer, steps)
-    linear, lambda_lr = lr_scheduler.LinearLR, lr_scheduler.LambdaLR
-    want = _reference_rates(peak, steps, lambda o: linear(o, start_factor=0.01, total_iters=warm))
-
-    def factor(step: float, length: float = warm, start: float = 0.01) -> float:
-        return start + (1 - start) * min(step, length) / length
-
-    mistakes = {
-        f"the warm-up lasts the whole run: it should end at total_steps // 10 = {warm}": (
-            _reference_rates(peak, steps, lambda o: linear(o, 0.01, total_iters=steps))
-        ),
-        "one step ahead: LambdaLR calls your function with 0 for the first step": _reference_rates(
-            peak, steps, lambda o: lambda_lr(o, lambda s: factor(s + 1))
-        ),
-        "LambdaLR multiplies the base rate by what your function returns: return a factor, not a "
-        "rate": _reference_rates(peak, steps, lambda o: lambda_lr(o, lambda s: peak * factor(s))),
-        "the warm-up starts from 0: section 8.3's starts from 1 % of the rate": _reference_rates(
-            peak, steps, lambda o: lambda_lr(o, lambda s: factor(s, start=0.0))
-        ),
-        f"a warm-up of total_steps / 10 = {steps / 10} steps: use whole steps, total_steps // 10": (
-            _reference_rates(peak, steps, lambda o: lambda_lr(o, lambda s: factor(s, steps / 10)))
-        ),
-    }
-    gap = expect_tensor(got, want, f"the rates of {steps} steps", atol=1e-12, rtol=1e-9, mistakes=mistakes)
+    pairs = list(CASES)
+    for first, second in itertools.pairwise(grid):
+        pairs.append((tuple(map(float, grid[first])), tuple(map(float, grid[second]))))
+    got = []
+    for a, b in pairs:
+        answer = compare(list(a), list(b))
+        expect(
+            answer in VERDICTS,
+            f"compare should return one of {', '.join(map(repr, VERDICTS))}, got {answer!r}",
+        )
+        got.append(answer)
+    want = [reference_verdict(a, b) for a, b in pairs]
+    wrong = [(a, b, g, w) for (a, b), g, w in zip(pairs, got, want, strict=True) if g != w]
+    if wrong:
+        a, b, answer, right = wrong[0]
+        message = f"compare({list(a)}, {list(b)}) is {answer!r}, expected {right!r}"
+        for hint, mistake in VERDICT_MISTAKES.items():
+            # each known mistake answers the made-up pairs otherwise than the rule
+            if got[: len(CASES)] == [mistake(*pair) for pair in CASES]:
+                raise Mismatch(message, hint)
+        raise Mismatch(message)
+    ties = want.count("tie")
     return (
-        f"sets the same rates as LinearLR(start_factor=0.01, total_iters={warm}) on all {steps} "
-        f"steps at a peak of {peak} (largest gap {gap:.0e}), from {want[0]:.4g} up to {peak}"
+        f"agrees with section 8.3's rule on {len(CASES)} made-up pairs and the "
+        f"{len(pairs) - len(CASES)} neighbouring pairs of the grid ({ties} ties in all)"
     )
 
 
