@@ -2442,8 +2442,8 @@ fig.tight_layout()
 plt.show()
 
 # %%
-# with the kept weights: how much of the validation loss comes from wrong
-# answers?
+# with the kept weights: how much of the validation loss do wrong answers
+# carry
 model.eval()
 name_losses, name_right = [], []
 with torch.no_grad():
@@ -3037,8 +3037,8 @@ for window, value in sorted(val_rmse.items()):
     print(f"window {window:2} years: validation RMSE {value:5.1f}")
 print(f"naive forecast:      validation RMSE {naive_sun_val_rmse:5.1f}")
 best_window = min(val_rmse, key=val_rmse.get)
-# year by year: how much lower is the best window's squared error than the
-# others'?
+# year by year: how much lower the best window's squared error is than the
+# others'
 within_noise = True
 for window in sorted(errors_by_window):
     if window == best_window:
