@@ -22,7 +22,11 @@
 # which is trained by maximising a bound on the likelihood of the data (it sees a
 # black-and-white version of the digits, for a reason section 6.2 gives), and a
 # **generative adversarial network** (GAN), which is trained by playing a game against
-# a second network. By the end you will be able to derive the VAE's loss, the evidence
+# a second network. (The VAE is from [Kingma and Welling,
+# 2014](https://arxiv.org/abs/1312.6114) and, independently, [Rezende, Mohamed and
+# Wierstra, 2014](https://arxiv.org/abs/1401.4082); the GAN from [Goodfellow et al.,
+# 2014](https://arxiv.org/abs/1406.2661), which also proposed the non-saturating loss
+# used below.) By the end you will be able to derive the VAE's loss, the evidence
 # lower bound, and check it numerically, explain why the reparameterisation trick lets
 # gradients reach the encoder, write a GAN training step with the right labels,
 # `detach()` and optimizers, and, most important, score what both models produce with
@@ -675,11 +679,11 @@ off_top = [e for e in range(1, vae_epochs + 1)
 if not off_top:
     cut_text = ""
 elif len(off_top) == 1:
-    cut_text = f"; epoch {off_top[0]} off the top"
+    cut_text = f"; some curves cut at epoch {off_top[0]}"
 elif off_top == list(range(off_top[0], off_top[-1] + 1)):
-    cut_text = f"; epochs {off_top[0]}–{off_top[-1]} off the top"
+    cut_text = f"; some curves cut at epochs {off_top[0]}–{off_top[-1]}"
 else:
-    cut_text = f"; epochs {', '.join(map(str, off_top))} off the top"
+    cut_text = "; some curves cut at epochs " + ", ".join(map(str, off_top))
 plot_losses(
     curves,
     title=f"VAE: negative ELBO per image{cut_text}",
@@ -935,6 +939,7 @@ edge = quantiles[-1].item()
 ax_scatter.add_patch(
     plt.Rectangle((-edge, -edge), 2 * edge, 2 * edge, fill=False, ls="--", lw=1)
 )
+ax_scatter.set_aspect("equal", adjustable="datalim")  # a square looks square
 ax_scatter.set(
     title="Validation digits in the 2-D latent space (one z ~ q(z|x) each);\n"
     "dashed: the square through the grid's outermost tile centres",
@@ -1063,8 +1068,8 @@ record(
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The left panel shows where the encoder puts the validation digits. Some digits get
-regions of their own and some share: among the encoder means,
+The left panel shows where the encoder puts the validation digits. A digit can get a
+region of its own or share one: among the encoder means,
 {{code_regions_text}}. Where digits share
 a region, a 2-D code must lose information, one reason why the bound is worse than
 with 16 numbers.
@@ -1922,7 +1927,8 @@ record(
     else "The GAN never scored as well as the VAE's last snapshot,",
 )
 # Above the floors, as differences: all four distances are 500 images against
-# the same 500 validation digits, so their finite-sample bias is about the same.
+# the same 500 validation digits. Their finite-sample biases are alike in size
+# only roughly: a distance's bias at a given N depends on the spread of each set.
 record("vae_above_floor", vae_end_fd - binary_val_fd, fmt="{:.0f}")
 record("gan_above_floor", best_fd - real_val_fd, fmt="{:.0f}")
 record(
@@ -1943,8 +1949,9 @@ averaged and {{near_latest_fd}} with its latest weights.
 {{gan_catch_text}} and its kept candidate scored {{gan_best_fd}}. The VAE's
 distance {{vae_curve_text}}. So a verdict on the two finished models is partly a
 verdict on how long each was trained; section 6.4 keeps that in mind. Against their
-floors (500 images against the same 500 validation digits in every case, so that the
-part of each distance that is only finite-sample bias is about the same), the VAE
+floors (500 images against the same 500 validation digits in every case; the part
+of each distance that is only finite-sample bias is then comparable, though only
+roughly, since it also depends on each set's spread), the VAE
 ended {{vae_above_floor}} above the distance of binarised real digits and the
 GAN's kept candidate {{gan_above_floor}} above that of grey ones. The GAN's
 value is the best of its 32 candidates on these very images, so it is optimistic;
@@ -2722,10 +2729,11 @@ confident fraction is not asserted, because the independent-pixel control gets
 # **Exercise 1.** The ELBO is one bound on $\log p_\theta(x)$; averaging importance
 # weights gives tighter ones: $\log p_\theta(x) \ge \log \frac1K \sum_{k=1}^K
 # \frac{p_\theta(x \mid z_k)\,p(z_k)}{q_\phi(z_k \mid x)}$ with $z_k \sim q_\phi(z\mid x)$
-# (the IWAE bound; $K = 1$ is the ELBO). Fill in `iwae_bound` in the starter below, the
-# bound for given codes (use `torch.logsumexp`). Then compute it with $K = 50$ codes
-# for each of the first 200 validation digits and compare its negative with
-# `negative_elbo` on the same images. How many nats tighter is it?
+# (the IWAE bound of [Burda, Grosse and Salakhutdinov,
+# 2016](https://arxiv.org/abs/1509.00519); $K = 1$ is the ELBO). Fill in `iwae_bound`
+# in the starter below, the bound for given codes (use `torch.logsumexp`). Then
+# compute it with $K = 50$ codes for each of the first 200 validation digits and
+# compare its negative with `negative_elbo` on the same images. How many nats tighter is it?
 
 
 # %% tags=["exercise-starter"]
@@ -3045,20 +3053,28 @@ def adam_pair(g_net: nn.Module, d_net: nn.Module, settings: dict) -> tuple:
 
 real_batch = (digits.x_train[:64] * 2 - 1).to(device)  # 64 digits in [-1, 1]
 gan_step_seconds = {}
-for name, make_pair in (
-    ("MLP", lambda: (Generator(noise_dim), Discriminator())),
-    ("conv", lambda: make_conv_gan(noise_dim)),
-):
-    g_net, d_net = (net.to(device) for net in make_pair())
-    timed_step = functools.partial(
-        gan_train_step, g_net, d_net, adam_pair(g_net, d_net, adam_settings),
-        real_batch, noise_dim,
-    )  # fmt: skip
-    gan_step_seconds[name] = best_time(
-        timed_step, repeat=5, warmup=2, device=device
-    )
+threads = torch.get_num_threads()
+if device.type == "cpu":
+    # one core's cost: with more threads, a step this small mostly measures
+    # threads waiting for cores that other programs hold
+    torch.set_num_threads(1)
+try:
+    for name, make_pair in (
+        ("MLP", lambda: (Generator(noise_dim), Discriminator())),
+        ("conv", lambda: make_conv_gan(noise_dim)),
+    ):
+        g_net, d_net = (net.to(device) for net in make_pair())
+        optimizers = adam_pair(g_net, d_net, adam_settings)
+        timed_step = functools.partial(
+            gan_train_step, g_net, d_net, optimizers, real_batch, noise_dim
+        )
+        gan_step_seconds[name] = best_time(
+            timed_step, repeat=5, warmup=2, device=device
+        )
+finally:
+    torch.set_num_threads(threads)
 mlp_seconds, conv_seconds = gan_step_seconds["MLP"], gan_step_seconds["conv"]
-print(f"MLP GAN step:  {mlp_seconds * 1e3:6.1f} ms")
+print(f"MLP GAN step:  {mlp_seconds * 1e3:6.1f} ms (one thread on a CPU)")
 print(
     f"conv GAN step: {conv_seconds * 1e3:6.1f} ms "
     f"({conv_seconds / mlp_seconds:.1f}x)"
