@@ -166,8 +166,10 @@ record("start_load", start_load)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{start_load}} (The load average counts the processes running or waiting for a
-CPU over the last minute; the summary gives it again at the end of the run.)
+{{start_load}} (On Linux the load average is a damped average, over about the last
+minute, of the tasks running or waiting for a CPU, and of those waiting on disk; in a
+container it counts the whole host's. The summary gives it again at the end of the
+run.)
 """
 )
 
@@ -1355,8 +1357,10 @@ prose(
     r"""
 The smoothed loss was lowest near a rate of {{range_lowest_lr}} and had blown
 up (by the criterion above) at {{blowup_lr}}. The rates worth trying lie
-below that; a common rule of thumb (fastai's) takes a tenth of the rate at the lowest point, here
-{{range_tenth}}. The contest below tries two rates a decade apart: 0.05,
+below that; a common rule of thumb (fastai's older default suggestion; its
+current default, "valley", picks a point inside the longest stretch of descent)
+takes a tenth of the rate at the lowest point, here {{range_tenth}}.
+The contest below tries two rates a decade apart: 0.05,
 {{rule_word}} that rule's choice, and 0.5, a bold one at
 {{high_over_blowup}} times the blow-up rate. (The range test is a guide, not a
 measurement of the final result: its rate changes every step.)
@@ -2633,9 +2637,10 @@ record("step_fusion_sentence", step_fusion_sentence)
 prose(
     r"""
 {{step_compile_sentence}} Compiling can shorten only the fused element-wise
-work (fewer passes over memory, fewer calls): the matrix products and the
-optimizer's update, left eager here, take as long as before, and every call adds its
-guard checks. One more difference: because Inductor draws dropout's masks with its
+work (fewer passes over memory, fewer calls): the matrix products, which the
+compiled graph hands to the same library eager mode calls, and the optimizer's
+update, left eager here, take as long as before, and every call adds its guard
+checks. One more difference: because Inductor draws dropout's masks with its
 own code, for the same seed the compiled model's masks, and with them the training
 run, differ from eager mode's (a compiled run with the same seed still repeats
 itself). `torch._inductor.config.fallback_random = True` makes compiled code call
@@ -4048,7 +4053,8 @@ The forward pass took {{inference_mode_us}} µs under `inference_mode` and
 {{inference_verdict}} autograd on, and {{inference_vs_no_grad}} `no_grad`.
 Whatever the time, the dependable saving is memory: without autograd no
 activations are kept for a backward pass, and for large batches that is the bigger
-gain. The next cell measures how much it is.
+gain. The next cell measures how much memory autograd keeps for a backward pass,
+the part that `no_grad` and `inference_mode` do without.
 """
 )
 
@@ -4302,8 +4308,8 @@ if load_at_start is None:
 else:
     busiest = max(load_at_start, load_at_end)
     load_sentence = (
-        "The machine's load average (processes running or waiting "
-        "for a CPU, over a minute, this notebook's own included) was "
+        "The machine's load average (a damped one-minute average of the "
+        "tasks running or waiting, this notebook's own included) was "
         f"{load_at_start:.1f} at the start of this run and {load_at_end:.1f} "
         f"at the end, with {usable_cpus} logical CPUs usable here."
     )

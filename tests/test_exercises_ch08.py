@@ -189,7 +189,7 @@ def rule(a, b):
 
 def test_compare_reference_passes_and_counts_the_grid_pairs():
     verdict = check_compare(rule, GRID)
-    assert verdict and "6 made-up pairs and the 2 neighbouring pairs of the grid" in verdict.message
+    assert verdict and "8 made-up pairs and the 2 neighbouring pairs of the grid" in verdict.message
 
 
 def means_only(a, b):
@@ -202,6 +202,13 @@ def smaller_spread(a, b):
     return "better" if gap > noise else "worse" if -gap > noise else "tie"
 
 
+def spread_rule(a, b, combine):
+    """The rule with the two arms' spreads combined otherwise than by max."""
+    gap = sum(b) / 2 - sum(a) / 2
+    noise = combine(abs(a[0] - a[1]), abs(b[0] - b[1]))
+    return "better" if gap > noise else "worse" if -gap > noise else "tie"
+
+
 @pytest.mark.parametrize(
     ("wrong", "hint"),
     [
@@ -209,6 +216,8 @@ def smaller_spread(a, b):
         (smaller_spread, "the LARGER of the two arms' seed spreads"),
         (lambda a, b: means_only([a[0]] * 2, [b[0]] * 2), "not seed 0 alone"),
         (lambda a, b: rule(b, a), "the LOWER loss is the better one"),
+        (lambda a, b: spread_rule(a, b, lambda x, y: x + y), "not with their sum"),
+        (lambda a, b: spread_rule(a, b, lambda x, y: (x + y) / 2), "not with their mean"),
     ],
 )
 def test_compare_mistakes_get_their_hints(wrong, hint):

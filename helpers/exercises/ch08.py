@@ -184,6 +184,8 @@ CASES: tuple[tuple[tuple[float, float], tuple[float, float]], ...] = (
     ((0.20, 0.60), (0.50, 0.52)),  # within a's wide spread, beyond b's narrow one
     ((0.30, 0.90), (0.50, 0.52)),  # seed 0 alone says better, the means worse
     ((0.90, 0.80), (0.10, 0.20)),  # beyond both spreads, a higher
+    ((0.30, 0.40), (0.46, 0.54)),  # beyond the larger spread, within their sum
+    ((0.30, 0.50), (0.54, 0.56)),  # within the larger spread, beyond their mean
 )
 
 
@@ -203,6 +205,16 @@ def _smaller_spread(a: tuple[float, float], b: tuple[float, float]) -> str:
     return "better" if gap > noise else "worse" if -gap > noise else "tie"
 
 
+def _summed_spreads(a: tuple[float, float], b: tuple[float, float]) -> str:
+    gap, noise = (sum(b) - sum(a)) / 2, abs(a[0] - a[1]) + abs(b[0] - b[1])
+    return "better" if gap > noise else "worse" if -gap > noise else "tie"
+
+
+def _mean_spread(a: tuple[float, float], b: tuple[float, float]) -> str:
+    gap, noise = (sum(b) - sum(a)) / 2, (abs(a[0] - a[1]) + abs(b[0] - b[1])) / 2
+    return "better" if gap > noise else "worse" if -gap > noise else "tie"
+
+
 def _seed_zero(a: tuple[float, float], b: tuple[float, float]) -> str:
     return _means_only((a[0], a[0]), (b[0], b[0]))
 
@@ -214,6 +226,8 @@ def _flipped(a: tuple[float, float], b: tuple[float, float]) -> str:
 VERDICT_MISTAKES: dict[str, Callable[..., str]] = {
     "a gap between the means smaller than the seeds' spread is noise: call it a tie": _means_only,
     "compare the gap with the LARGER of the two arms' seed spreads, not the smaller": _smaller_spread,
+    "compare the gap with the larger of the two spreads, not with their sum": _summed_spreads,
+    "compare the gap with the larger of the two spreads, not with their mean": _mean_spread,
     "use the mean over both seeds, not seed 0 alone": _seed_zero,
     "these are losses: the arm with the LOWER loss is the better one": _flipped,
 }
@@ -221,7 +235,7 @@ VERDICT_MISTAKES: dict[str, Callable[..., str]] = {
 
 @checker("8.3", "compare")
 def check_compare(compare: Callable[..., Any], grid: dict[Any, Any]) -> str:
-    """Six made-up pairs of arms, then every pair of combinations in ``grid``."""
+    """Eight made-up pairs of arms, then every pair of combinations in ``grid``."""
     _expect_function(compare, "compare")
     expect(
         isinstance(grid, dict) and len(grid) >= 2,
