@@ -1321,7 +1321,9 @@ record("rate_found", rate_found)
 # %% tags=["remove-input", "box-note"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-> **What this section found** (on validation; section 5.8 checks on test)
+> **What this section found**
+>
+> On validation; section 5.8 checks on test.
 >
 > - {{rate_found}}
 > - At the chosen rates fine-tuning {{verdict_1}} feature extraction with 1

@@ -315,3 +315,32 @@ def test_shown_code_fits_the_books_column(chapter):
         if cell.cell_type == "code" and "remove-input" not in cell.metadata.get("tags", []):
             long = [line for line in cell.source.splitlines() if len(line) > 82]
             assert not long, f"{chapter.name}: a code line of {len(long[0])} characters: {long[0][:60]!r}"
+
+
+BOX_KINDS = ("warning", "note", "tip", "dropdown")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_every_box_has_the_shape_the_book_build_converts(path):
+    """A box cell, Markdown or a prose cell's paragraph, is what build_book.py can convert.
+
+    The build turns each into an admonition only after the chapter has executed; a badly
+    shaped one would otherwise first fail there, minutes into a build.
+    """
+    problems = []
+    for cell in jupytext.read(path).cells:
+        kinds = [t.removeprefix("box-") for t in cell.metadata.get("tags", []) if t.startswith("box-")]
+        if not kinds:
+            continue
+        text = cell.source
+        if cell.cell_type == "code":
+            call = ast.parse(cell.source).body[0].value
+            assert isinstance(call, ast.Call) and call.func.id == "prose", cell.source[:60]
+            text = call.args[0].value
+        for kind in kinds:
+            assert kind in BOX_KINDS, f"{path.stem}: unknown box kind {kind!r}"
+            try:
+                notebook_markup.box_to_myst(kind, text.strip("\n"))
+            except ValueError as error:
+                problems.append(f"{path.stem}: {error}")
+    assert problems == []
