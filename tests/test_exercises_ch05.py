@@ -16,7 +16,6 @@ from torchvision.ops import FrozenBatchNorm2d
 from helpers.exercises.ch05 import (
     GRIDS,
     check_freeze_batchnorm,
-    check_layerwise_groups,
     check_load_backbone,
     check_pooled_features,
     check_start_lpft,
@@ -24,7 +23,6 @@ from helpers.exercises.ch05 import (
 )
 
 STARTERS = starter_cells("05")
-TOP_DOWN = ("fc", "layer3", "layer2", "layer1")
 
 
 def test_the_chapter_has_one_starter_per_exercise_and_each_untouched_is_not_attempted():
@@ -93,71 +91,6 @@ def test_pooled_features_other_wrong_answers_fail_without_a_hint():
     two = check_pooled_features(lambda b, x: {"layer1": features(b, x)["layer1"]})
     assert "returned the keys ['layer1'], expected ['layer1', 'layer2', 'layer3']" in two.message
     assert not check_pooled_features(3) and "should be a function, got int" in str(check_pooled_features(3))
-
-
-# ---- 5.2 ----------------------------------------------------------------------------------
-
-
-def groups(model, lr, ratio, *, depth=lambda k, ratio: ratio**-k, names=TOP_DOWN, head_default=True):
-    """A right answer to exercise 5.2 (the head's rate left to the optimizer's default), and
-    the usual mistakes: block k (the head is 0) at lr * depth(k, ratio)."""
-    out = []
-    for k, name in enumerate(names):
-        group = {"params": model.get_submodule(name).parameters(), "lr": lr * depth(k, ratio)}
-        if k == 0 and head_default:
-            del group["lr"]
-        out.append(group)
-    return out
-
-
-def test_layerwise_groups_right_answer_passes(capsys):
-    assert check_layerwise_groups(groups)
-    assert capsys.readouterr().out == (
-        "✓ Exercise 5.2: all 11 parameters of a fresh model are in one group each, at their "
-        "block's rate for lr=0.02, ratio=3: fc 0.02, layer3 0.00667, layer2 0.00222, layer1 0.000741\n"
-    )
-
-
-@pytest.mark.parametrize(
-    ("depth", "hint"),
-    [
-        (lambda k, r: r ** (k - 3), "shrink towards the input"),
-        (lambda k, r: 1 / (r * k) if k else 1.0, "not by ratio * k"),
-        (lambda k, r: r ** -(k + 1), "the head learns at lr itself"),
-    ],
-)
-def test_layerwise_groups_wrong_rates_get_their_hints(depth, hint):
-    verdict = check_layerwise_groups(lambda m, lr, r: groups(m, lr, r, depth=depth, head_default=False))
-    assert not verdict and "parameters have the wrong rate" in verdict.message and hint in verdict.hint
-
-
-def test_layerwise_groups_structural_mistakes_get_their_hints():
-    twice = check_layerwise_groups(
-        lambda m, lr, ratio: (
-            [{"params": m.parameters(), "lr": lr}]
-            + [
-                {"params": m.get_submodule(n).parameters(), "lr": lr / ratio**k}
-                for k, n in enumerate(TOP_DOWN[1:], 1)
-            ]
-        )
-    )
-    assert "AdamW refused the groups" in twice.message and "model.fc.parameters()" in twice.hint
-    no_layer1 = check_layerwise_groups(lambda m, lr, ratio: groups(m, lr, ratio, names=TOP_DOWN[:3]))
-    message = (
-        "3 of 11 parameters are in no group, e.g. ['layer1.0.weight', 'layer1.1.weight', 'layer1.1.bias']"
-    )
-    assert message in no_layer1.message
-    assert "every block needs a group" in no_layer1.hint
-
-
-def test_layerwise_groups_other_wrong_answers_fail_without_a_hint():
-    same = check_layerwise_groups(lambda m, lr, ratio: [{"params": m.parameters(), "lr": lr}])
-    assert not same and same.hint is None and "9 of 11 parameters have the wrong rate" in same.message
-    assert "layer1.0.weight at 0.02 (expected 0.0007407)" in same.message
-    empty = check_layerwise_groups(lambda m, lr, ratio: [{"params": [2 * m.fc.weight], "lr": lr}])
-    assert "AdamW refused the groups" in empty.message and empty.hint is None
-    generator = check_layerwise_groups(lambda m, lr, ratio: ({"params": p} for p in m.parameters()))
-    assert "returned a generator; expected a list of dicts" in generator.message
 
 
 # ---- 5.2: gradual unfreezing ---------------------------------------------------------------

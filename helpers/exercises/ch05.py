@@ -6,7 +6,6 @@ result with torch's own behaviour: forward hooks for features, the optimizer's p
 groups for learning rates, ``load_state_dict`` for checkpoints. Exercise 5.2 (gradual
 unfreezing) is checked in :mod:`helpers.exercises.ch05_unfreezing`, exercises 5.4 and 5.5
 (freezing) in :mod:`helpers.exercises.ch05_freezing`; all are exported here.
-``check_layerwise_groups`` checks the layer-wise rates that exercise 5.2 uses (given there).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from helpers.exercises.ch05_unfreezing import check_unfreeze_for_epoch
 
 __all__ = [
     "check_freeze_batchnorm",
-    "check_layerwise_groups",
     "check_load_backbone",
     "check_pooled_features",
     "check_start_lpft",
@@ -113,73 +111,6 @@ def check_pooled_features(pooled_features: Callable) -> str:
         "matches forward hooks on a fresh quarter-width GlyphNet (in eval mode) "
         f"{_within(max(gaps))} for 3 blocks on {len(images)} random images ({sizes} features "
         "here; about 256 each in the chapter's GlyphNet)"
-    )
-
-
-# ---- Exercise 5.2 -------------------------------------------------------------------------
-
-_TOP_DOWN = ("fc", "layer3", "layer2", "layer1")  # group k learns at lr / ratio**k
-
-
-def _rates(model: nn.Module, lr: float, ratio: float, depth: Callable[[int], float]) -> torch.Tensor:
-    """Each parameter's rate (in named_parameters order) when block k gets lr * depth(k)."""
-    rank = {name: k for k, name in enumerate(_TOP_DOWN)}
-    return torch.tensor(
-        [lr * depth(rank[name.split(".")[0]]) for name, _ in model.named_parameters()],
-        dtype=torch.float64,
-    )
-
-
-@checker("5.2", "layerwise_groups")
-def check_layerwise_groups(layerwise_groups: Callable) -> str:
-    """Exercise 5.2: the parameter groups of ``layerwise_groups(model, lr, ratio)``."""
-    check_function(layerwise_groups, "layerwise_groups")
-    lr, ratio = 0.02, 3.0  # not the chapter's: the rates must follow the arguments
-    model = SmallNet(10, torch.Generator().manual_seed(502))
-    groups = layerwise_groups(model, lr, ratio)
-    expect(
-        isinstance(groups, (list, tuple)) and all(isinstance(g, dict) for g in groups),
-        f"layerwise_groups returned a {type(groups).__name__}; expected a list of dicts, "
-        "one {'params': ..., 'lr': ...} per block",
-    )
-    try:  # the optimizer reads the groups as the chapter uses them
-        optimizer = torch.optim.AdamW(groups, lr=lr)
-    except ValueError as error:
-        raise Mismatch(
-            f"torch.optim.AdamW refused the groups: {error}",
-            "a parameter is in two groups: model.parameters() for the head's group also holds "
-            "every block; take model.fc.parameters()"
-            if "more than one" in str(error)
-            else None,
-        ) from None
-    rate_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
-    names = [name for name, _ in model.named_parameters()]
-    missing = [name for name, p in model.named_parameters() if id(p) not in rate_of]
-    expect(
-        not missing,
-        f"{len(missing)} of {len(names)} parameters are in no group, e.g. {missing[:3]}",
-        "every block needs a group: the optimizer never updates a parameter that is in none",
-    )
-    got = torch.tensor([rate_of[id(p)] for p in model.parameters()], dtype=torch.float64)
-    want = _rates(model, lr, ratio, lambda k: ratio**-k)
-    hints = {
-        "the rates should shrink towards the input: the head at lr and layer1 at "
-        "lr / ratio**3, not the other way round": _rates(model, lr, ratio, lambda k: ratio ** (k - 3)),
-        "divide by ratio**k (ratio to the power of the block's depth), not by ratio * k": _rates(
-            model, lr, ratio, lambda k: 1 / (ratio * k) if k else 1.0
-        ),
-        "the head learns at lr itself: layer3 gets lr / ratio, layer2 lr / ratio**2, "
-        "layer1 lr / ratio**3": _rates(model, lr, ratio, lambda k: ratio ** -(k + 1)),
-    }
-    wrong = [i for i in range(len(names)) if abs(got[i] - want[i]) > 1e-9 * lr]
-    if wrong:
-        shown = ", ".join(f"{names[i]} at {got[i]:.4g} (expected {want[i]:.4g})" for i in wrong[:3])
-        hint = next((h for h, rates in hints.items() if torch.allclose(got, rates, rtol=1e-9)), None)
-        raise Mismatch(f"{len(wrong)} of {len(names)} parameters have the wrong rate: {shown}", hint)
-    per_block = ", ".join(f"{name} {lr * ratio**-k:.3g}" for k, name in enumerate(_TOP_DOWN))
-    return (
-        f"all {len(names)} parameters of a fresh model are in one group each, at their block's "
-        f"rate for lr={lr:g}, ratio={ratio:g}: {per_block}"
     )
 
 
