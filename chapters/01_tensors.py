@@ -192,10 +192,12 @@ print(f"1/3 in float32: {third32.item():.17f}")
 # both. Since PyTorch 2.9 the documentation recommends a newer spelling of these
 # switches, `torch.backends.cuda.matmul.fp32_precision` and
 # `torch.backends.cudnn.conv.fp32_precision` (`"ieee"`, `"tf32"`, or `"none"`, which
-# means "as the general `torch.backends.fp32_precision` says"). This book reads the
-# older one, which every release it supports has; some releases print a warning that
-# recommends the newer one when it is used. An NVIDIA GPU older than Ampere has no
-# TF32 units, so there float32 products stay float32 whatever the settings say.
+# means "inherit the setting of the enclosing backend": for `cudnn.conv` that is
+# `torch.backends.cudnn.fp32_precision`, and above it the general
+# `torch.backends.fp32_precision`). This book reads the older one, which every release
+# it supports has; some releases print a warning that recommends the newer one when it
+# is used. An NVIDIA GPU older than Ampere has no TF32 units, so there float32 products
+# stay float32 whatever the settings say.
 #
 # </details>
 
@@ -368,6 +370,8 @@ print(chw.shape, "contiguous:", chw.is_contiguous())
 # `sample.unsqueeze(0)`, and `v[:, None]` turns a length-n vector into an `(n, 1)`
 # column. Give `squeeze` its dimension: without one it removes *every* size-1
 # dimension, so a batch that happens to hold a single example loses its batch dimension.
+# With one, it removes that dimension only if its size is 1, and otherwise returns the
+# tensor unchanged, without an error.
 # (Cells check what the text claims with `assert`, as in section 1.2;
 # `torch.equal(a, b)` is `True` when two tensors have the same shape and the same
 # values.)
@@ -377,6 +381,7 @@ sample = torch.randn(3, 32, 32)  # one image: (channels, height, width)
 batch = sample.unsqueeze(0)  # (1, 3, 32, 32)
 column = torch.randn(5, 1)
 print(batch.shape, column.squeeze(1).shape)
+print(column.squeeze(0).shape)  # dim 0 has size 5: nothing removed, no error
 assert torch.equal(sample[None], batch)  # None inserts the same size-1 dim
 print(torch.arange(4)[:, None].shape)  # (4,) -> (4, 1)
 one_output = torch.randn(1, 1)  # a batch of one example, one output each
@@ -419,7 +424,9 @@ print(torch.where(positive, scores, torch.zeros_like(scores)))  # ReLU by hand
 # returns a tensor of `index`'s shape: for `dim=1`, `out[i, j] = input[i, index[i, j]]`,
 # so a `(B, k)` index picks k elements from each row. The classic use, with k = 1, is
 # reading each example's score for its *true* class out of a `(batch, classes)` score
-# matrix, which is exactly the term a classification loss needs.
+# matrix, which is exactly the term a classification loss needs. `scatter_add_(dim,
+# index, src)` goes the other way: it adds `src[i, j]` into `out[i, index[i, j]]` (for
+# `dim=1`), and `scatter_` writes instead of adding.
 
 # %%
 logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0]])
@@ -431,6 +438,9 @@ print(picked.squeeze(1))  # tensor([2.0, 3.0, 1.0])
 assert torch.equal(picked.squeeze(1), logits[torch.arange(3), targets])
 two_per_row = torch.tensor([[0, 2], [1, 0], [2, 2]])  # (3, 2): k = 2 per row
 print(logits.gather(dim=1, index=two_per_row))  # (3, 2); row 0: [2.0, -1.0]
+# the inverse direction: out[i, index[i, j]] += src[i, j]
+put_back = torch.zeros(3, 3).scatter_add_(1, targets.unsqueeze(1), picked)
+print(put_back)  # each picked score back in its class's column, zeros elsewhere
 
 # %% [markdown]
 # ## 1.6 Views, strides and copies
@@ -453,7 +463,8 @@ print(logits.gather(dim=1, index=two_per_row))  # (3, 2); row 0: [2.0, -1.0]
 # %%
 def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when a and b are views of one storage
-    (made from each other in PyTorch).
+    (made from each other in PyTorch). Caveat: two tensors with no
+    elements can both have an empty storage at address 0, and compare equal.
     """
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
@@ -728,7 +739,8 @@ scores_big = torch.tensor([[1000.0, 1001.0, 1002.0], [1.0, 2.0, 3.0]])
 print(softmax_naive(scores_big))
 print(softmax_stable(scores_big))
 assert softmax_naive(scores_big)[0].isnan().all()
-# allclose: equal up to a small tolerance, which floating-point rounding needs
+# allclose: |a - b| <= atol + rtol * |b| for every element (by default
+# atol=1e-8, rtol=1e-5), a tolerance that floating-point rounding needs
 assert torch.allclose(
     softmax_stable(scores_big), torch.softmax(scores_big, dim=1)
 )
@@ -864,12 +876,16 @@ try:
 finally:
     torch.set_num_threads(threads)  # the setting is global: restore it
 thread_gap = abs(sums[1] - sums[4])
+# the gap relative to the sum, and in units of float32's eps (section 1.2)
+relative_gap = thread_gap / abs(sums[1])
+gap_in_eps = relative_gap / torch.finfo(torch.float32).eps
 for n, total in sums.items():
     print(f"{n} {'thread' if n == 1 else 'threads'}: {total:.6f}")
 if thread_gap > 0:
     thread_sentence = (
         "With 1 and with 4 threads, the two sums of the same million numbers "
-        f"differ by {thread_gap:.1e}."
+        f"differ by {thread_gap:.1e}, a relative difference of "
+        f"{relative_gap:.1e}, or {gap_in_eps:.1f} times float32's eps."
     )
 else:
     thread_sentence = (
@@ -924,24 +940,31 @@ try:
     index = torch.tensor([0, 0], device=device)
     new_values = torch.tensor([1.0, 2.0], device=device)
     torch.zeros(3, device=device).put_(index, new_values)
-except RuntimeError as err:
-    print("RuntimeError:", str(err).split(",")[0])
+    error_line = "no error"
+except RuntimeError as err:  # NotImplementedError is a RuntimeError too
+    error_line = f"{type(err).__name__}: {str(err).split(',')[0]}"
 finally:
     # the mode is global: switch it back
     torch.use_deterministic_algorithms(False)
+print(error_line)
 if device.type == "cpu":  # the CPU kernel adds in index order
     assert same_normal and same_deterministic
-elif device.type == "cuda":
+if device.type in ("cpu", "cuda"):
     assert same_deterministic
+    assert error_line.startswith("RuntimeError: put_ does not have"), error_line
 
 # %% [markdown]
 # On a CPU both comparisons print `True` (the cell asserts it there), because
 # `index_add_` adds in index order. On a CUDA GPU the first one can print `False`; in
-# deterministic mode it prints `True`. On Apple's MPS, the comparisons and the error
-# depend on which MPS kernels PyTorch marks as nondeterministic in your release. `put_`
-# without accumulation is on the list of operations that raise in deterministic mode on
-# every device; the error above came from this page's device. So for a repeatable GPU
-# run, seeding is not enough: you also need `torch.use_deterministic_algorithms(True)`.
+# deterministic mode it prints `True`. On both, the last line is the `RuntimeError` of
+# deterministic mode for `put_` without accumulation, which has no deterministic
+# version (the cell asserts that too). On Apple's MPS, the comparisons and the last
+# line depend on your release: which MPS kernels PyTorch marks as nondeterministic, and
+# whether `put_` has an MPS kernel at all. Where it has none, `put_` raises a
+# `NotImplementedError` (a subclass of `RuntimeError`) that says so and tells you
+# nothing about determinism; the cell prints each error's type to tell the two apart.
+# So for a repeatable GPU run, seeding is not enough: you also need
+# `torch.use_deterministic_algorithms(True)`.
 # On the releases this book supports (PyTorch 2.11 and later) that is all on CUDA too:
 # `CUBLAS_WORKSPACE_CONFIG` is no longer needed, and `torch.backends.cudnn.benchmark` is
 # `False` by default; the aside below and the docstring of `seed_everything` cover older
@@ -1086,11 +1109,15 @@ makes it subtract first, as the cell above does.
 # no Python loop over the classes: let one matrix product add up the features of every
 # class at once. Check `class_means(features, labels, 3)` against a loop over the
 # classes that selects rows with a boolean mask (section 1.5). A batch need not hold
-# every class: what should the mean of a class with no examples be, and what does
-# `class_means(features, labels, 4)` give for class 3? (The checker tries such a
-# class.) If you build a matrix from a comparison such as `labels[:, None] == k`,
-# what happens when you multiply its boolean result with `features` by `@` directly,
-# and what does that tell you about `@` and the promotion rules of section 1.2?
+# every class, and for a class with no examples that loop gives `nan` (the mean of no
+# rows is 0 / 0). Your function should give such a class a row of zeros instead, as
+# `scatter_reduce(..., "mean", include_self=False)` does on a tensor of zeros, so that
+# one empty class cannot spread `nan` into every later sum it enters. Check what
+# `class_means(features, labels, 4)` gives for class 3, which has no examples (the
+# checker tries such a class too). If you build a matrix from a comparison such as
+# `labels[:, None] == k`, what happens when you multiply its boolean result with
+# `features` by `@` directly, and what does that tell you about `@` and the promotion
+# rules of section 1.2?
 
 # %%
 features = torch.randn(12, 4, generator=make_generator(seed + 2))
@@ -1138,14 +1165,15 @@ def class_means(
 means = class_means(features, labels, 3)  # (3, 4)
 by_loop = torch.stack([features[labels == k].mean(dim=0) for k in range(3)])
 print(means)
-# class 3 has no examples: without the clamp, its row would be 0 / 0 = nan;
-# the checker expects what scatter_reduce(..., "mean", include_self=False)
-# gives on a tensor of zeros, a row of zeros
+# class 3 has no examples: without the clamp, its row would be 0 / 0 = nan,
+# as the mask loop gives; the convention is scatter_reduce's, a row of zeros
 with_empty = class_means(features, labels, 4)  # (4, 4)
 by_scatter = torch.zeros(4, 4).scatter_reduce(
     0, labels[:, None].expand(-1, 4), features, "mean", include_self=False
 )
 print("empty class 3:", with_empty[3])
+loop_empty = features[labels == 3].mean(dim=0)  # the mean of no rows
+print("the mask loop for class 3:", loop_empty)
 print(
     "Row k of one_hot.T @ features adds up the feature vectors of class k; "
     "dividing by the class counts makes them means, equal to the loop's. A "
@@ -1160,6 +1188,7 @@ assert not matmul_promotes
 assert torch.allclose(means, by_loop, atol=1e-6)
 assert torch.allclose(with_empty, by_scatter, atol=1e-6)
 assert torch.equal(with_empty[3], torch.zeros(4))
+assert loop_empty.isnan().all()
 from helpers.exercises.ch01 import check_class_means
 
 assert check_class_means(class_means)
@@ -1208,6 +1237,16 @@ print(
 )
 assert shares and torch.equal(rows[1], x[..., 1].flatten())
 assert torch.equal(rows_by_last_index(x), rows)
+# shorter, and a view too: merge A and B while x is still contiguous, then
+# transpose; (6, 4) strides (4, 1) -> (4, 6) strides (1, 4)
+shorter = x.reshape(-1, x.shape[-1]).T
+print(
+    "x.reshape(-1, 4).T: strides",
+    shorter.stride(),
+    "| shares x's memory:",
+    same_storage(shorter, x),
+)
+assert same_storage(shorter, x) and torch.equal(shorter, rows)
 
 other = x.permute(2, 1, 0)  # (4, 3, 2), strides (1, 4, 12): 4 != 12 * 2
 try:
@@ -1229,7 +1268,11 @@ assert check_rows_by_last_index(rows_by_last_index)
 # max-subtraction trick from section 1.9: what do you have to add back at the end? Fill
 # in `logsumexp_rows(z)` in the starter, then compare your version with the literal
 # formula and with `torch.logsumexp` on
-# `torch.tensor([[1000.0, 1001.0, 1002.0], [-1000.0, -1001.0, -1002.0]])`.
+# `torch.tensor([[1000.0, 1001.0, 1002.0], [-1000.0, -1001.0, -1002.0]])`. Then add a
+# row whose entries are all `-inf`, what a mask produces for a sequence that is all
+# padding: the sum of its exponentials is 0, and `torch.logsumexp` gives log 0 = `-inf`
+# for it. What does your version give, and why? Make it give `-inf` too (the checker
+# tries such a row).
 
 
 # %% tags=["exercise-starter"]
@@ -1244,32 +1287,54 @@ check_logsumexp_rows(logsumexp_rows)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 3: log Σ exp(z) = m + log Σ exp(z - m) for any m; take m = the row
-# maximum.
+# Solution 3: log Σ exp(z) = m + log Σ exp(z - m) for any finite m; take m =
+# the row maximum, or 0 where that maximum is infinite.
 def logsumexp_rows(z: torch.Tensor) -> torch.Tensor:
     row_max = z.amax(dim=1, keepdim=True)  # (N, 1)
+    # a row of only -inf has maximum -inf, and -inf - (-inf) is nan: shift
+    # such a row by 0 instead (torch.logsumexp does the same)
+    row_max = torch.where(row_max.isinf(), 0.0, row_max)
     # (N,)
     return (z - row_max).exp().sum(dim=1).log() + row_max.squeeze(1)
 
 
+def logsumexp_unguarded(z: torch.Tensor) -> torch.Tensor:
+    row_max = z.amax(dim=1, keepdim=True)  # the same, without the guard
+    return (z - row_max).exp().sum(dim=1).log() + row_max.squeeze(1)
+
+
 extreme = torch.tensor([[1000.0, 1001.0, 1002.0], [-1000.0, -1001.0, -1002.0]])
-literal = extreme.exp().sum(dim=1).log()
-by_hand = logsumexp_rows(extreme)  # (2,)
+# a third row, all -inf: every entry masked out
+masked = torch.cat([extreme, torch.full((1, 3), float("-inf"))])  # (3, 3)
+literal = masked.exp().sum(dim=1).log()
+unguarded = logsumexp_unguarded(masked)
+by_hand = logsumexp_rows(masked)  # (3,)
+print("literal:  ", literal)
+print("unguarded:", unguarded)
+print("by hand:  ", by_hand)
+print("torch:    ", torch.logsumexp(masked, dim=1))
+masked_row = masked[2:]  # (1, 3)
 print(
-    "literal:",
-    literal,
-    " by hand:",
-    by_hand,
-    " torch:",
-    torch.logsumexp(extreme, 1),
+    "softmax of the masked row:",
+    softmax_stable(masked_row),
+    torch.softmax(masked_row, dim=1),
 )
 print(
     "The literal formula gives inf (exp overflows) and -inf (exp "
-    "underflows to 0, and log 0 = -inf); shifting by the row maximum "
-    "and adding it back gives finite values that match torch.logsumexp."
+    "underflows to 0, and log 0 = -inf) for the first two rows; shifting by "
+    "the row maximum and adding it back gives finite values that match "
+    "torch.logsumexp. For the row of -inf the shift computes -inf - (-inf) = "
+    "nan; shifting that row by 0 instead gives log 0 = -inf, as "
+    "torch.logsumexp does. softmax_stable of section 1.9 gives nan for that "
+    "row, and so does torch.softmax, and the same guard cannot help there: "
+    "with every exponential 0, the probabilities are 0 / 0. A fully masked "
+    "row has no distribution to give, so code that masks must make sure each "
+    "row keeps an entry, or handle such rows itself."
 )
-assert torch.isinf(literal).all()
-assert torch.allclose(by_hand, torch.logsumexp(extreme, dim=1))
+assert torch.isinf(literal[:2]).all()
+assert unguarded[2].isnan() and by_hand[2] == float("-inf")
+assert torch.allclose(by_hand, torch.logsumexp(masked, dim=1))
+assert softmax_stable(masked_row).isnan().all()
 from helpers.exercises.ch01 import check_logsumexp_rows
 
 assert check_logsumexp_rows(logsumexp_rows)

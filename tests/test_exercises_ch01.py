@@ -29,8 +29,14 @@ def rows_by_last_index(x):
     return x.permute(2, 0, 1).view(x.shape[2], -1)
 
 
+def logsumexp_unguarded(z):
+    m = z.amax(dim=1)
+    return (z - m[:, None]).exp().sum(dim=1).log() + m
+
+
 def logsumexp_rows(z):
     m = z.amax(dim=1)
+    m = torch.where(m.isinf(), 0.0, m)  # a row of only -inf: shift by 0, not by -inf
     return (z - m[:, None]).exp().sum(dim=1).log() + m
 
 
@@ -56,7 +62,7 @@ def relative_errors(points, centres, dtype):
 RIGHT = [
     (check_class_means, class_means, "index_add_ to 0.0e+00 on 3 fresh sets (4 and 5 classes), and gives"),
     (check_rows_by_last_index, rows_by_last_index, "as views of x, for x of shapes (3, 5, 2)"),
-    (check_logsumexp_rows, logsumexp_rows, "on rows whose own entries span up to 2,000"),
+    (check_logsumexp_rows, logsumexp_rows, "span up to 2,000, where exp overflows, and gives -inf for a row"),
     (check_distances_matmul, distances_matmul, "relative error is 3.4, and 0.00024 with centred=True"),
     (check_relative_errors, relative_errors, "median error 0.35, 0.42 and 0.43 eps"),
 ]
@@ -79,6 +85,15 @@ def test_the_other_spellings_of_a_right_answer_pass():
         )
     )
     assert check_rows_by_last_index(lambda x: x.movedim(2, 0).flatten(1))
+    # merging A and B before the transpose: a view too
+    assert check_rows_by_last_index(lambda x: x.reshape(-1, x.shape[-1]).T)
+    # the guard of exercise 3 spelled with nan_to_num
+    assert check_logsumexp_rows(
+        lambda z: (
+            (z - z.amax(1, keepdim=True).nan_to_num(neginf=0.0)).exp().sum(1).log()
+            + z.amax(1).nan_to_num(neginf=0.0)
+        )
+    )
 
 
 NAMES = ["class_means", "rows_by_last_index", "logsumexp_rows", "distances_matmul", "relative_errors"]
@@ -248,6 +263,15 @@ def test_logsumexp_rows_other_wrong_answers_fail_without_a_hint():
     assert verdict.hint is None and "5 of 5 entries differ" in verdict.message
     verdict = failed(check_logsumexp_rows(lambda z: logsumexp_rows(z.double())))
     assert verdict.hint is None and "dtype torch.float64" in verdict.message
+    # a fully masked row turned into 0 rather than -inf
+    verdict = failed(check_logsumexp_rows(lambda z: logsumexp_unguarded(z).nan_to_num(nan=0.0)))
+    assert verdict.hint is None and "1 of 3 entries differ" in verdict.message
+
+
+def test_logsumexp_rows_without_the_masked_row_guard_gets_its_hint():
+    verdict = failed(check_logsumexp_rows(logsumexp_unguarded))
+    assert verdict.hint == ch01._MASKED_ROW
+    assert "z of shape (3, 4): row 2 is all -inf, and your function gives nan" in verdict.message
 
 
 # ------------------------------------------------------------------ exercise 1.4
@@ -337,6 +361,24 @@ def test_distances_matmul_repaired_by_computing_in_float64_fails():
     verdict = failed(check_distances_matmul(in_float64))
     assert verdict.message.endswith("computes in float64 on float32 sets")
     assert verdict.hint == ch01_distances._IN_FLOAT64
+
+
+def test_distances_matmul_repaired_with_a_float64_result_gets_the_float64_hint():
+    def float64_result(p, c, centred=False):
+        return distances_matmul(p.double(), c.double(), centred) if centred else expanded(p, c)
+
+    verdict = failed(check_distances_matmul(float64_result))
+    assert verdict.message.endswith("for 6 points and 6 centres computes in float64 on float32 sets")
+    assert verdict.hint == ch01_distances._IN_FLOAT64
+
+
+def test_distances_matmul_centring_each_set_on_its_own_mean_gets_its_hint():
+    def own_means(p, c, centred=False):
+        return expanded(p - p.mean(0), c - c.mean(0)) if centred else expanded(p, c)
+
+    verdict = failed(check_distances_matmul(own_means))
+    assert verdict.message.startswith("distances_matmul(points, centres, centred=True) for 6 points")
+    assert verdict.hint == ch01_distances._OWN_MEANS
 
 
 def test_distances_matmul_repair_must_still_be_right():

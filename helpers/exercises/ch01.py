@@ -152,10 +152,23 @@ _SMALL_SHIFT = (
     "exp still overflows: you shifted by something smaller than the row maximum (the row "
     "minimum or mean?). Shift by the row maximum: the largest exponent must be 0."
 )
+_MASKED_ROW = (
+    "a row of only -inf (every entry masked) has maximum -inf, and z - m is then "
+    "-inf - (-inf) = nan. Shift such a row by 0 instead of its maximum: torch.where on "
+    "m.isinf() does it, and log 0 = -inf comes out."
+)
 _CALLS_LOGSUMEXP = (
     "write it from exp, sum and log, with the shift of section 1.9; torch.logsumexp is the "
     "reference the checker compares with."
 )
+
+
+def _masked_rows(gen: torch.Generator) -> torch.Tensor:
+    """(3, 4) rows around ±1000: row 1 has two -inf entries, row 2 is all -inf (masked)."""
+    z = 3 * torch.randn(3, 4, generator=gen) + torch.tensor([[1000.0], [-1000.0], [0.0]])
+    z[1, :2] = float("-inf")
+    z[2] = float("-inf")
+    return z
 
 
 def _wide_rows(gen: torch.Generator) -> torch.Tensor:
@@ -176,8 +189,9 @@ def check_logsumexp_rows(logsumexp_rows: Callable[[torch.Tensor], torch.Tensor])
         3 * torch.randn(len(offsets), width, generator=gen) + torch.tensor(offsets)[:, None]
         for offsets, width in narrow
     ]
-    # last, rows whose own entries are 1,000 apart: a shift by the row minimum or mean overflows
-    inputs.append(_wide_rows(gen))
+    # then rows whose own entries are 1,000 apart: a shift by the row minimum or mean overflows;
+    # last, rows with masked (-inf) entries, the last row all -inf
+    inputs += [_wide_rows(gen), _masked_rows(gen)]
     for z in inputs:
         row_max = z.amax(dim=1, keepdim=True)
         shifted_log = (z - row_max).exp().sum(dim=1).log()  # (N,)
@@ -198,8 +212,19 @@ def check_logsumexp_rows(logsumexp_rows: Callable[[torch.Tensor], torch.Tensor])
             _CALLS_LOGSUMEXP,
         )
         want = torch.logsumexp(z, dim=1)
-        worst = max(worst, _compare(got, want, what, mistakes, atol=1e-4, rtol=1e-6))
+        masked = want.isneginf()  # rows of only -inf
+        if masked.any() and isinstance(got, torch.Tensor) and got.shape == want.shape:
+            row = int(masked.nonzero()[0])
+            expect(
+                not got[masked].isnan().any(),
+                f"{what}: row {row} is all -inf, and your function gives nan for it; "
+                "torch.logsumexp gives -inf, the log of a sum of zeros",
+                _MASKED_ROW,
+            )
+        _compare(got, want, what, mistakes, atol=1e-4, rtol=1e-6)
+        finite = want.isfinite()  # -inf - (-inf) would make the gap nan
+        worst = max(worst, (got[finite] - want[finite]).abs().max().item())
     return (
-        f"matches torch.logsumexp to {worst:.1e} on rows around ±1000 and on rows whose own "
-        "entries span up to 2,000, where exp overflows"
+        f"matches torch.logsumexp to {worst:.1e} on rows around ±1000, on rows whose own "
+        "entries span up to 2,000, where exp overflows, and gives -inf for a row of only -inf"
     )
