@@ -48,6 +48,8 @@ if "google.colab" in sys.modules:
 # %%
 import copy
 import math
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -794,10 +796,11 @@ assert gap < 1e-5 and bias_grad < 1e-4 * weight_grad
 # %% [markdown]
 # The outputs agree to rounding and the bias gets no gradient (zero up to rounding), so
 # it would be parameters that do nothing. In evaluation mode it is subtracted again too,
-# through the running mean, which was estimated with the bias included (exactly so
-# once the running mean has converged from its start at 0). Convolutions
-# followed by batch norm are therefore created with `bias=False`, as in this chapter's
-# network and in torchvision's ResNets.
+# through the running mean, which was estimated with the bias included (up to a
+# remainder that shrinks with every batch, as the running mean moves geometrically from
+# its start at 0 towards the batch means). Convolutions followed by batch norm are
+# therefore created with `bias=False`, as in this chapter's network and in
+# torchvision's ResNets.
 
 # %% [markdown]
 # ## 3.4 Real handwritten digits, offline
@@ -844,9 +847,12 @@ plt.show()
 # inside a `Dataset`'s `__getitem__` (called on a whole batch, it would move all the
 # images of the batch the same way). This chapter transforms a whole batch at once
 # instead, with a different random transform per image, using two tensor functions:
-# that avoids 3,500 Python-level calls per epoch and runs on a GPU unchanged. The
+# that avoids 3,500 Python-level calls per epoch and runs on a GPU unchanged (the
+# library Kornia packages the same batched idea as [`RandomAffine`][kornia]). The
 # per-image pipeline is still the standard idiom for image files, and section 5.9 of
 # chapter 5 shows it: a `v2.Compose` of transforms given to an `ImageFolder` dataset.
+#
+# [kornia]: https://kornia.readthedocs.io/en/latest/augmentation.module.html
 #
 # - `F.affine_grid(theta, size)` takes one 2 × 3 matrix per image (a rotation and a
 #   shift) and returns, for every output pixel, the position in the input to read from.
@@ -1112,9 +1118,11 @@ the image size at all.
 #   the loss and its gradients are the same. The intended pairing is `log_softmax` with
 #   `nn.NLLLoss`.
 # - `softmax` before the loss is a real bug: the loss then treats probabilities in [0,
-#   1] as logits. Even a perfect prediction cannot get the loss below log(1 + 9/e) ≈
-#   1.46 for 10 classes (derived below), and the softmax in front shrinks the
-#   gradients.
+#   1] as logits. The visible symptom is a floor: no prediction, not even a perfect
+#   one, gets the loss below log(1 + 9/e) ≈ 1.46 for 10 classes (derived below). The
+#   floor itself is harmless (training follows the loss's slope, not its level); the
+#   harm is that the softmax in front squashes the gradient of a confidently wrong
+#   prediction.
 #
 #
 # The floor takes three lines. Call the probabilities that reach the loss
@@ -1166,6 +1174,13 @@ for case in cases:  # log_softmax first changes nothing
     )
 floor = math.log(1 + 9 / math.e)
 assert table["confidently right", "softmax (bug)"][0] >= floor - 1e-4
+# how far the confidently right prediction is above each ending's lowest loss
+record(
+    "floor_excess",
+    table["confidently right", "softmax (bug)"][0] - floor,
+    fmt="{:.4f}",
+)
+record("right_loss", table["confidently right", "logits"][0], fmt="{:.4f}")
 wrong_grad_ratio = (
     table["confidently wrong", "logits"][1]
     / table["confidently wrong", "softmax (bug)"][1]
@@ -1177,10 +1192,13 @@ assert wrong_grad_ratio > 100
 prose(
     r"""
 The `log_softmax` rows equal the logits rows. With the softmax in front, the
-confidently right prediction still costs about 1.46, so the loss can never tell a good
-model from a perfect one, and the confidently wrong prediction gets a gradient
-{{wrong_grad_ratio}} times smaller than without it, so the mistake is barely
-corrected. Exercise 3 measures what that does to training.
+confidently right prediction costs about 1.46, but that is only {{floor_excess}}
+above the floor, much as the logits loss is {{right_loss}} above its floor of 0: the
+loss still tells a confident right answer from a perfect one, and the floor is a sign
+of the bug in a loss curve, not the harm. The harm is in the other case: the
+confidently wrong prediction gets a gradient {{wrong_grad_ratio}} times smaller than
+without the softmax, so the mistake is barely corrected. Exercise 3 measures what
+that does to training.
 """
 )
 
@@ -1304,7 +1322,13 @@ option for it).
 # weights with the last epoch's optimizer) would resume a run that never existed.
 #
 # The loop is a function, so that the same code can continue a run later. It writes a
-# checkpoint file per epoch; a long run would keep only the last few.
+# checkpoint file per epoch (a long run would keep only the last few) into a folder
+# that also holds `best.pt`, the run's result so far. So the folder must outlive the
+# process: a real run names its own (say `Path("runs/cnn")`); the chapter makes a fresh
+# one in the system's temporary directory, which survives the kernel, and deletes it at
+# the end. Each file is first written under a temporary name and then renamed over the
+# old one with `os.replace`, a single step (atomic on POSIX file systems), so a crash
+# in the middle of `torch.save` leaves the previous file whole, not half written.
 
 
 # %%
@@ -1325,6 +1349,13 @@ def set_random_states(states: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
     elif device.type == "mps":
         torch.mps.set_rng_state(states["mps"])
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """`torch.save` to a temporary name beside `path`, then rename it."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)  # readers see the old file or the new one
 
 
 def train_epochs(
@@ -1359,7 +1390,7 @@ def train_epochs(
         log["val_acc"].append(val.accuracy)
         if val.accuracy > log["best_acc"]:
             log["best_acc"], log["best_epoch"] = val.accuracy, epoch
-            torch.save(model.state_dict(), folder / "best.pt")
+            save_atomic(model.state_dict(), folder / "best.pt")
         checkpoint = {
             "epoch": epoch,
             "model": model.state_dict(),
@@ -1369,7 +1400,7 @@ def train_epochs(
             "random": random_states(device),
             "shuffle": train_loader.generator.get_state(),
         }
-        torch.save(checkpoint, folder / f"epoch_{epoch}.pt")
+        save_atomic(checkpoint, folder / f"epoch_{epoch}.pt")
         bar.set_postfix(val_acc=f"{val.accuracy:.3f}", refresh=False)
 
 
@@ -1379,9 +1410,8 @@ optimizer = torch.optim.AdamW(
     model.parameters(), lr=lr, weight_decay=weight_decay
 )
 scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-# deleted when the kernel exits (or on checkpoint_tmp.cleanup())
-checkpoint_tmp = tempfile.TemporaryDirectory()
-checkpoint_dir = Path(checkpoint_tmp.name)
+# outlives the kernel, as a crashed run's folder must; removed at the end
+checkpoint_dir = Path(tempfile.mkdtemp(prefix="ch03_checkpoints_"))
 log = {"lr": [], "train_loss": [], "val_loss": [], "val_acc": []}
 log.update(best_acc=-1.0, best_epoch=0)
 train_epochs(
@@ -1406,10 +1436,13 @@ for epoch in range(1, epochs + 1):
 
 # %% [markdown]
 # **Resuming.** Suppose the process had died after its second-to-last epoch. A new
-# session builds fresh objects, loads the checkpoint into them and calls the same loop,
-# which continues after the epochs in the restored log. The checkpoint is loaded to the
-# CPU (random-number states must be CPU tensors; `load_state_dict` moves the rest to
-# the model's device). The resumed run should end where the uninterrupted one did:
+# session builds fresh objects, loads that epoch's checkpoint from the folder into them
+# and calls the same loop on the same folder, which continues after the epochs in the
+# restored log. The best weights so far stay in the folder's `best.pt`; the loop
+# replaces them only if a resumed epoch beats the best score in the log. The checkpoint
+# is loaded to the CPU (random-number states must be CPU tensors; `load_state_dict`
+# moves the rest to the model's device). The resumed run should end where the
+# uninterrupted one did:
 
 # %%
 resume_from = epochs - 1
@@ -1429,19 +1462,18 @@ resumed_scheduler.load_state_dict(checkpoint["scheduler"])
 set_random_states(checkpoint["random"], device)
 train_loader.generator.set_state(checkpoint["shuffle"])
 resumed_log = checkpoint["log"]
-with tempfile.TemporaryDirectory() as resume_dir:
-    train_epochs(
-        resumed,
-        resumed_optimizer,
-        resumed_scheduler,
-        resumed_log,
-        last_epoch=epochs,
-        criterion=criterion,
-        train_loader=train_loader,
-        val_loader=val_loader,
-        folder=Path(resume_dir),
-        device=device,
-    )
+train_epochs(  # into the same folder, as a new session would
+    resumed,
+    resumed_optimizer,
+    resumed_scheduler,
+    resumed_log,
+    last_epoch=epochs,
+    criterion=criterion,
+    train_loader=train_loader,
+    val_loader=val_loader,
+    folder=checkpoint_dir,
+    device=device,
+)
 states = model.state_dict().values(), resumed.state_dict().values()
 pairs = zip(*states, strict=True)
 # float64 on the CPU: MPS has no float64
@@ -1465,7 +1497,7 @@ else:
     # the other one
     assert abs(resumed_log["best_acc"] - log["best_acc"]) <= 2 / len(val_set)
 
-# the weights of the best validation epoch, for everything that follows
+# the best validation epoch's weights, from the folder both runs wrote to
 best_state = torch.load(
     checkpoint_dir / "best.pt", map_location=device, weights_only=True
 )
@@ -1792,7 +1824,10 @@ caveats, whichever way it
 came out. Both accuracies are the best of {{epochs}} epochs, picked on these same
 500 images, which flatters both a little. And each is a single run, one draw of
 initial weights, batch order and augmentation; another seed in the setup cell gives
-other numbers. The test set, used once in section 3.10, gives an independent look.
+other numbers. McNemar's test cannot see that: it compares these two trained networks
+on these images (the noise of the evaluation set), not the two recipes; whether
+augmentation helps the recipe takes several runs with different seeds. The test set,
+used once in section 3.10, gives an independent look at the same two networks.
 The validation loss with augmentation is the lower of the two in {{aug_lower}}
 of the {{epochs}} epochs.
 """
@@ -2036,7 +2071,10 @@ with torch.no_grad():
 fig = plot_image_grid(
     [sample, *maps],
     titles=[f"input: {sample_label.item()}"] + [f"map {i}" for i in range(c1)],
-    suptitle="First-layer feature maps (after ReLU) for one validation digit",
+    suptitle=(
+        "First-layer feature maps (after ReLU) for one validation digit, "
+        "colour scale per map"
+    ),
     cmap="viridis",
     ncols=9,
 )
@@ -2450,10 +2488,11 @@ prose(
     r"""
 The augmented CNN classifies {{cnn_test_acc}} of the test digits correctly
 ({{cnn_test_errors}} mistakes), with a standard error of {{test_se}} points:
-on {{n_test}} digits, one point is {{digits_per_point}} digits, and the
-true accuracy on digits like these is typically within about that much of the
-measured one. Against the MLP chosen on validation, with {{mlp_ratio}} times its
-weights, the CNN's difference is {{test_cnn_gain}} points (standard error
+on {{n_test}} digits, one point is {{digits_per_point}} digits, and two
+standard errors either side of the measured accuracy cover the true accuracy on
+digits like these for about 95 % of test sets. Against the MLP chosen on
+validation, with {{mlp_ratio}} times its weights, the CNN's difference is
+{{test_cnn_gain}} points (standard error
 {{test_cnn_se}}, p = {{test_cnn_p}}), {{test_cnn_verdict}}; over the
 MLP of similar size it is
 {{test_equal_gain}} points (p = {{test_equal_p}}). The effect of
@@ -2648,8 +2687,10 @@ assert halving_gap == 0.0, halving_gap
 # >   redundant; pair it with `NLLLoss`.)
 # > - **A conv bias before batch norm**: harmless but useless parameters; use
 # >   `bias=False`.
-# > - **Normalising with test statistics** or **augmenting the validation/test sets**:
-# >   both make the reported accuracy dishonest.
+# > - **Normalising with test statistics** or **randomly augmenting the validation/test
+# >   sets**: both make the reported accuracy dishonest. (Test-time augmentation, which
+# >   averages the predictions over fixed augmented views, is a different, honest
+# >   technique.)
 # > - **Choosing anything on the test set**, or calling a difference a result when
 # >   chance explains it: test the images only one model gets right (McNemar), and
 # >   with few of them report the mid-p beside the conservative exact p.
@@ -2789,14 +2830,14 @@ assert torch.allclose(fold_back(small), small * cover) and cover.max() == 9
 # (a) The learning rate 3 × 10⁻³ was not tuned: compare 10⁻³, 3 × 10⁻³ and 10⁻² on
 # validation accuracy, with `paired_comparison` for the noise. (b) The softmax bug of
 # section 3.5: train once more at 3 × 10⁻³ with a softmax appended,
-# `nn.Sequential(DigitCNN(augment=False), nn.Softmax(dim=1))`, and compare its last
-# training loss with the floor log(1 + 9/e) and its validation accuracy with the run of
-# (a) at the same rate. Fill in two functions in the starter: `short_run`, the
-# training function every run uses, and `rate_sweep`, which gives each rate a fresh
-# network built from the same seed, trains it with `short_run` and compares each rate
-# with the baseline 3 × 10⁻³ through `paired_comparison`. Then run (a) with
-# `rate_sweep` and (b) with `short_run`; keep the runs to 2 epochs, about as long as
-# one of the chapter's 8-epoch runs in all.
+# `nn.Sequential(DigitCNN(augment=False), nn.Softmax(dim=1))`; its last training loss
+# sits above the floor log(1 + 9/e) (the symptom), so measure the harm: its validation
+# accuracy against the run of (a) at the same rate. Fill in two functions in the
+# starter: `short_run`, the training function every run uses, and `rate_sweep`, which
+# gives each rate a fresh network built from the same seed, trains it with `short_run`
+# and compares each rate with the baseline 3 × 10⁻³ through `paired_comparison`. Then
+# run (a) with `rate_sweep` and (b) with `short_run`; keep the runs to 2 epochs, about
+# as long as one of the chapter's 8-epoch runs in all.
 
 
 # %% tags=["exercise-starter"]
@@ -2933,8 +2974,8 @@ print(f"last training loss {correct_loss:.3f}, with softmax {softmax_loss:.3f}")
 cost = 100 * softmax_cost.difference
 cost_se = 100 * softmax_cost.standard_error
 print(
-    f"(b) The softmax stays above the floor {floor:.2f} however well it "
-    f"classifies, and costs {cost:.1f} points of validation accuracy "
+    f"(b) The softmax run's loss stays above the floor {floor:.2f}, the "
+    f"symptom; the harm: it costs {cost:.1f} points of validation accuracy "
     f"(standard error {cost_se:.1f}, exact McNemar p = "
     f"{p_text(softmax_cost.p_value)}) after the same training: "
     f"{verdict(softmax_cost)}."
@@ -2947,7 +2988,7 @@ print(
 # the floor
 assert floor > correct_loss
 assert softmax_cost.difference > 0, softmax_cost
-# every rate learns
+# every rate learns; seeds 0-2: 0.930-0.954 at the worst rate
 assert min(sweep_acc.values()) > 0.9, sweep_acc
 
 # %% [markdown]
@@ -3023,34 +3064,36 @@ print(
     f"{n_caught} of the {n_wrong} mistakes are among those {n_unsure}: low "
     f"confidence flags {share} of them."
 )
-# with 500 validation digits, one image of the 25 least confident is 0.04
+# with 500 validation digits, one image of the 25 least confident is 0.04;
+# seeds 0-2: 0.68-0.80 against 0.992-0.998, gaps of 0.20-0.31
 assert acc_unsure < acc_rest - 0.1, (acc_unsure, acc_rest)
 
 # %% [markdown]
-# **Exercise 5.** Give the CNN a head that is not tied to positions. *Global average
-# pooling* averages each final map over all its positions, `nn.AdaptiveAvgPool2d(1)`
-# followed by `nn.Flatten()` and `nn.Linear(c2, 10)`; ResNets end this way. Averaging
-# keeps which features occur but not where, so each averaged unit should see most of a
-# digit: put one more 3 × 3 convolution block (a convolution without bias, as in
-# section 3.3, then batch norm and ReLU) at 7 × 7 before the pooling, which takes the
-# receptive field from 10 to 18 pixels, and leave out the Flatten head's dropout (an
-# untuned choice). Build that `DigitCNN` and train it without augmentation exactly as
-# `plain_model` was trained in section 3.7 (`train_and_select` with `setup`, the same
-# initial weights for the first two blocks and the same batch order, `plain_shuffle`).
-# Count both heads' parameters and compare the two networks on validation digits,
-# unshifted and shifted as in section 3.9. Fill in the class in the starter, then
-# train and compare it.
+# **Exercise 5.** Give the CNN a head that is not tied to positions, and find out which
+# part of it does the work. *Global average pooling* (`nn.AdaptiveAvgPool2d(1)`,
+# section 3.9) averages each final map over all its positions, so it keeps which
+# features occur but not where; ResNets end this way. Write `PooledDigitCNN`, a
+# `DigitCNN` whose head is global average pooling and a linear layer to the 10 classes,
+# without the Flatten head's dropout (an untuned choice). With `extra_block=True` one
+# more 3 × 3 convolution block of section 3.3's kind (bias-free convolution, batch
+# norm, ReLU) works on the 7 × 7 maps before the pooling; with `extra_block=False` the
+# pooling comes straight after the second block, the control. Work out first what each
+# averaged unit sees in the two versions (section 3.2). Train both without augmentation
+# exactly as `plain_model` was trained in section 3.7 (`train_and_select` with `setup`,
+# the same initial weights for the first two blocks and the same batch order,
+# `plain_shuffle`), count the heads' parameters and compare the three heads on
+# validation digits, unshifted and shifted as in section 3.9: how much of the shift
+# tolerance does the averaging alone buy, and what does the extra block add?
 
 
 # %% tags=["exercise-starter"]
 class PooledDigitCNN(DigitCNN):
-    """DigitCNN whose head is a third conv block and global average pooling."""
+    """DigitCNN whose head averages over positions (global average pooling and
+    a linear layer), after one more conv block if `extra_block`."""
 
-    def __init__(self, channels=(16, 32), **kwargs):
+    def __init__(self, channels=(16, 32), *, extra_block=True, **kwargs):
         super().__init__(channels, **kwargs)
-        # replace self.classifier: a 3 x 3 conv block at 7 x 7 (bias-free
-        # convolution, batch norm, ReLU), global average pooling, flatten,
-        # linear to 10
+        # replace self.classifier (no dropout)
         raise NotImplementedError  # your code here
 
 
@@ -3061,17 +3104,28 @@ check_pooled_head(PooledDigitCNN, DigitCNN)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 5: plain_model's recipe, first two blocks' initial weights and batch
-# order; only the head differs (a third block, average pooling, no dropout).
+# order; only the head differs (average pooling, no dropout, the extra block
+# or not).
 class PooledDigitCNN(DigitCNN):
-    """DigitCNN whose head is a third conv block and global average pooling."""
+    """DigitCNN whose head averages over positions (global average pooling and
+    a linear layer), after one more conv block if `extra_block`."""
 
-    def __init__(self, channels: tuple[int, int] = (16, 32), **kwargs) -> None:
+    def __init__(
+        self,
+        channels: tuple[int, int] = (16, 32),
+        *,
+        extra_block: bool = True,
+        **kwargs,
+    ) -> None:
         super().__init__(channels, **kwargs)
         c2 = channels[1]
-        self.classifier = nn.Sequential(
+        block = [
             nn.Conv2d(c2, c2, 3, padding=1, bias=False),  # (B, c2, 7, 7)
             nn.BatchNorm2d(c2),
             nn.ReLU(),
+        ]
+        self.classifier = nn.Sequential(
+            *(block if extra_block else []),
             nn.AdaptiveAvgPool2d(1),  # -> (B, c2, 1, 1)
             nn.Flatten(),  # -> (B, c2)
             nn.Linear(c2, 10),  # -> (B, 10)
@@ -3079,59 +3133,98 @@ class PooledDigitCNN(DigitCNN):
 
 
 assert check_pooled_head(PooledDigitCNN, DigitCNN)
+field_bare = receptive_field([conv3, pool2] * 2)
+field_block = receptive_field([conv3, pool2] * 2 + [conv3])
 print(
-    "receptive field of the averaged units:",
-    receptive_field([conv3, pool2] * 2 + [conv3]),
+    f"receptive field of the averaged units: {field_bare} pixels without the "
+    f"extra block, {field_block} with it, of a 28-pixel image"
 )
-# features are built first: plain_model's initial weights for them
-torch.manual_seed(seed)
-pooled_net = PooledDigitCNN(augment=False).to(device)
-train_loader.generator.set_state(plain_shuffle)  # plain_model's batch order
-train_and_select(pooled_net, "pooled_head", **setup)
-pooled_preds = []
-for size in (0, max_shift):  # unshifted, and the largest shift of section 3.9
-    moves = [(size, 0), (-size, 0), (0, size), (0, -size)] if size else [(0, 0)]
-    copies = [shift(val_images, dy, dx, background) for dy, dx in moves]
-    moved_set = TensorDataset(torch.cat(copies), val_labels.repeat(len(moves)))
-    moved_loader = DataLoader(moved_set, batch_size=500)
-    pooled_preds.append(predict(pooled_net, moved_loader, device))
-head_accuracy = {  # (unshifted, shifted by max_shift)
-    "Flatten + Linear": (plain_accs[0], plain_accs[max_shift]),
-    "conv + average pool": tuple(
-        (pred == true).float().mean().item() for pred, true in pooled_preds
-    ),
-}
-heads = {"Flatten + Linear": plain_model, "conv + average pool": pooled_net}
+flat_name, bare_name, pool_name = (
+    "Flatten + Linear",
+    "average pool alone",
+    "conv + average pool",
+)
+heads = {flat_name: plain_model}
+for name, extra_block in [(pool_name, True), (bare_name, False)]:
+    # features are built first: plain_model's initial weights for them
+    torch.manual_seed(seed)
+    net = PooledDigitCNN(augment=False, extra_block=extra_block).to(device)
+    train_loader.generator.set_state(plain_shuffle)  # plain_model's batch order
+    train_and_select(net, f"head_extra_block_{extra_block}", **setup)
+    heads[name] = net
+head_accuracy = {flat_name: (plain_accs[0], plain_accs[max_shift])}
+head_val_pred = {flat_name: plain_val_pred}
+for name in (bare_name, pool_name):
+    accs = []
+    for size in (0, max_shift):  # unshifted, and section 3.9's largest shift
+        moves = (
+            [(size, 0), (-size, 0), (0, size), (0, -size)] if size else [(0, 0)]
+        )
+        copies = [shift(val_images, dy, dx, background) for dy, dx in moves]
+        labels = val_labels.repeat(len(moves))
+        moved_set = TensorDataset(torch.cat(copies), labels)
+        moved_loader = DataLoader(moved_set, batch_size=500)
+        pred, true = predict(heads[name], moved_loader, device)
+        accs.append((pred == true).float().mean().item())
+        if size == 0:
+            head_val_pred[name] = pred
+    head_accuracy[name] = tuple(accs)  # (unshifted, shifted by max_shift)
 far_label = f"{max_shift} pixels"
 print(f"{'head':20} {'parameters':>10} {'unshifted':>10} {far_label:>10}")
-for name, net in heads.items():
+for name in (flat_name, bare_name, pool_name):
     unshifted, far = head_accuracy[name]
-    n = count_parameters(net.classifier)
+    n = count_parameters(heads[name].classifier)
     print(f"{name:20} {n:>10,} {unshifted:>10.3f} {far:>10.3f}")
 drops = {name: accs[0] - accs[1] for name, accs in head_accuracy.items()}
-flat_name, pool_name = heads
-n_flat = count_parameters(heads[flat_name].classifier)
-n_pool = count_parameters(heads[pool_name].classifier)
+
+
+def lead_words(result: Comparison) -> str:
+    """Words for a paired comparison (section 3.7) of a head with another."""
+    lead = 100 * result.difference
+    side = "ahead" if lead > 0 else "behind"
+    words = f"{abs(lead):.1f} points {side}" if round(lead, 1) != 0 else "level"
+    return f"{words} (p = {p_text(result.p_value)}, {verdict(result)})"
+
+
 # unshifted: the same 500 images, so the paired comparison of section 3.7
-head_test = paired_comparison(pooled_preds[0][0], plain_val_pred, val_true)
-lead = 100 * head_test.difference
-side = "ahead" if lead > 0 else "behind"
-unshifted_note = (
-    f"{abs(lead):.1f} points {side}" if round(lead, 1) != 0 else "level"
-) + f" (p = {p_text(head_test.p_value)}, {verdict(head_test)})"
+vs_flat = {
+    name: lead_words(
+        paired_comparison(head_val_pred[name], plain_val_pred, val_true)
+    )
+    for name in (bare_name, pool_name)
+}
 ratio = drops[flat_name] / max(drops[pool_name], 1e-9)
 how_much = f"about {ratio:.0f} times less" if ratio >= 2 else "less"
+removed = drops[flat_name] - drops[bare_name]
+together = drops[flat_name] - drops[pool_name]  # > 0: asserted below
+if removed >= together:
+    share_words = "averaging alone removes as much of the shift cost as the "
+    share_words += "block and the averaging together, or more"
+elif removed > 0:
+    share_words = f"averaging alone removes {removed / together:.0%} of the "
+    share_words += "shift cost that the block and the averaging remove together"
+else:
+    share_words = "averaging alone does not reduce the shift cost here"
 print(
-    f"The pooling head has {n_pool:,} parameters against {n_flat:,}. "
-    f"Unshifted, after the same {epochs}-epoch recipe, it scores "
-    f"{head_accuracy[pool_name][0]:.3f} against "
-    f"{head_accuracy[flat_name][0]:.3f}, {unshifted_note}. A {max_shift}-pixel "
-    f"shift costs it {100 * drops[pool_name]:.1f} points, against "
-    f"{100 * drops[flat_name]:.1f} for the Flatten head: this head (an extra "
-    f"block plus averaging) makes the answer {how_much} sensitive to where the "
-    "digit is. The run does not separate the two, nor the dropout left out."
+    f"With the extra block, the pooling head has "
+    f"{count_parameters(heads[pool_name].classifier):,} parameters against "
+    f"{count_parameters(heads[flat_name].classifier):,}. Unshifted, after the "
+    f"same {epochs}-epoch recipe, it scores {head_accuracy[pool_name][0]:.3f} "
+    f"against {head_accuracy[flat_name][0]:.3f}, {vs_flat[pool_name]}. "
+    f"A {max_shift}-pixel shift costs it {100 * drops[pool_name]:.1f} points, "
+    f"against {100 * drops[flat_name]:.1f} for the Flatten head: the answer "
+    f"is {how_much} sensitive to where the digit is. Without the block "
+    f"(each averaged unit sees {field_bare} × {field_bare} of the 28 × 28 "
+    f"pixels) the head scores "
+    f"{head_accuracy[bare_name][0]:.3f} unshifted, {vs_flat[bare_name]}, "
+    f"and the shift costs {100 * drops[bare_name]:.1f} points: {share_words}. "
+    "The dropout left out is not separated."
 )
 assert drops[pool_name] < drops[flat_name] / 2, drops
+
+# %%
+# every checkpoint of the chapter's runs: no longer needed
+shutil.rmtree(checkpoint_dir)
 
 # %% [markdown]
 # ## Summary
@@ -3144,8 +3237,8 @@ prose(
   step as one ridge and a thin line as an opposite-signed pair.
 - Output size is `floor((n + 2p - d(k-1) - 1)/s) + 1`, and the receptive field grows
   as `r + (k - 1)·d·j`, faster after pooling or with dilation. Locality saves most
-  of a dense layer's weights and all of its extra arithmetic; weight sharing divides
-  the remaining weights by the number of positions.
+  of a dense layer's weights and brings all of the saving in arithmetic; weight
+  sharing divides the remaining weights by the number of positions.
 - Batch norm normalises each channel over `(N, H, W)`, learns γ and β, keeps running
   statistics as buffers (with PyTorch's momentum weighting the new batch), and makes a
   preceding conv bias redundant; it and dropout behave differently under `train()`

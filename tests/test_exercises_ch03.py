@@ -60,6 +60,8 @@ def test_diagonal_starter_is_not_attempted():
         (DIAGONAL.flip(1), "the other diagonal"),  # top left to bottom right
         (SOBEL_X, "both diagonals"),
         (SOBEL_X.T, "both diagonals"),
+        # a line detector along the wanted diagonal: symmetric, not an edge kernel
+        (torch.tensor([[-1.0, -1, 2], [-1, 2, -1], [2, -1, -1]]), "like a line detector"),
         (DIAGONAL + 0.5, "sum to zero"),
     ],
 )
@@ -133,6 +135,13 @@ def width_first_transposed(x, weight, bias, padding):
     return width_first(x, weight, bias, padding).transpose(2, 3)
 
 
+def same_size_output(x, weight, bias, padding):
+    b, _, h, w = x.shape  # right for padding 1 only
+    return (weight.flatten(1) @ F.unfold(x, 3, padding=padding) + bias.view(1, -1, 1)).view(
+        b, weight.shape[0], h, w
+    )
+
+
 def calls_conv2d(x, weight, bias, padding):
     return F.conv2d(x, weight, bias, padding=padding)
 
@@ -146,6 +155,7 @@ def calls_conv2d(x, weight, bias, padding):
         (view_without_transpose, "must be transposed"),
         (channels_last_weight, "do not permute the weight"),
         (calls_conv2d, "use F.unfold"),
+        (same_size_output, "(H + 2p - 2) x (W + 2p - 2)"),
         (lambda x, weight, bias, padding: conv2d_by_unfold(x, weight.detach(), bias, padding), ".detach()"),
         (lambda x, weight, bias, padding: nn.Conv2d(1, 1, 3)(x), "use F.unfold"),
     ],
@@ -166,6 +176,8 @@ def test_conv2d_mistakes_get_their_hint(attempt, hint):
             ),
             "the gradient for weight",
         ),
+        # a view that fails already with padding 1: no hint about the output size
+        (lambda x, weight, bias, padding: x.view(-1, 4, 5, 5), "raised RuntimeError: shape"),
     ],
 )
 def test_other_wrong_convolutions_fail(attempt, message):
@@ -446,15 +458,38 @@ class DigitCNN(nn.Module):
         return self.classifier(self.features(self.augment(x)))
 
 
+BARE_HEADS = {  # extra_block=False: the right control head and wrong ones
+    "right": lambda c2: [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c2, 10)],
+    "max": lambda c2: [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(c2, 10)],
+    "dropout": lambda c2: [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(c2, 10)],
+    "two linears": lambda c2: [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c2, c2), nn.Linear(c2, 10)],
+    "tanh": lambda c2: [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Tanh(), nn.Linear(c2, 10)],
+}
+
+
 def pooled_class(
-    *, width=None, pool=None, conv_padding=1, bias=False, relu=True, dropout=False, order="conv"
+    *,
+    width=None,
+    pool=None,
+    conv_padding=1,
+    bias=False,
+    relu=True,
+    dropout=False,
+    order="conv",
+    bare="right",
 ):
-    """A PooledDigitCNN, right by default, with one mistake switched on by keyword."""
+    """A PooledDigitCNN, right by default, with one mistake switched on by keyword.
+
+    bare picks the head for extra_block=False from BARE_HEADS, or "block": the extra block
+    is always added."""
 
     class PooledDigitCNN(DigitCNN):
-        def __init__(self, channels=(16, 32), **kwargs):
+        def __init__(self, channels=(16, 32), *, extra_block=True, **kwargs):
             super().__init__(channels, **kwargs)
             c2 = width or channels[1]
+            if not extra_block and bare != "block":
+                self.classifier = nn.Sequential(*BARE_HEADS[bare](c2))
+                return
             block = [nn.Conv2d(c2, c2, 3, padding=conv_padding, bias=bias), nn.BatchNorm2d(c2)]
             block += [nn.ReLU()] if relu else []
             pooling = [pool or nn.AdaptiveAvgPool2d(1)]
@@ -467,16 +502,19 @@ def pooled_class(
 
 def test_pooled_head_passes(capsys):
     assert check_pooled_head(pooled_class(), DigitCNN)
-    assert "9·32² + 2·32 + 10·32 + 10 = 9,610 parameters" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "9·32² + 2·32 + 10·32 + 10 = 9,610 parameters" in out
+    assert "with extra_block=False (average and linear alone) 330 parameters" in out
 
 
 class BlockInFeatures(DigitCNN):
     """The exercise's other natural reading: the third block appended to self.features."""
 
-    def __init__(self, channels=(16, 32), **kwargs):
+    def __init__(self, channels=(16, 32), extra_block=True, **kwargs):
         super().__init__(channels, **kwargs)
         c2 = channels[1]
-        self.features.extend([nn.Conv2d(c2, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU()])
+        if extra_block:
+            self.features.extend([nn.Conv2d(c2, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU()])
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c2, 10))
 
 
@@ -508,6 +546,14 @@ def test_pooled_starter_is_not_attempted():
     assert untouched(4, DigitCNN=DigitCNN) == (
         "… Exercise 3.5: not attempted yet: fill in `PooledDigitCNN` above\n"
     )
+
+
+class NoExtraBlockFlag(DigitCNN):
+    """Right with the block, but extra_block reaches DigitCNN through **kwargs."""
+
+    def __init__(self, channels=(16, 32), **kwargs):
+        super().__init__(channels, **kwargs)
+        self.classifier = pooled_class()(channels).classifier
 
 
 class NewHeadElsewhere(DigitCNN):
@@ -549,6 +595,9 @@ class FeaturesAsList(pooled_class()):
         (pooled_class(order="pool"), "before the pooling"),
         (pooled_class(relu=False), "the ReLU is missing"),
         (pooled_class(pool=nn.AvgPool2d(7)), "averages maps of any size"),
+        (NoExtraBlockFlag, "take extra_block as a keyword argument"),
+        (pooled_class(bare="block"), "extra_block=False is the control"),
+        (pooled_class(bare="max"), "not a max"),
     ],
 )
 def test_pooled_mistakes_get_their_hint(attempt, hint):
@@ -612,6 +661,9 @@ class ShapeOnLargerImages(pooled_class()):
         (ShapeOnLargerImages, "on 56 x 56 images the output has shape (2, 5)"),
         (UnusedParameter, "no gradient reaches the head's parameters ['unused']"),
         (BlockInFeaturesUnused, "no gradient reaches the head's parameters ['features.11.unused']"),
+        (pooled_class(bare="dropout"), "with extra_block=False the head has a dropout layer"),
+        (pooled_class(bare="two linears"), "should hold one Linear 6 -> 10, got [(6, 6), (6, 10)]"),
+        (pooled_class(bare="tanh"), "the output with extra_block=False"),
     ],
 )
 def test_other_wrong_heads_fail(attempt, message):

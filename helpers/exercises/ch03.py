@@ -3,10 +3,11 @@
 Each runs the reader's attempt on fresh inputs from its own seeded generator, against
 a reference: ``F.conv2d`` itself, an independent training loop with ``torch.optim``,
 or a functional recomputation. Every check runs inside ``torch.random.fork_rng``, so
-calling it leaves the chapter's global random state as it was. The training and model
-checkers (3.3 and 3.5) live in :mod:`helpers.exercises.ch03_models`, and exercise 3.3's
-learning-rate sweep in :mod:`helpers.exercises.ch03_sweep`; all are re-exported here.
-Introduced with chapter 3's exercises.
+calling it leaves the chapter's global random state as it was. The training checker of
+3.3 lives in :mod:`helpers.exercises.ch03_models`, its learning-rate sweep in
+:mod:`helpers.exercises.ch03_sweep`, and the head checker of 3.5 in
+:mod:`helpers.exercises.ch03_heads`; all are re-exported here. Introduced with chapter 3's
+exercises.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from helpers.exercises import Mismatch, checker, expect, expect_close, expect_tensor
-from helpers.exercises.ch03_models import check_pooled_head, check_short_run, keep_random_state
+from helpers.exercises.ch03_heads import check_pooled_head
+from helpers.exercises.ch03_models import check_short_run, keep_random_state
 from helpers.exercises.ch03_sweep import check_rate_sweep
 
 __all__ = [
@@ -41,6 +43,15 @@ BOTH_DIAGONALS = (
     "it responds about as much to both diagonals, as a vertical or horizontal edge "
     "kernel (Sobel) does: turn it by 45°, so that its weights are constant along the "
     "bottom-left-to-top-right direction and change across it"
+)
+LINE_KERNEL = (
+    "your kernel equals itself turned by 180°, like a line detector: it answers a thin line, "
+    "and a step only with ridges on both sides of it. An edge kernel changes sign when turned "
+    "by 180°: negative on one side of the wanted edge, positive on the other"
+)
+OUTPUT_SIZE = (
+    "with padding p a 3 x 3 convolution gives (H + 2p - 2) x (W + 2p - 2) values (section 3.2), "
+    "which is H x W only for padding 1: compute H_out and W_out from the padding"
 )
 NONZERO_SUM = (
     "an edge kernel's weights sum to zero, so that flat regions give no response; subtract their mean"
@@ -89,12 +100,13 @@ def check_diagonal_kernel(diagonal: Any) -> str:
             OTHER_DIAGONAL,
         )
     ratio = along / across if across > 0 else math.inf
+    symmetric = torch.allclose(kernel, kernel.flip(0, 1), rtol=0, atol=1e-6 * scale)
     expect(
         ratio >= 10,
         f"diagonal responds only {ratio:.2g} times as much to edges from the bottom left to the "
         f"top right ({along:.3g} in total on 4 random images) as to the perpendicular ones "
         f"({across:.3g}); it should be at least 10 times",
-        BOTH_DIAGONALS if 0.5 <= ratio <= 2 else None,
+        LINE_KERNEL if symmetric else BOTH_DIAGONALS if 0.5 <= ratio <= 2 else None,
     )
     others = (
         "and not at all to 4 perpendicular ones or to flat regions"
@@ -152,7 +164,13 @@ def check_conv2d_by_unfold(conv2d_by_unfold: Callable[..., Any]) -> str:
             mock.patch.object(F, "conv2d", _forbid_conv),
             mock.patch.object(torch, "conv2d", _forbid_conv),
         ):
-            got = conv2d_by_unfold(x, weight, bias, padding)
+            try:
+                got = conv2d_by_unfold(x, weight, bias, padding)
+            except NotImplementedError:  # the untouched starter (a RuntimeError too)
+                raise
+            except RuntimeError as error:  # typically a view to the wrong output size
+                hint = OUTPUT_SIZE if padding != 1 else None
+                raise Mismatch(f"{what}: your code raised RuntimeError: {error}", hint) from None
         largest = max(largest, expect_tensor(got, want, what, mistakes=mistakes))
         expect(
             got.requires_grad,
