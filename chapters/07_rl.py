@@ -84,6 +84,7 @@ from helpers.rl import (
 )
 from helpers.runtime import describe_runtime, get_device, seed_everything
 from helpers.timing import best_time
+from scipy import stats
 from torch import nn
 from torch.distributions import Categorical
 
@@ -346,10 +347,14 @@ assert np.allclose(discounted_returns(rewards, gamma).numpy(), direct)
 # deviation (plus `eps`). Subtracting the mean acts as a simple baseline: actions followed
 # by more than the usual return are made more likely, the others less likely. (Not an
 # exact one: the batch mean includes the returns of the step's own episode, which its
-# action influenced, so subtracting it shrinks the expected gradient slightly, by up
-# to about that episode's share of the batch's steps, $T_i/N$: 1/16 when the 16
-# episodes of a batch below are equally long, more for a long episode among short
-# ones.)
+# action influenced. For a batch of $N$ steps, treating $N$ and the standard deviation
+# as fixed, each episode contributes $\nabla_\theta \mathbb{E}[G_0]$ to the expected
+# gradient, and subtracting the batch mean adds $-\frac{1}{N}\nabla_\theta
+# \mathbb{E}\big[\sum_t G_t\big]$ to it: the gradient of a different quantity, the sum of
+# all the episode's returns, in which a reward counts almost undiscounted however late
+# it comes. This bias vanishes as the batch grows, with more episodes per batch; it is
+# not simply a slight shrink of the estimate, and for long episodes and delayed
+# consequences it can match or exceed the signal.)
 # Dividing by the standard deviation gives every batch weights of the same
 # scale; with plain SGD the step then no longer grows with the returns (it still scales
 # with the gradients of the log-probabilities). The aside below explains why Adam's own
@@ -651,8 +656,8 @@ def compared(threads_time: float, one_time: float) -> str:
     if ratio >= 10:
         # far beyond what splitting this little work could cost
         return (
-            f"{ratio:.0f} times as long as (a gap this large is threads "
-            "waiting for cores that other programs held)"
+            f"{ratio:.0f} times as long as (a gap this large is most likely "
+            "threads waiting for cores that other programs held)"
         )
     if ratio > 1.25:
         return f"{ratio:.1f} times as long as"
@@ -1157,15 +1162,18 @@ baseline_passed = sum(
 paired = np.array(baseline_needed) - np.array(plain_needed)  # (n_runs,)
 difference = paired.mean()
 difference_se = paired.std(ddof=1) / math.sqrt(n_runs)
-if abs(difference) < 2 * difference_se:
-    verdict = "no clear evidence that the baseline changes the episodes needed"
-elif difference < 0:
+# two-sided 5% for Student's t with n_runs - 1 degrees of freedom: 4.30 for 3
+t_critical = stats.t.ppf(0.975, n_runs - 1)
+if abs(difference) <= t_critical * difference_se:
     verdict = (
-        "weak evidence (three runs each) that the baseline needs fewer episodes"
+        "not significant at the 5% level, no clear evidence that the baseline "
+        "changes the episodes needed"
     )
 else:
+    fewer_or_more = "fewer" if difference < 0 else "more"
     verdict = (
-        "weak evidence (three runs each) that the baseline needs more episodes"
+        f"the baseline needs {fewer_or_more} episodes at the 5% level, "
+        "though three pairs are thin evidence"
     )
 truncated = {
     label: sum(sum(runs[label, s]["history"]["truncated"]) for s in run_seeds)
@@ -1185,6 +1193,7 @@ record("fewest_episodes", min(plain_needed + baseline_needed))
 record("most_episodes", max(plain_needed + baseline_needed))
 record("episodes_difference", difference, fmt="{:+.0f}")
 record("episodes_difference_se", difference_se, fmt="{:.0f}")
+record("t_critical", t_critical, fmt="{:.2f}")
 record("baseline_verdict", verdict)
 record("plain_fall_back", plain_fall_back, fmt="{:.0f}")
 record("baseline_fall_back", baseline_fall_back, fmt="{:.0f}")
@@ -1231,11 +1240,11 @@ The difference of the means, baseline minus plain, is {{episodes_difference}}
 episodes, with a standard error of {{episodes_difference_se}}. The two versions
 share each seed's initial weights and start states, so the runs come in pairs: the
 standard error is $s_d/\sqrt{3}$, with $s_d$ the standard deviation of the three
-per-seed differences. As a rough rule, a difference smaller than about two standard
-errors is what chance alone often produces; and with only three runs per version the
-standard error is itself a rough estimate (a t test with 2 degrees of freedom asks
-for 4.3 standard errors at the 5% level), so even a larger difference would be weak
-evidence. The verdict of this run: {{baseline_verdict}}.
+per-seed differences. With so few runs the standard error is itself a rough estimate,
+so the test is Student's t with 2 degrees of freedom rather than the normal
+distribution: at the 5% level (two-sided) it asks for a difference of more than
+{{t_critical}} standard errors, against 1.96 for the normal. The verdict of this run:
+{{baseline_verdict}}.
 
 The largest fall-back of the validation score was {{plain_fall_back}} for plain
 REINFORCE and {{baseline_fall_back}} with the baseline. Each is one drop in one run
@@ -1477,8 +1486,10 @@ history = chosen["history"]
 episode_returns = np.array(history["episode_returns"])
 # each batch was played by the weights after the previous update, whose greedy
 # validation score is one entry earlier (the first batch has none)
-greedy_before = np.repeat(history["val_mean"][:-1], n_envs)  # (episodes - 16,)
-share_below = np.mean(episode_returns[n_envs:] < greedy_before)
+per_update = settings.n_envs  # episodes per batch
+# (episodes - 16,)
+greedy_before = np.repeat(history["val_mean"][:-1], per_update)
+share_below = np.mean(episode_returns[per_update:] < greedy_before)
 record("share_below", share_below, fmt="{:.0%}")
 window = 32  # two batches; untuned
 fig, ax = plt.subplots(figsize=(8, 3.6))
@@ -1694,7 +1705,9 @@ assert omega_shift < span / 4 and slope < 0, (omega_shift, slope)
 
 # %% [markdown]
 # The left panel shows the whole map with the fitted boundary; the right panel zooms
-# into the rectangle around the greedy episode's states.
+# into the rectangle around the greedy episode's states, with the same markers. The
+# dashed line in the zoom is the same straight line, fitted to the crossings of the
+# whole map and continued into the rectangle, not a fit to the zoomed region.
 
 # %%
 theta_limit = 1.3 * np.abs(episode.states[:, 2]).max()
@@ -1830,10 +1843,14 @@ objective that rewards keeping both actions possible (exercise 5 adds it).
 # them with `pygame`, which comes with `pip install "gymnasium[classic-control]"`. Where
 # `pygame` is missing, `cartpole_frame` from `helpers.rl` draws the same geometry from
 # the recorded states with NumPy (smoothing the edges by averaging 4 × 4 sub-pixels per
-# pixel), so the cell below works either way. Either way it draws a filmstrip of four
-# frames from the recorded states of the greedy episode of section 7.7: its start, the
-# step at which the pole leaned furthest, the step at which the cart was furthest from
-# the centre, and the last state (fewer frames where two of these are the same step).
+# pixel), so the cell below works either way. Either way it draws frames from the
+# recorded states of the greedy episode of section 7.7: its start, the step at which the
+# pole leaned furthest, the step at which the cart was furthest from the centre, and
+# the last state (fewer frames where two of these are the same step). A lean of a few
+# degrees moves the top of the pole by only a few pixels, so the frames draw the pole
+# at five times its true angle, next to a dashed vertical; the titles give the true
+# angle. Each frame shows the same stretch of track around the centre, with the cart's
+# position in metres on its axis.
 
 # %%
 # start, furthest lean, furthest cart, end: sorted, each step once
@@ -1841,6 +1858,9 @@ furthest_lean = int(np.abs(episode.states[:, 2]).argmax())
 furthest_cart = int(np.abs(episode.states[:, 0]).argmax())
 last_step = len(episode.states) - 1
 shown = sorted({0, furthest_lean, furthest_cart, last_step})
+exaggerate = 5  # the pole is drawn at 5 times its true angle
+drawn_states = episode.states[shown].astype(np.float64)  # (len(shown), 4)
+drawn_states[:, 2] *= exaggerate
 has_pygame = importlib.util.find_spec("pygame") is not None
 if has_pygame:
     # gymnasium draws the state the environment holds: set each shown state and
@@ -1848,28 +1868,59 @@ if has_pygame:
     render_env = gym.make("CartPole-v1", render_mode="rgb_array")
     render_env.reset(seed=seed + 3_000)
     frames = []
-    for t in shown:
-        render_env.unwrapped.state = episode.states[t].astype(np.float64)
+    for drawn in drawn_states:
+        render_env.unwrapped.state = drawn
         frames.append(render_env.render())
     render_env.close()
 else:
-    frames = [cartpole_frame(episode.states[t]) for t in shown]
+    # the size gymnasium's renderer draws
+    frames = [cartpole_frame(d, width=600, height=400) for d in drawn_states]
+# both renderers: the track spans +-2.4 m across the width, its line lies at a
+# quarter of the height from the bottom, the pole is 1 m long and pivots 0.06 m
+# above it. Show the same stretch of track, in metres, in every frame.
+half = min(2.4, np.abs(episode.states[shown, 0]).max() + 0.7)  # metres
 fig, axes = plt.subplots(
-    1, len(shown), figsize=(3 * len(shown), 2.6), layout="constrained"
+    1,
+    len(shown),
+    figsize=(3.2 * len(shown), 3.0),
+    sharey=True,
+    layout="constrained",
 )
 for ax, t, frame in zip(np.atleast_1d(axes), shown, frames, strict=True):
-    ax.imshow(frame)
-    ax.axis("off")
+    height, width = frame.shape[:2]  # (H, W, 3) image
+    scale = width / 4.8  # pixels per metre
+    track_row = 0.75 * height
+    top, bottom = int(track_row - 1.3 * scale), int(track_row + 0.25 * scale)
+    left, right = int(width / 2 - half * scale), int(width / 2 + half * scale)
+    # (left, right, bottom, top) in metres: x, and height above the track
+    extent = (
+        (left - width / 2) / scale,
+        (right - width / 2) / scale,
+        (track_row - bottom) / scale,
+        (track_row - top) / scale,
+    )
+    ax.imshow(frame[top:bottom, left:right], extent=extent)
     x, theta = episode.states[t, 0], episode.states[t, 2]
-    ax.set_title(f"step {t}\nx {x:+.2f} m, theta {theta:+.3f} rad", fontsize=9)
+    ax.plot([x, x], [0.06, 1.06], "--", color="grey", lw=1)  # the vertical
+    ax.set_yticks([])
+    ax.set_xlabel("cart position x (m)")
+    ax.set_title(
+        f"step {t}: theta {theta:+.3f} rad\n"
+        f"(drawn at {exaggerate * theta:+.2f} rad)",
+        fontsize=9,
+    )
 drawn_by = "gymnasium (pygame)" if has_pygame else "cartpole_frame (no pygame)"
-fig.suptitle(f"Greedy episode, drawn by {drawn_by}", fontsize=10)
+fig.suptitle(
+    f"Greedy episode, pole angle drawn {exaggerate}x (dashed: vertical); "
+    f"drawn by {drawn_by}",
+    fontsize=10,
+)
 plt.show()
 
 # %% [markdown]
-# A few frames show the geometry and where the cart went, not the motion between
-# them; at this size a lean of a few degrees is barely visible. The trace of the whole
-# episode shows more: the angle and the cart's position at every step.
+# A few frames show where the cart went and which way the pole leaned, not the motion
+# between them. The trace of the whole episode shows more: the angle and the cart's
+# position at every step.
 
 # %%
 steps_axis = np.arange(len(episode.states))
@@ -2338,16 +2389,30 @@ assert causality_gain > 2, causality_gain
 # the same start states. Is one of them better? Both play the same 20 start states, so
 # compare them pair by pair: give the mean difference with its paired standard error,
 # and say how many episodes per policy a two-sided test at the 5% level would need to
-# detect a difference of the measured size with 80% power (the normal approximation).
-# The starter below asks for these three numbers as a function of the two policies'
-# returns. (Hint for the why: how often does sampling take the action the greedy
-# policy would not?)
+# detect a difference of the measured size with 80% power. The starter below asks for
+# these three numbers as a function of the two policies' returns. (Hint for the why:
+# how often does sampling take the action the greedy policy would not?)
+#
+# *Power* is the probability that a test detects a difference that is really there.
+# In the normal approximation, the mean of $n$ paired differences with true mean
+# $\delta$ and standard deviation $\sigma_d$ is normal with mean $\delta$ and standard
+# error $\sigma_d/\sqrt{n}$. The two-sided 5% test declares a difference when that mean
+# lies more than $z_{0.975} = 1.96$ standard errors from 0. For it to lie beyond that
+# with probability 0.8, $\delta$ must lie a further $z_{0.8} = 0.84$ standard errors out
+# (ignoring the negligible chance of landing beyond the threshold on the other side):
+# $|\delta| \ge (1.96 + 0.84)\,\sigma_d/\sqrt{n}$, that is
+#
+# $$n = \left(\frac{(1.96 + 0.84)\,\sigma_d}{\delta}\right)^2 .$$
+#
+# Here $\delta$ is the measured mean difference and $\sigma_d$ the standard deviation of
+# one difference, both estimated from your 20 pairs.
 
 
 # %% tags=["exercise-starter"]
 # Fill in: the mean of greedy - sampled (episode i of both started from the same
 # state), its paired standard error, and the episodes per policy that a
-# two-sided test at 5% with 80% power needs for a difference of that size.
+# two-sided test at 5% with 80% power needs for a difference of that size
+# (the formula above).
 def paired_test(
     greedy: torch.Tensor, sampled: torch.Tensor
 ) -> tuple[float, float, float]:
@@ -2371,10 +2436,10 @@ def paired_test(
     n = len(differences)
     gap = differences.mean().item()
     gap_se = differences.std(ddof=1).item() / math.sqrt(n)
-    # the size estimate: a two-sided test at 5% (z = 1.96) with 80% power
-    # (z = 0.84); the normal
-    # approximation (Student's t with n - 1 degrees of freedom asks a little
-    # more). Episodes per policy: (z_sum * sd of one difference / gap)^2
+    # the exercise's formula: a two-sided test at 5% (z = 1.96) with 80%
+    # power (z = 0.84), in the normal approximation (Student's t with n - 1
+    # degrees of freedom asks a little more). Episodes per policy:
+    # (z_sum * sd of one difference / gap)^2
     z_sum = 1.96 + 0.84
     needed = (
         (z_sum * gap_se * math.sqrt(n) / abs(gap)) ** 2 if gap else math.inf
@@ -2396,10 +2461,8 @@ means = f"greedy mean {greedy.mean():.1f}, sampling mean {sampled.mean():.1f}"
 if gap_se == 0 or gap == 0:
     which = f"{means}: a difference of {gap:+.1f} with no spread to test"
 else:
-    from scipy import stats
-
     # the verdict itself: Student's t with n - 1 degrees of freedom, not the
-    # normal's 1.96 (the chapter uses t wherever it tests few runs)
+    # normal's 1.96, as in section 7.5 and exercise 5
     df = len(greedy) - 1
     t_crit = stats.t.ppf(0.975, df)
     found = abs(gap) > t_crit * gap_se
@@ -2432,16 +2495,18 @@ assert off_greedy > 0.05, off_greedy
 # start states with `time_limit=2000` (an argument of `evaluate_policy`). Does it keep
 # balancing four times as long? Do the same for the random policy. Then write the
 # evaluation loop yourself in the starter below (a vector environment made with
-# `max_episode_steps=time_limit`), recording how far each cart gets from the centre
-# and the state in which each episode ends, and say how the episodes that end early
-# end.
+# `vectorization_mode="vector_entry_point"` and `max_episode_steps=time_limit`),
+# recording how far each cart gets from the centre and the state in which each episode
+# ends, and say how the episodes that end early end.
 
 
 # %% tags=["exercise-starter"]
 # Fill in: greedy actions in a vector environment made with
-# max_episode_steps=time_limit and reset(seed=seed); only each copy's first
-# episode counts. Return its length (n,), the largest |x| of its cart (n,),
-# the start state included, and the state it ended in (n, 4), as NumPy arrays.
+# vectorization_mode="vector_entry_point" (as evaluate_policy does, so that
+# reset(seed=seed) gives the same start states) and
+# max_episode_steps=time_limit; only each copy's first episode counts. Return
+# its length (n,), the largest |x| of its cart (n,), the start state
+# included, and the state it ended in (n, 4), as NumPy arrays.
 def long_episodes(
     policy: nn.Module,
     n_episodes: int,
@@ -2622,7 +2687,8 @@ def paired_summary(differences: list[float]) -> tuple[float, float, float]:
     return d.mean(), se, d.mean() / se if se > 0 else math.inf
 
 
-t_critical = 4.30  # two-sided 5% for Student's t with 2 degrees of freedom
+# two-sided 5% for Student's t with n_runs - 1 degrees of freedom, as in 7.5
+t_critical = stats.t.ppf(0.975, n_runs - 1)
 beta = 0.1  # untuned
 beta_needed, beta_entropy = [], []
 for run_seed in run_seeds:
@@ -2655,7 +2721,8 @@ for what, d, digits in [
     )
 found = " and ".join(significant) or "neither difference"
 print(
-    f"Significant at the 5% level (|t| > {t_critical} with {n_runs} pairs): "
+    f"Significant at the 5% level (|t| > {t_critical:.2f} with {n_runs} "
+    "pairs): "
     f"{found}. That is a strict bar: a difference every pair shows can "
     f"still fall short of it, and {n_runs} signs alike happen by chance "
     f"with probability {2 * 0.5**n_runs:.2f}. The bonus pulls every "

@@ -292,7 +292,8 @@ OUTPUTS = ("lengths", "furthest", "last_states")
 
 def long_episodes(policy, n, seed, time_limit, device, mistake=None):
     limit = {} if mistake == "no limit" else {"max_episode_steps": time_limit}
-    envs = gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode="vector_entry_point", **limit)
+    mode = "sync" if mistake == "sync" else "vector_entry_point"
+    envs = gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode=mode, **limit)
     observations, _ = envs.reset(seed=seed)
     alive = np.ones(n, dtype=bool)
     lengths, furthest, last = np.zeros(n), np.abs(observations[:, 0]), np.zeros((n, 4))
@@ -329,6 +330,7 @@ def test_7_4_the_reference_passes_on_episodes_that_end_both_ways():
     [
         ("unmasked", "lengths", "stop recording an episode once it ended"),
         ("no limit", "lengths", "max_episode_steps=200"),
+        ("sync", "lengths", 'vectorization_mode="vector_entry_point"'),
         ("before", "last_states", "states before the last step"),
     ],
 )
@@ -368,6 +370,8 @@ def make_entropy_update(beta, mistake=None):
     def update(batch, policy, optimizer, settings):
         states, actions = batch_tensors(batch, settings.device)
         returns = batch_returns(batch, settings)
+        if mistake == "no bootstrap":  # discounted_returns alone: a time-out counts as a fall
+            returns = torch.cat([discounted_returns(e.rewards, settings.gamma) for e in batch])
         weights = returns if mistake == "raw" else normalise(returns, settings.eps)
         dist = Categorical(logits=policy(states))
         entropies = dist.entropy()
@@ -397,6 +401,7 @@ def test_7_5_the_reference_passes():
         ("detached", "no effect"),
         ("sum", "summed entropy"),
         ("raw", "not normalised"),
+        ("no bootstrap", "the truncated episode was not bootstrapped: use batch_returns"),
     ],
 )
 def test_7_5_each_usual_mistake_gets_its_hint(mistake, hint):

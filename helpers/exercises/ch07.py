@@ -224,6 +224,10 @@ def check_long_episodes(long_episodes: Callable[..., Any]) -> str:
             f"these ran to 500 steps: make the environment with max_episode_steps={limit}": (
                 evaluate_policy(policy, n, seed).double()
             ),
+            "these started from other states: make the environment with vectorization_mode="
+            '"vector_entry_point", as evaluate_policy does ("sync" seeds each copy differently)': (
+                long_episodes_reference(policy, n, seed, limit, mode="sync")["lengths"]
+            ),
         },
         "furthest": {restarted: ref["all_furthest"]},
         "last_states": {
@@ -254,6 +258,7 @@ def check_entropy_update(make_entropy_update: Callable[[float], Any]) -> str:
     batch = made_up_episodes(generator, (6, 9, 4))
     states, actions, returns = batch_of(batch, settings.gamma)
     weights = normalised(returns, settings.eps)
+    ends_in_zero = normalised(batch_of(batch, settings.gamma, bootstrap=False)[2], settings.eps)
 
     def after(loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         return flat(stepped(policy, loss, states))
@@ -269,6 +274,9 @@ def check_entropy_update(make_entropy_update: Callable[[float], Any]) -> str:
         ),
         "the returns are not normalised: subtract their mean, divide by their std (+ eps)": (
             after(reinforce_loss(actions, returns, beta))
+        ),
+        "the truncated episode was not bootstrapped: use batch_returns": (
+            after(reinforce_loss(actions, ends_in_zero, beta))
         ),
     }
     _run_update(make_entropy_update(beta), batch, policy, settings)

@@ -178,8 +178,13 @@ class DriftLeftPolicy(nn.Module):
         return self.scale * torch.stack([zero, right.to(states.dtype)], dim=1)
 
 
-def long_episodes_reference(policy: nn.Module, n: int, seed: int, time_limit: int) -> dict[str, torch.Tensor]:
+def long_episodes_reference(
+    policy: nn.Module, n: int, seed: int, time_limit: int, mode: str = "vector_entry_point"
+) -> dict[str, torch.Tensor]:
     """Greedy play in ``n`` copies until every first episode ended; then read each one off the record.
+
+    ``mode`` is ``gym.make_vec``'s ``vectorization_mode``: ``"sync"`` gives what a reader
+    who made the environment that way gets (other start states from the same seed).
 
     Returns float64 tensors: ``lengths``, ``furthest`` (largest |x|, start included) and
     ``last_states`` (n, 4), and what three mistakes give: ``before_last`` (the state before
@@ -187,9 +192,7 @@ def long_episodes_reference(policy: nn.Module, n: int, seed: int, time_limit: in
     ``last_end`` (recording on after the copy restarted); ``ends`` counts how often each
     copy ended before the record stops.
     """
-    envs = gym.make_vec(
-        "CartPole-v1", n, vectorization_mode="vector_entry_point", max_episode_steps=time_limit
-    )
+    envs = gym.make_vec("CartPole-v1", n, vectorization_mode=mode, max_episode_steps=time_limit)
     observations, _ = envs.reset(seed=seed)
     record, ends = [observations], [np.zeros(n, dtype=bool)]
     with torch.no_grad():
