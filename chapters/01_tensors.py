@@ -231,10 +231,16 @@ print(torch.tensor(1000.1).half())  # float16's spacing near 1000 is 0.5
 # 3. Two sizes of one category give the smallest dtype that holds both, which can be
 #    neither operand's: `uint8 + int8` gives `int16`, `float16 + bfloat16` gives
 #    `float32` (`torch.promote_types` answers for any pair). The newer `uint16`,
-#    `uint32` and `uint64` do not promote with other integer types (or bool) at all:
-#    mixing them raises an error.
+#    `uint32` and `uint64` do not promote with other integer types or bool:
+#    `promote_types` raises for such a pair, and so does any mix in which one of them
+#    takes part in deciding the result (beside an int32 tensor, a 0-dim `uint16` tensor
+#    decides nothing, by rule 2, and the sum is int32).
 #
-# `torch.result_type` applies the rule without computing anything.
+# `torch.result_type` applies the rule without computing anything. Those three unsigned
+# types also lack many arithmetic kernels: PyTorch's documentation gives them "limited
+# support in eager mode" and recommends the signed types when the extra range is not
+# needed. The cell also tries `uint16 + uint16`, which PyTorch 2.15 cannot compute on
+# the CPU; convert first (`.int()`, `.float()`).
 
 # %%
 int8s = torch.tensor([1, 100], dtype=torch.int8)
@@ -249,6 +255,10 @@ cases = {
     "int8 tensor + 0-dim float64 tensor": (int8s, double_0d),
     "float16 tensor + 0-dim float64 tensor": (halves, double_0d),
     "bool tensor + Python int 1": (torch.tensor([True]), 1),
+    "int32 tensor + 0-dim uint16 tensor": (
+        torch.ones(2, dtype=torch.int32),
+        torch.tensor(1, dtype=torch.uint16),
+    ),
 }
 for name, (a, b) in cases.items():
     print(f"{name:38} -> {torch.result_type(a, b)}")
@@ -259,6 +269,12 @@ except RuntimeError as err:
     uint16_promotes = False
     print("uint16 + int32 ->", type(err).__name__)
 assert not uint16_promotes
+small = torch.tensor([1, 2], dtype=torch.uint16)
+try:
+    print("uint16 + uint16 ->", small + small)
+except RuntimeError as err:  # NotImplementedError is a RuntimeError
+    print("uint16 + uint16 ->", type(err).__name__, str(err).splitlines()[0])
+print("uint16 converted first:", small.int() + small.int())
 
 # %% [markdown]
 # Two consequences. An int64 tensor combined with a float32 tensor becomes float32, which
@@ -578,6 +594,10 @@ print("reshape(2, 3, 784) shares storage:", same_storage(merged, images))
 col = torch.arange(3.0).reshape(3, 1)
 row = torch.tensor([10.0, 20.0, 30.0, 40.0])
 fig = plot_broadcast(col, row)
+fig.suptitle(
+    "Broadcasting: size-1 dimensions are stretched "
+    "(blue = stored, grey = virtual copy)"
+)
 plt.show()
 print((col + row).shape)
 stretched = col.expand(3, 4)  # the stretching made visible: still col's memory
@@ -586,14 +606,21 @@ print("shares col's storage:", same_storage(stretched, col))
 copied = col.repeat(1, 4)  # the same values, but twelve of them really stored
 print("strides of col.repeat(1, 4):", copied.stride())
 print("shares col's storage:", same_storage(copied, col))
+# bytes of memory behind each: 3 float32 values against 12
+expand_bytes = stretched.untyped_storage().nbytes()
+repeat_bytes = copied.untyped_storage().nbytes()
+print("bytes stored: expand", expand_bytes, "| repeat", repeat_bytes)
+assert (expand_bytes, repeat_bytes) == (3 * 4, 12 * 4)
 
 # %% [markdown]
 # The grey cells are never stored: a stretched dimension is read with stride 0, so every
 # step along it reads the same element again, as `expand` shows. `repeat` gives the same
-# values by copying them, so it costs memory that `expand` does not. Only the result of
-# `col + row` is a new `(3, 4)` tensor. Broadcasting is how you centre every column of a
-# data matrix in one line, and also how a silent bug slips in: subtracting a `(B,)` vector
-# from a `(B, 1)` column gives a `(B, B)` matrix, not the `(B,)` difference you wanted.
+# values by copying them, so it costs memory that `expand` does not: four times as many
+# bytes here, the last line shows (`untyped_storage().nbytes()` is the size of the
+# memory behind a tensor). Only the result of `col + row` is a new `(3, 4)` tensor.
+# Broadcasting is how you centre every column of a data matrix in one line, and also how
+# a silent bug slips in: subtracting a `(B,)` vector from a `(B, 1)` column gives a
+# `(B, B)` matrix, not the `(B,)` difference you wanted.
 
 # %%
 scale = torch.tensor([1.0, 5.0, 10.0])
@@ -744,15 +771,33 @@ assert softmax_naive(scores_big)[0].isnan().all()
 assert torch.allclose(
     softmax_stable(scores_big), torch.softmax(scores_big, dim=1)
 )
+# the form for tests: tolerances chosen by dtype, and a report of what is off
+torch.testing.assert_close(
+    softmax_stable(scores_big), torch.softmax(scores_big, dim=1)
+)
+try:
+    torch.testing.assert_close(
+        softmax_naive(scores_big), torch.softmax(scores_big, dim=1)
+    )
+except AssertionError as err:
+    report = str(err).splitlines()[2:4]  # how many differ, the largest gap
+    print("assert_close on the literal version:", *report, sep="\n  ")
 
 # %% [markdown]
 # The literal version returns `nan` for the first row; the shifted one gives the same
 # probabilities for both rows, as it should: the rows differ by a constant, 999.
+# `torch.allclose` answers only `True` or `False`. `torch.testing.assert_close`, the
+# comparison PyTorch recommends for tests, picks its tolerances from the dtype (tighter
+# for float64, looser for float16) and, when it fails, says how many elements differ,
+# by how much and where, as its report on the literal version shows.
 #
 # ## 1.10 Matrix products: `matmul`, `@` and `einsum`
 #
 # `@` is `torch.matmul`. For 2-D tensors it is the matrix product; with more dimensions the
-# leading ones are treated as a batch (and broadcast). `einsum` names every index, which
+# leading ones are treated as a batch (and broadcast). A 1-D operand is treated as a row
+# when it stands on the left and as a column on the right, and that dimension is removed
+# from the result: `(3,) @ (3, 2)` gives `(2,)`, `(4, 3) @ (3,)` gives `(4,)`, and two
+# vectors give their dot product, a 0-dim tensor. `einsum` names every index, which
 # makes complicated contractions readable: indices that appear in the inputs but not the
 # output are summed over.
 
@@ -760,6 +805,10 @@ assert torch.allclose(
 A = torch.randn(4, 3)
 B = torch.randn(3, 2)
 print((A @ B).shape, torch.allclose(A @ B, torch.matmul(A, B)))
+
+v = torch.randn(3)
+print((v @ B).shape, (A @ v).shape, (v @ v).shape)  # (2,), (4,), ()
+assert torch.allclose(A @ v, (A @ v[:, None]).squeeze(1))  # v as a column
 
 batch_a = torch.randn(10, 4, 3)  # ten (4, 3) matrices
 print((batch_a @ B).shape)  # B is broadcast over the batch: (10, 4, 2)
@@ -954,26 +1003,21 @@ if device.type in ("cpu", "cuda"):
     assert error_line.startswith("RuntimeError: put_ does not have"), error_line
 
 # %% [markdown]
-# On a CPU both comparisons print `True` (the cell asserts it there), because
-# `index_add_` adds in index order. On a CUDA GPU the first one can print `False`; in
-# deterministic mode it prints `True`. On both, the last line is the `RuntimeError` of
-# deterministic mode for `put_` without accumulation, which has no deterministic
-# version (the cell asserts that too). On Apple's MPS, the comparisons and the last
-# line depend on your release: which MPS kernels PyTorch marks as nondeterministic, and
-# whether `put_` has an MPS kernel at all. Where it has none, `put_` raises a
-# `NotImplementedError` (a subclass of `RuntimeError`) that says so and tells you
-# nothing about determinism; the cell prints each error's type to tell the two apart.
-# So for a repeatable GPU run, seeding is not enough: you also need
-# `torch.use_deterministic_algorithms(True)`.
-# On the releases this book supports (PyTorch 2.11 and later) that is all on CUDA too:
-# `CUBLAS_WORKSPACE_CONFIG` is no longer needed, and `torch.backends.cudnn.benchmark` is
-# `False` by default; the aside below and the docstring of `seed_everything` cover older
-# releases. Chapter 8 trains a model twice that way and compares the results.
+# On a CPU both comparisons print `True`, because `index_add_` adds in index order; on a
+# CUDA GPU the first can print `False`, deterministic mode makes it `True`, and on both
+# the last line is deterministic mode's error for `put_` without accumulation (the cell
+# asserts all of this). So for a repeatable GPU run, seeding is not enough: you also need
+# `torch.use_deterministic_algorithms(True)`, which chapter 8 uses to train a model twice
+# and compare the results; the aside below covers Apple's MPS and older releases.
 
 # %% [markdown] tags=["box-dropdown"]
 # <details>
 # <summary>Going further: repeatable runs on CUDA and MPS</summary>
 #
+# - On CUDA, the releases this book supports (PyTorch 2.11 and later) need no setting
+#   beyond deterministic mode: `CUBLAS_WORKSPACE_CONFIG` is no longer needed, and
+#   `torch.backends.cudnn.benchmark` is `False` by default. The next two points, and the
+#   docstring of `seed_everything`, cover older releases and that default.
 # - Keep `torch.backends.cudnn.benchmark = False`, the default. With `True`, cuDNN
 #   times several convolution algorithms for each new input shape and keeps the
 #   fastest, which can be a different one on the next run.
@@ -981,9 +1025,13 @@ if device.type in ("cpu", "cuda"):
 #   `CUBLAS_WORKSPACE_CONFIG=:4096:8` (or `:16:8`) before the first CUDA matrix product
 #   (simplest: before Python starts). In deterministic mode those releases raise an
 #   error naming it otherwise; PyTorch 2.10 removed the check.
-# - On MPS, deterministic mode makes the operations PyTorch knows to be
+# - On Apple's MPS, deterministic mode makes the operations PyTorch knows to be
 #   nondeterministic raise; beyond that PyTorch documents no reproducibility guarantee
-#   for MPS.
+#   for MPS. What the cell above prints there depends on your release: which MPS
+#   kernels are marked nondeterministic, and whether `put_` has an MPS kernel at all.
+#   Where it has none, `put_` raises a `NotImplementedError` (a subclass of
+#   `RuntimeError`) that says nothing about determinism; the cell prints each error's
+#   type to tell the two apart.
 # - No setting makes different devices agree: the CPU, CUDA and MPS generators produce
 #   different numbers from the same seed, and their kernels add in different orders.
 #
@@ -1450,10 +1498,10 @@ assert check_distances_matmul(distances_matmul)
 # `distances_vectorised` on float32, float16 and bfloat16 copies of `points` and
 # `centres`, and measure the median and the largest relative error of the distances
 # against a float64 computation. Fill in `relative_errors(points, centres, dtype)` in
-# the starter, the `(P, C)` tensor of relative errors for one dtype, then take the
-# median and the largest for each format. How do the errors compare with each format's
-# `eps` from section 1.2? Where does the largest error occur, and why is it so much
-# bigger?
+# the starter, which returns the relative errors for one dtype as a `(P, C)` float64
+# tensor, then take the median and the largest for each format. How do the errors
+# compare with each format's `eps` from section 1.2? Where does the largest error
+# occur, and why is it so much bigger?
 
 
 # %% tags=["exercise-starter"]

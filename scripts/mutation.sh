@@ -19,6 +19,10 @@
 # saw only the original code would report every mutant as surviving.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
+# One thread per test process: mutmut forks its workers after torch started its thread
+# pools, and parallel kernels in a forked child can spin until mutmut's time limit,
+# which then reports mutants as "timeout" that the tests would have judged in 0.1 s.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 patterns=()
 for module in "$@"; do
     if [ ! -f "helpers/${module//.//}.py" ] && [ ! -f "helpers/${module//.//}/__init__.py" ]; then

@@ -160,7 +160,33 @@ def test_class_means_that_fills_an_empty_class_with_other_values_fails():
 
 def test_class_means_by_a_loop_is_right_but_not_the_exercise():
     verdict = failed(check_class_means(lambda f, y, n: torch.stack([f[y == k].mean(0) for k in range(n)])))
-    assert "makes no matrix product" in verdict.message and "one_hot.T @ features" in verdict.hint
+    assert "makes no matrix product" in verdict.message and verdict.hint == ch01._NO_PRODUCT
+
+    # the one-call scatter_reduce that the exercise text names as the convention is not the exercise
+    def mean_by_scatter(f, y, n):
+        index = y[:, None].expand(-1, f.shape[1])
+        return torch.zeros(n, f.shape[1]).scatter_reduce(0, index, f, "mean", include_self=False)
+
+    assert failed(check_class_means(mean_by_scatter)).hint == ch01._NO_PRODUCT
+
+
+def _sums_by_index(f, y, n, scatter):
+    zeros = torch.zeros(n, f.shape[1])
+    sums = (
+        zeros.scatter_add_(0, y[:, None].expand(-1, f.shape[1]), f) if scatter else zeros.index_add_(0, y, f)
+    )
+    return sums / torch.bincount(y, minlength=n).clamp(min=1)[:, None]
+
+
+@pytest.mark.parametrize("scatter", [False, True], ids=["index_add_", "scatter_add_"])
+def test_class_means_that_adds_by_index_passes_and_is_told_so(scatter):
+    verdict = check_class_means(lambda f, y, n: _sums_by_index(f, y, n, scatter))
+    assert verdict.passed, verdict
+    name = "scatter_add_" if scatter else "index_add_"
+    assert verdict.message.endswith(
+        f"it adds the rows with {name} rather than a matrix product, loop-free too"
+    )
+    assert "rather than" not in check_class_means(class_means).message
 
 
 def test_class_means_other_wrong_answers_fail_without_a_hint():
@@ -423,9 +449,16 @@ def test_relative_errors_mistakes_get_their_hint(attempt, hint):
     assert failed(check_relative_errors(attempt)).hint == hint
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_relative_errors_not_in_float64_gets_the_float64_hint(dtype):
+    verdict = failed(check_relative_errors(lambda p, c, t: relative_errors(p, c, t).to(dtype)))
+    assert verdict.hint == ch01_distances._NOT_FLOAT64
+    assert f"has dtype {dtype}, expected torch.float64" in verdict.message
+
+
 def test_relative_errors_other_wrong_answers_fail_without_a_hint():
-    verdict = failed(check_relative_errors(lambda p, c, t: relative_errors(p, c, t).float()))
-    assert verdict.hint is None and "dtype torch.float32, expected torch.float64" in verdict.message
+    verdict = failed(check_relative_errors(lambda p, c, t: 2 * relative_errors(p, c, t)))
+    assert verdict.hint is None and "240 of 240 entries differ" in verdict.message
     verdict = failed(check_relative_errors(lambda p, c, t: relative_errors(p, c, t).median()))
     assert verdict.hint is None and "has shape (), expected (30, 8)" in verdict.message
     verdict = failed(check_relative_errors(lambda p, c, t: torch.empty(0)))

@@ -239,6 +239,12 @@ _ROUNDED_INPUTS = (
 )
 _NO_ABS = "some errors are negative: take the absolute value of the difference."
 _BY_RESULT = "divide by the float64 reference distances, not by the low-precision result."
+_NOT_FLOAT64 = (
+    "return the errors in float64, as the exercise asks: convert the low-precision result "
+    "with .double() and keep the subtraction, the division and the result in float64. "
+    "(Rounding the reference to float32 would move it by up to 6e-8 of each distance, the "
+    "size of the float32 errors being measured.)"
+)
 
 
 @checker("1.5", "relative_errors")
@@ -261,6 +267,12 @@ def check_relative_errors(relative_errors: Callable[..., torch.Tensor]) -> str:
         what = f"relative_errors(points, centres, {dtype})"
         all_zero = isinstance(got, torch.Tensor) and got.numel() > 0 and bool((got == 0).all())
         expect(not all_zero, f"{what} is zero everywhere", _SAME_DTYPE)
+        if isinstance(got, torch.Tensor) and got.shape == want.shape:
+            expect(
+                got.dtype == torch.float64,
+                f"{what} has dtype {got.dtype}, expected torch.float64",
+                _NOT_FLOAT64,
+            )
         _compare(got, want, what, mistakes, atol=1e-12, rtol=1e-6)
         medians.append(f"{want.median().item() / torch.finfo(dtype).eps:.2f}")
     return (
