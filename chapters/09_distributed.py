@@ -374,7 +374,7 @@ _, collective_output, collectives_seconds = launch(
 
 # %%
 def last_list(line: str) -> list[float]:
-    """The last [...] list printed on a line, as floats."""
+    """Every number printed after 'holds' on a line, as one flat float list."""
     return [
         float(v) for v in re.findall(r"-?\d+\.\d+", line.rsplit("holds", 1)[1])
     ]
@@ -563,11 +563,11 @@ print(inspect.getsource(train_ddp.main))
 #
 # Two processes, 32 examples each per step (64 per step in total), 6 epochs, SGD with
 # momentum 0.9 and learning rate 0.05. These settings are untuned: momentum 0.9 is the
-# usual default, the learning rate a round value at which this network trains stably,
-# and 6 epochs keep each launch short (the timings below split it into training and
-# starting the processes). This chapter changes where the
-# computation runs, not what it computes, so it needs a run to reproduce, not the best
-# run. The run uses `float64`; section 9.5 explains why.
+# usual choice (chapter 2), the learning rate a round value at which this network
+# trains stably, and 6 epochs keep each launch short (the timings below split it into
+# training and starting the processes). This chapter changes where the computation
+# runs, not what it computes, so it needs a run to reproduce, not the best run. The run
+# uses `float64`; section 9.5 explains why.
 
 # %%
 epochs, batch_size, lr, momentum = 6, 32, 0.05, 0.9
@@ -895,7 +895,7 @@ n_parameters = sum(p.numel() for p in reference.parameters())
 record("n_parameters", n_parameters, fmt="{:,}")
 record("allreduce_kb", 2 * (2 - 1) / 2 * n_parameters * 8 / 1e3, fmt="{:.0f}")
 # forward and backward: about 3 multiply-adds per weight per example
-record("step_mflop", 3 * n_parameters * batch_size / 1e6, fmt="{:.0f}")
+record("step_mmac", 3 * n_parameters * batch_size / 1e6, fmt="{:.0f}")
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -916,7 +916,7 @@ is a reduce-scatter, N − 1 steps in which every process passes one N-th of the
 gradient to its neighbour, adding what it receives, until each holds the sum of one
 N-th; then an all-gather, N − 1 more steps that pass those finished N-ths around
 the ring. Here that is {{allreduce_kb}} kB per process per step ({{n_parameters}}
-float64 gradients), against about {{step_mflop}} million multiply-adds of
+float64 gradients), against about {{step_mmac}} million multiply-adds of
 arithmetic per process per step. FSDP moves about 1.5 times as much with its default
 `reshard_after_forward=True`: it all-gathers the weights for forward and again for
 backward, and reduce-scatters the gradients (with `False` it keeps the gathered weights
@@ -1310,7 +1310,25 @@ the seed and the epoch).
 # the gradients are combined with `reduce_scatter`, so each process receives only the
 # averaged gradient of its own shard, and updates only that shard.
 #
-# FSDP2's `fully_shard(module)` does this to a module in place. Applied to each layer
+# A halfway step shards only the optimizer's state. PyTorch's
+# `torch.distributed.optim.ZeroRedundancyOptimizer` wraps an ordinary optimizer,
+# `ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.Adam, lr=lr)`,
+# and works with DDP unchanged. It assigns each parameter, whole, to one rank, which
+# alone keeps that parameter's optimizer state and updates it; after `step()` each rank
+# broadcasts the parameters it updated, so that every replica is complete again. Weights
+# and gradients stay full on every rank, so the 16 bytes per parameter above become
+# about 4 + 4 + 8/N, paid for with that broadcast on top of DDP's all-reduce. As no
+# parameter is split, the shares are only as even as the parameters' sizes: on two ranks
+# this chapter's network would keep the state of its 784 × 128 first-layer weight, about
+# 99 % of the whole, on one rank. To save a checkpoint, every rank calls
+# `consolidate_state_dict(to=0)`, which collects the state on rank 0 for its
+# `state_dict()`. This is stage 1 of ZeRO
+# ([Rajbhandari et al., 2020](https://arxiv.org/abs/1910.02054)); FSDP as run below is its
+# stage 3, which shards gradients and weights too. PyTorch's recipe
+# [Shard Optimizer States with ZeroRedundancyOptimizer](https://pytorch.org/tutorials/recipes/zero_redundancy_optimizer.html)
+# shows it in a full script.
+#
+# FSDP2's `fully_shard(module)` shards a module in place. Applied to each layer
 # first and then to the whole model, it makes each layer a unit that is gathered on its
 # own, so at any moment the full weights of a layer or two exist, not the whole
 # model's. The script trains exactly as `train_ddp.py` did, with `fully_shard` instead
@@ -1583,11 +1601,12 @@ assert trainjob["spec"]["trainer"]["numProcPerNode"] == gpus
 # `DistributedSampler(val_set, num_replicas=3, rank=r, shuffle=False)`, counts its
 # correct answers and its examples, and the ranks' counts are added up (what
 # `dist.all_reduce` with `SUM` does). Before running it, predict how many examples the
-# sum counts and which ones twice. What does `drop_last=True` change? Then deal the
-# indices out without padding (rank `r` takes `range(r, 500, 3)`): fill in the starter
-# below, which plays the ranks in one process, and check that it gives exactly the
-# single-process validation accuracy. (The validation set, not the test set: the test
-# set has had its one use.)
+# sum counts and which ones twice. What does `drop_last=True` change? Then split the
+# examples yourself so that the ranks score every example exactly once, however the
+# number of examples and the world size relate: fill in the starter below, which plays
+# the ranks in one process, and check that it gives exactly the single-process
+# validation accuracy. (The validation set, not the test set: the test set has had its
+# one use.)
 
 
 # %% tags=["exercise-starter"]
@@ -1613,7 +1632,8 @@ check_sharded_accuracy(sharded_accuracy)
 # Either way the result is not exactly the validation accuracy (with one or two
 # examples affected it differs only slightly here, more with a small dataset and
 # many ranks). Dealing out range(r, 500, 3) covers every example once and
-# reproduces the single-process accuracy exactly.
+# reproduces the single-process accuracy exactly (so would blocks of 167, 167
+# and 166 consecutive examples).
 val_set = TensorDataset(flat(digits.x_val, *stats).double(), digits.y_val)
 best_model.eval()
 _, val_accuracy = train_ddp.evaluate(best_model, *val_set.tensors)
@@ -1713,7 +1733,6 @@ check_rescaled_loss(rescaled_loss)
 # mean, whatever the split. simulate_ranks (from the checker's module) plays the
 # two ranks one after the other and stands in for their all_reduce.
 mean_loss = nn.CrossEntropyLoss()
-sum_loss = nn.CrossEntropyLoss(reduction="sum")
 torch.manual_seed(seed)
 net = train_ddp.make_model().double()
 x64, y64 = train_set.tensors[0][:64].double(), train_set.tensors[1][:64]
@@ -1743,18 +1762,19 @@ def rescaled_loss(
     # on the process's GPU (a CPU tensor raises), with gloo on the CPU.
     total = torch.tensor(len(targets), device=outputs.device)
     all_reduce(total)  # now the number of examples of all ranks together
-    return sum_loss(outputs, targets) * world_size / total
+    summed = nn.functional.cross_entropy(outputs, targets, reduction="sum")
+    return summed * world_size / total
 
 
-def rescaled_losses(parts: list) -> list[torch.Tensor]:
-    """The two ranks' rescaled losses, their counts exchanged first."""
-    outputs = [net(x) for x, _ in parts]
+def rescaled_losses(model: nn.Module, parts: list) -> list[torch.Tensor]:
+    """The ranks' rescaled losses on their parts, their counts exchanged first."""
+    outputs = [model(x) for x, _ in parts]
     return simulate_ranks(rescaled_loss, outputs, [y for _, y in parts])
 
 
-def flat_grad(loss: torch.Tensor) -> torch.Tensor:
-    """The gradient of loss with respect to net's parameters, flattened."""
-    grads = torch.autograd.grad(loss, list(net.parameters()))
+def flat_grad(loss: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """The gradient of loss with respect to model's parameters, flattened."""
+    grads = torch.autograd.grad(loss, list(model.parameters()))
     return torch.cat([g.flatten() for g in grads])
 
 
@@ -1767,7 +1787,9 @@ for first_part in (32, 16):
     errors[first_part] = []
     per_rank = {
         "mean losses": [gradient(net, mean_loss, x, y) for x, y in parts],
-        "rescaled": [flat_grad(loss) for loss in rescaled_losses(parts)],
+        "rescaled": [
+            flat_grad(loss, net) for loss in rescaled_losses(net, parts)
+        ],
     }
     for grads in per_rank.values():
         # DDP's average of the two ranks' gradients

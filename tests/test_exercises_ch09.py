@@ -170,12 +170,27 @@ def loss_by_the_fraction(outputs, targets, world_size, all_reduce):
     return F.cross_entropy(outputs, targets) * share * len(targets) * world_size / total
 
 
+def loss_over_a_float32_count(outputs, targets, world_size, all_reduce):
+    """Right in float32: the count of shape (1,) demotes the float64 loss to float32."""
+    total = torch.tensor([float(len(targets))])
+    all_reduce(total)
+    return F.cross_entropy(outputs, targets, reduction="sum") * world_size / total
+
+
+def loss_over_a_0_dim_float32_count(outputs, targets, world_size, all_reduce):
+    total = torch.tensor(float(len(targets)))
+    all_reduce(total)
+    return F.cross_entropy(outputs, targets, reduction="sum") * world_size / total
+
+
 def test_the_rescaled_loss_reference_passes(capsys):
     assert ch09.check_rescaled_loss(loss_right).passed
     assert "for ranks of 3 + 9 and of 2 + 4 + 7 examples" in capsys.readouterr().out
     # a loss of shape (1,) is one number too
     assert ch09.check_rescaled_loss(lambda *args: loss_right(*args).reshape(1)).passed
     assert ch09.check_rescaled_loss(loss_by_the_fraction).passed
+    # a 0-dim float32 count does not demote the loss
+    assert ch09.check_rescaled_loss(loss_over_a_0_dim_float32_count).passed
 
 
 def test_simulated_ranks_add_up_what_each_rank_passes():
@@ -218,6 +233,7 @@ def test_rescaled_loss_mistakes_get_their_hints(attempt, hint):
             "reduction='sum'",
         ),
         (lambda o, t, w, ar: loss_right(o.detach(), t, w, ar), "has no gradient to give", ".detach()"),
+        (loss_over_a_float32_count, "has dtype torch.float32, but the outputs", "shape (1,)"),
     ],
 )
 def test_rescaled_loss_that_cannot_backpropagate_is_named(attempt, message, hint_says):

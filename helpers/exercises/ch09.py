@@ -179,6 +179,12 @@ OWN_COUNT = (
     "that divides by the rank's own count: divide by the total count over all ranks (all_reduce "
     "a tensor holding len(targets)), times world_size"
 )
+DEMOTED = (
+    "the loss should keep the outputs' dtype. The usual cause: a tensor of shape (1,) outranks "
+    "a 0-dim one in type promotion, so a float32 count made with torch.tensor([float(n)]) "
+    "turns the 0-dim float64 loss into float32; make the count 0-dim, torch.tensor(n), or give "
+    "it dtype=outputs.dtype"
+)
 # different totals, so that no fixed number can stand in for the exchanged count
 SPLITS = ((3, 9), (2, 4, 7))
 
@@ -221,6 +227,11 @@ def check_rescaled_loss(rescaled_loss: Callable[..., Any]) -> str:
                 loss.requires_grad,
                 f"{what} has no gradient to give: it is cut off from the outputs",
                 "compute the loss from `outputs` without .detach() or torch.no_grad()",
+            )
+            expect(
+                loss.dtype == x_all.dtype,
+                f"{what} has dtype {loss.dtype}, but the outputs it gets are {x_all.dtype}",
+                DEMOTED,
             )
             grads.append(_flat_grad(loss.reshape(()), model))
             means.append(_flat_grad(F.cross_entropy(model(xr), yr), model))
