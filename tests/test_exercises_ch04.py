@@ -26,7 +26,7 @@ def test_each_exercise_has_one_starter():
 @pytest.mark.parametrize(
     ("index", "name", "namespace"),
     [
-        (0, "DirectForecaster", {"nn": nn, "torch": torch}),
+        (0, "Seq2SeqForecaster", {"nn": nn, "torch": torch}),
         (1, "block_se", {"torch": torch}),
         (2, "short_rnns", {}),
         (3, "scaled_copy", {"Summariser": nn.Module}),
@@ -39,7 +39,7 @@ def test_an_untouched_starter_is_not_attempted(index, name, namespace):
     assert time.perf_counter() - start < 1.0
     expected = f"… Exercise 4.{index + 1}: not attempted yet: fill in `{name}` above\n"
     if index == 3:  # exercise 4's starter has a second function, and a second check
-        expected += "… Exercise 4.4: not attempted yet: fill in `step_estimate` above\n"
+        expected += "… Exercise 4.4: not attempted yet: fill in `jacobian_growth` above\n"
     assert out == expected
 
 
@@ -47,11 +47,11 @@ def test_checks_leave_the_global_random_state_as_it_was():
     nets = fresh_nets()
     state = torch.random.get_rng_state()
     for verdict in (
-        ch04.check_direct_forecaster(Direct),
+        ch04.check_seq2seq_forecaster(Seq2Seq),
         ch04.check_block_se(block_se_right),
         ch04.check_short_rnns(nets, measured(nets)),
         ch04_gradients.check_scaled_copy(scale_right),
-        ch04_gradients.check_step_estimate(estimate_right),
+        ch04_gradients.check_jacobian_growth(growth_right),
         ch04_names.check_bi_classifier(Bi),
     ):
         assert verdict.passed
@@ -66,101 +66,106 @@ def failed(verdict, hint=None, message=""):
 # Exercise 4.1 ------------------------------------------------------------------------
 
 
-class Direct(nn.Module):
-    """A correct direct forecaster; ``read`` picks what the head reads (the mistakes)."""
+class Seq2Seq(nn.Module):
+    """A correct encoder-decoder forecaster; ``how`` selects the mistakes."""
 
-    read = "last"
+    how = "right"
     batch_first = True
 
     def __init__(self, horizon: int, hidden_size: int = 32) -> None:
         super().__init__()
-        self.rnn = nn.LSTM(1, hidden_size, batch_first=self.batch_first)
-        self.head = nn.Linear(hidden_size, horizon)
+        self.horizon = horizon
+        self.encoder = nn.LSTM(1, hidden_size, batch_first=self.batch_first)
+        self.decoder = nn.LSTMCell(1, hidden_size)
+        self.head = nn.Linear(hidden_size, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.read == "time-first":  # a correct time-first LSTM: (L, B, 1) in
-            output, _ = self.rnn(x.transpose(0, 1))  # (L, B, hidden)
-            return self.head(output[-1])
-        output, (h_n, c_n) = self.rnn(x)
-        return self.head(
-            {
-                "last": output[:, -1],
-                "last step": output[-1],
-                "h_n": h_n[-1],
-                "first": output[:, 0],
-                "c_n": c_n[-1],
-                "whole h_n": h_n,
-                "detached": output[:, -1].detach(),
-                "mean": output.mean(dim=1),
-            }[self.read]
-        )
+        if self.batch_first:
+            _, (h_n, c_n) = self.encoder(x)
+        else:  # a correct time-first encoder: (L, B, 1) in
+            _, (h_n, c_n) = self.encoder(x.transpose(0, 1))
+        h, c = (c_n[-1], h_n[-1]) if self.how == "swap" else (h_n[-1], c_n[-1])
+        if self.how == "zero state":
+            h, c = torch.zeros_like(h), torch.zeros_like(c)
+        value = torch.zeros_like(x[:, -1]) if self.how == "zero input" else x[:, -1]
+        forecasts = []
+        for step in range(self.horizon):
+            if self.how == "skip" and step == 0:
+                value = self.head(h)
+            else:
+                h, c = self.decoder(value, (h, c))
+                value = self.head(h)
+            forecasts.append(value)
+            if self.how == "detach":
+                value = value.detach()
+            elif self.how == "window input":  # always fed the window's last value
+                value = x[:, -1]
+        return torch.cat(forecasts, dim=1)
 
 
-def direct(read: str, batch_first: bool = True) -> type[Direct]:
-    return type("Variant", (Direct,), {"read": read, "batch_first": batch_first})
+def seq2seq(how: str, batch_first: bool = True) -> type[Seq2Seq]:
+    return type("Variant", (Seq2Seq,), {"how": how, "batch_first": batch_first})
 
 
-def test_direct_forecaster_passes_right_answers():
-    for read in ("last", "h_n"):
-        verdict = ch04.check_direct_forecaster(direct(read))
-        assert verdict.passed and "on 3 random batches" in verdict.message
-    # time-first is right too, with the windows transposed to (L, B, 1)
-    verdict = ch04.check_direct_forecaster(direct("time-first", batch_first=False))
+def test_seq2seq_forecaster_passes_right_answers():
+    verdict = ch04.check_seq2seq_forecaster(Seq2Seq)
     assert verdict.passed and "on 3 random batches" in verdict.message
+    # time-first is right too, with the windows transposed to (L, B, 1)
+    assert ch04.check_seq2seq_forecaster(seq2seq("right", batch_first=False)).passed
 
 
 @pytest.mark.parametrize(
-    ("read", "message"),
-    [("last", "the forecasts for windows of 9: 35 of 35"), ("last step", "has shape (9, 7)")],
+    ("how", "hint", "message"),
+    [
+        ("swap", ch04.CELL_STATE, "the forecasts for windows of 9"),
+        ("zero state", ch04.ZERO_STATE, "the forecasts for windows of 9"),
+        ("zero input", ch04.ZERO_INPUT, "the forecasts for windows of 9"),
+        ("skip", ch04.SKIPPED, "the forecasts for windows of 9"),
+        ("window input", None, "the forecasts for windows of 9"),
+        ("detach", ch04.DETACHED, "the gradient of the decoder's weight_ih"),
+    ],
 )
-def test_direct_forecaster_time_first_without_transpose(read, message):
-    # the windows fed as they are to a time-first LSTM: both readings get the hint
-    verdict = ch04.check_direct_forecaster(direct(read, batch_first=False))
-    assert failed(verdict, ch04.TIME_FIRST, message), verdict
-    # the same readings of a batch-first LSTM are right ("last"), or a wrong shape
-    # that is not this mistake ("last step")
-    assert ch04.check_direct_forecaster(direct(read)).passed == (read == "last")
+def test_seq2seq_forecaster_mistakes(how, hint, message):
+    assert failed(ch04.check_seq2seq_forecaster(seq2seq(how)), hint, message)
 
 
-@pytest.mark.parametrize(
-    ("read", "hint"),
-    [("first", ch04.FIRST_STEP), ("c_n", ch04.CELL_STATE), ("whole h_n", ch04.WHOLE_H_N), ("mean", None)],
-)
-def test_direct_forecaster_mistakes(read, hint):
-    assert failed(ch04.check_direct_forecaster(direct(read)), hint, "the forecasts for windows of 9")
-
-
-def test_direct_forecaster_probes():
-    assert failed(ch04.check_direct_forecaster(direct("detached")), None, "no gradient reaches rnn.")
-
-    class InAList(Direct):
+def test_seq2seq_forecaster_probes():
+    class InAList(Seq2Seq):
         def __init__(self, horizon: int, hidden_size: int = 32) -> None:
             super().__init__(horizon, hidden_size)
-            self.layers = [self.rnn]
-            del self.rnn
+            self.layers = [self.encoder]
+            del self.encoder
 
-    assert failed(ch04.check_direct_forecaster(InAList), ch04.UNREGISTERED, "found no nn.LSTM")
+    assert failed(ch04.check_seq2seq_forecaster(InAList), ch04.UNREGISTERED, "found no nn.LSTM")
 
-    class FixedSize(Direct):
+    class FixedSize(Seq2Seq):
         def __init__(self, horizon: int, hidden_size: int = 32) -> None:
             super().__init__(horizon, 32)
 
-    assert failed(ch04.check_direct_forecaster(FixedSize), None, "expected nn.LSTM(1, 6)")
+    assert failed(ch04.check_seq2seq_forecaster(FixedSize), None, "expected an encoder nn.LSTM(1, 6)")
 
-    class OneOutput(Direct):
-        def __init__(self, horizon: int, hidden_size: int = 32) -> None:
-            super().__init__(1, hidden_size)
-
-    assert failed(ch04.check_direct_forecaster(OneOutput), None, "expected nn.Linear(6, 7)")
-
-    class TwoHeads(Direct):
+    class WideCell(Seq2Seq):
         def __init__(self, horizon: int, hidden_size: int = 32) -> None:
             super().__init__(horizon, hidden_size)
-            self.extra = nn.Linear(2, 2)
+            self.decoder = nn.LSTMCell(2, hidden_size)
 
-    assert failed(ch04.check_direct_forecaster(TwoHeads), None, "found 2 nn.Linear layers")
-    instance = Direct(7, 6)
-    assert failed(ch04.check_direct_forecaster(instance), None, "got Direct")
+    assert failed(ch04.check_seq2seq_forecaster(WideCell), None, "expected nn.LSTMCell(1, 6)")
+
+    class WideHead(Seq2Seq):
+        def __init__(self, horizon: int, hidden_size: int = 32) -> None:
+            super().__init__(horizon, hidden_size)
+            self.head = nn.Linear(hidden_size, horizon)
+
+    assert failed(ch04.check_seq2seq_forecaster(WideHead), None, "expected nn.Linear(6, 1)")
+
+    class Unused(Seq2Seq):
+        def __init__(self, horizon: int, hidden_size: int = 32) -> None:
+            super().__init__(horizon, hidden_size)
+            self.scale = nn.Parameter(torch.ones(1))
+
+    assert failed(ch04.check_seq2seq_forecaster(Unused), None, "no gradient reaches scale")
+    instance = Seq2Seq(7, 6)
+    assert failed(ch04.check_seq2seq_forecaster(instance), None, "got Seq2Seq")
 
 
 # Exercise 4.2 ------------------------------------------------------------------------
@@ -277,6 +282,13 @@ def test_short_rnns_mistakes():
     assert failed(ch04.check_short_rnns(nets, rmse), ch04.RMSE, "short_mse[5] is")
     off = {n: mse + 0.05 for n, mse in measured(nets).items()}
     assert failed(ch04.check_short_rnns(nets, off), None, "fresh sequences of length 5")
+
+
+def test_short_rnns_rejects_an_untrained_network():
+    # reading only the last step: the first marked number is missed, near chance
+    nets = {**fresh_nets(), 5: MarkedSum(reach=1)}
+    verdict = ch04.check_short_rnns(nets, measured(nets))
+    assert failed(verdict, ch04.UNTRAINED, "short_rnns[5]'s MSE is"), verdict
 
 
 def test_short_rnns_says_what_is_off():
@@ -409,99 +421,126 @@ def test_scaled_copy_says_what_is_off():
         assert failed(ch04_gradients.check_scaled_copy(answer), None, message), message
 
 
-def estimate(radius="eigenvalues", states="every step", slope=True):
-    """step_estimate, right by default; the arguments pick the mistakes."""
+def growth(order="latest left", slope="h_t", root=True, norm="singular", steps="2..T"):
+    """jacobian_growth, right by default; the arguments pick the mistakes."""
 
-    def step_estimate(net, x):
-        w = net.rnn.weight_hh_l0.detach()
-        value = {
-            "eigenvalues": lambda: torch.linalg.eigvals(w).abs().max(),
-            "singular values": lambda: torch.linalg.matrix_norm(w, ord=2),
-            "real parts": lambda: torch.linalg.eigvals(w).real.max(),
-            "weight_ih": lambda: torch.linalg.matrix_norm(net.rnn.weight_ih_l0.detach(), ord=2),
-        }[radius]()
+    def jacobian_growth(net, x):
+        w = net.rnn.weight_hh_l0.detach().double()
         with torch.no_grad():
-            output, h_n = net.rnn(x)
-        h = output if states == "every step" else h_n
-        return value * (1 - h.pow(2)).mean() if slope else value
+            h_all, _ = net.rnn(x)
+        rates = []
+        for h in h_all.double():
+            slopes = 1 - h.pow(2)  # (T, H)
+            if slope == "h_t-1":
+                slopes = torch.cat([torch.ones_like(slopes[:1]), slopes[:-1]])
+            factors = slopes if steps == "1..T" else slopes[1:]
+            product = torch.eye(len(w), dtype=w.dtype)
+            for s in factors:
+                j = w * s[None, :] if slope == "columns" else s[:, None] * w
+                product = j @ product if order == "latest left" else product @ j
+            value = (
+                torch.linalg.matrix_norm(product, ord=2)
+                if norm == "singular"
+                else torch.linalg.matrix_norm(product)
+                if norm == "frobenius"
+                else torch.linalg.eigvals(product).abs().max()
+            ).item()
+            rates.append(value ** (1 / len(factors)) if root else value)
+        return sum(rates) / len(rates)
 
-    return step_estimate
+    return jacobian_growth
 
 
-estimate_right = estimate()
+growth_right = growth()
 
 
-def test_step_estimate_passes_the_right_estimate():
-    verdict = ch04_gradients.check_step_estimate(estimate_right)
+def crude(net, x):
+    w = net.rnn.weight_hh_l0.detach()
+    with torch.no_grad():
+        h_all, _ = net.rnn(x)
+    return torch.linalg.eigvals(w).abs().max() * (1 - h_all.pow(2)).mean()
+
+
+def test_jacobian_growth_passes_the_right_rate():
+    verdict = ch04_gradients.check_jacobian_growth(growth_right)
     assert verdict.passed and "scaled by 1 and by 3" in verdict.message
-    as_float = ch04_gradients.check_step_estimate(lambda net, x: estimate_right(net, x).item())
-    assert as_float.passed
+    as_tensor = ch04_gradients.check_jacobian_growth(lambda net, x: torch.tensor(growth_right(net, x)))
+    assert as_tensor.passed
 
 
 @pytest.mark.parametrize(
     ("answer", "hint"),
     [
-        (estimate(radius="singular values"), ch04_gradients.SINGULAR),
-        (estimate(radius="real parts"), ch04_gradients.REAL_PART),
-        (estimate(states="h_n"), ch04_gradients.LAST_STATE),
-        (estimate(slope=False), ch04_gradients.RADIUS_ONLY),
-        (estimate(radius="weight_ih"), None),
+        (growth(order="latest right"), ch04_gradients.REVERSED),
+        (growth(slope="columns"), ch04_gradients.W_FIRST),
+        (growth(slope="h_t-1"), ch04_gradients.SLOPE_BEFORE),
+        (growth(root=False), ch04_gradients.NO_ROOT),
+        (growth(norm="eigenvalues"), ch04_gradients.EIGEN),
+        (growth(steps="1..T"), ch04_gradients.ALL_STEPS),
+        (crude, ch04_gradients.CRUDE),
+        (growth(norm="frobenius"), None),
     ],
 )
-def test_step_estimate_mistakes(answer, hint):
-    assert failed(ch04_gradients.check_step_estimate(answer), hint, "the estimate for W_hh x 1 is")
+def test_jacobian_growth_mistakes(answer, hint):
+    verdict = ch04_gradients.check_jacobian_growth(answer)
+    assert failed(verdict, hint, "the growth per step for W_hh x 1 is"), verdict
 
 
-def test_step_estimate_says_what_is_off():
+def test_jacobian_growth_says_what_is_off():
     def scales_in_place(net, x):
         with torch.no_grad():
             net.rnn.weight_hh_l0.mul_(2)
-        return estimate_right(net, x)
+        return growth_right(net, x)
 
     cases = [
-        (scales_in_place, "step_estimate changed the network (rnn.weight_hh_l0)"),
-        (lambda net, x: torch.ones(2), "the estimate should be one number, got shape (2,)"),
-        (lambda net, x: "1", "the estimate should be a real number, got str"),
-        (lambda net, x: math.nan, "the estimate for W_hh x 1 is nan, not a finite number"),
+        (scales_in_place, "jacobian_growth changed the network (rnn.weight_hh_l0)"),
+        (lambda net, x: torch.ones(2), "the growth per step should be one number, got shape (2,)"),
+        (lambda net, x: "1", "the growth per step should be a real number, got str"),
+        (lambda net, x: math.nan, "the growth per step for W_hh x 1 is nan, not a finite number"),
     ]
     for answer, message in cases:
-        assert failed(ch04_gradients.check_step_estimate(answer), None, message), message
+        assert failed(ch04_gradients.check_jacobian_growth(answer), None, message), message
 
 
 # Exercise 4.5 ------------------------------------------------------------------------
 
 
 class Bi(nn.Module):
-    """A correct bidirectional name classifier; ``read`` selects the mistakes."""
+    """A correct two-layer bidirectional name classifier; ``read`` selects the mistakes."""
 
-    read, bidirectional, head_in, padding_idx = "h_n", True, 2, 0
+    read, bidirectional, layers, head_in, padding_idx = "h_n", True, 2, 4, 0
 
-    def __init__(self, vocab_size: int, n_classes: int, embed: int = 32, hidden: int = 32):
+    def __init__(self, vocab_size: int, n_classes: int, embed: int = 32, hidden: int = 16):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed, padding_idx=self.padding_idx)
-        self.rnn = nn.GRU(embed, hidden, batch_first=True, bidirectional=self.bidirectional)
+        self.rnn = nn.GRU(
+            embed, hidden, num_layers=self.layers, batch_first=True, bidirectional=self.bidirectional
+        )
         self.head = nn.Linear(self.head_in * hidden, n_classes)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         lengths = (ids != 0).sum(dim=1).cpu()
-        embedded = self.embedding(ids)
-        if self.read.startswith("no packing"):
+        embedded, batch = self.embedding(ids), len(ids)
+        if self.read == "no packing":
             _, h_n = self.rnn(embedded)
-            pair = [h_n[-2], h_n[-1]] if self.read == "no packing" else [h_n[-1], h_n[-2]]
-            return self.head(torch.cat(pair, dim=1))
+            return self.head(h_n.transpose(0, 1).reshape(batch, -1))
         packed = pack_padded_sequence(
             embedded, lengths, batch_first=True, enforce_sorted=self.read == "sorted"
         )
         output, h_n = self.rnn(packed)
+        padded = pad_packed_sequence(output, batch_first=True)[0]  # (B, T, 2 * hidden)
+        hidden = h_n.shape[-1]
         both = {
-            "h_n": lambda: torch.cat([h_n[-2], h_n[-1]], dim=1),
-            "sorted": lambda: torch.cat([h_n[-2], h_n[-1]], dim=1),
-            "permute": lambda: h_n.permute(1, 0, 2).reshape(len(ids), -1),
-            "output": lambda: pad_packed_sequence(output, batch_first=True)[0][:, -1],
-            "reshape": lambda: h_n.reshape(len(ids), -1),
-            "order": lambda: torch.cat([h_n[-1], h_n[-2]], dim=1),
-            "forward twice": lambda: torch.cat([h_n[-2], h_n[-2]], dim=1),
-            "backward twice": lambda: torch.cat([h_n[-1], h_n[-1]], dim=1),
+            "h_n": lambda: h_n.transpose(0, 1).reshape(batch, -1),
+            "sorted": lambda: h_n.transpose(0, 1).reshape(batch, -1),
+            "view": lambda: h_n.view(2, 2, batch, hidden).permute(2, 0, 1, 3).reshape(batch, -1),
+            "cat": lambda: torch.cat(list(h_n), dim=1),
+            "reshape": lambda: h_n.reshape(batch, -1),
+            "direction major": lambda: torch.cat([h_n[0], h_n[2], h_n[1], h_n[3]], dim=1),
+            "last both": lambda: torch.cat([h_n[0], h_n[1], padded[torch.arange(batch), lengths - 1]], dim=1),
+            "output": lambda: torch.cat([h_n[0], h_n[1], padded[:, -1]], dim=1),
+            "top twice": lambda: torch.cat([h_n[2], h_n[3], h_n[2], h_n[3]], dim=1),
+            "reversed": lambda: torch.cat(list(h_n.flip(0)), dim=1),
         }[self.read]()
         return self.head(both)
 
@@ -511,44 +550,38 @@ def bi(**settings):
 
 
 def test_bi_classifier_passes_right_answers():
-    for read in ("h_n", "permute"):
+    for read in ("h_n", "view", "cat"):
         verdict = ch04_names.check_bi_classifier(bi(read=read))
-        assert verdict.passed and "forward summary first" in verdict.message
-    # the backward direction first is as right: the head's weights are learned
-    verdict = ch04_names.check_bi_classifier(bi(read="order"))
-    assert verdict.passed and "backward summary first" in verdict.message
+        assert verdict.passed and "all four final states" in verdict.message
 
 
 @pytest.mark.parametrize(
     ("read", "hint"),
     [
         ("no packing", ch04_names.NO_PACKING),
-        ("output", ch04_names.OUTPUT_LAST),
         ("reshape", ch04_names.RESHAPE),
-        ("no packing, backward first", ch04_names.NO_PACKING),
-        ("forward twice", None),
-        ("backward twice", None),
+        ("direction major", ch04_names.DIRECTION_MAJOR),
+        ("last both", ch04_names.LAST_BOTH),
+        ("output", ch04_names.OUTPUT_LAST),
+        ("top twice", None),
+        ("reversed", None),
     ],
 )
 def test_bi_classifier_mistakes(read, hint):
-    assert failed(ch04_names.check_bi_classifier(bi(read=read)), hint, "the logits")
+    assert failed(ch04_names.check_bi_classifier(bi(read=read)), hint, "the logits"), read
 
 
 def test_bi_classifier_says_what_is_off():
     assert failed(ch04_names.check_bi_classifier(bi(read="sorted")), ch04_names.SORTED, "must be sorted")
-    verdict = ch04_names.check_bi_classifier(bi(bidirectional=False, head_in=1))
+    verdict = ch04_names.check_bi_classifier(bi(bidirectional=False, head_in=2))
     assert failed(verdict, "pass bidirectional=True", "not bidirectional")
-    assert failed(ch04_names.check_bi_classifier(bi(head_in=1)), None, "the head reads 3 numbers")
+    one_layer = bi(layers=1, head_in=2)
+    assert failed(ch04_names.check_bi_classifier(one_layer), None, "expected a two-layer nn.GRU(5, 3)")
+    assert failed(ch04_names.check_bi_classifier(bi(head_in=2)), None, "the head reads 6 numbers")
     assert failed(ch04_names.check_bi_classifier(bi(padding_idx=None)), None, "padding_idx is None, not 0")
 
-    class Wide(Bi):
-        def __init__(self, vocab_size, n_classes, embed=32, hidden=32):
-            super().__init__(vocab_size, n_classes, embed, 2 * hidden)
-
-    assert failed(ch04_names.check_bi_classifier(Wide), None, "expected a one-layer nn.GRU(5, 3)")
-
     class Unused(Bi):
-        def __init__(self, vocab_size, n_classes, embed=32, hidden=32):
+        def __init__(self, vocab_size, n_classes, embed=32, hidden=16):
             super().__init__(vocab_size, n_classes, embed, hidden)
             self.scale = nn.Parameter(torch.ones(1))
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from helpers.exercises import Mismatch, checker, expect, expect_close, expect_tensor
 from helpers.exercises.ch04_common import UNREGISTERED, _build, _number, _only, _within, _without_grads
-from helpers.exercises.ch04_gradients import check_scaled_copy, check_step_estimate
+from helpers.exercises.ch04_gradients import check_jacobian_growth, check_scaled_copy
 from helpers.exercises.ch04_names import check_bi_classifier
 from helpers.sequences import adding_problem
 
@@ -27,62 +27,98 @@ __all__ = [
     "UNREGISTERED",
     "check_bi_classifier",
     "check_block_se",
-    "check_direct_forecaster",
+    "check_jacobian_growth",
     "check_scaled_copy",
+    "check_seq2seq_forecaster",
     "check_short_rnns",
-    "check_step_estimate",
 ]
 
-FIRST_STEP = "output[:, 0] is the state after the first step; the last one is output[:, -1]"
-CELL_STATE = "an LSTM returns (h_n, c_n): the head reads h (output[:, -1] or h_n[-1]), not c_n"
-WHOLE_H_N = "h_n is (num_layers, B, hidden), not batch-first: take the top layer, h_n[-1]"
-TIME_FIRST = (
-    "the LSTM read the windows as (time, batch, features), but they are (B, L, 1): pass "
-    "batch_first=True to nn.LSTM (or transpose the windows to (L, B, 1) and back)"
+CELL_STATE = "an LSTM returns (h_n, c_n): start the decoder from (h_n[-1], c_n[-1]), in that order"
+ZERO_STATE = (
+    "the decoder started from zeros: start it from the encoder's final state, "
+    "(h_n[-1], c_n[-1]), so that it knows what the window held"
+)
+ZERO_INPUT = "the decoder's first input is the window's last value, x[:, -1], not zeros"
+SKIPPED = "the first forecast comes from one decoder step on x[:, -1], not from the encoder's h_n alone"
+DETACHED = (
+    "the forecasts fed back are detached: keep them in the graph, so that training "
+    "learns from what each forecast does to the ones after it"
 )
 
 
-@checker("4.1", "DirectForecaster")
-def check_direct_forecaster(cls: Any) -> str:
-    """Exercise 4.1: an LSTM reads (B, L, 1); a head maps its last h to (B, horizon)."""
+def _decode(encoder: nn.LSTM, cell: nn.LSTMCell, head: nn.Linear, x: torch.Tensor, horizon: int, **how: bool):
+    """The reference decoder of exercise 4.1, and its known mistakes (``how``)."""
+    _, (h_n, c_n) = encoder(x)  # (1, B, hidden) each
+    h, c = h_n[-1], c_n[-1]
+    if how.get("swap"):
+        h, c = c, h
+    if how.get("zero_state"):
+        h, c = torch.zeros_like(h), torch.zeros_like(c)
+    value = torch.zeros_like(x[:, -1]) if how.get("zero_input") else x[:, -1]  # (B, 1)
+    forecasts = []
+    for step in range(horizon):
+        if how.get("skip") and step == 0:
+            value = head(h)
+        else:
+            h, c = cell(value, (h, c))
+            value = head(h)  # (B, 1)
+        forecasts.append(value)
+        if how.get("detach"):
+            value = value.detach()
+    return torch.cat(forecasts, dim=1)  # (B, horizon)
+
+
+@checker("4.1", "Seq2SeqForecaster")
+def check_seq2seq_forecaster(cls: Any) -> str:
+    """Exercise 4.1: an encoder LSTM, then an LSTMCell decoder fed its own forecasts."""
     horizon, hidden = 7, 6
-    model = _build(cls, "DirectForecaster", horizon, hidden_size=hidden, seed=41)
-    lstm, head = _only(model, nn.LSTM), _only(model, nn.Linear)
-    shape = (lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bidirectional)
-    expect(shape == (1, hidden, 1, False), f"expected nn.LSTM(1, {hidden}), one layer, got {lstm}")
-    sizes = (head.in_features, head.out_features)
-    expect(sizes == (hidden, horizon), f"the head is {head}, expected nn.Linear({hidden}, {horizon})")
+    model = _build(cls, "Seq2SeqForecaster", horizon, hidden_size=hidden, seed=41)
+    encoder, cell = _only(model, nn.LSTM), _only(model, nn.LSTMCell)
+    head = _only(model, nn.Linear)
+    shape = (encoder.input_size, encoder.hidden_size, encoder.num_layers, encoder.bidirectional)
+    expect(shape == (1, hidden, 1, False), f"expected an encoder nn.LSTM(1, {hidden}), got {encoder}")
+    sizes = (cell.input_size, cell.hidden_size)
+    expect(sizes == (1, hidden), f"the decoder is {cell}, expected nn.LSTMCell(1, {hidden})")
+    expect(
+        (head.in_features, head.out_features) == (hidden, 1),
+        f"the head is {head}, expected nn.Linear({hidden}, 1)",
+    )
     # batch-first or time-first with a transpose, either is right: judge the outputs
     reference = _build(nn.LSTM, "nn.LSTM", 1, hidden, batch_first=True, seed=0)
-    reference.load_state_dict(lstm.state_dict())
-    time_first = _build(nn.LSTM, "nn.LSTM", 1, hidden, seed=0)
-    time_first.load_state_dict(lstm.state_dict())
+    reference.load_state_dict(encoder.state_dict())
     generator, gap = torch.Generator().manual_seed(41), 0.0
     for length in (9, 4, 12):
         x = torch.randn(5, length, 1, generator=generator)
         with torch.no_grad():
-            output, (h_n, c_n) = reference(x)
-            want = head(output[:, -1])
+            want = _decode(reference, cell, head, x, horizon)
+            mistakes = {
+                hint: _decode(reference, cell, head, x, horizon, **{how: True})
+                for hint, how in (
+                    (CELL_STATE, "swap"),
+                    (ZERO_STATE, "zero_state"),
+                    (ZERO_INPUT, "zero_input"),
+                    (SKIPPED, "skip"),
+                )
+            }
         model.zero_grad()
         got = model(x)
-        with torch.no_grad():
-            # the windows fed untransposed to a time-first LSTM, whose "time" is then
-            # the batch: read at the last "step" (L rows) or at the last "sequence"
-            mixed, (mixed_h, _) = time_first(x)
-            as_time = isinstance(got, torch.Tensor) and got.shape[:1] == (length,)
-            mistakes = {
-                FIRST_STEP: head(output[:, 0]),
-                CELL_STATE: head(c_n[-1]),
-                WHOLE_H_N: head(h_n),
-                TIME_FIRST: head(mixed_h[-1] if as_time else mixed[:, -1]),
-            }
         gap = max(gap, expect_tensor(got, want, f"the forecasts for windows of {length}", mistakes=mistakes))
         got.pow(2).sum().backward()
         missing = _without_grads(model)
         expect(not missing, f"no gradient reaches {', '.join(missing)}: is something detached?")
+        mine = cell.weight_ih.grad.clone()  # the attempt's own gradient
+        # the gradient must also flow back through the forecasts fed back
+        grads = {}
+        for detach in (False, True):
+            cell.zero_grad()
+            _decode(reference, cell, head, x, horizon, detach=detach).pow(2).sum().backward()
+            grads[detach] = cell.weight_ih.grad.clone()
+        what = "the gradient of the decoder's weight_ih"
+        expect_tensor(mine, grads[False], what, mistakes={DETACHED: grads[True]})
     return (
-        f"matches nn.LSTM and its head on its own weights {_within(gap)} on 3 random batches "
-        f"(windows of 9, 4 and 12 steps, {horizon} values ahead); gradients reach every parameter"
+        f"matches an encoder nn.LSTM and an nn.LSTMCell decoder fed its own forecasts {_within(gap)} "
+        f"on 3 random batches (windows of 9, 4 and 12 steps, {horizon} values ahead); "
+        "gradients flow through the forecasts fed back"
     )
 
 
@@ -138,6 +174,10 @@ def check_block_se(block_se: Any) -> str:
 
 SAME_NETWORK = "build a fresh Summariser(nn.RNN) inside the loop, one per length, before training it"
 LENGTH_40 = "that is its error on sequences of length 40: test each network on sequences of its own length"
+UNTRAINED = (
+    "train each fresh network with train_on_adding(net, length, seed) before measuring it: "
+    "an untrained network stays near chance, 1/6"
+)
 RMSE = "that is the square root of the MSE (an RMSE): report the mean squared error itself"
 
 
@@ -185,8 +225,18 @@ def check_short_rnns(short_rnns: Any, short_mse: Any) -> str:
                 f"of length {n} is {want:.4g} (± {tol:.2g})",
                 hint,
             )
+        if n == 5:
+            # a trained plain RNN solves length 5 (MSE 0.005 to 0.008 in the chapter's
+            # runs); one that reads a single number gets 1/12 = 0.083, chance 1/6
+            expect(
+                want < 0.5 / 12,
+                f"short_rnns[5]'s MSE is {want:.3g}: not below half of 1/12 ({0.5 / 12:.3g}), "
+                "what reading just one of the two marked numbers would give",
+                UNTRAINED,
+            )
         facts.append(f"{n}: {got:.4f} vs {want:.4f}")
     return (
-        f"{len(nets)} separate plain RNNs; each reported MSE agrees with its network's MSE on "
+        f"{len(nets)} separate plain RNNs, the length-5 one well below 1/12; each reported MSE "
+        "agrees with its network's MSE on "
         f"{n_test:,} fresh sequences of its own length ({', '.join(facts)}) within 5 standard errors"
     )

@@ -1,4 +1,6 @@
-"""Checkers for chapter 4's exercise 4.4 (exploding gradients); see :mod:`helpers.exercises`.
+"""Checkers for chapter 4's exercise 4.4 (exploding gradients, exact Jacobian products).
+
+See :mod:`helpers.exercises`.
 
 Split from :mod:`helpers.exercises.ch04`, which re-exports them; the shared helpers are in
 :mod:`helpers.exercises.ch04_common`.
@@ -6,6 +8,7 @@ Split from :mod:`helpers.exercises.ch04`, which re-exports them; the shared help
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -14,7 +17,7 @@ from torch import nn
 from helpers.exercises import Mismatch, checker, expect, expect_close, expect_tensor
 from helpers.exercises.ch04_common import _build, _number, _within, _without_grads
 
-__all__ = ["check_scaled_copy", "check_step_estimate"]
+__all__ = ["check_jacobian_growth", "check_scaled_copy"]
 
 
 class _Probe(nn.Module):
@@ -86,13 +89,25 @@ def check_scaled_copy(scaled_copy: Any) -> str:
     )
 
 
-SINGULAR = (
-    "that is the largest singular value (the spectral norm): the spectral radius is the "
-    "largest absolute eigenvalue, torch.linalg.eigvals(W).abs().max()"
+REVERSED = (
+    "the product runs the other way: going back from step T, the chain rule multiplies "
+    "J_T first, J_T @ J_(T-1) @ ... @ J_2, the latest step's Jacobian on the left"
 )
-REAL_PART = "W_hh's eigenvalues are complex in general: take their absolute values before the maximum"
-LAST_STATE = "average tanh's slope over the states at every step (the RNN's output), not only h_n"
-RADIUS_ONLY = "multiply the spectral radius by tanh's mean slope 1 - h_t² over those states"
+W_FIRST = "∂h_t/∂h_(t-1) is diag(1 - h_t²) @ W_hh: the slopes scale the rows, not the columns"
+SLOPE_BEFORE = "the slope in J_t is tanh's at step t, 1 - h_t², not at the step before"
+NO_ROOT = "take each sequence's largest singular value to the power 1 / (T - 1): a rate per step"
+EIGEN = (
+    "that is the product's spectral radius: the gradient's growth is bounded by its largest "
+    "singular value, torch.linalg.matrix_norm(P, ord=2) or torch.linalg.svdvals(P)[0]"
+)
+ALL_STEPS = (
+    "h_0 is a fixed zero state: the gradient from step T back to step 1 passes the T - 1 "
+    "Jacobians of steps 2 to T"
+)
+CRUDE = (
+    "that is the crude estimate, spectral radius x mean slope: multiply the actual "
+    "Jacobians of each sequence instead"
+)
 
 
 def _eigen_probe(factor: float) -> nn.Module:
@@ -105,34 +120,57 @@ def _eigen_probe(factor: float) -> nn.Module:
     return net
 
 
-@checker("4.4", "step_estimate")
-def check_step_estimate(step_estimate: Any) -> str:
-    """Exercise 4.4: spectral radius of ``rnn.weight_hh_l0`` times tanh's mean slope on x."""
+def _growth_rates(net: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """The exact per-step growth on ``x`` and what each known mistake gives."""
+    rnn = copy.deepcopy(net.rnn).double()
+    w = rnn.weight_hh_l0.detach()
+    with torch.no_grad():
+        h_all, _ = rnn(x.double())  # (B, T, H)
+    slope = 1 - h_all.pow(2)  # (B, T, H)
+    steps = x.shape[1] - 1
+    rates: dict[str, list[float]] = {}
+    for b in range(x.shape[0]):
+        jac = [s[:, None] * w for s in slope[b]]  # diag(1 - h_t²) @ W, t = 1..T
+        variants = {
+            "exact": (jac[1:], False, steps),
+            REVERSED: (jac[1:], True, steps),
+            W_FIRST: ([w * s[None, :] for s in slope[b]][1:], False, steps),
+            SLOPE_BEFORE: (jac[:-1], False, steps),
+            ALL_STEPS: (jac, False, steps + 1),
+        }
+        for key, (factors, reverse, root) in variants.items():
+            product = torch.eye(len(w), dtype=w.dtype)
+            for j in factors:
+                product = product @ j if reverse else j @ product
+            sigma = torch.linalg.matrix_norm(product, ord=2).item()
+            rates.setdefault(key, []).append(sigma ** (1 / root))
+            if key == "exact":
+                rates.setdefault(NO_ROOT, []).append(sigma)
+                radius = torch.linalg.eigvals(product).abs().max().item()
+                rates.setdefault(EIGEN, []).append(radius ** (1 / root))
+    mean = {key: sum(values) / len(values) for key, values in rates.items()}
+    mean[CRUDE] = torch.linalg.eigvals(w).abs().max().item() * slope.mean().item()
+    return mean
+
+
+@checker("4.4", "jacobian_growth")
+def check_jacobian_growth(jacobian_growth: Any) -> str:
+    """Exercise 4.4: the largest singular value of each sequence's Jacobian product, per step."""
     x, facts = torch.randn(3, 6, 2, generator=torch.Generator().manual_seed(45)), []
     for factor in (1.0, 3.0):
         net = _eigen_probe(factor)
         before = {k: v.clone() for k, v in net.state_dict().items()}
-        got = _number(step_estimate(net, x.clone()), "the estimate")
+        got = _number(jacobian_growth(net, x.clone()), "the growth per step")
         changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
-        expect(not changed, f"step_estimate changed the network ({', '.join(changed)})")
-        w = before["rnn.weight_hh_l0"].double()
-        eigenvalues = torch.linalg.eigvals(w)
-        radius = eigenvalues.abs().max().item()
-        with torch.no_grad():
-            h_all, h_n = net.rnn(x)
-        slope = (1 - h_all.pow(2)).mean().item()
-        want = radius * slope
-        mistakes = {
-            SINGULAR: torch.linalg.matrix_norm(w, ord=2).item() * slope,
-            REAL_PART: eigenvalues.real.max().item() * slope,
-            LAST_STATE: radius * (1 - h_n.pow(2)).mean().item(),
-            RADIUS_ONLY: radius,
-        }
+        expect(not changed, f"jacobian_growth changed the network ({', '.join(changed)})")
+        rates = _growth_rates(net, x)
+        want = rates.pop("exact")
         tol = 1e-4 * max(1.0, abs(want))
-        hint = next((h for h, value in mistakes.items() if abs(got - value) <= tol), None)
-        expect_close(got, want, f"the estimate for W_hh x {factor:g}", tol=tol, hint=hint)
+        hint = next((h for h, value in rates.items() if abs(got - value) <= tol), None)
+        expect_close(got, want, f"the growth per step for W_hh x {factor:g}", tol=tol, hint=hint)
         facts.append(f"{want:.3f}")
     return (
-        f"gives spectral radius x mean tanh slope ({' and '.join(facts)}) for a W_hh with complex "
-        "leading eigenvalues, scaled by 1 and by 3, and leaves the network as it was"
+        f"gives the mean per-step growth of the exact Jacobian products ({' and '.join(facts)}) "
+        "for a W_hh with complex leading eigenvalues, scaled by 1 and by 3, and leaves the network "
+        "as it was"
     )
