@@ -301,9 +301,9 @@ def test_shared_gpus_names_the_ranks_that_would_share_a_gpu():
 class _FakeCluster:
     """Stands in for CUDA and the process group so setup_distributed can run as any rank."""
 
-    def __init__(self, monkeypatch, gpus: int, host: str = "node1") -> None:
+    def __init__(self, monkeypatch, gpus: int, host: str = "node1", usable: bool = True) -> None:
         self.calls: list[tuple] = []
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0 and usable)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
         monkeypatch.setattr(torch.cuda, "set_device", lambda d: self.calls.append(("set_device", str(d))))
         monkeypatch.setattr(
@@ -312,11 +312,16 @@ class _FakeCluster:
             lambda d: type("Props", (), {"uuid": f"GPU-{host}-{torch.device(d).index}"})(),
         )
         monkeypatch.setattr(dist, "init_process_group", lambda backend: self.calls.append(("init", backend)))
-        monkeypatch.setattr(dist, "new_group", lambda backend: "cpu-group")
-        monkeypatch.setattr(dist, "destroy_process_group", lambda group=None: None)
+        monkeypatch.setattr(
+            dist, "new_group", lambda backend: (self.calls.append(("new_group", backend)), "cpu-group")[1]
+        )
+        monkeypatch.setattr(
+            dist, "destroy_process_group", lambda group=None: self.calls.append(("destroy", group))
+        )
         monkeypatch.setattr(socket, "gethostname", lambda: host)
 
         def all_gather_object(out, obj, group=None):
+            self.calls.append(("all_gather_object", group))
             # every rank reports its own (host, GPU): distinct unless the test says otherwise
             for rank in range(len(out)):
                 out[rank] = obj if rank == int(os.environ["RANK"]) else (f"other{rank}", f"GPU-x{rank}")
@@ -344,9 +349,26 @@ def test_setup_distributed_on_the_second_of_two_nodes(monkeypatch, rank, local_r
     backend, device = expected
     assert ctx == DistributedContext(rank, local_rank, 4, 2, backend, torch.device(device))
     if backend == "nccl":
-        assert cluster.calls == [("set_device", device), ("init", "nccl")]
+        # the GPU check runs over a gloo group of its own, which is then released
+        assert cluster.calls == [
+            ("set_device", device),
+            ("init", "nccl"),
+            ("new_group", "gloo"),
+            ("all_gather_object", "cpu-group"),
+            ("destroy", "cpu-group"),
+        ]
     else:
         assert cluster.calls == [("init", "gloo")]
+
+
+@pytest.mark.parametrize(("gpus", "usable"), [(0, True), (2, False)])
+def test_setup_distributed_uses_gloo_for_one_process_without_a_usable_gpu(monkeypatch, gpus, usable):
+    """One process per machine, no GPU torch can use (none, or CUDA unavailable): the CPU."""
+    for name, value in zip(TORCHRUN_ENV, ("0", "0", "1", "1", "127.0.0.1", "29500"), strict=True):
+        monkeypatch.setenv(name, value)
+    cluster = _FakeCluster(monkeypatch, gpus, usable=usable)
+    assert setup_distributed() == DistributedContext(0, 0, 1, 1, "gloo", torch.device("cpu"))
+    assert cluster.calls == [("init", "gloo")]
 
 
 def test_setup_distributed_names_ranks_that_would_share_a_gpu(monkeypatch):
@@ -357,8 +379,12 @@ def test_setup_distributed_names_ranks_that_would_share_a_gpu(monkeypatch):
     monkeypatch.setattr(
         dist, "all_gather_object", lambda out, obj, group=None: out.__setitem__(slice(None), [obj, obj])
     )
-    with pytest.raises(RuntimeError, match=r"ranks \[0, 1\] would share one GPU \(cuda:0\) on vm"):
+    with pytest.raises(RuntimeError) as info:
         setup_distributed()
+    assert str(info.value) == (
+        "ranks [0, 1] would share one GPU (cuda:0) on vm: give each process its own GPU "
+        "(CUDA_VISIBLE_DEVICES) or use backend='gloo'"
+    )
 
 
 def test_setup_distributed_names_a_variable_that_is_not_a_number(monkeypatch):
@@ -706,3 +732,193 @@ def test_fsdp2_as_two_nodes_shards_the_weights_and_matches_one_process(data_file
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
         dcp.load(state, checkpoint_id=tmp_path / "dcp", no_dist=True)
     assert _max_difference(model.state_dict(), fsdp) == 0.0
+
+
+# ---------------------------------------------------------------- exact messages and edge cases
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: choose_backend(3, 0, 1, 0), TypeError, "backend must be a str or None, got int"),
+        (
+            lambda: choose_backend("mpi", 0, 1, 0),
+            ValueError,
+            "backend must be 'gloo', 'nccl' or None, got 'mpi'",
+        ),
+        (lambda: choose_backend(None, True, 2, 0), TypeError, "local_rank must be an int, got bool"),
+        (lambda: choose_backend(None, 0, 2, -1), ValueError, "gpu_count must be >= 0, got -1"),
+        (
+            lambda: choose_backend(None, 2, 2, 0),
+            ValueError,
+            "LOCAL_RANK must be in [0, LOCAL_WORLD_SIZE=2), got 2",
+        ),
+        (
+            lambda: choose_backend("nccl", 1, 2, 1),
+            ValueError,
+            "backend 'nccl' needs one CUDA GPU per local process: 2 processes, 1 GPUs",
+        ),
+        (
+            lambda: shared_gpus("vm"),
+            TypeError,
+            "placements must be a sequence of (host, GPU UUID) pairs, one per rank, got str",
+        ),
+        (
+            lambda: shared_gpus([("a", "b"), ("a", "b", "c")]),
+            TypeError,
+            "placements[1] must be a (host, GPU UUID) pair of str, got ('a', 'b', 'c')",
+        ),
+        (
+            lambda: shared_gpus(["ab"]),
+            TypeError,
+            "placements[0] must be a (host, GPU UUID) pair of str, got 'ab'",
+        ),
+        (
+            lambda: shared_gpus([frozenset({"a"})]),
+            TypeError,
+            "placements[0] must be a (host, GPU UUID) pair of str, got frozenset({'a'})",
+        ),
+        (
+            lambda: shared_gpus([("a", 0)]),
+            TypeError,
+            "placements[0] must be a (host, GPU UUID) pair of str, got ('a', 0)",
+        ),
+        (lambda: rank_print(1.0, "x"), TypeError, "rank must be an int, got float"),
+        (lambda: rank_print(-2, "x"), ValueError, "rank must be non-negative, got -2"),
+        (lambda: free_port(5), TypeError, "host must be a str, got int"),
+        (lambda: free_port(""), ValueError, "host must not be empty"),
+        (lambda: lines_by_rank(b"x"), TypeError, "output must be a str, got bytes"),
+        (lambda: torchrun_command(3), TypeError, "module must be a str, got int"),
+        (lambda: torchrun_command("a b"), ValueError, "module must be a dotted module name, got 'a b'"),
+        (
+            lambda: torchrun_command("m", "--x"),
+            TypeError,
+            "args must be a sequence of str (one item per command-line word)",
+        ),
+        (
+            lambda: torchrun_command("m", [1]),
+            TypeError,
+            "args must be a sequence of str (one item per command-line word)",
+        ),
+        (
+            lambda: torchrun_command("m", nproc_per_node=0),
+            ValueError,
+            "nproc_per_node must be at least 1, got 0",
+        ),
+        (lambda: torchrun_command("m", nnodes=0), ValueError, "nnodes must be at least 1, got 0"),
+        (lambda: torchrun_command("m", nnodes=True), TypeError, "nnodes must be an int, got bool"),
+        (
+            lambda: torchrun_command("m", max_restarts=-1),
+            ValueError,
+            "max_restarts must be at least 0, got -1",
+        ),
+        (lambda: torchrun_command("m", rdzv_id=7), TypeError, "rdzv_id must be a str, got int"),
+        (
+            lambda: torchrun_command("m", rdzv_id="a b"),
+            ValueError,
+            "rdzv_id must be a non-empty word of letters, digits, '_', '.' or '-', got 'a b'",
+        ),
+        (
+            lambda: torchrun_command("m", rdzv_endpoint="n:1", local_addr=5),
+            TypeError,
+            "local_addr must be a str or None, got int",
+        ),
+        (
+            lambda: torchrun_command("m", rdzv_endpoint="n:1", local_addr="a b"),
+            ValueError,
+            "local_addr must be a host name or address, got 'a b'",
+        ),
+        (
+            lambda: torchrun_command("m", nnodes=2),
+            ValueError,
+            "nnodes=2 needs an rdzv_endpoint that every node can reach",
+        ),
+        (lambda: torchrun_command("m", rdzv_endpoint=5), TypeError, "rdzv_endpoint must be a str, got int"),
+        (
+            lambda: torchrun_command("m", rdzv_endpoint="n0"),
+            ValueError,
+            "rdzv_endpoint must look like 'host:port', got 'n0'",
+        ),
+        (
+            lambda: run_commands("python -V"),
+            TypeError,
+            "commands must be a sequence of commands (lists of str)",
+        ),
+        (lambda: run_commands([]), ValueError, "commands must not be empty"),
+        (lambda: run_commands([[]]), TypeError, "commands: every command must be a non-empty list of str"),
+        (
+            lambda: run_commands(["python"]),
+            TypeError,
+            "commands: every command must be a non-empty list of str",
+        ),
+        (
+            lambda: run_commands([["python", 3]]),
+            TypeError,
+            "commands: every command must be a non-empty list of str",
+        ),
+        (lambda: run_commands([["python"]], timeout="1"), TypeError, "timeout must be a number, got str"),
+        (lambda: run_commands([["python"]], timeout=True), TypeError, "timeout must be a number, got bool"),
+        (
+            lambda: run_commands([["python"]], timeout=-1),
+            ValueError,
+            "timeout must be a positive number of seconds, got -1",
+        ),
+    ],
+)
+def test_distributed_errors_name_the_argument_and_what_was_given(call, error, message):
+    with pytest.raises(error) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_torchrun_command_defaults():
+    command = torchrun_command("Pkg.train_2")  # a module name may start with a capital
+    args = get_args_parser().parse_args(command[3:])
+    assert command[-2:] == ["-m", "Pkg.train_2"]
+    assert (args.nnodes, args.nproc_per_node, args.max_restarts, args.standalone) == ("1", "2", 0, True)
+    assert "--max-restarts=0" not in command and not any(w.startswith("--rdzv") for w in command)
+    multi = torchrun_command("m", rdzv_endpoint="n0:29500")
+    assert "--rdzv-id=book" in multi and "--standalone" not in multi
+    assert not any(w.startswith("--local-addr") for w in multi)
+
+
+def test_run_commands_passes_the_environment_and_unbuffers_python():
+    show = (
+        "import os; print(os.environ['PYTHONUNBUFFERED'], os.environ['BOOK_TEST_VALUE'], os.environ['HOME'])"
+    )
+    command = [sys.executable, "-c", show]
+    (result,) = run_commands([command], timeout=60, env={"BOOK_TEST_VALUE": "x y"})
+    assert result.args == command and result.returncode == 0
+    assert result.stdout == f"1 x y {os.environ['HOME']}\n" and result.stderr == ""
+    # a timeout under a second is allowed
+    (quick,) = run_commands([[sys.executable, "-S", "-c", "pass"]], timeout=0.9)
+    assert quick.returncode == 0
+
+
+def test_run_commands_timeout_is_for_all_commands_together_and_reports_everything():
+    first = [
+        sys.executable,
+        "-c",
+        "import sys, time; print('a'); print('e1', file=sys.stderr); time.sleep(60)",
+    ]
+    second = [
+        sys.executable,
+        "-c",
+        "import sys, time; print('b'); print('e2', file=sys.stderr); time.sleep(60)",
+    ]
+    start = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired) as info:
+        run_commands([first, second], timeout=2)
+    # SIGTERM stops both at once: no 10-second wait for a SIGKILL
+    assert time.monotonic() - start < 8
+    assert info.value.cmd == first and info.value.timeout == 2
+    assert info.value.output == "a\n\nb\n" and info.value.stderr == "e1\n\ne2\n"
+
+
+def test_run_commands_stops_a_late_command_at_the_shared_deadline():
+    # The first command ends just before the deadline; the second, 0.5 s after it: it
+    # is stopped then, not given a fresh allowance once the first has ended.
+    quick = [sys.executable, "-c", "import time; time.sleep(1.8)"]
+    late = [sys.executable, "-c", "import time; time.sleep(2.5)"]
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_commands([quick, late], timeout=2.0)

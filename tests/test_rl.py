@@ -1,7 +1,10 @@
+from fractions import Fraction
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium.envs.classic_control import CartPoleEnv
 from torch import nn
 
 from helpers.rl import (
@@ -320,3 +323,239 @@ def test_cartpole_frame_colours_edge_pixels_by_their_coverage():
     assert coverage.sum() == pytest.approx(exact, abs=1.0)
     partial = ((leaning[:cart_top_row, :, 2] > 101) & (leaning[:cart_top_row, :, 2] < 255)).sum()
     assert partial > 2 * 50  # both slanted edges are smoothed in every row they cross
+
+
+def _reference_frame(state, width, height):
+    """CartPole drawn from the docstring's geometry, in metres, one sub-pixel sample at a time.
+
+    The picture spans x in [-2.4, 2.4] m; the track line is a quarter of the height up,
+    with one pixel row of track below it; the cart is 0.4 m x 0.24 m centred on the
+    line; the pole (1 m x 0.08 m) turns about a point 0.06 m above the line, leaning
+    right for theta > 0. Each pixel averages a 4 x 4 grid of samples at sub-pixel centres.
+    """
+    x, _, theta, _ = (float(s) for s in state)
+    metres_per_pixel = 4.8 / width
+    line = 0.25 * height  # pixels up from the bottom edge
+    image = np.full((height, width, 3), 255.0)
+    layers = [(0, 0, 0), (0, 0, 0), (202, 152, 101)]  # track, cart, pole
+    hits = np.zeros((3, height, width))
+    for row in range(height):
+        for sub_row in range(4):
+            up = height - row - (sub_row + 0.5) / 4  # pixels from the bottom edge
+            for sub_col in range(4):
+                right = np.arange(width) + (sub_col + 0.5) / 4
+                px = (right - width / 2) * metres_per_pixel - x  # metres right of the cart's centre
+                py = (up - line) * metres_per_pixel  # metres above the track line
+                hits[0, row] += line - 1 <= up <= line
+                hits[1, row] += (np.abs(px) <= 0.2) & (abs(py) <= 0.12)
+                along = px * np.sin(theta) + (py - 0.06) * np.cos(theta)
+                across = np.abs(px * np.cos(theta) - (py - 0.06) * np.sin(theta))
+                hits[2, row] += (along >= 0) & (along <= 1.0) & (across <= 0.04)
+    for colour, count in zip(layers, hits, strict=True):
+        coverage = count[..., None] / 16
+        image = image * (1 - coverage) + np.array(colour, dtype=np.float64) * coverage
+    return np.rint(image).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("state", "width", "height"),
+    [
+        ([0.0, 0.0, 0.0, 0.0], 300, 200),
+        ([0.7, 1.0, -0.35, 2.0], 120, 90),
+        ([-1.9, 0.0, 0.2, 0.0], 97, 61),
+        ([0.31, 0.0, 1.1, 0.0], 64, 150),
+    ],
+)
+def test_cartpole_frame_matches_a_drawing_from_the_documented_geometry(state, width, height):
+    got = cartpole_frame(state, width=width, height=height)
+    expected = _reference_frame(state, width, height)
+    assert got.shape == (height, width, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_cartpole_frame_defaults_to_300_by_200_and_takes_any_numbers():
+    state = [Fraction(1, 2), 0, Fraction(3, 10), 0]  # exact fractions, not floats
+    got = cartpole_frame(state)
+    np.testing.assert_array_equal(got, cartpole_frame([0.5, 0.0, 0.3, 0.0], width=300, height=200))
+    # the smallest picture allowed
+    assert cartpole_frame([0.0] * 4, width=20, height=20).shape == (20, 20, 3)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: cartpole_frame([0.0] * 4, width=30.0), TypeError, "width must be an int, got float"),
+        (lambda: cartpole_frame([0.0] * 4, height=True), TypeError, "height must be an int, got bool"),
+        (lambda: cartpole_frame([0.0] * 4, width=19), ValueError, "width must be >= 20 pixels, got 19"),
+        (lambda: cartpole_frame([0.0] * 4, height=19), ValueError, "height must be >= 20 pixels, got 19"),
+        (
+            lambda: cartpole_frame([0.0] * 5),
+            ValueError,
+            "state must hold 4 numbers (x, x_dot, theta, theta_dot), got shape (5,)",
+        ),
+        (lambda: discounted_returns([1.0], "0.9"), TypeError, "gamma must be a float, got str"),
+        (lambda: discounted_returns([1.0], True), TypeError, "gamma must be a float, got bool"),
+        (lambda: discounted_returns([1.0], -0.1), ValueError, "gamma must be in [0, 1], got -0.1"),
+        (
+            lambda: discounted_returns(3.0, 0.9),
+            TypeError,
+            "rewards must be a tensor or a sequence of numbers, got float",
+        ),
+        (
+            lambda: discounted_returns(np.ones((2, 2)), 0.9),
+            ValueError,
+            "rewards must be 1-D (one episode), got shape (2, 2)",
+        ),
+        (
+            lambda: discounted_returns([1.0], 0.9, bootstrap="1"),
+            TypeError,
+            "bootstrap must be a float, got str",
+        ),
+        (
+            lambda: discounted_returns([1.0], 0.9, bootstrap=True),
+            TypeError,
+            "bootstrap must be a float, got bool",
+        ),
+        (
+            lambda: discounted_returns([1.0], 0.9, bootstrap=float("inf")),
+            ValueError,
+            "bootstrap must be a finite number, got inf",
+        ),
+        (
+            lambda: discounted_returns([2.0, float("-inf"), float("nan")], 0.9),
+            ValueError,
+            "rewards must be finite numbers, got -inf",
+        ),
+        (lambda: moving_average([1.0], 2.0), TypeError, "window must be an int, got float"),
+        (lambda: moving_average([1.0], True), TypeError, "window must be an int, got bool"),
+        (lambda: moving_average([1.0], 0), ValueError, "window must be >= 1, got 0"),
+        (
+            lambda: moving_average([[1.0, 2.0], [3.0, 4.0]], 2),
+            ValueError,
+            "values must be a non-empty 1-D sequence, got shape (2, 2)",
+        ),
+        (lambda: evaluate_policy(None, 2, seed="0"), TypeError, "seed must be an int, got str"),
+        (lambda: evaluate_policy(None, 2, seed=True), TypeError, "seed must be an int, got bool"),
+        (lambda: evaluate_policy(None, 2, seed=-1), ValueError, "seed must be in [0, 2**32), got -1"),
+        (
+            lambda: evaluate_policy(None, 2, seed=2**32),
+            ValueError,
+            "seed must be in [0, 2**32), got 4294967296",
+        ),
+        (lambda: evaluate_policy(None, 2.0, seed=0), TypeError, "n_episodes must be an int, got float"),
+        (lambda: evaluate_policy(None, True, seed=0), TypeError, "n_episodes must be an int, got bool"),
+        (lambda: evaluate_policy(None, 0, seed=0), ValueError, "n_episodes must be >= 1, got 0"),
+        (
+            lambda: evaluate_policy(lambda x: x, 2, seed=0),
+            TypeError,
+            "policy must be an nn.Module or None, got function",
+        ),
+        (
+            lambda: evaluate_policy(None, 2, seed=0, device=0),
+            TypeError,
+            "device must be a str or torch.device, got int",
+        ),
+        (lambda: evaluate_policy(None, 2, seed=0, greedy=1), TypeError, "greedy must be a bool, got int"),
+        (
+            lambda: evaluate_policy(None, 2, seed=0, env_id=1),
+            TypeError,
+            "env_id must be a str such as 'CartPole-v1', got int",
+        ),
+        (
+            lambda: evaluate_policy(None, 2, seed=0, time_limit=5.0),
+            TypeError,
+            "time_limit must be an int or None, got float",
+        ),
+        (
+            lambda: evaluate_policy(None, 2, seed=0, time_limit=True),
+            TypeError,
+            "time_limit must be an int or None, got bool",
+        ),
+        (
+            lambda: evaluate_policy(None, 2, seed=0, time_limit=0),
+            ValueError,
+            "time_limit must be >= 1, got 0",
+        ),
+        (lambda: play_episode(None, seed=0), TypeError, "policy must be an nn.Module, got None"),
+        (lambda: play_episode(_Lean(), seed=0, render=1), TypeError, "render must be a bool, got int"),
+    ],
+)
+def test_rl_error_messages_name_the_argument_and_what_was_given(call, error, message):
+    with pytest.raises(error) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_discounted_returns_accept_any_real_numbers():
+    # exact fractions and integers are numbers too; the sum is the same as for floats
+    got = discounted_returns([Fraction(1, 2), 1, Fraction(1, 4)], 0.5)
+    np.testing.assert_allclose(got.numpy(), [0.5 + 0.5 * 1 + 0.25 * 0.25, 1 + 0.5 * 0.25, 0.25])
+    assert discounted_returns([], 0.9).shape == (0,)
+
+
+def test_moving_average_of_one_value_and_of_integers():
+    np.testing.assert_array_equal(moving_average([5.0], 3), [5.0])
+    got = moving_average([Fraction(1, 2), 1, 2], 2)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, [0.5, 0.75, 1.5])
+
+
+def test_evaluate_policy_plays_one_episode_of_one_step():
+    # the smallest job allowed: one copy, one step; a seed past 2**31 is still valid
+    assert evaluate_policy(_Lean(), 1, seed=2**32 - 1, time_limit=1).tolist() == [1.0]
+    assert evaluate_policy(None, 3, seed=64, time_limit=1).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_evaluate_policy_leaves_the_policy_in_eval_mode():
+    policy = _Lean()
+    policy.train()
+    evaluate_policy(policy, 1, seed=0, time_limit=2)
+    assert not policy.training
+
+
+def test_evaluate_policy_needs_an_environment_with_a_vectorised_version():
+    # the documented vectorisation mode: Acrobot has no vectorised environment in gymnasium
+    with pytest.raises(gym.error.Error, match="vector entry point"):
+        evaluate_policy(None, 2, seed=0, env_id="Acrobot-v1")
+
+
+def test_play_episode_is_greedy_by_default_and_reports_how_it_ended():
+    # logits (1, 0): greedy always pushes left; sampling would push right 27% of the time
+    episode = play_episode(_Constant(action=0), seed=2)
+    assert episode.actions.tolist() == [0] * len(episode.actions)
+    assert episode.terminated is True and episode.truncated is False  # the pole fell
+    assert episode.rewards.dtype == np.float64
+    policy = _Lean()
+    policy.train()
+    long = play_episode(policy, seed=0)
+    assert not policy.training
+    assert long.terminated is False and long.truncated is True and long.total_reward == 500.0
+
+
+class _DrawnCartPole(CartPoleEnv):
+    """CartPole that draws with cartpole_frame (no pygame) and pays its reward as an int."""
+
+    def render(self):
+        assert self.render_mode == "rgb_array", self.render_mode
+        return cartpole_frame(self.state)
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = super().step(action)
+        return observation, int(reward), terminated, truncated, info
+
+
+_DRAWN_ID = "BookDrawnCartPole-v0"
+if _DRAWN_ID not in gym.registry:
+    gym.register(id=_DRAWN_ID, entry_point=_DrawnCartPole, max_episode_steps=500)
+
+
+def test_play_episode_renders_one_frame_per_state_of_the_chosen_environment():
+    episode = play_episode(_Constant(action=1), seed=3, render=True, env_id=_DRAWN_ID)
+    assert len(episode.frames) == len(episode.states) == len(episode.actions) + 1
+    for frame, state in zip(episode.frames, episode.states, strict=True):
+        np.testing.assert_array_equal(frame, cartpole_frame(state))
+    # the same start as CartPole-v1, and float rewards even though this one pays ints
+    expected_start, _ = gym.make("CartPole-v1").reset(seed=3)
+    np.testing.assert_array_equal(episode.states[0], expected_start)
+    assert episode.rewards.dtype == np.float64 and episode.total_reward == len(episode.actions)
+    assert play_episode(_Constant(action=1), seed=3, env_id=_DRAWN_ID).frames == []

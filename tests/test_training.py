@@ -3,8 +3,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.progress import PLAIN_ENV
 from helpers.training import (
     EvalResult,
+    accuracy,
     evaluate,
     fit,
     logits_to_labels,
@@ -415,3 +417,185 @@ def test_fit_feeds_the_selected_value_to_reduce_lr_on_plateau():
             lr *= 0.5
     assert history.lr == pytest.approx(expected)
     assert history.lr[-1] < 0.1
+
+
+class _MeanAbsoluteError:
+    """A callable metric object: it has no ``__name__``, so its class names it."""
+
+    def __call__(self, outputs, targets):
+        return (outputs - targets).abs().mean().item()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda m, o: accuracy(torch.zeros(2, 3), [0, 1]),
+            TypeError,
+            "targets must be a torch.Tensor, got list",
+        ),
+        (lambda m, o: predict(m, [], 0), TypeError, "device must be a str or torch.device, got int"),
+        (
+            lambda m, o: predict(m, [], "gpu9"),
+            ValueError,
+            "device must name a torch device such as 'cpu', got 'gpu9'",
+        ),
+        (lambda m, o: predict("m", [], CPU), TypeError, "model must be a torch.nn.Module, got str"),
+        (
+            lambda m, o: evaluate(m, [], "mse", CPU),
+            TypeError,
+            "criterion must be a loss such as nn.CrossEntropyLoss(), got str",
+        ),
+        (
+            lambda m, o: train_one_epoch(m, [], nn.MSELoss(), "sgd", CPU),
+            TypeError,
+            "optimizer must be a torch.optim.Optimizer, got str",
+        ),
+        (
+            lambda m, o: evaluate(m, [], nn.MSELoss(), CPU, metric="f1"),
+            ValueError,
+            "metric must be one of ['accuracy'], a callable or None, got 'f1'",
+        ),
+        (
+            lambda m, o: evaluate(m, [], nn.MSELoss(), CPU, metric=3),
+            TypeError,
+            "metric must be a str, a callable or None, got int",
+        ),
+        (lambda m, o: logits_to_labels([0.5]), TypeError, "logits must be a torch.Tensor, got list"),
+        (
+            lambda m, o: logits_to_labels(torch.zeros(2, 3, 4)),
+            ValueError,
+            "logits must have shape (B,), (B, 1) or (B, C), got (2, 3, 4)",
+        ),
+        (
+            lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, CPU, True),
+            TypeError,
+            "accumulation_steps must be an int, got bool",
+        ),
+        (
+            lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, CPU, 0),
+            ValueError,
+            "accumulation_steps must be >= 1, got 0",
+        ),
+        (
+            lambda m, o: fit(m, [], [], nn.MSELoss(), o, 2.0, CPU),
+            TypeError,
+            "epochs must be an int, got float",
+        ),
+        (
+            lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, metric=None, select="metric"),
+            ValueError,
+            "select='metric' needs a metric; pass metric=... or select='loss'",
+        ),
+        (
+            lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, scheduler=o),
+            TypeError,
+            "scheduler must be a torch LR scheduler or None, got SGD",
+        ),
+        (
+            lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, checkpoint_path=3),
+            TypeError,
+            "checkpoint_path must be a str, a Path or None, got int",
+        ),
+        (
+            lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, progress="yes"),
+            TypeError,
+            "progress must be a bool, got str",
+        ),
+    ],
+)
+def test_error_messages_name_the_argument_and_what_was_given(call, error, message):
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(error) as info:
+        call(model, optimizer)
+    assert str(info.value) == message
+
+
+def test_a_zero_logit_is_class_0_and_a_positive_one_class_1():
+    assert logits_to_labels(torch.tensor([0.0, 1e-6, -1e-6])).tolist() == [0, 1, 0]
+    assert logits_to_labels(torch.tensor([[0.0], [0.3]])).tolist() == [0, 1]
+
+
+def test_accuracy_counts_matching_labels_of_float_targets():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0], [0.0, 5.0, 1.0], [1.0, 0.0, 0.0]])
+    # predicted 0, 2, 1, 0; the float targets 0, 2, 0, 1 match the first two
+    assert accuracy(logits, torch.tensor([0.0, 2.0, 0.0, 1.0])) == 0.5
+
+
+def test_a_callable_object_metric_is_named_after_its_class():
+    x, y = _toy_regression(12)
+    model = nn.Linear(3, 1)
+    result = evaluate(model, [(x, y)], nn.MSELoss(), CPU, metric=_MeanAbsoluteError())
+    with torch.no_grad():
+        expected = (model(x).squeeze(1) - y).abs().mean().item()
+    assert result.metric_name == "_MeanAbsoluteError"
+    assert result.metric == pytest.approx(expected, rel=1e-6)
+
+
+def test_one_output_per_sample_and_two_d_targets_are_not_reshaped():
+    """(B,) outputs are used as they are; (B, 1) outputs meet (B, 1) targets unchanged."""
+    x, y = _toy_regression(10)
+    flat = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))  # (B, 3) -> (B,)
+    column = nn.Linear(3, 1)  # (B, 3) -> (B, 1)
+    column.load_state_dict(flat[0].state_dict())
+    with torch.no_grad():
+        expected = nn.MSELoss()(column(x), y[:, None]).item()
+    for model, targets in ((flat, y), (column, y[:, None])):
+        result = evaluate(model, [(x, targets)], nn.MSELoss(), CPU, metric=None)
+        assert result.loss == pytest.approx(expected, rel=1e-6)
+        got = train_one_epoch(
+            model, [(x, targets)], nn.MSELoss(), torch.optim.SGD(model.parameters(), 0.0), CPU
+        )
+        assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_batch_of_one_sample_keeps_its_batch_dimension():
+    x, y = _toy_binary(3)
+    model = nn.Linear(2, 1)
+    criterion = nn.BCEWithLogitsLoss()
+    with torch.no_grad():
+        expected = criterion(model(x).squeeze(1), y).item()
+    batches = [(x[i : i + 1], y[i : i + 1]) for i in range(3)]  # (1, 2) inputs, (1,) targets
+    assert evaluate(model, batches, criterion, CPU).loss == pytest.approx(expected, rel=1e-6)
+    got = train_one_epoch(model, batches, criterion, torch.optim.SGD(model.parameters(), lr=0.0), CPU)
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_train_one_epoch_steps_after_every_batch_by_default():
+    x, y = _toy_binary(16)
+    batches = list(zip(x.split(8), y.split(8), strict=True))
+    torch.manual_seed(0)
+    model, reference = nn.Linear(2, 1), nn.Linear(2, 1)
+    reference.load_state_dict(model.state_dict())
+    train_one_epoch(model, batches, nn.BCEWithLogitsLoss(), torch.optim.SGD(model.parameters(), lr=0.5), CPU)
+    _one_step_per_group(reference, batches, lr=0.5, group=1)
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_fit_shows_an_epochs_bar_only_when_asked(monkeypatch, capsys):
+    monkeypatch.setenv(PLAIN_ENV, "1")  # a text bar on stdout, as in the book build
+    x, y = _toy_binary(8)
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, [(x, y)], [(x, y)], nn.BCEWithLogitsLoss(), optimizer, 3, CPU)
+    shown = capsys.readouterr()
+    assert "epochs: 100%" in shown.out and "3/3" in shown.out
+    fit(model, [(x, y)], [(x, y)], nn.BCEWithLogitsLoss(), optimizer, 3, CPU, progress=False)
+    shown = capsys.readouterr()
+    assert shown.out == shown.err == ""
+
+
+def test_fit_reports_a_callable_metric_per_epoch():
+    x, y = _toy_regression(20)
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    history = fit(
+        model, [(x, y)], [(x, y)], nn.MSELoss(), optimizer, 2, CPU, metric=mean_absolute_error, progress=False
+    )
+    with torch.no_grad():
+        last = (model(x).squeeze(1) - y).abs().mean().item()
+    assert history.metric_name == "mean_absolute_error" and len(history.val_metric) == 2
+    assert history.val_metric[-1] == pytest.approx(last, rel=1e-6)
