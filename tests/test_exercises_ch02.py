@@ -18,6 +18,7 @@ from helpers.exercises.ch02 import (
     check_choose_rate,
     check_load_hidden_only,
     check_momentum_sgd,
+    check_sweep_batch_sizes,
     check_updates_to_best,
 )
 
@@ -44,7 +45,7 @@ def test_the_chapter_has_one_starter_per_exercise():
                 ["accumulated_epoch"],
                 ["bootstrap_share"],
                 ["load_hidden_only"],
-                ["updates_to_best", "choose_rate"],
+                ["sweep_batch_sizes"],
             ]
         )
     ),
@@ -85,6 +86,12 @@ def momentum_class(rule: str = "right"):
                     elif rule == "lags":
                         p -= self.lr * s
                         s.mul_(beta).add_(p.grad)
+                    elif rule == "nesterov":  # steps by grad + beta * (updated buffer)
+                        s.mul_(beta).add_(p.grad)
+                        p -= self.lr * (p.grad + beta * s)
+                    elif rule == "previous gradient":  # s holds the last gradient only
+                        p -= self.lr * (p.grad + beta * s)
+                        s.copy_(p.grad)
                     elif rule == "wrong lr":
                         s.mul_(beta).sub_(2 * self.lr * p.grad)
                         p += s
@@ -109,12 +116,23 @@ def test_momentum_right_passes_with_the_measured_gap(capsys):
         ("averages", "you averaged the gradients"),
         ("lags", "update the buffer first"),
         ("rebinds", "only rebinds a local name"),
+        ("nesterov", "this is Nesterov momentum"),
+        ("previous gradient", "β times the previous *gradient*"),
         ("no_grad forgotten", "inside `with torch.no_grad():`"),
         ("wrong lr", None),
     ],
 )
 def test_momentum_mistakes_get_their_hints(rule, hint):
     assert failed_with(check_momentum_sgd(momentum_class(rule)), hint)
+
+
+def test_each_momentum_mistake_differs_from_torch_and_from_the_others():
+    right = ref.by_torch(ref.BETA)
+    made = [ref.by_torch(0.0), ref.by_torch(0.9), ref.by_torch(ref.BETA, nesterov=True)]
+    made += [ref.by_rule(rule) for rule in ("dampened", "lagging", "previous gradient")]
+    for i, one in enumerate(made):
+        assert not torch.allclose(one, right, atol=1e-4)
+        assert not any(torch.allclose(one, other, atol=1e-4) for other in made[i + 1 :])
 
 
 def test_momentum_other_errors_and_non_classes_are_reported():
@@ -462,3 +480,118 @@ def test_each_rate_mistake_differs_from_the_rule_and_from_the_others():
     made = {name: tuple(ref.rate_mistakes(c)[name] for c in cases) for name in ref.rate_mistakes(cases[0])}
     right = tuple(ref.choose_rate(c) for c in cases)
     assert right not in made.values() and len(set(made.values())) == len(made)
+
+
+# Exercise 2.5: the batch-size sweep ---------------------------------------------------------
+
+
+def sweeper(mistake: str = ""):
+    """sweep_batch_sizes written right, or with one mistake."""
+
+    def rule(runs, *, kept=True):
+        best = min(run["best_val"] for run in runs)
+        near = [run for run in runs if run["best_val"] <= 1.01 * best]
+        if mistake == "lowest" and kept:  # for the kept runs only, not the base rate
+            return min(runs, key=lambda run: run["best_val"])
+        if mistake == "largest" and kept and runs[0]["batch_size"] == 32:
+            return max(near, key=lambda run: run["lr"])
+        if mistake == "from largest":
+            return max(near, key=lambda run: run["lr"])
+        return min(near, key=lambda run: run["lr"])
+
+    def sweep_batch_sizes(train, runs_32, sizes, n_train):
+        if mistake == "not a dict":
+            return [runs_32]
+        if mistake == "from lowest":
+            base = min(runs_32, key=lambda run: run["best_val"])["lr"]
+        else:
+            base = rule(runs_32, kept=False)["lr"]
+        kept = {} if mistake == "no 32" else {32: rule(runs_32)}
+        for size in sizes:
+            if size == 32 and mistake != "with 32":
+                continue
+            factors = [math.sqrt(size / 32), size / 32]
+            if mistake == "inverted":
+                factors = [1 / f for f in factors]
+            if mistake in ("sqrt only", "linear only"):
+                factors = factors[:1] if mistake == "sqrt only" else factors[1:]
+            if mistake == "extra run":
+                factors.append(1.0)
+            runs = [train(base * f, size) for f in factors]
+            if size != 32:
+                kept[size] = rule(runs)
+        for size, run in kept.items():
+            per_epoch = math.ceil(n_train / size)
+            run["updates"] = {
+                "floor": run["best_epoch"] * (n_train // size),
+                "before best": (run["best_epoch"] - 1) * per_epoch,
+                "float": run["best_epoch"] * n_train / size,
+                "plus one": run["best_epoch"] * per_epoch + 1,
+            }.get(mistake, np.int64(run["best_epoch"] * per_epoch))
+        if mistake == "runs not dicts":
+            return {size: run["lr"] for size, run in kept.items()}
+        return kept
+
+    return sweep_batch_sizes
+
+
+def test_sweep_right_passes(capsys):
+    assert check_sweep_batch_sizes(sweeper()).passed
+    out = capsys.readouterr().out
+    assert (
+        "asked for 4 runs, two per batch size other than 32, and kept lr 0.0075 for 8, lr 0.03 for 32" in out
+    )
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("from lowest", "not the one with the lowest loss outright"),
+        ("from largest", "the largest rate within 1 %"),
+        ("inverted", "not by their inverses"),
+        ("with 32", "train only the other sizes"),
+        ("sqrt only", "train two runs per other size"),
+        ("linear only", "train two runs per other size"),
+        ("extra run", None),
+        ("no 32", "batches of 32 belong in the result too"),
+        ("not a dict", None),
+        ("runs not dicts", None),
+        ("lowest", "the rate with the lowest loss outright"),
+        ("largest", "the largest rate within 1 %"),
+        ("floor", "the last, shorter batch is an update too"),
+        ("before best", "best_epoch counts from 1"),
+        ("float", "round n_train / batch_size up with math.ceil"),
+        ("plus one", None),
+    ],
+)
+def test_sweep_mistakes_get_their_hints(mistake, hint):
+    assert failed_with(check_sweep_batch_sizes(sweeper(mistake)), hint)
+
+
+def test_sweep_reports_calls_and_non_integer_counts():
+    verdict = check_sweep_batch_sizes(lambda train, runs, sizes, n: {})
+    assert failed_with(verdict, None) and verdict.message.startswith(
+        "train(lr, batch_size) was called with never"
+    )
+
+    def bool_counts(train, runs_32, sizes, n_train):
+        kept = sweeper()(train, runs_32, sizes, n_train)
+        for run in kept.values():
+            run["updates"] = True
+        return kept
+
+    verdict = check_sweep_batch_sizes(bool_counts)
+    assert failed_with(verdict, None) and "should be a whole number (an int), got True" in verdict.message
+
+
+def test_each_sweep_mistake_differs_from_the_right_sweep_and_from_the_others():
+    names = ["from lowest", "from largest", "inverted", "with 32", "sqrt only", "linear only"]
+    made = [tuple(sorted(ref.sweep_calls(name))) for name in names]
+    assert tuple(sorted(ref.sweep_calls())) not in made and len(set(made)) == len(made)
+    for size in ref.SWEEP_SIZES:
+        kept = ref.sweep_kept(size)
+        counts = ref.update_mistakes(kept["best_epoch"], ref.SWEEP_N_TRAIN, size)
+        right = ref.updates_to_best(kept["best_epoch"], ref.SWEEP_N_TRAIN, size)
+        assert right not in counts.values() and len(set(counts.values())) == len(counts)
+    assert ref.sweep_kept(8)["lr"] != ref.sweep_rate_mistakes(8)["lowest"]
+    assert ref.sweep_kept(32)["lr"] not in ref.sweep_rate_mistakes(32).values()

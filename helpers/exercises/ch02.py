@@ -7,7 +7,10 @@ large reference bootstrap, the trained network's own tensors (and the new head's
 from before the call) for a partial ``load_state_dict``, a direct count of the
 batches in an epoch, and section 2.5's rate rule written out on hand-made loss tables.
 For the usual mistakes it computes what the mistake would produce, or reads the error
-it raised, and names it. Introduced with chapter 2's exercises.
+it raised, and names it. Exercise 2.5's batch-size sweep is checked by
+:func:`check_sweep_batch_sizes` (in :mod:`helpers.exercises.ch02_sweep`, re-exported
+here), which uses the count and the rule as its parts; ``check_updates_to_best`` and
+``check_choose_rate`` check those parts alone. Introduced with chapter 2's exercises.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.exercises import Mismatch, checker, expect, expect_close, expect_tensor
 from helpers.exercises import ch02_references as ref
+from helpers.exercises.ch02_sweep import RATE_HINTS, UPDATE_HINTS, check_sweep_batch_sizes
 
 __all__ = [
     "check_accumulated_epoch",
@@ -30,6 +34,7 @@ __all__ = [
     "check_choose_rate",
     "check_load_hidden_only",
     "check_momentum_sgd",
+    "check_sweep_batch_sizes",
     "check_updates_to_best",
 ]
 
@@ -73,6 +78,12 @@ def check_momentum_sgd(optimizer_class: type) -> str:
             "to 1/(1 - β) times": ref.by_rule("dampened"),
             "each parameter moved by its buffer before the buffer took in the new gradient: "
             "update the buffer first, then the parameter": ref.by_rule("lagging"),
+            "this is Nesterov momentum (torch.optim.SGD(nesterov=True)), which steps by "
+            "grad + β·buf, looking one step ahead: plain momentum steps by the updated buffer "
+            "itself": ref.by_torch(ref.BETA, nesterov=True),
+            "you added β times the previous *gradient*: the extra tensor must hold the previous "
+            "*step* (or the running sum buf = β·buf + grad), so that every earlier gradient "
+            "still counts, with weight β, β², …": ref.by_rule("previous gradient"),
         },
     )
     return (
@@ -295,17 +306,6 @@ def check_load_hidden_only(load_hidden_only: Callable[[nn.Module, nn.Sequential]
 
 # Exercise 2.5 ------------------------------------------------------------------------
 
-_UPDATE_HINTS = {
-    "floor": "the last, shorter batch is an update too (DataLoader keeps it: drop_last=False), "
-    "so an epoch has ceil(n_train / batch_size) updates, math.ceil, not n_train // batch_size",
-    "before best": "best_epoch counts from 1, and the best epoch's own updates came before its "
-    "validation loss was measured: count epochs 1 to best_epoch",
-    "one epoch": "that is one epoch's updates: multiply by the number of epochs up to the best",
-    "examples": "one update per batch, not per example: divide by the batch size",
-    "ceil total": "round up each epoch's batch count, not the total: every epoch ends with its "
-    "own short batch, so the count is best_epoch * ceil(n_train / batch_size)",
-}
-
 
 @checker("2.5", "updates_to_best")
 def check_updates_to_best(updates_to_best: Callable[[int, int, int], Any]) -> str:
@@ -323,7 +323,7 @@ def check_updates_to_best(updates_to_best: Callable[[int, int, int], Any]) -> st
         got.append(int(value))
     want = [ref.updates_to_best(*case) for case in ref.UPDATE_CASES]
     made = [ref.update_mistakes(*case) for case in ref.UPDATE_CASES]
-    hint = next((h for name, h in _UPDATE_HINTS.items() if got == [m[name] for m in made]), None)
+    hint = next((h for name, h in UPDATE_HINTS.items() if got == [m[name] for m in made]), None)
     wrong = [
         f"updates_to_best{case} = {value}, expected {expected}"
         for case, value, expected in zip(ref.UPDATE_CASES, got, want, strict=True)
@@ -334,19 +334,6 @@ def check_updates_to_best(updates_to_best: Callable[[int, int, int], Any]) -> st
         f"counts {', '.join(map(str, want))} updates in {len(want)} cases: one per batch, the "
         "short last batch included, over epochs 1 to the best"
     )
-
-
-_RATE_HINTS = {
-    "lowest": "that is the rate with the lowest loss outright; the rule takes the smallest rate "
-    "whose loss is within 1 % of that lowest loss",
-    "first listed": "you took the first rate listed within 1 %; the dictionary's order is not the "
-    "rates' order: take the smallest such rate (min over the rates)",
-    "largest": "that is the largest rate within 1 % of the best; the rule takes the smallest, the "
-    "gentlest rate that does about as well",
-    "absolute": "within 1 % means a loss of at most 1.01 times the lowest, a relative margin, "
-    "not the lowest plus 0.01",
-    "loss": "return the rate (the dictionary's key), not its loss",
-}
 
 
 @checker("2.5", "choose_rate")
@@ -362,7 +349,7 @@ def check_choose_rate(choose_rate: Callable[[dict[float, float]], Any]) -> str:
         got.append(float(value))
     want = [ref.choose_rate(case) for case in ref.RATE_CASES]
     made = [ref.rate_mistakes(case) for case in ref.RATE_CASES]
-    hint = next((h for name, h in _RATE_HINTS.items() if got == [m[name] for m in made]), None)
+    hint = next((h for name, h in RATE_HINTS.items() if got == [m[name] for m in made]), None)
     wrong = [
         f"choose_rate({case}) = {value:g}, expected {expected:g}"
         for case, value, expected in zip(ref.RATE_CASES, got, want, strict=True)

@@ -59,7 +59,8 @@ def run_steps(net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: Callable[[
 
 
 def by_rule(rule: str) -> torch.Tensor:
-    """The weights after ``STEPS`` steps of a momentum rule: 'dampened' or 'lagging'."""
+    """The weights after ``STEPS`` steps of a wrong momentum rule: 'dampened', 'lagging'
+    or 'previous gradient' (β times the last gradient, not the last step)."""
     net, x, y = momentum_problem()
     buffers = [torch.zeros_like(p) for p in net.parameters()]
 
@@ -69,18 +70,21 @@ def by_rule(rule: str) -> torch.Tensor:
                 if rule == "dampened":  # an average of gradients, as Adam's m
                     buf.mul_(BETA).add_((1 - BETA) * param.grad)
                     param -= LR * buf
-                else:  # the parameter moves by the buffer before it is updated
+                elif rule == "lagging":  # the parameter moves by the buffer before it is updated
                     param -= LR * buf
                     buf.mul_(BETA).add_(param.grad)
+                else:  # the buffer holds the last gradient only, so nothing builds up
+                    param -= LR * (param.grad + BETA * buf)
+                    buf.copy_(param.grad)
 
     run_steps(net, x, y, step)
     return flat_parameters(net)
 
 
-def by_torch(momentum: float) -> torch.Tensor:
+def by_torch(momentum: float, *, nesterov: bool = False) -> torch.Tensor:
     """The weights after ``STEPS`` steps of ``torch.optim.SGD`` with this momentum."""
     net, x, y = momentum_problem()
-    optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=momentum)
+    optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=momentum, nesterov=nesterov)
     run_steps(net, x, y, optimizer.step)
     return flat_parameters(net)
 
@@ -256,3 +260,65 @@ def rate_mistakes(val_losses: dict[float, float]) -> dict[str, float]:
         "absolute": min(rate for rate, loss in val_losses.items() if loss <= best + 0.01),
         "loss": best,
     }
+
+
+# Exercise 2.5: the batch-size sweep (helpers.exercises.ch02_sweep) -----------------------
+
+SWEEP_SIZES, SWEEP_N_TRAIN = (8, 32, 128), 300
+# batches of 32: rate -> (best validation loss, best epoch), listed out of the rates' order;
+# the rule picks 0.03, the lowest loss is at 0.1 and the largest rate within 1 % is 0.3
+_RUNS_32 = {0.3: (0.0502, 3), 0.1: (0.0500, 4), 0.03: (0.0504, 9), 0.01: (0.0600, 20), 0.001: (0.1200, 60)}
+# the runs of the other sizes at the rule's rate scaled by √(B/32) and by B/32: for batches
+# of 8 the rule and the lowest loss disagree, for 128 they agree
+_SCALED = {
+    (0.015, 8): (0.0800, 5),
+    (0.0075, 8): (0.0803, 7),
+    (0.06, 128): (0.0700, 27),
+    (0.12, 128): (0.0650, 31),
+}
+
+
+def sweep_run(lr: float, batch_size: int) -> dict:
+    """The made-up run the checker's stand-in for ``train_and_validate`` returns."""
+    best_val, best_epoch = _SCALED.get((round(lr, 12), batch_size), (0.0900, 10))
+    return {"lr": lr, "batch_size": batch_size, "best_val": best_val, "best_epoch": best_epoch}
+
+
+def sweep_runs_32() -> list[dict]:
+    """Fresh copies of the runs with batches of 32 that the reader's sweep is given."""
+    return [{"lr": lr, "batch_size": 32, "best_val": v, "best_epoch": e} for lr, (v, e) in _RUNS_32.items()]
+
+
+def sweep_calls(mistake: str | None = None) -> list[tuple[float, int]]:
+    """The (lr, batch size) pairs a sweep asks for, right or with a named mistake."""
+    base = {"from lowest": 0.1, "from largest": 0.3}.get(mistake or "", 0.03)
+    factors = [(size, ((size / 32) ** 0.5, size / 32)) for size in SWEEP_SIZES if size != 32]
+    if mistake == "inverted":
+        factors = [(size, (1 / a, 1 / b)) for size, (a, b) in factors]
+    if mistake == "sqrt only":
+        factors = [(size, (a,)) for size, (a, _) in factors]
+    if mistake == "linear only":
+        factors = [(size, (b,)) for size, (_, b) in factors]
+    if mistake == "with 32":
+        factors.append((32, (1.0, 1.0)))
+    return [(base * f, size) for size, fs in factors for f in fs]
+
+
+def _candidates(batch_size: int) -> list[dict]:
+    if batch_size == 32:
+        return sweep_runs_32()
+    return [sweep_run(lr, size) for lr, size in sweep_calls() if size == batch_size]
+
+
+def sweep_kept(batch_size: int) -> dict:
+    """The run section 2.5's rule keeps for one batch size."""
+    runs = _candidates(batch_size)
+    rate = choose_rate({run["lr"]: run["best_val"] for run in runs})
+    return next(run for run in runs if run["lr"] == rate)
+
+
+def sweep_rate_mistakes(batch_size: int) -> dict[str, float]:
+    """The rate the usual rule mistakes keep for one batch size, keyed as ``rate_mistakes``."""
+    runs = _candidates(batch_size)
+    mistakes = rate_mistakes({run["lr"]: run["best_val"] for run in runs})
+    return {name: mistakes[name] for name in ("lowest", "largest")}
