@@ -3,32 +3,37 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 import torch
 from exercise_cells import run_starter, starter_cells
+from torch import nn
 from torch.optim import lr_scheduler
+from torch.utils import benchmark
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
+from helpers.exercises import ch08
 from helpers.exercises.ch08 import (
     check_compare,
-    check_flops_per_sample,
+    check_gflops,
     check_inference_tensors,
     check_remaining_batches,
 )
 
 STARTERS = starter_cells("08")
 GRID = {("constant", 0.05): [0.31, 0.33], ("StepLR", 0.05): [0.20, 0.21], ("constant", 0.5): [2.3, 2.1]}
-NAMES = {"torch": torch, "DataLoader": DataLoader, "final_val": GRID}
+NAMES = {"torch": torch, "nn": nn, "DataLoader": DataLoader, "final_val": GRID}
 RIGHT = {"features + w": False, "features * w": True, "relu(features + w)": False, "features @ W": True}
 
 
 def test_the_chapter_has_one_starter_per_exercise_and_each_is_not_attempted_untouched():
     expected = [
-        ("8.1", "flops_per_sample"),
+        ("8.1", "gflops"),
         ("8.2", "remaining_batches"),
         ("8.3", "compare"),
-        ("8.4", "fails` and `make_usable"),
+        ("8.4", "fails` and `saves"),
     ]
     assert len(STARTERS) == len(expected)
     for source, (exercise, name) in zip(STARTERS, expected, strict=True):
@@ -53,10 +58,10 @@ def failed_with(verdict, hint: str | None, *message: str) -> None:
 @pytest.mark.parametrize(
     ("check", "args", "name"),
     [
-        (check_flops_per_sample, (12,), "flops_per_sample"),
+        (check_gflops, (12,), "gflops"),
         (check_remaining_batches, ([],), "remaining_batches"),
         (check_compare, ("better", GRID), "compare"),
-        (check_inference_tensors, ({**RIGHT}, None), "make_usable"),
+        (check_inference_tensors, ({**RIGHT}, None), "saves"),
     ],
 )
 def test_a_value_where_a_function_belongs_is_named(check, args, name):
@@ -64,46 +69,91 @@ def test_a_value_where_a_function_belongs_is_named(check, args, name):
     assert verdict.status == "failed" and verdict.message.startswith(f"{name} should be a function, got")
 
 
-# --- 8.1: operations per sample -------------------------------------------------------
+# --- 8.1: a throughput, measured -----------------------------------------------------
 
 
-def test_flops_reference_passes_and_states_the_count(capsys):
-    verdict = check_flops_per_sample(lambda h: 2 * (64 * h + h * h + 10 * h))
-    assert verdict and "FlopCounterMode at widths 1, 7, 300, 2048 (8,691,712" in verdict.message
-    assert check_flops_per_sample(lambda h: torch.tensor(2.0 * (64 * h + h * h + 10 * h)))
+def counted(net, x):
+    with FlopCounterMode(display=False) as counter:
+        net(x)
+    return counter.get_total_flops()
+
+
+def gflops_reference(net, x):
+    timer = benchmark.Timer("net(x)", globals={"net": net, "x": x}, num_threads=1)
+    return counted(net, x) / timer.blocked_autorange(min_run_time=0.2).median / 1e9
+
+
+def hand_timed(net, x, *, calls=10, warmup=2, threads=1, restore=True, scale=1.0):
+    """A hand loop: ``warmup`` untimed calls, then the mean of ``calls`` timed ones."""
+    ops = counted(net, x)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    for _ in range(warmup):
+        net(x)
+    start = time.perf_counter()
+    for _ in range(calls):
+        net(x)
+    seconds = (time.perf_counter() - start) / calls
+    if restore:
+        torch.set_num_threads(before)
+    return ops / seconds / 1e9 * scale
+
+
+def test_gflops_reference_and_a_warmed_up_hand_loop_pass_and_leave_the_threads_alone():
+    threads = torch.get_num_threads()
+    verdict = check_gflops(gflops_reference)
+    assert verdict and "for a stand-in of 8,192 operations and 2 ms per call" in verdict.message
+    assert check_gflops(hand_timed)
+    assert check_gflops(lambda net, x: torch.tensor(hand_timed(net, x)))
+    assert torch.get_num_threads() == threads
+
+
+def test_the_stand_in_counts_what_flop_counter_mode_counts_and_sleeps_as_declared():
+    net = ch08._Standin()
+    x = torch.zeros(ch08.STANDIN_BATCH, 16)
+    assert counted(net, x) == 2 * ch08.STANDIN_BATCH * 16 * 4
+    start = time.perf_counter()
+    net(x)  # the second call: still a slow one
+    assert time.perf_counter() - start >= ch08.FIRST_CALLS_S
+    start = time.perf_counter()
+    net(x)
+    assert ch08.CALL_S <= time.perf_counter() - start < ch08.FIRST_CALLS_S
 
 
 @pytest.mark.parametrize(
-    ("wrong", "hint"),
+    ("options", "hint", "message"),
     [
-        (lambda h: 64 * h + h * h + 10 * h, "that is half"),
-        (lambda h: 64 * h + h + h * h + h + 10 * h + 10, "counts the parameters"),
-        (lambda h: 2 * (64 * h + h * h), "output layer (hidden -> 10) is missing"),
-        (lambda h: 2 * (64 * h + h + 10 * h), "hidden x hidden multiply-adds"),
-        (lambda h: 2 * (64 * h + h * h + 10 * h) + 2 * h + 10, "bias additions"),
-        (lambda h: 512 * 2 * (64 * h + h * h + 10 * h), "a batch of 512"),
+        ({"scale": 1e9}, "that is in FLOP/s", "expected about"),
+        ({"scale": 1e3}, "that is in MFLOP/s", "expected about"),
+        ({"scale": 1 / ch08.STANDIN_BATCH}, "do not divide them by the batch size", "expected about"),
+        ({"scale": ch08.STANDIN_BATCH}, "do not multiply by the batch size", "expected about"),
+        ({"warmup": 0}, "time only after a warm-up", "expected about"),
+        ({"threads": 3}, "Timer(..., num_threads=1)", "ran with 3 threads, not one"),
+        ({"restore": False}, "put it back after timing", "left torch with 1 threads"),
     ],
 )
-def test_flops_mistakes_get_their_hints(wrong, hint):
-    failed_with(check_flops_per_sample(wrong), hint, "entries differ from the reference")
+def test_gflops_mistakes_get_their_hints(options, hint, message):
+    failed_with(check_gflops(lambda net, x: hand_timed(net, x, **options)), hint, message)
 
 
-def test_flops_other_wrong_answers_fail_without_a_hint():
-    failed_with(check_flops_per_sample(lambda h: 2 * (64 * h + h * h + 10 * h) + 1), None)
-    failed_with(
-        check_flops_per_sample(lambda h: True), None, "flops_per_sample(1) should be a number, got bool"
-    )
-    failed_with(check_flops_per_sample(lambda h: "many"), None, "got str")
+def test_gflops_other_wrong_answers_fail_without_a_hint():
+    failed_with(check_gflops(lambda net, x: hand_timed(net, x, scale=3.3)), None, "expected about")
+    failed_with(check_gflops(lambda net, x: -1.0), None, "not a positive throughput")
+    failed_with(check_gflops(lambda net, x: True), None, "gflops(net, x) should be a number, got bool")
+    failed_with(check_gflops(lambda net, x: "fast"), None, "got str")
 
 
-def test_a_reader_filling_the_flops_starter_with_multiply_adds_gets_the_hint():
+def test_a_reader_who_times_without_warming_up_gets_the_hint():
     out = starter_with(
-        0, "raise NotImplementedError  # your code here", "return 64 * hidden + hidden**2 + 10 * hidden"
+        0,
+        "raise NotImplementedError  # your code here",
+        "import time\n"
+        "    start = time.perf_counter()\n"
+        "    net(x)\n"
+        "    return 8192 / (time.perf_counter() - start) / 1e9",
     )
-    assert out.startswith("✗ Exercise 8.1: flops_per_sample at widths (1, 7, 300, 2048): 4 of 4")
-    assert out.endswith(
-        "Hint: that is half: count a multiply-add as two operations, as FlopCounterMode does\n"
-    )
+    assert out.startswith("✗ Exercise 8.1: gflops(net, x) is ")
+    assert out.endswith("as Timer.blocked_autorange does\n")
 
 
 # --- 8.2: the batches of a resumed epoch ----------------------------------------------
@@ -250,9 +300,32 @@ def test_a_reader_who_compares_means_only_gets_the_hint():
 # --- 8.4: inference tensors in autograd -----------------------------------------------
 
 
-def test_inference_reference_passes():
-    verdict = check_inference_tensors(RIGHT, lambda features: features.clone())
+def saved_during(compute):
+    saved = []
+
+    def keep(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        compute()
+    return saved
+
+
+def saves_reference(features, compute):
+    return any(tensor is features for tensor in saved_during(compute))
+
+
+def saves_by_storage(features, compute):
+    address = features.untyped_storage().data_ptr()
+    return any(t.untyped_storage().data_ptr() == address for t in saved_during(compute))
+
+
+def test_inference_reference_and_a_storage_comparison_pass():
+    verdict = check_inference_tensors(RIGHT, saves_reference)
     assert verdict and "features * w and features @ W fail" in verdict.message
+    assert "in all 10 combinations (5 of them fail)" in verdict.message
+    assert check_inference_tensors(RIGHT, lambda f, c: torch.tensor(saves_by_storage(f, c)))
 
 
 @pytest.mark.parametrize(
@@ -265,33 +338,45 @@ def test_inference_reference_passes():
     ],
 )
 def test_inference_wrong_predictions_get_their_hints(name, hint):
-    verdict = check_inference_tensors({**RIGHT, name: not RIGHT[name]}, lambda f: f.clone())
+    verdict = check_inference_tensors({**RIGHT, name: not RIGHT[name]}, saves_reference)
     failed_with(verdict, hint, f"fails[{name!r}]")
 
 
 @pytest.mark.parametrize(
-    ("make_usable", "hint", "message"),
+    ("saves", "hint", "message"),
     [
-        (lambda f: f.detach(), "call .clone() outside inference_mode", "still an inference tensor"),
-        (lambda f: f.requires_grad_(), "give autograd a normal copy", "make_usable raised RuntimeError"),
+        (lambda f, c: bool(saved_during(c)), "not whether anything is saved", "relu(features + w)"),
+        (
+            lambda f, c: any(t.shape == f.shape and torch.equal(t, f) for t in saved_during(c)),
+            "compare identity (`is`) or storage, not values",
+            "features.clone() * w",
+        ),
+        (lambda f, c: c().requires_grad, "the question is what autograd saves", "features + w"),
+        (lambda f, c: False, "call compute() inside the saved_tensors_hooks block", "features * w"),
     ],
 )
-def test_inference_make_usable_mistakes_get_their_hints(make_usable, hint, message):
-    failed_with(check_inference_tensors(RIGHT, make_usable), hint, message)
+def test_inference_saves_mistakes_get_their_hints(saves, hint, message):
+    failed_with(check_inference_tensors(RIGHT, saves), hint, message)
 
 
 def test_inference_other_wrong_answers_fail_without_a_hint():
-    def broken(features):
+    def broken(features, compute):
         raise RuntimeError("something else")
 
     failed_with(check_inference_tensors(RIGHT, broken), None, "your code raised RuntimeError: something else")
-    failed_with(check_inference_tensors(RIGHT, lambda f: f.clone() + 1), None, "entries differ")
-    failed_with(check_inference_tensors(RIGHT, lambda f: f.numpy()), None, "should be a tensor, got ndarray")
-    failed_with(check_inference_tensors([], lambda f: f), None, "fails should be a dict with the keys")
+    # "more than one tensor saved": right for the four, wrong for (features + w) ** 2
     failed_with(
-        check_inference_tensors({**RIGHT, "features @ W": 1}, lambda f: f), None, "True or False, got 1"
+        check_inference_tensors(RIGHT, lambda f, c: len(saved_during(c)) >= 2),
+        None,
+        "saves is False for features * w",
     )
-    half_done = check_inference_tensors({**RIGHT, "features @ W": ...}, lambda f: f.clone())
+    failed_with(check_inference_tensors(RIGHT, lambda f, c: "yes"), None, "True or False, got 'yes'")
+    failed_with(check_inference_tensors(RIGHT, lambda f, c: torch.ones(2)), None, "True or False, got tensor")
+    failed_with(check_inference_tensors([], saves_reference), None, "fails should be a dict with the keys")
+    failed_with(
+        check_inference_tensors({**RIGHT, "features @ W": 1}, saves_reference), None, "True or False, got 1"
+    )
+    half_done = check_inference_tensors({**RIGHT, "features @ W": ...}, saves_reference)
     assert half_done.status == "not attempted"
 
 
@@ -303,13 +388,19 @@ def filled_predictions(source: str) -> str:
 
 def test_predictions_alone_are_not_yet_an_attempt():
     out = run_starter(filled_predictions(STARTERS[3]), **NAMES)
-    assert out == "… Exercise 8.4: not attempted yet: fill in `fails` and `make_usable` above\n"
+    assert out == "… Exercise 8.4: not attempted yet: fill in `fails` and `saves` above\n"
 
 
-def test_a_reader_who_detaches_gets_the_hint():
+def test_a_reader_who_compares_values_gets_the_hint():
     source = filled_predictions(STARTERS[3]).replace(
-        "raise NotImplementedError  # your code here", "return features.detach()"
+        "raise NotImplementedError  # your code here",
+        "saved = []\n"
+        "    with torch.autograd.graph.saved_tensors_hooks(\n"
+        "        lambda t: saved.append(t) or t, lambda t: t\n"
+        "    ):\n"
+        "        compute()\n"
+        "    return any(t.shape == features.shape and t.equal(features) for t in saved)",
     )
     out = run_starter(source, **NAMES)
-    assert out.startswith("✗ Exercise 8.4: make_usable(features) is still an inference tensor\n")
-    assert out.endswith("call .clone() outside inference_mode\n")
+    assert out.startswith("✗ Exercise 8.4: saves is True for features.clone() * w")
+    assert out.endswith("compare identity (`is`) or storage, not values\n")

@@ -1,18 +1,21 @@
 """Checkers for chapter 8's exercises (tips and tricks, each one measured).
 
 Each checker runs the reader's code on inputs of its own (a seeded ``torch.Generator``,
-tiny sizes, the CPU) against torch itself: ``FlopCounterMode`` counts the operations of
-a forward pass (8.1), a ``DataLoader`` iterated from a restored generator state gives
-the batches a resumed epoch must see (8.2), section 8.3's rule for a verdict beyond the
-seeds' spread judges two schedules (8.3), and
-autograd decides which uses of an inference tensor can go backward (8.4). Introduced
-with chapter 8's exercises.
+tiny sizes, the CPU) against torch itself: a stand-in model whose operations
+(``FlopCounterMode``) and time per call are known checks a throughput measurement (8.1),
+a ``DataLoader`` iterated from a restored generator state gives the batches a resumed
+epoch must see (8.2), section 8.3's rule for a verdict beyond the seeds' spread judges
+two schedules (8.3), and autograd itself decides which uses of an inference tensor fail
+and what it saves for the backward pass (8.4, in :mod:`helpers.exercises.ch08_autograd`,
+re-exported here). Introduced with chapter 8's exercises.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,22 +24,15 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers.exercises import Mismatch, checker, expect, expect_tensor, require_attempt
+from helpers.exercises import Mismatch, checker, expect, expect_tensor
+from helpers.exercises.ch08_autograd import check_inference_tensors
 
 __all__ = [
     "check_compare",
-    "check_flops_per_sample",
+    "check_gflops",
     "check_inference_tensors",
     "check_remaining_batches",
 ]
-
-WIDTHS = (1, 7, 300, 2048)
-COMBINATIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "features + w": lambda f, w, W: f + w,
-    "features * w": lambda f, w, W: f * w,
-    "relu(features + w)": lambda f, w, W: torch.relu(f + w),
-    "features @ W": lambda f, w, W: f @ W,
-}
 
 
 def _number(value: Any, what: str) -> float:
@@ -54,40 +50,92 @@ def _expect_function(value: Any, name: str) -> None:
     expect(callable(value), f"{name} should be a function, got {type(value).__name__}")
 
 
-def _counted_flops(hidden: int) -> int:
-    """FlopCounterMode's count for one sample through 64 -> hidden -> hidden -> 10."""
-    layers = [nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(0.1), nn.Linear(hidden, hidden)]
-    net = nn.Sequential(*layers, nn.ReLU(), nn.Dropout(0.1), nn.Linear(hidden, 10)).to("meta")
+def _counted_flops(layer: nn.Module, batch: int) -> int:
+    """FlopCounterMode's count for ``layer`` on a batch (on the meta device: nothing runs)."""
     with FlopCounterMode(display=False) as counter:
-        net.eval()(torch.zeros(1, 64, device="meta"))  # shapes only: nothing is computed
+        layer.to("meta")(torch.zeros(batch, layer.in_features, device="meta"))
     return counter.get_total_flops()
 
 
-@checker("8.1", "flops_per_sample")
-def check_flops_per_sample(flops_per_sample: Callable[[int], Any]) -> str:
-    """The count at four widths against FlopCounterMode on the same architecture."""
-    _expect_function(flops_per_sample, "flops_per_sample")
-    got = torch.tensor(
-        [_number(flops_per_sample(h), f"flops_per_sample({h})") for h in WIDTHS], dtype=torch.float64
+CALL_S = 0.002  # the stand-in's time per call, a sleep: a known answer
+FIRST_CALLS_S = 0.05  # its first two calls are slow, as a first call often is
+STANDIN_BATCH = 64
+
+
+class _Standin(nn.Module):
+    """A linear layer 16 -> 4 that also sleeps, so that its time per call is known."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(16, 4)
+        self.threads: list[int] = []  # torch's thread count at each call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.threads.append(torch.get_num_threads())
+        time.sleep(FIRST_CALLS_S if len(self.threads) <= 2 else CALL_S)
+        return self.linear(x)
+
+
+# how far off the usual mistakes put the answer, as a factor of the right one
+THROUGHPUT_MISTAKES = {
+    "that is in FLOP/s: divide by 1e9 for GFLOP/s": 1e9,
+    "that is in MFLOP/s, or the time is in milliseconds: divide operations by seconds, then by 1e9": 1e3,
+    "FlopCounterMode counted the whole batch's operations: do not divide them by the batch size": (
+        1 / STANDIN_BATCH
+    ),
+    "FlopCounterMode's count is already the whole batch's: do not multiply by the batch size": (
+        STANDIN_BATCH
+    ),
+}
+
+
+@checker("8.1", "gflops")
+def check_gflops(gflops: Callable[..., Any]) -> str:
+    """The answer for a stand-in model whose operations and time per call are known."""
+    _expect_function(gflops, "gflops")
+    net = _Standin()
+    x = torch.randn(STANDIN_BATCH, 16, generator=torch.Generator().manual_seed(801))
+    ops = _counted_flops(nn.Linear(16, 4), STANDIN_BATCH)  # 2 x 64 x 16 x 4
+    threads = torch.get_num_threads()
+    # not 1, so that a measurement on one thread is told apart from one left at the default
+    torch.set_num_threads(3)
+    try:
+        answer = _number(gflops(net, x), "gflops(net, x)")
+        threads_after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    expect(answer > 0, f"gflops(net, x) is {answer:.3g}, not a positive throughput")
+    right = ops / CALL_S / 1e9  # an upper bound: a call takes at least CALL_S
+    per_call = ops / (answer * 1e9)  # the seconds per call the answer implies
+    if not CALL_S * 0.97 <= per_call <= 1.6 * CALL_S:
+        message = (
+            f"gflops(net, x) is {answer:.3g} for a stand-in model of {ops:,} operations per call "
+            f"that takes {CALL_S * 1e3:.0f} ms a call after its first two: expected about {right:.3g}"
+        )
+        for hint, factor in THROUGHPUT_MISTAKES.items():
+            if abs(math.log(answer / right / factor)) < math.log(2):
+                raise Mismatch(message, hint)
+        if per_call > 1.6 * CALL_S:
+            raise Mismatch(
+                message,
+                "the first calls of a model are often slow (compiling, allocating): time only "
+                "after a warm-up, as Timer.blocked_autorange does",
+            )
+        raise Mismatch(message)
+    timed_on_one = net.threads.count(1)
+    expect(
+        timed_on_one > len(net.threads) / 2,
+        f"most calls of net ran with {max(set(net.threads), key=net.threads.count)} threads, not one",
+        "time on one thread: Timer(..., num_threads=1) sets it for the measurement",
     )
-    want = torch.tensor([float(_counted_flops(h)) for h in WIDTHS], dtype=torch.float64)
-    h = torch.tensor(WIDTHS, dtype=torch.float64)
-    mistakes = {
-        "that is half: count a multiply-add as two operations, as FlopCounterMode does": want / 2,
-        "that counts the parameters (weights and biases), not the operations of a forward pass": (
-            64 * h + h + h * h + h + 10 * h + 10
-        ),
-        "the output layer (hidden -> 10) is missing": want - 20 * h,
-        "the hidden-to-hidden layer does hidden x hidden multiply-adds per sample, not hidden": (
-            2 * (64 * h + h + 10 * h)
-        ),
-        "that counts the bias additions too: count only the matrix products": want + 2 * h + 10,
-        "that is for a batch of 512: divide by the batch size": want * 512,
-    }
-    expect_tensor(got, want, f"flops_per_sample at widths {WIDTHS}", atol=0.5, rtol=0, mistakes=mistakes)
+    expect(
+        threads_after == 3,
+        f"gflops left torch with {threads_after} threads; it had 3 before",
+        "the thread count is global: put it back after timing (Timer's num_threads does so itself)",
+    )
     return (
-        f"matches torch.utils.flop_counter.FlopCounterMode at widths {', '.join(map(str, WIDTHS))} "
-        f"({int(want[-1]):,} operations per sample at {WIDTHS[-1]:,})"
+        f"{answer:.3g} GFLOP/s for a stand-in of {ops:,} operations and {CALL_S * 1e3:.0f} ms per "
+        f"call, i.e. {per_call * 1e3:.2f} ms per call, timed on one thread after the slow first calls"
     )
 
 
@@ -266,84 +314,4 @@ def check_compare(compare: Callable[..., Any], grid: dict[Any, Any]) -> str:
     return (
         f"agrees with section 8.3's rule on {len(CASES)} made-up pairs and the "
         f"{len(pairs) - len(CASES)} neighbouring pairs of the grid ({ties} ties in all)"
-    )
-
-
-def _gradients(features: torch.Tensor, combine: Callable, generator: torch.Generator) -> list:
-    """Gradients of combine(features, w, W).sum() for w (4,) and W (4, 3)."""
-    w = torch.randn(4, generator=generator).requires_grad_()
-    W = torch.randn(4, 3, generator=generator).requires_grad_()
-    combine(features, w, W).sum().backward()
-    return [torch.zeros_like(p) if p.grad is None else p.grad for p in (w, W)]
-
-
-WRONG_PREDICTION = {
-    "features + w": "the gradient of a sum is 1 for w's every entry: it saves nothing, so it works",
-    "features * w": "the gradient of features * w for w is features itself, which autograd must "
-    "save: that fails",
-    "relu(features + w)": "relu saves its own output, a new and normal tensor, not features: it works",
-    "features @ W": "the gradient of features @ W for W is features.T @ grad, so features is "
-    "saved: that fails",
-}
-
-
-@checker("8.4", "fails` and `make_usable")
-def check_inference_tensors(fails: dict[str, Any], make_usable: Callable[[torch.Tensor], Any]) -> str:
-    """The predictions against autograd itself; then make_usable on a fresh inference tensor."""
-    expect(
-        isinstance(fails, dict) and set(fails) == set(COMBINATIONS),
-        f"fails should be a dict with the keys {sorted(COMBINATIONS)}, got {fails!r}",
-    )
-    for name in COMBINATIONS:
-        require_attempt(fails[name], "fails")
-        expect(
-            isinstance(fails[name], bool),
-            f"fails[{name!r}] should be True or False, got {fails[name]!r}",
-        )
-    generator = torch.Generator().manual_seed(804)
-    values = torch.randn(5, 4, generator=generator)
-    with torch.inference_mode():
-        features = values * 1  # (5, 4), an inference tensor
-    truth = {}
-    for name, combine in COMBINATIONS.items():
-        try:
-            _gradients(features, combine, generator)
-            truth[name] = False
-        except RuntimeError:
-            truth[name] = True
-    for name, failed in truth.items():
-        expect(
-            fails[name] is failed,
-            f"fails[{name!r}] is {fails[name]!r}, but its backward() {'fails' if failed else 'works'}",
-            WRONG_PREDICTION[name],
-        )
-    _expect_function(make_usable, "make_usable")
-    try:
-        usable = make_usable(features)
-    except RuntimeError as error:
-        if "nference tensor" not in str(error):
-            raise
-        raise Mismatch(
-            f"make_usable raised RuntimeError: {str(error).splitlines()[0]}",
-            "features needs no gradient itself: give autograd a normal copy, features.clone() "
-            "outside inference_mode",
-        ) from error
-    expect_tensor(usable, values, "make_usable(features)", atol=0, rtol=0)
-    expect(
-        not usable.is_inference(),
-        "make_usable(features) is still an inference tensor",
-        "detach(), .data and anything computed inside inference_mode stay inference tensors: "
-        "call .clone() outside inference_mode",
-    )
-    gap = 0.0
-    for name, combine in COMBINATIONS.items():
-        seed = generator.initial_seed()
-        got = _gradients(usable, combine, torch.Generator().manual_seed(seed))
-        want = _gradients(values, combine, torch.Generator().manual_seed(seed))
-        for which, g, r in zip(("w", "W"), got, want, strict=True):
-            gap = max(gap, expect_tensor(g, r, f"the gradient for {which} of {name}", atol=0, rtol=0))
-    failing = [name for name, failed in truth.items() if failed]
-    return (
-        f"predicts that {' and '.join(failing)} fail, as autograd does; with make_usable every "
-        f"combination's gradients equal those of a normal tensor exactly (gap {gap:.0e})"
     )
