@@ -16,6 +16,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from helpers.exercises.ch05 import (
     GRIDS,
     check_freeze_batchnorm,
+    check_layerwise_groups,
     check_load_backbone,
     check_pooled_features,
     check_start_lpft,
@@ -26,11 +27,19 @@ STARTERS = starter_cells("05")
 
 
 def test_the_chapter_has_one_starter_per_exercise_and_each_untouched_is_not_attempted():
-    names = ["pooled_features", "unfreeze_for_epoch", "load_backbone", "start_lpft", "freeze_batchnorm"]
+    names = [
+        ["pooled_features"],
+        ["layerwise_groups", "unfreeze_for_epoch"],
+        ["load_backbone"],
+        ["start_lpft"],
+        ["freeze_batchnorm"],
+    ]
     assert len(STARTERS) == len(names)
-    for k, (source, name) in enumerate(zip(STARTERS, names, strict=True), start=1):
+    for k, (source, attempts) in enumerate(zip(STARTERS, names, strict=True), start=1):
         out = run_starter(source, nn=nn, torch=torch)
-        assert out == f"… Exercise 5.{k}: not attempted yet: fill in `{name}` above\n"
+        assert out == "".join(
+            f"… Exercise 5.{k}: not attempted yet: fill in `{name}` above\n" for name in attempts
+        )
 
 
 def attempt(k: int, old: str, new: str) -> str:
@@ -184,12 +193,91 @@ def test_unfreeze_for_epoch_other_wrong_answers_fail_without_a_hint():
     assert "returned a NoneType" in nothing.message
 
 
+def groups(model, lr, ratio, *, exponent=lambda k: k, part=None, default_rate=False, shared=False):
+    """A right answer to exercise 5.2's ``layerwise_groups``, and the usual mistakes when asked."""
+    made = []
+    for k, name in enumerate(("fc", "layer3", "layer2", "layer1")):
+        block = model.get_submodule(name)
+        params = (
+            model.parameters()
+            if shared
+            else (block if part is None or name == "fc" else block[part]).parameters()
+        )
+        group = {"params": list(params)}
+        if not (default_rate and name == "fc"):
+            group["lr"] = lr / ratio ** exponent(k)
+        made.append(group)
+    return made
+
+
+def test_layerwise_groups_right_answer_passes(capsys):
+    assert check_layerwise_groups(groups)
+    assert capsys.readouterr().out.startswith(
+        "✓ Exercise 5.2: every parameter of a quarter-width GlyphNet in one group, at lr=0.1 for the "
+        "head and 0.03333, 0.01111, 0.003704 for layer3, layer2, layer1 (ratio=3)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message", "hint"),
+    [
+        (
+            {"exponent": lambda k: 4 - k if k else 0},
+            "the rates are fc 0.1, layer3 0.003704",
+            "shrink towards the input",
+        ),
+        ({"exponent": lambda k: max(k - 1, 0)}, "the rates are fc 0.1, layer3 0.1,", "already at lr / ratio"),
+        ({"exponent": lambda k: -k}, "the rates are fc 0.1, layer3 0.3,", "divide by ratio"),
+        (
+            {"part": 0},
+            "6 of the model's 11 parameters are in no group, e.g. ['layer1.1.weight'",
+            "batch norm has a weight",
+        ),
+        (
+            {"shared": True},
+            "AdamW refused the groups: some parameters appear in more than one",
+            "one block's",
+        ),
+        ({"default_rate": True}, "a group has no 'lr' of its own", "its own rate"),
+    ],
+)
+def test_layerwise_groups_usual_mistakes_get_their_hints(options, message, hint):
+    verdict = check_layerwise_groups(lambda m, lr, r: groups(m, lr, r, **options))
+    assert not verdict and message in verdict.message and hint in verdict.hint
+
+
+def test_layerwise_groups_other_wrong_answers_fail_without_a_hint():
+    same = check_layerwise_groups(lambda m, lr, r: groups(m, lr, r, exponent=lambda k: 0))
+    assert "the rates are fc 0.1, layer3 0.1, layer2 0.1" in same.message and same.hint is None
+    no_head = check_layerwise_groups(lambda m, lr, r: groups(m, lr, r)[1:])
+    assert "2 of the model's 11 parameters are in no group, e.g. ['fc.weight'" in no_head.message
+    assert no_head.hint is None
+    extra = check_layerwise_groups(
+        lambda m, lr, r: [*groups(m, lr, r), {"params": [nn.Parameter(torch.ones(1))]}]
+    )
+    assert "the groups hold 1 tensors that are not the model's parameters" in extra.message
+    split = groups_split = check_layerwise_groups(
+        lambda m, lr, r: [*groups(m, lr, r)[:3], {"params": [m.layer1[0].weight], "lr": 1.0},
+                          {"params": list(m.layer1[1].parameters()), "lr": 2.0}]
+    )  # fmt: skip
+    assert "layer1's parameters learn at several rates: [1.0, 2.0]" in split.message
+    assert groups_split.hint is None
+    empty = check_layerwise_groups(lambda m, lr, r: [])
+    assert "AdamW refused the groups: optimizer got an empty parameter list" in empty.message
+    assert empty.hint is None
+    a_dict = check_layerwise_groups(lambda m, lr, r: {"params": m.parameters()})
+    assert "returned a dict; expected a list of parameter groups" in a_dict.message
+
+
 # ---- 5.3 ----------------------------------------------------------------------------------
 
 
 def load(model, state, prefix="", *, copy_first=True, drop_head=True, strict=False, check="exact"):
     """A right answer to exercise 5.3, and the usual mistakes when asked."""
-    if copy_first:
+    if copy_first == "shallow":  # a new dict, but the caller's _metadata shared
+        state = copy.copy(state)
+        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, prefix)
+    elif copy_first:
         state = OrderedDict((k.removeprefix(prefix), v) for k, v in state.items())
     else:  # renames the caller's dict
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, prefix)
@@ -200,6 +288,8 @@ def load(model, state, prefix="", *, copy_first=True, drop_head=True, strict=Fal
     if check == "exact" and (result.missing_keys != ["fc.weight", "fc.bias"] or result.unexpected_keys):
         raise RuntimeError(f"backbone did not load cleanly: {result}")
     if check == "loose" and (not head_missing or result.unexpected_keys):
+        raise RuntimeError(f"backbone did not load cleanly: {result}")
+    if check == "missing" and result.missing_keys != ["fc.weight", "fc.bias"]:
         raise RuntimeError(f"backbone did not load cleanly: {result}")
 
 
@@ -218,11 +308,27 @@ def test_load_backbone_right_answer_passes(capsys):
         ({"strict": True}, "load with strict=False"),
         ({"check": None}, "strict=False never complains"),
         ({"check": "loose"}, "passes even when more is missing"),
+        ({"check": "missing"}, "check unexpected_keys too"),
+        ({"copy_first": "shallow"}, "copy.copy(state) shares that"),
     ],
 )
 def test_load_backbone_usual_mistakes_get_their_hints(mistake, hint):
     verdict = check_load_backbone(lambda m, s, p: load(m, s, p, **mistake))
     assert not verdict and hint in verdict.hint
+
+
+def test_load_backbone_names_what_changed_in_the_callers_checkpoint():
+    renamed = check_load_backbone(lambda m, s, p: load(m, s, p, copy_first=False))
+    assert "its keys now start ['layer1.0.weight'" in renamed.message
+    shallow = check_load_backbone(lambda m, s, p: load(m, s, p, copy_first="shallow"))
+    assert "its version metadata (state._metadata) was renamed: it now starts" in shallow.message
+    assert "expected ['module.'" not in shallow.message and "expected ['', 'module']" in shallow.message
+
+
+def test_load_backbone_refuses_a_checkpoint_with_extra_keys():
+    ignores_extra = check_load_backbone(lambda m, s, p: load(m, s, p, check="missing"))
+    assert "accepted a checkpoint with a layer4 that the model does not have" in ignores_extra.message
+    assert "so it came from another architecture" in ignores_extra.message
 
 
 def test_load_backbone_prefix_mistakes_get_their_hints():
@@ -443,11 +549,20 @@ SKELETON = "raise NotImplementedError  # your code here"
 
 
 def test_a_filled_in_starter_runs_its_check_right_and_wrong():
+    groups_skeleton = '# fill in: a list of {"params": ..., "lr": ...}\n    ' + SKELETON
+    groups = (
+        "return [{'params': model.get_submodule(n).parameters(), 'lr': lr / ratio**k} "
+        "for k, n in enumerate(['fc', 'layer3', 'layer2', 'layer1'])]"
+    )
     right = (
         "return [b for k, b in enumerate([model.layer3, model.layer2, model.layer1], 1) "
         "if not next(b.requires_grad_(k <= (epoch - 1) // every).parameters()).requires_grad]"
     )
-    assert attempt(2, SKELETON, right).startswith("✓ Exercise 5.2: set the blocks of a quarter-width")
+    source = STARTERS[1].replace(groups_skeleton, groups).replace(SKELETON, right)
+    out = run_starter(source, nn=nn, torch=torch)
+    first, second = out.splitlines()
+    assert first.startswith("✓ Exercise 5.2: every parameter of a quarter-width GlyphNet in one group")
+    assert second.startswith("✓ Exercise 5.2: set the blocks of a quarter-width")
     shallow = (
         "[setattr(module, n, __import__('torchvision').ops.FrozenBatchNorm2d(c.num_features, c.eps)) "
         "for n, c in list(module.named_children()) if isinstance(c, nn.BatchNorm2d)]"

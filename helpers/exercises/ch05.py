@@ -11,6 +11,7 @@ unfreezing) is checked in :mod:`helpers.exercises.ch05_unfreezing`, exercises 5.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 import torch
@@ -20,10 +21,11 @@ from torch import nn
 from helpers.exercises import Mismatch, checker, expect, expect_tensor
 from helpers.exercises.ch05_freezing import check_freeze_batchnorm, check_start_lpft
 from helpers.exercises.ch05_models import BLOCKS, SmallNet, check_function, differing
-from helpers.exercises.ch05_unfreezing import check_unfreeze_for_epoch
+from helpers.exercises.ch05_unfreezing import check_layerwise_groups, check_unfreeze_for_epoch
 
 __all__ = [
     "check_freeze_batchnorm",
+    "check_layerwise_groups",
     "check_load_backbone",
     "check_pooled_features",
     "check_start_lpft",
@@ -165,13 +167,20 @@ def check_load_backbone(load_backbone: Callable) -> str:
                     else None
                 ),
             ) from None
+        if list(state) != keys:
+            changed = f"its keys now start {list(state)[:2]}, expected {keys[:2]}"
+        else:  # the keys are intact: only the shared version metadata was renamed
+            changed = (
+                f"its version metadata (state._metadata) was renamed: it now starts "
+                f"{list(state._metadata)[:2]}, expected {versions[:2]}"
+            )
         expect(
             list(state) == keys and list(state._metadata) == versions,
-            "load_backbone changed the caller's checkpoint: its keys now start "
-            f"{list(state)[:2]}, expected {keys[:2]}",
+            f"load_backbone changed the caller's checkpoint: {changed}",
             "consume_prefix_in_state_dict_if_present renames the keys of the dict you give it, in "
-            "place, and deleting the head's keys changes it too: work on a copy (OrderedDict(state), "
-            "with a copy of its _metadata)",
+            "place, and its _metadata too (copy.copy(state) shares that), and deleting the head's "
+            "keys changes it as well: work on a copy (OrderedDict(state), with a copy of its "
+            "_metadata)",
         )
         differ = differing(target.state_dict(), backbone)
         expect(
@@ -182,26 +191,44 @@ def check_load_backbone(load_backbone: Callable) -> str:
             "(consume_prefix_in_state_dict_if_present does it)",
         )
         expect(not differing(target.fc.state_dict(), head), "load_backbone changed the new head")
+    missing_hint = (
+        "raise unless missing_keys is exactly ['fc.weight', 'fc.bias'] and unexpected_keys "
+        "is empty: strict=False never complains, and `'fc.weight' in missing_keys` passes "
+        "even when more is missing"
+    )
+    # a deeper model's checkpoint: every key the model has, plus a layer4 it lacks
+    deeper = OrderedDict(source.state_dict())
+    deeper["layer4.0.weight"] = torch.randn(8, 8, 3, 3, generator=generator)
     refusals = {
-        "a checkpoint whose prefix was not given (prefix '')": (_saved_wrapped(source, "module"), ""),
-        "a checkpoint without layer2's tensors": (
-            {k: v for k, v in source.state_dict().items() if not k.startswith("layer2.")},
+        "a checkpoint whose prefix was not given (prefix '')": (
+            _saved_wrapped(source, "module"),
             "",
+            "which leaves part of the backbone random",
+            missing_hint,
+        ),
+        "a checkpoint without layer2's tensors": (
+            OrderedDict((k, v) for k, v in source.state_dict().items() if not k.startswith("layer2.")),
+            "",
+            "which leaves part of the backbone random",
+            missing_hint,
+        ),
+        "a checkpoint with a layer4 that the model does not have": (
+            deeper,
+            "",
+            "so it came from another architecture",
+            "check unexpected_keys too, not only missing_keys: strict=False skips keys the "
+            "model lacks in silence, and a checkpoint with extra blocks is not the backbone "
+            "you meant to load",
         ),
     }
-    for what, (state, prefix) in refusals.items():
+    for what, (state, prefix, why, hint) in refusals.items():
         try:
             load_backbone(SmallNet(3, generator), state, prefix)
         except Exception:  # a refusal: what the exercise asks for
             continue
-        raise Mismatch(
-            f"load_backbone accepted {what}, which leaves part of the backbone random",
-            "raise unless missing_keys is exactly ['fc.weight', 'fc.bias'] and unexpected_keys "
-            "is empty: strict=False never complains, and `'fc.weight' in missing_keys` passes "
-            "even when more is missing",
-        )
+        raise Mismatch(f"load_backbone accepted {what}, {why}", hint)
     return (
         f"loaded all {len(backbone)} backbone tensors from checkpoints prefixed 'module.' and "
         "'_orig_mod.', kept the new head and the caller's checkpoint as they were, and refused "
-        "a wrong prefix and a checkpoint without layer2"
+        "a wrong prefix, a checkpoint without layer2 and one with an extra layer4"
     )
