@@ -12,6 +12,7 @@ import json
 import re
 import tempfile
 import tomllib
+import warnings
 from pathlib import Path
 
 import jupytext
@@ -199,8 +200,13 @@ CONDA_NAMES = {"pytorch": "torch"}  # conda-forge name -> PyPI name
 
 def _environment_yml() -> tuple[dict[str, Requirement], list]:
     """environment.yml's conda requirements and its pip section parsed by pip itself."""
-    from pip._internal.network.session import PipSession
-    from pip._internal.req.req_file import parse_requirements
+    with warnings.catch_warnings():
+        # setuptools' distutils shim warns when pip is imported after distutils, which
+        # torch.utils.benchmark (chapter 08's checkers, tested in this same process)
+        # imports through torch.utils.cpp_extension; the order says nothing about pip.
+        warnings.filterwarnings("ignore", "Setuptools is replacing distutils", UserWarning)
+        from pip._internal.network.session import PipSession
+        from pip._internal.req.req_file import parse_requirements
 
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda, pip_lines = {}, []
