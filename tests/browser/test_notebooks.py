@@ -209,7 +209,9 @@ def test_a_reader_fills_in_a_starter_in_jupyterlab_and_the_checker_answers(brows
         assert "✗ Exercise 1.3" in wrong and "subtract each row's maximum before exp" in wrong
         right = (
             head
-            + "    m = z.amax(dim=1, keepdim=True)\n    return (z - m).exp().sum(dim=1).log() + m[:, 0]\n"
+            + "    m = z.amax(dim=1, keepdim=True)\n"
+            + "    m = torch.where(m.isinf(), 0.0, m)\n"
+            + "    return (z - m).exp().sum(dim=1).log() + m[:, 0]\n"
         )
         assert "✓ Exercise 1.3: matches torch.logsumexp" in _run_and_read(page, cell, right + call, "✓")
     finally:
