@@ -15,11 +15,9 @@ from helpers.exercises import ch02_references as ref
 from helpers.exercises.ch02 import (
     check_accumulated_epoch,
     check_bootstrap_share,
-    check_choose_rate,
     check_load_hidden_only,
     check_momentum_sgd,
     check_sweep_batch_sizes,
-    check_updates_to_best,
 )
 
 STARTERS = starter_cells("02")
@@ -347,141 +345,6 @@ def test_a_reused_shared_module_is_reported_with_what_load_state_dict_said():
     assert "changed the trained network" in verdict.message
 
 
-# Exercise 2.5: updates up to the best epoch ------------------------------------------------
-
-
-def update_counter(mistake: str = ""):
-    """updates_to_best written right, or with one mistake."""
-
-    def updates_to_best(best_epoch, n_train, batch_size):
-        per_epoch = math.ceil(n_train / batch_size)
-        if mistake == "floor":
-            return best_epoch * (n_train // batch_size)
-        if mistake == "before best":
-            return (best_epoch - 1) * per_epoch
-        if mistake == "one epoch":
-            return per_epoch
-        if mistake == "examples":
-            return best_epoch * n_train
-        if mistake == "ceil total":
-            return math.ceil(best_epoch * n_train / batch_size)
-        if mistake == "float":
-            return best_epoch * n_train / batch_size
-        if mistake == "plus one":
-            return best_epoch * per_epoch + 1
-        return np.int64(best_epoch * per_epoch)  # a NumPy integer is a whole number too
-
-    return updates_to_best
-
-
-def test_updates_to_best_right_passes(capsys):
-    assert check_updates_to_best(update_counter()).passed
-    assert "counts 322, 81, 12, 50, 3 updates in 5 cases" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    ("mistake", "hint"),
-    [
-        ("floor", "the last, shorter batch is an update too"),
-        ("before best", "best_epoch counts from 1"),
-        ("one epoch", "that is one epoch's updates"),
-        ("examples", "not per example"),
-        ("ceil total", "round up each epoch's batch count, not the total"),
-        ("float", "round n_train / batch_size up with math.ceil"),
-        ("plus one", None),
-    ],
-)
-def test_updates_to_best_mistakes_get_their_hints(mistake, hint):
-    assert failed_with(check_updates_to_best(update_counter(mistake)), hint)
-
-
-def test_updates_to_best_names_a_few_wrong_cases_and_rejects_non_integers():
-    verdict = check_updates_to_best(update_counter("plus one"))
-    assert "(and 3 more)" in verdict.message
-    assert "(and 2 more)" in check_updates_to_best(update_counter("one epoch")).message
-    verdict = check_updates_to_best(lambda epoch, n, size: ref.updates_to_best(epoch, n, size) + (epoch == 1))
-    assert failed_with(verdict, None) and verdict.message == "updates_to_best(1, 364, 32) = 13, expected 12"
-    verdict = check_updates_to_best(lambda *case: True)
-    assert failed_with(verdict, None) and "should be a whole number (an int), got True" in verdict.message
-    assert failed_with(check_updates_to_best(lambda *case: "322"), None)
-
-
-def test_each_update_mistake_differs_from_the_count_and_from_the_others():
-    cases = ref.UPDATE_CASES
-    made = {
-        name: tuple(ref.update_mistakes(*c)[name] for c in cases) for name in ref.update_mistakes(*cases[0])
-    }
-    right = tuple(ref.updates_to_best(*c) for c in cases)
-    assert right not in made.values() and len(set(made.values())) == len(made)
-
-
-# Exercise 2.5: the rule that picks a learning rate -----------------------------------------
-
-
-def rate_chooser(mistake: str = ""):
-    """choose_rate written right, or with one mistake."""
-
-    def choose_rate(val_losses):
-        best = min(val_losses.values())
-        near = [rate for rate, loss in val_losses.items() if loss <= 1.01 * best]
-        if mistake == "lowest":
-            return min(val_losses, key=val_losses.get)
-        if mistake == "first listed":
-            return near[0]
-        if mistake == "largest":
-            return max(near)
-        if mistake == "absolute":
-            return min(rate for rate, loss in val_losses.items() if loss <= best + 0.01)
-        if mistake == "loss":
-            return best
-        if mistake == "largest tried":
-            return max(val_losses)
-        return np.float64(min(near))  # a NumPy float is a number too
-
-    return choose_rate
-
-
-def test_choose_rate_right_passes(capsys):
-    assert check_choose_rate(rate_chooser()).passed
-    assert "picks 0.03, 0.003, 0.001, 0.5 in 4 cases" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    ("mistake", "hint"),
-    [
-        ("lowest", "the rate with the lowest loss outright"),
-        ("first listed", "the dictionary's order is not the rates' order"),
-        ("largest", "the largest rate within 1 %"),
-        ("absolute", "a relative margin"),
-        ("loss", "return the rate"),
-        ("largest tried", None),
-    ],
-)
-def test_choose_rate_mistakes_get_their_hints(mistake, hint):
-    assert failed_with(check_choose_rate(rate_chooser(mistake)), hint)
-
-
-def test_choose_rate_names_the_first_wrong_case_and_rejects_non_numbers():
-    verdict = check_choose_rate(rate_chooser("first listed"))
-    assert verdict.message.startswith("choose_rate({0.3: 0.0502") and "(and 1 more)" in verdict.message
-    verdict = check_choose_rate(lambda losses: 0.03 if 0.3 in losses else ref.choose_rate(losses) * 2)
-    assert failed_with(verdict, None) and verdict.message.endswith("expected 0.003 (and 2 more)")
-    verdict = check_choose_rate(lambda losses: 0.3 if 0.3 in losses else ref.choose_rate(losses))
-    assert failed_with(verdict, None) and verdict.message == (
-        f"choose_rate({ref.RATE_CASES[0]}) = 0.3, expected 0.03"
-    )
-    verdict = check_choose_rate(lambda losses: True)
-    assert failed_with(verdict, None) and "a learning rate (a number), got True" in verdict.message
-    assert failed_with(check_choose_rate(lambda losses: "0.03"), None)
-
-
-def test_each_rate_mistake_differs_from_the_rule_and_from_the_others():
-    cases = ref.RATE_CASES
-    made = {name: tuple(ref.rate_mistakes(c)[name] for c in cases) for name in ref.rate_mistakes(cases[0])}
-    right = tuple(ref.choose_rate(c) for c in cases)
-    assert right not in made.values() and len(set(made.values())) == len(made)
-
-
 # Exercise 2.5: the batch-size sweep ---------------------------------------------------------
 
 
@@ -526,6 +389,9 @@ def sweeper(mistake: str = ""):
                 "floor": run["best_epoch"] * (n_train // size),
                 "before best": (run["best_epoch"] - 1) * per_epoch,
                 "float": run["best_epoch"] * n_train / size,
+                "one epoch": per_epoch,
+                "examples": run["best_epoch"] * n_train,
+                "ceil total": math.ceil(run["best_epoch"] * n_train / size),
                 "plus one": run["best_epoch"] * per_epoch + 1,
             }.get(mistake, np.int64(run["best_epoch"] * per_epoch))
         if mistake == "runs not dicts":
@@ -560,6 +426,9 @@ def test_sweep_right_passes(capsys):
         ("largest", "the largest rate within 1 %"),
         ("floor", "the last, shorter batch is an update too"),
         ("before best", "best_epoch counts from 1"),
+        ("one epoch", "that is one epoch's updates"),
+        ("examples", "not per example"),
+        ("ceil total", "round up each epoch's batch count, not the total"),
         ("float", "round n_train / batch_size up with math.ceil"),
         ("plus one", None),
     ],

@@ -9,14 +9,12 @@ batches in an epoch, and section 2.5's rate rule written out on hand-made loss t
 For the usual mistakes it computes what the mistake would produce, or reads the error
 it raised, and names it. Exercise 2.5's batch-size sweep is checked by
 :func:`check_sweep_batch_sizes` (in :mod:`helpers.exercises.ch02_sweep`, re-exported
-here), which uses the count and the rule as its parts; ``check_updates_to_best`` and
-``check_choose_rate`` check those parts alone. Introduced with chapter 2's exercises.
+here). Introduced with chapter 2's exercises.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -26,16 +24,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.exercises import Mismatch, checker, expect, expect_close, expect_tensor
 from helpers.exercises import ch02_references as ref
-from helpers.exercises.ch02_sweep import RATE_HINTS, UPDATE_HINTS, check_sweep_batch_sizes
+from helpers.exercises.ch02_sweep import check_sweep_batch_sizes
 
 __all__ = [
     "check_accumulated_epoch",
     "check_bootstrap_share",
-    "check_choose_rate",
     "check_load_hidden_only",
     "check_momentum_sgd",
     "check_sweep_batch_sizes",
-    "check_updates_to_best",
 ]
 
 
@@ -305,58 +301,3 @@ def check_load_hidden_only(load_hidden_only: Callable[[nn.Module, nn.Sequential]
 
 
 # Exercise 2.5 ------------------------------------------------------------------------
-
-
-@checker("2.5", "updates_to_best")
-def check_updates_to_best(updates_to_best: Callable[[int, int, int], Any]) -> str:
-    """``updates_to_best(best_epoch, n_train, batch_size)``: optimizer steps in epochs 1..best."""
-    got = []
-    for case in ref.UPDATE_CASES:
-        value = updates_to_best(*case)
-        expect(
-            isinstance(value, numbers.Integral) and not isinstance(value, bool),
-            f"updates_to_best{case} should be a whole number (an int), got {value!r}",
-            "a count of updates is an int: round n_train / batch_size up with math.ceil"
-            if isinstance(value, float)
-            else None,
-        )
-        got.append(int(value))
-    want = [ref.updates_to_best(*case) for case in ref.UPDATE_CASES]
-    made = [ref.update_mistakes(*case) for case in ref.UPDATE_CASES]
-    hint = next((h for name, h in UPDATE_HINTS.items() if got == [m[name] for m in made]), None)
-    wrong = [
-        f"updates_to_best{case} = {value}, expected {expected}"
-        for case, value, expected in zip(ref.UPDATE_CASES, got, want, strict=True)
-        if value != expected
-    ]
-    expect(not wrong, "; ".join(wrong[:2]) + (f" (and {len(wrong) - 2} more)" if wrong[2:] else ""), hint)
-    return (
-        f"counts {', '.join(map(str, want))} updates in {len(want)} cases: one per batch, the "
-        "short last batch included, over epochs 1 to the best"
-    )
-
-
-@checker("2.5", "choose_rate")
-def check_choose_rate(choose_rate: Callable[[dict[float, float]], Any]) -> str:
-    """``choose_rate(val_losses)``: the smallest rate whose loss is within 1 % of the lowest."""
-    got = []
-    for case in ref.RATE_CASES:
-        value = choose_rate(dict(case))
-        expect(
-            isinstance(value, numbers.Real) and not isinstance(value, bool),
-            f"choose_rate should return a learning rate (a number), got {value!r}",
-        )
-        got.append(float(value))
-    want = [ref.choose_rate(case) for case in ref.RATE_CASES]
-    made = [ref.rate_mistakes(case) for case in ref.RATE_CASES]
-    hint = next((h for name, h in RATE_HINTS.items() if got == [m[name] for m in made]), None)
-    wrong = [
-        f"choose_rate({case}) = {value:g}, expected {expected:g}"
-        for case, value, expected in zip(ref.RATE_CASES, got, want, strict=True)
-        if value != expected
-    ]
-    expect(not wrong, "; ".join(wrong[:1]) + (f" (and {len(wrong) - 1} more)" if wrong[1:] else ""), hint)
-    return (
-        f"picks {', '.join(f'{rate:g}' for rate in want)} in {len(want)} cases: the smallest rate "
-        "within 1 % of the lowest loss, whatever order the rates are listed in"
-    )

@@ -202,16 +202,6 @@ def cloned_state(net: nn.Module) -> dict[str, torch.Tensor]:
 
 # Exercise 2.5: counting the updates up to the best epoch ---------------------------------
 
-# (best epoch, training examples, batch size), each with a trap: a short last batch, a
-# batch size that divides the set (no short batch), one epoch, a batch larger than the set.
-UPDATE_CASES: list[tuple[int, int, int]] = [
-    (7, 364, 8),
-    (27, 364, 128),
-    (1, 364, 32),
-    (5, 100, 10),
-    (3, 10, 32),
-]
-
 
 def updates_to_best(best_epoch: int, n_train: int, batch_size: int) -> int:
     """Optimizer updates in epochs 1 to ``best_epoch``: one per batch, the short last one included."""
@@ -232,16 +222,6 @@ def update_mistakes(best_epoch: int, n_train: int, batch_size: int) -> dict[str,
 
 # Exercise 2.5: the rule that picks a learning rate ---------------------------------------
 
-# Each maps learning rates to their best validation losses, listed in an order that is not
-# the rates' order, so that "the first listed", "the smallest" and "the largest" rate
-# within 1 % differ; the first also has a rate within an absolute 0.01 but not within 1 %.
-RATE_CASES: list[dict[float, float]] = [
-    {0.3: 0.0502, 0.1: 0.0500, 0.03: 0.0504, 0.01: 0.0600, 0.003: 0.0900, 0.001: 0.1200},
-    {0.01: 0.2010, 0.001: 0.3000, 0.03: 0.2000, 0.1: 0.2015, 0.003: 0.2019},
-    {0.001: 0.1000, 0.01: 0.2000},
-    {0.5: 0.0400},
-]
-
 
 def choose_rate(val_losses: dict[float, float]) -> float:
     """The smallest rate whose loss is within 1 % of the lowest (section 2.5's rule)."""
@@ -250,15 +230,11 @@ def choose_rate(val_losses: dict[float, float]) -> float:
 
 
 def rate_mistakes(val_losses: dict[float, float]) -> dict[str, float]:
-    """What the usual mistakes return for one case, keyed by a short name."""
+    """What the two usual mistakes return: the lowest loss outright, the largest rate within 1 %."""
     best = min(val_losses.values())
-    near = [rate for rate, loss in val_losses.items() if loss <= 1.01 * best]
     return {
         "lowest": min(val_losses, key=val_losses.__getitem__),
-        "first listed": near[0],
-        "largest": max(near),
-        "absolute": min(rate for rate, loss in val_losses.items() if loss <= best + 0.01),
-        "loss": best,
+        "largest": max(rate for rate, loss in val_losses.items() if loss <= 1.01 * best),
     }
 
 
@@ -320,5 +296,4 @@ def sweep_kept(batch_size: int) -> dict:
 def sweep_rate_mistakes(batch_size: int) -> dict[str, float]:
     """The rate the usual rule mistakes keep for one batch size, keyed as ``rate_mistakes``."""
     runs = _candidates(batch_size)
-    mistakes = rate_mistakes({run["lr"]: run["best_val"] for run in runs})
-    return {name: mistakes[name] for name in ("lowest", "largest")}
+    return rate_mistakes({run["lr"]: run["best_val"] for run in runs})

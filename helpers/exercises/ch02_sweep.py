@@ -35,13 +35,8 @@ UPDATE_HINTS = {
 RATE_HINTS = {
     "lowest": "that is the rate with the lowest loss outright; the rule takes the smallest rate "
     "whose loss is within 1 % of that lowest loss",
-    "first listed": "you took the first rate listed within 1 %; the dictionary's order is not the "
-    "rates' order: take the smallest such rate (min over the rates)",
     "largest": "that is the largest rate within 1 % of the best; the rule takes the smallest, the "
     "gentlest rate that does about as well",
-    "absolute": "within 1 % means a loss of at most 1.01 times the lowest, a relative margin, "
-    "not the lowest plus 0.01",
-    "loss": "return the rate (the dictionary's key), not its loss",
 }
 
 _CALL_HINTS = {
