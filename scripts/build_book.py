@@ -11,7 +11,8 @@
 3. Every executed notebook is checked as JupyterLab and Colab show it (no raw MyST, no
    paragraph left unshown; ``notebook_markup.reader_problems``) and kept as such in
    ``_stage/reader/``; then its portable boxes become MyST admonitions for the book
-   (``notebook_markup.to_book``).
+   (``notebook_markup.to_book``), and the prints of a cell that only glue records split
+   become one block (``notebook_markup.merge_streams``).
 4. Each chapter's execution time (from pytest's JUnit report) and headline results
    (from its ``helpers.results.record`` outputs) go into ``_stage/runs.json`` and onto
    a generated Status page.
@@ -172,6 +173,7 @@ def prepare_for_book(notebook: Path) -> list[str]:
         READER.mkdir(parents=True, exist_ok=True)
         shutil.copy2(notebook, READER / notebook.name)
         notebook_markup.to_book(nb)
+        notebook_markup.merge_streams(nb)
         notebook.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return problems
 

@@ -15,6 +15,7 @@ notebooks hold only portable Markdown:
   ``<summary>`` title. Both read right as they are; ``to_book`` turns them into MyST
   admonitions for the book, after the notebook was executed and checked.
 
+``merge_streams`` joins a cell's prints that only glue records split, for the book.
 ``reader_problems`` checks an executed notebook the way JupyterLab and Colab show it;
 ``source_problems`` checks a committed notebook's cells. scripts/build_book.py runs the
 first on every chapter it executes, tests/test_project.py the second.
@@ -129,6 +130,59 @@ def to_book(notebook: dict) -> int:
             raise ValueError("a box-* tag belongs on a Markdown cell or a prose cell")
         converted += 1
     return converted
+
+
+# What glue (helpers.results.record) leaves in a cell's outputs: data for the page's
+# {glue} roles, which the page itself never shows.
+_RECORD_MIME = "application/papermill.record/"
+
+
+def _shown(output: dict) -> bool:
+    """Whether the page shows ``output``: anything but a stream or a glue record."""
+    return not all(mime.startswith(_RECORD_MIME) for mime in output.get("data", {}))
+
+
+def _as_terminal_shows(text: str) -> str:
+    """``text`` with each line cut to what follows its last carriage return (a bar's final state)."""
+    lines = []
+    for line in text.split("\n"):
+        parts = [part for part in line.split("\r") if part]
+        lines.append(parts[-1] if parts else "")
+    return "\n".join(lines)
+
+
+def merge_streams(notebook: dict) -> int:
+    """Join each cell's consecutive prints into one block, in place; returns how many joined.
+
+    A cell that prints, records a value with glue and prints again has three outputs,
+    and the page would show two text blocks where a notebook reader sees one. Streams
+    of the same name are joined across glue records only: text printed after a figure
+    stays after it, as in JupyterLab. Each stream's carriage returns (text progress
+    bars) are resolved as a terminal would, keeping each line's final state.
+    """
+    joined = 0
+    for cell in notebook["cells"]:
+        outputs, open_streams = [], {}
+        for output in cell.get("outputs", []):
+            if output["output_type"] == "stream":
+                text = output["text"]
+                text = "".join(text) if isinstance(text, list) else text
+                name = output["name"]
+                if name in open_streams:
+                    open_streams[name]["text"] += text
+                    joined += 1
+                    continue
+                output["text"] = text
+                open_streams[name] = output
+            elif _shown(output):
+                open_streams = {}
+            outputs.append(output)
+        for output in outputs:
+            if output["output_type"] == "stream":
+                output["text"] = _as_terminal_shows(output["text"])
+        if "outputs" in cell:
+            cell["outputs"] = outputs
+    return joined
 
 
 def _raw_myst(markdown: str) -> list[str]:

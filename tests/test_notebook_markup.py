@@ -168,3 +168,52 @@ def test_source_problems_check_boxes_and_raw_myst():
     assert "bold title" in problems[0]
     assert problems[1].endswith("a {glue:}` role")
     assert problems[2].endswith("belongs on a Markdown or prose cell")
+
+
+def stream(text, name="stdout"):
+    return {"output_type": "stream", "name": name, "text": text}
+
+
+def record(name):
+    return {
+        "output_type": "display_data",
+        "data": {"application/papermill.record/text/plain": "1"},
+        "metadata": {"scrapbook": {"name": name}},
+    }
+
+
+def figure():
+    return {"output_type": "display_data", "data": {"image/png": "iVBOR", "text/plain": "<Figure>"}}
+
+
+def code_cell(*outputs):
+    return {"cell_type": "code", "source": "", "metadata": {}, "outputs": list(outputs)}
+
+
+def test_merge_streams_joins_prints_split_only_by_glue_records_and_keeps_them():
+    cell = code_cell(stream("train 1149\n"), record("n_train"), stream(["85,002 ", "parameters\n"]))
+    assert markup.merge_streams(notebook(cell)) == 1
+    assert [o["output_type"] for o in cell["outputs"]] == ["stream", "display_data"]
+    assert cell["outputs"][0]["text"] == "train 1149\n85,002 parameters\n"
+
+
+def test_merge_streams_keeps_text_printed_after_a_figure_after_it():
+    cell = code_cell(stream("before\n"), figure(), stream("after\n"), record("x"), stream("more\n"))
+    assert markup.merge_streams(notebook(cell)) == 1
+    assert [o.get("text") for o in cell["outputs"]] == ["before\n", None, "after\nmore\n", None]
+
+
+def test_merge_streams_keeps_stdout_and_stderr_apart_and_skips_markdown_cells():
+    cell = code_cell(stream("out\n"), stream("warn\n", "stderr"), stream("out 2\n"))
+    nb = notebook(md("text"), cell)
+    assert markup.merge_streams(nb) == 1
+    assert [(o["name"], o["text"]) for o in cell["outputs"]] == [
+        ("stdout", "out\nout 2\n"),
+        ("stderr", "warn\n"),
+    ]
+
+
+def test_merge_streams_leaves_each_progress_line_in_its_final_state():
+    cell = code_cell(stream("epoch  10%\repoch  50%\repoch 100%\r\nloss 0.3\n"), stream("a\rb\n"))
+    markup.merge_streams(notebook(cell))
+    assert cell["outputs"][0]["text"] == "epoch 100%\nloss 0.3\nb\n"
