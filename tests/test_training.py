@@ -1,3 +1,5 @@
+from typing import ClassVar
+
 import pytest
 import torch
 from torch import nn
@@ -284,9 +286,13 @@ def test_fit_keeps_the_first_of_equally_good_epochs(tmp_path, monkeypatch):
         (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), None, CPU), TypeError, "optimizer"),
         (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, CPU, 0), ValueError, "accumulation_steps"),
         (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, CPU, 1.0), TypeError, "accumulation_steps"),
-        (lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, CPU), ValueError, "no batches"),
-        (lambda m, o: evaluate(m, [], nn.MSELoss(), CPU), ValueError, "no batches"),
-        (lambda m, o: predict(m, [], CPU), ValueError, "no batches"),
+        (
+            lambda m, o: train_one_epoch(m, [], nn.MSELoss(), o, CPU),
+            ValueError,
+            "^loader yielded no batches$",
+        ),
+        (lambda m, o: evaluate(m, [], nn.MSELoss(), CPU), ValueError, "^loader yielded no batches$"),
+        (lambda m, o: predict(m, [], CPU), ValueError, "^loader yielded no batches$"),
         (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 0, CPU), ValueError, "epochs"),
         (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 2.0, CPU), TypeError, "epochs"),
         (lambda m, o: fit(m, [], [], nn.MSELoss(), o, 1, CPU, select="best"), ValueError, "select"),
@@ -599,3 +605,39 @@ def test_fit_reports_a_callable_metric_per_epoch():
         last = (model(x).squeeze(1) - y).abs().mean().item()
     assert history.metric_name == "mean_absolute_error" and len(history.val_metric) == 2
     assert history.val_metric[-1] == pytest.approx(last, rel=1e-6)
+
+
+class _MoveSpy(torch.Tensor):
+    """A tensor that records the device of every ``.to(...)`` called on it."""
+
+    moves: ClassVar[list] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.to:
+            cls.moves.append(args[1] if len(args) > 1 else (kwargs or {}).get("device"))
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.parametrize(
+    ("run", "moved"),
+    [
+        (
+            lambda model, batches: train_one_epoch(
+                model, batches, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1), "cpu"
+            ),
+            [CPU, CPU],
+        ),
+        (lambda model, batches: evaluate(model, batches, nn.MSELoss(), "cpu"), [CPU, CPU]),
+        # predict returns the targets on the CPU, where they are: only the inputs move
+        (lambda model, batches: predict(model, batches, "cpu"), [CPU]),
+    ],
+)
+def test_batches_are_moved_to_the_device(run, moved):
+    # On a CPU-only machine a tensor left where it was still works, so the moves are
+    # watched instead: a batch half left on the CPU would fail on a GPU.
+    x, y = torch.randn(4, 3), torch.randn(4, 1)
+    batches = [(x.as_subclass(_MoveSpy), y.as_subclass(_MoveSpy))]
+    _MoveSpy.moves = []
+    run(nn.Linear(3, 1), batches)
+    assert _MoveSpy.moves[: len(moved)] == moved

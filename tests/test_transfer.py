@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.transfer import (
@@ -26,6 +27,9 @@ from helpers.transfer import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+CPU = torch.device("cpu")
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -660,3 +664,42 @@ def test_imagenet_cell_fine_tunes_resnet18_offline_from_the_torch_home_cache(tmp
         False,
         True,
     ]
+
+
+# --- device placement, watched on a CPU-only machine ---------------------------------
+
+
+class _DeviceWatch(TorchFunctionMode):
+    """Records the device each factory call and each ``.to(...)`` names (None when unnamed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[str, object]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.zeros, torch.rand):
+            self.calls.append((func.__name__, kwargs.get("device")))
+        elif func is torch.Tensor.to:
+            named = [a for a in (*args[1:], kwargs.get("device")) if isinstance(a, (str, torch.device))]
+            self.calls.append(("to", named[0] if named else None))
+        return func(*args, **kwargs)
+
+
+def test_random_affine_draws_on_the_generators_device_and_moves_theta_to_the_images():
+    # A CPU tensor works anywhere on a CPU-only machine; on a GPU a draw made on the
+    # CPU, or a matrix left there, fails. So the devices named are checked instead.
+    images = torch.rand(2, 1, 8, 8)
+    with _DeviceWatch() as watch:
+        random_affine(images, _gen(), rotation=(-10, 10))
+    assert watch.calls and all(device == CPU for _, device in watch.calls), watch.calls
+    assert {name for name, _ in watch.calls} == {"rand", "to"}
+
+
+def test_train_phases_keeps_its_sums_and_batches_on_the_device():
+    loaders, model = _toy_problem()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with _DeviceWatch() as watch:
+        train_phases(model, loaders, nn.CrossEntropyLoss(), optimizer, 1, CPU)
+    assert watch.calls and all(device == CPU for _, device in watch.calls), watch.calls
+    assert {name for name, _ in watch.calls} == {"zeros", "to"}
