@@ -270,7 +270,7 @@ assert torch.autograd.gradcheck(Softplus.apply, (w,))
 try:
     torch.autograd.gradcheck(WrongSoftplus.apply, (w,))
 except RuntimeError as err:  # gradcheck's GradcheckError
-    print("WrongSoftplus:", " ".join(str(err).splitlines()[:2]))
+    print("WrongSoftplus:", str(err).splitlines()[0].rstrip(","))
 assert not torch.autograd.gradcheck(
     WrongSoftplus.apply, (w,), raise_exception=False
 )
@@ -2106,9 +2106,9 @@ below = [
     [val < train for val, train in zip(run["val"], run["train"], strict=True)]
     for run in runs
 ]
-number_words = ["none", "one", "two", "three", "four", "five", "all"]
-record("n_below_start", number_words[sum(flags[0] for flags in below)])
-record("n_below_throughout", number_words[sum(all(flags) for flags in below)])
+count_words = ["none", "one", "two", "three", "four", "five", "all"]
+record("n_below_start", count_words[sum(flags[0] for flags in below)])
+record("n_below_throughout", count_words[sum(all(flags) for flags in below)])
 record("slow_lr", slow["lr"], fmt="{:g}")
 record("slow_train_at_end", slow["train_at_end"], fmt="{:.4f}")
 record("slow_val_at_end", slow["val"][-1], fmt="{:.4f}")
@@ -2144,7 +2144,7 @@ elif n_perfect == 1:
     perfect_runs = "Only the chosen run's best weights"
 else:
     perfect_runs = (
-        f"The best weights of {number_words[n_perfect]} of the six runs, the"
+        f"The best weights of {count_words[n_perfect]} of the six runs, the"
         " chosen run's among them,"
     )
 if chosen_mistakes == 0:
@@ -2488,15 +2488,38 @@ logistic = LogisticRegression(max_iter=1000).fit(
 )
 logistic_acc = logistic.score(x_test.numpy(), y_test.numpy())
 record("logistic_test_accuracy", logistic_acc, fmt="{:.1%}")
-gap_se = math.sqrt(
-    sum(a * (1 - a) for a in (test_acc, logistic_acc)) / len(test_true)
+# The two models answer the same 114 tumours, so compare them tumour by tumour:
+# only where they disagree can one be better. If they were equally good, each
+# disagreement would be a fair coin's toss (an exact sign test).
+logistic_right = logistic.predict(x_test.numpy()) == test_true
+network_right = test_pred == test_true
+only_network = int((network_right & ~logistic_right).sum())
+only_logistic = int((logistic_right & ~network_right).sum())
+disagreements = only_network + only_logistic
+sign_p = min(
+    1.0,
+    2
+    * sum(
+        math.comb(disagreements, k)
+        for k in range(min(only_network, only_logistic) + 1)
+    )
+    / 2**disagreements,
 )
-if test_acc < logistic_acc - 2 * gap_se:
-    logistic_words = "so on this split the network does worse than it"
-elif test_acc > logistic_acc + 2 * gap_se:
-    logistic_words = "so on this split the network does better than it"
+split_text = (
+    f"of the {disagreements} tumours on which the two disagree, the network"
+    f" alone is right on {only_network} and the regression alone on"
+    f" {only_logistic}; a fair coin splits {disagreements} tosses that"
+    f" unevenly or more with probability {sign_p:.2f}"
+)
+if disagreements == 0:
+    logistic_words = "exactly as the network: they disagree on no tumour"
+elif sign_p < 0.05:
+    better = "better" if only_network > only_logistic else "worse"
+    logistic_words = (
+        f"so on this split the network does {better} ({split_text})"
+    )
 else:
-    logistic_words = "within noise of the network"
+    logistic_words = f"within noise of the network ({split_text})"
 record("logistic_words", logistic_words)
 record("n_test_malignant", int(test_is_malignant.sum()))
 record("n_false_alarms", int(false_alarms.sum()))
@@ -2819,7 +2842,9 @@ the chosen recipe (lr {{chosen_lr}}, the epoch picked on validation as before);
 compute its logits for the fourth, which it never saw. The {{n_train}} such
 *out-of-fold* logits are held-out predictions of networks like ours, mistakes
 included, and `T` is fitted on them, then applied to the chosen model
-(scikit-learn's `CalibratedClassifierCV(ensemble=False)` calibrates the same way).
+(scikit-learn 1.8 and later fit the same way with
+`CalibratedClassifierCV(method="temperature", ensemble=False)`; its default method,
+`"sigmoid"`, is Platt scaling, which also fits a shift).
 The fold networks saw three quarters of the training tumours, so they stand in for
 the chosen model rather than being it. The fit minimises the log-loss over
 `log T`, which keeps `T` positive, with `torch.optim.LBFGS`, a quasi-Newton
@@ -2831,7 +2856,16 @@ loss, because its line search evaluates the loss several times per step.
 
 # %%
 def out_of_fold_logits(
-    features: torch.Tensor, labels: torch.Tensor, folds: int, lr: float
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    folds: int,
+    lr: float,
+    *,
+    epochs: int,
+    val_loader: DataLoader,
+    criterion: nn.Module,
+    seed: int,
+    device: torch.device,
 ) -> torch.Tensor:
     """Each tumour's logit from a network trained, as in section 2.7, on the
     other folds only (its epoch chosen on the validation set)."""
@@ -2875,7 +2909,17 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return log_t.exp().item()
 
 
-train_oof = out_of_fold_logits(x_train, y_train, folds=4, lr=lr)  # (364,)
+train_oof = out_of_fold_logits(  # (364,)
+    x_train,
+    y_train,
+    folds=4,
+    lr=lr,
+    epochs=epochs,
+    val_loader=val_loader,
+    criterion=criterion,
+    seed=seed,
+    device=device,
+)
 oof_mistakes = int(((train_oof > 0).float() != y_train).sum())
 temperature = fit_temperature(train_oof, y_train)
 print(
@@ -2898,8 +2942,8 @@ print(f"wrong at > 99 %     {confident_wrong:8d} {scaled_confident_wrong:8d}")
 # dividing by T > 0 keeps every logit's sign: the same decisions
 assert (scaled_pred == test_pred).all()
 # seeds 0-2: T 7.1, 0.99, 1.5; test loss 0.250 -> 0.105, 0.0508 -> 0.0507,
-# 0.0854 -> 0.0761. A T near 1 barely moves it: 2 % spares such a seed.
-assert scaled_loss <= 1.02 * test_loss, (scaled_loss, test_loss)
+# 0.0854 -> 0.0761. Nothing guarantees a fall on the test tumours (T was fitted
+# on other networks' logits): the words below say what this run's loss did.
 record("oof_mistakes", oof_mistakes)
 record("temperature", temperature, fmt="{:.1f}")
 record("scaled_test_loss", scaled_loss, fmt="{:.4f}")
@@ -2935,10 +2979,13 @@ record(
     + (" above" if scaled_gap > 0 else " below")
     + " the accuracy",
 )
-record(
-    "scaled_loss_words",
-    "falls" if scaled_loss < 0.95 * test_loss else "barely moves",
-)
+if scaled_loss < 0.95 * test_loss:
+    scaled_loss_words = "falls"
+elif scaled_loss > 1.05 * test_loss:
+    scaled_loss_words = "rises"
+else:
+    scaled_loss_words = "barely moves"
+record("scaled_loss_words", scaled_loss_words)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -3729,15 +3776,25 @@ for size, candidates in tried.items():
     )
     print(f"batch {size:3}, best validation loss at lr {scores}")
 sizes = sorted(sweep)  # 8, 32, 128
-best_epochs, updates, still_open = {}, {}, {}
+# Where a validation curve is flat near its lowest point, the epoch of the
+# minimum is mostly noise; the first epoch within 5 % of the lowest loss is a
+# steadier measure of how soon a run got there.
+near_epochs, near_updates, still_open = {}, {}, {}
 for size in sizes:
     run = sweep[size]
-    best_epochs[size], updates[size] = run["best_epoch"], run["updates"]
+    near_epochs[size] = next(
+        epoch
+        for epoch, loss in enumerate(run["val"], start=1)
+        if loss <= 1.05 * run["best_val"]
+    )
+    near_updates[size] = near_epochs[size] * math.ceil(len(train_set) / size)
     still_open[size] = still_improving(run["best_epoch"], epochs)
     print(
         f"batch {size:3}, lr {run['lr']:<6.4g} best validation loss "
-        f"{run['best_val']:.4f} at epoch {run['best_epoch']:2d}, after "
-        f"{updates[size]:4d} updates; {run['val'][-1]:.4f} at the last"
+        f"{run['best_val']:.4f} at epoch {run['best_epoch']:2d} "
+        f"({run['updates']:4d} updates), within 5 % of it from epoch "
+        f"{near_epochs[size]:2d} ({near_updates[size]:4d} updates); "
+        f"{run['val'][-1]:.4f} at the last"
         + (" (still improving)" if still_open[size] else "")
     )
 
@@ -3748,7 +3805,7 @@ ranked = sorted(sizes, key=lambda size: sweep[size]["best_val"])
 lowest, runner_up = ranked[:2]
 tumour_loss = nn.BCEWithLogitsLoss(reduction="none")
 x_val_dev, y_val_dev = x_val.to(device), y_val.to(device)
-val_losses = {}
+val_losses, val_mistakes = {}, {}
 for size in (lowest, runner_up):
     net = MLP(30, 16, 1).to(device)
     net.load_state_dict(sweep[size]["best_state"])
@@ -3756,11 +3813,13 @@ for size in (lowest, runner_up):
     with torch.no_grad():
         logits = net(x_val_dev).squeeze(1)
         val_losses[size] = tumour_loss(logits, y_val_dev).cpu()
+        val_mistakes[size] = int(((logits > 0).float() != y_val_dev).sum())
 gap = val_losses[runner_up] - val_losses[lowest]  # (91,)
 lowest_ahead = bootstrap_share(gap, 2000, make_generator(seed))
 print(
     f"batches of {lowest}: lower validation loss than batches of "
-    f"{runner_up} in {lowest_ahead:.0%} of 2,000 bootstrap resamples"
+    f"{runner_up} in {lowest_ahead:.0%} of 2,000 bootstrap resamples; "
+    f"validation mistakes {val_mistakes[lowest]} and {val_mistakes[runner_up]}"
 )
 # No assert on the order of the update counts (seeds 0-2: batches of 8 / of
 # 128 = 552/27, 1058/150, 138/45): the answer words whatever order the run gives.
@@ -3802,8 +3861,15 @@ def order_answer(counts: dict[int, int], still_open: dict[int, bool]) -> str:
     return "Not consistently (no single order)"
 
 
-for what, counts in (("epochs", best_epochs), ("updates", updates)):
+for what, counts in (("epochs", near_epochs), ("updates", near_updates)):
     record(f"ex5_{what}_answer", order_answer(counts, still_open))
+record(
+    "ex5_mistakes_text",
+    "neither network makes a mistake on the validation tumours"
+    if val_mistakes[lowest] == val_mistakes[runner_up] == 0
+    else f"the two networks make {val_mistakes[lowest]} and"
+    f" {val_mistakes[runner_up]} mistakes on the validation tumours",
+)
 record(
     "ex5_rule_32_text",
     f"the rate with the lowest loss, lr {rate_32:g}, as in section 2.7"
@@ -3845,18 +3911,23 @@ prose(
 <summary>Answer to exercise 5</summary>
 
 From section 2.7's six runs with batches of 32, the rule picks
-{{ex5_rule_32_text}}. Did a smaller batch reach its best in fewer epochs?
-{{ex5_epochs_answer}}. In
-fewer updates? {{ex5_updates_answer}}. (With batches of 8 an epoch has about
-four times as many updates as with 32, each a noisier step, section 2.6.)
-{{ex5_rise_text}}. The lowest
+{{ex5_rule_32_text}}. How soon a run reached its best is better read from the
+first epoch whose validation loss is within 5 % of its lowest than from the epoch of
+the lowest itself: where a validation curve is flat near its lowest point, as section
+2.7's chosen run is, where exactly the minimum fell is mostly chance. Measured so, did a
+smaller batch get there in fewer epochs? {{ex5_epochs_answer}}. In fewer updates?
+{{ex5_updates_answer}}. (With batches of 8 an epoch has about four times as many
+updates as with 32, each a noisier step, section 2.6.) {{ex5_rise_text}}. The lowest
 validation loss came with batches of {{ex5_lowest}}
 ({{ex5_lowest_loss}}, against {{ex5_runner_up_loss}} with batches of
 {{ex5_runner_up}}). Compared tumour by tumour with exercise 3's bootstrap, it
-is the lower in {{ex5_lowest_ahead}} of 2,000 resamples: {{ex5_lead}}.
-The comparison favours batches of 32, whose rate was chosen from all six of
-section 2.7 while each other size chose between two rates scaled from it;
-{{ex5_tuning}}.
+is the lower in {{ex5_lowest_ahead}} of 2,000 resamples: {{ex5_lead}} in
+validation loss. Two things keep that from being a lead in quality. First,
+{{ex5_mistakes_text}}, and on tumours a network already classifies right the loss
+ranks confidence, not correctness (section 2.7). Second, each kept run is the lowest
+of its candidates, and batches of 32 had the most: their rate was chosen from all
+six of section 2.7 while each other size chose between two rates scaled from it, and
+the lowest of more noisy numbers is lower by chance alone; {{ex5_tuning}}.
 
 </details>
 """
