@@ -11,6 +11,7 @@ from exercise_cells import run_starter, starter_cells
 from torch import nn
 
 from helpers.exercises.ch06 import (
+    check_collapse_prediction,
     check_conditional_vae,
     check_generator_losses,
     check_iwae_bound,
@@ -27,7 +28,12 @@ def test_the_chapter_has_one_starter_per_exercise_and_each_untouched_is_not_atte
     assert len(STARTERS) == len(NAMES)
     for k, (source, name) in enumerate(zip(STARTERS, NAMES, strict=True), start=1):
         out = run_starter(source, nn=nn, torch=torch)
-        assert out == f"… Exercise 6.{k}: not attempted yet: fill in `{name}` above\n"
+        want = f"… Exercise 6.{k}: not attempted yet: fill in `{name}` above\n"
+        if k == 2:  # the prediction comes first
+            want = (
+                "… Exercise 6.2: not attempted yet: fill in `predicted_kl and predicted_near` above\n" + want
+            )
+        assert out == want
 
 
 def test_within_says_exactly_for_no_gap():
@@ -172,6 +178,34 @@ def test_mean_loss_whose_gradient_misses_the_encoder_fails():
         return mean_loss(model, x).detach() + 0 * model.decoder.bias.sum()
 
     failed(check_mean_reconstruction_loss(decoder_only), None, "no gradient reaches the encoder")
+
+
+def test_collapse_prediction_right_answers_pass(capsys):
+    assert check_collapse_prediction(0.27, "independent pixels")
+    assert check_collapse_prediction(0, "independent pixels")
+    assert "a KL term of 0.27 nats, below 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("kl", "near", "hint", "message"),
+    [
+        (25.0, "correct VAE", "size of a correctly trained VAE's KL term", "far above"),
+        (-1.0, "independent pixels", "KL(q || p) >= 0", "never negative"),
+        (0.1, "correct VAE", "the code says nothing about the image", "near the independent-pixel"),
+        (2.0, "independent pixels", None, "is above what the training measures"),
+        (0.1, "VAE", None, "predicted_near should be one of"),
+        ("0.1", "independent pixels", None, "should be a number"),
+        (True, "independent pixels", None, "should be a number"),
+        (math.nan, "independent pixels", None, "not a finite number"),
+    ],
+)
+def test_collapse_prediction_wrong_answers_fail(kl, near, hint, message):
+    failed(check_collapse_prediction(kl, near), hint, message)
+
+
+def test_collapse_prediction_untouched_starter_is_not_attempted():
+    assert check_collapse_prediction(..., ...).status == "not attempted"
+    assert check_collapse_prediction(0.2, ...).status == "not attempted"
 
 
 # ---- 6.3 ----------------------------------------------------------------------------------
@@ -410,6 +444,8 @@ class ConditionalVAE(nn.Module):
     def label(self, y, used=True):
         if self.mistake == "one number":
             return y[:, None].float()
+        if self.mistake == "one_hot width":
+            return F.one_hot(y).float()  # max(y) + 1 columns
         code = torch.eye(10)[y]
         return code if used else torch.zeros_like(code)
 
@@ -453,6 +489,7 @@ def test_conditional_vae_right_answers_pass(variant, capsys):
     ("mistake", "hint"),
     [
         ("one number", "F.one_hot(y, 10).float()"),
+        ("one_hot width", "without num_classes the width is max(y) + 1"),
         ("decoder ignores", "Concatenate the one-hot label to the code"),
         ("encoder ignores", "The encoder sees the label too"),
         ("exp(logvar)", "σ = exp(0.5 · logvar)"),
@@ -517,6 +554,17 @@ class Keywords(ConditionalVAE):
 )
 def test_conditional_vae_other_wrong_answers_fail(attempt, message):
     failed(check_conditional_vae(attempt), None, message)
+
+
+class Broken(ConditionalVAE):
+    """Raises a RuntimeError whatever the labels."""
+
+    def forward(self, x, y):
+        raise RuntimeError("broken for every batch")
+
+
+def test_conditional_vae_error_for_every_label_set_is_reported_without_a_hint():
+    failed(check_conditional_vae(Broken), None, "raised RuntimeError: broken for every batch")
 
 
 def test_conditional_vae_decode_called_by_keyword_passes():

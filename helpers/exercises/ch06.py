@@ -21,6 +21,7 @@ from helpers.exercises import checker, expect, expect_tensor
 from helpers.exercises.ch06_networks import conditional_vae_facts, conv_gan_facts, within
 
 __all__ = [
+    "check_collapse_prediction",
     "check_conditional_vae",
     "check_generator_losses",
     "check_iwae_bound",
@@ -191,6 +192,58 @@ def check_mean_reconstruction_loss(mean_reconstruction_loss: Callable[..., torch
     return (
         f"matches reconstruction / 784 + summed KL, averaged over the batch, {within(max(gaps))} "
         "on 2 random batches, and its gradient reaches the encoder"
+    )
+
+
+# What exercise 6.2's training shows (the chapter asserts both): the KL term ends below
+# 1 nat per image, and the negative ELBO near the independent-pixel model's.
+COLLAPSED_KL = 1.0
+NEAR_CHOICES = ("correct VAE", "independent pixels")
+
+
+@checker("6.2", "predicted_kl and predicted_near")
+def check_collapse_prediction(predicted_kl: float, predicted_near: str) -> str:
+    """Exercise 6.2's prediction, committed before training: the KL term per image in nats,
+    and which negative ELBO the mistaken loss's will be near."""
+    expect(
+        isinstance(predicted_kl, (int, float)) and not isinstance(predicted_kl, bool),
+        f"predicted_kl should be a number of nats, got {type(predicted_kl).__name__}",
+    )
+    expect(math.isfinite(predicted_kl), f"predicted_kl is {predicted_kl}, not a finite number")
+    expect(
+        predicted_kl >= 0,
+        f"predicted_kl is {predicted_kl:g}: a KL divergence is never negative",
+        "KL(q || p) >= 0, with 0 only when q(z|x) is the prior itself.",
+    )
+    expect(
+        predicted_near in NEAR_CHOICES,
+        f"predicted_near should be one of {NEAR_CHOICES}, got {predicted_near!r}",
+    )
+    bound = (
+        "A code that carries nothing costs no KL, and its reconstruction is the independent-pixel "
+        "model's, about 210 nats (section 6.4): 210 / 784 ≈ 0.27 in the mistaken loss. The best "
+        "model's loss is no larger, so its KL term, which counts in full, is at most about 0.27 nats."
+    )
+    expect(
+        predicted_kl < 5 * COLLAPSED_KL,
+        f"your predicted KL, {predicted_kl:g} nats, is far above what the training measures "
+        f"(below {COLLAPSED_KL:g} nat per image)",
+        "That is the size of a correctly trained VAE's KL term. " + bound,
+    )
+    expect(
+        predicted_kl < COLLAPSED_KL,
+        f"your predicted KL, {predicted_kl:g} nats, is above what the training measures "
+        f"(below {COLLAPSED_KL:g} nat per image)",
+    )
+    expect(
+        predicted_near == "independent pixels",
+        "the negative ELBO ends near the independent-pixel model's, not the correct VAE's",
+        "With a KL term near 0, q(z|x) is the prior for every image: the code says nothing about "
+        "the image, so the decoder can only give each pixel one probability.",
+    )
+    return (
+        f"prediction committed: a KL term of {predicted_kl:g} nats, below {COLLAPSED_KL:g}, and a "
+        "negative ELBO near the independent-pixel model's; the training below measures both"
     )
 
 

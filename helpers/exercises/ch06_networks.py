@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.exercises import expect, expect_tensor
+from helpers.exercises import Mismatch, expect, expect_tensor
 
 __all__ = ["conditional_vae_facts", "conv_gan_facts", "within"]
 
@@ -192,7 +192,18 @@ def conditional_vae_facts(conditional_vae: type[nn.Module]) -> str:
 
     model.decode = spy
     torch.manual_seed(seed)
-    out = model(x, y)
+    try:
+        out = model(x, y)
+    except RuntimeError as error:  # labels 0-5: is the one-hot's width max(y) + 1?
+        try:
+            model(x, y + 10 - batch)  # labels 4-9, with a 9
+        except RuntimeError:
+            raise error from None
+        raise Mismatch(
+            f"forward(x, y) fails for the labels 0-{batch - 1} ({error}) but runs when a 9 is among them",
+            "Write F.one_hot(y, 10): without num_classes the width is max(y) + 1, so a batch without a 9 "
+            "gets fewer than 10 columns.",
+        ) from None
     del model.decode
     expect(isinstance(out, tuple) and len(out) == 3, "forward(x, y) should return (logits, mu, logvar)")
     logits, mu, logvar = out
