@@ -144,9 +144,10 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
 # So `float16` keeps about three significant decimal digits and its largest finite value
 # is 65,504, while `bfloat16` has float32's range (the same 8 exponent bits) but even less
 # precision: its `eps` of 2⁻⁷ means that already between 256 and 512 it holds only every
-# second integer. The next cell shows each limit. It prints 1/3 with 17 digits, because
-# PyTorch prints four decimals by default, which hides the difference between float32
-# and float64.
+# second integer. The next cell shows each limit. `.item()` returns the value of a
+# one-element tensor as a Python number; the cell prints 1/3 that way with 17 digits,
+# because PyTorch prints four decimals by default, which hides the difference between
+# float32 and float64.
 
 # %%
 big = torch.tensor(70000.0)
@@ -239,8 +240,9 @@ print(torch.tensor(1000.1).half())  # float16's spacing near 1000 is 0.5
 # `torch.result_type` applies the rule without computing anything. Those three unsigned
 # types also lack many arithmetic kernels: PyTorch's documentation gives them "limited
 # support in eager mode" and recommends the signed types when the extra range is not
-# needed. The cell also tries `uint16 + uint16`, which PyTorch 2.15 cannot compute on
-# the CPU; convert first (`.int()`, `.float()`).
+# needed. The cell also tries `uint16 + uint16`, which some releases cannot compute on
+# the CPU (the sentence after the cell says what the release that ran it does);
+# converting first (`.int()`, `.float()`) works on all of them.
 
 # %%
 int8s = torch.tensor([1, 100], dtype=torch.int8)
@@ -272,9 +274,22 @@ assert not uint16_promotes
 small = torch.tensor([1, 2], dtype=torch.uint16)
 try:
     print("uint16 + uint16 ->", small + small)
+    uint16_outcome = "computes `uint16 + uint16` on the CPU"
 except RuntimeError as err:  # NotImplementedError is a RuntimeError
     print("uint16 + uint16 ->", type(err).__name__, str(err).splitlines()[0])
+    uint16_outcome = (
+        f"cannot compute `uint16 + uint16` on the CPU (it raises "
+        f"`{type(err).__name__}`)"
+    )
 print("uint16 converted first:", small.int() + small.int())
+record("uint16_sentence", f"PyTorch {torch.__version__} {uint16_outcome}")
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+In the run that made this page, {{uint16_sentence}}; the last line converts first.
+"""
+)
 
 # %% [markdown]
 # Two consequences. An int64 tensor combined with a float32 tensor becomes float32, which
@@ -289,6 +304,7 @@ as_float = counts + torch.zeros(2)  # float32: 16,777,217 becomes 16,777,216
 print(as_float, "equal:", bool(as_float[0] == as_float[1]))
 wrapped = int8s + 1000  # 1 + 1000 = 1001 = 4 * 256 - 23, so it wraps to -23
 print(wrapped)
+# .tolist() returns the elements as a (nested) Python list of numbers
 assert as_float[1] == 2**24 and wrapped.tolist() == [-23, 76]
 try:
     numpy_sum = np.array([1, 100], dtype=np.int8) + 1000
@@ -425,15 +441,20 @@ print(m[1, 2], m[1], m[:, 2], m[1:3, ::2], m[..., -1], sep="\n")
 
 # %% [markdown]
 # A boolean tensor of the same shape acts as a **mask**: indexing with it selects the
-# elements where it is `True`, as a flat vector. `torch.where` keeps the shape and picks
-# from one of two tensors per element.
+# elements where it is `True`, as a flat vector. `torch.where(mask, a, b)` keeps the
+# shape and picks per element from `a` where the mask is `True`, from `b` elsewhere
+# (either may be a plain number). `masked_fill(mask, value)` returns a copy with one
+# value wherever the mask is `True`, the usual way to set padded positions to `-inf`
+# before a softmax (exercise 3 meets such rows).
 
 # %%
 scores = torch.tensor([[0.2, -1.3, 0.8], [1.5, -0.1, -0.7]])
 positive = scores > 0
 print(positive)
 print(scores[positive])  # tensor([0.2, 0.8, 1.5])
-print(torch.where(positive, scores, torch.zeros_like(scores)))  # ReLU by hand
+relu = torch.where(positive, scores, 0.0)  # ReLU by hand
+print(relu)
+assert torch.equal(scores.masked_fill(~positive, 0.0), relu)  # ~ negates a mask
 
 # %% [markdown]
 # `gather(dim, index)` reads elements along `dim` at the positions that `index` holds and
@@ -600,6 +621,8 @@ fig.suptitle(
 )
 plt.show()
 print((col + row).shape)
+# the rule alone, from shapes, without any tensor
+print(torch.broadcast_shapes((3, 1), (4,)))
 stretched = col.expand(3, 4)  # the stretching made visible: still col's memory
 print("strides of col.expand(3, 4):", stretched.stride())
 print("shares col's storage:", same_storage(stretched, col))
@@ -618,6 +641,8 @@ assert (expand_bytes, repeat_bytes) == (3 * 4, 12 * 4)
 # values by copying them, so it costs memory that `expand` does not: four times as many
 # bytes here, the last line shows (`untyped_storage().nbytes()` is the size of the
 # memory behind a tensor). Only the result of `col + row` is a new `(3, 4)` tensor.
+# `torch.broadcast_shapes` applies the rule to shapes alone, which checks a prediction
+# before any memory is allocated.
 # Broadcasting is how you centre every column of a data matrix in one line, and also how
 # a silent bug slips in: subtracting a `(B,)` vector from a `(B, 1)` column gives a
 # `(B, B)` matrix, not the `(B,)` difference you wanted.
@@ -1021,10 +1046,10 @@ if device.type in ("cpu", "cuda"):
 # - Keep `torch.backends.cudnn.benchmark = False`, the default. With `True`, cuDNN
 #   times several convolution algorithms for each new input shape and keeps the
 #   fastest, which can be a different one on the next run.
-# - With PyTorch 2.9 and earlier, set the environment variable
+# - With releases older than those this book supports, set the environment variable
 #   `CUBLAS_WORKSPACE_CONFIG=:4096:8` (or `:16:8`) before the first CUDA matrix product
-#   (simplest: before Python starts). In deterministic mode those releases raise an
-#   error naming it otherwise; PyTorch 2.10 removed the check.
+#   (simplest: before Python starts). In deterministic mode older releases raise an
+#   error naming it otherwise; the supported ones no longer check.
 # - On Apple's MPS, deterministic mode makes the operations PyTorch knows to be
 #   nondeterministic raise; beyond that PyTorch documents no reproducibility guarantee
 #   for MPS. What the cell above prints there depends on your release: which MPS
@@ -1160,7 +1185,9 @@ makes it subtract first, as the cell above does.
 # every class, and for a class with no examples that loop gives `nan` (the mean of no
 # rows is 0 / 0). Your function should give such a class a row of zeros instead, as
 # `scatter_reduce(..., "mean", include_self=False)` does on a tensor of zeros, so that
-# one empty class cannot spread `nan` into every later sum it enters. Check what
+# one empty class cannot spread `nan` into every later sum it enters. (`index_add_` and
+# the `scatter_*` functions reach the same means without a loop too; the checker uses
+# them as its reference and accepts only the matrix product.) Check what
 # `class_means(features, labels, 4)` gives for class 3, which has no examples (the
 # checker tries such a class too). If you build a matrix from a comparison such as
 # `labels[:, None] == k`, what happens when you multiply its boolean result with
@@ -1216,6 +1243,10 @@ print(means)
 # class 3 has no examples: without the clamp, its row would be 0 / 0 = nan,
 # as the mask loop gives; the convention is scatter_reduce's, a row of zeros
 with_empty = class_means(features, labels, 4)  # (4, 4)
+# torch.nn.functional.one_hot builds the same (N, C) matrix, as int64: it
+# needs the same cast before @
+from_one_hot = torch.nn.functional.one_hot(labels, 4)  # int64, (12, 4)
+assert torch.equal(from_one_hot, (labels[:, None] == torch.arange(4)).long())
 by_scatter = torch.zeros(4, 4).scatter_reduce(
     0, labels[:, None].expand(-1, 4), features, "mean", include_self=False
 )
@@ -1395,7 +1426,9 @@ assert check_logsumexp_rows(logsumexp_rows)
 # intermediate. Then measure the largest relative error of it, of
 # `distances_vectorised` and of `torch.cdist(...) ** 2` (in its default mode and with
 # `compute_mode="donot_use_mm_for_euclid_dist"`) against a `float64` reference, for
-# section 1.13's points and centres and for both shifted by 1,000 in each coordinate.
+# section 1.13's points and centres and for both shifted by 1,000 in each coordinate
+# (in float32). The reference is `distances_vectorised` on the very float32 sets each
+# method gets, converted to float64: for the shifted case, the shifted float32 sets.
 # What goes wrong after the shift, and why? Repair it without giving up the matrix
 # product or float32: the starter's `centred=False` argument is for that, and with
 # `centred=True` your function should compute the same distances in a way that
@@ -1425,7 +1458,8 @@ check_distances_matmul(distances_matmul)
 # The formula subtracts numbers of that size to get distances that can be a
 # thousandth: the digits that remain are rounding (catastrophic cancellation),
 # some "squared distances" even come out negative. The difference form subtracts
-# the coordinates first, which is exact enough, and squares small numbers.
+# the coordinates first, which is exact for two float32 numbers this close (within
+# a factor of 2 of each other), and squares small numbers.
 # Subtracting a common point (the mean of the points) from both sets changes no
 # distance and brings the norms back to the size of the distances. torch.cdist,
 # in its default mode, expands the square too for sets of more than 25 rows and
@@ -1489,6 +1523,24 @@ assert (
 assert errors[1000.0]["matrix product, centred"] < 3e-2
 # seeds 0-9: 11 to 43 negative "squared distances" after the shift
 assert negatives[1000.0] > 0, negatives
+# the shift itself: adding 1,000 in float32 rounds every coordinate
+unshifted = distances_vectorised(points.double(), centres.double())
+moved = distances_vectorised(
+    (points + 1000.0).double(), (centres + 1000.0).double()
+)
+shift_cost = ((moved - unshifted) / unshifted).abs().max().item()
+record("shift_cost", shift_cost, fmt="{:.1e}")
+print(
+    "The reference above is the shifted float32 sets in float64. The shift "
+    "itself rounds every coordinate to float32's spacing near 1,000, and "
+    "that alone moves the distances: the shifted sets' exact distances "
+    f"differ from the unshifted ones by up to {shift_cost:.1e} (relative), "
+    "which no method can undo. So 'exact' is said of the subtraction only; "
+    "the errors above measure what each method adds on top of that."
+)
+# seeds 0-9: shift_cost 1.6e-3 to 7.2e-3, at least 13,000 times the difference
+# form's error
+assert shift_cost > 1000 * errors[1000.0]["difference form"], shift_cost
 from helpers.exercises.ch01 import check_distances_matmul
 
 assert check_distances_matmul(distances_matmul)

@@ -60,7 +60,11 @@ def relative_errors(points, centres, dtype):
 
 
 RIGHT = [
-    (check_class_means, class_means, "index_add_ to 0.0e+00 on 3 fresh sets (4 and 5 classes), and gives"),
+    (
+        check_class_means,
+        class_means,
+        "index_add_ to 0.0e+00 on 3 fresh sets (4 and 5 classes), with no more torch calls",
+    ),
     (check_rows_by_last_index, rows_by_last_index, "as views of x, for x of shapes (3, 5, 2)"),
     (check_logsumexp_rows, logsumexp_rows, "span up to 2,000, where exp overflows, and gives -inf for a row"),
     (check_distances_matmul, distances_matmul, "relative error is 3.4, and 0.00024 with centred=True"),
@@ -84,6 +88,13 @@ def test_the_other_spellings_of_a_right_answer_pass():
             / torch.bincount(y, minlength=n).clamp(min=1)[:, None]
         )
     )
+
+    # F.one_hot cast to float, and the counts from a second product
+    def by_one_hot(f, y, n):
+        one_hot = torch.nn.functional.one_hot(y, n).float()  # (N, C)
+        return one_hot.T @ f / (one_hot.T @ torch.ones(len(y))).clamp(min=1)[:, None]
+
+    assert check_class_means(by_one_hot)
     assert check_rows_by_last_index(lambda x: x.movedim(2, 0).flatten(1))
     # merging A and B before the transpose: a view too
     assert check_rows_by_last_index(lambda x: x.reshape(-1, x.shape[-1]).T)
@@ -129,11 +140,12 @@ def _one_hot(labels, n):
     ("attempt", "hint"),
     [
         (lambda f, y, n: (y[:, None] == torch.arange(n)).T @ f, ch01._BOOL_MATMUL),
+        (lambda f, y, n: torch.nn.functional.one_hot(y, n).T @ f, ch01._BOOL_MATMUL),
         (lambda f, y, n: _one_hot(y, n).T @ f, ch01._SUMS),
         (lambda f, y, n: _one_hot(y, n).T @ f / _one_hot(y, n).sum(0), ch01._COUNTS_AXIS),
         (lambda f, y, n: class_means(f, y, 3), ch01._THREE_CLASSES),
     ],
-    ids=["bool one-hot", "sums", "counts axis", "three classes"],
+    ids=["bool one-hot", "int64 one_hot", "sums", "counts axis", "three classes"],
 )
 def test_class_means_mistakes_get_their_hint(attempt, hint):
     assert failed(check_class_means(attempt)).hint == hint
@@ -158,16 +170,35 @@ def test_class_means_that_fills_an_empty_class_with_other_values_fails():
     assert verdict.hint is None and "3 of 15 entries differ" in verdict.message
 
 
-def test_class_means_by_a_loop_is_right_but_not_the_exercise():
+def test_class_means_by_a_loop_without_a_product_is_not_the_exercise():
     verdict = failed(check_class_means(lambda f, y, n: torch.stack([f[y == k].mean(0) for k in range(n)])))
     assert "makes no matrix product" in verdict.message and verdict.hint == ch01._NO_PRODUCT
 
-    # the one-call scatter_reduce that the exercise text names as the convention is not the exercise
-    def mean_by_scatter(f, y, n):
-        index = y[:, None].expand(-1, f.shape[1])
-        return torch.zeros(n, f.shape[1]).scatter_reduce(0, index, f, "mean", include_self=False)
 
-    assert failed(check_class_means(mean_by_scatter)).hint == ch01._NO_PRODUCT
+def test_class_means_by_a_loop_with_one_product_per_class_fails():
+    def product_per_class(f, y, n):
+        rows = []
+        for k in range(n):
+            in_class = (y == k).float()  # (N,)
+            rows.append(in_class @ f / in_class.sum().clamp(min=1))
+        return torch.stack(rows)
+
+    verdict = failed(check_class_means(product_per_class))
+    assert verdict.hint == ch01._LOOP
+    assert "makes 25 torch calls for 4 classes and 31 for 5" in verdict.message
+
+
+def test_class_means_that_builds_the_one_hot_matrix_by_a_loop_fails():
+    def columns_by_loop(f, y, n):
+        one_hot = torch.stack([(y == k).float() for k in range(n)], dim=1)  # (N, C)
+        return one_hot.T @ f / one_hot.sum(dim=0).clamp(min=1)[:, None]
+
+    assert failed(check_class_means(columns_by_loop)).hint == ch01._LOOP
+
+
+def _mean_by_scatter(f, y, n):
+    index = y[:, None].expand(-1, f.shape[1])
+    return torch.zeros(n, f.shape[1]).scatter_reduce(0, index, f, "mean", include_self=False)
 
 
 def _sums_by_index(f, y, n, scatter):
@@ -178,15 +209,19 @@ def _sums_by_index(f, y, n, scatter):
     return sums / torch.bincount(y, minlength=n).clamp(min=1)[:, None]
 
 
-@pytest.mark.parametrize("scatter", [False, True], ids=["index_add_", "scatter_add_"])
-def test_class_means_that_adds_by_index_passes_and_is_told_so(scatter):
-    verdict = check_class_means(lambda f, y, n: _sums_by_index(f, y, n, scatter))
-    assert verdict.passed, verdict
-    name = "scatter_add_" if scatter else "index_add_"
-    assert verdict.message.endswith(
-        f"it adds the rows with {name} rather than a matrix product, loop-free too"
-    )
-    assert "rather than" not in check_class_means(class_means).message
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        lambda f, y, n: _sums_by_index(f, y, n, scatter=False),
+        lambda f, y, n: _sums_by_index(f, y, n, scatter=True),
+        _mean_by_scatter,
+    ],
+    ids=["index_add_", "scatter_add_", "scatter_reduce"],
+)
+def test_class_means_by_the_references_scatter_functions_is_not_the_exercise(attempt):
+    verdict = failed(check_class_means(attempt))
+    assert verdict.message == "class_means gives the right means but makes no matrix product"
+    assert verdict.hint == ch01._NO_PRODUCT
 
 
 def test_class_means_other_wrong_answers_fail_without_a_hint():

@@ -30,8 +30,9 @@ __all__ = [
 
 # ---------------------------------------------------------------- exercise 1.1
 _BOOL_MATMUL = (
-    "a comparison gives a bool tensor, and @ does not promote: both operands must have the "
-    "same dtype. Cast the one-hot matrix with .float() before the product."
+    "the one-hot matrix is bool (from a comparison) or int64 (from F.one_hot), and @ does "
+    "not promote: both operands must have the same dtype. Cast the one-hot matrix with "
+    ".float() (or .to(features.dtype)) before the product."
 )
 _SUMS = "these are the class sums: divide each row by the number of examples in its class."
 _COUNTS_AXIS = (
@@ -47,22 +48,28 @@ _EMPTY_NAN = (
     "so that its mean is a row of zeros."
 )
 _NO_PRODUCT = (
-    "the exercise asks for one matrix product: one_hot.T @ features, (C, N) @ (N, D), adds "
-    "up the rows of each class at once. (index_add_ of the rows by label is another "
-    "loop-free way to the class sums.)"
+    "the exercise asks for a matrix product: one_hot.T @ features, (C, N) @ (N, D), adds up "
+    "the rows of each class at once. (index_add_, scatter_add_ and scatter_reduce reach the "
+    "same means without a loop too; they are the checker's reference, not the exercise.)"
 )
-# Functions that add rows into slots by label without a loop: accepted in place of the product.
-_ADDS_BY_INDEX = ("index_add", "index_add_", "scatter_add", "scatter_add_")
+_LOOP = (
+    "build the whole (N, C) one-hot matrix at once, labels[:, None] == classes or "
+    "F.one_hot(labels, num_classes), and let one product, one_hot.T @ features, add up "
+    "every class: the same calls for any number of classes."
+)
 
 
 @checker("1.1", "class_means")
 def check_class_means(class_means: Callable[..., torch.Tensor]) -> str:
     """Exercise 1.1: ``class_means(features, labels, num_classes)`` from a one-hot ``@``.
 
-    A class with no examples must get a row of zeros (not nan).
+    The attempt must make a matrix product (the scatter functions of the reference are
+    not the exercise) and as many torch calls for 5 classes as for 4 (no loop over the
+    classes). A class with no examples must get a row of zeros (not nan).
     """
     gen = torch.Generator().manual_seed(101)
     worst = 0.0
+    calls = {}  # number of classes -> torch calls made, for the sets with no empty class
     # 4 classes of 4 features first, so that dividing along the wrong axis runs silently;
     # last, 5 classes of which class 2 has no examples
     for classes, dim, empty in ((4, 4, None), (5, 3, None), (5, 3, 2)):
@@ -87,17 +94,22 @@ def check_class_means(class_means: Callable[..., torch.Tensor]) -> str:
             expect(not nan_row, f"{what}: the mean of the empty class {empty} is nan", _EMPTY_NAN)
         worst = max(worst, _compare(got, want, what, mistakes))
         expect(
-            recorder.made_matrix_product() or recorder.called(*_ADDS_BY_INDEX),
+            recorder.made_matrix_product(),
             "class_means gives the right means but makes no matrix product",
             _NO_PRODUCT,
         )
-    route = ""
-    if not recorder.made_matrix_product():  # the same function on every set: the last tells
-        added_by = next(name for name, _ in recorder.calls if name in _ADDS_BY_INDEX)
-        route = f"; it adds the rows with {added_by} rather than a matrix product, loop-free too"
+        if empty is None:
+            calls[classes] = len(recorder.calls)
+    expect(
+        calls[5] <= calls[4],
+        f"class_means gives the right means, but it makes {calls[4]} torch calls for 4 "
+        f"classes and {calls[5]} for 5: work that grows with the classes is a loop over them",
+        _LOOP,
+    )
     return (
         f"matches per-class means from index_add_ to {worst:.1e} on 3 fresh sets (4 and 5 "
-        f"classes), and gives an empty class a mean of zeros{route}"
+        "classes), with no more torch calls for 5 classes than for 4 (no loop over them), "
+        "and gives an empty class a mean of zeros"
     )
 
 
