@@ -142,6 +142,12 @@ def same_size_output(x, weight, bias, padding):
     )
 
 
+def ignores_padding(x, weight, bias, padding):
+    b, _, h, w = x.shape  # H x W: right for padding 1 only, and no error at padding 0
+    out = weight.flatten(1) @ F.unfold(x, 3, padding=padding) + bias.view(1, -1, 1)
+    return out.reshape(b, -1, h, w)
+
+
 def calls_conv2d(x, weight, bias, padding):
     return F.conv2d(x, weight, bias, padding=padding)
 
@@ -156,6 +162,7 @@ def calls_conv2d(x, weight, bias, padding):
         (channels_last_weight, "do not permute the weight"),
         (calls_conv2d, "use F.unfold"),
         (same_size_output, "(H + 2p - 2) x (W + 2p - 2)"),
+        (ignores_padding, "(H + 2p - 2) x (W + 2p - 2)"),
         (lambda x, weight, bias, padding: conv2d_by_unfold(x, weight.detach(), bias, padding), ".detach()"),
         (lambda x, weight, bias, padding: nn.Conv2d(1, 1, 3)(x), "use F.unfold"),
     ],
@@ -176,7 +183,8 @@ def test_conv2d_mistakes_get_their_hint(attempt, hint):
             ),
             "the gradient for weight",
         ),
-        # a view that fails already with padding 1: no hint about the output size
+        # a wrong shape at padding 1, or a view that fails there: no output-size hint
+        (lambda x, weight, bias, padding: conv2d_by_unfold(x, weight, bias, padding)[:, :1], "(2, 1, 5, 7)"),
         (lambda x, weight, bias, padding: x.view(-1, 4, 5, 5), "raised RuntimeError: shape"),
     ],
 )
@@ -562,6 +570,29 @@ class NewHeadElsewhere(DigitCNN):
         self.head = pooled_class()(channels, **kwargs).classifier
 
 
+class BlockElsewhere(DigitCNN):
+    """Right, but the block in an attribute of its own, with a forward of its own."""
+
+    def __init__(self, channels=(16, 32), *, extra_block=True, **kwargs):
+        super().__init__(channels, **kwargs)
+        c2 = channels[1]
+        block = [nn.Conv2d(c2, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU()]
+        self.extra = nn.Sequential(*(block if extra_block else []))
+        self.classifier = nn.Linear(c2, 10)
+
+    def forward(self, x):
+        return self.classifier(self.extra(self.features(self.augment(x))).mean(dim=(2, 3)))
+
+
+class NoBlock(DigitCNN):
+    """Average pooling and the linear layer alone, whatever extra_block says."""
+
+    def __init__(self, channels=(16, 32), **kwargs):
+        kwargs.pop("extra_block", None)
+        super().__init__(channels, **kwargs)
+        self.classifier = nn.Sequential(*BARE_HEADS["right"](channels[1]))
+
+
 class FeaturesBuiltAgain(pooled_class()):
     def __init__(self, channels=(16, 32), **kwargs):
         super().__init__(channels, **kwargs)
@@ -584,6 +615,9 @@ class FeaturesAsList(pooled_class()):
     ("attempt", "hint"),
     [
         (NewHeadElsewhere, "assign the new head to self.classifier"),
+        (BlockElsewhere, "put the new block in self.classifier, before the pooling"),
+        (BlockElsewhere, "yours is in self.extra"),
+        (NoBlock, "put the new block in self.classifier, before the pooling"),
         (FeaturesBuiltAgain, "call super().__init__(channels, **kwargs) first"),
         (FeaturesCut, "call super().__init__(channels, **kwargs) first"),
         (FeaturesAsList, "or append the new block to self.features"),
@@ -669,6 +703,11 @@ class ShapeOnLargerImages(pooled_class()):
 def test_other_wrong_heads_fail(attempt, message):
     verdict = check_pooled_head(attempt, DigitCNN)
     assert not verdict and message in verdict.message and verdict.hint is None
+
+
+def test_pooled_head_names_no_attribute_when_no_block_exists():
+    verdict = check_pooled_head(NoBlock, DigitCNN)
+    assert not verdict and "got 0, 0 and 1" in verdict.message and "yours is in" not in verdict.hint
 
 
 def test_pooled_head_uses_width_hint_only_for_32():

@@ -44,6 +44,21 @@ def _split_features(net: nn.Module, base: nn.Module) -> tuple[nn.Module, list[tu
     return features[:n_base], [(f"features.{i}", features[i]) for i in range(n_base, len(features))]
 
 
+def _where_the_block_goes(net: nn.Module) -> str:
+    """The hint for a head without the extra block: where the checker looks for it."""
+    hint = (
+        "put the new block in self.classifier, before the pooling (or append it to "
+        "self.features): the checker looks for it there, as does the solution's count of "
+        "the head's parameters"
+    )
+    elsewhere = [
+        name
+        for name, child in net.named_children()
+        if name not in ("features", "classifier") and _leaves(child, nn.Conv2d)
+    ]
+    return f"{hint}; yours is in self.{elsewhere[0]}" if elsewhere else hint
+
+
 def _check_bare_head(pooled_class: Any, base_class: Any, c1: int, c2: int) -> None:
     """The control, ``extra_block=False``: global average pooling and the linear layer alone."""
     torch.manual_seed(0)
@@ -117,6 +132,7 @@ def check_pooled_head(pooled_class: Any, base_class: Any) -> str:
         len(convs) == 1 and len(norms) == 1 and len(linears) == 1,
         f"the head should hold one Conv2d, one BatchNorm2d and one Linear, got {len(convs)}, "
         f"{len(norms)} and {len(linears)}",
+        _where_the_block_goes(net) if not convs and not norms else None,
     )
     (conv,), (norm,), (linear,) = convs, norms, linears
     expect(
