@@ -412,9 +412,9 @@ of starting and coordinating the processes, not for a toy job like this.
 # calls a different collective), the others wait until the process group's timeout: 30
 # minutes by default for `gloo` and 10 for `nccl` in current releases, which looks
 # like a hang. (A rank that *dies* is different: under `torchrun` the agent stops the
-# others, section 9.6, and with `gloo` their connections fail at once.) Six tools
-# help. `dist.init_process_group(..., timeout=timedelta(...))`
-# makes the wait fail sooner, with an error. The environment variable
+# others, section 9.6, and with `gloo` their connections fail at once.) Five tools
+# help with a hang. `dist.init_process_group(..., timeout=timedelta(...))` makes the
+# wait fail sooner, with an error. The environment variable
 # `TORCH_DISTRIBUTED_DEBUG=DETAIL` makes every rank check, before each collective,
 # that all ranks call the same one with the same shapes, and name the mismatch; the
 # check costs a round trip per collective, so it is for debugging, not for training
@@ -425,11 +425,12 @@ of starting and coordinating the processes, not for a toy job like this.
 # writes them to a file per rank when a collective times out;
 # `python -m torch.distributed.flight_recorder.fr_trace DUMP_DIR` (installed as
 # `torchfrtrace`) matches the ranks' records and reports the first collective they
-# disagree on. And decorating the
-# script's `main` with `@record` (from `torch.distributed.elastic.multiprocessing.errors`,
-# as this chapter's scripts do) makes `torchrun` report a failed worker's traceback in
-# its summary. Exercise 4 makes
-# a job hang on purpose.
+# disagree on. Exercise 4 makes a job hang on purpose.
+#
+# A worker that *crashes* needs a different tool: decorating the script's `main` with
+# `@record` (from `torch.distributed.elastic.multiprocessing.errors`, as this
+# chapter's scripts do) makes `torchrun` report the failed worker's traceback in its
+# summary, instead of only its exit code.
 #
 # ## 9.3 Giving each process its own data: `DistributedSampler`
 #
@@ -505,6 +506,16 @@ assert len({tuple(order) for order in first[True]}) == 3
 # epoch gets a new order, and since every rank uses the same seed and epoch, the ranks
 # still split the data without overlap.
 #
+# A sampler needs a dataset it can index (a map-style `Dataset`, with `__len__`). An
+# `IterableDataset`, which streams its examples, must split them itself, or every rank
+# and every `DataLoader` worker yields the whole stream. In `__iter__`, each copy keeps
+# every `n`-th example, `n` = world size × workers per rank, starting at
+# `rank × workers + worker id`; `torch.utils.data.get_worker_info()` gives the worker's
+# `id` and `num_workers` (it returns `None` in the main process, with `num_workers=0`),
+# and `dist.get_rank()` and `dist.get_world_size()` the rest. The ranks must also end
+# with the same number of batches: a rank that runs out first leaves the others waiting
+# in DDP's next all-reduce.
+#
 # ## 9.4 A DDP training script
 #
 # The training script follows the chapter 2 loop, with five additions:
@@ -560,6 +571,15 @@ print(inspect.getsource(train_ddp.main))
 # every rank wait for the others each step.
 # The only explicit collective is the `all_reduce` that adds up the ranks' loss sums,
 # so that the logged training loss covers all the data, not just rank 0's half.
+#
+# Rank 0 evaluates and saves `model.module`, the network inside the wrapper, not
+# `model`, for two reasons. The wrapper's `state_dict()` keys start with `module.`
+# (`module.0.weight`), so a checkpoint saved from it would not load into a plain
+# network. And a forward pass through the wrapper can itself be a collective: if the
+# network has buffers, such as BatchNorm's running statistics, DDP broadcasts them from
+# rank 0 at the start of the first forward pass after a training step, so rank 0
+# evaluating through `model` alone would wait for ranks that never join (the hang of
+# section 9.2). This network has no buffers, but the habit costs nothing.
 #
 # Two processes, 32 examples each per step (64 per step in total), 6 epochs, SGD with
 # momentum 0.9 and learning rate 0.05. These settings are untuned: momentum 0.9 is the
@@ -619,6 +639,7 @@ ax_acc.set(
     xlabel="epoch",
     ylabel="accuracy",
 )
+ax_acc.grid(alpha=0.3)  # as plot_losses draws it on the loss panel
 fig.tight_layout()
 plt.show()
 
@@ -682,7 +703,7 @@ print(
 assert test_accuracy >= 0.90, test_accuracy
 record(
     "best_epoch_words",
-    "the last epoch, so best.pt holds the final weights here"
+    "the last epoch, so `best.pt` holds the final weights here"
     if best_epoch == epochs
     else f"epoch {best_epoch} of {epochs}",
 )
@@ -1210,24 +1231,28 @@ assert "graph has changed" in outcomes["static_graph=True, heads change"][1]
 # The run below is the same training with `--crash-at-epoch=3`: in epoch 3, rank 1
 # raises an exception after 5 steps, on the first attempt only.
 #
-# Some PyTorch releases (2.5 in particular) could fail such a restart: the agent kept
-# one key-value store across attempts, and a restarted worker could read an address
-# that a dead worker of the previous attempt had published there (PyTorch issue
-# 135712, fixed in later releases). Setting `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` for
-# the agent gives every attempt a fresh store; the launch below sets it so that the
-# chapter also runs on those releases.
+# Such a restart needs one setting. By default the agent keeps one key-value store
+# across attempts, and a restarted worker can read an address that a dead worker of the
+# previous attempt had published there; its `init_process_group` then fails with
+# "Connection refused" and the job ends (PyTorch issues 135712 and 167288). This still
+# happens, now and then, with torch 2.11 to 2.15. `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`
+# in the agent's environment gives every attempt a fresh store, so the launch below
+# sets it.
 
 # %%
 crash_dir = work_dir / "crash"
 crash_results, crash_output, _ = launch(
     [
-        single_node(
-            "helpers.distributed.train_ddp",
-            [*common_args, f"--out-dir={crash_dir}", "--crash-at-epoch=3"],
-            max_restarts=1,
-        )
+        [
+            "env",
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1",
+            *single_node(
+                "helpers.distributed.train_ddp",
+                [*common_args, f"--out-dir={crash_dir}", "--crash-at-epoch=3"],
+                max_restarts=1,
+            ),
+        ]
     ],
-    env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"},
 )
 agent_lines = [
     line
@@ -1236,9 +1261,9 @@ agent_lines = [
         r"Error: simulated failure|closing signal|failed \(exitcode", line
     )
 ]
-print(
-    "\nFrom the agent's log:\n" + "\n".join(line[:160] for line in agent_lines)
-)
+# cut each line before " of binary: <path of the Python interpreter>"
+print("\nFrom the agent's log:")
+print("\n".join(line.split(" of binary")[0] for line in agent_lines))
 
 # %% [markdown]
 # Rank 1 died in epoch 3. The agent stopped the group (its log shows the SIGTERM sent
@@ -1446,6 +1471,11 @@ what makes training possible at all. Three things matter for such a model:
 #   MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))`
 #   gathers the weights in `bfloat16` for the computation, keeps the `float32` shards
 #   for the optimizer, and averages the gradients in `float32`.
+# - **Gradient clipping** needs no new call: `torch.nn.utils.clip_grad_norm_(
+#   model.parameters(), max_norm)` takes the sharded (`DTensor`) gradients and
+#   all-reduces the shards' norms into the norm of the whole gradient, so every rank
+#   scales its shards by the same factor. The norm it returns is a `DTensor`;
+#   `.full_tensor()` makes it an ordinary tensor for logging.
 # - **Saving.** The script saves the model twice. `get_model_state_dict(...,
 #   full_state_dict=True, cpu_offload=True)` gathers one tensor at a time and keeps
 #   the whole model in rank 0's CPU memory only, which works as long as it fits
@@ -1801,7 +1831,8 @@ for first_part in (32, 16):
         f"{errors[first_part][0]:.1e}, rescaled {errors[first_part][1]:.1e}"
     )
 assert errors[32][0] < 1e-12 and max(errors[16][1], errors[32][1]) < 1e-12
-assert errors[16][0] > 0.05, errors[16]
+# "tens of percent": seeds 0-2 give 36-44 %
+assert errors[16][0] > 0.2, errors[16]
 assert check_rescaled_loss(rescaled_loss)
 
 # %% [markdown]
