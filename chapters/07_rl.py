@@ -226,7 +226,10 @@ episodes, a smaller and so noisier sample than the classic 100.
 # that can `sample()` an action and give the `log_prob` of any action, the quantity
 # policy gradients differentiate. Two hidden layers of 64 with `tanh` are the default
 # policy network of OpenAI's Spinning Up, a common reference for these algorithms; this
-# chapter did not tune them.
+# chapter did not tune them. For continuous actions (a force of any size, say) the
+# network would output the mean of a `torch.distributions.Normal(mu, std)` instead, with
+# `std` learned or fixed; `sample()` and `log_prob` work the same, and nothing else in
+# this chapter changes.
 
 
 # %%
@@ -346,15 +349,8 @@ assert np.allclose(discounted_returns(rewards, gamma).numpy(), direct)
 # **normalise** them over a batch, subtracting the mean and dividing by the standard
 # deviation (plus `eps`). Subtracting the mean acts as a simple baseline: actions followed
 # by more than the usual return are made more likely, the others less likely. (Not an
-# exact one: the batch mean includes the returns of the step's own episode, which its
-# action influenced. For a batch of $N$ steps, treating $N$ and the standard deviation
-# as fixed, each episode contributes $\nabla_\theta \mathbb{E}[G_0]$ to the expected
-# gradient, and subtracting the batch mean adds $-\frac{1}{N}\nabla_\theta
-# \mathbb{E}\big[\sum_t G_t\big]$ to it: the gradient of a different quantity, the sum of
-# all the episode's returns, in which a reward counts almost undiscounted however late
-# it comes. This bias vanishes as the batch grows, with more episodes per batch; it is
-# not simply a slight shrink of the estimate, and for long episodes and delayed
-# consequences it can match or exceed the signal.)
+# exact baseline: the batch mean includes the returns of the step's own episode, which
+# its actions influenced; section 7.4, once it has the tools, says what that costs.)
 # Dividing by the standard deviation gives every batch weights of the same
 # scale; with plain SGD the step then no longer grows with the returns (it still scales
 # with the gradients of the log-probabilities). The aside below explains why Adam's own
@@ -471,6 +467,22 @@ for t in (0, 250, 450, 499):
 # estimate is not the gradient of any function). In exchange it has lower variance,
 # because rewards far in the future, which an action barely influenced, count for
 # little. Normalising the returns is a trade of the same kind.
+#
+# The same tools say what the batch mean of section 7.3 costs. Treat the number $N$ of
+# steps in a batch and the standard deviation as fixed, and write $\bar G$ for the mean
+# of all $N$ returns of the batch. Up to that common scale, each episode contributes
+# $\mathbb{E}\big[\sum_t (G_t - \bar G)\, \nabla_\theta \log \pi_\theta(a_t \mid s_t)\big]$.
+# Its first part, with $G_t$, is the direction just described. In the second, $\bar G$
+# multiplies the episode's summed score $\sum_t \nabla_\theta \log \pi_\theta(a_t \mid
+# s_t)$. The returns of the *other* episodes in $\bar G$ do not depend on this episode's
+# actions, so by step 4 they add nothing on average. The episode's own returns make up
+# a share $\frac{1}{N}\sum_t G_t$ of $\bar G$, a function of the whole episode, and by
+# steps 1 and 2 (with this function in place of $R$) that share adds
+# $-\frac{1}{N}\nabla_\theta \mathbb{E}\big[\sum_t G_t\big]$: the gradient of a
+# different quantity, the sum of all the episode's returns, in which a reward counts
+# almost undiscounted however late it comes. This bias shrinks as the batch grows, with
+# more episodes per batch; it is not simply a slight shrink of the estimate, and for
+# long episodes and delayed consequences it can match or exceed the signal.
 #
 # In PyTorch we write the **loss**
 # $-\frac{1}{N}\sum_t \hat G_t \log \pi_\theta(a_t \mid s_t)$, with $\hat G_t$ the
@@ -648,6 +660,29 @@ def seconds_per_update_pass(net: nn.Module, n: int) -> float:
     return best_time(update_pass, repeat=5, warmup=2)
 
 
+update_states = 4_000  # a batch of 16 episodes of 250 steps
+cpu_step = seconds_per_step(policy, torch.device("cpu"), n_envs)
+cpu_update = seconds_per_update_pass(policy, update_states)
+print(
+    f"one thread: {cpu_step * 1e6:.0f} µs per step, {cpu_update * 1e3:.1f} ms "
+    f"per update pass on {update_states:,} states"
+)
+if default_threads > 1:
+    torch.set_num_threads(default_threads)
+    threads_step = seconds_per_step(policy, torch.device("cpu"), n_envs)
+    threads_update = seconds_per_update_pass(policy, update_states)
+    torch.set_num_threads(1)  # back to the chapter's choice
+    print(
+        f"{default_threads} threads: {threads_step * 1e6:.0f} µs per step, "
+        f"{threads_update * 1e3:.1f} ms per update pass"
+    )
+if accelerator.type != "cpu":
+    accelerator_step = seconds_per_step(policy, accelerator, n_envs)
+    print(f"{accelerator.type}: {accelerator_step * 1e6:.0f} µs per step")
+
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# The timings above in words, for the paragraph below.
 def compared(threads_time: float, one_time: float) -> str:
     """How long the default thread count took against one thread, in words."""
     ratio = threads_time / one_time
@@ -664,14 +699,7 @@ def compared(threads_time: float, one_time: float) -> str:
     return "about as long as"
 
 
-update_states = 4_000  # a batch of 16 episodes of 250 steps
-cpu_step = seconds_per_step(policy, torch.device("cpu"), n_envs)
-cpu_update = seconds_per_update_pass(policy, update_states)
 if default_threads > 1:
-    torch.set_num_threads(default_threads)
-    threads_step = seconds_per_step(policy, torch.device("cpu"), n_envs)
-    threads_update = seconds_per_update_pass(policy, update_states)
-    torch.set_num_threads(1)  # back to the chapter's choice
     thread_note = (
         f"PyTorch's default of {default_threads} CPU threads took "
         f"{threads_step * 1e6:.0f} µs per step, "
@@ -697,7 +725,6 @@ if accelerator.type == "cpu":
         "that waits for them) to a few small matrix products"
     )
 else:
-    accelerator_step = seconds_per_step(policy, accelerator, n_envs)
     ratio = accelerator_step / cpu_step
     comparison = (
         f"{ratio:.1f} times as long as"
@@ -935,7 +962,8 @@ def train_reinforce(
         num_envs=settings.n_envs,
         vectorization_mode="vector_entry_point",
     )
-    envs.reset(seed=run_seed)  # start states of all training episodes
+    # seeds the one stream that draws every training episode's start state
+    envs.reset(seed=run_seed)
     history = {
         "episode_returns": [],
         "truncated": [],
@@ -1020,8 +1048,12 @@ def train_reinforce(
 # policy that played the batch, one update behind the policy the baseline is used for
 # next. The value network gets its own seed, so that its first layers do not start as
 # copies of the policy's. Everything else is the same as for plain REINFORCE: the same
-# initial policy weights and training start states for each `run_seed`, the same
-# optimizer, batch size, validation rule and budget.
+# initial policy weights and the same first batch for each `run_seed` (its start states
+# and its sampled actions), the same optimizer, batch size, validation rule and budget.
+# Only the first batch is shared: a finished copy of the vector environment draws its
+# next start state from the one random stream of all 16 copies, and the two versions'
+# episodes, of different lengths after their first updates, use up that stream
+# differently, so from the second batch on their start states differ.
 
 
 # %%
@@ -1158,23 +1190,13 @@ plain_passed = sum(runs["plain", s]["solved_at"] is not None for s in run_seeds)
 baseline_passed = sum(
     runs["baseline", s]["solved_at"] is not None for s in run_seeds
 )
-# paired by seed: both versions start from the same weights and start states
+# paired by seed: both versions start from the same weights and first batch
 paired = np.array(baseline_needed) - np.array(plain_needed)  # (n_runs,)
 difference = paired.mean()
 difference_se = paired.std(ddof=1) / math.sqrt(n_runs)
 # two-sided 5% for Student's t with n_runs - 1 degrees of freedom: 4.30 for 3
 t_critical = stats.t.ppf(0.975, n_runs - 1)
-if abs(difference) <= t_critical * difference_se:
-    verdict = (
-        "not significant at the 5% level, no clear evidence that the baseline "
-        "changes the episodes needed"
-    )
-else:
-    fewer_or_more = "fewer" if difference < 0 else "more"
-    verdict = (
-        f"the baseline needs {fewer_or_more} episodes at the 5% level, "
-        "though three pairs are thin evidence"
-    )
+significant = abs(difference) > t_critical * difference_se
 truncated = {
     label: sum(sum(runs[label, s]["history"]["truncated"]) for s in run_seeds)
     for label in ("plain", "baseline")
@@ -1185,6 +1207,44 @@ played = {
 }
 plain_fall_back = worst_fall_back(runs, "plain", run_seeds)
 baseline_fall_back = worst_fall_back(runs, "baseline", run_seeds)
+print(
+    f"plain:    {plain_passed}/{n_runs} passed, episodes needed {plain_needed}"
+)
+print(
+    f"baseline: {baseline_passed}/{n_runs} "
+    f"passed, episodes needed {baseline_needed}"
+)
+print(
+    f"baseline minus plain: {difference:+.0f} episodes on average "
+    f"(standard error {difference_se:.0f}); significant at 5% "
+    f"(|difference| > {t_critical:.2f} standard errors): "
+    f"{'yes' if significant else 'no'}"
+)
+print(
+    f"worst fall-back of validation: plain {plain_fall_back:.0f}, "
+    f"baseline {baseline_fall_back:.0f}"
+)
+print(f"truncated training episodes: {truncated} of {played}")
+# seeds 0-2 at CPU levels default (avx512) and avx2: every run passed; the
+# slowest needed 320 / 608 / 320 episodes (the budget is 1000)
+assert plain_passed == baseline_passed == n_runs, (
+    plain_needed,
+    baseline_needed,
+)
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# The comparison in words and numbers, for the paragraph below.
+if significant:
+    fewer_or_more = "fewer" if difference < 0 else "more"
+    verdict = (
+        f"the baseline needs {fewer_or_more} episodes at the 5% level, "
+        "though three pairs are thin evidence"
+    )
+else:
+    verdict = (
+        "not significant at the 5% level, no clear evidence that the baseline "
+        "changes the episodes needed"
+    )
 record("plain_mean_episodes", np.mean(plain_needed), fmt="{:.0f}")
 record("baseline_mean_episodes", np.mean(baseline_needed), fmt="{:.0f}")
 record("plain_max_episodes", max(plain_needed))
@@ -1206,28 +1266,6 @@ record(
     plain_passed + baseline_passed,
     headline=f"Training runs that passed validation (of {2 * n_runs})",
 )
-print(
-    f"plain:    {plain_passed}/{n_runs} passed, episodes needed {plain_needed}"
-)
-print(
-    f"baseline: {baseline_passed}/{n_runs} "
-    f"passed, episodes needed {baseline_needed}"
-)
-print(
-    f"baseline minus plain: {difference:+.0f} episodes on average "
-    f"(standard error {difference_se:.0f}): {verdict}"
-)
-print(
-    f"worst fall-back of validation: plain {plain_fall_back:.0f}, "
-    f"baseline {baseline_fall_back:.0f}"
-)
-print(f"truncated training episodes: {truncated} of {played}")
-# seeds 0-2 at CPU levels default (avx512) and avx2: every run passed; the
-# slowest needed 320 / 608 / 320 episodes (the budget is 1000)
-assert plain_passed == baseline_passed == n_runs, (
-    plain_needed,
-    baseline_needed,
-)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -1238,9 +1276,10 @@ average and {{plain_max_episodes}} at worst; with the value baseline it took
 {{baseline_mean_episodes}} on average and {{baseline_max_episodes}} at worst.
 The difference of the means, baseline minus plain, is {{episodes_difference}}
 episodes, with a standard error of {{episodes_difference_se}}. The two versions
-share each seed's initial weights and start states, so the runs come in pairs: the
-standard error is $s_d/\sqrt{3}$, with $s_d$ the standard deviation of the three
-per-seed differences. With so few runs the standard error is itself a rough estimate,
+share each seed's initial weights and first batch, so the runs come in pairs (only
+loosely: their later batches differ, see above), and pairs from different seeds are
+independent. The standard error is $s_d/\sqrt{3}$, with $s_d$ the standard deviation
+of the three per-seed differences. With so few runs the standard error is itself a rough estimate,
 so the test is Student's t with 2 degrees of freedom rather than the normal
 distribution: at the 5% level (two-sided) it asks for a difference of more than
 {{t_critical}} standard errors, against 1.96 for the normal. The verdict of this run:
@@ -1387,6 +1426,34 @@ probe_length = np.mean([len(e.actions) for e in measured])
 probe_truncated = sum(e.truncated for e in probed)
 constant_gain = variance["G_t"] / variance["G_t - b"]
 value_share = variance["G_t - V(s_t)"] / variance["G_t - b"]
+print(
+    f"snapshot after update {halfway} of {len(kept_history['weights'])}; "
+    f"measured episodes last {probe_length:.0f} steps on average; "
+    f"{probe_truncated} of all {len(probed)} probe episodes were truncated"
+)
+print(f"value network R^2 on the measured episodes: {r2:.2f}")
+for name, v in variance.items():
+    print(f"total variance, weights {name:13}: {v:9.3f}")
+print(
+    f"b cuts it {constant_gain:.1f}-fold; "
+    f"V(s_t) leaves {value_share:.0%} of what b left"
+)
+print(
+    f"|g|^2 estimated from the measured episodes: {signal:.3f} "
+    f"({signal / mean_norm2:.0%} of the mean row's squared length)"
+)
+for name, ratio in noise_to_signal.items():
+    batch_of = f"a batch of {settings.n_envs}"
+    print(f"{batch_of}, weights {name:13}: noise/signal {ratio:.2f}")
+# seeds 0-2, CPU levels default (avx512) and avx2 alike: constant_gain
+# 3.6 / 2.2 / 3.5, value_share 0.65 / 0.16 / 0.40
+assert constant_gain > 1.5 and value_share < 0.8, (constant_gain, value_share)
+# The noise-to-signal ratios need a signal estimate well above 0: seeds 0-2
+# (both CPU levels) gave 67% / 98% / 79% of the mean row's squared length.
+assert signal > 0.25 * mean_norm2, (signal, mean_norm2)
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# The measurement in words and numbers, for the paragraphs below.
 record("snapshot_update", halfway)
 record("kept_updates", len(kept_history["weights"]))
 record("probe_length", probe_length, fmt="{:.0f}")
@@ -1410,33 +1477,8 @@ record(
     headline="Gradient variance left by V(s), relative to a constant baseline",
 )
 record("value_gain", 1 / value_share, fmt="{:.1f}")
-print(
-    f"snapshot after update {halfway} of {len(kept_history['weights'])}; "
-    f"measured episodes last {probe_length:.0f} steps on average; "
-    f"{probe_truncated} of all {len(probed)} probe episodes were truncated"
-)
-print(f"value network R^2 on the measured episodes: {r2:.2f}")
-for name, v in variance.items():
-    print(f"total variance, weights {name:13}: {v:9.3f}")
-print(
-    f"b cuts it {constant_gain:.1f}-fold; "
-    f"V(s_t) leaves {value_share:.0%} of what b left"
-)
-print(
-    f"|g|^2 estimated from the measured episodes: {signal:.3f} "
-    f"({signal / mean_norm2:.0%} of the mean row's squared length)"
-)
-for name, ratio in noise_to_signal.items():
-    batch_of = f"a batch of {settings.n_envs}"
-    print(f"{batch_of}, weights {name:13}: noise/signal {ratio:.2f}")
 record("noise_b", noise_to_signal["G_t - b"], fmt="{:.1f}")
 record("noise_v", noise_to_signal["G_t - V(s_t)"], fmt="{:.1f}")
-# seeds 0-2, CPU levels default (avx512) and avx2 alike: constant_gain
-# 3.6 / 2.2 / 3.5, value_share 0.65 / 0.16 / 0.40
-assert constant_gain > 1.5 and value_share < 0.8, (constant_gain, value_share)
-# The noise-to-signal ratios need a signal estimate well above 0: seeds 0-2
-# (both CPU levels) gave 67% / 98% / 79% of the mean row's squared length.
-assert signal > 0.25 * mean_norm2, (signal, mean_norm2)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -1444,13 +1486,13 @@ prose(
 At the snapshot (after update {{snapshot_update}} of the kept run's
 {{kept_updates}}, episodes of {{probe_length}} steps on average; the returns are
 computed as in training: {{probe_bootstrap}}), subtracting
-the one constant $b$ already cut the total variance {{constant_gain}}-fold: that is
-what the mean subtraction of normalisation buys plain REINFORCE. The value network
-explained a fraction $R^2$ = {{value_r2}} of the returns' variance on episodes it
-had not seen, and subtracting $V(s_t)$ instead of $b$ left {{value_share}} of the
-variance that $b$ left, a further {{value_gain}}-fold cut. So at a fixed policy,
-with a value network fitted to that policy, the baseline does what step 4 and the
-argument above promise: the same expectation, a smaller variance.
+the one constant $b$ already cut the total variance {{constant_gain}}-fold: that
+is roughly what the mean subtraction of normalisation buys plain REINFORCE. The value
+network explained a fraction $R^2$ = {{value_r2}} of the returns' variance on
+episodes it had not seen, and subtracting $V(s_t)$ instead of $b$ left
+{{value_share}} of the variance that $b$ left, a further {{value_gain}}-fold cut.
+So at a fixed policy, with a value network fitted to that policy, the baseline does
+what step 4 and the argument above promise: the same expectation, a smaller variance.
 A value network that predicts badly would instead add its own errors to every
 weight.
 
@@ -1746,6 +1788,10 @@ plt.show()
 
 gap_visited = (visited_logits[:, 1] - visited_logits[:, 0]).abs().max().item()
 gap_map = (map_logits[..., 1] - map_logits[..., 0]).abs().max().item()
+print(f"largest logit gap: {gap_visited:.1f} (episode), {gap_map:.1f} (map)")
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# The map and the episode in words and numbers, for the paragraphs below.
 if max(gap_visited, gap_map) < clamp_gap / 2:
     gap_relation = "both far below"
 elif max(gap_visited, gap_map) < clamp_gap:
@@ -1795,7 +1841,6 @@ record(
     if max(gap_visited, gap_map) < clamp_gap
     else "On some of these states the clamp does matter",
 )
-print(f"largest logit gap: {gap_visited:.1f} (episode), {gap_map:.1f} (map)")
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -1909,13 +1954,12 @@ for ax, t, frame in zip(np.atleast_1d(axes), shown, frames, strict=True):
         f"(drawn at {exaggerate * theta:+.2f} rad)",
         fontsize=9,
     )
-drawn_by = "gymnasium (pygame)" if has_pygame else "cartpole_frame (no pygame)"
-fig.suptitle(
-    f"Greedy episode, pole angle drawn {exaggerate}x (dashed: vertical); "
-    f"drawn by {drawn_by}",
-    fontsize=10,
-)
 plt.show()
+drawn_by = "gymnasium (pygame)" if has_pygame else "cartpole_frame (no pygame)"
+print(
+    f"frames drawn by {drawn_by}; the pole at {exaggerate}x its true angle, "
+    "dashed: vertical"
+)
 
 # %% [markdown]
 # A few frames show where the cart went and which way the pole leaned, not the motion
@@ -1938,17 +1982,10 @@ plt.show()
 largest_angle = np.degrees(np.abs(episode.states[:, 2]).max())
 largest_x = np.abs(episode.states[:, 0]).max()
 final_x = episode.states[-1, 0]
-if episode.truncated:
-    episode_end = (
-        f"cut off by the time limit after {len(episode.actions)} steps"
-    )
-else:
-    episode_end = f"ended by a fall after {len(episode.actions)} steps"
-record("largest_angle", largest_angle, fmt="{:.1f}")
-record("largest_x", largest_x, fmt="{:.2f}")
-record("final_x", final_x, fmt="{:+.2f}")
-record("episode_end", episode_end)
-print(f"the episode was {episode_end}")
+print(
+    f"{len(episode.actions)} steps, truncated by the time limit: "
+    f"{episode.truncated}"
+)
 print(
     f"largest |theta| {largest_angle:.1f} "
     f"degrees, largest |x| {largest_x:.2f} m"
@@ -1957,7 +1994,19 @@ print(f"final x {final_x:+.2f} m")
 # The text below describes a balanced episode: seeds 0-2 at CPU levels default
 # (avx512) and avx2 all lasted the 500 steps, the pole within 2.3 / 1.7 / 2.9
 # degrees.
-assert episode.truncated and largest_angle < 12, (episode_end, largest_angle)
+assert episode.truncated and largest_angle < 12, (
+    episode.truncated,
+    largest_angle,
+)
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# The episode in words and numbers, for the paragraph below.
+# the assert above guarantees a time-out
+episode_end = f"cut off by the time limit after {len(episode.actions)} steps"
+record("largest_angle", largest_angle, fmt="{:.1f}")
+record("largest_x", largest_x, fmt="{:.2f}")
+record("final_x", final_x, fmt="{:+.2f}")
+record("episode_end", episode_end)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -2010,24 +2059,30 @@ prose(
 # attempt on fresh inputs against a reference and says what is off, with a hint for the
 # usual mistakes. The solution follows, collapsed.
 #
-# **Exercise 1.** Measure how far one batch may move the policy. Fill in the starter
-# below: an update that takes `steps` policy steps (`policy_step`) on each batch, and
-# that appends to `log` after every update the mean KL divergence between the policy
-# that played the batch and the updated one, on the batch's states
-# (`torch.distributions.kl_divergence` of two `Categorical`s), and the mean entropy of
-# the policy that played it. Then, from the three seeds of section 7.5, with a budget
-# of 160 episodes (`dataclasses.replace(settings, max_episodes=160)`), train plain
-# REINFORCE with ten steps per batch, and, as a second treatment, with one step per
-# batch at a ten times larger learning rate (`lr=0.1`); section 7.5's plain runs (one
-# step at the chapter's `lr`) are the control. Compare each arm's first-update KL with
-# that of one step at the chapter's `lr` on the same first batch. So short a budget is
-# not meant for passing validation: count as a failure a run whose policy collapses
-# (entropy below 5% of a fair coin's at the last batch). What happens to the runs, and
-# does it matter whether the policy moves far by reusing the batch or by one large
-# step? (The KL divergence of two action distributions, chapter 6,
-# $\sum_a \pi_\text{old}(a)\ln\frac{\pi_\text{old}(a)}{\pi_\text{new}(a)}$, is 0 when they agree
-# and grows as they part; the entropy $-\sum_a \pi(a)\ln\pi(a)$ of a two-action policy
-# is ln 2 ≈ 0.69 for a fair coin and 0 for a policy that always takes one action.)
+# **Exercise 1.** Measure how far one batch may move the policy, and what moving it far
+# does to training.
+#
+# 1. **Build.** Fill in the starter below: an update that takes `steps` policy steps
+#    (`policy_step`) on each batch and, after every update, appends to `log` two
+#    floats, both on the batch's states: the mean KL divergence from the policy that
+#    played the batch to the updated one (`torch.distributions.kl_divergence` of two
+#    `Categorical`s), and the mean entropy of the policy that played it.
+# 2. **Run three arms** from the three seeds of section 7.5, with a budget of 160
+#    episodes (`dataclasses.replace(settings, max_episodes=160)`):
+#    - control: section 7.5's plain runs (one step per batch at the chapter's `lr`);
+#    - ten steps per batch at the chapter's `lr`;
+#    - one step per batch at a ten times larger learning rate (`lr=0.1`).
+# 3. **Measure.** Compare each arm's KL on the first update with that of one step at the
+#    chapter's `lr` on the same first batch. So short a budget is not meant for passing
+#    validation: count as a failure a run whose policy collapses (entropy below 5% of a
+#    fair coin's at the last batch).
+# 4. **Answer.** What happens to the runs, and does it matter whether the policy moves
+#    far by reusing the batch or by one large step?
+#
+# The KL divergence of two action distributions (chapter 6),
+# $\sum_a \pi_\text{old}(a)\ln\frac{\pi_\text{old}(a)}{\pi_\text{new}(a)}$, is 0 when they
+# agree and grows as they part; the entropy $-\sum_a \pi(a)\ln\pi(a)$ of a two-action
+# policy is ln 2 ≈ 0.69 for a fair coin and 0 for a policy that always takes one action.
 
 
 # %% tags=["exercise-starter"]
@@ -2082,19 +2137,17 @@ def make_multi_step_update(steps: int, log: list[dict]) -> Update:
 
 
 assert check_multi_step_update(make_multi_step_update)
-one_update = replace(settings, max_episodes=settings.n_envs)
+one_update = replace(settings, max_episodes=settings.n_envs)  # one batch
 short = replace(settings, max_episodes=160)  # at most 10 updates
 big_lr = 0.1  # ten times the chapter's lr: one step that moves the policy far
-big_step = replace(short, lr=big_lr)
 fair_coin = math.log(2)  # entropy of a 50/50 choice, in nats
-arms = {"ten steps": (short, 10), f"one step at lr {big_lr}": (big_step, 1)}
+arms = {
+    "ten steps": (short, 10),
+    f"one step at lr {big_lr}": (replace(short, lr=big_lr), 1),
+}
 first_kl = {"one step": [], **{arm: [] for arm in arms}}
-outcomes = {arm: [] for arm in arms}
-passed_at = {arm: [] for arm in arms}  # episodes of each run that passed
-n_collapsed = dict.fromkeys(arms, 0)
-collapsed_gaps = []  # largest logit gap of each collapsed run's final weights
-n_sooner = 0
-for run_seed, one_step_needed in zip(run_seeds, plain_needed, strict=True):
+arm_runs = {arm: [] for arm in arms}  # (run, log) of every seed
+for run_seed in run_seeds:
     one_log = []
     one_step_update = make_multi_step_update(1, one_log)
     train_reinforce(run_seed, one_update, one_step_update, "1 step")
@@ -2104,6 +2157,48 @@ for run_seed, one_step_needed in zip(run_seeds, plain_needed, strict=True):
         update = make_multi_step_update(steps, log)
         run = train_reinforce(run_seed, arm_settings, update, arm)
         first_kl[arm].append(log[0]["kl"])
+        arm_runs[arm].append((run, log))
+
+ten, big = arms  # the two arms' names
+first_kl_ratio = [
+    t / o for t, o in zip(first_kl[ten], first_kl["one step"], strict=True)
+]
+big_ratio = [
+    b / o for b, o in zip(first_kl[big], first_kl["one step"], strict=True)
+]
+one_step_kl = ", ".join(f"{kl:.2g}" for kl in first_kl["one step"])
+print(f"one step at lr {settings.lr}, first-update KL: {one_step_kl}")
+for arm in arms:
+    for run_seed, (run, log) in zip(run_seeds, arm_runs[arm], strict=True):
+        passed = run["solved_at"]
+        print(
+            f"{arm}, seed {run_seed}: first-update KL {log[0]['kl']:.2g}, "
+            + (f"passed after {passed} episodes" if passed else "did not pass")
+            + f", entropy on the last batch {log[-1]['entropy']:.3f}"
+        )
+# BOOK_SEED 0/1/2 (run seeds 0-4), default CPU level (ten steps: also avx2,
+# avx512): KL ratios, ten steps: 43-59 / 49-61 / 51-61; lr 0.1: 13-25 / 17-28 /
+# 17-28
+assert min(first_kl_ratio) > 10, first_kl_ratio
+assert min(big_ratio) > 5, big_ratio
+
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# Exercise 1's answer in words, from the runs above.
+def kl_range(values: list[float]) -> str:
+    """'a to b' with two significant digits."""
+    return f"{min(values):.2g} to {max(values):.2g}"
+
+
+outcomes = {arm: [] for arm in arms}
+passed_at = {arm: [] for arm in arms}  # episodes of each run that passed
+n_collapsed = dict.fromkeys(arms, 0)
+collapsed_gaps = []  # largest logit gap of each collapsed run's final weights
+n_sooner = 0
+for arm, (arm_settings, _) in arms.items():
+    for run_seed, one_step_needed, (run, log) in zip(
+        run_seeds, plain_needed, arm_runs[arm], strict=True
+    ):
         if run["solved_at"] is not None:
             passed_at[arm].append(run["solved_at"])
             n_sooner += (
@@ -2127,20 +2222,6 @@ for run_seed, one_step_needed in zip(run_seeds, plain_needed, strict=True):
                 f"weights' largest logit gap on the map {gap:.1f})"
             )
         outcomes[arm].append(f"seed {run_seed} {outcome}")
-
-
-def kl_range(values: list[float]) -> str:
-    """'a to b' with two significant digits."""
-    return f"{min(values):.2g} to {max(values):.2g}"
-
-
-ten, big = arms  # the two arms' names
-first_kl_ratio = [
-    t / o for t, o in zip(first_kl[ten], first_kl["one step"], strict=True)
-]
-big_ratio = [
-    b / o for b, o in zip(first_kl[big], first_kl["one step"], strict=True)
-]
 one_step = ", ".join(str(n) for n in plain_needed)
 print(
     "Mean KL divergence between the policy that played the first batch and "
@@ -2270,11 +2351,6 @@ print(
     "implementations also stop a batch's steps once the KL divergence passes "
     "a target (the aside in section 7.4)."
 )
-# BOOK_SEED 0/1/2 (run seeds 0-4), default CPU level (ten steps: also avx2,
-# avx512): KL ratios, ten steps: 43-59 / 49-61 / 51-61; lr 0.1: 13-25 / 17-28 /
-# 17-28
-assert min(first_kl_ratio) > 10, first_kl_ratio
-assert min(big_ratio) > 5, big_ratio
 
 # %% [markdown]
 # **Exercise 2.** Step 5 of the derivation in section 7.4 replaced the whole return
@@ -2619,10 +2695,10 @@ assert np.all(early == (off_track | pole_fell))  # every early end is explained
 # raises the entropy too. Then train it from the three seeds of section 7.5 with
 # $\beta = 0.1$ (untuned; A3C, Mnih et al., [2016](https://arxiv.org/abs/1602.01783), used 0.01
 # with advantages that were not normalised); the plain runs of section 7.5 are
-# $\beta = 0$. Compare, paired by seed, the episodes each run needed to pass
-# validation and the entropy of its policy on its last training batch
-# (`history["entropy"]`), that is, where it was one update from passing (or where
-# its budget ran out).
+# $\beta = 0$. Compare, paired by seed (a pair shares its initial weights and first
+# batch, as in section 7.5), the episodes each run needed to pass validation and the
+# entropy of its policy on its last training batch (`history["entropy"]`), that is,
+# where it was one update from passing (or where its budget ran out).
 
 
 # %% tags=["exercise-starter"]

@@ -56,10 +56,12 @@ def normalise(returns, eps):
     return (returns - returns.mean()) / (returns.std() + eps)
 
 
-def policy_step(policy, optimizer, states, actions, advantages, eps):
+def policy_step(policy, optimizer, states, actions, advantages, eps, mistake=None):
     log_probs = Categorical(logits=policy(states)).log_prob(actions)
-    loss = -(log_probs * normalise(advantages, eps)).mean()
-    optimizer.zero_grad()
+    weights = advantages if mistake == "raw" else normalise(advantages, eps)
+    loss = -(log_probs * weights).mean()
+    if mistake != "no zero_grad":
+        optimizer.zero_grad()
     loss.backward()
     optimizer.step()
 
@@ -99,7 +101,7 @@ def make_multi_step_update(steps, log, mistake=None):
             if mistake == "inside":
                 with torch.no_grad():
                     before_step = Categorical(logits=policy(states))
-            policy_step(policy, optimizer, states, actions, returns, settings.eps)
+            policy_step(policy, optimizer, states, actions, returns, settings.eps, mistake)
         with torch.no_grad():
             after = Categorical(logits=policy(states))
         kl = {
@@ -130,6 +132,8 @@ def test_7_1_the_reference_passes_and_says_what_it_measured():
         ("entropy after", "entropy after the steps"),
         ("one step", "one step, not 3"),
         ("no bootstrap", "the truncated episode was not bootstrapped: use batch_returns"),
+        ("raw", "the returns are not normalised"),
+        ("no zero_grad", "call optimizer.zero_grad() before every backward()"),
     ],
 )
 def test_7_1_each_usual_mistake_gets_its_hint(mistake, hint):

@@ -41,6 +41,7 @@ from helpers.exercises.ch07_reference import (
     reinforce_loss,
     small_policy,
     stepped,
+    stepped_without_zero_grad,
 )
 from helpers.rl import Episode, evaluate_policy
 
@@ -78,16 +79,24 @@ def check_multi_step_update(make_multi_step_update: Callable[[int, list], Any]) 
         loss = reinforce_loss(actions, normalised(returns, settings.eps))
         ends_in_zero = batch_of(batch, settings.gamma, bootstrap=False)[2]
         no_bootstrap = reinforce_loss(actions, normalised(ends_in_zero, settings.eps))
-        played, unbootstrapped = [reference], reference  # played: then after each step
+        unnormalised = reinforce_loss(actions, returns)
+        played, unbootstrapped, raw = [reference], reference, reference  # played: then after each step
         for _ in range(steps):
             played.append(stepped(played[-1], loss, states))
             unbootstrapped = stepped(unbootstrapped, no_bootstrap, states)
+            raw = stepped(raw, unnormalised, states)
+        piled_up = stepped_without_zero_grad(reference, loss, states, steps)
         reference = played[-1]
         with torch.no_grad():
             old, before_last, new = (log_probs(p, states) for p in (played[0], played[-2], played[-1]))
         wrong_steps = {
             f"the policy moved by one step, not {steps}": flat(played[1]),
             "the truncated episode was not bootstrapped: use batch_returns": flat(unbootstrapped),
+            "the returns are not normalised: policy_step normalises them; a loss of your own must "
+            "subtract their mean and divide by their std (+ eps)": flat(raw),
+            "the gradients piled up over the steps: call optimizer.zero_grad() before every backward()": flat(
+                piled_up
+            ),
         }
         _expect_params(policy, flat(reference), f"the parameters after update {call + 1}", wrong_steps)
         expect(

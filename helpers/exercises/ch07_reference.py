@@ -114,6 +114,18 @@ def stepped(policy: nn.Module, loss: Loss, states: torch.Tensor) -> nn.Module:
     return policy
 
 
+def stepped_without_zero_grad(policy: nn.Module, loss: Loss, states: torch.Tensor, steps: int) -> nn.Module:
+    """A copy of ``policy`` after ``steps`` SGD steps that never zero the gradients (they pile up)."""
+    policy = copy.deepcopy(policy)
+    for p in policy.parameters():
+        p.grad = None
+    optimizer = torch.optim.SGD(policy.parameters(), lr=LR)
+    for _ in range(steps):
+        loss(log_probs(policy, states)).backward()
+        optimizer.step()
+    return policy
+
+
 def reinforce_loss(
     actions: torch.Tensor, weights: torch.Tensor, beta: float = 0.0, bonus: str = "mean"
 ) -> Loss:
