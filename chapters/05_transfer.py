@@ -284,7 +284,8 @@ classifiers = models.list_models(module=models)  # image classifiers only
 print(len(classifiers), "classification builders, e.g.", classifiers[:4])
 r50_weights = models.get_model_weights("resnet50")
 print("resnet50 weights:", [member.name for member in r50_weights])
-assert r50_weights["IMAGENET1K_V2"] is v2  # the string names the same member
+# what a builder does with weights="IMAGENET1K_V2": look the name up
+print('weights="IMAGENET1K_V2" ->', r50_weights.verify("IMAGENET1K_V2"))
 with torch.device("meta"):
     net = models.get_model(
         "resnet50", weights=None
@@ -437,8 +438,9 @@ class GlyphNet(nn.Module):
         self.layer3 = block(c2, c3, stride=1)  # -> (B, c3, 7, 7)
         # 7 x 7 -> 2 x 2 averages of 4 x 4 windows, 3 apart: what
         # AdaptiveAvgPool2d(2) computes on a 7 x 7 map, which Apple's MPS
-        # backend refuses (7 % 2 != 0) (B, c3*4)
-        self.pool = nn.Sequential(nn.AvgPool2d(4, stride=3), nn.Flatten())
+        # backend refuses (7 % 2 != 0)
+        pool = nn.AvgPool2d(4, stride=3)
+        self.pool = nn.Sequential(pool, nn.Flatten())  # -> (B, c3*4)
         self.fc = nn.Linear(c3 * 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -482,15 +484,16 @@ source_mean = statistics_sample.mean().item()
 source_std = statistics_sample.std().item()
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """The source model's preprocessing; images in [0, 1]."""
-    return (images - source_mean) / source_std
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """The source model's preprocessing, with its statistics; images in
+    [0, 1]."""
+    return (images - mean) / std
 
 
 source_val_x, source_val_y = sample_glyphs(
     glyphs, 1000, make_generator(seed + 1)
 )
-source_val_x = normalize(source_val_x).to(device)
+source_val_x = normalize(source_val_x, source_mean, source_std).to(device)
 source_val_y = source_val_y.to(device)
 
 pretrain_steps, pretrain_batch = 500, 128
@@ -510,7 +513,8 @@ for step in tqdm(range(1, pretrain_steps + 1), desc="pretraining steps"):
     images, labels = sample_glyphs(glyphs, pretrain_batch, source_generator)
     source_model.train()
     loss = criterion(
-        source_model(normalize(images).to(device)), labels.to(device)
+        source_model(normalize(images, source_mean, source_std).to(device)),
+        labels.to(device),
     )
     optimizer.zero_grad()
     loss.backward()
@@ -642,44 +646,63 @@ plt.show()
 
 
 # %%
-def augment_batch(batch: list, generator: torch.Generator) -> tuple:
+def augment_batch(
+    batch: list, generator: torch.Generator, mean: float, std: float
+) -> tuple:
     """collate_fn: stack the drawn digits, distort them all at once,
-    normalise.
+    normalise with `mean` and `std`.
     """
     images, labels = default_collate(batch)  # (B, 1, 28, 28), (B,)
     images = random_affine(
         images, generator, rotation=(-10, 10), scale=(0.9, 1.1), shift=(-2, 2)
     )
-    return normalize(images), labels
+    return normalize(images, mean, std), labels
 
 
-samples_per_epoch, batch_size = 320, 64
-
-
-def target_train_loader(per_class: int, draw: int) -> DataLoader:
-    """Augmented batches from `per_class` labelled digits of each class
-    (draw `draw`).
+def labelled_loader(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    per_class: int,
+    draw: int,
+    *,
+    samples: int,
+    batch_size: int,
+    mean: float,
+    std: float,
+) -> DataLoader:
+    """Augmented batches of `samples` draws, with replacement, from
+    `per_class` labelled images of each class of (x, y) (draw `draw`).
     """
-    index = labelled_subset(digits.y_train, per_class, seed=draw)
-    labelled = TensorDataset(digits.x_train[index], digits.y_train[index])
+    index = labelled_subset(y, per_class, seed=draw)
+    labelled = TensorDataset(x[index], y[index])
     sampler = RandomSampler(
         labelled,
         replacement=True,
-        num_samples=samples_per_epoch,
+        num_samples=samples,
         generator=make_generator(draw),
     )
     collate = functools.partial(
-        augment_batch, generator=make_generator(draw + 100)
+        augment_batch, generator=make_generator(draw + 100), mean=mean, std=std
     )
     return DataLoader(labelled, batch_size, sampler=sampler, collate_fn=collate)
 
 
-val_loader = DataLoader(
-    TensorDataset(normalize(digits.x_val), digits.y_val), batch_size=500
+samples_per_epoch, batch_size = 320, 64
+# functions take what they use as arguments; functools.partial fixes those
+# that stay the same for the whole chapter: target_train_loader(k, draw)
+target_train_loader = functools.partial(
+    labelled_loader,
+    digits.x_train,
+    digits.y_train,
+    samples=samples_per_epoch,
+    batch_size=batch_size,
+    mean=source_mean,
+    std=source_std,
 )
-test_loader = DataLoader(
-    TensorDataset(normalize(digits.x_test), digits.y_test), batch_size=500
-)
+val_x = normalize(digits.x_val, source_mean, source_std)
+val_loader = DataLoader(TensorDataset(val_x, digits.y_val), batch_size=500)
+test_x = normalize(digits.x_test, source_mean, source_std)
+test_loader = DataLoader(TensorDataset(test_x, digits.y_test), batch_size=500)
 images, labels = next(iter(target_train_loader(1, draws[0])))
 print("a training batch:", tuple(images.shape), "labels", labels[:12].tolist())
 
@@ -772,22 +795,21 @@ assert torch.equal(
 epochs, lr, lr_drop_epoch = 12, 1e-2, 8
 
 
-def build(
+def build_target(
     method: str,
     run_seed: int,
     lr: float,
     factor: float = 0.0,
     *,
-    backbone_state: dict = backbone_state,
-    device: torch.device = device,
-    lr_drop_epoch: int = lr_drop_epoch,
+    backbone_state: dict,
+    device: torch.device,
+    lr_drop_epoch: int,
 ) -> tuple:
     """A target model for `method`, its frozen blocks, optimizer and scheduler.
 
     `factor` is layer3's share of the head's rate `lr` (fine-tuning only).
     "fine-tuning, random layer3" is fine-tuning with layer3 left at its
-    random initial weights (section 5.7's control). The keyword arguments
-    default to the values above, bound when the function is defined.
+    random initial weights (section 5.7's control).
     """
     # the same random head (or network) for every method
     torch.manual_seed(run_seed)
@@ -825,14 +847,26 @@ def build(
     return model, frozen, optimizer, scheduler
 
 
+# the chapter's backbone, device and schedule fixed: build(method, seed, lr)
+build = functools.partial(
+    build_target,
+    backbone_state=backbone_state,
+    device=device,
+    lr_drop_epoch=lr_drop_epoch,
+)
 print(f"{'method':19} {'trainable':>9} {'of all':>7}  learning rates")
 for method in methods:
     # fine-tuning shown with factor 0.01, the smallest that section 5.7 tries
     model, frozen, optimizer, _ = build(method, seed, lr, factor=0.01)
-    # count_parameters(model) counts the parameters that require gradients:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == count_parameters(model)
+    trainable = count_parameters(model)  # those that require gradients
     everything = count_parameters(model, trainable_only=False)
+    # what should train: the head, plus layer3 when fine-tuning, or all
+    meant = {
+        "scratch": model,
+        "feature extraction": model.fc,
+        "fine-tuning": nn.ModuleList([model.layer3, model.fc]),
+    }[method]
+    assert trainable == count_parameters(meant, trainable_only=False), method
     rates = [group["lr"] for group in optimizer.param_groups]
     print(f"{method:19} {trainable:>9,} {everything:>7,}  {rates}")
     record(
@@ -1082,6 +1116,13 @@ def right_answers(model: nn.Module, loader: DataLoader, device) -> torch.Tensor:
 val_right = {}
 for key, (model, _) in runs.items():
     val_right[key] = right_answers(model, val_loader, device)
+# how far each run's layer3 convolution moved from its start, relative to
+# the pretrained weights' norm (one yardstick for both starts)
+layer3_moves = {}
+for key, (model, _) in runs.items():
+    weight = model.layer3[0].weight.detach().cpu()
+    change = (weight - layer3_start[key]).norm() / pretrained_layer3.norm()
+    layer3_moves[key] = change.item()
 
 
 def paired_gap(right_a: list, right_b: list) -> tuple[float, float, float]:
@@ -1100,8 +1141,11 @@ def paired_gap(right_a: list, right_b: list) -> tuple[float, float, float]:
     return per_draw.mean().item(), se_draws, se_images
 
 
-def val_gap(per_class: int, arm_a: tuple, arm_b: tuple) -> tuple[float, float]:
-    """Validation gap between two (method, factor) arms, and its std. error."""
+def val_gap(
+    val_right: dict, draws: tuple, per_class: int, arm_a: tuple, arm_b: tuple
+) -> tuple[float, float]:
+    """Validation gap between two (method, factor) arms, and its std. error;
+    val_right[per_class, draw, method, factor]: one (N,) tensor per run."""
     right_a = [val_right[per_class, d, *arm_a] for d in draws]
     right_b = [val_right[per_class, d, *arm_b] for d in draws]
     gap, se_draws, se_images = paired_gap(right_a, right_b)
@@ -1117,33 +1161,38 @@ def noise_level(gap: float, se: float) -> str:
 
 
 def gap_text(gap: float, se: float) -> str:
-    """A gap and its standard error in words, marked if noise or borderline."""
+    """A gap and its standard error in words, marked if noise or borderline:
+    '+4.2 ± 0.8 points', '-3.5 ± 1.8 points, within noise'."""
     text = f"{gap:+.1f} ± {se:.1f} points"
     level = noise_level(gap, se)
     if level == "noise":
-        return f"{text} (within noise)"
-    return f"{text} (borderline)" if level == "borderline" else text
+        return f"{text}, within noise"
+    return f"{text}, borderline" if level == "borderline" else text
 
 
-def mean_best_val(per_class: int, method: str, factor: float = 0.0) -> float:
+def mean_best_val(
+    runs: dict, draws: tuple, per_class: int, method: str, factor: float = 0.0
+) -> float:
     """Best-epoch validation accuracy, averaged over the draws."""
     curves = [runs[per_class, d, method, factor][1] for d in draws]
     return sum(max(c["val_acc"]) for c in curves) / len(curves)
 
 
-def layer3_moved(per_class: int, method: str, factor: float) -> float:
-    """How far layer3's convolution moved from its start, mean over the draws,
-    relative to the pretrained weights' norm (one yardstick for both starts)."""
-    norm = backbone_state["layer3.0.weight"].norm()
-    moves = []
-    for d in draws:
-        key = (per_class, d, method, factor)
-        weight = runs[key][0].layer3[0].weight.detach().cpu()
-        moves.append(((weight - layer3_start[key]).norm() / norm).item())
-    return sum(moves) / len(moves)
+def layer3_moved(
+    moves: dict, draws: tuple, per_class: int, method: str, factor: float
+) -> float:
+    """moves[per_class, draw, method, factor] averaged over the draws."""
+    return sum(moves[per_class, d, method, factor] for d in draws) / len(draws)
 
 
-def layer3_turned(per_class: int, method: str, factor: float) -> dict:
+def layer3_turned(
+    runs: dict,
+    starts: dict,
+    draws: tuple,
+    per_class: int,
+    method: str,
+    factor: float,
+) -> dict:
     """Scale-free measures of layer3's move, means over the draws: the mean
     cosine between each filter's start and end (1 = same direction), the
     mean angle between them in degrees, and the end's norm over the start's."""
@@ -1151,7 +1200,7 @@ def layer3_turned(per_class: int, method: str, factor: float) -> dict:
     for d in draws:
         key = (per_class, d, method, factor)
         end = runs[key][0].layer3[0].weight.detach().cpu().flatten(1)
-        start = layer3_start[key].flatten(1)  # (64, 32*3*3): one row a filter
+        start = starts[key].flatten(1)  # (64, 32*3*3): one row a filter
         cos = nn.functional.cosine_similarity(end, start)  # (64,)
         cosines.append(cos.mean())
         angles.append(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).mean())
@@ -1169,13 +1218,14 @@ columns = ["scratch", "feat. ex."] + [f"FT x{f:g}" for f in factors]
 print(f"{'labels per class':>16}" + "".join(f"{c:>10}" for c in columns))
 chosen = {}
 for per_class in budgets:
-    accs = [mean_best_val(per_class, m, f) for m, f in arms]
+    accs = [mean_best_val(runs, draws, per_class, m, f) for m, f in arms]
     print(f"{per_class:>16}" + "".join(f"{a:>10.3f}" for a in accs))
     # max() keeps the first of equal values: the smaller factor on a tie
     chosen[per_class] = max(
-        factors, key=lambda f: mean_best_val(per_class, "fine-tuning", f)
+        factors,
+        key=lambda f: mean_best_val(runs, draws, per_class, "fine-tuning", f),
     )
-accs = [mean_best_val(10, control, f) for f in factors]
+accs = [mean_best_val(runs, draws, 10, control, f) for f in factors]
 print(f"{'10, random layer3':>36}" + "".join(f"{a:>10.3f}" for a in accs))
 print("chosen factor per budget:", chosen)
 
@@ -1184,13 +1234,18 @@ palette = ("tab:red", "tab:purple", "tab:green")
 budget_colours = dict(zip(budgets, palette, strict=True))
 for per_class in budgets:
     colour, name = budget_colours[per_class], f"{per_class} per class"
-    ft_accs = [mean_best_val(per_class, "fine-tuning", f) for f in factors]
+    ft_accs = [
+        mean_best_val(runs, draws, per_class, "fine-tuning", f) for f in factors
+    ]
     ax_acc.plot(factors, ft_accs, marker="o", color=colour,
                 label=f"{name}: fine-tuning")  # fmt: skip
-    fe_acc = mean_best_val(per_class, "feature extraction")
+    fe_acc = mean_best_val(runs, draws, per_class, "feature extraction")
     ax_acc.axhline(fe_acc, color=colour, linestyle=":",
                    label=f"{name}: feature extraction")  # fmt: skip
-    moved = [100 * layer3_moved(per_class, "fine-tuning", f) for f in factors]
+    moved = [
+        100 * layer3_moved(layer3_moves, draws, per_class, "fine-tuning", f)
+        for f in factors
+    ]
     # wide to narrow, a marker shape per budget, and each budget's points
     # moved a little sideways, so that coinciding lines stay distinguishable
     width = {1: 5.0, 3: 3.0, 10: 1.5}[per_class]
@@ -1201,7 +1256,9 @@ for per_class in budgets:
 # the control, 10 per class: dashed, square markers
 control_style = {"color": budget_colours[10], "linestyle": "--", "marker": "s"}
 ax_acc.plot(factors, accs, **control_style)
-moved = [100 * layer3_moved(10, control, f) for f in factors]
+moved = [
+    100 * layer3_moved(layer3_moves, draws, 10, control, f) for f in factors
+]
 label = "10 per class, random layer3"
 ax_move.plot([f * 1.1 for f in factors], moved, **control_style, label=label)
 for ax in (ax_acc, ax_move):
@@ -1238,7 +1295,11 @@ plt.show()
 # The numbers and words of the prose below, from the runs above.
 # how far apart the budgets' pretrained-start lines of the right panel lie
 move_lines = [
-    [100 * layer3_moved(k, "fine-tuning", f) for f in factors] for k in budgets
+    [
+        100 * layer3_moved(layer3_moves, draws, k, "fine-tuning", f)
+        for f in factors
+    ]
+    for k in budgets
 ]
 spreads = [max(moves) - min(moves) for moves in zip(*move_lines, strict=True)]
 record("move_spread_low", max(spreads[:-1]), fmt="{:.1f}")
@@ -1250,7 +1311,9 @@ closest = min(
     for i, one in enumerate(move_lines)
     for other in move_lines[i + 1 :]
 )
-top = 100 * max(layer3_moved(k, "fine-tuning", 1.0) for k in budgets)
+top = 100 * max(
+    layer3_moved(layer3_moves, draws, k, "fine-tuning", 1.0) for k in budgets
+)
 apart = closest >= 0.05 * top
 overlap = (
     "and every pair of them is apart somewhere"
@@ -1262,12 +1325,16 @@ record("move_overlap", overlap)
 ft_minus_fe = {}  # validation (gap, standard error), at the chosen factor
 for per_class in budgets:
     ft_arm = ("fine-tuning", chosen[per_class])
-    gap = val_gap(per_class, ft_arm, ("feature extraction", 0.0))
+    gap = val_gap(
+        val_right, draws, per_class, ft_arm, ("feature extraction", 0.0)
+    )
     ft_minus_fe[per_class] = gap
     record(f"factor_{per_class}", chosen[per_class], fmt="{:g}")
     record(f"ft_vs_fe_val_{per_class}", gap_text(*gap))
 for per_class in (budgets[0], budgets[-1]):
-    gap = val_gap(per_class, ("fine-tuning", 1.0), ("fine-tuning", 0.01))
+    gap = val_gap(
+        val_right, draws, per_class, ("fine-tuning", 1.0), ("fine-tuning", 0.01)
+    )
     record(f"full_vs_slow_{per_class}", gap_text(*gap))
 
 
@@ -1282,19 +1349,33 @@ def verdict(gap: float, se: float) -> str:
 
 record("verdict_1", verdict(*ft_minus_fe[1]))
 record("verdict_10", verdict(*ft_minus_fe[10]))
-record("moved_slow", 100 * layer3_moved(1, "fine-tuning", 0.01), fmt="{:.1f}")
-record("moved_full", 100 * layer3_moved(1, "fine-tuning", 1.0), fmt="{:.0f}")
+record(
+    "moved_slow",
+    100 * layer3_moved(layer3_moves, draws, 1, "fine-tuning", 0.01),
+    fmt="{:.1f}",
+)
+record(
+    "moved_full",
+    100 * layer3_moved(layer3_moves, draws, 1, "fine-tuning", 1.0),
+    fmt="{:.0f}",
+)
 
 # the control at 10 per class: layer3 from its pretrained start minus from a
 # random one, the same rate and runs otherwise
 for name, factor in zip(("slow", "mid", "full"), factors, strict=True):
-    gap = val_gap(10, ("fine-tuning", factor), (control, factor))
+    gap = val_gap(
+        val_right, draws, 10, ("fine-tuning", factor), (control, factor)
+    )
     record(f"pre_vs_rand_{name}", gap_text(*gap))
-    pre_moved = 100 * layer3_moved(10, "fine-tuning", factor)
+    pre_moved = 100 * layer3_moved(
+        layer3_moves, draws, 10, "fine-tuning", factor
+    )
     record(f"pre_moved_{name}", pre_moved, fmt="{:.0f}")
-    rand_moved = 100 * layer3_moved(10, control, factor)
+    rand_moved = 100 * layer3_moved(layer3_moves, draws, 10, control, factor)
     record(f"rand_moved_{name}", rand_moved, fmt="{:.0f}")
-pre_vs_rand = val_gap(10, ("fine-tuning", chosen[10]), (control, chosen[10]))
+pre_vs_rand = val_gap(
+    val_right, draws, 10, ("fine-tuning", chosen[10]), (control, chosen[10])
+)
 start_level = noise_level(*pre_vs_rand)
 if start_level == "noise":
     start_verdict = "the start made no measurable difference"
@@ -1307,8 +1388,40 @@ else:
         start_verdict += " (a borderline gap, between two and three standard "
         start_verdict += "errors)"
 record("start_verdict", start_verdict)
-gap = val_gap(10, (control, chosen[10]), ("feature extraction", 0.0))
-record("rand_vs_fe", gap_text(*gap))
+rand_vs_fe = val_gap(
+    val_right, draws, 10, (control, chosen[10]), ("feature extraction", 0.0)
+)
+record("rand_vs_fe", gap_text(*rand_vs_fe))
+# the two steps from feature extraction to fine-tuning (a trainable random
+# layer3, then its pretrained start) add up to fine-tuning minus feature
+# extraction exactly; their standard errors do not
+(rand_step, rand_se), (pre_step, pre_se) = rand_vs_fe, pre_vs_rand
+whole, whole_se = ft_minus_fe[10]
+parts_quiet = noise_level(*rand_vs_fe) == noise_level(*pre_vs_rand) == "noise"
+if parts_quiet and noise_level(whole, whole_se) != "noise":
+    parts_note = (
+        "Two steps that are each within noise add up to a gap that is not:"
+    )
+else:
+    parts_note = "The two steps add up:"
+parts_note += (
+    f" the trainable random `layer3` ({rand_step:+.1f}) and then its pretrained"
+    f" start ({pre_step:+.1f}) sum to fine-tuning minus feature extraction"
+    f" ({whole:+.1f} points, up to rounding)"
+)
+if whole_se < min(rand_se, pre_se):
+    parts_note += (
+        f", but its standard error, ± {whole_se:.1f}, is smaller than either"
+        f" step's (± {rand_se:.1f} and ± {pre_se:.1f}): the control run's own"
+        " hits and misses on the validation digits enter the two steps with"
+        " opposite signs and cancel in their sum."
+    )
+else:
+    parts_note += (
+        f"; the standard errors (± {rand_se:.1f} and ± {pre_se:.1f}) do not"
+        f" add up to its ± {whole_se:.1f}, so each gap is judged by its own."
+    )
+record("parts_note", parts_note)
 # the findings in short, for the box below the figure
 start_found = {
     "noise": "made no measurable difference",
@@ -1321,13 +1434,22 @@ if chosen[10] == 1:
 else:
     record("factor_10_words", f"{chosen[10]:g} of the head's rate")
 # the control at the other factors, for the short statements of the finding
-start_elsewhere = [
-    gap_text(*val_gap(10, ("fine-tuning", factor), (control, factor)))
-    + f" at {factor:g} times the head's rate"
+rate_words = {
+    0.01: "a hundredth of the head's rate",
+    0.1: "a tenth of the head's rate",
+    1.0: "the head's full rate",
+}
+start_elsewhere = "; ".join(
+    f"at {rate_words[factor]}, "
+    + gap_text(
+        *val_gap(
+            val_right, draws, 10, ("fine-tuning", factor), (control, factor)
+        )
+    )
     for factor in factors
     if factor != chosen[10]
-]
-record("start_elsewhere", " and ".join(start_elsewhere))
+)
+record("start_elsewhere", start_elsewhere)
 
 
 def budgets_text(ks: list) -> str:
@@ -1365,7 +1487,7 @@ prose(
 >   label per class and {{verdict_10}} it with 10 ({{ft_vs_fe_val_10}}).
 > - At 10 labels per class and the chosen rate ({{factor_10_words}}), starting
 >   `layer3` from its pretrained weights rather than random ones {{start_found}}.
->   At the other factors pretrained minus random start was, on validation,
+>   At the other factors pretrained minus random start was, on validation:
 >   {{start_elsewhere}}.
 """
 )
@@ -1382,14 +1504,14 @@ sideways. The three budgets' lines lie within
 {{move_spread_full}} points at the full rate, {{move_overlap}}. At a
 hundredth of the head's rate, `layer3` moved by {{moved_slow}} % of its norm with
 1 label per class (right panel), at the full rate by {{moved_full}} %. Going from
-the smallest factor to the full rate changed the validation accuracy by
-{{full_vs_slow_1}} with 1 label per class and by {{full_vs_slow_10}} with
-10. The chosen factors are {{factor_1}}, {{factor_3}} and
-{{factor_10}} for 1, 3 and 10 labels per class. At the chosen factor,
-fine-tuning minus feature extraction on validation is {{ft_vs_fe_val_1}} with 1
-label per class, {{ft_vs_fe_val_3}} with 3 and {{ft_vs_fe_val_10}} with 10:
-with one label per class fine-tuning {{verdict_1}} feature extraction, with ten
-it {{verdict_10}} it.
+the smallest factor to the full rate changed the validation accuracy, with 1 label
+per class, by {{full_vs_slow_1}}; with 10, by {{full_vs_slow_10}}. The chosen
+factors are {{factor_1}}, {{factor_3}} and {{factor_10}} for 1, 3 and 10 labels
+per class. At the chosen factor, fine-tuning minus feature extraction on
+validation is, with 1 label per class, {{ft_vs_fe_val_1}}; with 3,
+{{ft_vs_fe_val_3}}; with 10, {{ft_vs_fe_val_10}}. So with one label per class
+fine-tuning {{verdict_1}} feature extraction, and with ten it
+{{verdict_10}} feature extraction.
 """
 )
 
@@ -1413,10 +1535,11 @@ it {{verdict_10}} it.
 prose(
     r"""
 **The control** (dashed green, 10 labels per class). Pretrained minus random start
-of `layer3`, on validation: {{pre_vs_rand_slow}} at a hundredth of the head's
-rate, {{pre_vs_rand_mid}} at a tenth and {{pre_vs_rand_full}} at the full
-rate. At the chosen factor, then, {{start_verdict}}. Against feature
-extraction, a random `layer3` trained at that factor scored {{rand_vs_fe}}.
+of `layer3`, on validation: at a hundredth of the head's rate,
+{{pre_vs_rand_slow}}; at a tenth, {{pre_vs_rand_mid}}; at the full rate,
+{{pre_vs_rand_full}}. At the chosen factor, then, {{start_verdict}}. Against
+feature extraction, a random `layer3` trained at that factor scored
+{{rand_vs_fe}}. {{parts_note}}
 The right panel shows how far each start moved; the aside below asks whether
 the rate or the start sets that distance.
 """
@@ -1437,12 +1560,17 @@ def roughly(ratio: float) -> str:
 # how far each start moved, as a ratio (random / pretrained), at each factor
 ratios = []
 for factor in factors:
-    moves = [layer3_moved(10, m, factor) for m in (control, "fine-tuning")]
+    moves = [
+        layer3_moved(layer3_moves, draws, 10, m, factor)
+        for m in (control, "fine-tuning")
+    ]
     ratios.append(moves[0] / moves[1])
 record("move_ratio_low", min(ratios), fmt="{:.1f}")
 record("move_ratio_high", max(ratios), fmt="{:.1f}")
 # how much further the pretrained layer3 moved at the full rate than at 0.01
-full, slow = (layer3_moved(10, "fine-tuning", f) for f in (1.0, 0.01))
+full, slow = (
+    layer3_moved(layer3_moves, draws, 10, "fine-tuning", f) for f in (1.0, 0.01)
+)
 rate_ratio = full / slow
 record("rate_move_ratio", roughly(rate_ratio))
 if rate_ratio > 5 * max(ratios):
@@ -1458,7 +1586,9 @@ turned = {}
 print("layer3, 10 per class: mean cosine per filter (start, end), norm ratio")
 for method in ("fine-tuning", control):
     for name, factor in zip(("slow", "mid", "full"), factors, strict=True):
-        t = turned[method, factor] = layer3_turned(10, method, factor)
+        t = turned[method, factor] = layer3_turned(
+            runs, layer3_start, draws, 10, method, factor
+        )
         short = "pre" if method == "fine-tuning" else "rand"
         record(f"cos_{short}_{name}", t["cos"], fmt="{:.3f}")
         record(f"angle_{short}_{name}", t["angle"], fmt="{:.1f}")
@@ -1626,21 +1756,23 @@ fig.tight_layout(rect=(0, 0, 1, 0.97))
 plt.show()
 
 
-def last_losses(per_class: int, method: str) -> list[float]:
+def last_losses(
+    compared_runs: dict, draws: tuple, per_class: int, method: str
+) -> list[float]:
     """Each draw's training loss in the last epoch."""
     curves = [compared_runs[per_class, d, method][1] for d in draws]
     return [c["train_loss"][-1] for c in curves]
 
 
-all_1_loss = max(max(last_losses(1, m)) for m in methods)
+all_1_loss = max(max(last_losses(compared_runs, draws, 1, m)) for m in methods)
 # "fits" needs a loss near 0; seeds 0-2: 0.010-0.017
 assert all_1_loss < 0.1, all_1_loss
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # The numbers and words of the prose below, from the curves above.
 record("all_1_loss", all_1_loss, fmt="{:.3f}")
-scratch_10_loss = min(last_losses(10, "scratch"))
-ft_10_loss = max(last_losses(10, "fine-tuning"))
+scratch_10_loss = min(last_losses(compared_runs, draws, 10, "scratch"))
+ft_10_loss = max(last_losses(compared_runs, draws, 10, "fine-tuning"))
 record("scratch_10_loss", scratch_10_loss, fmt="{:.2f}")
 record("ft_10_loss", ft_10_loss, fmt="{:.2f}")
 if scratch_10_loss > ft_10_loss:
@@ -1652,10 +1784,15 @@ for per_class in budgets:
     for method in methods:
         factor = chosen[per_class] if method == "fine-tuning" else 0.0
         name = f"val_{method.split()[0].replace('-', '_')}_{per_class}"
-        record(name, mean_best_val(per_class, method, factor), fmt="{:.1%}")
+        record(
+            name,
+            mean_best_val(runs, draws, per_class, method, factor),
+            fmt="{:.1%}",
+        )
 # fine-tuning's lead over scratch on validation, at the extreme budgets
 val_lead = {
-    k: mean_best_val(k, "fine-tuning", chosen[k]) - mean_best_val(k, "scratch")
+    k: mean_best_val(runs, draws, k, "fine-tuning", chosen[k])
+    - mean_best_val(runs, draws, k, "scratch")
     for k in (1, 10)
 }
 if val_lead[1] > val_lead[10]:
@@ -1789,13 +1926,14 @@ record("long_note", long_note)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Against the chapter's 1e-2, scratch scored {{lr_low_gap}} at 3e-3 and
-{{lr_high_gap}} at 3e-2 (paired, as above), {{lr_choice}}. Twice as many epochs
-changed validation accuracy by {{long_gain_scratch}} for scratch (at its chosen
-rate, against its 12-epoch runs), {{long_gain_feature}} for feature extraction
-and {{long_gain_fine_tuning}} for fine-tuning. With 24 epochs each, feature
-extraction minus scratch is {{feature_vs_long_val}} and fine-tuning minus scratch
-{{fine_tuning_vs_long_val}} on validation. {{long_note}} Section 5.8 scores
+Paired against the chapter's 1e-2 as above, scratch at 3e-3 scored
+{{lr_low_gap}}, and at 3e-2 {{lr_high_gap}}; {{lr_choice}}. Twice as many
+epochs changed validation accuracy, for scratch (at its chosen rate, against its
+12-epoch runs), by {{long_gain_scratch}}; for feature extraction, by
+{{long_gain_feature}}; for fine-tuning, by {{long_gain_fine_tuning}}. On
+validation, with 24 epochs each, feature extraction minus scratch is
+{{feature_vs_long_val}}; fine-tuning minus scratch is
+{{fine_tuning_vs_long_val}}. {{long_note}} Section 5.8 scores
 these 24-epoch models on the test set too, next to the 12-epoch ones.
 """
 )
@@ -1810,7 +1948,9 @@ these 24-epoch models on the test set too, next to the 12-epoch ones.
 
 
 # %%
-def one_step(model: nn.Module, frozen: list, optimizer, x, y) -> None:
+def one_step(
+    model: nn.Module, frozen: list, optimizer, criterion, x, y
+) -> None:
     """One training step, frozen blocks in eval mode as in train_phases."""
     model.train()
     for block in frozen:
@@ -1821,16 +1961,18 @@ def one_step(model: nn.Module, frozen: list, optimizer, x, y) -> None:
     optimizer.step()
 
 
-def five_steps(model: nn.Module, frozen: list, optimizer, x, y) -> None:
+def five_steps(
+    model: nn.Module, frozen: list, optimizer, criterion, x, y
+) -> None:
     for _ in range(5):
-        one_step(model, frozen, optimizer, x, y)
+        one_step(model, frozen, optimizer, criterion, x, y)
 
 
 x_step, y_step = images.to(device), labels.to(device)  # the batch from 5.4
 timed = {}
 for method in methods:
     model, frozen, optimizer, _ = build(method, seed, lr, factor=0.01)
-    args = (model, frozen, optimizer, x_step, y_step)
+    args = (model, frozen, optimizer, criterion, x_step, y_step)
     timed[method] = functools.partial(five_steps, *args)
     timed[method]()  # warm-up, untimed
 # the methods take turns, so that a busy moment on the machine hits all three;
@@ -1919,39 +2061,50 @@ for (method, draw), model in long_models.items():
     test_acc[key] = test_hits[key].sum().item() / len(test_hits[key])
 
 
-def mean_test(per_class: int, method: str) -> float:
+def mean_test(
+    test_acc: dict, draws: tuple, per_class: int, method: str
+) -> float:
     """Test accuracy averaged over the draws."""
     return sum(test_acc[per_class, d, method] for d in draws) / len(draws)
 
 
-def table_cell(per_class: int, method: str) -> str:
+def table_cell(
+    test_acc: dict, draws: tuple, per_class: int, method: str
+) -> str:
     """'mean (first draw, second draw)' of the test accuracy."""
     each = ", ".join(f"{test_acc[per_class, d, method]:.3f}" for d in draws)
-    return f"{mean_test(per_class, method):.3f} ({each})"
+    return f"{mean_test(test_acc, draws, per_class, method):.3f} ({each})"
 
 
 print(f"{'labels per class':>16} " + " ".join(f"{m:>21}" for m in methods))
 for per_class in budgets:
-    cells = [table_cell(per_class, m) for m in methods]
+    cells = [table_cell(test_acc, draws, per_class, m) for m in methods]
     print(f"{per_class:>16} " + " ".join(f"{c:>21}" for c in cells))
-cells = [table_cell(10, long_names[m]) for m in methods]
+cells = [table_cell(test_acc, draws, 10, long_names[m]) for m in methods]
 print(f"{'10, 24 epochs':>16} " + " ".join(f"{c:>21}" for c in cells))
 
 fig, ax = plt.subplots(figsize=(6.5, 4))
 # the 24-epoch models, hollow squares just right of 10, one step per method
 dodge = dict(zip(methods, (1.12, 1.2, 1.28), strict=True))
 for method in methods:
-    ax.plot(budgets, [mean_test(k, method) for k in budgets], marker="o",
-            color=colours[method], label=f"{method}, 12 epochs")  # fmt: skip
+    means = [mean_test(test_acc, draws, k, method) for k in budgets]
+    ax.plot(budgets, means, marker="o", color=colours[method],
+            label=f"{method}, 12 epochs")  # fmt: skip
     for draw in draws:
         ax.scatter(budgets, [test_acc[k, draw, method] for k in budgets],
                    color=colours[method], alpha=0.4, s=15)  # fmt: skip
     x_long = 10 * dodge[method]
-    ax.scatter([x_long], [mean_test(10, long_names[method])], marker="s",
-               s=110, facecolors="none", edgecolors=colours[method])  # fmt: skip
+    long_mean = mean_test(test_acc, draws, 10, long_names[method])
+    ax.scatter([x_long], [long_mean], marker="s", s=110, facecolors="none",
+               edgecolors=colours[method])  # fmt: skip
     long_draws = [test_acc[10, d, long_names[method]] for d in draws]
     ax.scatter([x_long] * len(draws), long_draws, s=15, alpha=0.6,
                color=colours[method], zorder=3)  # fmt: skip
+# a label under the hollow squares: they are budget 10, moved aside
+lowest = min(test_acc[10, d, long_names[m]] for m in methods for d in draws)
+ax.annotate("24 epochs", (10 * dodge[methods[1]], lowest), xytext=(0, -12),
+            textcoords="offset points", ha="center", va="top",
+            fontsize=8)  # fmt: skip
 ax.set_xscale("log")
 ax.set_xticks(budgets, [str(k) for k in budgets])
 ax.set(
@@ -1976,23 +2129,25 @@ plt.show()
 # 5.7. The headline results are at the smallest and the largest budget:
 
 # %%
-scratch_1 = mean_test(1, "scratch")
-fe_1 = mean_test(1, "feature extraction")
-ft_1 = mean_test(1, "fine-tuning")
+scratch_1 = mean_test(test_acc, draws, 1, "scratch")
+fe_1 = mean_test(test_acc, draws, 1, "feature extraction")
+ft_1 = mean_test(test_acc, draws, 1, "fine-tuning")
 ft_gain, fe_gain = 100 * (ft_1 - scratch_1), 100 * (fe_1 - scratch_1)
 ft_over_fe_10 = 100 * (
-    mean_test(10, "fine-tuning") - mean_test(10, "feature extraction")
+    mean_test(test_acc, draws, 10, "fine-tuning")
+    - mean_test(test_acc, draws, 10, "feature extraction")
 )
 # paired, as in section 5.7: the same test images and draws for both methods
 ft_gap, se_draws, se_images = paired_gap(
     [test_hits[10, d, "fine-tuning"] for d in draws],
     [test_hits[10, d, "feature extraction"] for d in draws],
 )
+ft_gap_se = math.hypot(se_draws, se_images)
 print(
     f"1 label per class, test accuracy: scratch {scratch_1:.3f}, "
     f"feature extraction {fe_1:.3f}, fine-tuning {ft_1:.3f}; fine-tuning minus "
     f"feature extraction at 10 per class: {ft_over_fe_10:+.1f} ± "
-    f"{math.hypot(se_draws, se_images):.1f} points"
+    f"{ft_gap_se:.1f} points"
 )
 # both gains at least 10 points; seeds 0-2: 12.0-17.6
 assert ft_gain >= 10 and fe_gain >= 10, (scratch_1, fe_1, ft_1)
@@ -2001,7 +2156,10 @@ assert ft_gain >= 10 and fe_gain >= 10, (scratch_1, fe_1, ft_1)
 assert ft_over_fe_10 >= 1.5, ft_over_fe_10
 # the benefit of transfer shrinks as labels grow; seeds 0-2: 12.3-17.2
 # points at 1 label per class, 2.6-6.5 at 10
-assert ft_gain > 100 * (mean_test(10, "fine-tuning") - mean_test(10, "scratch"))
+assert ft_gain > 100 * (
+    mean_test(test_acc, draws, 10, "fine-tuning")
+    - mean_test(test_acc, draws, 10, "scratch")
+)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # The numbers and words of the prose below, from the test scores above.
@@ -2022,7 +2180,9 @@ record(
     fmt="{:+.1f}",
     headline="Feature extraction minus scratch, 1 label per class, test points",
 )
-record("test_scratch_10", mean_test(10, "scratch"), fmt="{:.1%}")
+record(
+    "test_scratch_10", mean_test(test_acc, draws, 10, "scratch"), fmt="{:.1%}"
+)
 draw_gains = [
     100 * (test_acc[1, d, "fine-tuning"] - test_acc[1, d, "scratch"])
     for d in draws
@@ -2049,7 +2209,9 @@ if spread > 2 * se_two:
     spread_vs_noise = "well beyond" if spread > 3 * se_two else "beyond"
 record("spread_vs_noise", spread_vs_noise)
 for per_class in budgets[1:]:
-    gain = mean_test(per_class, "fine-tuning") - mean_test(per_class, "scratch")
+    gain = mean_test(test_acc, draws, per_class, "fine-tuning") - mean_test(
+        test_acc, draws, per_class, "scratch"
+    )
     record(f"ft_gain_{per_class}", 100 * gain, fmt="{:+.1f}")
 record("ft_over_fe_10_se", se_images, fmt="{:.1f}")
 record("ft_over_fe_10_se_draws", se_draws, fmt="{:.1f}")
@@ -2057,9 +2219,12 @@ record("ft_over_fe_10_se_draws", se_draws, fmt="{:.1f}")
 for i, d in enumerate(draws):
     gap = test_acc[10, d, "fine-tuning"] - test_acc[10, d, "feature extraction"]
     record(f"ft_over_fe_10_d{i}", 100 * gap, fmt="{:+.1f}")
-ft_over_fe_10_z = ft_gap / math.hypot(se_draws, se_images)
-record("ft_over_fe_10_z", ft_over_fe_10_z, fmt="{:.1f}")
-pays_level = noise_level(ft_gap, math.hypot(se_draws, se_images))
+# the ratio of the rounded values printed above, so that a reader who
+# divides them gets the same number
+shown_gap, shown_se = round(ft_over_fe_10, 1), round(ft_gap_se, 1)
+record("ft_over_fe_10_se_all", shown_se, fmt="{:.1f}")
+record("ft_over_fe_10_z", shown_gap / max(shown_se, 0.1), fmt="{:.1f}")
+pays_level = noise_level(ft_gap, ft_gap_se)
 if pays_level == "noise" or ft_gap < 0:
     pays = "too close to call a result with two draws"
 elif pays_level == "borderline":
@@ -2067,17 +2232,23 @@ elif pays_level == "borderline":
 else:
     pays = "with enough labels, letting `layer3` train pays"
 record("ft_pays", pays)
-record("ft_vs_fe_test", verdict(ft_gap, math.hypot(se_draws, se_images)))
+record("ft_vs_fe_test", verdict(ft_gap, ft_gap_se))
 record(
     "ft_over_fe_10",
     ft_over_fe_10,
     fmt="{:+.1f}",
     headline="Fine-tuning minus feature extraction, 10 per class, test points",
 )
-record("test_fe_10", mean_test(10, "feature extraction"), fmt="{:.1%}")
-record("test_ft_10", mean_test(10, "fine-tuning"), fmt="{:.1%}")
+record(
+    "test_fe_10",
+    mean_test(test_acc, draws, 10, "feature extraction"),
+    fmt="{:.1%}",
+)
+record(
+    "test_ft_10", mean_test(test_acc, draws, 10, "fine-tuning"), fmt="{:.1%}"
+)
 # both trained for the same 12 epochs: is feature extraction's fit finished?
-fe_10_loss = min(last_losses(10, "feature extraction"))
+fe_10_loss = min(last_losses(compared_runs, draws, 10, "feature extraction"))
 record("fe_10_loss", fe_10_loss, fmt="{:.2f}")
 # a loss of 0.1 is a mean probability of about 0.9 for the right class
 if fe_10_loss >= 0.1:
@@ -2091,7 +2262,9 @@ record("fe_schedule", fe_schedule)
 for method in methods:
     short = method.split()[0].replace("-", "_")
     record(
-        f"test_long_{short}", mean_test(10, long_names[method]), fmt="{:.1%}"
+        f"test_long_{short}",
+        mean_test(test_acc, draws, 10, long_names[method]),
+        fmt="{:.1%}",
     )
 long_words = {}
 pairs = {
@@ -2112,7 +2285,9 @@ for short, (method_a, method_b) in pairs.items():
     record(f"{short}_vs_long_test", gap_text(gap, se))
     long_words[short] = verdict(gap, se)
     record(f"{short}_vs_long_verdict", long_words[short])
-ranked = sorted(methods, key=lambda m: -mean_test(10, long_names[m]))
+ranked = sorted(
+    methods, key=lambda m: -mean_test(test_acc, draws, 10, long_names[m])
+)
 record("rank_10", ", then ".join(ranked))
 names = {"fe": "feature extraction", "ft": "fine-tuning"}
 # only clear gaps (beyond three standard errors) enter the lesson
@@ -2143,7 +2318,9 @@ long_lesson = (
 record("long_lesson", long_lesson)
 
 # what paid at 10 per class, from the control of section 5.7 (validation)
-rand_gap = val_gap(10, (control, chosen[10]), ("feature extraction", 0.0))
+rand_gap = val_gap(
+    val_right, draws, 10, (control, chosen[10]), ("feature extraction", 0.0)
+)
 if noise_level(*rand_gap) != "noise" and rand_gap[0] > 0:
     lesson_10 = "a trainable `layer3`, even from random weights, beat"
 else:
@@ -2151,7 +2328,7 @@ else:
 lesson_10 += (
     f" feature extraction on validation: {gap_text(*rand_gap)}. Its "
     f"pretrained start {start_found} at the chosen rate; at the other "
-    f"factors pretrained minus random start was {' and '.join(start_elsewhere)}."
+    f"factors pretrained minus random start was: {start_elsewhere}."
 )
 record("lesson_10", lesson_10)
 
@@ -2181,8 +2358,9 @@ The standard error from the per-image differences, {{ft_over_fe_10_se}}, counts
 only which digits happen to be in the test set, not the training's randomness nor
 the draw of labelled images. Those show in the two draws' gaps,
 {{ft_over_fe_10_d0}} and {{ft_over_fe_10_d1}} points, a standard error over
-the draws of {{ft_over_fe_10_se_draws}}. With both parts added in quadrature the
-gap is {{ft_over_fe_10_z}} standard errors, a rough figure, since the draws' part
+the draws of {{ft_over_fe_10_se_draws}}. With both parts added in quadrature,
+± {{ft_over_fe_10_se_all}} points, the gap is {{ft_over_fe_10_z}} standard
+errors, a rough figure, since the draws' part
 rests on a single degree of freedom: {{ft_pays}}. Feature extraction ended its 12
 epochs with a training loss of {{fe_10_loss}} or more against {{ft_10_loss}} or
 less for fine-tuning, {{fe_schedule}}. Section 5.7's control compared the
@@ -2192,12 +2370,13 @@ pretrained start of `layer3` with a random one: at this factor, on validation,
 With 24 epochs for every method (section 5.7; scratch at its chosen rate), the test
 accuracies are {{test_long_scratch}} for scratch, {{test_long_feature}} for feature
 extraction and {{test_long_fine_tuning}} for fine-tuning. Feature extraction minus
-scratch is {{fe_vs_long_test}} (per draw {{fe_vs_long_test_d0}} and
-{{fe_vs_long_test_d1}}), fine-tuning minus scratch {{ft_vs_long_test}}
-({{ft_vs_long_test_d0}} and {{ft_vs_long_test_d1}}) and fine-tuning minus feature
-extraction {{ft_fe_vs_long_test}}: feature extraction {{fe_vs_long_verdict}}
-scratch, fine-tuning {{ft_vs_long_verdict}} it and {{ft_fe_vs_long_verdict}}
-feature extraction, by the paired rule of thumb above. By mean test accuracy the
+scratch is, on average, {{fe_vs_long_test}}, with {{fe_vs_long_test_d0}} and
+{{fe_vs_long_test_d1}} points in the two draws; fine-tuning minus scratch,
+{{ft_vs_long_test}}, with {{ft_vs_long_test_d0}} and {{ft_vs_long_test_d1}};
+fine-tuning minus feature extraction, {{ft_fe_vs_long_test}}. By the paired rule
+of thumb above, feature extraction {{fe_vs_long_verdict}} scratch, and
+fine-tuning {{ft_vs_long_verdict}} scratch and {{ft_fe_vs_long_verdict}}
+feature extraction. By mean test accuracy the
 order is {{rank_10}} (the gaps say which steps are noise). {{long_lesson}}
 How many labels it takes for scratch to catch up depends on the task and on how
 closely the source resembles it; handwritten digits are an easy target.
@@ -2424,7 +2603,10 @@ if USE_IMAGENET:
 # flattened). Then compute them with the source backbone for the 3-per-class training
 # digits (first draw) and the validation digits, fit scikit-learn's
 # `LogisticRegression` on each block's features, and compare the validation accuracies
-# with that of a logistic regression on the raw 784 pixels.
+# with that of a logistic regression on the raw 784 pixels. Last, the few-shot
+# literature's standard baseline, which needs no training at all: nearest class mean
+# (each class's mean feature vector is its *prototype*, and an image gets the class of
+# the nearest one), on `layer3`'s features with 1 and 3 labels per class.
 
 
 # %% tags=["exercise-starter"]
@@ -2455,13 +2637,13 @@ loaded = backbone.load_state_dict(backbone_state, strict=False)
 assert loaded.missing_keys == ["fc.weight", "fc.bias"]
 assert not loaded.unexpected_keys
 backbone = backbone.to(device)
-blocks = {"layer1": 4, "layer2": 3, "layer3": 2}  # block -> pooled grid size
 
 
 def pooled_features(
     backbone: nn.Module, images: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """(N, 1, 28, 28) normalised images -> {block: (N, ~256) pooled features}."""
+    blocks = {"layer1": 4, "layer2": 3, "layer3": 2}  # block -> grid size
     extractor = create_feature_extractor(backbone, return_nodes=list(blocks))
     extractor.eval()  # batch norm with its running statistics
     with torch.no_grad():
@@ -2478,14 +2660,11 @@ def pooled_features(
 assert check_pooled_features(pooled_features)
 
 
-def block_features(images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(N, 1, 28, 28) digits in [0, 1] -> the source backbone's features."""
-    return pooled_features(backbone, normalize(images).to(device))
-
-
 index = labelled_subset(digits.y_train, 3, seed=draws[0])
 x_fit, y_fit = digits.x_train[index], digits.y_train[index].numpy()
-fit_features, val_features = block_features(x_fit), block_features(digits.x_val)
+x_fit_normalized = normalize(x_fit, source_mean, source_std)
+fit_features = pooled_features(backbone, x_fit_normalized.to(device))
+val_features = pooled_features(backbone, val_x.to(device))
 fit_features["pixels"] = x_fit.flatten(1)  # (30, 784)
 val_features["pixels"] = digits.x_val.flatten(1)
 y_val = digits.y_val.numpy()
@@ -2494,7 +2673,7 @@ for name in fit_features:
     probe = LogisticRegression(max_iter=2000)
     probe.fit(fit_features[name].numpy(), y_fit)
     probe_acc[name] = probe.score(val_features[name].numpy(), y_val)
-best_block = max(blocks, key=probe_acc.get)
+best_block = max(("layer1", "layer2", "layer3"), key=probe_acc.get)
 fe_3 = max(runs[3, draws[0], "feature extraction", 0.0][1]["val_acc"])
 rounded = {k: round(v, 3) for k, v in probe_acc.items()}
 print("validation accuracy of a linear probe:", rounded)
@@ -2520,6 +2699,46 @@ print(
     f"{probe_acc['pixels']:.3f}. "
     "For comparison, the head trained on augmented digits in section 5.7 "
     f"reached {fe_3:.3f} (the best of 12 validation epochs)."
+)
+
+
+def nearest_mean_accuracy(
+    fit: torch.Tensor,
+    y_fit: torch.Tensor,
+    val: torch.Tensor,
+    y_val: torch.Tensor,
+) -> float:
+    """Nearest class mean: each class's mean feature vector (its prototype);
+    every validation image gets the class of the nearest, by L2 distance."""
+    classes = y_fit.unique()
+    prototypes = torch.stack([fit[y_fit == c].mean(dim=0) for c in classes])
+    predicted = classes[torch.cdist(val, prototypes).argmin(dim=1)]  # (N,)
+    return (predicted == y_val).float().mean().item()
+
+
+one = labelled_subset(digits.y_train, 1, seed=draws[0])  # within the 3
+one_features = pooled_features(
+    backbone, normalize(digits.x_train[one], source_mean, source_std).to(device)
+)
+prototype_acc = {
+    1: nearest_mean_accuracy(
+        one_features["layer3"], digits.y_train[one],
+        val_features["layer3"], digits.y_val,
+    ),
+    3: nearest_mean_accuracy(
+        fit_features["layer3"], digits.y_train[index],
+        val_features["layer3"], digits.y_val,
+    ),
+}  # fmt: skip
+fe_head = {
+    k: max(runs[k, draws[0], "feature extraction", 0.0][1]["val_acc"])
+    for k in (1, 3)
+}
+print(
+    "Nearest class mean on layer3's features, validation: "
+    f"{prototype_acc[1]:.3f} with 1 label per class and {prototype_acc[3]:.3f} "
+    f"with 3 (logistic probe with 3: {probe_acc['layer3']:.3f}); section "
+    f"5.7's feature-extraction head: {fe_head[1]:.3f} and {fe_head[3]:.3f}."
 )
 # layer3's probe must beat the raw pixels by 5 points
 assert probe_acc["layer3"] > probe_acc["pixels"] + 0.05, probe_acc
@@ -2585,7 +2804,7 @@ def unfreeze_for_epoch(
     joined = (epoch - 1) // every  # how many blocks train with the head
     model.fc.requires_grad_(True)
     frozen = []
-    for k, name in enumerate(top_down[1:], start=1):
+    for k, name in enumerate(("layer3", "layer2", "layer1"), start=1):
         block = model.get_submodule(name)
         block.requires_grad_(k <= joined)
         if k > joined:
@@ -2598,6 +2817,7 @@ assert check_unfreeze_for_epoch(unfreeze_for_epoch)
 
 def layerwise_groups(model: nn.Module, lr: float, ratio: float) -> list[dict]:
     """One AdamW parameter group per block, block k at lr / ratio**k."""
+    top_down = ("fc", "layer3", "layer2", "layer1")
     return [
         {"params": model.get_submodule(name).parameters(), "lr": lr / ratio**k}
         for k, name in enumerate(top_down)
@@ -2619,6 +2839,7 @@ for variant in variants:
         model = GlyphNet(num_classes=10)
         loaded = model.load_state_dict(backbone_state, strict=False)
         assert loaded.missing_keys == ["fc.weight", "fc.bias"]
+        assert not loaded.unexpected_keys
         model = model.to(device)
         # every parameter in a group; a frozen one has no .grad, so AdamW
         # skips it until its block joins (section 5.6)
@@ -2692,15 +2913,15 @@ print(
 # way, load it into a fresh `GlyphNet(10)` with `strict=False`, and show what happens.
 # Then fill in `load_backbone(model, state, prefix)` in the starter below: it strips the
 # prefix (PyTorch has `torch.nn.modules.utils.consume_prefix_in_state_dict_if_present`
-# for that), drops the head, loads, raises unless exactly the head is missing, and
-# leaves the caller's checkpoint as it was.
+# for that), drops the head, loads, raises unless exactly the head is missing and
+# nothing is unexpected, and leaves the caller's checkpoint as it was.
 
 
 # %% tags=["exercise-starter"]
 def load_backbone(model: nn.Module, state: dict, prefix: str = "") -> None:
     """Load `state`, whose keys may start with `prefix`, into all of `model`
-    but its head `fc`; raise unless exactly the head's keys are missing.
-    The caller's `state` must not change.
+    but its head `fc`; raise unless exactly the head's keys are missing and
+    no key is unexpected. The caller's `state` must not change.
     """
     # fill in: strip the prefix (in a copy), drop the head's keys, load with
     # strict=False and check what it returns
@@ -2790,13 +3011,16 @@ assert len(silent.unexpected_keys) == len(saved)
 # linear probe. Fill in `start_lpft` in the starter below: from one of section 5.7's
 # trained feature-extraction models it returns what `train_phases` needs to fine-tune
 # it exactly as section 5.7 fine-tunes (the same blocks trainable and frozen, the same
-# rates), and the feature-extraction model itself must stay as it was, since `runs`
-# still holds it. Then run LP-FT with 10 labels per class on both draws, at the chosen
-# factor and with section 5.7's epochs, schedule and loaders, and decide what to compare
-# it with: LP-FT's linear probe has already trained for 12 epochs, so a gap against
-# plain fine-tuning may be the extra epochs rather than the better start. Use
-# `paired_gap`, and measure how far `layer3` moved from its pretrained weights in each
-# run, relative to their norm.
+# optimizer, weight decay and rates), and the feature-extraction model itself must stay
+# as it was, since `runs` still holds it. Before training, test the argument for LP-FT
+# on one batch: how large is the gradient that reaches `layer3` from LP-FT's start,
+# compared with plain fine-tuning's start with its random head? Then run LP-FT with 10
+# labels per class on both draws, at the chosen factor and with section 5.7's epochs,
+# schedule and loaders, and decide what to compare it with: LP-FT's linear probe has
+# already trained for 12 epochs, so a gap against plain fine-tuning may be the extra
+# epochs rather than the better start. Use `paired_gap`, measure how far `layer3` moved
+# from its pretrained weights in each run, relative to their norm, and say whether the
+# gradients predicted which run would move it further.
 
 
 # %% tags=["exercise-starter"]
@@ -2805,8 +3029,9 @@ def start_lpft(
 ) -> tuple[nn.Module, list[nn.Module], torch.optim.Optimizer]:
     """LP-FT's start from a trained feature-extraction model: the model to
     train, the blocks that stay frozen (train_phases's `frozen`) and the
-    optimizer, set up as section 5.7 fine-tunes with this `lr` and
-    `factor`. The feature-extraction model itself must not change.
+    optimizer, set up as section 5.7 fine-tunes (AdamW, weight decay 1e-4)
+    with this `lr` and `factor`. The feature-extraction model itself must
+    not change.
     """
     # fill in: return model, frozen, optimizer
     raise NotImplementedError  # your code here
@@ -2837,10 +3062,10 @@ def start_lpft(
 assert check_start_lpft(start_lpft)
 
 
-def moved_from_pretrained(model: nn.Module) -> float:
-    """layer3's change from its pretrained weights, relative to their norm."""
-    change = model.layer3[0].weight.detach().cpu() - pretrained_layer3
-    return (change.norm() / pretrained_layer3.norm()).item()
+def moved_from_pretrained(model: nn.Module, pretrained: torch.Tensor) -> float:
+    """layer3's change from its `pretrained` weights, relative to their norm."""
+    change = model.layer3[0].weight.detach().cpu() - pretrained
+    return (change.norm() / pretrained.norm()).item()
 
 
 factor = chosen[10]
@@ -2857,12 +3082,13 @@ for draw in draws:
         scheduler=scheduler, frozen=frozen,
     )  # fmt: skip
     lpft_right.append(right_answers(model, val_loader, device))
-    lpft_moved.append(moved_from_pretrained(model))
+    lpft_moved.append(moved_from_pretrained(model, pretrained_layer3))
 # plain fine-tuning for as many epochs as LP-FT's two phases together: the
 # 24-epoch runs of section 5.7
 ft24_right = [long_right["fine-tuning", d] for d in draws]
 ft24_moved = [
-    moved_from_pretrained(long_models["fine-tuning", d]) for d in draws
+    moved_from_pretrained(long_models["fine-tuning", d], pretrained_layer3)
+    for d in draws
 ]
 
 plain_right = [val_right[10, d, "fine-tuning", factor] for d in draws]
@@ -2883,7 +3109,7 @@ print(
     "alone are worth to plain fine-tuning."
 )
 moves = [100 * sum(m) / len(m) for m in (lpft_moved, ft24_moved)]
-plain_move = 100 * layer3_moved(10, "fine-tuning", factor)
+plain_move = 100 * layer3_moved(layer3_moves, draws, 10, "fine-tuning", factor)
 print(
     f"layer3 moved {moves[0]:.1f} % of its norm with LP-FT, {plain_move:.1f} % "
     f"with plain fine-tuning for 12 epochs and {moves[1]:.1f} % for 24."
@@ -2891,6 +3117,60 @@ print(
 print(
     "Kumar et al. expect the gain mostly on data unlike the training data; "
     "here training and validation digits both come from MNIST."
+)
+
+
+def layer3_gradient(
+    model: nn.Module, frozen: list, criterion, batch: tuple, device
+) -> float:
+    """The norm of the loss's gradient for layer3's convolution on one batch,
+    in training mode as train_phases runs it (this updates batch norm's
+    running statistics: use a model that is not trained further)."""
+    model.train()
+    for block in frozen:
+        block.eval()
+    x, y = (t.to(device) for t in batch)
+    model.zero_grad()
+    criterion(model(x), y).backward()
+    return model.layer3[0].weight.grad.norm().item()
+
+
+# each draw's first training batch, from both starts: fine-tuning's
+# (pretrained layer3, random head) and LP-FT's (the same, trained head)
+first_grads = {"fine-tuning": [], "LP-FT": []}
+for draw in draws:
+    batch = next(iter(target_train_loader(10, draw)))
+    ft_start, ft_frozen, _, _ = build("fine-tuning", draw, lr, factor)
+    fe_model = runs[10, draw, "feature extraction", 0.0][0]
+    lpft_start, lpft_frozen, _ = start_lpft(fe_model, lr, factor)
+    starts = {
+        "fine-tuning": (ft_start, ft_frozen),
+        "LP-FT": (lpft_start, lpft_frozen),
+    }
+    for name, (start_model, start_frozen) in starts.items():
+        grad = layer3_gradient(
+            start_model, start_frozen, criterion, batch, device
+        )
+        first_grads[name].append(grad)
+grad_ft, grad_lpft = (sum(g) / len(g) for g in first_grads.values())
+print(
+    f"layer3's gradient norm on the first batch, mean of the draws: "
+    f"{grad_ft:.3f} from fine-tuning's random head, {grad_lpft:.3f} from "
+    f"LP-FT's trained head (the first is {grad_ft / grad_lpft:.1f} times the "
+    "second)."
+)
+lpft_further = moves[0] > plain_move
+predicted = (grad_lpft < grad_ft) != lpft_further
+if predicted:
+    grad_note = "so the start with the larger first gradient moved it further"
+else:
+    grad_note = (
+        "so the first gradients did not predict which run moves it further: "
+        "after a few steps the random head is no longer random"
+    )
+print(
+    f"LP-FT moved layer3 {'further' if lpft_further else 'less far'} than "
+    f"plain fine-tuning over the same 12 epochs, {grad_note}."
 )
 
 # %% [markdown]
@@ -3018,14 +3298,14 @@ prose(
   class), fine-tuning
   {{ft_vs_fe_test}} feature extraction there at the same 12 epochs
   ({{ft_over_fe_10}} test points; {{ft_over_fe_10_d0}} and
-  {{ft_over_fe_10_d1}} in the two draws) and {{ft_fe_vs_long_verdict}} it at 24
-  epochs each ({{ft_fe_vs_long_test}}). Compare methods with paired standard
-  errors that count both the draws and the evaluation images.
+  {{ft_over_fe_10_d1}} in the two draws) and {{ft_fe_vs_long_verdict}} feature
+  extraction at 24 epochs each ({{ft_fe_vs_long_test}}). Compare methods with
+  paired standard errors that count both the draws and the evaluation images.
 - Compare methods at equal, adequate schedules, the baseline's rate tuned too. At 10
   labels per class and 24 epochs each, scratch (at {{lr_scratch}}, chosen on
   validation) reached {{test_long_scratch}} on test: feature extraction
-  {{fe_vs_long_verdict}} it ({{fe_vs_long_test}}) and fine-tuning
-  {{ft_vs_long_verdict}} it ({{ft_vs_long_test}}). {{long_lesson}}
+  {{fe_vs_long_verdict}} scratch ({{fe_vs_long_test}}) and fine-tuning
+  {{ft_vs_long_verdict}} scratch ({{ft_vs_long_test}}). {{long_lesson}}
 - A control tells what the pretrained weights of `layer3` add. At 10 labels per
   class, {{lesson_10}}
 """

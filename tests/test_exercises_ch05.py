@@ -360,7 +360,18 @@ def test_load_backbone_other_wrong_answers_fail_without_a_hint():
 # ---- 5.4 ----------------------------------------------------------------------------------
 
 
-def lpft(fe_model, lr, factor, *, deepcopy=True, new_head=False, unfreeze=True, frozen="copy", groups=2):
+def lpft(
+    fe_model,
+    lr,
+    factor,
+    *,
+    deepcopy=True,
+    new_head=False,
+    unfreeze=True,
+    frozen="copy",
+    groups=2,
+    optimizer="adamw",
+):
     """A right answer to exercise 5.4, and the usual mistakes when asked."""
     model = copy.deepcopy(fe_model) if deepcopy else fe_model
     if new_head:
@@ -380,15 +391,21 @@ def lpft(fe_model, lr, factor, *, deepcopy=True, new_head=False, unfreeze=True, 
             {"params": source.layer3.parameters(), "lr": lr * factor},
             {"params": model.fc.parameters(), "lr": lr},
         ]
-    return model, blocks, torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    make = {
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=1e-4),
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=1e-4),
+        "sgd": lambda: torch.optim.SGD(params, lr=lr, momentum=0.9),
+        "default decay": lambda: torch.optim.AdamW(params, lr=lr),
+    }[optimizer]
+    return model, blocks, make()
 
 
 def test_start_lpft_right_answer_passes(capsys):
     assert check_start_lpft(lpft)
     assert capsys.readouterr().out == (
         "✓ Exercise 5.4: a copy with the trained head (320 weights kept), layer3 and fc trainable "
-        "at 0.006 and 0.02, layer1 and layer2 frozen and in `frozen`; the feature-extraction "
-        "model unchanged\n"
+        "at 0.006 and 0.02 with AdamW (weight decay 0.0001), layer1 and layer2 frozen and in "
+        "`frozen`; the feature-extraction model unchanged\n"
     )
 
 
@@ -402,6 +419,9 @@ def test_start_lpft_right_answer_passes(capsys):
         ({"frozen": "original"}, "not the original model's"),
         ({"groups": 1}, "give it its own parameter group"),
         ({"groups": "original"}, "over the copy's parameters"),
+        ({"optimizer": "adam"}, "AdamW decays the weights directly"),
+        ({"optimizer": "sgd"}, "use torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)"),
+        ({"optimizer": "default decay"}, "AdamW's default weight_decay is 1e-2"),
     ],
 )
 def test_start_lpft_usual_mistakes_get_their_hints(mistake, hint):
@@ -447,6 +467,21 @@ def test_start_lpft_other_wrong_answers_fail_without_a_hint():
         return lpft(fe_model, lr * factor, 1.0)
 
     assert "fc learns at [0.006], expected 0.02" in check_start_lpft(head_at_factor).message
+
+    def head_without_decay(fe_model, lr, factor):
+        model, frozen, _ = lpft(fe_model, lr, factor)
+        groups = [
+            {"params": model.layer3.parameters(), "lr": lr * factor},
+            {"params": model.fc.parameters(), "lr": lr, "weight_decay": 0.0},
+        ]
+        return model, frozen, torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)
+
+    verdict = check_start_lpft(head_without_decay)
+    assert (
+        verdict.message
+        == "the weight decay is [0.0, 0.0001], expected 0.0001 in every group as in section 5.7"
+    )
+    assert verdict.hint is None
     for result, message in [
         (None, "should return (model, frozen, optimizer), got NoneType"),
         ((1, [], None), "the model is a int, not an nn.Module"),

@@ -18,6 +18,9 @@ __all__ = ["check_freeze_batchnorm", "check_start_lpft"]
 
 # ---- Exercise 5.4 -------------------------------------------------------------------------
 
+#: Section 5.7's AdamW weight decay, which LP-FT's optimizer must use too.
+_WEIGHT_DECAY = 1e-4
+
 
 def _frozen_hint(frozen: object, model: nn.Module, fe_model: nn.Module) -> str | None:
     """The hint for a wrong ``frozen`` list, when it is one of the usual two mistakes."""
@@ -97,10 +100,26 @@ def check_start_lpft(start_lpft: Callable) -> str:
         )
     extra = len(rate_of) - sum(p.requires_grad for p in model.parameters())
     expect(extra == 0, f"the optimizer holds {extra} parameters that are frozen or not the model's")
+    kind = type(optimizer).__name__
+    expect(
+        isinstance(optimizer, torch.optim.AdamW),
+        f"the optimizer is {kind}, but section 5.7 fine-tunes with AdamW",
+        "torch.optim.Adam's weight_decay adds an L2 term to the gradient, which Adam then rescales; "
+        "AdamW decays the weights directly, as section 5.7 does: use torch.optim.AdamW"
+        if isinstance(optimizer, torch.optim.Adam)
+        else "a different optimizer makes LP-FT a different experiment from section 5.7's "
+        "fine-tuning: use torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)",
+    )
+    decays = sorted({group["weight_decay"] for group in optimizer.param_groups})
+    expect(
+        decays == [_WEIGHT_DECAY],
+        f"the weight decay is {decays}, expected {_WEIGHT_DECAY:g} in every group as in section 5.7",
+        "AdamW's default weight_decay is 1e-2: pass weight_decay=1e-4" if decays == [1e-2] else None,
+    )
     return (
         f"a copy with the trained head ({model.fc.weight.numel()} weights kept), layer3 and fc "
-        f"trainable at {lr * factor:g} and {lr:g}, layer1 and layer2 frozen and in `frozen`; "
-        "the feature-extraction model unchanged"
+        f"trainable at {lr * factor:g} and {lr:g} with AdamW (weight decay {_WEIGHT_DECAY:g}), "
+        "layer1 and layer2 frozen and in `frozen`; the feature-extraction model unchanged"
     )
 
 
