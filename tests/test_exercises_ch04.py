@@ -14,7 +14,6 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from helpers.exercises import ch04, ch04_gradients, ch04_names
-from helpers.sequences import adding_problem
 
 STARTERS = starter_cells("04")
 
@@ -28,7 +27,7 @@ def test_each_exercise_has_one_starter():
     [
         (0, "Seq2SeqForecaster", {"nn": nn, "torch": torch}),
         (1, "block_se", {"torch": torch}),
-        (2, "short_rnns", {}),
+        (2, "make_irnn", {"Summariser": nn.Module}),
         (3, "scaled_copy", {"Summariser": nn.Module}),
         (4, "BiNameClassifier", {"nn": nn, "torch": torch}),
     ],
@@ -44,12 +43,11 @@ def test_an_untouched_starter_is_not_attempted(index, name, namespace):
 
 
 def test_checks_leave_the_global_random_state_as_it_was():
-    nets = fresh_nets()
     state = torch.random.get_rng_state()
     for verdict in (
         ch04.check_seq2seq_forecaster(Seq2Seq),
         ch04.check_block_se(block_se_right),
-        ch04.check_short_rnns(nets, measured(nets)),
+        ch04.check_irnn(irnn()),
         ch04_gradients.check_scaled_copy(scale_right),
         ch04_gradients.check_jacobian_growth(growth_right),
         ch04_names.check_bi_classifier(Bi),
@@ -235,76 +233,81 @@ def test_block_se_says_what_is_off(answer, message):
 # Exercise 4.3 ------------------------------------------------------------------------
 
 
-class MarkedSum(nn.Module):
-    """Reads the marked numbers among its last ``reach`` steps, slightly shrunk: its error
-    grows with the length of the sequence. Holds an (unused) nn.RNN, as a plain RNN would."""
+class IRNN(nn.Module):
+    """Chapter 4's Summariser with an IRNN layer; ``how`` selects the mistakes."""
 
-    def __init__(self, reach: int = 8, cell: type[nn.Module] = nn.RNN, squeeze: bool = True) -> None:
+    def __init__(self, hidden_size: int = 32, how: str = "right") -> None:
         super().__init__()
-        self.rnn, self.reach, self.squeeze = cell(2, 4, batch_first=True), reach, squeeze
-        self.head = nn.Linear(4, 1)
+        relu = "relu" if how != "tanh" else "tanh"
+        bias = how != "no bias"
+        batch_first = how != "time first"
+        self.rnn = nn.RNN(2, hidden_size, nonlinearity=relu, bias=bias, batch_first=batch_first)
+        self.head = nn.Linear(hidden_size, 1)
+        self.how = how
+        with torch.no_grad():
+            if how != "random W_hh":
+                nn.init.eye_(self.rnn.weight_hh_l0)
+            if how == "half":
+                self.rnn.weight_hh_l0.mul_(0.5)
+            if bias and how != "random biases":
+                nn.init.zeros_(self.rnn.bias_ih_l0)
+                if how != "random bias_hh":
+                    nn.init.zeros_(self.rnn.bias_hh_l0)
+            if how == "zero W_ih":
+                nn.init.zeros_(self.rnn.weight_ih_l0)
+            if how == "eye W_ih":
+                nn.init.eye_(self.rnn.weight_ih_l0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        recent = x[:, -self.reach :]
-        out = 0.9 * (recent[..., 0] * recent[..., 1]).sum(dim=1) + 0.1
-        return out if self.squeeze else out[:, None]
+        output, _ = self.rnn(x)
+        last = output[:, 0] if self.how == "first step" else output[:, -1]
+        return self.head(last).squeeze(1)
 
 
-def measured(nets: dict, test_length: int | None = None) -> dict:
-    """Each network's MSE on 2,000 fresh sequences (of its own length, or ``test_length``)."""
-    generator, out = torch.Generator().manual_seed(7), {}
-    for n, net in nets.items():
-        x, y = adding_problem(2000, test_length or n, generator)
-        with torch.no_grad():
-            out[n] = (net(x) - y).pow(2).mean().item()
-    return out
+def irnn(how: str = "right"):
+    return lambda hidden_size=32: IRNN(hidden_size, how)
 
 
-def fresh_nets():
-    return {n: MarkedSum() for n in (5, 10, 20)}
+def test_irnn_passes_right_answers():
+    verdict = ch04.check_irnn(irnn())
+    assert verdict.passed and "W_hh = I" in verdict.message
+    assert ch04.check_irnn(irnn("no bias")).passed  # an IRNN without biases is one too
 
 
-def test_short_rnns_passes_separate_networks_and_their_own_errors():
-    nets = fresh_nets()
-    verdict = ch04.check_short_rnns(nets, measured(nets))
-    assert verdict.passed and "3 separate plain RNNs" in verdict.message
-    with_40 = {**nets, 40: MarkedSum()}
-    assert ch04.check_short_rnns(with_40, measured(with_40)).passed
+@pytest.mark.parametrize(
+    ("how", "hint", "message"),
+    [
+        ("tanh", ch04.TANH, "units are tanh"),
+        ("random W_hh", ch04.NOT_IDENTITY, "not the identity"),
+        ("random biases", ch04.BIASES, "bias_ih_l0 is not zero"),
+        ("random bias_hh", ch04.BIASES, "bias_hh_l0 is not zero"),
+        ("zero W_ih", ch04.INPUT_WEIGHTS, "weight_ih_l0 lost"),
+        ("eye W_ih", ch04.INPUT_WEIGHTS, "weight_ih_l0 lost"),
+        ("time first", ch04.BATCH_FIRST, "the outputs of make_irnn(6)"),
+    ],
+)
+def test_irnn_mistakes(how, hint, message):
+    assert failed(ch04.check_irnn(irnn(how)), hint, message)
 
 
-def test_short_rnns_mistakes():
-    nets = fresh_nets()
-    one = MarkedSum()
-    same = dict.fromkeys(nets, one)
-    assert failed(ch04.check_short_rnns(same, measured(same)), ch04.SAME_NETWORK, "share one network")
-    assert failed(ch04.check_short_rnns(nets, measured(nets, 40)), ch04.LENGTH_40, "short_mse[5] is")
-    rmse = {n: math.sqrt(mse) for n, mse in measured(nets).items()}
-    assert failed(ch04.check_short_rnns(nets, rmse), ch04.RMSE, "short_mse[5] is")
-    off = {n: mse + 0.05 for n, mse in measured(nets).items()}
-    assert failed(ch04.check_short_rnns(nets, off), None, "fresh sequences of length 5")
+def test_irnn_says_what_is_off():
+    class Frozen(IRNN):
+        def __init__(self, hidden_size: int) -> None:
+            super().__init__(hidden_size)
+            self.rnn.bias_hh_l0.requires_grad_(False)
 
-
-def test_short_rnns_rejects_an_untrained_network():
-    # reading only the last step: the first marked number is missed, near chance
-    nets = {**fresh_nets(), 5: MarkedSum(reach=1)}
-    verdict = ch04.check_short_rnns(nets, measured(nets))
-    assert failed(verdict, ch04.UNTRAINED, "short_rnns[5]'s MSE is"), verdict
-
-
-def test_short_rnns_says_what_is_off():
-    nets, mse = fresh_nets(), measured(fresh_nets())
     cases = [
-        (([], mse), "short_rnns should be a dict"),
-        ((nets, 0.1), "short_mse should be a dict"),
-        (({5: nets[5], 10: nets[10]}, {5: 0.1, 10: 0.1}), "should have the keys 5, 10 and 20, got [5, 10]"),
-        ((nets, {5: 0.1}), "short_mse has the keys [5], short_rnns [5, 10, 20]"),
-        (({**nets, 5: "net"}, mse), "short_rnns[5] should be a network, got str"),
-        (({**nets, 10: MarkedSum(cell=nn.GRU)}, mse), "short_rnns[10] is not a plain RNN"),
-        (({**nets, 5: MarkedSum(squeeze=False)}, mse), "short_rnns[5] returns (4000, 4000), not (B,)"),
-        ((nets, {**mse, 20: "0.1"}), "short_mse[20] should be a real number"),
+        (irnn("half"), "weight_hh_l0 is not the identity"),  # a multiple of I: no hint
+        (irnn("first step"), "the outputs of make_irnn(6)"),
+        (lambda hidden_size=32: "net", "returned a str, not a network"),
+        (lambda hidden_size=32: IRNN(4), "make_irnn(6) built RNN(2, 4"),
+        (lambda hidden_size=32: nn.Linear(2, 1), "found no nn.RNN"),
+        (Frozen, "no gradient reaches rnn.bias_hh_l0"),
     ]
-    for args, message in cases:
-        assert failed(ch04.check_short_rnns(*args), None, message), message
+    for attempt, message in cases:
+        assert failed(
+            ch04.check_irnn(attempt), None if "nn.RNN" not in message else ch04.UNREGISTERED, message
+        ), message
 
 
 # Exercise 4.4 ------------------------------------------------------------------------

@@ -4,33 +4,31 @@ This module holds exercises 4.1 to 4.3 and re-exports the checkers of exercise 4
 (:mod:`helpers.exercises.ch04_gradients`) and 4.5 (:mod:`helpers.exercises.ch04_names`);
 the helpers they share are in :mod:`helpers.exercises.ch04_common`. Each checker builds
 the reader's object on fresh, seeded inputs on the CPU and compares it with torch's own
-layers (``nn.LSTM``, ``nn.GRU``) or with a statistic computed here. The global random
-state is left as it was, so a check does not change a chapter's run.
+layers (``nn.LSTM``, ``nn.RNN``, ``nn.GRU``) or with a statistic computed here. The
+global random state is left as it was, so a check does not change a chapter's run.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from helpers.exercises import Mismatch, checker, expect, expect_close, expect_tensor
+from helpers.exercises import checker, expect, expect_close, expect_tensor
 from helpers.exercises.ch04_common import UNREGISTERED, _build, _number, _only, _within, _without_grads
 from helpers.exercises.ch04_gradients import check_jacobian_growth, check_scaled_copy
 from helpers.exercises.ch04_names import check_bi_classifier
-from helpers.sequences import adding_problem
 
 __all__ = [
     "UNREGISTERED",
     "check_bi_classifier",
     "check_block_se",
+    "check_irnn",
     "check_jacobian_growth",
     "check_scaled_copy",
     "check_seq2seq_forecaster",
-    "check_short_rnns",
 ]
 
 CELL_STATE = "an LSTM returns (h_n, c_n): start the decoder from (h_n[-1], c_n[-1]), in that order"
@@ -172,71 +170,79 @@ def check_block_se(block_se: Any) -> str:
     )
 
 
-SAME_NETWORK = "build a fresh Summariser(nn.RNN) inside the loop, one per length, before training it"
-LENGTH_40 = "that is its error on sequences of length 40: test each network on sequences of its own length"
-UNTRAINED = (
-    "train each fresh network with train_on_adding(net, length, seed) before measuring it: "
-    "an untrained network stays near chance, 1/6"
+TANH = "nn.RNN's units are tanh by default: build the layer with nonlinearity='relu'"
+NOT_IDENTITY = (
+    "weight_hh_l0 still has its random start: set it to the identity, nn.init.eye_(...) under torch.no_grad()"
 )
-RMSE = "that is the square root of the MSE (an RMSE): report the mean squared error itself"
+BIASES = (
+    "the biases keep their random start: zero bias_ih_l0 and bias_hh_l0 (nn.init.zeros_); "
+    "with W_hh = I a constant bias is added to the state again at every step"
+)
+INPUT_WEIGHTS = (
+    "only W_hh starts at the identity, and only the biases at zero: weight_ih_l0 keeps "
+    "its random start, or the network cannot tell its inputs apart"
+)
+BATCH_FIRST = "Summariser reads output[:, -1], the last step: build the layer with batch_first=True"
 
 
-@checker("4.3", "short_rnns")
-def check_short_rnns(short_rnns: Any, short_mse: Any) -> str:
-    """Exercise 4.3: separate RNNs per length, and each reported test MSE is that network's."""
-    for value, name in ((short_rnns, "short_rnns"), (short_mse, "short_mse")):
+@checker("4.3", "make_irnn")
+def check_irnn(make_irnn: Any) -> str:
+    """Exercise 4.3: an IRNN, nn.RNN with ReLU units, W_hh = I and zero biases."""
+    generator, gap = torch.Generator().manual_seed(43), 0.0
+    for hidden in (6, 3):
+        with torch.random.fork_rng(devices=[]):  # the reader's layers draw from it
+            torch.random.default_generator.manual_seed(43 + hidden)
+            model = make_irnn(hidden)
         expect(
-            isinstance(value, dict), f"{name} should be a dict {{length: ...}}, got {type(value).__name__}"
+            isinstance(model, nn.Module),
+            f"make_irnn({hidden}) returned a {type(model).__name__}, not a network",
         )
-    lengths = sorted(short_rnns)
-    expect({5, 10, 20} <= set(lengths), f"short_rnns should have the keys 5, 10 and 20, got {lengths}")
-    expect(
-        set(short_mse) == set(lengths), f"short_mse has the keys {sorted(short_mse)}, short_rnns {lengths}"
-    )
-    nets = [short_rnns[n] for n in lengths]
-    for n, net in zip(lengths, nets, strict=True):
-        expect(isinstance(net, nn.Module), f"short_rnns[{n}] should be a network, got {type(net).__name__}")
-        kinds = {type(m) for m in net.modules()}
-        expect(nn.RNN in kinds and not kinds & {nn.LSTM, nn.GRU}, f"short_rnns[{n}] is not a plain RNN")
-    weights = {p.data_ptr() for net in nets for p in net.parameters()}
-    shared = len(weights) < sum(len(list(net.parameters())) for net in nets)
-    expect(not shared, "some lengths share one network: each was trained on top of the last", SAME_NETWORK)
-    generator, facts, n_test = torch.Generator().manual_seed(43), [], 4000
-    for n, net in zip(lengths, nets, strict=True):
-        net = copy.deepcopy(net).cpu().float().eval()
-        got = _number(short_mse[n], f"short_mse[{n}]")
+        rnn, head = _only(model, nn.RNN), _only(model, nn.Linear)
+        sizes = (rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bidirectional)
+        expect(
+            sizes == (2, hidden, 1, False), f"make_irnn({hidden}) built {rnn}, expected nn.RNN(2, {hidden})"
+        )
+        expect(rnn.nonlinearity == "relu", f"the layer's units are {rnn.nonlinearity}, not ReLU", TANH)
+        w_hh, eye = rnn.weight_hh_l0.detach().cpu(), torch.eye(hidden)
+        scaled = torch.equal(w_hh, w_hh[0, 0] * eye)  # a multiple of I: no random start
+        expect(torch.equal(w_hh, eye), "weight_hh_l0 is not the identity", None if scaled else NOT_IDENTITY)
+        if rnn.bias:  # bias=False is an IRNN too: no bias to zero
+            for name in ("bias_ih_l0", "bias_hh_l0"):
+                bias = rnn.get_parameter(name)
+                expect(not bias.any(), f"{name} is not zero", BIASES)
+        w_ih = rnn.weight_ih_l0.detach().cpu()
+        expect(
+            w_ih.any() and not torch.equal(w_ih, torch.eye(hidden, 2)),
+            "weight_ih_l0 lost its random start",
+            INPUT_WEIGHTS,
+        )
+        reference = {}
+        for batch_first in (True, False):
+            layer = _build(
+                nn.RNN,
+                "nn.RNN",
+                2,
+                hidden,
+                nonlinearity="relu",
+                bias=rnn.bias,
+                batch_first=batch_first,
+                seed=0,
+            )
+            layer.load_state_dict(rnn.state_dict())
+            reference[batch_first] = layer
+        x = torch.randn(5, 9, 2, generator=generator)
         with torch.no_grad():
-            x, y = adding_problem(n_test, n, generator)
-            errors = (net(x) - y).pow(2)
-            x_40, y_40 = adding_problem(n_test, 40, generator)
-            errors_40 = (net(x_40) - y_40).pow(2)
-        expect(errors.shape == (n_test,), f"short_rnns[{n}] returns {tuple(errors.shape)}, not (B,)")
-        want = errors.mean().item()
-        # a reader's estimate from 1,000 or more sequences, against this one: 5 standard errors
-        tol = 5 * errors.std().item() * math.sqrt(1 / 1000 + 1 / n_test)
-        if abs(got - want) > tol:
-            hint = None
-            if abs(got - errors_40.mean().item()) <= 5 * errors_40.std().item() * math.sqrt(2 / 1000):
-                hint = LENGTH_40
-            elif abs(got**2 - want) <= tol:
-                hint = RMSE
-            raise Mismatch(
-                f"short_mse[{n}] is {got:.4g}, but that network's MSE on {n_test:,} fresh sequences "
-                f"of length {n} is {want:.4g} (± {tol:.2g})",
-                hint,
-            )
-        if n == 5:
-            # a trained plain RNN solves length 5 (MSE 0.005 to 0.008 in the chapter's
-            # runs); one that reads a single number gets 1/12 = 0.083, chance 1/6
-            expect(
-                want < 0.5 / 12,
-                f"short_rnns[5]'s MSE is {want:.3g}: not below half of 1/12 ({0.5 / 12:.3g}), "
-                "what reading just one of the two marked numbers would give",
-                UNTRAINED,
-            )
-        facts.append(f"{n}: {got:.4f} vs {want:.4f}")
+            want = head(reference[True](x)[0][:, -1]).squeeze(1)  # (5,)
+            time_first = head(reference[False](x)[0][:, -1]).squeeze(1)
+        model.zero_grad()
+        got = model(x)
+        what = f"the outputs of make_irnn({hidden})"
+        gap = max(gap, expect_tensor(got, want, what, mistakes={BATCH_FIRST: time_first}))
+        got.pow(2).sum().backward()
+        missing = _without_grads(model)
+        expect(not missing, f"no gradient reaches {', '.join(missing)}")
     return (
-        f"{len(nets)} separate plain RNNs, the length-5 one well below 1/12; each reported MSE "
-        "agrees with its network's MSE on "
-        f"{n_test:,} fresh sequences of its own length ({', '.join(facts)}) within 5 standard errors"
+        "builds an IRNN (ReLU units, W_hh = I, zero biases, W_ih at its random start) for 6 "
+        f"and 3 units, whose outputs match torch's nn.RNN(nonlinearity='relu') {_within(gap)}; "
+        "gradients reach every parameter"
     )
