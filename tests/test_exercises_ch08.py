@@ -16,23 +16,22 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from helpers.exercises import ch08
 from helpers.exercises.ch08 import (
-    check_compare,
     check_gflops,
     check_inference_tensors,
-    check_remaining_batches,
+    check_mid_epoch_resume,
+    check_warmup,
 )
 
 STARTERS = starter_cells("08")
-GRID = {("constant", 0.05): [0.31, 0.33], ("StepLR", 0.05): [0.20, 0.21], ("constant", 0.5): [2.3, 2.1]}
-NAMES = {"torch": torch, "nn": nn, "DataLoader": DataLoader, "final_val": GRID}
+NAMES = {"torch": torch, "nn": nn, "DataLoader": DataLoader}
 RIGHT = {"features + w": False, "features * w": True, "relu(features + w)": False, "features @ W": True}
 
 
 def test_the_chapter_has_one_starter_per_exercise_and_each_is_not_attempted_untouched():
     expected = [
         ("8.1", "gflops"),
-        ("8.2", "remaining_batches"),
-        ("8.3", "compare"),
+        ("8.2", "checkpoint_mid_epoch` and `remaining_batches"),
+        ("8.3", "warmup_only"),
         ("8.4", "fails` and `saves"),
     ]
     assert len(STARTERS) == len(expected)
@@ -59,8 +58,8 @@ def failed_with(verdict, hint: str | None, *message: str) -> None:
     ("check", "args", "name"),
     [
         (check_gflops, (12,), "gflops"),
-        (check_remaining_batches, ([],), "remaining_batches"),
-        (check_compare, ("better", GRID), "compare"),
+        (check_mid_epoch_resume, ([], None), "checkpoint_mid_epoch"),
+        (check_warmup, (0.5,), "warmup_only"),
         (check_inference_tensors, ({**RIGHT}, None), "saves"),
     ],
 )
@@ -102,7 +101,7 @@ def hand_timed(net, x, *, calls=10, warmup=2, threads=1, restore=True, scale=1.0
 def test_gflops_reference_and_a_warmed_up_hand_loop_pass_and_leave_the_threads_alone():
     threads = torch.get_num_threads()
     verdict = check_gflops(gflops_reference)
-    assert verdict and "for a stand-in of 8,192 operations and 2 ms per call" in verdict.message
+    assert verdict and "for a stand-in of 8,192 operations that sleeps 2 ms per call" in verdict.message
     assert check_gflops(hand_timed)
     assert check_gflops(lambda net, x: torch.tensor(hand_timed(net, x)))
     assert torch.get_num_threads() == threads
@@ -159,142 +158,190 @@ def test_a_reader_who_times_without_warming_up_gets_the_hint():
 # --- 8.2: the batches of a resumed epoch ----------------------------------------------
 
 
-def remaining(loader, shuffle_rng, saved_state, steps_done):
-    shuffle_rng.set_state(saved_state)
-    return itertools.islice(iter(loader), steps_done, None)
+def at_start(loader, shuffle_rng, steps_done):
+    state = shuffle_rng.get_state()  # before the epoch draws
+    for step, _ in enumerate(loader):
+        if step == steps_done:
+            break
+    return {"step": steps_done, "rng": state}
 
 
-def test_remaining_batches_reference_passes():
-    verdict = check_remaining_batches(remaining)
+def at_save(loader, shuffle_rng, steps_done):
+    for step, _ in enumerate(loader):
+        if step == steps_done:
+            return {"step": steps_done, "rng": shuffle_rng.get_state()}
+    raise AssertionError("the epoch is longer than steps_done")
+
+
+def remaining(loader, shuffle_rng, checkpoint):
+    shuffle_rng.set_state(checkpoint["rng"])
+    return itertools.islice(iter(loader), checkpoint["step"], None)
+
+
+def skipping(skip):
+    """remaining_batches that skips ``skip(steps_done)`` batches."""
+    return lambda loader, rng, c: list(remaining(loader, rng, {**c, "step": skip(c["step"])}))
+
+
+def test_mid_epoch_resume_reference_passes():
+    verdict = check_mid_epoch_resume(at_start, remaining)
     assert verdict and "last 5 of 8 batches" in verdict.message
-    assert check_remaining_batches(lambda *a: list(remaining(*a)))  # a list does as well
+    assert check_mid_epoch_resume(at_start, lambda *a: list(remaining(*a)))  # a list does as well
 
 
-def not_restored(loader, shuffle_rng, saved_state, steps_done):
-    return itertools.islice(iter(loader), steps_done, None)
+def not_restored(loader, shuffle_rng, checkpoint):
+    return itertools.islice(iter(loader), checkpoint["step"], None)
 
 
-def restored_late(loader, shuffle_rng, saved_state, steps_done):
+def restored_late(loader, shuffle_rng, checkpoint):
     batches = iter(loader)
-    shuffle_rng.set_state(saved_state)
-    return itertools.islice(batches, steps_done, None)
+    shuffle_rng.set_state(checkpoint["rng"])
+    return itertools.islice(batches, checkpoint["step"], None)
 
 
-def restored_and_reset(loader, shuffle_rng, saved_state, steps_done):
+def restored_and_reset(loader, shuffle_rng, checkpoint):
     now = shuffle_rng.get_state()
-    batches = list(remaining(loader, shuffle_rng, saved_state, steps_done))
+    batches = list(remaining(loader, shuffle_rng, checkpoint))
     shuffle_rng.set_state(now)  # as if a copy of the generator had been restored
     return batches
 
 
 @pytest.mark.parametrize(
-    ("wrong", "hint", "what"),
+    ("save", "resume", "hint", "what"),
     [
-        (not_restored, "restore saved_state into shuffle_rng first", "remaining batches (batch sampler)"),
-        (lambda *a: list(remaining(*a[:3], a[3] + 1)), "skips one batch too many", "has shape (4, 4)"),
-        (lambda *a: list(remaining(*a[:3], a[3] - 1)), "repeats the last batch done", "has shape (6, 4)"),
-        (lambda *a: list(remaining(*a[:3], 0)), "those are all the epoch's batches", "has shape (8, 4)"),
-        (restored_late, "restore the state before calling it", "entries differ"),
-        (restored_and_reset, "restore into shuffle_rng itself", "the epoch after the resumed one"),
+        (at_save, remaining, "state at the moment of saving", "remaining batches (batch sampler)"),
+        (at_start, not_restored, "restore the checkpoint's state into shuffle_rng first", "entries differ"),
+        (at_start, skipping(lambda n: n + 1), "skips one batch too many", "has shape (4, 4)"),
+        (at_start, skipping(lambda n: n - 1), "repeats the last batch done", "has shape (6, 4)"),
+        (at_start, skipping(lambda n: 0), "those are all the epoch's batches", "has shape (8, 4)"),
+        (at_start, restored_late, "restore the state before calling it", "entries differ"),
+        (at_start, restored_and_reset, "restore into shuffle_rng itself", "the epoch after the resumed one"),
     ],
 )
-def test_remaining_batches_mistakes_get_their_hints(wrong, hint, what):
-    failed_with(check_remaining_batches(wrong), hint, what)
+def test_mid_epoch_resume_mistakes_get_their_hints(save, resume, hint, what):
+    failed_with(check_mid_epoch_resume(save, resume), hint, what)
 
 
-def test_remaining_batches_other_wrong_answers_fail_without_a_hint():
+def test_mid_epoch_resume_other_wrong_answers_fail_without_a_hint():
     def reversed_order(*args):
         return list(remaining(*args))[::-1]
 
-    failed_with(check_remaining_batches(reversed_order), None, "entries differ from the reference")
-    failed_with(check_remaining_batches(lambda *a: []), None, "has shape (0, 4), expected (5, 4)")
-    failed_with(check_remaining_batches(lambda *a: 5), None, "should be an iterable of batches, got int")
+    failed_with(check_mid_epoch_resume(at_start, reversed_order), None, "entries differ from the reference")
+    failed_with(check_mid_epoch_resume(at_start, lambda *a: []), None, "has shape (0, 4), expected (5, 4)")
     failed_with(
-        check_remaining_batches(lambda *a: [x for x, _ in remaining(*a)]),
+        check_mid_epoch_resume(at_start, lambda *a: 5), None, "should be an iterable of batches, got int"
+    )
+    failed_with(
+        check_mid_epoch_resume(at_start, lambda *a: [x for x, _ in remaining(*a)]),
         None,
         "should yield the loader's batches, pairs (x, y)",
     )
-
-
-def test_a_reader_who_restores_after_iter_gets_the_hint():
-    out = starter_with(
-        1,
-        "raise NotImplementedError  # your code here",
-        "batches = iter(loader)\n"
-        "    shuffle_rng.set_state(saved_state)\n"
-        "    return itertools.islice(batches, steps_done, None)",
+    failed_with(
+        check_mid_epoch_resume(lambda *a: 3, remaining), None, "should return the checkpoint's dict, got int"
     )
+    failed_with(check_mid_epoch_resume(at_start, []), None, "remaining_batches should be a function")
+
+
+def test_a_checkpoint_that_weights_only_cannot_read_fails():
+    def keeps_the_generator(loader, shuffle_rng, steps_done):
+        return {"step": steps_done, "generator": shuffle_rng}
+
+    failed_with(
+        check_mid_epoch_resume(keeps_the_generator, remaining),
+        None,
+        "weights_only=True) cannot read the checkpoint back",
+    )
+
+
+def test_a_reader_who_keeps_the_state_at_saving_gets_the_hint():
+    source = STARTERS[1]
+    body = "raise NotImplementedError  # your code here"
+    assert source.count(body) == 2
+    save = (
+        "for step, _ in enumerate(loader):\n"
+        "        if step == steps_done:\n"
+        "            return {'step': step, 'rng': shuffle_rng.get_state()}"
+    )
+    resume = (
+        "shuffle_rng.set_state(checkpoint['rng'])\n"
+        "    return itertools.islice(iter(loader), checkpoint['step'], None)"
+    )
+    out = run_starter(source.replace(body, save, 1).replace(body, resume, 1), **NAMES, itertools=itertools)
     assert out.startswith("✗ Exercise 8.2: the sample numbers of the remaining batches (batch sampler)")
-    assert out.endswith("Hint: iter(loader) draws from the generator: restore the state before calling it\n")
+    assert "Hint: the checkpoint kept the generator's state at the moment of saving" in out
 
 
 # --- 8.3: warm-up, then a constant rate -----------------------------------------------
 
 
-def rule(a, b):
-    gap = sum(b) / 2 - sum(a) / 2
-    noise = max(abs(a[0] - a[1]), abs(b[0] - b[1]))
-    return "better" if gap > noise else "worse" if -gap > noise else "tie"
+def linear(optimizer, start, iters):
+    return lr_scheduler.LinearLR(optimizer, start_factor=start, total_iters=iters)
 
 
-def test_compare_reference_passes_and_counts_the_grid_pairs():
-    verdict = check_compare(rule, GRID)
-    assert verdict and "8 made-up pairs and the 2 neighbouring pairs of the grid" in verdict.message
+def warmup_only(name, optimizer, peak_lr, total_steps):
+    return linear(optimizer, 0.01, total_steps // 10)
 
 
-def means_only(a, b):
-    return "better" if sum(a) < sum(b) else "worse" if sum(a) > sum(b) else "tie"
+def warmup_cosine(name, optimizer, peak_lr, total_steps):
+    warm = total_steps // 10
+    cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warm)
+    return lr_scheduler.SequentialLR(optimizer, [linear(optimizer, 0.01, warm), cosine], milestones=[warm])
 
 
-def smaller_spread(a, b):
-    gap = sum(b) / 2 - sum(a) / 2
-    noise = min(abs(a[0] - a[1]), abs(b[0] - b[1]))
-    return "better" if gap > noise else "worse" if -gap > noise else "tie"
-
-
-def spread_rule(a, b, combine):
-    """The rule with the two arms' spreads combined otherwise than by max."""
-    gap = sum(b) / 2 - sum(a) / 2
-    noise = combine(abs(a[0] - a[1]), abs(b[0] - b[1]))
-    return "better" if gap > noise else "worse" if -gap > noise else "tie"
+def test_warmup_reference_passes_and_reads_every_step():
+    verdict = check_warmup(warmup_only)
+    assert verdict and "starts at 0.005, reaches 0.5 at step 18 of 184" in verdict.message
+    # the same rates from a LambdaLR: any scheduler that gives them passes
+    assert check_warmup(
+        lambda n, opt, peak, total: lr_scheduler.LambdaLR(
+            opt, lambda step: 0.01 + 0.99 * min(step / (total // 10), 1.0)
+        )
+    )
 
 
 @pytest.mark.parametrize(
-    ("wrong", "hint"),
+    ("wrong", "hint", "message"),
     [
-        (means_only, "smaller than the seeds' spread is noise"),
-        (smaller_spread, "the LARGER of the two arms' seed spreads"),
-        (lambda a, b: means_only([a[0]] * 2, [b[0]] * 2), "not seed 0 alone"),
-        (lambda a, b: rule(b, a), "the LOWER loss is the better one"),
-        (lambda a, b: spread_rule(a, b, lambda x, y: x + y), "not with their sum"),
-        (lambda a, b: spread_rule(a, b, lambda x, y: (x + y) / 2), "not with their mean"),
+        (lambda n, opt, peak, total: None, "return a scheduler", "that is the constant rate"),
+        (lambda n, opt, peak, total: linear(opt, 0.01, total), "not all of them", "entries differ"),
+        (
+            lambda n, opt, peak, total: lr_scheduler.LinearLR(opt, total_iters=total // 10),
+            "start_factor=0.01",
+            "",
+        ),
+        (lambda n, opt, peak, total: linear(opt, 0.1, total // 10), None, "18 of 184 entries differ"),
+        (warmup_cosine, "hold the peak", "165 of 184 entries differ"),
     ],
 )
-def test_compare_mistakes_get_their_hints(wrong, hint):
-    failed_with(check_compare(wrong, GRID), hint, "expected")
+def test_warmup_mistakes_get_their_hints(wrong, hint, message):
+    failed_with(check_warmup(wrong), hint, message)
 
 
-def test_compare_other_wrong_answers_fail_without_a_hint():
-    failed_with(check_compare(lambda a, b: "tie", GRID), None, "is 'tie', expected 'better'")
-    failed_with(check_compare(lambda a, b: True, GRID), None, "one of 'better', 'worse', 'tie', got True")
-    failed_with(check_compare(rule, {"constant": [0.3, 0.3]}), None, "grid should be section 8.3's dict")
-    # right on the made-up pairs, wrong on the grid: a tie read as a sign
-    grid_only = {"x": [0.10, 0.50], "y": [0.40, 0.42]}
+def test_warmup_other_wrong_answers_fail_without_a_hint():
+    plateau = lambda n, opt, peak, total: lr_scheduler.ReduceLROnPlateau(opt)  # noqa: E731
+    failed_with(check_warmup(plateau), None, "steps once per epoch with the validation loss")
+    failed_with(check_warmup(lambda *a: "warm-up"), None, "should return a learning-rate scheduler, got str")
+    # right at 0.5 over 184 steps, wrong over 60: a warm-up of a fixed 18 steps
+    failed_with(
+        check_warmup(lambda n, opt, peak, total: linear(opt, 0.01, 18)),
+        None,
+        "the rate of each of 60 steps at peak 0.05",
+    )
 
-    def sloppy(a, b):
-        return "better" if (a, b) == ([0.1, 0.5], [0.4, 0.42]) else rule(a, b)
 
-    failed_with(check_compare(sloppy, grid_only), None, "compare([0.1, 0.5], [0.4, 0.42]) is 'better'")
-
-
-def test_a_reader_who_compares_means_only_gets_the_hint():
+def test_a_reader_who_decays_after_the_warm_up_gets_the_hint():
     out = starter_with(
         2,
         "raise NotImplementedError  # your code here",
-        "return 'better' if sum(a) < sum(b) else 'worse'",
+        "warm = total_steps // 10\n"
+        "    cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warm)\n"
+        "    first = lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warm)\n"
+        "    return lr_scheduler.SequentialLR(optimizer, [first, cosine], milestones=[warm])",
     )
-    assert out.startswith("✗ Exercise 8.3: compare(")
-    assert "Hint: a gap between the means smaller than the seeds' spread is noise" in out
+    assert out.startswith("✗ Exercise 8.3: the rate of each of 184 steps at peak 0.5")
+    assert out.endswith(
+        "Hint: after the warm-up, hold the peak: that rate decays again, as warm-up + cosine does\n"
+    )
 
 
 # --- 8.4: inference tensors in autograd -----------------------------------------------

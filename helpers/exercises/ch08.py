@@ -4,17 +4,19 @@ Each checker runs the reader's code on inputs of its own (a seeded ``torch.Gener
 tiny sizes, the CPU) against torch itself: a stand-in model whose operations
 (``FlopCounterMode``) and time per call are known checks a throughput measurement (8.1),
 a ``DataLoader`` iterated from a restored generator state gives the batches a resumed
-epoch must see (8.2), section 8.3's rule for a verdict beyond the seeds' spread judges
-two schedules (8.3), and autograd itself decides which uses of an inference tensor fail
-and what it saves for the backward pass (8.4, in :mod:`helpers.exercises.ch08_autograd`,
-re-exported here). Introduced with chapter 8's exercises.
+epoch must see (8.2), an optimizer stepped by the reader's scheduler gives the rates a
+warm-up must produce (8.3, in :mod:`helpers.exercises.ch08_schedules`), and autograd
+itself decides which uses of an inference tensor fail and what it saves for the backward
+pass (8.4, in :mod:`helpers.exercises.ch08_autograd`); both are re-exported here.
+Introduced with chapter 8's exercises.
 """
 
 from __future__ import annotations
 
-import itertools
+import io
 import math
 import numbers
+import pickle
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,12 +28,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from helpers.exercises import Mismatch, checker, expect, expect_tensor
 from helpers.exercises.ch08_autograd import check_inference_tensors
+from helpers.exercises.ch08_schedules import check_warmup
 
 __all__ = [
-    "check_compare",
     "check_gflops",
     "check_inference_tensors",
-    "check_remaining_batches",
+    "check_mid_epoch_resume",
+    "check_warmup",
 ]
 
 
@@ -134,8 +137,9 @@ def check_gflops(gflops: Callable[..., Any]) -> str:
         "the thread count is global: put it back after timing (Timer's num_threads does so itself)",
     )
     return (
-        f"{answer:.3g} GFLOP/s for a stand-in of {ops:,} operations and {CALL_S * 1e3:.0f} ms per "
-        f"call, i.e. {per_call * 1e3:.2f} ms per call, timed on one thread after the slow first calls"
+        f"{answer:.3g} GFLOP/s for a stand-in of {ops:,} operations that sleeps "
+        f"{CALL_S * 1e3:.0f} ms per call; your answer implies {per_call * 1e3:.2f} ms per call "
+        "(sleep overshoot), within tolerance, timed on one thread after the slow first calls"
     )
 
 
@@ -177,9 +181,38 @@ def _epoch(kind: str, state: torch.Tensor, skip: int, iter_from: torch.Tensor | 
     return _stacked(list(batches)[skip:], "the reference")
 
 
-@checker("8.2", "remaining_batches")
-def check_remaining_batches(remaining_batches: Callable[..., Iterable]) -> str:
-    """Resume the third epoch after 3 of its 8 batches, for two kinds of shuffled loader."""
+def _state_at_save(kind: str, start: torch.Tensor) -> torch.Tensor:
+    """The generator's state after an epoch begun from ``start`` fetched its first batch."""
+    generator = torch.Generator()
+    generator.set_state(start)
+    next(iter(_loader(kind, generator)))  # iter draws the base seed, the first batch the order
+    return generator.get_state()
+
+
+def _round_trip(checkpoint: Any) -> dict:
+    """``checkpoint`` saved with ``torch.save`` and read back with ``weights_only=True``."""
+    expect(
+        isinstance(checkpoint, dict),
+        f"checkpoint_mid_epoch should return the checkpoint's dict, got {type(checkpoint).__name__}",
+    )
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    try:
+        return torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise Mismatch(
+            "torch.load(..., weights_only=True) cannot read the checkpoint back: keep tensors, "
+            f"numbers and strings in it ({str(error).splitlines()[0]})"
+        ) from None
+
+
+@checker("8.2", "checkpoint_mid_epoch` and `remaining_batches")
+def check_mid_epoch_resume(
+    checkpoint_mid_epoch: Callable[..., Any], remaining_batches: Callable[..., Iterable]
+) -> str:
+    """Checkpoint the third epoch after 3 of its 8 batches, resume it from a reseeded generator."""
+    _expect_function(checkpoint_mid_epoch, "checkpoint_mid_epoch")
     _expect_function(remaining_batches, "remaining_batches")
     steps_done = 3
     for kind in ("batch sampler", "shuffle"):
@@ -187,26 +220,34 @@ def check_remaining_batches(remaining_batches: Callable[..., Iterable]) -> str:
         loader = _loader(kind, generator)
         for _ in range(2):  # two epochs, so the generator is far from its seed
             list(loader)
-        saved = generator.get_state()  # the state the third epoch starts from
-        epoch = _stacked(list(loader), "the reference")  # the uninterrupted epoch
-        after = _stacked(list(loader), "the reference")  # and the next one
-        now = generator.get_state()  # where a crashed run would leave it
+        start = generator.get_state()  # the state the third epoch starts from
+        epoch = _epoch(kind, start, 0)  # the uninterrupted epoch
+        generator.set_state(start)
+        list(loader)
+        after = _stacked(list(loader), "the reference")  # and the epoch after it
+        generator.set_state(start)
+        checkpoint = _round_trip(checkpoint_mid_epoch(loader, generator, steps_done))
+        generator.manual_seed(12345)  # a new process: the generator starts elsewhere
+        fresh = generator.get_state()
         want = epoch[steps_done:]
         mistakes = {
-            "that is the order of the generator as it is: restore saved_state into shuffle_rng first": _epoch(
-                kind, now, steps_done
+            "the checkpoint kept the generator's state at the moment of saving, after the epoch had "
+            "drawn its order: keep the state from before the epoch began (before iter(loader))": _epoch(
+                kind, _state_at_save(kind, start), steps_done
             ),
+            "that is the order of the generator as a new process has it: restore the checkpoint's "
+            "state into shuffle_rng first": _epoch(kind, fresh, steps_done),
             "that skips one batch too many: batches 0 to steps_done - 1 are done, and batch "
-            "steps_done comes next": _epoch(kind, saved, steps_done + 1),
+            "steps_done comes next": _epoch(kind, start, steps_done + 1),
             "that repeats the last batch done: skip steps_done batches, not steps_done - 1": _epoch(
-                kind, saved, steps_done - 1
+                kind, start, steps_done - 1
             ),
             "those are all the epoch's batches: skip the steps_done that were trained on": epoch,
             "iter(loader) draws from the generator: restore the state before calling it": _epoch(
-                kind, saved, steps_done, iter_from=now
+                kind, start, steps_done, iter_from=fresh
             ),
         }
-        got = _stacked(remaining_batches(loader, generator, saved.clone(), steps_done), "remaining_batches")
+        got = _stacked(remaining_batches(loader, generator, checkpoint), "remaining_batches")
         expect_tensor(got, want, f"the sample numbers of the remaining batches ({kind})", mistakes=mistakes)
         expect_tensor(
             _stacked(list(loader), "the loader"),
@@ -214,104 +255,11 @@ def check_remaining_batches(remaining_batches: Callable[..., Iterable]) -> str:
             f"the epoch after the resumed one ({kind})",
             mistakes={
                 "the next epoch does not continue: restore into shuffle_rng itself, the generator "
-                "the loader draws from": _epoch(kind, now, 0)
+                "the loader draws from": _epoch(kind, fresh, 0)
             },
         )
     return (
-        f"gives the last {len(want)} of 8 batches in the interrupted epoch's order, and the next "
-        "epoch continues as without the crash, with a batch sampler and with shuffle=True"
-    )
-
-
-VERDICTS = ("better", "worse", "tie")
-# pairs of arms (a, b): each arm's final losses, one per seed
-CASES: tuple[tuple[tuple[float, float], tuple[float, float]], ...] = (
-    ((0.30, 0.32), (0.50, 0.52)),  # a clearly lower: better
-    ((0.50, 0.52), (0.30, 0.32)),  # a clearly higher: worse
-    ((0.40, 0.42), (0.41, 0.43)),  # means differ by less than either spread
-    ((0.20, 0.60), (0.50, 0.52)),  # within a's wide spread, beyond b's narrow one
-    ((0.30, 0.90), (0.50, 0.52)),  # seed 0 alone says better, the means worse
-    ((0.90, 0.80), (0.10, 0.20)),  # beyond both spreads, a higher
-    ((0.30, 0.40), (0.46, 0.54)),  # beyond the larger spread, within their sum
-    ((0.30, 0.50), (0.54, 0.56)),  # within the larger spread, beyond their mean
-)
-
-
-def reference_verdict(a: tuple[float, float], b: tuple[float, float]) -> str:
-    """Section 8.3's rule: lower mean loss wins only beyond the larger seed spread."""
-    gap = (sum(b) - sum(a)) / 2
-    noise = max(abs(a[0] - a[1]), abs(b[0] - b[1]))
-    return "better" if gap > noise else "worse" if -gap > noise else "tie"
-
-
-def _means_only(a: tuple[float, float], b: tuple[float, float]) -> str:
-    return "better" if sum(a) < sum(b) else "worse" if sum(a) > sum(b) else "tie"
-
-
-def _smaller_spread(a: tuple[float, float], b: tuple[float, float]) -> str:
-    gap, noise = (sum(b) - sum(a)) / 2, min(abs(a[0] - a[1]), abs(b[0] - b[1]))
-    return "better" if gap > noise else "worse" if -gap > noise else "tie"
-
-
-def _summed_spreads(a: tuple[float, float], b: tuple[float, float]) -> str:
-    gap, noise = (sum(b) - sum(a)) / 2, abs(a[0] - a[1]) + abs(b[0] - b[1])
-    return "better" if gap > noise else "worse" if -gap > noise else "tie"
-
-
-def _mean_spread(a: tuple[float, float], b: tuple[float, float]) -> str:
-    gap, noise = (sum(b) - sum(a)) / 2, (abs(a[0] - a[1]) + abs(b[0] - b[1])) / 2
-    return "better" if gap > noise else "worse" if -gap > noise else "tie"
-
-
-def _seed_zero(a: tuple[float, float], b: tuple[float, float]) -> str:
-    return _means_only((a[0], a[0]), (b[0], b[0]))
-
-
-def _flipped(a: tuple[float, float], b: tuple[float, float]) -> str:
-    return reference_verdict(b, a)
-
-
-VERDICT_MISTAKES: dict[str, Callable[..., str]] = {
-    "a gap between the means smaller than the seeds' spread is noise: call it a tie": _means_only,
-    "compare the gap with the LARGER of the two arms' seed spreads, not the smaller": _smaller_spread,
-    "compare the gap with the larger of the two spreads, not with their sum": _summed_spreads,
-    "compare the gap with the larger of the two spreads, not with their mean": _mean_spread,
-    "use the mean over both seeds, not seed 0 alone": _seed_zero,
-    "these are losses: the arm with the LOWER loss is the better one": _flipped,
-}
-
-
-@checker("8.3", "compare")
-def check_compare(compare: Callable[..., Any], grid: dict[Any, Any]) -> str:
-    """Eight made-up pairs of arms, then every pair of combinations in ``grid``."""
-    _expect_function(compare, "compare")
-    expect(
-        isinstance(grid, dict) and len(grid) >= 2,
-        f"grid should be section 8.3's dict of final losses, got {type(grid).__name__}",
-    )
-    pairs = list(CASES)
-    for first, second in itertools.pairwise(grid):
-        pairs.append((tuple(map(float, grid[first])), tuple(map(float, grid[second]))))
-    got = []
-    for a, b in pairs:
-        answer = compare(list(a), list(b))
-        expect(
-            answer in VERDICTS,
-            f"compare should return one of {', '.join(map(repr, VERDICTS))}, got {answer!r}",
-        )
-        got.append(answer)
-    want = [reference_verdict(a, b) for a, b in pairs]
-    wrong = [(a, b, g, w) for (a, b), g, w in zip(pairs, got, want, strict=True) if g != w]
-    if wrong:
-        a, b, answer, right = wrong[0]
-        message = f"compare({list(a)}, {list(b)}) is {answer!r}, expected {right!r}"
-        for hint, mistake in VERDICT_MISTAKES.items():
-            # each known mistake answers the made-up pairs otherwise than the rule
-            if got[: len(CASES)] == [mistake(*pair) for pair in CASES]:
-                raise Mismatch(message, hint)
-        raise Mismatch(message)
-    ties = want.count("tie")
-    return (
-        f"agrees with section 8.3's rule on {len(CASES)} made-up pairs and the "
-        f"{len(pairs) - len(CASES)} neighbouring pairs of the grid ({ties} ties in all)"
+        f"the checkpoint resumes the last {len(want)} of 8 batches in the interrupted epoch's "
+        "order, from a reseeded generator, and the next epoch continues as without the crash, "
+        "with a batch sampler and with shuffle=True"
     )
