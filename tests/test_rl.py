@@ -6,6 +6,7 @@ import pytest
 import torch
 from gymnasium.envs.classic_control import CartPoleEnv
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from helpers.rl import (
     Episode,
@@ -559,3 +560,47 @@ def test_play_episode_renders_one_frame_per_state_of_the_chosen_environment():
     np.testing.assert_array_equal(episode.states[0], expected_start)
     assert episode.rewards.dtype == np.float64 and episode.total_reward == len(episode.actions)
     assert play_episode(_Constant(action=1), seed=3, env_id=_DRAWN_ID).frames == []
+
+
+def test_discounted_returns_are_float32_whatever_the_default_dtype():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        returns = discounted_returns([1.0, 1.0], 0.5)
+    finally:
+        torch.set_default_dtype(previous)
+    assert returns.dtype == torch.float32
+
+
+def test_play_episode_rejects_a_policy_that_is_not_a_module():
+    with pytest.raises(TypeError, match=r"policy must be an nn\.Module"):
+        play_episode(lambda x: x, seed=0)
+
+
+class _AsTensorDevices(TorchFunctionMode):
+    """Records the device each ``torch.as_tensor`` of a batch of observations (2-D) names."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.as_tensor and np.ndim(args[0]) == 2:
+            self.devices.append(kwargs.get("device"))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda: play_episode(_Lean(), seed=0, device="cpu"),
+        lambda: evaluate_policy(_Lean(), 2, seed=0, device="cpu", time_limit=20),
+    ],
+)
+def test_observations_are_made_on_the_policys_device(run):
+    # On a CPU-only machine an observation made without a device still works; on a GPU
+    # it would not reach the policy's device, so the device each call names is checked.
+    with _AsTensorDevices() as watch:
+        run()
+    assert watch.devices and set(watch.devices) == {torch.device("cpu")}
