@@ -96,6 +96,8 @@ class Seq2Seq(nn.Module):
             forecasts.append(value)
             if self.how == "detach":
                 value = value.detach()
+            elif self.how == "detach all":  # the forecast kept is detached too
+                value = forecasts[-1] = value.detach()
             elif self.how == "window input":  # always fed the window's last value
                 value = x[:, -1]
         return torch.cat(forecasts, dim=1)
@@ -121,6 +123,7 @@ def test_seq2seq_forecaster_passes_right_answers():
         ("skip", ch04.SKIPPED, "the forecasts for windows of 9"),
         ("window input", None, "the forecasts for windows of 9"),
         ("detach", ch04.DETACHED, "the gradient of the decoder's weight_ih"),
+        ("detach all", ch04.DETACHED, "does not require grad"),
     ],
 )
 def test_seq2seq_forecaster_mistakes(how, hint, message):
@@ -162,6 +165,18 @@ def test_seq2seq_forecaster_probes():
             self.scale = nn.Parameter(torch.ones(1))
 
     assert failed(ch04.check_seq2seq_forecaster(Unused), None, "no gradient reaches scale")
+
+    def fail(grad):
+        raise RuntimeError("some other failure")
+
+    class FailsBackward(Seq2Seq):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = super().forward(x)
+            out.register_hook(fail)
+            return out
+
+    message = "your code raised RuntimeError: some other failure"
+    assert failed(ch04.check_seq2seq_forecaster(FailsBackward), None, message)
     instance = Seq2Seq(7, 6)
     assert failed(ch04.check_seq2seq_forecaster(instance), None, "got Seq2Seq")
 
@@ -272,6 +287,14 @@ def test_irnn_passes_right_answers():
     verdict = ch04.check_irnn(irnn())
     assert verdict.passed and "W_hh = I" in verdict.message
     assert ch04.check_irnn(irnn("no bias")).passed  # an IRNN without biases is one too
+
+    class NoNoGrad(IRNN):  # nn.init switches autograd off itself
+        def __init__(self, hidden_size: int = 32) -> None:
+            super().__init__(hidden_size, "random W_hh")
+            nn.init.eye_(self.rnn.weight_hh_l0)
+            assert self.rnn.weight_hh_l0.is_leaf and self.rnn.weight_hh_l0.requires_grad
+
+    assert ch04.check_irnn(NoNoGrad).passed
 
 
 @pytest.mark.parametrize(
@@ -544,6 +567,7 @@ class Bi(nn.Module):
             "output": lambda: torch.cat([h_n[0], h_n[1], padded[:, -1]], dim=1),
             "top twice": lambda: torch.cat([h_n[2], h_n[3], h_n[2], h_n[3]], dim=1),
             "reversed": lambda: torch.cat(list(h_n.flip(0)), dim=1),
+            "top first": lambda: torch.cat([h_n[2], h_n[3], h_n[0], h_n[1]], dim=1),
         }[self.read]()
         return self.head(both)
 
@@ -564,6 +588,7 @@ def test_bi_classifier_passes_right_answers():
         ("no packing", ch04_names.NO_PACKING),
         ("reshape", ch04_names.RESHAPE),
         ("direction major", ch04_names.DIRECTION_MAJOR),
+        ("top first", ch04_names.TOP_FIRST),
         ("last both", ch04_names.LAST_BOTH),
         ("output", ch04_names.OUTPUT_LAST),
         ("top twice", None),

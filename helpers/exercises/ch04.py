@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from helpers.exercises import checker, expect, expect_close, expect_tensor
+from helpers.exercises import Mismatch, checker, expect, expect_close, expect_tensor
 from helpers.exercises.ch04_common import UNREGISTERED, _build, _number, _only, _within, _without_grads
 from helpers.exercises.ch04_gradients import check_jacobian_growth, check_scaled_copy
 from helpers.exercises.ch04_names import check_bi_classifier
@@ -101,7 +101,11 @@ def check_seq2seq_forecaster(cls: Any) -> str:
         model.zero_grad()
         got = model(x)
         gap = max(gap, expect_tensor(got, want, f"the forecasts for windows of {length}", mistakes=mistakes))
-        got.pow(2).sum().backward()
+        try:
+            got.pow(2).sum().backward()
+        except RuntimeError as error:  # every forecast detached: no graph at all
+            hint = DETACHED if "does not require grad" in str(error) else None
+            raise Mismatch(f"your code raised RuntimeError: {error}", hint) from None
         missing = _without_grads(model)
         expect(not missing, f"no gradient reaches {', '.join(missing)}: is something detached?")
         mine = cell.weight_ih.grad.clone()  # the attempt's own gradient
@@ -172,7 +176,8 @@ def check_block_se(block_se: Any) -> str:
 
 TANH = "nn.RNN's units are tanh by default: build the layer with nonlinearity='relu'"
 NOT_IDENTITY = (
-    "weight_hh_l0 still has its random start: set it to the identity, nn.init.eye_(...) under torch.no_grad()"
+    "weight_hh_l0 still has its random start: set it to the identity with nn.init.eye_(...) "
+    "(nn.init switches autograd off itself)"
 )
 BIASES = (
     "the biases keep their random start: zero bias_ih_l0 and bias_hh_l0 (nn.init.zeros_); "

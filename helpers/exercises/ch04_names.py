@@ -33,6 +33,10 @@ LAST_BOTH = (
     "character has read only that one character; its summary of the whole name is at "
     "position 0 (or in h_n)"
 )
+TOP_FIRST = (
+    "the head reads the top layer's summaries first: keep h_n's own order, the bottom "
+    "layer first (index 2 * layer + direction)"
+)
 OUTPUT_LAST = "output[:, -1] is past the end of every shorter name (zeros there): use h_n"
 SORTED = "the names are not sorted by length: pack with enforce_sorted=False"
 
@@ -71,6 +75,7 @@ def check_bi_classifier(cls: Any) -> str:
             NO_PACKING: head(h_padded.transpose(0, 1).reshape(batch, -1)),
             RESHAPE: head(h_n.reshape(batch, 4 * hidden)),
             DIRECTION_MAJOR: head(torch.cat([h_n[0], h_n[2], h_n[1], h_n[3]], dim=1)),
+            TOP_FIRST: head(torch.cat([h_n[2], h_n[3], h_n[0], h_n[1]], dim=1)),
             LAST_BOTH: head(torch.cat([*bottom, output[torch.arange(batch), lengths - 1]], dim=1)),
             OUTPUT_LAST: head(torch.cat([*bottom, output[:, -1]], dim=1)),
         }
