@@ -126,6 +126,7 @@ def test_torchrun_command_rejects_bad_arguments(kwargs, error, message):
         (lambda: choose_backend(None, 0.0, 2, 0), TypeError, "local_rank must be an int"),
         (lambda: choose_backend(None, 0, "2", 0), TypeError, "local_world_size must be an int"),
         (lambda: choose_backend(None, 0, 2, -1), ValueError, "gpu_count must be >= 0"),
+        (lambda: choose_backend(None, 0, 2, 1.0), TypeError, "^gpu_count must be an int"),
         (lambda: shared_gpus("vm"), TypeError, "placements must be a sequence"),
         (lambda: shared_gpus([("vm",)]), TypeError, r"placements\[0\] must be a \(host, GPU UUID\) pair"),
         (lambda: rank_print(True, "x"), TypeError, "rank must be an int"),
@@ -219,8 +220,11 @@ def test_run_commands_runs_commands_at_the_same_time(tmp_path):
     assert (second.returncode, second.stderr) == (3, "oops\n")
 
 
-def test_run_commands_stops_a_command_at_its_timeout():
-    sleeper = "import time; print('started', flush=True); time.sleep(120)"
+def test_run_commands_stops_a_command_at_its_timeout(monkeypatch):
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # run_commands must set it
+    # no flush: the output so far reaches the error only because the commands run
+    # unbuffered (a Python writing to a file buffers, and SIGTERM loses the buffer)
+    sleeper = "import time; print('started'); time.sleep(120)"
     start = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired) as info:
         run_commands([[sys.executable, "-c", sleeper]], timeout=3)
@@ -437,8 +441,9 @@ def test_make_loader_deals_out_the_shuffled_indices():
         for rank in range(3):
             loader = train_ddp.make_loader(dataset, batch_size=2, seed=5, num_replicas=3, rank=rank)
             loader.sampler.set_epoch(epoch)
-            got = torch.cat([batch[0] for batch in loader]).tolist()
-            assert got == expected[rank]
+            batches = [batch[0] for batch in loader]
+            assert [len(b) for b in batches] == [2, 2]  # 4 of the 11 (padded to 12) per rank
+            assert torch.cat(batches).tolist() == expected[rank]
     assert _distributed_order(11, 3, 5, 1) != _distributed_order(11, 3, 5, 2)
 
 
