@@ -148,6 +148,12 @@ def ignores_padding(x, weight, bias, padding):
     return out.reshape(b, -1, h, w)
 
 
+def sides_from_l(x, weight, bias, padding):
+    out = weight.flatten(1) @ F.unfold(x, 3, padding=padding) + bias.view(1, -1, 1)
+    side = int(out.shape[-1] ** 0.5)  # guessed from L: right for 5 x 7, not for 4 x 2
+    return out.view(x.shape[0], -1, side, out.shape[-1] // side)
+
+
 def calls_conv2d(x, weight, bias, padding):
     return F.conv2d(x, weight, bias, padding=padding)
 
@@ -157,6 +163,7 @@ def calls_conv2d(x, weight, bias, padding):
     [
         (no_bias, "the bias is missing"),
         (width_first, "height first"),
+        (sides_from_l, "not from L"),
         (width_first_transposed, "then transposing"),
         (view_without_transpose, "must be transposed"),
         (channels_last_weight, "do not permute the weight"),

@@ -145,7 +145,8 @@ def check_conv2d_by_unfold(conv2d_by_unfold: Callable[..., Any]) -> str:
                 x, weight, None, padding=padding
             ),
             "F.unfold's columns run along each row first: view the (B, C_out, L) product as "
-            "(B, C_out, H_out, W_out), height first": want.flatten(2).view(b, c_out, w_out, h_out),
+            "(B, C_out, H_out, W_out), height first, with H_out and W_out computed from H, W "
+            "and the padding (section 3.2), not from L": want.flatten(2).view(b, c_out, w_out, h_out),
             "F.unfold's columns run along each row first: view the (B, C_out, L) product as "
             "(B, C_out, H_out, W_out) directly; viewing it width first and then transposing "
             "puts the values in the wrong positions": (
