@@ -118,7 +118,7 @@ print(describe_runtime(device, seed))
 # - **Fine-tuning**: start from the source weights, train a new head and also let some
 #   or all of the backbone change (in this chapter its last block), often with a
 #   smaller learning rate so the pretrained features are adjusted rather than
-#   overwritten (section 5.7 measures how much smaller).
+#   overwritten (section 5.7 tests whether, and how much, smaller).
 #
 # Why it can work: image networks trained on much data tend to learn generic
 # detectors in their first layer (edge-like filters and colour blobs) that most image
@@ -305,7 +305,12 @@ print(type(net).__name__, "with", f"{count_parameters(net):,}", "parameters")
 # scaled, keeping its aspect ratio, into a 20 × 20 box, as MNIST's digits were, and
 # its bounding box is centred in a 28 × 28 image (MNIST centred each digit's centre of
 # mass instead). There are **no digits** among them: the source network never
-# sees the target's classes.
+# sees the target's classes. It does see most of their shapes, though: in many fonts
+# O, I, Z, S, B and G look much like 0, 1, 2, 5, 8 and 6, and b, g and q like 6, 9
+# and 9, so seven of the ten digits have a near-twin among the letters. The two tasks
+# are therefore closely related, and section 5.1 said that relatedness is one of the
+# two things that decide how much transfer helps: expect more help here than from a
+# source whose shapes are further from the target's.
 
 # %%
 fonts = matplotlib_fonts()
@@ -1125,6 +1130,54 @@ for key, (model, _) in runs.items():
     layer3_moves[key] = change.item()
 
 
+def mean_best_val(
+    runs: dict, draws: tuple, per_class: int, method: str, factor: float = 0.0
+) -> float:
+    """Best-epoch validation accuracy, averaged over the draws."""
+    curves = [runs[per_class, d, method, factor][1] for d in draws]
+    return sum(max(c["val_acc"]) for c in curves) / len(curves)
+
+
+print("best validation accuracy, mean of the draws")
+columns = ["scratch", "feat. ex."] + [f"FT x{f:g}" for f in factors]
+print(f"{'labels per class':>16}" + "".join(f"{c:>10}" for c in columns))
+chosen = {}
+for per_class in budgets:
+    accs = [mean_best_val(runs, draws, per_class, m, f) for m, f in arms]
+    print(f"{per_class:>16}" + "".join(f"{a:>10.3f}" for a in accs))
+    # max() keeps the first of equal values: the smaller factor on a tie
+    chosen[per_class] = max(
+        factors,
+        key=lambda f: mean_best_val(runs, draws, per_class, "fine-tuning", f),
+    )
+control_accs = [mean_best_val(runs, draws, 10, control, f) for f in factors]
+print(
+    f"{'10, random layer3':>36}" + "".join(f"{a:>10.3f}" for a in control_accs)
+)
+print("chosen factor per budget:", chosen)
+
+# %% [markdown]
+# From here on, two methods or factors are compared by the gap between their
+# validation accuracies. Each gap is a mean over the two draws with a **paired**
+# standard error: the two arms of a draw share its labelled images, its random head and
+# the 500 validation digits, so we difference them draw by draw and image by image.
+# The error has two parts, added in quadrature: the spread of the two draws' gaps
+# (which images were labelled, and the training's randomness) and the spread of the
+# per-image gaps (which digits happen to be in the validation set). Two standard
+# errors is a rule of thumb here, not a test: with two draws the first part rests on
+# a single degree of freedom, so it is itself a rough estimate, and a proper test would
+# ask for more (a t-distribution with one degree of freedom puts its 95 % bound at
+# 12.7 of its scale, not 2). So a gap within two standard errors is called noise, one
+# between two and three *borderline*, and only a larger one a difference. The helpers
+# below compute it (`paired_gap`, `val_gap`) and put it in words (`noise_level`,
+# `gap_text`); their first use asks how clearly validation picked each budget's factor.
+# The best validation accuracies themselves are optimistic: each is the best of 12
+# epochs, and fine-tuning's also the best of three factors, all picked on the same 500
+# digits. That is why the methods are scored once more, on the untouched test set, in
+# section 5.8.
+
+
+# %%
 def paired_gap(right_a: list, right_b: list) -> tuple[float, float, float]:
     """Method a minus method b, scored per draw on the same images, in points.
 
@@ -1170,64 +1223,39 @@ def gap_text(gap: float, se: float) -> str:
     return f"{text}, borderline" if level == "borderline" else text
 
 
-def mean_best_val(
-    runs: dict, draws: tuple, per_class: int, method: str, factor: float = 0.0
-) -> float:
-    """Best-epoch validation accuracy, averaged over the draws."""
-    curves = [runs[per_class, d, method, factor][1] for d in draws]
-    return sum(max(c["val_acc"]) for c in curves) / len(curves)
+# how clear is each budget's choice: the chosen factor minus the next best
+runner_up = {}
+print("fine-tuning on validation, the chosen factor minus the next best:")
+for per_class in budgets:
+    others = [f for f in factors if f != chosen[per_class]]
+    runner_up[per_class] = max(
+        others,
+        key=lambda f: mean_best_val(runs, draws, per_class, "fine-tuning", f),
+    )
+    choice_gap = val_gap(
+        val_right,
+        draws,
+        per_class,
+        ("fine-tuning", chosen[per_class]),
+        ("fine-tuning", runner_up[per_class]),
+    )
+    print(
+        f"{per_class:>3} per class, x{chosen[per_class]:g} minus "
+        f"x{runner_up[per_class]:g}: {gap_text(*choice_gap)}"
+    )
+
+# %% [markdown]
+# The figure shows the table's validation accuracies against the factor (left) and how
+# far `layer3`'s weights moved from their start in each run (right).
 
 
+# %%
 def layer3_moved(
     moves: dict, draws: tuple, per_class: int, method: str, factor: float
 ) -> float:
     """moves[per_class, draw, method, factor] averaged over the draws."""
     return sum(moves[per_class, d, method, factor] for d in draws) / len(draws)
 
-
-def layer3_turned(
-    runs: dict,
-    starts: dict,
-    draws: tuple,
-    per_class: int,
-    method: str,
-    factor: float,
-) -> dict:
-    """Scale-free measures of layer3's move, means over the draws: the mean
-    cosine between each filter's start and end (1 = same direction), the
-    mean angle between them in degrees, and the end's norm over the start's."""
-    cosines, angles, growths = [], [], []
-    for d in draws:
-        key = (per_class, d, method, factor)
-        end = runs[key][0].layer3[0].weight.detach().cpu().flatten(1)
-        start = starts[key].flatten(1)  # (64, 32*3*3): one row a filter
-        cos = nn.functional.cosine_similarity(end, start)  # (64,)
-        cosines.append(cos.mean())
-        angles.append(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).mean())
-        growths.append(end.norm() / start.norm())
-    n = len(draws)
-    return {
-        "cos": sum(cosines).item() / n,
-        "angle": sum(angles).item() / n,
-        "growth": sum(growths).item() / n,
-    }
-
-
-print("best validation accuracy, mean of the draws")
-columns = ["scratch", "feat. ex."] + [f"FT x{f:g}" for f in factors]
-print(f"{'labels per class':>16}" + "".join(f"{c:>10}" for c in columns))
-chosen = {}
-for per_class in budgets:
-    accs = [mean_best_val(runs, draws, per_class, m, f) for m, f in arms]
-    print(f"{per_class:>16}" + "".join(f"{a:>10.3f}" for a in accs))
-    # max() keeps the first of equal values: the smaller factor on a tie
-    chosen[per_class] = max(
-        factors,
-        key=lambda f: mean_best_val(runs, draws, per_class, "fine-tuning", f),
-    )
-accs = [mean_best_val(runs, draws, 10, control, f) for f in factors]
-print(f"{'10, random layer3':>36}" + "".join(f"{a:>10.3f}" for a in accs))
-print("chosen factor per budget:", chosen)
 
 fig, (ax_acc, ax_move) = plt.subplots(1, 2, figsize=(11, 3.8))
 palette = ("tab:red", "tab:purple", "tab:green")
@@ -1255,7 +1283,7 @@ for per_class in budgets:
                  color=colour, label=name, lw=width)  # fmt: skip
 # the control, 10 per class: dashed, square markers
 control_style = {"color": budget_colours[10], "linestyle": "--", "marker": "s"}
-ax_acc.plot(factors, accs, **control_style)
+ax_acc.plot(factors, control_accs, **control_style)
 moved = [
     100 * layer3_moved(layer3_moves, draws, 10, control, f) for f in factors
 ]
@@ -1318,7 +1346,7 @@ apart = closest >= 0.05 * top
 overlap = (
     "and every pair of them is apart somewhere"
     if apart
-    else "yet two of them nearly coincide at every factor"
+    else "and two of them nearly coincide at every factor"
 )
 record("move_overlap", overlap)
 
@@ -1341,6 +1369,10 @@ for per_class in (budgets[0], budgets[-1]):
 def verdict(gap: float, se: float) -> str:
     """How one arm compared with another, given their gap and its error."""
     level = noise_level(gap, se)
+    # the sign of a gap within noise is shown, not hidden (the number is
+    # quoted beside each use)
+    if level == "noise" and round(gap, 1) < 0:
+        return "did no better (if anything worse) than"
     if level == "noise":
         return "did no better than"
     outcome = "beat" if gap > 0 else "did worse than"
@@ -1473,6 +1505,36 @@ else:
         f"{budgets_text(full_chosen)} and a smaller rate with "
         f"{budgets_text(smaller)}."
     )
+# how clearly each choice won: the chosen factor minus the next best
+choice_gaps = {
+    k: val_gap(
+        val_right,
+        draws,
+        k,
+        ("fine-tuning", chosen[k]),
+        ("fine-tuning", runner_up[k]),
+    )
+    for k in budgets
+}
+unclear = [k for k in budgets if noise_level(*choice_gaps[k]) != "clear"]
+if unclear:
+    leads = "; ".join(
+        f"{k} per class, factor {chosen[k]:g} minus {runner_up[k]:g}: "
+        f"{gap_text(*choice_gaps[k])}"
+        for k in unclear
+    )
+    rate_noise = (
+        f"At {budgets_text(unclear)} the choice rests on a gap of less than "
+        f"three standard errors over the next-best factor ({leads}), so another "
+        "seed could choose differently there."
+    )
+else:
+    rate_noise = (
+        "At every budget the chosen factor beat the next best by more than "
+        "three standard errors."
+    )
+record("rate_noise", rate_noise)
+rate_found += " " + rate_noise
 record("rate_found", rate_found)
 
 # %% tags=["remove-input", "box-note"] jupyter={"source_hidden": true} cellView="form"
@@ -1484,7 +1546,8 @@ prose(
 >
 > - {{rate_found}}
 > - At the chosen rates fine-tuning {{verdict_1}} feature extraction with 1
->   label per class and {{verdict_10}} it with 10 ({{ft_vs_fe_val_10}}).
+>   label per class ({{ft_vs_fe_val_1}}) and {{verdict_10}} it with 10
+>   ({{ft_vs_fe_val_10}}).
 > - At 10 labels per class and the chosen rate ({{factor_10_words}}), starting
 >   `layer3` from its pretrained weights rather than random ones {{start_found}}.
 >   At the other factors pretrained minus random start was, on validation:
@@ -1507,29 +1570,13 @@ hundredth of the head's rate, `layer3` moved by {{moved_slow}} % of its norm wit
 the smallest factor to the full rate changed the validation accuracy, with 1 label
 per class, by {{full_vs_slow_1}}; with 10, by {{full_vs_slow_10}}. The chosen
 factors are {{factor_1}}, {{factor_3}} and {{factor_10}} for 1, 3 and 10 labels
-per class. At the chosen factor, fine-tuning minus feature extraction on
+per class. {{rate_noise}} At the chosen factor, fine-tuning minus feature extraction on
 validation is, with 1 label per class, {{ft_vs_fe_val_1}}; with 3,
 {{ft_vs_fe_val_3}}; with 10, {{ft_vs_fe_val_10}}. So with one label per class
 fine-tuning {{verdict_1}} feature extraction, and with ten it
 {{verdict_10}} feature extraction.
 """
 )
-
-# %% [markdown]
-# Each gap is a mean over the two draws with a **paired** standard error: the two arms
-# of a draw share its labelled images, its random head and the 500 validation digits,
-# so we difference them draw by draw and image by image. The error has two parts,
-# added in quadrature: the spread of the two draws' gaps (which images were labelled,
-# and the training's randomness) and the spread of the per-image gaps (which digits
-# happen to be in the validation set). Two standard errors is a rule of thumb here, not
-# a test: with two draws the first part rests on a single degree of freedom, so it is
-# itself a rough estimate, and a proper test would ask for more (a t-distribution with
-# one degree of freedom puts its 95 % bound at 12.7 of its scale, not 2). So a gap
-# within two standard errors is called noise, one between two and three *borderline*,
-# and only a larger one a difference. The best validation
-# accuracies themselves are optimistic: each is the best of 12 epochs, and fine-tuning's
-# also the best of three factors, all picked on the same 500 digits. That is why the
-# methods are scored once more, on the untouched test set, in section 5.8.
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -1578,6 +1625,35 @@ if rate_ratio > 5 * max(ratios):
 else:
     rate_vs_start = "more than" if rate_ratio > max(ratios) else "no more than"
 record("rate_vs_start", rate_vs_start)
+
+
+def layer3_turned(
+    runs: dict,
+    starts: dict,
+    draws: tuple,
+    per_class: int,
+    method: str,
+    factor: float,
+) -> dict:
+    """Scale-free measures of layer3's move, means over the draws: the mean
+    cosine between each filter's start and end (1 = same direction), the
+    mean angle between them in degrees, and the end's norm over the start's."""
+    cosines, angles, growths = [], [], []
+    for d in draws:
+        key = (per_class, d, method, factor)
+        end = runs[key][0].layer3[0].weight.detach().cpu().flatten(1)
+        start = starts[key].flatten(1)  # (64, 32*3*3): one row a filter
+        cos = nn.functional.cosine_similarity(end, start)  # (64,)
+        cosines.append(cos.mean())
+        angles.append(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).mean())
+        growths.append(end.norm() / start.norm())
+    n = len(draws)
+    return {
+        "cos": sum(cosines).item() / n,
+        "angle": sum(angles).item() / n,
+        "growth": sum(growths).item() / n,
+    }
+
 
 # layer3's convolution feeds a batch norm, which rescales each output channel
 # to unit spread: a filter's length does not change what the block computes,
@@ -1855,6 +1931,7 @@ print(f"scratch's rate for the 24-epoch runs: {lr_scratch:g}")
 # every method for twice the epochs, the rate dropped at the same point of
 # the schedule
 long_models, long_right = {}, {}  # (method, draw) -> model, (N,) right
+long_loss = {}  # (method, draw) -> the last epoch's training loss
 for method in methods:
     method_lr = lr_scratch if method == "scratch" else lr
     factor = chosen[10] if method == "fine-tuning" else 0.0
@@ -1864,10 +1941,11 @@ for method in methods:
             optimizer, step_size=2 * lr_drop_epoch, gamma=0.1
         )
         loaders = {"train": target_train_loader(10, draw), "val": val_loader}
-        train_phases(
+        history = train_phases(
             model, loaders, criterion, optimizer, 2 * epochs, device,
             scheduler=scheduler, frozen=frozen,
         )  # fmt: skip
+        long_loss[method, draw] = history.train_loss[-1]
         long_right[method, draw] = right_answers(model, val_loader, device)
         long_models[method, draw] = model  # section 5.8 scores them on test
 print("10 per class, validation accuracy, 12 epochs -> 24 epochs:")
@@ -2252,9 +2330,27 @@ fe_10_loss = min(last_losses(compared_runs, draws, 10, "feature extraction"))
 record("fe_10_loss", fe_10_loss, fmt="{:.2f}")
 # a loss of 0.1 is a mean probability of about 0.9 for the right class
 if fe_10_loss >= 0.1:
-    fe_schedule = "so it had not finished fitting its training images"
+    fe_schedule = "so it had not fitted its training images"
 else:
     fe_schedule = "so it had nearly fitted its training images"
+# and after twice the epochs (section 5.7's runs)
+fe_long = [long_loss["feature extraction", d] for d in draws]
+if min(fe_long) >= 0.1:
+    fe_schedule += (
+        f". After 24 epochs its loss was still {min(fe_long):.2f} or more: "
+        "longer training did not make it fit them, so a linear head on the "
+        "frozen features may not be able to, on these augmented images"
+    )
+elif max(fe_long) < 0.1:
+    fe_schedule += (
+        f". After 24 epochs its loss was {max(fe_long):.2f} or less: with "
+        "the longer schedule it nearly fitted them"
+    )
+else:
+    fe_schedule += (
+        f". After 24 epochs its loss was {min(fe_long):.2f} in one draw and "
+        f"{max(fe_long):.2f} in the other"
+    )
 record("fe_schedule", fe_schedule)
 
 # the 24-epoch models at 10 per class: each transfer method minus scratch, and
@@ -2493,8 +2589,9 @@ def finetune_imagenet_resnet18(
 ):  # fmt: skip
     """Fine-tune layer4 and a new head of an ImageNet ResNet-18 on `folder`.
 
-    Images are decoded in the loader: in a script (not a notebook),
-    num_workers=4 or so keeps a GPU busy; chapter 8 measures when workers pay.
+    Images are decoded in the loader: num_workers=4 or so keeps a GPU busy
+    (every part of the pipeline is torchvision's, so workers start in a
+    notebook too; chapter 8 says when they do not, and measures when they pay).
     """
     weights = ResNet18_Weights.IMAGENET1K_V1
     # the weights' evaluation transform: resize 256, centre crop 224, ImageNet
@@ -2599,9 +2696,10 @@ if USE_IMAGENET:
 # classifier fitted on them. Fill in `pooled_features` in the starter below: with
 # `create_feature_extractor` from `torchvision.models.feature_extraction`, get the
 # outputs of `layer1`, `layer2` and `layer3` in evaluation mode and without gradients,
-# and average-pool each to about 256 features (a 4 × 4, 3 × 3 and 2 × 2 grid,
-# flattened). Then compute them with the source backbone for the 3-per-class training
-# digits (first draw) and the validation digits, fit scikit-learn's
+# and average-pool each to about 256 features (a 4 × 4, 3 × 3 and 2 × 2 grid, flattened)
+# with `nn.functional.adaptive_avg_pool2d`, which divides the map into that grid as
+# `nn.AdaptiveAvgPool2d` does. Then compute them with the source backbone for the
+# 3-per-class training digits (first draw) and the validation digits, fit scikit-learn's
 # `LogisticRegression` on each block's features, and compare the validation accuracies
 # with that of a logistic regression on the raw 784 pixels. Last, the few-shot
 # literature's standard baseline, which needs no training at all: nearest class mean
@@ -2745,19 +2843,20 @@ assert probe_acc["layer3"] > probe_acc["pixels"] + 0.05, probe_acc
 
 # %% [markdown]
 # **Exercise 2.** Build ULMFiT's recipe for unfreezing a whole backbone (Howard and
-# Ruder, section 5.7): layer-wise rates *and* gradual unfreezing. Fill in two functions
-# in the starter below. `layerwise_groups(model, lr, ratio)` returns AdamW's parameter
-# groups, one per block, each with its own `lr`, and every parameter of the model in
-# exactly one group: the head learns at `lr`, and each block below it `ratio` times
-# slower than the block above (ULMFiT's 2.6, untuned here). `unfreeze_for_epoch(model,
-# epoch, every)` sets `requires_grad` on every block for epoch `epoch` (counted from
-# 1): the head trains alone for the first `every` epochs, then one more block joins,
-# from the top down, each `every` epochs, so that a random head's first large gradients
-# never reach the lower blocks. It returns the blocks still frozen, for `train_phases`'s
-# `frozen`. Then design the experiment: with 10 labels per class on both draws, does
-# unfreezing the whole backbone this way beat fine-tuning `layer3` alone at its chosen
-# factor, and does gradual unfreezing matter, or only the layer-wise rates? Score it
-# with `paired_gap` on validation and measure how far each block's convolution moved.
+# Ruder; see section 5.7 of this chapter): layer-wise rates *and* gradual unfreezing.
+# Fill in two functions in the starter below. `layerwise_groups(model, lr, ratio)`
+# returns AdamW's parameter groups, one per block, each with its own `lr`, and every
+# parameter of the model in exactly one group: the head learns at `lr`, and each block
+# below it `ratio` times slower than the block above (ULMFiT's 2.6, untuned here).
+# `unfreeze_for_epoch(model, epoch, every)` sets `requires_grad` on every block for
+# epoch `epoch` (counted from 1): the head trains alone for the first `every` epochs,
+# then one more block joins, from the top down, each `every` epochs, so that a random
+# head's first large gradients never reach the lower blocks. It returns the blocks still
+# frozen, for `train_phases`'s `frozen`. Then design the experiment: with 10 labels per
+# class on both draws, does unfreezing the whole backbone this way beat fine-tuning
+# `layer3` alone at its chosen factor, and does gradual unfreezing matter, or only the
+# layer-wise rates? Score it with `paired_gap` on validation and measure how far each
+# block's convolution moved.
 
 
 # %% tags=["exercise-starter"]
@@ -2924,7 +3023,8 @@ def load_backbone(model: nn.Module, state: dict, prefix: str = "") -> None:
     no key is unexpected. The caller's `state` must not change.
     """
     # fill in: strip the prefix (in a copy), drop the head's keys, load with
-    # strict=False and check what it returns
+    # strict=False and check what it returns. A state dict carries a hidden
+    # `_metadata` attribute too, which a copy must not share with `state`.
     raise NotImplementedError  # your code here
 
 
@@ -3007,20 +3107,20 @@ assert sorted(silent.missing_keys) == sorted(weight_keys)
 assert len(silent.unexpected_keys) == len(saved)
 
 # %% [markdown]
-# **Exercise 4.** Build LP-FT (section 5.7): fine-tuning that starts from the trained
-# linear probe. Fill in `start_lpft` in the starter below: from one of section 5.7's
-# trained feature-extraction models it returns what `train_phases` needs to fine-tune
-# it exactly as section 5.7 fine-tunes (the same blocks trainable and frozen, the same
-# optimizer, weight decay and rates), and the feature-extraction model itself must stay
-# as it was, since `runs` still holds it. Before training, test the argument for LP-FT
-# on one batch: how large is the gradient that reaches `layer3` from LP-FT's start,
-# compared with plain fine-tuning's start with its random head? Then run LP-FT with 10
-# labels per class on both draws, at the chosen factor and with section 5.7's epochs,
-# schedule and loaders, and decide what to compare it with: LP-FT's linear probe has
-# already trained for 12 epochs, so a gap against plain fine-tuning may be the extra
-# epochs rather than the better start. Use `paired_gap`, measure how far `layer3` moved
-# from its pretrained weights in each run, relative to their norm, and say whether the
-# gradients predicted which run would move it further.
+# **Exercise 4.** Build LP-FT (see section 5.7 of this chapter): fine-tuning that starts
+# from the trained linear probe. Fill in `start_lpft` in the starter below: from one of
+# section 5.7's trained feature-extraction models it returns what `train_phases` needs
+# to fine-tune it exactly as section 5.7 fine-tunes (the same blocks trainable and
+# frozen, the same optimizer, weight decay and rates), and the feature-extraction model
+# itself must stay as it was, since `runs` still holds it. Before training, test the
+# argument for LP-FT on one batch: how large is the gradient that reaches `layer3` from
+# LP-FT's start, compared with plain fine-tuning's start with its random head? Then run
+# LP-FT with 10 labels per class on both draws, at the chosen factor and with section
+# 5.7's epochs, schedule and loaders, and decide what to compare it with: LP-FT's linear
+# probe has already trained for 12 epochs, so a gap against plain fine-tuning may be the
+# extra epochs rather than the better start. Use `paired_gap`, measure how far `layer3`
+# moved from its pretrained weights in each run, relative to their norm, and say whether
+# the gradients predicted which run would move it further.
 
 
 # %% tags=["exercise-starter"]

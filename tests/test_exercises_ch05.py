@@ -527,10 +527,22 @@ def rebinds(module):
             child = FrozenBatchNorm2d(child.num_features, eps=child.eps)  # the mistake: rebinds a name
 
 
+def stills(module, *, momentum=True, grad=True):
+    for child in module.modules():
+        if isinstance(child, nn.BatchNorm2d):  # the mistake: kept, only its updates stopped
+            if momentum:
+                child.momentum = 0.0
+            if grad:
+                child.requires_grad_(False)
+
+
 @pytest.mark.parametrize(
     ("attempt", "hint"),
     [
         (lambda m: freeze(m, recurse=False), "recurse into the children"),
+        (stills, "replace them with FrozenBatchNorm2d; BatchNorm2d in train mode still"),
+        (lambda m: stills(m, grad=False), "whatever its momentum or requires_grad"),
+        (lambda m: stills(m, momentum=False), "whatever its momentum or requires_grad"),
         (lambda m: freeze(m, eps=False), "pass the layer's own, eps=bn.eps"),
         (lambda m: freeze(m, load=False), "kept their initial statistics"),
         (lambda m: freeze(m, assign=True), "registers a trainable Parameter again"),

@@ -147,16 +147,24 @@ def check_freeze_batchnorm(freeze_batchnorm: Callable) -> str:
 
         default_eps = swapped(original, loaded)(x)
         fresh = swapped(original, lambda bn: FrozenBatchNorm2d(bn.num_features, eps=bn.eps))(x)
+    kept = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     left = [name for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    expect(
-        not left,
-        f"{len(left)} of 2 BatchNorm2d layers are still there: {left}",
-        "recurse into the children: the batch norm nested inside a block was not reached"
-        if left == ["3.1"]
-        else "replace each batch norm in its parent with setattr(parent, name, new_layer); "
-        "rebinding a loop variable changes nothing, and the function must change the module "
-        "in place",
-    )
+    # kept layers that the reader tried to freeze in place
+    stilled = [m for m in kept if m.momentum == 0 or not all(p.requires_grad for p in m.parameters())]
+    if left == ["3.1"]:
+        hint = "recurse into the children: the batch norm nested inside a block was not reached"
+    elif stilled:
+        hint = (
+            "replace them with FrozenBatchNorm2d; BatchNorm2d in train mode still normalises with "
+            "the batch's statistics, whatever its momentum or requires_grad"
+        )
+    else:
+        hint = (
+            "replace each batch norm in its parent with setattr(parent, name, new_layer); "
+            "rebinding a loop variable changes nothing, and the function must change the module "
+            "in place"
+        )
+    expect(not left, f"{len(left)} of 2 BatchNorm2d layers are still there: {left}", hint)
     expect(
         sum(isinstance(m, FrozenBatchNorm2d) for m in net.modules()) == 2,
         "the module should hold 2 FrozenBatchNorm2d layers, one where each BatchNorm2d was",
