@@ -170,8 +170,9 @@ assert terminated and abs(observation[2]) > fall_angle  # the pole fell
 #   *unknown*, not 0 (section 7.3 says when that matters).
 #
 # Older `gym` code had a single `done` flag for both (the time-out was reported only in
-# `info["TimeLimit.truncated"]`, which most code ignored) and so treated a time-out as a
-# fall; section 7.3 shows what that does to the learning signal.
+# `info["TimeLimit.truncated"]`, which code often ignored; the REINFORCE of
+# pytorch/examples is one case, see the box in section 7.4) and so treated a time-out
+# as a fall; section 7.3 shows what that does to the learning signal.
 #
 # ### Seeds, and a random policy to beat
 #
@@ -228,8 +229,12 @@ episodes, a smaller and so noisier sample than the classic 100.
 # policy network of OpenAI's Spinning Up, a common reference for these algorithms; this
 # chapter did not tune them. For continuous actions (a force of any size, say) the
 # network would output the mean of a `torch.distributions.Normal(mu, std)` instead, with
-# `std` learned or fixed; `sample()` and `log_prob` work the same, and nothing else in
-# this chapter changes.
+# `std` learned or fixed; `sample()` and `log_prob` work the same, and the loss below is
+# unchanged as long as `log_prob` has shape (N,), one number per step. A
+# `Linear(hidden, 1)` mean gives (N, 1), and `log_probs * weights` with weights of shape
+# (N,) then silently broadcasts to (N, N). With one or several action dimensions, use
+# `Independent(Normal(mu, std), 1)` (or `.sum(-1)` over the `log_prob`), and the greedy
+# action becomes `mu` instead of the `argmax`.
 
 
 # %%
@@ -464,8 +469,8 @@ for t in (0, 250, 450, 499):
 # *Reinforcement Learning: An Introduction*, 2nd ed., 2018, section 13.3, keep the
 # factor; Nota and Thomas, [*Is the Policy Gradient a
 # Gradient?*](https://arxiv.org/abs/1906.07073), 2020, show that without it the
-# estimate is not the gradient of any function). In exchange it has lower variance,
-# because rewards far in the future, which an action barely influenced, count for
+# estimate is not the gradient of any function). Discounting $G_t$, in exchange, lowers
+# the variance: rewards far in the future, which an action barely influenced, count for
 # little. Normalising the returns is a trade of the same kind.
 #
 # The same tools say what the batch mean of section 7.3 costs. Treat the number $N$ of
@@ -479,10 +484,16 @@ for t in (0, 250, 450, 499):
 # a share $\frac{1}{N}\sum_t G_t$ of $\bar G$, a function of the whole episode, and by
 # steps 1 and 2 (with this function in place of $R$) that share adds
 # $-\frac{1}{N}\nabla_\theta \mathbb{E}\big[\sum_t G_t\big]$: the gradient of a
-# different quantity, the sum of all the episode's returns, in which a reward counts
-# almost undiscounted however late it comes. This bias shrinks as the batch grows, with
-# more episodes per batch; it is not simply a slight shrink of the estimate, and for
-# long episodes and delayed consequences it can match or exceed the signal.
+# different quantity, the sum of all the episode's returns. In it a reward $r_k$ counts
+# $\sum_{t \le k} \gamma^{k-t} = (1-\gamma^{k+1})/(1-\gamma)$ times, from 1 at the
+# first step up to about $1/(1-\gamma) = 100$ by step 300 or so, so late rewards count
+# most. The term is subtracted, so it pushes against reward: in CartPole, where every
+# step earns 1, towards *shorter* episodes. It is not simply a slight shrink of the
+# estimate, but it shrinks as the batch grows: per reward its weight is at most
+# $1/(N(1-\gamma)) = 100/N$, against $\gamma^d$ in the signal for a reward $d$ steps
+# after the action, so it is a sizeable fraction of the signal only while $N$ is a few
+# hundred steps (a batch of short episodes early in training) or for consequences
+# hundreds of steps later.
 #
 # In PyTorch we write the **loss**
 # $-\frac{1}{N}\sum_t \hat G_t \log \pi_\theta(a_t \mid s_t)$, with $\hat G_t$ the
@@ -830,6 +841,13 @@ print(f"{len(batch_states)} steps, loss {loss.item():+.4f}")
 # are kept too, for a measurement in section 7.5, and so is the mean entropy of the
 # sampling policy on each batch's states (exercise 5).
 #
+# REINFORCE improves the *sampling* policy, whose expected return is $J$, yet we
+# validate and test the greedy one. That is legitimate: sampling is how training
+# explores and estimates its gradient, the greedy policy is the one we would deploy,
+# and validation only has to choose the weights whose deployed policy does best. It is
+# also common practice. Nothing guarantees that the two policies of the same weights
+# score alike; exercise 3 measures the gap for the weights kept here.
+#
 # Keeping "a copy of the best weights" needs `copy.deepcopy(policy.state_dict())`:
 # `state_dict()` returns the model's live parameter tensors, not copies, so without the
 # deep copy the next `optimizer.step()` would change the "saved" weights as well.
@@ -1022,14 +1040,15 @@ def train_reinforce(
 # the **advantage** $A_t = G_t - V_\phi(s_t)$: how much better than expected *from that
 # state* things went. By step 4 of the derivation in section 7.4, subtracting anything
 # that depends only on the state leaves the gradient's expectation unchanged, while it
-# can reduce the estimate's variance. Why the expected return is a good choice: each
-# term is a score times $(G_t - b(s_t))$, and the noise in $G_t$ around its expectation
-# given the state is untouched by any $b$; what $b$ can remove is the rest, which is
-# least when $b(s_t)$ is that expectation, $\mathbb{E}[G_t \mid s_t]$. (The exact
-# variance-minimising baseline also weights by the score's squared size; the expected
-# return is the usual, close choice.) Normalisation already removed the batch mean; a
-# state-dependent baseline can in addition remove the part of the return that the state
-# predicts.
+# can reduce the estimate's variance. Why the expected return is a good, not optimal,
+# choice: each term is a score times $(G_t - b(s_t))$, and the noise in $G_t$ around its
+# expectation given the state is untouched by any $b$; what $b$ can remove is the rest,
+# which is least when $b(s_t)$ is that expectation, $\mathbb{E}[G_t \mid s_t]$. The
+# argument ignores that the score and $G_t$ are correlated: the exact
+# variance-minimising baseline also weights by the score's squared size. The expected
+# return is the usual choice, simpler to learn. Normalisation already removed the batch
+# mean; a state-dependent baseline can in addition remove the part of the return that
+# the state predicts.
 #
 # Both versions bootstrap a time-out the same way, with $1/(1-\gamma)$ (section 7.3),
 # so the training comparison below changes only the baseline. The value network could
@@ -1074,9 +1093,11 @@ def make_baseline_update(run_seed: int, settings: Settings) -> Update:
     """A fresh value network and its optimizer, inside an update like
     reinforce_update.
     """
-    # the value network's own initial weights
-    torch.manual_seed(run_seed + 10_000)
-    value = make_value(settings.hidden).to(settings.device)
+    # the value network's own initial weights, from a forked generator so
+    # that the global one is left as it was
+    with torch.random.fork_rng():
+        torch.manual_seed(run_seed + 10_000)
+        value = make_value(settings.hidden).to(settings.device)
     value_optimizer = torch.optim.Adam(value.parameters(), lr=settings.lr)
     scale = 1 / (1 - settings.gamma)  # the network predicts returns / scale
 
@@ -1108,8 +1129,10 @@ def make_baseline_update(run_seed: int, settings: Settings) -> Update:
 
 # %% [markdown]
 # One training run is one sample of a noisy process: the same code needs a different
-# number of episodes with another seed. So we train both versions from three seeds each and
-# compare the episodes each needed before all 20 validation episodes lasted 500 steps.
+# number of episodes with another seed. So we train both versions from three seeds each
+# and compare the episodes each needed before all 20 validation episodes lasted 500
+# steps. "Episodes needed" counts training episodes only; the 20 greedy validation
+# episodes after every update are extra work that neither version learns from.
 
 # %%
 run_seeds = [seed, seed + 1, seed + 2]
@@ -1147,7 +1170,7 @@ for ax, label in zip(axes, ("plain", "baseline"), strict=True):
         else "Plain REINFORCE",
         xlabel="training episodes",
     )
-    ax.axhline(500, color="grey", linestyle=":", lw=1)
+    ax.axhline(500, color="grey", lw=0.8)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
 axes[0].set_ylabel("greedy validation return (mean of 20)")
@@ -1564,8 +1587,10 @@ print(
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The training episodes are played by the *sampling* policy, which often tries the less
-likely action (exercise 3 measures how often for the final policy): {{share_below}} of
+The training episodes are played by the *sampling* policy, which, unlike the greedy
+one, takes the less likely action with probability min(p, 1 − p) at every step, p
+being its probability of pushing right (exercise 3 measures the average rate for the
+final policy): {{share_below}} of
 them (after the first batch)
 returned less than the greedy validation score of the very weights that played them.
 (The two are also measured on different start states.) That exploration is what lets
@@ -1739,8 +1764,8 @@ print(f"greedy episode: at most {off_boundary.max():.2f} rad/s off boundary")
 # less than a quarter of the 3 rad/s of spins shown ("close to horizontal"),
 # sloping down. Measured at seeds 0-2 (CPU levels default and avx2 alike): 121
 # crossings of 121; P(right) >= 1.00 on the top row and <= 0.00 on the bottom
-# row; shift 0.20 / 0.34 / 0.20 rad/s against the bound of 0.75; slope -0.47 /
-# -0.80 / -0.47 against 0.
+# row; shift 0.20 / 0.34 / 0.20 rad/s against the bound of 0.75; slope -0.471 /
+# -0.802 / -0.470 against 0.
 assert len(crossings) == len(angles) and top_right > 0.5 > bottom_right
 span = (spins[-1] - spins[0]).item()
 assert omega_shift < span / 4 and slope < 0, (omega_shift, slope)
@@ -2011,12 +2036,11 @@ record("episode_end", episode_end)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The episode was {{episode_end}}. The pole swings from side to side but never
-leaned more than {{largest_angle}}° from vertical (it falls at 12°);
+The episode was {{episode_end}}. The pole never leaned more than
+{{largest_angle}}° from vertical (it falls at 12°);
 {{angle_teeth}}. The lower panel shows where the cart went: it never went further than
 {{largest_x}} m from the centre (the track ends at 2.4 m) and ended at
-x = {{final_x}} m. Nothing in the reward asks for the cart to stay centred, only
-for the episode not to end; exercise 4 runs the policy four times as long.
+x = {{final_x}} m.
 """
 )
 
@@ -2472,23 +2496,20 @@ assert causality_gain > 2, causality_gain
 # *Power* is the probability that a test detects a difference that is really there.
 # In the normal approximation, the mean of $n$ paired differences with true mean
 # $\delta$ and standard deviation $\sigma_d$ is normal with mean $\delta$ and standard
-# error $\sigma_d/\sqrt{n}$. The two-sided 5% test declares a difference when that mean
-# lies more than $z_{0.975} = 1.96$ standard errors from 0. For it to lie beyond that
-# with probability 0.8, $\delta$ must lie a further $z_{0.8} = 0.84$ standard errors out
-# (ignoring the negligible chance of landing beyond the threshold on the other side):
-# $|\delta| \ge (1.96 + 0.84)\,\sigma_d/\sqrt{n}$, that is
-#
-# $$n = \left(\frac{(1.96 + 0.84)\,\sigma_d}{\delta}\right)^2 .$$
-#
-# Here $\delta$ is the measured mean difference and $\sigma_d$ the standard deviation of
-# one difference, both estimated from your 20 pairs.
+# error $\sigma_d/\sqrt{n}$, and the two-sided 5% test declares a difference when that
+# mean lies more than $z_{0.975} = 1.96$ standard errors from 0. Derive from this the
+# smallest $n$ at which the test declares a difference with probability 0.8 (the
+# standard normal's 0.8 quantile is $z_{0.8} = 0.84$; ignore the negligible chance of
+# landing beyond the threshold on the other side). Take the measured mean difference
+# for $\delta$ and the standard deviation of one difference for $\sigma_d$, both
+# estimated from your 20 pairs.
 
 
 # %% tags=["exercise-starter"]
 # Fill in: the mean of greedy - sampled (episode i of both started from the same
 # state), its paired standard error, and the episodes per policy that a
 # two-sided test at 5% with 80% power needs for a difference of that size
-# (the formula above).
+# (derive it from the definition of power above).
 def paired_test(
     greedy: torch.Tensor, sampled: torch.Tensor
 ) -> tuple[float, float, float]:
@@ -2512,10 +2533,11 @@ def paired_test(
     n = len(differences)
     gap = differences.mean().item()
     gap_se = differences.std(ddof=1).item() / math.sqrt(n)
-    # the exercise's formula: a two-sided test at 5% (z = 1.96) with 80%
-    # power (z = 0.84), in the normal approximation (Student's t with n - 1
-    # degrees of freedom asks a little more). Episodes per policy:
-    # (z_sum * sd of one difference / gap)^2
+    # 80% power: the mean difference, normal around delta with standard error
+    # sd / sqrt(n), lands beyond 1.96 standard errors with probability 0.8
+    # when |delta| >= (1.96 + 0.84) * sd / sqrt(n) (0.84: the 0.8 quantile),
+    # so n = ((1.96 + 0.84) * sd / delta)^2 episodes per policy. Student's t
+    # with n - 1 degrees of freedom asks a little more.
     z_sum = 1.96 + 0.84
     needed = (
         (z_sum * gap_se * math.sqrt(n) / abs(gap)) ** 2 if gap else math.inf
