@@ -422,7 +422,8 @@ of starting and coordinating the processes, not for a toy job like this.
 # `py-spy dump --pid PID` shows where a stuck process is waiting. On GPUs, PyTorch's
 # Flight Recorder keeps each rank's latest collectives in a ring buffer (its length
 # set by `TORCH_NCCL_TRACE_BUFFER_SIZE`) and, with `TORCH_NCCL_DUMP_ON_TIMEOUT=1`,
-# writes them to a file per rank when a collective times out;
+# writes them, when a collective times out, to one file per rank whose path starts
+# with `TORCH_FR_DUMP_TEMP_FILE`;
 # `python -m torch.distributed.flight_recorder.fr_trace DUMP_DIR` (installed as
 # `torchfrtrace`) matches the ranks' records and reports the first collective they
 # disagree on. Exercise 4 makes a job hang on purpose.
@@ -569,8 +570,9 @@ print(inspect.getsource(train_ddp.main))
 # there: no `dist.barrier()` in the loop (the one barrier is at the very end) and no
 # hand-written gradient averaging. DDP's all-reduce inside `backward` already makes
 # every rank wait for the others each step.
-# The only explicit collective is the `all_reduce` that adds up the ranks' loss sums,
-# so that the logged training loss covers all the data, not just rank 0's half.
+# The only explicit collective in the training loop is the `all_reduce` that adds up
+# the ranks' loss sums, so that the logged training loss covers all the data, not just
+# rank 0's half.
 #
 # Rank 0 evaluates and saves `model.module`, the network inside the wrapper, not
 # `model`, for two reasons. The wrapper's `state_dict()` keys start with `module.`
@@ -865,8 +867,8 @@ scale_of_run = {
 rounding_allowance = rounding_scale(torch.float64, steps, **scale_of_run)
 print(f"after {steps} steps: largest parameter difference {ddp_vs_single:.2e}")
 print(
-    "what float64 rounding of these sums can "
-    f"account for: {rounding_allowance:.1e}"
+    "the scale of float64 rounding over these steps (the allowance): "
+    f"{rounding_allowance:.1e}"
 )
 # seeds 0-2 (AVX-512 CPU, 2 threads): gap 6.7e-16 to 7.8e-16 against an
 # allowance of 2.4e-11 to 3.2e-11 (a different data order gives 0.30-0.36)
@@ -884,8 +886,8 @@ record(
 prose(
     r"""
 After {{steps}} optimizer steps the two sets of parameters differ by at most
-{{ddp_vs_single_diff}}, within the {{rounding_allowance}} that `float64`
-rounding of these sums can account for. (That allowance scales chapter 8's bound for
+{{ddp_vs_single_diff}}, within the allowance of {{rounding_allowance}}, the scale
+at which `float64` rounding of these sums acts. (That allowance scales chapter 8's bound for
 one sum by the size of the gradients, the learning rate, momentum and the number of
 steps. It is the scale at which rounding acts, not a proof: it takes the largest
 gradient entry for the size of the sums' terms, and training can amplify a
@@ -1206,7 +1208,8 @@ assert "graph has changed" in outcomes["static_graph=True, heads change"][1]
 # >   never destroyed.
 # > - **Every rank writes the checkpoint**, or prints every line: with DDP the replicas are
 # >   identical, so let rank 0 write, and write to a temporary file first and rename it,
-# >   so that a crash never leaves half a checkpoint.
+# >   so that a crashed process never leaves half a checkpoint (surviving a power cut
+# >   also needs an `os.fsync` of the file before the rename).
 # > - **Evaluating with a padded `DistributedSampler`**: with a dataset that does not
 # >   divide by the world size, some examples are counted twice.
 
@@ -1455,7 +1458,7 @@ GPUs section 9.4's DDP run used them while this simulation ran on the CPU; the t
 then differ at rounding level, within section 9.5's allowance.) For a network of
 about 100,000 parameters the saving is pointless and the extra gathers cost time; for a
 model whose weights, gradients and optimizer state do not fit on one GPU, FSDP is
-what makes training possible at all. Three things matter for such a model:
+what makes training possible at all. Four things matter for such a model:
 """
 )
 
