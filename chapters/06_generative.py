@@ -2483,7 +2483,8 @@ for name, key in (("GAN", "GAN samples"), ("VAE", "VAE samples")):
         for r in rare if tops[name][d] > high_count else []:
             if (hits := int((second == r).sum())) > 0:
                 runner_parts.append(
-                    f"a {r} for {hits} of the {len(index)} shown in the "
+                    f"{'an' if r == 8 else 'a'} {r} for {hits} of the"
+                    f" {len(index)} shown in the "
                     f"{name}'s {d}s row"
                 )
         pad = 8 - len(index)  # a bin can hold fewer than 8 images
