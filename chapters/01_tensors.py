@@ -231,8 +231,8 @@ print(torch.tensor(1000.1).half())  # float16's spacing near 1000 is 0.5
 #    keeps its precision, so a `float64` tensor plus `1j` gives `complex128`.)
 # 3. Two sizes of one category give the smallest dtype that holds both, which can be
 #    neither operand's: `uint8 + int8` gives `int16`, `float16 + bfloat16` gives
-#    `float32` (`torch.promote_types` answers for any pair). The newer `uint16`,
-#    `uint32` and `uint64` do not promote with other integer types or bool:
+#    `float32` (`torch.promote_types` answers for any pair it supports). The newer
+#    `uint16`, `uint32` and `uint64` do not promote with other integer types or bool:
 #    `promote_types` raises for such a pair, and so does any mix in which one of them
 #    takes part in deciding the result (beside an int32 tensor, a 0-dim `uint16` tensor
 #    decides nothing, by rule 2, and the sum is int32).
@@ -361,8 +361,8 @@ if device.type != "cpu":
 # copy travels over the link between CPU and GPU (PCIe in most machines), which is far
 # slower than the GPU's own memory. On Apple silicon (MPS) the CPU and GPU share the same
 # physical memory, so no bus is crossed, but `.to("mps")` still copies into a separate GPU
-# buffer, and reading a result back (`.item()`, `.cpu()`) waits until all queued GPU work
-# has finished. Either way: move data once, then keep the work on the device. Chapter 8
+# buffer. On both, reading a result back (`.item()`, `.cpu()`) waits until all queued GPU
+# work has finished. Either way: move data once, then keep the work on the device. Chapter 8
 # measures when a GPU pays off and when it does not.
 #
 # ## 1.4 Changing shape
@@ -1422,7 +1422,7 @@ assert check_logsumexp_rows(logsumexp_rows)
 # **Exercise 4.** Squared distances with one matrix product. Expanding the square gives
 # `|p - c|² = |p|² - 2 p·c + |c|²`. In the starter, write
 # `distances_matmul(points, centres)`, which builds the `(P, C)` matrix of section 1.13
-# from the two vectors of squared row norms and one `@`, with no `(P, C, 2)`
+# from the two vectors of squared row norms and one `@`, with no `(P, C, D)`
 # intermediate. Then measure the largest relative error of it, of
 # `distances_vectorised` and of `torch.cdist(...) ** 2` (in its default mode and with
 # `compute_mode="donot_use_mm_for_euclid_dist"`) against a `float64` reference, for

@@ -63,7 +63,7 @@ RIGHT = [
     (
         check_class_means,
         class_means,
-        "index_add_ to 0.0e+00 on 3 fresh sets (4 and 5 classes), with no more torch calls",
+        "index_add_ to 0.0e+00 on 4 fresh sets (4 and 5 classes), with no more torch calls",
     ),
     (check_rows_by_last_index, rows_by_last_index, "as views of x, for x of shapes (3, 5, 2)"),
     (check_logsumexp_rows, logsumexp_rows, "span up to 2,000, where exp overflows, and gives -inf for a row"),
@@ -78,6 +78,15 @@ def test_a_right_answer_passes_with_the_measured_fact(check, answer, fact, capsy
     assert verdict.passed, verdict
     assert fact in verdict.message
     assert capsys.readouterr().out.startswith("✓ Exercise 1.")
+
+
+def test_counts_without_minlength_fail_on_an_empty_last_class_with_a_hint():
+    def no_minlength(f, y, n):
+        one_hot = (y[:, None] == torch.arange(n)).float()  # (N, C)
+        return one_hot.T @ f / torch.bincount(y).clamp(min=1)[:, None]
+
+    verdict = check_class_means(no_minlength)
+    assert not verdict.passed and "minlength=num_classes" in verdict.hint
 
 
 def test_the_other_spellings_of_a_right_answer_pass():

@@ -52,6 +52,10 @@ _NO_PRODUCT = (
     "the rows of each class at once. (index_add_, scatter_add_ and scatter_reduce reach the "
     "same means without a loop too; they are the checker's reference, not the exercise.)"
 )
+_MINLENGTH = (
+    "a class with no examples at the end of the range gets no count from torch.bincount(labels): "
+    "pass minlength=num_classes so that every class has a row."
+)
 _LOOP = (
     "build the whole (N, C) one-hot matrix at once, labels[:, None] == classes or "
     "F.one_hot(labels, num_classes), and let one product, one_hot.T @ features, add up "
@@ -71,8 +75,8 @@ def check_class_means(class_means: Callable[..., torch.Tensor]) -> str:
     worst = 0.0
     calls = {}  # number of classes -> torch calls made, for the sets with no empty class
     # 4 classes of 4 features first, so that dividing along the wrong axis runs silently;
-    # last, 5 classes of which class 2 has no examples
-    for classes, dim, empty in ((4, 4, None), (5, 3, None), (5, 3, 2)):
+    # last, 5 classes of which class 2, then class 4 (the last) has no examples
+    for classes, dim, empty in ((4, 4, None), (5, 3, None), (5, 3, 2), (5, 3, 4)):
         # class k has k + 1 examples, shuffled: all counts different
         labels = torch.arange(classes).repeat_interleave(torch.arange(1, classes + 1))
         if empty is not None:
@@ -86,6 +90,8 @@ def check_class_means(class_means: Callable[..., torch.Tensor]) -> str:
         if classes == dim:
             mistakes[_COUNTS_AXIS] = sums / counts
         errors = {"same dtype": _BOOL_MATMUL}
+        if empty == classes - 1:
+            errors["must match the size"] = _MINLENGTH
         got, recorder = _run(class_means, (features, labels, classes), "class_means", errors)
         what = f"class_means(features, labels, {classes}) for {len(labels)} examples"
         if empty is not None:
@@ -107,7 +113,7 @@ def check_class_means(class_means: Callable[..., torch.Tensor]) -> str:
         _LOOP,
     )
     return (
-        f"matches per-class means from index_add_ to {worst:.1e} on 3 fresh sets (4 and 5 "
+        f"matches per-class means from index_add_ to {worst:.1e} on 4 fresh sets (4 and 5 "
         "classes), with no more torch calls for 5 classes than for 4 (no loop over them), "
         "and gives an empty class a mean of zeros"
     )
