@@ -10,6 +10,7 @@ peak held to the end. Introduced with chapter 8's exercises; re-exported by
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -76,6 +77,8 @@ def check_warmup(build: Callable[..., Any]) -> str:
             "warm up over the first 10 % of the steps (total_steps // 10), not all of them": _linear(
                 peak, total, 0.01, total
             ),
+            "the warm-up lasts total_steps // 10 steps, rounded down as section 8.3's does, "
+            "not math.ceil(total_steps / 10)": _linear(peak, total, 0.01, math.ceil(total / 10)),
             "start from 1 % of the peak (start_factor=0.01), as section 8.3's warm-up does": _linear(
                 peak, total, 1 / 3, warm
             ),
