@@ -747,7 +747,7 @@ line absorbs a small part of it. The learned weights match the true ones to abou
 # The two classification losses want different targets. `BCEWithLogitsLoss` wants
 # **float** targets (0.0 or 1.0, or a probability in between) of **the same shape as
 # the logits**; our MLP returns `(B, 1)`, so either squeeze the output or reshape the
-# targets. `CrossEntropyLoss` wants **`int64` (Long, or Byte) class indices** of
+# targets. `CrossEntropyLoss` wants **`int64` (Long) class indices** of
 # shape `(B,)` beside logits of shape `(B, C)`. Each wrong combination below raises an
 # error rather than computing something.
 #

@@ -1288,8 +1288,8 @@ that does not assume independent years.
 # In the **adding problem** (a version of a test from Hochreiter and Schmidhuber's paper
 # that introduced the LSTM) each step carries a random number and a marker; exactly two
 # steps are marked, one in each half of the sequence, and the target is the sum of the
-# two marked numbers. The network must notice the first marked number, keep it through
-# up to 39 steps of distractions, and add the second. Two error levels help to read
+# two marked numbers. The network must notice the first marked number, hold it for up
+# to 39 steps, and add the second. Two error levels help to read
 # the training curves below. A marked number $a$ is uniform on $[0, 1)$, with mean 1/2
 # and variance $\int_0^1 (a - 1/2)^2\, da = 1/12$, and the two are independent.
 # Predicting the average sum, 1, gives a mean squared error equal to the variance of

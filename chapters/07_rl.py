@@ -1069,10 +1069,12 @@ def train_reinforce(
 # copies of the policy's. Everything else is the same as for plain REINFORCE: the same
 # initial policy weights and the same first batch for each `run_seed` (its start states
 # and its sampled actions), the same optimizer, batch size, validation rule and budget.
-# Only the first batch is shared: a finished copy of the vector environment draws its
-# next start state from the one random stream of all 16 copies, and the two versions'
-# episodes, of different lengths after their first updates, use up that stream
-# differently, so from the second batch on their start states differ.
+# Only the first batch is shared in full: the second starts from the same states (the
+# first batch used up the random stream alike in both versions) but is played by
+# policies one update apart. A finished copy of the vector environment draws its next
+# start state from the one random stream of all 16 copies, and the two versions'
+# episodes, of different lengths from the second batch on, use up that stream
+# differently, so from the third batch on their start states differ too.
 
 
 # %%
@@ -2696,7 +2698,7 @@ horizon_300 = gamma**300 / (1 - gamma)  # discounted rewards from 300 steps on
 horizon_500 = gamma**500 / (1 - gamma)
 print(
     f"{answer}. The trained policy averages {long_returns.mean():.0f} "
-    f"steps. With gamma = {gamma}, a fall 300 steps ahead lowers G_t by "
+    f"steps. With gamma = {gamma}, an episode end 300 steps ahead lowers G_t by "
     f"only {horizon_300:.1f} of the {1 / (1 - gamma):.0f} that balancing "
     f"forever is worth, and a fall 500 steps ahead by {horizon_500:.2f}. "
     "A slow drift of the cart that ends an episode hundreds of steps "
