@@ -1281,7 +1281,8 @@ prose(
     r"""
 - **SGD** got {{sgd_lr}}, the largest grid rate below its stability limit of
   {{sgd_limit}}; every grid value above the limit diverged (the table shows
-  them). Its curve never rises, but before its 150th and last step the loss is still
+  them: a loss that is not finite, above its start, or still growing at the end).
+  Its curve never rises, but before its 150th and last step the loss is still
   {{sgd_over_floor}} times the floor: along the flattest direction (curvature
   {{lambda_min}}, against {{lambda_max}} along the steepest) each step
   removes only {{sgd_flat_rate}} of the error. Along the three steeper

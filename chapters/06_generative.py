@@ -2529,8 +2529,8 @@ prose(
   rarely leave the band from {{low_count}} to {{high_count}}, three standard
   deviations either side of 100. The digit drawn least convincingly, with the
   smallest confident share of its top guesses, is {{gan_worst_text}}.
-- **Rare and over-represented digits.** Outside that band are
-  {{odd_counts_text}}. {{odd_figure_text}} {{odd_runner_text}} A count is the
+- **Rare and over-represented digits.** Outside that band lie, {{odd_counts_text}}.
+  {{odd_figure_text}} {{odd_runner_text}} A count is the
   judge's reading, not the generator's intent: of 1,000 independent-pixel draws,
   which are no digit at all, it reads {{junk_share}} as a {{junk_digit}}, its
   favourite bin for junk, so {{junk_models_text}}. It also misreads rough but real

@@ -223,21 +223,19 @@ def check_collapse_prediction(predicted_kl: float, predicted_near: str) -> str:
     # put a number on that code's mistaken loss.
     expect(
         predicted_kl < 5 * COLLAPSED_KL,
-        f"your predicted KL, {predicted_kl:g} nats, is far above what the training measures "
-        f"(below {COLLAPSED_KL:g} nat per image)",
+        f"your predicted KL, {predicted_kl:g} nats, is far too high",
         "That is the size of a correctly trained VAE's KL term. Compare the mistaken loss with "
         "that of a code that carries nothing: how much KL could the best model afford below it?",
     )
     expect(
         predicted_kl < COLLAPSED_KL,
-        f"your predicted KL, {predicted_kl:g} nats, is above what the training measures "
-        f"(below {COLLAPSED_KL:g} nat per image)",
+        f"your predicted KL, {predicted_kl:g} nats, is too high",
         "Put a number on the mistaken loss of a code that carries nothing: no KL, and the "
         "independent-pixel reconstruction of section 6.4, in the units of the mistaken loss.",
     )
     expect(
         predicted_near == "independent pixels",
-        "the negative ELBO ends near the independent-pixel model's, not the correct VAE's",
+        f"predicted_near is {predicted_near!r}: not where this mistake leaves the negative ELBO",
         "With a KL term near 0, q(z|x) is the prior for every image: the code says nothing about "
         "the image, so the decoder can only give each pixel one probability.",
     )
