@@ -2845,8 +2845,14 @@ record(
     "spread_se_text",
     "A gap in the spread counts as level when it lies within two standard"
     " errors; resampling each model's 1,000 top guesses puts one standard"
-    f" error of this gap at {spread_se:.2f} effective digits, and the gap is"
-    f" {abs(spread_gap):.2f}.",
+    f" error of this gap at {spread_se:.3f} effective digits, and the gap is"
+    f" {abs(spread_gap):.3f}, {abs(spread_gap) / spread_se:.2f} standard errors"
+    + (
+        ": at the edge of the noise, where another seed could call it the other"
+        " way."
+        if 1.5 < abs(spread_gap) / spread_se < 2.5
+        else "."
+    ),
 )
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
