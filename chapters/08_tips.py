@@ -734,9 +734,10 @@ else:
     )
     rise_sentence = (
         f"Timed again in the same three rounds with the default "
-        f"{default_threads} thread(s), batch 4,096 took "
-        f"{min(big_us):.2f}-{max(big_us):.2f} µs per sample and batch "
-        f"{cpu_best_batch:,} {min(cheap_us):.2f}-{max(cheap_us):.2f} µs: "
+        f"{default_threads} thread{'s' if default_threads > 1 else ''},"
+        f" batch 4,096 took {min(big_us):.2f}–{max(big_us):.2f} µs per sample"
+        f" and batch {cpu_best_batch:,} {min(cheap_us):.2f}–{max(cheap_us):.2f}"
+        " µs: "
     )
     if rounds_above == 3:
         rise_sentence += (
@@ -3450,7 +3451,8 @@ if dist.is_available():
         f"{'identical' if same_gradients else 'different'} to those without it."
     )
     no_sync_short = (
-        f"no_sync: {calls_no_sync} all-reduce(s) instead of {calls_plain}"
+        f"no_sync: {calls_no_sync} all-reduce{'s' if calls_no_sync > 1 else ''}"
+        f" instead of {calls_plain}"
     )
     # measured 4, 4 and 1 for seeds 0, 1, 2 (one bucket: the model is small)
     assert same_gradients and calls_late == calls_plain == 4 * calls_no_sync
