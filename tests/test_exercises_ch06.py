@@ -373,6 +373,46 @@ def test_conv_gan_usual_mistakes_get_their_hints(mistake, hint):
     failed(check_make_conv_gan(lambda n: conv_gan(n, mistake=mistake)), hint)
 
 
+def generator_norms(noise_dim, *, first: bool, output: bool):
+    """The right generator's layers with its first norm kept or dropped, and a norm on the output."""
+    return nn.Sequential(
+        nn.Linear(noise_dim, 8 * 7 * 7),
+        nn.Unflatten(1, (8, 7, 7)),
+        *([nn.BatchNorm2d(8)] if first else []),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 4, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.ConvTranspose2d(4, 1, 4, 2, 1, bias=not output),
+        *([nn.BatchNorm2d(1)] if output else []),
+        nn.Tanh(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda n: (generator_norms(n, first=False, output=False), conv_gan(n)[1]),
+            "the generator's Linear (weight layer 1 of 3) has no batch norm",
+        ),
+        (
+            lambda n: (generator_norms(n, first=True, output=True), conv_gan(n)[1]),
+            "the generator's ConvTranspose2d (weight layer 3 of 3) is followed by a batch norm",
+        ),
+        (
+            lambda n: (
+                conv_gan(n)[0],
+                discriminator_with((1, nn.Sequential(nn.BatchNorm2d(16), nn.LeakyReLU(0.2)))),
+            ),
+            "the discriminator's Conv2d (weight layer 1 of 3) is followed by a batch norm",
+        ),
+    ],
+)
+def test_conv_gan_batch_norms_must_follow_the_plan(make, message):
+    failed(check_make_conv_gan(make), "DCGAN puts a batch norm after every generator layer", message)
+
+
 def test_conv_gan_bias_message_names_the_layer():
     failed(
         check_make_conv_gan(lambda n: conv_gan(n, mistake="bias D")),

@@ -65,6 +65,30 @@ def _redundant_bias(called: list[nn.Module]) -> nn.Module | None:
     return None
 
 
+_PLACEMENT = (
+    "DCGAN puts a batch norm after every generator layer but the last and after every "
+    "discriminator convolution but the first: a norm on the generator's output or on the "
+    "discriminator's input made training unstable in the DCGAN paper's experiments."
+)
+
+
+def _numbers(layer: nn.Module | None) -> str:
+    """'32 numbers' or '1 number': the size of ``layer``'s bias."""
+    count = 0 if layer is None else layer.bias.numel()
+    return f"{count} number{'' if count == 1 else 's'}"
+
+
+def _normed(called: list[nn.Module], weights: tuple[type, ...]) -> list[tuple[nn.Module, bool]]:
+    """Each weight layer ``net`` called, in order, and whether a batch norm came before the next."""
+    found: list[tuple[nn.Module, bool]] = []
+    for module in called:
+        if isinstance(module, weights):
+            found.append((module, False))
+        elif isinstance(module, _NORM) and found:
+            found[-1] = (found[-1][0], True)
+    return found
+
+
 def conv_gan_facts(make_conv_gan: Callable[[int], tuple[nn.Module, nn.Module]]) -> str:
     """Exercise 6.4's check (``helpers.exercises.ch06.check_make_conv_gan`` runs it).
 
@@ -135,12 +159,27 @@ def conv_gan_facts(make_conv_gan: Callable[[int], tuple[nn.Module, nn.Module]]) 
         "the discriminator ends in a sigmoid",
         "Return the logit: nn.BCEWithLogitsLoss applies the sigmoid itself, more stably.",
     )
+    placement = (
+        ("generator", _normed(generator_calls, (nn.Linear, nn.ConvTranspose2d, nn.Conv2d))),
+        ("discriminator", _normed(discriminator_calls, (nn.Conv2d, nn.Linear))),
+    )
+    for name, found in placement:
+        # a norm after every weight layer but the last; for the discriminator, not after
+        # the first convolution either
+        want = [0 < i < len(found) - 1 or (name == "generator" and i == 0) for i in range(len(found))]
+        for index, ((layer, normed), wanted) in enumerate(zip(found, want, strict=True)):
+            where = f"the {name}'s {type(layer).__name__} (weight layer {index + 1} of {len(found)})"
+            expect(
+                normed == wanted,
+                f"{where} {'has no' if wanted else 'is followed by a'} batch norm",
+                _PLACEMENT,
+            )
     for name, called in (("generator", generator_calls), ("discriminator", discriminator_calls)):
         layer = _redundant_bias(called)
         expect(
             layer is None,
             f"the {name}'s {type(layer).__name__} right before a batch norm has a bias "
-            f"({0 if layer is None else layer.bias.numel()} numbers) that the norm cancels",
+            f"({_numbers(layer)}) that the norm cancels",
             "Use bias=False there: the batch norm subtracts each channel's mean, which cancels a "
             "per-channel bias, and adds its own shift.",
         )
