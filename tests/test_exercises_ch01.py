@@ -67,7 +67,8 @@ RIGHT = [
     ),
     (check_rows_by_last_index, rows_by_last_index, "as views of x, for x of shapes (3, 5, 2)"),
     (check_logsumexp_rows, logsumexp_rows, "span up to 2,000, where exp overflows, and gives -inf for a row"),
-    (check_distances_matmul, distances_matmul, "relative error is 3.4, and 0.00024 with centred=True"),
+    # the errors themselves depend on the processor's float32 matrix product: tested below
+    (check_distances_matmul, distances_matmul, "with one matrix product; with both sets shifted by 1,000"),
     (check_relative_errors, relative_errors, "median error 0.35, 0.42 and 0.43 eps"),
 ]
 
@@ -388,14 +389,15 @@ def test_distances_matmul_reports_the_cancellation_and_the_repair():
     message = check_distances_matmul(distances_matmul).message
     words = message.split()
     unrepaired, repaired = float(words[-5].rstrip(",")), float(words[-3])
-    assert unrepaired > 1.0 and repaired < 1e-2  # the expanded square loses every digit
+    # the expanded square loses every digit (an error of exactly 1 where a distance rounds to 0)
+    assert unrepaired >= 0.5 and repaired < 1e-2
 
 
 def test_distances_matmul_that_is_not_repaired_fails():
     verdict = failed(check_distances_matmul(lambda p, c, centred=False: expanded(p, c)))
     assert verdict.message.startswith("distances_matmul is right, but not yet repaired: with both")
     assert verdict.hint == ch01_distances._NOT_REPAIRED
-    assert float(verdict.message.split()[-3]) > 1.0  # the error with centred=True
+    assert float(verdict.message.split()[-3]) >= 0.5  # the error with centred=True
 
 
 def test_distances_matmul_with_the_repair_not_written_fails():
