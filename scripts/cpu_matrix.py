@@ -83,12 +83,16 @@ def reported_capability(env: dict[str, str] | None) -> str:
 
 
 def available_levels() -> tuple[list[str], str]:
-    """The levels this processor can run, and the one torch picks by itself."""
+    """The levels this processor can run, and the one torch picks by itself.
+
+    Each level is probed in the very environment its chapters run in (``level_env``):
+    where the processor lacks a level, torch falls back to a lower one and says so.
+    """
     native = reported_capability(None)
     levels = [
         level
         for level, settings in LEVELS.items()
-        if reported_capability(dict(os.environ, ATEN_CPU_CAPABILITY=level)) in settings["report"]
+        if reported_capability(level_env(level, seed=0, threads=1)) in settings["report"]
     ]
     return levels, native
 

@@ -11,7 +11,9 @@ echo "==> ruff: lint and format check"
 "$UV" run --locked ruff check .
 "$UV" run --locked ruff format --check .
 echo "==> pytest: helper and project tests, with branch coverage of helpers/"
-"$UV" run --locked pytest tests --ignore=tests/browser \
+# Two workers: many tests wait on subprocesses (torchrun ranks, timeouts), so one core
+# would sit idle; stealing work keeps the long tests from ending up on one worker.
+"$UV" run --locked pytest tests --ignore=tests/browser -n 2 --dist worksteal \
     --cov=helpers --cov-report=term-missing --cov-fail-under=90
 echo "==> every chapter under the other vectorised CPU kernel levels this machine can run"
 # The book build below runs at the level torch picks by itself; this runs AVX2 and
