@@ -73,7 +73,7 @@ cp -r chapters scripts book pyproject.toml .ci _stage/colab/
 # Every warning is an error in these tests; on Colab's versions importing matplotlib
 # 3.10.0 warns about its own use of pyparsing 3.3's deprecated names.
 (cd _stage/colab && "../../$VENV/bin/python" -m pytest -q -p no:cacheprovider tests \
-    -W "ignore::pyparsing.warnings.PyparsingDeprecationWarning" \
+    -n 2 --dist worksteal -W "ignore::pyparsing.warnings.PyparsingDeprecationWarning" \
     --ignore=tests/browser --ignore=tests/test_project.py --ignore=tests/test_build_book.py \
     --ignore=tests/test_notebook_markup.py --ignore=tests/test_cpu_matrix.py \
     --ignore=tests/test_slurm.py)
