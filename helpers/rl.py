@@ -7,6 +7,7 @@ these functions, which are tested in ``tests/test_rl.py``.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ __all__ = [
     "Episode",
     "cartpole_frame",
     "discounted_returns",
+    "draw_cartpole",
     "evaluate_policy",
     "moving_average",
     "play_episode",
@@ -288,3 +290,26 @@ def cartpole_frame(state: Sequence[float] | np.ndarray, *, width: int = 300, hei
         coverage = mask.reshape(height, n, width, n).mean(axis=(1, 3))[..., None]  # (H, W, 1)
         image = image * (1 - coverage) + np.array(colour, dtype=np.float64) * coverage
     return np.rint(image).astype(np.uint8)
+
+
+def draw_cartpole(states: np.ndarray, *, env_id: str = "CartPole-v1") -> tuple[list[np.ndarray], str]:
+    """Draw CartPole states ``(n, 4)`` as 600 x 400 RGB frames, and say what drew them.
+
+    Where ``pygame`` is installed, gymnasium's own renderer draws each state, set into the
+    environment ``env_id`` one at a time; elsewhere :func:`cartpole_frame` draws the same
+    geometry at the same size. Returns the frames and ``"gymnasium (pygame)"`` or
+    ``"cartpole_frame (no pygame)"``. Introduced in chapter 07.
+    """
+    array = np.asarray(states, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise ValueError(f"states must have shape (n, 4), got {array.shape}")
+    if importlib.util.find_spec("pygame") is None:
+        return [cartpole_frame(state, width=600, height=400) for state in array], "cartpole_frame (no pygame)"
+    env = gym.make(env_id, render_mode="rgb_array")
+    env.reset(seed=0)  # gymnasium refuses to render before a reset
+    frames = []
+    for state in array:
+        env.unwrapped.state = state  # the renderer draws the state the environment holds
+        frames.append(env.render())
+    env.close()
+    return frames, "gymnasium (pygame)"

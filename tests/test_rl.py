@@ -1,3 +1,4 @@
+import importlib.util
 from fractions import Fraction
 
 import gymnasium as gym
@@ -12,6 +13,7 @@ from helpers.rl import (
     Episode,
     cartpole_frame,
     discounted_returns,
+    draw_cartpole,
     evaluate_policy,
     moving_average,
     play_episode,
@@ -560,6 +562,61 @@ def test_play_episode_renders_one_frame_per_state_of_the_chosen_environment():
     np.testing.assert_array_equal(episode.states[0], expected_start)
     assert episode.rewards.dtype == np.float64 and episode.total_reward == len(episode.actions)
     assert play_episode(_Constant(action=1), seed=3, env_id=_DRAWN_ID).frames == []
+
+
+def _pygame_found(monkeypatch, found: bool) -> None:
+    """Make ``importlib.util.find_spec("pygame")`` answer as if pygame were (not) installed."""
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name == "pygame":
+            return real("math") if found else None  # any module's spec stands in for pygame's
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+_STATES = np.array([[0.5, 0.0, 0.3, 0.0], [-1.0, 0.1, -0.2, 0.0], [2.0, 0.0, 0.05, -0.1]], dtype=np.float32)
+
+
+def test_draw_cartpole_without_pygame_draws_with_cartpole_frame_at_gymnasiums_size(monkeypatch):
+    _pygame_found(monkeypatch, False)
+    frames, drawn_by = draw_cartpole(_STATES)
+    assert drawn_by == "cartpole_frame (no pygame)" and len(frames) == len(_STATES)
+    for frame, state in zip(frames, _STATES, strict=True):
+        np.testing.assert_array_equal(frame, cartpole_frame(state, width=600, height=400))
+
+
+def test_draw_cartpole_with_pygame_has_the_environment_draw_each_state_in_turn(monkeypatch):
+    # A test double for pygame: the environment's renderer is cartpole_frame (300 x 200) on
+    # the state the environment holds, so each frame shows which state was set before it.
+    _pygame_found(monkeypatch, True)
+    frames, drawn_by = draw_cartpole(_STATES.tolist(), env_id=_DRAWN_ID)
+    assert drawn_by == "gymnasium (pygame)" and len(frames) == len(_STATES)
+    for frame, state in zip(frames, _STATES, strict=True):
+        np.testing.assert_array_equal(frame, cartpole_frame(state))
+
+
+@pytest.mark.parametrize("states", [np.zeros(4), np.zeros((2, 3)), np.zeros((1, 2, 4))])
+def test_draw_cartpole_rejects_states_that_are_not_n_by_4(states):
+    with pytest.raises(ValueError, match=r"states must have shape \(n, 4\)"):
+        draw_cartpole(states)
+
+
+def test_gymnasiums_renderer_and_cartpole_frame_draw_the_same_geometry():
+    # Real pygame, where it is installed: it is not a dependency of this project (it comes
+    # with gymnasium[classic-control]), so CI runs the test double above instead.
+    pytest.importorskip("pygame", reason="pygame is not installed: gymnasium's own renderer is not compared")
+    frames, drawn_by = draw_cartpole(_STATES)
+    assert drawn_by == "gymnasium (pygame)"
+    for frame, state in zip(frames, _STATES, strict=True):
+        ours = cartpole_frame(state, width=600, height=400)
+        assert frame.shape == ours.shape == (400, 600, 3)
+        # pole (brown) and cart plus track (black): pixel centres agree to within 2.5 px
+        for colour in ((202, 152, 101), (0, 0, 0)):
+            theirs_yx, ours_yx = (np.argwhere((image == colour).all(-1)) for image in (frame, ours))
+            assert abs(len(theirs_yx) - len(ours_yx)) < 0.15 * len(ours_yx), colour
+            np.testing.assert_allclose(theirs_yx.mean(0), ours_yx.mean(0), atol=2.5)
 
 
 def test_discounted_returns_are_float32_whatever_the_default_dtype():
