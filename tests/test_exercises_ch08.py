@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import math
 import time
+import types
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ from torch.utils import benchmark
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers.exercises import ch08
+from helpers.exercises import ch08, ch08_schedules
 from helpers.exercises.ch08 import (
     check_gflops,
     check_inference_tensors,
@@ -32,7 +32,7 @@ def test_the_chapter_has_one_starter_per_exercise_and_each_is_not_attempted_unto
     expected = [
         ("8.1", "gflops"),
         ("8.2", "checkpoint_mid_epoch` and `remaining_batches"),
-        ("8.3", "warmup_only"),
+        ("8.3", "warmup_hold_decay"),
         ("8.4", "fails` and `saves"),
     ]
     assert len(STARTERS) == len(expected)
@@ -60,7 +60,7 @@ def failed_with(verdict, hint: str | None, *message: str) -> None:
     [
         (check_gflops, (12,), "gflops"),
         (check_mid_epoch_resume, ([], None), "checkpoint_mid_epoch"),
-        (check_warmup, (0.5,), "warmup_only"),
+        (check_warmup, (0.5,), "warmup_hold_decay"),
         (check_inference_tensors, ({**RIGHT}, None), "saves"),
     ],
 )
@@ -118,6 +118,9 @@ def test_the_stand_in_counts_what_flop_counter_mode_counts_and_sleeps_as_declare
     start = time.perf_counter()
     net(x)
     assert ch08.CALL_S <= time.perf_counter() - start < ch08.FIRST_CALLS_S
+    # it clocks every call: two slow ones, then a warm one
+    assert len(net.seconds) == 3 and min(net.seconds[:2]) >= ch08.FIRST_CALLS_S
+    assert ch08.CALL_S <= net.seconds[2] < ch08.FIRST_CALLS_S
 
 
 @pytest.mark.parametrize(
@@ -136,14 +139,36 @@ def test_gflops_mistakes_get_their_hints(options, hint, message):
     failed_with(check_gflops(lambda net, x: hand_timed(net, x, **options)), hint, message)
 
 
-def test_gflops_passes_a_busy_machines_overshoot_but_not_a_cold_start():
-    # every timed sleep overshooting by 80 %: still a right loop
-    assert check_gflops(lambda net, x: hand_timed(net, x, scale=1 / 1.8))
-    failed_with(
-        check_gflops(lambda net, x: hand_timed(net, x, scale=1 / 3)),
-        "time only after a warm-up",
-        "expected about",
+def busy(monkeypatch, overshoot):
+    """Make the stand-in's sleeps overshoot, call by call, as on a busy machine."""
+    factors = itertools.cycle(overshoot)
+    clock = types.SimpleNamespace(
+        perf_counter=time.perf_counter, sleep=lambda seconds: time.sleep(seconds * next(factors))
     )
+    monkeypatch.setattr(ch08, "time", clock)
+
+
+def test_gflops_passes_a_busy_machines_overshoot(monkeypatch):
+    # every sleep 1.5 to 3 times as long as asked: the checker clocks the calls
+    busy(monkeypatch, (1.5, 3.0, 2.2))
+    assert check_gflops(gflops_reference)
+    assert check_gflops(lambda net, x: hand_timed(net, x, calls=25))
+
+
+@pytest.mark.parametrize("overshoot", [(1.0,), (1.5, 3.0, 2.2)])
+def test_gflops_fails_a_loop_without_warm_up_on_an_idle_or_a_busy_machine(monkeypatch, overshoot):
+    # 25 timed calls after FlopCounterMode's: the second slow call is among them
+    busy(monkeypatch, overshoot)
+    failed_with(
+        check_gflops(lambda net, x: hand_timed(net, x, calls=25, warmup=0)),
+        "time only after a warm-up",
+        "so the timed calls included a slow first one",
+    )
+
+
+def test_gflops_fails_an_answer_slower_than_any_warm_call():
+    # an answer 1.8 times too slow is not a busy machine's: no call took that long
+    failed_with(check_gflops(lambda net, x: hand_timed(net, x, scale=1 / 1.8)), "time only after a warm-up")
 
 
 def test_gflops_other_wrong_answers_fail_without_a_hint():
@@ -282,82 +307,125 @@ def test_a_reader_who_keeps_the_state_at_saving_gets_the_hint():
     assert "Hint: the checkpoint kept the generator's state at the moment of saving" in out
 
 
-# --- 8.3: warm-up, then a constant rate -----------------------------------------------
+# --- 8.3: warm-up, hold, decay --------------------------------------------------------
 
 
-def linear(optimizer, start, iters):
-    return lr_scheduler.LinearLR(optimizer, start_factor=start, total_iters=iters)
+def linear(optimizer, start, iters, end=1.0):
+    return lr_scheduler.LinearLR(optimizer, start_factor=start, end_factor=end, total_iters=iters)
 
 
-def warmup_only(name, optimizer, peak_lr, total_steps):
-    return linear(optimizer, 0.01, total_steps // 10)
+def wsd(*, warm=lambda e: e, start=0.01, milestone=lambda t, e: t - 2 * e, decay=lambda e: 2 * e):
+    """A warm-up, hold, decay build; each keyword changes one part, as a mistake would."""
+
+    def build(name, optimizer, peak_lr, total_steps, steps_per_epoch):
+        e = steps_per_epoch
+        parts = [linear(optimizer, start, warm(e)), linear(optimizer, 1.0, decay(e), end=0.0)]
+        return lr_scheduler.SequentialLR(optimizer, parts, milestones=[milestone(total_steps, e)])
+
+    return build
 
 
-def warmup_cosine(name, optimizer, peak_lr, total_steps):
-    warm = total_steps // 10
-    cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warm)
-    return lr_scheduler.SequentialLR(optimizer, [linear(optimizer, 0.01, warm), cosine], milestones=[warm])
-
-
-def test_warmup_reference_passes_and_reads_every_step():
-    verdict = check_warmup(warmup_only)
-    assert verdict and "starts at 0.005, reaches 0.5 at step 18 of 184" in verdict.message
-    # the same rates from a LambdaLR: any scheduler that gives them passes
-    assert check_warmup(
-        lambda n, opt, peak, total: lr_scheduler.LambdaLR(
-            opt, lambda step: 0.01 + 0.99 * min(step / (total // 10), 1.0)
-        )
+def test_warmup_reference_and_other_right_builds_pass():
+    verdict = check_warmup(wsd())
+    assert (
+        verdict and "over 184 steps of 23 per epoch at peak 0.5, the rate starts at 0.005" in verdict.message
     )
+    assert (
+        "reaches 0.5 at step 23, holds it to step 137 and falls to 0.0109 at the last step" in verdict.message
+    )
+
+    def three(name, opt, peak, total, per_epoch):
+        hold = lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=total)
+        parts = [linear(opt, 0.01, per_epoch), hold, linear(opt, 1.0, 2 * per_epoch, end=0.0)]
+        return lr_scheduler.SequentialLR(opt, parts, milestones=[per_epoch, total - 2 * per_epoch])
+
+    def factor(step, total, per_epoch):
+        decay_start = total - 2 * per_epoch
+        if step < decay_start:
+            return 0.01 + 0.99 * min(step / per_epoch, 1.0)
+        return 1 - (step - decay_start) / (2 * per_epoch)
+
+    assert check_warmup(three)
+    assert check_warmup(lambda n, opt, peak, t, e: lr_scheduler.LambdaLR(opt, lambda s: factor(s, t, e)))
+
+
+def test_the_reference_rates_are_the_spec():
+    rates = ch08_schedules.warmup_hold_decay_rates(0.5, 184, 23)
+    assert rates[0] == pytest.approx(0.005) and rates[23] == 0.5 and rates[137] == 0.5
+    assert rates[11] == pytest.approx(0.5 * (0.01 + 0.99 * 11 / 23))
+    assert rates[138] == 0.5 and rates[139] == pytest.approx(0.5 * 45 / 46)
+    assert rates[183] == pytest.approx(0.5 / 46)
 
 
 @pytest.mark.parametrize(
     ("wrong", "hint", "message"),
     [
-        (lambda n, opt, peak, total: None, "return a scheduler", "that is the constant rate"),
-        (lambda n, opt, peak, total: linear(opt, 0.01, total), "not all of them", "entries differ"),
+        (lambda n, opt, peak, t, e: None, "return a scheduler", "that is the constant rate"),
         (
-            lambda n, opt, peak, total: lr_scheduler.LinearLR(opt, total_iters=total // 10),
-            "start_factor=0.01",
-            "",
+            wsd(warm=lambda e: 1, milestone=lambda t, e: t // e - 2, decay=lambda e: 2),
+            "count in steps (epochs × steps_per_epoch)",
+            "entries differ",
         ),
-        (lambda n, opt, peak, total: linear(opt, 0.1, total // 10), None, "18 of 184 entries differ"),
         (
-            lambda n, opt, peak, total: linear(opt, 0.01, math.ceil(total / 10)),
-            "rounded down as section 8.3's does",
-            "18 of 184 entries differ",
+            wsd(milestone=lambda t, e: t - 2 * e + 1),
+            "the decay starts one step late",
+            "45 of 184 entries differ",
         ),
-        (warmup_cosine, "hold the peak", "165 of 184 entries differ"),
+        (wsd(milestone=lambda t, e: t - 2 * e - 1), "the decay starts one step early", "entries differ"),
+        (wsd(warm=lambda e: e + 1), "the warm-up is one step too long", "entries differ"),
+        (wsd(warm=lambda e: e - 1), "the warm-up is one step too short", "entries differ"),
+        (wsd(start=1.0), "the warm-up starts at the full rate", "23 of 184 entries differ"),
+        (wsd(decay=lambda e: 2 * e - 1), "the last step trained at a rate of 0", "entries differ"),
+        (
+            wsd(milestone=lambda t, e: e, decay=lambda e: 184 - e),
+            "hold the peak between the warm-up and the decay",
+            "entries differ",
+        ),
     ],
 )
 def test_warmup_mistakes_get_their_hints(wrong, hint, message):
     failed_with(check_warmup(wrong), hint, message)
 
 
+def test_a_rate_that_changes_once_per_epoch_gets_the_hint():
+    def factor(step, total, per_epoch):
+        step = step // per_epoch * per_epoch  # the epoch's first step
+        if step < total - 2 * per_epoch:
+            return 0.01 + 0.99 * min(step / per_epoch, 1.0)
+        return 1 - (step - (total - 2 * per_epoch)) / (2 * per_epoch)
+
+    failed_with(
+        check_warmup(lambda n, opt, peak, t, e: lr_scheduler.LambdaLR(opt, lambda s: factor(s, t, e))),
+        "changes after every optimizer step",
+        "entries differ",
+    )
+
+
 def test_warmup_other_wrong_answers_fail_without_a_hint():
-    plateau = lambda n, opt, peak, total: lr_scheduler.ReduceLROnPlateau(opt)  # noqa: E731
+    plateau = lambda n, opt, peak, t, e: lr_scheduler.ReduceLROnPlateau(opt)  # noqa: E731
     failed_with(check_warmup(plateau), None, "steps once per epoch with the validation loss")
     failed_with(check_warmup(lambda *a: "warm-up"), None, "should return a learning-rate scheduler, got str")
-    # right at 0.5 over 184 steps, wrong over 60: a warm-up of a fixed 18 steps
+    # section 8.3's warm-up + cosine: a schedule, but not this one
+    failed_with(check_warmup(wsd(decay=lambda e: 1000)), None, "entries differ")
+    # right at 0.5 over 184 steps of 23, wrong over 60 of 12: lengths fixed at the first run's
     failed_with(
-        check_warmup(lambda n, opt, peak, total: linear(opt, 0.01, 18)),
+        check_warmup(wsd(warm=lambda e: 23, milestone=lambda t, e: t - 46, decay=lambda e: 46)),
         None,
         "the rate of each of 60 steps at peak 0.05",
     )
 
 
-def test_a_reader_who_decays_after_the_warm_up_gets_the_hint():
+def test_a_reader_who_counts_in_epochs_gets_the_hint():
     out = starter_with(
         2,
         "raise NotImplementedError  # your code here",
-        "warm = total_steps // 10\n"
-        "    cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warm)\n"
-        "    first = lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warm)\n"
-        "    return lr_scheduler.SequentialLR(optimizer, [first, cosine], milestones=[warm])",
+        "epochs = total_steps // steps_per_epoch\n"
+        "    warmup = lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=1)\n"
+        "    decay = lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=2)\n"
+        "    return lr_scheduler.SequentialLR(optimizer, [warmup, decay], milestones=[epochs - 2])",
     )
-    assert out.startswith("✗ Exercise 8.3: the rate of each of 184 steps at peak 0.5")
-    assert out.endswith(
-        "Hint: after the warm-up, hold the peak: that rate decays again, as warm-up + cosine does\n"
-    )
+    assert out.startswith("✗ Exercise 8.3: the rate of each of 184 steps at peak 0.5, 23 steps per epoch")
+    assert "Hint: those lengths count epochs" in out
 
 
 # --- 8.4: inference tensors in autograd -----------------------------------------------
