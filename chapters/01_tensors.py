@@ -141,13 +141,12 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
     )
 
 # %% [markdown]
-# So `float16` keeps about three significant decimal digits and its largest finite value
-# is 65,504, while `bfloat16` has float32's range (the same 8 exponent bits) but even less
-# precision: its `eps` of 2⁻⁷ means that already between 256 and 512 it holds only every
-# second integer. The next cell shows each limit. `.item()` returns the value of a
-# one-element tensor as a Python number; the cell prints 1/3 that way with 17 digits,
-# because PyTorch prints four decimals by default, which hides the difference between
-# float32 and float64.
+# So `float16` keeps about three significant digits and tops out at 65,504, while
+# `bfloat16` has float32's range (the same 8 exponent bits) and less precision: with an
+# `eps` of 2⁻⁷ it holds only every second integer between 256 and 512. The next cell
+# shows each limit. `.item()` returns a one-element tensor's value as a Python number,
+# printed here with 17 digits (PyTorch's own four decimals would hide the difference
+# between float32 and float64).
 
 # %%
 big = torch.tensor(70000.0)
@@ -170,11 +169,10 @@ print(f"1/3 in float64: {third64.item():.17f}")
 print(f"1/3 in float32: {third32.item():.17f}")
 
 # %% [markdown]
-# float32 is the default for weights and arithmetic. Recent NVIDIA GPUs multiply large
-# matrices in the 16-bit formats much faster than in float32; *mixed precision*
-# (`torch.autocast`, chapter 8) uses that speed while the weights stay in float32.
-# Nothing before chapter 8 needs more than this; the aside below says which hardware
-# does what.
+# Weights and arithmetic default to float32. Recent NVIDIA GPUs multiply large matrices
+# much faster in the 16-bit formats; *mixed precision* (`torch.autocast`, chapter 8)
+# uses that speed while the weights stay in float32. Nothing before chapter 8 needs
+# more; the aside says which hardware does what.
 
 # %% [markdown] tags=["box-dropdown"]
 # <details>
@@ -190,15 +188,11 @@ print(f"1/3 in float32: {third32.item():.17f}")
 # use full precision (`torch.get_float32_matmul_precision()` is `"highest"`;
 # `torch.set_float32_matmul_precision("high")` allows TF32), while cuDNN convolutions may
 # use TF32 (`torch.backends.cudnn.allow_tf32` is `True`); the hidden cell below prints
-# both. Since PyTorch 2.9 the documentation recommends a newer spelling of these
-# switches, `torch.backends.cuda.matmul.fp32_precision` and
-# `torch.backends.cudnn.conv.fp32_precision` (`"ieee"`, `"tf32"`, or `"none"`, which
-# means "inherit the setting of the enclosing backend": for `cudnn.conv` that is
-# `torch.backends.cudnn.fp32_precision`, and above it the general
-# `torch.backends.fp32_precision`). This book reads the older one, which every release
-# it supports has; some releases print a warning that recommends the newer one when it
-# is used. An NVIDIA GPU older than Ampere has no TF32 units, so there float32 products
-# stay float32 whatever the settings say.
+# both. Since PyTorch 2.9 the documentation recommends newer switches,
+# `torch.backends.cuda.matmul.fp32_precision` and
+# `torch.backends.cudnn.conv.fp32_precision` (`"ieee"` or `"tf32"`); this book reads
+# the older ones, which every release it supports has. An NVIDIA GPU older than Ampere
+# has no TF32 units, so there float32 products stay float32 whatever the settings say.
 #
 # </details>
 
@@ -223,26 +217,21 @@ print(torch.tensor(1000.1).half())  # float16's spacing near 1000 is 0.5
 # values. It promotes by **category**, bool < integer < floating point < complex:
 #
 # 1. The result has the highest category among the operands.
-# 2. Its size comes only from the operands of that category, and among those only from
-#    the highest-ranked group: tensors with at least one dimension, else 0-dim tensors,
-#    else Python numbers. So a 0-dim tensor or a Python number matters only when its
-#    category is higher than every dimensioned tensor's; a Python float then gives the
-#    default `float32`, a Python int `int64`. (Complex is the exception: a float tensor
-#    keeps its precision, so a `float64` tensor plus `1j` gives `complex128`.)
+# 2. Its size comes from the operands of that category only, and among those from the
+#    highest-ranked group: tensors with dimensions, else 0-dim tensors, else Python
+#    numbers. So a 0-dim tensor or a Python number sets the size only when its category
+#    is higher than every dimensioned tensor's; a Python float then gives the default
+#    `float32`, a Python int `int64`. (Complex is the exception: a `float64` tensor plus
+#    `1j` gives `complex128`.)
 # 3. Two sizes of one category give the smallest dtype that holds both, which can be
 #    neither operand's: `uint8 + int8` gives `int16`, `float16 + bfloat16` gives
-#    `float32` (`torch.promote_types` answers for any pair it supports). The newer
-#    `uint16`, `uint32` and `uint64` do not promote with other integer types or bool:
-#    `promote_types` raises for such a pair, and so does any mix in which one of them
-#    takes part in deciding the result (beside an int32 tensor, a 0-dim `uint16` tensor
-#    decides nothing, by rule 2, and the sum is int32).
+#    `float32` (`torch.promote_types` answers for any pair).
 #
-# `torch.result_type` applies the rule without computing anything. Those three unsigned
-# types also lack many arithmetic kernels: PyTorch's documentation gives them "limited
-# support in eager mode" and recommends the signed types when the extra range is not
-# needed. The cell also tries `uint16 + uint16`, which some releases cannot compute on
-# the CPU (the sentence after the cell says what the release that ran it does);
-# converting first (`.int()`, `.float()`) works on all of them.
+# `torch.result_type` applies the rule without computing anything. The newer `uint16`,
+# `uint32` and `uint64` stand apart: `promote_types` raises for any of them paired with
+# another integer type or bool, and PyTorch's documentation gives them "limited support
+# in eager mode", so some releases cannot even add two of them on the CPU (the sentence
+# after the cell says what this one does). Convert them first (`.int()`, `.float()`).
 
 # %%
 int8s = torch.tensor([1, 100], dtype=torch.int8)
@@ -257,10 +246,6 @@ cases = {
     "int8 tensor + 0-dim float64 tensor": (int8s, double_0d),
     "float16 tensor + 0-dim float64 tensor": (halves, double_0d),
     "bool tensor + Python int 1": (torch.tensor([True]), 1),
-    "int32 tensor + 0-dim uint16 tensor": (
-        torch.ones(2, dtype=torch.int32),
-        torch.tensor(1, dtype=torch.uint16),
-    ),
 }
 for name, (a, b) in cases.items():
     print(f"{name:38} -> {torch.result_type(a, b)}")
@@ -294,9 +279,9 @@ In the run that made this page, {{uint16_sentence}}; the last line converts firs
 # %% [markdown]
 # Two consequences. An int64 tensor combined with a float32 tensor becomes float32, which
 # holds every integer up to 2²⁴ = 16,777,216 exactly but not 2²⁴ + 1. And an int8 tensor
-# plus the Python int 1000 stays int8, so the sum silently wraps around modulo 256 (NumPy 2
-# raises an `OverflowError` for the same expression instead, while NumPy 1 widened the
-# result to int16; the cell shows what your NumPy does).
+# plus the Python int 1000 stays int8, so the sum silently wraps around modulo 256
+# (NumPy 2 raises an `OverflowError` instead, NumPy 1 widened to int16; the cell shows
+# what your NumPy does).
 
 # %%
 counts = torch.tensor([2**24, 2**24 + 1])  # int64 holds both exactly
@@ -1429,21 +1414,21 @@ assert check_logsumexp_rows(logsumexp_rows)
 # section 1.13's points and centres and for both shifted by 1,000 in each coordinate
 # (in float32). The reference is `distances_vectorised` on the very float32 sets each
 # method gets, converted to float64: for the shifted case, the shifted float32 sets.
-# What goes wrong after the shift, and why? Repair it without giving up the matrix
-# product or float32: the starter's `centred=False` argument is for that, and with
-# `centred=True` your function should compute the same distances in a way that
-# survives the shift. The checker tries both versions on fresh sets (each must be
-# right, with one matrix product), then shifts them by 1,000: the repaired version
-# must stay in float32 and keep its largest relative error below 1e-2.
+# What goes wrong after the shift, and why? Then repair it without giving up the
+# matrix product or float32. The starter's third argument, `stable=False`, selects the
+# version: with `stable=True` your function should compute the same distances in a
+# way that survives the shift. The checker tries both versions on fresh sets (each
+# must be right, with one matrix product), then shifts them by 1,000: the repaired
+# version must stay in float32 and keep its largest relative error below 1e-2.
 
 
 # %% tags=["exercise-starter"]
 def distances_matmul(
-    points: torch.Tensor, centres: torch.Tensor, centred: bool = False
+    points: torch.Tensor, centres: torch.Tensor, stable: bool = False
 ) -> torch.Tensor:
     # points (P, D), centres (C, D) -> (P, C) squared distances from the
-    # squared row norms and one @ (no (P, C, D) tensor); centred=True is
-    # your repair for sets far from the origin
+    # squared row norms and one @ (no (P, C, D) tensor); stable=True runs
+    # your repaired version
     raise NotImplementedError  # your code here
 
 
@@ -1466,9 +1451,9 @@ check_distances_matmul(distances_matmul)
 # its largest error is the same; with compute_mode="donot_use_mm_for_euclid_dist"
 # it subtracts first.
 def distances_matmul(
-    points: torch.Tensor, centres: torch.Tensor, centred: bool = False
+    points: torch.Tensor, centres: torch.Tensor, stable: bool = False
 ) -> torch.Tensor:
-    if centred:
+    if stable:
         # one common point off both sets: no distance changes
         mean = points.mean(dim=0)  # (D,)
         points, centres = points - mean, centres - mean
@@ -1495,7 +1480,7 @@ for shift in (0.0, 1000.0):
             distances_matmul(p, c), reference
         ),
         "matrix product, centred": worst_relative_error(
-            distances_matmul(p, c, centred=True), reference
+            distances_matmul(p, c, stable=True), reference
         ),
         "cdist, default mode": worst_relative_error(
             torch.cdist(p, c) ** 2, reference

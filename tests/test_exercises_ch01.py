@@ -44,8 +44,8 @@ def expanded(points, centres):
     return points.square().sum(1, keepdim=True) - 2 * points @ centres.T + centres.square().sum(1)
 
 
-def distances_matmul(points, centres, centred=False):
-    shift = points.mean(0) if centred else 0
+def distances_matmul(points, centres, stable=False):
+    shift = points.mean(0) if stable else 0
     return expanded(points - shift, centres - shift)
 
 
@@ -394,41 +394,41 @@ def test_distances_matmul_reports_the_cancellation_and_the_repair():
 
 
 def test_distances_matmul_that_is_not_repaired_fails():
-    verdict = failed(check_distances_matmul(lambda p, c, centred=False: expanded(p, c)))
+    verdict = failed(check_distances_matmul(lambda p, c, stable=False: expanded(p, c)))
     assert verdict.message.startswith("distances_matmul is right, but not yet repaired: with both")
     assert verdict.hint == ch01_distances._NOT_REPAIRED
-    assert float(verdict.message.split()[-3]) >= 0.5  # the error with centred=True
+    assert float(verdict.message.split()[-3]) >= 0.5  # the error with stable=True
 
 
 def test_distances_matmul_with_the_repair_not_written_fails():
-    def first_part(p, c, centred=False):
-        if centred:
+    def first_part(p, c, stable=False):
+        if stable:
             raise NotImplementedError
         return expanded(p, c)
 
     verdict = failed(check_distances_matmul(first_part))
-    assert verdict.message.endswith("with centred=True it raises NotImplementedError")
+    assert verdict.message.endswith("with stable=True it raises NotImplementedError")
     assert verdict.hint == ch01_distances._NOT_REPAIRED
 
 
 def test_distances_matmul_without_the_centred_argument_fails():
     verdict = failed(check_distances_matmul(expanded))
-    assert "unexpected keyword argument 'centred'" in verdict.message
-    assert verdict.hint == ch01_distances._NO_CENTRED
+    assert "unexpected keyword argument 'stable'" in verdict.message
+    assert verdict.hint == ch01_distances._NO_STABLE
 
 
 def test_distances_matmul_repaired_without_the_product_fails():
-    def difference_repair(p, c, centred=False):
-        return difference_distances(p, c) if centred else expanded(p, c)
+    def difference_repair(p, c, stable=False):
+        return difference_distances(p, c) if stable else expanded(p, c)
 
     verdict = failed(check_distances_matmul(difference_repair))
-    assert verdict.message.startswith("distances_matmul(points, centres, centred=True) for 6 points")
+    assert verdict.message.startswith("distances_matmul(points, centres, stable=True) for 6 points")
     assert verdict.hint == ch01_distances._DIFFERENCE_FORM
 
 
 def test_distances_matmul_repaired_by_computing_in_float64_fails():
-    def in_float64(p, c, centred=False):
-        return expanded(p.double(), c.double()).float() if centred else expanded(p, c)
+    def in_float64(p, c, stable=False):
+        return expanded(p.double(), c.double()).float() if stable else expanded(p, c)
 
     verdict = failed(check_distances_matmul(in_float64))
     assert verdict.message.endswith("computes in float64 on float32 sets")
@@ -436,8 +436,8 @@ def test_distances_matmul_repaired_by_computing_in_float64_fails():
 
 
 def test_distances_matmul_repaired_with_a_float64_result_gets_the_float64_hint():
-    def float64_result(p, c, centred=False):
-        return distances_matmul(p.double(), c.double(), centred) if centred else expanded(p, c)
+    def float64_result(p, c, stable=False):
+        return distances_matmul(p.double(), c.double(), stable) if stable else expanded(p, c)
 
     verdict = failed(check_distances_matmul(float64_result))
     assert verdict.message.endswith("for 6 points and 6 centres computes in float64 on float32 sets")
@@ -445,17 +445,17 @@ def test_distances_matmul_repaired_with_a_float64_result_gets_the_float64_hint()
 
 
 def test_distances_matmul_centring_each_set_on_its_own_mean_gets_its_hint():
-    def own_means(p, c, centred=False):
-        return expanded(p - p.mean(0), c - c.mean(0)) if centred else expanded(p, c)
+    def own_means(p, c, stable=False):
+        return expanded(p - p.mean(0), c - c.mean(0)) if stable else expanded(p, c)
 
     verdict = failed(check_distances_matmul(own_means))
-    assert verdict.message.startswith("distances_matmul(points, centres, centred=True) for 6 points")
+    assert verdict.message.startswith("distances_matmul(points, centres, stable=True) for 6 points")
     assert verdict.hint == ch01_distances._OWN_MEANS
 
 
 def test_distances_matmul_repair_must_still_be_right():
-    verdict = failed(check_distances_matmul(lambda p, c, centred=False: expanded(p, c) + centred))
-    assert verdict.message.startswith("distances_matmul(points, centres, centred=True) for 6 points and")
+    verdict = failed(check_distances_matmul(lambda p, c, stable=False: expanded(p, c) + stable))
+    assert verdict.message.startswith("distances_matmul(points, centres, stable=True) for 6 points and")
     assert "entries differ" in verdict.message
 
 
@@ -493,6 +493,33 @@ def _low(p, c, dtype):
 )
 def test_relative_errors_mistakes_get_their_hint(attempt, hint):
     assert failed(check_relative_errors(attempt)).hint == hint
+
+
+def _subtracted_low(p, c, t, divide_in_float64):
+    reference = difference_distances(p.double(), c.double())
+    low = difference_distances(p.to(t), c.to(t))
+    gap = (low - reference.to(t)).abs()  # the subtraction in t
+    if divide_in_float64:
+        return gap.double() / reference
+    return (gap / reference.to(t)).double()
+
+
+@pytest.mark.parametrize("divide_in_float64", [False, True])
+def test_relative_errors_subtracted_in_low_precision_gets_its_hint(divide_in_float64):
+    verdict = failed(check_relative_errors(lambda p, c, t: _subtracted_low(p, c, t, divide_in_float64)))
+    assert verdict.hint == ch01_distances._SUBTRACTED_LOW
+    # it fails on float32, the first dtype tried, on its values (its dtype is right)
+    assert verdict.message.startswith("relative_errors(points, centres, torch.float32): ")
+    assert "entries differ" in verdict.message
+
+
+def test_relative_errors_subtracted_in_float32_for_every_dtype_gets_its_hint():
+    def in_float32(p, c, t):
+        reference = difference_distances(p.double(), c.double())
+        low = difference_distances(p.to(t), c.to(t)).float()
+        return ((low - reference.float()).abs() / reference.float()).double()
+
+    assert failed(check_relative_errors(in_float32)).hint == ch01_distances._SUBTRACTED_LOW
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

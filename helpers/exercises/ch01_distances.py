@@ -121,9 +121,9 @@ def _squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Ten
     return (points.unsqueeze(1) - centres.unsqueeze(0)).square().sum(dim=2)
 
 
-_NO_CENTRED = (
-    "the starter's function has a third argument, centred=False: with centred=True it "
-    "runs your repaired version."
+_NO_STABLE = (
+    "the starter's function has a third argument, stable=False: with stable=True it "
+    "runs your repaired version, the one that survives the shift."
 )
 _IN_FLOAT64 = (
     "float64 hides the cancellation, but at twice the memory, and most GPUs compute float64 "
@@ -137,34 +137,33 @@ _OWN_MEANS = (
 )
 _NOT_REPAIRED = (
     "after the shift every squared norm is about 2e6, and float32 rounds each by about 0.1, "
-    "more than the small distances. With centred=True, subtract one common point (the mean "
+    "more than the small distances. With stable=True, subtract one common point (the mean "
     "of the points, say) from both sets first: that changes no distance."
 )
 
 
 def _run_distances(
-    distances_matmul: Any, points: torch.Tensor, centres: torch.Tensor, centred: bool
+    distances_matmul: Any, points: torch.Tensor, centres: torch.Tensor, stable: bool
 ) -> tuple[Any, _CallRecorder]:
-    """The reader's ``distances_matmul(points, centres[, centred=True])``."""
-    errors = {"cannot be multiplied": _NOT_TRANSPOSED, "unexpected keyword argument": _NO_CENTRED}
-    if not centred:
+    """The reader's ``distances_matmul(points, centres[, stable=True])``."""
+    errors = {"cannot be multiplied": _NOT_TRANSPOSED, "unexpected keyword argument": _NO_STABLE}
+    if not stable:
         return _run(distances_matmul, (points, centres), "distances_matmul", errors)
     try:
-        return _run(distances_matmul, (points, centres), "distances_matmul", errors, {"centred": True})
+        return _run(distances_matmul, (points, centres), "distances_matmul", errors, {"stable": True})
     except NotImplementedError:
         raise Mismatch(
-            "distances_matmul is right, but not yet repaired: with centred=True it raises "
-            "NotImplementedError",
+            "distances_matmul is right, but not yet repaired: with stable=True it raises NotImplementedError",
             _NOT_REPAIRED,
         ) from None
 
 
 @checker("1.4", "distances_matmul")
 def check_distances_matmul(distances_matmul: Callable[..., torch.Tensor]) -> str:
-    """Exercise 1.4: ``distances_matmul(points, centres, centred=False)`` by expanding the square.
+    """Exercise 1.4: ``distances_matmul(points, centres, stable=False)`` by expanding the square.
 
     Both versions must be right on fresh sets and make one matrix product; with both
-    sets shifted by 1,000 the ``centred=True`` one (the repair) must stay in float32 and
+    sets shifted by 1,000 the ``stable=True`` one (the repair) must stay in float32 and
     keep its largest relative error below 1e-2.
     """
     gen = torch.Generator().manual_seed(104)
@@ -184,18 +183,18 @@ def check_distances_matmul(distances_matmul: Callable[..., torch.Tensor]) -> str
         if count == dim:
             mistakes[_NORM_AXIS] = point_norms - 2 * cross + centre_norms
         own_means = _squared_distances(points - points.mean(dim=0), centres - centres.mean(dim=0))
-        for centred in (False, True):
-            got, recorder = _run_distances(distances_matmul, points, centres, centred)
-            call = "distances_matmul(points, centres, centred=True)" if centred else "distances_matmul"
+        for stable in (False, True):
+            got, recorder = _run_distances(distances_matmul, points, centres, stable)
+            call = "distances_matmul(points, centres, stable=True)" if stable else "distances_matmul"
             what = f"{call} for {count} points and {dim} centres"
-            if centred:
+            if stable:
                 # before comparing values: a float64 result would fail on its dtype, without the hint
                 expect(
                     torch.float64 not in recorder.dtypes,
                     f"{what} computes in float64 on float32 sets",
                     _IN_FLOAT64,
                 )
-            wrong = {**mistakes, _OWN_MEANS: own_means} if centred else mistakes
+            wrong = {**mistakes, _OWN_MEANS: own_means} if stable else mistakes
             worst = max(worst, _compare(got, want, what, wrong, atol=1e-4, rtol=1e-4))
             largest = recorder.largest_result()
             expect(
@@ -210,12 +209,12 @@ def check_distances_matmul(distances_matmul: Callable[..., torch.Tensor]) -> str
             )
     reference = _squared_distances(points.double() + 1000, centres.double() + 1000)
     error = {}
-    for centred in (False, True):
-        shifted, _ = _run_distances(distances_matmul, points + 1000, centres + 1000, centred)
-        error[centred] = ((shifted.double() - reference) / reference).abs().max().item()
+    for stable in (False, True):
+        shifted, _ = _run_distances(distances_matmul, points + 1000, centres + 1000, stable)
+        error[stable] = ((shifted.double() - reference) / reference).abs().max().item()
     shifted_errors = (
         f"with both sets shifted by 1,000 its largest relative error is {error[False]:.2g}, "
-        f"and {error[True]:.2g} with centred=True"
+        f"and {error[True]:.2g} with stable=True"
     )
     expect(
         error[True] < 1e-2,
@@ -239,6 +238,12 @@ _ROUNDED_INPUTS = (
 )
 _NO_ABS = "some errors are negative: take the absolute value of the difference."
 _BY_RESULT = "divide by the float64 reference distances, not by the low-precision result."
+_SUBTRACTED_LOW = (
+    "you subtracted in low precision and converted afterwards: the reference was rounded to "
+    "the result's dtype first, which moves it by up to half that dtype's eps (6e-8 of each "
+    "distance in float32), as much as the float32 errors being measured. Convert the "
+    "low-precision result with .double() before subtracting the float64 reference."
+)
 _NOT_FLOAT64 = (
     "return the errors in float64, as the exercise asks: convert the low-precision result "
     "with .double() and keep the subtraction, the division and the result in float64. "
@@ -262,6 +267,9 @@ def check_relative_errors(relative_errors: Callable[..., torch.Tensor]) -> str:
             _ROUNDED_INPUTS: (low - rounded).abs() / rounded,
             _NO_ABS: (low - reference) / reference,
             _BY_RESULT: (low - reference).abs() / low,
+            # (result - reference.to(dtype)).double(): float32 asks first, and a division
+            # in float32 or float64 rounds within the tolerance
+            _SUBTRACTED_LOW: (low.to(dtype) - reference.to(dtype)).double().abs() / reference,
         }
         got, _ = _run(relative_errors, (points, centres, dtype), "relative_errors")
         what = f"relative_errors(points, centres, {dtype})"
