@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from helpers.exercises.ch06 import (
     check_iwae_bound,
     check_make_conv_gan,
     check_mean_reconstruction_loss,
+    check_posterior_samples,
 )
 from helpers.exercises.ch06_networks import within
 
@@ -33,6 +35,8 @@ def test_the_chapter_has_one_starter_per_exercise_and_each_untouched_is_not_atte
             want = (
                 "… Exercise 6.2: not attempted yet: fill in `predicted_kl and predicted_near` above\n" + want
             )
+        if k == 5:  # the draws from the posterior come second
+            want += "… Exercise 6.5: not attempted yet: fill in `posterior_samples` above\n"
         assert out == want
 
 
@@ -624,3 +628,87 @@ def test_conditional_vae_untouched_starter_is_not_attempted():
     source = STARTERS[4].split("from helpers.exercises")[0]
     exec(source, namespace)
     assert check_conditional_vae(namespace["ConditionalVAE"]).status == "not attempted"
+
+
+# ---- 6.5, second part: draws from q(z | x, y) ----------------------------------------------
+
+
+def posterior(model, x, y, n, *, mistake: str | None = None):
+    """A right answer to the second part of exercise 6.5, or a usual mistake."""
+    _, mu, logvar = model(x, y)  # (B, latent) each
+    std = torch.exp(0.5 * logvar)
+    draws = {  # each draws its noise only when called
+        "mu only": lambda: mu.expand(n, -1, -1),
+        "one draw": lambda: (mu + std * torch.randn_like(mu)).expand(n, -1, -1),
+        "one eps per draw": lambda: mu + std * torch.randn(n, 1, mu.shape[1]),
+        "exp(logvar)": lambda: mu + torch.exp(logvar) * torch.randn(n, *mu.shape),
+        "logvar": lambda: mu + logvar * torch.randn(n, *mu.shape),
+        "prior": lambda: torch.randn(n, *mu.shape),
+        "distributions": lambda: torch.distributions.Normal(mu, std).sample((n,)),
+    }
+    z = draws.get(mistake, lambda: mu + std * torch.randn(n, *mu.shape))()  # (n, B, latent)
+    labels = y.expand(n, -1)
+    if mistake == "labels out of order":
+        labels = y.repeat_interleave(n).view(n, -1)
+    logits = model.decode(z.flatten(0, 1), labels.flatten())
+    if mistake == "logits":
+        return logits.view(n, *x.shape)
+    probs = torch.sigmoid(logits)
+    if mistake == "images first":
+        return probs.view(n, *x.shape).transpose(0, 1)
+    if mistake == "flat":
+        return probs
+    return probs.view(n, *x.shape)
+
+
+def posterior_by_forward(model, x, y, n):
+    """Right too: forward(x, y) already decodes one draw from q(z | x, y)."""
+    return torch.stack([torch.sigmoid(model(x, y)[0]) for _ in range(n)])
+
+
+@pytest.mark.parametrize(
+    "attempt", [posterior, posterior_by_forward, partial(posterior, mistake="distributions")]
+)
+def test_posterior_samples_right_answers_pass(attempt, capsys):
+    assert check_posterior_samples(attempt)
+    assert "centred on μ" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("mu only", "You decoded μ only"),
+        ("one draw", "fresh ε for each of the n draws"),
+        ("one eps per draw", "for every image as well"),
+        ("exp(logvar)", "exp(logvar) is the variance"),
+        ("logvar", "not by the log-variance itself"),
+        ("prior", "draws from the prior"),
+        ("labels out of order", "repeat the labels exactly as you repeat the codes"),
+        ("logits", "torch.sigmoid of the decoder's logits"),
+        ("images first", "Put the draws first"),
+        ("flat", "one leading dimension for the n draws"),
+    ],
+)
+def test_posterior_samples_usual_mistakes_get_their_hints(mistake, hint):
+    failed(check_posterior_samples(partial(posterior, mistake=mistake)), hint)
+
+
+def test_posterior_samples_other_wrong_answers_fail():
+    failed(check_posterior_samples(lambda model, x, y, n: [0.5]), None, "should return a tensor")
+    failed(check_posterior_samples(42), message="must be a function")
+
+
+def test_posterior_samples_leaves_the_readers_random_state_alone_and_repeats():
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    first = check_posterior_samples(posterior)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert first.message == check_posterior_samples(posterior).message
+
+
+def test_posterior_samples_untouched_starter_is_not_attempted():
+    namespace = {"nn": nn, "torch": torch}
+    exec(STARTERS[4].split("from helpers.exercises")[0], namespace)
+    source = STARTERS[4].split("check_conditional_vae(ConditionalVAE)")[1].split("from helpers.exercises")[0]
+    exec(source, namespace)
+    assert check_posterior_samples(namespace["posterior_samples"]).status == "not attempted"

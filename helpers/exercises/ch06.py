@@ -4,7 +4,9 @@ Each checker runs the reader's code on fresh inputs from its own seeded generato
 against references written here from the formulas (log-densities written out, not
 ``torch.distributions``; the losses as softplus), and names the usual mistakes. The GAN
 architecture (6.4) and the conditional VAE (6.5) have no single right output, so their
-checkers probe what the exercise specifies. Introduced in chapter 06.
+checkers probe what the exercise specifies; the draws from the conditional VAE's posterior
+(6.5, :mod:`helpers.exercises.ch06_posterior`) are read back through a stub decoder.
+Introduced in chapter 06.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 from helpers.exercises import checker, expect, expect_tensor
 from helpers.exercises.ch06_networks import conditional_vae_facts, conv_gan_facts, within
+from helpers.exercises.ch06_posterior import check_posterior_samples
 
 __all__ = [
     "check_collapse_prediction",
@@ -27,6 +30,7 @@ __all__ = [
     "check_iwae_bound",
     "check_make_conv_gan",
     "check_mean_reconstruction_loss",
+    "check_posterior_samples",
 ]
 
 PIXELS = 28 * 28
