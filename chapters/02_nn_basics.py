@@ -1007,9 +1007,15 @@ record(
         if len(mixed) == 2
         else ""
     )
-    + ", even a small coupling mixes their directions, and"
-    f" {('one', 'two', 'three', 'all four')[len(mixtures) - 1]} of the four"
-    f" eigenvectors printed above are mixtures, {' and '.join(mixtures)}"
+    + ", even a small coupling mixes their directions."
+    + (
+        f" One of the four eigenvectors printed above is such a mixture:"
+        f" {mixtures[0]}"
+        if len(mixtures) == 1
+        else f" {('Two', 'Three', 'All four')[len(mixtures) - 2]} of the four"
+        f" eigenvectors printed above are such mixtures:"
+        f" {' and '.join(mixtures)}"
+    )
     if mixtures
     else (
         "here it happens to hold, as every eigenvector printed above "
@@ -1848,7 +1854,36 @@ fig.suptitle("MLP on breast-cancer data (dotted: best validation epoch)")
 fig.tight_layout()
 plt.show()
 
+# %% [markdown]
+# Which run to keep? Accuracy is the number we care about, so the cell first counts each
+# run's validation mistakes at its best epoch. Where several runs tie on that count, it
+# cannot choose among them; the criterion that decides is the one the loop already
+# tracks, the lowest validation loss.
+
+
 # %%
+def validation_mistakes(
+    state: dict, features: torch.Tensor, labels: torch.Tensor
+) -> int:
+    """Validation tumours that an MLP(30, 16, 1) with these weights gets
+    wrong at the 0.5 threshold (logit 0)."""
+    net = MLP(30, 16, 1).to(device)
+    net.load_state_dict(state)
+    net.eval()
+    with torch.no_grad():
+        logits = net(features.to(device)).squeeze(1).cpu()  # (91,)
+    return int(((logits > 0).float() != labels).sum())
+
+
+run_mistakes = [
+    validation_mistakes(run["best_state"], x_val, y_val) for run in runs
+]
+for run, mistakes in zip(runs, run_mistakes, strict=True):
+    print(
+        f"lr {run['lr']:<6g} best epoch {run['best_epoch']:2d}: "
+        f"{mistakes} of {len(y_val)} validation tumours wrong, "
+        f"loss {run['best_val']:.4f}"
+    )
 chosen = min(runs, key=lambda run: run["best_val"])
 lr, best_epoch = chosen["lr"], chosen["best_epoch"]
 print(f"chosen on validation: lr {lr:g}, the weights of epoch {best_epoch}")
@@ -1979,13 +2014,13 @@ for run in unstable_runs:
 overfit_best = overfit["best_epoch"]
 record(
     "overfit_pool_text",
-    "Of the runs that never jumped, whose best epoch came at least five"
-    " epochs before the last and whose training loss fell without a jump"
-    " after it, the validation loss rose most"
+    "We look for it among the runs that never jumped, had their best epoch at"
+    " least five epochs before the last and then saw their training loss fall"
+    " without a jump. Of these, the validation loss rose most"
     if qualified
-    else "No run here never jumped, peaked at least five epochs before the"
-    " end and then fell smoothly; of the runs whose best epoch came before"
-    " the last, the validation loss rose most",
+    else "No run here never jumped, had its best epoch at least five epochs"
+    " before the last and then fell smoothly. Of the runs whose best epoch"
+    " came before the last, the validation loss rose most",
 )
 record("overfit_lr", overfit["lr"], fmt="{:g}")
 record("overfit_epoch", overfit_best)
@@ -2001,9 +2036,10 @@ record(
     "overfit_verdict",
     "well beyond the curve's noise, so this run overfits"
     if overfit_rise > 3 * overfit_wiggle
-    else "too little to tell from the curve's own noise (the best epoch is"
+    else "too little to tell from the curve's own noise. (The best epoch is"
     " the lowest of many noisy points, so noise alone makes the curve end"
-    " above it), so no run here shows a validation loss that clearly rises",
+    " above it.) No run in this grid shows a validation loss that clearly"
+    " rises; the experiment after this aside makes overfitting plain",
 )
 
 
@@ -2033,7 +2069,7 @@ else:
         )
         val_verb = "jumped" if val_rise > 3 else "rose"
         chosen_rise_text = (
-            f" The chosen run is not smooth either: {train_clause}; its"
+            f" The chosen run is not smooth either: {train_clause}. Its"
             f" validation loss {val_verb} to {val_rise:.1f} times its lowest"
             f" so far at epoch {val_epoch}. Both are signs that lr"
             f" {lr:g} lies near the largest rate this training tolerates"
@@ -2078,7 +2114,8 @@ if closed:
         ("the other rates'" if open_ended else "the other runs'")
         + f" was lowest at epoch {join_words(when)}"
     )
-record("others_text", "; ".join(others_parts))
+others_text = "; ".join(others_parts)
+record("others_text", others_text[:1].upper() + others_text[1:])
 record(
     "still_improving_text",
     " (A rate whose validation loss is lowest at the last epoch may simply"
@@ -2138,46 +2175,60 @@ record("jumpy_ratio", jumpy_ratio, fmt="{:.1f}")
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # How many runs' best weights classify every validation tumour correctly, and
 # whether the chosen run's validation loss rose after its best epoch.
-def val_mistakes_of(state: dict) -> int:
-    net = MLP(30, 16, 1).to(device)
-    net.load_state_dict(state)
-    net.eval()
-    with torch.no_grad():
-        logits = net(x_val.to(device)).squeeze(1).cpu()
-    return int(((logits > 0).float() != y_val).sum())
-
-
-run_mistakes = [val_mistakes_of(run["best_state"]) for run in runs]
 chosen_mistakes = next(
     m for run, m in zip(runs, run_mistakes, strict=True) if run is chosen
 )
-n_perfect = sum(m == 0 for m in run_mistakes)
-if n_perfect == len(runs):
-    perfect_runs = "The best weights of all six runs"
-elif n_perfect == 1:
-    perfect_runs = "Only the chosen run's best weights"
-else:
-    perfect_runs = (
-        f"The best weights of {count_words[n_perfect]} of the six runs, the"
-        " chosen run's among them,"
-    )
-if chosen_mistakes == 0:
+fewest = min(run_mistakes)
+n_tied = sum(m == fewest for m in run_mistakes)  # runs with the fewest
+tied_words = (
+    "all six runs"
+    if n_tied == len(runs)
+    else f"{count_words[n_tied]} of the six runs"
+)
+mistake_words = (
+    f"classify all {len(y_val)} validation tumours correctly"
+    if fewest == 0
+    else f"misclassify {fewest} of the {len(y_val)} validation tumours"
+)
+among = (
+    "Among them"
+    if n_tied == len(runs)
+    else f"Among those {count_words[n_tied]}"
+)
+if chosen_mistakes == fewest and n_tied > 1:
     ranking_text = (
-        f"One caution about this choice. {perfect_runs} classify all"
-        f" {len(y_val)} validation tumours correctly. On a validation set"
-        " classified perfectly the loss can only fall as the logits grow, so"
-        " among such candidates it mostly ranks confidence, not correctness."
-        " Counting mistakes first, with the loss only as a tie-break, would"
-        " pick the same weights here, since they make none; what helps is a"
-        " validation set large enough to hold some mistakes, or the k-fold"
-        " cross-validation described below"
+        f"Accuracy cannot make this choice: the best weights of {tied_words},"
+        f" the chosen run's among them, {mistake_words}. {among}, the"
+        " choice rests on the validation loss alone"
+        + (
+            ". On a validation set classified perfectly that loss can only"
+            " fall as the logits grow, so it ranks confidence, not"
+            " correctness: we kept the run that is most confidently right"
+            f" on these {len(y_val)} tumours"
+            if fewest == 0
+            else ", which ranks their confidence as much as their correctness"
+        )
+        + ". That is a sound criterion, because the log-loss rewards"
+        " probabilities that are both right and sure, but a narrow one. A"
+        f" validation set large enough to hold {'more ' * (fewest > 0)}"
+        "mistakes, or the k-fold"
+        " cross-validation described below, would separate the candidates by"
+        " correctness too"
+    )
+elif chosen_mistakes == fewest:
+    ranking_text = (
+        f"Here accuracy and loss agree: only the chosen run's best weights"
+        f" {mistake_words}. That agreement rests on few tumours: a validation"
+        " set this small holds few mistakes to count"
     )
 else:
     ranking_text = (
-        "One caution about this choice. The chosen weights misclassify"
-        f" {chosen_mistakes} of the {len(y_val)} validation tumours. Where a"
+        f"Here loss and accuracy disagree. The chosen weights misclassify"
+        f" {chosen_mistakes} of the {len(y_val)} validation tumours, while"
+        f" the best weights of {tied_words} misclassify only {fewest}. The"
+        " validation loss preferred the more confident run; where a"
         " validation set holds so few mistakes, its loss ranks confidence as"
-        " much as correctness; a larger validation set, or the k-fold"
+        " much as correctness. A larger validation set, or the k-fold"
         " cross-validation described below, would judge more fairly"
     )
 record("ranking_text", ranking_text)
@@ -2212,7 +2263,7 @@ record("early_stop_text", early_stop_text)
 prose(
     r"""
 The runs differ in what limits them. The lowest validation loss of all,
-{{best_val_loss}}, came at lr {{chosen_lr}}, epoch {{best_epoch}};
+{{best_val_loss}}, came at lr {{chosen_lr}}, epoch {{best_epoch}}.
 {{others_text}}.{{still_improving_text}} {{grid_edge_text}}
 
 {{ranking_text}}. Section 2.8 shows what this costs on the test set.
@@ -2225,7 +2276,8 @@ the *training* loss itself jumps, and the validation loss often with it. Against
 both we keep the weights of the epoch with the lowest validation loss (*early
 stopping*), a choice made on validation data only: epoch {{best_epoch}} of the
 chosen run, {{early_stop_text}}. Which panels show which trouble, and how a real
-rise was told from a curve's noise, the aside below works out.
+rise was told from a curve's noise, the aside below works out. The experiment after
+it makes overfitting plain.
 
 The validation loss starts below the training loss in {{n_below_start}}, and stays
 below it throughout in {{n_below_throughout}}. Partly this is
@@ -2247,7 +2299,7 @@ prose(
 <details>
 <summary>Aside: telling a rising validation loss from noise, and a jump from a wiggle</summary>
 
-**Overfitting.** {{overfit_pool_text}} at lr {{overfit_lr}}: from its best
+**Overfitting.** {{overfit_pool_text}} at lr {{overfit_lr}}. From its best
 validation epoch, {{overfit_epoch}}, to the last, its training loss
 {{overfit_trend}} from {{overfit_train_best}} to {{overfit_train_end}}, while its
 validation loss ends {{overfit_val_end}}. (A mild form, a gap between the curves
@@ -2275,6 +2327,124 @@ much as its training curve. A jump of the training loss, as in an unstable run, 
 outweigh the smoothing.
 
 </details>
+"""
+)
+
+# %% [markdown]
+# ### Overfitting, made visible
+#
+# The six runs show overfitting faintly at best: 364 tumours with clean labels leave a
+# 16-unit network little to learn that would not carry over to new tumours. Overfitting
+# needs something to memorise: few training examples, and a pattern in them that new
+# examples do not share. Real labels carry some noise (a diagnosis recorded wrongly);
+# the cell plants it. It draws 60 of the training tumours at random, flips the labels
+# of 12 of them (20 %), and trains the same `MLP(30, 16, 1)` on these 60 for 400
+# epochs with Adam at lr 0.01 (a rate from the grid above, untuned here). The 60
+# tumours form one batch, so each epoch is one update. The validation tumours keep
+# their true labels. After each update the cell measures both losses at the same
+# weights, and counts the validation mistakes.
+
+# %%
+noise_epochs, n_small, n_flipped = 400, 60, 12
+small = torch.randperm(len(y_train), generator=make_generator(seed))[:n_small]
+x_small = x_train[small].to(device)  # (60, 30)
+y_small = y_train[small].clone()  # (60,)
+# the first 12 of a random sample are 12 random tumours
+y_small[:n_flipped] = 1 - y_small[:n_flipped]
+y_small = y_small.to(device)
+val_features, val_labels = x_val.to(device), y_val.to(device)
+
+torch.manual_seed(seed)
+noisy_model = MLP(30, 16, 1).to(device)
+optimizer = torch.optim.Adam(noisy_model.parameters(), lr=0.01)
+noisy_train, noisy_val, noisy_wrong = [], [], []
+for _ in range(noise_epochs):
+    noisy_model.train()
+    loss = criterion(noisy_model(x_small).squeeze(1), y_small)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    noisy_model.eval()
+    with torch.no_grad():  # both losses at the weights after the update
+        noisy_train.append(criterion(noisy_model(x_small).squeeze(1), y_small))
+        val_logits = noisy_model(val_features).squeeze(1)  # (91,)
+        noisy_val.append(criterion(val_logits, val_labels))
+        noisy_wrong.append(((val_logits > 0).float() != val_labels).sum())
+# one read of each curve, after the loop
+noisy_train = torch.stack(noisy_train).tolist()
+noisy_val = torch.stack(noisy_val).tolist()
+noisy_wrong = torch.stack(noisy_wrong).tolist()
+noisy_best = min(range(noise_epochs), key=noisy_val.__getitem__)  # 0-based
+with torch.no_grad():
+    flipped_logits = noisy_model(x_small[:n_flipped]).squeeze(1)  # (12,)
+# flipped tumours the final weights classify as their (wrong) label says
+fitted_flips = int(((flipped_logits > 0).float() == y_small[:n_flipped]).sum())
+print(f"flipped labels the last weights reproduce: {fitted_flips} of 12")
+gap_best = noisy_val[noisy_best] - noisy_train[noisy_best]
+gap_end = noisy_val[-1] - noisy_train[-1]
+for when, i in (("best validation", noisy_best), ("last", noise_epochs - 1)):
+    print(
+        f"{when:15} epoch {i + 1:3}: train {noisy_train[i]:.4f}, validation"
+        f" {noisy_val[i]:.4f}, gap {noisy_val[i] - noisy_train[i]:+.3f};"
+        f" {noisy_wrong[i]:2.0f} of {len(y_val)} validation tumours wrong"
+    )
+
+fig = plot_losses(
+    {"train (12 of 60 labels flipped)": noisy_train, "validation": noisy_val},
+    title="Overfitting: 60 training tumours, 20 % of labels flipped",
+    xlabel="epoch (one full-batch update)",
+    ylabel="BCE loss",
+    log_y=True,
+)
+fig.axes[0].axvline(
+    noisy_best + 1, color="gray", linestyle=":", label="best validation"
+)
+fig.axes[0].legend()
+plt.show()
+
+# Seeds 0-4 (CPU, 1 and 2 threads alike), from the best validation epoch to
+# the last: the validation loss grew 3.4x to 5.8x; the gap validation - train
+# grew by 1.08 to 2.12; the training loss fell 45x to 439x; validation
+# mistakes rose by 9 to 18 (8 -> 26, 15 -> 24, 20 -> 30, 13 -> 27, 3 -> 21);
+# the last weights reproduce all 12 flipped labels.
+assert noisy_val[-1] > 2 * noisy_val[noisy_best]
+assert gap_end - gap_best > 0.5
+assert noisy_train[-1] < noisy_train[noisy_best] / 10
+assert noisy_wrong[-1] >= noisy_wrong[noisy_best] + 5
+assert fitted_flips >= n_flipped - 2
+record("fitted_flips", fitted_flips)
+record(
+    "below_text",
+    " (At the best epoch the validation loss still lies below the training"
+    " loss: a fifth of the training labels are wrong, and a rule that suits"
+    " the rest cannot fit them.)"
+    if gap_best < 0
+    else "",
+)
+record("noisy_best_epoch", noisy_best + 1)
+record("noisy_train_best", noisy_train[noisy_best], fmt="{:.3f}")
+record("noisy_train_end", noisy_train[-1], fmt="{:.4f}")
+record("noisy_val_best", noisy_val[noisy_best], fmt="{:.3f}")
+record("noisy_val_end", noisy_val[-1], fmt="{:.2f}")
+record("noisy_gap_best", gap_best, fmt="{:+.2f}")
+record("noisy_gap_end", gap_end, fmt="{:+.2f}")
+record("noisy_wrong_best", int(noisy_wrong[noisy_best]))
+record("noisy_wrong_end", int(noisy_wrong[-1]))
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+This is overfitting in its plain form. From epoch {{noisy_best_epoch}}, where the
+validation loss is lowest, to the last, the training loss keeps falling, from
+{{noisy_train_best}} to {{noisy_train_end}}. Over the same epochs the validation
+loss rises from {{noisy_val_best}} to {{noisy_val_end}}, and the gap between the
+curves grows from {{noisy_gap_best}} to {{noisy_gap_end}}.{{below_text}} The
+network drives its training loss towards zero by memorising: at the last epoch it
+reproduces {{fitted_flips}} of the 12 flipped labels, and what it bends to fit them
+is wrong for new tumours. Here that costs decisions, not only confidence:
+{{noisy_wrong_best}} validation tumours are misclassified at the best epoch,
+{{noisy_wrong_end}} at the last. Early stopping would keep the weights of epoch
+{{noisy_best_epoch}}.
 """
 )
 
@@ -2519,21 +2689,21 @@ sign_p = min(
     )
     / 2**disagreements,
 )
+several = disagreements != 1
 split_text = (
-    f"of the {disagreements} tumours on which the two disagree, the network"
-    f" alone is right on {only_network} and the regression alone on"
-    f" {only_logistic}; a fair coin splits {disagreements} tosses that"
-    f" unevenly or more with probability {sign_p:.2f}"
+    f"the two disagree on {disagreements} tumour{'s' * several}, the network"
+    f" alone being right on {only_network} and the regression alone on"
+    f" {only_logistic}. A fair coin splits {disagreements}"
+    f" toss{'es' * several} that unevenly or more with probability"
+    f" {sign_p:.2f}"
 )
 if disagreements == 0:
-    logistic_words = "exactly as the network: they disagree on no tumour"
+    logistic_words = "The two make the same decision on every test tumour"
 elif sign_p < 0.05:
     better = "better" if only_network > only_logistic else "worse"
-    logistic_words = (
-        f"so on this split the network does {better} ({split_text})"
-    )
+    logistic_words = f"On this split the network does {better}: {split_text}"
 else:
-    logistic_words = f"within noise of the network ({split_text})"
+    logistic_words = f"That is within noise of the network: {split_text}"
 record("logistic_words", logistic_words)
 record("n_test_malignant", int(test_is_malignant.sum()))
 record("n_false_alarms", int(false_alarms.sum()))
@@ -2631,9 +2801,9 @@ classes, columns predictions. The costly cell is malignant-predicted-benign:
 {{n_missed}} of {{n_test_malignant}} cancers missed, against
 {{n_false_alarms}} benign tumours flagged. For scale, a logistic regression with
 scikit-learn's default L2 penalty, fitted to the same standardised training tumours,
-is right {{logistic_test_accuracy}} of the time on the test tumours,
-{{logistic_words}}: on 30 well-chosen features a linear model is a strong baseline,
-and the network's own test accuracy moves by a few points from seed to seed (the
+is right {{logistic_test_accuracy}} of the time on the test tumours.
+{{logistic_words}}. On 30 well-chosen features a linear model is a strong baseline.
+The network's own test accuracy also moves by a few points from seed to seed (the
 comment above the asserts of the test cell lists five seeds).
 
 {{missed_text}}. A lower threshold trades misses for false alarms.
@@ -2666,10 +2836,10 @@ Part of what we selected is the candidate that happened to suit these particular
 tumours. This **selection bias** is why the validation score of the chosen model is
 not its reported performance, and why the test set stays locked until every choice
 is made. How much of the gap on this page is selection bias and how much the
-ordinary noise of two small samples, a single run cannot tell: one standard error of
+ordinary noise of two small samples, a single run cannot tell. One standard error of
 the test accuracy is {{test_se}}, and a mean log-loss is at the mercy of
-confident mistakes (the worst single test tumour contributes
-{{worst_tumour_share}} of the test loss).
+confident mistakes: the worst single test tumour contributes
+{{worst_tumour_share}} of the test loss.
 """
 )
 
@@ -2696,11 +2866,20 @@ print(
     f"{confident_wrong} of {int(wrong.sum())} mistakes made with > 99 % "
     "confidence"
 )
-print(f"test loss / validation loss: {test_loss / result.loss:.1f}")
+
+
+def significant(value: float, digits: int = 2) -> str:
+    """`value` rounded to `digits` significant figures, written out:
+    241.4 -> '240'. The ratio of two noisy losses supports no more."""
+    return f"{float(f'{value:.{digits}g}'):g}"
+
+
+loss_ratio = test_loss / result.loss
+print(f"test loss / validation loss: about {significant(loss_ratio)}")
 record("mean_confidence", mean_confidence, fmt="{:.1%}")
 record("n_wrong", int(wrong.sum()))
 record("n_confident_wrong", confident_wrong)
-record("loss_ratio", test_loss / result.loss, fmt="{:.1f}")
+record("loss_ratio", significant(loss_ratio))
 wrong_share = (test_losses[wrong].sum() / test_losses.sum()).item()
 record("wrong_share", wrong_share, fmt="{:.1%}")
 lowest_train = min(run["train"][-1] for run in runs)
@@ -2761,11 +2940,11 @@ else:
     test_shows = ""
 if val_mistakes == 0:
     perfect_val_text = (
-        "Nor could the validation curve have warned of it: the chosen model"
+        "Nor could the validation curve have warned of it. The chosen model"
         f" classifies all {len(y_val)} validation tumours correctly, and on"
-        " such a set growing confidence only lowers the loss, so a validation"
-        " set the model classifies perfectly cannot reveal growing"
-        f" overconfidence{test_shows}."
+        " such a set growing confidence only lowers the loss. So the"
+        " validation loss could not reveal growing overconfidence"
+        f"{test_shows}."
     )
 else:
     perfect_val_text = (
@@ -2780,7 +2959,7 @@ record("perfect_val_text", perfect_val_text)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The test loss is {{loss_ratio}} times the validation loss. On the test tumours
+The test loss is about {{loss_ratio}} times the validation loss. On the test tumours
 the model's mean confidence is {{mean_confidence}} against an accuracy of
 {{test_accuracy}}, {{calibration_words}} (one standard error is
 {{test_se}}; a rough yardstick rather than a test, since the mean confidence is
@@ -3145,9 +3324,13 @@ assert largest_gap(net, weights_only_run) > 1e-4
 # plus classes you allow explicitly with `torch.serialization.add_safe_globals`
 # (PyTorch 2.4 and later). It is safer loading, **not a sandbox**: PyTorch 2.5.1 and
 # earlier had a flaw that let a crafted file execute code *even with*
-# `weights_only=True` (CVE-2025-32434, fixed in 2.6.0), and a later one let a crafted
-# file corrupt memory through the same unpickler, which could potentially lead to
-# arbitrary code execution (CVE-2026-24747, GHSA-63cw-57p8-fm3p, fixed in 2.10.0).
+# `weights_only=True` (CVE-2025-32434, advisory
+# [GHSA-53q9-r3pm-6pq6](https://github.com/pytorch/pytorch/security/advisories/GHSA-53q9-r3pm-6pq6),
+# fixed in 2.6.0), and PyTorch 2.9.1 and earlier let a crafted file corrupt memory
+# through the same unpickler, which could potentially lead to arbitrary code execution
+# (CVE-2026-24747, advisory
+# [GHSA-63cw-57p8-fm3p](https://github.com/pytorch/pytorch/security/advisories/GHSA-63cw-57p8-fm3p),
+# fixed in 2.10.0).
 # So: load only files from sources you trust, keep PyTorch up to date, and for weights
 # you receive from others prefer a format that stores tensors only (such as
 # `safetensors`).
@@ -3927,7 +4110,7 @@ record(
     "ex5_tuning",
     "so the lead of batches of 32 may partly reflect tuning"
     if lowest == 32
-    else f"batches of {lowest} came out ahead nonetheless",
+    else f"yet batches of {lowest} came out ahead nonetheless",
 )
 
 # %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
@@ -3939,8 +4122,8 @@ prose(
 From section 2.7's six runs with batches of 32, the rule picks
 {{ex5_rule_32_text}}. How soon a run reached its best is better read from the
 first epoch whose validation loss is within 5 % of its lowest than from the epoch of
-the lowest itself: where a validation curve is flat near its lowest point, as section
-2.7's chosen run is, where exactly the minimum fell is mostly chance. Measured so, did a
+the lowest itself. Where a validation curve is flat near its lowest point, where
+exactly the minimum fell is mostly chance. Measured so, did a
 smaller batch get there in fewer epochs? {{ex5_epochs_answer}}. In fewer updates?
 {{ex5_updates_answer}}. (With batches of 8 an epoch has about four times as many
 updates as with 32, each a noisier step, section 2.6.) {{ex5_rise_text}}. The lowest
@@ -3951,9 +4134,9 @@ is the lower in {{ex5_lowest_ahead}} of 2,000 resamples: {{ex5_lead}} in
 validation loss. Two things keep that from being a lead in quality. First,
 {{ex5_mistakes_text}}, and on tumours a network already classifies right the loss
 ranks confidence, not correctness (section 2.7). Second, each kept run is the lowest
-of its candidates, and batches of 32 had the most: their rate was chosen from all
-six of section 2.7 while each other size chose between two rates scaled from it, and
-the lowest of more noisy numbers is lower by chance alone; {{ex5_tuning}}.
+of its candidates, and batches of 32 had the most candidates. Their rate was chosen
+from all six of section 2.7, while each other size chose between two rates scaled
+from it. The lowest of more noisy numbers is lower by chance alone, {{ex5_tuning}}.
 
 </details>
 """
@@ -3983,8 +4166,14 @@ prose(
   Mini-batch gradients are noisy estimates of the full one (spread `∝ 1/√B`);
   accumulating them equals a big batch for a mean loss, equal micro-batches (or
   losses weighted by size) and no batch-dependent layers.
+- Overfitting is a training loss that keeps falling while the validation loss
+  rises: on 60 tumours with a fifth of their labels flipped, the validation loss
+  went from {{noisy_val_best}} to {{noisy_val_end}}. Early stopping keeps the
+  weights of the epoch with the lowest validation loss.
 - Learning rate, epoch and threshold are chosen on a validation split, which makes
-  the chosen model's validation score optimistic; the test set is used once. The
+  the chosen model's validation score optimistic. Where candidates tie on validation
+  accuracy, the validation loss decides; on tumours all classified correctly it
+  ranks confidence, not correctness. The test set is used once. The
   selected MLP scored {{test_accuracy}} test accuracy and caught
   {{test_recall}} of the malignant tumours; for a diagnostic test, whose
   misses are costly, recall, not accuracy, is the number to watch. Temperature
