@@ -2616,9 +2616,10 @@ except RuntimeError as err:
     print("RuntimeError:", str(err).split(".")[0])
 
 test_p_malignant = torch.sigmoid(-test_logits)
+# test_losses, (114,): the functional BCEWithLogitsLoss, one loss per tumour
 test_losses = F.binary_cross_entropy_with_logits(
     test_logits, y_test, reduction="none"
-)  # (114,): the functional BCEWithLogitsLoss, one loss per tumour
+)
 test_loss = test_losses.mean().item()
 test_pred = (test_logits > 0).long().numpy()  # 1 = benign, 0 = malignant
 test_true = y_test.long().numpy()

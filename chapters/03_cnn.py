@@ -2822,9 +2822,8 @@ def conv2d_by_unfold(
     return as_matrix.view(b, weight.shape[0], h_out, w_out)
 
 
-as_image = conv2d_by_unfold(
-    rgb[None], weight, bias, padding=1
-)  # (1, 2, 64, 64)
+# as_image: (1, 2, 64, 64)
+as_image = conv2d_by_unfold(rgb[None], weight, bias, padding=1)
 gap = (
     (as_image - F.conv2d(rgb[None], weight, bias, padding=1)).abs().max().item()
 )

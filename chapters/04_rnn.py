@@ -2332,9 +2332,10 @@ assert not embedding.weight.grad[CharVocab.PAD].any()
 # %%
 example = [encoded["train"][i] for i in range(4)]
 lengths = torch.tensor([len(ids) for ids, _ in example])  # (4,), on the CPU
+# padded: (4, longest)
 padded = pad_sequence(
     [ids for ids, _ in example], batch_first=True, padding_value=CharVocab.PAD
-)  # (4, longest)
+)
 packed = pack_padded_sequence(
     padded,
     lengths,
