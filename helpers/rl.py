@@ -306,7 +306,7 @@ def draw_cartpole(states: np.ndarray, *, env_id: str = "CartPole-v1") -> tuple[l
     if importlib.util.find_spec("pygame") is None:
         return [cartpole_frame(state, width=600, height=400) for state in array], "cartpole_frame (no pygame)"
     env = gym.make(env_id, render_mode="rgb_array")
-    env.reset(seed=0)  # gymnasium refuses to render before a reset
+    env.reset()  # gymnasium refuses to render before a reset; the state is then replaced
     frames = []
     for state in array:
         env.unwrapped.state = state  # the renderer draws the state the environment holds

@@ -597,6 +597,19 @@ def test_draw_cartpole_with_pygame_has_the_environment_draw_each_state_in_turn(m
         np.testing.assert_array_equal(frame, cartpole_frame(state))
 
 
+def test_draw_cartpole_draws_cartpole_v1_unless_told_otherwise(monkeypatch):
+    _pygame_found(monkeypatch, True)
+    asked, real_make = [], gym.make
+
+    def make(env_id, **kwargs):
+        asked.append((env_id, kwargs))
+        return real_make(_DRAWN_ID, **kwargs)  # the test double stands in for it
+
+    monkeypatch.setattr(gym, "make", make)
+    draw_cartpole(_STATES)
+    assert asked == [("CartPole-v1", {"render_mode": "rgb_array"})]
+
+
 @pytest.mark.parametrize("states", [np.zeros(4), np.zeros((2, 3)), np.zeros((1, 2, 4))])
 def test_draw_cartpole_rejects_states_that_are_not_n_by_4(states):
     with pytest.raises(ValueError, match=r"states must have shape \(n, 4\)"):
@@ -605,7 +618,8 @@ def test_draw_cartpole_rejects_states_that_are_not_n_by_4(states):
 
 def test_gymnasiums_renderer_and_cartpole_frame_draw_the_same_geometry():
     # Real pygame, where it is installed: it is not a dependency of this project (it comes
-    # with gymnasium[classic-control]), so CI runs the test double above instead.
+    # with gymnasium[classic-control]); the main lane runs the test double above, and the
+    # Colab lane, whose stack has pygame, runs this too.
     pytest.importorskip("pygame", reason="pygame is not installed: gymnasium's own renderer is not compared")
     frames, drawn_by = draw_cartpole(_STATES)
     assert drawn_by == "gymnasium (pygame)"
