@@ -21,16 +21,16 @@
 # measures every tip on the machine that runs it, prints the numbers, and lets the text
 # draw a conclusion only from them. By the end you will write device-agnostic code and
 # know when an accelerator, more data-loader workers, mixed precision or
-# `torch.compile` pay and when they do not; find a learning-rate range and let a
-# schedule make a high rate usable; combine gradient accumulation with clipping, a
-# `GradScaler` and DDP's `no_sync`; save a checkpoint that resumes a run bit for bit;
-# make two runs identical; find where a training step spends its time and its memory;
-# and catch the common bugs of a training run before it costs hours.
+# `torch.compile` pay and when they do not; find a learning-rate range and test
+# whether a schedule lets a high rate end lower than holding it constant; combine
+# gradient accumulation with clipping, a `GradScaler` and DDP's `no_sync`; save a
+# checkpoint that resumes a run bit for bit; make two runs identical; find where a
+# training step spends its time and its memory; and catch the common bugs of a
+# training run before it costs hours.
 #
 # **Prerequisites:** chapter 1 (devices, `helpers.timing.best_time`, deterministic
-# algorithms, TF32), chapter 2 (the training loop, gradient accumulation and when it
-# equals a big batch, checkpoints, `weights_only`) and chapter 3 (batch
-# normalisation).
+# algorithms, TF32) and chapter 2 (the training loop, gradient accumulation and when it
+# equals a big batch, checkpoints, `weights_only`).
 
 # %% [markdown] tags=["box-note"]
 # > **How to read the numbers**
@@ -51,10 +51,14 @@
 # > by eye. `helpers.tips.speed_verdict` calls two readings "as fast as" each other
 # > unless they differ by more than 10 %. That band is fixed, not a measure of the
 # > noise, so each comparison the text turns into a verdict was timed more than once:
-# > the two sides in three interleaved rounds (the data loaders: in three epochs each,
-# > the settings taking turns). Where the gap between the two sides' fastest readings
-# > is smaller than the spread of either side's own readings, the text says "within
-# > the noise of": no faster or slower, beyond the spread of repeated readings. (The
+# > the two sides in three interleaved rounds, taking turns at going first (the data
+# > loaders: in three epochs each, the settings taking turns). The chapter has one rule
+# > for "is this a difference", `helpers.tips.separation`: one side is faster only if
+# > *every* one of its readings, 10 % longer, is still shorter than *every* reading of
+# > the other side; otherwise the text says "within the noise of". Section 8.3 applies
+# > the same rule, without the 10 %, to the final losses of different seeds. Unlike a
+# > rule on the gap between two averages, it cannot call A ahead of B and B ahead of C
+# > yet A level with C. (The
 # > accelerator comparisons of section 8.1 only run on a machine with one and are
 # > single readings.) Where the text speaks of hardware this run did not measure, it
 # > says so and what the statement rests on.
@@ -118,7 +122,7 @@ from helpers.runtime import (
     seed_everything,
 )
 from helpers.timing import best_time
-from helpers.tips import CostlyDataset, atomic_save, speed_verdict
+from helpers.tips import CostlyDataset, atomic_save, separation, speed_verdict
 from helpers.training import evaluate
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -544,21 +548,24 @@ def train_steps(
 
 def timed_rounds(fns: dict, rounds: int = 3, **options) -> dict[str, list]:
     """`best_time(fn, **options)` of every function in `fns`, taken `rounds`
-    times, the functions interleaved so that a busy spell hits all of them.
+    times, the functions interleaved so that a busy spell hits all of them,
+    and in reversed order every other round, so that going first or second
+    favours no function.
     """
     readings = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            readings[name].append(best_time(fn, **options))
+    for round_ in range(rounds):
+        order = list(fns) if round_ % 2 == 0 else list(fns)[::-1]
+        for name in order:
+            readings[name].append(best_time(fns[name], **options))
     return readings
 
 
 def rounds_verdict(base: list[float], candidate: list[float]) -> str:
-    """speed_verdict of the two fastest readings, unless their gap is smaller
-    than the spread between repeated readings of either side.
+    """speed_verdict of the two fastest readings, but only where every
+    reading of one side is more than 10 % below every reading of the other
+    (helpers.tips.separation); "within the noise of" otherwise.
     """
-    gap = abs(min(base) - min(candidate))
-    if gap < max(max(r) - min(r) for r in (base, candidate)):
+    if separation(candidate, base, margin=0.1) == "overlapping":
         return "within the noise of"
     return speed_verdict(min(base), min(candidate))
 
@@ -587,20 +594,40 @@ record("item_verdict", item_verdict)
 record("item_every_range", rounds_range(item_rounds[True], 1e3, ".2f"))
 record("item_once_range", rounds_range(item_rounds[False], 1e3, ".2f"))
 record("device_name", device_words(device))
+if device.type != "cpu":
+    item_summary = f".item() once: {item_verdict} every step"
+    item_cpu_sentence = ""
+elif item_verdict == "within the noise of":
+    item_summary = (
+        ".item(): no synchronisation on a CPU; difference within noise"
+    )
+    item_cpu_sentence = (
+        "That is what a CPU predicts: there is nothing to wait for, since "
+        "the operations run one after the other in the calling thread and "
+        "`.item()` only converts a number."
+    )
+else:
+    item_summary = (
+        f".item() once: {item_verdict} every step, not from synchronisation "
+        "(a CPU has none)"
+    )
+    item_cpu_sentence = (
+        "A CPU has nothing to wait for (the operations run one after the "
+        "other in the calling thread, and `.item()` only converts a number), "
+        "so this difference comes from something else, such as other "
+        "programs on the machine, not from synchronisation."
+    )
+record("item_cpu_sentence", item_cpu_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
 Reading the loss once took {{item_once_ms}} ms per step at best (its three rounds
 {{item_once_range}} ms) and reading it every step {{item_every_ms}} ms (rounds
-{{item_every_range}} ms). The cell calls a gap between the fastest rounds "within
-the noise" when it is smaller than the spread between the rounds of one side: a
-busy machine can slow one round several times over. So here (on {{device_name}})
-reading it once was {{item_verdict}} reading it every step. On a CPU there is
-nothing to wait for: the operations run one after the other in the calling thread,
-and `.item()` only converts a number, so on a CPU any difference between the two
-comes from something else (other programs on the machine, for one), not from
-synchronisation.
+{{item_every_range}} ms); the rounds alternated which way went first. By the
+chapter's rule (one side faster only if all its rounds were more than 10 % below
+all the other side's), reading it once was here (on {{device_name}})
+{{item_verdict}} reading it every step. {{item_cpu_sentence}}
 On a GPU the cost of reading every step grows with how much work the CPU could have
 queued ahead. Accumulating on the device costs one tiny addition per step and never
 waits for the device, so write training loops the second way.
@@ -760,9 +787,14 @@ record("rise_sentence", rise_sentence)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{threads_sentence}} On an idle machine a large operation usually gains from
-more threads and a tiny one gains little or nothing; on a shared, busy machine
-threads can even lose, because each operation waits for its slowest thread.
+{{threads_sentence}} Sharing an operation out has a price on every call: the
+threads must be woken, handed their parts and waited for (a fork and a join),
+microseconds each time, and more on a virtual machine's CPUs. A large operation
+repays that; a small one may not, so a step made of many small operations can run
+slower with more threads even on an idle machine. ATen leaves an element-wise
+operation on one thread below 32,768 elements (`at::internal::GRAIN_SIZE`), while matrix
+products go to a BLAS library that decides for itself. On a busy machine threads
+lose more, because each operation waits for its slowest thread.
 {{rise_sentence}} When
 several processes share a machine (data-loader workers, several training jobs), give
 each fewer threads with `torch.set_num_threads` (DataLoader workers already use one).
@@ -1076,14 +1108,8 @@ started = {
 
 
 def epochs_verdict(base: tuple, candidate: tuple, later: dict = later_readings):
-    """speed_verdict of two settings' faster later epochs, unless their gap
-    is smaller than the gap between the later epochs of either setting.
-    """
-    fastest = {key: min(later[key]) for key in (base, candidate)}
-    gap = abs(fastest[base] - fastest[candidate])
-    if gap < max(max(later[key]) - min(later[key]) for key in fastest):
-        return "within the noise of"
-    return speed_verdict(fastest[base], fastest[candidate])
+    """rounds_verdict (the chapter's one rule) of two settings' later epochs."""
+    return rounds_verdict(later[base], later[candidate])
 
 
 restart_cost = {}  # kind of dataset -> words
@@ -1201,10 +1227,11 @@ process may use {{usable_cpus}} logical CPUs, shared by the workers, the
 training loop and anything else running, so CPU-bound loading can gain at most what
 the free cores allow.
 
-Each of these verdicts compares two settings by their faster later epochs, and
-calls the gap between them "within the noise" when it is smaller than the
-difference between epochs 2 and 3 of either of the two settings (by up to
-{{later_spread_pct}} % of the faster epoch here, over all settings).
+Each of these verdicts compares two settings by their later epochs (2 and 3), with
+the chapter's one rule: one setting is faster only if both its later epochs, 10 %
+longer, were still shorter than both of the other's, and "within the noise"
+otherwise (the two later epochs of one setting differed by up to
+{{later_spread_pct}} % of the faster here, over all settings).
 {{zero_worker_noise}}
 
 In the first epoch every configuration with workers pays their start-up, and
@@ -1456,6 +1483,18 @@ ratio_to_rule = contest_rates[0] / (range_rates[lowest] / 10)
 record(
     "rule_word", "close to" if 0.5 <= ratio_to_rule <= 2 else "compared with"
 )
+# an average that keeps 0.9 lags about 0.9 / 0.1 = 9 steps behind the raw
+# losses, and the rate grows by the same factor every step
+lag_steps = 0.9 / (1 - 0.9)
+record(
+    "range_lag", (range_rates[1] / range_rates[0]) ** lag_steps, fmt="{:.1f}"
+)
+record("lag_steps", lag_steps, fmt="{:.0f}")
+record(
+    "range_lowest_lagged",
+    range_rates[lowest] / ((range_rates[1] / range_rates[0]) ** lag_steps),
+    fmt="{:.2f}",
+)
 record("blowup_lr", blowup_lr, fmt="{:.2f}")
 record("high_over_blowup", contest_rates[1] / blowup_lr, fmt="{:.1f}")
 # the higher rate tried must still be below the blow-up: blow-up measured at
@@ -1466,10 +1505,15 @@ assert contest_rates[1] < blowup_lr, blowup_lr
 prose(
     r"""
 The smoothed loss was lowest near a rate of {{range_lowest_lr}} and had blown
-up (by the criterion above) at {{blowup_lr}}. The rates worth trying lie
-below that; a common rule of thumb (fastai's older default suggestion; its
-current default, "valley", picks a point inside the longest stretch of descent)
-takes a tenth of the rate at the lowest point, here {{range_tenth}}.
+up (by the criterion above) at {{blowup_lr}}. Both readings lag: an average that
+keeps 0.9 of itself trails the raw losses by about {{lag_steps}} steps, and over
+{{lag_steps}} steps this test raises the rate {{range_lag}} times, so the
+unsmoothed curve's low lies nearer {{range_lowest_lagged}} (fastai smooths the
+same way, and the rule of thumb below is applied to the smoothed curve). The
+rates worth trying lie below that; a common rule of thumb (fastai's older default
+suggestion; its current default, "valley", picks a point inside the longest stretch
+of descent) takes a tenth of the rate at the smoothed curve's lowest point, here
+{{range_tenth}}.
 The contest below tries two rates a decade apart: 0.05,
 {{rule_word}} that rule's choice, and 0.5, a bold one at
 {{high_over_blowup}} times the blow-up rate. (The range test is a guide, not a
@@ -1602,7 +1646,6 @@ final_val = {
     for rate in contest_rates
 }
 mean_val = {key: sum(losses) / 2 for key, losses in final_val.items()}
-spread = {key: abs(a - b) for key, (a, b) in final_val.items()}
 print(f"final validation loss{'':11}seed {seed}  seed {seed + 1}  mean")
 for (name, rate), (a, b) in final_val.items():
     print(
@@ -1674,52 +1717,56 @@ plt.show()
 
 # %% [markdown]
 # Two seeds per combination give a rough measure of the noise: how far the two seeds
-# of one combination ended apart. The text below calls one combination better or
-# worse than another only when their mean final losses differ by more than the
-# larger of the two combinations' seed spreads, and a tie otherwise:
+# of one combination ended apart. The text below applies the chapter's one rule
+# (`helpers.tips.separation`, as for the timings, here without a margin): one
+# combination is better than another only when *both* its seeds ended below *both*
+# of the other's, and a tie otherwise. It is strict (one erratic seed makes a tie),
+# but it cannot call A better than B and B better than C yet A level with C:
 
 
 # %%
 def compare(a: list[float], b: list[float]) -> str:
-    """Arm a against arm b (final losses, one per seed; lower is better),
-    beyond the larger of their seed spreads.
+    """Arm a against arm b (final losses, one per seed; lower is better):
+    "better" if every seed of a ended below every seed of b, "worse" the
+    reverse, "tie" otherwise.
     """
-    gap = sum(b) / len(b) - sum(a) / len(a)  # > 0: a ended lower
-    noise = max(max(a) - min(a), max(b) - min(b))
-    if gap > noise:
-        return "better"
-    return "worse" if -gap > noise else "tie"
+    return {"lower": "better", "higher": "worse", "overlapping": "tie"}[
+        separation(a, b)
+    ]
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # The text's verdicts on the schedules, by `compare`'s rule.
 best_name, best_rate = min(mean_val, key=mean_val.get)
 constant_rate = min(contest_rates, key=lambda rate: mean_val["constant", rate])
-schedule_gain = (
-    mean_val["constant", constant_rate] - mean_val[best_name, best_rate]
+best_way = compare(
+    final_val[best_name, best_rate], final_val["constant", constant_rate]
 )
-noise = max(spread[best_name, best_rate], spread["constant", constant_rate])
 if best_name == "constant":
     schedule_sentence = "no schedule beat the constant rate"
-elif schedule_gain > noise:
+elif best_way == "better":
     schedule_sentence = (
         f"{best_name} at {best_rate} beat the constant rate at its better "
-        f"rate, {constant_rate}, by more than the two seeds of either differed"
+        f"rate, {constant_rate}: both its seeds ended below both of the "
+        "constant rate's"
     )
 else:
     schedule_sentence = (
-        f"{best_name} at {best_rate} came first, but its lead over the "
-        f"constant rate at {constant_rate} is smaller than the difference "
-        "between the two seeds of one of them, so it is not a result"
+        f"{best_name} at {best_rate} came first, but its seeds and those of "
+        f"the constant rate at {constant_rate} overlap, so its lead is not "
+        "a result"
     )
 decaying = [name for name in schedule_names if name != "constant"]
 constant_high = mean_val["constant", high]
-best_high = min(decaying, key=lambda name: mean_val[name, high])
 rescued = [
     name
     for name in decaying
     if compare(final_val[name, high], final_val["constant", high]) == "better"
 ]
+# the schedule the text follows at the high rate: the lowest mean among
+# those the rule calls better than the constant rate, if any
+best_high = min(rescued or decaying, key=lambda name: mean_val[name, high])
+
 low = contest_rates[0]
 worse_low = [
     name
@@ -1738,19 +1785,23 @@ record("constant_high_loss", constant_high, fmt="{:.2f}")
 record("best_high", best_high)
 record("best_high_loss", mean_val[best_high, high], fmt="{:.3f}")
 record("n_rescued", f"{len(rescued)} of the {len(decaying)}")
+
+
+def names_list(names: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return " and ".join(
+        [", ".join(names[:-1]), names[-1]] if names[1:] else names
+    )
+
+
 not_rescued = [name for name in decaying if name not in rescued]
 if not not_rescued:
     not_rescued_sentence = "Every schedule that lowers the rate did so."
 else:
-    # measured: OneCycleLR (seed 0), StepLR (seed 1), warm-up + cosine (seed 2)
     not_rescued_sentence = (
-        f"{not_rescued[0][0].upper()}{' and '.join(not_rescued)[1:]} did not: "
-        + ("it" if len(not_rescued) == 1 else "they")
-        + (
-            " ended no better than the constant rate by more than "
-            "the seeds differed (with two seeds per combination, "
-            "which schedule falls short is itself noisy)."
-        )
+        f"For {names_list(not_rescued)}, the seeds overlapped the constant "
+        "rate's (with two seeds per combination, which schedules fall short "
+        "is itself noisy)."
     )
     for name in not_rescued:
         # one seed trained and the other ended near guessing: the seeds,
@@ -1782,18 +1833,16 @@ diverged_sentence = (
     else f"No run at {high} ended as badly as guessing (ln 10 = 2.30)."
 )
 record("diverged_sentence", diverged_sentence)
-worse_low_names = ", ".join(worse_low[:-1]) + " and " * (len(worse_low) > 1)
-worse_low_names += worse_low[-1] if worse_low else ""
 if worse_low:
     worse_low_sentence = (
-        f"At {low}, {worse_low_names} ended worse than the constant "
-        "rate by more than their seeds differed: they spend much of a "
+        f"At {low}, {names_list(worse_low)} ended worse than the constant "
+        "rate, both seeds above both of its: they spend much of a "
         "short run below a rate that was not too high to begin with."
     )
 else:
     worse_low_sentence = (
-        f"At {low}, no schedule ended worse than the "
-        "constant rate by more than the seeds differed."
+        f"At {low}, no schedule ended worse than the constant rate on "
+        "both seeds."
     )
 record("worse_low_sentence", worse_low_sentence)
 record("schedule_sentence", schedule_sentence)
@@ -1809,12 +1858,31 @@ record(
         "LR schedules at lr 0.5: best schedule's / constant rate's val loss"
     ),
 )
-# the headline: at the high rate a schedule trains where the constant rate does
-# not (ratio measured 0.18, 0.27 and 0.07 for seeds 0, 1, 2)
-assert mean_val[best_high, high] < 0.5 * constant_high, (
-    best_high,
-    constant_high,
+constant_failed = any(
+    loss >= 0.9 * np.log(10) for loss in final_val["constant", high]
 )
+if not rescued:
+    high_rate_words = (
+        f"So this run does not show that a schedule helps at {high}."
+    )
+elif constant_failed:
+    high_rate_words = (
+        f"So at {high} a schedule turned a run that failed into one that "
+        "trained."
+    )
+else:
+    high_rate_words = (
+        f"So at {high} a schedule ended lower than the constant rate on "
+        "every seed, but the constant rate trained too: here a schedule made "
+        "a high rate work better, not usable where it was unusable."
+    )
+record("high_rate_words", high_rate_words)
+# the headline, by the rule the prose uses: at the high rate at least one
+# schedule ended with both seeds below both of the constant rate's (measured:
+# 4 of 5 with seed 0, StepLR overlapping; 5 of 5 with seeds 1 and 2; the
+# best one's worse seed 0.15, 0.08, 0.10 against the constant rate's better
+# seed 0.35, 0.34, 0.40). The constant rate did not diverge with any seed.
+assert rescued, final_val
 plateau_rates = schedule_runs["ReduceLROnPlateau", high, seed][1]
 cuts = sum(b < a for a, b in itertools.pairwise(plateau_rates))
 record(
@@ -1894,15 +1962,30 @@ warmup_first_sentence = (
     + "), the constant rate at "
     + " and ".join(f"{loss:.2f}" for loss in first_epoch["constant"])
     + {
-        "better": ": lower by more than the seeds differed, as a warm-up is "
-        "meant to make it.",
-        "worse": ": higher by more than the seeds differed, so on this run "
+        "better": ": both seeds lower than both of the constant rate's, as "
+        "a warm-up is meant to make it.",
+        "worse": ": both seeds higher than both of the constant rate's, so "
+        "on this run "
         "the warm-up did not protect the first epoch; whatever lead "
         f"{warm_name} took came after its warm-up had ended.",
-        "tie": ": within the seeds' spread of each other, so this run shows "
-        "no protection after one epoch.",
+        "tie": ": the seeds overlap, so this run shows no protection after "
+        "one epoch.",
     }[first_epoch_way]
 )
+above_guessing = [
+    s
+    for s, loss in zip(run_seeds, first_epoch[warm_name], strict=True)
+    if loss >= np.log(10)
+]
+if above_guessing:
+    warmup_first_sentence += (
+        f" With seed {above_guessing[0]}, {warm_name} even stood above "
+        "guessing (ln 10 = 2.30) after the first epoch: on that seed the "
+        "start with a warm-up went worse, not better."
+        if len(above_guessing) == 1
+        else f" With both seeds, {warm_name} stood above guessing "
+        "(ln 10 = 2.30) after the first epoch."
+    )
 record("warmup_first_sentence", warmup_first_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -1915,10 +1998,10 @@ the rate it chose from this run's validation losses (it cut the rate
 The right panel shows where each combination ended.
 
 Held constant, the rate of 0.5 ended at a mean final validation loss of
-{{constant_high_loss}}; {{n_rescued}} schedules
-that lower it ended below that by more than their seeds differed, the best,
-{{best_high}}, at {{best_high_loss}}. {{not_rescued_sentence}}
-{{diverged_sentence}}
+{{constant_high_loss}}; {{n_rescued}} schedules that lower it ended with both
+seeds below both of the constant rate's, the best of them, {{best_high}}, at
+{{best_high_loss}}. {{not_rescued_sentence}}
+{{diverged_sentence}} {{high_rate_words}}
 The figure above follows the validation loss epoch by epoch at 0.5: averaged
 over the seeds, the constant rate stood at {{curve_constant_1}} after one
 epoch and {{curve_constant_end}} at the end, {{best_high}} at
@@ -1966,12 +2049,15 @@ record(
 )
 record("test_se", 100 * test_se, fmt="{:.1f}")
 record("n_test", len(test_set))
-# measured 96.1 %, 97.2 % and 96.7 % for seeds 0, 1, 2, with a standard error
-# of about 1 point
+# measured 94.7 % (CosineAnnealingLR at 0.5), 96.9 % and 96.7 % for seeds
+# 0, 1, 2, with a standard error of 0.9 to 1.2 points. Which combination is
+# selected changes with the seed and the CPU's kernels; the floor catches a
+# broken run (a model that does not train scores near 10 %), not a choice
+# between tied schedules.
 assert test_result.accuracy >= 0.93, test_result.accuracy
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# How many combinations ended within the seeds' spread of the selected one.
+# How many combinations' seeds overlapped those of the selected one.
 best_key = (best_name, best_rate)
 tied = [
     key
@@ -1980,13 +2066,13 @@ tied = [
 ]
 record(
     "selection_note",
-    f"The rule picked the lowest mean validation loss, but {len(tied)} other "
-    f"combination{'s' if len(tied) != 1 else ''} ended within the seeds' "
-    "spread of it, so any of those would have done as well: this is the "
+    f"The rule picked the lowest mean validation loss, but the seeds of "
+    f"{len(tied)} other combination{'s' if len(tied) != 1 else ''} "
+    "overlapped its seeds, so any of those would have done as well: this is the "
     f"test accuracy of one of {len(tied) + 1} tied combinations, not an "
     "endorsement of its schedule."
     if tied
-    else "It led every other combination by more than the seeds differed; "
+    else "Both its seeds ended below both seeds of every other combination; "
     "the test accuracy still measures one model, not the schedule in general.",
 )
 
@@ -2707,8 +2793,9 @@ and the bound no longer applies.)
 # with the chapter's dropout of 0.1, with the same dropout but the masks drawn by
 # eager mode's operators inside the compiled code (`fallback_random`, explained below
 # the numbers), and without dropout, to separate what the random masks cost. Each
-# round times the eager step, then the compiled one, so the ratio of the two within a
-# round is a paired reading that a busy spell shifts for both sides alike.
+# round times the eager step and the compiled one back to back (which goes first
+# alternates), so the ratio of the two within a round is a paired reading that a busy
+# spell shifts for both sides alike.
 
 
 # %%
@@ -2761,7 +2848,8 @@ def time_step(dropout: float, x, y, fallback_random: bool = False) -> dict:
     )
     for name, readings in rounds.items():
         times[name], times[name + " rounds"] = min(readings), readings
-    # each round timed eager, then compiled: the pair shares the round's load
+    # each round timed eager and compiled back to back: the pair shares the
+    # round's load
     times["ratios"] = [
         c / e for c, e in zip(rounds["compiled"], rounds["eager"], strict=True)
     ]
@@ -2806,12 +2894,11 @@ def ratio_range(ratios: list[float]) -> str:
 
 
 def ratio_order(a: list[float], b: list[float]) -> str:
-    """'higher' where every ratio in a exceeds every one in b, 'lower' the
-    reverse, 'overlapping' otherwise: three rounds each, no ranking by eye.
+    """The chapter's rule on two sets of three per-round ratios: 'higher'
+    where every ratio in a is more than 10 % above every one in b, 'lower'
+    the reverse, 'overlapping' otherwise.
     """
-    if min(a) > max(b):
-        return "higher"
-    return "lower" if max(a) < min(b) else "overlapping"
+    return separation(a, b, margin=0.1)
 
 
 if step_compile_skip is None:
@@ -2848,13 +2935,14 @@ if step_compile_skip is None:
     )
     if dropout_order == "overlapping":
         dropout_reading += (
-            "The two ranges overlap, so this run does not show that dropout "
-            "changed how compiled and eager compared."
+            "The two ranges are not more than 10 % apart, so this run does "
+            "not show that dropout changed how compiled and eager compared."
         )
     else:
         dropout_reading += (
-            f"Every round with dropout was {dropout_order} than every round "
-            f"without (their medians {median_factor:.2f} times apart): "
+            f"Every round with dropout was more than 10 % {dropout_order} "
+            f"than every round without (their medians {median_factor:.2f} "
+            "times apart): "
             "dropout made compiling "
             + ("less" if dropout_order == "higher" else "more")
             + " worthwhile here."
@@ -2865,15 +2953,19 @@ if step_compile_skip is None:
         " With `fallback_random=True` (below), which draws the masks with "
         f"eager mode's operators, the ratio was {ratio_range(fallback_r)}: "
         + {
-            "lower": "below every round with Inductor's own masks",
-            "higher": "above every round with Inductor's own masks",
-            "overlapping": "overlapping the rounds with Inductor's own masks",
+            "lower": "more than 10 % below every round with Inductor's own "
+            "masks",
+            "higher": "more than 10 % above every round with Inductor's own "
+            "masks",
+            "overlapping": "not clearly apart from the rounds with "
+            "Inductor's own masks (the nearest less than 10 % apart)",
         }[fallback_vs_inductor]
         + " and "
         + {
-            "lower": "below every round without dropout.",
-            "higher": "above every round without dropout.",
-            "overlapping": "overlapping the rounds without dropout.",
+            "lower": "more than 10 % below every round without dropout.",
+            "higher": "more than 10 % above every round without dropout.",
+            "overlapping": "not clearly apart from the rounds without "
+            "dropout (the nearest less than 10 % apart).",
         }[fallback_vs_plain]
     )
     if dropout_order == "higher" and fallback_vs_inductor == "lower":
@@ -2884,8 +2976,19 @@ if step_compile_skip is None:
         )
     elif dropout_order == "higher" and fallback_vs_inductor == "overlapping":
         dropout_reading += (
-            " So drawing the masks with eager's operators did not remove "
-            "what dropout cost the compiled step here."
+            " So drawing the masks with eager's operators did not clearly "
+            "change what dropout cost the compiled step here."
+        )
+    if dropout_order == "higher" and fallback_vs_plain == "higher":
+        dropout_reading += (
+            " Even with eager's masks, then, the compiled step lost more to "
+            "dropout than eager did, and why, this run did not measure. "
+            "Candidates, none of them checked here: what the compiled graph "
+            "saves for the backward pass with dropout in it, how AOTAutograd "
+            "splits the graph around the random operator, and the kernels "
+            "Inductor generates around it; a profile of the compiled step "
+            "with and without dropout, as section 8.9 takes of the eager "
+            "one, would tell them apart."
         )
     record("step_compile_s", masked["compile"], fmt="{:.1f}")
     record("eager_step_ms", masked["eager"] * 1e3, fmt="{:.2f}")
@@ -4737,7 +4840,10 @@ else:
             "idle machine before drawing conclusions about the hardware."
         )
     else:
-        load_sentence += " No process had to queue for a CPU on average."
+        load_sentence += (
+            " By that average no process had to queue for a CPU, though it "
+            "cannot see other guests of a virtual machine's host."
+        )
 print(load_sentence)
 record("load_sentence", load_sentence)
 if compile_skip is None:
@@ -4764,7 +4870,7 @@ summary_rows = [
         "1 Devices",
         f"CPU, batch 1 vs {cpu_best_batch}: {cpu_per_sample[1] * 1e6:.0f} vs "
         f"{cpu_per_sample[cpu_best_batch] * 1e6:.2f} µs per sample. "
-        f"{accelerator_short} .item() once: {item_verdict} every step.",
+        f"{accelerator_short} {item_summary}.",
     ),
     (
         "2 Data loading",
@@ -4952,18 +5058,22 @@ print(f"rounds of one width differed by up to {round_spread:.0%}")
 l2 = l2_cache_bytes()
 fits = [h for h in widths if l2 is not None and 4 * h * h <= l2]
 spills = [h for h in widths if l2 is not None and 4 * h * h > l2]
-# only a width beyond the cache can dip because of it: one below the best by
-# more than the rounds differed
-dips = [
-    h
-    for h in spills
-    if gflops_at[h] < max(gflops_at.values()) / (1 + round_spread)
-]
-# below the cache, a rise with width counts only where each step up is larger
-# than the rounds of one width differed
+
+
+# the chapter's one rule (helpers.tips.separation): width a ran slower than
+# width b only if every round of a, raised by 10 %, stayed below every round
+# of b
+def below(a: int, b: int) -> bool:
+    return separation(wide_rounds[a], wide_rounds[b], margin=0.1) == "lower"
+
+
+# only a width beyond the cache can dip because of it
+best_width = max(gflops_at, key=gflops_at.get)
+dips = [h for h in spills if below(h, best_width)]
+# below the cache, a rise with width counts only where each step up passes
+# the rule
 rises = len(fits) > 1 and all(
-    gflops_at[wider] > gflops_at[narrower] * (1 + round_spread)
-    for narrower, wider in itertools.pairwise(fits)
+    below(narrower, wider) for narrower, wider in itertools.pairwise(fits)
 )
 if l2 is None:
     cache_answer = "This system does not report its L2 cache size."
@@ -4973,31 +5083,33 @@ elif not fits or not spills:
         "one side of it: choose widths around its size."
     )
 else:
-    inside = max(gflops_at[h] for h in fits)
-    fell = [h for h in spills if gflops_at[h] < inside / (1 + round_spread)]
+    inside_width = max(fits, key=gflops_at.get)
+    inside = gflops_at[inside_width]
+    fell = [h for h in spills if below(h, inside_width)]
     if len(fell) == len(spills):
         verdict = (
-            "every width beyond the cache fell below the best that fits by "
-            "more than the rounds differed, as the cache explanation predicts."
+            "every width beyond the cache fell below the best that fits, "
+            "every round more than 10 % under every round of it, as the "
+            "cache explanation predicts."
         )
     elif not fell and round_spread > noise_bound:
         verdict = (
-            "no width beyond the cache fell below that by more than the "
-            f"rounds differed, but they differed by up to {round_spread:.0%}, "
-            "enough to hide a dip of that size: undecided here; rerun on a "
-            "quieter machine."
+            "no width beyond the cache fell clearly below that (every round "
+            "more than 10 % under), but the rounds of one width differed by "
+            f"up to {round_spread:.0%}, enough to hide a dip: undecided "
+            "here; rerun on a quieter machine."
         )
     elif not fell:
         verdict = (
-            "no width beyond the cache fell below that by more than the "
-            f"rounds differed (up to {round_spread:.0%}): no dip of that size "
-            "showed on this machine."
+            "no width beyond the cache fell clearly below that (every round "
+            "more than 10 % under; the rounds of one width differed by up "
+            f"to {round_spread:.0%}): no such dip showed on this machine."
         )
     else:
         verdict = (
             f"only {', '.join(map(str, fell))} of the widths beyond it fell "
-            "below that by more than the rounds differed, so there is no "
-            "consistent fall."
+            "clearly below that (every round more than 10 % under), so there "
+            "is no consistent fall."
         )
     cache_answer = (
         f"The L2 cache holds {l2 / 2**20:.1f} MiB. Weight matrices that fit "
@@ -5005,15 +5117,16 @@ else:
     )
 if rises:
     cache_answer += (
-        f" Among the widths that fit, throughput rose with width by more "
-        f"than the rounds differed, from {gflops_at[fits[0]]:.1f} GFLOP/s at "
+        f" Among the widths that fit, throughput rose with width, each "
+        "width's rounds more than 10 % above every round of the narrower "
+        f"one, from {gflops_at[fits[0]]:.1f} GFLOP/s at "
         f"width {fits[0]} to {gflops_at[fits[-1]]:.1f} at width {fits[-1]}, as "
         "a fixed cost per call spread over more arithmetic would make it."
     )
 if dips:
     cache_answer += (
-        " Beyond the cache, below the best by more than the rounds of one "
-        f"width differed (up to {round_spread:.0%}): "
+        " Beyond the cache, clearly below the best width (every round more "
+        "than 10 % under): "
         + ", ".join(f"width {h} ({gflops_at[h]:.1f} GFLOP/s)" for h in dips)
         + ". Rerun to see whether a dip repeats before reading it as the "
         "cache's doing."
@@ -5298,7 +5411,7 @@ print(
 words = {
     "better": "better than",
     "worse": "worse than",
-    "tie": "within the seeds' spread of",
+    "tie": "level (the seeds overlap) with",
 }
 decay_gain = sum(wsd_hold_losses) / sum(wsd_losses)  # > 1: the decay helped
 times_cosine = sum(wsd_losses) / sum(final_val["warm-up + cosine", high])

@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["CostlyDataset", "atomic_save", "busy_work", "speed_verdict"]
+__all__ = ["CostlyDataset", "atomic_save", "busy_work", "separation", "speed_verdict"]
 
 
 def busy_work(rounds: int) -> int:
@@ -125,6 +126,33 @@ def speed_verdict(baseline_s: float, candidate_s: float, *, tolerance: float = 0
     if 1.0 / ratio >= 1.0 + tolerance:
         return f"{1.0 / ratio:.1f} times slower than"
     return f"as fast as (within {tolerance:.0%})"
+
+
+def separation(a: Sequence[float], b: Sequence[float], *, margin: float = 0.0) -> str:
+    """Whether repeated readings ``a`` lie wholly below or above readings ``b``.
+
+    Returns ``"lower"`` when every value of ``a``, raised by the share ``margin``, is
+    still below every value of ``b`` (``max(a) * (1 + margin) < min(b)``), ``"higher"``
+    for the reverse, and ``"overlapping"`` otherwise. Chapter 08's one rule for "is this
+    a difference" between two arms of seeds or timing rounds: unlike a rule on the gap
+    between means, it cannot call A below B and B below C yet A level with C, and one
+    erratic reading can only make it more cautious. Readings are positive finite
+    numbers (losses, seconds, ratios). Introduced in chapter 08.
+    """
+    for name, values in (("a", a), ("b", b)):
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise TypeError(f"{name} must be a non-empty sequence of numbers, got {values!r}")
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must hold numbers, got {type(value).__name__}")
+            if not 0.0 < value < float("inf"):
+                raise ValueError(f"{name} must hold positive finite numbers, got {value}")
+    margin = _check_nonnegative("margin", margin)
+    if max(a) * (1.0 + margin) < min(b):
+        return "lower"
+    if max(b) * (1.0 + margin) < min(a):
+        return "higher"
+    return "overlapping"
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

@@ -166,6 +166,17 @@ def test_gflops_fails_a_loop_without_warm_up_on_an_idle_or_a_busy_machine(monkey
     )
 
 
+@pytest.mark.parametrize("overshoot", [(1.0,), (1.5, 3.0, 2.2)])
+def test_gflops_fails_a_100_call_loop_without_warm_up(monkeypatch, overshoot):
+    # one slow call among 100 timed ones adds only about a quarter to the mean
+    busy(monkeypatch, overshoot)
+    failed_with(
+        check_gflops(lambda net, x: hand_timed(net, x, calls=100, warmup=0)),
+        "time only after a warm-up",
+        "so the timed calls included a slow first one",
+    )
+
+
 def test_gflops_fails_an_answer_slower_than_any_warm_call():
     # an answer 1.8 times too slow is not a busy machine's: no call took that long
     failed_with(check_gflops(lambda net, x: hand_timed(net, x, scale=1 / 1.8)), "time only after a warm-up")

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from helpers import tips
-from helpers.tips import CostlyDataset, atomic_save, busy_work, speed_verdict
+from helpers.tips import CostlyDataset, atomic_save, busy_work, separation, speed_verdict
 
 # ---------------------------------------------------------------- busy_work
 
@@ -125,6 +125,55 @@ def test_costly_dataset_rejects_bad_options(options, error, name):
     x, y = _data()
     with pytest.raises(error, match=name):
         CostlyDataset(x, y, **options)
+
+
+# ---------------------------------------------------------------- separation
+
+
+def test_separation_needs_every_reading_apart():
+    assert separation([0.136, 0.148], [0.353, 0.880]) == "lower"
+    assert separation([0.353, 0.880], [0.136, 0.148]) == "higher"
+    # the means differ a lot, but one reading of a lies among b's
+    assert separation([0.1, 0.5], [0.4, 0.6]) == "overlapping"
+    assert separation([1.0], [1.0]) == "overlapping"  # equal is not below
+
+
+def test_separation_margin_is_a_share_of_the_larger_side():
+    assert separation([1.0, 1.05], [1.2]) == "lower"
+    assert separation([1.0, 1.05], [1.2], margin=0.1) == "lower"  # 1.155 < 1.2
+    assert separation([1.0, 1.1], [1.2], margin=0.1) == "overlapping"  # 1.21 > 1.2
+    assert separation([1.72, 1.6], [1.73, 1.9], margin=0.05) == "overlapping"
+    assert separation([2.0], [1.0], margin=0.5) == "higher"
+    assert separation([1.4], [1.0], margin=0.5) == "overlapping"
+
+
+def test_separation_is_transitive():
+    import random
+
+    rng = random.Random(8)
+    arms = [[rng.uniform(0.1, 3.0) for _ in range(rng.randint(1, 3))] for _ in range(30)]
+    for margin in (0.0, 0.1):
+        for a in arms:
+            for b in arms:
+                for c in arms:
+                    if separation(a, b, margin=margin) == separation(b, c, margin=margin) == "lower":
+                        assert separation(a, c, margin=margin) == "lower"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "margin", "error"),
+    [
+        ([], [1.0], 0.0, TypeError),
+        (1.0, [1.0], 0.0, TypeError),
+        ([True], [1.0], 0.0, TypeError),
+        ([1.0], [0.0], 0.0, ValueError),
+        ([1.0], [float("nan")], 0.0, ValueError),
+        ([1.0], [1.0], -0.1, ValueError),
+    ],
+)
+def test_separation_rejects_bad_input(a, b, margin, error):
+    with pytest.raises(error):
+        separation(a, b, margin=margin)
 
 
 # ---------------------------------------------------------------- speed_verdict
