@@ -203,7 +203,9 @@ assert lstm_error is not None
 # %% [markdown]
 # `h_n[-2]` and `h_n[-1]` are the top layer's forward and backward directions (the
 # layout is layer by layer, forward before backward). The last lines show two things
-# about the initial state. Passing `h0 = torch.zeros(...)`, as many tutorials do,
+# about the initial state. Passing `h0 = torch.zeros(...)`, as tutorials often do
+# (for example the RNN of
+# [yunjey/pytorch-tutorial](https://github.com/yunjey/pytorch-tutorial/blob/master/tutorials/02-intermediate/recurrent_neural_network/main.py)),
 # changes nothing: zeros are the default. And code written that way for `nn.RNN` breaks
 # when the layer is swapped for an `nn.LSTM`, whose initial state is the pair `(h_0,
 # c_0)`: read the error printed above and ask whether it points to the missing `c_0`.
@@ -336,8 +338,8 @@ for cell_type, blocks in ((nn.LSTM, 4), (nn.GRU, 3)):
 # (window, target) pair, and both parts must end up as tensors: inputs `(N, L, 1)`
 # (batch, time, one feature) and targets `(N,)`.
 #
-# A pattern seen in tutorials collects `(window, target)` tuples in a Python list and
-# converts the list with `np.array`. The window has `L` values and the target 1, so the
+# A tempting pattern collects `(window, target)` tuples in a Python list and converts
+# the list with `np.array`. The window has `L` values and the target 1, so the
 # array would be ragged: NumPy 1.24 and later refuse, and older versions built a ragged
 # array of Python objects, which `torch.tensor` cannot convert either. The mistake is
 # easy to reproduce:
@@ -788,8 +790,10 @@ any window, not only for windows like the training ones.
 # The LSTM was trained on true windows only and is then fed its own forecasts, inputs
 # unlike any it saw in training. This mismatch is called **exposure bias**. Remedies
 # train on inputs that contain the model's own forecasts (exercise 1 builds such a
-# model), or on noisy inputs, or avoid the feedback altogether by forecasting all the
-# steps at once from one head (a *direct* forecast).
+# model; *scheduled sampling*,
+# [Bengio, Vinyals, Jaitly and Shazeer, 2015](https://arxiv.org/abs/1506.03099), moves
+# from true inputs to the model's own during training), or on noisy inputs, or avoid
+# the feedback altogether by forecasting all the steps at once from one head (a *direct* forecast).
 #
 # ### Long streams: carry the state, cut the graph
 #
@@ -1244,11 +1248,13 @@ fig, (ax, ax_err) = plt.subplots(2, 1, figsize=(10, 5.6), sharex=True)
 ax.plot(
     years[test_from:], truth_sun, color="black", lw=3, alpha=0.3, label="truth"
 )
-for name, forecast in forecasts.items():
-    ax.plot(years[test_from:], forecast, marker=".", label=name)
+# one line style per model, so that overlapping curves stay apart
+styles = ("-", "--", ":", "-.")
+for (name, forecast), style in zip(forecasts.items(), styles, strict=True):
+    ax.plot(years[test_from:], forecast, style, marker=".", label=name)
     # the same forecasts as errors: how far off each one is, year by year
     error = (forecast - truth_sun).abs()
-    ax_err.plot(years[test_from:], error, marker=".", label=name)
+    ax_err.plot(years[test_from:], error, style, marker=".", label=name)
 ax.set(title="One-year-ahead forecasts, test years", ylabel="sunspot number")
 ax_err.set(
     title="Their absolute errors", xlabel="year", ylabel="|error| (sunspots)"
@@ -1285,7 +1291,8 @@ that does not assume independent years.
 # %% [markdown]
 # ## 4.6 Why gating matters: a long-range memory task
 #
-# In the **adding problem** (a version of a test from Hochreiter and Schmidhuber's paper
+# In the **adding problem** (a version of a test from
+# [Hochreiter and Schmidhuber's paper](https://doi.org/10.1162/neco.1997.9.8.1735)
 # that introduced the LSTM) each step carries a random number and a marker; exactly two
 # steps are marked, one in each half of the sequence, and the target is the sum of the
 # two marked numbers. The network must notice the first marked number, hold it for up
@@ -1326,8 +1333,10 @@ print(f"always predicting 1 on the test sequences: MSE {chance_mse:.3f}")
 # For the LSTM one initialisation detail is set by hand: PyTorch initialises all biases
 # at small random values, so the forget gate starts at about $\sigma(0) = 0.5$, roughly
 # halving the cell state each step. Setting the forget gate's bias to 1 makes it start
-# near $\sigma(1) \approx 0.73$, a common recommendation (Jozefowicz et al., 2015) for
-# tasks that need memory.
+# near $\sigma(1) \approx 0.73$, a common recommendation
+# ([Jozefowicz, Zaremba and Sutskever,
+# 2015](https://proceedings.mlr.press/v37/jozefowicz15.html)) for tasks that need
+# memory.
 
 
 # %%
@@ -1538,15 +1547,14 @@ LSTM reached a test MSE of {{adding_lstm_mse}} (stopping after
 {{adding_gru_steps}}). In the left panel, the LSTM's validation MSE
 {{lstm_progress}}; the GRU's {{gru_progress}}. A check between the two grey
 lines has learned part of the task; the grey dashed line is where reading one of the
-two numbers, and only that one, would put it. (Exercise 3 asks whether the plain RNN
-fails at any length or only at long ones.)
+two numbers, and only that one, would put it.
 
 The right panel shows the gradient norms before clipping: every step above the dashed
 line was scaled down to norm 1, the largest by a factor of
 {{adding_max_grad_norm}}. Why recurrent networks need this guard more than
 others: the same $W_{hh}$ multiplies the state at every step, so a small change of the
 weights can change the state after 40 steps a great deal. The loss then has narrow,
-steep walls where the gradient is suddenly large (Pascanu, Mikolov and Bengio, 2013,
+steep walls where the gradient is suddenly large ([Pascanu, Mikolov and Bengio, 2013](https://arxiv.org/abs/1211.5063),
 analysed them and proposed clipping the gradient's norm). With plain SGD, whose step
 is proportional to the gradient, one such step can throw the weights far from where
 training had brought them. Adam divides by a running size of the gradient, which
@@ -2742,11 +2750,28 @@ record("names_acc_shared", acc_shared, fmt="{:.0%}")
 record("names_acc_rest", acc_rest, fmt="{:.0%}")
 two_se = f"two standard errors ({200 * diff_se:.0f} points)"
 if acc_shared - acc_rest > 2 * diff_se:
+    # how the two groups differ besides the shared stem, measured on them
+    test_names = [name for name, _ in by_split["test"]]
+    traits = {}  # group -> (mean length, share multi-word, share lower-case)
+    for group, keep in (("overlapping", True), ("the rest", False)):
+        names_in = [
+            n
+            for n, s in zip(test_names, shares_stem.tolist(), strict=True)
+            if s == keep
+        ]
+        traits[group] = (
+            np.mean([len(n) for n in names_in]),
+            np.mean([len(n.split()) > 1 for n in names_in]),
+            np.mean([n[0].islower() for n in names_in]),
+        )
+    (len_o, multi_o, lower_o), (len_r, multi_r, lower_r) = traits.values()
     stem_text = (
         f"a gap of more than {two_se}: the overlapping names were the easier"
-        " ones. That does not say why (they are also longer, more often of"
-        " several words, and differ in capitals), so the second number is the"
-        " safer guide to what spelling alone gives"
+        " ones. That does not say why: they also differ in other ways"
+        f" ({len_o:.1f} characters on average against {len_r:.1f},"
+        f" {multi_o:.0%} of several words against {multi_r:.0%},"
+        f" {lower_o:.0%} starting lower-case against {lower_r:.0%}), so the"
+        " second number is the safer guide to what spelling alone gives"
     )
 elif acc_rest - acc_shared > 2 * diff_se:
     stem_text = (
@@ -2875,11 +2900,12 @@ last of float32's roughly seven significant digits, not a difference in what was
 # perplexity is an "effective number of choices" per character. The baselines are
 # counting models fitted on the training stream: the **unigram** model predicts each
 # character by its frequency, the **bigram** model by its frequency after the previous
-# character (both with one added to every count, so that no held-out character gets
-# probability 0). The model's size (an embedding of 32, an LSTM of 128 units), the
-# learning rate, the gradient clipping at norm 1 and the 8 passes are untuned, set to
-# fit the CPU budget; the pass is chosen on the validation names' perplexity, and the
-# test names are read once, at the end.
+# character (both with a constant $\alpha$ added to every count, so that no held-out
+# character gets probability 0; $\alpha$ is chosen on the validation names). The
+# model's size (an embedding of 32, an LSTM of 128 units), the learning rate, the
+# gradient clipping at norm 1 and the 8 passes are untuned, set to fit the CPU budget;
+# the pass is chosen on the validation names' perplexity, and the test names are read
+# once, at the end.
 
 
 # %%
@@ -2980,29 +3006,61 @@ plt.show()
 
 
 # %%
-def count_model(ids: torch.Tensor, vocab_size: int, order: int) -> torch.Tensor:
-    """Add-one character probabilities from a stream: (V,) for order 1, and
+def count_model(
+    ids: torch.Tensor, vocab_size: int, order: int, k: float
+) -> torch.Tensor:
+    """Character probabilities with k added to every count: (V,) for order 1, and
     (V, V) for order 2, row = previous character."""
     if order == 1:
-        counts = torch.bincount(ids, minlength=vocab_size).double() + 1
+        counts = torch.bincount(ids, minlength=vocab_size).double() + k
         return counts / counts.sum()
-    counts = torch.ones(vocab_size, vocab_size, dtype=torch.float64)
+    counts = torch.full((vocab_size, vocab_size), k, dtype=torch.float64)
     pairs = (ids[:-1], ids[1:])
     counts.index_put_(pairs, torch.ones(len(ids) - 1).double(), accumulate=True)
     return counts / counts.sum(dim=1, keepdim=True)
 
 
-unigram = count_model(lm_ids["train"], len(lm_vocab), 1)
-bigram = count_model(lm_ids["train"], len(lm_vocab), 2)
+def count_perplexity(probs: torch.Tensor, ids: torch.Tensor) -> float:
+    """exp of the mean negative log-probability of each next character."""
+    if probs.dim() == 1:
+        return math.exp(-probs.log()[ids[1:]].mean().item())
+    return math.exp(-probs.log()[ids[:-1], ids[1:]].mean().item())
+
+
+# the smoothing constant (alpha in the text) of each model, chosen on the
+# validation names
+smoothing_grid = (1.0, 0.3, 0.1, 0.03, 0.01)
+count_models = {}
+for order, model_name in ((1, "unigram"), (2, "bigram")):
+    val_of_k = {
+        k: count_perplexity(
+            count_model(lm_ids["train"], len(lm_vocab), order, k), lm_ids["val"]
+        )
+        for k in smoothing_grid
+    }
+    best_k = min(val_of_k, key=val_of_k.get)
+    print(
+        f"{model_name} validation perplexity by k: "
+        + ", ".join(f"{k}: {v:.2f}" for k, v in val_of_k.items())
+    )
+    count_models[model_name] = count_model(
+        lm_ids["train"], len(lm_vocab), order, best_k
+    )
+    record(f"lm_{model_name}_k", best_k)
 test_ids = lm_ids["test"]
-# perplexity: exp of the mean negative log-probability of each next character
 test_ppl = {
-    "unigram": math.exp(-unigram.log()[test_ids[1:]].mean().item()),
-    "bigram": math.exp(
-        -bigram.log()[test_ids[:-1], test_ids[1:]].mean().item()
-    ),
-    "LSTM": perplexity(lm, test_ids),
+    name: count_perplexity(probs, test_ids)
+    for name, probs in count_models.items()
 }
+test_ppl["LSTM"] = perplexity(lm, test_ids)
+# the bigram as first written, with one added to every count, for comparison
+record(
+    "lm_test_bigram_add_one",
+    count_perplexity(
+        count_model(lm_ids["train"], len(lm_vocab), 2, 1.0), test_ids
+    ),
+    fmt="{:.2f}",
+)
 for name, value in test_ppl.items():
     print(f"{name:8} test perplexity {value:5.2f}")
 record("lm_best_pass", lm_best_pass)
@@ -3017,7 +3075,9 @@ record(
     headline="Character LM: test perplexity",
 )
 record("lm_bigram_factor", test_ppl["bigram"] / test_ppl["LSTM"], fmt="{:.2f}")
-# seeds 0-2 (CPU): LSTM/bigram perplexity 0.71, 0.64, 0.66; the bound 0.8
+# seeds 0-2 (CPU): LSTM/bigram perplexity 0.71, 0.64, 0.66 against add-one;
+# against add-alpha chosen on validation (AVX-512 EPYC): 0.76, 0.69, 0.71;
+# the bound 0.8
 assert test_ppl["LSTM"] < 0.8 * test_ppl["bigram"], test_ppl
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -3025,10 +3085,12 @@ prose(
     r"""
 On the test names the LSTM's perplexity is {{lm_test_lstm}} (its best pass on the
 validation names was pass {{lm_best_pass}}, at {{lm_val_ppl}}{{lm_last_text}}), against
-{{lm_test_bigram}} for the bigram model and {{lm_test_unigram}} for the unigram
-model, out of {{lm_vocab}} ids: {{lm_bigram_factor}} times fewer effective choices
-per character than the bigram's. The bigram sees one character of context; the
-LSTM's state carries the name so far, and what came before the newline.
+{{lm_test_bigram}} for the bigram model ($\alpha$ = {{lm_bigram_k}}, chosen on the
+validation names; adding one to every count would give
+{{lm_test_bigram_add_one}}) and {{lm_test_unigram}} for the unigram model
+($\alpha$ = {{lm_unigram_k}}), out of {{lm_vocab}} ids: {{lm_bigram_factor}} times
+fewer effective choices per character than the bigram's. The bigram sees one
+character of context; the LSTM's state carries the name so far, and what came before the newline.
 """
 )
 
@@ -3145,7 +3207,11 @@ illustration, not a measurement).
 # >   `(h, c)`; code written for `nn.RNN` that passes `h_0` alone fails when the layer is
 # >   swapped for an LSTM. And passing zeros as `h_0` is the same as passing nothing.
 # > - **Reading padding**: pad *and pack* variable-length batches, or the final state of a
-# >   short sequence is its state after the padding. Lengths go on the CPU.
+# >   short sequence is its state after the padding. Lengths go on the CPU. With an
+# >   output at every step, the loss must skip the padded targets as well: fill them
+# >   with an index no class uses and pass it,
+# >   `F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=PAD)` for logits
+# >   `(B, T, V)` and targets `(B, T)`, so that the mean runs over real steps only.
 # > - **Carrying a state across chunks without `detach()`**: the second `backward()`
 # >   fails ("Trying to backward through the graph a second time"). Detach the state at
 # >   each chunk boundary (truncated BPTT, section 4.4); `retain_graph=True` is not the
@@ -3346,6 +3412,11 @@ answer += (
     f" The largest gradient norm was {spike:.0f} times the median, and"
     f" clipping acted at {seq_clipped:.0%} of the training steps; this run"
     " does not test whether training without it would fail."
+    " The comparison is not of the training target alone: the"
+    " encoder-decoder also had 60 epochs of batches of 32 with clipping,"
+    " the recursive model 30 epochs of batches of 64 without, and a"
+    " different architecture (a decoder cell and 50 outputs); this"
+    " exercise does not separate those from training on its own forecasts."
 )
 print(textwrap.fill("Answer: " + answer, width=78))
 # Seeds 0, 1, 2 (CPU): encoder-decoder/recursive 50 steps ahead 0.020, 0.020,
@@ -3496,9 +3567,9 @@ print(
 # with section 4.6's `state_gradients` and `decay_ratio`, how much smaller the untrained
 # IRNN's gradient is at step 1 than at step 40, and train it with `train_on_adding` at
 # length 40 next to a fresh tanh RNN, with the same seed and budget, at section 4.6's
-# learning rate of 0.02 and at 0.005. Compare their test MSEs on section 4.6's test
-# sequences. Which of the four runs solve the task? Fill in the function in the starter
-# below first.
+# learning rate of 0.02 and at 0.005. Which of the four runs solve the task, by section
+# 4.6's stopping rule on the validation MSE? Report each run's test MSE on section 4.6's
+# test sequences beside it. Fill in the function in the starter below first.
 
 
 # %% tags=["exercise-starter"]
@@ -3539,25 +3610,28 @@ print(
     f" tanh RNN {sci(tanh_ratio, 1)}"
 )
 builders = {"IRNN": make_irnn, "tanh RNN": lambda: Summariser(nn.RNN)}
-irnn_runs = {}  # (cell, learning rate) -> (test MSE, training steps)
+irnn_runs = {}  # (cell, learning rate) -> (test MSE, training log)
 for lr in (0.02, 0.005):
     for cell_name, build in builders.items():
         if (cell_name, lr) == ("tanh RNN", 0.02):  # section 4.6's run
-            steps_run = len(memory_logs["RNN"]["grad_norm"])
-            irnn_runs[cell_name, lr] = (rnn_mse, steps_run)
+            irnn_runs[cell_name, lr] = (rnn_mse, memory_logs["RNN"])
             continue
         torch.manual_seed(seed)
         net = build().to(device)
         log = train_on_adding(net, length, seed, lr=lr)
-        mse = test_mse(net, test_x, test_y)
-        irnn_runs[cell_name, lr] = (mse, len(log["grad_norm"]))
+        irnn_runs[cell_name, lr] = (test_mse(net, test_x, test_y), log)
 
 
-def level_text(mse: float, chance: float) -> str:
-    """Where a test MSE sits among the levels of section 4.6."""
+def level_text(mse: float, log: dict, chance: float) -> str:
+    """Where a run sits among the levels of section 4.6. "Solved" is section
+    4.6's stopping rule (validation MSE below 0.01); the test MSE only places
+    the runs that did not stop, with a "nearly solved" band below 0.02.
+    """
     one_number = 1 / 12  # the error of reading one of the two numbers
-    if mse < 0.01:  # section 4.6's stopping rule
-        return "solved"
+    if log["val_mse"][-1] < 0.01:  # the stopping rule fired
+        return f"solved, stopping after {len(log['grad_norm'])} steps"
+    if mse < 0.02:
+        return "nearly solved"
     if mse < 0.75 * one_number:
         return "below 1/12: it uses both numbers, in part"
     if mse < 1.25 * one_number:
@@ -3567,30 +3641,37 @@ def level_text(mse: float, chance: float) -> str:
     return "near chance"
 
 
-for (cell_name, lr), (mse, steps_run) in irnn_runs.items():
-    level = level_text(mse, chance_mse)
+for (cell_name, lr), (mse, log) in irnn_runs.items():
+    level = level_text(mse, log, chance_mse)
     print(
-        f"{cell_name:8} lr {lr:<5}: {steps_run:3} steps,"
-        f" test MSE {mse:.4f} ({level})"
+        f"{cell_name:8} lr {lr:<5}: {len(log['grad_norm']):3} steps,"
+        f" validation MSE {log['val_mse'][-1]:.5f},"
+        f" test MSE {mse:.4f} ({level}),"
+        f" largest gradient norm {sci(max(log['grad_norm']), 1)}"
     )
-solved = {key: mse < 0.01 for key, (mse, _) in irnn_runs.items()}
+# solved or nearly: the stopping rule fired, or a test MSE below 0.02
+solved = {
+    key: log["val_mse"][-1] < 0.01 or mse < 0.02
+    for key, (mse, log) in irnn_runs.items()
+}
 runs_text = "; ".join(
-    f"the {cell_name} at {lr}, {level_text(mse, chance_mse)}"
+    f"the {cell_name} at {lr}, {level_text(mse, log, chance_mse)}"
     f" (test MSE {mse:.4f})"
-    for (cell_name, lr), (mse, _) in irnn_runs.items()
+    for (cell_name, lr), (mse, log) in irnn_runs.items()
 )
 irnn_lrs = [str(lr) for (c, lr), ok in solved.items() if ok and c == "IRNN"]
 tanh_lrs = [str(lr) for (c, lr), ok in solved.items() if ok and c != "IRNN"]
 if irnn_lrs and not tanh_lrs:
     verdict = (
-        "The IRNN solved, at a learning rate of "
+        "The IRNN solved or nearly solved, at "
+        + ("learning rates of " if len(irnn_lrs) > 1 else "a learning rate of ")
         + and_join(irnn_lrs)
         + ", what the tanh RNN failed at both learning rates, with the same"
         " budget and seed."
     )
 elif irnn_lrs:
     verdict = (
-        "Both solved it at some learning rate: the IRNN at "
+        "Both solved or nearly solved it at some learning rate: the IRNN at "
         + and_join(irnn_lrs)
         + ", the tanh RNN at "
         + and_join(tanh_lrs)
@@ -3598,6 +3679,23 @@ elif irnn_lrs:
     )
 else:
     verdict = "In this run the IRNN solved it at neither learning rate."
+# why the IRNN at 0.02 did worse: its gradient norms before clipping
+irnn_fast_mse, irnn_fast_log = irnn_runs["IRNN", 0.02]
+irnn_fast_max = max(irnn_fast_log["grad_norm"])
+tanh_fast_max = max(irnn_runs["tanh RNN", 0.02][1]["grad_norm"])
+if not solved["IRNN", 0.02] and irnn_fast_max > 100 * tanh_fast_max:
+    verdict += (
+        " At 0.02 the IRNN's gradient norm before clipping reached "
+        + sci(irnn_fast_max, 1)
+        + ", against "
+        + sci(tanh_fast_max, 1)
+        + " for the tanh RNN: with ReLU units nothing bounds the state, so once"
+        " an update makes the recurrent weights amplify it, the state and the"
+        " gradient grow at every step of the sequence (exercise 4 provokes"
+        " the same growth in the tanh RNN). Clipping caps each update, not"
+        " that growth, and the larger learning rate makes the updates that"
+        " cause it."
+    )
 
 
 def times_text(factor: float) -> str:
@@ -3618,9 +3716,12 @@ answer = (
     " small grid, the same for both cells; neither is tuned beyond it."
 )
 print(textwrap.fill(answer, width=78))
-# seeds 0-2 (CPU): the IRNN at 0.005, 0.0096, 0.0056, 0.0093; the bound, half of
-# 1/12, leaves 4x
-assert irnn_runs["IRNN", 0.005][0] < 0.5 / 12, irnn_runs
+# seeds 0-2 (CPU): the IRNN at 0.005, 0.0096, 0.0056, 0.0093; on an AVX-512
+# EPYC 0.0102 (stopped at step 275, validation 0.00998), 0.0068, 0.0106 (not
+# stopped: "nearly solved"), and at 0.02 seed 2 solved it (0.0054) while seeds 0
+# and 1 exploded (gradient norms 5.1e5, 1.5e5); the bound, half of 1/12,
+# leaves 3.9x
+assert irnn_runs["IRNN", 0.005][0] < 0.5 / 12, irnn_runs["IRNN", 0.005][0]
 
 # %% [markdown]
 # **Exercise 4.** Provoke exploding gradients: copy the untrained RNN of section 4.6,
@@ -3911,14 +4012,18 @@ if abs(bi_diff) < 2 * names_val_se:
     bi_verdict = (
         "is less than two standard errors of an accuracy on"
         f" {n_val_names:,} names ({200 * names_val_se:.1f} points): within"
-        " noise. The deeper,"
+        " noise by this rough yardstick (both accuracies are measured on the"
+        " same names, where a paired test such as McNemar's would be exact)."
+        " The deeper,"
         " two-way reading did not measurably change the accuracy in this budget"
     )
 else:
     better = "better" if bi_diff > 0 else "worse"
     bi_verdict = (
         f"is more than two standard errors ({200 * names_val_se:.1f} points): the"
-        f" two-layer bidirectional GRU did {better} in this run"
+        f" two-layer bidirectional GRU did {better} in this run (by a rough"
+        " yardstick: the accuracies share their names, and a paired test such"
+        " as McNemar's would be exact)"
     )
 answer = (
     "Answer: h_n holds the four summaries layer by layer, forward before"
