@@ -383,17 +383,29 @@ def sweeper(mistake: str = ""):
             runs = [train(base * f, size) for f in factors]
             if size != 32:
                 kept[size] = rule(runs)
+        bests = [run["best_val"] for run in kept.values()]
+        target = max(bests)
+        if mistake == "all tried":
+            target = max([*bests, *(run["best_val"] for run in runs_32)])
+        if mistake == "lowest target":
+            target = min(bests)
         for size, run in kept.items():
             per_epoch = math.ceil(n_train / size)
+            epoch = next(e for e, loss in enumerate(run["val"], start=1) if loss <= target)
+            if mistake == "own best":
+                epoch = run["best_epoch"]
+            if mistake != "no target epoch":
+                run["target_epoch"] = epoch
             run["updates"] = {
-                "floor": run["best_epoch"] * (n_train // size),
-                "before best": (run["best_epoch"] - 1) * per_epoch,
-                "float": run["best_epoch"] * n_train / size,
+                "floor": epoch * (n_train // size),
+                "before best": (epoch - 1) * per_epoch,
+                "float": epoch * n_train / size,
                 "one epoch": per_epoch,
-                "examples": run["best_epoch"] * n_train,
-                "ceil total": math.ceil(run["best_epoch"] * n_train / size),
-                "plus one": run["best_epoch"] * per_epoch + 1,
-            }.get(mistake, np.int64(run["best_epoch"] * per_epoch))
+                "examples": epoch * n_train,
+                "ceil total": math.ceil(epoch * n_train / size),
+                "plus one": epoch * per_epoch + 1,
+                "own best updates": run["best_epoch"] * per_epoch,
+            }.get(mistake, np.int64(epoch * per_epoch))
         if mistake == "runs not dicts":
             return {size: run["lr"] for size, run in kept.items()}
         return kept
@@ -425,12 +437,17 @@ def test_sweep_right_passes(capsys):
         ("lowest", "the rate with the lowest loss outright"),
         ("largest", "the largest rate within 1 %"),
         ("floor", "the last, shorter batch is an update too"),
-        ("before best", "best_epoch counts from 1"),
+        ("before best", "epochs count from 1"),
         ("one epoch", "that is one epoch's updates"),
         ("examples", "not per example"),
         ("ceil total", "round up each epoch's batch count, not the total"),
         ("float", "round n_train / batch_size up with math.ceil"),
         ("plus one", None),
+        ("own best", "that is the run's own best epoch"),
+        ("all tried", "not of every run tried"),
+        ("lowest target", None),
+        ("no target epoch", "add an entry 'target_epoch'"),
+        ("own best updates", None),
     ],
 )
 def test_sweep_mistakes_get_their_hints(mistake, hint):
@@ -459,8 +476,14 @@ def test_each_sweep_mistake_differs_from_the_right_sweep_and_from_the_others():
     assert tuple(sorted(ref.sweep_calls())) not in made and len(set(made)) == len(made)
     for size in ref.SWEEP_SIZES:
         kept = ref.sweep_kept(size)
-        counts = ref.update_mistakes(kept["best_epoch"], ref.SWEEP_N_TRAIN, size)
-        right = ref.updates_to_best(kept["best_epoch"], ref.SWEEP_N_TRAIN, size)
+        epoch = ref.first_epoch_at(kept["val"], ref.sweep_target())
+        counts = ref.update_mistakes(epoch, ref.SWEEP_N_TRAIN, size)
+        right = ref.updates_to_best(epoch, ref.SWEEP_N_TRAIN, size)
         assert right not in counts.values() and len(set(counts.values())) == len(counts)
+        assert epoch not in ref.target_epoch_mistakes(size).values() or size == 8
+    # the common target differs from each run's own best for batches of 32 and of 128
+    assert (
+        ref.first_epoch_at(ref.sweep_kept(32)["val"], ref.sweep_target()) < ref.sweep_kept(32)["best_epoch"]
+    )
     assert ref.sweep_kept(8)["lr"] != ref.sweep_rate_mistakes(8)["lowest"]
     assert ref.sweep_kept(32)["lr"] not in ref.sweep_rate_mistakes(32).values()

@@ -200,11 +200,12 @@ def cloned_state(net: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in net.state_dict().items()}
 
 
-# Exercise 2.5: counting the updates up to the best epoch ---------------------------------
+# Exercise 2.5: counting the updates up to the target epoch -------------------------------
 
 
 def updates_to_best(best_epoch: int, n_train: int, batch_size: int) -> int:
-    """Optimizer updates in epochs 1 to ``best_epoch``: one per batch, the short last one included."""
+    """Optimizer updates in epochs 1 to ``best_epoch`` (the epoch a run first reached the
+    target loss): one per batch, the short last one included."""
     return best_epoch * -(-n_train // batch_size)
 
 
@@ -254,15 +255,37 @@ _SCALED = {
 }
 
 
+SWEEP_EPOCHS = 40
+
+
+def _curve(best_val: float, best_epoch: int) -> list[float]:
+    """A made-up validation curve: falling 10 % of the best per epoch to ``best_epoch``,
+    then rising slowly."""
+    return [
+        best_val * (1 + 0.1 * (best_epoch - e) if e < best_epoch else 1 + 0.001 * (e - best_epoch))
+        for e in range(1, SWEEP_EPOCHS + 1)
+    ]
+
+
+def _run(lr: float, batch_size: int, best_val: float, best_epoch: int) -> dict:
+    return {
+        "lr": lr,
+        "batch_size": batch_size,
+        "best_val": best_val,
+        "best_epoch": best_epoch,
+        "val": _curve(best_val, best_epoch),
+    }
+
+
 def sweep_run(lr: float, batch_size: int) -> dict:
     """The made-up run the checker's stand-in for ``train_and_validate`` returns."""
     best_val, best_epoch = _SCALED.get((round(lr, 12), batch_size), (0.0900, 10))
-    return {"lr": lr, "batch_size": batch_size, "best_val": best_val, "best_epoch": best_epoch}
+    return _run(lr, batch_size, best_val, best_epoch)
 
 
 def sweep_runs_32() -> list[dict]:
     """Fresh copies of the runs with batches of 32 that the reader's sweep is given."""
-    return [{"lr": lr, "batch_size": 32, "best_val": v, "best_epoch": e} for lr, (v, e) in _RUNS_32.items()]
+    return [_run(lr, 32, v, e) for lr, (v, e) in _RUNS_32.items()]
 
 
 def sweep_calls(mistake: str | None = None) -> list[tuple[float, int]]:
@@ -297,3 +320,23 @@ def sweep_rate_mistakes(batch_size: int) -> dict[str, float]:
     """The rate the usual rule mistakes keep for one batch size, keyed as ``rate_mistakes``."""
     runs = _candidates(batch_size)
     return rate_mistakes({run["lr"]: run["best_val"] for run in runs})
+
+
+def first_epoch_at(val: list[float], target: float) -> int:
+    """The first epoch (counted from 1) whose validation loss is at most ``target``."""
+    return next(epoch for epoch, loss in enumerate(val, start=1) if loss <= target)
+
+
+def sweep_target() -> float:
+    """The common target: the worst (highest) of the kept runs' best validation losses."""
+    return max(sweep_kept(size)["best_val"] for size in SWEEP_SIZES)
+
+
+def target_epoch_mistakes(batch_size: int) -> dict[str, int]:
+    """The epoch the usual mistakes report for one size's kept run, keyed by a short name."""
+    run = sweep_kept(batch_size)
+    tried = [*sweep_runs_32(), *(sweep_run(lr, size) for lr, size in sweep_calls())]
+    return {
+        "own best": run["best_epoch"],
+        "all tried": first_epoch_at(run["val"], max(r["best_val"] for r in tried)),
+    }

@@ -2,11 +2,13 @@
 
 :func:`check_sweep_batch_sizes` hands the reader's ``sweep_batch_sizes`` a training
 function of its own that trains nothing: it records every call and answers with a
-made-up run (a best validation loss from a hand-made table, a best epoch), so the check
+made-up run (a best validation loss from a hand-made table, a best epoch and a
+validation curve), so the check
 takes milliseconds. It checks which runs were asked for (two per batch size other than
 32, at the rate the rule picks for 32 scaled by √(B/32) and by B/32), which run was kept
 for each size (section 2.5's rule: the smallest rate within 1 % of the lowest loss) and
-the count of optimizer updates up to that run's best epoch. Re-exported by
+the epoch at which each kept run first reached the common target loss (the worst of the
+kept runs' best validation losses) and the count of optimizer updates up to it. Re-exported by
 :mod:`helpers.exercises.ch02`; introduced with chapter 2's exercises.
 """
 
@@ -19,14 +21,22 @@ from typing import Any
 from helpers.exercises import Mismatch, checker, expect
 from helpers.exercises import ch02_references as ref
 
-__all__ = ["RATE_HINTS", "UPDATE_HINTS", "check_sweep_batch_sizes"]
+__all__ = ["RATE_HINTS", "TARGET_HINTS", "UPDATE_HINTS", "check_sweep_batch_sizes"]
+
+TARGET_HINTS = {
+    "own best": "that is the run's own best epoch; runs whose bests differ are not compared like "
+    "for like: count the epochs until the validation loss first reaches the common target, the "
+    "worst (highest) of the kept runs' best losses",
+    "all tried": "the target is the worst of the kept runs' best losses (one per batch size), "
+    "not of every run tried",
+}
 
 UPDATE_HINTS = {
     "floor": "the last, shorter batch is an update too (DataLoader keeps it: drop_last=False), "
     "so an epoch has ceil(n_train / batch_size) updates, math.ceil, not n_train // batch_size",
-    "before best": "best_epoch counts from 1, and the best epoch's own updates came before its "
-    "validation loss was measured: count epochs 1 to best_epoch",
-    "one epoch": "that is one epoch's updates: multiply by the number of epochs up to the best",
+    "before best": "epochs count from 1, and the target epoch's own updates came before its "
+    "validation loss was measured: count epochs 1 to target_epoch",
+    "one epoch": "that is one epoch's updates: multiply by the number of epochs up to the target",
     "examples": "one update per batch, not per example: divide by the batch size",
     "ceil total": "round up each epoch's batch count, not the total: every epoch ends with its "
     "own short batch, so the count is best_epoch * ceil(n_train / batch_size)",
@@ -93,7 +103,7 @@ def check_sweep_batch_sizes(sweep_batch_sizes: Callable[..., Any]) -> str:
         expect(
             isinstance(run, dict) and "lr" in run and "updates" in run,
             f"for batches of {size} you returned {type(run).__name__}; expected the kept run's "
-            "dictionary, with an 'updates' entry added",
+            "dictionary, with 'target_epoch' and 'updates' entries added",
         )
         mistakes = ref.sweep_rate_mistakes(size)
         hint = next((RATE_HINTS[name] for name, lr in mistakes.items() if run["lr"] == lr), None)
@@ -101,6 +111,19 @@ def check_sweep_batch_sizes(sweep_batch_sizes: Callable[..., Any]) -> str:
             run["lr"] == want["lr"],
             f"for batches of {size} you kept the run at lr {run['lr']:g}; the rule keeps lr {want['lr']:g}",
             hint,
+        )
+        epoch = run.get("target_epoch")
+        want_epoch = ref.first_epoch_at(want["val"], ref.sweep_target())
+        made = ref.target_epoch_mistakes(size)
+        hint = next((TARGET_HINTS[name] for name, e in made.items() if epoch == e), None)
+        expect(
+            epoch == want_epoch,
+            f"for batches of {size} your target_epoch is {epoch!r}; the kept run first reaches "
+            f"the common target loss, {ref.sweep_target():g}, at epoch {want_epoch}",
+            hint
+            if epoch is not None
+            else "add an entry 'target_epoch': the first epoch (from 1) whose validation loss is at "
+            "most the worst of the kept runs' best losses",
         )
         updates = run["updates"]
         expect(
@@ -110,18 +133,18 @@ def check_sweep_batch_sizes(sweep_batch_sizes: Callable[..., Any]) -> str:
             if isinstance(updates, float)
             else None,
         )
-        case = (want["best_epoch"], ref.SWEEP_N_TRAIN, size)
+        case = (want_epoch, ref.SWEEP_N_TRAIN, size)
         made = ref.update_mistakes(*case)
         hint = next((UPDATE_HINTS[name] for name, count in made.items() if updates == count), None)
         right = ref.updates_to_best(*case)
         expect(
             updates == right,
-            f"for batches of {size} you counted {updates} updates to the best epoch, "
-            f"{want['best_epoch']}; expected {right}",
+            f"for batches of {size} you counted {updates} updates to the target epoch, "
+            f"{want_epoch}; expected {right}",
             hint,
         )
     kept_text = ", ".join(f"lr {kept[size]['lr']:g} for {size}" for size in sorted(kept))
     return (
         f"asked for {len(want_calls)} runs, two per batch size other than 32, and kept {kept_text}, "
-        "each with its count of updates to the best epoch"
+        "each with the epoch it reached the common target loss and its count of updates to it"
     )
