@@ -134,10 +134,11 @@ def separation(a: Sequence[float], b: Sequence[float], *, margin: float = 0.0) -
     Returns ``"lower"`` when every value of ``a``, raised by the share ``margin``, is
     still below every value of ``b`` (``max(a) * (1 + margin) < min(b)``), ``"higher"``
     for the reverse, and ``"overlapping"`` otherwise. Chapter 08's one rule for "is this
-    a difference" between two arms of seeds or timing rounds: unlike a rule on the gap
-    between means, it cannot call A below B and B below C yet A level with C, and one
-    erratic reading can only make it more cautious. Readings are positive finite
-    numbers (losses, seconds, ratios). Introduced in chapter 08.
+    a difference" between two arms of seeds or timing rounds; one erratic reading can
+    only make it more cautious. It is a weak test with few readings: for two arms that
+    do not differ, with no margin, ``"lower"`` comes by chance with probability
+    ``n_a! n_b! / (n_a + n_b)!`` (1/6 for two a side, 1/70 for four). Readings are
+    positive finite numbers (losses, seconds, ratios). Introduced in chapter 08.
     """
     for name, values in (("a", a), ("b", b)):
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
