@@ -218,8 +218,9 @@ print(x.round().long())  # round first if that is what you mean
 print(torch.tensor(1000.1).half())  # float16's spacing near 1000 is 0.5
 
 # %% [markdown]
-# When an operation mixes dtypes, PyTorch does **not** look for a type that can hold both
-# values. It promotes by **category**, bool < integer < floating point < complex:
+# When an element-wise operation (arithmetic such as `+`, `*`, `/`, or a comparison) mixes
+# dtypes, PyTorch does **not** look for a type that can hold both values. It promotes by
+# **category**, bool < integer < floating point < complex:
 #
 # 1. The result has the highest category among the operands.
 # 2. Its size comes from the operands of that category only, and among those from the
@@ -237,6 +238,14 @@ print(torch.tensor(1000.1).half())  # float16's spacing near 1000 is 0.5
 # another integer type or bool, and PyTorch's documentation gives them "limited support
 # in eager mode", so some releases cannot even add two of them on the CPU (the sentence
 # after the cell says what this one does). Convert them first (`.int()`, `.float()`).
+#
+# Matrix products do not promote at all: `@`, `mm` and `bmm` need both operands in one
+# dtype, so `int64 @ float32` and even `float64 @ float32` raise "expected m1 and m2 to
+# have the same dtype". Convert one side first.
+#
+# The cell ends with `record`, which stores a sentence from this run under a name; the
+# text after the cell quotes it, so the words and the run cannot disagree (section 1.12
+# says more).
 
 # %%
 int8s = torch.tensor([1, 100], dtype=torch.int8)
@@ -683,8 +692,10 @@ assert alias.tolist() == [3.0, 3.0, 3.0] and w.tolist() == [4.0, 4.0, 4.0]
 # %% [markdown]
 # An in-place result must fit the tensor it is written into. Broadcasting may stretch the
 # other operand but never the target, so `a += b` fails when the broadcast shape is
-# larger than `a`. Nor can a tensor from `expand` (section 1.7) be written into: its
-# stride-0 dimension makes many elements share one memory location.
+# larger than `a`. Nor can in-place arithmetic or `copy_` write into a tensor from
+# `expand` (section 1.7): its stride-0 dimension makes many elements share one memory
+# location, so they would all receive different results at once. (`fill_` and `zero_`,
+# which write one value everywhere, are allowed.)
 
 # %%
 target = torch.zeros(3)
@@ -956,12 +967,12 @@ assert torch.equal(draw_a, draw_b)
 # operations need the deterministic mode shown below even there): a parallel sum gives
 # each thread its own chunk, so the thread count changes the order.
 #
-# The next cell also introduces `record` from `helpers.results`, which every chapter
-# uses: `record(name, value, fmt=...)` stores a number or a short sentence from this run
-# under a name, so that the text of the built book quotes the run that produced the page
-# and cannot disagree with the output beside it. In JupyterLab or Colab it shows
-# nothing; it returns `None`, so a cell may end with it. With `headline=` the value is
-# also listed on the book's Status page.
+# The next cell uses `record` from `helpers.results` again (section 1.2 first met it);
+# every chapter uses it. `record(name, value, fmt=...)` stores a number or a short
+# sentence from this run under a name, so that the text of the built book quotes the run
+# that produced the page and cannot disagree with the output beside it. In JupyterLab or
+# Colab it shows nothing; it returns `None`, so a cell may end with it. With `headline=`
+# the value is also listed on the book's Status page.
 
 # %%
 left_first, right_first = (0.1 + 0.2) + 0.3, 0.1 + (0.2 + 0.3)
@@ -1188,7 +1199,8 @@ makes it subtract first, as the cell above does.
 # >   `untyped_storage().data_ptr()`, not `data_ptr()`.
 # > - **Integer tensors and silent promotion.** `torch.tensor([1, 2])` is int64, and `mean`
 # >   and `std` need floats. int64 with float32 gives float32, in which not every integer
-# >   above 2²⁴ fits; an int8 tensor plus 1000 stays int8 and wraps around.
+# >   above 2²⁴ fits; an int8 tensor plus 1000 stays int8 and wraps around. Matrix
+# >   products do not promote: `@` needs both sides in one dtype.
 # > - **`view` on a permuted tensor** fails when it must merge dimensions whose strides do
 # >   not line up, where `reshape` copies instead. Whether `reshape` copies is not
 # >   promised: use `view` when you need shared memory, `clone()` when you need a copy.
@@ -1214,11 +1226,12 @@ makes it subtract first, as the cell above does.
 # boolean mask (section 1.5). A class with no examples (class 3 of
 # `class_means(features, labels, 4)`; the checker tries one too) should get a row of
 # zeros, not the loop's `nan` (the mean of no rows is 0 / 0), so that one empty class
-# cannot spread `nan` into every later sum it enters; zeros are also what
-# `scatter_reduce(..., "mean", include_self=False)` gives. (`index_add_` for the sums
+# cannot spread `nan` into every later sum it enters (`scatter_reduce(..., "mean",
+# include_self=False)` leaves such a row at the destination's value, so zeros from a
+# `torch.zeros` destination). (`index_add_` for the sums
 # and `bincount` for the counts reach the same means without a loop too; the checker
 # uses them as its reference and accepts only the matrix product.) If an error stops
-# you on the way, say which rule of section 1.2 it comes from.
+# you on the way, say which part of section 1.2 explains it.
 
 # %%
 features = torch.randn(12, 4, generator=make_generator(seed + 2))
