@@ -102,11 +102,14 @@ def print_pages(browser, base_url: str, names: list[str], folder: Path) -> list[
         for name in names:
             page = context.new_page()
             page.goto(f"{base_url}/{name}.html", wait_until="networkidle")
+            # open collapsed cells and dropdowns first: a figure inside one (a solution's)
+            # must be loaded, not only present, when the page is printed
+            page.evaluate(OPEN_EVERYTHING)
             page.evaluate("() => document.querySelectorAll('img').forEach(i => i.scrollIntoView())")
             page.wait_for_load_state("networkidle")
+            page.wait_for_function("() => [...document.images].every(i => i.complete)")
             if page.evaluate("() => Boolean(window.MathJax && MathJax.startup)"):
                 page.evaluate("() => MathJax.startup.promise")
-            page.evaluate(OPEN_EVERYTHING)
             page.add_style_tag(content=PRINT_CSS)
             page.emulate_media(media="print")
             clipped = page.evaluate(CLIPPED_CODE)
