@@ -340,6 +340,12 @@ def test_load_backbone_prefix_mistakes_get_their_hints():
     assert "strip the prefix" in unchecked.hint
 
 
+def test_load_backbone_names_the_prefix_helper_when_the_prefix_is_not_stripped():
+    unstripped = check_load_backbone(lambda m, s, p: load(m, s, ""))
+    assert "raised RuntimeError on a checkpoint with the prefix 'module.'" in unstripped.message
+    assert "consume_prefix_in_state_dict_if_present(state, prefix)" in unstripped.hint
+
+
 def test_load_backbone_other_wrong_answers_fail_without_a_hint():
     def deletes_head(model, state, prefix):
         for key in [k for k in state if k.endswith(("fc.weight", "fc.bias"))]:
@@ -552,6 +558,12 @@ def stills(module, *, momentum=True, grad=True):
 def test_freeze_batchnorm_usual_mistakes_get_their_hints(attempt, hint):
     verdict = check_freeze_batchnorm(attempt)
     assert not verdict and hint in verdict.hint
+
+
+def test_freeze_batchnorm_names_the_frozen_layer_when_nothing_was_replaced():
+    untouched = check_freeze_batchnorm(lambda module: None)
+    assert "2 of 2 BatchNorm2d layers are still there" in untouched.message
+    assert "torchvision.ops.FrozenBatchNorm2d" in untouched.hint
 
 
 def test_freeze_batchnorm_other_wrong_answers_fail_without_a_hint():

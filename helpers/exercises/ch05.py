@@ -126,6 +126,13 @@ def _saved_wrapped(model: nn.Module, attribute: str) -> dict:
     return wrapper.state_dict()
 
 
+_PREFIX_HINT = (
+    "strip the prefix from every key before loading: "
+    "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, prefix) does it, in "
+    "place, so call it on a copy"
+)
+
+
 def _load_hint(error: Exception) -> str | None:
     text = str(error)
     if "size mismatch" in text:
@@ -164,6 +171,8 @@ def check_load_backbone(load_backbone: Callable) -> str:
                     "use the prefix argument: the first checkpoint's 'module.' is not every "
                     "checkpoint's prefix"
                     if attribute == "_orig_mod"
+                    else _PREFIX_HINT
+                    if prefix in str(error)
                     else None
                 ),
             ) from None

@@ -160,7 +160,9 @@ def check_freeze_batchnorm(freeze_batchnorm: Callable) -> str:
         )
     else:
         hint = (
-            "replace each batch norm in its parent with setattr(parent, name, new_layer); "
+            "replace each batch norm with a torchvision.ops.FrozenBatchNorm2d (no parameters, "
+            "and train() does not touch it), set in its parent with "
+            "setattr(parent, name, new_layer); "
             "rebinding a loop variable changes nothing, and the function must change the module "
             "in place"
         )

@@ -1,0 +1,80 @@
+"""helpers.stats: the paired gap against hand and NumPy computations, and its words."""
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.stats import gap_text, noise_level, paired_gap, verdict
+
+
+def test_paired_gap_matches_a_hand_computed_paired_standard_error():
+    # two draws, four images; a right in 3/4 and 4/4, b right in 1/4 and 2/4
+    a = [torch.tensor([1.0, 1.0, 1.0, 0.0]), torch.tensor([1.0, 1.0, 1.0, 1.0])]
+    b = [torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0, 1.0])]
+    gap, se_draws, se_images = paired_gap(a, b)
+    # per draw: 50 and 50 points -> mean 50, no spread between the draws
+    assert gap == pytest.approx(50.0)
+    assert se_draws == pytest.approx(0.0)
+    # per image, averaged over the draws: 50, 50, 100, 0 points
+    per_image = np.array([50.0, 50.0, 100.0, 0.0])
+    assert se_images == pytest.approx(per_image.std(ddof=1) / 2)
+
+
+def test_paired_gap_against_numpy_on_random_scores_and_its_sign():
+    generator = torch.Generator().manual_seed(7)
+    a = [(torch.rand(50, generator=generator) < p).float() for p in (0.8, 0.6, 0.7)]
+    b = [(torch.rand(50, generator=generator) < 0.5).float() for _ in range(3)]
+    gap, se_draws, se_images = paired_gap(a, b)
+    diffs = 100 * (np.stack([t.numpy() for t in a]) - np.stack([t.numpy() for t in b]))
+    assert gap == pytest.approx(diffs.mean())
+    assert se_draws == pytest.approx(diffs.mean(axis=1).std(ddof=1) / np.sqrt(3))
+    assert se_images == pytest.approx(diffs.mean(axis=0).std(ddof=1) / np.sqrt(50))
+    back, *ses = paired_gap(b, a)
+    assert back == pytest.approx(-gap) and ses == pytest.approx([se_draws, se_images])
+
+
+def test_paired_gap_rejects_bad_input():
+    one = torch.ones(4)
+    with pytest.raises(TypeError, match="right_a must be a list"):
+        paired_gap(torch.ones(2, 4), [one, one])
+    with pytest.raises(TypeError, match="right_b must hold torch"):
+        paired_gap([one, one], [[1.0] * 4, [1.0] * 4])
+    with pytest.raises(ValueError, match="at least 2 draws"):
+        paired_gap([one], [one])
+    with pytest.raises(ValueError, match="one length"):
+        paired_gap([one, torch.ones(5)], [one, one])
+    with pytest.raises(ValueError, match="same draws and images"):
+        paired_gap([one, one], [torch.ones(3), torch.ones(3)])
+
+
+@pytest.mark.parametrize(
+    ("gap", "se", "level"),
+    [(2.0, 1.0, "noise"), (-2.0, 1.0, "noise"), (2.5, 1.0, "borderline"), (-3.0, 1.0, "borderline"),
+     (3.01, 1.0, "clear"), (-4.0, 1.0, "clear"), (0.0, 0.0, "noise"), (0.1, 0.0, "clear")],
+)  # fmt: skip
+def test_noise_level_bands_at_two_and_three_standard_errors(gap, se, level):
+    assert noise_level(gap, se) == level
+
+
+def test_gap_text_and_verdict_words():
+    assert gap_text(4.2, 0.8) == "+4.2 ± 0.8 points"
+    assert gap_text(-3.5, 1.8) == "-3.5 ± 1.8 points, within noise"
+    assert gap_text(2.5, 1.0) == "+2.5 ± 1.0 points, borderline"
+    assert verdict(4.2, 0.8) == "beat"
+    assert verdict(-4.2, 0.8) == "did worse than"
+    assert verdict(2.5, 1.0) == "probably beat"
+    assert verdict(-2.5, 1.0) == "probably did worse than"
+    assert verdict(1.0, 1.0) == "did no better than"
+    assert verdict(-1.0, 1.0) == "did no better (if anything worse) than"
+    assert verdict(-0.04, 1.0) == "did no better than"  # rounds to -0.0
+
+
+def test_gap_helpers_reject_bad_numbers():
+    with pytest.raises(TypeError, match="gap must be a number"):
+        noise_level("1", 1.0)
+    with pytest.raises(TypeError, match="se must be a number"):
+        gap_text(1.0, torch.tensor(1.0))
+    with pytest.raises(ValueError, match="se must be >= 0"):
+        verdict(1.0, -0.5)
+    with pytest.raises(ValueError, match="gap must be finite"):
+        noise_level(float("nan"), 1.0)
