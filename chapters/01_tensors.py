@@ -21,8 +21,8 @@
 # create tensors of the shape, type and device you need, predict the dtype of a mixed
 # expression, tell a view from a copy, reshape and index without copying data by accident,
 # predict what broadcasting will do, and replace a Python loop by one vectorised expression
-# that runs hundreds of times faster (section 1.13 measures how much faster on your
-# machine).
+# that runs hundreds to thousands of times faster (section 1.13 measures the factor on
+# your machine).
 #
 # **Prerequisites:** Python and a first acquaintance with NumPy arrays. No earlier chapter.
 
@@ -116,7 +116,8 @@ print(zeros.shape, zeros.dtype, noise.shape, noise.dtype)
 # %% [markdown]
 # One look-alike to avoid: `torch.Tensor` (capital T) is the tensor *class*, and calling
 # it with a number reads the number as a shape. `torch.Tensor(3)` is an uninitialised
-# float32 vector of three elements, while `torch.tensor(3)` is the 0-dim integer 3.
+# vector of three elements in the default dtype (float32 unless changed), while
+# `torch.tensor(3)` is the 0-dim integer 3.
 
 # %%
 print(torch.tensor(3).shape, torch.tensor(3).dtype)  # 0-dim, int64
@@ -234,18 +235,21 @@ print(torch.tensor(1000.1).half())  # float16's spacing near 1000 is 0.5
 #    `float32` (`torch.promote_types` answers for any pair).
 #
 # `torch.result_type` applies the rule without computing anything. The newer `uint16`,
-# `uint32` and `uint64` stand apart: `promote_types` raises for any of them paired with
-# another integer type or bool, and PyTorch's documentation gives them "limited support
-# in eager mode", so some releases cannot even add two of them on the CPU (the sentence
-# after the cell says what this one does). Convert them first (`.int()`, `.float()`).
+# `uint32` and `uint64` stand apart: `promote_types` pairs one of them only with itself
+# or a floating type (the floating type wins: `uint64` with `float16` gives `float16`)
+# and raises for any other integer type, bool or complex type. PyTorch's documentation
+# gives them "limited support in eager mode", so some releases cannot even add two of
+# them on the CPU (the sentence after the cell says what this one does). Convert them
+# first (`.int()`, `.float()`).
 #
 # Matrix products do not promote at all: `@`, `mm` and `bmm` need both operands in one
-# dtype, so `int64 @ float32` and even `float64 @ float32` raise "expected m1 and m2 to
-# have the same dtype". Convert one side first.
+# dtype, so `int64 @ float32` and even `float64 @ float32` raise a `RuntimeError`. Its
+# wording depends on the operands' dimensions, as the cell's last lines show: for two
+# matrices it says "expected m1 and m2 to have the same dtype". Convert one side first.
 #
-# The cell ends with `record`, which stores a sentence from this run under a name; the
-# text after the cell quotes it, so the words and the run cannot disagree (section 1.12
-# says more).
+# Near its end the cell calls `record`, which stores a sentence from this run under a
+# name; the text after the cell quotes it, so the words and the run cannot disagree
+# (section 1.12 says more).
 
 # %%
 int8s = torch.tensor([1, 100], dtype=torch.int8)
@@ -270,6 +274,24 @@ except RuntimeError as err:
     uint16_promotes = False
     print("uint16 + int32 ->", type(err).__name__)
 assert not uint16_promotes
+# the whole rule, for each of the three: only itself and floating types pair
+others = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32)
+others += (torch.int64, torch.uint16, torch.uint32, torch.uint64)
+others += (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+others += (torch.complex64, torch.complex128)
+for unsigned in (torch.uint16, torch.uint32, torch.uint64):
+    for other in others:
+        try:
+            paired = torch.promote_types(unsigned, other)
+        except RuntimeError:
+            paired = None
+        if other == unsigned:
+            assert paired == unsigned, (unsigned, paired)
+        elif other.is_floating_point:
+            assert paired == other, (unsigned, other, paired)  # the float wins
+        else:
+            assert paired is None, (unsigned, other, paired)
+print("uint16/32/64 pair only with themselves and floating types")
 small = torch.tensor([1, 2], dtype=torch.uint16)
 try:
     print("uint16 + uint16 ->", small + small)
@@ -282,6 +304,15 @@ except RuntimeError as err:  # NotImplementedError is a RuntimeError
     )
 print("uint16 converted first:", small.int() + small.int())
 record("uint16_sentence", f"PyTorch {torch.__version__} {uint16_outcome}")
+# float64 @ float32 with vectors, matrices and batches of matrices
+for shape in ((3,), (3, 3), (2, 3, 3)):
+    try:
+        torch.ones(shape, dtype=torch.float64) @ torch.ones(shape)
+        matmul_mixes = True
+    except RuntimeError as err:
+        matmul_mixes = False
+        print(f"{len(shape)}-D float64 @ float32 ->", str(err).splitlines()[0])
+    assert not matmul_mixes, shape
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -480,6 +511,13 @@ picked = logits.gather(dim=1, index=targets.unsqueeze(1))
 print(picked.squeeze(1))  # tensor([2.0, 3.0, 1.0])
 # the same three elements, picked with a row index and a column index
 assert torch.equal(picked.squeeze(1), logits[torch.arange(3), targets])
+# index tensors broadcast against each other, like the operands of + (section
+# 1.7 gives the rule): (2, 1) with (2,) picks a (2, 2) block,
+# out[i, j] = logits[row_ids[i], col_ids[j]]
+row_ids, col_ids = torch.tensor([0, 2]), torch.tensor([1, 2])
+block = logits[row_ids[:, None], col_ids]  # (2, 2)
+print(block)  # rows 0 and 2, columns 1 and 2: [[0.5, -1.0], [1.0, 1.0]]
+assert torch.equal(block, logits[[0, 2]][:, [1, 2]])
 two_per_row = torch.tensor([[0, 2], [1, 0], [2, 2]])  # (3, 2): k = 2 per row
 print(logits.gather(dim=1, index=two_per_row))  # (3, 2); row 0: [2.0, -1.0]
 # the inverse direction: out[i, index[i, j]] += src[i, j]
@@ -1164,8 +1202,8 @@ record(
     headline="Vectorised vs loop speed-up (CPU, 200 points x 50 centres)",
 )
 # Measured about 1,080 to 5,400 on a 2-core CPU depending on its load; the
-# threshold of 200 backs the introduction's "hundreds of times" with a margin
-# of 5x or more.
+# threshold of 200 backs the lower end of the introduction's "hundreds to
+# thousands of times" with a margin of 5x or more.
 assert speedup >= 200, speedup
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -1219,19 +1257,14 @@ makes it subtract first, as the cell above does.
 #
 # **Exercise 1.** Class means without a loop. The next cell makes `features`, 12
 # examples with 4 features each, and their `labels` from 3 classes. In the starter
-# below it, fill in `class_means(features, labels, num_classes)`, the
-# `(num_classes, D)` matrix whose row `k` is the mean feature vector of class `k`, with
+# below it, fill in `class_means(features, labels, num_classes)`, which returns the
+# `(num_classes, D)` matrix whose row `k` is the mean feature vector of class `k`. Use
 # no Python loop over the classes: let one matrix product add up the features of every
-# class at once. Check it against a loop over the classes that selects rows with a
-# boolean mask (section 1.5). A class with no examples (class 3 of
-# `class_means(features, labels, 4)`; the checker tries one too) should get a row of
-# zeros, not the loop's `nan` (the mean of no rows is 0 / 0), so that one empty class
-# cannot spread `nan` into every later sum it enters (`scatter_reduce(..., "mean",
-# include_self=False)` leaves such a row at the destination's value, so zeros from a
-# `torch.zeros` destination). (`index_add_` for the sums
-# and `bincount` for the counts reach the same means without a loop too; the checker
-# uses them as its reference and accepts only the matrix product.) If an error stops
-# you on the way, say which part of section 1.2 explains it.
+# class at once. A class with no examples should get a row of zeros, not `nan`: class 3
+# of `class_means(features, labels, 4)` has none, and the checker tries one too. Check
+# your function against a loop over the classes that selects rows with a boolean mask
+# (section 1.5). If an error stops you on the way, say which part of section 1.2
+# explains it.
 
 # %%
 features = torch.randn(12, 4, generator=make_generator(seed + 2))
@@ -1280,7 +1313,9 @@ means = class_means(features, labels, 3)  # (3, 4)
 by_loop = torch.stack([features[labels == k].mean(dim=0) for k in range(3)])
 print(means)
 # class 3 has no examples: without the clamp, its row would be 0 / 0 = nan,
-# as the mask loop gives; the convention is scatter_reduce's, a row of zeros
+# as the mask loop gives, and one nan spreads into every later sum it enters.
+# A row of zeros is also what scatter_reduce(..., "mean", include_self=False)
+# leaves there: the value of its torch.zeros destination.
 with_empty = class_means(features, labels, 4)  # (4, 4)
 # torch.nn.functional.one_hot builds the same (N, C) matrix, as int64: it
 # needs the same cast before @
@@ -1289,6 +1324,10 @@ assert torch.equal(from_one_hot, (labels[:, None] == torch.arange(4)).long())
 by_scatter = torch.zeros(4, 4).scatter_reduce(
     0, labels[:, None].expand(-1, 4), features, "mean", include_self=False
 )
+# index_add_ for the sums and bincount for the counts reach the same means
+# without a loop too (the checker's reference; it asks for the matrix product)
+by_index_add = torch.zeros(4, 4).index_add_(0, labels, features)
+by_index_add /= torch.bincount(labels, minlength=4).clamp(min=1)[:, None]
 print("empty class 3:", with_empty[3])
 loop_empty = features[labels == 3].mean(dim=0)  # the mean of no rows
 print("the mask loop for class 3:", loop_empty)
@@ -1305,6 +1344,7 @@ print(
 assert not matmul_promotes
 assert torch.allclose(means, by_loop, atol=1e-6)
 assert torch.allclose(with_empty, by_scatter, atol=1e-6)
+assert torch.allclose(with_empty, by_index_add, atol=1e-6)
 assert torch.equal(with_empty[3], torch.zeros(4))
 assert loop_empty.isnan().all()
 from helpers.exercises.ch01 import check_class_means
@@ -1504,8 +1544,9 @@ check_distances_matmul(distances_matmul)
 # Subtracting a common point (the mean of the points) from both sets changes no
 # distance and brings the norms back to the size of the distances. torch.cdist,
 # in its default mode, expands the square too for sets of more than 25 rows and
-# its largest error is the same; with compute_mode="donot_use_mm_for_euclid_dist"
-# it subtracts first.
+# its largest error is of the same size (its own kernel, so not always the
+# same digits); with compute_mode="donot_use_mm_for_euclid_dist" it subtracts
+# first.
 def distances_matmul(
     points: torch.Tensor, centres: torch.Tensor, stable: bool = False
 ) -> torch.Tensor:
@@ -1557,6 +1598,11 @@ for shift in (0.0, 1000.0):
 assert errors[1000.0]["matrix product"] > 1.0
 # cdist expands the square too
 assert errors[1000.0]["cdist, default mode"] > 1.0
+# of the same size: seeds 0-9 give cdist / product ratios of 0.32 to 1.0
+cdist_ratio = (
+    errors[1000.0]["cdist, default mode"] / errors[1000.0]["matrix product"]
+)
+assert 0.1 < cdist_ratio < 10, cdist_ratio
 assert (
     max(errors[1000.0]["difference form"], errors[1000.0]["cdist, no matmul"])
     < 1e-5

@@ -3,6 +3,7 @@ untouched starters say "not attempted", and each common mistake fails with its o
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -395,6 +396,9 @@ def test_distances_matmul_reports_the_cancellation_and_the_repair():
     # 4.4e-6 here (2.3e-6 to 1e-5 for other common shifts); a reference built from the
     # exactly shifted sets would report the shift's own rounding, 2.4e-4, for every repair
     assert repaired < 5e-5, repaired
+    # both in scientific notation with two digits: an uncentred error of exactly 1 must
+    # read "1.0e+00", not a bare "1" that a reader cannot place beside the repaired one
+    assert re.search(r"sets is \d\.\de[+-]\d\d, and \d\.\de[+-]\d\d with stable=True$", message), message
 
 
 def test_distances_matmul_that_is_not_repaired_fails():

@@ -218,8 +218,8 @@ def check_distances_matmul(distances_matmul: Callable[..., torch.Tensor]) -> str
         error[stable] = ((shifted.double() - reference) / reference).abs().max().item()
     shifted_errors = (
         f"with both sets shifted by 1,000 (float32) its largest relative error against "
-        f"float64 distances of those shifted sets is {error[False]:.2g}, "
-        f"and {error[True]:.2g} with stable=True"
+        f"float64 distances of those shifted sets is {error[False]:.1e}, "
+        f"and {error[True]:.1e} with stable=True"
     )
     expect(
         error[True] < 1e-2,
