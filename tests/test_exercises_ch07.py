@@ -20,6 +20,7 @@ from helpers.exercises.ch07 import (
     check_entropy_update,
     check_long_episodes,
     check_multi_step_update,
+    check_paired_comparison,
     check_paired_test,
 )
 from helpers.exercises.ch07_reference import (
@@ -72,12 +73,14 @@ def test_the_chapter_has_one_starter_per_exercise_and_each_is_not_attempted_unto
         ("7.2", "batched_episode_gradients"),
         ("7.3", "paired_test"),
         ("7.4", "long_episodes"),
-        ("7.5", "make_entropy_update"),
+        ("7.5", "make_entropy_update", "paired_comparison"),
     ]
     assert len(STARTERS) == len(expected)
-    for source, (exercise, name) in zip(STARTERS, expected, strict=True):
+    for source, (exercise, *names) in zip(STARTERS, expected, strict=True):
         out = run_starter(source, **NAMES)
-        assert out == f"… Exercise {exercise}: not attempted yet: fill in `{name}` above\n"
+        assert out == "".join(
+            f"… Exercise {exercise}: not attempted yet: fill in `{name}` above\n" for name in names
+        )
 
 
 def starter_with(index, old, new):
@@ -429,8 +432,77 @@ def test_7_5_a_reader_whose_entropy_is_computed_under_no_grad_gets_the_hint():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()"""
-    out = starter_with(4, "raise NotImplementedError  # your code here", body)
-    assert out.endswith("Hint: the bonus had no effect: is the entropy detached or computed under no_grad?\n")
+    # the entropy update's placeholder only (paired_comparison's is indented 4)
+    placeholder = "        raise NotImplementedError  # your code here"
+    out = starter_with(4, placeholder, "        " + body)
+    hint = "Hint: the bonus had no effect: is the entropy detached or computed under no_grad?\n"
+    assert hint in out and out.endswith("fill in `paired_comparison` above\n")
+
+
+def paired_comparison(treated, control, budget, mistake=None):
+    """The chapter's solution written out, with the usual slips."""
+    out = {}
+    for name in ("episodes needed", "entropy"):
+        rows = []
+        for t, c in zip(treated, control, strict=True):
+            if name == "entropy":
+                pick = 0 if mistake == "first" else -1
+                rows.append((t["history"]["entropy"][pick], c["history"]["entropy"][pick]))
+            elif mistake == "dropped" and None in (t["solved_at"], c["solved_at"]):
+                continue
+            else:
+                never = 0 if mistake == "zero" else budget
+                rows.append(tuple(never if r["solved_at"] is None else r["solved_at"] for r in (t, c)))
+        a, b = np.array(rows, dtype=float).T
+        if mistake == "reversed":
+            a, b = b, a
+        d = a - b
+        if mistake == "unpaired":
+            se = math.sqrt(a.var(ddof=1) / len(d) + b.var(ddof=1) / len(d))
+        else:
+            se = d.std(ddof=0 if mistake == "ddof0" else 1) / (
+                1 if mistake == "no sqrt" else math.sqrt(len(d))
+            )
+        out[name] = (d.mean(), se, d.mean() / se)
+    if mistake == "list":
+        return list(out.values())
+    return out
+
+
+def test_7_5_the_paired_comparison_passes():
+    verdict = check_paired_comparison(paired_comparison)
+    assert verdict.passed and "one run per arm that never passed" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("zero", "counted as 0 episodes"),
+        ("dropped", "were left out"),
+        ("first", "the entropy on the first training batch"),
+        ("reversed", "control minus treated"),
+        ("unpaired", "unpaired standard error"),
+        ("ddof0", "ddof=1"),
+        ("no sqrt", "sqrt(n)"),
+    ],
+)
+def test_7_5_each_usual_comparison_mistake_gets_its_hint(mistake, hint):
+    verdict = check_paired_comparison(lambda *args: paired_comparison(*args, mistake=mistake))
+    assert verdict.status == "failed" and hint in verdict.hint
+
+
+def test_7_5_a_comparison_of_the_wrong_shape_fails_with_a_message():
+    verdict = check_paired_comparison(lambda *args: paired_comparison(*args, mistake="list"))
+    assert not verdict and "should return a dict with keys" in verdict.message
+
+
+def test_7_5_a_comparison_that_changes_the_runs_it_is_given_does_not_fool_the_checker():
+    def popping(treated, control, budget):
+        for run in treated + control:
+            run["history"]["entropy"].pop()
+        return paired_comparison(treated, control, budget)
+
+    assert not check_paired_comparison(popping)
 
 
 # --- the module's own pieces -------------------------------------------------------------

@@ -36,7 +36,9 @@ from helpers.exercises.ch07_reference import (
     log_probs,
     long_episodes_reference,
     made_up_episodes,
+    made_up_runs,
     normalised,
+    paired_reference,
     per_episode_gradients,
     reinforce_loss,
     small_policy,
@@ -50,6 +52,7 @@ __all__ = [
     "check_entropy_update",
     "check_long_episodes",
     "check_multi_step_update",
+    "check_paired_comparison",
     "check_paired_test",
 ]
 
@@ -293,4 +296,50 @@ def check_entropy_update(make_entropy_update: Callable[[float], Any]) -> str:
     return (
         f"matches one SGD step on the loss with beta = {beta} to {gap:.1e} "
         f"(the bonus moved the parameters by {(want - no_bonus).norm():.2f})"
+    )
+
+
+@checker("7.5", "paired_comparison")
+def check_paired_comparison(paired_comparison: Callable[..., Any]) -> str:
+    """Two arms of 5 made-up runs each, paired by seed, one run of each arm never passing."""
+    generator, budget = torch.Generator().manual_seed(7_055), 1_000
+    control = made_up_runs(generator, 5, budget, never=1)
+    treated = made_up_runs(generator, 5, budget, never=3)
+    for t, c in zip(treated, control, strict=True):  # paired: a seed moves both arms alike
+        if None not in (t["solved_at"], c["solved_at"]):
+            t["solved_at"] = max(16, c["solved_at"] + t["solved_at"] // 4 - 192)
+        t["history"]["entropy"][-1] = c["history"]["entropy"][-1] + 0.05 + 0.02 * len(t["history"]["entropy"])
+    got = paired_comparison(copy.deepcopy(treated), copy.deepcopy(control), budget)
+    want = paired_reference(treated, control, budget)
+    expect(
+        isinstance(got, dict) and set(got) == set(want),
+        f"paired_comparison should return a dict with keys {sorted(want)}, got {got!r:.120}",
+    )
+    hints = {
+        "zero": "a run that never passed counted as 0 episodes, the fastest of all: count it as the budget",
+        "dropped": "the pairs with a run that never passed were left out: they are the slowest runs, "
+        "count them at the budget",
+        "first": "that is the entropy on the first training batch: take the last one, history['entropy'][-1]",
+        "reversed": "that is control minus treated: take treated minus control",
+        "unpaired": "that is the unpaired standard error of two independent samples: take the standard "
+        "deviation of the per-seed differences",
+        "ddof0": "that standard deviation divides by n: the sample standard deviation divides by "
+        "n - 1 (ddof=1)",
+        "no sqrt": "that is the standard deviation of one difference: the mean's divides it by sqrt(n)",
+    }
+    slips = {key: paired_reference(treated, control, budget, key) for key in hints}
+    for name, numbers in want.items():
+        value = got[name]
+        expect(
+            isinstance(value, tuple | list) and len(value) == 3,
+            f"got[{name!r}] should be (mean difference, standard error, t), got {value!r:.120}",
+        )
+        for i, what in enumerate(("mean difference", "paired standard error", "t")):
+            mistakes = {hints[key]: slips[key][name][i] for key in hints if slips[key][name][i] != numbers[i]}
+            expect_number(value[i], numbers[i], f"the {what} of {name!r}", rel=1e-6, mistakes=mistakes)
+    episodes, entropies = want["episodes needed"], want["entropy"]
+    return (
+        f"matches the paired comparison of 5 made-up seeds, one run per arm that never passed: "
+        f"episodes needed {episodes[0]:+.1f} ± {episodes[1]:.1f}, "
+        f"entropy {entropies[0]:+.3f} ± {entropies[1]:.3f}"
     )

@@ -11,6 +11,7 @@ Introduced with chapter 7's exercises.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -231,3 +232,54 @@ def long_episodes_reference(
         "ends": ended.sum(axis=0),
     }
     return {name: torch.as_tensor(value, dtype=torch.float64) for name, value in found.items()}
+
+
+def made_up_runs(generator: torch.Generator, n: int, budget: int, never: int) -> list[dict]:
+    """``n`` runs shaped like ``train_reinforce``'s: ``solved_at`` (a multiple of 16 below
+    ``budget``, None for run ``never``) and an entropy history of a few batches."""
+    runs = []
+    for i in range(n):
+        solved = 16 * int(torch.randint(4, budget // 16, (1,), generator=generator))
+        batches = int(torch.randint(3, 8, (1,), generator=generator))
+        entropy = (0.1 + 0.6 * torch.rand(batches, generator=generator, dtype=torch.float64)).tolist()
+        runs.append({"solved_at": None if i == never else solved, "history": {"entropy": entropy}})
+    return runs
+
+
+def paired_reference(
+    treated: list[dict], control: list[dict], budget: int, mistake: str | None = None
+) -> dict[str, tuple[float, float, float]]:
+    """Per measure: mean of the per-seed differences treated - control, its paired standard
+    error and t; ``mistake`` gives what a usual slip gives instead."""
+    if mistake == "dropped":  # pairs with a run that never passed left out
+        kept = [
+            (t, c)
+            for t, c in zip(treated, control, strict=True)
+            if None not in (t["solved_at"], c["solved_at"])
+        ]
+        treated, control = [t for t, _ in kept], [c for _, c in kept]
+    never = 0 if mistake == "zero" else budget
+
+    def needed(run: dict) -> float:
+        return never if run["solved_at"] is None else run["solved_at"]
+
+    def last_entropy(run: dict) -> float:
+        return run["history"]["entropy"][0 if mistake == "first" else -1]
+
+    out = {}
+    for name, measure in [("episodes needed", needed), ("entropy", last_entropy)]:
+        a = np.array([measure(r) for r in treated], dtype=np.float64)
+        b = np.array([measure(r) for r in control], dtype=np.float64)
+        if mistake == "reversed":
+            a, b = b, a
+        d, n = a - b, len(a)
+        if mistake == "unpaired":
+            se = math.sqrt(a.var(ddof=1) / n + b.var(ddof=1) / n)
+        elif mistake == "ddof0":
+            se = d.std(ddof=0) / math.sqrt(n)
+        elif mistake == "no sqrt":
+            se = d.std(ddof=1)
+        else:
+            se = d.std(ddof=1) / math.sqrt(n)
+        out[name] = (float(d.mean()), float(se), float(d.mean() / se))
+    return out
