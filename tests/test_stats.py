@@ -33,18 +33,35 @@ def test_paired_gap_against_numpy_on_random_scores_and_its_sign():
     assert back == pytest.approx(-gap) and ses == pytest.approx([se_draws, se_images])
 
 
-def test_paired_gap_rejects_bad_input():
-    one = torch.ones(4)
-    with pytest.raises(TypeError, match="right_a must be a list"):
-        paired_gap(torch.ones(2, 4), [one, one])
-    with pytest.raises(TypeError, match="right_b must hold torch"):
-        paired_gap([one, one], [[1.0] * 4, [1.0] * 4])
-    with pytest.raises(ValueError, match="at least 2 draws"):
-        paired_gap([one], [one])
-    with pytest.raises(ValueError, match="one length"):
-        paired_gap([one, torch.ones(5)], [one, one])
-    with pytest.raises(ValueError, match="same draws and images"):
-        paired_gap([one, one], [torch.ones(3), torch.ones(3)])
+ONE = torch.ones(4)
+
+
+@pytest.mark.parametrize(
+    ("right_a", "right_b", "error", "message"),
+    [
+        (torch.ones(2, 4), [ONE, ONE], TypeError, "right_a must be a list of .* got Tensor$"),
+        ("ab", [ONE, ONE], TypeError, "right_a must be a list of .* got str$"),
+        (3, [ONE, ONE], TypeError, "right_a must be a list of .* got int$"),
+        ([ONE, ONE], [[1.0] * 4, [1.0] * 4], TypeError, "right_b must hold torch"),
+        ([ONE], [ONE], ValueError, "at least 2 draws"),
+        ([ONE, torch.ones(5)], [ONE, ONE], ValueError, "one length"),
+        ([torch.ones(2, 3), torch.ones(2, 3)], [ONE, ONE], ValueError, "one length"),
+        ([torch.ones(1), torch.ones(1)], [ONE, ONE], ValueError, "one length N >= 2"),
+        ([ONE, ONE], [torch.ones(3), torch.ones(3)], ValueError, "same draws and images"),
+    ],
+)
+def test_paired_gap_rejects_bad_input(right_a, right_b, error, message):
+    with pytest.raises(error, match=message):
+        paired_gap(right_a, right_b)
+
+
+def test_paired_gap_takes_the_smallest_sample_two_draws_of_two_images():
+    a = [torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])]
+    b = [torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0])]
+    gap, se_draws, se_images = paired_gap(a, b)
+    # per draw 50 and 50 points; per image 100 and 0 points
+    assert (gap, se_draws) == pytest.approx((50.0, 0.0))
+    assert se_images == pytest.approx(np.std([100.0, 0.0], ddof=1) / np.sqrt(2))
 
 
 @pytest.mark.parametrize(
@@ -67,11 +84,15 @@ def test_gap_text_and_verdict_words():
     assert verdict(1.0, 1.0) == "did no better than"
     assert verdict(-1.0, 1.0) == "did no better (if anything worse) than"
     assert verdict(-0.04, 1.0) == "did no better than"  # rounds to -0.0
+    assert verdict(-0.3, 1.0) == "did no better (if anything worse) than"  # to one decimal
+    assert verdict(0.5, 0.1) == "beat"  # a small gap, clear of a smaller error
 
 
 def test_gap_helpers_reject_bad_numbers():
-    with pytest.raises(TypeError, match="gap must be a number"):
+    with pytest.raises(TypeError, match=r"gap must be a number, got str$"):
         noise_level("1", 1.0)
+    with pytest.raises(TypeError, match=r"gap must be a number, got bool$"):
+        noise_level(True, 1.0)
     with pytest.raises(TypeError, match="se must be a number"):
         gap_text(1.0, torch.tensor(1.0))
     with pytest.raises(ValueError, match="se must be >= 0"):
