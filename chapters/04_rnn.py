@@ -97,8 +97,9 @@ checkpoint_dir = Path(tempfile.mkdtemp())
 # The setup cell gives torch one CPU thread. A recurrent layer runs its time steps one
 # after another, and the layers in this chapter are small, so each step is a few tiny
 # matrix products with little work to share among threads; chapter 8 measures when more
-# threads pay and why, on a busy machine, they can even lose. (With a GPU the networks
-# run there, and the setting only affects the little work left on the CPU.)
+# threads pay and why, on a busy machine, they can even lose. (With a CUDA GPU the
+# networks run there, and the setting only affects the little work left on the CPU; on
+# Apple's MPS the GRUs stay on the CPU, for the reason section 4.7 gives.)
 #
 # ## 4.1 What a recurrent layer takes and returns
 #
@@ -1897,8 +1898,8 @@ at step 40 for the RNN, {{lstm_init_ratio}} for the LSTM (forget gate near 0.73)
 and {{gru_init_ratio}} for the GRU. So gating does not prevent vanishing
 gradients at the start. After training (right) the LSTM's and GRU's curves are far
 flatter, at ratios of {{lstm_grad_ratio}} and {{gru_grad_ratio}}: the gradient
-now reaches step 1 {{undiminished_text}}. Whether the gates are what carries it, the
-next cell measures. (Gating is not the only cure
+now reaches step 1 {{undiminished_text}}. The next cell measures how the gates
+changed with training, though not which path carries the gradient. (Gating is not the only cure
 for a plain RNN: an RNN with ReLU units and $W_{hh}$ started at the identity, the
 IRNN of [Le, Jaitly and Hinton, 2015](https://arxiv.org/abs/1504.00941), in PyTorch
 `nn.RNN(..., nonlinearity='relu')` with `weight_hh_l0` set to the identity, solves
@@ -3601,8 +3602,8 @@ assert seq_by_step[-1] < 0.25 * recursive_by_step[-1], seq_by_step
 # years' differences are positively correlated, as the errors of forecasts from
 # overlapping windows can be. The **batch-means** standard error cuts the $n$ yearly
 # differences into $k$ blocks of consecutive years, averages each block, and treats the
-# $k$ block means as the independent draws: their sample standard deviation (its
-# variance divided by $k - 1$, torch's default) over $\sqrt{k}$.
+# $k$ block means as the independent draws: their sample standard deviation (the sum
+# of squared deviations divided by $k - 1$, torch's default) over $\sqrt{k}$.
 # (Blocks long enough for the correlation to fade between them are what make it valid;
 # with 40 years, blocks of 5 give 8 block means, a rough estimate but an honest one.)
 # Write it as the function in the starter below first, then train the models and judge
@@ -3896,7 +3897,7 @@ assert irnn_runs["IRNN", 0.005][0] < 0.5 / 12, irnn_runs["IRNN", 0.005][0]
 # factor on does the gradient grow going back in time instead of shrinking, and how
 # much larger is it at step 1 than at step 40 for $k = 6$? Section 4.6 looked at the
 # two ingredients of that growth separately, the spectral radius of $W_{hh}$ and tanh's
-# mean slope; their product is a crude estimate of the growth per step. Compute the
+# mean slope; their product is a crude estimate of the growth per step. Bound the
 # growth exactly instead. Going back from step $T$ to step 1, the chain rule gives
 # $\partial L/\partial h_1 = P^\top\, \partial L/\partial h_T$ with
 # $P = J_T J_{T-1} \cdots J_2$ and $J_t = \partial h_t / \partial h_{t-1} =
@@ -3985,7 +3986,7 @@ for factor in factors:
 measured = {k: g ** (1 / 39) for k, g in growth.items()}
 for k in factors:
     print(
-        f"W_hh x {k}: measured {measured[k]:.3f} per step, exact rate"
+        f"W_hh x {k}: measured {measured[k]:.3f} per step, bound"
         f" (mean over sequences) {exact[k]:.3f}, crude estimate"
         f" {crude[k]:.3f};"
         f" ||dL/dh_1|| / ||dL/dh_40|| = {sci(growth[k], 1)}"
@@ -4009,7 +4010,7 @@ assert all(growth[k] > 1 for k in factors if k > first_growing), growth
 # each sequence's gradient grows at most by its sigma_max; the rates compared
 # here are averages over the sequences, so "above" is measured, not certain
 above = all(measured[k] <= exact[k] for k in factors)
-# how far the exact rate and the crude estimate are from the measured one
+# how far the bound and the crude estimate are from the measured rate
 exact_gap = max(abs(exact[k] - measured[k]) for k in factors)
 crude_gap = max(abs(crude[k] - measured[k]) for k in factors)
 wrong_side = [k for k in factors if (crude[k] > 1) != (measured[k] > 1)]
@@ -4022,8 +4023,9 @@ answer = (
     f"Answer: from W_hh x {first_growing} on, the gradient grows going back in "
     f"time instead of vanishing; at x 6 it is {sci(growth[6])} times larger at "
     f"step 1 than at step 40, against {sci(1 / growth[1])} times smaller with "
-    "the default weights. The exact per-step rate from the Jacobian products"
-    " bounds each sequence's growth. Averaged over the sequences, it was"
+    "the default weights. The per-step bound from the exact Jacobian"
+    " products, sigma_max(P)^(1/39), limits each sequence's growth."
+    " Averaged over the sequences, it was"
     + (
         f" above the measured rate at every factor, by at most {exact_gap:.3f}:"
         " the gradient grows almost as fast as the products allow."

@@ -170,7 +170,8 @@ def check_jacobian_growth(jacobian_growth: Any) -> str:
         expect_close(got, want, f"the growth per step for W_hh x {factor:g}", tol=tol, hint=hint)
         facts.append(f"{want:.3f}")
     return (
-        f"gives the mean per-step growth of the exact Jacobian products ({' and '.join(facts)}) "
+        "gives the mean per-step bound sigma_max(P)^(1/(T-1)) of the exact Jacobian products "
+        f"({' and '.join(facts)}) "
         "for a W_hh with complex leading eigenvalues, scaled by 1 and by 3, and leaves the network "
         "as it was"
     )
