@@ -964,7 +964,8 @@ print(inspect.getsource(CostlyDataset.__getitem__))
 # `sleep_s` stands for waiting on a disk or a network (the process waits but the CPU
 # is free), `work` for CPU-heavy preprocessing (the CPU is busy). Each item of the
 # waiting set sleeps 2 ms, and each item of the computing set does 30,000 rounds of
-# arithmetic, which the cell times on this machine (the costs are untuned: large
+# arithmetic, whose time on this machine the cell reads off the epochs without
+# workers (the costs are untuned: large
 # enough to matter next to a training step of this small model). An epoch covers 128
 # digits in batches of 16, and each configuration runs three epochs, each a full pass
 # of loading plus a training step per batch; the configurations take turns, epoch by
@@ -980,9 +981,6 @@ print(inspect.getsource(CostlyDataset.__getitem__))
 subset = train_index[:128]
 waiting_set = CostlyDataset(images[subset], labels[subset], sleep_s=0.002)
 computing_set = CostlyDataset(images[subset], labels[subset], work=30_000)
-compute_item_s = best_time(partial(computing_set.__getitem__, 0), repeat=5)
-print(f"one item of the computing set: {compute_item_s * 1e3:.1f} ms")
-record("compute_item_ms", compute_item_s * 1e3, fmt="{:.1f}")
 
 worker_settings = {
     "0 workers": {"num_workers": 0},
@@ -1020,9 +1018,14 @@ def epoch_runner(
         **options,
     )
 
-    def run_epoch() -> float:
+    def run_epoch() -> tuple[float, float]:
+        """Seconds of the epoch, and of them the seconds spent waiting for
+        the loader to hand over the next batch.
+        """
         start = time.perf_counter()
+        loading, ready = 0.0, start
         for x, y in loader:
+            loading += time.perf_counter() - ready
             # non_blocking only has an effect for pinned memory and a CUDA
             # device
             x, y = (
@@ -1033,14 +1036,16 @@ def epoch_runner(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            ready = time.perf_counter()
         loss.item()  # wait for the device before stopping the clock
-        return time.perf_counter() - start
+        return time.perf_counter() - start, loading
 
     return run_epoch
 
 
 loading = {}  # (kind, setting) -> seconds of epoch 1, best of epochs 2 and 3
 later_readings = {}  # (kind, setting) -> seconds of epochs 2 and 3
+fetching = {}  # (kind, setting) -> seconds of each epoch spent waiting on it
 for kind, dataset in (("waiting", waiting_set), ("computing", computing_set)):
     runners = {
         name: epoch_runner(
@@ -1055,17 +1060,42 @@ for kind, dataset in (("waiting", waiting_set), ("computing", computing_set)):
     # epoch by epoch, the settings interleaved: a busy spell of the machine
     # slows one epoch of several settings, not every epoch of one
     epochs = {name: [] for name in runners}
+    waits = {name: [] for name in runners}
     for _ in range(3):
         for name, run_epoch in runners.items():
-            epochs[name].append(run_epoch())
+            seconds, waited = run_epoch()
+            epochs[name].append(seconds)
+            waits[name].append(waited)
     del runners, run_epoch  # shuts down the persistent workers
     for name, (first, *later) in epochs.items():
         loading[kind, name] = (first, min(later))
         later_readings[kind, name] = later
+        fetching[kind, name] = waits[name]
         print(
             f"{kind:9} {name:30} epoch 1 {first:.3f} s, "
             f"epochs 2 and 3 {later[0]:.3f} s and {later[1]:.3f} s"
         )
+
+# Without workers the main process produces every item itself, so the time it
+# waited for batches is the items' cost (plus stacking them into batches),
+# measured inside the very epoch it explains: take the faster later epoch.
+zero_epochs = later_readings["computing", "0 workers"]  # epochs 2 and 3
+fastest = 1 + zero_epochs.index(min(zero_epochs))  # its index among all three
+compute_epoch_s = zero_epochs[fastest - 1]
+compute_load_s = fetching["computing", "0 workers"][fastest]
+compute_item_s = compute_load_s / len(computing_set)
+print(
+    f"one item of the computing set: {compute_item_s * 1e3:.2f} ms; "
+    f"{len(computing_set)} items took {compute_load_s:.3f} s of that "
+    f"epoch's {compute_epoch_s:.3f} s without workers"
+)
+# the items cost most of the epoch: what makes the computing set CPU-bound
+# loading (share measured: 0.92, 0.95, 0.94 with seeds 0, 1, 2)
+assert compute_load_s <= compute_epoch_s, (compute_load_s, compute_epoch_s)
+assert compute_load_s > 0.5 * compute_epoch_s, (compute_load_s, compute_epoch_s)
+record("compute_item_ms", compute_item_s * 1e3, fmt="{:.2f}")
+record("compute_load_s", compute_load_s, fmt="{:.2f}")
+record("compute_load_share", compute_load_s / compute_epoch_s, fmt="{:.0%}")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
@@ -1073,7 +1103,7 @@ names = list(worker_settings)
 positions = np.arange(len(names))
 item_costs = {
     "waiting": "sleeps 2 ms per item",
-    "computing": f"{compute_item_s * 1e3:.1f} ms of work per item",
+    "computing": f"{compute_item_s * 1e3:.2f} ms of work per item",
 }
 for ax, kind in zip(axes, ("waiting", "computing"), strict=True):
     for offset, epoch, label in (
@@ -1224,13 +1254,17 @@ CPU, so workers overlap their waits however few cores the machine has (two worke
 wait for two items at a time, more workers for more), and all of their loading
 overlaps with the training step in the main process. Two workers can at most halve
 the sleeping: 128 items × 2 ms / 2 = {{wait_floor_s}} s is the least an epoch with
-them can take, whatever the machine. For the computing dataset (an
-item took {{compute_item_ms}} ms here) an epoch with two persistent workers took
+them can take, whatever the machine. For the computing dataset an
+epoch with two persistent workers took
 {{compute_2_s}} s against {{compute_0_s}} s: it was
 {{compute_verdict}} the epoch without workers. Computing needs cores: this
 process may use {{usable_cpus}} logical CPUs, shared by the workers, the
 training loop and anything else running, so CPU-bound loading can gain at most what
-the free cores allow.
+the free cores allow. Without workers, that {{compute_0_s}} s epoch spent
+{{compute_load_s}} s ({{compute_load_share}}) waiting for its batches, which the
+main process built itself: {{compute_item_ms}} ms per item, timed inside the
+epoch rather than apart from it, where a busier or quieter spell of the machine
+could give another figure. The training steps took the rest.
 
 Each of these verdicts compares two settings by their later epochs (2 and 3), with
 the chapter's one rule: one setting is faster only if both its later epochs, 10 %
@@ -1555,6 +1589,13 @@ measurement of the final result: its rate changes every step.)
 #   of grace; the default, 10, suits longer runs).
 #
 #
+# The factors and lengths above are typical untuned values, not tuned here: 0.1 is
+# `StepLR`'s default `gamma` (its documentation's example cuts by it every 30 epochs;
+# here every third of the run); 0.3 is gentler than `ReduceLROnPlateau`'s
+# default factor of 0.1, since `patience=0` cuts at the first stalled epoch; and a
+# warm-up over a small share of the run is common practice (Goyal et al., 2017, warmed
+# up over 5 of 90 epochs).
+#
 # Each combination trains with two seeds, and those at the rate of 0.5 with four, so
 # that its difference from the others can be compared with the difference between
 # seeds.
@@ -1700,20 +1741,25 @@ ax_rate.set(
 ax_rate.grid(alpha=0.3)
 ax_rate.legend(fontsize=8)
 positions = np.arange(len(schedule_names))
+# every seed each combination ran: two at the low rate, four at the high one
+panel_seeds = {contest_rates[0]: run_seeds, high: high_seeds}
 for offset, rate, marker in ((-0.15, contest_rates[0], "o"), (0.15, high, "s")):
-    means = [mean_val[name, rate] for name in schedule_names]
+    finals = {
+        name: [schedule_runs[name, rate, s][2][-1] for s in panel_seeds[rate]]
+        for name in schedule_names
+    }
     (line,) = ax_val.plot(
         positions + offset,
-        means,
+        [np.mean(finals[name]) for name in schedule_names],
         marker,
         ms=8,
         ls="none",
-        label=f"lr {rate}, mean",
+        label=f"lr {rate}, mean of {len(panel_seeds[rate])} seeds",
     )
     for i, name in enumerate(schedule_names):
         ax_val.plot(
-            [i + offset] * 2,
-            final_val[name, rate],
+            [i + offset] * len(panel_seeds[rate]),
+            finals[name],
             "_",
             ms=14,
             mew=2,
@@ -1927,7 +1973,7 @@ record(
 # %%
 # the validation loss epoch by epoch at the high rate: constant against the
 # best schedule there, all four seeds
-fig, ax = plt.subplots(figsize=(6, 3.6))
+fig, ax = plt.subplots(figsize=(8.5, 3.6))
 epochs_axis = range(1, lr_epochs + 1)
 for name, style in (("constant", "--"), (best_high, "-")):
     for run_seed, marker in zip(high_seeds, "osD^", strict=True):
@@ -1947,7 +1993,8 @@ ax.set(
 )
 label_log_axis(ax.yaxis)
 ax.grid(alpha=0.3)
-ax.legend(fontsize=8)
+# beside the axes, so that it hides none of the curves
+ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
 fig.tight_layout()
 plt.show()
 
@@ -2030,7 +2077,8 @@ In the first figure, the left panel shows each schedule's rate over the run at t
 peak of 0.5, read off the optimizer at every step; for `ReduceLROnPlateau` that is
 the rate it chose from this run's validation losses (it cut the rate
 {{plateau_cuts}} with seed 0).
-The right panel shows where each combination ended.
+The right panel shows where each combination ended: a dash for each seed's
+final loss and a marker for their mean, over two seeds at 0.05 and all four at 0.5.
 
 Held constant, the rate of 0.5 ended at a mean final validation loss of
 {{constant_high_loss}} over four seeds; {{n_rescued}} schedules that lower it ended
@@ -3470,6 +3518,23 @@ else:
         "loss comes from steps too large to settle."
     )
 record("dead_sentence", dead_sentence)
+unclipped_high_val = clip_runs[excessive, "no clipping"][2]
+peak_epoch = int(np.argmax(unclipped_high_val))
+peak_val = unclipped_high_val[peak_epoch]
+if peak_val > 2 * np.log(10):
+    spike_sentence = (
+        f"On the way, its validation loss peaked at {peak_val:.0f} after "
+        f"epoch {peak_epoch + 1}, {peak_val / np.log(10):.0f} times "
+        "guessing's ln 10: a loss far above ln 10 means confident wrong "
+        "answers (large logits on wrong digits), here after "
+        f"{peak_epoch + 1} epoch{'s' if peak_epoch else ''} of steps this large."
+    )
+else:
+    spike_sentence = (
+        f"On the way, its validation loss peaked at {peak_val:.2f} after "
+        f"epoch {peak_epoch + 1}, at most twice guessing's ln 10."
+    )
+record("spike_sentence", spike_sentence)
 dead_clipped = dead_share(clip_runs[excessive, "clipped"][0], x_val_all)
 record("dead_clipped", dead_clipped, fmt="{:.0%}")
 clipped_high_val = clip_runs[excessive, "clipped"][2]
@@ -3517,7 +3582,7 @@ first layer's ReLUs outputting zero for every validation digit (against
 {{dead_low}} in the healthy run) and {{dead_train_high}} for every training
 digit, and a median gradient norm of
 {{late_norm_high}} in its last epoch (healthy run: {{late_norm_low}}).
-{{dead_sentence}} With clipping, {{clipped_share_high}} of the steps were
+{{spike_sentence}} {{dead_sentence}} With clipping, {{clipped_share_high}} of the steps were
 clipped and the run ended at {{high_clipped_loss}}, with {{dead_clipped}}
 of its first layer's ReLUs dead for every validation digit; {{clipped_fate}}.
 A rate that needs clipping this often is simply too high; its fix is a lower rate,
@@ -4484,6 +4549,15 @@ record("profile_sentence", profile_sentence)
 record("dropout_vs_matmul", float(np.median(dropout_ratios)), fmt="{:.1f}")
 record("dropout_vs_matmul_low", min(dropout_ratios), fmt="{:.1f}")
 record("dropout_vs_matmul_high", max(dropout_ratios), fmt="{:.1f}")
+low_ratio, high_ratio = min(dropout_ratios), max(dropout_ratios)
+record(
+    "dropout_range_words",
+    f"{low_ratio:.1f} times the time of the matrix products it sits between "
+    "in every recording"
+    if f"{low_ratio:.1f}" == f"{high_ratio:.1f}"
+    else f"from {low_ratio:.1f} to {high_ratio:.1f} times the time of the "
+    "matrix products it sits between",
+)
 record("n_profiles", n_profiles)
 record(
     "profile_agreement",
@@ -4522,9 +4596,8 @@ label's own time is the time inside it that no operator accounts for: Python and
 PyTorch's own overhead. {{profile_sentence}}.
 
 A recording of a few milliseconds can be noisy: across the {{n_profiles}}
-recordings dropout's operators took from {{dropout_vs_matmul_low}} to
-{{dropout_vs_matmul_high}} times the time of the matrix products it sits
-between (median {{dropout_vs_matmul}}), {{profile_agreement}}. By
+recordings dropout's operators took {{dropout_range_words}}
+(median {{dropout_vs_matmul}}), {{profile_agreement}}. By
 arithmetic dropout would cost about {{dropout_arith_share}} of the matrix
 products (about five operations per activation, against the matrix products'
 operations of a forward and backward pass as `FlopCounterMode` from
@@ -4897,14 +4970,16 @@ else:
     busiest = max(load_at_start, load_at_end)
     load_sentence = (
         "The machine's load average (a damped one-minute average of the "
-        "tasks running or waiting, this notebook's own included) was "
+        "tasks running or waiting for a CPU, this notebook's own included; "
+        "Linux also counts tasks waiting on the disk) was "
         f"{load_at_start:.1f} at the start of this run and {load_at_end:.1f} "
         f"at the end, with {usable_cpus} logical CPUs usable here."
     )
     if busiest > usable_cpus:
         load_sentence += (
-            " That is more than the CPUs can serve at once, so "
-            "processes queued for them while these measurements ran "
+            " That is more than the CPUs can serve at once, so (unless "
+            "the excess was tasks waiting on the disk) processes queued "
+            "for them while these measurements ran "
             "(threaded operations suffer most, since each waits for "
             "its slowest thread). Where the queue held other programs, "
             "the timings and verdicts on this page describe a busy "
@@ -4913,7 +4988,8 @@ else:
         )
     else:
         load_sentence += (
-            " By that average no process had to queue for a CPU, though it "
+            " So on average fewer tasks were runnable than there were CPUs; "
+            "an average does not rule out short spells of queuing, and it "
             "cannot see other guests of a virtual machine's host."
         )
 print(load_sentence)
@@ -4953,8 +5029,9 @@ summary_rows = [
     (
         "3 LR schedules",
         f"range test blew up from lr {blowup_lr:.2f}; at lr {high} constant "
-        f"{constant_high:.2f} vs {best_high} {mean_val[best_high, high]:.3f} "
-        f"(mean final val loss); selected {best_name} at {best_rate}, test "
+        f"{constant_high:.2f} vs {best_high} {mean_high4[best_high]:.3f} "
+        "(mean final val loss over four seeds); "
+        f"selected {best_name} at {best_rate}, test "
         f"accuracy {test_result.accuracy:.1%}",
     ),
     (
@@ -5129,7 +5206,10 @@ for hidden in widths:
     )
 print(f"rounds of one width differed by up to {round_spread:.0%}")
 l2 = l2_cache_bytes()
-fits = [h for h in widths if l2 is not None and 4 * h * h <= l2]
+# a matrix exactly the cache's size is at the boundary: with the batch's
+# activations beside it, it cannot fit
+fits = [h for h in widths if l2 is not None and 4 * h * h < l2]
+at_boundary = [h for h in widths if l2 is not None and 4 * h * h == l2]
 spills = [h for h in widths if l2 is not None and 4 * h * h > l2]
 
 
@@ -5161,7 +5241,7 @@ else:
     fell = [h for h in spills if below(h, inside_width)]
     if len(fell) == len(spills):
         verdict = (
-            "every width beyond the cache fell below the best that fits, "
+            "every width beyond the cache fell below the best smaller one, "
             "every round more than 10 % under every round of it, as the "
             "cache explanation predicts."
         )
@@ -5184,13 +5264,22 @@ else:
             "clearly below that (every round more than 10 % under), so there "
             "is no consistent fall."
         )
+    boundary_words = "".join(
+        f" Width {h}'s matrix, {4 * h * h / 2**20:.2f} MiB, is the cache's "
+        "own size: at the boundary rather than inside, since the activations "
+        f"need room too; it reached {gflops_at[h]:.1f} GFLOP/s."
+        for h in at_boundary
+    )
     cache_answer = (
-        f"The L2 cache holds {l2 / 2**20:.1f} MiB. Weight matrices that fit "
-        f"in it reached up to {inside:.1f} GFLOP/s; " + verdict
+        f"The L2 cache holds {l2 / 2**20:.2f} MiB. Weight matrices smaller "
+        f"than it ({'widths' if fits[1:] else 'width'} "
+        f"{', '.join(map(str, fits))}) reached up to "
+        f"{inside:.1f} GFLOP/s; " + verdict + boundary_words
     )
 if rises:
     cache_answer += (
-        f" Among the widths that fit, throughput rose with width, each "
+        f" Among the widths smaller than the cache, throughput rose with "
+        "width, each "
         "width's rounds more than 10 % above every round of the narrower "
         f"one, from {gflops_at[fits[0]]:.1f} GFLOP/s at "
         f"width {fits[0]} to {gflops_at[fits[-1]]:.1f} at width {fits[-1]}, as "
