@@ -10,11 +10,16 @@ need_slurm
 echo "==> ruff: lint and format check"
 "$UV" run --locked ruff check .
 "$UV" run --locked ruff format --check .
-echo "==> pytest: helper and project tests, with branch coverage of helpers/"
-# Two workers: many tests wait on subprocesses (torchrun ranks, timeouts), so one core
-# would sit idle; stealing work keeps the long tests from ending up on one worker.
-"$UV" run --locked pytest tests --ignore=tests/browser -n 2 --dist worksteal \
-    --cov=helpers --cov-report=term-missing --cov-fail-under=90
+echo "==> pytest: unit tests of the helpers, checkers and project files"
+# Two workers: some tests wait on subprocesses (timeouts), so one core would sit idle;
+# stealing work keeps the long tests from ending up on one worker.
+"$UV" run --locked pytest tests --ignore=tests/browser -m "not integration" -n 2 \
+    --dist worksteal --cov=helpers --cov-report=
+echo "==> pytest: integration tests (torchrun ranks, a SLURM job, CPU-level probes, ResNet-18)"
+# Each starts processes that import torch afresh, or trains a real torchvision network:
+# seconds each, so they run after the quick tests. Coverage adds up over both steps.
+"$UV" run --locked pytest tests --ignore=tests/browser -m integration -n 2 --dist worksteal \
+    --cov=helpers --cov-append --cov-report=term-missing --cov-fail-under=90
 echo "==> every chapter under the other vectorised CPU kernel levels this machine can run"
 # The book build below runs at the level torch picks by itself; this runs AVX2 and
 # AVX-512 where that is another level, and scripts/test_colab.sh the plain level.

@@ -77,6 +77,7 @@ def test_an_unknown_level_is_an_error_that_names_it():
         cpu_matrix.level_env("avx10", seed=0, threads=1)
 
 
+@pytest.mark.integration
 def test_torch_runs_each_level_the_probe_says_this_cpu_has():
     # one fresh torch per level and one for the native level: the probe's real subprocesses
     levels, native = cpu_matrix.available_levels()

@@ -588,6 +588,7 @@ def _endpoint() -> str:
     return f"127.0.0.1:{free_port()}"
 
 
+@pytest.mark.integration
 def test_collectives_script_gives_both_ranks_the_expected_tensors():
     command = torchrun_command("helpers.distributed.collectives", rdzv_endpoint=_endpoint())
     (result,) = _launch([command])
@@ -656,6 +657,7 @@ def _max_difference(a: dict, b: dict) -> float:
     return max((a[k].cpu() - b[k].cpu()).abs().max().item() for k in a)
 
 
+@pytest.mark.integration
 def test_ddp_run_that_crashes_restarts_and_matches_one_process(data_file, tmp_path):
     args = [*_script_args(data_file, tmp_path, EPOCHS), "--crash-at-epoch=2"]
     command = torchrun_command(
@@ -688,6 +690,7 @@ def test_ddp_run_that_crashes_restarts_and_matches_one_process(data_file, tmp_pa
     assert _max_difference(ddp, train_ddp.make_model().double().state_dict()) > 1e-3
 
 
+@pytest.mark.integration
 def test_ddp_run_with_micro_batches_matches_whole_batches(data_file, tmp_path):
     # Batches of 16 in 3 pieces (6, 5, 5); each epoch's last batch of 5 gives 2, 2, 1.
     args = [*_script_args(data_file, tmp_path, 2), "--micro-batches=3"]
@@ -703,6 +706,7 @@ def test_ddp_script_rejects_more_micro_batches_than_examples(data_file, tmp_path
         train_ddp.main(args)
 
 
+@pytest.mark.integration
 def test_fsdp2_as_two_nodes_shards_the_weights_and_matches_one_process(data_file, tmp_path):
     endpoint, epochs = _endpoint(), 2
     commands = [

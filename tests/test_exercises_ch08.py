@@ -83,17 +83,17 @@ def gflops_reference(net, x):
     return counted(net, x) / timer.blocked_autorange(min_run_time=0.2).median / 1e9
 
 
-def hand_timed(net, x, *, calls=10, warmup=2, threads=1, restore=True, scale=1.0):
+def hand_timed(net, x, *, calls=10, warmup=2, threads=1, restore=True, scale=1.0, clock=time):
     """A hand loop: ``warmup`` untimed calls, then the mean of ``calls`` timed ones."""
     ops = counted(net, x)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     for _ in range(warmup):
         net(x)
-    start = time.perf_counter()
+    start = clock.perf_counter()
     for _ in range(calls):
         net(x)
-    seconds = (time.perf_counter() - start) / calls
+    seconds = (clock.perf_counter() - start) / calls
     if restore:
         torch.set_num_threads(before)
     return ops / seconds / 1e9 * scale
@@ -155,17 +155,40 @@ def test_gflops_passes_a_busy_machines_overshoot(monkeypatch):
     assert check_gflops(lambda net, x: hand_timed(net, x, calls=25))
 
 
+class VirtualClock:
+    """Time that passes only by sleeping, each sleep stretched by the next overshoot factor:
+    the stand-in and the hand loop read it, so an idle and a busy machine are exact."""
+
+    def __init__(self, overshoot):
+        self.now, self.factors = 0.0, itertools.cycle(overshoot)
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds * next(self.factors)
+
+
 @pytest.mark.parametrize("overshoot", [(1.0,), (1.5, 3.0, 2.2)])
 @pytest.mark.parametrize("calls", [25, 100])
 def test_gflops_fails_a_loop_without_warm_up_on_an_idle_or_a_busy_machine(monkeypatch, overshoot, calls):
     # after FlopCounterMode's call, the second slow call is among the timed ones; among
-    # 100 it adds only about a quarter to the mean, yet the per-call log still shows it
-    busy(monkeypatch, overshoot)
+    # 100 it adds only about a quarter to the mean, yet the per-call log still shows it.
+    # On a virtual clock: a real machine under load stretches sleeps by more than that.
+    clock = VirtualClock(overshoot)
+    monkeypatch.setattr(ch08, "time", clock)
     failed_with(
-        check_gflops(lambda net, x: hand_timed(net, x, calls=calls, warmup=0)),
+        check_gflops(lambda net, x: hand_timed(net, x, calls=calls, warmup=0, clock=clock)),
         "time only after a warm-up",
         "so the timed calls included a slow first one",
     )
+
+
+@pytest.mark.parametrize("overshoot", [(1.0,), (1.5, 3.0, 2.2)])
+def test_gflops_passes_a_warmed_up_loop_on_an_idle_or_a_busy_virtual_clock(monkeypatch, overshoot):
+    clock = VirtualClock(overshoot)
+    monkeypatch.setattr(ch08, "time", clock)
+    assert check_gflops(lambda net, x: hand_timed(net, x, calls=100, clock=clock))
 
 
 def test_gflops_fails_an_answer_slower_than_any_warm_call():

@@ -37,6 +37,8 @@ from test_distributed import (
 
 from helpers.distributed import PACKAGE_DIR, free_port
 
+pytestmark = pytest.mark.integration
+
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "sinfo")
 JOB_TIMEOUT = 400  # seconds; two processes that import torch on a slow, shared machine
 

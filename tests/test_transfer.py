@@ -623,6 +623,7 @@ def _chapter_cell(tag: str) -> str:
     return found[0].split("\n", 1)[1]
 
 
+@pytest.mark.integration
 def test_imagenet_cell_fine_tunes_resnet18_offline_from_the_torch_home_cache(tmp_path, monkeypatch):
     from PIL import Image
     from torchvision.models import ResNet18_Weights, resnet18
