@@ -29,6 +29,7 @@ from helpers.exercises.ch07_reference import (
     expect_number,
     long_episodes_reference,
 )
+from helpers.exercises.ch07_words import RunEnd, multi_step_answer
 from helpers.rl import Episode, discounted_returns
 
 STARTERS = starter_cells("07")
@@ -527,3 +528,53 @@ def test_expect_number_hints_only_for_numbers_that_match_a_mistake():
     for rel in (0.0, 1, 2.0):
         with pytest.raises(ValueError, match="rel must be a float in"):
             expect_number(1.0, 1.0, "x", rel=rel, mistakes={})
+
+
+# --- exercise 1's answer in words (helpers/exercises/ch07_words.py) ---------------------
+
+
+def _answer(ten_ends, big_ends, control=(320, 320, 480)):
+    return multi_step_answer(
+        lr=0.01,
+        big_lr=0.1,
+        ten="ten steps",
+        big="one step at lr 0.1",
+        run_seeds=[0, 1, 2],
+        first_kl={"one step": [1e-3] * 3, "ten steps": [5e-2] * 3, "one step at lr 0.1": [2e-2] * 3},
+        ends={"ten steps": ten_ends, "one step at lr 0.1": big_ends},
+        control_needed=list(control),
+        budget=160,
+        collapse_at=0.05 * math.log(2),
+        fair_coin=math.log(2),
+        clamp_gap=16.6,
+    )
+
+
+def test_exercise_1_words_follow_the_numbers():
+    healthy = RunEnd(solved_at=None, last_val=150.0, entropy=0.5, gap=3.0)
+    collapsed = RunEnd(solved_at=None, last_val=9.0, entropy=0.001, gap=20.0)
+    near = RunEnd(solved_at=None, last_val=30.0, entropy=0.05 * math.log(2) * 1.05, gap=8.0)
+    fast = RunEnd(solved_at=96, last_val=500.0, entropy=0.3, gap=4.0)
+    text = "\n".join(_answer([fast, collapsed, near], [collapsed, healthy, healthy]))
+    assert "ten times" not in text  # ratios are printed as numbers
+    assert "50 to 50 times as large" in text and "20 to 20 times as large" in text
+    assert "no control run passed within 160 episodes" in text
+    assert "Yet 1 of the 3 runs with ten steps per batch passed, sooner than any control run" in text
+    assert (
+        "ten steps made the outcome a gamble: 1 of 3 runs passed sooner than with one step, 1 collapsed"
+        in text
+    )
+    assert "clearly collapsed in 1 of 3 runs (ten steps: 1)" in text
+    assert "Ten steps: 1 of 3 runs ended within 10% of the threshold" in text
+    assert "in 2 of the 2 collapsed runs" in text  # both gaps pass 16.6
+    quiet = "\n".join(_answer([healthy] * 3, [healthy] * 3, control=(96, 320, 480)))
+    assert "Neither arm collapsed in any of the 3 runs" in quiet
+    assert "1 of 3 control runs passed within 160 episodes" in quiet
+    assert "collapsed runs" not in quiet
+    only_ten = "\n".join(_answer([collapsed, healthy, healthy], [healthy] * 3))
+    assert "collapsed in none of the 3 runs (ten steps: 1)" in only_ten
+    assert "in 1 of the 1 collapsed runs" in only_ten
+    soft = RunEnd(solved_at=None, last_val=9.0, entropy=0.001, gap=10.0)
+    only_big = "\n".join(_answer([healthy] * 3, [soft, healthy, healthy]))
+    assert "clearly collapsed in 1 of 3 runs, ten steps in none" in only_big
+    assert "in 0 of the 1 collapsed runs: a softmax policy would not be clamped" in only_big
