@@ -527,7 +527,8 @@ wave_val_rmse = math.sqrt(min(wave_history.val_loss))
 print(f"best epoch {wave_history.best_epoch}, val RMSE {wave_val_rmse:.4f}")
 fig = plot_losses(
     {"train": wave_history.train_loss, "validation": wave_history.val_loss},
-    title="LSTM on the sine waves (MSE)",
+    title="LSTM on the sine waves",
+    ylabel="MSE (log scale)",
     log_y=True,
 )
 ax = fig.axes[0]
