@@ -457,8 +457,10 @@ for t in (0, 250, 450, 499):
 #    $\mathbb{E}_{a \sim \pi_\theta}[\nabla_\theta \log \pi_\theta(a \mid s)]
 #    = \sum_a \nabla_\theta \pi_\theta(a \mid s) = \nabla_\theta \sum_a \pi_\theta(a \mid s)
 #    = \nabla_\theta 1 = 0$.
-# 5. **Causality.** A reward $r_k$ with $k < t$ was fixed before $a_t$ was drawn, so by
-#    step 4 $\mathbb{E}[r_k \nabla_\theta \log \pi_\theta(a_t \mid s_t)] = 0$. Dropping
+# 5. **Causality.** A reward $r_k$ with $k < t$ was fixed before $a_t$ was drawn:
+#    given the history up to $s_t$, $r_k$ is a constant and step 4 gives
+#    $\mathbb{E}[r_k \nabla_\theta \log \pi_\theta(a_t \mid s_t) \mid s_0, a_0, \ldots, s_t]
+#    = 0$; averaging over histories (the law of total expectation) keeps it 0. Dropping
 #    those terms from $R(\tau)$ leaves the **reward-to-go** $G_t = \sum_{k \ge t} r_k$:
 #
 #
@@ -2240,8 +2242,10 @@ prose(
 >   `torch.no_grad()` (or `.detach()` it). In `baseline_update` forgetting that raises an
 >   error ("one of the variables needed for gradient computation has been modified by an
 >   inplace operation"), because the value network's optimizer changed the weights the
->   graph saved. Code that adds the policy and value losses and calls `backward()` once
->   runs without complaint, and the policy loss then trains the value network as well.
+>   graph saved (a value network of one `Linear` layer would not raise: its backward
+>   pass needs the states, not the weights). Code that adds the policy and value losses
+>   and calls `backward()` once runs without complaint, and the policy loss then trains
+>   the value network as well.
 > - **Normalising a single return**: `std()` of one number is NaN (Bessel's correction
 >   divides by n − 1 = 0); with batches of whole episodes this cannot happen.
 > - **Judging a policy by its training curve**: training returns come from the sampling
@@ -2545,7 +2549,8 @@ assert causality_gain > 2, causality_gain
 # $\delta$ and standard deviation $\sigma_d$ is normal with mean $\delta$ and standard
 # error $\sigma_d/\sqrt{n}$, and the two-sided 5% test declares a difference when that
 # mean lies more than $z_{0.975} = 1.96$ standard errors from 0. Derive from this the
-# smallest $n$ at which the test declares a difference with probability 0.8 (the
+# $n$ at which the test declares a difference with probability exactly 0.8 (a plan
+# rounds it up to whole episodes; the
 # standard normal's 0.8 quantile is $z_{0.8} = 0.84$; ignore the negligible chance of
 # landing beyond the threshold on the other side). Take the measured mean difference
 # for $\delta$ and the standard deviation of one difference for $\sigma_d$, both
@@ -2972,9 +2977,10 @@ print(
     f"with probability {2 * 0.5**n_runs:.2f}. The bonus pulls every "
     "state's action distribution towards a fair coin (entropy ln 2 = "
     f"{fair_coin:.2f} nats), against policy-gradient weights normalised to "
-    "standard deviation 1; beta sets how hard. The entropies are compared at "
-    "equal validation performance, not after equal training: a run that "
-    "needs more updates also has more time to become sure of its actions."
+    "standard deviation 1; beta sets how hard. Each entropy is read where its "
+    "run stopped: for runs that passed, at equal validation performance, not "
+    "after equal training (a run that needs more updates also has more time "
+    "to become sure of its actions); for a run that did not, at the budget."
 )
 # BOOK_SEED 0/1/2 (run seeds 0-4; seed 0 also at the avx2 CPU level): mean
 # entropy gain 0.131 / 0.198 / 0.080; every single pair 0.034 to 0.233
