@@ -61,8 +61,8 @@ print(describe_runtime(device, seed))
 # %% [markdown]
 # `get_device()` picks a CUDA GPU if there is one, then an Apple-silicon GPU (MPS), and
 # falls back to the CPU. Every chapter runs on whichever it finds, unchanged. Inside, it
-# asks PyTorch the two questions the next cell asks, which every PyTorch release this
-# book supports can answer. (From PyTorch 2.7 on,
+# asks PyTorch the two questions the next cell asks: they name the two kinds of GPU
+# explicitly, which is what a reader needs to see once. (From PyTorch 2.7 on,
 # `torch.accelerator.current_accelerator(check_available=True)` asks the same for any
 # kind of accelerator and returns `None` when there is none; without
 # `check_available=True` it names the accelerator PyTorch was *built* for, even on a
@@ -197,7 +197,7 @@ print(f"1/3 in float32: {third32.item():.17f}")
 # `torch.backends.fp32_precision`, so nothing has chosen TF32 and float32 matrix
 # products run in full float32 (IEEE), as `"highest"` says; the convolution switch
 # reads `"tf32"`, as `allow_tf32 = True` says. The hidden cell prints both pairs; this
-# book reads the older switches, which every release it supports has. An NVIDIA GPU
+# book reads the older switches, the ones most code in use still sets. An NVIDIA GPU
 # older than Ampere has no TF32 units, so there float32 products stay float32 whatever
 # the settings say.
 #
@@ -1583,13 +1583,14 @@ check_distances_matmul(distances_matmul)
 # the coordinates first, which is exact for two float32 numbers this close (within
 # a factor of 2 of each other), and squares small numbers.
 # Subtracting a common point (the mean of the points) from both sets changes no
-# distance and brings the norms down from 2e6 to the spread of the sets, about 1.
+# distance and brings the squared norms down from 2e6 to the spread of the sets
+# (about 2 on average, the largest 8 to 18 across seeds).
 # That removes most of the cancellation, not all of it: the formula still gets d²
 # by subtracting numbers of size |p|² + |c|², so for one pair its relative error
 # is about eps * (|p|² + |c|²) / d², with the norms measured from the mean. For
-# the closest pairs (d² near 1e-4) that is still hundreds of times the difference
-# form's error; the run below computes this prediction and checks the measured
-# error against it.
+# the closest pairs (d² from about 1e-5 to 2e-3, depending on the seed) that is
+# still hundreds of times the difference form's error; the run below computes
+# this prediction and checks the measured error against it.
 # torch.cdist, in its default mode, expands the square too for sets of more than
 # 25 rows, so after the shift its error is far above the repaired one as well
 # (its own kernel, so not the same digits: across seeds it ranges from the
