@@ -6,6 +6,7 @@ repeating it. Nothing here hides a step the chapter has not shown.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +31,22 @@ __all__ = [
 ]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-Metric = Callable[[torch.Tensor, torch.Tensor], float]
+Metric = Callable[[torch.Tensor, torch.Tensor], "float | torch.Tensor"]
+
+
+def _batch_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``accuracy`` as a 0-dim tensor on the outputs' device (no wait for the device)."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    return (logits_to_labels(outputs) == targets.long()).float().mean()
 
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """Fraction of samples whose predicted label (``logits_to_labels``) equals the target."""
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
-    return (logits_to_labels(outputs) == targets.long()).float().mean().item()
+    return _batch_accuracy(outputs, targets).item()
 
 
-_METRICS: dict[str, Metric] = {"accuracy": accuracy}
+_METRICS: dict[str, Metric] = {"accuracy": _batch_accuracy}
 
 
 @dataclass(frozen=True)
@@ -245,26 +251,59 @@ def evaluate(
     """Mean loss and mean ``metric`` over ``loader`` in ``eval()`` mode under ``no_grad``.
 
     ``metric`` is ``"accuracy"`` (the default), ``None`` (loss only, e.g. regression) or a
-    callable ``(outputs, targets) -> float`` returning a batch mean (such as mean absolute
-    error); batch means are combined weighted by batch size. Introduced in chapter 02;
-    chapter 04 uses ``metric=None`` for its forecasters.
+    callable ``(outputs, targets)`` returning a batch mean as a float or a one-element
+    tensor (such as mean absolute error); batch means are combined weighted by batch size.
+    Losses and tensor metrics stay on the device until the loop ends, as in
+    ``train_one_epoch``. Introduced in chapter 02; chapter 04 uses ``metric=None`` for its
+    forecasters.
     """
     device = _check_common(model, device)
     _check_criterion(criterion)
     metric_fn, metric_name = _resolve_metric(metric)
     model.eval()
-    total, metric_total, count = 0.0, 0.0, 0
+    losses: list[torch.Tensor] = []
+    values: list[float | torch.Tensor] = []  # one batch mean per batch
+    sizes: list[int] = []
     for inputs, targets in loader:
         inputs, targets = inputs.to(device), targets.to(device)
         outputs = _match_target(model(inputs), targets)
-        total += criterion(outputs, targets).item() * len(targets)
+        losses.append(criterion(outputs, targets))
         if metric_fn is not None:
-            metric_total += float(metric_fn(outputs, targets)) * len(targets)
-        count += len(targets)
-    if count == 0:
+            values.append(_batch_mean(metric_fn(outputs, targets), metric_name))
+        sizes.append(len(targets))
+    if not sizes:
         raise ValueError("loader yielded no batches")
-    mean_metric = metric_total / count if metric_fn is not None else None
-    return EvalResult(loss=total / count, metric=mean_metric, metric_name=metric_name)
+    # read once, at the end, in float64 on the CPU (MPS has no float64)
+    weights = torch.tensor(sizes, dtype=torch.float64)
+    loss = (torch.stack(losses).cpu().double() * weights).sum().item() / sum(sizes)
+    mean_metric = None
+    if metric_fn is not None:
+        on_device = [v for v in values if isinstance(v, torch.Tensor)]
+        read = iter(_stacked(on_device).cpu().double().tolist() if on_device else [])
+        means = [next(read) if isinstance(v, torch.Tensor) else v for v in values]
+        mean_metric = (torch.tensor(means, dtype=torch.float64) * weights).sum().item() / sum(sizes)
+    return EvalResult(loss=loss, metric=mean_metric, metric_name=metric_name)
+
+
+def _stacked(scalars: list[torch.Tensor]) -> torch.Tensor:
+    """0-dim tensors of any dtypes in one tensor of their common dtype (one device read)."""
+    common = functools.reduce(torch.promote_types, (t.dtype for t in scalars))
+    return torch.stack([t.to(common) for t in scalars])
+
+
+def _batch_mean(value: object, name: str | None) -> float | torch.Tensor:
+    """A metric's batch mean, checked: a float, or a 0-dim tensor left on its device."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"metric {name!r} must return one number per batch, got shape {tuple(value.shape)}"
+            )
+        return value.detach().reshape(())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"metric {name!r} must return a float or a one-element tensor, got {type(value).__name__}"
+        )
+    return float(value)
 
 
 def fit(

@@ -363,6 +363,49 @@ def test_evaluate_takes_a_callable_metric_or_none_and_accepts_a_device_string():
     assert plain.metric is None and plain.loss == pytest.approx(result.loss)
 
 
+def test_evaluate_reads_the_device_once_not_once_per_batch(monkeypatch):
+    # six batches and tensor metrics of mixed dtypes (and an int64 count): .item() runs
+    # twice (the loss and the metric, after the loop), where reading each batch's would
+    # run it 12 times; a float metric gives the same mean
+    x, y = _toy_regression(60)
+    batches = [(x[i : i + 10], y[i : i + 10]) for i in range(0, 60, 10)]
+    model = nn.Linear(3, 1)
+    with torch.no_grad():
+        outputs = model(x).squeeze(1)
+    calls = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: calls.append(1) or item(t))
+    doubled = iter([False, True] * 3)
+
+    def mixed(out, target):  # float32 and float64 batch means, alternating
+        error = (out - target).abs().mean()
+        return error.double() if next(doubled) else error
+
+    result = evaluate(model, batches, nn.MSELoss(), "cpu", metric=mixed)
+    assert len(calls) == 2
+    assert result.metric == pytest.approx((outputs - y).abs().mean().item(), rel=1e-6)
+    calls.clear()
+    counted = evaluate(model, batches, nn.MSELoss(), "cpu", metric=lambda o, t: (o > t).sum())
+    assert len(calls) == 2 and counted.metric == pytest.approx((outputs > y).sum().item() / 6)
+    floats = evaluate(model, batches, nn.MSELoss(), "cpu", metric=mean_absolute_error)
+    assert floats.metric == pytest.approx(result.metric, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("metric", "error", "message"),
+    [
+        (lambda o, t: (o - t).abs(), ValueError, r"one number per batch, got shape \(10,\)$"),
+        (lambda o, t: "small", TypeError, "metric '<lambda>' must return a float or a one-element"),
+        (lambda o, t: True, TypeError, "tensor, got bool$"),
+    ],
+)
+def test_evaluate_names_a_metric_that_returns_no_single_number(metric, error, message):
+    x, y = _toy_regression(20)
+    batches = [(x[:10], y[:10]), (x[10:], y[10:])]
+    with pytest.raises(error, match=message):
+        evaluate(nn.Linear(3, 1), batches, nn.MSELoss(), "cpu", metric=metric)
+
+
 def test_fit_selects_the_lowest_validation_loss_for_regression(tmp_path):
     x, y = _toy_regression()
     torch.manual_seed(0)
