@@ -59,9 +59,11 @@
 # > reading can only make it more cautious. Section 8.3 applies the same rule, without
 # > the 10 %, to the final losses of different seeds, and says how often it passes by
 # > chance. The verdicts resting on single readings are named: the accelerator
-# > comparisons of section 8.1 (they only run on a machine with one), and section
-# > 8.9's micro-benchmarks of dropout's parts (drawing the random numbers against the
-# > multiplication), whose verdict needs a threefold gap, not 10 %. Where
+# > comparisons of section 8.1 (they only run on a machine with one). Section 8.9's
+# > micro-benchmarks of dropout's parts (drawing the random numbers against the
+# > multiplication) run on one thread and name a cause only where every round of one
+# > part took more than three times every round of the other; otherwise they say the
+# > run does not resolve it. Where
 # > the text speaks of hardware this run did not measure, it says so and what the
 # > statement rests on.
 
@@ -812,9 +814,10 @@ each fewer threads with `torch.set_num_threads` (DataLoader workers already use 
 # ### Fetching a batch at a time
 #
 # A `DataLoader` with `batch_size=64` calls the dataset's `__getitem__` 64 times, once
-# per index, and then stacks the samples (`collate_fn`), unless the dataset defines
-# `__getitems__`: the loader's built-in batched fetch, which it calls once with the
-# list of 64 indices. For data that is already one tensor in memory, 64 small indexing
+# per index, and then stacks the samples with its `collate_fn`. A dataset that defines
+# `__getitems__` (the loader's built-in batched fetch) gets one call with the list of
+# 64 indices instead, and must return a list of samples, which `collate_fn` still
+# stacks. For data that is already one tensor in memory, 64 small indexing
 # operations are wasted where one would do. `TensorDataset` has no `__getitems__`, but
 # its `__getitem__` also accepts a *list* of indices and returns the whole batch. A
 # `BatchSampler` around the usual `RandomSampler` hands it those lists, and
@@ -1197,6 +1200,51 @@ computing_verdict = epochs_verdict(
     ("computing", "0 workers"), ("computing", "2 workers, persistent")
 )
 record("wait_verdict", waiting_verdict)
+# Its own floor: without workers the main process sleeps all 128 x 2 ms
+# itself (time.sleep never returns early), and two workers share the sleeping.
+# Lower bounds, not tuned margins: seed 0 measured 0.293 s against 0.256 s and
+# 0.145 s against 0.128 s.
+wait_sleep_s = len(waiting_set) * waiting_set.sleep_s
+assert wait_none >= wait_sleep_s, (wait_none, wait_sleep_s)
+assert wait_persistent >= wait_floor, (wait_persistent, wait_floor)
+record("wait_sleep_s", wait_sleep_s, fmt="{:.2f}")
+# An epoch without workers at over twice its sleeping (8 small training steps
+# add milliseconds) measured the machine's load: a process that wakes from
+# its sleep must wait for a free core.
+wait_busy = wait_none > 2 * wait_sleep_s
+if waiting_verdict.endswith("faster than"):
+    wait_finding = "This run shows that overlap."
+    workers_summary = "waiting overlaps on any machine (as it did in this run)"
+elif wait_busy:
+    wait_finding = (
+        f"This run does not show it: the epoch without workers took "
+        f"{wait_none:.2f} s, more than twice its own floor of "
+        f"{wait_sleep_s:.2f} s (128 items × 2 ms of sleeping, plus eight "
+        "small training steps), so the machine was too busy to measure "
+        "loading: a process that wakes from a sleep must still wait for a "
+        "free core."
+    )
+    workers_summary = (
+        "waiting can overlap on any machine (this run's machine was too "
+        "busy to show it)"
+    )
+else:
+    wait_finding = (
+        "This run does not show it, although the epoch without workers "
+        f"stayed within twice its own floor of {wait_sleep_s:.2f} s "
+        "(128 items × 2 ms of sleeping): the gain was smaller than the "
+        "noise of these readings."
+    )
+    workers_summary = (
+        "waiting can overlap on any machine (this run did not resolve it)"
+    )
+print(
+    f"waiting set, 0 workers: {wait_none:.3f} s against a floor of "
+    f"{wait_sleep_s:.3f} s of sleeping"
+    + (" (over twice it: a busy machine)" if wait_busy else "")
+)
+record("wait_finding", wait_finding)
+record("workers_summary", workers_summary)
 record("compute_0_s", compute_none, fmt="{:.2f}")
 record("compute_2_s", compute_persistent, fmt="{:.2f}")
 record("compute_verdict", computing_verdict)
@@ -1249,12 +1297,13 @@ prose(
     r"""
 Reading the later epochs off the figure: for the waiting dataset, an epoch with two
 persistent workers took {{wait_2_s}} s, against {{wait_0_s}} s without
-workers, so it was {{wait_verdict}} the epoch without workers. Waiting needs no
-CPU, so workers overlap their waits however few cores the machine has (two workers
-wait for two items at a time, more workers for more), and all of their loading
-overlaps with the training step in the main process. Two workers can at most halve
-the sleeping: 128 items × 2 ms / 2 = {{wait_floor_s}} s is the least an epoch with
-them can take, whatever the machine. For the computing dataset an
+workers, so it was {{wait_verdict}} the epoch without workers. The mechanism
+behind the waiting set: waiting needs no CPU, so workers can overlap their waits
+however few cores the machine has (two workers wait for two items at a time, more
+workers for more), and their loading can overlap with the training step in the main
+process. {{wait_finding}} Two workers can at most halve the sleeping:
+128 items × 2 ms / 2 = {{wait_floor_s}} s is the least an epoch with them can
+take, whatever the machine. For the computing dataset an
 epoch with two persistent workers took
 {{compute_2_s}} s against {{compute_0_s}} s: it was
 {{compute_verdict}} the epoch without workers. Computing needs cores: this
@@ -2825,6 +2874,16 @@ if compile_skip is None:
             f"the eager one, so the compile time {break_even}. "
         )
         + (
+            "A round took more than five times its side's fastest: the "
+            "machine was busy then, so the slow ends of these ranges measure "
+            "its load, not the model. "
+            if any(
+                max(readings) > 5 * min(readings)
+                for readings in forward_rounds.values()
+            )
+            else ""
+        )
+        + (
             "The outputs were bit for bit equal."
             if compile_gap == 0
             else (
@@ -2879,13 +2938,41 @@ and the bound no longer applies.)
 # time matters), the optimizer's update left eager in both. It does so three times:
 # with the chapter's dropout of 0.1, with the same dropout but the masks drawn by
 # eager mode's operators inside the compiled code (`fallback_random`, explained below
-# the numbers), and without dropout, to separate what the random masks cost. Each
-# round times the eager step and the compiled one back to back (which goes first
-# alternates), so the ratio of the two within a round is a paired reading that a busy
-# spell shifts for both sides alike.
+# the numbers), and without dropout, to separate what the random masks cost. Each of
+# three rounds alternates seven eager steps with seven compiled ones, call by call, and
+# keeps each side's fastest, so the ratio of the two within a round is a paired
+# reading: a busy spell longer than a pair of steps slows both sides alike. A shorter
+# one can still hit one side only, which the fastest of seven calls mostly sidesteps.
 
 
 # %%
+def paired_rounds(
+    fns: dict, rounds: int = 3, *, repeat: int, warmup: int, device
+) -> dict[str, list]:
+    """Like `timed_rounds`, but within a round the functions' calls are
+    interleaved one by one (the order reversed every call), so that a busy
+    spell longer than one call of each slows all of them; each function's
+    fastest call in a round is its reading for that round.
+    """
+    readings = {name: [] for name in fns}
+    for _ in range(rounds):
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        synchronize(device)
+        best = dict.fromkeys(fns, float("inf"))
+        for call in range(repeat):
+            order = list(fns) if call % 2 == 0 else list(fns)[::-1]
+            for name in order:
+                start = time.perf_counter()
+                fns[name]()
+                synchronize(device)
+                best[name] = min(best[name], time.perf_counter() - start)
+        for name in fns:
+            readings[name].append(best[name])
+    return readings
+
+
 def train_step(net: nn.Module, optimizer, x, y) -> torch.Tensor:
     """One training step: forward, loss, backward, update; returns the loss."""
     loss = criterion(net(x), y)
@@ -2926,8 +3013,8 @@ def time_step(dropout: float, x, y, fallback_random: bool = False) -> dict:
         None if hits_before is None else cache_hits() - hits_before
     )
     times["loss gap"] = abs(compiled_loss - eager_loss) / eager_loss
-    # three interleaved rounds of each, for the spread of repeated readings
-    rounds = timed_rounds(
+    # three rounds, eager and compiled calls interleaved within each
+    rounds = paired_rounds(
         {"eager": eager_step, "compiled": compiled_step},
         repeat=7,
         warmup=3,
@@ -2935,7 +3022,7 @@ def time_step(dropout: float, x, y, fallback_random: bool = False) -> dict:
     )
     for name, readings in rounds.items():
         times[name], times[name + " rounds"] = min(readings), readings
-    # each round timed eager and compiled back to back: the pair shares the
+    # eager and compiled calls alternate within a round: the pair shares the
     # round's load
     times["ratios"] = [
         c / e for c, e in zip(rounds["compiled"], rounds["eager"], strict=True)
@@ -3091,20 +3178,41 @@ if step_compile_skip is None:
     )
     step_pair = (
         f"{masked['compiled'] * 1e3:.2f} ms compiled (rounds "
-        f"{rounds_range(masked['compiled rounds'], 1e3, '.2f')}) against "
+        f"{rounds_range(masked['compiled rounds'], 1e3, '.2f')} ms) against "
         f"{masked['eager'] * 1e3:.2f} ms eager (rounds "
-        f"{rounds_range(masked['eager rounds'], 1e3, '.2f')}) per step"
+        f"{rounds_range(masked['eager rounds'], 1e3, '.2f')} ms) per step"
     )
     step_compile_sentence = (
         f"The first compiled step took {masked['compile']:.1f} s{cache_note}. "
         f"Afterwards a step took {step_pair}, {step_verdict} eager; "
         "without dropout "
         f"{without['compiled'] * 1e3:.2f} ms (rounds "
-        f"{rounds_range(without['compiled rounds'], 1e3, '.2f')}) against "
+        f"{rounds_range(without['compiled rounds'], 1e3, '.2f')} ms) against "
         f"{without['eager'] * 1e3:.2f} ms (rounds "
-        f"{rounds_range(without['eager rounds'], 1e3, '.2f')}), "
+        f"{rounds_range(without['eager rounds'], 1e3, '.2f')} ms), "
         f"{plain_verdict} eager."
     )
+    # A round more than five times its side's fastest is the machine's load,
+    # not the code: a step of fixed work does not vary that much.
+    busy_rounds = sum(
+        reading > 5 * times[side]
+        for times in step_times.values()
+        for side in ("eager", "compiled")
+        for reading in times[side + " rounds"]
+    )
+    all_rounds = sum(
+        len(times[side + " rounds"])
+        for times in step_times.values()
+        for side in ("eager", "compiled")
+    )
+    print(f"rounds over five times their side's fastest: {busy_rounds}")
+    if busy_rounds:
+        dropout_reading += (
+            f" {busy_rounds} of the {all_rounds} rounds (both sides, all "
+            "three variants) took more than five times the fastest round of "
+            "their side: the machine was busy then, so the slowest ends of "
+            "these ranges measure its load, not the step."
+        )
     step_compile_sentence = " ".join([step_compile_sentence, dropout_reading])
     if step_verdict.endswith("slower than"):
         step_fusion_sentence = (
@@ -3539,15 +3647,28 @@ dead_clipped = dead_share(clip_runs[excessive, "clipped"][0], x_val_all)
 record("dead_clipped", dead_clipped, fmt="{:.0%}")
 clipped_high_val = clip_runs[excessive, "clipped"][2]
 lowest_epoch = int(np.argmin(clipped_high_val))
+clipped_path = ", ".join(f"{value:.2f}" for value in clipped_high_val)
+# did the loss fall at every epoch up to its lowest, or go up and down?
+steady_fall = all(
+    later < earlier
+    for earlier, later in itertools.pairwise(
+        clipped_high_val[: lowest_epoch + 1]
+    )
+)
 if clipped_high_val[-1] > 1.5 * clipped_high_val[lowest_epoch]:
     clipped_fate = (
-        "its validation loss had reached "
-        f"{clipped_high_val[lowest_epoch]:.2f} at epoch {lowest_epoch + 1} "
-        "and then rose: clipping delayed the failure, it did not prevent it"
+        f"epoch by epoch its validation loss went {clipped_path}: "
+        + f"its lowest was {clipped_high_val[lowest_epoch]:.2f} at epoch "
+        f"{lowest_epoch + 1}, reached "
+        + ("by a steady fall" if steady_fall else "after rises on the way")
+        + ", and it ended "
+        f"{clipped_high_val[-1] / clipped_high_val[lowest_epoch]:.1f} times "
+        "above it: clipping delayed the failure, it did not prevent it"
     )
 else:
     clipped_fate = (
-        "its validation loss ended at most 1.5 times its lowest value, "
+        f"epoch by epoch its validation loss went {clipped_path}, ending at "
+        "most 1.5 times its lowest value, "
         f"{clipped_high_val[lowest_epoch]:.2f}"
     )
 record("clipped_fate", clipped_fate)
@@ -4476,19 +4597,32 @@ activation = torch.randn(256, 256, device=device)
 mask = torch.empty_like(activation)
 weight = torch.randn(256, 256, device=device)
 bias = torch.randn(256, device=device)
-draw_s, multiply_s, product_s = (
-    best_time(fn, repeat=10, warmup=2, device=device)
-    for fn in (
-        partial(mask.bernoulli_, 0.9),
-        partial(torch.mul, activation, mask),
-        partial(torch.addmm, bias, activation, weight),
+# On one thread: 65,536 elements are enough for the multiplication to be
+# split over several threads, and on a busy machine a call that must wait for
+# a second core measures the waiting. Three interleaved rounds each.
+threads_before = torch.get_num_threads()
+torch.set_num_threads(1)
+try:
+    part_rounds = timed_rounds(
+        {
+            "draw": partial(mask.bernoulli_, 0.9),
+            "multiply": partial(torch.mul, activation, mask),
+            "product": partial(torch.addmm, bias, activation, weight),
+        },
+        repeat=10,
+        warmup=2,
+        device=device,
     )
+finally:
+    torch.set_num_threads(threads_before)
+draw_s, multiply_s, product_s = (
+    min(part_rounds[name]) for name in ("draw", "multiply", "product")
 )
-print(
-    f"one 256 x 256 activation: drawing the mask {draw_s * 1e6:.0f} µs, "
-    f"multiplying by it {multiply_s * 1e6:.0f} µs, "
-    f"the layer's addmm {product_s * 1e6:.0f} µs"
-)
+for part, part_readings in part_rounds.items():
+    print(
+        f"{part:8} {min(part_readings) * 1e6:6.0f} µs (rounds "
+        f"{rounds_range(part_readings, 1e6, '.0f')} µs), one thread"
+    )
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
@@ -4573,11 +4707,25 @@ record(
     if min(dropout_ratios) > 10 * dropout_arith_share
     else "the lowest is close to",
 )
-dropout_cause = (
-    "drawing the random numbers"
-    if draw_s > 3 * multiply_s
-    else "the passes over memory and the per-call costs"
-)
+# A cause is named only where every round of one part took more than three
+# times every round of the other; otherwise the run leaves it open.
+draws, multiplies = part_rounds["draw"], part_rounds["multiply"]
+if min(draws) > 3 * max(multiplies):
+    dropout_cause = (
+        "what dropout costs here is drawing the random numbers, more than "
+        "three times the multiplication in every round"
+    )
+elif min(multiplies) > 3 * max(draws):
+    dropout_cause = (
+        "what dropout costs here is the passes over memory and the per-call "
+        "costs: the multiplication took more than three times the drawing "
+        "in every round"
+    )
+else:
+    dropout_cause = (
+        "the two parts were not three times apart in every round, so this "
+        "run does not resolve which of them dropout's cost comes from"
+    )
 record("draw_us", draw_s * 1e6, fmt="{:.0f}")
 record("multiply_us", multiply_s * 1e6, fmt="{:.0f}")
 record("product_us", product_s * 1e6, fmt="{:.0f}")
@@ -4604,7 +4752,7 @@ operations of a forward and backward pass as `FlopCounterMode` from
 `torch.utils.flop_counter` counts them), and {{dropout_share_words}} that.
 On one 256 × 256 activation, drawing the mask (`bernoulli_`) took {{draw_us}}
 µs, multiplying by it {{multiply_us}} µs, and the layer's matrix product
-(`addmm`) {{product_us}} µs: what dropout costs here is
+(`addmm`) {{product_us}} µs, each the fastest of three rounds on one thread:
 {{dropout_cause}}. However well the recordings agree, every share includes
 the profiler's own cost of recording each operator, which weighs most where many
 small operators run: the shares show where the calls are, not how an unprofiled
@@ -4658,9 +4806,15 @@ mode_rounds = timed_rounds(
 )
 mode_times = {name: min(readings) for name, readings in mode_rounds.items()}
 for name, readings in mode_rounds.items():
+    busy = max(readings) > 5 * min(readings)  # a busy spell, not the code
     print(
         f"{name:15} {min(readings) * 1e6:8.0f} µs "
-        f"(slowest of 3 rounds {max(readings) * 1e6:.0f} µs)"
+        f"(slowest of 3 rounds {max(readings) * 1e6:.0f} µs"
+        + (
+            ", over five times the fastest: the machine was busy)"
+            if busy
+            else ")"
+        )
     )
 record("grad_mode_us", mode_times["autograd on"] * 1e6, fmt="{:.0f}")
 record("inference_mode_us", mode_times["inference_mode"] * 1e6, fmt="{:.0f}")
@@ -5369,6 +5523,11 @@ def remaining_batches(
     """An iterable over the batches of the epoch still to train on."""
     # before iter(loader), which draws
     shuffle_rng.set_state(checkpoint["shuffle_rng"])
+    # islice still loads every skipped batch and throws it away: cheap for
+    # digits in memory. Where `__getitem__` is costly, skip at the sampler
+    # instead: draw the epoch's order from the restored generator, drop its
+    # first step * batch_size indices, and give the loader a sampler over
+    # the rest.
     return itertools.islice(iter(loader), checkpoint["step"], None)
 
 
@@ -5459,7 +5618,8 @@ print(
 print(
     "The crash now cost 4 steps instead of 9. At step 5 the generator had "
     "already drawn the epoch's order, so restoring that state makes the "
-    "resumed epoch draw another order."
+    "resumed epoch draw another order. islice loaded the 5 skipped batches "
+    "and discarded them; for a costly dataset, skip them at the sampler."
 )
 # measured with the state at saving: 1.8e-02, 1.7e-02, 2.4e-02 (seeds 0, 1, 2)
 assert mid_gaps["epoch_start_rng"] == 0 and mid_gaps["rng_at_save"] > 0
@@ -5703,7 +5863,7 @@ prose(
   in the loop. Time code with `torch.utils.benchmark.Timer`, which warms up, sets
   the thread count and waits for CUDA; it times one thread unless you pass
   `num_threads` (`torch.get_num_threads()` for what your program uses).
-- Workers pay when `__getitem__` is costly: waiting overlaps on any machine, computing
+- Workers pay when `__getitem__` is costly: {{workers_summary}}, computing
   only on free cores; keep workers' classes and functions in a module.
 - Find the usable rates with a range test and choose schedule and rate on validation
   data; step the scheduler after the optimizer. Here {{schedule_sentence}};
