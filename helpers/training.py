@@ -6,7 +6,6 @@ repeating it. Nothing here hides a step the chapter has not shown.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,16 +278,11 @@ def evaluate(
     mean_metric = None
     if metric_fn is not None:
         on_device = [v for v in values if isinstance(v, torch.Tensor)]
-        read = iter(_stacked(on_device).cpu().double().tolist() if on_device else [])
+        # one read for all of them (stack promotes mixed dtypes to their common one)
+        read = iter(torch.stack(on_device).cpu().double().tolist() if on_device else [])
         means = [next(read) if isinstance(v, torch.Tensor) else v for v in values]
         mean_metric = (torch.tensor(means, dtype=torch.float64) * weights).sum().item() / sum(sizes)
     return EvalResult(loss=loss, metric=mean_metric, metric_name=metric_name)
-
-
-def _stacked(scalars: list[torch.Tensor]) -> torch.Tensor:
-    """0-dim tensors of any dtypes in one tensor of their common dtype (one device read)."""
-    common = functools.reduce(torch.promote_types, (t.dtype for t in scalars))
-    return torch.stack([t.to(common) for t in scalars])
 
 
 def _batch_mean(value: object, name: str | None) -> float | torch.Tensor:
