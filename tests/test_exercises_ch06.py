@@ -19,6 +19,7 @@ from helpers.exercises.ch06 import (
     check_make_conv_gan,
     check_mean_reconstruction_loss,
     check_posterior_samples,
+    check_ratio_prediction,
 )
 from helpers.exercises.ch06_networks import within
 
@@ -35,6 +36,8 @@ def test_the_chapter_has_one_starter_per_exercise_and_each_untouched_is_not_atte
             want = (
                 "… Exercise 6.2: not attempted yet: fill in `predicted_kl and predicted_near` above\n" + want
             )
+        if k == 3:  # the prediction comes first
+            want = "… Exercise 6.3: not attempted yet: fill in `predicted_ratio` above\n" + want
         if k == 5:  # the draws from the posterior come second
             want += "… Exercise 6.5: not attempted yet: fill in `posterior_samples` above\n"
         assert out == want
@@ -712,3 +715,39 @@ def test_posterior_samples_untouched_starter_is_not_attempted():
     source = STARTERS[4].split("check_conditional_vae(ConditionalVAE)")[1].split("from helpers.exercises")[0]
     exec(source, namespace)
     assert check_posterior_samples(namespace["posterior_samples"]).status == "not attempted"
+
+
+def _ratio_of_means(t):
+    m = torch.sigmoid(t).mean().item()
+    return m / (1 - m)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "hint"),
+    [
+        (_ratio_of_means, "pass"),
+        (lambda t: torch.tensor(_ratio_of_means(t)), "pass"),
+        (lambda t: t.exp().mean().item(), "mean of the per-logit ratios"),
+        (lambda t: math.exp(t.mean().item()), "exp of the mean logit"),
+        (lambda t: 1 / _ratio_of_means(t), "upside down"),
+        (lambda t: t.exp(), "One ratio for the whole batch"),
+    ],
+)
+def test_ratio_prediction_right_answer_and_usual_mistakes(prediction, hint, capsys):
+    verdict = check_ratio_prediction(prediction)
+    if hint == "pass":
+        assert verdict and "prediction committed" in capsys.readouterr().out
+    else:
+        failed(verdict, hint)
+
+
+def test_ratio_prediction_other_wrong_answers_fail_without_a_hint():
+    failed(check_ratio_prediction(lambda t: 0.5), None, "not the ratio of the mean gradient sizes")
+    failed(check_ratio_prediction(lambda t: torch.sigmoid(t).mean().item()), None, "not the ratio")
+
+
+def test_ratio_prediction_untouched_starter_is_not_attempted():
+    def untouched(t):
+        raise NotImplementedError
+
+    assert check_ratio_prediction(untouched).status == "not attempted"

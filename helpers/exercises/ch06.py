@@ -31,6 +31,7 @@ __all__ = [
     "check_make_conv_gan",
     "check_mean_reconstruction_loss",
     "check_posterior_samples",
+    "check_ratio_prediction",
 ]
 
 PIXELS = 28 * 28
@@ -314,6 +315,50 @@ def check_generator_losses(generator_losses: Callable[..., tuple[torch.Tensor, t
     return (
         f"both losses and their autograd gradients match the closed forms {within(gap)} on 16 logits "
         f"from -120 to 30; at l = -5 the gradients are -{small:.4f} and -{full:.4f}"
+    )
+
+
+@checker("6.3", "predicted_ratio")
+@_own_rng
+def check_ratio_prediction(predicted_ratio: Callable[[torch.Tensor], float]) -> str:
+    """Exercise 6.3's prediction, written before any gradient is measured: for a batch of
+    logits, the mean size of the saturating loss's gradient over that of the non-saturating
+    loss's, from the derived derivatives (sigmoid(l) and 1 - sigmoid(l))."""
+    _require_callable(predicted_ratio, "predicted_ratio")
+    g = torch.Generator().manual_seed(64)
+    spread = -6 + 8 * torch.rand(64, generator=g)  # logits from -6 to +2
+    far = -7 - 3 * torch.rand(64, generator=g)  # logits from -10 to -7
+    for logits, label in ((spread, "logits from -6 to 2"), (far, "logits from -10 to -7")):
+        got = predicted_ratio(logits.clone())
+        got = got.item() if isinstance(got, torch.Tensor) and got.numel() == 1 else got
+        expect(
+            isinstance(got, (int, float)) and not isinstance(got, bool),
+            f"predicted_ratio should return one number for the batch, got {type(got).__name__}",
+            "One ratio for the whole batch: the mean of one gradient size over the mean of the other.",
+        )
+        m = torch.sigmoid(logits.double()).mean().item()
+        want = m / (1 - m)
+        mistakes = {
+            "That is the mean of the per-logit ratios exp(l). The question is the ratio of the two "
+            "mean sizes: average each gradient's size over the batch first, then divide.": (
+                logits.double().exp().mean().item()
+            ),
+            "That is exp of the mean logit: the ratio at an average logit, not of the averages.": (
+                math.exp(logits.double().mean().item())
+            ),
+            "The ratio is upside down: the saturating loss's gradient goes on top.": 1 / want,
+        }
+        if not math.isclose(got, want, rel_tol=1e-3):
+            for hint, wrong in mistakes.items():
+                expect(
+                    not math.isclose(got, wrong, rel_tol=1e-3),
+                    f"on {label}: predicted {got:.4g}, not the ratio of the mean sizes",
+                    hint,
+                )
+            expect(False, f"on {label}: predicted {got:.4g}, not the ratio of the mean gradient sizes")
+    return (
+        "prediction committed: a ratio of the mean sizes on two batches of logits; "
+        "the measurement below tests it"
     )
 
 
