@@ -757,7 +757,8 @@ line absorbs a small part of it. The learned weights match the true ones to abou
 # The two classification losses want different targets. `BCEWithLogitsLoss` wants
 # **float** targets (0.0 or 1.0, or a probability in between) of **the same shape as
 # the logits**; our MLP returns `(B, 1)`, so either squeeze the output or reshape the
-# targets. `CrossEntropyLoss` wants **`int64` (Long) class indices** of
+# targets. `CrossEntropyLoss` wants **`int64` (Long) class indices** (it also accepts
+# `uint8`, as its error message says; other integer types raise) of
 # shape `(B,)` beside logits of shape `(B, C)`. Each wrong combination below raises an
 # error rather than computing something.
 #
@@ -925,7 +926,8 @@ assert torch.log_softmax(extreme, dim=1)[0, 1].item() == -1000.0
 # regression, `nn.Linear(2, 1)`, and a small MLP, `Linear(2, 16) -> ReLU ->
 # Linear(16, 1)`, with the same loop as section 2.3, the same loss
 # (`F.binary_cross_entropy_with_logits`, the functional form of `BCEWithLogitsLoss`),
-# full-batch SGD at lr 1.0 for 500 steps (untuned, enough for both to settle), on 200
+# full-batch SGD at lr 1.0 for 500 steps (untuned, enough for both decisions to settle,
+# though the MLP's loss still falls), on 200
 # of the points, and scores both on the other 100. Then it colours the plane by each
 # model's decision.
 
@@ -971,25 +973,39 @@ grid_u, grid_v = torch.meshgrid(
     indexing="xy",
 )
 grid_points = torch.stack([grid_u.flatten(), grid_v.flatten()], dim=1)
+moon_colours = [
+    "tab:blue",
+    "tab:red",
+]  # class 0, class 1: regions and dots alike
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
 for ax, (name, moon_net) in zip(axes, moon_models.items(), strict=True):
     with torch.no_grad():
         region = (
             (moon_net(grid_points).squeeze(1) > 0).float().reshape(grid_u.shape)
         )
-    ax.contourf(grid_u, grid_v, region, levels=[-0.5, 0.5, 1.5], alpha=0.25)
-    ax.scatter(*moon_x[moon_held].T, c=moon_y[moon_held], s=12, cmap="coolwarm")
+    ax.contourf(
+        grid_u,
+        grid_v,
+        region,
+        levels=[-0.5, 0.5, 1.5],
+        colors=moon_colours,
+        alpha=0.25,
+    )
+    for label, colour in enumerate(moon_colours):
+        held = moon_x[moon_held][moon_y[moon_held] == label]
+        ax.scatter(*held.T, s=12, color=colour, label=f"class {label}")
     ax.set_title(
         f"{name}: {moon_accuracy[name][1]:.0%} of held-out points right"
     )
     ax.set_xlabel("x1")
 axes[0].set_ylabel("x2")
+axes[0].legend(loc="lower left")
 fig.suptitle("Two moons: decision regions (dots: the 100 held-out points)")
 fig.tight_layout()
 plt.show()
 linear_held = moon_accuracy["linear"][1]
 mlp_held = moon_accuracy["MLP, 16 ReLU units"][1]
-record("moons_linear_fit", moon_accuracy["linear"][0], fmt="{:.0%}")
+record("moons_linear_fit", moon_accuracy["linear"][0], fmt="{:.1%}")
 record("moons_linear_held", linear_held, fmt="{:.0%}")
 record("moons_mlp_held", mlp_held, fmt="{:.0%}")
 # Seeds 0-4 (CPU): held-out accuracy linear 0.93, 0.84, 0.90, 0.84, 0.90 and
@@ -2890,7 +2906,8 @@ On validation the chosen model scored {{val_accuracy}} accuracy at loss
 {{best_val_loss}}; on the test set {{test_accuracy}} at loss
 {{test_loss}}. {{selection_text}}. On average a test score below the
 validation score is what to expect: the chosen validation loss is the smallest of
-360 numbers (six learning rates times 60 epochs), all measured on the same
+360 numbers (six learning rates times 60 epochs, strongly correlated along each
+run, so fewer independent chances than that), all measured on the same
 {{n_val}} tumours, and the smallest of many noisy measurements is biased low.
 Part of what we selected is the candidate that happened to suit these particular
 tumours. This **selection bias** is why the validation score of the chosen model is
@@ -3288,7 +3305,7 @@ weight towards zero, so the logits grow only as far as the loss can pay for it. 
 cell reruns the same six learning rates, same seed, batches and epochs, with
 `AdamW(weight_decay=1.0)`, chooses again by validation loss, and puts the two choices
 beside the logistic regression. The strength 1.0 is a fixed, round, strong value,
-not tuned on any data: at lr 0.01 it shrinks every weight by 1 % per step. We do not
+not tuned on any data: at the chosen lr 0.1 it shrinks every weight by 10 % per step. We do not
 choose it by validation loss, which for the reason above would tend to favour the
 weakest decay; choosing it properly needs held-out predictions with mistakes in
 them, such as k-fold cross-validation on the non-test tumours. The first evidence
@@ -4445,8 +4462,8 @@ prose(
   Adam add state to it). On a quadratic loss, full-batch SGD is stable only for
   `lr < 2/λ_max`. Evaluation is `eval()` and `no_grad()` or `inference_mode()`.
   Mini-batch gradients are noisy estimates of the full one (spread `∝ 1/√B`);
-  accumulating them equals a big batch for a mean loss, equal micro-batches (or
-  losses weighted by size) and no batch-dependent layers.
+  accumulating them equals a big batch when the loss is a mean, the micro-batches are
+  equal (or their losses weighted by size) and no layer depends on the batch.
 - Overfitting is a training loss that keeps falling while the validation loss
   rises: on 60 tumours with a fifth of their labels flipped, the validation loss
   went from {{noisy_val_best}} to {{noisy_val_end}}. Early stopping keeps the
