@@ -1066,7 +1066,8 @@ print(
 # >   back in `eval()` after every `model.train()` so that their batch-norm statistics
 # >   stay put, and an optimizer built from the trainable parameters only.
 # > - **Use parameter groups**: the head at the base rate, the unfrozen backbone blocks
-# >   in their own group at that rate times a factor, usually below 1.
+# >   in their own group at that rate times a factor, often below 1 (smaller keeps
+# >   more of the pretrained weights; here validation chose it per budget).
 # > - **Choose the factor on validation**, from a few candidates spaced by powers of
 # >   ten; this section does it and shows how much the choice mattered here.
 #
@@ -1635,7 +1636,7 @@ The table reads from the top. The chosen factors are {{factor_1}}, {{factor_3}}
 and {{factor_10}} for 1, 3 and 10 labels per class, and at them fine-tuning
 {{verdict_1}} feature extraction with one label per class, {{verdict_3}} it with
 three and {{verdict_10}} it with ten (the first three rows). The next three rows
-give each choice's lead over the next best factor: {{rate_noise}} The full rate
+give each choice's lead over the next best factor. {{rate_noise}} The full rate
 {{full_vs_slow_1}} a hundredth of it with 1 label per class and
 {{full_vs_slow_10}} it with 10.
 """
@@ -1647,7 +1648,7 @@ prose(
 **The control** (dashed green in the figure, the table's last four rows, 10 labels
 per class). Fine-tuning at the chosen factor differs from feature extraction in two
 ways, a trainable `layer3` and that block's pretrained start, and the control
-separates them: its gain over feature extraction, {{ft_gain_val_10}} points, is
+separates them: fine-tuning's gain over feature extraction, {{ft_gain_val_10}} points, is
 exactly the sum of {{trainable_gain}} points that a trainable `layer3` started from
 random weights adds over feature extraction and {{start_gain}} points that the
 pretrained start adds over the random one (both runs at the chosen factor).
@@ -1694,8 +1695,7 @@ by {{rand_moved_full}} % of the pretrained weights' norm, the pretrained one by
 #   (equally weighted) average over all batches, runs the whole model in `train()` mode
 #   (dropout included) and restores momenta and mode afterwards. `device=` moves each
 #   batch (the first element of a tuple batch) to the device it names, which should be
-#   the model's; wrap the call in
-#   `torch.no_grad()` to skip building graphs. Exercise 5 measures the effect of
+#   the model's. It runs under `torch.no_grad()` itself. Exercise 5 measures the effect of
 #   statistics that drift during training.
 #
 #
