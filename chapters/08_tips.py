@@ -4793,17 +4793,22 @@ record("dropout_cause", dropout_cause)
 # value, against one multiplication; and whether a second thread helped.
 if two_thread_rounds is None:
     draw_threads_sentence = (
-        "Drawing costs more per element than multiplying because each mask "
-        "value needs a fresh pseudo-random number and a comparison, several "
-        "operations where the multiplication does one."
+        "Drawing costs more per element than multiplying: each mask value "
+        "needs a fresh pseudo-random number and a comparison where the "
+        "multiplication does one operation, which alone does not explain a gap "
+        "this large; a generator that makes one number at a time, not in "
+        "vector lanes, is the likely rest (not profiled here)."
     )
 else:
     two_draws = two_thread_rounds["draw"]
     threads_verdict = rounds_verdict(draws, two_draws)
     draw_threads_sentence = (
-        "Drawing costs more per element than multiplying because each mask "
-        "value needs a fresh pseudo-random number and a comparison, several "
-        "operations where the multiplication does one. On two threads the "
+        "Drawing costs more per element than multiplying: each mask value "
+        "needs a fresh pseudo-random number and a comparison where the "
+        "multiplication does one operation, which alone does not explain a gap "
+        "this large; a generator that makes one number at a time, not in "
+        "vector lanes, is the likely rest (not profiled here). On two "
+        "threads the "
         f"drawing took {min(two_draws) * 1e6:.0f} µs, {threads_verdict} the "
         "drawing on one thread: "
         + (
@@ -5365,8 +5370,8 @@ for tip, effect in summary_rows:
 # operations per second. Count the operations of one call with
 # `torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts as two), time the
 # call with section 8.1's `torch.utils.benchmark.Timer` on one thread, so that no
-# thread waits for another and, on most x86 CPUs, the work stays in one core's own L2
-# cache (Apple's and many Arm chips share an L2 among a cluster of cores); say so with
+# thread waits for another and all the work runs on one core, with that core's own
+# caches (its L2, then the L3 it shares with the others); say so with
 # `num_threads=1`, though it is Timer's default, and divide. The
 # checker tries it on a stand-in model whose operations and time per call it knows,
 # and whose first calls are slow, as a real model's often are; the stand-in clocks
