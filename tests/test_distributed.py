@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -577,11 +578,58 @@ def test_trainjob_manifest_launches_train_ddp_and_torchrun_reads_pet_variables(m
 # ---------------------------------------------------------------- real launches
 
 
-def _launch(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
+# torchrun's agent can read a failed worker's error file while that worker is still
+# writing it: a surviving rank that fails on the crashed rank's closed connection
+# writes one as the agent tears it down, and the agent itself then dies of a
+# JSONDecodeError in ProcessFailure (seen once in a CI run of the crash test).
+AGENT_ERROR_FILE_RACE = ("self.error_file_data = json.load(fp)", "JSONDecodeError")
+
+
+def _agent_raced(result: subprocess.CompletedProcess) -> bool:
+    return result.returncode != 0 and all(s in result.stderr for s in AGENT_ERROR_FILE_RACE)
+
+
+def _launch(commands: list[list[str]], *, out_dir: Path | None = None) -> list[subprocess.CompletedProcess]:
+    """Run the commands together; once more from a clean ``out_dir`` if the agent raced."""
     results = run_commands(commands, timeout=LAUNCH_TIMEOUT, env=LAUNCH_ENV)
+    if out_dir is not None and any(_agent_raced(r) for r in results):
+        for path in out_dir.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        results = run_commands(commands, timeout=LAUNCH_TIMEOUT, env=LAUNCH_ENV)
     for result in results:
         assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     return results
+
+
+RACED = subprocess.CompletedProcess(
+    [], 1, "", "    self.error_file_data = json.load(fp)\njson.decoder.JSONDecodeError: Expecting value"
+)
+CRASHED = subprocess.CompletedProcess([], 1, "", "RuntimeError: simulated failure")
+FINE = subprocess.CompletedProcess([], 0, "ok", "")
+
+
+@pytest.mark.parametrize(("first", "runs"), [(RACED, 2), (CRASHED, 1), (FINE, 1)])
+def test_launch_reruns_from_a_clean_directory_only_after_the_agents_race(monkeypatch, tmp_path, first, runs):
+    (tmp_path / "model.pt").write_text("from the first run")
+    (tmp_path / "dcp").mkdir()
+    calls, replies = [], iter([first, FINE])
+
+    def fake_run(commands, **options):
+        calls.append(commands)
+        return [next(replies)]
+
+    monkeypatch.setattr(sys.modules[__name__], "run_commands", fake_run)
+    if first is CRASHED:
+        with pytest.raises(AssertionError, match="simulated failure"):
+            _launch([["torchrun"]], out_dir=tmp_path)
+    else:
+        assert _launch([["torchrun"]], out_dir=tmp_path)[0].returncode == 0
+    assert len(calls) == runs
+    # a rerun starts from an empty directory; without one the files stay
+    assert (not any(tmp_path.iterdir())) == (runs == 2)
 
 
 def _endpoint() -> str:
@@ -663,7 +711,7 @@ def test_ddp_run_that_crashes_restarts_and_matches_one_process(data_file, tmp_pa
     command = torchrun_command(
         "helpers.distributed.train_ddp", args, rdzv_endpoint=_endpoint(), max_restarts=1
     )
-    (result,) = _launch([command])
+    (result,) = _launch([command], out_dir=tmp_path)
     assert "simulated failure" in result.stderr
     by_rank = lines_by_rank(result.stdout)
     for rank in (0, 1):
