@@ -45,8 +45,9 @@ from helpers.distributed import (
 # A launch starts three or four Python processes that each import torch: allow for a
 # slow, shared machine.
 LAUNCH_TIMEOUT = 400
-# One thread per worker; a fresh rendezvous store per restart attempt (chapter 09, 9.6).
-LAUNCH_ENV = {"OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+# One thread per worker; a fresh rendezvous store per restart attempt (chapter 09, 9.6);
+# a worker that dies of a signal prints every thread's Python stack first.
+LAUNCH_ENV = {"OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "PYTHONFAULTHANDLER": "1"}
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -578,41 +579,80 @@ def test_trainjob_manifest_launches_train_ddp_and_torchrun_reads_pet_variables(m
 # ---------------------------------------------------------------- real launches
 
 
-# torchrun's agent can read a failed worker's error file while that worker is still
-# writing it: a surviving rank that fails on the crashed rank's closed connection
-# writes one as the agent tears it down, and the agent itself then dies of a
-# JSONDecodeError in ProcessFailure (seen once in a CI run of the crash test).
+# Two failures come from torch itself, not from the code under test, and get one rerun
+# from a clean output directory (a second failure fails the test):
+# - torchrun's agent can read a failed worker's error file while that worker is still
+#   writing it: a surviving rank that fails on the crashed rank's closed connection
+#   writes one as the agent tears it down, and the agent itself then dies of a
+#   JSONDecodeError in ProcessFailure (seen once in a CI run of the crash test);
+# - a worker killed by a signal from torch's native code: SIGSEGV (seen once in a CI run
+#   of the FSDP2 test on torch 2.11, with gloo) or SIGABRT ("terminate called without
+#   an active exception" after its last line, with no Python frame left: a thread torn
+#   down at interpreter exit; seen once in ~20 launches on torch 2.11 on a loaded
+#   machine). PYTHONFAULTHANDLER makes such a worker print every thread's Python
+#   stack, which the failure message keeps if it happens twice.
 AGENT_ERROR_FILE_RACE = ("self.error_file_data = json.load(fp)", "JSONDecodeError")
+NATIVE_CRASH = re.compile(r"Signal (6 \(SIGABRT\)|11 \(SIGSEGV\)) received by PID")
 
 
-def _agent_raced(result: subprocess.CompletedProcess) -> bool:
-    return result.returncode != 0 and all(s in result.stderr for s in AGENT_ERROR_FILE_RACE)
+def _torch_failed(result: subprocess.CompletedProcess) -> bool:
+    raced = all(s in result.stderr for s in AGENT_ERROR_FILE_RACE)
+    return result.returncode != 0 and (raced or NATIVE_CRASH.search(result.stderr) is not None)
 
 
 def _launch(commands: list[list[str]], *, out_dir: Path | None = None) -> list[subprocess.CompletedProcess]:
-    """Run the commands together; once more from a clean ``out_dir`` if the agent raced."""
+    """Run the commands together; once more (from an emptied ``out_dir``) if torch failed."""
     results = run_commands(commands, timeout=LAUNCH_TIMEOUT, env=LAUNCH_ENV)
-    if out_dir is not None and any(_agent_raced(r) for r in results):
-        for path in out_dir.iterdir():
+    if any(_torch_failed(r) for r in results):
+        first = "\n".join(_failure_text(r.stderr) for r in results if r.returncode != 0)
+        for path in out_dir.iterdir() if out_dir is not None else ():
             if path.is_dir():
                 shutil.rmtree(path)
             else:
                 path.unlink()
         results = run_commands(commands, timeout=LAUNCH_TIMEOUT, env=LAUNCH_ENV)
+        if any(r.returncode != 0 for r in results):
+            print("the first run failed in torch too:\n" + first)
     for result in results:
-        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+        assert result.returncode == 0, result.stdout + _failure_text(result.stderr)
     return results
+
+
+def _failure_text(stderr: str) -> str:
+    """The end of stderr, and the stacks of a worker that died of a signal, if one did."""
+    fatal = stderr.find("Fatal Python error")
+    stacks = stderr[fatal : fatal + 4000] + "\n[...]\n" if fatal >= 0 else ""
+    return stacks + stderr[-3000:]
 
 
 RACED = subprocess.CompletedProcess(
     [], 1, "", "    self.error_file_data = json.load(fp)\njson.decoder.JSONDecodeError: Expecting value"
 )
+SEGFAULT = subprocess.CompletedProcess(
+    [],
+    1,
+    "",
+    "Fatal Python error: Segmentation fault\n...\ntraceback : Signal 11 (SIGSEGV) received by PID 7",
+)
+ABORTED = subprocess.CompletedProcess(
+    [],
+    1,
+    "",
+    "terminate called without an active exception\ntraceback : Signal 6 (SIGABRT) received by PID 9",
+)
+KILLED = subprocess.CompletedProcess([], 1, "", "traceback : Signal 9 (SIGKILL) received by PID 9")
+HALF_RACED = subprocess.CompletedProcess([], 1, "", "JSONDecodeError: Expecting value")
 CRASHED = subprocess.CompletedProcess([], 1, "", "RuntimeError: simulated failure")
 FINE = subprocess.CompletedProcess([], 0, "ok", "")
 
 
-@pytest.mark.parametrize(("first", "runs"), [(RACED, 2), (CRASHED, 1), (FINE, 1)])
-def test_launch_reruns_from_a_clean_directory_only_after_the_agents_race(monkeypatch, tmp_path, first, runs):
+@pytest.mark.parametrize(
+    ("first", "runs"),
+    [(RACED, 2), (SEGFAULT, 2), (ABORTED, 2), (KILLED, 1), (HALF_RACED, 1), (CRASHED, 1), (FINE, 1)],
+)
+def test_launch_reruns_from_a_clean_directory_only_after_torch_itself_failed(
+    monkeypatch, tmp_path, first, runs
+):
     (tmp_path / "model.pt").write_text("from the first run")
     (tmp_path / "dcp").mkdir()
     calls, replies = [], iter([first, FINE])
@@ -622,14 +662,33 @@ def test_launch_reruns_from_a_clean_directory_only_after_the_agents_race(monkeyp
         return [next(replies)]
 
     monkeypatch.setattr(sys.modules[__name__], "run_commands", fake_run)
-    if first is CRASHED:
-        with pytest.raises(AssertionError, match="simulated failure"):
+    if first in (CRASHED, HALF_RACED, KILLED):
+        with pytest.raises(AssertionError, match=r"simulated failure|JSONDecodeError|SIGKILL"):
             _launch([["torchrun"]], out_dir=tmp_path)
     else:
         assert _launch([["torchrun"]], out_dir=tmp_path)[0].returncode == 0
     assert len(calls) == runs
     # a rerun starts from an empty directory; without one the files stay
     assert (not any(tmp_path.iterdir())) == (runs == 2)
+
+
+def test_launch_that_fails_in_torch_twice_fails_with_both_runs_stacks(monkeypatch, capsys):
+    second = subprocess.CompletedProcess([], 1, "", SEGFAULT.stderr.replace("PID 7", "PID 8"))
+    replies = iter([SEGFAULT, second])
+    monkeypatch.setattr(sys.modules[__name__], "run_commands", lambda commands, **options: [next(replies)])
+    with pytest.raises(AssertionError, match=r"(?s)Fatal Python error.*PID 8") as failure:
+        _launch([["torchrun"]])  # no output directory to empty: the rerun still happens
+    assert "PID 7" not in str(failure.value)
+    printed = capsys.readouterr().out
+    assert printed.startswith("the first run failed in torch too:\nFatal Python error") and "PID 7" in printed
+
+
+def test_failure_text_keeps_the_crashed_workers_stacks_and_the_end_of_stderr():
+    stderr = "start\nFatal Python error: Segmentation fault\n  File x.py, line 3\n" + "." * 5000 + "END"
+    text = _failure_text(stderr)
+    assert text.startswith("Fatal Python error: Segmentation fault\n  File x.py, line 3")
+    assert text.endswith("." * 2997 + "END") and len(text) == 4000 + len("\n[...]\n") + 3000
+    assert _failure_text("plain failure") == "plain failure"
 
 
 def _endpoint() -> str:
@@ -743,7 +802,7 @@ def test_ddp_run_with_micro_batches_matches_whole_batches(data_file, tmp_path):
     # Batches of 16 in 3 pieces (6, 5, 5); each epoch's last batch of 5 gives 2, 2, 1.
     args = [*_script_args(data_file, tmp_path, 2), "--micro-batches=3"]
     command = torchrun_command("helpers.distributed.train_ddp", args, rdzv_endpoint=_endpoint())
-    _launch([command])
+    _launch([command], out_dir=tmp_path)
     ddp = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
     assert _max_difference(ddp, _one_process_reference(data_file, 2)) < 1e-10
 
@@ -770,7 +829,7 @@ def test_fsdp2_as_two_nodes_shards_the_weights_and_matches_one_process(data_file
         )
         for _ in range(2)
     ]
-    results = _launch(commands)
+    results = _launch(commands, out_dir=tmp_path)
     by_rank = lines_by_rank("\n".join(r.stdout for r in results))
     assert list(by_rank) == [0, 1]
     for rank, lines in by_rank.items():
