@@ -447,7 +447,8 @@ class GlyphNet(nn.Module):
         self.layer3 = block(c2, c3, stride=1)  # -> (B, c3, 7, 7)
         # 7 x 7 -> 2 x 2 averages of 4 x 4 windows, 3 apart: what
         # AdaptiveAvgPool2d(2) computes on a 7 x 7 map, which Apple's MPS
-        # backend refuses (7 % 2 != 0)
+        # backend refuses (7 % 2 != 0) up to at least torch 2.15; pytorch
+        # issue 96056 tracks the fix
         pool = nn.AvgPool2d(4, stride=3)
         self.pool = nn.Sequential(pool, nn.Flatten())  # -> (B, c3*4)
         self.fc = nn.Linear(c3 * 4, num_classes)
@@ -1120,24 +1121,37 @@ Ba, 2015, section 2.1, [arXiv:1412.6980](https://arxiv.org/abs/1412.6980)). With
 steps per epoch, 8 epochs at `lr * 0.01` = 1e-4 and 4 more at a tenth of that, a
 `layer3` weight typically moves by at most about {{adam_bound}} in a whole run, while
 a typical weight (the root-mean-square) is {{layer3_rms}}. A single step can be
-larger. Adam's step is `m_hat / sqrt(v_hat)` times the rate, and after `t` steps
-the running mean `m` weighs the gradient of `k` steps back by `(1 - b1) b1^k`, the
-running square `v` its square by `(1 - b2) b2^k`. Writing each weight of `m` as
-`(1 - b1) (b1 / sqrt(b2))^k` times `sqrt(b2)^k`, Cauchy-Schwarz bounds `|m_hat|` by
-`sqrt(v_hat)` times `(1 - b1) / (1 - b1^t) · sqrt((1 - b2^t) / (1 - b2)) ·
-sqrt(sum_{k<t} (b1^2 / b2)^k)`, whatever the gradients. With the default betas that
-factor is 1 at the first step and grows with `t`. Kingma and Ba's figure of about 3.2
-times the rate, for a gradient that follows a long quiet stretch, is one case of it,
-not a ceiling.
-Over this run's {{adam_steps}} steps no step can exceed {{adam_worst_factor}} times
-the rate (the 24-epoch runs of section 5.7, {{adam_long_steps}} steps, allow
-{{adam_worst_long}} times, and longer runs more), so no
-`layer3` weight can move by more than {{adam_worst}}, weight decay's tiny shrink
-aside. Fine-tuning at that rate may differ little from feature extraction. So the
-factor is chosen on validation, like any other setting: every budget and draw is
-trained with factors 0.01, 0.1 and 1 (the backbone at the head's full rate), next to
+larger, but over this run's {{adam_steps}} steps never more than
+{{adam_worst_factor}} times the rate (the aside below derives it), so no `layer3`
+weight can move by more than {{adam_worst}}, weight decay's tiny shrink aside. So
+the factor is chosen on validation, like any other setting: every budget and draw
+is trained with factors 0.01, 0.1 and 1 (the backbone at the head's full rate), next to
 scratch and feature extraction, and each budget keeps the factor with the best
 validation accuracy averaged over the two draws (on a tie, the smaller).
+"""
+)
+
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>Aside: the largest step Adam can take</summary>
+
+Adam's step is `m_hat / sqrt(v_hat)` times the rate. After `t` steps the running
+mean `m` weighs the gradient of `k` steps back by `(1 - b1) b1^k`, the running
+square `v` its square by `(1 - b2) b2^k`. Write each term of `m` as
+`(1 - b1) (b1 / sqrt(b2))^k` times `sqrt(b2)^k` times the gradient; Cauchy-Schwarz
+then bounds `|m_hat|` by `sqrt(v_hat)` times
+
+`(1 - b1) / (1 - b1^t) · sqrt((1 - b2^t) / (1 - b2)) · sqrt(sum_{k<t} (b1^2 / b2)^k)`,
+
+whatever the gradients. With the default betas this factor is 1 at the first step
+and grows with `t`: {{adam_worst_factor}} over {{adam_steps}} steps,
+{{adam_worst_long}} over the {{adam_long_steps}} steps of the 24-epoch runs below,
+and more in longer runs. Kingma and Ba's figure of about 3.2 times the rate, for a
+gradient that follows a long quiet stretch, is one case of it, not a ceiling.
+
+</details>
 """
 )
 
@@ -1368,11 +1382,16 @@ top = 100 * max(
     layer3_moved(layer3_moves, draws, k, "fine-tuning", 1.0) for k in budgets
 )
 apart = closest >= 0.05 * top
-overlap = (
-    "and every pair of them is apart somewhere"
-    if apart
-    else "and two of them nearly coincide at every factor"
-)
+# all three within 5 % of the largest move at every factor: one line, in effect
+if max(spreads) < 0.05 * top:
+    overlap = (
+        "so on the panel's scale the three lines nearly coincide: the rate, "
+        "not the number of labels, sets how far `layer3` moves"
+    )
+elif apart:
+    overlap = "and every pair of them is apart somewhere"
+else:
+    overlap = "and two of them nearly coincide at every factor"
 record("move_overlap", overlap)
 
 ft_minus_fe = {}  # validation (gap, standard error), at the chosen factor
@@ -1411,13 +1430,17 @@ pre_vs_rand_at = {
     )
     for factor in factors
 }
-for name, factor in zip(("slow", "mid", "full"), factors, strict=True):
-    pre_moved = 100 * layer3_moved(
-        layer3_moves, draws, 10, "fine-tuning", factor
-    )
-    record(f"pre_moved_{name}", pre_moved, fmt="{:.0f}")
-    rand_moved = 100 * layer3_moved(layer3_moves, draws, 10, control, factor)
-    record(f"rand_moved_{name}", rand_moved, fmt="{:.0f}")
+# how far each start moved at the full rate, 10 per class
+record(
+    "pre_moved_full",
+    100 * layer3_moved(layer3_moves, draws, 10, "fine-tuning", 1.0),
+    fmt="{:.0f}",
+)
+record(
+    "rand_moved_full",
+    100 * layer3_moved(layer3_moves, draws, 10, control, 1.0),
+    fmt="{:.0f}",
+)
 pre_vs_rand = val_gap(
     val_right, draws, 10, ("fine-tuning", chosen[10]), (control, chosen[10])
 )
@@ -1486,6 +1509,28 @@ def start_words(gap: tuple[float, float]) -> str:
 # the findings in short, for the box below the figure
 start_found = start_words(pre_vs_rand)
 record("start_found", start_found)
+# the control's lesson: how far layer3 moved at the chosen factor and whether
+# its pretrained start still showed
+moved_chosen = 100 * layer3_moved(
+    layer3_moves, draws, 10, "fine-tuning", chosen[10]
+)
+if moved_chosen >= 50:
+    far = "is largely rewritten"
+elif moved_chosen >= 10:
+    far = "changes a good deal but is not rewritten"
+else:
+    far = "stays near its pretrained weights"
+control_lesson = (
+    f"At the chosen factor, ×{chosen[10]:g}, `layer3` moved by "
+    f"{moved_chosen:.0f} % of its norm, so it {far}, and its pretrained start "
+    f"{start_found} ({gap_text(*pre_vs_rand)})."
+)
+if moved_chosen >= 50 and start_level == "noise":
+    control_lesson += (
+        " Whatever transfers at this rate does so through the frozen, "
+        "pretrained `layer1` and `layer2`."
+    )
+record("control_lesson", control_lesson)
 if chosen[10] == 1:
     record("factor_10_words", "the head's full rate")
 else:
@@ -1598,24 +1643,13 @@ prose(
 >
 > On validation; section 5.8 checks on test.
 >
-> - {{rate_found}} How clearly each choice won: the table below.
-> - At the chosen rates fine-tuning {{verdict_1}} feature extraction with 1
->   label per class and {{verdict_10}} it with 10.
+> - {{rate_found}} {{rate_noise}}
+> - With 1 label per class, fine-tuning at the chosen rate {{verdict_1}} feature
+>   extraction. With 10, it {{verdict_10}} it.
 > - At 10 labels per class, fine-tuning's gain over feature extraction,
 >   {{ft_gain_val_10}} points, is {{trainable_gain}} from making `layer3`
 >   trainable plus {{start_gain}} from its pretrained start. {{split_words}}
-"""
-)
-
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
-prose(
-    r"""
-The section's comparisons on validation, each arm a's accuracy minus arm b's in
-points, averaged over the two draws, with the paired standard error and the rule of
-thumb's reading (within two errors noise, two to three borderline, beyond three a
-difference):
-
-{{results_table}}
+> - {{control_lesson}}
 """
 )
 
@@ -1632,30 +1666,44 @@ a little sideways. The three budgets' lines lie within
 hundredth of the head's rate, `layer3` moved by {{moved_slow}} % of its norm with
 1 label per class (right panel), at the full rate by {{moved_full}} %.
 
-The table reads from the top. The chosen factors are {{factor_1}}, {{factor_3}}
-and {{factor_10}} for 1, 3 and 10 labels per class, and at them fine-tuning
-{{verdict_1}} feature extraction with one label per class, {{verdict_3}} it with
-three and {{verdict_10}} it with ten (the first three rows). The next three rows
-give each choice's lead over the next best factor. {{rate_noise}} The full rate
-{{full_vs_slow_1}} a hundredth of it with 1 label per class and
-{{full_vs_slow_10}} it with 10.
+The chosen factors are {{factor_1}}, {{factor_3}} and {{factor_10}} for 1, 3 and
+10 labels per class. Fine-tuning at them minus feature extraction is, with 1
+label per class, {{ft_vs_fe_val_1}}; with 3, {{ft_vs_fe_val_3}}; with 10,
+{{ft_vs_fe_val_10}}. With 1 label per class the full rate
+{{full_vs_slow_1}} a hundredth of it. With 10 it {{full_vs_slow_10}} it. An aside
+after the next paragraph lists every comparison of the section.
 """
 )
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-**The control** (dashed green in the figure, the table's last four rows, 10 labels
+**The control** (dashed green in the figure, the aside's last four rows, 10 labels
 per class). Fine-tuning at the chosen factor differs from feature extraction in two
 ways, a trainable `layer3` and that block's pretrained start, and the control
 separates them: fine-tuning's gain over feature extraction, {{ft_gain_val_10}} points, is
 exactly the sum of {{trainable_gain}} points that a trainable `layer3` started from
 random weights adds over feature extraction and {{start_gain}} points that the
 pretrained start adds over the random one (both runs at the chosen factor).
-{{split_words}} At the other factors the pretrained start {{start_elsewhere}}. The
-right panel shows how far each start moved: at the full rate the random `layer3`
-by {{rand_moved_full}} % of the pretrained weights' norm, the pretrained one by
-{{pre_moved_full}} %.
+{{split_words}} At the other factors the pretrained start {{start_elsewhere}}. At
+the full rate the random `layer3` moved by {{rand_moved_full}} % of the pretrained
+weights' norm and the pretrained one by {{pre_moved_full}} % (right panel).
+"""
+)
+
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>Aside: all of the section's comparisons on validation</summary>
+
+Each row is arm a's accuracy minus arm b's in points, averaged over the two draws,
+with the paired standard error and the rule of thumb's reading (within two errors
+noise, two to three borderline, beyond three a difference).
+
+{{results_table}}
+
+</details>
 """
 )
 
@@ -2266,15 +2314,13 @@ for per_class in budgets:
 # both gains at least 10 points; seeds 0, 1, 2 (CPU): fine-tuning +17.8,
 # +13.7, +12.5, feature extraction +18.4, +12.5, +12.5
 assert ft_gain >= 10 and fe_gain >= 10, (scratch_1, fe_1, ft_1)
-# fine-tuning ahead of feature extraction at 10 per class by at least 1.5
-# points. Seeds 0, 1, 2 (CPU): +5.3, +2.4, +2.6, with paired standard errors
-# (both parts, as printed) of 1.3, 0.7, 1.2; an older stack gave 2.6-4.9. The
-# margins above the bound are 3.8, 0.9 and 1.1 points: 2.9, 1.3 and 0.9
-# standard errors, so the bound clears each seed by less than one at worst
-# (seed 2); a run on other numerics (GPU) acts like another seed. Pooling
-# with the 24-epoch gap of section 5.7 (+3.9, +3.0, +1.9) was tried and is no
-# steadier: feature extraction closes part of the gap with longer training.
-assert ft_over_fe_10 >= 1.5, ft_over_fe_10
+# the claim of the prose: fine-tuning ahead of feature extraction at 10 per
+# class; how far ahead is reported with its standard error, not asserted.
+# Seeds 0, 1, 2 (CPU): +5.3, +2.4, +2.6 points, paired standard errors (both
+# parts) 1.3, 0.7, 1.2, so 4.1, 3.4 and 2.2 standard errors above zero; an
+# older stack gave +2.6 to +4.9. A run on other numerics (GPU) acts like
+# another seed.
+assert ft_over_fe_10 > 0, (ft_over_fe_10, ft_gap_se)
 # the benefit of transfer shrinks as labels grow, compared at 24 epochs for
 # every method. Fine-tuning minus scratch, seeds 0, 1, 2 (CPU): +17.8, +12.3,
 # +12.4 at 1 label per class, +0.0, +1.7, -2.1 at 10
@@ -2549,8 +2595,8 @@ fine-tuning minus scratch is {{long_ft_gain_1}} points at 1 label per class,
 minus scratch {{long_fe_gain_1}}, {{long_fe_gain_3}} and
 {{long_fe_gain_10}}: {{shrink_note}}.
 
-At 10 labels per class, fine-tuning at its chosen factor scores {{test_ft_10}}
-against {{test_fe_10}} for feature extraction ({{ft_over_fe_10}} points).
+At 10 labels per class, fine-tuning at its chosen factor was ahead of feature
+extraction: {{test_ft_10}} against {{test_fe_10}} ({{ft_over_fe_10}} points).
 The standard error from the per-image differences, {{ft_over_fe_10_se}}, counts
 mainly which digits happen to be in the test set (each image's difference is
 averaged over only two draws, so some training noise is in it too), not the draw of
@@ -2776,8 +2822,9 @@ if USE_IMAGENET:
 # >   running statistics of frozen batch-norm layers; call `.eval()` on them after it.
 # > - **A backbone learning rate taken on faith**: over a short run like section 5.7's,
 # >   with an Adam-like optimizer (whose steps are typically at most about the rate), a
-# >   hundredth of the head's rate hardly moves the backbone, and fine-tuning is then
-# >   little more than feature extraction; choose the factor on validation data.
+# >   hundredth of the head's rate leaves the backbone near its pretrained weights
+# >   (section 5.7 measures how near), so fine-tuning can then differ little from
+# >   feature extraction; choose the factor on validation data.
 # > - **Frozen parameters in the optimizer** after they were trained: with
 # >   `zero_grad(set_to_none=False)` they keep a zero `.grad`, and momentum or weight
 # >   decay (AdamW, SGD with momentum) keeps moving them. Build the optimizer from the
@@ -2822,8 +2869,9 @@ def pooled_features(
     output in eval mode, without gradients, average-pooled to its grid.
     """
     # fill in: a feature extractor for the three blocks, then each block's
-    # output pooled to its grid and flattened (on Apple's MPS the grid must
-    # divide the map's size: move the maps to the CPU before pooling)
+    # output pooled to its grid and flattened (Apple's MPS, up to at least
+    # torch 2.15, needs a grid that divides the map's size: move the maps to
+    # the CPU before pooling)
     raise NotImplementedError  # your code here
 
 
@@ -2855,7 +2903,8 @@ def pooled_features(
     features = {}
     for name, grid in blocks.items():
         # (N, C, H, W) -> (N, C, grid, grid)
-        # on the CPU: MPS refuses grids that do not divide the map's size
+        # on the CPU: MPS (up to at least torch 2.15) refuses grids that do
+        # not divide the map's size
         pooled = nn.functional.adaptive_avg_pool2d(maps[name].cpu(), grid)
         features[name] = pooled.flatten(1)  # (N, C * grid * grid)
     return features
