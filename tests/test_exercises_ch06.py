@@ -510,6 +510,12 @@ class ConditionalVAE(nn.Module):
             torch.sigmoid(out).view(-1, 1, 28, 28) if self.mistake == "sigmoid" else out.view(-1, 1, 28, 28)
         )
 
+    def encode(self, x, y):
+        xy = torch.cat([x.flatten(1), self.label(y, self.mistake != "encoder ignores")], 1)
+        h = torch.relu(self.encoder(xy))
+        mu, logvar = self.to_mu(h), self.to_logvar(h)
+        return (mu, logvar.exp()) if self.mistake == "encode variance" else (mu, logvar)
+
     def forward(self, x, y):
         xy = torch.cat([x.flatten(1), self.label(y, self.mistake != "encoder ignores")], 1)
         h = torch.relu(self.encoder(xy))
@@ -553,10 +559,18 @@ def test_conditional_vae_right_answers_pass(variant, capsys):
         (".sample()", ".sample() and torch.normal(mu, std) pass no gradient"),
         ("torch.normal", ".sample() and torch.normal(mu, std) pass no gradient"),
         ("sigmoid", "Return logits (no sigmoid)"),
+        ("encode variance", "Let forward call self.encode(x, y)"),
     ],
 )
 def test_conditional_vae_usual_mistakes_get_their_hints(mistake, hint):
     failed(check_conditional_vae(with_mistake(mistake)), hint)
+
+
+def test_conditional_vae_without_encode_gets_its_hint():
+    class NoEncode(ConditionalVAE):
+        encode = None
+
+    failed(check_conditional_vae(NoEncode), "Give it encode(x, y) -> (mu, logvar)")
 
 
 def test_conditional_vae_inline_decoder_mistakes_are_caught_through_the_logits():

@@ -374,6 +374,7 @@ def check_make_conv_gan(make_conv_gan: Callable[[int], tuple[nn.Module, nn.Modul
 @checker("6.5", "ConditionalVAE")
 @_own_rng
 def check_conditional_vae(conditional_vae: type[nn.Module]) -> str:
-    """Exercise 6.5: ``ConditionalVAE(latent_dim, hidden)`` with ``forward(x, y)``, ``decode(z, y)``."""
+    """Exercise 6.5: ``ConditionalVAE(latent_dim, hidden)`` with ``encode(x, y)``, ``forward(x, y)``,
+    ``decode(z, y)``."""
     _require_callable(conditional_vae, "ConditionalVAE")
     return conditional_vae_facts(conditional_vae)

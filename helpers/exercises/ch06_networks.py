@@ -253,6 +253,26 @@ def conditional_vae_facts(conditional_vae: type[nn.Module]) -> str:
     ):
         expect(isinstance(value, torch.Tensor), f"{name} should be a tensor, got {type(value).__name__}")
         expect(tuple(value.shape) == shape, f"{name} has shape {tuple(value.shape)}, expected {shape}")
+    encode = getattr(model, "encode", None)
+    expect(
+        callable(encode),
+        "ConditionalVAE has no encode method",
+        "Give it encode(x, y) -> (mu, logvar), as VAE.encode does, and let forward call it.",
+    )
+    with torch.no_grad():
+        encoded = encode(x, y)
+    expect(
+        isinstance(encoded, tuple) and len(encoded) == 2,
+        "encode(x, y) should return the pair (mu, logvar)",
+    )
+    expect(
+        all(
+            isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want.detach())
+            for got, want in zip(encoded, (mu, logvar), strict=True)
+        ),
+        "encode(x, y) does not return the mu and logvar that forward(x, y) returns",
+        "Let forward call self.encode(x, y), so that both give the same q(z | x, y).",
+    )
     expect(
         not (logits.min() >= 0 and logits.max() <= 1),
         "the decoded values all lie in [0, 1]: they look like probabilities, not logits",
@@ -294,6 +314,6 @@ def conditional_vae_facts(conditional_vae: type[nn.Module]) -> str:
         ".sample() and torch.normal(mu, std) pass no gradient to the encoder.",
     )
     return (
-        f"forward and decode return the right shapes, both networks use the one-hot label, "
+        f"encode, forward and decode return the right shapes, both networks use the one-hot label, "
         f"z = μ + σ·ε {within(gap)}, and the reconstruction's gradient reaches μ and log σ²"
     )

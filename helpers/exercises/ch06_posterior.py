@@ -48,7 +48,8 @@ _LABELS = torch.tensor([3, 7, 0, 9, 3, 5])
 
 
 class _StubConditionalVAE(nn.Module):
-    """``forward(x, y) -> (logits, mu, logvar)`` and ``decode(z, y) -> logits`` of the exercise.
+    """``encode(x, y) -> (mu, logvar)``, ``forward(x, y) -> (logits, mu, logvar)`` and
+    ``decode(z, y) -> logits`` of the exercise.
 
     The encoder reads ``mu`` and ``logvar`` from the first six pixels of ``x``; the decoder
     writes the code into the first three logits and the label into the fourth.
@@ -67,9 +68,12 @@ class _StubConditionalVAE(nn.Module):
         logits[:, _LATENT] = (y.to(z.dtype) - 4.5) / 2  # the label, in a mild logit
         return logits.view(-1, 1, 28, 28)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = x.flatten(1)
-        mu, logvar = flat[:, :_LATENT], flat[:, _LATENT : 2 * _LATENT]
+        return flat[:, :_LATENT], flat[:, _LATENT : 2 * _LATENT]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x, y)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         return self.decode(z, y), mu, logvar
 
