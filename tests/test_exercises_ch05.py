@@ -99,6 +99,7 @@ def test_pooled_features_other_wrong_answers_fail_without_a_hint():
     assert not as_list and as_list.message == "pooled_features returned a list, not a dict"
     two = check_pooled_features(lambda b, x: {"layer1": features(b, x)["layer1"]})
     assert "returned the keys ['layer1'], expected ['layer1', 'layer2', 'layer3']" in two.message
+    assert "create_feature_extractor" in two.hint
     assert not check_pooled_features(3) and "should be a function, got int" in str(check_pooled_features(3))
 
 

@@ -88,6 +88,8 @@ def check_pooled_features(pooled_features: Callable) -> str:
     expect(
         set(BLOCKS) <= set(got),
         f"pooled_features returned the keys {sorted(got)}, expected {list(BLOCKS)}",
+        "torchvision.models.feature_extraction.create_feature_extractor(backbone, "
+        "return_nodes=[...]) returns the blocks' outputs by name (forward hooks work too)",
     )
     gaps = []
     for name, grid in GRIDS.items():
