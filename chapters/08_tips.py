@@ -33,39 +33,21 @@
 # equals a big batch, checkpoints, `weights_only`).
 
 # %% [markdown] tags=["box-note"]
-# > **How to read the numbers**
+# > **How to read the timings in this chapter**
 # >
-# > Most timings here are the fastest of several repeats after a warm-up (`best_time`,
-# > from chapter 1), the estimate least disturbed by whatever else the machine is doing.
-# > PyTorch's own `torch.utils.benchmark.Timer` does this job with more care; section
-# > 8.1's thread comparison and exercise 1 use it, and say what it adds.
-# > Three kinds are single readings, because what they measure happens once: a data
-# > loader's first epoch (which includes starting its workers), the first call of a
-# > compiled model, and the start of a fresh Python process. Section 8.1's sweep over
-# > batch sizes is a single `best_time` reading per size too. The numbers come from the
-# > machine that built this page (the setup cell prints what it was) and vary with the
-# > hardware and with whatever else runs at the same time; run the notebook yourself and
-# > yours will differ.
-# >
-# > So every comparison of two of this run's timings is put into words by a rule, not
-# > by eye. `helpers.tips.speed_verdict` calls two readings "as fast as" each other
-# > unless they differ by more than 10 %. That band is fixed, not a measure of the
-# > noise, so most comparisons the text turns into a verdict were timed more than
-# > once: the two sides in three interleaved rounds, taking turns at going first (the
-# > data loaders: in three epochs each, the settings taking turns). The chapter has one
-# > rule for "is this a difference", `helpers.tips.separation`: one side is faster only
-# > if *every* one of its readings, 10 % longer, is still shorter than *every* reading
-# > of the other side; otherwise the text says "within the noise of". One erratic
-# > reading can only make it more cautious. Section 8.3 applies the same rule, without
-# > the 10 %, to the final losses of different seeds, and says how often it passes by
-# > chance. The verdicts resting on single readings are named: the accelerator
-# > comparisons of section 8.1 (they only run on a machine with one). Section 8.9's
-# > micro-benchmarks of dropout's parts (drawing the random numbers against the
-# > multiplication) run on one thread and name a cause only where every round of one
-# > part took more than three times every round of the other; otherwise they say the
-# > run does not resolve it. Where
-# > the text speaks of hardware this run did not measure, it says so and what the
-# > statement rests on.
+# > - A timing is the fastest of several repeats after a warm-up (`best_time`, chapter
+# >   1); section 8.1's thread comparison and exercise 1 use PyTorch's
+# >   `torch.utils.benchmark.Timer` instead. A few things happen once and are single
+# >   readings: a loader's first epoch, a compiled model's first call, a fresh process.
+# > - Two things compared are timed in three interleaved rounds, taking turns at going
+# >   first; the printed output shows every round.
+# > - "Faster" is decided by one rule, `helpers.tips.separation`: one side is faster
+# >   only if every one of its readings, 10 % longer, is still shorter than every
+# >   reading of the other; otherwise the text says "within the noise of". Section 8.3
+# >   applies it, without the 10 %, to the final losses of different seeds.
+# > - The numbers come from the machine that built this page (the setup cell prints
+# >   it); yours will differ. Where the text speaks of hardware this run did not
+# >   measure, it says so.
 
 # %% tags=["hide-cell"]
 # On Colab only: install this book's helpers package (Colab's own torch is
@@ -377,11 +359,9 @@ if (
     and cpu_per_sample[4096] > 1.1 * cpu_per_sample[cpu_best_batch]
 ):
     large_batch_sentence = (
-        "At 4,096 the time per sample rose again, to "
-        f"{cpu_per_sample[4096] * 1e6:.2f} µs: either each 4 MiB hidden "
-        "activation (4,096 × 256 × 4 bytes) outgrew a core's L2 cache, or "
-        "the machine was busy; this single reading does not tell which, "
-        "and the threads cell below times it again in three rounds."
+        "At 4,096 it rose again, to "
+        f"{cpu_per_sample[4096] * 1e6:.2f} µs; the threads cell below "
+        "checks whether that repeats."
     )
 else:
     large_batch_sentence = ""
@@ -405,8 +385,7 @@ else:
 record("plateau_sentence", plateau_sentence)
 if device.type == "cpu":
     accelerator_sentence = (
-        "This machine has no accelerator, so only the CPU was measured; "
-        "on a machine with a GPU the same cell draws a second line."
+        "This machine has no accelerator, so only the CPU was measured."
     )
 else:
     accel = sweep[device.type]
@@ -435,39 +414,32 @@ record("floor_where", floor_where)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-On the CPU a batch of 1 took {{cpu_call_1_us}} µs and a batch of 64 took
-{{cpu_call_64_us}} µs: 64 times the work for {{cpu_64_over_1}} times the
-time. Per sample, the cost fell from {{cpu_sample_1_us}} µs at batch size 1 to
-its lowest single reading, {{cpu_sample_best_us}} µs at batch size
-{{cpu_best_batch}}. {{plateau_sentence}} {{large_batch_sentence}}
+On the CPU a batch of 64 took {{cpu_64_over_1}} times as long as a batch of 1
+({{cpu_call_64_us}} against {{cpu_call_1_us}} µs) for 64 times the work. Per
+sample, the cost fell from {{cpu_sample_1_us}} µs to {{cpu_sample_best_us}} µs
+at batch size {{cpu_best_batch}}. {{plateau_sentence}} {{large_batch_sentence}}
 {{accelerator_sentence}}
 """
 )
 
 # %% [markdown]
-# The same floor explains why a tiny model can be slower on a GPU than on a CPU (on a
-# machine with a GPU, the sentence above says whether it was). A GPU has a higher fixed
-# price per operation (each operation is a kernel launched from the CPU, typically
-# several microseconds) and only wins once each operation has enough arithmetic to keep
-# thousands of cores busy. A model as small as this one, fed one sample at a time,
-# never gets there; fed thousands of samples per batch, it can.
-# The figure's left panel is the overhead floor, its right panel the price per sample.
+# The same floor is why a tiny model can be slower on a GPU than on a CPU: each GPU
+# operation is a kernel launched from the CPU, several microseconds each, and pays only
+# once it has enough arithmetic to keep thousands of cores busy. One sample at a time
+# never gets there; thousands per batch can.
 #
 # ### Moving data, and `pin_memory`
 #
-# A discrete GPU has its own memory, and every batch crosses the link between CPU and
-# GPU (PCIe on most machines), which is far slower than the GPU's own memory. The GPU
-# copies directly only from page-locked (*pinned*) CPU memory: a normal, *pageable*
-# tensor is first copied into a pinned staging buffer behind the scenes. From pinned
-# memory, `x.to(device, non_blocking=True)` returns at once and the copy overlaps with
-# the work the CPU queues next. But pinning is itself a copy:
+# Every batch crosses the link to a discrete GPU (PCIe on most machines), far slower
+# than the GPU's own memory. The GPU copies directly only from page-locked (*pinned*)
+# CPU memory; a normal, *pageable* tensor goes through a pinned staging buffer first.
+# From pinned memory, `x.to(device, non_blocking=True)` returns at once and the copy
+# overlaps with the CPU's next work. But pinning is itself a copy:
 # [PyTorch's guide to `non_blocking` and `pin_memory()`](https://pytorch.org/tutorials/intermediate/pinmem_nonblock.html)
 # finds `tensor.pin_memory().to(device, non_blocking=True)` up to twice as slow as a
-# plain `tensor.to(device)`. Pinning pays where it happens off the training loop's
-# path: `DataLoader(pin_memory=True)` pins each batch in a background thread when the
-# loader has workers (with `num_workers=0` it pins in the main thread, before handing
-# the batch over), and a tensor that is pinned once and copied many times pays for
-# the pinning once. The cell measures what applies on this machine.
+# plain `tensor.to(device)`. So pin off the loop's path: `DataLoader(pin_memory=True)`
+# pins in a background thread when it has workers, and a tensor pinned once and copied
+# many times pays once.
 
 # %%
 transfer_batch = torch.randn(4096, 64)  # 1 MiB of float32
@@ -476,10 +448,9 @@ if device.type == "cpu":
     same_object = transfer_batch.to(device) is transfer_batch
     noop_s = best_time(partial(transfer_batch.to, device), repeat=100)
     transfer_sentence = (
-        "Here the device is the CPU, so .to(device) returned the very same "
-        f"tensor object (an identity check with is gives {same_object}) "
-        f"in {noop_s * 1e6:.1f} µs: nothing was copied, and pinned memory "
-        "needs an accelerator, so this machine has no transfer to measure."
+        "Here the device is the CPU: .to(device) returned the same tensor "
+        f"object (is gives {same_object}) in {noop_s * 1e6:.1f} µs, copying "
+        "nothing, and pinned memory needs an accelerator."
     )
 else:
     pageable_s = best_time(
@@ -527,13 +498,11 @@ pinning to the `DataLoader`.
 # %% [markdown]
 # ### `.item()` forces a synchronisation
 #
-# On a GPU, PyTorch only *queues* kernels and returns to Python at once, so the CPU can
-# prepare the next step while the GPU computes. `loss.item()` (also `.cpu()`,
-# `.tolist()`, `print(tensor)`, or an `if` on a tensor's value) needs the number
-# itself, so the CPU must wait until the GPU has finished everything queued before it.
-# Calling it on every step stops the CPU from running ahead. The alternative is to add
-# the losses up on the device and read the sum once. The cell times 20 training steps
-# both ways.
+# On a GPU, PyTorch only *queues* kernels, so the CPU can prepare the next step while
+# the GPU computes. `loss.item()` (also `.cpu()`, `.tolist()`, `print(tensor)`, an `if`
+# on a tensor's value) needs the number, so the CPU waits for everything queued before
+# it. The alternative is to add the losses up on the device and read the sum once. The
+# cell times 20 training steps both ways.
 
 # %%
 torch.manual_seed(seed)
@@ -604,6 +573,11 @@ print(
     f"item() every step: {item_every_s * 1e3:.2f} ms per step; once: "
     f"{item_once_s * 1e3:.2f} ms per step -> once is {item_verdict} every step"
 )
+print(
+    f"  three rounds, ms per step: every step "
+    f"{rounds_range(item_rounds[True], 1e3, '.2f')}, once "
+    f"{rounds_range(item_rounds[False], 1e3, '.2f')}"
+)
 record("item_every_ms", item_every_s * 1e3, fmt="{:.2f}")
 record("item_once_ms", item_once_s * 1e3, fmt="{:.2f}")
 record("item_verdict", item_verdict)
@@ -618,9 +592,8 @@ elif item_verdict == "within the noise of":
         ".item(): no synchronisation on a CPU; difference within noise"
     )
     item_cpu_sentence = (
-        "That is what a CPU predicts: there is nothing to wait for, since "
-        "the operations run one after the other in the calling thread and "
-        "`.item()` only converts a number."
+        "That is what a CPU predicts: its operations run in the calling "
+        "thread, so there is nothing to wait for."
     )
 else:
     item_summary = (
@@ -628,52 +601,38 @@ else:
         "(a CPU has none)"
     )
     item_cpu_sentence = (
-        "A CPU has nothing to wait for (the operations run one after the "
-        "other in the calling thread, and `.item()` only converts a number), "
-        "so this difference comes from something else, such as other "
-        "programs on the machine, not from synchronisation."
+        "A CPU's operations run in the calling thread, so there is nothing "
+        "to wait for: this difference is not synchronisation."
     )
 record("item_cpu_sentence", item_cpu_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Reading the loss once took {{item_once_ms}} ms per step at best (its three rounds
-{{item_once_range}} ms) and reading it every step {{item_every_ms}} ms (rounds
-{{item_every_range}} ms); the rounds alternated which way went first. By the
-chapter's rule (one side faster only if all its rounds were more than 10 % below
-all the other side's), reading it once was here (on {{device_name}})
-{{item_verdict}} reading it every step. {{item_cpu_sentence}}
-On a GPU the cost of reading every step grows with how much work the CPU could have
-queued ahead. Accumulating on the device costs one tiny addition per step and never
-waits for the device, so write training loops the second way.
+On {{device_name}}, reading the loss once ({{item_once_ms}} ms per step) was
+{{item_verdict}} reading it every step ({{item_every_ms}} ms).
+{{item_cpu_sentence}} On a GPU the cost of reading every step grows with the work
+the CPU could have queued ahead; accumulating on the device never waits, so write
+training loops the second way.
 """
 )
 
 # %% [markdown]
 # ### The CPU's own threads
 #
-# A CPU is a device with several cores, and PyTorch splits large operations across
-# `torch.get_num_threads()` threads (by default one per physical core, unless the
-# environment variable `OMP_NUM_THREADS` sets another number; the setup cell printed
-# both). Threads pay only when an operation is big enough to share out, and on a
-# machine where other programs are busy they can wait on each other. The cell times a
-# training step of batch 64 (dropout off: the model is in eval mode) and a forward
-# pass of batch 4,096 on the CPU with one thread, with the default number and with one
-# thread per usable CPU.
+# PyTorch splits large CPU operations across `torch.get_num_threads()` threads (one
+# per physical core unless `OMP_NUM_THREADS` says otherwise; the setup cell printed
+# both). The cell times a training step of batch 64 (eval mode, so no dropout) and a
+# forward pass of batch 4,096 with one thread, the default, and one per usable CPU.
 #
-# It times them with `torch.utils.benchmark.Timer`, the field's tool for this, rather
-# than a hand loop such as `best_time`. `Timer(stmt, globals=..., num_threads=n)` sets
-# the thread count for the measurement and puts it back afterwards; `num_threads`
-# defaults to 1, not to torch's current count, so pass `torch.get_num_threads()` to
-# time what your program uses. `blocked_autorange()` warms up while it chooses how
-# many calls to time per block (enough that reading the clock costs nothing next to
-# them), and on CUDA it synchronises the device around each block. It returns a
-# `Measurement` with the median of the blocks and their spread (`iqr`), and
-# `benchmark.Compare` lays several measurements out as a table, one column per round
-# here. Only if the sweep above found batch 4,096 more than 10 % dearer per sample
-# than the batch of its lowest reading does the cell add a third job: that batch's
-# forward pass with the default threads, in the same rounds, to see whether the rise repeats.
+# It uses `torch.utils.benchmark.Timer`, the field's tool for this.
+# `Timer(stmt, globals=..., num_threads=n)` sets the thread count for the measurement
+# and restores it; `num_threads` defaults to 1, not torch's current count.
+# `blocked_autorange()` warms up, picks how many calls to time per block, and on CUDA
+# synchronises around each block; it returns a `Measurement` with the median and
+# spread (`iqr`) of the blocks, and `benchmark.Compare` tabulates several. If the
+# sweep above found batch 4,096 dearer per sample, the cell also times the cheapest
+# batch, to see whether the rise repeats.
 
 # %%
 default_threads = torch.get_num_threads()
@@ -778,42 +737,34 @@ else:
         b > 1.1 * c for b, c in zip(big_us, cheap_us, strict=True)
     )
     rise_sentence = (
-        f"Timed again in the same three rounds with the default "
-        f"{default_threads} thread{'s' if default_threads > 1 else ''},"
-        f" batch 4,096 took {min(big_us):.2f}–{max(big_us):.2f} µs per sample"
-        f" and batch {cpu_best_batch:,} {min(cheap_us):.2f}–{max(cheap_us):.2f}"
-        " µs: "
+        f"Timed again, batch 4,096 took {min(big_us):.2f}–{max(big_us):.2f}"
+        f" µs per sample and batch {cpu_best_batch:,} "
+        f"{min(cheap_us):.2f}–{max(cheap_us):.2f} µs: "
     )
     if rounds_above == 3:
         rise_sentence += (
-            "batch 4,096 was more than 10 % dearer per sample in every round, "
-            "so the rise repeated and was not one brief busy spell. That "
-            "leaves the caches as a possible cause, not a shown one: this run "
-            "measured no cache (exercise 1 looks for a cache effect on the "
-            "weights)."
+            "batch 4,096 was more than 10 % dearer in every round, so the "
+            "rise repeated; the caches are a possible cause, not a shown one "
+            "(exercise 1 looks for a cache effect)."
         )
     else:
         rise_sentence += (
-            f"batch 4,096 was more than 10 % dearer per sample in "
-            f"{rounds_above} of the 3 rounds, so the sweep's rise did not "
-            "clearly repeat."
+            f"dearer by over 10 % in {rounds_above} of 3 rounds, so the "
+            "rise did not clearly repeat."
         )
 record("rise_sentence", rise_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{threads_sentence}} Sharing an operation out has a price on every call: the
-threads must be woken, handed their parts and waited for (a fork and a join),
-microseconds each time, and more on a virtual machine's CPUs. A large operation
-repays that; a small one may not, so a step made of many small operations can run
-slower with more threads even on an idle machine. ATen leaves an element-wise
-operation on one thread below 32,768 elements (`at::internal::GRAIN_SIZE`), while matrix
-products go to a BLAS library that decides for itself. On a busy machine threads
-lose more, because each operation waits for its slowest thread.
+{{threads_sentence}} Sharing an operation out costs a fork and a join on every
+call, microseconds each, which a large operation repays and a small one may not;
+ATen keeps an element-wise operation below 32,768 elements on one thread
+(`at::internal::GRAIN_SIZE`), and matrix products leave it to the BLAS library. On a
+busy machine each operation also waits for its slowest thread.
 {{rise_sentence}}
-When several processes share a machine (data-loader workers, several training jobs), give
-each fewer threads with `torch.set_num_threads` (DataLoader workers already use one).
+When several processes share a machine, give each fewer threads with
+`torch.set_num_threads` (DataLoader workers already use one).
 """
 )
 
@@ -822,15 +773,13 @@ each fewer threads with `torch.set_num_threads` (DataLoader workers already use 
 #
 # ### Fetching a batch at a time
 #
-# A `DataLoader` with `batch_size=64` calls the dataset's `__getitem__` 64 times, once
-# per index, and then stacks the samples with its `collate_fn`. A dataset that defines
-# `__getitems__` (the loader's built-in batched fetch) gets one call with the list of
-# 64 indices instead, and must return a list of samples, which `collate_fn` still
-# stacks. For data that is already one tensor in memory, 64 small indexing
-# operations are wasted where one would do. `TensorDataset` has no `__getitems__`, but
-# its `__getitem__` also accepts a *list* of indices and returns the whole batch. A
+# A `DataLoader` with `batch_size=64` calls the dataset's `__getitem__` 64 times and
+# stacks the samples with its `collate_fn` (a dataset that defines `__getitems__` gets
+# one call with the 64 indices, but must still return a list of samples). For data
+# already in one tensor, one indexing operation would do. `TensorDataset`'s
+# `__getitem__` accepts a *list* of indices and returns the whole batch; a
 # `BatchSampler` around the usual `RandomSampler` hands it those lists, and
-# `batch_size=None` tells the loader that the samples arrive already batched.
+# `batch_size=None` tells the loader that samples arrive already batched.
 
 # %%
 per_sample_loader = DataLoader(
@@ -880,6 +829,11 @@ print(
     f"one epoch of loading: per sample {per_sample_s * 1e3:.1f} ms, per batch "
     f"{per_batch_s * 1e3:.2f} ms -> per batch is {loader_verdict} per sample"
 )
+print(
+    "  five rounds, ms: per sample "
+    f"{rounds_range(loader_rounds['per sample'], 1e3, '.1f')}, per batch "
+    f"{rounds_range(loader_rounds['per batch'], 1e3, '.2f')}"
+)
 record("per_sample_ms", per_sample_s * 1e3, fmt="{:.1f}")
 record("per_batch_ms", per_batch_s * 1e3, fmt="{:.2f}")
 record("loader_verdict", loader_verdict)
@@ -891,15 +845,11 @@ record("per_batch_range", rounds_range(loader_rounds["per batch"], 1e3, ".2f"))
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Reading the {{n_train}} training digits once took {{per_sample_ms}} ms
-sample by sample (rounds {{per_sample_range}} ms) and {{per_batch_ms}} ms batch by
-batch (rounds {{per_batch_range}} ms): batch-wise indexing was {{loader_verdict}}
-per-sample indexing. The rest of the chapter uses `make_train_loader` whatever
-this timing says: for each batch it makes one indexing call instead of 64 calls of
-`__getitem__` and a `collate_fn` that stacks their 64 results, so it never does more
-work, and the Python calls it saves grow with the batch size. (It needs a dataset
-that can index many samples at once; for files on disk, per-sample loading with
-workers, below, is the tool.)
+Reading the {{n_train}} training digits batch by batch ({{per_batch_ms}} ms) was
+{{loader_verdict}} sample by sample ({{per_sample_ms}} ms). The rest of the chapter
+uses `make_train_loader`: it never does more work, and the Python calls it saves
+grow with the batch size. (It needs a dataset that can index many samples at once;
+for files on disk, per-sample loading with workers, below, is the tool.)
 """
 )
 
@@ -949,14 +899,12 @@ record("batch_verdict", rounds_verdict(epoch_rounds[16], epoch_rounds[256]))
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-An epoch at batch size 256 took {{epoch_256_ms}} ms, against {{epoch_16_ms}}
-ms at batch size 16: it was {{batch_verdict}} the epoch at 16. But a bigger
-batch is not simply better: it takes fewer, less noisy optimizer steps per epoch, and
-usually needs a larger learning rate and more epochs to reach the same accuracy (a
-common starting point is the *linear scaling rule*: multiply the rate by `k` when the
-batch grows `k` times, with a warm-up; [Goyal et al., 2017](https://arxiv.org/abs/1706.02677)).
-Choose the batch size for the optimisation, on validation data, and use the speed as
-a tie-breaker.
+An epoch at batch size 256 ({{epoch_256_ms}} ms) was {{batch_verdict}} one at 16
+({{epoch_16_ms}} ms). But a bigger batch takes fewer, less noisy steps per epoch and
+usually needs a larger learning rate and more epochs (a common start is the *linear
+scaling rule*: multiply the rate by `k` when the batch grows `k` times, with a
+warm-up; [Goyal et al., 2017](https://arxiv.org/abs/1706.02677)). Choose the batch
+size on validation data, and use the speed as a tie-breaker.
 """
 )
 
@@ -973,21 +921,15 @@ a tie-breaker.
 print(inspect.getsource(CostlyDataset.__getitem__))
 
 # %% [markdown]
-# `sleep_s` stands for waiting on a disk or a network (the process waits but the CPU
-# is free), `work` for CPU-heavy preprocessing (the CPU is busy). Each item of the
-# waiting set sleeps 2 ms, and each item of the computing set does 30,000 rounds of
-# arithmetic, whose time on this machine the cell reads off the epochs without
-# workers (the costs are untuned: large
-# enough to matter next to a training step of this small model). An epoch covers 128
-# digits in batches of 16, and each configuration runs three epochs, each a full pass
-# of loading plus a training step per batch; the configurations take turns, epoch by
-# epoch, so that a busy spell of the machine cannot slow all the epochs of one
-# configuration and none of another. Without `persistent_workers=True` the
-# workers are started anew at the beginning of every epoch and shut down at its end;
-# with it they stay alive between epochs. The first epoch is a single reading, since
-# start-up happens once; for the later ones the faster of epochs 2 and 3 counts. Two
-# workers is a fixed choice, the number of CPUs of the 2-core laptop this book
-# targets, not a tuned one: on a bigger machine, try more.
+# `sleep_s` stands for waiting on a disk or a network (the CPU is free), `work` for
+# CPU-heavy preprocessing (the CPU is busy): 2 ms of sleep or 30,000 rounds of
+# arithmetic per item (untuned: enough to matter next to this small model's step).
+# An epoch is 128 digits in batches of 16, loading plus a training step per batch;
+# each set-up runs three epochs, the set-ups taking turns epoch by epoch. Without
+# `persistent_workers=True` the workers start anew every epoch; with it they stay
+# alive. Epoch 1 includes start-up; for the later ones the faster of epochs 2 and 3
+# counts. Two workers matches the 2-core laptop this book targets; on a bigger
+# machine, try more.
 
 # %%
 subset = train_index[:128]
@@ -1218,11 +1160,11 @@ first_gap_words = {
     kind: f"by a factor of {ratio:.1f}" if ratio >= 1.1 else "by less than 10 %"
     for kind, ratio in first_ratio.items()
 }
-record(
-    "first_epoch_noise",
+record_first_noise = (
     f"differed {first_gap_words['waiting']} with the waiting set and "
-    f"{first_gap_words['computing']} with the computing set",
+    f"{first_gap_words['computing']} with the computing set"
 )
+record("first_epoch_noise", record_first_noise)
 restart_sentence = (
     f"starting and stopping two workers ({started} here) cost "
     f"{restart_cost['waiting']} per epoch with the waiting set and "
@@ -1307,6 +1249,11 @@ record(
     else "",
 )
 record("restart_sentence", restart_sentence)
+print(
+    f"noise: later epochs of one setting differed by up to "
+    f"{100 * later_spread:.0f} %; the epoch-1 bars of the two identical "
+    f"2-worker loaders {record_first_noise}"
+)
 record("compute_restarted_s", compute_restarted, fmt="{:.2f}")
 record(
     "compute_restart_verdict",
@@ -1339,69 +1286,54 @@ zero_bars = {
     kind: (loading[kind, "0 workers"][0], later_epoch[kind, "0 workers"])
     for kind in ("waiting", "computing")
 }
-record(
-    "zero_worker_noise",
-    'Without workers nothing starts, so the bar and the faster dot of "0 '
-    'workers" time '
-    "the same work in each panel ("
+print(
+    "noise: without workers nothing starts, so the bar and the faster dot of "
+    '"0 workers" time the same work ('
     + "; ".join(
         f"{kind} set: {first:.2f} s and {later:.2f} s"
         for kind, (first, later) in zero_bars.items()
     )
-    + "): where they differ, that is the noise of single readings.",
+    + ")"
 )
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Read from the later epochs (the two dots of each setting, by the chapter's rule):
-for the waiting dataset, two persistent workers took {{wait_2_s}} s against
-{{wait_0_s}} s without workers, {{wait_verdict}} the epoch without workers.
-Waiting needs no CPU, so workers overlap their waits however few cores there are,
-and their loading overlaps the training step. {{wait_finding}} Two workers can at
-most halve the sleeping: 128 items × 2 ms / 2 = {{wait_floor_s}} s is the floor.
-For the computing dataset, two persistent workers took {{compute_2_s}} s against
-{{compute_0_s}} s, {{compute_verdict}} the epoch without workers.
-{{compute_decider}} Computing needs cores: this process may use {{usable_cpus}}
-logical CPUs, shared by the workers, the training loop and anything else running.
-Without workers, that {{compute_0_s}} s epoch spent {{compute_load_s}} s
-({{compute_load_share}}) waiting for batches that the main process built itself,
-{{compute_item_ms}} ms per item; in the main thread's CPU time, which a busy machine
-does not stretch, the items took {{compute_cpu_share}}. (The two later epochs of one
-setting differed by up to {{later_spread_pct}} %.) {{zero_worker_noise}}
+From the later epochs (the dots): with the waiting dataset, two persistent workers
+({{wait_2_s}} s) were {{wait_verdict}} no workers ({{wait_0_s}} s). Waiting needs no
+CPU, so workers overlap their waits however few cores there are. {{wait_finding}}
+Two workers can at most halve the sleeping, a floor of {{wait_floor_s}} s. With the
+computing dataset, two persistent workers ({{compute_2_s}} s) were
+{{compute_verdict}} no workers ({{compute_0_s}} s). {{compute_decider}} Computing
+needs cores, and this process may use {{usable_cpus}}, shared by the workers and
+the training loop. Without workers, {{compute_load_share}} of that epoch
+({{compute_load_s}} s, {{compute_item_ms}} ms per item) went to building batches
+in the main process; in CPU time, which a busy machine does not stretch, the items
+took {{compute_cpu_share}}.
 
-In the first epoch every loader with workers pays their start-up, and "2 workers"
-and "2 workers, persistent" are then the same loader: their epoch-1 bars
-{{first_epoch_noise}}, which shows how far apart two single readings can land.
-Without `persistent_workers` every later epoch pays starting and stopping them:
-{{restart_sentence}}. With the computing set, two workers started anew every epoch
-made an epoch {{compute_restart_verdict}} one without workers
-({{compute_restarted_s}} s against {{compute_0_s}} s). A *forked* worker (Linux's
-default up to Python 3.13) is a copy of the running process and imports nothing; a
-*spawned* one (macOS, Windows) is a fresh Python process that must import torch
-first, which the next cell measures.
+Without `persistent_workers` every epoch pays starting and stopping the workers:
+{{restart_sentence}}. With the computing set, workers started anew every epoch made
+it {{compute_restart_verdict}} no workers ({{compute_restarted_s}} s).
 {{pinned_sentence}}
 """
 )
 
 # %% [markdown]
-# A good recipe: start with `num_workers=0`; if the GPU (or the training step) waits
-# for data, raise `num_workers` step by step and measure, as here; add
-# `persistent_workers=True` when an epoch is short or workers are spawned, and
-# `pin_memory=True` when training on CUDA (with workers, the pinning runs in a
-# background thread). Each worker keeps `prefetch_factor` batches loading ahead (2 by
-# default); raise it only when the loading time of a batch varies a lot.
+# A good recipe: start with `num_workers=0`; if the training step waits for data,
+# raise `num_workers` step by step and measure, as here; add `persistent_workers=True`
+# when an epoch is short or workers are spawned, and `pin_memory=True` on CUDA. Each
+# worker loads `prefetch_factor` batches ahead (2 by default); raise it only when a
+# batch's loading time varies a lot.
 #
 # ### Workers in a notebook: define the dataset in a module
 #
-# How a worker gets the dataset depends on how it is started. With `fork` (the default
-# on Linux up to Python 3.13) the worker is a copy of the running process and has
-# every object already. With `spawn` (the default on macOS and Windows) or `forkserver`
-# (Python 3.14's default on Linux) it is a fresh Python process: the dataset is
-# *pickled*, sent to it and unpickled there, and unpickling an object needs its class,
-# which Python finds by importing the module the class was defined in. A class defined
-# in a notebook lives in the notebook's `__main__`, which a fresh process does not
-# have. The cell does what such a worker does first: it unpickles a dataset in a new
+# A *forked* worker (Linux's default up to Python 3.13) is a copy of the running
+# process and has every object already. A *spawned* one (macOS, Windows) or one from
+# a `forkserver` (Python 3.14's default on Linux) is a fresh Python process: the
+# dataset is *pickled* and sent to it, and unpickling needs the class, which Python
+# finds by importing the module that defined it. A notebook's classes live in its
+# `__main__`, which a fresh process does not have. The cell does what such a worker
+# does first: it unpickles a dataset in a new
 # Python process.
 
 # %%
@@ -1451,18 +1383,13 @@ record("spawn_import_s", module_seconds, fmt="{:.1f}")
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The notebook's class cannot be found; the module's class is imported and works. So in
-a notebook, keep `Dataset` classes, `collate_fn`s and `worker_init_fn`s that workers
-need in a `.py` module next to it, as this book does with `helpers.tips`. The time is
-worth noting too: the fresh process needed {{spawn_import_s}} s, mostly to import
-torch, and a spawned worker pays that at every start, which is where
-`persistent_workers=True` pays most: without it, on a platform that spawns its
-workers (or starts them from a fork server that has not imported torch), every
-epoch starts them anew and pays its workers' start-up again, about
-{{spawn_import_s}} s each, started in parallel, on top of its loading. (A
-*script* that uses spawned workers must also put its top-level code under
-`if __name__ == "__main__":`, because each spawned worker imports the script's
-main module.)
+The notebook's class cannot be found; the module's class works. So keep the
+`Dataset` classes, `collate_fn`s and `worker_init_fn`s that workers need in a `.py`
+module, as this book does with `helpers.tips`. The fresh process also needed
+{{spawn_import_s}} s, mostly to import torch, which a spawned worker pays at every
+start: that is where `persistent_workers=True` pays most. (A *script* with spawned
+workers must also put its top-level code under `if __name__ == "__main__":`, since
+each worker imports the script's main module.)
 """
 )
 
@@ -1642,18 +1569,12 @@ The smoothed loss was lowest near a rate of {{range_lowest_lr}} and had blown
 up (by the criterion above) at {{blowup_lr}}. Both readings lag: an average that
 keeps 0.9 of itself trails the raw losses by about {{lag_steps}} steps, and over
 {{lag_steps}} steps this test raises the rate {{range_lag}} times, so the
-unsmoothed curve's low lies nearer {{range_lowest_lagged}}. (fastai also smooths
-with a bias-corrected moving average, keeping 0.98 of it at each step, which trails by
-about 0.98 / 0.02 = 49 steps; the rule of thumb below is applied to the smoothed
-curve.) The
-rates worth trying lie below that; a common rule of thumb (fastai's older default
-suggestion; its current default, "valley", picks a point inside the longest stretch
-of descent) takes a tenth of the rate at the smoothed curve's lowest point, here
-{{range_tenth}}.
-The contest below tries two rates a decade apart: 0.05,
-{{rule_word}} that rule's choice, and 0.5, a bold one at
-{{high_over_blowup}} times the blow-up rate. (The range test is a guide, not a
-measurement of the final result: its rate changes every step.)
+unsmoothed curve's low lies nearer {{range_lowest_lagged}}. A common rule of thumb
+(fastai's older default; it smooths too, keeping 0.98) takes a tenth of the rate at
+the smoothed curve's lowest point, here {{range_tenth}}. The contest below tries two
+rates a decade apart: 0.05, {{rule_word}} that rule's choice, and 0.5, a bold one at
+{{high_over_blowup}} times the blow-up rate. The range test is a guide, not a
+measurement of the final result: its rate changes every step.
 """
 )
 
@@ -1675,25 +1596,19 @@ measurement of the final result: its rate changes every step.)
 # - **linear warm-up + cosine**: `LinearLR` climbs from 1 % of the rate to the rate over
 #   the first 10 % of the steps (untuned values); then `CosineAnnealingLR` takes
 #   over, and `SequentialLR` chains the two. Warm-up is meant to protect the first
-#   steps, when the weights are random and gradients can be large and erratic (it
-#   is usual for large batches, Adam, and transformers; below the figures, the run
-#   says whether it did so on this model).
+#   steps, when gradients can be large and erratic (usual for large batches, Adam
+#   and transformers).
 # - **`ReduceLROnPlateau`**: steps once per epoch *with the validation loss* and
 #   multiplies the rate by 0.3 (untuned) whenever that loss fails to beat its best so
 #   far by more than the default relative `threshold` of 1e-4 (`patience=0`: no epoch
 #   of grace; the default, 10, suits longer runs).
 #
 #
-# The factors and lengths above are typical untuned values, not tuned here: 0.1 is
-# `StepLR`'s default `gamma` (its documentation's example cuts by it every 30 epochs;
-# here every third of the run); 0.3 is gentler than `ReduceLROnPlateau`'s
-# default factor of 0.1, since `patience=0` cuts at the first stalled epoch; and a
-# warm-up over a small share of the run is common practice (Goyal et al., 2017, warmed
-# up over 5 of 90 epochs).
-#
-# Each combination trains with two seeds, and those at the rate of 0.5 with four, so
-# that its difference from the others can be compared with the difference between
-# seeds.
+# These factors are typical, untuned values: 0.1 is `StepLR`'s default `gamma`; 0.3 is
+# gentler than `ReduceLROnPlateau`'s default of 0.1, since `patience=0` cuts at the
+# first stalled epoch; and a short warm-up is common practice (Goyal et al., 2017,
+# warmed up over 5 of 90 epochs). Each combination trains with two seeds, those at
+# 0.5 with four, so that differences can be compared with the spread between seeds.
 
 # %%
 lr_epochs = 8
@@ -1881,17 +1796,12 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Two seeds per combination give a rough measure of the noise: how far the two seeds
-# of one combination ended apart. The text below applies the chapter's one rule
-# (`helpers.tips.separation`, as for the timings, here without a margin): one
-# combination is better than another only when *every* one of its seeds ended below
-# *every* seed of the other, and a tie otherwise. How much is that worth? If two
-# combinations do not differ at all, their final losses are four values in a random
-# order, and "both of A's below both of B's" happens by chance in 2! × 2! / 4! = 1 in
-# 6 orderings, as often again the other way round: with two seeds a side the rule is
-# a weak test, and picking the best of many combinations first makes a pass likelier
-# still. So the headline arms, the six at the rate of 0.5, ran with four seeds each;
-# with four a side a chance pass has odds of 4! × 4! / 8! = 1 in 70 each way:
+# The chapter's rule (`helpers.tips.separation`, here without a margin) calls one
+# combination better only when *every* one of its seeds ended below *every* seed of
+# the other. If two combinations do not differ, that happens by chance in
+# 2! × 2! / 4! = 1 of 6 orderings with two seeds a side, and picking the best of many
+# first makes it likelier. So the six arms at the rate of 0.5 ran with four seeds
+# each, where a chance pass has odds of 4! × 4! / 8! = 1 in 70 each way:
 
 
 # %%
@@ -1975,12 +1885,12 @@ margins = {
 if rescued:
     narrowest = min(margins, key=margins.get)
     family_sentence = (
-        f"With {len(decaying)} schedules tested, at least one would pass by "
-        f"luck with a chance of at most {family_chance:.0%}, so the result "
-        "is that a schedule helps at this rate, not the count: "
-        f"the narrowest pass, {narrowest}, had its worst seed at "
+        f"With {len(decaying)} schedules tested, one passes by luck with a "
+        f"chance of at most {family_chance:.0%}, so the result is that a "
+        "schedule helps at this rate, not the count (the narrowest pass, "
+        f"{narrowest}, had its worst seed at "
         f"{max(final_high4[narrowest]):.3f} against the constant rate's best "
-        f"at {min(final_high4['constant']):.3f}, a single reading."
+        f"at {min(final_high4['constant']):.3f})."
     )
 else:
     family_sentence = ""
@@ -2155,24 +2065,25 @@ first_epoch = {
 }
 warm_steps = lr_epochs * steps_per_epoch // 10
 first_epoch_way = compare(first_epoch[warm_name], first_epoch["constant"])
-warmup_first_sentence = (
-    f"Did the warm-up protect the first steps at {high}? Its {warm_steps} "
-    f"steps all fall in the first epoch ({steps_per_epoch} steps), after "
-    f"which {warm_name} stood at a validation loss of "
-    + ", ".join(f"{loss:.2f}" for loss in first_epoch[warm_name])
-    + " (seeds "
+print(
+    f"validation loss after epoch 1 at {high} (seeds "
     + ", ".join(map(str, high_seeds))
-    + "), the constant rate at "
+    + f"): {warm_name} "
+    + ", ".join(f"{loss:.2f}" for loss in first_epoch[warm_name])
+    + "; constant "
     + ", ".join(f"{loss:.2f}" for loss in first_epoch["constant"])
+)
+warmup_first_sentence = (
+    f"Did the warm-up ({warm_steps} steps, inside the first epoch's "
+    f"{steps_per_epoch}) protect the start at {high}? After one epoch "
     + {
-        "better": ": every seed lower than every one of the constant "
+        "better": "every seed of it stood below every one of the constant "
         "rate's, as a warm-up is meant to make it.",
-        "worse": ": every seed higher than every one of the constant rate's, so "
-        "on this run "
-        "the warm-up did not protect the first epoch; whatever lead "
-        f"{warm_name} took came after its warm-up had ended.",
-        "tie": ": the seeds overlap, so this run shows no protection after "
-        "one epoch.",
+        "worse": "every seed of it stood above every one of the constant "
+        f"rate's: it did not, and whatever lead {warm_name} took came "
+        "after its warm-up.",
+        "tie": "its seeds and the constant rate's overlap: this run shows "
+        "no protection.",
     }[first_epoch_way]
 )
 above_guessing = [
@@ -2182,9 +2093,8 @@ above_guessing = [
 ]
 if above_guessing:
     warmup_first_sentence += (
-        f" With seed {above_guessing[0]}, {warm_name} even stood above "
-        "guessing (ln 10 = 2.30) after the first epoch: on that seed the "
-        "start with a warm-up went worse, not better."
+        f" With seed {above_guessing[0]} it even stood above guessing "
+        "(ln 10 = 2.30)."
         if len(above_guessing) == 1
         else f" With seeds {', '.join(map(str, above_guessing))}, "
         f"{warm_name} stood above guessing "
@@ -2195,21 +2105,16 @@ record("warmup_first_sentence", warmup_first_sentence)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-In the first figure, the left panel shows each schedule's rate over the run at the
-peak of 0.5, read off the optimizer at every step; for `ReduceLROnPlateau` that is
-the rate it chose from this run's validation losses (it cut the rate
+The rates in the first figure are read off the optimizer at every step;
+`ReduceLROnPlateau` chose its own from the validation losses (it cut the rate
 {{plateau_cuts}} with seed 0).
-The right panel shows where each combination ended: a dash for each seed's
-final loss and a marker for their mean, over two seeds at 0.05 and all four at 0.5.
 
 Held constant, the rate of 0.5 ended at a mean final validation loss of
 {{constant_high_loss}} over four seeds; {{n_rescued}} schedules that lower it ended
-with all four seeds below all four of the constant rate's (a pair that does not
-differ would pass this one time in 70), the best of them, {{best_high}}, at a mean
-of {{best_high_loss}}. {{family_sentence}} {{not_rescued_sentence}}
+with all four seeds below all four of the constant rate's, the best of them,
+{{best_high}}, at a mean of {{best_high_loss}}. {{family_sentence}} {{not_rescued_sentence}}
 {{diverged_sentence}} {{high_rate_words}}
-The figure above follows the validation loss epoch by epoch at 0.5: averaged
-over the four seeds, the constant rate stood at {{curve_constant_1}} after one
+Averaged over the four seeds, the constant rate stood at {{curve_constant_1}} after one
 epoch and {{curve_constant_end}} at the end, {{best_high}} at
 {{curve_best_1}} and {{curve_best_end}}; {{best_high}} was ahead
 {{ahead_words}}.
@@ -2754,21 +2659,15 @@ assert split_p >= 0.01, (only_fp32, only_amp, split_p)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The validation losses of the two runs differ by at most {{amp_curve_gap}} in
-any epoch (the right panel); for scale, no train or validation loss of the
-autocast run differs from the `float32` run's by more than {{amp_relative_gap}}
-of that loss. The final validation accuracies,
-{{fp32_val_acc}} for the model trained in `float32` and {{amp_val_acc}}
-for the one trained with autocast (both evaluated by `evaluate`, in `float32`),
-differ by {{amp_acc_gap}}. Both were scored on the same {{n_val}} digits,
-so the fair yardstick is the digits on which they disagree: {{only_fp32}}
-right only in `float32`, {{only_amp}} right only with autocast. Were the two
-equally good, each of those disagreements would be a coin flip; the chance that
-fair coins split at least this unevenly (McNemar's test in its exact form, a sign
-test, which suits counts this small) is {{amp_split_p}}, so
-{{amp_accuracy_sentence}}.
-Whether mixed precision pays is then a question of speed and memory, which depend on
-the hardware.
+The validation losses of the two runs differ by at most {{amp_curve_gap}} in any
+epoch, and no train or validation loss of the autocast run differs from the
+`float32` run's by more than {{amp_relative_gap}} of that loss. Final validation
+accuracy was {{fp32_val_acc}} in `float32` and {{amp_val_acc}} with autocast (both
+evaluated in `float32`). On the same {{n_val}} digits, {{only_fp32}} were right only
+in `float32` and {{only_amp}} only with autocast; were the two equally good, each
+disagreement would be a coin flip, and the exact McNemar (sign) test gives
+p = {{amp_split_p}}, so {{amp_accuracy_sentence}}. Whether mixed precision pays is
+then a question of speed and memory, which depend on the hardware.
 """
 )
 
@@ -2779,13 +2678,11 @@ the hardware.
 # `torch.compile(model)` traces the model's Python code into a graph the first time it
 # runs, and hands the graph to a compiler (by default *Inductor*), which fuses
 # operations and generates code: C++ with OpenMP on a CPU, Triton kernels on NVIDIA and
-# AMD GPUs, and, in recent releases, Metal shaders on Apple GPUs. The first call pays
-# for all of that; later calls with the same input shapes run the generated code. So
-# two numbers matter: the compile time, and the steady-state gain. Inductor compiles
-# its C++ with the system's C++ compiler, and Triton builds a small launcher for its
-# kernels with the system's C compiler, so the cell checks for the one it needs first.
-# (Compiled kernels are cached on disk, so a second run of this notebook on the same
-# machine compiles faster.)
+# AMD GPUs, Metal shaders on Apple GPUs in recent releases. The first call pays for
+# that; later calls with the same input shapes run the generated code. So two numbers
+# matter: the compile time, and the steady-state gain. Inductor needs the system's C++
+# compiler (CPU) or C compiler (Triton's launcher), so the cell checks for it first.
+# Compiled kernels are cached on disk, so a second run compiles faster.
 
 
 # %%
@@ -2931,19 +2828,16 @@ if compile_skip is None:
     compile_sentence = (
         f"The first call took {compile_s:.1f} s"
         + (
-            " (a hit in Inductor's on-disk cache, left by an earlier run on "
-            "this machine; a first run, on a fresh Colab machine for one, "
-            "takes longer)"
+            " (from Inductor's on-disk cache; a first run takes longer)"
             if compile_cache_hit
             else " (compiled from scratch: nothing was in Inductor's cache)"
             if compile_cache_hit is False
             else ""
         )
         + (
-            ". Afterwards a forward pass of batch 256 took "
-            f"{compiled_s * 1e6:.0f} µs compiled against {eager_s * 1e6:.0f} "
-            f"µs eager, {compile_verdict} eager over three rounds, so the "
-            f"compile time {break_even}. "
+            ". Afterwards a forward pass of batch 256 "
+            f"({compiled_s * 1e6:.0f} µs) was {compile_verdict} eager "
+            f"({eager_s * 1e6:.0f} µs), so the compile time {break_even}. "
         )
         + (
             "(A round took over five times its side's fastest: the machine "
@@ -2973,43 +2867,34 @@ record("compile_sentence", compile_sentence)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{compile_sentence}} (Fused kernels may add in a different order, so compiled
-and eager results are close but need not be bitwise equal. The cell checks each
-output against the worst case that float32 rounding allows for its chain of sums,
-`helpers.numerics.sum_rounding_bound`: for $n$ terms, two orders of summation can
-differ by up to about $n \cdot \varepsilon \cdot \sum_i |x_i|$. The bound assumes
-float32 arithmetic throughout. With TF32 matrix products enabled on an NVIDIA GPU
-(`torch.set_float32_matmul_precision("high")`, which Inductor's warning on such a
-GPU suggests), the inputs of each product are rounded to 10 bits of mantissa first,
-and the bound no longer applies.)
+{{compile_sentence}} Fused kernels may add in a different order, so the cell
+checks the outputs against the float32 rounding bound
+`helpers.numerics.sum_rounding_bound` (about $n \cdot \varepsilon \cdot \sum_i |x_i|$
+for $n$ terms); with TF32 matrix products on an NVIDIA GPU that bound no longer
+applies.
 """
 )
 
 
 # %% [markdown]
-# The compile time is the number to weigh first. A model that trains for hours
-# amortises any compile time; a notebook that runs a small model for a minute rarely
-# does. Compiling only pays when the steady-state gain times the number of calls
-# exceeds it, and the gain is largest for models whose time goes into many small,
-# fusable operations (normalisation, activations, elementwise arithmetic). The pass
-# compiled here is inference: in `eval()` mode dropout does nothing, so what remains
-# is three matrix products with a bias and a ReLU between them, which Inductor hands
-# to a matrix library much as eager mode does. There is little left to fuse, while
-# every compiled call also checks its *guards* (the conditions, such as input shapes,
-# under which the compiled code is valid).
+# Weigh the compile time first: compiling pays only when the gain per call times the
+# number of calls exceeds it, and the gain is largest where time goes into many
+# small, fusable operations (normalisation, activations, element-wise arithmetic).
+# This inference pass (dropout is off in `eval()` mode) is three matrix products with
+# a bias and a ReLU between them, little to fuse, while every compiled call also
+# checks its *guards* (the conditions, such as input shapes, under which the compiled
+# code is valid).
 #
 # ### A compiled training step
 #
-# A *training* step of the same model has more to fuse: dropout draws a mask and
-# multiplies by it, and the backward pass adds element-wise work of its own. When the
-# parameters require gradients, compiling the model compiles its backward pass too
-# (AOTAutograd traces it ahead of time). The cell times one training step of batch
-# 256, eager and compiled (SGD at 0.01, untuned: only the time matters; the
-# optimizer's update left eager in both), three ways: with the chapter's dropout of
-# 0.1, with the same dropout but the masks drawn by eager mode's operators inside the
-# compiled code (`fallback_random`, explained below), and without dropout. In each of
-# three rounds the eager and compiled calls alternate, so the ratio of the two within
-# a round is a paired reading that a busy spell of the machine slows on both sides.
+# A *training* step has more to fuse: dropout draws a mask and multiplies by it, and
+# the backward pass adds element-wise work. Compiling a model whose parameters require
+# gradients compiles its backward pass too (AOTAutograd traces it ahead of time). The
+# cell times a training step of batch 256, eager and compiled (SGD at 0.01, untuned:
+# only the time matters; the optimizer left eager), three ways: with dropout 0.1, with
+# eager mode's masks inside the compiled code (`fallback_random`, below), and without
+# dropout. Within each round eager and compiled alternate, so their ratio is a paired
+# reading.
 
 
 # %%
@@ -3130,10 +3015,6 @@ if step_times:
 # The text's verdicts on the compiled training step.
 
 
-def ratio_range(ratios: list[float]) -> str:
-    return f"{min(ratios):.2f}–{max(ratios):.2f}"
-
-
 def ratio_order(a: list[float], b: list[float]) -> str:
     """The chapter's rule on two sets of three per-round ratios: 'higher'
     where every ratio in a is more than 10 % above every one in b, 'lower'
@@ -3164,23 +3045,17 @@ if step_compile_skip is None:
     # Dropout's effect on the comparison: the compiled / eager ratio of each
     # round (a paired reading: both sides share the round's load), with
     # dropout against without, three rounds each.
-    with_r, plain_r, fallback_r = (
-        v["ratios"] for v in (masked, without, fallback)
-    )
-    dropout_order = ratio_order(with_r, plain_r)
+    dropout_order = ratio_order(masked["ratios"], without["ratios"])
     dropout_reading = (
-        "Round by round, the compiled step took "
-        f"{ratio_range(with_r)} times the eager step's time with dropout, "
-        f"{ratio_range(fallback_r)} with `fallback_random` (below) and "
-        f"{ratio_range(plain_r)} without dropout: "
-        + (
-            "dropout made compiling clearly less worthwhile here."
-            if dropout_order == "higher"
-            else "dropout made compiling clearly more worthwhile here."
-            if dropout_order == "lower"
-            else "with and without dropout within 10 %, so this run does not "
-            "show that dropout changed how they compared."
-        )
+        "Every round's compiled-to-eager ratio was over 10 % higher with "
+        "dropout than without: dropout made compiling less worthwhile here."
+        if dropout_order == "higher"
+        else "Every round's compiled-to-eager ratio was over 10 % lower with "
+        "dropout than without: dropout made compiling more worthwhile here."
+        if dropout_order == "lower"
+        else "The compiled-to-eager ratios with and without dropout "
+        "overlap: this run does not show that dropout changed how they "
+        "compared."
     )
     record("step_compile_s", masked["compile"], fmt="{:.1f}")
     record("eager_step_ms", masked["eager"] * 1e3, fmt="{:.2f}")
@@ -3192,7 +3067,7 @@ if step_compile_skip is None:
         0: " (compiled from scratch)",
     }.get(
         masked["cache hits"],
-        " (a hit in the on-disk cache; a first run pays more)",
+        " (from the on-disk cache)",
     )
     step_pair = (
         f"{masked['compiled'] * 1e3:.2f} ms compiled against "
@@ -3201,8 +3076,7 @@ if step_compile_skip is None:
     step_compile_sentence = (
         f"The first compiled step took {masked['compile']:.1f} s{cache_note}. "
         f"Afterwards a step took {step_pair}, {step_verdict} eager; without "
-        f"dropout {without['compiled'] * 1e3:.2f} ms against "
-        f"{without['eager'] * 1e3:.2f} ms, {plain_verdict} eager."
+        f"dropout it was {plain_verdict} eager."
     )
     # A round more than five times its side's fastest is the machine's load,
     # not the code: a step of fixed work does not vary that much.
@@ -3221,7 +3095,7 @@ if step_compile_skip is None:
     if busy_rounds:
         dropout_reading += (
             f" ({busy_rounds} of the {all_rounds} rounds ran on a busy "
-            "machine, over five times their side's fastest.)"
+            "machine.)"
         )
     step_compile_sentence = " ".join([step_compile_sentence, dropout_reading])
     if step_verdict.endswith("slower than"):
@@ -3239,12 +3113,11 @@ if step_compile_skip is None:
         for name, times in (("own", masked), ("fallback", fallback))
     }
     masks_sentence = (
-        "For the same seed, the first compiled step's loss differed from "
-        f"eager mode's by a fraction {gap_words['own']} with Inductor's own "
-        f"masks and {gap_words['fallback']} with `fallback_random`"
+        "Here the first compiled step's loss differed from eager mode's by "
+        f"a fraction {gap_words['own']} with Inductor's masks and "
+        f"{gap_words['fallback']} with `fallback_random`"
         + (
-            ": Inductor's own masks were not eager mode's, and with "
-            "`fallback_random` they were."
+            "."
             if masked["loss gap"] > 1e-5
             else ": on this run both matched eager mode's masks."
         )
@@ -3273,18 +3146,12 @@ record("step_fusion_sentence", step_fusion_sentence)
 prose(
     r"""
 {{step_compile_sentence}} Compiling can shorten only the element-wise work
-(fused: fewer passes over memory) and the per-call overhead (fewer calls
-through Python and the dispatcher, and with `mode="reduce-overhead"` on a GPU
-fewer kernel launches): the matrix products, which the
-compiled graph hands to the same library eager mode calls, and the optimizer's
-update, left eager here, take as long as before, and every call adds its guard
-checks. One more difference: Inductor draws dropout's masks with its own code, so
-for the same seed the compiled model's masks, and with them the training run,
-differ from eager mode's (a compiled run with the same seed still repeats itself).
-The config option `fallback_random=True`, passed above as
-`torch.compile(net, options={"fallback_random": True})` (or set for every compile
-with `torch._inductor.config.fallback_random = True`), makes compiled code call
-eager mode's random operators instead, so that the masks match. {{masks_sentence}}
+(fused: fewer passes over memory) and the per-call overhead; the matrix products
+go to the same library as in eager mode, and the optimizer's update stays eager.
+Inductor also draws dropout's masks with its own code, so for the same seed a
+compiled run differs from an eager one (though it repeats itself).
+`torch.compile(net, options={"fallback_random": True})` makes compiled code call
+eager mode's random operators instead. {{masks_sentence}}
 """
 )
 
@@ -3293,15 +3160,12 @@ eager mode's random operators instead, so that the masks match. {{masks_sentence
 # ### Where the compiled step's extra time goes
 #
 # A timing says *that* the compiled step is slower; a profile says *where*. The cell
-# below profiles ten steps of each set-up (eager and compiled, with and without
-# dropout, and compiled with `fallback_random`) on the CPU with `torch.profiler`, in
-# three interleaved rounds, and sorts each operator's own time
-# (`self_cpu_time_total`, not counting the operators it calls) into three piles: the
-# matrix products (`aten::mm`, `aten::addmm`), the code Inductor generated (the
-# events named `## Call CompiledFxGraph …`, one per compiled graph, forward and
-# backward), and everything else (the loss, the optimizer, autograd's bookkeeping).
-# The profiler adds a little to every operator, so the piles are for comparing, not
-# for the absolute times.
+# profiles ten steps of each set-up with `torch.profiler` and sorts each operator's
+# own time (`self_cpu_time_total`) into three piles: the matrix products (`aten::mm`,
+# `aten::addmm`), Inductor's generated code (the events named
+# `## Call CompiledFxGraph …`, forward and backward), and everything else (the loss,
+# the optimizer, autograd's bookkeeping). The profiler adds to every operator, so
+# compare the piles with each other, not with the timings above.
 
 
 # %%
@@ -3405,9 +3269,8 @@ def grown_piles(with_key, without_key) -> str:
 
 if pile_rounds:
     compile_profile_sentence = (
-        "Under the profiler (the fastest of three rounds, per step, without "
-        "dropout → with it), the piles that dropout made more than 10 % "
-        "longer were, in eager mode, "
+        "Dropout made these piles over 10 % longer (ms per step under the "
+        "profiler, without → with dropout): eager, "
         + grown_piles((0.1, "eager"), (0.0, "eager"))
         + "; compiled, "
         + grown_piles((0.1, "compiled"), (0.0, "compiled"))
@@ -3421,10 +3284,9 @@ if pile_rounds:
     ]
     if min(fallback_generated[0]) > 1.1 * min(fallback_generated[1]):
         compile_profile_sentence += (
-            " With `fallback_random` the drawing moves out to eager mode's "
-            "operators, yet Inductor's own code still grew: applying the mask "
-            "and its gradient in the generated kernels cost time too, which "
-            "this profile does not split further."
+            " With `fallback_random` the drawing moves to eager operators, "
+            "yet Inductor's code still grew: applying the mask and its "
+            "gradient costs time too (this profile does not split it)."
         )
 else:
     compile_profile_sentence = f"Not profiled here: {profile_skip}."
@@ -3433,14 +3295,11 @@ record("compile_profile_sentence", compile_profile_sentence)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{compile_profile_sentence}} (The piles include the profiler's own cost per operator, so
-compare them with each other, not with the timings above.) That is the
-diagnosis in one pass: find the pile that grew, then look inside it. To see
-Inductor's code, run with the environment variable `TORCH_LOGS=output_code`,
-which prints every kernel it wrote. In this torch's CPU kernel for a dropout
-mask, each mask value comes from its own call of `normalized_rand_cpu`, a
-counter-based generator, where eager mode's `bernoulli_` fills the whole tensor
-in one library call.
+{{compile_profile_sentence}} That is the diagnosis: find the pile that grew, then
+look inside it. `TORCH_LOGS=output_code` prints every kernel Inductor wrote; in this
+torch's CPU kernel for a dropout mask, each value comes from its own call of
+`normalized_rand_cpu`, a counter-based generator, where eager mode's `bernoulli_`
+fills the whole tensor in one library call.
 """
 )
 
@@ -3448,20 +3307,16 @@ in one library call.
 # %% [markdown]
 # ### Recompilations and graph breaks
 #
-# A new input shape, a new dtype or a Python branch that goes the other way triggers
-# a recompilation (by default the second shape is compiled with dynamic sizes); run
-# with the environment variable `TORCH_LOGS=recompiles` to see each one and the guard
-# that failed. Where the tracer (*Dynamo*) meets code it cannot put in a graph (by
-# default `.item()`, which needs a number in Python; a `print`; a Python `if` on a
-# tensor's value; a library it does not trace), it makes a *graph break*: it ends
-# the graph, runs that code as ordinary Python, and starts a new graph after it.
-# Nothing is fused across a break, and each one costs a return to Python. To see the
-# graphs, the cell compiles with a *backend* of its own: `torch.compile(fn,
-# backend=...)` hands each graph Dynamo captures to that function (a public hook,
-# documented for custom backends), which here only counts it and returns it to run
-# as it is. (`TORCH_LOGS=graph_breaks` logs each break and its reason during a real
-# run.) Half-way, the function branches in Python on a tensor's value, which decides
-# which code runs next, so no graph can hold both ways.
+# A new input shape, dtype or Python branch triggers a recompilation (the second
+# shape is compiled with dynamic sizes); `TORCH_LOGS=recompiles` shows each one and
+# the guard that failed. Where the tracer (*Dynamo*) meets code it cannot put in a
+# graph (by default `.item()`, a `print`, a Python `if` on a tensor's value, an
+# untraced library), it makes a *graph break*: it ends the graph, runs that code as
+# Python, and starts a new graph. Nothing is fused across a break.
+# `TORCH_LOGS=graph_breaks` logs each break; to count the graphs, the cell passes
+# `torch.compile(fn, backend=...)` a function that receives each captured graph
+# (the documented hook for custom backends) and runs it unchanged. The function
+# branches in Python on a tensor's value, so no graph can hold both ways.
 
 
 # %%
@@ -3543,33 +3398,27 @@ record("explain_result", explain_result)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{explain_result}} `torch.compile(model, fullgraph=True)` is how to make sure a model
-you mean to compile whole stays whole: a graph break becomes an error at the first
-call, which names its cause, instead of a silent split. A branch on a tensor's value
-can often be written as a tensor operation instead (here
-`torch.where(logits.mean() < 0, logits / 2, logits * 2)`), which stays in the graph.
-`.item()` breaks a graph by default too: keeping such reads out of the model
-(accumulate on the device and read once, section 8.1) avoids it, and so does setting
-`torch._dynamo.config.capture_scalar_outputs = True`, which lets Dynamo trace
-`.item()` into the graph instead of breaking it there.
+{{explain_result}} So `torch.compile(model, fullgraph=True)` keeps a model you mean
+to compile whole: a break becomes an error that names its cause, not a silent split.
+A branch on a tensor's value can often become a tensor operation that stays in the
+graph (here `torch.where(logits.mean() < 0, logits / 2, logits * 2)`). For
+`.item()`, keep such reads out of the model (section 8.1), or set
+`torch._dynamo.config.capture_scalar_outputs = True` to trace it into the graph.
 """
 )
 
 # %% [markdown]
-# And on CUDA, `torch.compile(model, mode="reduce-overhead")`
-# also records the compiled kernels as a *CUDA graph*, which the GPU replays with one
-# launch instead of one per kernel: it lowers the launch overhead behind section 8.1's
-# floor, for inputs whose shapes do not change.
+# On CUDA, `torch.compile(model, mode="reduce-overhead")` also records the kernels as
+# a *CUDA graph*, replayed with one launch instead of one per kernel: it lowers
+# section 8.1's floor for inputs whose shapes do not change.
 #
-# Two more switches are speed tips for convolutional networks on NVIDIA GPUs, not
-# measured here (they need a GPU and a convnet such as chapter 3's).
+# Two more switches for convolutional networks on NVIDIA GPUs, not measured here:
 # `torch.backends.cudnn.benchmark = True` makes cuDNN time its convolution algorithms
-# for each new input shape and keep the fastest, which pays when shapes stay fixed
-# (section 8.8 says what it costs in repeatability). The `channels_last` memory format
-# (`model.to(memory_format=torch.channels_last)`, and the same for the inputs) stores
-# images pixel by pixel with their channels together, the layout the Tensor Core
-# convolution kernels use under mixed precision, so no conversion runs around each
-# layer. PyTorch's [performance tuning
+# for each new input shape and keep the fastest (section 8.8 says what it costs in
+# repeatability), and the `channels_last` memory format
+# (`model.to(memory_format=torch.channels_last)`, inputs too) stores each pixel's
+# channels together, the layout Tensor Core convolutions use under mixed precision.
+# PyTorch's [performance tuning
 # guide](https://docs.pytorch.org/tutorials/recipes/recipes/tuning_guide.html)
 # recommends both.
 #
@@ -3579,11 +3428,10 @@ can often be written as a tensor operation instead (here
 # split it into `k` micro-batches, call `backward` on each with its loss divided by `k`
 # (gradients *add up* in `.grad`), and step once. For equal micro-batches and no
 # batch-dependent layers such as BatchNorm, that equals one step on the whole batch
-# (for unequal ones, weight each loss by its share of the samples instead). A real
-# training loop adds parts that each have one right place in that cycle: gradient
-# clipping, a `GradScaler` for `float16`, the scheduler, and, with several processes,
-# the synchronisation of gradients. This section puts them together, and shows what
-# goes wrong when one of them moves. (Chapter 2's
+# (for unequal ones, weight each loss by its share of the samples). Clipping, a
+# `GradScaler`, the scheduler and DDP's gradient synchronisation each have one right
+# place in that cycle; this section puts them together and shows what goes wrong when
+# one moves. (Chapter 2's
 # `helpers.training.train_one_epoch(..., accumulation_steps=k)` divides every loss by
 # `k`, so a last, shorter batch of an epoch weighs as much as a full one;
 # `drop_last=True`, or weighting by size, makes such steps exact.)
@@ -3644,16 +3492,13 @@ assert torch.allclose(factors, clip_to / by_hand, rtol=1e-4)
 # %% [markdown]
 # ### When clipping acts
 #
-# Clipping is a safety net for the few steps with huge gradients: a badly scaled loss,
-# an unlucky batch, a recurrent network whose gradients explode (chapter 4). How often
-# it acts is set by `max_norm`: well above the typical norm, it leaves ordinary steps
-# alone and shortens only the outliers; near it, it shortens many ordinary steps too,
-# which acts much like a lower learning rate. To set `max_norm` the cell first runs a
-# pilot with another seed at the rate of 0.05 (with momentum 0.9, as in section 8.3),
-# without clipping, logging the norm of every step (`max_norm=inf` only measures);
-# `max_norm` is twice that pilot's median norm (a small multiple of the typical norm;
-# the factor is untuned). With that limit fixed, it trains at 0.05 with
-# and without clipping, and does both again at a deliberately excessive rate of 1.0.
+# Clipping is a safety net for the few steps with huge gradients (a badly scaled loss,
+# an unlucky batch, an exploding recurrent network, chapter 4). Well above the typical
+# norm, `max_norm` shortens only the outliers; near it, it shortens ordinary steps
+# too, much like a lower learning rate. The cell sets `max_norm` to twice the median
+# norm of an unclipped pilot run with another seed at 0.05 (momentum 0.9, as in
+# section 8.3; `max_norm=inf` only measures; the factor is untuned), then trains at
+# 0.05 with and without clipping, and again at a deliberately excessive rate of 1.0.
 
 
 # %%
@@ -4613,16 +4458,14 @@ for label, make in (
 # ### Where a training step spends its time
 #
 # Before optimising anything, measure where the time goes. `torch.profiler.profile`
-# records every operator PyTorch runs (and, on a GPU with `ProfilerActivity.CUDA`,
-# every kernel) with its time, its shapes and, with `profile_memory=True`, the memory
-# it allocates. A `schedule` tells it which steps to skip as warm-up (the first steps
-# allocate memory and initialise) and which to record; `prof.step()` marks the end of
-# each training step. `record_function` labels a stretch of code, so that the forward
-# pass, the backward pass and the optimizer appear as rows of their own. The cell
-# records five training steps of the chapter's model (AdamW, untuned rate 1e-3) at
-# batch 256, five times over; the table shows the first recording, sorted by each
-# row's own time (without the operators it calls), and the shares below are the
-# medians of the five.
+# records every operator (and, with `ProfilerActivity.CUDA`, every GPU kernel) with
+# its time, shapes and, with `profile_memory=True`, its allocations. A `schedule` says
+# which steps to skip as warm-up and which to record; `prof.step()` ends each step;
+# `record_function` labels a stretch of code, so the forward pass, the backward pass
+# and the optimizer get rows of their own. The cell records five training steps
+# (AdamW, untuned rate 1e-3, batch 256), five times over; the table shows the first
+# recording, sorted by each row's own time, and the shares are the medians of the
+# five.
 
 # %%
 profile_net = make_model().to(device)
@@ -4829,11 +4672,20 @@ def share_text(name: str) -> str:
     return f"{middle:.0%} ({low:.0%} to {high:.0%})"
 
 
+def median_share(name: str) -> str:
+    """The median share over the recordings."""
+    return f"{float(np.median([reading[name] for reading in readings])):.0%}"
+
+
 if device.type == "cpu":
     phase_sentence = (
-        "By CPU time (the median of the recordings, "
-        "their range in brackets), the step split into "
-        + ", ".join(f"{name} {share_text(name)}" for name in phases)
+        f"By CPU time (medians of the {n_profiles} recordings), the step "
+        "split into "
+        + ", ".join(f"{name} {median_share(name)}" for name in phases)
+    )
+    print(
+        "phases, median (range):",
+        ", ".join(f"{name} {share_text(name)}" for name in phases),
     )
 else:
     # on an accelerator autograd runs the backward pass in a thread of its own,
@@ -4857,9 +4709,14 @@ top_sentence = (
 dropout_ratios = [r["dropout"] / r["matrix products"] for r in readings]
 profile_sentence = (
     f"{phase_sentence}. Among the operators, by {where} time, the "
-    f"matrix products (addmm, mm) took {share_text('matrix products')}, "
-    f"dropout's operators {share_text('dropout')} and allocating "
-    f"memory {share_text('allocation')}; {top_sentence}"
+    f"matrix products (addmm, mm) took {median_share('matrix products')}, "
+    f"dropout's operators {median_share('dropout')} and allocating "
+    f"memory {median_share('allocation')}"
+)
+print(
+    "operators, median (range): matrix products "
+    f"{share_text('matrix products')}, dropout {share_text('dropout')}, "
+    f"allocation {share_text('allocation')}; {top_sentence}"
 )
 profile_short = (
     f"median of {n_profiles} recordings: matrix "
@@ -4925,31 +4782,27 @@ record("product_us", product_s * 1e6, fmt="{:.0f}")
 record("dropout_cause", dropout_cause)
 # Why drawing is dear: one fresh pseudo-random number and a comparison per mask
 # value, against one multiplication; and whether a second thread helped.
+# Only a drawing several times the multiplication has a gap to explain.
+draw_gap_why = (
+    "A random number and a comparison per value, against one "
+    "multiplication, do not explain a gap this large; a generator that "
+    "makes one number at a time is the likely rest (not profiled here). "
+    if min(draws) > 3 * max(multiplies)
+    else ""
+)
 if two_thread_rounds is None:
-    draw_threads_sentence = (
-        "Drawing costs more per element than multiplying: each mask value "
-        "needs a fresh pseudo-random number and a comparison where the "
-        "multiplication does one operation, which alone does not explain a gap "
-        "this large; a generator that makes one number at a time, not in "
-        "vector lanes, is the likely rest (not profiled here)."
-    )
+    draw_threads_sentence = draw_gap_why.strip()
 else:
     two_draws = two_thread_rounds["draw"]
     threads_verdict = rounds_verdict(draws, two_draws)
-    draw_threads_sentence = (
-        "Drawing costs more per element than multiplying: each mask value "
-        "needs a fresh pseudo-random number and a comparison where the "
-        "multiplication does one operation, which alone does not explain a gap "
-        "this large; a generator that makes one number at a time, not in "
-        "vector lanes, is the likely rest (not profiled here). On two "
-        "threads the "
-        f"drawing took {min(two_draws) * 1e6:.0f} µs, {threads_verdict} the "
+    draw_threads_sentence = draw_gap_why + (
+        f"On two threads the drawing took {min(two_draws) * 1e6:.0f} µs, "
+        f"{threads_verdict} the "
         "drawing on one thread: "
         + (
             "a second core shortened it here."
             if threads_verdict.endswith("faster than")
-            else "a second core did not shorten it here, so more threads do "
-            "not buy back dropout's cost in this run."
+            else "a second core did not shorten it here."
             if threads_verdict == "within the noise of"
             else "a call that must wait for a second core measures the "
             "waiting, so this machine was too busy to tell."
@@ -4961,49 +4814,38 @@ record("draw_threads_sentence", draw_threads_sentence)
 prose(
     r"""
 Names starting with `aten::` are PyTorch's operators: `addmm` is a linear layer's
-matrix product plus bias, `mm` the matrix products of the backward pass,
-`bernoulli_` draws dropout's random masks, `threshold_backward` is ReLU's backward,
-`empty_strided` allocates a tensor, and the optimizer's update appears as
-element-wise operators (`mul_`, `lerp_`, `addcdiv_`..., or `_foreach_*` versions
-when it updates all parameters in one call). {{step_row_note}}, and a
-label's own time is the time inside it that no operator accounts for: Python and
-PyTorch's own overhead. {{profile_sentence}}.
+matrix product plus bias, `mm` the backward pass's matrix products, `bernoulli_`
+draws dropout's masks, `threshold_backward` is ReLU's backward, `empty_strided`
+allocates, and the optimizer's update shows as element-wise operators (`mul_`,
+`lerp_`, `addcdiv_`..., or `_foreach_*` versions). {{step_row_note}}; a label's own
+time is Python's and PyTorch's overhead inside it. {{profile_sentence}}.
 
-A recording of a few milliseconds can be noisy: across the {{n_profiles}}
-recordings dropout's operators took {{dropout_range_words}}
-(median {{dropout_vs_matmul}}), {{profile_agreement}}. By
-arithmetic dropout would cost about {{dropout_arith_share}} of the matrix
-products (about five operations per activation, against the matrix products'
-operations of a forward and backward pass as `FlopCounterMode` from
-`torch.utils.flop_counter` counts them), and {{dropout_share_words}} that.
-On one 256 × 256 activation, drawing the mask (`bernoulli_`) took {{draw_us}}
-µs, multiplying by it {{multiply_us}} µs, and the layer's matrix product
-(`addmm`) {{product_us}} µs, each the fastest of three rounds on one thread:
-{{dropout_cause}}. {{draw_threads_sentence}} Every share includes the profiler's
-own cost per operator, which weighs most where many small operators run.
+Across the {{n_profiles}} recordings dropout's operators took
+{{dropout_range_words}} (median {{dropout_vs_matmul}}), {{profile_agreement}}. By
+arithmetic (about five operations per activation, against the matrix products'
+as `torch.utils.flop_counter.FlopCounterMode` counts them) dropout would cost about
+{{dropout_arith_share}} of the matrix products; {{dropout_share_words}} that. Timed
+alone on one thread, on one 256 × 256 activation, drawing the mask took
+{{draw_us}} µs, multiplying by it {{multiply_us}} µs and the layer's `addmm`
+{{product_us}} µs: {{dropout_cause}}. {{draw_threads_sentence}}
 
-Many small element-wise operators are the work a compiler fuses: Inductor can merge
-the mask, the multiplication and the ReLU into one kernel that passes over the data
-once. Fusion saves passes over memory and calls, not the drawing of random numbers,
-which the compiled step must still do with its own code. In section 8.5 the
-compiled training step {{step_fusion_sentence}}, and its profile there showed
-which part grew. Fused optimizers
-(`torch.optim.AdamW(..., fused=True)`, on CUDA and, in recent PyTorch versions, on
-the CPU) do the same for the update. For a timeline,
-`prof.export_chrome_trace("trace.json")` writes a file that Perfetto
-(ui.perfetto.dev) or `chrome://tracing` opens.
+Inductor can fuse the mask, the multiplication and the ReLU into one kernel that
+passes over the data once; that saves passes over memory and calls, not the drawing.
+In section 8.5 the compiled training step {{step_fusion_sentence}}. Fused optimizers
+(`torch.optim.AdamW(..., fused=True)`, on CUDA and in recent versions the CPU) do the
+same for the update. `prof.export_chrome_trace("trace.json")` writes a timeline for
+Perfetto (ui.perfetto.dev) or `chrome://tracing`.
 """
 )
 
 # %% [markdown]
 # ### `inference_mode` and `no_grad`
 #
-# Under `torch.no_grad()` autograd records nothing, so no activations are kept for a
-# backward pass. `torch.inference_mode()` goes further: the tensors it creates are
-# marked as never needing gradients, which also skips autograd's version counting on
-# them. Use it for evaluation and serving; use `no_grad` where the results may later
-# meet autograd (exercise 4 finds out where the line runs). The cell times a forward
-# pass of batch 512 in each mode.
+# Under `torch.no_grad()` autograd records nothing. `torch.inference_mode()` goes
+# further: its tensors are marked as never needing gradients, which also skips
+# autograd's version counting. Use it for evaluation and serving, and `no_grad` where
+# the results may later meet autograd (exercise 4 finds where the line runs). The
+# cell times a forward pass of batch 512 in each mode.
 
 # %%
 mode_net = make_model().to(device).eval()
@@ -5054,13 +4896,10 @@ record(
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The forward pass took {{inference_mode_us}} µs under `inference_mode` and
-{{grad_mode_us}} µs with autograd on, so `inference_mode` was
-{{inference_verdict}} autograd on, and {{inference_vs_no_grad}} `no_grad`.
-Whatever the time, the dependable saving is memory: without autograd no
-activations are kept for a backward pass, and for large batches that is the bigger
-gain. The next cell measures how much memory autograd keeps for a backward pass,
-the part that `no_grad` and `inference_mode` do without.
+Under `inference_mode` the forward pass ({{inference_mode_us}} µs) was
+{{inference_verdict}} autograd on ({{grad_mode_us}} µs), and
+{{inference_vs_no_grad}} `no_grad`. The dependable saving is memory: no activations
+are kept for a backward pass. The next cell measures how much autograd keeps.
 """
 )
 
@@ -5079,12 +4918,10 @@ the part that `no_grad` and `inference_mode` do without.
 #   of `B` and widths 64, 256, 256, 10: about `4 B (64 + 256 + 256 + 10)` bytes.
 #
 #
-# The cell checks each against a measurement: the optimizer's state tensors after one
-# step, and every tensor autograd actually saves during a forward pass, captured with
-# `torch.autograd.graph.saved_tensors_hooks` (a tensor kept by two operations is
-# counted once, and the weights themselves are not counted). Dropout is off here: each
-# dropout layer would add its random mask and its own output, which the next layer
-# keeps.
+# The cell checks each against a measurement: the optimizer's state after one step,
+# and every tensor autograd saves during a forward pass, captured with
+# `torch.autograd.graph.saved_tensors_hooks` (each tensor counted once, the weights
+# not at all). Dropout is off here; each dropout layer would add its mask and output.
 
 # %%
 memory_batch = 512
@@ -5186,26 +5023,21 @@ assert 0.5 <= amp_ratio < 0.8, amp_ratio
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The parameters take {{param_mib}} MiB, AdamW's state measured
-{{adam_mib}} MiB (twice the parameters, plus a few bytes of step counters), and
-the saved
-activations for a batch of 512 measured {{activation_measured_mib}} MiB
-against the estimate of {{activation_estimate_mib}} MiB. The estimate is
-the tool: activations scale with the batch size, parameters and optimizer state do
-not, so a batch that does not fit calls for smaller micro-batches with accumulation
-(section 8.6), mixed precision (half the bytes per saved activation, though here
-autocast saved {{amp_saved_mib}} MiB, {{amp_saved_share}} of the `float32` step's,
-because it also keeps 16-bit copies of the weights, {{amp_weight_copies_mib}} MiB, and
-the loss's log-probabilities stay `float32`), or activation
-checkpointing (`torch.utils.checkpoint`, which recomputes activations in the backward
-pass instead of keeping them). On a GPU, `torch.cuda.max_memory_allocated()` reports
-the peak the allocator handed out, temporary buffers included, and
-`torch.cuda.memory_summary()` also the blocks it keeps cached for reuse. To see
-which allocations make up the peak, `torch.cuda.memory._record_memory_history()`
-records each one with its stack trace, and
-`torch.cuda.memory._dump_snapshot("snapshot.pickle")` writes a file that
-pytorch.org/memory_viz draws as a timeline (an underscore API, which may change
-between versions; not run here).
+The parameters take {{param_mib}} MiB, AdamW's state {{adam_mib}} MiB (twice the
+parameters, plus step counters), and the saved activations for a batch of 512
+{{activation_measured_mib}} MiB against the estimate of {{activation_estimate_mib}}
+MiB. Activations scale with the batch size, parameters and optimizer state do not,
+so a batch that does not fit calls for micro-batches with accumulation (section
+8.6), mixed precision (half the bytes per saved activation; here autocast saved
+{{amp_saved_mib}} MiB, {{amp_saved_share}} of the `float32` step's, because it also
+keeps 16-bit copies of the weights, {{amp_weight_copies_mib}} MiB, and the loss's
+log-probabilities stay `float32`), or activation checkpointing
+(`torch.utils.checkpoint`, which recomputes activations in the backward pass). On a
+GPU, `torch.cuda.max_memory_allocated()` reports the allocator's peak and
+`torch.cuda.memory_summary()` its cached blocks;
+`torch.cuda.memory._record_memory_history()` and
+`torch.cuda.memory._dump_snapshot("snapshot.pickle")` record each allocation for
+pytorch.org/memory_viz (an underscore API; not run here).
 """
 )
 
@@ -5347,28 +5179,21 @@ if load_at_start is None:
 else:
     busiest = max(load_at_start, load_at_end)
     load_sentence = (
-        "The machine's load average (a damped one-minute average of the "
-        "tasks running or waiting for a CPU, this notebook's own included; "
-        "Linux also counts tasks waiting on the disk) was "
+        "The machine's one-minute load average (tasks running or waiting "
+        "for a CPU, this notebook included) was "
         f"{load_at_start:.1f} at the start of this run and {load_at_end:.1f} "
         f"at the end, with {usable_cpus} logical CPUs usable here."
     )
     if busiest > usable_cpus:
         load_sentence += (
-            " That is more than the CPUs can serve at once, so (unless "
-            "the excess was tasks waiting on the disk) processes queued "
-            "for them while these measurements ran "
-            "(threaded operations suffer most, since each waits for "
-            "its slowest thread). Where the queue held other programs, "
-            "the timings and verdicts on this page describe a busy "
-            "machine, not this hardware alone: run the notebook on an "
-            "idle machine before drawing conclusions about the hardware."
+            " That is more than the CPUs can serve at once, so the timings "
+            "on this page describe a busy machine, not this hardware alone: "
+            "rerun on an idle machine before judging the hardware."
         )
     else:
         load_sentence += (
-            " So on average fewer tasks were runnable than there were CPUs; "
-            "an average does not rule out short spells of queuing, and it "
-            "cannot see other guests of a virtual machine's host."
+            " On average the CPUs were not oversubscribed (an average can "
+            "hide short busy spells)."
         )
 print(load_sentence)
 record("load_sentence", load_sentence)
