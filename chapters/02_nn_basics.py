@@ -922,14 +922,14 @@ assert torch.log_softmax(extreme, dim=1)[0, 1].item() == -1000.0
 # Section 2.2 argued that a non-linearity lets a network draw boundaries a single
 # linear layer cannot. Here is the evidence, on a data set made for it:
 # scikit-learn's `make_moons` draws two interleaved half-circles of 2-D points, one per
-# class (300 points, noise 0.1, generated offline). The cell trains a logistic
+# class (300 points, noise 0.1, generated offline). The cells below train a logistic
 # regression, `nn.Linear(2, 1)`, and a small MLP, `Linear(2, 16) -> ReLU ->
 # Linear(16, 1)`, with the same loop as section 2.3, the same loss
 # (`F.binary_cross_entropy_with_logits`, the functional form of `BCEWithLogitsLoss`),
 # full-batch SGD at lr 1.0 for 500 steps (untuned, enough for both decisions to settle,
 # though the MLP's loss still falls), on 200
-# of the points, and scores both on the other 100. Then it colours the plane by each
-# model's decision.
+# of the points, score both on the other 100, and colour the plane by each model's
+# decision.
 
 
 # %%
@@ -944,6 +944,56 @@ moon_models = {
         nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1)
     ),
 }
+
+# %% [markdown]
+# This MLP is the chapter's first network with a hidden layer, so before its training
+# trusts `backward`, here is its gradient by hand, at the starting weights. Write
+# `a = X W₁ᵀ + b₁` (N × 16) for what enters the ReLUs, `h = relu(a)`, and
+# `z = h W₂ᵀ + b₂` for the logits. The loss of one example is
+# `ℓ = log(1 + eᶻ) − y z` (binary cross-entropy on a logit), so `∂ℓ/∂z = σ(z) − y`
+# (section 2.1's softplus derivative). With `gᵢ = (σ(zᵢ) − yᵢ) / N` for the mean, the
+# chain rule runs back through the layers:
+#
+# $$ \frac{\partial L}{\partial W_2} = \sum_i g_i h_i^\top, \quad
+#    \frac{\partial L}{\partial b_2} = \sum_i g_i, \quad
+#    \delta_i = g_i W_2^\top \odot [a_i > 0], \quad
+#    \frac{\partial L}{\partial W_1} = \sum_i \delta_i x_i^\top, \quad
+#    \frac{\partial L}{\partial b_1} = \sum_i \delta_i. $$
+#
+# Each weight's gradient is a sum of outer products, one per example: the error that
+# reaches the layer's output times the input the layer saw. The ReLU passes the error
+# back only through the units that were on (`[aᵢ > 0]`, its mask). The cell computes
+# the four gradients this way and compares them with autograd's.
+
+# %%
+mlp = moon_models["MLP, 16 ReLU units"]
+x_fit, y_fit = moon_x[moon_fit], moon_y[moon_fit]  # (200, 2), (200,)
+pre = x_fit @ mlp[0].weight.T + mlp[0].bias  # a: (200, 16)
+hid = pre.relu()  # h: (200, 16)
+logit = (hid @ mlp[2].weight.T + mlp[2].bias).squeeze(1)  # z: (200,)
+F.binary_cross_entropy_with_logits(logit, y_fit).backward()
+with torch.no_grad():
+    g = (torch.sigmoid(logit) - y_fit) / len(y_fit)  # (200,)
+    # (200, 1) * (1, 16) -> (200, 16), then the ReLU mask
+    delta = g[:, None] * mlp[2].weight * (pre > 0)
+    by_hand = {
+        "2.weight": g[None, :] @ hid,  # (1, 200) @ (200, 16): Σ g_i h_i
+        "2.bias": g.sum(0, keepdim=True),  # (1,)
+        "0.weight": delta.T @ x_fit,  # (16, 200) @ (200, 2): Σ δ_i x_i
+        "0.bias": delta.sum(0),  # (16,)
+    }
+backprop_gap = max(
+    (by_hand[name] - param.grad).abs().max().item()
+    for name, param in mlp.named_parameters()
+)
+print(f"hand backward vs autograd: largest difference {backprop_gap:.1e}")
+# seeds 0-2 give 0.0 (the same float32 operations autograd runs; other CPU
+# kernels may round differently, by ~1e-8 at these gradient sizes of 0.01 to
+# 0.2), while dropping the ReLU mask gives 0.04 to 0.06
+assert backprop_gap < 1e-6
+mlp.zero_grad()
+
+# %%
 moon_accuracy = {}
 for name, moon_net in moon_models.items():
     moon_optimizer = torch.optim.SGD(moon_net.parameters(), lr=1.0)
@@ -3862,8 +3912,11 @@ assert check_accumulated_epoch(accumulated_epoch)
 # best epoch's weights). The MLP's smaller rates are slow for this model (at 0.01 its
 # validation loss can still be falling at epoch 60), so search six rates from 0.01 to
 # 3, each about 3× the last, for 60 epochs, each with a freshly seeded training
-# loader; keep the best, and flag a run whose best epoch is its last (section 2.7's
-# `still_improving`) and a choice at the edge of the grid. Compare the chosen model's
+# loader. To keep the best, fill in `choose_run` in the starter below: given each
+# rate's validation losses (`history.val_loss`), it returns the rate and epoch
+# (counted from 1) with the lowest loss, whether that epoch was its run's last
+# (section 2.7's `still_improving`), and whether the rate is at the edge of the grid.
+# Compare the chosen model's
 # validation loss and accuracy with the MLP's. Is the difference more than noise? To
 # judge the loss, resample the validation tumours with replacement (a *bootstrap*):
 # fill in `bootstrap_share` in the starter below, which takes the per-tumour
@@ -3880,6 +3933,15 @@ assert check_accumulated_epoch(accumulated_epoch)
 
 
 # %% tags=["exercise-starter"]
+def choose_run(
+    val_losses: dict[float, list[float]],
+) -> tuple[float, int, bool, bool]:
+    """The rate and epoch (from 1) with the lowest validation loss, whether
+    that epoch is its run's last, and whether the rate is the smallest or the
+    largest tried."""
+    raise NotImplementedError  # your code here
+
+
 def bootstrap_share(
     difference: torch.Tensor, n_resamples: int, generator: torch.Generator
 ) -> float:
@@ -3888,13 +3950,27 @@ def bootstrap_share(
     raise NotImplementedError  # your code here
 
 
-from helpers.exercises.ch02 import check_bootstrap_share
+from helpers.exercises.ch02 import check_bootstrap_share, check_choose_run
 
+check_choose_run(choose_run)
 check_bootstrap_share(bootstrap_share)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 3
-from helpers.exercises.ch02 import check_bootstrap_share
+from helpers.exercises.ch02 import check_bootstrap_share, check_choose_run
+
+
+def choose_run(
+    val_losses: dict[float, list[float]],
+) -> tuple[float, int, bool, bool]:
+    """The rate and epoch (from 1) with the lowest validation loss, whether
+    that epoch is its run's last, and whether the rate is the smallest or the
+    largest tried."""
+    rate = min(val_losses, key=lambda r: min(val_losses[r]))
+    run = val_losses[rate]
+    best_epoch = run.index(min(run)) + 1
+    at_edge = rate in (min(val_losses), max(val_losses))
+    return rate, best_epoch, still_improving(best_epoch, len(run)), at_edge
 
 
 def bootstrap_share(
@@ -3910,7 +3986,7 @@ def bootstrap_share(
 
 mlp_val = evaluate(model, val_loader, criterion, device)
 logistic_rates = (1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
-best_logistic = None
+logistic_losses, logistic_states = {}, {}
 with tempfile.TemporaryDirectory() as folder:
     for candidate_lr in logistic_rates:
         torch.manual_seed(seed)
@@ -3928,20 +4004,20 @@ with tempfile.TemporaryDirectory() as folder:
             progress=False,
         )
         best_loss = history.val_loss[history.best_epoch - 1]
-        open_end = still_improving(history.best_epoch, epochs)
         print(
             f"logistic regression, lr {candidate_lr:g}: best validation loss"
             f" {best_loss:.4f} at epoch {history.best_epoch}"
-            + (" (still improving)" if open_end else "")
+            + (" (still improving)" if history.best_epoch == epochs else "")
         )
-        if best_logistic is None or best_loss < best_logistic[1]:
-            state = torch.load(
-                Path(folder) / "best.pt", map_location=device, weights_only=True
-            )
-            best_logistic = (candidate_lr, best_loss, state, open_end)
-logistic_lr, logistic_loss, logistic_state, logistic_open = best_logistic
-linear_net.load_state_dict(logistic_state)
+        logistic_losses[candidate_lr] = history.val_loss
+        logistic_states[candidate_lr] = torch.load(
+            Path(folder) / "best.pt", map_location=device, weights_only=True
+        )
+logistic_lr, logistic_epoch, logistic_open, _ = choose_run(logistic_losses)
+logistic_loss = logistic_losses[logistic_lr][logistic_epoch - 1]
+linear_net.load_state_dict(logistic_states[logistic_lr])
 logistic_val = evaluate(linear_net, val_loader, criterion, device)
+# fit's checkpoint holds the epoch choose_run picked
 assert abs(logistic_val.loss - logistic_loss) < 1e-6
 
 # per-tumour validation losses of both models, and a paired bootstrap of their
@@ -3969,6 +4045,7 @@ for name, size, rate, scores in (
 print(f"MLP lower in {mlp_ahead:.0%} of 2,000 bootstrap resamples")
 # seeds 0-2: the two differ by 0, 0, 1 validation tumours
 assert abs(tumours_apart) <= 3
+assert check_choose_run(choose_run)
 assert check_bootstrap_share(bootstrap_share)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -4068,45 +4145,42 @@ has seen.
 )
 
 # %% [markdown]
-# **Exercise 4.** Reuse part of a trained network. A new task needs the trained MLP's
-# hidden layer under a new head with two outputs, as `CrossEntropyLoss` would train:
-# `nn.Sequential(nn.Linear(30, 16), nn.ReLU(), nn.Linear(16, 2))`. First load the
-# trained `model`'s whole `state_dict` into such a network with
-# `load_state_dict(..., strict=False)`, which tolerates missing and unexpected keys,
-# and read the `missing_keys` and `unexpected_keys` it returns: what was loaded, and
-# why? Then write `load_hidden_only(trained, new)` in the starter below: it copies the
-# trained model's hidden layer into `new[0]` with one call of `new.load_state_dict`
-# given only the hidden layer's tensors (under `new`'s key names), leaves the new head
-# as it is, and returns what that call reports. What does
-# `strict=False` not tolerate, and why should code never reuse a network whose
-# `load_state_dict` call raised (the documentation does not say what such a call has
-# already copied)? Finally,
-# show that the new network's hidden activations (`new[:2]`) equal the trained
-# model's on the validation set. (Every submodule has its own `state_dict`, so
-# `new[0].load_state_dict(trained.hidden.state_dict())` is the usual one-line idiom;
-# the exercise asks for the whole network's call because its report of missing and
-# unexpected keys then says which of `new`'s layers were loaded and which were not.)
-# To train only the new head afterwards, freeze the copied layer with
-# `new[0].requires_grad_(False)`, which turns off gradients for its parameters, and
-# hand the optimizer `new[2].parameters()`.
+# **Exercise 4.** Start a new network from a trained one whose shape differs. A new
+# task needs two outputs, as `CrossEntropyLoss` would train, and should start from the
+# trained MLP wherever the shapes allow. First load the trained `model`'s whole
+# `state_dict` into `nn.Sequential(nn.Linear(30, 16), nn.ReLU(), nn.Linear(16, 2))`
+# with `load_state_dict(..., strict=False)`, which tolerates missing and unexpected
+# keys, and read the `missing_keys` and `unexpected_keys` it returns: what was loaded,
+# and why? Rename the keys to the `nn.Sequential`'s (it names its layers by position)
+# and load again: what does `strict=False` not tolerate, and why should code never
+# reuse a network whose `load_state_dict` call raised (the documentation does not say
+# what such a call has already copied)? Then write `load_matching(new, state)` in the
+# starter below: it loads into `new` every tensor of `state` whose key `new` has with
+# the same shape, leaves the rest of `new` as it was, and returns the keys it skipped
+# because their shapes differ (a key `new` lacks is not one of them). Use it to start
+# the two-output network and a wider one, with 32 hidden units, from the renamed
+# tensors, and show that the first's hidden activations (`new[:2]`) equal the trained
+# model's on the validation set. To train only the new head afterwards, freeze the
+# copied layer with `new[0].requires_grad_(False)`, which turns off gradients for its
+# parameters, and hand the optimizer `new[2].parameters()`.
 
 
 # %% tags=["exercise-starter"]
-def load_hidden_only(trained: nn.Module, new: nn.Sequential):
-    """Copy `trained.hidden` (an MLP's hidden layer) into `new[0]` with
-    `new.load_state_dict`, leave `new`'s other layers alone, and return what
-    `load_state_dict` reports (its missing and unexpected keys)."""
+def load_matching(new: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load into `new` each tensor of `state` whose key `new` has with the
+    same shape; leave the rest of `new` alone; return the sorted keys skipped
+    because their shapes differ."""
     raise NotImplementedError  # your code here
 
 
-from helpers.exercises.ch02 import check_load_hidden_only
+from helpers.exercises.ch02 import check_load_matching
 
-check_load_hidden_only(load_hidden_only)
+check_load_matching(load_matching)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 4
-from helpers.exercises.ch02 import check_load_hidden_only
+from helpers.exercises.ch02 import check_load_matching
 
 
 def make_mlp(sizes: list[int]) -> nn.Sequential:
@@ -4118,16 +4192,16 @@ def make_mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])  # no ReLU after the output layer
 
 
-def load_hidden_only(trained: nn.Module, new: nn.Sequential):
-    """Copy `trained.hidden` into `new[0]`; return load_state_dict's report."""
-    # nn.Sequential names its layers by position: hidden -> 0; the trained
-    # head (output -> 2) is left out, so the new head keeps its weights
-    hidden_only = {
-        key.replace("hidden.", "0.", 1): value
-        for key, value in trained.state_dict().items()
-        if key.startswith("hidden.")
-    }
-    return new.load_state_dict(hidden_only, strict=False)
+def load_matching(new: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load into `new` each tensor of `state` whose key `new` has with the
+    same shape; leave the rest of `new` alone; return the sorted keys skipped
+    because their shapes differ."""
+    own = new.state_dict()
+    shared = [key for key in state if key in own]  # the rest are unexpected
+    fits = {k: state[k] for k in shared if state[k].shape == own[k].shape}
+    # strict=False: the keys left out are reported missing, not an error
+    new.load_state_dict(fits, strict=False)
+    return sorted(key for key in shared if key not in fits)
 
 
 torch.manual_seed(seed)
@@ -4156,13 +4230,15 @@ half_loaded = torch.equal(two_class[0].weight, model.hidden.weight)
 torch.manual_seed(seed)
 two_class = make_mlp([30, 16, 2]).to(device)
 head_before = copy.deepcopy(two_class[2].state_dict())
-report = load_hidden_only(model, two_class)
-print("missing:   ", report.missing_keys)
-print("unexpected:", report.unexpected_keys)
+skipped = load_matching(two_class, renamed)
+print("16 hidden units, skipped for shape:", skipped)
 head_kept = all(
     torch.equal(value, head_before[key])
     for key, value in two_class[2].state_dict().items()
 )
+wider = make_mlp([30, 32, 2]).to(device)
+skipped_wider = load_matching(wider, renamed)
+print("32 hidden units, skipped for shape:", skipped_wider)
 two_class.eval()
 with torch.inference_mode():
     x_val_on_device = x_val.to(device)
@@ -4176,13 +4252,15 @@ print(
     "one-output head). A call that raised leaves the network in a state "
     "the documentation does not describe (here it had already copied the "
     f"hidden layer: {half_loaded}), so rebuild the network before using it. "
-    "Loading only the hidden layer leaves the head missing, as intended, "
-    f"and untouched: {head_kept}; the hidden activations match: {same}."
+    "Loading only what fits keeps the new head, and says so: its keys are "
+    f"reported skipped, and it is untouched: {head_kept}; the hidden "
+    f"activations match: {same}. With 32 hidden units nothing fits, and "
+    "every key is reported: that network starts from scratch."
 )
 assert nothing_loaded and head_kept and same
-assert report.missing_keys == ["2.weight", "2.bias"]
-assert not report.unexpected_keys
-assert check_load_hidden_only(load_hidden_only)
+assert skipped == ["2.bias", "2.weight"]
+assert skipped_wider == ["0.bias", "0.weight", "2.bias", "2.weight"]
+assert check_load_matching(load_matching)
 
 # %% [markdown]
 # **Exercise 5.** The batch size, 32, was not tuned, and the learning rate was tuned

@@ -15,7 +15,8 @@ from helpers.exercises import ch02_references as ref
 from helpers.exercises.ch02 import (
     check_accumulated_epoch,
     check_bootstrap_share,
-    check_load_hidden_only,
+    check_choose_run,
+    check_load_matching,
     check_momentum_sgd,
     check_sweep_batch_sizes,
 )
@@ -41,8 +42,8 @@ def test_the_chapter_has_one_starter_per_exercise():
             [
                 ["MomentumSGD"],
                 ["accumulated_epoch"],
-                ["bootstrap_share"],
-                ["load_hidden_only"],
+                ["choose_run", "bootstrap_share"],
+                ["load_matching"],
                 ["sweep_batch_sizes"],
             ]
         )
@@ -247,102 +248,147 @@ def test_bootstrap_on_all_positive_differences_names_the_flip():
     assert failed_with(verdict, "mean is above 0") and "30 positive differences" in verdict.message
 
 
-# Exercise 2.4: reusing a trained hidden layer --------------------------------------------
+# Exercise 2.3: choosing the rate --------------------------------------------------------------
 
 
-def renamed(trained, keep=("hidden.", "output.")):
-    """``trained``'s state_dict under nn.Sequential's names, only the prefixes in ``keep``."""
-    names = {"hidden.": "0.", "output.": "2."}
-    return {
-        names[prefix] + key.removeprefix(prefix): value
-        for key, value in trained.state_dict().items()
-        for prefix in keep
-        if key.startswith(prefix)
-    }
+def chooser(mistake: str = ""):
+    """choose_run written right, or with one mistake."""
+
+    def choose_run(val_losses):
+        def score(rate):
+            run = val_losses[rate]
+            return run[-1] if mistake == "last epoch" else -max(run) if mistake == "highest" else min(run)
+
+        rate = min(val_losses, key=score)
+        run = val_losses[rate]
+        epoch = run.index(min(run)) + (0 if mistake == "from zero" else 1)
+        if mistake == "last epoch":
+            epoch = len(run)
+        open_end = epoch == (60 if mistake == "global epochs" else len(run))
+        rates = list(val_losses)
+        edges = (rates[0], rates[-1]) if mistake == "edge by order" else (min(rates), max(rates))
+        edge = rate == edges[1] if mistake == "largest only" else rate in edges
+        if mistake == "changes losses":
+            run.sort()
+        return rate, epoch, open_end, edge
+
+    return choose_run
 
 
-def transfer(mistake: str = ""):
-    """load_hidden_only written right, or with one mistake."""
-
-    def load_hidden_only(trained, new):
-        if mistake == "strict default":
-            return new.load_state_dict(renamed(trained, ("hidden.",)))
-        if mistake in ("all renamed", "all renamed strict"):
-            return new.load_state_dict(renamed(trained), strict=mistake == "all renamed")
-        if mistake in ("unrenamed", "unrenamed strict"):
-            return new.load_state_dict(trained.state_dict(), strict=mistake == "unrenamed strict")
-        if mistake == "head too":  # falls back only where the head's shape differs
-            try:
-                return new.load_state_dict(renamed(trained), strict=False)
-            except RuntimeError:
-                return new.load_state_dict(renamed(trained, ("hidden.",)), strict=False)
-        if mistake == "unfiltered":
-            state = {k.replace("hidden.", "0."): v for k, v in trained.state_dict().items()}
-            return new.load_state_dict(state, strict=False)
-        if mistake == "submodule":
-            return new[0].load_state_dict(trained.hidden.state_dict())
-        if mistake == "no return":
-            new.load_state_dict(renamed(trained, ("hidden.",)), strict=False)
-            return None
-        if mistake == "weight only":
-            return new.load_state_dict({"0.weight": trained.hidden.weight}, strict=False)
-        if mistake == "shared module":
-            new[0] = trained.hidden
-            return new.load_state_dict({}, strict=False)
-        if mistake == "reset head":
-            new[2].reset_parameters()
-        if mistake == "changes trained":
-            with torch.no_grad():
-                trained.output.bias.zero_()
-        if mistake == "other error":
-            raise RuntimeError("CUDA out of memory")
-        return new.load_state_dict(renamed(trained, ("hidden.",)), strict=False)
-
-    return load_hidden_only
-
-
-def test_load_hidden_only_right_passes(capsys):
-    assert check_load_hidden_only(transfer()).passed
-    assert "leaves the new head alone, for a head of 3 outputs" in capsys.readouterr().out
+def test_choose_run_right_passes(capsys):
+    assert check_choose_run(chooser()).passed
+    assert "lowest validation loss in 3 hand-made tables" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     ("mistake", "hint"),
     [
-        ("strict default", "strict by default"),
-        ("all renamed", "no `strict` setting tolerates that"),
-        ("all renamed strict", "no `strict` setting tolerates that"),
-        ("unrenamed", "strict=False loaded nothing"),
-        ("unrenamed strict", "rename the keys you load"),
-        ("head too", "copy the hidden layer only"),
-        ("unfiltered", "they show up as unexpected"),
-        ("submodule", "call load_state_dict on the whole new network"),
-        ("no return", "return the result of new.load_state_dict"),
-        ("weight only", None),
-        ("shared module", None),
-        ("reset head", None),
-        ("changes trained", None),
-        ("other error", None),
+        ("last epoch", "not its last epoch's"),
+        ("highest", "not the highest"),
+        ("from zero", "count epochs from 1"),
+        ("global epochs", "that run's number of epochs"),
+        ("edge by order", "not with the dict's first and last keys"),
+        ("largest only", "the smallest or the largest rate"),
+        ("changes losses", None),
     ],
 )
-def test_load_hidden_only_mistakes_get_their_hints(mistake, hint):
-    assert failed_with(check_load_hidden_only(transfer(mistake)), hint)
+def test_choose_run_mistakes_get_their_hints(mistake, hint):
+    assert failed_with(check_choose_run(chooser(mistake)), hint)
+
+
+def test_choose_run_reports_a_wrong_shape_of_answer():
+    verdict = check_choose_run(lambda val_losses: min(val_losses))
+    assert "not (rate, best_epoch, still_improving, at_edge)" in verdict.message
+
+
+# Exercise 2.4: loading the tensors whose shapes fit ------------------------------------------
+
+
+def matcher(mistake: str = ""):
+    """load_matching written right, or with one mistake."""
+
+    def load_matching(new, state):
+        own = new.state_dict()
+        fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        skipped = sorted(k for k in state if k in own and k not in fits)
+        if mistake == "copies mismatched":  # loads everything new has, whatever its shape
+            return new.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        if mistake == "strict default":
+            new.load_state_dict(fits)
+            return skipped
+        if mistake == "silent":  # skips for shape but reports nothing
+            new.load_state_dict(fits, strict=False)
+            return []
+        if mistake == "no report":
+            return new.load_state_dict(fits, strict=False)
+        if mistake == "first layer only":
+            new.load_state_dict({k: v for k, v in fits.items() if k.startswith("0.")}, strict=False)
+            return skipped
+        if mistake == "reports unexpected":
+            new.load_state_dict(fits, strict=False)
+            return sorted(k for k in state if k not in fits)
+        if mistake == "reports weights only":
+            new.load_state_dict(fits, strict=False)
+            return [k for k in skipped if k.endswith("weight")]
+        if mistake == "reports loaded":
+            new.load_state_dict(fits, strict=False)
+            return sorted(own)
+        if mistake == "partial copy":  # copies the overlapping corner of a mismatched tensor
+            new.load_state_dict(fits, strict=False)
+            with torch.no_grad():
+                for key in skipped:
+                    target = new.state_dict()[key]
+                    corner = tuple(
+                        slice(0, min(a, b)) for a, b in zip(target.shape, state[key].shape, strict=True)
+                    )
+                    target[corner] = state[key][corner]
+            return skipped
+        if mistake == "changes state":
+            for key in skipped:
+                del state[key]
+        if mistake == "other error":
+            raise RuntimeError("CUDA out of memory")
+        new.load_state_dict(fits, strict=False)
+        return skipped
+
+    return load_matching
+
+
+def test_load_matching_right_passes(capsys):
+    assert check_load_matching(matcher()).passed
+    assert "reports the keys skipped for shape" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
-    ("mistake", "copied"), [("all renamed", True), ("strict default", True), ("unrenamed strict", False)]
+    ("mistake", "hint"),
+    [
+        ("copies mismatched", "no `strict` setting tolerates a mismatch"),
+        ("strict default", "strict by default"),
+        ("silent", "a loader that skips tensors silently"),
+        ("no report", "return the keys you skipped for shape"),
+        ("first layer only", "not only the first layer's"),
+        ("reports unexpected", "keys new lacks are unexpected"),
+        ("reports weights only", "biases too"),
+        ("reports loaded", "a tensor that was loaded was not skipped"),
+        ("partial copy", None),
+        ("changes state", None),
+        ("other error", None),
+    ],
 )
-def test_a_load_that_raised_says_whether_it_had_copied_the_hidden_layer(mistake, copied):
-    verdict = check_load_hidden_only(transfer(mistake))
+def test_load_matching_mistakes_get_their_hints(mistake, hint):
+    assert failed_with(check_load_matching(matcher(mistake)), hint)
+
+
+def test_each_load_matching_case_catches_what_the_others_miss():
+    # only the third case has a layer the new network lacks; only the first loads two layers
+    verdict = check_load_matching(matcher("reports unexpected"))
+    assert "into an MLP(5, 7, 3)" in verdict.message
+    verdict = check_load_matching(matcher("first layer only"))
+    assert "into an MLP(5, 7, 4, 2)" in verdict.message and "['2.bias', '2.weight']" in verdict.message
+    verdict = check_load_matching(matcher("copies mismatched"))
     assert verdict.message.startswith("your code raised RuntimeError: Error(s) in loading state_dict")
-    assert ("already copied the hidden layer" in verdict.message) == copied
-
-
-def test_a_reused_shared_module_is_reported_with_what_load_state_dict_said():
-    verdict = check_load_hidden_only(transfer("shared module"))
-    assert "missing ['0.bias', '0.weight', '2.bias', '2.weight']" in verdict.message
-    verdict = check_load_hidden_only(transfer("changes trained"))
-    assert "changed the trained network" in verdict.message
+    verdict = check_load_matching(matcher("changes state"))
+    assert "changed the state_dict it was given" in verdict.message
 
 
 # Exercise 2.5: the batch-size sweep ---------------------------------------------------------

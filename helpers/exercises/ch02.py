@@ -7,9 +7,10 @@ large reference bootstrap, the trained network's own tensors (and the new head's
 from before the call) for a partial ``load_state_dict``, a direct count of the
 batches in an epoch, and section 2.5's rate rule written out on hand-made loss tables.
 For the usual mistakes it computes what the mistake would produce, or reads the error
-it raised, and names it. Exercise 2.5's batch-size sweep is checked by
-:func:`check_sweep_batch_sizes` (in :mod:`helpers.exercises.ch02_sweep`, re-exported
-here). Introduced with chapter 2's exercises.
+it raised, and names it. Exercise 2.3's choice of rate is checked by
+:func:`check_choose_run` (in :mod:`helpers.exercises.ch02_search`) and exercise 2.5's
+batch-size sweep by :func:`check_sweep_batch_sizes` (in :mod:`helpers.exercises.ch02_sweep`),
+both re-exported here. Introduced with chapter 2's exercises.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.exercises import Mismatch, checker, expect, expect_close, expect_tensor
 from helpers.exercises import ch02_references as ref
+from helpers.exercises.ch02_search import check_choose_run
 from helpers.exercises.ch02_sweep import check_sweep_batch_sizes
 
 __all__ = [
     "check_accumulated_epoch",
     "check_bootstrap_share",
-    "check_load_hidden_only",
+    "check_choose_run",
+    "check_load_matching",
     "check_momentum_sgd",
     "check_sweep_batch_sizes",
 ]
@@ -196,30 +199,30 @@ def check_bootstrap_share(bootstrap_share: Callable[..., Any]) -> str:
 
 # Exercise 2.4 ------------------------------------------------------------------------
 
-_NAMES = (
-    "the trained model names its layers `hidden` and `output`, the nn.Sequential by position, "
-    "`0` and `2`: rename the keys you load (`hidden.weight` -> `0.weight`)"
-)
 _SHAPES = (
-    "the trained head's tensors have another shape than the new head's, and no `strict` setting "
-    "tolerates that (strict=False only tolerates missing and unexpected keys): leave the head's "
-    "keys out of what you load"
+    "load_state_dict copies a tensor only into one of the same shape, and no `strict` setting "
+    "tolerates a mismatch (strict=False only tolerates missing and unexpected keys): compare each "
+    "tensor's .shape with new.state_dict()'s and leave out, and report, those that differ"
 )
 _STRICT = (
-    "load_state_dict is strict by default: the new head's keys, `2.weight` and `2.bias`, have no "
-    "trained counterpart; pass strict=False and read what it reports"
+    "load_state_dict is strict by default: keys that one side has and the other lacks raise; "
+    "pass strict=False"
+)
+_REPORT = (
+    "return the keys you skipped for shape, a list of str: a loader that skips tensors silently "
+    "hides which layers start from scratch"
 )
 
 
-def _load_error(error: RuntimeError, copied: bool) -> Mismatch:
+def _load_error(error: RuntimeError) -> Mismatch:
     """The failure for a ``RuntimeError`` from the reader's code, with the hint its text points to."""
     text = str(error)
     hint = next(
         (
             h
             for phrase, h in (
-                ("Unexpected key", _NAMES),
                 ("size mismatch", _SHAPES),
+                ("Unexpected key", _STRICT),
                 ("Missing key", _STRICT),
             )
             if phrase in text
@@ -227,76 +230,72 @@ def _load_error(error: RuntimeError, copied: bool) -> Mismatch:
         None,
     )
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    after = ", after it had already copied the hidden layer (a failed load leaves a half-loaded net)"
     said = " ".join(lines[:2]).rstrip(".")
-    return Mismatch(f"your code raised RuntimeError: {said}{after if copied else ''}", hint)
+    return Mismatch(f"your code raised RuntimeError: {said}", hint)
 
 
-def _same(net: nn.Module, state: dict[str, torch.Tensor], prefix: str, source: str) -> bool:
-    """``net``'s tensors under ``prefix`` equal ``state``'s under ``source`` (same shapes)."""
-    mine = {k.removeprefix(prefix): v for k, v in net.state_dict().items() if k.startswith(prefix)}
-    theirs = {k.removeprefix(source): v for k, v in state.items() if k.startswith(source)}
-    return mine.keys() == theirs.keys() and all(
-        mine[k].shape == theirs[k].shape and torch.equal(mine[k], theirs[k]) for k in mine
-    )
+# (old widths, new widths): hidden widths differ, the output widths too, and in the second
+# case `state` holds a layer `new` lacks (its keys are unexpected, not skipped for shape)
+_CASES = (((5, 7, 4, 1), (5, 7, 4, 2)), ((5, 7, 4, 1), (5, 7, 6, 2)), ((5, 7, 4, 1), (5, 7, 3)))
 
 
-def _check_transfer(load_hidden_only: Callable[[nn.Module, nn.Sequential], Any], new_out: int) -> None:
-    trained, new = ref.transfer_problem(new_out)
-    trained_before, new_before = ref.cloned_state(trained), ref.cloned_state(new)
-    case = f"with a new head of {new_out} outputs"
+def _check_matching(load_matching: Callable[[nn.Module, dict[str, torch.Tensor]], Any], case: int) -> None:
+    old_sizes, new_sizes = _CASES[case]
+    gen = ref.seeded_generator(20 + case)
+    state, new = ref.cloned_state(ref.seeded_mlp(old_sizes, gen)), ref.seeded_mlp(new_sizes, gen)
+    given = {key: value.clone() for key, value in state.items()}
+    before = ref.cloned_state(new)
+    where = f"from an MLP{old_sizes} into an MLP{new_sizes}"
     try:
-        report = load_hidden_only(trained, new)
+        got = load_matching(new, given)
     except NotImplementedError:  # a RuntimeError too: the untouched starter
         raise
     except RuntimeError as error:
-        raise _load_error(error, _same(new, trained_before, "0.", "hidden.")) from None
+        raise _load_error(error) from None
     expect(
-        _same(trained, trained_before, "", ""),
-        f"{case}, load_hidden_only changed the trained network; it should only read it",
+        given.keys() == state.keys() and all(torch.equal(given[k], state[k]) for k in state),
+        f"{where}, load_matching changed the state_dict it was given; it should only read it",
     )
+    fits = {k for k, v in before.items() if k in state and state[k].shape == v.shape}
+    want = sorted(k for k in before if k in state and k not in fits)
+    after = new.state_dict()
+    dropped = sorted(k for k in fits if not torch.equal(after[k], state[k]))
     expect(
-        hasattr(report, "missing_keys") and hasattr(report, "unexpected_keys"),
-        f"{case}, load_hidden_only returned {type(report).__name__}, not what load_state_dict reports",
-        "return the result of new.load_state_dict(..., strict=False): its missing_keys and "
-        "unexpected_keys say what was loaded",
+        not dropped,
+        f"{where}, new does not hold the given tensors under {dropped}, though their shapes match",
+        "load every tensor whose key new has with the same shape, not only the first layer's",
     )
-    missing, unexpected = sorted(report.missing_keys), sorted(report.unexpected_keys)
+    changed = sorted(k for k in before if k not in fits and not torch.equal(after[k], before[k]))
+    expect(not changed, f"{where}, new's tensors under {changed} changed; nothing fits them, so leave them")
     expect(
-        _same(new, trained_before, "0.", "hidden."),
-        f"{case}, new[0] does not hold the trained hidden layer; load_state_dict reported "
-        f"missing {missing}, unexpected {unexpected}",
-        "strict=False loaded nothing: " + _NAMES if "hidden.weight" in unexpected else None,
+        isinstance(got, list | tuple) and all(isinstance(k, str) for k in got),
+        f"{where}, load_matching returned {type(got).__name__}, not a list of keys",
+        _REPORT,
     )
-    expect(
-        not _same(new, trained_before, "2.", "output."),
-        f"{case}, the new head holds the trained head's weights (its shape fits, so nothing raised)",
-        "copy the hidden layer only: the new head is for the new task and keeps its fresh weights, "
-        "so leave the trained head's keys (`output.*`) out of what you load",
+    got = sorted(got)
+    hint = (
+        _REPORT
+        if not got
+        else "report only keys that new has with another shape; keys new lacks are unexpected, "
+        "not skipped for shape"
+        if set(got) - set(before)
+        else "a tensor that was loaded was not skipped: report only those whose shapes differ"
+        if set(got) & fits
+        else "report every key skipped for shape, biases too"
     )
-    expect(_same(new, new_before, "2.", "2."), f"{case}, the new head's weights changed")
-    expect(
-        (missing, unexpected) == (["2.bias", "2.weight"], []),
-        f"{case}, load_state_dict reported missing {missing} and unexpected {unexpected}; "
-        "expected the new head's keys missing and nothing unexpected",
-        "leave the trained head's keys out of what you load (filter them): they show up as unexpected"
-        if unexpected
-        else "call load_state_dict on the whole new network with the hidden layer's keys: its "
-        "report then lists the head's keys as missing, the sign that only the hidden layer was loaded"
-        if not missing
-        else None,
-    )
+    expect(got == want, f"{where}, load_matching reported {got}; expected {want}", hint)
 
 
-@checker("2.4", "load_hidden_only")
-def check_load_hidden_only(load_hidden_only: Callable[[nn.Module, nn.Sequential], Any]) -> str:
-    """``load_hidden_only(trained, new)``: the trained hidden layer into ``new[0]``, the head left alone."""
-    for new_out in (3, ref.TRAINED_OUT):
-        _check_transfer(load_hidden_only, new_out)
+@checker("2.4", "load_matching")
+def check_load_matching(load_matching: Callable[[nn.Module, dict[str, torch.Tensor]], Any]) -> str:
+    """``load_matching(new, state)``: the tensors whose key and shape fit, and the keys skipped for shape."""
+    for case in range(len(_CASES)):
+        _check_matching(load_matching, case)
     return (
-        f"copies the hidden layer of an MLP({ref.IN_FEATURES}, {ref.HIDDEN}, {ref.TRAINED_OUT}) into "
-        f"new[0] and leaves the new head alone, for a head of 3 outputs and one of the trained "
-        "head's shape; load_state_dict reports the head's keys missing, nothing unexpected"
+        "loads every tensor whose key and shape fit, leaves the rest, and reports the keys skipped "
+        "for shape, for "
+        + ", ".join(f"MLP{old} into MLP{new}" for old, new in _CASES)
+        + " (a layer the new network lacks is not reported)"
     )
 
 

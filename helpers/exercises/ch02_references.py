@@ -9,6 +9,7 @@ solutions. Introduced with chapter 2's exercises.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -170,29 +171,18 @@ def reference_share(sample: torch.Tensor, n_resamples: int = 20_000) -> float:
     return (sample[rows].mean(dim=1) > 0).double().mean().item()
 
 
-# Exercise 2.4: reusing a trained hidden layer ----------------------------------------
+# Exercise 2.4: loading the tensors whose shapes fit --------------------------------------
 
 
-class TrainedMLP(nn.Module):
-    """The layers of chapter 2's ``MLP``, under its names (the checks need no forward pass)."""
-
-    def __init__(self, in_features: int, hidden: int, out_features: int) -> None:
-        super().__init__()
-        self.hidden = nn.Linear(in_features, hidden)
-        self.activation = nn.ReLU()
-        self.output = nn.Linear(hidden, out_features)
-
-
-IN_FEATURES, HIDDEN, TRAINED_OUT = 5, 7, 2
-
-
-def transfer_problem(new_out: int) -> tuple[TrainedMLP, nn.Sequential]:
-    """A "trained" ``TrainedMLP(5, 7, 2)`` and a fresh ``nn.Sequential`` with the same hidden
-    layer's shape under a head of ``new_out`` outputs, both with seeded random weights."""
-    gen = seeded_generator(9 + new_out)
-    trained = random_init(TrainedMLP(IN_FEATURES, HIDDEN, TRAINED_OUT), gen)
-    new = nn.Sequential(nn.Linear(IN_FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, new_out))
-    return trained, random_init(new, gen)
+def seeded_mlp(sizes: tuple[int, ...], generator: torch.Generator) -> nn.Sequential:
+    """Linear layers of ``sizes``, a ReLU between consecutive ones (named 0, 2, ... as
+    ``nn.Sequential`` names them), with weights drawn by :func:`random_init`."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in itertools.pairwise(sizes):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    net = random_init(nn.Sequential(*layers[:-1]), generator)
+    assert isinstance(net, nn.Sequential)
+    return net
 
 
 def cloned_state(net: nn.Module) -> dict[str, torch.Tensor]:
