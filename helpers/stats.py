@@ -74,19 +74,19 @@ def noise_level(gap: float, se: float) -> str:
 
 def gap_text(gap: float, se: float) -> str:
     """A gap in points and its standard error in words, marked when noise or borderline:
-    ``'+4.2 ± 0.8 points'``, ``'-3.5 ± 1.8 points, within noise'``."""
+    ``'+4.2 ± 0.8 points'``, ``'-3.5 ± 1.8 points (within noise)'``."""
     level = noise_level(gap, se)
     text = f"{gap:+.1f} ± {se:.1f} points"
     if level == "noise":
-        return f"{text}, within noise"
-    return f"{text}, borderline" if level == "borderline" else text
+        return f"{text} (within noise)"
+    return f"{text} (borderline)" if level == "borderline" else text
 
 
 def verdict(gap: float, se: float) -> str:
-    """How arm a compared with arm b, in words: "beat", "probably beat", "did no better
-    than" (within noise; "if anything worse" when the rounded gap is negative), ..."""
+    """How arm a compared with arm b, in words: "beat", "probably beat", "could not be
+    told apart from" (within noise, either sign), "probably did worse than", "did worse than"."""
     level = noise_level(gap, se)
     if level == "noise":
-        return "did no better (if anything worse) than" if round(gap, 1) < 0 else "did no better than"
+        return "could not be told apart from"
     outcome = "beat" if gap > 0 else "did worse than"
     return outcome if level == "clear" else f"probably {outcome}"

@@ -75,16 +75,18 @@ def test_noise_level_bands_at_two_and_three_standard_errors(gap, se, level):
 
 def test_gap_text_and_verdict_words():
     assert gap_text(4.2, 0.8) == "+4.2 ± 0.8 points"
-    assert gap_text(-3.5, 1.8) == "-3.5 ± 1.8 points, within noise"
-    assert gap_text(2.5, 1.0) == "+2.5 ± 1.0 points, borderline"
+    assert gap_text(-3.5, 1.8) == "-3.5 ± 1.8 points (within noise)"
+    assert gap_text(2.5, 1.0) == "+2.5 ± 1.0 points (borderline)"
+    assert gap_text(3.01, 1.0) == "+3.0 ± 1.0 points"  # clear: no mark
     assert verdict(4.2, 0.8) == "beat"
     assert verdict(-4.2, 0.8) == "did worse than"
     assert verdict(2.5, 1.0) == "probably beat"
     assert verdict(-2.5, 1.0) == "probably did worse than"
-    assert verdict(1.0, 1.0) == "did no better than"
-    assert verdict(-1.0, 1.0) == "did no better (if anything worse) than"
-    assert verdict(-0.04, 1.0) == "did no better than"  # rounds to -0.0
-    assert verdict(-0.3, 1.0) == "did no better (if anything worse) than"  # to one decimal
+    assert verdict(2.0, 1.0) == "could not be told apart from"  # within noise, either sign
+    assert verdict(-2.0, 1.0) == "could not be told apart from"
+    assert verdict(0.0, 1.0) == "could not be told apart from"
+    assert verdict(3.01, 1.0) == "beat"
+    assert verdict(-3.01, 1.0) == "did worse than"
     assert verdict(0.5, 0.1) == "beat"  # a small gap, clear of a smaller error
 
 
