@@ -117,6 +117,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim import lr_scheduler
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 from torch.utils import benchmark
+from torch.utils.checkpoint import checkpoint as recompute_in_backward
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -410,6 +411,8 @@ else:
         "for a batch of 1"
     )
 record("floor_where", floor_where)
+# GPU claims this run can only check when it has a GPU
+record("gpu_unmeasured", " (not measured here)" if device.type == "cpu" else "")
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -422,12 +425,17 @@ at batch size {{cpu_best_batch}}. {{plateau_sentence}} {{large_batch_sentence}}
 """
 )
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The same floor is why a tiny model can be slower on a GPU than on a CPU{{gpu_unmeasured}}:
+each GPU operation is a kernel launched from the CPU, several microseconds each, and
+pays only once it has enough arithmetic to keep thousands of cores busy. One sample
+at a time never gets there; thousands per batch can.
+"""
+)
+
 # %% [markdown]
-# The same floor is why a tiny model can be slower on a GPU than on a CPU: each GPU
-# operation is a kernel launched from the CPU, several microseconds each, and pays only
-# once it has enough arithmetic to keep thousands of cores busy. One sample at a time
-# never gets there; thousands per batch can.
-#
 # ### Moving data, and `pin_memory`
 #
 # Every batch crosses the link to a discrete GPU (PCIe on most machines), far slower
@@ -612,7 +620,7 @@ prose(
 On {{device_name}}, reading the loss once ({{item_once_ms}} ms per step) was
 {{item_verdict}} reading it every step ({{item_every_ms}} ms).
 {{item_cpu_sentence}} On a GPU the cost of reading every step grows with the work
-the CPU could have queued ahead; accumulating on the device never waits, so write
+the CPU could have queued ahead{{gpu_unmeasured}}; accumulating on the device never waits, so write
 training loops the second way.
 """
 )
@@ -775,7 +783,8 @@ When several processes share a machine, give each fewer threads with
 #
 # A `DataLoader` with `batch_size=64` calls the dataset's `__getitem__` 64 times and
 # stacks the samples with its `collate_fn` (a dataset that defines `__getitems__` gets
-# one call with the 64 indices, but must still return a list of samples). For data
+# one call with the 64 indices; with the default `collate_fn` it must still return a
+# list of samples). For data
 # already in one tensor, one indexing operation would do. `TensorDataset`'s
 # `__getitem__` accepts a *list* of indices and returns the whole batch; a
 # `BatchSampler` around the usual `RandomSampler` hands it those lists, and
@@ -1196,14 +1205,15 @@ record("wait_sleep_s", wait_sleep_s, fmt="{:.2f}")
 wait_busy = wait_none > 2 * wait_sleep_s
 
 
-def overlap_words(kind: str) -> str:
-    """The reading that kept two persistent workers from "faster than"."""
+for kind in ("waiting", "computing"):
+    # the rule's check for "faster than", printed rather than told
     slow = max(later_readings[kind, "2 workers, persistent"])
     fast = min(later_readings[kind, "0 workers"])
-    return (
-        f"the slower later epoch with persistent workers took {slow:.2f} s, "
-        "which, 10 % longer, was not below the faster one without workers "
-        f"({fast:.2f} s), so by the rule the two settings' readings overlap"
+    print(
+        f"{kind} set, the rule: slower later epoch with persistent workers "
+        f"{slow:.3f} s x 1.1 = {1.1 * slow:.3f} s, "
+        f"{'below' if 1.1 * slow < fast else 'not below'} the faster one "
+        f"without workers ({fast:.3f} s)"
     )
 
 
@@ -1227,7 +1237,8 @@ else:
     wait_finding = (
         "This run does not show it, although the epoch without workers "
         f"stayed within twice its own floor of {wait_sleep_s:.2f} s "
-        f"(128 items × 2 ms of sleeping): {overlap_words('waiting')}."
+        "(128 items × 2 ms of sleeping): the readings of the two settings "
+        "overlapped (the check is printed above)."
     )
     workers_summary = (
         "waiting can overlap on any machine (this run did not resolve it)"
@@ -1242,12 +1253,6 @@ record("workers_summary", workers_summary)
 record("compute_0_s", compute_none, fmt="{:.2f}")
 record("compute_2_s", compute_persistent, fmt="{:.2f}")
 record("compute_verdict", computing_verdict)
-record(
-    "compute_decider",
-    f"Here {overlap_words('computing')}."
-    if computing_verdict == "within the noise of"
-    else "",
-)
 record("restart_sentence", restart_sentence)
 print(
     f"noise: later epochs of one setting differed by up to "
@@ -1304,7 +1309,7 @@ From the later epochs (the dots): with the waiting dataset, two persistent worke
 CPU, so workers overlap their waits however few cores there are. {{wait_finding}}
 Two workers can at most halve the sleeping, a floor of {{wait_floor_s}} s. With the
 computing dataset, two persistent workers ({{compute_2_s}} s) were
-{{compute_verdict}} no workers ({{compute_0_s}} s). {{compute_decider}} Computing
+{{compute_verdict}} no workers ({{compute_0_s}} s). Computing
 needs cores, and this process may use {{usable_cpus}}, shared by the workers and
 the training loop. Without workers, {{compute_load_share}} of that epoch
 ({{compute_load_s}} s, {{compute_item_ms}} ms per item) went to building batches
@@ -1728,7 +1733,7 @@ for name, losses in final_high4.items():
     print(f"{name:18} " + " ".join(f"{v:6.3f}" for v in losses))
 
 # %%
-fig, (ax_rate, ax_val) = plt.subplots(1, 2, figsize=(12, 4))
+fig, (ax_rate, ax_val) = plt.subplots(1, 2, figsize=(13, 4))
 high = contest_rates[1]
 # constant, StepLR and ReduceLROnPlateau share the peak rate for the first
 # steps: wide solid, dashed and dotted lines keep all three visible there
@@ -1791,7 +1796,8 @@ ax_val.set(
 )
 label_log_axis(ax_val.yaxis)
 ax_val.grid(alpha=0.3)
-ax_val.legend(fontsize=8)
+# outside the axes, so that no mark hides behind it
+ax_val.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
 fig.tight_layout()
 plt.show()
 
@@ -1884,13 +1890,16 @@ margins = {
 }
 if rescued:
     narrowest = min(margins, key=margins.get)
+    print(
+        f"narrowest pass at {high}: {narrowest}, worst seed "
+        f"{max(final_high4[narrowest]):.3f} against the constant rate's best "
+        f"{min(final_high4['constant']):.3f}; chance that one of "
+        f"{len(decaying)} passes by luck: at most {family_chance:.1%}"
+    )
     family_sentence = (
         f"With {len(decaying)} schedules tested, one passes by luck with a "
-        f"chance of at most {family_chance:.0%}, so the result is that a "
-        "schedule helps at this rate, not the count (the narrowest pass, "
-        f"{narrowest}, had its worst seed at "
-        f"{max(final_high4[narrowest]):.3f} against the constant rate's best "
-        f"at {min(final_high4['constant']):.3f})."
+        f"chance of at most {family_chance:.1%}, so the result is that a "
+        "schedule helps at this rate, not the count."
     )
 else:
     family_sentence = ""
@@ -1917,11 +1926,13 @@ else:
         # not the schedule, may have decided it
         losses = final_high4[name]
         if min(losses) < 0.9 * np.log(10) <= max(losses):
-            not_rescued_sentence += (
-                f" {name}'s seeds ended at "
+            print(
+                f"{name} at {high}, final validation loss per seed: "
                 + ", ".join(f"{v:.2f}" for v in losses)
-                + ": some trained and some did not, so the seed decided "
-                "as much as the schedule."
+            )
+            not_rescued_sentence += (
+                f" Some of {name}'s seeds trained and some did not (printed "
+                "above), so the seed decided as much as the schedule."
             )
 record("not_rescued_sentence", not_rescued_sentence)
 # a run diverged if it ended no better than guessing: within 10 % of ln 10
@@ -2373,16 +2384,28 @@ x_amp = torch.randn(256, 64, device=amp_device)
 y_amp = torch.randint(0, 10, (256,), device=amp_device)
 
 
-def amp_step(enabled: bool) -> None:
-    with torch.autocast(amp_device.type, dtype=amp_dtype, enabled=enabled):
-        loss = criterion(amp_net(x_amp), y_amp)
-    amp_optimizer.zero_grad()
+def amp_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    enabled: bool,
+) -> None:
+    """One training step, under autocast if enabled."""
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=enabled):
+        loss = criterion(net(x), y)
+    optimizer.zero_grad()
     loss.backward()
-    amp_optimizer.step()
+    optimizer.step()
 
 
 amp_rounds = timed_rounds(
-    {enabled: partial(amp_step, enabled) for enabled in (False, True)},
+    {
+        enabled: partial(
+            amp_step, amp_net, amp_optimizer, x_amp, y_amp, enabled
+        )
+        for enabled in (False, True)
+    },
     repeat=5,
     warmup=2,
     device=amp_device,
@@ -2637,6 +2660,7 @@ record(
     f"{len(val_set)} ({100 * amp_digits_apart / len(val_set):.2f} points)",
 )
 record("only_fp32", only_fp32)
+record("only_fp32_verb", "was" if only_fp32 == 1 else "were")
 record("only_amp", only_amp)
 record("n_val", len(val_set))
 record("amp_curve_gap", curve_gap, fmt="{:.4f}")
@@ -2663,7 +2687,7 @@ The validation losses of the two runs differ by at most {{amp_curve_gap}} in any
 epoch, and no train or validation loss of the autocast run differs from the
 `float32` run's by more than {{amp_relative_gap}} of that loss. Final validation
 accuracy was {{fp32_val_acc}} in `float32` and {{amp_val_acc}} with autocast (both
-evaluated in `float32`). On the same {{n_val}} digits, {{only_fp32}} were right only
+evaluated in `float32`). On the same {{n_val}} digits, {{only_fp32}} {{only_fp32_verb}} right only
 in `float32` and {{only_amp}} only with autocast; were the two equally good, each
 disagreement would be a coin flip, and the exact McNemar (sign) test gives
 p = {{amp_split_p}}, so {{amp_accuracy_sentence}}. Whether mixed precision pays is
@@ -3552,7 +3576,14 @@ for (lr, mode), (_, norms, val_losses) in clip_runs.items():
         "ls": "--" if mode == "clipped" else "-",
         "label": f"lr {lr}, {mode}",
     }
-    ax_norm.plot(range(1, len(norms) + 1), norms, lw=1, **style)
+    # unclipped: a wide pale band; clipped: a thin dark line with dots on
+    # top, so that both show where the two traces coincide
+    trace = (
+        {"lw": 0.8, "marker": ".", "ms": 3, "markevery": 8}
+        if mode == "clipped"
+        else {"lw": 3, "alpha": 0.45}
+    )
+    ax_norm.plot(range(1, len(norms) + 1), norms, **trace, **style)
     ax_loss.plot(
         range(1, len(val_losses) + 1), val_losses, marker="o", ms=3, **style
     )
@@ -3864,7 +3895,7 @@ def counting_hook(calls: list, bucket) -> torch.futures.Future[torch.Tensor]:
     return default_hooks.allreduce_hook(None, bucket)
 
 
-def ddp_accumulate(ddp_net, calls: list, wrap: str, k: int = 4):
+def ddp_accumulate(ddp_net, calls: list, wrap: str, x_all, y_all, k: int = 4):
     """Accumulate k micro-batches; return the number of all-reduces and the
     grads.
 
@@ -3873,7 +3904,7 @@ def ddp_accumulate(ddp_net, calls: list, wrap: str, k: int = 4):
     """
     calls.clear()
     ddp_net.zero_grad()
-    chunks = list(zip(x_check.chunk(k), y_check.chunk(k), strict=True))
+    chunks = list(zip(x_all.chunk(k), y_all.chunk(k), strict=True))
     for i, (x, y) in enumerate(chunks):
         last = i == k - 1
         skip = (
@@ -3905,13 +3936,13 @@ if dist.is_available():
         # DDP calls the hook with this state (the list) and each bucket it sends
         ddp_net.register_comm_hook(allreduce_calls, counting_hook)
         calls_plain, grads_plain = ddp_accumulate(
-            ddp_net, allreduce_calls, "nothing"
+            ddp_net, allreduce_calls, "nothing", x_check, y_check
         )
         calls_late, _ = ddp_accumulate(
-            ddp_net, allreduce_calls, "backward only"
+            ddp_net, allreduce_calls, "backward only", x_check, y_check
         )
         calls_no_sync, grads_no_sync = ddp_accumulate(
-            ddp_net, allreduce_calls, "forward and backward"
+            ddp_net, allreduce_calls, "forward and backward", x_check, y_check
         )
     finally:
         dist.destroy_process_group()
@@ -4762,14 +4793,16 @@ record(
 draws, multiplies = part_rounds["draw"], part_rounds["multiply"]
 if min(draws) > 3 * max(multiplies):
     dropout_cause = (
-        "what dropout costs here is drawing the random numbers, more than "
-        "three times the multiplication in every round"
+        "what dropout costs here is drawing the random numbers, "
+        f"{min(draws) / max(multiplies):.0f} times the multiplication even "
+        "comparing its fastest round with the multiplication's slowest"
     )
 elif min(multiplies) > 3 * max(draws):
     dropout_cause = (
         "what dropout costs here is the passes over memory and the per-call "
-        "costs: the multiplication took more than three times the drawing "
-        "in every round"
+        f"costs: the multiplication took {min(multiplies) / max(draws):.0f} "
+        "times the drawing even comparing its fastest round with the "
+        "drawing's slowest"
     )
 else:
     dropout_cause = (
@@ -5020,6 +5053,46 @@ record("amp_weight_copies_mib", amp_weight_copies / mib, fmt="{:.2f}")
 # weight copies 0.13 MiB); no seed or kernel changes the shapes saved
 assert 0.5 <= amp_ratio < 0.8, amp_ratio
 
+# Activation checkpointing: the first two layers (with their ReLUs) run again
+# in the backward pass instead of keeping their activations. Kept: the input,
+# the second hidden layer's output and the logits' log-probabilities.
+saved.clear()
+with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    hidden_out = recompute_in_backward(
+        memory_net[:6], x_mem, use_reentrant=False
+    )
+    recompute_loss = criterion(memory_net[6](hidden_out), y_mem)
+recompute_saved = sum(
+    n for n, dtype in saved.values() if dtype == torch.float32
+)
+recompute_estimate = 4 * memory_batch * (64 + 256 + 10)
+weights = list(memory_net.parameters())
+recompute_grads = torch.autograd.grad(recompute_loss, weights)
+plain_grads = torch.autograd.grad(criterion(memory_net(x_mem), y_mem), weights)
+grad_gap = max(
+    (a - b).abs().max().item()
+    for a, b in zip(recompute_grads, plain_grads, strict=True)
+)
+print(
+    f"checkpointed: {recompute_saved / mib:.2f} MiB saved (estimate "
+    f"{recompute_estimate / mib:.2f}), against {activation_measured / mib:.2f} "
+    f"MiB; gradients differ by at most {grad_gap:.1e}"
+)
+record("recompute_mib", recompute_saved / mib, fmt="{:.2f}")
+record("recompute_estimate_mib", recompute_estimate / mib, fmt="{:.2f}")
+record(
+    "recompute_grads",
+    "bit for bit the same gradients"
+    if grad_gap == 0
+    else f"gradients within {grad_gap:.0e} of the plain step's",
+)
+# shapes alone decide what is saved (measured 0.64 MiB for seeds 0, 1, 2);
+# the recomputed forward pass runs the same operations on the same weights,
+# so the gradients agree to float rounding at most (measured identical)
+assert abs(recompute_saved - recompute_estimate) / recompute_estimate < 0.05
+assert recompute_saved < 0.6 * activation_measured
+assert grad_gap <= 1e-6, grad_gap
+
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
@@ -5031,8 +5104,13 @@ so a batch that does not fit calls for micro-batches with accumulation (section
 8.6), mixed precision (half the bytes per saved activation; here autocast saved
 {{amp_saved_mib}} MiB, {{amp_saved_share}} of the `float32` step's, because it also
 keeps 16-bit copies of the weights, {{amp_weight_copies_mib}} MiB, and the loss's
-log-probabilities stay `float32`), or activation checkpointing
-(`torch.utils.checkpoint`, which recomputes activations in the backward pass). On a
+log-probabilities stay `float32`), or activation checkpointing:
+`torch.utils.checkpoint.checkpoint` runs part of the model again in the backward
+pass instead of keeping its activations. Wrapping the first two layers cut the
+saved activations to {{recompute_mib}} MiB (estimate {{recompute_estimate_mib}} MiB:
+the input, the second hidden layer's output and the log-probabilities), with
+{{recompute_grads}}, at the price of a second forward pass through those layers
+(not timed here). On a
 GPU, `torch.cuda.max_memory_allocated()` reports the allocator's peak and
 `torch.cuda.memory_summary()` its cached blocks;
 `torch.cuda.memory._record_memory_history()` and
@@ -5180,7 +5258,8 @@ else:
     busiest = max(load_at_start, load_at_end)
     load_sentence = (
         "The machine's one-minute load average (tasks running or waiting "
-        "for a CPU, this notebook included) was "
+        "for a CPU, this notebook included, and on Linux those waiting on "
+        "disk) was "
         f"{load_at_start:.1f} at the start of this run and {load_at_end:.1f} "
         f"at the end, with {usable_cpus} logical CPUs usable here."
     )
@@ -5322,43 +5401,32 @@ for tip, effect in summary_rows:
 # **Exercise 1.** Does a wider model pay for memory as well as for arithmetic? A large
 # enough batch can outgrow the CPU's fast caches (one possible cause of a per-sample
 # rise at large batches, which section 8.1's sweep looked for); the weights can too.
-# Build the measuring instrument first: fill in `gflops(net, x)` in the starter below,
-# the arithmetic throughput of `net(x)` in billions of floating-point
-# operations per second. Count the operations of one call with
-# `torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts as two), time the
-# call with section 8.1's `torch.utils.benchmark.Timer` on one thread, so that no
-# thread waits for another and all the work runs on one core, with that core's own
-# caches (its L2, then the L3 it shares with the others); say so with
-# `num_threads=1`, though it is Timer's default, and divide. The
-# checker tries it on a stand-in model whose operations and time per call it knows,
-# and whose first calls are slow, as a real model's often are; the stand-in clocks
-# each call, so the checker can tell a busy machine from timed calls that include a
-# slow one.
-# Then measure `make_model(hidden)` on a batch of 512 at widths 256, 512, 1,024 and
-# 2,048, in three interleaved rounds. Predict first: the hidden-to-hidden weight
-# matrix takes 4 h² bytes, from 256 KiB at 256 to 16 MiB at 2,048. If the cache
-# mattered, the throughput would fall once that matrix outgrows the CPU's L2 cache (on
-# Linux, `/sys/devices/system/cpu/cpu0/cache` gives its size). Does it?
+# The instrument is given below: `gflops(net, x)` counts one call's operations with
+# `torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts as two) and divides
+# them by the seconds a warm call takes on one thread, so that all the work runs on one
+# core with that core's own caches (its L2, then the L3 it shares with the others).
+# Predict first: the hidden-to-hidden weight matrix of `make_model(hidden)` takes
+# 4 h² bytes, from 256 KiB at width 256 to 16 MiB at 2,048. If the cache mattered, the
+# throughput would fall once that matrix outgrows the L2 cache (`l2_cache_bytes()`
+# below reads its size on Linux).
+#
+# Your part is the experiment, in two functions. `width_rounds(measure, models,
+# n_rounds)` calls `measure(net)` for each model of `models` (a dict from width to
+# model) in `n_rounds` interleaved rounds, so that one busy spell cannot pass for a
+# trend, and returns each width's readings in the order taken. `cache_verdict(rounds,
+# l2_bytes)` judges them by the chapter's rule. A width *beyond* the cache
+# (4 h² > L2) fell if every one of its rounds, 10 % higher, is still below every round
+# of the best width *inside* it (4 h² < L2; the best has the highest reading). Answer
+# `"fell"` if every width beyond fell, `"no dip"` if none fell and no width's fastest
+# round is more than 25 % above its slowest, and `"undecided"` otherwise. The checker
+# gives `width_rounds` a stand-in measurement that records the order of its calls, and
+# `cache_verdict` made-up rounds; the solution runs both at widths 256, 512, 1,024
+# and 2,048 on a batch of 512.
 
 
-# %% tags=["exercise-starter"]
-# Fill in: operations per second of net(x), in billions: FlopCounterMode's count
-# for one call, divided by the seconds a call takes on one CPU thread.
+# %%
 def gflops(net: nn.Module, x: torch.Tensor) -> float:
-    """GFLOP/s of net(x) on one CPU thread."""
-    raise NotImplementedError  # your code here
-
-
-from helpers.exercises.ch08 import check_gflops
-
-check_gflops(gflops)
-
-
-# %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 1: FlopCounterMode counts the batch's operations; the Timer warms
-# up, runs on one thread and puts the thread count back.
-def gflops(net: nn.Module, x: torch.Tensor) -> float:
-    """GFLOP/s of net(x) on one CPU thread."""
+    """GFLOP/s of net(x) on one CPU thread, timed after a warm-up."""
     with FlopCounterMode(display=False) as counter:
         net(x)
     timer = benchmark.Timer(
@@ -5366,9 +5434,6 @@ def gflops(net: nn.Module, x: torch.Tensor) -> float:
     )
     seconds = timer.blocked_autorange(min_run_time=0.2).median
     return counter.get_total_flops() / seconds / 1e9
-
-
-assert check_gflops(gflops)
 
 
 def l2_cache_bytes() -> int | None:
@@ -5384,122 +5449,86 @@ def l2_cache_bytes() -> int | None:
     return None
 
 
+# %% tags=["exercise-starter"]
+# Fill in: each width's readings from n_rounds interleaved rounds of
+# measure(net), and the verdict on them by the rule above.
+def width_rounds(
+    measure: Callable[[nn.Module], float],
+    models: dict[int, nn.Module],
+    n_rounds: int,
+) -> dict[int, list[float]]:
+    """Each width's readings, in n_rounds interleaved rounds."""
+    raise NotImplementedError  # your code here
+
+
+def cache_verdict(rounds: dict[int, list[float]], l2_bytes: int) -> str:
+    """'fell', 'no dip' or 'undecided', by the rule above."""
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch08 import check_cache_sweep
+
+check_cache_sweep(width_rounds, cache_verdict)
+
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# Solution 1: one round measures every width once; the verdict compares the
+# slowest round of one width with the fastest of the other.
+def width_rounds(
+    measure: Callable[[nn.Module], float],
+    models: dict[int, nn.Module],
+    n_rounds: int,
+) -> dict[int, list[float]]:
+    """Each width's readings, in n_rounds interleaved rounds."""
+    readings = {hidden: [] for hidden in models}
+    for _ in range(n_rounds):
+        for hidden, net in models.items():
+            readings[hidden].append(measure(net))
+    return readings
+
+
+def cache_verdict(rounds: dict[int, list[float]], l2_bytes: int) -> str:
+    """'fell', 'no dip' or 'undecided', by the rule above."""
+    inside = [h for h in rounds if 4 * h * h < l2_bytes]
+    beyond = [h for h in rounds if 4 * h * h > l2_bytes]
+    best = max(inside, key=lambda h: max(rounds[h]))
+    fell = [h for h in beyond if max(rounds[h]) * 1.1 < min(rounds[best])]
+    if len(fell) == len(beyond):
+        return "fell"
+    spread = max(max(r) / min(r) - 1 for r in rounds.values())
+    return "no dip" if not fell and spread <= 0.25 else "undecided"
+
+
+assert check_cache_sweep(width_rounds, cache_verdict)
+
 widths = (256, 512, 1024, 2048)
 x_wide = torch.randn(512, 64)
 wide_models = {}
 for hidden in widths:
     torch.manual_seed(seed)
     wide_models[hidden] = make_model(hidden=hidden).eval()
-# three interleaved rounds: one busy spell must not pass for a trend
-wide_rounds = {hidden: [] for hidden in widths}
 with torch.inference_mode():
-    for _ in range(3):
-        for hidden, net in wide_models.items():
-            wide_rounds[hidden].append(gflops(net, x_wide))
-gflops_at = {hidden: max(readings) for hidden, readings in wide_rounds.items()}
-# how far one width's rounds differed, relative to its slowest
-round_spread = max(max(r) / min(r) - 1 for r in wide_rounds.values())
-# rounds that differ by more could hide a fall of a few tens of percent
-noise_bound = 0.25
-for hidden in widths:
+    wide_rounds = width_rounds(lambda net: gflops(net, x_wide), wide_models, 3)
+for hidden, readings in wide_rounds.items():
     print(
         f"hidden {hidden:>4}: weight matrix {4 * hidden**2 / 2**20:5.2f} MiB, "
-        f"{gflops_at[hidden]:5.1f} GFLOP/s (slowest round "
-        f"{min(wide_rounds[hidden]):.1f})"
+        "GFLOP/s per round " + ", ".join(f"{r:.1f}" for r in readings)
     )
-print(f"rounds of one width differed by up to {round_spread:.0%}")
 l2 = l2_cache_bytes()
-# a matrix exactly the cache's size is at the boundary: with the batch's
-# activations beside it, it cannot fit
-fits = [h for h in widths if l2 is not None and 4 * h * h < l2]
-at_boundary = [h for h in widths if l2 is not None and 4 * h * h == l2]
-spills = [h for h in widths if l2 is not None and 4 * h * h > l2]
-
-
-# the chapter's one rule (helpers.tips.separation): width a ran slower than
-# width b only if every round of a, raised by 10 %, stayed below every round
-# of b
-def below(a: int, b: int) -> bool:
-    return separation(wide_rounds[a], wide_rounds[b], margin=0.1) == "lower"
-
-
-# only a width beyond the cache can dip because of it
-best_width = max(gflops_at, key=gflops_at.get)
-dips = [h for h in spills if below(h, best_width)]
-# below the cache, a rise with width counts only where each step up passes
-# the rule
-rises = len(fits) > 1 and all(
-    below(narrower, wider) for narrower, wider in itertools.pairwise(fits)
-)
 if l2 is None:
-    cache_answer = "This system does not report its L2 cache size."
-elif not fits or not spills:
-    cache_answer = (
-        f"The L2 cache holds {l2 / 2**20:.1f} MiB, so these widths all lie on "
+    print("This system does not report its L2 cache size.")
+elif not any(4 * h * h < l2 for h in widths) or not any(
+    4 * h * h > l2 for h in widths
+):
+    print(
+        f"The L2 cache holds {l2 / 2**20:.2f} MiB, so these widths all lie on "
         "one side of it: choose widths around its size."
     )
 else:
-    inside_width = max(fits, key=gflops_at.get)
-    inside = gflops_at[inside_width]
-    fell = [h for h in spills if below(h, inside_width)]
-    if len(fell) == len(spills):
-        verdict = (
-            "every width beyond the cache fell below the best smaller one, "
-            "every round more than 10 % under every round of it, as the "
-            "cache explanation predicts."
-        )
-    elif not fell and round_spread > noise_bound:
-        verdict = (
-            "no width beyond the cache fell clearly below that (every round "
-            "more than 10 % under), but the rounds of one width differed by "
-            f"up to {round_spread:.0%}, enough to hide a dip: undecided "
-            "here; rerun on a quieter machine."
-        )
-    elif not fell:
-        verdict = (
-            "no width beyond the cache fell clearly below that (every round "
-            "more than 10 % under; the rounds of one width differed by up "
-            f"to {round_spread:.0%}): no such dip showed on this machine."
-        )
-    else:
-        verdict = (
-            f"only {', '.join(map(str, fell))} of the widths beyond it fell "
-            "clearly below that (every round more than 10 % under), so there "
-            "is no consistent fall."
-        )
-    boundary_words = "".join(
-        f" Width {h}'s matrix, {4 * h * h / 2**20:.2f} MiB, is the cache's "
-        "own size: at the boundary rather than inside, since the activations "
-        f"need room too; it reached {gflops_at[h]:.1f} GFLOP/s."
-        for h in at_boundary
-    )
-    cache_answer = (
-        f"The L2 cache holds {l2 / 2**20:.2f} MiB. Weight matrices smaller "
-        f"than it ({'widths' if fits[1:] else 'width'} "
-        f"{', '.join(map(str, fits))}) reached up to "
-        f"{inside:.1f} GFLOP/s; " + verdict + boundary_words
-    )
-if rises:
-    cache_answer += (
-        f" Among the widths smaller than the cache, throughput rose with "
-        "width, each "
-        "width's rounds more than 10 % above every round of the narrower "
-        f"one, from {gflops_at[fits[0]]:.1f} GFLOP/s at "
-        f"width {fits[0]} to {gflops_at[fits[-1]]:.1f} at width {fits[-1]}, as "
-        "a fixed cost per call spread over more arithmetic would make it."
-    )
-if dips:
-    cache_answer += (
-        " Beyond the cache, clearly below the best width (every round more "
-        "than 10 % under): "
-        + ", ".join(f"width {h} ({gflops_at[h]:.1f} GFLOP/s)" for h in dips)
-        + ". Rerun to see whether a dip repeats before reading it as the "
-        "cache's doing."
-    )
-print(cache_answer)
+    print(f"L2 cache {l2 / 2**20:.2f} MiB: {cache_verdict(wide_rounds, l2)}")
 # the widest model does about 51 times the operations of the narrowest; the
 # assert says it took over 10 times as long (seeds 0, 1: ratio 1.18, 0.99)
-throughput_ratio = gflops_at[2048] / gflops_at[256]
+throughput_ratio = max(wide_rounds[2048]) / max(wide_rounds[256])
 print(f"width 2,048 ran at {throughput_ratio:.2f} times width 256's GFLOP/s")
 assert throughput_ratio < 5, throughput_ratio
 

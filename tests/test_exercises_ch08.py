@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 import types
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -15,8 +16,9 @@ from torch.utils import benchmark
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers.exercises import ch08, ch08_schedules
+from helpers.exercises import ch08, ch08_cache, ch08_schedules
 from helpers.exercises.ch08 import (
+    check_cache_sweep,
     check_gflops,
     check_inference_tensors,
     check_mid_epoch_resume,
@@ -24,13 +26,13 @@ from helpers.exercises.ch08 import (
 )
 
 STARTERS = starter_cells("08")
-NAMES = {"torch": torch, "nn": nn, "DataLoader": DataLoader}
+NAMES = {"torch": torch, "nn": nn, "DataLoader": DataLoader, "Callable": Callable}
 RIGHT = {"features + w": False, "features * w": True, "relu(features + w)": False, "features @ W": True}
 
 
 def test_the_chapter_has_one_starter_per_exercise_and_each_is_not_attempted_untouched():
     expected = [
-        ("8.1", "gflops"),
+        ("8.1", "width_rounds` and `cache_verdict"),
         ("8.2", "checkpoint_mid_epoch` and `remaining_batches"),
         ("8.3", "warmup_hold_decay"),
         ("8.4", "fails` and `saves"),
@@ -59,6 +61,7 @@ def failed_with(verdict, hint: str | None, *message: str) -> None:
     ("check", "args", "name"),
     [
         (check_gflops, (12,), "gflops"),
+        (check_cache_sweep, (12, None), "width_rounds"),
         (check_mid_epoch_resume, ([], None), "checkpoint_mid_epoch"),
         (check_warmup, (0.5,), "warmup_hold_decay"),
         (check_inference_tensors, ({**RIGHT}, None), "saves"),
@@ -203,17 +206,89 @@ def test_gflops_other_wrong_answers_fail_without_a_hint():
     failed_with(check_gflops(lambda net, x: "fast"), None, "got str")
 
 
-def test_a_reader_who_times_without_warming_up_gets_the_hint():
+# --- 8.1: the width sweep's rounds and their verdict ------------------------------------
+
+
+def rounds_right(measure, models, n_rounds):
+    readings = {hidden: [] for hidden in models}
+    for _ in range(n_rounds):
+        for hidden, net in models.items():
+            readings[hidden].append(measure(net))
+    return readings
+
+
+def rounds_blocked(measure, models, n_rounds):
+    return {hidden: [measure(net) for _ in range(n_rounds)] for hidden, net in models.items()}
+
+
+def rounds_best_only(measure, models, n_rounds):
+    return {hidden: max(values) for hidden, values in rounds_right(measure, models, n_rounds).items()}
+
+
+def rounds_fixed_three(measure, models, n_rounds):
+    return rounds_right(measure, models, 3)
+
+
+def verdict_by(*, reference="best", compare="rounds", noise=0.25, inside="strict", all_beyond=True):
+    """The exercise's rule, or one of the plausible wrong ones."""
+
+    def verdict(rounds, l2_bytes):
+        size = (lambda h: 4 * h * h) if inside != "h2" else (lambda h: h * h)
+        strict = inside != "or-equal"
+        ins = [h for h in rounds if size(h) < l2_bytes or (not strict and size(h) == l2_bytes)]
+        beyond = [h for h in rounds if size(h) > l2_bytes]
+        ref = max(ins, key=lambda h: max(rounds[h])) if reference == "best" else min(ins)
+        if compare == "rounds":
+            fell = [h for h in beyond if max(rounds[h]) * 1.1 < min(rounds[ref])]
+        else:
+            fell = [h for h in beyond if max(rounds[h]) * 1.1 < max(rounds[ref])]
+        if (len(fell) == len(beyond)) if all_beyond else fell:
+            return "fell"
+        spread = max(max(r) / min(r) - 1 for r in rounds.values())
+        return "no dip" if not fell and (noise is None or spread <= noise) else "undecided"
+
+    return verdict
+
+
+def test_cache_sweep_reference_passes():
+    assert check_cache_sweep(rounds_right, verdict_by())
+    assert check_cache_sweep(rounds_right, ch08_cache.reference_verdict)
+
+
+@pytest.mark.parametrize(
+    ("rounds", "verdict", "hint"),
+    [
+        (rounds_blocked, verdict_by(), "interleave: each round measures every width once"),
+        (rounds_best_only, verdict_by(), "keep every round's reading"),
+        (rounds_fixed_three, verdict_by(), "n_rounds readings per width"),
+        (rounds_right, verdict_by(reference="narrowest"), "not the narrowest"),
+        (rounds_right, verdict_by(compare="best"), "not means or bests"),
+        (rounds_right, verdict_by(noise=None), "say 'undecided'"),
+        (rounds_right, verdict_by(inside="or-equal"), "inside means 4 h² < L2"),
+        (rounds_right, verdict_by(inside="h2"), "inside means 4 h² < L2"),
+        (rounds_right, verdict_by(all_beyond=False), "needs every width beyond the cache to fall"),
+        (rounds_right, verdict_by(noise=0.0), "that is 'no dip'"),
+    ],
+)
+def test_cache_sweep_mistakes_get_their_hints(rounds, verdict, hint):
+    failed_with(check_cache_sweep(rounds, verdict), hint)
+
+
+def test_cache_sweep_other_wrong_answers_fail():
+    failed_with(check_cache_sweep(rounds_right, lambda rounds, l2_bytes: "dip"), None, "not one of")
+    failed_with(check_cache_sweep(rounds_right, 3), None, "cache_verdict should be a function")
+    failed_with(check_cache_sweep(lambda m, models, n: [], verdict_by()), None, "not a dict")
+
+
+def test_a_reader_who_measures_width_by_width_gets_the_hint():
     out = starter_with(
         0,
-        "raise NotImplementedError  # your code here",
-        "import time\n"
-        "    start = time.perf_counter()\n"
-        "    net(x)\n"
-        "    return 8192 / (time.perf_counter() - start) / 1e9",
+        "raise NotImplementedError  # your code here\n\n\ndef cache_verdict",
+        "return {h: [measure(net) for _ in range(n_rounds)] for h, net in models.items()}"
+        "\n\n\ndef cache_verdict",
     )
-    assert out.startswith("✗ Exercise 8.1: gflops(net, x) is ")
-    assert out.endswith("as Timer.blocked_autorange does\n")
+    assert out.startswith("✗ Exercise 8.1: measure was called on widths ")
+    assert "interleave" in out
 
 
 # --- 8.2: the batches of a resumed epoch ----------------------------------------------

@@ -2,12 +2,14 @@
 
 Each checker runs the reader's code on inputs of its own (a seeded ``torch.Generator``,
 tiny sizes, the CPU) against torch itself: a stand-in model whose operations
-(``FlopCounterMode``) and time per call are known checks a throughput measurement (8.1),
+(``FlopCounterMode``) and time per call are known checks a throughput measurement (8.1;
+the width sweep's interleaved rounds and cache verdict are checked in
+:mod:`helpers.exercises.ch08_cache`),
 a ``DataLoader`` iterated from a restored generator state gives the batches a resumed
 epoch must see (8.2), an optimizer stepped by the reader's scheduler gives the rates a
 warm-up must produce (8.3, in :mod:`helpers.exercises.ch08_schedules`), and autograd
 itself decides which uses of an inference tensor fail and what it saves for the backward
-pass (8.4, in :mod:`helpers.exercises.ch08_autograd`); both are re-exported here.
+pass (8.4, in :mod:`helpers.exercises.ch08_autograd`); all three are re-exported here.
 Introduced with chapter 8's exercises.
 """
 
@@ -28,9 +30,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from helpers.exercises import Mismatch, checker, expect, expect_tensor
 from helpers.exercises.ch08_autograd import check_inference_tensors
+from helpers.exercises.ch08_cache import check_cache_sweep
 from helpers.exercises.ch08_schedules import check_warmup
 
 __all__ = [
+    "check_cache_sweep",
     "check_gflops",
     "check_inference_tensors",
     "check_mid_epoch_resume",

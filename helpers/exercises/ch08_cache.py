@@ -1,0 +1,192 @@
+"""Checker for chapter 8's first exercise: a width sweep in interleaved rounds, and its verdict.
+
+The reader's ``width_rounds`` is run with a stand-in measurement that records which model
+it was called on and returns readings the checker chose, so the order of the calls and the
+readings kept can both be checked. The reader's ``cache_verdict`` is run on made-up rounds
+whose right verdict follows from the rule the exercise states, each set built so that one
+plausible wrong rule gives another verdict. Introduced with chapter 8's exercises.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+from helpers.exercises import Mismatch, checker, expect
+
+__all__ = ["check_cache_sweep", "reference_verdict"]
+
+VERDICTS = ("fell", "no dip", "undecided")
+MARGIN = 0.1  # a width fell only if every round of it, 10 % higher, stays below
+NOISE = 0.25  # rounds of one width differing by more than this could hide a dip
+MIB = 2**20
+
+
+def reference_verdict(rounds: dict[int, list[float]], l2_bytes: int) -> str:
+    """The exercise's rule, for the checker and its tests."""
+    inside = [h for h in rounds if 4 * h * h < l2_bytes]
+    beyond = [h for h in rounds if 4 * h * h > l2_bytes]
+    best = max(inside, key=lambda h: max(rounds[h]))
+    fell = [h for h in beyond if max(rounds[h]) * (1 + MARGIN) < min(rounds[best])]
+    if len(fell) == len(beyond):
+        return "fell"
+    spread = max(max(r) / min(r) - 1 for r in rounds.values())
+    return "no dip" if not fell and spread <= NOISE else "undecided"
+
+
+class _Net:
+    """A stand-in model: only its width matters to the stand-in measurement."""
+
+    def __init__(self, hidden: int) -> None:
+        self.hidden = hidden
+
+    def __repr__(self) -> str:
+        return f"model(hidden={self.hidden})"
+
+
+NARROWEST = "compare the widths beyond the cache with the best width inside it, not the narrowest"
+EVERY_ROUND = (
+    "a width fell only if every one of its rounds, 10 % higher, stays below every round "
+    "of the other: compare its fastest round with the other's slowest, not means or bests"
+)
+NOISY = "rounds of one width that differ by more than 25 % could hide a dip: say 'undecided'"
+QUIET = "no width beyond the cache fell and the rounds agree within 25 %: that is 'no dip'"
+BOUNDARY = (
+    "a float32 matrix of h × h takes 4 h² bytes, and one exactly the cache's size is not "
+    "inside it: inside means 4 h² < L2, beyond means 4 h² > L2"
+)
+SOME = "'fell' needs every width beyond the cache to fall; only some falling is 'undecided'"
+
+# each set of rounds, the L2 size it is judged against, and for each wrong verdict the
+# hint for the wrong rule that gives it
+CASES: list[tuple[dict[int, list[float]], int, dict[str, str]]] = [
+    (  # a clear fall below the best width inside; the narrowest inside is slower still
+        {
+            256: [10.0, 10.5, 11.0],
+            512: [20.0, 21.0, 22.0],
+            1024: [12.0, 12.5, 13.0],
+            2048: [11.0, 11.0, 12.0],
+        },
+        2 * MIB,
+        {"no dip": NARROWEST},
+    ),
+    (  # the best reading inside is far above, but one of its rounds is not
+        {
+            256: [10.0, 10.0, 10.5],
+            512: [20.0, 20.0, 12.0],
+            1024: [13.0, 13.0, 13.0],
+            2048: [12.5, 13.0, 13.0],
+        },
+        2 * MIB,
+        {"fell": EVERY_ROUND, "no dip": NOISY},
+    ),
+    (  # nothing fell, but the rounds of one width differ by 40 %
+        {
+            256: [20.0, 20.5, 21.0],
+            512: [20.0, 21.5, 20.5],
+            1024: [14.0, 19.6, 19.0],
+            2048: [19.0, 19.5, 20.0],
+        },
+        2 * MIB,
+        {"no dip": NOISY},
+    ),
+    (  # quiet rounds, no fall
+        {
+            256: [20.0, 20.5, 21.0],
+            512: [21.0, 21.5, 22.0],
+            1024: [20.0, 20.5, 21.0],
+            2048: [19.5, 20.0, 20.5],
+        },
+        2 * MIB,
+        {"undecided": QUIET},
+    ),
+    (  # width 512's matrix is exactly the cache's 1 MiB: neither inside nor beyond
+        {
+            256: [10.0, 10.0, 10.5],
+            512: [30.0, 30.0, 31.0],
+            1024: [12.0, 12.0, 12.5],
+            2048: [11.5, 12.0, 12.0],
+        },
+        1 * MIB,
+        {"fell": BOUNDARY},
+    ),
+    (  # one width beyond fell, the other did not
+        {
+            256: [20.0, 20.5, 21.0],
+            512: [21.0, 21.5, 22.0],
+            1024: [14.0, 14.5, 15.0],
+            2048: [20.0, 20.5, 21.0],
+        },
+        2 * MIB,
+        {"fell": SOME, "no dip": SOME},
+    ),
+]
+
+
+def _check_rounds(width_rounds: Callable[..., Any], n_rounds: int) -> None:
+    widths = (256, 512, 1024, 2048)
+    models = {h: _Net(h) for h in widths}
+    calls: list[int] = []
+
+    def measure(net: Any) -> float:
+        expect(isinstance(net, _Net), f"measure was called with {net!r}, not one of the models")
+        calls.append(net.hidden)
+        return float(100 + len(calls))  # each reading tells which call it came from
+
+    result = width_rounds(measure, models, n_rounds)
+    expect(isinstance(result, dict), f"width_rounds returned a {type(result).__name__}, not a dict")
+    expect(
+        sorted(result) == sorted(widths),
+        f"width_rounds returned keys {sorted(result)}, not the widths {list(widths)}",
+    )
+    for h in widths:
+        readings = result[h]
+        expect(
+            isinstance(readings, list | tuple),
+            f"width {h} maps to {readings!r}, not a list of readings",
+            "keep every round's reading: the verdict needs each round, not only the best",
+        )
+        expect(
+            len(readings) == n_rounds,
+            f"width {h} has {len(readings)} readings for {n_rounds} rounds",
+            "call measure once per width in each round: n_rounds readings per width",
+        )
+    expect(
+        len(calls) == n_rounds * len(widths),
+        f"measure was called {len(calls)} times for {len(widths)} widths and {n_rounds} rounds",
+    )
+    for start in range(0, len(calls), len(widths)):
+        expect(
+            sorted(calls[start : start + len(widths)]) == sorted(widths),
+            f"measure was called on widths {calls} in that order, so round "
+            f"{start // len(widths) + 1} did not measure each width once",
+            "interleave: each round measures every width once before the next round starts, "
+            "so that a busy spell slows all widths, not one",
+        )
+    for h in widths:
+        expected = [float(101 + i) for i, width in enumerate(calls) if width == h]
+        got = [float(v) if isinstance(v, numbers.Real) else v for v in result[h]]
+        expect(got == expected, f"width {h}'s readings are {got}, but measure returned {expected} for it")
+
+
+@checker("8.1", "width_rounds` and `cache_verdict")
+def check_cache_sweep(width_rounds: Callable[..., Any], cache_verdict: Callable[..., Any]) -> str:
+    """Interleaved rounds on a recording stand-in, then the verdict on made-up rounds."""
+    for value, name in ((width_rounds, "width_rounds"), (cache_verdict, "cache_verdict")):
+        expect(callable(value), f"{name} should be a function, got {type(value).__name__}")
+    for n_rounds in (3, 2):
+        _check_rounds(width_rounds, n_rounds)
+    for rounds, l2_bytes, hints in CASES:
+        right = reference_verdict(rounds, l2_bytes)
+        answer = cache_verdict({h: list(r) for h, r in rounds.items()}, l2_bytes)
+        expect(answer in VERDICTS, f"cache_verdict returned {answer!r}, not one of {VERDICTS}")
+        if answer != right:
+            raise Mismatch(
+                f"cache_verdict({rounds}, L2 = {l2_bytes / MIB:g} MiB) is {answer!r}, expected {right!r}",
+                hints.get(answer),
+            )
+    return (
+        "width_rounds interleaves the widths round by round and keeps every reading, and "
+        f"cache_verdict gives the rule's verdict on {len(CASES)} sets of rounds"
+    )
