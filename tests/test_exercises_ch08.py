@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
-import types
 from collections.abc import Callable
 
 import pytest
@@ -12,14 +10,11 @@ import torch
 from exercise_cells import run_starter, starter_cells
 from torch import nn
 from torch.optim import lr_scheduler
-from torch.utils import benchmark
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 
-from helpers.exercises import ch08, ch08_cache, ch08_schedules
+from helpers.exercises import ch08_cache, ch08_schedules
 from helpers.exercises.ch08 import (
     check_cache_sweep,
-    check_gflops,
     check_inference_tensors,
     check_mid_epoch_resume,
     check_warmup,
@@ -60,7 +55,6 @@ def failed_with(verdict, hint: str | None, *message: str) -> None:
 @pytest.mark.parametrize(
     ("check", "args", "name"),
     [
-        (check_gflops, (12,), "gflops"),
         (check_cache_sweep, (12, None), "width_rounds"),
         (check_mid_epoch_resume, ([], None), "checkpoint_mid_epoch"),
         (check_warmup, (0.5,), "warmup_hold_decay"),
@@ -70,140 +64,6 @@ def failed_with(verdict, hint: str | None, *message: str) -> None:
 def test_a_value_where_a_function_belongs_is_named(check, args, name):
     verdict = check(*args)
     assert verdict.status == "failed" and verdict.message.startswith(f"{name} should be a function, got")
-
-
-# --- 8.1: a throughput, measured -----------------------------------------------------
-
-
-def counted(net, x):
-    with FlopCounterMode(display=False) as counter:
-        net(x)
-    return counter.get_total_flops()
-
-
-def gflops_reference(net, x):
-    timer = benchmark.Timer("net(x)", globals={"net": net, "x": x}, num_threads=1)
-    return counted(net, x) / timer.blocked_autorange(min_run_time=0.2).median / 1e9
-
-
-def hand_timed(net, x, *, calls=10, warmup=2, threads=1, restore=True, scale=1.0, clock=time):
-    """A hand loop: ``warmup`` untimed calls, then the mean of ``calls`` timed ones."""
-    ops = counted(net, x)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    for _ in range(warmup):
-        net(x)
-    start = clock.perf_counter()
-    for _ in range(calls):
-        net(x)
-    seconds = (clock.perf_counter() - start) / calls
-    if restore:
-        torch.set_num_threads(before)
-    return ops / seconds / 1e9 * scale
-
-
-def test_gflops_reference_and_a_warmed_up_hand_loop_pass_and_leave_the_threads_alone():
-    threads = torch.get_num_threads()
-    verdict = check_gflops(gflops_reference)
-    assert verdict and "for a stand-in of 8,192 operations that sleeps 10 ms per call" in verdict.message
-    assert check_gflops(hand_timed)
-    assert check_gflops(lambda net, x: torch.tensor(hand_timed(net, x)))
-    assert torch.get_num_threads() == threads
-
-
-def test_the_stand_in_counts_what_flop_counter_mode_counts_and_sleeps_as_declared():
-    net = ch08._Standin()
-    x = torch.zeros(ch08.STANDIN_BATCH, 16)
-    assert counted(net, x) == 2 * ch08.STANDIN_BATCH * 16 * 4
-    start = time.perf_counter()
-    net(x)  # the second call: still a slow one
-    assert time.perf_counter() - start >= ch08.FIRST_CALLS_S
-    start = time.perf_counter()
-    net(x)
-    assert ch08.CALL_S <= time.perf_counter() - start < ch08.FIRST_CALLS_S
-    # it clocks every call: two slow ones, then a warm one
-    assert len(net.seconds) == 3 and min(net.seconds[:2]) >= ch08.FIRST_CALLS_S
-    assert ch08.CALL_S <= net.seconds[2] < ch08.FIRST_CALLS_S
-
-
-@pytest.mark.parametrize(
-    ("options", "hint", "message"),
-    [
-        ({"scale": 1e9}, "that is in FLOP/s", "expected about"),
-        ({"scale": 1e3}, "that is in MFLOP/s", "expected about"),
-        ({"scale": 1 / ch08.STANDIN_BATCH}, "do not divide them by the batch size", "expected about"),
-        ({"scale": ch08.STANDIN_BATCH}, "do not multiply by the batch size", "expected about"),
-        ({"warmup": 0}, "time only after a warm-up", "expected about"),
-        ({"threads": 3}, "Timer(..., num_threads=1)", "ran with 3 threads, not one"),
-        ({"restore": False}, "put it back after timing", "left torch with 1 threads"),
-    ],
-)
-def test_gflops_mistakes_get_their_hints(options, hint, message):
-    failed_with(check_gflops(lambda net, x: hand_timed(net, x, **options)), hint, message)
-
-
-def busy(monkeypatch, overshoot):
-    """Make the stand-in's sleeps overshoot, call by call, as on a busy machine."""
-    factors = itertools.cycle(overshoot)
-    clock = types.SimpleNamespace(
-        perf_counter=time.perf_counter, sleep=lambda seconds: time.sleep(seconds * next(factors))
-    )
-    monkeypatch.setattr(ch08, "time", clock)
-
-
-def test_gflops_passes_a_busy_machines_overshoot(monkeypatch):
-    # every sleep 1.5 to 3 times as long as asked: the checker clocks the calls
-    busy(monkeypatch, (1.5, 3.0, 2.2))
-    assert check_gflops(gflops_reference)
-    assert check_gflops(lambda net, x: hand_timed(net, x, calls=25))
-
-
-class VirtualClock:
-    """Time that passes only by sleeping, each sleep stretched by the next overshoot factor:
-    the stand-in and the hand loop read it, so an idle and a busy machine are exact."""
-
-    def __init__(self, overshoot):
-        self.now, self.factors = 0.0, itertools.cycle(overshoot)
-
-    def perf_counter(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds * next(self.factors)
-
-
-@pytest.mark.parametrize("overshoot", [(1.0,), (1.5, 3.0, 2.2)])
-@pytest.mark.parametrize("calls", [25, 100])
-def test_gflops_fails_a_loop_without_warm_up_on_an_idle_or_a_busy_machine(monkeypatch, overshoot, calls):
-    # after FlopCounterMode's call, the second slow call is among the timed ones; among
-    # 100 it adds only about a quarter to the mean, yet the per-call log still shows it.
-    # On a virtual clock: a real machine under load stretches sleeps by more than that.
-    clock = VirtualClock(overshoot)
-    monkeypatch.setattr(ch08, "time", clock)
-    failed_with(
-        check_gflops(lambda net, x: hand_timed(net, x, calls=calls, warmup=0, clock=clock)),
-        "time only after a warm-up",
-        "so the timed calls included a slow first one",
-    )
-
-
-@pytest.mark.parametrize("overshoot", [(1.0,), (1.5, 3.0, 2.2)])
-def test_gflops_passes_a_warmed_up_loop_on_an_idle_or_a_busy_virtual_clock(monkeypatch, overshoot):
-    clock = VirtualClock(overshoot)
-    monkeypatch.setattr(ch08, "time", clock)
-    assert check_gflops(lambda net, x: hand_timed(net, x, calls=100, clock=clock))
-
-
-def test_gflops_fails_an_answer_slower_than_any_warm_call():
-    # an answer 1.8 times too slow is not a busy machine's: no call took that long
-    failed_with(check_gflops(lambda net, x: hand_timed(net, x, scale=1 / 1.8)), "time only after a warm-up")
-
-
-def test_gflops_other_wrong_answers_fail_without_a_hint():
-    failed_with(check_gflops(lambda net, x: hand_timed(net, x, scale=3.3)), None, "expected about")
-    failed_with(check_gflops(lambda net, x: -1.0), None, "not a positive throughput")
-    failed_with(check_gflops(lambda net, x: True), None, "gflops(net, x) should be a number, got bool")
-    failed_with(check_gflops(lambda net, x: "fast"), None, "got str")
 
 
 # --- 8.1: the width sweep's rounds and their verdict ------------------------------------
