@@ -229,20 +229,20 @@ def check_collapse_prediction(predicted_kl: float, predicted_near: str) -> str:
     expect(
         predicted_kl < 5 * COLLAPSED_KL,
         f"your predicted KL, {predicted_kl:g} nats, is far too high",
-        "That is the size of a correctly trained VAE's KL term. Compare the mistaken loss with "
-        "that of a code that carries nothing: how much KL could the best model afford below it?",
+        "That is the size of a correctly trained VAE's KL term. Which term does the mistake make "
+        "heavier against the other, and how much could a model afford to spend on it?",
     )
     expect(
         predicted_kl < COLLAPSED_KL,
         f"your predicted KL, {predicted_kl:g} nats, is too high",
-        "Put a number on the mistaken loss of a code that carries nothing: no KL, and the "
-        "independent-pixel reconstruction of section 6.4, in the units of the mistaken loss.",
+        "Some model sets an upper limit on the best model's mistaken loss, and you know its terms "
+        "from section 6.4. Which model, and what is its mistaken loss?",
     )
     expect(
         predicted_near == "independent pixels",
         f"predicted_near is {predicted_near!r}: not where this mistake leaves the negative ELBO",
-        "With a KL term near 0, q(z|x) is the prior for every image: the code says nothing about "
-        "the image, so the decoder can only give each pixel one probability.",
+        "Your KL prediction says how much the code can tell the decoder about each image. What "
+        "can a decoder do with a code that tells it that much?",
     )
     return (
         f"prediction committed: a KL term of {predicted_kl:g} nats, below {COLLAPSED_KL:g}, and a "
