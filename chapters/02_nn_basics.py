@@ -24,7 +24,8 @@
 # checkpoint. Along the way you will use PyTorch's losses, optimizers and `DataLoader`,
 # each after seeing what it computes. The model you train diagnoses breast tumours from
 # real measurements. Its learning rate and training length are chosen on a validation
-# split, and it is scored once, at the end, on patients it never saw.
+# split, and it is scored once, at the end, on patients it never saw; after that
+# verdict those patients serve only diagnostics that choose nothing.
 #
 # **Prerequisites:** chapter 1 (tensors, shapes, broadcasting, `gather`, in-place
 # operations).
@@ -1464,12 +1465,12 @@ else:
     # seeds 0-2: 110, 123, 113 steps on the badly scaled features against 108,
     # 93, 97 on the original ones
     adam_scaling_text = (
-        "at this tuned rate the badly scaled features show no clear cost"
+        "the badly scaled features show no clear cost at this tuned rate"
         if scaled_steps <= 1.05 * plain_steps
-        else "at this tuned rate the badly scaled features cost it"
-        f" {scaled_steps / plain_steps - 1:.0%} more steps"
+        else "the badly scaled features cost Adam"
+        f" {scaled_steps / plain_steps - 1:.0%} more steps at this tuned rate"
     ) + (
-        f": it came within 1 % of the floor after {scaled_steps} steps,"
+        f": it came within 1 % of the floor after {scaled_steps} steps on them,"
         f" against {plain_steps} on the original features"
     )
 record("adam_scaling_text", adam_scaling_text)
@@ -1971,13 +1972,14 @@ assert torch.equal(in_evaluation, all_ones)
 # Every run starts from the same initial weights (the same seed) and builds its own
 # training loader with a freshly seeded generator, so every run sees the same batches in
 # the same order: the runs differ in their learning rate and nothing else. Re-running
-# the cell reproduces the numbers on this page on a CPU with the same PyTorch build
-# and the same number of threads (chapter 1 shows why the thread count matters, and
-# what a GPU needs besides). The rates, 0.001 (Adam's default), 0.003, 0.01, 0.03, 0.1
-# and 0.3, step by about 3×; the model's 16 hidden units and the 60 epochs are
-# untuned (exercise 3 asks whether the hidden layer is needed at all). The cell shows
-# no progress bar: once all six runs are done it prints how long they took and one
-# line per run; chapter 3's longer runs show a bar.
+# the cell reproduces the numbers on this page on a CPU of the same kind (the same
+# vector instructions), with the same PyTorch build and the same number of threads
+# (chapter 1 shows why the thread count matters, and what a GPU needs besides). The
+# rates, 0.001 (Adam's default), 0.003, 0.01, 0.03, 0.1 and 0.3, step by about 3×;
+# the model's 16 hidden units and the 60 epochs are untuned (exercise 3 asks whether
+# the hidden layer is needed at all). The cell shows no progress bar: once all six runs
+# are done it prints how long they took and one line per run; chapter 3's longer runs
+# show a bar.
 
 
 # %%
