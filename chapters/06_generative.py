@@ -175,6 +175,13 @@ print(
     f"(epoch {judge_history.best_epoch})"
 )
 record("judge_val_acc", judge_val_acc, fmt="{:.1%}")
+record(
+    "judge_epoch_text",
+    f"at its best epoch, the last of {judge_epochs}, so more epochs might"
+    " still have helped"
+    if judge_history.best_epoch == judge_epochs
+    else f"at its best epoch, {judge_history.best_epoch} of {judge_epochs}",
+)
 
 # %%
 fig = plot_losses(
@@ -210,7 +217,9 @@ plt.show()
 # different the spreads are. Computed on the features of the Inception image network it
 # is the **FID** (Heusel et al., 2017, [GANs trained by a two time-scale update
 # rule](https://arxiv.org/abs/1706.08500)); here the features are a small digit
-# classifier's, so the values are not comparable with published FIDs. Lower is better.
+# classifier's, so the values are not comparable with published FIDs (for those, use a
+# standard implementation: torchmetrics' `FrechetInceptionDistance`, `pytorch-fid` or
+# `clean-fid`). Lower is better.
 # Two finite samples never have identical means and covariances, so even real digits
 # scored against other real digits get more than zero, and the estimate grows as the
 # samples shrink (Chong and Forsyth, 2020, [Effectively unbiased FID and Inception
@@ -266,7 +275,8 @@ record("real_val_fd", real_val_fd, fmt="{:.1f}")
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The judge classifies the validation digits with accuracy {{judge_val_acc}}, but
+The judge classifies the validation digits with accuracy {{judge_val_acc}}
+({{judge_epoch_text}}), but
 it is a strict reader: it is sure of only {{real_val_confident}} of them, so no
 generator should be expected to approach 100 % confident samples. Distances in this
 chapter are read against the real digits' own, {{real_val_fd}} for 500 training
@@ -1505,7 +1515,13 @@ for fused_p, default_p in zip(
     stepped[True].parameters(), stepped[False].parameters(), strict=True
 ):
     torch.testing.assert_close(fused_p, default_p)
-print("fused and default updates agree to rounding: True")
+max_diff = max(
+    (a - b).abs().max().item()
+    for a, b in zip(
+        stepped[True].parameters(), stepped[False].parameters(), strict=True
+    )
+)
+print(f"fused and default updates: largest weight difference {max_diff:.1e}")
 
 # %% [markdown]
 # The moving average, written for `AveragedModel`, and what each snapshot needs: the
@@ -2102,8 +2118,8 @@ prose(
     r"""
 Each column follows one noise vector, one row per 500 steps. The grid shows the
 averaged generator; section 6.4 keeps the {{gan_best_kind}} weights and counts
-isolated pixels in their samples. Where such specks appear, a likely cause lies in
-the design: each pixel comes from its own output unit of an MLP, with no built-in
+isolated pixels in their samples. Where such specks appear, the design
+is one possible cause: each pixel comes from its own output unit of an MLP, with no built-in
 notion that neighbouring pixels belong together (exercise 4 trains a convolutional
 generator briefly). Over the second half of training the judge's reading changed in
 {{grid_changed}} of the 8 columns, because the generator keeps moving with the
@@ -2281,6 +2297,12 @@ near = min(snapshots, key=lambda s: abs(s["cost"] - vae_seconds))
 record("vae_seconds", vae_seconds, fmt="{:.1f}")
 record("gan_seconds", gan_seconds, fmt="{:.1f}")
 record("time_ratio", gan_seconds / vae_seconds, fmt="{:.1f}")
+# the three learning-rate trainings each ran all vae_epochs epochs
+vae_search_seconds = (
+    len(vae_runs) * vae_epochs * vae_steps_per_epoch * step_cost["VAE"]
+)
+record("search_ratio", gan_seconds / vae_search_seconds, fmt="{:.1f}")
+record("n_vae_runs", len(vae_runs))
 record("vae_end_fd", vae_end_fd, fmt="{:.0f}")
 record("near_step", near["step"], fmt="{:,}")
 record("near_seconds", near["cost"], fmt="{:.1f}")
@@ -2326,7 +2348,8 @@ prose(
     r"""
 One training step cost {{vae_step_ms}} ms for the VAE and {{gan_step_ms}} ms
 for the GAN, so the VAE's chosen run trained for {{vae_seconds}} s of steps, the
-GAN for {{gan_seconds}} s, about {{time_ratio}} times as long. (The wall clock
+GAN for {{gan_seconds}} s, about {{time_ratio}} times as long; counting all
+{{n_vae_runs}} of the VAE's learning-rate trainings, about {{search_ratio}} times. (The wall clock
 of this run's loops, on the default number of threads, said {{vae_wall}} s and
 {{gan_wall}} s, a GAN-to-VAE ratio of {{wall_ratio}}; it also counts whatever else the
 machine was doing.) When the VAE's
@@ -3284,7 +3307,8 @@ family:
 - **What is scored.** The VAE is scored on its decoded probabilities, the GAN on its
   samples; the VAE's true samples, its 0/1 draws, score {{draws_fd}}.
 - **Training time.** The GAN's training cost about {{time_ratio}} times as much
-  (steps times the time of one step). At the VAE's last snapshot, its validation
+  (steps times the time of one step), about {{search_ratio}} times counting the VAE's
+  {{n_vae_runs}} learning-rate trainings. At the VAE's last snapshot, its validation
   distance was {{vae_end_fd}} and the GAN's snapshot nearest in cost scored {{near_fd}} averaged and
   {{near_latest_fd}} with its latest weights (section 6.3).
 - **Selection.** The GAN's snapshot was chosen on the validation Fréchet distance,
@@ -3759,9 +3783,10 @@ check_make_conv_gan(make_conv_gan)
 def make_conv_gan(noise_dim: int) -> tuple[nn.Module, nn.Module]:
     """A small DCGAN-style (generator, discriminator) pair for 28 × 28."""
     conv_generator = nn.Sequential(
-        # A bias per position (1,568 of them), which BatchNorm2d does not
-        # cancel: it removes one mean per channel. The biases of convolutions
-        # that a batch norm follows, one per channel, it does: bias=False.
+        # A bias per position (1,568 of them), which BatchNorm2d only partly
+        # cancels (its per-channel mean): it removes one mean per channel.
+        # The biases of convolutions that a batch norm follows, one per
+        # channel, it cancels: bias=False.
         nn.Linear(noise_dim, 32 * 7 * 7),
         nn.Unflatten(1, (32, 7, 7)),  # (B, 1568) -> (B, 32, 7, 7)
         nn.BatchNorm2d(32),
@@ -4318,5 +4343,5 @@ prose(
 )
 
 # %% [markdown]
-# **Next:** chapter 7 leaves supervised data behind: a policy network learns to act
+# **Next:** chapter 7 leaves fixed datasets behind: a policy network learns to act
 # from rewards alone.

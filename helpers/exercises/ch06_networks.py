@@ -53,7 +53,8 @@ def _redundant_bias(called: list[nn.Module]) -> nn.Module | None:
     A batch norm subtracts a mean per channel (per feature for ``BatchNorm1d``), so a
     convolution's bias, one per channel, is cancelled, and so is a ``Linear`` bias that
     goes straight into a ``BatchNorm1d``. A ``Linear`` reshaped to feature maps before a
-    ``BatchNorm2d`` has a bias per position, which the norm does not cancel.
+    ``BatchNorm2d`` has a bias per position, which the norm only partly cancels (its
+    per-channel mean).
     """
     for layer, after in itertools.pairwise(called):
         if getattr(layer, "bias", None) is None or not isinstance(after, _NORM):
