@@ -866,7 +866,8 @@ def build_target(
 
     `factor` is layer3's share of the head's rate `lr` (fine-tuning only).
     "fine-tuning, random layer3" is fine-tuning with layer3 left at its
-    random initial weights (section 5.7's control).
+    random initial weights (section 5.7's control); "fine-tuning, layer3 BN
+    in eval" keeps layer3's batch norm on the source's statistics.
     """
     # the same random head (or network) for every method
     torch.manual_seed(run_seed)
@@ -885,6 +886,13 @@ def build_target(
             frozen.append(model.layer3)
         for block in frozen:
             block.requires_grad_(False)
+        if method == "fine-tuning, layer3 BN in eval":
+            # trainable, but normalising with the source's running statistics
+            frozen += [
+                m
+                for m in model.layer3.modules()
+                if isinstance(m, nn.BatchNorm2d)
+            ]
     model = model.to(device)
     if method.startswith("fine-tuning"):
         if factor <= 0:
@@ -1162,19 +1170,21 @@ record("layer3_rms", layer3_rms, fmt="{:.3f}")
 prose(
     r"""
 A hundredth of the head's rate keeps `layer3` close to its pretrained weights, but how
-close? Adam's step for a weight is typically at most about its learning rate, since
-it divides the gradient's running mean by its running root-mean-square (Kingma and
-Ba, 2015, section 2.1, [arXiv:1412.6980](https://arxiv.org/abs/1412.6980)). With 5
-steps per epoch, 8 epochs at `lr * 0.01` = 1e-4 and 4 more at a tenth of that, a
-`layer3` weight typically moves by at most about {{adam_bound}} in a whole run, while
-a typical weight (the root-mean-square) is {{layer3_rms}}. A single step can be
-larger, but over this run's {{adam_steps}} steps never more than
-{{adam_worst_factor}} times the rate (the aside below derives it), so no `layer3`
-weight can move by more than {{adam_worst}}, weight decay's tiny shrink aside. So at
-×0.01 fine-tuning stays close to feature extraction, and larger factors must be tried
+close? Adam's step for a weight is typically at most about its learning rate, since it
+divides the gradient's running mean by its running root-mean-square (Kingma and Ba,
+2015, section 2.1, [arXiv:1412.6980](https://arxiv.org/abs/1412.6980)). With 5 steps
+per epoch, 8 epochs at `lr * 0.01` = 1e-4 and 4 more at a tenth of that, a `layer3`
+weight typically moves by at most about {{adam_bound}} in a whole run, while a typical
+weight (the root-mean-square) is {{layer3_rms}}. A single step can be larger, but over
+this run's {{adam_steps}} steps never more than {{adam_worst_factor}} times the rate
+(the aside below derives it), so no `layer3` weight can move by more than
+{{adam_worst}}, weight decay's tiny shrink aside. So at ×0.01 `layer3`'s weights stay
+close to feature extraction's, though not its function: an unfrozen block's batch norm
+runs in training mode and re-estimates its running statistics on the digits whatever
+the factor (section 5.7 measures what that is worth). Larger factors must be tried
 too; the factor is chosen on validation, like any other setting: every budget and draw
-is trained with factors 0.01, 0.1 and 1 (the backbone at the head's full rate), next to
-scratch and feature extraction, and each budget keeps the factor with the best
+is trained with factors 0.01, 0.1 and 1 (the backbone at the head's full rate), next
+to scratch and feature extraction, and each budget keeps the factor with the best
 validation accuracy averaged over the two draws (on a tie, the smaller).
 """
 )
@@ -1223,6 +1233,9 @@ pretrained_layer3 = backbone_state["layer3.0.weight"]
 layer3_start[1, draws[0], "fine-tuning", 0.01] = pretrained_layer3
 todo = [(k, d, m, f) for k in budgets for d in draws for m, f in arms]
 todo += [(10, d, control, f) for d in draws for f in factors]  # the control
+# and x0.01 with layer3's batch norm kept on the letters' statistics
+bn_arm = "fine-tuning, layer3 BN in eval"
+todo += [(10, d, bn_arm, 0.01) for d in draws]
 run_times = []  # seconds per 12-epoch run
 for per_class, draw, method, factor in tqdm(todo, desc="runs"):
     if (per_class, draw, method, factor) in runs:
@@ -1547,6 +1560,11 @@ else:
         "block and its pretrained start is not measured here."
     )
 record("split_words", split_words)
+# layer3's batch norm: at x0.01 its weights barely move, but in train mode it
+# normalises with digit batches and re-estimates its running statistics
+bn_gap = val_gap(val_right, draws, 10, ("fine-tuning", 0.01), (bn_arm, 0.01))
+record("bn_gap", gap_text(*bn_gap))
+record("bn_verdict", verdict(*bn_gap))
 
 
 def start_words(gap: tuple[float, float]) -> str:
@@ -1579,7 +1597,7 @@ control_lesson = (
     f"{moved_chosen:.0f} % of its pretrained norm and the random start by "
     f"{rand_chosen:.0f} %, {walk}; a distance cannot say how much of the "
     "pretrained block survived. Its pretrained "
-    f"start {start_found} ({gap_text(*pre_vs_rand)})"
+    f"start {start_found}: {gap_text(*pre_vs_rand)}"
 )
 if start_level == "noise":
     control_lesson += (
@@ -1681,6 +1699,7 @@ rows += [
     (f"pretrained minus random `layer3`, both ×{f:g}", 10, pre_vs_rand_at[f])
     for f in factors
 ]
+rows.append(("×0.01 minus ×0.01 with `layer3`'s BN in `eval()`", 10, bn_gap))
 reading = {"noise": "noise", "borderline": "borderline", "clear": "difference"}
 table = [
     "| comparison | labels per class | gap (points) | std. error | reading |",
@@ -1705,10 +1724,6 @@ prose(
 > - {{rate_found}} {{rate_noise}}
 > - With 1 label per class, fine-tuning at the chosen rate {{verdict_1}} feature
 >   extraction. With 10, it {{verdict_10}} it.
-> - At 10 labels per class, fine-tuning's gain over feature extraction,
->   {{ft_gain_val_10}} points, splits into a trainable `layer3`'s part,
->   {{trainable_gain}}, and its pretrained start's part, {{start_gain}}.
->   {{split_words}}
 > - {{control_lesson}}
 """
 )
@@ -1738,16 +1753,21 @@ after the next paragraph lists every comparison of the section.
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-**The control** (dashed green in the figure, the aside's last four rows, 10 labels
-per class). Fine-tuning at the chosen factor differs from feature extraction in two
-ways, a trainable `layer3` and that block's pretrained start, and the control
-separates them: fine-tuning's gain over feature extraction, {{ft_gain_val_10}} points, is
-exactly the sum of what a trainable `layer3` started from random weights adds over
-feature extraction, {{trainable_gain}}, and what the pretrained start adds over the
-random one, {{start_gain}}, both runs at the chosen factor.
-{{split_words}} At the other factors the pretrained start {{start_elsewhere}}. At
-the full rate the random `layer3` moved by {{rand_moved_full}} % of the pretrained
-weights' norm and the pretrained one by {{pre_moved_full}} % (right panel).
+**The control** (dashed green in the figure, the aside's last rows, 10 labels per
+class). Fine-tuning at the chosen factor differs from feature extraction in three
+ways: a trainable `layer3`, that block's batch norm running in training mode (it
+normalises with digit batches and re-estimates its running statistics on them,
+whatever the factor), and the block's pretrained start. The control keeps the first
+two and separates the third: fine-tuning's gain over feature extraction,
+{{ft_gain_val_10}} points, is exactly the sum of what a trainable `layer3` started
+from random weights adds over feature extraction, {{trainable_gain}}, and what the
+pretrained start adds over the random one, {{start_gain}}, both runs at the chosen
+factor. {{split_words}} At the other factors the pretrained start {{start_elsewhere}}.
+At the full rate the random `layer3` moved by {{rand_moved_full}} % of the pretrained
+weights' norm and the pretrained one by {{pre_moved_full}} % (right panel). The batch
+norm's share is measured once, at ×0.01: fine-tuning at ×0.01 {{bn_verdict}} the same
+runs with `layer3`'s batch-norm layers kept in `eval()` on the letters' statistics, a
+gap of {{bn_gap}}.
 """
 )
 
@@ -2233,7 +2253,7 @@ prose(
 On the {{device_name}} that ran this page, a feature-extraction step was
 {{fe_vs_scratch}} a step from scratch, and a fine-tuning step
 {{ft_vs_scratch}} it; feature extraction was {{fe_vs_ft}} fine-tuning.
-The multiply-adds predict these ratios: `layer3` does {{layer3_share}} of the
+The multiply-adds give a prediction: `layer3` does {{layer3_share}} of the
 convolutions' multiply-adds, fine-tuning also computes `layer3`'s weight gradients,
 and scratch in addition the gradients of `layer1` and `layer2` and of the inputs of
 `layer2` and `layer3` (the image itself needs no gradient). Counting a backward
@@ -2351,6 +2371,16 @@ ft_gap, se_draws, se_images = paired_gap(
     [test_hits[10, d, "feature extraction"] for d in draws],
 )
 ft_gap_se = math.hypot(se_draws, se_images)
+# each transfer method minus scratch at 1 per class, with its paired error
+gain_se_1 = {}
+for method in ("feature extraction", "fine-tuning"):
+    gap, se_d, se_i = paired_gap(
+        [test_hits[1, d, method] for d in draws],
+        [test_hits[1, d, "scratch"] for d in draws],
+    )
+    gain_se_1[method] = math.hypot(se_d, se_i)
+    gain_se = gain_se_1[method]
+    print(f"{method} minus scratch, 1 per class: {gap:+.1f} ± {gain_se:.1f}")
 print(
     f"1 label per class, test accuracy: scratch {scratch_1:.1%}, "
     f"feature extraction {fe_1:.1%}, fine-tuning {ft_1:.1%}; fine-tuning minus "
@@ -2375,9 +2405,14 @@ for per_class in budgets:
         f"  {per_class:>2} per class: feature extraction {fe_long_gain:+.1f}, "
         f"fine-tuning {ft_long_gain:+.1f}"
     )
-# both gains at least 10 points; seeds 0, 1, 2 (CPU): fine-tuning +17.8,
-# +13.7, +12.5, feature extraction +18.4, +12.5, +12.5
-assert ft_gain >= 10 and fe_gain >= 10, (scratch_1, fe_1, ft_1)
+# the claim of the prose: at 1 label per class both ways of transferring
+# beat scratch; how far, in paired standard errors, is reported, not asserted.
+# Seeds 0, 1, 2 (CPU): fine-tuning +17.9 ± 3.1, +13.7 ± 3.1, +12.5 ± 4.8
+# (5.8, 4.4, 2.6 errors), feature extraction +18.4 ± 4.2, +12.5 ± 2.3,
+# +12.5 ± 5.7 (4.4, 5.4, 2.2 errors). A run on other numerics (GPU) acts like
+# another seed.
+for gain, method in ((ft_gain, "fine-tuning"), (fe_gain, "feature extraction")):
+    assert gain > 0, (method, gain, gain_se_1)
 # the claim of the prose: fine-tuning ahead of feature extraction at 10 per
 # class; how far ahead is reported with its standard error, not asserted.
 # Seeds 0, 1, 2 (CPU): +5.3, +2.4, +2.6 points, paired standard errors (both
@@ -2426,6 +2461,10 @@ draw_gains = [
     100 * (test_acc[1, d, "fine-tuning"] - test_acc[1, d, "scratch"])
     for d in draws
 ]
+record("ft_gain_1_se", gain_se_1["fine-tuning"], fmt="{:.1f}")
+record("fe_gain_1_se", gain_se_1["feature extraction"], fmt="{:.1f}")
+record("ft_gain_1_z", ft_gain / gain_se_1["fine-tuning"], fmt="{:.1f}")
+record("fe_gain_1_z", fe_gain / gain_se_1["feature extraction"], fmt="{:.1f}")
 record("ft_gain_1_low", min(draw_gains), fmt="{:+.1f}")
 record("ft_gain_1_high", max(draw_gains), fmt="{:+.1f}")
 # the largest difference between the two draws of one budget and method
@@ -2622,14 +2661,9 @@ long_lesson = (
 record("long_lesson", long_lesson)
 
 # what paid at 10 per class, from the control of section 5.7 (validation)
-rand_gap = val_gap(
-    val_right, draws, 10, (control, chosen[10]), ("feature extraction", 0.0)
-)
 lesson_10 = (
-    f"fine-tuning's validation gain over feature extraction, "
-    f"{ft_minus_fe[10][0]:+.1f} points, splits into a trainable `layer3`'s "
-    f"part (from random weights), {gap_text(*rand_gap)}, and its pretrained "
-    f"start's part, {gap_text(*pre_vs_rand)}. {split_words}"
+    f"fine-tuning's validation gain over feature extraction was "
+    f"{ft_minus_fe[10][0]:+.1f} points; {split_words[0].lower()}{split_words[1:]}"
 )
 record("lesson_10", lesson_10)
 
@@ -2642,28 +2676,29 @@ instead of random weights added {{ft_gain_1}} points of test accuracy (fine-tuni
 {{long_lesson_core}} (feature extraction's head rate untuned, as section 5.7 noted).
 The rest of this section puts standard errors on these numbers.
 
-With one labelled digit per class, fine-tuning the letter network scores
-{{test_ft_1}} on the test digits and feature extraction {{test_fe_1}},
-against {{test_scratch_1}} from scratch: {{ft_gain_1}} and
-{{fe_gain_1}} points; the fine-tuning gain was {{ft_gain_1_low}} points
-for one draw and {{ft_gain_1_high}} for the other. One test accuracy has a
-standard error of at most {{se_one}} points (1,000 images), and the draw of the
-training images adds variation of its own: in the table, the two draws of one budget
-and method differ by up to {{draw_spread}} points, {{spread_vs_noise}} the noise
-of a difference of two test accuracies (an unpaired upper bound of about
-{{se_two}} points; both draws are scored on the same images, so the paired noise
-is smaller). That is why each budget has two draws (the asserted thresholds, at
-least 10 points for both methods, apply to their mean; two draws give only a rough
-estimate of how much the draws vary). With 1 label per class every method had fitted
-its ten images in 12 epochs (section 5.7), and 24 changed scratch's validation
-accuracy by {{long_gain_scratch_1}}. With 12 epochs each, the gain of fine-tuning
-over scratch is {{ft_gain_3}} points at 3 labels per class and {{ft_gain_10}}
-at 10, where the network trained on digits alone reaches
+With one labelled digit per class, fine-tuning the letter network scores {{test_ft_1}}
+on the test digits and feature extraction {{test_fe_1}}, against {{test_scratch_1}}
+from scratch: {{ft_gain_1}} and {{fe_gain_1}} points; the fine-tuning gain was
+{{ft_gain_1_low}} points for one draw and {{ft_gain_1_high}} for the other. One test
+accuracy has a standard error of at most {{se_one}} points (1,000 images), and the
+draw of the training images adds variation of its own: in the table, the two draws of
+one budget and method differ by up to {{draw_spread}} points, {{spread_vs_noise}} the
+noise of a difference of two test accuracies (an unpaired upper bound of about
+{{se_two}} points; both draws are scored on the same images, so the paired noise is
+smaller). That is why each budget has two draws (the paired standard errors of both
+gains, {{ft_gain_1_se}} and {{fe_gain_1_se}} points, count the draws and the images;
+the gains are {{ft_gain_1_z}} and {{fe_gain_1_z}} of them, where section 5.7's rule of
+thumb reads more than two as not noise and more than three as clear, and with two draws
+the errors are only a rough estimate of how much the draws vary). With 1 label per
+class every method had fitted its ten images in 12 epochs (section 5.7), and 24
+changed scratch's validation accuracy by {{long_gain_scratch_1}}. With 12 epochs each,
+the gain of fine-tuning over scratch is {{ft_gain_3}} points at 3 labels per class and
+{{ft_gain_10}} at 10, where the network trained on digits alone reaches
 {{test_scratch_10}}{{held_clause}}. With 24 epochs for every method (the right panel),
 fine-tuning minus scratch is {{long_ft_gain_1}} points at 1 label per class,
-{{long_ft_gain_3}} at 3 and {{long_ft_gain_10}} at 10, and feature extraction
-minus scratch {{long_fe_gain_1}}, {{long_fe_gain_3}} and
-{{long_fe_gain_10}}: {{shrink_note}}.
+{{long_ft_gain_3}} at 3 and {{long_ft_gain_10}} at 10, and feature extraction minus
+scratch {{long_fe_gain_1}}, {{long_fe_gain_3}} and {{long_fe_gain_10}}:
+{{shrink_note}}.
 
 At 10 labels per class, fine-tuning at its chosen factor was ahead of feature
 extraction: {{test_ft_10}} against {{test_fe_10}} ({{ft_over_fe_10}} ±
@@ -2908,9 +2943,10 @@ if USE_IMAGENET:
 # >   running statistics of frozen batch-norm layers; call `.eval()` on them after it.
 # > - **A backbone learning rate taken on faith**: over a short run like section 5.7's,
 # >   with an Adam-like optimizer (whose steps are typically at most about the rate), a
-# >   hundredth of the head's rate leaves the backbone near its pretrained weights
-# >   (section 5.7 measures how near), so fine-tuning can then differ little from
-# >   feature extraction; choose the factor on validation data.
+# >   hundredth of the head's rate leaves the backbone's weights near their pretrained
+# >   values (section 5.7 measures how near), though its batch norm, in training mode,
+# >   still re-estimates its statistics on the target; choose the factor on validation
+# >   data.
 # > - **Frozen parameters in the optimizer** after they were trained: with
 # >   `zero_grad(set_to_none=False)` they keep a zero `.grad`, and momentum or weight
 # >   decay (AdamW, SGD with momentum) keeps moving them. Build the optimizer from the
