@@ -157,11 +157,10 @@ if load_at_start is None:
 elif load_at_start > usable_cpus:
     start_load = (
         f"The load average was {load_at_start:.1f} at the start, more than "
-        f"the {usable_cpus} usable CPUs. If this process has the machine to "
-        "itself, other programs queued for its CPUs and the timings below "
-        "describe a busy machine; in a container on a larger host the load "
-        "average counts the whole host's tasks, so it says little about "
-        "this process's CPUs."
+        f"the {usable_cpus} usable CPUs. That minute includes this "
+        "notebook's own start-up (the kernel and its imports) and whatever "
+        "launched it, so the reading does not show that other programs "
+        "compete with the timings below."
     )
 else:
     start_load = (
@@ -175,8 +174,8 @@ prose(
     r"""
 {{start_load}} (On Linux the load average is a damped average, over about the last
 minute, of the tasks running or waiting for a CPU, and of those waiting on disk; in a
-container it counts the whole host's. The summary gives it again at the end of the
-run.)
+container on a larger host it counts the whole host's tasks, so it says little about
+this notebook's CPUs. The summary gives it again at the end of the run.)
 """
 )
 
@@ -775,7 +774,8 @@ else:
         rise_sentence += (
             "batch 4,096 was more than 10 % dearer in every round, so the "
             "rise repeated; the caches are a possible cause, not a shown one "
-            "(exercise 1 looks for a cache effect)."
+            "(exercise 1 varies the weights' size, not the batch's, so it "
+            "does not settle this)."
         )
     else:
         rise_sentence += (
@@ -1179,7 +1179,7 @@ for kind in ("waiting", "computing"):
         # worst case: the restarted loader's fastest epoch against the
         # persistent one's slowest
         gap = min(later_readings[restarted]) - max(later_readings[kept])
-        restart_cost[kind] = f"at least {gap * 1e3:.0f} ms"
+        restart_cost[kind] = f"about {gap * 1e3:.0f} ms"
     else:
         restart_cost[kind] = "less than this measurement can resolve"
 later_spread = max(
@@ -1210,6 +1210,11 @@ restart_sentence = (
     f"starting and stopping two workers ({started} here) cost "
     f"{restart_cost['waiting']} per epoch with the waiting set and "
     f"{restart_cost['computing']} with the computing set"
+    + (
+        " (the smallest gap between the two loaders' later epochs)"
+        if any(cost.startswith("about") for cost in restart_cost.values())
+        else ""
+    )
 )
 record("wait_0_s", wait_none, fmt="{:.2f}")
 # two workers share the sleeping: no epoch with them can be shorter
@@ -4966,7 +4971,9 @@ as `torch.utils.flop_counter.FlopCounterMode` counts them) dropout would cost ab
 {{dropout_arith_share}} of the matrix products; {{dropout_share_words}} that. Timed
 alone {{timed_alone_where}}, on one 256 × 256 activation, drawing the mask took
 {{draw_us}} µs, multiplying by it {{multiply_us}} µs and the layer's `addmm`
-{{product_us}} µs: {{dropout_cause}}. {{draw_threads_sentence}}
+{{product_us}} µs: {{dropout_cause}}. {{draw_threads_sentence}} How dear the drawing
+is depends on the CPU and on how PyTorch was built (builds with Intel's MKL can draw
+`bernoulli_`'s numbers with it on some CPUs), so these numbers are this machine's.
 
 Inductor can fuse the mask, the multiplication and the ReLU into one kernel that
 passes over the data once; that saves passes over memory and calls, not the drawing.
@@ -5391,7 +5398,7 @@ if compile_skip is None:
             f"compile {masked['compile']:.1f} s"
             + {None: "", 0: " (cold)"}.get(masked["cache hits"], " (cache hit)")
             + f", then {step_verdict} eager by every round (with "
-            f"`fallback_random`: {fallback_verdict}; without dropout: "
+            f"fallback_random: {fallback_verdict} eager; without dropout: "
             f"{plain_verdict} eager)"
             if step_compile_skip is None
             else "not measured"
@@ -5633,8 +5640,11 @@ elif not any(4 * h * h < l2 for h in widths) or not any(
     )
 else:
     print(f"L2 cache {l2 / 2**20:.2f} MiB: {cache_verdict(wide_rounds, l2)}")
-# the widest model does about 51 times the operations of the narrowest; the
-# assert says it took over 10 times as long (seeds 0, 1: ratio 1.18, 0.99)
+# the widest model does about 51 times the operations of the narrowest, so
+# a GFLOP/s ratio below 5 means it took over 51 / 5 = 10 times as long: its
+# size did not make it much cheaper per operation. 5 leaves room for width
+# 256 running below the machine's peak rate (small products); seeds 0, 1, 2
+# printed 1.03 to 1.16
 throughput_ratio = max(wide_rounds[2048]) / max(wide_rounds[256])
 print(f"width 2,048 ran at {throughput_ratio:.2f} times width 256's GFLOP/s")
 assert throughput_ratio < 5, throughput_ratio
@@ -5643,7 +5653,9 @@ assert throughput_ratio < 5, throughput_ratio
 # A matrix product of batch 512 uses every weight 512 times, and matrix libraries work
 # through it in blocks sized to fit the caches, which is why the weights' size alone
 # need not slow it down. A batch of 1 uses every weight once, for two operations per
-# weight read from memory: there the cache matters most.
+# weight read from memory: there the cache should matter most (not measured here).
+# Where the L2 holds 1 MiB, width 512's matrix is exactly its size, neither inside nor
+# beyond it, so the verdict compares width 256 with widths 1,024 and 2,048 only.
 #
 # **Exercise 2.** Resume in the middle of an epoch, bit for bit. Change section 8.7's
 # training so that it also saves a checkpoint at step 5 of epoch 4, crash it at step 9
@@ -5930,7 +5942,7 @@ times_cosine = sum(wsd_losses) / sum(final_val["warm-up + cosine", high])
 print(
     f"WSD ended {words[versus['constant']]} the constant rate and "
     f"{words[versus['warm-up + cosine']]} warm-up + cosine (its mean final "
-    f"loss {times_cosine:.1f} times cosine's); its two epochs of decay "
+    f"loss {times_cosine:.1f} times warm-up + cosine's); its two epochs of decay "
     f"divided the mean validation loss by {decay_gain:.1f}. "
     + {
         "worse": "On these two seeds a side, a decay confined to the end "
@@ -5943,8 +5955,8 @@ print(
         "passes this test one time in six).",
     }[versus["warm-up + cosine"]]
     + f" The comparison is not fair to WSD: its hold is the constant rate of "
-    f"{high} that section 8.3 found unstable, where a WSD run would hold a "
-    "rate that stays stable when held."
+    f"{high}, which ended behind a schedule on every seed in section 8.3, "
+    "where a WSD run would hold a rate that does well held constant."
 )
 assert held < 1e-9 and 0 < wsd_rates[-1] < 0.1 * high, (held, wsd_rates[-1])
 # the decay lowered the loss (divided it by 1.2, 1.9, 1.6 with seeds 0, 1, 2),

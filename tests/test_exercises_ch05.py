@@ -69,9 +69,9 @@ def test_pooled_features_right_answer_passes(capsys):
     assert verdict.passed, verdict
     out = capsys.readouterr().out
     assert out.startswith(
-        "✓ Exercise 5.1: matches forward hooks on a fresh quarter-width GlyphNet (in eval mode) "
+        "✓ Exercise 5.1: matches forward hooks on a fresh narrow GlyphNet (widths 4, 6, 8; in eval mode) "
     )
-    assert "a fresh quarter-width GlyphNet (in eval mode)" in out
+    assert "a fresh narrow GlyphNet (widths 4, 6, 8; in eval mode)" in out
     assert "for 3 blocks on 6 random images (64, 54, 32 features here; about 256" in out
 
 
@@ -144,7 +144,7 @@ def test_unfreeze_for_epoch_right_answer_passes(capsys):
     assert check_unfreeze_for_epoch(unfreeze)
     assert check_unfreeze_for_epoch(lambda m, e, n: unfreeze(m, e, n, give="tuple"))
     assert capsys.readouterr().out.startswith(
-        "✓ Exercise 5.2: set the blocks of a quarter-width GlyphNet epoch by epoch as ULMFiT does "
+        "✓ Exercise 5.2: set the blocks of a narrow GlyphNet (widths 4, 6, 8) epoch by epoch as ULMFiT does "
         "(every=2: the head alone in epochs 1-2, layer3 from 3, layer2 from 5, layer1 from 7)"
     )
 
@@ -214,8 +214,8 @@ def groups(model, lr, ratio, *, exponent=lambda k: k, part=None, default_rate=Fa
 def test_layerwise_groups_right_answer_passes(capsys):
     assert check_layerwise_groups(groups)
     assert capsys.readouterr().out.startswith(
-        "✓ Exercise 5.2: every parameter of a quarter-width GlyphNet in one group, at lr=0.1 for the "
-        "head and 0.03333, 0.01111, 0.003704 for layer3, layer2, layer1 (ratio=3)"
+        "✓ Exercise 5.2: every parameter of a narrow GlyphNet (widths 4, 6, 8) in one group, "
+        "at lr=0.1 for the head and 0.03333, 0.01111, 0.003704 for layer3, layer2, layer1 (ratio=3)"
     )
 
 
@@ -621,8 +621,10 @@ def test_a_filled_in_starter_runs_its_check_right_and_wrong():
     source = STARTERS[1].replace(groups_skeleton, groups).replace(SKELETON, right)
     out = run_starter(source, nn=nn, torch=torch)
     first, second = out.splitlines()
-    assert first.startswith("✓ Exercise 5.2: every parameter of a quarter-width GlyphNet in one group")
-    assert second.startswith("✓ Exercise 5.2: set the blocks of a quarter-width")
+    assert first.startswith(
+        "✓ Exercise 5.2: every parameter of a narrow GlyphNet (widths 4, 6, 8) in one group"
+    )
+    assert second.startswith("✓ Exercise 5.2: set the blocks of a narrow GlyphNet")
     shallow = (
         "[setattr(module, n, __import__('torchvision').ops.FrozenBatchNorm2d(c.num_features, c.eps)) "
         "for n, c in list(module.named_children()) if isinstance(c, nn.BatchNorm2d)]"

@@ -112,7 +112,7 @@ def check_pooled_features(pooled_features: Callable) -> str:
         )
     sizes = ", ".join(str(want_maps[n].shape[1] * g * g) for n, g in GRIDS.items())
     return (
-        "matches forward hooks on a fresh quarter-width GlyphNet (in eval mode) "
+        "matches forward hooks on a fresh narrow GlyphNet (widths 4, 6, 8; in eval mode) "
         f"{_within(max(gaps))} for 3 blocks on {len(images)} random images ({sizes} features "
         "here; about 256 each in the chapter's GlyphNet)"
     )

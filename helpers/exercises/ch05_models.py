@@ -1,7 +1,7 @@
 """The small models that chapter 05's exercise checkers run the reader's code on.
 
 ``SmallNet`` has the layout of the chapter's ``GlyphNet`` (blocks ``layer1`` to ``layer3``,
-a head ``fc``) at a quarter of its width, with seeded random weights and batch-norm
+a head ``fc``) at widths 4, 6, 8 (not 16, 32, 64), with seeded random weights and batch-norm
 statistics far from their defaults, so that a mistake shows in the numbers.
 """
 
@@ -21,7 +21,7 @@ BLOCKS = ("layer1", "layer2", "layer3")
 
 
 class SmallNet(nn.Module):
-    """GlyphNet's layout at a quarter of its width: three conv blocks, pooling, ``fc``."""
+    """GlyphNet's layout, narrowed to widths 4, 6, 8: three conv blocks, pooling, ``fc``."""
 
     def __init__(self, num_classes: int, generator: torch.Generator) -> None:
         super().__init__()

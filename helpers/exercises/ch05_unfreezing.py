@@ -1,8 +1,8 @@
 """Exercise 5.2's checkers (layer-wise rates, gradual unfreezing); see :mod:`helpers.exercises.ch05`.
 
 The reader's ``unfreeze_for_epoch(model, epoch, every)`` is run epoch by epoch on the
-quarter-width test model (:class:`~helpers.exercises.ch05_models.SmallNet`), and once on a
-fresh model at a late epoch, and the blocks' ``requires_grad`` flags and the returned frozen
+narrow test model (:class:`~helpers.exercises.ch05_models.SmallNet`, widths 4, 6, 8), and
+once on a fresh model at a late epoch, and the blocks' ``requires_grad`` flags and the returned frozen
 blocks are compared with ULMFiT's schedule: the head trains from epoch 1, and every
 ``every`` epochs one more block, from the top down, joins it.
 """
@@ -99,7 +99,7 @@ def check_unfreeze_for_epoch(unfreeze_for_epoch: Callable) -> str:
                 else None,
             )
     return (
-        "set the blocks of a quarter-width GlyphNet epoch by epoch as ULMFiT does (every=2: the "
+        "set the blocks of a narrow GlyphNet (widths 4, 6, 8) epoch by epoch as ULMFiT does (every=2: the "
         "head alone in epochs 1-2, layer3 from 3, layer2 from 5, layer1 from 7) and returned "
         "the frozen ones, also on a fresh model at a late epoch"
     )
@@ -188,7 +188,7 @@ def check_layerwise_groups(layerwise_groups: Callable) -> str:
             _rate_hint(got, lr, ratio),
         )
     return (
-        f"every parameter of a quarter-width GlyphNet in one group, at lr={lr:g} for the head "
+        f"every parameter of a narrow GlyphNet (widths 4, 6, 8) in one group, at lr={lr:g} for the head "
         f"and {lr / ratio:.4g}, {lr / ratio**2:.4g}, {lr / ratio**3:.4g} for layer3, layer2, "
         f"layer1 (ratio={ratio:g})"
     )
