@@ -1108,48 +1108,56 @@ prose(
     r"""
 The left panel shows where the encoder puts the validation digits. A digit can get a
 region of its own or share one: among the encoder means,
-{{code_regions_text}}. Where digits share
-a region, a 2-D code must lose information, one reason why the bound is worse than
-with 16 numbers.
+{{code_regions_text}}. Where digits share a region, a 2-D code must lose
+information: one reason why the bound is worse than with 16 numbers.
 
 Prior samples should be compared with the **aggregate posterior**
-$q(z) = \frac1N\sum_n q_\phi(z \mid x_n)$ over $N$ images: the distribution of a code
-drawn for a random image. That is why the left panel shows one code drawn from
-$q_\phi(z \mid x)$ per validation image, not the encoder means: a sample of the
-aggregate posterior of the 500 validation images. These codes
-{{codes_fill_text}}. Their standard deviations along the two axes are
-{{code_sd_1}} and {{code_sd_2}} (the prior's: 1), {{code_outside}} of them
-lie outside the dashed square, whose corners are tile centres at the 5 % and 95 %
-quantiles (the prior puts 19 % outside it), and {{empty_cells}}
-of the 144 tiles have no code in their cell, where 500 codes drawn from the prior
-would leave about {{expected_empty}} empty.
+$q(z) = \frac1N\sum_n q_\phi(z \mid x_n)$ over $N$ images: the distribution of the
+code of a random image. That is why the left panel draws one code from
+$q_\phi(z \mid x)$ per validation image instead of plotting the means. Those codes
+against the prior:
 
-The loss does push the codes of all images together towards the prior, but only as
-part of a trade. Write $\log\frac{q(z\mid x)}{p(z)} = \log\frac{q(z\mid x)}{q(z)} +
-\log\frac{q(z)}{p(z)}$ and average over images $x$ and codes $z \sim q(z \mid x)$:
+| | the 500 codes | 500 prior samples (expected) |
+|---|---|---|
+| standard deviation along $z_1$, $z_2$ | {{code_sd_1}}, {{code_sd_2}} | 1, 1 |
+| outside the dashed square | {{code_outside}} | 19% |
+| empty tiles, of 144 | {{empty_cells}} | about {{expected_empty}} |
 
-$$ \mathbb E_x\,\mathrm{KL}\big(q(z\mid x)\,\|\,p(z)\big) = I_q(x; z) +
-\mathrm{KL}\big(q(z)\,\|\,p(z)\big), $$
-
-where $I_q(x; z)$ is the mutual information between an image and its code (Hoffman
-and Johnson, 2016, [ELBO surgery](http://approximateinference.org/accepted/HoffmanJohnson2016.pdf)).
-The average KL term thus penalises the aggregate mismatch, but only together with
-the information the codes carry about their images, which the reconstruction term
-rewards; and a Gaussian per image limits how the encoder can arrange its codes. So
-the mismatch need not vanish at the optimum.
+(The dashed square's corners are the tile centres at the 5 % and 95 % quantiles.) So
+the codes {{codes_fill_text}}. In general the loss pushes the codes towards the
+prior only as part of a trade with reconstruction, so a mismatch need not vanish
+(the aside below derives this).
 
 The decoder still draws something on every tile{{few_codes_text}}. The judge's top
 guesses for the 144 tiles include {{grid_digits}} of the ten digits
-({{grid_missing_text}}), but it is confident (probability at least 0.9) about
-{{grid_sure_text}}.
-
-{{mismatch_text}} Part of the gap between the 16-D VAE's reconstructions and its
-prior samples needs no mismatch at all. A reconstruction decodes the posterior mean
-$\mu$ of a real image's code, the centre of the codes the decoder was trained on for
-that image; a prior sample decodes a random code. So reconstructions can be the
-sharper ones even where the codes fill the prior.
+({{grid_missing_text}}). It is confident (probability at least 0.9) about
+{{grid_sure_text}}. {{mismatch_text}}
 """
 )
+
+# %% [markdown] tags=["box-dropdown"]
+# <details>
+# <summary>Going further: why the codes need not fill the prior</summary>
+#
+# Write $\log\frac{q(z\mid x)}{p(z)} = \log\frac{q(z\mid x)}{q(z)} +
+# \log\frac{q(z)}{p(z)}$ and average over images $x$ and codes $z \sim q(z \mid x)$:
+#
+# $$ \mathbb E_x\,\mathrm{KL}\big(q(z\mid x)\,\|\,p(z)\big) = I_q(x; z) +
+# \mathrm{KL}\big(q(z)\,\|\,p(z)\big), $$
+#
+# where $I_q(x; z)$ is the mutual information between an image and its code (Hoffman
+# and Johnson, 2016, [ELBO surgery](http://approximateinference.org/accepted/HoffmanJohnson2016.pdf)).
+# The average KL term thus penalises the aggregate mismatch only together with the
+# information the codes carry about their images, which the reconstruction term
+# rewards; and a Gaussian per image limits how the encoder can arrange its codes.
+#
+# Part of the gap between the 16-D VAE's reconstructions and its prior samples needs
+# no mismatch at all. A reconstruction decodes the posterior mean $\mu$ of a real
+# image's code, the centre of the codes the decoder was trained on for that image; a
+# prior sample decodes a random code. So reconstructions can be the sharper ones even
+# where the codes fill the prior.
+#
+# </details>
 
 # %% [markdown]
 # ### Interpolating between two digits
@@ -1445,13 +1453,15 @@ del g_copy, d_copy, noise, fake
 # training](https://arxiv.org/abs/1806.04498), measured the gain). After every
 # generator step each averaged weight moves a fraction $1 - \beta$ of the way towards
 # the current one, $\bar\theta \leftarrow \beta\,\bar\theta + (1 - \beta)\,\theta$; with
-# $\beta = 0.999$ (untuned) that averages over roughly the last 1,000 steps. Started
-# from the random initial weights, a plain moving average would keep them in the mix
+# $\beta = 0.999$ (untuned) that averages over roughly the last 1,000 steps.
+#
+# Started from the random initial weights, a plain moving average would keep them in the mix
 # for thousands of steps ($0.999^{2000} \approx 14\,\%$ of the average after 2,000).
 # Adam's fix for its moment estimates removes them: divide by the total weight given
 # so far, $1 - \beta^n$. Then step $n + 1$ moves the average by $(1 - \beta) / (1 -
 # \beta^{n+1})$: about $1/(n+1)$ early on (a plain mean of the weights so far),
 # approaching $1 - \beta$ after a few thousand steps.
+#
 # `torch.optim.swa_utils.AveragedModel` keeps the averaged copy and calls our update
 # function. PyTorch ships the plain moving average as such a function,
 # `swa_utils.get_ema_multi_avg_fn(decay)`; we write our own only for the bias
@@ -1764,7 +1774,6 @@ gaps = [s["latest_val_fd"] - s["val_fd"] for s in second_half]
 record("gan_gap_low", min(gaps), fmt="{:+.1f}")
 record("gan_gap_high", max(gaps), fmt="{:+.1f}")
 avg_worse = sum(s["val_fd"] > s["latest_val_fd"] for s in snapshots)
-record("gan_avg_worse", avg_worse)
 record("gan_n_snapshots", len(snapshots))
 record("gan_n_candidates", 2 * len(snapshots))  # averaged and latest weights
 
@@ -1775,21 +1784,17 @@ spread = {
 for kind, values in spread.items():
     record(f"{kind}_spread_low", min(values), fmt="{:.1f}")
     record(f"{kind}_spread_high", max(values), fmt="{:.1f}")
-means = {kind: float(np.mean(v)) for kind, v in spread.items()}
+    record(f"{kind}_spread_mean", float(np.mean(values)), fmt="{:.1f}")
 # Consecutive snapshots of one run are not independent draws (each starts from
 # the weights of the one before), so their scatter would understate the noise
 # in a standard error. The text claims only what this run shows: at how many
-# snapshots each kind's spread was the more even, and the two means.
+# of the last snapshots each kind scored the better.
 spread_diffs = np.array(spread["averaged"]) - np.array(spread["latest"])
-record(
-    "gan_steadier_text",
-    f"the average's spread was the more even at {int((spread_diffs > 0).sum())}"
-    f" and the latest weights' at {int((spread_diffs < 0).sum())} of the"
-    f" {len(spread_diffs)} snapshots (mean {means['averaged']:.1f} for the"
-    f" average, {means['latest']:.1f} for the latest weights). These are"
-    " consecutive snapshots of one run, not independent draws, so this does"
-    " not show that either kind is steadier in general",
-)
+record("gan_half", len(second_half))
+record("avg_even_wins", int((spread_diffs > 0).sum()))
+record("latest_even_wins", int((spread_diffs < 0).sum()))
+record("avg_fd_wins", sum(g > 0 for g in gaps))
+record("latest_fd_wins", sum(g < 0 for g in gaps))
 record("gan_best_step", best_step, fmt="{:,}")
 record("gan_best_kind", best_kind)
 record("gan_steps_run", gan_steps, fmt="{:,}")
@@ -1918,17 +1923,16 @@ half = len(snapshots) // 2
 worse_early = sum(s["val_fd"] > s["latest_val_fd"] for s in snapshots[:half])
 worse_late = avg_worse - worse_early
 avg_reason_text = (
-    f"It was the worse at {worse_early} of the first {half} snapshots and at"
-    f" {worse_late} of the last {half}."
+    f"Over the first {half} snapshots the average had the higher distance at"
+    f" {worse_early} of them."
 )
 if worse_early > worse_late:
     avg_reason_text += (
-        " Early on the generator improves fast, and the average lags behind"
-        " it: with the bias correction it is at first close to a plain mean of"
-        " all the weights so far, which trails the latest by up to about half"
-        " the steps taken, and only after a few thousand steps does it cover"
-        " roughly the last thousand; later, when the generator improves"
-        " slowly, the lag matters less."
+        " Early on the generator improves fast and the average lags behind it:"
+        " with the bias correction it starts close to a plain mean of all the"
+        " weights so far, which trails the latest by up to about half the steps"
+        " taken. Only after a few thousand steps does it cover roughly the last"
+        " thousand."
     )
 record("gan_avg_reason_text", avg_reason_text)
 
@@ -1946,25 +1950,29 @@ last. This is why the losses cannot choose the snapshot:
 each network's loss is measured against an opponent that improves too,
 {{gan_flat_text}}.
 
-Over the second half of training the latest weights' distance minus the averaged
-generator's at the same step ranged from {{gan_gap_low}} to {{gan_gap_high}}
-(positive where the average scored better). Over all of training the average was
-the worse of the two at {{gan_avg_worse}} of the {{gan_n_snapshots}} snapshots.
-{{gan_avg_reason_text}}
+**Averaged or latest weights.** Each kind was scored with batch-norm statistics
+measured for its own weights: the latest weights with those training measured, the
+averaged weights with those `update_bn` measured for them (the aside below shows
+why). Over the last {{gan_half}} snapshots (middle and right panels; the spread is
+that of the 500 images made from the fixed validation noise):
 
-Each kind was scored with batch-norm statistics measured for its own weights: the
-latest weights with those training measured, the averaged weights with those
-`update_bn` measured for them (the aside below shows why).
+| last {{gan_half}} snapshots | averaged | latest |
+|---|---|---|
+| snapshots with the lower validation distance | {{avg_fd_wins}} | {{latest_fd_wins}} |
+| snapshots with the more even spread | {{avg_even_wins}} | {{latest_even_wins}} |
+| spread, lowest (effective digits) | {{averaged_spread_low}} | {{latest_spread_low}} |
+| spread, highest | {{averaged_spread_high}} | {{latest_spread_high}} |
+| spread, mean | {{averaged_spread_mean}} | {{latest_spread_mean}} |
 
-On the right, the spread over the ten digits of the 500 images
-made from the fixed validation noise ranged from {{averaged_spread_low}} to
-{{averaged_spread_high}} for the average over the second half, and from
-{{latest_spread_low}} to {{latest_spread_high}} for the latest weights: in
-this run {{gan_steadier_text}}. Which kind to keep is not decided in advance: the
-validation distance chooses among all {{gan_n_candidates}} candidates, both kinds of
-weights at each of the {{gan_n_snapshots}} snapshots, and kept the {{gan_best_kind}} weights of step
-{{gan_best_step}} of {{gan_steps_run}}. {{gan_longer_text}} Section 6.4
-scores the other kind of the same step too.
+There the latest weights' distance minus the average's ranged from {{gan_gap_low}}
+to {{gan_gap_high}}. {{gan_avg_reason_text}}
+
+These are consecutive snapshots of one run, not independent draws, so the table
+sets no general rule. The validation distance decides instead: among all
+{{gan_n_candidates}} candidates, both kinds of weights at each of the
+{{gan_n_snapshots}} snapshots, it kept the {{gan_best_kind}} weights of step
+{{gan_best_step}} of {{gan_steps_run}}. {{gan_longer_text}} Section 6.4 scores the
+other kind of the same step too.
 """
 )
 
@@ -2116,21 +2124,24 @@ record(
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Each column follows one noise vector, one row per 500 steps. The grid shows the
-averaged generator; section 6.4 keeps the {{gan_best_kind}} weights and counts
-isolated pixels in their samples. Where such specks appear, the design
-is one possible cause: each pixel comes from its own output unit of an MLP, with no built-in
-notion that neighbouring pixels belong together (exercise 4 trains a convolutional
-generator briefly). Over the second half of training the judge's reading changed in
-{{grid_changed}} of the 8 columns, because the generator keeps moving with the
-discriminator or because the judge hesitates over half-formed shapes; the columns
-show which, and the judge also misreads finished shapes, so compare each title with
-your own reading. At the last snapshot the judge reads the eight images as
-{{grid_last_distinct}} different digits. The classic GAN failure, **mode
-collapse**, is a generator that maps most noise to one or a few images that fool the
-current discriminator. {{grid_collapse_text}} Its milder form, some digits merely
-rarer than others, needs more than eight images: the 1,000-sample histogram of
-section 6.4 looks for it.
+Each column follows one noise vector, one row per 500 steps, through the averaged
+generator (section 6.4 keeps the {{gan_best_kind}} weights).
+
+- **Specks.** Where isolated pixels appear, the design is one possible cause: each
+  pixel comes from its own output unit of an MLP, with no built-in notion that
+  neighbouring pixels belong together. Section 6.4 counts them in the kept
+  generator's samples; exercise 4 trains a convolutional generator briefly.
+- **Changing readings.** Over the second half of training the judge's reading
+  changed in {{grid_changed}} of the 8 columns: the generator keeps moving with the
+  discriminator, or the judge hesitates over half-formed shapes; the columns show
+  which. The judge also misreads finished shapes, so compare each title with your
+  own reading.
+- **Mode collapse**, the classic GAN failure, is a generator that maps most noise
+  to one or a few images that fool the current discriminator. At the last snapshot
+  the judge reads the eight images as {{grid_last_distinct}} different digits.
+  {{grid_collapse_text}} Its milder form, some digits merely rarer than others,
+  needs more than eight images: the 1,000-sample histogram of section 6.4 looks for
+  it.
 """
 )
 
@@ -2346,15 +2357,19 @@ record(
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-One training step cost {{vae_step_ms}} ms for the VAE and {{gan_step_ms}} ms
-for the GAN, so the VAE's chosen run trained for {{vae_seconds}} s of steps, the
-GAN for {{gan_seconds}} s, about {{time_ratio}} times as long; counting all
-{{n_vae_runs}} of the VAE's learning-rate trainings, about {{search_ratio}} times. (The wall clock
-of this run's loops, on the default number of threads, said {{vae_wall}} s and
-{{gan_wall}} s, a GAN-to-VAE ratio of {{wall_ratio}}; it also counts whatever else the
-machine was doing.) When the VAE's
-training ended its samples scored {{vae_end_fd}}; the GAN snapshot nearest in
-cost (step {{near_step}}, {{near_seconds}} s) scored {{near_fd}}
+| | VAE (chosen run) | GAN |
+|---|---|---|
+| one training step | {{vae_step_ms}} ms | {{gan_step_ms}} ms |
+| cost: steps times step time | {{vae_seconds}} s | {{gan_seconds}} s |
+| wall clock of this run's loop (default threads) | {{vae_wall}} s | {{gan_wall}} s |
+
+So the GAN trained about {{time_ratio}} times as long as the VAE's chosen run, and
+about {{search_ratio}} times as long as all {{n_vae_runs}} of the VAE's
+learning-rate trainings together. The wall clock gives a ratio of {{wall_ratio}},
+but it also counts whatever else the machine was doing.
+
+When the VAE's training ended its samples scored {{vae_end_fd}}; the GAN snapshot
+nearest in cost (step {{near_step}}, {{near_seconds}} s) scored {{near_fd}}
 averaged and {{near_latest_fd}} with its latest weights. {{equal_cost_text}}
 {{gan_catch_text}} and its kept candidate scored {{gan_best_fd}}. The VAE's
 distance {{vae_curve_text}}. So a verdict on the two finished models is partly a
@@ -2833,44 +2848,43 @@ prose(
     r"""
 - **The judge reads real test digits** with accuracy {{judge_test_acc}} and is
   sure of {{real_confident}} of them.
-- **{{gan_share_text}} of the GAN's samples are classified with at least 0.9
-  confidence** ({{gan_confident}}), and {{gan_covered}} of the 10 digits get at
-  least 10 such samples. The histogram shows two counts per digit: how often the
-  judge's top guess falls on it, and how often it is also confident. The top guess
-  falls on each digit between {{gan_top_min}} and {{gan_top_max}} times (real
-  test digits: {{real_top_min}} to {{real_top_max}}). An even generator would
-  rarely leave the band from {{low_count}} to {{high_count}}, three standard
-  deviations either side of 100. The digit drawn least convincingly, with the
-  smallest confident share of its top guesses, is {{gan_worst_text}}.
-- **Rare and over-represented digits.** Counts outside that band: {{odd_counts_text}}.
-  {{odd_figure_text}}{{odd_runner_text}}A count is the judge's reading, not the
-  generator's intent: it reads {{junk_share}} of 1,000 independent-pixel draws,
-  no digit at all, as a {{junk_digit}}, and {{junk_models_text}}; a model's failed
-  samples can land in any bin: {{unsure_odd_text}}. {{uneven_text}} The severe
-  failure, a few digits taking most samples, would show: the GAN's effective
-  number of digits is {{gan_effective}} of 10.
-- **For the VAE's samples, {{vae_share_text}} are confident**
-  ({{vae_confident}}, {{vae_covered}} digits covered, effective number of
-  digits {{vae_effective}}): likely because the decoded
-  probabilities are blurry averages of plausible digits, and the judge, trained on
-  sharp images, hesitates between readings.
-- **Fréchet distances** to the test digits: GAN {{gan_fd}}, VAE
-  {{vae_fd}}; real training digits score {{real_fd}}, binarised ones
-  {{binary_fd}}, 1,000 images against 1,000. Section 6.1's real floor,
-  {{real_val_fd}}, is 500 against 500, and the distance grows as the samples
-  shrink: compare numbers only within one table or figure.
-- **The two controls** are images no generator should be praised for.
-  Independent-pixel draws are classified with at least 0.9 confidence
-  {{noise_confident}} of the time: a judge that must pick a digit can be sure of
-  noise, so the confident fraction is no test on its own. They cover
-  {{noise_covered}} digits with {{noise_effective}} effective digits:
-  {{noise_class_text}}. Their Fréchet distance is {{noise_fd}}; the GAN's is
-  {{gan_noise_ratio}} of it. Overlays of two training digits get
+- **{{gan_share_text}} of the GAN's samples are confident** ({{gan_confident}} at
+  0.9 or more), and {{gan_covered}} of the 10 digits get at least 10 such samples.
+  The digit drawn least convincingly, with the smallest confident share of its top
+  guesses, is {{gan_worst_text}}.
+- **How evenly the digits come.** The histogram counts the judge's top guesses per
+  digit. An even generator would rarely leave the band from {{low_count}} to
+  {{high_count}}, three standard deviations either side of 100. The GAN's counts run
+  from {{gan_top_min}} to {{gan_top_max}} (real test digits: {{real_top_min}} to
+  {{real_top_max}}). Outside the band:
+  {{odd_counts_text}}. {{odd_figure_text}}{{odd_runner_text}}
+- **A count is the judge's reading, not the generator's intent.** The judge reads
+  {{junk_share}} of 1,000 independent-pixel draws, no digit at all, as a
+  {{junk_digit}}; {{junk_models_text}}. A model's failed samples can land in any
+  bin: {{unsure_odd_text}}. {{uneven_text}} The severe failure, a few digits taking
+  most samples, would show: the GAN's effective number of digits is
+  {{gan_effective}} of 10.
+- **For the VAE's samples, {{vae_share_text}} are confident** ({{vae_confident}};
+  {{vae_covered}} digits covered, {{vae_effective}} effective digits). Likely
+  because the decoded probabilities are blurry averages of plausible digits, and
+  the judge, trained on sharp images, hesitates between readings.
+- **Fréchet distances** to the test digits: GAN {{gan_fd}}, VAE {{vae_fd}}; real
+  training digits score {{real_fd}}, binarised ones {{binary_fd}}. These are 1,000
+  images against 1,000; section 6.1's real floor, {{real_val_fd}}, is 500 against
+  500, and the distance grows as the samples shrink. Compare numbers only within
+  one table or figure.
+- **Independent-pixel draws**, the first control, are images no generator should
+  be praised for. The judge is confident of {{noise_confident}} of them: a judge
+  that must pick a digit can be sure of noise, so the confident fraction is no
+  test on its own. They cover {{noise_covered}} digits with {{noise_effective}}
+  effective digits: {{noise_class_text}}. Their Fréchet distance is {{noise_fd}};
+  the GAN's is {{gan_noise_ratio}} of it.
+- **Overlays of two training digits**, the second control, get
   {{overlay_confident}} confident, {{overlay_covered}} covered,
   {{overlay_effective}} effective digits and a distance of {{overlay_fd}},
-  {{overlay_fd_text}}: they {{overlay_pass_text}}, and none of the four scores
-  is built to notice that an image shows two digits. Good scores are necessary,
-  not sufficient.
+  {{overlay_fd_text}}. They {{overlay_pass_text}}, and none of the four scores is
+  built to notice that an image shows two digits. Good scores are necessary, not
+  sufficient.
 """
 )
 
@@ -2972,16 +2986,18 @@ record(
 prose(
     r"""
 The median GAN sample lies {{gan_nn_median}} from its nearest training digit,
-the median test digit {{test_nn_median}}. Distances depend on the digit: a 1
-has few white pixels, and of the closest 1 % of all test digits
-{{test_close_ones}} are 1s. So the threshold is set per class, the class of the
-nearest training digit: {{gan_closer_share}} of the GAN's samples are closer to
-a training digit than the closest 1 % of the test digits of that class (a generator
-like the test digits would put about 1 % there, one that copied most of its samples
-most of them). Each class's threshold rests on only {{copy_rank_text}} of its test
-digits, those closest to the training set, so another draw of test digits would
-move it: read the share against 1 % as an order of magnitude, not to
-the decimal.
+the median test digit {{test_nn_median}}.
+
+Distances depend on the digit: a 1 has few white pixels, and of the closest 1 % of
+all test digits {{test_close_ones}} are 1s. So the threshold is set per class, the
+class of the nearest training digit. {{gan_closer_share}} of the GAN's samples are
+closer to a training digit than the closest 1 % of the test digits of that class. A
+generator like the test digits would put about 1 % there; one that copied most of
+its samples, most of them. Each class's threshold rests on only
+{{copy_rank_text}} of its test digits, those closest to the training set, so
+another draw of test digits would move it: read the share against 1 % as an order
+of magnitude, not to the decimal.
+
 The figure shows the most copy-like samples next to their neighbours:
 {{closest_ones_text}}, for the same reason. The check has a blind spot:
 isolated specks in the GAN's images (counted below) add to every pixel
@@ -3101,14 +3117,16 @@ reads all four scores, and looks at the samples, rather than trusting any one nu
 # score, repeat 2,000 times; the standard deviation of the 2,000 scores estimates the
 # score's standard error. The two models' samples are independent, so the standard
 # error of a gap between them is the square root of the sum of the two squared
-# errors. Below, a gap within two standard errors counts as level. Coverage is a count
-# of digits past a cut-off (10 confident samples), so its standard error is coarse
-# (zero when every digit lies far from the cut-off, near 0.5 when one sits on it) and
-# its spread need not be symmetric: its gap is judged instead by the share of paired
-# resamples in which it is zero or reversed, level unless that share is under 2.5 %. With
-# 2,000 resamples each standard error is itself known to within about 2 %
-# ($1/\sqrt{2 \cdot 2000}$); the Fréchet distance, slower to recompute, gets 50
-# resamples, so its standard error is good to about 10 %.
+# errors.
+#
+# - **Level or not.** A gap within two standard errors counts as level.
+# - **Coverage** is a count of digits past a cut-off (10 confident samples), so its
+#   standard error is coarse (zero when every digit lies far from the cut-off, near
+#   0.5 when one sits on it) and its spread need not be symmetric. Its gap counts as
+#   level unless fewer than 2.5 % of the paired resamples put it at zero or reversed.
+# - **Precision of the errors.** With 2,000 resamples each standard error is itself
+#   known to within about 2 % ($1/\sqrt{2 \cdot 2000}$); the Fréchet distance, slower
+#   to recompute, gets 50 resamples, so its standard error is good to about 10 %.
 
 
 # %%
@@ -3130,9 +3148,8 @@ def bootstrap_se(probs: torch.Tensor, generator: torch.Generator) -> dict:
     confident = counts[:, :, 1]  # (n_boot, 10)
     shares = counts.sum(dim=2).double() / n  # top-guess shares, (n_boot, 10)
     entropy = -torch.special.xlogy(shares, shares).sum(dim=1)
-    covered = (confident >= 10).sum(
-        dim=1
-    )  # (n_boot,): each resample's coverage
+    # (n_boot,): each resample's coverage
+    covered = (confident >= 10).sum(dim=1)
     return {
         "the confident fraction": (confident.sum(dim=1) / n).std().item(),
         "coverage": covered.double().std().item(),
@@ -3270,18 +3287,16 @@ edge = [
     if name != "coverage" and 1.5 < abs(score_gaps[name]) / gap_se[name] < 2.5
 ]
 coverage_text = (
-    " Coverage, a count past a cut-off, is judged by the resamples themselves:"
-    f" in {coverage_against:.1%} of them the gap was zero or reversed."
+    " In coverage the gap was zero or reversed in"
+    f" {coverage_against:.1%} of the paired resamples."
     if score_gaps["coverage"] != 0
     else " Coverage came out equal."
 )
 record(
     "spread_se_text",
-    "A gap counts as level when it lies within two bootstrap standard"
-    " errors (the cell above); in the spread one standard"
-    f" error of the gap is {spread_se:.3f} effective digits, and the gap is"
-    f" {abs(spread_gap):.3f}, {abs(spread_gap) / spread_se:.2f} standard"
-    " errors."
+    f"In the spread the gap, {abs(spread_gap):.3f} effective digits, is"
+    f" {abs(spread_gap) / spread_se:.2f} standard errors (one standard error:"
+    f" {spread_se:.3f})."
     + (
         " At the edge of the noise, where another draw of samples could call"
         f" it the other way: {and_join(edge)}."
@@ -3294,10 +3309,12 @@ record(
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{gan_ahead_text}} {{spread_se_text}} The two models were built for different
-goals: the VAE gives a likelihood bound and an encoder, a code for every image; the
-GAN gives no likelihood, no encoder and no guarantee that it covers the data, which
-is why its coverage had to be measured. It is tempting to read the table as the
+{{gan_ahead_text}} {{spread_se_text}}
+
+The two models were built for different goals. The VAE gives a likelihood bound and
+an encoder, a code for every image; the GAN gives no likelihood, no encoder and no
+guarantee that it covers the data, which is why its coverage had to be measured. It
+is tempting to read the table as the
 usual account of the two families, that a VAE pays for its bound in sharpness. This
 experiment does not isolate that, because the two models differ in more than their
 family:
@@ -3306,11 +3323,9 @@ family:
   binarising alone moves real digits from {{real_fd}} to {{binary_fd}}.
 - **What is scored.** The VAE is scored on its decoded probabilities, the GAN on its
   samples; the VAE's true samples, its 0/1 draws, score {{draws_fd}}.
-- **Training time.** The GAN's training cost about {{time_ratio}} times as much
-  (steps times the time of one step), about {{search_ratio}} times counting the VAE's
-  {{n_vae_runs}} learning-rate trainings. At the VAE's last snapshot, its validation
-  distance was {{vae_end_fd}} and the GAN's snapshot nearest in cost scored {{near_fd}} averaged and
-  {{near_latest_fd}} with its latest weights (section 6.3).
+- **Training time.** The GAN's training cost about {{time_ratio}} times as much as
+  the VAE's chosen run, about {{search_ratio}} times counting all {{n_vae_runs}} of
+  the VAE's learning-rate trainings; section 6.3 compares the two at equal cost.
 - **Selection.** The GAN's snapshot was chosen on the validation Fréchet distance,
   the kind of score reported here; the VAE's epoch on its ELBO. The GAN's learning
   rate is an untuned hand setting; the VAE's was chosen from three trainings in this
@@ -3358,18 +3373,22 @@ record("other_fd", other_fd, fmt="{:.1f}")
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Finally the choice between the two kinds of GAN weights (the averaged ones, as in
-section 6.3, with batch-norm statistics measured for them). The {{other_kind}}
-weights of the same step, on the same noise, score {{other_confident}}
-confident, {{other_covered}} digits covered, {{other_effective}} effective
-digits and a Fréchet distance of {{other_fd}}, against {{gan_confident}},
-{{gan_covered}}, {{gan_effective}} and {{gan_fd}} for the
-{{gan_best_kind}} weights that validation chose. The headline asserts check the
-kept generator's coverage (at least 7 digits with 10 confident samples), its spread
-(at least 8.5 effective digits) and its Fréchet distance (under 30 % of the
-independent-pixel control's), with the margins the code's comments give; the
-confident fraction is not asserted, because the independent-pixel control gets
-{{noise_confident}} confident verdicts too.
+Finally the choice between the two kinds of GAN weights of the kept step, on the
+same noise (the averaged weights with batch-norm statistics measured for them, as
+in section 6.3). Validation chose the {{gan_best_kind}} weights:
+
+| step {{gan_best_step}} | {{gan_best_kind}} weights (kept) | {{other_kind}} weights |
+|---|---|---|
+| confident | {{gan_confident}} | {{other_confident}} |
+| digits covered | {{gan_covered}} | {{other_covered}} |
+| effective digits | {{gan_effective}} | {{other_effective}} |
+| Fréchet distance | {{gan_fd}} | {{other_fd}} |
+
+The headline asserts check the kept generator's coverage (at least 7 digits with 10
+confident samples), its spread (at least 8.5 effective digits) and its Fréchet
+distance (under 30 % of the independent-pixel control's), with the margins the
+code's comments give. The confident fraction is not asserted, because the
+independent-pixel control gets {{noise_confident}} confident verdicts too.
 """
 )
 
