@@ -524,8 +524,42 @@ def freeze(module, *, recurse=True, eps=True, load=True, assign=False):
 def test_freeze_batchnorm_right_answer_passes(capsys):
     assert check_freeze_batchnorm(freeze)
     assert capsys.readouterr().out.startswith(
-        "✓ Exercise 5.5: replaced both BatchNorm2d layers (one nested); in training mode the module matches"
+        "✓ Exercise 5.5: replaced both BatchNorm2d layers (one nested) by layers with no "
+        "parameters; in training mode the module matches"
     )
+
+
+class OwnFrozen(nn.Module):
+    """A reader's own frozen batch norm: buffers only, running statistics always."""
+
+    def __init__(self, bn: nn.BatchNorm2d, *, as_parameters: bool = False):
+        super().__init__()
+        self.eps = bn.eps
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            value = getattr(bn, name).detach().clone()
+            if as_parameters:
+                setattr(self, name, nn.Parameter(value))
+            else:
+                self.register_buffer(name, value)
+
+    def forward(self, x):
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale[:, None, None] + shift[:, None, None]
+
+
+def own(module, **kwargs):
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, OwnFrozen(child, **kwargs))
+        else:
+            own(child, **kwargs)
+
+
+def test_freeze_batchnorm_accepts_a_layer_of_the_readers_own():
+    assert check_freeze_batchnorm(own)
+    verdict = check_freeze_batchnorm(lambda m: own(m, as_parameters=True))
+    assert not verdict and "registers a trainable Parameter again" in verdict.hint
 
 
 def rebinds(module):
@@ -547,7 +581,7 @@ def stills(module, *, momentum=True, grad=True):
     ("attempt", "hint"),
     [
         (lambda m: freeze(m, recurse=False), "recurse into the children"),
-        (stills, "replace them with FrozenBatchNorm2d; BatchNorm2d in train mode still"),
+        (stills, "replace them with a layer of your own; BatchNorm2d in train mode still"),
         (lambda m: stills(m, grad=False), "whatever its momentum or requires_grad"),
         (lambda m: stills(m, momentum=False), "whatever its momentum or requires_grad"),
         (lambda m: freeze(m, eps=False), "pass the layer's own, eps=bn.eps"),
@@ -564,7 +598,7 @@ def test_freeze_batchnorm_usual_mistakes_get_their_hints(attempt, hint):
 def test_freeze_batchnorm_names_the_frozen_layer_when_nothing_was_replaced():
     untouched = check_freeze_batchnorm(lambda module: None)
     assert "2 of 2 BatchNorm2d layers are still there" in untouched.message
-    assert "torchvision.ops.FrozenBatchNorm2d" in untouched.hint
+    assert "keeps weight, bias and running statistics as buffers" in untouched.hint
 
 
 def test_freeze_batchnorm_other_wrong_answers_fail_without_a_hint():
@@ -575,7 +609,8 @@ def test_freeze_batchnorm_other_wrong_answers_fail_without_a_hint():
             else:
                 identity(child)
 
-    assert "should hold 2 FrozenBatchNorm2d layers" in check_freeze_batchnorm(identity).message
+    verdict = check_freeze_batchnorm(identity)
+    assert "entries differ from the reference" in verdict.message and verdict.hint is None
 
     class Drifting(FrozenBatchNorm2d):
         def forward(self, x):
