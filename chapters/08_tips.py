@@ -572,15 +572,15 @@ def rounds_verdict(base: list[float], candidate: list[float]) -> str:
 
 def paired_verdict(base: list[float], candidate: list[float]) -> str:
     """The rule on paired rounds (both sides timed within the same round):
-    faster or slower only where every round's ratio lies beyond the 10 %
+    speed_verdict's words where every round's ratio lies beyond the 10 %
     band on the same side, quoted by the round nearest to even; "within the
     noise of" otherwise.
     """
     ratios = [b / c for b, c in zip(base, candidate, strict=True)]
     if min(ratios) >= 1.1:
-        return f"{min(ratios):.1f} times faster than"
+        return speed_verdict(min(ratios), 1.0)
     if max(ratios) <= 1 / 1.1:
-        return f"{1 / max(ratios):.1f} times slower than"
+        return speed_verdict(max(ratios), 1.0)
     return "within the noise of"
 
 
@@ -774,8 +774,8 @@ else:
         rise_sentence += (
             "batch 4,096 was more than 10 % dearer in every round, so the "
             "rise repeated; the caches are a possible cause, not a shown one "
-            "(exercise 1 varies the weights' size, not the batch's, so it "
-            "does not settle this)."
+            "(exercise 1 varies the weights' size, not the activations', so "
+            "it does not settle this)."
         )
     else:
         rise_sentence += (
@@ -818,22 +818,22 @@ per_sample_loader = DataLoader(
 )
 
 
-def make_train_loader(
-    batch_size: int, generator: torch.Generator
+def batch_loader(
+    dataset: Dataset, batch_size: int, generator: torch.Generator
 ) -> DataLoader:
-    """Shuffled batches of the training digits, indexed a whole batch at a
-    time.
-    """
-    sampler = RandomSampler(train_set, generator=generator)
+    """Shuffled batches of `dataset`, indexed a whole batch at a time."""
+    sampler = RandomSampler(dataset, generator=generator)
     batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
     # The loader also draws a seed for its workers at every epoch (section 8.8):
     # from its own generator when given one, otherwise from torch's global
     # generator.
     return DataLoader(
-        train_set, sampler=batches, batch_size=None, generator=generator
+        dataset, sampler=batches, batch_size=None, generator=generator
     )
 
 
+# make_train_loader(batch_size, generator): the training digits' batches
+make_train_loader = partial(batch_loader, train_set)
 per_batch_loader = make_train_loader(64, make_generator(seed))
 x_first, y_first = next(iter(per_batch_loader))
 print("one batch:", tuple(x_first.shape), tuple(y_first.shape))
@@ -1216,11 +1216,9 @@ restart_sentence = (
         else ""
     )
 )
-record("wait_0_s", wait_none, fmt="{:.2f}")
 # two workers share the sleeping: no epoch with them can be shorter
 wait_floor = len(waiting_set) * waiting_set.sleep_s / 2
 record("wait_floor_s", wait_floor, fmt="{:.2f}")
-record("wait_2_s", wait_persistent, fmt="{:.2f}")
 waiting_verdict = epochs_verdict(
     ("waiting", "0 workers"), ("waiting", "2 workers, persistent")
 )
@@ -1302,23 +1300,36 @@ print(
         else ""
     )
 )
-record("wait_verdict", waiting_verdict)
 record("wait_finding", wait_finding)
 record("workers_summary", workers_summary)
-record("compute_0_s", compute_none, fmt="{:.2f}")
-record("compute_2_s", compute_persistent, fmt="{:.2f}")
-record("compute_verdict", computing_verdict)
 record("restart_sentence", restart_sentence)
 print(
     f"noise: later epochs of one setting differed by up to "
     f"{100 * later_spread:.0f} %; the epoch-1 bars of the two identical "
     f"2-worker loaders {record_first_noise}"
 )
-record("compute_restarted_s", compute_restarted, fmt="{:.2f}")
 record(
     "compute_restart_verdict",
     epochs_verdict(("computing", "0 workers"), ("computing", "2 workers")),
 )
+# the later epochs' fastest readings, and the rule's verdict on persistent
+# workers against none
+workers_table = [
+    "| later epoch (s) | no workers | 2 workers, persistent "
+    "| 2 workers, restarted | persistent workers were |",
+    "|---|---|---|---|---|",
+]
+for kind, verdict in (
+    ("waiting", waiting_verdict),
+    ("computing", computing_verdict),
+):
+    workers_table.append(
+        f"| {kind} set | {later_epoch[kind, '0 workers']:.2f} "
+        f"| {later_epoch[kind, '2 workers, persistent']:.2f} "
+        f"| {later_epoch[kind, '2 workers']:.2f} | {verdict} no workers |"
+    )
+print("\n".join(workers_table))
+record("workers_table", "\n".join(workers_table))
 record("usable_cpus", usable_cpus)
 if device.type == "cuda":
     pinned_sentence = (
@@ -1359,22 +1370,22 @@ print(
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-From the later epochs (the dots): with the waiting dataset, two persistent workers
-({{wait_2_s}} s) were {{wait_verdict}} no workers ({{wait_0_s}} s). Waiting needs no
-CPU, so workers overlap their waits however few cores there are. {{wait_finding}}
-Two workers can at most halve the sleeping, a floor of {{wait_floor_s}} s, and hide
-the eight small training steps behind it. With the
-computing dataset, two persistent workers ({{compute_2_s}} s) were
-{{compute_verdict}} no workers ({{compute_0_s}} s). Computing
+The later epochs (the dots), each setting's fastest, and the rule's verdict:
+
+{{workers_table}}
+
+Waiting needs no CPU, so workers overlap their waits however few cores there are.
+{{wait_finding}} Two workers can at most halve the sleeping, a floor of
+{{wait_floor_s}} s, and hide the eight small training steps behind it. Computing
 needs cores, and this process may use {{usable_cpus}}, shared by the workers and
-the training loop. Without workers, {{compute_load_share}} of that epoch
-({{compute_load_s}} s, {{compute_item_ms}} ms per item) went to building batches
+the training loop. Without workers, {{compute_load_share}} of the computing set's
+epoch ({{compute_load_s}} s, {{compute_item_ms}} ms per item) went to building batches
 in the main process. Timed apart, each the fastest of five tries, building a batch's
 items took {{compute_cost_share}} of what building it and training on it took.
 
 Without `persistent_workers` every epoch pays starting and stopping the workers:
-{{restart_sentence}}. With the computing set, workers started anew every epoch made
-it {{compute_restart_verdict}} no workers ({{compute_restarted_s}} s).
+{{restart_sentence}}. Restarted every epoch, the computing set's workers were
+{{compute_restart_verdict}} no workers.
 {{pinned_sentence}}
 """
 )
@@ -1711,8 +1722,16 @@ def make_schedule(
     raise ValueError(f"unknown schedule {name!r}")
 
 
-def train_with_schedule(
-    name: str, peak_lr: float, run_seed: int, epochs: int, build=make_schedule
+def train_schedule(
+    name: str,
+    peak_lr: float,
+    run_seed: int,
+    epochs: int,
+    build=make_schedule,
+    *,
+    device: torch.device,
+    criterion: nn.Module,
+    val_loader: DataLoader,
 ):
     """Train a fresh model; return it, every step's rate and the val losses.
 
@@ -1745,6 +1764,10 @@ def train_with_schedule(
     return net, rates, val_losses
 
 
+# the notebook's device, loss and validation batches, bound once
+train_with_schedule = partial(
+    train_schedule, device=device, criterion=criterion, val_loader=val_loader
+)
 schedule_names = [
     "constant",
     "StepLR",
@@ -1970,26 +1993,23 @@ def names_list(names: list[str]) -> str:
 
 
 not_rescued = [name for name in decaying if name not in rescued]
-if not not_rescued:
-    not_rescued_sentence = "Every schedule that lowers the rate did so."
-else:
-    not_rescued_sentence = (
-        f"For {names_list(not_rescued)}, the seeds overlapped the constant "
-        "rate's, so this run does not show a difference."
-    )
-    for name in not_rescued:
-        # some seeds trained and others ended near guessing: the seeds,
-        # not the schedule, may have decided it
-        losses = final_high4[name]
-        if min(losses) < 0.9 * np.log(10) <= max(losses):
-            print(
-                f"{name} at {high}, final validation loss per seed: "
-                + ", ".join(f"{v:.2f}" for v in losses)
-            )
-            not_rescued_sentence += (
-                f" Some of {name}'s seeds trained and some did not (printed "
-                "above), so the seed decided as much as the schedule."
-            )
+# the table below the figure says which overlapped; a schedule whose seeds
+# split between training and guessing gets a sentence
+not_rescued_sentence = ""
+for name in not_rescued:
+    # some seeds trained and others ended near guessing: the seeds, not the
+    # schedule, may have decided it
+    losses = final_high4[name]
+    if min(losses) < 0.9 * np.log(10) <= max(losses):
+        print(
+            f"{name} at {high}, final validation loss per seed: "
+            + ", ".join(f"{v:.2f}" for v in losses)
+        )
+        not_rescued_sentence += (
+            f" Some of {name}'s seeds trained and some did not (printed "
+            "above), so the seed decided as much as the schedule."
+        )
+not_rescued_sentence = not_rescued_sentence.strip()
 record("not_rescued_sentence", not_rescued_sentence)
 # a run diverged if it ended no better than guessing: within 10 % of ln 10
 final_high = {
@@ -2109,10 +2129,22 @@ curve = {
     ]
     for name in ("constant", best_high)
 }
-record("curve_constant_1", curve["constant"][0], fmt="{:.2f}")
-record("curve_best_1", curve[best_high][0], fmt="{:.2f}")
-record("curve_constant_end", curve["constant"][-1], fmt="{:.2f}")
-record("curve_best_end", curve[best_high][-1], fmt="{:.2f}")
+# the four seeds' validation losses at the high rate, schedule by schedule
+high_table = [
+    f"| at lr {high}, four seeds | mean after epoch 1 | mean at the end "
+    "| seeds at the end | every seed below every constant seed |",
+    "|---|---|---|---|---|",
+]
+for name in schedule_names:
+    ends = final_high4[name]
+    first_mean = sum(schedule_runs[name, high, s][2][0] for s in high_seeds) / 4
+    below = "—" if name == "constant" else ("yes" if name in rescued else "no")
+    high_table.append(
+        f"| {name} | {first_mean:.2f} | {mean_high4[name]:.3f} "
+        f"| {min(ends):.3f}–{max(ends):.3f} | {below} |"
+    )
+print("\n".join(high_table))
+record("high_table", "\n".join(high_table))
 # the epoch from which the best schedule stayed ahead of the constant rate
 ahead_from = next(
     epoch
@@ -2179,16 +2211,13 @@ The rates in the first figure are read off the optimizer at every step;
 `ReduceLROnPlateau` chose its own from the validation losses (it cut the rate
 {{plateau_cuts}} with seed 0).
 
-Held constant, the rate of 0.5 ended at a mean final validation loss of
-{{constant_high_loss}} over four seeds; {{n_rescued}} schedules that lower it ended
-with all four seeds below all four of the constant rate's, the best of them,
-{{best_high}}, at a mean of {{best_high_loss}}. {{family_sentence}} {{not_rescued_sentence}}
-{{diverged_sentence}} {{high_rate_words}}
-Averaged over the four seeds, the constant rate stood at {{curve_constant_1}} after one
-epoch and {{curve_constant_end}} at the end, {{best_high}} at
-{{curve_best_1}} and {{curve_best_end}}; {{best_high}} was ahead
-{{ahead_words}}.
-{{warmup_first_sentence}}
+{{high_table}}
+
+{{n_rescued}} schedules that lower the rate ended with every seed below every seed of
+the constant rate. {{family_sentence}} {{high_rate_words}}
+
+{{not_rescued_sentence}} {{diverged_sentence}} In the figure, {{best_high}} was
+ahead of the constant rate on the mean {{ahead_words}}. {{warmup_first_sentence}}
 {{worse_low_sentence}}
 
 On the mean of the first two seeds of all twelve combinations,
@@ -3098,14 +3127,6 @@ if step_times:
 # The text's verdicts on the compiled training step.
 
 
-def ratio_order(a: list[float], b: list[float]) -> str:
-    """The chapter's rule on two sets of three per-round ratios: 'higher'
-    where every ratio in a is more than 10 % above every one in b, 'lower'
-    the reverse, 'overlapping' otherwise.
-    """
-    return separation(a, b, margin=0.1)
-
-
 if step_compile_skip is None:
     masked, without = step_times["dropout"], step_times["no dropout"]
     fallback = step_times["fallback"]
@@ -3137,7 +3158,8 @@ if step_compile_skip is None:
     # Dropout's effect on the comparison: the compiled / eager ratio of each
     # round (a paired reading: both sides share the round's load), with
     # dropout against without, three rounds each.
-    dropout_order = ratio_order(masked["ratios"], without["ratios"])
+    # "higher": every ratio with dropout over 10 % above every one without
+    dropout_order = separation(masked["ratios"], without["ratios"], margin=0.1)
     dropout_reading = (
         "Every round's compiled-to-eager ratio was over 10 % higher with "
         "dropout than without: dropout made compiling less worthwhile here."
@@ -3164,12 +3186,31 @@ if step_compile_skip is None:
     step_pair = "compiled / eager time by round " + ", ".join(
         f"{r:.2f}" for r in masked["ratios"]
     )
+    step_rows = {
+        "with dropout, Inductor's masks": (masked, step_verdict),
+        "with dropout, `fallback_random`": (fallback, fallback_verdict),
+        "without dropout": (without, plain_verdict),
+    }
+    step_table = [
+        "| training step | eager (ms) | compiled (ms) "
+        "| compiled / eager, by round | compiled was |",
+        "|---|---|---|---|---|",
+    ]
+    for row, (times, verdict) in step_rows.items():
+        step_table.append(
+            f"| {row} | {times['eager'] * 1e3:.2f} "
+            f"| {times['compiled'] * 1e3:.2f} | "
+            + ", ".join(f"{r:.2f}" for r in times["ratios"])
+            # "1.7 times slower than" -> "1.7 times slower"
+            + f" | {verdict.removesuffix(' than').removesuffix(' of')} |"
+        )
+    print("\n".join(step_table))
     step_compile_sentence = (
-        f"The first compiled step took {masked['compile']:.1f} s{cache_note}. "
-        f"Afterwards the compiled step was {step_verdict} eager ({step_pair}; "
-        "the rule needs every round beyond 10 % on one side); with "
-        f"`fallback_random` it was {fallback_verdict} eager, and without "
-        f"dropout {plain_verdict} eager."
+        "\n".join(step_table)
+        + "\n\nThe times are each side's fastest round; the last column "
+        "applies the rule to the paired rounds (every round beyond 10 % on "
+        f"one side). The first compiled step took {masked['compile']:.1f} s"
+        f"{cache_note}."
     )
     # A round more than five times its side's fastest is the machine's load,
     # not the code: a step of fixed work does not vary that much.
@@ -3353,28 +3394,6 @@ def pile_ratios(with_key, without_key, name: str) -> list[float] | None:
     return [w / wo for w, wo in zip(with_r, without_r, strict=True)]
 
 
-def grown_piles(with_key, without_key) -> str:
-    """The piles longer with dropout by over 10 % in every round, e.g.
-    "the eager operators (1.3 to 1.5 times, by round)". Dropout leaves the
-    matrix products' work alone: where they pass the rule, the rounds were
-    disturbed and no pile is named.
-    """
-    grown = []
-    for name, words in pile_words.items():
-        ratios = pile_ratios(with_key, without_key, name)
-        if ratios is not None and min(ratios) >= 1.1:
-            low, high = f"{min(ratios):.1f}", f"{max(ratios):.1f}"
-            span = low if low == high else f"{low} to {high}"
-            grown.append((name, f"{words} ({span} times, by round)"))
-    if any(name == "matrix products" for name, _ in grown):
-        return (
-            "none that can be told (the matrix products, whose work dropout "
-            "does not change, passed the rule too: the machine's load moved "
-            "these rounds)"
-        )
-    return names_list([words for _, words in grown]) if grown else "none"
-
-
 if pile_rounds:
     # A pile more than five times its own fastest round is the machine's
     # load: ten steps of fixed work do not vary that much.
@@ -3386,16 +3405,57 @@ if pile_rounds:
         for reading in values
     )
     print(f"pile readings over five times their fastest round: {busy_piles}")
-    compile_profile_sentence = (
-        "Dropout made these piles over 10 % longer in every round (under "
-        "the profiler, with against without dropout): eager, "
-        + grown_piles((0.1, "eager"), (0.0, "eager"))
-        + "; compiled, "
-        + grown_piles((0.1, "compiled"), (0.0, "compiled"))
-        + "; and compiled with `fallback_random`, "
-        + grown_piles((0.1, "fallback"), (0.0, "compiled"))
-        + "."
+    # rows: the set-up with dropout against the one without; cells: the
+    # pile's ratio, lowest to highest round, in bold where it passes the rule
+    comparisons = {
+        "eager": ((0.1, "eager"), (0.0, "eager")),
+        "compiled": ((0.1, "compiled"), (0.0, "compiled")),
+        "compiled, `fallback_random`": ((0.1, "fallback"), (0.0, "compiled")),
+    }
+    table = [
+        "| with / without dropout | generated code | matrix products "
+        "| eager operators |",
+        "|---|---|---|---|",
+    ]
+    grown = {}
+    for row, keys in comparisons.items():
+        cells = []
+        for name in pile_words:
+            ratios = pile_ratios(*keys, name)
+            if ratios is None:
+                cells.append("none")
+                continue
+            lowest, highest = f"{min(ratios):.1f}", f"{max(ratios):.1f}"
+            span = lowest if lowest == highest else f"{lowest}–{highest}"
+            passed = min(ratios) >= 1.1
+            cells.append(f"**{span}**" if passed else span)
+            if passed:
+                grown.setdefault(row, []).append(name)
+        table.append(f"| {row} | " + " | ".join(cells) + " |")
+    pile_table = (
+        "Each cell is a pile's time with dropout over its time without, "
+        "under the profiler, from the lowest round to the highest; bold "
+        "marks a pile over 10 % longer in every round, the chapter's rule."
+        "\n\n" + "\n".join(table)
     )
+    print("\n".join(table))
+    compiled_grown = grown.get("compiled", [])
+    if any("matrix products" in names for names in grown.values()):
+        compile_profile_sentence = (
+            "The matrix products, whose work dropout does not change, passed "
+            "the rule too: the machine's load moved these rounds, so this "
+            "profile tells no pile apart."
+        )
+    elif compiled_grown:
+        compile_profile_sentence = (
+            "Compiled, dropout's extra time sat in "
+            + names_list([pile_words[name] for name in compiled_grown])
+            + "."
+        )
+    else:
+        compile_profile_sentence = (
+            "Compiled, no pile grew with dropout by the rule."
+        )
     if busy_piles:
         compile_profile_sentence += (
             f" ({busy_piles} pile readings ran over five times their fastest "
@@ -3419,11 +3479,15 @@ if pile_rounds:
         )
 else:
     compile_profile_sentence = f"Not profiled here: {profile_skip}."
+    pile_table = ""
+record("pile_table", pile_table)
 record("compile_profile_sentence", compile_profile_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
+{{pile_table}}
+
 {{compile_profile_sentence}} That is the diagnosis: find the pile that grew, then
 look inside it. `TORCH_LOGS=output_code` prints every kernel Inductor wrote; in this
 torch's CPU kernel for a dropout mask, each value comes from its own call of
@@ -4000,7 +4064,9 @@ def counting_hook(calls: list, bucket) -> torch.futures.Future[torch.Tensor]:
     return default_hooks.allreduce_hook(None, bucket)
 
 
-def ddp_accumulate(ddp_net, calls: list, wrap: str, x_all, y_all, k: int = 4):
+def ddp_accumulate(
+    ddp_net, criterion, calls: list, wrap: str, x_all, y_all, k: int = 4
+):
     """Accumulate k micro-batches; return the number of all-reduces and the
     grads.
 
@@ -4040,14 +4106,13 @@ if dist.is_available():
         allreduce_calls = []
         # DDP calls the hook with this state (the list) and each bucket it sends
         ddp_net.register_comm_hook(allreduce_calls, counting_hook)
-        calls_plain, grads_plain = ddp_accumulate(
-            ddp_net, allreduce_calls, "nothing", x_check, y_check
+        accumulate = partial(
+            ddp_accumulate, ddp_net, criterion, allreduce_calls
         )
-        calls_late, _ = ddp_accumulate(
-            ddp_net, allreduce_calls, "backward only", x_check, y_check
-        )
-        calls_no_sync, grads_no_sync = ddp_accumulate(
-            ddp_net, allreduce_calls, "forward and backward", x_check, y_check
+        calls_plain, grads_plain = accumulate("nothing", x_check, y_check)
+        calls_late, _ = accumulate("backward only", x_check, y_check)
+        calls_no_sync, grads_no_sync = accumulate(
+            "forward and backward", x_check, y_check
         )
     finally:
         dist.destroy_process_group()
@@ -4700,7 +4765,7 @@ print(
         sort_by=self_key, row_limit=10, max_name_column_width=30
     )
 )
-readings = [
+profile_readings = [
     read_profile(
         events,
         phases=phases,
@@ -4725,7 +4790,7 @@ record(
 )
 
 
-for reading in readings:
+for reading in profile_readings:
     print(
         ", ".join(
             f"{key} {value:.0%}"
@@ -4801,7 +4866,7 @@ for part, part_readings in (two_thread_rounds or {}).items():
 # The text's numbers and words on the profile.
 def share_text(name: str) -> str:
     """The median share over the recordings, and their range."""
-    values = [reading[name] for reading in readings]
+    values = [reading[name] for reading in profile_readings]
     low, middle, high = min(values), float(np.median(values)), max(values)
     if f"{low:.0%}" == f"{high:.0%}":
         return f"{middle:.0%} in every recording"
@@ -4810,7 +4875,8 @@ def share_text(name: str) -> str:
 
 def median_share(name: str) -> str:
     """The median share over the recordings."""
-    return f"{float(np.median([reading[name] for reading in readings])):.0%}"
+    values = [reading[name] for reading in profile_readings]
+    return f"{float(np.median(values)):.0%}"
 
 
 if device.type == "cpu":
@@ -4829,7 +4895,7 @@ else:
     # operators
     phase_sentence = "The labelled phases are best read on the timeline here"
 where = "GPU" if device.type == "cuda" else "CPU"
-tops = [reading["top operator"] for reading in readings]
+tops = [reading["top operator"] for reading in profile_readings]
 top_counts = {name: tops.count(name) for name in dict.fromkeys(tops)}
 top_operator = max(top_counts, key=top_counts.get)
 top_sentence = (
@@ -4842,7 +4908,7 @@ top_sentence = (
     )
     + ")"
 )
-dropout_ratios = [r["dropout"] / r["matrix products"] for r in readings]
+dropout_ratios = [r["dropout"] / r["matrix products"] for r in profile_readings]
 profile_sentence = (
     f"{phase_sentence}. Among the operators, by {where} time, the "
     f"matrix products (addmm, mm) took {median_share('matrix products')}, "
@@ -5520,22 +5586,24 @@ for tip, effect in summary_rows:
 # them by the seconds a warm call takes on one thread, so that all the work runs on one
 # core with that core's own caches (its L2, then the L3 it shares with the others).
 # Predict first: the hidden-to-hidden weight matrix of `make_model(hidden)` takes
-# 4 h² bytes, from 256 KiB at width 256 to 16 MiB at 2,048. If the cache mattered, the
-# throughput would fall once that matrix outgrows the L2 cache (`l2_cache_bytes()`
-# below reads its size on Linux).
+# 4 h² bytes, from 256 KiB at width 256 to 64 MiB at 4,096. If the cache mattered, the
+# throughput would fall once that matrix outgrows a cache (`cache_bytes(level)` below
+# reads the L2's or the L3's size on Linux), and most where each weight is used least:
+# a batch of 512 uses every weight 512 times per call, a batch of 1 once.
 #
 # Your part is the experiment, in two functions. `width_rounds(measure, models,
 # n_rounds)` calls `measure(net)` for each model of `models` (a dict from width to
 # model) in `n_rounds` interleaved rounds, so that one busy spell cannot pass for a
 # trend, and returns each width's readings in the order taken. `cache_verdict(rounds,
-# l2_bytes)` judges them by the chapter's rule. A width *beyond* the cache
-# (4 h² > L2) fell if every one of its rounds, 10 % higher, is still below every round
-# of the best width *inside* it (4 h² < L2; the best has the highest reading). Answer
-# `"fell"` if every width beyond fell, `"no dip"` if none fell and no width's fastest
-# round is more than 25 % above its slowest, and `"undecided"` otherwise. The checker
-# gives `width_rounds` a stand-in measurement that records the order of its calls, and
-# `cache_verdict` made-up rounds; the solution runs both at widths 256, 512, 1,024
-# and 2,048 on a batch of 512.
+# cache_bytes)` judges them by the chapter's rule. A width *beyond* the cache
+# (4 h² > cache) fell if every one of its rounds, 10 % higher, is still below every
+# round of the best width *inside* it (4 h² < cache; the best has the highest
+# reading). Answer `"fell"` if every width beyond fell, `"no dip"` if none fell and no
+# width's fastest round is more than 25 % above its slowest, and `"undecided"`
+# otherwise. The checker gives `width_rounds` a stand-in measurement that records the
+# order of its calls, and `cache_verdict` made-up rounds; the solution runs both on a
+# batch of 512 (widths 256 to 2,048) and of 1 (up to 4,096), and judges each against
+# the L2 and the L3.
 
 
 # %%
@@ -5550,12 +5618,14 @@ def gflops(net: nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / seconds / 1e9
 
 
-def l2_cache_bytes() -> int | None:
-    """The L2 cache of CPU 0 as Linux reports it; None where it does not."""
+def cache_bytes(level: int) -> int | None:
+    """CPU 0's cache of that level as Linux reports it; None where it does
+    not.
+    """
     folder = Path("/sys/devices/system/cpu/cpu0/cache")
     units = {"K": 2**10, "M": 2**20}
     for index in sorted(folder.glob("index*")):
-        if (index / "level").read_text().strip() == "2":
+        if (index / "level").read_text().strip() == str(level):
             size = (index / "size").read_text().strip()  # e.g. "2048K"
             if size[-1] in units:
                 return int(size[:-1]) * units[size[-1]]
@@ -5575,7 +5645,7 @@ def width_rounds(
     raise NotImplementedError  # your code here
 
 
-def cache_verdict(rounds: dict[int, list[float]], l2_bytes: int) -> str:
+def cache_verdict(rounds: dict[int, list[float]], cache_bytes: int) -> str:
     """'fell', 'no dip' or 'undecided', by the rule above."""
     raise NotImplementedError  # your code here
 
@@ -5601,10 +5671,10 @@ def width_rounds(
     return readings
 
 
-def cache_verdict(rounds: dict[int, list[float]], l2_bytes: int) -> str:
+def cache_verdict(rounds: dict[int, list[float]], cache_bytes: int) -> str:
     """'fell', 'no dip' or 'undecided', by the rule above."""
-    inside = [h for h in rounds if 4 * h * h < l2_bytes]
-    beyond = [h for h in rounds if 4 * h * h > l2_bytes]
+    inside = [h for h in rounds if 4 * h * h < cache_bytes]
+    beyond = [h for h in rounds if 4 * h * h > cache_bytes]
     best = max(inside, key=lambda h: max(rounds[h]))
     fell = [h for h in beyond if max(rounds[h]) * 1.1 < min(rounds[best])]
     if len(fell) == len(beyond):
@@ -5615,48 +5685,130 @@ def cache_verdict(rounds: dict[int, list[float]], l2_bytes: int) -> str:
 
 assert check_cache_sweep(width_rounds, cache_verdict)
 
-widths = (256, 512, 1024, 2048)
-x_wide = torch.randn(512, 64)
+# batch -> widths: a batch of 512 at width 4,096 would take seconds a call
+sweep_widths = {512: (256, 512, 1024, 2048), 1: (256, 512, 1024, 2048, 4096)}
 wide_models = {}
-for hidden in widths:
+for hidden in sweep_widths[1]:
     torch.manual_seed(seed)
     wide_models[hidden] = make_model(hidden=hidden).eval()
+# batch -> width -> GFLOP/s per round
+wide_rounds = {}
 with torch.inference_mode():
-    wide_rounds = width_rounds(lambda net: gflops(net, x_wide), wide_models, 3)
-for hidden, readings in wide_rounds.items():
-    print(
-        f"hidden {hidden:>4}: weight matrix {4 * hidden**2 / 2**20:5.2f} MiB, "
-        "GFLOP/s per round " + ", ".join(f"{r:.1f}" for r in readings)
-    )
-l2 = l2_cache_bytes()
-if l2 is None:
-    print("This system does not report its L2 cache size.")
-elif not any(4 * h * h < l2 for h in widths) or not any(
-    4 * h * h > l2 for h in widths
-):
-    print(
-        f"The L2 cache holds {l2 / 2**20:.2f} MiB, so these widths all lie on "
-        "one side of it: choose widths around its size."
-    )
-else:
-    print(f"L2 cache {l2 / 2**20:.2f} MiB: {cache_verdict(wide_rounds, l2)}")
-# the widest model does about 51 times the operations of the narrowest, so
-# a GFLOP/s ratio below 5 means it took over 51 / 5 = 10 times as long: its
-# size did not make it much cheaper per operation. 5 leaves room for width
-# 256 running below the machine's peak rate (small products); seeds 0, 1, 2
-# printed 1.03 to 1.16
-throughput_ratio = max(wide_rounds[2048]) / max(wide_rounds[256])
-print(f"width 2,048 ran at {throughput_ratio:.2f} times width 256's GFLOP/s")
+    for batch, widths in sweep_widths.items():
+        x_wide = torch.randn(batch, 64)
+        wide_rounds[batch] = width_rounds(
+            partial(gflops, x=x_wide),
+            {h: wide_models[h] for h in widths},
+            3,
+        )
+for batch, rounds in wide_rounds.items():
+    for hidden, readings in rounds.items():
+        print(
+            f"batch {batch:>3}, hidden {hidden:>4}: matrix "
+            f"{4 * hidden**2 / 2**20:5.2f} MiB, GFLOP/s per round "
+            + ", ".join(f"{r:.1f}" for r in readings)
+        )
+caches = {f"L{level}": cache_bytes(level) for level in (2, 3)}
+
+
+def verdict_or_why(rounds: dict[int, list[float]], size: int | None) -> str:
+    """The verdict, or why there is none: no size, or no width each side."""
+    if size is None:
+        return "size unknown"
+    if not any(4 * h * h < size for h in rounds):
+        return "all beyond"
+    if not any(4 * h * h > size for h in rounds):
+        return "all inside"
+    return cache_verdict(rounds, size)
+
+
+# (batch, cache) -> verdict, printed as a table
+cache_table = {
+    (batch, name): verdict_or_why(rounds, size)
+    for batch, rounds in wide_rounds.items()
+    for name, size in caches.items()
+}
+heads = [
+    f"{name} {size / 2**20:g} MiB" if size else f"{name} ?"
+    for name, size in caches.items()
+]
+print("\n" + f"{'batch':>5}" + "".join(f"{head:>16}" for head in heads))
+for batch in wide_rounds:
+    cells = "".join(f"{cache_table[batch, name]:>16}" for name in caches)
+    print(f"{batch:>5}{cells}")
+# the widest model at batch 512 does about 51 times the operations of the
+# narrowest, so a GFLOP/s ratio below 5 means it took over 51 / 5 = 10
+# times as long: its size did not make it much cheaper per operation. 5
+# leaves room for width 256 running below the machine's peak rate (small
+# products); seeds 0, 1, 2 printed 1.03 to 1.16
+throughput_ratio = max(wide_rounds[512][2048]) / max(wide_rounds[512][256])
+print(f"batch 512: width 2,048 ran at {throughput_ratio:.2f} times width 256's")
 assert throughput_ratio < 5, throughput_ratio
 
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# The text's words on the sweeps.
+one = wide_rounds[1]
+one_best = max(one, key=lambda h: max(one[h]))
+one_narrow_share = max(one[256]) / max(one[one_best])
+verdict_words = {
+    "fell": "fell",
+    "no dip": "showed no dip",
+    "undecided": "left the rule undecided",
+}
+# (cache, verdict) -> the batches that gave it
+found = {}
+for (batch, name), verdict in cache_table.items():
+    if verdict in verdict_words:
+        found.setdefault((name, verdict), []).append(f"{batch:,}")
+parts = [
+    f"{verdict_words[verdict]} beyond the {name} "
+    f"({caches[name] / 2**20:g} MiB) at batch"
+    f"{'es' if len(batches) > 1 else ''} {names_list(batches)}"
+    for (name, verdict), batches in found.items()
+]
+if parts:
+    sweep_found = "On this CPU the throughput " + "; it ".join(parts) + "."
+else:
+    sweep_found = "This system gave no cache size to judge against."
+if one_narrow_share < 0.5:
+    sweep_found += (
+        f" At batch 1 the narrowest model ran at only {one_narrow_share:.2f}"
+        f" times the GFLOP/s of the fastest width ({one_best:,}): its call"
+        " does so little arithmetic that the fixed cost of a call (section"
+        " 8.1) dominates, which makes width 256 a poor reference for the L2"
+        " rule; a dip beyond the L2 could hide behind it."
+    )
+l2_size = caches["L2"]
+if l2_size is not None and any(4 * h * h == l2_size for h in sweep_widths[1]):
+    boundary = next(h for h in sweep_widths[1] if 4 * h * h == l2_size)
+    sweep_found += (
+        f" Width {boundary:,}'s matrix is exactly the L2's size here, neither"
+        " inside nor beyond it, so it sits out the L2 verdicts."
+    )
+if cache_table[1, "L3"] == "fell" and cache_table[512, "L2"] == "no dip":
+    sweep_found += (
+        " So here a wider model paid for memory where each weight was used "
+        "once per call and its matrix had outgrown the last cache; at batch "
+        "512, up to width 2,048, the rule found no dip."
+    )
+record("sweep_found", sweep_found)
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Matrix libraries work through a product in blocks sized to fit the caches, which is
+why the weights' size alone need not slow down a batch that reuses each weight many
+times; a batch of 1 does two operations per weight read. {{sweep_found}}
+
+None of this settles section 8.1's rise at batch 4,096. There the weights stayed the
+same; what grew with the batch was the activations, 4,096 × 256 × 4 bytes = 4 MiB per
+hidden layer, which these sweeps leave alone. A batch sweep at a fixed width would be
+the next experiment, and it would still have to rule out other causes, such as fresh
+memory pages for large buffers.
+"""
+)
+
 # %% [markdown]
-# A matrix product of batch 512 uses every weight 512 times, and matrix libraries work
-# through it in blocks sized to fit the caches, which is why the weights' size alone
-# need not slow it down. A batch of 1 uses every weight once, for two operations per
-# weight read from memory: there the cache should matter most (not measured here).
-# Where the L2 holds 1 MiB, width 512's matrix is exactly its size, neither inside nor
-# beyond it, so the verdict compares width 256 with widths 1,024 and 2,048 only.
-#
 # **Exercise 2.** Resume in the middle of an epoch, bit for bit. Change section 8.7's
 # training so that it also saves a checkpoint at step 5 of epoch 4, crash it at step 9
 # of epoch 4 as before, and resume from that checkpoint instead of the one from the
