@@ -77,7 +77,7 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import (
     DataLoader,
@@ -1060,6 +1060,18 @@ mlp_held = moon_accuracy["MLP, 16 ReLU units"][1]
 record("moons_linear_fit", moon_accuracy["linear"][0], fmt="{:.1%}")
 record("moons_linear_held", linear_held, fmt="{:.0%}")
 record("moons_mlp_held", mlp_held, fmt="{:.0%}")
+# one standard error of an accuracy measured on the 100 held-out points
+moons_se = math.sqrt(linear_held * (1 - linear_held) / 100)
+if linear_held > moon_accuracy["linear"][0]:
+    moons_noise_text = (
+        " (more on the held-out points than on its own: a line is too simple"
+        " to overfit 200 points, so the two differ by the luck of the draw,"
+        " and with 100 held-out points one standard error of the accuracy is"
+        f" about {100 * moons_se:.0f} percentage points)"
+    )
+else:
+    moons_noise_text = ""
+record("moons_noise_text", moons_noise_text)
 # Seeds 0-4 (CPU): held-out accuracy linear 0.93, 0.84, 0.90, 0.84, 0.90 and
 # MLP 1.00, 0.99, 1.00, 0.98, 0.99; training accuracy linear 0.835 to 0.895.
 # A line cannot follow the moons; the hidden layer can.
@@ -1071,7 +1083,7 @@ prose(
     r"""
 The linear model's boundary is a straight line, and no line separates the moons: it
 gets {{moons_linear_fit}} of its own training points right and {{moons_linear_held}}
-of the held-out ones. The MLP's boundary is made of straight pieces, bending
+of the held-out ones{{moons_noise_text}}. The MLP's boundary is made of straight pieces, bending
 wherever one of its 16 hidden units switches on or off (a ReLU network's boundaries
 are piecewise linear, not smooth curves), and that is enough to follow the moons:
 {{moons_mlp_held}} of the held-out points. The breast-cancer data later in the chapter is
@@ -1458,20 +1470,20 @@ record("flattest_text", flattest_text)
 scaled_steps, plain_steps = adam_steps["badly scaled"], adam_steps["original"]
 if scaled_steps is None or plain_steps is None:
     adam_scaling_text = (
-        "within these 150 steps one of its runs did not come within 1 % of the"
+        "Within these 150 steps one of Adam's runs did not come within 1 % of the"
         " floor, so the figure cannot say whether the scaling slows it"
     )
 else:
     # seeds 0-2: 110, 123, 113 steps on the badly scaled features against 108,
     # 93, 97 on the original ones
     adam_scaling_text = (
-        "the badly scaled features show no clear cost at this tuned rate"
-        if scaled_steps <= 1.05 * plain_steps
-        else "the badly scaled features cost Adam"
-        f" {scaled_steps / plain_steps - 1:.0%} more steps at this tuned rate"
+        f"Adam came within 1 % of the floor after {scaled_steps} steps on the"
+        f" badly scaled features and {plain_steps} on the original ones: "
     ) + (
-        f": it came within 1 % of the floor after {scaled_steps} steps on them,"
-        f" against {plain_steps} on the original features"
+        "at this tuned rate the scaling shows no clear cost"
+        if scaled_steps <= 1.05 * plain_steps
+        else f"the scaling cost {100 * (scaled_steps / plain_steps - 1):.0f} % more"
+        " steps at this tuned rate"
     )
 record("adam_scaling_text", adam_scaling_text)
 
@@ -1504,7 +1516,7 @@ prose(
   units. That is not the same as ignoring a feature's scale. Multiplying a feature by
   0.3 moves its best weight 1/0.3 ≈ 3.3 times farther away, and steps of a fixed
   length take longer to cover it; the steepness that stalls SGD, though, no longer
-  sets the step. Here {{adam_scaling_text}} (the count varies from seed to seed).
+  sets the step. {{adam_scaling_text}} (the count varies from seed to seed).
   That rescaling is per *coordinate*: it helps when the valley's steep and flat
   directions lie along the parameters' own axes, nearly so here, and cannot undo a
   valley tilted against the axes (the second aside below).
@@ -2206,7 +2218,36 @@ val_rises = [
     for epoch in range(2, epochs + 1)
 ]
 rise_epoch, rise_ratio = max(val_rises, key=lambda pair: pair[1])
-if rise_ratio >= 2 and chosen not in unstable_runs:
+# the epochs at whose end the chosen run's training loss stood more than 10 %
+# above the epoch before: the bouncing its panel shows
+train_rises = [
+    epoch
+    for epoch in range(2, epochs + 1)
+    if chosen["train"][epoch - 1] > 1.1 * chosen["train"][epoch - 2]
+]
+if train_rises and chosen not in unstable_runs:
+    last_rise = train_rises[-1]
+    where = (
+        "after"
+        if best_epoch > last_rise
+        else "at"
+        if best_epoch == last_rise
+        else "before"
+    )
+    how_often = (
+        f"from epoch {last_rise - 1} to {last_rise}"
+        if len(train_rises) == 1
+        else f"{len(train_rises)} times between epochs {train_rises[0] - 1}"
+        f" and {last_rise}"
+    )
+    chosen_turbulence_text = (
+        f"The chosen run, lr {lr:g}, is not smooth either: its training loss"
+        f" rises by more than 10 % from one epoch to the next {how_often},"
+        " though never to three times its lowest so far, so by our"
+        " convention it is turbulent rather than unstable; its best epoch,"
+        f" {best_epoch}, comes {where} the last of these rises"
+    )
+elif rise_ratio >= 2 and chosen not in unstable_runs:
     where = (
         "after"
         if best_epoch > rise_epoch
@@ -3129,10 +3170,7 @@ hundreds of candidates we kept the one whose confidence happened to be right on 
 {{n_val}} validation tumours, so its validation loss says more about those
 tumours than about new ones. {{perfect_val_text}}
 Where the probabilities themselves matter, as when a diagnostic test reports them to
-a doctor, they are calibrated afterwards. The aside after the next two hidden cells
-shows the simplest method, temperature scaling, and why it needs held-out
-predictions with mistakes in them; the main line continues with what the selection
-lacked.
+a doctor, they are calibrated afterwards (the aside below).
 """
 )
 
@@ -3177,186 +3215,25 @@ else:
 record("val_t_text", val_t_text)
 
 
-# %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# For the aside below: out-of-fold logits and the fitted temperature
-def out_of_fold_logits(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    folds: int,
-    lr: float,
-    *,
-    epochs: int,
-    val_loader: DataLoader,
-    criterion: nn.Module,
-    seed: int,
-    device: torch.device,
-) -> torch.Tensor:
-    """Each tumour's logit from a network trained, as in section 2.7, on the
-    other folds only (its epoch chosen on the validation set)."""
-    logits = torch.empty(len(labels))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for fit_rows, held_rows in splitter.split(features.numpy(), labels.numpy()):
-        fit_rows, held_rows = map(torch.from_numpy, (fit_rows, held_rows))
-        fold_set = TabularDataset(features[fit_rows], labels[fit_rows])
-        fold_run = train_and_validate(
-            lr,
-            epochs,
-            fold_set,
-            val_loader,
-            criterion,
-            seed=seed,
-            device=device,
-        )
-        fold_net = MLP(30, 16, 1).to(device)
-        fold_net.load_state_dict(fold_run["best_state"])
-        fold_net.eval()
-        with torch.no_grad():
-            held = features[held_rows].to(device)
-            logits[held_rows] = fold_net(held).squeeze(1).cpu()
-    return logits
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T > 0 that minimises the mean BCE of logits / T."""
-    log_t = torch.zeros((), requires_grad=True)  # start at T = 1
-    # one parameter and a smooth loss: LBFGS with a strong-Wolfe line search
-    # (which picks each step's length) gets there in a few iterations; lr=1.0
-    # is LBFGS's default and max_iter=50 a generous cap, neither tuned
-    optimizer = torch.optim.LBFGS(
-        [log_t], lr=1.0, max_iter=50, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return log_t.exp().item()
-
-
-train_oof = out_of_fold_logits(  # (364,)
-    x_train,
-    y_train,
-    folds=4,  # each fit trains on 273 of the 364 tumours; untuned
-    lr=lr,
-    epochs=epochs,
-    val_loader=val_loader,
-    criterion=criterion,
-    seed=seed,
-    device=device,
-)
-oof_mistakes = int(((train_oof > 0).float() != y_train).sum())
-temperature = fit_temperature(train_oof, y_train)
-print(
-    f"out-of-fold mistakes: {oof_mistakes} of {len(y_train)}; "
-    f"fitted T = {temperature:.2f}"
-)
-scaled_logits = test_logits / temperature
-scaled_p = torch.sigmoid(scaled_logits)
-scaled_loss = F.binary_cross_entropy_with_logits(scaled_logits, y_test).item()
-scaled_pred = (scaled_logits > 0).long().numpy()
-scaled_acc = (scaled_pred == test_true).mean()
-scaled_confidence = torch.maximum(scaled_p, 1 - scaled_p)  # (114,)
-scaled_mean_conf = scaled_confidence.mean().item()
-scaled_confident_wrong = int((wrong & (scaled_confidence > 0.99)).sum())
-print("                      before    after")
-print(f"test loss           {test_loss:8.4f} {scaled_loss:8.4f}")
-print(f"test accuracy       {test_acc:8.3f} {scaled_acc:8.3f}")
-print(f"mean confidence     {mean_confidence:8.3f} {scaled_mean_conf:8.3f}")
-print(f"wrong at > 99 %     {confident_wrong:8d} {scaled_confident_wrong:8d}")
-# dividing by T > 0 keeps every logit's sign: the same decisions
-assert (scaled_pred == test_pred).all()
-# seeds 0-2: T 7.1, 0.99, 1.5; test loss 0.250 -> 0.105, 0.0508 -> 0.0507,
-# 0.0854 -> 0.0761. Nothing guarantees a fall on the test tumours (T was fitted
-# on other networks' logits): the words below say what this run's loss did.
-record("oof_mistakes", oof_mistakes)
-record("temperature", temperature, fmt="{:.1f}")
-record("scaled_test_loss", scaled_loss, fmt="{:.4f}")
-record("scaled_mean_confidence", scaled_mean_conf, fmt="{:.1%}")
-
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
-# The words of the next paragraph, chosen from the fit above.
-scaled_gap = (scaled_mean_conf - test_acc) / test_se_value
-if scaled_confident_wrong == 0:
-    scaled_confident_wrong_text = (
-        f"none of the {int(wrong.sum())} mistakes is made with more than 99 %"
-        f" confidence any more ({confident_wrong} before)"
-    )
-else:
-    scaled_confident_wrong_text = (
-        f"{scaled_confident_wrong} of the {int(wrong.sum())} mistakes are"
-        f" still made with more than 99 % confidence ({confident_wrong}"
-        " before)"
-    )
-record("scaled_confident_wrong_text", scaled_confident_wrong_text)
-if abs(math.log(temperature)) < math.log(1.05):
-    temperature_effect = "barely changes the probabilities"
-elif temperature > 1:
-    temperature_effect = "softens every probability towards 0.5"
-else:
-    temperature_effect = "sharpens every probability away from 0.5"
-record("temperature_effect", temperature_effect)
-record(
-    "scaled_gap_text",
-    f"now within {abs(scaled_gap):.1f} standard errors of the accuracy"
-    if abs(scaled_gap) < 1
-    else f"now {abs(scaled_gap):.1f} standard errors"
-    + (" above" if scaled_gap > 0 else " below")
-    + " the accuracy",
-)
-if scaled_loss < 0.95 * test_loss:
-    scaled_loss_words = "falls"
-elif scaled_loss > 1.05 * test_loss:
-    scaled_loss_words = "rises"
-else:
-    scaled_loss_words = "barely moves"
-record("scaled_loss_words", scaled_loss_words)
-
 # %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
 <details>
-<summary>Aside: calibrating afterwards, with temperature scaling</summary>
+<summary>Going further: calibrating afterwards, with temperature scaling</summary>
 
 The simplest method, *temperature scaling* ([Guo et al.,
 2017](https://arxiv.org/abs/1706.04599)), divides every logit by one number `T`,
-fitted by minimising the log-loss on held-out data. That data must not have served
-for the other choices, and it must hold enough mistakes: on examples that are all
-classified correctly the loss keeps falling as `T` shrinks, so the fit would make
-the model more confident, not less. The first of the two hidden cells above tries it
-on our validation split. {{val_t_text}}. Our validation split could not serve
-anyway: it is small, and it chose the learning rate and the epoch. The training
-tumours can, through cross-validation. Split them into four folds; train a network
-on three of them with the chosen recipe (lr {{chosen_lr}}, the epoch picked on
-validation as before); compute its logits for the fourth, which it never saw. The
-{{n_train}} such *out-of-fold* logits are held-out predictions of networks like
-ours, mistakes included, and `T` is fitted on them, then applied to the chosen model
-(scikit-learn 1.8 and later fit the same way with
-`CalibratedClassifierCV(method="temperature", ensemble=False)`; its default method,
-`"sigmoid"`, is Platt scaling, which also fits a shift). The second hidden cell does
-this. The fold networks saw three quarters of the training tumours, so they stand in
-for the chosen model rather than being it. The fit minimises the log-loss over `log
-T`, which keeps `T` positive, with `torch.optim.LBFGS`, a quasi-Newton optimizer
-suited to a few parameters. Its `step` takes a *closure* that recomputes the loss
-and its gradient, because one call of `step` is a whole run of up to `max_iter`
-iterations, each evaluating the loss at new values of `T`, and the line search
-inside them evaluates it again.
-
-The out-of-fold logits hold {{oof_mistakes}} mistakes, and the fit gives `T` =
-{{temperature}}, which {{temperature_effect}}. The test tumours then serve as a
-diagnostic that chooses nothing: `T` was fixed on the out-of-fold logits, the
-decisions cannot change, and the numbers below are read, not acted on. On them the
-loss {{scaled_loss_words}} from {{test_loss}} to {{scaled_test_loss}}. The accuracy
-stays {{test_accuracy}}, as it must: dividing a logit by a positive `T` keeps its
-sign, so every decision at the 0.5 threshold is the same, and only the confidence
-behind it changes. The mean confidence goes from {{mean_confidence}} to
-{{scaled_mean_confidence}}, {{scaled_gap_text}} (the rough yardstick above), and
-{{scaled_confident_wrong_text}}. Temperature scaling repairs the probabilities, not
-the decisions: it cannot catch a missed tumour, only change how confidently it is
-called benign. One split of 114 test tumours shows what it did here, not what it
-does in general.
+fitted by minimising the log-loss on held-out data. Dividing by a positive `T` keeps
+each logit's sign, so no decision changes, only the confidence behind it. The data
+it is fitted on must not have served for the other choices, and it must hold enough
+mistakes: on examples that are all classified correctly the loss keeps falling as
+`T` shrinks, so the fit would make the model more confident, not less. The hidden
+cell above tries it on our validation split. {{val_t_text}}. The validation split
+could not serve anyway: it is small, and it chose the learning rate and the epoch.
+Held-out predictions with mistakes in them come from cross-validation on the
+training tumours (*out-of-fold* logits: each from a network trained on the other
+folds); scikit-learn (1.8 and later) fits `T` that way with
+`CalibratedClassifierCV(method="temperature", ensemble=False)`.
 
 </details>
 """
@@ -3383,13 +3260,10 @@ cell reruns the same six learning rates, same seed, batches and epochs, with
 beside the logistic regression. The strength 1.0 is a fixed, round, strong value,
 not tuned on any data: at lr {{chosen_lr}}, the rate chosen without decay, AdamW
 multiplies every weight by `1 - lr × decay` each step, shrinking it by
-{{decay_shrink}}. We do not
-choose it by validation loss, which for the reason above would tend to favour the
-weakest decay; choosing it properly needs held-out predictions with mistakes in
-them, such as k-fold cross-validation on the non-test tumours. The first evidence
-comes from the validation tumours, which chose the run anyway: how large the chosen
-model's logits are there. The test columns of the table are the diagnostic the
-section opened with, read and not acted on.
+{{decay_shrink}}. Choosing it by validation loss would, for the reason above,
+favour the weakest decay. The evidence that counts comes from the validation tumours,
+which chose the run anyway: how large the chosen model's logits are there. The test
+columns are a diagnostic, read and not acted on.
 """
 )
 
@@ -3561,16 +3435,24 @@ the decayed one {{gap_after_text}} it. Decisions on 114 tumours move by single
 tumours, so the accuracy comparison is noisy; the loss is the clearer signal.
 {{decay_verdict}}
 
-For the rest of the chapter we keep the undecayed model, and plainly for a narrow
-reason: it is the model the test set judged, so its test numbers are the honest
-ones, and section 2.9 only needs some trained weights to save and reload. It is not
-the model to keep for new patients, since it was chosen by a rule that rewards
-confidence alone. For that, choose with a rule that does not: weight decay with its
-strength chosen on out-of-fold predictions, or the lowest out-of-fold loss over the
-whole grid. Then test that one model once, on tumours that no choice has seen, which
-here would need a fresh test set, because this one has already been looked at.
+For the rest of the chapter we keep the undecayed model, for a narrow reason: it is
+the model the test set judged, so its test numbers are the honest ones, and section
+2.9 only needs some trained weights to save. It is not the model to keep for new
+patients (see the box).
 """
 )
+
+# %% [markdown] tags=["box-note"]
+# > **Choosing a model to keep**
+# >
+# > Training grows the logits, and among candidates that classify the validation set
+# > perfectly the validation loss ranks only their confidence, so its lowest value
+# > tends to pick an overconfident model. To choose a model for new data, train with a
+# > penalty that holds the logits back (weight decay), choose its strength and the
+# > other settings by the loss on held-out predictions that contain mistakes
+# > (out-of-fold predictions from k-fold cross-validation on the non-test data), then
+# > test that one model once on data no choice has seen. Here that would need a fresh
+# > test set, because this one has already been looked at.
 
 # %% [markdown]
 # ## 2.9 Saving and loading
@@ -3844,13 +3726,12 @@ assert check_momentum_sgd(MomentumSGD)
 # epoch over a loader of micro-batches that takes an optimizer step after every `k` of
 # them, and after the last group even when it holds fewer than `k`, such that every
 # step equals a step on its group's examples taken as one batch. By what must each
-# micro-batch's loss be divided? Assume micro-batches of equal size; with a short
-# one, weight each loss by its share of the group's examples, as section 2.7
-# showed. Then try it on the first 40 training examples in order
-# (no shuffling), in micro-batches of 8 with `k = 4`, so that a step uses 32 examples
-# and the last group holds a single micro-batch, and check it against a deep copy of
-# the same fresh `MLP(30, 16, 1)` trained on batches of 32 and 8, one step each, both
-# with plain SGD (`lr=0.1`). Finally divide every loss by 4 instead: what changes?
+# micro-batch's loss be divided? Assume micro-batches of equal size. Then try it on
+# the first 40 training examples in order (no shuffling), in micro-batches of 8 with
+# `k = 4`, so that a step uses 32 examples and the last group holds a single
+# micro-batch, and check it against a deep copy of the same fresh `MLP(30, 16, 1)`
+# trained on batches of 32 and 8, one step each, both with plain SGD (`lr=0.1`).
+# Finally divide every loss by 4 instead: what changes?
 
 
 # %% tags=["exercise-starter"]
@@ -4127,7 +4008,7 @@ record("ex3_logistic_max_rate", max(logistic_rates), fmt="{:g}")
 record("ex3_mlp_candidates", len(runs) * epochs)
 record("ex3_logistic_candidates", len(logistic_rates) * epochs)
 # a model that gets every validation tumour right lowers its validation loss
-# by growing its logits (section 2.8's temperature table)
+# by growing its logits (section 2.8's table of logits divided by T)
 perfect = [
     name
     for name, scores in (
@@ -4140,7 +4021,7 @@ if logistic_lr == max(logistic_rates) and logistic_val.accuracy == 1.0:
     confidence_text = (
         " Logistic regression classifies every validation tumour correctly,"
         " and on such a set the loss keeps falling as the logits grow"
-        " (section 2.8's temperature table shows it for the MLP); a larger"
+        " (section 2.8's table of logits divided by `T` shows it for the MLP); a larger"
         " rate grows the weights faster, so a wider grid need not settle the"
         " choice. Its loss then rewards confidence more than correctness."
     )
@@ -4150,7 +4031,7 @@ elif perfect:
     confidence_text = (
         f" {who[0].upper() + who[1:]} {verb} every validation tumour"
         " correctly, and on such a set the loss keeps falling as the logits"
-        " grow (section 2.8's temperature table), so part of a low loss"
+        " grow (section 2.8's table of logits divided by `T`), so part of a low loss"
         " there is confidence, not correctness."
     )
 else:
@@ -4315,15 +4196,14 @@ assert check_load_matching(load_matching)
 # `sweep_batch_sizes` in the starter below. It is handed a function `train(lr,
 # batch_size)` that returns a run as `train_and_validate` does, section 2.7's runs, the
 # batch sizes and the number of training tumours; it returns each size's kept run with
-# two more entries. How soon a run gets somewhere must be measured against a common
-# target: the kept runs' best losses differ several-fold, and a run that keeps
-# improving to a far lower loss would look slow by its own best epoch. So the target
-# is the worst (highest) of the kept runs' best validation losses, which each of them
-# reaches; `"target_epoch"` is the first epoch (from 1) whose validation loss is at
-# most that target, and `"updates"` the optimizer updates up to the end of that epoch
-# (section 2.6 counts the updates of one epoch; 364 examples do not divide into
-# batches of 8 or 128). This "steps to a result" is the measure of
-# [Shallue et al. (2018)](https://arxiv.org/abs/1811.03600). The checker hands your
+# two more entries, which measure how soon the run gets somewhere. Design that
+# measure so that it compares like with like, although the kept runs' best losses
+# differ several-fold: a target loss common to all kept runs, as demanding as it can
+# be while every one of them still reaches it. `"target_epoch"` is the first epoch
+# (from 1) at which a run reaches your target, and `"updates"` the optimizer updates
+# up to the end of that epoch (section 2.6 counts the updates of one epoch; 364
+# examples do not divide into batches of 8 or 128). This "steps to a result" is the
+# measure of [Shallue et al. (2018)](https://arxiv.org/abs/1811.03600). The checker hands your
 # function a stand-in for `train` that trains nothing and records what it is asked
 # for. Then run the search with `train_and_validate`, and compare each batch size's
 # best validation loss and the epochs and updates it took to reach the target. Does a
@@ -4334,10 +4214,10 @@ assert check_load_matching(load_matching)
 # %% tags=["exercise-starter"]
 def sweep_batch_sizes(train, runs_32: list, sizes: tuple, n_train: int) -> dict:
     """Map each batch size in `sizes` to the run section 2.5's rule keeps,
-    with entries "target_epoch" (the first epoch whose validation loss is at
-    most the worst of the kept runs' best losses) and "updates" (the
-    optimizer updates up to the end of that epoch) added. Batches of 32
-    choose among `runs_32`; every other size B among two new runs,
+    with entries "target_epoch" (the first epoch at which it reaches your
+    common target loss) and "updates" (the optimizer updates up to the end
+    of that epoch) added. Batches of 32 choose among `runs_32`; every other
+    size B among two new runs,
     `train(lr, B)`, at 32's kept rate scaled by √(B/32) and by B/32."""
     raise NotImplementedError  # your code here
 
@@ -4593,10 +4473,7 @@ prose(
   The selected MLP (kept to show saving, not for use) scored {{test_accuracy}}
   test accuracy and caught
   {{test_recall}} of the malignant tumours; for a diagnostic test, whose
-  misses are costly, recall, not accuracy, is the number to watch. Temperature
-  scaling, one number `T` fitted on out-of-fold logits, recalibrates the
-  probabilities without changing a decision; in this split's diagnostic it took the
-  test loss from {{test_loss}} to {{scaled_test_loss}}.
+  misses are costly, recall, not accuracy, is the number to watch.
 - A resumable checkpoint holds the model's and the optimizer's `state_dict`, the
   epoch and the state of the generator that shuffles the batches; load it with
   `weights_only=True`, which is safer but no substitute for trusting the file and

@@ -433,15 +433,21 @@ def sweeper(mistake: str = ""):
         target = max(bests)
         if mistake == "all tried":
             target = max([*bests, *(run["best_val"] for run in runs_32)])
-        if mistake == "lowest target":
+        if mistake in ("lowest target", "unreached is None"):
             target = min(bests)
+        if mistake == "loose target":
+            target = 1.5 * max(bests)
         for size, run in kept.items():
             per_epoch = math.ceil(n_train / size)
-            epoch = next(e for e, loss in enumerate(run["val"], start=1) if loss <= target)
+            reached = (e for e, loss in enumerate(run["val"], start=1) if loss <= target)
+            epoch = next(reached, None) if mistake == "unreached is None" else next(reached)
             if mistake == "own best":
                 epoch = run["best_epoch"]
             if mistake != "no target epoch":
                 run["target_epoch"] = epoch
+            if epoch is None:
+                run["updates"] = None
+                continue
             run["updates"] = {
                 "floor": epoch * (n_train // size),
                 "before best": (epoch - 1) * per_epoch,
@@ -492,6 +498,8 @@ def test_sweep_right_passes(capsys):
         ("own best", "that is the run's own best epoch"),
         ("all tried", "not of every run tried"),
         ("lowest target", None),
+        ("unreached is None", "not every kept run reaches that target"),
+        ("loose target", "your target is reached sooner than it need be"),
         ("no target epoch", "add an entry 'target_epoch'"),
         ("own best updates", None),
     ],
