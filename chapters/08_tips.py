@@ -84,6 +84,7 @@ import itertools
 import math
 import os
 import pickle
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -149,9 +150,30 @@ print(
     f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
     f"vector instructions: {torch.backends.cpu.get_cpu_capability()}"
 )
+# The CPU's maker, from the kernel's own list where there is one: some of
+# PyTorch's CPU kernels take a different path on Intel's CPUs (section 8.5).
+cpu_vendor = platform.processor() or "unknown"
+if Path("/proc/cpuinfo").exists():
+    vendor_lines = [
+        line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("vendor_id")
+    ]
+    cpu_vendor = vendor_lines[0] if vendor_lines else cpu_vendor
+# Eager `bernoulli_` with a fixed probability draws with MKL's vectorised
+# generator only in a build with MKL on an Intel CPU (ATen's
+# bernoulli_scalar_kernel); elsewhere it draws one value at a time.
+mkl_draws = torch.backends.mkl.is_available() and "intel" in cpu_vendor.lower()
+print(
+    f"CPU vendor: {cpu_vendor}, MKL: {torch.backends.mkl.is_available()}, "
+    f"eager bernoulli_ draws with MKL: {mkl_draws}"
+)
 # Timings measure the machine as it is: other programs' load changes them.
 load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-print("load average (1 min):", load_at_start)
+print(
+    "load average (1 min):",
+    "not reported" if load_at_start is None else f"{load_at_start:.1f}",
+)
 if load_at_start is None:
     start_load = "This system does not report its load average."
 elif load_at_start > usable_cpus:
@@ -245,6 +267,11 @@ def device_words(dev: torch.device) -> str:
 def rounds_range(readings: list[float], scale: float, fmt: str) -> str:
     """The fastest and the slowest of repeated readings, times `scale`."""
     return f"{min(readings) * scale:{fmt}}–{max(readings) * scale:{fmt}}"
+
+
+def rounds_list(readings: list[float], scale: float, fmt: str) -> str:
+    """Every reading, in the order the rounds ran, times `scale`."""
+    return ", ".join(f"{reading * scale:{fmt}}" for reading in readings)
 
 
 criterion = nn.CrossEntropyLoss()
@@ -604,8 +631,8 @@ print(
 )
 print(
     f"  three rounds, ms per step: every step "
-    f"{rounds_range(item_rounds[True], 1e3, '.2f')}, once "
-    f"{rounds_range(item_rounds[False], 1e3, '.2f')}"
+    f"{rounds_list(item_rounds[True], 1e3, '.2f')}; once "
+    f"{rounds_list(item_rounds[False], 1e3, '.2f')}"
 )
 record("item_every_ms", item_every_s * 1e3, fmt="{:.2f}")
 record("item_once_ms", item_once_s * 1e3, fmt="{:.2f}")
@@ -652,7 +679,8 @@ training loops the second way.
 # PyTorch splits large CPU operations across `torch.get_num_threads()` threads (one
 # per physical core unless `OMP_NUM_THREADS` says otherwise; the setup cell printed
 # both). The cell times a training step of batch 64 (eval mode, so no dropout) and a
-# forward pass of batch 4,096 with one thread, the default, and one per usable CPU.
+# forward pass of batch 4,096 with one thread (`Timer`'s default, see below) and with
+# one per usable CPU.
 #
 # It uses `torch.utils.benchmark.Timer`, the field's tool for this.
 # `Timer(stmt, globals=..., num_threads=n)` sets the thread count for the measurement
@@ -862,8 +890,8 @@ print(
 )
 print(
     "  five rounds, ms: per sample "
-    f"{rounds_range(loader_rounds['per sample'], 1e3, '.1f')}, per batch "
-    f"{rounds_range(loader_rounds['per batch'], 1e3, '.2f')}"
+    f"{rounds_list(loader_rounds['per sample'], 1e3, '.1f')}; per batch "
+    f"{rounds_list(loader_rounds['per batch'], 1e3, '.2f')}"
 )
 record("per_sample_ms", per_sample_s * 1e3, fmt="{:.1f}")
 record("per_batch_ms", per_batch_s * 1e3, fmt="{:.2f}")
@@ -920,8 +948,8 @@ epoch_times = {size: min(readings) for size, readings in epoch_rounds.items()}
 for size, readings in epoch_rounds.items():
     print(
         f"batch size {size:>3}: {len(epochs_of[size].args[2]):>2} steps, "
-        f"{min(readings) * 1e3:.1f} ms per epoch (slowest round "
-        f"{max(readings) * 1e3:.1f} ms)"
+        f"{min(readings) * 1e3:.1f} ms per epoch (rounds "
+        f"{rounds_list(readings, 1e3, '.1f')} ms)"
     )
 record("epoch_16_ms", epoch_times[16] * 1e3, fmt="{:.0f}")
 record("epoch_256_ms", epoch_times[256] * 1e3, fmt="{:.0f}")
@@ -1328,7 +1356,6 @@ for kind, verdict in (
         f"| {later_epoch[kind, '2 workers, persistent']:.2f} "
         f"| {later_epoch[kind, '2 workers']:.2f} | {verdict} no workers |"
     )
-print("\n".join(workers_table))
 record("workers_table", "\n".join(workers_table))
 record("usable_cpus", usable_cpus)
 if device.type == "cuda":
@@ -2143,7 +2170,6 @@ for name in schedule_names:
         f"| {name} | {first_mean:.2f} | {mean_high4[name]:.3f} "
         f"| {min(ends):.3f}–{max(ends):.3f} | {below} |"
     )
-print("\n".join(high_table))
 record("high_table", "\n".join(high_table))
 # the epoch from which the best schedule stayed ahead of the constant rate
 ahead_from = next(
@@ -2504,6 +2530,10 @@ print(
     f"training step, batch 256: float32 {fp32_step_s * 1e3:.2f} ms, autocast "
     f"{amp_name} {amp_step_s * 1e3:.2f} ms -> autocast is {amp_verdict} float32"
 )
+print(
+    f"  three rounds, ms: float32 {rounds_list(amp_rounds[False], 1e3, '.2f')}"
+    f"; autocast {rounds_list(amp_rounds[True], 1e3, '.2f')}"
+)
 
 
 def cpu_features() -> set[str]:
@@ -2566,6 +2596,11 @@ print(
     f"one 256 x 256 matrix product: float32 {fp32_matmul_s * 1e6:.0f} µs, "
     f"{amp_name} {half_matmul_s * 1e6:.0f} µs -> {matmul_verdict} float32"
 )
+print(
+    "  three rounds, µs: float32 "
+    f"{rounds_list(matmul_rounds['float32'], 1e6, '.0f')}; {amp_name} "
+    f"{rounds_list(matmul_rounds['16 bits'], 1e6, '.0f')}"
+)
 if not matmul_verdict.endswith("faster than"):
     matmul_reading = (
         "Without a faster 16-bit product there is nothing for autocast to "
@@ -2573,8 +2608,13 @@ if not matmul_verdict.endswith("faster than"):
     )
 elif not amp_verdict.endswith("faster than"):
     matmul_reading = (
-        "The step did not gain, although its products did: they are only "
-        "part of it, and autocast adds conversions of its own."
+        (
+            "The step was not shown to gain (its rounds overlapped `float32`'s)"
+            if amp_verdict == "within the noise of"
+            else f"The step was {amp_verdict.removesuffix(' than')}"
+        )
+        + ", although its products gained: they are only part of it, and "
+        "autocast adds conversions of its own."
     )
 elif fp32_step_s / amp_step_s < fp32_matmul_s / half_matmul_s:
     matmul_reading = (
@@ -3204,7 +3244,6 @@ if step_compile_skip is None:
             # "1.7 times slower than" -> "1.7 times slower"
             + f" | {verdict.removesuffix(' than').removesuffix(' of')} |"
         )
-    print("\n".join(step_table))
     step_compile_sentence = (
         "\n".join(step_table)
         + "\n\nThe times are each side's fastest round; the last column "
@@ -3438,61 +3477,89 @@ if pile_rounds:
         "marks a pile over 10 % longer in every round, the chapter's rule."
         "\n\n" + "\n".join(table)
     )
-    print("\n".join(table))
-    compiled_grown = grown.get("compiled", [])
-    if any("matrix products" in names for names in grown.values()):
-        compile_profile_sentence = (
-            "The matrix products, whose work dropout does not change, passed "
-            "the rule too: the machine's load moved these rounds, so this "
-            "profile tells no pile apart."
+    # rows whose matrix products, which dropout does not change, passed the
+    # rule too: the machine's load moved those rounds
+    loaded_rows = [
+        row for row, names in grown.items() if "matrix products" in names
+    ]
+    sentences = []
+    if loaded_rows:
+        sentences.append(
+            "In the "
+            + ("row " if len(loaded_rows) == 1 else "rows ")
+            + names_list([f"“{row}”" for row in loaded_rows])
+            + " the matrix products, whose work dropout does not change, "
+            "passed the rule too: the machine's load moved "
+            + ("that row's" if len(loaded_rows) == 1 else "those rows'")
+            + " rounds, so "
+            + ("it tells" if len(loaded_rows) == 1 else "they tell")
+            + " no pile apart."
         )
-    elif compiled_grown:
-        compile_profile_sentence = (
+    compiled_grown = grown.get("compiled", [])
+    if "compiled" not in loaded_rows:
+        sentences.append(
             "Compiled, dropout's extra time sat in "
             + names_list([pile_words[name] for name in compiled_grown])
             + "."
+            if compiled_grown
+            else "Compiled, no pile grew with dropout by the rule."
         )
-    else:
-        compile_profile_sentence = (
-            "Compiled, no pile grew with dropout by the rule."
-        )
-    if busy_piles:
-        compile_profile_sentence += (
-            f" ({busy_piles} pile readings ran over five times their fastest "
-            "round: a busy machine, so read this profile with care.)"
-        )
-    fallback_code = pile_ratios(
-        (0.1, "fallback"), (0.0, "compiled"), "generated code"
-    )
-    fallback_mm = pile_ratios(
-        (0.1, "fallback"), (0.0, "compiled"), "matrix products"
-    )
-    if (
-        fallback_code is not None
-        and min(fallback_code) >= 1.1
-        and not min(fallback_mm) >= 1.1
+    fallback_row = "compiled, `fallback_random`"
+    if fallback_row not in loaded_rows and "generated code" in grown.get(
+        fallback_row, []
     ):
-        compile_profile_sentence += (
-            " With `fallback_random` the drawing moves to eager operators, "
+        sentences.append(
+            "With `fallback_random` the drawing moves to eager operators, "
             "yet Inductor's code still grew: applying the mask and its "
             "gradient costs time too (this profile does not split it)."
         )
+    if busy_piles:
+        sentences.append(
+            f"({busy_piles} pile readings ran over five times their fastest "
+            "round: a busy machine, so read this profile with care.)"
+        )
+    compile_profile_sentence = " ".join(sentences)
 else:
     compile_profile_sentence = f"Not profiled here: {profile_skip}."
     pile_table = ""
 record("pile_table", pile_table)
 record("compile_profile_sentence", compile_profile_sentence)
+# ATen's CPU kernel for `bernoulli_` with a fixed probability
+# (bernoulli_scalar_kernel) takes MKL's generator only where mkl_draws holds
+if mkl_draws:
+    eager_draw_sentence = (
+        "Eager `bernoulli_` with a fixed probability draws with MKL's "
+        "vectorised generator, split across threads, as it does in builds "
+        f"with MKL on Intel's CPUs such as this one ({cpu_vendor}); "
+        "elsewhere it too draws one value at a time."
+    )
+else:
+    mkl_build = "with" if torch.backends.mkl.is_available() else "without"
+    eager_draw_sentence = (
+        "Eager `bernoulli_` with a fixed probability draws with MKL's "
+        "vectorised generator only in builds with MKL on Intel's CPUs; on "
+        f"this CPU ({cpu_vendor}), in this build {mkl_build} MKL, it too "
+        "draws one value at a time (section 8.9 times the drawing)."
+    )
+if device.type == "cpu":
+    eager_draw_sentence += (
+        " So the compiled step's timings above are this CPU's figures: where "
+        "eager mode's drawing takes the other path, eager dropout costs "
+        "differently and the comparison can come out otherwise."
+    )
+record("eager_draw_sentence", eager_draw_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
 {{pile_table}}
 
-{{compile_profile_sentence}} That is the diagnosis: find the pile that grew, then
-look inside it. `TORCH_LOGS=output_code` prints every kernel Inductor wrote; in this
-torch's CPU kernel for a dropout mask, each value comes from its own call of
-`normalized_rand_cpu`, a counter-based generator, where eager mode's `bernoulli_`
-fills the whole tensor in one library call.
+{{compile_profile_sentence}} Section 8.9 times dropout's parts alone (drawing the
+mask, multiplying by it, a matrix product), which needs no whole-step profile to tell
+them apart. The method is the same on any machine: find the pile that grew, then look
+inside it. `TORCH_LOGS=output_code` prints every kernel Inductor wrote; in
+this torch's CPU kernel for a dropout mask, each value comes from its own call of
+`normalized_rand_cpu`, a counter-based generator. {{eager_draw_sentence}}
 """
 )
 
@@ -3857,6 +3924,10 @@ else:
     )
 record("spike_sentence", spike_sentence)
 dead_clipped = dead_share(clip_runs[excessive, "clipped"][0], x_val_all)
+print(
+    f"first-layer ReLUs dead for every validation digit, clipped at lr "
+    f"{excessive}: {dead_clipped:.0%}"
+)
 record("dead_clipped", dead_clipped, fmt="{:.0%}")
 clipped_high_val = clip_runs[excessive, "clipped"][2]
 lowest_epoch = int(np.argmin(clipped_high_val))
@@ -4853,12 +4924,12 @@ draw_s, multiply_s, product_s = (
 for part, part_readings in part_rounds.items():
     print(
         f"{part:8} {min(part_readings) * 1e6:6.0f} µs (rounds "
-        f"{rounds_range(part_readings, 1e6, '.0f')} µs), one thread"
+        f"{rounds_list(part_readings, 1e6, '.0f')} µs), one thread"
     )
 for part, part_readings in (two_thread_rounds or {}).items():
     print(
         f"{part:8} {min(part_readings) * 1e6:6.0f} µs (rounds "
-        f"{rounds_range(part_readings, 1e6, '.0f')} µs), two threads"
+        f"{rounds_list(part_readings, 1e6, '.0f')} µs), two threads"
     )
 
 
@@ -4989,8 +5060,13 @@ record("dropout_cause", dropout_cause)
 # Only a drawing several times the multiplication has a gap to explain.
 draw_gap_why = (
     "A random number and a comparison per value, against one "
-    "multiplication, do not explain a gap this large; a generator that "
-    "makes one number at a time is the likely rest (not profiled here). "
+    "multiplication, do not explain a gap this large; "
+    + (
+        "this run does not show where the rest goes. "
+        if mkl_draws
+        else "drawing one value at a time, as eager `bernoulli_` does on "
+        "this CPU (section 8.5), is the likely rest (not profiled here). "
+    )
     if min(draws) > 3 * max(multiplies) and device.type == "cpu"
     else ""
 )
@@ -5013,6 +5089,21 @@ else:
         )
     )
 record("draw_threads_sentence", draw_threads_sentence)
+record(
+    "draw_build_sentence",
+    "How dear the drawing is depends on the CPU and on how PyTorch was built "
+    "(section 8.5): this is "
+    + (
+        "an Intel CPU where it draws with MKL"
+        if mkl_draws
+        else f"a CPU ({cpu_vendor}) where it draws one value at a time"
+    )
+    + ", so dropout's share of the profile and these timings are this "
+    "CPU's figures."
+    if device.type == "cpu"
+    else "How dear the drawing is depends on the device and on how PyTorch "
+    "was built, so these numbers are this machine's.",
+)
 record(
     "timed_alone_where",
     "on one thread"
@@ -5037,9 +5128,7 @@ as `torch.utils.flop_counter.FlopCounterMode` counts them) dropout would cost ab
 {{dropout_arith_share}} of the matrix products; {{dropout_share_words}} that. Timed
 alone {{timed_alone_where}}, on one 256 × 256 activation, drawing the mask took
 {{draw_us}} µs, multiplying by it {{multiply_us}} µs and the layer's `addmm`
-{{product_us}} µs: {{dropout_cause}}. {{draw_threads_sentence}} How dear the drawing
-is depends on the CPU and on how PyTorch was built (builds with Intel's MKL can draw
-`bernoulli_`'s numbers with it on some CPUs), so these numbers are this machine's.
+{{product_us}} µs: {{dropout_cause}}. {{draw_threads_sentence}} {{draw_build_sentence}}
 
 Inductor can fuse the mask, the multiplication and the ReLU into one kernel that
 passes over the data once; that saves passes over memory and calls, not the drawing.
@@ -5087,7 +5176,7 @@ for name, readings in mode_rounds.items():
     busy = max(readings) > 5 * min(readings)  # a busy spell, not the code
     print(
         f"{name:15} {min(readings) * 1e6:8.0f} µs "
-        f"(slowest of 3 rounds {max(readings) * 1e6:.0f} µs"
+        f"(rounds {rounds_list(readings, 1e6, '.0f')} µs"
         + (
             ", over five times the fastest: the machine was busy)"
             if busy
@@ -5773,7 +5862,8 @@ else:
 if one_narrow_share < 0.5:
     sweep_found += (
         f" At batch 1 the narrowest model ran at only {one_narrow_share:.2f}"
-        f" times the GFLOP/s of the fastest width ({one_best:,}): its call"
+        " times the GFLOP/s of the width with the highest reading"
+        f" ({one_best:,}): its call"
         " does so little arithmetic that the fixed cost of a call (section"
         " 8.1) dominates, which makes width 256 a poor reference for the L2"
         " rule; a dip beyond the L2 could hide behind it."
