@@ -225,6 +225,10 @@ for start in (0.3, 3.0):
 # `float32` (section 2.4 returns to such overflows).
 #
 # (Softplus is built in as `F.softplus`; we write it only to have a formula to check.)
+# Our `forward` takes `ctx` and saves for backward itself, the older of the two forms
+# the documentation allows; since PyTorch 2.0 it recommends a `forward` without `ctx`
+# plus a `setup_context(ctx, inputs, output)` staticmethod, the only form that works
+# under `torch.func` transforms such as `vmap`.
 
 
 # %%
@@ -1060,17 +1064,28 @@ mlp_held = moon_accuracy["MLP, 16 ReLU units"][1]
 record("moons_linear_fit", moon_accuracy["linear"][0], fmt="{:.1%}")
 record("moons_linear_held", linear_held, fmt="{:.0%}")
 record("moons_mlp_held", mlp_held, fmt="{:.0%}")
-# one standard error of an accuracy measured on the 100 held-out points
-moons_se = math.sqrt(linear_held * (1 - linear_held) / 100)
-if linear_held > moon_accuracy["linear"][0]:
+# The two accuracies come from different points (200 and 100), so the gap
+# between them has the standard error of a difference of two proportions.
+linear_fit = moon_accuracy["linear"][0]
+moons_se_diff = math.sqrt(
+    linear_fit * (1 - linear_fit) / 200 + linear_held * (1 - linear_held) / 100
+)
+moons_z = (linear_held - linear_fit) / moons_se_diff
+if linear_held <= linear_fit:
+    moons_noise_text = ""
+elif moons_z < 2:
     moons_noise_text = (
         " (more on the held-out points than on its own: a line is too simple"
-        " to overfit 200 points, so the two differ by the luck of the draw,"
-        " and with 100 held-out points one standard error of the accuracy is"
-        f" about {100 * moons_se:.0f} percentage points)"
+        " to overfit 200 points, and the gap is"
+        f" {moons_z:.1f} standard errors of the difference, the luck of the"
+        " draw)"
     )
 else:
-    moons_noise_text = ""
+    moons_noise_text = (
+        " (more on the held-out points than on its own: a line is too simple"
+        " to overfit 200 points, so this is an unusually lucky held-out draw,"
+        f" {moons_z:.1f} standard errors of the difference)"
+    )
 record("moons_noise_text", moons_noise_text)
 # Seeds 0-4 (CPU): held-out accuracy linear 0.93, 0.84, 0.90, 0.84, 0.90 and
 # MLP 1.00, 0.99, 1.00, 0.98, 0.99; training accuracy linear 0.835 to 0.895.
@@ -2104,7 +2119,10 @@ plt.show()
 # closely spaced rates, and among near-equals the smallest rate is the furthest from
 # instability. Here the six rates lie a factor 3 apart, and we keep the simplest rule,
 # the lowest loss outright; exercise 5 asks whether section 2.5's rule picks the same
-# run.
+# run. The rule has a price, which section 2.8 measures: among runs that make almost no
+# validation mistakes, the lowest loss rewards the most confident run, which can be
+# overconfident on new tumours, and the section ends by retraining with the weight
+# decay this selection lacked.
 
 
 # %%
@@ -2445,7 +2463,7 @@ fits the training tumours ever more closely without getting better on new ones.
 the *training* loss itself jumps, and the validation loss often with it. Against
 both we keep the weights of the epoch with the lowest validation loss (*early
 stopping*), a choice made on validation data only: epoch {{best_epoch}} of the
-chosen run, {{early_stop_text}}. The aside below says which runs here were
+chosen run, {{early_stop_text}}. The collapsed aside below says which runs here were
 unstable; the experiment after it makes overfitting plain.
 
 The validation loss starts below the training loss in {{n_below_start}}, and stays
@@ -2466,7 +2484,7 @@ scores.
 prose(
     r"""
 <details>
-<summary>Aside: telling a jump from noise, and why the grid hides overfitting</summary>
+<summary>Going further: telling a jump from noise, and why the grid hides overfitting</summary>
 
 **Instability.** We call a rise of the training loss to more than three times its
 lowest value so far a jump; the mark is our convention, set in the gap we measured
@@ -2887,12 +2905,22 @@ split_text = (
 )
 if disagreements == 0:
     logistic_words = "The two make the same decision on every test tumour"
+    sign_test_text = "Here there is nothing to test: " + logistic_words.lower()
 elif sign_p < 0.05:
     better = "better" if only_network > only_logistic else "worse"
-    logistic_words = f"On this split the network does {better}: {split_text}"
+    logistic_words = (
+        f"On this split the network does {better}, tumour by tumour (the"
+        " aside below tests it)"
+    )
+    sign_test_text = f"Here {split_text}: the difference is more than noise"
 else:
-    logistic_words = f"That is within noise of the network: {split_text}"
+    logistic_words = (
+        "That is within noise of the network, tumour by tumour (the aside"
+        " below tests it)"
+    )
+    sign_test_text = f"Here {split_text}: within noise"
 record("logistic_words", logistic_words)
+record("sign_test_text", sign_test_text)
 record("n_test_malignant", int(test_is_malignant.sum()))
 record("n_false_alarms", int(false_alarms.sum()))
 record("test_loss", test_loss, fmt="{:.4f}")
@@ -3005,6 +3033,22 @@ With {{n_test}} test tumours one tumour is {{one_tumour}} of accuracy, and
 the standard error of the accuracy measured here is about {{test_se}}
 (`sqrt(acc · (1 - acc) / n)`): differences of a point or two between models on this
 data are noise.
+"""
+)
+
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>Going further: comparing two models tumour by tumour</summary>
+
+The network and the logistic regression answer the same {{n_test}} test tumours, so
+the fair comparison is tumour by tumour: only where the two disagree can one be
+better. If they were equally good, each disagreement would go either way like a fair
+coin's toss, and the chance of a split at least as uneven as the one observed is an
+exact *sign test*. {{sign_test_text}}.
+
+</details>
 """
 )
 
@@ -3668,6 +3712,10 @@ check_momentum_sgd(MomentumSGD)
 # Dividing the first rule by -lr gives the second, so they agree while lr is
 # constant (when a scheduler changes lr they differ: PyTorch's form applies the
 # new rate to the remembered gradients too).
+# A real optimizer subclasses torch.optim.Optimizer instead: its constructor
+# sorts the parameters into `param_groups` (each with its own lr and momentum),
+# keeps per-parameter tensors such as this previous step in `self.state`, and
+# so gets zero_grad, state_dict and load_state_dict (section 2.9) for free.
 from helpers.exercises.ch02 import check_momentum_sgd
 
 
@@ -4196,29 +4244,30 @@ assert check_load_matching(load_matching)
 # `sweep_batch_sizes` in the starter below. It is handed a function `train(lr,
 # batch_size)` that returns a run as `train_and_validate` does, section 2.7's runs, the
 # batch sizes and the number of training tumours; it returns each size's kept run with
-# two more entries, which measure how soon the run gets somewhere. Design that
-# measure so that it compares like with like, although the kept runs' best losses
-# differ several-fold: a target loss common to all kept runs, as demanding as it can
-# be while every one of them still reaches it. `"target_epoch"` is the first epoch
-# (from 1) at which a run reaches your target, and `"updates"` the optimizer updates
-# up to the end of that epoch (section 2.6 counts the updates of one epoch; 364
-# examples do not divide into batches of 8 or 128). This "steps to a result" is the
-# measure of [Shallue et al. (2018)](https://arxiv.org/abs/1811.03600). The checker hands your
+# entries that say how soon the run gets somewhere. The kept runs' best losses differ
+# several-fold, so design a measure of "how soon" that is fair to all of them: what
+# would it be unfair to count? Your measure is a validation loss to reach,
+# `"target"`, with `"target_epoch"`, the first epoch (from 1) at which the run's
+# validation loss is at most it, and `"updates"`, the optimizer updates up to the end
+# of that epoch (section 2.6 counts the updates of one epoch; 364 examples do not
+# divide into batches of 8 or 128). This "steps to a result" is the measure of
+# [Shallue et al. (2018)](https://arxiv.org/abs/1811.03600). The checker hands your
 # function a stand-in for `train` that trains nothing and records what it is asked
-# for. Then run the search with `train_and_validate`, and compare each batch size's
-# best validation loss and the epochs and updates it took to reach the target. Does a
-# smaller batch get there in fewer epochs? In fewer updates? Can one seed settle the
-# order? Compare the two lowest losses with your bootstrap from exercise 3.
+# for; it accepts any target that is fair and tells the runs apart. Then run the
+# search with `train_and_validate`, and compare each batch size's best validation loss
+# and the epochs and updates it took to reach the target. Does a smaller batch get
+# there in fewer epochs? In fewer updates? Can one seed settle the order? Compare the
+# two lowest losses with your bootstrap from exercise 3.
 
 
 # %% tags=["exercise-starter"]
 def sweep_batch_sizes(train, runs_32: list, sizes: tuple, n_train: int) -> dict:
     """Map each batch size in `sizes` to the run section 2.5's rule keeps,
-    with entries "target_epoch" (the first epoch at which it reaches your
-    common target loss) and "updates" (the optimizer updates up to the end
-    of that epoch) added. Batches of 32 choose among `runs_32`; every other
-    size B among two new runs,
-    `train(lr, B)`, at 32's kept rate scaled by √(B/32) and by B/32."""
+    with entries "target" (your target loss), "target_epoch" (the first
+    epoch at which the run reaches it) and "updates" (the optimizer updates
+    up to the end of that epoch) added. Batches of 32 choose among
+    `runs_32`; every other size B among two new runs, `train(lr, B)`, at
+    32's kept rate scaled by √(B/32) and by B/32."""
     raise NotImplementedError  # your code here
 
 
@@ -4241,20 +4290,24 @@ def kept_by_rule(candidates: list[dict]) -> dict:
 
 def sweep_batch_sizes(train, runs_32: list, sizes: tuple, n_train: int) -> dict:
     """Map each batch size in `sizes` to the run section 2.5's rule keeps,
-    with entries "target_epoch" (the first epoch whose validation loss is at
-    most the worst of the kept runs' best losses) and "updates" (the
-    optimizer updates up to the end of that epoch) added. Batches of 32
-    choose among `runs_32`; every other size B among two new runs,
-    `train(lr, B)`, at 32's kept rate scaled by √(B/32) and by B/32."""
+    with entries "target" (the worst of the kept runs' best losses),
+    "target_epoch" (the first epoch whose validation loss is at most it) and
+    "updates" (the optimizer updates up to the end of that epoch) added.
+    Batches of 32 choose among `runs_32`; every other size B among two new
+    runs, `train(lr, B)`, at 32's kept rate scaled by √(B/32) and by B/32."""
     kept = {32: kept_by_rule(runs_32)}
     rate_32 = kept[32]["lr"]
     for size in sizes:
         if size != 32:  # a larger batch gets a larger rate
             rates = (rate_32 * math.sqrt(size / 32), rate_32 * size / 32)
             kept[size] = kept_by_rule([train(rate, size) for rate in rates])
-    # a common target: the worst of the kept runs' bests, which each reaches
+    # One target for all, or a run that goes on to a far lower loss would
+    # look slow; each run must reach it, so it is at least the worst of the
+    # bests; and the worst of the bests is the most demanding such target,
+    # which tells the runs apart best (a loose one is reached early by all).
     target = max(run["best_val"] for run in kept.values())
     for size, run in kept.items():
+        run["target"] = target
         run["target_epoch"] = next(
             epoch
             for epoch, loss in enumerate(run["val"], start=1)
@@ -4415,7 +4468,10 @@ From section 2.7's six runs with batches of 32, the rule picks
 measured to a common target, the worst of the three bests ({{ex5_target}}, the best
 of batches of {{ex5_target_size}}). A run's own best epoch would not do: a run that
 keeps improving to a far lower loss would look slow, and where a curve is flat near
-its lowest point, where exactly the minimum fell is mostly chance. Did a smaller batch
+its lowest point, where exactly the minimum fell is mostly chance. Any looser target
+that every run reaches would be fair too, but the looser it is, the earlier all runs
+reach it and the less it tells them apart; the worst of the bests is the most
+demanding target they all reach. Did a smaller batch
 reach the target in fewer epochs? {{ex5_epochs_answer}}. In fewer updates?
 {{ex5_updates_answer}}. (With batches of 8 an epoch has about four times as many
 updates as with 32, each a noisier step, section 2.6.) One seed cannot settle this

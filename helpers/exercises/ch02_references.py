@@ -320,13 +320,3 @@ def first_epoch_at(val: list[float], target: float) -> int:
 def sweep_target() -> float:
     """The common target: the worst (highest) of the kept runs' best validation losses."""
     return max(sweep_kept(size)["best_val"] for size in SWEEP_SIZES)
-
-
-def target_epoch_mistakes(batch_size: int) -> dict[str, int]:
-    """The epoch the usual mistakes report for one size's kept run, keyed by a short name."""
-    run = sweep_kept(batch_size)
-    tried = [*sweep_runs_32(), *(sweep_run(lr, size) for lr, size in sweep_calls())]
-    return {
-        "own best": run["best_epoch"],
-        "all tried": first_epoch_at(run["val"], max(r["best_val"] for r in tried)),
-    }

@@ -7,10 +7,10 @@ validation curve), so the check
 takes milliseconds. It checks which runs were asked for (two per batch size other than
 32, at the rate the rule picks for 32 scaled by √(B/32) and by B/32), which run was kept
 for each size (section 2.5's rule: the smallest rate within 1 % of the lowest loss) and
-the epoch at which each kept run first reached the common target loss (the most demanding
-one every kept run reaches: the worst of their best validation losses) and the count of
-optimizer updates up to it. Re-exported by :mod:`helpers.exercises.ch02`; introduced with
-chapter 2's exercises.
+the reader's common target loss (any one loss, the same for every kept run, that each
+kept run reaches and that some kept run needs more than one epoch to reach), the epoch at
+which each kept run first reached it and the count of optimizer updates up to it.
+Re-exported by :mod:`helpers.exercises.ch02`; introduced with chapter 2's exercises.
 """
 
 from __future__ import annotations
@@ -25,15 +25,17 @@ from helpers.exercises import ch02_references as ref
 __all__ = ["RATE_HINTS", "TARGET_HINTS", "UPDATE_HINTS", "check_sweep_batch_sizes"]
 
 TARGET_HINTS = {
+    "no target": "add an entry 'target' to each kept run: your common target loss, one number, "
+    "the same for every kept run",
+    "differ": "one target for all kept runs: a loss each run must reach, so that the counts "
+    "compare like with like",
     "own best": "that is the run's own best epoch; runs whose bests differ are not compared like "
-    "for like: count the epochs until the validation loss first reaches the common target, the "
-    "worst (highest) of the kept runs' best losses",
-    "all tried": "the target is the worst of the kept runs' best losses (one per batch size), "
-    "not of every run tried",
-    "loose": "your target is reached sooner than it need be: take the most demanding loss that "
-    "every kept run still reaches",
-    "lowest target": "not every kept run reaches that target: a common target must be one that "
-    "each of them reaches",
+    "for like: count the epochs until the validation loss first reaches your common target",
+    "unreached": "not every kept run reaches that target: a common target must be one that "
+    "each of them reaches (no kept run's best loss may lie above it)",
+    "first": "target_epoch is the first epoch (counted from 1) whose validation loss is at most the target",
+    "epoch one": "every kept run reaches that target at epoch 1, so it tells the runs apart by "
+    "nothing: choose a more demanding target that each of them still reaches",
 }
 
 UPDATE_HINTS = {
@@ -80,6 +82,41 @@ def _calls(pairs: list[tuple[float, int]]) -> list[tuple[float, int]]:
     return sorted((round(lr, 12), size) for lr, size in pairs)
 
 
+def _common_target(kept: dict) -> float:
+    """The one target loss the kept runs carry, checked to be reached by each, not by all at
+    epoch 1."""
+    targets = {size: run.get("target") for size, run in kept.items()}
+    expect(
+        all(t is not None for t in targets.values()),
+        "a kept run has no 'target' entry",
+        TARGET_HINTS["no target"],
+    )
+    expect(
+        all(isinstance(t, numbers.Real) and not isinstance(t, bool) for t in targets.values()),
+        f"each 'target' should be one number, got {targets!r}",
+        TARGET_HINTS["no target"],
+    )
+    own_bests = all(t == kept[size]["best_val"] for size, t in targets.items())
+    expect(
+        len(set(targets.values())) == 1,
+        f"your targets differ between batch sizes: {targets!r}",
+        TARGET_HINTS["own best"] if own_bests else TARGET_HINTS["differ"],
+    )
+    target = float(next(iter(targets.values())))
+    short = [size for size, run in kept.items() if min(run["val"]) > target]
+    expect(
+        not short,
+        f"the kept run for batches of {short[0] if short else ''} never reaches your target loss, {target:g}",
+        TARGET_HINTS["unreached"],
+    )
+    expect(
+        any(run["val"][0] > target for run in kept.values()),
+        f"every kept run is below your target loss, {target:g}, after its first epoch",
+        TARGET_HINTS["epoch one"],
+    )
+    return target
+
+
 @checker("2.5", "sweep_batch_sizes")
 def check_sweep_batch_sizes(sweep_batch_sizes: Callable[..., Any]) -> str:
     """``sweep_batch_sizes(train, runs_32, sizes, n_train)``: the kept run per size, with its updates."""
@@ -104,12 +141,13 @@ def check_sweep_batch_sizes(sweep_batch_sizes: Callable[..., Any]) -> str:
         else None,
     )
     for size in ref.SWEEP_SIZES:
-        run, want = kept[size], ref.sweep_kept(size)
+        run = kept[size]
         expect(
             isinstance(run, dict) and "lr" in run and "updates" in run,
             f"for batches of {size} you returned {type(run).__name__}; expected the kept run's "
-            "dictionary, with 'target_epoch' and 'updates' entries added",
+            "dictionary, with 'target', 'target_epoch' and 'updates' entries added",
         )
+        want = ref.sweep_kept(size)
         mistakes = ref.sweep_rate_mistakes(size)
         hint = next((RATE_HINTS[name] for name, lr in mistakes.items() if run["lr"] == lr), None)
         expect(
@@ -117,22 +155,23 @@ def check_sweep_batch_sizes(sweep_batch_sizes: Callable[..., Any]) -> str:
             f"for batches of {size} you kept the run at lr {run['lr']:g}; the rule keeps lr {want['lr']:g}",
             hint,
         )
+    target = _common_target(kept)
+    for size in ref.SWEEP_SIZES:
+        run = kept[size]
         epoch = run.get("target_epoch")
-        want_epoch = ref.first_epoch_at(want["val"], ref.sweep_target())
-        made = ref.target_epoch_mistakes(size)
-        hint = next((TARGET_HINTS[name] for name, e in made.items() if epoch == e), None)
-        if hint is None and isinstance(epoch, int) and epoch < want_epoch:
-            hint = TARGET_HINTS["loose"]
+        want_epoch = ref.first_epoch_at(run["val"], target)
+        hint = TARGET_HINTS["own best"] if epoch == run["best_epoch"] else TARGET_HINTS["first"]
+        expect(
+            "target_epoch" in run,
+            f"for batches of {size} there is no 'target_epoch' entry",
+            "add an entry 'target_epoch': the first epoch (from 1) at which the kept run "
+            "reaches your common target loss",
+        )
         expect(
             epoch == want_epoch,
             f"for batches of {size} your target_epoch is {epoch!r}; the kept run first reaches "
-            f"the common target loss, {ref.sweep_target():g}, at epoch {want_epoch}",
-            hint
-            if epoch is not None
-            else TARGET_HINTS["lowest target"]
-            if "target_epoch" in run
-            else "add an entry 'target_epoch': the first epoch (from 1) at which the kept run "
-            "reaches your common target loss",
+            f"your target loss, {target:g}, at epoch {want_epoch}",
+            hint,
         )
         updates = run["updates"]
         expect(
@@ -155,5 +194,6 @@ def check_sweep_batch_sizes(sweep_batch_sizes: Callable[..., Any]) -> str:
     kept_text = ", ".join(f"lr {kept[size]['lr']:g} for {size}" for size in sorted(kept))
     return (
         f"asked for {len(want_calls)} runs, two per batch size other than 32, and kept {kept_text}, "
-        "each with the epoch it reached the common target loss and its count of updates to it"
+        f"each with the epoch it first reached your common target loss, {target:g}, and its "
+        "count of updates to it"
     )
