@@ -80,7 +80,7 @@ from helpers.runtime import (
     make_generator,
     seed_everything,
 )
-from helpers.stats import gap_text, noise_level, paired_gap, verdict
+from helpers.stats import gap_table, gap_text, noise_level, paired_gap, verdict
 from helpers.timing import best_time
 from helpers.transfer import (
     GLYPH_CLASSES,
@@ -1690,25 +1690,8 @@ else:
 record("rate_noise", rate_noise)
 record("rate_found", rate_found)
 
-reading = {"noise": "noise", "borderline": "borderline", "clear": "difference"}
-
-
-def gap_table(rows: list) -> str:
-    """A Markdown table of (comparison, labels per class, (gap, std. error))
-    rows, each read by the rule of thumb."""
-    table = [
-        "| comparison | labels per class | gap (points) | std. error | reading |",
-        "|---|--:|--:|--:|---|",
-    ]
-    for name, per_class, (gap, se) in rows:
-        table.append(
-            f"| {name} | {per_class} | {gap:+.1f} | {se:.1f} "
-            f"| {reading[noise_level(gap, se)]} |"
-        )
-    return "\n".join(table)
-
-
-# choosing the rate: rows in the order the prose reads them
+# the tables: gap_table (helpers/stats.py) writes a Markdown row per gap,
+# read by the rule of thumb. Choosing the rate: rows in the prose's order
 rows = [
     (f"fine-tuning ×{chosen[k]:g} minus feature extraction", k, ft_minus_fe[k])
     for k in budgets
@@ -1789,8 +1772,11 @@ on, "fine-tuning" means the chosen factor for each budget.
 #   `torch.optim.swa_utils.update_bn(loader, model, device=device)` does it in one pass
 #   over a loader: it resets the running statistics of *every* batch-norm layer in the
 #   model, sets their `momentum` to `None` so that the pass computes a cumulative
-#   (equally weighted) average over all batches, runs the whole model in `train()` mode
-#   (dropout included) and restores momenta and mode afterwards. `device=` moves each
+#   (equally weighted) average over all batches, and runs the whole model in `train()`
+#   mode (dropout included). Afterwards it restores the momenta and calls
+#   `model.train(was_training)`, which sets *every* submodule to the model's own mode:
+#   frozen blocks that were in `eval()` come back in training mode, so put them back in
+#   `eval()` after it, as after any `model.train()`. `device=` moves each
 #   batch (the first element of a tuple batch) to the device it names, which should be
 #   the model's. It runs under `torch.no_grad()` itself. Exercise 5 measures the effect of
 #   statistics that drift during training.
@@ -2320,12 +2306,12 @@ def mean_test(
 def table_cell(
     test_acc: dict, draws: tuple, per_class: int, method: str
 ) -> str:
-    """'mean (first draw, second draw)' of the test accuracy, in % with one
-    decimal, rounded as the prose rounds it."""
+    """'mean (first draw, second draw)' of the test accuracy in %: each draw
+    with one decimal and the mean with two, both exact on 1,000 images."""
     each = ", ".join(
         f"{100 * test_acc[per_class, d, method]:.1f}" for d in draws
     )
-    return f"{100 * mean_test(test_acc, draws, per_class, method):.1f} ({each})"
+    return f"{100 * mean_test(test_acc, draws, per_class, method):.2f} ({each})"
 
 
 print("test accuracy (%), mean of the draws (first draw, second draw)")
@@ -2378,40 +2364,38 @@ plt.show()
 scratch_1 = mean_test(test_acc, draws, 1, "scratch")
 fe_1 = mean_test(test_acc, draws, 1, "feature extraction")
 ft_1 = mean_test(test_acc, draws, 1, "fine-tuning")
-ft_gain, fe_gain = 100 * (ft_1 - scratch_1), 100 * (fe_1 - scratch_1)
-ft_over_fe_10 = 100 * (
-    mean_test(test_acc, draws, 10, "fine-tuning")
-    - mean_test(test_acc, draws, 10, "feature extraction")
-)
-# paired, as in section 5.7: the same test images and draws for both methods
-ft_gap, se_draws, se_images = paired_gap(
-    [test_hits[10, d, "fine-tuning"] for d in draws],
-    [test_hits[10, d, "feature extraction"] for d in draws],
-)
-ft_gap_se = math.hypot(se_draws, se_images)
-# each transfer method minus scratch at 1 per class, with its paired error
-gain_se_1 = {}
-for method in ("feature extraction", "fine-tuning"):
-    gap, se_d, se_i = paired_gap(
-        [test_hits[1, d, method] for d in draws],
-        [test_hits[1, d, "scratch"] for d in draws],
+
+
+def test_gap(per_class: int, name_a: str, name_b: str) -> tuple[float, ...]:
+    """name_a minus name_b on test, in points, paired as in section 5.7 (the
+    same test images and draws): the gap, its two standard errors. Every test
+    gap of this section comes from here, so each has one value."""
+    return paired_gap(
+        [test_hits[per_class, d, name_a] for d in draws],
+        [test_hits[per_class, d, name_b] for d in draws],
     )
-    gain_se_1[method] = math.hypot(se_d, se_i)
+
+
+ft_gap, se_draws, se_images = test_gap(10, "fine-tuning", "feature extraction")
+ft_gap_se = math.hypot(se_draws, se_images)
+ft_over_fe_10 = ft_gap
+# each transfer method minus scratch at 1 per class, with its paired error
+gain_1, gain_se_1 = {}, {}
+for method in ("feature extraction", "fine-tuning"):
+    gap, se_d, se_i = test_gap(1, method, "scratch")
+    gain_1[method], gain_se_1[method] = gap, math.hypot(se_d, se_i)
     gain_se = gain_se_1[method]
     print(f"{method} minus scratch, 1 per class: {gap:+.1f} ± {gain_se:.1f}")
+ft_gain, fe_gain = gain_1["fine-tuning"], gain_1["feature extraction"]
 print(
-    f"1 label per class, test accuracy: scratch {scratch_1:.1%}, "
-    f"feature extraction {fe_1:.1%}, fine-tuning {ft_1:.1%}; fine-tuning minus "
+    f"1 label per class, test accuracy: scratch {scratch_1:.2%}, "
+    f"feature extraction {fe_1:.2%}, fine-tuning {ft_1:.2%}; fine-tuning minus "
     f"feature extraction at 10 per class: {ft_over_fe_10:+.1f} ± "
     f"{ft_gap_se:.1f} points"
 )
 # each transfer method minus scratch, in points, with 24 epochs for all
 long_gain = {
-    (k, m): 100
-    * (
-        mean_test(test_acc, draws, k, long_names[m])
-        - mean_test(test_acc, draws, k, long_names["scratch"])
-    )
+    (k, m): test_gap(k, long_names[m], long_names["scratch"])[0]
     for k in budgets
     for m in ("feature extraction", "fine-tuning")
 }
@@ -2439,8 +2423,8 @@ for gain, method in ((ft_gain, "fine-tuning"), (fe_gain, "feature extraction")):
 # another seed.
 assert ft_over_fe_10 > 0, (ft_over_fe_10, ft_gap_se)
 # the benefit of transfer shrinks as labels grow, compared at 24 epochs for
-# every method. Fine-tuning minus scratch, seeds 0, 1, 2 (CPU): +17.8, +12.3,
-# +12.4 at 1 label per class, +0.0, +1.7, -2.1 at 10
+# every method. Fine-tuning minus scratch, seeds 0, 1, 2 (CPU): +17.80,
+# +12.25, +12.40 at 1 label per class, 0.00, +1.70, -2.05 at 10
 assert long_gain[1, "fine-tuning"] > long_gain[10, "fine-tuning"], long_gain
 # and at 1 label per class it stays large with the longer schedule
 assert long_gain[1, "fine-tuning"] >= 6, long_gain
@@ -2449,18 +2433,15 @@ assert long_gain[1, "fine-tuning"] >= 6, long_gain
 # The numbers and words of the prose below, from the test scores above.
 
 
-def gap_as_shown(acc_a: float, acc_b: float) -> float:
-    """acc_a minus acc_b in points, from the two accuracies as the prose
-    shows them (one decimal), so that a reader who subtracts them gets it."""
-    return float(f"{acc_a:.1%}"[:-1]) - float(f"{acc_b:.1%}"[:-1])
-
-
-record("test_scratch_1", scratch_1, fmt="{:.1%}")
-record("test_fe_1", fe_1, fmt="{:.1%}")
-record("test_ft_1", ft_1, fmt="{:.1%}")
+# test means are shown with two decimals, which on 1,000 images and two draws
+# is exact, so each gap below (the same number as the paired gap) is the
+# difference of the means as shown
+record("test_scratch_1", scratch_1, fmt="{:.2%}")
+record("test_fe_1", fe_1, fmt="{:.2%}")
+record("test_ft_1", ft_1, fmt="{:.2%}")
 record(
     "ft_gain_1",
-    gap_as_shown(ft_1, scratch_1),
+    ft_gain,
     fmt="{:+.1f}",
     headline=(
         "Fine-tuning minus scratch, 1 label per class, test accuracy points"
@@ -2468,12 +2449,12 @@ record(
 )
 record(
     "fe_gain_1",
-    gap_as_shown(fe_1, scratch_1),
+    fe_gain,
     fmt="{:+.1f}",
     headline="Feature extraction minus scratch, 1 label per class, test points",
 )
 record(
-    "test_scratch_10", mean_test(test_acc, draws, 10, "scratch"), fmt="{:.1%}"
+    "test_scratch_10", mean_test(test_acc, draws, 10, "scratch"), fmt="{:.2%}"
 )
 draw_gains = [
     100 * (test_acc[1, d, "fine-tuning"] - test_acc[1, d, "scratch"])
@@ -2485,11 +2466,12 @@ record("ft_gain_1_z", ft_gain / gain_se_1["fine-tuning"], fmt="{:.1f}")
 record("fe_gain_1_z", fe_gain / gain_se_1["feature extraction"], fmt="{:.1f}")
 record("ft_gain_1_low", min(draw_gains), fmt="{:+.1f}")
 record("ft_gain_1_high", max(draw_gains), fmt="{:+.1f}")
-# the largest difference between the two draws of one budget and method
+# the largest difference between the two draws of one row and method of the
+# table: every budget, both schedules
 spread = max(
     100 * abs(test_acc[k, draws[0], m] - test_acc[k, draws[1], m])
     for k in budgets
-    for m in methods
+    for m in [*methods, *long_names.values()]
 )
 record("draw_spread", spread, fmt="{:.1f}")
 # one test accuracy's standard error is at most that of a 50 % accuracy (1.58
@@ -2505,18 +2487,11 @@ if spread > 2 * se_two:
     spread_vs_noise = "well beyond" if spread > 3 * se_two else "beyond"
 record("spread_vs_noise", spread_vs_noise)
 for per_class in budgets[1:]:
-    gain = gap_as_shown(
-        mean_test(test_acc, draws, per_class, "fine-tuning"),
-        mean_test(test_acc, draws, per_class, "scratch"),
-    )
+    gain = test_gap(per_class, "fine-tuning", "scratch")[0]
     record(f"ft_gain_{per_class}", gain, fmt="{:+.1f}")
 for per_class, method in long_gain:
     short = "ft" if method == "fine-tuning" else "fe"
-    # from the two accuracies as the table shows them, as above
-    gain = gap_as_shown(
-        mean_test(test_acc, draws, per_class, long_names[method]),
-        mean_test(test_acc, draws, per_class, long_names["scratch"]),
-    )
+    gain = long_gain[per_class, method]
     record(f"long_{short}_gain_{per_class}", gain, fmt="{:+.1f}")
 ft_long_gains = [long_gain[k, "fine-tuning"] for k in budgets]
 if all(a > b for a, b in itertools.pairwise(ft_long_gains)):
@@ -2548,12 +2523,9 @@ record("ft_over_fe_10_se_draws", se_draws, fmt="{:.1f}")
 for i, d in enumerate(draws):
     gap = test_acc[10, d, "fine-tuning"] - test_acc[10, d, "feature extraction"]
     record(f"ft_over_fe_10_d{i}", 100 * gap, fmt="{:+.1f}")
-# the ratio of the rounded values printed above, so that a reader who
-# divides them gets the same number
-shown_gap = gap_as_shown(
-    mean_test(test_acc, draws, 10, "fine-tuning"),
-    mean_test(test_acc, draws, 10, "feature extraction"),
-)
+# the ratio of the rounded values shown, so that a reader who divides them
+# gets the same number
+shown_gap = float(f"{ft_gap:.1f}")
 shown_se = round(ft_gap_se, 1)
 record("ft_over_fe_10_se_all", shown_se, fmt="{:.1f}")
 record("ft_over_fe_10_z", shown_gap / max(shown_se, 0.1), fmt="{:.1f}")
@@ -2568,17 +2540,17 @@ record("ft_pays", pays)
 record("ft_vs_fe_test", verdict(ft_gap, ft_gap_se))
 record(
     "ft_over_fe_10",
-    shown_gap,
+    ft_gap,
     fmt="{:+.1f}",
     headline="Fine-tuning minus feature extraction, 10 per class, test points",
 )
 record(
     "test_fe_10",
     mean_test(test_acc, draws, 10, "feature extraction"),
-    fmt="{:.1%}",
+    fmt="{:.2%}",
 )
 record(
-    "test_ft_10", mean_test(test_acc, draws, 10, "fine-tuning"), fmt="{:.1%}"
+    "test_ft_10", mean_test(test_acc, draws, 10, "fine-tuning"), fmt="{:.2%}"
 )
 # both trained for the same 12 epochs: is feature extraction's fit finished?
 fe_10_loss = min(last_losses(compared_runs, draws, 10, "feature extraction"))
@@ -2615,7 +2587,7 @@ for method in methods:
     record(
         f"test_long_{short}",
         mean_test(test_acc, draws, 10, long_names[method]),
-        fmt="{:.1%}",
+        fmt="{:.2%}",
     )
 long_words = {}
 long_gaps = {}  # (method a, method b) -> (a minus b, its standard error)
@@ -2627,10 +2599,7 @@ pairs = {
 }
 for short, (method_a, method_b) in pairs.items():
     name_a, name_b = long_names[method_a], long_names[method_b]
-    gap, se_draws, se_images = paired_gap(
-        [test_hits[10, d, name_a] for d in draws],
-        [test_hits[10, d, name_b] for d in draws],
-    )
+    gap, se_draws, se_images = test_gap(10, name_a, name_b)
     se = math.hypot(se_draws, se_images)
     long_gaps[method_a, method_b] = gap, se
     long_gaps[method_b, method_a] = -gap, se
@@ -3599,9 +3568,12 @@ def freeze_batchnorm(module: nn.Module) -> None:
 
 # against torchvision's layer, on a pretrained block's first batch norm
 bn = copy.deepcopy(build("feature extraction", draws[0], lr)[0].layer2[1])
-reference = FrozenBatchNorm2d(bn.num_features, eps=bn.eps)
+# on bn's device: load_state_dict copies values into the buffers where they
+# are, and a CPU buffer times a GPU batch fails
+bn_device = bn.running_mean.device
+reference = FrozenBatchNorm2d(bn.num_features, eps=bn.eps).to(bn_device)
 reference.load_state_dict(bn.state_dict())  # drops num_batches_tracked
-probe = torch.randn(4, bn.num_features, 7, 7, device=bn.running_mean.device)
+probe = torch.randn(4, bn.num_features, 7, 7, device=bn_device)
 with torch.no_grad():
     ours, theirs = FixedBatchNorm2d(bn).train()(probe), reference(probe)
 print(f"largest difference from torchvision's FrozenBatchNorm2d: "

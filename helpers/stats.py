@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["gap_text", "noise_level", "paired_gap", "verdict"]
+__all__ = ["gap_table", "gap_text", "noise_level", "paired_gap", "verdict"]
 
 
 def _scores(name: str, value: object) -> torch.Tensor:
@@ -90,3 +90,25 @@ def verdict(gap: float, se: float) -> str:
         return "could not be told apart from"
     outcome = "beat" if gap > 0 else "did worse than"
     return outcome if level == "clear" else f"probably {outcome}"
+
+
+def gap_table(rows: Sequence[tuple[str, int, tuple[float, float]]]) -> str:
+    """A Markdown table of ``(comparison, labels per class, (gap, se))`` rows, each gap and
+    standard error in points with one decimal and read by :func:`noise_level` (chapter 05)."""
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+        raise TypeError(
+            f"rows must be a list of (comparison, labels per class, (gap, se)), got {type(rows).__name__}"
+        )
+    table = [
+        "| comparison | labels per class | gap (points) | std. error | reading |",
+        "|---|--:|--:|--:|---|",
+    ]
+    for row in rows:
+        if not (
+            isinstance(row, Sequence) and len(row) == 3 and isinstance(row[2], Sequence) and len(row[2]) == 2
+        ):
+            raise ValueError(f"each row must be (comparison, labels per class, (gap, se)), got {row!r}")
+        name, per_class, (gap, se) = row
+        level = noise_level(gap, se)
+        table.append(f"| {name} | {per_class} | {gap:+.1f} | {se:.1f} | {level} |")
+    return "\n".join(table)

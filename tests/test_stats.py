@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.stats import gap_text, noise_level, paired_gap, verdict
+from helpers.stats import gap_table, gap_text, noise_level, paired_gap, verdict
 
 
 def test_paired_gap_matches_a_hand_computed_paired_standard_error():
@@ -101,3 +101,28 @@ def test_gap_helpers_reject_bad_numbers():
         verdict(1.0, -0.5)
     with pytest.raises(ValueError, match="gap must be finite"):
         noise_level(float("nan"), 1.0)
+
+
+def test_gap_table_rows_in_order_with_signed_gaps_and_readings():
+    rows = [("a minus b", 10, (4.24, 0.8)), ("b minus c", 1, (-2.5, 1.0)), ("c minus a", 3, (0.04, 1.3))]
+    lines = gap_table(rows).splitlines()
+    assert lines[:2] == [
+        "| comparison | labels per class | gap (points) | std. error | reading |",
+        "|---|--:|--:|--:|---|",
+    ]
+    # one row per comparison, in the order given: clear, borderline, noise
+    assert lines[2:] == [
+        "| a minus b | 10 | +4.2 | 0.8 | clear |",
+        "| b minus c | 1 | -2.5 | 1.0 | borderline |",
+        "| c minus a | 3 | +0.0 | 1.3 | noise |",
+    ]
+    assert gap_table([]).count("\n") == 1  # the header alone
+
+
+def test_gap_table_rejects_bad_rows():
+    with pytest.raises(TypeError, match="rows must be a list"):
+        gap_table("a minus b")
+    with pytest.raises(ValueError, match=r"each row must be \(comparison"):
+        gap_table([("a minus b", 10, 4.2)])
+    with pytest.raises(ValueError, match="se must be >= 0"):
+        gap_table([("a minus b", 10, (4.2, -1.0))])
