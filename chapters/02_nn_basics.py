@@ -227,8 +227,9 @@ for start in (0.3, 3.0):
 # (Softplus is built in as `F.softplus`; we write it only to have a formula to check.)
 # Our `forward` takes `ctx` and saves for backward itself, the older of the two forms
 # the documentation allows; since PyTorch 2.0 it recommends a `forward` without `ctx`
-# plus a `setup_context(ctx, inputs, output)` staticmethod, the only form that works
-# under `torch.func` transforms such as `vmap`.
+# plus a `setup_context(ctx, inputs, output)` staticmethod, the form `torch.func`
+# transforms such as `grad` need (`vmap` needs a vmap rule as well, for instance
+# `generate_vmap_rule = True` on the class).
 
 
 # %%
@@ -3426,11 +3427,12 @@ record(
         " confidence back"
     )
     + (
-        ", and on this split the test diagnostic agrees that its validation"
-        " loss is the more honest guide to new tumours."
+        ". Read afterwards, choosing nothing, its test loss stayed nearer its"
+        " validation loss than the undecayed model's did."
         if decay_ratio < no_decay_ratio / 1.5
-        else "; on this split the undecayed choice was not overconfident on"
-        " the test tumours either, so decay had little to fix."
+        else ". Read afterwards, choosing nothing, the test loss of the"
+        " undecayed choice was not far above its validation loss either, so"
+        " on this split decay had little to fix."
     )
     + " One split and one untuned strength make this an illustration, not a"
     " general verdict.",
