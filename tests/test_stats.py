@@ -120,7 +120,7 @@ def test_gap_table_rows_in_order_with_signed_gaps_and_readings():
 
 
 def test_gap_table_rejects_bad_rows():
-    with pytest.raises(TypeError, match="rows must be a list.*got str"):
+    with pytest.raises(TypeError, match=r"rows must be a list.*got str"):
         gap_table("a minus b")
     with pytest.raises(ValueError, match=r"each row must be \(comparison"):
         gap_table([("a minus b", 10, 4.2)])
