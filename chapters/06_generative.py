@@ -930,7 +930,8 @@ is confident (probability at least 0.9) about {{vae_sure_of_30}} of these 30:
 facts: on the reconstructions of all 500 validation digits, whose digit is known, it
 is wrong {{recon_wrong}} of the time ({{recon_wrong_sure}} when it is confident), so
 compare its titles with your own reading. A code drawn from the prior can land where
-no training image was encoded; the two-dimensional model below makes that visible.
+no training image was encoded; the two-dimensional model below tests whether the
+codes leave such gaps.
 """
 )
 
@@ -1078,8 +1079,17 @@ print(
 
 # Which digits share a region: a 5-nearest-neighbour vote among the other codes.
 distances_2d = torch.cdist(mu_val_2d, mu_val_2d).fill_diagonal_(float("inf"))
+# topk sorts: column 0 is the nearest neighbour
 neighbours = distances_2d.topk(5, largest=False).indices  # (500, 5)
-vote = digits.y_val[neighbours].mode(dim=1).values  # (500,)
+labels_nb = digits.y_val[neighbours]  # (500, 5)
+counts = F.one_hot(labels_nb, 10).sum(dim=1)  # (500, 10) votes per digit
+# A tie (2-2-1) goes to the nearest neighbour among the tied digits, not to the
+# smallest digit, which is what Tensor.mode would pick.
+tied = counts == counts.max(dim=1, keepdim=True).values  # (500, 10)
+n_tied_votes = int((tied.sum(dim=1) > 1).sum())
+first_tied = tied.gather(1, labels_nb).float().argmax(dim=1)  # first True
+vote = labels_nb.gather(1, first_tied[:, None]).squeeze(1)  # (500,)
+print(f"votes that were ties: {n_tied_votes} of {len(vote)}")
 confusion = torch.zeros(10, 10, dtype=torch.long)
 confusion.index_put_(
     (digits.y_val, vote), torch.ones(500, dtype=torch.long), accumulate=True
@@ -1132,8 +1142,20 @@ record(
     "the 5 nearest codes vote for the right digit most often "
     f"for the {order[0]}s ({per_digit[order[0]]:.0%}) and the "
     f"{order[1]}s ({per_digit[order[1]]:.0%}), least often for the "
-    f"{order[-1]}s ({per_digit[order[-1]]:.0%}); the pair most "
-    f"often mistaken for each other is {min(pair)} and {max(pair)}",
+    f"{order[-1]}s ({per_digit[order[-1]]:.0%}); "
+    + ("the pair" if (mixed == mixed.max()).sum() == 2 else "a pair")
+    + f" most often mistaken for each other is {min(pair)} and {max(pair)}"
+    + (
+        " (no vote was a tie)"
+        if n_tied_votes == 0
+        else f" ({n_tied_votes} of the 500 votes"
+        + (
+            " was a tie, given"
+            if n_tied_votes == 1
+            else " were ties, each given"
+        )
+        + " to the nearest neighbour among the tied digits)"
+    ),
 )
 
 record("grid_digits", 10 - len(missing))
@@ -1468,11 +1490,9 @@ del g_copy, d_copy, noise, fake
 # with `betas=(0.5, 0.999)`, which the DCGAN paper found trains GANs more stably than
 # the default first-moment decay of 0.9. The learning rate, 2e-3, is ten times DCGAN's
 # 2e-4 and untuned: one GAN training is the chapter's largest cost, so no other rate
-# is compared. The larger rate suits the short budget: Adam's step for each weight is
-# approximately bounded by the learning rate, whatever the gradient's scale (Kingma and
-# Ba, 2015, [Adam](https://arxiv.org/abs/1412.6980), section 2.1), so at DCGAN's rate
-# the same 4,000 steps could move each weight only a tenth as far. That this shallow
-# pair tolerates the larger rate is shown by the run, not argued: the kept generator's
+# is compared. The larger rate suits the short budget: for a given history of gradients
+# Adam's step is proportional to the rate (the first aside below gives its bound). That
+# this shallow pair tolerates it is shown by the run, not argued: the kept generator's
 # validation distance is under a quarter of the first snapshot's (asserted after the
 # loop). Whether another rate would train better it cannot say; try one by changing
 # `lr_gan` (the exercises were measured at 2e-3). The batch size, 64, and the 4,000
@@ -1481,17 +1501,9 @@ del g_copy, d_copy, noise, fake
 # rounding (an aside below times both kinds and checks that they agree).
 #
 # The two networks need not settle: each step of one changes the other's target, so
-# the generator's weights can circle a good solution instead of converging to it
-# (Mescheder et al., 2018, [Which training methods for GANs do actually
-# converge?](https://arxiv.org/abs/1801.04406), analyse when), and the digits it
-# favours can change from one stretch of steps to the next. Stabilisers that change the
-# game itself, none used here, include spectral normalisation (Miyato et al., 2018,
-# [Spectral normalization for generative adversarial
-# networks](https://arxiv.org/abs/1802.05957)), the Wasserstein loss with a gradient
-# penalty (Gulrajani et al., 2017, [Improved training of Wasserstein
-# GANs](https://arxiv.org/abs/1704.00028)); one that keeps the game but changes how it
-# is played is the FID paper's two time-scale rule, separate learning rates for the
-# two networks.
+# the generator's weights can circle a good solution instead of converging to it, and
+# the digits it favours can change from one stretch of steps to the next (an aside
+# below names the stabilisers this chapter does not use).
 #
 # A remedy that leaves the game alone is to sample from an **exponential moving
 # average** of the generator's weights instead of the latest ones (Karras et al.'s
@@ -1502,7 +1514,7 @@ del g_copy, d_copy, noise, fake
 # the current one, $\bar\theta \leftarrow \beta\,\bar\theta + (1 - \beta)\,\theta$; with
 # $\beta = 0.999$ (untuned) that averages over roughly the last 1,000 steps. Our
 # average also divides by the total weight given so far, as Adam does for its moment
-# estimates, so that the random initial weights do not linger in it (the aside below
+# estimates, so that the random initial weights do not linger in it (an aside below
 # derives the step).
 #
 # `torch.optim.swa_utils.AveragedModel` keeps the averaged copy and calls our update
@@ -1528,6 +1540,33 @@ del g_copy, d_copy, noise, fake
 # loop also sums the seconds spent in training steps and keeps every step's losses on
 # the device: it reads one row at each snapshot (to wait for the device before reading
 # the clock) and all of them at the end.
+
+# %% [markdown] tags=["box-dropdown"]
+# <details>
+# <summary>Going further: the larger rate, and stabilisers not used here</summary>
+#
+# Adam divides each weight's first-moment estimate by the square root of its second,
+# so the step does not grow with the gradient's scale. Kingma and Ba (2015,
+# [Adam](https://arxiv.org/abs/1412.6980), section 2.1) bound it by the learning rate
+# $\alpha$ only when $1 - \beta_1 \le \sqrt{1 - \beta_2}$. With our betas,
+# $0.5 > \sqrt{0.001} \approx 0.03$, and their bound is
+# $\alpha (1 - \beta_1) / \sqrt{1 - \beta_2} \approx 16\,\alpha$, approached after a
+# sudden spike in a gradient that was near zero; typical steps are about $\alpha$.
+# Either way, for a given history of gradients the step is proportional to the rate,
+# so at DCGAN's rate the same 4,000 steps would move each weight about a tenth as far.
+#
+# Stabilisers that change the game itself include spectral normalisation (Miyato et
+# al., 2018, [Spectral normalization for generative adversarial
+# networks](https://arxiv.org/abs/1802.05957); in PyTorch,
+# `torch.nn.utils.parametrizations.spectral_norm`, applied to each of the
+# discriminator's layers) and the Wasserstein loss with a gradient penalty (Gulrajani
+# et al., 2017, [Improved training of Wasserstein
+# GANs](https://arxiv.org/abs/1704.00028)). One that keeps the game but changes how it
+# is played is the FID paper's two time-scale rule, separate learning rates for the two
+# networks. Mescheder et al. (2018, [Which training methods for GANs do actually
+# converge?](https://arxiv.org/abs/1801.04406)) analyse when GAN training converges.
+#
+# </details>
 
 # %% [markdown] tags=["box-dropdown"]
 # <details>
@@ -2226,9 +2265,9 @@ generator (section 6.4 keeps the {{gan_best_kind}} weights).
 #
 # Which time? Wall-clock seconds measure the machine's other load as much as the
 # training, and can change several-fold within one loop. So the time axis below is a
-# *cost*: training steps times the time of one step, each kind timed with `best_time`
-# on one CPU thread (on a GPU, the wall time of one synchronised step), the way chapter
-# 8, ahead, times small steps: the fastest of 50 runs (load can slow a run, not speed
+# *cost*: training steps times the time of one step, each kind timed with chapter 1's
+# `best_time` on one CPU thread (on a GPU, the wall time of one synchronised step): the
+# fastest of 50 runs (load can slow a run, not speed
 # it up), in five rounds that alternate between the two kinds, so that a burst of load
 # cannot slow only one. The VAE's step is one batch of 128 through `vae_loss_terms` and
 # Adam; the GAN's is one call of the loop's `gan_step`, both updates and the moving
@@ -2436,7 +2475,9 @@ prose(
 So the GAN trained about {{time_ratio}} times as long as the VAE's chosen run, and
 about {{search_ratio}} times as long as all {{n_vae_runs}} of the VAE's
 learning-rate trainings together. The wall clock gives a ratio of {{wall_ratio}},
-but it also counts whatever else the machine was doing.
+but it runs on the default threads (the cost uses one) and counts the loops'
+per-step overhead (the data loader, the GAN's progress bar) and whatever else the
+machine was doing.
 
 When the VAE's training ended its samples scored {{vae_end_fd}}; the GAN snapshot
 nearest in cost (step {{near_step}}, {{near_seconds}} s) scored {{near_fd}}
@@ -3715,7 +3756,9 @@ print(
 # of its generator: at the very first step both networks are untrained and the logits
 # sit near 0. Repeat the measurement on 256 logits spread evenly from -6 to 2, a
 # discriminator sure of some fakes and fooled by others: does your prediction still
-# hold there, and does the mean of the per-logit ratios?
+# hold there, and does the mean of the per-logit ratios? The checker only records your
+# prediction at first; once you have measured, judge it with
+# `check_ratio_prediction(predicted_ratio, after_measuring=True)`.
 
 
 # %% tags=["exercise-starter"]
@@ -3744,6 +3787,8 @@ def generator_losses(
 from helpers.exercises.ch06 import check_generator_losses
 
 check_generator_losses(generator_losses)
+# Your measurement here; then:
+# check_ratio_prediction(predicted_ratio, after_measuring=True)
 
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
@@ -3814,6 +3859,7 @@ for label, batch in (("untrained G", logits0), ("spread -6..2", spread)):
 assert measured["untrained G"] < 0.1
 for label, batch in (("untrained G", logits0), ("spread -6..2", spread)):
     assert abs(measured[label] / predicted_ratio(batch) - 1) < 1e-3
+assert check_ratio_prediction(predicted_ratio, after_measuring=True)
 mean_of_ratios = spread.exp().mean().item()  # per-logit ratio exp(l)
 print(
     "Answer: on both batches the measured ratio matches m / (1 - m) to 0.1 %,"

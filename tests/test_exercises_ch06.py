@@ -752,17 +752,53 @@ def _ratio_of_means(t):
         (lambda t: t.exp(), "One ratio for the whole batch"),
     ],
 )
-def test_ratio_prediction_right_answer_and_usual_mistakes(prediction, hint, capsys):
-    verdict = check_ratio_prediction(prediction)
+def test_ratio_prediction_after_measuring_right_answer_and_usual_mistakes(prediction, hint, capsys):
+    verdict = check_ratio_prediction(prediction, after_measuring=True)
     if hint == "pass":
-        assert verdict and "prediction committed" in capsys.readouterr().out
+        assert verdict and "matches the ratio of the mean gradient sizes" in capsys.readouterr().out
     else:
         failed(verdict, hint)
 
 
-def test_ratio_prediction_other_wrong_answers_fail_without_a_hint():
-    failed(check_ratio_prediction(lambda t: 0.5), None, "not the ratio of the mean gradient sizes")
-    failed(check_ratio_prediction(lambda t: torch.sigmoid(t).mean().item()), None, "not the ratio")
+def test_ratio_prediction_after_measuring_other_wrong_answers_fail_without_a_hint():
+    judge = partial(check_ratio_prediction, after_measuring=True)
+    failed(judge(lambda t: 0.5), None, "not the ratio of the mean gradient sizes")
+    failed(judge(lambda t: torch.sigmoid(t).mean().item()), None, "not the ratio")
+
+
+@pytest.mark.parametrize(
+    "prediction",
+    [
+        _ratio_of_means,
+        lambda t: t.exp().mean().item(),
+        lambda t: math.exp(t.mean().item()),
+        lambda t: 1 / _ratio_of_means(t),
+        lambda t: 0.5,
+    ],
+)
+def test_ratio_prediction_before_measuring_commits_any_finite_number_without_a_hint(prediction, capsys):
+    verdict = check_ratio_prediction(prediction)
+    out = capsys.readouterr().out
+    assert verdict and "prediction committed" in out
+    assert "per-logit" not in out and "upside down" not in out
+
+
+@pytest.mark.parametrize(
+    ("prediction", "message"),
+    [
+        (lambda t: t.exp(), "should return one number"),
+        (lambda t: True, "should return one number"),
+        (lambda t: float("nan"), "not a finite number"),
+        (lambda t: math.inf, "not a finite number"),
+    ],
+)
+def test_ratio_prediction_before_measuring_still_needs_one_finite_number(prediction, message):
+    failed(check_ratio_prediction(prediction), None if "finite" in message else "One ratio", message)
+
+
+def test_ratio_prediction_after_measuring_must_be_a_bool():
+    verdict = check_ratio_prediction(_ratio_of_means, after_measuring="yes")
+    failed(verdict, None, "TypeError")
 
 
 def test_ratio_prediction_untouched_starter_is_not_attempted():

@@ -41,9 +41,9 @@ def _own_rng(check: Callable[..., str]) -> Callable[..., str]:
     """Run ``check`` on a forked CPU random state, so that the reader's session keeps its own."""
 
     @functools.wraps(check)
-    def run(*args: object) -> str:
+    def run(*args: object, **kwargs: object) -> str:
         with torch.random.fork_rng(devices=[]):
-            return check(*args)
+            return check(*args, **kwargs)
 
     return run
 
@@ -320,11 +320,20 @@ def check_generator_losses(generator_losses: Callable[..., tuple[torch.Tensor, t
 
 @checker("6.3", "predicted_ratio")
 @_own_rng
-def check_ratio_prediction(predicted_ratio: Callable[[torch.Tensor], float]) -> str:
+def check_ratio_prediction(
+    predicted_ratio: Callable[[torch.Tensor], float], after_measuring: bool = False
+) -> str:
     """Exercise 6.3's prediction, written before any gradient is measured: for a batch of
     logits, the mean size of the saturating loss's gradient over that of the non-saturating
-    loss's, from the derived derivatives (sigmoid(l) and 1 - sigmoid(l))."""
+    loss's, from the derived derivatives (sigmoid(l) and 1 - sigmoid(l)).
+
+    Before the measurement (``after_measuring=False``) any finite number per batch is
+    accepted: the prediction is only committed, so that no hint gives the answer away.
+    With ``after_measuring=True`` it is judged, with a hint for each usual mistake.
+    """
     _require_callable(predicted_ratio, "predicted_ratio")
+    if not isinstance(after_measuring, bool):
+        raise TypeError(f"after_measuring must be True or False, got {after_measuring!r}")
     g = torch.Generator().manual_seed(64)
     spread = -6 + 8 * torch.rand(64, generator=g)  # logits from -6 to +2
     far = -7 - 3 * torch.rand(64, generator=g)  # logits from -10 to -7
@@ -336,6 +345,9 @@ def check_ratio_prediction(predicted_ratio: Callable[[torch.Tensor], float]) -> 
             f"predicted_ratio should return one number for the batch, got {type(got).__name__}",
             "One ratio for the whole batch: the mean of one gradient size over the mean of the other.",
         )
+        expect(math.isfinite(got), f"on {label}: predicted {got}, not a finite number")
+        if not after_measuring:
+            continue
         m = torch.sigmoid(logits.double()).mean().item()
         want = m / (1 - m)
         mistakes = {
@@ -356,10 +368,12 @@ def check_ratio_prediction(predicted_ratio: Callable[[torch.Tensor], float]) -> 
                     hint,
                 )
             expect(False, f"on {label}: predicted {got:.4g}, not the ratio of the mean gradient sizes")
-    return (
-        "prediction committed: a ratio of the mean sizes on two batches of logits; "
-        "the measurement below tests it"
-    )
+    if not after_measuring:
+        return (
+            "prediction committed on two batches of logits; measure, then judge it with "
+            "check_ratio_prediction(predicted_ratio, after_measuring=True)"
+        )
+    return "the prediction matches the ratio of the mean gradient sizes to 0.1 % on both batches"
 
 
 @checker("6.4", "make_conv_gan")
