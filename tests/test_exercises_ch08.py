@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 
 import pytest
@@ -10,11 +11,14 @@ import torch
 from exercise_cells import run_starter, starter_cells
 from torch import nn
 from torch.optim import lr_scheduler
+from torch.utils import benchmark
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
 from helpers.exercises import ch08_cache, ch08_schedules
 from helpers.exercises.ch08 import (
     check_cache_sweep,
+    check_gflops,
     check_inference_tensors,
     check_mid_epoch_resume,
     check_warmup,
@@ -27,15 +31,17 @@ RIGHT = {"features + w": False, "features * w": True, "relu(features + w)": Fals
 
 def test_the_chapter_has_one_starter_per_exercise_and_each_is_not_attempted_untouched():
     expected = [
-        ("8.1", "width_rounds` and `cache_verdict"),
-        ("8.2", "checkpoint_mid_epoch` and `remaining_batches"),
-        ("8.3", "warmup_hold_decay"),
-        ("8.4", "fails` and `saves"),
+        ("8.1", ["gflops", "width_rounds` and `cache_verdict"]),
+        ("8.2", ["checkpoint_mid_epoch` and `remaining_batches"]),
+        ("8.3", ["warmup_hold_decay"]),
+        ("8.4", ["fails` and `saves"]),
     ]
     assert len(STARTERS) == len(expected)
-    for source, (exercise, name) in zip(STARTERS, expected, strict=True):
+    for source, (exercise, names) in zip(STARTERS, expected, strict=True):
         out = run_starter(source, **NAMES)
-        assert out == f"… Exercise {exercise}: not attempted yet: fill in `{name}` above\n"
+        assert out == "".join(
+            f"… Exercise {exercise}: not attempted yet: fill in `{name}` above\n" for name in names
+        )
 
 
 def starter_with(index: int, old: str, new: str) -> str:
@@ -147,8 +153,70 @@ def test_a_reader_who_measures_width_by_width_gets_the_hint():
         "return {h: [measure(net) for _ in range(n_rounds)] for h, net in models.items()}"
         "\n\n\ndef cache_verdict",
     )
-    assert out.startswith("✗ Exercise 8.1: measure was called on widths ")
+    gflops_line, sweep_line = out.splitlines()[:2]
+    assert gflops_line == "… Exercise 8.1: not attempted yet: fill in `gflops` above"
+    assert sweep_line.startswith("✗ Exercise 8.1: measure was called on widths ")
     assert "interleave" in out
+
+
+def gflops_right(net, x):
+    with FlopCounterMode(display=False) as counter:
+        net(x)
+    timer = benchmark.Timer("net(x)", globals={"net": net, "x": x}, num_threads=1)
+    return counter.get_total_flops() / timer.blocked_autorange(min_run_time=0.1).median / 1e9
+
+
+def gflops_seconds(net, x):
+    timer = benchmark.Timer("net(x)", globals={"net": net, "x": x}, num_threads=1)
+    return timer.blocked_autorange(min_run_time=0.1).median
+
+
+def gflops_default_threads(net, x):
+    with FlopCounterMode(display=False) as counter:
+        net(x)
+    start = time.perf_counter()
+    for _ in range(5):
+        net(x)
+    return counter.get_total_flops() / ((time.perf_counter() - start) / 5) / 1e9
+
+
+def gflops_cold(net, x):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        net(x)
+        seconds = time.perf_counter() - start
+        with FlopCounterMode(display=False) as counter:
+            net(x)
+        with FlopCounterMode(display=False) as counter:
+            net(x)
+    finally:
+        torch.set_num_threads(threads)
+    return counter.get_total_flops() / seconds / 1e9
+
+
+def test_gflops_reference_passes():
+    assert check_gflops(gflops_right)
+
+
+@pytest.mark.parametrize(
+    ("gflops", "hint"),
+    [
+        (lambda net, x: gflops_right(net, x) / 2, "counts as two operations"),
+        (gflops_seconds, "not the seconds a call takes"),
+        (gflops_default_threads, "time on one thread"),
+        (gflops_cold, "warm up first"),
+        (lambda net, x: gflops_right(net, x) * 1e9, "return GFLOP/s"),
+    ],
+)
+def test_gflops_mistakes_get_their_hints(gflops, hint):
+    failed_with(check_gflops(gflops), hint)
+
+
+def test_gflops_other_wrong_answers_fail():
+    failed_with(check_gflops(lambda net, x: "fast"), None, "not a positive number")
+    failed_with(check_gflops(lambda net, x: gflops_right(net, x) * 3), None)
 
 
 # --- 8.2: the batches of a resumed epoch ----------------------------------------------

@@ -24,11 +24,12 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 
 from helpers.exercises import Mismatch, checker, expect, expect_tensor
 from helpers.exercises.ch08_autograd import check_inference_tensors
-from helpers.exercises.ch08_cache import check_cache_sweep
+from helpers.exercises.ch08_cache import check_cache_sweep, check_gflops
 from helpers.exercises.ch08_schedules import check_warmup
 
 __all__ = [
     "check_cache_sweep",
+    "check_gflops",
     "check_inference_tensors",
     "check_mid_epoch_resume",
     "check_warmup",

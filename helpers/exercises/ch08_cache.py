@@ -1,4 +1,9 @@
-"""Checker for chapter 8's first exercise: a width sweep in interleaved rounds, and its verdict.
+"""Checkers for chapter 8's first exercise: a GFLOP/s measurement, a width sweep in
+interleaved rounds, and its verdict.
+
+The reader's ``gflops`` is run on a stand-in model of one known matrix product whose calls
+record their own duration and thread count (its first call is slow, like a cold one), so
+the checker knows the operation count and the time a warm one-thread call takes.
 
 The reader's ``width_rounds`` is run with a stand-in measurement that records which model
 it was called on and returns readings the checker chose, so the order of the calls and the
@@ -9,13 +14,18 @@ plausible wrong rule gives another verdict. Introduced with chapter 8's exercise
 
 from __future__ import annotations
 
+import math
 import numbers
+import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch import nn
+
 from helpers.exercises import Mismatch, checker, expect
 
-__all__ = ["check_cache_sweep", "reference_verdict"]
+__all__ = ["check_cache_sweep", "check_gflops", "reference_verdict"]
 
 VERDICTS = ("fell", "no dip", "undecided")
 MARGIN = 0.1  # a width fell only if every round of it, 10 % higher, stays below
@@ -190,3 +200,80 @@ def check_cache_sweep(width_rounds: Callable[..., Any], cache_verdict: Callable[
         "width_rounds interleaves the widths round by round and keeps every reading, and "
         f"cache_verdict gives the rule's verdict on {len(CASES)} sets of rounds"
     )
+
+
+# the stand-in for gflops: one (64 x 256) @ (256 x 256) product, 2 * 64 * 256 * 256
+# operations (a multiply-add counts as two), a 5 ms sleep per call so that the time is
+# the checker's, and a 0.2 s first call, as a cold call can be
+PRODUCT = (64, 256, 256)
+CALL_S = 0.005
+FIRST_S = 0.2
+ONE_THREAD = "time on one thread: benchmark.Timer(..., num_threads=1), so one core does all the work"
+COUNT_TWICE = (
+    "a multiply-add counts as two operations, and FlopCounterMode already counts it so: "
+    "do not halve its total"
+)
+WARM_UP = "time warm calls: the first call can be slow, so warm up first (blocked_autorange does)"
+SECONDS = "return the rate, operations / seconds / 1e9, not the seconds a call takes"
+GIGA = "return GFLOP/s: operations / seconds / 1e9"
+
+
+class _Timed(nn.Module):
+    """One known matrix product; each call records its duration and the thread count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.weight = nn.Parameter(torch.randn(PRODUCT[2], PRODUCT[1], generator=generator))
+        self.durations: list[float] = []
+        self.threads: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        self.threads.append(torch.get_num_threads())
+        time.sleep(CALL_S + (FIRST_S if not self.durations else 0.0))
+        out = torch.mm(x, self.weight.t())
+        self.durations.append(time.perf_counter() - start)
+        return out
+
+
+@checker("8.1", "gflops")
+def check_gflops(gflops: Callable[..., Any]) -> str:
+    """The reader's gflops on the stand-in, against its known count and warm call time."""
+    expect(callable(gflops), f"gflops should be a function, got {type(gflops).__name__}")
+    net = _Timed()
+    x = torch.randn(PRODUCT[0], PRODUCT[1], generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))  # so that a call on the default threads shows
+    try:
+        answer = gflops(net, x)
+    finally:
+        torch.set_num_threads(threads)
+    expect(
+        isinstance(answer, numbers.Real) and not isinstance(answer, bool) and answer > 0,
+        f"gflops returned {answer!r}, not a positive number",
+    )
+    answer = float(answer)
+    expect(len(net.durations) >= 2, f"gflops called the model {len(net.durations)} time(s)")
+    many = sum(n > 1 for n in net.threads)
+    if many * 2 >= len(net.threads):
+        raise Mismatch(f"{many} of the model's {len(net.threads)} calls ran on several threads", ONE_THREAD)
+    operations = 2 * PRODUCT[0] * PRODUCT[1] * PRODUCT[2]
+    warm_s = sorted(net.durations)[len(net.durations) // 2]
+    expected = operations / warm_s / 1e9
+    ratio = answer / expected
+    if 0.75 <= ratio <= 1.3:
+        return (
+            f"gflops gave {answer:.2f} GFLOP/s on a stand-in of {operations:,} operations whose "
+            f"warm one-thread call took {warm_s * 1e3:.1f} ms ({expected:.2f} GFLOP/s)"
+        )
+    message = f"gflops gave {answer:.3g} on a stand-in whose warm calls ran at {expected:.2f} GFLOP/s"
+    if abs(math.log(answer / warm_s)) < math.log(2):
+        raise Mismatch(message, SECONDS)
+    if ratio > 1e6:
+        raise Mismatch(message, GIGA)
+    if 0.35 <= ratio <= 0.65:
+        raise Mismatch(message, COUNT_TWICE)
+    if ratio < 0.2:
+        raise Mismatch(message, WARM_UP)
+    raise Mismatch(message)
