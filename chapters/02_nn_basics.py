@@ -1477,10 +1477,18 @@ if band[0] < flat < band[1]:
             else ""
         )
     )
+elif flat <= band[0]:
+    # below the band both roots are real and positive: no swing
+    flattest_text = (
+        "the flattest lies "
+        + ("just " if flat > 0.8 * band[0] else "")
+        + f"below the band ({flat / band[0]:.2f} times its lower edge), where"
+        " the error does not swing at all and simply decays, slowly"
+    )
 else:
     flattest_text = (
-        "the flattest lies just below the band, where the "
-        "error does not swing at all and simply decays, slowly"
+        f"the flattest lies above the band ({flat / band[1]:.2f} times its"
+        " upper edge), where the error flips sign at every step"
     )
 record("flattest_text", flattest_text)
 scaled_steps, plain_steps = adam_steps["badly scaled"], adam_steps["original"]
@@ -2100,14 +2108,21 @@ for ax, run in zip(axes, runs, strict=True):
         log_y=True,
         ax=ax,
     )
-    ax.axvline(run["best_epoch"], color="gray", linestyle=":")
+    ax.axvline(
+        run["best_epoch"],
+        color="gray",
+        linestyle=":",
+        label="best validation epoch",
+    )
     ax.set_xlim(0, epochs + 3)  # keeps a dotted line at epoch 60 off the frame
+    ax.get_legend().remove()  # one legend for all six panels, below
 for ax in axes[:3]:
     ax.set_xlabel("")  # the shared axis is labelled once, on the bottom row
 for ax in (*axes[1:3], *axes[4:]):
     ax.set_ylabel("")  # and the shared loss axis once per row
-fig.suptitle("MLP on breast-cancer data (dotted: best validation epoch)")
-fig.tight_layout()
+fig.suptitle("MLP on breast-cancer data: six learning rates")
+fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3)
+fig.tight_layout(rect=(0, 0.05, 1, 1))  # leaves room for the legend
 plt.show()
 
 # %% [markdown]
@@ -2386,17 +2401,15 @@ mistake_words = (
     if fewest == 0
     else f"misclassify {fewest} of the {len(y_val)} validation tumours"
 )
-among = (
-    "Among them"
-    if n_tied == len(runs)
-    else f"Among those {count_words[n_tied]}"
-)
 if chosen_mistakes == fewest and n_tied > 1:
-    ranking_text = (
+    ranking_short = (
         f"Accuracy cannot make this choice: the best weights of {tied_words},"
-        f" the chosen run's among them, {mistake_words}. {among}, the"
-        " choice rests on the validation loss alone. The log-loss is a proper"
-        " scoring rule, lowest on average for honest probabilities, but "
+        f" the chosen run's among them, {mistake_words}, so it rests on the"
+        " validation loss alone"
+    )
+    ranking_text = (
+        "The log-loss is a proper scoring rule, lowest on average for honest"
+        " probabilities, but "
         + (
             "on a set with no mistakes it can only rank confidence: there it"
             " only falls as the logits grow, so we kept the run that is most"
@@ -2411,22 +2424,28 @@ if chosen_mistakes == fewest and n_tied > 1:
         " correctness too"
     )
 elif chosen_mistakes == fewest:
+    ranking_short = (
+        "Here accuracy and loss agree: only the chosen run's best weights"
+        f" {mistake_words}"
+    )
     ranking_text = (
-        f"Here accuracy and loss agree: only the chosen run's best weights"
-        f" {mistake_words}. That agreement rests on few tumours: a validation"
+        "That agreement rests on few tumours: a validation"
         " set this small holds few mistakes to count"
     )
 else:
+    ranking_short = (
+        "Here loss and accuracy disagree: the chosen weights misclassify"
+        f" {chosen_mistakes} of the {len(y_val)} validation tumours, the best"
+        f" weights of {tied_words} only {fewest}"
+    )
     ranking_text = (
-        f"Here loss and accuracy disagree. The chosen weights misclassify"
-        f" {chosen_mistakes} of the {len(y_val)} validation tumours, while"
-        f" the best weights of {tied_words} misclassify only {fewest}. The"
-        " validation loss preferred the more confident run; where a"
+        "The validation loss preferred the more confident run; where a"
         " validation set holds so few mistakes, its loss ranks confidence as"
         " much as correctness. A larger validation set, or the k-fold"
         " cross-validation described below, would judge more fairly"
     )
 record("ranking_text", ranking_text)
+record("ranking_short", ranking_short)
 n_perfect = sum(m == 0 for m in run_mistakes)
 record(
     "perfect_runs_text",
@@ -2455,7 +2474,8 @@ The runs differ in what limits them. The lowest validation loss of all,
 {{best_val_loss}}, came at lr {{chosen_lr}}, epoch {{best_epoch}}.
 {{others_text}}.{{still_improving_text}} {{grid_edge_text}}
 
-{{ranking_text}}. Section 2.8 shows what this costs on the test set.
+{{ranking_short}} (the aside below says more); section 2.8 shows what the choice
+costs on the test set.
 
 Two kinds of trouble can show in such panels. **Overfitting**: the training loss
 keeps falling while the validation loss stops improving or rises, because the model
@@ -2466,18 +2486,6 @@ both we keep the weights of the epoch with the lowest validation loss (*early
 stopping*), a choice made on validation data only: epoch {{best_epoch}} of the
 chosen run, {{early_stop_text}}. The collapsed aside below says which runs here were
 unstable; the experiment after it makes overfitting plain.
-
-The validation loss starts below the training loss in {{n_below_start}}, and stays
-below it throughout in {{n_below_throughout}}. Partly this is
-how the two are measured: each training figure averages the loss over an epoch's
-{{n_batches}} updates, during which the weights improved, while the validation loss
-is measured at the epoch's end. At the end of the slow run (lr {{slow_lr}}), where
-the weights change little within an epoch, the training loss of its final weights,
-measured like the validation loss, is {{slow_train_at_end}}, against
-{{slow_val_at_end}} on validation: the training loss is {{easier_text}}. A small
-validation set is a noisy judge; the usual remedy is *k-fold cross-validation*,
-which validates on each of k parts of the non-test data in turn and averages the k
-scores.
 """
 )
 
@@ -2485,7 +2493,9 @@ scores.
 prose(
     r"""
 <details>
-<summary>Going further: telling a jump from noise, and why the grid hides overfitting</summary>
+<summary>Going further: accuracy against loss, jumps against noise, hidden overfitting</summary>
+
+**Accuracy and loss.** {{ranking_text}}.
 
 **Instability.** We call a rise of the training loss to more than three times its
 lowest value so far a jump; the mark is our convention, set in the gap we measured
@@ -2503,6 +2513,18 @@ smooths it. On {{n_train}} tumours with clean labels the network finds little to
 memorise that would not carry over, so a rise in these curves is hard to tell from
 their noise; section 2.8 measures what the long training costs in confidence on new
 tumours.
+
+**Validation below training.** The validation loss starts below the training loss
+in {{n_below_start}}, and stays below it throughout in {{n_below_throughout}}.
+Partly this is how the two are measured: each training figure averages the loss over an epoch's
+{{n_batches}} updates, during which the weights improved, while the validation loss
+is measured at the epoch's end. At the end of the slow run (lr {{slow_lr}}), where
+the weights change little within an epoch, the training loss of its final weights,
+measured like the validation loss, is {{slow_train_at_end}}, against
+{{slow_val_at_end}} on validation: the training loss is {{easier_text}}. A small
+validation set is a noisy judge; the usual remedy is *k-fold cross-validation*,
+which validates on each of k parts of the non-test data in turn and averages the k
+scores.
 
 </details>
 """
@@ -3087,13 +3109,7 @@ confident mistakes: the worst single test tumour contributes
 # they say: of the decisions it makes with 99 % confidence, about 99 % are right. The
 # cell compares the chosen model's mean confidence in its test decisions (the
 # probability it gives the class it picks) with its test accuracy, and counts the
-# mistakes it made with more than 99 % confidence. Matching averages are only
-# *calibration in the large*, necessary but not enough: a model can be overconfident
-# on some decisions and underconfident on others and still match on average. The full
-# check groups the decisions by confidence and compares each group's accuracy with its
-# confidence, a *reliability diagram* (`sklearn.calibration.calibration_curve` computes
-# it; [Guo et al., 2017](https://arxiv.org/abs/1706.04599) draw them); 114 test tumours
-# are too few to fill its groups well, so we stay with the averages.
+# mistakes it made with more than 99 % confidence.
 
 # %%
 # confidence in the decision: p(malignant) if flagged, else 1 - p(malignant)
@@ -3201,12 +3217,10 @@ prose(
     r"""
 The test loss is about {{loss_ratio}} times the validation loss. On the test tumours
 the model's mean confidence is {{mean_confidence}} against an accuracy of
-{{test_accuracy}}, {{calibration_words}} (one standard error is
-{{test_se}}; a rough yardstick rather than a test, since the mean confidence is
-noisy too). Its {{n_wrong}} test mistakes,
-{{n_confident_wrong}} of them made with more than 99 % confidence, carry
-{{wrong_share}} of the test loss: a mean log-loss is set by its worst cases
-more than by the share of mistakes. {{overconfidence_intro}}
+{{test_accuracy}}. Its {{n_wrong}} test mistakes, {{n_confident_wrong}} of them
+made with more than 99 % confidence, carry {{wrong_share}} of the test loss: a mean
+log-loss is set by its worst cases more than by the share of mistakes.
+{{overconfidence_intro}}
 Training drives the training loss towards zero if it runs long enough (the
 lowest at epoch 60 here is {{lowest_train_loss}}), and
 on tumours that a boundary can separate, the loss keeps falling as the logits grow,
@@ -3215,7 +3229,8 @@ hundreds of candidates we kept the one whose confidence happened to be right on 
 {{n_val}} validation tumours, so its validation loss says more about those
 tumours than about new ones. {{perfect_val_text}}
 Where the probabilities themselves matter, as when a diagnostic test reports them to
-a doctor, they are calibrated afterwards (the aside below).
+a doctor, they are calibrated afterwards; the aside below says how, and weighs this
+model's gap between confidence and accuracy against the noise.
 """
 )
 
@@ -3264,11 +3279,21 @@ record("val_t_text", val_t_text)
 prose(
     r"""
 <details>
-<summary>Going further: calibrating afterwards, with temperature scaling</summary>
+<summary>Going further: measuring calibration, and calibrating afterwards</summary>
 
-The simplest method, *temperature scaling* ([Guo et al.,
-2017](https://arxiv.org/abs/1706.04599)), divides every logit by one number `T`,
-fitted by minimising the log-loss on held-out data. Dividing by a positive `T` keeps
+**How far off.** The chosen model is {{calibration_words}} (one standard error is
+{{test_se}}; a rough yardstick rather than a test, since the mean confidence is
+noisy too). Matching averages would only be *calibration in the large*, necessary
+but not enough: a model can be overconfident on some decisions and underconfident
+on others and still match on average. The full check groups the decisions by
+confidence and compares each group's accuracy with its confidence, a *reliability
+diagram* (`sklearn.calibration.calibration_curve` computes it; [Guo et al.,
+2017](https://arxiv.org/abs/1706.04599) draw them); {{n_test}} test tumours are too
+few to fill its groups well, so we stay with the averages.
+
+**Temperature scaling.** The simplest way to calibrate afterwards, *temperature
+scaling* (Guo et al.), divides every logit by one number `T`, fitted by minimising
+the log-loss on held-out data. Dividing by a positive `T` keeps
 each logit's sign, so no decision changes, only the confidence behind it. The data
 it is fitted on must not have served for the other choices, and it must hold enough
 mistakes: on examples that are all classified correctly the loss keeps falling as
@@ -3496,9 +3521,10 @@ patients (see the box).
 # > tends to pick an overconfident model. To choose a model for new data, train with a
 # > penalty that holds the logits back (weight decay), choose its strength and the
 # > other settings by the loss on held-out predictions that contain mistakes
-# > (out-of-fold predictions from k-fold cross-validation on the non-test data), then
-# > test that one model once on data no choice has seen. Here that would need a fresh
-# > test set, because this one has already been looked at.
+# > (out-of-fold predictions from *k-fold cross-validation* on the non-test data: split
+# > it into k parts, and predict each part with a network trained on the other k - 1),
+# > then test that one model once on data no choice has seen. Here that would need a
+# > fresh test set, because this one has already been looked at.
 
 # %% [markdown]
 # ## 2.9 Saving and loading
@@ -3882,17 +3908,14 @@ assert check_accumulated_epoch(accumulated_epoch)
 # best epoch's weights). The MLP's smaller rates are slow for this model (at 0.01 its
 # validation loss can still be falling at epoch 60), so search six rates from 0.01 to
 # 3, each about 3× the last, for 60 epochs, each with a freshly seeded training
-# loader. To keep the best, fill in `choose_run` in the starter below: given each
-# rate's validation losses (`history.val_loss`), it returns the rate and epoch
-# (counted from 1) with the lowest loss, whether that epoch was its run's last
-# (section 2.7's `still_improving`), and whether the rate is at the edge of the grid.
-# Compare the chosen model's
-# validation loss and accuracy with the MLP's. Is the difference more than noise? To
-# judge the loss, resample the validation tumours with replacement (a *bootstrap*):
-# fill in `bootstrap_share` in the starter below, which takes the per-tumour
-# differences of the two models' losses and gives the share of resamples whose mean
-# difference is above 0, that is, in which the MLP still comes out ahead. Then say what
-# the bootstrap cannot account for.
+# loader, and keep the rate and epoch with the lowest validation loss (noting, as
+# section 2.7 did, whether that epoch was its run's last and the rate at the grid's
+# edge). Compare the chosen model's validation loss and accuracy with the MLP's. Is
+# the difference more than noise? To judge the loss, resample the validation tumours
+# with replacement (a *bootstrap*): fill in `bootstrap_share` in the starter below,
+# which takes the per-tumour differences of the two models' losses and gives the share
+# of resamples whose mean difference is above 0, that is, in which the MLP still comes
+# out ahead. Then say what the bootstrap cannot account for.
 #
 # `fit` runs section 2.7's loop and is called as `fit(model, train_loader, val_loader,
 # criterion, optimizer, epochs, device, *, metric="accuracy", select=None,
@@ -3903,15 +3926,6 @@ assert check_accumulated_epoch(accumulated_epoch)
 
 
 # %% tags=["exercise-starter"]
-def choose_run(
-    val_losses: dict[float, list[float]],
-) -> tuple[float, int, bool, bool]:
-    """The rate and epoch (from 1) with the lowest validation loss, whether
-    that epoch is its run's last, and whether the rate is the smallest or the
-    largest tried."""
-    raise NotImplementedError  # your code here
-
-
 def bootstrap_share(
     difference: torch.Tensor, n_resamples: int, generator: torch.Generator
 ) -> float:
@@ -3920,14 +3934,13 @@ def bootstrap_share(
     raise NotImplementedError  # your code here
 
 
-from helpers.exercises.ch02 import check_bootstrap_share, check_choose_run
+from helpers.exercises.ch02 import check_bootstrap_share
 
-check_choose_run(choose_run)
 check_bootstrap_share(bootstrap_share)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 3
-from helpers.exercises.ch02 import check_bootstrap_share, check_choose_run
+from helpers.exercises.ch02 import check_bootstrap_share
 
 
 def choose_run(
@@ -4015,7 +4028,6 @@ for name, size, rate, scores in (
 print(f"MLP lower in {mlp_ahead:.0%} of 2,000 bootstrap resamples")
 # seeds 0-2: the two differ by 0, 0, 1 validation tumours
 assert abs(tumours_apart) <= 3
-assert check_choose_run(choose_run)
 assert check_bootstrap_share(bootstrap_share)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -4233,43 +4245,38 @@ assert skipped_wider == ["0.bias", "0.weight", "2.bias", "2.weight"]
 assert check_load_matching(load_matching)
 
 # %% [markdown]
-# **Exercise 5.** The batch size, 32, was not tuned, and the learning rate was tuned
-# for it. Compare batches of 8 and of 128 with it. A rate tuned at 32 would favour 32,
-# so give each other size `B` two rates derived from the one kept for 32: scaled by
-# `√(B/32)`, the square-root rule for Adam of
-# [Malladi et al. (2022)](https://arxiv.org/abs/2205.10287) (which also adjusts Adam's
-# β and ε; scale only the rate), and by `B/32`, the linear rule for SGD of
-# [Goyal et al. (2017)](https://arxiv.org/abs/1706.02677). For every size keep the run
-# that section 2.5's rule picks, the smallest rate whose best validation loss is within
-# 1 % of the lowest; for batches of 32, pick among section 2.7's six runs (section 2.7
-# took the lowest loss outright: does the rule agree?). Write this search as
-# `sweep_batch_sizes` in the starter below. It is handed a function `train(lr,
-# batch_size)` that returns a run as `train_and_validate` does, section 2.7's runs, the
-# batch sizes and the number of training tumours; it returns each size's kept run with
-# entries that say how soon the run gets somewhere. The kept runs' best losses differ
-# several-fold, so design a measure of "how soon" that is fair to all of them: what
-# would it be unfair to count? Your measure is a validation loss to reach,
-# `"target"`, with `"target_epoch"`, the first epoch (from 1) at which the run's
-# validation loss is at most it, and `"updates"`, the optimizer updates up to the end
-# of that epoch (section 2.6 counts the updates of one epoch; 364 examples do not
-# divide into batches of 8 or 128). This "steps to a result" is the measure of
-# [Shallue et al. (2018)](https://arxiv.org/abs/1811.03600). The checker hands your
-# function a stand-in for `train` that trains nothing and records what it is asked
-# for; it accepts any target that is fair and tells the runs apart. Then run the
-# search with `train_and_validate`, and compare each batch size's best validation loss
-# and the epochs and updates it took to reach the target. Does a smaller batch get
-# there in fewer epochs? In fewer updates? Can one seed settle the order? Compare the
-# two lowest losses with your bootstrap from exercise 3.
+# **Exercise 5.** The batch size, 32, was not tuned. Does a smaller batch learn
+# faster? Compare batches of 8 and 128 with 32 in `sweep_batch_sizes` below. The rate
+# kept for 32 would favour 32, so give each other size `B` two rates, 32's kept rate
+# times `√(B/32)` (the square-root rule for Adam of
+# [Malladi et al., 2022](https://arxiv.org/abs/2205.10287)) and times `B/32` (the
+# linear rule for SGD of [Goyal et al., 2017](https://arxiv.org/abs/1706.02677)), and
+# keep for each size the run that section 2.5's rule picks (for 32, among section 2.7's
+# six runs: does the rule agree with section 2.7's choice?).
+#
+# Then the design question. The kept runs end at best losses several-fold apart:
+# measured how, does a run *get somewhere* sooner? **What would it be unfair to
+# count?** Answer with a validation loss to reach, and count the epochs and the
+# optimizer updates each run takes to reach it (the "steps to a result" of
+# [Shallue et al., 2018](https://arxiv.org/abs/1811.03600)); the starter's docstring
+# says what to return. Run the search: does a smaller batch get there in fewer epochs?
+# In fewer updates? Can one seed settle the order? Compare the two lowest losses with
+# your bootstrap from exercise 3.
 
 
 # %% tags=["exercise-starter"]
 def sweep_batch_sizes(train, runs_32: list, sizes: tuple, n_train: int) -> dict:
-    """Map each batch size in `sizes` to the run section 2.5's rule keeps,
-    with entries "target" (your target loss), "target_epoch" (the first
-    epoch at which the run reaches it) and "updates" (the optimizer updates
-    up to the end of that epoch) added. Batches of 32 choose among
-    `runs_32`; every other size B among two new runs, `train(lr, B)`, at
-    32's kept rate scaled by √(B/32) and by B/32."""
+    """Map each batch size in `sizes` to the run section 2.5's rule keeps
+    (the smallest rate whose best validation loss is within 1 % of the
+    lowest). Batches of 32 choose among `runs_32`, section 2.7's runs; every
+    other size B among two new runs, `train(lr, B)`, at 32's kept rate
+    times √(B/32) and times B/32; `train` returns a run as
+    `train_and_validate` does. Add to each kept run: "target", your
+    validation loss to reach; "target_epoch", the first epoch (from 1)
+    whose validation loss is at most it; "updates", the optimizer updates
+    up to the end of that epoch (`n_train` examples; a last, shorter batch
+    is an update too). The checker's `train` trains nothing; it accepts
+    any target that is fair to every run and tells them apart."""
     raise NotImplementedError  # your code here
 
 

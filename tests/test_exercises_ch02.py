@@ -15,7 +15,6 @@ from helpers.exercises import ch02_references as ref
 from helpers.exercises.ch02 import (
     check_accumulated_epoch,
     check_bootstrap_share,
-    check_choose_run,
     check_load_matching,
     check_momentum_sgd,
     check_sweep_batch_sizes,
@@ -42,7 +41,7 @@ def test_the_chapter_has_one_starter_per_exercise():
             [
                 ["MomentumSGD"],
                 ["accumulated_epoch"],
-                ["choose_run", "bootstrap_share"],
+                ["bootstrap_share"],
                 ["load_matching"],
                 ["sweep_batch_sizes"],
             ]
@@ -246,59 +245,6 @@ def test_bootstrap_mistakes_get_their_hints(mistake, hint):
 def test_bootstrap_on_all_positive_differences_names_the_flip():
     verdict = check_bootstrap_share(lambda difference, n, generator: 0.0)
     assert failed_with(verdict, "mean is above 0") and "30 positive differences" in verdict.message
-
-
-# Exercise 2.3: choosing the rate --------------------------------------------------------------
-
-
-def chooser(mistake: str = ""):
-    """choose_run written right, or with one mistake."""
-
-    def choose_run(val_losses):
-        def score(rate):
-            run = val_losses[rate]
-            return run[-1] if mistake == "last epoch" else -max(run) if mistake == "highest" else min(run)
-
-        rate = min(val_losses, key=score)
-        run = val_losses[rate]
-        epoch = run.index(min(run)) + (0 if mistake == "from zero" else 1)
-        if mistake == "last epoch":
-            epoch = len(run)
-        open_end = epoch == (60 if mistake == "global epochs" else len(run))
-        rates = list(val_losses)
-        edges = (rates[0], rates[-1]) if mistake == "edge by order" else (min(rates), max(rates))
-        edge = rate == edges[1] if mistake == "largest only" else rate in edges
-        if mistake == "changes losses":
-            run.sort()
-        return rate, epoch, open_end, edge
-
-    return choose_run
-
-
-def test_choose_run_right_passes(capsys):
-    assert check_choose_run(chooser()).passed
-    assert "lowest validation loss in 3 hand-made tables" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    ("mistake", "hint"),
-    [
-        ("last epoch", "not its last epoch's"),
-        ("highest", "not the highest"),
-        ("from zero", "count epochs from 1"),
-        ("global epochs", "that run's number of epochs"),
-        ("edge by order", "not with the dict's first and last keys"),
-        ("largest only", "the smallest or the largest rate"),
-        ("changes losses", None),
-    ],
-)
-def test_choose_run_mistakes_get_their_hints(mistake, hint):
-    assert failed_with(check_choose_run(chooser(mistake)), hint)
-
-
-def test_choose_run_reports_a_wrong_shape_of_answer():
-    verdict = check_choose_run(lambda val_losses: min(val_losses))
-    assert "not (rate, best_epoch, still_improving, at_edge)" in verdict.message
 
 
 # Exercise 2.4: loading the tensors whose shapes fit ------------------------------------------

@@ -4,13 +4,11 @@ Each checker runs the reader's code on small, freshly seeded CPU problems agains
 reference that does not come from the chapter's solution: ``torch.optim.SGD`` for the
 momentum optimizer, one big-batch SGD step per group for gradient accumulation, a
 large reference bootstrap, the trained network's own tensors (and the new head's, kept
-from before the call) for a partial ``load_state_dict``, a direct count of the
-batches in an epoch, and section 2.5's rate rule written out on hand-made loss tables.
-For the usual mistakes it computes what the mistake would produce, or reads the error
-it raised, and names it. Exercise 2.3's choice of rate is checked by
-:func:`check_choose_run` (in :mod:`helpers.exercises.ch02_search`) and exercise 2.5's
-batch-size sweep by :func:`check_sweep_batch_sizes` (in :mod:`helpers.exercises.ch02_sweep`),
-both re-exported here. Introduced with chapter 2's exercises.
+from before the call) for a partial ``load_state_dict``, and a direct count of the
+batches in an epoch. For the usual mistakes it computes what the mistake would
+produce, or reads the error it raised, and names it. Exercise 2.5's batch-size sweep
+is checked by :func:`check_sweep_batch_sizes` (in :mod:`helpers.exercises.ch02_sweep`),
+re-exported here. Introduced with chapter 2's exercises.
 """
 
 from __future__ import annotations
@@ -25,13 +23,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.exercises import Mismatch, checker, expect, expect_close, expect_tensor
 from helpers.exercises import ch02_references as ref
-from helpers.exercises.ch02_search import check_choose_run
 from helpers.exercises.ch02_sweep import check_sweep_batch_sizes
 
 __all__ = [
     "check_accumulated_epoch",
     "check_bootstrap_share",
-    "check_choose_run",
     "check_load_matching",
     "check_momentum_sgd",
     "check_sweep_batch_sizes",
