@@ -197,10 +197,16 @@ with torch.device("meta"):
     print(
         "Inception-v3's auxiliary head: AuxLogits.fc =", inception.AuxLogits.fc
     )
+# the class names, in the order of the 1,000 outputs (metadata: no download)
+categories = models.ResNet18_Weights.DEFAULT.meta["categories"]
+assert len(categories) == 1000
+print(f"output 0 is {categories[0]!r}, output 207 is {categories[207]!r}")
 
 # %% [markdown]
 # Every one of these ends in a linear layer with 1,000 outputs, one per ImageNet class;
-# for a new task with `C` classes you replace it with `nn.Linear(in_features, C)`. Its
+# `weights.meta["categories"]` names them in output order, so a prediction reads as
+# `categories[logits.argmax(dim=1)[i]]`.
+# For a new task with `C` classes you replace it with `nn.Linear(in_features, C)`. Its
 # name differs: `fc` in ResNets and Inception, the seventh entry of `classifier` in VGG
 # (`classifier[6]`). Inception-v3 also has an auxiliary classifier, `AuxLogits`, used
 # only in training mode: replace its `fc` too, or build with `aux_logits=False`, which
@@ -448,8 +454,8 @@ class GlyphNet(nn.Module):
         self.layer3 = block(c2, c3, stride=1)  # -> (B, c3, 7, 7)
         # 7 x 7 -> 2 x 2 averages of 4 x 4 windows, 3 apart: what
         # AdaptiveAvgPool2d(2) computes on a 7 x 7 map, which Apple's MPS
-        # backend refuses (7 % 2 != 0) up to at least torch 2.15; pytorch
-        # issue 96056 tracks the fix
+        # backend refuses (7 % 2 != 0): pytorch issue 96056 was still open in
+        # August 2026, when a fix was proposed (pull request 192413)
         pool = nn.AvgPool2d(4, stride=3)
         self.pool = nn.Sequential(pool, nn.Flatten())  # -> (B, c3*4)
         self.fc = nn.Linear(c3 * 4, num_classes)
@@ -664,15 +670,18 @@ print("state_dict keys:", list(checkpoint["model"])[:6], "...")
 # The target is the real MNIST subset from chapter 3 (`load_mnist_subset`): 500
 # validation and 1,000 test digits, and a pool of training digits from which we take
 # only 1, 3 or 10 labelled images per class. `labelled_subset` draws them at random with
-# a seed; the same seed gives nested subsets (the 3 per class include the 1). Which few
-# images are drawn can matter (section 5.8 measures how much), so every budget is run
-# with two different draws.
+# a seed; the same seed gives nested subsets (the 3 per class include the 1). Every
+# budget is run with two **draws**. A draw is a whole training replicate: its seed picks
+# the labelled images *and* the initial weights, the order of the batches and the
+# augmentation, so the spread between two draws (section 5.8) mixes which images were
+# drawn with the luck of training, and this chapter does not separate the two.
 #
 # Keeping 500 labelled validation digits while training on 10 to 100 is a luxury a real
 # few-label project does not have: it would choose by cross-validation on its few
 # labelled images, or keep defaults that worked on similar tasks. Here the luxury lets
-# us select epochs and settings and compare methods reliably (one standard error of an
-# accuracy near 80 % on 500 digits is about 1.8 points).
+# us select epochs and settings, and put a standard error on each comparison (one
+# standard error of an accuracy near 80 % on 500 digits is about 1.8 points); with only
+# two draws, the part of that error that comes from the draws is itself rough.
 
 # %%
 digits = load_mnist_subset(val_size=500, test_size=1000, seed=seed)
@@ -1141,7 +1150,7 @@ adam_bound = lr * 0.01 * steps_per_epoch * epochs_weighted
 b1, b2 = 0.9, 0.999  # AdamW's default betas
 
 
-def adam_worst(n: int) -> float:
+def adam_worst(n: int, b1: float, b2: float) -> float:
     """The largest Adam step, in units of its rate, that any gradients can
     give within steps 1..n: max_t c_t * sqrt(sum_{k<t} (b1**2 / b2)**k)."""
     return max(
@@ -1152,9 +1161,9 @@ def adam_worst(n: int) -> float:
 
 
 steps = steps_per_epoch * epochs
-adam_worst_factor = adam_worst(steps)
+adam_worst_factor = adam_worst(steps, b1, b2)
 # the 24-epoch runs later in this section take twice as many steps
-adam_worst_long = adam_worst(2 * steps)
+adam_worst_long = adam_worst(2 * steps, b1, b2)
 # the bound grows with the number of steps and holds no data, so it is the
 # same for every seed
 print(f"Adam's worst step / rate: {adam_worst_factor:.2f} over {steps} steps, "
@@ -1352,6 +1361,18 @@ assert all(agree), (by_hand, helper)
 # 0.84 vs 1.58, 0.98 vs 1.94
 assert se_images < se_unpaired, (se_images, se_unpaired)
 record("se_images_hand", se_images, fmt="{:.1f}")
+record("se_draws_hand", se_draws, fmt="{:.1f}")
+# with two draws the draws' part has one degree of freedom, where a t-test's
+# 97.5 % point is tan(0.475 pi), about 12.7; with the images' part (499
+# degrees of freedom) dominating, the combined error's bound is near 2
+record("t_one_df", math.tan(0.475 * math.pi), fmt="{:.1f}")
+if se_images > 2 * se_draws:
+    t_note = "the images' part dominates, and the bound is close to 2"
+elif se_draws > 2 * se_images:
+    t_note = "the draws' part dominates, so two errors understate the bound"
+else:
+    t_note = "neither part dominates, and the bound lies between the two"
+record("t_note", t_note)
 record("same_share", same_share, fmt="{:.0%}")
 record("se_unpaired_hand", se_unpaired, fmt="{:.1f}")
 
@@ -1362,8 +1383,10 @@ The two arms gave the same right-or-wrong on {{same_share}} of the digits (both
 draws). Paired, the images' part is {{se_images_hand}} points; had the arms been scored
 on different digits it would be about {{se_unpaired_hand}}. The draws' part comes from
 each draw's gap, and `val_gap` below adds the two parts in quadrature. With two draws
-that is rough (a t-test's 95 % bound would be 12.7 errors, not 2), so `noise_level`
-applies a rule of thumb: within two errors is noise, two to three *borderline*,
+that part is rough: where it dominates the sum, a t-test's 95 % bound would be up to
+{{t_one_df}} errors, not 2 (one degree of freedom). For this pair the draws' part is
+{{se_draws_hand}} points against the images' {{se_images_hand}}: {{t_note}}. So
+`noise_level` applies a rule of thumb: within two errors is noise, two to three *borderline*,
 beyond three *clear*; `gap_text` and `verdict` put it in words.
 The best validation accuracies themselves are optimistic: each is the best of 12
 epochs, and fine-tuning's also the best of three factors, all picked on the same 500
@@ -2366,7 +2389,9 @@ fe_1 = mean_test(test_acc, draws, 1, "feature extraction")
 ft_1 = mean_test(test_acc, draws, 1, "fine-tuning")
 
 
-def test_gap(per_class: int, name_a: str, name_b: str) -> tuple[float, ...]:
+def paired_test_gap(
+    test_hits: dict, draws: tuple, per_class: int, name_a: str, name_b: str
+) -> tuple[float, ...]:
     """name_a minus name_b on test, in points, paired as in section 5.7 (the
     same test images and draws): the gap, its two standard errors. Every test
     gap of this section comes from here, so each has one value."""
@@ -2374,6 +2399,10 @@ def test_gap(per_class: int, name_a: str, name_b: str) -> tuple[float, ...]:
         [test_hits[per_class, d, name_a] for d in draws],
         [test_hits[per_class, d, name_b] for d in draws],
     )
+
+
+# the scores and draws are fixed from here on: bind them once
+test_gap = functools.partial(paired_test_gap, test_hits, draws)
 
 
 ft_gap, se_draws, se_images = test_gap(10, "fine-tuning", "feature extraction")
@@ -2434,15 +2463,17 @@ assert long_gain[1, "fine-tuning"] >= 6, long_gain
 
 
 # test means are shown with two decimals, which on 1,000 images and two draws
-# is exact, so each gap below (the same number as the paired gap) is the
-# difference of the means as shown
+# is exact (multiples of 0.05 points); the gaps of means are shown with two
+# decimals too, so each (the same number as the paired gap) is exactly the
+# difference of the means as shown. A single draw's accuracy is a multiple of
+# 0.1 points, so gaps within one draw are exact with one decimal.
 record("test_scratch_1", scratch_1, fmt="{:.2%}")
 record("test_fe_1", fe_1, fmt="{:.2%}")
 record("test_ft_1", ft_1, fmt="{:.2%}")
 record(
     "ft_gain_1",
     ft_gain,
-    fmt="{:+.1f}",
+    fmt="{:+.2f}",
     headline=(
         "Fine-tuning minus scratch, 1 label per class, test accuracy points"
     ),
@@ -2450,7 +2481,7 @@ record(
 record(
     "fe_gain_1",
     fe_gain,
-    fmt="{:+.1f}",
+    fmt="{:+.2f}",
     headline="Feature extraction minus scratch, 1 label per class, test points",
 )
 record(
@@ -2488,11 +2519,11 @@ if spread > 2 * se_two:
 record("spread_vs_noise", spread_vs_noise)
 for per_class in budgets[1:]:
     gain = test_gap(per_class, "fine-tuning", "scratch")[0]
-    record(f"ft_gain_{per_class}", gain, fmt="{:+.1f}")
+    record(f"ft_gain_{per_class}", gain, fmt="{:+.2f}")
 for per_class, method in long_gain:
     short = "ft" if method == "fine-tuning" else "fe"
     gain = long_gain[per_class, method]
-    record(f"long_{short}_gain_{per_class}", gain, fmt="{:+.1f}")
+    record(f"long_{short}_gain_{per_class}", gain, fmt="{:+.2f}")
 ft_long_gains = [long_gain[k, "fine-tuning"] for k in budgets]
 if all(a > b for a, b in itertools.pairwise(ft_long_gains)):
     shrink_note = "at equal schedules too, the gain shrinks as labels grow"
@@ -2525,7 +2556,7 @@ for i, d in enumerate(draws):
     record(f"ft_over_fe_10_d{i}", 100 * gap, fmt="{:+.1f}")
 # the ratio of the rounded values shown, so that a reader who divides them
 # gets the same number
-shown_gap = float(f"{ft_gap:.1f}")
+shown_gap = float(f"{ft_gap:.2f}")
 shown_se = round(ft_gap_se, 1)
 record("ft_over_fe_10_se_all", shown_se, fmt="{:.1f}")
 record("ft_over_fe_10_z", shown_gap / max(shown_se, 0.1), fmt="{:.1f}")
@@ -2541,7 +2572,7 @@ record("ft_vs_fe_test", verdict(ft_gap, ft_gap_se))
 record(
     "ft_over_fe_10",
     ft_gap,
-    fmt="{:+.1f}",
+    fmt="{:+.2f}",
     headline="Fine-tuning minus feature extraction, 10 per class, test points",
 )
 record(
@@ -2650,6 +2681,35 @@ long_lesson = (
     "on test."
 )
 record("long_lesson", long_lesson)
+# transfer that leaves the target worse off than no transfer: named where this
+# run shows it (feature extraction behind scratch beyond noise)
+fe_minus_scratch, fe_minus_scratch_se = long_gaps[
+    "feature extraction", "scratch"
+]
+negative = noise_level(fe_minus_scratch, fe_minus_scratch_se)
+behind = (
+    f"Feature extraction fell {-fe_minus_scratch:.1f} ± "
+    f"{fe_minus_scratch_se:.1f} points behind scratch here"
+)
+transfer_words = (
+    "transfer that leaves the target worse off than no transfer (here a "
+    "linear head on the frozen letter features did worse than a network "
+    "learnt from the digits alone)."
+)
+if fe_minus_scratch < 0 and negative == "clear":
+    negative_note = f"{behind}: **negative transfer**, {transfer_words}"
+elif fe_minus_scratch < 0 and negative == "borderline":
+    negative_note = (
+        f"{behind}, a borderline gap: probably **negative transfer**, "
+        f"{transfer_words}"
+    )
+else:
+    negative_note = (
+        "Transfer that leaves the target worse off than training from scratch "
+        "is called **negative transfer**; in this run feature extraction did "
+        "not trail scratch beyond noise."
+    )
+record("negative_note", negative_note)
 
 # what paid at 10 per class, from the control of section 5.7 (validation)
 lesson_10 = (
@@ -2672,7 +2732,8 @@ on the test digits and feature extraction {{test_fe_1}}, against {{test_scratch_
 from scratch: {{ft_gain_1}} and {{fe_gain_1}} points; the fine-tuning gain was
 {{ft_gain_1_low}} points for one draw and {{ft_gain_1_high}} for the other. One test
 accuracy has a standard error of at most {{se_one}} points (1,000 images), and the
-draw of the training images adds variation of its own: in the table, the two draws of
+draw (the labelled images and the training seeds together) adds variation of its own:
+in the table, the two draws of
 one budget and method differ by up to {{draw_spread}} points, {{spread_vs_noise}} the
 noise of a difference of two test accuracies (an unpaired upper bound of about
 {{se_two}} points; both draws are scored on the same images, so the paired noise is
@@ -2702,9 +2763,8 @@ pretrained start of `layer3` with a random one: at this factor, on validation,
 {{start_verdict}}.
 
 At 10 labels per class with 24 epochs for every method (section 5.7; scratch and
-feature extraction at their chosen rates), the test accuracies are
-{{test_long_scratch}} for scratch, {{test_long_feature}} for feature extraction and
-{{test_long_fine_tuning}} for fine-tuning, and the paired gaps on test are:
+feature extraction at their chosen rates; the right panel shows the accuracies), the
+paired gaps on test are:
 
 {{long_test_table}}
 
@@ -2714,8 +2774,20 @@ pair on validation, both can hold: the two sets score different digits, and each
 validation figure is an arm's best epoch picked on those same 500 digits, an optimism
 the test figures lack.
 {{long_lesson}}
+{{negative_note}}
 Where, if at all, scratch catches up depends on the task and on how closely the
 source resembles it; handwritten digits are an easy target.
+
+**When to pick which.** A common rule of thumb crosses two questions: how many labelled
+target images there are, and how much the target resembles the source. Few labels and
+a similar source: feature extraction, since fine-tuning many weights on few images can
+overfit. More labels, or a less similar source: fine-tune, with a smaller rate for the
+pretrained layers, unfreezing more of them as labels grow. Many labels and a dissimilar
+source: scratch becomes competitive, and the pretrained weights remain a cheap start.
+This chapter tested only the first question, with one source and one target: at 1
+label per class both transfer methods beat scratch ({{ft_gain_1}} and {{fe_gain_1}}
+points), and at 10 per class with 24 epochs {{long_lesson_core}}. How resemblance
+changes the picture it did not measure.
 """
 )
 
@@ -2728,8 +2800,9 @@ prose(
 Take fine-tuning minus feature extraction at 10 labels per class. The standard
 error from the per-image differences, {{ft_over_fe_10_se}} points, counts mainly
 which digits happen to be in the test set (each image's difference is averaged over
-only two draws, so some training noise is in it too). The draw of labelled images
-shows in the two draws' gaps, {{ft_over_fe_10_d0}} and {{ft_over_fe_10_d1}}
+only two draws, so some training noise is in it too). The draws, each a different set
+of labelled images *and* different seeds for initialisation, batch order and
+augmentation, show in the two draws' gaps, {{ft_over_fe_10_d0}} and {{ft_over_fe_10_d1}}
 points, a standard error over the draws of {{ft_over_fe_10_se_draws}}. Added in
 quadrature they give ± {{ft_over_fe_10_se_all}}. That is rough, since the draws'
 part rests on a single degree of freedom, and slightly conservative, since the
@@ -2982,8 +3055,8 @@ def pooled_features(
     "layer2": (N, C2 * 3 * 3), "layer3": (N, C3 * 2 * 2)}: each block's
     output in eval mode, without gradients, average-pooled to its grid.
     """
-    # Apple's MPS (up to at least torch 2.15) refuses a pooling grid that
-    # does not divide the map's size: pool on the CPU
+    # Apple's MPS refuses a pooling grid that does not divide the map's
+    # size (pytorch issue 96056, open in August 2026): pool on the CPU
     raise NotImplementedError  # your code here
 
 
@@ -3015,8 +3088,8 @@ def pooled_features(
     features = {}
     for name, grid in blocks.items():
         # (N, C, H, W) -> (N, C, grid, grid)
-        # on the CPU: MPS (up to at least torch 2.15) refuses grids that do
-        # not divide the map's size
+        # on the CPU: MPS refuses grids that do not divide the map's size
+        # (pytorch issue 96056, open in August 2026)
         pooled = nn.functional.adaptive_avg_pool2d(maps[name].cpu(), grid)
         features[name] = pooled.flatten(1)  # (N, C * grid * grid)
     return features
@@ -3509,9 +3582,10 @@ print(
 # `forward` not look at?). Then fill in `freeze_batchnorm(module)` in the starter
 # below: it replaces, in place, every `nn.BatchNorm2d` inside a module, at any depth,
 # with your layer. Compare its output with torchvision's ready-made layer from section
-# 5.6. Apply it to the frozen blocks of a feature-extraction model (10 labels per
-# class, first draw) and train it with `train_phases` *without* its
-# `frozen` argument, so that `model.train()` reaches every block. Check that `layer1`'s
+# 5.6 (the checker refuses that layer itself as the answer). Apply it to the frozen
+# blocks of a feature-extraction model (10 labels per class, first draw) and train it
+# with `train_phases` *without* its `frozen` argument, so that `model.train()` reaches
+# every block. Check that `layer1`'s
 # state did not change and compare the validation accuracy with section 5.7's run.
 # Then measure the trap itself: the same run with ordinary batch norm, whose
 # statistics now drift.

@@ -507,18 +507,22 @@ def test_start_lpft_other_wrong_answers_fail_without_a_hint():
 # ---- 5.5 ----------------------------------------------------------------------------------
 
 
-def freeze(module, *, recurse=True, eps=True, load=True, assign=False):
+class ReadersFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """Stands for a reader's own class: torchvision's own is refused."""
+
+
+def freeze(module, *, recurse=True, eps=True, load=True, assign=False, layer=ReadersFrozenBatchNorm2d):
     """A right answer to exercise 5.5, and the usual mistakes when asked."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            fixed = FrozenBatchNorm2d(child.num_features, **({"eps": child.eps} if eps else {}))
+            fixed = layer(child.num_features, **({"eps": child.eps} if eps else {}))
             if load:
                 fixed.load_state_dict(child.state_dict())
             if assign:
                 fixed.weight = child.weight
             setattr(module, name, fixed)
         elif recurse:
-            freeze(child, recurse=recurse, eps=eps, load=load, assign=assign)
+            freeze(child, recurse=recurse, eps=eps, load=load, assign=assign, layer=layer)
 
 
 def test_freeze_batchnorm_right_answer_passes(capsys):
@@ -527,6 +531,12 @@ def test_freeze_batchnorm_right_answer_passes(capsys):
         "✓ Exercise 5.5: replaced both BatchNorm2d layers (one nested) by layers with no "
         "parameters; in training mode the module matches"
     )
+
+
+def test_freeze_batchnorm_refuses_torchvisions_own_layer():
+    verdict = check_freeze_batchnorm(lambda m: freeze(m, layer=FrozenBatchNorm2d))
+    assert not verdict and "torchvision's FrozenBatchNorm2d, not a layer of your own" in verdict.message
+    assert "write the class yourself" in verdict.hint
 
 
 class OwnFrozen(nn.Module):

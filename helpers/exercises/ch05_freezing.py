@@ -130,8 +130,9 @@ def check_start_lpft(start_lpft: Callable) -> str:
 def check_freeze_batchnorm(freeze_batchnorm: Callable) -> str:
     """Exercise 5.5: ``freeze_batchnorm(module)`` against nn.BatchNorm2d in eval mode.
 
-    Any replacement passes (the reader's own layer or torchvision's FrozenBatchNorm2d) that
-    has no parameters and, in training mode, gives batch norm's eval-mode output."""
+    The reader's own layer passes when it has no parameters and, in training mode, gives
+    batch norm's eval-mode output; torchvision's FrozenBatchNorm2d itself (which section 5.6
+    names) is refused, since the exercise is to write that layer."""
     from torchvision.ops import FrozenBatchNorm2d  # the reference for the wrong answers
 
     check_function(freeze_batchnorm, "freeze_batchnorm")
@@ -176,6 +177,14 @@ def check_freeze_batchnorm(freeze_batchnorm: Callable) -> str:
     expect(
         len(replacements) == 2,
         f"the module should hold a layer where each BatchNorm2d was, found {sorted(replacements)}",
+    )
+    borrowed = sorted(name for name, layer in replacements.items() if type(layer) is FrozenBatchNorm2d)
+    expect(
+        not borrowed,
+        f"the layers at {borrowed} are torchvision's FrozenBatchNorm2d, not a layer of your own",
+        "write the class yourself: an nn.Module that keeps weight, bias and running statistics as "
+        "buffers and whose forward always normalises with them (torchvision's is what the "
+        "solution checks against)",
     )
     learnable = [
         f"{name}.{weight}" for name, layer in replacements.items() for weight, _ in layer.named_parameters()
