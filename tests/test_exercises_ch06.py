@@ -190,7 +190,8 @@ def test_mean_loss_whose_gradient_misses_the_encoder_fails():
 def test_collapse_prediction_right_answers_pass(capsys):
     assert check_collapse_prediction(0.27, "independent pixels")
     assert check_collapse_prediction(0, "independent pixels")
-    assert "a KL term of 0.27 nats, below 1" in capsys.readouterr().out
+    assert check_collapse_prediction(0.35, "independent pixels")
+    assert "a KL term of 0.27 nats, within the derived bound" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -200,6 +201,9 @@ def test_collapse_prediction_right_answers_pass(capsys):
         (-1.0, "independent pixels", "KL(q || p) >= 0", "never negative"),
         (0.1, "correct VAE", "What can a decoder do with a code", "not where this mistake leaves"),
         (2.0, "independent pixels", "Some model sets an upper limit", "is too high"),
+        (0.9, "independent pixels", "put an exact number on the limit", "below 1 but still too high"),
+        (0.5, "independent pixels", "put an exact number on the limit", "below 1 but still too high"),
+        (0.36, "independent pixels", "put an exact number on the limit", "below 1 but still too high"),
         (0.1, "VAE", None, "predicted_near should be one of"),
         ("0.1", "independent pixels", None, "should be a number"),
         (True, "independent pixels", None, "should be a number"),
@@ -213,7 +217,7 @@ def test_collapse_prediction_wrong_answers_fail(kl, near, hint, message):
 
 
 def test_collapse_prediction_hints_nudge_without_giving_the_answer():
-    hints = [check_collapse_prediction(kl, "independent pixels").hint for kl in (25.0, 2.0)]
+    hints = [check_collapse_prediction(kl, "independent pixels").hint for kl in (25.0, 2.0, 0.5)]
     hints.append(check_collapse_prediction(0.1, "correct VAE").hint)
     for hint in hints:
         assert hint is not None

@@ -203,6 +203,9 @@ def check_mean_reconstruction_loss(mean_reconstruction_loss: Callable[..., torch
 # What exercise 6.2's training shows (the chapter asserts both): the KL term ends below
 # 1 nat per image, and the negative ELBO near the independent-pixel model's.
 COLLAPSED_KL = 1.0
+# What the derivation bounds it by: the independent-pixel model's ~208.5 nats / 784 =
+# 0.27 nats, accepted up to 0.35 (a bound of 274 nats, above any reading of section 6.4).
+DERIVED_KL_BOUND = 0.35
 NEAR_CHOICES = ("correct VAE", "independent pixels")
 
 
@@ -239,13 +242,20 @@ def check_collapse_prediction(predicted_kl: float, predicted_near: str) -> str:
         "from section 6.4. Which model, and what is its mistaken loss?",
     )
     expect(
+        predicted_kl <= DERIVED_KL_BOUND,
+        f"your predicted KL, {predicted_kl:g} nats, is below 1 but still too high",
+        "The right order of size. Now put an exact number on the limit: what is that model's "
+        "mistaken loss per image, and why can the best model's KL term not exceed it?",
+    )
+    expect(
         predicted_near == "independent pixels",
         f"predicted_near is {predicted_near!r}: not where this mistake leaves the negative ELBO",
         "Your KL prediction says how much the code can tell the decoder about each image. What "
         "can a decoder do with a code that tells it that much?",
     )
     return (
-        f"prediction committed: a KL term of {predicted_kl:g} nats, below {COLLAPSED_KL:g}, and a "
+        f"prediction committed: a KL term of {predicted_kl:g} nats, within the derived bound "
+        "(about 0.27 nats), and a "
         "negative ELBO near the independent-pixel model's; the training below measures both"
     )
 
