@@ -376,9 +376,9 @@ print(model)
 # > assign module before Module.__init__() call"*. Write `super().__init__()`.
 
 # %% [markdown]
-# Assigning a layer to an attribute registers it. `parameters()` yields every learnable
-# tensor, weights and biases (the optimizer needs them); `named_parameters()` adds
-# their names.
+# Assigning a layer to an attribute registers it. `parameters()` yields every registered
+# `nn.Parameter`, weights and biases (the optimizer needs them), frozen ones
+# (`requires_grad=False`) included; `named_parameters()` adds their names.
 
 # %%
 for name, param in model.named_parameters():
@@ -610,7 +610,8 @@ print(
 #    = \frac{2}{N} X^\top r, \qquad
 #    \frac{\partial L}{\partial b} = \frac{2}{N} \sum_i r_i. $$
 #
-# (Differentiating once more gives section 2.5's Hessian, `2/N · Xᵀ X`.) The cell
+# (Differentiating once more gives section 2.5's Hessian, `2/N · Xᵀ X` with a column
+# of ones appended to `X` for `b`.) The cell
 # compares this with autograd's `w.grad` and `b.grad` at the starting weights, then
 # trains.
 
@@ -2137,8 +2138,8 @@ plt.show()
 # the lowest loss outright; exercise 5 asks whether section 2.5's rule picks the same
 # run. The rule has a price, which section 2.8 measures: among runs that make almost no
 # validation mistakes, the lowest loss rewards the most confident run, which can be
-# overconfident on new tumours, and the section ends by retraining with the weight
-# decay this selection lacked.
+# overconfident on new tumours, and the section ends by retraining with weight decay
+# to see whether holding the logits back changes the choice.
 
 
 # %%
@@ -2460,7 +2461,7 @@ record(
 chosen_end = versus_best(chosen["val"][-1], chosen["best_val"])
 if best_epoch == epochs:
     early_stop_text = (
-        "its last, so here early stopping simply kept the final weights"
+        "its last, so here keeping the best epoch kept the final weights"
     )
 else:
     early_stop_text = f"whose validation loss ends {chosen_end}"
@@ -2482,10 +2483,13 @@ keeps falling while the validation loss stops improving or rises, because the mo
 fits the training tumours ever more closely without getting better on new ones.
 **Instability**: a step too large for the loss surface throws the weights about, so
 the *training* loss itself jumps, and the validation loss often with it. Against
-both we keep the weights of the epoch with the lowest validation loss (*early
-stopping*), a choice made on validation data only: epoch {{best_epoch}} of the
-chosen run, {{early_stop_text}}. The collapsed aside below says which runs here were
-unstable; the experiment after it makes overfitting plain.
+both we keep the weights of the epoch with the lowest validation loss, a choice made
+on validation data only: epoch {{best_epoch}} of the chosen run,
+{{early_stop_text}}. This is the checkpoint half of *early stopping*; the other half,
+*patience*, ends a run once the validation loss has not improved for a set number of
+epochs. We let every run finish, so that the curves show what comes after the best
+epoch. The collapsed aside below says which runs here were unstable; the experiment
+after it makes overfitting plain.
 """
 )
 
@@ -2641,8 +2645,8 @@ network drives its training loss towards zero by memorising: at the last epoch i
 reproduces {{fitted_flips}} of the 12 flipped labels, and what it bends to fit them
 is wrong for new tumours. Here that costs decisions, not only confidence:
 {{noisy_wrong_best}} validation tumours are misclassified at the best epoch,
-{{noisy_wrong_end}} at the last. Early stopping would keep the weights of epoch
-{{noisy_best_epoch}}.
+{{noisy_wrong_end}} at the last. Keeping the best epoch's weights would keep those
+of epoch {{noisy_best_epoch}}.
 """
 )
 
@@ -2798,7 +2802,8 @@ A table of thresholds judges the scores a few cut-offs at a time. Two numbers th
 need no threshold judge them all at once, and are the usual companions of such a
 table for a diagnostic classifier (both in `sklearn.metrics`). The ROC-AUC
 (`roc_auc_score`) is the chance that a randomly drawn malignant tumour gets a higher
-`p(malignant)` than a randomly drawn benign one: 1 is a perfect ranking, 0.5 a coin.
+`p(malignant)` than a randomly drawn benign one, ties counting one half: 1 is a
+perfect ranking, 0.5 a coin.
 Here it is {{val_auc_text}}. The average precision
 (`average_precision_score`), a summary of the precision-recall curve (the mean
 precision at the thresholds where recall rises), judges the ranking by how the
@@ -2808,8 +2813,9 @@ takes that up.
 
 The threshold moves decisions after training. Its training-time counterpart is to
 weight the loss: `nn.BCEWithLogitsLoss(pos_weight=torch.tensor([w]))` multiplies the
-loss of every example labelled 1 by `w`, so that the model pays `w` times as much
-for those mistakes. With our labels 1 is benign, so making missed cancers dearer
+positive-label term `-y·log σ(z)` of the loss by `w`; for hard 0/1 labels that is the loss
+of every example labelled 1, so the model pays `w` times as much for those
+mistakes. With our labels 1 is benign, so making missed cancers dearer
 takes `w < 1`: `w = 1/3` makes a malignant tumour's loss weigh three times a benign
 one's, the same relative weighting as flipping the labels and using `w = 3`; the two
 losses differ only by the overall factor 3. Like the threshold, `w` would be chosen
@@ -3028,6 +3034,7 @@ record(
     else "Here the test set happens to score no worse on either, a reminder"
     " of how noisy samples of this size are",
 )
+record("page_seed", seed)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -3043,7 +3050,8 @@ scikit-learn's default L2 penalty, fitted to the same standardised training tumo
 is right {{logistic_test_accuracy}} of the time on the test tumours.
 {{logistic_words}}. On 30 well-chosen features a linear model is a strong baseline.
 The network's own test accuracy also moves by a few points from seed to seed (the
-comment above the asserts of the test cell lists five seeds).
+comment on the test cell's asserts records five seeds, measured on a CPU); this page
+shows seed {{page_seed}}.
 
 {{missed_text}}. A lower threshold trades misses for false alarms.
 {{trade_text}}. The test tumours are not the place to make that trade: the
@@ -3310,7 +3318,7 @@ folds); scikit-learn (1.8 and later) fits `T` that way with
 )
 
 # %% [markdown]
-# ### What the selection lacked: weight decay
+# ### Weight decay: holding the logits back
 
 # %%
 decay = 1.0  # AdamW's weight_decay: fixed, round and strong, not tuned
@@ -3324,7 +3332,10 @@ Look back at the grid with this in mind. {{perfect_runs_text}}. **Among candidat
 that classify a validation set perfectly, its loss cannot rank by quality**: it ranks
 them by confidence, and it favours whichever rate grows the logits fastest. Nothing
 in the training held the logits back. Weight decay (section 2.5) does: it pulls every
-weight towards zero, so the logits grow only as far as the loss can pay for it. The
+weight towards zero, so the logits grow only as far as the loss can pay for it.
+`weight_decay` acts on every parameter the optimizer holds, so here the biases decay
+too; a common practice exempts biases and normalisation weights by giving them their
+own parameter group with `weight_decay=0`. The
 cell reruns the same six learning rates, same seed, batches and epochs, with
 `AdamW(weight_decay=1.0)`, chooses again by validation loss, and puts the two choices
 beside the logistic regression. The strength 1.0 is a fixed, round, strong value,
@@ -4528,8 +4539,9 @@ prose(
   equal (or their losses weighted by size) and no layer depends on the batch.
 - Overfitting is a training loss that keeps falling while the validation loss
   rises: on 60 tumours with a fifth of their labels flipped, the validation loss
-  went from {{noisy_val_best}} to {{noisy_val_end}}. Early stopping keeps the
-  weights of the epoch with the lowest validation loss.
+  went from {{noisy_val_best}} to {{noisy_val_end}}. Keeping the weights of the
+  epoch with the lowest validation loss is the checkpoint half of early stopping;
+  patience, which ends the run early, is the other half.
 - Learning rate, epoch and threshold are chosen on a validation split, which makes
   the chosen model's validation score optimistic. Here the validation loss chose
   the run; on tumours all classified correctly it ranks confidence, not

@@ -193,7 +193,8 @@ def check_sweep_batch_sizes(sweep_batch_sizes: Callable[..., Any]) -> str:
         )
     kept_text = ", ".join(f"lr {kept[size]['lr']:g} for {size}" for size in sorted(kept))
     return (
-        f"asked for {len(want_calls)} runs, two per batch size other than 32, and kept {kept_text}, "
+        f"on the checker's made-up runs (not the chapter's), it asked for {len(want_calls)} runs, "
+        f"two per batch size other than 32, and kept {kept_text}, "
         f"each with the epoch it first reached your common target loss, {target:g}, and its "
         "count of updates to it"
     )
