@@ -49,8 +49,8 @@
 # >   fastest reading against the faster side's slowest, or the round nearest to
 # >   even. Section 8.3 applies the rule, without the 10 %, to the final losses of
 # >   different seeds. With two seeds a side, two settings that do not differ still
-# >   pass it one time in six (2! × 2! / 4!), so such a pass is called a hint, not a
-# >   result.
+# >   pass it in a given direction one time in six (2! × 2! / 4!), one time in three
+# >   either way, so such a pass is called a hint, not a result.
 # > - The numbers come from the machine that built this page (the setup cell prints
 # >   it); yours will differ. Where the text speaks of hardware this run did not
 # >   measure, it says so.
@@ -176,20 +176,27 @@ print(
     "load average (1 min):",
     "not reported" if load_at_start is None else f"{load_at_start:.1f}",
 )
+# One rule for the load, here and in the summary: this notebook's own torch
+# threads, plus its start-up and the worker processes some sections start, can
+# make a load of up to about its threads plus the usable CPUs on their own.
+own_threads = torch.get_num_threads()
+busy_load = own_threads + usable_cpus
 if load_at_start is None:
     start_load = "This system does not report its load average."
-elif load_at_start > usable_cpus:
-    start_load = (
-        f"The load average was {load_at_start:.1f} at the start, more than "
-        f"the {usable_cpus} usable CPUs. That minute includes this "
-        "notebook's own start-up (the kernel and its imports) and whatever "
-        "launched it, so the reading does not show that other programs "
-        "compete with the timings below."
-    )
 else:
     start_load = (
-        f"The load average was {load_at_start:.1f} at the start, within "
-        f"the {usable_cpus} usable CPUs."
+        f"The load average was {load_at_start:.1f} at the start. This "
+        f"notebook alone can make a load of up to about {busy_load}: its "
+        f"{own_threads} torch threads, plus up to one task per usable CPU "
+        f"({usable_cpus}) for its start-up and the worker processes some "
+        "sections start. "
+        f"Only a reading above {busy_load} shows other programs competing "
+        "with the timings below"
+        + (
+            ", and this one is above it."
+            if load_at_start > busy_load
+            else "; below it, the average cannot tell whether they did."
+        )
     )
 record("start_load", start_load)
 
@@ -830,6 +837,19 @@ else:
             "rise did not clearly repeat."
         )
 record("rise_sentence", rise_sentence)
+# The table's medians against the sweep's minimum, for one and the same call.
+table_over_sweep = [
+    t / cpu_times[4096] for t in thread_rounds[default_threads, BIG]
+]
+kinds_sentence = (
+    "The table gives medians of `Timer`'s blocks, the sweep above the fastest "
+    "of its repeats, taken at another moment; on a shared machine the two "
+    "kinds can differ a lot (here the table's forward pass of batch 4,096 "
+    f"with {default_threads} thread{'s' if default_threads > 1 else ''} read "
+    f"{min(table_over_sweep):.2f}–{max(table_over_sweep):.2f} times the "
+    "sweep's), so compare readings of one kind only."
+)
+record("kinds_sentence", kinds_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -838,7 +858,7 @@ prose(
 call, microseconds each, which a large operation repays and a small one may not;
 ATen keeps an element-wise operation below 32,768 elements on one thread
 (`at::internal::GRAIN_SIZE`), and matrix products leave it to the BLAS library. On a
-busy machine each operation also waits for its slowest thread.
+busy machine each operation also waits for its slowest thread. {{kinds_sentence}}
 {{rise_sentence}}
 When several processes share a machine, give each fewer threads with
 `torch.set_num_threads` (DataLoader workers already use one).
@@ -1442,7 +1462,8 @@ Without `persistent_workers` every epoch pays starting and stopping the workers:
 # %% [markdown]
 # A good recipe: start with `num_workers=0`; if the training step waits for data,
 # raise `num_workers` step by step and measure, as here; add `persistent_workers=True`
-# when an epoch is short or workers are spawned, and `pin_memory=True` on CUDA. Each
+# when an epoch is short or workers are spawned, and on CUDA `pin_memory=True` with
+# `.to(device, non_blocking=True)` in the loop (without it each copy still waits). Each
 # worker loads `prefetch_factor` batches ahead (2 by default); raise it only when a
 # batch's loading time varies a lot.
 #
@@ -1956,22 +1977,30 @@ constant_rate = min(contest_rates, key=lambda rate: mean_val["constant", rate])
 best_way = compare(
     final_val[best_name, best_rate], final_val["constant", constant_rate]
 )
+pair_losses = (
+    f"{mean_val[best_name, best_rate]:.3f} against "
+    f"{mean_val['constant', constant_rate]:.3f}"
+)
 if best_name == "constant":
-    schedule_sentence = "no schedule beat the constant rate"
+    schedule_sentence = (
+        f"no schedule beat the constant rate at {constant_rate} "
+        f"({mean_val['constant', constant_rate]:.3f})"
+    )
     schedule_summary = "no schedule beat the constant rate on validation"
 elif best_way == "better":
     schedule_sentence = (
-        f"{best_name} at {best_rate} came first, both seeds below both of "
-        f"the constant rate's at {constant_rate}: a hint, not a result "
-        "(two seeds a side)"
+        f"{best_name} at {best_rate} came first ({pair_losses} for the "
+        f"constant rate at {constant_rate}), both seeds below both of the "
+        "constant rate's: a hint, not a result, with two seeds a side"
     )
     schedule_summary = (
         f"{best_name} at {best_rate} had the lowest validation loss"
     )
 else:
     schedule_sentence = (
-        f"{best_name} at {best_rate} came first, its seeds overlapping the "
-        f"constant rate's at {constant_rate}: not a result"
+        f"{best_name} at {best_rate} came first ({pair_losses} for the "
+        f"constant rate at {constant_rate}), its seeds overlapping the "
+        "constant rate's: not a result"
     )
     schedule_summary = (
         f"{best_name} at {best_rate} came first on validation, within the "
@@ -2025,9 +2054,9 @@ if rescued:
         f"{len(decaying)} passes by luck: at most {family_chance:.1%}"
     )
     family_sentence = (
-        f"With {len(decaying)} schedules tested, one passes by luck with a "
-        f"chance of at most {family_chance:.1%}, so the result is that a "
-        "schedule helps at this rate, not the count."
+        f"; with {len(decaying)} schedules tested, one passes by luck with "
+        f"a chance of at most {family_chance:.1%}, so the result is that a "
+        "schedule helps at this rate, not the count"
     )
 else:
     family_sentence = ""
@@ -2076,7 +2105,9 @@ diverged_sentence = (
     f"(ln 10 = 2.30): {'that run' if len(diverged) == 1 else 'those runs'} "
     "diverged."
     if diverged
-    else f"No run at {high} ended as badly as guessing (ln 10 = 2.30)."
+    else f"No run at {high} diverged: none ended at guessing (ln 10 = 2.30), "
+    "and the constant rate's worst seed ended at "
+    f"{max(final_high4['constant']):.2f}."
 )
 record("diverged_sentence", diverged_sentence)
 if worse_low:
@@ -2115,17 +2146,14 @@ if not rescued:
     )
 elif constant_failed:
     high_rate_words = (
-        f"So at {high} a schedule ended below the constant rate on every "
-        f"seed, and the constant rate failed on {constant_failed} of its "
-        "four: on those seeds a schedule made a high rate usable."
+        f"The constant rate failed on {constant_failed} of its four seeds: "
+        f"on {'that seed' if constant_failed == 1 else 'those'} a schedule "
+        "made a high rate usable."
     )
 else:
     high_rate_words = (
-        f"So at {high} a schedule ended lower than the constant rate on "
-        "all four seeds, but none of the constant rate's seeds ended near "
-        "guessing (ln 10 = 2.30; its worst ended at "
-        f"{max(final_high4['constant']):.2f}): here a schedule made a high "
-        "rate work better, not usable where it was unusable."
+        "So here a schedule made a high rate work better, not usable where "
+        "it was unusable."
     )
 record("high_rate_words", high_rate_words)
 # the headline, by the rule the prose uses: at the high rate at least one
@@ -2147,6 +2175,14 @@ record(
 # best schedule there, all four seeds
 fig, ax = plt.subplots(figsize=(8.5, 3.6))
 epochs_axis = range(1, lr_epochs + 1)
+# the mean of the four seeds, epoch by epoch
+curve = {
+    name: [
+        sum(schedule_runs[name, high, s][2][epoch] for s in high_seeds) / 4
+        for epoch in range(lr_epochs)
+    ]
+    for name in ("constant", best_high)
+}
 for name, style in (("constant", "--"), (best_high, "-")):
     for run_seed, marker in zip(high_seeds, "osD^", strict=True):
         ax.plot(
@@ -2154,11 +2190,20 @@ for name, style in (("constant", "--"), (best_high, "-")):
             schedule_runs[name, high, run_seed][2],
             style,
             marker=marker,
+            alpha=0.35,
             label=f"{name}, seed {run_seed}",
         )
+    ax.plot(
+        epochs_axis,
+        curve[name],
+        style,
+        color="k",
+        lw=2.5,
+        label=f"{name}, mean",
+    )
 ax.axhline(np.log(10), color="gray", ls=":", label="guessing (ln 10)")
 ax.set(
-    title=f"Validation loss per epoch at lr {high}",
+    title=f"Validation loss per epoch at lr {high} (bold: mean of four seeds)",
     xlabel="epoch",
     ylabel="cross-entropy (log scale)",
     yscale="log",
@@ -2172,13 +2217,6 @@ plt.show()
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # The text's numbers on the curves above.
-curve = {
-    name: [
-        sum(schedule_runs[name, high, s][2][epoch] for s in high_seeds) / 4
-        for epoch in range(lr_epochs)
-    ]
-    for name in ("constant", best_high)
-}
 # the four seeds' validation losses at the high rate, schedule by schedule
 high_table = [
     f"| at lr {high}, four seeds | mean after epoch 1 | mean at the end "
@@ -2244,12 +2282,10 @@ above_guessing = [
 ]
 if above_guessing:
     warmup_first_sentence += (
-        f" With seed {above_guessing[0]} it even stood above guessing "
-        "(ln 10 = 2.30)."
+        f" With seed {above_guessing[0]} it even stood above guessing."
         if len(above_guessing) == 1
         else f" With seeds {', '.join(map(str, above_guessing))}, "
-        f"{warm_name} stood above guessing "
-        "(ln 10 = 2.30) after the first epoch."
+        f"{warm_name} stood above guessing after the first epoch."
     )
 record("warmup_first_sentence", warmup_first_sentence)
 
@@ -2263,17 +2299,15 @@ The rates in the first figure are read off the optimizer at every step;
 {{high_table}}
 
 {{n_rescued}} schedules that lower the rate ended with every seed below every seed of
-the constant rate. {{family_sentence}} {{high_rate_words}}
+the constant rate{{family_sentence}}. {{diverged_sentence}} {{high_rate_words}}
+{{not_rescued_sentence}}
 
-{{not_rescued_sentence}} {{diverged_sentence}} In the figure, {{best_high}} was
-ahead of the constant rate on the mean {{ahead_words}}. {{warmup_first_sentence}}
-{{worse_low_sentence}}
+In the figure, the bold mean of {{best_high}}'s four seeds was below the constant
+rate's {{ahead_words}}. {{warmup_first_sentence}} {{worse_low_sentence}}
 
 On the mean of the first two seeds of all twelve combinations,
-{{schedule_sentence}} ({{best_schedule_loss}} against {{constant_loss}}).
-`ReduceLROnPlateau` watched the validation loss that ranks the schedules, which
-favours it here, and eight epochs of a small network are where schedules matter
-least. (Averaging the weights of the last epochs,
+{{schedule_sentence}}. `ReduceLROnPlateau` watched the validation loss that ranks
+the schedules, which favours it here. (Averaging the weights of the last epochs,
 `torch.optim.swa_utils.AveragedModel`, is another way to settle late in a run;
 not measured here.)
 """
@@ -4002,8 +4036,9 @@ else:
         f"{clipped_high_val[lowest_epoch]:.2f}"
     )
 record("clipped_fate", clipped_fate)
+# from the losses as printed (3 decimals), so the gap agrees with them
 low_clip_gap = max(
-    abs(a - b)
+    abs(round(a, 3) - round(b, 3))
     for a, b in zip(
         clip_runs[sensible, "no clipping"][2],
         clip_runs[sensible, "clipped"][2],
@@ -4276,8 +4311,9 @@ and sends one all-reduce per bucket: this small model fits in one.
 # A run that stops (a crash, a pre-empted cloud machine, a time limit) should continue
 # as if it had never stopped. Chapter 2 saved the model, the optimizer, the
 # shuffling generator and the epoch number; a full checkpoint also needs the
-# **scheduler** and the **global random generators** (dropout draws from them). The
-# cell trains
+# **scheduler** and the **global random generators** (dropout draws from them); a
+# `float16` run also needs `scaler.state_dict()`, the `GradScaler`'s scale and growth
+# counter (the run here has no scaler). The cell trains
 # six epochs without a break (AdamW at 3e-3 with a per-step cosine schedule, untuned:
 # the run only needs to train), then trains again, crashes in the middle of epoch 4,
 # and resumes from the checkpoint written at the end of epoch 3 with freshly built
@@ -5127,7 +5163,14 @@ else:
         + (
             "a second core shortened it here."
             if threads_verdict.endswith("faster than")
-            else "a second core did not shorten it here."
+            else "a second core did not shorten it here"
+            + (
+                " (off the MKL path eager `bernoulli_` is a serial loop that "
+                "holds the generator's lock, so more threads cannot share "
+                "it)."
+                if not mkl_draws and device.type == "cpu"
+                else "."
+            )
             if threads_verdict == "within the noise of"
             else "a call that must wait for a second core measures the "
             "waiting, so this machine was too busy to tell."
@@ -5584,16 +5627,17 @@ else:
         f"{load_at_start:.1f} at the start of this run and {load_at_end:.1f} "
         f"at the end, with {usable_cpus} logical CPUs usable here."
     )
-    if busiest > usable_cpus:
+    if busiest > busy_load:
         load_sentence += (
-            " That is more than the CPUs can serve at once, so the timings "
-            "on this page describe a busy machine, not this hardware alone: "
-            "rerun on an idle machine before judging the hardware."
+            f" That is more than the {busy_load} this notebook's own work "
+            "can explain (see the start), so other programs competed with "
+            "the timings: rerun on an idle machine before judging the hardware."
         )
     else:
         load_sentence += (
-            " On average the CPUs were not oversubscribed (an average can "
-            "hide short busy spells)."
+            f" Neither is above the {busy_load} this notebook's own work can "
+            "explain (see the start), so the average cannot tell whether "
+            "other programs competed with the timings."
         )
 print(load_sentence)
 record("load_sentence", load_sentence)
@@ -5706,7 +5750,8 @@ for tip, effect in summary_rows:
 # >   inside it.
 # > - **Accumulating unequal micro-batches with `loss / k`**, or expecting accumulation
 # >   to equal a big batch with BatchNorm (chapter 2).
-# > - **A checkpoint without optimizer, scheduler or random states**: the run continues,
+# > - **A checkpoint without optimizer, scheduler, `GradScaler` or random states**: the
+# >   run continues,
 # >   but not as it would have.
 # > - **Saving over the only checkpoint with a plain `torch.save`**.
 # > - **Trusting `weights_only=True` as a sandbox**: it blocks code in pickles, not
@@ -5971,6 +6016,24 @@ if one_fell and cache_table[512, "L2"] == "no dip":
         )
     )
 record("sweep_found", sweep_found)
+# Section 8.1's rise at 4,096 is only there to settle when its sweep showed one.
+if large_batch_sentence:
+    rise_left = (
+        "None of this settles section 8.1's rise at batch 4,096. There the "
+        "weights stayed the same; what grew with the batch was the "
+        "activations, 4,096 × 256 × 4 bytes = 4 MiB per hidden layer, which "
+        "these sweeps leave alone. A batch sweep at a fixed width would be the "
+        "next experiment, and it would still have to rule out other causes, "
+        "such as fresh memory pages for large buffers."
+    )
+else:
+    rise_left = (
+        "Section 8.1's batch sweep found no rise at batch 4,096 on this run: "
+        "there the weights stayed the same and the activations grew to "
+        "4,096 × 256 × 4 bytes = 4 MiB per hidden layer, yet the cost per "
+        "sample stayed within 10 % of the cheapest batch."
+    )
+record("rise_left", rise_left)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -5979,11 +6042,7 @@ Matrix libraries work through a product in blocks sized to fit the caches, which
 why the weights' size alone need not slow down a batch that reuses each weight many
 times; a batch of 1 does two operations per weight read. {{sweep_found}}
 
-None of this settles section 8.1's rise at batch 4,096. There the weights stayed the
-same; what grew with the batch was the activations, 4,096 × 256 × 4 bytes = 4 MiB per
-hidden layer, which these sweeps leave alone. A batch sweep at a fixed width would be
-the next experiment, and it would still have to rule out other causes, such as fresh
-memory pages for large buffers.
+{{rise_left}}
 """
 )
 
@@ -6397,9 +6456,11 @@ prose(
   operation, and a GPU adds a kernel launch to each, so a tiny model can be slower
   on a GPU ({{floor_where}}); `.item()` every step makes a GPU wait. Let
   the `DataLoader` pin memory (`pin_memory=True`) rather than pinning each batch
-  in the loop. Time code with `torch.utils.benchmark.Timer`, which warms up, sets
-  the thread count and waits for CUDA; it times one thread unless you pass
-  `num_threads` (`torch.get_num_threads()` for what your program uses).
+  in the loop, and copy with `.to(device, non_blocking=True)`, so that the copy
+  overlaps the GPU's work instead of waiting for it. Time code with
+  `torch.utils.benchmark.Timer`, which warms up, sets the thread count and waits
+  for CUDA; it times one thread unless you pass `num_threads`
+  (`torch.get_num_threads()` for what your program uses).
 - Workers pay when `__getitem__` is costly: {{workers_summary}}, computing
   only on free cores; keep workers' classes and functions in a module.
 - Find the usable rates with a range test and choose schedule and rate on validation
