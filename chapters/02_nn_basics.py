@@ -226,10 +226,10 @@ for start in (0.3, 3.0):
 #
 # (Softplus is built in as `F.softplus`; we write it only to have a formula to check.)
 # Our `forward` takes `ctx` and saves for backward itself, the older of the two forms
-# the documentation allows; since PyTorch 2.0 it recommends a `forward` without `ctx`
-# plus a `setup_context(ctx, inputs, output)` staticmethod, the form `torch.func`
-# transforms such as `grad` need (`vmap` needs a vmap rule as well, for instance
-# `generate_vmap_rule = True` on the class).
+# the documentation allows; since PyTorch 2.0 its notes on extending autograd
+# recommend a `forward` without `ctx` plus a `setup_context(ctx, inputs, output)`
+# staticmethod, the form `torch.func` transforms such as `grad` need (`vmap` needs a
+# vmap rule as well, for instance `generate_vmap_rule = True` on the class).
 
 
 # %%
@@ -1115,10 +1115,11 @@ there the logistic regression turns out a strong rival to the network.
 # An optimizer holds references to the parameters and updates them from their `.grad`.
 # Plain **SGD** steps against the gradient, `w -= lr * grad`: the update you wrote by
 # hand in section 2.3. **Momentum** adds a fraction β of the previous step to the
-# current one (β = 0.9 here, the customary default), so steps in a consistent direction
-# grow, up to `1 / (1 - β)`, ten-fold. **Adam** divides each parameter's step by a
-# running estimate of its gradient's size, which helps when parameters live on very
-# different scales. For every parameter θ with gradient `g`, at step `t = 1, 2, ...`:
+# current one (β = 0.9 here, the customary choice; `SGD`'s own default is 0), so
+# steps in a consistent direction grow, up to `1 / (1 - β)`, ten-fold. **Adam** divides
+# each parameter's step by a running estimate of its gradient's size, which helps when
+# parameters live on very different scales. For every parameter θ with gradient `g`,
+# at step `t = 1, 2, ...`:
 #
 # - first moment, a running mean of the gradient: `m ← β1·m + (1 - β1)·g`;
 # - second moment, a running mean of its square: `v ← β2·v + (1 - β2)·g²`;
@@ -2805,8 +2806,8 @@ table for a diagnostic classifier (both in `sklearn.metrics`). The ROC-AUC
 `p(malignant)` than a randomly drawn benign one, ties counting one half: 1 is a
 perfect ranking, 0.5 a coin.
 Here it is {{val_auc_text}}. The average precision
-(`average_precision_score`), a summary of the precision-recall curve (the mean
-precision at the thresholds where recall rises), judges the ranking by how the
+(`average_precision_score`), a summary of the precision-recall curve (the precision
+at each threshold, weighted by how much recall rises there), judges the ranking by how the
 rarer, malignant class fares: {{val_ap}}. Both only rank, so neither says whether
 the probabilities are right in size; the part on confidence, after the test,
 takes that up.

@@ -437,7 +437,8 @@ else:
         f"On this machine {device_words(device)} was "
         f"{speed_verdict(cpu_times[1], accel[1])} the CPU for a batch "
         f"of 1 and {speed_verdict(cpu_times[4096], accel[4096])} "
-        "the CPU for a batch of 4,096."
+        "the CPU for a batch of 4,096 (the fastest reading of each, not"
+        " the interleaved rounds of the box above: a hint, not a verdict)."
     )
 record("accelerator_sentence", accelerator_sentence)
 accelerator_short = (
@@ -451,7 +452,7 @@ else:
     floor_where = (
         f"here {device_words(device)} was "
         f"{speed_verdict(cpu_times[1], sweep[device.type][1])} the CPU "
-        "for a batch of 1"
+        "for a batch of 1, by their fastest readings"
     )
 record("floor_where", floor_where)
 # GPU claims this run can only check when it has a GPU
@@ -534,6 +535,8 @@ else:
             "copy. Copying a batch that was pinned beforehand took "
             f"{pinned_s * 1e6:.0f} µs ({mebibytes / 1024 / pinned_s:.1f} "
             f"GiB/s): {speed_verdict(pageable_s, pinned_s)} the plain copy."
+            " Each is the fastest of 20 copies, not the interleaved rounds"
+            " of the box above: read these as hints."
         )
 record("transfer_sentence", transfer_sentence)
 
@@ -5062,13 +5065,14 @@ top_sentence = (
 )
 dropout_ratios = [r["dropout"] / r["matrix products"] for r in profile_readings]
 profile_sentence = (
-    f"{phase_sentence}. Among the operators, by {where} time, the "
+    f"{phase_sentence}. As shares of the `aten::` operators' own {where} "
+    "time (the table's percentages also count the labels' own time), the "
     f"matrix products (addmm, mm) took {median_share('matrix products')}, "
     f"dropout's operators {median_share('dropout')} and allocating "
     f"memory {median_share('allocation')}"
 )
 print(
-    "operators, median (range): matrix products "
+    "shares of the aten:: operators' own time, median (range): matrix products "
     f"{share_text('matrix products')}, dropout {share_text('dropout')}, "
     f"allocation {share_text('allocation')}; {top_sentence}"
 )
@@ -6456,8 +6460,9 @@ prose(
   operation, and a GPU adds a kernel launch to each, so a tiny model can be slower
   on a GPU ({{floor_where}}); `.item()` every step makes a GPU wait. Let
   the `DataLoader` pin memory (`pin_memory=True`) rather than pinning each batch
-  in the loop, and copy with `.to(device, non_blocking=True)`, so that the copy
-  overlaps the GPU's work instead of waiting for it. Time code with
+  in the loop, and copy with `.to(device, non_blocking=True)`, so that the CPU
+  does not wait for the copy and can queue the next work (the copy still runs in
+  order on the GPU's stream; overlapping it with computation takes a second stream). Time code with
   `torch.utils.benchmark.Timer`, which warms up, sets the thread count and waits
   for CUDA; it times one thread unless you pass `num_threads`
   (`torch.get_num_threads()` for what your program uses).
