@@ -278,8 +278,9 @@ prose(
     r"""
 The judge classifies the validation digits with accuracy {{judge_val_acc}}
 ({{judge_epoch_text}}), but
-it is a strict reader: it is sure of only {{real_val_confident}} of them, so no
-generator should be expected to approach 100 % confident samples. Distances in this
+it is a strict reader: it is sure of only {{real_val_confident}} of them. That share
+is a reference, not a ceiling (a generator that draws only prototypical digits could
+exceed it), and a lower share is not by itself a flaw. Distances in this
 chapter are read against the real digits' own, {{real_val_fd}} for 500 training
 digits against the 500 validation digits. The judge learned from those training
 digits, so their features may sit a little closer to its idea of each digit than
@@ -1583,7 +1584,8 @@ del g_copy, d_copy, noise, fake
 # <details>
 # <summary>Going further: the moving average's bias correction</summary>
 #
-# Started from the random initial weights, a plain moving average would keep them in
+# `AveragedModel` copies the weights at its first update, after one step from the
+# random start; from there a plain moving average would keep those early weights in
 # the mix for thousands of steps ($0.999^{2000} \approx 14\,\%$ of the average after
 # 2,000).
 # Adam's fix for its moment estimates removes them: divide by the total weight given
@@ -4265,8 +4267,8 @@ fig = plot_image_grid(
 )
 plt.show()
 hit_rate = hit.float().mean().item()
-# misses the judge reads confidently (above 0.9) as another digit: a clean
-# digit, not a blur, so for those codes the decoder ignored the label
+# misses the judge reads confidently (above 0.9) as another digit; section 6.4
+# showed its confidence means little on images unlike real digits
 clean_misses = (~hit & (asked_probs.max(dim=1).values > 0.9)).sum()
 clean_miss_share = (clean_misses / (~hit).sum().clamp(min=1)).item()
 print(
@@ -4441,13 +4443,14 @@ What a correct solution reaches on this budget: the judge reads
 {{cvae_miss_text}};
 {{cvae_own_hit_rate}} of the posterior draws as their label and
 {{cvae_centre_hits}} of the 10 centre images as asked. Of the misses, the
-judge is sure (above 0.9) of another digit for {{cvae_clean_miss_share}}. For
-most of those codes the decoder has probably ignored the label and drawn a clean
-digit of another class, the failure to look for in the figures; probably,
-because the judge's confident verdicts on the VAE's reconstructions of labelled
-digits were wrong {{recon_wrong_sure}} of the time (section 6.2), so a few of
-these misses may be the judge's. A rate well under the posterior
-draws' is therefore expected of your solution too, not a bug in it.
+judge is sure (above 0.9) of another digit for {{cvae_clean_miss_share}}. Some of
+those codes may have been decoded into a digit of another class, the failure to
+look for in the figures; the run cannot say how many, because section 6.4 showed
+the judge confident of images unlike any real digit (the independent-pixel
+control), and its error rate on the VAE's reconstructions ({{recon_wrong_sure}} of
+its sure verdicts, section 6.2) does not carry over to blurrier prior samples. A
+rate well under the posterior draws' is therefore expected of your solution too,
+not a bug in it.
 """
 )
 
