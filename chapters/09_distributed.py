@@ -72,9 +72,10 @@ import yaml
 from helpers.data import load_mnist_subset
 from helpers.distributed import (
     PACKAGE_DIR,
+    failure_text,
     free_port,
     lines_by_rank,
-    run_commands,
+    run_commands_with_rerun,
     setup_distributed,
     torchrun_command,
     train_ddp,
@@ -295,6 +296,14 @@ print(collectives_path.read_text())
 # `OMP_NUM_THREADS=1` gives each process one CPU thread, so that two processes fit a
 # 2-core machine like the one that built this book (`torchrun` sets the same default,
 # with a warning, when more than one process runs on a machine).
+#
+# One more thing `launch` does is not part of the lesson but of running a book on
+# every build: now and then, a process dies inside torch's own code rather than
+# yours (a segmentation fault or an abort in a worker, or the agent reading a dead
+# worker's error report while it is still being written). `launch` then empties the
+# scripts' output folders and runs the commands once more, and prints that it did,
+# with the first run's error; any other failure stops the notebook. In your own jobs,
+# `--max-restarts` (section 9.6) is the tool for this.
 
 
 # %%
@@ -316,18 +325,34 @@ def launch(
     commands: list[list[str]], timeout: float = 240, env: dict | None = None
 ):
     """Run the commands at once, print each rank's tagged lines, return the
-    results.
+    results. If torch itself crashed, run them once more and say so.
     """
     for command in commands:
         print("$", shown(command))
+    # a rerun starts the scripts' output folders empty: they resume from them
+    out_dirs = [
+        word.split("=", 1)[1]
+        for command in commands
+        for word in command
+        if word.startswith("--out-dir=")
+    ]
     start = time.perf_counter()
-    results = run_commands(
-        commands, timeout=timeout, env={"OMP_NUM_THREADS": "1", **(env or {})}
+    results, first_failure = run_commands_with_rerun(
+        commands,
+        timeout=timeout,
+        env={"OMP_NUM_THREADS": "1", **(env or {})},
+        out_dirs=out_dirs,
     )
     seconds = time.perf_counter() - start
+    if first_failure:
+        print(
+            "The first run crashed inside torch itself, so it ran once more"
+            " (the time below counts both). The first run's error:\n"
+            + first_failure[-1500:]
+        )
     for result in results:
         if result.returncode != 0:
-            print(result.stdout, result.stderr[-4000:])
+            print(result.stdout, failure_text(result.stderr))
             raise RuntimeError(
                 f"launch failed with exit code {result.returncode}"
             )

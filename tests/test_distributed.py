@@ -12,7 +12,6 @@ import math
 import os
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,14 +27,18 @@ import yaml
 from torch.distributed.run import get_args_parser
 from torch.utils.data import TensorDataset
 
+import helpers.distributed as distributed
 from helpers.distributed import (
     PACKAGE_DIR,
     DistributedContext,
     choose_backend,
+    failed_inside_torch,
+    failure_text,
     free_port,
     lines_by_rank,
     rank_print,
     run_commands,
+    run_commands_with_rerun,
     setup_distributed,
     shared_gpus,
     torchrun_command,
@@ -45,9 +48,8 @@ from helpers.distributed import (
 # A launch starts three or four Python processes that each import torch: allow for a
 # slow, shared machine.
 LAUNCH_TIMEOUT = 400
-# One thread per worker; a fresh rendezvous store per restart attempt (chapter 09, 9.6);
-# a worker that dies of a signal prints every thread's Python stack first.
-LAUNCH_ENV = {"OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "PYTHONFAULTHANDLER": "1"}
+# One thread per worker; a fresh rendezvous store per restart attempt (chapter 09, 9.6).
+LAUNCH_ENV = {"OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -579,50 +581,16 @@ def test_trainjob_manifest_launches_train_ddp_and_torchrun_reads_pet_variables(m
 # ---------------------------------------------------------------- real launches
 
 
-# Two failures come from torch itself, not from the code under test, and get one rerun
-# from a clean output directory (a second failure fails the test):
-# - torchrun's agent can read a failed worker's error file while that worker is still
-#   writing it: a surviving rank that fails on the crashed rank's closed connection
-#   writes one as the agent tears it down, and the agent itself then dies of a
-#   JSONDecodeError in ProcessFailure (seen once in a CI run of the crash test);
-# - a worker killed by a signal from torch's native code: SIGSEGV (seen once in a CI run
-#   of the FSDP2 test on torch 2.11, with gloo) or SIGABRT ("terminate called without
-#   an active exception" after its last line, with no Python frame left: a thread torn
-#   down at interpreter exit; seen once in ~20 launches on torch 2.11 on a loaded
-#   machine). PYTHONFAULTHANDLER makes such a worker print every thread's Python
-#   stack, which the failure message keeps if it happens twice.
-AGENT_ERROR_FILE_RACE = ("self.error_file_data = json.load(fp)", "JSONDecodeError")
-NATIVE_CRASH = re.compile(r"Signal (6 \(SIGABRT\)|11 \(SIGSEGV\)) received by PID")
-
-
-def _torch_failed(result: subprocess.CompletedProcess) -> bool:
-    raced = all(s in result.stderr for s in AGENT_ERROR_FILE_RACE)
-    return result.returncode != 0 and (raced or NATIVE_CRASH.search(result.stderr) is not None)
-
-
 def _launch(commands: list[list[str]], *, out_dir: Path | None = None) -> list[subprocess.CompletedProcess]:
-    """Run the commands together; once more (from an emptied ``out_dir``) if torch failed."""
-    results = run_commands(commands, timeout=LAUNCH_TIMEOUT, env=LAUNCH_ENV)
-    if any(_torch_failed(r) for r in results):
-        first = "\n".join(_failure_text(r.stderr) for r in results if r.returncode != 0)
-        for path in out_dir.iterdir() if out_dir is not None else ():
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        results = run_commands(commands, timeout=LAUNCH_TIMEOUT, env=LAUNCH_ENV)
-        if any(r.returncode != 0 for r in results):
-            print("the first run failed in torch too:\n" + first)
+    """Run the commands together (once more, from an emptied ``out_dir``, if torch failed)."""
+    results, first = run_commands_with_rerun(
+        commands, timeout=LAUNCH_TIMEOUT, env=LAUNCH_ENV, out_dirs=[out_dir] if out_dir else []
+    )
+    if first and any(r.returncode != 0 for r in results):
+        print("the first run failed in torch too:\n" + first)
     for result in results:
-        assert result.returncode == 0, result.stdout + _failure_text(result.stderr)
+        assert result.returncode == 0, result.stdout + failure_text(result.stderr)
     return results
-
-
-def _failure_text(stderr: str) -> str:
-    """The end of stderr, and the stacks of a worker that died of a signal, if one did."""
-    fatal = stderr.find("Fatal Python error")
-    stacks = stderr[fatal : fatal + 4000] + "\n[...]\n" if fatal >= 0 else ""
-    return stacks + stderr[-3000:]
 
 
 RACED = subprocess.CompletedProcess(
@@ -647,37 +615,82 @@ FINE = subprocess.CompletedProcess([], 0, "ok", "")
 
 
 @pytest.mark.parametrize(
+    ("result", "inside"),
+    [
+        (RACED, True),
+        (SEGFAULT, True),
+        (ABORTED, True),
+        (KILLED, False),
+        (HALF_RACED, False),
+        (CRASHED, False),
+        (FINE, False),
+    ],
+)
+def test_failed_inside_torch_names_the_agent_race_and_native_crashes_only(result, inside):
+    assert failed_inside_torch(result) is inside
+    # the same text from a command that succeeded is not a failure
+    assert not failed_inside_torch(subprocess.CompletedProcess([], 0, "", result.stderr))
+
+
+def test_failed_inside_torch_refuses_what_is_not_a_completed_process():
+    with pytest.raises(TypeError, match="CompletedProcess, got str"):
+        failed_inside_torch("Signal 11 (SIGSEGV) received by PID 7")
+
+
+@pytest.mark.parametrize(
     ("first", "runs"),
     [(RACED, 2), (SEGFAULT, 2), (ABORTED, 2), (KILLED, 1), (HALF_RACED, 1), (CRASHED, 1), (FINE, 1)],
 )
-def test_launch_reruns_from_a_clean_directory_only_after_torch_itself_failed(
+def test_run_commands_with_rerun_reruns_from_clean_folders_only_after_torch_itself_failed(
     monkeypatch, tmp_path, first, runs
 ):
-    (tmp_path / "model.pt").write_text("from the first run")
-    (tmp_path / "dcp").mkdir()
+    out, other = tmp_path / "out", tmp_path / "other"
+    for folder in (out, other):
+        (folder / "dcp").mkdir(parents=True)
+        (folder / "model.pt").write_text("from the first run")
     calls, replies = [], iter([first, FINE])
 
     def fake_run(commands, **options):
-        calls.append(commands)
+        calls.append((commands, options))
         return [next(replies)]
 
-    monkeypatch.setattr(sys.modules[__name__], "run_commands", fake_run)
-    if first in (CRASHED, HALF_RACED, KILLED):
-        with pytest.raises(AssertionError, match=r"simulated failure|JSONDecodeError|SIGKILL"):
-            _launch([["torchrun"]], out_dir=tmp_path)
-    else:
-        assert _launch([["torchrun"]], out_dir=tmp_path)[0].returncode == 0
+    monkeypatch.setattr(distributed, "run_commands", fake_run)
+    results, first_failure = run_commands_with_rerun(
+        [["torchrun"]], timeout=7, env={"A": "1"}, out_dirs=[out, tmp_path / "missing"]
+    )
+    assert results == [first if runs == 1 else FINE]
     assert len(calls) == runs
-    # a rerun starts from an empty directory; without one the files stay
-    assert (not any(tmp_path.iterdir())) == (runs == 2)
+    assert all(
+        options == {"timeout": 7, "env": {"PYTHONFAULTHANDLER": "1", "A": "1"}} for _, options in calls
+    )
+    # the first run's failure is returned only when there was a second run
+    assert first_failure == (failure_text(first.stderr) if runs == 2 else "")
+    # a rerun starts from empty output folders; a folder not named keeps its files
+    assert (not any(out.iterdir())) == (runs == 2)
+    assert sorted(p.name for p in other.iterdir()) == ["dcp", "model.pt"]
+
+
+def test_run_commands_with_rerun_lets_env_turn_the_fault_handler_off_and_checks_out_dirs(
+    monkeypatch, tmp_path
+):
+    seen = []
+    monkeypatch.setattr(
+        distributed, "run_commands", lambda commands, **options: seen.append(options) or [FINE]
+    )
+    run_commands_with_rerun([["torchrun"]], env={"PYTHONFAULTHANDLER": ""})
+    assert seen == [{"timeout": 120.0, "env": {"PYTHONFAULTHANDLER": ""}}]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="file is not a folder"):
+        run_commands_with_rerun([["torchrun"]], out_dirs=[tmp_path / "file"])
+    assert len(seen) == 1  # refused before anything ran
 
 
 def test_launch_that_fails_in_torch_twice_fails_with_both_runs_stacks(monkeypatch, capsys):
     second = subprocess.CompletedProcess([], 1, "", SEGFAULT.stderr.replace("PID 7", "PID 8"))
     replies = iter([SEGFAULT, second])
-    monkeypatch.setattr(sys.modules[__name__], "run_commands", lambda commands, **options: [next(replies)])
+    monkeypatch.setattr(distributed, "run_commands", lambda commands, **options: [next(replies)])
     with pytest.raises(AssertionError, match=r"(?s)Fatal Python error.*PID 8") as failure:
-        _launch([["torchrun"]])  # no output directory to empty: the rerun still happens
+        _launch([["torchrun"]])
     assert "PID 7" not in str(failure.value)
     printed = capsys.readouterr().out
     assert printed.startswith("the first run failed in torch too:\nFatal Python error") and "PID 7" in printed
@@ -685,10 +698,13 @@ def test_launch_that_fails_in_torch_twice_fails_with_both_runs_stacks(monkeypatc
 
 def test_failure_text_keeps_the_crashed_workers_stacks_and_the_end_of_stderr():
     stderr = "start\nFatal Python error: Segmentation fault\n  File x.py, line 3\n" + "." * 5000 + "END"
-    text = _failure_text(stderr)
+    text = failure_text(stderr)
     assert text.startswith("Fatal Python error: Segmentation fault\n  File x.py, line 3")
     assert text.endswith("." * 2997 + "END") and len(text) == 4000 + len("\n[...]\n") + 3000
-    assert _failure_text("plain failure") == "plain failure"
+    assert failure_text("plain failure") == "plain failure"
+    assert failure_text("ab" * 10, tail=3) == "bab"
+    with pytest.raises(TypeError, match="stderr must be a str, got bytes"):
+        failure_text(b"x")
 
 
 def _endpoint() -> str:

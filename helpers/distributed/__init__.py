@@ -7,7 +7,8 @@ Introduced in chapter 09 (distributed training).
   CPU otherwise) and ``rank_print`` prints a line tagged with the process's rank.
 - In the notebook that launches the workers: ``torchrun_command`` builds the command
   line, ``free_port`` finds a port for a rendezvous, ``run_commands`` runs one or more
-  commands at once with a timeout, and ``lines_by_rank`` sorts the tagged output by rank.
+  commands at once with a timeout, ``run_commands_with_rerun`` runs them once more when
+  torch itself failed, and ``lines_by_rank`` sorts the tagged output by rank.
 
 The runnable scripts of the chapter live next to this file (``collectives.py``,
 ``train_ddp.py``, ``fsdp2.py``), with a SLURM batch script and a Kubernetes TrainJob
@@ -19,12 +20,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +37,13 @@ __all__ = [
     "PACKAGE_DIR",
     "DistributedContext",
     "choose_backend",
+    "failed_inside_torch",
+    "failure_text",
     "free_port",
     "lines_by_rank",
     "rank_print",
     "run_commands",
+    "run_commands_with_rerun",
     "setup_distributed",
     "shared_gpus",
     "torchrun_command",
@@ -390,6 +395,80 @@ def run_commands(
         subprocess.CompletedProcess(p.args, p.returncode, o, e)
         for p, (o, e) in zip(procs, texts, strict=True)
     ]
+
+
+# Two failures come from torch itself, not from the code it runs:
+# - torchrun's agent can read a failed worker's error file while that worker is still
+#   writing it (a surviving rank that fails on a crashed rank's closed connection writes
+#   one as the agent tears it down); the agent then dies of a JSONDecodeError in
+#   ProcessFailure;
+# - a worker killed by a signal from torch's native code: SIGSEGV (seen with gloo on
+#   torch 2.11) or SIGABRT ("terminate called without an active exception" after the
+#   script's last line: a thread torn down at interpreter exit).
+_AGENT_ERROR_FILE_RACE = ("self.error_file_data = json.load(fp)", "JSONDecodeError")
+_NATIVE_CRASH = re.compile(r"Signal (6 \(SIGABRT\)|11 \(SIGSEGV\)) received by PID")
+
+
+def failed_inside_torch(result: subprocess.CompletedProcess) -> bool:
+    """Whether a launch failed in torch itself: the agent's error-file race, or a worker
+    killed by SIGSEGV or SIGABRT. Any other failure (an exception in the script, a
+    SIGKILL) is the script's or the machine's, and is not. Introduced in chapter 09.
+    """
+    if not isinstance(result, subprocess.CompletedProcess):
+        raise TypeError(
+            f"result must be a subprocess.CompletedProcess, got {type(result).__name__}"
+        )
+    stderr = result.stderr or ""
+    raced = all(s in stderr for s in _AGENT_ERROR_FILE_RACE)
+    return result.returncode != 0 and (
+        raced or _NATIVE_CRASH.search(stderr) is not None
+    )
+
+
+def failure_text(stderr: str, *, stacks: int = 4000, tail: int = 3000) -> str:
+    """The last ``tail`` characters of ``stderr``, after the first ``stacks`` characters
+    from its "Fatal Python error" (the stacks ``PYTHONFAULTHANDLER`` prints when a worker
+    dies of a signal), if there is one. Introduced in chapter 09.
+    """
+    if not isinstance(stderr, str):
+        raise TypeError(f"stderr must be a str, got {type(stderr).__name__}")
+    fatal = stderr.find("Fatal Python error")
+    head = stderr[fatal : fatal + stacks] + "\n[...]\n" if fatal >= 0 else ""
+    return head + stderr[-tail:]
+
+
+def run_commands_with_rerun(
+    commands: Sequence[Sequence[str]],
+    *,
+    timeout: float = 120.0,
+    env: Mapping[str, str] | None = None,
+    out_dirs: Iterable[str | os.PathLike] = (),
+) -> tuple[list[subprocess.CompletedProcess], str]:
+    """``run_commands``, and once more if torch itself failed (``failed_inside_torch``).
+
+    Before the second run every folder in ``out_dirs`` is emptied, so that a script that
+    resumes from its checkpoint starts afresh. ``PYTHONFAULTHANDLER=1`` is set (unless
+    ``env`` sets it), so a worker killed by a signal prints every thread's Python stack
+    first. Returns the results of the last run and the first run's ``failure_text`` of
+    every failed command ("" when there was no second run). A failure of the script
+    itself is returned as it is, not rerun. Introduced in chapter 09.
+    """
+    folders = [Path(d) for d in out_dirs]
+    for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"out_dirs: {folder} is not a folder")
+    env = {"PYTHONFAULTHANDLER": "1", **(env or {})}
+    results = run_commands(commands, timeout=timeout, env=env)
+    if not any(failed_inside_torch(r) for r in results):
+        return results, ""
+    first = "\n".join(failure_text(r.stderr) for r in results if r.returncode != 0)
+    for folder in folders:
+        for path in folder.iterdir() if folder.is_dir() else ():
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    return run_commands(commands, timeout=timeout, env=env), first
 
 
 def lines_by_rank(output: str) -> dict[int, list[str]]:
