@@ -27,8 +27,8 @@
 # **Prerequisites:** Python and a first acquaintance with NumPy arrays. No earlier chapter.
 
 # %% tags=["hide-cell"]
-# On Colab only: install this book's helpers package (Colab's own torch is
-# kept).
+# On Colab only: install this book's helpers package (pip keeps Colab's own
+# torch when it meets the book's lowest declared version, and upgrades it if not).
 import sys
 
 if "google.colab" in sys.modules:
@@ -547,9 +547,10 @@ print(put_back)  # each picked score back in its class's column, zeros elsewhere
 # A tensor is a window onto a block of memory called its **storage**: a shape, a
 # **stride** per dimension (how many elements to skip in memory to move one step along
 # that dimension) and an offset to its first element. Basic indexing (integers, slices,
-# `None`, `...`), `view`, `transpose`, `permute`, `expand` and `detach` (chapter 2)
-# return **views**: new tensors over the same storage, so writing through one changes
-# the other.
+# `None`, `...`), `view`, `transpose`, `permute` and `expand` return **views**: new
+# tensors over the same storage, so writing through one changes the other (`detach`,
+# chapter 2, also shares the storage, though PyTorch does not count its result as a
+# view).
 #
 # To test whether one tensor is a view of another made inside PyTorch, compare where
 # their storages start, `untyped_storage().data_ptr()`. Comparing `data_ptr()` tests
@@ -1148,7 +1149,8 @@ if device.type in ("cpu", "cuda"):
 # On a CPU both comparisons print `True`, because `index_add_` adds in index order; on a
 # CUDA GPU the first can print `False`, deterministic mode makes it `True`, and on both
 # the last line is deterministic mode's error for `put_` without accumulation (the cell
-# asserts all of this). So for a repeatable GPU run, seeding is not enough: you also need
+# asserts the last two on both; whether the first prints `False` depends on the run).
+# So for a repeatable GPU run, seeding is not enough: you also need
 # `torch.use_deterministic_algorithms(True)`, which chapter 8 uses to train a model twice
 # and compare the results; the aside below covers Apple's MPS and older releases.
 

@@ -36,8 +36,8 @@
 # error in sums).
 
 # %% tags=["hide-cell"]
-# On Colab only: install this book's helpers package (Colab's own torch is
-# kept).
+# On Colab only: install this book's helpers package (pip keeps Colab's own
+# torch when it meets the book's lowest declared version, and upgrades it if not).
 import sys
 
 if "google.colab" in sys.modules:
@@ -555,7 +555,12 @@ assert len({tuple(order) for order in first[True]}) == 3
 # 4. only rank 0 evaluates, logs the epochs and writes files: a checkpoint after every
 #    epoch (model, optimizer, epoch, history), the weights of the best validation
 #    epoch, and at the end the final weights and the history (every rank prints one
-#    line when it starts, to show where it runs);
+#    line when it starts, to show where it runs). Meanwhile the other ranks wait inside
+#    the next epoch's first all-reduce: harmless for a second's evaluation, but one
+#    that takes longer than the process group's timeout (section 9.2) kills the job
+#    with a timeout error that points nowhere near the cause. For a long evaluation,
+#    split it over the ranks and all-reduce the counts (exercise 1), or raise the
+#    timeout;
 # 5. at the end, every rank waits at `dist.barrier()` until rank 0 has written its
 #    files, and then `destroy_process_group()` releases the backend's connections
 #    (a rank that tore its connections down while rank 0 was still writing could make
@@ -693,6 +698,9 @@ record(
 # 0.018-0.024 against validation loss 0.19-0.33, 8 to 18 times as high; the
 # assert asks for 3 times.
 assert 3 * train_losses[-1] < val_losses[-1], (train_losses[-1], val_losses[-1])
+# The prose explains why the training curve starts above the validation curve;
+# seeds 0-2: epoch 1's training loss 0.68-0.75, its validation loss 0.32-0.44.
+assert train_losses[0] > val_losses[0], (train_losses[0], val_losses[0])
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -701,7 +709,10 @@ The launch took {{ddp_launch_seconds}} s, of which the six epochs (training,
 and rank 0's evaluation) took {{ddp_train_seconds}} s; the rest went into
 starting the processes, importing PyTorch and loading the data.
 
-The training loss {{train_trend}}, to {{train_loss_last}}; the validation
+The training loss {{train_trend}}, to {{train_loss_last}}. It is the mean over
+each epoch of a network that kept improving during it, while the validation loss
+is measured once, after the epoch: that is why the training curve starts above the
+validation curve. The validation
 loss went from {{val_loss_first}} after the first epoch to
 {{val_loss_last}} after the last: the network fits its 3,500 training examples
 far better than new ones. One standard error of a validation accuracy is up to
@@ -1259,13 +1270,20 @@ assert "graph has changed" in outcomes["static_graph=True, heads change"][1]
 # The run below is the same training with `--crash-at-epoch=3`: in epoch 3, rank 1
 # raises an exception after 5 steps, on the first attempt only.
 #
-# Such a restart needs one setting. By default the agent keeps one key-value store
-# across attempts, and a restarted worker can read an address that a dead worker of the
-# previous attempt had published there; its `init_process_group` then fails with
-# "Connection refused" and the job ends (PyTorch issues 135712 and 167288). This still
-# happens, now and then, with torch 2.11 to 2.15. `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`
-# in the agent's environment gives every attempt a fresh store, so the launch below
-# sets it.
+# Such a restart needs one setting. By default the agent shares its rendezvous
+# key-value store with its workers, across attempts; with it, a restarted worker's
+# `init_process_group` now and then fails with "Connection refused" and the job ends
+# (PyTorch issues 135712 and 167288 report it; it still happens, rarely, with torch
+# 2.11 to 2.15). `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` in the agent's environment
+# gives the workers a store of their own on every attempt, so the launch below sets it.
+#
+# On several machines, make the ranks *agree* on where to resume. Here every rank reads
+# the same local file, but on a shared network file system, ranks on different nodes
+# can see different versions of a file just rewritten (or none), resume at different
+# epochs, and then hang in the first mismatched collective or silently train on the
+# wrong data. Let rank 0 decide (read the checkpoint, `broadcast` the epoch to the
+# others) or save with `torch.distributed.checkpoint` (section 9.7), whose load is
+# itself a collective.
 
 # %%
 crash_dir = work_dir / "crash"
@@ -1372,7 +1390,7 @@ the seed and the epoch).
 # and gradients stay full on every rank, so the 16 bytes per parameter above become
 # about 4 + 4 + 8/N, paid for with that broadcast on top of DDP's all-reduce. As no
 # parameter is split, the shares are only as even as the parameters' sizes: on two ranks
-# this chapter's network would keep the state of its 784 × 128 first-layer weight, about
+# this chapter's network would keep the state of its 128 × 784 first-layer weight, about
 # 99 % of the whole, on one rank. To save a checkpoint, every rank calls
 # `consolidate_state_dict(to=0)`, which collects the state on rank 0 for its
 # `state_dict()`. This is stage 1 of ZeRO
