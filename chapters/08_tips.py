@@ -40,8 +40,9 @@
 # >   `torch.utils.benchmark.Timer` instead. A few things happen once and are single
 # >   readings: a loader's first epoch, a compiled model's first call, a fresh process.
 # > - Two things compared are timed in three interleaved rounds, taking turns at going
-# >   first; the printed output shows every round.
-# > - "Faster" is decided by one rule, `helpers.tips.separation`: one side is faster
+# >   first (`helpers.tips.timed_rounds`); the printed output shows every round.
+# > - "Faster" is decided by one rule (`helpers.tips.rounds_verdict`, built on
+# >   `separation`; `paired_verdict` for paired rounds): one side is faster
 # >   only if every one of its readings, 10 % longer, is still shorter than every
 # >   reading of the other; otherwise the text says "within the noise of". Where the
 # >   rounds are paired (both timed within one round), every round's ratio must lie
@@ -115,7 +116,17 @@ from helpers.runtime import (
     seed_everything,
 )
 from helpers.timing import best_time
-from helpers.tips import CostlyDataset, atomic_save, separation, speed_verdict
+from helpers.tips import (
+    CostlyDataset,
+    atomic_save,
+    paired_verdict,
+    rounds_list,
+    rounds_range,
+    rounds_verdict,
+    separation,
+    speed_verdict,
+    timed_rounds,
+)
 from helpers.training import evaluate
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -152,6 +163,7 @@ print(
     f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
     f"vector instructions: {torch.backends.cpu.get_cpu_capability()}"
 )
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # The CPU's maker, from the kernel's own list where there is one: some of
 # PyTorch's CPU kernels take a different path on Intel's CPUs (section 8.5).
 cpu_vendor = platform.processor() or "unknown"
@@ -271,19 +283,6 @@ def device_words(dev: torch.device) -> str:
     """The device in the text's words: the CPU, the GPU or the Apple GPU."""
     names = {"cuda": "the GPU", "mps": "the Apple GPU"}
     return names.get(dev.type, f"the {dev.type.upper()}")
-
-
-def rounds_range(readings: list[float], scale: float, fmt: str) -> str:
-    """The fastest and the slowest of repeated readings, times `scale`: "a–b",
-    or "a" where both print alike.
-    """
-    low, high = (f"{r * scale:{fmt}}" for r in (min(readings), max(readings)))
-    return low if low == high else f"{low}–{high}"
-
-
-def rounds_list(readings: list[float], scale: float, fmt: str) -> str:
-    """Every reading, in the order the rounds ran, times `scale`."""
-    return ", ".join(f"{reading * scale:{fmt}}" for reading in readings)
 
 
 criterion = nn.CrossEntropyLoss()
@@ -585,48 +584,6 @@ def train_steps(
     return read / steps if read_every_step else total.item() / steps
 
 
-def timed_rounds(fns: dict, rounds: int = 3, **options) -> dict[str, list]:
-    """`best_time(fn, **options)` of every function in `fns`, taken `rounds`
-    times, the functions interleaved so that a busy spell hits all of them,
-    and in reversed order every other round, so that going first or second
-    favours no function.
-    """
-    readings = {name: [] for name in fns}
-    for round_ in range(rounds):
-        order = list(fns) if round_ % 2 == 0 else list(fns)[::-1]
-        for name in order:
-            readings[name].append(best_time(fns[name], **options))
-    return readings
-
-
-def rounds_verdict(base: list[float], candidate: list[float]) -> str:
-    """speed_verdict where every reading of one side is more than 10 % below
-    every reading of the other (helpers.tips.separation), with the worst-case
-    ratio: the slower side's fastest reading against the faster side's
-    slowest; "within the noise of" otherwise.
-    """
-    order = separation(candidate, base, margin=0.1)
-    if order == "overlapping":
-        return "within the noise of"
-    if order == "lower":
-        return speed_verdict(min(base), max(candidate))
-    return speed_verdict(max(base), min(candidate))
-
-
-def paired_verdict(base: list[float], candidate: list[float]) -> str:
-    """The rule on paired rounds (both sides timed within the same round):
-    speed_verdict's words where every round's ratio lies beyond the 10 %
-    band on the same side, quoted by the round nearest to even; "within the
-    noise of" otherwise.
-    """
-    ratios = [b / c for b, c in zip(base, candidate, strict=True)]
-    if min(ratios) >= 1.1:
-        return speed_verdict(min(ratios), 1.0)
-    if max(ratios) <= 1 / 1.1:
-        return speed_verdict(max(ratios), 1.0)
-    return "within the noise of"
-
-
 item_rounds = timed_rounds(
     {
         every: partial(
@@ -641,6 +598,9 @@ item_rounds = timed_rounds(
 item_rounds = {every: [s / 20 for s in r] for every, r in item_rounds.items()}
 item_every_s, item_once_s = min(item_rounds[True]), min(item_rounds[False])
 item_verdict = rounds_verdict(item_rounds[True], item_rounds[False])
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+
 print(
     f"item() every step: {item_every_s * 1e3:.2f} ms per step; once: "
     f"{item_once_s * 1e3:.2f} ms per step -> once is {item_verdict} every step"
@@ -921,6 +881,9 @@ loader_rounds = timed_rounds(
     },
     repeat=5,
 )
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+
 per_sample_s = min(loader_rounds["per sample"])
 per_batch_s = min(loader_rounds["per batch"])
 loader_verdict = rounds_verdict(
@@ -986,6 +949,9 @@ for size in (16, 64, 256):
         one_epoch, net, optimizer, loader, criterion, device
     )
 epoch_rounds = timed_rounds(epochs_of, repeat=2, device=device)
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+
 epoch_times = {size: min(readings) for size, readings in epoch_rounds.items()}
 for size, readings in epoch_rounds.items():
     print(
@@ -1181,7 +1147,10 @@ print(
     f"training step {step_batch_s * 1e3:.2f} ms (fastest of 5 each); "
     f"the items' share {compute_cost_share:.2f}"
 )
+
 assert compute_cost_share > 0.5, (items_batch_s, step_batch_s)
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 record("compute_item_ms", compute_item_s * 1e3, fmt="{:.2f}")
 record("compute_load_s", compute_load_s, fmt="{:.2f}")
 record("compute_load_share", compute_load_s / compute_epoch_s, fmt="{:.0%}")
@@ -1683,6 +1652,11 @@ print(
     f"smoothed loss lowest at lr {range_rates[lowest]:.2f}; "
     f"blown up from lr {blowup_lr:.2f} on"
 )
+# the higher rate tried must still be below the blow-up: blow-up measured at
+# 1.29, 1.07 and 1.07 for seeds 0, 1, 2, so 0.5 is at most 0.47 of it
+assert contest_rates[1] < blowup_lr, blowup_lr
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 record("range_lowest_lr", range_rates[lowest], fmt="{:.2f}")
 record("range_tenth", range_rates[lowest] / 10, fmt="{:.3f}")
 ratio_to_rule = contest_rates[0] / (range_rates[lowest] / 10)
@@ -1703,9 +1677,6 @@ record(
 )
 record("blowup_lr", blowup_lr, fmt="{:.2f}")
 record("high_over_blowup", contest_rates[1] / blowup_lr, fmt="{:.1f}")
-# the higher rate tried must still be below the blow-up: blow-up measured at
-# 1.29, 1.07 and 1.07 for seeds 0, 1, 2, so 0.5 is at most 0.47 of it
-assert contest_rates[1] < blowup_lr, blowup_lr
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -2334,6 +2305,15 @@ print(
     f"{best_name} at {best_rate}: test accuracy {test_result.accuracy:.3f} "
     f"(standard error {test_se:.3f}), test loss {test_result.loss:.3f}"
 )
+
+# measured 94.7 % (CosineAnnealingLR at 0.5), 96.9 % and 96.7 % for seeds
+# 0, 1, 2, with a standard error of 0.9 to 1.2 points. Which combination is
+# selected changes with the seed and the CPU's kernels (and with a GPU's); the
+# floor catches a broken run (a model that does not train scores near 10 %),
+# not a choice between tied schedules.
+assert test_result.accuracy >= 0.93, test_result.accuracy
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 record(
     "test_accuracy",
     test_result.accuracy,
@@ -2342,12 +2322,6 @@ record(
 )
 record("test_se", 100 * test_se, fmt="{:.1f}")
 record("n_test", len(test_set))
-# measured 94.7 % (CosineAnnealingLR at 0.5), 96.9 % and 96.7 % for seeds
-# 0, 1, 2, with a standard error of 0.9 to 1.2 points. Which combination is
-# selected changes with the seed and the CPU's kernels (and with a GPU's); the
-# floor catches a broken run (a model that does not train scores near 10 %),
-# not a choice between tied schedules.
-assert test_result.accuracy >= 0.93, test_result.accuracy
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # How many combinations' seeds overlapped those of the selected one.
@@ -2447,6 +2421,9 @@ print(
 )
 assert values.half()[0] == 0 and values.bfloat16()[0] > 0
 assert values.half()[2].isinf() and values.bfloat16()[2] == 70_144
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+
 logits_name, loss_name, weight_name = (
     f"`{str(dtype).removeprefix('torch.')}`"
     for dtype in (logits.dtype, loss.dtype, probe[0].weight.dtype)
@@ -2611,6 +2588,8 @@ def cpu_features() -> set[str]:
     return features
 
 
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+
 bf16_features = {"avx512_bf16", "amx_bf16", "bf16"}  # x86, x86, Arm
 native_bf16 = sorted(cpu_features() & bf16_features)
 if amp_device.type != "cpu":
@@ -2722,18 +2701,24 @@ shows no gain.
 
 # %%
 def train_precision(
-    amp: bool, on: torch.device, dtype: torch.dtype, epochs: int = 8
+    amp: bool,
+    on: torch.device,
+    dtype: torch.dtype,
+    criterion: nn.Module,
+    run_seed: int,
+    val_loader: DataLoader,
+    epochs: int = 8,
 ):
     """Train a fresh model with Adam, with or without autocast; return the
     history.
     """
-    torch.manual_seed(seed)
+    torch.manual_seed(run_seed)
     net = make_model().to(on)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(
         on.type, enabled=amp and dtype == torch.float16
     )
-    loader = make_train_loader(64, make_generator(seed))
+    loader = make_train_loader(64, make_generator(run_seed))
     train_losses, val_losses = [], []
     for _ in range(epochs):
         net.train()
@@ -2748,15 +2733,17 @@ def train_precision(
             scaler.step(optimizer)
             scaler.update()
             total += loss.detach() * len(y)
-        train_losses.append(total.item() / len(train_set))
+        train_losses.append(total.item() / len(loader.dataset))
         val_losses.append(evaluate(net, val_loader, criterion, on).loss)
     final = evaluate(net, val_loader, criterion, on)
     return train_losses, val_losses, final.accuracy, net
 
 
 precision_runs = {
-    "float32": train_precision(False, amp_device, amp_dtype),
-    "autocast": train_precision(True, amp_device, amp_dtype),
+    amp: train_precision(
+        amp == "autocast", amp_device, amp_dtype, criterion, seed, val_loader
+    )
+    for amp in ("float32", "autocast")
 }
 fig, (ax_curves, ax_gap) = plt.subplots(1, 2, figsize=(12, 3.8))
 for name, style in (("float32", "-"), ("autocast", "--")):
@@ -2797,6 +2784,8 @@ ax_gap.grid(alpha=0.3)
 ax_gap.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 fp32_acc, amp_acc = precision_runs["float32"][2], precision_runs["autocast"][2]
 # Both models are scored on the same validation digits, so they are compared
 # where they differ: b digits only the float32 model gets right, c only the
@@ -2866,6 +2855,9 @@ relative_gap = max(
 record("amp_relative_gap", relative_gap, fmt="{:.1%}")
 record("amp_accuracy_sentence", amp_accuracy_sentence)
 record("amp_split_p", split_p, fmt="{:.2f}")
+
+# %%
+# The exact McNemar (sign) test on the digits only one model got right.
 # measured (b, c): (1, 0), (0, 0) and (0, 1) for seeds 0, 1, 2, each p = 1;
 # the assert leaves a margin below the sentence's 0.05: 7 to 0 (p = 0.016)
 # passes, 8 to 0 (p = 0.008) fails
@@ -2896,11 +2888,12 @@ then a question of speed and memory, which depend on the hardware.
 # AMD GPUs, Metal shaders on Apple GPUs in recent releases. The first call pays for
 # that; later calls with the same input shapes run the generated code. So two numbers
 # matter: the compile time, and the steady-state gain. Inductor needs the system's C++
-# compiler (CPU) or C compiler (Triton's launcher), so the cell checks for it first.
-# Compiled kernels are cached on disk, so a second run compiles faster.
+# compiler (CPU) or C compiler (Triton's launcher); a hidden cell looks for it first and
+# prints what it found. Compiled kernels are cached on disk, so a second run compiles
+# faster.
 
 
-# %%
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 def synchronize(device: torch.device) -> None:
     """Wait until `device` has finished its queued work (a CPU queues none)."""
     if device.type != "cpu":
@@ -2935,8 +2928,6 @@ print(
     found[0] if found else "none found" if candidates else "not needed",
 )
 
-compile_model = make_model().to(device).eval()
-example = torch.randn(256, 64, device=device)
 # Inductor caches compiled graphs on disk (a hit makes the first call fast).
 # No public API reports a hit, so this reads a private counter, kept out of
 # the compile's failure path: where it is missing, the cache status is unknown.
@@ -2955,6 +2946,9 @@ def cache_hits() -> int | None:
     return inductor_counts["fxgraph_cache_hit"]
 
 
+# %%
+compile_model = make_model().to(device).eval()
+example = torch.randn(256, 64, device=device)
 with torch.inference_mode():
     if compile_skip is None:
         start = time.perf_counter()
@@ -3128,10 +3122,11 @@ that bound no longer applies, and the cell does not check it.
 # only the time matters; the optimizer left eager), three ways: with dropout 0.1, with
 # eager mode's masks inside the compiled code (`fallback_random`, below), and without
 # dropout. Within each round eager and compiled alternate, so their ratio is a paired
-# reading.
+# reading (a hidden helper, `paired_rounds`, alternates the calls one by one within
+# each round and keeps each side's fastest call).
 
 
-# %%
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 def paired_rounds(
     fns: dict, rounds: int = 3, *, repeat: int, warmup: int, device
 ) -> dict[str, list]:
@@ -3159,7 +3154,8 @@ def paired_rounds(
     return readings
 
 
-def train_step(net: nn.Module, optimizer, x, y) -> torch.Tensor:
+# %%
+def train_step(net: nn.Module, optimizer, criterion, x, y) -> torch.Tensor:
     """One training step: forward, loss, backward, update; returns the loss."""
     loss = criterion(net(x), y)
     optimizer.zero_grad()
@@ -3168,15 +3164,23 @@ def train_step(net: nn.Module, optimizer, x, y) -> torch.Tensor:
     return loss
 
 
-def time_step(dropout: float, x, y, fallback_random: bool = False) -> dict:
+def time_step(
+    dropout: float,
+    x,
+    y,
+    criterion: nn.Module,
+    run_seed: int,
+    on: torch.device,
+    fallback_random: bool = False,
+) -> dict:
     """Seconds per step, eager and compiled (the fastest round, and all three
     rounds), of the compiled first call, and how far the compiled first
     step's loss was from eager's for the same seed (relative).
     """
-    torch.manual_seed(seed)
-    net = make_model(dropout=dropout).to(device)  # in train() mode
+    torch.manual_seed(run_seed)
+    net = make_model(dropout=dropout).to(on)  # in train() mode
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
-    eager_step = partial(train_step, net, optimizer, x, y)
+    eager_step = partial(train_step, net, optimizer, criterion, x, y)
     times = {}
     # `options` patches Inductor's config for this compile only; a new option
     # is a new backend, so Dynamo compiles afresh rather than reuse a graph.
@@ -3184,16 +3188,22 @@ def time_step(dropout: float, x, y, fallback_random: bool = False) -> dict:
     # updates them.
     options = {"fallback_random": True} if fallback_random else None
     compiled_step = partial(
-        train_step, torch.compile(net, options=options), optimizer, x, y
+        train_step,
+        torch.compile(net, options=options),
+        optimizer,
+        criterion,
+        x,
+        y,
     )
-    torch.manual_seed(seed + 1)  # the same dropout masks in eager mode...
+    torch.manual_seed(run_seed + 1)  # the same dropout masks in eager mode...
     with torch.no_grad():
         eager_loss = criterion(net(x), y).item()
-    torch.manual_seed(seed + 1)  # ...as in the compiled call, if it draws alike
+    # ...as in the compiled call, if it draws alike
+    torch.manual_seed(run_seed + 1)
     hits_before = cache_hits()  # None where the counter is unavailable
     start = time.perf_counter()
     compiled_loss = compiled_step().item()  # compiles forward and backward
-    synchronize(device)
+    synchronize(on)
     times["compile"] = time.perf_counter() - start
     times["cache hits"] = (
         None if hits_before is None else cache_hits() - hits_before
@@ -3204,7 +3214,7 @@ def time_step(dropout: float, x, y, fallback_random: bool = False) -> dict:
         {"eager": eager_step, "compiled": compiled_step},
         repeat=7,
         warmup=3,
-        device=device,
+        device=on,
     )
     for name, readings in rounds.items():
         times[name], times[name + " rounds"] = min(readings), readings
@@ -3228,7 +3238,9 @@ step_times = {}  # variant -> times
 if step_compile_skip is None:
     try:
         for variant, (p, on_eager_rng) in step_variants.items():
-            step_times[variant] = time_step(p, example, y_example, on_eager_rng)
+            step_times[variant] = time_step(
+                p, example, y_example, criterion, seed, device, on_eager_rng
+            )
     except Exception as error:
         step_compile_skip = "compiling the step failed: " + root_cause(error)
 for variant, times in step_times.items():
@@ -3433,7 +3445,7 @@ def step_runner(dropout: float, variant: str, x, y, run_seed: int):
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
     options = {"fallback_random": True} if variant == "fallback" else None
     runner = net if variant == "eager" else torch.compile(net, options=options)
-    step = partial(train_step, runner, optimizer, x.cpu(), y.cpu())
+    step = partial(train_step, runner, optimizer, criterion, x.cpu(), y.cpu())
     for _ in range(3):  # compile and warm up outside the profile
         step()
     return step
@@ -3844,25 +3856,33 @@ assert torch.allclose(factors, clip_to / by_hand, rtol=1e-4)
 
 
 # %%
-def train_clipped(lr: float, max_norm: float, run_seed: int, epochs: int = 6):
+def train_clipped(
+    lr: float,
+    max_norm: float,
+    run_seed: int,
+    on: torch.device,
+    criterion: nn.Module,
+    val_loader: DataLoader,
+    epochs: int = 6,
+):
     """SGD with momentum; return the model, every step's gradient norm, val
     losses.
     """
     torch.manual_seed(run_seed)
-    net = make_model().to(device)
+    net = make_model().to(on)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     loader = make_train_loader(64, make_generator(run_seed))
     norms, val_losses = [], []
     for _ in range(epochs):
         net.train()
         for x, y in loader:
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(on), y.to(on)
             loss = criterion(net(x), y)
             optimizer.zero_grad()
             loss.backward()
             norms.append(nn.utils.clip_grad_norm_(net.parameters(), max_norm))
             optimizer.step()
-        val_losses.append(evaluate(net, val_loader, criterion, device).loss)
+        val_losses.append(evaluate(net, val_loader, criterion, on).loss)
     return net, torch.stack(norms).cpu(), val_losses
 
 
@@ -3877,10 +3897,11 @@ def dead_share(net: nn.Module, x: torch.Tensor) -> float:
 
 sensible, excessive = 0.05, 1.0
 # the pilot, with another seed, only sets the limit
-pilot_norms = train_clipped(sensible, float("inf"), seed + 1)[1]
+clip_setup = {"on": device, "criterion": criterion, "val_loader": val_loader}
+pilot_norms = train_clipped(sensible, float("inf"), seed + 1, **clip_setup)[1]
 clip_limit = 2 * pilot_norms.median().item()
 clip_runs = {
-    (lr, mode): train_clipped(lr, limit, seed)
+    (lr, mode): train_clipped(lr, limit, seed, **clip_setup)
     for lr in (sensible, excessive)
     for mode, limit in (("no clipping", float("inf")), ("clipped", clip_limit))
 }
@@ -3928,6 +3949,9 @@ for ax in (ax_norm, ax_loss):
     )
 fig.tight_layout()
 plt.show()
+
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 
 final_loss = {key: run[2][-1] for key, run in clip_runs.items()}
 clipped_share = {
@@ -4159,6 +4183,13 @@ for mistake in (None, "clip inside the loop", "clip before unscale_"):
     ).item()
     label = mistake or "unscale_, then clip once"
     print(f"{label:26} relative error of the step: {step_errors[mistake]:.1e}")
+
+# measured 2e-06 (seeds 0-2); the mistakes 0.17 to 0.21 and 1.00
+assert step_errors[None] < 1e-4
+assert step_errors["clip inside the loop"] > 1e-2
+assert step_errors["clip before unscale_"] > 0.5
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 record(
     "step_error_right",
     step_errors[None],
@@ -4170,10 +4201,6 @@ record(
 )
 record("step_error_loop", step_errors["clip inside the loop"], fmt="{:.2f}")
 record("step_error_scaled", step_errors["clip before unscale_"], fmt="{:.2f}")
-# measured 2e-06 (seeds 0-2); the mistakes 0.17 to 0.21 and 1.00
-assert step_errors[None] < 1e-4
-assert step_errors["clip inside the loop"] > 1e-2
-assert step_errors["clip before unscale_"] > 0.5
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -4363,7 +4390,9 @@ def fresh_training(total_steps: int, run_seed: int, on: torch.device):
 resume_steps = resume_epochs * steps_per_epoch
 
 
-def run_epochs(parts, first, last, folder, crash_at=None) -> list[float]:
+def run_epochs(
+    parts, first, last, folder, criterion, on, crash_at=None
+) -> list[float]:
     """Train epochs first..last; checkpoint after each; optionally crash
     mid-way.
     """
@@ -4375,7 +4404,7 @@ def run_epochs(parts, first, last, folder, crash_at=None) -> list[float]:
         for step, (x, y) in enumerate(loader):
             if (epoch, step) == crash_at:
                 raise Crash(f"crashed at epoch {epoch}, step {step}")
-            loss = criterion(net(x.to(device)), y.to(device))
+            loss = criterion(net(x.to(on)), y.to(on))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -4387,7 +4416,7 @@ def run_epochs(parts, first, last, folder, crash_at=None) -> list[float]:
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "shuffle_rng": shuffle_rng.get_state(),
-            "rng": rng_states(device),
+            "rng": rng_states(on),
         }
         atomic_save(checkpoint, Path(folder) / "checkpoint.pt")  # see below
     return torch.stack(losses).tolist()
@@ -4396,13 +4425,15 @@ def run_epochs(parts, first, last, folder, crash_at=None) -> list[float]:
 with tempfile.TemporaryDirectory() as folder:
     torch.manual_seed(seed)
     uninterrupted = fresh_training(resume_steps, seed, device)
-    uninterrupted_losses = run_epochs(uninterrupted, 1, resume_epochs, folder)
+    uninterrupted_losses = run_epochs(
+        uninterrupted, 1, resume_epochs, folder, criterion, device
+    )
 
 with tempfile.TemporaryDirectory() as folder:
     torch.manual_seed(seed)
     crashed = fresh_training(resume_steps, seed, device)
     try:
-        run_epochs(crashed, 1, resume_epochs, folder, crash_at=(4, 9))
+        run_epochs(crashed, 1, resume_epochs, folder, criterion, device, (4, 9))
     except Crash as error:
         print(error)
     # a new process would start from other random states
@@ -4418,12 +4449,19 @@ with tempfile.TemporaryDirectory() as folder:
 
 
 # %%
-def resume(checkpoint: dict, skip: str | None = None):
-    """Rebuild everything, restore the checkpoint except `skip`, finish
-    training.
+def resume(
+    checkpoint: dict,
+    last: int,
+    run_seed: int,
+    criterion: nn.Module,
+    on: torch.device,
+    skip: str | None = None,
+):
+    """Rebuild everything, restore the checkpoint except `skip`, train to
+    epoch `last`.
     """
     torch.manual_seed(12345)
-    parts = fresh_training(resume_steps, seed, device)
+    parts = fresh_training(last * steps_per_epoch, run_seed, on)
     net, optimizer, scheduler, shuffle_rng = parts
     net.load_state_dict(checkpoint["model"])
     if skip != "optimizer":
@@ -4437,7 +4475,7 @@ def resume(checkpoint: dict, skip: str | None = None):
         set_rng_states(checkpoint["rng"])
     with tempfile.TemporaryDirectory() as folder:
         losses = run_epochs(
-            parts, checkpoint["epoch"] + 1, resume_epochs, folder
+            parts, checkpoint["epoch"] + 1, last, folder, criterion, on
         )
     return net, losses
 
@@ -4447,7 +4485,8 @@ def weight_gap(a: nn.Module, b: nn.Module) -> float:
     return max((p - q).abs().max().item() for p, q in pairs)
 
 
-resumed, resumed_losses = resume(checkpoint)
+resume_setup = (resume_epochs, seed, criterion, device)
+resumed, resumed_losses = resume(checkpoint, *resume_setup)
 resumed_equal = all(
     torch.equal(p, q)
     for p, q in zip(
@@ -4463,23 +4502,12 @@ print(
 ablation = {}
 for part in ("optimizer", "scheduler", "random states"):
     ablation[part] = weight_gap(
-        uninterrupted[0], resume(checkpoint, skip=part)[0]
+        uninterrupted[0], resume(checkpoint, *resume_setup, skip=part)[0]
     )
     print(
         f"  resumed without the {part:13}: largest "
         f"weight difference {ablation[part]:.1e}"
     )
-record(
-    "resume_equal",
-    resumed_equal,
-    headline=(
-        "Resume after a crash reproduces the "
-        "uninterrupted weights (torch.equal)"
-    ),
-)
-record("skip_optimizer_gap", ablation["optimizer"], fmt="{:.1e}")
-record("skip_scheduler_gap", ablation["scheduler"], fmt="{:.1e}")
-record("skip_rng_gap", ablation["random states"], fmt="{:.1e}")
 # PyTorch promises no bit-for-bit reproducibility on MPS (chapter 1), so there
 # a resumed run may differ in the last bits: the check is for CPU and CUDA
 assert resumed_equal or device.type == "mps", resumed_equal
@@ -4522,6 +4550,19 @@ label_log_axis(ax.yaxis)
 ax.legend()  # again, so that it shows the styles just set
 ax.title.set_fontsize(9)
 plt.show()
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+record(
+    "resume_equal",
+    resumed_equal,
+    headline=(
+        "Resume after a crash reproduces the "
+        "uninterrupted weights (torch.equal)"
+    ),
+)
+record("skip_optimizer_gap", ablation["optimizer"], fmt="{:.1e}")
+record("skip_scheduler_gap", ablation["scheduler"], fmt="{:.1e}")
+record("skip_rng_gap", ablation["random states"], fmt="{:.1e}")
 record("resumed_loss_gap", gap_words(resumed_gap))
 record(
     "resume_equal_words",
@@ -4867,7 +4908,7 @@ groups = {
 }
 
 
-def record_profile(step, activities: list) -> object:
+def record_profile(step, activities: list, on: torch.device) -> object:
     """Profile 5 calls of `step` after 3 of warm-up; return the operator
     averages.
     """
@@ -4878,7 +4919,7 @@ def record_profile(step, activities: list) -> object:
     ) as prof:
         for _ in range(3 + 5):
             step()
-            synchronize(device)  # the step's queued GPU work belongs to it
+            synchronize(on)  # the step's queued GPU work belongs to it
             prof.step()
     return prof.key_averages()
 
@@ -4912,7 +4953,7 @@ def read_profile(
 # machine does, so the cell records five and reads the median of each share.
 n_profiles = 5
 recordings = [
-    record_profile(profiled_step, activities) for _ in range(n_profiles)
+    record_profile(profiled_step, activities, device) for _ in range(n_profiles)
 ]
 print("the first of", n_profiles, "recordings:")
 print(
@@ -4920,6 +4961,9 @@ print(
         sort_by=self_key, row_limit=10, max_name_column_width=30
     )
 )
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+
 profile_readings = [
     read_profile(
         events,
@@ -5072,14 +5116,15 @@ profile_sentence = (
     f"memory {median_share('allocation')}"
 )
 print(
-    "shares of the aten:: operators' own time, median (range): matrix products "
+    "shares of the aten:: operators' own time (labels excluded, unlike the "
+    "table's %), median (range): matrix products "
     f"{share_text('matrix products')}, dropout {share_text('dropout')}, "
     f"allocation {share_text('allocation')}; {top_sentence}"
 )
 profile_short = (
     f"median of {n_profiles} recordings: matrix "
     f"products {share_text('matrix products')}, "
-    f"dropout {share_text('dropout')} of operator time"
+    f"dropout {share_text('dropout')} of aten:: self time, labels excluded"
 )
 if device.type == "mps":
     profile_sentence += (
@@ -5263,6 +5308,9 @@ mode_rounds = timed_rounds(
     warmup=3,
     device=device,
 )
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+
 mode_times = {name: min(readings) for name, readings in mode_rounds.items()}
 for name, readings in mode_rounds.items():
     busy = max(readings) > 5 * min(readings)  # a busy spell, not the code
@@ -5446,6 +5494,15 @@ print(
     f"{recompute_estimate / mib:.2f}), against {activation_measured / mib:.2f} "
     f"MiB; gradients differ by at most {grad_gap:.1e}"
 )
+
+# shapes alone decide what is saved (measured 0.64 MiB for seeds 0, 1, 2);
+# the recomputed forward pass runs the same operations on the same weights,
+# so the gradients agree to float rounding at most (measured identical)
+assert abs(recompute_saved - recompute_estimate) / recompute_estimate < 0.05
+assert recompute_saved < 0.6 * activation_measured
+assert grad_gap <= 1e-6, grad_gap
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 record("recompute_mib", recompute_saved / mib, fmt="{:.2f}")
 record("recompute_estimate_mib", recompute_estimate / mib, fmt="{:.2f}")
 record(
@@ -5454,12 +5511,6 @@ record(
     if grad_gap == 0
     else f"gradients within {grad_gap:.0e} of the plain step's",
 )
-# shapes alone decide what is saved (measured 0.64 MiB for seeds 0, 1, 2);
-# the recomputed forward pass runs the same operations on the same weights,
-# so the gradients agree to float rounding at most (measured identical)
-assert abs(recompute_saved - recompute_estimate) / recompute_estimate < 0.05
-assert recompute_saved < 0.6 * activation_measured
-assert grad_gap <= 1e-6, grad_gap
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -5616,7 +5667,7 @@ assert torch.isfinite(x_nan.grad).all()
 # The table collects this run's measurements, one line per tip. Above it, the cell says
 # how busy the machine was while they were taken.
 
-# %%
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 load_at_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 if load_at_start is None:
     load_sentence = (
@@ -5782,24 +5833,27 @@ for tip, effect in summary_rows:
 # reads the L2's or the L3's size on Linux), and most where each weight is used least: a
 # batch of 512 uses every weight 512 times per call, a batch of 1 once.
 #
-# Your part is the instrument and the experiment, in three functions. `gflops(net, x)`
-# returns the GFLOP/s of `net(x)`: one call's operations as
-# `torch.utils.flop_counter.FlopCounterMode` counts them (a multiply-add counts as two),
-# divided by the seconds a warm call takes on one thread (`benchmark.Timer`, as in
-# section 8.1), so that all the work runs on one core with that core's own caches.
-# `width_rounds(measure, models, n_rounds)` calls `measure(net)` for each model of
-# `models` (a dict from width to model) in `n_rounds` interleaved rounds, so that one
-# busy spell cannot pass for a trend, and returns each width's readings in the order
-# taken. `cache_verdict(rounds, cache_bytes)` judges them by the chapter's rule. A width
-# *beyond* the cache (4 h² > cache) fell if every one of its rounds, 10 % higher, is
-# still below every round of the best width *inside* it (4 h² < cache; the best has the
-# highest reading). Answer `"fell"` if every width beyond fell, `"no dip"` if none fell
-# and no width's fastest round is more than 25 % above its slowest, and `"undecided"`
-# otherwise. The checker times `gflops` on a stand-in model of known operation count
-# whose calls record their duration and thread count, gives `width_rounds` a stand-in
-# measurement that records the order of its calls, and `cache_verdict` made-up rounds;
-# the solution runs both on a batch of 512 (widths 256 to 2,048) and of 1 (up to 4,096),
-# and judges each against the L2 and the L3.
+# Your part is the instrument and the experiment, in three functions:
+#
+# - `gflops(net, x)`: one call's operations as `torch.utils.flop_counter.FlopCounterMode`
+#   counts them (a multiply-add is two), divided by the seconds a warm call takes on one
+#   thread (`benchmark.Timer`, as in section 8.1), so that the work runs on one core.
+# - `width_rounds(measure, models, n_rounds)`: `measure(net)` for each model of `models`
+#   (width -> model) in `n_rounds` interleaved rounds; each width's readings in order.
+# - `cache_verdict(rounds, cache_bytes)`: the chapter's rule. A width *beyond* the cache
+#   (4 h² > cache) *fell* if its highest reading, 10 % higher, is still below the lowest
+#   reading of the best width *inside* it (the one with the highest reading). Answer
+#   `"fell"` if every width beyond fell, `"no dip"` if none fell and no width's highest
+#   reading is more than 25 % above its lowest, and `"undecided"` otherwise.
+#
+# A worked example with a 2 MiB cache, so widths 256 and 512 (256 KiB, 1 MiB) are inside
+# and 1,024 (4 MiB) beyond: for rounds `{256: [40, 42, 41], 512: [50, 48, 52], 1024: [30,
+# 33, 31]}` the best inside is 512, and 33 × 1.1 = 36.3 < 48, so `"fell"`. With 1,024 at
+# `[45, 47, 46]` nothing fell (51.7 > 48) and every spread is under 25 %: `"no dip"`. At
+# `[30, 47, 31]` nothing fell but 47 is 57 % above 30: `"undecided"`. The checker tries
+# your functions on stand-ins (a model of known operation count, a measurement that
+# records its calls, made-up rounds); the solution runs a batch of 512 (widths 256 to
+# 2,048) and of 1 (up to 4,096) and judges each against the L2 and the L3.
 
 
 # %%

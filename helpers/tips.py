@@ -4,7 +4,9 @@
 data-loading measurements; it lives in a module, not in the notebook, because
 ``DataLoader`` workers started with ``spawn`` or ``forkserver`` must import it.
 ``speed_verdict`` turns two timings into words without claiming a difference that is
-within the noise, and ``atomic_save`` writes a checkpoint so that an interruption
+within the noise; ``timed_rounds``, ``rounds_verdict`` and ``paired_verdict`` apply
+the chapter's timing rule (interleaved rounds, judged by ``separation``), and
+``rounds_range``/``rounds_list`` print the rounds. ``atomic_save`` writes a checkpoint so that an interruption
 never leaves a half-written file behind.
 """
 
@@ -13,14 +15,27 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["CostlyDataset", "atomic_save", "busy_work", "separation", "speed_verdict"]
+from helpers.timing import best_time
+
+__all__ = [
+    "CostlyDataset",
+    "atomic_save",
+    "busy_work",
+    "paired_verdict",
+    "rounds_list",
+    "rounds_range",
+    "rounds_verdict",
+    "separation",
+    "speed_verdict",
+    "timed_rounds",
+]
 
 
 def busy_work(rounds: int) -> int:
@@ -154,6 +169,75 @@ def separation(a: Sequence[float], b: Sequence[float], *, margin: float = 0.0) -
     if max(b) * (1.0 + margin) < min(a):
         return "higher"
     return "overlapping"
+
+
+NOISE = "within the noise of"
+
+
+def timed_rounds(
+    fns: Mapping[Any, Callable[[], object]], rounds: int = 3, **options: Any
+) -> dict[Any, list[float]]:
+    """``best_time(fn, **options)`` of every function in ``fns``, taken ``rounds`` times.
+
+    The functions are interleaved, so that a busy spell hits all of them, and run in
+    reversed order every other round, so that going first favours none. Returns the
+    readings per name, in the order the rounds ran. Introduced in chapter 08.
+    """
+    if not isinstance(fns, Mapping) or not fns or not all(callable(fn) for fn in fns.values()):
+        raise TypeError(f"fns must be a non-empty mapping of names to callables, got {fns!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    readings: dict[Any, list[float]] = {name: [] for name in fns}
+    for round_ in range(rounds):
+        order = list(fns) if round_ % 2 == 0 else list(fns)[::-1]
+        for name in order:
+            readings[name].append(best_time(fns[name], **options))
+    return readings
+
+
+def rounds_verdict(base: Sequence[float], candidate: Sequence[float]) -> str:
+    """``speed_verdict``'s words for the candidate against the base, or ``NOISE``.
+
+    A difference is called only where every reading of one side is more than 10 %
+    below every reading of the other (``separation`` with ``margin=0.1``), and it is
+    quoted by the worst case: the slower side's fastest reading against the faster
+    side's slowest. Introduced in chapter 08.
+    """
+    order = separation(candidate, base, margin=0.1)
+    if order == "overlapping":
+        return NOISE
+    if order == "lower":
+        return speed_verdict(min(base), max(candidate))
+    return speed_verdict(max(base), min(candidate))
+
+
+def paired_verdict(base: Sequence[float], candidate: Sequence[float]) -> str:
+    """The rule on paired rounds (both sides timed within the same round).
+
+    ``speed_verdict``'s words where every round's ratio ``base / candidate`` lies
+    beyond the 10 % band on the same side, quoted by the round nearest to even;
+    ``NOISE`` otherwise. Introduced in chapter 08.
+    """
+    if len(base) != len(candidate) or not base:
+        raise ValueError(f"base and candidate must pair up, got {len(base)} and {len(candidate)} readings")
+    ratios = [b / c for b, c in zip(base, candidate, strict=True)]
+    if min(ratios) >= 1.1:
+        return speed_verdict(min(ratios), 1.0)
+    if max(ratios) <= 1 / 1.1:
+        return speed_verdict(max(ratios), 1.0)
+    return NOISE
+
+
+def rounds_range(readings: Sequence[float], scale: float, fmt: str) -> str:
+    """The fastest and slowest reading times ``scale``: ``"a–b"``, or ``"a"`` where both
+    print alike. Introduced in chapter 08."""
+    low, high = (f"{r * scale:{fmt}}" for r in (min(readings), max(readings)))
+    return low if low == high else f"{low}–{high}"
+
+
+def rounds_list(readings: Sequence[float], scale: float, fmt: str) -> str:
+    """Every reading times ``scale``, in the order the rounds ran. Introduced in chapter 08."""
+    return ", ".join(f"{reading * scale:{fmt}}" for reading in readings)
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

@@ -291,3 +291,70 @@ def test_atomic_save_gives_the_permissions_torch_save_gives(tmp_path, umask):
         os.umask(previous)
     mode = (tmp_path / "atomic.pt").stat().st_mode & 0o777
     assert mode == (tmp_path / "plain.pt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ---------------------------------------------------------------- timing rounds
+
+
+def test_timed_rounds_interleaves_and_reverses_every_other_round():
+    calls = []
+    ticks = iter(range(1000))
+
+    def clock():
+        return float(next(ticks))
+
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    readings = tips.timed_rounds(fns, rounds=3, repeat=1, warmup=0, clock=clock)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    # each best_time with repeat=1 reads the clock twice: one tick per reading
+    assert readings == {"a": [1.0, 1.0, 1.0], "b": [1.0, 1.0, 1.0]}
+    assert len(tips.timed_rounds(fns, rounds=4, repeat=1, warmup=0)["a"]) == 4
+
+
+def test_timed_rounds_returns_each_functions_own_fastest_run():
+    durations = {"slow": [5.0, 3.0], "fast": [1.0, 2.0]}
+    now = [0.0]
+    pending = []
+
+    def clock():
+        if pending:
+            now[0] += pending.pop()
+        return now[0]
+
+    fns = {name: (lambda n=name: pending.append(durations[n][0])) for name in durations}
+    readings = tips.timed_rounds(fns, rounds=1, repeat=1, warmup=0, clock=clock)
+    assert readings == {"slow": [5.0], "fast": [1.0]}
+
+
+@pytest.mark.parametrize("fns, rounds", [({}, 3), ({"a": 1}, 3), ({"a": print}, 0), ({"a": print}, True)])
+def test_timed_rounds_rejects_bad_input(fns, rounds):
+    with pytest.raises((TypeError, ValueError)):
+        tips.timed_rounds(fns, rounds=rounds)
+
+
+def test_rounds_verdict_needs_a_ten_percent_gap_and_quotes_the_worst_case():
+    # candidate wholly faster: quoted as slowest base-side min over candidate's max
+    assert tips.rounds_verdict([3.0, 2.4, 2.6], [1.0, 1.2, 1.1]) == "2.0 times faster than"
+    assert tips.rounds_verdict([1.0, 1.2, 1.1], [3.0, 2.4, 2.6]) == "2.0 times slower than"
+    # one overlapping reading is enough for no verdict
+    assert tips.rounds_verdict([3.0, 1.0], [1.0, 1.2]) == tips.NOISE
+    # apart, but by less than 10 %
+    assert tips.rounds_verdict([1.08, 1.09], [1.0, 1.01]) == tips.NOISE
+    assert tips.rounds_verdict([1.2, 1.3], [1.0, 1.05]) == "1.1 times faster than"
+
+
+def test_paired_verdict_needs_every_round_beyond_the_band_on_one_side():
+    assert tips.paired_verdict([2.0, 3.0, 1.5], [1.0, 1.0, 1.0]) == "1.5 times faster than"
+    assert tips.paired_verdict([1.0, 1.0, 1.0], [2.0, 3.0, 1.5]) == "1.5 times slower than"
+    # pairing matters: the same sets, paired differently, straddle the band
+    assert tips.paired_verdict([2.0, 1.0], [1.0, 2.0]) == tips.NOISE
+    assert tips.paired_verdict([1.05, 2.0], [1.0, 1.0]) == tips.NOISE
+    assert tips.paired_verdict([1.1, 2.0], [1.0, 1.0]) == "1.1 times faster than"
+    with pytest.raises(ValueError, match="pair"):
+        tips.paired_verdict([1.0, 2.0], [1.0])
+
+
+def test_rounds_range_and_list_print_the_extremes_and_the_order():
+    assert tips.rounds_range([0.003, 0.001, 0.002], 1e3, ".1f") == "1.0–3.0"
+    assert tips.rounds_range([0.00101, 0.00102], 1e3, ".1f") == "1.0"
+    assert tips.rounds_list([0.003, 0.001, 0.002], 1e3, ".0f") == "3, 1, 2"
