@@ -31,8 +31,8 @@
 # operations).
 
 # %% tags=["hide-cell"]
-# On Colab only: install this book's helpers package (Colab's own torch is
-# kept).
+# On Colab only: install this book's helpers package (pip keeps Colab's own
+# torch when it meets the book's lowest declared version, and upgrades it if not).
 import sys
 
 if "google.colab" in sys.modules:
@@ -1066,6 +1066,13 @@ mlp_held = moon_accuracy["MLP, 16 ReLU units"][1]
 record("moons_linear_fit", moon_accuracy["linear"][0], fmt="{:.1%}")
 record("moons_linear_held", linear_held, fmt="{:.0%}")
 record("moons_mlp_held", mlp_held, fmt="{:.0%}")
+# Seeds 0-4 (CPU): held-out accuracy linear 0.93, 0.84, 0.90, 0.84, 0.90 and
+# MLP 1.00, 0.99, 1.00, 0.98, 0.99; training accuracy linear 0.835 to 0.895.
+# A line cannot follow the moons; the hidden layer can.
+assert linear_held <= 0.95 and moon_accuracy["linear"][0] <= 0.92
+assert mlp_held >= 0.95 and mlp_held - linear_held >= 0.05
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # The two accuracies come from different points (200 and 100), so the gap
 # between them has the standard error of a difference of two proportions.
 linear_fit = moon_accuracy["linear"][0]
@@ -1089,13 +1096,6 @@ else:
         f" {moons_z:.1f} standard errors of the difference)"
     )
 record("moons_noise_text", moons_noise_text)
-# Seeds 0-4 (CPU): held-out accuracy linear 0.93, 0.84, 0.90, 0.84, 0.90 and
-# MLP 1.00, 0.99, 1.00, 0.98, 0.99; training accuracy linear 0.835 to 0.895.
-# A line cannot follow the moons; the hidden layer can.
-assert linear_held <= 0.95 and moon_accuracy["linear"][0] <= 0.92
-assert mlp_held >= 0.95 and mlp_held - linear_held >= 0.05
-
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
 The linear model's boundary is a straight line, and no line separates the moons: it
@@ -2009,15 +2009,12 @@ assert torch.equal(in_evaluation, all_ones)
 # The loop is wrapped in a function so that we can run it for several learning rates.
 # Every run starts from the same initial weights (the same seed) and builds its own
 # training loader with a freshly seeded generator, so every run sees the same batches in
-# the same order: the runs differ in their learning rate and nothing else. Re-running
-# the cell reproduces the numbers on this page on a CPU of the same kind (the same
-# vector instructions), with the same PyTorch build and the same number of threads
-# (chapter 1 shows why the thread count matters, and what a GPU needs besides). The
-# rates, 0.001 (Adam's default), 0.003, 0.01, 0.03, 0.1 and 0.3, step by about 3×;
-# the model's 16 hidden units and the 60 epochs are untuned (exercise 3 asks whether
-# the hidden layer is needed at all). The cell shows no progress bar: once all six runs
-# are done it prints how long they took and one line per run; chapter 3's longer runs
-# show a bar.
+# the same order: the runs differ in their learning rate and nothing else. (Re-running
+# reproduces this page's numbers on the same kind of CPU, PyTorch build and thread
+# count; chapter 1 shows why these matter.) The rates, 0.001 (Adam's default) to 0.3,
+# step by about 3×; the 16 hidden units and the 60 epochs are untuned (exercise 3 asks
+# whether the hidden layer is needed at all). Instead of a progress bar the cell prints
+# how long the six runs took and one line per run.
 
 
 # %%
@@ -2129,18 +2126,13 @@ plt.show()
 
 # %% [markdown]
 # Which run to keep? The cell keeps the run with the lowest validation loss, the number
-# the loop already tracks, which scores every tumour's probability. Accuracy, the
-# number most often reported, is coarse on 91 tumours: the cell also counts each run's
-# validation mistakes at its best epoch, not to choose but to show what the choice by
-# loss does to them. Section 2.5 chose differently, the smallest rate within 1 % of
-# the best: there the faster optimizers reached the same floor at several of ten
-# closely spaced rates, and among near-equals the smallest rate is the furthest from
-# instability. Here the six rates lie a factor 3 apart, and we keep the simplest rule,
-# the lowest loss outright; exercise 5 asks whether section 2.5's rule picks the same
-# run. The rule has a price, which section 2.8 measures: among runs that make almost no
-# validation mistakes, the lowest loss rewards the most confident run, which can be
-# overconfident on new tumours, and the section ends by retraining with weight decay
-# to see whether holding the logits back changes the choice.
+# the loop already tracks, which scores every tumour's probability. Accuracy is coarse
+# on 91 tumours, so the cell only counts each run's validation mistakes, to show what
+# the choice does to them. (Section 2.5 kept the smallest rate within 1 % of the best;
+# with rates a factor 3 apart we keep the lowest loss outright, and exercise 5 asks
+# whether section 2.5's rule agrees.) The rule has a price, measured in section 2.8:
+# among runs that make almost no validation mistakes, the lowest loss rewards the most
+# confident run.
 
 
 # %%
@@ -2476,21 +2468,16 @@ The runs differ in what limits them. The lowest validation loss of all,
 {{best_val_loss}}, came at lr {{chosen_lr}}, epoch {{best_epoch}}.
 {{others_text}}.{{still_improving_text}} {{grid_edge_text}}
 
-{{ranking_short}} (the aside below says more); section 2.8 shows what the choice
-costs on the test set.
+{{ranking_short}} (the aside below says more).
 
-Two kinds of trouble can show in such panels. **Overfitting**: the training loss
-keeps falling while the validation loss stops improving or rises, because the model
-fits the training tumours ever more closely without getting better on new ones.
-**Instability**: a step too large for the loss surface throws the weights about, so
-the *training* loss itself jumps, and the validation loss often with it. Against
-both we keep the weights of the epoch with the lowest validation loss, a choice made
-on validation data only: epoch {{best_epoch}} of the chosen run,
-{{early_stop_text}}. This is the checkpoint half of *early stopping*; the other half,
-*patience*, ends a run once the validation loss has not improved for a set number of
-epochs. We let every run finish, so that the curves show what comes after the best
-epoch. The collapsed aside below says which runs here were unstable; the experiment
-after it makes overfitting plain.
+Two kinds of trouble can show in such panels: **overfitting**, where the training
+loss keeps falling while the validation loss stops improving or rises, and
+**instability**, where a step too large throws the weights about and the *training*
+loss itself jumps. Against both we keep the weights of the epoch with the lowest
+validation loss: epoch {{best_epoch}} of the chosen run, {{early_stop_text}}. This is
+the checkpoint half of *early stopping*; the other half, *patience*, ends a run once
+the validation loss has not improved for a set number of epochs. We let every run
+finish, so that the curves show what comes after the best epoch.
 """
 )
 
@@ -2616,14 +2603,6 @@ assert noisy_train[-1] < noisy_train[noisy_best] / 10
 assert noisy_wrong[-1] >= noisy_wrong[noisy_best] + 5
 assert fitted_flips >= n_flipped - 2
 record("fitted_flips", fitted_flips)
-record(
-    "below_text",
-    " (At the best epoch the validation loss still lies below the training"
-    " loss: a fifth of the training labels are wrong, and a rule that suits"
-    " the rest cannot fit them.)"
-    if gap_best < 0
-    else "",
-)
 record("noisy_best_epoch", noisy_best + 1)
 record("noisy_train_best", noisy_train[noisy_best], fmt="{:.3f}")
 record("noisy_train_end", noisy_train[-1], fmt="{:.4f}")
@@ -2635,6 +2614,14 @@ record("noisy_wrong_best", int(noisy_wrong[noisy_best]))
 record("noisy_wrong_end", int(noisy_wrong[-1]))
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+record(
+    "below_text",
+    " (At the best epoch the validation loss still lies below the training"
+    " loss: a fifth of the training labels are wrong, and a rule that suits"
+    " the rest cannot fit them.)"
+    if gap_best < 0
+    else "",
+)
 prose(
     r"""
 This is overfitting in its plain form. From epoch {{noisy_best_epoch}}, where the
@@ -2742,13 +2729,6 @@ recalls = [val_table[t][0] for t in thresholds]
 # rise with it
 never_rises = all(a >= b for a, b in itertools.pairwise(recalls))
 print("recall never rises with the threshold:", never_rises)
-# No assert that precision falls at the low threshold: seeds 0-2 gave 0.944,
-# 0.479, 0.607 at 0.001 against 1.000, 1.000, 0.971 at 0.5, but seed 0's gap
-# is two benign tumours, too few to promise; the prose words it from the run.
-precision_word = (
-    "drops to" if val_table[0.001][1] < val_table[0.5][1] else "stays at"
-)
-record("val_precision_0001_verb", precision_word)
 record("val_recall_05", val_table[0.5][0], fmt="{:.3f}")
 record("val_precision_0001", val_table[0.001][1], fmt="{:.3f}")
 record("val_flagged_0001", val_table[0.001][2])
@@ -2758,6 +2738,17 @@ record("val_flagged_0001", val_table[0.001][2])
 val_auc = roc_auc_score(val_is_malignant, val_p_malignant.numpy())
 val_ap = average_precision_score(val_is_malignant, val_p_malignant.numpy())
 print(f"ROC-AUC {val_auc:.4f}, average precision {val_ap:.4f}")
+record("val_ap", val_ap, fmt="{:.4f}")
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+# The words of the next paragraph, chosen from the table above.
+# No assert that precision falls at the low threshold: seeds 0-2 gave 0.944,
+# 0.479, 0.607 at 0.001 against 1.000, 1.000, 0.971 at 0.5, but seed 0's gap
+# is two benign tumours, too few to promise; the prose words it from the run.
+precision_word = (
+    "drops to" if val_table[0.001][1] < val_table[0.5][1] else "stays at"
+)
+record("val_precision_0001_verb", precision_word)
 record(
     "val_auc_text",
     "1: every malignant validation tumour scores above every benign one,"
@@ -2765,10 +2756,6 @@ record(
     if val_auc == 1.0
     else f"{val_auc:.4f}",
 )
-record("val_ap", val_ap, fmt="{:.4f}")
-
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
-# The words of the next paragraph, chosen from the table above.
 lower_and_better = [
     t for t in thresholds if t < 0.5 and val_table[t][0] > val_table[0.5][0]
 ]
@@ -2811,6 +2798,14 @@ at each threshold, weighted by how much recall rises there), judges the ranking 
 rarer, malignant class fares: {{val_ap}}. Both only rank, so neither says whether
 the probabilities are right in size; the part on confidence, after the test,
 takes that up.
+"""
+)
+
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>Going further: weighting the loss instead of moving the threshold</summary>
 
 The threshold moves decisions after training. Its training-time counterpart is to
 weight the loss: `nn.BCEWithLogitsLoss(pos_weight=torch.tensor([w]))` multiplies the
@@ -2822,6 +2817,8 @@ one's, the same relative weighting as flipping the labels and using `w = 3`; the
 losses differ only by the overall factor 3. Like the threshold, `w` would be chosen
 on validation data, and with {{n_val_malignant}} malignant validation tumours
 we leave it at 1.
+
+</details>
 """
 )
 
@@ -2908,6 +2905,38 @@ logistic = LogisticRegression(max_iter=1000).fit(
 )
 logistic_acc = logistic.score(x_test.numpy(), y_test.numpy())
 record("logistic_test_accuracy", logistic_acc, fmt="{:.1%}")
+record("n_test_malignant", int(test_is_malignant.sum()))
+record("n_false_alarms", int(false_alarms.sum()))
+record("test_loss", test_loss, fmt="{:.4f}")
+worst_share = (test_losses.max() / test_losses.sum()).item()
+record("worst_tumour_share", worst_share, fmt="{:.0%}")
+record("one_tumour", 1 / len(test_true), fmt="{:.1%}")
+record(
+    "test_se",
+    math.sqrt(test_acc * (1 - test_acc) / len(test_true)),
+    fmt="{:.1%}",
+)
+# Seeds 0-4 (CPU) gave test accuracy 0.947, 0.991, 0.982, 0.974, 0.965 and
+# recall 0.929, 0.976, 0.952, 0.952, 0.952. Each threshold is the lowest of
+# these less about two standard errors (2.1 points of accuracy on 114 tumours,
+# 4.0 of recall on 42): 103 of 114 and 36 of 42 tumours, five and three below
+# seed 0's 108 and 39. A regression to the always-benign 0.632 fails.
+assert test_acc >= 0.90, test_acc
+assert test_recall >= 0.85, test_recall
+
+# %%
+matrix_display = ConfusionMatrixDisplay.from_predictions(
+    test_true,
+    test_pred,
+    display_labels=list(class_names),
+    colorbar=False,
+)
+matrix_display.ax_.set_title("Test-set confusion matrix (threshold 0.5)")
+matrix_display.ax_.set(xlabel="predicted class", ylabel="true class")
+plt.show()
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+# The words of the next paragraphs, chosen from the test results above.
 # The two models answer the same 114 tumours, so compare them tumour by tumour:
 # only where they disagree can one be better. If they were equally good, each
 # disagreement would be a fair coin's toss (an exact sign test).
@@ -2951,38 +2980,6 @@ else:
     sign_test_text = f"Here {split_text}: within noise"
 record("logistic_words", logistic_words)
 record("sign_test_text", sign_test_text)
-record("n_test_malignant", int(test_is_malignant.sum()))
-record("n_false_alarms", int(false_alarms.sum()))
-record("test_loss", test_loss, fmt="{:.4f}")
-worst_share = (test_losses.max() / test_losses.sum()).item()
-record("worst_tumour_share", worst_share, fmt="{:.0%}")
-record("one_tumour", 1 / len(test_true), fmt="{:.1%}")
-record(
-    "test_se",
-    math.sqrt(test_acc * (1 - test_acc) / len(test_true)),
-    fmt="{:.1%}",
-)
-# Seeds 0-4 (CPU) gave test accuracy 0.947, 0.991, 0.982, 0.974, 0.965 and
-# recall 0.929, 0.976, 0.952, 0.952, 0.952. Each threshold is the lowest of
-# these less about two standard errors (2.1 points of accuracy on 114 tumours,
-# 4.0 of recall on 42): 103 of 114 and 36 of 42 tumours, five and three below
-# seed 0's 108 and 39. A regression to the always-benign 0.632 fails.
-assert test_acc >= 0.90, test_acc
-assert test_recall >= 0.85, test_recall
-
-# %%
-matrix_display = ConfusionMatrixDisplay.from_predictions(
-    test_true,
-    test_pred,
-    display_labels=list(class_names),
-    colorbar=False,
-)
-matrix_display.ax_.set_title("Test-set confusion matrix (threshold 0.5)")
-matrix_display.ax_.set(xlabel="predicted class", ylabel="true class")
-plt.show()
-
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
-# The words of the next paragraphs, chosen from the test results above.
 p_missed = test_p_malignant[missed].max().item() if missed.sum() else 0.0
 if missed.sum() == 0:
     missed_text = (
@@ -3084,27 +3081,24 @@ exact *sign test*. {{sign_test_text}}.
 """
 )
 
-# %% [markdown]
-# ### Why the validation score flatters the chosen model
-
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
+<details>
+<summary>Going further: why the validation score flatters the chosen model</summary>
+
 On validation the chosen model scored {{val_accuracy}} accuracy at loss
-{{best_val_loss}}; on the test set {{test_accuracy}} at loss
-{{test_loss}}. {{selection_text}}. On average a test score below the
-validation score is what to expect: the chosen validation loss is the smallest of
-360 numbers (six learning rates times 60 epochs, strongly correlated along each
-run, so fewer independent chances than that), all measured on the same
-{{n_val}} tumours, and the smallest of many noisy measurements is biased low.
-Part of what we selected is the candidate that happened to suit these particular
-tumours. This **selection bias** is why the validation score of the chosen model is
-not its reported performance, and why the test set stays locked until every choice
-is made. How much of the gap on this page is selection bias and how much the
-ordinary noise of two small samples, a single run cannot tell. One standard error of
-the test accuracy is {{test_se}}, and a mean log-loss is at the mercy of
-confident mistakes: the worst single test tumour contributes
-{{worst_tumour_share}} of the test loss.
+{{best_val_loss}}; on the test set {{test_accuracy}} at loss {{test_loss}}.
+{{selection_text}}. A test score below the validation score is what to expect on
+average: the chosen validation loss is the smallest of 360 correlated numbers (six
+rates times 60 epochs) on the same {{n_val}} tumours, and the smallest of many noisy
+measurements is biased low. This **selection bias** is why the chosen model's
+validation score is not its reported performance. How much of the gap here is
+selection bias and how much the noise of two small samples, one run cannot tell:
+one standard error of the test accuracy is {{test_se}}, and the worst single test
+tumour contributes {{worst_tumour_share}} of the test loss.
+
+</details>
 """
 )
 
@@ -3229,17 +3223,13 @@ the model's mean confidence is {{mean_confidence}} against an accuracy of
 {{test_accuracy}}. Its {{n_wrong}} test mistakes, {{n_confident_wrong}} of them
 made with more than 99 % confidence, carry {{wrong_share}} of the test loss: a mean
 log-loss is set by its worst cases more than by the share of mistakes.
-{{overconfidence_intro}}
-Training drives the training loss towards zero if it runs long enough (the
-lowest at epoch 60 here is {{lowest_train_loss}}), and
-on tumours that a boundary can separate, the loss keeps falling as the logits grow,
-so confidence grows with training whether or not it is deserved. And selection: of
-hundreds of candidates we kept the one whose confidence happened to be right on the
-{{n_val}} validation tumours, so its validation loss says more about those
-tumours than about new ones. {{perfect_val_text}}
-Where the probabilities themselves matter, as when a diagnostic test reports them to
-a doctor, they are calibrated afterwards; the aside below says how, and weighs this
-model's gap between confidence and accuracy against the noise.
+
+{{overconfidence_intro}} Training: on tumours that a boundary can separate, the loss
+keeps falling as the logits grow, so confidence grows with training whether or not
+it is deserved (the lowest training loss at epoch 60 here is {{lowest_train_loss}}).
+And selection: of hundreds of candidates we kept the one whose confidence happened to
+suit the {{n_val}} validation tumours. {{perfect_val_text}} Where the probabilities
+themselves matter, they are calibrated afterwards (the aside below).
 """
 )
 
@@ -3331,21 +3321,17 @@ prose(
     r"""
 Look back at the grid with this in mind. {{perfect_runs_text}}. **Among candidates
 that classify a validation set perfectly, its loss cannot rank by quality**: it ranks
-them by confidence, and it favours whichever rate grows the logits fastest. Nothing
-in the training held the logits back. Weight decay (section 2.5) does: it pulls every
-weight towards zero, so the logits grow only as far as the loss can pay for it.
-`weight_decay` acts on every parameter the optimizer holds, so here the biases decay
-too; a common practice exempts biases and normalisation weights by giving them their
-own parameter group with `weight_decay=0`. The
-cell reruns the same six learning rates, same seed, batches and epochs, with
-`AdamW(weight_decay=1.0)`, chooses again by validation loss, and puts the two choices
-beside the logistic regression. The strength 1.0 is a fixed, round, strong value,
-not tuned on any data: at lr {{chosen_lr}}, the rate chosen without decay, AdamW
-multiplies every weight by `1 - lr × decay` each step, shrinking it by
-{{decay_shrink}}. Choosing it by validation loss would, for the reason above,
-favour the weakest decay. The evidence that counts comes from the validation tumours,
-which chose the run anyway: how large the chosen model's logits are there. The test
-columns are a diagnostic, read and not acted on.
+them by confidence. Weight decay (section 2.5) holds the logits back: it pulls every
+weight towards zero, so the logits grow only as far as the loss pays for it
+(`weight_decay` acts on every parameter the optimizer holds, biases included; a
+common practice gives biases and normalisation weights their own parameter group with
+`weight_decay=0`). The cell reruns the six learning rates, same seed, batches and
+epochs, with `AdamW(weight_decay=1.0)` and chooses again by validation loss. The
+strength 1.0 is fixed, round and untuned (at lr {{chosen_lr}} AdamW shrinks every
+weight by {{decay_shrink}} per step); choosing it by validation loss would, for the
+reason above, favour the weakest decay. The evidence that counts is the size of the
+chosen model's logits on the validation tumours; the test columns are a diagnostic,
+read and not acted on.
 """
 )
 
@@ -3420,6 +3406,8 @@ record("val_logit_decay", val_size_decay, fmt="{:.1f}")
 # test loss 0.108, 0.059, 0.050 (the regression's 0.081, 0.052, 0.065).
 assert decay_ratio < 5, decay_ratio
 assert decay_test_loss < 2 * logistic_test_loss, decay_test_loss
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 record("decay_lr", decay_chosen["lr"], fmt="{:g}")
 record("decay_epoch", decay_chosen["best_epoch"])
 record("decay_val_loss", decay_chosen["best_val"], fmt="{:.4f}")
@@ -3502,8 +3490,6 @@ record(
     if decay_test_loss > 1.05 * test_loss
     else "barely moves",
 )
-
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
 With weight decay the validation loss chooses lr {{decay_lr}}, epoch
@@ -3809,17 +3795,19 @@ assert momentum_gap < 1e-5
 assert check_momentum_sgd(MomentumSGD)
 
 # %% [markdown]
-# **Exercise 2.** Write gradient accumulation into the training loop yourself, with a
-# last group that is not full. Fill in `accumulated_epoch` in the starter below: one
-# epoch over a loader of micro-batches that takes an optimizer step after every `k` of
-# them, and after the last group even when it holds fewer than `k`, such that every
-# step equals a step on its group's examples taken as one batch. By what must each
-# micro-batch's loss be divided? Assume micro-batches of equal size. Then try it on
-# the first 40 training examples in order (no shuffling), in micro-batches of 8 with
-# `k = 4`, so that a step uses 32 examples and the last group holds a single
-# micro-batch, and check it against a deep copy of the same fresh `MLP(30, 16, 1)`
-# trained on batches of 32 and 8, one step each, both with plain SGD (`lr=0.1`).
-# Finally divide every loss by 4 instead: what changes?
+# **Exercise 2.** Write gradient accumulation into the training loop yourself, for
+# micro-batches that need not be the same size. Fill in `accumulated_epoch` in the
+# starter below: one epoch over a loader of micro-batches that takes an optimizer step
+# after every `k` of them, and after the last group even when it holds fewer than `k`,
+# such that every step equals a step on its group's examples taken as one batch. A
+# loader's last micro-batch may be short, so a group can mix sizes, and the loader
+# hands them over one at a time: how must each micro-batch count, and how do you
+# arrange that without knowing the group's size in advance? Then try it on the first
+# 44 training examples in order (no shuffling), in micro-batches of 8 with `k = 4`, so
+# that the second step uses a group of 8 + 4 examples, and check it against a deep
+# copy of the same fresh `MLP(30, 16, 1)` trained on batches of 32 and 12, one step
+# each, both with plain SGD (`lr=0.1`). Finally weight the micro-batches of a group
+# equally: what changes?
 
 
 # %% tags=["exercise-starter"]
@@ -3832,8 +3820,9 @@ def accumulated_epoch(
 ) -> None:
     """One epoch over `loader`'s micro-batches, with a step of `optimizer`
     after every `k` of them (and after the last group, however short)."""
-    # fill in: loss_fn(net(inputs).squeeze(1), targets) per micro-batch,
-    # divided so that each step equals one on its group's examples as a batch
+    # fill in: loss_fn(net(inputs).squeeze(1), targets) per micro-batch
+    # (micro-batches may differ in size), counted so that each step equals
+    # one on its group's examples taken as a batch
     raise NotImplementedError  # your code here
 
 
@@ -3843,9 +3832,13 @@ check_accumulated_epoch(accumulated_epoch)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 2
+# Each micro-batch must count by its number of examples. Backward the *summed*
+# loss (the mean times the micro-batch's size), count the group's examples,
+# and divide the gradients by that count just before the step: the sum of the
+# examples' gradients over their number is the big batch's mean gradient.
 from helpers.exercises.ch02 import check_accumulated_epoch
 
-first_40 = TensorDataset(x_train[:40], y_train[:40])
+first_44 = TensorDataset(x_train[:44], y_train[:44])
 
 
 def accumulated_epoch(
@@ -3854,27 +3847,27 @@ def accumulated_epoch(
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
     k: int,
-    divide_by: int | None = None,
+    equal_weights: bool = False,
 ) -> None:
-    """One epoch with a step of `optimizer` after every k micro-batches. Each
-    loss is divided by the number of micro-batches in its group, or by
-    `divide_by` when that is given; this assumes micro-batches of equal size
-    (with a short one, weight each loss by its share of the group's
-    examples, as section 2.7 showed)."""
+    """One epoch with a step of `optimizer` after every k micro-batches (and
+    after the last group). Each micro-batch counts by its size; with
+    `equal_weights` each counts the same, whatever its size."""
     device = next(net.parameters()).device
-    n_batches = len(loader)
     net.train()
     optimizer.zero_grad()
+    seen, in_group = 0, 0  # examples and micro-batches since the last step
     for i, (inputs, targets) in enumerate(loader):
-        group_start = i - i % k
-        # the last group holds what is left: fewer than k micro-batches
-        group_size = min(k, n_batches - group_start)
-        logits = net(inputs.to(device)).squeeze(1)
-        loss = loss_fn(logits, targets.to(device))
-        (loss / (divide_by or group_size)).backward()
-        if i == group_start + group_size - 1:  # the group's last micro-batch
+        loss = loss_fn(net(inputs.to(device)).squeeze(1), targets.to(device))
+        # a mean over the micro-batch; times its size, a sum over its examples
+        (loss if equal_weights else loss * len(targets)).backward()
+        seen, in_group = seen + len(targets), in_group + 1
+        if in_group == k or i == len(loader) - 1:  # the group is complete
+            with torch.no_grad():
+                for param in net.parameters():
+                    param.grad /= in_group if equal_weights else seen
             optimizer.step()
             optimizer.zero_grad()
+            seen, in_group = 0, 0
 
 
 def plain_sgd(net: nn.Module) -> torch.optim.Optimizer:
@@ -3883,61 +3876,68 @@ def plain_sgd(net: nn.Module) -> torch.optim.Optimizer:
 
 torch.manual_seed(seed)
 start = MLP(30, 16, 1).to(device)
-big, accumulated, divided_by_4 = (copy.deepcopy(start) for _ in range(3))
-# batches of 32 and 8, a step after each (groups of one batch)
-big_batches = DataLoader(first_40, batch_size=32)
+big, accumulated, equal = (copy.deepcopy(start) for _ in range(3))
+# batches of 32 and 12, a step after each (groups of one batch)
+big_batches = DataLoader(first_44, batch_size=32)
 accumulated_epoch(big, big_batches, criterion, plain_sgd(big), 1)
-micro_batches = DataLoader(first_40, batch_size=8)  # unshuffled: same order
+# micro-batches of 8, 8, 8, 8, 8, 4, unshuffled: the same examples in order
+micro_batches = DataLoader(first_44, batch_size=8)
 accumulated_epoch(
     accumulated, micro_batches, criterion, plain_sgd(accumulated), 4
 )
 accumulated_epoch(
-    divided_by_4,
-    micro_batches,
-    criterion,
-    plain_sgd(divided_by_4),
-    4,
-    divide_by=4,
+    equal, micro_batches, criterion, plain_sgd(equal), 4, equal_weights=True
 )
 accumulation_gap = largest_gap(big, accumulated)
-divided_by_4_gap = largest_gap(big, divided_by_4)
+equal_gap = largest_gap(big, equal)
 print(
-    "Accumulated in groups of 4 + 1 micro-batches, each loss divided by its "
-    "group's size: the same weights as batches of 32 and 8 (largest "
-    f"difference {accumulation_gap:.1e}). Every loss divided by 4: the "
-    "last step is a quarter as long, and the weights differ by up to "
-    f"{divided_by_4_gap:.1e}."
+    "Accumulated in groups of 4 x 8 and 8 + 4 examples, each micro-batch "
+    "counted by its size: the same weights as batches of 32 and 12 (largest "
+    f"difference {accumulation_gap:.1e}). Weighted equally, the 4 examples "
+    "of the short micro-batch count as much as the other 8, and the weights "
+    f"differ by up to {equal_gap:.1e}."
 )
-# seeds 0-2: the first gap 1.5e-8, 1.5e-8, 7.5e-9; the second 0.012, 0.025,
-# 0.031
-assert accumulation_gap < 1e-5 and divided_by_4_gap > 1e-3
+# the first gap is float32 rounding (1.5e-8 on seeds 0-2); the second, seeds
+# 0-2: 6.2e-3, 2.0e-3, 4.0e-3. Its bound, 1e-4, lies 20 times below the
+# smallest and four orders of magnitude above rounding: a real difference.
+assert accumulation_gap < 1e-5 and equal_gap > 1e-4
 assert check_accumulated_epoch(accumulated_epoch)
 
 # %% [markdown]
 # **Exercise 3.** Is the hidden layer needed? Train logistic regression, a single
 # `nn.Linear(30, 1)`, with `helpers.training.fit`, giving it the **validation** loader
-# as its held-out set, `select="loss"` and a `checkpoint_path` (where `fit` saves the
-# best epoch's weights). The MLP's smaller rates are slow for this model (at 0.01 its
-# validation loss can still be falling at epoch 60), so search six rates from 0.01 to
-# 3, each about 3× the last, for 60 epochs, each with a freshly seeded training
-# loader, and keep the rate and epoch with the lowest validation loss (noting, as
-# section 2.7 did, whether that epoch was its run's last and the rate at the grid's
-# edge). Compare the chosen model's validation loss and accuracy with the MLP's. Is
-# the difference more than noise? To judge the loss, resample the validation tumours
-# with replacement (a *bootstrap*): fill in `bootstrap_share` in the starter below,
-# which takes the per-tumour differences of the two models' losses and gives the share
-# of resamples whose mean difference is above 0, that is, in which the MLP still comes
-# out ahead. Then say what the bootstrap cannot account for.
+# as its held-out set, and choose its learning rate and epoch the way section 2.7 chose
+# the MLP's, with a search you write. First write `search_rates(train_rate, rates)` in
+# the starter below: `train_rate(lr)` trains a fresh model at one rate and returns its
+# validation loss per epoch; the search returns the rate and epoch (counted from 1)
+# with the lowest validation loss, whether that epoch was its run's last, and whether
+# the rate lies at the grid's edge. The checker runs it on hand-made curves. Then write
+# a `train_rate` that calls `fit` (with `select="loss"` and a `checkpoint_path`, where
+# `fit` saves the best epoch's weights, so that you can load the chosen model
+# afterwards) and search six rates from 0.01 to 3, each about 3× the last, for 60
+# epochs (the MLP's smaller rates are slow for this model), each with a freshly seeded
+# training loader. Compare the chosen model's validation loss and accuracy with the
+# MLP's. Is the difference more than noise? To judge the loss, resample the validation
+# tumours with replacement (a *bootstrap*): fill in `bootstrap_share`, which takes the
+# per-tumour differences of the two models' losses and gives the share of resamples
+# whose mean difference is above 0, that is, in which the MLP still comes out ahead.
+# Then say what the bootstrap cannot account for.
 #
 # `fit` runs section 2.7's loop and is called as `fit(model, train_loader, val_loader,
 # criterion, optimizer, epochs, device, *, metric="accuracy", select=None,
 # scheduler=None, checkpoint_path=None, progress=True)` (chapter 3 uses `scheduler`);
-# `progress=False` hides its progress bar. It
-# returns a `History`: `history.val_loss` holds the validation loss of every epoch and
-# `history.best_epoch` the selected epoch, counted from 1 (`help(fit)` says the rest).
+# `progress=False` hides its progress bar. It returns a `History`:
+# `history.val_loss` holds the validation loss of every epoch (`help(fit)` says the
+# rest).
 
 
 # %% tags=["exercise-starter"]
+def search_rates(train_rate, rates: tuple) -> tuple[float, int, bool, bool]:
+    """(rate, best_epoch, best_epoch_is_last, rate_at_edge) for the lowest
+    validation loss over the curves `train_rate(lr)` returns."""
+    raise NotImplementedError  # your code here
+
+
 def bootstrap_share(
     difference: torch.Tensor, n_resamples: int, generator: torch.Generator
 ) -> float:
@@ -3946,25 +3946,24 @@ def bootstrap_share(
     raise NotImplementedError  # your code here
 
 
-from helpers.exercises.ch02 import check_bootstrap_share
+from helpers.exercises.ch02 import check_bootstrap_share, check_rate_search
 
+check_rate_search(search_rates)
 check_bootstrap_share(bootstrap_share)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 3
-from helpers.exercises.ch02 import check_bootstrap_share
+from helpers.exercises.ch02 import check_bootstrap_share, check_rate_search
 
 
-def choose_run(
-    val_losses: dict[float, list[float]],
-) -> tuple[float, int, bool, bool]:
-    """The rate and epoch (from 1) with the lowest validation loss, whether
-    that epoch is its run's last, and whether the rate is the smallest or the
-    largest tried."""
-    rate = min(val_losses, key=lambda r: min(val_losses[r]))
-    run = val_losses[rate]
-    best_epoch = run.index(min(run)) + 1
-    at_edge = rate in (min(val_losses), max(val_losses))
+def search_rates(train_rate, rates: tuple) -> tuple[float, int, bool, bool]:
+    """(rate, best_epoch, best_epoch_is_last, rate_at_edge) for the lowest
+    validation loss over the curves `train_rate(lr)` returns."""
+    curves = {rate: train_rate(rate) for rate in rates}  # one run per rate
+    rate = min(curves, key=lambda r: min(curves[r]))
+    run = curves[rate]
+    best_epoch = run.index(min(run)) + 1  # epochs count from 1
+    at_edge = rate in (min(rates), max(rates))
     return rate, best_epoch, still_improving(best_epoch, len(run)), at_edge
 
 
@@ -3982,37 +3981,46 @@ def bootstrap_share(
 mlp_val = evaluate(model, val_loader, criterion, device)
 logistic_rates = (1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
 logistic_losses, logistic_states = {}, {}
+
+
+def train_logistic(candidate_lr: float, folder: Path) -> list[float]:
+    """Fit a fresh nn.Linear(30, 1) at this rate; keep its best weights."""
+    torch.manual_seed(seed)
+    linear_net = nn.Linear(30, 1).to(device)
+    history = fit(
+        linear_net,
+        make_train_loader(train_set, batch_size, seed),
+        val_loader,
+        criterion,
+        torch.optim.Adam(linear_net.parameters(), lr=candidate_lr),
+        epochs,
+        device,
+        select="loss",
+        checkpoint_path=folder / "best.pt",
+        progress=False,
+    )
+    best_loss = min(history.val_loss)
+    print(
+        f"logistic regression, lr {candidate_lr:g}: best validation loss"
+        f" {best_loss:.4f} at epoch {history.best_epoch}"
+        + (" (still improving)" if history.best_epoch == epochs else "")
+    )
+    logistic_losses[candidate_lr] = history.val_loss
+    logistic_states[candidate_lr] = torch.load(
+        folder / "best.pt", map_location=device, weights_only=True
+    )
+    return history.val_loss
+
+
 with tempfile.TemporaryDirectory() as folder:
-    for candidate_lr in logistic_rates:
-        torch.manual_seed(seed)
-        linear_net = nn.Linear(30, 1).to(device)
-        history = fit(
-            linear_net,
-            make_train_loader(train_set, batch_size, seed),
-            val_loader,
-            criterion,
-            torch.optim.Adam(linear_net.parameters(), lr=candidate_lr),
-            epochs,
-            device,
-            select="loss",
-            checkpoint_path=Path(folder) / "best.pt",
-            progress=False,
-        )
-        best_loss = history.val_loss[history.best_epoch - 1]
-        print(
-            f"logistic regression, lr {candidate_lr:g}: best validation loss"
-            f" {best_loss:.4f} at epoch {history.best_epoch}"
-            + (" (still improving)" if history.best_epoch == epochs else "")
-        )
-        logistic_losses[candidate_lr] = history.val_loss
-        logistic_states[candidate_lr] = torch.load(
-            Path(folder) / "best.pt", map_location=device, weights_only=True
-        )
-logistic_lr, logistic_epoch, logistic_open, _ = choose_run(logistic_losses)
+    logistic_lr, logistic_epoch, logistic_open, _ = search_rates(
+        partial(train_logistic, folder=Path(folder)), logistic_rates
+    )
+linear_net = nn.Linear(30, 1).to(device)
 logistic_loss = logistic_losses[logistic_lr][logistic_epoch - 1]
 linear_net.load_state_dict(logistic_states[logistic_lr])
 logistic_val = evaluate(linear_net, val_loader, criterion, device)
-# fit's checkpoint holds the epoch choose_run picked
+# fit's checkpoint holds the epoch search_rates picked
 assert abs(logistic_val.loss - logistic_loss) < 1e-6
 
 # per-tumour validation losses of both models, and a paired bootstrap of their
@@ -4040,6 +4048,7 @@ for name, size, rate, scores in (
 print(f"MLP lower in {mlp_ahead:.0%} of 2,000 bootstrap resamples")
 # seeds 0-2: the two differ by 0, 0, 1 validation tumours
 assert abs(tumours_apart) <= 3
+assert check_rate_search(search_rates)
 assert check_bootstrap_share(bootstrap_share)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -4278,17 +4287,12 @@ assert check_load_matching(load_matching)
 
 # %% tags=["exercise-starter"]
 def sweep_batch_sizes(train, runs_32: list, sizes: tuple, n_train: int) -> dict:
-    """Map each batch size in `sizes` to the run section 2.5's rule keeps
-    (the smallest rate whose best validation loss is within 1 % of the
-    lowest). Batches of 32 choose among `runs_32`, section 2.7's runs; every
-    other size B among two new runs, `train(lr, B)`, at 32's kept rate
-    times √(B/32) and times B/32; `train` returns a run as
-    `train_and_validate` does. Add to each kept run: "target", your
-    validation loss to reach; "target_epoch", the first epoch (from 1)
-    whose validation loss is at most it; "updates", the optimizer updates
-    up to the end of that epoch (`n_train` examples; a last, shorter batch
-    is an update too). The checker's `train` trains nothing; it accepts
-    any target that is fair to every run and tells them apart."""
+    """Map each batch size in `sizes` to the run section 2.5's rule keeps,
+    among `runs_32` for 32 and among runs of `train(lr, B)` (a run as
+    `train_and_validate` returns it) for any other size B. Add to each kept
+    run "target" (your loss to reach), "target_epoch" (the epoch, from 1,
+    that reaches it) and "updates" (optimizer updates up to then, with
+    `n_train` training examples)."""
     raise NotImplementedError  # your code here
 
 

@@ -57,8 +57,8 @@
 # >   measure, it says so.
 
 # %% tags=["hide-cell"]
-# On Colab only: install this book's helpers package (Colab's own torch is
-# kept).
+# On Colab only: install this book's helpers package (pip keeps Colab's own
+# torch when it meets the book's lowest declared version, and upgrades it if not).
 import sys
 
 if "google.colab" in sys.modules:

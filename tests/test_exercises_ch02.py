@@ -17,6 +17,7 @@ from helpers.exercises.ch02 import (
     check_bootstrap_share,
     check_load_matching,
     check_momentum_sgd,
+    check_rate_search,
     check_sweep_batch_sizes,
 )
 
@@ -41,7 +42,7 @@ def test_the_chapter_has_one_starter_per_exercise():
             [
                 ["MomentumSGD"],
                 ["accumulated_epoch"],
-                ["bootstrap_share"],
+                ["search_rates", "bootstrap_share"],
                 ["load_matching"],
                 ["sweep_batch_sizes"],
             ]
@@ -143,42 +144,76 @@ def test_momentum_other_errors_and_non_classes_are_reported():
 
 
 def accumulation(mistake: str = ""):
-    """accumulated_epoch written right, or with one mistake."""
+    """accumulated_epoch written right (summed losses, gradients divided by the group's
+    example count before each step), or with one mistake."""
 
     def accumulated_epoch(net, loader, loss_fn, optimizer, k):
         n = len(loader)
         optimizer.zero_grad()
+        seen = 0  # examples in the group so far
         for i, (inputs, targets) in enumerate(loader):
             start = i - i % k
             group = min(k, n - start)
-            divisor = {"divide by k": k, "no division": 1, "divide by n": n}.get(mistake, group)
             if mistake == "zero each":
                 optimizer.zero_grad()
-            (loss_fn(net(inputs).squeeze(1), targets) / divisor).backward()
+            loss = loss_fn(net(inputs).squeeze(1), targets)
+            sizes = [min(loader.batch_size, len(loader.dataset) - j * loader.batch_size) for j in range(n)]
+            share = sum(sizes[start : start + group]) / len(targets)
+            divisor = {
+                "never zero, weighted": share,
+                "weighted": share,
+                "equal weights": group,
+                "divide by k": k,
+                "no division": 1,
+                "divide by n": n,
+                "full groups": k * loader.batch_size / len(targets),
+            }.get(mistake)
+            if divisor is None:  # right: the summed loss, normalised before the step
+                (loss * len(targets)).backward()
+            else:
+                (loss / divisor).backward()
+            seen += len(targets)
             last = i == start + group - 1
             if (
                 mistake == "step each"
                 or (mistake == "skip short group" and last and group == k)
                 or (mistake not in ("step each", "skip short group", "never step") and last)
             ):
+                if divisor is None:
+                    for param in net.parameters():
+                        param.grad /= seen
                 optimizer.step()
-                if mistake != "never zero":
+                seen = 0
+                if not mistake.startswith("never zero"):
                     optimizer.zero_grad()
 
     return accumulated_epoch
 
 
-def test_accumulation_right_passes(capsys):
-    assert check_accumulated_epoch(accumulation()).passed
+@pytest.mark.parametrize("way", ["", "weighted"])
+def test_accumulation_right_passes(capsys, way):
+    # summed losses divided before the step, or each mean loss weighted by its share
+    assert check_accumulated_epoch(accumulation(way)).passed
     assert "taken as one batch, to" in capsys.readouterr().out
+
+
+def test_the_accumulation_problem_has_unequal_micro_batches_in_a_group():
+    sizes = [len(rows) for rows in torch.arange(ref.N_EXAMPLES).split(ref.MICRO_BATCH)]
+    assert len(set(sizes[-ref.GROUPS[-1] :])) > 1  # the last group: 4 and 2 examples
+    assert sum(ref.GROUP_EXAMPLES) == ref.N_EXAMPLES
+    # equal weighting is then a real mistake: it moves the weights
+    assert (ref.accumulated_with("group") - ref.big_batches()).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize(
     ("mistake", "hint"),
     [
+        ("equal weights", "weighted the micro-batches of a group equally"),
         ("divide by k", "you divided every loss by k"),
-        ("no division", "summed, the mean losses"),
+        ("full groups", "over k full micro-batches"),
+        ("no division", "summed, the micro-batches' mean losses"),
         ("never zero", "not reset after a step"),
+        ("never zero, weighted", "not reset after a step"),
         ("zero each", "zero_grad() before every backward"),
         ("step each", "take a step only after every k"),
         ("skip short group", "still needs its step"),
@@ -188,6 +223,75 @@ def test_accumulation_right_passes(capsys):
 )
 def test_accumulation_mistakes_get_their_hints(mistake, hint):
     assert failed_with(check_accumulated_epoch(accumulation(mistake)), hint)
+
+
+# Exercise 2.3: the learning-rate search ---------------------------------------------------
+
+
+def search(mistake: str = ""):
+    """search_rates written right, or with one mistake."""
+
+    def search_rates(train_rate, rates):
+        curves = {rate: train_rate(rate) for rate in rates}
+        if mistake == "twice":
+            curves = {rate: train_rate(rate) for rate in rates}
+        if mistake == "last":
+            rate = min(curves, key=lambda r: curves[r][-1])
+        else:
+            rate = min(curves, key=lambda r: min(curves[r]))
+        run = curves[rate]
+        epoch = run.index(min(run)) + (0 if mistake == "from zero" else 1)
+        improving = False if mistake == "improving" else epoch == len(run)
+        edges = {
+            "edge order": (rates[0], rates[-1]),
+            "edge one side": (max(rates),),
+        }.get(mistake, (min(rates), max(rates)))
+        if mistake == "list":
+            return rate
+        return rate, epoch, improving, rate in edges
+
+    return search_rates
+
+
+def test_search_right_passes(capsys):
+    assert check_rate_search(search()).passed
+    assert "training each rate once" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("last", "*last* epoch has the lowest loss"),
+        ("from zero", "epochs count from 1"),
+        ("edge order", "whatever order the rates"),
+        ("edge one side", "the smallest *or* the largest"),
+        ("improving", "more epochs might still lower"),
+        ("twice", "call train_rate once per rate"),
+        ("list", None),
+    ],
+)
+def test_search_mistakes_get_their_hints(mistake, hint):
+    assert failed_with(check_rate_search(search(mistake)), hint)
+
+
+def test_each_search_case_catches_a_mistake_the_others_miss():
+    # the first grid alone catches choosing by the last epoch; the second alone the
+    # edge read from the order given; the third alone an edge that only checks the largest
+    from helpers.exercises.ch02 import _search_verdict
+
+    def fails(mistake, case):
+        rates, curves, want = ref.SEARCH_CASES[case]
+        calls = []
+        got = search(mistake)(lambda lr: calls.append(lr) or list(curves[lr]), rates)
+        try:
+            _search_verdict(got, want, rates, curves)
+        except Exception:
+            return True
+        return False
+
+    assert [fails("last", c) for c in range(3)] == [True, False, False]
+    assert [fails("edge order", c) for c in range(3)] == [False, True, False]
+    assert [fails("edge one side", c) for c in range(3)] == [False, False, True]
 
 
 # Exercise 2.3: the bootstrap ---------------------------------------------------------------

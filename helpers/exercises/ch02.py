@@ -2,10 +2,11 @@
 
 Each checker runs the reader's code on small, freshly seeded CPU problems against a
 reference that does not come from the chapter's solution: ``torch.optim.SGD`` for the
-momentum optimizer, one big-batch SGD step per group for gradient accumulation, a
-large reference bootstrap, the trained network's own tensors (and the new head's, kept
-from before the call) for a partial ``load_state_dict``, and a direct count of the
-batches in an epoch. For the usual mistakes it computes what the mistake would
+momentum optimizer, one big-batch SGD step per group (whose micro-batches differ in
+size) for gradient accumulation, hand-made validation curves for the learning-rate
+search, a large reference bootstrap, the trained network's own tensors (and the new
+head's, kept from before the call) for a partial ``load_state_dict``, and a direct count
+of the batches in an epoch. For the usual mistakes it computes what the mistake would
 produce, or reads the error it raised, and names it. Exercise 2.5's batch-size sweep
 is checked by :func:`check_sweep_batch_sizes` (in :mod:`helpers.exercises.ch02_sweep`),
 re-exported here. Introduced with chapter 2's exercises.
@@ -30,6 +31,7 @@ __all__ = [
     "check_bootstrap_share",
     "check_load_matching",
     "check_momentum_sgd",
+    "check_rate_search",
     "check_sweep_batch_sizes",
 ]
 
@@ -92,12 +94,16 @@ def check_momentum_sgd(optimizer_class: type) -> str:
 
 @checker("2.2", "accumulated_epoch")
 def check_accumulated_epoch(accumulated_epoch: Callable[..., Any]) -> str:
-    """``accumulated_epoch(net, loader, loss_fn, optimizer, k)`` must equal big-batch steps."""
+    """``accumulated_epoch(net, loader, loss_fn, optimizer, k)`` must equal big-batch steps,
+    with micro-batches of unequal size."""
     net, x, y = ref.accumulation_problem()
     loader = DataLoader(TensorDataset(x, y), batch_size=ref.MICRO_BATCH)
     optimizer = ref.CountingSGD(net.parameters(), lr=0.5)
     accumulated_epoch(net, loader, nn.BCEWithLogitsLoss(), optimizer, ref.GROUP_OF)
     groups = ", ".join(map(str, ref.GROUPS))
+    examples = " + ".join(map(str, ref.GROUP_EXAMPLES))
+    last_sizes = [min(ref.MICRO_BATCH, ref.N_EXAMPLES - i * ref.MICRO_BATCH) for i in range(ref.N_MICRO)]
+    last_group = " and ".join(map(str, last_sizes[-ref.GROUPS[-1] :]))
     expected = len(ref.GROUPS)
     expect(
         optimizer.steps != len(loader),
@@ -115,28 +121,107 @@ def check_accumulated_epoch(accumulated_epoch: Callable[..., Any]) -> str:
     gap = expect_tensor(
         ref.flat_parameters(net),
         ref.big_batches(),
-        f"the weights after {len(loader)} micro-batches of {ref.MICRO_BATCH} with k = {ref.GROUP_OF}",
+        f"the weights after {len(loader)} micro-batches ({ref.N_EXAMPLES} examples in batches of "
+        f"{ref.MICRO_BATCH}) with k = {ref.GROUP_OF}",
         mistakes={
+            f"you weighted the micro-batches of a group equally: the last group's hold {last_group} "
+            "examples, so its 2 examples counted as much as the other 4. Weight each micro-batch's "
+            "mean loss by its share of the group's examples (or backward the summed loss and divide "
+            "by the group's example count before the step)": ref.accumulated_with("group"),
             f"you divided every loss by k = {ref.GROUP_OF}: the last group holds only {ref.GROUPS[-1]} "
-            "micro-batches, so its step came out too short; divide by the number of "
-            "micro-batches in the group": ref.accumulated_with("k"),
-            "divide each micro-batch's loss by the number of micro-batches in its group: "
-            "summed, the mean losses give that many times the batch's gradient (this assumes "
-            "micro-batches of equal size; with a short one, weight each loss by its share of "
-            "the group's examples, as section 2.7 showed)": ref.accumulated_with("none"),
+            "micro-batches, of unequal size; weight each loss by its share of the group's "
+            "examples": ref.accumulated_with("k"),
+            f"you weighted each loss by its size over k full micro-batches ({ref.GROUP_OF} x "
+            f"{ref.MICRO_BATCH} examples): the last group holds fewer examples, so its step came "
+            "out too short; divide by the examples the group actually holds": ref.accumulated_with("full"),
+            "summed, the micro-batches' mean losses give more than the group's mean loss: weight "
+            "each by its share of the group's examples": ref.accumulated_with("none"),
             "the gradients were not reset after a step, so each step also took in the earlier "
             "groups' gradients: call zero_grad() after optimizer.step()": ref.accumulated_with(zero="never"),
+            "the gradients were not reset after a step, so each step also took in the earlier "
+            "groups' gradients (and your division rescaled them again): call zero_grad() after "
+            "optimizer.step()": ref.summed_without_zero_grad(),
             "zero_grad() before every backward discards the earlier micro-batches of the group: "
             "reset only after a step": ref.accumulated_with(zero="each"),
         },
     )
     return (
-        f"matches one SGD step per group of {groups} micro-batches taken as one batch, "
-        f"to {gap:.1e}, with {expected} optimizer steps"
+        f"matches one SGD step per group of {groups} micro-batches ({examples} examples) taken "
+        f"as one batch, to {gap:.1e}, with {expected} optimizer steps"
     )
 
 
 # Exercise 2.3 ------------------------------------------------------------------------
+
+
+_SEARCH_HINTS = {
+    "last": "that is the rate whose *last* epoch has the lowest loss: keep the rate and epoch "
+    "with the lowest validation loss anywhere in the run (section 2.7 kept the best epoch)",
+    "from zero": "epochs count from 1: the best epoch is the index of the lowest loss plus 1",
+    "edge order": "the grid's edges are its smallest and largest rates, whatever order the rates "
+    "come in: compare with min(rates) and max(rates)",
+    "edge one side": "a rate is at the grid's edge when it is the smallest *or* the largest tried",
+    "improving": "the best epoch is the run's last when it equals the number of epochs run "
+    "(len of the curve): more epochs might still lower the loss",
+}
+
+
+def _search_verdict(got: Any, want: tuple, rates: tuple, curves: dict) -> None:
+    """Compare the search's answer with ``want``, naming the mistake it matches."""
+    expect(
+        isinstance(got, tuple | list) and len(got) == 4,
+        f"search_rates returned {got!r}; expected a tuple (rate, best_epoch, still_improving, at_edge)",
+    )
+    rate, epoch, improving, edge = got
+    w_rate, w_epoch, w_improving, w_edge = want
+    finals = min(rates, key=lambda r: curves[r][-1])
+    expect(
+        rate == w_rate,
+        f"on the rates {rates}, search_rates chose lr {rate!r}; expected {w_rate:g}",
+        _SEARCH_HINTS["last"] if rate == finals else None,
+    )
+    expect(
+        epoch == w_epoch,
+        f"for lr {w_rate:g} it gave best epoch {epoch!r}; expected {w_epoch}",
+        _SEARCH_HINTS["from zero"] if epoch == w_epoch - 1 else None,
+    )
+    expect(
+        bool(improving) == w_improving,
+        f"for lr {w_rate:g}, best epoch {w_epoch} of {len(curves[w_rate])}, it said the best epoch "
+        f"is the last: {improving!r}; expected {w_improving}",
+        _SEARCH_HINTS["improving"],
+    )
+    ends = rates[0] == w_rate or rates[-1] == w_rate
+    hint = _SEARCH_HINTS["edge one side"] if ends == w_edge else _SEARCH_HINTS["edge order"]
+    expect(
+        bool(edge) == w_edge,
+        f"for lr {w_rate:g} among the rates {rates}, it said at the grid's edge: {edge!r}; expected {w_edge}",
+        hint,
+    )
+
+
+@checker("2.3", "search_rates")
+def check_rate_search(search_rates: Callable[..., Any]) -> str:
+    """``search_rates(train_rate, rates)``: one training per rate; the best rate and epoch, flagged."""
+    for rates, curves, want in ref.SEARCH_CASES:
+        calls: list[float] = []
+
+        def train_rate(lr: float, curves: dict = curves, calls: list = calls) -> list[float]:
+            calls.append(lr)
+            return list(curves[lr])
+
+        got = search_rates(train_rate, rates)
+        expect(
+            sorted(calls) == sorted(rates),
+            f"search_rates called train_rate with {calls}; expected each of {list(rates)} once",
+            "call train_rate once per rate and keep its curve: each call trains a model from scratch",
+        )
+        _search_verdict(got, want, rates, curves)
+    return (
+        f"picks the right rate, epoch and flags on {len(ref.SEARCH_CASES)} hand-made grids (the best "
+        "inside the grid with a lower last loss elsewhere, at the largest rate's last epoch, at the "
+        "smallest rate), training each rate once"
+    )
 
 
 def _share(got: Any, want: float, what: str, mistakes: dict[str, float], tol: float) -> float:

@@ -105,10 +105,14 @@ class CountingSGD(torch.optim.SGD):
         return super().step(closure)
 
 
-MICRO_BATCH, GROUP_OF, N_EXAMPLES = 4, 3, 32  # 8 micro-batches of 4: groups of 3, 3 and 2
-GROUPS = [
-    min(GROUP_OF, N_EXAMPLES // MICRO_BATCH - start)
-    for start in range(0, N_EXAMPLES // MICRO_BATCH, GROUP_OF)
+# 8 micro-batches, 7 of 4 examples and a last of 2: groups of 3, 3 and 2 micro-batches,
+# the last group holding micro-batches of unequal size (4 + 2 examples)
+MICRO_BATCH, GROUP_OF, N_EXAMPLES = 4, 3, 30
+N_MICRO = -(-N_EXAMPLES // MICRO_BATCH)
+GROUPS = [min(GROUP_OF, N_MICRO - start) for start in range(0, N_MICRO, GROUP_OF)]
+GROUP_EXAMPLES = [
+    min(N_EXAMPLES, (start + n) * MICRO_BATCH) - start * MICRO_BATCH
+    for start, n in zip(range(0, N_MICRO, GROUP_OF), GROUPS, strict=True)
 ]
 
 
@@ -128,8 +132,8 @@ def big_batches() -> torch.Tensor:
     net, x, y = accumulation_problem()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
     start = 0
-    for n_micro in GROUPS:
-        rows = slice(start, start + n_micro * MICRO_BATCH)
+    for n_examples in GROUP_EXAMPLES:
+        rows = slice(start, start + n_examples)
         optimizer.zero_grad()
         F.binary_cross_entropy_with_logits(net(x[rows]).squeeze(1), y[rows]).backward()
         optimizer.step()
@@ -137,22 +141,91 @@ def big_batches() -> torch.Tensor:
     return flat_parameters(net)
 
 
-def accumulated_with(divisor: str = "group", *, zero: str = "step") -> torch.Tensor:
-    """A mistaken accumulation: ``divisor`` 'k' or 'none'; ``zero`` 'never' or 'each' micro-batch."""
+def accumulated_with(divisor: str = "size", *, zero: str = "step") -> torch.Tensor:
+    """Accumulation with each loss times ``divisor``'s weight: 'size' (its share of the
+    group's examples, right), 'group' (1 / micro-batches in the group), 'k' (1 / k),
+    'full' (its size / k full micro-batches) or 'none' (1); ``zero`` 'step', 'never' or
+    'each' micro-batch."""
     net, x, y = accumulation_problem()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
     micro_x, micro_y = x.split(MICRO_BATCH), y.split(MICRO_BATCH)
     for i, (inputs, targets) in enumerate(zip(micro_x, micro_y, strict=True)):
         group = min(GROUP_OF, len(micro_x) - (i - i % GROUP_OF))
+        n = len(targets)
+        weight = {
+            "size": n / GROUP_EXAMPLES[i // GROUP_OF],
+            "group": 1 / group,
+            "k": 1 / GROUP_OF,
+            "full": n / (GROUP_OF * MICRO_BATCH),
+            "none": 1.0,
+        }[divisor]
         if zero == "each":
             optimizer.zero_grad()
         loss = F.binary_cross_entropy_with_logits(net(inputs).squeeze(1), targets)
-        (loss / {"group": group, "k": GROUP_OF, "none": 1}[divisor]).backward()
+        (loss * weight).backward()
         if (i + 1) % GROUP_OF == 0 or i == len(micro_x) - 1:  # the group's last micro-batch
             optimizer.step()
             if zero == "step":
                 optimizer.zero_grad()
     return flat_parameters(net)
+
+
+def summed_without_zero_grad() -> torch.Tensor:
+    """The other way to accumulate (backward the summed loss, divide the gradients by the
+    group's example count before the step), with zero_grad() forgotten."""
+    net, x, y = accumulation_problem()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    start = 0
+    for n_micro, n_examples in zip(GROUPS, GROUP_EXAMPLES, strict=True):
+        for micro in range(n_micro):
+            rows = slice(start + micro * MICRO_BATCH, min(start + (micro + 1) * MICRO_BATCH, N_EXAMPLES))
+            F.binary_cross_entropy_with_logits(net(x[rows]).squeeze(1), y[rows], reduction="sum").backward()
+        for param in net.parameters():
+            param.grad /= n_examples
+        optimizer.step()
+        start += n_examples
+    return flat_parameters(net)
+
+
+# Exercise 2.3: the learning-rate search ----------------------------------------------
+
+# Hand-made validation curves (10 epochs) for three grids. Each case: the rates, in the
+# order handed to the search, the curve per rate, and the right answer (rate, best epoch
+# from 1, best epoch is the last, rate at the grid's edge).
+_DOWN = [0.60, 0.45, 0.35, 0.28, 0.24, 0.21, 0.19, 0.18, 0.17, 0.16]  # still falling
+SEARCH_CASES: list[tuple[tuple[float, ...], dict[float, list[float]], tuple[float, int, bool, bool]]] = [
+    (  # best inside the grid, before the last epoch; the lowest *last* loss is elsewhere
+        (0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
+        {
+            0.01: [v + 0.2 for v in _DOWN],
+            0.03: _DOWN,
+            0.1: [0.40, 0.20, 0.12, 0.09, 0.07, 0.06, 0.05, 0.055, 0.07, 0.09],
+            0.3: [0.30, 0.15, 0.10, 0.08, 0.075, 0.07, 0.068, 0.066, 0.064, 0.062],
+            1.0: [0.25, 0.12, 0.09, 0.08, 0.10, 0.20, 0.15, 0.11, 0.13, 0.14],
+            3.0: [0.70, 0.90, 0.80, 0.75, 0.80, 0.85, 0.90, 0.80, 0.85, 0.90],
+        },
+        (0.1, 7, False, False),
+    ),
+    (  # best at the largest rate, at the last epoch; rates handed over out of order
+        (0.3, 0.01, 3.0, 0.1),
+        {
+            0.3: [v + 0.05 for v in _DOWN],
+            0.01: [v + 0.3 for v in _DOWN],
+            3.0: [v - 0.1 for v in _DOWN],
+            0.1: [v + 0.1 for v in _DOWN],
+        },
+        (3.0, 10, True, True),
+    ),
+    (  # best at the smallest rate, mid-run; rates handed over largest first
+        (1.0, 0.1, 0.01),
+        {
+            1.0: [0.9] * 10,
+            0.1: [0.5, 0.4, 0.35, 0.3, 0.3, 0.31, 0.32, 0.33, 0.34, 0.35],
+            0.01: [0.45, 0.3, 0.2, 0.15, 0.18, 0.2, 0.22, 0.24, 0.26, 0.28],
+        },
+        (0.01, 4, False, True),
+    ),
+]
 
 
 # Exercise 2.3: the bootstrap ----------------------------------------------------------
