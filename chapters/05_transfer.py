@@ -37,8 +37,8 @@
 # (convolutions, batch normalisation, the digit data, `helpers.data`).
 
 # %% tags=["hide-cell"]
-# On Colab only: install this book's helpers package (Colab's own torch is
-# kept).
+# On Colab only: install this book's helpers package (pip keeps Colab's own
+# torch when it meets the book's lowest declared version, and upgrades it if not).
 import sys
 
 if "google.colab" in sys.modules:
@@ -640,6 +640,8 @@ print(
     f"pretraining; untrained, {fresh_mean:.1f} on average (200 draws, "
     f"{fresh_counts[20]} to {fresh_counts[179]} in the middle 80 %)"
 )
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 record("n_contrast", n_contrast)
 record("n_filters", len(filters))
 if n_contrast > fresh_counts[179]:
@@ -660,8 +662,6 @@ else:
         "weights instead"
     )
 record("contrast_words", contrast_words)
-
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
 In {{n_contrast}} of the {{n_filters}} filters the positive and negative weights
@@ -1224,14 +1224,16 @@ weight typically moves by at most about {{adam_bound}} in a whole run, while a t
 weight (the root-mean-square) is {{layer3_rms}}. A single step can be larger, but over
 this run's {{adam_steps}} steps never more than {{adam_worst_factor}} times the rate
 (the aside below derives it), so no `layer3` weight can move by more than
-{{adam_worst}}, weight decay's tiny shrink aside. So at ×0.01 `layer3`'s weights stay
-close to feature extraction's, though not its function: an unfrozen block's batch norm
-runs in training mode and re-estimates its running statistics on the digits whatever
-the factor (a control below measures what that is worth). Larger factors must be tried
-too; the factor is chosen on validation, like any other setting: every budget and draw
-is trained with factors 0.01, 0.1 and 1 (the backbone at the head's full rate), next
-to scratch and feature extraction, and each budget keeps the factor with the best
-validation accuracy averaged over the two draws (on a tie, the smaller).
+{{adam_worst}}, weight decay's tiny shrink aside.
+
+So at ×0.01 `layer3`'s weights stay close to feature extraction's, though not its
+function: an unfrozen block's batch norm runs in training mode and re-estimates its
+running statistics on the digits whatever the factor (a control below measures what
+that is worth). Larger factors must be tried too; the factor is chosen on validation,
+like any other setting: every budget and draw is trained with factors 0.01, 0.1 and 1
+(the backbone at the head's full rate), next to scratch and feature extraction, and
+each budget keeps the factor with the best validation accuracy averaged over the two
+draws (on a tie, the smaller).
 """
 )
 
@@ -1262,8 +1264,9 @@ gradient that follows a long quiet stretch, is one case of it, not a ceiling.
 # %% [markdown]
 # The same loop trains two controls at 10 labels per class, which the fairness checks
 # at the end of the section read: fine-tuning with `layer3` started from random weights
-# (the ones scratch starts from), `layer1` and `layer2` still pretrained and frozen; and
-# fine-tuning at ×0.01 with `layer3`'s batch norm kept in `eval()`.
+# (the ones scratch starts from), `layer1` and `layer2` still pretrained and frozen, at
+# ×0.01 and ×1, where `layer3` moves least and most (and at the chosen factor, if that
+# is neither); and fine-tuning at ×0.01 with `layer3`'s batch norm kept in `eval()`.
 
 # %%
 factors = (0.01, 0.1, 1.0)
@@ -1277,11 +1280,25 @@ layer3_start = {}
 pretrained_layer3 = backbone_state["layer3.0.weight"]
 layer3_start[1, draws[0], "fine-tuning", 0.01] = pretrained_layer3
 todo = [(k, d, m, f) for k in budgets for d in draws for m, f in arms]
-todo += [(10, d, control, f) for d in draws for f in factors]  # the control
+# the control at the slowest and the full rate (and, below, at the chosen
+# factor if that is neither)
+control_factors = [0.01, 1.0]
+todo += [(10, d, control, f) for d in draws for f in control_factors]
 # and x0.01 with layer3's batch norm kept on the letters' statistics
 bn_arm = "fine-tuning, layer3 BN in eval"
 todo += [(10, d, bn_arm, 0.01) for d in draws]
+
+
+def mean_best_val(
+    runs: dict, draws: tuple, per_class: int, method: str, factor: float = 0.0
+) -> float:
+    """Best-epoch validation accuracy, averaged over the draws."""
+    curves = [runs[per_class, d, method, factor][1] for d in draws]
+    return sum(max(c["val_acc"]) for c in curves) / len(curves)
+
+
 run_times = []  # seconds per 12-epoch run
+chosen = {}  # labels per class -> the factor with the best validation accuracy
 for per_class, draw, method, factor in tqdm(todo, desc="runs"):
     if (per_class, draw, method, factor) in runs:
         continue
@@ -1296,6 +1313,16 @@ for per_class, draw, method, factor in tqdm(todo, desc="runs"):
     )  # fmt: skip
     runs[per_class, draw, method, factor] = (model, dataclasses.asdict(history))
     run_times.append(time.perf_counter() - run_started)
+    if len(chosen) == 0 and method == control:  # every arm has run
+        for k in budgets:
+            # max() keeps the first of equal values: the smaller on a tie
+            chosen[k] = max(
+                factors,
+                key=lambda f: mean_best_val(runs, draws, k, "fine-tuning", f),
+            )
+        if chosen[10] not in control_factors:
+            control_factors = sorted([*control_factors, chosen[10]])
+            todo += [(10, d, control, chosen[10]) for d in draws]
 # the median 12-epoch run: a one-off slow first run (warm-up) does not move it
 run_seconds = statistics.median(run_times)
 record("run_seconds", run_seconds, fmt="{:.2f}")
@@ -1327,30 +1354,18 @@ for key, (model, _) in runs.items():
     layer3_moves[key] = change.item()
 
 
-def mean_best_val(
-    runs: dict, draws: tuple, per_class: int, method: str, factor: float = 0.0
-) -> float:
-    """Best-epoch validation accuracy, averaged over the draws."""
-    curves = [runs[per_class, d, method, factor][1] for d in draws]
-    return sum(max(c["val_acc"]) for c in curves) / len(curves)
-
-
 print("best validation accuracy, mean of the draws")
 columns = ["scratch", "feat. ex."] + [f"FT x{f:g}" for f in factors]
 print(f"{'labels per class':>16}" + "".join(f"{c:>10}" for c in columns))
-chosen = {}
 for per_class in budgets:
     accs = [mean_best_val(runs, draws, per_class, m, f) for m, f in arms]
     print(f"{per_class:>16}" + "".join(f"{a:>10.3f}" for a in accs))
-    # max() keeps the first of equal values: the smaller factor on a tie
-    chosen[per_class] = max(
-        factors,
-        key=lambda f: mean_best_val(runs, draws, per_class, "fine-tuning", f),
-    )
-control_accs = [mean_best_val(runs, draws, 10, control, f) for f in factors]
-print(
-    f"{'10, random layer3':>36}" + "".join(f"{a:>10.3f}" for a in control_accs)
-)
+control_accs = {f: mean_best_val(runs, draws, 10, control, f) for f in factors
+                if f in control_factors}  # fmt: skip
+print(f"{'10, random layer3':>36}" + "".join(
+    f"{control_accs[f]:>10.3f}" if f in control_accs else f"{'':>10}"
+    for f in factors
+))  # fmt: skip
 print("chosen factor per budget:", chosen)
 
 # %% [markdown]
@@ -1395,6 +1410,8 @@ assert all(agree), (by_hand, helper)
 # pairing removes what the arms share; seeds 0, 1, 2: 0.89 vs 1.87,
 # 0.84 vs 1.58, 0.98 vs 1.94
 assert se_images < se_unpaired, (se_images, se_unpaired)
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 record("se_images_hand", se_images, fmt="{:.1f}")
 record("se_draws_hand", se_draws, fmt="{:.1f}")
 # with two draws the draws' part has one degree of freedom, where a t-test's
@@ -1410,8 +1427,6 @@ else:
 record("t_note", t_note)
 record("same_share", same_share, fmt="{:.0%}")
 record("se_unpaired_hand", se_unpaired, fmt="{:.1f}")
-
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
 The two arms gave the same right-or-wrong on {{same_share}} of the digits (both
@@ -1420,10 +1435,11 @@ on different digits it would be about {{se_unpaired_hand}}. The draws' part come
 each draw's gap, and `val_gap` below adds the two parts in quadrature. With two draws
 that part is rough: where it dominates the sum, a t-test's 95 % bound would be up to
 {{t_one_df}} errors, not 2 (one degree of freedom). For this pair the draws' part is
-{{se_draws_hand}} points against the images' {{se_images_hand}}: {{t_note}}. So
-`noise_level` applies a rule of thumb: within two errors is noise, two to three *borderline*,
-beyond three *clear*; `gap_text` and `verdict` put it in words.
-The best validation accuracies themselves are optimistic: each is the best of 12
+{{se_draws_hand}} points against the images' {{se_images_hand}}: {{t_note}}.
+
+So `noise_level` applies a rule of thumb: within two errors is noise, two to three
+*borderline*, beyond three *clear*; `gap_text` and `verdict` put it in words. The best
+validation accuracies themselves are optimistic: each is the best of 12
 epochs, and fine-tuning's also the best of three factors, all picked on the same 500
 digits. That is why the methods are scored once more, on the untouched test set, in
 section 5.8.
@@ -1497,12 +1513,15 @@ for per_class in budgets:
                  color=colour, label=name, lw=width)  # fmt: skip
 # the control, 10 per class: dashed, square markers
 control_style = {"color": budget_colours[10], "linestyle": "--", "marker": "s"}
-ax_acc.plot(factors, control_accs, **control_style)
+ax_acc.plot(control_factors, list(control_accs.values()), **control_style)
 moved = [
-    100 * layer3_moved(layer3_moves, draws, 10, control, f) for f in factors
+    100 * layer3_moved(layer3_moves, draws, 10, control, f)
+    for f in control_factors
 ]
 label = "10 per class, random layer3"
-ax_move.plot([f * 1.1 for f in factors], moved, **control_style, label=label)
+ax_move.plot(
+    [f * 1.1 for f in control_factors], moved, **control_style, label=label
+)
 for ax in (ax_acc, ax_move):
     ax.set_xscale("log")
     ax.set_xticks(factors, [f"{f:g}" for f in factors])
@@ -1533,7 +1552,7 @@ ax_move.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 
-# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # The numbers and words of the prose below, from the runs above.
 # how far apart the budgets' pretrained-start lines of the right panel lie
 move_lines = [
@@ -1598,7 +1617,7 @@ pre_vs_rand_at = {
     factor: val_gap(
         val_right, draws, 10, ("fine-tuning", factor), (control, factor)
     )
-    for factor in factors
+    for factor in control_factors
 }
 pre_vs_rand = val_gap(
     val_right, draws, 10, ("fine-tuning", chosen[10]), (control, chosen[10])
@@ -1636,23 +1655,38 @@ resolved = {
     "the pretrained start's part": noise_level(*pre_vs_rand) == "clear",
 }
 parts = [name for name in list(resolved)[1:] if resolved[name]]
+# and one plain sentence on where the gain comes from, for each outcome
+gain_words = "fine-tuning's gain at 10 labels per class"
 if not resolved["the sum"]:
     split_words = (
         "Two draws do not resolve even the sum (it is within three standard "
-        "errors of zero), let alone its parts."
+        "errors of zero), let alone its parts, so the run cannot say where "
+        f"{gain_words} comes from."
     )
 elif len(parts) == 2:
-    split_words = "Two draws resolve the sum and both of its parts."
+    split_words = (
+        "Two draws resolve the sum and both of its parts: "
+        f"{gain_words} comes both from training `layer3` and from its "
+        "pretrained start."
+    )
 elif parts:
     other = next(n for n in list(resolved)[1:] if n not in parts)
+    source = {
+        "the trainable block's part": "from training `layer3`",
+        "the pretrained start's part": "from `layer3`'s pretrained start",
+    }[parts[0]]
     split_words = (
         f"Two draws resolve the sum and {parts[0]}, but not {other} "
-        "(within three standard errors of zero)."
+        "(within three standard errors of zero): "
+        f"{gain_words} comes {source}, and the other part's share is not "
+        "resolved."
     )
 else:
     split_words = (
         "Two draws resolve the sum but not its parts at the chosen factor "
-        "(each within three standard errors of zero)."
+        "(each within three standard errors of zero): the run shows "
+        f"{gain_words}, but not whether it comes from training `layer3` or "
+        "from its pretrained start."
     )
 record("split_words", split_words)
 # layer3's batch norm: at x0.01 its weights barely move, but in train mode it
@@ -1695,14 +1729,15 @@ walk_lesson = (
 record("walk_lesson", walk_lesson)
 # the control's clearest test of the source itself: pretrained minus random
 # layer3 at each factor, with how far fine-tuning moved layer3 there
-slowest, faster = factors[0], factors[1:]
+slowest, faster = control_factors[0], control_factors[1:]
 slow_gap = pre_vs_rand_at[slowest]
 moved_at = {
     f: 100 * layer3_moved(layer3_moves, draws, 10, "fine-tuning", f)
     for f in factors
 }
 rand_moved_at = {
-    f: 100 * layer3_moved(layer3_moves, draws, 10, control, f) for f in factors
+    f: 100 * layer3_moved(layer3_moves, draws, 10, control, f)
+    for f in control_factors
 }
 control_lesson = (
     f"At ×{slowest:g}, where fine-tuning moved `layer3` by only "
@@ -1717,8 +1752,9 @@ if all(noise_level(*pre_vs_rand_at[f]) == "noise" for f in faster):
         "random start by "
         f"{' and '.join(f'{rand_moved_at[f]:.0f}' for f in faster)} %, the two "
         "starts could not be told apart (within noise with two draws, which "
-        "does not make them equal), so at these factors the run cannot credit "
-        "the pretrained start with what fine-tuning gained."
+        "does not make them equal), so at "
+        f"{'this factor' if len(faster) == 1 else 'these factors'} the run "
+        "cannot credit the pretrained start with what fine-tuning gained."
     )
 else:
     control_lesson += "".join(
@@ -1809,7 +1845,7 @@ rows = [
 ]
 rows += [
     (f"pretrained minus random `layer3`, both ×{f:g}", 10, pre_vs_rand_at[f])
-    for f in factors
+    for f in control_factors
 ]
 rows.append(("×0.01 minus ×0.01 with `layer3`'s BN in `eval()`", 10, bn_gap))
 record("control_table", gap_table(rows))
@@ -1961,7 +1997,7 @@ all_1_loss = max(max(last_losses(compared_runs, draws, 1, m)) for m in methods)
 # "fits" needs a loss near 0; seeds 0-2: 0.010-0.017
 assert all_1_loss < 0.1, all_1_loss
 
-# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # The numbers and words of the prose below, from the curves above.
 record("all_1_loss", all_1_loss, fmt="{:.3f}")
 scratch_10_loss = min(last_losses(compared_runs, draws, 10, "scratch"))
@@ -2103,7 +2139,7 @@ for per_class in budgets:
             f"{torch.stack(long).mean():.3f} ({loss:.3f})"
         )
 
-# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # The numbers and words of the prose below, from the runs above.
 lr_words = {}  # method -> the grid's result in words
 for method in ("scratch", "feature extraction"):
@@ -2273,7 +2309,7 @@ macs = {
     for name, positions in out_positions.items()
 }
 
-# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # The numbers and words of the prose below, from the timings above.
 record("layer3_share", macs["layer3"] / sum(macs.values()), fmt="{:.0%}")
 # a step's multiply-adds per image, counting a backward product as costly as
@@ -2477,8 +2513,10 @@ def paired_test_gap(
 test_gap = functools.partial(paired_test_gap, test_hits, draws)
 
 
-ft_gap, se_draws, se_images = test_gap(10, "fine-tuning", "feature extraction")
-ft_gap_se = math.hypot(se_draws, se_images)
+ft_gap, ft_fe_10_se_draws, ft_fe_10_se_images = test_gap(
+    10, "fine-tuning", "feature extraction"
+)
+ft_gap_se = math.hypot(ft_fe_10_se_draws, ft_fe_10_se_images)
 ft_over_fe_10 = ft_gap
 # each transfer method minus scratch at 1 per class, with its paired error
 gain_1, gain_se_1 = {}, {}
@@ -2530,7 +2568,7 @@ assert long_gain[1, "fine-tuning"] > long_gain[10, "fine-tuning"], long_gain
 # and at 1 label per class it stays large with the longer schedule
 assert long_gain[1, "fine-tuning"] >= 6, long_gain
 
-# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # The numbers and words of the prose below, from the test scores above.
 
 
@@ -2620,8 +2658,8 @@ else:
     )
 record("held_clause", held_clause)
 record("held_budgets", held_note.removeprefix("so the 12-epoch schedule "))
-record("ft_over_fe_10_se", se_images, fmt="{:.1f}")
-record("ft_over_fe_10_se_draws", se_draws, fmt="{:.1f}")
+record("ft_over_fe_10_se", ft_fe_10_se_images, fmt="{:.1f}")
+record("ft_over_fe_10_se_draws", ft_fe_10_se_draws, fmt="{:.1f}")
 # the first and second draw's gaps
 for i, d in enumerate(draws):
     gap = test_acc[10, d, "fine-tuning"] - test_acc[10, d, "feature extraction"]
@@ -2794,25 +2832,17 @@ The rest of this section puts standard errors on these numbers.
 
 With one labelled digit per class, fine-tuning the letter network scores {{test_ft_1}}
 on the test digits and feature extraction {{test_fe_1}}, against {{test_scratch_1}}
-from scratch: {{ft_gain_1}} and {{fe_gain_1}} points; the fine-tuning gain was
-{{ft_gain_1_low}} points for one draw and {{ft_gain_1_high}} for the other. One test
-accuracy has a standard error of at most {{se_one}} points (1,000 images), and the
-draw (the labelled images and the training seeds together) adds variation of its own:
-in the table, {{n_beyond}} of the {{n_diffs}} differences between the two draws of
-one budget and method exceed twice the noise of a difference of two test accuracies
-(twice an unpaired upper bound of about {{se_two}} points; both draws are scored on
-the same images, so the paired noise is smaller), where noise alone would put about
-{{n_noise}}. That is why each budget has two draws (the paired standard errors of both
-gains, {{ft_gain_1_se}} and {{fe_gain_1_se}} points, count the draws and the images;
-the gains are {{ft_gain_1_z}} and {{fe_gain_1_z}} of them, where section 5.7's rule of
-thumb reads more than two as not noise and more than three as clear, and with two draws
-the errors are only a rough estimate of how much the draws vary). With 1 label per
-class every method had fitted its ten images in 12 epochs (section 5.7), and 24
-changed scratch's validation accuracy by {{long_gain_scratch_1}}. With 12 epochs each,
-the gain of fine-tuning over scratch is {{ft_gain_3}} points at 3 labels per class and
-{{ft_gain_10}} at 10, where the network trained on digits alone reaches
-{{test_scratch_10}}{{held_clause}}. With 24 epochs for every method (the right panel),
-fine-tuning minus scratch is {{long_ft_gain_1}} points at 1 label per class,
+from scratch: gains of {{ft_gain_1}} ± {{ft_gain_1_se}} and {{fe_gain_1}} ±
+{{fe_gain_1_se}} points, {{ft_gain_1_z}} and {{fe_gain_1_z}} paired standard errors
+(the aside below says what they count). The fine-tuning gain was
+{{ft_gain_1_low}} points for one draw and {{ft_gain_1_high}} for the other. Every
+method had fitted its ten images in 12 epochs (section 5.7), and 24 changed scratch's
+validation accuracy by {{long_gain_scratch_1}}.
+
+With 12 epochs each, the gain of fine-tuning over scratch is {{ft_gain_3}} points at 3
+labels per class and {{ft_gain_10}} at 10, where the network trained on digits alone
+reaches {{test_scratch_10}}{{held_clause}}. With 24 epochs for every method (the right
+panel), fine-tuning minus scratch is {{long_ft_gain_1}} points at 1 label per class,
 {{long_ft_gain_3}} at 3 and {{long_ft_gain_10}} at 10, and feature extraction minus
 scratch {{long_fe_gain_1}}, {{long_fe_gain_3}} and {{long_fe_gain_10}}:
 {{shrink_note}}.
@@ -2861,6 +2891,17 @@ prose(
     r"""
 <details>
 <summary>Aside: what the standard error of a test gap counts</summary>
+
+One test accuracy has a standard error of at most {{se_one}} points (1,000 images),
+and the draw (the labelled images and the training seeds together) adds variation of
+its own: in the table, {{n_beyond}} of the {{n_diffs}} differences between the two
+draws of one budget and method exceed twice the noise of a difference of two test
+accuracies (twice an unpaired upper bound of about {{se_two}} points; both draws are
+scored on the same images, so the paired noise is smaller), where noise alone would
+put about {{n_noise}}. That is why each budget has two draws, and why every paired
+standard error in this section counts the draws and the images. Section 5.7's rule of
+thumb reads a gap beyond two of them as not noise and beyond three as clear; with two
+draws the errors are only a rough estimate of how much the draws vary.
 
 Take fine-tuning minus feature extraction at 10 labels per class. The standard
 error from the per-image differences, {{ft_over_fe_10_se}} points, counts mainly
@@ -3429,16 +3470,23 @@ print(
 # `module`, so their state dict reads `module.layer1.0.weight`, and a model compiled
 # with `torch.compile` saves `_orig_mod.layer1.0.weight`. Save the source model that
 # way, load it into a fresh `GlyphNet(10)` with `strict=False`, and show what happens.
-# Then fill in `load_backbone(model, state, prefix)` in the starter below, a loader
-# that cannot fail silently in this way; its docstring is the contract, and the
-# checker's hints name the tools if an attempt goes wrong.
+# Checkpoints also name their head differently: torchvision's VGG, MobileNet and
+# EfficientNet call it `classifier`, where `GlyphNet` and ResNet say `fc`. Fill in
+# `load_backbone(model, state, prefix, head)` in the starter below, a loader that
+# cannot fail silently in either way; its docstring is the contract, and the
+# checker's hints name the tools if an attempt goes wrong. The checker tries a
+# `module.` checkpoint whose head is `classifier` and an `_orig_mod.` one whose head
+# is `fc`.
 
 
 # %% tags=["exercise-starter"]
-def load_backbone(model: nn.Module, state: dict, prefix: str = "") -> None:
-    """Load `state`, whose keys may start with `prefix`, into all of `model`
-    but its head `fc`; raise unless exactly the head's keys are missing and
-    no key is unexpected. The caller's `state` must not change.
+def load_backbone(
+    model: nn.Module, state: dict, prefix: str = "", head: str = "fc"
+) -> None:
+    """Load `state`, whose keys may start with `prefix` and whose head is
+    the module named `head`, into all of `model` but its own head `fc`;
+    raise unless exactly `fc`'s keys are missing and no key is unexpected.
+    The caller's `state` must not change.
     """
     raise NotImplementedError  # your code here
 
@@ -3476,9 +3524,11 @@ print(
 )
 
 
-def load_backbone(model: nn.Module, state: dict, prefix: str = "") -> None:
-    """Load `state` (keys may start with `prefix`) into all of `model` but
-    its head.
+def load_backbone(
+    model: nn.Module, state: dict, prefix: str = "", head: str = "fc"
+) -> None:
+    """Load `state` (keys may start with `prefix`; its head is `head`) into
+    all of `model` but its head `fc`.
     """
     # a new dict with a copy of the version metadata: the function below
     # renames both in place, and the caller's must keep theirs
@@ -3488,7 +3538,8 @@ def load_backbone(model: nn.Module, state: dict, prefix: str = "") -> None:
         state._metadata = copy.copy(metadata)
     # strips the prefix from the keys and from the version metadata
     consume_prefix_in_state_dict_if_present(state, prefix)
-    for key in [k for k in state if k.startswith("fc.")]:
+    # the checkpoint's head, by its own name, once the prefix is gone
+    for key in [k for k in state if k.startswith(f"{head}.")]:
         del state[key]
     result = model.load_state_dict(state, strict=False)
     if (
@@ -3509,6 +3560,18 @@ try:
     load_backbone(GlyphNet(num_classes=10), saved)  # forgot the prefix: caught
 except RuntimeError as error:
     print("caught:", str(error)[:60], "...")
+# the same checkpoint with its head saved as `classifier`
+as_classifier = OrderedDict(
+    (k.replace("module.fc.", "module.classifier."), v) for k, v in saved.items()
+)
+fresh = GlyphNet(num_classes=10)
+load_backbone(fresh, as_classifier, prefix="module.", head="classifier")
+assert torch.equal(fresh.layer3[0].weight, source_state["layer3.0.weight"])
+try:
+    # the old head's name not given: its keys are unexpected, and caught
+    load_backbone(GlyphNet(num_classes=10), as_classifier, prefix="module.")
+except RuntimeError as error:
+    print("caught:", str(error)[-70:])
 print(
     f"The {len(silent.missing_keys)} missing keys are all {len(weight_keys)} "
     "weights and running statistics of the model. Its "

@@ -273,8 +273,24 @@ def test_layerwise_groups_other_wrong_answers_fail_without_a_hint():
 # ---- 5.3 ----------------------------------------------------------------------------------
 
 
-def load(model, state, prefix="", *, copy_first=True, drop_head=True, strict=False, check="exact"):
+def load(
+    model,
+    state,
+    prefix="",
+    head="fc",
+    *,
+    copy_first=True,
+    drop_head=True,
+    strict=False,
+    check="exact",
+    head_name=None,
+    drop_first=False,
+):
     """A right answer to exercise 5.3, and the usual mistakes when asked."""
+    dropped = f"{head if head_name is None else head_name}."
+    if drop_first:  # the head dropped before the prefix is stripped: its keys still prefixed
+        state = OrderedDict((k, v) for k, v in state.items() if not k.startswith(dropped))
+        state._metadata = OrderedDict()
     if copy_first == "shallow":  # a new dict, but the caller's _metadata shared
         state = copy.copy(state)
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, prefix)
@@ -282,8 +298,8 @@ def load(model, state, prefix="", *, copy_first=True, drop_head=True, strict=Fal
         state = OrderedDict((k.removeprefix(prefix), v) for k, v in state.items())
     else:  # renames the caller's dict
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, prefix)
-    if drop_head:
-        state = OrderedDict((k, v) for k, v in state.items() if not k.startswith("fc."))
+    if drop_head and not drop_first:
+        state = OrderedDict((k, v) for k, v in state.items() if not k.startswith(dropped))
     result = model.load_state_dict(state, strict=strict)
     head_missing = "fc.weight" in result.missing_keys
     if check == "exact" and (result.missing_keys != ["fc.weight", "fc.bias"] or result.unexpected_keys):
@@ -297,15 +313,49 @@ def load(model, state, prefix="", *, copy_first=True, drop_head=True, strict=Fal
 def test_load_backbone_right_answer_passes(capsys):
     assert check_load_backbone(load)
     assert capsys.readouterr().out.startswith(
-        "✓ Exercise 5.3: loaded all 18 backbone tensors from checkpoints prefixed 'module.' and '_orig_mod.'"
+        "✓ Exercise 5.3: loaded all 18 backbone tensors from checkpoints prefixed 'module.' (head "
+        "'classifier') and '_orig_mod.' (head 'fc')"
     )
+
+
+def test_load_backbone_head_mistakes_get_their_hints():
+    # the prefix stripped but the model's head name dropped: 'classifier.*' left unexpected
+    prefix_only = check_load_backbone(lambda m, s, p, h: load(m, s, p, h, head_name="fc"))
+    assert "on a checkpoint with the prefix 'module.' and the head 'classifier'" in prefix_only.message
+    assert "this checkpoint's head is called 'classifier'" in prefix_only.hint
+    # the head dropped by its name before the prefix came off: nothing matched
+    too_early = check_load_backbone(lambda m, s, p, h: load(m, s, p, h, drop_first=True))
+    assert "this checkpoint's head is called 'classifier'" in too_early.hint
+    # the head name handled but the prefix ignored: nothing of the backbone loads
+    head_only = check_load_backbone(lambda m, s, p, h: load(m, s, "", h))
+    assert "consume_prefix_in_state_dict_if_present(state, prefix)" in head_only.hint
+    # 'classifier' hard-coded: the checkpoint whose head is 'fc' keeps its old head
+    hard_coded = check_load_backbone(lambda m, s, p, h: load(m, s, p, h, head_name="classifier"))
+    assert "prefix '_orig_mod.' and the head 'fc'" in hard_coded.message
+    assert "use the head argument" in hard_coded.hint
+    # strict=False, only missing_keys checked: the renamed old head goes unnoticed
+    silent = check_load_backbone(lambda m, s, p, h: load(m, s, p, h, check="missing"))
+    assert not silent and "check unexpected_keys too" in silent.hint
+
+
+def test_load_backbone_refuses_a_head_passed_under_the_wrong_name():
+    def ignores_extra_head(model, state, prefix, head):
+        # right for every checkpoint that names its head as the caller says,
+        # but it accepts an old head's keys that the model lacks
+        if any(k.removeprefix(prefix).startswith("layer4.") for k in state):
+            raise RuntimeError("extra block")
+        load(model, state, prefix, head, check="missing")
+
+    verdict = check_load_backbone(ignores_extra_head)
+    assert "accepted a checkpoint whose head 'classifier' was passed as head='fc'" in verdict.message
+    assert "the old head's keys in silence" in verdict.hint
 
 
 @pytest.mark.parametrize(
     ("mistake", "hint"),
     [
         ({"copy_first": False}, "renames the keys of the dict you give it, in place"),
-        ({"drop_head": False}, "drop the old head's keys"),
+        ({"drop_head": False}, "drop the keys that start with 'classifier.'"),
         ({"strict": True}, "load with strict=False"),
         ({"check": None}, "strict=False never complains"),
         ({"check": "loose"}, "passes even when more is missing"),
@@ -314,53 +364,53 @@ def test_load_backbone_right_answer_passes(capsys):
     ],
 )
 def test_load_backbone_usual_mistakes_get_their_hints(mistake, hint):
-    verdict = check_load_backbone(lambda m, s, p: load(m, s, p, **mistake))
+    verdict = check_load_backbone(lambda m, s, p, h: load(m, s, p, h, **mistake))
     assert not verdict and hint in verdict.hint
 
 
 def test_load_backbone_names_what_changed_in_the_callers_checkpoint():
-    renamed = check_load_backbone(lambda m, s, p: load(m, s, p, copy_first=False))
+    renamed = check_load_backbone(lambda m, s, p, h: load(m, s, p, h, copy_first=False))
     assert "its keys now start ['layer1.0.weight'" in renamed.message
-    shallow = check_load_backbone(lambda m, s, p: load(m, s, p, copy_first="shallow"))
+    shallow = check_load_backbone(lambda m, s, p, h: load(m, s, p, h, copy_first="shallow"))
     assert "its version metadata (state._metadata) was renamed: it now starts" in shallow.message
     assert "expected ['module.'" not in shallow.message and "expected ['', 'module']" in shallow.message
 
 
 def test_load_backbone_refuses_a_checkpoint_with_extra_keys():
-    ignores_extra = check_load_backbone(lambda m, s, p: load(m, s, p, check="missing"))
+    ignores_extra = check_load_backbone(lambda m, s, p, h: load(m, s, p, h, check="missing"))
     assert "accepted a checkpoint with a layer4 that the model does not have" in ignores_extra.message
     assert "so it came from another architecture" in ignores_extra.message
 
 
 def test_load_backbone_prefix_mistakes_get_their_hints():
-    fixed = check_load_backbone(lambda m, s, p: load(m, s, "module."))
+    fixed = check_load_backbone(lambda m, s, p, h: load(m, s, "module.", h))
     assert "raised RuntimeError on a checkpoint with the prefix '_orig_mod.'" in fixed.message
     assert "use the prefix argument" in fixed.hint
-    unchecked = check_load_backbone(lambda m, s, p: load(m, s, "module.", check=None))
+    unchecked = check_load_backbone(lambda m, s, p, h: load(m, s, "module.", h, check=None))
     assert "with the prefix '_orig_mod.', 18 of 18 backbone tensors did not load" in unchecked.message
     assert "strip the prefix" in unchecked.hint
 
 
 def test_load_backbone_names_the_prefix_helper_when_the_prefix_is_not_stripped():
-    unstripped = check_load_backbone(lambda m, s, p: load(m, s, ""))
+    unstripped = check_load_backbone(lambda m, s, p, h: load(m, s, "", h))
     assert "raised RuntimeError on a checkpoint with the prefix 'module.'" in unstripped.message
     assert "consume_prefix_in_state_dict_if_present(state, prefix)" in unstripped.hint
 
 
 def test_load_backbone_other_wrong_answers_fail_without_a_hint():
-    def deletes_head(model, state, prefix):
-        for key in [k for k in state if k.endswith(("fc.weight", "fc.bias"))]:
+    def deletes_head(model, state, prefix, head):
+        for key in [k for k in state if k.endswith((f"{head}.weight", f"{head}.bias"))]:
             del state[key]
-        load(model, state, prefix)
+        load(model, state, prefix, head)
 
     assert "changed the caller's checkpoint" in check_load_backbone(deletes_head).message
 
-    def touches_head(model, state, prefix):
-        load(model, state, prefix)
+    def touches_head(model, state, prefix, head):
+        load(model, state, prefix, head)
         model.fc.reset_parameters()
 
     assert check_load_backbone(touches_head).message == "load_backbone changed the new head"
-    broken = check_load_backbone(lambda m, s, p: 1 / 0)
+    broken = check_load_backbone(lambda m, s, p, h: 1 / 0)
     assert "raised ZeroDivisionError" in broken.message and broken.hint is None
 
 

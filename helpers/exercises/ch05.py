@@ -147,36 +147,66 @@ def _load_hint(error: Exception) -> str | None:
     return None
 
 
+def _renamed_head(state: dict, prefix: str, head: str) -> OrderedDict:
+    """``state`` with its head ``{prefix}fc.`` filed as ``{prefix}{head}.``, version metadata too."""
+    old, new = f"{prefix}fc", f"{prefix}{head}"
+
+    def rename(key: str) -> str:
+        return new + key[len(old) :] if key == old or key.startswith(f"{old}.") else key
+
+    renamed = OrderedDict((rename(k), v) for k, v in state.items())
+    renamed._metadata = OrderedDict((rename(k), v) for k, v in state._metadata.items())
+    return renamed
+
+
+def _head_hint(head: str) -> str:
+    return (
+        f"this checkpoint's head is called {head!r}: after stripping the prefix, drop the keys "
+        f"that start with {head + '.'!r} (the head argument), whatever the model calls its own head"
+    )
+
+
 @checker("5.3", "load_backbone")
 def check_load_backbone(load_backbone: Callable) -> str:
-    """Exercise 5.3: ``load_backbone(model, state, prefix)`` against the source's tensors."""
+    """Exercise 5.3: ``load_backbone(model, state, prefix, head)`` against the source's tensors."""
     check_function(load_backbone, "load_backbone")
     generator = torch.Generator().manual_seed(503)
     source = SmallNet(7, generator)  # another head size than the target's, as in the chapter
     backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
-    for attribute in ("module", "_orig_mod"):
+    # DataParallel/DDP with the head renamed (as torchvision's VGG or MobileNet name it), and
+    # torch.compile with the model's own head name
+    for attribute, head in (("module", "classifier"), ("_orig_mod", "fc")):
         prefix = f"{attribute}."
-        state = _saved_wrapped(source, attribute)
+        state = _renamed_head(_saved_wrapped(source, attribute), prefix, head)
         keys, versions = list(state), list(state._metadata)
         target = SmallNet(3, generator)
-        head = copy.deepcopy(target.fc.state_dict())
+        fc = copy.deepcopy(target.fc.state_dict())
         try:
-            load_backbone(target, state, prefix)
+            load_backbone(target, state, prefix, head)
         except NotImplementedError:
             raise
         except Exception as error:
-            raise Mismatch(
-                f"load_backbone raised {type(error).__name__} on a checkpoint with the prefix "
-                f"{prefix!r}: {str(error)[:200]}",
-                _load_hint(error)
-                or (
+            text = str(error)
+            if head != "fc" and head in text and f"{prefix}{head}" not in text:
+                hint = _head_hint(head)
+            elif head == "fc" and "size mismatch" in text and "fc." in text:
+                hint = (
+                    "use the head argument: this checkpoint's head is 'fc', like the model's, "
+                    "and must be dropped too"
+                )
+            else:
+                hint = _load_hint(error) or (
                     "use the prefix argument: the first checkpoint's 'module.' is not every "
                     "checkpoint's prefix"
                     if attribute == "_orig_mod"
                     else _PREFIX_HINT
-                    if prefix in str(error)
+                    if prefix in text
                     else None
-                ),
+                )
+            raise Mismatch(
+                f"load_backbone raised {type(error).__name__} on a checkpoint with the prefix "
+                f"{prefix!r} and the head {head!r}: {text[:200]}",
+                hint,
             ) from None
         if list(state) != keys:
             changed = f"its keys now start {list(state)[:2]}, expected {keys[:2]}"
@@ -201,7 +231,7 @@ def check_load_backbone(load_backbone: Callable) -> str:
             "strip the prefix from every key before loading, using the prefix argument "
             "(consume_prefix_in_state_dict_if_present does it)",
         )
-        expect(not differing(target.fc.state_dict(), head), "load_backbone changed the new head")
+        expect(not differing(target.fc.state_dict(), fc), "load_backbone changed the new head")
     missing_hint = (
         "raise unless missing_keys is exactly ['fc.weight', 'fc.bias'] and unexpected_keys "
         "is empty: strict=False never complains, and `'fc.weight' in missing_keys` passes "
@@ -232,14 +262,23 @@ def check_load_backbone(load_backbone: Callable) -> str:
             "you meant to load",
         ),
     }
+    # a checkpoint whose head was renamed, loaded as if it were still 'fc'
+    refusals["a checkpoint whose head 'classifier' was passed as head='fc'"] = (
+        _renamed_head(source.state_dict(), "", "classifier"),
+        "",
+        "which leaves the old head's keys unexpected",
+        "check unexpected_keys too: strict=False skips the old head's keys in silence when they "
+        "have a name the model lacks",
+    )
     for what, (state, prefix, why, hint) in refusals.items():
         try:
-            load_backbone(SmallNet(3, generator), state, prefix)
+            load_backbone(SmallNet(3, generator), state, prefix, "fc")
         except Exception:  # a refusal: what the exercise asks for
             continue
         raise Mismatch(f"load_backbone accepted {what}, {why}", hint)
     return (
-        f"loaded all {len(backbone)} backbone tensors from checkpoints prefixed 'module.' and "
-        "'_orig_mod.', kept the new head and the caller's checkpoint as they were, and refused "
-        "a wrong prefix, a checkpoint without layer2 and one with an extra layer4"
+        f"loaded all {len(backbone)} backbone tensors from checkpoints prefixed 'module.' (head "
+        "'classifier') and '_orig_mod.' (head 'fc'), kept the new head and the caller's "
+        "checkpoint as they were, and refused a wrong prefix, a wrong head name, a checkpoint "
+        "without layer2 and one with an extra layer4"
     )
