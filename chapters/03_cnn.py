@@ -500,6 +500,12 @@ everywhere.
 # - `nn.AdaptiveAvgPool2d(1)`: averages each feature map to a single number whatever its
 #   size, so the classifier works for any input resolution.
 #
+# A convolution starts from random weights drawn as `nn.Linear`'s are (chapter 2):
+# uniform in $\pm 1/\sqrt{\text{fan\_in}}$, where a kernel's fan-in is
+# in_channels × kernel height × kernel width. That start shrinks the activations layer
+# after layer, as chapter 2 measured; the batch norm after each convolution rescales
+# every channel to a set mean and variance, so such a network depends much less on the
+# scale of its initial weights.
 #
 # `nn.Sequential(layer_1, layer_2, ...)` chains such layers: it is a module whose
 # `forward` calls them in order, each on the previous one's output, and whose parameters
@@ -529,7 +535,7 @@ for layer in stack:
 # - `padding="same"` pads so that the output is as large as the input (PyTorch allows
 #   it only with stride 1).
 # - A **stride-2 convolution** halves the height and width like pooling, with learned
-#   weights; torchvision's ResNets downsample this way.
+#   weights; torchvision's ResNets downsample this way inside their stages.
 # - A **1 × 1 convolution** mixes the channels at each pixel separately: a linear layer
 #   applied at every position, the cheap way to change the number of channels (the
 #   residual block of section 3.11 uses one).
@@ -1505,9 +1511,9 @@ print(f"resumed after epoch {checkpoint['epoch']}; after epoch {epochs}:")
 print(f"  largest difference in the state_dict: {resume_gap:.1e}")
 uninterrupted, continued = log["val_acc"][-1], resumed_log["val_acc"][-1]
 print(f"  validation accuracy {uninterrupted:.3f} and {continued:.3f}")
-# The CPU repeats its arithmetic exactly. A GPU may add convolution gradients in
-# a different order from run to run (chapter 1), so there they agree to
-# rounding.
+# On one machine with the same thread count, the CPU repeats its arithmetic
+# exactly. A GPU may add convolution gradients in a different order from run to
+# run (chapter 1), so there they agree to rounding.
 tolerance = 0.0 if device.type == "cpu" else 1e-3
 assert resume_gap <= tolerance, resume_gap
 if device.type == "cpu":
@@ -1538,7 +1544,9 @@ print(f"best validation accuracy {best_acc:.3f} at epoch {best_epoch}; loaded")
 prose(
     r"""
 On the CPU the resumed run is bit for bit the uninterrupted one: same weights, same
-batch-norm buffers, same validation score (on a GPU, the same up to rounding). The
+batch-norm buffers, same validation score. That holds on the same machine with the
+same number of threads; a session with another thread count, another CPU or a GPU
+adds some sums in another order, and agrees only up to rounding. The
 validation accuracy peaked at {{cnn_val_acc}} in epoch {{cnn_best_epoch}},
 and those weights are now in `model`. How much did the weight decay act? Every step
 shrank each weight by the factor `1 − lr·λ`, with the learning rate of its epoch:
@@ -2145,7 +2153,8 @@ prose(
     r"""
 Inside the frame every map is constant, as it must be for a constant input; the outer
 ring differs in {{frame_maps}} of the {{c1}} maps. Padding with the
-background value, or with copies of the border
+background value (`F.pad(x, (1, 1, 1, 1), value=background)` before a convolution
+with `padding=0`), or with copies of the border
 (`nn.Conv2d(..., padding_mode="replicate")`), would remove the frame. For
 classification it is usually harmless, since every image gets the same frame.
 """
@@ -2668,12 +2677,13 @@ print("outputs equal torchvision's BasicBlock with the same weights")
 # %% [markdown]
 # A stride-2 block halves the height and width and doubles the channels, with the
 # shortcut's 1 × 1 convolution matching the shapes. ResNet-18, which chapter 5
-# fine-tunes, is a 7 × 7 convolution and a max-pool, then eight of these blocks in four
-# stages, then global average pooling and one linear layer. torchvision's
-# `resnet18(zero_init_residual=True)` sets γ of each block's last batch norm to zero,
-# which makes `F` zero: every block that keeps the shape (5 of the 8) starts as the
-# identity, the argument above; the 3 that halve the resolution start as
-# `relu(bn(conv1x1(x)))`, their shortcut's 1 × 1 convolution and batch norm followed
+# fine-tunes, starts with a stem that quarters the height and width: a 7 × 7
+# convolution of stride 2, batch norm, ReLU and a 3 × 3 max-pool of stride 2; then come
+# eight of these blocks in four stages, then global average pooling and one linear
+# layer. torchvision's `resnet18(zero_init_residual=True)` sets γ of each block's last
+# batch norm to zero, which makes `F` zero: every block that keeps the shape (5 of the
+# 8) starts as the identity, the argument above; the 3 that halve the resolution start
+# as `relu(bn(conv1x1(x)))`, their shortcut's 1 × 1 convolution and batch norm followed
 # by the ReLU after the addition. All three facts checked:
 
 # %%
@@ -3102,7 +3112,7 @@ assert acc_unsure < acc_rest - 0.1, (acc_unsure, acc_rest)
 # %% [markdown]
 # **Exercise 5.** Give the CNN a head that is not tied to positions, and find out which
 # part of it does the work. *Global average pooling* (`nn.AdaptiveAvgPool2d(1)`,
-# section 3.9) averages each final map over all its positions, so it keeps which
+# section 3.3) averages each final map over all its positions, so it keeps which
 # features occur but not where; ResNets end this way. Write `PooledDigitCNN`, a
 # `DigitCNN` whose head is global average pooling and a linear layer to the 10 classes,
 # without the Flatten head's dropout (an untuned choice). With `extra_block=True` one

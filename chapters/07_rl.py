@@ -486,16 +486,12 @@ for t in (0, 250, 450, 499):
 # the variance: rewards far in the future, which an action barely influenced, count for
 # little. Normalising the returns is a trade of the same kind.
 #
-# The batch mean of section 7.3 has a cost too, and the same steps derive it. The mean
-# $\bar G$ of a batch's $N$ returns includes the returns of each step's own episode,
-# which that episode's actions influenced, so it is not an exact baseline. Besides the
-# direction just described, it adds to the estimate a term proportional to the
-# gradient of the sum of the episode's own returns, with a minus sign: in CartPole,
-# where every step earns 1, a push towards *shorter* episodes. Its weight per reward is
-# at most $1/(N(1-\gamma)) = 100/N$, so it shrinks as the batch grows and is a sizeable
-# fraction of the signal only while a batch holds a few hundred steps (short episodes,
-# early in training) or for consequences hundreds of steps after an action. The aside
-# below derives it.
+# The batch mean of section 7.3 has a cost too. The mean $\bar G$ of a batch's $N$
+# returns includes the returns of each step's own episode, which that episode's actions
+# influenced, so it is not an exact baseline: in CartPole it adds a push towards
+# *shorter* episodes. Its weight per reward is at most $100/N$, so, as a rule of thumb,
+# it matters only for small batches (a few hundred steps, early in training); the
+# aside below derives it.
 
 # %% [markdown] tags=["box-dropdown"]
 # <details>
@@ -520,8 +516,8 @@ for t in (0, 250, 450, 499):
 # step earns 1, towards *shorter* episodes. It is not simply a slight shrink of the
 # estimate, but it shrinks as the batch grows: per reward its weight is at most
 # $1/(N(1-\gamma)) = 100/N$, against $\gamma^d$ in the signal for a reward $d$ steps
-# after the action, so it is a sizeable fraction of the signal only while $N$ is a few
-# hundred steps (a batch of short episodes early in training) or for consequences
+# after the action, so, roughly, it weighs as much as the signal only while $N$ is a
+# few hundred steps (a batch of short episodes early in training) or for consequences
 # hundreds of steps later.
 #
 # </details>
@@ -1432,19 +1428,19 @@ against the 16 of a batch).
 # do not lag). On the other 64, each episode's
 # estimate $\sum_t w_t \nabla_\theta \log \pi_\theta(a_t \mid s_t)$ is computed with
 # three weightings $w_t$: the return $G_t$ alone; $G_t - b$, with $b$ one constant (the
-# mean return of the fitting episodes), roughly what the mean subtraction of
-# normalisation does; and $G_t - V(s_t)$. Neither $b$ nor $V$ depends on the measured
-# episodes, so by step 4 all three have the same expectation; their **total variance**
-# across episodes (the variances of all 4,610 gradient components, summed) says how
-# noisy each is. A ratio of two such variances, each from 64 episodes, is itself
-# noisy, so the cell repeats the whole measurement ten times at the same weights, each
-# time with 128 fresh episodes and a fresh value network, and reports the median and
-# the range. The episodes of a batch are independent (each has its own start
-# state and its own action draws), so the mean of 16 per-episode estimates has exactly
-# 1/16 of one episode's total variance. The chapter's update is that mean only up to a
-# batch-dependent scale (it averages over steps and divides by the returns' standard
-# deviation) and with the batch's own mean as $b$; the measurement below is of the
-# idealised estimate.
+# mean return of the fitting episodes), a stand-in for normalisation's mean subtraction
+# (which subtracts the batch's own mean instead); and $G_t - V(s_t)$. Neither $b$ nor
+# $V$ depends on the measured episodes, so by step 4 all three have the same
+# expectation; their **total variance** across episodes (the variances of all 4,610
+# gradient components, summed) says how noisy each is. A ratio of two such variances,
+# each from 64 episodes, is itself noisy, so the cell repeats the whole measurement ten
+# times at the same weights, each time with 128 fresh episodes and a fresh value
+# network, and reports the median and the range. The episodes of a batch are
+# independent (each has its own start state and its own action draws), so the mean of
+# 16 per-episode estimates has exactly 1/16 of one episode's total variance. The
+# chapter's update is that mean only up to a batch-dependent scale (it averages over
+# steps and divides by the returns' standard deviation) and with the batch's own mean
+# as $b$; the measurement below is of the idealised estimate.
 #
 # `torch.autograd.grad(log_probs, params, grad_outputs=w)` gives
 # $\sum_t w_t \nabla_\theta \log \pi_\theta(a_t \mid s_t)$ in one backward pass: it
@@ -1683,8 +1679,8 @@ At the snapshot (after update {{snapshot_update}} of the kept run's
 computed as in training: {{probe_bootstrap}}), the numbers below are medians over
 the {{n_draws}} draws, with the lowest and highest draw in brackets. Subtracting
 the one constant $b$ cut the total variance {{constant_gain}}-fold
-({{constant_gain_range}}): that is roughly what the mean subtraction of normalisation
-buys plain REINFORCE. The value network explained a fraction $R^2$ = {{value_r2}} of
+({{constant_gain_range}}): a rough measure, at this policy, of what subtracting a mean
+return buys. The value network explained a fraction $R^2$ = {{value_r2}} of
 the returns' variance on episodes it had not seen, and subtracting $V(s_t)$ instead
 of $b$ left {{value_share}} ({{value_share_range}}) of the variance that $b$ left, a
 further {{value_gain}}-fold cut in the median. {{value_spread}} So at a fixed policy,
@@ -1818,10 +1814,12 @@ assert test_mean >= solved_threshold and random_mean < 50, (
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Over the 20 test episodes the trained policy averages {{test_mean}} (standard
-deviation {{test_std}}, shortest episode {{test_min}} steps), against
-{{random_test_mean}} for random actions: at least the threshold of 475, so
-CartPole-v1 counts as solved by this chapter's 20-episode version of the criterion.
+Over the 20 test episodes the trained policy, acting greedily (always its most
+probable action), averages {{test_mean}} (standard deviation {{test_std}}, shortest
+episode {{test_min}} steps), against {{random_test_mean}} for random actions: at
+least the threshold of 475, so CartPole-v1 counts as solved by this chapter's
+version of the criterion (20 episodes, not 100, and the greedy policy; the policy as
+trained samples its actions, and exercise 3 measures how much lower it scores).
 Training the kept policy took {{episodes_to_solve}} episodes.
 """
 )

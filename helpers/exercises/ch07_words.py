@@ -132,8 +132,7 @@ def multi_step_answer(
             "REINFORCE stops one that goes wrong."
         )
     kl_scale = (sum(first_kl[big]) / len(first_kl[big])) / (sum(first_kl[ten]) / len(first_kl[ten]))
-    order = "the same order as" if 0.2 < kl_scale < 5 else ("far below" if kl_scale <= 0.2 else "far above")
-    lead = f"One step per batch at lr {big_lr}, with a first-update KL of {order} ten steps',"
+    lead = f"One step per batch at lr {big_lr}, with a first-update KL {kl_scale:.1f} times ten steps',"
     if n_collapsed[big] and n_collapsed[ten]:
         lines.append(
             f"{lead} clearly collapsed in {n_collapsed[big]} of {n_runs} runs "
