@@ -934,10 +934,8 @@ assert torch.log_softmax(extreme, dim=1)[0, 1].item() == -1000.0
 # regression, `nn.Linear(2, 1)`, and a small MLP, `Linear(2, 16) -> ReLU ->
 # Linear(16, 1)`, with the same loop as section 2.3, the same loss
 # (`F.binary_cross_entropy_with_logits`, the functional form of `BCEWithLogitsLoss`),
-# full-batch SGD at lr 1.0 for 500 steps (untuned, enough for both decisions to
-# settle), on 200
-# of the points, score both on the other 100, and colour the plane by each model's
-# decision.
+# full-batch SGD at lr 1.0 for 500 steps (untuned), on 200 of the points, score both
+# on the other 100, and colour the plane by each model's decision.
 
 
 # %%
@@ -1975,7 +1973,8 @@ assert (
 # count more than the 40 of the first; weighting each loss by its share of the examples
 # repairs it. With BatchNorm no weighting helps, because each micro-batch is normalised
 # with its own statistics. (`helpers.training.train_one_epoch`, below, accumulates with
-# `accumulation_steps=k` under the same conditions.)
+# `accumulation_steps=k` by the same repair: it weights each micro-batch by its number
+# of examples, so an epoch's short last batch does not count as much as a full one.)
 #
 # ### The full loop, and choosing on validation data
 #
@@ -2497,14 +2496,14 @@ Where a run jumps after its
 best epoch, the rise of its validation loss there is instability, not overfitting,
 and a validation minimum reached among such jumps is partly a lucky snapshot.
 
-**Overfitting.** A validation loss that ends above its best is weak evidence on its
-own: each validation point is a snapshot of one set of weights, and the best epoch
-is the lowest of {{grid_epochs}} noisy points, so noise alone makes a curve end
-above it. Each training point, by contrast, averages an epoch's updates, which
-smooths it. On {{n_train}} tumours with clean labels the network finds little to
-memorise that would not carry over, so a rise in these curves is hard to tell from
-their noise; section 2.8 measures what the long training costs in confidence on new
-tumours.
+**Overfitting.** A validation loss that ends above its best is weak evidence on
+its own: each validation point is a snapshot of one set of weights, and the best
+epoch is the lowest of {{grid_epochs}} noisy points, so noise alone makes a curve
+end above it. Each training point, by contrast, averages an epoch's updates, which
+smooths it. On {{n_train}} tumours whose labels we take as correct the network
+finds little to memorise that would not carry over, so a rise in these curves is
+hard to tell from their noise; section 2.8 measures what the long training costs
+in confidence on new tumours.
 
 **Validation below training.** The validation loss starts below the training loss
 in {{n_below_start}}, and stays below it throughout in {{n_below_throughout}}.
@@ -2653,7 +2652,8 @@ print(missing_and_unexpected)
 # epochs of both and tracks the best validation epoch. They contain little you have not
 # seen. `train_one_epoch` keeps each batch's loss on the device, as section 2.3's loop
 # did, and reads them once per epoch; with `accumulation_steps=k` it accumulates as in
-# section 2.7 (exercise 2 writes that loop yourself). A check against the hand-written
+# section 2.7, each micro-batch weighted by its size (exercise 2 writes that loop
+# yourself). A check against the hand-written
 # version: `evaluate` on the validation set gives the loss the loop recorded for the
 # selected epoch.
 
@@ -4275,7 +4275,7 @@ assert check_load_matching(load_matching)
 # keep for each size the run that section 2.5's rule picks (for 32, among section 2.7's
 # six runs: does the rule agree with section 2.7's choice?).
 #
-# Then the design question. The kept runs end at best losses several-fold apart:
+# Then the design question. The kept runs can end at quite different best losses:
 # measured how, does a run *get somewhere* sooner? **What would it be unfair to
 # count?** Answer with a validation loss to reach, and count the epochs and the
 # optimizer updates each run takes to reach it (the "steps to a result" of

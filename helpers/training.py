@@ -155,15 +155,14 @@ def _match_target(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return outputs
 
 
-def _step_group(optimizer: torch.optim.Optimizer, group_size: int, accumulation_steps: int) -> None:
-    # Each loss was divided by k; a last group of m < k batches is rescaled by k/m so its
-    # update uses the mean over its own m batches, as one step on their concatenation would.
-    if group_size != accumulation_steps:
-        scale = accumulation_steps / group_size
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.grad.mul_(scale)
+def _step_group(optimizer: torch.optim.Optimizer, examples: int) -> None:
+    # Each micro-batch's mean loss was multiplied by its number of examples: dividing the
+    # summed gradients by the group's examples gives the mean over all of them, as one
+    # step on the concatenated batch would, however the micro-batches' sizes differ.
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                p.grad.div_(examples)
     optimizer.step()
     optimizer.zero_grad()
 
@@ -178,11 +177,12 @@ def train_one_epoch(
 ) -> float:
     """One pass over ``loader`` in training mode; returns the sample-weighted mean loss.
 
-    With ``accumulation_steps=k`` the gradients of ``k`` consecutive batches are summed,
-    each loss divided by ``k``, before one optimizer step; a last, shorter group of
-    ``m`` batches is averaged over ``m``. For a mean-reduced loss, equal-sized batches
+    With ``accumulation_steps=k`` the gradients of ``k`` consecutive batches (fewer for
+    a last group) are summed, each batch's loss weighted by its number of examples, and
+    divided by the group's examples before one optimizer step. For a mean-reduced loss
     and no batch-dependent layers (BatchNorm), each step then equals one step on the
-    concatenated batch. Introduced in chapter 02.
+    concatenated batch, even where the batches differ in size (a short last batch).
+    Introduced in chapter 02.
     """
     device = _check_common(model, device)
     _check_criterion(criterion)
@@ -197,22 +197,27 @@ def train_one_epoch(
     # wait for the GPU every step. They are read once, at the end of the epoch.
     losses: list[torch.Tensor] = []
     sizes: list[int] = []
-    pending = 0
+    pending, examples = 0, 0
     for inputs, targets in loader:
         inputs, targets = inputs.to(device), targets.to(device)
         outputs = _match_target(model(inputs), targets)
         loss = criterion(outputs, targets)
-        (loss / accumulation_steps).backward()
-        pending += 1
-        if pending == accumulation_steps:
-            _step_group(optimizer, pending, accumulation_steps)
-            pending = 0
+        if accumulation_steps == 1:
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        else:
+            (loss * len(targets)).backward()
+            pending, examples = pending + 1, examples + len(targets)
+            if pending == accumulation_steps:
+                _step_group(optimizer, examples)
+                pending, examples = 0, 0
         losses.append(loss.detach())
         sizes.append(len(targets))
     if not sizes:
         raise ValueError("loader yielded no batches")
     if pending:
-        _step_group(optimizer, pending, accumulation_steps)
+        _step_group(optimizer, examples)
     # float64 on the CPU (MPS has no float64): the same sum a Python loop would give
     per_batch = torch.stack(losses).cpu().double()
     return (per_batch * torch.tensor(sizes, dtype=torch.float64)).sum().item() / sum(sizes)
