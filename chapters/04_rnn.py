@@ -627,8 +627,9 @@ still, with an RMSE of {{wave_linear_rmse}}: a single sine wave obeys the exact
 linear rule $x_t = 2\cos(\omega)\, x_{t-1} - x_{t-2}$
 (with $\omega = 2\pi/\text{period}$), a sum of two obeys one over four past values,
 and least squares recovers it. (Every window therefore lies in a space of four
-dimensions, which makes the fit ill-conditioned: `with_constant` hands it over in
-float64.) What remains comes from computing the signal in float32: its phases
+dimensions, so the least-squares problem is rank-deficient for an exact signal and
+nearly so for this one: `with_constant` hands it over in float64.) What remains
+comes from computing the signal in float32: its phases
 $2\pi t/\text{period}$ are rounded at every $t$, which jitters the wave by up to about
 3e-5. So on this signal the LSTM's low error shows that training worked, not that an
 LSTM is the tool for the job. The sunspots of section 4.5 are the real test, against
@@ -818,7 +819,8 @@ any window, not only for windows like the training ones.
 # model; *scheduled sampling*,
 # [Bengio, Vinyals, Jaitly and Shazeer, 2015](https://arxiv.org/abs/1506.03099), moves
 # from true inputs to the model's own during training), or on noisy inputs, or avoid
-# the feedback altogether by forecasting all the steps at once from one head (a *direct* forecast).
+# the feedback altogether by forecasting all the steps at once from one head (a
+# *multi-output* forecast).
 #
 # ### Long streams: carry the state, cut the graph
 #
@@ -879,8 +881,13 @@ def stream_pass(
     for start in range(0, x.shape[1], chunk):
         output, state = model(x[:, start : start + chunk], state)
         if detach:
-            # keep the values, drop the graph that produced them
-            state = tuple(s.detach() for s in state)
+            # keep the values, drop the graph that produced them: an LSTM's
+            # state is a pair (h, c), an RNN's or a GRU's the tensor h
+            state = (
+                tuple(s.detach() for s in state)
+                if isinstance(state, tuple)
+                else state.detach()
+            )
         loss = loss_fn(output, y[:, start : start + chunk])
         optimizer.zero_grad()
         loss.backward()
