@@ -271,17 +271,24 @@ Since torchvision 0.13 an enum member names the set and carries its URL, evaluat
 transform and metrics; `pretrained=` is deprecated. `DEFAULT` points to the best set
 available and may change between torchvision releases, so name the member
 (`IMAGENET1K_V2`) when results must be reproducible. The old argument still works for
-now, with a warning (shown on the meta device, where building costs nothing):
+now, with deprecation warnings (shown on the meta device, where building costs
+nothing):
 """
 )
 
 # %%
 with warnings.catch_warnings(record=True) as caught, torch.device("meta"):
     warnings.simplefilter("always")
-    models.resnet18(pretrained=False)  # the deprecated spelling of weights=None
+    try:
+        # the deprecated spelling of weights=None
+        models.resnet18(pretrained=False)
+        removed = False
+    except TypeError:  # a torchvision that has dropped the argument
+        removed = True
+        print("this torchvision no longer accepts pretrained=")
 for warning in caught:
     print(f"{warning.category.__name__}: {warning.message}")
-assert any("deprecated" in str(w.message) for w in caught)
+assert removed or any("deprecated" in str(w.message) for w in caught)
 
 # %% [markdown]
 # To find a model, the zoo can also be searched by name: `models.list_models()` lists
@@ -1511,8 +1518,15 @@ for per_class in budgets:
     dodge = {1: 0.9, 3: 1.0, 10: 1.1}[per_class]
     ax_move.plot([f * dodge for f in factors], moved, marker=marker, ms=7,
                  color=colour, label=name, lw=width)  # fmt: skip
-# the control, 10 per class: dashed, square markers
-control_style = {"color": budget_colours[10], "linestyle": "--", "marker": "s"}
+# the control, 10 per class: square markers, not joined (it ran only at
+# these factors, and a line would draw values between them)
+control_style = {
+    "color": budget_colours[10],
+    "linestyle": "none",
+    "marker": "s",
+    "ms": 8,
+    "fillstyle": "none",
+}
 ax_acc.plot(control_factors, list(control_accs.values()), **control_style)
 moved = [
     100 * layer3_moved(layer3_moves, draws, 10, control, f)
@@ -1539,7 +1553,15 @@ ax_move.set(
 styles = [
     plt.Line2D([], [], color="black", marker="o", label="fine-tuning"),
     plt.Line2D([], [], color="black", ls=":", label="feature extraction"),
-    plt.Line2D([], [], color="k", ls="--", marker="s", label="random layer3"),
+    plt.Line2D(
+        [],
+        [],
+        color="k",
+        ls="none",
+        marker="s",
+        fillstyle="none",
+        label="random layer3",
+    ),
 ]
 styles += [
     plt.Line2D([], [], color=colour, lw=4, label=f"{k} per class")
@@ -2162,6 +2184,13 @@ record("lr_scratch", f"{lr_scratch:.0e}".replace("e-0", "e-"))
 # transfer methods at 10 per class; then the transfer methods minus scratch
 long_rows = []
 held_back = []  # the budgets where the longer schedule clearly helped scratch
+
+
+def rate_text(rate: float) -> str:
+    """1e-2, not 1e-02."""
+    return f"{rate:.0e}".replace("e-0", "e-")
+
+
 for per_class, method in [(k, "scratch") for k in budgets] + [
     (10, "feature extraction"),
     (10, "fine-tuning"),
@@ -2172,20 +2201,35 @@ for per_class, method in [(k, "scratch") for k in budgets] + [
         [val_right[per_class, d, method, factor] for d in draws],
     )
     se = math.hypot(se_draws, se_images)
-    long_rows.append((f"{method}, 24 minus 12 epochs", per_class, (gap, se)))
+    # a method whose grid chose another rate changed rate and schedule together
+    label = f"{method}, 24 minus 12 epochs"
+    if lr_long[method] != lr:
+        label = (
+            f"{method}, 24 epochs at {rate_text(lr_long[method])}"
+            f" minus 12 at {rate_text(lr)}"
+        )
+    long_rows.append((label, per_class, (gap, se)))
     if method == "scratch":
         record(f"long_gain_scratch_{per_class}", gap_text(gap, se))
     if method == "scratch" and gap > 0 and noise_level(gap, se) != "noise":
         held_back.append(str(per_class))
+# what held scratch back: the schedule alone, or the schedule and the rate
+held_cause = (
+    "the 12-epoch schedule"
+    if lr_scratch == lr
+    else f"the 12-epoch schedule at {rate_text(lr)} (its 24 epochs ran at its"
+    f" chosen {rate_text(lr_scratch)})"
+)
 if held_back:
     held_note = (
-        "so the 12-epoch schedule held scratch back at "
+        f"so {held_cause} held scratch back at "
         + " and ".join(held_back)
         + " labels per class"
     )
 else:
-    held_note = "so the 12-epoch schedule held scratch back at no budget"
-record("held_plain", "The " + held_note.removeprefix("so the "))
+    held_note = f"so {held_cause} held scratch back at no budget"
+held_plain = held_note.removeprefix("so ")
+record("held_plain", held_plain[0].upper() + held_plain[1:])
 # the transfer methods minus scratch, all at 24 epochs
 long_val_gaps = {}
 for method in ("feature extraction", "fine-tuning"):
@@ -2242,7 +2286,7 @@ prose(
 extraction in three ways: a trainable `layer3`, that block's batch norm running in
 training mode (it normalises with digit batches and re-estimates its running
 statistics on them, whatever the factor), and the block's pretrained start. The
-random-`layer3` control (dashed green in the factor figure) keeps the first two and
+random-`layer3` control (open green squares in the factor figure) keeps the first two and
 replaces the third, so fine-tuning's gain over feature extraction, {{ft_gain_val_10}}
 points, is exactly the sum of the first row below and the pretrained-minus-random row
 at the chosen factor (paired gaps of the same images add). The second control keeps
@@ -2647,9 +2691,15 @@ else:
 record("shrink_note", shrink_note)
 if held_back:
     held_clause = (
-        "; but those gains are partly scratch's short schedule, which held it "
-        f"back at {' and '.join(held_back)} labels per class on validation "
-        "(section 5.7)"
+        "; but those gains are partly "
+        + (
+            "scratch's short schedule"
+            if lr_scratch == lr
+            else f"scratch's short schedule at {rate_text(lr)} (its 24 epochs"
+            f" ran at {rate_text(lr_scratch)})"
+        )
+        + f", which held it back at {' and '.join(held_back)} labels per"
+        " class on validation (section 5.7)"
     )
 else:
     held_clause = (
@@ -2657,7 +2707,7 @@ else:
         "scratch at any budget"
     )
 record("held_clause", held_clause)
-record("held_budgets", held_note.removeprefix("so the 12-epoch schedule "))
+record("held_budgets", held_note[held_note.index("held scratch back") :])
 record("ft_over_fe_10_se", ft_fe_10_se_images, fmt="{:.1f}")
 record("ft_over_fe_10_se_draws", ft_fe_10_se_draws, fmt="{:.1f}")
 # the first and second draw's gaps
@@ -2710,9 +2760,16 @@ if min(fe_long) >= 0.1:
         "frozen features may not be able to, on these augmented images"
     )
 elif max(fe_long) < 0.1:
+    fe_lr = lr_long["feature extraction"]
     fe_schedule += (
         f". After 24 epochs its loss was {max(fe_long):.2f} or less: with "
-        "the longer schedule it nearly fitted them"
+        + (
+            "the longer schedule"
+            if fe_lr == lr
+            else f"the longer schedule and its chosen rate ({rate_text(fe_lr)},"
+            f" against {rate_text(lr)} for 12 epochs), which changed together,"
+        )
+        + " it nearly fitted them"
     )
 else:
     fe_schedule += (
