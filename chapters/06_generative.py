@@ -279,7 +279,7 @@ prose(
     r"""
 The judge classifies the validation digits with accuracy {{judge_val_acc}}
 ({{judge_epoch_text}}), but
-it is a strict reader: it is sure of only {{real_val_confident}} of them. That share
+it is sure (a probability of 0.9 or more) of {{real_val_confident}} of them. That share
 is a reference, not a ceiling (a generator that draws only prototypical digits could
 exceed it), and a lower share is not by itself a flaw. Distances in this
 chapter are read against the real digits' own, {{real_val_fd}} for 500 training
@@ -1351,7 +1351,8 @@ steps as {{path_readings}}:
 #   whose gradient with respect to the logit then nearly vanishes. Almost no
 #   gradient flows back into $G$. The **non-saturating** loss used in practice instead
 #   *minimises* $-\log D(G(z))$, which is the binary cross-entropy of the fakes against
-#   the label 1 ("real"). It has the same goal, and its gradient is strong exactly
+#   the label 1 ("real"). That is a different game with the same fixed point (the
+#   generator that draws the data's distribution), and its gradient is strong exactly
 #   when $G$ is losing (exercise 3 derives both and measures the difference).
 #
 # **What the game optimises.** Write $p_{\rm data}$ for the distribution of real
@@ -1556,8 +1557,8 @@ del g_copy, d_copy, noise, fake
 # the current one, $\bar\theta \leftarrow \beta\,\bar\theta + (1 - \beta)\,\theta$; with
 # $\beta = 0.999$ (untuned) that averages over roughly the last 1,000 steps. Our
 # average also divides by the total weight given so far, as Adam does for its moment
-# estimates, so that the random initial weights do not linger in it (an aside below
-# derives the step).
+# estimates, so that the weights of the first steps, barely trained, do not linger in
+# it for thousands of steps (an aside below derives the step).
 #
 # `torch.optim.swa_utils.AveragedModel` keeps the averaged copy and calls our update
 # function. PyTorch ships the plain moving average as such a function,
@@ -1839,57 +1840,61 @@ def gan_step(
 threads = torch.get_num_threads()
 if device.type == "cpu":
     torch.set_num_threads(1)  # restored after the loop
-losses = torch.zeros(gan_steps, 2, device=device)  # (step, [D, G]) losses
-snapshots, train_seconds, step = [], 0.0, 0
-progress = tqdm(total=gan_steps, desc="GAN steps")
-clock = time.perf_counter()
-while step < gan_steps:
-    for (real,) in gan_loader:
-        loss_d, loss_g = gan_step(
-            gan_generator, discriminator, (optimizer_g, optimizer_d),
-            real.to(device), noise_dim, averaged_generator,
-        )  # fmt: skip
-        losses[step] = torch.stack([loss_d, loss_g])  # no device read
-        step += 1
-        progress.update()
-        if step % snapshot_every == 0:
-            # wait for the device before reading the clock
-            losses[step - 1].tolist()
-            train_seconds += time.perf_counter() - clock
-            # the averaged weights, with statistics measured for them
-            averaged = with_own_statistics(
-                averaged_generator.module, noise_batches
-            )
-            fd, effective = score(
-                averaged, fixed_noise, val_features,
-                (judge_features, judge_head), device,
+try:
+    losses = torch.zeros(gan_steps, 2, device=device)  # (step, [D, G]) losses
+    snapshots, train_seconds, step = [], 0.0, 0
+    progress = tqdm(total=gan_steps, desc="GAN steps")
+    clock = time.perf_counter()
+    while step < gan_steps:
+        for (real,) in gan_loader:
+            loss_d, loss_g = gan_step(
+                gan_generator, discriminator, (optimizer_g, optimizer_d),
+                real.to(device), noise_dim, averaged_generator,
             )  # fmt: skip
-            latest_fd, latest_effective = score(
-                gan_generator, fixed_noise, val_features,
-                (judge_features, judge_head), device,
-            )  # fmt: skip
-            snapshots.append(
-                {
-                    "step": step,
-                    "seconds": train_seconds,
-                    "state": copy.deepcopy(averaged.state_dict()),
-                    # the same weights with the averaged statistics
-                    "stale_state": copy.deepcopy(
-                        averaged_generator.module.state_dict()
-                    ),
-                    "latest_state": copy.deepcopy(gan_generator.state_dict()),
-                    "grid": generate(averaged, fixed_noise[:8]).cpu(),
-                    "val_fd": fd,
-                    "latest_val_fd": latest_fd,
-                    "val_effective": effective,
-                    "latest_val_effective": latest_effective,
-                }
-            )
-            clock = time.perf_counter()  # scoring is not training time
-        if step == gan_steps:
-            break
-progress.close()
-torch.set_num_threads(threads)
+            losses[step] = torch.stack([loss_d, loss_g])  # no device read
+            step += 1
+            progress.update()
+            if step % snapshot_every == 0:
+                # wait for the device before reading the clock
+                losses[step - 1].tolist()
+                train_seconds += time.perf_counter() - clock
+                # the averaged weights, with statistics measured for them
+                averaged = with_own_statistics(
+                    averaged_generator.module, noise_batches
+                )
+                fd, effective = score(
+                    averaged, fixed_noise, val_features,
+                    (judge_features, judge_head), device,
+                )  # fmt: skip
+                latest_fd, latest_effective = score(
+                    gan_generator, fixed_noise, val_features,
+                    (judge_features, judge_head), device,
+                )  # fmt: skip
+                snapshots.append(
+                    {
+                        "step": step,
+                        "seconds": train_seconds,
+                        "state": copy.deepcopy(averaged.state_dict()),
+                        # the same weights with the averaged statistics
+                        "stale_state": copy.deepcopy(
+                            averaged_generator.module.state_dict()
+                        ),
+                        "latest_state": copy.deepcopy(
+                            gan_generator.state_dict()
+                        ),
+                        "grid": generate(averaged, fixed_noise[:8]).cpu(),
+                        "val_fd": fd,
+                        "latest_val_fd": latest_fd,
+                        "val_effective": effective,
+                        "latest_val_effective": latest_effective,
+                    }
+                )
+                clock = time.perf_counter()  # scoring is not training time
+            if step == gan_steps:
+                break
+    progress.close()
+finally:
+    torch.set_num_threads(threads)
 losses_d, losses_g = losses.cpu().unbind(dim=1)  # (gan_steps,) each
 
 # %% [markdown]
