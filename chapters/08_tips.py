@@ -2400,10 +2400,9 @@ def autocast_choice(
             return device, torch.bfloat16, "this GPU computes bfloat16 natively"
         return device, torch.float16, "this GPU has no native bfloat16"
     if device.type == "mps":
-        # bfloat16 on the Apple GPU needs macOS 14 or newer
-        if torch.backends.mps.is_macos_or_newer(14, 0):
-            return device, torch.bfloat16, "MPS on macOS 14+ computes bfloat16"
-        return device, torch.float16, "MPS before macOS 14 has no bfloat16"
+        # PyTorch's MPS backend needs macOS 14 since torch 2.8, and macOS 14
+        # computes bfloat16
+        return device, torch.bfloat16, "MPS autocast computes bfloat16"
     return device, torch.bfloat16, "bfloat16 is CPU autocast's default type"
 
 
@@ -4026,8 +4025,8 @@ if peak_val > 2 * np.log(10):
         f"On the way, its validation loss peaked at {peak_val:.0f} after "
         f"epoch {peak_epoch + 1}, {peak_val / np.log(10):.0f} times "
         "guessing's ln 10: a loss far above ln 10 means confident wrong "
-        "answers (large logits on wrong digits), here after "
-        f"{peak_epoch + 1} epoch{'s' if peak_epoch else ''} of steps this large."
+        "answers (large logits on wrong digits), reached after "
+        f"{peak_epoch + 1} epoch{'s' if peak_epoch else ''} at this rate."
     )
 else:
     spike_sentence = (
@@ -5098,7 +5097,11 @@ else:
     # on an accelerator autograd runs the backward pass in a thread of its own,
     # so the "backward" label, recorded in this thread, does not contain its
     # operators
-    phase_sentence = "The labelled phases are best read on the timeline here"
+    phase_sentence = (
+        "The labelled phases' shares are not given on this device (autograd"
+        " runs the backward pass in a thread of its own); they are best read"
+        " on a timeline (`export_chrome_trace`, below)"
+    )
 where = "GPU" if device.type == "cuda" else "CPU"
 tops = [reading["top operator"] for reading in profile_readings]
 top_counts = {name: tops.count(name) for name in dict.fromkeys(tops)}
