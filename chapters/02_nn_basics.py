@@ -766,7 +766,7 @@ line absorbs a small part of it. The learned weights match the true ones to abou
 # **float** targets (0.0 or 1.0, or a probability in between) of **the same shape as
 # the logits**; our MLP returns `(B, 1)`, so either squeeze the output or reshape the
 # targets. `CrossEntropyLoss` wants **`int64` (Long) class indices** (it also accepts
-# `uint8`, as its error message says; other integer types raise) of
+# `uint8` on the CPU, as its error message says; other integer types raise) of
 # shape `(B,)` beside logits of shape `(B, C)`. Each wrong combination below raises an
 # error rather than computing something.
 #
@@ -2650,12 +2650,13 @@ print(missing_and_unexpected)
 # `train_one_epoch` (the inner loop of section 2.7), `evaluate` (loss and accuracy under
 # `eval()` and `no_grad`), `predict` (predicted and true labels), and `fit`, which runs
 # epochs of both and tracks the best validation epoch. They contain little you have not
-# seen. `train_one_epoch` keeps each batch's loss on the device, as section 2.3's loop
-# did, and reads them once per epoch; with `accumulation_steps=k` it accumulates as in
-# section 2.7, each micro-batch weighted by its size (exercise 2 writes that loop
-# yourself). A check against the hand-written
-# version: `evaluate` on the validation set gives the loss the loop recorded for the
-# selected epoch.
+# seen, with one convenience to know about: where a model returns `(B, 1)` and the
+# targets are `(B,)`, they squeeze the output to `(B,)` first (section 2.4's shape rule,
+# applied for you). `train_one_epoch` keeps each batch's loss on the device, as section
+# 2.3's loop did, and reads them once per epoch; with `accumulation_steps=k` it
+# accumulates as in section 2.7, each micro-batch weighted by its size (exercise 2
+# writes that loop yourself). A check against the hand-written version: `evaluate` on
+# the validation set gives the loss the loop recorded for the selected epoch.
 
 # %%
 result = evaluate(model, val_loader, criterion, device)
@@ -3282,7 +3283,8 @@ prose(
 
 **How far off.** The chosen model is {{calibration_words}} (one standard error is
 {{test_se}}; a rough yardstick rather than a test, since the mean confidence is
-noisy too). Matching averages would only be *calibration in the large*, necessary
+noisy too). Matching averages would only be calibration on average (a reliability
+diagram with one bin), necessary
 but not enough: a model can be overconfident on some decisions and underconfident
 on others and still match on average. The full check groups the decisions by
 confidence and compares each group's accuracy with its confidence, a *reliability
@@ -3558,7 +3560,8 @@ assert same
 # also the state of the generator that shuffles the batches, so the resumed run sees the
 # same batch order. That is everything for this MLP, whose epochs draw no other random
 # numbers. A model with dropout or random augmentation draws them too: its checkpoint
-# also needs `torch.get_rng_state()` (and `torch.cuda.get_rng_state_all()` on a GPU),
+# also needs `torch.get_rng_state()` (and `torch.cuda.get_rng_state_all()` on a GPU,
+# `torch.mps.get_rng_state()` on a Mac),
 # restored with the matching `set_` functions. (Add a scheduler's `state_dict` when you
 # use one, chapter 3.) The
 # cell trains for three epochs, saves, and then runs a fourth epoch three ways.
