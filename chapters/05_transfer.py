@@ -1235,12 +1235,11 @@ this run's {{adam_steps}} steps never more than {{adam_worst_factor}} times the 
 
 So at ×0.01 `layer3`'s weights stay close to feature extraction's, though not its
 function: an unfrozen block's batch norm runs in training mode and re-estimates its
-running statistics on the digits whatever the factor (a control below measures what
-that is worth). Larger factors must be tried too; the factor is chosen on validation,
-like any other setting: every budget and draw is trained with factors 0.01, 0.1 and 1
-(the backbone at the head's full rate), next to scratch and feature extraction, and
+running statistics on the digits at any factor (a control measures what that is
+worth). Larger factors need trying too: every budget and draw is trained with factors
+0.01, 0.1 and 1 (the head's full rate), next to scratch and feature extraction, and
 each budget keeps the factor with the best validation accuracy averaged over the two
-draws (on a tie, the smaller).
+draws (the smaller on a tie).
 """
 )
 
@@ -1269,11 +1268,9 @@ gradient that follows a long quiet stretch, is one case of it, not a ceiling.
 )
 
 # %% [markdown]
-# The same loop trains two controls at 10 labels per class, which the fairness checks
-# at the end of the section read: fine-tuning with `layer3` started from random weights
-# (the ones scratch starts from), `layer1` and `layer2` still pretrained and frozen, at
-# ×0.01 and ×1, where `layer3` moves least and most (and at the chosen factor, if that
-# is neither); and fine-tuning at ×0.01 with `layer3`'s batch norm kept in `eval()`.
+# The same loop trains two controls at 10 labels per class, read in the fairness box at
+# the end of the section: `layer3` from random weights (scratch's) at ×0.01 and ×1 (and
+# the chosen factor, if neither), and ×0.01 with `layer3`'s batch norm kept in `eval()`.
 
 # %%
 factors = (0.01, 0.1, 1.0)
@@ -1375,6 +1372,42 @@ print(f"{'10, random layer3':>36}" + "".join(
 ))  # fmt: skip
 print("chosen factor per budget:", chosen)
 
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+# The words of the prose below, from the chosen factors.
+def budgets_text(ks: list) -> str:
+    """[1, 3, 10] -> '1, 3 and 10 labels per class'; [1] -> '1 label ...'."""
+    unit = "label" if ks == [1] else "labels"
+    numbers = [str(k) for k in ks]
+    if len(numbers) > 1:
+        numbers = [", ".join(numbers[:-1]), numbers[-1]]
+    return f"{' and '.join(numbers)} {unit} per class"
+
+
+full_chosen = [k for k in budgets if chosen[k] == 1.0]
+smaller = [k for k in budgets if chosen[k] != 1.0]
+if not smaller:
+    rate_found = (
+        "Validation chose `layer3` at the head's full rate for every budget: "
+        "the usual advice of a smaller backbone rate lost here."
+    )
+elif not full_chosen:
+    rate_found = "Validation chose a smaller rate for `layer3` at every budget."
+else:
+    rate_found = (
+        "Validation chose `layer3` at the head's full rate with "
+        f"{budgets_text(full_chosen)} and a smaller rate with "
+        f"{budgets_text(smaller)}."
+    )
+record("rate_found", rate_found)
+prose(
+    r"""
+{{rate_found}} The lesson: the backbone's rate is a hyper-parameter, chosen on
+validation like any other. The rest of the section measures how sure each choice is,
+and whether the comparison of the methods is fair.
+"""
+)
+
 # %% [markdown]
 # From here on, two arms are compared by their accuracy gap and a **paired** standard
 # error. Both arms of a draw are scored on the same 500 validation digits, and a digit
@@ -1436,20 +1469,19 @@ record("same_share", same_share, fmt="{:.0%}")
 record("se_unpaired_hand", se_unpaired, fmt="{:.1f}")
 prose(
     r"""
-The two arms gave the same right-or-wrong on {{same_share}} of the digits (both
-draws). Paired, the images' part is {{se_images_hand}} points; had the arms been scored
-on different digits it would be about {{se_unpaired_hand}}. The draws' part comes from
-each draw's gap, and `val_gap` below adds the two parts in quadrature. With two draws
-that part is rough: where it dominates the sum, a t-test's 95 % bound would be up to
-{{t_one_df}} errors, not 2 (one degree of freedom). For this pair the draws' part is
-{{se_draws_hand}} points against the images' {{se_images_hand}}: {{t_note}}.
+The two arms gave the same right-or-wrong on {{same_share}} of the digits. Paired, the
+images' part is {{se_images_hand}} points; on different digits it would be about
+{{se_unpaired_hand}}. `val_gap` below adds the draws' part ({{se_draws_hand}} here) in
+quadrature. Three caveats hold for every gap in this chapter and are stated only here:
 
-So `noise_level` applies a rule of thumb: within two errors is noise, two to three
-*borderline*, beyond three *clear*; `gap_text` and `verdict` put it in words. The best
-validation accuracies themselves are optimistic: each is the best of 12
-epochs, and fine-tuning's also the best of three factors, all picked on the same 500
-digits. That is why the methods are scored once more, on the untouched test set, in
-section 5.8.
+- **Two draws.** The draws' part has one degree of freedom, so where it dominates a
+  95 % bound would be up to {{t_one_df}} errors, not 2. For this pair {{t_note}}.
+- **A rule of thumb.** `noise_level` calls a gap within two errors *noise*, two to
+  three *borderline*, beyond three *clear* (`gap_text` and `verdict` put it in words):
+  indications, not tests.
+- **Optimism.** A best validation accuracy is the best of 12 epochs (and, for
+  fine-tuning, of three factors) on the same 500 digits, so section 5.8 scores every
+  model once more on the untouched test set.
 """
 )
 
@@ -1792,30 +1824,6 @@ else:
     record("factor_10_words", f"{chosen[10]:g} of the head's rate")
 
 
-def budgets_text(ks: list) -> str:
-    """[1, 3, 10] -> '1, 3 and 10 labels per class'; [1] -> '1 label ...'."""
-    unit = "label" if ks == [1] else "labels"
-    numbers = [str(k) for k in ks]
-    if len(numbers) > 1:
-        numbers = [", ".join(numbers[:-1]), numbers[-1]]
-    return f"{' and '.join(numbers)} {unit} per class"
-
-
-full_chosen = [k for k in budgets if chosen[k] == 1.0]
-smaller = [k for k in budgets if chosen[k] != 1.0]
-if not smaller:
-    rate_found = (
-        "Validation chose `layer3` at the head's full rate for every budget: "
-        "the usual advice of a smaller backbone rate lost here."
-    )
-elif not full_chosen:
-    rate_found = "Validation chose a smaller rate for `layer3` at every budget."
-else:
-    rate_found = (
-        "Validation chose `layer3` at the head's full rate with "
-        f"{budgets_text(full_chosen)} and a smaller rate with "
-        f"{budgets_text(smaller)}."
-    )
 # how clearly each choice won: the chosen factor minus the next best
 choice_gaps = {
     k: val_gap(
@@ -1841,7 +1849,6 @@ else:
     )
 # said once, below the figure; the box and the summary refer to it
 record("rate_noise", rate_noise)
-record("rate_found", rate_found)
 
 # the tables: gap_table (helpers/stats.py) writes a Markdown row per gap,
 # read by the rule of thumb. Choosing the rate: rows in the prose's order
@@ -1875,72 +1882,63 @@ record("control_table", gap_table(rows))
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-In the left panel the dotted lines are feature extraction and the solid lines
-fine-tuning at the three factors; colour is the number of labels per class in both
-panels. In the right panel the lines run from wide (1 label per class) to narrow
-(10), with a marker shape per budget and each budget's points moved a little
-sideways. They lie within {{move_spread_low}} points of each other at factors 0.01
-and 0.1 and span {{move_spread_full}} points at the full rate, {{move_overlap}}. At a
-hundredth of the head's rate `layer3` moved by {{moved_slow}} % of its norm with 1
-label per class, at the full rate by {{moved_full}} %.
-
-{{rate_found}} {{rate_noise}} The gaps behind the choice, on validation (arm a's
-accuracy minus arm b's, averaged over the two draws, with the paired standard error
-and the rule of thumb's reading):
+{{rate_noise}} The gaps behind the choice, on validation (arm a minus arm b, mean of
+the two draws, with the paired standard error and the rule of thumb's reading):
 
 {{rate_table}}
 
-Whether fine-tuning beats feature extraction depends on how far the backbone may move
-as well as on the data, so a rule such as "backbone at a tenth or a hundredth of the
-head's rate" is a starting point, not an answer; the validation set decides. From here
-on, "fine-tuning" means the chosen factor for each budget.
+In the figure, dotted lines are feature extraction and solid lines fine-tuning; colour
+is the budget. On the right, `layer3`'s moves lie within {{move_spread_low}} points
+of each other at ×0.01 and ×0.1 and span {{move_spread_full}} at ×1, {{move_overlap}}
+(with 1 label per class: {{moved_slow}} % of its norm at ×0.01, {{moved_full}} % at
+×1). So "backbone at a tenth or a hundredth of the head's rate" is a starting point,
+not an answer. From here on, "fine-tuning" means the chosen factor for each budget.
 """
 )
 
-# %% [markdown]
-# ### Beyond one backbone factor
+# %% [markdown] tags=["box-dropdown"]
+# <details>
+# <summary>Going further: beyond one backbone factor</summary>
 #
 # One rate for `layer3` and a frozen rest is the simplest schedule. Practitioners
 # also use three refinements, each worth trying on validation when its condition holds:
 #
-# - **Linear probe, then fine-tune (LP-FT).** Train the head on frozen features
-#   first, then fine-tune from there. While the head is still random, the gradients
-#   that reach the backbone serve to fit that random head; Kumar et al. found that
-#   this can distort good pretrained features, and that LP-FT helps most on test data
-#   unlike the data fine-tuned on, out of distribution ("Fine-Tuning can Distort Pretrained Features
-#   and Underperform Out-of-Distribution", ICLR 2022,
-#   [arXiv:2202.10054](https://arxiv.org/abs/2202.10054)).
-#   Here it means starting fine-tuning from the feature-extraction model; exercise 4
-#   builds it.
-# - **Layer-wise (discriminative) learning rates.** When many blocks are unfrozen, give
-#   each its own parameter group, with rates that shrink towards the input, where the
-#   features are most generic. ULMFiT divides the rate by 2.6 per layer (Howard and
-#   Ruder, ACL 2018, [arXiv:1801.06146](https://arxiv.org/abs/1801.06146)). It helps
-#   when the lower blocks need some adapting but less than the upper ones. ULMFiT pairs
-#   it with **gradual unfreezing**: the head trains alone first, then one more block
-#   joins per epoch from the top down. Exercise 2 builds both.
-# - **Re-estimating batch-norm statistics** on target images (AdaBN, section 5.6),
-#   with the weights kept: it can help when the target's inputs are distributed unlike
-#   the source's (another camera, stain or style), and it needs no labels.
+# - **Linear probe, then fine-tune (LP-FT).** Train the head on frozen features first,
+#   then fine-tune from there. While the head is still random, the gradients reaching
+#   the backbone serve to fit that random head; Kumar et al. found that this can distort
+#   good pretrained features, and that LP-FT helps most on test data unlike the data
+#   fine-tuned on ("Fine-Tuning can Distort Pretrained Features and Underperform
+#   Out-of-Distribution", ICLR 2022, [arXiv:2202.10054](https://arxiv.org/abs/2202.10054)).
+#   Exercise 4 builds it from the feature-extraction model.
+# - **Layer-wise (discriminative) learning rates.** With many blocks unfrozen, give each
+#   its own parameter group, with rates shrinking towards the input, where features are
+#   most generic; ULMFiT divides the rate by 2.6 per layer (Howard and Ruder, ACL 2018,
+#   [arXiv:1801.06146](https://arxiv.org/abs/1801.06146)). It helps when the lower
+#   blocks need some adapting, but less than the upper ones. ULMFiT pairs it with **gradual
+#   unfreezing**: the head trains alone first, then one more block joins per epoch from
+#   the top down. Exercise 2 builds both.
+# - **Re-estimating batch-norm statistics** on target images (AdaBN, section 5.6), with
+#   the weights kept: it needs no labels and can help when the target's inputs differ
+#   from the source's (another camera, stain or style).
 #   `torch.optim.swa_utils.update_bn(loader, model, device=device)` does it in one pass
-#   over a loader: it resets the running statistics of *every* batch-norm layer in the
-#   model, sets their `momentum` to `None` so that the pass computes a cumulative
-#   (equally weighted) average over all batches, and runs the whole model in `train()`
-#   mode (dropout included). Afterwards it restores the momenta and calls
-#   `model.train(was_training)`, which sets *every* submodule to the model's own mode:
-#   frozen blocks that were in `eval()` come back in training mode, so put them back in
-#   `eval()` after it, as after any `model.train()`. `device=` moves each
-#   batch (the first element of a tuple batch) to the device it names, which should be
-#   the model's. It runs under `torch.no_grad()` itself. Exercise 5 measures the effect of
-#   statistics that drift during training.
+#   under `torch.no_grad()`: it resets the running statistics of *every* batch-norm
+#   layer, sets their `momentum` to `None` (a cumulative, equally weighted average over
+#   all batches), and runs the whole model in `train()` mode, dropout included, moving
+#   each batch (a tuple's first element) to `device`, which should be the model's.
+#   Afterwards it restores the momenta and calls `model.train(was_training)`, which sets
+#   *every* submodule to the model's mode: put frozen blocks back in `eval()` after it,
+#   as after any `model.train()`. Exercise 5 measures statistics that drift in training.
 #
+# </details>
+
+# %% [markdown]
 # ### Is the comparison fair?
 #
-# Only fine-tuning had a setting chosen on validation so far, all methods share a
-# short schedule, and fine-tuning differs from feature extraction in more than its
-# pretrained start. Four checks follow: the training curves, scratch's learning rate,
-# twice the epochs for every method, and the two controls. First the curves of the
-# compared runs (fine-tuning at its chosen factor), one row per budget:
+# So far only fine-tuning had a setting chosen on validation, all methods share a short
+# schedule, and fine-tuning differs from feature extraction in more than its pretrained
+# start. The cells below run four checks (the training curves, a learning-rate grid,
+# twice the epochs for every method, the two controls); one box after them reads them.
+# First the curves of the compared runs, one row per budget:
 
 # %%
 compared_runs = {}  # (per_class, draw, method) -> (model, curves)
@@ -2058,34 +2056,29 @@ record("scarce", scarce)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Colour is the method; solid lines are the first draw and dashed lines the second.
-Feature extraction is drawn wide and pale so that fine-tuning's line stays visible
-where the two coincide. With 1 label per class every method fits its ten training images: the
-last-epoch training loss is at most {{all_1_loss}} for all three. What differs
-is how well that fit carries over to new digits: scratch reaches
-{{val_scratch_1}} on validation, feature extraction {{val_feature_1}} and
-fine-tuning {{val_fine_tuning_1}}. {{scarce}} (scratch
-{{val_scratch_10}} against {{val_fine_tuning_10}} for fine-tuning at 10
-per class). All methods get the same short schedule; at 10 per class scratch ends
-it with a training loss of {{scratch_10_loss}} or more, fine-tuning with
-{{ft_10_loss}} or less, {{schedule_note}} (tried below).
+Colour is the method, solid lines the first draw and dashed the second; feature
+extraction is wide and pale so that fine-tuning stays visible over it. With 1 label per
+class every method fits its ten images (last training loss at most {{all_1_loss}}), but
+the fit carries over differently: on validation scratch reaches {{val_scratch_1}},
+feature extraction {{val_feature_1}} and fine-tuning {{val_fine_tuning_1}}. {{scarce}}
+(scratch {{val_scratch_10}} against {{val_fine_tuning_10}} at 10 per class, both after
+12 epochs; the 24-epoch runs below revisit it). At 10 per class scratch ends with a
+training loss of {{scratch_10_loss}} or more, fine-tuning {{ft_10_loss}} or less,
+{{schedule_note}}.
 """
 )
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-**Learning rates and schedule.** `lr = 1e-2` is untuned and shared by all methods.
-Scratch, which trains every layer from random weights, is the method a poor choice
-would most likely hurt, and feature extraction trains only its head at that rate. So,
-at 10 labels per class and both draws, a small grid on validation for each of the two:
-3e-3 and 3e-2 next to the chapter's rate, the best of the three kept (for every
-budget: the grid is not repeated at 1 and 3). Then every method trains for twice as
-many epochs (24, the rate divided by 10 after 16) at every budget, scratch and feature
-extraction at their chosen rates and fine-tuning (at its chosen factor) at the
-chapter's, so that no comparison of the methods hinges on a short schedule. The
-median 12-epoch run above took {{run_seconds}} s here, so these {{extra_runs}} runs
-cost about {{extra_seconds}} s.
+**Learning rates and schedule.** `lr = 1e-2` is untuned. A poor rate would most likely
+hurt scratch, which trains every layer from random weights, and feature extraction,
+which trains only its head at it; so each gets a grid on validation at 10 labels per
+class (3e-3, 1e-2, 3e-2), whose best rate it keeps at every budget. Then every method
+trains for 24 epochs (the rate divided by 10 after 16) at every budget: scratch and
+feature extraction at their chosen rates, fine-tuning at its chosen factor and the
+chapter's rate. The median 12-epoch run above took {{run_seconds}} s, so these
+{{extra_runs}} runs cost about {{extra_seconds}} s.
 """
 )
 
@@ -2267,35 +2260,41 @@ record("long_standing", long_standing)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Paired against the chapter's 1e-2, scratch at {{lr_grid_scratch}}; feature
-extraction at {{lr_grid_fe}}. What twice the epochs changed, on validation:
-
-{{long_table}}
-
-{{held_plain}}. At 10 labels per class with 24 epochs each, {{long_standing}}.
-Fine-tuning's head keeps the untuned 1e-2 (only its backbone factor was chosen), and
-each grid has three points at one budget, so the rates are roughly, not finely,
-tuned. Section 5.8 scores the 24-epoch models on test.
+{{held_plain}}. At 10 labels per class with 24 epochs each, {{long_standing}} on
+validation. The box gives the rate grid, the longer runs and the controls; section 5.8
+scores the 24-epoch models on test.
 """
 )
 
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
+<details>
+<summary>Is the comparison fair?</summary>
+
+**Rates.** Paired against 1e-2, scratch at {{lr_grid_scratch}}; feature extraction at
+{{lr_grid_fe}}. Three points at one budget tune a rate roughly, not finely, and
+fine-tuning's head keeps the untuned 1e-2.
+
+**Twice the epochs**, on validation:
+
+{{long_table}}
+
 **The two controls** (10 labels per class). Fine-tuning differs from feature
-extraction in three ways: a trainable `layer3`, that block's batch norm running in
-training mode (it normalises with digit batches and re-estimates its running
-statistics on them, whatever the factor), and the block's pretrained start. The
-random-`layer3` control (open green squares in the factor figure) keeps the first two and
-replaces the third, so fine-tuning's gain over feature extraction, {{ft_gain_val_10}}
-points, is exactly the sum of the first row below and the pretrained-minus-random row
-at the chosen factor (paired gaps of the same images add). The second control keeps
-`layer3`'s batch norm in `eval()` on the letters' statistics at ×0.01:
+extraction in a trainable `layer3`, that block's batch norm in training mode (it
+re-estimates its statistics on digit batches at any factor), and the block's
+pretrained start. The random-`layer3` control (open squares in the factor figure)
+keeps the first two and replaces the third, so fine-tuning's gain over feature
+extraction, {{ft_gain_val_10}} points, is exactly the first row below plus the
+pretrained-minus-random row at the chosen factor (paired gaps of the same images add).
+The second control keeps `layer3`'s batch norm in `eval()` at ×0.01:
 
 {{control_table}}
 
 {{control_lesson}} {{split_words}} Re-estimating `layer3`'s batch-norm statistics on
 the digits {{bn_found}} at ×0.01. {{walk_lesson}}
+
+</details>
 """
 )
 
@@ -2430,20 +2429,18 @@ record("gpu_note", gpu_note)
 prose(
     r"""
 On the {{device_name}} that ran this page, a feature-extraction step was
-{{fe_vs_scratch}} a step from scratch, and a fine-tuning step
-{{ft_vs_scratch}} it; feature extraction was {{fe_vs_ft}} fine-tuning.
-The multiply-adds give a prediction: `layer3` does {{layer3_share}} of the
-convolutions' multiply-adds, fine-tuning also computes `layer3`'s weight gradients,
-and scratch in addition the gradients of `layer1` and `layer2` and of the inputs of
-`layer2` and `layer3` (the image itself needs no gradient). Counting a backward
-product as costly as its forward one, a fine-tuning step should cost
-{{fine_cost_predicted}} feature-extraction steps and a step from scratch
-{{scratch_cost_predicted}}; measured, they cost {{fine_cost_measured}} and
-{{scratch_cost_measured}}: {{cost_note}}. On a GPU a network this small can
-leave the device mostly idle, so that launching kernels rather than arithmetic sets
-the time per step; {{gpu_note}}. Whole-run times, which also include
-augmentation and the validation passes and vary with whatever else the machine is
-doing, are a poorer measure of this.
+{{fe_vs_scratch}} a step from scratch, and a fine-tuning step {{ft_vs_scratch}} it;
+feature extraction was {{fe_vs_ft}} fine-tuning. The multiply-adds give a prediction:
+`layer3` does {{layer3_share}} of the convolutions' multiply-adds, fine-tuning also
+computes `layer3`'s weight gradients, and scratch in addition the gradients of `layer1`
+and `layer2` and of the inputs of `layer2` and `layer3` (the image needs none).
+Counting a backward product as costly as its forward one, a fine-tuning step should
+cost {{fine_cost_predicted}} feature-extraction steps and a scratch step
+{{scratch_cost_predicted}}; measured, {{fine_cost_measured}} and
+{{scratch_cost_measured}}: {{cost_note}}. On a GPU a network this small can leave the
+device mostly idle, so that kernel launches rather than arithmetic set the time;
+{{gpu_note}}. Whole-run times, which add augmentation, validation and whatever else
+the machine does, measure this worse.
 """
 )
 
@@ -2860,11 +2857,11 @@ if fe_minus_scratch < 0 and fe_level != "noise":
     negative_note = (
         f"Feature extraction fell {-fe_minus_scratch:.1f} ± "
         f"{fe_minus_scratch_se:.1f} points behind scratch here{borderline}: "
-        "the frozen letter features were not enough at this budget. That "
-        "compares a frozen backbone with one trained on the digits, not the "
-        "source with no source: **negative transfer** is the source leaving "
-        "the target worse off than the same learner trained without it, and "
-        "this comparison is not that test. Section 5.7's control comes closer:"
+        "the frozen letter features were not enough at this budget. That is "
+        "no test of **negative transfer** (the source leaving the target worse "
+        "off than the same learner trained without it): it compares a frozen "
+        "backbone with one trained on the digits. Section 5.7's control comes "
+        "closer:"
     )
 else:
     negative_note = (
@@ -2884,51 +2881,40 @@ prose(
 **In short.** With one labelled digit per class, starting from the letter network
 instead of random weights added {{ft_gain_1}} points of test accuracy (fine-tuning,
 12 epochs). At 10 labels per class with 24 epochs for every method,
-{{long_lesson_core}} (fine-tuning's head rate untuned, as section 5.7 noted).
-The rest of this section puts standard errors on these numbers.
+{{long_lesson_core}}.
 
-With one labelled digit per class, fine-tuning the letter network scores {{test_ft_1}}
-on the test digits and feature extraction {{test_fe_1}}, against {{test_scratch_1}}
-from scratch: gains of {{ft_gain_1}} ± {{ft_gain_1_se}} and {{fe_gain_1}} ±
-{{fe_gain_1_se}} points, {{ft_gain_1_z}} and {{fe_gain_1_z}} paired standard errors
-(the aside below says what they count). The fine-tuning gain was
-{{ft_gain_1_low}} points for one draw and {{ft_gain_1_high}} for the other. Every
-method had fitted its ten images in 12 epochs (section 5.7), and 24 changed scratch's
-validation accuracy by {{long_gain_scratch_1}}.
+With one label per class, fine-tuning scores {{test_ft_1}} on test and feature
+extraction {{test_fe_1}}, against {{test_scratch_1}} from scratch: gains of
+{{ft_gain_1}} ± {{ft_gain_1_se}} and {{fe_gain_1}} ± {{fe_gain_1_se}} points,
+{{ft_gain_1_z}} and {{fe_gain_1_z}} paired standard errors (fine-tuning's gain was
+{{ft_gain_1_low}} in one draw and {{ft_gain_1_high}} in the other). Every method had
+fitted its ten images, and 24 epochs changed scratch's validation accuracy by
+{{long_gain_scratch_1}}.
 
-With 12 epochs each, the gain of fine-tuning over scratch is {{ft_gain_3}} points at 3
-labels per class and {{ft_gain_10}} at 10, where the network trained on digits alone
-reaches {{test_scratch_10}}{{held_clause}}. With 24 epochs for every method (the right
-panel), fine-tuning minus scratch is {{long_ft_gain_1}} points at 1 label per class,
-{{long_ft_gain_3}} at 3 and {{long_ft_gain_10}} at 10, and feature extraction minus
-scratch {{long_fe_gain_1}}, {{long_fe_gain_3}} and {{long_fe_gain_10}}:
-{{shrink_note}}.
+With 12 epochs each, fine-tuning's gain over scratch is {{ft_gain_3}} points at 3
+labels per class and {{ft_gain_10}} at 10, where scratch reaches
+{{test_scratch_10}}{{held_clause}}. With 24 epochs each (right panel), fine-tuning
+minus scratch is {{long_ft_gain_1}}, {{long_ft_gain_3}} and {{long_ft_gain_10}}
+points at 1, 3 and 10 labels per class, and feature extraction minus scratch
+{{long_fe_gain_1}}, {{long_fe_gain_3}} and {{long_fe_gain_10}}: {{shrink_note}}.
 
-At 10 labels per class, fine-tuning at its chosen factor was ahead of feature
-extraction: {{test_ft_10}} against {{test_fe_10}} ({{ft_over_fe_10}} ±
-{{ft_over_fe_10_se_all}} points, {{ft_over_fe_10_d0}} and {{ft_over_fe_10_d1}} in
-the two draws; {{ft_over_fe_10_z}} standard errors, a rough figure that the aside
-below takes apart): {{ft_pays}}. Feature extraction ended its 12
-epochs with a training loss of {{fe_10_loss}} or more against {{ft_10_loss}} or
-less for fine-tuning, {{fe_schedule}}. Section 5.7's control compared the
-pretrained start of `layer3` with a random one: at this factor, on validation,
-{{start_verdict}}.
-
-At 10 labels per class with 24 epochs for every method (section 5.7; scratch and
-feature extraction at their chosen rates; the right panel shows the accuracies), the
-paired gaps on test are:
+At 10 labels per class and 12 epochs, fine-tuning at its chosen factor scored
+{{test_ft_10}} against feature extraction's {{test_fe_10}} ({{ft_over_fe_10}} ±
+{{ft_over_fe_10_se_all}} points, {{ft_over_fe_10_d0}} and {{ft_over_fe_10_d1}} in the
+two draws, {{ft_over_fe_10_z}} standard errors): {{ft_pays}}. Feature extraction ended
+its 12 epochs with a training loss of {{fe_10_loss}} or more against {{ft_10_loss}} or
+less for fine-tuning, {{fe_schedule}}. Against a random `layer3` at this factor (section
+5.7's control, on validation), {{start_verdict}}. With 24 epochs each, the paired test
+gaps at 10 labels per class are:
 
 {{long_test_table}}
 
-By mean test accuracy the order is {{rank_10}} ("level with" marks neighbours whose
-gap is within noise). Where a verdict here differs from section 5.7's for the same
-pair on validation, both can hold: the two sets score different digits, and each
-validation figure is an arm's best epoch picked on those same 500 digits, an optimism
-the test figures lack.
-{{long_lesson}}
+By mean test accuracy the order is {{rank_10}} ("level with": within noise). A verdict
+here may differ from section 5.7's on validation: other digits, and no best-epoch
+optimism. {{long_lesson}}
 {{negative_note}}
-Where, if at all, scratch catches up depends on the task and on how closely the
-source resembles it; handwritten digits are an easy target.
+Where, if at all, scratch catches up depends on the task and on how closely the source
+resembles it; handwritten digits are an easy target.
 
 **When to pick which.** A common rule of thumb crosses two questions: how many labelled
 target images there are, and how much the target resembles the source. Few labels and
@@ -2936,10 +2922,8 @@ a similar source: feature extraction, since fine-tuning many weights on few imag
 overfit. More labels, or a less similar source: fine-tune, with a smaller rate for the
 pretrained layers, unfreezing more of them as labels grow. Many labels and a dissimilar
 source: scratch becomes competitive, and the pretrained weights remain a cheap start.
-This chapter tested only the first question, with one source and one target: at 1
-label per class both transfer methods beat scratch ({{ft_gain_1}} and {{fe_gain_1}}
-points), and at 10 per class with 24 epochs {{long_lesson_core}}. How resemblance
-changes the picture it did not measure.
+This chapter tested only the first question, with one source and one target (the
+numbers above); how resemblance changes the picture it did not measure.
 """
 )
 
@@ -2951,25 +2935,21 @@ prose(
 
 One test accuracy has a standard error of at most {{se_one}} points (1,000 images),
 and the draw (the labelled images and the training seeds together) adds variation of
-its own: in the table, {{n_beyond}} of the {{n_diffs}} differences between the two
-draws of one budget and method exceed twice the noise of a difference of two test
-accuracies (twice an unpaired upper bound of about {{se_two}} points; both draws are
-scored on the same images, so the paired noise is smaller), where noise alone would
-put about {{n_noise}}. That is why each budget has two draws, and why every paired
-standard error in this section counts the draws and the images. Section 5.7's rule of
-thumb reads a gap beyond two of them as not noise and beyond three as clear; with two
-draws the errors are only a rough estimate of how much the draws vary.
+its own: {{n_beyond}} of the table's {{n_diffs}} differences between the two draws of
+one budget and method exceed twice an unpaired upper bound on the noise of a
+difference of two test accuracies (about {{se_two}} points; the draws share the test
+images, so the paired noise is smaller), where noise alone would put about
+{{n_noise}}. That is why each budget has two draws, and why every paired standard
+error in this section counts the draws and the images.
 
-Take fine-tuning minus feature extraction at 10 labels per class. The standard
-error from the per-image differences, {{ft_over_fe_10_se}} points, counts mainly
-which digits happen to be in the test set (each image's difference is averaged over
-only two draws, so some training noise is in it too). The draws, each a different set
-of labelled images *and* different seeds for initialisation, batch order and
-augmentation, show in the two draws' gaps, {{ft_over_fe_10_d0}} and {{ft_over_fe_10_d1}}
-points, a standard error over the draws of {{ft_over_fe_10_se_draws}}. Added in
-quadrature they give ± {{ft_over_fe_10_se_all}}. That is rough, since the draws'
-part rests on a single degree of freedom, and slightly conservative, since the
-per-image part already holds some of the draws' noise.
+For fine-tuning minus feature extraction at 10 labels per class, the per-image
+differences give {{ft_over_fe_10_se}} points: mainly which digits are in the test set
+(each image's difference is averaged over only two draws, so some training noise is in
+it too). The two draws' gaps, {{ft_over_fe_10_d0}} and {{ft_over_fe_10_d1}} points
+(different labelled images *and* seeds for initialisation, batch order and
+augmentation), give a standard error over the draws of {{ft_over_fe_10_se_draws}}.
+Added in quadrature: ± {{ft_over_fe_10_se_all}}, rough (section 5.7's caveats) and
+slightly conservative, since the per-image part already holds some of the draws' noise.
 
 </details>
 """
@@ -3920,23 +3900,20 @@ prose(
   {{long_ft_gain_1}} points at 1 label per class and {{long_ft_gain_10}} at 10:
   {{shrink_note}}.
 - How fast the backbone may learn is a hyper-parameter like any other.
-  {{rate_found}} (Section 5.7 says how clearly.) Chosen on validation
+  {{rate_found}} Chosen on validation
   ({{factor_10_words}} at 10 labels per
   class), fine-tuning
   {{ft_vs_fe_test}} feature extraction there at the same 12 epochs
   ({{ft_over_fe_10}} ± {{ft_over_fe_10_se_all}} test points;
   {{ft_over_fe_10_d0}} and {{ft_over_fe_10_d1}} in the two draws) and
   {{ft_fe_24}} ({{ft_fe_vs_long_test}}). Compare methods with paired standard errors that
-  count both the draws and the evaluation images; with two draws the draws' part
-  has one degree of freedom, so these verdicts are indications, not tests.
+  count both the draws and the evaluation images.
 - Compare methods at equal, adequate schedules, the baseline's rate tuned too: the
   chapter's 12 epochs {{held_budgets}} on validation. At 10 labels per class and
   24 epochs each, scratch (at {{lr_scratch}}) reached {{test_long_scratch}} on test:
   feature extraction
   {{fe_vs_long_verdict}} scratch, with a gap of {{fe_vs_long_test}}, and fine-tuning
   {{ft_vs_long_verdict}} scratch, with a gap of {{ft_vs_long_test}}. {{long_lesson}}
-  Scratch's and feature extraction's rates were chosen on a three-point grid;
-  fine-tuning's head rate was not.
 - A control tests the source itself: `layer3` fine-tuned from its pretrained start
   or from a random one, at the same rate (10 labels per class). {{control_lesson}}
 """
