@@ -318,8 +318,8 @@ print(type(net).__name__, "with", f"{count_parameters(net):,}", "parameters")
 #
 # A source task should be large, cheap and related to the target. Ours is generated:
 # we take 21 of the font faces that matplotlib ships (DejaVu Sans, Sans Mono and Serif,
-# STIX and Computer Modern, in regular, bold and italic styles). `render_glyphs` from
-# `helpers.transfer` draws 37 letter classes in each: the 26
+# STIX and Computer Modern faces, with regular, bold and italic styles among them).
+# `render_glyphs` from `helpers.transfer` draws 37 letter classes in each: the 26
 # capitals and the 11 lower-case letters that EMNIST's "balanced" split keeps apart
 # from their capitals (`a b d e f g h n q r t`; it merges pairs such as `c`/`C` and
 # `o`/`O` whose handwritten shapes are hard to tell apart). Each glyph is
@@ -1556,7 +1556,8 @@ control_style = {
     "color": budget_colours[10],
     "linestyle": "none",
     "marker": "s",
-    "ms": 8,
+    "ms": 11,
+    "markeredgewidth": 2,
     "fillstyle": "none",
 }
 ax_acc.plot(control_factors, list(control_accs.values()), **control_style)
@@ -2743,7 +2744,7 @@ record(
 # both trained for the same 12 epochs: is feature extraction's fit finished?
 fe_10_loss = min(last_losses(compared_runs, draws, 10, "feature extraction"))
 record("fe_10_loss", fe_10_loss, fmt="{:.2f}")
-# a loss of 0.1 is a mean probability of about 0.9 for the right class
+# a loss of 0.1 is a geometric-mean probability of about 0.9 for the right class
 if fe_10_loss >= 0.1:
     fe_schedule = "so it had not fitted its training images"
 else:
