@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -103,8 +104,10 @@ def _cell_counts(name: str) -> tuple[int, int]:
     """How many Markdown cells and prose cells the executed notebook holds."""
     cells = json.loads((READER / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
     markdown = sum(c["cell_type"] == "markdown" for c in cells)
+    # a prose cell calls prose() once, at the start of a line; `record` calls may come first
     prose = sum(
-        c["cell_type"] == "code" and "".join(c["source"]).lstrip().startswith("prose(") for c in cells
+        c["cell_type"] == "code" and re.search(r"^prose\(", "".join(c["source"]), re.MULTILINE) is not None
+        for c in cells
     )
     return markdown, prose
 
