@@ -2155,35 +2155,34 @@ for per_class in budgets:
             f"{torch.stack(long).mean():.3f} ({loss:.3f})"
         )
 
+
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # The numbers and words of the prose below, from the runs above.
+def rate_text(rate: float) -> str:
+    """1e-2, not 1e-02."""
+    return f"{rate:.0e}".replace("e-0", "e-")
+
+
 lr_words = {}  # method -> the grid's result in words
 for method in ("scratch", "feature extraction"):
     grid = grid_right[method]
     found = [
-        f"{other_lr:.0e} scored ".replace("e-0", "e-")
+        f"{rate_text(other_lr)} scored "
         + gap_text(*gap_se(grid[other_lr], grid[lr]))
         for other_lr in (3e-3, 3e-2)
     ]
     if lr_long[method] == lr:
         keeps = "so it keeps the chapter's rate"
     else:
-        chosen_lr = f"{lr_long[method]:.0e}".replace("e-0", "e-")
-        keeps = f"so it trains at {chosen_lr} for 24 epochs"
+        keeps = f"so it trains at {rate_text(lr_long[method])} for 24 epochs"
     lr_words[method] = f"{' and '.join(found)}, {keeps}"
 record("lr_grid_scratch", lr_words["scratch"])
 record("lr_grid_fe", lr_words["feature extraction"])
-record("lr_scratch", f"{lr_scratch:.0e}".replace("e-0", "e-"))
+record("lr_scratch", rate_text(lr_scratch))
 # each method's 24 epochs minus its 12, paired: scratch at every budget, the
 # transfer methods at 10 per class; then the transfer methods minus scratch
 long_rows = []
 held_back = []  # the budgets where the longer schedule clearly helped scratch
-
-
-def rate_text(rate: float) -> str:
-    """1e-2, not 1e-02."""
-    return f"{rate:.0e}".replace("e-0", "e-")
-
 
 for per_class, method in [(k, "scratch") for k in budgets] + [
     (10, "feature extraction"),
