@@ -76,6 +76,7 @@ from helpers.sequences import (
     make_windows,
     naive_forecast,
 )
+from helpers.stats import noise_level
 from helpers.training import evaluate, fit, predict
 from statsmodels.datasets import sunspots
 from torch import nn
@@ -3107,14 +3108,21 @@ def name_stream(
     return lm_vocab.encode("\n" + "".join(names[i] + "\n" for i in order))
 
 
-def perplexity(model: CharLM, ids: torch.Tensor) -> float:
-    """exp(mean cross-entropy) of next-character predictions along ids (N,)."""
+def char_losses(model: CharLM, ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each next-character prediction along ids (N,): (N-1,)."""
     device = next(model.parameters()).device
     model.eval()
     with torch.no_grad():
         logits, _ = model(ids[None, :-1].to(device))  # (1, N - 1, vocab)
-        loss = F.cross_entropy(logits[0], ids[1:].to(device))
-    return math.exp(loss.item())
+        losses = F.cross_entropy(
+            logits[0], ids[1:].to(device), reduction="none"
+        )
+    return losses.cpu()
+
+
+def perplexity(model: CharLM, ids: torch.Tensor) -> float:
+    """exp(mean cross-entropy) of next-character predictions along ids (N,)."""
+    return math.exp(char_losses(model, ids).mean().item())
 
 
 # characters never seen in training become <unk> (CharVocab's id 1)
@@ -3269,6 +3277,186 @@ character of context; the LSTM's state carries the name so far, and what came be
 )
 
 # %% [markdown]
+# How different can two held-out sets be by chance alone? The names were split by the
+# *thing* they name (section 4.7), and one thing's names, in up to ten languages,
+# resemble each other: the sampling unit is the thing, not the name or the character.
+# Resampling each set's things with replacement (a bootstrap) shows how far such a
+# set's perplexity moves by chance:
+
+
+# %%
+def thing_losses(
+    part: str, part_seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed LSTM loss and character count per thing named in a part: (K,) each.
+
+    The characters are those of the part's stream (name_stream's order); each
+    name's characters and its closing newline belong to the thing it names.
+    """
+    names = [name for name, _ in by_split[part]]
+    things = [key for _, _, key in rows if split_of[key] == part]  # same order
+    index = {key: i for i, key in enumerate(sorted(set(things)))}
+    order = torch.randperm(len(names), generator=make_generator(part_seed))
+    owner = torch.tensor(
+        [
+            index[things[i]]
+            for i in order.tolist()
+            for _ in range(len(names[i]) + 1)
+        ]
+    )
+    losses = char_losses(lm, lm_ids[part]).double()
+    assert len(owner) == len(losses)  # one owner per predicted character
+    sums = torch.zeros(len(index), dtype=torch.float64).index_add_(
+        0, owner, losses
+    )
+    return sums, torch.bincount(owner, minlength=len(index)).double()
+
+
+def bootstrap_se(sums: torch.Tensor, counts: torch.Tensor) -> float:
+    """Standard error of the log-perplexity (about the relative standard error
+    of the perplexity), things resampled with replacement."""
+    draws = torch.randint(
+        len(sums), (2000, len(sums)), generator=make_generator(seed + 3)
+    )  # 2000 resampled sets of things
+    log_ppl = sums[draws].sum(dim=1) / counts[draws].sum(dim=1)
+    return log_ppl.std().item()
+
+
+by_part = {
+    part: thing_losses(part, seed + i) for i, part in ((1, "val"), (2, "test"))
+}
+log_ppl = {part: (s.sum() / c.sum()).item() for part, (s, c) in by_part.items()}
+assert math.isclose(math.exp(log_ppl["test"]), test_ppl["LSTM"], rel_tol=1e-6)
+log_se = {part: bootstrap_se(*by_part[part]) for part in by_part}
+log_gap = log_ppl["test"] - log_ppl["val"]
+gap_se = math.hypot(log_se["val"], log_se["test"])
+for part in by_part:
+    print(
+        f"{part:4}: {len(by_part[part][0])} things, perplexity "
+        f"{math.exp(log_ppl[part]):.2f}, standard error {log_se[part]:.1%}"
+    )
+print(
+    f"test vs val: {math.exp(log_gap) - 1:+.1%}, {abs(log_gap) / gap_se:.1f} s.e."
+)
+# the share of names with a word stem in a same-language training name (4.7)
+stem_share = {
+    part: np.mean(
+        [
+            any((label, stem) in train_names_by_stem for stem in stems(name))
+            for name, label in by_split[part]
+        ]
+    )
+    for part in by_part
+}
+print(
+    {part: f"{share:.0%}" for part, share in stem_share.items()}, "share a stem"
+)
+bigram_val = count_perplexity(count_models["bigram"], lm_ids["val"])
+record("lm_test_vs_val", abs(math.exp(log_gap) - 1), fmt="{:.0%}")
+record("lm_test_side", "above" if log_gap > 0 else "below")
+record(
+    "lm_bigram_vs_val", abs(test_ppl["bigram"] / bigram_val - 1), fmt="{:.0%}"
+)
+record("lm_val_things", len(by_part["val"][0]))
+record("lm_test_things", len(by_part["test"][0]))
+record("lm_se_val", log_se["val"], fmt="{:.0%}")
+record("lm_se_test", log_se["test"], fmt="{:.0%}")
+record("lm_gap_z", abs(log_gap) / gap_se, fmt="{:.1f}")
+stems_words = ", ".join(
+    f"{stem_share[part]:.0%} of the {words} names"
+    for part, words in (("val", "validation"), ("test", "test"))
+)
+if noise_level(log_gap, gap_se) == "noise":
+    lm_gap_words = (
+        "within two: which things fell into which set is enough to explain it"
+    )
+else:
+    lm_gap_words = (
+        "more than two, more than the draw of things comfortably explains. One"
+        " difference between the sets that the LSTM can use: a word stem shared"
+        " with a training name of the same language (section 4.7), in"
+        f" {stems_words}; the LSTM, reading a whole name, gains most where it"
+        " has seen the word"
+    )
+if lm_best_pass == len(lm_val_ppl):
+    lm_selection_words = (
+        "Training ended on its budget, so choosing the pass on the validation"
+        " names cannot have made them the easier set."
+    )
+else:
+    lm_selection_words = (
+        "The pass was chosen on the validation names, which favours them a"
+        " little."
+    )
+record("lm_selection_words", lm_selection_words)
+record("lm_gap_words", lm_gap_words)
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The test perplexity is {{lm_test_vs_val}} {{lm_test_side}} the validation
+perplexity (the bigram's differs by {{lm_bigram_vs_val}}). {{lm_selection_words}}
+The validation names name {{lm_val_things}} things and the test names
+{{lm_test_things}}; resampled by thing, the two perplexities have standard errors
+of about {{lm_se_val}} and {{lm_se_test}}, so the gap is {{lm_gap_z}} standard
+errors of the difference between two such sets, {{lm_gap_words}}.
+"""
+)
+
+# %% [markdown]
+# Training read the names as one stream, so no target was ever padding. Scoring names
+# a batch at a time, padded as in section 4.7, brings padding back, now among the
+# *targets*: every padded step still produces logits and a loss. `ignore_index` leaves
+# those steps out of the mean. Four test names, each read from a fresh state after a
+# newline, scored with and without it, and one by one without padding:
+
+# %%
+batch_names = [name for name, _ in by_split["test"][:4]]
+# inputs "\n" + name, targets name + "\n": each name's characters and its end
+sequences = [lm_vocab.encode("\n" + name + "\n") for name in batch_names]
+pad = CharVocab.PAD
+inputs = pad_sequence([s[:-1] for s in sequences], True, padding_value=pad)
+targets = pad_sequence([s[1:] for s in sequences], True, padding_value=pad)
+lm.eval()
+with torch.no_grad():
+    logits = lm(inputs.to(device))[0].cpu()  # (4, T, vocab)
+# cross_entropy wants the classes in dimension 1: (B, vocab, T) against (B, T)
+per_step = logits.transpose(1, 2)
+masked = F.cross_entropy(per_step, targets, ignore_index=pad).item()
+unmasked = F.cross_entropy(per_step, targets).item()
+one_by_one = torch.cat([char_losses(lm, s) for s in sequences]).mean().item()
+is_pad = targets == pad
+pad_probability = logits.softmax(dim=-1)[..., pad][is_pad].mean().item()
+print("names:", batch_names, "padded to", tuple(targets.shape))
+print(f"{int(is_pad.sum())} of {targets.numel()} targets are padding")
+print(f"mean loss with ignore_index: {masked:.4f} nats")
+print(f"each name alone, no padding: {one_by_one:.4f} nats")
+print(f"padded targets counted too:  {unmasked:.4f} nats")
+print(f"mean probability the model gives the padding id: {pad_probability:.1e}")
+# a unidirectional LSTM's steps before the padding never see it
+assert math.isclose(masked, one_by_one, rel_tol=1e-5), (masked, one_by_one)
+assert unmasked > masked, (unmasked, masked)
+record("mask_n_pad", int(is_pad.sum()))
+record("mask_n_targets", targets.numel())
+record("mask_masked", masked, fmt="{:.2f}")
+record("mask_unmasked", unmasked, fmt="{:.2f}")
+record("mask_pad_probability", pad_probability, fmt="{:.0e}")
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+With `ignore_index` the mean is {{mask_masked}} nats, the same as scoring each name
+alone (the steps before the padding never see it, in a one-way network). Without
+it, the {{mask_n_pad}} padded targets of {{mask_n_targets}} count as well and the
+mean becomes {{mask_unmasked}}: the model never had to predict the padding id and
+gives it a probability of about {{mask_pad_probability}}, so each padded step adds
+a large loss and the batch looks worse than its names are. The same mistake does
+more harm in training, where unmasked padding teaches the model to predict padding
+after a name ends.
+"""
+)
+
+# %% [markdown]
 # To generate a name, start from a newline, sample the next character from
 # `softmax(logits / temperature)`, feed it back as the next input and repeat until the
 # model writes a newline (or 20 characters). A temperature below 1 sharpens the
@@ -3392,7 +3580,8 @@ illustration, not a measurement).
 # >   output at every step, the loss must skip the padded targets as well: fill them
 # >   with an index no class uses and pass it,
 # >   `F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=PAD)` for logits
-# >   `(B, T, V)` and targets `(B, T)`, so that the mean runs over real steps only.
+# >   `(B, T, V)` and targets `(B, T)`, so that the mean runs over real steps only
+# >   (section 4.8 measures what counting them does).
 # > - **Carrying a state across chunks without `detach()`**: the second `backward()`
 # >   fails ("Trying to backward through the graph a second time"). Detach the state at
 # >   each chunk boundary (truncated BPTT, section 4.4); `retain_graph=True` is not the
