@@ -85,7 +85,7 @@ from helpers.timing import best_time
 from helpers.training import fit
 from matplotlib.ticker import MaxNLocator
 from torch import nn
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -594,6 +594,32 @@ def negative_elbo(model: VAE, images: torch.Tensor, samples: int = 1) -> float:
 
 
 # %% [markdown]
+# The reconstruction term is $-\log p_\theta(x \mid z)$ for a decoder that gives each
+# pixel its own Bernoulli: `torch.distributions` computes the same number when the
+# 784 pixels are declared one distribution over the whole image (`Independent`
+# makes the last three dimensions one event, so `log_prob` sums over them):
+
+# %%
+check = make_generator(seed + 14)
+logits_check = torch.randn(3, 1, 28, 28, generator=check)  # any logits
+x_check = torch.bernoulli(torch.full((3, 1, 28, 28), 0.2), generator=check)
+image_dist = Independent(Bernoulli(logits=logits_check), 3)  # one per image
+bce_sum = F.binary_cross_entropy_with_logits(
+    logits_check, x_check, reduction="none"
+).sum(dim=(1, 2, 3))
+print(
+    "event shape:",
+    tuple(image_dist.event_shape),
+    "batch:",
+    image_dist.batch_shape,
+)
+print(
+    "-log_prob:", [f"{v:.2f}" for v in (-image_dist.log_prob(x_check)).tolist()]
+)
+print("BCE sum:  ", [f"{v:.2f}" for v in bce_sum.tolist()])
+torch.testing.assert_close(-image_dist.log_prob(x_check), bce_sum)
+
+# %% [markdown]
 # ### Training, with the learning rate and the epoch chosen on validation images
 #
 # The loop is chapter 2's, written out because the batch has no labels and the loss comes
@@ -830,7 +856,9 @@ The KL term (right) is what the codes cost: it
 codes carry about the images plus the mismatch between the codes' overall spread
 and the prior (derived below, where the 2-D model measures the mismatch), so it
 rises as the encoder puts more into each code or as the codes drift from the
-prior; here {{vae_kl_pay_text}}.
+prior; here {{vae_kl_pay_text}}. A KL term that falls to about zero instead is
+*posterior collapse*: the codes then carry nothing and the decoder ignores them.
+Exercise 2 provokes it and names the usual cures, KL annealing among them.
 """
 )
 
@@ -2342,8 +2370,8 @@ generator (section 6.4 keeps the {{gan_best_kind}} weights).
 # cannot slow only one. The VAE's step is one batch of 128 through `vae_loss_terms` and
 # Adam; the GAN's is one call of the loop's `gan_step`, both updates and the moving
 # average, on a batch of 64. Each uses the Adam its model trained with, the default one
-# for the VAE and the fused one for the GAN; the one-step timing of both kinds in
-# section 6.3 bounds how much of the gap that difference explains.
+# for the VAE and the fused one for the GAN; section 6.3's aside on fused and default
+# Adam times one optimizer step of each kind, which says how much that choice weighs.
 
 
 # %%
@@ -2500,6 +2528,13 @@ record("vae_wall", vae_wall, fmt="{:.1f}")
 record("gan_wall", gan_wall, fmt="{:.1f}")
 record("wall_ratio", gan_wall / vae_wall, fmt="{:.1f}")
 record("vae_step_ms", step_cost["VAE"] * 1e3, fmt="{:.1f}")
+record(
+    "wall_threads_text",
+    "but the VAE's loop ran on the default threads (the cost, and the GAN's"
+    " loop, use one), and it counts"
+    if device.type == "cpu"
+    else "but it counts",
+)
 record("gan_step_ms", step_cost["GAN"] * 1e3, fmt="{:.1f}")
 record("near_fd", near["val_fd"], fmt="{:.0f}")
 record("near_latest_fd", near["latest_val_fd"], fmt="{:.0f}")
@@ -2545,8 +2580,7 @@ prose(
 So the GAN trained about {{time_ratio}} times as long as the VAE's chosen run, and
 about {{search_ratio}} times as long as all {{n_vae_runs}} of the VAE's
 learning-rate trainings together. The wall clock gives a ratio of {{wall_ratio}},
-but the VAE's loop ran on the default threads (the cost, and the GAN's loop, use
-one), and it counts the loops' per-step overhead (the data loader, the GAN's progress
+{{wall_threads_text}} the loops' per-step overhead (the data loader, the GAN's progress
 bar) and whatever else the machine was doing.
 
 When the VAE's training ended its samples scored {{vae_end_fd}}; the GAN snapshot
@@ -3653,21 +3687,27 @@ independent-pixel control gets {{noise_confident}} confident verdicts too.
 # for the usual mistakes. The solution follows, collapsed.
 #
 # **Exercise 1.** The ELBO is one bound on $\log p_\theta(x)$; averaging importance
-# weights gives tighter ones: $\log p_\theta(x) \ge \log \frac1K \sum_{k=1}^K
-# \frac{p_\theta(x \mid z_k)\,p(z_k)}{q_\phi(z_k \mid x)}$ with $z_k \sim q_\phi(z\mid x)$
-# (the IWAE bound of [Burda, Grosse and Salakhutdinov,
-# 2016](https://arxiv.org/abs/1509.00519); $K = 1$ is the ELBO). Fill in `iwae_bound`
-# in the starter below, the bound for given codes (use `torch.logsumexp`). Then
-# compute it with $K = 50$ codes (untuned: the largest $K$ Burda et al. train with)
-# for each of the first 200 validation digits and compare its negative with
-# `negative_elbo` on the same images. How many nats tighter is it?
+# weights gives tighter ones:
+# $\log p_\theta(x) \ge \mathbb{E}_{z_1, \dots, z_K}\left[\log \frac1K \sum_{k=1}^K
+# \frac{p_\theta(x \mid z_k)\,p(z_k)}{q_\phi(z_k \mid x)}\right]$ with the $z_k$ drawn
+# independently from $q_\phi(z\mid x)$ (the IWAE bound of [Burda, Grosse and
+# Salakhutdinov, 2016](https://arxiv.org/abs/1509.00519); $K = 1$ is the ELBO). The
+# expectation matters: for one draw of the codes the log of the mean weight can exceed
+# $\log p_\theta(x)$, since the mean weight is an unbiased estimate of $p_\theta(x)$
+# itself. Fill in `iwae_bound` in the starter below, the quantity inside the
+# expectation for given codes (use `torch.logsumexp`): one draw of it estimates the
+# bound. Then compute it with $K = 50$ codes (untuned: the largest $K$ Burda et al.
+# train with) for each of the first 200 validation digits, average, and compare its
+# negative with `negative_elbo` on the same images, also an estimate. How many nats
+# tighter is it?
 
 
 # %% tags=["exercise-starter"]
 def iwae_bound(
     model: nn.Module, x: torch.Tensor, z: torch.Tensor
 ) -> torch.Tensor:
-    """The K-sample importance-weighted bound on log p(x), one per image: (B,).
+    """log of the mean of K importance weights, one per image: (B,); a
+    one-draw estimate of the K-sample bound on log p(x).
 
     x: (B, 1, 28, 28) 0/1 images. z: (K, B, latent_dim) codes drawn from
     q(z|x), whose mean and log-variance are model.encode(x); model.decode
@@ -3689,7 +3729,7 @@ check_iwae_bound(iwae_bound)
 def iwae_bound(
     model: nn.Module, x: torch.Tensor, z: torch.Tensor
 ) -> torch.Tensor:
-    """The K-sample importance-weighted bound on log p(x) per image: (B,)."""
+    """log of the mean of K importance weights per image: (B,)."""
     K, B = z.shape[:2]
     mu, logvar = model.encode(x)
     q = Normal(mu, torch.exp(0.5 * logvar))  # q(z|x), (B, latent_dim)
@@ -3712,7 +3752,7 @@ with torch.no_grad():
 elbo_nats = negative_elbo(vae, binary_val[:200], samples=10)
 print(
     f"negative ELBO {elbo_nats:.1f} nats, "
-    f"negative IWAE bound (K={K}) {-iwae:.1f}"
+    f"negative IWAE bound (K={K}, one draw of codes per image) {-iwae:.1f}"
 )
 print(
     "the importance-weighted bound is"
@@ -4462,11 +4502,26 @@ worst = int(row_misses.argmax())
 if row_misses[worst] > 0:
     misread = shown_reads[:, worst][shown_reads[:, worst] != worst]
     read_as = int(torch.bincount(misread, minlength=10).argmax())
+    mean_probs, _ = classify_images(
+        judge_features,
+        judge_head,
+        mean_images[firsts[worst]][None].cpu(),
+        device,
+    )
+    mean_read = int(mean_probs.argmax())
+    where = (
+        f"Its decoded mean is read as a {mean_read} too: the posterior's centre"
+        " is already the wrong shape, so the miss is the reconstruction's, not"
+        " the spread of the draws around it."
+        if mean_read != worst
+        else f"Its decoded mean is read as a {worst}: the misses come from the"
+        " spread of the draws around it."
+    )
     print(
         f"In the figure the row of input {worst} fails most: the judge reads "
         f"{row_misses[worst]} of its 8 draws as something other than "
         f"{worst}, most often as {read_as}, a failure of this model on one "
-        "image that the rates above average away."
+        f"image that the rates above average away. {where}"
     )
 else:
     print("In the figure the judge reads every draw as its label.")
