@@ -693,7 +693,8 @@ linear_multi = rollout(
 )
 linear_by_step = (linear_multi - truth).pow(2).mean(dim=0).sqrt()
 for k in (1, 10, 50, 100):
-    print(f"recursive RMSE {k:3} steps ahead: LSTM {rmse_by_step[k - 1]:.4f}")
+    steps = "step " if k == 1 else "steps"
+    print(f"recursive RMSE {k:3} {steps} ahead: LSTM {rmse_by_step[k - 1]:.4f}")
 # the largest of the 100 per-step RMSEs (each over the 21 origins)
 linear_worst = linear_by_step.max().item()
 print(f"linear autoregression, recursive: RMSE at most {sci(linear_worst, 1)}")
@@ -744,12 +745,18 @@ ax_series.plot(
     t[test_start:],
     wave[test_start:],
     color="black",
-    lw=3,
+    lw=4,
     alpha=0.3,
     label="truth",
 )
+# dotted, so that the truth shows through where the two coincide
 ax_series.plot(
-    t[test_start:], one_step, color=one_step_color, label="LSTM, one step ahead"
+    t[test_start:],
+    one_step,
+    ":",
+    lw=2,
+    color=one_step_color,
+    label="LSTM, one step ahead",
 )
 ax_series.plot(
     t[test_start : test_start + horizon],
@@ -1572,7 +1579,7 @@ cells = {"RNN": nn.RNN, "LSTM": nn.LSTM, "GRU": nn.GRU}
 cell_colors = {"RNN": "C0", "LSTM": "C1", "GRU": "C2"}
 
 
-def device_for(cell: type[nn.Module]) -> torch.device:
+def device_for(cell: type[nn.Module], device: torch.device) -> torch.device:
     """Where to train a network built on `cell`: GRUs on MPS go to the CPU
     (GRU output NaN on MPS, pytorch#94691, still open), all else to `device`.
     """
@@ -1584,7 +1591,9 @@ def device_for(cell: type[nn.Module]) -> torch.device:
 memory_models, memory_logs, memory_mse = {}, {}, {}
 for name, cell_type in cells.items():
     torch.manual_seed(seed)
-    memory_models[name] = Summariser(cell_type).to(device_for(cell_type))
+    memory_models[name] = Summariser(cell_type).to(
+        device_for(cell_type, device)
+    )
     # keep the untrained weights for the gradient picture below
     if name == "RNN":
         rnn_at_init = copy.deepcopy(memory_models[name])
@@ -1732,7 +1741,7 @@ and leaves gradients below the threshold unchanged.
 unclipped = {}
 for name in ("LSTM", "GRU"):
     torch.manual_seed(seed)
-    net = Summariser(cells[name]).to(device_for(cells[name]))
+    net = Summariser(cells[name]).to(device_for(cells[name], device))
     unclipped[name] = train_on_adding(net, length, seed, clip=math.inf)
     runs = (("with", memory_logs[name]), ("without", unclipped[name]))
     for label, log in runs:
@@ -2588,7 +2597,10 @@ assert not output[shortest, lengths.min() :].any()
 # ([pytorch#102911](https://github.com/pytorch/pytorch/issues/102911)) were still open
 # when this was written, so on MPS every GRU of this chapter is trained on the CPU:
 # section 4.6's (`device_for`), and this section's and exercise 5's (`names_device`
-# below), which these small models hardly notice; elsewhere both are `device`.
+# below), which these small models hardly notice; elsewhere both are `device`. The
+# threads also show LSTMs failing on MPS in some set-ups (packed, in encoder-decoder
+# models); this chapter packs no LSTM and keeps its LSTMs on the GPU, which has not
+# been run on a Mac for this book.
 
 
 # %%
@@ -2640,7 +2652,7 @@ loaders = {
     for part in ("train", "val", "test")
 }
 # GRUs can output NaN on MPS (see above): the CPU there, `device` elsewhere
-names_device = device_for(nn.GRU)
+names_device = device_for(nn.GRU, device)
 torch.manual_seed(seed)
 model = NameClassifier(len(vocab), len(languages)).to(names_device)
 print(f"parameters: {count_parameters(model):,}")
@@ -3369,12 +3381,16 @@ character of context; the LSTM's state carries the name so far, and what came be
 
 # %%
 def thing_losses(
-    model: CharLM, names: list[str], things: list[str], stream_seed: int
+    model: CharLM,
+    vocab: CharVocab,
+    names: list[str],
+    things: list[str],
+    stream_seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss and character count per thing named: (K,) each.
 
     names[i] names things[i]. The characters are those of name_stream(names,
-    lm_vocab, stream_seed); each name's characters and its closing newline
+    vocab, stream_seed); each name's characters and its closing newline
     belong to the thing it names.
     """
     index = {key: i for i, key in enumerate(sorted(set(things)))}
@@ -3386,7 +3402,7 @@ def thing_losses(
             for _ in range(len(names[i]) + 1)
         ]
     )
-    losses = char_losses(model, name_stream(names, lm_vocab, stream_seed))
+    losses = char_losses(model, name_stream(names, vocab, stream_seed))
     losses = losses.double()
     assert len(owner) == len(losses)  # one owner per predicted character
     sums = torch.zeros(len(index), dtype=torch.float64).index_add_(
@@ -3413,7 +3429,7 @@ for i, part in enumerate(("train", "val", "test")):  # lm_ids' stream seeds
         names = [name for name, _ in by_split[part]]
         # the things in by_split's order: both come from rows
         things = [key for _, _, key in rows if split_of[key] == part]
-        by_part[part] = thing_losses(lm, names, things, seed + i)
+        by_part[part] = thing_losses(lm, lm_vocab, names, things, seed + i)
 log_ppl = {part: (s.sum() / c.sum()).item() for part, (s, c) in by_part.items()}
 assert math.isclose(math.exp(log_ppl["test"]), test_ppl["LSTM"], rel_tol=1e-6)
 log_se = {
@@ -3836,7 +3852,8 @@ seq_by_step = (seq_forecast - truth[:, :k_ahead]).pow(2).mean(dim=0).sqrt()
 recursive_by_step = rmse_by_step[:k_ahead]
 for k in (1, 2, 5, 10, 50):
     print(
-        f"{k:2} steps ahead: encoder-decoder {seq_by_step[k - 1]:.4f},"
+        f"{k:2} {'step ' if k == 1 else 'steps'} ahead: encoder-decoder"
+        f" {seq_by_step[k - 1]:.4f},"
         f" recursive {recursive_by_step[k - 1]:.4f}"
     )
 # steps ahead (1-based) at which the encoder-decoder is the better one
