@@ -1140,8 +1140,8 @@ distances_2d = torch.cdist(mu_val_2d, mu_val_2d).fill_diagonal_(float("inf"))
 neighbours = distances_2d.topk(5, largest=False).indices  # (500, 5)
 labels_nb = digits.y_val[neighbours]  # (500, 5)
 counts = F.one_hot(labels_nb, 10).sum(dim=1)  # (500, 10) votes per digit
-# A tie (2-2-1) goes to the nearest neighbour among the tied digits, not to the
-# smallest digit, which is what Tensor.mode would pick.
+# A tie (2-2-1) goes to the nearest neighbour among the tied digits; Tensor.mode
+# promises no tie rule (on the CPU it picks the smallest digit).
 tied = counts == counts.max(dim=1, keepdim=True).values  # (500, 10)
 n_tied_votes = int((tied.sum(dim=1) > 1).sum())
 first_tied = tied.gather(1, labels_nb).float().argmax(dim=1)  # first True
@@ -1446,7 +1446,8 @@ steps as {{path_readings}}:
 #
 # and a value of $\ln 2 + 2\,\mathrm{KL}(m \,\|\, p_{\rm data}) +
 # \mathrm{KL}(p_{\rm data} \,\|\, m) \ge \ln 2$, each with equality only at
-# $m = p_{\rm data}$. In both, the reverse KL penalises fakes where there are no real
+# $m = p_{\rm data}$. In both, $\mathrm{KL}(m \,\|\, p_{\rm data})$, a KL taken from the
+# fakes' side (the mixture $m$ holds the fakes), penalises fakes where there are no real
 # digits far more than real digits the generator never makes.
 #
 # The section builds the two networks, shows why the discriminator step cuts the fakes
@@ -2461,8 +2462,8 @@ for snap in vae_runs[vae_lr]["snapshots"]:
     vae_curve.append((cost, frechet_distance(probe_features, val_features)))
 vae_seconds, vae_end_fd = vae_curve[-1]
 # "trains in seconds" (section 6.2): the chosen run's steps on one thread.
-# seeds 0, 1, 2 (torch 2.15, AVX-512 CPU): 2.7, 2.9, 2.9 s counted with a
-# full last batch (the count above trims that by about 2 %); the bound leaves 6x
+# seeds 0, 1, 2 (torch 2.15, AVX-512 CPU): 2.7 to 3.4 s across the builds of
+# this chapter; the bound leaves 6x
 assert vae_seconds < 20, vae_seconds
 for s in snapshots:
     s["cost"] = s["step"] * step_cost["GAN"]
@@ -2496,7 +2497,7 @@ for key, kind, label in (
             **kind_style[kind], ms=4, label=label)  # fmt: skip
 ax.axhline(
     binary_val_fd, color="grey", ls="--",
-    label="real digits, binarised (floor for 0/1 samples)",
+    label="real digits, binarised (a floor for 0/1 samples only)",
 )  # fmt: skip
 ax.axhline(real_val_fd, color="grey", ls=":", label="real digits (grey)")
 ax.set(
@@ -3540,7 +3541,7 @@ else:
 record("gan_ahead_text", ahead_text)
 # gaps between 1.5 and 2.5 standard errors: another draw of samples could
 # call them the other way
-edge = [
+near_noise = [
     f"{name} ({abs(score_gaps[name]):.3g}, "
     f"{abs(score_gaps[name]) / gap_se[name]:.1f} standard errors)"
     for name in score_gaps
@@ -3559,8 +3560,8 @@ record(
     f" {spread_se:.3f})."
     + (
         " At the edge of the noise, where another draw of samples could call"
-        f" it the other way: {and_join(edge)}."
-        if edge
+        f" it the other way: {and_join(near_noise)}."
+        if near_noise
         else ""
     )
     + coverage_text,
