@@ -1933,8 +1933,8 @@ gradient. (Gating is not the only cure for a plain RNN: an RNN with ReLU units a
 $W_{hh}$ started at the identity, the IRNN of [Le, Jaitly and Hinton,
 2015](https://arxiv.org/abs/1504.00941), in PyTorch
 `nn.RNN(..., nonlinearity='relu')` with `weight_hh_l0` set to the identity,
-solves the adding problem in their experiments. This section's networks are tanh RNNs; exercise 3
-builds the IRNN and tries it.)
+solves the adding problem in their experiments. This section's networks are tanh
+RNNs; exercise 3 builds the IRNN and tries it.)
 """
 )
 
@@ -2906,9 +2906,8 @@ split_labels = {part: [y for _, y in items] for part, items in by_split.items()}
 ngram_counter = CountVectorizer(
     analyzer="char_wb", ngram_range=(1, 3), lowercase=False
 )
-ngram_counts = ngram_counter.fit_transform(
-    split_names["train"]
-)  # sparse (N, F)
+# sparse (N, F): each training name's count of each of the F n-grams
+ngram_counts = ngram_counter.fit_transform(split_names["train"])
 ngram_model = LogisticRegression(max_iter=1000)
 ngram_model.fit(ngram_counts, split_labels["train"])
 ngram_right = {
@@ -2918,7 +2917,9 @@ ngram_right = {
     ).float()
     for part in ("val", "test")
 }
-gru_right = (test_pred == test_true).float()  # test_true is by_split's order
+# the GRU's test loader kept by_split's order, so the two pair name by name
+assert torch.equal(test_true, torch.tensor(split_labels["test"]))
+gru_right = (test_pred == test_true).float()
 # paired, name by name: +1 where only the n-gram model is right, -1 where only
 # the GRU is
 paired = ngram_right["test"] - gru_right
@@ -3416,20 +3417,18 @@ def bootstrap_se(
 ) -> float:
     """Standard error of the log-perplexity (about the relative standard error
     of the perplexity), things resampled with replacement."""
-    draws = torch.randint(
-        len(sums), (2000, len(sums)), generator=generator
-    )  # 2000 resampled sets of things
+    # 2000 resampled sets of things, each as many as there are
+    draws = torch.randint(len(sums), (2000, len(sums)), generator=generator)
     log_ppl = sums[draws].sum(dim=1) / counts[draws].sum(dim=1)
     return log_ppl.std().item()
 
 
 by_part = {}
-for i, part in enumerate(("train", "val", "test")):  # lm_ids' stream seeds
-    if part != "train":
-        names = [name for name, _ in by_split[part]]
-        # the things in by_split's order: both come from rows
-        things = [key for _, _, key in rows if split_of[key] == part]
-        by_part[part] = thing_losses(lm, lm_vocab, names, things, seed + i)
+for i, part in ((1, "val"), (2, "test")):  # lm_ids' stream seeds: seed + i
+    names = [name for name, _ in by_split[part]]
+    # the things in by_split's order: both come from rows
+    things = [key for _, _, key in rows if split_of[key] == part]
+    by_part[part] = thing_losses(lm, lm_vocab, names, things, seed + i)
 log_ppl = {part: (s.sum() / c.sum()).item() for part, (s, c) in by_part.items()}
 assert math.isclose(math.exp(log_ppl["test"]), test_ppl["LSTM"], rel_tol=1e-6)
 log_se = {
