@@ -2759,9 +2759,7 @@ else:
         f" {best_epoch}, with {acc_kept:.1%}: a difference of"
         f" {'less' if within else 'more'} than two standard errors of an"
         f" accuracy on {n_val_names:,} names ({100 * names_val_se:.1f} points"
-        " each). That yardstick is a rough one: both accuracies are measured"
-        " on the same names, so a paired test (McNemar's, on the names the"
-        " two epochs disagree about) would be the exact comparison."
+        " each; a rough yardstick, since both are measured on the same names)."
     )
 record("names_epochs_text", epochs_text)
 if best_epoch == epochs:
@@ -3653,6 +3651,14 @@ illustration, not a measurement).
 )
 
 # %% [markdown]
+# Temperature is one way to shape the draw. Two others cut off the long tail of
+# unlikely characters that a high temperature lets through: **top-k** sampling keeps
+# the k likeliest characters and renormalises their probabilities (`logits.topk(k)`,
+# then a draw among those k), and **nucleus** (top-p) sampling keeps the smallest set
+# of characters whose probabilities add up to p (Holtzman et al., 2020, [The curious
+# case of neural text degeneration](https://arxiv.org/abs/1904.09751)). Language
+# models often combine one of them with a temperature.
+#
 # ## 4.9 Where recurrent networks stand today
 #
 # Since 2017, Transformers (attention over all positions at once) have replaced
@@ -3734,7 +3740,10 @@ illustration, not a measurement).
 # steps in compiled code (cuDNN's fused kernels on an NVIDIA GPU), where a Python loop
 # over `nn.LSTMCell` launches several small operations per step, each with Python's
 # and PyTorch's per-call overhead. The decoder needs the loop: its next input is a
-# forecast that does not exist until the step before has run. Then cut training and
+# forecast that does not exist until the step before has run. (`torch.compile`,
+# chapter 8, is the usual remedy for such overhead: it traces the loop's fixed number
+# of steps into one graph and fuses their small operations, for a compile time paid
+# once; this exercise leaves it out.) Then cut training and
 # validation pairs with `make_windows(series, 40, horizon=50)`, train it (select the
 # epoch on validation MSE, and clip the gradient norm at 1 as section 4.6 does, a
 # guard against the gradient spikes of a long chain of steps; the solution measures
@@ -4518,8 +4527,8 @@ if abs(bi_diff) < 2 * names_val_se:
         "is less than two standard errors of an accuracy on"
         f" {n_val_names:,} names ({200 * names_val_se:.1f} points): within"
         " noise by this rough yardstick (both accuracies are measured on the"
-        " same names, where a paired test such as McNemar's would be exact)."
-        " The deeper,"
+        " same names, so a paired test, McNemar's, would be sharper). The"
+        " deeper,"
         " two-way reading did not measurably change the accuracy in this budget"
     )
 else:
@@ -4527,8 +4536,7 @@ else:
     bi_verdict = (
         f"is more than two standard errors ({200 * names_val_se:.1f} points): the"
         f" two-layer bidirectional GRU did {better} in this run (by a rough"
-        " yardstick: the accuracies share their names, and a paired test such"
-        " as McNemar's would be exact)"
+        " yardstick: both accuracies are measured on the same names)"
     )
 answer = (
     "Answer: h_n holds the four summaries layer by layer, forward before"
