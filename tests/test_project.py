@@ -323,6 +323,24 @@ def test_shown_code_fits_the_books_column(chapter):
             assert not long, f"{chapter.name}: a code line of {len(long[0])} characters: {long[0][:60]!r}"
 
 
+# float64 before the move: on MPS, which has no float64, `.double()` fails while the
+# tensor or module is still there; the CPU copy must come first.
+_FLOAT64_BEFORE_MOVE = re.compile(r"\.(double\(\)|to\(torch\.float64\))\s*\.(cpu|to)\(")
+
+
+@pytest.mark.parametrize("path", [*CHAPTERS, *sorted((ROOT / "helpers").rglob("*.py"))], ids=lambda p: p.name)
+def test_float64_copies_move_to_the_cpu_before_they_change_dtype(path):
+    text = Path(path).read_text()
+    found = [m.group(0) for m in _FLOAT64_BEFORE_MOVE.finditer(text)]
+    assert not found, f"{path}: float64 before the move to the CPU: {found}"
+
+
+def test_float64_rule_spots_the_wrong_order_only():
+    assert _FLOAT64_BEFORE_MOVE.search("copy.deepcopy(lm).double().cpu().eval()")
+    assert _FLOAT64_BEFORE_MOVE.search("x.to(torch.float64).to(device)")
+    assert not _FLOAT64_BEFORE_MOVE.search("copy.deepcopy(lm).cpu().double().eval()")
+
+
 BOX_KINDS = ("warning", "note", "tip", "dropdown")
 
 

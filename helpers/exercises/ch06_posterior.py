@@ -118,7 +118,7 @@ def check_posterior_samples(posterior_samples: Callable[..., torch.Tensor]) -> s
         f"not {want_shape}",
         hint,
     )
-    got = got.detach().double().cpu()
+    got = got.detach().cpu().double()
     expect(
         bool(((got >= 0) & (got <= 1)).all()),
         f"the result has values from {got.min():.3g} to {got.max():.3g}: not pixel probabilities",
