@@ -1729,9 +1729,10 @@ steep walls where the gradient is suddenly large ([Pascanu, Mikolov and Bengio, 
 analysed them and proposed clipping the gradient's norm). With plain SGD, whose step
 is proportional to the gradient, one such step can throw the weights far from where
 training had brought them. Adam divides by a running size of the gradient, which
-bounds each step, but one spike still inflates that running size and so shrinks the
-steps after it for many iterations. Clipping caps the spike before either happens,
-and leaves gradients below the threshold unchanged.
+keeps each step within a few times the learning rate, but one spike still inflates
+that running size and so shrinks the steps after it for many iterations. Clipping
+caps the spike before either happens, and leaves gradients below the threshold
+unchanged.
 """
 )
 
@@ -1934,8 +1935,7 @@ GRU's curves are far flatter, at ratios of {{lstm_grad_ratio}} and
 cell measures how the gates changed with training, though not which path carries the
 gradient. (Gating is not the only cure for a plain RNN: an RNN with ReLU units and
 $W_{hh}$ started at the identity, the IRNN of [Le, Jaitly and Hinton,
-2015](https://arxiv.org/abs/1504.00941), in PyTorch
-`nn.RNN(..., nonlinearity='relu')` with `weight_hh_l0` set to the identity,
+2015](https://arxiv.org/abs/1504.00941),
 solves the adding problem in their experiments. This section's networks are tanh
 RNNs; exercise 3 builds the IRNN and tries it.)
 """
@@ -3610,8 +3610,8 @@ def sample_names(
     generator: torch.Generator,
 ) -> tuple[list[str], float]:
     """n names sampled character by character at `temperature`, and the
-    model's own perplexity (at temperature 1, over the real characters) on the
-    characters it sampled."""
+    model's own perplexity (at temperature 1, renormalised over the real
+    characters) on the characters it sampled."""
     model.eval()
     device = next(model.parameters()).device
     newline = lm_vocab.encode("\n")
@@ -3892,9 +3892,19 @@ for k in (1, 2, 5, 10, 50):
 seq_better = (seq_by_step < recursive_by_step).nonzero()[:, 0] + 1
 fig, ax = plt.subplots(figsize=(7, 3.2))
 steps_50 = range(1, k_ahead + 1)
-ax.plot(steps_50, recursive_by_step, label="recursive (section 4.4)")
+# the recursive forecast keeps its colour and line of figure 4.4
 ax.plot(
-    steps_50, seq_by_step, "--", label="encoder-decoder, fed its own forecasts"
+    steps_50,
+    recursive_by_step,
+    "--",
+    color=recursive_color,
+    label="recursive (section 4.4)",
+)
+ax.plot(
+    steps_50,
+    seq_by_step,
+    color="C3",
+    label="encoder-decoder, fed its own forecasts",
 )
 ax.set(
     title="Exercise 1: test RMSE by steps ahead (21 origins)",
@@ -4003,11 +4013,13 @@ def val_errors(
 
 
 errors_by_window = {20: val_errors(sun_model, sun_sets[1], std)}
+train_windows = {20: len(sun_sets[0])}  # training windows per window length
 for window in (10, 30):
     window_sets = []
     for start, end in ((0, val_from), (val_from - window, test_from)):
         x_part, y_part = make_windows(scaled[start:end], window)
         window_sets.append(TensorDataset(x_part.unsqueeze(-1), y_part[:, 0]))
+    train_windows[window] = len(window_sets[0])
     torch.manual_seed(seed)
     window_model = Forecaster().to(device)
     window_path = checkpoint_dir / f"sun_{window}.pt"
@@ -4065,7 +4077,11 @@ print(
     textwrap.fill(
         "Each window's RMSE is that of its best of 60 epochs, chosen on these"
         " same 40 years, which flatters whichever window comes out lowest;"
-        " neither standard error covers that selection.",
+        " neither standard error covers that selection. Nor is the window"
+        " the only thing that changes: a longer window leaves fewer training"
+        " windows ("
+        + ", ".join(f"{train_windows[w]} for {w} years" for w in (10, 20, 30))
+        + "), since its first target comes later in the record.",
         width=78,
     )
 )
