@@ -362,14 +362,8 @@ fig = plot_image_grid(
     torch.cat([digits.x_train[:8], binary_train[:8]]),
     suptitle="Training digits before and after binarising (pixel > 0.5)",
     value_range=(0, 1),
+    row_labels=["grey", "binary"],
 )
-for row, label in enumerate(["grey", "binary"]):  # left of each row
-    first = fig.axes[8 * row]  # the row's first image
-    first.text(
-        -0.08, 0.5, label, transform=first.transAxes,
-        rotation=90, ha="right", va="center", fontsize=8,
-    )  # fmt: skip
-fig.tight_layout()  # again, to make room for the labels
 plt.show()
 
 # %% tags=["remove-cell"] jupyter={"source_hidden": true} cellView="form"
@@ -2327,14 +2321,8 @@ fig = plot_image_grid(
     ncols=8,
     size=1.2,
     value_range=(0, 1),
+    row_labels=[f"step {s['step']:,}" for s in shown],  # the training step
 )
-for row, s in enumerate(shown):  # the training step, left of each row
-    first = fig.axes[8 * row]  # the row's first image
-    first.text(
-        -0.08, 0.5, f"step {s['step']:,}", transform=first.transAxes,
-        rotation=90, ha="right", va="center", fontsize=8,
-    )  # fmt: skip
-fig.tight_layout()  # again, to make room for the labels
 plt.show()
 last_half = grid_reads[len(shown) // 2 :]  # (4, 8): the second half of training
 changed = int((last_half != last_half[-1]).any(dim=0).sum())

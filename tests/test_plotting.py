@@ -68,28 +68,78 @@ def test_plot_broadcast_rejects_incompatible_or_unsupported_tensors():
         plot_broadcast([1, 2], torch.zeros(2))
 
 
-def test_plot_image_grid_lays_out_images_with_titles():
+def _grid_texts(fig):
+    (ax,) = fig.axes
+    return ax, [t.get_text() for t in ax.texts]
+
+
+def test_plot_image_grid_draws_one_picture_with_titles_in_order():
     images = [torch.full((1, 4, 4), float(i)) for i in range(5)]
     fig = plot_image_grid(images, titles=[f"#{i}" for i in range(5)], suptitle="grid", ncols=3)
-    assert len(fig.axes) == 6  # 2 rows of 3, the last one left empty
-    shown = [ax for ax in fig.axes if ax.images]
-    assert [ax.get_title() for ax in shown] == ["#0", "#1", "#2", "#3", "#4"]
-    np.testing.assert_array_equal(shown[4].images[0].get_array(), np.full((4, 4), 4.0))
+    ax, texts = _grid_texts(fig)
+    assert len(ax.images) == 1
+    assert texts == ["#0", "#1", "#2", "#3", "#4"]
     assert fig._suptitle.get_text() == "grid"
+    # titles sit above their tiles: same x for one column, rows further down
+    positions = [t.get_position() for t in ax.texts]
+    assert positions[0][0] == positions[3][0] and positions[3][1] > positions[0][1]
+    canvas = np.asarray(ax.images[0].get_array())
+    # 2 rows of 3 cells; the sixth cell stays clear
+    rows, cols = canvas.shape[0] // 2, canvas.shape[1] // 3
+    assert not canvas[rows:, 2 * cols :, 3].any()
+    assert canvas[:rows, : 2 * cols, 3].any()
 
 
 def test_plot_image_grid_scales_each_image_unless_given_one_range():
     faint, bright = torch.full((3, 3), 0.25), torch.linspace(0, 1, 9).reshape(3, 3)
     faint[0, 0] = 0.0
-    own = plot_image_grid([faint, bright], suptitle="own")
-    assert [ax.images[0].get_clim() for ax in own.axes] == [(0.0, 0.25), (0.0, 1.0)]
+    gray = matplotlib.colormaps["gray"]
+    own = np.asarray(plot_image_grid([faint, bright], suptitle="own").axes[0].images[0].get_array())
     shared = plot_image_grid([faint, bright], suptitle="shared", value_range=(0, 1))
-    assert [ax.images[0].get_clim() for ax in shared.axes] == [(0.0, 1.0), (0.0, 1.0)]
+    shared = np.asarray(shared.axes[0].images[0].get_array())
+    # the faint image's brightest pixel: white on its own scale, a quarter grey on (0, 1)
+    opaque = own[..., 3] > 0
+    first_rows = np.flatnonzero(opaque.any(axis=1))
+    first_cols = np.flatnonzero(opaque.any(axis=0))
+    top, left = first_rows[0], first_cols[0]
+    np.testing.assert_allclose(own[top, left + 1], gray(1.0))
+    np.testing.assert_allclose(own[top, left], gray(0.0))
+    np.testing.assert_allclose(shared[top, left + 1], gray(0.25))
+
+
+def test_plot_image_grid_one_value_throughout_draws_the_bottom_colour():
+    canvas = np.asarray(
+        plot_image_grid([torch.full((2, 2), 7.0)], suptitle="flat").axes[0].images[0].get_array()
+    )
+    tile = canvas[canvas[..., 3] > 0]
+    np.testing.assert_allclose(tile, np.tile(matplotlib.colormaps["gray"](0.0), (4, 1)))
+
+
+def test_plot_image_grid_enlarges_a_smaller_image_to_its_cell():
+    big, small = torch.zeros(4, 4), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    canvas = np.asarray(plot_image_grid([big, small], suptitle="sizes").axes[0].images[0].get_array())
+    opaque = canvas[..., 3] > 0
+    assert opaque.sum() == 2 * 16  # both fill a 4 x 4 cell
+    cols = np.flatnonzero(opaque.any(axis=0))
+    second = canvas[np.flatnonzero(opaque.any(axis=1))][:, cols[4:]]
+    white = matplotlib.colormaps["gray"](1.0)
+    np.testing.assert_allclose(second[0, 2], white)  # each pixel doubled
+    np.testing.assert_allclose(second[1, 3], white)
+
+
+def test_plot_image_grid_labels_rows_left_of_them():
+    fig = plot_image_grid(torch.rand(4, 3, 3), suptitle="rows", ncols=2, row_labels=["a", "b"])
+    ax, texts = _grid_texts(fig)
+    assert texts == ["a", "b"]
+    (x_a, y_a), (x_b, y_b) = (t.get_position() for t in ax.texts)
+    assert x_a < 0 and x_b < 0 and y_b > y_a
+    assert all(t.get_rotation() == 90 for t in ax.texts)
 
 
 def test_plot_image_grid_accepts_a_batch_tensor():
     fig = plot_image_grid(torch.rand(2, 5, 5), suptitle="batch")
-    assert sum(bool(ax.images) for ax in fig.axes) == 2
+    canvas = np.asarray(fig.axes[0].images[0].get_array())
+    assert (canvas[..., 3] > 0).sum() == 2 * 25
 
 
 @pytest.mark.parametrize(
@@ -103,6 +153,8 @@ def test_plot_image_grid_accepts_a_batch_tensor():
         ([torch.zeros(3, 3)], {"value_range": [0, 1]}, TypeError, "value_range"),
         ([torch.zeros(3, 3)], {"value_range": (0, "1")}, TypeError, "value_range"),
         ([torch.zeros(3, 3)], {"value_range": (1, 1)}, ValueError, "low < high"),
+        ([torch.zeros(3, 3)], {"row_labels": ["a", "b"]}, ValueError, "row labels"),
+        ([torch.zeros(3, 3)], {"size": 0}, ValueError, "size"),
     ],
 )
 def test_plot_image_grid_rejects_bad_input(images, kwargs, error, message):
