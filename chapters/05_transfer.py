@@ -69,7 +69,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from helpers.data import load_mnist_subset
+from helpers.data import batched_loader, load_mnist_subset
 from helpers.models import count_parameters
 from helpers.plotting import plot_image_grid
 from helpers.progress import tqdm
@@ -94,12 +94,7 @@ from helpers.transfer import (
 from matplotlib.ticker import PercentFormatter
 from sklearn.metrics import ConfusionMatrixDisplay
 from torch import nn
-from torch.utils.data import (
-    DataLoader,
-    RandomSampler,
-    TensorDataset,
-    default_collate,
-)
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from torchvision import models
 
 seed = seed_everything(0)
@@ -750,17 +745,20 @@ plt.show()
 # by 0.9 to 1.1 per axis (`random_affine` does all of this for the whole batch in the
 # loader's `collate_fn`) and normalised with the **source** model's statistics, the
 # normalisation its features were learned with. Validation and test digits are only
-# normalised.
+# normalised. The loaders come from `helpers.data.batched_loader`: the batches a
+# `DataLoader` would give, from the same random numbers, each fetched with one
+# indexing operation instead of one call per digit (chapter 8 shows how, and what it
+# saves).
 
 
 # %%
 def augment_batch(
-    batch: list, generator: torch.Generator, mean: float, std: float
+    batch: tuple, generator: torch.Generator, mean: float, std: float
 ) -> tuple:
-    """collate_fn: stack the drawn digits, distort them all at once,
-    normalise with `mean` and `std`.
+    """collate_fn: distort a batch of drawn digits all at once, normalise with
+    `mean` and `std`.
     """
-    images, labels = default_collate(batch)  # (B, 1, 28, 28), (B,)
+    images, labels = batch  # (B, 1, 28, 28), (B,)
     images = random_affine(
         images, generator, rotation=(-10, 10), scale=(0.9, 1.1), shift=(-2, 2)
     )
@@ -792,7 +790,10 @@ def labelled_loader(
     collate = functools.partial(
         augment_batch, generator=make_generator(draw + 100), mean=mean, std=std
     )
-    return DataLoader(labelled, batch_size, sampler=sampler, collate_fn=collate)
+    # DataLoader's batches, fetched with one indexing operation per batch
+    return batched_loader(
+        labelled, batch_size, sampler=sampler, collate_fn=collate
+    )
 
 
 samples_per_epoch, batch_size = 320, 64
@@ -808,9 +809,9 @@ target_train_loader = functools.partial(
     std=source_std,
 )
 val_x = normalize(digits.x_val, source_mean, source_std)
-val_loader = DataLoader(TensorDataset(val_x, digits.y_val), batch_size=500)
+val_loader = batched_loader(TensorDataset(val_x, digits.y_val), 500)
 test_x = normalize(digits.x_test, source_mean, source_std)
-test_loader = DataLoader(TensorDataset(test_x, digits.y_test), batch_size=500)
+test_loader = batched_loader(TensorDataset(test_x, digits.y_test), 500)
 images, labels = next(iter(target_train_loader(1, draws[0])))
 print("a training batch:", tuple(images.shape), "labels", labels[:12].tolist())
 

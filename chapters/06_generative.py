@@ -64,7 +64,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from helpers.data import load_mnist_subset
+from helpers.data import batched_loader, load_mnist_subset
 from helpers.generative import (
     classify_images,
     confidence_summary,
@@ -87,7 +87,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 from torch.optim.swa_utils import AveragedModel, update_bn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 seed = seed_everything(0)
 device = get_device()
@@ -148,14 +148,15 @@ judge = nn.Sequential(
 # slices share the same layers
 judge_features, judge_head = judge[:-2], judge[-2:]
 
-judge_train_loader = DataLoader(
+# chapter 5's batched_loader: DataLoader's batches, one indexing operation each
+judge_train_loader = batched_loader(
     TensorDataset(digits.x_train, digits.y_train),
-    batch_size=64,
+    64,
     shuffle=True,
     generator=make_generator(seed),
 )
-judge_val_loader = DataLoader(
-    TensorDataset(digits.x_val, digits.y_val), batch_size=500
+judge_val_loader = batched_loader(
+    TensorDataset(digits.x_val, digits.y_val), 500
 )
 judge_epochs = 6
 with tempfile.TemporaryDirectory() as checkpoint_dir:
@@ -656,9 +657,9 @@ def train_vae(
     epoch and a list of weight snapshots taken every `snapshot_every` epochs.
     """
     device = next(model.parameters()).device
-    loader = DataLoader(
+    loader = batched_loader(
         TensorDataset(train_images),
-        batch_size=batch_size,
+        batch_size,
         shuffle=True,
         generator=make_generator(seed),
     )
@@ -1757,10 +1758,10 @@ averaged_generator = AveragedModel(
     multi_avg_fn=functools.partial(moving_average, beta=ema_beta),
     use_buffers=True,
 )
-gan_loader = DataLoader(
+gan_loader = batched_loader(
     # pixels [0, 1] -> [-1, 1], like tanh
     TensorDataset(digits.x_train * 2 - 1),
-    batch_size=gan_batch_size,
+    gan_batch_size,
     shuffle=True,
     drop_last=True,  # every step sees a full batch
     generator=make_generator(seed),
@@ -3873,10 +3874,12 @@ assert check_mean_reconstruction_loss(mean_reconstruction_loss)
 torch.manual_seed(seed)
 mean_vae = VAE(latent_dim).to(device)
 optimizer = torch.optim.Adam(mean_vae.parameters(), lr=vae_lr)
-loader = DataLoader(
-    TensorDataset(binary_train), batch_size=128, shuffle=True,
+loader = batched_loader(
+    TensorDataset(binary_train),
+    128,
+    shuffle=True,
     generator=make_generator(seed),
-)  # fmt: skip
+)
 for _ in range(5):
     mean_vae.train()
     for (x,) in loader:
@@ -4423,10 +4426,12 @@ assert check_posterior_samples(posterior_samples)
 torch.manual_seed(seed)
 cvae = ConditionalVAE(latent_dim).to(device)
 optimizer = torch.optim.Adam(cvae.parameters(), lr=vae_lr)
-loader = DataLoader(
-    TensorDataset(binary_train, digits.y_train), batch_size=128, shuffle=True,
+loader = batched_loader(
+    TensorDataset(binary_train, digits.y_train),
+    128,
+    shuffle=True,
     generator=make_generator(seed),
-)  # fmt: skip
+)
 cvae.train()
 for _ in range(vae_epochs):
     for x, y in loader:

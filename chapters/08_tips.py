@@ -918,6 +918,9 @@ three rounds) was {{loader_verdict}} sample by sample ({{per_sample_range}} ms).
 rest of the chapter uses `make_train_loader`: it never does more work, and the Python calls it saves
 grow with the batch size. (It needs a dataset that can index many samples at once;
 for files on disk, per-sample loading with workers, below, is the tool.)
+`helpers.data.batched_loader`, which chapters 5 and 6 use, is the same function with
+the rest of `DataLoader`'s options: in order or shuffled, `drop_last`, a sampler of
+your own, a `collate_fn`.
 """
 )
 

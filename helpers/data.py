@@ -8,6 +8,7 @@ Introduced in chapter 02 (neural-network basics); chapter 03 adds the digit imag
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,19 @@ import numpy as np
 import torch
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 __all__ = [
     "ImageSplit",
     "TabularSplit",
+    "batched_loader",
     "load_breast_cancer_split",
     "load_mnist_subset",
     "load_torchvision_mnist",
@@ -254,4 +264,45 @@ def load_torchvision_mnist(
         y_test=test.targets.long(),
         mean=x_train.mean().item(),
         std=x_train.std().item(),
+    )
+
+
+def batched_loader(
+    dataset: TensorDataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    generator: torch.Generator | None = None,
+    sampler: Sampler[int] | None = None,
+    collate_fn: Callable | None = None,
+) -> DataLoader:
+    """The batches ``DataLoader(dataset, batch_size, shuffle=..., drop_last=...,
+    generator=..., sampler=...)`` yields, from the same random numbers, but fetched a
+    batch at a time.
+
+    A plain ``DataLoader`` calls ``dataset[i]`` once per sample and stacks the samples;
+    here a ``BatchSampler`` hands ``TensorDataset`` a whole list of indices, one
+    indexing operation per batch (chapter 8 measures the difference). ``collate_fn``,
+    if given, receives each batch as the tuple of stacked tensors.
+    Introduced in chapter 05.
+    """
+    if not isinstance(dataset, TensorDataset):
+        raise TypeError(
+            f"batched_loader needs a TensorDataset (indexed a batch at a time), got {type(dataset).__name__}"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if sampler is not None and shuffle:
+        raise ValueError("give either a sampler or shuffle=True, not both (the sampler decides the order)")
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    batches = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
+    # the loader draws a seed from `generator` each epoch, as the plain loader does
+    return DataLoader(
+        dataset,
+        sampler=batches,
+        batch_size=None,
+        generator=generator,
+        **({"collate_fn": collate_fn} if collate_fn is not None else {}),
     )

@@ -7,8 +7,10 @@ import torch
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from helpers.data import (
+    batched_loader,
     load_breast_cancer_split,
     load_mnist_subset,
     load_torchvision_mnist,
@@ -414,3 +416,71 @@ def test_torchvision_mnist_downloads_only_when_asked(tmp_path, monkeypatch):
     split = load_torchvision_mnist(str(tmp_path), val_size=10, download=True)
     assert calls == [True, False]  # the training set, then the test set, each asked to download
     assert (len(split.y_train), len(split.y_val), len(split.y_test)) == (50, 10, 20)
+
+
+def _epochs(loader, n=3):
+    return [[t.clone() for t in batch] for _ in range(n) for batch in loader]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"shuffle": True}, {"shuffle": True, "drop_last": True}, {}, {"drop_last": True}],
+    ids=["shuffled", "shuffled-drop-last", "in-order", "in-order-drop-last"],
+)
+def test_batched_loader_gives_dataloaders_batches_from_the_same_random_numbers(options):
+    data = TensorDataset(torch.randn(103, 3), torch.arange(103))
+    plain_gen, batched_gen = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    torch.manual_seed(1)
+    plain = _epochs(DataLoader(data, 16, generator=plain_gen, **options))
+    after_plain = torch.rand(3)
+    torch.manual_seed(1)
+    batched = _epochs(batched_loader(data, 16, generator=batched_gen, **options))
+    after_batched = torch.rand(3)
+    assert len(plain) == len(batched) == 3 * (6 if options.get("drop_last") else 7)
+    for one, other in zip(plain, batched, strict=True):
+        assert all(torch.equal(p, q) for p, q in zip(one, other, strict=True))
+    # the same draws from the given and the global generator: what runs after the
+    # loader is unchanged
+    assert torch.equal(plain_gen.get_state(), batched_gen.get_state())
+    assert torch.equal(after_batched, after_plain)
+
+
+def test_batched_loader_follows_a_given_sampler_and_passes_batches_to_collate_fn():
+    data = TensorDataset(torch.randn(20, 2), torch.arange(20))
+
+    def sampler(seed):
+        return RandomSampler(
+            data, replacement=True, num_samples=12, generator=torch.Generator().manual_seed(seed)
+        )
+
+    plain = _epochs(DataLoader(data, 5, sampler=sampler(3)), n=1)
+    seen = []
+
+    def collate(batch):
+        seen.append(type(batch))
+        x, y = batch
+        return x * 2, y
+
+    batched = _epochs(batched_loader(data, 5, sampler=sampler(3), collate_fn=collate), n=1)
+    assert [len(b[1]) for b in batched] == [5, 5, 2]
+    for (px, py), (bx, by) in zip(plain, batched, strict=True):
+        assert torch.equal(bx, 2 * px) and torch.equal(by, py)
+    assert seen == [tuple] * 3
+
+
+@pytest.mark.parametrize(
+    ("dataset", "kwargs", "error", "message"),
+    [
+        ([1, 2, 3], {}, TypeError, "TensorDataset"),
+        (None, {"batch_size": 0}, ValueError, "batch_size"),
+        (None, {"batch_size": True}, ValueError, "batch_size"),
+        (None, {"shuffle": True, "sampler": "given"}, ValueError, "sampler"),
+    ],
+)
+def test_batched_loader_rejects_bad_input(dataset, kwargs, error, message):
+    data = TensorDataset(torch.zeros(4, 1)) if dataset is None else dataset
+    kwargs = {"batch_size": 2, **kwargs}
+    if kwargs.get("sampler") == "given":
+        kwargs["sampler"] = RandomSampler(data)
+    with pytest.raises(error, match=message):
+        batched_loader(data, **kwargs)
