@@ -887,13 +887,17 @@ plt.show()
 #   repeat its edge pixels (`padding_mode="border"`), which are background for all but
 #   under 2 % of these digits (the few whose strokes touch the edge). The module
 #   clamps the positions to the edge pixels' centres itself, which does the same, so
-#   that on a Mac it can use `padding_mode="zeros"`: MPS lacks `"border"` in older
-#   torch versions ([pytorch#125098](https://github.com/pytorch/pytorch/issues/125098)).
+#   that on a Mac it can use `padding_mode="zeros"`: MPS lacks `"border"` before
+#   torch 2.13 ([pytorch#125098](https://github.com/pytorch/pytorch/issues/125098)),
+#   and this book supports torch from 2.11.
 #
 # Written as a module that returns its input unchanged in evaluation mode, like dropout,
 # the augmentation can be the network's first layer: training batches are augmented,
 # and validation and test images are left as they are as long as `model.eval()` is
-# called before measuring them.
+# called before measuring them. The flip side: every forward pass in training mode
+# augments, including one that only re-measures batch-norm statistics (chapter 5's
+# `update_bn`), and a model exported or compiled in training mode keeps the
+# augmentation.
 
 
 # %%
@@ -932,7 +936,7 @@ class RandomRotateShift(nn.Module):
         grid = F.affine_grid(theta, x.shape, align_corners=False)
         # clamped to the centres of the edge pixels (±(1 - 1/w)), every position
         # reads the edge for what lies outside; "border" then changes nothing on
-        # the CPU and CUDA, and "zeros" (MPS lacks "border" in older torch)
+        # the CPU and CUDA, and "zeros" (MPS lacks "border" before torch 2.13)
         # matches it to rounding
         edge = 1 - 1 / w
         padding = "zeros" if x.device.type == "mps" else "border"
@@ -1546,7 +1550,9 @@ prose(
 On the CPU the resumed run is bit for bit the uninterrupted one: same weights, same
 batch-norm buffers, same validation score. That holds on the same machine with the
 same number of threads; a session with another thread count, another CPU or a GPU
-adds some sums in another order, and agrees only up to rounding. The
+adds some sums in another order, and agrees only up to rounding (on a GPU,
+chapter 1's `torch.use_deterministic_algorithms(True)` makes repeated runs agree bit
+for bit on the same machine, at some cost in speed). The
 validation accuracy peaked at {{cnn_val_acc}} in epoch {{cnn_best_epoch}},
 and those weights are now in `model`. How much did the weight decay act? Every step
 shrank each weight by the factor `1 − lr·λ`, with the learning rate of its epoch:
@@ -1869,7 +1875,7 @@ of the {{epochs}} epochs.
 #
 # Is the convolutional structure doing the work, or just the number of weights?
 # Multilayer perceptrons of two widths answer two versions of the question. With 32
-# units per hidden layer the MLP has somewhat more weights than the CNN: the comparison
+# units per hidden layer the MLP has somewhat more parameters than the CNN: the comparison
 # at similar size. With 512 units it has over 30 times as many. Both are trained the
 # same way, with the same augmentation ranges (the random draws themselves, like the
 # batch order, differ from run to run), and validation picks the width of the
@@ -3038,7 +3044,10 @@ assert min(sweep_acc.values()) > 0.9, sweep_acc
 # predicted class (its *confidence*) for every validation image, show the eight least
 # confident with their predicted and true labels, and compare the accuracy on the 5 %
 # least confident images with the accuracy on the rest. The statistic goes in the
-# starter's `accuracy_by_confidence`.
+# starter's `accuracy_by_confidence`. (A softmax probability ranks the images but is
+# not a calibrated probability: modern networks tend to be over-confident, as Guo et
+# al., 2017, [On calibration of modern neural networks](https://arxiv.org/abs/1706.04599),
+# measured.)
 
 
 # %% tags=["exercise-starter"]
@@ -3254,7 +3263,12 @@ vs_flat = {
     for name in (bare_name, pool_name)
 }
 ratio = drops[flat_name] / max(drops[pool_name], 1e-9)
-how_much = f"about {ratio:.0f} times less" if ratio >= 2 else "less"
+how_much = (
+    f"about 1/{ratio:.0f} of the Flatten head's drop, so the answer depends"
+    " much less"
+    if ratio >= 2
+    else "a smaller drop than the Flatten head's, so the answer depends less"
+)
 # paired over images, each with its shifted copies: one unit, so the
 # copies' shared fate does not pass for independent evidence
 drop_of = {name: right[0] - right[1] for name, right in head_right.items()}
@@ -3295,8 +3309,8 @@ print(
     f"same {epochs}-epoch recipe, it scores {head_accuracy[pool_name][0]:.3f} "
     f"against {head_accuracy[flat_name][0]:.3f}, {vs_flat[pool_name]}. "
     f"A {max_shift}-pixel shift costs it {shown_drops[pool_name]:.1f} points, "
-    f"against {shown_drops[flat_name]:.1f} for the Flatten head: the answer "
-    f"is {how_much} sensitive to where the digit is. Without the block "
+    f"against {shown_drops[flat_name]:.1f} for the Flatten head: "
+    f"{how_much} on where the digit is. Without the block "
     f"(each averaged unit sees {field_bare} × {field_bare} of the 28 × 28 "
     f"pixels) the head scores {head_accuracy[bare_name][0]:.3f} unshifted, "
     f"{vs_flat[bare_name]}, and {head_accuracy[bare_name][1]:.3f} at "
