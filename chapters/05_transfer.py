@@ -460,8 +460,8 @@ class GlyphNet(nn.Module):
         self.layer3 = block(c2, c3, stride=1)  # -> (B, c3, 7, 7)
         # 7 x 7 -> 2 x 2 averages of 4 x 4 windows, 3 apart: what
         # AdaptiveAvgPool2d(2) computes on a 7 x 7 map, which Apple's MPS
-        # backend refuses (7 % 2 != 0): pytorch issue 96056 was still open in
-        # August 2026, when a fix was proposed (pull request 192413)
+        # backend refuses (7 % 2 != 0): pytorch issue 96056, still open as of
+        # torch 2.15
         pool = nn.AvgPool2d(4, stride=3)
         self.pool = nn.Sequential(pool, nn.Flatten())  # -> (B, c3*4)
         self.fc = nn.Linear(c3 * 4, num_classes)
@@ -1478,8 +1478,10 @@ quadrature. Three caveats hold for every gap in this chapter and are stated only
 - **Two draws.** The draws' part has one degree of freedom, so where it dominates a
   95 % bound would be up to {{t_one_df}} errors, not 2. For this pair {{t_note}}.
 - **A rule of thumb.** `noise_level` calls a gap within two errors *noise*, two to
-  three *borderline*, beyond three *clear* (`gap_text` and `verdict` put it in words):
-  indications, not tests.
+  three *borderline*, beyond three *clear* (`gap_text` and `verdict` put it in words;
+  a gap printed with no mark is clear): indications, not tests. With some 25 gaps
+  read this way, a borderline one or two is about what chance alone would give, so
+  read the pattern rather than any single borderline gap.
 - **Optimism.** A best validation accuracy is the best of 12 epochs (and, for
   fine-tuning, of three factors) on the same 500 digits, so section 5.8 scores every
   model once more on the untouched test set.
@@ -1561,7 +1563,12 @@ control_style = {
     "markeredgewidth": 2,
     "fillstyle": "none",
 }
-ax_acc.plot(control_factors, list(control_accs.values()), **control_style)
+# a step right of its factor (both panels), off the lines that pass through it
+ax_acc.plot(
+    [f * 1.1 for f in control_factors],
+    list(control_accs.values()),
+    **control_style,
+)
 moved = [
     100 * layer3_moved(layer3_moves, draws, 10, control, f)
     for f in control_factors
@@ -2421,7 +2428,9 @@ record("fe_vs_ft", times_faster(ft_ms, fe_ms))
 device_names = {"cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
 record("device_name", device_names.get(device.type, device.type))
 if device.type == "cpu":
-    gpu_note = "the ratios are likely smaller there (this page ran on a CPU)"
+    gpu_note = (
+        "how the ratios change there was not measured (this page ran on a CPU)"
+    )
 else:
     gpu_note = "the ratios above, measured on this page's GPU, show how much"
 record("gpu_note", gpu_note)
@@ -2879,9 +2888,11 @@ record("negative_note", negative_note)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-**In short.** With one labelled digit per class, starting from the letter network
-instead of random weights added {{ft_gain_1}} points of test accuracy (fine-tuning,
-12 epochs). At 10 labels per class with 24 epochs for every method,
+**In short.** With one labelled digit per class, fine-tuning the letter network
+instead of training from scratch added {{ft_gain_1}} points of test accuracy (12
+epochs; fine-tuning also freezes two blocks and gives the third its own rate, so this
+is the recipe's gain over scratch, not the pretrained start's alone). At 10 labels per
+class with 24 epochs for every method,
 {{long_lesson_core}}.
 
 With one label per class, fine-tuning scores {{test_ft_1}} on test and feature
@@ -2917,8 +2928,10 @@ optimism. {{long_lesson}}
 Where, if at all, scratch catches up depends on the task and on how closely the source
 resembles it; handwritten digits are an easy target.
 
-**When to pick which.** A common rule of thumb crosses two questions: how many labelled
-target images there are, and how much the target resembles the source. Few labels and
+**When to pick which.** A common rule of thumb (the one Stanford's CS231n notes
+teach, [Transfer learning](https://cs231n.github.io/transfer-learning/)) crosses two
+questions: how many labelled target images there are, and how much the target
+resembles the source. Few labels and
 a similar source: feature extraction, since fine-tuning many weights on few images can
 overfit. More labels, or a less similar source: fine-tune, with a smaller rate for the
 pretrained layers, unfreezing more of them as labels grow. Many labels and a dissimilar
@@ -3200,7 +3213,7 @@ def pooled_features(
     output in eval mode, without gradients, average-pooled to its grid.
     """
     # Apple's MPS refuses a pooling grid that does not divide the map's
-    # size (pytorch issue 96056, open in August 2026): pool on the CPU
+    # size (pytorch issue 96056, open as of torch 2.15): pool on the CPU
     raise NotImplementedError  # your code here
 
 
@@ -3233,7 +3246,7 @@ def pooled_features(
     for name, grid in blocks.items():
         # (N, C, H, W) -> (N, C, grid, grid)
         # on the CPU: MPS refuses grids that do not divide the map's size
-        # (pytorch issue 96056, open in August 2026)
+        # (pytorch issue 96056, open as of torch 2.15)
         pooled = nn.functional.adaptive_avg_pool2d(maps[name].cpu(), grid)
         features[name] = pooled.flatten(1)  # (N, C * grid * grid)
     return features
@@ -3895,9 +3908,10 @@ prose(
   pass through the frozen layers.
 - `weights.transforms()` is the weights' evaluation preprocessing; the training
   augmentation is yours, ending in the same normalisation.
-- A letter network pretrained for {{pretrain_seconds}} s lifted 1-label-per-class
-  digit accuracy by {{ft_gain_1}} points (fine-tuning) and {{fe_gain_1}}
-  (feature extraction). With 24 epochs for every method, fine-tuning's gain was
+- With one label per class, fine-tuning a letter network pretrained for
+  {{pretrain_seconds}} s beat training from scratch by {{ft_gain_1}} points of
+  digit accuracy, and feature extraction beat it by {{fe_gain_1}}. With 24 epochs
+  for every method, fine-tuning's gain was
   {{long_ft_gain_1}} points at 1 label per class and {{long_ft_gain_10}} at 10:
   {{shrink_note}}.
 - How fast the backbone may learn is a hyper-parameter like any other.
