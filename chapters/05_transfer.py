@@ -1480,8 +1480,8 @@ quadrature. Three caveats hold for every gap in this chapter and are stated only
 - **A rule of thumb.** `noise_level` calls a gap within two errors *noise*, two to
   three *borderline*, beyond three *clear* (`gap_text` and `verdict` put it in words;
   a gap printed with no mark is clear): indications, not tests. With some 25 gaps
-  read this way, a borderline one or two is about what chance alone would give, so
-  read the pattern rather than any single borderline gap.
+  read this way, a borderline one or two is what chance alone would give even if no
+  gap were real, so read the pattern rather than any single borderline gap.
 - **Optimism.** A best validation accuracy is the best of 12 epochs (and, for
   fine-tuning, of three factors) on the same 500 digits, so section 5.8 scores every
   model once more on the untouched test set.
@@ -1789,7 +1789,7 @@ walk_lesson = (
     "pretrained block survived."
 )
 record("walk_lesson", walk_lesson)
-# the control's clearest test of the source itself: pretrained minus random
+# the control's clearest test of layer3's pretrained start: pretrained minus random
 # layer3 at each factor, with how far fine-tuning moved layer3 there
 slowest, faster = control_factors[0], control_factors[1:]
 slow_gap = pre_vs_rand_at[slowest]
@@ -2297,7 +2297,8 @@ fine-tuning's head keeps the untuned 1e-2.
 **The two controls** (10 labels per class). Fine-tuning differs from feature
 extraction in a trainable `layer3`, that block's batch norm in training mode (it
 re-estimates its statistics on digit batches at any factor), and the block's
-pretrained start. The random-`layer3` control (open squares in the factor figure)
+pretrained start. The random-`layer3` control (open squares in the factor figure, set
+a little beside their factors)
 keeps the first two and replaces the third, so fine-tuning's gain over feature
 extraction, {{ft_gain_val_10}} points, is exactly the first row below plus the
 pretrained-minus-random row at the chosen factor (paired gaps of the same images add).
@@ -2305,8 +2306,9 @@ The second control keeps `layer3`'s batch norm in `eval()` at ×0.01:
 
 {{control_table}}
 
-{{control_lesson}} {{split_words}} Re-estimating `layer3`'s batch-norm statistics on
-the digits {{bn_found}} at ×0.01. {{walk_lesson}}
+{{control_lesson}} {{split_words}} Letting `layer3`'s batch norm run in training mode
+(normalising each training batch with its own statistics and re-estimating the running
+ones on the digits) rather than in `eval()` {{bn_found}} at ×0.01. {{walk_lesson}}
 
 </details>
 """
@@ -2863,7 +2865,7 @@ long_lesson = (
 record("long_lesson", long_lesson)
 # feature extraction against scratch contrasts a frozen backbone with one
 # trained on the digits, not the source with none; section 5.7's control at
-# x0.01 (pretrained minus random layer3) is the run's test of the source itself
+# x0.01 (pretrained minus random layer3) tests layer3's part of the source
 fe_minus_scratch, fe_minus_scratch_se = long_gaps[
     "feature extraction", "scratch"
 ]
@@ -2881,12 +2883,14 @@ if fe_minus_scratch < 0 and fe_level != "noise":
         "no test of **negative transfer** (the source leaving the target worse "
         "off than the same learner trained without it): it compares a frozen "
         "backbone with one trained on the digits. Section 5.7's control comes "
-        "closer:"
+        "closer, for one part of the source (both of its arms keep the "
+        "pretrained `layer1` and `layer2`):"
     )
 else:
     negative_note = (
         "Feature extraction did not trail scratch beyond noise here. Section "
-        "5.7's control tests the source itself:"
+        "5.7's control tests one part of the source, `layer3`'s pretrained "
+        "weights (both of its arms keep the pretrained `layer1` and `layer2`):"
     )
 negative_note += (
     f" with `layer3` nearly frozen "
