@@ -882,6 +882,12 @@ assert torch.equal(
 #    parameters require gradients. A "frozen" backbone would drift towards the target's
 #    statistics. So after `model.train()`, call `.eval()` on the frozen blocks.
 #
+# Feature extraction need not run the frozen part at every step at all: without
+# augmentation, compute the features once and train the head on them.
+# `torchvision.models.feature_extraction.create_feature_extractor(model,
+# return_nodes=[...])` returns any intermediate outputs by name (exercise 1 uses it
+# on each block). This chapter augments every batch, so its backbone runs each step.
+#
 # The function below builds a target model for each method. For fine-tuning, the
 # optimizer gets two **parameter groups**, each a dict with its own learning rate: the
 # new head learns at `lr`, the unfrozen `layer3` at `lr * factor`; section 5.7 tries
@@ -1570,6 +1576,17 @@ ax_acc.plot(
     list(control_accs.values()),
     **control_style,
 )
+for x, y in zip(beside, control_accs.values(), strict=True):  # its own label
+    ax_acc.annotate(
+        "random\nlayer3",
+        (x, y),
+        xytext=(0, -9),
+        textcoords="offset points",
+        ha="center",
+        va="top",
+        fontsize=7,
+        color=budget_colours[10],
+    )
 moved = [
     100 * layer3_moved(layer3_moves, draws, 10, control, f)
     for f in control_factors
