@@ -210,9 +210,8 @@ def _fill_cell(picture: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return picture
     scale = min(height / h, width / w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    rows = (torch.arange(new_h) * h // new_h).clamp(max=h - 1)
-    cols = (torch.arange(new_w) * w // new_w).clamp(max=w - 1)
+    enlarged = torch.nn.functional.interpolate(picture[None, None], size=(new_h, new_w), mode="nearest")
     cell = torch.full((height, width), float("nan"), dtype=picture.dtype)
     top, left = (height - new_h) // 2, (width - new_w) // 2
-    cell[top : top + new_h, left : left + new_w] = picture[rows][:, cols]
+    cell[top : top + new_h, left : left + new_w] = enlarged[0, 0]
     return cell
