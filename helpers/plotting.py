@@ -91,12 +91,17 @@ def plot_broadcast(a: torch.Tensor, b: torch.Tensor) -> Figure:
     for ax, t, orig, name in ((axes[0], a2, a, "a"), (axes[1], b2, b, "b")):
         copied = torch.ones(rows, cols, dtype=torch.bool)
         copied[: t.shape[0], : t.shape[1]] = False
-        title = f"{name}: shape {tuple(orig.shape)}"
+        # the shape, padded with leading 1s if it has fewer dimensions, then stretched
+        steps = [tuple(orig.shape)]
         if orig.ndim < 2:  # missing leading dimensions count as size 1
-            title += f" → {tuple(t.shape)}"
-        _draw_grid(ax, t.expand(rows, cols), copied, title)
+            steps.append(tuple(t.shape))
+        if tuple(t.shape) != (rows, cols):
+            steps.append((rows, cols))
+        _draw_grid(ax, t.expand(rows, cols), copied, f"{name}: " + " → ".join(map(str, steps)))
     result = (a2 + b2).reshape(rows, cols)
-    _draw_grid(axes[2], result, torch.zeros(rows, cols, dtype=torch.bool), f"a + b: shape {tuple(out_shape)}")
+    _draw_grid(
+        axes[2], result, torch.zeros(rows, cols, dtype=torch.bool), f"a + b: {tuple(out_shape)}, a new tensor"
+    )
     fig.suptitle("Broadcasting: size-1 dimensions are stretched (grey = virtual copy)")
     fig.tight_layout()
     return fig

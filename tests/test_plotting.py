@@ -47,9 +47,10 @@ def test_plot_broadcast_shows_the_stretched_operands_and_the_true_sum():
     row = torch.tensor([10.0, 20.0, 30.0, 40.0])
     fig = plot_broadcast(col, row)
     a_ax, b_ax, out_ax = fig.axes
-    assert "(3, 1)" in a_ax.get_title()
-    assert "(4,)" in b_ax.get_title() and "(1, 4)" in b_ax.get_title()
-    assert "(3, 4)" in out_ax.get_title()
+    # each operand's title walks its shape to the result's: padded, then stretched
+    assert a_ax.get_title() == "a: (3, 1) → (3, 4)"
+    assert b_ax.get_title() == "b: (4,) → (1, 4) → (3, 4)"
+    assert out_ax.get_title() == "a + b: (3, 4), a new tensor"
     expected = (col + row).flatten().tolist()
     assert [float(t) for t in _cell_texts(out_ax)] == expected
     # 12 cells each; a has 3 real cells and 9 copies, b has 4 real and 8 copies
