@@ -87,7 +87,6 @@ import itertools
 import math
 import os
 import pickle
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -148,6 +147,11 @@ from torch.utils.flop_counter import FlopCounterMode
 seed = seed_everything(0)
 device = get_device()
 print(describe_runtime(device, seed))
+# Kineto, the profiler's tracing library (sections 8.5 and 8.9), writes status
+# lines (and, on a machine without a GPU, an error about counting GPUs) straight
+# to stderr. It reads this level when the profiler first runs, and 6 is above
+# its highest, so it stays quiet; no reading depends on it.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 # os.cpu_count() counts logical CPUs (two per core with hyper-threading); a
 # process may be allowed fewer (taskset, a container's CPU set). A container's
 # CPU *quota* is not visible in either number.
@@ -164,24 +168,18 @@ print(
     f"vector instructions: {torch.backends.cpu.get_cpu_capability()}"
 )
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
-# The CPU's maker, from the kernel's own list where there is one: some of
-# PyTorch's CPU kernels take a different path on Intel's CPUs (section 8.5).
-cpu_vendor = platform.processor() or "unknown"
-if Path("/proc/cpuinfo").exists():
-    vendor_lines = [
-        line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("vendor_id")
-    ]
-    cpu_vendor = vendor_lines[0] if vendor_lines else cpu_vendor
-# Eager `bernoulli_` with a fixed probability draws with MKL's vectorised
-# generator only in a build with MKL on an Intel CPU (ATen's
-# bernoulli_scalar_kernel); elsewhere it draws one value at a time.
-mkl_draws = torch.backends.mkl.is_available() and "intel" in cpu_vendor.lower()
-print(
-    f"CPU vendor: {cpu_vendor}, MKL: {torch.backends.mkl.is_available()}, "
-    f"eager bernoulli_ draws with MKL: {mkl_draws}"
-)
+# How eager `bernoulli_` (dropout's mask, section 8.5) draws on the CPU in this
+# build. ATen's default kernel draws one float64 uniform number per value, in
+# order, under the generator's lock, so its mask equals `uniform_() < p` drawn
+# from the same seed. (Builds with MKL once drew with MKL's vectorised
+# generator on Intel CPUs; PyTorch turned that path off in its public builds,
+# pytorch issue 132395.)
+probe = torch.Generator().manual_seed(0)
+probe_mask = torch.empty(1000).bernoulli_(0.5, generator=probe)
+probe.manual_seed(0)
+probe_uniform = torch.empty(1000, dtype=torch.float64).uniform_(generator=probe)
+serial_draws = torch.equal(probe_mask, (probe_uniform < 0.5).float())
+print(f"eager bernoulli_ draws one value at a time on the CPU: {serial_draws}")
 # Timings measure the machine as it is: other programs' load changes them.
 load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 print(
@@ -821,8 +819,9 @@ record("kinds_sentence", kinds_sentence)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{threads_sentence}} Sharing an operation out costs a fork and a join on every
-call, microseconds each, which a large operation repays and a small one may not;
+{{threads_sentence}} Sharing an operation out costs waking the other threads and
+waiting for all of them on every call, microseconds each, which a large operation
+repays and a small one may not;
 ATen keeps an element-wise operation below 32,768 elements on one thread
 (`at::internal::GRAIN_SIZE`), and matrix products leave it to the BLAS library. On a
 busy machine each operation also waits for its slowest thread. {{kinds_sentence}}
@@ -2071,27 +2070,29 @@ for name in not_rescued:
         )
 not_rescued_sentence = not_rescued_sentence.strip()
 record("not_rescued_sentence", not_rescued_sentence)
-# a run diverged if it ended no better than guessing: within 10 % of ln 10
+# a run failed if it ended no better than guessing: within 10 % of ln 10
 final_high = {
     (name, run_seed): schedule_runs[name, high, run_seed][2][-1]
     for name in schedule_names
     for run_seed in high_seeds
 }
-diverged = [
+failed = [
     f"{name} with seed {run_seed} ({loss:.2f})"
     for (name, run_seed), loss in final_high.items()
     if not loss < 0.9 * np.log(10)
 ]
-diverged_sentence = (
-    f"At {high}, {' and '.join(diverged)} ended no better than guessing "
-    f"(ln 10 = 2.30): {'that run' if len(diverged) == 1 else 'those runs'} "
-    "diverged."
-    if diverged
-    else f"No run at {high} diverged: none ended at guessing (ln 10 = 2.30), "
+failed_sentence = (
+    f"At {high}, {' and '.join(failed)} ended no better than guessing "
+    f"(ln 10 = 2.30): {'that run' if len(failed) == 1 else 'those runs'} "
+    "stopped learning. A loss stuck at guessing, rather than growing "
+    "without bound, is not divergence (section 8.6 looks at one way a large "
+    "rate does this: ReLU units that never fire again)."
+    if failed
+    else f"No run at {high} failed: none ended at guessing (ln 10 = 2.30), "
     "and the constant rate's worst seed ended at "
     f"{max(final_high4['constant']):.2f}."
 )
-record("diverged_sentence", diverged_sentence)
+record("failed_sentence", failed_sentence)
 if worse_low:
     worse_low_sentence = (
         f"At {low}, {names_list(worse_low)} ended worse than the constant "
@@ -2142,7 +2143,7 @@ record("high_rate_words", high_rate_words)
 # schedule ended with all four seeds below all four of the constant rate's
 # (measured: 4 of 5 with seed 0, StepLR overlapping; 5 of 5 with seeds 1
 # and 2; the best one's worst seed 0.148, 0.100, 0.098 against the constant
-# rate's best seed 0.353, 0.339, 0.401). The constant rate diverged with one
+# rate's best seed 0.353, 0.339, 0.401). The constant rate failed with one
 # of the four seeds in seed 1's run (seed 4, 2.32), with none in the others.
 assert rescued, final_high4
 plateau_rates = schedule_runs["ReduceLROnPlateau", high, seed][1]
@@ -2281,7 +2282,7 @@ The rates in the first figure are read off the optimizer at every step;
 {{high_table}}
 
 {{n_rescued}} schedules that lower the rate ended with every seed below every seed of
-the constant rate{{family_sentence}}. {{diverged_sentence}} {{high_rate_words}}
+the constant rate{{family_sentence}}. {{failed_sentence}} {{high_rate_words}}
 {{not_rescued_sentence}}
 
 In the figure, the bold mean of {{best_high}}'s four seeds was below the constant
@@ -2403,8 +2404,8 @@ def autocast_choice(
             return device, torch.bfloat16, "this GPU computes bfloat16 natively"
         return device, torch.float16, "this GPU has no native bfloat16"
     if device.type == "mps":
-        # PyTorch's MPS backend needs macOS 14 since torch 2.8, and macOS 14
-        # computes bfloat16
+        # every torch this book supports needs macOS 14 for MPS (the text
+        # above), and macOS 14 computes bfloat16
         return device, torch.bfloat16, "MPS autocast computes bfloat16"
     return device, torch.bfloat16, "bfloat16 is CPU autocast's default type"
 
@@ -2826,8 +2827,16 @@ split_p = min(
     / 2**disagreements,
 )
 if split_p >= 0.05:
+    # with a handful of disagreements the test cannot detect anything: the
+    # evidence is how few digits the two models answer differently
+    agree = (
+        "no digit"
+        if disagreements == 0
+        else f"only {disagreements} of the {len(val_set)} digits"
+    )
     amp_accuracy_sentence = (
-        "lower precision cost nothing measurable in accuracy"
+        "lower precision cost no accuracy this run can detect (the two "
+        f"models disagreed on {agree})"
     )
 else:
     amp_accuracy_sentence = (
@@ -3627,28 +3636,22 @@ else:
     pile_table = ""
 record("pile_table", pile_table)
 record("compile_profile_sentence", compile_profile_sentence)
-# ATen's CPU kernel for `bernoulli_` with a fixed probability
-# (bernoulli_scalar_kernel) takes MKL's generator only where mkl_draws holds
-if mkl_draws:
+# serial_draws (the setup cell) tested how this build's eager CPU kernel draws
+if serial_draws:
     eager_draw_sentence = (
-        "Eager `bernoulli_` with a fixed probability draws with MKL's "
-        "vectorised generator, split across threads, as it does in builds "
-        f"with MKL on Intel's CPUs such as this one ({cpu_vendor}); "
-        "elsewhere it too draws one value at a time."
+        "Eager `bernoulli_` with a fixed probability also draws one value at "
+        "a time on the CPU, from the default generator in a serial loop that "
+        "holds the generator's lock, so a second thread cannot share its "
+        "drawing "
+        "(its mask equals `uniform_() < p` drawn from the same seed: the "
+        "setup cell checked this build; section 8.9 times the drawing)."
     )
 else:
-    mkl_build = "with" if torch.backends.mkl.is_available() else "without"
     eager_draw_sentence = (
-        "Eager `bernoulli_` with a fixed probability draws with MKL's "
-        "vectorised generator only in builds with MKL on Intel's CPUs; on "
-        f"this CPU ({cpu_vendor}), in this build {mkl_build} MKL, it too "
-        "draws one value at a time (section 8.9 times the drawing)."
-    )
-if device.type == "cpu":
-    eager_draw_sentence += (
-        " So the compiled step's timings above are this CPU's figures: where "
-        "eager mode's drawing takes the other path, eager dropout costs "
-        "differently and the comparison can come out otherwise."
+        "In this build, eager `bernoulli_` with a fixed probability draws with "
+        "another generator than the one-value-at-a-time default (its mask "
+        "differs from `uniform_() < p` drawn from the same seed), so eager "
+        "dropout's cost here is this build's (section 8.9 times the drawing)."
     )
 record("eager_draw_sentence", eager_draw_sentence)
 
@@ -4890,11 +4893,6 @@ def profiled_step() -> None:
         profile_optimizer.zero_grad()
 
 
-# Kineto, the profiler's tracing library, writes status lines (and, on a
-# machine without a GPU, an error about counting GPUs) straight to stderr; it
-# reads this level when first used, and 6 is above its highest, so it is quiet.
-# The readings below do not depend on it.
-os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 activities = [ProfilerActivity.CPU]
 self_key, total_key = "self_cpu_time_total", "cpu_time_total"
 if device.type == "cuda":
@@ -5204,10 +5202,10 @@ draw_gap_why = (
     "A random number and a comparison per value, against one "
     "multiplication, do not explain a gap this large; "
     + (
-        "this run does not show where the rest goes. "
-        if mkl_draws
-        else "drawing one value at a time, as eager `bernoulli_` does on "
-        "this CPU (section 8.5), is the likely rest (not profiled here). "
+        "drawing one value at a time, as eager `bernoulli_` does in this "
+        "build (section 8.5), is the likely rest (not profiled here). "
+        if serial_draws
+        else "this run does not show where the rest goes. "
     )
     if min(draws) > 3 * max(multiplies) and device.type == "cpu"
     else ""
@@ -5226,10 +5224,9 @@ else:
             if threads_verdict.endswith("faster than")
             else "a second core did not shorten it here"
             + (
-                " (off the MKL path eager `bernoulli_` is a serial loop that "
-                "holds the generator's lock, so more threads cannot share "
-                "it)."
-                if not mkl_draws and device.type == "cpu"
+                " (eager `bernoulli_` is a serial loop that holds the "
+                "generator's lock, so more threads cannot share it)."
+                if serial_draws and device.type == "cpu"
                 else "."
             )
             if threads_verdict == "within the noise of"
@@ -5241,14 +5238,10 @@ record("draw_threads_sentence", draw_threads_sentence)
 record(
     "draw_build_sentence",
     "How dear the drawing is depends on the CPU and on how PyTorch was built "
-    "(section 8.5): this is "
-    + (
-        "an Intel CPU where it draws with MKL"
-        if mkl_draws
-        else f"a CPU ({cpu_vendor}) where it draws one value at a time"
-    )
+    "(section 8.5): this build draws "
+    + ("one value at a time" if serial_draws else "with another generator")
     + ", so dropout's share of the profile and these timings are this "
-    "CPU's figures."
+    "machine's figures."
     if device.type == "cpu"
     else "How dear the drawing is depends on the device and on how PyTorch "
     "was built, so these numbers are this machine's.",
@@ -5507,6 +5500,41 @@ print(
     f"MiB; gradients differ by at most {grad_gap:.1e}"
 )
 
+
+def plain_step() -> None:
+    torch.autograd.grad(criterion(memory_net(x_mem), y_mem), weights)
+
+
+def recompute_step() -> None:
+    hidden = recompute_in_backward(memory_net[:6], x_mem, use_reentrant=False)
+    torch.autograd.grad(criterion(memory_net[6](hidden), y_mem), weights)
+
+
+def recomputed_part() -> None:  # what the backward pass runs again
+    with torch.no_grad():
+        memory_net[:6](x_mem)
+
+
+# the price: one forward and backward pass each way, and the forward pass the
+# checkpointed step repeats, in interleaved rounds
+recompute_rounds = timed_rounds(
+    {
+        "plain": plain_step,
+        "checkpointed": recompute_step,
+        "the recomputed layers' forward": recomputed_part,
+    },
+    repeat=10,
+    warmup=2,
+    device=device,
+)
+for name, readings in recompute_rounds.items():
+    print(
+        f"{name} step, fastest call per round: "
+        f"{rounds_list(readings, 1e3, '.2f')} ms"
+    )
+recompute_verdict = rounds_verdict(
+    recompute_rounds["plain"], recompute_rounds["checkpointed"]
+)
 # shapes alone decide what is saved (measured 0.64 MiB for seeds 0, 1, 2);
 # the recomputed forward pass runs the same operations on the same weights,
 # so the gradients agree to float rounding at most (measured identical)
@@ -5522,6 +5550,24 @@ record(
     "bit for bit the same gradients"
     if grad_gap == 0
     else f"gradients within {grad_gap:.0e} of the plain step's",
+)
+# the checkpointed step's extra time against the forward pass it repeats
+extra_s = min(recompute_rounds["checkpointed"]) - min(recompute_rounds["plain"])
+repeated_s = recompute_rounds["the recomputed layers' forward"]
+record(
+    "recompute_time",
+    f"the checkpointed step took "
+    f"{rounds_range(recompute_rounds['checkpointed'], 1e3, '.2f')} ms, "
+    f"{recompute_verdict} the plain step's "
+    f"{rounds_range(recompute_rounds['plain'], 1e3, '.2f')} ms, where the "
+    "forward pass it repeats took "
+    f"{rounds_range(repeated_s, 1e3, '.2f')} ms alone"
+    + (
+        ": more than the recomputation explains, so on layers this small the "
+        "checkpoint's own bookkeeping costs time too"
+        if extra_s > 1.5 * max(repeated_s)
+        else ""
+    ),
 )
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -5540,8 +5586,9 @@ log-probabilities stay `float32`), or activation checkpointing:
 pass instead of keeping its activations. Wrapping the first two layers cut the
 saved activations to {{recompute_mib}} MiB (estimate {{recompute_estimate_mib}} MiB:
 the input, the second hidden layer's output and the log-probabilities), with
-{{recompute_grads}}, at the price of a second forward pass through those layers
-(not timed here). On a
+{{recompute_grads}}, at the price of a second forward pass through those layers:
+{{recompute_time}} (the fastest call of each round, compared by the chapter's rule).
+On a
 GPU, `torch.cuda.max_memory_allocated()` reports the allocator's peak and
 `torch.cuda.memory_summary()` its cached blocks;
 `torch.cuda.memory._record_memory_history()` and
