@@ -211,7 +211,8 @@ for start in (0.3, 3.0):
 # Every built-in operation comes with its backward formula. When you write your own,
 # as a `torch.autograd.Function` with a `forward` and a hand-written `backward`,
 # nothing checks that formula for you: a wrong one silently trains with wrong
-# gradients. `ctx.save_for_backward` keeps what `backward` will need, and `backward`
+# gradients. A `setup_context` method receives the inputs and the output and keeps what
+# `backward` will need with `ctx.save_for_backward`, and `backward`
 # receives the gradient of the final result with respect to the output and returns
 # the gradient with respect to each input (the chain rule, one link). The check is to
 # compare with finite differences, `(f(x + h) - f(x - h)) / 2h`.
@@ -225,11 +226,11 @@ for start in (0.3, 3.0):
 # `float32` (section 2.4 returns to such overflows).
 #
 # (Softplus is built in as `F.softplus`; we write it only to have a formula to check.)
-# Our `forward` takes `ctx` and saves for backward itself, the older of the two forms
-# the documentation allows; since PyTorch 2.0 its notes on extending autograd
-# recommend a `forward` without `ctx` plus a `setup_context(ctx, inputs, output)`
-# staticmethod, the form `torch.func` transforms such as `grad` need (`vmap` needs a
-# vmap rule as well, for instance `generate_vmap_rule = True` on the class).
+# The class uses the form PyTorch's notes on extending autograd recommend since 2.0: a
+# `forward` without `ctx`, and a separate `setup_context(ctx, inputs, output)`, the
+# form `torch.func` transforms such as `grad` need (`vmap` needs a vmap rule as well,
+# for instance `generate_vmap_rule = True` on the class). Older code passes `ctx` as
+# `forward`'s first argument and saves there; that form still works.
 
 
 # %%
@@ -237,10 +238,14 @@ class Softplus(torch.autograd.Function):
     """log(1 + e^x), with its backward written by hand."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
+    def forward(x: torch.Tensor) -> torch.Tensor:
         # log(e^0 + e^x), stable for large x, unlike log1p(exp(x))
         return torch.logaddexp(x, torch.zeros_like(x))
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        (x,) = inputs
+        ctx.save_for_backward(x)  # what backward needs
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
@@ -262,7 +267,7 @@ w = torch.randn(
     5, dtype=torch.float64, requires_grad=True, generator=make_generator(seed)
 )
 Softplus.apply(w).sum().backward()
-h = 1e-6
+h = 1e-6  # the step gradcheck takes by default (its eps)
 basis = torch.eye(5, dtype=torch.float64)
 with torch.no_grad():
     numeric = torch.stack(
@@ -586,6 +591,32 @@ print(
 )
 
 # %% [markdown]
+# A layer of your own declares its trainable tensors as `nn.Parameter`: assigning one
+# to an attribute registers it, as assigning a layer does, and `parameters()` then
+# yields it. The layer below standardises its input with fixed statistics, kept as
+# buffers, and learns a scale per feature.
+
+
+# %%
+class Standardise(nn.Module):
+    """(x - mean) / std with fixed statistics, times a learned scale."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)  # saved and moved, never trained
+        self.register_buffer("std", std)
+        self.scale = nn.Parameter(torch.ones_like(mean))  # trained
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * (x - self.mean) / self.std
+
+
+standardise = Standardise(torch.zeros(3), torch.full((3,), 2.0))
+print("parameters:", [name for name, _ in standardise.named_parameters()])
+print("state_dict:", list(standardise.state_dict()))
+assert [name for name, _ in standardise.named_parameters()] == ["scale"]
+
+# %% [markdown]
 # ## 2.3 A first training loop: recovering known weights
 #
 # Before real data, a problem whose answer we know. `make_linear_data` draws inputs `x`
@@ -766,7 +797,7 @@ line absorbs a small part of it. The learned weights match the true ones to abou
 # **float** targets (0.0 or 1.0, or a probability in between) of **the same shape as
 # the logits**; our MLP returns `(B, 1)`, so either squeeze the output or reshape the
 # targets. `CrossEntropyLoss` wants **`int64` (Long) class indices** (it also accepts
-# `uint8` on the CPU, as its error message says; other integer types raise) of
+# `uint8`, as its error message says; other integer types raise) of
 # shape `(B,)` beside logits of shape `(B, C)`. Each wrong combination below raises an
 # error rather than computing something.
 #
@@ -952,8 +983,8 @@ moon_models = {
 }
 
 # %% [markdown]
-# This MLP is the chapter's first network with a hidden layer, so before its training
-# trusts `backward`, here is its gradient by hand, at the starting weights. Write
+# This MLP is the first network with a hidden layer that we train on a task, so before
+# its training trusts `backward`, here is its gradient by hand, at the starting weights. Write
 # `a = X W₁ᵀ + b₁` (N × 16) for what enters the ReLUs, `h = relu(a)`, and
 # `z = h W₂ᵀ + b₂` for the logits. The loss of one example is
 # `ℓ = log(1 + eᶻ) − y z` (binary cross-entropy on a logit), so `∂ℓ/∂z = σ(z) − y`
@@ -2100,7 +2131,12 @@ fig, axes = plt.subplots(2, 3, figsize=(14, 6.5), sharey=True, sharex=True)
 axes = axes.flatten()
 for ax, run in zip(axes, runs, strict=True):
     plot_losses(
-        {"train": run["train"], "validation": run["val"]},
+        # the training loss is the epoch's mean over its batches, the
+        # validation loss one reading after the epoch's last step
+        {
+            "train (mean over the epoch)": run["train"],
+            "validation (after the epoch)": run["val"],
+        },
         title=f"Adam, lr {run['lr']:g}",
         ylabel="BCE loss",
         log_y=True,
@@ -2494,7 +2530,10 @@ between smooth and unstable runs (on seeds 0 to 3, rises of at most 2.4 times
 against jumps of 4.3 times and more). {{unstable_text}}. {{chosen_turbulence_text}}.
 Where a run jumps after its
 best epoch, the rise of its validation loss there is instability, not overfitting,
-and a validation minimum reached among such jumps is partly a lucky snapshot.
+and a validation minimum reached among such jumps is partly a lucky snapshot. The
+usual remedies are a smaller rate or a schedule that lowers it, and clipping the
+gradient's norm before each step (`torch.nn.utils.clip_grad_norm_`, chapters 4 and 8),
+which caps how far one step can move the weights.
 
 **Overfitting.** A validation loss that ends above its best is weak evidence on
 its own: each validation point is a snapshot of one set of weights, and the best
