@@ -47,18 +47,18 @@ if "google.colab" in sys.modules:
 
 # %% [markdown]
 # The networks in this chapter are tiny (about 4,600 weights each) and are called
-# thousands of times, on batches of 16 to several thousand states. Work that small can
-# give several CPU threads little to share, and on a machine whose cores are busy with other
-# programs the threads can spend more time waiting for each other than computing. So the
-# setup cell asks PyTorch for one thread. That is a choice for a shared machine, not a
-# rule: section 7.4 times one thread against PyTorch's default number (where that is
-# more than one), on one step's work and on an update-sized batch, and shows which was
-# faster on the machine that ran it. The setup cell also puts everything on the CPU,
-# even on a machine with a GPU: the simulator runs in NumPy on the CPU, so every step
-# of play would send the states to the GPU and wait for the actions to come back.
-# Section 7.4 times the CPU's per-step work and, where the machine has an accelerator,
-# the same work there. `get_device()`, which the other chapters use, is still called,
-# to name the accelerator that timing compares with.
+# thousands of times, on batches of 16 to several thousand states. The setup cell asks
+# PyTorch for one thread, so that a run does not depend on how many cores the machine
+# has: the thread count can change the order in which a sum is added up, and so its last
+# digits (chapter 1), and in reinforcement learning one changed digit can flip an action
+# and with it every episode after. The price is speed where cores are free: section 7.4
+# times one thread against PyTorch's default number (where that is more than one), on
+# one step's work and on an update-sized batch. The setup cell also puts everything on
+# the CPU, even on a machine with a GPU: the simulator runs in NumPy on the CPU, so
+# every step of play would send the states to the GPU and wait for the actions to come
+# back. Section 7.4 times the CPU's per-step work and, where the machine has an
+# accelerator, the same work there. `get_device()`, which the other chapters use, is
+# still called, to name the accelerator that timing compares with.
 
 # %%
 import copy
@@ -92,7 +92,7 @@ seed = seed_everything(0)
 device = torch.device("cpu")  # this chapter's choice; section 7.4 says why
 accelerator = get_device()  # what the other chapters would use here
 default_threads = torch.get_num_threads()  # section 7.4 times this many too
-torch.set_num_threads(1)  # a choice for shared machines; 7.4 times it
+torch.set_num_threads(1)  # runs repeat on any core count; 7.4 times it
 print(describe_runtime(device, seed), "| gymnasium", gym.__version__)
 print("accelerator found by get_device():", accelerator)
 
@@ -441,7 +441,8 @@ for t in (0, 250, 450, 499):
 # $$ p_\theta(\tau) = \rho(s_0) \prod_t \pi_\theta(a_t \mid s_t)\, P(s_{t+1} \mid s_t, a_t). $$
 #
 # Five steps give the gradient of $J$ (sums over episodes become integrals for
-# continuous states; nothing else changes):
+# continuous states, and for deterministic dynamics such as CartPole's, $P$ is a point
+# mass that does not depend on $\theta$; nothing else changes):
 #
 # 1. **Log-derivative trick.** Since $\nabla p = p\, \nabla \log p$,
 #    $\nabla_\theta J = \sum_\tau \nabla_\theta p_\theta(\tau) R(\tau)
@@ -489,9 +490,11 @@ for t in (0, 250, 450, 499):
 # The batch mean of section 7.3 has a cost too. The mean $\bar G$ of a batch's $N$
 # returns includes the returns of each step's own episode, which that episode's actions
 # influenced, so it is not an exact baseline: in CartPole it adds a push towards
-# *shorter* episodes. Its weight per reward is at most $100/N$, so, as a rule of thumb,
-# it matters only for small batches (a few hundred steps, early in training); the
-# aside below derives it.
+# *shorter* episodes. What sets its size is the number of episodes $M$ in a batch, not
+# the number of steps: per reward its weight is about $1/M$ while episodes are shorter
+# than about 100 steps (early in training) and smaller once they are longer. The aside
+# below derives it; a **leave-one-out** mean, each episode's returns compared with the
+# mean of the *other* episodes' returns, removes it exactly.
 
 # %% [markdown] tags=["box-dropdown"]
 # <details>
@@ -514,11 +517,16 @@ for t in (0, 250, 450, 499):
 # first step up to about $1/(1-\gamma) = 100$ by step 300 or so, so late rewards count
 # most. The term is subtracted, so it pushes against reward: in CartPole, where every
 # step earns 1, towards *shorter* episodes. It is not simply a slight shrink of the
-# estimate, but it shrinks as the batch grows: per reward its weight is at most
-# $1/(N(1-\gamma)) = 100/N$, against $\gamma^d$ in the signal for a reward $d$ steps
-# after the action, so, roughly, it weighs as much as the signal only while $N$ is a
-# few hundred steps (a batch of short episodes early in training) or for consequences
-# hundreds of steps later.
+# estimate. In an episode of $L$ steps a reward counts at most $\min(L, 100)$ times, so
+# per reward its weight is at most $\min(L, 100)/N$. With $M$ episodes of similar
+# length, $N \approx ML$: about $1/M$ while episodes last fewer than 100 steps, and
+# $100/(ML)$, smaller, once they last longer. The signal weighs a reward $d$ steps after
+# the action by $\gamma^d$, so with this chapter's $M = 16$ the term weighs as much as
+# the signal only for consequences a few hundred steps away ($0.99^d = 1/16$ at
+# $d \approx 280$); more episodes per batch shrink it, longer episodes of a fixed
+# number do not, until they pass 100 steps. The **leave-one-out** mean removes the term:
+# the other episodes' returns do not depend on this episode's actions, so by step 4
+# they add nothing on average.
 #
 # </details>
 
@@ -782,12 +790,12 @@ prose(
     r"""
 On this run: {{thread_note}}. {{device_note}}. Each time is the fastest of several
 repeats, as chapter 1 timed code, and they are timings of one machine at one moment:
-which thread count wins depends on how many cores are free
-while the chapter runs, so one thread is a choice, not a measured optimum for every
-machine. (An update on 4,000 states is a mid-sized one: a batch holds from a few
-hundred states early in training to 8,000 when all 16 episodes last 500 steps.) The
-simulator's own step, which runs on the CPU in every case, comes on top. Now one
-REINFORCE update on the batch collected above, step by step.
+which thread count wins depends on how many cores are free while the chapter runs, and
+the chapter keeps one thread, whichever wins, so that its runs repeat on any number of
+cores. (An update on 4,000 states is a mid-sized one: a batch holds from a few hundred
+states early in training to 8,000 when all 16 episodes last 500 steps.) The simulator's
+own step, which runs on the CPU in every case, comes on top. Now one REINFORCE update on
+the batch collected above, step by step.
 """
 )
 
@@ -1819,7 +1827,7 @@ probable action), averages {{test_mean}} (standard deviation {{test_std}}, short
 episode {{test_min}} steps), against {{random_test_mean}} for random actions: at
 least the threshold of 475, so CartPole-v1 counts as solved by this chapter's
 version of the criterion (20 episodes, not 100, and the greedy policy; the policy as
-trained samples its actions, and exercise 3 measures how much lower it scores).
+trained samples its actions, and exercise 3 measures whether it scores lower).
 Training the kept policy took {{episodes_to_solve}} episodes.
 """
 )
