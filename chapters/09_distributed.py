@@ -388,7 +388,8 @@ _, collective_output, collectives_seconds = launch(
 # - `all_reduce` left the sum 1 + 2 = 3 in *both* processes;
 # - dividing the summed tensor by the world size gave both the average, the average
 #   DDP computes of the gradients (DDP divides each gradient by the world size
-#   *before* the all-reduce, which keeps the sum from overflowing in `float16`);
+#   *before* the all-reduce, in the same pass that copies it into its bucket, which
+#   saves a pass over the gradients);
 # - `broadcast` overwrote rank 1's zeros with rank 0's values;
 # - `all_gather` gave every rank the list of all ranks' tensors, in rank order;
 # - `reduce_scatter` summed the two ranks' tensors, but each rank kept only its half of
@@ -444,11 +445,12 @@ of starting and coordinating the processes, not for a toy job like this.
 # that all ranks call the same one with the same shapes, and name the mismatch; the
 # check costs a round trip per collective, so it is for debugging, not for training
 # runs. `NCCL_DEBUG=INFO` prints NCCL's own log of what it set up, and
-# `py-spy dump --pid PID` shows where a stuck process is waiting. On GPUs, PyTorch's
-# Flight Recorder keeps each rank's latest collectives in a ring buffer (its length
-# set by `TORCH_NCCL_TRACE_BUFFER_SIZE`) and, with `TORCH_NCCL_DUMP_ON_TIMEOUT=1`,
-# writes them, when a collective times out, to one file per rank whose path starts
-# with `TORCH_FR_DUMP_TEMP_FILE`;
+# `py-spy dump --pid PID` shows where a stuck process is waiting. PyTorch's Flight
+# Recorder keeps each rank's latest collectives in a ring buffer (its length set by
+# `TORCH_FR_BUFFER_SIZE`, or by the older `TORCH_NCCL_TRACE_BUFFER_SIZE`; recent
+# releases record `gloo` groups too) and, on GPUs with NCCL and
+# `TORCH_NCCL_DUMP_ON_TIMEOUT=1`, writes them, when a collective times out, to one
+# file per rank whose path starts with `TORCH_FR_DUMP_TEMP_FILE`;
 # `python -m torch.distributed.flight_recorder.fr_trace DUMP_DIR` (installed as
 # `torchfrtrace`) matches the ranks' records and reports the first collective they
 # disagree on. Exercise 4 makes a job hang on purpose.
@@ -1007,8 +1009,8 @@ gradients in `bfloat16`, half the bytes of `float32`, at the price of rounding t
 #   statistics from each rank's own slice; `nn.SyncBatchNorm.convert_sync_batchnorm`
 #   computes them over all ranks. Its running statistics (buffers, not parameters)
 #   are not averaged either: with DDP's default `broadcast_buffers=True`, rank 0's
-#   overwrite every other rank's at the start of each forward pass, so the model
-#   ends up with rank 0's alone.
+#   overwrite every other rank's at the start of the first forward pass after each
+#   training step, so the model ends up with rank 0's alone.
 # - **No randomness in the step.** Dropout masks and random augmentations are drawn
 #   by each process from its own generator, so they cannot repeat one process's
 #   draws (this network has neither). A real job has the opposite trap:
@@ -1312,9 +1314,9 @@ print("\nFrom the agent's log:")
 print("\n".join(line.split(" of binary")[0] for line in agent_lines))
 
 # %% [markdown]
-# Rank 1 died in epoch 3. The agent stopped the group (its log shows the SIGTERM sent
-# to the other worker, which could not continue without rank 1) and started both
-# workers again as attempt 1. They found the checkpoint of epoch 2, printed that they
+# Rank 1 died in epoch 3. The agent stopped the group (the other worker could not
+# continue without rank 1; the lines from its log above show how the group ended) and
+# started both workers again as attempt 1. They found the checkpoint of epoch 2, printed that they
 # were starting at epoch 3, and finished. Epoch 3 was trained twice: five steps in the
 # failed attempt, whose work was lost with the process, and then in full. How much
 # work a crash costs is set by how often the script checkpoints.

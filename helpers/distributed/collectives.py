@@ -36,8 +36,8 @@ def main() -> None:
     rank_print(rank, f"all_reduce(SUM):  had {before}, now holds {x.item()}")
 
     # Averaging: all_reduce sums, then divide by world size. DDP computes this
-    # average of the gradients, but divides each by world size before the sum
-    # (which keeps float16 sums from overflowing).
+    # average of the gradients, but divides each by world size before the sum,
+    # while copying it into its bucket (one pass over the gradients saved).
     grad = torch.tensor([1.0, -2.0], device=device) * (rank + 1)
     local = grad.tolist()
     dist.all_reduce(grad)  # SUM is the default op
