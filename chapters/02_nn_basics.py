@@ -1294,6 +1294,8 @@ x_check, y_check = x_check.to(device) * scales, y_check.to(device)
 learning_rates = [0.01 * 1.5**k for k in range(10)]
 optimizers = {
     "SGD": torch.optim.SGD,
+    # partial(f, momentum=0.9) is f with that argument filled in: called
+    # like the others, it builds SGD with momentum 0.9
     "SGD + momentum 0.9": partial(torch.optim.SGD, momentum=0.9),
     "Adam": torch.optim.Adam,
 }
@@ -2532,8 +2534,10 @@ Where a run jumps after its
 best epoch, the rise of its validation loss there is instability, not overfitting,
 and a validation minimum reached among such jumps is partly a lucky snapshot. The
 usual remedies are a smaller rate or a schedule that lowers it, and clipping the
-gradient's norm before each step (`torch.nn.utils.clip_grad_norm_`, chapters 4 and 8),
-which caps how far one step can move the weights.
+gradient's norm before each step (`torch.nn.utils.clip_grad_norm_`, chapters 4 and 8).
+With SGD clipping caps how far one step moves the weights; Adam already scales its
+steps by its running statistics, and there clipping keeps one spike from swelling
+them, which would shrink the steps after it.
 
 **Overfitting.** A validation loss that ends above its best is weak evidence on
 its own: each validation point is a snapshot of one set of weights, and the best
@@ -3350,7 +3354,7 @@ folds); scikit-learn (1.8 and later) fits `T` that way with
 )
 
 # %% [markdown]
-# ### Weight decay: holding the logits back
+# ### Weight decay: can it hold the logits back?
 
 # %%
 decay = 1.0  # AdamW's weight_decay: fixed, round and strong, not tuned
