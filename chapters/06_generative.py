@@ -2358,9 +2358,11 @@ generator (section 6.4 keeps the {{gan_best_kind}} weights).
   neighbouring pixels belong together. Section 6.4 counts them in the kept
   generator's samples; exercise 4 trains a convolutional generator briefly.
 - **Changing readings.** Over the second half of training the judge's reading
-  changed in {{grid_changed}} of the 8 columns: the generator keeps moving with the
-  discriminator, or the judge hesitates over half-formed shapes; the columns show
-  which.
+  changed in {{grid_changed}} of the 8 columns. Three things can change a reading:
+  the generator keeps moving with the discriminator, the judge hesitates over
+  half-formed shapes, or the judge misreads a shape that has settled (a clear digit
+  read as another, snapshot after snapshot); the columns show which, and the last is a
+  reminder that every score in this chapter inherits the judge's mistakes.
 - **Mode collapse**, the classic GAN failure, is a generator that maps most noise
   to one or a few images that fool the current discriminator. At the last snapshot
   the judge reads the eight images as {{grid_last_distinct}} different digits.
@@ -2718,15 +2720,14 @@ prose(
     r"""
 The VAE needs at most {{vae_test_nelbo}} nats per test digit, against
 {{independent_nll}} for independent pixels. Because the VAE's number is an upper
-bound, its true advantage is at least {{vae_gain_nats}} nats per image: that
-much of the structure that makes a digit's pixels depend on each other is captured
-by its 16 code numbers. How much remains is not known, since the true $-\log p(x)$ is
-not (exercise 1 tightens the bound). These nats cannot be compared with most
-published results on "binarised MNIST": those use 50,000 to 60,000 training images,
-binarised by drawing each pixel with its grey level as the probability, not by a
-threshold, a different dataset from ours (section 6.2).
-"""
-)
+bound, its true advantage is at least {{vae_gain_nats}} nats per image: that much of
+the structure that makes a digit's pixels depend on each other is captured by the
+model, its decoder working from a 16-number code. How much remains is not known,
+since the true $-\log p(x)$ is not (exercise 1 tightens the bound). These nats
+cannot be compared with most published results on "binarised MNIST": those use
+50,000 to 60,000 training images, binarised by drawing each pixel with its grey
+level as the probability, not by a threshold, a different dataset from ours (section
+6.2). """ )
 
 # %% [markdown]
 # ### Samples judged by the judge
@@ -4696,7 +4697,8 @@ loop_seconds = (
 )
 print(f"of which the VAE and GAN training loops: {loop_seconds:.0f} s")
 record("loop_seconds", loop_seconds, fmt="{:.0f}")
-record("device_type", device.type)
+device_words = {"cpu": "the CPU", "cuda": "a CUDA GPU", "mps": "an Apple GPU"}
+record("device_words", device_words.get(device.type, device.type))
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -4730,7 +4732,7 @@ prose(
   Fréchet distance of {{conv_fd_250}} after {{conv_steps}} steps, the MLPs
   {{mlp_fd_250}}; against the MLP snapshot closest in cost (step {{same_step}},
   {{same_fd}}), {{same_leader_text}}.
-- This run of the whole chapter took {{chapter_seconds}} s on {{device_type}}, on
+- This run of the whole chapter took {{chapter_seconds}} s on {{device_words}}, on
   the machine that built this page; the training loops of sections 6.2 and 6.3 took
   {{loop_seconds}} s of it. A busy machine takes longer.
 """
