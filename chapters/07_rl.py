@@ -320,8 +320,8 @@ clamp_gap = -math.log(torch.finfo(torch.float32).eps)  # ln(1 / eps) = 15.9
 # states can still move it, through the weights they share). The same clamp hits every
 # probability below $\epsilon$, that is from a logit gap of $\ln(1/\epsilon) \approx 15.9$
 # on. Whether a training run gets that far depends on the run; section 7.7 measures the
-# largest gap of this chapter's trained policy, and exercise 1 that of any run that
-# collapses onto one action.
+# largest gap of this chapter's trained policy, and exercise 1 that of any run whose
+# policy collapses to a nearly deterministic one.
 #
 # ## 7.3 Discounted returns
 #
@@ -1360,9 +1360,9 @@ record("validate_share", share["validate"], fmt="{:.0%}")
 record("update_share", share["update"], fmt="{:.0%}")
 record(
     "time_verdict",
-    "playing episodes, at each step a forward pass of the policy (the per-step "
-    "work that section 7.4 timed) plus the simulator's step, not the update "
-    "pass, sets how long a run takes"
+    "playing episodes, at each step a forward pass of the policy, the "
+    "choice of an action and the simulator's step, not the update pass, sets "
+    "how long a run takes"
     if share["update"] < 0.5
     else "the update pass, not playing episodes, sets how long a run takes",
 )
@@ -1410,8 +1410,10 @@ Where the time of a run goes, measured with `time.perf_counter` inside
 `train_reinforce`: of the {{train_seconds}} s that the six runs spent playing,
 validating and updating,
 {{play_share}} went to playing the training batches, {{validate_share}} to the
-greedy validation episodes after every update (both are the simulator's steps and a
-forward pass of the policy at each of them) and {{update_share}} to the updates, the
+greedy validation episodes after every update (both are, at each step, a forward
+pass of the policy, the choice of an action and the simulator's step; training draws
+its action from a `Categorical`, whose construction and sampling cost more than the
+greedy `argmax` that section 7.4 timed) and {{update_share}} to the updates, the
 baseline's value network included. So {{time_verdict}}. Validation, which training
 does not learn from, took {{validation_cost}} (20 episodes after every update,
 against the 16 of a batch).
@@ -2071,8 +2073,9 @@ the boundary.
 Section 7.2's concern about confident policies, measured: the largest logit gap is
 {{gap_visited}} on the greedy episode's states and {{gap_map}} anywhere on
 the map, {{gap_relation}} the 15.9 from which `Categorical(probs=...)` clamps.
-{{clamp_verdict}}. Logits do not rescue a policy that has collapsed onto one action, one
-that takes it with probability close to 1 in most states: the other action is almost
+{{clamp_verdict}}. Logits do not rescue a policy that has collapsed to a nearly
+deterministic one, taking one of the actions with probability close to 1 in most
+states (not necessarily the same action everywhere): there the other action is almost
 never sampled, and its logit gets almost no gradient either way (the gradient of
 $\log \pi(a \mid s)$ with respect to the other action's logit is
 $-\pi(\text{other} \mid s)$, tiny when that probability is). What logits buy is exact
@@ -2286,8 +2289,9 @@ prose(
 # 3. **Measure.** Compare each arm's KL on the first update with that of one step at the
 #    chapter's `lr` on the same first batch. So short a budget is not meant for passing
 #    validation: count as a failure a run whose policy collapses (entropy below 5% of a
-#    fair coin's at the last batch). A run within 10% of that threshold, on either
-#    side, is too close to call: report it apart.
+#    fair coin's at the last batch: in nearly every state it takes one action almost
+#    surely, which need not be the same action in every state). A run within 10% of
+#    that threshold, on either side, is too close to call: report it apart.
 # 4. **Answer.** What happens to the runs, and does it matter whether the policy moves
 #    far by reusing the batch or by one large step?
 #
@@ -2800,10 +2804,13 @@ if off_track.any():
         "Near the edge, though, the end is well within the horizon (an action "
         f"100 steps before it gets G_t = {near_end:.0f} instead of "
         f"{forever:.0f}), and the policy sees x and its velocity, so it could "
-        "learn to push back there. Two things in training hid that: the "
-        f"500-step cap (in their first 500 steps these greedy episodes took "
+        "learn to push back there. Three things in training may have hidden "
+        "that, and this run does not tell them apart: training stopped as "
+        "soon as validation passed, so it learned only from the episodes "
+        "played before; the 500-step cap (in their first 500 steps these "
+        "greedy episodes took "
         f"the cart a median {np.median(furthest_500):.2f} m from the centre, "
-        f"and {near_edge} of {n_eval} got past {edge} m), and the constant "
+        f"and {near_edge} of {n_eval} got past {edge} m); and the constant "
         f"bootstrap of {forever:.0f} at the cap, which scores a state about to "
         "leave the track as worth balancing for ever, like one at the centre. "
         "A bootstrap with V(s_500), as in actor-critic methods, could see the "
@@ -2929,7 +2936,10 @@ def paired_comparison(
             ]
         )  # paired by seed: (n_runs,)
         se = d.std(ddof=1) / math.sqrt(len(d))  # NumPy's default is ddof=0
-        t = d.mean() / se if se > 0 else math.copysign(math.inf, d.mean())
+        # where every pair differs alike there is no spread to measure against:
+        # t is 0 for no difference at all, infinite otherwise
+        no_spread = 0.0 if d.mean() == 0 else math.copysign(math.inf, d.mean())
+        t = d.mean() / se if se > 0 else no_spread
         comparison[name] = (d.mean().item(), se.item(), t)
     return comparison
 

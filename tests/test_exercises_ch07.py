@@ -28,6 +28,7 @@ from helpers.exercises.ch07_reference import (
     DriftLeftPolicy,
     expect_number,
     long_episodes_reference,
+    paired_reference,
 )
 from helpers.exercises.ch07_words import RunEnd, multi_step_answer
 from helpers.rl import Episode, discounted_returns
@@ -468,6 +469,18 @@ def paired_comparison(treated, control, budget, mistake=None):
     if mistake == "list":
         return list(out.values())
     return out
+
+
+def test_7_5_the_reference_comparison_gives_t_0_for_no_difference_and_inf_for_equal_ones():
+    def run(solved_at: int, entropy: float) -> dict:
+        return {"solved_at": solved_at, "history": {"entropy": [0.69, entropy]}}
+
+    control = [run(100, 0.3), run(120, 0.4), run(90, 0.2)]
+    same = paired_reference(control, control, 200)
+    assert all(value == (0.0, 0.0, 0.0) for value in same.values()), same
+    later = [run(r["solved_at"] + 16, r["history"]["entropy"][-1]) for r in control]
+    mean, se, t = paired_reference(later, control, 200)["episodes needed"]
+    assert (mean, se, t) == (16.0, 0.0, math.inf)
 
 
 def test_7_5_the_paired_comparison_passes():

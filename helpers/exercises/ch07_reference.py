@@ -281,5 +281,9 @@ def paired_reference(
             se = d.std(ddof=1)
         else:
             se = d.std(ddof=1) / math.sqrt(n)
-        out[name] = (float(d.mean()), float(se), float(d.mean() / se))
+        if se > 0:
+            t = float(d.mean() / se)
+        else:  # every pair differs alike: t is 0 for no difference, else infinite
+            t = 0.0 if d.mean() == 0 else math.copysign(math.inf, float(d.mean()))
+        out[name] = (float(d.mean()), float(se), t)
     return out

@@ -163,7 +163,8 @@ def multi_step_answer(
         if n_collapsed[arm]:
             lines.append(
                 f"{arm.capitalize()}: {n_collapsed[arm]} of {n_runs} runs ended "
-                "with a policy that takes one action almost surely (a fair coin's "
+                "with a nearly deterministic policy, one that in almost every "
+                "state takes one of the actions almost surely (a fair coin's "
                 f"entropy is {fair_coin:.2f} nats)."
             )
         if n_near[arm]:
