@@ -1056,11 +1056,12 @@ def epoch_runner(
         loading, ready = 0.0, start
         for x, y in loader:
             loading += time.perf_counter() - ready
-            # non_blocking only has an effect for pinned memory and a CUDA
-            # device
+            # non_blocking pays only on CUDA, from pinned memory; on MPS a
+            # CPU-to-MPS copy of a batch about to be dropped can read freed
+            # memory (PyTorch issues 139550 and 189690), so CUDA alone asks
             x, y = (
-                x.to(device, non_blocking=True),
-                y.to(device, non_blocking=True),
+                x.to(device, non_blocking=device.type == "cuda"),
+                y.to(device, non_blocking=device.type == "cuda"),
             )
             loss = criterion(net(x), y)
             optimizer.zero_grad()
@@ -1441,7 +1442,8 @@ Without `persistent_workers` every epoch pays starting and stopping the workers:
 # A good recipe: start with `num_workers=0`; if the training step waits for data,
 # raise `num_workers` step by step and measure, as here; add `persistent_workers=True`
 # when an epoch is short or workers are spawned, and on CUDA `pin_memory=True` with
-# `.to(device, non_blocking=True)` in the loop (without it each copy still waits). Each
+# `.to(device, non_blocking=True)` in the loop (without it each copy still waits; on MPS
+# leave `non_blocking` off: there it can copy freed memory, PyTorch issue 139550). Each
 # worker loads `prefetch_factor` batches ahead (2 by default); raise it only when a
 # batch's loading time varies a lot.
 #
@@ -2135,8 +2137,8 @@ elif constant_failed:
     )
 else:
     high_rate_words = (
-        "So here a schedule made a high rate work better, not usable where "
-        "it was unusable."
+        "So here a schedule made a high rate work better; no seed of the "
+        "constant rate stopped learning."
     )
 record("high_rate_words", high_rate_words)
 # the headline, by the rule the prose uses: at the high rate at least one
@@ -3590,7 +3592,8 @@ if pile_rounds:
         "\n\n" + "\n".join(table)
     )
     # rows whose matrix products, which dropout does not change, passed the
-    # rule too: the machine's load moved those rounds
+    # rule too: something besides dropout's own work moved those rounds (load,
+    # or the thread pool waking after the one-thread drawing; not profiled)
     loaded_rows = [
         row for row, names in grown.items() if "matrix products" in names
     ]
@@ -3601,9 +3604,11 @@ if pile_rounds:
             + ("row " if len(loaded_rows) == 1 else "rows ")
             + names_list([f"“{row}”" for row in loaded_rows])
             + " the matrix products, whose work dropout does not change, "
-            "passed the rule too: the machine's load moved "
-            + ("that row's" if len(loaded_rows) == 1 else "those rows'")
-            + " rounds, so "
+            "passed the rule too: something besides dropout's own work slowed "
+            + ("that row" if len(loaded_rows) == 1 else "those rows")
+            + " (this profile does not tell what: the machine's load, or "
+            "the other thread having gone idle during the one-thread drawing "
+            "and waking for each product), so "
             + ("it tells" if len(loaded_rows) == 1 else "they tell")
             + " no pile apart."
         )
@@ -4581,6 +4586,12 @@ record(
     if resumed_equal
     else "not bit for bit equal to (PyTorch does not promise it on MPS)",
 )
+record(
+    "resume_summary",
+    "resumed bit for bit"
+    if resumed_equal
+    else "resumed, though not bit for bit",
+)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -4818,6 +4829,13 @@ record(
     if runs_identical
     else "weights that are not identical (PyTorch does not promise it on MPS)",
 )
+record(
+    "repeat_summary",
+    "made two runs identical"
+    if runs_identical
+    else "did not make two runs identical here (PyTorch does not promise it"
+    " on MPS)",
+)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -5006,7 +5024,8 @@ for reading in profile_readings:
     )
 
 # By arithmetic: FlopCounterMode counts the operations of the matrix products
-# (the only operators it counts) in one example's forward and backward pass;
+# (in this MLP the only operators it counts; it also counts convolutions and
+# attention) in one example's forward and backward pass;
 # dropout does about five per activation of its 2 x 256 (draw, scale and
 # multiply forward, scale and multiply backward).
 with FlopCounterMode(display=False) as flop_counter:
@@ -6600,10 +6619,10 @@ prose(
   Clipping is a safety net: with `max_norm` at twice the pilot's median norm it
   clipped {{clipped_share_low}} of the steps at a sensible rate and
   {{clipped_share_high}} at an excessive one.
-- A checkpoint with model, optimizer, scheduler and random states resumed bit for
-  bit; save it atomically and load it with `weights_only=True`, which blocks code,
-  not bad weights. Seeds, a loader `generator` and deterministic algorithms made two
-  runs identical.
+- A checkpoint with model, optimizer, scheduler and random states
+  {{resume_summary}}; save it atomically and load it with `weights_only=True`, which
+  blocks code, not bad weights. Seeds, a loader `generator` and deterministic
+  algorithms {{repeat_summary}}.
 - The profiler and a three-part memory estimate show where time and memory go; the
   loss at initialisation, one overfit batch and `detect_anomaly` catch bugs early.
 """
