@@ -90,6 +90,7 @@ from torch.distributed.run import get_args_parser as torchrun_parser
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
+from torch.utils.flop_counter import FlopCounterMode
 
 # record(name, value), the book's helper, keeps a result of this run for the
 # prose to quote; it is not torch's @record decorator for scripts (section 9.2).
@@ -955,8 +956,17 @@ record("order_gap", order_gap, fmt="{:.2f}")
 n_parameters = sum(p.numel() for p in reference.parameters())
 record("n_parameters", n_parameters, fmt="{:,}")
 record("allreduce_kb", 2 * (2 - 1) / 2 * n_parameters * 8 / 1e3, fmt="{:.0f}")
-# forward and backward: about 3 multiply-adds per weight per example
-record("step_mmac", 3 * n_parameters * batch_size / 1e6, fmt="{:.0f}")
+# one step's forward and backward on a batch, counted (FlopCounterMode counts
+# two operations per multiply-add; the first layer's input needs no gradient,
+# so its weights cost two multiply-adds per example, the others three)
+step_inputs = torch.zeros(
+    batch_size, 784, dtype=torch.float64, device=ref_device
+)
+step_targets = torch.zeros(batch_size, dtype=torch.long, device=ref_device)
+with FlopCounterMode(display=False) as step_counter:
+    nn.functional.cross_entropy(reference(step_inputs), step_targets).backward()
+reference.zero_grad()
+record("step_mmac", step_counter.get_total_flops() / 2 / 1e6, fmt="{:.1f}")
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -977,9 +987,10 @@ is a reduce-scatter, N − 1 steps in which every process passes one N-th of the
 gradient to its neighbour, adding what it receives, until each holds the sum of one
 N-th; then an all-gather, N − 1 more steps that pass those finished N-ths around
 the ring. Here that is {{allreduce_kb}} kB per process per step ({{n_parameters}}
-float64 gradients), against about {{step_mmac}} million multiply-adds of
-arithmetic per process per step. FSDP moves about 1.5 times as much with its default
-`reshard_after_forward=True`: it all-gathers the weights for forward and again for
+float64 gradients), against {{step_mmac}} million multiply-adds of
+arithmetic per process per step. FSDP moves about 1.5 times as much when it
+reshards after forward (its default for every unit but the root, which holds none of
+this network's weights here): it all-gathers the weights for forward and again for
 backward, and reduce-scatters the gradients (with `False` it keeps the gathered weights
 from forward to backward, and moves as much as DDP for more memory).
 These counts are for NCCL's ring algorithms. Gloo, this chapter's backend, has no
@@ -1008,7 +1019,8 @@ gradients in `bfloat16`, half the bytes of `float32`, at the price of rounding t
 # - **No layer that mixes examples within a batch.** Batch normalisation computes its
 #   statistics from each rank's own slice; `nn.SyncBatchNorm.convert_sync_batchnorm`
 #   computes them over all ranks. Its running statistics (buffers, not parameters)
-#   are not averaged either: with DDP's default `broadcast_buffers=True`, rank 0's
+#   are not averaged either: with DDP's default buffer syncing (`forward_sync_buffers`,
+#   named `broadcast_buffers` before torch 2.13), rank 0's
 #   overwrite every other rank's at the start of the first forward pass after each
 #   training step, so the model ends up with rank 0's alone.
 # - **No randomness in the step.** Dropout masks and random augmentations are drawn
@@ -1263,7 +1275,8 @@ assert "graph has changed" in outcomes["static_graph=True, heads change"][1]
 # should not treat it as the job's attempt number; `train_ddp.py` uses it only to
 # crash once, on one machine, and to label its log. The new processes start the
 # script from the top, so the script itself must resume. `train_ddp.py` does: if its
-# output folder holds a checkpoint, every rank loads it (model, optimizer with its
+# output folder holds a checkpoint, rank 0 reads it and sends it to the other ranks
+# (`dist.broadcast_object_list`), and every rank loads it (model, optimizer with its
 # momentum, epoch, history) before wrapping the model in DDP, and continues with the
 # next epoch. Because the
 # sampler's order depends only on the seed and the epoch, the resumed epochs see
@@ -1279,13 +1292,12 @@ assert "graph has changed" in outcomes["static_graph=True, heads change"][1]
 # 2.11 to 2.15). `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` in the agent's environment
 # gives the workers a store of their own on every attempt, so the launch below sets it.
 #
-# On several machines, make the ranks *agree* on where to resume. Here every rank reads
-# the same local file, but on a shared network file system, ranks on different nodes
-# can see different versions of a file just rewritten (or none), resume at different
-# epochs, and then hang in the first mismatched collective or silently train on the
-# wrong data. Let rank 0 decide (read the checkpoint, `broadcast` the epoch to the
-# others) or save with `torch.distributed.checkpoint` (section 9.7), whose load is
-# itself a collective.
+# That is how the ranks *agree* on where to resume. Were each rank to read the file
+# itself, then on a shared network file system ranks on different nodes could see
+# different versions of a file just rewritten (or none), resume at different epochs,
+# and then hang in the first mismatched collective or silently train on the wrong data.
+# Let rank 0 decide, as `train_ddp.py` does, or save with `torch.distributed.checkpoint`
+# (section 9.7), whose load is itself a collective.
 
 # %%
 crash_dir = work_dir / "crash"

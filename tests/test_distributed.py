@@ -558,6 +558,9 @@ def test_slurm_script_launches_train_ddp_with_one_process_per_gpu():
     assert args.training_script_args[-1] == "$@"  # sbatch's extra arguments
     script_args = train_ddp.build_parser().parse_args(args.training_script_args[:-1])
     assert str(script_args.out_dir).startswith("${OUT_DIR:-$HOME/")  # a shared file system
+    # a job that restarts gives its workers a rendezvous store of their own (section 9.6)
+    assert int(args.max_restarts) > 0
+    assert re.search(r"^export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1$", text, flags=re.M)
 
 
 def test_trainjob_manifest_launches_train_ddp_and_torchrun_reads_pet_variables(monkeypatch):

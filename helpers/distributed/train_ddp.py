@@ -213,8 +213,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     checkpoint_path = args.out_dir / "checkpoint.pt"
     history: list[dict] = []
     start_epoch = 1
-    if checkpoint_path.exists():  # every rank loads it: they must all resume alike
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    # Rank 0 alone reads the checkpoint and sends it to the others, so that all resume
+    # alike: on a file system several machines share, a rank on another node could see
+    # an older version of a file just rewritten, or none, and resume elsewhere.
+    shared: list[dict | None] = [None]
+    if rank == 0 and checkpoint_path.exists():
+        shared[0] = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    dist.broadcast_object_list(shared, src=0)
+    if shared[0] is not None:
+        state = shared[0]
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start_epoch = state["history"], state["epoch"] + 1
