@@ -474,9 +474,12 @@ convolution still applies its kernels at all 196 positions, exactly as many
 multiply-adds as the locally connected layer. What sharing does is divide the weights
 that remain by the number of positions, {{sharing_factor}}, from
 {{local_weights}} to {{conv_weights}}. So locality makes a convolution cheap
-to compute and does most of the shrinking in absolute numbers; sharing makes it small
-enough to learn from few images, since a pattern learned at one place is recognised
-everywhere.
+to compute and does most of the shrinking in absolute numbers; sharing makes it
+small, and lets a pattern learned at one place be recognised everywhere, which is why
+a convolution is expected to need fewer images to learn. This chapter does not
+separate the two effects in training: section 3.8 compares a CNN with an MLP, which
+differ in both, and a locally connected layer (exercise 2's `F.unfold` with its own
+weights at every position) would be the control that separates them.
 """
 )
 
@@ -1232,9 +1235,10 @@ that does to training.
 # ## 3.6 Training: AdamW, a learning-rate schedule, the best epoch and a checkpoint
 #
 # The epoch loop below uses `train_one_epoch` and `evaluate` from `helpers.training`:
-# the inner loops you wrote out in chapter 2. Three things are new.
+# the inner loops you wrote out in chapter 2. Three things are new to this loop.
 #
-# - **AdamW and weight decay.** Weight decay pulls every weight a little towards zero
+# - **AdamW and weight decay**, met in chapter 2, measured here. Weight decay pulls
+#   every weight a little towards zero
 #   at each step, which discourages large weights. Adding `λ·w` to the gradient (what
 #   `torch.optim.Adam(..., weight_decay=λ)` does, an L2 penalty) is not the same thing
 #   with Adam: Adam divides each gradient by its own running scale, so the pull is
@@ -1552,7 +1556,9 @@ batch-norm buffers, same validation score. That holds on the same machine with t
 same number of threads; a session with another thread count, another CPU or a GPU
 adds some sums in another order, and agrees only up to rounding (on a GPU,
 chapter 1's `torch.use_deterministic_algorithms(True)` makes repeated runs agree bit
-for bit on the same machine, at some cost in speed). The
+for bit on the same machine, at some cost in speed; it also makes operations without a
+deterministic version raise, among them the CUDA backward of `nn.AdaptiveAvgPool2d`,
+which exercise 5 uses: there `x.mean(dim=(2, 3))` computes the same average). The
 validation accuracy peaked at {{cnn_val_acc}} in epoch {{cnn_best_epoch}},
 and those weights are now in `model`. How much did the weight decay act? Every step
 shrank each weight by the factor `1 − lr·λ`, with the learning rate of its epoch:
@@ -2339,8 +2345,9 @@ move, and its answer may change with them.
 # `Flatten` followed by `Linear`: every position of every final 7 × 7 map has its own
 # weights, so the head is tied to positions just as an MLP's first layer is. The cell
 # moves every validation digit by 1 to 4 pixels up, down, left and right (the
-# augmentation moved training digits by up to 2; 4 is the low end of the median blank
-# margin around a digit, 4 to 6 pixels, section 3.4) and measures the three kinds of
+# augmentation moved training digits by up to 2; 4 is the low end of the training
+# digits' median blank margins, 4 to 6 pixels, section 3.4, and the validation digits'
+# bottom margin is a pixel narrower at some seeds) and measures the three kinds of
 # network on them.
 
 # %%
@@ -2506,6 +2513,24 @@ record("test_aug_se", 100 * test_aug.standard_error, fmt="{:.2f}")
 record("test_aug_p", p_text(test_aug.p_value))
 record("test_aug_mid_p", p_text(test_aug.mid_p))
 record("test_aug_verdict", verdict(test_aug))
+# whether validation (section 3.7) and test agree on augmentation, said from
+# this run: each side counts as a finding only at p < 0.05 by the exact test
+val_found, test_found = aug.p_value < 0.05, test_aug.p_value < 0.05
+if val_found == test_found:
+    aug_agreement = "Here the two agree on augmentation: " + (
+        "both find its gain."
+        if val_found
+        else "neither can tell it from chance."
+    )
+else:
+    aug_agreement = "Here the two disagree on augmentation: " + (
+        "validation found a gain that the test set does not confirm, so this run "
+        "does not show that augmentation helps."
+        if val_found
+        else "the test set finds a gain that validation could not tell from "
+        "chance."
+    )
+record("aug_agreement", aug_agreement)
 record(
     "test_cnn_gain",
     100 * test_cnn.difference,
@@ -2543,6 +2568,7 @@ test set is {{test_aug_gain}} points (standard error {{test_aug_se}},
 p = {{test_aug_p}}, mid-p {{test_aug_mid_p}}), {{test_aug_verdict}}. Unlike the validation numbers,
 these are not flattered by picking the best epoch or the best width on the same
 images, so where the two disagree, the test result is the one to believe.
+{{aug_agreement}}
 """
 )
 
