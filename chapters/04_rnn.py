@@ -231,12 +231,12 @@ assert lstm_error is not None
 # %% [markdown]
 # `h_n[-2]` and `h_n[-1]` are the top layer's forward and backward directions (the
 # layout is layer by layer, forward before backward). The last lines show two things
-# about the initial state. Passing `h0 = torch.zeros(...)`, as tutorials often do
-# (for example the RNN of
-# [yunjey/pytorch-tutorial](https://github.com/yunjey/pytorch-tutorial/blob/master/tutorials/02-intermediate/recurrent_neural_network/main.py)),
-# changes nothing: zeros are the default. And code written that way for `nn.RNN` breaks
-# when the layer is swapped for an `nn.LSTM`, whose initial state is the pair `(h_0,
-# c_0)`: read the error printed above and ask whether it points to the missing `c_0`.
+# about the initial state. Passing zeros, as tutorials often do (for example the LSTM of
+# [yunjey/pytorch-tutorial](https://github.com/yunjey/pytorch-tutorial/blob/master/tutorials/02-intermediate/recurrent_neural_network/main.py)
+# passes a pair of zero tensors), changes nothing: zeros are the default. And code that
+# passes one `h0` to an `nn.RNN` breaks when the layer is swapped for an `nn.LSTM`,
+# whose initial state is the pair `(h_0, c_0)`: read the error printed above and ask
+# whether it points to the missing `c_0`.
 # Pass an initial state only when it carries something, such as the state at the end of
 # the previous chunk of a long stream; section 4.4 does that, with the one line training
 # then needs.
@@ -1481,10 +1481,10 @@ print(f"always predicting 1 on the test sequences: MSE {chance_mse:.3f}")
 # For the LSTM one initialisation detail is set by hand: PyTorch initialises all biases
 # at small random values, so the forget gate starts at about $\sigma(0) = 0.5$, roughly
 # halving the cell state each step. Setting the forget gate's bias to 1 makes it start
-# near $\sigma(1) \approx 0.73$, a common recommendation
-# ([Jozefowicz, Zaremba and Sutskever,
-# 2015](https://proceedings.mlr.press/v37/jozefowicz15.html)) for tasks that need
-# memory.
+# near $\sigma(1) \approx 0.73$, a practice that goes back to Gers, Schmidhuber and
+# Cummins (2000) and that [Jozefowicz, Zaremba and Sutskever
+# (2015)](https://proceedings.mlr.press/v37/jozefowicz15.html) recommend for LSTMs in
+# general.
 
 
 # %%
@@ -3178,7 +3178,8 @@ last of float32's roughly seven significant digits, not a difference in what was
 # and chunks of 50 characters; the validation and test names in streams of their own.
 #
 # Its quality is reported as **perplexity**, the exponential of the mean cross-entropy
-# per character (in nats). A model that spread its guess evenly over $k$ characters
+# per character (in nats: natural-log units, as `F.cross_entropy` computes it). A
+# model that spread its guess evenly over $k$ characters
 # would have a cross-entropy of $-\ln(1/k) = \ln k$ and so a perplexity of $k$:
 # perplexity is an "effective number of choices" per character. The baselines are
 # counting models fitted on the training stream: the **unigram** model predicts each
@@ -3494,7 +3495,8 @@ stems_words = ", ".join(
 )
 if noise_level(log_gap, gap_se) == "noise":
     lm_gap_words = (
-        "within two: which things fell into which set is enough to explain it"
+        "within two: it is consistent with which things fell into which set"
+        " alone"
     )
 else:
     lm_gap_words = (
@@ -4610,9 +4612,10 @@ assert bi_acc > majority_val_acc + 0.3, bi_acc
 #   40 held-out years, and a linear autoregression, its order chosen on the validation
 #   years, came between them; baselines are what make such a number mean something.
 # - A plain RNN at the usual initialisation loses gradient exponentially with distance
-#   (with a large $W_{hh}$ it gains it instead, exercise 4), and failed the adding problem
-#   over 40 steps, which LSTM and GRU solved. Clipping caps sudden gradient spikes;
-#   section 4.6 measured whether these runs needed it.
+#   (with a large $W_{hh}$ it gains it instead, exercise 4), and failed the adding
+#   problem over 40 steps within this chapter's 600-step budget, which LSTM and GRU
+#   solved. Clipping caps sudden gradient spikes; section 4.6 measured whether these
+#   runs needed it.
 # - Variable-length batches are padded and packed; packing gives what running each
 #   sequence alone gives, up to float rounding (section 4.7 checks it in float64 and
 #   in float32). A per-step loss skips padded targets with `ignore_index`.
