@@ -667,9 +667,9 @@ record("contrast_words", contrast_words)
 prose(
     r"""
 In {{n_contrast}} of the {{n_filters}} filters the positive and negative weights
-nearly cancel (their sum is under half the sum of their absolute values), so they
-respond to a change of brightness across the 3 × 3 window, such as a stroke's edge,
-rather than to brightness itself. {{contrast_words}}.
+partly cancel (their sum is under half the sum of their absolute values), so they
+respond more to a change of brightness across the 3 × 3 window, such as a stroke's
+edge, than to brightness itself. {{contrast_words}}.
 """
 )
 
@@ -1466,7 +1466,12 @@ record("se_draws_hand", se_draws, fmt="{:.1f}")
 # degrees of freedom) dominating, the combined error's bound is near 2
 record("t_one_df", math.tan(0.475 * math.pi), fmt="{:.1f}")
 if se_images > 2 * se_draws:
-    t_note = "the images' part dominates, and the bound is close to 2"
+    # one degree of freedom: a small draws' part may be luck, not a small part
+    t_note = (
+        "the draws' part came out small here, so the bound would be close to 2"
+        " if that holds; with one degree of freedom, though, a small estimate"
+        " may be luck"
+    )
 elif se_draws > 2 * se_images:
     t_note = "the draws' part dominates, so two errors understate the bound"
 else:
@@ -2679,6 +2684,9 @@ draw_gains = [
 ]
 record("ft_gain_1_se", gain_se_1["fine-tuning"], fmt="{:.1f}")
 record("fe_gain_1_se", gain_se_1["feature extraction"], fmt="{:.1f}")
+# the summary's verb for each gain, by the chapter's rule of thumb
+record("ft_verdict_1", verdict(ft_gain, gain_se_1["fine-tuning"]))
+record("fe_verdict_1", verdict(fe_gain, gain_se_1["feature extraction"]))
 record("ft_gain_1_z", ft_gain / gain_se_1["fine-tuning"], fmt="{:.1f}")
 record("fe_gain_1_z", fe_gain / gain_se_1["feature extraction"], fmt="{:.1f}")
 record("ft_gain_1_low", min(draw_gains), fmt="{:+.1f}")
@@ -2845,12 +2853,19 @@ record("ft_fe_24", at_24 if same_words else f"{long_words['ft_fe']} it {at_24}")
 ranked = sorted(
     methods, key=lambda m: -mean_test(test_acc, draws, 10, long_names[m])
 )
-# neighbours whose paired gap is within noise (an exact tie included) are
-# level: the sort alone would order a tie by list position
-rank_10 = ranked[0]
-for higher, lower in itertools.pairwise(ranked):
-    level = noise_level(*long_gaps[higher, lower]) == "noise"
-    rank_10 += (" level with " if level else ", then ") + lower
+# the order of the means, then every pair's standing: "level with" is not
+# transitive, so the pairs are read one by one, not along the order
+rank_10 = ", ".join(ranked)
+pair_words = []
+for higher, lower in itertools.combinations(ranked, 2):
+    level = noise_level(*long_gaps[higher, lower])
+    relation = {
+        "noise": "is level with",
+        "borderline": "is probably ahead of",
+        "clear": "is clearly ahead of",
+    }[level]
+    pair_words.append(f"{higher} {relation} {lower}")
+rank_10 += "; pair by pair, " + "; ".join(pair_words)
 record("rank_10", rank_10)
 names = {"fe": "feature extraction", "ft": "fine-tuning"}
 # only clear gaps (beyond three standard errors) enter the lesson
@@ -2952,7 +2967,8 @@ gaps at 10 labels per class are:
 
 {{long_test_table}}
 
-By mean test accuracy the order is {{rank_10}} ("level with": within noise). A verdict
+By mean test accuracy the order is {{rank_10}} ("level with": within noise;
+"probably": between two and three standard errors). A verdict
 here may differ from section 5.7's on validation: other digits, and no best-epoch
 optimism. {{long_lesson}}
 {{negative_note}}
@@ -3946,8 +3962,9 @@ prose(
 - `weights.transforms()` is the weights' evaluation preprocessing; the training
   augmentation is yours, ending in the same normalisation.
 - With one label per class, fine-tuning a letter network pretrained for
-  {{pretrain_seconds}} s beat training from scratch by {{ft_gain_1}} points of
-  digit accuracy, and feature extraction beat it by {{fe_gain_1}}. With 24 epochs
+  {{pretrain_seconds}} s {{ft_verdict_1}} training from scratch, by {{ft_gain_1}}
+  points of digit accuracy, and feature extraction {{fe_verdict_1}} it, by
+  {{fe_gain_1}}. With 24 epochs
   for every method, fine-tuning's gain was
   {{long_ft_gain_1}} points at 1 label per class and {{long_ft_gain_10}} at 10:
   {{shrink_note}}.
