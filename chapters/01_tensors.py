@@ -241,8 +241,10 @@ print(torch.tensor(1000.1).half())  # float16's spacing near 1000 is 0.5
 #    highest-ranked group: tensors with dimensions, else 0-dim tensors, else Python
 #    numbers. So a 0-dim tensor or a Python number sets the size only when its category
 #    is higher than every dimensioned tensor's; a Python float then gives the default
-#    `float32`, a Python int `int64`. (Complex is the exception: a `float64` tensor plus
-#    `1j` gives `complex128`.)
+#    `float32`, a Python int `int64`. (Complex is the exception: a complex 0-dim tensor
+#    or Python number meeting a floating-point tensor gives the complex type of that
+#    tensor's precision, so `float64` plus `1j` gives `complex128`, and `float32` plus
+#    a 0-dim `complex128` tensor gives `complex64`.)
 # 3. Two sizes of one category give the smallest dtype that holds both, which can be
 #    neither operand's: `uint8 + int8` gives `int16`, `float16 + bfloat16` gives
 #    `float32` (`torch.promote_types` answers for any pair).
