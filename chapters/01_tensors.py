@@ -268,6 +268,10 @@ cases = {
     "int8 tensor + 0-dim float64 tensor": (int8s, double_0d),
     "float16 tensor + 0-dim float64 tensor": (halves, double_0d),
     "bool tensor + Python int 1": (torch.tensor([True]), 1),
+    "float32 tensor + 0-dim complex128": (
+        torch.ones(2),
+        torch.tensor(1j, dtype=torch.complex128),
+    ),
 }
 for name, (a, b) in cases.items():
     print(f"{name:38} -> {torch.result_type(a, b)}")
@@ -648,11 +652,12 @@ print("tr.contiguous() is a copy:", not same_storage(tr.contiguous(), mat))
 print("mat.contiguous() is mat itself:", mat.contiguous() is mat)
 
 # %% [markdown]
-# Cutting a tensor into pieces gives views too. `split(size, dim)` cuts pieces of
-# `size` along `dim` (the last one may be shorter), `chunk(n, dim)` asks for `n` pieces
-# instead, and `unbind(dim)` removes the dimension and returns its slices. For a batch
-# of matrices, `.mT` transposes the last two dimensions (a view, like `transpose(-2, -1)`);
-# `.T` is meant for matrices.
+# Cutting a tensor into pieces gives views too. `split(size, dim)` cuts pieces of `size`
+# along `dim` (the last one may be shorter), `chunk(n, dim)` asks for `n` pieces instead
+# (and may return fewer: `torch.arange(6).chunk(4)` gives three pieces of two), and
+# `unbind(dim)` removes the dimension and returns its slices. For a batch of matrices,
+# `.mT` transposes the last two dimensions (a view, like `transpose(-2, -1)`); `.T` is
+# meant for matrices.
 
 # %%
 rows = torch.arange(10.0).reshape(5, 2)
