@@ -86,6 +86,9 @@ from torch.utils.data import (
     default_collate,
 )
 
+# BOOK_SEED=n runs the chapter with another seed. The comments beside the
+# checks (assert) give the values measured when each margin was set, on one
+# machine; another CPU, torch or device moves them a little, within the margin.
 seed = seed_everything(0)
 device = get_device()
 print(describe_runtime(device, seed))
@@ -1115,14 +1118,15 @@ elif moons_z < 2:
     moons_noise_text = (
         " (more on the held-out points than on its own: a line is too simple"
         " to overfit 200 points, and the gap is"
-        f" {moons_z:.1f} standard errors of the difference, the luck of the"
-        " draw)"
+        f" {moons_z:.1f} standard errors (the spread that which points were"
+        " drawn alone gives such a gap), the luck of the draw)"
     )
 else:
     moons_noise_text = (
         " (more on the held-out points than on its own: a line is too simple"
         " to overfit 200 points, so this is an unusually lucky held-out draw,"
-        f" {moons_z:.1f} standard errors of the difference)"
+        f" {moons_z:.1f} standard errors: times the spread that which points"
+        " were drawn alone gives such a gap)"
     )
 record("moons_noise_text", moons_noise_text)
 prose(
@@ -2019,7 +2023,8 @@ assert (
 # evaluation. The loop keeps a copy of the weights from the epoch with the lowest
 # validation loss (`copy.deepcopy`, because `state_dict()` returns the live tensors,
 # which the next step would change). Here is what the switch changes for dropout, on
-# a tensor of ones (`fork_rng` keeps the chapter's random stream untouched):
+# a tensor of ones (`fork_rng(devices=[])` saves the CPU generator's state and
+# restores it after the block, so the chapter's CPU random stream is untouched):
 
 # %%
 dropout, all_ones = nn.Dropout(p=0.5), torch.ones(16)
@@ -2535,7 +2540,8 @@ best epoch, the rise of its validation loss there is instability, not overfittin
 and a validation minimum reached among such jumps is partly a lucky snapshot. The
 usual remedies are a smaller rate or a schedule that lowers it, and clipping the
 gradient's norm before each step (`torch.nn.utils.clip_grad_norm_`, chapters 4 and 8).
-With SGD clipping caps how far one step moves the weights; Adam already scales its
+With plain SGD clipping caps how far one step moves the weights (momentum carries
+part of earlier steps on); Adam already scales its
 steps by its running statistics, and there clipping keeps one spike from swelling
 them, which would shrink the steps after it.
 
@@ -3346,8 +3352,9 @@ cell above tries it on our validation split. {{val_t_text}}. The validation spli
 could not serve anyway: it is small, and it chose the learning rate and the epoch.
 Held-out predictions with mistakes in them come from cross-validation on the
 training tumours (*out-of-fold* logits: each from a network trained on the other
-folds); scikit-learn (1.8 and later) fits `T` that way with
-`CalibratedClassifierCV(method="temperature", ensemble=False)`.
+folds); for its own estimators scikit-learn (1.8 and later) fits `T` that way with
+`CalibratedClassifierCV(method="temperature", ensemble=False)`; for a PyTorch network
+you fit `T` yourself on the out-of-fold logits, as the cell above does on validation.
 
 </details>
 """
@@ -3368,15 +3375,17 @@ Look back at the grid with this in mind. {{perfect_runs_text}}. **Among candidat
 that classify a validation set perfectly, its loss cannot rank by quality**: it ranks
 them by confidence. Weight decay (section 2.5) holds the logits back: it pulls every
 weight towards zero, so the logits grow only as far as the loss pays for it
-(`weight_decay` acts on every parameter the optimizer holds, biases included; a
-common practice gives biases and normalisation weights their own parameter group with
-`weight_decay=0`). The cell reruns the six learning rates, same seed, batches and
-epochs, with `AdamW(weight_decay=1.0)` and chooses again by validation loss. The
-strength 1.0 is fixed, round and untuned (at lr {{chosen_lr}} AdamW shrinks every
-weight by {{decay_shrink}} per step); choosing it by validation loss would, for the
-reason above, favour the weakest decay. The evidence that counts is the size of the
-chosen model's logits on the validation tumours; the test columns are a diagnostic,
-read and not acted on.
+(`weight_decay` acts on every parameter the optimizer holds, biases included; a common
+practice gives biases and normalisation weights their own parameter group with
+`weight_decay=0`: `AdamW([dict(params=weights), dict(params=biases,
+weight_decay=0.0)], weight_decay=...)`, the two lists split by `named_parameters()`).
+The cell reruns the six learning rates, same seed, batches and epochs, with
+`AdamW(weight_decay=1.0)` and chooses again by validation loss. The strength 1.0 is
+fixed, round and untuned (at lr {{chosen_lr}} AdamW shrinks every weight by
+{{decay_shrink}} per step); choosing it by validation loss would, for the reason
+above, favour the weakest decay. The evidence that counts is the size of the chosen
+model's logits on the validation tumours; the test columns are a diagnostic, read and
+not acted on.
 """
 )
 
