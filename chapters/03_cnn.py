@@ -79,6 +79,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock
 
+# BOOK_SEED=n runs the chapter with another seed. The comments beside the
+# checks (assert) give the values measured when each margin was set, on one
+# machine; another CPU, torch or device moves them a little, within the margin.
 seed = seed_everything(0)
 device = get_device()
 print(describe_runtime(device, seed))
@@ -430,7 +433,8 @@ assert lazy_fc.in_features == 20 * 24 * 24
 # 3.5), with padding 1 so that the output is as large as the input. A dense layer's
 # count comes from a real `nn.Linear` built on the `meta` device, which records shapes
 # without allocating memory. `count_parameters` (from `helpers.models`) sums `p.numel()`
-# over a module's parameters, as chapter 2 did by hand.
+# over a module's trainable parameters (`trainable_only=False` counts frozen ones too),
+# as chapter 2 did by hand.
 
 # %%
 layers = [  # (name, in channels, out channels, height = width)
@@ -1557,8 +1561,9 @@ same number of threads; a session with another thread count, another CPU or a GP
 adds some sums in another order, and agrees only up to rounding (on a GPU,
 chapter 1's `torch.use_deterministic_algorithms(True)` makes repeated runs agree bit
 for bit on the same machine, at some cost in speed; it also makes operations without a
-deterministic version raise, among them the CUDA backward of `nn.AdaptiveAvgPool2d`,
-which exercise 5 uses: there `x.mean(dim=(2, 3))` computes the same average). The
+deterministic version raise, which its documentation lists: among them the CUDA
+backward of `nn.AdaptiveAvgPool2d` in general, though not with an output of 1 × 1, as
+in exercise 5, which PyTorch computes as a plain mean). The
 validation accuracy peaked at {{cnn_val_acc}} in epoch {{cnn_best_epoch}},
 and those weights are now in `model`. How much did the weight decay act? Every step
 shrank each weight by the factor `1 − lr·λ`, with the learning rate of its epoch:
@@ -2025,7 +2030,7 @@ plt.show()
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-At similar size ({{mlp32_parameters}} weights against {{cnn_parameters}})
+At similar size ({{mlp32_parameters}} parameters against {{cnn_parameters}})
 the CNN is {{equal_gain}} points ahead on validation (standard error
 {{equal_se}}, p = {{equal_p}}), {{equal_verdict}}. Width helps the
 MLP, and validation picks {{mlp_hidden}} units: with {{mlp_parameters}}
