@@ -99,6 +99,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 # small recurrent layers: one CPU thread, set before any tensor work
 torch.set_num_threads(1)
+# BOOK_SEED=n runs the chapter with another seed. The comments beside the
+# checks (assert) give the values measured when each margin was set, on one
+# machine; another CPU, torch or device moves them a little, within the margin.
 seed = seed_everything(0)
 device = get_device()
 print(describe_runtime(device, seed))
@@ -2907,7 +2910,8 @@ spelling habits.
 # character n-grams of 1 to 3 characters a name contains (scikit-learn's
 # `CountVectorizer(analyzer="char_wb")`, which takes the n-grams within each word, the
 # word padded with a space at each end) and fit a logistic regression to the counts,
-# at scikit-learn's defaults (untuned). It sees "ij" and "sch", but not where they
+# at scikit-learn's defaults (untuned; only `max_iter` is raised to 1,000, so that the
+# solver converges). It sees "ij" and "sch", but not where they
 # stand or what follows them beyond three characters. Scored on the same test names:
 
 # %%
@@ -4226,7 +4230,8 @@ if not solved["IRNN", 0.02] and irnn_fast_max > 100 * tanh_fast_max:
         " (this run does not measure the state itself): nothing bounds the"
         " state, so once an update makes the recurrent weights amplify it,"
         " the state and the gradient grow at every step of the sequence"
-        " (exercise 4 provokes the same growth in the tanh RNN). Clipping caps"
+        " (exercise 4 provokes the gradient's growth in the tanh RNN, whose"
+        " state tanh keeps bounded). Clipping caps"
         " each update, not that growth, and the larger learning rate makes"
         " bigger updates."
     )
@@ -4620,7 +4625,8 @@ assert bi_acc > majority_val_acc + 0.3, bi_acc
 #   sequence alone gives, up to float rounding (section 4.7 checks it in float64 and
 #   in float32). A per-step loss skips padded targets with `ignore_index`.
 # - A classifier needs baselines beyond the majority class: on the names, a logistic
-#   regression on character n-gram counts, blind to order, is the one to beat
+#   regression on character n-gram counts, which sees order only within three
+#   characters, is the one to beat
 #   (section 4.7 measures the GRU against it).
 #
 # **Next:** chapter 5 reuses networks trained by others: transfer learning with
