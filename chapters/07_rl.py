@@ -88,6 +88,9 @@ from scipy import stats
 from torch import nn
 from torch.distributions import Categorical
 
+# BOOK_SEED=n runs the chapter with another seed. The comments beside the
+# checks (assert) give the values measured when each margin was set, on one
+# machine; another CPU, torch or device moves them a little, within the margin.
 seed = seed_everything(0)
 device = torch.device("cpu")  # this chapter's choice; section 7.4 says why
 accelerator = get_device()  # what the other chapters would use here
@@ -420,8 +423,8 @@ for t in (0, 250, 450, 499):
 #   task: no rewards follow it, and 0 is exact. But then the same state is worth less
 #   near the end than at the start, so the remaining time belongs in the observation.
 # - If the goal is to balance indefinitely and the limit only keeps training episodes
-#   short, the state at a time-out is as good as any other, and the return after it
-#   should be estimated: bootstrapped.
+#   short, a time-out is not an end: the episode was cut, not lost, so the return
+#   after it should be estimated: bootstrapped.
 #
 #
 # CartPole's observation has no clock, and this chapter takes the second view for
@@ -2064,7 +2067,8 @@ slightly to the left.
 The greedy episode stays within {{episode_theta}} rad of vertical and
 {{episode_omega}} rad/s of angular velocity (the right panel's rectangle, drawn
 30% larger). It switches action at {{switch_fraction}} of its steps, and each
-push changes the angular velocity by about 0.3 rad/s (section 7.1);
+push changes the angular velocity by about 0.3 rad/s (compare the two observations
+printed in section 7.1);
 {{zoom_pattern}}. Its own probability of pushing right, computed on the full
 states, lay between 0.1 and 0.9 at {{unsure_fraction}} of them. The map shows only the slice
 `x = x_dot = 0`: the policy also sees the cart's position and velocity, which can move
