@@ -26,10 +26,11 @@
 # the exact commands that run the same script on several machines, under SLURM and on
 # Kubernetes.
 #
-# Everything runs here on a CPU: two processes talking through the `gloo` backend play
-# the part of two GPUs. The scripts are unchanged on a machine with a GPU for every
-# process, where they use the `nccl` backend and one GPU per process (with fewer GPUs,
-# Colab's one for example, they stay on the CPU).
+# Everything here runs on a CPU too, as it did on the machine that built this book: two
+# processes talking through the `gloo` backend play the part of two GPUs. The scripts
+# are unchanged on a machine with a GPU for every process, where they use the `nccl`
+# backend and one GPU per process (with fewer GPUs, Colab's one for example, they stay
+# on the CPU).
 #
 # **Prerequisites:** chapter 2 (the training loop, checkpoints), chapter 3 (the
 # handwritten digits) and chapter 8 (gradient accumulation, mixed precision, rounding
@@ -94,6 +95,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 # record(name, value), the book's helper, keeps a result of this run for the
 # prose to quote; it is not torch's @record decorator for scripts (section 9.2).
+# BOOK_SEED=n runs the chapter with another seed. The comments beside the
+# checks (assert) give the values measured when each margin was set, on one
+# machine; another CPU, torch or device moves them a little, within the margin.
 seed = seed_everything(0)
 device = get_device()
 # The networks here are tiny. One CPU thread in this process, like the one each
@@ -458,8 +462,8 @@ of starting and coordinating the processes, not for a toy job like this.
 #
 # A worker that *crashes* needs a different tool: decorating the script's `main` with
 # `@record` (from `torch.distributed.elastic.multiprocessing.errors`, as this
-# chapter's scripts do) makes `torchrun` report the failed worker's traceback in its
-# summary, instead of only its exit code.
+# chapter's training scripts `train_ddp.py` and `fsdp2.py` do) makes `torchrun` report
+# the failed worker's traceback in its summary, instead of only its exit code.
 #
 # ## 9.3 Giving each process its own data: `DistributedSampler`
 #
@@ -991,7 +995,8 @@ float64 gradients), against {{step_mmac}} million multiply-adds of
 arithmetic per process per step. FSDP moves about 1.5 times as much when it
 reshards after forward (its default for every unit but the root, which holds none of
 this network's weights here): it all-gathers the weights for forward and again for
-backward, and reduce-scatters the gradients (with `False` it keeps the gathered weights
+backward, and reduce-scatters the gradients (with `reshard_after_forward=False` it
+keeps the gathered weights
 from forward to backward, and moves as much as DDP for more memory).
 These counts are for NCCL's ring algorithms. Gloo, this chapter's backend, has no
 reduce-scatter of its own: its `reduce_scatter_tensor` all-reduces the whole tensor
@@ -1018,9 +1023,9 @@ gradients in `bfloat16`, half the bytes of `float32`, at the price of rounding t
 # - **A loss that is a mean over the batch** (the default `reduction="mean"`).
 # - **No layer that mixes examples within a batch.** Batch normalisation computes its
 #   statistics from each rank's own slice; `nn.SyncBatchNorm.convert_sync_batchnorm`
-#   computes them over all ranks. Its running statistics (buffers, not parameters)
-#   are not averaged either: with DDP's default buffer syncing (`forward_sync_buffers`,
-#   named `broadcast_buffers` before torch 2.13), rank 0's
+#   computes them over all ranks. Plain batch norm's running statistics (buffers, not
+#   parameters) are not averaged either: with DDP's default buffer syncing
+#   (`forward_sync_buffers`, named `broadcast_buffers` before torch 2.13), rank 0's
 #   overwrite every other rank's at the start of the first forward pass after each
 #   training step, so the model ends up with rank 0's alone.
 # - **No randomness in the step.** Dropout masks and random augmentations are drawn
