@@ -2733,7 +2733,8 @@ since the true $-\log p(x)$ is not (exercise 1 tightens the bound). These nats
 cannot be compared with most published results on "binarised MNIST": those use
 50,000 to 60,000 training images, binarised by drawing each pixel with its grey
 level as the probability, not by a threshold, a different dataset from ours (section
-6.2). """
+6.2).
+"""
 )
 
 # %% [markdown]
