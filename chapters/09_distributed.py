@@ -1011,6 +1011,121 @@ gradients in `bfloat16`, half the bytes of `float32`, at the price of rounding t
 )
 
 # %% [markdown]
+# The ring is easier to follow on a picture. The cell below runs the algorithm on four
+# simulated ranks in this one process, each holding its own gradient of this network's
+# size cut into four chunks, and draws after every step how many ranks' gradients each
+# chunk already contains.
+
+
+# %%
+def ring_all_reduce(
+    grads: list[torch.Tensor],
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+    """Sum one flat gradient per simulated rank the way a ring all-reduce does.
+
+    Returns every rank's result, the (ranks, chunks) count of gradients summed
+    into each chunk after every step (the start first), and the elements each
+    rank sent.
+    """
+    n = len(grads)
+    chunks = [list(g.clone().chunk(n)) for g in grads]  # chunks[rank][chunk]
+    counts = [torch.ones(n, n, dtype=torch.long)]  # each chunk: its own
+    sent = [0] * n
+    for step in range(2 * (n - 1)):
+        gather = step >= n - 1  # the first n - 1 steps reduce, the rest gather
+        count = counts[-1].clone()
+        # every rank sends one chunk to the next rank at once: read, then write
+        outgoing = []
+        for rank in range(n):
+            # reduce: the chunk received last step (its own at first);
+            # gather: the chunk it finished, then the one received last step
+            c = (rank + 1 - (step - n + 1)) % n if gather else (rank - step) % n
+            outgoing.append((rank, c, chunks[rank][c].clone()))
+            sent[rank] += chunks[rank][c].numel()
+        for rank, c, piece in outgoing:
+            to = (rank + 1) % n
+            if gather:  # a finished sum replaces the stale chunk
+                chunks[to][c], count[to, c] = piece, counts[-1][rank, c]
+            else:  # the partial sum travels on, one gradient richer
+                chunks[to][c] = chunks[to][c] + piece
+                count[to, c] += counts[-1][rank, c]
+        counts.append(count)
+    return [torch.cat(c) for c in chunks], counts, sent
+
+
+n_ring = 4
+ring_grads = list(
+    torch.randn(
+        n_ring, n_parameters, dtype=torch.float64,
+        generator=torch.Generator().manual_seed(seed),
+    )
+)  # fmt: skip
+ring_results, ring_counts, ring_sent = ring_all_reduce(ring_grads)
+ring_sum = torch.stack(ring_grads).sum(dim=0)
+ring_error = max((r - ring_sum).abs().max().item() for r in ring_results)
+print(
+    f"{n_ring} ranks, {n_parameters:,} gradients each: every rank ends with the "
+    f"sum, within {ring_error:.1e} of adding the four directly"
+)
+ring_predicted = 2 * (n_ring - 1) / n_ring * n_parameters
+print(
+    f"elements each rank sent: {sorted(set(ring_sent))}, against "
+    f"2(N - 1)/N x {n_parameters:,} = {ring_predicted:,.1f}"
+)
+# all ranks hold the same bits: the gather copies one finished sum around
+assert all(torch.equal(r, ring_results[0]) for r in ring_results)
+# different order, same sum to rounding (four float64 values per element)
+assert ring_error < 1e-12, ring_error
+assert torch.equal(ring_counts[-1], torch.full((n_ring, n_ring), n_ring))
+# chunks differ by one element at most, so each rank's share is within
+# 2(N - 1) elements of the formula
+assert all(abs(s - ring_predicted) <= 2 * (n_ring - 1) for s in ring_sent)
+
+fig, axes = plt.subplots(1, len(ring_counts), figsize=(13, 2.9), sharey=True)
+for ring_step, (ax, ring_count) in enumerate(
+    zip(axes, ring_counts, strict=True)
+):
+    ax.imshow(ring_count, cmap="Blues", vmin=0, vmax=n_ring + 1)
+    ring_changed = (
+        ring_count != ring_counts[ring_step - 1]
+        if ring_step
+        else ring_count < 0
+    )
+    for (ring_rank, chunk), ring_value in zip(
+        itertools.product(range(n_ring), repeat=2),
+        ring_count.flatten(),
+        strict=True,
+    ):
+        ax.text(
+            chunk, ring_rank, int(ring_value), ha="center", va="center",
+            weight="bold" if ring_changed[ring_rank, chunk] else "normal",
+            color="white" if ring_value > n_ring // 2 else "black",
+        )  # fmt: skip
+    ring_phase = "start" if ring_step == 0 else (
+        f"reduce-scatter {ring_step}" if ring_step < n_ring else
+        f"all-gather {ring_step - n_ring + 1}"
+    )  # fmt: skip
+    ax.set(title=ring_phase, xticks=range(n_ring), xlabel="chunk")
+    ax.set_yticks(range(n_ring))
+axes[0].set_ylabel("rank")
+fig.suptitle(
+    f"Ring all-reduce on {n_ring} ranks: how many ranks' gradients each chunk "
+    "holds (bold: received in that step)"
+)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# In each reduce-scatter step every rank passes one chunk to its neighbour, which adds
+# it to its own copy; after N − 1 steps each rank holds one chunk summed over all N
+# ranks (the 4 in each row after the third step; rank 3's neighbour is rank 0). The
+# all-gather steps then pass those finished chunks around the ring, each replacing a
+# partial sum, until every rank has all of them. Every rank sends one chunk
+# per step, 2(N − 1) chunks of 1/N of the gradient each, which is where 2(N − 1)/N
+# comes from: nearly twice the gradient, however many ranks there are, and every link
+# of the ring busy in every step.
+
+# %% [markdown]
 # The equivalence holds under conditions, all met here:
 #
 # - **Equal batch sizes on every rank** in every step. The average of per-rank means
@@ -1489,6 +1604,22 @@ for rank, lines in fsdp_output.items():
     assert "0.weight: full shape (128, 784), stored here (64, 784)" in lines, (
         lines
     )
+# what each rank keeps between steps: its last line, "bytes kept here: ..."
+kept_bytes = {}  # rank -> [weights, gradients, momentum, whole model's weights]
+for fsdp_rank, rank_lines in fsdp_output.items():
+    kept_line = next(
+        li for li in rank_lines if li.startswith("bytes kept here")
+    )
+    kept_bytes[fsdp_rank] = [
+        int(number.replace(",", ""))
+        for number in re.findall(r"\d[\d,]*", kept_line)
+    ]
+whole_bytes = kept_bytes[0][3]
+for kept in kept_bytes.values():  # weights, gradients, momentum, whole
+    # every weight and bias has an even number of rows: exactly half each
+    assert kept[0] == kept[1] == kept[2] == kept[3] // 2, kept_bytes
+record("fsdp_kept_kb", kept_bytes[0][0] / 1e3, fmt="{:.0f}")
+record("fsdp_whole_kb", whole_bytes / 1e3, fmt="{:.0f}")
 record(
     "fsdp_vs_ddp_diff",
     fsdp_vs_ddp,
@@ -1517,7 +1648,11 @@ use the CPU, the cell above asserts that it is 0, bit for bit equal, and that
 every epoch's training loss agrees exactly too: sharding changes where the numbers
 are stored and how they travel, not the arithmetic. (On a machine with two or more
 GPUs section 9.4's DDP run used them while this simulation ran on the CPU; the two
-then differ at rounding level, within section 9.5's allowance.) For a network of
+then differ at rounding level, within section 9.5's allowance.) What each rank
+keeps between steps is in its last line: {{fsdp_kept_kb}} kB of weights, as much
+again of gradients and of SGD's momentum, half of the {{fsdp_whole_kb}} kB each
+takes for the whole model, which DDP keeps in full on every rank. The whole weights
+of a layer exist only while it is gathered to run. For a network of
 about 100,000 parameters the saving is pointless and the extra gathers cost time; for a
 model whose weights, gradients and optimizer state do not fit on one GPU, FSDP is
 what makes training possible at all. Four things matter for such a model:

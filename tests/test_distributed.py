@@ -855,6 +855,12 @@ def test_fsdp2_as_two_nodes_shards_the_weights_and_matches_one_process(data_file
         assert lines[0].startswith(f"node {rank}, local rank 0, gloo"), lines[0]
         assert "0.weight: full shape (128, 784), stored here (64, 784)" in lines
         assert "2.bias: full shape (10,), stored here (5,)" in lines
+    # each rank keeps half of every weight, gradient and momentum tensor (float64)
+    whole = (128 * 784 + 128 + 10 * 128 + 10) * 8
+    half = f"{whole // 2:,}"
+    kept = f"bytes kept here: weights {half}, gradients {half}, momentum {half}; "
+    for lines in by_rank.values():
+        assert kept + f"the whole model's weights {whole:,}" in lines, lines
     fsdp = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
     assert _max_difference(fsdp, _one_process_reference(data_file, epochs)) < 1e-10
     # the distributed checkpoint: one file of shards per rank, loaded here into one

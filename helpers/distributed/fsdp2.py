@@ -97,6 +97,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             rank_print(
                 rank, f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}"
             )
+    # What this rank keeps between steps: its shards of the weights, of their
+    # gradients and of SGD's momentum, all DTensors, against the whole model's.
+    params = list(model.parameters())
+    kept = {
+        "weights": params,
+        "gradients": [p.grad for p in params],
+        "momentum": [optimizer.state[p]["momentum_buffer"] for p in params],
+    }
+    whole = sum(p.numel() * p.element_size() for p in params)  # full shapes
+    stored = ", ".join(
+        f"{kind} {sum(t.to_local().nbytes for t in tensors):,}"
+        for kind, tensors in kept.items()
+    )
+    rank_print(rank, f"bytes kept here: {stored}; the whole model's weights {whole:,}")
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     # A distributed checkpoint (DCP): each rank writes its own shards (DTensors),
