@@ -2272,26 +2272,31 @@ print(f"the timeout runs failed after {max(seconds_of):.1f} s at most")
 assert check_mismatch_reports(mismatch_output)
 
 # %% [markdown]
-# **Exercise 5.** Data parallelism without the `DDP` wrapper. Write a script, a module
-# in `work_dir` as in exercise 4, that trains like `train_ddp.py` (take its
-# `build_parser(fault_demo=False)`, `load_data`, `make_loader`, `make_model` and
-# `save_atomically`, and `setup_distributed`) but keeps the model plain: after
-# `loss.backward()`, all-reduce every parameter's gradient and divide it by the world
-# size, then take the optimizer step. Write that step in the starter below; the script
-# can carry the function's own source (`inspect.getsource(average_gradients)`). Launch
-# it on two processes with section 9.4's arguments (`common_args`), let rank 0 save
-# the final parameters (and, as `train_ddp.py` does, let every rank wait at
-# `dist.barrier()` before `destroy_process_group()`), and compare them with the DDP
-# run's (`ddp_state`), against section 9.5's rounding allowance. What
-# must the script do before the first step that DDP's constructor did for you? How
-# many all-reduces does one of your steps make, and how many did DDP's? (Count DDP's
-# with a communication hook, section 9.5, that counts before it all-reduces.)
+# **Exercise 5.** Data parallelism without the `DDP` wrapper, bucket included. Write a
+# script, a module in `work_dir` as in exercise 4, that trains like `train_ddp.py`
+# (take its `build_parser(fault_demo=False)`, `load_data`, `make_loader`, `make_model`
+# and `save_atomically`, and `setup_distributed`) but keeps the model plain: after
+# `loss.backward()`, average the gradients over the ranks yourself, the way DDP does:
+# copy every gradient into one flat tensor (a *bucket*), all-reduce it once, divide it
+# by the world size and copy each piece back into its `.grad`; then take the optimizer
+# step. Write that step in the starter below; the script can carry the function's own
+# source (`inspect.getsource(average_gradients)`). Launch it on two processes with
+# section 9.4's arguments (`common_args`), let rank 0 save the final parameters (and,
+# as `train_ddp.py` does, let every rank wait at `dist.barrier()` before
+# `destroy_process_group()`), and compare them with the DDP run's (`ddp_state`),
+# against section 9.5's rounding allowance. Then let the script time the bucket
+# against one all-reduce per gradient tensor, on the final gradients, in interleaved
+# rounds: which is faster here, and what does the answer depend on? What must the
+# script do before the first step that DDP's constructor did for you? How many
+# all-reduces did DDP make per step? (Count them with a communication hook, section
+# 9.5, that counts before it all-reduces.)
 
 
 # %% tags=["exercise-starter"]
-# Fill in average_gradients, the step after loss.backward(): all-reduce every
-# parameter's gradient over the ranks (dist.all_reduce) and divide it by the
-# world size. Return how many all-reduces it made.
+# Fill in average_gradients, the step after loss.backward(): copy every
+# parameter's gradient into one flat tensor, all-reduce it over the ranks
+# (dist.all_reduce), divide it by the world size and copy each piece back into
+# its .grad. Return how many all-reduces it made.
 def average_gradients(model: nn.Module, world_size: int) -> int:
     raise NotImplementedError  # your code here
 
@@ -2310,31 +2315,47 @@ check_average_gradients(average_gradients)
 # the same parameters: DDP's constructor copies rank 0's to the others, and the
 # script does the same with dist.broadcast (the shared seed already gives equal
 # starts here, but a broadcast does not rely on it). Each step of the script
-# makes four all-reduces, one per parameter tensor, after backward has
-# finished. DDP packs the gradients into buckets and all-reduces each bucket as
-# soon as backward has filled it, overlapping communication with the rest of
-# backward. A bucket holds up to bucket_cap_mb (25 MiB by default; the first
-# one backward fills is smaller, so that communication starts early). To count
-# DDP's all-reduces, register a communication hook that counts the buckets it
-# is handed and then does DDP's usual all-reduce: one process suffices, since
-# the buckets depend on the parameters, not on the world size. This model's
-# 814 kB of float64 gradients travel in one bucket: one all-reduce per step.
+# makes one all-reduce, of the bucket, after backward has finished. DDP also
+# packs the gradients into buckets, but all-reduces each bucket as soon as
+# backward has filled it, overlapping communication with the rest of backward.
+# A bucket holds up to bucket_cap_mb (25 MiB by default; the first one backward
+# fills is smaller, so that communication starts early). To count DDP's
+# all-reduces, register a communication hook that counts the buckets it is
+# handed and then does DDP's usual all-reduce: one process suffices, since the
+# buckets depend on the parameters, not on the world size. This model's 814 kB
+# of float64 gradients travel in one bucket: one all-reduce per step, as here.
+# Whether one bucket beats one all-reduce per tensor depends on what each
+# collective costs besides its bytes (a call, a synchronisation of the ranks,
+# on GPUs a kernel launch) against the copying the bucket adds; the timing
+# below says which won on this machine, with four tensors.
 def average_gradients(model: nn.Module, world_size: int) -> int:
-    """Replace every gradient by its average over the ranks; return the
-    number of all-reduces.
+    """Replace every gradient by its average over the ranks, all-reduced
+    as one flat bucket; return the number of all-reduces (1).
     """
-    all_reduces = 0
+    grads = [p.grad for p in model.parameters()]
+    bucket = torch.cat([g.flatten() for g in grads])  # a copy, one tensor
+    dist.all_reduce(bucket)  # the sum over the ranks
+    bucket /= world_size  # the average
+    pieces = bucket.split([g.numel() for g in grads])
+    for g, piece in zip(grads, pieces, strict=True):
+        g.copy_(piece.view_as(g))
+    return 1
+
+
+def per_tensor_average(model: nn.Module, world_size: int) -> int:
+    """The same average with one all-reduce per gradient tensor."""
     for p in model.parameters():
-        dist.all_reduce(p.grad)  # the sum over the ranks
-        p.grad /= world_size  # the average
-        all_reduces += 1
-    return all_reduces
+        dist.all_reduce(p.grad)
+        p.grad /= world_size
+    return len(list(model.parameters()))
 
 
 manual_path = work_dir / "manual_ddp.py"  # the module `manual_ddp` in work_dir
 # the script: imports, the function above, then the training
 manual_path.write_text(
     """\
+import time
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -2351,6 +2372,8 @@ from helpers.distributed.train_ddp import (
 
 """
     + inspect.getsource(average_gradients)
+    + "\n\n"
+    + inspect.getsource(per_tensor_average)
     + """
 
 args = build_parser(fault_demo=False).parse_args()
@@ -2381,6 +2404,25 @@ for epoch in range(1, args.epochs + 1):
         steps += 1
 counts = f"{steps} steps, {all_reduces} gradient all-reduces"
 rank_print(ctx.rank, f"{ctx.backend} on {ctx.device}: {counts}")
+# Both ways timed on the final gradients, equal on every rank by now (so an
+# average leaves them as they are): 3 rounds, each way 100 times per round,
+# interleaved.
+seconds = {"one bucket": [], "per tensor": []}
+for _ in range(3):
+    for way, average in [
+        ("one bucket", average_gradients),
+        ("per tensor", per_tensor_average),
+    ]:
+        dist.barrier()  # start each way together
+        start = time.perf_counter()
+        for _ in range(100):
+            average(model, ctx.world_size)
+        seconds[way].append((time.perf_counter() - start) / 100)
+rounds = "; ".join(
+    f"{way} " + " ".join(f"{1e6 * s:.0f}" for s in times)
+    for way, times in seconds.items()
+)
+rank_print(ctx.rank, f"microseconds per average, 3 rounds: {rounds}")
 if ctx.rank == 0:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     save_atomically(model.state_dict(), args.out_dir / "model.pt")
@@ -2393,7 +2435,7 @@ manual_dir = work_dir / "manual"
 manual_search_path = os.pathsep.join(
     filter(None, [str(work_dir), os.environ.get("PYTHONPATH")])
 )
-launch(
+_, manual_output, _ = launch(
     [single_node("manual_ddp", [*common_args, f"--out-dir={manual_dir}"])],
     env={"PYTHONPATH": manual_search_path},
 )
@@ -2404,6 +2446,34 @@ manual_vs_ddp = max_difference(manual_state, ddp_state)
 print(f"hand-written all-reduce vs DDP: largest difference {manual_vs_ddp:.1e}")
 print(f"section 9.5's rounding allowance: {rounding_allowance:.1e}")
 assert manual_vs_ddp <= rounding_allowance, (manual_vs_ddp, rounding_allowance)
+# rank 0's timing: "microseconds per average, 3 rounds: one bucket a b c; ..."
+timing_line = next(
+    li for li in manual_output[0] if li.startswith("microseconds per average")
+)
+way_rounds = {
+    way: [float(x) for x in numbers.split()]
+    for way, numbers in re.findall(
+        r"(one bucket|per tensor) ([\d ]+)", timing_line
+    )
+}
+bucket_us, tensor_us = way_rounds["one bucket"], way_rounds["per tensor"]
+assert len(bucket_us) == len(tensor_us) == 3, timing_line
+medians = (
+    f"medians {sorted(bucket_us)[1]:.0f} and {sorted(tensor_us)[1]:.0f} µs "
+    "per average"
+)
+if max(bucket_us) < min(tensor_us):
+    bucket_words = f"one bucket was faster in every round ({medians})"
+elif min(bucket_us) > max(tensor_us):
+    bucket_words = (
+        f"one all-reduce per tensor was faster in every round ({medians}): "
+        "here the bucket's copying outweighed the three calls it saved"
+    )
+else:
+    bucket_words = (
+        f"the rounds overlap ({medians}): no difference this run can separate"
+    )
+print(f"Timed on rank 0: {bucket_words}.")
 # DDP's all-reduces, counted by a communication hook, in a group of one process
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
     allreduce_hook,

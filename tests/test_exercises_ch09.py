@@ -52,7 +52,7 @@ def test_checks_leave_the_global_random_state_as_it_was():
         ch09.check_rescaled_loss(loss_right),
         ch09.check_ddp_gradients(gradients_right),
         ch09.check_mismatch_reports(REPORTS),
-        ch09.check_average_gradients(average_right),
+        ch09.check_average_gradients(flattened),
     ):
         assert verdict.passed or verdict.hint == ch09.TRAIN_MODE
     assert torch.equal(torch.random.get_rng_state(), state)
@@ -522,13 +522,50 @@ def asynchronous(model, world_size):
     return len(works)
 
 
+def bucket_divided_first(model, world_size):
+    grads = [p.grad for p in model.parameters()]
+    bucket = torch.cat([g.flatten() for g in grads]) / world_size
+    dist.all_reduce(bucket)
+    offset = 0
+    for g in grads:
+        g.copy_(bucket[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return 1
+
+
+def bucket_averaged_by_the_backend(model, world_size):
+    grads = [p.grad for p in model.parameters()]
+    bucket = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(bucket, op=dist.ReduceOp.AVG)
+    for g, piece in zip(grads, bucket.split([g.numel() for g in grads]), strict=True):
+        g.copy_(piece.view_as(g))
+    return 1
+
+
+def bucket_not_copied_back(model, world_size):
+    bucket = torch.cat([p.grad.flatten() for p in model.parameters()])
+    dist.all_reduce(bucket)
+    bucket /= world_size
+    return 1
+
+
 def test_the_average_gradients_reference_passes(capsys):
-    assert ch09.check_average_gradients(average_right).passed
-    assert "jobs of 2 and 3 ranks exactly, with 6 all-reduces per call" in capsys.readouterr().out
-    for right in (divided_first, averaged_by_the_backend, asynchronous):
-        assert ch09.check_average_gradients(right).passed
     assert ch09.check_average_gradients(flattened).passed
-    assert "with 1 all-reduce per call for 6 parameter tensors" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "jobs of 2 and 3 ranks exactly, with one all-reduce of one bucket per call" in out
+    assert "for 6 parameter tensors" in out
+    for right in (bucket_divided_first, bucket_averaged_by_the_backend):
+        assert ch09.check_average_gradients(right).passed
+
+
+@pytest.mark.parametrize("attempt", [average_right, divided_first, averaged_by_the_backend, asynchronous])
+def test_right_averages_one_all_reduce_per_tensor_are_told_to_use_one_bucket(attempt):
+    verdict = ch09.check_average_gradients(attempt)
+    assert failed(verdict, ch09_collectives.ONE_BUCKET, "made 6 all-reduces for 6 gradients, one per tensor")
+
+
+def test_a_bucket_never_copied_back_gets_its_hint():
+    assert failed(ch09.check_average_gradients(bucket_not_copied_back), ch09_collectives.NOT_COPIED_BACK)
 
 
 def not_divided(model, world_size):

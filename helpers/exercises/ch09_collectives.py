@@ -229,6 +229,15 @@ COPY = (
     "itself (not a copy or a new tensor such as p.grad / world_size)"
 )
 PARAMETERS = "you all-reduced the parameters: it is their gradients, p.grad, that the ranks average"
+NOT_COPIED_BACK = (
+    "the bucket was all-reduced, but p.grad did not change: copy each piece of the averaged "
+    "bucket back into its parameter's .grad"
+)
+ONE_BUCKET = (
+    "one all-reduce per gradient pays the collective's fixed cost once per tensor: copy every "
+    "gradient into one flat tensor (torch.cat of the flattened gradients), all-reduce that once, "
+    "and copy the pieces back"
+)
 NO_GROUP = (
     "call the collective as dist.all_reduce(...), with import torch.distributed as dist: the "
     "check stands in for the other ranks there"
@@ -294,7 +303,8 @@ def _net() -> nn.Module:
 
 @checker("9.5", "average_gradients")
 def check_average_gradients(average_gradients: Callable[[nn.Module, int], Any]) -> str:
-    """Exercise 9.5: every ``.grad`` becomes the average over the ranks; returns the all-reduce count."""
+    """Exercise 9.5: every ``.grad`` becomes the average over the ranks, all-reduced as one flat
+    bucket; returns the all-reduce count (1)."""
     expect(callable(average_gradients), f"average_gradients should be a function, got {average_gradients!r}")
     generator, gap = torch.Generator().manual_seed(95), 0.0
     for world_size in (2, 3):
@@ -325,10 +335,12 @@ def check_average_gradients(average_gradients: Callable[[nn.Module, int], Any]) 
         )
         for i, (name, p) in enumerate(model.named_parameters()):
             own, others = ranks.own[i], sum(o[i] for o in ranks.others)
+            # a bucket all-reduced and never copied back leaves .grad as it was
+            unchanged = NOT_COPIED_BACK if "all gradients" in ranks.calls else COPY
             mistakes = [
                 (NOT_DIVIDED, own + others),
                 (TWICE, (own + others) / world_size**2),
-                (COPY, own),
+                (unchanged, own),
                 (COPY, own / world_size),
             ]
             want, what = (own + others) / world_size, f"{name}.grad on rank 1 of {world_size}"
@@ -342,7 +354,13 @@ def check_average_gradients(average_gradients: Callable[[nn.Module, int], Any]) 
             f"got {type(count).__name__}",
         )
         expect(count == calls, f"average_gradients returned {count}, but it made {calls} all-reduces")
+        expect(
+            calls == 1,
+            f"average_gradients made {calls} all-reduces for {len(params)} gradients, "
+            "one per tensor: the exercise asks for one bucket",
+            ONE_BUCKET,
+        )
     return (
         f"averages the gradients over simulated jobs of 2 and 3 ranks {within(gap)}, with "
-        f"{calls} all-reduce{'s' if calls > 1 else ''} per call for {len(params)} parameter tensors"
+        f"one all-reduce of one bucket per call for {len(params)} parameter tensors"
     )
