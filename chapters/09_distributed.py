@@ -26,8 +26,8 @@
 # the exact commands that run the same script on several machines, under SLURM and on
 # Kubernetes.
 #
-# Everything here runs on a CPU too, as it did on the machine that built this book: two
-# processes talking through the `gloo` backend play the part of two GPUs. The scripts
+# Everything here runs on a CPU too: two processes talking through the `gloo` backend
+# play the part of two GPUs. The scripts
 # are unchanged on a machine with a GPU for every process, where they use the `nccl`
 # backend and one GPU per process (with fewer GPUs, Colab's one for example, they stay
 # on the CPU).
@@ -62,7 +62,7 @@ import tempfile
 import textwrap
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -298,9 +298,9 @@ print(collectives_path.read_text())
 # section 9.8 uses for several machines, which also works where the host name does not
 # resolve to this machine; `--local-addr=127.0.0.1` tells the agent which address to
 # announce for this machine, so the workers also meet on the loopback.
-# `OMP_NUM_THREADS=1` gives each process one CPU thread, so that two processes fit a
-# 2-core machine like the one that built this book (`torchrun` sets the same default,
-# with a warning, when more than one process runs on a machine).
+# `OMP_NUM_THREADS=1` gives each process one CPU thread, so that several processes on
+# one machine do not fight over its cores (`torchrun` sets the same default, with a
+# warning, when more than one process runs on a machine).
 #
 # One more thing `launch` does is not part of the lesson but of running a book on
 # every build: now and then, a process dies inside torch's own code rather than
@@ -454,8 +454,9 @@ of starting and coordinating the processes, not for a toy job like this.
 # Recorder keeps each rank's latest collectives in a ring buffer (its length set by
 # `TORCH_FR_BUFFER_SIZE`, or by the older `TORCH_NCCL_TRACE_BUFFER_SIZE`; recent
 # releases record `gloo` groups too) and, on GPUs with NCCL and
-# `TORCH_NCCL_DUMP_ON_TIMEOUT=1`, writes them, when a collective times out, to one
-# file per rank whose path starts with `TORCH_FR_DUMP_TEMP_FILE`;
+# `TORCH_FR_DUMP_ON_TIMEOUT=1` (or the older `TORCH_NCCL_DUMP_ON_TIMEOUT=1`), writes
+# them, when a collective times out, to one file per rank whose path starts with
+# `TORCH_FR_DUMP_TEMP_FILE`;
 # `python -m torch.distributed.flight_recorder.fr_trace DUMP_DIR` (installed as
 # `torchfrtrace`) matches the ranks' records and reports the first collective they
 # disagree on. Exercise 4 makes a job hang on purpose.
@@ -971,6 +972,7 @@ with FlopCounterMode(display=False) as step_counter:
     nn.functional.cross_entropy(reference(step_inputs), step_targets).backward()
 reference.zero_grad()
 record("step_mmac", step_counter.get_total_flops() / 2 / 1e6, fmt="{:.1f}")
+record("build_cores", os.cpu_count())
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -980,7 +982,7 @@ far more than the difference above: the match is not an accident of a test too w
 to notice a difference.
 
 Was it faster? This chapter does not measure a speed-up, and claims none: the
-machine that built this page has two cores, and this network gives each step too
+machine that built this page has {{build_cores}} CPU cores, and this network gives each step too
 little arithmetic to be worth sharing. Data parallelism pays off when a step's
 computation dwarfs its communication (large models on GPUs, where DDP also overlaps
 the all-reduce with the rest of backward), and the way to know is to time a few
@@ -1408,9 +1410,9 @@ assert "graph has changed" in outcomes["static_graph=True, heads change"][1]
 # Such a restart needs one setting. By default the agent shares its rendezvous
 # key-value store with its workers, across attempts; with it, a restarted worker's
 # `init_process_group` now and then fails with "Connection refused" and the job ends
-# (PyTorch issues 135712 and 167288 report it; it still happens, rarely, with torch
-# 2.11 to 2.15). `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` in the agent's environment
-# gives the workers a store of their own on every attempt, so the launch below sets it.
+# (PyTorch issues 135712 and 167288 report it). `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`
+# in the agent's environment gives the workers a store of their own on every attempt,
+# so the launch below sets it.
 #
 # That is how the ranks *agree* on where to resume. Were each rank to read the file
 # itself, then on a shared network file system ranks on different nodes could see
@@ -1441,6 +1443,11 @@ agent_lines = [
         r"Error: simulated failure|closing signal|failed \(exitcode", line
     )
 ]
+# the text below reads these lines: torch must still word its log this way
+assert any("simulated failure" in line for line in agent_lines), agent_lines
+assert any(
+    re.search(r"closing signal|failed \(exitcode", line) for line in agent_lines
+), agent_lines
 # cut each line before " of binary: <path of the Python interpreter>"
 print("\nFrom the agent's log:")
 print("\n".join(line.split(" of binary")[0] for line in agent_lines))
@@ -1663,8 +1670,9 @@ what makes training possible at all. Four things matter for such a model:
 # - **Build it without memory.** The script already does what such a model needs: it
 #   builds the model on the *meta* device (`with torch.device("meta"):`), whose
 #   tensors have shapes but no storage; after `fully_shard`, `model.to_empty(device=
-#   ...)` allocates only each rank's shards; and `set_model_state_dict(...,
-#   broadcast_from_rank0=True)` fills them from weights that only rank 0 holds whole.
+#   ...)` allocates only each rank's shards; and `set_model_state_dict(model, full,
+#   options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))` fills
+#   them from weights that only rank 0 holds whole.
 #   Without a checkpoint to load, each rank can instead initialise its shards itself
 #   (for example with each layer's `reset_parameters()`).
 # - **Mixed precision** (chapter 8): `fully_shard(layer, mp_policy=
@@ -1676,8 +1684,9 @@ what makes training possible at all. Four things matter for such a model:
 #   all-reduces the shards' norms into the norm of the whole gradient, so every rank
 #   scales its shards by the same factor. The norm it returns is a `DTensor`;
 #   `.full_tensor()` makes it an ordinary tensor for logging.
-# - **Saving.** The script saves the model twice. `get_model_state_dict(...,
-#   full_state_dict=True, cpu_offload=True)` gathers one tensor at a time and keeps
+# - **Saving.** The script saves the model twice. `get_model_state_dict(model,
+#   options=StateDictOptions(full_state_dict=True, cpu_offload=True))` gathers one
+#   tensor at a time and keeps
 #   the whole model in rank 0's CPU memory only, which works as long as it fits
 #   there. `dcp.save` (from `torch.distributed.checkpoint`, DCP) gathers nothing:
 #   every rank writes its own shards, in parallel, and a metadata file records which
@@ -1753,8 +1762,8 @@ print(slurm_path.read_text())
 # On **Kubernetes** with Kubeflow Trainer, a `TrainJob` names a training runtime,
 # `torch-distributed`, that creates one pod per node and sets `PET_NNODES`,
 # `PET_NPROC_PER_NODE`, `PET_NODE_RANK`, `PET_MASTER_ADDR` and `PET_MASTER_PORT` in each.
-# `torchrun` reads every option it is not given on the command line from the matching
-# `PET_` variable, so the command names only the script:
+# `torchrun` reads almost every option it is not given on the command line (all of these)
+# from the matching `PET_` variable, so the command names only the script:
 
 # %%
 trainjob_path = PACKAGE_DIR / "trainjob_train_ddp.yaml"
@@ -1826,17 +1835,24 @@ assert trainjob["spec"]["trainer"]["numProcPerNode"] == gpus
 # attempt on fresh inputs against a reference and says what is off, with a hint for the
 # usual mistakes. The solution follows, collapsed.
 #
-# **Exercise 1.** Evaluate the best model of section 9.4 on the 500 validation digits
-# the way a job of **three** ranks would: each rank takes its share from
-# `DistributedSampler(val_set, num_replicas=3, rank=r, shuffle=False)`, counts its
-# correct answers and its examples, and the ranks' counts are added up (what
-# `dist.all_reduce` with `SUM` does). Before running it, predict how many examples the
-# sum counts and which ones twice. What does `drop_last=True` change? Then split the
-# examples yourself so that the ranks score every example exactly once, however the
-# number of examples and the world size relate: fill in the starter below, which plays
-# the ranks in one process, and check that it gives exactly the single-process
-# validation accuracy. (The validation set, not the test set: the test set has had its
-# one use.)
+# **Exercise 1.** Evaluation, and data that arrive as a stream.
+#
+# (a) Evaluate the best model of section 9.4 on the 500 validation digits the way a job
+# of **three** ranks would: each rank scores only its own share, and the ranks add up
+# their counts of correct answers and of examples (what `dist.all_reduce` with `SUM`
+# does). Split the examples so that the job finds exactly the single-process validation
+# accuracy, however the number of examples and the world size relate: fill in
+# `sharded_accuracy` below, which plays the ranks in one process. (Section 9.3 said
+# what `DistributedSampler` does when 500 examples meet 3 ranks; the solution counts
+# it.)
+#
+# (b) No sampler can split an `IterableDataset`, which streams its examples: fill in
+# `stream_share`, which yields the share of one `DataLoader` worker of one rank from
+# `stream`, an iterator that can be read once and has no length, so that over all ranks
+# and workers every example comes out exactly once. Then stream the validation digits
+# through 3 ranks of 2 workers each and score them again. How many examples does each
+# rank score, and what would a DDP *training* job have to do about that? (The
+# validation set, not the test set: the test set has had its one use.)
 
 
 # %% tags=["exercise-starter"]
@@ -1851,12 +1867,22 @@ def sharded_accuracy(
     raise NotImplementedError  # your code here
 
 
-from helpers.exercises.ch09 import check_sharded_accuracy
+# Fill in stream_share: of the examples `stream` yields (read once, no len()),
+# those of worker `worker` (of `workers`) of rank `rank`, such that all
+# world_size * workers copies together yield every example exactly once.
+def stream_share(
+    stream: Iterator, rank: int, world_size: int, worker: int, workers: int
+) -> Iterator:
+    raise NotImplementedError  # your code here
+
+
+from helpers.exercises.ch09 import check_sharded_accuracy, check_stream_share
 
 check_sharded_accuracy(sharded_accuracy)
+check_stream_share(stream_share)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# Solution 1: 500 does not divide by 3, so the sampler pads its index list to
+# Solution 1 (a): 500 does not divide by 3, so the sampler pads its index list to
 # 501 by repeating the first index: example 0 is scored twice. drop_last=True
 # cuts the list to 498 instead, and examples 498 and 499 are never scored.
 # Either way the result is not exactly the validation accuracy (with one or two
@@ -1921,6 +1947,85 @@ print(f"sharded_accuracy, 3 ranks: {sharded:.4f}")
 assert round(sharded * len(val_set)) == round(val_accuracy * len(val_set))
 assert check_sharded_accuracy(sharded_accuracy)
 
+
+# (b) Every (world size x workers)-th example, from this copy's number on. A
+# stream has no length, so the split must not need one, and a copy reads (and
+# skips) the whole stream: that is the price of streaming.
+def stream_share(
+    stream: Iterator, rank: int, world_size: int, worker: int, workers: int
+) -> Iterator:
+    """The examples of one DataLoader worker of one rank."""
+    copies, copy = world_size * workers, rank * workers + worker
+    return itertools.islice(stream, copy, None, copies)
+
+
+class ShardedStream(torch.utils.data.IterableDataset):
+    """A stream that each rank, and each DataLoader worker in it, splits."""
+
+    def __init__(
+        self, make_stream: Callable[[], Iterator], rank: int, world_size: int
+    ) -> None:
+        super().__init__()
+        self.make_stream, self.rank, self.world_size = (
+            make_stream,
+            rank,
+            world_size,
+        )
+
+    def __iter__(self) -> Iterator:
+        info = torch.utils.data.get_worker_info()  # None in the main process
+        worker, workers = (
+            (0, 1) if info is None else (info.id, info.num_workers)
+        )
+        stream = self.make_stream()  # a fresh pass for every epoch and worker
+        return stream_share(stream, self.rank, self.world_size, worker, workers)
+
+
+assert check_stream_share(stream_share)
+# 3 ranks of 2 workers, played in this process: each copy scores what it reads
+stream_counts = {}  # rank -> (correct, examples)
+for r in range(3):
+    correct = seen = 0
+    for worker in range(2):
+        kept = list(stream_share(iter(range(len(val_set))), r, 3, worker, 2))
+        x, y = val_set[kept]
+        with torch.no_grad():
+            correct += (best_model(x).argmax(dim=1) == y).sum().item()
+        seen += len(y)
+    stream_counts[r] = (correct, seen)
+stream_correct = sum(c for c, _ in stream_counts.values())
+stream_seen = [n for _, n in stream_counts.values()]
+print(
+    f"stream, 3 ranks x 2 workers: the ranks scored {stream_seen} examples, "
+    f"accuracy {stream_correct / sum(stream_seen):.4f}"
+)
+assert sum(stream_seen) == len(val_set) and stream_correct == single_correct
+# The class itself, in the main process (no workers: get_worker_info() is
+# None), one rank at a time. With num_workers > 0 where workers start by
+# spawning (macOS, Windows), it must live in an importable module, not here.
+loaded_counts = []
+for r in range(3):
+    stream_set = ShardedStream(
+        lambda: zip(*val_set.tensors, strict=True), rank=r, world_size=3
+    )
+    batches = DataLoader(stream_set, batch_size=100)
+    loaded_counts.append(sum(len(y) for _, y in batches))
+print(f"ShardedStream through a DataLoader, 3 ranks: {loaded_counts} examples")
+assert loaded_counts == [167, 167, 166], loaded_counts
+uneven = max(stream_seen) - min(stream_seen)
+print(
+    f"Answer (b): one rank scores {uneven} more examples than another. "
+    "Evaluation does not mind: the counts are added. A DDP training job does: "
+    "a rank whose stream ends first stops calling backward, and the others "
+    "wait in their next all-reduce for a rank that never joins it (until the "
+    "timeout, or an error once it exits). Every rank must take the same number "
+    "of steps. Where the stream's length is known, all can stop after the "
+    "smallest rank's number of batches; where it is not, the ranks can "
+    "all-reduce a flag before each step (ReduceOp.MIN of 'I have a batch') and "
+    "stop together when one runs out; or the loop can run inside Join "
+    "(section 9.5), which changes the arithmetic of the last steps."
+)
+
 # %% [markdown]
 # **Exercise 2.** DDP averages the ranks' gradients with equal weights, however many
 # examples each rank had. Simulate two ranks in one process: split one batch of 64
@@ -1955,7 +2060,8 @@ check_rescaled_loss(rescaled_loss)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 2: equal parts give the full-batch gradient up to rounding; 16 + 48
-# gives the 16 examples three times the weight of the 48, an error of tens of
+# gives each of the 16 examples three times the weight of each of the 48 (the
+# two ranks' means count alike), an error of tens of
 # percent. The repair: the ranks first add up their example counts with
 # dist.all_reduce (SUM), 64 here; each rank then backpropagates its *summed*
 # loss times world_size / total count. DDP's equal-weight average of those

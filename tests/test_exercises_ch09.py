@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -34,9 +36,12 @@ def test_each_exercise_has_one_starter():
 )
 def test_an_untouched_starter_is_not_attempted(index, name):
     start = time.perf_counter()
-    out = run_starter(STARTERS[index], nn=nn, torch=torch)
+    out = run_starter(STARTERS[index], nn=nn, torch=torch, Iterator=Iterator)
     assert time.perf_counter() - start < 1.0
-    assert out == f"… Exercise 9.{index + 1}: not attempted yet: fill in `{name}` above\n"
+    names = [name, "stream_share"] if index == 0 else [name]  # exercise 1 has two parts
+    assert out == "".join(
+        f"… Exercise 9.{index + 1}: not attempted yet: fill in `{n}` above\n" for n in names
+    )
 
 
 def failed(verdict, hint=None, message=""):
@@ -145,6 +150,78 @@ def test_sharded_accuracy_other_wrong_answers_fail_without_a_hint():
     )
     assert failed(ch09.check_sharded_accuracy(lambda m, x, y, w: (8, 10)), message="got tuple")
     assert failed(ch09.check_sharded_accuracy(lambda m, x, y, w: True), message="got bool")
+
+
+def share_right(stream, rank, world_size, worker, workers):
+    return itertools.islice(stream, rank * workers + worker, None, world_size * workers)
+
+
+def share_worker_major(stream, rank, world_size, worker, workers):
+    # another numbering of the copies: still every example once
+    return itertools.islice(stream, worker * world_size + rank, None, world_size * workers)
+
+
+def share_in_blocks(stream, rank, world_size, worker, workers):
+    items, copies = list(stream), world_size * workers
+    size = -(-len(items) // copies)
+    k = rank * workers + worker
+    return items[k * size : (k + 1) * size]
+
+
+def test_the_stream_share_reference_passes(capsys):
+    assert ch09.check_stream_share(share_right).passed
+    assert "7 examples over 3 ranks of 2 workers gave the ranks [3, 2, 2]" in capsys.readouterr().out
+    for right in (share_worker_major, share_in_blocks):
+        assert ch09.check_stream_share(right).passed
+
+
+def share_by_length(stream, rank, world_size, worker, workers):
+    step = len(stream) // (world_size * workers)
+    return list(stream)[step * rank : step * (rank + 1)]
+
+
+@pytest.mark.parametrize(
+    ("attempt", "hint"),
+    [
+        (lambda stream, rank, world_size, worker, workers: stream, ch09.WHOLE_STREAM),
+        (
+            lambda stream, rank, world_size, worker, workers: itertools.islice(
+                stream, rank, None, world_size
+            ),
+            ch09.WORKERS_IGNORED,
+        ),
+        (
+            lambda stream, rank, world_size, worker, workers: itertools.islice(
+                stream, worker, None, world_size * workers
+            ),
+            ch09.RANK_IGNORED,
+        ),
+        (share_by_length, ch09.STREAM_LENGTH),
+    ],
+)
+def test_stream_share_mistakes_get_their_hints(attempt, hint):
+    assert failed(ch09.check_stream_share(attempt), hint)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "message"),
+    [
+        (
+            # copies numbered rank + worker: rank 0's worker 1 and rank 1's worker 0 collide
+            lambda stream, rank, world_size, worker, workers: itertools.islice(
+                stream, rank + worker, None, world_size * workers
+            ),
+            "11 examples over 2 ranks of 2 workers: counted more than once [1, 5, 9], never [3, 7]",
+        ),
+        (
+            lambda stream, rank, world_size, worker, workers: range(3),
+            "stream_share should yield the stream's own examples, got [0, 1, 2]",
+        ),
+        (lambda *args: 3, "object is not iterable"),
+    ],
+)
+def test_stream_share_other_wrong_answers_fail_without_a_hint(attempt, message):
+    assert failed(ch09.check_stream_share(attempt), None, message)
 
 
 # Exercise 9.2 ------------------------------------------------------------------------

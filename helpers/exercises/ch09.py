@@ -1,7 +1,8 @@
 """Checkers for chapter 9's exercises (distributed training); see :mod:`helpers.exercises`.
 
 Each checker plays the ranks of a job inside one process, on inputs of its own (a seeded
-``torch.Generator``, tiny sizes, the CPU): the ranks' shares of an evaluation set (9.1),
+``torch.Generator``, tiny sizes, the CPU): the ranks' shares of an evaluation set and of a
+stream split over ranks and loader workers (9.1),
 their gradients of unequal batches (9.2, the ranks exchanging numbers through a stand-in
 all-reduce) and the average DDP takes (9.3) are computed here
 with autograd and compared with the reader's function. Exercises 9.4 (a launched job's
@@ -13,6 +14,7 @@ reports) and 9.5 (a hand-written all-reduce, against simulated other ranks) are 
 from __future__ import annotations
 
 import numbers
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from helpers.exercises import checker, expect, expect_tensor
+from helpers.exercises import Mismatch, checker, expect, expect_tensor
 from helpers.exercises.ch09_collectives import (
     check_average_gradients,
     check_mismatch_reports,
@@ -36,6 +38,7 @@ __all__ = [
     "check_mismatch_reports",
     "check_rescaled_loss",
     "check_sharded_accuracy",
+    "check_stream_share",
 ]
 
 
@@ -159,6 +162,83 @@ def check_sharded_accuracy(sharded_accuracy: Callable[..., Any]) -> str:
         )
         facts.append(f"{int(right.sum())} of {n} on {world_size} ranks")
     return f"reproduces the single-process accuracy exactly ({' and '.join(facts)})"
+
+
+# ---- Exercise 9.1, the stream ------------------------------------------------------------
+
+STREAM_LENGTH = (
+    "a stream has no length to divide: keep every n-th example as it goes past, "
+    "itertools.islice(stream, first, None, n)"
+)
+WORKERS_IGNORED = (
+    "every DataLoader worker of a rank runs __iter__ on its own copy of the dataset: split over "
+    "world_size * workers copies, this one number rank * workers + worker"
+)
+RANK_IGNORED = "every rank kept the same examples: the rank must decide which share a copy keeps"
+WHOLE_STREAM = "every copy yielded the whole stream: keep only this copy's share"
+
+#: (examples, ranks, workers per rank): uneven splits, and more copies than examples.
+STREAM_CASES = ((10, 2, 1), (11, 2, 2), (7, 3, 2), (5, 2, 4))
+
+
+def _stream_shares(stream_share: Callable[..., Any], n: int, world_size: int, workers: int) -> dict:
+    """``{(rank, worker): positions of the examples it kept}``; each call gets a fresh stream."""
+    shares = {}
+    for rank in range(world_size):
+        for worker in range(workers):
+            stream = (f"example {i}" for i in range(n))  # one pass, no len(), like a file
+            try:
+                kept = list(stream_share(stream, rank, world_size, worker, workers))
+            except TypeError as error:
+                if "len()" in str(error):
+                    raise Mismatch(f"your code raised TypeError: {error}", STREAM_LENGTH) from None
+                raise
+            expect(
+                all(isinstance(x, str) and x.startswith("example ") for x in kept),
+                f"stream_share should yield the stream's own examples, got {kept[:3]!r} "
+                f"for rank {rank}, worker {worker}",
+            )
+            shares[rank, worker] = [int(x.split()[1]) for x in kept]
+    return shares
+
+
+@checker("9.1", "stream_share")
+def check_stream_share(stream_share: Callable[..., Any]) -> str:
+    """Exercise 9.1: over all ranks and workers, every example of the stream exactly once."""
+    _callable(stream_share, "stream_share")
+    sizes = []
+    for n, world_size, workers in STREAM_CASES:
+        shares = _stream_shares(stream_share, n, world_size, workers)
+        counts = Counter(i for kept in shares.values() for i in kept)
+        if counts == Counter(range(n)):
+            sizes.append((n, world_size, workers, shares))
+            continue
+        everything = list(range(n))
+        if all(kept == everything for kept in shares.values()):
+            raise Mismatch(f"each of {len(shares)} copies kept all {n} examples", WHOLE_STREAM)
+        same_for_workers = all(shares[r, w] == shares[r, 0] for r, w in shares)
+        same_for_ranks = all(shares[r, w] == shares[0, w] for r, w in shares)
+        hint = (
+            WORKERS_IGNORED
+            if workers > 1 and same_for_workers
+            else RANK_IGNORED
+            if world_size > 1 and same_for_ranks
+            else None
+        )
+        twice = sorted(i for i, c in counts.items() if c > 1)
+        never = sorted(set(range(n)) - set(counts))
+        raise Mismatch(
+            f"{n} examples over {world_size} ranks of {workers} workers: counted more than once "
+            f"{twice}, never {never}",
+            hint,
+        )
+    n, world_size, workers, shares = sizes[2]
+    per_rank = [sum(len(shares[r, w]) for w in range(workers)) for r in range(world_size)]
+    return (
+        f"every example exactly once, in {len(STREAM_CASES)} splits up to "
+        f"{max(w * k for _, w, k in STREAM_CASES)} copies; {n} examples over {world_size} ranks "
+        f"of {workers} workers gave the ranks {per_rank}"
+    )
 
 
 # ---- Exercise 9.2 -------------------------------------------------------------------------
