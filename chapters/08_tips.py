@@ -4359,10 +4359,13 @@ and sends one all-reduce per bucket: this small model fits in one.
 #
 # A run that stops (a crash, a pre-empted cloud machine, a time limit) should continue
 # as if it had never stopped. Chapter 2 saved the model, the optimizer, the
-# shuffling generator and the epoch number; a full checkpoint also needs the
-# **scheduler** and the **global random generators** (dropout draws from them); a
-# `float16` run also needs `scaler.state_dict()`, the `GradScaler`'s scale and growth
-# counter (the run here has no scaler). The cell trains
+# shuffling generator and the epoch number, and chapter 3 (section 3.6) added the
+# **scheduler** and the **global random generators** (dropout and augmentation draw
+# from them) and wrote each checkpoint atomically. This section gathers those pieces
+# into one recipe, adds what a mixed-precision run needs (a `float16` run also saves
+# `scaler.state_dict()`, the `GradScaler`'s scale and growth counter; the run here has
+# no scaler), and tests it the hard way, with a crash in the middle of an epoch and a
+# resume into objects built afresh, with a per-step schedule. The cell trains
 # six epochs without a break (AdamW at 3e-3 with a per-step cosine schedule, untuned:
 # the run only needs to train), then trains again, crashes in the middle of epoch 4,
 # and resumes from the checkpoint written at the end of epoch 3 with freshly built
