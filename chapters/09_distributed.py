@@ -444,22 +444,26 @@ of starting and coordinating the processes, not for a toy job like this.
 # minutes by default for `gloo` and 10 for `nccl` in current releases, which looks
 # like a hang. (A rank that *dies* is different: under `torchrun` the agent stops the
 # others, section 9.6, and with `gloo` their connections fail at once.) Five tools
-# help with a hang. `dist.init_process_group(..., timeout=timedelta(...))` makes the
-# wait fail sooner, with an error. The environment variable
-# `TORCH_DISTRIBUTED_DEBUG=DETAIL` makes every rank check, before each collective,
-# that all ranks call the same one with the same shapes, and name the mismatch; the
-# check costs a round trip per collective, so it is for debugging, not for training
-# runs. `NCCL_DEBUG=INFO` prints NCCL's own log of what it set up, and
-# `py-spy dump --pid PID` shows where a stuck process is waiting. PyTorch's Flight
-# Recorder keeps each rank's latest collectives in a ring buffer (its length set by
-# `TORCH_FR_BUFFER_SIZE`, or by the older `TORCH_NCCL_TRACE_BUFFER_SIZE`; recent
-# releases record `gloo` groups too) and, on GPUs with NCCL and
-# `TORCH_FR_DUMP_ON_TIMEOUT=1` (or the older `TORCH_NCCL_DUMP_ON_TIMEOUT=1`), writes
-# them, when a collective times out, to one file per rank whose path starts with
-# `TORCH_FR_DUMP_TEMP_FILE`;
-# `python -m torch.distributed.flight_recorder.fr_trace DUMP_DIR` (installed as
-# `torchfrtrace`) matches the ranks' records and reports the first collective they
-# disagree on. Exercise 4 makes a job hang on purpose.
+# help with a hang:
+#
+# - **A shorter timeout.** `dist.init_process_group(..., timeout=timedelta(...))`
+#   makes the wait fail sooner, with an error.
+# - **`TORCH_DISTRIBUTED_DEBUG=DETAIL`** makes every rank check, before each
+#   collective, that all ranks call the same one with the same shapes, and name the
+#   mismatch. The check costs a round trip per collective: it is for debugging, not for
+#   training runs.
+# - **`NCCL_DEBUG=INFO`** prints NCCL's own log of what it set up.
+# - **`py-spy dump --pid PID`** shows where a stuck process is waiting.
+# - **The Flight Recorder** keeps each rank's latest collectives in a ring buffer, its
+#   length set by `TORCH_FR_BUFFER_SIZE` (recent releases record `gloo` groups too).
+#   On GPUs with NCCL and `TORCH_FR_DUMP_ON_TIMEOUT=1`, it writes them, when a
+#   collective times out, to one file per rank whose path starts with
+#   `TORCH_FR_DUMP_TEMP_FILE`; `python -m torch.distributed.flight_recorder.fr_trace
+#   DUMP_DIR` (installed as `torchfrtrace`) matches the ranks' records and reports the
+#   first collective they disagree on. (Older releases name two of these variables
+#   `TORCH_NCCL_TRACE_BUFFER_SIZE` and `TORCH_NCCL_DUMP_ON_TIMEOUT`.)
+#
+# Exercise 4 makes a job hang on purpose.
 #
 # A worker that *crashes* needs a different tool: decorating the script's `main` with
 # `@record` (from `torch.distributed.elastic.multiprocessing.errors`, as this
@@ -982,33 +986,32 @@ far more than the difference above: the match is not an accident of a test too w
 to notice a difference.
 
 Was it faster? This chapter does not measure a speed-up, and claims none: the
-machine that built this page has {{build_cores}} CPU cores, and this network gives each step too
-little arithmetic to be worth sharing. Data parallelism pays off when a step's
-computation dwarfs its communication (large models on GPUs, where DDP also overlaps
-the all-reduce with the rest of backward), and the way to know is to time a few
-hundred steps at one and at N processes on your own hardware. What the communication
-costs can be counted: a ring all-reduce, the usual algorithm, has each of N
-processes send (and receive) 2(N − 1)/N times the gradient's bytes per step. It
-is a reduce-scatter, N − 1 steps in which every process passes one N-th of the
-gradient to its neighbour, adding what it receives, until each holds the sum of one
-N-th; then an all-gather, N − 1 more steps that pass those finished N-ths around
-the ring. Here that is {{allreduce_kb}} kB per process per step ({{n_parameters}}
-float64 gradients), against {{step_mmac}} million multiply-adds of
-arithmetic per process per step. FSDP moves about 1.5 times as much when it
-reshards after forward (its default for every unit but the root, which holds none of
-this network's weights here): it all-gathers the weights for forward and again for
-backward, and reduce-scatters the gradients (with `reshard_after_forward=False` it
-keeps the gathered weights
-from forward to backward, and moves as much as DDP for more memory).
-These counts are for NCCL's ring algorithms. Gloo, this chapter's backend, has no
-reduce-scatter of its own: its `reduce_scatter_tensor` all-reduces the whole tensor
-and each rank keeps its chunk, the same sums for twice the bytes, so on gloo FSDP's
-gradients cost as much as DDP's.
-DDP can also send fewer bytes: a communication hook,
-`model.register_comm_hook(None, bf16_compress_hook)` (from
-`torch.distributed.algorithms.ddp_comm_hooks.default_hooks`), all-reduces the
-gradients in `bfloat16`, half the bytes of `float32`, at the price of rounding them
-(not run here).
+machine that built this page has {{build_cores}} CPU cores, and this network gives
+each step too little arithmetic to be worth sharing. Data parallelism pays off when a
+step's computation dwarfs its communication (large models on GPUs, where DDP also
+overlaps the all-reduce with the rest of backward), and the way to know is to time a
+few hundred steps at one and at N processes on your own hardware. What the
+communication costs can be counted:
+
+- **DDP.** A ring all-reduce, the usual algorithm (run step by step below), has each
+  of N processes send, and receive, 2(N − 1)/N times the gradient's bytes per step.
+  Here that is {{allreduce_kb}} kB per process per step ({{n_parameters}} float64
+  gradients), against {{step_mmac}} million multiply-adds of arithmetic per process
+  per step.
+- **FSDP** moves about 1.5 times as much when it reshards after forward (its default
+  for every unit but the root, which holds none of this network's weights here): it
+  all-gathers the weights for forward and again for backward, and reduce-scatters the
+  gradients. With `reshard_after_forward=False` it keeps the gathered weights from
+  forward to backward, and moves as much as DDP for more memory.
+- **On gloo**, this chapter's backend, those counts (NCCL's) change: gloo has no
+  reduce-scatter of its own, and its `reduce_scatter_tensor` all-reduces the whole
+  tensor, each rank keeping its chunk: the same sums for twice the bytes, so FSDP's
+  gradients cost as much as DDP's.
+- **Fewer bytes.** A DDP communication hook,
+  `model.register_comm_hook(None, bf16_compress_hook)` (from
+  `torch.distributed.algorithms.ddp_comm_hooks.default_hooks`), all-reduces the
+  gradients in `bfloat16`, half the bytes of `float32`, at the price of rounding them
+  (not run here).
 """
 )
 
@@ -1118,14 +1121,14 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# In each reduce-scatter step every rank passes one chunk to its neighbour, which adds
-# it to its own copy; after N − 1 steps each rank holds one chunk summed over all N
-# ranks (the 4 in each row after the third step; rank 3's neighbour is rank 0). The
-# all-gather steps then pass those finished chunks around the ring, each replacing a
-# partial sum, until every rank has all of them. Every rank sends one chunk
-# per step, 2(N − 1) chunks of 1/N of the gradient each, which is where 2(N − 1)/N
-# comes from: nearly twice the gradient, however many ranks there are, and every link
-# of the ring busy in every step.
+# The first N − 1 steps are a **reduce-scatter**: in each, every rank passes one chunk
+# (one N-th of the gradient) to its neighbour, which adds it to its own copy; after
+# them each rank holds one chunk summed over all N ranks (the 4 in each row after the
+# third step; rank 3's neighbour is rank 0). The N − 1 steps of the **all-gather** then
+# pass those finished chunks around the ring, each replacing a partial sum, until every
+# rank has all of them. Every rank sends one chunk per step, 2(N − 1) chunks of 1/N of
+# the gradient each, which is where 2(N − 1)/N comes from: nearly twice the gradient,
+# however many ranks there are, and every link of the ring busy in every step.
 
 # %% [markdown]
 # The equivalence holds under conditions, all met here:
@@ -1391,35 +1394,35 @@ assert "graph has changed" in outcomes["static_graph=True, heads change"][1]
 # With hundreds of GPUs, some process fails sooner or later: a hardware fault, a lost
 # network link, a pre-empted machine. `torchrun --max-restarts=N` keeps the job alive:
 # when a worker exits with an error, the agent stops the other workers of the group and
-# starts all of them again, up to N times. It tells them how many times it has
-# restarted its workers in `TORCHELASTIC_RESTART_COUNT`: a count per agent, so on
-# several machines the agents' counts can disagree (PyTorch issue 108158), and a script
-# should not treat it as the job's attempt number; `train_ddp.py` uses it only to
-# crash once, on one machine, and to label its log. The new processes start the
-# script from the top, so the script itself must resume. `train_ddp.py` does: if its
-# output folder holds a checkpoint, rank 0 reads it and sends it to the other ranks
-# (`dist.broadcast_object_list`), and every rank loads it (model, optimizer with its
-# momentum, epoch, history) before wrapping the model in DDP, and continues with the
-# next epoch. Because the
-# sampler's order depends only on the seed and the epoch, the resumed epochs see
-# exactly the data they would have seen.
+# starts all of them again, up to N times. The new processes start the script from the
+# top, so the script itself must resume. `train_ddp.py` does:
+#
+# - **Rank 0 reads the checkpoint** if its output folder holds one, and sends it to the
+#   other ranks (`dist.broadcast_object_list`). Were each rank to read the file itself,
+#   then on a shared network file system ranks on different nodes could see different
+#   versions of a file just rewritten (or none), resume at different epochs, and hang in
+#   the first mismatched collective or silently train on the wrong data. (Saving with
+#   `torch.distributed.checkpoint`, section 9.7, is the other way: its load is itself a
+#   collective.)
+# - **Every rank loads it** (model, optimizer with its momentum, epoch, history) before
+#   wrapping the model in DDP, and continues with the next epoch. Because the sampler's
+#   order depends only on the seed and the epoch, the resumed epochs see exactly the
+#   data they would have seen.
+# - **The attempt number is only a label.** The agent tells the workers how many times
+#   it has restarted them in `TORCHELASTIC_RESTART_COUNT`: a count per agent, so on
+#   several machines the agents' counts can disagree (PyTorch issue 108158), and a
+#   script should not treat it as the job's attempt number. `train_ddp.py` uses it only
+#   to crash once, on one machine, and to label its log.
+#
+# A restart needs one setting. By default the agent shares its rendezvous key-value
+# store with its workers, across attempts; with it, a restarted worker's
+# `init_process_group` now and then fails with "Connection refused" and the job ends
+# (PyTorch issues 135712 and 167288). `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` in the
+# agent's environment gives the workers a store of their own on every attempt, so the
+# launch below sets it.
 #
 # The run below is the same training with `--crash-at-epoch=3`: in epoch 3, rank 1
 # raises an exception after 5 steps, on the first attempt only.
-#
-# Such a restart needs one setting. By default the agent shares its rendezvous
-# key-value store with its workers, across attempts; with it, a restarted worker's
-# `init_process_group` now and then fails with "Connection refused" and the job ends
-# (PyTorch issues 135712 and 167288 report it). `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`
-# in the agent's environment gives the workers a store of their own on every attempt,
-# so the launch below sets it.
-#
-# That is how the ranks *agree* on where to resume. Were each rank to read the file
-# itself, then on a shared network file system ranks on different nodes could see
-# different versions of a file just rewritten (or none), resume at different epochs,
-# and then hang in the first mismatched collective or silently train on the wrong data.
-# Let rank 0 decide, as `train_ddp.py` does, or save with `torch.distributed.checkpoint`
-# (section 9.7), whose load is itself a collective.
 
 # %%
 crash_dir = work_dir / "crash"
