@@ -430,8 +430,8 @@ record("collectives_seconds", collectives_seconds, fmt="{:.0f}")
 prose(
     r"""
 The launch took {{collectives_seconds}} s, for a script that exchanges a few
-numbers: most of it went into starting three Python processes (the agent and two
-workers) that each import PyTorch. Section 9.4 measures that overhead against a
+numbers: before anything is exchanged, three Python processes (the agent and two
+workers) each start and import PyTorch. Section 9.4 measures that overhead against a
 training run. Distributed training pays off when the work is large next to the cost
 of starting and coordinating the processes, not for a toy job like this.
 """
@@ -546,11 +546,11 @@ assert len({tuple(order) for order in first[True]}) == 3
 #
 # A sampler needs a dataset it can index (a map-style `Dataset`, with `__len__`). An
 # `IterableDataset`, which streams its examples, must split them itself, or every rank
-# and every `DataLoader` worker yields the whole stream. In `__iter__`, each copy keeps
-# every `n`-th example, `n` = world size × workers per rank, starting at
-# `rank × workers + worker id`; `torch.utils.data.get_worker_info()` gives the worker's
-# `id` and `num_workers` (it returns `None` in the main process, with `num_workers=0`),
-# and `dist.get_rank()` and `dist.get_world_size()` the rest. The ranks must also end
+# and every `DataLoader` worker yields the whole stream: each of them runs `__iter__` on
+# its own copy of the dataset. `torch.utils.data.get_worker_info()` tells a copy which
+# worker it is (`id` and `num_workers`; it returns `None` in the main process, with
+# `num_workers=0`), and `dist.get_rank()` and `dist.get_world_size()` which rank;
+# exercise 1 splits a stream with them. The ranks must also end
 # with the same number of batches: a rank that runs out first leaves the others waiting
 # in DDP's next all-reduce.
 #
@@ -726,8 +726,9 @@ each epoch of a network that kept improving during it, while the validation loss
 is measured once, after the epoch: that is why the training curve starts above the
 validation curve. The validation
 loss went from {{val_loss_first}} after the first epoch to
-{{val_loss_last}} after the last: the network fits its 3,500 training examples
-far better than new ones. One standard error of a validation accuracy is up to
+{{val_loss_last}} after the last. Set beside the last epoch's training loss,
+{{train_loss_last}}, it says that the network fits its 3,500 training examples far
+better than new ones. One standard error of a validation accuracy is up to
 {{val_accuracy_se}} on 500 digits (the bars); the best epoch is
 {{best_margin_words}} the runner-up. (The bars describe each epoch alone; two
 epochs scored on the same digits are compared better by a paired test on their
@@ -1003,9 +1004,9 @@ communication costs can be counted:
   all-gathers the weights for forward and again for backward, and reduce-scatters the
   gradients. With `reshard_after_forward=False` it keeps the gathered weights from
   forward to backward, and moves as much as DDP for more memory.
-- **On gloo**, this chapter's backend, those counts (NCCL's) change: gloo has no
-  reduce-scatter of its own, and its `reduce_scatter_tensor` all-reduces the whole
-  tensor, each rank keeping its chunk: the same sums for twice the bytes, so FSDP's
+- **On gloo**, this chapter's backend, those counts (NCCL's) change: PyTorch's gloo
+  backend implements `reduce_scatter_tensor` as an all-reduce of the whole tensor,
+  each rank keeping its chunk: the same sums for twice the bytes, so FSDP's
   gradients cost as much as DDP's.
 - **Fewer bytes.** A DDP communication hook,
   `model.register_comm_hook(None, bf16_compress_hook)` (from
@@ -1129,6 +1130,85 @@ plt.show()
 # rank has all of them. Every rank sends one chunk per step, 2(N − 1) chunks of 1/N of
 # the gradient each, which is where 2(N − 1)/N comes from: nearly twice the gradient,
 # however many ranks there are, and every link of the ring busy in every step.
+
+# %% [markdown]
+# DDP does not wait for the whole gradient before it sends. Each bucket's all-reduce
+# starts as soon as backward has filled that bucket, while backward goes on computing
+# the gradients of earlier layers, so on a GPU, where the all-reduce runs beside the
+# computation, much of the communication can hide behind it. The cell below watches it
+# happen in a group of one process, on the CPU: `bucket_cap_mb=0.005` (about 5 kB; a
+# bucket closes once it holds that much) splits this network's gradients into
+# buckets, a hook on every parameter notes
+# when its gradient is ready, and a communication hook notes when DDP hands each bucket
+# over (then all-reduces it as usual). One backward pass over the 1,750 training
+# digits, after two to warm up:
+
+# %%
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
+    allreduce_hook,
+)
+
+events = []  # (milliseconds into backward, what happened)
+clock = {"start": 0.0}
+
+
+def note(what: str) -> None:
+    events.append((1e3 * (time.perf_counter() - clock["start"]), what))
+
+
+def timing_hook(state, bucket: dist.GradBucket):
+    """Note when DDP hands a bucket over, then all-reduce it as usual."""
+    note(f"bucket {bucket.index()} handed to all-reduce")
+    return allreduce_hook(state, bucket)
+
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+try:
+    watched = DDP(train_ddp.make_model().double(), bucket_cap_mb=0.005)
+    watched.register_comm_hook(None, timing_hook)
+    for name, p in watched.module.named_parameters():
+        p.register_post_accumulate_grad_hook(
+            lambda _, name=name: note(f"gradient of {name} ready")
+        )
+    all_inputs = train_set.tensors[0].double()
+    for _ in range(3):  # the last pass is the one kept
+        events.clear()
+        watched_loss = nn.functional.cross_entropy(
+            watched(all_inputs), train_set.tensors[1]
+        )
+        clock["start"] = time.perf_counter()
+        watched_loss.backward()
+        note("backward returned")
+        watched.zero_grad()
+finally:
+    dist.destroy_process_group()
+for ms, what in events:
+    print(f"{ms:7.2f} ms  {what}")
+ready_at = {what: ms for ms, what in events}
+handed = sorted(ms for ms, what in events if what.startswith("bucket"))
+# the last layer's bucket leaves before the first layer's weight gradient,
+# the largest piece of backward's work, exists: communication overlaps it
+assert len(handed) >= 2, events
+assert handed[0] < ready_at["gradient of 0.weight ready"], events
+record("n_buckets", len(handed))
+record(
+    "overlap_ms",
+    ready_at["gradient of 0.weight ready"] - handed[0],
+    fmt="{:.1f}",
+)
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+Backward filled {{n_buckets}} buckets. The first, the last layer's weight and bias,
+left {{overlap_ms}} ms before the
+first layer's weight gradient was ready, the largest piece of backward's work, and
+that gradient, the bulk of the bytes, went last. That is why DDP fills its buckets in
+the reverse of the parameters' order (backward reaches the last layer first), and why
+its first bucket is small (1 MiB by default): the sooner the first all-reduce starts,
+the more of the rest it can hide behind.
+"""
+)
 
 # %% [markdown]
 # The equivalence holds under conditions, all met here:
@@ -1415,11 +1495,11 @@ assert "graph has changed" in outcomes["static_graph=True, heads change"][1]
 #   to crash once, on one machine, and to label its log.
 #
 # A restart needs one setting. By default the agent shares its rendezvous key-value
-# store with its workers, across attempts; with it, a restarted worker's
-# `init_process_group` now and then fails with "Connection refused" and the job ends
-# (PyTorch issues 135712 and 167288). `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` in the
-# agent's environment gives the workers a store of their own on every attempt, so the
-# launch below sets it.
+# store with its workers, across attempts, and with it a restarted worker's
+# `init_process_group` has been reported to fail now and then with "Connection
+# refused", ending the job (PyTorch issues 135712, closed, and 167288, open).
+# `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` in the agent's environment gives the workers a
+# store of their own on every attempt, so the launch below sets it.
 #
 # The run below is the same training with `--crash-at-epoch=3`: in epoch 3, rank 1
 # raises an exception after 5 steps, on the first attempt only.
@@ -1664,8 +1744,11 @@ again of gradients and of SGD's momentum, half of the {{fsdp_whole_kb}} kB each
 takes for the whole model, which DDP keeps in full on every rank. The whole weights
 of a layer exist only while it is gathered to run. For a network of
 about 100,000 parameters the saving is pointless and the extra gathers cost time; for a
-model whose weights, gradients and optimizer state do not fit on one GPU, FSDP is
-what makes training possible at all. Four things matter for such a model:
+model whose weights, gradients and optimizer state do not fit on one GPU, sharding
+is one way to train it at all, and often the first one tried (others split each
+layer's weights or the stack of layers, section 9.1's table, or move state to CPU
+memory). Four things matter
+for such a model:
 """
 )
 
@@ -2516,6 +2599,14 @@ rank_print(ctx.rank, f"{ctx.backend} on {ctx.device}: {counts}")
 # Both ways timed on the final gradients, equal on every rank by now (so an
 # average leaves them as they are): 3 rounds, each way 100 times per round,
 # interleaved.
+
+
+def settle():
+    # on a GPU, NCCL only queues the work: wait for it before the clock
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+
+
 seconds = {"one bucket": [], "per tensor": []}
 for _ in range(3):
     for way, average in [
@@ -2523,9 +2614,11 @@ for _ in range(3):
         ("per tensor", per_tensor_average),
     ]:
         dist.barrier()  # start each way together
+        settle()
         start = time.perf_counter()
         for _ in range(100):
             average(model, ctx.world_size)
+        settle()
         seconds[way].append((time.perf_counter() - start) / 100)
 rounds = "; ".join(
     f"{way} " + " ".join(f"{1e6 * s:.0f}" for s in times)
@@ -2583,10 +2676,8 @@ else:
         f"the rounds overlap ({medians}): no difference this run can separate"
     )
 print(f"Timed on rank 0: {bucket_words}.")
-# DDP's all-reduces, counted by a communication hook, in a group of one process
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
-    allreduce_hook,
-)
+# DDP's all-reduces, counted by a communication hook (allreduce_hook does
+# DDP's usual all-reduce, section 9.5), in a group of one process
 
 bucket_bytes = []
 
