@@ -1156,9 +1156,15 @@ def note(what: str) -> None:
     events.append((1e3 * (time.perf_counter() - clock["start"]), what))
 
 
+bucket_shapes = {}  # bucket index -> shapes of the parameters it holds
+
+
 def timing_hook(state, bucket: dist.GradBucket):
     """Note when DDP hands a bucket over, then all-reduce it as usual."""
     note(f"bucket {bucket.index()} handed to all-reduce")
+    bucket_shapes[bucket.index()] = sorted(
+        tuple(p.shape) for p in bucket.parameters()
+    )
     return allreduce_hook(state, bucket)
 
 
@@ -1189,6 +1195,8 @@ handed = sorted(ms for ms, what in events if what.startswith("bucket"))
 # the last layer's bucket leaves before the first layer's weight gradient,
 # the largest piece of backward's work, exists: communication overlaps it
 assert len(handed) >= 2, events
+# the first bucket holds the last layer's weight and bias, as the text says
+assert bucket_shapes[0] == [(10,), (10, 128)], bucket_shapes
 assert handed[0] < ready_at["gradient of 0.weight ready"], events
 record("n_buckets", len(handed))
 record(
@@ -1227,7 +1235,8 @@ the more of the rest it can hide behind.
 #   parameters) are not averaged either: with DDP's default buffer syncing
 #   (`forward_sync_buffers`, named `broadcast_buffers` before torch 2.13), rank 0's
 #   overwrite every other rank's at the start of the first forward pass after each
-#   training step, so the model ends up with rank 0's alone.
+#   training step; each rank then updates them from its own batch. The statistics of
+#   rank 0's copy, the one usually saved, have seen rank 0's batches only.
 # - **No randomness in the step.** Dropout masks and random augmentations are drawn
 #   by each process from its own generator, so they cannot repeat one process's
 #   draws (this network has neither). A real job has the opposite trap:
@@ -1497,7 +1506,7 @@ assert "graph has changed" in outcomes["static_graph=True, heads change"][1]
 # A restart needs one setting. By default the agent shares its rendezvous key-value
 # store with its workers, across attempts, and with it a restarted worker's
 # `init_process_group` has been reported to fail now and then with "Connection
-# refused", ending the job (PyTorch issues 135712, closed, and 167288, open).
+# refused", ending the job (PyTorch issues 135712 and 167288).
 # `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` in the agent's environment gives the workers a
 # store of their own on every attempt, so the launch below sets it.
 #
