@@ -1060,12 +1060,12 @@ def ring_all_reduce(
 
 
 n_ring = 4
+ring_generator = torch.Generator().manual_seed(seed)
 ring_grads = list(
     torch.randn(
-        n_ring, n_parameters, dtype=torch.float64,
-        generator=torch.Generator().manual_seed(seed),
+        n_ring, n_parameters, dtype=torch.float64, generator=ring_generator
     )
-)  # fmt: skip
+)
 ring_results, ring_counts, ring_sent = ring_all_reduce(ring_grads)
 ring_sum = torch.stack(ring_grads).sum(dim=0)
 ring_error = max((r - ring_sum).abs().max().item() for r in ring_results)
@@ -1102,15 +1102,22 @@ for ring_step, (ax, ring_count) in enumerate(
         ring_count.flatten(),
         strict=True,
     ):
+        received = ring_changed[ring_rank, chunk]
         ax.text(
-            chunk, ring_rank, int(ring_value), ha="center", va="center",
-            weight="bold" if ring_changed[ring_rank, chunk] else "normal",
+            chunk,
+            ring_rank,
+            int(ring_value),
+            ha="center",
+            va="center",
+            weight="bold" if received else "normal",
             color="white" if ring_value > n_ring // 2 else "black",
-        )  # fmt: skip
-    ring_phase = "start" if ring_step == 0 else (
-        f"reduce-scatter {ring_step}" if ring_step < n_ring else
-        f"all-gather {ring_step - n_ring + 1}"
-    )  # fmt: skip
+        )
+    if ring_step == 0:
+        ring_phase = "start"
+    elif ring_step < n_ring:
+        ring_phase = f"reduce-scatter {ring_step}"
+    else:
+        ring_phase = f"all-gather {ring_step - n_ring + 1}"
     ax.set(title=ring_phase, xticks=range(n_ring), xlabel="chunk")
     ax.set_yticks(range(n_ring))
 axes[0].set_ylabel("rank")
