@@ -12,7 +12,6 @@ from exercise_cells import run_starter, starter_cells
 from torch import nn
 
 from helpers.exercises.ch06 import (
-    check_collapse_prediction,
     check_conditional_vae,
     check_generator_losses,
     check_iwae_bound,
@@ -20,6 +19,7 @@ from helpers.exercises.ch06 import (
     check_mean_reconstruction_loss,
     check_posterior_samples,
     check_ratio_prediction,
+    check_vae_prediction,
 )
 from helpers.exercises.ch06_networks import within
 
@@ -188,9 +188,9 @@ def test_mean_loss_whose_gradient_misses_the_encoder_fails():
 
 
 def test_collapse_prediction_right_answers_pass(capsys):
-    assert check_collapse_prediction(0.27, "independent pixels")
-    assert check_collapse_prediction(0, "independent pixels")
-    assert check_collapse_prediction(0.35, "independent pixels")
+    assert check_vae_prediction(0.27, "independent pixels")
+    assert check_vae_prediction(0, "independent pixels")
+    assert check_vae_prediction(0.35, "independent pixels")
     assert "a KL term of 0.27 nats, within the derived bound" in capsys.readouterr().out
 
 
@@ -211,14 +211,14 @@ def test_collapse_prediction_right_answers_pass(capsys):
     ],
 )
 def test_collapse_prediction_wrong_answers_fail(kl, near, hint, message):
-    verdict = check_collapse_prediction(kl, near)
+    verdict = check_vae_prediction(kl, near)
     failed(verdict, hint, message)
     assert "1 nat" not in verdict.message and "independent-pixel model" not in verdict.message
 
 
 def test_collapse_prediction_hints_nudge_without_giving_the_answer():
-    hints = [check_collapse_prediction(kl, "independent pixels").hint for kl in (25.0, 2.0, 0.5)]
-    hints.append(check_collapse_prediction(0.1, "correct VAE").hint)
+    hints = [check_vae_prediction(kl, "independent pixels").hint for kl in (25.0, 2.0, 0.5)]
+    hints.append(check_vae_prediction(0.1, "correct VAE").hint)
     for hint in hints:
         assert hint is not None
         # neither the numbers of the derivation nor the model it leads to
@@ -228,8 +228,8 @@ def test_collapse_prediction_hints_nudge_without_giving_the_answer():
 
 
 def test_collapse_prediction_untouched_starter_is_not_attempted():
-    assert check_collapse_prediction(..., ...).status == "not attempted"
-    assert check_collapse_prediction(0.2, ...).status == "not attempted"
+    assert check_vae_prediction(..., ...).status == "not attempted"
+    assert check_vae_prediction(0.2, ...).status == "not attempted"
 
 
 # ---- 6.3 ----------------------------------------------------------------------------------

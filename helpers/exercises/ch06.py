@@ -24,7 +24,6 @@ from helpers.exercises.ch06_networks import conditional_vae_facts, conv_gan_fact
 from helpers.exercises.ch06_posterior import check_posterior_samples
 
 __all__ = [
-    "check_collapse_prediction",
     "check_conditional_vae",
     "check_generator_losses",
     "check_iwae_bound",
@@ -32,6 +31,7 @@ __all__ = [
     "check_mean_reconstruction_loss",
     "check_posterior_samples",
     "check_ratio_prediction",
+    "check_vae_prediction",
 ]
 
 PIXELS = 28 * 28
@@ -210,7 +210,7 @@ NEAR_CHOICES = ("correct VAE", "independent pixels")
 
 
 @checker("6.2", "predicted_kl and predicted_near")
-def check_collapse_prediction(predicted_kl: float, predicted_near: str) -> str:
+def check_vae_prediction(predicted_kl: float, predicted_near: str) -> str:
     """Exercise 6.2's prediction, committed before training: the KL term per image in nats,
     and which negative ELBO the mistaken loss's will be near."""
     expect(
