@@ -1647,6 +1647,20 @@ ax.plot(
     label="loss of each batch",
 )
 ax.plot(range_rates, range_smooth, label="smoothed")
+ax.plot(
+    range_rates[lowest],
+    range_smooth[lowest],
+    "o",
+    color="tab:blue",
+    label=f"lowest smoothed, lr {range_rates[lowest]:.2f}",
+)
+ax.axvline(
+    range_rates[lowest] / 10,
+    color="tab:green",
+    ls="-.",
+    lw=1,
+    label=f"a tenth of it, lr {range_rates[lowest] / 10:.3f}",
+)
 ax.axvline(blowup_lr, color="gray", ls=":", label="blown up")
 for rate in contest_rates:
     ax.axvline(rate, color="tab:red", ls="--", lw=1)
@@ -2557,12 +2571,14 @@ y_amp = torch.randint(0, 10, (256,), device=amp_device)
 def amp_step(
     net: nn.Module,
     optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
+    dtype: torch.dtype,
     enabled: bool,
 ) -> None:
-    """One training step, under autocast if enabled."""
-    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=enabled):
+    """One training step, under autocast to `dtype` if enabled."""
+    with torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
         loss = criterion(net(x), y)
     optimizer.zero_grad()
     loss.backward()
@@ -2572,7 +2588,14 @@ def amp_step(
 amp_rounds = timed_rounds(
     {
         enabled: partial(
-            amp_step, amp_net, amp_optimizer, x_amp, y_amp, enabled
+            amp_step,
+            amp_net,
+            amp_optimizer,
+            criterion,
+            x_amp,
+            y_amp,
+            amp_dtype,
+            enabled,
         )
         for enabled in (False, True)
     },
@@ -3463,7 +3486,9 @@ eager mode's random operators instead. {{masks_sentence}}
 
 
 # %%
-def step_runner(dropout: float, variant: str, x, y, run_seed: int):
+def step_runner(
+    dropout: float, variant: str, criterion: nn.Module, x, y, run_seed: int
+):
     """A function that runs one training step on the CPU; `variant` is
     "eager", "compiled" or "fallback" (compiled with `fallback_random`).
     """
@@ -3508,7 +3533,8 @@ profiled = [
 if profile_skip is None:
     try:
         steps_to_profile = {
-            key: step_runner(*key, example, y_example, seed) for key in profiled
+            key: step_runner(*key, criterion, example, y_example, seed)
+            for key in profiled
         }
         # three rounds, the set-ups interleaved within each, as for timings
         for _ in range(3):
@@ -3904,15 +3930,18 @@ x_big = images[train_index[:128]].to(device)  # (128, 64)
 y_big = labels[train_index[:128]].to(device)  # (128,)
 
 
-def big_batch_gradients(net: nn.Module) -> list[torch.Tensor]:
+def big_batch_gradients(
+    net: nn.Module, criterion: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> list[torch.Tensor]:
+    """Each parameter's gradient of the loss on the batch (x, y)."""
     net.zero_grad()
-    criterion(net(x_big), y_big).backward()
+    criterion(net(x), y).backward()
     return [p.grad.clone() for p in net.parameters()]
 
 
 torch.manual_seed(seed)
 plain_net = make_model(dropout=0.0).to(device)
-grads_before = big_batch_gradients(plain_net)
+grads_before = big_batch_gradients(plain_net, criterion, x_big, y_big)
 by_hand = torch.linalg.vector_norm(
     torch.stack([g.norm() for g in grads_before])
 )
@@ -4232,49 +4261,69 @@ start_net = make_model(dropout=0.0)  # on the CPU
 start_weights = [p.detach().clone() for p in start_net.parameters()]
 
 
-def weights_after(step_fn) -> torch.Tensor:
-    """All weights, flattened, after one SGD step (rate 0.1) from start_net."""
-    net = copy.deepcopy(start_net)
+def weights_after(step_fn, start: nn.Module) -> torch.Tensor:
+    """All weights, flattened, after one SGD step (rate 0.1) from `start`."""
+    net = copy.deepcopy(start)
     step_fn(net, torch.optim.SGD(net.parameters(), lr=0.1))
     return torch.cat([p.detach().flatten() for p in net.parameters()])
 
 
-def one_big_step(net: nn.Module, optimizer) -> None:
+def one_big_step(
+    net: nn.Module, optimizer, criterion, x, y, max_norm: float
+) -> None:
+    """One step on the whole batch, its gradient clipped to `max_norm`."""
     optimizer.zero_grad()
-    criterion(net(x_check), y_check).backward()
-    nn.utils.clip_grad_norm_(net.parameters(), clip_to)
+    criterion(net(x), y).backward()
+    nn.utils.clip_grad_norm_(net.parameters(), max_norm)
     optimizer.step()
 
 
 def accumulated_step(
-    net: nn.Module, optimizer, k: int = 4, mistake=None
+    net: nn.Module,
+    optimizer,
+    criterion,
+    x,
+    y,
+    max_norm: float,
+    k: int = 4,
+    mistake=None,
 ) -> None:
+    """The same step from `k` micro-batches under a `GradScaler`; `mistake`
+    moves the clipping where it does not belong.
+    """
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     optimizer.zero_grad()
-    for x, y in zip(x_check.chunk(k), y_check.chunk(k), strict=True):
-        loss = criterion(net(x), y) / k
+    for x_part, y_part in zip(x.chunk(k), y.chunk(k), strict=True):
+        loss = criterion(net(x_part), y_part) / k
         scaler.scale(loss).backward()  # scaled gradients add up in .grad
         if mistake == "clip inside the loop":
             nn.utils.clip_grad_norm_(
-                net.parameters(), clip_to * scaler.get_scale()
+                net.parameters(), max_norm * scaler.get_scale()
             )
     if mistake != "clip before unscale_":
         scaler.unscale_(optimizer)  # .grad now holds the true gradients
     if mistake is None:
-        nn.utils.clip_grad_norm_(net.parameters(), clip_to)
+        nn.utils.clip_grad_norm_(net.parameters(), max_norm)
     elif mistake == "clip before unscale_":
         # sees scaled gradients
-        nn.utils.clip_grad_norm_(net.parameters(), clip_to)
+        nn.utils.clip_grad_norm_(net.parameters(), max_norm)
     scaler.step(optimizer)  # would unscale here if unscale_ had not been called
     scaler.update()
 
 
 start = torch.cat([w.flatten() for w in start_weights])
-reference_weights = weights_after(one_big_step)
+# what both steps share: the loss, the batch and the clipping limit
+step_setup = {"criterion": criterion, "x": x_check, "y": y_check}
+step_setup["max_norm"] = clip_to
+reference_weights = weights_after(
+    partial(one_big_step, **step_setup), start_net
+)
 reference_update = (reference_weights - start).norm()
 step_errors = {}
 for mistake in (None, "clip inside the loop", "clip before unscale_"):
-    weights = weights_after(partial(accumulated_step, mistake=mistake))
+    weights = weights_after(
+        partial(accumulated_step, **step_setup, mistake=mistake), start_net
+    )
     # how far the step lands from the big batch's, relative to the step's length
     step_errors[mistake] = (
         (weights - reference_weights).norm() / reference_update
@@ -4941,14 +4990,14 @@ draw (say, an extra model built for a comparison) and the data order changes:
 
 # %%
 def first_labels(
-    generator: torch.Generator | None, extra_draw: bool
+    dataset, run_seed: int, generator: torch.Generator | None, extra_draw: bool
 ) -> torch.Tensor:
     """The first shuffled batch's labels, after seeding the global generator."""
-    torch.manual_seed(seed)
+    torch.manual_seed(run_seed)
     if extra_draw:
         torch.rand(1)  # unrelated code that uses the global generator
     loader = DataLoader(
-        train_set, batch_size=16, shuffle=True, generator=generator
+        dataset, batch_size=16, shuffle=True, generator=generator
     )
     return next(iter(loader))[1]
 
@@ -4957,7 +5006,10 @@ for label, make in (
     ("own generator", lambda: make_generator(seed)),
     ("global", lambda: None),
 ):
-    same = torch.equal(first_labels(make(), False), first_labels(make(), True))
+    same = torch.equal(
+        first_labels(train_set, seed, make(), False),
+        first_labels(train_set, seed, make(), True),
+    )
     print(
         f"{label:14}: same first batch after an unrelated random draw: {same}"
     )

@@ -50,10 +50,22 @@ def test_chapter_08_autocast_on_cuda_uses_bfloat16_only_where_native(
     assert asked == [False]  # emulation must not count
 
 
-def test_chapter_08_autocast_on_mps_stays_on_mps_in_bfloat16(autocast_choice):
-    # PyTorch's MPS backend needs macOS 14 (pytorch/pytorch#163515), which computes bfloat16
+@pytest.mark.parametrize(("macos_14", "dtype"), [(True, torch.bfloat16), (False, torch.float16)])
+def test_chapter_08_autocast_on_mps_stays_on_mps_in_bfloat16_from_macos_14(
+    monkeypatch, autocast_choice, macos_14, dtype
+):
+    # PyTorch's MPS backend needs macOS 14 (pytorch/pytorch#163515), which computes bfloat16;
+    # the chapter checks the version rather than assume it
+    asked = []
+
+    def is_macos_or_newer(major: int, minor: int) -> bool:
+        asked.append((major, minor))
+        return macos_14
+
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", is_macos_or_newer)
     device, chosen, reason = autocast_choice(torch.device("mps"))
-    assert (device, chosen) == (torch.device("mps"), torch.bfloat16)
+    assert (device, chosen) == (torch.device("mps"), dtype)
+    assert asked == [(14, 0)]
     assert "CPU" not in reason
 
 
