@@ -1096,11 +1096,25 @@ def train_reinforce(
 #
 # Normalising subtracts one number, the batch's mean return, from every step's return.
 # But how much return to expect depends on the state: with the pole almost horizontal,
-# little; upright and centred, a lot. A **value network** $V_\phi(s)$ learns that
-# expectation by regression on the observed returns, and the policy is then weighted by
-# the **advantage** $A_t = G_t - V_\phi(s_t)$: how much better than expected *from that
-# state* things went. By step 4 of the derivation in section 7.4, subtracting anything
-# that depends only on the state leaves the gradient's expectation unchanged, while it
+# little; upright and centred, a lot. Three standard quantities name this, for a policy
+# $\pi$ and the discounted return $G_t$ of section 7.3:
+#
+# - the **state value** $V^\pi(s) = \mathbb{E}_\pi[G_t \mid s_t = s]$, the return to
+#   expect from state $s$ when acting with $\pi$;
+# - the **action value** $Q^\pi(s, a) = \mathbb{E}_\pi[G_t \mid s_t = s, a_t = a]$, the
+#   same after first taking action $a$;
+# - the **advantage** $A^\pi(s, a) = Q^\pi(s, a) - V^\pi(s)$, how much better $a$ is
+#   than the policy's average action in $s$; its average over $a \sim \pi(\cdot \mid s)$
+#   is zero.
+#
+# (With CartPole's time limit the return to expect also depends on how many steps are
+# left; the value network below sees no step count, so it learns the average over the
+# steps at which a state is met.) A **value network** $V_\phi(s)$ learns an estimate
+# of $V^\pi$ by regression on the observed returns. The observed $G_t$ is one sample
+# of $Q^\pi(s_t, a_t)$, so $A_t = G_t - V_\phi(s_t)$ estimates the advantage: how much
+# better than expected *from that state* things went, and the policy is weighted by
+# it. By step 4 of the derivation in section 7.4, subtracting anything that depends
+# only on the state leaves the gradient's expectation unchanged, while it
 # can reduce the estimate's variance. Why the expected return is a good, not optimal,
 # choice: each term is a score times $(G_t - b(s_t))$, and the noise in $G_t$ around its
 # expectation given the state is untouched by any $b$; what $b$ can remove is the rest,
