@@ -2979,7 +2979,10 @@ prose(
     r"""
 The order-blind model, on {{ngram_features}} n-gram counts, labels
 {{ngram_test_acc}} of the test names correctly, the GRU {{names_test_acc}}: a
-difference of {{ngram_gap_text}}, paired name by name. {{ngram_words}}.
+difference of {{ngram_gap_text}}, paired name by name (the standard error of the mean
+of the per-name differences; `gap_text` and `noise_level`, from `helpers.stats`, call a
+gap within two standard errors noise and one between two and three borderline, a rule
+of thumb chapter 5 uses throughout). {{ngram_words}}.
 """
 )
 
