@@ -267,7 +267,12 @@ print(inspect.getsource(setup_distributed))
 # %% [markdown]
 # Three details matter on GPUs. `torch.cuda.set_device(LOCAL_RANK)` gives each process
 # its own GPU (without it every process allocates on GPU 0); the *local* rank picks it,
-# since GPUs are numbered per machine. `nccl` needs one GPU per process, so
+# since GPUs are numbered per machine. The usual form also hands that device to the
+# group, `dist.init_process_group("nccl", device_id=device)`: NCCL then connects the
+# processes at once instead of at the first collective, so a broken setup fails at
+# start-up, and sub-groups are split from it cheaply. `setup_distributed` leaves it out
+# on purpose (its comment says why): it first checks that no two ranks share a GPU,
+# and `device_id` would start NCCL before that check could run. `nccl` needs one GPU per process, so
 # `choose_backend` (in the same file) falls back to `gloo` on the CPU when a machine has
 # fewer GPUs than processes: a one-GPU Colab runtime running two processes, for
 # example. And before any NCCL work, the ranks compare which physical GPU (its UUID)
@@ -454,17 +459,27 @@ of starting and coordinating the processes, not for a toy job like this.
 #   training runs.
 # - **`NCCL_DEBUG=INFO`** prints NCCL's own log of what it set up.
 # - **`py-spy dump --pid PID`** shows where a stuck process is waiting.
-# - **The Flight Recorder** keeps each rank's latest collectives in a ring buffer, its
-#   length set by `TORCH_FR_BUFFER_SIZE` (recent releases record `gloo` groups too).
-#   On GPUs with NCCL and `TORCH_FR_DUMP_ON_TIMEOUT=1`, it writes them, when a
-#   collective times out, to one file per rank whose path starts with
-#   `TORCH_FR_DUMP_TEMP_FILE`; `python -m torch.distributed.flight_recorder.fr_trace
-#   DUMP_DIR` (installed as `torchfrtrace`) matches the ranks' records and reports the
-#   first collective they disagree on. (Older releases name two of these variables
-#   `TORCH_NCCL_TRACE_BUFFER_SIZE` and `TORCH_NCCL_DUMP_ON_TIMEOUT`.)
+# - **The Flight Recorder** keeps each rank's latest collectives and, on GPUs with
+#   NCCL, can write them to disk when a collective times out; its analyser then names
+#   the first collective the ranks disagree on (the box below gives the settings).
 #
 # Exercise 4 makes a job hang on purpose.
+
+# %% [markdown] tags=["box-dropdown"]
+# <details>
+# <summary>Operations notes: the Flight Recorder's settings</summary>
 #
+# The ring buffer's length is `TORCH_FR_BUFFER_SIZE` (recent releases record `gloo`
+# groups too). With `TORCH_FR_DUMP_ON_TIMEOUT=1`, a timed-out NCCL collective makes
+# every rank write its records to one file whose path starts with
+# `TORCH_FR_DUMP_TEMP_FILE`; `python -m torch.distributed.flight_recorder.fr_trace
+# DUMP_DIR` (installed as `torchfrtrace`) matches the ranks' records and reports the
+# first collective they disagree on. Older releases name two of these variables
+# `TORCH_NCCL_TRACE_BUFFER_SIZE` and `TORCH_NCCL_DUMP_ON_TIMEOUT`.
+#
+# </details>
+
+# %% [markdown]
 # A worker that *crashes* needs a different tool: decorating the script's `main` with
 # `@record` (from `torch.distributed.elastic.multiprocessing.errors`, as this
 # chapter's training scripts `train_ddp.py` and `fsdp2.py` do) makes `torchrun` report
@@ -830,11 +845,10 @@ def train_one_process(
     epochs: int,
     lr: float,
     momentum: float,
-) -> nn.Module:
+) -> tuple[nn.Module, float]:
     """Chapter 2's loop in float64, initialised like the script (same seed).
 
-    Also keeps, as ``model.largest_gradient``, the largest gradient entry of any
-    step.
+    Returns the trained model and the largest gradient entry of any step.
     """
     torch.manual_seed(seed)
     model = train_ddp.make_model().to(ref_device, torch.float64)
@@ -854,8 +868,7 @@ def train_one_process(
             for p in model.parameters():
                 largest = torch.maximum(largest, p.grad.abs().max())
             optimizer.step()
-    model.largest_gradient = largest.item()
-    return model
+    return model, largest.item()
 
 
 def max_difference(a: dict, b: dict) -> float:
@@ -874,7 +887,7 @@ script_settings = {
     "lr": lr,
     "momentum": momentum,
 }
-reference = train_one_process(
+reference, largest_gradient = train_one_process(
     lambda epoch: global_batches(train_set, 2, batch_size, epoch, seed),
     ref_device,
     **script_settings,
@@ -908,7 +921,7 @@ def rounding_scale(
 
 # the run's sizes, for every later use of the allowance
 scale_of_run = {
-    "largest_gradient": reference.largest_gradient,
+    "largest_gradient": largest_gradient,
     "lr": lr,
     "momentum": momentum,
     "chain": chain,
@@ -956,7 +969,7 @@ plain_loader = DataLoader(
     shuffle=True,
     generator=torch.Generator().manual_seed(seed),
 )
-other_order = train_one_process(
+other_order, _ = train_one_process(
     lambda epoch: plain_loader, ref_device, **script_settings
 )
 order_gap = max_difference(ddp_state, other_order.state_dict())
@@ -1166,19 +1179,20 @@ def note(what: str) -> None:
 bucket_shapes = {}  # bucket index -> shapes of the parameters it holds
 
 
-def timing_hook(state, bucket: dist.GradBucket):
-    """Note when DDP hands a bucket over, then all-reduce it as usual."""
+def timing_hook(shapes: dict, bucket: dist.GradBucket):
+    """Note when DDP hands a bucket over and, in `shapes` (the state given
+    to register_comm_hook), its parameters' shapes; then all-reduce it as
+    usual, over the default group.
+    """
     note(f"bucket {bucket.index()} handed to all-reduce")
-    bucket_shapes[bucket.index()] = sorted(
-        tuple(p.shape) for p in bucket.parameters()
-    )
-    return allreduce_hook(state, bucket)
+    shapes[bucket.index()] = sorted(tuple(p.shape) for p in bucket.parameters())
+    return allreduce_hook(None, bucket)
 
 
 dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 try:
     watched = DDP(train_ddp.make_model().double(), bucket_cap_mb=0.005)
-    watched.register_comm_hook(None, timing_hook)
+    watched.register_comm_hook(bucket_shapes, timing_hook)
     for name, p in watched.module.named_parameters():
         p.register_post_accumulate_grad_hook(
             lambda _, name=name: note(f"gradient of {name} ready")
@@ -2698,17 +2712,19 @@ print(f"Timed on rank 0: {bucket_words}.")
 bucket_bytes = []
 
 
-def counting_hook(state, bucket: dist.GradBucket):
-    """Note the bucket's size, then all-reduce it as DDP does by default."""
+def counting_hook(sizes: list, bucket: dist.GradBucket):
+    """Append the bucket's size to `sizes` (the state given to
+    register_comm_hook), then all-reduce it as DDP does by default.
+    """
     buffer = bucket.buffer()
-    bucket_bytes.append(buffer.numel() * buffer.element_size())
-    return allreduce_hook(state, bucket)
+    sizes.append(buffer.numel() * buffer.element_size())
+    return allreduce_hook(None, bucket)
 
 
 dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 try:
     counted = DDP(train_ddp.make_model().double())
-    counted.register_comm_hook(None, counting_hook)
+    counted.register_comm_hook(bucket_bytes, counting_hook)
     inputs = train_set.tensors[0][:32].double()
     targets = train_set.tensors[1][:32]
     for _ in range(2):
