@@ -2405,8 +2405,9 @@ points. {{selection_note}}
 # - `bfloat16`: only an 8-bit significand, but the same range as `float32`, so no
 #   scaler is needed. Native on NVIDIA GPUs from Ampere on and on CPUs with AVX-512
 #   BF16 or AMX (x86) or the BF16 extension (Arm); Apple GPUs compute it under
-#   MPS from macOS 14 on (the release Apple's Metal page lists as the floor for
-#   PyTorch 2.11). Where the hardware has it, it is the usual choice today.
+#   MPS from macOS 14 on (the release [Apple's Metal
+#   page](https://developer.apple.com/metal/pytorch/) lists as the floor for PyTorch
+#   2.11). Where the hardware has it, it is the usual choice today.
 #
 #
 # (On NVIDIA GPUs from Ampere on, `float32` matrix products can also run in TF32,
@@ -3466,7 +3467,7 @@ prose(
 (fused: fewer passes over memory) and the per-call overhead; the matrix products
 go to the same library as in eager mode, and the optimizer's update stays eager.
 Inductor also draws dropout's masks with its own code, so for the same seed a
-compiled run differs from an eager one (though it repeats itself).
+compiled run differs from an eager one.
 `torch.compile(net, options={"fallback_random": True})` makes compiled code call
 eager mode's random operators instead. {{masks_sentence}}
 """
@@ -4116,6 +4117,14 @@ print(
 record("clip_limit", clip_limit, fmt="{:.2f}")
 record("clipped_share_low", clipped_share[sensible], fmt="{:.0%}")
 record("clipped_share_high", clipped_share[excessive], fmt="{:.0%}")
+# the lesson's opening words follow how often the excessive rate was clipped
+record(
+    "clip_often_text",
+    "A rate that needs clipping this often is simply too high"
+    if clipped_share[excessive] >= 0.25
+    else "Clipping kept the excessive rate in check here, but a rate that"
+    " needs clipping on many steps is simply too high",
+)
 record("low_loss", final_loss[sensible, "no clipping"], fmt="{:.3f}")
 record("low_clipped_loss", final_loss[sensible, "clipped"], fmt="{:.3f}")
 record("high_loss", final_loss[excessive, "no clipping"], fmt="{:.2f}")
@@ -4225,8 +4234,8 @@ digit, and a median gradient norm of
 {{spike_sentence}} {{dead_sentence}} With clipping, {{clipped_share_high}} of the steps were
 clipped and the run ended at {{high_clipped_loss}}, with {{dead_clipped}}
 of its first layer's ReLUs dead for every validation digit; {{clipped_fate}}.
-A rate that needs clipping this often is simply too high; its fix is a lower rate,
-or a schedule that lowers it (section 8.3).
+{{clip_often_text}}; its fix is a lower rate, or a schedule that lowers it (section
+8.3).
 """
 )
 
@@ -5166,13 +5175,13 @@ for reading in profile_readings:
 # By arithmetic: FlopCounterMode counts the operations of the matrix products
 # (in this MLP the only operators it counts; it also counts convolutions and
 # attention) in one example's forward and backward pass;
-# dropout does about five per activation of its 2 x 256 (draw, scale and
-# multiply forward, scale and multiply backward).
+# dropout does about four per activation of its 2 x 256 (draw the mask,
+# scale it, multiply forward; backward, one multiply by the scaled mask).
 with FlopCounterMode(display=False) as flop_counter:
     criterion(profile_net(x_prof[:1]), y_prof[:1]).backward()
 profile_optimizer.zero_grad()  # the counting pass leaves gradients behind
 matmul_ops = flop_counter.get_total_flops()
-dropout_arith_share = 5 * 2 * 256 / matmul_ops
+dropout_arith_share = 4 * 2 * 256 / matmul_ops
 
 # Where dropout's time goes: drawing the mask against multiplying by it, on one
 # activation of the hidden layer's size, with a matrix product of that size for
@@ -5442,7 +5451,7 @@ time is Python's and PyTorch's overhead inside it. {{profile_sentence}}.
 
 Across the {{n_profiles}} recordings dropout's operators took
 {{dropout_range_words}} (median {{dropout_vs_matmul}}), {{profile_agreement}}. By
-arithmetic (about five operations per activation, against the matrix products'
+arithmetic (about four operations per activation, against the matrix products'
 as `torch.utils.flop_counter.FlopCounterMode` counts them) dropout would cost about
 {{dropout_arith_share}} of the matrix products; {{dropout_share_words}} that. Timed
 alone {{timed_alone_where}}, on one 256 × 256 activation, drawing the mask took
