@@ -552,6 +552,12 @@ assert abs(mu_demo.grad - 1.0) < 0.03 and abs(logvar_demo.grad - 1.0) < 0.03
 # \mathrm{KL}\big(q_\phi(z\mid x)\,\|\,p(z)\big)}_{\text{ELBO, the evidence lower
 # bound}}. $$
 #
+# Here $\mathrm{KL}(q\,\|\,p) = \mathbb E_{q}\big[\log q(z) - \log p(z)\big]$ is the
+# **Kullback–Leibler divergence** from $q$ to $p$: how many nats, on average, samples
+# of $q$ are more likely under $q$ than under $p$. It is never negative (Jensen's
+# inequality again: $-\mathrm{KL} = \mathbb E_q[\log (p/q)] \le \log \mathbb E_q[p/q]
+# = \log 1 = 0$), it is zero only when $q = p$, and it is not symmetric.
+#
 # How loose is it? Bayes' rule, $p_\theta(x \mid z)\,p(z) = p_\theta(z \mid x)\,
 # p_\theta(x)$, turns the middle expression into $\log p_\theta(x) -
 # \mathrm{KL}\big(q_\phi(z\mid x)\,\|\,p_\theta(z\mid x)\big)$: the gap is exactly the
@@ -1453,6 +1459,11 @@ steps as {{path_readings}}:
 # = 2\ln 2 - \mathrm{KL}(p_{\rm data} \,\|\, m) - \mathrm{KL}(p_g \,\|\, m)
 # = 2\ln 2 - 2\,\mathrm{JSD}(p_{\rm data} \,\|\, p_g).$$
 #
+# The last step names the **Jensen–Shannon divergence**,
+# $\mathrm{JSD}(p \,\|\, q) = \tfrac12\mathrm{KL}(p \,\|\, m) + \tfrac12\mathrm{KL}(q
+# \,\|\, m)$ with $m = (p + q)/2$: a symmetric relative of the KL divergence, between 0
+# and $\ln 2$, zero only when $p = q$.
+#
 # The game's value, $-L_D$ at the best discriminator, is therefore
 # $-2\ln 2 + 2\,\mathrm{JSD}$ (Goodfellow et al., 2014, [Generative adversarial
 # nets](https://arxiv.org/abs/1406.2661)): a generator that plays the saturating loss
@@ -1684,7 +1695,9 @@ del g_copy, d_copy, noise, fake
 # $\alpha (1 - \beta_1) / \sqrt{1 - \beta_2} \approx 16\,\alpha$, approached after a
 # sudden spike in a gradient that was near zero; typical steps are about $\alpha$.
 # Either way, for a given history of gradients the step is proportional to the rate,
-# so at DCGAN's rate the same 4,000 steps would move each weight about a tenth as far.
+# so at DCGAN's rate each step would move each weight about a tenth as far as here for
+# the same gradients (over a whole run the gradients differ too, so the total is not
+# simply a tenth).
 #
 # Stabilisers that change the game itself include spectral normalisation (Miyato et
 # al., 2018, [Spectral normalization for generative adversarial
@@ -2071,7 +2084,7 @@ record(
     "gan_loss_drift_text",
     f"by at most {drift:.2f}" if drift >= 0.005 else "by less than 0.01",
 )
-record("gan_settle_text", "barely move" if drift < 0.1 else "still drift")
+record("gan_settle_text", "barely moves" if drift < 0.1 else "still drifts")
 record(
     "gan_flat_text",
     "so a flat pair of curves means the game is balanced, not that the images"
@@ -2195,9 +2208,10 @@ record("gan_avg_reason_text", avg_reason_text)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-After the first thousand steps both smoothed losses {{gan_settle_text}}: the
+After the first thousand steps the losses' level {{gan_settle_text}}: the
 means of steps 1,001–2,000 and of the last 1,000 differ
-{{gan_loss_drift_text}}. Over the last 1,000 steps the discriminator's loss averages
+{{gan_loss_drift_text}}, while the 50-step averages in the plot still swing around
+that level. Over the last 1,000 steps the discriminator's loss averages
 {{gan_loss_d_late}} (compare $2\ln 2 \approx 1.39$, the loss of a discriminator
 that cannot tell real from fake) and the generator's {{gan_loss_g_late}}.
 Meanwhile the averaged generator's validation Fréchet distance in the middle panel
@@ -3228,15 +3242,17 @@ plt.show()
 # Two suspects. Section 6.2's mismatch: prior samples may land where the codes of
 # real digits rarely are, and the decoder has learnt little there. Or the decoder
 # itself: a fully connected decoder that draws blurred digits even where the codes
-# are. A test separates them. Draw one code from $q_\phi(z \mid x)$ for each of the 500
+# are. A test weighs the two. Draw one code from $q_\phi(z \mid x)$ for each of the 500
 # validation digits: samples of the aggregate posterior $q(z)$ on digits the VAE never
 # trained on. Decoded, they show what the decoder draws where real digits' codes lie.
 # Fit a Gaussian to them (their mean and covariance) and decode 500 of its samples: a
-# "prior" that matches the codes' first two moments. If the mismatch is the cause,
-# the fitted Gaussian's samples score well above the prior's; if the decoder is, even
-# the codes score poorly. The codes of 500 *training* digits come along as a fourth
-# row: what the decoder gains on the very images it was fitted to. Every row is 500
-# images, scored against the 1,000 test digits.
+# "prior" that matches the codes' first two moments. How well the codes themselves
+# score says what the decoder can draw; how much of the way from the prior's score to
+# theirs the fitted Gaussian goes says how much of the mismatch lies in the codes' mean
+# and spread, and the rest lies in their finer arrangement. The codes of 500
+# *training* digits come along as a fourth row: what the decoder gains on the very
+# images it was fitted to. Every row is 500 images, scored against the 1,000 test
+# digits.
 
 # %%
 n_codes = len(binary_val)  # 500
