@@ -145,6 +145,9 @@ print(describe_runtime(device, seed))
 # The enum also carries metadata that needs no download: the published ImageNet
 # accuracy, the parameter count, the class names and the preprocessing with which the
 # weights are *evaluated* (the resize, crop and normalisation behind that accuracy).
+# torchvision is one source of backbones among several: the `timm` library and the
+# Hugging Face Hub hold many more, including self-supervised ones (DINOv2, CLIP's image
+# encoder); the head-and-freeze recipe of this chapter is the same for them.
 #
 # Building a model allocates and initialises its weights, 138 million of them for
 # VGG-16. Inside `with torch.device("meta"):` the tensors record only shapes and dtypes
@@ -682,8 +685,9 @@ edge, than to brightness itself. {{contrast_words}}.
 # ### Saving the source checkpoint, and loading it safely
 #
 # The checkpoint holds the weights and what a user needs to apply them: the class names
-# and the normalisation. `torch.load(..., weights_only=True)` unpickles only tensors and
-# plain containers (dicts, lists, strings, numbers); it is designed so that a tampered
+# and the normalisation. `torch.load(..., weights_only=True)` (the default since torch
+# 2.6; written out, it states the intent and protects older versions) unpickles only
+# tensors and plain containers (dicts, lists, strings, numbers); it is designed so that a tampered
 # file cannot make loading call arbitrary functions, which a full unpickle allows. It is
 # safer loading, not a sandbox: it has had bugs of its own in older torch releases
 # (CVE-2025-32434, remote code execution through a `weights_only=True` load, was fixed
@@ -2534,10 +2538,11 @@ the machine does, measure this worse.
 # %% [markdown]
 # ## 5.8 The test set: each model scored once
 #
-# Every choice (each run's best epoch, the backbone factor, scratch's rate for the long
-# runs) was made on validation data. Now each selected model is scored once on the
-# 1,000 test digits: scratch, feature extraction and fine-tuning at its chosen factor,
-# for every budget and draw, and for both schedules, 12 epochs and section 5.7's 24.
+# Every choice (each run's best epoch, the backbone factor, scratch's and feature
+# extraction's rates for the long runs) was made on validation data. Now each selected
+# model is scored once on the 1,000 test digits: scratch, feature extraction and
+# fine-tuning at its chosen factor, for every budget and draw, and for both schedules,
+# 12 epochs and section 5.7's 24.
 # Both schedules are reported; neither is chosen on test.
 
 # %%
@@ -2837,7 +2842,7 @@ fe_10_loss = min(last_losses(compared_runs, draws, 10, "feature extraction"))
 record("fe_10_loss", fe_10_loss, fmt="{:.2f}")
 # a loss of 0.1 is a geometric-mean probability of about 0.9 for the right class
 if fe_10_loss >= 0.1:
-    fe_schedule = "so it had not fitted its training images"
+    fe_schedule = "so it had not fully fitted its training images"
 else:
     fe_schedule = "so it had nearly fitted its training images"
 # and after twice the epochs (section 5.7's runs)
