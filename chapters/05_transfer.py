@@ -1873,7 +1873,7 @@ else:
 record("control_lesson", control_lesson)
 # the summary's headline, in one plain sentence: can the gain at 10 per class
 # be credited to layer3's pretrained start?
-chosen_gap = pre_vs_rand_at[chosen[10]]
+chosen_gap = pre_vs_rand  # pretrained minus random layer3 at chosen[10]
 if noise_level(*chosen_gap) == "noise":
     credit_text = (
         "At that factor the control could not tell `layer3`'s pretrained start "

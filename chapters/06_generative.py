@@ -3282,13 +3282,13 @@ with torch.no_grad():
         n_codes, latent_dim, generator=make_generator(seed + 18)
     )
     z_fitted = code_mean + standard @ chol.T
-    decoded = {
-        "prior N(0, I)": vae_images[:n_codes],
-        "Gaussian fitted to the codes": z_fitted,
-        "validation digits' codes": codes,
-        "training digits' codes": train_codes,
-    }
-    for name, z in list(decoded.items())[1:]:
+    # decoded probabilities, 500 images per row of the table below
+    decoded = {"prior N(0, I)": vae_images[:n_codes]}
+    for name, z in (
+        ("Gaussian fitted to the codes", z_fitted),
+        ("validation digits' codes", codes),
+        ("training digits' codes", train_codes),
+    ):
         decoded[name] = torch.sigmoid(vae.decode(z.to(device))).cpu()
 code_spread = codes.std(dim=0)
 print(

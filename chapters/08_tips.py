@@ -4324,8 +4324,12 @@ def accumulated_step(
 
 start = torch.cat([w.flatten() for w in start_weights])
 # what both steps share: the loss, the batch and the clipping limit
-step_setup = {"criterion": criterion, "x": x_check, "y": y_check}
-step_setup["max_norm"] = clip_to
+step_setup = {
+    "criterion": criterion,
+    "x": x_check,
+    "y": y_check,
+    "max_norm": clip_to,
+}
 reference_weights = weights_after(
     partial(one_big_step, **step_setup), start_net
 )
