@@ -2229,7 +2229,8 @@ measures along the whole run.
 # input weights and the biases set as much as $W_{hh}$ does). The
 # **spectral radius** of a square matrix, its largest eigenvalue in absolute value
 # (`torch.linalg.eigvals(W).abs().max()`), sets how fast its powers grow or shrink over
-# many steps (not how much any one step stretches, since $W_{hh}$ is not symmetric).
+# many steps (not how much any one step stretches, since $W_{hh}$ is not a normal
+# matrix, such as a symmetric one, whose spectral radius equals its largest stretch).
 # But larger weights also drive the states towards ±1, where tanh is flat, and every
 # step's Jacobian $\operatorname{diag}(1 - h_t^2)\, W_{hh}$ carries tanh's slope
 # $1 - h_t^2$. Both, for the RNN before and after training, with the slope averaged
@@ -4273,8 +4274,9 @@ assert irnn_runs["IRNN", 0.005][0] < 0.5 / 12, irnn_runs["IRNN", 0.005][0]
 # much larger is it at step 1 than at step 40 for $k = 6$? Section 4.6 looked at the
 # two ingredients of that growth separately, the spectral radius of $W_{hh}$ and tanh's
 # mean slope; their product is a crude estimate of the growth per step. Bound the
-# growth exactly instead. Going back from step $T$ to step 1, the chain rule gives
-# $\partial L/\partial h_1 = P^\top\, \partial L/\partial h_T$ with
+# growth instead, from the exact Jacobian products. Going back from step $T$ to step
+# 1, the chain rule gives $\partial L/\partial h_1 = P^\top\, \partial L/\partial h_T$
+# with
 # $P = J_T J_{T-1} \cdots J_2$ and $J_t = \partial h_t / \partial h_{t-1} =
 # \operatorname{diag}(1 - h_t^2)\, W_{hh}$. $P^\top$ has the same singular values as
 # $P$, so no gradient can grow by more than $P$'s largest singular value
@@ -4431,8 +4433,8 @@ answer = (
     " (spectral radius x mean"
     f" slope) misses by up to {crude_gap:.2f} per step and is {side_text}. At x"
     f" 6 it says {crude[6]:.2f} where the gradient grew by {measured[6]:.2f}."
-    " Which states the steps pass through, not their average slope, sets the"
-    " growth."
+    " Which states the steps pass through, and how the per-step Jacobians"
+    " combine, set the growth, not the spectral radius times the mean slope."
 )
 print(textwrap.fill(answer, width=78))
 # Seeds 0, 1, 2 (CPU): growth at x 1 1e-8, 1e-8, 2e-9 (bound 1e-4), at x 6 1e6,

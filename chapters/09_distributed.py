@@ -471,7 +471,7 @@ of starting and coordinating the processes, not for a toy job like this.
 #
 # The ring buffer's length is `TORCH_FR_BUFFER_SIZE` (recent releases record `gloo`
 # groups too). With `TORCH_FR_DUMP_ON_TIMEOUT=1`, a timed-out NCCL collective makes
-# every rank write its records to one file whose path starts with
+# each rank write its records to a file of its own, every path starting with
 # `TORCH_FR_DUMP_TEMP_FILE`; `python -m torch.distributed.flight_recorder.fr_trace
 # DUMP_DIR` (installed as `torchfrtrace`) matches the ranks' records and reports the
 # first collective they disagree on. Older releases name two of these variables
