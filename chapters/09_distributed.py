@@ -58,6 +58,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import tempfile
 import textwrap
 import time
@@ -2742,6 +2743,10 @@ assert bucket_bytes == [gradient_bytes] * 2, (bucket_bytes, gradient_bytes)
 if ddp_summary["device_type"] == "cpu":
     assert manual_vs_ddp == 0.0, manual_vs_ddp
 assert check_average_gradients(average_gradients)
+
+# %%
+# the chapter's data, scripts, logs and checkpoints: no longer needed
+shutil.rmtree(work_dir)
 
 # %% [markdown]
 # ## Summary
