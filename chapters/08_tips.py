@@ -1135,24 +1135,22 @@ assert compute_load_s <= compute_epoch_s, (compute_load_s, compute_epoch_s)
 # one-threaded code does not.) Measured share on a quiet machine: 0.9-0.95.
 cost_net = make_model().to(device)
 cost_optimizer = torch.optim.SGD(cost_net.parameters(), lr=0.05)
-cost_batch = [computing_set[i] for i in range(16)]
+
+
+def build_items(dataset: Dataset, n: int) -> list:
+    """The first n items of `dataset`, each built by its __getitem__."""
+    return [dataset[i] for i in range(n)]
+
+
+cost_batch = build_items(computing_set, 16)
 cost_x = torch.stack([x for x, _ in cost_batch]).to(device)
 cost_y = torch.tensor([int(y) for _, y in cost_batch], device=device)
-
-
-def build_items() -> list:
-    return [computing_set[i] for i in range(16)]
-
-
-def training_step() -> None:
-    loss = criterion(cost_net(cost_x), cost_y)
-    cost_optimizer.zero_grad()
-    loss.backward()
-    cost_optimizer.step()
-
-
-items_batch_s = best_time(build_items, repeat=5)
-step_batch_s = best_time(training_step, repeat=5, device=device)
+items_batch_s = best_time(partial(build_items, computing_set, 16), repeat=5)
+# one training step on that batch: section 8.1's cpu_step, on `device`
+cost_step = partial(
+    cpu_step, cost_net, cost_optimizer, criterion, cost_x, cost_y
+)
+step_batch_s = best_time(cost_step, repeat=5, device=device)
 compute_cost_share = items_batch_s / (items_batch_s + step_batch_s)
 print(
     f"one batch of the computing set: items {items_batch_s * 1e3:.1f} ms, "
@@ -1919,7 +1917,9 @@ for offset, rate, marker in ((-0.15, contest_rates[0], "o"), (0.15, high, "s")):
         positions + offset,
         [np.mean(finals[name]) for name in schedule_names],
         marker,
-        ms=8,
+        ms=9,
+        mfc="white",  # hollow: the seeds' ticks stay visible through it
+        mew=1.5,
         ls="none",
         label=f"lr {rate}, mean of {len(panel_seeds[rate])} seeds",
     )
@@ -2307,7 +2307,7 @@ The rates in the first figure are read off the optimizer at every step;
 the constant rate{{family_sentence}}. {{failed_sentence}} {{high_rate_words}}
 {{not_rescued_sentence}}
 
-In the figure, the bold mean of {{best_high}}'s four seeds was below the constant
+In the figure, the mean (square) of {{best_high}}'s four seeds was below the constant
 rate's {{ahead_words}}. {{warmup_first_sentence}} {{worse_low_sentence}}
 
 On the mean of the first two seeds of all twelve combinations,
@@ -3892,7 +3892,11 @@ else:
 # %% [markdown]
 # On CUDA, `torch.compile(model, mode="reduce-overhead")` also records the kernels as
 # a *CUDA graph*, replayed with one launch instead of one per kernel: it lowers
-# section 8.1's floor for inputs whose shapes do not change.
+# section 8.1's floor for inputs whose shapes do not change. `mode="max-autotune"`
+# goes further: while compiling, Inductor times several candidate kernels for the
+# matrix products (and, on GPUs, the convolutions) and keeps the fastest, and on GPUs
+# it uses CUDA graphs too. Its compile takes much longer, so it pays only in long runs
+# of fixed shapes. Neither mode was timed here.
 #
 # Two more switches for convolutional networks on NVIDIA GPUs, not measured here:
 # `torch.backends.cudnn.benchmark = True` makes cuDNN time its convolution algorithms
@@ -5056,14 +5060,15 @@ y_prof = torch.randint(0, 10, (256,), device=device)
 phases = ("forward", "backward", "optimizer step")
 
 
-def profiled_step() -> None:
+def profiled_step(net: nn.Module, optimizer, criterion, x, y) -> None:
+    """One training step, its three phases labelled for the profiler."""
     with record_function("forward"):
-        loss = criterion(profile_net(x_prof), y_prof)
+        loss = criterion(net(x), y)
     with record_function("backward"):
         loss.backward()
     with record_function("optimizer step"):
-        profile_optimizer.step()
-        profile_optimizer.zero_grad()
+        optimizer.step()
+        optimizer.zero_grad()
 
 
 activities = [ProfilerActivity.CPU]
@@ -5130,9 +5135,12 @@ def read_profile(
 
 # One recording of a few milliseconds is at the mercy of whatever else the
 # machine does, so the cell records five and reads the median of each share.
+profile_step = partial(
+    profiled_step, profile_net, profile_optimizer, criterion, x_prof, y_prof
+)
 n_profiles = 5
 recordings = [
-    record_profile(profiled_step, activities, device) for _ in range(n_profiles)
+    record_profile(profile_step, activities, device) for _ in range(n_profiles)
 ]
 print("the first of", n_profiles, "recordings:")
 print(
@@ -5811,6 +5819,16 @@ pytorch.org/memory_viz (an underscore API; not run here).
 #   raises as soon as an operation returns a NaN, and a warning names the forward
 #   operation that created it, with its line of code. It slows everything down, so
 #   switch it on only to hunt a bug.
+#
+# Once the run starts, its curves are how you judge it, so log them as it goes: the
+# training loss, the learning rate, the gradient norm and the validation metrics every
+# so many steps. This book keeps them in lists and plots them with matplotlib, enough
+# for runs of a minute. For runs of hours, `torch.utils.tensorboard.SummaryWriter`
+# (it needs the `tensorboard` package) writes event files that TensorBoard plots while
+# the run goes on, one `writer.add_scalar("loss/train", value, step)` per number;
+# hosted trackers such as Weights & Biases or MLflow do the same and keep every run's
+# settings beside its curves. Read the loss as a number only at those steps: a
+# `.item()` every step makes a GPU wait (section 8.1).
 #
 #
 # The cell runs the first two checks with the chapter's model (Adam at its default rate
