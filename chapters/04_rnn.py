@@ -2138,11 +2138,11 @@ for name, values in ratios.items():
 # (>= 20,000x); GRU at the end 3 to 4; RNN median over training 1e7 to 2e16 (>=
 # 1,000x), above 1e4 at 21 to 24 of its 25 checkpoints (share 0.84 to 0.96,
 # against 0.6). Without step 0 (the median asserted now; AVX-512, seeds 0, 1,
-# 2): 2e7, 2e14, 2e9 (>= 2,000x). The LSTM's state includes c: before training 3e3 to 7e3 (seeds
-# 0, 1, 2; >= 6x the bound 500), at the end 1 to 2. Counting c can only lower
-# the LSTM's ratio below the one of h alone, which an H200 GPU (seed 0) put at 9
-# at the end (GRU 4, RNN median 2e7, share 0.92). The values before training do
-# not depend on the device: float64 on the CPU.
+# 2): 2e7, 2e14, 2e9 (>= 2,000x). The LSTM's state includes c: before training
+# 3e3 to 7e3 (seeds 0, 1, 2; >= 6x the bound 500), at the end 1 to 2. Counting c
+# can only lower the LSTM's ratio below the one of h alone, which an H200 GPU
+# (seed 0) put at 9 at the end (GRU 4, RNN median 2e7, share 0.92). The values
+# before training do not depend on the device: float64 on the CPU.
 assert initial["RNN"] > 1e4, initial
 assert min(initial["LSTM"], initial["GRU"]) > 5e2, initial
 assert max(final["LSTM"], final["GRU"]) < 1e2, final
