@@ -89,8 +89,10 @@ from torch import nn
 from torch.distributions import Categorical
 
 # BOOK_SEED=n runs the chapter with another seed. The comments beside the
-# checks (assert) give the values measured when each margin was set, on one
-# machine; another CPU, torch or device moves them a little, within the margin.
+# checks (assert) give the values measured when each margin was set, on x86 CPUs
+# (AVX-512 kernels, and AVX2 for seed 0). On another CPU family (an ARM Mac, say)
+# or torch, a run follows another path from the first rounding that differs; the
+# margins were not measured there, and a thin one may fail with nothing wrong.
 seed = seed_everything(0)
 device = torch.device("cpu")  # this chapter's choice; section 7.4 says why
 accelerator = get_device()  # what the other chapters would use here
@@ -444,8 +446,12 @@ for t in (0, 250, 450, 499):
 # $$ p_\theta(\tau) = \rho(s_0) \prod_t \pi_\theta(a_t \mid s_t)\, P(s_{t+1} \mid s_t, a_t). $$
 #
 # Five steps give the gradient of $J$ (sums over episodes become integrals for
-# continuous states, and for deterministic dynamics such as CartPole's, $P$ is a point
-# mass that does not depend on $\theta$; nothing else changes):
+# continuous states). CartPole's dynamics are deterministic: the next state is a fixed
+# function of $s_t$ and $a_t$, so $P$ has no density to take the log of, but it does not
+# depend on $\theta$ either. There $p_\theta(\tau)$ is $\rho(s_0)$ times the product of
+# the $\pi_\theta$ factors for the episodes that function allows, and step 2 reads
+# directly: the gradient of that product is the product times the sum of the factors'
+# log-gradients.
 #
 # 1. **Log-derivative trick.** Since $\nabla p = p\, \nabla \log p$,
 #    $\nabla_\theta J = \sum_\tau \nabla_\theta p_\theta(\tau) R(\tau)
@@ -490,14 +496,12 @@ for t in (0, 250, 450, 499):
 # the variance: rewards far in the future, which an action barely influenced, count for
 # little. Normalising the returns is a trade of the same kind.
 #
-# The batch mean of section 7.3 has a cost too. The mean $\bar G$ of a batch's $N$
-# returns includes the returns of each step's own episode, which that episode's actions
-# influenced, so it is not an exact baseline: in CartPole it adds a push towards
-# *shorter* episodes. What sets its size is the number of episodes $M$ in a batch, not
-# the number of steps: per reward its weight is about $1/M$ while episodes are shorter
-# than about 100 steps (early in training) and smaller once they are longer. The aside
-# below derives it; a **leave-one-out** mean, each episode's returns compared with the
-# mean of the *other* episodes' returns, removes it exactly.
+# The batch mean of section 7.3 has a cost too. The mean of a batch's returns includes
+# each episode's own returns, which that episode's actions influenced, so it is not an
+# exact baseline: in CartPole it adds a small push towards *shorter* episodes, which
+# shrinks as the batch holds more episodes. The aside below derives its size; a
+# **leave-one-out** mean, each episode's returns compared with the mean of the *other*
+# episodes' returns, removes it exactly.
 
 # %% [markdown] tags=["box-dropdown"]
 # <details>
@@ -522,14 +526,17 @@ for t in (0, 250, 450, 499):
 # step earns 1, towards *shorter* episodes. It is not simply a slight shrink of the
 # estimate. In an episode of $L$ steps a reward counts at most $\min(L, 100)$ times, so
 # per reward its weight is at most $\min(L, 100)/N$. With $M$ episodes of similar
-# length, $N \approx ML$: about $1/M$ while episodes last fewer than 100 steps, and
-# $100/(ML)$, smaller, once they last longer. The signal weighs a reward $d$ steps after
-# the action by $\gamma^d$, so with this chapter's $M = 16$ the term weighs as much as
-# the signal only for consequences a few hundred steps away ($0.99^d = 1/16$ at
-# $d \approx 280$); more episodes per batch shrink it, longer episodes of a fixed
-# number do not, until they pass 100 steps. The **leave-one-out** mean removes the term:
-# the other episodes' returns do not depend on this episode's actions, so by step 4
-# they add nothing on average.
+# length, $N \approx ML$: at most about $1/M$ while episodes last fewer than 100 steps,
+# and at most $100/(ML)$, smaller, once they last longer. Those are the last rewards'
+# weights: the reward $k$ steps in counts about $k + 1$ times, so the average over an
+# episode is about half that. As an order-of-magnitude comparison only (the term
+# multiplies the episode's summed score, the signal one step's score): the signal
+# weighs a reward $d$ steps after the action by $\gamma^d$, so with this chapter's
+# $M = 16$ the two are of similar size only for consequences a few hundred steps away
+# ($0.99^d = 1/16$ at $d \approx 280$). More episodes per batch shrink the term; longer
+# episodes of a fixed number do not, until they pass 100 steps. The **leave-one-out**
+# mean removes the term: the other episodes' returns do not depend on this episode's
+# actions, so by step 4 they add nothing on average.
 #
 # </details>
 
@@ -736,17 +743,19 @@ if accelerator.type != "cpu":
 def compared(threads_time: float, one_time: float) -> str:
     """How long the default thread count took against one thread, in words."""
     ratio = threads_time / one_time
-    if ratio < 0.8:
-        return f"{ratio:.0%} of the time of"
     if ratio >= 10:
         # far beyond what splitting this little work could cost
         return (
             f"{ratio:.0f} times as long as (a gap this large is most likely "
             "threads waiting for cores that other programs held)"
         )
-    if ratio > 1.25:
+    if ratio >= 1.5:
         return f"{ratio:.1f} times as long as"
-    return "about as long as"
+    if abs(ratio - 1) < 0.005:  # rounds to 0 %
+        return "within 1% of the time of"
+    if ratio > 1:
+        return f"{ratio - 1:.0%} longer than"
+    return f"{1 - ratio:.0%} less time than"
 
 
 if default_threads > 1:
@@ -1432,8 +1441,10 @@ pass of the policy, the choice of an action and the simulator's step; training d
 its action from a `Categorical`, whose construction and sampling cost more than the
 greedy `argmax` that section 7.4 timed) and {{update_share}} to the updates, the
 baseline's value network included. So {{time_verdict}}. Validation, which training
-does not learn from, took {{validation_cost}} (20 episodes after every update,
-against the 16 of a batch).
+does not learn from, took {{validation_cost}}: 20 greedy episodes after every
+update against the 16 sampled ones of a batch, but each set of episodes runs side by
+side until its longest one ends, so its time follows that episode's length more than
+the count.
 """
 )
 
@@ -1449,33 +1460,41 @@ against the 16 of a batch).
 # Episodes-to-pass over three runs is a noisy, downstream outcome. What the derivation
 # says a baseline changes is the noise of the gradient estimate at a given policy, and
 # that can be measured directly. We freeze one policy, the kept run's weights halfway
-# through its training, and play 128 episodes with it in one vector environment of 128
-# copies (an untuned number: 64 to fit and 64 to measure). A fresh value network is
-# fitted to the returns of the first 64 (returns of this very policy, so its predictions
-# do not lag). On the other 64, each episode's
-# estimate $\sum_t w_t \nabla_\theta \log \pi_\theta(a_t \mid s_t)$ is computed with
-# three weightings $w_t$: the return $G_t$ alone; $G_t - b$, with $b$ one constant (the
-# mean return of the fitting episodes), a stand-in for normalisation's mean subtraction
-# (which subtracts the batch's own mean instead); and $G_t - V(s_t)$. Neither $b$ nor
-# $V$ depends on the measured episodes, so by step 4 all three have the same
-# expectation; their **total variance** across episodes (the variances of all 4,610
-# gradient components, summed) says how noisy each is. A ratio of two such variances,
-# each from 64 episodes, is itself noisy, so the cell repeats the whole measurement ten
-# times at the same weights, each time with 128 fresh episodes and a fresh value
-# network, and reports the median and the range. The episodes of a batch are
-# independent (each has its own start state and its own action draws), so the mean of
-# 16 per-episode estimates has exactly 1/16 of one episode's total variance. The
-# chapter's update is that mean only up to a batch-dependent scale (it averages over
-# steps and divides by the returns' standard deviation) and with the batch's own mean
-# as $b$; the measurement below is of the idealised estimate.
+# through its training, play fresh episodes with it, and compute each episode's
+# estimate $\sum_t w_t \nabla_\theta \log \pi_\theta(a_t \mid s_t)$ with three
+# weightings $w_t$: the return $G_t$ alone; $G_t - b$, with $b$ one constant; and
+# $G_t - V(s_t)$, with a value network fitted to *other* episodes of the same policy.
+# By step 4 all three have the same expectation; their **total variance** across
+# episodes (the variances of all 4,610 gradient components, summed) says how noisy
+# each is. `torch.autograd.grad(log_probs, params, grad_outputs=w)` gives one
+# episode's estimate in one backward pass: it weights the gradient of each element of
+# `log_probs` by the matching element of `w`. The function `probe_variance` below is
+# one draw of the measurement; the dropdown gives its details.
+
+# %% [markdown] tags=["box-dropdown"]
+# <details>
+# <summary>The measurement in detail</summary>
 #
-# `torch.autograd.grad(log_probs, params, grad_outputs=w)` gives
-# $\sum_t w_t \nabla_\theta \log \pi_\theta(a_t \mid s_t)$ in one backward pass: it
-# weights the gradient of each element of `log_probs` by the matching element of `w`.
-# The value network takes 300 Adam steps on minibatches of 256 states, an untuned
-# amount; the cell prints how much of the returns' variance it explains on the 64
-# episodes it was not fitted to ($R^2$). The function `probe_variance` below is one
-# draw.
+# Each draw plays 128 episodes in one vector environment of 128 copies (an untuned
+# number: 64 to fit and 64 to measure). The value network is fitted to the returns of
+# the first 64 (returns of this very policy, so its predictions do not lag), with 300
+# Adam steps on minibatches of 256 states, an untuned amount; the cell prints how much
+# of the returns' variance it explains on the 64 episodes it was not fitted to
+# ($R^2$). The constant $b$ is the mean return of the fitting episodes, a stand-in for
+# normalisation's mean subtraction (which subtracts the batch's own mean instead).
+# Neither $b$ nor $V$ depends on the measured episodes, which is what step 4 needs. A
+# ratio of two variances, each from 64 episodes, is itself noisy, so the cell repeats
+# the whole measurement ten times at the same weights, each time with 128 fresh
+# episodes and a fresh value network, and reports the median and the range.
+#
+# The episodes of a batch are independent (each has its own start state and its own
+# action draws), so the mean of 16 per-episode estimates has exactly 1/16 of one
+# episode's total variance. The chapter's update is that mean only up to a
+# batch-dependent scale (it averages over steps and divides by the returns' standard
+# deviation) and with the batch's own mean as $b$; the measurement is of the idealised
+# estimate.
+#
+# </details>
 
 
 # %%
@@ -1943,6 +1962,10 @@ p_visited = F.softmax(visited_logits, dim=-1)[:, 1].numpy()
 unsure = np.mean((p_visited > 0.1) & (p_visited < 0.9))
 switches = np.mean(episode.actions[1:] != episode.actions[:-1])
 theta_seen, omega_seen = episode.states[:-1, 2], episode.states[:-1, 3]
+# the boundary's tilt where the policy goes: the move of the switching omega
+# across the episode's angles, against the spread of its angular velocities
+visited_shift = abs(slope) * np.ptp(theta_seen)
+omega_spread = np.ptp(omega_seen)
 top_right, bottom_right = p_right[-1].min().item(), p_right[0].max().item()
 print(f"columns with one crossing: {len(crossings)} of {len(angles)}")
 print(
@@ -1954,18 +1977,26 @@ print(
     f"the switching omega moves by {omega_shift:.2f} "
     "rad/s across the angles shown"
 )
+print(
+    f"across the episode's angles it moves by {visited_shift:.3f} rad/s; the "
+    f"episode's angular velocities span {omega_spread:.2f} rad/s"
+)
 print(f"greedy episode: 0.1 < P(right) < 0.9 at {unsure:.0%} of its steps")
 print(f"greedy episode: the action changes at {switches:.0%} of its steps")
 # The prose below relies on these: one crossing per angle (the interpolation and
 # "the boundary" need it), right above and left below, a boundary that moves by
-# less than a quarter of the 3 rad/s of spins shown ("close to horizontal"),
+# less than a quarter of the 3 rad/s of spins shown and, across the episode's
+# angles, by less than a quarter of its angular velocities' spread,
 # sloping down. Measured at seeds 0-2 (seed 0 also at CPU level avx2): 121
 # crossings of 121; P(right) >= 1.00 on the top row and <= 0.00 on the bottom
 # row; shift 0.20 / 0.34 / 0.20 rad/s against the bound of 0.75; slope -0.471 /
-# -0.802 / -0.470 against 0.
+# -0.802 / -0.470 against 0. Where the episode goes ("close to flat"): shift
+# 0.037 / 0.045 / 0.047 rad/s against spreads of 0.62 / 0.60 / 0.69 (a quarter:
+# 0.15 / 0.15 / 0.17; measured at the AVX-512 level only).
 assert len(crossings) == len(angles) and top_right > 0.5 > bottom_right
 span = (spins[-1] - spins[0]).item()
 assert omega_shift < span / 4 and slope < 0, (omega_shift, slope)
+assert visited_shift < omega_spread / 4, (visited_shift, omega_spread)
 
 # %% [markdown]
 # The left panel shows the whole map with the fitted boundary; the right panel zooms
@@ -2023,6 +2054,8 @@ else:
 record("boundary_slope", slope, fmt="{:+.2f}")
 record("boundary_intercept", intercept, fmt="{:+.2f}")
 record("boundary_shift", omega_shift, fmt="{:.2f}")
+record("visited_shift", visited_shift, fmt="{:.2f}")
+record("omega_spread", omega_spread, fmt="{:.2f}")
 # the fitted line crosses omega = 0 at theta = -intercept / slope (slope < 0)
 if intercept <= 0:
     lean_right = "a pole that leans right at all"
@@ -2036,15 +2069,15 @@ record("episode_theta", np.abs(theta_seen).max(), fmt="{:.3f}")
 record("episode_omega", np.abs(omega_seen).max(), fmt="{:.2f}")
 record("unsure_fraction", unsure, fmt="{:.0%}")
 record("switch_fraction", switches, fmt="{:.0%}")
-# bands and teeth only where the action switches at most steps
+# arcs and teeth only where the action switches at most steps
 frequent_switching = switches > 0.5
 record(
     "zoom_pattern",
-    "so the points in the zoom lie in bands, the angular velocity alternating "
-    "between a few levels"
+    "so the points in the zoom lie on a few curved arcs rather than filling "
+    "the rectangle, the angular velocity jumping back and forth between them"
     if frequent_switching
     else "with runs of the same action between switches, the points in the "
-    "zoom drift rather than alternate between a few levels",
+    "zoom drift rather than jump back and forth between a few arcs",
 )
 record(
     "angle_teeth",
@@ -2068,13 +2101,15 @@ record(
 prose(
     r"""
 The map is split into a red region above (push right) and a blue region below (push
-left). The boundary between them is close to horizontal: the fitted line has a slope
-of {{boundary_slope}} rad/s per rad and passes θ = 0 at an angular velocity of
-{{boundary_intercept}} rad/s. Across the whole range of angles shown, ±0.21 rad,
-the switching angular velocity moves by only {{boundary_shift}} rad/s, while the
-map spans 3 rad/s. So the decision depends mostly on the angular velocity: push right
-when the pole swings to the right, left when it swings to the left, which moves the
-cart under the falling pole. The angle shifts the switching point: the slope is
+left). The fitted boundary between them has a slope of {{boundary_slope}} rad/s per
+rad and passes θ = 0 at an angular velocity of {{boundary_intercept}} rad/s. Where
+the policy actually goes it is close to flat: across the angles the greedy episode
+visits (the black points), the switching angular velocity moves by
+{{visited_shift}} rad/s, while the episode's angular velocities spread over
+{{omega_spread}} rad/s (across the whole map's ±0.21 rad it moves by
+{{boundary_shift}} rad/s). So the decision depends mostly on the angular velocity:
+push right when the pole swings to the right, left when it swings to the left, which
+moves the cart under the falling pole. The angle shifts the switching point: the slope is
 negative, so {{lean_right}} gets a push to the right even while it still swings
 slightly to the left.
 
@@ -2262,9 +2297,9 @@ prose(
 > - **Forgetting `-`** in the loss: minimising $\sum G \log \pi$ makes good actions *less*
 >   likely.
 > - **Several gradient steps on one REINFORCE batch**: the batch estimates the
->   gradient at the policy that played it, and is good only near it (section 7.4;
->   exercise 1 measures how far several steps move the policy, and what that does
->   to training).
+>   gradient at the policy that played it, and nothing in plain REINFORCE stops
+>   further steps from moving far from that policy (section 7.4, with PPO's answer;
+>   exercise 1 measures how far ten steps move it, and what that does to training).
 > - **Letting the policy loss reach the value network**: compute the baseline under
 >   `torch.no_grad()` (or `.detach()` it). In `baseline_update` forgetting that raises an
 >   error ("one of the variables needed for gradient computation has been modified by an
@@ -2439,6 +2474,13 @@ for arm, (arm_settings, _) in arms.items():
             gap=gap.item(),
         )
         ends[arm].append(end)
+# the control, section 7.5's plain runs (one step at lr), at the last batch
+# within the arms' budget of episodes
+control_updates = short.max_episodes // short.n_envs
+control_entropy = [
+    runs["plain", s]["history"]["entropy"][:control_updates][-1]
+    for s in run_seeds
+]
 answer = multi_step_answer(
     lr=settings.lr,
     big_lr=big_lr,
@@ -2448,6 +2490,7 @@ answer = multi_step_answer(
     first_kl=first_kl,
     ends=ends,
     control_needed=plain_needed,  # section 7.5's plain runs: one step
+    control_entropy=control_entropy,
     budget=short.max_episodes,
     collapse_at=collapse_at,
     fair_coin=fair_coin,

@@ -546,7 +546,7 @@ def test_expect_number_hints_only_for_numbers_that_match_a_mistake():
 # --- exercise 1's answer in words (helpers/exercises/ch07_words.py) ---------------------
 
 
-def _answer(ten_ends, big_ends, control=(320, 320, 480)):
+def _answer(ten_ends, big_ends, control=(320, 320, 480), control_entropy=(0.5, 0.3, 0.4)):
     return multi_step_answer(
         lr=0.01,
         big_lr=0.1,
@@ -556,6 +556,7 @@ def _answer(ten_ends, big_ends, control=(320, 320, 480)):
         first_kl={"one step": [1e-3] * 3, "ten steps": [5e-2] * 3, "one step at lr 0.1": [2e-2] * 3},
         ends={"ten steps": ten_ends, "one step at lr 0.1": big_ends},
         control_needed=list(control),
+        control_entropy=list(control_entropy),
         budget=160,
         collapse_at=0.05 * math.log(2),
         fair_coin=math.log(2),
@@ -577,7 +578,8 @@ def test_exercise_1_words_follow_the_numbers():
         "ten steps made the outcome a gamble: 1 of 3 runs passed sooner than with one step, 1 collapsed"
         in text
     )
-    assert "clearly collapsed in 1 of 3 runs (ten steps: 1)" in text
+    assert "clearly collapsed in 1 of 3 runs (ten steps: 1; one step at lr 0.01: 0)" in text
+    assert "within the first 160 episodes had entropies 0.5, 0.3, 0.4 nats: 0 of 3 collapsed" in text
     assert "Ten steps: 1 of 3 runs ended within 10% of the threshold" in text
     assert "in 2 of the 2 collapsed runs" in text  # both gaps pass 16.6
     quiet = "\n".join(_answer([healthy] * 3, [healthy] * 3, control=(96, 320, 480)))
@@ -585,9 +587,15 @@ def test_exercise_1_words_follow_the_numbers():
     assert "1 of 3 control runs passed within 160 episodes" in quiet
     assert "collapsed runs" not in quiet
     only_ten = "\n".join(_answer([collapsed, healthy, healthy], [healthy] * 3))
-    assert "collapsed in none of the 3 runs (ten steps: 1)" in only_ten
+    assert "collapsed in none of the 3 runs (ten steps: 1; one step at lr 0.01: 0)" in only_ten
     assert "in 1 of the 1 collapsed runs" in only_ten
     soft = RunEnd(solved_at=None, last_val=9.0, entropy=0.001, gap=10.0)
     only_big = "\n".join(_answer([healthy] * 3, [soft, healthy, healthy]))
-    assert "clearly collapsed in 1 of 3 runs, ten steps in none" in only_big
+    assert "clearly collapsed in 1 of 3 runs, ten steps in none (one step at lr 0.01: 0)" in only_big
+    # a control entropy just inside the near band is not counted as collapsed; one below is
+    edge = 0.05 * math.log(2) * 0.95
+    counted = "\n".join(_answer([healthy] * 3, [healthy] * 3, control_entropy=(edge, 1e-4, 0.5)))
+    assert "nats: 1 of 3 collapsed" in counted
+    with pytest.raises(ValueError, match="control_entropy has 2 values for 3 run seeds"):
+        _answer([healthy] * 3, [healthy] * 3, control_entropy=(0.5, 0.5))
     assert "in 0 of the 1 collapsed runs: a softmax policy would not be clamped" in only_big

@@ -38,6 +38,7 @@ def multi_step_answer(
     first_kl: dict[str, Sequence[float]],
     ends: dict[str, Sequence[RunEnd]],
     control_needed: Sequence[int | None],
+    control_entropy: Sequence[float],
     budget: int,
     collapse_at: float,
     fair_coin: float,
@@ -48,9 +49,12 @@ def multi_step_answer(
 
     ``first_kl`` maps "one step", ``ten`` and ``big`` to each seed's first-update KL;
     ``ends`` maps ``ten`` and ``big`` to each seed's :class:`RunEnd`; ``control_needed``
-    are the episodes section 7.5's plain runs (one step at ``lr``) needed, and ``budget``
-    the episodes each arm's run could play.
+    are the episodes section 7.5's plain runs (one step at ``lr``) needed,
+    ``control_entropy`` the entropy of the policy that played each of those runs' last batch
+    within ``budget``, and ``budget`` the episodes each arm's run could play.
     """
+    if len(control_entropy) != len(run_seeds):
+        raise ValueError(f"control_entropy has {len(control_entropy)} values for {len(run_seeds)} run seeds")
     arms = (ten, big)
     n_runs = len(run_seeds)
     one = first_kl["one step"]
@@ -111,6 +115,13 @@ def multi_step_answer(
             f"{control_within} of {n_runs} control runs passed within {budget} episodes; "
             f"a failure here is still {collapse}."
         )
+    n_control_collapsed = sum(e < collapse_at * (1 - near_band) for e in control_entropy)
+    entropies = ", ".join(f"{e:.2g}" for e in control_entropy)
+    lines.append(
+        f"The control runs' policies that played their last batch within the first "
+        f"{budget} episodes had entropies {entropies} nats: {n_control_collapsed} of {n_runs} "
+        "collapsed."
+    )
     fastest_control = min((n for n in control_needed if n is not None), default=None)
     for arm in arms:
         if not passed_at[arm]:
@@ -136,7 +147,8 @@ def multi_step_answer(
     if n_collapsed[big] and n_collapsed[ten]:
         lines.append(
             f"{lead} clearly collapsed in {n_collapsed[big]} of {n_runs} runs "
-            f"(ten steps: {n_collapsed[ten]}): a large move per batch, by either "
+            f"(ten steps: {n_collapsed[ten]}; one step at lr {lr}: "
+            f"{n_control_collapsed}): a large move per batch, by either "
             "route, risks a collapse, and reusing the batch is not needed for it. "
             f"With {n_runs} runs per arm, the first update's KL does not rank the "
             f"harm (lr {big_lr} also enlarges every later step)."
@@ -144,15 +156,16 @@ def multi_step_answer(
     elif n_collapsed[big]:
         lines.append(
             f"{lead} clearly collapsed in {n_collapsed[big]} of {n_runs} runs, "
-            "ten steps in none: here one large step did harm that reusing the batch "
-            f"did not, and with {n_runs} runs per arm the first update's KL does "
-            f"not rank the harm (lr {big_lr} also enlarges every later step)."
+            f"ten steps in none (one step at lr {lr}: {n_control_collapsed}): here "
+            "one large step did harm that reusing the batch did not, and with "
+            f"{n_runs} runs per arm the first update's KL does not rank the harm "
+            f"(lr {big_lr} also enlarges every later step)."
         )
     elif n_collapsed[ten]:
         lines.append(
             f"{lead} collapsed in none of the {n_runs} runs (ten steps: "
-            f"{n_collapsed[ten]}): here reusing the batch did harm that one large "
-            "step did not."
+            f"{n_collapsed[ten]}; one step at lr {lr}: {n_control_collapsed}): here "
+            "reusing the batch did harm that one large step did not."
         )
     else:
         lines.append(
