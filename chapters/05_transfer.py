@@ -994,7 +994,8 @@ print(f"{'method':19} {'trainable':>9} {'of all':>7}  learning rates")
 for method in methods:
     # fine-tuning shown with factor 0.01, the smallest that section 5.7 tries
     model, frozen, optimizer, _ = build(method, seed, lr, factor=0.01)
-    trainable = count_parameters(model)  # those that require gradients
+    # count_parameters(model) is this sum: the parameters that require gradients
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     everything = count_parameters(model, trainable_only=False)
     # what should train: the head, plus layer3 when fine-tuning, or all
     meant = {
@@ -4034,16 +4035,15 @@ prose(
   {{long_ft_gain_1}} points at 1 label per class and {{long_ft_gain_10}} at 10:
   {{shrink_note}}.
 - How fast the backbone may learn is a hyper-parameter like any other.
-  {{rate_found}} {{rate_noise}} Chosen on validation
-  ({{factor_10_words}} at 10 labels per
-  class), fine-tuning
-  {{ft_vs_fe_test}} feature extraction there at the same 12 epochs
+  {{rate_found}} {{rate_noise}}
+- At 10 labels per class, at the factor validation chose ({{factor_10_words}}),
+  fine-tuning {{ft_vs_fe_test}} feature extraction at the same 12 epochs
   ({{ft_over_fe_10}} ± {{ft_over_fe_10_se_all}} test points;
   {{ft_over_fe_10_d0}} and {{ft_over_fe_10_d1}} in the two draws) and
   {{ft_fe_24}} ({{ft_fe_vs_long_test}}; feature extraction's head at
-  {{lr_fe_long}}, fine-tuning's at {{lr_ft_long}}). {{credit_text}} Compare methods
-  with paired standard errors that count both the draws and the evaluation images.
-- Compare methods at equal, adequate schedules, the baseline's rate tuned too:
+  {{lr_fe_long}}, fine-tuning's at {{lr_ft_long}}). {{credit_text}}
+- Compare methods with paired standard errors that count both the draws and the
+  evaluation images, at equal, adequate schedules, the baseline's rate tuned too:
   {{held_budgets}} on validation. At 10 labels per class and
   24 epochs each, scratch (at {{lr_scratch}}) reached {{test_long_scratch}} on test:
   feature extraction
