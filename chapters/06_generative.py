@@ -493,8 +493,8 @@ print(f"parameters: {count_parameters(vae):,}")
 
 # %% [markdown]
 # MLPs rather than convolutions: on this chapter's CPU budget a fully connected VAE
-# would train in seconds on one CPU thread (section 6.3 prices its steps, one at a
-# time, on the device that ran the page); the convolutions are spent
+# is cheap to train on one CPU thread (section 6.3 prices its steps, one at a time,
+# on the device that ran the page); the convolutions are spent
 # on the judge, which must be a good classifier. The sizes, 16 latent numbers and 256
 # hidden units, are untuned, chosen to train quickly; a two-dimensional version below
 # shows what 2 latent numbers instead of 16 cost.
@@ -964,8 +964,8 @@ print(
     f"{int(recon_confident.sum())} confident verdicts"
 )
 record("recon_wrong", recon_wrong, fmt="{:.0%}")
-# seed 0 (torch 2.15, AVX-512 CPU, 2 threads): wrong on 10.0 %; the bound
-# leaves 2x
+# seeds 0, 1, 2 (this code, torch 2.15, AVX-512 CPU, 2 threads): wrong on
+# 9.6, 7.6, 11.2 %; the bound leaves 1.8x
 assert recon_wrong < 0.2, recon_wrong
 record("recon_wrong_sure", recon_wrong_sure, fmt="{:.1%}")
 fig = plot_image_grid(
@@ -1279,8 +1279,9 @@ prose(
     r"""
 The left panel shows where the encoder puts the validation digits. A digit can get a
 region of its own or share one: among the encoder means,
-{{code_regions_text}}. Where digits share a region, a 2-D code must lose
-information{{code_share_bound_text}}.
+{{code_regions_text}}. Where digits share a region, the noisy 2-D code (each image's
+code is drawn with spread σ, and the KL term keeps the means from moving far apart)
+loses information about which digit it came from{{code_share_bound_text}}.
 
 Prior samples should be compared with the **aggregate posterior**
 $q(z) = \frac1N\sum_n q_\phi(z \mid x_n)$ over $N$ images: the distribution of the
@@ -1633,9 +1634,10 @@ del g_copy, d_copy, noise, fake
 # is compared. The larger rate suits the short budget: for a given history of gradients
 # Adam's step is proportional to the rate (the first aside below gives its bound). That
 # this shallow pair tolerates it is shown by the run, not argued: the kept generator's
-# validation distance is under a quarter of the first snapshot's (asserted after the
-# loop). Whether another rate would train better it cannot say; try one by changing
-# `lr_gan` (the exercises were measured at 2e-3).
+# validation distance is under a quarter of the first snapshot's, whichever of its
+# two kinds of weights (below) scored better there (asserted after the loop).
+# Whether another rate would train better it cannot say; try one by changing `lr_gan`
+# (the exercises were measured at 2e-3).
 #
 # The batch size, 64, and the 4,000
 # steps are untuned: the steps are what the time budget allows. `fused=True` updates
@@ -2024,13 +2026,15 @@ for s in snapshots:
     )
 print(f"kept: the {best_kind} weights of step {best_step}")
 # the pair trains at lr_gan (the text above): seeds 0, 1, 2 (this code, torch
-# 2.15, an AVX-512 CPU) kept 47.9, 43.6, 57.6 after 428.7, 446.5, 463.3 at the
-# first snapshot, ratios 0.10 to 0.12 (another AVX-512 machine: 0.08 to 0.11).
+# 2.15, an AVX-512 CPU) kept 47.9, 43.6, 57.6 against the first snapshot's
+# better weights, 368.9, 320.9, 422.7 (the latest weights each time): ratios
+# 0.130, 0.136, 0.136.
 # Nothing in the ratio is tied to the CPU: both scores come from the same run
 # and the same judge, so a shift in the judge's features moves both; and
 # another device's rounding sends training down another path, as another seed
 # does. The seeds' ratios sit at half the bound or below.
-assert best_fd < 0.25 * snapshots[0]["val_fd"], best_fd
+first_best = min(snapshots[0]["val_fd"], snapshots[0]["latest_val_fd"])
+assert best_fd < 0.25 * first_best, (best_fd, first_best)
 
 # %% tags=["remove-cell"] jupyter={"source_hidden": true} cellView="form"
 # Numbers and words for the text below, computed from the snapshots.
@@ -2151,12 +2155,15 @@ ax_fd.axhline(
     ls=":",
     label="real: 500 training against the 500 validation digits",
 )
-ax_fd.legend(fontsize=8)
+# room above the curves for the legend, which would cover the floor below
+top_fd = max(max(s["val_fd"], s["latest_val_fd"]) for s in snapshots)
+ax_fd.legend(fontsize=8, loc="upper right")
 ax_fd.set(
     title="Generator quality on validation images",
     xlabel="training step",
     ylabel="Fréchet distance (lower is better)",
     yscale="log",
+    ylim=(real_val_fd / 2, 8 * top_fd),
 )
 ax_spread.plot(
     snapshot_steps,
@@ -2438,8 +2445,8 @@ generator (section 6.4 keeps the {{gan_best_kind}} weights).
 # prior) are scored exactly like the GAN's 500 images from its fixed noise, and both
 # are plotted against training time.
 #
-# Which time? Wall-clock seconds measure the machine's other load as much as the
-# training, and on a shared machine can change several-fold within one loop. So the
+# Which time? Wall-clock seconds include whatever else the machine was doing while a
+# loop ran, which the training did not cause and a rerun would not repeat. So the
 # time axis below is a
 # *cost*: training steps times the time of one step, each kind timed with chapter 1's
 # `best_time` on one CPU thread (on a GPU, the wall time of one synchronised step): the
@@ -2536,10 +2543,6 @@ for snap in vae_runs[vae_lr]["snapshots"]:
     cost = snap["epoch"] * vae_steps_per_epoch * step_cost["VAE"]
     vae_curve.append((cost, frechet_distance(probe_features, val_features)))
 vae_seconds, vae_end_fd = vae_curve[-1]
-# "trains in seconds" (section 6.2): the chosen run's steps on one thread.
-# seeds 0, 1, 2 (torch 2.15, AVX-512 CPU): 2.7 to 3.4 s across the builds of
-# this chapter; the bound leaves 6x
-assert vae_seconds < 20, vae_seconds
 for s in snapshots:
     s["cost"] = s["step"] * step_cost["GAN"]
 gan_seconds = snapshots[-1]["cost"]
@@ -2639,8 +2642,9 @@ if caught:
         else f"with its {kinds[0]} weights"
     )
     catch_text = (
-        f"The GAN first scored as well as the VAE's last snapshot {kind_words}"
-        f" at step {first['step']:,}, after {first['cost']:.1f} s,"
+        f"The GAN first scored at or below the VAE's last snapshot {kind_words}"
+        f" at step {first['step']:,}, after {first['cost']:.1f} s (a rough"
+        " place: a distance of 500 images moves by a few units between draws),"
     )
 else:
     catch_text = "The GAN never scored as well as the VAE's last snapshot,"
@@ -4304,7 +4308,8 @@ print(
     f"{weight_norms['saturating']:.2e} and {weight_norms['non-saturating']:.2e},"
     f" ratio {weight_ratio:.4f}"
 )
-# seeds 0, 1, 2 (AVX-512 CPU): 0.028, 0.025, 0.024; the bound 0.1 leaves 3.5x
+# seeds 0, 1, 2 (this code, AVX-512 CPU): 0.032, 0.029, 0.027; the bound 0.1
+# leaves 3x
 assert weight_ratio < 0.1, weight_ratio  # the weak gradient reaches G weak
 mean_of_ratios = spread.exp().mean().item()  # per-logit ratio exp(l)
 print(
@@ -4440,6 +4445,15 @@ print(
     f"conv GAN step: {conv_seconds * 1e3:6.1f} ms "
     f"({conv_seconds / mlp_seconds:.1f}x)"
 )
+# the same MLP step timed twice in the chapter: a gauge of timing noise
+print(
+    f"Section 6.3 timed the MLP step with the moving average at "
+    f"{step_cost['GAN'] * 1e3:.2f} ms, this cell without it at "
+    f"{mlp_seconds * 1e3:.2f} ms: the average costs little, so the gap is "
+    "mostly timing noise between measurements minutes apart. That is why "
+    "each comparison here times its two sides in alternating rounds, at one "
+    "time, and why costs within about 10 % are read as about the same."
+)
 if device.type == "cpu":
     # On a CPU the convolutional step costs more (the printout says how many
     # times). A GPU changes the balance (both steps are tiny there), so the
@@ -4479,9 +4493,9 @@ print(
 )
 # seeds 0, 1, 2 (this code, torch 2.15, an AVX-512 CPU), Fréchet distance
 # after 250 steps: conv GAN 114, 110, 127; MLP GAN 369, 321, 423. At about
-# equal cost (the MLP at step 1,500, 1,250, 1,250) the MLP GAN scored 129,
-# 134, 160: not asserted, since the snapshot chosen depends on the measured
-# step times
+# equal cost the MLP GAN scored 140 (step 1,250; 129 at step 1,500 in a build
+# whose step times differed), 134, 160 (step 1,250): not asserted, since the
+# snapshot chosen depends on the measured step times
 assert conv_fd < mlp_fd, (conv_fd, mlp_fd)
 # About equal cost: the MLP GAN's snapshot whose cost (steps x its step time,
 # without the moving average) is closest to the conv pair's 250 steps (latest
