@@ -114,8 +114,9 @@ from helpers.runtime import (
     make_generator,
     seed_everything,
 )
-from helpers.timing import best_time
+from helpers.timing import best_time, one_thread
 from helpers.tips import (
+    NOISE,
     CostlyDataset,
     atomic_save,
     paired_verdict,
@@ -291,6 +292,10 @@ print(f"{count_parameters(make_model()):,} parameters")
 
 # %% [markdown]
 # ## 8.1 Devices
+#
+# **In short:** pick the device once and move everything with `.to(device)`; give a small
+# model batches large enough to spread each operation's fixed cost; read a tensor's
+# value (`.item()`) only where you need it.
 #
 # ### Device-agnostic code
 #
@@ -624,23 +629,40 @@ record("device_name", device_words(device))
 if device.type != "cpu":
     item_summary = f".item() once: {item_verdict} every step"
     item_cpu_sentence = ""
-elif item_verdict == "within the noise of":
-    item_summary = (
-        ".item(): no synchronisation on a CPU; difference within noise"
-    )
-    item_cpu_sentence = (
-        "That is what a CPU predicts: its operations run in the calling "
-        "thread, so there is nothing to wait for."
-    )
 else:
-    item_summary = (
-        f".item() once: {item_verdict} every step, not from synchronisation "
-        "(a CPU has none)"
+    # on a CPU .item() only copies one number out: its own cost, timed
+    scalar = torch.zeros(())
+    item_call_s = (
+        benchmark.Timer("x.item()", globals={"x": scalar})
+        .blocked_autorange()
+        .median
     )
-    item_cpu_sentence = (
-        "A CPU's operations run in the calling thread, so there is nothing "
-        "to wait for: this difference is not synchronisation."
-    )
+    step_gap_s = abs(item_every_s - item_once_s)
+    call_words = f"one `.item()` call took {item_call_s * 1e6:.2f} µs here"
+    if item_verdict != NOISE:
+        call_words += (
+            f", {step_gap_s / item_call_s:,.0f} times less than the difference "
+            "per step"
+        )
+    if item_verdict == NOISE:
+        item_summary = (
+            ".item(): no synchronisation on a CPU; difference within noise"
+        )
+        item_cpu_sentence = (
+            "That is what a CPU predicts: its operations run in the calling "
+            f"thread, so there is nothing to wait for, and {call_words}."
+        )
+    else:
+        item_summary = (
+            ".item(): no synchronisation on a CPU; the timed difference is "
+            "timing noise, not the call"
+        )
+        item_cpu_sentence = (
+            "The rule called a difference, but a CPU's operations run in the "
+            f"calling thread, so there is nothing to wait for, and {call_words}. "
+            "Nothing in the code can cost that much: this is timing noise between "
+            "the rounds that the rule let through, not a cost of `.item()`."
+        )
 record("item_cpu_sentence", item_cpu_sentence)
 # a round over five times its side's fastest: a busy spell, not the code
 item_busy = [
@@ -836,6 +858,10 @@ When several processes share a machine, give each fewer threads with
 
 # %% [markdown]
 # ## 8.2 Data loading
+#
+# **In short:** index a whole batch at once where the data are already tensors; add worker
+# processes only where building an item is costly, and keep the dataset's code in a
+# module.
 #
 # ### Fetching a batch at a time
 #
@@ -1522,6 +1548,9 @@ script's main module.)
 
 # %% [markdown]
 # ## 8.3 Learning-rate schedules
+#
+# **In short:** find the usable rates with a range test, choose a schedule and its rate on
+# validation data, and call `scheduler.step()` after `optimizer.step()`.
 #
 # A learning rate large enough to make fast progress early is usually too large to
 # settle into a minimum late: the loss stops falling and bounces around. A schedule
@@ -2307,7 +2336,7 @@ The rates in the first figure are read off the optimizer at every step;
 the constant rate{{family_sentence}}. {{failed_sentence}} {{high_rate_words}}
 {{not_rescued_sentence}}
 
-In the figure, the mean (square) of {{best_high}}'s four seeds was below the constant
+In the figure, the bold mean of {{best_high}}'s four seeds was below the constant
 rate's {{ahead_words}}. {{warmup_first_sentence}} {{worse_low_sentence}}
 
 On the mean of the first two seeds of all twelve combinations,
@@ -2388,6 +2417,9 @@ points. {{selection_note}}
 
 # %% [markdown]
 # ## 8.4 Mixed precision
+#
+# **In short:** `torch.autocast` with `bfloat16` where the hardware has it, `float16` with a
+# `GradScaler` on older GPUs, and a check of the accuracy against `float32`.
 #
 # Most of a network's arithmetic survives with fewer bits than `float32`'s 24-bit
 # significand. **Autocast** runs selected operations (matrix products, convolutions)
@@ -2692,7 +2724,7 @@ elif not amp_verdict.endswith("faster than"):
     matmul_reading = (
         (
             "The step was not shown to gain (its rounds overlapped `float32`'s)"
-            if amp_verdict == "within the noise of"
+            if amp_verdict == NOISE
             else f"The step was {amp_verdict.removesuffix(' than')}"
         )
         + ", although its products gained: they are only part of it, and "
@@ -2932,6 +2964,9 @@ then a question of speed and memory, which depend on the hardware.
 
 # %% [markdown]
 # ## 8.5 `torch.compile`
+#
+# **In short:** compile what will run many steps at fixed shapes; time the first call and
+# the steady state apart; look for graph breaks and recompilations.
 #
 # `torch.compile(model)` traces the model's Python code into a graph the first time it
 # runs, and hands the graph to a compiler (by default *Inductor*), which fuses
@@ -3485,7 +3520,11 @@ eager mode's random operators instead. {{masks_sentence}}
 # products (`aten::mm`, `aten::addmm`), Inductor's generated code (the events named
 # `## Call CompiledFxGraph …`, forward and backward), and everything else (the loss,
 # the optimizer, autograd's bookkeeping). The profiler adds to every operator, so
-# compare the piles with each other, not with the timings above.
+# compare the piles with each other, not with the timings above. It profiles on one
+# CPU thread: on a busy machine an operator split over two threads waits for the
+# second core, and that waiting would swell the parallel operators (the matrix
+# products among them) and not the serial ones, distorting the piles against each
+# other.
 
 
 # %%
@@ -3507,8 +3546,13 @@ def step_runner(
 
 
 def profile_piles(step, steps: int = 10) -> dict[str, float]:
-    """Milliseconds per call of `step`, by pile, from a profile."""
-    with profile(activities=[ProfilerActivity.CPU]) as run_profile:
+    """Milliseconds per call of `step`, by pile, from a profile on one
+    CPU thread.
+    """
+    with (
+        one_thread(),
+        profile(activities=[ProfilerActivity.CPU]) as run_profile,
+    ):
         for _ in range(steps):
             step()
     piles = dict.fromkeys(("matrix products", "generated code", "other"), 0.0)
@@ -3910,6 +3954,9 @@ else:
 #
 # ## 8.6 Accumulation, clipping and a `GradScaler`, together
 #
+# **In short:** per optimizer step, unscale once, clip once, step once; under DDP, skip the
+# all-reduce of all but the last micro-batch with `no_sync()`.
+#
 # Chapter 2 introduced gradient accumulation: when a batch does not fit in memory,
 # split it into `k` micro-batches, call `backward` on each with its loss divided by `k`
 # (gradients *add up* in `.grad`), and step once. For equal micro-batches and no
@@ -4192,7 +4239,15 @@ if clipped_high_val[-1] > 1.5 * clipped_high_val[lowest_epoch]:
         f"epoch by epoch its validation loss went {clipped_path}: "
         + f"its lowest was {clipped_high_val[lowest_epoch]:.2f} at epoch "
         f"{lowest_epoch + 1}, reached "
-        + ("by a steady fall" if steady_fall else "after rises on the way")
+        + (
+            "in the first epoch"
+            if lowest_epoch == 0
+            else "by one epoch's fall"
+            if lowest_epoch == 1
+            else "by a steady fall"
+            if steady_fall
+            else "after rises on the way"
+        )
         + ", and it ended "
         f"{clipped_high_val[-1] / clipped_high_val[lowest_epoch]:.1f} times "
         "above it: in this run, on this one seed, clipping delayed the "
@@ -4503,6 +4558,9 @@ and sends one all-reduce per bucket: this small model fits in one.
 
 # %% [markdown]
 # ## 8.7 Checkpointing and resuming
+#
+# **In short:** checkpoint the model, optimizer, scheduler and random states; write the
+# file atomically; load it with `weights_only=True`.
 #
 # A run that stops (a crash, a pre-empted cloud machine, a time limit) should continue
 # as if it had never stopped. Chapter 2 saved the model, the optimizer, the
@@ -4873,6 +4931,9 @@ print("their SHA-256 digests differ:", digests["honest"] != digests["tampered"])
 #
 # ## 8.8 Reproducibility
 #
+# **In short:** seed every generator, give the loader a generator of its own, and switch
+# on deterministic algorithms where runs must repeat exactly.
+#
 # Two runs of the same script give identical weights when every source of randomness
 # is seeded and every operation is deterministic. Chapter 1 listed what that takes on
 # each device; a training run adds the data loader. Its shuffling draws from the
@@ -5040,17 +5101,21 @@ for label, make in (
 # %% [markdown]
 # ## 8.9 Profiling and memory
 #
+# **In short:** profile before optimising, and estimate memory as weights, gradients,
+# optimizer state and activations, then check the estimate.
+#
 # ### Where a training step spends its time
 #
 # Before optimising anything, measure where the time goes. `torch.profiler.profile`
 # records every operator (and, with `ProfilerActivity.CUDA`, every GPU kernel) with
-# its time, shapes and, with `profile_memory=True`, its allocations. A `schedule` says
+# its time and, with `record_shapes=True` and `profile_memory=True`, its input shapes
+# and its allocations. A `schedule` says
 # which steps to skip as warm-up and which to record; `prof.step()` ends each step;
 # `record_function` labels a stretch of code, so the forward pass, the backward pass
 # and the optimizer get rows of their own. The cell records five training steps
-# (AdamW, untuned rate 1e-3, batch 256), five times over; the table shows the first
-# recording, sorted by each row's own time, and the shares are the medians of the
-# five.
+# (AdamW, untuned rate 1e-3, batch 256), five times over, on one CPU thread for the
+# reason section 8.5 gave; the table shows the first recording, sorted by each row's
+# own time, and the shares are the medians of the five.
 
 # %%
 profile_net = make_model().to(device)
@@ -5134,14 +5199,17 @@ def read_profile(
 
 
 # One recording of a few milliseconds is at the mercy of whatever else the
-# machine does, so the cell records five and reads the median of each share.
+# machine does, so the cell records five and reads the median of each share;
+# on one CPU thread, as in section 8.5.
 profile_step = partial(
     profiled_step, profile_net, profile_optimizer, criterion, x_prof, y_prof
 )
 n_profiles = 5
-recordings = [
-    record_profile(profile_step, activities, device) for _ in range(n_profiles)
-]
+with one_thread():
+    recordings = [
+        record_profile(profile_step, activities, device)
+        for _ in range(n_profiles)
+    ]
 print("the first of", n_profiles, "recordings:")
 print(
     recordings[0].table(
@@ -5429,7 +5497,7 @@ else:
                 if serial_draws and device.type == "cpu"
                 else "."
             )
-            if threads_verdict == "within the noise of"
+            if threads_verdict == NOISE
             else "a call that must wait for a second core measures the "
             "waiting, so this machine was too busy to tell."
         )
@@ -5495,14 +5563,15 @@ mode_net = make_model().to(device).eval()
 x_mode = torch.randn(512, 64, device=device)
 
 
-def forward_in(mode) -> None:
+def forward_in(mode, net: nn.Module, x: torch.Tensor) -> None:
+    """One forward pass of `net` on `x` under the context manager `mode`."""
     with mode():
-        mode_net(x_mode)
+        net(x)
 
 
 mode_rounds = timed_rounds(
     {
-        name: partial(forward_in, mode)
+        name: partial(forward_in, mode, mode_net, x_mode)
         for name, mode in (
             ("autograd on", torch.enable_grad),
             ("no_grad", torch.no_grad),
@@ -5701,27 +5770,33 @@ print(
 )
 
 
-def plain_step() -> None:
-    torch.autograd.grad(criterion(memory_net(x_mem), y_mem), weights)
+def plain_step(net: nn.Sequential, criterion, x, y) -> None:
+    """Forward and backward, every activation saved."""
+    torch.autograd.grad(criterion(net(x), y), list(net.parameters()))
 
 
-def recompute_step() -> None:
-    hidden = recompute_in_backward(memory_net[:6], x_mem, use_reentrant=False)
-    torch.autograd.grad(criterion(memory_net[6](hidden), y_mem), weights)
+def recompute_step(net: nn.Sequential, criterion, x, y) -> None:
+    """Forward and backward, layers 0-5 recomputed in the backward pass."""
+    hidden = recompute_in_backward(net[:6], x, use_reentrant=False)
+    torch.autograd.grad(criterion(net[6](hidden), y), list(net.parameters()))
 
 
-def recomputed_part() -> None:  # what the backward pass runs again
+def recomputed_part(net: nn.Sequential, x) -> None:
+    """What the backward pass runs again: layers 0-5, forward only."""
     with torch.no_grad():
-        memory_net[:6](x_mem)
+        net[:6](x)
 
 
 # the price: one forward and backward pass each way, and the forward pass the
 # checkpointed step repeats, in interleaved rounds
+memory_step = (memory_net, criterion, x_mem, y_mem)
 recompute_rounds = timed_rounds(
     {
-        "plain": plain_step,
-        "checkpointed": recompute_step,
-        "the recomputed layers' forward": recomputed_part,
+        "plain": partial(plain_step, *memory_step),
+        "checkpointed": partial(recompute_step, *memory_step),
+        "the recomputed layers' forward": partial(
+            recomputed_part, memory_net, x_mem
+        ),
     },
     repeat=10,
     warmup=2,
@@ -6453,11 +6528,15 @@ def remaining_batches(
 assert check_mid_epoch_resume(checkpoint_mid_epoch, remaining_batches)
 
 
-def train_with_mid_epoch_checkpoint(parts, folder, save_at, crash_at) -> None:
-    """Train from epoch 1; checkpoint at `save_at`; crash at `crash_at`."""
+def train_with_mid_epoch_checkpoint(
+    parts, folder, save_at, crash_at, epochs: int, criterion, on: torch.device
+) -> None:
+    """Train epochs 1..`epochs`; checkpoint at `save_at`; crash at
+    `crash_at` (both (epoch, step)).
+    """
     net, optimizer, scheduler, shuffle_rng = parts
     loader = make_train_loader(64, shuffle_rng)
-    for epoch in range(1, resume_epochs + 1):
+    for epoch in range(1, epochs + 1):
         epoch_start_state = shuffle_rng.get_state()  # before the epoch draws
         net.train()
         for step, (x, y) in enumerate(loader):
@@ -6471,30 +6550,39 @@ def train_with_mid_epoch_checkpoint(parts, folder, save_at, crash_at) -> None:
                     "scheduler": scheduler.state_dict(),
                     "epoch_start_rng": epoch_start_state,
                     "rng_at_save": shuffle_rng.get_state(),  # to compare
-                    "rng": rng_states(device),
+                    "rng": rng_states(on),
                 }
                 atomic_save(checkpoint, Path(folder) / "mid_epoch.pt")
             if (epoch, step) == crash_at:
                 raise Crash(f"crashed at epoch {epoch}, step {step}")
-            loss = criterion(net(x.to(device)), y.to(device))
+            loss = criterion(net(x.to(on)), y.to(on))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
 
 
-def resume_mid_epoch(checkpoint: dict, shuffle_key: str) -> nn.Module:
-    """Rebuild everything, restore the checkpoint, finish the run."""
+def resume_mid_epoch(
+    checkpoint: dict,
+    shuffle_key: str,
+    epochs: int,
+    run_seed: int,
+    criterion,
+    on: torch.device,
+) -> nn.Module:
+    """Rebuild everything, restore the checkpoint, finish the run's
+    `epochs` epochs.
+    """
     torch.manual_seed(12345)  # other random states, as in a new process
     net, optimizer, scheduler, shuffle_rng = fresh_training(
-        resume_steps, seed, device
+        epochs * steps_per_epoch, run_seed, on
     )
     net.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     set_rng_states(checkpoint["rng"])
     loader = make_train_loader(64, shuffle_rng)
-    for epoch in range(checkpoint["epoch"], resume_epochs + 1):
+    for epoch in range(checkpoint["epoch"], epochs + 1):
         batches = loader
         if epoch == checkpoint["epoch"]:
             # the checkpoint's entries as checkpoint_mid_epoch returns them,
@@ -6506,7 +6594,7 @@ def resume_mid_epoch(checkpoint: dict, shuffle_key: str) -> nn.Module:
             batches = remaining_batches(loader, shuffle_rng, kept)
         net.train()
         for x, y in batches:
-            loss = criterion(net(x.to(device)), y.to(device))
+            loss = criterion(net(x.to(on)), y.to(on))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -6522,14 +6610,20 @@ with tempfile.TemporaryDirectory() as folder:
             folder,
             save_at=(4, 5),
             crash_at=(4, 9),
+            epochs=resume_epochs,
+            criterion=criterion,
+            on=device,
         )
     except Crash as error:
         print(error)
     mid_checkpoint = torch.load(
         Path(folder) / "mid_epoch.pt", map_location=device, weights_only=True
     )
+mid_setup = (resume_epochs, seed, criterion, device)
 mid_gaps = {
-    key: weight_gap(uninterrupted[0], resume_mid_epoch(mid_checkpoint, key))
+    key: weight_gap(
+        uninterrupted[0], resume_mid_epoch(mid_checkpoint, key, *mid_setup)
+    )
     for key in ("epoch_start_rng", "rng_at_save")
 }
 print(

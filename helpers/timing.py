@@ -6,11 +6,12 @@ Introduced in chapter 01 (the loop-versus-vectorised measurement); chapter 08 re
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["best_time"]
+__all__ = ["best_time", "one_thread"]
 
 
 def _synchronize(device: torch.device | None) -> None:
@@ -65,3 +66,19 @@ def best_time(
         _synchronize(device)
         best = min(best, clock() - start)
     return best
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the body with torch on one CPU thread, and restore the count afterwards.
+
+    On a busy machine an operator split over several threads waits for each core it
+    needs, and that waiting lands on the parallel operators only; one thread keeps a
+    profile's or a timing's shares about the work. Introduced in chapter 08.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from helpers import timing
-from helpers.timing import best_time
+from helpers.timing import best_time, one_thread
 
 
 class FakeClock:
@@ -75,3 +75,17 @@ def test_best_time_rejects_bad_arguments(kwargs, error, message):
 def test_best_time_rejects_non_callables():
     with pytest.raises(TypeError, match="callable"):
         best_time(42)
+
+
+def test_one_thread_sets_one_thread_and_restores_the_count_even_after_an_error():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"), one_thread():
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
