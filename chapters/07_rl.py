@@ -51,12 +51,12 @@ if "google.colab" in sys.modules:
 # PyTorch for one thread, so that a run does not depend on how many cores the machine
 # has: the thread count can change the order in which a sum is added up, and so its last
 # digits (chapter 1), and in reinforcement learning one changed digit can flip an action
-# and with it every episode after. The price is speed where cores are free: section 7.4
+# and with it every episode after. The price is speed where cores are free: section 7.5
 # times one thread against PyTorch's default number (where that is more than one), on
 # one step's work and on an update-sized batch. The setup cell also puts everything on
 # the CPU, even on a machine with a GPU: the simulator runs in NumPy on the CPU, so
 # every step of play would send the states to the GPU and wait for the actions to come
-# back. Section 7.4 times the CPU's per-step work and, where the machine has an
+# back. Section 7.5 times the CPU's per-step work and, where the machine has an
 # accelerator, the same work there. `get_device()`, which the other chapters use, is
 # still called, to name the accelerator that timing compares with.
 
@@ -94,10 +94,10 @@ from torch.distributions import Categorical
 # or torch, a run follows another path from the first rounding that differs; the
 # margins were not measured there, and a thin one may fail with nothing wrong.
 seed = seed_everything(0)
-device = torch.device("cpu")  # this chapter's choice; section 7.4 says why
+device = torch.device("cpu")  # this chapter's choice; section 7.5 says why
 accelerator = get_device()  # what the other chapters would use here
-default_threads = torch.get_num_threads()  # section 7.4 times this many too
-torch.set_num_threads(1)  # runs repeat on any core count; 7.4 times it
+default_threads = torch.get_num_threads()  # section 7.5 times this many too
+torch.set_num_threads(1)  # runs repeat on any core count; 7.5 times it
 print(describe_runtime(device, seed), "| gymnasium", gym.__version__)
 print("accelerator found by get_device():", accelerator)
 
@@ -663,153 +663,7 @@ print("rewards received:", sorted(received))
 
 # %% [markdown]
 # `Episode` (from `helpers.rl`) holds one more state than actions: the state the last
-# action led to.
-#
-# ### Why this chapter runs on the CPU
-#
-# Every step of that loop sends the 16 observations to the policy's device and needs
-# the actions back in NumPy before the simulator can take the next step. On a GPU that
-# means a copy to the device, several tiny kernel launches and a copy back that waits
-# for them, at every step, for a network whose whole forward pass is a few small matrix
-# products. The cell below times that per-step work (states in, logits, the greedy
-# action out) on the CPU and, where this machine has one, on the accelerator that
-# `get_device()` found. The expectation: a GPU pays off when the environment runs there
-# too, as in simulators written in PyTorch or JAX; with a NumPy simulator and a network
-# this small it gets little work per step to make up for the round trip. The same cell
-# tests the setup cell's choice of one CPU thread: it times the per-step work, and the
-# forward and backward pass of an update on 4,000 states, at one thread and at
-# PyTorch's default number.
-
-
-# %%
-def seconds_per_step(
-    net: nn.Module, device: torch.device, n: int, steps: int = 20
-) -> float:
-    """One step's torch work (states in, logits, actions out), in seconds.
-
-    The fastest of 10 timed blocks of `steps` steps (chapter 1's best_time):
-    slower blocks measure the step plus whatever else the machine was doing.
-    """
-    net = copy.deepcopy(net).to(device)
-    observations = np.zeros((n, 4), dtype=np.float32)
-
-    @torch.no_grad()
-    def block() -> None:
-        for _ in range(steps):
-            logits = net(torch.as_tensor(observations, device=device))  # (n, 2)
-            # .cpu() waits until the device has finished: the round trip
-            logits.argmax(dim=1).cpu().numpy()
-
-    return best_time(block, repeat=10, warmup=2) / steps
-
-
-def seconds_per_update_pass(net: nn.Module, n: int) -> float:
-    """The fastest of 5 forward and backward passes on n states, on the CPU."""
-    net = copy.deepcopy(net)
-    states = torch.zeros(n, 4)  # the values do not change the time
-    actions = torch.zeros(n, dtype=torch.long)
-
-    def update_pass() -> None:
-        log_probs = Categorical(logits=net(states)).log_prob(actions)  # (n,)
-        net.zero_grad()
-        log_probs.mean().backward()
-
-    return best_time(update_pass, repeat=5, warmup=2)
-
-
-update_states = 4_000  # a batch of 16 episodes of 250 steps
-cpu_step = seconds_per_step(policy, torch.device("cpu"), n_envs)
-cpu_update = seconds_per_update_pass(policy, update_states)
-print(
-    f"one thread: {cpu_step * 1e6:.0f} µs per step, {cpu_update * 1e3:.1f} ms "
-    f"per update pass on {update_states:,} states"
-)
-if default_threads > 1:
-    torch.set_num_threads(default_threads)
-    threads_step = seconds_per_step(policy, torch.device("cpu"), n_envs)
-    threads_update = seconds_per_update_pass(policy, update_states)
-    torch.set_num_threads(1)  # back to the chapter's choice
-    print(
-        f"{default_threads} threads: {threads_step * 1e6:.0f} µs per step, "
-        f"{threads_update * 1e3:.1f} ms per update pass"
-    )
-if accelerator.type != "cpu":
-    accelerator_step = seconds_per_step(policy, accelerator, n_envs)
-    print(f"{accelerator.type}: {accelerator_step * 1e6:.0f} µs per step")
-
-
-# %% tags=["remove-cell"] jupyter={"source_hidden": true} cellView="form"
-# The timings above in words, for the paragraph below.
-def compared(threads_time: float, one_time: float) -> str:
-    """How long the default thread count took against one thread, in words."""
-    ratio = threads_time / one_time
-    if ratio >= 10:
-        # far beyond what splitting this little work could cost
-        return (
-            f"{ratio:.0f} times as long as (a gap this large is most likely "
-            "threads waiting for cores that other programs held)"
-        )
-    if ratio >= 1.5:
-        return f"{ratio:.1f} times as long as"
-    if abs(ratio - 1) < 0.005:  # rounds to 0 %
-        return "within 1% of the time of"
-    if ratio > 1:
-        return f"{ratio - 1:.0%} longer than"
-    return f"{1 - ratio:.0%} less time than"
-
-
-if default_threads > 1:
-    thread_note = (
-        f"PyTorch's default of {default_threads} CPU threads took "
-        f"{threads_step * 1e6:.0f} µs per step, "
-        f"{compared(threads_step, cpu_step)} one thread "
-        f"({cpu_step * 1e6:.0f} µs), and {threads_update * 1e3:.1f} ms for "
-        f"the forward and backward pass of an update on {update_states:,} "
-        f"states, {compared(threads_update, cpu_update)} one thread "
-        f"({cpu_update * 1e3:.1f} ms)"
-    )
-else:
-    thread_note = (
-        "PyTorch's default here is already one thread, so no other thread "
-        f"count was timed: {cpu_step * 1e6:.0f} µs per step, "
-        f"{cpu_update * 1e3:.1f} ms for the forward and backward pass of an "
-        f"update on {update_states:,} states"
-    )
-if accelerator.type == "cpu":
-    device_note = (
-        "The chapter's get_device() found no GPU or MPS device (or "
-        "BOOK_DEVICE pinned the CPU), so no accelerator was timed. On a GPU "
-        "we expect no gain (not measured here): every environment step would "
-        "add a host-device round trip (a copy in, kernel launches, a copy back "
-        "that waits for them) to a few small matrix products"
-    )
-else:
-    ratio = accelerator_step / cpu_step
-    comparison = (
-        f"{ratio:.1f} times as long as"
-        if ratio >= 1
-        else f"{1 / ratio:.1f} times faster than"
-    )
-    device_note = (
-        f"The {accelerator.type} device took {accelerator_step * 1e6:.0f} µs "
-        f"per step, {comparison} one CPU thread ({cpu_step * 1e6:.0f} µs)"
-    )
-record("thread_note", thread_note)
-record("device_note", device_note)
-
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
-prose(
-    r"""
-On this run: {{thread_note}}. {{device_note}}. Each time is the fastest of several
-repeats, as chapter 1 timed code, and they are timings of one machine at one moment:
-which thread count wins depends on how many cores are free while the chapter runs, and
-the chapter keeps one thread, whichever wins, so that its runs repeat on any number of
-cores. (An update on 4,000 states is a mid-sized one: a batch holds from a few hundred
-states early in training to 8,000 when all 16 episodes last 500 steps.) The simulator's
-own step, which runs on the CPU in every case, comes on top. Now one REINFORCE update on
-the batch collected above, step by step.
-"""
-)
+# action led to. Now one REINFORCE update on the batch collected above, step by step.
 
 # %%
 lr = 1e-2  # Adam's step size, as in pytorch/examples' REINFORCE; untuned here
@@ -1439,12 +1293,185 @@ validating and updating,
 greedy validation episodes after every update (both are, at each step, a forward
 pass of the policy, the choice of an action and the simulator's step; training draws
 its action from a `Categorical`, whose construction and sampling cost more than the
-greedy `argmax` that section 7.4 timed) and {{update_share}} to the updates, the
+greedy `argmax` timed below) and {{update_share}} to the updates, the
 baseline's value network included. So {{time_verdict}}. Validation, which training
 does not learn from, took {{validation_cost}}: 20 greedy episodes after every
 update against the 16 sampled ones of a batch, but each set of episodes runs side by
 side until its longest one ends, so its time follows that episode's length more than
 the count.
+"""
+)
+
+# %% [markdown]
+# ### Why this chapter runs on the CPU
+#
+# Every step of `collect_episodes` (section 7.4) sends the 16 observations to the
+# policy's device and needs the actions back in NumPy before the simulator can take the
+# next step. On a GPU that means a copy to the device, several tiny kernel launches and
+# a copy back that waits for them, at every step, for a network whose whole forward pass
+# is a few small matrix products. The cell below times that per-step work (states in,
+# logits, the greedy action out) on the CPU and, where this machine has one, on the
+# accelerator that `get_device()` found. The expectation: a GPU pays off when the
+# environment runs there too, as in simulators written in PyTorch or JAX; with a NumPy
+# simulator and a network this small it gets little work per step to make up for the
+# round trip. The same cell tests the setup cell's choice of one CPU thread: it times
+# the per-step work, and the forward and backward pass of an update on 4,000 states, at
+# one thread and at PyTorch's default number.
+
+
+# %%
+def seconds_per_step(
+    net: nn.Module,
+    device: torch.device,
+    n: int,
+    steps: int = 20,
+    sample: bool = False,
+) -> float:
+    """One step's torch work (states in, logits, actions out), in seconds:
+    the greedy action, or with `sample` one drawn from a Categorical, as
+    training draws it.
+
+    The fastest of 10 timed blocks of `steps` steps (chapter 1's best_time):
+    slower blocks measure the step plus whatever else the machine was doing.
+    """
+    net = copy.deepcopy(net).to(device)
+    observations = np.zeros((n, 4), dtype=np.float32)
+
+    @torch.no_grad()
+    def block() -> None:
+        for _ in range(steps):
+            logits = net(torch.as_tensor(observations, device=device))  # (n, 2)
+            actions = (
+                Categorical(logits=logits).sample()  # as training draws it
+                if sample
+                else logits.argmax(dim=1)  # greedy
+            )
+            # .cpu() waits until the device has finished: the round trip
+            actions.cpu().numpy()
+
+    return best_time(block, repeat=10, warmup=2) / steps
+
+
+def seconds_per_update_pass(net: nn.Module, n: int) -> float:
+    """The fastest of 5 forward and backward passes on n states, on the CPU."""
+    net = copy.deepcopy(net)
+    states = torch.zeros(n, 4)  # the values do not change the time
+    actions = torch.zeros(n, dtype=torch.long)
+
+    def update_pass() -> None:
+        log_probs = Categorical(logits=net(states)).log_prob(actions)  # (n,)
+        net.zero_grad()
+        log_probs.mean().backward()
+
+    return best_time(update_pass, repeat=5, warmup=2)
+
+
+update_states = 4_000  # a batch of 16 episodes of 250 steps
+cpu_step = seconds_per_step(policy, torch.device("cpu"), n_envs)
+cpu_sample_step = seconds_per_step(
+    policy, torch.device("cpu"), n_envs, sample=True
+)
+cpu_update = seconds_per_update_pass(policy, update_states)
+print(
+    f"one thread: {cpu_step * 1e6:.0f} µs per step ({cpu_sample_step * 1e6:.0f}"
+    f" µs sampling the action), {cpu_update * 1e3:.1f} ms per update pass on "
+    f"{update_states:,} states"
+)
+if default_threads > 1:
+    torch.set_num_threads(default_threads)
+    threads_step = seconds_per_step(policy, torch.device("cpu"), n_envs)
+    threads_update = seconds_per_update_pass(policy, update_states)
+    torch.set_num_threads(1)  # back to the chapter's choice
+    print(
+        f"{default_threads} threads: {threads_step * 1e6:.0f} µs per step, "
+        f"{threads_update * 1e3:.1f} ms per update pass"
+    )
+if accelerator.type != "cpu":
+    accelerator_step = seconds_per_step(policy, accelerator, n_envs)
+    print(f"{accelerator.type}: {accelerator_step * 1e6:.0f} µs per step")
+
+
+# %% tags=["remove-cell"] jupyter={"source_hidden": true} cellView="form"
+# The timings above in words, for the paragraph below.
+def compared(threads_time: float, one_time: float) -> str:
+    """How long the default thread count took against one thread, in words."""
+    ratio = threads_time / one_time
+    if ratio >= 10:
+        # far beyond what splitting this little work could cost
+        return (
+            f"{ratio:.0f} times as long as (a gap this large is most likely "
+            "threads waiting for cores that other programs held)"
+        )
+    if ratio >= 1.5:
+        return f"{ratio:.1f} times as long as"
+    if abs(ratio - 1) < 0.005:  # rounds to 0 %
+        return "within 1% of the time of"
+    if ratio > 1:
+        return f"{ratio - 1:.0%} longer than"
+    return f"{1 - ratio:.0%} less time than"
+
+
+if default_threads > 1:
+    thread_note = (
+        f"PyTorch's default of {default_threads} CPU threads took "
+        f"{threads_step * 1e6:.0f} µs per step, "
+        f"{compared(threads_step, cpu_step)} one thread "
+        f"({cpu_step * 1e6:.0f} µs), and {threads_update * 1e3:.1f} ms for "
+        f"the forward and backward pass of an update on {update_states:,} "
+        f"states, {compared(threads_update, cpu_update)} one thread "
+        f"({cpu_update * 1e3:.1f} ms)"
+    )
+else:
+    thread_note = (
+        "PyTorch's default here is already one thread, so no other thread "
+        f"count was timed: {cpu_step * 1e6:.0f} µs per step, "
+        f"{cpu_update * 1e3:.1f} ms for the forward and backward pass of an "
+        f"update on {update_states:,} states"
+    )
+if accelerator.type == "cpu":
+    device_note = (
+        "The chapter's get_device() found no GPU or MPS device (or "
+        "BOOK_DEVICE pinned the CPU), so no accelerator was timed. On a GPU "
+        "we expect no gain (not measured here): every environment step would "
+        "add a host-device round trip (a copy in, kernel launches, a copy back "
+        "that waits for them) to a few small matrix products"
+    )
+else:
+    ratio = accelerator_step / cpu_step
+    comparison = (
+        f"{ratio:.1f} times as long as"
+        if ratio >= 1
+        else f"{1 / ratio:.1f} times faster than"
+    )
+    device_note = (
+        f"The {accelerator.type} device took {accelerator_step * 1e6:.0f} µs "
+        f"per step, {comparison} one CPU thread ({cpu_step * 1e6:.0f} µs)"
+    )
+record("sample_step_us", cpu_sample_step * 1e6, fmt="{:.0f}")
+record("greedy_step_us", cpu_step * 1e6, fmt="{:.0f}")
+record(
+    "sample_words",
+    "building the distribution and drawing from it cost more than the whole "
+    "greedy step, forward pass included"
+    if cpu_sample_step - cpu_step > cpu_step
+    else "building the distribution and drawing from it cost less than the "
+    "whole greedy step",
+)
+record("thread_note", thread_note)
+record("device_note", device_note)
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+On this run: {{thread_note}}. {{device_note}}. Each time is the fastest of several
+repeats, as chapter 1 timed code, and they are timings of one machine at one moment:
+which thread count wins depends on how many cores are free while the chapter runs, and
+the chapter keeps one thread, whichever wins, so that its runs repeat on any number of
+cores. (An update on 4,000 states is a mid-sized one: a batch holds from a few hundred
+states early in training to 8,000 when all 16 episodes last 500 steps.) The simulator's
+own step, which runs on the CPU in every case, comes on top. Training draws its actions
+from a `Categorical` instead of taking the greedy one: on one CPU thread that step took
+{{sample_step_us}} µs against the greedy {{greedy_step_us}} µs: {{sample_words}}.
 """
 )
 
@@ -1665,7 +1692,8 @@ probe_median = {key: np.median(values) for key, values in probe_stats.items()}
 # constant_gain 3.54 (2.72-4.72) / 2.62 (2.16-3.39) / 3.72 (2.29-4.76);
 # value_share 0.64 (0.34-1.04) / 0.16 (0.14-0.28) / 0.61 (0.40-0.72).
 assert probe_median["constant_gain"] > 1.5, probe_stats["constant_gain"]
-assert probe_median["value_share"] < 0.8, probe_stats["value_share"]
+# the text calls it a further cut: below 0.9, a cut of at least a tenth
+assert probe_median["value_share"] < 0.9, probe_stats["value_share"]
 # The noise-to-signal ratios need a signal estimate well above 0: medians at
 # seeds 0-2: 0.70 / 0.98 / 0.72 of the mean row's squared length.
 assert probe_median["signal_share"] > 0.25, probe_stats["signal_share"]
@@ -1906,13 +1934,15 @@ difference is what the validation episodes did not predict.
 # %% [markdown]
 # ## 7.7 What the policy learned
 #
-# The policy is a function of four numbers. Holding the cart still at the centre
-# (`x = x_dot = 0`), we can draw its probability of pushing right over a grid of pole
-# angles and angular velocities, and overlay the states one greedy episode passes
-# through (`play_episode` from `helpers.rl` records them), projected onto the angle and
-# the angular velocity. First the map and a straight line fitted to its boundary: in
-# each column of the map (one angle), the angular velocity at which P(push right)
-# crosses 0.5, interpolated between two grid rows.
+# The policy is a function of four numbers. Holding the cart still at the centre (`x =
+# x_dot = 0`), we can draw its probability of pushing right over a grid of pole angles
+# and angular velocities, and overlay the states one greedy episode passes through
+# (`play_episode` from `helpers.rl` records them), projected onto the angle and the
+# angular velocity. The episode is the first, from fresh start states, that the policy
+# balances to the time limit: this section and the next look at balancing, and section
+# 7.6 has already counted how often it fails. First the map and a straight line fitted
+# to its boundary: in each column of the map (one angle), the angular velocity at which
+# P(push right) crosses 0.5, interpolated between two grid rows.
 
 
 # %%
@@ -1933,7 +1963,14 @@ def policy_logits_map(
     return logits.cpu().reshape(len(spins), len(angles), 2)
 
 
-episode = play_episode(policy, seed=seed + 3_000, device=device)
+# the first of up to ten fresh start states that the policy balances to the
+# time limit (at seeds 0-2 the first one tried)
+starts = range(seed + 3_000, seed + 3_010)
+for start in starts:
+    episode = play_episode(policy, seed=start, device=device)
+    if episode.truncated:
+        break
+print(f"start states tried: {starts.index(start) + 1}")
 angles = torch.linspace(-0.21, 0.21, 121)  # the pole falls beyond +-0.2095 rad
 spins = torch.linspace(-1.5, 1.5, 121)  # angular velocity, rad/s
 map_logits = policy_logits_map(policy, angles, spins, device)  # (121, 121, 2)
@@ -2257,9 +2294,9 @@ print(
     f"degrees, largest |x| {largest_x:.2f} m"
 )
 print(f"final x {final_x:+.2f} m")
-# The text below describes a balanced episode: seeds 0-2 (seed 0 also at the
-# avx2 CPU level) all lasted the 500 steps, the pole within 2.3 / 1.7 / 2.9
-# degrees.
+# The text below describes a balanced episode, the first of up to ten start
+# states that lasted (section 7.7): seeds 0-2 (seed 0 also at the avx2 CPU
+# level) balanced the first one tried, the pole within 2.3 / 1.7 / 2.9 degrees.
 assert episode.truncated and largest_angle < 12, (
     episode.truncated,
     largest_angle,
