@@ -17,10 +17,9 @@ from torch.distributions import Categorical, kl_divergence
 from helpers.exercises import Mismatch
 from helpers.exercises.ch07 import (
     check_batched_episode_gradients,
-    check_entropy_update,
+    check_gae_advantages,
     check_long_episodes,
     check_multi_step_update,
-    check_paired_comparison,
     check_paired_test,
 )
 from helpers.exercises.ch07_reference import (
@@ -28,7 +27,7 @@ from helpers.exercises.ch07_reference import (
     DriftLeftPolicy,
     expect_number,
     long_episodes_reference,
-    paired_reference,
+    gae_reference,
 )
 from helpers.exercises.ch07_words import RunEnd, multi_step_answer
 from helpers.rl import Episode, discounted_returns
@@ -75,7 +74,7 @@ def test_the_chapter_has_one_starter_per_exercise_and_each_is_not_attempted_unto
         ("7.2", "batched_episode_gradients"),
         ("7.3", "paired_test"),
         ("7.4", "long_episodes"),
-        ("7.5", "make_entropy_update", "paired_comparison"),
+        ("7.5", "gae_advantages"),
     ]
     assert len(STARTERS) == len(expected)
     for source, (exercise, *names) in zip(STARTERS, expected, strict=True):
@@ -375,148 +374,74 @@ def test_7_4_other_wrong_answers_fail_without_a_hint():
 # --- 7.5 ------------------------------------------------------------------------------
 
 
-def make_entropy_update(beta, mistake=None):
-    def update(batch, policy, optimizer, settings):
-        states, actions = batch_tensors(batch, settings.device)
-        returns = batch_returns(batch, settings)
-        if mistake == "no bootstrap":  # discounted_returns alone: a time-out counts as a fall
-            returns = torch.cat([discounted_returns(e.rewards, settings.gamma) for e in batch])
-        weights = returns if mistake == "raw" else normalise(returns, settings.eps)
-        dist = Categorical(logits=policy(states))
-        entropies = dist.entropy()
-        bonus = {
-            "sign": -entropies.mean(),
-            "detached": entropies.mean().detach(),
-            "sum": entropies.sum(),
-            "double": 2 * entropies.mean(),
-        }.get(mistake, entropies.mean())
-        loss = -(dist.log_prob(actions) * weights).mean() - beta * bonus
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return update
+def gae_advantages(rewards, values, last_value, gamma, lam, mistake=None):
+    """The chapter's solution written out (one backward pass), with the usual slips."""
+    if mistake == "in place":
+        values[-1] = values[-1] + 1  # changes the caller's tensor, then computes as if it had not
+        values = values.clone()
+        values[-1] -= 1
+    after = 0.0 if mistake == "no last value" else last_value
+    next_values = torch.cat([values[1:], values.new_tensor([after])])
+    deltas = rewards + (1.0 if mistake == "undiscounted delta" else gamma) * next_values - values
+    factor = {"gamma only": gamma, "lam only": lam}.get(mistake, gamma * lam)
+    out, running = [0.0] * len(deltas), 0.0
+    order = range(len(deltas)) if mistake == "forward" else range(len(deltas) - 1, -1, -1)
+    for t in order:
+        running = deltas[t].item() + factor * running
+        out[t] = running
+    if mistake == "list":
+        return out
+    result = torch.tensor(out)
+    return 2 * result if mistake == "double" else result
 
 
 def test_7_5_the_reference_passes():
-    verdict = check_entropy_update(make_entropy_update)
-    assert verdict.passed and "beta = 0.5" in verdict.message
+    verdict = check_gae_advantages(gae_advantages)
+    assert verdict.passed and "5 made-up episodes" in verdict.message
 
 
 @pytest.mark.parametrize(
     ("mistake", "hint"),
     [
-        ("sign", "the entropy went down"),
-        ("detached", "no effect"),
-        ("sum", "summed entropy"),
-        ("raw", "not normalised"),
-        ("no bootstrap", "the truncated episode was not bootstrapped: use batch_returns"),
+        ("no last value", "last_value"),
+        ("forward", "accumulate from the last step backwards"),
+        ("gamma only", "that is lam = 1's G_t - V(s_t)"),
+        ("lam only", "weighted by lam alone"),
+        ("undiscounted delta", "the TD error discounts the next value"),
     ],
 )
 def test_7_5_each_usual_mistake_gets_its_hint(mistake, hint):
-    verdict = check_entropy_update(lambda beta: make_entropy_update(beta, mistake))
+    verdict = check_gae_advantages(lambda *args: gae_advantages(*args, mistake=mistake))
     assert verdict.status == "failed" and hint in verdict.hint
 
 
-def test_7_5_other_wrong_answers_fail_without_a_hint():
-    verdict = check_entropy_update(lambda beta: make_entropy_update(beta, "double"))
-    assert not verdict and verdict.hint is None and "entries differ" in verdict.message
+def test_7_5_other_wrong_answers_fail_with_a_message_and_no_hint():
+    doubled = check_gae_advantages(lambda *args: gae_advantages(*args, mistake="double"))
+    assert not doubled and doubled.hint is None and "entries differ" in doubled.message
+    as_list = check_gae_advantages(lambda *args: gae_advantages(*args, mistake="list"))
+    assert not as_list and "should be a tensor, got list" in as_list.message
+    in_place = check_gae_advantages(lambda *args: gae_advantages(*args, mistake="in place"))
+    assert not in_place and "changed the rewards or values" in in_place.message
 
 
-def test_7_5_a_reader_whose_entropy_is_computed_under_no_grad_gets_the_hint():
-    body = """states, actions = batch_tensors(batch, settings.device)
-        returns = batch_returns(batch, settings)
-        weights = (returns - returns.mean()) / (returns.std() + settings.eps)
-        dist = Categorical(logits=policy(states))
-        with torch.no_grad():
-            entropy = dist.entropy().mean()
-        loss = -(dist.log_prob(actions) * weights).mean() - beta * entropy
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()"""
-    # the entropy update's placeholder only (paired_comparison's is indented 4)
-    placeholder = "        raise NotImplementedError  # your code here"
-    out = starter_with(4, placeholder, "        " + body)
-    hint = "Hint: the bonus had no effect: is the entropy detached or computed under no_grad?\n"
-    assert hint in out and out.endswith("fill in `paired_comparison` above\n")
+def test_7_5_lam_1_gives_the_returns_minus_the_values_and_lam_0_the_td_errors():
+    rewards, values = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([0.5, 0.2, 0.1])
+    returns = discounted_returns(rewards, 0.9, bootstrap=2.0).double()
+    assert torch.allclose(gae_reference(rewards, values, 2.0, 0.9, 1.0), returns - values.double())
+    deltas = rewards + 0.9 * torch.tensor([0.2, 0.1, 2.0]) - values
+    assert torch.allclose(gae_reference(rewards, values, 2.0, 0.9, 0.0), deltas.double())
 
 
-def paired_comparison(treated, control, budget, mistake=None):
-    """The chapter's solution written out, with the usual slips."""
-    out = {}
-    for name in ("episodes needed", "entropy"):
-        rows = []
-        for t, c in zip(treated, control, strict=True):
-            if name == "entropy":
-                pick = 0 if mistake == "first" else -1
-                rows.append((t["history"]["entropy"][pick], c["history"]["entropy"][pick]))
-            elif mistake == "dropped" and None in (t["solved_at"], c["solved_at"]):
-                continue
-            else:
-                never = 0 if mistake == "zero" else budget
-                rows.append(tuple(never if r["solved_at"] is None else r["solved_at"] for r in (t, c)))
-        a, b = np.array(rows, dtype=float).T
-        if mistake == "reversed":
-            a, b = b, a
-        d = a - b
-        if mistake == "unpaired":
-            se = math.sqrt(a.var(ddof=1) / len(d) + b.var(ddof=1) / len(d))
-        else:
-            se = d.std(ddof=0 if mistake == "ddof0" else 1) / (
-                1 if mistake == "no sqrt" else math.sqrt(len(d))
-            )
-        out[name] = (d.mean(), se, d.mean() / se)
-    if mistake == "list":
-        return list(out.values())
-    return out
-
-
-def test_7_5_the_reference_comparison_gives_t_0_for_no_difference_and_inf_for_equal_ones():
-    def run(solved_at: int, entropy: float) -> dict:
-        return {"solved_at": solved_at, "history": {"entropy": [0.69, entropy]}}
-
-    control = [run(100, 0.3), run(120, 0.4), run(90, 0.2)]
-    same = paired_reference(control, control, 200)
-    assert all(value == (0.0, 0.0, 0.0) for value in same.values()), same
-    later = [run(r["solved_at"] + 16, r["history"]["entropy"][-1]) for r in control]
-    mean, se, t = paired_reference(later, control, 200)["episodes needed"]
-    assert (mean, se, t) == (16.0, 0.0, math.inf)
-
-
-def test_7_5_the_paired_comparison_passes():
-    verdict = check_paired_comparison(paired_comparison)
-    assert verdict.passed and "one run per arm that never passed" in verdict.message
-
-
-@pytest.mark.parametrize(
-    ("mistake", "hint"),
-    [
-        ("zero", "counted as 0 episodes"),
-        ("dropped", "were left out"),
-        ("first", "the entropy on the first training batch"),
-        ("reversed", "control minus treated"),
-        ("unpaired", "unpaired standard error"),
-        ("ddof0", "ddof=1"),
-        ("no sqrt", "sqrt(n)"),
-    ],
-)
-def test_7_5_each_usual_comparison_mistake_gets_its_hint(mistake, hint):
-    verdict = check_paired_comparison(lambda *args: paired_comparison(*args, mistake=mistake))
-    assert verdict.status == "failed" and hint in verdict.hint
-
-
-def test_7_5_a_comparison_of_the_wrong_shape_fails_with_a_message():
-    verdict = check_paired_comparison(lambda *args: paired_comparison(*args, mistake="list"))
-    assert not verdict and "should return a dict with keys" in verdict.message
-
-
-def test_7_5_a_comparison_that_changes_the_runs_it_is_given_does_not_fool_the_checker():
-    def popping(treated, control, budget):
-        for run in treated + control:
-            run["history"]["entropy"].pop()
-        return paired_comparison(treated, control, budget)
-
-    assert not check_paired_comparison(popping)
+def test_7_5_a_reader_filling_in_the_starter_passes():
+    body = """next_values = torch.cat([values[1:], values.new_tensor([last_value])])
+    deltas = rewards + gamma * next_values - values
+    advantages, running = torch.zeros_like(deltas), 0.0
+    for t in range(len(deltas) - 1, -1, -1):
+        running = deltas[t] + gamma * lam * running
+        advantages[t] = running
+    return advantages"""
+    out = starter_with(4, "    raise NotImplementedError  # your code here", "    " + body)
+    assert "Exercise 7.5: matches the definition on 5 made-up episodes" in out
 
 
 # --- the module's own pieces -------------------------------------------------------------

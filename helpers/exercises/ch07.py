@@ -5,9 +5,10 @@ a tiny policy, made-up episodes, the CPU) and compares the result with a referen
 from ``helpers.exercises.ch07_reference``, written from the definitions: a REINFORCE
 step with ``torch.optim.SGD``, KL divergence and entropy from their formulas,
 per-episode gradients from ``torch.autograd.grad``, episode lengths from
-``evaluate_policy``. Updates get a :class:`CheckSettings` and an SGD optimizer, so
-that every parameter moves by exactly the learning rate times its gradient and a
-wrong loss shows in the parameters. Introduced with chapter 7's exercises.
+``evaluate_policy``, advantages from their double sum. Updates get a
+:class:`CheckSettings` and an SGD optimizer, so that every parameter moves by exactly
+the learning rate times its gradient and a wrong loss shows in the parameters.
+Introduced with chapter 7's exercises.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 from helpers.exercises import checker, expect, expect_tensor
 from helpers.exercises.ch07_reference import (
     CPU,
+    GAE_SLIPS,
     Z_POWER,
     Z_TWO_SIDED,
     CheckSettings,
@@ -32,13 +34,12 @@ from helpers.exercises.ch07_reference import (
     entropy,
     expect_number,
     flat,
+    gae_reference,
     kl_divergence,
     log_probs,
     long_episodes_reference,
     made_up_episodes,
-    made_up_runs,
     normalised,
-    paired_reference,
     per_episode_gradients,
     reinforce_loss,
     small_policy,
@@ -49,10 +50,9 @@ from helpers.rl import Episode, evaluate_policy
 
 __all__ = [
     "check_batched_episode_gradients",
-    "check_entropy_update",
+    "check_gae_advantages",
     "check_long_episodes",
     "check_multi_step_update",
-    "check_paired_comparison",
     "check_paired_test",
 ]
 
@@ -262,84 +262,34 @@ def check_long_episodes(long_episodes: Callable[..., Any]) -> str:
     )
 
 
-@checker("7.5", "make_entropy_update")
-def check_entropy_update(make_entropy_update: Callable[[float], Any]) -> str:
-    """One SGD step with beta = 0.5 on a made-up batch against the loss written out."""
-    generator, settings, beta = torch.Generator().manual_seed(705), CheckSettings(), 0.5
-    policy = small_policy(generator, scale=2.0)  # far from a fair coin: the entropy has a gradient
-    batch = made_up_episodes(generator, (6, 9, 4))
-    states, actions, returns = batch_of(batch, settings.gamma)
-    weights = normalised(returns, settings.eps)
-    ends_in_zero = normalised(batch_of(batch, settings.gamma, bootstrap=False)[2], settings.eps)
-
-    def after(loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        return flat(stepped(policy, loss, states))
-
-    want, no_bonus = after(reinforce_loss(actions, weights, beta)), after(reinforce_loss(actions, weights))
-    mistakes = {
-        "the entropy went down: the loss subtracts beta * entropy (descent then raises it)": (
-            after(reinforce_loss(actions, weights, -beta))
-        ),
-        "the bonus had no effect: is the entropy detached or computed under no_grad?": no_bonus,
-        "that is beta times the summed entropy: take the mean over the batch's states": (
-            after(reinforce_loss(actions, weights, beta, bonus="sum"))
-        ),
-        "the returns are not normalised: subtract their mean, divide by their std (+ eps)": (
-            after(reinforce_loss(actions, returns, beta))
-        ),
-        "the truncated episode was not bootstrapped: use batch_returns": (
-            after(reinforce_loss(actions, ends_in_zero, beta))
-        ),
-    }
-    _run_update(make_entropy_update(beta), batch, policy, settings)
-    gap = _expect_params(policy, want, "the parameters after one update", mistakes)
-    return (
-        f"matches one SGD step on the loss with beta = {beta} to {gap:.1e} "
-        f"(the bonus moved the parameters by {(want - no_bonus).norm():.2f})"
-    )
-
-
-@checker("7.5", "paired_comparison")
-def check_paired_comparison(paired_comparison: Callable[..., Any]) -> str:
-    """Two arms of 5 made-up runs each, paired by seed, one run of each arm never passing."""
-    generator, budget = torch.Generator().manual_seed(7_055), 1_000
-    control = made_up_runs(generator, 5, budget, never=1)
-    treated = made_up_runs(generator, 5, budget, never=3)
-    for t, c in zip(treated, control, strict=True):  # paired: a seed moves both arms alike
-        if None not in (t["solved_at"], c["solved_at"]):
-            t["solved_at"] = max(16, c["solved_at"] + t["solved_at"] // 4 - 192)
-        t["history"]["entropy"][-1] = c["history"]["entropy"][-1] + 0.05 + 0.02 * len(t["history"]["entropy"])
-    got = paired_comparison(copy.deepcopy(treated), copy.deepcopy(control), budget)
-    want = paired_reference(treated, control, budget)
-    expect(
-        isinstance(got, dict) and set(got) == set(want),
-        f"paired_comparison should return a dict with keys {sorted(want)}, got {got!r:.120}",
-    )
-    hints = {
-        "zero": "a run that never passed counted as 0 episodes, the fastest of all: count it as the budget",
-        "dropped": "the pairs with a run that never passed were left out: they are the slowest runs, "
-        "count them at the budget",
-        "first": "that is the entropy on the first training batch: take the last one, history['entropy'][-1]",
-        "reversed": "that is control minus treated: take treated minus control",
-        "unpaired": "that is the unpaired standard error of two independent samples: take the standard "
-        "deviation of the per-seed differences",
-        "ddof0": "that standard deviation divides by n: the sample standard deviation divides by "
-        "n - 1 (ddof=1)",
-        "no sqrt": "that is the standard deviation of one difference: the mean's divides it by sqrt(n)",
-    }
-    slips = {key: paired_reference(treated, control, budget, key) for key in hints}
-    for name, numbers in want.items():
-        value = got[name]
+@checker("7.5", "gae_advantages")
+def check_gae_advantages(gae_advantages: Callable[..., Any]) -> str:
+    """Five made-up episodes against the definition: lam from 0 to 1, ending in a fall and
+    in time-outs, one of a single step."""
+    generator, gamma = torch.Generator().manual_seed(7_505), 0.9
+    cases = ((7, 0.0, 0.8), (9, 5.0, 0.95), (5, 3.0, 0.0), (6, 2.0, 1.0), (1, 4.0, 0.5))
+    gap = 0.0
+    for steps, last_value, lam in cases:
+        rewards = 0.5 + torch.rand(steps, generator=generator)
+        values = 3 * torch.rand(steps, generator=generator)
+        given = (rewards.clone(), values.clone())
+        got = gae_advantages(*given, last_value, gamma, lam)
+        want = gae_reference(rewards, values, last_value, gamma, lam)
+        mistakes = {
+            hint: slip
+            for key, hint in GAE_SLIPS.items()
+            if not torch.allclose(slip := gae_reference(rewards, values, last_value, gamma, lam, key), want)
+        }
+        ending = "a fall" if last_value == 0 else f"a time-out (last_value {last_value})"
+        what = f"the advantages of a {steps}-step episode ending in {ending}, lam = {lam}"
+        if isinstance(got, torch.Tensor):
+            got = got.to(torch.float64)
+        gap = max(gap, expect_tensor(got, want, what, atol=1e-5, rtol=1e-5, mistakes=mistakes))
         expect(
-            isinstance(value, tuple | list) and len(value) == 3,
-            f"got[{name!r}] should be (mean difference, standard error, t), got {value!r:.120}",
+            torch.equal(given[0], rewards) and torch.equal(given[1], values),
+            "gae_advantages changed the rewards or values it was given: compute into a new tensor",
         )
-        for i, what in enumerate(("mean difference", "paired standard error", "t")):
-            mistakes = {hints[key]: slips[key][name][i] for key in hints if slips[key][name][i] != numbers[i]}
-            expect_number(value[i], numbers[i], f"the {what} of {name!r}", rel=1e-6, mistakes=mistakes)
-    episodes, entropies = want["episodes needed"], want["entropy"]
     return (
-        f"matches the paired comparison of 5 made-up seeds, one run per arm that never passed: "
-        f"episodes needed {episodes[0]:+.1f} ± {episodes[1]:.1f}, "
-        f"entropy {entropies[0]:+.3f} ± {entropies[1]:.3f}"
+        f"matches the definition on {len(cases)} made-up episodes (lam 0 to 1, ending in a fall "
+        f"and in time-outs) to {gap:.1e}"
     )

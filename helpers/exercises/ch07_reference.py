@@ -2,8 +2,9 @@
 
 Written from the definitions, independently of the chapter's solutions: a REINFORCE
 step with ``torch.optim.SGD``, KL divergence and entropy from their formulas,
-per-episode gradients from ``torch.autograd.grad``, and a record of whole
-vector-environment runs from which each first episode is read off afterwards.
+per-episode gradients from ``torch.autograd.grad``, a record of whole
+vector-environment runs from which each first episode is read off afterwards, and
+generalised advantages as the double sum that defines them.
 ``expect_number`` is a scalar counterpart of ``expect_tensor``'s ``mistakes=``.
 Introduced with chapter 7's exercises.
 """
@@ -11,7 +12,6 @@ Introduced with chapter 7's exercises.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,15 +127,12 @@ def stepped_without_zero_grad(policy: nn.Module, loss: Loss, states: torch.Tenso
     return policy
 
 
-def reinforce_loss(
-    actions: torch.Tensor, weights: torch.Tensor, beta: float = 0.0, bonus: str = "mean"
-) -> Loss:
-    """-mean_t w_t log pi(a_t | s_t) - beta * (the mean, or the sum if ``bonus="sum"``, of the entropies)."""
+def reinforce_loss(actions: torch.Tensor, weights: torch.Tensor) -> Loss:
+    """-mean_t w_t log pi(a_t | s_t)."""
 
     def loss(log_p: torch.Tensor) -> torch.Tensor:
         taken = log_p.gather(1, actions[:, None]).squeeze(1)  # (N,)
-        entropies = entropy(log_p)
-        return -(taken * weights).mean() - beta * (entropies.sum() if bonus == "sum" else entropies.mean())
+        return -(taken * weights).mean()
 
     return loss
 
@@ -234,56 +231,40 @@ def long_episodes_reference(
     return {name: torch.as_tensor(value, dtype=torch.float64) for name, value in found.items()}
 
 
-def made_up_runs(generator: torch.Generator, n: int, budget: int, never: int) -> list[dict]:
-    """``n`` runs shaped like ``train_reinforce``'s: ``solved_at`` (a multiple of 16 below
-    ``budget``, None for run ``never``) and an entropy history of a few batches."""
-    runs = []
-    for i in range(n):
-        solved = 16 * int(torch.randint(4, budget // 16, (1,), generator=generator))
-        batches = int(torch.randint(3, 8, (1,), generator=generator))
-        entropy = (0.1 + 0.6 * torch.rand(batches, generator=generator, dtype=torch.float64)).tolist()
-        runs.append({"solved_at": None if i == never else solved, "history": {"entropy": entropy}})
-    return runs
+# exercise 7.5's advantages: what each usual slip computes instead, and its hint
+GAE_SLIPS = {
+    "no last value": "the last step's TD error needs the value after the episode, last_value "
+    "(0 after a fall, the bootstrap after a time-out): it was left out",
+    "forward": "that sums the errors of the steps before t: an advantage looks ahead, so "
+    "accumulate from the last step backwards",
+    "gamma only": "the errors are weighted by gamma alone: that is lam = 1's G_t - V(s_t) whatever "
+    "lam is; the factor per step is gamma * lam",
+    "lam only": "the errors are weighted by lam alone: the factor per step is gamma * lam",
+    "undiscounted delta": "the TD error discounts the next value: r_t + gamma * V(s_{t+1}) - V(s_t)",
+}
 
 
-def paired_reference(
-    treated: list[dict], control: list[dict], budget: int, mistake: str | None = None
-) -> dict[str, tuple[float, float, float]]:
-    """Per measure: mean of the per-seed differences treated - control, its paired standard
-    error and t; ``mistake`` gives what a usual slip gives instead."""
-    if mistake == "dropped":  # pairs with a run that never passed left out
-        kept = [
-            (t, c)
-            for t, c in zip(treated, control, strict=True)
-            if None not in (t["solved_at"], c["solved_at"])
-        ]
-        treated, control = [t for t, _ in kept], [c for _, c in kept]
-    never = 0 if mistake == "zero" else budget
-
-    def needed(run: dict) -> float:
-        return never if run["solved_at"] is None else run["solved_at"]
-
-    def last_entropy(run: dict) -> float:
-        return run["history"]["entropy"][0 if mistake == "first" else -1]
-
-    out = {}
-    for name, measure in [("episodes needed", needed), ("entropy", last_entropy)]:
-        a = np.array([measure(r) for r in treated], dtype=np.float64)
-        b = np.array([measure(r) for r in control], dtype=np.float64)
-        if mistake == "reversed":
-            a, b = b, a
-        d, n = a - b, len(a)
-        if mistake == "unpaired":
-            se = math.sqrt(a.var(ddof=1) / n + b.var(ddof=1) / n)
-        elif mistake == "ddof0":
-            se = d.std(ddof=0) / math.sqrt(n)
-        elif mistake == "no sqrt":
-            se = d.std(ddof=1)
-        else:
-            se = d.std(ddof=1) / math.sqrt(n)
-        if se > 0:
-            t = float(d.mean() / se)
-        else:  # every pair differs alike: t is 0 for no difference, else infinite
-            t = 0.0 if d.mean() == 0 else math.copysign(math.inf, float(d.mean()))
-        out[name] = (float(d.mean()), float(se), t)
+def gae_reference(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    last_value: float,
+    gamma: float,
+    lam: float,
+    mistake: str | None = None,
+) -> torch.Tensor:
+    """One episode's advantages from the definition, in float64: the TD errors
+    ``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)`` (``V(s_T) = last_value``) summed as
+    ``A_t = sum_k (gamma lam)^k delta_{t+k}``, a double sum; ``mistake`` (a key of
+    ``GAE_SLIPS``) gives what that slip computes instead."""
+    r, v = rewards.to(torch.float64), values.to(torch.float64)
+    after = 0.0 if mistake == "no last value" else float(last_value)
+    next_v = torch.cat([v[1:], torch.tensor([after], dtype=torch.float64)])
+    delta = r + (1.0 if mistake == "undiscounted delta" else gamma) * next_v - v
+    factor = {"gamma only": gamma, "lam only": lam}.get(mistake, gamma * lam)
+    steps = len(delta)
+    out = torch.zeros(steps, dtype=torch.float64)
+    for t in range(steps):
+        ks = range(0, t + 1) if mistake == "forward" else range(0, steps - t)
+        sign = -1 if mistake == "forward" else 1
+        out[t] = sum(factor**k * delta[t + sign * k] for k in ks)
     return out
