@@ -809,6 +809,9 @@ def labelled_loader(
 
 
 samples_per_epoch, batch_size = 320, 64
+# the normalisation travels with the weights: read it from the checkpoint, as
+# a user of the file would, not from this notebook's variables
+norm_mean, norm_std = checkpoint["mean"], checkpoint["std"]
 # functools.partial fixes the arguments that stay the same for the whole
 # chapter, so that a call names only what varies: target_train_loader(k, draw)
 target_train_loader = functools.partial(
@@ -817,12 +820,12 @@ target_train_loader = functools.partial(
     digits.y_train,
     samples=samples_per_epoch,
     batch_size=batch_size,
-    mean=source_mean,
-    std=source_std,
+    mean=norm_mean,
+    std=norm_std,
 )
-val_x = normalize(digits.x_val, source_mean, source_std)
+val_x = normalize(digits.x_val, norm_mean, norm_std)
 val_loader = batched_loader(TensorDataset(val_x, digits.y_val), 500)
-test_x = normalize(digits.x_test, source_mean, source_std)
+test_x = normalize(digits.x_test, norm_mean, norm_std)
 test_loader = batched_loader(TensorDataset(test_x, digits.y_test), 500)
 images, labels = next(iter(target_train_loader(1, draws[0])))
 print("a training batch:", tuple(images.shape), "labels", labels[:12].tolist())
@@ -1621,13 +1624,16 @@ ax_acc.plot(
     **control_style,
 )
 for x, y in zip(beside, control_accs.values(), strict=True):  # its own label
+    # above and to the right of the square left of the factors, clear of the
+    # tick labels; below it elsewhere, clear of the panel's top
+    left = x < min(factors)
     ax_acc.annotate(
         "10 per class,\nrandom layer3",
         (x, y),
-        xytext=(0, -9),
+        xytext=(-6, 9) if left else (0, -9),
         textcoords="offset points",
-        ha="center",
-        va="top",
+        ha="left" if left else "center",
+        va="bottom" if left else "top",
         fontsize=7,
         color=budget_colours[10],
         # on a white patch, so that no line runs through the words
@@ -3389,7 +3395,7 @@ assert check_pooled_features(pooled_features)
 
 index = labelled_subset(digits.y_train, 3, seed=draws[0])
 x_fit, y_fit = digits.x_train[index], digits.y_train[index].numpy()
-x_fit_normalized = normalize(x_fit, source_mean, source_std)
+x_fit_normalized = normalize(x_fit, norm_mean, norm_std)
 fit_features = pooled_features(backbone, x_fit_normalized.to(device))
 val_features = pooled_features(backbone, val_x.to(device))
 fit_features["pixels"] = x_fit.flatten(1)  # (30, 784)
@@ -3449,7 +3455,7 @@ def nearest_mean_accuracy(
 
 one = labelled_subset(digits.y_train, 1, seed=draws[0])  # within the 3
 one_features = pooled_features(
-    backbone, normalize(digits.x_train[one], source_mean, source_std).to(device)
+    backbone, normalize(digits.x_train[one], norm_mean, norm_std).to(device)
 )
 prototype_acc = {
     1: nearest_mean_accuracy(
