@@ -1832,8 +1832,8 @@ omega_spread = np.ptp(omega_seen)
 top_right, bottom_right = p_right[-1].min().item(), p_right[0].max().item()
 print(f"columns with one crossing: {len(crossings)} of {len(angles)}")
 print(
-    f"P(right): at least {top_right:.2f} on the top row, "
-    f"at most {bottom_right:.2f} on the bottom row"
+    f"P(right): at least {top_right:.4f} on the top row, "
+    f"at most {bottom_right:.4f} on the bottom row"
 )
 print(f"boundary: omega = {intercept:+.3f} {slope:+.3f} * theta (rad/s)")
 print(
@@ -1849,13 +1849,13 @@ print(f"greedy episode: the action changes at {switches:.0%} of its steps")
 # The prose below relies on these: one crossing per angle (the interpolation and
 # "the boundary" need it), right above and left below, a boundary that moves by
 # less than a quarter of the 3 rad/s of spins shown and, across the episode's
-# angles, by less than a quarter of its angular velocities' spread,
-# sloping down. Measured at seeds 0-2 (seed 0 also at CPU level avx2): 121
-# crossings of 121; P(right) >= 1.00 on the top row and <= 0.00 on the bottom
-# row; shift 0.20 / 0.34 / 0.20 rad/s against the bound of 0.75; slope -0.471 /
-# -0.802 / -0.470 against 0. Where the episode goes ("close to flat"): shift
-# 0.037 / 0.045 / 0.047 rad/s against spreads of 0.62 / 0.60 / 0.69 (a quarter:
-# 0.15 / 0.15 / 0.17; measured at the AVX-512 level only).
+# angles, by less than a quarter of its angular velocities' spread, sloping
+# down. Measured at seeds 0-2 (seed 0 also at CPU level avx2): 121 crossings of
+# 121; P(right) >= 0.995 on the top row and <= 0.005 on the bottom row (1.00 and
+# 0.00 to two places); shift 0.20 / 0.34 / 0.20 rad/s against the bound of 0.75;
+# slope -0.471 / -0.802 / -0.470 against 0. Where the episode goes ("close to
+# flat"): shift 0.037 / 0.045 / 0.047 rad/s against spreads of 0.62 / 0.60 /
+# 0.69 (a quarter: 0.15 / 0.15 / 0.17; measured at the AVX-512 level only).
 assert len(crossings) == len(angles) and top_right > 0.5 > bottom_right
 span = (spins[-1] - spins[0]).item()
 assert omega_shift < span / 4 and slope < 0, (omega_shift, slope)
@@ -2352,6 +2352,9 @@ states early in training to 8,000 when all 16 episodes last 500 steps.) The simu
 own step, which runs on the CPU in every case, comes on top. Training draws its actions
 from a `Categorical` instead of taking the greedy one: on one CPU thread that step took
 {{sample_step_us}} µs against the greedy {{greedy_step_us}} µs: {{sample_words}}.
+Part of that cost is the distribution checking its arguments on every construction;
+`Categorical(logits=..., validate_args=False)` skips the checks once the code is
+known to be right.
 """
 )
 
@@ -2935,8 +2938,8 @@ print(
 # $$ \hat A_t = \sum_{k \ge 0} (\gamma\lambda)^k\, \delta_{t+k}, $$
 #
 # summed to the end of the episode, with $V$ after the last step taken as 0 after a fall
-# and as the bootstrap after a time-out. Spinning Up's VPG, whose other defaults this
-# chapter borrowed, uses $\lambda = 0.97$; PPO implementations use GAE too.
+# and as the bootstrap after a time-out. Spinning Up's VPG, whose network and discount
+# this chapter borrowed, uses $\lambda = 0.97$; PPO implementations use GAE too.
 #
 # 1. Show that $\lambda = 0$ gives $\delta_t$ and $\lambda = 1$ gives $G_t - V(s_t)$,
 #    and find a recursion that computes every $\hat A_t$ in one backward pass.
