@@ -26,8 +26,8 @@ from helpers.exercises.ch07_reference import (
     CheckSettings,
     DriftLeftPolicy,
     expect_number,
-    long_episodes_reference,
     gae_reference,
+    long_episodes_reference,
 )
 from helpers.exercises.ch07_words import RunEnd, multi_step_answer
 from helpers.rl import Episode, discounted_returns
