@@ -1027,9 +1027,15 @@ def make_value(hidden: int, inputs: int = state_size) -> nn.Module:
     )
 
 
-def make_baseline_update(run_seed: int, settings: Settings) -> Update:
+def make_baseline_update(
+    run_seed: int,
+    settings: Settings,
+    advantages_from: Callable | None = None,
+) -> Update:
     """A fresh value network and its optimizer, inside an update like
-    reinforce_update.
+    reinforce_update. The advantages are the returns minus the value
+    network's predictions, or `advantages_from(batch, returns, predicted,
+    settings)` (exercise 5 passes one).
     """
     # the value network's own initial weights, from a forked generator so
     # that the global one is left as it was
@@ -1058,7 +1064,10 @@ def make_baseline_update(run_seed: int, settings: Settings) -> Update:
             value_optimizer.zero_grad()
             value_loss.backward()
             value_optimizer.step()
-        advantages = returns - baseline
+        if advantages_from is None:
+            advantages = returns - baseline
+        else:
+            advantages = advantages_from(batch, returns, baseline, settings)
         eps = settings.eps
         policy_step(policy, optimizer, states, actions, advantages, eps)
 
@@ -2948,10 +2957,11 @@ print(
 #    state) and `last_value` the value after the last step. The checker compares it
 #    with the definition on made-up episodes.
 # 3. Write `make_gae_update(run_seed, settings, lam)`: section 7.5's
-#    `make_baseline_update` with these advantages in place of $G_t - V(s_t)$, the
-#    values predicted before the value network's steps on the batch, and after a
-#    time-out the $1/(1-\gamma)$ the returns bootstrap with. Check it: with
-#    $\lambda = 1$ it must take the baseline's step, to float rounding.
+#    `make_baseline_update` with these advantages in place of $G_t - V(s_t)$ (its
+#    argument `advantages_from` takes a function of the batch, its returns, the
+#    values predicted before the value network's steps on it, and the settings),
+#    and after a time-out the $1/(1-\gamma)$ the returns bootstrap with. Check it:
+#    with $\lambda = 1$ it must take the baseline's step, to float rounding.
 # 4. Train it from the three seeds of section 7.5 with $\lambda = 0.97$ and compare
 #    the episodes needed to pass validation with the baseline runs of section 7.5,
 #    paired by seed and judged as that section judged plain against baseline.
@@ -2999,35 +3009,26 @@ def gae_advantages(
 assert check_gae_advantages(gae_advantages)
 
 
-def make_gae_update(run_seed: int, settings: Settings, lam: float) -> Update:
-    """A fresh value network and its optimizer, inside an update that weighs
-    actions by GAE advantages.
+def gae_from(lam: float) -> Callable:
+    """make_baseline_update's `advantages_from`: each episode's GAE
+    advantages from the value network's predictions.
     """
-    # the same value network, initial weights and optimizer as the baseline's
-    with torch.random.fork_rng(devices=[]):  # the CPU generator only
-        torch.manual_seed(run_seed + 10_000)
-        value = make_value(settings.hidden).to(settings.device)
-    value_optimizer = torch.optim.Adam(value.parameters(), lr=settings.lr)
-    scale = 1 / (1 - settings.gamma)  # the network predicts returns / scale
 
-    def gae_update(
+    def advantages_from(
         batch: list[Episode],
-        policy: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        returns: torch.Tensor,
+        predicted: torch.Tensor,
         settings: Settings,
-    ) -> None:
-        states, actions = batch_tensors(batch, settings.device)
-        returns = batch_returns(batch, settings)  # the value network's targets
-        with torch.no_grad():  # constants for the policy's gradient
-            predicted = value(states).squeeze(1) * scale  # (N,)
+    ) -> torch.Tensor:
+        # after a time-out, the bootstrap the returns use: 1 / (1 - gamma)
+        forever = 1 / (1 - settings.gamma)
         pieces, start = [], 0
         for episode in batch:
             end = start + len(episode.actions)
             rewards = torch.as_tensor(
-                episode.rewards, dtype=predicted.dtype, device=settings.device
+                episode.rewards, dtype=predicted.dtype, device=predicted.device
             )
-            # after a time-out, the bootstrap the returns use: 1 / (1 - gamma)
-            last_value = scale if episode.truncated else 0.0
+            last_value = forever if episode.truncated else 0.0
             pieces.append(
                 gae_advantages(
                     rewards,
@@ -3038,18 +3039,14 @@ def make_gae_update(run_seed: int, settings: Settings, lam: float) -> Update:
                 )
             )
             start = end
-        advantages = torch.cat(pieces)  # (N,)
-        value.train()
-        for _ in range(settings.value_steps):
-            value_loss = F.mse_loss(value(states).squeeze(1), returns / scale)
-            value_optimizer.zero_grad()
-            value_loss.backward()
-            value_optimizer.step()
-        policy_step(
-            policy, optimizer, states, actions, advantages, settings.eps
-        )
+        return torch.cat(pieces)  # (N,)
 
-    return gae_update
+    return advantages_from
+
+
+def make_gae_update(run_seed: int, settings: Settings, lam: float) -> Update:
+    """Section 7.5's baseline update, its actions weighed by GAE advantages."""
+    return make_baseline_update(run_seed, settings, gae_from(lam))
 
 
 # lam = 1 is the baseline's G_t - V(s_t): one update on section 7.4's batch,
