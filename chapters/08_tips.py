@@ -5317,9 +5317,9 @@ bias = torch.randn(256, device=device)
 # On one thread: 65,536 elements are enough for the multiplication to be
 # split over several threads, and on a busy machine a call that must wait for
 # a second core measures the waiting. Three interleaved rounds each.
-threads_before = torch.get_num_threads()
-torch.set_num_threads(1)
-try:
+threads_available = torch.get_num_threads()
+# one_thread() restores the thread count, whatever the cell sets inside it
+with one_thread():
     part_rounds = timed_rounds(
         {
             "draw": partial(mask.bernoulli_, 0.9),
@@ -5334,7 +5334,7 @@ try:
     # interleaved rounds of their own (the thread count is set between
     # readings, outside the timing), taking turns at going first
     two_thread_rounds = None
-    if device.type == "cpu" and threads_before >= 2:
+    if device.type == "cpu" and threads_available >= 2:
         by_threads = {1: [], 2: []}
         for round_ in range(3):
             for n in (1, 2) if round_ % 2 == 0 else (2, 1):
@@ -5348,8 +5348,6 @@ try:
                     )
                 )
         two_thread_rounds = {"draw": by_threads[2], "draw, 1": by_threads[1]}
-finally:
-    torch.set_num_threads(threads_before)
 draw_s, multiply_s, product_s = (
     min(part_rounds[name]) for name in ("draw", "multiply", "product")
 )
