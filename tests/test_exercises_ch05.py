@@ -18,6 +18,7 @@ from helpers.exercises.ch05 import (
     check_freeze_batchnorm,
     check_layerwise_groups,
     check_load_backbone,
+    check_plain_counterpart,
     check_pooled_features,
     check_start_lpft,
     check_unfreeze_for_epoch,
@@ -31,7 +32,7 @@ def test_the_chapter_has_one_starter_per_exercise_and_each_untouched_is_not_atte
         ["pooled_features"],
         ["layerwise_groups", "unfreeze_for_epoch"],
         ["load_backbone"],
-        ["start_lpft"],
+        ["start_lpft", "plain_counterpart"],
         ["freeze_batchnorm"],
     ]
     assert len(STARTERS) == len(names)
@@ -484,6 +485,38 @@ def test_start_lpft_right_answer_passes(capsys):
 def test_start_lpft_usual_mistakes_get_their_hints(mistake, hint):
     verdict = check_start_lpft(lambda m, lr, f: lpft(m, lr, f, **mistake))
     assert not verdict and hint in verdict.hint
+
+
+def test_plain_counterpart_right_answer_passes(capsys):
+    assert check_plain_counterpart(lambda draw, factor: (10, draw, "fine-tuning", factor))
+    assert capsys.readouterr().out == (
+        "✓ Exercise 5.4: plain fine-tuning on the same draw, 10 labels per class, at the same "
+        "factor and for the same 12 epochs: only the start (a random head or the probe) differs\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("counterpart", "hint"),
+    [
+        (lambda d, f: (10, "fine-tuning", d), "matches LP-FT's cost, not its schedule"),
+        (lambda d, f: (10, d, "feature extraction", 0.0), "LP-FT's first phase, the probe itself"),
+        (lambda d, f: (10, d, "fine-tuning, random layer3", f), "a control changes layer3 itself"),
+        (lambda d, f: (10, 0, "fine-tuning", f), "the same draw"),
+        (lambda d, f: (10, d, "fine-tuning", 0.01), "compare at the same one"),
+        (lambda d, f: (1, d, "fine-tuning", f), "must see the same images"),
+    ],
+)
+def test_plain_counterpart_design_slips_get_their_hints(counterpart, hint):
+    verdict = check_plain_counterpart(counterpart)
+    assert not verdict and hint in verdict.hint
+
+
+def test_plain_counterpart_other_wrong_answers_fail_without_a_hint():
+    verdict = check_plain_counterpart(lambda d, f: [10, d, "fine-tuning", f])
+    assert verdict.message == "plain_counterpart(7, 0.1) returned a list, not a key of `runs` (a tuple)"
+    verdict = check_plain_counterpart(lambda d, f: (10, d))
+    assert "returned (10, 7)" in verdict.message and verdict.hint is None
+    assert not check_plain_counterpart("(10, draw, 'fine-tuning', factor)")
 
 
 def test_start_lpft_other_wrong_answers_fail_without_a_hint():

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.exercises import Mismatch, checker, expect, expect_tensor
-from helpers.exercises.ch05_freezing import check_freeze_batchnorm, check_start_lpft
+from helpers.exercises.ch05_freezing import check_freeze_batchnorm, check_plain_counterpart, check_start_lpft
 from helpers.exercises.ch05_models import BLOCKS, SmallNet, check_function, differing
 from helpers.exercises.ch05_unfreezing import check_layerwise_groups, check_unfreeze_for_epoch
 
@@ -27,6 +27,7 @@ __all__ = [
     "check_freeze_batchnorm",
     "check_layerwise_groups",
     "check_load_backbone",
+    "check_plain_counterpart",
     "check_pooled_features",
     "check_start_lpft",
     "check_unfreeze_for_epoch",

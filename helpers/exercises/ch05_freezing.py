@@ -13,7 +13,7 @@ from torch import nn
 from helpers.exercises import checker, expect, expect_tensor
 from helpers.exercises.ch05_models import BLOCKS, SmallNet, bn_net, check_function, differing, swapped
 
-__all__ = ["check_freeze_batchnorm", "check_start_lpft"]
+__all__ = ["check_freeze_batchnorm", "check_plain_counterpart", "check_start_lpft"]
 
 
 # ---- Exercise 5.4 -------------------------------------------------------------------------
@@ -120,6 +120,61 @@ def check_start_lpft(start_lpft: Callable) -> str:
         f"a copy with the trained head ({model.fc.weight.numel()} weights kept), layer3 and fc "
         f"trainable at {lr * factor:g} and {lr:g} with AdamW (weight decay {_WEIGHT_DECAY:g}), "
         "layer1 and layer2 frozen and in `frozen`; the feature-extraction model unchanged"
+    )
+
+
+def _counterpart_hint(key: tuple, draw: int, factor: float) -> str | None:
+    """The hint for a wrong counterpart key, when it is one of the usual design slips."""
+    if len(key) == 3 and key[1] == "fine-tuning":  # a 24-epoch run's (per_class, method, draw)
+        return (
+            "the 24-epoch run matches LP-FT's cost, not its schedule: its rate drops at epoch 16 "
+            "and layer3 trains twice as long, so a gap would mix the start with the schedule"
+        )
+    if len(key) != 4:
+        return None
+    per_class, key_draw, method, key_factor = key
+    if method == "feature extraction":
+        return (
+            "that run is LP-FT's first phase, the probe itself: compare with fine-tuning from a random head"
+        )
+    if method != "fine-tuning":
+        return "a control changes layer3 itself; LP-FT's counterpart is plain fine-tuning"
+    if key_draw != draw:
+        return (
+            "the same draw: LP-FT's labelled images and seeds are that draw's, and pairing on the "
+            "same draw removes what the two runs share"
+        )
+    if key_factor != factor:
+        return "LP-FT trains layer3 at this factor: compare at the same one, or the gap mixes start and rate"
+    if per_class != 10:
+        return "LP-FT trains on 10 labels per class: its counterpart must see the same images"
+    return None
+
+
+@checker("5.4", "plain_counterpart")
+def check_plain_counterpart(plain_counterpart: Callable) -> str:
+    """Exercise 5.4's design: the key of section 5.7's run that LP-FT is compared with.
+
+    Only plain fine-tuning with the same labelled images, draw, factor and 12-epoch
+    schedule differs from LP-FT in its start alone: ``(10, draw, "fine-tuning", factor)``."""
+    check_function(plain_counterpart, "plain_counterpart")
+    for draw, factor in ((7, 0.1), (12, 1.0)):  # fresh values, not the chapter's
+        key = plain_counterpart(draw, factor)
+        want = (10, draw, "fine-tuning", factor)
+        expect(
+            isinstance(key, tuple),
+            f"plain_counterpart({draw}, {factor:g}) returned a {type(key).__name__}, "
+            "not a key of `runs` (a tuple)",
+        )
+        expect(
+            key == want,
+            f"plain_counterpart({draw}, {factor:g}) returned {key!r}, which is not the run that "
+            "differs from LP-FT in its start alone",
+            _counterpart_hint(key, draw, factor),
+        )
+    return (
+        "plain fine-tuning on the same draw, 10 labels per class, at the same factor and for the "
+        "same 12 epochs: only the start (a random head or the probe) differs"
     )
 
 
