@@ -41,21 +41,29 @@
 # >   readings: a loader's first epoch, a compiled model's first call, a fresh process.
 # > - Two things compared are timed in three interleaved rounds, taking turns at going
 # >   first (`helpers.tips.timed_rounds`); the printed output shows every round.
-# > - "Faster" is decided by one rule (`helpers.tips.rounds_verdict`, built on
-# >   `separation`; `paired_verdict` for paired rounds): one side is faster
-# >   only if every one of its readings, 10 % longer, is still shorter than every
-# >   reading of the other; otherwise the text says "within the noise of". Where the
-# >   rounds are paired (both timed within one round), every round's ratio must lie
-# >   beyond the 10 %. The "N times" quoted is the worst case: the slower side's
-# >   fastest reading against the faster side's slowest, or the round nearest to
-# >   even. Section 8.3 applies the rule, without the 10 %, to the final losses of
-# >   different seeds. The arms share their seeds (initial weights, data order), so
-# >   their results come in pairs, and two settings that do not differ pass it in a
-# >   given direction only if every pair falls that way: with two seeds a side, up to
-# >   one time in four, so such a pass is called a hint, not a result.
+# > - One side is called faster only if every one of its readings, 10 % longer, is still
+# >   shorter than every reading of the other; otherwise the text says "within the noise
+# >   of". The dropdown below gives the rule's details.
 # > - The numbers come from the machine that built this page (the setup cell prints
 # >   it); yours will differ. Where the text speaks of hardware this run did not
 # >   measure, it says so.
+
+# %% [markdown] tags=["box-dropdown"]
+# <details>
+# <summary>The rule in detail</summary>
+#
+# The rule is `helpers.tips.rounds_verdict`, built on `separation`. Where the rounds are
+# paired (both sides timed within one round, `paired_verdict`), every round's ratio must
+# lie beyond the 10 %. The "N times" quoted is the worst case: the slower side's fastest
+# reading against the faster side's slowest, or the round nearest to even. Section 8.3
+# applies the rule, without the 10 %, to the final losses of different seeds. The arms
+# share their seeds (initial weights, data order), so their results come in pairs, and
+# two settings that do not differ pass it in a given direction only if every pair falls
+# that way: with two seeds a side, up to one time in four, so such a pass is called a
+# hint, not a result. A round over five times its side's fastest reading is the
+# machine's load, not the code: the sections' dropdowns note such busy rounds.
+#
+# </details>
 
 # %% tags=["hide-cell"]
 # On Colab only: install this book's helpers package (pip keeps Colab's own
@@ -216,13 +224,18 @@ else:
     )
 record("start_load", start_load)
 
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
+<details>
+<summary>The machine's load at the start</summary>
+
 {{start_load}} (On Linux the load average is a damped average, over about the last
 minute, of the tasks running or waiting for a CPU, and of those waiting on disk; in a
 container on a larger host it counts the whole host's tasks, so it says little about
 this notebook's CPUs. The summary gives it again at the end of the run.)
+
+</details>
 """
 )
 
@@ -410,8 +423,8 @@ if (
 ):
     large_batch_sentence = (
         "At 4,096 it rose again, to "
-        f"{cpu_per_sample[4096] * 1e6:.2f} µs; the threads cell below "
-        "checks whether that repeats."
+        f"{cpu_per_sample[4096] * 1e6:.2f} µs; a dropdown after the "
+        "threads cell checks whether that repeats."
     )
 else:
     large_batch_sentence = ""
@@ -666,26 +679,13 @@ else:
             "the rounds that the rule let through, not a cost of `.item()`."
         )
 record("item_cpu_sentence", item_cpu_sentence)
-# a round over five times its side's fastest: a busy spell, not the code
-item_busy = [
-    name
-    for name, every in (("every step", True), ("once", False))
-    if max(item_rounds[every]) > 5 * min(item_rounds[every])
-]
-record(
-    "item_busy_sentence",
-    f"(A round of reading {' and one of reading '.join(item_busy)} took "
-    "over five times that side's fastest: the machine was busy then.) "
-    if item_busy
-    else "",
-)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
 On {{device_name}}, reading the loss once ({{item_once_range}} ms per step over three
 rounds) was {{item_verdict}} reading it every step ({{item_every_range}} ms).
-{{item_busy_sentence}}{{item_cpu_sentence}} On a GPU the cost of reading every step
+{{item_cpu_sentence}} On a GPU the cost of reading every step
 grows with the work the CPU could have queued ahead{{gpu_unmeasured}}; accumulating on
 the device never waits, so write training loops the second way.
 """
@@ -851,10 +851,21 @@ waiting for all of them on every call, microseconds each, which a large operatio
 repays and a small one may not;
 ATen keeps an element-wise operation below 32,768 elements on one thread
 (`at::internal::GRAIN_SIZE`), and matrix products leave it to the BLAS library. On a
-busy machine each operation also waits for its slowest thread. {{kinds_sentence}}
-{{rise_sentence}}
+busy machine each operation also waits for its slowest thread.
 When several processes share a machine, give each fewer threads with
 `torch.set_num_threads` (DataLoader workers already use one).
+"""
+)
+
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>The table against the sweep, and the rise at batch 4,096</summary>
+
+{{kinds_sentence}} {{rise_sentence}}
+
+</details>
 """
 )
 
@@ -1036,7 +1047,7 @@ print(inspect.getsource(CostlyDataset.__getitem__))
 # `persistent_workers=True` the workers start anew every epoch; with it they stay
 # alive. With workers, epoch 1 includes their start-up; without them nothing starts,
 # so the two readings of "0 workers" time the same work and differ only by the
-# machine's noise (printed under the figure). For the later epochs the faster of
+# machine's noise (the text under the figure says by how much). For the later epochs the faster of
 # epochs 2 and 3 counts. Two workers matches the 2-core laptop this book targets; on a bigger
 # machine, try more.
 
@@ -1204,7 +1215,7 @@ item_costs = {
 }
 for ax, kind in zip(axes, ("waiting", "computing"), strict=True):
     heights = [loading[kind, name][0] for name in names]
-    ax.bar(positions - 0.2, heights, width=0.4, label="epoch 1")
+    ax.bar(positions - 0.2, heights, width=0.4, label="epoch 1 (one reading)")
     # both later epochs, not only the faster: the verdicts compare both
     for position, name in zip(positions, names, strict=True):
         later = later_readings[kind, name]
@@ -1446,26 +1457,66 @@ print(
     + ")"
 )
 
+# An epoch-1 bar is a single reading. Without workers nothing starts, so the
+# "0 workers" bar and its faster dot time the same work: their ratio is the
+# noise a single bar can carry, and the text says so where it passes 10 %.
+zero_ratio = {
+    kind: max(first, later) / min(first, later)
+    for kind, (first, later) in zero_bars.items()
+}
+noisy_kinds = [kind for kind, ratio in zero_ratio.items() if ratio > 1.1]
+if noisy_kinds:
+    first_epoch_sentence = (
+        "The epoch-1 bars are single readings, and here they were noisy: "
+        + " and ".join(
+            f'with the {kind} set the "0 workers" bar read '
+            f"{zero_bars[kind][0]:.2f} s against {zero_bars[kind][1]:.2f} s "
+            "for its faster dot"
+            for kind in noisy_kinds
+        )
+        + ", the same work without workers, so read a gap between epoch-1 "
+        "bars as the workers' start-up only where it is well beyond that."
+    )
+else:
+    first_epoch_sentence = (
+        'The epoch-1 bars are single readings; the "0 workers" bar and '
+        "its faster dot, the same work without workers, agreed within 10 % "
+        "with both sets, so this run's bars carry no larger noise than that."
+    )
+record("first_epoch_sentence", first_epoch_sentence)
+
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The later epochs (the dots), each setting's fastest, and the rule's verdict:
+Workers pay for an item that waits on any machine, and for one that computes only
+where there are free cores. The later epochs (the dots), each setting's fastest, and
+the rule's verdict:
 
 {{workers_table}}
 
 Waiting needs no CPU, so workers overlap their waits however few cores there are.
-{{wait_finding}} Two workers can at most halve the sleeping, a floor of
-{{wait_floor_s}} s, and hide the eight small training steps behind it. Computing
-needs cores, and this process may use {{usable_cpus}}, shared by the workers and
-the training loop. Without workers, {{compute_load_share}} of the computing set's
-epoch ({{compute_load_s}} s, {{compute_item_ms}} ms per item) went to building batches
-in the main process. Timed apart, each the fastest of five tries, building a batch's
-items took {{compute_cost_share}} of what building it and training on it took.
-
-Without `persistent_workers` every epoch pays starting and stopping the workers:
-{{restart_sentence}}. Restarted every epoch, the computing set's workers were
-{{compute_restart_verdict}} no workers.
+{{wait_finding}} Computing needs cores, and this process may use {{usable_cpus}},
+shared by the workers and the training loop. Restarted every epoch, the computing
+set's workers were {{compute_restart_verdict}} no workers. {{first_epoch_sentence}}
 {{pinned_sentence}}
+"""
+)
+
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>What the epochs are made of, and what restarting workers costs</summary>
+
+Two workers can at most halve the sleeping, a floor of {{wait_floor_s}} s, and hide
+the eight small training steps behind it. Without workers, {{compute_load_share}} of
+the computing set's epoch ({{compute_load_s}} s, {{compute_item_ms}} ms per item) went
+to building batches in the main process. Timed apart, each the fastest of five tries,
+building a batch's items took {{compute_cost_share}} of what building it and training
+on it took. Without `persistent_workers` every epoch pays starting and stopping the
+workers: {{restart_sentence}}.
+
+</details>
 """
 )
 
@@ -2125,17 +2176,29 @@ if rescued:
         )
     else:
         verdict = "none holds up on its own: the passes stay hints"
+    short_verdict = (
+        f"supports all {len(rescued)}"
+        if len(supported) == len(rescued)
+        else f"supports {len(supported)} of them ({names_list(supported)})"
+        if supported
+        else "supports none of them on its own"
+    )
+    family_short = (
+        "; a paired t-test of the per-seed gains, corrected for the "
+        f"{len(decaying)} schedules tried, {short_verdict}"
+    )
     family_sentence = (
-        f". The arms share their seeds, so under the rule alone a pass has a "
+        f"The arms share their seeds, so under the rule alone a pass has a "
         f"chance of up to 1 in 16, and with {len(decaying)} schedules tried "
         "the rule cannot rule out luck. Tested on their per-seed gains over "
         "the constant rate (a paired t-test, 3 degrees of freedom, its "
         f"one-sided p multiplied by the {len(decaying)} schedules tried), the "
         f"least convincing pass, {weakest}, came to {corrected[weakest]:.3f}; "
-        f"{verdict}"
+        f"{verdict}."
     )
 else:
-    family_sentence = ""
+    family_short = family_sentence = ""
+record("family_short", family_short)
 record("family_sentence", family_sentence)
 
 
@@ -2254,12 +2317,17 @@ curve = {
     ]
     for name in ("constant", best_high)
 }
-for name, style in (("constant", "--"), (best_high, "-")):
+# one hue per schedule: its seeds faint, its mean bold
+for name, style, hue in (
+    ("constant", "--", "tab:blue"),
+    (best_high, "-", "tab:orange"),
+):
     for run_seed, marker in zip(high_seeds, "osD^", strict=True):
         ax.plot(
             epochs_axis,
             schedule_runs[name, high, run_seed][2],
             style,
+            color=hue,
             marker=marker,
             alpha=0.35,
             label=f"{name}, seed {run_seed}",
@@ -2268,7 +2336,7 @@ for name, style in (("constant", "--"), (best_high, "-")):
         epochs_axis,
         curve[name],
         style,
-        color="k",
+        color=hue,
         lw=2.5,
         label=f"{name}, mean",
     )
@@ -2363,24 +2431,33 @@ record("warmup_first_sentence", warmup_first_sentence)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The rates in the first figure are read off the optimizer at every step;
-`ReduceLROnPlateau` chose its own from the validation losses (it cut the rate
-{{plateau_cuts}} with seed 0).
+{{n_rescued}} schedules that lower the rate ended with every seed below every seed of
+the constant rate{{family_short}}. {{failed_sentence}} {{high_rate_words}}
+{{not_rescued_sentence}}
 
 {{high_table}}
 
-{{n_rescued}} schedules that lower the rate ended with every seed below every seed of
-the constant rate{{family_sentence}}. {{failed_sentence}} {{high_rate_words}}
-{{not_rescued_sentence}}
-
 In the figure, the bold mean of {{best_high}}'s four seeds was below the constant
-rate's {{ahead_words}}. {{warmup_first_sentence}} {{worse_low_sentence}}
+rate's {{ahead_words}}. On the mean of the first two seeds of all twelve combinations,
+{{schedule_sentence}}. `ReduceLROnPlateau` watched the validation loss that ranks the
+schedules, which favours it here.
+"""
+)
 
-On the mean of the first two seeds of all twelve combinations,
-{{schedule_sentence}}. `ReduceLROnPlateau` watched the validation loss that ranks
-the schedules, which favours it here. (Averaging the weights of the last epochs,
-`torch.optim.swa_utils.AveragedModel`, is another way to settle late in a run;
-not measured here.)
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>The test behind the verdict, the warm-up and the low rate</summary>
+
+The rates in the first figure are read off the optimizer at every step;
+`ReduceLROnPlateau` chose its own from the validation losses (it cut the rate
+{{plateau_cuts}} with seed 0). {{family_sentence}} {{warmup_first_sentence}}
+{{worse_low_sentence}} (Averaging the weights of the last epochs,
+`torch.optim.swa_utils.AveragedModel`, is another way to settle late in a run; not
+measured here.)
+
+</details>
 """
 )
 
@@ -3185,15 +3262,6 @@ if compile_skip is None:
             + f" µs), so the compile time {break_even}. "
         )
         + (
-            "(A round took over five times its side's fastest: the machine "
-            "was busy then.) "
-            if any(
-                max(readings) > 5 * min(readings)
-                for readings in forward_rounds.values()
-            )
-            else ""
-        )
-        + (
             "The outputs were bit for bit equal."
             if compile_gap == 0
             else (
@@ -3463,30 +3531,10 @@ if step_compile_skip is None:
         )
     step_compile_sentence = (
         "\n".join(step_table)
-        + "\n\nThe times are each side's fastest round; the last column "
-        "applies the rule to the paired rounds (every round beyond 10 % on "
-        f"one side). The first compiled step took {masked['compile']:.1f} s"
+        + "\n\nThe times are each side's fastest round. The first compiled "
+        f"step took {masked['compile']:.1f} s"
         f"{cache_note}."
     )
-    # A round more than five times its side's fastest is the machine's load,
-    # not the code: a step of fixed work does not vary that much.
-    busy_rounds = sum(
-        reading > 5 * times[side]
-        for times in step_times.values()
-        for side in ("eager", "compiled")
-        for reading in times[side + " rounds"]
-    )
-    all_rounds = sum(
-        len(times[side + " rounds"])
-        for times in step_times.values()
-        for side in ("eager", "compiled")
-    )
-    print(f"rounds over five times their side's fastest: {busy_rounds}")
-    if busy_rounds:
-        dropout_reading += (
-            f" ({busy_rounds} of the {all_rounds} rounds ran on a busy "
-            "machine.)"
-        )
     step_compile_sentence = " ".join([step_compile_sentence, dropout_reading])
     if step_verdict.endswith("slower than"):
         step_fusion_sentence = (
@@ -3788,9 +3836,32 @@ if pile_rounds:
             "round: a busy machine, so read this profile with care.)"
         )
     compile_profile_sentence = " ".join(sentences)
+    # the lesson: did one pile carry dropout's extra time in the compiled step?
+    generated = ratios_by["compiled"]["generated code"]
+    others = [
+        ratio
+        for name, ratios in ratios_by["compiled"].items()
+        if name != "generated code" and ratios is not None
+        for ratio in ratios
+    ]
+    if generated and others and min(generated) > 1.1 * max(others):
+        pile_lesson = (
+            "Compiled, dropout's extra time sat in Inductor's generated code:"
+            f" with dropout that pile took {min(generated):.0f}–"
+            f"{max(generated):.0f} times as long as without, the other piles"
+            f" at most {max(others):.1f} times (the table is in the dropdown"
+            " below)."
+        )
+    else:
+        pile_lesson = (
+            "The profile does not single out one pile for dropout's extra "
+            "time in the compiled step (the table is in the dropdown below)."
+        )
 else:
     compile_profile_sentence = f"Not profiled here: {profile_skip}."
+    pile_lesson = compile_profile_sentence
     pile_table = ""
+record("pile_lesson", pile_lesson)
 record("pile_table", pile_table)
 record("compile_profile_sentence", compile_profile_sentence)
 # serial_draws (the setup cell) tested how this build's eager CPU kernel draws
@@ -3815,14 +3886,26 @@ record("eager_draw_sentence", eager_draw_sentence)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
+{{pile_lesson}} Section 8.9 times dropout's parts alone (drawing the mask,
+multiplying by it, a matrix product), which needs no whole-step profile to tell them
+apart. The method is the same on any machine: find the pile that grew, then look
+inside it. `TORCH_LOGS=output_code` prints every kernel Inductor wrote; in this
+torch's CPU kernel for a dropout mask, each value comes from its own call of
+`normalized_rand_cpu`, a counter-based generator.
+"""
+)
+
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>The profile's piles, round by round</summary>
+
 {{pile_table}}
 
-{{compile_profile_sentence}} Section 8.9 times dropout's parts alone (drawing the
-mask, multiplying by it, a matrix product), which needs no whole-step profile to tell
-them apart. The method is the same on any machine: find the pile that grew, then look
-inside it. `TORCH_LOGS=output_code` prints every kernel Inductor wrote; in
-this torch's CPU kernel for a dropout mask, each value comes from its own call of
-`normalized_rand_cpu`, a counter-based generator. {{eager_draw_sentence}}
+{{compile_profile_sentence}} {{eager_draw_sentence}}
+
+</details>
 """
 )
 
@@ -4334,11 +4417,23 @@ first layer's ReLUs outputting zero for every validation digit (against
 {{dead_low}} in the healthy run) and {{dead_train_high}} for every training
 digit, and a median gradient norm of
 {{late_norm_high}} in its last epoch (healthy run: {{late_norm_low}}).
-{{spike_sentence}} {{dead_sentence}} With clipping, {{clipped_share_high}} of the steps were
+With clipping, {{clipped_share_high}} of the steps were
 clipped and the run ended at {{high_clipped_loss}}, with {{dead_clipped}}
 of its first layer's ReLUs dead for every validation digit; {{clipped_fate}}.
 {{clip_often_text}}; its fix is a lower rate, or a schedule that lowers it (section
 8.3).
+"""
+)
+
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>How the unclipped run at the excessive rate failed</summary>
+
+{{spike_sentence}} {{dead_sentence}}
+
+</details>
 """
 )
 
@@ -5443,16 +5538,16 @@ if device.type == "mps":
     )
 print(profile_short)
 record("profile_sentence", profile_sentence)
-record("dropout_vs_matmul", float(np.median(dropout_ratios)), fmt="{:.1f}")
-record("dropout_vs_matmul_low", min(dropout_ratios), fmt="{:.1f}")
-record("dropout_vs_matmul_high", max(dropout_ratios), fmt="{:.1f}")
+record("dropout_vs_matmul", float(np.median(dropout_ratios)), fmt="{:.2f}")
+record("dropout_vs_matmul_low", min(dropout_ratios), fmt="{:.2f}")
+record("dropout_vs_matmul_high", max(dropout_ratios), fmt="{:.2f}")
 low_ratio, high_ratio = min(dropout_ratios), max(dropout_ratios)
 record(
     "dropout_range_words",
-    f"{low_ratio:.1f} times the time of the matrix products it sits between "
+    f"{low_ratio:.2f} times the time of the matrix products it sits between "
     "in every recording"
-    if f"{low_ratio:.1f}" == f"{high_ratio:.1f}"
-    else f"from {low_ratio:.1f} to {high_ratio:.1f} times the time of the "
+    if f"{low_ratio:.2f}" == f"{high_ratio:.2f}"
+    else f"from {low_ratio:.2f} to {high_ratio:.2f} times the time of the "
     "matrix products it sits between",
 )
 record("n_profiles", n_profiles)
@@ -5564,21 +5659,11 @@ record(
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Names starting with `aten::` are PyTorch's operators: `addmm` is a linear layer's
-matrix product plus bias, `mm` the backward pass's matrix products, `bernoulli_`
-draws dropout's masks, `threshold_backward` is ReLU's backward, `empty_strided`
-allocates, and the optimizer's update shows as element-wise operators (`mul_`,
-`lerp_`, `addcdiv_`..., or `_foreach_*` versions). {{step_row_note}}; a label's own
-time is Python's and PyTorch's overhead inside it. {{profile_sentence}}.
+{{profile_sentence}}. (The dropdown below reads the table's names.)
 
-Across the {{n_profiles}} recordings dropout's operators took
-{{dropout_range_words}} (median {{dropout_vs_matmul}}), {{profile_agreement}}. By
-arithmetic (about four operations per activation, against the matrix products'
-as `torch.utils.flop_counter.FlopCounterMode` counts them) dropout would cost about
-{{dropout_arith_share}} of the matrix products; {{dropout_share_words}} that. Timed
-alone {{timed_alone_where}}, on one 256 × 256 activation, drawing the mask took
-{{draw_us}} µs, multiplying by it {{multiply_us}} µs and the layer's `addmm`
-{{product_us}} µs: {{dropout_cause}}. {{draw_threads_sentence}} {{draw_build_sentence}}
+Timed alone {{timed_alone_where}}, on one 256 × 256 activation, drawing dropout's
+mask took {{draw_us}} µs, multiplying by it {{multiply_us}} µs and the layer's `addmm`
+{{product_us}} µs: {{dropout_cause}}. {{draw_build_sentence}}
 
 Inductor can fuse the mask, the multiplication and the ReLU into one kernel that
 passes over the data once; that saves passes over memory and calls, not the drawing.
@@ -5586,6 +5671,30 @@ In section 8.5 the compiled training step {{step_fusion_sentence}}. Fused optimi
 (`torch.optim.AdamW(..., fused=True)`, on CUDA and in recent versions the CPU) do the
 same for the update. `prof.export_chrome_trace("trace.json")` writes a timeline for
 Perfetto (ui.perfetto.dev) or `chrome://tracing`.
+"""
+)
+
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>The profile's names, and the dropout readings in detail</summary>
+
+Names starting with `aten::` are PyTorch's operators: `addmm` is a linear layer's
+matrix product plus bias, `mm` the backward pass's matrix products, `bernoulli_`
+draws dropout's masks, `threshold_backward` is ReLU's backward, `empty_strided`
+allocates, and the optimizer's update shows as element-wise operators (`mul_`,
+`lerp_`, `addcdiv_`..., or `_foreach_*` versions). {{step_row_note}}; a label's own
+time is Python's and PyTorch's overhead inside it.
+
+Across the {{n_profiles}} recordings dropout's operators took
+{{dropout_range_words}} (median {{dropout_vs_matmul}}), {{profile_agreement}}. By
+arithmetic (about four operations per activation, against the matrix products'
+as `torch.utils.flop_counter.FlopCounterMode` counts them) dropout would cost about
+{{dropout_arith_share}} of the matrix products; {{dropout_share_words}} that.
+{{draw_threads_sentence}}
+
+</details>
 """
 )
 
@@ -5903,9 +6012,7 @@ pass instead of keeping its activations. Wrapping the first two layers cut the
 saved activations to {{recompute_mib}} MiB (estimate {{recompute_estimate_mib}} MiB:
 the input, the second hidden layer's output and the log-probabilities), with
 {{recompute_grads}}, at the price of a second forward pass through those layers:
-{{recompute_time}} (the fastest call of each round, compared by the chapter's rule).
-On a
-GPU, `torch.cuda.max_memory_allocated()` reports the allocator's peak and
+{{recompute_time}}. On a GPU, `torch.cuda.max_memory_allocated()` reports the allocator's peak and
 `torch.cuda.memory_summary()` its cached blocks;
 `torch.cuda.memory._record_memory_history()` and
 `torch.cuda.memory._dump_snapshot("snapshot.pickle")` record each allocation for
@@ -6226,20 +6333,21 @@ for tip, effect in summary_rows:
 #   thread (`benchmark.Timer`, as in section 8.1), so that the work runs on one core.
 # - `width_rounds(measure, models, n_rounds)`: `measure(net)` for each model of `models`
 #   (width -> model) in `n_rounds` interleaved rounds; each width's readings in order.
-# - `cache_verdict(rounds, cache_bytes)`: the chapter's rule. A width *beyond* the cache
-#   (4 h² > cache) *fell* if its highest reading, 10 % higher, is still below the lowest
-#   reading of the best width *inside* it (the one with the highest reading). Answer
-#   `"fell"` if every width beyond fell, `"no dip"` if none fell and no width's highest
-#   reading is more than 25 % above its lowest, and `"undecided"` otherwise.
+# - `cache_verdict(rounds, cache_bytes)`: your verdict on one sweep, `"fell"`, `"no dip"`
+#   or `"undecided"`. A width's matrix is *inside* the cache when 4 h² < cache and
+#   *beyond* it when 4 h² > cache. The rule is yours to design; its goal: say `"fell"`
+#   only when every width beyond the cache ran at a lower throughput than the best
+#   width inside, by more than a busy spell of the machine could explain (the rounds
+#   are interleaved, so a busy spell slows one round); say `"no dip"` only when the
+#   rounds are steady enough that such a fall would have shown; otherwise
+#   `"undecided"`. The box at the top of
+#   the chapter shows how the text decides "faster"; you may borrow from it.
 #
-# A worked example with a 2 MiB cache, so widths 256 and 512 (256 KiB, 1 MiB) are inside
-# and 1,024 (4 MiB) beyond: for rounds `{256: [40, 42, 41], 512: [50, 48, 52], 1024: [30,
-# 33, 31]}` the best inside is 512, and 33 × 1.1 = 36.3 < 48, so `"fell"`. With 1,024 at
-# `[45, 47, 46]` nothing fell (51.7 > 48) and every spread is under 25 %: `"no dip"`. At
-# `[30, 47, 31]` nothing fell but 47 is 57 % above 30: `"undecided"`. The checker tries
-# your functions on stand-ins (a model of known operation count, a measurement that
-# records its calls, made-up rounds); the solution runs a batch of 512 (widths 256 to
-# 2,048) and of 1 (up to 4,096) and judges each against the L2 and the L3.
+# The checker tries your functions on stand-ins (a model of known operation count, a
+# measurement that records its calls) and your verdict on made-up sweeps that any sound
+# rule judges alike: a clear fall, a steady flat sweep, a fall that one slow round
+# explains, and others. The solution runs a batch of 512 (widths 256 to 2,048) and of 1
+# (up to 4,096) and judges each against the L2 and the L3.
 
 
 # %%
@@ -6260,7 +6368,7 @@ def cache_bytes(level: int) -> int | None:
 
 # %% tags=["exercise-starter"]
 # Fill in: the GFLOP/s of a warm one-thread call, each width's readings from
-# n_rounds interleaved rounds of measure(net), and the verdict by the rule above.
+# n_rounds interleaved rounds of measure(net), and a verdict by a rule of yours.
 def gflops(net: nn.Module, x: torch.Tensor) -> float:
     """GFLOP/s of net(x) on one CPU thread, timed after a warm-up."""
     raise NotImplementedError  # your code here
@@ -6276,7 +6384,7 @@ def width_rounds(
 
 
 def cache_verdict(rounds: dict[int, list[float]], cache_bytes: int) -> str:
-    """'fell', 'no dip' or 'undecided', by the rule above."""
+    """'fell', 'no dip' or 'undecided', by a rule you design."""
     raise NotImplementedError  # your code here
 
 
@@ -6288,8 +6396,10 @@ check_cache_sweep(width_rounds, cache_verdict)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Solution 1: FlopCounterMode counts, a one-thread Timer times (its
-# blocked_autorange warms up); one round measures every width once; the verdict
-# compares the slowest round of one width with the fastest of the other.
+# blocked_autorange warms up); one round measures every width once. The verdict
+# borrows the chapter's rule: a width fell if its slowest round, 10 % higher,
+# stays below the fastest round of the best width inside; a dip could hide in
+# rounds of one width that differ by more than 25 %.
 def gflops(net: nn.Module, x: torch.Tensor) -> float:
     """GFLOP/s of net(x) on one CPU thread, timed after a warm-up."""
     with FlopCounterMode(display=False) as counter:
@@ -6315,7 +6425,7 @@ def width_rounds(
 
 
 def cache_verdict(rounds: dict[int, list[float]], cache_bytes: int) -> str:
-    """'fell', 'no dip' or 'undecided', by the rule above."""
+    """'fell', 'no dip' or 'undecided', by the chapter's 10 % rule."""
     inside = [h for h in rounds if 4 * h * h < cache_bytes]
     beyond = [h for h in rounds if 4 * h * h > cache_bytes]
     best = max(inside, key=lambda h: max(rounds[h]))
@@ -6489,8 +6599,18 @@ prose(
 Matrix libraries work through a product in blocks sized to fit the caches, which is
 why the weights' size alone need not slow down a batch that reuses each weight many
 times; a batch of 1 does two operations per weight read. {{sweep_found}}
+"""
+)
+
+# %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+<details>
+<summary>What the sweeps leave open: section 8.1's batch sweep</summary>
 
 {{rise_left}}
+
+</details>
 """
 )
 

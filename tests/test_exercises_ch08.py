@@ -95,8 +95,10 @@ def rounds_fixed_three(measure, models, n_rounds):
     return rounds_right(measure, models, 3)
 
 
-def verdict_by(*, reference="best", compare="rounds", noise=0.25, inside="strict", all_beyond=True):
-    """The exercise's rule, or one of the plausible wrong ones."""
+def verdict_by(
+    *, reference="best", compare="rounds", noise=0.25, inside="strict", all_beyond=True, margin=0.1
+):
+    """A sound rule (the solution's, or one with other thresholds), or one with a slip."""
 
     def verdict(rounds, l2_bytes):
         size = (lambda h: 4 * h * h) if inside != "h2" else (lambda h: h * h)
@@ -105,9 +107,9 @@ def verdict_by(*, reference="best", compare="rounds", noise=0.25, inside="strict
         beyond = [h for h in rounds if size(h) > l2_bytes]
         ref = max(ins, key=lambda h: max(rounds[h])) if reference == "best" else min(ins)
         if compare == "rounds":
-            fell = [h for h in beyond if max(rounds[h]) * 1.1 < min(rounds[ref])]
+            fell = [h for h in beyond if max(rounds[h]) * (1 + margin) < min(rounds[ref])]
         else:
-            fell = [h for h in beyond if max(rounds[h]) * 1.1 < max(rounds[ref])]
+            fell = [h for h in beyond if max(rounds[h]) * (1 + margin) < max(rounds[ref])]
         if (len(fell) == len(beyond)) if all_beyond else fell:
             return "fell"
         spread = max(max(r) / min(r) - 1 for r in rounds.values())
@@ -119,6 +121,18 @@ def verdict_by(*, reference="best", compare="rounds", noise=0.25, inside="strict
 def test_cache_sweep_reference_passes():
     assert check_cache_sweep(rounds_right, verdict_by())
     assert check_cache_sweep(rounds_right, ch08_cache.reference_verdict)
+
+
+def test_the_cases_verdicts_are_the_references():
+    for rounds, l2_bytes, right, hints in ch08_cache.CASES:
+        assert ch08_cache.reference_verdict(rounds, l2_bytes) == right
+        assert right not in hints
+
+
+@pytest.mark.parametrize(("margin", "noise"), [(0.2, 0.3), (0.05, 0.5), (0.1, 0.15)])
+def test_a_sound_rule_with_other_thresholds_passes(margin, noise):
+    # the reader designs the rule: thresholds other than the solution's pass too
+    assert check_cache_sweep(rounds_right, verdict_by(margin=margin, noise=noise))
 
 
 @pytest.mark.parametrize(
