@@ -634,20 +634,12 @@ goal; the features behind it are.
 
 # %% [markdown]
 # What does the first block look for? Its 16 filters, 3 × 3 weights each (red
-# positive, blue negative, white zero, one colour scale per filter):
+# positive, blue negative, white zero, one colour scale per filter), are drawn below
+# above the 16 of an untrained layer of the same shape, so that what pretraining
+# changed can be told from what any random start shows. First a count of one property:
 
 # %%
 filters = source_model.layer1[0].weight.detach().cpu()  # (16, 1, 3, 3)
-fig, axes = plt.subplots(2, 8, figsize=(8, 2.6))
-for ax, w in zip(axes.flat, filters[:, 0], strict=True):
-    limit = w.abs().max().item()
-    ax.imshow(w, cmap="RdBu_r", vmin=-limit, vmax=limit)
-    ax.set_xticks([])
-    ax.set_yticks([])  # no ticks, but a frame around each filter
-fig.suptitle("layer1's filters after pretraining on letters")
-# white space between the filters, so that each 3 x 3 tile stands apart
-fig.subplots_adjust(wspace=0.25, hspace=0.25, top=0.85)
-plt.show()
 
 
 # a filter whose weights nearly cancel responds to contrast (an edge, a
@@ -666,9 +658,11 @@ fresh_layer = copy.deepcopy(source_model.layer1[0]).cpu()
 with torch.random.fork_rng(devices=[]):
     torch.manual_seed(0)
     fresh_counts = []
-    for _ in range(200):
+    for draw in range(200):
         fresh_layer.reset_parameters()
         fresh_counts.append(n_cancelling(fresh_layer.weight))
+        if draw == 0:  # one untrained layer, drawn beside the trained one
+            untrained = fresh_layer.weight.detach().clone()
 fresh_counts.sort()
 fresh_mean = statistics.fmean(fresh_counts)
 print(
@@ -676,6 +670,25 @@ print(
     f"pretraining; untrained, {fresh_mean:.1f} on average (200 draws, "
     f"{fresh_counts[20]} to {fresh_counts[179]} in the middle 80 %)"
 )
+
+# the trained filters (top two rows) above an untrained layer's (bottom two)
+fig, axes = plt.subplots(4, 8, figsize=(8, 5.0))
+weights = torch.cat([filters, untrained])[:, 0]  # (32, 3, 3)
+for ax, w in zip(axes.flat, weights, strict=True):
+    limit = w.abs().max().item()
+    ax.imshow(w, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    ax.set_xticks([])
+    ax.set_yticks([])  # no ticks, but a frame around each filter
+axes[0, 0].set_ylabel("trained", fontsize=9)
+axes[2, 0].set_ylabel("untrained", fontsize=9)
+fig.suptitle(
+    "layer1's filters after pretraining on letters (top) and at PyTorch's "
+    "default initialisation (bottom)",
+    fontsize=10,
+)
+# white space between the filters, so that each 3 x 3 tile stands apart
+fig.subplots_adjust(wspace=0.25, hspace=0.3, top=0.9)
+plt.show()
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 record("n_contrast", n_contrast)
@@ -693,7 +706,8 @@ else:
         f"({fresh_mean:.1f} of {len(filters)} on average over 200 random "
         "initialisations), so the count does not show that pretraining made "
         "edge detectors: random 3 × 3 filters already mix signs. Whatever the "
-        "letters taught this block has to be read from the figure, or tested "
+        "letters taught this block has to be read from the figure (against its "
+        "untrained half), or tested "
         "as section 5.7 tests `layer3`, by starting the block from random "
         "weights instead"
     )
@@ -712,7 +726,7 @@ edge, than to brightness itself. {{contrast_words}}.
 #
 # The checkpoint holds the weights and what a user needs to apply them: the class names
 # and the normalisation. `torch.load(..., weights_only=True)` (the default since torch
-# 2.6; written out, it states the intent and protects older versions) unpickles only
+# 2.6, older than this book supports; written out, it states the intent) unpickles only
 # tensors and plain containers (dicts, lists, strings, numbers); it is designed so that a tampered
 # file cannot make loading call arbitrary functions, which a full unpickle allows. It is
 # safer loading, not a sandbox: it has had bugs of its own in older torch releases
@@ -957,8 +971,8 @@ assert torch.equal(
 #
 # 1. **No gradients**: `module.requires_grad_(False)` sets `requires_grad = False` on
 #    every parameter of a module. Autograd then records nothing for operations whose
-#    inputs need no gradient, so the backward pass stops at the first trainable layer
-#    and does less arithmetic (section 5.7 measures what that saves per step).
+#    inputs need no gradient, so the backward pass stops at the trainable layer nearest
+#    the input and does less arithmetic (section 5.7 measures what that saves per step).
 # 2. **Only trainable parameters in the optimizer**, so that none of the frozen ones
 #    can be updated by accident (shown below).
 # 3. **Frozen batch norm in `eval()` mode.** `model.train()` switches *every* submodule
@@ -1309,6 +1323,12 @@ record("adam_steps", steps)
 record("adam_long_steps", 2 * steps)
 record("adam_worst_factor", adam_worst_factor, fmt="{:.1f}")
 record("adam_worst_long", adam_worst_long, fmt="{:.1f}")
+# the factor's limit for t -> infinity, the ceiling of any run's
+record(
+    "adam_ceiling",
+    (1 - b1) / math.sqrt((1 - b2) * (1 - b1**2 / b2)),
+    fmt="{:.1f}",
+)
 record("adam_worst", adam_worst_factor * adam_bound, fmt="{:.4f}")
 record("layer3_rms", layer3_rms, fmt="{:.3f}")
 
@@ -1353,8 +1373,10 @@ then bounds `|m_hat|` by `sqrt(v_hat)` times
 whatever the gradients. With the default betas this factor is 1 at the first step
 and grows with `t`: {{adam_worst_factor}} over {{adam_steps}} steps,
 {{adam_worst_long}} over the {{adam_long_steps}} steps of the 24-epoch runs below,
-and more in longer runs. Kingma and Ba's figure of about 3.2 times the rate, for a
-gradient that follows a long quiet stretch, is one case of it, not a ceiling.
+and more in longer runs, up to {{adam_ceiling}} as `t` grows without bound:
+`(1 - b1) / sqrt((1 - b2) (1 - b1^2 / b2))`. Kingma and Ba's figure of about 3.2 times
+the rate, for a gradient that follows a long quiet stretch, is one case of it, not a
+ceiling.
 
 </details>
 """
@@ -1698,12 +1720,13 @@ ax_acc.plot(
     list(control_accs.values()),
     **control_style,
 )
-for x, y in zip(beside, control_accs.values(), strict=True):  # its own label
+# its own label, with the factor it ran at
+for x, (f, y) in zip(beside, control_accs.items(), strict=True):
     # above and to the right of the square left of the factors, clear of the
     # tick labels; below it elsewhere, clear of the panel's top
     left = x < min(factors)
     ax_acc.annotate(
-        "10 per class,\nrandom layer3",
+        f"10 per class,\nrandom layer3, ×{f:g}",
         (x, y),
         xytext=(-6, 9) if left else (0, -9),
         textcoords="offset points",
@@ -2539,7 +2562,10 @@ for _ in range(6):
     for method, run in timed.items():
         seconds = best_time(run, repeat=1, warmup=0, device=device)
         step_ms[method] = min(step_ms[method], 1e3 * seconds / 5)
-print("ms per training step:", {m: round(t, 2) for m, t in step_ms.items()})
+# rounded as printed, so that the ratios in the text are those of the numbers
+# a reader sees
+step_ms = {m: round(t, 2) for m, t in step_ms.items()}
+print("ms per training step:", step_ms)
 # multiply-adds per image of each block's convolution: weights x output
 # positions, from the shapes printed in section 5.3
 out_positions = {"layer1": 14 * 14, "layer2": 7 * 7, "layer3": 7 * 7}
