@@ -2237,7 +2237,7 @@ failed_sentence = (
     f"(ln 10 = 2.30): {'that run' if len(failed) == 1 else 'those runs'} "
     "stopped learning. A loss stuck at guessing, rather than growing "
     "without bound, is not divergence (section 8.6 looks at one way a large "
-    "rate does this: ReLU units that never fire again)."
+    "rate does this: ReLU units that stop firing)."
     if failed
     else f"No run at {high} failed: none ended at guessing (ln 10 = 2.30), "
     "and the constant rate's worst seed ended at "
@@ -3088,12 +3088,13 @@ then a question of speed and memory, which depend on the hardware.
 # AMD GPUs, Metal shaders on Apple GPUs in recent releases. The first call pays for
 # that; later calls with the same input shapes run the generated code. So two numbers
 # matter: the compile time, and the steady-state gain. Inductor needs the system's C++
-# compiler (CPU) or C compiler (Triton's launcher); a hidden cell looks for it first and
-# prints what it found. Compiled kernels are cached on disk, so a second run compiles
-# faster.
+# compiler (CPU) or C compiler (Triton's launcher); the collapsed cell below looks for
+# it first and prints what it found, and defines `synchronize` (wait for the device's
+# queued work, as every timing must), `root_cause` and `cache_hits`, used below.
+# Compiled kernels are cached on disk, so a second run compiles faster.
 
 
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+# %% tags=["hide-input"] jupyter={"source_hidden": true} cellView="form"
 def synchronize(device: torch.device) -> None:
     """Wait until `device` has finished its queued work (a CPU queues none)."""
     if device.type != "cpu":
@@ -3313,11 +3314,11 @@ that bound no longer applies, and the cell does not check it.
 # only the time matters; the optimizer left eager), three ways: with dropout 0.1, with
 # eager mode's masks inside the compiled code (`fallback_random`, below), and without
 # dropout. Within each round eager and compiled alternate, so their ratio is a paired
-# reading (a hidden helper, `paired_rounds`, alternates the calls one by one within
-# each round and keeps each side's fastest call).
+# reading (a helper in the collapsed cell below, `paired_rounds`, alternates the calls
+# one by one within each round and keeps each side's fastest call).
 
 
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+# %% tags=["hide-input"] jupyter={"source_hidden": true} cellView="form"
 def paired_rounds(
     fns: dict, rounds: int = 3, *, repeat: int, warmup: int, device
 ) -> dict[str, list]:
@@ -5987,9 +5988,8 @@ record(
     "forward pass it repeats took "
     f"{rounds_range(repeated_s, 1e3, '.2f')} ms alone"
     + (
-        ": more than the recomputation explains; the rest, not measured "
-        "here, goes to the checkpoint's own machinery (saving its inputs, "
-        "hooking the recomputation into the backward pass)"
+        ": more than the recomputation explains, and this run did not "
+        "profile where the rest goes"
         if extra_s > 1.5 * max(repeated_s)
         else ""
     ),
