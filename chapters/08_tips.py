@@ -6823,11 +6823,14 @@ assert mid_gaps["epoch_start_rng"] == 0 and mid_gaps["rng_at_save"] > 0
 # Chain one scheduler per phase with `SequentialLR` (its `milestones` count calls of
 # `scheduler.step()`), or write the factor as a function of the step for `LambdaLR`.
 # The checker steps your scheduler on runs of its own and compares the rate of every
-# step with the schedule above. Then train it at 0.5 with section 8.3's two seeds and
-# let its `compare` judge the new arm against the constant rate and against warm-up +
-# cosine: does a decay confined to the last two epochs rescue the high rate as well as
-# one spread over the whole run? (Its warm-up, one of the 8 epochs, is a little longer
-# than warm-up + cosine's 10 % of the steps; both are untuned.)
+# step with the schedule above. WSD holds its peak for most of the run, so it should
+# be tried at a rate that does well held constant: train it at section 8.3's low rate,
+# 0.05, where no schedule beat the constant rate, with section 8.3's two seeds, and let
+# its `compare` judge the new arm against the constant rate and against warm-up +
+# cosine at that rate. Does a decay confined to the last two epochs, after a good rate
+# held, end as well as one spread over the whole run, or as well as no decay at all?
+# (Its warm-up, one of the 8 epochs, is a little longer than warm-up + cosine's 10 %
+# of the steps; both are untuned.)
 
 
 # %% tags=["exercise-starter"]
@@ -6879,33 +6882,33 @@ def warmup_hold_decay(
 assert check_warmup(warmup_hold_decay)
 wsd_build = partial(warmup_hold_decay, steps_per_epoch=steps_per_epoch)
 wsd_train = partial(train_with_schedule, build=wsd_build)
-wsd_runs = [wsd_train("WSD", high, s, lr_epochs) for s in run_seeds]
+wsd_runs = [wsd_train("WSD", low, s, lr_epochs) for s in run_seeds]
 hold_end = lr_epochs - 2  # the epoch after which the decay starts
 wsd_rates = wsd_runs[0][1]
 # the run's own rates: the peak from the end of the warm-up to the decay
 held = max(
-    abs(rate - high)
+    abs(rate - low)
     for rate in wsd_rates[steps_per_epoch : hold_end * steps_per_epoch]
 )
 wsd_losses = [run[2][-1] for run in wsd_runs]
 wsd_hold_losses = [run[2][hold_end - 1] for run in wsd_runs]
 versus = {
-    other: compare(wsd_losses, final_val[other, high])
+    other: compare(wsd_losses, final_val[other, low])
     for other in ("constant", "warm-up + cosine")
 }
 print(
-    f"rate held within {held:.0e} of {high} from step {steps_per_epoch} to "
+    f"rate held within {held:.0e} of {low} from step {steps_per_epoch} to "
     f"{hold_end * steps_per_epoch - 1}; last step {wsd_rates[-1]:.3g}"
 )
 print(
-    f"validation loss at {high}, seeds {run_seeds[0]} and {run_seeds[1]}: "
+    f"validation loss at {low}, seeds {run_seeds[0]} and {run_seeds[1]}: "
     f"WSD after the hold (epoch {hold_end}) "
     + ", ".join(f"{loss:.3f}" for loss in wsd_hold_losses)
     + ", at the end "
     + ", ".join(f"{loss:.3f}" for loss in wsd_losses)
     + "; at the end, "
     + "; ".join(
-        f"{name} " + ", ".join(f"{loss:.3f}" for loss in final_val[name, high])
+        f"{name} " + ", ".join(f"{loss:.3f}" for loss in final_val[name, low])
         for name in ("constant", "warm-up + cosine")
     )
 )
@@ -6915,16 +6918,18 @@ words = {
     "tie": "level (the seeds overlap) with",
 }
 decay_gain = sum(wsd_hold_losses) / sum(wsd_losses)  # > 1: the decay helped
-times_cosine = sum(wsd_losses) / sum(final_val["warm-up + cosine", high])
+times_cosine = sum(wsd_losses) / sum(final_val["warm-up + cosine", low])
+times_constant = sum(wsd_losses) / sum(final_val["constant", low])
 print(
     f"WSD ended {words[versus['constant']]} the constant rate and "
     f"{words[versus['warm-up + cosine']]} warm-up + cosine (its mean final "
-    f"loss {times_cosine:.1f} times warm-up + cosine's); its two epochs of decay "
+    f"loss {times_cosine:.2f} times warm-up + cosine's and {times_constant:.2f} "
+    "times the constant rate's); its two epochs of decay "
     + (
-        f"divided the mean validation loss by {decay_gain:.1f}. "
+        f"divided the mean validation loss by {decay_gain:.2f}. "
         if decay_gain > 1
         else "raised the mean validation loss to "
-        f"{1 / decay_gain:.1f} times its value after the hold. "
+        f"{1 / decay_gain:.2f} times its value after the hold. "
     )
     + {
         "worse": "On these two seeds a side, a decay confined to the end "
@@ -6935,16 +6940,22 @@ print(
         "better": "On these two seeds a side, a decay confined to the end did "
         "better than one spread over the run (a hint: two seeds a side).",
     }[versus["warm-up + cosine"]]
-    + f" The comparison is not fair to WSD: its hold is the constant rate of "
-    f"{high}, which ended behind a schedule on every seed in section 8.3, "
-    "where a WSD run would hold a rate that does well held constant."
+    + (
+        " Holding a rate that trains well kept the progress that cosine's"
+        " early decay gives up, and the short decay at the end still settled"
+        " the weights: the case for WSD."
+        if versus["warm-up + cosine"] == "better" and decay_gain > 1
+        else ""
+    )
 )
-assert held < 1e-9 and 0 < wsd_rates[-1] < 0.1 * high, (held, wsd_rates[-1])
-# The answer rests on the last comparison: WSD ended above warm-up + cosine
-# (mean 5.3, 2.2, 2.8 times as high with seeds 0, 1, 2 on one AVX-512 CPU;
-# 6.9 at seed 0 on another). The decay's own gain (1.2, 1.9, 1.6; 1.1 on the
-# other CPU) is too close to 1 to assert; the sentence above reads either way.
-assert times_cosine > 1.5, times_cosine
+assert held < 1e-9 and 0 < wsd_rates[-1] < 0.1 * low, (held, wsd_rates[-1])
+# The answer rests on two measurements. The late decay lowered the loss:
+# mean after the hold over mean at the end 1.25, 1.32, 1.33 with seeds 0, 1,
+# 2 (one AVX-512 CPU). And WSD ended below warm-up + cosine: mean final loss
+# 0.83, 0.72, 0.65 times cosine's (0.97, 0.94, 0.87 times the constant
+# rate's, which the sentence above reads either way).
+assert decay_gain > 1.1, decay_gain
+assert times_cosine < 1.0, times_cosine
 
 # %% [markdown]
 # **Exercise 4.** Run the model on a batch under `torch.inference_mode()` and keep its
