@@ -3811,7 +3811,19 @@ if pile_rounds:
             "What grew beyond them: " + "; ".join(readings) + "."
         )
     compiled_grown = grown.get("compiled", [])
-    if "compiled" not in loaded_rows:
+    # did one pile carry dropout's extra time in the compiled step? (the
+    # lesson above the dropdown says so; the dropdown then does not repeat it)
+    generated = ratios_by["compiled"]["generated code"]
+    others = [
+        ratio
+        for name, ratios in ratios_by["compiled"].items()
+        if name != "generated code" and ratios is not None
+        for ratio in ratios
+    ]
+    singled_out = bool(
+        generated and others and min(generated) > 1.1 * max(others)
+    )
+    if "compiled" not in loaded_rows and not singled_out:
         sentences.append(
             "Compiled, dropout's extra time sat in "
             + names_list([pile_words[name] for name in compiled_grown])
@@ -3827,9 +3839,10 @@ if pile_rounds:
     )
     if "generated code" in fallback_grown:
         sentences.append(
-            "With `fallback_random` the drawing moves to eager operators, "
-            "yet Inductor's code still grew: applying the mask and its "
-            "gradient costs time too (this profile does not split it)."
+            "With `fallback_random` Inductor calls eager mode's"
+            " `native_dropout`, which draws and applies the mask outside its"
+            " generated kernels, yet the generated-code pile still grew, for"
+            " a reason this profile does not show."
         )
     if busy_piles:
         sentences.append(
@@ -3837,15 +3850,7 @@ if pile_rounds:
             "round: a busy machine, so read this profile with care.)"
         )
     compile_profile_sentence = " ".join(sentences)
-    # the lesson: did one pile carry dropout's extra time in the compiled step?
-    generated = ratios_by["compiled"]["generated code"]
-    others = [
-        ratio
-        for name, ratios in ratios_by["compiled"].items()
-        if name != "generated code" and ratios is not None
-        for ratio in ratios
-    ]
-    if generated and others and min(generated) > 1.1 * max(others):
+    if singled_out:
         pile_lesson = (
             "Compiled, dropout's extra time sat in Inductor's generated code:"
             f" with dropout that pile took {min(generated):.0f}–"
@@ -4096,7 +4101,8 @@ else:
 #
 # `torch.nn.utils.clip_grad_norm_(parameters, max_norm)` computes the norm of all
 # gradients together, as if they were one long vector, and if it exceeds `max_norm`
-# scales every gradient by `max_norm / norm`: same direction, shorter step. It returns
+# scales every gradient by `max_norm / (norm + 1e-6)`, about `max_norm / norm`: same
+# direction, shorter step. It returns
 # the norm *before* clipping, which is worth logging
 # (`torch.nn.utils.get_total_norm` computes the norm alone; it takes the gradient
 # tensors, `[p.grad for p in model.parameters()]`, not the parameters, whose own norm
@@ -5976,8 +5982,9 @@ record(
     if grad_gap == 0
     else f"gradients within {grad_gap:.0e} of the plain step's",
 )
-# the checkpointed step's extra time against the forward pass it repeats
-extra_s = min(recompute_rounds["checkpointed"]) - min(recompute_rounds["plain"])
+# the checkpointed step's extra time against the forward pass it repeats, by
+# the rule's worst case: its fastest round against the plain step's slowest
+extra_s = min(recompute_rounds["checkpointed"]) - max(recompute_rounds["plain"])
 repeated_s = recompute_rounds["the recomputed layers' forward"]
 record(
     "recompute_time",
@@ -5990,7 +5997,7 @@ record(
     + (
         ": more than the recomputation explains, and this run did not "
         "profile where the rest goes"
-        if extra_s > 1.5 * max(repeated_s)
+        if extra_s > 1.1 * max(repeated_s)
         else ""
     ),
 )
@@ -6504,6 +6511,21 @@ assert throughput_ratio < 5, throughput_ratio
 one = wide_rounds[1]
 one_best = max(one, key=lambda h: max(one[h]))
 one_narrow_share = max(one[256]) / max(one[one_best])
+# at batch 1 a small call is dominated by its fixed cost: where even the best
+# width inside the L2 runs at under half the best GFLOP/s, the widths inside
+# time overhead, not arithmetic, and cannot show a dip beyond the L2
+inside_l2 = [
+    h for h in one if caches["L2"] is not None and 4 * h * h < caches["L2"]
+]
+inside_share = (
+    max(max(one[h]) for h in inside_l2) / max(one[one_best])
+    if inside_l2
+    else None
+)
+l2_unusable = (
+    inside_share is not None and inside_share < 0.5 and (1, "L2") in cache_table
+)
+rule_said = cache_table.get((1, "L2"))
 verdict_words = {
     "fell": "fell",
     "no dip": "showed no dip",
@@ -6512,6 +6534,8 @@ verdict_words = {
 # (cache, verdict) -> the batches that gave it
 found = {}
 for (batch, name), verdict in cache_table.items():
+    if (batch, name) == (1, "L2") and l2_unusable:
+        verdict = "undecided"  # the text's reading; the rule's is given below
     if verdict in verdict_words:
         found.setdefault((name, verdict), []).append(f"{batch:,}")
 parts = [
@@ -6530,8 +6554,15 @@ if one_narrow_share < 0.5:
         " times the GFLOP/s of the width with the highest reading"
         f" ({one_best:,}): its call"
         " does so little arithmetic that the fixed cost of a call (section"
-        " 8.1) dominates, which makes width 256 a poor reference for the L2"
-        " rule; a dip beyond the L2 could hide behind it."
+        " 8.1) dominates."
+        + (
+            f" Even the best width inside the L2 ran at {inside_share:.2f}"
+            " times it, timing mostly overhead, not arithmetic, so the text"
+            " reads batch 1's L2 verdict as undecided, whatever the rule said"
+            f" (here “{rule_said}”)."
+            if l2_unusable
+            else ""
+        )
     )
 l2_size = caches["L2"]
 if l2_size is not None and any(4 * h * h == l2_size for h in sweep_widths[1]):
@@ -6825,7 +6856,7 @@ assert mid_gaps["epoch_start_rng"] == 0 and mid_gaps["rng_at_save"] > 0
 # The checker steps your scheduler on runs of its own and compares the rate of every
 # step with the schedule above. WSD holds its peak for most of the run, so it should
 # be tried at a rate that does well held constant: train it at section 8.3's low rate,
-# 0.05, where no schedule beat the constant rate, with section 8.3's two seeds, and let
+# 0.05, at which the constant rate trains without trouble, with its two seeds, and let
 # its `compare` judge the new arm against the constant rate and against warm-up +
 # cosine at that rate. Does a decay confined to the last two epochs, after a good rate
 # held, end as well as one spread over the whole run, or as well as no decay at all?
@@ -6917,7 +6948,12 @@ words = {
     "worse": "worse than",
     "tie": "level (the seeds overlap) with",
 }
-decay_gain = sum(wsd_hold_losses) / sum(wsd_losses)  # > 1: the decay helped
+# WSD's last two epochs against the constant rate's same two epochs: the
+# constant rate is WSD without its decay, so more training alone gives it
+decay_gain = sum(wsd_hold_losses) / sum(wsd_losses)
+constant_gain = sum(
+    schedule_runs["constant", low, s][2][hold_end - 1] for s in run_seeds
+) / sum(final_val["constant", low])
 times_cosine = sum(wsd_losses) / sum(final_val["warm-up + cosine", low])
 times_constant = sum(wsd_losses) / sum(final_val["constant", low])
 print(
@@ -6925,11 +6961,13 @@ print(
     f"{words[versus['warm-up + cosine']]} warm-up + cosine (its mean final "
     f"loss {times_cosine:.2f} times warm-up + cosine's and {times_constant:.2f} "
     "times the constant rate's); its two epochs of decay "
+    + f"changed its mean validation loss by a factor {1 / decay_gain:.2f},"
+    f" the same two epochs at the constant rate by {1 / constant_gain:.2f}"
     + (
-        f"divided the mean validation loss by {decay_gain:.2f}. "
-        if decay_gain > 1
-        else "raised the mean validation loss to "
-        f"{1 / decay_gain:.2f} times its value after the hold. "
+        " (so the decay did more than two more epochs at the held rate). "
+        if decay_gain > 1.1 * constant_gain
+        else " (so the decay did no more than two more epochs at the held"
+        " rate). "
     )
     + {
         "worse": "On these two seeds a side, a decay confined to the end "
@@ -6940,21 +6978,12 @@ print(
         "better": "On these two seeds a side, a decay confined to the end did "
         "better than one spread over the run (a hint: two seeds a side).",
     }[versus["warm-up + cosine"]]
-    + (
-        " Holding a rate that trains well kept the progress that cosine's"
-        " early decay gives up, and the short decay at the end still settled"
-        " the weights: the case for WSD."
-        if versus["warm-up + cosine"] == "better" and decay_gain > 1
-        else ""
-    )
 )
 assert held < 1e-9 and 0 < wsd_rates[-1] < 0.1 * low, (held, wsd_rates[-1])
-# The answer rests on two measurements. The late decay lowered the loss:
-# mean after the hold over mean at the end 1.25, 1.32, 1.33 with seeds 0, 1,
-# 2 (one AVX-512 CPU). And WSD ended below warm-up + cosine: mean final loss
-# 0.83, 0.72, 0.65 times cosine's (0.97, 0.94, 0.87 times the constant
-# rate's, which the sentence above reads either way).
-assert decay_gain > 1.1, decay_gain
+# The answer rests on one measurement: WSD ended below warm-up + cosine, mean
+# final loss 0.83, 0.72, 0.65 times cosine's with seeds 0, 1, 2 on one
+# AVX-512 CPU (0.83 at the AVX2 level). Against the constant rate (0.97,
+# 0.94, 0.87 times its loss) the sentences above read either way.
 assert times_cosine < 1.0, times_cosine
 
 # %% [markdown]
