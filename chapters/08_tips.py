@@ -3014,8 +3014,8 @@ if split_p >= 0.05:
         else f"only {disagreements} of the {len(val_set)} digits"
     )
     amp_accuracy_sentence = (
-        "lower precision cost no accuracy this run can detect (the two "
-        f"models disagreed on {agree})"
+        "lower precision cost no accuracy this run can detect (only one of "
+        f"the two models was right on {agree})"
     )
 else:
     amp_accuracy_sentence = (
@@ -3805,8 +3805,8 @@ if pile_rounds:
             + " the matrix products, whose work dropout does not change, "
             "passed the rule too: something besides dropout's own work slowed "
             + ("that row" if len(loaded_rows) == 1 else "those rows")
-            + " (this profile does not tell what; on one thread, most "
-            "likely the machine's other load). So read each pile there against "
+            + " (this profile does not tell what). So read each pile there"
+            " against "
             "the matrix products of the same round, by the same 10 % rule. "
             "What grew beyond them: " + "; ".join(readings) + "."
         )
@@ -5993,7 +5993,9 @@ record(
     f"{recompute_verdict} the plain step's "
     f"{rounds_range(recompute_rounds['plain'], 1e3, '.2f')} ms, where the "
     "forward pass it repeats took "
-    f"{rounds_range(repeated_s, 1e3, '.2f')} ms alone"
+    f"{rounds_range(repeated_s, 1e3, '.2f')} ms alone (timed without"
+    " recording gradients; inside the backward pass it records them, which"
+    " may cost a little more)"
     + (
         ": more than the recomputation explains, and this run did not "
         "profile where the rest goes"
