@@ -3014,8 +3014,8 @@ if split_p >= 0.05:
         else f"only {disagreements} of the {len(val_set)} digits"
     )
     amp_accuracy_sentence = (
-        "lower precision cost no accuracy this run can detect (only one of "
-        f"the two models was right on {agree})"
+        "lower precision cost no accuracy this run can detect (one model "
+        f"was right and the other wrong on {agree})"
     )
 else:
     amp_accuracy_sentence = (
