@@ -120,12 +120,11 @@ def verdict_by(
 
 def test_cache_sweep_reference_passes():
     assert check_cache_sweep(rounds_right, verdict_by())
-    assert check_cache_sweep(rounds_right, ch08_cache.reference_verdict)
 
 
 def test_the_cases_verdicts_are_the_references():
     for rounds, l2_bytes, right, hints in ch08_cache.CASES:
-        assert ch08_cache.reference_verdict(rounds, l2_bytes) == right
+        assert verdict_by()(rounds, l2_bytes) == right
         assert right not in hints
 
 

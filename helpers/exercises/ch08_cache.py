@@ -26,26 +26,10 @@ from torch import nn
 
 from helpers.exercises import Mismatch, checker, expect
 
-__all__ = ["check_cache_sweep", "check_gflops", "reference_verdict"]
+__all__ = ["check_cache_sweep", "check_gflops"]
 
 VERDICTS = ("fell", "no dip", "undecided")
-MARGIN = 0.1  # a width fell only if every round of it, 10 % higher, stays below
-NOISE = 0.25  # rounds of one width differing by more than this could hide a dip
 MIB = 2**20
-
-
-def reference_verdict(rounds: dict[int, list[float]], l2_bytes: int) -> str:
-    """One sound rule (the solution's), for the tests: the chapter's 10 % rule against
-    the best width inside, and 'no dip' only where each width's rounds agree within 25 %.
-    """
-    inside = [h for h in rounds if 4 * h * h < l2_bytes]
-    beyond = [h for h in rounds if 4 * h * h > l2_bytes]
-    best = max(inside, key=lambda h: max(rounds[h]))
-    fell = [h for h in beyond if max(rounds[h]) * (1 + MARGIN) < min(rounds[best])]
-    if len(fell) == len(beyond):
-        return "fell"
-    spread = max(max(r) / min(r) - 1 for r in rounds.values())
-    return "no dip" if not fell and spread <= NOISE else "undecided"
 
 
 class _Net:
