@@ -307,6 +307,10 @@ print(collectives_path.read_text())
 # `OMP_NUM_THREADS=1` gives each process one CPU thread, so that several processes on
 # one machine do not fight over its cores (`torchrun` sets the same default, with a
 # warning, when more than one process runs on a machine).
+
+# %% [markdown] tags=["box-dropdown"]
+# <details>
+# <summary>Why <code>launch</code> may run a command twice</summary>
 #
 # One more thing `launch` does is not part of the lesson but of running a book on
 # every build: now and then, a process dies inside torch's own code rather than
@@ -315,6 +319,8 @@ print(collectives_path.read_text())
 # scripts' output folders and runs the commands once more, and prints that it did,
 # with the first run's error; any other failure stops the notebook. In your own jobs,
 # `--max-restarts` (section 9.6) is the tool for this.
+#
+# </details>
 
 
 # %%
@@ -888,15 +894,28 @@ script_settings = {
     "lr": lr,
     "momentum": momentum,
 }
-reference, largest_gradient = train_one_process(
-    lambda epoch: global_batches(train_set, 2, batch_size, epoch, seed),
-    ref_device,
-    **script_settings,
-)
+threads = torch.get_num_threads()
+if ref_device.type == "cpu":
+    torch.set_num_threads(1)  # one thread, as each worker had: timed below
+try:
+    started = time.perf_counter()
+    reference, largest_gradient = train_one_process(
+        lambda epoch: global_batches(train_set, 2, batch_size, epoch, seed),
+        ref_device,
+        **script_settings,
+    )
+    # train_one_process ends by reading a number: the device has finished
+    reference_seconds = time.perf_counter() - started
+finally:
+    torch.set_num_threads(threads)
 ddp_state = torch.load(
     ddp_dir / "model.pt", map_location="cpu", weights_only=True
 )
 ddp_vs_single = max_difference(ddp_state, reference.state_dict())
+# the gap in units of float64's relative precision at the largest parameter
+largest_parameter = max(v.abs().max().item() for v in ddp_state.values())
+gap_eps_unit = torch.finfo(torch.float64).eps * largest_parameter
+gap_eps = ddp_vs_single / gap_eps_unit
 steps = epochs * ddp_summary["steps_per_epoch"]
 # The scale at which rounding acts (helpers.numerics, chapter 8): each gradient
 # comes out of chains of float64 sums (784, 128 and 10 terms through the layers,
@@ -936,6 +955,27 @@ print(
 # seeds 0-2 (AVX-512 CPU, 2 threads): gap 6.7e-16 to 7.8e-16 against an
 # allowance of 2.4e-11 to 3.2e-11 (a different data order gives 0.30-0.36)
 assert ddp_vs_single <= rounding_allowance, (ddp_vs_single, rounding_allowance)
+print(
+    f"that is {gap_eps:.0f} times float64's eps at the largest parameter"
+    f" ({largest_parameter:.2f})"
+)
+if ddp_summary["device_type"] == "cpu":
+    # The same CPU kernels ran both: only the grouping of the 64 examples' sum
+    # differs, so the gap stays a few roundings. A far tighter check than the
+    # allowance. Seeds 0-2 (AVX-512 CPU, 2 threads): 6 times eps at each
+    assert gap_eps <= 200, gap_eps
+gap_sentence = (
+    f"The gap itself is {gap_eps:.0f} times `float64`'s eps at the size of the"
+    " largest parameter: a few roundings' worth"
+)
+if ddp_summary["device_type"] == "cpu":
+    gap_sentence += (
+        ". With the same CPU kernels in both runs, the cell above also holds it"
+        " to at most 200 times eps, a check about"
+        f" {rounding_allowance / (200 * gap_eps_unit):,.0f} times tighter than"
+        " the allowance"
+    )
+record("gap_sentence", gap_sentence + ".")
 record("steps", steps)
 record("rounding_allowance", rounding_allowance, fmt="{:.0e}")
 record(
@@ -955,7 +995,7 @@ one sum by the size of the gradients, the learning rate, momentum and the number
 steps. It is the scale at which rounding acts, not a proof: it takes the largest
 gradient entry for the size of the sums' terms, and training can amplify a
 difference, for example when a ReLU's input sits at zero in one run and just above it
-in the other.)
+in the other.) {{gap_sentence}}
 """
 )
 
@@ -992,6 +1032,26 @@ with FlopCounterMode(display=False) as step_counter:
 reference.zero_grad()
 record("step_mmac", step_counter.get_total_flops() / 2 / 1e6, fmt="{:.1f}")
 record("build_cores", os.cpu_count())
+speedup = reference_seconds / ddp_train_seconds
+one_process = (
+    "one process with one thread"
+    if ref_device.type == "cpu"
+    else f"one process on one {ref_device.type} device"
+)
+if speedup >= 1.1:
+    verdict = f"two processes were {speedup:.1f} times as fast"
+elif speedup > 1 / 1.1:
+    verdict = "two processes were about as fast as one"
+else:
+    verdict = f"two processes took {1 / speedup:.1f} times as long"
+record(
+    "speed_sentence",
+    f"The {epochs} epochs took {ddp_train_seconds:.1f} s in the two processes"
+    " of section 9.4 (rank 0's clock, its evaluations included) and"
+    f" {reference_seconds:.1f} s in {one_process}, the reference run above"
+    f" (the same batches and arithmetic in another loop): {verdict}, where"
+    " two processes could at best halve the time.",
+)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -1000,13 +1060,12 @@ A different order of the same data moves the parameters by up to {{order_gap}},
 far more than the difference above: the match is not an accident of a test too weak
 to notice a difference.
 
-Was it faster? This chapter does not measure a speed-up, and claims none: the
-machine that built this page has {{build_cores}} CPU cores, and this network gives
-each step too little arithmetic to be worth sharing. Data parallelism pays off when a
-step's computation dwarfs its communication (large models on GPUs, where DDP also
-overlaps the all-reduce with the rest of backward), and the way to know is to time a
-few hundred steps at one and at N processes on your own hardware. What the
-communication costs can be counted:
+Was it faster? {{speed_sentence}} Data parallelism pays off when a step's
+computation dwarfs its communication (large models on GPUs, where DDP also overlaps
+the all-reduce with the rest of backward); this network gives each step little
+arithmetic, and the machine that built this page has {{build_cores}} CPU cores. Time
+a few hundred steps at one and at N processes on your own hardware before you choose.
+What the communication costs can be counted:
 
 - **DDP.** A ring all-reduce, the usual algorithm (run step by step below), has each
   of N processes send, and receive, 2(N − 1)/N times the gradient's bytes per step.
