@@ -477,47 +477,102 @@ def test_ddp_gradients_other_wrong_answers_fail_without_a_hint():
 
 # Exercise 9.4 ------------------------------------------------------------------------
 
-TIMED_OUT = "debug OFF: after 3.0 s: [unbound_buffer.cc:78] Timed out waiting 3000ms for recv"
-CLOSED = "debug OFF: after 3.0 s: [pair.cc:561] Connection closed by peer [127.0.0.1]:6332"
-NAMED = "debug DETAIL: after 0.0 s: Detected mismatch between collectives on ranks. Rank {}"
-REPORTS = {0: ["starting", TIMED_OUT, NAMED.format(0)], 1: [CLOSED, NAMED.format(1)]}
+TIMED_OUT = "collectives OFF: after 3.0 s: [unbound_buffer.cc:78] Timed out waiting 3000ms for recv"
+CLOSED = "collectives OFF: after 3.0 s: [pair.cc:561] Connection closed by peer [127.0.0.1]:6332"
+NAMED = "{} DETAIL: after 0.0 s: Detected mismatch between collectives on ranks. Rank {}"
+WRONG_SUM = "shapes OFF: no error, holds [1.0, 2.0, 2.0]"
+LEFT = "shapes OFF: after 0.5 s: [pair.cc:561] Connection closed by peer [127.0.0.1]:6333"
+
+
+def reports(rank, **replace):
+    """Rank ``rank``'s four report lines, with ``replace={kind_mode: line}`` swapped in."""
+    lines = {
+        "collectives_OFF": TIMED_OUT if rank == 0 else CLOSED,
+        "collectives_DETAIL": NAMED.format("collectives", rank),
+        "shapes_OFF": LEFT if rank == 0 else WRONG_SUM,
+        "shapes_DETAIL": NAMED.format("shapes", rank),
+    }
+    lines.update(replace)
+    return ["attempt 0: gloo on cpu", *lines.values()]
+
+
+REPORTS = {0: reports(0), 1: reports(1)}
 
 
 def test_the_reports_of_the_solution_pass(capsys):
     assert ch09.check_mismatch_reports(REPORTS).passed
-    assert "gave up after 3.0 and 3.0 s" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "gave up after 3.0 and 3.0 s" in out
+    assert "rank 1 went on with no error, holds [1.0, 2.0, 2.0]" in out
+    assert "rank 0 failed after 0.5 s (Connection closed by peer" in out
+    assert "named both mismatches at once" in out
+
+
+def test_any_outcome_of_the_mismatched_shapes_without_detail_passes():
+    # what gloo does with mismatched shapes is the exercise's question, not its check
+    timed_out = TIMED_OUT.replace("collectives", "shapes")
+    both_waited = {0: reports(0, shapes_OFF=timed_out), 1: reports(1, shapes_OFF=timed_out)}
+    assert ch09.check_mismatch_reports(both_waited).passed
 
 
 @pytest.mark.parametrize(
     ("output", "hint", "message"),
     [
         (
-            {0: [NAMED.format(0)] * 2, 1: [NAMED.format(1)] * 2},
+            {
+                rank: reports(
+                    rank,
+                    collectives_OFF=NAMED.format("collectives", rank),
+                    shapes_OFF=NAMED.format("shapes", rank),
+                )
+                for rank in (0, 1)
+            },
             ch09_collectives.DETAIL_EVERYWHERE,
-            "printed 0 `debug OFF` reports",
-        ),
-        (
-            {0: [TIMED_OUT, "debug DETAIL: no error"], 1: [CLOSED, "debug DETAIL: no error"]},
-            ch09_collectives.MATCHING,
-            "rank 0 reports no error with DETAIL",
+            "printed 0 `collectives OFF` reports",
         ),
         (
             {
-                0: [TIMED_OUT, TIMED_OUT.replace("OFF", "DETAIL")],
-                1: [CLOSED, CLOSED.replace("OFF", "DETAIL")],
+                rank: reports(rank, collectives_DETAIL="collectives DETAIL: no error, holds [2.0]")
+                for rank in (0, 1)
             },
+            ch09_collectives.MATCHING,
+            "rank 0 reports no error, holds [2.0] for collectives with DETAIL",
+        ),
+        (
+            {0: reports(0, collectives_OFF="collectives OFF: no error, holds [2.0]"), 1: reports(1)},
+            ch09_collectives.MATCHING,
+            "rank 0 reports no error, holds [2.0] for collectives with OFF",
+        ),
+        (
+            {
+                rank: reports(rank, shapes_DETAIL="shapes DETAIL: no error, holds [2.0, 2.0]")
+                for rank in (0, 1)
+            },
+            ch09_collectives.SAME_SHAPES,
+            "for shapes with DETAIL",
+        ),
+        (
+            {rank: reports(rank, collectives_DETAIL=TIMED_OUT.replace("OFF", "DETAIL")) for rank in (0, 1)},
             ch09_collectives.DETAIL_TOO_LATE,
-            "with DETAIL a rank reported",
+            "with DETAIL rank 0 reported",
         ),
         (
-            {0: [TIMED_OUT.replace("3.0", "30.0"), NAMED.format(0)], 1: [CLOSED, NAMED.format(1)]},
+            {0: reports(0, collectives_OFF=TIMED_OUT.replace("3.0", "30.0")), 1: reports(1)},
             ch09_collectives.WAITED,
-            "gave up after 30.0 s, not 3",
+            "gave up on the collectives after 30.0 s, not 3",
         ),
         (
-            {0: [NAMED.format(0).replace("DETAIL", "OFF"), NAMED.format(0)], 1: [CLOSED, NAMED.format(1)]},
+            {
+                0: reports(0, collectives_OFF=NAMED.format("collectives", 0).replace("DETAIL", "OFF")),
+                1: reports(1),
+            },
             ch09_collectives.DETAIL_EVERYWHERE,
-            "without DETAIL a rank reported",
+            "without DETAIL rank 0 reported",
+        ),
+        (
+            {0: reports(0, shapes_OFF=NAMED.format("shapes", 0).replace("DETAIL", "OFF")), 1: reports(1)},
+            ch09_collectives.DETAIL_EVERYWHERE,
+            "without DETAIL rank 0 named the mismatch of shapes",
         ),
         ({0: ["all_reduce failed"], 1: [CLOSED]}, ch09_collectives.FORMAT, "rank 0 printed no report"),
     ],
@@ -531,19 +586,25 @@ def test_mismatch_report_mistakes_get_their_hints(output, hint, message):
     [
         ([TIMED_OUT], "should be the {rank: lines} dict that launch returns"),
         ({0: REPORTS[0]}, "expected the lines of ranks 0 and 1, got ranks [0]"),
-        ({0: "debug OFF", 1: REPORTS[1]}, "mismatch_output[0] should be the list of lines"),
+        ({0: "collectives OFF", 1: REPORTS[1]}, "mismatch_output[0] should be the list of lines"),
         (
             {0: [TIMED_OUT.replace("OFF", "INFO"), *REPORTS[0]], 1: REPORTS[1]},
             "TORCH_DISTRIBUTED_DEBUG=['INFO']",
         ),
-        ({0: [TIMED_OUT], 1: REPORTS[1]}, "rank 0 printed 0 `debug DETAIL` reports"),
+        ({0: REPORTS[0][:-1], 1: REPORTS[1]}, "rank 0 printed 0 `shapes DETAIL` reports"),
+        ({0: [*REPORTS[0], WRONG_SUM], 1: REPORTS[1]}, "rank 0 printed 2 `shapes OFF` reports"),
         (
-            {0: [TIMED_OUT.replace("Timed out", "Aborted"), NAMED.format(0)], 1: REPORTS[1]},
+            {0: reports(0, collectives_OFF=TIMED_OUT.replace("Timed out", "Aborted")), 1: REPORTS[1]},
             "expected a timeout",
         ),
         (
             {
-                0: [TIMED_OUT, NAMED.format(0).replace("Detected mismatch between collectives", "Aborted")],
+                0: reports(
+                    0,
+                    collectives_DETAIL=NAMED.format("collectives", 0).replace(
+                        "Detected mismatch between collectives", "Aborted"
+                    ),
+                ),
                 1: REPORTS[1],
             },
             "reported 'Aborted on ranks",

@@ -1,7 +1,7 @@
-"""Checkers for chapter 9's exercises on collectives: a job's reports of a mismatched
-collective (9.4) and a hand-written gradient all-reduce (9.5), and the simulated ranks of
-exercise 9.2, which exchange a number with a stand-in all-reduce. Exported by
-:mod:`helpers.exercises.ch09`, where the starters import them.
+"""Checkers for chapter 9's exercises on collectives: a job's reports of mismatched
+collectives and mismatched shapes (9.4) and a hand-written gradient all-reduce (9.5), and
+the simulated ranks of exercise 9.2, which exchange a number with a stand-in all-reduce.
+Exported by :mod:`helpers.exercises.ch09`, where the starters import them.
 
 Exercise 9.4's job runs in the reader's notebook; its checker reads the reports the
 ranks printed. Exercise 9.5's checker runs the reader's function as one rank of a job of
@@ -127,17 +127,25 @@ def simulate_ranks(
 
 # ---- Exercise 9.4 -------------------------------------------------------------------------
 
-_REPORT = re.compile(r"debug (\w+): (?:after ([\d.]+) s: (.*)|(no error))")
+KINDS = ("collectives", "shapes")
+_REPORT = re.compile(
+    r"\b(collectives|shapes) (\w+): (?:after ([\d.]+) s: (.*)|no error, holds (.*)|(no error))"
+)
 _TIMEOUT = re.compile(r"Timed out|Connection (closed|reset)")
 _NAMED = "mismatch between collectives"
 
 FORMAT = (
-    "print each rank's report with rank_print(rank, f\"debug {mode}: after {seconds:.1f} s: "
-    '{first_line}") (or f"debug {mode}: no error"), mode being TORCH_DISTRIBUTED_DEBUG or "OFF"'
+    "print each rank's report with rank_print(rank, f\"{kind} {mode}: after {seconds:.1f} s: "
+    '{first_line}") (or f"{kind} {mode}: no error, holds {x.tolist()}"), kind being '
+    '"collectives" or "shapes" and mode TORCH_DISTRIBUTED_DEBUG or "OFF"'
 )
 MATCHING = (
-    "nothing went wrong because both ranks called the same collective: let rank 0 call "
-    "dist.all_reduce and rank 1 dist.broadcast (an if on the rank around the call)"
+    "nothing went wrong with the collectives because both ranks called the same one: let rank 0 "
+    "call dist.all_reduce and rank 1 dist.broadcast (an if on the rank around the call)"
+)
+SAME_SHAPES = (
+    "nothing went wrong with the shapes because both ranks all-reduced tensors of one shape: "
+    "give rank 0 four numbers and rank 1 three (torch.ones(4 if rank == 0 else 3))"
 )
 DETAIL_EVERYWHERE = (
     "both runs had TORCH_DISTRIBUTED_DEBUG=DETAIL: set it in the second command only (env "
@@ -149,28 +157,44 @@ DETAIL_TOO_LATE = (
 )
 WAITED = (
     "give the collectives a group that times out after 3 seconds, dist.new_group(backend='gloo', "
-    "timeout=timedelta(seconds=3)), and pass group=group to both"
+    "timeout=timedelta(seconds=3)), and pass group=group to each collective"
 )
 
 
-def _reports(lines: Any, rank: Any) -> list[tuple[str, float | None, str]]:
-    """``(mode, seconds or None, message)`` for each report line of ``rank``."""
+def _reports(lines: Any, rank: Any) -> dict[tuple[str, str], list[tuple[float | None, str]]]:
+    """``{(kind, mode): [(seconds or None, message), ...]}`` for the report lines of ``rank``."""
     expect(
         isinstance(lines, (list, tuple)) and all(isinstance(line, str) for line in lines),
         f"mismatch_output[{rank}] should be the list of lines rank {rank} printed",
     )
-    found = []
+    found: dict[tuple[str, str], list[tuple[float | None, str]]] = {}
     for line in lines:
         match = _REPORT.search(line)
         if match:
-            seconds = None if match[4] else float(match[2])
-            found.append((match[1], seconds, match[4] or match[3]))
+            kind, mode, seconds, error, holds, _ = match.groups()
+            if error is not None:
+                report = (float(seconds), error)
+            else:
+                report = (None, "no error" + (f", holds {holds}" if holds else ""))
+            found.setdefault((kind, mode), []).append(report)
     return found
+
+
+def _failure_words(rank: int, seconds: float | None, message: str) -> str:
+    if seconds is None:
+        return f"rank {rank} went on with {message}"
+    # the message without the source location gloo puts in front of it
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", message)
+    return f"rank {rank} failed after {seconds:.1f} s ({cause[:40].rstrip()}...)"
+
+
+def _seconds_words(seconds: float) -> str:
+    return "at once" if seconds < 0.05 else f"within {seconds:.1f} s"
 
 
 @checker("9.4", "mismatch_output")
 def check_mismatch_reports(mismatch_output: Mapping[int, list[str]]) -> str:
-    """Exercise 9.4: each rank reports a timeout without DETAIL and the named mismatch with it."""
+    """Exercise 9.4: mismatched collectives time out without DETAIL; DETAIL names both mismatches."""
     expect(
         isinstance(mismatch_output, Mapping),
         "mismatch_output should be the {rank: lines} dict that launch returns as its second "
@@ -178,45 +202,60 @@ def check_mismatch_reports(mismatch_output: Mapping[int, list[str]]) -> str:
     )
     ranks = sorted(mismatch_output)
     expect(ranks == [0, 1], f"expected the lines of ranks 0 and 1, got ranks {ranks}")
-    by_mode: dict[str, list[tuple[float | None, str]]] = {"OFF": [], "DETAIL": []}
+    by_rank = {}
     for rank in ranks:
         reports = _reports(mismatch_output[rank], rank)
-        expect(bool(reports), f"rank {rank} printed no report `debug <mode>: ...`", FORMAT)
-        modes = [mode for mode, _, _ in reports]
-        others = sorted(set(modes) - {"OFF", "DETAIL"})
+        expect(bool(reports), f"rank {rank} printed no report `<kind> <mode>: ...`", FORMAT)
+        others = sorted({mode for _, mode in reports} - {"OFF", "DETAIL"})
         expect(
             not others,
             f"rank {rank} reports a run with TORCH_DISTRIBUTED_DEBUG={others[:1]}, expected OFF and DETAIL",
         )
-        detail_only = modes == ["DETAIL", "DETAIL"]
-        for mode in ("OFF", "DETAIL"):
+        for kind in KINDS:
+            detail_only = len(reports.get((kind, "DETAIL"), [])) == 2
+            for mode in ("OFF", "DETAIL"):
+                count = len(reports.get((kind, mode), []))
+                expect(
+                    count == 1,
+                    f"rank {rank} printed {count} `{kind} {mode}` reports, expected one "
+                    "(each of the two launches reports each kind of mismatch once)",
+                    DETAIL_EVERYWHERE if detail_only else None,
+                )
+        by_rank[rank] = {key: found[0] for key, found in reports.items()}
+    for rank in ranks:
+        for kind, hint in (("collectives", MATCHING), ("shapes", SAME_SHAPES)):
+            seconds, message = by_rank[rank][kind, "DETAIL"]
+            expect(seconds is not None, f"rank {rank} reports {message} for {kind} with DETAIL", hint)
             expect(
-                modes.count(mode) == 1,
-                f"rank {rank} printed {modes.count(mode)} `debug {mode}` reports, expected one "
-                "(one from each of the two launches)",
-                DETAIL_EVERYWHERE if detail_only else None,
+                _NAMED in message,
+                f"with DETAIL rank {rank} reported {message[:80]!r} for {kind}, expected the mismatch named",
+                DETAIL_TOO_LATE if _TIMEOUT.search(message) else None,
             )
-        for mode, seconds, message in reports:
-            expect(message != "no error", f"rank {rank} reports no error with {mode}", MATCHING)
-            by_mode[mode].append((seconds, message))
-    for seconds, message in by_mode["OFF"]:
+        seconds, message = by_rank[rank]["collectives", "OFF"]
+        expect(seconds is not None, f"rank {rank} reports {message} for collectives with OFF", MATCHING)
         expect(
             _TIMEOUT.search(message) is not None,
-            f"without DETAIL a rank reported {message[:80]!r}, expected a timeout",
+            f"without DETAIL rank {rank} reported {message[:80]!r} for collectives, expected a timeout",
             DETAIL_EVERYWHERE if _NAMED in message else None,
         )
-        expect(2.5 <= seconds <= 15, f"without DETAIL a rank gave up after {seconds} s, not 3", WAITED)
-    for _, message in by_mode["DETAIL"]:
         expect(
-            _NAMED in message,
-            f"with DETAIL a rank reported {message[:80]!r}, expected the mismatch named",
-            DETAIL_TOO_LATE if _TIMEOUT.search(message) else None,
+            2.5 <= seconds <= 15,
+            f"without DETAIL rank {rank} gave up on the collectives after {seconds} s, not 3",
+            WAITED,
         )
-    off = " and ".join(f"{seconds:.1f}" for seconds, _ in by_mode["OFF"])
-    detail = max(seconds for seconds, _ in by_mode["DETAIL"])
+        _, shape_message = by_rank[rank]["shapes", "OFF"]
+        expect(
+            _NAMED not in shape_message,
+            f"without DETAIL rank {rank} named the mismatch of shapes",
+            DETAIL_EVERYWHERE,
+        )
+    off = " and ".join(f"{by_rank[rank]['collectives', 'OFF'][0]:.1f}" for rank in ranks)
+    shapes = "; ".join(_failure_words(rank, *by_rank[rank]["shapes", "OFF"]) for rank in ranks)
+    detail = max(by_rank[rank][kind, "DETAIL"][0] for rank in ranks for kind in KINDS)
     return (
-        f"without DETAIL the ranks gave up after {off} s, the group's timeout; with DETAIL "
-        f"both named the mismatch of collectives after {detail:.1f} s"
+        f"without DETAIL the mismatched collectives gave up after {off} s, the group's timeout, "
+        f"and with mismatched shapes {shapes}; with DETAIL every rank named both mismatches "
+        f"{_seconds_words(detail)}"
     )
 
 
