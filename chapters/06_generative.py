@@ -492,9 +492,9 @@ print(
 print(f"parameters: {count_parameters(vae):,}")
 
 # %% [markdown]
-# MLPs rather than convolutions: on this chapter's CPU budget a fully connected VAE
-# is cheap to train on one CPU thread (section 6.3 prices its steps, one at a time,
-# on the device that ran the page); the convolutions are spent
+# MLPs rather than convolutions: a fully connected VAE is cheap to train within this
+# chapter's CPU budget (section 6.3 prices its steps, one at a time, on the device
+# that ran the page); the convolutions are spent
 # on the judge, which must be a good classifier. The sizes, 16 latent numbers and 256
 # hidden units, are untuned, chosen to train quickly; a two-dimensional version below
 # shows what 2 latent numbers instead of 16 cost.
@@ -1648,7 +1648,8 @@ del g_copy, d_copy, noise, fake
 #
 # The batch size, 64, and the 4,000 steps are untuned: the steps are what the time
 # budget allows. `fused=True` makes Adam update all of a network's parameters in one
-# operation instead of looping over them (chapter 8 explains what fusing saves).
+# kernel, where by default it loops over them on the CPU and, on CUDA, groups them
+# into a few multi-tensor operations (chapter 8 explains what fusing saves).
 #
 # The two networks need not settle: each step of one changes the other's target, so
 # the generator's weights can circle a good solution instead of converging to it, and
