@@ -899,20 +899,18 @@ script_settings = {
     "lr": lr,
     "momentum": momentum,
 }
-threads = torch.get_num_threads()
-if ref_device.type == "cpu":
-    torch.set_num_threads(1)  # one thread, as each worker had: timed below
-try:
-    started = time.perf_counter()
-    reference, largest_gradient = train_one_process(
-        lambda epoch: global_batches(train_set, 2, batch_size, epoch, seed),
-        ref_device,
-        **script_settings,
-    )
-    # train_one_process ends by reading a number: the device has finished
-    reference_seconds = time.perf_counter() - started
-finally:
-    torch.set_num_threads(threads)
+started = time.perf_counter()  # timed: this process has one thread, as a worker
+reference, largest_gradient = train_one_process(
+    lambda epoch: global_batches(train_set, 2, batch_size, epoch, seed),
+    ref_device,
+    **script_settings,
+)
+# and rank 0's evaluation after each epoch, which its epoch times include
+val_inputs = flat(digits.x_val, *stats).to(ref_device, torch.float64)
+for _ in range(epochs):
+    train_ddp.evaluate(reference, val_inputs, digits.y_val.to(ref_device))
+# evaluate ends by reading numbers: the device has finished
+reference_seconds = time.perf_counter() - started
 ddp_state = torch.load(
     ddp_dir / "model.pt", map_location="cpu", weights_only=True
 )
@@ -1054,7 +1052,8 @@ record(
     f"The {epochs} epochs took {ddp_train_seconds:.1f} s in the two processes"
     " of section 9.4 (rank 0's clock, its evaluations included) and"
     f" {reference_seconds:.1f} s in {one_process}, the reference run above"
-    f" (the same batches and arithmetic in another loop): {verdict}, where"
+    " with the same evaluations (the same batches and arithmetic in another"
+    f" loop): {verdict}, where"
     " two processes could at best halve the time.",
 )
 
@@ -1228,7 +1227,7 @@ plt.show()
 # bucket closes once it holds that much) splits this network's gradients into
 # buckets, a hook on every parameter notes
 # when its gradient is ready, and a communication hook notes when DDP hands each bucket
-# over (then all-reduces it as usual). Three backward passes over the 1,750 training
+# over (then all-reduces it as usual). Three backward passes over the 3,500 training
 # digits; the output shows the third, for a reason the text after it gives:
 
 # %%
@@ -1337,7 +1336,11 @@ the more of the rest it can hide behind.
 #   would leave the others waiting in their next all-reduce; running the loop inside
 #   `with torch.distributed.algorithms.Join([model]):` lets it join those all-reduces
 #   with zero gradients instead, and the result is no longer the one-process step.
-# - **A loss that is a mean over the batch** (the default `reduction="mean"`).
+# - **A loss that is an unweighted mean over the batch** (the default
+#   `reduction="mean"`, without class weights or `ignore_index`). A weighted mean, or
+#   a mean over the targets not ignored (padding tokens, say), divides by a total that
+#   differs from rank to rank even when the batches are equal: all-reduce that total
+#   first and divide by it, as exercise 2 does with the counts.
 # - **No layer that mixes examples within a batch.** Batch normalisation computes its
 #   statistics from each rank's own slice; `nn.SyncBatchNorm.convert_sync_batchnorm`
 #   computes them over all ranks. Plain batch norm's running statistics (buffers, not
