@@ -229,7 +229,7 @@ plt.show()
 
 # %% [markdown]
 # The right panel draws backward, then the all-reduce; in DDP the two overlap, as
-# section 9.4 explains.
+# section 9.5 shows.
 #
 # Data parallelism has one limit: every process must fit the whole model, its
 # gradients and its optimizer state. The other strategies split the model instead.
@@ -485,8 +485,9 @@ of starting and coordinating the processes, not for a toy job like this.
 # each rank write its records to a file of its own, every path starting with
 # `TORCH_FR_DUMP_TEMP_FILE`; `python -m torch.distributed.flight_recorder.fr_trace
 # DUMP_DIR` (installed as `torchfrtrace`) matches the ranks' records and reports the
-# first collective they disagree on. Older releases name two of these variables
-# `TORCH_NCCL_TRACE_BUFFER_SIZE` and `TORCH_NCCL_DUMP_ON_TIMEOUT`.
+# first collective they disagree on. Older releases name the three variables
+# `TORCH_NCCL_TRACE_BUFFER_SIZE`, `TORCH_NCCL_DUMP_ON_TIMEOUT` and
+# `TORCH_NCCL_DEBUG_INFO_TEMP_FILE`.
 #
 # </details>
 
@@ -964,12 +965,12 @@ print(
 )
 if ddp_summary["device_type"] == "cpu":
     # The same CPU kernels ran both: only the grouping of the 64 examples' sum
-    # differs, so the gap stays a few roundings. A far tighter check than the
+    # differs, so the gap stays at rounding's scale. A far tighter check than the
     # allowance. Seeds 0-2 (AVX-512 CPU, 2 threads): 6 times eps at each
     assert gap_eps <= 200, gap_eps
 gap_sentence = (
     f"The gap itself is {gap_eps:.0f} times `float64`'s eps at the size of the"
-    " largest parameter: a few roundings' worth"
+    " largest parameter"
 )
 if ddp_summary["device_type"] == "cpu":
     gap_sentence += (
@@ -1339,8 +1340,8 @@ the more of the rest it can hide behind.
 # - **A loss that is an unweighted mean over the batch** (the default
 #   `reduction="mean"`, without class weights or `ignore_index`). A weighted mean, or
 #   a mean over the targets not ignored (padding tokens, say), divides by a total that
-#   differs from rank to rank even when the batches are equal: all-reduce that total
-#   first and divide by it, as exercise 2 does with the counts.
+#   differs from rank to rank even when the batches are equal; exercise 2 works out
+#   how to rescale such a loss.
 # - **No layer that mixes examples within a batch.** Batch normalisation computes its
 #   statistics from each rank's own slice; `nn.SyncBatchNorm.convert_sync_batchnorm`
 #   computes them over all ranks. Plain batch norm's running statistics (buffers, not
