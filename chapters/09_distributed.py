@@ -136,7 +136,8 @@ print(
 # (NVIDIA's collective library; AMD's ROCm builds of PyTorch provide RCCL under the same
 # name) is the backend for GPU tensors: one GPU per process, fast links between GPUs.
 # `gloo` works on CPU tensors (and some operations on GPU tensors) and ships with every
-# PyTorch build; it is what this chapter runs. The code that calls them is the same.
+# PyTorch build; it is what this chapter runs on a CPU (with two or more GPUs its
+# scripts choose `nccl`). The code that calls them is the same.
 
 # %% tags=["hide-input"]
 fig, (ax_ranks, ax_step) = plt.subplots(1, 2, figsize=(13, 4.4))
@@ -2690,12 +2691,13 @@ check_average_gradients(average_gradients)
 # makes one all-reduce, of the bucket, after backward has finished. DDP also
 # packs the gradients into buckets, but all-reduces each bucket as soon as
 # backward has filled it, overlapping communication with the rest of backward.
-# A bucket holds up to bucket_cap_mb (25 MiB by default; the first one backward
-# fills holds at most 1 MiB, so that communication starts early, except in the
-# first iteration, which puts everything in one bucket: section 9.5). To count
-# DDP's all-reduces, register a communication hook that counts the buckets it is
-# handed and then does DDP's usual all-reduce: one process suffices, since the
-# buckets depend on the parameters, not on the world size. This model's 814 kB
+# A bucket closes once it holds bucket_cap_mb (25 MiB by default), so a larger
+# gradient makes a bucket alone; the first bucket backward fills closes at 1 MiB,
+# so that communication starts early, except in the first iteration, which puts
+# everything in one bucket (section 9.5). To count DDP's all-reduces, register
+# a communication hook that counts the buckets it is handed and then does DDP's
+# usual all-reduce: one process suffices, since the buckets depend on the
+# parameters, not on the world size. This model's 814 kB
 # of float64 gradients travel in one bucket: one all-reduce per step, as here.
 # Whether one bucket beats one all-reduce per tensor depends on what each
 # collective costs besides its bytes (a call, a synchronisation of the ranks,
