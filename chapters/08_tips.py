@@ -754,12 +754,23 @@ for m in measurements:
 STEP, BIG = thread_jobs
 if many_threads > 1:
     one_step, one_big = thread_rounds[1, STEP], thread_rounds[1, BIG]
+    big_verdict = rounds_verdict(one_big, thread_rounds[many_threads, BIG])
     threads_sentence = (
         f"With {many_threads} threads the small training step was "
         f"{rounds_verdict(one_step, thread_rounds[many_threads, STEP])} the "
-        "one-thread step, and the large forward pass "
-        f"{rounds_verdict(one_big, thread_rounds[many_threads, BIG])} the "
+        f"one-thread step, and the large forward pass {big_verdict} the "
         "one-thread pass."
+    )
+    # what sharing out costs, and whether this run's large pass repaid it
+    threads_cost = (
+        "Sharing an operation out costs waking the other threads and waiting"
+        " for all of them, microseconds per call, "
+        + (
+            "which this large operation repaid and a small one may not."
+            if "faster" in big_verdict
+            else "which only a large enough operation repays: here not even"
+            " the large pass showed a gain."
+        )
     )
     if default_threads == 1:
         threads_note = (
@@ -782,8 +793,14 @@ else:
     threads_sentence = (
         "This process may use only one CPU, so there is no comparison."
     )
+    threads_cost = (
+        "Sharing an operation out costs waking the other threads and waiting"
+        " for all of them, microseconds per call, which a large operation"
+        " repays and a small one may not."
+    )
     threads_note = ""
 record("threads_sentence", threads_sentence)
+record("threads_cost", threads_cost)
 record("threads_note", threads_note)
 record(
     "transfer_note",
@@ -840,10 +857,8 @@ record("kinds_sentence", kinds_sentence)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{threads_sentence}} Sharing an operation out costs waking the other threads and
-waiting for all of them, microseconds per call, which a large operation repays and a
-small one may not. When several processes share a machine, give each fewer threads
-with `torch.set_num_threads` (DataLoader workers already use one).
+{{threads_sentence}} {{threads_cost}} When several processes share a machine, give
+each fewer threads with `torch.set_num_threads` (DataLoader workers already use one).
 """
 )
 
@@ -2495,8 +2510,9 @@ measured here.
 # in a 16-bit type and keeps sensitive ones (losses, and on CUDA reductions and
 # softmax) in `float32`, while the weights stay `float32`. Two 16-bit types exist:
 #
-# - `float16`: 11-bit significand, but a narrow range (about 6e-5 to 65,504), so small
-#   gradients underflow unless a `torch.amp.GradScaler` scales them; the choice on
+# - `float16`: 11-bit significand, but a narrow range (normal values from about 6e-5
+#   to 65,504, and below 6e-5 ever fewer digits down to 6e-8), so small gradients
+#   underflow unless a `torch.amp.GradScaler` scales them; the choice on
 #   NVIDIA GPUs without native `bfloat16`, such as the T4.
 # - `bfloat16`: an 8-bit significand, but `float32`'s range, so no scaler is needed;
 #   native on NVIDIA GPUs from Ampere on, on CPUs with AVX-512 BF16, AMX or Arm's BF16
@@ -5408,9 +5424,17 @@ record(
 # times every round of the other; otherwise the run leaves it open.
 draws, multiplies = part_rounds["draw"], part_rounds["multiply"]
 if min(draws) > 3 * max(multiplies):
+    # the ratio of the rounded microseconds the cell prints, where they are
+    # not 0
+    shown_multiply = round(max(multiplies) * 1e6)
+    draw_ratio = (
+        round(min(draws) * 1e6) / shown_multiply
+        if shown_multiply
+        else min(draws) / max(multiplies)
+    )
     dropout_cause = (
         "what dropout costs here is drawing the random numbers, "
-        f"{min(draws) / max(multiplies):.0f} times the multiplication even "
+        f"{draw_ratio:.0f} times the multiplication even "
         "comparing its fastest round with the multiplication's slowest"
     )
 elif min(multiplies) > 3 * max(draws):
