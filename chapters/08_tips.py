@@ -3549,16 +3549,19 @@ def step_runner(
     return step
 
 
+def profile_steps(step, steps: int = 10):
+    """A CPU profile of `steps` calls of `step`, on one thread."""
+    with one_thread(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    return prof
+
+
 def profile_piles(step, steps: int = 10) -> dict[str, float]:
     """Milliseconds per call of `step`, by pile, from a profile on one
     CPU thread.
     """
-    with (
-        one_thread(),
-        profile(activities=[ProfilerActivity.CPU]) as run_profile,
-    ):
-        for _ in range(steps):
-            step()
+    run_profile = profile_steps(step, steps)
     piles = dict.fromkeys(("matrix products", "generated code", "other"), 0.0)
     for event in run_profile.key_averages():
         if event.key.startswith("## Call CompiledFxGraph"):
@@ -5821,14 +5824,6 @@ with {{recompute_grads}}, at a price: {{recompute_time}}.
 
 
 # %%
-def profile_steps(step, steps: int = 10):
-    """A CPU profile of `steps` calls of `step`, on one thread."""
-    with one_thread(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            step()
-    return prof
-
-
 # CPU copies of the model and batch, whatever the device
 ckpt_args = (
     copy.deepcopy(memory_net).cpu(),
@@ -5881,12 +5876,6 @@ def inside(prof, node: str, steps: int = 10) -> tuple[dict, dict, float]:
     )
 
 
-def ms_range(values: list[float]) -> str:
-    """'1.23–4.56', or one number where the rounds agree to 0.01 ms."""
-    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
-    return low if low == high else f"{low}–{high}"
-
-
 tables = {name: [per_step(p) for p in ps] for name, ps in ckpt_profiles.items()}
 own_total = {
     name: [sum(own for _, own in table.values()) for table in rounds]
@@ -5900,10 +5889,14 @@ extra_calls = {
 }
 
 
-def node_total(prof, node: str) -> float:
+# "fastest–slowest" of the rounds' ms per step, as the other timings print
+ms_text = partial(rounds_range, scale=1, fmt=".2f")
+
+
+def node_total(prof, node: str, steps: int = 10) -> float:
     """Per step, the total time (ms) of the events named `node`."""
     events = [e for e in prof.events() if e.name == node]
-    return sum(e.cpu_time_total for e in events) / 10 / 1e3
+    return sum(e.cpu_time_total for e in events) / steps / 1e3
 
 
 # the backward node whose total grew most: where the recomputation ran
@@ -5939,22 +5932,22 @@ extra_ms = [
     c - p
     for p, c in zip(own_total["plain"], own_total["checkpointed"], strict=True)
 ]
-print(
-    "operators' own time, ms per step: plain "
-    + rounds_list(own_total["plain"], 1, ".2f")
-    + "; checkpointed "
-    + rounds_list(own_total["checkpointed"], 1, ".2f")
-)
+
+
+def by_round(values: dict[str, list[float]]) -> str:
+    """'plain a, b, c; checkpointed d, e, f': ms per step, round by round."""
+    return "; ".join(
+        f"{name} {rounds_list(values[name], 1, '.2f')}"
+        for name in ("plain", "checkpointed")
+    )
+
+
+print("operators' own time, ms per step: " + by_round(own_total))
 print(
     "calls per step only the checkpointed step makes: "
     + ", ".join(f"{k} {v:g}" for k, v in extra_calls.items())
 )
-print(
-    f"{node}, total ms per step: plain "
-    + rounds_list(node_totals["plain"], 1, ".2f")
-    + "; checkpointed "
-    + rounds_list(node_totals["checkpointed"], 1, ".2f")
-)
+print(f"{node}, total ms per step: " + by_round(node_totals))
 print(
     "  inside it, checkpointed only: "
     + ", ".join(f"{k} x{v:g}" for k, v in again_calls.items())
@@ -5979,9 +5972,9 @@ if recomputed[0] > 0:
         f"`{node}`, a backward node that needs an activation the checkpoint "
         "dropped. There the checkpointed step also "
         f"makes {call_words} calls per step, the wrapped layers' forward pass "
-        f"run again ({ms_range(recomputed)} ms), and spends "
-        f"{ms_range(node_own)} ms of the node's own time against "
-        f"{ms_range(plain_own)}, Python with no operator of its own (the "
+        f"run again ({ms_text(recomputed)} ms), and spends "
+        f"{ms_text(node_own)} ms of the node's own time against "
+        f"{ms_text(plain_own)}, Python with no operator of its own (the "
         "checkpoint's unpack hook and the layers' forward code)."
     )
 else:
@@ -6030,8 +6023,8 @@ else:
 record(
     "ckpt_profile_sentence",
     "Under the profiler, which adds to every operator, the checkpointed "
-    f"step's operators took {ms_range(own_total['checkpointed'])} ms per "
-    f"step against the plain step's {ms_range(own_total['plain'])}. "
+    f"step's operators took {ms_text(own_total['checkpointed'])} ms per "
+    f"step against the plain step's {ms_text(own_total['plain'])}. "
     + where_words
     + share_words,
 )
