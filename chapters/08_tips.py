@@ -2976,9 +2976,7 @@ record(
     f"{len(val_set)} ({100 * amp_digits_apart / len(val_set):.2f} points)",
 )
 record("only_fp32", only_fp32)
-record("only_fp32_verb", "was" if only_fp32 == 1 else "were")
 record("only_amp", only_amp)
-record("n_val", len(val_set))
 record("amp_curve_gap", curve_gap, fmt="{:.4f}")
 # the same differences relative to the float32 loss they differ from
 relative_gap = max(
