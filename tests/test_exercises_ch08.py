@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from collections.abc import Callable
@@ -13,14 +14,13 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.utils import benchmark
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 
-from helpers.exercises import ch08_cache, ch08_schedules
+from helpers.exercises import ch08_optim, ch08_schedules
 from helpers.exercises.ch08 import (
-    check_cache_sweep,
-    check_gflops,
     check_inference_tensors,
     check_mid_epoch_resume,
+    check_step_seconds,
+    check_update_gap,
     check_warmup,
 )
 
@@ -31,7 +31,7 @@ RIGHT = {"features + w": False, "features * w": True, "relu(features + w)": Fals
 
 def test_the_chapter_has_one_starter_per_exercise_and_each_is_not_attempted_untouched():
     expected = [
-        ("8.1", ["gflops", "width_rounds` and `cache_verdict"]),
+        ("8.1", ["step_seconds", "update_gap"]),
         ("8.2", ["checkpoint_mid_epoch` and `remaining_batches"]),
         ("8.3", ["warmup_hold_decay"]),
         ("8.4", ["fails` and `saves"]),
@@ -61,7 +61,8 @@ def failed_with(verdict, hint: str | None, *message: str) -> None:
 @pytest.mark.parametrize(
     ("check", "args", "name"),
     [
-        (check_cache_sweep, (12, None), "width_rounds"),
+        (check_step_seconds, (12,), "step_seconds"),
+        (check_update_gap, (12,), "update_gap"),
         (check_mid_epoch_resume, ([], None), "checkpoint_mid_epoch"),
         (check_warmup, (0.5,), "warmup_hold_decay"),
         (check_inference_tensors, ({**RIGHT}, None), "saves"),
@@ -72,164 +73,152 @@ def test_a_value_where_a_function_belongs_is_named(check, args, name):
     assert verdict.status == "failed" and verdict.message.startswith(f"{name} should be a function, got")
 
 
-# --- 8.1: the width sweep's rounds and their verdict ------------------------------------
+# --- 8.1: an optimizer's step alone, and the gap between two optimizers' updates ------
 
 
-def rounds_right(measure, models, n_rounds):
-    readings = {hidden: [] for hidden in models}
-    for _ in range(n_rounds):
-        for hidden, net in models.items():
-            readings[hidden].append(measure(net))
-    return readings
-
-
-def rounds_blocked(measure, models, n_rounds):
-    return {hidden: [measure(net) for _ in range(n_rounds)] for hidden, net in models.items()}
-
-
-def rounds_best_only(measure, models, n_rounds):
-    return {hidden: max(values) for hidden, values in rounds_right(measure, models, n_rounds).items()}
-
-
-def rounds_fixed_three(measure, models, n_rounds):
-    return rounds_right(measure, models, 3)
-
-
-def verdict_by(
-    *, reference="best", compare="rounds", noise=0.25, inside="strict", all_beyond=True, margin=0.1
-):
-    """A sound rule (the solution's, or one with other thresholds), or one with a slip."""
-
-    def verdict(rounds, l2_bytes):
-        size = (lambda h: 4 * h * h) if inside != "h2" else (lambda h: h * h)
-        strict = inside != "or-equal"
-        ins = [h for h in rounds if size(h) < l2_bytes or (not strict and size(h) == l2_bytes)]
-        beyond = [h for h in rounds if size(h) > l2_bytes]
-        ref = max(ins, key=lambda h: max(rounds[h])) if reference == "best" else min(ins)
-        if compare == "rounds":
-            fell = [h for h in beyond if max(rounds[h]) * (1 + margin) < min(rounds[ref])]
-        else:
-            fell = [h for h in beyond if max(rounds[h]) * (1 + margin) < max(rounds[ref])]
-        if (len(fell) == len(beyond)) if all_beyond else fell:
-            return "fell"
-        spread = max(max(r) / min(r) - 1 for r in rounds.values())
-        return "no dip" if not fell and (noise is None or spread <= noise) else "undecided"
-
-    return verdict
-
-
-def test_cache_sweep_reference_passes():
-    assert check_cache_sweep(rounds_right, verdict_by())
-
-
-def test_the_cases_verdicts_are_the_references():
-    for rounds, l2_bytes, right, hints in ch08_cache.CASES:
-        assert verdict_by()(rounds, l2_bytes) == right
-        assert right not in hints
-
-
-@pytest.mark.parametrize(("margin", "noise"), [(0.2, 0.3), (0.05, 0.5), (0.1, 0.15)])
-def test_a_sound_rule_with_other_thresholds_passes(margin, noise):
-    # the reader designs the rule: thresholds other than the solution's pass too
-    assert check_cache_sweep(rounds_right, verdict_by(margin=margin, noise=noise))
-
-
-@pytest.mark.parametrize(
-    ("rounds", "verdict", "hint"),
-    [
-        (rounds_blocked, verdict_by(), "interleave: each round measures every width once"),
-        (rounds_best_only, verdict_by(), "keep every round's reading"),
-        (rounds_fixed_three, verdict_by(), "n_rounds readings per width"),
-        (rounds_right, verdict_by(reference="narrowest"), "not the narrowest"),
-        (rounds_right, verdict_by(compare="best"), "not means or bests"),
-        (rounds_right, verdict_by(noise=None), "say 'undecided'"),
-        (rounds_right, verdict_by(inside="or-equal"), "inside means 4 h² < L2"),
-        (rounds_right, verdict_by(inside="h2"), "inside means 4 h² < L2"),
-        (rounds_right, verdict_by(all_beyond=False), "needs every width beyond the cache to fall"),
-        (rounds_right, verdict_by(noise=0.0), "that is 'no dip'"),
-    ],
-)
-def test_cache_sweep_mistakes_get_their_hints(rounds, verdict, hint):
-    failed_with(check_cache_sweep(rounds, verdict), hint)
-
-
-def test_cache_sweep_other_wrong_answers_fail():
-    failed_with(check_cache_sweep(rounds_right, lambda rounds, l2_bytes: "dip"), None, "not one of")
-    failed_with(check_cache_sweep(rounds_right, 3), None, "cache_verdict should be a function")
-    failed_with(check_cache_sweep(lambda m, models, n: [], verdict_by()), None, "not a dict")
-
-
-def test_a_reader_who_measures_width_by_width_gets_the_hint():
-    out = starter_with(
-        0,
-        "raise NotImplementedError  # your code here\n\n\ndef cache_verdict",
-        "return {h: [measure(net) for _ in range(n_rounds)] for h, net in models.items()}"
-        "\n\n\ndef cache_verdict",
-    )
-    gflops_line, sweep_line = out.splitlines()[:2]
-    assert gflops_line == "… Exercise 8.1: not attempted yet: fill in `gflops` above"
-    assert sweep_line.startswith("✗ Exercise 8.1: measure was called on widths ")
-    assert "interleave" in out
-
-
-def gflops_right(net, x):
-    with FlopCounterMode(display=False) as counter:
-        net(x)
-    timer = benchmark.Timer("net(x)", globals={"net": net, "x": x}, num_threads=1)
-    return counter.get_total_flops() / timer.blocked_autorange(min_run_time=0.1).median / 1e9
-
-
-def gflops_seconds(net, x):
-    timer = benchmark.Timer("net(x)", globals={"net": net, "x": x}, num_threads=1)
+def step_right(optimizer):
+    timer = benchmark.Timer("optimizer.step()", globals={"optimizer": optimizer}, num_threads=1)
     return timer.blocked_autorange(min_run_time=0.1).median
 
 
-def gflops_default_threads(net, x):
-    with FlopCounterMode(display=False) as counter:
-        net(x)
-    start = time.perf_counter()
-    for _ in range(5):
-        net(x)
-    return counter.get_total_flops() / ((time.perf_counter() - start) / 5) / 1e9
+def step_with_zero_grad(optimizer):
+    def one_step():
+        optimizer.zero_grad()
+        optimizer.step()
+
+    timer = benchmark.Timer("one_step()", globals={"one_step": one_step}, num_threads=1)
+    return timer.blocked_autorange(min_run_time=0.1).median
 
 
-def gflops_cold(net, x):
+def step_default_threads(optimizer):
+    timer = benchmark.Timer(
+        "optimizer.step()", globals={"optimizer": optimizer}, num_threads=torch.get_num_threads()
+    )
+    return timer.blocked_autorange(min_run_time=0.1).median
+
+
+def step_cold(optimizer):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         start = time.perf_counter()
-        net(x)
-        seconds = time.perf_counter() - start
-        with FlopCounterMode(display=False) as counter:
-            net(x)
-        with FlopCounterMode(display=False) as counter:
-            net(x)
+        optimizer.step()
+        return time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
-    return counter.get_total_flops() / seconds / 1e9
 
 
-def test_gflops_reference_passes():
-    assert check_gflops(gflops_right)
+def test_step_seconds_reference_passes():
+    assert check_step_seconds(step_right)
 
 
 @pytest.mark.parametrize(
-    ("gflops", "hint"),
+    ("step_seconds", "hint"),
     [
-        (lambda net, x: gflops_right(net, x) / 2, "counts as two operations"),
-        (gflops_seconds, "not the seconds a call takes"),
-        (gflops_default_threads, "time on one thread"),
-        (gflops_cold, "warm up first"),
-        (lambda net, x: gflops_right(net, x) * 1e9, "return GFLOP/s"),
+        (step_with_zero_grad, "no zero_grad"),
+        (step_default_threads, "time on one thread"),
+        (step_cold, "warm up first"),
+        (lambda optimizer: step_right(optimizer) * 1e3, "return seconds"),
+        (lambda optimizer: step_right(optimizer) * 1e6, "return seconds"),
     ],
 )
-def test_gflops_mistakes_get_their_hints(gflops, hint):
-    failed_with(check_gflops(gflops), hint)
+def test_step_seconds_mistakes_get_their_hints(step_seconds, hint):
+    failed_with(check_step_seconds(step_seconds), hint)
 
 
-def test_gflops_other_wrong_answers_fail():
-    failed_with(check_gflops(lambda net, x: "fast"), None, "not a positive number")
-    failed_with(check_gflops(lambda net, x: gflops_right(net, x) * 3), None)
+def test_step_seconds_other_wrong_answers_fail():
+    failed_with(check_step_seconds(lambda optimizer: "fast"), None, "not a positive number")
+    failed_with(check_step_seconds(lambda optimizer: step_right(optimizer) * 3), None, "warm steps took")
+    failed_with(check_step_seconds(lambda optimizer: 1.0), None, "never called optimizer.step()")
+
+
+def gap_shared(net, grads, options_a, options_b):
+    # both optimizers on one set of tensors: each step moves them twice, no gap
+    model = copy.deepcopy(net)
+    optimizers = [torch.optim.AdamW(model.parameters(), **o) for o in (options_a, options_b)]
+    for step_grads in grads:
+        for optimizer in optimizers:
+            for parameter, grad in zip(model.parameters(), step_grads, strict=True):
+                parameter.grad = grad.clone()
+            optimizer.step()
+    return 0.0
+
+
+def gap_in_place(net, grads, options_a, options_b):
+    # the caller's net trained as the first copy
+    other = copy.deepcopy(net)
+    optimizers = [torch.optim.AdamW(m.parameters(), **o) for m, o in ((net, options_a), (other, options_b))]
+    for step_grads in grads:
+        for model, optimizer in zip((net, other), optimizers, strict=True):
+            for parameter, grad in zip(model.parameters(), step_grads, strict=True):
+                parameter.grad = grad.clone()
+            optimizer.step()
+    return max((a - b).abs().max().item() for a, b in zip(net.parameters(), other.parameters(), strict=True))
+
+
+def gap_first_grads_only(net, grads, options_a, options_b):
+    return ch08_optim.reference_update_gap(net, [grads[0]] * len(grads), options_a, options_b)
+
+
+def gap_mean(net, grads, options_a, options_b):
+    copies = [copy.deepcopy(net) for _ in range(2)]
+    optimizers = [
+        torch.optim.AdamW(m.parameters(), **o) for m, o in zip(copies, (options_a, options_b), strict=True)
+    ]
+    for step_grads in grads:
+        for model, optimizer in zip(copies, optimizers, strict=True):
+            for parameter, grad in zip(model.parameters(), step_grads, strict=True):
+                parameter.grad = grad.clone()
+            optimizer.step()
+    pairs = zip(copies[0].parameters(), copies[1].parameters(), strict=True)
+    return max((a - b).abs().mean().item() for a, b in pairs)
+
+
+def test_update_gap_reference_passes():
+    assert check_update_gap(ch08_optim.reference_update_gap)
+
+
+def test_the_rate_case_cannot_have_a_zero_gap():
+    seed, steps, options_a, options_b = ch08_optim.CASES[0]
+    net, grads = ch08_optim._case(seed, steps)
+    assert ch08_optim.reference_update_gap(net, grads, options_a, options_b) > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("update_gap", "hint"),
+    [
+        (gap_shared, "both optimizers stepped the same tensors"),
+        (gap_in_place, "work on copies"),
+        (gap_first_grads_only, "set every step's gradients"),
+        (gap_mean, "not a mean"),
+    ],
+)
+def test_update_gap_mistakes_get_their_hints(update_gap, hint):
+    failed_with(check_update_gap(update_gap), hint)
+
+
+def test_update_gap_other_wrong_answers_fail():
+    failed_with(check_update_gap(lambda net, grads, a, b: -1.0), None, "not a number at or above 0")
+    failed_with(check_update_gap(lambda net, grads, a, b: 1.0), None, "expected")
+
+
+def test_a_tensor_gap_of_one_element_is_read_as_its_number():
+    def as_tensor(net, grads, options_a, options_b):
+        return torch.tensor(ch08_optim.reference_update_gap(net, grads, options_a, options_b))
+
+    assert check_update_gap(as_tensor)
+
+
+def test_a_reader_who_shares_the_parameters_gets_the_hint():
+    out = starter_with(
+        0,
+        "raise NotImplementedError  # your code here\n\n\nfrom helpers",
+        "return 0.0\n\n\nfrom helpers",
+    )
+    step_line, gap_line = out.splitlines()[:2]
+    assert step_line == "… Exercise 8.1: not attempted yet: fill in `step_seconds` above"
+    assert gap_line.startswith("✗ Exercise 8.1: update_gap(net, 3 steps of gradients")
+    assert "own copy of the model" in out
 
 
 # --- 8.2: the batches of a resumed epoch ----------------------------------------------

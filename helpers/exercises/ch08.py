@@ -2,8 +2,9 @@
 
 Each checker runs the reader's code on inputs of its own (a seeded ``torch.Generator``,
 tiny sizes, the CPU) against torch itself or against made-up data with a known answer:
-made-up timing rounds check the width sweep's interleaved rounds and cache verdict (8.1, in
-:mod:`helpers.exercises.ch08_cache`), a ``DataLoader`` iterated from a restored
+a stand-in optimizer whose step takes a known time checks the step's timing, and AdamW on
+two copies of a small model checks the gap between two updates (8.1, in
+:mod:`helpers.exercises.ch08_optim`), a ``DataLoader`` iterated from a restored
 generator state gives the batches a resumed epoch must see (8.2), an optimizer stepped by
 the reader's scheduler gives the rates a warm-up must produce (8.3, in
 :mod:`helpers.exercises.ch08_schedules`), and autograd itself decides which uses of an
@@ -24,14 +25,14 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 
 from helpers.exercises import Mismatch, checker, expect, expect_tensor
 from helpers.exercises.ch08_autograd import check_inference_tensors
-from helpers.exercises.ch08_cache import check_cache_sweep, check_gflops
+from helpers.exercises.ch08_optim import check_step_seconds, check_update_gap
 from helpers.exercises.ch08_schedules import check_warmup
 
 __all__ = [
-    "check_cache_sweep",
-    "check_gflops",
     "check_inference_tensors",
     "check_mid_epoch_resume",
+    "check_step_seconds",
+    "check_update_gap",
     "check_warmup",
 ]
 
