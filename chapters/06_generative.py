@@ -2587,6 +2587,15 @@ record(
     if vae_end_fd < near_best
     else "At equal cost, then, the VAE was not ahead on this score.",
 )
+# How far one distance moves between draws of its 500 images: the kept
+# weights scored again on 500 other noise vectors.
+redraw_noise = torch.randn(
+    500, noise_dim, generator=make_generator(seed + 10)
+).to(device)
+redraw_fd, _ = score(
+    gan_generator, redraw_noise, val_features,
+    (judge_features, judge_head), device,
+)  # fmt: skip
 if caught:
     first = caught[0]
     kinds = [
@@ -2602,7 +2611,8 @@ if caught:
     catch_text = (
         f"The GAN first scored at or below the VAE's last snapshot {kind_words}"
         f" at step {first['step']:,}, after {first['cost']:.1f} s (a rough"
-        " place: a distance of 500 images moves by a few units between draws),"
+        " place: the kept weights, scored on 500 other noise vectors, moved "
+        f"from {best_fd:.1f} to {redraw_fd:.1f}),"
     )
 else:
     catch_text = "The GAN never scored as well as the VAE's last snapshot,"
