@@ -380,7 +380,9 @@ if (
     and cpu_per_sample[4096] > 1.1 * cpu_per_sample[cpu_best_batch]
 ):
     large_batch_sentence = (
-        f"At 4,096 it rose again, to {cpu_per_sample[4096] * 1e6:.2f} µs."
+        f"At 4,096 the sweep read {cpu_per_sample[4096] * 1e6:.2f} µs, over "
+        "10 % above the lowest: a rise that the threads table below times "
+        "again."
     )
 else:
     large_batch_sentence = ""
@@ -776,21 +778,17 @@ else:
         b > 1.1 * c for b, c in zip(big_us, cheap_us, strict=True)
     )
     rise_sentence = (
-        "The threads table also timed the sweep's cheapest batch: batch "
-        f"4,096 took {min(big_us):.2f}–{max(big_us):.2f}"
-        f" µs per sample and batch {cpu_best_batch:,} "
-        f"{min(cheap_us):.2f}–{max(cheap_us):.2f} µs: "
+        f"Timed again beside batch {cpu_best_batch:,} "
+        f"({min(cheap_us):.2f}–{max(cheap_us):.2f} µs per sample), batch "
+        f"4,096 ({min(big_us):.2f}–{max(big_us):.2f} µs) was over 10 % "
+        + (
+            "dearer in every round: the sweep's rise repeated (the caches are"
+            " a possible cause, not a shown one)."
+            if rounds_above == 3
+            else f"dearer in {rounds_above} of 3 rounds: the sweep's rise did"
+            " not clearly repeat."
+        )
     )
-    if rounds_above == 3:
-        rise_sentence += (
-            "batch 4,096 was more than 10 % dearer in every round, so the "
-            "rise repeated; the caches are a possible cause, not a shown one."
-        )
-    else:
-        rise_sentence += (
-            f"dearer by over 10 % in {rounds_above} of 3 rounds, so the "
-            "rise did not clearly repeat."
-        )
 record("rise_sentence", rise_sentence)
 # The table's medians against the sweep's minimum, for one and the same call.
 table_over_sweep = [
@@ -811,6 +809,7 @@ prose(
     r"""
 {{threads_sentence}} {{threads_cost}} When several processes share a machine, give
 each fewer threads with `torch.set_num_threads` (DataLoader workers already use one).
+{{rise_sentence}}
 """
 )
 
@@ -820,7 +819,7 @@ prose(
 <details>
 <summary>Measurement notes</summary>
 
-{{sweep_note}} {{transfer_note}} {{kinds_sentence}} {{rise_sentence}} {{threads_note}}
+{{sweep_note}} {{transfer_note}} {{kinds_sentence}} {{threads_note}}
 ATen keeps an element-wise operation below 32,768 elements on one thread
 (`at::internal::GRAIN_SIZE`), and on a busy machine an operation split over threads
 also waits for its slowest thread.
@@ -1604,7 +1603,7 @@ assert right_order == [0.1, 0.05, 0.025] and wrong_order == [
 # ### Which rates to try: a range test
 #
 # A *learning-rate range test* (Leslie Smith, [*Cyclical Learning Rates for Training
-# Neural Networks*](https://arxiv.org/abs/1506.01186), 2017; fastai's `lr_find`) trains
+# Neural Networks*](https://arxiv.org/abs/1506.01186), WACV 2017; fastai's `lr_find`) trains
 # once while `ExponentialLR` raises the rate every step, here from 0.001 to 10 over 100
 # steps of SGD with momentum 0.9 (the usual choice). The loss barely moves while the
 # rate is too small, falls while it is useful, and blows up once it is too large. The
@@ -5464,8 +5463,10 @@ prose(
     r"""
 Under `inference_mode` the forward pass ({{inference_mode_range}} µs over three
 rounds) was {{inference_verdict}} autograd on ({{grad_mode_range}} µs) and
-{{inference_vs_no_grad}} `no_grad` ({{no_grad_range}} µs). The dependable saving is
-memory: no activations are kept for a backward pass.
+{{inference_vs_no_grad}} `no_grad` ({{no_grad_range}} µs). What both of them save for
+sure is memory: neither keeps activations for a backward pass. `inference_mode` only
+adds skipping autograd's bookkeeping (version counters, view tracking), which is what
+could make it faster than `no_grad`.
 """
 )
 
@@ -5838,13 +5839,27 @@ else:
         + ") are the wrapped layers' forward pass run again, but this "
         "profile does not place them inside a node of the backward pass."
     )
-# the share of the extra operator time those two make, over all three rounds
-share = (sum(recomputed) + sum(node_own) - sum(plain_own)) / sum(extra_ms)
-if recomputed[0] > 0 and sum(extra_ms) > 0:
+# The share of the extra operator time those two make, in the quietest round
+# (the least time for both steps together): a busy spell swells one round's
+# operators, and sums over rounds would let it dominate.
+quiet = min(
+    range(len(extra_ms)),
+    key=lambda i: own_total["plain"][i] + own_total["checkpointed"][i],
+)
+explained = recomputed[quiet] + node_own[quiet] - plain_own[quiet]
+share = explained / extra_ms[quiet] if extra_ms[quiet] > 0 else float("inf")
+if recomputed[0] > 0 and extra_ms[quiet] > 0:
     share_words = (
-        " Together, the recomputation and the growth of the node's own time "
-        f"came to {share:.0%} of the checkpointed step's extra operator time "
-        "(the three rounds summed)"
+        " In the quietest round, the recomputation and the growth of the "
+        + (
+            f"node's own time made {share:.0%} of the checkpointed step's "
+            "extra operator time"
+            if share <= 1
+            else "node's own time were more than all of the checkpointed "
+            f"step's extra operator time ({explained:.2f} against "
+            f"{extra_ms[quiet]:.2f} ms): its other operators ran a little "
+            "faster than the plain step's"
+        )
     )
     # operators both steps call equally often, by their growth
     same = [
