@@ -160,7 +160,7 @@ from torch.utils.flop_counter import FlopCounterMode
 seed = seed_everything(0)
 device = get_device()
 print(describe_runtime(device, seed))
-# Kineto, the profiler's tracing library (sections 8.5 and 8.9), writes status
+# Kineto, the profiler's tracing library (section 8.9), writes status
 # lines (and, on a machine without a GPU, an error about counting GPUs) straight
 # to stderr. It reads this level when the profiler first runs, and 6 is above
 # its highest, so it stays quiet; no reading depends on it.
@@ -181,7 +181,7 @@ print(
     f"vector instructions: {torch.backends.cpu.get_cpu_capability()}"
 )
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
-# How eager `bernoulli_` (dropout's mask, section 8.5) draws on the CPU in this
+# How eager `bernoulli_` (dropout's mask, section 8.9) draws on the CPU in this
 # build. ATen's default kernel draws one float64 uniform number per value, in
 # order, under the generator's lock, so its mask equals `uniform_() < p` drawn
 # from the same seed. (Builds with MKL once drew with MKL's vectorised
@@ -3473,206 +3473,30 @@ operators instead.
 )
 
 
-# %% [markdown]
-# ### Where a compiled step's time goes, on the CPU
-#
-# A timing says *how much* a compiled step costs; a profile says *where*. The cell
-# profiles ten steps of each set-up with `torch.profiler` on one CPU thread, in three
-# interleaved rounds, and sorts each operator's own time (`self_cpu_time_total`) into
-# piles: the matrix products (`aten::mm`, `aten::addmm`), Inductor's generated code
-# (events named `## Call CompiledFxGraph …`), and everything else. The profiler adds to
-# every operator, so compare the piles with each other, not with the timings above.
-
-
-# %%
-def step_runner(
-    dropout: float, variant: str, criterion: nn.Module, x, y, run_seed: int
-):
-    """A function that runs one training step on the CPU; `variant` is
-    "eager", "compiled" or "fallback" (compiled with `fallback_random`).
-    """
-    torch.manual_seed(run_seed)
-    net = make_model(dropout=dropout)  # in train() mode, on the CPU
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
-    options = {"fallback_random": True} if variant == "fallback" else None
-    runner = net if variant == "eager" else torch.compile(net, options=options)
-    step = partial(train_step, runner, optimizer, criterion, x.cpu(), y.cpu())
-    # compile and warm up outside the profile, on the one thread the profile
-    # uses: a compiled function is guarded on the thread count, and a change
-    # would recompile it inside the first profiled round
-    with one_thread():
-        for _ in range(3):
-            step()
-    return step
-
-
-def profile_steps(step, steps: int = 10):
-    """A CPU profile of `steps` calls of `step`, on one thread."""
-    with one_thread(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            step()
-    return prof
-
-
-def profile_piles(step, steps: int = 10) -> dict[str, float]:
-    """Milliseconds per call of `step`, by pile, from a profile on one
-    CPU thread.
-    """
-    run_profile = profile_steps(step, steps)
-    piles = dict.fromkeys(("matrix products", "generated code", "other"), 0.0)
-    for event in run_profile.key_averages():
-        if event.key.startswith("## Call CompiledFxGraph"):
-            pile = "generated code"
-        elif event.key in ("aten::mm", "aten::addmm"):
-            pile = "matrix products"
-        else:
-            pile = "other"
-        piles[pile] += event.self_cpu_time_total / 1e3 / steps  # µs -> ms
-    return piles
-
-
-profile_skip = step_compile_skip
-# (dropout, variant) -> one dict of piles per round
-pile_rounds = {}
-profiled = [
-    (0.1, "eager"),
-    (0.0, "eager"),
-    (0.1, "compiled"),
-    (0.1, "fallback"),
-    (0.0, "compiled"),
-]
-if profile_skip is None:
-    try:
-        steps_to_profile = {
-            key: step_runner(*key, criterion, example, y_example, seed)
-            for key in profiled
-        }
-        # three rounds, the set-ups interleaved within each, as for timings
-        for _ in range(3):
-            for key, step in steps_to_profile.items():
-                pile_rounds.setdefault(key, []).append(profile_piles(step))
-    except Exception as error:
-        profile_skip = "profiling the compiled step failed: " + root_cause(
-            error
-        )
-for (p, variant), rounds in pile_rounds.items():
-    print(
-        f"{variant}, dropout {p}:",
-        "; ".join(
-            f"{name} " + ", ".join(f"{r[name]:.2f}" for r in rounds)
-            for name in rounds[0]
-        ),
-        "ms per step (three rounds)",
-    )
-if pile_rounds:
-    # Structural: the compiled runs ran Inductor's code, the eager ones none.
-    assert all(r["generated code"] > 0 for r in pile_rounds[0.1, "compiled"])
-    assert all(r["generated code"] == 0 for r in pile_rounds[0.1, "eager"])
-
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# The text's reading of the profile, round by round (the set-ups interleave
-# within a round).
-# "fastest–slowest" of the rounds' ms per step, as the other timings print
-ms_text = partial(rounds_range, scale=1, fmt=".2f")
-
-
-def pile_ratios(with_key, without_key, name: str) -> list[float] | None:
-    """A pile's with/without-dropout ratio in each round (None where a
-    set-up lacks the pile).
-    """
-    with_r = [r[name] for r in pile_rounds[with_key]]
-    without_r = [r[name] for r in pile_rounds[without_key]]
-    if min(with_r + without_r) <= 0:
-        return None
-    return [w / wo for w, wo in zip(with_r, without_r, strict=True)]
-
-
-if pile_rounds:
-    # Did one pile carry dropout's extra time in the compiled step? The matrix
-    # products, whose work dropout does not change, are the control: a busy
-    # spell would swell them too.
-    compiled_keys = ((0.1, "compiled"), (0.0, "compiled"))
-    generated = pile_ratios(*compiled_keys, "generated code")
-    others = [
-        ratio
-        for name in ("matrix products", "other")
-        for ratio in (pile_ratios(*compiled_keys, name) or [])
-    ]
-    singled_out = bool(
-        generated and others and min(generated) > 1.1 * max(others)
-    )
-    # ms per step of generated code, round by round: Inductor's own masks,
-    # eager masks (fallback_random), no dropout
-    own_code, eager_code, plain_code = (
-        [r["generated code"] for r in pile_rounds[key]]
-        for key in ((0.1, "compiled"), (0.1, "fallback"), (0.0, "compiled"))
-    )
-    # Both splits by the chapter's rule, round by round: the fallback step's
-    # code over 10 % above the plain step's, the compiled step's over 10 %
-    # above the fallback step's.
-    split_shown = all(
-        e > 1.1 * n and o > 1.1 * e
-        for o, e, n in zip(own_code, eager_code, plain_code, strict=True)
-    )
-    if singled_out:
-        pile_lesson = (
-            "Compiled, dropout's extra time sat in Inductor's generated code:"
-            f" {min(generated):.0f}–{max(generated):.0f} times its time "
-            f"without dropout, the other piles at most {max(others):.1f} "
-            "times."
-        )
-        if split_shown:
-            drawing = [o - e for o, e in zip(own_code, eager_code, strict=True)]
-            pile_lesson += (
-                " It has two parts. With `fallback_random`, eager "
-                "`native_dropout` draws and applies the masks, yet the "
-                f"generated code still took {ms_text(eager_code)} ms per step "
-                f"against {ms_text(plain_code)} ms without dropout. Its extra "
-                "work is small and visible with `TORCH_LOGS=output_code`: "
-                "without dropout, ReLU's backward recomputes its mask from the "
-                "kept output; with dropout after the ReLU, the forward kernels "
-                "store that mask as bools, and the backward kernels read it and"
-                " multiply by dropout's mask. Why that little work costs so "
-                "much, this profile cannot show: it times whole kernels (a "
-                "hardware profiler such as `perf` looks inside them). The other "
-                f"{ms_text(drawing)} ms is Inductor drawing and storing "
-                "dropout's masks in its own kernels, each value from its own "
-                "call of `normalized_rand_cpu`."
-            )
-    else:
-        pile_lesson = (
-            "The profile does not single out one pile for dropout's extra "
-            "time in the compiled step: read the piles' rounds above."
-        )
-else:
-    pile_lesson = f"Not profiled here: {profile_skip}."
-record("pile_lesson", pile_lesson)
-# serial_draws (the setup cell) tested how this build's eager CPU kernel draws
-if serial_draws:
-    eager_draw_sentence = (
-        "Eager `bernoulli_` with a fixed probability also draws one value at "
-        "a time on the CPU, from the default generator in a serial loop that "
-        "holds the generator's lock, so a second thread cannot share its "
-        "drawing "
-        "(its mask equals `uniform_() < p` drawn from the same seed: the "
-        "setup cell checked this build; section 8.9 times the drawing)."
+# The text's words on where the compiled step lost its time.
+if step_compile_skip is None and dropout_order == "higher":
+    where_lost = (
+        "So dropout is where compiling lost here: without it the compiled "
+        f"step was {plain_verdict} eager. `TORCH_LOGS=output_code` prints the "
+        "kernels Inductor wrote and shows what dropout adds to them: in this "
+        "torch's CPU kernels each mask value comes from its own call of "
+        "`normalized_rand_cpu`, and with dropout after a ReLU the kernels also"
+        " store the ReLU's mask as bools for the backward pass, which without "
+        "dropout recomputes it from the output it keeps anyway."
     )
 else:
-    eager_draw_sentence = (
-        "In this build, eager `bernoulli_` with a fixed probability draws with "
-        "another generator than the one-value-at-a-time default (its mask "
-        "differs from `uniform_() < p` drawn from the same seed), so eager "
-        "dropout's cost here is this build's (section 8.9 times the drawing)."
+    where_lost = (
+        "`TORCH_LOGS=output_code` prints the kernels Inductor wrote, to see "
+        "what a compiled step runs."
     )
-record("eager_draw_sentence", eager_draw_sentence)
+record("where_lost", where_lost)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{pile_lesson}} The method is the same on any machine: find the pile that grew, then
-look inside it (`TORCH_LOGS=output_code` prints every kernel Inductor wrote, and
-`perf annotate` shows where a kernel spends its time). Section 8.9 times dropout's
-parts alone.
+{{where_lost}} Section 8.9 profiles a training step operator by operator and times
+dropout's parts alone.
 """
 )
 
@@ -3835,15 +3659,8 @@ Fused kernels may add in a different order, so the cell checks the compiled outp
 against the float32 rounding bound `helpers.numerics.sum_rounding_bound` (about
 $n \cdot \varepsilon \cdot \sum_i |x_i|$ for $n$ terms); with TF32 matrix products
 (`torch.set_float32_matmul_precision("high")`) that bound no longer applies, and the
-cell does not check it. {{step_note}} {{masks_sentence}}
-
-The profile runs on one CPU thread: on a busy machine an operator split over two
-threads waits for the second core, which would swell the parallel operators (the
-matrix products among them) against the serial ones. On a GPU the piles would be
-kernel times (`self_device_time_total`), and Inductor draws dropout's masks there in
-its Triton code.
-
-{{eager_draw_sentence}}
+cell does not check it. {{step_note}} {{masks_sentence}} On a GPU, Inductor draws
+dropout's masks in its Triton code.
 
 </details>
 """
@@ -4967,7 +4784,7 @@ for label, make in (
 # `prof.step()` ends each step, and `record_function` labels a stretch of code, so the
 # forward pass, the backward pass and the optimizer get rows of their own. The cell
 # records five training steps (AdamW, untuned rate 1e-3, batch 256) five times over, on
-# one CPU thread as in section 8.5, and prints the first recording's table.
+# one CPU thread, and prints the first recording's table.
 
 # %%
 profile_net = make_model().to(device)
@@ -5052,7 +4869,7 @@ def read_profile(
 
 # One recording of a few milliseconds is at the mercy of whatever else the
 # machine does, so the cell records five and reads the median of each share;
-# on one CPU thread, as in section 8.5.
+# on one CPU thread.
 profile_step = partial(
     profiled_step, profile_net, profile_optimizer, criterion, x_prof, y_prof
 )
@@ -5319,8 +5136,9 @@ record("dropout_cause", dropout_cause)
 draw_gap_why = (
     (
         "The gap is in how the numbers are made: eager `bernoulli_` draws "
-        "them one at a time from a scalar generator in this build (section "
-        "8.5), where the multiplication runs vectorised over many values at "
+        "them one at a time from a scalar generator in this build (the setup"
+        " cell checked: its mask equals `uniform_() < p` drawn from the same "
+        "seed), where the multiplication runs vectorised over many values at "
         "once (the likely cause; not profiled here). "
         if serial_draws
         else "A random number and a comparison per value, against one "
@@ -5342,7 +5160,7 @@ else:
         + (
             (
                 "the readings say a second core shortened it, although the "
-                "drawing is a serial loop (section 8.5): a gap this run's "
+                "drawing is a serial loop: a gap this run's "
                 "noise made, not one to rely on."
                 if serial_draws
                 else "a second core shortened it here."
@@ -5363,8 +5181,8 @@ else:
 record("draw_threads_sentence", draw_threads_sentence)
 record(
     "draw_build_sentence",
-    "How dear the drawing is depends on the CPU and on how PyTorch was built "
-    "(section 8.5): this build draws "
+    "How dear the drawing is depends on the CPU and on how PyTorch was built:"
+    " this build draws "
     + ("one value at a time" if serial_draws else "with another generator")
     + ", so dropout's share of the profile and these timings are this "
     "machine's figures."
@@ -5678,11 +5496,21 @@ with {{recompute_grads}}, at a price: {{recompute_time}}.
 )
 
 # %% [markdown]
-# Where does that time go? The cell profiles ten steps of each on one CPU thread, as
-# section 8.5 did, in three interleaved rounds.
+# Where does that time go? The cell profiles ten steps of each on one CPU thread, in
+# three interleaved rounds.
 
 
 # %%
+def profile_steps(step, steps: int = 10):
+    """A CPU profile of `steps` calls of `step`, on one thread."""
+    with one_thread(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    return prof
+
+
+# "fastest–slowest" of the rounds' ms per step, as the other timings print
+ms_text = partial(rounds_range, scale=1, fmt=".2f")
 # CPU copies of the model and batch, whatever the device
 ckpt_args = (
     copy.deepcopy(memory_net).cpu(),
@@ -6873,8 +6701,8 @@ prose(
 - Mixed precision: `bfloat16` where the hardware has it, `float16` with `GradScaler`
   on older GPUs; here {{amp_accuracy_sentence}}. Here `torch.compile`
   {{compile_summaries}}: it pays where its steady-state gain, times the calls,
-  exceeds the compile time, and a profile sorted by operator shows where a
-  slower compiled step loses its time.
+  exceeds the compile time, and `TORCH_LOGS=output_code` shows what the compiled
+  code does.
 - With accumulation: `unscale_`, then clip once, then step, and step the scheduler
   per optimizer step; with DDP, forward and backward inside `no_sync()` for all
   but the last micro-batch.
