@@ -4944,8 +4944,6 @@ bias = torch.randn(256, device=device)
 # On one thread: 65,536 elements are enough for the multiplication to be
 # split over several threads, and on a busy machine a call that must wait for
 # a second core measures the waiting. Three interleaved rounds each.
-threads_available = torch.get_num_threads()
-# one_thread() restores the thread count, whatever the cell sets inside it
 with one_thread():
     part_rounds = timed_rounds(
         {
@@ -4957,24 +4955,6 @@ with one_thread():
         warmup=2,
         device=device,
     )
-    # the same draw on one and on two threads, where there are two, in three
-    # interleaved rounds of their own (the thread count is set between
-    # readings, outside the timing), taking turns at going first
-    two_thread_rounds = None
-    if device.type == "cpu" and threads_available >= 2:
-        by_threads = {1: [], 2: []}
-        for round_ in range(3):
-            for n in (1, 2) if round_ % 2 == 0 else (2, 1):
-                torch.set_num_threads(n)
-                by_threads[n].append(
-                    best_time(
-                        partial(mask.bernoulli_, 0.9),
-                        repeat=10,
-                        warmup=2,
-                        device=device,
-                    )
-                )
-        two_thread_rounds = {"draw": by_threads[2], "draw, 1": by_threads[1]}
 draw_s, multiply_s, product_s = (
     min(part_rounds[name]) for name in ("draw", "multiply", "product")
 )
@@ -4982,15 +4962,6 @@ for part, part_readings in part_rounds.items():
     print(
         f"{part:8} {min(part_readings) * 1e6:6.0f} µs (rounds "
         f"{rounds_list(part_readings, 1e6, '.0f')} µs), one thread"
-    )
-for threads, key in ((1, "draw, 1"), (2, "draw")):
-    if two_thread_rounds is None:
-        break
-    part_readings = two_thread_rounds[key]
-    print(
-        f"{'draw':8} {min(part_readings) * 1e6:6.0f} µs (rounds "
-        f"{rounds_list(part_readings, 1e6, '.0f')} µs), "
-        f"{'one thread' if threads == 1 else 'two threads'}, interleaved"
     )
 
 
@@ -5131,7 +5102,7 @@ record("multiply_us", multiply_s * 1e6, fmt="{:.0f}")
 record("product_us", product_s * 1e6, fmt="{:.0f}")
 record("dropout_cause", dropout_cause)
 # Why drawing is dear: one fresh pseudo-random number and a comparison per mask
-# value, against one multiplication; and whether a second thread helped.
+# value, against one multiplication.
 # Only a drawing several times the multiplication has a gap to explain.
 draw_gap_why = (
     (
@@ -5148,37 +5119,7 @@ draw_gap_why = (
     if min(draws) > 3 * max(multiplies) and device.type == "cpu"
     else ""
 )
-if two_thread_rounds is None:
-    draw_threads_sentence = draw_gap_why.strip()
-else:
-    two_draws = two_thread_rounds["draw"]
-    threads_verdict = rounds_verdict(two_thread_rounds["draw, 1"], two_draws)
-    draw_threads_sentence = draw_gap_why + (
-        f"On two threads the drawing took {min(two_draws) * 1e6:.0f} µs, "
-        f"{threads_verdict} the "
-        "drawing on one thread: "
-        + (
-            (
-                "the readings say a second core shortened it, although the "
-                "drawing is a serial loop: a gap this run's "
-                "noise made, not one to rely on."
-                if serial_draws
-                else "a second core shortened it here."
-            )
-            if threads_verdict.endswith("faster than")
-            else "a second core did not shorten it here"
-            + (
-                " (eager `bernoulli_` is a serial loop that holds the "
-                "generator's lock, so more threads cannot share it)."
-                if serial_draws and device.type == "cpu"
-                else "."
-            )
-            if threads_verdict == NOISE
-            else "a call that must wait for a second core measures the "
-            "waiting, so this machine was too busy to tell."
-        )
-    )
-record("draw_threads_sentence", draw_threads_sentence)
+record("draw_gap_why", draw_gap_why.strip())
 record(
     "draw_build_sentence",
     "How dear the drawing is depends on the CPU and on how PyTorch was built:"
@@ -5756,7 +5697,7 @@ Across the {{n_profiles}} recordings dropout's operators took
 arithmetic (about four operations per activation, against the matrix products'
 as `torch.utils.flop_counter.FlopCounterMode` counts them) dropout would cost about
 {{dropout_arith_share}} of the matrix products; {{dropout_share_words}} that.
-{{draw_threads_sentence}} {{draw_build_sentence}}
+{{draw_gap_why}} {{draw_build_sentence}}
 
 AdamW's state is twice the parameters plus a step counter per tensor. Under autocast
 the loss's log-probabilities stay `float32`. The checkpointed step keeps the input,
