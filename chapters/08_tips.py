@@ -6028,7 +6028,7 @@ def step_seconds(optimizer: torch.optim.Optimizer) -> float:
     timer = benchmark.Timer(
         "optimizer.step()", globals={"optimizer": optimizer}, num_threads=1
     )
-    return timer.blocked_autorange(min_run_time=0.1).median
+    return timer.blocked_autorange(min_run_time=0.05).median
 
 
 def update_gap(
