@@ -6398,12 +6398,10 @@ assert mid_gaps["epoch_start_rng"] == 0 and mid_gaps["rng_at_save"] > 0
 # - **warm-up**, the first epoch: the rate climbs linearly from 1 % of the peak and
 #   reaches the peak at step `steps_per_epoch`;
 # - **hold**: the peak, up to the last two epochs;
-# - **decay**, the last two epochs (`2 * steps_per_epoch` steps): linearly towards 0,
-#   the peak times 1 − k / (2 · `steps_per_epoch`) at the decay's k-th step (k = 0, 1,
-#   …), so that the last step still trains.
+# - **decay**, the last two epochs: from the peak towards 0 in `2 * steps_per_epoch`
+#   equal steps, so that the last step's rate is one such step above 0 and still
+#   trains.
 #
-# Chain one scheduler per phase with `SequentialLR` (its `milestones` count calls of
-# `scheduler.step()`), or write the factor as a function of the step for `LambdaLR`.
 # The checker steps your scheduler on runs of its own and compares the rate of every
 # step with the schedule above. WSD holds its peak for most of the run, so it should
 # be tried at a rate that does well held constant: train it at section 8.3's low rate,
