@@ -1236,26 +1236,6 @@ later_spread = max(
     (max(times) - min(times)) / min(times) for times in later_readings.values()
 )
 record("later_spread_pct", 100 * later_spread, fmt="{:.0f}")
-# In epoch 1 "2 workers" and "2 workers, persistent" are the same loader (both
-# start their workers): how far their single readings differ is pure noise.
-first_ratio = {
-    kind: max(
-        loading[kind, "2 workers"][0], loading[kind, "2 workers, persistent"][0]
-    )
-    / min(
-        loading[kind, "2 workers"][0], loading[kind, "2 workers, persistent"][0]
-    )
-    for kind in ("waiting", "computing")
-}
-first_gap_words = {
-    kind: f"by a factor of {ratio:.1f}" if ratio >= 1.1 else "by less than 10 %"
-    for kind, ratio in first_ratio.items()
-}
-record_first_noise = (
-    f"differed {first_gap_words['waiting']} with the waiting set and "
-    f"{first_gap_words['computing']} with the computing set"
-)
-record("first_epoch_noise", record_first_noise)
 restart_sentence = (
     f"starting and stopping two workers ({started} here) cost "
     f"{restart_cost['waiting']} per epoch with the waiting set and "
@@ -1365,8 +1345,7 @@ record("workers_summary", workers_summary)
 record("restart_sentence", restart_sentence)
 print(
     f"noise: later epochs of one setting differed by up to "
-    f"{100 * later_spread:.0f} %; the epoch-1 bars of the two identical "
-    f"2-worker loaders {record_first_noise}"
+    f"{100 * later_spread:.0f} %"
 )
 record(
     "compute_restart_verdict",
@@ -1452,7 +1431,7 @@ else:
     first_epoch_sentence = (
         'The epoch-1 bars are single readings; the "0 workers" bar and '
         "its faster dot, the same work without workers, agreed within 10 % "
-        "with both sets, so this run's bars carry no larger noise than that."
+        "with both sets: this pair, at least, shows no noise beyond that."
     )
 record("first_epoch_sentence", first_epoch_sentence)
 
@@ -3490,13 +3469,9 @@ operators instead.
 if step_compile_skip is None and dropout_order == "higher":
     where_lost = (
         "So dropout is where compiling lost here: without it the compiled "
-        f"step was {plain_verdict} eager. The kernels Inductor wrote show what"
-        " dropout adds (`TORCH_LOGS=output_code` prints them; this page does "
-        "not): in this torch's CPU kernels each mask value comes from its "
-        "own call of "
-        "`normalized_rand_cpu`, and with dropout after a ReLU the kernels also"
-        " store the ReLU's mask as bools for the backward pass, which without "
-        "dropout recomputes it from the output it keeps anyway."
+        f"step was {plain_verdict} eager. What dropout adds to the compiled "
+        "code can be read in the kernels Inductor wrote, which "
+        "`TORCH_LOGS=output_code` prints."
     )
 else:
     where_lost = (
