@@ -257,6 +257,17 @@ def device_words(dev: torch.device) -> str:
     return names.get(dev.type, f"the {dev.type.upper()}")
 
 
+def rounded_up(value: float, digits: int = 2) -> float:
+    """`value` rounded up to `digits` significant digits: an upper bound
+    printed with them stays true.
+    """
+    if value <= 0:
+        return value
+    scale = 10 ** (math.floor(math.log10(value)) - digits + 1)
+    # round() first: 2.5e-5 / 1e-6 is 25.000000000000004 in floating point
+    return math.ceil(round(value / scale, 9)) * scale
+
+
 def names_list(names: list[str]) -> str:
     """'a', 'a and b', 'a, b and c'."""
     return " and ".join(
@@ -1471,8 +1482,9 @@ took {{compute_cost_share}} of what building it and training on it took. Without
 # %% [markdown]
 # So: start with `num_workers=0`; if the step waits for data, raise it and measure; add
 # `persistent_workers=True` when epochs are short or workers are spawned, and on CUDA
-# `pin_memory=True` with `.to(device, non_blocking=True)` (not on MPS, where it can copy
-# freed memory, PyTorch issue 139550).
+# `pin_memory=True` with `.to(device, non_blocking=True)`. Not on MPS: the loader ignores
+# `pin_memory` there (it warns), and a `non_blocking` copy to MPS can read freed memory
+# (PyTorch issue 139550).
 #
 # ### Workers in a notebook: define the dataset in a module
 #
@@ -2087,7 +2099,9 @@ if rescued:
         "out luck. Tested on their per-seed gains over the constant rate (a "
         "paired t-test, 3 degrees of freedom, its one-sided p multiplied by "
         f"the {len(decaying)} schedules tried), the least convincing pass, "
-        f"{weakest}, came to {corrected[weakest]:.3f}."
+        f"{weakest}, came to {corrected[weakest]:.3f} (the test reuses the "
+        "seeds the rule passed these schedules on, so it checks those passes "
+        "rather than testing afresh)."
     )
 else:
     family_short = family_sentence = ""
@@ -2927,7 +2941,8 @@ record(
 )
 record("only_fp32", only_fp32)
 record("only_amp", only_amp)
-record("amp_curve_gap", curve_gap, fmt="{:.4f}")
+# upper bounds, printed rounded up so that "at most" stays true
+record("amp_curve_gap", math.ceil(curve_gap * 1e4) / 1e4, fmt="{:.4f}")
 # the same differences relative to the float32 loss they differ from
 relative_gap = max(
     abs(a - b) / b
@@ -2936,7 +2951,7 @@ relative_gap = max(
         precision_runs["autocast"][i], precision_runs["float32"][i], strict=True
     )
 )
-record("amp_relative_gap", relative_gap, fmt="{:.1%}")
+record("amp_relative_gap", math.ceil(relative_gap * 1e3) / 1e3, fmt="{:.1%}")
 record("amp_accuracy_sentence", amp_accuracy_sentence)
 record("amp_split_p", split_p, fmt="{:.2f}")
 
@@ -3160,13 +3175,13 @@ if compile_skip is None:
             "The outputs were bit for bit equal."
             if compile_gap == 0
             else (
-                f"The outputs differed by at most {compile_gap:.1e} "
+                f"The outputs differed by at most {rounded_up(compile_gap):.1e} "
                 "(matrix products in reduced precision here, so the float32 "
                 "bound below was not checked)."
             )
             if reduced_matmul
             else (
-                f"The outputs differed by at most {compile_gap:.1e}, "
+                f"The outputs differed by at most {rounded_up(compile_gap):.1e}, "
                 f"a fraction {compile_gap_share:.1g} of what "
                 "float32 rounding of these sums can account for."
             )
@@ -3966,7 +3981,7 @@ low_clip_gap = max(
         strict=True,
     )
 )
-record("low_clip_gap", low_clip_gap, fmt="{:.3f}")
+record("low_clip_gap", math.ceil(low_clip_gap * 1e3) / 1e3, fmt="{:.3f}")
 record(
     "low_clip_overlap",
     "so they lie almost on top of each other"
@@ -4433,7 +4448,7 @@ def gap_words(gap: float) -> str:
     """
     if gap == 0:
         return "are identical at every step"
-    return f"differ by at most {gap:.1g} at any step"
+    return f"differ by at most {rounded_up(gap, 1):.1g} at any step"
 
 
 steps_done = checkpoint["epoch"] * steps_per_epoch
@@ -5350,7 +5365,7 @@ grad_gap = max(
 print(
     f"checkpointed: {recompute_saved / mib:.2f} MiB saved (estimate "
     f"{recompute_estimate / mib:.2f}), against {activation_measured / mib:.2f} "
-    f"MiB; gradients differ by at most {grad_gap:.1e}"
+    f"MiB; gradients differ by at most {rounded_up(grad_gap):.1e}"
 )
 
 
