@@ -40,7 +40,11 @@
 # >   `torch.utils.benchmark.Timer` instead. A few things happen once and are single
 # >   readings: a loader's first epoch, a compiled model's first call, a fresh process.
 # > - Two things compared are timed in three interleaved rounds, taking turns at going
-# >   first (`helpers.tips.timed_rounds`); the printed output shows every round.
+# >   first (`helpers.tips.timed_rounds`); the printed output shows every round. The
+# >   fastest of a few repeats, which a busy spell can only lengthen, suits these
+# >   turn-taking comparisons; `Timer`'s `blocked_autorange` chooses how many calls to
+# >   time and reports a median of blocks, the better reading of one statement's typical
+# >   cost. They are different readings: compare readings of one kind only.
 # > - One side is called faster only if every one of its readings, 10 % longer, is still
 # >   shorter than every reading of the other; otherwise the text says "within the noise
 # >   of". The dropdown below gives the rule's details.
@@ -1951,7 +1955,12 @@ for offset, rate, marker in ((-0.15, contest_rates[0], "o"), (0.15, high, "s")):
 ax_val.plot([], [], "_", ms=14, mew=2, color="gray", label="each seed")
 # behind every mark: a run that ended at guessing sits exactly on this line
 ax_val.axhline(
-    np.log(10), color="gray", ls=":", zorder=1, label="guessing (ln 10)"
+    np.log(10),
+    color="gray",
+    ls=":",
+    alpha=0.6,  # faint, so that a seed's tick on it stays visible
+    zorder=1,
+    label="guessing (ln 10)",
 )
 ax_val.set_xticks(
     positions, schedule_names, rotation=20, ha="right", fontsize=8
