@@ -261,15 +261,19 @@ def device_words(dev: torch.device) -> str:
     return names.get(dev.type, f"the {dev.type.upper()}")
 
 
-def rounded_up(value: float, digits: int = 2) -> float:
-    """`value` rounded up to `digits` significant digits: an upper bound
-    printed with them stays true.
+def ceil_to(value: float, step: float) -> float:
+    """`value` rounded up to a multiple of `step`: an upper bound printed
+    to that precision stays true.
     """
+    # round() first: 2.5e-5 / 1e-6 is 25.000000000000004 in floating point
+    return math.ceil(round(value / step, 9)) * step
+
+
+def rounded_up(value: float, digits: int = 2) -> float:
+    """`value` rounded up to `digits` significant digits (see ceil_to)."""
     if value <= 0:
         return value
-    scale = 10 ** (math.floor(math.log10(value)) - digits + 1)
-    # round() first: 2.5e-5 / 1e-6 is 25.000000000000004 in floating point
-    return math.ceil(round(value / scale, 9)) * scale
+    return ceil_to(value, 10 ** (math.floor(math.log10(value)) - digits + 1))
 
 
 def names_list(names: list[str]) -> str:
@@ -2951,7 +2955,7 @@ record(
 record("only_fp32", only_fp32)
 record("only_amp", only_amp)
 # upper bounds, printed rounded up so that "at most" stays true
-record("amp_curve_gap", math.ceil(curve_gap * 1e4) / 1e4, fmt="{:.4f}")
+record("amp_curve_gap", ceil_to(curve_gap, 1e-4), fmt="{:.4f}")
 # the same differences relative to the float32 loss they differ from
 relative_gap = max(
     abs(a - b) / b
@@ -2960,7 +2964,7 @@ relative_gap = max(
         precision_runs["autocast"][i], precision_runs["float32"][i], strict=True
     )
 )
-record("amp_relative_gap", math.ceil(relative_gap * 1e3) / 1e3, fmt="{:.1%}")
+record("amp_relative_gap", ceil_to(relative_gap, 1e-3), fmt="{:.1%}")
 record("amp_accuracy_sentence", amp_accuracy_sentence)
 record("amp_split_p", split_p, fmt="{:.2f}")
 
@@ -3990,7 +3994,7 @@ low_clip_gap = max(
         strict=True,
     )
 )
-record("low_clip_gap", math.ceil(low_clip_gap * 1e3) / 1e3, fmt="{:.3f}")
+record("low_clip_gap", ceil_to(low_clip_gap, 1e-3), fmt="{:.3f}")
 record(
     "low_clip_overlap",
     "so they lie almost on top of each other"
