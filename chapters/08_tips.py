@@ -139,7 +139,6 @@ from helpers.tips import (
     rounds_range,
     rounds_verdict,
     separation,
-    speed_verdict,
     timed_rounds,
 )
 from helpers.training import evaluate
@@ -409,7 +408,7 @@ else:
     large_batch_sentence = ""
 record("large_batch_sentence", large_batch_sentence)
 # The chapter's band: sizes within 10 % of the lowest reading are "as cheap as"
-# it (speed_verdict), so the lowest single reading alone is no winner.
+# it, so the lowest single reading alone is no winner.
 cheap_batches = [
     b
     for b in batch_sizes
@@ -438,8 +437,8 @@ else:
     accel = sweep[device.type]
     accelerator_sentence = (
         f"On this machine {device_words(device)} was "
-        f"{speed_verdict(cpu_times[1], accel[1])} the CPU for a batch "
-        f"of 1 and {speed_verdict(cpu_times[4096], accel[4096])} "
+        f"{rounds_verdict([cpu_times[1]], [accel[1]])} the CPU for a batch "
+        f"of 1 and {rounds_verdict([cpu_times[4096]], [accel[4096]])} "
         "the CPU for a batch of 4,096."
     )
     sweep_note += " The same holds for the GPU's readings against the CPU's."
@@ -456,7 +455,7 @@ if device.type == "cpu":
 else:
     floor_where = (
         f"here {device_words(device)} was "
-        f"{speed_verdict(cpu_times[1], sweep[device.type][1])} the CPU "
+        f"{rounds_verdict([cpu_times[1]], [sweep[device.type][1]])} the CPU "
         "for a batch of 1, by their fastest readings"
     )
 record("floor_where", floor_where)
@@ -529,10 +528,10 @@ else:
         transfer_sentence += (
             " Pinning the batch and then copying "
             f"it took {pin_each_s * 1e6:.0f} µs: "
-            f"{speed_verdict(pageable_s, pin_each_s)} the plain "
+            f"{rounds_verdict([pageable_s], [pin_each_s])} the plain "
             "copy. Copying a batch that was pinned beforehand took "
             f"{pinned_s * 1e6:.0f} µs ({mebibytes / 1024 / pinned_s:.1f} "
-            f"GiB/s): {speed_verdict(pageable_s, pinned_s)} the plain copy."
+            f"GiB/s): {rounds_verdict([pageable_s], [pinned_s])} the plain copy."
         )
 record("transfer_sentence", transfer_sentence)
 
@@ -1984,7 +1983,7 @@ plt.show()
 # %% [markdown]
 # By the chapter's rule (`helpers.tips.separation`, here without a margin), one
 # combination beats another only when *every* one of its seeds ended below *every* seed
-# of the other; at 0.5 a pass is also checked with a paired t-test (see the notes):
+# of the other:
 
 
 # %%
@@ -2103,22 +2102,18 @@ if rescued:
         if supported
         else "supports none of them on its own"
     )
-    family_short = (
-        "; a paired t-test of the per-seed gains, corrected for the "
-        f"{len(decaying)} schedules tried, {short_verdict}"
-    )
     family_sentence = (
         f"With {len(decaying)} schedules tried, the rule alone cannot rule "
-        "out luck. Tested on their per-seed gains over the constant rate (a "
-        "paired t-test, 3 degrees of freedom, its one-sided p multiplied by "
-        f"the {len(decaying)} schedules tried), the least convincing pass, "
-        f"{weakest}, came to {corrected[weakest]:.3f} (the test reuses the "
+        "out luck, so each pass was tested on its per-seed gains over the "
+        "constant rate: a paired t-test, 3 degrees of freedom, its one-sided "
+        f"p multiplied by the {len(decaying)} schedules tried. It "
+        f"{short_verdict} (p below 0.05; the least convincing pass, "
+        f"{weakest}, came to {corrected[weakest]:.3f}). The test reuses the "
         "seeds the rule passed these schedules on, so it checks those passes "
-        "rather than testing afresh)."
+        "rather than testing afresh."
     )
 else:
-    family_short = family_sentence = ""
-record("family_short", family_short)
+    family_sentence = ""
 record("family_sentence", family_sentence)
 
 
@@ -2370,7 +2365,7 @@ record("warmup_first_sentence", warmup_first_sentence)
 prose(
     r"""
 {{n_rescued}} schedules that lower the rate ended with every seed below every seed of
-the constant rate{{family_short}}. {{failed_sentence}} {{high_rate_words}}
+the constant rate. {{failed_sentence}} {{high_rate_words}}
 
 {{high_table}}
 
@@ -3656,10 +3651,11 @@ else:
     print("graphs with fullgraph=True:", rewrite_graphs)
 
 # %% [markdown]
-# Not timed here: on CUDA, `mode="reduce-overhead"` replays the kernels as a *CUDA
-# graph*, one launch for all, which lowers section 8.1's floor for fixed shapes;
-# `mode="max-autotune"` also times candidate kernels while compiling, so it pays only in
-# long runs. For convolutional networks on NVIDIA GPUs, PyTorch's [performance tuning
+# On CUDA, `mode="reduce-overhead"` replays the kernels as a *CUDA graph*, one launch
+# for all, which lowers section 8.1's floor for fixed shapes (the end of section 8.9
+# times it when the chapter runs on CUDA); `mode="max-autotune"` also times candidate
+# kernels while compiling, so it pays only in long runs. For convolutional networks on
+# NVIDIA GPUs, PyTorch's [performance tuning
 # guide](https://docs.pytorch.org/tutorials/recipes/recipes/tuning_guide.html) adds
 # `torch.backends.cudnn.benchmark = True` (cuDNN times its algorithms for each new
 # shape; section 8.8 says what it costs in repeatability) and the `channels_last`
@@ -5309,15 +5305,6 @@ print(
     f"activations:  estimate {activation_estimate / mib:.2f} MiB, measured "
     f"{activation_measured / mib:.2f} MiB (+ {other_saved:,} bytes of targets)"
 )
-if device.type == "cuda":
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    kept = criterion(memory_net(x_mem), y_mem)
-    print(
-        f"CUDA allocator: the forward pass and loss left "
-        f"{(torch.cuda.memory_allocated() - before) / mib:.2f} MiB allocated"
-    )
-    del kept
 record("param_mib", param_bytes / mib, fmt="{:.2f}")
 record("adam_mib", optimizer_bytes / mib, fmt="{:.2f}")
 record("activation_estimate_mib", activation_estimate / mib, fmt="{:.2f}")
@@ -5690,9 +5677,129 @@ prose(
 )
 
 # %% [markdown]
-# On a GPU, `torch.cuda.max_memory_allocated()` reports the allocator's peak, and
-# `torch.cuda.memory._record_memory_history()` with `_dump_snapshot("snapshot.pickle")`
-# records each allocation for pytorch.org/memory_viz (an underscore API; not run here).
+# ### On a CUDA GPU: three readings a CPU cannot take
+#
+# Three tips above pay on an NVIDIA GPU and not on a CPU, so the next cell measures them
+# only when the chapter runs on CUDA; elsewhere it says so and measures nothing:
+#
+# - `torch.compile(net, mode="reduce-overhead")` against the default mode, for a whole
+#   training step of batch 512: the default launches each generated kernel from Python,
+#   `reduce-overhead` records them once as a *CUDA graph* and replays it with one
+#   launch. A replay overwrites the last call's outputs, so a training loop calls
+#   `torch.compiler.cudagraph_mark_step_begin()` before each step to say that those are
+#   no longer needed.
+# - AdamW's `fused=True` against its default on CUDA, `foreach`, for `optimizer.step()`
+#   alone on the chapter's model;
+# - the allocator's peak during the forward and backward pass,
+#   `torch.cuda.max_memory_allocated()` after `torch.cuda.reset_peak_memory_stats()`,
+#   against the estimate above. The parameters and AdamW's state are allocated before
+#   the pass begins, so what it adds is the gradients and the activations, plus whatever
+#   the kernels allocate for a moment.
+
+
+# %%
+def graph_step(net: nn.Module, optimizer, x, y, mark: bool) -> None:
+    """One training step; `mark` first tells the CUDA graphs a new one began."""
+    if mark:
+        torch.compiler.cudagraph_mark_step_begin()
+    optimizer.zero_grad(set_to_none=True)
+    criterion(net(x), y).backward()
+    optimizer.step()
+
+
+def steps_of(optimizer, n: int = 20) -> None:
+    """`n` optimizer steps on the gradients already in place."""
+    for _ in range(n):
+        optimizer.step()
+
+
+if device.type != "cuda":
+    print(f"no CUDA GPU in this run ({device_words(device)}): nothing measured")
+else:
+    compile_steps = {}
+    for mode in ("default", "reduce-overhead"):
+        torch.manual_seed(seed)
+        gpu_net = make_model().to(device)
+        gpu_step = partial(
+            graph_step,
+            torch.compile(gpu_net, mode=mode),
+            torch.optim.AdamW(gpu_net.parameters(), lr=1e-3),
+            x_mem,
+            y_mem,
+            mode == "reduce-overhead",
+        )
+        for _ in range(3):  # compile, then record and replay the graph
+            gpu_step()
+        compile_steps[mode] = gpu_step
+    mode_rounds = timed_rounds(compile_steps, device=device)
+    adamw_steps = {}
+    for name, options in (
+        ("foreach", {"foreach": True}),
+        ("fused", {"fused": True}),
+    ):
+        torch.manual_seed(seed)
+        gpu_net = make_model().to(device)
+        criterion(gpu_net(x_mem), y_mem).backward()  # gradients to step on
+        adamw_steps[name] = partial(
+            steps_of, torch.optim.AdamW(gpu_net.parameters(), **options)
+        )
+    adamw_rounds = timed_rounds(adamw_steps, device=device)
+    # the peak of a forward and backward pass, above what was allocated before
+    torch.manual_seed(seed)
+    gpu_net = make_model(dropout=0.0).to(device)
+    gpu_optimizer = torch.optim.AdamW(gpu_net.parameters(), lr=1e-3)
+    # one step first: AdamW's state, and the libraries' workspaces, exist
+    graph_step(gpu_net, gpu_optimizer, x_mem, y_mem, mark=False)
+    gpu_optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    start_bytes = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    criterion(gpu_net(x_mem), y_mem).backward()
+    torch.cuda.synchronize()
+    peak_added = torch.cuda.max_memory_allocated() - start_bytes
+    pass_estimate = param_bytes + activation_estimate  # gradients + activations
+    print(
+        "training step, ms: default "
+        f"{rounds_list(mode_rounds['default'], 1e3, '.3f')}; reduce-overhead "
+        f"{rounds_list(mode_rounds['reduce-overhead'], 1e3, '.3f')}: "
+        f"reduce-overhead {rounds_verdict(*mode_rounds.values())} the default"
+    )
+    print(
+        "20 AdamW steps, ms: foreach "
+        f"{rounds_list(adamw_rounds['foreach'], 1e3, '.3f')}; fused "
+        f"{rounds_list(adamw_rounds['fused'], 1e3, '.3f')}: fused "
+        f"{rounds_verdict(*adamw_rounds.values())} foreach"
+    )
+    print(
+        f"forward and backward pass: peak {peak_added / mib:.2f} MiB above the "
+        f"{start_bytes / mib:.2f} MiB allocated before it; estimate "
+        f"{pass_estimate / mib:.2f} MiB (gradients "
+        f"{param_bytes / mib:.2f}, activations {activation_estimate / mib:.2f})"
+    )
+    gpu_sentence = (
+        f"On this run's GPU ({torch.cuda.get_device_name(device)}), the "
+        f"training step with `reduce-overhead` was "
+        f"{rounds_verdict(*mode_rounds.values())} the default mode's, fused "
+        f"AdamW's steps were {rounds_verdict(*adamw_rounds.values())} "
+        f"`foreach`'s, and the pass's peak was {peak_added / mib:.2f} MiB "
+        f"above its start, against an estimate of {pass_estimate / mib:.2f} MiB."
+    )
+if device.type != "cuda":
+    gpu_sentence = (
+        "This page's run had no CUDA GPU, so the cell measured nothing; run "
+        "the notebook on one (a Colab GPU runtime will do) to read the three."
+    )
+record("gpu_sentence", gpu_sentence)
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+{{gpu_sentence}} To see where a GPU's memory goes allocation by allocation,
+`torch.cuda.memory._record_memory_history()` and
+`torch.cuda.memory._dump_snapshot("snapshot.pickle")` record every allocation for the
+viewer at pytorch.org/memory_viz (an underscore API; not run here).
+"""
+)
 
 # %% tags=["remove-input", "box-dropdown"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -6395,31 +6502,26 @@ assert mid_gaps["epoch_start_rng"] == 0 and mid_gaps["rng_at_save"] > 0
 # 2024), holds the peak rate for most of the run and decays only at the end. Build it
 # with `torch.optim.lr_scheduler`: fill in `warmup_hold_decay` in the starter below, a
 # `build` for `train_with_schedule` (the signature of section 8.3's `make_schedule`,
-# plus `steps_per_epoch`, which `functools.partial` fills in). Counting steps from 0,
-# with the scheduler stepped after every optimizer step as `train_with_schedule` does:
+# plus `steps_per_epoch`, which `functools.partial` fills in). The schedule: a linear
+# warm-up over the first epoch from 1 % of the peak, the peak held, and a linear decay
+# towards 0 over the last two epochs in which every step still trains. The scheduler is
+# stepped after every optimizer step, as `train_with_schedule` does.
 #
-# - **warm-up**, the first epoch: the rate climbs linearly from 1 % of the peak and
-#   reaches the peak at step `steps_per_epoch`;
-# - **hold**: the peak, up to the last two epochs;
-# - **decay**, the last two epochs: from the peak towards 0 in `2 * steps_per_epoch`
-#   equal steps, so that the last step's rate is one such step above 0 and still
-#   trains.
-#
-# The checker steps your scheduler on runs of its own and compares the rate of every
-# step with the schedule above. WSD holds its peak for most of the run, so it should
-# be tried at a rate that does well held constant: train it at section 8.3's low rate,
-# 0.05, at which the constant rate trains without trouble, with its two seeds, and let
-# its `compare` judge the new arm against the constant rate and against warm-up +
-# cosine at that rate. Does a decay confined to the last two epochs, after a good rate
-# held, end as well as one spread over the whole run, or as well as no decay at all?
-# (Its warm-up, one of the 8 epochs, is a little longer than warm-up + cosine's 10 %
-# of the steps; both are untuned.)
+# The checker steps your scheduler on runs of its own, compares the rate of every step
+# with its own schedule's and names the usual off-by-one mistakes. WSD holds its peak
+# for most of the run, so it should be tried at a rate that does well held constant:
+# train it at section 8.3's low rate, 0.05, at which the constant rate trains without
+# trouble, with its two seeds, and let its `compare` judge the new arm against the
+# constant rate and against warm-up + cosine at that rate. Does a decay confined to the
+# last two epochs, after a good rate held, end as well as one spread over the whole
+# run, or as well as no decay at all? (Its warm-up, one of the 8 epochs, is a little
+# longer than warm-up + cosine's 10 % of the steps; both are untuned.)
 
 
 # %% tags=["exercise-starter"]
 # Fill in: a scheduler for `total_steps` optimizer steps that warms up over the
 # first epoch, holds `peak_lr`, and decays linearly towards 0 over the last two
-# epochs (see the list above).
+# epochs (see above).
 def warmup_hold_decay(
     name: str,
     optimizer: torch.optim.Optimizer,
@@ -6530,6 +6632,15 @@ print(
         "better": "On these two seeds a side, a decay confined to the end did "
         "better than one spread over the run (a hint: two seeds a side).",
     }[versus["warm-up + cosine"]]
+    + (
+        " Section 8.3 found the constant rate, with no decay at all, ahead "
+        "of warm-up + cosine at this rate too: the lead says more about "
+        "cosine's early decay at 0.05 than about a late one."
+        if versus["warm-up + cosine"] == "better"
+        and versus["constant"] != "better"
+        and "warm-up + cosine" in worse_low
+        else ""
+    )
 )
 assert held < 1e-9 and 0 < wsd_rates[-1] < 0.1 * low, (held, wsd_rates[-1])
 # The answer rests on one measurement: WSD ended below warm-up + cosine, mean
