@@ -40,6 +40,7 @@ PROSE_KEY = "pytorch_book_prose"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # {{name}} in prose; the braces of LaTeX (\frac{a}{b}) are never doubled like this.
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}")
+_GAP = re.compile(r"(?<=\S) {2,}(?=\S)")
 # What record() stored in this session: name -> formatted text.
 _recorded: dict[str, str] = {}
 
@@ -139,13 +140,28 @@ def prose(markdown: str) -> None:
             f"prose quotes {missing}, which record() has not stored in this session "
             f"({len(_recorded)} names are): run the cell that records it first{hint}"
         )
-    filled = _PLACEHOLDER.sub(lambda match: _recorded[match[1].strip()], text)
+    filled = _tidy(_PLACEHOLDER.sub(lambda match: _recorded[match[1].strip()], text))
     if _ipython_shell() is None:
         return
     from IPython.display import display
 
     bundle = {"text/markdown": filled, "text/plain": filled}
     display(bundle, raw=True, metadata={PROSE_KEY: True})
+
+
+def _tidy(text: str) -> str:
+    """Close the gaps an empty value leaves: a run of spaces between words becomes one,
+    and a line loses its trailing spaces (two of them would make a Markdown line break).
+    Indentation and fenced code blocks stay as written."""
+    lines, fenced = [], False
+    for line in text.split("\n"):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if not fenced:
+            indent = line[: len(line) - len(line.lstrip(" "))]
+            line = indent + _GAP.sub(" ", line[len(indent) :]).rstrip(" ")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _ipython_shell() -> object | None:

@@ -171,3 +171,11 @@ def test_prose_removes_only_the_blank_lines_around_the_paragraph(shown, recorded
     shown.clear()
     prose("\n\nX marks {{n}} spots\nX\n\n")
     assert shown[0][0]["text/markdown"] == "X marks 3 spots\nX"
+
+
+def test_an_empty_value_leaves_no_double_space_or_line_break(shown, recorded):
+    record("empty", "")
+    record("n", 3)
+    shown.clear()
+    prose("Before {{empty}} after {{n}}.\nEnds {{empty}}\n  - kept {{empty}} indent\n```\na  b {{n}}\n```")
+    assert shown[0][0]["text/markdown"] == ("Before after 3.\nEnds\n  - kept indent\n```\na  b 3\n```")
