@@ -485,7 +485,9 @@ from the CPU, which pays only with enough arithmetic to keep thousands of cores 
 #
 # A GPU copies directly only from page-locked (*pinned*) CPU memory, and from there
 # `x.to(device, non_blocking=True)` returns at once, so the copy overlaps with the
-# CPU's next work. But pinning is itself a copy ([PyTorch's
+# CPU's next work. From ordinary (pageable) memory, CUDA first copies the data into a
+# pinned staging buffer, and the call returns only after that, `non_blocking` or not.
+# Pinning is itself a copy ([PyTorch's
 # guide](https://pytorch.org/tutorials/intermediate/pinmem_nonblock.html) finds
 # pinning then copying up to twice as slow as a plain `.to(device)`), so let
 # `DataLoader(pin_memory=True)` do it, in a background thread, when it has workers.
@@ -1504,7 +1506,9 @@ took {{compute_cost_share}} of what building it and training on it took. Without
 # `persistent_workers=True` when epochs are short or workers are spawned, and on CUDA
 # `pin_memory=True` with `.to(device, non_blocking=True)`. Not on MPS: the loader ignores
 # `pin_memory` there (it warns), and a `non_blocking` copy to MPS can read freed memory
-# (PyTorch issues 139550 and 189690).
+# (PyTorch issues 139550 and 189690). Each worker keeps `prefetch_factor` batches ready
+# (2 by default); raise it when the time to build a batch varies a lot, so that a slow
+# one does not stall the loop.
 #
 # ### Workers in a notebook: define the dataset in a module
 #
@@ -2118,9 +2122,9 @@ if rescued:
     family_sentence = (
         "Each pass was tested on its per-seed gains over the constant rate: "
         "a paired t-test, 3 degrees of freedom, its one-sided p multiplied by "
-        f"the {len(decaying)} schedules tried. It "
-        f"{short_verdict} (p below 0.05; the least convincing pass, "
-        f"{weakest}, came to {corrected[weakest]:.3f})."
+        f"the {len(decaying)} schedules tried, which supports a pass when it "
+        f"stays below 0.05. It {short_verdict}: the least convincing pass, "
+        f"{weakest}, came to {corrected[weakest]:.3f}."
     )
 else:
     family_sentence = "No schedule passed at 0.5: there is nothing to test."
@@ -2474,7 +2478,7 @@ in 16 with four; the appendix asks whether the passes at 0.5 could be luck.
 {{failed_note}} {{not_rescued_sentence}} {{warmup_first_sentence}}
 {{worse_low_sentence}} On the mean of the first two seeds of all twelve combinations,
 {{schedule_sentence}}; `ReduceLROnPlateau` watched the validation loss that ranks the
-schedules, which favours it (in the first figure's run at 0.5 it cut the rate
+schedules, which favours it (in the rates figure's run at 0.5 it cut the rate
 {{plateau_cuts}}). Averaging the weights of the last epochs
 (`torch.optim.swa_utils.AveragedModel`) is another way to settle late in a run; not
 measured here.
@@ -2505,7 +2509,11 @@ measured here.
 #   page](https://developer.apple.com/metal/pytorch/)). Where the hardware has it, it is
 #   the usual choice.
 #
-# The cell picks the type for this machine.
+# On NVIDIA GPUs from Ampere on, a third option keeps every tensor in `float32`:
+# `torch.set_float32_matmul_precision("high")` (chapter 1) lets `float32` matrix products
+# run on the tensor cores in TF32, which keeps `float32`'s range but only an 11-bit
+# significand in the products' inputs (NVIDIA quotes 156 TFLOPS against 19.5 for
+# `float32` on an A100). The cell picks the 16-bit type for this machine.
 
 
 # %%
@@ -2765,7 +2773,14 @@ if not matmul_verdict.endswith("faster than"):
 elif not amp_verdict.endswith("faster than"):
     matmul_reading = (
         (
-            "The step was not shown to gain (its rounds overlapped `float32`'s)"
+            (
+                "The step was not shown to gain (its rounds overlapped "
+                "`float32`'s)"
+                if separation(amp_rounds[True], amp_rounds[False])
+                == "overlapping"
+                else "The step was not shown to gain (its rounds differed "
+                "from `float32`'s by less than the rule's 10 %)"
+            )
             if amp_verdict == NOISE
             else f"The step was {amp_verdict.removesuffix(' than')}"
         )
@@ -2974,12 +2989,20 @@ relative_gap = max(
 )
 record("amp_relative_gap", ceil_to(relative_gap, 1e-3), fmt="{:.1%}")
 record("amp_accuracy_sentence", amp_accuracy_sentence)
-record("amp_split_p", split_p, fmt="{:.2f}")
 record(
-    "amp_test_words",
-    "no evidence that either model is the more accurate"
-    if split_p >= 0.05
-    else "a split that fair coins would rarely give",
+    "amp_test_sentence",
+    "No validation digit was right for one model and wrong for the other, "
+    "so there is no split to test."
+    if disagreements == 0
+    else "Of the validation digits only one model got right, "
+    f"{only_fp32} went to `float32` and {only_amp} to autocast: the sign "
+    f"test gives p = {split_p:.2f}, "
+    + (
+        "no evidence that either model is the more accurate"
+        if split_p >= 0.05
+        else "a split that fair coins would rarely give"
+    )
+    + ", as section 8.4 says.",
 )
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -3059,22 +3082,25 @@ print(
     found[0] if found else "none found" if candidates else "not needed",
 )
 
-# Inductor caches compiled graphs on disk (a hit makes the first call fast).
-# No public API reports a hit, so this reads a private counter, kept out of
-# the compile's failure path: where it is missing, the cache status is unknown.
+# Inductor caches compiled graphs on disk, and AOTAutograd the forward and
+# backward graphs it hands Inductor (a hit makes the first call fast). No
+# public API reports a hit, so this reads private counters, kept out of the
+# compile's failure path: where they are missing, the cache status is unknown.
 try:
     from torch._dynamo.utils import counters
-
-    inductor_counts = counters["inductor"]
-except (ImportError, KeyError):
-    inductor_counts = None
+except ImportError:
+    counters = None
 
 
 def cache_hits() -> int | None:
-    """Inductor's cache hits so far; None where the counter is unavailable."""
-    if inductor_counts is None:
+    """Compile-cache hits so far; None where the counters are unavailable."""
+    if counters is None:
         return None
-    return inductor_counts["fxgraph_cache_hit"]
+    # read afresh each time: the counters are reset between some compiles
+    return (
+        counters["inductor"]["fxgraph_cache_hit"]
+        + counters["aot_autograd"]["autograd_cache_hit"]
+    )
 
 
 # %%
@@ -3083,20 +3109,16 @@ example = torch.randn(256, 64, device=device)
 with torch.inference_mode():
     if compile_skip is None:
         start = time.perf_counter()
-        cache_hits_before = cache_hits()
         try:
             # torch.compile itself raises where Dynamo is unsupported (a
             # Python newer than the installed torch), so it goes inside the try.
             compiled_model = torch.compile(compile_model)
-            compiled_out = compiled_model(example)  # the first call compiles
+            # the first call compiles; with Inductor's on-disk caches off, as
+            # on a fresh machine, whatever earlier runs here left in them
+            with torch.compiler.config.patch(force_disable_caches=True):
+                compiled_out = compiled_model(example)
             synchronize(device)
             compile_s = time.perf_counter() - start
-            # True, False, or None where the counter is unavailable
-            compile_cache_hit = (
-                None
-                if cache_hits_before is None
-                else cache_hits() > cache_hits_before
-            )
         except Exception as error:  # e.g. a platform Inductor does not support
             compile_skip = f"torch.compile failed here: {root_cause(error)}"
     if compile_skip is None:
@@ -3179,15 +3201,10 @@ if compile_skip is None:
     compile_sentence = (
         f"The first call took {compile_s:.1f} s"
         + (
-            " (from Inductor's on-disk cache, filled by an earlier run on this "
-            "machine; a first compile on a fresh machine, a new Colab session "
-            "for one, also generates and builds the kernels' code and takes "
-            "longer: `torch.compiler.config.force_disable_caches = True` "
-            "before the first call shows what it costs on yours)"
-            if compile_cache_hit
-            else " (compiled from scratch: nothing was in Inductor's cache)"
-            if compile_cache_hit is False
-            else ""
+            " (with Inductor's on-disk caches switched off for this call, "
+            "`torch.compiler.config.force_disable_caches`, so it compiled "
+            "from scratch, as a first compile on a fresh machine or a new "
+            "Colab session does)"
         )
         + (
             ". Afterwards a forward pass of batch 256 ("
@@ -3424,13 +3441,10 @@ if step_compile_skip is None:
     record("compiled_step_ms", masked["compiled"] * 1e3, fmt="{:.2f}")
     record("plain_eager_ms", without["eager"] * 1e3, fmt="{:.2f}")
     record("plain_compiled_ms", without["compiled"] * 1e3, fmt="{:.2f}")
-    cache_note = {
-        None: "",  # the counter is unavailable: status unknown
-        0: " (compiled from scratch)",
-    }.get(
-        masked["cache hits"],
-        " (from the on-disk cache)",
-    )
+    # a hit in Inductor's on-disk cache of compiled graphs, where the
+    # counter says so (None: unavailable; 0: no hit, though the kernels'
+    # built code may still have come from disk)
+    cache_note = " (from the on-disk cache)" if masked["cache hits"] else ""
     step_rows = {
         "with dropout, Inductor's masks": (masked, step_verdict),
         "with dropout, `fallback_random`": (fallback, fallback_verdict),
@@ -3513,9 +3527,10 @@ if step_compile_skip is None and dropout_order == "higher":
         "code can be read in the kernels Inductor wrote, which "
         "`TORCH_LOGS=output_code` prints."
         + (
-            " Inductor's own random numbers do not explain the loss: with "
+            " Inductor's own random numbers are not the whole story: with "
             "`fallback_random` the compiled step, which then calls eager "
-            f"mode's dropout, was still {fallback_verdict} eager. Which of "
+            f"mode's dropout, was still {fallback_verdict} eager (with "
+            f"Inductor's masks, {step_verdict.removesuffix(' than')}). Which of "
             "the remaining differences costs the time (the masks kept for "
             "the backward pass, the kernels split around the eager call) "
             "this chapter does not measure."
@@ -3950,6 +3965,7 @@ record("low_clipped_loss", final_loss[sensible, "clipped"], fmt="{:.3f}")
 record("high_loss", final_loss[excessive, "no clipping"], fmt="{:.2f}")
 record("high_clipped_loss", final_loss[excessive, "clipped"], fmt="{:.2f}")
 record("dead_low", dead[sensible], fmt="{:.0%}")
+record("dead_train_low", dead_train[sensible], fmt="{:.0%}")
 record("dead_high", dead[excessive], fmt="{:.0%}")
 record("dead_train_high", dead_train[excessive], fmt="{:.0%}")
 record("late_norm_low", late_norm[sensible], fmt="{:.2f}")
@@ -4308,7 +4324,7 @@ prose(
 `max_norm` was {{clip_limit}}. At 0.05 the final validation loss was
 {{low_clipped_loss}} with clipping and {{low_loss}} without. The unclipped run at the
 excessive rate had {{dead_train_high}} of its first layer's ReLUs dead for every
-training digit too (the healthy run: {{dead_low}} for every validation digit), and a
+training digit too (the healthy run: {{dead_train_low}}), and a
 median gradient norm of
 {{late_norm_high}} in its last epoch (healthy run: {{late_norm_low}}).
 {{spike_sentence}} {{dead_sentence}} {{clipped_path_note}} Clipped, {{dead_clipped}} of
@@ -5343,7 +5359,10 @@ faster than `no_grad`.
 # the loss its log-probabilities, so for a batch of `B` and widths 64, 256, 256, 10
 # about `4 B (64 + 256 + 256 + 10)` bytes. The cell checks each: the optimizer's state
 # after one step, and every tensor autograd saves, captured with
-# `torch.autograd.graph.saved_tensors_hooks` (dropout off, weights not counted).
+# `torch.autograd.graph.saved_tensors_hooks` (dropout off, weights not counted). The
+# gradients exist only from the backward pass to the next `optimizer.zero_grad()`, which
+# since PyTorch 2.0 frees them (`set_to_none=True`) rather than filling them with zeros,
+# so between that call and the next backward pass they take no memory.
 
 # %%
 memory_batch = 512
@@ -5992,11 +6011,11 @@ assert torch.isfinite(x_nan.grad).all()
 if compile_skip is None:
     compile_effect = (
         f"inference: compile {compile_s:.1f} s"
-        + {True: " (cache hit)", False: " (cold)"}.get(compile_cache_hit, "")
+        + " (caches off)"
         + f", then {compile_verdict} eager; training step: "
         + (
             f"compile {masked['compile']:.1f} s"
-            + {None: "", 0: " (cold)"}.get(masked["cache hits"], " (cache hit)")
+            + (" (cache hit)" if masked["cache hits"] else "")
             + f", then {step_verdict} eager by every round (with "
             f"fallback_random: {fallback_verdict} eager; without dropout: "
             f"{plain_verdict} eager)"
@@ -6657,8 +6676,11 @@ print(
     + (
         " (so the decay did more than two more epochs at the held rate). "
         if decay_gain > 1.1 * constant_gain
-        else " (so the decay did no more than two more epochs at the held"
-        " rate). "
+        else " (so the decay did less than two more epochs at the held rate). "
+        if constant_gain > 1.1 * decay_gain
+        else " (the two factors are within 10 % of each other: on two seeds "
+        "the decay cannot be told apart from two more epochs at the held "
+        "rate). "
     )
     + {
         "worse": "On these two seeds a side, a decay confined to the end "
@@ -6818,9 +6840,7 @@ assert split_p >= 0.01, (only_fp32, only_amp, split_p)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Of the validation digits only one model got right, {{only_fp32}} went to `float32` and
-{{only_amp}} to autocast: the sign test gives p = {{amp_split_p}}, {{amp_test_words}},
-as section 8.4 says.
+{{amp_test_sentence}}
 """
 )
 
@@ -6832,11 +6852,12 @@ prose(
     r"""
 - Write `.to(device)`, never `.cuda()`. Small batches pay a fixed price per
   operation, and a GPU adds a kernel launch to each, so a tiny model can be slower
-  on a GPU ({{floor_where}}); `.item()` every step makes a GPU wait. Let
-  the `DataLoader` pin memory (`pin_memory=True`) rather than pinning each batch
-  in the loop, and copy with `.to(device, non_blocking=True)`, so that the CPU
-  does not wait for the copy and can queue the next work (the copy still runs in
-  order on the GPU's stream; overlapping it with computation takes a second stream). Time code with
+  on a GPU ({{floor_where}}); `.item()` every step makes the CPU wait for the GPU,
+  which then runs out of queued work. Let the `DataLoader` pin memory
+  (`pin_memory=True`) rather than pinning each batch in the loop, and copy with
+  `.to(device, non_blocking=True)`, so that the CPU does not wait for the copy and
+  can queue the next work (the copy still runs in order on the GPU's stream;
+  overlapping it with computation takes a second stream). Time code with
   `torch.utils.benchmark.Timer`, which warms up, sets the thread count and waits
   for CUDA; it times one thread unless you pass `num_threads`
   (`torch.get_num_threads()` for what your program uses).
