@@ -1990,6 +1990,8 @@ ax_val.set(
     ylabel="cross-entropy (log scale)",
     yscale="log",
 )
+# room above the guessing line, so that a seed's tick on it is not at the edge
+ax_val.set_ylim(top=max(ax_val.get_ylim()[1], 1.6 * np.log(10)))
 label_log_axis(ax_val.yaxis)
 ax_val.grid(alpha=0.3)
 # outside the axes, so that no mark hides behind it
@@ -2778,8 +2780,13 @@ elif not amp_verdict.endswith("faster than"):
                 "`float32`'s)"
                 if separation(amp_rounds[True], amp_rounds[False])
                 == "overlapping"
-                else "The step was not shown to gain (its rounds differed "
-                "from `float32`'s by less than the rule's 10 %)"
+                else "The step was not shown to gain (its rounds were all "
+                + (
+                    "slower"
+                    if min(amp_rounds[True]) > max(amp_rounds[False])
+                    else "faster"
+                )
+                + " than `float32`'s, but by less than the rule's 10 %)"
             )
             if amp_verdict == NOISE
             else f"The step was {amp_verdict.removesuffix(' than')}"
@@ -2814,8 +2821,8 @@ Here a training step under autocast ({{amp_step_range}} ms over three rounds) wa
 {{amp_verdict}} one in `float32` ({{fp32_step_range}} ms), and a 256 × 256 matrix
 product in {{amp_dtype}} ({{half_matmul_range}} µs) was {{matmul_verdict}} the same
 product in `float32` ({{fp32_matmul_range}} µs). {{bf16_sentence}} {{matmul_reading}}
-Where 16-bit products run natively, large matrix products gain, and saved activations
-take half the bytes (section 8.9).
+Where 16-bit products run natively, large matrix products gain, and each activation
+kept in 16 bits takes half the bytes (section 8.9 measures what the whole step keeps).
 """
 )
 
@@ -3041,10 +3048,10 @@ could be chance.
 # `torch.compile(model)` traces the model into a graph on its first call and hands it
 # to a compiler (by default *Inductor*), which fuses operations and generates code (C++
 # on a CPU, Triton on NVIDIA and AMD GPUs, Metal shaders on Apple's). Later calls with
-# the same shapes run that code, so two
-# numbers matter: the compile time and the steady-state gain. The collapsed cell below
-# looks for the compiler Inductor needs and defines `synchronize` (wait for the
-# device's queued work, as every timing must), `root_cause` and `cache_hits`.
+# the same shapes run that code, so two numbers matter: the compile time and the
+# steady-state gain. The collapsed cell below looks for the compiler Inductor needs and
+# defines `synchronize` (wait for the device's queued work, as every timing must) and
+# `root_cause`.
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true} cellView="form"
@@ -3081,26 +3088,6 @@ print(
     "compiler:",
     found[0] if found else "none found" if candidates else "not needed",
 )
-
-# Inductor caches compiled graphs on disk, and AOTAutograd the forward and
-# backward graphs it hands Inductor (a hit makes the first call fast). No
-# public API reports a hit, so this reads private counters, kept out of the
-# compile's failure path: where they are missing, the cache status is unknown.
-try:
-    from torch._dynamo.utils import counters
-except ImportError:
-    counters = None
-
-
-def cache_hits() -> int | None:
-    """Compile-cache hits so far; None where the counters are unavailable."""
-    if counters is None:
-        return None
-    # read afresh each time: the counters are reset between some compiles
-    return (
-        counters["inductor"]["fxgraph_cache_hit"]
-        + counters["aot_autograd"]["autograd_cache_hit"]
-    )
 
 
 # %%
@@ -3201,10 +3188,11 @@ if compile_skip is None:
     compile_sentence = (
         f"The first call took {compile_s:.1f} s"
         + (
-            " (with Inductor's on-disk caches switched off for this call, "
-            "`torch.compiler.config.force_disable_caches`, so it compiled "
-            "from scratch, as a first compile on a fresh machine or a new "
-            "Colab session does)"
+            " (with Inductor's and AOTAutograd's on-disk caches switched off "
+            "for this call, `torch.compiler.config.force_disable_caches`, so "
+            "that it reused nothing earlier runs had stored: close to what a "
+            "first compile on a fresh machine or in a new Colab session "
+            "costs)"
         )
         + (
             ". Afterwards a forward pass of batch 256 ("
@@ -3331,14 +3319,10 @@ def time_step(
         eager_loss = criterion(net(x), y).item()
     # ...as in the compiled call, if it draws alike
     torch.manual_seed(run_seed + 1)
-    hits_before = cache_hits()  # None where the counter is unavailable
     start = time.perf_counter()
     compiled_loss = compiled_step().item()  # compiles forward and backward
     synchronize(on)
     times["compile"] = time.perf_counter() - start
-    times["cache hits"] = (
-        None if hits_before is None else cache_hits() - hits_before
-    )
     times["loss gap"] = abs(compiled_loss - eager_loss) / eager_loss
     # three rounds, eager and compiled calls interleaved within each
     rounds = paired_rounds(
@@ -3369,9 +3353,16 @@ step_times = {}  # variant -> times
 if step_compile_skip is None:
     try:
         for variant, (p, on_eager_rng) in step_variants.items():
-            step_times[variant] = time_step(
-                p, example, y_example, criterion, seed, device, on_eager_rng
-            )
+            # the first variant compiles with the caches off, as the
+            # inference pass did: its first call is the one the text quotes
+            with (
+                torch.compiler.config.patch(force_disable_caches=True)
+                if variant == "dropout"
+                else nullcontext()
+            ):
+                step_times[variant] = time_step(
+                    p, example, y_example, criterion, seed, device, on_eager_rng
+                )
     except Exception as error:
         step_compile_skip = "compiling the step failed: " + root_cause(error)
 for variant, times in step_times.items():
@@ -3441,10 +3432,8 @@ if step_compile_skip is None:
     record("compiled_step_ms", masked["compiled"] * 1e3, fmt="{:.2f}")
     record("plain_eager_ms", without["eager"] * 1e3, fmt="{:.2f}")
     record("plain_compiled_ms", without["compiled"] * 1e3, fmt="{:.2f}")
-    # a hit in Inductor's on-disk cache of compiled graphs, where the
-    # counter says so (None: unavailable; 0: no hit, though the kernels'
-    # built code may still have come from disk)
-    cache_note = " (from the on-disk cache)" if masked["cache hits"] else ""
+    # compiled with the caches off (the cell above)
+    cache_note = ", with the caches off as for the inference pass"
     step_rows = {
         "with dropout, Inductor's masks": (masked, step_verdict),
         "with dropout, `fallback_random`": (fallback, fallback_verdict),
@@ -5135,10 +5124,12 @@ record(
 record("n_profiles", n_profiles)
 record(
     "profile_agreement",
-    "the highest within 25 % of the lowest"
-    if max(dropout_ratios) <= 1.25 * min(dropout_ratios)
-    else "the highest more than 25 % above the lowest, so no one recording "
-    "is a result on its own",
+    f"the highest {high_ratio / low_ratio - 1:.0%} above the lowest"
+    + (
+        ", so no one recording is a result on its own"
+        if high_ratio > 1.25 * low_ratio
+        else ""
+    ),
 )
 record("dropout_arith_share", dropout_arith_share, fmt="{:.1%}")
 record(
@@ -5540,9 +5531,9 @@ The parameters take {{param_mib}} MiB, AdamW's state {{adam_mib}} MiB, and the s
 activations for a batch of 512 {{activation_measured_mib}} MiB (estimate
 {{activation_estimate_mib}} MiB). Only the activations grow with the batch, so a batch
 that does not fit calls for accumulation (section 8.6), mixed precision (here autocast
-saved {{amp_saved_mib}} MiB, {{amp_saved_share}} of the `float32` step's, as it also
-keeps 16-bit copies of the weights, {{amp_weight_copies_mib}} MiB), or activation
-checkpointing: `torch.utils.checkpoint.checkpoint` runs part of the model again in the
+kept {{amp_saved_mib}} MiB for the backward pass, {{amp_saved_share}} of the `float32`
+step's, 16-bit copies of the weights included, {{amp_weight_copies_mib}} MiB), or
+activation checkpointing: `torch.utils.checkpoint.checkpoint` runs part of the model again in the
 backward pass instead of keeping its activations. Wrapping the first two layers cut the
 saved activations to {{recompute_mib}} MiB (estimate {{recompute_estimate_mib}} MiB),
 with {{recompute_grads}}, at a price: {{recompute_time}}.
@@ -6015,7 +6006,7 @@ if compile_skip is None:
         + f", then {compile_verdict} eager; training step: "
         + (
             f"compile {masked['compile']:.1f} s"
-            + (" (cache hit)" if masked["cache hits"] else "")
+            + " (caches off)"
             + f", then {step_verdict} eager by every round (with "
             f"fallback_random: {fallback_verdict} eager; without dropout: "
             f"{plain_verdict} eager)"
@@ -6702,11 +6693,10 @@ print(
     )
 )
 assert held < 1e-9 and 0 < wsd_rates[-1] < 0.1 * low, (held, wsd_rates[-1])
-# The answer rests on one measurement: WSD ended below warm-up + cosine, mean
-# final loss 0.83, 0.72, 0.65 times cosine's with seeds 0, 1, 2 on one
-# AVX-512 CPU (0.83 at the AVX2 level). Against the constant rate (0.97,
-# 0.94, 0.87 times its loss) the sentences above read either way.
-assert times_cosine < 1.0, times_cosine
+# WSD's place against the two arms is a hint (two seeds a side), printed
+# above rather than asserted: WSD's mean final loss was 0.83, 0.72, 0.65
+# times warm-up + cosine's with seeds 0, 1, 2 on one AVX-512 CPU (0.83 at the
+# AVX2 level), and 0.97, 0.94, 0.87 times the constant rate's.
 
 # %% [markdown]
 # **Exercise 4.** Run the model on a batch under `torch.inference_mode()` and keep its
