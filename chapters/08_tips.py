@@ -275,6 +275,16 @@ def rounded_up(value: float, digits: int = 2) -> float:
     return ceil_to(value, 10 ** (math.floor(math.log10(value)) - digits + 1))
 
 
+def one_way(base: list[float], candidate: list[float]) -> str:
+    """ "faster" or "slower" where every reading of `candidate` lay below, or
+    above, every reading of `base` (a lead the 10 % rule may still call
+    noise), "" where they overlapped.
+    """
+    return {"lower": "faster", "higher": "slower"}.get(
+        separation(candidate, base), ""
+    )
+
+
 def names_list(names: list[str]) -> str:
     """'a', 'a and b', 'a, b and c'."""
     return " and ".join(
@@ -1375,7 +1385,7 @@ record(
 # workers against none
 workers_table = [
     "| later epoch (s) | no workers | 2 workers, persistent "
-    "| 2 workers, restarted | persistent workers were |",
+    "| 2 workers | persistent workers were |",
     "|---|---|---|---|---|",
 ]
 narrow_pass = {}  # kind -> the pass was narrow
@@ -2240,14 +2250,13 @@ else:
         "stopped learning."
     )
 record("high_rate_words", high_rate_words)
-# the headline, by the rule the prose uses: at the high rate at least one
-# schedule ended with all four seeds below all four of the constant rate's.
-# Measured, seeds 0-2 on one AVX-512 CPU: 4 of the 5 schedules passed each
-# time, the best one's worst seed at most 0.21 against the constant rate's
-# best seed at least 0.23 (which schedule fails moves with the seed and the
-# CPU's kernels; at 0.5 a run can stop learning, as one of OneCycleLR's seeds
-# and one of the constant rate's did).
-assert rescued, final_high4
+# the headline the status page quotes: at the high rate the best schedule's
+# mean final loss over the constant rate's, four seeds each. Measured 0.18,
+# 0.11 and 0.13 with seeds 0-2 on one AVX-512 CPU; a schedule that only tied
+# the constant rate would read near 1. How many schedules pass the every-seed
+# rule is printed, not asserted: a pass can rest on a gap of 2 % (StepLR with
+# seed 0: 0.501 against 0.511), and the text has words for none passing.
+assert mean_high4[best_high] / constant_high < 0.5, mean_high4
 plateau_rates = schedule_runs["ReduceLROnPlateau", high, seed][1]
 cuts = sum(b < a for a, b in itertools.pairwise(plateau_rates))
 record(
@@ -2316,7 +2325,16 @@ high_table = [
 for name in schedule_names:
     ends = final_high4[name]
     first_mean = sum(schedule_runs[name, high, s][2][0] for s in high_seeds) / 4
-    below = "—" if name == "constant" else ("yes" if name in rescued else "no")
+    below = (
+        "—"
+        if name == "constant"
+        # a pass by under 5 %: another set of seeds may not repeat it
+        else "yes, narrowly"
+        if name in rescued and 1.05 * max(ends) > min(final_high4["constant"])
+        else "yes"
+        if name in rescued
+        else "no"
+    )
     high_table.append(
         f"| {name} | {first_mean:.2f} | {mean_high4[name]:.3f} "
         f"| {min(ends):.3f}–{max(ends):.3f} | {below} |"
@@ -2334,49 +2352,48 @@ record(
     if ahead_from == 1
     else f"from epoch {ahead_from} on",
 )
-# Did the warm-up protect the start at the high rate? Warm-up + cosine
-# against the constant rate after the first epoch, by compare's rule. The
-# first validation comes after a whole epoch, past the end of the warm-up.
-warm_name = "warm-up + cosine"
-first_epoch = {
-    name: [schedule_runs[name, high, s][2][0] for s in high_seeds]
-    for name in ("constant", warm_name)
-}
+# Did the warm-up protect the start at the high rate? A warm-up is meant to
+# keep a high rate from wrecking the first steps, so that fewer runs fail:
+# warm-up + cosine against CosineAnnealingLR, the same decay without it, in
+# runs that ended no better than guessing (as failed_sentence counts them).
+warm_name, cold_name = "warm-up + cosine", "CosineAnnealingLR"
 warm_steps = lr_epochs * steps_per_epoch // 10
-first_epoch_way = compare(first_epoch[warm_name], first_epoch["constant"])
+failures = {
+    name: sum(loss >= 0.9 * np.log(10) for loss in final_high4[name])
+    for name in (warm_name, cold_name)
+}
+first_means = {
+    name: np.mean([schedule_runs[name, high, s][2][0] for s in high_seeds])
+    for name in (warm_name, cold_name)
+}
 print(
-    f"validation loss after epoch 1 at {high} (seeds "
-    + ", ".join(map(str, high_seeds))
-    + f"): {warm_name} "
-    + ", ".join(f"{loss:.2f}" for loss in first_epoch[warm_name])
-    + "; constant "
-    + ", ".join(f"{loss:.2f}" for loss in first_epoch["constant"])
+    f"at {high}, runs that ended at guessing: {warm_name} "
+    f"{failures[warm_name]}, {cold_name} {failures[cold_name]} of "
+    f"{len(high_seeds)}; worst seeds {max(final_high4[warm_name]):.2f} and "
+    f"{max(final_high4[cold_name]):.2f}"
 )
+n_warm, n_cold = failures[warm_name], failures[cold_name]
 warmup_first_sentence = (
     f"Did the warm-up ({warm_steps} steps, inside the first epoch's "
-    f"{steps_per_epoch}) protect the start at {high}? After one epoch "
-    + {
-        "better": "every seed of it stood below every one of the constant "
-        "rate's, as a warm-up is meant to make it.",
-        "worse": "every seed of it stood above every one of the constant "
-        f"rate's: it did not, and whatever lead {warm_name} took came "
-        "after its warm-up.",
-        "tie": "its seeds and the constant rate's overlap: this run shows "
-        "no protection.",
-    }[first_epoch_way]
-)
-above_guessing = [
-    s
-    for s, loss in zip(high_seeds, first_epoch[warm_name], strict=True)
-    if loss >= np.log(10)
-]
-if above_guessing:
-    warmup_first_sentence += (
-        f" With seed {above_guessing[0]} it even stood above guessing."
-        if len(above_guessing) == 1
-        else f" With seeds {', '.join(map(str, above_guessing))}, "
-        f"{warm_name} stood above guessing after the first epoch."
+    f"{steps_per_epoch}) protect the start at {high}? Protection would show "
+    f"as fewer failed runs than {cold_name}, the same decay without it: "
+    + (
+        "neither failed on any seed, so this run cannot test it."
+        if n_warm == n_cold == 0
+        else f"{n_warm} against {n_cold} of {len(high_seeds)} seeds "
+        + (
+            "(fewer with the warm-up: a hint, four seeds a side)."
+            if n_warm < n_cold
+            else "(more with the warm-up)."
+            if n_warm > n_cold
+            else "(as many: no protection shown)."
+        )
     )
+    + " Its mean loss after the first epoch, "
+    f"{first_means[warm_name]:.2f} against {first_means[cold_name]:.2f}, "
+    f"says nothing either way: the warm-up spent {warm_steps} of that "
+    f"epoch's {steps_per_epoch} steps below the peak rate."
+)
 record("warmup_first_sentence", warmup_first_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -2776,17 +2793,11 @@ elif not amp_verdict.endswith("faster than"):
     matmul_reading = (
         (
             (
-                "The step was not shown to gain (its rounds overlapped "
+                "The step was not shown to gain (its rounds were all "
+                f"{way} than `float32`'s, but by less than the rule's 10 %)"
+                if (way := one_way(amp_rounds[False], amp_rounds[True]))
+                else "The step was not shown to gain (its rounds overlapped "
                 "`float32`'s)"
-                if separation(amp_rounds[True], amp_rounds[False])
-                == "overlapping"
-                else "The step was not shown to gain (its rounds were all "
-                + (
-                    "slower"
-                    if min(amp_rounds[True]) > max(amp_rounds[False])
-                    else "faster"
-                )
-                + " than `float32`'s, but by less than the rule's 10 %)"
             )
             if amp_verdict == NOISE
             else f"The step was {amp_verdict.removesuffix(' than')}"
@@ -3199,7 +3210,18 @@ if compile_skip is None:
             + rounds_range(forward_rounds["compiled"], 1e6, ".0f")
             + f" µs over three rounds) was {compile_verdict} eager ("
             + rounds_range(forward_rounds["eager"], 1e6, ".0f")
-            + f" µs), so the compile time {break_even}. "
+            + " µs"
+            + (
+                f"; {way} in every round, but by less than the rule's 10 %"
+                if compile_verdict == NOISE
+                and (
+                    way := one_way(
+                        forward_rounds["eager"], forward_rounds["compiled"]
+                    )
+                )
+                else ""
+            )
+            + f"), so the compile time {break_even}. "
         )
         + (
             "The outputs were bit for bit equal."
@@ -3370,7 +3392,8 @@ for variant, times in step_times.items():
     print(
         f"{variant:10}: eager {times['eager'] * 1e3:.2f} ms, compiled "
         f"{times['compiled'] * 1e3:.2f} ms per step (compiled / eager by "
-        f"round: {ratios}); first compiled call {times['compile']:.1f} s, "
+        f"round: {ratios}); first compiled call {times['compile']:.1f} s "
+        f"(caches {'off' if variant == 'dropout' else 'on'}), "
         f"its loss {times['loss gap']:.0e} from eager's (relative)"
     )
 if step_times:
@@ -3483,15 +3506,16 @@ else:
 record("step_compile_sentence", step_compile_sentence)
 record("step_note", step_note)
 record("masks_sentence", masks_sentence)
-if step_summary == compile_summary:
-    compile_summaries = (
-        f"{step_summary}, on an inference pass and on a training step alike"
-    )
-else:
-    compile_summaries = (
-        f"{compile_summary} on an inference pass and {step_summary} on a "
-        "training step"
-    )
+# the training step's summary names dropout, which the comparison turned on
+step_summary_words = (
+    step_summary
+    if step_compile_skip is not None
+    else f"{step_summary} on a training step with dropout (without it, "
+    f"{plain_verdict} eager)"
+)
+compile_summaries = (
+    f"{compile_summary} on an inference pass and {step_summary_words}"
+)
 record("compile_summaries", compile_summaries)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -5314,10 +5338,14 @@ inference_verdict = rounds_verdict(
 record("inference_verdict", inference_verdict)
 record(
     "every_round_note",
-    "; inference_mode was faster in every round, but by less than the 10 % "
+    f"; inference_mode was {way} in every round, but by less than the 10 % "
     "the rule needs to call a difference"
     if inference_verdict == NOISE
-    and max(mode_rounds["inference_mode"]) < min(mode_rounds["autograd on"])
+    and (
+        way := one_way(
+            mode_rounds["autograd on"], mode_rounds["inference_mode"]
+        )
+    )
     else "",
 )
 record(
@@ -6479,6 +6507,7 @@ constant_gain = sum(
 times_cosine = sum(wsd_losses) / sum(final_val["warm-up + cosine", low])
 times_constant = sum(wsd_losses) / sum(final_val["constant", low])
 print(
+    "On two seeds a side (hints, not results), "
     f"WSD ended {words[versus['constant']]} the constant rate and "
     f"{words[versus['warm-up + cosine']]} warm-up + cosine (its mean final "
     f"loss {times_cosine:.2f} times warm-up + cosine's and {times_constant:.2f} "
