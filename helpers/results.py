@@ -40,6 +40,7 @@ PROSE_KEY = "pytorch_book_prose"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # {{name}} in prose; the braces of LaTeX (\frac{a}{b}) are never doubled like this.
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}")
+_PLACEHOLDER_AND_SPACE = re.compile(r"\{\{(.*?)\}\}( ?)")
 _GAP = re.compile(r"(?<=\S) {2,}(?=\S)")
 # What record() stored in this session: name -> formatted text.
 _recorded: dict[str, str] = {}
@@ -140,13 +141,19 @@ def prose(markdown: str) -> None:
             f"prose quotes {missing}, which record() has not stored in this session "
             f"({len(_recorded)} names are): run the cell that records it first{hint}"
         )
-    filled = _tidy(_PLACEHOLDER.sub(lambda match: _recorded[match[1].strip()], text))
+    filled = _tidy(_PLACEHOLDER_AND_SPACE.sub(_fill, text))
     if _ipython_shell() is None:
         return
     from IPython.display import display
 
     bundle = {"text/markdown": filled, "text/plain": filled}
     display(bundle, raw=True, metadata={PROSE_KEY: True})
+
+
+def _fill(match: re.Match[str]) -> str:
+    """A placeholder's recorded text; an empty one takes the space after it along."""
+    value = _recorded[match[1].strip()]
+    return value + match[2] if value else ""
 
 
 def _tidy(text: str) -> str:

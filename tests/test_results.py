@@ -179,3 +179,6 @@ def test_an_empty_value_leaves_no_double_space_or_line_break(shown, recorded):
     shown.clear()
     prose("Before {{empty}} after {{n}}.\nEnds {{empty}}\n  - kept {{empty}} indent\n```\na  b {{n}}\n```")
     assert shown[0][0]["text/markdown"] == ("Before after 3.\nEnds\n  - kept indent\n```\na  b 3\n```")
+    shown.clear()
+    prose("{{empty}} {{empty}} Starts {{n}} {{n}}.")
+    assert shown[0][0]["text/markdown"] == "Starts 3 3."
