@@ -1031,8 +1031,9 @@ print(inspect.getsource(CostlyDataset.__getitem__))
 # next to this model's step. An epoch is 128 digits in batches of 16, with a training
 # step per batch. Each set-up runs three epochs, taking turns epoch by epoch; without
 # `persistent_workers=True` its workers start anew every epoch. Epoch 1 includes their
-# start-up; of epochs 2 and 3 the faster counts. Two workers suit the 2-core laptop this
-# book targets; on a bigger machine, try more.
+# start-up; of epochs 2 and 3 the faster counts. The cell uses two workers, as many as
+# the 2-core laptop this book targets has cores, so that computing workers compete with
+# the training loop for them; on a bigger machine, try up to the number of free cores.
 
 # %%
 subset = train_index[:128]
@@ -1383,8 +1384,8 @@ record(
 # the later epochs' fastest readings, and the rule's verdict on persistent
 # workers against none
 workers_table = [
-    "| later epoch (s) | no workers | 2 workers, persistent "
-    "| 2 workers | persistent workers were |",
+    "| later epoch (s) | 0 workers | 2 workers | 2 workers, persistent "
+    "| persistent workers were |",
     "|---|---|---|---|---|",
 ]
 narrow_pass = {}  # kind -> the pass was narrow
@@ -1400,8 +1401,8 @@ for kind, verdict in (
     ) and 1.1 * slow * 1.05 > min(later_readings[kind, "0 workers"])
     workers_table.append(
         f"| {kind} set | {later_epoch[kind, '0 workers']:.2f} "
-        f"| {later_epoch[kind, '2 workers, persistent']:.2f} "
-        f"| {later_epoch[kind, '2 workers']:.2f} | {verdict} no workers"
+        f"| {later_epoch[kind, '2 workers']:.2f} "
+        f"| {later_epoch[kind, '2 workers, persistent']:.2f} | {verdict} no workers"
         + (
             " (a narrow pass: another run may not repeat it)"
             if narrow_pass[kind]
@@ -2239,9 +2240,9 @@ elif constant_failed:
     )
 elif held_up:
     high_rate_words = (
-        "So here schedules that lower the rate made a high rate work "
-        "better; no seed of the "
-        "constant rate stopped learning."
+        f"So here {len(held_up)} of the {len(decaying)} schedules that lower "
+        "the rate made a high rate work better; no seed of the constant rate "
+        "stopped learning."
     )
 else:
     high_rate_words = (
@@ -3539,7 +3540,8 @@ operators instead.
 # %% [markdown]
 # Where did the compiled step lose its time? The profiler (section 8.9) splits a step's
 # time by operator, and shows each compiled graph as one entry, `## Call CompiledFxGraph
-# ...`, whose own time is Inductor's generated code. The cell profiles ten steps of each
+# ...`, whose own time is the code Inductor generated: its kernels and the Python code
+# that calls them (`TORCH_LOGS=output_code` prints both). The cell profiles ten steps of each
 # side on one CPU thread, eager and compiled with `fallback_random`, so that both draw
 # dropout's masks with the same eager operator.
 
@@ -3597,9 +3599,9 @@ if step_compile_skip is None and device.type == "cpu":
 split_words = ""
 if step_split is not None:
     eager_parts, compiled_parts = step_split["eager"], step_split["compiled"]
-    alike = all(
-        max(eager_parts[part], compiled_parts[part])
-        <= 1.1 * min(eager_parts[part], compiled_parts[part])
+    # the operators both steps run cost the compiled step no more (10 %)
+    no_dearer = all(
+        compiled_parts[part] <= 1.1 * eager_parts[part]
         for part in ("matrix products", "dropout draws")
     )
     generated = compiled_parts["generated code"]
@@ -3611,15 +3613,21 @@ if step_split is not None:
         f"{compiled_parts['matrix products']:.2f} ms) and dropout's draws "
         f"({eager_parts['dropout draws']:.2f} and "
         f"{compiled_parts['dropout draws']:.2f} ms) cost "
-        + ("about the same in both" if alike else "more in one than the other")
-        + f", and Inductor's generated code took {generated:.2f} ms on its "
+        + (
+            "the compiled step no more than eager"
+            if no_dearer
+            else "the compiled step more"
+        )
+        + f", and the code Inductor generated took {generated:.2f} ms on its "
         f"own, against {eager_parts['everything else']:.2f} ms for all of "
         "eager mode's other operators, the element-wise ones it replaces "
         "among them."
         + (
             " So the generated code is where the compiled step lost: on this "
-            "CPU it ran slower than the eager operators it fused."
-            if alike and generated > eager_parts["everything else"]
+            "CPU, at these sizes, it cost more than the eager operators it "
+            "replaced (which of its kernels or its calling code costs the "
+            "time, this profile does not split)."
+            if no_dearer and generated > eager_parts["everything else"]
             else ""
         )
     )
@@ -6626,12 +6634,11 @@ print(
         "tie": "Two seeds that differ this much cannot separate a late decay "
         "from one spread over the run.",
         "better": (
-            "So a decay confined to the end, after the rate held, ended ahead "
-            "of one spread over the run"
+            "So WSD ended ahead of a decay spread over the run"
             + (
                 ", and its decay did more than the held rate would have."
                 if decay_gain > 1.1 * constant_gain
-                else ": the lead came from holding the rate, not from the "
+                else ": its lead came from holding the rate, not from its "
                 "late decay"
                 + (
                     ", as the constant rate, with no decay at all, was ahead "
@@ -6794,7 +6801,7 @@ prose(
 - Write `.to(device)`, never `.cuda()`. Small batches pay a fixed price per
   operation, and a GPU adds a kernel launch to each, so a tiny model can be slower
   on a GPU ({{floor_where}}); `.item()` every step makes the CPU wait for the GPU,
-  which then runs out of queued work. Let the `DataLoader` pin memory
+  which then runs out of queued work{{gpu_unmeasured}}. Let the `DataLoader` pin memory
   (`pin_memory=True`) rather than pinning each batch in the loop, and copy with
   `.to(device, non_blocking=True)`, so that the CPU does not wait for the copy and
   can queue the next work (the copy still runs in order on the GPU's stream;
