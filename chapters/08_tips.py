@@ -1402,7 +1402,8 @@ for kind, verdict in (
     workers_table.append(
         f"| {kind} set | {later_epoch[kind, '0 workers']:.2f} "
         f"| {later_epoch[kind, '2 workers']:.2f} "
-        f"| {later_epoch[kind, '2 workers, persistent']:.2f} | {verdict} no workers"
+        f"| {later_epoch[kind, '2 workers, persistent']:.2f} "
+        f"| {verdict} no workers"
         + (
             " (a narrow pass: another run may not repeat it)"
             if narrow_pass[kind]
