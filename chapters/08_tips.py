@@ -14,19 +14,21 @@
 # ---
 
 # %% [markdown]
-# # 8. Tips and tricks, each one measured
+# # 8. Tips and tricks, measured where they run
 #
 # Advice about speed is easy to give and easy to get wrong: what pays on a data-centre
 # GPU can cost time on a laptop, and the other way round. This chapter therefore
-# measures every tip on the machine that runs it, prints the numbers, and lets the text
-# draw a conclusion only from them. By the end you will write device-agnostic code and
-# know when an accelerator, more data-loader workers, mixed precision or
-# `torch.compile` pay and when they do not; find a learning-rate range and test
-# whether a schedule lets a high rate end lower than holding it constant; combine
-# gradient accumulation with clipping, a `GradScaler` and DDP's `no_sync`; save a
-# checkpoint that resumes a run bit for bit; make two runs identical; find where a
-# training step spends its time and its memory; and catch the common bugs of a
-# training run before it costs hours.
+# measures every tip the machine that runs it can run, prints the numbers, and lets the
+# text draw a conclusion only from them. The GPU-only tips (pinned memory, CUDA graphs,
+# fused AdamW on CUDA, the GPU's memory peak) have cells that measure them on a CUDA
+# GPU; on a machine without one the text says so and describes them instead. By the end
+# you will write device-agnostic code and know when an accelerator, more data-loader
+# workers, mixed precision or `torch.compile` pay and when they do not; find a
+# learning-rate range and test whether a schedule lets a high rate end lower than
+# holding it constant; combine gradient accumulation with clipping, a `GradScaler` and
+# DDP's `no_sync`; save a checkpoint that resumes a run bit for bit; make two runs
+# identical; find where a training step spends its time and its memory; and catch the
+# common bugs of a training run before it costs hours.
 #
 # **Prerequisites:** chapter 1 (devices, `helpers.timing.best_time`, deterministic
 # algorithms, TF32) and chapter 2 (the training loop, gradient accumulation and when it

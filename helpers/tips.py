@@ -1,4 +1,4 @@
-"""Small tools for chapter 08 (tips and tricks, each one measured).
+"""Small tools for chapter 08 (tips and tricks, measured where they run).
 
 ``CostlyDataset`` is a dataset whose ``__getitem__`` is slow on purpose, for the
 data-loading measurements; it lives in a module, not in the notebook, because

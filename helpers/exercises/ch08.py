@@ -1,4 +1,4 @@
-"""Checkers for chapter 8's exercises (tips and tricks, each one measured).
+"""Checkers for chapter 8's exercises (tips and tricks, measured where they run).
 
 Each checker runs the reader's code on inputs of its own (a seeded ``torch.Generator``,
 tiny sizes, the CPU) against torch itself or against made-up data with a known answer:
