@@ -299,6 +299,10 @@ def narrow(base: list[float], candidate: list[float]) -> bool:
     return False
 
 
+# what "within the noise" means where every round fell the same way
+SHORT = "but not every reading 10 % beyond every reading of the other"
+
+
 def lean(base: list[float], candidate: list[float]) -> str:
     """What `rounds_verdict(base, candidate)` leaves out, for after the
     sentence's object: a pass that was narrow, or noise that fell the same way
@@ -311,7 +315,7 @@ def lean(base: list[float], candidate: list[float]) -> str:
         if separation(candidate, base, margin=0.1) == "overlapping"
         else ""
     )
-    return f" ({way} in every round, by less than 10 %)" if way else ""
+    return f" ({way} in every round, {SHORT})" if way else ""
 
 
 def names_list(names: list[str]) -> str:
@@ -798,8 +802,9 @@ if many_threads > 1:
             "shown to."
             if "faster" in big_verdict
             else "which only a large enough operation repays: here the large "
-            "pass was faster on two threads in every round, but not by the "
-            "rule's 10 %, so this run does not show it."
+            "pass was faster on two threads in every round, but not every "
+            "reading 10 % beyond every one-thread reading, so this run does "
+            "not show it by the rule."
             if one_way(one_big, thread_rounds[many_threads, BIG]) == "faster"
             else "which only a large enough operation repays: here not even"
             " the large pass showed a gain."
@@ -2848,7 +2853,7 @@ elif not amp_verdict.endswith("faster than"):
         (
             (
                 "The step was not shown to gain (its rounds were all "
-                f"{way} than `float32`'s, but by less than the rule's 10 %)"
+                f"{way} than `float32`'s, {SHORT})"
                 if (way := one_way(amp_rounds[False], amp_rounds[True]))
                 else "The step was not shown to gain (its rounds overlapped "
                 "`float32`'s)"
@@ -3267,7 +3272,7 @@ if compile_skip is None:
             + rounds_range(forward_rounds["eager"], 1e6, ".0f")
             + " µs"
             + (
-                f"; {way} in every round, but by less than the rule's 10 %"
+                f"; {way} in every round, {SHORT}"
                 if compile_verdict == NOISE
                 and (
                     way := one_way(
@@ -3314,9 +3319,9 @@ prose(
 # matrix products with a bias and a ReLU between them, little to fuse. A chain of cheap
 # element-wise operations is the opposite: eager mode makes a pass over memory for each
 # operation, reading its input and writing its output, and Inductor's generated code
-# does the whole chain in one. The cell times seven of them on 4 million values (16 MiB,
-# more than the CPU's caches hold): eager, eager writing into buffers made once (so
-# that only the passes remain), and compiled.
+# does the whole chain in one. The cell times seven of them on 4 million values
+# (16 MiB): eager, eager writing into buffers made once (so that only the passes
+# remain), and compiled.
 
 
 # %%
@@ -3389,13 +3394,18 @@ if compile_skip is None:
             if chain_verdict.endswith("faster than")
             else ""
         )
-        + ". Two things make up the gap. Eager mode allocates a fresh 16 MiB "
-        "tensor for every result: the same seven passes writing into two "
-        "buffers made once (`out=` and in-place operations) took "
+        + ". Eager mode allocates a fresh 16 MiB tensor for every result: the "
+        "same seven passes writing into two buffers made once (`out=` and "
+        "in-place operations) took "
         + rounds_range(chain_rounds["eager, in place"], 1e3, ".2f")
-        + f" ms, so eager mode was {fresh_verdict} that. And the compiled "
-        f"code makes one pass instead of seven: it was {fused_verdict} the "
-        "in-place chain."
+        + f" ms, and eager mode was {fresh_verdict} that"
+        + (
+            ", so fresh results were part of the gap"
+            if fresh_verdict.endswith("slower than")
+            else ""
+        )
+        + ". The compiled code makes one pass instead of seven, and it was "
+        f"{fused_verdict} the in-place chain."
     )
     if device.type == "cpu":
         # the fastest readings, which a busy spell can only lengthen: the
@@ -5619,8 +5629,7 @@ inference_verdict = rounds_verdict(
 record("inference_verdict", inference_verdict)
 record(
     "every_round_note",
-    f"; inference_mode was {way} in every round, but by less than the 10 % "
-    "the rule needs to call a difference"
+    f"; inference_mode was {way} in every round, {SHORT}"
     if inference_verdict == NOISE
     and (
         way := one_way(
