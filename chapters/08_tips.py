@@ -303,10 +303,10 @@ def narrow(base: list[float], candidate: list[float]) -> bool:
 SHORT = "but not every reading 10 % beyond every reading of the other"
 
 
-def lean(base: list[float], candidate: list[float]) -> str:
+def lean(base: list[float], candidate: list[float], unit: str = "round") -> str:
     """What `rounds_verdict(base, candidate)` leaves out, for after the
     sentence's object: a pass that was narrow, or noise that fell the same way
-    in every round.
+    in every reading (`unit`: what one reading is, a round or an epoch).
     """
     if narrow(base, candidate):
         return " (narrowly)"
@@ -315,7 +315,7 @@ def lean(base: list[float], candidate: list[float]) -> str:
         if separation(candidate, base, margin=0.1) == "overlapping"
         else ""
     )
-    return f" ({way} in every round, {SHORT})" if way else ""
+    return f" ({way} in every {unit}, {SHORT})" if way else ""
 
 
 def names_list(names: list[str]) -> str:
@@ -864,8 +864,10 @@ else:
         f"({min(cheap_us):.2f}–{max(cheap_us):.2f} µs per sample), batch "
         f"4,096 ({min(big_us):.2f}–{max(big_us):.2f} µs) was over 10 % "
         + (
-            "dearer in every round: the sweep's rise repeated (this run does "
-            "not show its cause)."
+            "dearer in every round: the sweep's rise repeated. This run does "
+            "not test its cause; section 8.5 measures one candidate, what "
+            "fresh large tensors cost on a CPU (each hidden activation at "
+            "4,096 takes 4 MiB)."
             if rounds_above == 3
             else f"dearer in {rounds_above} of 3 rounds: the sweep's rise did"
             " not clearly repeat."
@@ -1430,6 +1432,7 @@ record(
     lean(
         later_readings["computing", "0 workers"],
         later_readings["computing", "2 workers"],
+        "later epoch",
     ),
 )
 # the later epochs' fastest readings, and the rule's verdict on persistent
@@ -1456,6 +1459,12 @@ for kind, verdict in (
         + (
             " (a narrow pass: another run may not repeat it)"
             if narrow_pass[kind]
+            else lean(
+                later_readings[kind, "0 workers"],
+                later_readings[kind, "2 workers, persistent"],
+                "later epoch",
+            )
+            if verdict == NOISE
             else ""
         )
         + " |"
@@ -3405,7 +3414,10 @@ if compile_skip is None:
             else ""
         )
         + ". The compiled code makes one pass instead of seven, and it was "
-        f"{fused_verdict} the in-place chain."
+        f"{fused_verdict} the in-place chain. Where fresh results cost time, "
+        "reusing buffers helps, as does a faster allocator: PyTorch's "
+        "performance tuning guide suggests preloading jemalloc or tcmalloc "
+        "(`LD_PRELOAD`) on Linux (not measured here)."
     )
     if device.type == "cpu":
         # the fastest readings, which a busy spell can only lengthen: the
