@@ -152,7 +152,9 @@ def separation(a: Sequence[float], b: Sequence[float], *, margin: float = 0.0) -
     a difference" between two arms of seeds or timing rounds; one erratic reading can
     only make it more cautious. It is a weak test with few readings: for two arms that
     do not differ, with no margin, ``"lower"`` comes by chance with probability
-    ``n_a! n_b! / (n_a + n_b)!`` (1/6 for two a side, 1/70 for four). Readings are
+    ``n_a! n_b! / (n_a + n_b)!`` (1/6 for two a side, 1/70 for four) when the arms
+    share nothing; arms paired by seed pass only if every pair falls that way, so at
+    most ``1 / 2**pairs`` when a pair's difference is as likely either way. Readings are
     positive finite numbers (losses, seconds, ratios). Introduced in chapter 08.
     """
     for name, values in (("a", a), ("b", b)):
