@@ -51,9 +51,10 @@
 # >   cost. They are different readings: compare readings of one kind only.
 # > - One side is called faster only if every one of its readings, 10 % longer, is still
 # >   shorter than every reading of the other; otherwise the text says "within the noise
-# >   of". Two words in brackets flag the near cases: "(faster in every round)" after
+# >   of". Brackets flag the near cases: "(though faster in every round)" after
 # >   "within the noise" where each round still fell one way, "(narrowly)" after a
-# >   pass that cleared the 10 % by under 5 %. The dropdown below gives the rule's details.
+# >   pass that cleared the 10 % by under 5 %. "N times slower" means N times as long.
+# >   The dropdown below gives the rule's details.
 # > - The numbers come from the machine that built this page (the setup cell prints
 # >   it); yours will differ. Where the text speaks of hardware this run did not
 # >   measure, it says so.
@@ -176,6 +177,10 @@ print(describe_runtime(device, seed))
 # to stderr. It reads this level when the profiler first runs, and 6 is above
 # its highest, so it stays quiet; no reading depends on it.
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+# Section 8.5 compiles with Inductor's caches off; torch then warns, once, that
+# this also turns off Dynamo's profile-guided optimisation (which remembers
+# across runs which shapes changed), which no reading here uses.
+warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")
 # os.cpu_count() counts logical CPUs (two per core with hyper-threading); a
 # process may be allowed fewer (taskset, a container's CPU set). A container's
 # CPU *quota* is not visible in either number.
@@ -301,9 +306,9 @@ def lean_words(
     base: list[float], candidate: list[float], unit: str = "round"
 ) -> str:
     """What `rounds_verdict(base, candidate)` leaves out: "narrowly" for a
-    narrow pass, "faster (slower) in every `unit`" for noise that fell one way
-    in every reading (`unit`: what one reading is, a round or an epoch), else
-    "". The opening box defines both.
+    narrow pass, "though faster (slower) in every `unit`" for noise that
+    fell one way in every reading (`unit`: what one reading is, a round or
+    an epoch), else "". The opening box defines both.
     """
     if narrow(base, candidate):
         return "narrowly"
@@ -312,7 +317,7 @@ def lean_words(
         if separation(candidate, base, margin=0.1) == "overlapping"
         else ""
     )
-    return f"{way} in every {unit}" if way else ""
+    return f"though {way} in every {unit}" if way else ""
 
 
 def lean(base: list[float], candidate: list[float], unit: str = "round") -> str:
@@ -927,9 +932,10 @@ also waits for its slowest thread.
 # ### Fetching a batch at a time
 #
 # A `DataLoader` with `batch_size=64` calls the dataset's `__getitem__` 64 times and
-# stacks the samples with its `collate_fn`. For data already in one tensor, one
-# indexing does: `TensorDataset`'s `__getitem__` accepts a *list* of indices, a
-# `BatchSampler` around the usual `RandomSampler` hands it those lists, and
+# stacks the samples with its `collate_fn` (a dataset that defines
+# `__getitems__(indices)` gets one call per batch instead). For data already in one
+# tensor, one indexing does: `TensorDataset`'s `__getitem__` accepts a *list* of
+# indices, a `BatchSampler` around the usual `RandomSampler` hands it those lists, and
 # `batch_size=None` tells the loader that samples arrive already batched.
 
 # %%
@@ -2052,8 +2058,8 @@ ax_rate.legend(fontsize=8)
 ax_rate.set_ylim(top=10 * high)
 ax_rate.text(
     8,
-    1.15 * high,
-    "constant, StepLR and ReduceLROnPlateau share this line until their cut",
+    1.6 * high,
+    "constant, StepLR and ReduceLROnPlateau share the top line until their cut",
     fontsize=7.5,
     va="bottom",
 )
@@ -3812,7 +3818,7 @@ def step_profile(
 
 def is_generated(key: str) -> bool:
     """A profiler entry for Inductor's code: a graph's call or one kernel."""
-    return key.startswith(("## Call Compiled", "graph_"))
+    return key.startswith("## Call Compiled") or "cpp_fused" in key
 
 
 def step_parts(own: dict[str, float]) -> dict[str, float]:
@@ -3865,8 +3871,8 @@ if step_compile_skip is None and device.type == "cpu":
 # what its backward pass needs: each writes the ReLU's output and a mask of where that
 # output is zero, as booleans (`threshold_backward` is the ReLU's gradient, which reads
 # the mask). Eager mode writes no mask: its backward pass reads the saved output. The
-# cell compiles two small functions of a 256 × 256 input and times each alone on one
-# thread: the ReLU with that mask as `bool`, and with the mask as `float32`.
+# cell times two small functions of a 256 × 256 input alone on one thread, eager and
+# compiled: the ReLU with that mask as `bool`, and with the mask as `float32`.
 
 
 # %%
@@ -3891,13 +3897,14 @@ if step_split is not None:
         ):
             compiled_fn = torch.compile(fn)
             compiled_fn(relu_input)  # compiles here
-            timer = benchmark.Timer(
-                "f(x)", globals={"f": compiled_fn, "x": relu_input}
-            )
-            mask_us[name] = (
-                timer.blocked_autorange(min_run_time=0.1).median * 1e6
-            )
-            print(f"compiled {name:20} {mask_us[name]:7.1f} µs")
+            for mode, f in (("eager", fn), ("compiled", compiled_fn)):
+                timer = benchmark.Timer(
+                    "f(x)", globals={"f": f, "x": relu_input}
+                )
+                mask_us[mode, name] = (
+                    timer.blocked_autorange(min_run_time=0.1).median * 1e6
+                )
+                print(f"{mode:8} {name:20} {mask_us[mode, name]:7.1f} µs")
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # The text's words on where the compiled step lost its time.
@@ -3938,19 +3945,29 @@ if step_split is not None:
     # the kernels that write the ReLU's boolean mask, by their names
     mask_ms = [ms for ms, key in generated_own if "relu_threshold" in key]
     if mask_ms and mask_us is not None:
-        bool_cost = mask_us["ReLU + bool mask"] / mask_us["ReLU + float32 mask"]
+        bool_cost = (
+            mask_us["compiled", "ReLU + bool mask"]
+            / mask_us["compiled", "ReLU + float32 mask"]
+        )
+        bool_vs_eager = (
+            mask_us["compiled", "ReLU + bool mask"]
+            / mask_us["eager", "ReLU + bool mask"]
+        )
         split_words += (
             f" Split by kernel, {len(mask_ms)} of them, those that write a "
             f"ReLU's output and its mask, took {sum(mask_ms):.2f} of the "
             f"generated code's {generated:.2f} ms. Timed alone, the compiled "
             f"ReLU with a `float32` mask took "
-            f"{mask_us['ReLU + float32 mask']:.0f} µs and with a `bool` mask "
-            f"{mask_us['ReLU + bool mask']:.0f} µs"
+            f"{mask_us['compiled', 'ReLU + float32 mask']:.0f} µs and with a "
+            f"`bool` mask {mask_us['compiled', 'ReLU + bool mask']:.0f} µs"
             + (
-                f", {bool_cost:.0f} times the `float32` version: on this CPU, "
-                "with this PyTorch, Inductor's code is slow at writing "
-                "booleans, and the compiled step writes one such mask per "
-                "ReLU where eager mode writes none. Without dropout it needs "
+                f", {bool_cost:.0f} times the `float32` version and "
+                f"{bool_vs_eager:.0f} times eager mode's same function "
+                f"({mask_us['eager', 'ReLU + bool mask']:.0f} µs): a weakness "
+                "of this PyTorch's generated CPU code for one-byte values, not "
+                "a cost that writing booleans must have (check yours), and "
+                "the compiled step writes one such mask per ReLU where eager "
+                "mode writes none. Without dropout it needs "
                 "none either: the ReLU's output is kept anyway, for the next "
                 "layer's product in the backward pass (with this PyTorch, the "
                 "code generated for the step without dropout writes no mask)."
@@ -3983,7 +4000,6 @@ if step_compile_skip is None and dropout_order == "higher":
             if fallback_verdict.endswith("slower than")
             else ""
         )
-        + split_words
     )
 else:
     where_lost = (
@@ -3991,11 +4007,14 @@ else:
         "what a compiled step runs."
     )
 record("where_lost", where_lost)
+record("split_words", split_words.strip())
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{where_lost}} Section 8.9 profiles a training step operator by operator and times
+{{where_lost}}
+
+{{split_words}} Section 8.9 profiles a training step operator by operator and times
 dropout's parts alone.
 """
 )
@@ -4262,9 +4281,11 @@ assert torch.allclose(factors, clip_to / by_hand, rtol=1e-4)
 #
 # Clipping is a safety net for the few steps with huge gradients. Well above the
 # typical norm, `max_norm` shortens only the outliers; near it, it acts like a lower
-# rate. The cell sets `max_norm` to twice the median norm of an unclipped pilot run
-# (another seed, rate 0.05; the factor is untuned), then trains at 0.05 with and
-# without clipping, and again at a deliberately excessive rate of 1.0.
+# rate. Transformer recipes commonly clip at `max_norm=1.0` (nanoGPT's and Hugging
+# Face's `Trainer` default); the norm `clip_grad_norm_` returns, logged, shows where a
+# run's norms lie. The cell sets `max_norm` to twice the median norm of an unclipped
+# pilot run (another seed, rate 0.05; the factor is untuned), then trains at 0.05 with
+# and without clipping, and again at a deliberately excessive rate of 1.0.
 
 
 # %%
@@ -4431,7 +4452,9 @@ if dead_train[excessive] > 0.5 and late_norm[excessive] < late_norm[sensible]:
         "which can push a unit's pre-activation below zero for every digit; "
         "the run did not record the units step by step, so it does not show "
         "when each one died. Its small late gradient norm is the sign of a "
-        "dead network, not of a converged one."
+        "dead network, not of a converged one. A lower rate or a warm-up "
+        "(section 8.3) makes such deaths rarer, and so does an activation "
+        "with a gradient below zero (`nn.LeakyReLU`, `nn.GELU`)."
     )
 else:
     dead_sentence = (
@@ -4487,10 +4510,9 @@ clipped_path_note = (
 )
 if clipped_high_val[-1] > 1.5 * clipped_high_val[lowest_epoch]:
     clipped_fate = (
-        f". Its lowest validation loss, {clipped_high_val[lowest_epoch]:.2f} "
-        f"at epoch {lowest_epoch + 1}, was "
-        f"{clipped_high_val[-1] / clipped_high_val[lowest_epoch]:.1f} times "
-        "below its final one: on this seed clipping delayed the failure but "
+        f", {clipped_high_val[-1] / clipped_high_val[lowest_epoch]:.1f} times "
+        f"its lowest, {clipped_high_val[lowest_epoch]:.2f} at epoch "
+        f"{lowest_epoch + 1}: on this seed clipping delayed the failure but "
         "did not prevent it"
     )
 else:
@@ -4510,6 +4532,24 @@ low_clip_gap = max(
     )
 )
 record("low_clip_gap", ceil_to(low_clip_gap, 1e-3), fmt="{:.3f}")
+# where in the run the sensible rate's clipped steps fell: spikes early on, or
+# ordinary steps once the norm had grown
+low_norms = clip_runs[sensible, "clipped"][1]
+over_limit = low_norms > clip_limit
+n_over = int(over_limit.sum())
+n_over_first = int(over_limit[:steps_per_epoch].sum())
+low_late_median = low_norms[-steps_per_epoch:].median().item()
+record(
+    "low_clip_where",
+    ""
+    if n_over == 0
+    else ", most of them in the first epoch, where the norm spikes"
+    if 2 * n_over_first >= n_over
+    else ", most of them after the first epoch, among ordinary steps rather "
+    f"than early spikes (the last epoch's median norm was "
+    f"{low_late_median:.2f}, the limit {clip_limit:.2f}): there clipping "
+    "trimmed the largest ordinary steps, a little like a lower rate",
+)
 record(
     "low_clip_overlap",
     "so they lie almost on top of each other"
@@ -4520,8 +4560,8 @@ record(
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-At the sensible rate clipping acted on {{clipped_share_low}} of the steps, and the two
-validation curves differed by at most {{low_clip_gap}} in any epoch,
+At the sensible rate clipping acted on {{clipped_share_low}} of the steps{{low_clip_where}}.
+The two validation curves differed by at most {{low_clip_gap}} in any epoch,
 {{low_clip_overlap}}. At the excessive rate the unclipped run ended at
 {{high_loss}} (guessing scores ln 10 ≈ 2.30), with {{dead_high}} of its first
 layer's ReLUs dead for every validation digit; clipped ({{clipped_share_high}} of its
@@ -5764,10 +5804,14 @@ mode_rounds = timed_rounds(
 weight_ptrs = {p.untyped_storage().data_ptr() for p in mode_net.parameters()}
 
 
-def note_storage(kept: dict, tensor: torch.Tensor) -> torch.Tensor:
-    """Record a saved tensor's storage in `kept` unless it is a weight's."""
+def note_storage(
+    kept: dict, weights: set[int], tensor: torch.Tensor
+) -> torch.Tensor:
+    """Record a saved tensor's storage in `kept` unless it is one of the
+    `weights` (storage addresses).
+    """
     storage = tensor.untyped_storage()
-    if storage.data_ptr() not in weight_ptrs:
+    if storage.data_ptr() not in weights:
         kept[storage.data_ptr()] = storage.nbytes()
     return tensor
 
@@ -5776,7 +5820,7 @@ kept_bytes = {}
 for name, mode in grad_modes.items():
     kept = {}
     with torch.autograd.graph.saved_tensors_hooks(
-        partial(note_storage, kept), lambda tensor: tensor
+        partial(note_storage, kept, weight_ptrs), lambda tensor: tensor
     ):
         forward_in(mode, mode_net, x_mode)
     kept_bytes[name] = sum(kept.values())
@@ -5872,17 +5916,23 @@ y_mem = labels[train_index[:memory_batch]].to(device)
 weight_storages = {
     p.untyped_storage().data_ptr() for p in memory_net.parameters()
 }
-saved = {}  # storage address -> bytes
+saved = {}  # storage address -> (bytes, dtype)
 
 
-def pack(tensor: torch.Tensor) -> torch.Tensor:
+def pack(saved: dict, weights: set[int], tensor: torch.Tensor) -> torch.Tensor:
+    """Record a saved tensor's storage and dtype in `saved` unless it is one
+    of the `weights` (storage addresses).
+    """
     storage = tensor.untyped_storage()
-    if storage.data_ptr() not in weight_storages:
+    if storage.data_ptr() not in weights:
         saved[storage.data_ptr()] = (storage.nbytes(), tensor.dtype)
     return tensor
 
 
-with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+pack_saved = partial(pack, saved, weight_storages)
+with torch.autograd.graph.saved_tensors_hooks(
+    pack_saved, lambda tensor: tensor
+):
     loss = criterion(memory_net(x_mem), y_mem)
 loss.backward()
 memory_optimizer.step()
@@ -5923,7 +5973,7 @@ assert (
 # included, against the float32 step's
 saved.clear()
 with (
-    torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+    torch.autograd.graph.saved_tensors_hooks(pack_saved, lambda tensor: tensor),
     torch.autocast(device_type=amp_device.type, dtype=amp_dtype),
 ):
     amp_loss = criterion(memory_net(x_mem), y_mem)
@@ -5954,7 +6004,9 @@ assert 0.5 <= amp_ratio < 0.8, amp_ratio
 # in the backward pass instead of keeping their activations. Kept: the input,
 # the second hidden layer's output and the logits' log-probabilities.
 saved.clear()
-with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+with torch.autograd.graph.saved_tensors_hooks(
+    pack_saved, lambda tensor: tensor
+):
     hidden_out = torch.utils.checkpoint.checkpoint(
         memory_net[:6], x_mem, use_reentrant=False
     )
@@ -6501,11 +6553,11 @@ for tip, effect in summary_rows:
 # **Exercise 1.** `torch.optim.AdamW` can apply its update in three ways: a loop over
 # the parameters, each operation one call per tensor (`foreach=False`); one
 # multi-tensor call per operation over all the tensors (`foreach=True`); or one fused
-# kernel (`fused=True`). Passing neither picks `foreach` when every tensor is on a GPU
-# that has its kernels (CUDA among them) and the loop everywhere else, the CPU and Apple's
-# MPS included; `fused` is never the default (the class's documentation: it is newer and
-# needs time to prove itself). Does the choice pay on this CPU,
-# and does it change what the optimizer computes? Predict first, for the chapter's
+# kernel (`fused=True`). Passing neither picks `foreach` when every tensor is on a
+# device that has foreach kernels (CUDA among them) and the loop everywhere else, the
+# CPU and Apple's MPS included; `fused` is never the default (the class's
+# documentation: it is newer and needs time to prove itself). Does the choice pay on
+# this CPU, and does it change what the optimizer computes? Predict first, for the chapter's
 # model (6 parameter tensors) and for one with about as many weights in 42 tensors (20
 # hidden layers of 64 units). Build the two instruments:
 #
@@ -7243,8 +7295,9 @@ prose(
 - Mixed precision: `bfloat16` where the hardware has it, `float16` with `GradScaler`
   on older GPUs; here {{amp_accuracy_sentence}}. Here `torch.compile`
   {{compile_summaries}}: it pays where its steady-state gain, times the calls,
-  exceeds the compile time, and `TORCH_LOGS=output_code` shows what the compiled
-  code does.
+  exceeds the compile time; `TORCH_LOGS=output_code` shows what the compiled code
+  does, and the profiler, with Inductor's `cpp.enable_kernel_profile` on a CPU, which
+  of its kernels cost the time.
 - With accumulation: `unscale_`, then clip once, then step, and step the scheduler
   per optimizer step; with DDP, forward and backward inside `no_sync()` for all
   but the last micro-batch.
