@@ -537,7 +537,7 @@ from the CPU, which pays only with enough arithmetic to keep thousands of cores 
 # pinned staging buffer, and the call returns only after that, `non_blocking` or not.
 # Pinning is itself a copy ([PyTorch's
 # guide](https://pytorch.org/tutorials/intermediate/pinmem_nonblock.html) finds
-# pinning then copying up to twice as slow as a plain `.to(device)`), so let
+# that pinning then copying can be twice as slow as a plain `.to(device)`), so let
 # `DataLoader(pin_memory=True)` do it, in a background thread, when it has workers.
 
 # %%
@@ -1147,7 +1147,8 @@ def epoch_runner(
             loading += time.perf_counter() - ready
             # non_blocking pays only on CUDA, from pinned memory; on MPS a
             # CPU-to-MPS copy of a batch about to be dropped can read freed
-            # memory (PyTorch issues 139550 and 189690), so CUDA alone asks
+            # memory (github.com/pytorch/pytorch/issues/139550 and 189690),
+            # so CUDA alone asks
             x, y = (
                 x.to(device, non_blocking=device.type == "cuda"),
                 y.to(device, non_blocking=device.type == "cuda"),
@@ -1617,9 +1618,10 @@ took {{compute_cost_share}} of what building it and training on it took. Without
 # `persistent_workers=True` when epochs are short or workers are spawned, and on CUDA
 # `pin_memory=True` with `.to(device, non_blocking=True)`. Not on MPS: the loader ignores
 # `pin_memory` there (it warns), and a `non_blocking` copy to MPS can read freed memory
-# (PyTorch issues 139550 and 189690). Each worker keeps `prefetch_factor` batches ready
-# (2 by default); raise it when the time to build a batch varies a lot, so that a slow
-# one does not stall the loop.
+# (PyTorch issues [139550](https://github.com/pytorch/pytorch/issues/139550) and
+# [189690](https://github.com/pytorch/pytorch/issues/189690)). Each worker keeps
+# `prefetch_factor` batches ready (2 by default); raise it when the time to build a
+# batch varies a lot, so that a slow one does not stall the loop.
 #
 # ### Workers in a notebook: define the dataset in a module
 #
@@ -1872,7 +1874,7 @@ record("high_over_blowup", contest_rates[1] / blowup_lr, fmt="{:.1f}")
 prose(
     r"""
 The smoothed loss was lowest near a rate of {{range_lowest_lr}} and had blown up at
-{{blowup_lr}}. A common rule of thumb (fastai's older default) takes a tenth of the
+{{blowup_lr}}. A common rule of thumb (fastai's `lr_min` suggestion) takes a tenth of the
 rate at the lowest point, here {{range_tenth}}. The contest below tries two rates fixed
 before this test ran: 0.05, {{rule_word}} that rule's choice, and 0.5, a bold one at
 {{high_over_blowup}} times the blow-up rate.
@@ -3181,7 +3183,10 @@ prose(
 <summary>Measurement notes</summary>
 
 No train or validation loss of the autocast run differs from the `float32` run's by
-more than {{amp_relative_gap}} of that loss; both models were evaluated in `float32`.
+more than {{amp_relative_gap}} of that loss. The validation losses are evaluations in
+`float32` after each epoch; a training loss is the epoch's running mean, taken while
+the weights changed, with dropout on, and under autocast for the autocast run (which
+is why it can sit above the validation loss early on).
 Of the validation digits that only one model got right, {{only_fp32}} went to
 `float32` and {{only_amp}} to autocast; the appendix asks whether a split this uneven
 could be chance.
@@ -3460,10 +3465,11 @@ if compile_skip is None:
         + rounds_range(chain_rounds["eager"], 1e3, ".2f")
         + " ms)"
         + (
-            f", so its {chain_compile_s:.1f} s of compiling (caches off, in a "
+            f", so its {chain_compile_s:.2f} s of compiling (caches off, in a "
             "process where the first compile above had already paid "
             "Inductor's one-time start-up) was repaid after about "
-            f"{chain_compile_s / chain_saving:,.0f} calls"
+            f"{chain_compile_s / chain_saving:,.0f} calls, at the smallest "
+            "saving per call the rounds allow"
             if chain_verdict.endswith("faster than")
             else ""
         )
@@ -4280,8 +4286,10 @@ assert torch.allclose(factors, clip_to / by_hand, rtol=1e-4)
 # ### When clipping acts
 #
 # Clipping is a safety net for the few steps with huge gradients. Well above the
-# typical norm, `max_norm` shortens only the outliers; near it, it acts like a lower
-# rate. Transformer recipes commonly clip at `max_norm=1.0` (nanoGPT's and Hugging
+# typical norm, `max_norm` shortens only the outliers; near it, with SGD, it acts like
+# a lower rate (Adam divides each step by a running average of the gradients' size, so
+# a steady cut changes its steps little: there clipping mostly tames single outliers).
+# Transformer recipes commonly clip at `max_norm=1.0` (nanoGPT's and Hugging
 # Face's `Trainer` default); the norm `clip_grad_norm_` returns, logged, shows where a
 # run's norms lie. The cell sets `max_norm` to twice the median norm of an unclipped
 # pilot run (another seed, rate 0.05; the factor is untuned), then trains at 0.05 with
@@ -4546,7 +4554,7 @@ record(
     else ", most of them in the first epoch, where the norm spikes"
     if 2 * n_over_first >= n_over
     else ", most of them after the first epoch, among ordinary steps rather "
-    f"than early spikes (the last epoch's median norm was "
+    f"than early spikes (the clipped run's last-epoch median norm was "
     f"{low_late_median:.2f}, the limit {clip_limit:.2f}): there clipping "
     "trimmed the largest ordinary steps, a little like a lower rate",
 )
@@ -5218,8 +5226,8 @@ print("their SHA-256 digests differ:", digests["honest"] != digests["tampered"])
 # `torch.use_deterministic_algorithms(True)`, which makes PyTorch use deterministic
 # kernels or raise an error where none exists (on CUDA, also leave
 # `torch.backends.cudnn.benchmark` off, its default: it may pick another algorithm each
-# run; PyTorch 2.9 and older also needed `CUBLAS_WORKSPACE_CONFIG=:4096:8` set before
-# the process starts).
+# run; PyTorch 2.9 and older also needed `CUBLAS_WORKSPACE_CONFIG=:4096:8` in the
+# environment before the first CUDA matrix product).
 
 # %%
 first_512 = train_index[:512]  # a shorter epoch keeps the three runs quick
@@ -5302,7 +5310,8 @@ fig = plot_losses(
     log_y=True,
 )
 ax = fig.axes[0]
-# on top of the first
+# the first run wide and pale, the second on top of it, dashed
+ax.lines[0].set(linewidth=5, alpha=0.4)
 ax.lines[1].set(linestyle="--", marker="x", color="black")
 # the losses span less than a decade: more ticks than 1, 2 and 5
 label_log_axis(ax.yaxis, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 8.0))
@@ -6476,7 +6485,8 @@ summary_rows = [
         "6 Accumulation, clipping",
         f"clipped {clipped_share[sensible]:.0%} of steps at lr {sensible}, "
         f"{clipped_share[excessive]:.0%} at lr {excessive}; accumulated "
-        f"step vs big batch {step_errors[None]:.0e} (clip before unscale_: "
+        f"step vs big batch {rounded_up(step_errors[None]):.1e} (clip before "
+        "unscale_: "
         f"{step_errors['clip before unscale_']:.2f}); {no_sync_short}",
     ),
     (
