@@ -1921,7 +1921,8 @@ before this test ran: 0.05, {{rule_word}} that rule's choice, and 0.5, a bold on
 #   steps (to protect the first, erratic steps), then `CosineAnnealingLR`, chained by
 #   `SequentialLR`;
 # - **`ReduceLROnPlateau`**: once per epoch, given the validation loss, times 0.3
-#   whenever that loss fails to beat its best (`patience=0`).
+#   whenever that loss fails to beat its best by 0.01 % (`patience=0`,
+#   `threshold=1e-4`).
 
 # %%
 lr_epochs = 8
@@ -3210,8 +3211,8 @@ prose(
 No train or validation loss of the autocast run differs from the `float32` run's by
 more than {{amp_relative_gap}} of that loss. The validation losses are evaluations in
 `float32` after each epoch; a training loss is the epoch's running mean, taken while
-the weights changed, with dropout on, and under autocast for the autocast run (which
-is why it can sit above the validation loss early on).
+the weights changed and with dropout on (which is why it can sit above the validation
+loss early on), and under autocast for the autocast run.
 Of the validation digits that only one model got right, {{only_fp32}} went to
 `float32` and {{only_amp}} to autocast; the appendix asks whether a split this uneven
 could be chance.
@@ -4000,10 +4001,11 @@ if step_split is not None:
                 "of this PyTorch's generated CPU code for one-byte values, not "
                 "a cost that writing booleans must have (check yours), and "
                 "the compiled step writes one such mask per ReLU where eager "
-                "mode writes none. Without dropout it needs "
-                "none either: the ReLU's output is kept anyway, for the next "
-                "layer's product in the backward pass (with this PyTorch, the "
-                "code generated for the step without dropout writes no mask)."
+                "mode writes none. Without dropout it needs none: the ReLU's "
+                "output is the next layer's input, kept anyway for that "
+                "layer's product in the backward pass, and the ReLU's gradient "
+                "can read it instead (`TORCH_LOGS=output_code` shows the "
+                "kernels each step gets)."
                 if bool_cost > 3
                 else ": writing the mask as booleans cost little here, so "
                 "this run does not show why those kernels are dear."
@@ -4168,7 +4170,9 @@ prose(
     r"""
 {{explain_result}} So `torch.compile(model, fullgraph=True)` keeps a model you mean
 to compile whole: a break becomes an error that names its cause. Keep `.item()` out of
-the model (section 8.1), or set `torch._dynamo.config.capture_scalar_outputs = True`.
+the model (section 8.1), or set `torch._dynamo.config.capture_scalar_outputs = True`,
+which keeps `.item()` in the graph but not a Python `if` on its value: a branch needs
+`torch.cond` or `torch.where` (below).
 """
 )
 
@@ -4262,7 +4266,8 @@ dropout's masks in its Triton code.
 # norm *before* clipping, worth logging (`torch.nn.utils.get_total_norm` computes it
 # alone, given the gradients, not the parameters). `clip_grad_value_` instead caps
 # each gradient element at a limit, which changes the direction; norm clipping is the
-# common choice. The cell checks both claims on one batch of 128 digits.
+# common choice. The cell checks the two claims about `clip_grad_norm_` on one batch of
+# 128 digits.
 
 # %%
 x_big = images[train_index[:128]].to(device)  # (128, 64)
@@ -4672,6 +4677,7 @@ def accumulated_step(
     """The same step from `k` micro-batches under a `GradScaler`; `mistake`
     moves the clipping where it does not belong.
     """
+    # one step, one scaler: a training loop keeps one for the whole run
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     optimizer.zero_grad()
     for x_part, y_part in zip(x.chunk(k), y.chunk(k), strict=True):
@@ -6192,9 +6198,11 @@ recomputing (`preserve_rng_state=True`, the default), so the masks match.
 #   step of batch 512 (the model's forward and backward pass compiled, AdamW's step left
 #   eager in both): the default launches each generated kernel from Python,
 #   `reduce-overhead` records them once as a *CUDA graph* and replays it with one
-#   launch. A replay overwrites the last call's outputs, so a training loop calls
-#   `torch.compiler.cudagraph_mark_step_begin()` before each step to say that those are
-#   no longer needed.
+#   launch. A replay overwrites the last call's outputs; PyTorch starts a new step on
+#   each call when no backward pass is pending, which covers a plain training loop,
+#   and `torch.compiler.cudagraph_mark_step_begin()` marks the step where that guess
+#   fails (outputs kept across steps, some inference loops). The cell calls it each
+#   step, which is harmless.
 # - AdamW's `fused=True` against its default on CUDA, `foreach`, for `optimizer.step()`
 #   alone on the chapter's model;
 # - the allocator's peak during the forward and backward pass,
