@@ -1345,7 +1345,7 @@ for kind in ("waiting", "computing"):
         # worst case: the restarted loader's fastest epoch against the
         # persistent one's slowest
         gap = min(later_readings[restarted]) - max(later_readings[kept])
-        restart_cost[kind] = f"about {gap * 1e3:.0f} ms"
+        restart_cost[kind] = f"at least {gap * 1e3:.0f} ms"
     else:
         restart_cost[kind] = "less than this measurement can resolve"
 later_spread = max(
@@ -1357,8 +1357,9 @@ restart_sentence = (
     f"{restart_cost['waiting']} per epoch with the waiting set and "
     f"{restart_cost['computing']} with the computing set"
     + (
-        " (the smallest gap between the two loaders' later epochs)"
-        if any(cost.startswith("about") for cost in restart_cost.values())
+        " (the smallest gap between the two loaders' later epochs, where the "
+        "rule called the restarted loader slower)"
+        if any(cost.startswith("at least") for cost in restart_cost.values())
         else ""
     )
 )
@@ -2072,6 +2073,8 @@ for name in schedule_names:
     ax_rate.plot(
         range(1, len(rates) + 1), rates, label=name, **rate_styles.get(name, {})
     )
+# below 1e-4 only the last steps of the decays lie; they run off the axis
+ax_rate.set_ylim(bottom=1e-4)
 ax_rate.set(
     title=f"Rate used at each step, peak {high} (seed {seed})",
     xlabel="optimizer step",
@@ -2788,7 +2791,9 @@ roughly (70,000 became 70,144: eight significant bits). {{autocast_outputs}}
 # divides the gradients by $S$ again; if any is infinite or NaN it skips the step, and
 # `scaler.update()` halves $S$, doubling it again after 2,000 clean steps
 # (`growth_interval`). The cell shows the underflow and its rescue, then feeds a scaler
-# on a single weight an infinite gradient at the second step (`growth_interval=3`).
+# on a single weight an infinite gradient at the second step (`growth_interval=3`): a
+# `float32` weight, so it shows the scaler's bookkeeping (skip, back-off, growth), not a
+# `float16` backward pass, which needs a GPU.
 
 # %%
 scale = 2.0**16  # GradScaler's default initial scale
@@ -3903,7 +3908,7 @@ if step_compile_skip is None and device.type == "cpu":
 # The kernels named `..._relu_threshold_backward_...` fuse the forward pass's ReLU with
 # what its backward pass needs: each writes the ReLU's output and a mask of where that
 # output is zero, as booleans (`threshold_backward` is the ReLU's gradient, which reads
-# the mask). Eager mode writes no mask: its backward pass reads the saved output. The
+# the mask). Eager mode writes no ReLU mask: its backward pass reads the saved output. The
 # cell times two small functions of a 256 × 256 input alone on one thread, eager and
 # compiled: the ReLU with that mask as `bool`, and with the mask as `float32`.
 
@@ -5201,8 +5206,12 @@ assert sorted(leftovers) == ["atomic_save.pt", "torch.save.pt"]
 # measured here.
 #
 # With several processes, one of them saves a DDP model's checkpoint (its copies are
-# identical); a model sharded across processes (FSDP) is saved by every process at
-# once with `torch.distributed.checkpoint`, chapter 9.
+# identical; save `model.module.state_dict()`, without DDP's `module.` prefix), the
+# others wait at a barrier before reading it, and each process's random states differ,
+# so a bit-for-bit resume saves every process's own; a model sharded across processes
+# (FSDP) is saved by every process at once with `torch.distributed.checkpoint`, chapter
+# 9. A resumed schedule must be rebuilt with the original run's length (`T_max`), or it
+# changes without a sign.
 #
 # ### `weights_only=True`: what it does and does not protect against
 #
@@ -5266,7 +5275,9 @@ print("their SHA-256 digests differ:", digests["honest"] != digests["tampered"])
 # kernels or raise an error where none exists (on CUDA, also leave
 # `torch.backends.cudnn.benchmark` off, its default: it may pick another algorithm each
 # run; PyTorch 2.9 and older also needed `CUBLAS_WORKSPACE_CONFIG=:4096:8` in the
-# environment before the first CUDA matrix product).
+# environment before the first CUDA matrix product). The CPU kernels this model uses
+# are deterministic without the switch; it matters where kernels add in a varying
+# order, as CUDA's `index_add_` and `scatter_add_` do.
 
 # %%
 first_512 = train_index[:512]  # a shorter epoch keeps the three runs quick
@@ -6191,8 +6202,10 @@ recomputing (`preserve_rng_state=True`, the default), so the masks match.
 # %% [markdown]
 # ### On a CUDA GPU: three readings a CPU cannot take
 #
-# Three tips above pay on an NVIDIA GPU and not on a CPU, so the next cell measures them
-# only when the chapter runs on CUDA; elsewhere it says so and measures nothing:
+# Three readings above need CUDA to be taken at all (fused AdamW pays on a CPU too, as
+# exercise 1 measures, but its comparison with CUDA's default, `foreach`, needs CUDA),
+# so the next cell takes them only when the chapter runs on CUDA; elsewhere it says so
+# and measures nothing:
 #
 # - `torch.compile(net, mode="reduce-overhead")` against the default mode, for a training
 #   step of batch 512 (the model's forward and backward pass compiled, AdamW's step left
