@@ -52,7 +52,7 @@
 # >   cost. They are different readings: compare readings of one kind only.
 # > - One side is called faster only if every one of its readings, 10 % longer, is still
 # >   shorter than every reading of the other; otherwise the text says "within the noise
-# >   of". Brackets flag the near cases: "(though faster in every round)" after
+# >   of". Brackets flag the near cases: "(though faster in every round, ...)" after
 # >   "within the noise" where each round still fell one way, "(narrowly)" after a
 # >   pass that cleared the 10 % by under 5 %. "N times slower" means N times as long.
 # >   The dropdown below gives the rule's details.
@@ -546,8 +546,10 @@ prose(
 On the CPU a batch of 64 took {{cpu_64_over_1}} times as long as a batch of 1 for 64
 times the work: per sample, the cost fell from {{cpu_sample_1_us}} µs to
 {{cpu_sample_best_us}} µs at batch size {{cpu_best_batch}}{{plateau_clause}}.
-{{large_batch_sentence}} {{accelerator_sentence}} The same floor is why a tiny model can be
-slower on a GPU than on a CPU{{gpu_floor_where}}: each GPU operation is a kernel launched
+{{large_batch_sentence}} {{accelerator_sentence}}
+
+The same floor is why a tiny model can be slower on a GPU than on a
+CPU{{gpu_floor_where}}: each GPU operation is a kernel launched
 from the CPU, which pays only with enough arithmetic to keep thousands of cores busy.
 """
 )
@@ -1608,7 +1610,8 @@ record("first_epoch_sentence", first_epoch_sentence)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-The later epochs (the dots), each setting's faster one, and the rule's verdict:
+Each setting's faster later epoch (the dots), and the rule's verdict, which compares
+every later epoch of the two settings:
 
 {{workers_table}}
 
@@ -3342,7 +3345,7 @@ with torch.inference_mode():
         # seeds 0-2, 1e-7 on an H200 GPU. The bound is a worst case, so passing
         # it is weak evidence: a dropped bias is only about 5 times over it.
         # With TF32 (or bfloat16) float32 matrix products, set by
-        # torch.set_float32_matmul_precision, a product keeps about 10
+        # torch.set_float32_matmul_precision, a product keeps about 10 (or 7)
         # mantissa bits instead of 23, so the float32 bound does not apply.
         reduced_matmul = torch.get_float32_matmul_precision() != "highest"
         if reduced_matmul:
@@ -4329,8 +4332,9 @@ assert torch.allclose(factors, clip_to / by_hand, rtol=1e-4)
 # Transformer recipes commonly clip at `max_norm=1.0` (nanoGPT's and Hugging
 # Face's `Trainer` default); the norm `clip_grad_norm_` returns, logged, shows where a
 # run's norms lie. The cell sets `max_norm` to twice the median norm of an unclipped
-# pilot run (another seed, rate 0.05; the factor is untuned), then trains at 0.05 with
-# and without clipping, and again at a deliberately excessive rate of 1.0.
+# pilot run (another seed, rate 0.05, section 8.3's lower rate; the factor is untuned),
+# then trains at 0.05 with and without clipping, and again at a deliberately excessive
+# rate of 1.0.
 
 
 # %%
@@ -4626,8 +4630,9 @@ is a lower rate, or a schedule that lowers it (section 8.3).
 #
 # With accumulation, clipping, a `GradScaler` and a scheduler, the order is:
 #
-# 1. for each of the `k` micro-batches: forward under `autocast`, loss divided by `k`,
-#    `scaler.scale(loss).backward()`;
+# 1. for each of the `k` micro-batches: forward under `autocast`, loss divided by `k`
+#    (micro-batches of equal size; a shorter last one needs its loss weighted by its
+#    share of the samples), `scaler.scale(loss).backward()`;
 # 2. once: `scaler.unscale_(optimizer)`, so that `.grad` holds the true gradients;
 # 3. `clip_grad_norm_`, once, on the sum of all micro-batches;
 # 4. `scaler.step(optimizer)`, `scaler.update()`, `optimizer.zero_grad()`;
@@ -5210,8 +5215,8 @@ assert sorted(leftovers) == ["atomic_save.pt", "torch.save.pt"]
 # others wait at a barrier before reading it, and each process's random states differ,
 # so a bit-for-bit resume saves every process's own; a model sharded across processes
 # (FSDP) is saved by every process at once with `torch.distributed.checkpoint`, chapter
-# 9. A resumed schedule must be rebuilt with the original run's length (`T_max`), or it
-# changes without a sign.
+# 9. A scheduler's `load_state_dict` restores its length (`T_max`) too, so a run
+# extended on resume keeps the old schedule unless the loaded state is changed.
 #
 # ### `weights_only=True`: what it does and does not protect against
 #
