@@ -2796,7 +2796,7 @@ roughly (70,000 became 70,144: eight significant bits). {{autocast_outputs}}
 # (`growth_interval`). The cell shows the underflow and its rescue, then feeds a scaler
 # on a single weight an infinite gradient at the second step (`growth_interval=3`): a
 # `float32` weight, so it shows the scaler's bookkeeping (skip, back-off, growth), not a
-# `float16` backward pass, which needs a GPU.
+# `float16` backward pass.
 
 # %%
 scale = 2.0**16  # GradScaler's default initial scale
@@ -3958,6 +3958,9 @@ if step_split is not None:
         for part in ("matrix products", "dropout draws")
     )
     generated = compiled_parts["generated code"]
+    taken_over = (
+        eager_parts["everything else"] - compiled_parts["everything else"]
+    )
     split_words = (
         " In the profile the compiled step's operators took "
         f"{compiled_parts['total']:.2f} ms per step against eager's "
@@ -3973,9 +3976,18 @@ if step_split is not None:
             else "the compiled step more"
         )
         + f", and the code Inductor generated took {generated:.2f} ms on its "
-        f"own, against {eager_parts['everything else']:.2f} ms for all of "
-        "eager mode's other operators, the element-wise ones it replaces "
-        "among them."
+        f"own. All of eager mode's other operators took "
+        f"{eager_parts['everything else']:.2f} ms and the compiled step's "
+        f"{compiled_parts['everything else']:.2f} ms, so "
+        + (
+            "the element-wise work the generated code took over was too small "
+            "to show in them"
+            if taken_over <= 0.1 * eager_parts["everything else"]
+            else "the generated code took over about "
+            f"{taken_over:.2f} ms of eager work"
+        )
+        + " (the profiler adds a cost of its own, so these totals are not the "
+        "timings above)."
         + (
             " So the generated code is where the compiled step lost: on this "
             "CPU, at these sizes, it cost more than the eager operators it "
@@ -4327,8 +4339,9 @@ assert torch.allclose(factors, clip_to / by_hand, rtol=1e-4)
 #
 # Clipping is a safety net for the few steps with huge gradients. Well above the
 # typical norm, `max_norm` shortens only the outliers; near it, with SGD, it acts like
-# a lower rate (Adam divides each step by a running average of the gradients' size, so
-# a steady cut changes its steps little: there clipping mostly tames single outliers).
+# a lower rate (Adam divides each step by the square root of a running average of the
+# squared gradients, so a steady cut changes its steps little: there clipping mostly
+# tames single outliers).
 # Transformer recipes commonly clip at `max_norm=1.0` (nanoGPT's and Hugging
 # Face's `Trainer` default); the norm `clip_grad_norm_` returns, logged, shows where a
 # run's norms lie. The cell sets `max_norm` to twice the median norm of an unclipped
