@@ -52,10 +52,9 @@
 # >   cost. They are different readings: compare readings of one kind only.
 # > - One side is called faster only if every one of its readings, 10 % longer, is still
 # >   shorter than every reading of the other; otherwise the text says "within the noise
-# >   of". Brackets flag the near cases: "(though faster in every round, ...)" after
-# >   "within the noise" where each round still fell one way, "(narrowly)" after a
-# >   pass that cleared the 10 % by under 5 %. "N times slower" means N times as long.
-# >   The dropdown below gives the rule's details.
+# >   of". Two brackets flag near cases: "(narrowly)", a pass by under 5 % more than
+# >   the 10 %; "(though faster in every round)", noise that fell one way each time.
+# >   "N times slower" means N times as long. The dropdown below gives the details.
 # > - The numbers come from the machine that built this page (the setup cell prints
 # >   it); yours will differ. Where the text speaks of hardware this run did not
 # >   measure, it says so.
@@ -318,11 +317,7 @@ def lean_words(
         if separation(candidate, base, margin=0.1) == "overlapping"
         else ""
     )
-    return (
-        f"though {way} in every {unit}, the nearest readings under 10 % apart"
-        if way
-        else ""
-    )
+    return f"though {way} in every {unit}" if way else ""
 
 
 def lean(base: list[float], candidate: list[float], unit: str = "round") -> str:
@@ -343,11 +338,7 @@ def paired_lean(base: list[float], candidate: list[float]) -> str:
     if max(ratios) <= 1 / 1.1:
         return " (narrowly)" if max(ratios) > 1 / (1.1 * 1.05) else ""
     way = "faster" if min(ratios) > 1 else "slower" if max(ratios) < 1 else ""
-    return (
-        f" (though {way} in every round, the nearest round within 10 %)"
-        if way
-        else ""
-    )
+    return f" (though {way} in every round)" if way else ""
 
 
 def names_list(names: list[str]) -> str:
@@ -740,10 +731,10 @@ On a GPU the wait grows with the work the CPU could have queued{{gpu_unmeasured}
 # and `OMP_NUM_THREADS` or `torch.set_num_threads` changes it). The cell times a training
 # step of batch 64 (the model in `eval()` mode, so dropout is off and every call does
 # the same arithmetic) and a forward pass of batch 4,096 on one thread and on one per
-# usable CPU with `torch.utils.benchmark.Timer`: `Timer(stmt, globals=...,
+# usable CPU with `torch.utils.benchmark.Timer`. `Timer(stmt, globals=...,
 # num_threads=n)` sets the thread count for the measurement (default 1, not torch's
-# current count), `blocked_autorange()` warms up, times blocks of calls (synchronising
-# CUDA) and returns a `Measurement` (its `.median` is the blocks' median), and
+# current count). `blocked_autorange()` warms up, times blocks of calls (synchronising
+# CUDA) and returns a `Measurement`, whose `.median` is the blocks' median;
 # `benchmark.Compare` tabulates several.
 
 # %%
@@ -1349,148 +1340,83 @@ for kind in ("waiting", "computing"):
         gap = min(later_readings[restarted]) - max(later_readings[kept])
         restart_cost[kind] = f"at least {gap * 1e3:.0f} ms"
     else:
-        restart_cost[kind] = "less than this measurement can resolve"
+        restart_cost[kind] = "too little to resolve"
 later_spread = max(
     (max(times) - min(times)) / min(times) for times in later_readings.values()
 )
 record("later_spread_pct", 100 * later_spread, fmt="{:.0f}")
 restart_sentence = (
-    f"starting and stopping two workers ({started} here) cost "
     f"{restart_cost['waiting']} per epoch with the waiting set and "
-    f"{restart_cost['computing']} with the computing set"
+    f"{restart_cost['computing']} with the computing set (two workers, "
+    f"{started} here"
     + (
-        " (the smallest gap between the two loaders' later epochs, where the "
+        "; the smallest gap between the two loaders' later epochs where the "
         "rule called the restarted loader slower)"
         if any(cost.startswith("at least") for cost in restart_cost.values())
-        else ""
+        else ")"
     )
 )
-# two workers share the sleeping: no epoch with them can be shorter
-wait_floor = len(waiting_set) * waiting_set.sleep_s / 2
-record("wait_floor_s", wait_floor, fmt="{:.2f}")
-waiting_verdict = later_verdict(
-    ("waiting", "0 workers"), ("waiting", "2 workers, persistent")
-)
-computing_verdict = later_verdict(
-    ("computing", "0 workers"), ("computing", "2 workers, persistent")
-)
-# Its own floor: without workers the main process sleeps all 128 x 2 ms
-# itself (time.sleep never returns early), and two workers share the sleeping.
-# Lower bounds, not tuned margins: seed 0 measured 0.293 s against 0.256 s and
-# 0.145 s against 0.128 s.
+# Without workers the main process sleeps all 128 x 2 ms itself (time.sleep
+# never returns early), so no epoch without workers can be shorter, however
+# busy the machine; two workers share the sleeping, so theirs cannot be
+# shorter than half of it. Lower bounds, not tuned margins: seed 0 measured
+# 0.293 s against 0.256 s and 0.145 s against 0.128 s.
 wait_sleep_s = len(waiting_set) * waiting_set.sleep_s
+wait_floor = wait_sleep_s / 2
 assert wait_none >= wait_sleep_s, (wait_none, wait_sleep_s)
 assert wait_persistent >= wait_floor, (wait_persistent, wait_floor)
 record("wait_sleep_s", wait_sleep_s, fmt="{:.2f}")
-# An epoch without workers at over twice its sleeping (8 small training steps
-# add milliseconds) measured the machine's load: a process that wakes from
-# its sleep must wait for a free core.
-wait_busy = wait_none > 2 * wait_sleep_s
-
-
-for kind in ("waiting", "computing"):
-    # the rule's check for "faster than", printed rather than told
-    slow = max(later_readings[kind, "2 workers, persistent"])
-    fast = min(later_readings[kind, "0 workers"])
-    print(
-        f"{kind} set, the rule: slower later epoch with persistent workers "
-        f"{slow:.3f} s x 1.1 = {1.1 * slow:.3f} s, "
-        f"{'below' if 1.1 * slow < fast else 'not below'} the faster one "
-        f"without workers ({fast:.3f} s)"
-    )
-
-
-# Two workers can at most halve the sleeping and hide the eight small
-# training steps (a few ms, under 10 % of it): a worst-case ratio over
-# 2 x 1.1 is more than their overlap explains, so it is not judged.
-wait_ratio = min(later_readings["waiting", "0 workers"]) / max(
-    later_readings["waiting", "2 workers, persistent"]
+record("wait_floor_s", wait_floor, fmt="{:.2f}")
+computing_verdict = later_verdict(
+    ("computing", "0 workers"), ("computing", "2 workers, persistent")
 )
-wait_busy = wait_busy or wait_ratio > 2 * 1.1
-# Without workers no epoch can be shorter than its sleeping, however busy the
-# machine: the persistent workers' slowest later epoch against that floor is
-# a verdict no load on the side without workers can inflate.
+# The waiting set is judged against its sleeping, not against the measured
+# epochs without workers: a busy machine stretches those (a process that
+# wakes from a sleep waits for a free core), which would flatter the workers.
+# The rule's 10 %: the persistent workers' slowest later epoch, 10 % longer,
+# must still be shorter than the sleeping.
 wait_persistent_max = max(later_readings["waiting", "2 workers, persistent"])
 floor_ratio = wait_sleep_s / wait_persistent_max
-record("wait_persistent_max_s", wait_persistent_max, fmt="{:.2f}")
-if wait_busy and floor_ratio > 1.1:
-    waiting_verdict = f"at least {floor_ratio:.1f} times faster than"
-elif wait_busy:
-    waiting_verdict = "not judged against"  # one side was stretched
-if waiting_verdict.endswith("faster than") and not wait_busy:
-    wait_finding = "the persistent workers show it here"
-    wait_note = ""
-    workers_summary = "waiting overlaps on any machine (as it did in this run)"
-elif waiting_verdict.endswith("faster than"):
-    wait_finding = (
-        f"the persistent workers show it here. The {wait_sleep_s:.2f} s that "
-        "the sleeping alone takes without workers, a floor no load can "
-        f"lower, was {floor_ratio:.1f} times their slowest later epoch "
-        f"({wait_persistent_max:.2f} s)"
-    )
-    wait_note = (
-        f"The waiting set's epoch without workers took {wait_none:.2f} s "
-        + (
-            f"(more than twice its own floor of {wait_sleep_s:.2f} s)"
-            if wait_none > 2 * wait_sleep_s
-            else "(over 2.2 times the workers' slowest epoch, more than "
-            "halving the sleeping and hiding eight small training steps can "
-            "save)"
-        )
-        + ", so the verdict is quoted against that floor rather than against "
-        "the epoch itself. The machine's load can stretch an epoch (a process "
-        "that wakes from a sleep must still wait for a free core), and so can "
-        "sleeps that overrun their 2 ms; this run does not say which."
-    )
-    workers_summary = "waiting overlaps on any machine (as it did in this run)"
-elif wait_busy:
-    wait_finding = (
-        "this run cannot show it: its epochs without workers took longer "
-        "than two workers' overlap can explain, and the workers' own epochs "
-        "did not beat the sleeping's floor by 10 % (see the notes)"
-    )
-    wait_note = (
-        f"The waiting set's epoch without workers took {wait_none:.2f} s, "
-        + (
-            f"more than twice its own floor of {wait_sleep_s:.2f} s (128 "
-            "items × 2 ms of sleeping, plus eight small training steps)"
-            if wait_none > 2 * wait_sleep_s
-            else "over 2.2 times the workers' slowest epoch, more than "
-            "halving the sleeping and hiding eight small training steps "
-            "(allowed a tenth of the sleeping) can save"
-        )
-        + ", so no ratio is quoted. The machine's load can stretch it (a "
-        "process that wakes from a sleep must still wait for a free core), "
-        "and so can sleeps that overrun their 2 ms or steps and collation "
-        "that cost more than that tenth; this run does not say which."
-    )
-    workers_summary = (
-        "waiting can overlap on any machine (this run could not judge it)"
-    )
-else:
-    wait_finding = (
-        "this run does not resolve it: the two settings' readings overlapped"
-    )
-    wait_note = (
-        "The waiting set's epoch without workers stayed within twice its "
-        f"own floor of {wait_sleep_s:.2f} s (128 items × 2 ms of sleeping), "
-        "yet its readings overlapped those of the persistent workers (the "
-        "rule's check is printed above the table)."
-    )
-    workers_summary = (
-        "waiting can overlap on any machine (this run did not resolve it)"
-    )
-record("wait_note", wait_note)
 print(
-    f"waiting set, 0 workers: {wait_none:.3f} s against a floor of "
-    f"{wait_sleep_s:.3f} s of sleeping"
-    + (
-        " (over twice it: a busy machine)"
-        if wait_none > 2 * wait_sleep_s
-        else ""
-    )
+    f"waiting set, the rule: slower later epoch with persistent workers "
+    f"{wait_persistent_max:.3f} s x 1.1 = {1.1 * wait_persistent_max:.3f} s, "
+    f"{'below' if floor_ratio > 1.1 else 'not below'} the "
+    f"{wait_sleep_s:.3f} s an epoch without workers sleeps "
+    f"(its faster epoch: {wait_none:.3f} s)"
 )
+slow = max(later_readings["computing", "2 workers, persistent"])
+fast = min(later_readings["computing", "0 workers"])
+print(
+    f"computing set, the rule: slower later epoch with persistent workers "
+    f"{slow:.3f} s x 1.1 = {1.1 * slow:.3f} s, "
+    f"{'below' if 1.1 * slow < fast else 'not below'} the faster one "
+    f"without workers ({fast:.3f} s)"
+)
+if floor_ratio > 1.1:
+    waiting_verdict = f"at least {floor_ratio:.1f} times faster than"
+    wait_finding = (
+        "the persistent workers' slowest later epoch took "
+        f"{wait_persistent_max:.2f} s"
+    )
+    workers_summary = "waiting overlaps on any machine (as it did in this run)"
+else:
+    waiting_verdict = "not shown faster than"
+    wait_finding = (
+        "the persistent workers' slowest later epoch "
+        f"({wait_persistent_max:.2f} s) did not undercut it by the rule's 10 %"
+    )
+    workers_summary = (
+        "waiting can overlap on any machine (this run did not show it)"
+    )
 record("wait_finding", wait_finding)
+record(
+    "wait_note",
+    "Without workers the waiting set's faster later epoch took "
+    f"{wait_none:.2f} s against its {wait_sleep_s:.2f} s of sleeping: the "
+    "rest is eight small "
+    "training steps, batching and, on a busy machine, the wait for a free "
+    "core after each sleep.",
+)
 record("workers_summary", workers_summary)
 record("restart_sentence", restart_sentence)
 print(
@@ -1527,8 +1453,8 @@ for kind, verdict in (
             later_readings[kind, "2 workers, persistent"],
             "later epoch",
         )
-        # a stretched side: no verdict, or one against the sleeping's floor
-        if not (kind == "waiting" and wait_busy)
+        # the waiting set is judged against its sleeping, not by the rule
+        if kind == "computing"
         else ""
     )
     workers_table.append(
@@ -1610,12 +1536,15 @@ record("first_epoch_sentence", first_epoch_sentence)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Each setting's faster later epoch (the dots), and the rule's verdict, which compares
-every later epoch of the two settings:
+Each setting's faster later epoch (the dots), and the verdict on persistent workers
+(for the computing set the rule's, over every later epoch; for the waiting set, see
+below):
 
 {{workers_table}}
 
-Waiting needs no CPU, so workers overlap their waits however few cores there are:
+Waiting needs no CPU, so workers overlap their waits however few cores there are. No
+epoch without workers can take less than its {{wait_sleep_s}} s of sleeping, however
+busy the machine, so that floor is the waiting set's yardstick:
 {{wait_finding}}. Computing needs cores, and this process may use {{usable_cpus}},
 shared by the workers and the training loop; restarted every epoch, the computing
 set's workers were {{compute_restart_verdict}} no workers{{compute_restart_note}}. {{pinned_main}}
@@ -1628,8 +1557,8 @@ prose(
 <details>
 <summary>Measurement notes</summary>
 
-{{first_epoch_sentence}} {{wait_note}} Two workers can at most halve the sleeping, a
-floor of {{wait_floor_s}} s, and hide the eight small training steps behind it.
+{{first_epoch_sentence}} {{wait_note}} Two workers can at most halve the sleeping, to
+{{wait_floor_s}} s, and hide the training steps behind it.
 Without workers, {{compute_load_share}} of the computing set's epoch
 ({{compute_load_s}} s, {{compute_item_ms}} ms per item) went to building batches in
 the main process; timed apart, each the fastest of five tries, building a batch's items
@@ -3234,8 +3163,10 @@ could be chance.
 # ## 8.5 `torch.compile`
 #
 # **In short:** compile what will run many steps at fixed shapes, and expect most from
-# chains of element-wise work that it fuses into one pass; time the first call and the
-# steady state apart; look for graph breaks and recompilations.
+# chains of element-wise work that it fuses into one pass; a small network's matrix
+# products run in the same library either way, so on a CPU its training step may gain
+# nothing, or lose. Time the first call and the steady state apart; look for graph
+# breaks and recompilations.
 #
 # `torch.compile(model)` traces the model into a graph on its first call and hands it
 # to a compiler (by default *Inductor*), which fuses operations and generates code (C++
@@ -3378,14 +3309,10 @@ if compile_skip is None:
         break_even = "buys no measurable gain"
         compile_summary = "showed no clear gain"
     compile_sentence = (
-        f"The first call took {compile_s:.1f} s"
-        + (
-            " (with Inductor's and AOTAutograd's on-disk caches switched off "
-            "for this call, `torch.compiler.config.force_disable_caches`, so "
-            "that it reused nothing earlier runs had stored: close to what a "
-            "first compile on a fresh machine or in a new Colab session "
-            "costs)"
-        )
+        f"The first call took {compile_s:.1f} s, with the compiler's "
+        "on-disk caches off (`torch.compiler.config.force_disable_caches`): "
+        "about what a first compile costs on a fresh machine or in a new "
+        "Colab session"
         + (
             ". Afterwards a forward pass of batch 256 ("
             + rounds_range(forward_rounds["compiled"], 1e6, ".0f")
@@ -3393,7 +3320,7 @@ if compile_skip is None:
             + rounds_range(forward_rounds["eager"], 1e6, ".0f")
             + " µs)"
             + lean(forward_rounds["eager"], forward_rounds["compiled"])
-            + f", so the compile time {break_even}. "
+            + f": the compile time {break_even}. "
         )
         + (
             "The outputs were bit for bit equal."
@@ -3499,29 +3426,33 @@ if compile_skip is None:
         + rounds_range(chain_rounds["eager"], 1e3, ".2f")
         + " ms)"
         + (
-            f", so its {chain_compile_s:.2f} s of compiling (caches off, in a "
-            "process where the first compile above had already paid "
-            "Inductor's one-time start-up) was repaid after about "
-            f"{chain_compile_s / chain_saving:,.0f} calls, at the smallest "
-            "saving per call the rounds allow"
+            f". Its {chain_compile_s:.2f} s of compiling (caches off; the first "
+            "compile above had already paid Inductor's one-time start-up) "
+            f"was repaid after about {chain_compile_s / chain_saving:,.0f} "
+            "calls, at the smallest saving per call the rounds allow"
             if chain_verdict.endswith("faster than")
             else ""
         )
-        + ". Eager mode allocates a fresh 16 MiB tensor for every result: the "
-        "same seven passes writing into two buffers made once (`out=` and "
-        "in-place operations) took "
-        + rounds_range(chain_rounds["eager, in place"], 1e3, ".2f")
-        + f" ms, and eager mode was {fresh_verdict} that"
+        + ".\n\n"
         + (
-            ", so fresh results were part of the gap"
+            "Two things made eager slow. "
             if fresh_verdict.endswith("slower than")
+            and fused_verdict.endswith("faster than")
             else ""
         )
-        + ". The compiled code makes one pass instead of seven, and it was "
-        f"{fused_verdict} the in-place chain. Where fresh results cost time, "
-        "reusing buffers helps, as does a faster allocator: PyTorch's "
-        "performance tuning guide suggests preloading jemalloc or tcmalloc "
-        "(`LD_PRELOAD`) on Linux (not measured here)."
+        + "Eager mode allocates a fresh 16 MiB tensor for every result: "
+        "writing into two buffers made once "
+        "(`out=` and in-place operations), the same seven passes took "
+        + rounds_range(chain_rounds["eager, in place"], 1e3, ".2f")
+        + f" ms, and eager mode was {fresh_verdict} that"
+        + lean(chain_rounds["eager, in place"], chain_rounds["eager"])
+        + ". It also makes seven passes over memory where the compiled code "
+        f"makes one: the compiled chain was {fused_verdict} the in-place one"
+        + lean(chain_rounds["eager, in place"], chain_rounds["compiled"])
+        + ". Where fresh results cost time, reusing buffers helps, as does a "
+        "faster allocator: PyTorch's performance tuning guide suggests "
+        "preloading jemalloc or tcmalloc (`LD_PRELOAD`) on Linux (not "
+        "measured here)."
     )
     if device.type == "cpu":
         # the fastest readings, which a busy spell can only lengthen: the
@@ -3962,39 +3893,40 @@ if step_split is not None:
         eager_parts["everything else"] - compiled_parts["everything else"]
     )
     split_words = (
-        " In the profile the compiled step's operators took "
-        f"{compiled_parts['total']:.2f} ms per step against eager's "
-        f"{eager_parts['total']:.2f}; the matrix products "
-        f"({eager_parts['matrix products']:.2f} and "
-        f"{compiled_parts['matrix products']:.2f} ms) and dropout's draws "
-        f"({eager_parts['dropout draws']:.2f} and "
-        f"{compiled_parts['dropout draws']:.2f} ms) cost "
+        "The profile says where, per step: the matrix products "
+        f"({compiled_parts['matrix products']:.2f} ms compiled, "
+        f"{eager_parts['matrix products']:.2f} eager) and dropout's draws "
+        f"({compiled_parts['dropout draws']:.2f} and "
+        f"{eager_parts['dropout draws']:.2f}) cost "
         + (
-            "the compiled step no more than eager, within 10 % (one "
-            "recording of each side)"
+            "the compiled step no more than eager, within 10 %"
             if no_dearer
             else "the compiled step more"
         )
-        + f", and the code Inductor generated took {generated:.2f} ms on its "
-        f"own. All of eager mode's other operators took "
-        f"{eager_parts['everything else']:.2f} ms and the compiled step's "
-        f"{compiled_parts['everything else']:.2f} ms, so "
+        + f", and the code Inductor generated took {generated:.2f} ms. "
+        f"Eager mode's other operators took "
+        f"{eager_parts['everything else']:.2f} ms, the compiled step's "
+        f"{compiled_parts['everything else']:.2f}: "
         + (
-            "the element-wise work the generated code took over was too small "
-            "to show in them"
+            "the eager work the generated code took over was too small to show."
             if taken_over <= 0.1 * eager_parts["everything else"]
-            else "the generated code took over about "
-            f"{taken_over:.2f} ms of eager work"
+            else f"the generated code took over about {taken_over:.2f} ms of "
+            "it."
         )
-        + " (the profiler adds a cost of its own, so these totals are not the "
-        "timings above)."
         + (
-            " So the generated code is where the compiled step lost: on this "
-            "CPU, at these sizes, it cost more than the eager operators it "
-            "replaced."
+            " So the generated code is where the compiled step lost."
             if no_dearer and generated > eager_parts["everything else"]
             else ""
         )
+    )
+    profile_note = (
+        "The profile ran on one thread, with each generated kernel recorded "
+        "and the profiler's own cost on every operator: its steps took "
+        f"{compiled_parts['total']:.2f} ms compiled against eager's "
+        f"{eager_parts['total']:.2f} "
+        f"({compiled_parts['total'] / eager_parts['total']:.1f} times), one "
+        "recording of each side, so neither these totals nor their ratio are "
+        "the timings above."
     )
     # the kernels that write the ReLU's boolean mask, by their names
     mask_ms = [ms for ms, key in generated_own if "relu_threshold" in key]
@@ -4003,58 +3935,45 @@ if step_split is not None:
             mask_us["compiled", "ReLU + bool mask"]
             / mask_us["compiled", "ReLU + float32 mask"]
         )
-        bool_vs_eager = (
-            mask_us["compiled", "ReLU + bool mask"]
-            / mask_us["eager", "ReLU + bool mask"]
-        )
         split_words += (
-            f" Split by kernel, {len(mask_ms)} of them, those that write a "
-            f"ReLU's output and its mask, took {sum(mask_ms):.2f} of the "
-            f"generated code's {generated:.2f} ms. Timed alone, the compiled "
-            f"ReLU with a `float32` mask took "
-            f"{mask_us['compiled', 'ReLU + float32 mask']:.0f} µs and with a "
-            f"`bool` mask {mask_us['compiled', 'ReLU + bool mask']:.0f} µs"
+            f" Of its {generated:.2f} ms, {sum(mask_ms):.2f} went to the "
+            f"{len(mask_ms)} kernels that write a ReLU's output and its mask."
+            "\n\nTimed alone, the compiled ReLU took "
+            f"{mask_us['compiled', 'ReLU + bool mask']:.0f} µs with a `bool` "
+            f"mask and {mask_us['compiled', 'ReLU + float32 mask']:.0f} µs "
+            "with a `float32` one; eager mode's took "
+            f"{mask_us['eager', 'ReLU + bool mask']:.0f} µs. "
             + (
-                f", {bool_cost:.0f} times the `float32` version and "
-                f"{bool_vs_eager:.0f} times eager mode's same function "
-                f"({mask_us['eager', 'ReLU + bool mask']:.0f} µs): a weakness "
-                "of this PyTorch's generated CPU code for one-byte values, not "
-                "a cost that writing booleans must have (check yours), and "
-                "the compiled step writes one such mask per ReLU where eager "
-                "mode writes none. Without dropout it needs none: the ReLU's "
-                "output is the next layer's input, kept anyway for that "
-                "layer's product in the backward pass, and the ReLU's gradient "
-                "can read it instead (`TORCH_LOGS=output_code` shows the "
-                "kernels each step gets)."
+                "That is a weakness of this PyTorch's generated CPU code for "
+                "one-byte values (check yours), not a cost that writing "
+                "booleans must have. Without dropout the compiled step writes "
+                "no such mask: the ReLU's gradient reads the ReLU's output, "
+                "which the next layer keeps for its own backward pass anyway."
                 if bool_cost > 3
-                else ": writing the mask as booleans cost little here, so "
-                "this run does not show why those kernels are dear."
+                else "Writing the mask as booleans cost little here, so this "
+                "run does not show why those kernels are dear."
             )
         )
+else:
+    profile_note = ""
 if step_compile_skip is None and dropout_order == "higher":
     where_lost = (
-        (
-            "So dropout is where compiling lost here: without it the compiled "
-            f"step was {plain_verdict} eager."
-            if not plain_verdict.endswith("slower than")
-            and one_way(without["eager rounds"], without["compiled rounds"])
-            != "slower"
-            else "Compiling lost more with dropout than without here: "
-            f"without it the compiled step was {plain_verdict} eager"
-            + paired_lean(without["eager rounds"], without["compiled rounds"])
-            + "."
-        )
-        + " What dropout adds to the compiled "
-        "code can be read in the kernels Inductor wrote, which "
-        "`TORCH_LOGS=output_code` prints."
-        + (
-            " Inductor's own random numbers are not the whole story: with "
-            "`fallback_random` the compiled step, which then calls eager "
-            f"mode's dropout, was still {fallback_verdict} eager (with "
-            f"Inductor's masks, {step_verdict.removesuffix(' than')})."
-            if fallback_verdict.endswith("slower than")
-            else ""
-        )
+        "So dropout is where compiling lost here: without it the compiled "
+        f"step was {plain_verdict} eager."
+        if not plain_verdict.endswith("slower than")
+        and one_way(without["eager rounds"], without["compiled rounds"])
+        != "slower"
+        else "Compiling lost more with dropout than without here: "
+        f"without it the compiled step was {plain_verdict} eager"
+        + paired_lean(without["eager rounds"], without["compiled rounds"])
+        + "."
+    ) + (
+        " Inductor's own random numbers are not the whole story: with "
+        "`fallback_random`, calling eager mode's dropout, the compiled "
+        f"step was still {fallback_verdict} eager (with Inductor's masks, "
+        f"{step_verdict.removesuffix(' than')})."
+        if fallback_verdict.endswith("slower than")
+        else ""
     )
 else:
     where_lost = (
@@ -4063,6 +3982,7 @@ else:
     )
 record("where_lost", where_lost)
 record("split_words", split_words.strip())
+record("profile_note", profile_note)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -4070,7 +3990,7 @@ prose(
 {{where_lost}}
 
 {{split_words}} Section 8.9 profiles a training step operator by operator and times
-dropout's parts alone.
+dropout's parts alone; `TORCH_LOGS=output_code` prints the kernels Inductor wrote.
 """
 )
 
@@ -4260,7 +4180,7 @@ against the float32 rounding bound `helpers.numerics.sum_rounding_bound` (about
 $n \cdot \varepsilon \cdot \sum_i |x_i|$ for $n$ terms); with TF32 matrix products
 (`torch.set_float32_matmul_precision("high")`) that bound no longer applies, and the
 cell does not check it. {{step_note}} {{masks_sentence}} On a GPU, Inductor draws
-dropout's masks in its Triton code.
+dropout's masks in its Triton code. {{profile_note}}
 
 </details>
 """
@@ -4339,9 +4259,10 @@ assert torch.allclose(factors, clip_to / by_hand, rtol=1e-4)
 #
 # Clipping is a safety net for the few steps with huge gradients. Well above the
 # typical norm, `max_norm` shortens only the outliers; near it, with SGD, it acts like
-# a lower rate (Adam divides each step by the square root of a running average of the
-# squared gradients, so a steady cut changes its steps little: there clipping mostly
-# tames single outliers).
+# a lower rate. Adam is different: it divides each step by the square root of a
+# running average of the squared gradients, so scaling every gradient by the same
+# factor would leave its steps unchanged (up to its `eps`), and a steady cut changes
+# them little. This section trains with SGD.
 # Transformer recipes commonly clip at `max_norm=1.0` (nanoGPT's and Hugging
 # Face's `Trainer` default); the norm `clip_grad_norm_` returns, logged, shows where a
 # run's norms lie. The cell sets `max_norm` to twice the median norm of an unclipped
@@ -4504,19 +4425,14 @@ record("late_norm_low", late_norm[sensible], fmt="{:.2f}")
 record("late_norm_high", late_norm[excessive], fmt="{:.2f}")
 if dead_train[excessive] > 0.5 and late_norm[excessive] < late_norm[sensible]:
     dead_sentence = (
-        "Most of its first layer's ReLU units had died: they output zero for "
-        "every training digit, so no gradient reaches their weights, and only "
-        "the momentum left from earlier steps still moves them, and it "
-        "shrinks to 0.9 of itself each step. Once it has faded nothing can "
-        "revive them: their "
-        "inputs, the pixels, never change, and no weight decay pulls them "
-        "back. The likely cause is the large early steps the figure shows, "
-        "which can push a unit's pre-activation below zero for every digit; "
-        "the run did not record the units step by step, so it does not show "
-        "when each one died. Its small late gradient norm is the sign of a "
-        "dead network, not of a converged one. A lower rate or a warm-up "
-        "(section 8.3) makes such deaths rarer, and so does an activation "
-        "with a gradient below zero (`nn.LeakyReLU`, `nn.GELU`)."
+        "Its small late gradient norm marks a dead network, not a converged "
+        "one. A dead unit gets no gradient; only the momentum of earlier "
+        "steps still moves it, shrinking to 0.9 of itself each step, and its "
+        "inputs, the pixels, never change, so once that momentum fades "
+        "nothing revives it. The likely cause is the large early steps the "
+        "figure shows (the run did not record when each unit died). A lower "
+        "rate, a warm-up (section 8.3) or an activation with a gradient "
+        "below zero (`nn.LeakyReLU`, `nn.GELU`) makes such deaths rarer."
     )
 else:
     dead_sentence = (
@@ -4529,16 +4445,16 @@ peak_epoch = int(np.argmax(unclipped_high_val))
 peak_val = unclipped_high_val[peak_epoch]
 if peak_val > 2 * np.log(10):
     spike_sentence = (
-        f"On the way, its validation loss peaked at {peak_val:.0f} after "
-        f"epoch {peak_epoch + 1}, {peak_val / np.log(10):.0f} times "
-        "guessing's ln 10: a loss far above ln 10 means confident wrong "
-        "answers (large logits on wrong digits), reached after "
-        f"{peak_epoch + 1} epoch{'s' if peak_epoch else ''} at this rate."
+        "At the excessive rate the unclipped run's validation loss peaked at "
+        f"{peak_val:.0f} after epoch "
+        f"{peak_epoch + 1}, {peak_val / np.log(10):.0f} times guessing's "
+        "ln 10: confident wrong answers (large logits on wrong digits)."
     )
 else:
     spike_sentence = (
-        f"On the way, its validation loss peaked at {peak_val:.2f} after "
-        f"epoch {peak_epoch + 1}, at most twice guessing's ln 10."
+        "At the excessive rate the unclipped run's validation loss peaked at "
+        f"{peak_val:.2f} after epoch "
+        f"{peak_epoch + 1}, at most twice guessing's ln 10."
     )
 record("spike_sentence", spike_sentence)
 dead_clipped = dead_share(clip_runs[excessive, "clipped"][0], x_val_all)
@@ -4558,28 +4474,26 @@ steady_fall = all(
     )
 )
 reached = (
-    "in the first epoch"
-    if lowest_epoch == 0
-    else "after one epoch's fall"
-    if lowest_epoch == 1
-    else "after a steady fall"
+    ""
+    if lowest_epoch <= 1
+    else ", after a steady fall"
     if steady_fall
-    else "after rises on the way"
+    else ", after rises on the way"
 )
 clipped_path_note = (
-    f"Epoch by epoch, the clipped run at {excessive} went {clipped_path}; "
-    f"its lowest came {reached}."
+    f"Epoch by epoch, the clipped run at {excessive} went {clipped_path}, "
+    f"lowest at epoch {lowest_epoch + 1}{reached}."
 )
 if clipped_high_val[-1] > 1.5 * clipped_high_val[lowest_epoch]:
     clipped_fate = (
         f", {clipped_high_val[-1] / clipped_high_val[lowest_epoch]:.1f} times "
-        f"its lowest, {clipped_high_val[lowest_epoch]:.2f} at epoch "
-        f"{lowest_epoch + 1}"
+        f"its lowest ({clipped_high_val[lowest_epoch]:.2f}, epoch "
+        f"{lowest_epoch + 1}). "
         + (
-            f": on this seed clipping kept the run below the unclipped "
-            f"{final_loss[excessive, 'no clipping']:.2f}, but not at its best"
+            "On this seed clipping kept the run below the unclipped one, but "
+            "not at its best"
             if clipped_high_val[-1] < 0.9 * final_loss[excessive, "no clipping"]
-            else ": on this seed clipping delayed the failure but did not "
+            else "On this seed clipping delayed the failure but did not "
             "prevent it"
         )
     )
@@ -4613,10 +4527,9 @@ record(
     if n_over == 0
     else ", most of them in the first epoch, where the norm spikes"
     if 2 * n_over_first >= n_over
-    else ", most of them after the first epoch, among ordinary steps rather "
-    f"than early spikes (the clipped run's last-epoch median norm was "
-    f"{low_late_median:.2f}, the limit {clip_limit:.2f}): there clipping "
-    "trimmed the largest ordinary steps, a little like a lower rate",
+    else ", most of them after the first epoch: not early spikes but the "
+    "largest ordinary steps (the last epoch's median norm was "
+    f"{low_late_median:.2f}, the limit {clip_limit:.2f})",
 )
 record(
     "low_clip_overlap",
@@ -4893,13 +4806,14 @@ prose(
 <summary>Measurement notes</summary>
 
 `max_norm` was {{clip_limit}}. At 0.05 the final validation loss was
-{{low_clipped_loss}} with clipping and {{low_loss}} without. The unclipped run at the
-excessive rate had {{dead_train_high}} of its first layer's ReLUs dead for every
-training digit too (the healthy run: {{dead_train_low}}), and a
-median gradient norm of
-{{late_norm_high}} in its last epoch (healthy run: {{late_norm_low}}).
-{{spike_sentence}} {{dead_sentence}} {{clipped_path_note}} Clipped, {{dead_clipped}} of
-its first layer's ReLUs were dead for every validation digit.
+{{low_clipped_loss}} with clipping and {{low_loss}} without.
+
+{{spike_sentence}} By the end
+{{dead_train_high}} of its first layer's ReLUs gave zero for every training digit
+(the healthy run: {{dead_train_low}}), and its last epoch's median gradient norm was
+{{late_norm_high}} (healthy run: {{late_norm_low}}). {{dead_sentence}}
+{{clipped_path_note}} Clipped, {{dead_clipped}} of its first layer's ReLUs were dead
+for every validation digit.
 
 In the "clip inside the loop" mistake the limit was scaled to match the scaled
 gradients, so the order is its only fault. DDP groups gradients into *buckets* (by
@@ -4992,6 +4906,7 @@ def run_epochs(
             "scheduler": scheduler.state_dict(),
             "shuffle_rng": shuffle_rng.get_state(),
             "rng": rng_states(on),
+            # a float16 run adds "scaler": scaler.state_dict()
         }
         atomic_save(checkpoint, Path(folder) / "checkpoint.pt")  # see below
     return torch.stack(losses).tolist()
@@ -5292,8 +5207,7 @@ print("their SHA-256 digests differ:", digests["honest"] != digests["tampered"])
 # `torch.use_deterministic_algorithms(True)`, which makes PyTorch use deterministic
 # kernels or raise an error where none exists (on CUDA, also leave
 # `torch.backends.cudnn.benchmark` off, its default: it may pick another algorithm each
-# run; PyTorch 2.9 and older also needed `CUBLAS_WORKSPACE_CONFIG=:4096:8` in the
-# environment before the first CUDA matrix product). The CPU kernels this model uses
+# run). The CPU kernels this model uses
 # are deterministic without the switch; it matters where kernels add in a varying
 # order, as CUDA's `index_add_` and `scatter_add_` do.
 
@@ -5767,16 +5681,14 @@ if min(draws) > 3 * max(multiplies):
         else min(draws) / max(multiplies)
     )
     dropout_cause = (
-        "what dropout costs here is drawing the random numbers, "
-        f"{draw_ratio:.0f} times the multiplication even "
-        "comparing its fastest round with the multiplication's slowest"
+        "what dropout costs here is drawing the random numbers, at least "
+        f"{draw_ratio:.0f} times the multiplication in every round"
     )
 elif min(multiplies) > 3 * max(draws):
     dropout_cause = (
         "what dropout costs here is the passes over memory and the per-call "
-        f"costs: the multiplication took {min(multiplies) / max(draws):.0f} "
-        "times the drawing even comparing its fastest round with the "
-        "drawing's slowest"
+        "costs: the multiplication took at least "
+        f"{min(multiplies) / max(draws):.0f} times the drawing in every round"
     )
 else:
     dropout_cause = (
@@ -5792,11 +5704,10 @@ record("dropout_cause", dropout_cause)
 # Only a drawing several times the multiplication has a gap to explain.
 draw_gap_why = (
     (
-        "The gap is in how the numbers are made: eager `bernoulli_` draws "
-        "them one at a time from a scalar generator in this build (the cell "
-        "above checked: its mask equals `uniform_() < p` drawn from the same "
-        "seed), where the multiplication runs vectorised over many values at "
-        "once (the likely cause; not profiled here). "
+        "The likely cause, not profiled here: in this build eager "
+        "`bernoulli_` draws one value at a time from a scalar generator (the "
+        "cell above checked: its mask equals `uniform_() < p` from the same "
+        "seed), where the multiplication is vectorised. "
         if serial_draws
         else "A random number and a comparison per value, against one "
         "multiplication, do not explain a gap this large; this run does not "
@@ -5830,11 +5741,11 @@ prose(
 {{profile_sentence}}. Timed alone {{timed_alone_where}}, on one 256 × 256 activation,
 drawing dropout's mask took {{draw_us}} µs, multiplying by it {{multiply_us}} µs and
 the layer's `addmm` {{product_us}} µs: {{dropout_cause}}. Fusing the mask, the
-multiplication and the ReLU into one kernel saves passes over memory; the drawing
-changes only with the generator: Inductor's compiled dropout draws with its own
-counter-based generator inside the kernel (section 8.5 measured what the fused step
-gained here, and what it cost). Fused optimizers
-(`torch.optim.AdamW(..., fused=True)`) fuse the update's passes.
+multiplication and the ReLU into one kernel saves passes over memory, but the drawing
+changes only with the generator (Inductor's compiled dropout uses its own, section
+8.5). Fused optimizers (`torch.optim.AdamW(..., fused=True)`) fuse the update's
+passes.
+
 `prof.export_chrome_trace("trace.json")` writes a timeline for Perfetto
 (ui.perfetto.dev); `torch.profiler.profile(..., with_stack=True)` adds the Python line
 behind each operator, and `on_trace_ready=torch.profiler.tensorboard_trace_handler(dir)`
@@ -6163,16 +6074,15 @@ record("recompute_predicted", recompute_predicted, fmt="{:.2f}")
 recompute_ratio = fastest["checkpointed"] / fastest["plain"]
 record(
     "recompute_against_prediction",
-    f"On the fastest readings the ratio was {recompute_ratio:.2f} (the "
-    "verdict's figure above compares the worst cases), beyond it: "
-    "the rest is the checkpoint's own work in the backward pass, which a "
-    "forward pass timed alone leaves out (rerunning the layers from Python "
-    "when autograd first asks for a saved tensor, and keeping track of what "
-    "it recomputed), and it weighs most on a step this small; this run does "
-    "not split it."
+    f"On the fastest readings the ratio was {recompute_ratio:.2f}, above "
+    "that: the rest "
+    "is the checkpoint's own work in the backward pass (rerunning the layers "
+    "from Python, keeping track of what it recomputed), which weighs most on "
+    "a step this small; this run does not split it."
     if recompute_ratio > 1.1 * recompute_predicted
     else f"On the fastest readings the ratio was {recompute_ratio:.2f}, below "
-    "it: the recomputed forward pass cost less than the arithmetic predicts."
+    "that: the "
+    "recomputed forward pass cost less than the arithmetic predicts."
     if recompute_ratio * 1.1 < recompute_predicted
     else f"On the fastest readings the ratio was {recompute_ratio:.2f}, within "
     "10 % of it.",
@@ -6200,20 +6110,21 @@ The parameters take {{param_mib}} MiB, AdamW's state {{adam_mib}} MiB, and the s
 activations for a batch of 512 {{activation_measured_mib}} MiB (estimate
 {{activation_estimate_mib}} MiB). That is what autograd keeps between the passes; the
 peak during the backward pass adds tensors that live only briefly, such as each
-layer's gradient with respect to its input. Only the activations grow with the batch, so a batch
-that does not fit calls for accumulation (section 8.6), mixed precision (here autocast
-kept {{amp_saved_mib}} MiB for the backward pass, {{amp_saved_share}} of the `float32`
-step's, 16-bit copies of the weights included, {{amp_weight_copies_mib}} MiB), or
-activation checkpointing: `torch.utils.checkpoint.checkpoint` runs part of the model again in the
-backward pass instead of keeping its activations. Wrapping the first two layers cut the
-saved activations to {{recompute_mib}} MiB (estimate {{recompute_estimate_mib}} MiB),
-with {{recompute_grads}}, at a price: {{recompute_time}}. By arithmetic alone the
-price is one more forward pass through the wrapped layers, timed alone (autograd
-recording, as in the recomputation) at {{wrapped_forward_ms}} ms, which would take
-the step to about {{recompute_predicted}} times the plain one.
-{{recompute_against_prediction}} The wrapped layers
-have no dropout here; where they do, `checkpoint` restores the random state before
-recomputing (`preserve_rng_state=True`, the default), so the masks match.
+layer's gradient with respect to its input.
+
+Only the activations grow with the batch, so a batch that does not fit calls for
+accumulation (section 8.6), mixed precision (here autocast kept {{amp_saved_mib}} MiB
+for the backward pass, {{amp_saved_share}} of the `float32` step's, its 16-bit copies
+of the weights included), or activation checkpointing:
+`torch.utils.checkpoint.checkpoint` runs part of the model again in the backward pass
+instead of keeping its activations. Wrapping the first two layers cut the saved
+activations to {{recompute_mib}} MiB (estimate {{recompute_estimate_mib}} MiB), with
+{{recompute_grads}}, at a price: {{recompute_time}}. The expected price is one more
+forward pass through the wrapped layers ({{wrapped_forward_ms}} ms, timed alone with
+autograd recording), about {{recompute_predicted}} times the plain step.
+{{recompute_against_prediction}} The wrapped layers have no dropout here; where they
+do, `checkpoint` restores the random state before recomputing
+(`preserve_rng_state=True`, the default), so the masks match.
 """
 )
 
@@ -6370,7 +6281,8 @@ as `torch.utils.flop_counter.FlopCounterMode` counts them) dropout would cost ab
 {{draw_gap_why}} {{draw_build_sentence}}
 
 AdamW's state is twice the parameters plus a step counter per tensor. Under autocast
-the loss's log-probabilities stay `float32`. The checkpointed step keeps the input,
+the loss's log-probabilities stay `float32`, and the 16-bit copies of the weights took
+{{amp_weight_copies_mib}} MiB. The checkpointed step keeps the input,
 the second hidden layer's output and the log-probabilities, which is its estimate.
 
 </details>
