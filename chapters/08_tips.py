@@ -141,8 +141,11 @@ from helpers.tips import (
     NOISE,
     CostlyDataset,
     atomic_save,
+    one_way,
+    paired_note,
     paired_verdict,
     rounds_list,
+    rounds_note,
     rounds_range,
     rounds_verdict,
     separation,
@@ -247,8 +250,8 @@ print(f"{count_parameters(make_model()):,} parameters")
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # Helpers for the figures and for the text's words: axis labels, rounding a
-# bound up, and the brackets the opening box defines ("narrowly", "faster in
-# every round").
+# bound up, and the brackets the opening box defines (their words come from
+# helpers.tips.rounds_note and paired_note).
 def label_log_axis(axis, subs=(1.0, 2.0, 5.0)) -> None:
     """Ticks at `subs` times powers of ten, labelled 0.2 or 50, not
     2×10⁻¹.
@@ -281,64 +284,16 @@ def rounded_up(value: float, digits: int = 2) -> float:
     return ceil_to(value, 10 ** (math.floor(math.log10(value)) - digits + 1))
 
 
-def one_way(base: list[float], candidate: list[float]) -> str:
-    """ "faster" or "slower" where every reading of `candidate` lay below, or
-    above, every reading of `base` (a lead the 10 % rule may still call
-    noise), "" where they overlapped.
-    """
-    return {"lower": "faster", "higher": "slower"}.get(
-        separation(candidate, base), ""
-    )
-
-
-def narrow(base: list[float], candidate: list[float]) -> bool:
-    """Whether the 10 % rule separated the two sides by under 5 % more: the
-    nearest readings so close that another run may call it noise.
-    """
-    if max(candidate) * 1.1 < min(base):  # candidate faster
-        return max(candidate) * 1.1 * 1.05 > min(base)
-    if max(base) * 1.1 < min(candidate):  # candidate slower
-        return max(base) * 1.1 * 1.05 > min(candidate)
-    return False
-
-
-def lean_words(
-    base: list[float], candidate: list[float], unit: str = "round"
-) -> str:
-    """What `rounds_verdict(base, candidate)` leaves out: "narrowly" for a
-    narrow pass, "though faster (slower) in every `unit`" for noise that
-    fell one way in every reading (`unit`: what one reading is, a round or
-    an epoch), else "". The opening box defines both.
-    """
-    if narrow(base, candidate):
-        return "narrowly"
-    way = (
-        one_way(base, candidate)
-        if separation(candidate, base, margin=0.1) == "overlapping"
-        else ""
-    )
-    return f"though {way} in every {unit}" if way else ""
-
-
 def lean(base: list[float], candidate: list[float], unit: str = "round") -> str:
-    """`lean_words` in brackets, for after the sentence's object."""
-    words = lean_words(base, candidate, unit)
+    """`rounds_note`'s words in brackets, for after the sentence's object."""
+    words = rounds_note(base, candidate, unit=unit)
     return f" ({words})" if words else ""
 
 
 def paired_lean(base: list[float], candidate: list[float]) -> str:
-    """`lean` for `paired_verdict`, which judges each round's ratio
-    base / candidate: "(narrowly)" where the nearest round cleared 1.1 by
-    under 5 %, "(though faster/slower in every round, ...)" where every round
-    fell one way but not every one beyond 1.1.
-    """
-    ratios = [b / c for b, c in zip(base, candidate, strict=True)]
-    if min(ratios) >= 1.1:
-        return " (narrowly)" if min(ratios) < 1.1 * 1.05 else ""
-    if max(ratios) <= 1 / 1.1:
-        return " (narrowly)" if max(ratios) > 1 / (1.1 * 1.05) else ""
-    way = "faster" if min(ratios) > 1 else "slower" if max(ratios) < 1 else ""
-    return f" (though {way} in every round)" if way else ""
+    """`paired_note`'s words in brackets."""
+    words = paired_note(base, candidate)
+    return f" ({words})" if words else ""
 
 
 def names_list(names: list[str]) -> str:
@@ -1448,10 +1403,10 @@ for kind, verdict in (
     ("computing", computing_verdict),
 ):
     persistent_lean[kind] = (
-        lean_words(
+        rounds_note(
             later_readings[kind, "0 workers"],
             later_readings[kind, "2 workers, persistent"],
-            "later epoch",
+            unit="later epoch",
         )
         # the waiting set is judged against its sleeping, not by the rule
         if kind == "computing"

@@ -5,9 +5,10 @@ data-loading measurements; it lives in a module, not in the notebook, because
 ``DataLoader`` workers started with ``spawn`` or ``forkserver`` must import it.
 ``speed_verdict`` turns two timings into words without claiming a difference that is
 within the noise; ``timed_rounds``, ``rounds_verdict`` and ``paired_verdict`` apply
-the chapter's timing rule (interleaved rounds, judged by ``separation``), and
-``rounds_range``/``rounds_list`` print the rounds. ``atomic_save`` writes a checkpoint so that an interruption
-never leaves a half-written file behind.
+the chapter's timing rule (interleaved rounds, judged by ``separation``),
+``rounds_note`` and ``paired_note`` flag the near cases the rule's verdict leaves out,
+and ``rounds_range``/``rounds_list`` print the rounds. ``atomic_save`` writes a
+checkpoint so that an interruption never leaves a half-written file behind.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ __all__ = [
     "CostlyDataset",
     "atomic_save",
     "busy_work",
+    "one_way",
+    "paired_note",
     "paired_verdict",
     "rounds_list",
+    "rounds_note",
     "rounds_range",
     "rounds_verdict",
     "separation",
@@ -228,6 +232,49 @@ def paired_verdict(base: Sequence[float], candidate: Sequence[float]) -> str:
     if max(ratios) <= 1 / 1.1:
         return speed_verdict(max(ratios), 1.0)
     return NOISE
+
+
+def one_way(base: Sequence[float], candidate: Sequence[float]) -> str:
+    """``"faster"`` where every reading of ``candidate`` lies below every reading of
+    ``base``, ``"slower"`` where every one lies above, ``""`` where they overlap: a lead
+    that the 10 % rule may still call noise. Introduced in chapter 08.
+    """
+    return {"lower": "faster", "higher": "slower"}.get(separation(candidate, base), "")
+
+
+def rounds_note(base: Sequence[float], candidate: Sequence[float], *, unit: str = "round") -> str:
+    """What ``rounds_verdict(base, candidate)`` leaves out, as the words of a bracket.
+
+    ``"narrowly"`` where the rule called a difference but the nearest readings, the
+    slower side's fastest against the faster side's slowest, cleared its 10 % by less
+    than a further 5 %; ``"though faster in every round"`` (or ``"slower"``; ``unit``
+    names what one reading is) where the rule said ``NOISE`` yet every reading of one
+    side lay beyond every reading of the other; ``""`` otherwise. Introduced in
+    chapter 08.
+    """
+    order = separation(candidate, base, margin=0.1)
+    if order == "lower":
+        return "narrowly" if max(candidate) * 1.1 * 1.05 > min(base) else ""
+    if order == "higher":
+        return "narrowly" if max(base) * 1.1 * 1.05 > min(candidate) else ""
+    way = one_way(base, candidate)
+    return f"though {way} in every {unit}" if way else ""
+
+
+def paired_note(base: Sequence[float], candidate: Sequence[float]) -> str:
+    """``rounds_note`` for ``paired_verdict``, which judges each round's ratio
+    ``base / candidate``: ``"narrowly"`` where the round nearest to even cleared the
+    10 % by less than a further 5 %, ``"though faster in every round"`` (or
+    ``"slower"``) where every round fell one way but not every one beyond the 10 %,
+    ``""`` otherwise. Introduced in chapter 08.
+    """
+    verdict = paired_verdict(base, candidate)  # checks that the rounds pair up
+    ratios = [b / c for b, c in zip(base, candidate, strict=True)]
+    if verdict != NOISE:
+        nearest = min(ratios) if min(ratios) >= 1.1 else 1 / max(ratios)
+        return "narrowly" if nearest < 1.1 * 1.05 else ""
+    way = "faster" if min(ratios) > 1 else "slower" if max(ratios) < 1 else ""
+    return f"though {way} in every round" if way else ""
 
 
 def rounds_range(readings: Sequence[float], scale: float, fmt: str) -> str:

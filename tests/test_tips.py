@@ -354,6 +354,65 @@ def test_paired_verdict_needs_every_round_beyond_the_band_on_one_side():
         tips.paired_verdict([1.0, 2.0], [1.0])
 
 
+def test_one_way_needs_every_reading_on_one_side_but_no_margin():
+    assert tips.one_way([2.0, 2.1], [1.9, 1.95]) == "faster"
+    assert tips.one_way([1.9, 1.95], [2.0, 2.1]) == "slower"
+    assert tips.one_way([2.0, 1.9], [1.95, 2.1]) == ""
+
+
+def test_rounds_note_flags_a_pass_with_under_five_percent_to_spare():
+    # candidate faster: the nearest readings 1.0 and 1.12 clear 1.1 by under 5 %
+    assert tips.rounds_verdict([1.12, 1.3], [1.0, 0.95]) == "1.1 times faster than"
+    assert tips.rounds_note([1.12, 1.3], [1.0, 0.95]) == "narrowly"
+    # ... and by more than 5 % (1.1 x 1.05 = 1.155 < 1.16): no bracket
+    assert tips.rounds_note([1.16, 1.3], [1.0, 0.95]) == ""
+    # the same, candidate slower: judged on the base's slowest reading
+    assert tips.rounds_note([0.95, 1.0], [1.12, 1.3]) == "narrowly"
+    assert tips.rounds_note([0.95, 1.0], [1.16, 1.3]) == ""
+
+
+def test_rounds_note_names_noise_that_fell_one_way():
+    # apart in every reading, but by under 10 %: the rule says noise
+    assert tips.rounds_verdict([1.05, 1.08], [1.0, 1.01]) == tips.NOISE
+    assert tips.rounds_note([1.05, 1.08], [1.0, 1.01]) == "though faster in every round"
+    assert tips.rounds_note([1.0, 1.01], [1.05, 1.08]) == "though slower in every round"
+    assert tips.rounds_note([1.0, 1.01], [1.05, 1.08], unit="epoch") == "though slower in every epoch"
+    # overlapping readings: nothing to flag
+    assert tips.rounds_note([1.0, 1.08], [1.05, 1.01]) == ""
+    # a clear pass: nothing to flag either
+    assert tips.rounds_note([2.0, 2.1], [1.0, 1.1]) == ""
+
+
+def test_paired_note_judges_the_round_nearest_to_even():
+    # every round beyond 1.1, the nearest (1.12) within a further 5 %
+    assert tips.paired_note([1.12, 2.0], [1.0, 1.0]) == "narrowly"
+    assert tips.paired_note([1.16, 2.0], [1.0, 1.0]) == ""
+    # slower: the ratios are below 1 / 1.1, the nearest 1 / 1.12
+    assert tips.paired_note([1.0, 1.0], [1.12, 2.0]) == "narrowly"
+    assert tips.paired_note([1.0, 1.0], [1.16, 2.0]) == ""
+    # one round inside the band, every round on one side
+    assert tips.paired_note([1.05, 2.0], [1.0, 1.0]) == "though faster in every round"
+    assert tips.paired_note([1.0, 1.0], [1.05, 2.0]) == "though slower in every round"
+    # rounds on both sides of even
+    assert tips.paired_note([0.95, 2.0], [1.0, 1.0]) == ""
+    # pairing, not the sets, decides: the same sets paired otherwise
+    assert tips.paired_note([2.0, 1.05], [1.0, 2.0]) == ""
+
+
+@pytest.mark.parametrize(
+    "base, candidate, error",
+    [([], [1.0], TypeError), ([1.0], [0.0], ValueError), ([1.0], ["1"], TypeError)],
+)
+def test_rounds_note_rejects_bad_readings(base, candidate, error):
+    with pytest.raises(error):
+        tips.rounds_note(base, candidate)
+
+
+def test_paired_note_rejects_rounds_that_do_not_pair():
+    with pytest.raises(ValueError, match="pair"):
+        tips.paired_note([1.0, 2.0], [1.0])
+
+
 def test_rounds_range_and_list_print_the_extremes_and_the_order():
     assert tips.rounds_range([0.003, 0.001, 0.002], 1e3, ".1f") == "1.0–3.0"
     assert tips.rounds_range([0.00101, 0.00102], 1e3, ".1f") == "1.0"
