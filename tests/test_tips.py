@@ -30,6 +30,11 @@ def test_busy_work_rejects_non_integers(rounds):
         busy_work(rounds)
 
 
+def test_busy_work_names_the_wrong_type():
+    with pytest.raises(TypeError, match="got float"):
+        busy_work(1.5)
+
+
 def test_busy_work_rejects_negative_rounds():
     with pytest.raises(ValueError, match="rounds"):
         busy_work(-1)
@@ -79,6 +84,44 @@ def test_costly_dataset_noise_comes_from_torchs_generator():
     reference = x[2] + 0.5 * torch.randn(3)
     assert torch.equal(first, again) and torch.equal(first, reference)
     assert not torch.equal(first, x[2]) and first.dtype == x.dtype
+
+
+def test_costly_dataset_by_default_neither_sleeps_works_nor_draws(monkeypatch):
+    slept, worked = [], []
+    monkeypatch.setattr(tips.time, "sleep", lambda s: slept.append(s))
+    monkeypatch.setattr(tips, "busy_work", lambda rounds: worked.append(rounds))
+    x, y = _data()
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    item_x, _ = CostlyDataset(x, y)[1]
+    # no sleep(0), no busy_work, and no draw that would move the global generator
+    assert slept == [] and worked == []
+    assert torch.equal(torch.get_rng_state(), state) and torch.equal(item_x, x[1])
+    CostlyDataset(x, y, work=1)[1]
+    assert worked == [1]
+
+
+def test_costly_dataset_draws_noise_in_the_inputs_dtype():
+    x, y = _data()
+    x = x.double()
+    torch.manual_seed(0)
+    noisy = CostlyDataset(x, y, noise_std=0.5)[2][0]
+    torch.manual_seed(0)
+    assert torch.equal(noisy, x[2] + 0.5 * torch.randn(3, dtype=torch.float64))
+
+
+def test_costly_dataset_names_the_wrong_types():
+    x, y = _data()
+    with pytest.raises(TypeError, match="got list and Tensor"):
+        CostlyDataset(x.tolist(), y)
+    with pytest.raises(TypeError, match="got Tensor and list"):
+        CostlyDataset(x, y.tolist())
+    with pytest.raises(TypeError, match="work must be an int, got float"):
+        CostlyDataset(x, y, work=2.0)
+    with pytest.raises(TypeError, match="sleep_s must be a number, got str"):
+        CostlyDataset(x, y, sleep_s="1")
+    with pytest.raises(ValueError, match="noise_std"):
+        CostlyDataset(x, y, noise_std=math.inf)
 
 
 def test_costly_dataset_survives_pickling_and_workers():
@@ -179,6 +222,22 @@ def test_separation_rejects_bad_input(a, b, margin, error):
 # ---------------------------------------------------------------- speed_verdict
 
 
+def test_separation_names_the_bad_argument():
+    with pytest.raises(TypeError, match=r"^a must be a non-empty sequence"):
+        separation([], [1.0])
+    with pytest.raises(TypeError, match=r"^b must be a non-empty sequence"):
+        separation([1.0], [])
+    # a set is not a sequence, even a non-empty one of numbers
+    with pytest.raises(TypeError, match=r"^a must be a non-empty sequence"):
+        separation({1.0}, [2.0])
+    with pytest.raises(TypeError, match=r"^b must hold numbers, got str"):
+        separation([1.0], ["2"])
+    with pytest.raises(ValueError, match=r"^a must hold positive finite numbers, got inf"):
+        separation([math.inf], [1.0])
+    with pytest.raises(ValueError, match=r"^margin"):
+        separation([1.0], [2.0], margin=-0.1)
+
+
 def test_speed_verdict_names_the_direction_and_the_ratio():
     assert speed_verdict(2.0, 1.0) == "2.0 times faster than"
     assert speed_verdict(1.0, 3.0) == "3.0 times slower than"
@@ -206,6 +265,19 @@ def test_speed_verdict_calls_small_differences_equal():
 def test_speed_verdict_rejects_bad_times(args, error):
     with pytest.raises(error, match="_s must be"):
         speed_verdict(*args)
+
+
+def test_speed_verdict_calls_a_ratio_of_exactly_one_plus_tolerance():
+    # 1.0 / (1.0 / 1.1) is exactly 1.1 in floating point: on the band's edge
+    assert speed_verdict(1.0, 1.1) == "1.1 times slower than"
+    assert speed_verdict(1.1, 1.0) == "1.1 times faster than"
+
+
+def test_speed_verdict_names_the_bad_argument():
+    with pytest.raises(TypeError, match=r"^candidate_s must be a number, got str"):
+        speed_verdict(1.0, "1")
+    with pytest.raises(ValueError, match=r"^tolerance"):
+        speed_verdict(1.0, 1.0, tolerance=math.inf)
 
 
 def test_speed_verdict_rejects_a_bad_tolerance():
@@ -257,7 +329,7 @@ def test_a_save_killed_halfway_keeps_the_old_checkpoint_loadable(tmp_path, monke
 
 
 def test_atomic_save_rejects_bad_paths(tmp_path):
-    with pytest.raises(TypeError, match="path"):
+    with pytest.raises(TypeError, match="path must be a str or Path, got int"):
         atomic_save({}, 3)
     with pytest.raises(ValueError, match="existing folder"):
         atomic_save({}, tmp_path / "missing" / "checkpoint.pt")
@@ -277,6 +349,7 @@ def test_atomic_save_flushes_the_file_and_then_its_folder(tmp_path, monkeypatch)
         # first the temporary file's contents, then the folder holding the rename
         assert len(flushed) == 2
         assert flushed[0].startswith(str(tmp_path / ".checkpoint.pt."))
+        assert flushed[0].endswith(".tmp")
         assert flushed[1] == os.path.realpath(tmp_path)
 
 
@@ -328,8 +401,13 @@ def test_timed_rounds_returns_each_functions_own_fastest_run():
 
 @pytest.mark.parametrize("fns, rounds", [({}, 3), ({"a": 1}, 3), ({"a": print}, 0), ({"a": print}, True)])
 def test_timed_rounds_rejects_bad_input(fns, rounds):
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises((TypeError, ValueError), match=r"^(fns|rounds) must be"):
         tips.timed_rounds(fns, rounds=rounds)
+
+
+def test_timed_rounds_takes_three_rounds_by_default(monkeypatch):
+    monkeypatch.setattr(tips, "best_time", lambda fn, **options: 1.0)
+    assert tips.timed_rounds({"a": lambda: None}) == {"a": [1.0, 1.0, 1.0]}
 
 
 def test_rounds_verdict_needs_a_ten_percent_gap_and_quotes_the_worst_case():
@@ -350,6 +428,8 @@ def test_paired_verdict_needs_every_round_beyond_the_band_on_one_side():
     assert tips.paired_verdict([2.0, 1.0], [1.0, 2.0]) == tips.NOISE
     assert tips.paired_verdict([1.05, 2.0], [1.0, 1.0]) == tips.NOISE
     assert tips.paired_verdict([1.1, 2.0], [1.0, 1.0]) == "1.1 times faster than"
+    # on the band's edge: 1.0 / 1.1 is exactly 1 / 1.1 in floating point
+    assert tips.paired_verdict([1.0], [1.1]) == "1.1 times slower than"
     with pytest.raises(ValueError, match="pair"):
         tips.paired_verdict([1.0, 2.0], [1.0])
 
@@ -369,6 +449,9 @@ def test_rounds_note_flags_a_pass_with_under_five_percent_to_spare():
     # the same, candidate slower: judged on the base's slowest reading
     assert tips.rounds_note([0.95, 1.0], [1.12, 1.3]) == "narrowly"
     assert tips.rounds_note([0.95, 1.0], [1.16, 1.3]) == ""
+    # exactly 5 % beyond the 10 % is no longer narrow
+    assert tips.rounds_note([1.1 * 1.05], [1.0]) == ""
+    assert tips.rounds_note([1.0], [1.1 * 1.05]) == ""
 
 
 def test_rounds_note_names_noise_that_fell_one_way():
@@ -397,6 +480,12 @@ def test_paired_note_judges_the_round_nearest_to_even():
     assert tips.paired_note([0.95, 2.0], [1.0, 1.0]) == ""
     # pairing, not the sets, decides: the same sets paired otherwise
     assert tips.paired_note([2.0, 1.05], [1.0, 2.0]) == ""
+    # a round at exactly even falls neither way
+    assert tips.paired_note([1.0, 1.05], [1.0, 1.0]) == ""
+    assert tips.paired_note([1.0, 1.0], [1.0, 1.05]) == ""
+    assert tips.paired_note([0.95, 1.05], [1.0, 1.0]) == ""
+    # exactly 5 % beyond the 10 % is no longer narrow
+    assert tips.paired_note([1.1 * 1.05], [1.0]) == ""
 
 
 @pytest.mark.parametrize(
