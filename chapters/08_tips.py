@@ -52,8 +52,9 @@
 # >   cost. They are different readings: compare readings of one kind only.
 # > - One side is called faster only if every one of its readings, 10 % longer, is still
 # >   shorter than every reading of the other; otherwise the text says "within the noise
-# >   of". Two brackets flag near cases: "(narrowly)", a pass by under 5 % more than
-# >   the 10 %; "(though faster in every round)", noise that fell one way each time.
+# >   of". Two flags mark near cases: "(narrowly)", a pass by under 5 % more than the
+# >   10 %; "within the noise of ..., though faster in every round", noise that fell
+# >   one way each time.
 # >   "N times slower" means N times as long. The dropdown below gives the details.
 # > - The numbers come from the machine that built this page (the setup cell prints
 # >   it); yours will differ. Where the text speaks of hardware this run did not
@@ -102,6 +103,7 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 import copy
 import hashlib
+import importlib.util
 import inspect
 import io
 import itertools
@@ -284,16 +286,23 @@ def rounded_up(value: float, digits: int = 2) -> float:
     return ceil_to(value, 10 ** (math.floor(math.log10(value)) - digits + 1))
 
 
+def flagged(words: str) -> str:
+    """A near case's words for after the sentence's object: " (narrowly)",
+    or ", though faster in every round".
+    """
+    if not words:
+        return ""
+    return f", {words}" if words.startswith("though") else f" ({words})"
+
+
 def lean(base: list[float], candidate: list[float], unit: str = "round") -> str:
-    """`rounds_note`'s words in brackets, for after the sentence's object."""
-    words = rounds_note(base, candidate, unit=unit)
-    return f" ({words})" if words else ""
+    """`rounds_note`'s words, flagged for after the sentence's object."""
+    return flagged(rounds_note(base, candidate, unit=unit))
 
 
 def paired_lean(base: list[float], candidate: list[float]) -> str:
-    """`paired_note`'s words in brackets."""
-    words = paired_note(base, candidate)
-    return f" ({words})" if words else ""
+    """`paired_note`'s words, flagged."""
+    return flagged(paired_note(base, candidate))
 
 
 def names_list(names: list[str]) -> str:
@@ -318,7 +327,7 @@ def names_list(names: list[str]) -> str:
 
 # %%
 model = make_model().to(device)  # Module.to moves the parameters in place
-batch = images[:4].to(device)  # Tensor.to returns a new tensor: assign it
+batch = images[:4].to(device)  # .to never moves images in place: assign it
 print("output on", model(batch).device)
 if torch.cuda.is_available():
     print(
@@ -407,8 +416,6 @@ cpu_best_batch = min(cpu_per_sample, key=cpu_per_sample.get)
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # The text's numbers and words on the sweep.
-record("cpu_call_1_us", cpu_times[1] * 1e6, fmt="{:.0f}")
-record("cpu_call_64_us", cpu_times[64] * 1e6, fmt="{:.0f}")
 record("cpu_64_over_1", cpu_times[64] / cpu_times[1], fmt="{:.1f}")
 record("cpu_sample_1_us", cpu_per_sample[1] * 1e6, fmt="{:.0f}")
 record("cpu_sample_best_us", cpu_per_sample[cpu_best_batch] * 1e6, fmt="{:.2f}")
@@ -627,8 +634,6 @@ print(
     f"{rounds_list(item_rounds[True], 1e3, '.2f')}; once "
     f"{rounds_list(item_rounds[False], 1e3, '.2f')}"
 )
-record("item_every_ms", item_every_s * 1e3, fmt="{:.2f}")
-record("item_once_ms", item_once_s * 1e3, fmt="{:.2f}")
 record("item_verdict", item_verdict)
 record("item_note", lean(item_rounds[True], item_rounds[False]))
 record("item_every_range", rounds_range(item_rounds[True], 1e3, ".2f"))
@@ -755,7 +760,25 @@ for m in measurements:
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # The text's verdicts on the threads and on the rise at batch 4,096.
 STEP, BIG = thread_jobs
-if many_threads > 1:
+# One setting's rounds more than three times apart measured other work on the
+# machine (a shared or busy CPU), not the setting: the table then judges
+# nothing. Idle, seeds 0-2 read spreads of 1.14 to 1.69; beside other jobs, 57.
+table_spread = max(max(r) / min(r) for r in thread_rounds.values())
+table_busy = table_spread > 3
+print(f"largest spread between rounds of one setting: {table_spread:.2f} times")
+if many_threads > 1 and table_busy:
+    threads_sentence = (
+        "The table's rounds of one and the same setting differed by up to "
+        f"{table_spread:.0f} times: other work held this machine's CPUs while "
+        "it ran, so this run gives no verdict on threads."
+    )
+    threads_cost = (
+        "Sharing an operation out costs waking the other threads and waiting"
+        " for all of them, microseconds per call, which a large operation"
+        " repays and a small one may not."
+    )
+    threads_note = ""
+elif many_threads > 1:
     one_step, one_big = thread_rounds[1, STEP], thread_rounds[1, BIG]
     big_verdict = rounds_verdict(one_big, thread_rounds[many_threads, BIG])
     step_verdict_threads = rounds_verdict(
@@ -831,6 +854,8 @@ record(
 swept_rise = cpu_per_sample[4096] > 1.1 * cpu_per_sample[cpu_best_batch]
 if cpu_best_batch == 4096 or not swept_rise:
     rise_sentence = ""  # the sweep showed no rise to check
+elif table_busy:
+    rise_sentence = "For the same reason it does not judge the sweep's rise."
 else:
     # per sample, in µs, round by round: the same Timer reading for both
     big_us = [t / 4096 * 1e6 for t in thread_rounds[default_threads, BIG]]
@@ -844,15 +869,19 @@ else:
     rise_sentence = (
         f"Timed again beside batch {cpu_best_batch:,} "
         f"({min(cheap_us):.2f}–{max(cheap_us):.2f} µs per sample), batch "
-        f"4,096 ({min(big_us):.2f}–{max(big_us):.2f} µs) was over 10 % "
+        f"4,096 ({min(big_us):.2f}–{max(big_us):.2f} µs) "
         + (
-            "dearer in every round: the sweep's rise repeated. This run does "
+            "was over 10 % dearer in every round: the sweep's rise repeated. "
+            "This run does "
             "not test its cause; section 8.5 measures one candidate, what "
             "fresh large tensors cost on a CPU (each hidden activation at "
             "4,096 takes 4 MiB)."
             if rounds_above == 3
-            else f"dearer in {rounds_above} of 3 rounds: the sweep's rise did"
-            " not clearly repeat."
+            else "was not over 10 % dearer in any round: the sweep's rise did "
+            "not repeat."
+            if rounds_above == 0
+            else f"was over 10 % dearer in only {rounds_above} of 3 rounds: "
+            "the sweep's rise did not clearly repeat."
         )
     )
 record("rise_sentence", rise_sentence)
@@ -966,8 +995,6 @@ print(
     f"{rounds_list(loader_rounds['per sample'], 1e3, '.1f')}; per batch "
     f"{rounds_list(loader_rounds['per batch'], 1e3, '.2f')}"
 )
-record("per_sample_ms", per_sample_s * 1e3, fmt="{:.1f}")
-record("per_batch_ms", per_batch_s * 1e3, fmt="{:.2f}")
 record("loader_verdict", loader_verdict)
 record(
     "loader_note", lean(loader_rounds["per sample"], loader_rounds["per batch"])
@@ -1022,15 +1049,12 @@ epoch_rounds = timed_rounds(epochs_of, repeat=2, device=device)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 
-epoch_times = {size: min(readings) for size, readings in epoch_rounds.items()}
 for size, readings in epoch_rounds.items():
     print(
         f"batch size {size:>3}: {len(epochs_of[size].args[2]):>2} steps, "
         f"{min(readings) * 1e3:.1f} ms per epoch (rounds "
         f"{rounds_list(readings, 1e3, '.1f')} ms)"
     )
-record("epoch_16_ms", epoch_times[16] * 1e3, fmt="{:.0f}")
-record("epoch_256_ms", epoch_times[256] * 1e3, fmt="{:.0f}")
 record("batch_verdict", rounds_verdict(epoch_rounds[16], epoch_rounds[256]))
 record("batch_note", lean(epoch_rounds[16], epoch_rounds[256]))
 record("epoch_16_range", rounds_range(epoch_rounds[16], 1e3, ".0f"))
@@ -1299,7 +1323,6 @@ for kind in ("waiting", "computing"):
 later_spread = max(
     (max(times) - min(times)) / min(times) for times in later_readings.values()
 )
-record("later_spread_pct", 100 * later_spread, fmt="{:.0f}")
 restart_sentence = (
     f"{restart_cost['waiting']} per epoch with the waiting set and "
     f"{restart_cost['computing']} with the computing set (two workers, "
@@ -2257,9 +2280,6 @@ else:
 record("worse_low_sentence", worse_low_sentence)
 record("schedule_sentence", schedule_sentence)
 record("best_schedule", f"{best_name} at {best_rate}")
-record("best_schedule_loss", mean_val[best_name, best_rate], fmt="{:.3f}")
-record("constant_loss", mean_val["constant", constant_rate], fmt="{:.3f}")
-record("constant_rate", constant_rate)
 record(
     "high_rate_ratio",
     mean_high4[best_high] / constant_high,
@@ -2543,8 +2563,9 @@ prose(
 
 The range test's readings lag: an average that keeps 0.9 of itself (with Adam's
 start-up correction) trails the raw losses by about {{lag_steps}} steps, over which the
-test raises the rate {{range_lag}} times, so the unsmoothed curve's low lies nearer
-{{range_lowest_lagged}} (fastai smooths too, keeping 0.98). The test is a guide to
+test raises the rate {{range_lag}} times, so the low of the losses themselves lies
+roughly that much lower, near {{range_lowest_lagged}}, an estimate: the raw curve is too
+noisy to read it from (fastai smooths too, keeping 0.98). The test is a guide to
 where the rates lie, not a measurement of a final result: its rate changes every
 step. The schedules' factors are common, untuned values: `ReduceLROnPlateau`'s 0.3 is
 gentler than its default 0.1, since `patience=0` (the default 10 suits longer runs)
@@ -2870,15 +2891,11 @@ elif fp32_step_s / amp_step_s < fp32_matmul_s / half_matmul_s:
     )
 else:
     matmul_reading = "The step gained at least as much as the product alone."
-record("fp32_step_ms", fp32_step_s * 1e3, fmt="{:.2f}")
-record("amp_step_ms", amp_step_s * 1e3, fmt="{:.2f}")
 record("fp32_step_range", rounds_range(amp_rounds[False], 1e3, ".2f"))
 record("amp_step_range", rounds_range(amp_rounds[True], 1e3, ".2f"))
 record("amp_verdict", amp_verdict)
 record("amp_note", lean(amp_rounds[False], amp_rounds[True]))
 record("bf16_sentence", bf16_sentence)
-record("fp32_matmul_us", fp32_matmul_s * 1e6, fmt="{:.0f}")
-record("half_matmul_us", half_matmul_s * 1e6, fmt="{:.0f}")
 record("fp32_matmul_range", rounds_range(matmul_rounds["float32"], 1e6, ".0f"))
 record("half_matmul_range", rounds_range(matmul_rounds["16 bits"], 1e6, ".0f"))
 record("matmul_verdict", matmul_verdict)
@@ -3046,14 +3063,6 @@ print(
 )
 record("fp32_val_acc", fp32_acc, fmt="{:.1%}")
 record("amp_val_acc", amp_acc, fmt="{:.1%}")
-amp_digits_apart = round(abs(amp_acc - fp32_acc) * len(val_set))
-record(
-    "amp_acc_gap",
-    "not at all"
-    if amp_digits_apart == 0
-    else f"{amp_digits_apart} digit{'s' * (amp_digits_apart > 1)} of "
-    f"{len(val_set)} ({100 * amp_digits_apart / len(val_set):.2f} points)",
-)
 record("only_fp32", only_fp32)
 record("only_amp", only_amp)
 # upper bounds, printed rounded up so that "at most" stays true
@@ -3265,9 +3274,9 @@ if compile_skip is None:
         compile_summary = "showed no clear gain"
     compile_sentence = (
         f"The first call took {compile_s:.1f} s, with the compiler's "
-        "on-disk caches off (`torch.compiler.config.force_disable_caches`): "
-        "about what a first compile costs on a fresh machine or in a new "
-        "Colab session"
+        "on-disk caches off (`torch.compiler.config.force_disable_caches`), "
+        "as on a fresh machine or in a new Colab session, whose caches start "
+        "empty"
         + (
             ". Afterwards a forward pass of batch 256 ("
             + rounds_range(forward_rounds["compiled"], 1e6, ".0f")
@@ -3359,6 +3368,22 @@ if compile_skip is None:
     chain_verdict = rounds_verdict(
         chain_rounds["eager"], chain_rounds["compiled"]
     )
+    # Minor page faults per call: first writes to memory pages the process
+    # has just been given. getrusage counts them on Linux and macOS only.
+    faults = {}
+    if device.type == "cpu" and importlib.util.find_spec("resource"):
+        import resource
+
+        for name, call in (
+            ("eager", partial(chain, x_chain)),
+            ("eager, in place", partial(chain_in_place, x_chain, *buffers)),
+        ):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(5):
+                call()
+            after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            faults[name] = (after - before) / 5
+        print(f"minor page faults per call: {faults}")
     print(
         "seven element-wise operations on 4M values, ms per call: "
         + "; ".join(
@@ -3401,13 +3426,27 @@ if compile_skip is None:
         + rounds_range(chain_rounds["eager, in place"], 1e3, ".2f")
         + f" ms, and eager mode was {fresh_verdict} that"
         + lean(chain_rounds["eager, in place"], chain_rounds["eager"])
-        + ". It also makes seven passes over memory where the compiled code "
+        + (
+            f". Each eager call also took {faults['eager']:,.0f} minor page "
+            f"faults, the in-place chain {faults['eager, in place']:,.0f} "
+            "(counted with `resource.getrusage`): the fresh tensors' memory "
+            "reached the process as new pages, which the operating system "
+            "maps in, zeroed, on their first write"
+            if faults and faults["eager"] > 10 * (1 + faults["eager, in place"])
+            else f". Each eager call took {faults['eager']:,.0f} minor page "
+            f"faults, the in-place chain {faults['eager, in place']:,.0f}: "
+            "new memory pages do not explain the gap here"
+            if faults
+            else ""
+        )
+        + ". Eager mode also makes seven passes over memory where the compiled "
+        "code "
         f"makes one: the compiled chain was {fused_verdict} the in-place one"
         + lean(chain_rounds["eager, in place"], chain_rounds["compiled"])
-        + ". Where fresh results cost time, reusing buffers helps, as does a "
-        "faster allocator: PyTorch's performance tuning guide suggests "
-        "preloading jemalloc or tcmalloc (`LD_PRELOAD`) on Linux (not "
-        "measured here)."
+        + ". Where fresh results cost time, reusing buffers helps, as does an "
+        "allocator that keeps freed memory for reuse: PyTorch's performance "
+        "tuning guide suggests preloading jemalloc or tcmalloc (`LD_PRELOAD`) "
+        "on Linux (not measured here)."
     )
     if device.type == "cpu":
         # the fastest readings, which a busy spell can only lengthen: the
@@ -3625,11 +3664,6 @@ if step_compile_skip is None:
         "overlap: this run does not show that dropout changed how they "
         "compared."
     )
-    record("step_compile_s", masked["compile"], fmt="{:.1f}")
-    record("eager_step_ms", masked["eager"] * 1e3, fmt="{:.2f}")
-    record("compiled_step_ms", masked["compiled"] * 1e3, fmt="{:.2f}")
-    record("plain_eager_ms", without["eager"] * 1e3, fmt="{:.2f}")
-    record("plain_compiled_ms", without["compiled"] * 1e3, fmt="{:.2f}")
     # compiled with the caches off (the cell above)
     cache_note = ", with the caches off as for the inference pass"
     step_rows = {
@@ -3900,7 +3934,7 @@ if step_split is not None:
             f"{mask_us['eager', 'ReLU + bool mask']:.0f} µs. "
             + (
                 "That is a weakness of this PyTorch's generated CPU code for "
-                "one-byte values (check yours), not a cost that writing "
+                "`bool` outputs (check yours), not a cost that writing "
                 "booleans must have. Without dropout the compiled step writes "
                 "no such mask: the ReLU's gradient reads the ReLU's output, "
                 "which the next layer keeps for its own backward pass anyway."
@@ -4131,8 +4165,9 @@ prose(
 <summary>Measurement notes</summary>
 
 Fused kernels may add in a different order, so the cell checks the compiled outputs
-against the float32 rounding bound `helpers.numerics.sum_rounding_bound` (about
-$n \cdot \varepsilon \cdot \sum_i |x_i|$ for $n$ terms); with TF32 matrix products
+against the float32 rounding bound `helpers.numerics.sum_rounding_bound` (for two
+orders of a sum of $n$ terms, to first order $(n - 1)\,\varepsilon \sum_i |x_i|$:
+each lies within half of that of the exact sum); with TF32 matrix products
 (`torch.set_float32_matmul_precision("high")`) that bound no longer applies, and the
 cell does not check it. {{step_note}} {{masks_sentence}} On a GPU, Inductor draws
 dropout's masks in its Triton code. {{profile_note}}
@@ -4212,13 +4247,13 @@ assert torch.allclose(factors, clip_to / by_hand, rtol=1e-4)
 # %% [markdown]
 # ### When clipping acts
 #
-# Clipping is a safety net for the few steps with huge gradients. Well above the
-# typical norm, `max_norm` shortens only the outliers; near it, with SGD, it acts like
-# a lower rate. Adam is different: it divides each step by the square root of a
-# running average of the squared gradients, so scaling every gradient by the same
-# factor would leave its steps unchanged (up to its `eps`), and a steady cut changes
-# them little. This section trains with SGD.
-# Transformer recipes commonly clip at `max_norm=1.0` (nanoGPT's and Hugging
+# Clipping is meant as a safety net for rare steps with huge gradients. Set well above
+# the typical norm, `max_norm` shortens only those; set near it, it trims ordinary
+# steps too, and with SGD acts like a lower rate. Adam is different: it divides each
+# step by the square root of a running average of the squared gradients, so scaling
+# every gradient by the same factor would leave its steps unchanged (up to its `eps`),
+# and a steady cut changes them little. This section trains with SGD. Transformer
+# recipes commonly clip at `max_norm=1.0` (nanoGPT's and Hugging
 # Face's `Trainer` default); the norm `clip_grad_norm_` returns, logged, shows where a
 # run's norms lie. The cell sets `max_norm` to twice the median norm of an unclipped
 # pilot run (another seed, rate 0.05, section 8.3's lower rate; the factor is untuned),
@@ -4372,7 +4407,6 @@ record("low_loss", final_loss[sensible, "no clipping"], fmt="{:.3f}")
 record("low_clipped_loss", final_loss[sensible, "clipped"], fmt="{:.3f}")
 record("high_loss", final_loss[excessive, "no clipping"], fmt="{:.2f}")
 record("high_clipped_loss", final_loss[excessive, "clipped"], fmt="{:.2f}")
-record("dead_low", dead[sensible], fmt="{:.0%}")
 record("dead_train_low", dead_train[sensible], fmt="{:.0%}")
 record("dead_high", dead[excessive], fmt="{:.0%}")
 record("dead_train_high", dead_train[excessive], fmt="{:.0%}")
@@ -4483,7 +4517,8 @@ record(
     else ", most of them in the first epoch, where the norm spikes"
     if 2 * n_over_first >= n_over
     else ", most of them after the first epoch: not early spikes but the "
-    "largest ordinary steps (the last epoch's median norm was "
+    "largest ordinary steps (this clipped run's median norm in its last "
+    "epoch was "
     f"{low_late_median:.2f}, the limit {clip_limit:.2f})",
 )
 record(
@@ -4765,8 +4800,9 @@ prose(
 
 {{spike_sentence}} By the end
 {{dead_train_high}} of its first layer's ReLUs gave zero for every training digit
-(the healthy run: {{dead_train_low}}), and its last epoch's median gradient norm was
-{{late_norm_high}} (healthy run: {{late_norm_low}}). {{dead_sentence}}
+(the unclipped run at 0.05: {{dead_train_low}}), and its last epoch's median gradient
+norm was {{late_norm_high}} (the unclipped run at 0.05: {{late_norm_low}}).
+{{dead_sentence}}
 {{clipped_path_note}} Clipped, {{dead_clipped}} of its first layer's ReLUs were dead
 for every validation digit.
 
@@ -4943,11 +4979,12 @@ print(
     f"resumed from epoch {checkpoint['epoch']}: "
     f"weights bit-for-bit equal: {resumed_equal}"
 )
-ablation = {}
+ablation, ablation_losses = {}, {}
 for part in ("optimizer", "scheduler", "random states"):
-    ablation[part] = weight_gap(
-        uninterrupted[0], resume(checkpoint, *resume_setup, skip=part)[0]
+    skipped, ablation_losses[part] = resume(
+        checkpoint, *resume_setup, skip=part
     )
+    ablation[part] = weight_gap(uninterrupted[0], skipped)
     print(
         f"  resumed without the {part:13}: largest "
         f"weight difference {ablation[part]:.1e}"
@@ -4978,6 +5015,8 @@ fig = plot_losses(
     {
         "uninterrupted": uninterrupted_losses,
         "resumed after the crash": [float("nan")] * steps_done + resumed_losses,
+        "resumed without the optimizer's state": [float("nan")] * steps_done
+        + ablation_losses["optimizer"],
     },
     title=(
         "Training loss per step; after the resume the two runs' losses "
@@ -4989,10 +5028,14 @@ fig = plot_losses(
 )
 ax = fig.axes[0]
 ax.lines[1].set(linestyle="--", color="black")  # on top of the first
+ax.lines[2].set(color="tab:red", linewidth=1, alpha=0.8)
 ax.axvline(steps_done, color="gray", ls=":", label="resumed here")
 label_log_axis(ax.yaxis)
-ax.legend()  # again, so that it shows the styles just set
+# again, so that it shows the styles just set; below the axes, where no curve
+# hides behind it
+ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
 ax.title.set_fontsize(9)
+fig.tight_layout()
 plt.show()
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -5005,6 +5048,29 @@ record(
     ),
 )
 record("skip_optimizer_gap", ablation["optimizer"], fmt="{:.1e}")
+# the first resumed step whose loss differs from the uninterrupted run's
+split_at = next(
+    (
+        k
+        for k, (a, b) in enumerate(
+            zip(
+                ablation_losses["optimizer"],
+                uninterrupted_losses[steps_done:],
+                strict=True,
+            )
+        )
+        if a != b
+    ),
+    None,
+)
+record(
+    "optimizer_split",
+    "never left the uninterrupted run's losses"
+    if split_at is None
+    else "first differed from the uninterrupted run's loss at its step "
+    f"{split_at + 1}"
+    + (" (its first step's loss comes before any update)" if split_at else ""),
+)
 record("skip_scheduler_gap", ablation["scheduler"], fmt="{:.1e}")
 record("skip_rng_gap", ablation["random states"], fmt="{:.1e}")
 record("resumed_loss_gap", gap_words(resumed_gap))
@@ -5026,10 +5092,10 @@ prose(
     r"""
 The resumed run ends with weights {{resume_equal_words}} the uninterrupted run's
 (`torch.equal` on every tensor), and after the resume the two runs' losses
-{{resumed_loss_gap}}. Leaving
-out a part breaks that: the weights end up {{skip_optimizer_gap}} apart without the
-optimizer's state, {{skip_scheduler_gap}} without the scheduler's and {{skip_rng_gap}}
-without the random states.
+{{resumed_loss_gap}}. Leaving out a part breaks that: the weights end up
+{{skip_optimizer_gap}} apart without the optimizer's state, {{skip_scheduler_gap}}
+without the scheduler's and {{skip_rng_gap}} without the random states. In the figure,
+the run resumed without the optimizer's state (red) {{optimizer_split}}.
 """
 )
 
@@ -5595,8 +5661,6 @@ if device.type == "mps":
 print(profile_short)
 record("profile_sentence", profile_sentence)
 record("dropout_vs_matmul", float(np.median(dropout_ratios)), fmt="{:.2f}")
-record("dropout_vs_matmul_low", min(dropout_ratios), fmt="{:.2f}")
-record("dropout_vs_matmul_high", max(dropout_ratios), fmt="{:.2f}")
 low_ratio, high_ratio = min(dropout_ratios), max(dropout_ratios)
 record(
     "dropout_range_words",
@@ -5777,7 +5841,6 @@ assert kept_bytes["no_grad"] == kept_bytes["inference_mode"] == 0, kept_bytes
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 
-mode_times = {name: min(readings) for name, readings in mode_rounds.items()}
 for name, readings in mode_rounds.items():
     busy = max(readings) > 5 * min(readings)  # a busy spell, not the code
     print(
@@ -5789,8 +5852,6 @@ for name, readings in mode_rounds.items():
             else ")"
         )
     )
-record("grad_mode_us", mode_times["autograd on"] * 1e6, fmt="{:.0f}")
-record("inference_mode_us", mode_times["inference_mode"] * 1e6, fmt="{:.0f}")
 mode_ranges = {
     name: rounds_range(readings, 1e6, ".0f")
     for name, readings in mode_rounds.items()
@@ -7251,13 +7312,14 @@ prose(
 - With accumulation: `unscale_`, then clip once, then step, and step the scheduler
   per optimizer step; with DDP, forward and backward inside `no_sync()` for all
   but the last micro-batch.
-  Clipping is a safety net: with `max_norm` at twice the pilot's median norm it
+  Clipping guards against rare huge gradients; at twice the pilot's median norm it
   clipped {{clipped_share_low}} of the steps at a sensible rate and
-  {{clipped_share_high}} at an excessive one.
+  {{clipped_share_high}} at an excessive one, whose cure is a lower rate.
 - A checkpoint with model, optimizer, scheduler and random states
   {{resume_summary}}; save it atomically and load it with `weights_only=True`, which
-  blocks code, not bad weights. Seeds, a loader `generator` and deterministic
-  algorithms {{repeat_summary}}.
+  blocks code, not bad weights. Seeds and a loader `generator`
+  {{repeat_summary}}; deterministic algorithms matter where kernels add in a varying
+  order, which this model's CPU kernels do not.
 - The profiler and a three-part memory estimate show where time and memory go; the
   loss at initialisation, one overfit batch and `detect_anomaly` catch bugs early.
 """
