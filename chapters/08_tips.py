@@ -705,7 +705,7 @@ On a GPU the wait grows with the work the CPU could have queued{{gpu_unmeasured}
 # usable CPU with `torch.utils.benchmark.Timer`. `Timer(stmt, globals=...,
 # num_threads=n)` sets the thread count for the measurement (default 1, not torch's
 # current count). `blocked_autorange()` warms up, times blocks of calls (synchronising
-# CUDA) and returns a `Measurement`, whose `.median` is the blocks' median;
+# the accelerator) and returns a `Measurement`, whose `.median` is the blocks' median;
 # `benchmark.Compare` tabulates several.
 
 # %%
@@ -1328,7 +1328,8 @@ for kind in ("waiting", "computing"):
         # worst case: the restarted loader's fastest epoch against the
         # persistent one's slowest
         gap = min(later_readings[restarted]) - max(later_readings[kept])
-        restart_cost[kind] = f"at least {gap * 1e3:.0f} ms"
+        # a lower bound, so rounded down
+        restart_cost[kind] = f"at least {math.floor(gap * 1e3):.0f} ms"
     else:
         restart_cost[kind] = "too little to resolve"
 later_spread = max(
@@ -1382,7 +1383,10 @@ print(
     f"without workers ({fast:.3f} s)"
 )
 if floor_ratio > 1.1:
-    waiting_verdict = f"at least {floor_ratio:.1f} times faster than"
+    # a lower bound, so rounded down: 1.67 is "at least 1.6"
+    waiting_verdict = (
+        f"at least {math.floor(floor_ratio * 10) / 10:.1f} times faster than"
+    )
     wait_finding = (
         "the persistent workers' slowest later epoch took "
         f"{wait_persistent_max:.2f} s"
@@ -1525,7 +1529,8 @@ record("first_epoch_sentence", first_epoch_sentence)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-Each setting's faster later epoch (the dots), and the verdict on persistent workers
+Each setting's faster later epoch (the lower of its two dots), and the verdict on
+persistent workers
 (for the computing set the rule's, over every later epoch; for the waiting set, see
 below):
 
@@ -2849,7 +2854,6 @@ else:
         "This CPU lists none of avx512_bf16, amx_bf16 (x86) or bf16 (Arm) "
         "among its features, so it has no native bfloat16 instructions."
     )
-print(bf16_sentence)
 
 # One matrix product of the hidden layer's size, 256 x 256 by 256 x 256, in each
 # type: what 16-bit arithmetic gains where it matters most.
@@ -3355,6 +3359,11 @@ def chain_in_place(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
     return b.abs_().add_(0.1)
 
 
+def fault_words(count: float) -> str:
+    """A count of page faults per call as the text prints it."""
+    return f"{count:,.0f}" if count >= 1 else "under 1"
+
+
 chain_sentence = f"Not measured here: {compile_skip}."
 if compile_skip is None:
     x_chain = torch.randn(2**22, device=device)
@@ -3440,13 +3449,15 @@ if compile_skip is None:
         + lean(chain_rounds["eager, in place"], chain_rounds["eager"])
         + (
             f". Each eager call also took {faults['eager']:,.0f} minor page "
-            f"faults, the in-place chain {faults['eager, in place']:,.0f} "
+            "faults, the in-place chain "
+            f"{fault_words(faults['eager, in place'])} "
             "(counted with `resource.getrusage`): the fresh tensors' memory "
             "reached the process as new pages, which the operating system "
             "maps in, zeroed, on their first write"
             if faults and faults["eager"] > 10 * (1 + faults["eager, in place"])
             else f". Each eager call took {faults['eager']:,.0f} minor page "
-            f"faults, the in-place chain {faults['eager, in place']:,.0f}: "
+            "faults, the in-place chain "
+            f"{fault_words(faults['eager, in place'])}: "
             "new memory pages do not explain the gap here"
             if faults
             else ""
@@ -3468,6 +3479,8 @@ if compile_skip is None:
             chain_rounds["compiled"]
         )
         assert chain_best_ratio > 2, chain_rounds
+
+
 record("chain_sentence", chain_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -4011,9 +4024,12 @@ dropout's parts alone; `TORCH_LOGS=output_code` prints the kernels Inductor wrot
 # `torch._dynamo.mark_dynamic(x, 0)` declares a size varying before the first call).
 # Code Dynamo cannot put in a graph (by default `.item()`, a `print`, a Python `if` on a
 # tensor's value) makes a *graph break*: the graph ends, the code runs as Python, a new
-# graph starts, and nothing is fused across the break. The cell counts the graphs, with
-# a `backend=` that receives each graph and runs it, of a function called on four batch
-# sizes and of one with such an `if`.
+# graph starts, and nothing is fused across the break. In your own code,
+# `TORCH_LOGS=graph_breaks` prints each break with its cause, and
+# `torch._dynamo.explain(fn)(*inputs)` counts the graphs and lists the breaks. To show
+# the mechanism itself, the cell counts the graphs with a `backend=` that receives each
+# graph and runs it, for a function called on four batch sizes and for one with such an
+# `if`.
 
 
 # %%
@@ -5954,7 +5970,8 @@ batch's activations. `inference_mode` only adds skipping autograd's bookkeeping
 # so between that call and the next backward pass they take no memory. Where that call
 # stands matters: this chapter's loops call it just before `backward`, so the last
 # step's gradients sit beside the new activations during the forward pass; called right
-# after `optimizer.step()`, it frees them first, and the peak falls by their size.
+# after `optimizer.step()`, it frees them first, and the peak can fall by up to their
+# size.
 
 # %%
 memory_batch = 512
@@ -6791,7 +6808,7 @@ def impl_words(name: str) -> str:
     return (
         f"`foreach` was {step_verdicts[name, 'foreach']} the loop"
         + lean(loop, step_rounds[name, "foreach"])
-        + f" and `fused` {step_verdicts[name, 'fused']} it"
+        + f", and `fused` {step_verdicts[name, 'fused']} it"
         + lean(loop, step_rounds[name, "fused"])
     )
 
@@ -7294,7 +7311,8 @@ print(
 # test afresh; neither changes what the sections say.
 #
 # **The schedules at 0.5 (section 8.3).** Under the chapter's rule each pass has a chance
-# of up to 1 in 16 with four seeds a side, so with five schedules tested against the same
+# of up to 1 in 16 with four seeds a side (one-sided: the question, fixed before the
+# runs, was whether a schedule ends lower), so with five schedules tested against the same
 # constant arm the rule alone cannot rule out luck. The test whose result follows is a
 # t-test, which assumes that the per-seed gains spread normally, something four seeds
 # cannot check. A rank test that assumes nothing about their spread (Wilcoxon's
@@ -7365,9 +7383,10 @@ prose(
 - With accumulation: `unscale_`, then clip once, then step, and step the scheduler
   per optimizer step; with DDP, forward and backward inside `no_sync()` for all
   but the last micro-batch.
-  Clipping guards against rare huge gradients; at twice the pilot's median norm it
-  clipped {{clipped_share_low}} of the steps at a sensible rate and
-  {{clipped_share_high}} at an excessive one, whose cure is a lower rate.
+  Clipping is meant for rare huge gradients; set at twice the pilot's median norm,
+  near the typical norm, it trimmed ordinary steps too: {{clipped_share_low}} of the
+  steps at a sensible rate and {{clipped_share_high}} at an excessive one, whose cure
+  is a lower rate.
 - A checkpoint with model, optimizer, scheduler and random states
   {{resume_summary}}; save it atomically and load it with `weights_only=True`, which
   blocks code, not bad weights. Seeds, a loader `generator` and deterministic
