@@ -2190,8 +2190,8 @@ record("high_rate", high, fmt="{:g}")
 # Each pass is tested on its per-seed gains with a paired t-test (4 seeds, 3
 # degrees of freedom; it assumes the gains spread normally), Bonferroni-
 # corrected for the five schedules: every schedule whose corrected p stays
-# below 0.05 is supported, with a chance of at most 5 % that any of the
-# supported ones is luck.
+# below 0.05 is supported; were no schedule better than the constant rate,
+# the chance that any would be supported is at most 5 %.
 if rescued:
     gains = {
         name: [
@@ -3130,8 +3130,8 @@ more than {{amp_relative_gap}} of that loss. The validation losses are evaluatio
 the weights changed and with dropout on (which is why it can sit above the validation
 loss early on), and under autocast for the autocast run.
 Of the validation digits that only one model got right, {{only_fp32}} went to
-`float32` and {{only_amp}} to autocast; the appendix asks whether a split this uneven
-could be chance.
+`float32` and {{only_amp}} to autocast; the appendix asks whether such a split could
+be chance.
 
 </details>
 """
@@ -3963,9 +3963,10 @@ if step_split is not None:
             + (
                 "That is a weakness of this PyTorch's generated CPU code for "
                 "`bool` outputs (check yours), not a cost that writing "
-                "booleans must have. Without dropout the compiled step writes "
-                "no such mask: the ReLU's gradient reads the ReLU's output, "
-                "which the next layer keeps for its own backward pass anyway."
+                "booleans must have. Without dropout the compiled step needs no "
+                "such mask: the ReLU's gradient can read the ReLU's output, "
+                "which the next layer keeps for its own backward pass anyway "
+                "(that step was not profiled here; it lost nothing)."
                 if bool_cost > 3
                 else "Writing the mask as booleans cost little here, so this "
                 "run does not show why those kernels are dear."
@@ -4364,9 +4365,11 @@ for (lr, mode), (_, norms, val_losses) in clip_runs.items():
         range(1, len(val_losses) + 1), val_losses, marker="o", ms=3, **style
     )
 ax_norm.axhline(clip_limit, color="gray", ls=":", label="max_norm")
+# the step axis in epochs: a ticked step at the end of each
+ax_norm.set_xticks(range(0, len(norms) + 1, steps_per_epoch))
 ax_norm.set(
     title="Gradient norm before clipping",
-    xlabel="optimizer step",
+    xlabel=f"optimizer step (ticks: epochs of {steps_per_epoch} steps)",
     ylabel="gradient norm (log scale)",
     yscale="log",
 )
@@ -4466,8 +4469,8 @@ peak_val = unclipped_high_val[peak_epoch]
 if peak_val > 2 * np.log(10):
     spike_sentence = (
         "At the excessive rate the unclipped run's validation loss peaked at "
-        f"{peak_val:.0f} after epoch "
-        f"{peak_epoch + 1}, {peak_val / np.log(10):.0f} times guessing's "
+        f"{peak_val:.1f} after epoch "
+        f"{peak_epoch + 1}, {peak_val / np.log(10):.1f} times guessing's "
         "ln 10: confident wrong answers (large logits on wrong digits)."
     )
 else:
@@ -4702,7 +4705,8 @@ prose(
     r"""
 Done in that order, the four micro-batches land within a relative error of
 {{step_error_right}} of the big batch's step (`float32` rounding). Clipping inside the
-loop clips partial sums, shortening what came before but not what comes after (error
+loop shrinks the micro-batches summed so far at each clip, so the earlier ones are
+shrunk more often than the later ones: reweighted, the sum points elsewhere (error
 {{step_error_loop}}). Clipping before `unscale_` measures gradients still multiplied by
 65,536 and cuts them to the limit; `scaler.step` then divides them by 65,536, leaving a
 step 65,536 times shorter than the clipped one (error {{step_error_scaled}}, where 1
@@ -4840,7 +4844,8 @@ for every validation digit.
 In the "clip inside the loop" mistake the limit was scaled to match the scaled
 gradients, so the order is its only fault. DDP groups gradients into *buckets* (by
 default the first is capped at 1 MiB, the private constant
-`dist._DEFAULT_FIRST_BUCKET_BYTES`, and later ones at 25 MiB, `bucket_cap_mb`) and
+`dist._DEFAULT_FIRST_BUCKET_BYTES`, and later ones at 25 MiB, `bucket_cap_mb`; the
+first holds the last layers' gradients, which the backward pass computes first) and
 sends one all-reduce per bucket: this small model fits in one.
 
 </details>
@@ -5482,7 +5487,9 @@ if device.type == "cuda":
 groups = {
     "matrix products": ("aten::addmm", "aten::mm"),
     # on a CPU dropout draws a mask, scales it and multiplies (forward and
-    # backward); on CUDA one fused kernel does it
+    # backward); on CUDA one fused kernel does it. The grouping fits this
+    # model, where dropout makes the only out-of-place multiplications
+    # (AdamW's update multiplies in place, mul_).
     "dropout": (
         "aten::dropout",
         "aten::bernoulli_",
@@ -6143,7 +6150,8 @@ recompute_verdict = rounds_verdict(
 # so the gradients agree to float rounding at most (measured identical)
 assert abs(recompute_saved - recompute_estimate) / recompute_estimate < 0.05
 assert recompute_saved < 0.6 * activation_measured
-assert grad_gap <= 1e-6, grad_gap
+# (not promised bit for bit on MPS, section 8.7)
+assert grad_gap <= 1e-6 or device.type == "mps", grad_gap
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 # the arithmetic's prediction: the plain step plus the wrapped layers'
@@ -6261,7 +6269,8 @@ else:
         gpu_net = make_model().to(device)
         gpu_step = partial(
             graph_step,
-            torch.compile(gpu_net, mode=mode),
+            # static shapes: the model met other batch sizes in section 8.5
+            torch.compile(gpu_net, mode=mode, dynamic=False),
             torch.optim.AdamW(gpu_net.parameters(), lr=1e-3),
             criterion,
             x_mem,
