@@ -52,10 +52,10 @@
 # >   cost. They are different readings: compare readings of one kind only.
 # > - One side is called faster only if every one of its readings, 10 % longer, is still
 # >   shorter than every reading of the other; otherwise the text says "within the noise
-# >   of". Two flags mark near cases: "(narrowly)", a pass by under 5 % more than the
-# >   10 %; "within the noise of ..., though faster in every round", noise that fell
-# >   one way each time.
-# >   "N times slower" means N times as long. The dropdown below gives the details.
+# >   of". Two flags mark near cases: "(narrowly)", a pass with under 5 % to spare;
+# >   "within the noise of ..., though faster in every round", noise that fell one way
+# >   each time. "N times slower" means N times as long, "N times faster" 1/N of the
+# >   time. The dropdown below gives the details.
 # > - The numbers come from the machine that built this page (the setup cell prints
 # >   it); yours will differ. Where the text speaks of hardware this run did not
 # >   measure, it says so.
@@ -98,7 +98,8 @@ import logging
 # On a machine with CUDA tools (CUDA_HOME set) but no GPU, importing
 # torch.utils.benchmark logs a harmless "No CUDA runtime is found" warning.
 # torch names each logger after its module; raising this one's level to ERROR
-# before the imports mutes that warning and nothing else.
+# before the imports mutes that warning, and this module's other warnings for
+# the session, which this chapter does not need.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 import copy
@@ -1406,9 +1407,9 @@ record(
     "wait_note",
     "Without workers the waiting set's faster later epoch took "
     f"{wait_none:.2f} s against its {wait_sleep_s:.2f} s of sleeping: the "
-    "rest is eight small "
-    "training steps, batching and, on a busy machine, the wait for a free "
-    "core after each sleep.",
+    "rest is eight small training steps (a few ms), batching, sleeps that "
+    "overrun their 2 ms and, on a busy machine, the wait for a free core "
+    "after each sleep; this run does not split it.",
 )
 record("workers_summary", workers_summary)
 record("restart_sentence", restart_sentence)
@@ -1693,8 +1694,9 @@ assert right_order == [0.1, 0.05, 0.025] and wrong_order == [
 # ### Which rates to try: a range test
 #
 # A *learning-rate range test* (Leslie Smith, [*Cyclical Learning Rates for Training
-# Neural Networks*](https://arxiv.org/abs/1506.01186), WACV 2017; fastai's `lr_find`) trains
-# once while `ExponentialLR` raises the rate every step, here from 0.001 to 10 over 100
+# Neural Networks*](https://arxiv.org/abs/1506.01186), WACV 2017, who raised the rate
+# linearly; fastai's `lr_find` raises it exponentially, as here) trains once while
+# `ExponentialLR` raises the rate every step, here from 0.001 to 10 over 100
 # steps of SGD with momentum 0.9 (the usual choice). The loss barely moves while the
 # rate is too small, falls while it is useful, and blows up once it is too large. The
 # curve is smoothed with an exponential moving average that keeps 0.9 of the old
@@ -3275,10 +3277,16 @@ if compile_skip is None:
     compile_verdict = rounds_verdict(
         forward_rounds["eager"], forward_rounds["compiled"]
     )
-    saved_per_call = eager_s - compiled_s
+    # the smallest saving per call the rounds allow, as for the chain below
+    saved_per_call = min(forward_rounds["eager"]) - max(
+        forward_rounds["compiled"]
+    )
     if compile_verdict.endswith("faster than"):
         calls = compile_s / saved_per_call
-        break_even = f"would be paid back after about {calls:,.0f} calls"
+        break_even = (
+            f"would be paid back after about {calls:,.0f} calls, at the "
+            "smallest saving per call the rounds allow"
+        )
         compile_summary = (
             f"paid back its compile time after about {calls:,.0f} calls"
         )
@@ -3411,7 +3419,7 @@ if compile_skip is None:
             f"{name} {rounds_list(readings, 1e3, '.2f')}"
             for name, readings in chain_rounds.items()
         )
-        + f"; compile {chain_compile_s:.1f} s"
+        + f"; compile {chain_compile_s:.2f} s"
     )
     fresh_verdict = rounds_verdict(
         chain_rounds["eager, in place"], chain_rounds["eager"]
@@ -3783,9 +3791,9 @@ dropout is a fused kernel of its own, whose masks they need not repeat).
 # ...`, whose own time is the code Inductor generated: its kernels and the Python code
 # that calls them (`TORCH_LOGS=output_code` prints both). With the Inductor option
 # `cpp.enable_kernel_profile` each generated CPU kernel gets an entry of its own, named
-# after the operations it fuses. The cell profiles ten steps of each side on one CPU
-# thread, eager and compiled with `fallback_random`, so that both draw dropout's masks
-# with the same eager operator.
+# after the operations it fuses. On a CPU, the cell profiles ten steps of each side on
+# one thread, eager and compiled with `fallback_random`, so that both draw dropout's
+# masks with the same eager operator; on another device it only says so.
 
 
 # %%
@@ -3854,14 +3862,24 @@ if step_compile_skip is None and device.type == "cpu":
     print("the generated code, ms per step:")
     for ms, key in generated_own:
         print(f"  {ms:5.2f}  {key[:70]}")
+else:
+    print(
+        "not profiled: "
+        + (
+            step_compile_skip
+            or "this profile reads the CPU's generated kernels, and this "
+            f"run's device is {device_words(device)}"
+        )
+    )
 
 # %% [markdown]
-# The kernels named `..._relu_threshold_backward_...` fuse the forward pass's ReLU with
-# what its backward pass needs: each writes the ReLU's output and a mask of where that
-# output is zero, as booleans (`threshold_backward` is the ReLU's gradient, which reads
-# the mask). Eager mode writes no ReLU mask: its backward pass reads the saved output. The
-# cell times two small functions of a 256 × 256 input alone on one thread, eager and
-# compiled: the ReLU with that mask as `bool`, and with the mask as `float32`.
+# On a CPU, the kernels named `..._relu_threshold_backward_...` fuse the forward pass's
+# ReLU with what its backward pass needs: each writes the ReLU's output and a mask of
+# where that output is zero, as booleans (`threshold_backward` is the ReLU's gradient,
+# which reads the mask). Eager mode writes no ReLU mask: its backward pass reads the
+# saved output. Where the profile ran, the cell times two small functions of a
+# 256 × 256 input alone on one thread, eager and compiled: the ReLU with that mask as
+# `bool`, and with the mask as `float32`.
 
 
 # %%
@@ -3894,6 +3912,8 @@ if step_split is not None:
                     timer.blocked_autorange(min_run_time=0.1).median * 1e6
                 )
                 print(f"{mode:8} {name:20} {mask_us[mode, name]:7.1f} µs")
+else:
+    print("not timed: the masks above are the CPU profile's")
 
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # The text's words on where the compiled step lost its time.
@@ -4594,7 +4614,9 @@ is a lower rate, or a schedule that lowers it (section 8.3).
 # steps, one rate of the schedule lost per skip, and if the very first update was
 # skipped PyTorch warns that `lr_scheduler.step()` came before `optimizer.step()`. The
 # warning is harmless there. A skip shows as a fall in `scaler.get_scale()` across
-# `scaler.update()`.
+# `scaler.update()`. On such a step `clip_grad_norm_` returns an infinite or NaN norm
+# and leaves the gradients non-finite, which is harmless because `scaler.step` skips
+# them; expect such norms in a log, and leave `error_if_nonfinite` off with a scaler.
 #
 # The cell checks steps 1 to 4 against one clipped step on the whole batch of 128, in
 # `float32` with the scaler on (a power-of-two scale is exact) and no dropout, and
@@ -5210,8 +5232,10 @@ assert sorted(leftovers) == ["atomic_save.pt", "torch.save.pt"]
 # others wait at a barrier before reading it, and each process's random states differ,
 # so a bit-for-bit resume saves every process's own; a model sharded across processes
 # (FSDP) is saved by every process at once with `torch.distributed.checkpoint`, chapter
-# 9. A scheduler's `load_state_dict` restores its length (`T_max`) too, so a run
-# extended on resume keeps the old schedule unless the loaded state is changed.
+# 9. A `torch.compile`d model's `state_dict()` names every tensor with an `_orig_mod.`
+# prefix: save the uncompiled module's. A scheduler's `load_state_dict` restores its
+# length (`T_max`) too, so a run extended on resume keeps the old schedule unless the
+# loaded state is changed.
 #
 # ### `weights_only=True`: what it does and does not protect against
 #
@@ -6263,6 +6287,9 @@ def steps_of(optimizer, n: int = 20) -> None:
 if device.type != "cuda":
     print(f"no CUDA GPU in this run ({device_words(device)}): nothing measured")
 else:
+    # forget section 8.5's compiles of this model: Dynamo keeps only so many
+    # per function (torch._dynamo.config.recompile_limit), then runs eager
+    torch._dynamo.reset()
     compile_steps = {}
     for mode in ("default", "reduce-overhead"):
         torch.manual_seed(seed)
@@ -6398,8 +6425,9 @@ the second hidden layer's output and the log-probabilities, which is its estimat
 # - **Find the first NaN.** Under `torch.autograd.detect_anomaly()` the backward pass
 #   raises at the first backward operation that returns a NaN and names the forward
 #   line that made it; it is slow, so switch it on only to hunt a bug. A NaN already
-#   in the forward pass (a NaN input, `log(0)` in the loss) shows up only where the
-#   backward pass first passes it on: check `torch.isfinite(loss)` as well.
+#   in the forward pass (a NaN input) shows up only where the backward pass first
+#   passes it on, and an infinity such as `log(0)` is not flagged at all: check
+#   `torch.isfinite(loss)` as well.
 #
 # During the run, log the loss, the rate, the gradient norm and the validation metrics
 # every so many steps (for long runs with `torch.utils.tensorboard.SummaryWriter` or a
@@ -7393,9 +7421,9 @@ prose(
   per optimizer step; with DDP, forward and backward inside `no_sync()` for all
   but the last micro-batch.
   Clipping is meant for rare huge gradients; set at twice the pilot's median norm,
-  near the typical norm, it trimmed ordinary steps too: {{clipped_share_low}} of the
-  steps at a sensible rate and {{clipped_share_high}} at an excessive one, whose cure
-  is a lower rate.
+  within the range this run's norms reached, it trimmed ordinary steps too:
+  {{clipped_share_low}} of the steps at a sensible rate and {{clipped_share_high}} at
+  an excessive one, whose cure is a lower rate.
 - A checkpoint with model, optimizer, scheduler and random states
   {{resume_summary}}; save it atomically and load it with `weights_only=True`, which
   blocks code, not bad weights. Seeds, a loader `generator` and deterministic
