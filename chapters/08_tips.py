@@ -1225,7 +1225,8 @@ print(
 # thread, as the items' own code runs. (Wall-clock and CPU-time shares inside
 # the epochs both fell below 0.5 on a loaded machine, and so did a step timed
 # on two threads, once at 52 ms against the usual 0.5: a step split over two
-# threads waits for a core that another program holds.) Measured share on a
+# threads waits for a core that another program holds. That is why both parts
+# are timed on one thread, each the fastest of five.) Measured share on a
 # quiet machine: 0.9-0.98.
 cost_net = make_model().to(device)
 cost_optimizer = torch.optim.SGD(cost_net.parameters(), lr=0.05)
@@ -3428,6 +3429,10 @@ if compile_skip is None:
         chain_rounds["eager, in place"], chain_rounds["compiled"]
     )
     chain_saving = min(chain_rounds["eager"]) - max(chain_rounds["compiled"])
+    # fresh pages explain eager's slowness where it took ten times the faults
+    faults_explain = bool(faults) and faults["eager"] > 10 * (
+        1 + faults["eager, in place"]
+    )
     chain_sentence = (
         "The compiled chain ("
         + rounds_range(chain_rounds["compiled"], 1e3, ".2f")
@@ -3447,6 +3452,7 @@ if compile_skip is None:
             "Two things made eager slow. "
             if fresh_verdict.endswith("slower than")
             and fused_verdict.endswith("faster than")
+            and faults_explain
             else ""
         )
         + "Eager mode allocates a fresh 16 MiB tensor for every result: "
@@ -3462,11 +3468,12 @@ if compile_skip is None:
             "(counted with `resource.getrusage`): the fresh tensors' memory "
             "reached the process as new pages, which the operating system "
             "maps in, zeroed, on their first write"
-            if faults and faults["eager"] > 10 * (1 + faults["eager, in place"])
+            if faults_explain
             else f". Each eager call took {faults['eager']:,.0f} minor page "
             "faults, the in-place chain "
             f"{fault_words(faults['eager, in place'])}: "
-            "new memory pages do not explain the gap here"
+            "new memory pages do not explain the gap here, and this run does "
+            "not show what does"
             if faults
             else ""
         )
@@ -4590,7 +4597,8 @@ The two validation curves differed by at most {{low_clip_gap}} in any epoch,
 {{low_clip_overlap}}. At the excessive rate the unclipped run ended at
 {{high_loss}} (guessing scores ln 10 ≈ 2.30), with {{dead_high}} of its first
 layer's ReLUs dead for every validation digit; clipped ({{clipped_share_high}} of its
-steps), it ended at {{high_clipped_loss}}{{clipped_fate}}. {{clip_often_text}}; its fix
+steps), it ended at {{high_clipped_loss}}{{clipped_fate}}, with {{dead_clipped}} of its
+first layer's ReLUs dead for every validation digit. {{clip_often_text}}; its fix
 is a lower rate, or a schedule that lowers it (section 8.3).
 """
 )
@@ -6389,7 +6397,10 @@ draws dropout's masks, `threshold_backward` is ReLU's backward, `empty_strided`
 allocates, and the optimizer's update shows as element-wise operators (`mul_`,
 `lerp_`, `addcdiv_`..., or `_foreach_*` versions). {{step_row_note}}; a label's own
 time is Python's and PyTorch's overhead inside it, and the table's percentages count
-it, where the shares in the text count only the `aten::` operators.
+it, where the shares in the text count only the `aten::` operators. The memory
+columns (`profile_memory=True`) count bytes allocated minus bytes freed inside a row,
+its own operators only for "Self CPU Mem": a negative value is a span that freed more
+than it allocated, as the backward pass frees the activations the forward pass kept.
 
 Across the {{n_profiles}} recordings dropout's operators took
 {{dropout_range_words}} (median {{dropout_vs_matmul}}), {{profile_agreement}}. By
