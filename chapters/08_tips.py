@@ -1303,9 +1303,6 @@ plt.show()
 later_epoch = {key: seconds for key, (_, seconds) in loading.items()}
 wait_none = later_epoch["waiting", "0 workers"]
 wait_persistent = later_epoch["waiting", "2 workers, persistent"]
-compute_none = later_epoch["computing", "0 workers"]
-compute_persistent = later_epoch["computing", "2 workers, persistent"]
-compute_restarted = later_epoch["computing", "2 workers"]
 start_method = torch.multiprocessing.get_start_method()
 started = {
     "fork": "forked",
@@ -3225,8 +3222,6 @@ with torch.inference_mode():
             warmup=3,
             device=device,
         )
-        eager_s = min(forward_rounds["eager"])
-        compiled_s = min(forward_rounds["compiled"])
         for name, readings in forward_rounds.items():
             rounds_us = ", ".join(f"{r * 1e6:.0f}" for r in readings)
             print(
