@@ -13,6 +13,7 @@ checkpoint so that an interruption never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -131,7 +132,8 @@ def speed_verdict(baseline_s: float, candidate_s: float, *, tolerance: float = 0
 
     Returns ``"1.8 times faster than"`` or ``"1.3 times slower than"`` when the ratio of
     the two times is beyond ``1 + tolerance``, and ``"as fast as (within 10 %)"``
-    otherwise: a fixed band, not an estimate of the noise. Both times are in seconds
+    otherwise: a fixed band, not an estimate of the noise. The ratio is rounded down to
+    tenths (1.89 gives "1.8"), so the words never claim more than the times show. Both times are in seconds
     and positive. Introduced in chapter 08.
     """
     for name, value in (("baseline_s", baseline_s), ("candidate_s", candidate_s), ("tolerance", tolerance)):
@@ -141,10 +143,19 @@ def speed_verdict(baseline_s: float, candidate_s: float, *, tolerance: float = 0
             raise ValueError(f"{name} must be a positive finite number, got {value}")
     ratio = baseline_s / candidate_s
     if ratio >= 1.0 + tolerance:
-        return f"{ratio:.1f} times faster than"
+        return f"{_tenths_down(ratio):.1f} times faster than"
     if 1.0 / ratio >= 1.0 + tolerance:
-        return f"{1.0 / ratio:.1f} times slower than"
+        return f"{_tenths_down(1.0 / ratio):.1f} times slower than"
     return f"as fast as (within {tolerance:.0%})"
+
+
+def _tenths_down(ratio: float) -> float:
+    """``ratio`` rounded down to tenths, so that "N times" never claims more than measured.
+
+    The 1e-9 keeps a ratio that is a tenth in exact arithmetic (1.2 computed as 1.1999...)
+    at that tenth.
+    """
+    return math.floor(ratio * 10 + 1e-9) / 10
 
 
 def separation(a: Sequence[float], b: Sequence[float], *, margin: float = 0.0) -> str:
@@ -178,6 +189,9 @@ def separation(a: Sequence[float], b: Sequence[float], *, margin: float = 0.0) -
 
 
 NOISE = "within the noise of"
+#: The verdict where one side was faster in every reading (every round) but the nearest
+#: readings lay within the 10 % band: a small, steady lead that the rule does not call.
+NEAR = "close to"
 
 
 def timed_rounds(
@@ -202,16 +216,18 @@ def timed_rounds(
 
 
 def rounds_verdict(base: Sequence[float], candidate: Sequence[float]) -> str:
-    """``speed_verdict``'s words for the candidate against the base, or ``NOISE``.
+    """``speed_verdict``'s words for the candidate against the base, ``NEAR`` or ``NOISE``.
 
     A difference is called only where every reading of one side is more than 10 %
     below every reading of the other (``separation`` with ``margin=0.1``), and it is
     quoted by the worst case: the slower side's fastest reading against the faster
-    side's slowest. Introduced in chapter 08.
+    side's slowest. Short of that, ``NEAR`` where every reading of one side still lies
+    below every reading of the other, and ``NOISE`` where the readings overlap.
+    Introduced in chapter 08.
     """
     order = separation(candidate, base, margin=0.1)
     if order == "overlapping":
-        return NOISE
+        return NEAR if one_way(base, candidate) else NOISE
     if order == "lower":
         return speed_verdict(min(base), max(candidate))
     return speed_verdict(max(base), min(candidate))
@@ -222,6 +238,7 @@ def paired_verdict(base: Sequence[float], candidate: Sequence[float]) -> str:
 
     ``speed_verdict``'s words where every round's ratio ``base / candidate`` lies
     beyond the 10 % band on the same side, quoted by the round nearest to even;
+    ``NEAR`` where every round fell on the same side but not every one beyond the band;
     ``NOISE`` otherwise. Introduced in chapter 08.
     """
     if len(base) != len(candidate) or not base:
@@ -231,7 +248,7 @@ def paired_verdict(base: Sequence[float], candidate: Sequence[float]) -> str:
         return speed_verdict(min(ratios), 1.0)
     if max(ratios) <= 1 / 1.1:
         return speed_verdict(max(ratios), 1.0)
-    return NOISE
+    return NEAR if min(ratios) > 1 or max(ratios) < 1 else NOISE
 
 
 def one_way(base: Sequence[float], candidate: Sequence[float]) -> str:
@@ -248,8 +265,8 @@ def rounds_note(base: Sequence[float], candidate: Sequence[float], *, unit: str 
     ``"narrowly"`` where the rule called a difference but the nearest readings, the
     slower side's fastest against the faster side's slowest, cleared its 10 % by less
     than a further 5 %; ``"though faster in every round"`` (or ``"slower"``; ``unit``
-    names what one reading is) where the rule said ``NOISE`` yet every reading of one
-    side lay beyond every reading of the other; ``""`` otherwise. Introduced in
+    names what one reading is) where the rule said ``NEAR``: every reading of one side
+    lay beyond every reading of the other, but not by the 10 %; ``""`` otherwise. Introduced in
     chapter 08.
     """
     order = separation(candidate, base, margin=0.1)
@@ -270,7 +287,7 @@ def paired_note(base: Sequence[float], candidate: Sequence[float]) -> str:
     """
     verdict = paired_verdict(base, candidate)  # checks that the rounds pair up
     ratios = [b / c for b, c in zip(base, candidate, strict=True)]
-    if verdict != NOISE:
+    if verdict not in (NOISE, NEAR):
         nearest = min(ratios) if min(ratios) >= 1.1 else 1 / max(ratios)
         return "narrowly" if nearest < 1.1 * 1.05 else ""
     way = "faster" if min(ratios) > 1 else "slower" if max(ratios) < 1 else ""

@@ -244,6 +244,17 @@ def test_speed_verdict_names_the_direction_and_the_ratio():
     assert speed_verdict(1.1, 1.0) == "1.1 times faster than"  # exactly at the margin
 
 
+def test_speed_verdict_rounds_the_ratio_down_never_up():
+    # "N times" is a lower bound: 1.89 and 1.46 are not yet 1.9 and 1.5
+    assert speed_verdict(1.89, 1.0) == "1.8 times faster than"
+    assert speed_verdict(1.0, 1.46) == "1.4 times slower than"
+    assert speed_verdict(9444.5, 6456.1) == "1.4 times faster than"
+    # a ratio that is a tenth in exact arithmetic stays at it, though 0.3 / 0.2 computes
+    # 1.4999999999999998 and 0.42 / 0.2 computes 2.0999999999999996
+    assert speed_verdict(0.3, 0.2) == "1.5 times faster than"
+    assert speed_verdict(0.2, 0.42) == "2.1 times slower than"
+
+
 def test_speed_verdict_calls_small_differences_equal():
     assert speed_verdict(1.05, 1.0) == "as fast as (within 10%)"
     assert speed_verdict(1.0, 1.05) == "as fast as (within 10%)"
@@ -416,8 +427,12 @@ def test_rounds_verdict_needs_a_ten_percent_gap_and_quotes_the_worst_case():
     assert tips.rounds_verdict([1.0, 1.2, 1.1], [3.0, 2.4, 2.6]) == "2.0 times slower than"
     # one overlapping reading is enough for no verdict
     assert tips.rounds_verdict([3.0, 1.0], [1.0, 1.2]) == tips.NOISE
-    # apart, but by less than 10 %
-    assert tips.rounds_verdict([1.08, 1.09], [1.0, 1.01]) == tips.NOISE
+    # apart, but by less than 10 %: a steady lead the rule does not call, either way
+    assert tips.rounds_verdict([1.08, 1.09], [1.0, 1.01]) == tips.NEAR == "close to"
+    assert tips.rounds_verdict([1.0, 1.01], [1.08, 1.09]) == tips.NEAR
+    # touching readings are not apart
+    assert tips.rounds_verdict([1.0, 1.05], [1.0, 0.99]) == tips.NOISE
+    assert tips.NOISE == "within the noise of"
     assert tips.rounds_verdict([1.2, 1.3], [1.0, 1.05]) == "1.1 times faster than"
 
 
@@ -426,7 +441,12 @@ def test_paired_verdict_needs_every_round_beyond_the_band_on_one_side():
     assert tips.paired_verdict([1.0, 1.0, 1.0], [2.0, 3.0, 1.5]) == "1.5 times slower than"
     # pairing matters: the same sets, paired differently, straddle the band
     assert tips.paired_verdict([2.0, 1.0], [1.0, 2.0]) == tips.NOISE
-    assert tips.paired_verdict([1.05, 2.0], [1.0, 1.0]) == tips.NOISE
+    # every round one way, one of them within the band: near, either way
+    assert tips.paired_verdict([1.05, 2.0], [1.0, 1.0]) == tips.NEAR
+    assert tips.paired_verdict([1.0, 1.0], [1.05, 2.0]) == tips.NEAR
+    # a round exactly even is on neither side
+    assert tips.paired_verdict([1.0, 2.0], [1.0, 1.0]) == tips.NOISE
+    assert tips.paired_verdict([1.0, 1.0], [1.0, 2.0]) == tips.NOISE
     assert tips.paired_verdict([1.1, 2.0], [1.0, 1.0]) == "1.1 times faster than"
     # on the band's edge: 1.0 / 1.1 is exactly 1 / 1.1 in floating point
     assert tips.paired_verdict([1.0], [1.1]) == "1.1 times slower than"
@@ -455,8 +475,8 @@ def test_rounds_note_flags_a_pass_with_under_five_percent_to_spare():
 
 
 def test_rounds_note_names_noise_that_fell_one_way():
-    # apart in every reading, but by under 10 %: the rule says noise
-    assert tips.rounds_verdict([1.05, 1.08], [1.0, 1.01]) == tips.NOISE
+    # apart in every reading, but by under 10 %: the rule says near
+    assert tips.rounds_verdict([1.05, 1.08], [1.0, 1.01]) == tips.NEAR
     assert tips.rounds_note([1.05, 1.08], [1.0, 1.01]) == "though faster in every round"
     assert tips.rounds_note([1.0, 1.01], [1.05, 1.08]) == "though slower in every round"
     assert tips.rounds_note([1.0, 1.01], [1.05, 1.08], unit="epoch") == "though slower in every epoch"
