@@ -48,8 +48,9 @@
 # >   of its readings, 10 % longer, is still shorter than every reading of the other.
 # >   Short of that, the text says "close to, though faster in every round" where
 # >   every reading of one side was still below every reading of the other, and
-# >   "within the noise of" where the readings overlap. "N times faster" means 1/N of
-# >   the time, with N the least that the readings allow (rounded down).
+# >   "within the noise of" where the readings overlap. "N times slower" means N times
+# >   as long, "N times faster" 1/N of the time, with N the least that the readings
+# >   allow (rounded down).
 # > - The numbers come from the machine that built this page; yours will differ.
 # >   Appendix B gives the rule in detail and what each section's measurements leave
 # >   open.
@@ -615,9 +616,9 @@ item_verdict = rounds_verdict(item_rounds[True], item_rounds[False])
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 
 print(
-    f"item() every step: {item_every_s * 1e3:.2f} ms per step; once: "
-    f"{item_once_s * 1e3:.2f} ms per step -> reading once was {item_verdict} "
-    "reading every step"
+    f"fastest rounds: item() every step {item_every_s * 1e3:.2f} ms per step, "
+    f"once {item_once_s * 1e3:.2f} ms; by the rule (worst case over the "
+    f"rounds below), reading once was {item_verdict} reading every step"
 )
 print(
     f"  three rounds, ms per step: every step "
@@ -842,6 +843,10 @@ record(
     else "",
 )
 swept_rise = cpu_per_sample[4096] > 1.1 * cpu_per_sample[cpu_best_batch]
+# The table's medians against the sweep's minimum, for one and the same call.
+table_over_sweep = [
+    t / cpu_times[4096] for t in thread_rounds[default_threads, BIG]
+]
 if cpu_best_batch == 4096 or not swept_rise:
     rise_sentence = ""  # the sweep showed no rise to check
 elif table_busy:
@@ -857,7 +862,12 @@ else:
         b > 1.1 * c for b, c in zip(big_us, cheap_us, strict=True)
     )
     rise_sentence = (
-        f"Timed again beside batch {cpu_best_batch:,} "
+        "The table's `Timer` medians, taken at another moment, are not the "
+        "sweep's fastest repeats (its batch 4,096 "
+        f"with {default_threads} thread{'s' if default_threads > 1 else ''} "
+        f"read {min(table_over_sweep):.2f}–{max(table_over_sweep):.2f} times "
+        "the sweep's), so the sweep's rise is checked within the table: "
+        f"beside batch {cpu_best_batch:,} "
         f"({rounds_range(cheap_us, 1, '.2f')} µs per sample), batch "
         f"4,096 ({rounds_range(big_us, 1, '.2f')} µs) "
         + (
@@ -875,19 +885,6 @@ else:
         )
     )
 record("rise_sentence", rise_sentence)
-# The table's medians against the sweep's minimum, for one and the same call.
-table_over_sweep = [
-    t / cpu_times[4096] for t in thread_rounds[default_threads, BIG]
-]
-kinds_sentence = (
-    "The threads table gives medians of `Timer`'s blocks, taken at another "
-    "moment than the sweep; on a shared machine the two kinds of reading can "
-    "differ (here the table's forward pass of batch 4,096 "
-    f"with {default_threads} thread{'s' if default_threads > 1 else ''} read "
-    f"{min(table_over_sweep):.2f}–{max(table_over_sweep):.2f} times the "
-    "sweep's), so compare readings of one kind only."
-)
-record("kinds_sentence", kinds_sentence)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -962,8 +959,10 @@ loader_verdict = rounds_verdict(
     loader_rounds["per sample"], loader_rounds["per batch"]
 )
 print(
-    f"one epoch of loading: per sample {per_sample_s * 1e3:.1f} ms, per batch "
-    f"{per_batch_s * 1e3:.2f} ms -> per batch is {loader_verdict} per sample"
+    f"one epoch of loading, fastest rounds: per sample "
+    f"{per_sample_s * 1e3:.1f} ms, per batch {per_batch_s * 1e3:.2f} ms; by the "
+    f"rule (worst case over the rounds below), per batch is {loader_verdict} "
+    "per sample"
 )
 print(
     "  three rounds, ms: per sample "
@@ -1726,6 +1725,9 @@ for rate in contest_rates:
 ax.plot([], [], color="tab:red", ls="--", lw=1, label="rates tried below")
 ax.set(
     xscale="log",
+    # the tested span, cut a little past the blow-up: beyond it the losses
+    # are off the top
+    xlim=(range_rates[0] / 1.2, min(range_rates[-1], 3 * blowup_lr)),
     ylim=(0, 2 * range_smooth[0]),
     title=f"Learning-rate range test (seed {seed})",
     xlabel="learning rate (log scale)",
@@ -1769,9 +1771,13 @@ record("high_over_blowup", contest_rates[1] / blowup_lr, fmt="{:.1f}")
 prose(
     r"""
 The smoothed loss was lowest near a rate of {{range_lowest_lr}} and had blown up at
-{{blowup_lr}}. A common rule of thumb (fastai's `lr_min` suggestion) takes a tenth of the
-rate at the lowest point, here {{range_tenth}}. The contest below tries two rates fixed
-before this test ran, so here the test checks the choice rather than makes it: 0.05,
+{{blowup_lr}}. The average trails the raw losses by about {{lag_steps}} steps, over which
+the rate grew {{range_lag}} times, so the raw losses were lowest nearer
+{{range_lowest_lagged}} (an estimate: the raw curve is too noisy to read it from; fastai
+smooths too, keeping 0.98). A common rule of thumb (fastai's `lr_min` suggestion) takes
+a tenth of the rate at the smoothed curve's lowest point, here {{range_tenth}}. The
+contest below tries two rates fixed before this test ran, so here the test checks the
+choice rather than makes it: 0.05,
 {{rule_word}} that rule's choice, and 0.5, a bold one at {{high_over_blowup}} times the
 blow-up rate.
 """
@@ -2231,8 +2237,8 @@ if worse_low:
         f"At {low}, {names_list(worse_low)} ended worse than the constant "
         "rate, both seeds above both of its: a hint, not a result (two "
         "seeds a side, several schedules tested); "
-        "if real, they spend much of a short run below a rate that was not "
-        "too high to begin with."
+        "if real, a short run at a rate that trains well held loses more "
+        "to the lower rates than it gains from settling."
     )
 else:
     worse_low_sentence = (
@@ -2440,6 +2446,8 @@ every seed of the constant rate{{rescued_narrow}}. {{failed_sentence}} {{high_ra
 
 In the figure, the bold mean of {{best_high}}'s four seeds was below the constant
 rate's {{ahead_words}}.
+
+{{worse_low_sentence}}
 """
 )
 
@@ -2721,8 +2729,10 @@ amp_rounds = timed_rounds(
 fp32_step_s, amp_step_s = min(amp_rounds[False]), min(amp_rounds[True])
 amp_verdict = rounds_verdict(amp_rounds[False], amp_rounds[True])
 print(
-    f"training step, batch 256: float32 {fp32_step_s * 1e3:.2f} ms, autocast "
-    f"{amp_name} {amp_step_s * 1e3:.2f} ms -> autocast is {amp_verdict} float32"
+    f"training step, batch 256, fastest rounds: float32 "
+    f"{fp32_step_s * 1e3:.2f} ms, autocast {amp_name} {amp_step_s * 1e3:.2f} "
+    f"ms; by the rule (worst case over the rounds below), autocast is "
+    f"{amp_verdict} float32"
 )
 print(
     f"  three rounds, ms: float32 {rounds_list(amp_rounds[False], 1e3, '.2f')}"
@@ -2788,8 +2798,9 @@ matmul_verdict = rounds_verdict(
     matmul_rounds["float32"], matmul_rounds["16 bits"]
 )
 print(
-    f"one 256 x 256 matrix product: float32 {fp32_matmul_s * 1e6:.0f} µs, "
-    f"{amp_name} {half_matmul_s * 1e6:.0f} µs -> {matmul_verdict} float32"
+    f"one 256 x 256 matrix product, fastest rounds: float32 "
+    f"{fp32_matmul_s * 1e6:.0f} µs, {amp_name} {half_matmul_s * 1e6:.0f} µs; by "
+    f"the rule, {amp_name} is {matmul_verdict} float32"
 )
 print(
     "  three rounds, µs: float32 "
@@ -4860,7 +4871,8 @@ def resume(
     skip: str | None = None,
 ):
     """Rebuild everything, restore the checkpoint except `skip`, train to
-    epoch `last`. Returns the model, the losses and the rate it resumed at.
+    epoch `last`. Returns the model, the losses, and the rate it resumed at
+    with the rate its scheduler reported then.
     """
     torch.manual_seed(12345)
     parts = fresh_training(last * steps_per_epoch, run_seed, on)
@@ -4875,7 +4887,8 @@ def resume(
         # tensors
         shuffle_rng.set_state(checkpoint["shuffle_rng"].cpu())
         set_rng_states(checkpoint["rng"])
-    rate = optimizer.param_groups[0]["lr"]
+    # the rate the next step uses, and the one get_last_lr() would log
+    rate = optimizer.param_groups[0]["lr"], scheduler.get_last_lr()[0]
     with tempfile.TemporaryDirectory() as folder:
         losses = run_epochs(
             parts, checkpoint["epoch"] + 1, last, folder, criterion, on
@@ -4971,10 +4984,19 @@ record(
     ),
 )
 record("skip_optimizer_gap", ablation["optimizer"], fmt="{:.1e}")
-record("fresh_rate", ablation_rate["optimizer"], fmt="{:.1e}")
+record("fresh_rate", ablation_rate["optimizer"][0], fmt="{:.1e}")
+saved_lr = checkpoint["optimizer"]["param_groups"][0]["lr"]
+logged_lr = ablation_rate["optimizer"][1]
 record(
-    "saved_rate", checkpoint["optimizer"]["param_groups"][0]["lr"], fmt="{:.1e}"
+    "logged_words",
+    f"after the load its `get_last_lr()` reported {logged_lr:.1e}"
+    + (
+        ", the saved run's rate, so a log of it would have hidden the jump"
+        if math.isclose(logged_lr, saved_lr)
+        else ""
+    ),
 )
+record("saved_rate", saved_lr, fmt="{:.1e}")
 # the first resumed step whose loss differs from the uninterrupted run's
 split_at = next(
     (
@@ -5025,9 +5047,10 @@ without the scheduler's and {{skip_rng_gap}} without the random states. In the f
 the run resumed without the optimizer's state (red) {{optimizer_split}}. That run
 lost more than Adam's running averages: the current rate lives in the optimizer's
 `param_groups`, so the fresh optimizer resumed at {{fresh_rate}} where the
-uninterrupted run stood at {{saved_rate}}. The scheduler's state holds how far along
-the schedule is and its settings, not the current rate, and `CosineAnnealingLR`
-computes each rate from the one before. So the red line shows what losing both costs.
+uninterrupted run stood at {{saved_rate}}. The scheduler's state records its last rate
+({{logged_words}}), but loading it does not write that rate into the optimizer, and
+`CosineAnnealingLR` computes each rate from the optimizer's current one. So the red line
+shows what losing both costs.
 """
 )
 
@@ -5726,7 +5749,8 @@ passes.
 (ui.perfetto.dev); `torch.profiler.profile(..., with_stack=True)` adds the Python line
 behind each operator, and `on_trace_ready=torch.profiler.tensorboard_trace_handler(dir)`
 with a `schedule` profiles chosen steps of a long run, writing one such JSON trace per
-span.
+span (the name recalls PyTorch's TensorBoard plugin, now deprecated: open the files in
+Perfetto).
 """
 )
 
@@ -6939,8 +6963,8 @@ assert mid_gaps["rng_at_save"] > 0, mid_gaps
 # section 8.3's question. There 0.5 was too high to hold: the constant rate ended far
 # above the schedules that lower it. WSD holds 0.5 for five of the eight epochs. Train
 # it at 0.5 with the four seeds of section 8.3's high-rate arms, and compare its
-# validation losses, with `compare`, against the constant rate's and warm-up +
-# cosine's: just before its decay (after epoch 6), and at the end, seed by seed.
+# validation losses against the constant rate's and warm-up + cosine's, seed by seed:
+# just before its decay (after epoch 6), and at the end.
 # Does a decay confined to the last two epochs settle a rate too high to hold?
 
 
@@ -7248,7 +7272,7 @@ prose(
 prose(
     r"""
 **8.1, devices.**
-{{sweep_note}} {{transfer_note}} {{kinds_sentence}} {{threads_note}}
+{{sweep_note}} {{transfer_note}} {{threads_note}}
 ATen keeps an element-wise operation below 32,768 elements on one thread
 (`at::internal::GRAIN_SIZE`), and on a busy machine an operation split over threads
 also waits for its slowest thread.
@@ -7274,24 +7298,16 @@ took {{compute_cost_share}} of what building it and training on it took. Without
 prose(
     r"""
 **8.3, schedules.**
-The range test's readings lag: an average that keeps 0.9 of itself (with Adam's
-start-up correction) trails the raw losses by about {{lag_steps}} steps, over which the
-test raises the rate {{range_lag}} times, so the low of the losses themselves lies
-roughly that much lower, near {{range_lowest_lagged}}, an estimate: the raw curve is too
-noisy to read it from (fastai smooths too, keeping 0.98). The test is a guide to
-where the rates lie, not a measurement of a final result: its rate changes every
-step. The schedules' factors are common, untuned values: `ReduceLROnPlateau`'s 0.3 is
-gentler than its default 0.1, since `patience=0` (the default 10 suits longer runs)
-cuts at the first epoch that fails to beat the best loss by the default relative 1e-4,
-and a short warm-up is common practice (Goyal et al., 2017, warmed up over 5 of 90
-epochs).
+The range test is a guide to where the rates lie, not a measurement of a final result:
+its rate changes every step. The schedules' factors are common, untuned values, and a
+short warm-up is common practice (Goyal et al., 2017, warmed up over 5 of 90 epochs).
 
 Two combinations that do not differ can still pass the rule by chance. Their runs
 share each seed's initial weights and data order, so a pass needs every pair to fall
 the same way: a chance of up to (1/2)² = 1 in 4 with two seeds a side, and (1/2)⁴ = 1
 in 16 with four; appendix A asks whether the passes at 0.5 could be luck.
 {{failed_note}} {{not_rescued_sentence}} {{warmup_first_sentence}}
-{{worse_low_sentence}} On the mean of the first two seeds of all twelve combinations,
+On the mean of the first two seeds of all twelve combinations,
 {{schedule_sentence}}; `ReduceLROnPlateau` watched the validation loss that ranks the
 schedules, which favours it (in the rates figure's run at 0.5 it cut the rate
 {{plateau_cuts}}). Averaging the weights of the last epochs
