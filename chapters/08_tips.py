@@ -46,11 +46,11 @@
 # > - Two things compared are timed in three interleaved rounds, taking turns at going
 # >   first; the output shows every round. One side is called faster only if every one
 # >   of its readings, 10 % longer, is still shorter than every reading of the other.
-# >   Short of that, the text says "close to, though faster in every round" where
-# >   every reading of one side was still below every reading of the other, and
-# >   "within the noise of" where the readings overlap. "N times slower" means N times
-# >   as long, "N times faster" 1/N of the time, with N the least that the readings
-# >   allow (rounded down).
+# >   Short of that, the text says "close to, though faster (or slower) in every
+# >   round" where every reading of one side was still below (or above) every
+# >   reading of the other, and "within the noise of" where the readings overlap.
+# >   "N times slower" means N times as long, "N times faster" 1/N of the time, with
+# >   N the least that the readings allow (rounded down).
 # > - The numbers come from the machine that built this page; yours will differ.
 # >   Appendix B gives the rule in detail and what each section's measurements leave
 # >   open.
@@ -3053,11 +3053,11 @@ pays is then a question of speed and memory, which depend on the hardware.
 #
 # `torch.compile(model)` traces the model into a graph on its first call and hands it
 # to a compiler (by default *Inductor*), which fuses operations and generates code (C++
-# on a CPU, Triton on NVIDIA and AMD GPUs, Metal shaders on Apple's). Later calls with
-# the same shapes run that code, so two numbers matter: the compile time and the
-# steady-state gain. The collapsed cell below looks for the compiler Inductor needs and
-# defines `synchronize` (wait for the device's queued work, as every timing must) and
-# `root_cause`.
+# on a CPU, Triton on NVIDIA and AMD GPUs, and Metal shaders on Apple's, a backend its
+# own source calls an early prototype). Later calls with the same shapes run that code,
+# so two numbers matter: the compile time and the steady-state gain. The collapsed cell
+# below looks for the compiler Inductor needs and defines `synchronize` (wait for the
+# device's queued work, as every timing must) and `root_cause`.
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true} cellView="form"
@@ -3785,49 +3785,6 @@ else:
         )
     )
 
-# %% [markdown]
-# On a CPU, the kernels named `..._relu_threshold_backward_...` fuse the forward pass's
-# ReLU with what its backward pass needs: each writes the ReLU's output and a mask of
-# where that output is zero, as booleans (`threshold_backward` is the ReLU's gradient,
-# which reads the mask). Eager mode writes no ReLU mask: its backward pass reads the
-# saved output. Where the profile ran, the cell times two small functions of a
-# 256 × 256 input alone on one thread, eager and compiled: the ReLU with that mask as
-# `bool`, and with the mask as `float32`.
-
-
-# %%
-def relu_bool_mask(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    out = torch.relu(x)
-    return out, out <= 0
-
-
-def relu_float_mask(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    out = torch.relu(x)
-    return out, (out <= 0).float()
-
-
-mask_us = None  # where the step's profile ran: the CPU
-if step_split is not None:
-    relu_input = torch.randn(256, 256)
-    mask_us = {}
-    with one_thread():  # compiled for one thread, as the profile was
-        for name, fn in (
-            ("ReLU + bool mask", relu_bool_mask),
-            ("ReLU + float32 mask", relu_float_mask),
-        ):
-            compiled_fn = torch.compile(fn)
-            compiled_fn(relu_input)  # compiles here
-            for mode, f in (("eager", fn), ("compiled", compiled_fn)):
-                timer = benchmark.Timer(
-                    "f(x)", globals={"f": f, "x": relu_input}
-                )
-                mask_us[mode, name] = (
-                    timer.blocked_autorange(min_run_time=0.1).median * 1e6
-                )
-                print(f"{mode:8} {name:20} {mask_us[mode, name]:7.1f} µs")
-else:
-    print("not timed: the masks above are the CPU profile's")
-
 # %% tags=["hide-cell"] jupyter={"source_hidden": true}
 # The text's words on where the compiled step lost its time.
 split_words = ""
@@ -3878,32 +3835,17 @@ if step_split is not None:
         "recording of each side, so neither these totals nor their ratio are "
         "the timings above."
     )
-    # the kernels that write the ReLU's boolean mask, by their names
+    # the fused kernels that write a ReLU's output and what its backward
+    # pass reads, by their names
     mask_ms = [ms for ms, key in generated_own if "relu_threshold" in key]
-    if mask_ms and mask_us is not None:
-        bool_cost = (
-            mask_us["compiled", "ReLU + bool mask"]
-            / mask_us["compiled", "ReLU + float32 mask"]
-        )
+    if mask_ms:
         split_words += (
             f" Of its {generated:.2f} ms, {sum(mask_ms):.2f} went to the "
-            f"{len(mask_ms)} kernels that write a ReLU's output and its mask."
-            "\n\nTimed alone, the compiled ReLU took "
-            f"{mask_us['compiled', 'ReLU + bool mask']:.0f} µs with a `bool` "
-            f"mask and {mask_us['compiled', 'ReLU + float32 mask']:.0f} µs "
-            "with a `float32` one; eager mode's took "
-            f"{mask_us['eager', 'ReLU + bool mask']:.0f} µs. "
-            + (
-                "That is a weakness of this PyTorch's generated CPU code for "
-                "`bool` outputs (check yours), not a cost that writing "
-                "booleans must have. Without dropout the compiled step needs no "
-                "such mask: the ReLU's gradient can read the ReLU's output, "
-                "which the next layer keeps for its own backward pass anyway "
-                "(that step was not profiled here; it lost nothing)."
-                if bool_cost > 3
-                else "Writing the mask as booleans cost little here, so this "
-                "run does not show why those kernels are dear."
-            )
+            f"{len(mask_ms)} kernels named `..._relu_threshold_backward_...`, "
+            "which fuse a ReLU with what its backward pass needs: its output "
+            "and a mask of where that output is zero. Why they cost this much "
+            "on this build, the profile does not say; `TORCH_LOGS=output_code` "
+            "prints them."
         )
 else:
     profile_note = ""
@@ -3944,7 +3886,7 @@ prose(
 {{where_lost}}
 
 {{split_words}} Section 8.9 profiles a training step operator by operator and times
-dropout's parts alone; `TORCH_LOGS=output_code` prints the kernels Inductor wrote.
+dropout's parts alone.
 """
 )
 
@@ -4389,7 +4331,9 @@ if peak_val > 2 * np.log(10):
         "At the excessive rate the unclipped run's validation loss peaked at "
         f"{peak_val:.1f} after epoch "
         f"{peak_epoch + 1}, {peak_val / np.log(10):.1f} times guessing's "
-        "ln 10: confident wrong answers (large logits on wrong digits)."
+        "ln 10. A mean that high needs at least one digit whose true class got "
+        f"at most e^-{peak_val:.1f} = {math.exp(-peak_val):.2%} of the "
+        "probability: confident wrong answers."
     )
 else:
     spike_sentence = (
@@ -5670,23 +5614,18 @@ record(
 # times every round of the other; otherwise the run leaves it open.
 draws, multiplies = part_rounds["draw"], part_rounds["multiply"]
 if min(draws) > 3 * max(multiplies):
-    # the ratio of the rounded microseconds the cell prints, where they are
-    # not 0
-    shown_multiply = round(max(multiplies) * 1e6)
-    draw_ratio = (
-        round(min(draws) * 1e6) / shown_multiply
-        if shown_multiply
-        else min(draws) / max(multiplies)
-    )
+    # from the unrounded times, rounded down: "at least" must hold
+    draw_ratio = math.floor(min(draws) / max(multiplies))
     dropout_cause = (
         "what dropout costs here is drawing the random numbers, at least "
-        f"{draw_ratio:.0f} times the multiplication in every round"
+        f"{draw_ratio} times the multiplication in every round"
     )
 elif min(multiplies) > 3 * max(draws):
     dropout_cause = (
         "what dropout costs here is the passes over memory and the per-call "
         "costs: the multiplication took at least "
-        f"{min(multiplies) / max(draws):.0f} times the drawing in every round"
+        f"{math.floor(min(multiplies) / max(draws))} times the drawing in "
+        "every round"
     )
 else:
     dropout_cause = (
@@ -6079,10 +6018,8 @@ record(
     f"Fastest reading against fastest, as the prediction is made, the "
     f"checkpointed step took {recompute_ratio:.2f} times the plain one"
     + (
-        ": more than predicted. The rest is the checkpoint's own work in the "
-        "backward pass (rerunning the layers from Python, keeping track of what "
-        "it recomputed), which weighs most on a step this small; this run does "
-        "not split it."
+        ": more than predicted. The rest is the checkpoint's own work beyond "
+        "the recomputation, which this run does not split."
         if recompute_ratio > 1.1 * recompute_predicted
         else ": less than predicted; the recomputed forward pass cost less than "
         "it did timed alone."
@@ -7058,9 +6995,9 @@ cosine_worst = max(end["warm-up + cosine"])
 caught_up = sum(loss <= cosine_worst for loss in end["WSD"])
 
 
-def seeds_above(name: str) -> str:
-    """On how many seeds WSD's loss before its decay was above `name`'s."""
-    count = sum(w > o for w, o in zip(before["WSD"], before[name], strict=True))
+def seeds_above(losses: dict, name: str) -> str:
+    """On how many seeds WSD's loss in `losses` was above `name`'s."""
+    count = sum(w > o for w, o in zip(losses["WSD"], losses[name], strict=True))
     return (
         "every seed"
         if count == len(high_seeds)
@@ -7071,13 +7008,14 @@ def seeds_above(name: str) -> str:
 print(
     f"Means over the four seeds. Just before its decay WSD "
     f"({mean_before['WSD']:.2f}) was above the constant rate "
-    f"({mean_before['constant']:.2f}) on {seeds_above('constant')}, seed "
+    f"({mean_before['constant']:.2f}) on {seeds_above(before, 'constant')}, seed "
     f"against seed, and above warm-up + cosine "
     f"({mean_before['warm-up + cosine']:.2f}) on "
-    f"{seeds_above('warm-up + cosine')}. Its two epochs of decay "
+    f"{seeds_above(before, 'warm-up + cosine')}. Its two epochs of decay "
     f"took it to {mean_end['WSD']:.2f} (the constant rate's same epochs: "
     f"{mean_before['constant']:.2f} to {mean_end['constant']:.2f}; "
-    f"warm-up + cosine ended at {mean_end['warm-up + cosine']:.2f}). "
+    f"warm-up + cosine ended at {mean_end['warm-up + cosine']:.2f}), above "
+    f"the constant rate's end on {seeds_above(end, 'constant')}. "
     + ("No seed" if caught_up == 0 else f"{caught_up} of the four seeds")
     + f" of WSD ended as low as warm-up + cosine's worst ({cosine_worst:.3f}). "
     + (
@@ -7251,9 +7189,9 @@ prose(
 #
 # **The rule.** `helpers.tips.rounds_verdict` compares every reading of one side with
 # every reading of the other, whichever rounds they came from (`helpers.tips.separation`).
-# A pass with under 5 % to spare is flagged "(narrowly)".
-# The "N times" quoted is the worst case: the slower side's fastest reading against the
-# faster side's slowest. Only the compiled training step of section 8.5, whose two sides
+# A pass with under 5 % to spare is flagged "(narrowly)". The "N times" quoted is the
+# worst case, the slower side's fastest reading against the faster side's slowest,
+# rounded down. Only the compiled training step of section 8.5, whose two sides
 # alternate call by call, is judged round by round (`paired_verdict`): every round's
 # ratio must lie beyond the 10 %, and N is the round nearest to even. The fastest of a
 # few repeats, which a busy spell can only lengthen, suits these turn-taking
