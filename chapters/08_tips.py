@@ -862,11 +862,7 @@ else:
         b > 1.1 * c for b, c in zip(big_us, cheap_us, strict=True)
     )
     rise_sentence = (
-        "The table's `Timer` medians, taken at another moment, are not the "
-        "sweep's fastest repeats (its batch 4,096 "
-        f"with {default_threads} thread{'s' if default_threads > 1 else ''} "
-        f"read {min(table_over_sweep):.2f}–{max(table_over_sweep):.2f} times "
-        "the sweep's), so the sweep's rise is checked within the table: "
+        "So the sweep's rise is checked within the table: "
         f"beside batch {cpu_best_batch:,} "
         f"({rounds_range(cheap_us, 1, '.2f')} µs per sample), batch "
         f"4,096 ({rounds_range(big_us, 1, '.2f')} µs) "
@@ -885,13 +881,22 @@ else:
         )
     )
 record("rise_sentence", rise_sentence)
+record(
+    "kinds_sentence",
+    "The table's `Timer` medians, taken at another moment, are not the sweep's "
+    "fastest repeats: its batch 4,096 "
+    f"with {default_threads} thread{'s' if default_threads > 1 else ''} "
+    f"read {min(table_over_sweep):.2f}–{max(table_over_sweep):.2f} times the "
+    "sweep's reading of the same call. Compare readings of one kind only.",
+)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
 {{threads_sentence}} {{threads_cost}} When several processes share a machine, give
 each fewer threads with `torch.set_num_threads` (DataLoader workers already use one).
-{{rise_sentence}}
+
+{{kinds_sentence}} {{rise_sentence}}
 """
 )
 
@@ -2226,8 +2231,9 @@ record("failed_sentence", failed_sentence)
 record(
     "failed_note",
     "A loss stuck at guessing, rather than growing without bound, is not "
-    "divergence (section 8.6 looks at one way a large rate does this: ReLU "
-    "units that stop firing)."
+    "divergence (section 8.6 finds one way a large rate does this, ReLU "
+    "units that stop firing, and this appendix's notes on 8.6 say how they "
+    "die)."
     if failed
     else "The constant rate's worst seed at "
     f"{high} ended at {max(final_high4['constant']):.2f}.",
@@ -3035,8 +3041,9 @@ record(
 prose(
     r"""
 The two runs' validation losses differed by at most {{amp_curve_gap}} in any epoch,
-and their final validation accuracies were {{fp32_val_acc}} in `float32` and
-{{amp_val_acc}} with autocast: {{amp_accuracy_sentence}}. Whether mixed precision
+and their final validation accuracies (both models evaluated in `float32`) were
+{{fp32_val_acc}} trained in `float32` and {{amp_val_acc}} trained with autocast:
+{{amp_accuracy_sentence}}. Whether mixed precision
 pays is then a question of speed and memory, which depend on the hardware.
 """
 )
@@ -3842,10 +3849,10 @@ if step_split is not None:
         split_words += (
             f" Of its {generated:.2f} ms, {sum(mask_ms):.2f} went to the "
             f"{len(mask_ms)} kernels named `..._relu_threshold_backward_...`, "
-            "which fuse a ReLU with what its backward pass needs: its output "
-            "and a mask of where that output is zero. Why they cost this much "
-            "on this build, the profile does not say; `TORCH_LOGS=output_code` "
-            "prints them."
+            "which fuse a ReLU, dropout and what the ReLU's backward pass "
+            "needs: its output and a mask of where that output is zero. Why "
+            "they cost this much on this build, the profile does not say; "
+            "`TORCH_LOGS=output_code` prints them."
         )
 else:
     profile_note = ""
@@ -4287,6 +4294,9 @@ print(
     f"{dead_train[excessive]:.0%} (no clipping)"
 )
 record("clip_limit", clip_limit, fmt="{:.2f}")
+# clipping acted at both rates, and more often at the excessive one: measured
+# 7 % against 56 % (seed 0), the excessive rate's norms far above the limit
+assert 0 < clipped_share[sensible] < clipped_share[excessive], clipped_share
 record("clipped_share_low", clipped_share[sensible], fmt="{:.0%}")
 record("clipped_share_high", clipped_share[excessive], fmt="{:.0%}")
 # the lesson's opening words follow how often the excessive rate was clipped
@@ -4306,16 +4316,28 @@ record("dead_high", dead[excessive], fmt="{:.0%}")
 record("dead_train_high", dead_train[excessive], fmt="{:.0%}")
 record("late_norm_low", late_norm[sensible], fmt="{:.2f}")
 record("late_norm_high", late_norm[excessive], fmt="{:.2f}")
+# the unclipped run's largest step norm in its first epoch
+early_norm = (
+    clip_runs[excessive, "no clipping"][1][:steps_per_epoch].max().item()
+)
 if dead_train[excessive] > 0.5 and late_norm[excessive] < late_norm[sensible]:
     dead_sentence = (
         "Its small late gradient norm marks a dead network, not a converged "
         "one. A dead unit gets no gradient; only the momentum of earlier "
         "steps still moves it, shrinking to 0.9 of itself each step, and its "
         "inputs, the pixels, never change, so once that momentum fades "
-        "nothing revives it. The likely cause is the large early steps that "
-        "section 8.6's figure shows (the run did not record when each unit died). A lower "
-        "rate, a warm-up (section 8.3) or an activation with a gradient "
-        "below zero (`nn.LeakyReLU`, `nn.GELU`) makes such deaths rarer."
+        "nothing revives it. "
+        + (
+            "The likely cause is the large early steps: its gradient norm "
+            f"reached {early_norm:.1f} in the first epoch, "
+            f"{early_norm / clip_limit:.0f} times the clipping limit (the run "
+            "did not record when each unit died). "
+            if early_norm > 3 * clip_limit
+            else "The run did not record when each unit died. "
+        )
+        + "A lower rate, a warm-up (section 8.3) or an activation with a "
+        "gradient below zero (`nn.LeakyReLU`, `nn.GELU`) makes such deaths "
+        "rarer."
     )
 else:
     dead_sentence = (
@@ -5123,9 +5145,10 @@ print("their SHA-256 digests differ:", digests["honest"] != digests["tampered"])
 #
 # Two runs give identical weights when every source of randomness is seeded and every
 # operation is deterministic (chapter 1). The data loader shuffles with its
-# `generator`, and seeds each worker's `torch`, `random` and NumPy generators from it.
-# The cell trains twice with the same seed (AdamW as in section 8.7), adding random
-# noise (standard deviation 0.1, untuned) to every image inside two workers, under
+# `generator`, and seeds each worker's `torch`, `random` and NumPy's global generators
+# from it (not a `numpy.random.default_rng()` made in the worker). The cell trains
+# twice with the same seed (AdamW as in section 8.7), adding random noise (standard
+# deviation 0.1, untuned) to every image inside two workers, under
 # `torch.use_deterministic_algorithms(True)`, which makes PyTorch use deterministic
 # kernels or raise an error where none exists (on CUDA, also leave
 # `torch.backends.cudnn.benchmark` off, its default: it may pick another algorithm each
@@ -5802,11 +5825,11 @@ record(
 prose(
     r"""
 Under `inference_mode` the forward pass took {{inference_mode_range}} µs over three
-rounds. It was {{inference_verdict}} autograd on ({{grad_mode_range}}
-µs){{inference_note}}. It was {{inference_vs_no_grad}} `no_grad` ({{no_grad_range}}
-µs){{inference_no_grad_note}}. What both of them save for sure is memory: neither
-keeps anything for a backward pass, where autograd on kept {{kept_mib}} MiB of this
-batch's activations. `inference_mode` only adds skipping autograd's bookkeeping
+rounds: {{inference_verdict}} autograd on ({{grad_mode_range}} µs){{inference_note}},
+and {{inference_vs_no_grad}} `no_grad` ({{no_grad_range}} µs){{inference_no_grad_note}}.
+What both of them save for sure is memory: neither keeps anything for a backward pass,
+where autograd on kept {{kept_mib}} MiB of this batch's activations (no loss here, so
+less than the training step's). `inference_mode` only adds skipping autograd's bookkeeping
 (version counters, view tracking), which is what could make it faster than `no_grad`.
 """
 )
