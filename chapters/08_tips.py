@@ -1647,7 +1647,8 @@ assert right_order == [0.1, 0.05, 0.025] and wrong_order == [
 # barely moves (the figure's left end), which leaves more of the 100 steps to the rates
 # where it falls. The curve is smoothed with an exponential moving average that keeps
 # 0.9 of the old average at each step, and counts as blown up at the first rate, after
-# its lowest point, where it is back above its starting value.
+# its lowest point, where it is back above its starting value. The figure stops a little
+# past the blow-up, and at twice the starting loss.
 
 
 # %%
@@ -2013,7 +2014,7 @@ ax_val.plot(
     ms=14,
     mew=2,
     color="gray",
-    label="each seed (its rate's colour)",
+    label="each seed (a tick in its rate's colour)",
 )
 # behind every mark: a run that ended at guessing sits exactly on this line
 ax_val.axhline(
@@ -4482,9 +4483,9 @@ is a lower rate, or a schedule that lowers it (section 8.3).
 # skipped PyTorch warns that `lr_scheduler.step()` came before `optimizer.step()`. The
 # warning is harmless there. A skip shows as a fall in `scaler.get_scale()` across
 # `scaler.update()`, as in section 8.4's cell. On such a step `clip_grad_norm_` returns
-# an infinite or NaN norm and leaves the gradients non-finite, which is harmless
-# because `scaler.step` skips them; expect such norms in a log, and leave
-# `error_if_nonfinite` off with a scaler.
+# an infinite or NaN norm and multiplies the gradients by 0 (finite entries become 0,
+# infinite ones NaN), which is harmless because `scaler.step` skips the step; expect
+# such norms in a log, and leave `error_if_nonfinite` off with a scaler.
 #
 # The cell checks steps 1 to 4 against one clipped step on the whole batch of 128, in
 # `float32` with the scaler on (a power-of-two scale is exact) and no dropout, and
@@ -5153,8 +5154,8 @@ print("their SHA-256 digests differ:", digests["honest"] != digests["tampered"])
 # kernels or raise an error where none exists (on CUDA, also leave
 # `torch.backends.cudnn.benchmark` off, its default: it may pick another algorithm each
 # run). The switch matters where kernels add in a varying order, as CUDA's
-# `index_add_` and `scatter_add_` do; a fourth run, with the switch off, tells whether
-# this model's kernels need it.
+# `index_add_` and `scatter_add_` do (chapter 1 compares two such sums on a GPU); a
+# fourth run, with the switch off, tells whether this model's kernels need it.
 
 # %%
 first_512 = train_index[:512]  # a shorter epoch keeps the four runs quick
@@ -6063,7 +6064,8 @@ record(
     f"the checkpointed step took "
     f"{rounds_range(recompute_rounds['checkpointed'], 1e3, '.2f')} ms, "
     f"{recompute_verdict} the plain step's "
-    f"{rounds_range(recompute_rounds['plain'], 1e3, '.2f')} ms",
+    f"{rounds_range(recompute_rounds['plain'], 1e3, '.2f')} ms (the rule's "
+    "worst case)",
 )
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -6080,11 +6082,13 @@ accumulation (section 8.6), mixed precision (here autocast kept {{amp_saved_mib}
 for the backward pass, {{amp_saved_share}} of the `float32` step's, its 16-bit copies
 of the weights included), or activation checkpointing:
 `torch.utils.checkpoint.checkpoint` runs part of the model again in the backward pass
-instead of keeping its activations. Wrapping the first two layers cut the saved
-activations to {{recompute_mib}} MiB (estimate {{recompute_estimate_mib}} MiB), with
-{{recompute_grads}}, at a price: {{recompute_time}}. The expected price is one more
-forward pass through the wrapped layers ({{wrapped_forward_ms}} ms, timed alone with
-autograd recording), about {{recompute_predicted}} times the plain step.
+instead of keeping its activations (pass `use_reentrant=False`, the mode its
+documentation recommends; PyTorch warns when the argument is left out). Wrapping the
+first two layers cut the saved activations to {{recompute_mib}} MiB (estimate
+{{recompute_estimate_mib}} MiB), with {{recompute_grads}}, at a price:
+{{recompute_time}}. The expected price is one more forward pass through the wrapped
+layers ({{wrapped_forward_ms}} ms, timed alone with autograd recording), about
+{{recompute_predicted}} times the plain step.
 {{recompute_against_prediction}} The wrapped layers have no dropout here; where they
 do, `checkpoint` restores the random state before recomputing
 (`preserve_rng_state=True`, the default), so the masks match.
