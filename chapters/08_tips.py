@@ -795,8 +795,11 @@ elif many_threads > 1:
             "shown to."
             if "faster" in big_verdict
             else "which the small step repaid here; the large pass, with far "
-            "more work to share per call, was not shown to, so this run's "
-            "readings do not show where sharing starts to pay."
+            "more work to share per call, was not shown to (its rounds with "
+            f"{many_threads} threads spread over "
+            f"{rounds_range(thread_rounds[many_threads, BIG], 1e6, ',.0f')} µs, "
+            "and one slow round is enough to withhold a verdict), so this "
+            "run's readings do not show where sharing starts to pay."
             if "faster" in step_verdict_threads
             else "which only a large enough operation repays: here the large "
             "pass leaned that way, but by less than 10 %, so this run "
@@ -4494,7 +4497,8 @@ is a lower rate, or a schedule that lowers it (section 8.3).
 #
 # The cell checks steps 1 to 4 against one clipped step on the whole batch of 128, in
 # `float32` with the scaler on (a power-of-two scale is exact) and no dropout, and
-# makes the two classic mistakes: clipping inside the loop, and before `unscale_`.
+# makes the two classic mistakes: clipping inside the loop (with the limit scaled like
+# the gradients, so that the order is its only fault), and before `unscale_`.
 
 # %%
 x_check, y_check = x_big.cpu(), y_big.cpu()
@@ -6070,7 +6074,7 @@ record(
     f"{rounds_range(recompute_rounds['checkpointed'], 1e3, '.2f')} ms, "
     f"{recompute_verdict} the plain step's "
     f"{rounds_range(recompute_rounds['plain'], 1e3, '.2f')} ms (the rule's "
-    "worst case)",
+    "worst case, rounded down)",
 )
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
@@ -7330,8 +7334,7 @@ norm was {{late_norm_high}} (the unclipped run at 0.05: {{late_norm_low}}).
 {{clipped_path_note}} Clipped, {{dead_clipped}} of its first layer's ReLUs were dead
 for every validation digit.
 
-In the "clip inside the loop" mistake the limit was scaled to match the scaled
-gradients, so the order is its only fault. DDP groups gradients into *buckets* (by
+DDP groups gradients into *buckets* (by
 default the first is capped at 1 MiB, the private constant
 `dist._DEFAULT_FIRST_BUCKET_BYTES`, and later ones at 25 MiB, `bucket_cap_mb`; the
 first holds the last layers' gradients, which the backward pass computes first) and
