@@ -7334,11 +7334,10 @@ norm was {{late_norm_high}} (the unclipped run at 0.05: {{late_norm_low}}).
 {{clipped_path_note}} Clipped, {{dead_clipped}} of its first layer's ReLUs were dead
 for every validation digit.
 
-DDP groups gradients into *buckets* (by
-default the first is capped at 1 MiB, the private constant
-`dist._DEFAULT_FIRST_BUCKET_BYTES`, and later ones at 25 MiB, `bucket_cap_mb`; the
-first holds the last layers' gradients, which the backward pass computes first) and
-sends one all-reduce per bucket: this small model fits in one.
+DDP groups gradients into *buckets* (by default the first is capped at 1 MiB, the
+private constant `dist._DEFAULT_FIRST_BUCKET_BYTES`, and later ones at 25 MiB,
+`bucket_cap_mb`; the first holds the last layers' gradients, which the backward pass
+computes first) and sends one all-reduce per bucket: this small model fits in one.
 """
 )
 

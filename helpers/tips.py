@@ -133,8 +133,8 @@ def speed_verdict(baseline_s: float, candidate_s: float, *, tolerance: float = 0
     Returns ``"1.8 times faster than"`` or ``"1.3 times slower than"`` when the ratio of
     the two times is beyond ``1 + tolerance``, and ``"as fast as (within 10 %)"``
     otherwise: a fixed band, not an estimate of the noise. The ratio is rounded down to
-    tenths (1.89 gives "1.8"), so the words never claim more than the times show. Both times are in seconds
-    and positive. Introduced in chapter 08.
+    tenths (1.89 gives "1.8"), so the words never claim more than the times show. Both
+    times are in seconds and positive. Introduced in chapter 08.
     """
     for name, value in (("baseline_s", baseline_s), ("candidate_s", candidate_s), ("tolerance", tolerance)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -266,8 +266,8 @@ def rounds_note(base: Sequence[float], candidate: Sequence[float], *, unit: str 
     slower side's fastest against the faster side's slowest, cleared its 10 % by less
     than a further 5 %; ``"though faster in every round"`` (or ``"slower"``; ``unit``
     names what one reading is) where the rule said ``NEAR``: every reading of one side
-    lay beyond every reading of the other, but not by the 10 %; ``""`` otherwise. Introduced in
-    chapter 08.
+    lay beyond every reading of the other, but not by the 10 %; ``""`` otherwise.
+    Introduced in chapter 08.
     """
     order = separation(candidate, base, margin=0.1)
     if order == "lower":
