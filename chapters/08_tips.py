@@ -3856,9 +3856,7 @@ if step_split is not None:
             f" Of its {generated:.2f} ms, {sum(mask_ms):.2f} went to the "
             f"{len(mask_ms)} kernels named `..._relu_threshold_backward_...`, "
             "which fuse a ReLU, dropout and what the ReLU's backward pass "
-            "needs: its output and a mask of where that output is zero. Why "
-            "they cost this much on this build, the profile does not say; "
-            "`TORCH_LOGS=output_code` prints them."
+            "needs: its output and a mask of where that output is zero."
         )
 else:
     profile_note = ""
@@ -3900,6 +3898,115 @@ prose(
 
 {{split_words}} Section 8.9 profiles a training step operator by operator and times
 dropout's parts alone.
+"""
+)
+
+
+# %% [markdown]
+# What in those kernels costs so much? `TORCH_LOGS=output_code` prints the code Inductor
+# generated, and it shows a choice eager mode does not make. A ReLU's backward pass
+# needs to know where the ReLU's output was zero. Without dropout the next `Linear`
+# keeps that output anyway, for its weight's gradient, and the compiled backward pass
+# reads it, as eager mode's does. With dropout the next layer keeps dropout's output
+# instead. Eager mode still keeps the ReLU's output, four bytes an element; the
+# compiled graph keeps only a one-byte `bool` mask of its zeros, which each of those
+# forward kernels writes with `VecMask<float,1>::store(bool*)`. The cell isolates that
+# write, on one thread: a ReLU of a 256 × 256 batch (one hidden layer's output) that
+# returns its output and where it is zero, the mask as `bool` and as `float32`, eager
+# and compiled.
+
+
+# %%
+def relu_and_zeros(x: torch.Tensor, mask_dtype: torch.dtype):
+    """A ReLU's output, and where it is zero as `mask_dtype`."""
+    out = x.relu()
+    return out, (out <= 0).to(mask_dtype)
+
+
+mask_rounds = None  # on a CPU: the CPU's generated code is what is timed
+if step_compile_skip is None and device.type == "cpu":
+    torch.manual_seed(seed)
+    hidden_out = torch.randn(256, 256)  # half the signs negative
+    compiled_zeros = torch.compile(relu_and_zeros)  # one graph per dtype
+    mask_calls = {
+        (side, dtype): partial(fn, hidden_out, dtype)
+        for side, fn in (
+            ("eager", relu_and_zeros),
+            ("compiled", compiled_zeros),
+        )
+        for dtype in (torch.bool, torch.float32)
+    }
+    for (side, dtype), call in mask_calls.items():  # compiles, and checks
+        want = relu_and_zeros(hidden_out, dtype)
+        assert all(map(torch.equal, call(), want)), (side, dtype)
+    with one_thread():
+        mask_rounds = timed_rounds(mask_calls, repeat=50, warmup=3)
+    print("µs per call, one thread, fastest of 3 rounds")
+    print(f"{'mask':8} {'eager':>6} {'compiled':>9}")
+    for dtype in (torch.bool, torch.float32):
+        eager_us, compiled_us = (
+            min(mask_rounds[side, dtype]) * 1e6
+            for side in ("eager", "compiled")
+        )
+        print(f"{str(dtype)[6:]:8} {eager_us:6.0f} {compiled_us:9.0f}")
+else:
+    print(
+        "not timed: "
+        + (step_compile_skip or f"this run's device is {device_words(device)}")
+    )
+x86_vectors = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+if mask_rounds and x86_vectors:
+    # x86 vector code (AVX2, AVX-512): by the rule's worst case the bool mask
+    # took 33-34 times the float32 one's time (seeds 0-2); assert over 10
+    bool_us = mask_rounds["compiled", torch.bool]
+    float_us = mask_rounds["compiled", torch.float32]
+    assert separation([10 * t for t in float_us], bool_us) == "lower", (
+        bool_us,
+        float_us,
+    )
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# The text's words on the mask's cost.
+mask_words = ""
+if mask_rounds:
+    mask_verdict = rounds_verdict(
+        mask_rounds["compiled", torch.float32],
+        mask_rounds["compiled", torch.bool],
+    )
+    bool_eager = rounds_verdict(
+        mask_rounds["eager", torch.bool], mask_rounds["compiled", torch.bool]
+    )
+    mask_words = (
+        f"Compiled, the `bool` mask was {mask_verdict} the `float32` one, and "
+        f"{bool_eager} eager mode's `bool` mask (by the rule's worst case over "
+        "three rounds)."
+    )
+    if step_split is not None and mask_ms:  # the profile's fused kernels
+        write_ms = len(mask_ms) * min(mask_rounds["compiled", torch.bool]) * 1e3
+        mask_words += (
+            f" The step writes {len(mask_ms)} such masks, one per hidden "
+            f"layer: at that time, {write_ms:.2f} ms, or "
+            f"{write_ms / sum(mask_ms):.0%} of the {sum(mask_ms):.2f} ms the "
+            "profile gave the kernels that write them (both on one thread)."
+        )
+record("mask_words", mask_words)
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+{{mask_words}} Where the `bool` mask is the slow one, as it is in the x86 vector
+code (AVX2 and AVX-512), the reason is in ATen's vector headers, which Inductor's
+C++ includes (read in torch 2.11 and 2.15). In the kernel the mask is a vector of
+`float` lanes (16 with AVX-512, 8 with AVX2), and `store(bool*)` converts it with
+the generic templates `VecMaskTo` and `VecMaskCast` of `ATen/cpu/vec/vec_mask.h`, of
+which the x86 headers have no version for `bool`. They write the lanes to memory,
+rebuild a mask of one-byte lanes (64 with AVX-512, 32 with AVX2) from them one
+element at a time, and fill each lane in a loop, `blendv` of `vec_base.h`, as
+`Vectorized<bool>` has no vector code of its own. A `float32` mask needs no
+conversion: one vector store. The lesson outlasts this build: a compiled graph may
+keep other tensors for the backward pass than eager mode does (here one byte an
+element where eager mode keeps four), and writing them has a cost of its own, which
+only a measurement shows.
 """
 )
 
@@ -7397,8 +7504,8 @@ prose(
   on older GPUs; here {{amp_accuracy_sentence}}. Here `torch.compile`
   {{compile_summaries}}: it pays where its steady-state gain, times the calls,
   exceeds the compile time; `TORCH_LOGS=output_code` shows what the compiled code
-  does, and the profiler, with Inductor's `cpp.enable_kernel_profile` on a CPU, which
-  of its kernels cost the time.
+  does, the profiler, with Inductor's `cpp.enable_kernel_profile` on a CPU, which of
+  its kernels cost the time, and timing one piece alone (here a ReLU's mask), why.
 - With accumulation: `unscale_`, then clip once, then step, and step the scheduler
   per optimizer step; with DDP, forward and backward inside `no_sync()` for all
   but the last micro-batch.
