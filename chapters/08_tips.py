@@ -884,14 +884,25 @@ else:
         )
     )
 record("rise_sentence", rise_sentence)
-record(
-    "kinds_sentence",
+kinds_words = (
     "The table's `Timer` medians, taken at another moment, are not the sweep's "
     "fastest repeats: its batch 4,096 "
     f"with {default_threads} thread{'s' if default_threads > 1 else ''} "
     f"read {min(table_over_sweep):.2f}–{max(table_over_sweep):.2f} times the "
-    "sweep's reading of the same call. Compare readings of one kind only.",
+    "sweep's reading of the same call. "
 )
+if min(table_over_sweep) < 0.9:
+    # a median of undisturbed calls cannot lie below their fastest one (0.9:
+    # the chapter's 10 % band)
+    kinds_words += (
+        "A median over 10 % below the fastest of the same call means the sweep's "
+        "repeats at 4,096 were all slowed, by other work on the machine or a "
+        "slower clock at that moment: that point of the sweep, and any rise it "
+        "shows, is no evidence."
+    )
+else:
+    kinds_words += "Compare readings of one kind only."
+record("kinds_sentence", kinds_words)
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -3236,7 +3247,9 @@ if compile_skip is None:
         f"The first call took {compile_s:.1f} s, with the compiler's "
         "on-disk caches off (`torch.compiler.config.force_disable_caches`), "
         "as on a fresh machine or in a new Colab session, whose caches start "
-        "empty"
+        "empty; being this process's first compile, it also paid for loading "
+        "Inductor itself (the training step below, compiled later with the "
+        "caches off too, shows a compile without that)"
         + (
             ". Afterwards a forward pass of batch 256 ("
             + rounds_range(forward_rounds["compiled"], 1e6, ".0f")
@@ -3981,6 +3994,7 @@ else:
 x86_vectors = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 # the text's cause was read in the headers of torch 2.11 and 2.15: a later
 # torch may convert the mask faster, and the text's words say what it measured
+# (torch.__version__ compares as a version; a plain string would not)
 if mask_rounds and x86_vectors and torch.__version__ < "2.16":
     # x86 vector code (AVX2, AVX-512): by the rule's worst case the bool mask
     # took 32-35 times the float32 one's time (seeds 0-2); assert over 10
@@ -4464,7 +4478,7 @@ if dead_train[excessive] > 0.5 and late_norm[excessive] < late_norm[sensible]:
         + (
             "The likely cause is the large early steps: its gradient norm "
             f"reached {early_norm:.1f} in the first epoch, "
-            f"{early_norm / clip_limit:.0f} times the clipping limit (the run "
+            f"{early_norm / clip_limit:.1f} times the clipping limit (the run "
             "did not record when each unit died). "
             if early_norm > 3 * clip_limit
             else "The run did not record when each unit died. "
@@ -5300,7 +5314,8 @@ print("their SHA-256 digests differ:", digests["honest"] != digests["tampered"])
 # `torch.use_deterministic_algorithms(True)`, which makes PyTorch use deterministic
 # kernels or raise an error where none exists (on CUDA, also leave
 # `torch.backends.cudnn.benchmark` off, its default: it may pick another algorithm each
-# run). The switch matters where kernels add in a varying order, as CUDA's
+# run; torch 2.9 and earlier also want `CUBLAS_WORKSPACE_CONFIG=:4096:8` set before
+# CUDA starts). The switch matters where kernels add in a varying order, as CUDA's
 # `index_add_` and `scatter_add_` do (chapter 1 compares two such sums on a GPU); a
 # fourth run, with the switch off, tells whether this model's kernels need it.
 
