@@ -330,8 +330,10 @@ else:
 # Every operation pays a fixed price before it computes anything (Python, PyTorch's
 # dispatcher, memory allocation, on a GPU a kernel launch), and for a small batch that
 # price is most of the time. The cell times a forward pass for batch sizes from 1 to
-# 4,096, on the CPU and on the accelerator where there is one (`best_time(...,
-# device=...)` waits for the GPU to finish).
+# 4,096, on the CPU and on the accelerator where there is one, in three rounds that
+# take the sizes in turn (`timed_rounds`, from `helpers.tips`; its `device=` waits
+# for the GPU to finish). The plot marks each size's fastest round, with a bar up to
+# its slowest.
 
 # %%
 batch_sizes = [1, 8, 64, 512, 4096]
@@ -339,26 +341,25 @@ batch_sizes = [1, 8, 64, 512, 4096]
 
 def forward_times(
     on: torch.device, sizes: list[int], run_seed: int
-) -> dict[int, float]:
-    """Fastest time in seconds of one forward pass of a fresh model, per
-    batch size.
+) -> dict[int, list[float]]:
+    """Seconds of one forward pass of a fresh model, per batch size: the
+    fastest of ten calls in each of three rounds that interleave the sizes.
     """
     torch.manual_seed(run_seed)
     net = make_model().to(on).eval()
-    times = {}
+    passes = {s: partial(net, torch.randn(s, 64, device=on)) for s in sizes}
     with torch.inference_mode():
-        for size in sizes:
-            x = torch.randn(size, 64, device=on)
-            repeat = 20 if size <= 512 else 5
-            times[size] = best_time(
-                partial(net, x), repeat=repeat, warmup=3, device=on
-            )
-    return times
+        return timed_rounds(passes, repeat=10, warmup=3, device=on)
 
 
-sweep = {"cpu": forward_times(torch.device("cpu"), batch_sizes, seed)}
+sweep_rounds = {"cpu": forward_times(torch.device("cpu"), batch_sizes, seed)}
 if device.type != "cpu":
-    sweep[device.type] = forward_times(device, batch_sizes, seed)
+    sweep_rounds[device.type] = forward_times(device, batch_sizes, seed)
+# each size's fastest round
+sweep = {
+    name: {size: min(r) for size, r in readings.items()}
+    for name, readings in sweep_rounds.items()
+}
 print(
     f"{'batch':>6}"
     + "".join(f"{name + ' per batch':>18}{'per sample':>12}" for name in sweep)
@@ -372,11 +373,19 @@ for size in batch_sizes:
 
 fig, (ax_call, ax_sample) = plt.subplots(1, 2, figsize=(10, 3.8))
 for name, times in sweep.items():
-    ax_call.plot(
-        batch_sizes, [times[b] * 1e6 for b in batch_sizes], "o-", label=name
-    )
-    per_sample = [times[b] / b * 1e6 for b in batch_sizes]
-    ax_sample.plot(batch_sizes, per_sample, "o-", label=name)
+    for ax, per in ((ax_call, lambda b: 1), (ax_sample, lambda b: b)):
+        line, *_ = ax.plot(
+            batch_sizes,
+            [times[b] / per(b) * 1e6 for b in batch_sizes],
+            "o-",
+            label=name,
+        )
+        ax.vlines(  # up to the slowest round
+            batch_sizes,
+            [times[b] / per(b) * 1e6 for b in batch_sizes],
+            [max(sweep_rounds[name][b]) / per(b) * 1e6 for b in batch_sizes],
+            color=line.get_color(),
+        )
 ax_call.set(
     title="Time per forward pass", ylabel="time per batch (µs, log scale)"
 )
@@ -414,8 +423,8 @@ if (
 ):
     large_batch_sentence = (
         f"At 4,096 the sweep read {cpu_per_sample[4096] * 1e6:.2f} µs, over "
-        "10 % above the lowest: one size's fastest repeat, a hint of a rise "
-        "that the threads table below times again."
+        "10 % above the lowest: a hint of a rise, which the threads table "
+        "below times again."
     )
 else:
     large_batch_sentence = ""
@@ -428,8 +437,8 @@ cheap_batches = [
     if cpu_per_sample[b] <= 1.1 * cpu_per_sample[cpu_best_batch]
 ]
 sweep_kind = (
-    "The sweep's readings are the fastest of repeats, one size after another,"
-    " not the interleaved rounds of the box at the top: read them as hints."
+    "The sweep's readings are each size's fastest round, not judged by the "
+    "rule of the box at the top: read them as hints."
 )
 if len(cheap_batches) == 1:
     plateau_clause = ""
@@ -886,7 +895,7 @@ else:
 record("rise_sentence", rise_sentence)
 kinds_words = (
     "The table's `Timer` medians, taken at another moment, are not the sweep's "
-    "fastest repeats: its batch 4,096 "
+    "fastest calls: its batch 4,096 "
     f"with {default_threads} thread{'s' if default_threads > 1 else ''} "
     f"read {min(table_over_sweep):.2f}–{max(table_over_sweep):.2f} times the "
     "sweep's reading of the same call. "
@@ -896,9 +905,9 @@ if min(table_over_sweep) < 0.9:
     # the chapter's 10 % band)
     kinds_words += (
         "A median over 10 % below the fastest of the same call means the sweep's "
-        "repeats at 4,096 were all slowed, by other work on the machine or a "
-        "slower clock at that moment: that point of the sweep, and any rise it "
-        "shows, is no evidence."
+        "30 calls at 4,096 all ran slower than this call can run: that point of "
+        "the sweep, and any rise it shows, is no evidence of what batch 4,096 "
+        "costs at best."
     )
 else:
     kinds_words += "Compare readings of one kind only."
@@ -1270,10 +1279,22 @@ for ax, kind in zip(axes, ("waiting", "computing"), strict=True):
     ax.set_xticks(
         positions, [name.replace(", ", ",\n") for name in names], fontsize=8
     )
-    ax.set(title=f"A {kind} __getitem__ ({item_costs[kind]})", ylabel="seconds")
+    if kind == "waiting":  # what one process sleeps in an epoch: 128 x 2 ms
+        sleep_floor = len(waiting_set) * waiting_set.sleep_s
+        ax.axhline(
+            sleep_floor,
+            color="gray",
+            ls=":",
+            label=f"its sleeping, {len(waiting_set)} x "
+            f"{waiting_set.sleep_s * 1e3:g} ms",
+        )
+    ax.set(
+        title=f"A {kind} __getitem__ ({item_costs[kind]})",
+        ylabel="seconds per epoch",
+    )
     ax.grid(alpha=0.3, axis="y")
     ax.margins(y=0.25)  # room above the bars for the legend
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
 fig.suptitle(
     "Time per epoch: loading 128 digits plus a training step per batch"
 )
