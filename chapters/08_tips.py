@@ -42,7 +42,9 @@
 # > - A timing is the fastest of several repeats after a warm-up (`best_time`, chapter
 # >   1), or, where the text says so, the median that PyTorch's
 # >   `torch.utils.benchmark.Timer` reports. What happens once (a loader's first epoch,
-# >   a compiled model's first call) is a single reading.
+# >   a compiled model's first call) is a single reading. In your own code use `Timer`;
+# >   the book's helpers time most comparisons here because they keep every round's
+# >   reading and take turns in a fixed order.
 # > - Two things compared are timed in three interleaved rounds, taking turns at going
 # >   first; the output shows every round. One side is called faster only if every one
 # >   of its readings, 10 % longer, is still shorter than every reading of the other.
@@ -1285,8 +1287,8 @@ for ax, kind in zip(axes, ("waiting", "computing"), strict=True):
             sleep_floor,
             color="gray",
             ls=":",
-            label=f"its sleeping, {len(waiting_set)} x "
-            f"{waiting_set.sleep_s * 1e3:g} ms",
+            label=f"its sleeping, {len(waiting_set)} × "
+            f"{waiting_set.sleep_s * 1e3:g} ms = {sleep_floor:.3f} s",
         )
     ax.set(
         title=f"A {kind} __getitem__ ({item_costs[kind]})",
@@ -3365,9 +3367,14 @@ if compile_skip is None:
         repeat=5,
         device=device,
     )
-    chain_verdict = rounds_verdict(
-        chain_rounds["eager"], chain_rounds["compiled"]
-    )
+    # the verdicts take the readings as printed (ms, two decimals), so that
+    # the "N times" a reader recomputes from them is never below the text's
+    # (unrounded where a GPU's reading would print as 0.00)
+    shown = {
+        name: [round(t * 1e3, 2) or t * 1e3 for t in readings]
+        for name, readings in chain_rounds.items()
+    }
+    chain_verdict = rounds_verdict(shown["eager"], shown["compiled"])
     # Minor page faults per call: first writes to memory pages the process
     # has just been given. getrusage counts them on Linux and macOS only.
     faults = {}
@@ -3392,12 +3399,8 @@ if compile_skip is None:
         )
         + f"; compile {chain_compile_s:.2f} s"
     )
-    fresh_verdict = rounds_verdict(
-        chain_rounds["eager, in place"], chain_rounds["eager"]
-    )
-    fused_verdict = rounds_verdict(
-        chain_rounds["eager, in place"], chain_rounds["compiled"]
-    )
+    fresh_verdict = rounds_verdict(shown["eager, in place"], shown["eager"])
+    fused_verdict = rounds_verdict(shown["eager, in place"], shown["compiled"])
     chain_saving = min(chain_rounds["eager"]) - max(chain_rounds["compiled"])
     # fresh pages explain eager's slowness where it took ten times the faults
     faults_explain = bool(faults) and faults["eager"] > 10 * (
@@ -4627,7 +4630,9 @@ At the excessive rate the unclipped run ended at
 layer's ReLUs dead for every validation digit; clipped ({{clipped_share_high}} of its
 steps), it ended at {{high_clipped_loss}}{{clipped_fate}}, with {{dead_clipped}} of its
 first layer's ReLUs dead for every validation digit. {{clip_often_text}}; its fix
-is a lower rate, or a schedule that lowers it (section 8.3).
+is a lower rate, or a schedule that lowers it (section 8.3). So this page does not show
+clipping in the case it is meant for, a rare spike in a run that is otherwise sound: a
+logged norm, as in the figure, is how to find one in a long run.
 """
 )
 
@@ -5338,7 +5343,8 @@ print("their SHA-256 digests differ:", digests["honest"] != digests["tampered"])
 # run; torch 2.9 and earlier also want `CUBLAS_WORKSPACE_CONFIG=:4096:8` set before
 # CUDA starts). The switch matters where kernels add in a varying order, as CUDA's
 # `index_add_` and `scatter_add_` do (chapter 1 compares two such sums on a GPU); a
-# fourth run, with the switch off, tells whether this model's kernels need it.
+# fourth run, with the switch off, shows whether this run repeats without it here (one
+# match cannot prove every kernel deterministic).
 
 # %%
 first_512 = train_index[:512]  # a shorter epoch keeps the four runs quick
@@ -5407,14 +5413,15 @@ switch_off_same = switch_off_gap == 0
 record(
     "switch_off_sentence",
     "With the switch off, the same seed gave the same weights again: on "
-    f"{device_words(device)} this model's kernels repeated without it."
+    f"{device_words(device)} this run repeated without it (one match, not "
+    "proof that every kernel it ran is deterministic)."
     if switch_off_same
     else "With the switch off, the same seed's weights differed by "
     f"{switch_off_gap:.1e}: here the switch is what made the runs repeat.",
 )
 record(
     "switch_summary",
-    "which this model's kernels here did not need"
+    "and this run repeated without the switch here"
     if switch_off_same
     else "as this model's did here",
 )
@@ -5737,6 +5744,16 @@ if device.type == "cpu":
         "split into "
         + ", ".join(f"{name} {median_share(name)}" for name in phases)
     )
+    phase_median = {
+        name: np.median([reading[name] for reading in profile_readings])
+        for name in phases
+    }
+    # the chapter's 10 % band, so that shares printed alike are never ranked
+    if phase_median["forward"] > 1.1 * phase_median["backward"]:
+        phase_sentence += (
+            " (the forward pass, which holds dropout's random draws, "
+            "outweighed the backward pass)"
+        )
     print(
         "phases, median (range):",
         ", ".join(f"{name} {share_text(name)}" for name in phases),
@@ -7052,14 +7069,15 @@ def resume_mid_epoch(
     return net
 
 
+save_at, crash_at = (4, 5), (4, 9)  # (epoch, step)
 with tempfile.TemporaryDirectory() as folder:
     torch.manual_seed(seed)
     try:
         train_with_mid_epoch_checkpoint(
             fresh_training(resume_steps, seed, device),
             folder,
-            save_at=(4, 5),
-            crash_at=(4, 9),
+            save_at=save_at,
+            crash_at=crash_at,
             epochs=resume_epochs,
             criterion=criterion,
             on=device,
@@ -7084,10 +7102,11 @@ print(
     "state at the moment of saving"
 )
 print(
-    "The crash now cost 4 steps instead of 9. At step 5 the generator had "
-    "already drawn the epoch's order, so restoring that state makes the "
-    "resumed epoch draw another order. islice loaded the 5 skipped batches "
-    "and discarded them; for a costly dataset, skip them at the sampler."
+    f"The crash now cost {crash_at[1] - save_at[1]} steps instead of "
+    f"{crash_at[1]}. At step {save_at[1]} the generator had already drawn the "
+    "epoch's order, so restoring that state makes the resumed epoch draw "
+    f"another order. islice loaded the {save_at[1]} skipped batches and "
+    "discarded them; for a costly dataset, skip them at the sampler."
 )
 # measured with the state at saving: 1.8e-02, 1.7e-02, 2.4e-02 (seeds 0, 1, 2);
 # PyTorch promises no bit-for-bit repeats on MPS (section 8.7)
@@ -7570,7 +7589,7 @@ prose(
   can queue the next work (the copy still runs in order on the GPU's stream;
   overlapping it with computation takes a second stream). Time code with
   `torch.utils.benchmark.Timer`, which warms up, sets the thread count and waits
-  for CUDA; it times one thread unless you pass `num_threads`
+  for the accelerator; it times one thread unless you pass `num_threads`
   (`torch.get_num_threads()` for what your program uses).
 - Workers pay when `__getitem__` is costly: {{workers_summary}}, computing
   only on free cores; keep workers' classes and functions in a module.
