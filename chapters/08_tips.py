@@ -52,7 +52,8 @@
 # >   round" where every reading of one side was still below (or above) every
 # >   reading of the other, and "within the noise of" where the readings overlap.
 # >   "N times slower" means N times as long, "N times faster" 1/N of the time, with
-# >   N the least that the readings allow (rounded down).
+# >   N the least that the readings allow (rounded down); "narrowly" marks a call that
+# >   cleared the 10 % by less than a further 5 %.
 # > - The numbers come from the machine that built this page; yours will differ.
 # >   Appendix B gives the rule in detail and what each section's measurements leave
 # >   open.
@@ -335,7 +336,7 @@ else:
 # 4,096, on the CPU and on the accelerator where there is one, in three rounds that
 # take the sizes in turn (`timed_rounds`, from `helpers.tips`; its `device=` waits
 # for the GPU to finish). The plot marks each size's fastest round, with a bar up to
-# its slowest.
+# its slowest (too short to see where the rounds agree).
 
 # %%
 batch_sizes = [1, 8, 64, 512, 4096]
@@ -502,7 +503,8 @@ times the work: per sample, the cost fell from {{cpu_sample_1_us}} µs to
 
 The same floor is why a tiny model can be slower on a GPU than on a
 CPU{{gpu_floor_where}}: each GPU operation is a kernel launched
-from the CPU, which pays only with enough arithmetic to keep thousands of cores busy.
+from the CPU, which pays only once a kernel has enough arithmetic to outweigh its
+launch.
 """
 )
 
@@ -3438,9 +3440,11 @@ if compile_skip is None:
             f". Each eager call also took {faults['eager']:,.0f} minor page "
             "faults, the in-place chain "
             f"{fault_words(faults['eager, in place'])} "
-            "(counted with `resource.getrusage`): the fresh tensors' memory "
-            "reached the process as new pages, which the operating system "
-            "maps in, zeroed, on their first write"
+            "(counted with `resource.getrusage`): about "
+            f"{faults['eager'] * resource.getpagesize() / 2**20:.0f} MiB of "
+            "the results' memory a call reached the process as new pages, "
+            "which the operating system maps in, zeroed, on their first write "
+            "(the rest reused memory the allocator already held)"
             if faults_explain
             else f". Each eager call took {faults['eager']:,.0f} minor page "
             "faults, the in-place chain "
@@ -3964,20 +3968,19 @@ dropout's parts alone.
 
 
 # %% [markdown]
-# What in those kernels costs so much? `TORCH_LOGS=output_code` prints the code Inductor
-# generated, and it shows a choice eager mode does not make. A ReLU's backward pass
-# needs to know where the ReLU's output was zero. Without dropout the next `Linear`
-# keeps that output anyway, for its weight's gradient, and the compiled backward pass
-# reads it, as eager mode's does. With dropout the next layer keeps dropout's output
-# instead. Eager mode still keeps the ReLU's output, four bytes an element; the
-# compiled graph keeps only a one-byte `bool` mask of its zeros, which each of those
-# forward kernels writes with `VecMask<float,1>::store(bool*)`. The cell isolates that
-# write, on one thread: a ReLU of a 256 × 256 batch (one hidden layer's output) that
-# returns its output and where it is zero, the mask as `bool` and as `float32`, eager
-# and compiled.
+# What in those kernels costs so much? The generated code (`TORCH_LOGS=output_code`)
+# shows a choice eager mode does not make. A ReLU's backward pass needs to know where
+# its output was zero. Without dropout the next `Linear` keeps that output anyway, for
+# its weight's gradient, and the compiled backward pass reads it, as eager mode's does.
+# With dropout the next layer keeps dropout's output instead: eager mode still keeps
+# the ReLU's output, four bytes an element, while the compiled graph keeps a one-byte
+# `bool` mask of its zeros, which those kernels write. The collapsed cell times that
+# write alone, on one thread: a ReLU of a 256 × 256 batch (one hidden layer's output)
+# returning its output and its zeros, the mask as `bool` and as `float32`, eager and
+# compiled.
 
 
-# %%
+# %% tags=["hide-input"] jupyter={"source_hidden": true} cellView="form"
 def relu_and_zeros(x: torch.Tensor, mask_dtype: torch.dtype):
     """A ReLU's output, and where it is zero as `mask_dtype`."""
     out = x.relu()
@@ -4318,18 +4321,21 @@ assert torch.allclose(factors, clip_to / by_hand, rtol=1e-4)
 # ### When clipping acts
 #
 # Clipping is meant as a safety net for rare steps with huge gradients. Set well above
-# the typical norm, `max_norm` shortens only those; set near it, it trims ordinary
-# steps too, and with SGD acts like a lower rate. Adam is different: it divides each
-# step by the square root of a running average of the squared gradients, so scaling
-# every gradient of every step by the same factor would leave its steps unchanged (up
-# to its `eps`); a clip that acts on some steps and not others does reweight them in
-# those averages. This section trains with SGD. Transformer
-# recipes commonly clip at `max_norm=1.0` (nanoGPT's and Hugging
-# Face's `Trainer` default); the norm `clip_grad_norm_` returns, logged, shows where a
-# run's norms lie. The cell sets `max_norm` to twice the median norm of an unclipped
-# pilot run (another seed, rate 0.05, section 8.3's lower rate; the factor is untuned),
-# then trains at 0.05 with and without clipping, and again at a deliberately excessive
-# rate of 1.0.
+# the typical norm, `max_norm` shortens only those; set near it, it trims ordinary steps
+# too, and with SGD acts like a lower rate. Adam is different: it divides each step by
+# the square root of a running average of the squared gradients, so scaling every
+# gradient of every step by the same factor would leave its steps unchanged (up to its
+# `eps`); a clip that acts on some steps and not others does reweight them in those
+# averages. This section trains with SGD. Transformer recipes commonly clip at
+# `max_norm=1.0` (nanoGPT's and Hugging Face's `Trainer` default), where it may act on
+# many steps: the norm `clip_grad_norm_` returns, logged, shows how often a run's norms
+# pass it. Under DDP every process holds the same averaged gradients after `backward`,
+# so all clip alike; with parameters sharded across processes (FSDP, chapter 9) the norm
+# must add up every shard, which `clip_grad_norm_` does for FSDP2's sharded tensors (it
+# returns the norm as a `DTensor`; `.full_tensor()` reads it). The cell sets `max_norm`
+# to twice the median norm of an unclipped pilot run (another seed, rate 0.05, section
+# 8.3's lower rate; the factor is untuned), then trains at 0.05 with and without
+# clipping, and again at a deliberately excessive rate of 1.0.
 
 
 # %%
@@ -4610,6 +4616,15 @@ record(
     "largest ordinary steps (this clipped run's median norm in its last "
     "epoch was "
     f"{low_late_median:.2f}, the limit {clip_limit:.2f})",
+)
+# the summary's words for the same finding
+record(
+    "clip_trimmed",
+    "it never acted at the sensible rate"
+    if n_over == 0
+    else "it acted mostly on the first epoch's spikes"
+    if 2 * n_over_first >= n_over
+    else "it trimmed ordinary steps too",
 )
 record(
     "low_clip_overlap",
@@ -5273,8 +5288,9 @@ assert sorted(leftovers) == ["atomic_save.pt", "torch.save.pt"]
 # others wait at a barrier before reading it, and each process's random states differ,
 # so a bit-for-bit resume saves every process's own; a model sharded across processes
 # (FSDP) is saved by every process at once with `torch.distributed.checkpoint`, chapter
-# 9. A `torch.compile`d model's `state_dict()` names every tensor with an `_orig_mod.`
-# prefix: save the uncompiled module's. A scheduler's `load_state_dict` restores its
+# 9. The module `torch.compile(model)` returns names every tensor in its `state_dict()`
+# with an `_orig_mod.` prefix: save the uncompiled module's (`model.compile()`, which
+# compiles in place, keeps the plain names). A scheduler's `load_state_dict` restores its
 # length (`T_max`) too, so a run extended on resume keeps the old schedule unless the
 # loaded state is changed.
 #
@@ -5323,8 +5339,10 @@ print("their SHA-256 digests differ:", digests["honest"] != digests["tampered"])
 # %% [markdown]
 # `weights_only=True` stopped the code, but the tampered weights loaded: the unpickler
 # checks *types*, not *values*, and a bug in it (PyTorch has fixed such bugs, chapter 2)
-# reopens the door to code. Check a file's SHA-256 digest against a trusted one, keep
-# PyTorch updated, and prefer `safetensors` for weights you receive.
+# reopens the door to code. The digests above only show that a digest tells the files
+# apart: record a checkpoint's digest when you save it (or take the publisher's) and
+# compare it before loading, keep PyTorch updated, and prefer `safetensors` for weights
+# you receive.
 #
 # ## 8.8 Reproducibility
 #
@@ -7511,15 +7529,12 @@ each lies within half of that of the exact sum); with TF32 matrix products
 cell does not check it. {{step_note}} {{masks_sentence}} On a GPU, Inductor draws
 dropout's masks in its Triton code. {{profile_note}}
 
-Why the `bool` mask is slow to write, from ATen's vector headers, which Inductor's C++
-includes (read in torch 2.11 and 2.15): in the kernel the mask is a vector of `float`
-lanes (16 with AVX-512, 8 with AVX2), and `store(bool*)` converts it with the generic
-templates `VecMaskTo` and `VecMaskCast` of `ATen/cpu/vec/vec_mask.h`, of which the x86
-headers have no version for `bool`. They write the lanes to memory, rebuild a mask of
-one-byte lanes (64 with AVX-512, 32 with AVX2) from them one element at a time, and
-fill each lane in a loop, `blendv` of `vec_base.h`, as `Vectorized<bool>` has no
-vector code of its own. A `float32` mask needs no conversion: one vector store.
-`TORCH_LOGS=output_code` prints the kernels with their `VecMask<float,1>::store` calls.
+Why the `bool` mask is slow to write (ATen's vector headers, which Inductor's C++
+includes, read in torch 2.11 and 2.15): the kernel holds the mask as a vector of
+`float` lanes, and `VecMask<float,1>::store(bool*)` converts it through generic
+templates (`VecMaskTo`, `VecMaskCast` in `ATen/cpu/vec/vec_mask.h`) that have no x86
+version for `bool`, going through memory one element at a time. A `float32` mask is
+one vector store.
 """
 )
 
@@ -7607,7 +7622,7 @@ prose(
   per optimizer step; with DDP, forward and backward inside `no_sync()` for all
   but the last micro-batch.
   Clipping is meant for rare huge gradients; set at twice the pilot's median norm,
-  within the range this run's norms reached, it trimmed ordinary steps too:
+  within the range this run's norms reached, {{clip_trimmed}}:
   {{clipped_share_low}} of the steps at a sensible rate and {{clipped_share_high}} at
   an excessive one, whose cure is a lower rate.
 - A checkpoint with model, optimizer, scheduler and random states
