@@ -127,6 +127,7 @@ from helpers.tips import (
     atomic_save,
     one_way,
     paired_note,
+    paired_rounds,
     paired_verdict,
     rounds_list,
     rounds_note,
@@ -1632,8 +1633,12 @@ its top-level code under `if __name__ == "__main__":`.)
 # validation data, and call `scheduler.step()` after `optimizer.step()`.
 #
 # A rate large enough to make fast progress early is usually too large to settle into
-# a minimum late. A schedule from `torch.optim.lr_scheduler` lowers the rate during
-# training (some raise it first), each time you call `scheduler.step()`.
+# a minimum late: each SGD step follows one batch's noisy gradient, and the step's
+# length, proportional to the rate, sets how far the weights keep wandering around
+# the minimum. A schedule from `torch.optim.lr_scheduler` lowers the rate during
+# training, each time you call `scheduler.step()`; some raise it first (a warm-up),
+# because the first steps' gradients, from random weights and, with Adam, from
+# running averages of only a few steps, are the least reliable.
 #
 # ### The order of the calls
 #
@@ -1852,7 +1857,9 @@ at {{high_over_blowup}} times the blow-up rate.
 # - **`StepLR`**: times 0.1 (its default `gamma`) every third of the run;
 # - **`CosineAnnealingLR`**: half a cosine down to 0;
 # - **`OneCycleLR`**: up from 1/25 of the peak over the first 30 % of the steps, then
-#   down to almost 0, cycling SGD's momentum too (two settings changed at once);
+#   down to almost 0, cycling SGD's momentum too, from 0.95 down to 0.85 and back (its
+#   defaults, `cycle_momentum=True`, which replace the optimizer's 0.9: two settings
+#   changed at once; `cycle_momentum=False` keeps the momentum);
 # - **warm-up + cosine**: `LinearLR` from 1 % of the rate over the first 10 % of the
 #   steps (to protect the first, erratic steps), then `CosineAnnealingLR`, chained by
 #   `SequentialLR`;
@@ -3494,34 +3501,6 @@ prose(
 # collapsed below).
 
 
-# %% tags=["hide-input"] jupyter={"source_hidden": true} cellView="form"
-def paired_rounds(
-    fns: dict, rounds: int = 3, *, repeat: int, warmup: int, device
-) -> dict[str, list]:
-    """Like `timed_rounds`, but within a round the functions' calls are
-    interleaved one by one (the order reversed every call), so that a busy
-    spell longer than one call of each slows all of them; each function's
-    fastest call in a round is its reading for that round.
-    """
-    readings = {name: [] for name in fns}
-    for _ in range(rounds):
-        for fn in fns.values():
-            for _ in range(warmup):
-                fn()
-        synchronize(device)
-        best = dict.fromkeys(fns, float("inf"))
-        for call in range(repeat):
-            order = list(fns) if call % 2 == 0 else list(fns)[::-1]
-            for name in order:
-                start = time.perf_counter()
-                fns[name]()
-                synchronize(device)
-                best[name] = min(best[name], time.perf_counter() - start)
-        for name in fns:
-            readings[name].append(best[name])
-    return readings
-
-
 # %%
 def train_step(net: nn.Module, optimizer, criterion, x, y) -> torch.Tensor:
     """One training step: forward, loss, backward, update; returns the loss."""
@@ -3777,7 +3756,7 @@ dropout is a fused kernel of its own, whose masks they need not repeat).
 
 
 # %% [markdown]
-# Where did the compiled step lose its time? The profiler (section 8.9) splits a step's
+# Where does a compiled step spend its time? The profiler (section 8.9) splits a step's
 # time by operator, and shows each compiled graph as one entry, `## Call CompiledFxGraph
 # ...`, whose own time is the code Inductor generated: its kernels and the Python code
 # that calls them (`TORCH_LOGS=output_code` prints both). With the Inductor option
@@ -3968,16 +3947,16 @@ dropout's parts alone.
 
 
 # %% [markdown]
-# What in those kernels costs so much? The generated code (`TORCH_LOGS=output_code`)
+# What in those kernels costs the time? The generated code (`TORCH_LOGS=output_code`)
 # shows a choice eager mode does not make. A ReLU's backward pass needs to know where
 # its output was zero. Without dropout the next `Linear` keeps that output anyway, for
 # its weight's gradient, and the compiled backward pass reads it, as eager mode's does.
-# With dropout the next layer keeps dropout's output instead: eager mode still keeps
-# the ReLU's output, four bytes an element, while the compiled graph keeps a one-byte
-# `bool` mask of its zeros, which those kernels write. The collapsed cell times that
-# write alone, on one thread: a ReLU of a 256 × 256 batch (one hidden layer's output)
-# returning its output and its zeros, the mask as `bool` and as `float32`, eager and
-# compiled.
+# With dropout the next layer keeps dropout's output instead: eager mode still keeps the
+# ReLU's output, four bytes an element, while the graph Inductor built here keeps a
+# one-byte `bool` mask of its zeros, which those kernels write. On a CPU the collapsed
+# cell times that write alone, on one thread: a ReLU of a 256 × 256 batch (one hidden
+# layer's output) returning its output and its zeros, the mask as `bool` and as
+# `float32`, eager and compiled.
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true} cellView="form"
@@ -4199,8 +4178,9 @@ which keeps `.item()` in the graph but not a Python `if` on its value: a branch 
 # A branch on a tensor's value can stay in the graph: `torch.where(condition, a, b)`
 # computes both sides and picks element by element, and `torch.cond(pred, true_fn,
 # false_fn, operands)` runs only the chosen function, as one operation of the graph
-# (both must return the same shapes and dtypes; a prototype API in this torch). The
-# cell compiles both rewrites with `fullgraph=True` and checks them on two inputs.
+# (both must return the same shapes and dtypes; a prototype API, by its own docstring in
+# torch 2.15). The cell compiles both rewrites with `fullgraph=True` and checks them on
+# two inputs.
 
 
 # %%
@@ -5854,9 +5834,14 @@ record(
 )
 # A cause is named only where every round of one part took more than three
 # times every round of the other; otherwise the run leaves it open.
-draws, multiplies = part_rounds["draw"], part_rounds["multiply"]
+# in µs as printed (unrounded where a reading would print as 0), so that the
+# "at least N" a reader recomputes from the rounds is never below the text's
+draws, multiplies = (
+    [round(t * 1e6) or t * 1e6 for t in part_rounds[part]]
+    for part in ("draw", "multiply")
+)
 if min(draws) > 3 * max(multiplies):
-    # from the unrounded times, rounded down: "at least" must hold
+    # rounded down: "at least" must hold
     draw_ratio = math.floor(min(draws) / max(multiplies))
     dropout_cause = (
         "what dropout costs here is drawing the random numbers, at least "
@@ -7244,26 +7229,32 @@ caught_up = sum(loss <= cosine_worst for loss in end["WSD"])
 
 
 def seeds_above(losses: dict, name: str) -> str:
-    """On how many seeds WSD's loss in `losses` was above `name`'s."""
-    count = sum(w > o for w, o in zip(losses["WSD"], losses[name], strict=True))
+    """On how many seeds WSD's loss in `losses` was over 10 % above `name`'s
+    (the chapter's band: a closer pair is not called either way).
+    """
+    count = sum(
+        w > 1.1 * o for w, o in zip(losses["WSD"], losses[name], strict=True)
+    )
     return (
         "every seed"
         if count == len(high_seeds)
+        else "no seed"
+        if count == 0
         else f"{count} of the four seeds"
     )
 
 
 print(
     f"Means over the four seeds. Just before its decay WSD "
-    f"({mean_before['WSD']:.2f}) was above the constant rate "
+    f"({mean_before['WSD']:.2f}) was over 10 % above the constant rate "
     f"({mean_before['constant']:.2f}) on {seeds_above(before, 'constant')}, seed "
-    f"against seed, and above warm-up + cosine "
+    f"against seed, and over 10 % above warm-up + cosine "
     f"({mean_before['warm-up + cosine']:.2f}) on "
     f"{seeds_above(before, 'warm-up + cosine')}. Its two epochs of decay "
     f"took it to {mean_end['WSD']:.2f} (the constant rate's same epochs: "
     f"{mean_before['constant']:.2f} to {mean_end['constant']:.2f}; "
-    f"warm-up + cosine ended at {mean_end['warm-up + cosine']:.2f}), above "
-    f"the constant rate's end on {seeds_above(end, 'constant')}. "
+    f"warm-up + cosine ended at {mean_end['warm-up + cosine']:.2f}), over 10 % "
+    f"above the constant rate's end on {seeds_above(end, 'constant')}. "
     + ("No seed" if caught_up == 0 else f"{caught_up} of the four seeds")
     + f" of WSD ended as low as warm-up + cosine's worst ({cosine_worst:.3f}). "
     + (

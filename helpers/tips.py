@@ -4,8 +4,9 @@
 data-loading measurements; it lives in a module, not in the notebook, because
 ``DataLoader`` workers started with ``spawn`` or ``forkserver`` must import it.
 ``speed_verdict`` turns two timings into words without claiming a difference that is
-within the noise; ``timed_rounds``, ``rounds_verdict`` and ``paired_verdict`` apply
-the chapter's timing rule (interleaved rounds, judged by ``separation``),
+within the noise; ``timed_rounds``, ``paired_rounds``, ``rounds_verdict`` and
+``paired_verdict`` apply the chapter's timing rule (interleaved rounds, judged by
+``separation``),
 ``rounds_note`` and ``paired_note`` flag the near cases the rule's verdict leaves out,
 and ``rounds_range``/``rounds_list`` print the rounds. ``atomic_save`` writes a
 checkpoint so that an interruption never leaves a half-written file behind.
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from helpers.timing import best_time
+from helpers.timing import _count, _synchronize, best_time
 
 __all__ = [
     "CostlyDataset",
@@ -32,6 +33,7 @@ __all__ = [
     "busy_work",
     "one_way",
     "paired_note",
+    "paired_rounds",
     "paired_verdict",
     "rounds_list",
     "rounds_note",
@@ -212,6 +214,53 @@ def timed_rounds(
         order = list(fns) if round_ % 2 == 0 else list(fns)[::-1]
         for name in order:
             readings[name].append(best_time(fns[name], **options))
+    return readings
+
+
+def paired_rounds(
+    fns: Mapping[Any, Callable[[], object]],
+    rounds: int = 3,
+    *,
+    repeat: int,
+    warmup: int,
+    device: str | torch.device | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[Any, list[float]]:
+    """Like ``timed_rounds``, but within a round the functions' calls alternate one by one.
+
+    Each round first calls every function ``warmup`` times, then ``repeat`` times in
+    turn, the order reversed every call, so that a busy spell longer than one call slows
+    all of them alike; a function's fastest call in a round is its reading for that
+    round, and the readings pair up round by round (for ``paired_verdict``). ``device``
+    is waited for after every call, as in ``best_time``; ``clock`` is the timer (tests
+    pass a fake one). Introduced in chapter 08.
+    """
+    if not isinstance(fns, Mapping) or not fns or not all(callable(fn) for fn in fns.values()):
+        raise TypeError(f"fns must be a non-empty mapping of names to callables, got {fns!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    repeat = _count("repeat", repeat, 1)
+    warmup = _count("warmup", warmup, 0)
+    if isinstance(device, str):
+        device = torch.device(device)
+    elif device is not None and not isinstance(device, torch.device):
+        raise TypeError(f"device must be a str, torch.device or None, got {type(device).__name__}")
+    names = list(fns)
+    readings: dict[Any, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        _synchronize(device)
+        best = dict.fromkeys(names, math.inf)
+        for call in range(repeat):
+            for name in names if call % 2 == 0 else names[::-1]:
+                start = clock()
+                fns[name]()
+                _synchronize(device)
+                best[name] = min(best[name], clock() - start)
+        for name in names:
+            readings[name].append(best[name])
     return readings
 
 

@@ -380,15 +380,35 @@ def test_atomic_save_gives_the_permissions_torch_save_gives(tmp_path, umask):
 # ---------------------------------------------------------------- timing rounds
 
 
-def test_timed_rounds_interleaves_and_reverses_every_other_round():
-    calls = []
+def ticking_clock():
+    """A fake clock that advances one second every time it is read."""
     ticks = iter(range(1000))
+    return lambda: float(next(ticks))
+
+
+def recording_fns(calls: list) -> dict:
+    """Two functions, "a" and "b", that note their calls in `calls`."""
+    return {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+
+
+def duration_clock(durations: dict):
+    """Functions that each take the next of their `durations` (fake seconds),
+    and the fake clock that sees them pass."""
+    now, pending = [0.0], []
 
     def clock():
-        return float(next(ticks))
+        if pending:
+            now[0] += pending.pop()
+        return now[0]
 
-    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    readings = tips.timed_rounds(fns, rounds=3, repeat=1, warmup=0, clock=clock)
+    fns = {name: (lambda n=name: pending.append(next(durations[n]))) for name in durations}
+    return fns, clock
+
+
+def test_timed_rounds_interleaves_and_reverses_every_other_round():
+    calls = []
+    fns = recording_fns(calls)
+    readings = tips.timed_rounds(fns, rounds=3, repeat=1, warmup=0, clock=ticking_clock())
     assert calls == ["a", "b", "b", "a", "a", "b"]
     # each best_time with repeat=1 reads the clock twice: one tick per reading
     assert readings == {"a": [1.0, 1.0, 1.0], "b": [1.0, 1.0, 1.0]}
@@ -396,16 +416,7 @@ def test_timed_rounds_interleaves_and_reverses_every_other_round():
 
 
 def test_timed_rounds_returns_each_functions_own_fastest_run():
-    durations = {"slow": [5.0, 3.0], "fast": [1.0, 2.0]}
-    now = [0.0]
-    pending = []
-
-    def clock():
-        if pending:
-            now[0] += pending.pop()
-        return now[0]
-
-    fns = {name: (lambda n=name: pending.append(durations[n][0])) for name in durations}
+    fns, clock = duration_clock({"slow": iter([5.0, 3.0]), "fast": iter([1.0, 2.0])})
     readings = tips.timed_rounds(fns, rounds=1, repeat=1, warmup=0, clock=clock)
     assert readings == {"slow": [5.0], "fast": [1.0]}
 
@@ -419,6 +430,52 @@ def test_timed_rounds_rejects_bad_input(fns, rounds):
 def test_timed_rounds_takes_three_rounds_by_default(monkeypatch):
     monkeypatch.setattr(tips, "best_time", lambda fn, **options: 1.0)
     assert tips.timed_rounds({"a": lambda: None}) == {"a": [1.0, 1.0, 1.0]}
+
+
+def test_paired_rounds_alternates_calls_and_reverses_every_other_call():
+    calls = []
+    fns = recording_fns(calls)
+    readings = tips.paired_rounds(fns, rounds=2, repeat=3, warmup=1, clock=ticking_clock())
+    # each round: one warm-up call each, then a, b / b, a / a, b
+    round_calls = ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert calls == round_calls * 2
+    # every timed call reads the clock twice, one tick apart
+    assert readings == {"a": [1.0, 1.0], "b": [1.0, 1.0]}
+
+
+def test_paired_rounds_keeps_each_functions_fastest_call_per_round():
+    durations = {"a": iter([5.0, 2.0, 4.0, 9.0, 3.0, 7.0]), "b": iter([1.0, 6.0, 8.0, 2.5, 4.5, 0.5])}
+    fns, clock = duration_clock(durations)
+    readings = tips.paired_rounds(fns, rounds=2, repeat=3, warmup=0, clock=clock)
+    # round 1: a takes 5, 2, 4 and b 1, 6, 8; round 2: a 9, 3, 7 and b 2.5, 4.5, 0.5
+    assert readings == {"a": [2.0, 3.0], "b": [1.0, 0.5]}
+    assert list(tips.paired_rounds({"x": print}, repeat=1, warmup=0, clock=lambda: 0.0)["x"]) == [0.0] * 3
+
+
+def test_paired_rounds_waits_for_the_device_after_every_call(monkeypatch):
+    waits = []
+    monkeypatch.setattr(tips, "_synchronize", waits.append)
+    tips.paired_rounds({"a": lambda: None, "b": lambda: None}, rounds=1, repeat=2, warmup=1, device="cpu")
+    # once after the warm-up, then after each of the four timed calls
+    assert waits == [torch.device("cpu")] * 5
+
+
+@pytest.mark.parametrize(
+    "fns, options, message",
+    [
+        ({}, {}, "fns must be"),
+        ({"a": 1}, {}, "fns must be"),
+        ({"a": print}, {"rounds": 0}, "rounds must be"),
+        ({"a": print}, {"rounds": True}, "rounds must be"),
+        ({"a": print}, {"repeat": 0}, "repeat must be"),
+        ({"a": print}, {"warmup": -1}, "warmup must be"),
+        ({"a": print}, {"device": 0}, "device must be a str, torch.device or None, got int"),
+    ],
+)
+def test_paired_rounds_rejects_bad_input(fns, options, message):
+    kwargs = {"repeat": 1, "warmup": 0} | options
+    with pytest.raises((TypeError, ValueError), match=f"^{message}"):
+        tips.paired_rounds(fns, **kwargs)
 
 
 def test_rounds_verdict_needs_a_ten_percent_gap_and_quotes_the_worst_case():
