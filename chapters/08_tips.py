@@ -124,6 +124,7 @@ from helpers.tips import (
     NEAR,
     NOISE,
     CostlyDataset,
+    as_printed,
     atomic_save,
     one_way,
     paired_note,
@@ -991,8 +992,8 @@ per_batch_s = min(loader_rounds["per batch"])
 # from the readings as printed (ms: one decimal per sample, two per batch), so
 # that the "N times" a reader recomputes from them is never below the text's
 loader_verdict = rounds_verdict(
-    [round(t * 1e3, 1) or t * 1e3 for t in loader_rounds["per sample"]],
-    [round(t * 1e3, 2) or t * 1e3 for t in loader_rounds["per batch"]],
+    as_printed(loader_rounds["per sample"], 1e3, 1),
+    as_printed(loader_rounds["per batch"], 1e3, 2),
 )
 print(
     f"one epoch of loading, fastest rounds: per sample "
@@ -1398,11 +1399,6 @@ if floor_ratio > 1.1:
     waiting_verdict = (
         f"at least {math.floor(floor_ratio * 10) / 10:.1f} times faster than"
     )
-    # the table's words: judged against the sleeping, not the 0 workers column
-    waiting_cell = (
-        f"at least {math.floor(floor_ratio * 10) / 10:.1f} times faster than "
-        f"no workers' {wait_sleep_s:.3f} s of sleeping"
-    )
     wait_finding = (
         "the persistent workers' slowest later epoch took "
         f"{wait_persistent_max:.2f} s"
@@ -1410,9 +1406,6 @@ if floor_ratio > 1.1:
     workers_summary = "waiting overlaps on any machine (as it did in this run)"
 else:
     waiting_verdict = "not shown faster than"
-    waiting_cell = (
-        f"not shown faster than no workers' {wait_sleep_s:.3f} s of sleeping"
-    )
     wait_finding = (
         "the persistent workers' slowest later epoch "
         f"({wait_persistent_max:.2f} s) did not undercut it by the rule's 10 %"
@@ -1420,6 +1413,8 @@ else:
     workers_summary = (
         "waiting can overlap on any machine (this run did not show it)"
     )
+# the table's words: judged against the sleeping, not the 0 workers column
+waiting_cell = f"{waiting_verdict} no workers' {wait_sleep_s:.3f} s of sleeping"
 record("wait_finding", wait_finding)
 record(
     "wait_note",
@@ -3398,7 +3393,7 @@ if chain_skip is None:
     # the "N times" a reader recomputes from them is never below the text's
     # (unrounded where a GPU's reading would print as 0.00)
     shown = {
-        name: [round(t * 1e3, 2) or t * 1e3 for t in readings]
+        name: as_printed(readings, 1e3, 2)
         for name, readings in chain_rounds.items()
     }
     chain_verdict = rounds_verdict(shown["eager"], shown["compiled"])
@@ -4607,32 +4602,39 @@ over_limit = low_norms > clip_limit
 n_over = int(over_limit.sum())
 n_over_first = int(over_limit[:steps_per_epoch].sum())
 low_late_median = low_norms[-steps_per_epoch:].median().item()
-record(
-    "low_clip_where",
-    ""
+# the finding, then its words here and in the summary
+clip_pattern = (
+    "never"
     if n_over == 0
-    else ", most of them in the first epoch, where the norm spikes"
+    else "early"
     if 2 * n_over_first >= n_over
-    else (
+    else "late"
+)
+if clip_pattern == "late":
+    low_clip_where = (
         # the epoch (from 1) of the first clipped step
         f", all of them from epoch "
         f"{int(over_limit.nonzero()[0]) // steps_per_epoch + 1} on"
         if n_over_first == 0
         else ", most of them after the first epoch"
+    ) + (
+        ": not early spikes but the largest ordinary steps (this clipped "
+        f"run's median norm in its last epoch was {low_late_median:.2f}, the "
+        f"limit {clip_limit:.2f})"
     )
-    + ": not early spikes but the "
-    "largest ordinary steps (this clipped run's median norm in its last "
-    "epoch was "
-    f"{low_late_median:.2f}, the limit {clip_limit:.2f})",
-)
-# the summary's words for the same finding
+else:
+    low_clip_where = {
+        "never": "",
+        "early": ", most of them in the first epoch, where the norm spikes",
+    }[clip_pattern]
+record("low_clip_where", low_clip_where)
 record(
     "clip_trimmed",
-    "it never acted at the sensible rate"
-    if n_over == 0
-    else "it acted mostly on the first epoch's spikes"
-    if 2 * n_over_first >= n_over
-    else "it trimmed ordinary steps too",
+    {
+        "never": "it never acted at the sensible rate",
+        "early": "it acted mostly on the first epoch's spikes",
+        "late": "it trimmed ordinary steps too",
+    }[clip_pattern],
 )
 record(
     "low_clip_overlap",
@@ -5838,8 +5840,8 @@ record("profile_sentence", profile_sentence)
 record("dropout_vs_matmul", float(np.median(dropout_ratios)), fmt="{:.2f}")
 # as printed (two decimals), so that the share of the gap a reader recomputes
 # from the printed range is the text's
-low_ratio, high_ratio = (
-    round(r, 2) or r for r in (min(dropout_ratios), max(dropout_ratios))
+low_ratio, high_ratio = as_printed(
+    (min(dropout_ratios), max(dropout_ratios)), 1, 2
 )
 record(
     "dropout_range_words",
@@ -5871,8 +5873,7 @@ record(
 # in µs as printed (unrounded where a reading would print as 0), so that the
 # "at least N" a reader recomputes from the rounds is never below the text's
 draws, multiplies = (
-    [round(t * 1e6) or t * 1e6 for t in part_rounds[part]]
-    for part in ("draw", "multiply")
+    as_printed(part_rounds[part], 1e6, 0) for part in ("draw", "multiply")
 )
 if min(draws) > 3 * max(multiplies):
     # rounded down: "at least" must hold

@@ -355,6 +355,19 @@ def rounds_list(readings: Sequence[float], scale: float, fmt: str) -> str:
     return ", ".join(f"{reading * scale:{fmt}}" for reading in readings)
 
 
+def as_printed(readings: Sequence[float], scale: float, decimals: int) -> list[float]:
+    """Every reading times ``scale``, rounded to ``decimals`` places as the text prints
+    it, so that a ratio a reader works out from the printed numbers is the one the
+    verdict used; a reading that would print as 0 stays unrounded, which keeps every
+    ratio defined. Introduced in chapter 08.
+    """
+    if isinstance(decimals, bool) or not isinstance(decimals, int) or decimals < 0:
+        raise ValueError(f"decimals must be an int >= 0, got {decimals!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ValueError(f"scale must be a number > 0, got {scale!r}")
+    return [round(reading * scale, decimals) or reading * scale for reading in readings]
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj, path)`` such that ``path`` is either the old file or the new one.
 

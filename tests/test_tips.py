@@ -2,6 +2,7 @@ import io
 import math
 import os
 import pickle
+import re
 import time
 
 import pytest
@@ -577,6 +578,33 @@ def test_rounds_note_rejects_bad_readings(base, candidate, error):
 def test_paired_note_rejects_rounds_that_do_not_pair():
     with pytest.raises(ValueError, match="pair"):
         tips.paired_note([1.0, 2.0], [1.0])
+
+
+def test_as_printed_rounds_like_the_text_and_keeps_a_reading_that_prints_as_zero():
+    assert tips.as_printed([0.00123, 0.0045678], 1e3, 2) == [1.23, 4.57]
+    assert tips.as_printed([1.26e-05], 1e6, 0) == [13.0]
+    # 0.4 µs prints as 0: kept as it is, so a ratio of it stays defined
+    assert tips.as_printed([4e-07, 2e-06], 1e6, 0) == [pytest.approx(0.4), 2.0]
+    # 0.5 prints as "0" at no decimals (half to even), and rounds to 0: kept
+    assert f"{0.5:.0f}" == "0" and tips.as_printed([0.5, 1.5], 1, 0) == [0.5, 2.0]
+    assert tips.as_printed([], 1e3, 1) == []
+
+
+@pytest.mark.parametrize(
+    ("scale", "decimals", "message"),
+    [
+        (1e3, -1, "decimals must be an int >= 0, got -1"),
+        (1e3, 1.0, "decimals must be an int >= 0, got 1.0"),
+        (1e3, True, "decimals must be an int >= 0, got True"),
+        (0, 1, "scale must be a number > 0, got 0"),
+        (-1e3, 1, "scale must be a number > 0, got -1000.0"),
+        (float("nan"), 1, "scale must be a number > 0, got nan"),
+        ("1e3", 1, "scale must be a number > 0, got '1e3'"),
+    ],
+)
+def test_as_printed_rejects_a_bad_scale_or_decimals(scale, decimals, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tips.as_printed([0.001], scale, decimals)
 
 
 def test_rounds_range_and_list_print_the_extremes_and_the_order():
