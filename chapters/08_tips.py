@@ -1650,7 +1650,7 @@ its top-level code under `if __name__ == "__main__":`.)
 #
 # Since PyTorch 1.1, `scheduler.step()` comes **after** `optimizer.step()`; called
 # before it, the schedule is shifted by one and its first value is never used. PyTorch
-# notices and warns.
+# warns once, at the schedule's first `step()`, if no `optimizer.step()` came before it.
 
 
 # %%
@@ -2248,7 +2248,9 @@ if rescued:
     family_sentence = (
         "Each pass was tested on its per-seed gains over the constant rate: "
         "a paired t-test, 3 degrees of freedom, its one-sided p multiplied by "
-        f"the {len(decaying)} schedules tried, which supports a pass when it "
+        f"all {len(decaying)} schedules tried, not only the passes (so picking "
+        "the passes from the same seeds cannot raise the 5 % chance of "
+        "supporting one that is no better), which supports a pass when it "
         f"stays below 0.05. It {short_verdict}: the least convincing pass, "
         f"{weakest}, came to {corrected[weakest]:.3f}."
     )
@@ -3756,12 +3758,13 @@ record("compile_summaries", compile_summaries)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{step_compile_sentence}} In the default mode compiling can shorten only the
-element-wise work and the per-call overhead, while its generated code and the calls
-around it cost time of their own: the matrix products go to the same library as in
-eager mode (`mode="max-autotune"` also tries generated ones), and the optimizer's
-update stays eager. Inductor also draws dropout's masks with its own code,
-so a compiled run differs from an eager one with the same seed;
+{{step_compile_sentence}} In the default mode compiling mainly shortens the
+element-wise work (fewer passes over memory, without a fresh tensor for each
+intermediate result, as the chain above showed) and the per-call overhead, while its
+generated code and the calls around it cost time of their own: the matrix products go
+to the same library as in eager mode (`mode="max-autotune"` also tries generated
+ones), and the optimizer's update stays eager. Inductor also draws dropout's masks
+with its own code, so a compiled run differs from an eager one with the same seed;
 `torch.compile(net, options={"fallback_random": True})` calls eager mode's random
 operators instead (on a CPU they draw eager dropout's very masks; on CUDA eager
 dropout is a fused kernel of its own, whose masks they need not repeat).
@@ -3956,110 +3959,14 @@ prose(
 
 {{split_words}} Section 8.9 profiles a training step operator by operator and times
 dropout's parts alone.
-"""
-)
 
-
-# %% [markdown]
-# What in those kernels costs the time? The generated code (`TORCH_LOGS=output_code`)
-# shows a choice eager mode does not make. A ReLU's backward pass needs to know where
-# its output was zero. Without dropout the next `Linear` keeps that output anyway, for
-# its weight's gradient, and the compiled backward pass reads it, as eager mode's does.
-# With dropout the next layer keeps dropout's output instead: eager mode still keeps the
-# ReLU's output, four bytes an element, while the graph Inductor built here keeps a
-# one-byte `bool` mask of its zeros, which those kernels write. On a CPU the collapsed
-# cell times that write alone, on one thread: a ReLU of a 256 × 256 batch (one hidden
-# layer's output) returning its output and its zeros, the mask as `bool` and as
-# `float32`, eager and compiled.
-
-
-# %% tags=["hide-input"] jupyter={"source_hidden": true} cellView="form"
-def relu_and_zeros(x: torch.Tensor, mask_dtype: torch.dtype):
-    """A ReLU's output, and where it is zero as `mask_dtype`."""
-    out = x.relu()
-    return out, (out <= 0).to(mask_dtype)
-
-
-mask_rounds = None  # on a CPU: the CPU's generated code is what is timed
-if step_compile_skip is None and device.type == "cpu":
-    torch.manual_seed(seed)
-    hidden_out = torch.randn(256, 256)  # half the signs negative
-    compiled_zeros = torch.compile(relu_and_zeros)  # one graph per dtype
-    mask_calls = {
-        (side, dtype): partial(fn, hidden_out, dtype)
-        for side, fn in (
-            ("eager", relu_and_zeros),
-            ("compiled", compiled_zeros),
-        )
-        for dtype in (torch.bool, torch.float32)
-    }
-    for (side, dtype), call in mask_calls.items():  # compiles, and checks
-        want = relu_and_zeros(hidden_out, dtype)
-        assert all(map(torch.equal, call(), want)), (side, dtype)
-    with one_thread():
-        mask_rounds = timed_rounds(mask_calls, repeat=50, warmup=3)
-    print("µs per call, one thread, fastest of 3 rounds")
-    print(f"{'mask':8} {'eager':>6} {'compiled':>9}")
-    for dtype in (torch.bool, torch.float32):
-        eager_us, compiled_us = (
-            min(mask_rounds[side, dtype]) * 1e6
-            for side in ("eager", "compiled")
-        )
-        print(f"{str(dtype)[6:]:8} {eager_us:6.0f} {compiled_us:9.0f}")
-else:
-    print(
-        "not timed: "
-        + (step_compile_skip or f"this run's device is {device_words(device)}")
-    )
-x86_vectors = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-# the text's cause was read in the headers of torch 2.11 and 2.15: a later
-# torch may convert the mask faster, and the text's words say what it measured
-# (torch.__version__ compares as a version; a plain string would not)
-if mask_rounds and x86_vectors and torch.__version__ < "2.16":
-    # x86 vector code (AVX2, AVX-512): by the rule's worst case the bool mask
-    # took 32-35 times the float32 one's time (seeds 0-2); assert over 10
-    bool_us = mask_rounds["compiled", torch.bool]
-    float_us = mask_rounds["compiled", torch.float32]
-    assert separation([10 * t for t in float_us], bool_us) == "lower", (
-        bool_us,
-        float_us,
-    )
-
-# %% tags=["hide-cell"] jupyter={"source_hidden": true}
-# The text's words on the mask's cost.
-mask_words = ""
-if mask_rounds:
-    mask_verdict = rounds_verdict(
-        mask_rounds["compiled", torch.float32],
-        mask_rounds["compiled", torch.bool],
-    )
-    bool_eager = rounds_verdict(
-        mask_rounds["eager", torch.bool], mask_rounds["compiled", torch.bool]
-    )
-    mask_words = (
-        f"Compiled, the `bool` mask was {mask_verdict} the `float32` one, and "
-        f"{bool_eager} eager mode's `bool` mask (by the rule's worst case over "
-        "three rounds)."
-    )
-    if step_split is not None and mask_ms:  # the profile's fused kernels
-        write_ms = len(mask_ms) * min(mask_rounds["compiled", torch.bool]) * 1e3
-        mask_words += (
-            f" The step writes {len(mask_ms)} such masks, one per hidden "
-            f"layer: at that time, {write_ms:.2f} ms, or "
-            f"{write_ms / sum(mask_ms):.0%} of the {sum(mask_ms):.2f} ms the "
-            "profile gave the kernels that write them (both on one thread)."
-        )
-record("mask_words", mask_words)
-
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
-prose(
-    r"""
-{{mask_words}} Where the `bool` mask is the slow one, as in the x86 vector code
-(AVX2 and AVX-512) of torch 2.11 to 2.15, the cause is one conversion in the C++
-library Inductor's code calls, which appendix B traces. The lesson outlasts this
-build: a compiled graph may keep other tensors for the backward pass than eager mode
-does (here one byte an element where eager mode keeps four), and writing them has a
-cost of its own, which only a measurement shows.
+On a CPU the generated code (`TORCH_LOGS=output_code`) shows a choice eager mode does
+not make: with dropout, the graph Inductor builds keeps a one-byte `bool` mask of each
+ReLU's zeros for the backward pass, where eager mode keeps the ReLU's four-byte output.
+Appendix B times writing that mask alone and traces why its cost depends on the CPU's
+vector code. The lesson for any build: a compiled graph may keep other tensors for the
+backward pass than eager mode does, and writing them has a cost of its own, which only
+a measurement shows.
 """
 )
 
@@ -4335,6 +4242,18 @@ assert torch.allclose(factors, clip_to / by_hand, rtol=1e-4)
 
 
 # %%
+def clipped_step(net, optimizer, criterion, x, y, max_norm: float):
+    """One training step, its gradients clipped to `max_norm`; returns their
+    norm before clipping, as a tensor (no wait for the device).
+    """
+    loss = criterion(net(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    norm = nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+    optimizer.step()
+    return norm
+
+
 def train_clipped(
     lr: float,
     max_norm: float,
@@ -4356,11 +4275,9 @@ def train_clipped(
         net.train()
         for x, y in loader:
             x, y = x.to(on), y.to(on)
-            loss = criterion(net(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            norms.append(nn.utils.clip_grad_norm_(net.parameters(), max_norm))
-            optimizer.step()
+            norms.append(
+                clipped_step(net, optimizer, criterion, x, y, max_norm)
+            )
         val_losses.append(evaluate(net, val_loader, criterion, on).loss)
     return net, torch.stack(norms).cpu(), val_losses
 
@@ -4655,9 +4572,180 @@ At the excessive rate the unclipped run ended at
 layer's ReLUs dead for every validation digit; clipped ({{clipped_share_high}} of its
 steps), it ended at {{high_clipped_loss}}{{clipped_fate}}, with {{dead_clipped}} of its
 first layer's ReLUs dead for every validation digit. {{clip_often_text}}; its fix
-is a lower rate, or a schedule that lowers it (section 8.3). So this page does not show
-clipping in the case it is meant for, a rare spike in a run that is otherwise sound: a
-logged norm, as in the figure, is how to find one in a long run.
+is a lower rate, or a schedule that lowers it (section 8.3). Neither run is the case
+clipping is meant for, a rare spike in a run that is otherwise sound; the next cell
+makes one.
+"""
+)
+
+# %% [markdown]
+# ### One bad batch
+#
+# A sound run at the sensible rate meets one batch whose pixels skipped the division by
+# 16, so they arrive 16 times too large: the kind of data bug that shows up once in a
+# long run. The cell trains three epochs, then runs the fourth three ways from the same
+# weights and momentum: without the bad batch, with it first and no clipping, and with
+# it first and clipping at the `max_norm` above. It records the validation loss after
+# every step.
+
+
+# %%
+def spike_epoch(state: dict, bad: bool, max_norm: float, batches: list):
+    """One epoch from `state` (the model's and the optimizer's); the first
+    batch's pixels 16 times too large if `bad`. Returns the validation loss
+    before and after every step, and the first step's gradient norm.
+    """
+    torch.manual_seed(seed)  # the same dropout draws for every variant
+    net = make_model().to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=sensible, momentum=0.9)
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    val = [evaluate(net, val_loader, criterion, device).loss]
+    norms = []
+    for step, (x, y) in enumerate(batches):
+        net.train()
+        x, y = x.to(device), y.to(device)
+        if bad and step == 0:
+            x = x * 16  # the division by 16 skipped
+        norms.append(clipped_step(net, optimizer, criterion, x, y, max_norm))
+        val.append(evaluate(net, val_loader, criterion, device).loss)
+    return val, norms[0].item()
+
+
+torch.manual_seed(seed)
+spike_net = make_model().to(device)
+spike_optimizer = torch.optim.SGD(
+    spike_net.parameters(), lr=sensible, momentum=0.9
+)
+spike_loader = make_train_loader(64, make_generator(seed))
+sound_norms = []  # every step's norm in the three sound epochs
+for _ in range(3):
+    spike_net.train()
+    for x, y in spike_loader:
+        x, y = x.to(device), y.to(device)
+        sound_norms.append(
+            clipped_step(
+                spike_net, spike_optimizer, criterion, x, y, float("inf")
+            )
+        )
+sound_median = torch.stack(sound_norms).median().item()
+spike_state = {
+    "model": copy.deepcopy(spike_net.state_dict()),
+    "optimizer": copy.deepcopy(spike_optimizer.state_dict()),
+}
+fourth_epoch = list(spike_loader)  # the same batches for every variant
+spike_runs = {
+    name: spike_epoch(spike_state, bad, limit, fourth_epoch)
+    for name, bad, limit in (
+        ("no bad batch", False, float("inf")),
+        ("bad batch, no clipping", True, float("inf")),
+        ("bad batch, clipped", True, clip_limit),
+    )
+}
+spike_norm = spike_runs["bad batch, no clipping"][1]
+print(
+    f"median gradient norm of the three sound epochs: {sound_median:.2f}; "
+    f"max_norm {clip_limit:.2f}; the bad batch's norm: {spike_norm:.1f}"
+)
+for name, (val, _) in spike_runs.items():
+    print(
+        f"{name:23} validation loss: start {val[0]:.3f}, after the first step "
+        f"{val[1]:.3f}, highest {max(val):.3f}, end of the epoch {val[-1]:.3f}"
+    )
+
+fig, ax = plt.subplots(figsize=(7, 3.6))
+for (name, (val, _)), style in zip(
+    spike_runs.items(),
+    ({"color": "grey"}, {"color": "tab:red"}, {"color": "navy", "ls": "--"}),
+    strict=True,
+):
+    ax.plot(range(len(val)), val, marker=".", label=name, **style)
+ax.axvline(1, color="grey", lw=0.8, ls=":")
+ax.annotate(
+    " step 1: the bad batch", (1, 0.98), xycoords=("data", "axes fraction"),
+    va="top", fontsize=9,
+)  # fmt: skip
+ax.set(
+    title=f"One batch of unnormalised pixels at lr {sensible}, SGD with momentum",
+    xlabel="step of the fourth epoch (0: its start)",
+    ylabel="validation loss",
+    yscale="log",
+)
+label_log_axis(ax.yaxis, subs=(1.0, 2.0, 3.0, 5.0))
+ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+ax.grid(alpha=0.3)
+ax.legend()
+fig.tight_layout()
+plt.show()
+
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# The text's words on the bad batch, from the runs above.
+val_clean, val_bad, val_clipped = (val for val, _ in spike_runs.values())
+spike_start = val_clean[0]
+bad_peak_step = int(np.argmax(val_bad))
+record("spike_norm", spike_norm, fmt="{:.1f}")
+# rounded down: "N times" must hold
+record("spike_ratio", math.floor(spike_norm / clip_limit))
+record("sound_median", sound_median, fmt="{:.2f}")
+record("spike_start", spike_start, fmt="{:.3f}")
+record("spike_bad_first", val_bad[1], fmt="{:.3f}")
+record(
+    "spike_momentum_words",
+    f"; with momentum, 0.9 of the bad gradient went into the next step too, "
+    f"and it peaked at "
+    f"{val_bad[bad_peak_step]:.3f} after step {bad_peak_step}"
+    if bad_peak_step > 1
+    else "",
+)
+record(
+    "spike_bad_end_words",
+    f"ended worse than it began, at {val_bad[-1]:.3f}"
+    if val_bad[-1] > spike_start
+    else f"ended at {val_bad[-1]:.3f}",
+)
+record("spike_clean_end", val_clean[-1], fmt="{:.3f}")
+record("spike_clean_peak", max(val_clean), fmt="{:.3f}")
+record("spike_clipped_peak", max(val_clipped), fmt="{:.3f}")
+record("spike_clipped_end", val_clipped[-1], fmt="{:.3f}")
+record(
+    "spike_summary",
+    "one batch of unnormalised pixels (a gradient norm "
+    f"{math.floor(spike_norm / clip_limit)} times `max_norm`) took the "
+    f"unclipped run's validation loss from {spike_start:.2f} to "
+    f"{max(val_bad):.2f}, the clipped run's to at most {max(val_clipped):.2f} "
+    f"(without the bad batch: {max(val_clean):.2f})",
+)
+# Seeds 0-2 (AVX-512 CPU): the bad batch's norm 15, 7 and 8 times max_norm;
+# the validation loss rose by 4.84, 1.60 and 1.59 unclipped, and by 0.00,
+# 0.06 and 0.14 clipped (the run without the bad batch: 0.00, 0.06, 0.04);
+# at the epoch's end the clipped run lay 0.04, 0.07 and 0.03 from the run
+# without the bad batch, the unclipped 0.96, 0.28 and 0.50
+assert spike_norm > 3 * clip_limit, (spike_norm, clip_limit)
+assert max(val_bad) > 2 * spike_start, (max(val_bad), spike_start)
+assert max(val_clipped) - spike_start < 0.25 * (max(val_bad) - spike_start), (
+    max(val_clipped),
+    max(val_bad),
+    spike_start,
+)
+assert abs(val_clipped[-1] - val_clean[-1]) < 0.5 * abs(
+    val_bad[-1] - val_clean[-1]
+), (val_clean[-1], val_bad[-1], val_clipped[-1])
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+The bad batch's gradient norm was {{spike_norm}}, {{spike_ratio}} times `max_norm` and
+far above the sound epochs' median of {{sound_median}}. Unclipped, that one step took
+the validation loss from {{spike_start}} to {{spike_bad_first}}{{spike_momentum_words}},
+and the epoch {{spike_bad_end_words}} (without the bad batch: {{spike_clean_end}}).
+Clipped, the bad batch's gradient was scaled down to `max_norm` before it reached the
+weights and the momentum: the validation loss rose at most to {{spike_clipped_peak}}
+(without the bad batch: {{spike_clean_peak}}), and the epoch ended at
+{{spike_clipped_end}}. That is what the limit is for: the bad step still followed the
+bad batch's gradient, but a gradient no longer than `max_norm`, twice the pilot's
+median. Clipping does not find the bug; the logged norm, which jumped at that step,
+does.
 """
 )
 
@@ -4911,7 +4999,9 @@ if dist.is_available():
     )
     # all-reduces measured: 4 plain, 4 with only backward inside no_sync and 1
     # with forward and backward inside, on each of seeds 0-2 (one bucket: the
-    # model is small)
+    # model is small). The gradients' equality is structural here: averaging
+    # over one process divides by 1, so it shows that no micro-batch was
+    # dropped, not the averaging across processes (the text's argument).
     assert same_gradients and calls_late == calls_plain == 4 * calls_no_sync
 else:
     no_sync_sentence = (
@@ -4924,8 +5014,15 @@ record("no_sync_sentence", no_sync_sentence)
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
     r"""
-{{no_sync_sentence}} Across GPUs or machines each all-reduce moves every gradient over
-the interconnect, which is why accumulating with `no_sync` matters there.
+{{no_sync_sentence}} In a group of one process the average divides by 1, so the equal
+gradients show only that no micro-batch was dropped. Across processes the single
+all-reduce at the end is right too, because averaging is linear: the average over the
+processes of each one's summed micro-batch gradients is the sum of the micro-batches'
+averages, equal up to the order of the additions. Across GPUs or machines each
+all-reduce moves every gradient over the interconnect, which is why accumulating with
+`no_sync` matters there. A model sharded with FSDP2's `fully_shard` (chapter 9) has no
+`no_sync`: `model.set_requires_gradient_sync(False)` before the micro-batches that
+should not reduce, and `True` before the last, does the same.
 """
 )
 
@@ -7559,15 +7656,113 @@ each lies within half of that of the exact sum); with TF32 matrix products
 (`torch.set_float32_matmul_precision("high")`) that bound no longer applies, and the
 cell does not check it. {{step_note}} {{masks_sentence}} On a GPU, Inductor draws
 dropout's masks in its Triton code. {{profile_note}}
-
-Why the `bool` mask is slow to write (ATen's vector headers, which Inductor's C++
-includes, read in torch 2.11 and 2.15): the kernel holds the mask as a vector of
-`float` lanes, and `VecMask<float,1>::store(bool*)` converts it through generic
-templates (`VecMaskTo`, `VecMaskCast` in `ATen/cpu/vec/vec_mask.h`) that have no x86
-version for `bool`, going through memory one element at a time. A `float32` mask is
-one vector store.
 """
 )
+
+# %% [markdown]
+# **8.5, the `bool` mask.** A ReLU's backward pass needs to know where its output was
+# zero. Without dropout the next `Linear` keeps that output anyway, for its weight's
+# gradient, and the compiled backward pass reads it, as eager mode's does. With dropout
+# the next layer keeps dropout's output instead: eager mode still keeps the ReLU's
+# output, four bytes an element, while the graph Inductor built keeps a one-byte `bool`
+# mask of its zeros, which the `..._relu_threshold_backward_...` kernels write. On a CPU
+# the collapsed cell times that write alone, on one thread: a ReLU of a 256 × 256 batch
+# (one hidden layer's output) returning its output and its zeros, the mask as `bool` and
+# as `float32`, eager and compiled.
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true} cellView="form"
+def relu_and_zeros(x: torch.Tensor, mask_dtype: torch.dtype):
+    """A ReLU's output, and where it is zero as `mask_dtype`."""
+    out = x.relu()
+    return out, (out <= 0).to(mask_dtype)
+
+
+mask_rounds = None  # on a CPU: the CPU's generated code is what is timed
+if step_compile_skip is None and device.type == "cpu":
+    torch.manual_seed(seed)
+    hidden_out = torch.randn(256, 256)  # half the signs negative
+    compiled_zeros = torch.compile(relu_and_zeros)  # one graph per dtype
+    mask_calls = {
+        (side, dtype): partial(fn, hidden_out, dtype)
+        for side, fn in (
+            ("eager", relu_and_zeros),
+            ("compiled", compiled_zeros),
+        )
+        for dtype in (torch.bool, torch.float32)
+    }
+    for (side, dtype), call in mask_calls.items():  # compiles, and checks
+        want = relu_and_zeros(hidden_out, dtype)
+        assert all(map(torch.equal, call(), want)), (side, dtype)
+    with one_thread():
+        mask_rounds = timed_rounds(mask_calls, repeat=50, warmup=3)
+    print("µs per call, one thread, fastest of 3 rounds")
+    print(f"{'mask':8} {'eager':>6} {'compiled':>9}")
+    for dtype in (torch.bool, torch.float32):
+        eager_us, compiled_us = (
+            min(mask_rounds[side, dtype]) * 1e6
+            for side in ("eager", "compiled")
+        )
+        print(f"{str(dtype)[6:]:8} {eager_us:6.0f} {compiled_us:9.0f}")
+else:
+    print(
+        "not timed: "
+        + (step_compile_skip or f"this run's device is {device_words(device)}")
+    )
+x86_vectors = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+# the text's cause was read in the headers of torch 2.11 and 2.15: a later
+# torch may convert the mask faster, and the text's words say what it measured
+# (torch.__version__ compares as a version; a plain string would not)
+if mask_rounds and x86_vectors and torch.__version__ < "2.16":
+    # x86 vector code (AVX2, AVX-512): by the rule's worst case the bool mask
+    # took 32-35 times the float32 one's time (seeds 0-2); assert over 10
+    bool_us = mask_rounds["compiled", torch.bool]
+    float_us = mask_rounds["compiled", torch.float32]
+    assert separation([10 * t for t in float_us], bool_us) == "lower", (
+        bool_us,
+        float_us,
+    )
+
+# %% tags=["hide-cell"] jupyter={"source_hidden": true}
+# The text's words on the mask's cost.
+mask_words = ""
+if mask_rounds:
+    mask_verdict = rounds_verdict(
+        mask_rounds["compiled", torch.float32],
+        mask_rounds["compiled", torch.bool],
+    )
+    bool_eager = rounds_verdict(
+        mask_rounds["eager", torch.bool], mask_rounds["compiled", torch.bool]
+    )
+    mask_words = (
+        f"Compiled, the `bool` mask was {mask_verdict} the `float32` one, and "
+        f"{bool_eager} eager mode's `bool` mask (by the rule's worst case over "
+        "three rounds)."
+    )
+    if step_split is not None and mask_ms:  # the profile's fused kernels
+        write_ms = len(mask_ms) * min(mask_rounds["compiled", torch.bool]) * 1e3
+        mask_words += (
+            f" The step writes {len(mask_ms)} such masks, one per hidden "
+            f"layer: at that time, {write_ms:.2f} ms, or "
+            f"{write_ms / sum(mask_ms):.0%} of the {sum(mask_ms):.2f} ms the "
+            "profile gave the kernels that write them (both on one thread)."
+        )
+record("mask_words", mask_words)
+
+# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
+prose(
+    r"""
+{{mask_words}} Where the `bool` mask is the slow one, as in the x86 vector code
+(AVX2 and AVX-512) of torch 2.11 to 2.15, the cause is one conversion in the C++
+library Inductor's code calls (ATen's vector headers, which Inductor's C++ includes,
+read in torch 2.11 and 2.15): the kernel holds the mask as a vector of `float` lanes,
+and `VecMask<float,1>::store(bool*)` converts it through generic templates
+(`VecMaskTo`, `VecMaskCast` in `ATen/cpu/vec/vec_mask.h`) that have no x86 version for
+`bool`, going through memory one element at a time. A `float32` mask is one vector
+store.
+"""
+)
+
 
 # %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
 prose(
@@ -7654,7 +7849,8 @@ prose(
 - With accumulation: `unscale_`, then clip once, then step, and step the scheduler
   per optimizer step; with DDP, forward and backward inside `no_sync()` for all
   but the last micro-batch.
-  Clipping is meant for rare huge gradients; set at twice the pilot's median norm,
+  Clipping guards against rare huge gradients (transformer recipes also use it as a
+  routine limit, section 8.6): {{spike_summary}}. Set at twice the pilot's median norm,
   within the range this run's norms reached, {{clip_trimmed}}:
   {{clipped_share_low}} of the steps at a sensible rate and {{clipped_share_high}} at
   an excessive one, whose cure is a lower rate.
