@@ -1652,8 +1652,9 @@ its top-level code under `if __name__ == "__main__":`.)
 # length, proportional to the rate, sets how far the weights keep wandering around
 # the minimum. A schedule from `torch.optim.lr_scheduler` lowers the rate during
 # training, each time you call `scheduler.step()`; some raise it first (a warm-up),
-# because the first steps' gradients, from random weights and, with Adam, from
-# running averages of only a few steps, are the least reliable.
+# because the first steps are the least reliable: the gradients come from random
+# weights, and Adam's per-parameter step sizes rest on averages of only a few squared
+# gradients (its bias correction fixes their mean, not their noise).
 #
 # ### The order of the calls
 #
@@ -5847,8 +5848,8 @@ print(
     )
 )
 
-# %% tags=["remove-input"] jupyter={"source_hidden": true} cellView="form"
-
+# %% tags=["hide-input"] jupyter={"source_hidden": true} cellView="form"
+# The profiles read into shares of the step, and dropout's parts timed alone.
 profile_readings = [
     read_profile(
         events,
@@ -5874,6 +5875,7 @@ record(
 )
 
 
+print(f"each of the {n_profiles} recordings, as shares of its step's time:")
 for reading in profile_readings:
     print(
         ", ".join(
@@ -5919,6 +5921,7 @@ with one_thread():
 draw_s, multiply_s, product_s = (
     min(part_rounds[name]) for name in ("draw", "multiply", "product")
 )
+print("dropout's parts alone, on one 256 x 256 activation, and a product:")
 for part, part_readings in part_rounds.items():
     print(
         f"{part:8} {min(part_readings) * 1e6:6.0f} µs (rounds "
@@ -5926,9 +5929,10 @@ for part, part_readings in part_rounds.items():
     )
 # How eager `bernoulli_` draws on the CPU in this build. ATen's default kernel
 # draws one float64 uniform number per value, in order, under the generator's
-# lock, so its mask equals a float64 `uniform_() < p` drawn from the same seed. (Builds
-# with MKL once drew with MKL's vectorised generator on Intel CPUs; PyTorch
-# turned that path off in its public builds, pytorch issue 132395.)
+# lock, so its mask equals a float64 `uniform_() < p` drawn from the same
+# seed. (Builds with MKL once drew with MKL's vectorised generator on Intel
+# CPUs; PyTorch turned that path off in its public builds, pytorch issue
+# 132395.)
 probe = torch.Generator().manual_seed(0)
 probe_mask = torch.empty(1000).bernoulli_(0.5, generator=probe)
 probe.manual_seed(0)

@@ -600,6 +600,7 @@ def test_as_printed_rounds_like_the_text_and_keeps_a_reading_that_prints_as_zero
         (-1e3, 1, "scale must be a number > 0, got -1000.0"),
         (float("nan"), 1, "scale must be a number > 0, got nan"),
         ("1e3", 1, "scale must be a number > 0, got '1e3'"),
+        (True, 1, "scale must be a number > 0, got True"),
     ],
 )
 def test_as_printed_rejects_a_bad_scale_or_decimals(scale, decimals, message):
