@@ -4623,10 +4623,17 @@ makes one.
 
 # %%
 def spike_epoch(
-    state: dict, bad: bool, max_norm: float, batches: list, *,
-    lr: float, run_seed: int, on: torch.device, criterion: nn.Module,
+    state: dict,
+    bad: bool,
+    max_norm: float,
+    batches: list,
+    *,
+    lr: float,
+    run_seed: int,
+    on: torch.device,
+    criterion: nn.Module,
     val_loader: DataLoader,
-):  # fmt: skip
+):
     """One epoch of SGD with momentum from `state` (the model's and the
     optimizer's); the first batch's pixels 16 times too large if `bad`.
     Returns the validation loss before and after every step, and the first
@@ -4723,9 +4730,12 @@ for (name, (val, _)), style in zip(
     ax.plot(range(len(val)), val, marker=".", label=name, **style)
 ax.axvline(1, color="grey", lw=0.8, ls=":")
 ax.annotate(
-    " step 1: the bad batch", (1, 0.03), xycoords=("data", "axes fraction"),
-    va="bottom", fontsize=9,
-)  # fmt: skip
+    " step 1: the bad batch",
+    (1, 0.03),
+    xycoords=("data", "axes fraction"),
+    va="bottom",
+    fontsize=9,
+)
 ax.set(
     title=f"One batch of unnormalised pixels at lr {sensible}, SGD with momentum",
     xlabel="step of the fourth epoch (0: its start)",
